@@ -159,6 +159,172 @@ typedef struct dsv4_memory_plan {
 dsv4_status dsv4_model_plan_memory(const dsv4_model *model, int64_t context, int batch,
                                    dsv4_memory_plan *plan);
 
+/* ------------------------------------------------------------------------------------------
+ * Tokenizer: byte-level BPE from a HuggingFace tokenizer.json, identical to HF `tokenizers`
+ * ---------------------------------------------------------------------------------------- */
+typedef struct dsv4_tokenizer dsv4_tokenizer;
+
+/* Opens the tokenizer described by the tokenizer.json at `path` (for a model directory, pass
+ * DIR/tokenizer.json): vocabulary, ranked merges, added tokens and the pre-tokenizer steps as
+ * the file declares them. A feature this implementation cannot reproduce exactly (a
+ * normalizer, byte fallback, an unknown pre-tokenizer) is DSV4_ERR_UNSUPPORTED. A tokenizer is
+ * read-only once open (its piece cache has its own lock): threads may share one. */
+dsv4_status dsv4_tokenizer_open(const char *path, dsv4_tokenizer **out);
+void dsv4_tokenizer_close(dsv4_tokenizer *tok);
+
+/* Number of ids (1 + the largest id of the vocabulary and the added tokens): 129280 for V4. */
+int32_t dsv4_tokenizer_vocab_size(const dsv4_tokenizer *tok);
+
+/* The id of a token written as in tokenizer.json ("<｜User｜>", "<think>", "Ġthe"), or -1. */
+int32_t dsv4_tokenizer_token_to_id(const dsv4_tokenizer *tok, const char *token);
+
+/* The token string of `id` as written in tokenizer.json, or NULL for an unknown id. */
+const char *dsv4_tokenizer_id_to_token(const dsv4_tokenizer *tok, int32_t id);
+
+/* 1 if `id` is an added token marked "special": true (BOS, EOS, ...), else 0. */
+int dsv4_tokenizer_is_special(const dsv4_tokenizer *tok, int32_t id);
+
+/* Flags of dsv4_tokenizer_encode. */
+#define DSV4_ENCODE_SPLIT_SPECIAL 1u  /* special tokens written in the text are plain text */
+#define DSV4_ENCODE_REJECT_INVALID 2u /* invalid UTF-8 is DSV4_ERR_INPUT (default: see below) */
+
+/* Encodes `len` bytes of `text` into ids, as HF `tokenizers` encodes the same string (no BOS is
+ * added: the chat renderer writes it). Added tokens written in the text (including "<think>"
+ * and the special tokens) are recognised unless DSV4_ENCODE_SPLIT_SPECIAL is given, which like
+ * HF's encode_special_tokens affects only those marked special. Invalid UTF-8: each byte that
+ * starts no valid sequence becomes its own byte-level token and separates the valid runs around
+ * it (which are encoded as if alone), so any bytes round-trip through dsv4_tokenizer_decode.
+ * On success *ids (free with dsv4_free) holds *n_ids ids. */
+dsv4_status dsv4_tokenizer_encode(const dsv4_tokenizer *tok, const char *text, size_t len,
+                                  unsigned flags, int32_t **ids, size_t *n_ids);
+
+/* Flags of dsv4_tokenizer_decode and dsv4_detokenizer_open. */
+#define DSV4_DECODE_SKIP_SPECIAL 1u /* leave out tokens marked special (BOS, EOS, ...) */
+
+/* Decodes ids to text: *text (free with dsv4_free) is NUL-terminated and *len (may be NULL)
+ * bytes long. An id outside the vocabulary is DSV4_ERR_INPUT. Bytes are returned exactly (no
+ * U+FFFD replacement), so decode(encode(x)) == x. */
+dsv4_status dsv4_tokenizer_decode(const dsv4_tokenizer *tok, const int32_t *ids, size_t n,
+                                  unsigned flags, char **text, size_t *len);
+
+/* Releases memory the library returned to the caller (id arrays, strings). NULL is fine. */
+void dsv4_free(void *p);
+
+/* Streaming decoder: feed ids one by one as they are sampled, get the text that is final. A
+ * token that ends inside a multi-byte UTF-8 character is held back until the character is
+ * complete; bytes that can never complete are released as they are. The text pointer is
+ * owned by the detokenizer and valid until its next call. */
+typedef struct dsv4_detokenizer dsv4_detokenizer;
+
+dsv4_status dsv4_detokenizer_open(const dsv4_tokenizer *tok, unsigned flags,
+                                  dsv4_detokenizer **out);
+/* Adds one id; *text and *len receive the newly final text (possibly empty). */
+dsv4_status dsv4_detokenizer_push(dsv4_detokenizer *d, int32_t id, const char **text,
+                                  size_t *len);
+/* At the end of a stream: returns whatever is still held back. */
+dsv4_status dsv4_detokenizer_flush(dsv4_detokenizer *d, const char **text, size_t *len);
+void dsv4_detokenizer_close(dsv4_detokenizer *d);
+
+/* ------------------------------------------------------------------------------------------
+ * Chat: the DeepSeek-V4 prompt format (its official encoding_dsv4.py, in C) and its inverse
+ * ---------------------------------------------------------------------------------------- */
+typedef enum dsv4_role {
+    DSV4_ROLE_SYSTEM = 0,
+    DSV4_ROLE_USER = 1,
+    DSV4_ROLE_ASSISTANT = 2,
+    DSV4_ROLE_TOOL = 3,     /* a tool result; rendered inside a user turn as <tool_result> */
+    DSV4_ROLE_DEVELOPER = 4 /* rendered like a user turn; may carry tools */
+} dsv4_role;
+
+/* One tool call of an assistant turn. `arguments` is the JSON text of an object, as in the
+ * OpenAI API ("{\"city\": \"Paris\"}"). `id` may be NULL. */
+typedef struct dsv4_tool_call {
+    const char *id;
+    const char *name;
+    const char *arguments;
+} dsv4_tool_call;
+
+/* One message. Strings are borrowed (UTF-8, NUL-terminated); NULL means absent. */
+typedef struct dsv4_chat_message {
+    dsv4_role role;
+    const char *content;
+    const char *reasoning_content;    /* assistant: the thinking text */
+    const dsv4_tool_call *tool_calls; /* assistant */
+    size_t n_tool_calls;
+    const char *tool_call_id;         /* tool: which call this answers */
+    const char *tools_json;           /* system/developer: JSON array of OpenAI tools */
+    const char *response_format_json; /* system/developer: a JSON schema object */
+} dsv4_chat_message;
+
+typedef enum dsv4_reasoning_effort {
+    DSV4_EFFORT_DEFAULT = 0, /* none given */
+    DSV4_EFFORT_HIGH = 1,    /* accepted; renders like the default */
+    DSV4_EFFORT_MAX = 2      /* thinking mode: the "Reasoning Effort: Absolute maximum" prefix */
+} dsv4_reasoning_effort;
+
+typedef struct dsv4_chat_options {
+    int thinking;          /* 1: thinking mode (<think> after <｜Assistant｜>), 0: chat (</think>) */
+    int keep_reasoning;    /* 1: keep every past turn's reasoning (the official drop_thinking=False) */
+    dsv4_reasoning_effort reasoning_effort;
+    int no_bos;            /* 1: do not start with <｜begin▁of▁sentence｜> (continuing a context) */
+} dsv4_chat_options;
+
+/* Renders messages into the prompt text, by the rules of DeepSeek's encoding_dsv4.py:
+ * BOS + system text + "<｜User｜>" + user text + "<｜Assistant｜>" + "<think>" or "</think>", past
+ * assistant turns as content + EOS with reasoning kept only after the last user message (or
+ * always when tools are present), tool calls as DSML blocks, tool results merged into user turns.
+ * When the last message is a user (or developer or tool) message the prompt ends ready for the
+ * assistant's reply. *out (free with dsv4_free) is NUL-terminated; encode it with the tokenizer
+ * (special tokens recognised) to get ids that hold BOS exactly once. `opts` may be NULL (chat
+ * mode). Malformed input (bad JSON in tools or arguments) is DSV4_ERR_INPUT. */
+dsv4_status dsv4_chat_render(const dsv4_chat_message *messages, size_t n,
+                             const dsv4_chat_options *opts, char **out);
+
+/* The same from an OpenAI-style request in JSON: either a messages array, or an object with
+ * "messages", and optionally "tools" (attached to the first system message, one is created if
+ * needed), "response_format", "thinking" (bool), "reasoning_effort" ("high"/"max"),
+ * "keep_reasoning" (bool). */
+dsv4_status dsv4_chat_render_json(const char *json, size_t len, char **out);
+
+/* A completion parsed into its parts. All memory is owned by the struct: release it with
+ * dsv4_chat_parsed_free. Tool call arguments are JSON object text. */
+typedef struct dsv4_chat_parsed {
+    char *reasoning;          /* "" in chat mode */
+    char *content;
+    dsv4_tool_call *tool_calls;
+    size_t n_tool_calls;
+    int finished;             /* 1 when the end-of-sentence token was seen */
+} dsv4_chat_parsed;
+
+void dsv4_chat_parsed_free(dsv4_chat_parsed *p);
+
+/* Parses decoded completion text (decode without skipping special tokens, so EOS and the DSML
+ * markers are visible) that followed a prompt rendered with `thinking`. A malformed tool-call
+ * block is DSV4_ERR_INPUT. Text that stops early (no EOS) parses with finished = 0. */
+dsv4_status dsv4_chat_parse(const char *text, size_t len, int thinking, dsv4_chat_parsed *out);
+
+/* Streaming parser: push decoded text as it is generated, in any pieces (a marker or a tool
+ * call may be split across pushes). Each push reports what became final. */
+typedef struct dsv4_chat_parser dsv4_chat_parser;
+
+typedef struct dsv4_chat_delta {
+    const char *reasoning; /* new reasoning text (not NUL-terminated; may be empty) */
+    size_t reasoning_len;
+    const char *content;   /* new content text */
+    size_t content_len;
+    const dsv4_tool_call *tool_calls; /* tool calls completed by this push */
+    size_t n_tool_calls;
+    int finished;          /* EOS seen: the reply is complete */
+} dsv4_chat_delta;
+
+dsv4_status dsv4_chat_parser_open(int thinking, dsv4_chat_parser **out);
+/* The delta's pointers are owned by the parser and valid until its next call. */
+dsv4_status dsv4_chat_parser_push(dsv4_chat_parser *p, const char *text, size_t len,
+                                  dsv4_chat_delta *delta);
+/* End of the text: releases held-back text; an unfinished tool-call block is DSV4_ERR_INPUT. */
+dsv4_status dsv4_chat_parser_finish(dsv4_chat_parser *p, dsv4_chat_delta *delta);
+void dsv4_chat_parser_close(dsv4_chat_parser *p);
+
 #ifdef __cplusplus
 }
 #endif
