@@ -15,6 +15,8 @@ typedef struct {
 static const command commands[] = {
     {"inspect", cmd_inspect, "inspect MODEL_DIR: layout, geometry, layers, sizes, memory needs"},
     {"device", cmd_device, "device [--device auto|cpu|cuda]: which compute device a run uses"},
+    {"tokenize", cmd_tokenize, "tokenize -m MODEL_DIR | --tokenizer FILE: stdin text -> JSON ids"},
+    {"detokenize", cmd_detokenize, "detokenize -m MODEL_DIR | --tokenizer FILE: JSON ids -> text"},
 };
 
 int cli_report(const char *cmd, dsv4_status status)
