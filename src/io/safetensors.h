@@ -54,6 +54,14 @@ dsv4_status st_parse_header(const char *json, size_t len, uint64_t data_size, co
                             st_tensor **tensors, size_t *n_tensors, char **names);
 void st_tensors_free(st_tensor *tensors, char *names);
 
+/* Parses `bytes[0..len)` as a JSON document whose top level is an object, for the header and
+ * index parsers. The bytes must be valid UTF-8 without NUL bytes; whitespace after the object
+ * (safetensors pads headers with spaces) is accepted, anything else is not. `label` names the
+ * source in error messages. On success the caller owns *out (cJSON_Delete). */
+struct cJSON;
+dsv4_status st_json_parse_object(const char *bytes, size_t len, const char *label,
+                                 struct cJSON **out);
+
 /* Opens and maps one file, validating its header. */
 dsv4_status st_file_open(const char *path, st_file **out);
 void st_file_close(st_file *f);
