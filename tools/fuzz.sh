@@ -12,6 +12,6 @@ for t in fuzz_safetensors fuzz_config; do
     work=build-fuzz/corpus-$t
     mkdir -p "$work"
     echo "fuzz: $t for ${secs}s"
-    (cd build-fuzz && ./"$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+    (cd build-fuzz && ./fuzz/"$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 "corpus-$t" "../fuzz/corpus/$t" 2>&1 | tail -n 12)
 done

@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(build-essential cmake pkg-config libcjson-dev libpcre2-dev clang python3 python3-venv)
+pkgs=(build-essential cmake ninja-build pkg-config libcjson-dev libpcre2-dev clang python3 python3-venv)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -32,7 +32,8 @@ dsv4_status dsv4_device_resolve(dsv4_device_kind wanted, dsv4_device_kind *resol
                                 size_t name_size)
 {
     dsv4_clear_error();
-    if (!resolved) return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_device_resolve: resolved is NULL");
+    if (!resolved)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_device_resolve: resolved is NULL");
     switch (wanted) {
     case DSV4_DEVICE_CPU:
         *resolved = DSV4_DEVICE_CPU;

@@ -12,9 +12,12 @@ int cmd_device(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) {
             const char *v = argv[++i];
-            if (!strcmp(v, "auto")) want = DSV4_DEVICE_AUTO;
-            else if (!strcmp(v, "cpu")) want = DSV4_DEVICE_CPU;
-            else if (!strcmp(v, "cuda")) want = DSV4_DEVICE_CUDA;
+            if (!strcmp(v, "auto"))
+                want = DSV4_DEVICE_AUTO;
+            else if (!strcmp(v, "cpu"))
+                want = DSV4_DEVICE_CPU;
+            else if (!strcmp(v, "cuda"))
+                want = DSV4_DEVICE_CUDA;
             else {
                 fprintf(stderr, "dsv4 device: --device must be auto, cpu or cuda (got '%s')\n", v);
                 return 2;

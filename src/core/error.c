@@ -52,19 +52,32 @@ const char *dsv4_last_error(void)
 const char *dsv4_status_name(dsv4_status status)
 {
     switch (status) {
-    case DSV4_OK: return "DSV4_OK";
-    case DSV4_ERR_INVALID_ARGUMENT: return "DSV4_ERR_INVALID_ARGUMENT";
-    case DSV4_ERR_IO: return "DSV4_ERR_IO";
-    case DSV4_ERR_FORMAT: return "DSV4_ERR_FORMAT";
-    case DSV4_ERR_CONFIG: return "DSV4_ERR_CONFIG";
-    case DSV4_ERR_MISSING_TENSOR: return "DSV4_ERR_MISSING_TENSOR";
-    case DSV4_ERR_TENSOR_SHAPE: return "DSV4_ERR_TENSOR_SHAPE";
-    case DSV4_ERR_TENSOR_DTYPE: return "DSV4_ERR_TENSOR_DTYPE";
-    case DSV4_ERR_UNSUPPORTED: return "DSV4_ERR_UNSUPPORTED";
-    case DSV4_ERR_OUT_OF_MEMORY: return "DSV4_ERR_OUT_OF_MEMORY";
-    case DSV4_ERR_DEVICE: return "DSV4_ERR_DEVICE";
-    case DSV4_ERR_INPUT: return "DSV4_ERR_INPUT";
-    case DSV4_ERR_CONTEXT_OVERFLOW: return "DSV4_ERR_CONTEXT_OVERFLOW";
+    case DSV4_OK:
+        return "DSV4_OK";
+    case DSV4_ERR_INVALID_ARGUMENT:
+        return "DSV4_ERR_INVALID_ARGUMENT";
+    case DSV4_ERR_IO:
+        return "DSV4_ERR_IO";
+    case DSV4_ERR_FORMAT:
+        return "DSV4_ERR_FORMAT";
+    case DSV4_ERR_CONFIG:
+        return "DSV4_ERR_CONFIG";
+    case DSV4_ERR_MISSING_TENSOR:
+        return "DSV4_ERR_MISSING_TENSOR";
+    case DSV4_ERR_TENSOR_SHAPE:
+        return "DSV4_ERR_TENSOR_SHAPE";
+    case DSV4_ERR_TENSOR_DTYPE:
+        return "DSV4_ERR_TENSOR_DTYPE";
+    case DSV4_ERR_UNSUPPORTED:
+        return "DSV4_ERR_UNSUPPORTED";
+    case DSV4_ERR_OUT_OF_MEMORY:
+        return "DSV4_ERR_OUT_OF_MEMORY";
+    case DSV4_ERR_DEVICE:
+        return "DSV4_ERR_DEVICE";
+    case DSV4_ERR_INPUT:
+        return "DSV4_ERR_INPUT";
+    case DSV4_ERR_CONTEXT_OVERFLOW:
+        return "DSV4_ERR_CONTEXT_OVERFLOW";
     }
     return "DSV4_ERR_UNKNOWN";
 }
