@@ -17,6 +17,7 @@ static const command commands[] = {
     {"device", cmd_device, "device [--device auto|cpu|cuda]: which compute device a run uses"},
     {"tokenize", cmd_tokenize, "tokenize -m MODEL_DIR | --tokenizer FILE: stdin text -> JSON ids"},
     {"detokenize", cmd_detokenize, "detokenize -m MODEL_DIR | --tokenizer FILE: JSON ids -> text"},
+    {"render", cmd_render, "render --chat FILE.json: the DeepSeek-V4 prompt for a messages list"},
 };
 
 int cli_report(const char *cmd, dsv4_status status)
