@@ -41,8 +41,11 @@ static const st_tensor *find_stored(const struct dsv4_model *m, const char *cano
     if (m->layout == DSV4_LAYOUT_HF) {
         n = dsv4_hf_names(canon, cand, 8);
     } else {
-        snprintf(cand[0], sizeof cand[0], "%s.weight", canon);
-        snprintf(cand[1], sizeof cand[1], "%s", canon);
+        size_t len = strlen(canon);
+        if (len + sizeof ".weight" > sizeof cand[0]) return NULL; /* no stored name is this long */
+        memcpy(cand[0], canon, len);
+        memcpy(cand[0] + len, ".weight", sizeof ".weight");
+        memcpy(cand[1], canon, len + 1);
         n = 2;
     }
     for (int i = 0; i < n; i++) {

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# device_bundle.sh - builds dsv4 here for the lent GPU machine and packs what it needs there.
+#
+# The GPU machine (Ubuntu 24.04, CUDA 13, sm_90a) has the PCRE2 runtime but no cJSON and no
+# package access, so we build here (release, CUDA on, tests on) into build-device/ and copy the
+# cJSON shared library next to the binaries. Then, with the device tool:
+#   run(command="bash tools/device_run.sh <what>", carry=["build-device"])
+# where tools/device_run.sh sets LD_LIBRARY_PATH and runs the GPU checks. The CUDA runtime is
+# linked statically, so only the driver is needed there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh >/dev/null
+export PATH="$PATH:/usr/local/cuda/bin"
+cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV4_CUDA=ON >/dev/null
+cmake --build build-device -j "$(nproc)"
+mkdir -p build-device/lib
+for lib in $(ldd build-device/dsv4 | awk '/cjson/ {print $3}'); do
+    cp -L "$lib" build-device/lib/
+done
+# Tiny fixtures travel too (the sparse full-size ones would not: they are holes here only).
+.venv/bin/python tools/make_checkpoints.py build-device/fixtures \
+    --only tiny-official --only tiny-official-base --only tiny-nvfp4 --only tiny-hf \
+    --only tiny-hf-modules --only corrupt >/dev/null
+du -sh build-device | awk '{print "device bundle: " $1}'
