@@ -224,6 +224,7 @@ static dsv4_status parse_tool_block(const char *s, size_t n, dsv4_tool_call **ou
 /* Drops the first `k` pending bytes. */
 static void consume(chat_buf *b, size_t k)
 {
+    if (!k) return;
     memmove(b->s, b->s + k, b->len - k);
     b->len -= k;
     if (b->s) b->s[b->len] = 0;
@@ -276,7 +277,7 @@ static dsv4_status step(dsv4_chat_parser *p, int at_end)
                 free_calls(calls, nc);
                 return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "chat parse");
             }
-            memcpy(all + p->n_calls, calls, nc * sizeof *calls);
+            if (nc) memcpy(all + p->n_calls, calls, nc * sizeof *calls);
             free(calls);
             p->calls = all;
             p->n_calls += nc;

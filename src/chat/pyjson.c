@@ -185,6 +185,7 @@ static dsv4_status read_container(pj_reader *r, pj_node *n, char close)
         dsv4_status st = read_value(r, &child);
         if (st != DSV4_OK) {
             free(key);
+            pj_free(child);
             return st;
         }
         child->key = key;

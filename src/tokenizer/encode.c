@@ -137,6 +137,7 @@ dsv4_status dsv4_tokenizer_encode(const dsv4_tokenizer *tok, const char *text, s
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "tokenizer_encode: unknown flags 0x%x", flags);
     *ids = NULL;
     *n_ids = 0;
+    if (!text) text = "";
     tok_ids out = {0};
     dsv4_status st = DSV4_OK;
     const unsigned char *s = (const unsigned char *)text;
