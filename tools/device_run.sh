@@ -15,4 +15,5 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 step build-device/dsv4 device
 step build-device/dsv4 device --device cuda
 step build-device/tests/test_loader build-device/fixtures tests/fixtures --no-sparse
+step build-device/tests/test_cuda_dequant build-device/fixtures tests/fixtures
 exit $rc

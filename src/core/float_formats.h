@@ -11,23 +11,30 @@
 #include <stdint.h>
 #include <string.h>
 
-static inline float dsv4_f32_from_bits(uint32_t u)
+/* The same decoders serve the CPU code and the CUDA kernels. */
+#ifdef __CUDACC__
+#define DSV4_HD __host__ __device__
+#else
+#define DSV4_HD
+#endif
+
+static inline DSV4_HD float dsv4_f32_from_bits(uint32_t u)
 {
     float f;
     memcpy(&f, &u, sizeof f);
     return f;
 }
 
-static inline float dsv4_bf16_to_f32(uint16_t h)
+static inline DSV4_HD float dsv4_bf16_to_f32(uint16_t h)
 {
     return dsv4_f32_from_bits((uint32_t)h << 16);
 }
 
-static inline float dsv4_f16_to_f32(uint16_t h)
+static inline DSV4_HD float dsv4_f16_to_f32(uint16_t h)
 {
     uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
     if (exp == 0x1f) return dsv4_f32_from_bits(sign | 0x7f800000u | (man << 13)); /* inf/nan */
-    if (exp == 0) {                                                                  /* subnormal */
+    if (exp == 0) {                                                               /* subnormal */
         float v = ldexpf((float)man, -24);
         return sign ? -v : v;
     }
@@ -35,28 +42,30 @@ static inline float dsv4_f16_to_f32(uint16_t h)
 }
 
 /* e4m3fn: 1 sign, 4 exponent (bias 7), 3 mantissa; max 448; S.1111.111 is NaN. */
-static inline float dsv4_e4m3_to_f32(uint8_t b)
+static inline DSV4_HD float dsv4_e4m3_to_f32(uint8_t b)
 {
     uint32_t exp = (b >> 3) & 0xf, man = b & 7;
     float v;
     if (exp == 0xf && man == 7) return NAN;
-    if (exp == 0) v = ldexpf((float)man, -9); /* subnormal: man/8 * 2^-6 */
-    else v = ldexpf((float)(8 + man), (int)exp - 10);
+    if (exp == 0)
+        v = ldexpf((float)man, -9); /* subnormal: man/8 * 2^-6 */
+    else
+        v = ldexpf((float)(8 + man), (int)exp - 10);
     return (b & 0x80) ? -v : v;
 }
 
 /* ue8m0: 2^(s-127); 0xff is NaN. 2^-127 is a subnormal f32, still exact. */
-static inline float dsv4_e8m0_to_f32(uint8_t s)
+static inline DSV4_HD float dsv4_e8m0_to_f32(uint8_t s)
 {
     return s == 0xff ? NAN : ldexpf(1.0f, (int)s - 127);
 }
 
-/* e2m1: 1 sign, 2 exponent, 1 mantissa. */
-static inline float dsv4_e2m1_to_f32(uint8_t nibble)
+/* e2m1: 1 sign, 2 exponent (bias 1), 1 mantissa: 0, .5, 1, 1.5, 2, 3, 4, 6 and negatives. */
+static inline DSV4_HD float dsv4_e2m1_to_f32(uint8_t nibble)
 {
-    static const float table[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
-                                    -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
-    return table[nibble & 0xf];
+    const int exp = (nibble >> 1) & 3, man = nibble & 1;
+    const float v = exp == 0 ? 0.5f * (float)man : ldexpf(1.0f + 0.5f * (float)man, exp - 1);
+    return (nibble & 8) ? -v : v;
 }
 
 #endif

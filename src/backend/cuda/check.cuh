@@ -16,8 +16,8 @@ extern "C" {
     do {                                                                                           \
         cudaError_t cuda_try_err_ = (expr);                                                        \
         if (cuda_try_err_ != cudaSuccess)                                                          \
-            return dsv4_fail(DSV4_ERR_DEVICE, "%s failed at %s:%d: %s", #expr, __FILE__,          \
-                             __LINE__, cudaGetErrorString(cuda_try_err_));                         \
+            return dsv4_fail(DSV4_ERR_DEVICE, "%s failed at %s:%d: %s", #expr, __FILE__, __LINE__, \
+                             cudaGetErrorString(cuda_try_err_));                                   \
     } while (0)
 
 #endif

@@ -1,0 +1,117 @@
+/*
+ * context.cu - the per-GPU context (device + stream), device memory, weight upload.
+ */
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/cuda_backend.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct dsv4_cuda_ctx {
+    int device;
+    cudaStream_t stream;
+};
+
+extern "C" dsv4_status dsv4_cuda_ctx_create(int device, dsv4_cuda_ctx **out)
+{
+    *out = NULL;
+    dsv4_cuda_ctx *ctx = (dsv4_cuda_ctx *)calloc(1, sizeof *ctx);
+    if (!ctx) return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "allocating a CUDA context");
+    ctx->device = device;
+    cudaError_t err = cudaSetDevice(device);
+    if (err == cudaSuccess) err = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking);
+    if (err != cudaSuccess) {
+        free(ctx);
+        return dsv4_fail(DSV4_ERR_DEVICE, "creating a context on CUDA device %d: %s", device,
+                         cudaGetErrorString(err));
+    }
+    *out = ctx;
+    return DSV4_OK;
+}
+
+extern "C" void dsv4_cuda_ctx_destroy(dsv4_cuda_ctx *ctx)
+{
+    if (!ctx) return;
+    cudaSetDevice(ctx->device);
+    cudaStreamDestroy(ctx->stream);
+    free(ctx);
+}
+
+extern "C" dsv4_status dsv4_cuda_ctx_sync(dsv4_cuda_ctx *ctx)
+{
+    CUDA_TRY(cudaStreamSynchronize(ctx->stream));
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_cuda_alloc(dsv4_cuda_ctx *ctx, size_t bytes, void **out)
+{
+    *out = NULL;
+    CUDA_TRY(cudaSetDevice(ctx->device));
+    cudaError_t err = cudaMalloc(out, bytes ? bytes : 1);
+    if (err != cudaSuccess) {
+        *out = NULL;
+        return dsv4_fail(
+            err == cudaErrorMemoryAllocation ? DSV4_ERR_OUT_OF_MEMORY : DSV4_ERR_DEVICE,
+            "cudaMalloc(%zu bytes) on device %d: %s", bytes, ctx->device, cudaGetErrorString(err));
+    }
+    return DSV4_OK;
+}
+
+extern "C" void dsv4_cuda_free(dsv4_cuda_ctx *ctx, void *p)
+{
+    (void)ctx;
+    if (p) cudaFree(p);
+}
+
+extern "C" dsv4_status dsv4_cuda_copy_to_host(dsv4_cuda_ctx *ctx, void *dst, const void *src,
+                                              size_t bytes)
+{
+    CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ctx->stream));
+    return dsv4_cuda_ctx_sync(ctx);
+}
+
+static dsv4_status upload(dsv4_cuda_ctx *ctx, const void *src, size_t bytes, const void **dst)
+{
+    void *p;
+    DSV4_TRY(dsv4_cuda_alloc(ctx, bytes, &p));
+    cudaError_t err = cudaMemcpyAsync(p, src, bytes, cudaMemcpyHostToDevice, ctx->stream);
+    if (err != cudaSuccess) {
+        cudaFree(p);
+        return dsv4_fail(DSV4_ERR_DEVICE, "uploading %zu bytes: %s", bytes,
+                         cudaGetErrorString(err));
+    }
+    *dst = p;
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_cuda_weight_upload(dsv4_cuda_ctx *ctx, const dsv4_weight *w,
+                                               dsv4_weight *out)
+{
+    *out = *w;
+    out->data = NULL;
+    out->scale = NULL;
+    DSV4_TRY(upload(ctx, w->data, w->data_bytes, &out->data));
+    if (w->scale) {
+        dsv4_status st = upload(ctx, w->scale, w->scale_bytes, &out->scale);
+        if (st != DSV4_OK) {
+            dsv4_cuda_weight_free(ctx, out);
+            return st;
+        }
+    }
+    /* Host pages may be released by the caller once this returns. */
+    return dsv4_cuda_ctx_sync(ctx);
+}
+
+extern "C" void dsv4_cuda_weight_free(dsv4_cuda_ctx *ctx, dsv4_weight *w)
+{
+    dsv4_cuda_free(ctx, (void *)w->data);
+    dsv4_cuda_free(ctx, (void *)w->scale);
+    w->data = w->scale = NULL;
+}
+
+/* Lets dequant.cu reach the stream without exposing the struct. */
+cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx);
+cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx)
+{
+    return ctx->stream;
+}
