@@ -118,25 +118,11 @@ static void check_tiny(const char *base, const char *name, dsv4_layout layout, i
     dsv4_model_close(m);
 }
 
-static char *read_file(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) n = 0;
-    if (buf) buf[n] = 0;
-    fclose(f);
-    return buf;
-}
-
 static void check_corrupt(void)
 {
     char path[1300];
     snprintf(path, sizeof path, "%s/corrupt/cases.json", fixtures);
-    char *text = read_file(path);
+    char *text = test_read_file(path, NULL);
     CHECK_MSG(text != NULL, "cannot read %s", path);
     if (!text) return;
     cJSON *cases = cJSON_Parse(text);

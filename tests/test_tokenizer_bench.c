@@ -6,17 +6,11 @@
  * usage: test_tokenizer_bench TOKENIZER_JSON CORPUS_FILE
  */
 #include "dsv4.h"
+#include "test_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int main(int argc, char **argv)
 {
@@ -25,12 +19,12 @@ int main(int argc, char **argv)
         return 2;
     }
     dsv4_tokenizer *tok;
-    double t0 = now();
+    double t0 = test_now();
     if (dsv4_tokenizer_open(argv[1], &tok) != DSV4_OK) {
         fprintf(stderr, "%s\n", dsv4_last_error());
         return 1;
     }
-    printf("load: %.3f s\n", now() - t0);
+    printf("load: %.3f s\n", test_now() - t0);
     FILE *f = fopen(argv[2], "rb");
     if (!f) return 1;
     fseek(f, 0, SEEK_END);
@@ -42,9 +36,9 @@ int main(int argc, char **argv)
     for (int pass = 0; pass < 4; pass++) {
         int32_t *ids;
         size_t nid;
-        t0 = now();
+        t0 = test_now();
         if (dsv4_tokenizer_encode(tok, text, (size_t)n, 0, &ids, &nid) != DSV4_OK) return 1;
-        double dt = now() - t0;
+        double dt = test_now() - t0;
         printf("%s pass: %ld bytes -> %zu ids in %.3f s = %.2f MB/s\n", pass ? "warm" : "cold", n,
                nid, dt, n / dt / 1e6);
         dsv4_free(ids);

@@ -14,24 +14,6 @@
 #include <dirent.h>
 #include <stdlib.h>
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    if (buf) buf[n] = 0;
-    *len = (size_t)n;
-    return buf;
-}
-
 static int by_name(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -53,7 +35,7 @@ static void test_fixtures(const dsv4_tokenizer *tok, const char *dir)
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
         size_t len = 0;
-        char *json = slurp(path, &len);
+        char *json = test_read_file(path, &len);
         cJSON *root = json ? cJSON_Parse(json) : NULL;
         const cJSON *exp = cJSON_GetObjectItemCaseSensitive(root, "expected");
         CHECK_MSG(cJSON_IsString(exp), "%s: no expected string", names[i]);

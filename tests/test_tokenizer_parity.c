@@ -34,30 +34,6 @@ static int rd_bytes(reader *r, size_t n, const unsigned char **out)
     return 1;
 }
 
-static unsigned char *slurp(const char *path, size_t *size)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    fclose(f);
-    *size = (size_t)n;
-    return buf;
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 int main(int argc, char **argv)
 {
     if (argc != 3) {
@@ -71,7 +47,7 @@ int main(int argc, char **argv)
         return 1;
     }
     size_t size;
-    unsigned char *data = slurp(argv[2], &size);
+    unsigned char *data = (unsigned char *)test_read_file(argv[2], &size);
     CHECK(data != NULL && size > 12 && !memcmp(data, "DSV4TOKP", 8));
     if (!data) return test_finish();
     reader r = {data + 8, data + size};
@@ -95,9 +71,9 @@ int main(int argc, char **argv)
 
         int32_t *ids = NULL;
         size_t n = 0;
-        double t0 = now();
+        double t0 = test_now();
         st = dsv4_tokenizer_encode(tok, (const char *)text, text_len, flags, &ids, &n);
-        enc_time += now() - t0;
+        enc_time += test_now() - t0;
         total_bytes += text_len;
         total_ids += n;
         CHECK_MSG(st == DSV4_OK, "%.*s: encode: %s", (int)name_len, name, dsv4_last_error());
