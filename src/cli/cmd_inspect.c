@@ -69,10 +69,25 @@ static int parse_i64(const char *s, int64_t *out)
     return 0;
 }
 
+/* A JSON string literal (paths may hold quotes, backslashes or control bytes). */
+static void put_json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') printf("\\%c", c);
+        else if (c < 0x20) printf("\\u%04x", c);
+        else putchar(c);
+    }
+    putchar('"');
+}
+
 static void print_json(const char *dir, const dsv4_model *m, const dsv4_model_info *mi,
                        const dsv4_memory_plan *p, int64_t context, int batch)
 {
-    printf("{\"model\": \"%s\", \"layout\": \"%s\", \"files\": %d,\n", dir,
+    printf("{\"model\": ");
+    put_json_string(dir);
+    printf(", \"layout\": \"%s\", \"files\": %d,\n",
            mi->layout == DSV4_LAYOUT_OFFICIAL ? "official"
            : mi->layout == DSV4_LAYOUT_NVFP4  ? "nvfp4"
                                               : "transformers",
