@@ -325,6 +325,77 @@ dsv4_status dsv4_chat_parser_push(dsv4_chat_parser *p, const char *text, size_t 
 dsv4_status dsv4_chat_parser_finish(dsv4_chat_parser *p, dsv4_chat_delta *delta);
 void dsv4_chat_parser_close(dsv4_chat_parser *p);
 
+
+/* ------------------------------------------------------------------------------------------
+ * Sessions: one sequence's forward pass on the CPU (the reference backend)
+ *
+ * A session holds a sequence's incremental state: every layer's sliding-window keys, the
+ * compressed entries, the indexer keys and each compressor's partial window. Tokens are
+ * appended with dsv4_session_eval in chunks of any size; the result does not depend on how the
+ * sequence was split. A session uses its model (which must outlive it) read-only; two sessions
+ * may run on different threads at once, but one session must not be used by two threads at a
+ * time.
+ * ---------------------------------------------------------------------------------------- */
+typedef struct dsv4_session dsv4_session;
+
+/* How activations are rounded. */
+typedef enum dsv4_numeric_mode {
+    DSV4_MODE_FAITHFUL = 0, /* the official reference's FP8/FP4 activation simulation (default) */
+    DSV4_MODE_EXACT = 1     /* fp32 activations everywhere: matches HF transformers in float32 */
+} dsv4_numeric_mode;
+
+typedef struct dsv4_session_options {
+    dsv4_numeric_mode mode;
+    int n_threads;       /* <= 0: one per online CPU */
+    int64_t max_context; /* tokens the session may hold; <= 0: the model's max_position_embeddings */
+} dsv4_session_options;
+
+/* Fills *o with the defaults: faithful mode, all CPUs, the model's context length. */
+void dsv4_session_options_default(dsv4_session_options *o);
+
+/* Creates an empty session (position 0) on `m`. `o` may be NULL (defaults). A model this
+ * version cannot run (e.g. a rope_dim above 512) is DSV4_ERR_UNSUPPORTED. */
+dsv4_status dsv4_session_create(dsv4_model *m, const dsv4_session_options *o, dsv4_session **out);
+
+/* Releases the session and its state. NULL is fine. */
+void dsv4_session_close(dsv4_session *s);
+
+/* Appends ids[0..n) to the sequence and runs the forward pass over them. `logits` (may be NULL)
+ * receives float logits: [n, vocab] rows, one per appended token, when all_positions is
+ * non-zero, else [vocab] for the last appended token. An id outside [0, vocab) is
+ * DSV4_ERR_INPUT and growing the sequence past max_context is DSV4_ERR_CONTEXT_OVERFLOW; in
+ * both cases (checked before any work) the session is unchanged. After any other failure the
+ * session is at its previous position again. n == 0 does nothing. */
+dsv4_status dsv4_session_eval(dsv4_session *s, const int32_t *ids, int64_t n, float *logits,
+                              int all_positions);
+
+/* Number of tokens the session holds (the position of the next token). */
+int64_t dsv4_session_position(const dsv4_session *s);
+
+/* A deep copy of `s` (same model, options and state) that continues independently. */
+dsv4_status dsv4_session_fork(const dsv4_session *s, dsv4_session **out);
+
+/* Drops every token at position >= n_tokens: window, compressed entries and partial
+ * compressor windows become what a session fed only the first n_tokens would hold.
+ * n_tokens outside [0, position] is DSV4_ERR_INVALID_ARGUMENT. */
+dsv4_status dsv4_session_truncate(dsv4_session *s, int64_t n_tokens);
+
+/* The model's vocabulary size (the row width of the logits), or 0 for NULL. */
+int dsv4_model_vocab_size(const dsv4_model *m);
+
+/* Intermediate values, for localising a divergence (dsv4 diff). While set, every
+ * dsv4_session_eval calls fn once per recorded value, in the order computed, with rows
+ * [n_rows, row_width] of f32 (valid only during the call). Names, for the appended tokens:
+ *   "embed" [n, D]; per layer i: "hidden.L<i>.attn_in" (normalised attention input) [n, D],
+ *   "hidden.L<i>.attn_out" [n, D], "hidden.L<i>.ffn_in" [n, D], "hidden.L<i>.ffn_out" [n, D],
+ *   "hidden.L<i>.streams" (the layer's output streams) [n, hc_mult * D]; for compressed layers
+ *   "compressed.L<i>.kv" and (CSA) "compressed.L<i>.index_kv": every entry so far
+ *   [entries, width]; then "hidden.hc_head" [n, D] and "hidden.final" [n, D].
+ * These match the keys of the golden fixtures (tests/fixtures/goldens). fn == NULL stops. */
+typedef void (*dsv4_capture_fn)(void *user, const char *name, const float *data, int64_t n_rows,
+                                int64_t row_width);
+void dsv4_session_set_capture(dsv4_session *s, dsv4_capture_fn fn, void *user);
+
 #ifdef __cplusplus
 }
 #endif

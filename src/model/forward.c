@@ -1,0 +1,160 @@
+/*
+ * forward.c - the layer loop of DeepSeek-V4 for a chunk of tokens of one sequence, written once
+ * against the op set of backend/cpu/ops.h and the projections of cpu_linear.h:
+ *
+ *   embed -> n residual streams -> per layer { mHC site -> attention, mHC site -> MoE }
+ *         -> head collapse -> final RMSNorm -> LM head
+ *
+ * Semantics follow transformers 5.17's DeepseekV4Model (the "exact" numeric mode). The
+ * sublayers are in forward_attn.c and forward_moe.c; the per-sequence state in session.c.
+ */
+#include "core/error.h"
+#include "model/session.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void dsv4_session_emit(dsv4_session *s, const char *name, const float *data, int64_t rows,
+                       int64_t width)
+{
+    if (s->capture) s->capture(s->capture_user, name, data, rows, width);
+}
+
+static void emit_layer(dsv4_session *s, int layer, const char *what, const float *data,
+                       int64_t rows, int64_t width)
+{
+    if (!s->capture) return;
+    char name[64];
+    snprintf(name, sizeof name, "hidden.L%d.%s", layer, what);
+    s->capture(s->capture_user, name, data, rows, width);
+}
+
+/* Activations of one chunk, allocated together (freed by forward). */
+typedef struct fwd_buf {
+    float *X, *Xo;     /* [T, n, D] residual streams (current, next) */
+    float *flat;       /* [T, n * D] normalised streams */
+    float *mix;        /* [T, (2+n)n] */
+    float *pre, *post; /* [T, n] */
+    float *comb;       /* [T, n, n] */
+    float *y, *h, *f;  /* [T, D] collapsed, normalised sublayer input, sublayer output */
+} fwd_buf;
+
+/* One mHC site before a sublayer: X [T, n, D] -> pre/post/comb, y [T, D] = sum_j pre_j X_j. */
+static dsv4_status hc_site(dsv4_session *s, const dsv4_weight *fn, const float *base,
+                           const float *scale, fwd_buf *b, int64_t T)
+{
+    const dsv4_config *c = s->cfg;
+    const int n = c->hc_mult;
+    const int64_t D = c->hidden_size, nD = (int64_t)n * D, mixn = (int64_t)(2 + n) * n;
+    dsv4_op_rmsnorm(b->flat, b->X, NULL, T, nD, c->rms_norm_eps);
+    DSV4_TRY(dsv4_cpu_linear(s->pool, fn, b->flat, T, b->mix)); /* [T, nD] -> [T, (2+n)n] */
+    for (int64_t t = 0; t < T; t++) {
+        float *pre = b->pre + t * n, *post = b->post + t * n, *comb = b->comb + t * n * n;
+        dsv4_op_hc_weights(b->mix + t * mixn, base, scale, n, c->hc_sinkhorn_iters, c->hc_eps, pre,
+                           post, comb);
+        dsv4_op_hc_collapse(b->y + t * D, b->X + t * nD, pre, n, D);
+    }
+    return DSV4_OK;
+}
+
+/* After the sublayer: X' = post (x) f + comb^T X, for every token; swaps X and Xo. */
+static void hc_expand(const dsv4_config *c, fwd_buf *b, int64_t T)
+{
+    const int n = c->hc_mult;
+    const int64_t D = c->hidden_size, nD = (int64_t)n * D;
+    for (int64_t t = 0; t < T; t++)
+        dsv4_op_hc_expand(b->Xo + t * nD, b->X + t * nD, b->f + t * D, b->post + t * n,
+                          b->comb + t * n * n, n, D);
+    float *tmp = b->X;
+    b->X = b->Xo;
+    b->Xo = tmp;
+}
+
+static dsv4_status run_layers(dsv4_session *s, const int32_t *ids, int64_t T, fwd_buf *b)
+{
+    const dsv4_config *c = s->cfg;
+    const dsv4_model_weights *W = &s->m->w;
+    const int n = c->hc_mult;
+    const int64_t D = c->hidden_size, nD = (int64_t)n * D;
+
+    /* embed: ids [T] -> y [T, D] -> X [T, n, D] (n copies) */
+    for (int64_t t = 0; t < T; t++) {
+        DSV4_TRY(dsv4_weight_dequant_row(&W->embed, ids[t], b->y + t * D));
+        for (int j = 0; j < n; j++) memcpy(b->X + t * nD + j * D, b->y + t * D, D * sizeof(float));
+    }
+    dsv4_session_emit(s, "embed", b->y, T, D);
+
+    for (int li = 0; li < c->num_layers; li++) {
+        const dsv4_layer_weights *lw = &W->layers[li];
+        const dsv4_layer_consts *k = &s->lc[li];
+
+        /* attention site: X -> y -> h = RMSNorm_attn(y) -> f = attn(h) -> X */
+        DSV4_TRY(hc_site(s, &lw->hc_attn_fn, k->hc_attn_base, k->hc_attn_scale, b, T));
+        dsv4_op_rmsnorm(b->h, b->y, k->attn_norm, T, D, c->rms_norm_eps);
+        emit_layer(s, li, "attn_in", b->h, T, D);
+        DSV4_TRY(dsv4_forward_attn(s, li, b->h, T, b->f));
+        emit_layer(s, li, "attn_out", b->f, T, D);
+        hc_expand(c, b, T);
+
+        /* FFN site: X -> y -> h = RMSNorm_ffn(y) -> f = moe(h) -> X */
+        DSV4_TRY(hc_site(s, &lw->hc_ffn_fn, k->hc_ffn_base, k->hc_ffn_scale, b, T));
+        dsv4_op_rmsnorm(b->h, b->y, k->ffn_norm, T, D, c->rms_norm_eps);
+        emit_layer(s, li, "ffn_in", b->h, T, D);
+        DSV4_TRY(dsv4_forward_moe(s, li, b->h, ids, T, b->f));
+        emit_layer(s, li, "ffn_out", b->f, T, D);
+        hc_expand(c, b, T);
+        emit_layer(s, li, "streams", b->X, T, nD);
+    }
+
+    /* head collapse: X [T, n, D] -> y [T, D]; final norm -> h [T, D] */
+    dsv4_op_rmsnorm(b->flat, b->X, NULL, T, nD, c->rms_norm_eps);
+    DSV4_TRY(dsv4_cpu_linear(s->pool, &W->hc_head_fn, b->flat, T, b->mix)); /* -> [T, n] */
+    for (int64_t t = 0; t < T; t++) {
+        float *pre = b->pre + t * n;
+        dsv4_op_hc_head_weights(b->mix + t * n, s->hc_head_base, s->hc_head_scale, n, c->hc_eps,
+                                pre);
+        dsv4_op_hc_collapse(b->y + t * D, b->X + t * nD, pre, n, D);
+    }
+    dsv4_session_emit(s, "hidden.hc_head", b->y, T, D);
+    dsv4_op_rmsnorm(b->h, b->y, s->norm, T, D, c->rms_norm_eps);
+    dsv4_session_emit(s, "hidden.final", b->h, T, D);
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_forward(dsv4_session *s, const int32_t *ids, int64_t T, float *logits,
+                         int all_positions)
+{
+    const dsv4_config *c = s->cfg;
+    const int n = c->hc_mult;
+    const int64_t D = c->hidden_size, nD = (int64_t)n * D, mixn = (int64_t)(2 + n) * n;
+    /* one allocation for the chunk's activations */
+    const int64_t per_tok = 3 * nD + mixn + 2 * n + n * n + 3 * D;
+    float *mem = malloc((size_t)(T * per_tok) * sizeof(float));
+    if (!mem)
+        return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "forward: activations for %lld tokens",
+                         (long long)T);
+    fwd_buf b;
+    float *p = mem;
+    b.X = p, p += T * nD;
+    b.Xo = p, p += T * nD;
+    b.flat = p, p += T * nD;
+    b.mix = p, p += T * mixn;
+    b.pre = p, p += T * n;
+    b.post = p, p += T * n;
+    b.comb = p, p += T * n * n;
+    b.y = p, p += T * D;
+    b.h = p, p += T * D;
+    b.f = p;
+
+    dsv4_status st = run_layers(s, ids, T, &b);
+    if (st == DSV4_OK && logits) { /* LM head: h [T, D] -> logits [T, V] (or the last row) */
+        const dsv4_weight *head = &s->m->w.head;
+        if (all_positions)
+            st = dsv4_cpu_linear(s->pool, head, b.h, T, logits);
+        else
+            st = dsv4_cpu_linear(s->pool, head, b.h + (T - 1) * D, 1, logits);
+    }
+    free(mem);
+    return st;
+}

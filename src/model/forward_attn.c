@@ -1,0 +1,258 @@
+/*
+ * forward_attn.c - the attention sublayer of one layer for a chunk of tokens: queries, the
+ * shared key/value head and its sliding window, the compressors (HCA pooling, CSA overlapping
+ * pooling), the lightning indexer's top-k, attention with sinks, inverse RoPE and the grouped
+ * output projection. Semantics of transformers 5.17's DeepseekV4Attention and its compressors.
+ */
+#include "core/error.h"
+#include "model/session.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Pools entry i of compressor `cs` (window [i*m, (i+1)*m)), then RMSNorm and RoPE at position
+ * i*m. With overlap (CSA) the slots are the previous window's first halves (none for i = 0)
+ * followed by this window's second halves. -> entries[i] [dim] */
+static void pool_entry(dsv4_session *s, dsv4_comp_state *cs, const float *norm, int64_t i)
+{
+    const int m = cs->ratio, d = cs->dim, w = cs->width;
+    const int overlap = w == 2 * d;
+    const float *kvp[256], *gp[256]; /* 2m <= 256 (ratios 4 and 128) */
+    int ns = 0;
+    if (overlap && i > 0)
+        for (int j = 0; j < m; j++) {
+            const int64_t row = (i - 1) * m + j;
+            kvp[ns] = cs->kv + row * w;
+            gp[ns++] = cs->gate + row * w;
+        }
+    for (int j = 0; j < m; j++) {
+        const int64_t row = i * m + j;
+        const int off = overlap ? d : 0;
+        kvp[ns] = cs->kv + row * w + off;
+        gp[ns++] = cs->gate + row * w + off;
+    }
+    float *e = cs->entries + i * d;
+    dsv4_op_compress_pool(e, kvp, gp, ns, d);
+    dsv4_op_rmsnorm(e, e, norm, 1, d, s->cfg->rms_norm_eps);
+    dsv4_op_rope(e, 1, d, s->cfg->rope_dim, s->rope_comp, i * m, 0);
+}
+
+/* h [T, D] -> the tokens' rows kv, gate [T, width] (gate + ape[pos % m]); closes every window
+ * the chunk completes. */
+static dsv4_status comp_append(dsv4_session *s, const dsv4_compressor_weights *cw, const float *ape,
+                               const float *norm, dsv4_comp_state *cs, const float *h, int64_t T)
+{
+    const int64_t p0 = s->pos, w = cs->width, m = cs->ratio;
+    DSV4_TRY(dsv4_cpu_linear(s->pool, &cw->wkv, h, T, cs->kv + p0 * w));
+    DSV4_TRY(dsv4_cpu_linear(s->pool, &cw->wgate, h, T, cs->gate + p0 * w));
+    for (int64_t t = 0; t < T; t++) {
+        float *g = cs->gate + (p0 + t) * w;
+        const float *a = ape + ((p0 + t) % m) * w;
+        for (int64_t i = 0; i < w; i++) g[i] += a[i];
+    }
+    const int64_t target = (p0 + T) / m;
+    for (int64_t i = cs->n_entries; i < target; i++) pool_entry(s, cs, norm, i);
+    if (target > cs->n_entries) cs->n_entries = target;
+    return DSV4_OK;
+}
+
+/* ---- lightning indexer: per query token, the top-k visible entries ------------------------ */
+typedef struct index_job {
+    const dsv4_session *s;
+    const dsv4_comp_state *ic; /* indexer keys */
+    const float *q, *w;        /* [T, nh, d], [T, nh] */
+    int64_t p0;
+    int nh, d, topk;
+    int32_t *sel; /* [T, topk] */
+    int *nsel;    /* [T] */
+    int failed;
+} index_job;
+
+static void index_item(int64_t t, void *ctx)
+{
+    index_job *j = ctx;
+    const int64_t p = j->p0 + t, nvis = (p + 1) / j->ic->ratio;
+    const int k = nvis < j->topk ? (int)nvis : j->topk;
+    j->nsel[t] = k;
+    if (k == 0) return;
+    float *sc = malloc((size_t)nvis * sizeof *sc);
+    if (!sc) {
+        j->failed = 1;
+        j->nsel[t] = 0;
+        return;
+    }
+    dsv4_op_indexer_scores(sc, j->q + t * j->nh * j->d, j->w + t * j->nh, j->ic->entries, nvis,
+                           j->nh, j->d, 1.0f / sqrtf((float)j->d));
+    dsv4_op_topk(j->sel + t * j->topk, sc, nvis, k);
+    free(sc);
+}
+
+/* ---- attention over [window ++ entries] per (token, head) --------------------------------- */
+typedef struct attend_job {
+    const float *q;           /* [T, H, c] */
+    float *o;                 /* [T, H, c] */
+    const float *const *keys; /* key pointers, token t's at keys[koff[t] .. koff[t+1]) */
+    const int64_t *koff;
+    const float *sink; /* [H] */
+    int H, c;
+    float scale;
+    int failed;
+} attend_job;
+
+static void attend_item(int64_t i, void *ctx)
+{
+    attend_job *j = ctx;
+    const int64_t t = i / j->H, hh = i % j->H;
+    const int64_t nk = j->koff[t + 1] - j->koff[t];
+    float *scratch = malloc((size_t)(nk > 0 ? nk : 1) * sizeof *scratch);
+    if (!scratch) {
+        j->failed = 1;
+        return;
+    }
+    const int64_t off = (t * j->H + hh) * j->c;
+    dsv4_op_attend_head(j->o + off, j->q + off, j->keys + j->koff[t], nk, j->c, j->scale,
+                        j->sink[hh], scratch);
+    free(scratch);
+}
+
+typedef struct attn_buf {
+    float *qr, *q, *o, *og, *z, *za; /* [T,ql] [T,H,c] [T,H,c] [T,gw] [T,g*ol] [T,ol] */
+    float *iq, *iw;                  /* indexer: [T, nh, d], [T, nh] */
+    int32_t *sel;                    /* [T, topk] */
+    int *nsel;
+    const float **keys;
+    int64_t *koff;
+} attn_buf;
+
+static void attn_buf_free(attn_buf *b)
+{
+    free(b->qr), free(b->q), free(b->o), free(b->og), free(b->z), free(b->za);
+    free(b->iq), free(b->iw), free(b->sel), free(b->nsel), free((void *)b->keys), free(b->koff);
+}
+
+static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T, float *out,
+                             attn_buf *b)
+{
+    const dsv4_config *c = s->cfg;
+    const dsv4_layer_weights *lw = &s->m->w.layers[li];
+    const dsv4_layer_consts *k = &s->lc[li];
+    dsv4_layer_state *ls = &s->ls[li];
+    const int H = c->num_heads, hd = c->head_dim, r = c->rope_dim, ratio = lw->compress_ratio;
+    const int64_t p0 = s->pos, Hc = (int64_t)H * hd, ql = c->q_lora_rank;
+    const float eps = c->rms_norm_eps;
+    const float *freqs = ratio ? s->rope_comp : s->rope_main;
+    const int csa = ratio == 4;
+
+    /* queries: h [T, D] -> qr [T, ql] (RMSNorm q_norm) -> q [T, H, c] (per-head RMS, RoPE) */
+    b->qr = malloc((size_t)(T * ql) * sizeof(float));
+    b->q = malloc((size_t)(T * Hc) * sizeof(float));
+    b->o = malloc((size_t)(T * Hc) * sizeof(float));
+    b->koff = malloc((size_t)(T + 1) * sizeof(int64_t));
+    if (!b->qr || !b->q || !b->o || !b->koff) goto oom;
+    DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->wq_a, h, T, b->qr));
+    dsv4_op_rmsnorm(b->qr, b->qr, k->q_norm, T, ql, eps);
+    DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->wq_b, b->qr, T, b->q));
+    dsv4_op_rmsnorm(b->q, b->q, NULL, T * H, hd, eps);
+    for (int64_t t = 0; t < T; t++) dsv4_op_rope(b->q + t * Hc, H, hd, r, freqs, p0 + t, 0);
+
+    /* the shared key/value head: h [T, D] -> kv [T, c] (RMSNorm kv_norm, RoPE), kept */
+    float *kv = ls->kv + p0 * hd;
+    DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->wkv, h, T, kv));
+    dsv4_op_rmsnorm(kv, kv, k->kv_norm, T, hd, eps);
+    for (int64_t t = 0; t < T; t++) dsv4_op_rope(kv + t * hd, 1, hd, r, freqs, p0 + t, 0);
+
+    /* compressed entries */
+    if (ratio > 0) {
+        DSV4_TRY(comp_append(s, &lw->compressor, k->comp_ape, k->comp_norm, &ls->comp, h, T));
+        if (s->capture) {
+            char name[64];
+            snprintf(name, sizeof name, "compressed.L%d.kv", li);
+            dsv4_session_emit(s, name, ls->comp.entries, ls->comp.n_entries, ls->comp.dim);
+        }
+    }
+    if (csa) {
+        const int nh = c->index_n_heads, d = c->index_head_dim, topk = c->index_topk;
+        DSV4_TRY(comp_append(s, &lw->idx_compressor, k->idx_ape, k->idx_norm, &ls->idx, h, T));
+        if (s->capture) {
+            char name[64];
+            snprintf(name, sizeof name, "compressed.L%d.index_kv", li);
+            dsv4_session_emit(s, name, ls->idx.entries, ls->idx.n_entries, ls->idx.dim);
+        }
+        /* indexer queries qr [T, ql] -> iq [T, nh, d] (RoPE, compress theta); weights
+         * h [T, D] -> iw [T, nh] * nh^-0.5 */
+        b->iq = malloc((size_t)(T * nh * d) * sizeof(float));
+        b->iw = malloc((size_t)(T * nh) * sizeof(float));
+        b->sel = malloc((size_t)(T * (topk > 0 ? topk : 1)) * sizeof(int32_t));
+        b->nsel = malloc((size_t)T * sizeof(int));
+        if (!b->iq || !b->iw || !b->sel || !b->nsel) goto oom;
+        DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->idx_wq_b, b->qr, T, b->iq));
+        for (int64_t t = 0; t < T; t++)
+            dsv4_op_rope(b->iq + t * nh * d, nh, d, r, s->rope_comp, p0 + t, 0);
+        DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->idx_weights_proj, h, T, b->iw));
+        const float wscale = 1.0f / sqrtf((float)nh);
+        for (int64_t i = 0; i < T * nh; i++) b->iw[i] *= wscale;
+        index_job ij = {s, &ls->idx, b->iq, b->iw, p0, nh, d, topk, b->sel, b->nsel, 0};
+        dsv4_cpu_pool_run(s->pool, T, index_item, &ij);
+        if (ij.failed) goto oom;
+    }
+
+    /* key lists: token at p sees window [max(0, p-W+1), p] then its visible entries */
+    const int64_t Wn = c->sliding_window;
+    b->koff[0] = 0;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t p = p0 + t, lo = p - Wn + 1 > 0 ? p - Wn + 1 : 0;
+        int64_t nk = p - lo + 1;
+        if (ratio > 0) nk += csa ? b->nsel[t] : (p + 1) / ratio;
+        b->koff[t + 1] = b->koff[t] + nk;
+    }
+    b->keys = malloc((size_t)(b->koff[T] > 0 ? b->koff[T] : 1) * sizeof(float *));
+    if (!b->keys) goto oom;
+    for (int64_t t = 0; t < T; t++) {
+        const int64_t p = p0 + t, lo = p - Wn + 1 > 0 ? p - Wn + 1 : 0;
+        const float **kp = b->keys + b->koff[t];
+        for (int64_t j = lo; j <= p; j++) *kp++ = ls->kv + j * hd;
+        if (ratio > 0 && csa) {
+            for (int j = 0; j < b->nsel[t]; j++)
+                *kp++ = ls->comp.entries + (int64_t)b->sel[t * c->index_topk + j] * hd;
+        } else if (ratio > 0) {
+            for (int64_t j = 0; j < (p + 1) / ratio; j++) *kp++ = ls->comp.entries + j * hd;
+        }
+    }
+    attend_job aj = {b->q, b->o, b->keys, b->koff, k->sink, H, hd, 1.0f / sqrtf((float)hd), 0};
+    dsv4_cpu_pool_run(s->pool, T * H, attend_item, &aj);
+    if (aj.failed) goto oom;
+    /* inverse RoPE on each head's output tail, at the query position */
+    for (int64_t t = 0; t < T; t++) dsv4_op_rope(b->o + t * Hc, H, hd, r, freqs, p0 + t, 1);
+
+    /* grouped output: o [T, g, H/g * c] -> per group wo_a rows [g*ol, (g+1)*ol) -> z [T, g*ol]
+     * -> wo_b -> out [T, D] */
+    const int g = c->o_groups;
+    const int64_t gw = Hc / g, ol = c->o_lora_rank;
+    b->og = malloc((size_t)(T * gw) * sizeof(float));
+    b->z = malloc((size_t)(T * g * ol) * sizeof(float));
+    b->za = malloc((size_t)(T * ol) * sizeof(float));
+    if (!b->og || !b->z || !b->za) goto oom;
+    for (int gi = 0; gi < g; gi++) {
+        for (int64_t t = 0; t < T; t++)
+            memcpy(b->og + t * gw, b->o + t * Hc + gi * gw, (size_t)gw * sizeof(float));
+        DSV4_TRY(dsv4_cpu_linear_rows(s->pool, &lw->wo_a, gi * ol, ol, b->og, T, b->za));
+        for (int64_t t = 0; t < T; t++)
+            memcpy(b->z + t * g * ol + gi * ol, b->za + t * ol, (size_t)ol * sizeof(float));
+    }
+    DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->wo_b, b->z, T, out));
+    return DSV4_OK;
+oom:
+    return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "layer %d attention: buffers for %lld tokens", li,
+                     (long long)T);
+}
+
+dsv4_status dsv4_forward_attn(dsv4_session *s, int li, const float *h, int64_t T, float *out)
+{
+    attn_buf b;
+    memset(&b, 0, sizeof b);
+    dsv4_status st = attn_body(s, li, h, T, out, &b);
+    attn_buf_free(&b);
+    return st;
+}

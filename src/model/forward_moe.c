@@ -1,0 +1,132 @@
+/*
+ * forward_moe.c - the MoE sublayer for a chunk of tokens: sqrt-softplus router with
+ * bias-corrected top-k (or hash routing through tid2eid), clamped SwiGLU experts run over the
+ * tokens routed to each, the shared expert, routed scaling. Semantics of transformers 5.17's
+ * DeepseekV4SparseMoeBlock.
+ */
+#include "core/error.h"
+#include "model/session.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* Expert: x [n, D] -> y [n, D] = w2 . (silu(min(w1 x, L)) * clamp(w3 x, -L, L)); g, u [n, I]. */
+static dsv4_status expert(dsv4_session *s, const dsv4_expert_weights *e, const float *x, int64_t n,
+                          float *g, float *u, float *y)
+{
+    DSV4_TRY(dsv4_cpu_linear(s->pool, &e->w1, x, n, g));
+    DSV4_TRY(dsv4_cpu_linear(s->pool, &e->w3, x, n, u));
+    dsv4_op_swiglu_clamped(g, u, n * e->w1.rows, s->cfg->swiglu_limit);
+    return dsv4_cpu_linear(s->pool, &e->w2, g, n, y);
+}
+
+/* tid2eid[id][j] as stored (I64 or I32). */
+static int64_t table_at(const dsv4_weight *w, int64_t row, int64_t col)
+{
+    const uint8_t *p = (const uint8_t *)w->data;
+    const int64_t i = row * w->cols + col;
+    if (w->dtype == DSV4_DT_I64) {
+        int64_t v;
+        memcpy(&v, p + i * 8, 8);
+        return v;
+    }
+    int32_t v;
+    memcpy(&v, p + i * 4, 4);
+    return v;
+}
+
+typedef struct moe_buf {
+    float *logits, *scores, *wts, *xg, *g, *u, *yg, *acc;
+    int32_t *sel;
+    int64_t *tok; /* tokens routed to one expert, and */
+    int *slot;    /* the slot of that expert in their selection */
+} moe_buf;
+
+static dsv4_status moe_body(dsv4_session *s, int li, const float *h, const int32_t *ids, int64_t T,
+                            float *out, moe_buf *b)
+{
+    const dsv4_config *c = s->cfg;
+    const dsv4_layer_weights *lw = &s->m->w.layers[li];
+    const int E = c->n_routed_experts, K = c->n_experts_per_tok;
+    const int64_t D = c->hidden_size;
+    int64_t I = lw->shared.w1.rows;
+    for (int e = 0; e < E; e++)
+        if (lw->experts[e].w1.rows > I) I = lw->experts[e].w1.rows;
+
+    b->logits = malloc((size_t)(T * E) * sizeof(float));
+    b->scores = malloc((size_t)(T * E) * sizeof(float));
+    b->wts = malloc((size_t)(T * K) * sizeof(float));
+    b->sel = malloc((size_t)(T * K) * sizeof(int32_t));
+    b->xg = malloc((size_t)(T * K * D) * sizeof(float));
+    b->g = malloc((size_t)(T * K * I) * sizeof(float));
+    b->u = malloc((size_t)(T * K * I) * sizeof(float));
+    b->yg = malloc((size_t)(T * K * D) * sizeof(float));
+    b->acc = calloc((size_t)(T * D), sizeof(float));
+    b->tok = malloc((size_t)(T * K) * sizeof(int64_t));
+    b->slot = malloc((size_t)(T * K) * sizeof(int));
+    if (!b->logits || !b->scores || !b->wts || !b->sel || !b->xg || !b->g || !b->u || !b->yg ||
+        !b->acc || !b->tok || !b->slot)
+        return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "layer %d MoE: buffers for %lld tokens", li,
+                         (long long)T);
+
+    /* router: h [T, D] -> logits [T, E] (fp32) -> scores -> sel [T, K], wts [T, K] */
+    DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->gate, h, T, b->logits));
+    for (int64_t t = 0; t < T; t++) {
+        float *sc = b->scores + t * E;
+        int32_t *sel = b->sel + t * K;
+        dsv4_op_router_scores(sc, b->logits + t * E, E);
+        if (lw->hash_routed) {
+            for (int j = 0; j < K; j++) {
+                const int64_t e = table_at(&lw->tid2eid, ids[t], j);
+                if (e < 0 || e >= E)
+                    return dsv4_fail(DSV4_ERR_FORMAT, "%s[%d][%d] = %lld: not an expert in [0, %d)",
+                                     lw->tid2eid.name, ids[t], j, (long long)e, E);
+                sel[j] = (int32_t)e;
+            }
+        } else {
+            const float *bias = s->lc[li].gate_bias;
+            float *biased = b->logits + t * E; /* the logits are no longer needed */
+            for (int e = 0; e < E; e++) biased[e] = sc[e] + (bias ? bias[e] : 0.0f);
+            dsv4_op_topk(sel, biased, E, K);
+        }
+        dsv4_op_router_weights(b->wts + t * K, sc, sel, K, c->routed_scaling_factor);
+    }
+
+    /* routed experts, in expert order: gather the (token, slot) pairs routed to e, run the
+     * expert on them, add weight * output into acc [T, D] */
+    for (int e = 0; e < E; e++) {
+        int64_t n = 0;
+        for (int j = 0; j < K; j++) /* slot-major, as transformers' torch.where(mask[e]) */
+            for (int64_t t = 0; t < T; t++)
+                if (b->sel[t * K + j] == e) {
+                    b->tok[n] = t;
+                    b->slot[n] = j;
+                    memcpy(b->xg + n * D, h + t * D, (size_t)D * sizeof(float));
+                    n++;
+                }
+        if (n == 0) continue;
+        DSV4_TRY(expert(s, &lw->experts[e], b->xg, n, b->g, b->u, b->yg));
+        for (int64_t i = 0; i < n; i++) {
+            const float w = b->wts[b->tok[i] * K + b->slot[i]];
+            float *a = b->acc + b->tok[i] * D;
+            const float *y = b->yg + i * D;
+            for (int64_t d = 0; d < D; d++) a[d] += y[d] * w;
+        }
+    }
+
+    /* shared expert on every token, then out = routed + shared */
+    DSV4_TRY(expert(s, &lw->shared, h, T, b->g, b->u, out));
+    for (int64_t i = 0; i < T * D; i++) out[i] = b->acc[i] + out[i];
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_forward_moe(dsv4_session *s, int li, const float *h, const int32_t *ids, int64_t T,
+                             float *out)
+{
+    moe_buf b;
+    memset(&b, 0, sizeof b);
+    dsv4_status st = moe_body(s, li, h, ids, T, out, &b);
+    free(b.logits), free(b.scores), free(b.wts), free(b.sel), free(b.xg), free(b.g), free(b.u);
+    free(b.yg), free(b.acc), free(b.tok), free(b.slot);
+    return st;
+}

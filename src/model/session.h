@@ -1,0 +1,85 @@
+/*
+ * session.h - what stands behind a dsv4_session: the per-sequence state of the forward pass and
+ * the small model constants it reads (norm weights, biases, sinks... decoded to f32 once).
+ *
+ * State design (a reference, so simple over small): every token's window key and every
+ * compressor's per-token projection rows are kept for the whole sequence. The sliding window
+ * is the tail of that history, a compressor's partial window is the rows after its last
+ * entry, and the CSA overlap halves are the rows of the previous window. Truncation therefore
+ * only lowers counters (entries past the new end are dropped; partial windows follow), and a
+ * fork is a copy of the arrays.
+ */
+#ifndef DSV4_MODEL_SESSION_H
+#define DSV4_MODEL_SESSION_H
+
+#include "backend/cpu/cpu_linear.h"
+#include "backend/cpu/ops.h"
+#include "dsv4.h"
+#include "model/model.h"
+
+/* One compressor (the attention's, or the CSA indexer's). */
+typedef struct dsv4_comp_state {
+    int ratio;      /* m: tokens per entry (4 or 128) */
+    int width;      /* projection row width: 2 * dim with overlap (ratio 4), else dim */
+    int dim;        /* entry width */
+    float *kv;      /* [cap, width] every token's wkv . h */
+    float *gate;    /* [cap, width] every token's wgate . h + ape[t % m] */
+    float *entries; /* [cap / m + 1, dim] pooled, normalised, rotated entries */
+    int64_t n_entries;
+} dsv4_comp_state;
+
+typedef struct dsv4_layer_state {
+    float *kv;            /* [cap, head_dim] every token's key (= value), normalised + rotated */
+    dsv4_comp_state comp; /* ratio > 0 */
+    dsv4_comp_state idx;  /* ratio 4: the lightning indexer's own compressor */
+} dsv4_layer_state;
+
+/* Vectors of one layer decoded to f32 (owned by the session). */
+typedef struct dsv4_layer_consts {
+    float *attn_norm, *ffn_norm, *q_norm, *kv_norm, *sink;
+    float *hc_attn_base, *hc_attn_scale, *hc_ffn_base, *hc_ffn_scale;
+    float *comp_ape, *comp_norm; /* ratio > 0: [m, width], [dim] */
+    float *idx_ape, *idx_norm;   /* ratio 4 */
+    float *gate_bias;            /* non-hash layers: [E] */
+} dsv4_layer_consts;
+
+struct dsv4_session {
+    dsv4_model *m;
+    const dsv4_config *cfg;
+    dsv4_session_options opt;
+    dsv4_cpu_pool *pool;
+
+    dsv4_layer_consts *lc;      /* [num_layers] */
+    float *norm, *hc_head_base; /* [D], [n] */
+    float hc_head_scale;
+    float rope_main[DSV4_ROPE_MAX / 2], rope_comp[DSV4_ROPE_MAX / 2];
+
+    int64_t pos;          /* tokens held */
+    int64_t cap;          /* tokens the per-token arrays have room for */
+    int32_t *ids;         /* [cap] the sequence so far (hash routing reads it) */
+    dsv4_layer_state *ls; /* [num_layers] */
+
+    dsv4_capture_fn capture;
+    void *capture_user;
+};
+
+/* Runs the forward pass for ids[0..T) at positions s->pos .. s->pos+T-1 (capacity ensured and
+ * ids already stored by the caller; s->pos is advanced by the caller). logits: [T, V] rows
+ * for every token when all_positions, else [V] for the last; NULL skips the head.
+ * model/forward.c */
+dsv4_status dsv4_forward(dsv4_session *s, const int32_t *ids, int64_t T, float *logits,
+                         int all_positions);
+
+/* Attention sublayer of main layer `layer`: h [T, D] -> out [T, D]; appends the tokens' keys
+ * and compressor rows to the layer state and closes finished windows. model/forward_attn.c */
+dsv4_status dsv4_forward_attn(dsv4_session *s, int layer, const float *h, int64_t T, float *out);
+
+/* MoE sublayer: h [T, D], ids [T] -> out [T, D]. model/forward_moe.c */
+dsv4_status dsv4_forward_moe(dsv4_session *s, int layer, const float *h, const int32_t *ids,
+                             int64_t T, float *out);
+
+/* Calls the capture hook when one is set. */
+void dsv4_session_emit(dsv4_session *s, const char *name, const float *data, int64_t rows,
+                       int64_t width);
+
+#endif
