@@ -1,0 +1,384 @@
+/*
+ * linear_avx2.c - AVX2 + FMA + F16C projection kernels. Each function carries its own target
+ * attribute (the build has no global -mavx2); cpu_linear.c calls them only after
+ * dsv4_linear_avx2_supported() said yes.
+ *
+ * Every decoder turns 16 stored weights of one row into two __m256 (columns k..k+7, k+8..k+15):
+ *   F32   two loads;  BF16  zero-extend and shift left 16;  F16  vcvtph2ps.
+ *   FP8   e4m3 byte b -> the f16 with bits sign(b) << 15 | (b & 0x7f) << 7, which is exactly
+ *         e4m3(b) / 256 for every code, subnormals included (both have 3 mantissa bits and the
+ *         exponent biases differ by 8); 0x7f/0xff are forced to an f16 NaN. vcvtph2ps, then one
+ *         multiply by 256 * block scale, so the decoded weight equals the reference bit for bit.
+ *   FP4   e2m1 nibbles, interleaved into column order, go through pshufb with a 16-entry table of
+ *         2 * e2m1 as int8, are widened to f32 and multiplied by scale / 2 (exact).
+ * T == 1 (decode, memory-bound GEMV): decode fused with the FMAs, four rows at a time so each x
+ *   vector load serves four rows; nothing is written to memory but y.
+ * T > 1 (prefill): 16 rows x 256 columns are decoded into a 16 KiB stack tile (L1), then a
+ *   4-row x 3-token register-tiled micro-kernel runs over it for every token; the tile's partial
+ *   sums are added into y, so each weight element is decoded once per call.
+ * Both keep the per-output summation order independent of which rows share a tile (partial
+ * tiles repeat a row or token and drop its result), hence of the thread count.
+ */
+#include "backend/cpu/linear_kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <float.h>
+#include <immintrin.h>
+#include <math.h>
+
+#define AVX2_FN     __attribute__((target("avx2,fma,f16c")))
+#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
+
+int dsv4_linear_avx2_supported(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+}
+
+AVX2_INLINE float hsum(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* The multiplier a decoder applies for a group with scale s (see the file comment). *exact is
+ * cleared for an FP8 scale so large that 256 * s overflows: that group is decoded by the scalar
+ * code instead. */
+static inline float decoder_scale(dsv4_weight_format fmt, float s, int *exact)
+{
+    if (fmt == DSV4_FORMAT_FP8) {
+        if (fabsf(s) >= 0x1p119f && fabsf(s) <= FLT_MAX) *exact = 0;
+        return s * 256.0f;
+    }
+    if (fmt == DSV4_FORMAT_MXFP4 || fmt == DSV4_FORMAT_NVFP4) return s * 0.5f;
+    return 1.0f;
+}
+
+/* Columns [k, k + 16) of the row at d -> w0, w1. sc: decoder_scale of k's group. */
+AVX2_INLINE void decode16(dsv4_weight_format fmt, const uint8_t *d, int64_t k, __m256 sc,
+                          __m256 *w0, __m256 *w1)
+{
+    switch (fmt) {
+    case DSV4_FORMAT_F32:
+        *w0 = _mm256_loadu_ps((const float *)(const void *)(d + 4 * k));
+        *w1 = _mm256_loadu_ps((const float *)(const void *)(d + 4 * k + 32));
+        return;
+    case DSV4_FORMAT_BF16: {
+        const __m128i h0 = _mm_loadu_si128((const __m128i *)(const void *)(d + 2 * k));
+        const __m128i h1 = _mm_loadu_si128((const __m128i *)(const void *)(d + 2 * k + 16));
+        *w0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h0), 16));
+        *w1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h1), 16));
+        return;
+    }
+    case DSV4_FORMAT_F16:
+        *w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(d + 2 * k)));
+        *w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(d + 2 * k + 16)));
+        return;
+    case DSV4_FORMAT_FP8: {
+        const __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(d + k));
+        /* sign-extended b << 7: bit 15 = sign, bit 14 = sign again (cleared), 13..7 = b & 0x7f */
+        __m256i h = _mm256_and_si256(_mm256_slli_epi16(_mm256_cvtepi8_epi16(b), 7),
+                                     _mm256_set1_epi16((short)0xbf80));
+        const __m256i nan = _mm256_cmpeq_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x7fff)),
+                                               _mm256_set1_epi16(0x3f80));
+        h = _mm256_or_si256(h, nan);
+        *w0 = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), sc);
+        *w1 = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), sc);
+        return;
+    }
+    case DSV4_FORMAT_MXFP4:
+    case DSV4_FORMAT_NVFP4: {
+        const __m128i lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+        const __m128i m = _mm_set1_epi8(0x0f);
+        const __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)(d + k / 2));
+        const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+        const __m128i v = _mm_shuffle_epi8(lut, _mm_unpacklo_epi8(lo, hi)); /* column order */
+        *w0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), sc);
+        *w1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))), sc);
+        return;
+    }
+    case DSV4_FORMAT_INT:
+    case DSV4_FORMAT_COUNT:
+        break;
+    }
+}
+
+/* Columns [k, k + 16) of `row` through the scalar decoder (column tails, huge FP8 scales). */
+AVX2_INLINE void decode16_scalar(const dsv4_linear_plan *p, int64_t row, int64_t k, __m256 *w0,
+                                 __m256 *w1)
+{
+    _Alignas(32) float t[16] = {0};
+    const int64_t n = p->cols - k < 16 ? p->cols - k : 16;
+    dsv4_linear_decode_scalar(p, row, k, n, t);
+    *w0 = _mm256_load_ps(t);
+    *w1 = _mm256_load_ps(t + 8);
+}
+
+/* ---- T == 1: fused decode + GEMV ------------------------------------------------------------ */
+
+/* out[i] = sum_c x[c] * W[rows[i]][c], i < 4 (rows may repeat).   x: [cols]  W rows: [cols].
+ * Per row two 8-lane accumulators: columns 16j..16j+7 into a0, 16j+8..16j+15 into a1; the
+ * column tail is zero-padded to 16; out = hsum(a0 + a1). */
+AVX2_INLINE void gemv4(dsv4_weight_format fmt, const dsv4_linear_plan *p, const int64_t rows[4],
+                       const float *x, float out[4])
+{
+    const int64_t cols = p->cols, c16 = cols & ~(int64_t)15, group = p->group;
+    const uint8_t *d[4], *sr[4];
+    for (int i = 0; i < 4; i++) {
+        d[i] = p->data + rows[i] * p->row_bytes;
+        sr[i] = dsv4_linear_scale_row(p, rows[i]);
+    }
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00;
+    __m256 a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+    __m256 w0, w1;
+    for (int64_t g0 = 0; g0 < c16; g0 += group) {
+        const int64_t gend = g0 + group < c16 ? g0 + group : c16, g = g0 / group;
+        int exact = 1;
+        __m256 s0 = _mm256_set1_ps(1.0f), s1 = s0, s2 = s0, s3 = s0;
+        if (p->scale_kind != DSV4_LINEAR_SCALE_NONE) {
+            s0 = _mm256_set1_ps(decoder_scale(fmt, dsv4_linear_group_scale(p, sr[0], g), &exact));
+            s1 = _mm256_set1_ps(decoder_scale(fmt, dsv4_linear_group_scale(p, sr[1], g), &exact));
+            s2 = _mm256_set1_ps(decoder_scale(fmt, dsv4_linear_group_scale(p, sr[2], g), &exact));
+            s3 = _mm256_set1_ps(decoder_scale(fmt, dsv4_linear_group_scale(p, sr[3], g), &exact));
+        }
+        if (__builtin_expect(exact, 1)) {
+            for (int64_t k = g0; k < gend; k += 16) {
+                const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+#define GEMV_ROW(I, S)                                                                             \
+    decode16(fmt, d[I], k, S, &w0, &w1);                                                           \
+    a##I##0 = _mm256_fmadd_ps(x0, w0, a##I##0);                                                    \
+    a##I##1 = _mm256_fmadd_ps(x1, w1, a##I##1);
+                GEMV_ROW(0, s0)
+                GEMV_ROW(1, s1)
+                GEMV_ROW(2, s2)
+                GEMV_ROW(3, s3)
+#undef GEMV_ROW
+            }
+        } else {
+            for (int64_t k = g0; k < gend; k += 16) {
+                const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+#define GEMV_ROW_SCALAR(I)                                                                         \
+    decode16_scalar(p, rows[I], k, &w0, &w1);                                                      \
+    a##I##0 = _mm256_fmadd_ps(x0, w0, a##I##0);                                                    \
+    a##I##1 = _mm256_fmadd_ps(x1, w1, a##I##1);
+                GEMV_ROW_SCALAR(0)
+                GEMV_ROW_SCALAR(1)
+                GEMV_ROW_SCALAR(2)
+                GEMV_ROW_SCALAR(3)
+            }
+        }
+    }
+    if (c16 < cols) {
+        _Alignas(32) float xt[16] = {0};
+        memcpy(xt, x + c16, (size_t)(cols - c16) * sizeof *xt);
+        const __m256 x0 = _mm256_load_ps(xt), x1 = _mm256_load_ps(xt + 8);
+        const int64_t k = c16;
+        GEMV_ROW_SCALAR(0)
+        GEMV_ROW_SCALAR(1)
+        GEMV_ROW_SCALAR(2)
+        GEMV_ROW_SCALAR(3)
+#undef GEMV_ROW_SCALAR
+    }
+    out[0] = hsum(_mm256_add_ps(a00, a01));
+    out[1] = hsum(_mm256_add_ps(a10, a11));
+    out[2] = hsum(_mm256_add_ps(a20, a21));
+    out[3] = hsum(_mm256_add_ps(a30, a31));
+}
+
+/* y[r - r0] = out_scale * sum_c x[c] * W[r][c], r in [r0, r1). */
+AVX2_INLINE void gemv_rows(dsv4_weight_format fmt, const dsv4_linear_plan *p, int64_t r0,
+                           int64_t r1, const float *x, float *y)
+{
+    for (int64_t r = r0; r < r1; r += 4) {
+        int64_t rows[4];
+        float out[4];
+        for (int i = 0; i < 4; i++) rows[i] = r + i < r1 ? r + i : r1 - 1;
+        gemv4(fmt, p, rows, x, out);
+        for (int i = 0; i < 4 && r + i < r1; i++) y[r + i - r0] = out[i] * p->out_scale;
+    }
+}
+
+/* ---- T > 1: decoded tile + register-tiled micro-kernel -------------------------------------- */
+
+enum { RB = 16, KC = 256 }; /* rows x columns of the decoded tile: 16 KiB of f32 */
+
+/* out[0 .. round_up(n, 16)) = columns [kb, kb + n) of `row`, zero-padded. */
+AVX2_INLINE void decode_tile_row(dsv4_weight_format fmt, const dsv4_linear_plan *p, int64_t row,
+                                 int64_t kb, int64_t n, float *out)
+{
+    const uint8_t *d = p->data + row * p->row_bytes, *sr = dsv4_linear_scale_row(p, row);
+    const int64_t end16 = kb + (n & ~(int64_t)15);
+    __m256 w0, w1;
+    for (int64_t k = kb; k < end16;) {
+        const int64_t g = k / p->group;
+        const int64_t gend = (g + 1) * p->group < end16 ? (g + 1) * p->group : end16;
+        int exact = 1;
+        __m256 s = _mm256_set1_ps(1.0f);
+        if (p->scale_kind != DSV4_LINEAR_SCALE_NONE)
+            s = _mm256_set1_ps(decoder_scale(fmt, dsv4_linear_group_scale(p, sr, g), &exact));
+        for (; k < gend; k += 16) {
+            if (__builtin_expect(exact, 1))
+                decode16(fmt, d, k, s, &w0, &w1);
+            else
+                decode16_scalar(p, row, k, &w0, &w1);
+            _mm256_storeu_ps(out + (k - kb), w0);
+            _mm256_storeu_ps(out + (k - kb) + 8, w1);
+        }
+    }
+    if (end16 < kb + n) {
+        decode16_scalar(p, row, end16, &w0, &w1);
+        _mm256_storeu_ps(out + (end16 - kb), w0);
+        _mm256_storeu_ps(out + (end16 - kb) + 8, w1);
+    }
+}
+
+/* acc[i][t] = sum_k w[i][k] * x[t][k], k < n, for 4 tile rows x 3 tokens (repeats allowed);
+ * y[t * ldy + i] = (first ? 0 : y) + hsum(acc[i][t]) for i < ni, t < nt.
+ * w: [4][>= round_up(n, 8)] zero-padded   x: 3 pointers to [n] (masked past n). */
+AVX2_FN static void micro4x3(const float *const w[4], const float *const xp[3], int64_t n, float *y,
+                             int64_t ldy, int ni, int nt, int first)
+{
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00;
+    __m256 c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
+    const int64_t n8 = n & ~(int64_t)7;
+#define MICRO_STEP(LOADX)                                                                          \
+    {                                                                                              \
+        const __m256 x0 = LOADX(xp[0] + k), x1 = LOADX(xp[1] + k), x2 = LOADX(xp[2] + k);          \
+        __m256 v = _mm256_loadu_ps(w[0] + k);                                                      \
+        c00 = _mm256_fmadd_ps(v, x0, c00);                                                         \
+        c01 = _mm256_fmadd_ps(v, x1, c01);                                                         \
+        c02 = _mm256_fmadd_ps(v, x2, c02);                                                         \
+        v = _mm256_loadu_ps(w[1] + k);                                                             \
+        c10 = _mm256_fmadd_ps(v, x0, c10);                                                         \
+        c11 = _mm256_fmadd_ps(v, x1, c11);                                                         \
+        c12 = _mm256_fmadd_ps(v, x2, c12);                                                         \
+        v = _mm256_loadu_ps(w[2] + k);                                                             \
+        c20 = _mm256_fmadd_ps(v, x0, c20);                                                         \
+        c21 = _mm256_fmadd_ps(v, x1, c21);                                                         \
+        c22 = _mm256_fmadd_ps(v, x2, c22);                                                         \
+        v = _mm256_loadu_ps(w[3] + k);                                                             \
+        c30 = _mm256_fmadd_ps(v, x0, c30);                                                         \
+        c31 = _mm256_fmadd_ps(v, x1, c31);                                                         \
+        c32 = _mm256_fmadd_ps(v, x2, c32);                                                         \
+    }
+    int64_t k = 0;
+#define LOADU(ptr) _mm256_loadu_ps(ptr)
+    for (; k < n8; k += 8) MICRO_STEP(LOADU)
+    if (k < n) {
+        const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - k)), lane);
+#define LOADM(ptr) _mm256_maskload_ps(ptr, mask)
+        MICRO_STEP(LOADM)
+#undef LOADM
+    }
+#undef LOADU
+#undef MICRO_STEP
+    const float s[4][3] = {{hsum(c00), hsum(c01), hsum(c02)},
+                           {hsum(c10), hsum(c11), hsum(c12)},
+                           {hsum(c20), hsum(c21), hsum(c22)},
+                           {hsum(c30), hsum(c31), hsum(c32)}};
+    for (int t = 0; t < nt; t++)
+        for (int i = 0; i < ni; i++) {
+            float *yo = y + t * ldy + i;
+            *yo = first ? s[i][t] : *yo + s[i][t];
+        }
+}
+
+/* y[t * ldy + (r - r0)] = out_scale * sum_c x[t][c] * W[r][c], r in [r0, r1), t < n_tokens.
+ * Per output: the 256-column chunks' hsums added in column order. */
+AVX2_INLINE void gemm_rows(dsv4_weight_format fmt, const dsv4_linear_plan *p, int64_t r0,
+                           int64_t r1, const float *x, int64_t n_tokens, float *y, int64_t ldy)
+{
+    const int64_t cols = p->cols;
+    _Alignas(32) float tile[RB][KC];
+    for (int64_t rb = r0; rb < r1; rb += RB) {
+        const int nr = (int)(r1 - rb < RB ? r1 - rb : RB);
+        float *yb = y + (rb - r0);
+        for (int64_t kb = 0; kb < cols; kb += KC) {
+            const int64_t n = cols - kb < KC ? cols - kb : KC;
+            for (int i = 0; i < nr; i++) decode_tile_row(fmt, p, rb + i, kb, n, tile[i]);
+            for (int64_t t0 = 0; t0 < n_tokens; t0 += 3) {
+                const int nt = (int)(n_tokens - t0 < 3 ? n_tokens - t0 : 3);
+                const float *xp[3];
+                for (int j = 0; j < 3; j++) xp[j] = x + (t0 + (j < nt ? j : nt - 1)) * cols + kb;
+                for (int i0 = 0; i0 < nr; i0 += 4) {
+                    const int ni = nr - i0 < 4 ? nr - i0 : 4;
+                    const float *w[4];
+                    for (int j = 0; j < 4; j++) w[j] = tile[i0 + (j < ni ? j : ni - 1)];
+                    micro4x3(w, xp, n, yb + t0 * ldy + i0, ldy, ni, nt, kb == 0);
+                }
+            }
+        }
+        for (int64_t t = 0; t < n_tokens; t++)
+            for (int i = 0; i < nr; i++) {
+                float *yo = yb + t * ldy + i;
+                *yo = cols == 0 ? 0.0f : *yo * p->out_scale;
+            }
+    }
+}
+
+/* One specialised pair of kernels per format, so decode16's switch folds away. */
+#define LINEAR_FORMAT(NAME, FMT)                                                                   \
+    AVX2_FN static void rows_##NAME(const dsv4_linear_plan *p, int64_t r0, int64_t r1,             \
+                                    const float *x, int64_t n_tokens, float *y, int64_t ldy)       \
+    {                                                                                              \
+        if (n_tokens == 1)                                                                         \
+            gemv_rows(FMT, p, r0, r1, x, y);                                                       \
+        else                                                                                       \
+            gemm_rows(FMT, p, r0, r1, x, n_tokens, y, ldy);                                        \
+    }
+LINEAR_FORMAT(f32, DSV4_FORMAT_F32)
+LINEAR_FORMAT(bf16, DSV4_FORMAT_BF16)
+LINEAR_FORMAT(f16, DSV4_FORMAT_F16)
+LINEAR_FORMAT(fp8, DSV4_FORMAT_FP8)
+LINEAR_FORMAT(mxfp4, DSV4_FORMAT_MXFP4)
+LINEAR_FORMAT(nvfp4, DSV4_FORMAT_NVFP4)
+#undef LINEAR_FORMAT
+
+void dsv4_linear_rows_avx2(const dsv4_linear_plan *p, int64_t r0, int64_t r1, const float *x,
+                           int64_t n_tokens, float *y, int64_t ldy)
+{
+    switch (p->format) {
+    case DSV4_FORMAT_F32:
+        rows_f32(p, r0, r1, x, n_tokens, y, ldy);
+        return;
+    case DSV4_FORMAT_BF16:
+        rows_bf16(p, r0, r1, x, n_tokens, y, ldy);
+        return;
+    case DSV4_FORMAT_F16:
+        rows_f16(p, r0, r1, x, n_tokens, y, ldy);
+        return;
+    case DSV4_FORMAT_FP8:
+        rows_fp8(p, r0, r1, x, n_tokens, y, ldy);
+        return;
+    case DSV4_FORMAT_MXFP4:
+        rows_mxfp4(p, r0, r1, x, n_tokens, y, ldy);
+        return;
+    case DSV4_FORMAT_NVFP4:
+        rows_nvfp4(p, r0, r1, x, n_tokens, y, ldy);
+        return;
+    case DSV4_FORMAT_INT:
+    case DSV4_FORMAT_COUNT:
+        break;
+    }
+    dsv4_linear_rows_scalar(p, r0, r1, x, n_tokens, y, ldy);
+}
+
+#else /* not x86: the scalar kernel serves */
+
+int dsv4_linear_avx2_supported(void)
+{
+    return 0;
+}
+
+void dsv4_linear_rows_avx2(const dsv4_linear_plan *p, int64_t r0, int64_t r1, const float *x,
+                           int64_t n_tokens, float *y, int64_t ldy)
+{
+    dsv4_linear_rows_scalar(p, r0, r1, x, n_tokens, y, ldy);
+}
+
+#endif
