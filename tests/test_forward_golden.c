@@ -279,6 +279,49 @@ static int per_layer_diff(dsv4_model *m, const golden *g)
     return d.first_bad;
 }
 
+/* Faithful mode is not transformers' arithmetic: report how far it lands from the golden (max
+ * error of the logit range, argmax agreement over the prompt, free-running greedy agreement) and
+ * require only sanity: finite logits and the same argmax at >= 60% of prompt positions. */
+static void faithful_report(dsv4_model *m, const golden *g, const char *name)
+{
+    dsv4_session_options o;
+    dsv4_session_options_default(&o);
+    dsv4_session *s = NULL;
+    CHECK(dsv4_session_create(m, &o, &s) == DSV4_OK);
+    if (!s) return;
+    const int64_t V = g->V;
+    int32_t *ids = malloc((size_t)g->T * sizeof *ids);
+    float *rows = malloc((size_t)(g->T * V) * sizeof(float));
+    for (int64_t i = 0; i < g->T; i++) ids[i] = (int32_t)g->tokens[i];
+    dsv4_status st = dsv4_session_eval(s, ids, g->T, rows, 1);
+    CHECK_MSG(st == DSV4_OK, "faithful: %s", dsv4_last_error());
+    double worst = 0;
+    int64_t agree = 0, finite = 1;
+    for (int64_t p = 0; p < g->T && st == DSV4_OK; p++) {
+        const float *r = rows + p * V;
+        for (int64_t i = 0; i < V; i++) finite &= isfinite(r[i]) != 0;
+        double e = row_err(r, g->logits + p * V, V);
+        if (!(e <= worst)) worst = e;
+        agree += argmax(r, V) == argmax(g->logits + p * V, V);
+    }
+    int64_t same = 0;
+    for (int64_t k = 0; k < g->G && st == DSV4_OK; k++) { /* free-running greedy */
+        const int32_t tok = (int32_t)argmax(rows + (k == 0 ? g->T - 1 : 0) * V, V);
+        if (tok != g->greedy[k]) break;
+        same++;
+        st = dsv4_session_eval(s, &tok, 1, rows, 0);
+    }
+    printf("  faithful mode: max error %.3g of the logit range, prompt argmax agrees at %lld/%lld, "
+           "greedy identical for %lld/%lld tokens\n",
+           worst, (long long)agree, (long long)g->T, (long long)same, (long long)g->G);
+    CHECK_MSG(finite, "%s: faithful logits not finite", name);
+    CHECK_MSG(agree * 10 >= g->T * 6, "%s: faithful argmax agrees at only %lld of %lld positions",
+              name, (long long)agree, (long long)g->T);
+    free(ids);
+    free(rows);
+    dsv4_session_close(s);
+}
+
 static void run_fixture(const char *dir, const char *name, int diff_only)
 {
     char path[1400];
@@ -343,6 +386,7 @@ static void run_fixture(const char *dir, const char *name, int diff_only)
            same ? "identical" : "DIFFERENT", gworst);
     if (!(gworst <= worst)) worst = gworst;
     printf("%s: max logit error %.3g of the logit range\n", name, worst);
+    faithful_report(m, &g, name);
     if (test_failed > before) per_layer_diff(m, &g);
     free(last);
     free(ids);

@@ -9,6 +9,7 @@
  * sublayers are in forward_attn.c and forward_moe.c; the per-sequence state in session.c.
  */
 #include "core/error.h"
+#include "model/quant_sim.h"
 #include "model/session.h"
 
 #include <stdio.h>
@@ -19,6 +20,33 @@ void dsv4_session_emit(dsv4_session *s, const char *name, const float *data, int
                        int64_t width)
 {
     if (s->capture) s->capture(s->capture_user, name, data, rows, width);
+}
+
+void dsv4_fw_bf16(const dsv4_session *s, float *x, int64_t n)
+{
+    if (s->opt.mode == DSV4_MODE_FAITHFUL) dsv4_sim_bf16(x, n);
+}
+
+dsv4_status dsv4_fw_linear_q(dsv4_session *s, const dsv4_weight *w, const float *x, int64_t T,
+                             float *y)
+{
+    if (s->opt.mode != DSV4_MODE_FAITHFUL) return dsv4_cpu_linear(s->pool, w, x, T, y);
+    float *xq = malloc((size_t)(T * w->cols) * sizeof *xq);
+    if (!xq) return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "%s: quantised input", w->name);
+    memcpy(xq, x, (size_t)(T * w->cols) * sizeof *xq);
+    for (int64_t t = 0; t < T; t++) dsv4_sim_act_quant(xq + t * w->cols, w->cols, 128);
+    dsv4_status st = dsv4_cpu_linear(s->pool, w, xq, T, y);
+    free(xq);
+    if (st == DSV4_OK) dsv4_sim_bf16(y, T * w->rows);
+    return st;
+}
+
+dsv4_status dsv4_fw_linear_rows_bf16(dsv4_session *s, const dsv4_weight *w, int64_t row0,
+                                     int64_t nrows, const float *x, int64_t T, float *y)
+{
+    DSV4_TRY(dsv4_cpu_linear_rows(s->pool, w, row0, nrows, x, T, y));
+    dsv4_fw_bf16(s, y, T * nrows);
+    return DSV4_OK;
 }
 
 static void emit_layer(dsv4_session *s, int layer, const char *what, const float *data,
@@ -55,17 +83,20 @@ static dsv4_status hc_site(dsv4_session *s, const dsv4_weight *fn, const float *
                            post, comb);
         dsv4_op_hc_collapse(b->y + t * D, b->X + t * nD, pre, n, D);
     }
+    dsv4_fw_bf16(s, b->y, T * D);
     return DSV4_OK;
 }
 
 /* After the sublayer: X' = post (x) f + comb^T X, for every token; swaps X and Xo. */
-static void hc_expand(const dsv4_config *c, fwd_buf *b, int64_t T)
+static void hc_expand(const dsv4_session *s, fwd_buf *b, int64_t T)
 {
+    const dsv4_config *c = s->cfg;
     const int n = c->hc_mult;
     const int64_t D = c->hidden_size, nD = (int64_t)n * D;
     for (int64_t t = 0; t < T; t++)
         dsv4_op_hc_expand(b->Xo + t * nD, b->X + t * nD, b->f + t * D, b->post + t * n,
                           b->comb + t * n * n, n, D);
+    dsv4_fw_bf16(s, b->Xo, T * nD); /* faithful: the residual streams are bf16 */
     float *tmp = b->X;
     b->X = b->Xo;
     b->Xo = tmp;
@@ -81,6 +112,7 @@ static dsv4_status run_layers(dsv4_session *s, const int32_t *ids, int64_t T, fw
     /* embed: ids [T] -> y [T, D] -> X [T, n, D] (n copies) */
     for (int64_t t = 0; t < T; t++) {
         DSV4_TRY(dsv4_weight_dequant_row(&W->embed, ids[t], b->y + t * D));
+        dsv4_fw_bf16(s, b->y + t * D, D); /* faithful: bf16 embedding rows */
         for (int j = 0; j < n; j++) memcpy(b->X + t * nD + j * D, b->y + t * D, D * sizeof(float));
     }
     dsv4_session_emit(s, "embed", b->y, T, D);
@@ -92,18 +124,20 @@ static dsv4_status run_layers(dsv4_session *s, const int32_t *ids, int64_t T, fw
         /* attention site: X -> y -> h = RMSNorm_attn(y) -> f = attn(h) -> X */
         DSV4_TRY(hc_site(s, &lw->hc_attn_fn, k->hc_attn_base, k->hc_attn_scale, b, T));
         dsv4_op_rmsnorm(b->h, b->y, k->attn_norm, T, D, c->rms_norm_eps);
+        dsv4_fw_bf16(s, b->h, T * D);
         emit_layer(s, li, "attn_in", b->h, T, D);
         DSV4_TRY(dsv4_forward_attn(s, li, b->h, T, b->f));
         emit_layer(s, li, "attn_out", b->f, T, D);
-        hc_expand(c, b, T);
+        hc_expand(s, b, T);
 
         /* FFN site: X -> y -> h = RMSNorm_ffn(y) -> f = moe(h) -> X */
         DSV4_TRY(hc_site(s, &lw->hc_ffn_fn, k->hc_ffn_base, k->hc_ffn_scale, b, T));
         dsv4_op_rmsnorm(b->h, b->y, k->ffn_norm, T, D, c->rms_norm_eps);
+        dsv4_fw_bf16(s, b->h, T * D);
         emit_layer(s, li, "ffn_in", b->h, T, D);
         DSV4_TRY(dsv4_forward_moe(s, li, b->h, ids, T, b->f));
         emit_layer(s, li, "ffn_out", b->f, T, D);
-        hc_expand(c, b, T);
+        hc_expand(s, b, T);
         emit_layer(s, li, "streams", b->X, T, nD);
     }
 
@@ -116,8 +150,10 @@ static dsv4_status run_layers(dsv4_session *s, const int32_t *ids, int64_t T, fw
                                 pre);
         dsv4_op_hc_collapse(b->y + t * D, b->X + t * nD, pre, n, D);
     }
+    dsv4_fw_bf16(s, b->y, T * D);
     dsv4_session_emit(s, "hidden.hc_head", b->y, T, D);
     dsv4_op_rmsnorm(b->h, b->y, s->norm, T, D, c->rms_norm_eps);
+    dsv4_fw_bf16(s, b->h, T * D);
     dsv4_session_emit(s, "hidden.final", b->h, T, D);
     return DSV4_OK;
 }

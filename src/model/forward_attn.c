@@ -5,6 +5,7 @@
  * output projection. Semantics of transformers 5.17's DeepseekV4Attention and its compressors.
  */
 #include "core/error.h"
+#include "model/quant_sim.h"
 #include "model/session.h"
 
 #include <math.h>
@@ -34,9 +35,21 @@ static void pool_entry(dsv4_session *s, dsv4_comp_state *cs, const float *norm, 
         gp[ns++] = cs->gate + row * w + off;
     }
     float *e = cs->entries + i * d;
+    const int r = s->cfg->rope_dim;
     dsv4_op_compress_pool(e, kvp, gp, ns, d);
+    dsv4_fw_bf16(s, e, d);
     dsv4_op_rmsnorm(e, e, norm, 1, d, s->cfg->rms_norm_eps);
-    dsv4_op_rope(e, 1, d, s->cfg->rope_dim, s->rope_comp, i * m, 0);
+    dsv4_fw_bf16(s, e, d);
+    dsv4_op_rope(e, 1, d, r, s->rope_comp, i * m, 0);
+    dsv4_fw_bf16(s, e, d);
+    if (s->opt.mode == DSV4_MODE_FAITHFUL) {
+        if (cs->is_index) { /* indexer keys: Hadamard, then FP4 in blocks of 32 */
+            dsv4_sim_rotate_activation(e, d);
+            dsv4_sim_fp4_act_quant(e, d, 32);
+        } else { /* the non-RoPE dims: FP8 in blocks of 64 */
+            dsv4_sim_act_quant(e, d - r, 64);
+        }
+    }
 }
 
 /* h [T, D] -> the tokens' rows kv, gate [T, width] (gate + ape[pos % m]); closes every window
@@ -85,6 +98,7 @@ static void index_item(int64_t t, void *ctx)
     }
     dsv4_op_indexer_scores(sc, j->q + t * j->nh * j->d, j->w + t * j->nh, j->ic->entries, nvis,
                            j->nh, j->d, 1.0f / sqrtf((float)j->d));
+    if (j->s->opt.mode == DSV4_MODE_FAITHFUL) dsv4_sim_bf16(sc, nvis); /* bf16 scores */
     dsv4_op_topk(j->sel + t * j->topk, sc, nvis, k);
     free(sc);
 }
@@ -98,6 +112,7 @@ typedef struct attend_job {
     const float *sink; /* [H] */
     int H, c;
     float scale;
+    int bf16_p;
     int failed;
 } attend_job;
 
@@ -113,7 +128,7 @@ static void attend_item(int64_t i, void *ctx)
     }
     const int64_t off = (t * j->H + hh) * j->c;
     dsv4_op_attend_head(j->o + off, j->q + off, j->keys + j->koff[t], nk, j->c, j->scale,
-                        j->sink[hh], scratch);
+                        j->sink[hh], scratch, j->bf16_p);
     free(scratch);
 }
 
@@ -151,17 +166,25 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
     b->o = malloc((size_t)(T * Hc) * sizeof(float));
     b->koff = malloc((size_t)(T + 1) * sizeof(int64_t));
     if (!b->qr || !b->q || !b->o || !b->koff) goto oom;
-    DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->wq_a, h, T, b->qr));
+    DSV4_TRY(dsv4_fw_linear_q(s, &lw->wq_a, h, T, b->qr));
     dsv4_op_rmsnorm(b->qr, b->qr, k->q_norm, T, ql, eps);
-    DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->wq_b, b->qr, T, b->q));
+    dsv4_fw_bf16(s, b->qr, T * ql);
+    DSV4_TRY(dsv4_fw_linear_q(s, &lw->wq_b, b->qr, T, b->q));
     dsv4_op_rmsnorm(b->q, b->q, NULL, T * H, hd, eps);
+    dsv4_fw_bf16(s, b->q, T * Hc);
     for (int64_t t = 0; t < T; t++) dsv4_op_rope(b->q + t * Hc, H, hd, r, freqs, p0 + t, 0);
+    dsv4_fw_bf16(s, b->q, T * Hc);
 
     /* the shared key/value head: h [T, D] -> kv [T, c] (RMSNorm kv_norm, RoPE), kept */
     float *kv = ls->kv + p0 * hd;
-    DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->wkv, h, T, kv));
+    DSV4_TRY(dsv4_fw_linear_q(s, &lw->wkv, h, T, kv));
     dsv4_op_rmsnorm(kv, kv, k->kv_norm, T, hd, eps);
-    for (int64_t t = 0; t < T; t++) dsv4_op_rope(kv + t * hd, 1, hd, r, freqs, p0 + t, 0);
+    dsv4_fw_bf16(s, kv, T * hd);
+    for (int64_t t = 0; t < T; t++) {
+        dsv4_op_rope(kv + t * hd, 1, hd, r, freqs, p0 + t, 0);
+        dsv4_fw_bf16(s, kv + t * hd, hd);
+        if (s->opt.mode == DSV4_MODE_FAITHFUL) dsv4_sim_act_quant(kv + t * hd, hd - r, 64);
+    }
 
     /* compressed entries */
     if (ratio > 0) {
@@ -187,12 +210,21 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
         b->sel = malloc((size_t)(T * (topk > 0 ? topk : 1)) * sizeof(int32_t));
         b->nsel = malloc((size_t)T * sizeof(int));
         if (!b->iq || !b->iw || !b->sel || !b->nsel) goto oom;
-        DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->idx_wq_b, b->qr, T, b->iq));
-        for (int64_t t = 0; t < T; t++)
+        DSV4_TRY(dsv4_fw_linear_q(s, &lw->idx_wq_b, b->qr, T, b->iq));
+        for (int64_t t = 0; t < T; t++) {
             dsv4_op_rope(b->iq + t * nh * d, nh, d, r, s->rope_comp, p0 + t, 0);
-        DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->idx_weights_proj, h, T, b->iw));
+            if (s->opt.mode != DSV4_MODE_FAITHFUL) continue;
+            for (int hh = 0; hh < nh; hh++) { /* bf16, Hadamard, FP4 per head */
+                float *qh = b->iq + (t * nh + hh) * d;
+                dsv4_sim_bf16(qh, d);
+                dsv4_sim_rotate_activation(qh, d);
+                dsv4_sim_fp4_act_quant(qh, d, 32);
+            }
+        }
+        DSV4_TRY(dsv4_fw_linear_rows_bf16(s, &lw->idx_weights_proj, 0, nh, h, T, b->iw));
         const float wscale = 1.0f / sqrtf((float)nh);
         for (int64_t i = 0; i < T * nh; i++) b->iw[i] *= wscale;
+        dsv4_fw_bf16(s, b->iw, T * nh);
         index_job ij = {s, &ls->idx, b->iq, b->iw, p0, nh, d, topk, b->sel, b->nsel, 0};
         dsv4_cpu_pool_run(s->pool, T, index_item, &ij);
         if (ij.failed) goto oom;
@@ -220,11 +252,22 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
             for (int64_t j = 0; j < (p + 1) / ratio; j++) *kp++ = ls->comp.entries + j * hd;
         }
     }
-    attend_job aj = {b->q, b->o, b->keys, b->koff, k->sink, H, hd, 1.0f / sqrtf((float)hd), 0};
+    attend_job aj = {b->q,
+                     b->o,
+                     b->keys,
+                     b->koff,
+                     k->sink,
+                     H,
+                     hd,
+                     1.0f / sqrtf((float)hd),
+                     s->opt.mode == DSV4_MODE_FAITHFUL,
+                     0};
     dsv4_cpu_pool_run(s->pool, T * H, attend_item, &aj);
     if (aj.failed) goto oom;
     /* inverse RoPE on each head's output tail, at the query position */
+    dsv4_fw_bf16(s, b->o, T * Hc);
     for (int64_t t = 0; t < T; t++) dsv4_op_rope(b->o + t * Hc, H, hd, r, freqs, p0 + t, 1);
+    dsv4_fw_bf16(s, b->o, T * Hc);
 
     /* grouped output: o [T, g, H/g * c] -> per group wo_a rows [g*ol, (g+1)*ol) -> z [T, g*ol]
      * -> wo_b -> out [T, D] */
@@ -237,11 +280,11 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
     for (int gi = 0; gi < g; gi++) {
         for (int64_t t = 0; t < T; t++)
             memcpy(b->og + t * gw, b->o + t * Hc + gi * gw, (size_t)gw * sizeof(float));
-        DSV4_TRY(dsv4_cpu_linear_rows(s->pool, &lw->wo_a, gi * ol, ol, b->og, T, b->za));
+        DSV4_TRY(dsv4_fw_linear_rows_bf16(s, &lw->wo_a, gi * ol, ol, b->og, T, b->za));
         for (int64_t t = 0; t < T; t++)
             memcpy(b->z + t * g * ol + gi * ol, b->za + t * ol, (size_t)ol * sizeof(float));
     }
-    DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->wo_b, b->z, T, out));
+    DSV4_TRY(dsv4_fw_linear_q(s, &lw->wo_b, b->z, T, out));
     return DSV4_OK;
 oom:
     return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "layer %d attention: buffers for %lld tokens", li,

@@ -5,19 +5,26 @@
  * DeepseekV4SparseMoeBlock.
  */
 #include "core/error.h"
+#include "model/quant_sim.h"
 #include "model/session.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-/* Expert: x [n, D] -> y [n, D] = w2 . (silu(min(w1 x, L)) * clamp(w3 x, -L, L)); g, u [n, I]. */
+/* Expert: x [n, D] -> y [n, D] = w2 . (silu(min(w1 x, L)) * clamp(w3 x, -L, L)); g, u [n, I].
+ * Faithful mode (wts != NULL): the official order, routing weight wts[i] multiplied into row i
+ * before w2 (bf16, act_quant); exact mode leaves weighting to the caller, as transformers. */
 static dsv4_status expert(dsv4_session *s, const dsv4_expert_weights *e, const float *x, int64_t n,
-                          float *g, float *u, float *y)
+                          float *g, float *u, float *y, const float *wts)
 {
-    DSV4_TRY(dsv4_cpu_linear(s->pool, &e->w1, x, n, g));
-    DSV4_TRY(dsv4_cpu_linear(s->pool, &e->w3, x, n, u));
-    dsv4_op_swiglu_clamped(g, u, n * e->w1.rows, s->cfg->swiglu_limit);
-    return dsv4_cpu_linear(s->pool, &e->w2, g, n, y);
+    const int64_t I = e->w1.rows;
+    DSV4_TRY(dsv4_fw_linear_q(s, &e->w1, x, n, g));
+    DSV4_TRY(dsv4_fw_linear_q(s, &e->w3, x, n, u));
+    dsv4_op_swiglu_clamped(g, u, n * I, s->cfg->swiglu_limit);
+    if (wts)
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t j = 0; j < I; j++) g[i * I + j] *= wts[i];
+    return dsv4_fw_linear_q(s, &e->w2, g, n, y);
 }
 
 /* tid2eid[id][j] as stored (I64 or I32). */
@@ -36,7 +43,7 @@ static int64_t table_at(const dsv4_weight *w, int64_t row, int64_t col)
 }
 
 typedef struct moe_buf {
-    float *logits, *scores, *wts, *xg, *g, *u, *yg, *acc;
+    float *logits, *scores, *wts, *xg, *g, *u, *yg, *acc, *wg;
     int32_t *sel;
     int64_t *tok; /* tokens routed to one expert, and */
     int *slot;    /* the slot of that expert in their selection */
@@ -64,8 +71,9 @@ static dsv4_status moe_body(dsv4_session *s, int li, const float *h, const int32
     b->acc = calloc((size_t)(T * D), sizeof(float));
     b->tok = malloc((size_t)(T * K) * sizeof(int64_t));
     b->slot = malloc((size_t)(T * K) * sizeof(int));
+    b->wg = malloc((size_t)(T * K) * sizeof(float));
     if (!b->logits || !b->scores || !b->wts || !b->sel || !b->xg || !b->g || !b->u || !b->yg ||
-        !b->acc || !b->tok || !b->slot)
+        !b->acc || !b->tok || !b->slot || !b->wg)
         return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "layer %d MoE: buffers for %lld tokens", li,
                          (long long)T);
 
@@ -105,9 +113,11 @@ static dsv4_status moe_body(dsv4_session *s, int li, const float *h, const int32
                     n++;
                 }
         if (n == 0) continue;
-        DSV4_TRY(expert(s, &lw->experts[e], b->xg, n, b->g, b->u, b->yg));
+        const int faithful = s->opt.mode == DSV4_MODE_FAITHFUL;
+        for (int64_t i = 0; i < n; i++) b->wg[i] = b->wts[b->tok[i] * K + b->slot[i]];
+        DSV4_TRY(expert(s, &lw->experts[e], b->xg, n, b->g, b->u, b->yg, faithful ? b->wg : NULL));
         for (int64_t i = 0; i < n; i++) {
-            const float w = b->wts[b->tok[i] * K + b->slot[i]];
+            const float w = faithful ? 1.0f : b->wg[i];
             float *a = b->acc + b->tok[i] * D;
             const float *y = b->yg + i * D;
             for (int64_t d = 0; d < D; d++) a[d] += y[d] * w;
@@ -115,8 +125,9 @@ static dsv4_status moe_body(dsv4_session *s, int li, const float *h, const int32
     }
 
     /* shared expert on every token, then out = routed + shared */
-    DSV4_TRY(expert(s, &lw->shared, h, T, b->g, b->u, out));
+    DSV4_TRY(expert(s, &lw->shared, h, T, b->g, b->u, out, NULL));
     for (int64_t i = 0; i < T * D; i++) out[i] = b->acc[i] + out[i];
+    dsv4_fw_bf16(s, out, T * D);
     return DSV4_OK;
 }
 
@@ -127,6 +138,6 @@ dsv4_status dsv4_forward_moe(dsv4_session *s, int li, const float *h, const int3
     memset(&b, 0, sizeof b);
     dsv4_status st = moe_body(s, li, h, ids, T, out, &b);
     free(b.logits), free(b.scores), free(b.wts), free(b.sel), free(b.xg), free(b.g), free(b.u);
-    free(b.yg), free(b.acc), free(b.tok), free(b.slot);
+    free(b.yg), free(b.acc), free(b.tok), free(b.slot), free(b.wg);
     return st;
 }

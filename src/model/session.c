@@ -187,6 +187,7 @@ dsv4_status dsv4_session_create(dsv4_model *m, const dsv4_session_options *o, ds
         const int ratio = m->w.layers[i].compress_ratio;
         if (ratio > 0) comp_init(&s->ls[i].comp, ratio, c->head_dim);
         if (ratio == 4) comp_init(&s->ls[i].idx, ratio, c->index_head_dim);
+        s->ls[i].idx.is_index = 1;
     }
     dsv4_rope_freqs(s->rope_main, c->rope_dim, c->rope_theta, 1.0f, 0, 0, 0);
     dsv4_rope_freqs(s->rope_comp, c->rope_dim, c->compress_rope_theta, c->yarn_factor,

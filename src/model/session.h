@@ -22,6 +22,7 @@ typedef struct dsv4_comp_state {
     int ratio;      /* m: tokens per entry (4 or 128) */
     int width;      /* projection row width: 2 * dim with overlap (ratio 4), else dim */
     int dim;        /* entry width */
+    int is_index;   /* the indexer's compressor (faithful mode rounds its entries to FP4) */
     float *kv;      /* [cap, width] every token's wkv . h */
     float *gate;    /* [cap, width] every token's wgate . h + ape[t % m] */
     float *entries; /* [cap / m + 1, dim] pooled, normalised, rotated entries */
@@ -77,6 +78,18 @@ dsv4_status dsv4_forward_attn(dsv4_session *s, int layer, const float *h, int64_
 /* MoE sublayer: h [T, D], ids [T] -> out [T, D]. model/forward_moe.c */
 dsv4_status dsv4_forward_moe(dsv4_session *s, int layer, const float *h, const int32_t *ids,
                              int64_t T, float *out);
+
+/* Faithful mode (docs/numeric-modes.md): the official reference's roundings. No-ops in exact
+ * mode. dsv4_fw_bf16: x [n] to bf16. dsv4_fw_linear_q: y = x W^T for a projection the official
+ * model runs as an FP8/FP4 GEMM (wq_a, wq_b, wkv, wo_b, indexer wq_b, experts): the input rows
+ * [T, cols] go through act_quant (bf16, then e4m3 in blocks of 128) in a copy, and y is rounded
+ * to bf16. dsv4_fw_linear_bf16: a bf16 GEMM (wo_a, indexer weights_proj): y rounded to bf16.
+ * model/forward.c */
+void dsv4_fw_bf16(const dsv4_session *s, float *x, int64_t n);
+dsv4_status dsv4_fw_linear_q(dsv4_session *s, const dsv4_weight *w, const float *x, int64_t T,
+                             float *y);
+dsv4_status dsv4_fw_linear_rows_bf16(dsv4_session *s, const dsv4_weight *w, int64_t row0,
+                                     int64_t nrows, const float *x, int64_t T, float *y);
 
 /* Calls the capture hook when one is set. */
 void dsv4_session_emit(dsv4_session *s, const char *name, const float *data, int64_t rows,

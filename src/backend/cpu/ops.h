@@ -65,9 +65,12 @@ void dsv4_op_hc_head_weights(const float *mix, const float *base, float scale, i
  * One query token, H heads over nk keys of width c (the single shared KV head: values are the
  * keys). logits = q . k * scale; the per-head sink joins the softmax denominator and
  * contributes no value; out = sum_k p_k key_k.
- * q [H, c], keys: nk pointers to [c] vectors, sinks [H] -> out [H, c];  scratch [nk]. */
+ * One head: q [c], keys: nk pointers to [c] vectors -> out [c];  scratch [nk].
+ * bf16_p (faithful mode): the unnormalised exp(s - max) that multiplies V is rounded to bf16
+ * while the denominator sums the f32 values (the official kernel; it uses the running max of
+ * 64-slot blocks, this the global max, so it is close to, not bit-exact with, the kernel). */
 void dsv4_op_attend_head(float *out, const float *q, const float *const *keys, int64_t nk, int c,
-                         float scale, float sink, float *scratch);
+                         float scale, float sink, float *scratch, int bf16_p);
 
 /* Compressor pooling of one entry: per channel, softmax over nslots of gate, weighted sum of kv.
  * kv, gate: nslots pointers to [d] rows -> out [d]. (Slots absent from a window are simply not

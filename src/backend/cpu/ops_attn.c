@@ -4,6 +4,7 @@
  * (see ops.h).
  */
 #include "backend/cpu/ops.h"
+#include "model/quant_sim.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -17,7 +18,7 @@ static float dot(const float *a, const float *b, int n)
 
 /* q [c], nk keys [c] -> out [c]; scratch [nk]. */
 void dsv4_op_attend_head(float *out, const float *q, const float *const *keys, int64_t nk, int c,
-                         float scale, float sink, float *scratch)
+                         float scale, float sink, float *scratch, int bf16_p)
 {
     float mx = sink;
     for (int64_t k = 0; k < nk; k++) {
@@ -30,6 +31,15 @@ void dsv4_op_attend_head(float *out, const float *q, const float *const *keys, i
         sum += scratch[k];
     }
     for (int i = 0; i < c; i++) out[i] = 0.0f;
+    if (bf16_p) {
+        for (int64_t k = 0; k < nk; k++) {
+            const float p = dsv4_round_bf16(scratch[k]);
+            const float *v = keys[k];
+            for (int i = 0; i < c; i++) out[i] += p * v[i];
+        }
+        for (int i = 0; i < c; i++) out[i] /= sum;
+        return;
+    }
     for (int64_t k = 0; k < nk; k++) {
         const float p = scratch[k] / sum;
         const float *v = keys[k];
