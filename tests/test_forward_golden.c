@@ -17,6 +17,7 @@
  *
  * usage: test_forward_golden GOLDENS_DIR [NAME ...]      (no NAME: every fixture)
  *        test_forward_golden --diff FIXTURE_DIR          (per-layer comparison only)
+ *        test_forward_golden --bench FIXTURE_DIR [THREADS] (prefill/decode tokens/s)
  */
 #include "dsv4.h"
 #include "io/safetensors.h"
@@ -165,8 +166,9 @@ static double compare_rows(const char *name, const char *plan, const float *ours
         if (!(e <= TOL) && reported++ < 3)
             CHECK_MSG(0,
                       "%s, %s: position %lld: error %.3g of the logit range (stateless %.3g, "
-                      "cached %.3g; first near-tie at %lld)",
-                      name, plan, (long long)p, e, e1, e2, (long long)g->first_tie);
+                      "cached %.3g; first near-tie at %lld, -1: none)",
+                      name, plan, (long long)p, e, e1, e2,
+                      (long long)(g->first_tie == INT64_MAX ? -1 : g->first_tie));
         else if (e <= TOL)
             test_passed++;
     }
@@ -337,8 +339,8 @@ static void run_fixture(const char *dir, const char *name, int diff_only)
         dsv4_model_close(m);
         return;
     }
-    printf("%s: T=%lld G=%lld first near-tie %lld (prompt) %lld (greedy)\n", name, (long long)g.T,
-           (long long)g.G, (long long)(g.first_tie == INT64_MAX ? -1 : g.first_tie),
+    printf("%s: T=%lld G=%lld first near-tie %lld (prompt) %lld (greedy; -1: none)\n", name,
+           (long long)g.T, (long long)g.G, (long long)(g.first_tie == INT64_MAX ? -1 : g.first_tie),
            (long long)(g.first_tie_gen == INT64_MAX ? -1 : g.first_tie_gen));
     if (diff_only) {
         CHECK_MSG(per_layer_diff(m, &g) == 0, "%s: an intermediate diverges", name);
@@ -396,6 +398,53 @@ static void run_fixture(const char *dir, const char *name, int diff_only)
     dsv4_model_close(m);
 }
 
+/* Throughput for docs/PERF.md: one-shot prefill of the fixture's prompt, then 64 decode steps
+ * (exact mode, n_threads threads; 0 = all CPUs). */
+static void bench(const char *dir, int n_threads)
+{
+    char path[1400];
+    snprintf(path, sizeof path, "%.1300s/model", dir);
+    dsv4_model *m = NULL;
+    if (dsv4_model_open(path, &m) != DSV4_OK) {
+        CHECK_MSG(0, "%s: %s", path, dsv4_last_error());
+        return;
+    }
+    golden g;
+    const int64_t V = dsv4_model_vocab_size(m);
+    if (golden_open(dir, &g, V) == 0) {
+        dsv4_session_options o;
+        dsv4_session_options_default(&o);
+        o.mode = DSV4_MODE_EXACT;
+        o.n_threads = n_threads;
+        for (int mode = 0; mode < 2; mode++) {
+            o.mode = mode ? DSV4_MODE_FAITHFUL : DSV4_MODE_EXACT;
+            dsv4_session *s = NULL;
+            CHECK(dsv4_session_create(m, &o, &s) == DSV4_OK);
+            int32_t *ids = malloc((size_t)g.T * sizeof *ids);
+            for (int64_t i = 0; i < g.T; i++) ids[i] = (int32_t)g.tokens[i];
+            float *last = malloc((size_t)V * sizeof(float));
+            double t0 = test_now();
+            CHECK(dsv4_session_eval(s, ids, g.T, last, 0) == DSV4_OK);
+            double t1 = test_now();
+            const int steps = 64;
+            for (int k = 0; k < steps; k++) {
+                const int32_t tok = (int32_t)argmax(last, V);
+                CHECK(dsv4_session_eval(s, &tok, 1, last, 0) == DSV4_OK);
+            }
+            double t2 = test_now();
+            printf("%s %s: prefill %lld tokens %.3f s = %.1f tok/s; decode %d tokens %.3f s = "
+                   "%.1f tok/s\n",
+                   dir, mode ? "faithful" : "exact", (long long)g.T, t1 - t0,
+                   (double)g.T / (t1 - t0), steps, t2 - t1, steps / (t2 - t1));
+            free(ids);
+            free(last);
+            dsv4_session_close(s);
+        }
+    }
+    golden_close(&g);
+    dsv4_model_close(m);
+}
+
 static int cmp_name(const void *a, const void *b)
 {
     return strcmp((const char *)a, (const char *)b);
@@ -406,6 +455,10 @@ int main(int argc, char **argv)
     if (argc < 2) {
         fprintf(stderr, "usage: test_forward_golden GOLDENS_DIR [NAME ...] | --diff FIXTURE\n");
         return 2;
+    }
+    if (!strcmp(argv[1], "--bench") && argc > 2) {
+        bench(argv[2], argc > 3 ? atoi(argv[3]) : 0);
+        return test_finish();
     }
     if (!strcmp(argv[1], "--diff") && argc > 2) {
         run_fixture(argv[2], argv[2], 1);
