@@ -58,9 +58,10 @@ static inline float decoder_scale(dsv4_weight_format fmt, float s, int *exact)
     return 1.0f;
 }
 
-/* Columns [k, k + 16) of the row at d -> w0, w1. sc: decoder_scale of k's group. */
-AVX2_INLINE void decode16(dsv4_weight_format fmt, const uint8_t *d, int64_t k, __m256 sc,
-                          __m256 *w0, __m256 *w1)
+/* Columns [k, k + 16) of the row at d -> w0, w1, times sc (decoder_scale of k's group) when
+ * `scaled`; unscaled FP8 is e4m3 / 256, unscaled FP4 is 2 * e2m1. */
+AVX2_INLINE void decode16(dsv4_weight_format fmt, const uint8_t *d, int64_t k, int scaled,
+                          __m256 sc, __m256 *w0, __m256 *w1)
 {
     switch (fmt) {
     case DSV4_FORMAT_F32:
@@ -86,8 +87,9 @@ AVX2_INLINE void decode16(dsv4_weight_format fmt, const uint8_t *d, int64_t k, _
         const __m256i nan = _mm256_cmpeq_epi16(_mm256_and_si256(h, _mm256_set1_epi16(0x7fff)),
                                                _mm256_set1_epi16(0x3f80));
         h = _mm256_or_si256(h, nan);
-        *w0 = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(h)), sc);
-        *w1 = _mm256_mul_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(h, 1)), sc);
+        *w0 = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+        *w1 = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+        if (scaled) *w0 = _mm256_mul_ps(*w0, sc), *w1 = _mm256_mul_ps(*w1, sc);
         return;
     }
     case DSV4_FORMAT_MXFP4:
@@ -97,8 +99,9 @@ AVX2_INLINE void decode16(dsv4_weight_format fmt, const uint8_t *d, int64_t k, _
         const __m128i b = _mm_loadl_epi64((const __m128i *)(const void *)(d + k / 2));
         const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
         const __m128i v = _mm_shuffle_epi8(lut, _mm_unpacklo_epi8(lo, hi)); /* column order */
-        *w0 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)), sc);
-        *w1 = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8))), sc);
+        *w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v));
+        *w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v, 8)));
+        if (scaled) *w0 = _mm256_mul_ps(*w0, sc), *w1 = _mm256_mul_ps(*w1, sc);
         return;
     }
     case DSV4_FORMAT_INT:
@@ -120,85 +123,89 @@ AVX2_INLINE void decode16_scalar(const dsv4_linear_plan *p, int64_t row, int64_t
 
 /* ---- T == 1: fused decode + GEMV ------------------------------------------------------------ */
 
-/* out[i] = sum_c x[c] * W[rows[i]][c], i < 4 (rows may repeat).   x: [cols]  W rows: [cols].
- * Per row two 8-lane accumulators: columns 16j..16j+7 into a0, 16j+8..16j+15 into a1; the
- * column tail is zero-padded to 16; out = hsum(a0 + a1). */
-AVX2_INLINE void gemv4(dsv4_weight_format fmt, const dsv4_linear_plan *p, const int64_t rows[4],
-                       const float *x, float out[4])
+/* out[i] = sum_c x[c] * W[rows[i]][c], i < 2 (rows may repeat).   x: [cols]  W rows: [cols].
+ * Per row, per scale group: unscaled weights summed into two 8-lane partials (columns
+ * 16j..16j+7 and 16j+8..16j+15), which then join the row's two accumulators times the group's
+ * scale (FP8: * 256 then FMA with s; MXFP4: FMA with s / 2), so the inner loop has no
+ * multiply but the FMAs. NVFP4's 16-column groups are one step each: scaled while decoded. The
+ * column tail (scalar-decoded, scaled, zero-padded to 16) is FMA'd last; out = hsum(a0 + a1). Two
+ * rows per tile keep the 8 partials + 4 accumulators in registers. */
+AVX2_INLINE void gemv2(dsv4_weight_format fmt, const dsv4_linear_plan *p, const int64_t rows[2],
+                       const float *x, float out[2])
 {
     const int64_t cols = p->cols, c16 = cols & ~(int64_t)15, group = p->group;
-    const uint8_t *d[4], *sr[4];
-    for (int i = 0; i < 4; i++) {
-        d[i] = p->data + rows[i] * p->row_bytes;
-        sr[i] = dsv4_linear_scale_row(p, rows[i]);
-    }
-    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00;
-    __m256 a20 = a00, a21 = a00, a30 = a00, a31 = a00;
-    __m256 w0, w1;
-    for (int64_t g0 = 0; g0 < c16; g0 += group) {
-        const int64_t gend = g0 + group < c16 ? g0 + group : c16, g = g0 / group;
-        int exact = 1;
-        __m256 s0 = _mm256_set1_ps(1.0f), s1 = s0, s2 = s0, s3 = s0;
-        if (p->scale_kind != DSV4_LINEAR_SCALE_NONE) {
-            s0 = _mm256_set1_ps(decoder_scale(fmt, dsv4_linear_group_scale(p, sr[0], g), &exact));
-            s1 = _mm256_set1_ps(decoder_scale(fmt, dsv4_linear_group_scale(p, sr[1], g), &exact));
-            s2 = _mm256_set1_ps(decoder_scale(fmt, dsv4_linear_group_scale(p, sr[2], g), &exact));
-            s3 = _mm256_set1_ps(decoder_scale(fmt, dsv4_linear_group_scale(p, sr[3], g), &exact));
+    const int scaled = p->scale_kind != DSV4_LINEAR_SCALE_NONE;
+    const uint8_t *d0 = p->data + rows[0] * p->row_bytes, *d1 = p->data + rows[1] * p->row_bytes;
+    const uint8_t *sr0 = dsv4_linear_scale_row(p, rows[0]),
+                  *sr1 = dsv4_linear_scale_row(p, rows[1]);
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 a00 = zero, a01 = zero, a10 = zero, a11 = zero, w0, w1;
+    int64_t g = 0;
+    for (int64_t g0 = 0; g0 < c16; g0 += group, g++) {
+        const int64_t gend = g0 + group < c16 ? g0 + group : c16;
+        __m256 b00 = zero, b01 = zero, b10 = zero, b11 = zero;
+        if (fmt == DSV4_FORMAT_NVFP4) {
+            /* One 16-column step per group: scale while decoding, straight into a. */
+            const __m256 v0 = _mm256_set1_ps(0.5f * dsv4_linear_group_scale(p, sr0, g));
+            const __m256 v1 = _mm256_set1_ps(0.5f * dsv4_linear_group_scale(p, sr1, g));
+            const __m256 x0 = _mm256_loadu_ps(x + g0), x1 = _mm256_loadu_ps(x + g0 + 8);
+            decode16(fmt, d0, g0, 1, v0, &w0, &w1);
+            a00 = _mm256_fmadd_ps(x0, w0, a00);
+            a01 = _mm256_fmadd_ps(x1, w1, a01);
+            decode16(fmt, d1, g0, 1, v1, &w0, &w1);
+            a10 = _mm256_fmadd_ps(x0, w0, a10);
+            a11 = _mm256_fmadd_ps(x1, w1, a11);
+            continue;
         }
-        if (__builtin_expect(exact, 1)) {
-            for (int64_t k = g0; k < gend; k += 16) {
-                const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
-#define GEMV_ROW(I, S)                                                                             \
-    decode16(fmt, d[I], k, S, &w0, &w1);                                                           \
-    a##I##0 = _mm256_fmadd_ps(x0, w0, a##I##0);                                                    \
-    a##I##1 = _mm256_fmadd_ps(x1, w1, a##I##1);
-                GEMV_ROW(0, s0)
-                GEMV_ROW(1, s1)
-                GEMV_ROW(2, s2)
-                GEMV_ROW(3, s3)
-#undef GEMV_ROW
-            }
-        } else {
-            for (int64_t k = g0; k < gend; k += 16) {
-                const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
-#define GEMV_ROW_SCALAR(I)                                                                         \
-    decode16_scalar(p, rows[I], k, &w0, &w1);                                                      \
-    a##I##0 = _mm256_fmadd_ps(x0, w0, a##I##0);                                                    \
-    a##I##1 = _mm256_fmadd_ps(x1, w1, a##I##1);
-                GEMV_ROW_SCALAR(0)
-                GEMV_ROW_SCALAR(1)
-                GEMV_ROW_SCALAR(2)
-                GEMV_ROW_SCALAR(3)
-            }
+        for (int64_t k = g0; k < gend; k += 16) {
+            const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+            decode16(fmt, d0, k, 0, zero, &w0, &w1);
+            b00 = _mm256_fmadd_ps(x0, w0, b00);
+            b01 = _mm256_fmadd_ps(x1, w1, b01);
+            decode16(fmt, d1, k, 0, zero, &w0, &w1);
+            b10 = _mm256_fmadd_ps(x0, w0, b10);
+            b11 = _mm256_fmadd_ps(x1, w1, b11);
         }
+        if (!scaled) {
+            a00 = _mm256_add_ps(a00, b00), a01 = _mm256_add_ps(a01, b01);
+            a10 = _mm256_add_ps(a10, b10), a11 = _mm256_add_ps(a11, b11);
+            continue;
+        }
+        const float s0 = dsv4_linear_group_scale(p, sr0, g),
+                    s1 = dsv4_linear_group_scale(p, sr1, g);
+        if (fmt == DSV4_FORMAT_FP8) {
+            const __m256 k256 = _mm256_set1_ps(256.0f);
+            b00 = _mm256_mul_ps(b00, k256), b01 = _mm256_mul_ps(b01, k256);
+            b10 = _mm256_mul_ps(b10, k256), b11 = _mm256_mul_ps(b11, k256);
+        }
+        const float m = fmt == DSV4_FORMAT_FP8 ? 1.0f : 0.5f;
+        const __m256 v0 = _mm256_set1_ps(s0 * m), v1 = _mm256_set1_ps(s1 * m);
+        a00 = _mm256_fmadd_ps(b00, v0, a00), a01 = _mm256_fmadd_ps(b01, v0, a01);
+        a10 = _mm256_fmadd_ps(b10, v1, a10), a11 = _mm256_fmadd_ps(b11, v1, a11);
     }
     if (c16 < cols) {
         _Alignas(32) float xt[16] = {0};
         memcpy(xt, x + c16, (size_t)(cols - c16) * sizeof *xt);
         const __m256 x0 = _mm256_load_ps(xt), x1 = _mm256_load_ps(xt + 8);
-        const int64_t k = c16;
-        GEMV_ROW_SCALAR(0)
-        GEMV_ROW_SCALAR(1)
-        GEMV_ROW_SCALAR(2)
-        GEMV_ROW_SCALAR(3)
-#undef GEMV_ROW_SCALAR
+        decode16_scalar(p, rows[0], c16, &w0, &w1);
+        a00 = _mm256_fmadd_ps(x0, w0, a00), a01 = _mm256_fmadd_ps(x1, w1, a01);
+        decode16_scalar(p, rows[1], c16, &w0, &w1);
+        a10 = _mm256_fmadd_ps(x0, w0, a10), a11 = _mm256_fmadd_ps(x1, w1, a11);
     }
     out[0] = hsum(_mm256_add_ps(a00, a01));
     out[1] = hsum(_mm256_add_ps(a10, a11));
-    out[2] = hsum(_mm256_add_ps(a20, a21));
-    out[3] = hsum(_mm256_add_ps(a30, a31));
 }
 
 /* y[r - r0] = out_scale * sum_c x[c] * W[r][c], r in [r0, r1). */
 AVX2_INLINE void gemv_rows(dsv4_weight_format fmt, const dsv4_linear_plan *p, int64_t r0,
                            int64_t r1, const float *x, float *y)
 {
-    for (int64_t r = r0; r < r1; r += 4) {
-        int64_t rows[4];
-        float out[4];
-        for (int i = 0; i < 4; i++) rows[i] = r + i < r1 ? r + i : r1 - 1;
-        gemv4(fmt, p, rows, x, out);
-        for (int i = 0; i < 4 && r + i < r1; i++) y[r + i - r0] = out[i] * p->out_scale;
+    for (int64_t r = r0; r < r1; r += 2) {
+        const int64_t rows[2] = {r, r + 1 < r1 ? r + 1 : r};
+        float out[2];
+        gemv2(fmt, p, rows, x, out);
+        y[r - r0] = out[0] * p->out_scale;
+        if (r + 1 < r1) y[r + 1 - r0] = out[1] * p->out_scale;
     }
 }
 
@@ -222,7 +229,7 @@ AVX2_INLINE void decode_tile_row(dsv4_weight_format fmt, const dsv4_linear_plan 
             s = _mm256_set1_ps(decoder_scale(fmt, dsv4_linear_group_scale(p, sr, g), &exact));
         for (; k < gend; k += 16) {
             if (__builtin_expect(exact, 1))
-                decode16(fmt, d, k, s, &w0, &w1);
+                decode16(fmt, d, k, 1, s, &w0, &w1);
             else
                 decode16_scalar(p, row, k, &w0, &w1);
             _mm256_storeu_ps(out + (k - kb), w0);
