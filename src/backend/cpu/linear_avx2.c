@@ -110,6 +110,22 @@ AVX2_INLINE void decode16(dsv4_weight_format fmt, const uint8_t *d, int64_t k, i
     }
 }
 
+/* MXFP4: columns [k, k + 32) (one scale group, 16 bytes) of the row at d -> w[0..4) as 2 * e2m1,
+ * unscaled. One load, one nibble split and two pshufb serve 32 weights. */
+AVX2_INLINE void decode32_fp4(const uint8_t *d, int64_t k, __m256 w[4])
+{
+    const __m128i lut = _mm_setr_epi8(0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12);
+    const __m128i m = _mm_set1_epi8(0x0f);
+    const __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(d + k / 2));
+    const __m128i lo = _mm_and_si128(b, m), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+    const __m128i v0 = _mm_shuffle_epi8(lut, _mm_unpacklo_epi8(lo, hi)); /* columns 0..15 */
+    const __m128i v1 = _mm_shuffle_epi8(lut, _mm_unpackhi_epi8(lo, hi)); /* columns 16..31 */
+    w[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v0));
+    w[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v0, 8)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v1));
+    w[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(v1, 8)));
+}
+
 /* Columns [k, k + 16) of `row` through the scalar decoder (column tails, huge FP8 scales). */
 AVX2_INLINE void decode16_scalar(const dsv4_linear_plan *p, int64_t row, int64_t k, __m256 *w0,
                                  __m256 *w1)
@@ -127,7 +143,7 @@ AVX2_INLINE void decode16_scalar(const dsv4_linear_plan *p, int64_t row, int64_t
  * Per row, per scale group: unscaled weights summed into two 8-lane partials (columns
  * 16j..16j+7 and 16j+8..16j+15), which then join the row's two accumulators times the group's
  * scale (FP8: * 256 then FMA with s; MXFP4: FMA with s / 2), so the inner loop has no
- * multiply but the FMAs. NVFP4's 16-column groups are one step each: scaled while decoded. The
+ * multiply but the FMAs. NVFP4's 16-column groups are scaled while decoded instead. The
  * column tail (scalar-decoded, scaled, zero-padded to 16) is FMA'd last; out = hsum(a0 + a1). Two
  * rows per tile keep the 8 partials + 4 accumulators in registers. */
 AVX2_INLINE void gemv2(dsv4_weight_format fmt, const dsv4_linear_plan *p, const int64_t rows[2],
@@ -140,24 +156,55 @@ AVX2_INLINE void gemv2(dsv4_weight_format fmt, const dsv4_linear_plan *p, const 
                   *sr1 = dsv4_linear_scale_row(p, rows[1]);
     const __m256 zero = _mm256_setzero_ps();
     __m256 a00 = zero, a01 = zero, a10 = zero, a11 = zero, w0, w1;
-    int64_t g = 0;
-    for (int64_t g0 = 0; g0 < c16; g0 += group, g++) {
+    int64_t g = 0, g0 = 0;
+    if (fmt == DSV4_FORMAT_NVFP4) {
+        /* Two 16-column groups per 32-column step, scaled while decoded (exact) and FMA'd
+         * straight into a; a last odd group goes through decode16. cols % 16 == 0: no tail. */
+        for (; g0 + 32 <= c16; g0 += 32, g += 2) {
+            __m256 w[4];
+            const __m256 x0 = _mm256_loadu_ps(x + g0), x1 = _mm256_loadu_ps(x + g0 + 8);
+            const __m256 x2 = _mm256_loadu_ps(x + g0 + 16), x3 = _mm256_loadu_ps(x + g0 + 24);
+#define NVFP4_ROW(D, SR, A0, A1)                                                                   \
+    {                                                                                              \
+        const __m256 sa = _mm256_set1_ps(0.5f * dsv4_linear_group_scale(p, SR, g));                \
+        const __m256 sb = _mm256_set1_ps(0.5f * dsv4_linear_group_scale(p, SR, g + 1));            \
+        decode32_fp4(D, g0, w);                                                                    \
+        A0 = _mm256_fmadd_ps(x0, _mm256_mul_ps(w[0], sa), A0);                                     \
+        A1 = _mm256_fmadd_ps(x1, _mm256_mul_ps(w[1], sa), A1);                                     \
+        A0 = _mm256_fmadd_ps(x2, _mm256_mul_ps(w[2], sb), A0);                                     \
+        A1 = _mm256_fmadd_ps(x3, _mm256_mul_ps(w[3], sb), A1);                                     \
+    }
+            NVFP4_ROW(d0, sr0, a00, a01)
+            NVFP4_ROW(d1, sr1, a10, a11)
+#undef NVFP4_ROW
+        }
+        if (g0 < c16) {
+            const __m256 x0 = _mm256_loadu_ps(x + g0), x1 = _mm256_loadu_ps(x + g0 + 8);
+            decode16(fmt, d0, g0, 1, _mm256_set1_ps(0.5f * dsv4_linear_group_scale(p, sr0, g)), &w0,
+                     &w1);
+            a00 = _mm256_fmadd_ps(x0, w0, a00), a01 = _mm256_fmadd_ps(x1, w1, a01);
+            decode16(fmt, d1, g0, 1, _mm256_set1_ps(0.5f * dsv4_linear_group_scale(p, sr1, g)), &w0,
+                     &w1);
+            a10 = _mm256_fmadd_ps(x0, w0, a10), a11 = _mm256_fmadd_ps(x1, w1, a11);
+            g0 = c16;
+        }
+    }
+    for (; g0 < c16; g0 += group, g++) {
         const int64_t gend = g0 + group < c16 ? g0 + group : c16;
         __m256 b00 = zero, b01 = zero, b10 = zero, b11 = zero;
-        if (fmt == DSV4_FORMAT_NVFP4) {
-            /* One 16-column step per group: scale while decoding, straight into a. */
-            const __m256 v0 = _mm256_set1_ps(0.5f * dsv4_linear_group_scale(p, sr0, g));
-            const __m256 v1 = _mm256_set1_ps(0.5f * dsv4_linear_group_scale(p, sr1, g));
+        if (fmt == DSV4_FORMAT_MXFP4) {
+            /* The group is one 32-column step (cols % 32 == 0): same partials, fewer ops. */
+            __m256 w[4];
             const __m256 x0 = _mm256_loadu_ps(x + g0), x1 = _mm256_loadu_ps(x + g0 + 8);
-            decode16(fmt, d0, g0, 1, v0, &w0, &w1);
-            a00 = _mm256_fmadd_ps(x0, w0, a00);
-            a01 = _mm256_fmadd_ps(x1, w1, a01);
-            decode16(fmt, d1, g0, 1, v1, &w0, &w1);
-            a10 = _mm256_fmadd_ps(x0, w0, a10);
-            a11 = _mm256_fmadd_ps(x1, w1, a11);
-            continue;
+            const __m256 x2 = _mm256_loadu_ps(x + g0 + 16), x3 = _mm256_loadu_ps(x + g0 + 24);
+            decode32_fp4(d0, g0, w);
+            b00 = _mm256_fmadd_ps(x2, w[2], _mm256_mul_ps(x0, w[0]));
+            b01 = _mm256_fmadd_ps(x3, w[3], _mm256_mul_ps(x1, w[1]));
+            decode32_fp4(d1, g0, w);
+            b10 = _mm256_fmadd_ps(x2, w[2], _mm256_mul_ps(x0, w[0]));
+            b11 = _mm256_fmadd_ps(x3, w[3], _mm256_mul_ps(x1, w[1]));
         }
-        for (int64_t k = g0; k < gend; k += 16) {
+        for (int64_t k = g0; fmt != DSV4_FORMAT_MXFP4 && k < gend; k += 16) {
             const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
             decode16(fmt, d0, k, 0, zero, &w0, &w1);
             b00 = _mm256_fmadd_ps(x0, w0, b00);
