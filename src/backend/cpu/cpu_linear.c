@@ -23,16 +23,16 @@ struct dsv4_cpu_pool {
     int n_threads;
     pthread_t *threads;
     pthread_mutex_t run_mu; /* one job at a time: callers on several threads queue here */
-    pthread_mutex_t mu;     /* guards the fields below except `next` */
+    pthread_mutex_t mu;     /* with work/done: the sleeping side of the hand-offs below */
     pthread_cond_t work, done;
-    /* the job in flight */
+    /* the job in flight: written before `epoch` is bumped (release), read after (acquire) */
     void (*fn)(int64_t, void *);
     void *ctx;
     int64_t n;
-    _Atomic int64_t next; /* next item to hand out; lock-free so items cost no mutex */
-    int active;           /* workers still inside the current job */
-    unsigned epoch;       /* bumped for every job */
-    int quit;
+    _Atomic int64_t next;   /* next item to hand out; lock-free so items cost no mutex */
+    _Atomic int active;     /* workers still inside the current job */
+    _Atomic unsigned epoch; /* bumped for every job */
+    _Atomic int quit;
 };
 
 /* The pool whose job this thread is running (NULL outside jobs): a job that calls
@@ -53,17 +53,22 @@ static void *worker(void *arg)
     dsv4_cpu_pool *p = arg;
     unsigned seen = 0;
     current_pool = p;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->quit && p->epoch == seen) pthread_cond_wait(&p->work, &p->mu);
-        if (p->quit) break;
-        seen = p->epoch;
-        pthread_mutex_unlock(&p->mu);
-        run_items(p);
         pthread_mutex_lock(&p->mu);
-        if (--p->active == 0) pthread_cond_signal(&p->done);
+        while (!atomic_load(&p->quit) && atomic_load(&p->epoch) == seen)
+            pthread_cond_wait(&p->work, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+        if (atomic_load(&p->quit)) break;
+        seen = atomic_load(&p->epoch);
+        run_items(p);
+        /* The last one out wakes the caller if it went to sleep; under mu so that the caller,
+         * which checks `active` under mu before waiting, cannot miss it. */
+        if (atomic_fetch_sub_explicit(&p->active, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -82,6 +87,9 @@ dsv4_status dsv4_cpu_pool_create(int n_threads, dsv4_cpu_pool **out)
     pthread_cond_init(&p->work, NULL);
     pthread_cond_init(&p->done, NULL);
     atomic_init(&p->next, 0);
+    atomic_init(&p->active, 0);
+    atomic_init(&p->epoch, 0u);
+    atomic_init(&p->quit, 0);
     /* The calling thread works too: n_threads - 1 helpers. */
     p->threads = calloc((size_t)n_threads, sizeof *p->threads);
     if (!p->threads) {
@@ -103,7 +111,7 @@ void dsv4_cpu_pool_destroy(dsv4_cpu_pool *p)
 {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
-    p->quit = 1;
+    atomic_store(&p->quit, 1);
     pthread_cond_broadcast(&p->work);
     pthread_mutex_unlock(&p->mu);
     for (int i = 1; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
@@ -127,13 +135,13 @@ void dsv4_cpu_pool_run(dsv4_cpu_pool *p, int64_t n, void (*fn)(int64_t, void *),
         return;
     }
     pthread_mutex_lock(&p->run_mu);
-    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->ctx = ctx;
     p->n = n;
     atomic_store_explicit(&p->next, 0, memory_order_relaxed);
-    p->active = p->n_threads - 1;
-    p->epoch++;
+    atomic_store_explicit(&p->active, p->n_threads - 1, memory_order_relaxed);
+    pthread_mutex_lock(&p->mu);
+    atomic_fetch_add_explicit(&p->epoch, 1, memory_order_release); /* publishes the job */
     pthread_cond_broadcast(&p->work);
     pthread_mutex_unlock(&p->mu);
 
@@ -143,7 +151,8 @@ void dsv4_cpu_pool_run(dsv4_cpu_pool *p, int64_t n, void (*fn)(int64_t, void *),
     current_pool = outer;
 
     pthread_mutex_lock(&p->mu);
-    while (p->active > 0) pthread_cond_wait(&p->done, &p->mu);
+    while (atomic_load_explicit(&p->active, memory_order_acquire) > 0)
+        pthread_cond_wait(&p->done, &p->mu);
     pthread_mutex_unlock(&p->mu);
     pthread_mutex_unlock(&p->run_mu);
 }
