@@ -4,9 +4,12 @@
  *   y[t][r] = sum_c x[t][c] * W[r][c]      W: dsv4_weight [rows, cols] in its stored format
  *   x: [n_tokens, cols] f32 row-major      y: [n_tokens, rows] f32 row-major
  *
- * Weights are dequantised on the fly (never expanded to an f32 copy of the matrix): each row is
- * decoded into a small per-thread buffer and used for all tokens. Sums are accumulated in f32
- * (tests compare against references with tolerances, never on the summation order).
+ * Weights are dequantised on the fly, never expanded to an f32 copy of the matrix: for one token
+ * (decode) the decoding is fused into the dot products; for several tokens, tiles of rows are
+ * decoded into a small stack buffer and used for every token (linear_avx2.c, linear_scalar.c).
+ * Sums are accumulated in f32 in an order that depends only on the format, cols, n_tokens and
+ * ISA (never on the thread count), so results are deterministic; one-token and many-token calls
+ * may differ in the last bits.
  *
  * A dsv4_cpu_pool runs the rows in parallel (pthreads); pass NULL to run on the calling thread.
  */
