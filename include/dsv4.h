@@ -396,6 +396,35 @@ typedef void (*dsv4_capture_fn)(void *user, const char *name, const float *data,
                                 int64_t row_width);
 void dsv4_session_set_capture(dsv4_session *s, dsv4_capture_fn fn, void *user);
 
+/* Multi-token prediction (MTP), for speculative decoding: the checkpoint's extra block
+ * (official class MTPBlock, tensors mtp.{j}.*) drafts the token after next.
+ *
+ * dsv4_model_num_mtp: the MTP blocks the checkpoint holds (0 for NULL, and for checkpoints
+ * without mtp.* tensors, e.g. every transformers-saved one). Only block 0 drafts.
+ *
+ * dsv4_session_mtp_draft: the session holds tokens 0 .. P-1 (P >= 1); `next_token` is the token
+ * at position P (typically sampled from the main logits of position P-1). `logits` (may be
+ * NULL) receives the MTP block's [vocab] logits for the token at position P+1. The main
+ * sequence is unchanged (position stays P); the call only advances the MTP block's own state.
+ *
+ * That state is one sliding-window entry per position t, computed from the main model's
+ * last-layer streams at t and the token at t+1. A draft first computes, in one chunk, the
+ * entries the held tokens allow and the block lacks (after a long prefill: all of them), then
+ * the entry at P-1 from next_token. dsv4_session_truncate(s, n) drops the entries at positions
+ * >= n; the entry at n-1 is kept and recomputed by the next draft only if the token finally at
+ * position n differs from the one it was drafted with. dsv4_session_fork copies the state.
+ * A speculative step is thus: t1 = sample(main logits); mtp_draft(s, t1, q); d = sample(q);
+ * eval [t1, d] with all_positions; if the main logits at t1's position reject d, truncate to
+ * P+1 (t1 kept) and continue from those logits; else keep both and draft again.
+ *
+ * Errors: DSV4_ERR_UNSUPPORTED when the model has no MTP block; DSV4_ERR_INVALID_ARGUMENT for
+ * an empty session; DSV4_ERR_INPUT for next_token outside the vocabulary (the session is then
+ * unchanged). Capture (above) also sees the draft's values: "mtp.embed", the block's
+ * "hidden.L<num_layers>.*", "mtp.hc_head", "mtp.final". Keeping the main streams for the MTP
+ * block costs hc_mult * hidden_size floats per token in sessions of models that have one. */
+int dsv4_model_num_mtp(const dsv4_model *m);
+dsv4_status dsv4_session_mtp_draft(dsv4_session *s, int32_t next_token, float *logits);
+
 #ifdef __cplusplus
 }
 #endif

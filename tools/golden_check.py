@@ -9,6 +9,11 @@ compares with what transformers recorded: logits, per-layer hidden states, compr
 indexer and router top-k sets. Prints the first position/tensor that disagrees and a summary;
 exits non-zero when logits differ by more than 1e-4 of the logit range or a top-k set differs.
 
+  golden_check.py --mtp-write DIR ...   writes DIR/mtp_golden.safetensors for the official-layout
+                                        checkpoint DIR/model (with mtp.0.*): the MTP block's
+                                        logits, from a transcription of the official MTPBlock
+  golden_check.py --mtp DIR ...         recomputes it and compares with the stored file
+
 This checks the fixtures against the spec (and the spec against the oracle), and it is a readable
 reference for the C code: every step below is one step of the spec. Needs numpy (and ml_dtypes
 for the quantised checkpoints).
@@ -64,14 +69,18 @@ def read_dir(d):
     return t
 
 
-def load_weights(d, cfg):
-    """canonical name (make_checkpoints) -> float64 / int64 array."""
+def load_weights(d, cfg, with_mtp=False):
+    """canonical name (make_checkpoints) -> float64 / int64 array. with_mtp: also the mtp.{j}.*
+    tensors of an official-layout checkpoint (g["n_mtp"] and the MTP ratios then set)."""
     import make_checkpoints as mc
     t = read_dir(d)
     official = "quantization_config" in cfg or "compress_ratios" in cfg
     g = geometry(cfg)
+    if with_mtp:
+        g["n_mtp"] = cfg.get("num_nextn_predict_layers", 0)
+        g["compress_ratios"] = list(cfg["compress_ratios"])[: g["n_layers"] + g["n_mtp"]]
     W = {}
-    for canon, kind, shape in mc.canonical_specs(g, with_mtp=False):
+    for canon, kind, shape in mc.canonical_specs(g, with_mtp=with_mtp):
         if not official:
             dt, shp, raw = t[mc.hf_saved_name(canon)]
             W[canon] = plain(dt, shp, raw).reshape(shape)
@@ -330,6 +339,114 @@ def forward(W, g, tokens):
 
 
 # ----------------------------------------------------------------------------------------------
+# MTP: transcribed from the OFFICIAL inference/model.py (class MTPBlock, whose forward is
+#     e = self.embed(input_ids); e = self.enorm(e); x = self.hnorm(x)
+#     x = self.e_proj(e).unsqueeze(2) + self.h_proj(x)
+#     x = super().forward(x, start_pos, input_ids)          # Block.forward: hc_pre/attn/hc_post,
+#                                                           #   hc_pre/ffn/hc_post
+#     logits = self.head(x, self.hc_head_fn, self.hc_head_scale, self.hc_head_base, self.norm)
+# with ParallelHead.hc_head: pre = sigmoid(mixes * hc_scale + hc_base) + hc_eps, then norm and
+# the shared head weight) -- not from the C code. transformers has no MTP module, so this is the
+# only oracle. Layer index of block j: n_layers + j (ratio compress_ratios[n_layers + j], never
+# hash-routed: layer_id >= n_hash_layers). Inputs: X = the main model's n streams after the last
+# layer at positions 0 .. T-2, input_ids = tokens 1 .. T-1 (the token after each position),
+# start_pos 0 (position t of the block = position t of the main stream it reads). Row t of the
+# result: logits for the token at t + 2. Exact arithmetic (float64), no faithful roundings.
+
+def mtp_forward(W, g, X, tokens, j=0):
+    """X [T, n, D] main streams, tokens [T] (each one position after X's) -> logits [T, V], rec."""
+    rec = {}
+    i = g["n_layers"] + j
+    p = f"mtp.{j}."
+    T, n = X.shape[0], g["hc"]
+    pos = np.arange(T)
+    e = rms(W["embed"][tokens], W[p + "enorm"], g["eps"])                       # [T, D]
+    x = rms(X, W[p + "hnorm"], g["eps"])                                          # [T, n, D]
+    X = (e @ W[p + "e_proj"].T)[:, None, :] + x @ W[p + "h_proj"].T               # [T, n, D]
+    # Block.forward (the same Block class as the main layers)
+    pre, post, comb = hc_site(X, W[p + "hc_attn_fn"], W[p + "hc_attn_base"], W[p + "hc_attn_scale"], g)
+    y = rms(np.einsum("tj,tjd->td", pre, X), W[p + "attn_norm"], g["eps"])
+    rec[f"hidden.L{i}.attn_in"] = y
+    a = attention(y, W, p, g["compress_ratios"][i], g, rec, i, pos)
+    rec[f"hidden.L{i}.attn_out"] = a
+    X = post[:, :, None] * a[:, None, :] + np.einsum("tjk,tjd->tkd", comb, X)
+    pre, post, comb = hc_site(X, W[p + "hc_ffn_fn"], W[p + "hc_ffn_base"], W[p + "hc_ffn_scale"], g)
+    y = rms(np.einsum("tj,tjd->td", pre, X), W[p + "ffn_norm"], g["eps"])
+    rec[f"hidden.L{i}.ffn_in"] = y
+    f = moe(y, W, p, False, tokens, g, rec, i)
+    rec[f"hidden.L{i}.ffn_out"] = f
+    X = post[:, :, None] * f[:, None, :] + np.einsum("tjk,tjd->tkd", comb, X)
+    rec[f"hidden.L{i}.streams"] = X
+    # self.head(x, self.hc_head_fn, ..., self.norm): the block's own collapse and norm
+    flat = rms(X.reshape(T, -1), None, g["eps"])
+    pre = sigmoid(flat @ W[p + "hc_head_fn"].T * W[p + "hc_head_scale"][0] + W[p + "hc_head_base"]) \
+        + g["hc_eps"]
+    y = np.einsum("tj,tjd->td", pre, X)
+    rec["mtp.hc_head"] = y
+    y = rms(y, W[p + "norm"], g["eps"])
+    rec["mtp.final"] = y
+    return y @ W["head"].T, rec
+
+
+def router_margin(W, g, y, p, is_hash):
+    """Smallest gap between the k-th and (k+1)-th biased router score over the rows of y: how
+    far a float32 implementation is from choosing another expert set."""
+    if is_hash:
+        return math.inf
+    sc = np.sqrt(np.logaddexp(0, y @ W[p + "ffn.gate"].T)) + W[p + "ffn.gate.bias"]
+    s = -np.sort(-sc, axis=1)
+    k = g["n_active"]
+    return float((s[:, k - 1] - s[:, k]).min()) if s.shape[1] > k else math.inf
+
+
+def mtp_golden(fixture, tokens=None, seed=7, length=136):
+    """Computes (and with tokens=None, first draws) the MTP golden of an official-layout
+    checkpoint fixture/model with mtp.0.*: writes fixture/mtp_golden.safetensors."""
+    import make_checkpoints as mc
+    mdir = os.path.join(fixture, "model")
+    with open(os.path.join(mdir, "config.json")) as f:
+        cfg = json.load(f)
+    W, g = load_weights(mdir, cfg, with_mtp=True)
+    assert g["n_mtp"] >= 1, "no MTP block in " + mdir
+    if tokens is None:
+        tokens = np.random.default_rng(seed).integers(0, g["vocab"], length).astype(np.int64)
+    main_logits, rec = forward(W, g, tokens)
+    X = rec[f"hidden.L{g['n_layers'] - 1}.streams"]
+    logits, mrec = mtp_forward(W, g, X[:-1], tokens[1:])
+    L = g["n_layers"]
+    margins = {f"L{i}": router_margin(W, g, rec[f"hidden.L{i}.ffn_in"], f"layers.{i}.", i < g["n_hash"])
+               for i in range(L)}
+    margins["mtp"] = router_margin(W, g, mrec[f"hidden.L{L}.ffn_in"], "mtp.0.", False)
+    t = [("tokens", "I64", [len(tokens)], tokens.astype(np.int64).tobytes()),
+         ("main_logits", "F32", list(main_logits.shape), main_logits.astype(np.float32).tobytes()),
+         ("mtp_logits", "F32", list(logits.shape), logits.astype(np.float32).tobytes())]
+    for k in ("mtp.hc_head", "mtp.final", f"hidden.L{L}.attn_out", f"hidden.L{L}.ffn_out"):
+        t.append((k, "F32", list(mrec[k].shape), mrec[k].astype(np.float32).tobytes()))
+    meta = {"format": "pt", "content": "dsv4 MTP golden: tools/golden_check.py (numpy float64 "
+            "transcription of the official MTPBlock)",
+            "router_margins": json.dumps(margins)}
+    mc.write_st(os.path.join(fixture, "mtp_golden.safetensors"), t, meta)
+    rng = logits.max(1) - logits.min(1)
+    print(f"{os.path.basename(os.path.normpath(fixture))}: MTP logits [{logits.shape[0]}, "
+          f"{logits.shape[1]}], range {rng.min():.3g}..{rng.max():.3g}, argmax "
+          f"{logits.argmax(1).tolist()}; smallest router margins {margins}")
+    return logits
+
+
+def check_mtp(fixture):
+    """Recomputes the MTP golden from the checkpoint and compares with the stored one."""
+    gold = {k: plain(*v) for k, v in read_st(os.path.join(fixture, "mtp_golden.safetensors")).items()}
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        os.symlink(os.path.abspath(os.path.join(fixture, "model")), os.path.join(tmp, "model"))
+        logits = mtp_golden(tmp, tokens=gold["tokens"])
+    ref = gold["mtp_logits"]
+    d = (np.abs(logits - ref).max(1) / (ref.max(1) - ref.min(1))).max()
+    print(f"  stored MTP golden vs recomputed: max |d|/range {d:.3g}")
+    return d < 1e-6
+
+
+# ----------------------------------------------------------------------------------------------
 
 def check(fixture):
     mdir = os.path.join(fixture, "model")
@@ -369,6 +486,13 @@ def check(fixture):
 
 
 def main(argv):
+    if argv[:1] in (["--mtp-write"], ["--mtp"]):   # MTP goldens (official-layout fixtures)
+        if argv[0] == "--mtp-write":
+            for d in argv[1:]:
+                mtp_golden(d)
+            return 0
+        bad = [d for d in argv[1:] if not check_mtp(d)]
+        return 1 if bad else 0
     dirs = argv or sorted(os.path.join(DEFAULT_ROOT, d) for d in os.listdir(DEFAULT_ROOT)
                           if os.path.exists(os.path.join(DEFAULT_ROOT, d, "golden.safetensors")))
     bad = [d for d in dirs if not check(d)]

@@ -6,7 +6,9 @@
  *         -> head collapse -> final RMSNorm -> LM head
  *
  * Semantics follow transformers 5.17's DeepseekV4Model (the "exact" numeric mode). The
- * sublayers are in forward_attn.c and forward_moe.c; the per-sequence state in session.c.
+ * sublayers are in forward_attn.c and forward_moe.c; the per-sequence state in session.c. The
+ * MTP block (forward_mtp.c) runs the same dsv4_forward_block / dsv4_forward_head and reads the
+ * last layer's streams kept here.
  */
 #include "core/error.h"
 #include "model/quant_sim.h"
@@ -58,15 +60,7 @@ static void emit_layer(dsv4_session *s, int layer, const char *what, const float
     s->capture(s->capture_user, name, data, rows, width);
 }
 
-/* Activations of one chunk, allocated together (freed by forward). */
-typedef struct fwd_buf {
-    float *X, *Xo;     /* [T, n, D] residual streams (current, next) */
-    float *flat;       /* [T, n * D] normalised streams */
-    float *mix;        /* [T, (2+n)n] */
-    float *pre, *post; /* [T, n] */
-    float *comb;       /* [T, n, n] */
-    float *y, *h, *f;  /* [T, D] collapsed, normalised sublayer input, sublayer output */
-} fwd_buf;
+typedef dsv4_fwd_buf fwd_buf; /* session.h */
 
 /* One mHC site before a sublayer: X [T, n, D] -> pre/post/comb, y [T, D] = sum_j pre_j X_j. */
 static dsv4_status hc_site(dsv4_session *s, const dsv4_weight *fn, const float *base,
@@ -102,6 +96,61 @@ static void hc_expand(const dsv4_session *s, fwd_buf *b, int64_t T)
     b->Xo = tmp;
 }
 
+dsv4_status dsv4_forward_block(dsv4_session *s, int li, const int32_t *ids, int64_t T, fwd_buf *b)
+{
+    const dsv4_config *c = s->cfg;
+    const int64_t D = c->hidden_size, nD = (int64_t)c->hc_mult * D;
+    const dsv4_layer_weights *lw = &s->m->w.layers[li];
+    const dsv4_layer_consts *k = &s->lc[li];
+
+    /* attention site: X -> y -> h = RMSNorm_attn(y) -> f = attn(h) -> X */
+    DSV4_TRY(hc_site(s, &lw->hc_attn_fn, k->hc_attn_base, k->hc_attn_scale, b, T));
+    dsv4_op_rmsnorm(b->h, b->y, k->attn_norm, T, D, c->rms_norm_eps);
+    dsv4_fw_bf16(s, b->h, T * D);
+    emit_layer(s, li, "attn_in", b->h, T, D);
+    DSV4_TRY(dsv4_forward_attn(s, li, b->h, T, b->f));
+    emit_layer(s, li, "attn_out", b->f, T, D);
+    hc_expand(s, b, T);
+
+    /* FFN site: X -> y -> h = RMSNorm_ffn(y) -> f = moe(h) -> X */
+    DSV4_TRY(hc_site(s, &lw->hc_ffn_fn, k->hc_ffn_base, k->hc_ffn_scale, b, T));
+    dsv4_op_rmsnorm(b->h, b->y, k->ffn_norm, T, D, c->rms_norm_eps);
+    dsv4_fw_bf16(s, b->h, T * D);
+    emit_layer(s, li, "ffn_in", b->h, T, D);
+    DSV4_TRY(dsv4_forward_moe(s, li, b->h, ids, T, b->f));
+    emit_layer(s, li, "ffn_out", b->f, T, D);
+    hc_expand(s, b, T);
+    emit_layer(s, li, "streams", b->X, T, nD);
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_forward_head(dsv4_session *s, const dsv4_weight *hc_fn, const float *hc_base,
+                              float hc_scale, const float *norm, const char *tag, int64_t T,
+                              fwd_buf *b)
+{
+    const dsv4_config *c = s->cfg;
+    const int n = c->hc_mult;
+    const int64_t D = c->hidden_size, nD = (int64_t)n * D;
+    char name[64];
+
+    /* head collapse: X [T, n, D] -> y [T, D]; final norm -> h [T, D] */
+    dsv4_op_rmsnorm(b->flat, b->X, NULL, T, nD, c->rms_norm_eps);
+    DSV4_TRY(dsv4_cpu_linear(s->pool, hc_fn, b->flat, T, b->mix)); /* -> [T, n] */
+    for (int64_t t = 0; t < T; t++) {
+        float *pre = b->pre + t * n;
+        dsv4_op_hc_head_weights(b->mix + t * n, hc_base, hc_scale, n, c->hc_eps, pre);
+        dsv4_op_hc_collapse(b->y + t * D, b->X + t * nD, pre, n, D);
+    }
+    dsv4_fw_bf16(s, b->y, T * D);
+    snprintf(name, sizeof name, "%s.hc_head", tag);
+    dsv4_session_emit(s, name, b->y, T, D);
+    dsv4_op_rmsnorm(b->h, b->y, norm, T, D, c->rms_norm_eps);
+    dsv4_fw_bf16(s, b->h, T * D);
+    snprintf(name, sizeof name, "%s.final", tag);
+    dsv4_session_emit(s, name, b->h, T, D);
+    return DSV4_OK;
+}
+
 static dsv4_status run_layers(dsv4_session *s, const int32_t *ids, int64_t T, fwd_buf *b)
 {
     const dsv4_config *c = s->cfg;
@@ -117,72 +166,50 @@ static dsv4_status run_layers(dsv4_session *s, const int32_t *ids, int64_t T, fw
     }
     dsv4_session_emit(s, "embed", b->y, T, D);
 
-    for (int li = 0; li < c->num_layers; li++) {
-        const dsv4_layer_weights *lw = &W->layers[li];
-        const dsv4_layer_consts *k = &s->lc[li];
+    for (int li = 0; li < c->num_layers; li++) DSV4_TRY(dsv4_forward_block(s, li, ids, T, b));
+    /* the MTP block reads the last layer's streams of every position (forward_mtp.c) */
+    if (s->hmain) memcpy(s->hmain + s->pos * nD, b->X, (size_t)(T * nD) * sizeof(float));
 
-        /* attention site: X -> y -> h = RMSNorm_attn(y) -> f = attn(h) -> X */
-        DSV4_TRY(hc_site(s, &lw->hc_attn_fn, k->hc_attn_base, k->hc_attn_scale, b, T));
-        dsv4_op_rmsnorm(b->h, b->y, k->attn_norm, T, D, c->rms_norm_eps);
-        dsv4_fw_bf16(s, b->h, T * D);
-        emit_layer(s, li, "attn_in", b->h, T, D);
-        DSV4_TRY(dsv4_forward_attn(s, li, b->h, T, b->f));
-        emit_layer(s, li, "attn_out", b->f, T, D);
-        hc_expand(s, b, T);
+    return dsv4_forward_head(s, &W->hc_head_fn, s->hc_head_base, s->hc_head_scale, s->norm,
+                             "hidden", T, b);
+}
 
-        /* FFN site: X -> y -> h = RMSNorm_ffn(y) -> f = moe(h) -> X */
-        DSV4_TRY(hc_site(s, &lw->hc_ffn_fn, k->hc_ffn_base, k->hc_ffn_scale, b, T));
-        dsv4_op_rmsnorm(b->h, b->y, k->ffn_norm, T, D, c->rms_norm_eps);
-        dsv4_fw_bf16(s, b->h, T * D);
-        emit_layer(s, li, "ffn_in", b->h, T, D);
-        DSV4_TRY(dsv4_forward_moe(s, li, b->h, ids, T, b->f));
-        emit_layer(s, li, "ffn_out", b->f, T, D);
-        hc_expand(s, b, T);
-        emit_layer(s, li, "streams", b->X, T, nD);
-    }
-
-    /* head collapse: X [T, n, D] -> y [T, D]; final norm -> h [T, D] */
-    dsv4_op_rmsnorm(b->flat, b->X, NULL, T, nD, c->rms_norm_eps);
-    DSV4_TRY(dsv4_cpu_linear(s->pool, &W->hc_head_fn, b->flat, T, b->mix)); /* -> [T, n] */
-    for (int64_t t = 0; t < T; t++) {
-        float *pre = b->pre + t * n;
-        dsv4_op_hc_head_weights(b->mix + t * n, s->hc_head_base, s->hc_head_scale, n, c->hc_eps,
-                                pre);
-        dsv4_op_hc_collapse(b->y + t * D, b->X + t * nD, pre, n, D);
-    }
-    dsv4_fw_bf16(s, b->y, T * D);
-    dsv4_session_emit(s, "hidden.hc_head", b->y, T, D);
-    dsv4_op_rmsnorm(b->h, b->y, s->norm, T, D, c->rms_norm_eps);
-    dsv4_fw_bf16(s, b->h, T * D);
-    dsv4_session_emit(s, "hidden.final", b->h, T, D);
+dsv4_status dsv4_fwd_buf_alloc(const dsv4_config *c, int64_t T, fwd_buf *b)
+{
+    const int n = c->hc_mult;
+    const int64_t D = c->hidden_size, nD = (int64_t)n * D, mixn = (int64_t)(2 + n) * n;
+    /* one allocation for the chunk's activations */
+    const int64_t per_tok = 3 * nD + mixn + 2 * n + n * n + 3 * D;
+    float *p = malloc((size_t)(T * per_tok) * sizeof(float));
+    if (!p)
+        return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "forward: activations for %lld tokens",
+                         (long long)T);
+    b->mem = p;
+    b->X = p, p += T * nD;
+    b->Xo = p, p += T * nD;
+    b->flat = p, p += T * nD;
+    b->mix = p, p += T * mixn;
+    b->pre = p, p += T * n;
+    b->post = p, p += T * n;
+    b->comb = p, p += T * n * n;
+    b->y = p, p += T * D;
+    b->h = p, p += T * D;
+    b->f = p;
     return DSV4_OK;
+}
+
+void dsv4_fwd_buf_free(fwd_buf *b)
+{
+    free(b->mem);
+    b->mem = NULL;
 }
 
 dsv4_status dsv4_forward(dsv4_session *s, const int32_t *ids, int64_t T, float *logits,
                          int all_positions)
 {
-    const dsv4_config *c = s->cfg;
-    const int n = c->hc_mult;
-    const int64_t D = c->hidden_size, nD = (int64_t)n * D, mixn = (int64_t)(2 + n) * n;
-    /* one allocation for the chunk's activations */
-    const int64_t per_tok = 3 * nD + mixn + 2 * n + n * n + 3 * D;
-    float *mem = malloc((size_t)(T * per_tok) * sizeof(float));
-    if (!mem)
-        return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "forward: activations for %lld tokens",
-                         (long long)T);
+    const int64_t D = s->cfg->hidden_size;
     fwd_buf b;
-    float *p = mem;
-    b.X = p, p += T * nD;
-    b.Xo = p, p += T * nD;
-    b.flat = p, p += T * nD;
-    b.mix = p, p += T * mixn;
-    b.pre = p, p += T * n;
-    b.post = p, p += T * n;
-    b.comb = p, p += T * n * n;
-    b.y = p, p += T * D;
-    b.h = p, p += T * D;
-    b.f = p;
-
+    DSV4_TRY(dsv4_fwd_buf_alloc(s->cfg, T, &b));
     dsv4_status st = run_layers(s, ids, T, &b);
     if (st == DSV4_OK && logits) { /* LM head: h [T, D] -> logits [T, V] (or the last row) */
         const dsv4_weight *head = &s->m->w.head;
@@ -191,6 +218,6 @@ dsv4_status dsv4_forward(dsv4_session *s, const int32_t *ids, int64_t T, float *
         else
             st = dsv4_cpu_linear(s->pool, head, b.h + (T - 1) * D, 1, logits);
     }
-    free(mem);
+    dsv4_fwd_buf_free(&b);
     return st;
 }

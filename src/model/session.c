@@ -1,7 +1,8 @@
 /*
  * session.c - the public session API (include/dsv4.h, "Sessions"): creation with the small
  * model constants decoded to f32, the per-token state arrays and their growth, eval with input
- * checks, fork (deep copy) and truncation. The forward pass itself is model/forward*.c.
+ * checks, fork (deep copy) and truncation (both cover the MTP block's state, which lives in the
+ * same arrays after the main layers). The forward pass itself is model/forward*.c.
  */
 #include "core/error.h"
 #include "model/session.h"
@@ -57,7 +58,7 @@ static void consts_free(dsv4_layer_consts *k)
 void dsv4_session_close(dsv4_session *s)
 {
     if (!s) return;
-    const int L = s->cfg->num_layers;
+    const int L = s->n_layers;
     if (s->lc)
         for (int i = 0; i < L; i++) consts_free(&s->lc[i]);
     if (s->ls)
@@ -71,6 +72,8 @@ void dsv4_session_close(dsv4_session *s)
     free(s->ids);
     free(s->norm);
     free(s->hc_head_base);
+    free(s->mtp_enorm), free(s->mtp_hnorm), free(s->mtp_norm), free(s->mtp_hc_head_base);
+    free(s->hmain), free(s->mtp_ids);
     dsv4_cpu_pool_destroy(s->pool);
     free(s);
 }
@@ -95,7 +98,7 @@ static dsv4_status load_consts(dsv4_session *s)
     DSV4_TRY(need(scale, &W->hc_head_scale, "hc_head_scale"));
     s->hc_head_scale = scale[0];
     free(scale);
-    for (int i = 0; i < c->num_layers; i++) {
+    for (int i = 0; i < s->n_layers; i++) {
         const dsv4_layer_weights *lw = &W->layers[i];
         dsv4_layer_consts *k = &s->lc[i];
         DSV4_TRY(decode(&lw->attn_norm, &k->attn_norm));
@@ -132,6 +135,26 @@ static dsv4_status load_consts(dsv4_session *s)
         if (lw->hash_routed && !dsv4_weight_present(&lw->tid2eid))
             return dsv4_fail(DSV4_ERR_MISSING_TENSOR, "layer %d is hash-routed but has no tid2eid",
                              i);
+    }
+    if (s->n_mtp > 0) { /* MTP block 0's own norms and head collapse */
+        const dsv4_layer_weights *lw = &W->layers[c->num_layers];
+        DSV4_TRY(decode(&lw->enorm, &s->mtp_enorm));
+        DSV4_TRY(need(s->mtp_enorm, &lw->enorm, "mtp enorm"));
+        DSV4_TRY(decode(&lw->hnorm, &s->mtp_hnorm));
+        DSV4_TRY(need(s->mtp_hnorm, &lw->hnorm, "mtp hnorm"));
+        DSV4_TRY(decode(&lw->norm, &s->mtp_norm));
+        DSV4_TRY(need(s->mtp_norm, &lw->norm, "mtp norm"));
+        DSV4_TRY(decode(&lw->hc_head_base, &s->mtp_hc_head_base));
+        DSV4_TRY(need(s->mtp_hc_head_base, &lw->hc_head_base, "mtp hc_head_base"));
+        DSV4_TRY(decode(&lw->hc_head_scale, &scale));
+        DSV4_TRY(need(scale, &lw->hc_head_scale, "mtp hc_head_scale"));
+        s->mtp_hc_head_scale = scale[0];
+        free(scale);
+        const dsv4_weight *mats[3] = {&lw->e_proj, &lw->h_proj, &lw->hc_head_fn};
+        for (int j = 0; j < 3; j++)
+            if (!dsv4_weight_present(mats[j]))
+                return dsv4_fail(DSV4_ERR_MISSING_TENSOR, "the MTP block needs %s",
+                                 mats[j]->name ? mats[j]->name : "e_proj/h_proj/hc_head_fn");
     }
     return DSV4_OK;
 }
@@ -173,8 +196,10 @@ dsv4_status dsv4_session_create(dsv4_model *m, const dsv4_session_options *o, ds
                          mode);
     }
     if (s->opt.max_context <= 0) s->opt.max_context = c->max_position_embeddings;
-    s->lc = calloc((size_t)c->num_layers, sizeof *s->lc);
-    s->ls = calloc((size_t)c->num_layers, sizeof *s->ls);
+    s->n_layers = m->w.n_layers > c->num_layers ? m->w.n_layers : c->num_layers;
+    s->n_mtp = s->n_layers - c->num_layers;
+    s->lc = calloc((size_t)s->n_layers, sizeof *s->lc);
+    s->ls = calloc((size_t)s->n_layers, sizeof *s->ls);
     dsv4_status st = DSV4_OK;
     if (!s->lc || !s->ls) st = dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "allocating a session");
     if (st == DSV4_OK) st = dsv4_cpu_pool_create(s->opt.n_threads, &s->pool);
@@ -183,7 +208,7 @@ dsv4_status dsv4_session_create(dsv4_model *m, const dsv4_session_options *o, ds
         dsv4_session_close(s);
         return st;
     }
-    for (int i = 0; i < c->num_layers; i++) {
+    for (int i = 0; i < s->n_layers; i++) {
         const int ratio = m->w.layers[i].compress_ratio;
         if (ratio > 0) comp_init(&s->ls[i].comp, ratio, c->head_dim);
         if (ratio == 4) comp_init(&s->ls[i].idx, ratio, c->index_head_dim);
@@ -222,7 +247,10 @@ static dsv4_status reserve(dsv4_session *s, int64_t n)
     if (cap < 64) cap = 64;
     if (cap > s->opt.max_context && n <= s->opt.max_context) cap = s->opt.max_context;
     int fail = grow(&s->ids, cap, sizeof(int32_t));
-    for (int i = 0; i < s->cfg->num_layers && !fail; i++) {
+    if (s->n_mtp > 0 && !fail)
+        fail = grow(&s->hmain, cap * s->cfg->hc_mult * s->cfg->hidden_size, sizeof(float)) ||
+               grow(&s->mtp_ids, cap, sizeof(int32_t));
+    for (int i = 0; i < s->n_layers && !fail; i++) {
         dsv4_layer_state *ls = &s->ls[i];
         fail = grow(&ls->kv, cap * s->cfg->head_dim, sizeof(float)) || comp_grow(&ls->comp, cap) ||
                comp_grow(&ls->idx, cap);
@@ -236,6 +264,7 @@ static dsv4_status reserve(dsv4_session *s, int64_t n)
 
 static void truncate_to(dsv4_session *s, int64_t n)
 {
+    dsv4_mtp_truncate(s, n);
     for (int i = 0; i < s->cfg->num_layers; i++) {
         dsv4_comp_state *cs[2] = {&s->ls[i].comp, &s->ls[i].idx};
         for (int j = 0; j < 2; j++)
@@ -315,11 +344,18 @@ dsv4_status dsv4_session_fork(const dsv4_session *s, dsv4_session **out)
         return st;
     }
     memcpy(d->ids, s->ids, (size_t)s->pos * sizeof *s->ids);
-    for (int i = 0; i < s->cfg->num_layers; i++) {
-        memcpy(d->ls[i].kv, s->ls[i].kv, (size_t)(s->pos * s->cfg->head_dim) * sizeof(float));
-        comp_copy(&d->ls[i].comp, &s->ls[i].comp, s->pos);
-        comp_copy(&d->ls[i].idx, &s->ls[i].idx, s->pos);
+    for (int i = 0; i < s->n_layers; i++) {
+        const int64_t held = i < s->cfg->num_layers ? s->pos : s->mtp_pos; /* MTP: its own */
+        memcpy(d->ls[i].kv, s->ls[i].kv, (size_t)(held * s->cfg->head_dim) * sizeof(float));
+        comp_copy(&d->ls[i].comp, &s->ls[i].comp, held);
+        comp_copy(&d->ls[i].idx, &s->ls[i].idx, held);
     }
+    if (s->hmain) {
+        memcpy(d->hmain, s->hmain,
+               (size_t)(s->pos * s->cfg->hc_mult * s->cfg->hidden_size) * sizeof(float));
+        memcpy(d->mtp_ids, s->mtp_ids, (size_t)s->mtp_pos * sizeof *s->mtp_ids);
+    }
+    d->mtp_pos = s->mtp_pos;
     d->pos = s->pos;
     *out = d;
     return DSV4_OK;

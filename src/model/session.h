@@ -50,7 +50,7 @@ struct dsv4_session {
     dsv4_session_options opt;
     dsv4_cpu_pool *pool;
 
-    dsv4_layer_consts *lc;      /* [num_layers] */
+    dsv4_layer_consts *lc;      /* [n_layers]: main layers, then MTP blocks */
     float *norm, *hc_head_base; /* [D], [n] */
     float hc_head_scale;
     float rope_main[DSV4_ROPE_MAX / 2], rope_comp[DSV4_ROPE_MAX / 2];
@@ -58,11 +58,52 @@ struct dsv4_session {
     int64_t pos;          /* tokens held */
     int64_t cap;          /* tokens the per-token arrays have room for */
     int32_t *ids;         /* [cap] the sequence so far (hash routing reads it) */
-    dsv4_layer_state *ls; /* [num_layers] */
+    dsv4_layer_state *ls; /* [n_layers] */
 
     dsv4_capture_fn capture;
     void *capture_user;
+
+    /* MTP (forward_mtp.c). Block j is layer num_layers + j of lc/ls/m->w.layers; only block 0
+     * drafts. MTP entry t (its window key at position t) was computed from hmain[t] and the
+     * token mtp_ids[t]; entries 0 .. mtp_pos-1 are held, mtp_pos <= pos. Every held entry but
+     * the last has mtp_ids[t] == ids[t+1] (truncate keeps the entry before the cut, whose token
+     * may then be replaced: a draft checks that one before reusing it). */
+    int n_mtp;                          /* MTP blocks in the checkpoint (0: none) */
+    int n_layers;                       /* num_layers + n_mtp: the length of lc and ls */
+    float *mtp_enorm, *mtp_hnorm;       /* [D] */
+    float *mtp_norm, *mtp_hc_head_base; /* [D], [n] */
+    float mtp_hc_head_scale;
+    float *hmain;     /* [cap, n, D] main streams after the last layer (NULL when n_mtp == 0) */
+    int32_t *mtp_ids; /* [cap] (NULL when n_mtp == 0) */
+    int64_t mtp_pos;
 };
+
+/* Activations of one chunk (one allocation, dsv4_fwd_buf_alloc/free). model/forward.c */
+typedef struct dsv4_fwd_buf {
+    float *mem;
+    float *X, *Xo;     /* [T, n, D] residual streams (current, next) */
+    float *flat;       /* [T, n * D] normalised streams */
+    float *mix;        /* [T, (2+n)n] */
+    float *pre, *post; /* [T, n] */
+    float *comb;       /* [T, n, n] */
+    float *y, *h, *f;  /* [T, D] collapsed, normalised sublayer input, sublayer output */
+} dsv4_fwd_buf;
+dsv4_status dsv4_fwd_buf_alloc(const dsv4_config *c, int64_t T, dsv4_fwd_buf *b);
+void dsv4_fwd_buf_free(dsv4_fwd_buf *b);
+
+/* One block (main layer or MTP block `li`) at positions s->pos .. s->pos+T-1: b->X [T, n, D]
+ * -> b->X after the attention and FFN sites. ids [T]: the tokens hash routing reads. */
+dsv4_status dsv4_forward_block(dsv4_session *s, int li, const int32_t *ids, int64_t T,
+                               dsv4_fwd_buf *b);
+
+/* Head collapse and final norm: b->X [T, n, D] -> b->h [T, D]; emits "<tag>.hc_head" and
+ * "<tag>.final". */
+dsv4_status dsv4_forward_head(dsv4_session *s, const dsv4_weight *hc_fn, const float *hc_base,
+                              float hc_scale, const float *norm, const char *tag, int64_t T,
+                              dsv4_fwd_buf *b);
+
+/* Drops MTP entries at positions >= n (window keys and compressor entries). model/forward_mtp.c */
+void dsv4_mtp_truncate(dsv4_session *s, int64_t n);
 
 /* Runs the forward pass for ids[0..T) at positions s->pos .. s->pos+T-1 (capacity ensured and
  * ids already stored by the caller; s->pos is advanced by the caller). logits: [T, V] rows
