@@ -425,6 +425,131 @@ void dsv4_session_set_capture(dsv4_session *s, dsv4_capture_fn fn, void *user);
 int dsv4_model_num_mtp(const dsv4_model *m);
 dsv4_status dsv4_session_mtp_draft(dsv4_session *s, int32_t next_token, float *logits);
 
+/* ------------------------------------------------------------------------------------------
+ * Generation: sampler, stop rules, and the generation loop over a session
+ *
+ * Definitions (those of vLLM / the OpenAI API, applied in this order to the raw logits l):
+ *   repetition_penalty r: for every token in the prompt or generated so far, l /= r when
+ *     l > 0, else l *= r (r = 1: off);
+ *   presence_penalty p and frequency_penalty f: for a token generated c > 0 times so far,
+ *     l -= p + c * f (OpenAI: only generated tokens count, not the prompt);
+ *   temperature t: l /= t; t = 0 is greedy: the argmax of the penalised logits (lowest id on a
+ *     tie), and the filters below are not used;
+ *   top_k k: keep the k largest (ties broken by lower id);
+ *   top_p: of those, sorted by probability, keep the shortest prefix whose probability sum
+ *     (renormalised after top-k) reaches top_p (always at least one token);
+ *   min_p: of those, keep the tokens whose probability is >= min_p * the largest one.
+ * The kept tokens' probabilities are renormalised and one is drawn with a xoshiro256** stream
+ * seeded from `seed` by splitmix64: the same seed, logits and history give the same token.
+ * ---------------------------------------------------------------------------------------- */
+typedef struct dsv4_sampler_params {
+    float temperature;        /* 0: greedy; the model card's default is 1 */
+    int top_k;                /* <= 0: off */
+    float top_p;              /* in (0, 1]; 1: off (the model card's default) */
+    float min_p;              /* in [0, 1]; 0: off */
+    float repetition_penalty; /* > 0; 1: off */
+    float presence_penalty;   /* 0: off (may be negative) */
+    float frequency_penalty;  /* 0: off (may be negative) */
+    uint64_t seed;
+} dsv4_sampler_params;
+
+/* temperature 1, top_p 1, no top-k/min-p/penalties, seed 0. */
+void dsv4_sampler_params_default(dsv4_sampler_params *p);
+
+typedef struct dsv4_sampler dsv4_sampler;
+
+/* A sampler over `vocab` ids. Out-of-range parameters (negative temperature, top_p outside
+ * (0, 1], min_p outside [0, 1], repetition_penalty <= 0, non-finite values) are
+ * DSV4_ERR_INVALID_ARGUMENT naming the parameter. All buffers are allocated here: sampling
+ * allocates nothing. */
+dsv4_status dsv4_sampler_create(const dsv4_sampler_params *p, int vocab, dsv4_sampler **out);
+void dsv4_sampler_close(dsv4_sampler *s);
+
+/* Records a token of the history: a prompt token (is_prompt = 1, counted by the repetition
+ * penalty only) or a generated one (counted by all three penalties). */
+dsv4_status dsv4_sampler_accept(dsv4_sampler *s, int32_t id, int is_prompt);
+
+/* Forgets the history (the random stream continues). */
+void dsv4_sampler_reset(dsv4_sampler *s);
+
+/* The distribution the next draw would use: probs[vocab] (0 for filtered-out tokens; one-hot
+ * for greedy). Does not advance the random stream. */
+dsv4_status dsv4_sampler_probs(dsv4_sampler *s, const float *logits, float *probs);
+
+/* Draws the next id from logits[vocab]. Does not record it (call dsv4_sampler_accept). */
+dsv4_status dsv4_sampler_sample(dsv4_sampler *s, const float *logits, int32_t *id);
+
+/* Why generation stopped. */
+typedef enum dsv4_stop_reason {
+    DSV4_STOP_NONE = 0,
+    DSV4_STOP_EOS = 1,         /* the end-of-sentence token */
+    DSV4_STOP_USER_TURN = 2,   /* <｜User｜>: the model opened a new turn */
+    DSV4_STOP_STRING = 3,      /* a user stop string appeared in the text */
+    DSV4_STOP_MAX_TOKENS = 4,  /* max_tokens generated */
+    DSV4_STOP_CONTEXT = 5,     /* prompt + generated tokens reached the session's max_context */
+    DSV4_STOP_CALLER = 6       /* the token callback asked to stop */
+} dsv4_stop_reason;
+
+/* "eos", "user_turn", "stop_string", "max_tokens", "context", "caller", "none". */
+const char *dsv4_stop_reason_name(dsv4_stop_reason r);
+
+typedef struct dsv4_token_logprob {
+    int32_t id;
+    float logprob;
+} dsv4_token_logprob;
+
+/* One generated token, as passed to the callback (pointers valid during the call only). */
+typedef struct dsv4_gen_token {
+    int64_t index;  /* 0 for the first generated token */
+    int32_t id;
+    float logprob;  /* log-probability under the model (log_softmax of the raw logits) */
+    const char *text; /* the output text this token made final, stop strings removed: held-back
+                         bytes (an unfinished UTF-8 character, a possible stop-string start)
+                         come with a later token; the concatenation is the whole output */
+    size_t text_len;
+    const dsv4_token_logprob *top; /* top_logprobs alternatives, most likely first */
+    int n_top;
+    int is_stop;    /* an EOS / <｜User｜> token that ended generation: its text is not output */
+} dsv4_gen_token;
+
+/* Called once per generated token; a non-zero return stops generation (DSV4_STOP_CALLER). */
+typedef int (*dsv4_gen_fn)(void *user, const dsv4_gen_token *tok);
+
+typedef struct dsv4_gen_options {
+    dsv4_sampler_params sampling;
+    int64_t max_tokens;      /* <= 0: no limit (the context still stops it) */
+    const char *const *stop; /* stop strings (non-empty), matched across token boundaries */
+    size_t n_stop;
+    int32_t eos_id;          /* -1: the tokenizer's <｜end▁of▁sentence｜> */
+    int32_t user_id;         /* -1: the tokenizer's <｜User｜> (none if it has none) */
+    int ignore_eos;          /* 1: EOS and <｜User｜> are ordinary tokens */
+    int top_logprobs;        /* 0..20 alternatives per token */
+    unsigned decode_flags;   /* DSV4_DECODE_* for the text */
+} dsv4_gen_options;
+
+/* Defaults: sampler defaults, no max_tokens, no stop strings, eos_id/user_id -1. */
+void dsv4_gen_options_default(dsv4_gen_options *o);
+
+typedef struct dsv4_gen_result {
+    dsv4_stop_reason reason;
+    int stop_index;           /* the stop string that matched, else -1 */
+    int64_t prompt_tokens;    /* prompt tokens evaluated by this call (the rest were cached) */
+    int64_t generated_tokens; /* tokens passed to the callback */
+    double prefill_seconds;   /* evaluating the prompt */
+    double decode_seconds;    /* from the first generated token to the last */
+} dsv4_gen_result;
+
+/* Generates after prompt[0..n_prompt) on session `s`. The session must hold a prefix of the
+ * prompt (0 tokens for a fresh one, the earlier turns of a chat): the tokens it lacks are
+ * evaluated, then tokens are sampled (prompt tokens count for the repetition penalty) and
+ * streamed to `fn` until a stop rule fires. On return the session holds the prompt and every
+ * generated token but the last (which was never evaluated). A prompt that leaves no room in the
+ * session's context is DSV4_ERR_CONTEXT_OVERFLOW, before any work. `tok` may be NULL when
+ * there are no stop strings (texts are then empty). */
+dsv4_status dsv4_generate(dsv4_session *s, const dsv4_tokenizer *tok, const int32_t *prompt,
+                          int64_t n_prompt, const dsv4_gen_options *o, dsv4_gen_fn fn, void *user,
+                          dsv4_gen_result *res);
+
 #ifdef __cplusplus
 }
 #endif

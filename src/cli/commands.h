@@ -13,6 +13,9 @@ int cmd_device(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 int cmd_detokenize(int argc, char **argv);
 int cmd_render(int argc, char **argv);
+int cmd_run(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
+int cmd_score(int argc, char **argv);
 
 /* Prints "dsv4 <cmd>: <status name>: <detail>" to stderr and returns 1. */
 int cli_report(const char *cmd, dsv4_status status);

@@ -18,6 +18,9 @@ static const command commands[] = {
     {"tokenize", cmd_tokenize, "tokenize -m MODEL_DIR | --tokenizer FILE: stdin text -> JSON ids"},
     {"detokenize", cmd_detokenize, "detokenize -m MODEL_DIR | --tokenizer FILE: JSON ids -> text"},
     {"render", cmd_render, "render --chat FILE.json: the DeepSeek-V4 prompt for a messages list"},
+    {"run", cmd_run, "run -m MODEL_DIR -p TEXT | --ids 0,1,..: raw completion, streamed"},
+    {"chat", cmd_chat, "chat -m MODEL_DIR [--think] [--system TEXT]: interactive chat"},
+    {"score", cmd_score, "score -m MODEL_DIR --ids 0,1,..: log-probabilities of every position"},
 };
 
 int cli_report(const char *cmd, dsv4_status status)
