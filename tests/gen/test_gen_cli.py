@@ -74,7 +74,10 @@ def log_softmax(x):
 
 def run(*args, stdin=None):
     p = subprocess.run([dsv4, *args], input=stdin, capture_output=True)
-    return p.returncode, p.stdout, p.stderr.decode("utf-8", "replace")
+    err = p.stderr.decode("utf-8", "replace")
+    check(f"sanitizers quiet: {args[:1]}", "runtime error:" not in err and "Sanitizer" not in err,
+          err[-3000:])
+    return p.returncode, p.stdout, err
 
 
 def jlines(out):
@@ -129,6 +132,25 @@ rc2, detok, _ = run("detokenize", "--tokenizer", os.path.join(model, "tokenizer.
                     stdin=json.dumps(greedy).encode())
 check("text output = detokenize(greedy)", rc == 0 and rc2 == 0 and text == detok)
 check("quiet", err == "", err)
+
+# The progress bar appears when stderr is a terminal (a pty here).
+import pty
+master, slave = pty.openpty()
+p = subprocess.run([dsv4, "run", "-m", model, "--ids", "0,1", "-n", "2"], stdout=subprocess.PIPE,
+                   stderr=slave)
+os.close(slave)
+tty_err = b""
+try:
+    while True:
+        chunk = os.read(master, 65536)
+        if not chunk:
+            break
+        tty_err += chunk
+except OSError:
+    pass
+os.close(master)
+check("progress bar on a TTY", p.returncode == 0 and b"loading weights [" in tty_err
+      and b"MiB/s" in tty_err, tty_err[-300:])
 
 # --- score -----------------------------------------------------------------------------------
 rc, out, err = run("score", "-m", model, "--ids", ids, "--mode", "exact", "--top-logprobs", "5")
