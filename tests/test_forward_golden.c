@@ -216,9 +216,13 @@ static double run_plan(dsv4_model *m, const golden *g, const char *name, int64_t
     return e;
 }
 
+static dsv4_session *faithful_session(dsv4_model *m);
+
 /* ---- per-layer comparison ------------------------------------------------------------------ */
 typedef struct diff_ctx {
     const st_file *f;
+    int faithful;   /* compare against "<name>.faithful" (BF16) of faithful.safetensors */
+    double l0_rows; /* faithful: largest fraction of rows of a hidden.L0.* value that differ */
     int shown, first_bad;
     char first[96];
     double first_err;
@@ -228,11 +232,14 @@ static void diff_capture(void *user, const char *name, const float *data, int64_
                          int64_t width)
 {
     diff_ctx *d = user;
-    const st_tensor *t = find(d->f, name);
-    if (!t || t->dtype != DSV4_DT_F32) return;
-    if (t->nbytes != (uint64_t)(rows * width) * 4) {
+    char key[128];
+    snprintf(key, sizeof key, "%s%s", name, d->faithful ? ".faithful" : "");
+    const st_tensor *t = find(d->f, key);
+    const int esz = d->faithful ? 2 : 4;
+    if (!t || t->dtype != (d->faithful ? DSV4_DT_BF16 : DSV4_DT_F32)) return;
+    if (t->nbytes != (uint64_t)(rows * width) * esz) {
         printf("    %-28s shape differs: ours [%lld, %lld], golden %llu elements\n", name,
-               (long long)rows, (long long)width, (unsigned long long)(t->nbytes / 4));
+               (long long)rows, (long long)width, (unsigned long long)(t->nbytes / esz));
         if (!d->first_bad) {
             d->first_bad = 1;
             snprintf(d->first, sizeof d->first, "%s", name);
@@ -240,36 +247,61 @@ static void diff_capture(void *user, const char *name, const float *data, int64_
         }
         return;
     }
+    float *conv = NULL;
     const float *gv = (const float *)t->data;
+    if (d->faithful) { /* bf16 -> f32 */
+        conv = malloc((size_t)(rows * width) * sizeof *conv);
+        for (int64_t i = 0; i < rows * width; i++) {
+            uint16_t h;
+            memcpy(&h, t->data + i * 2, 2);
+            const uint32_t u = (uint32_t)h << 16;
+            memcpy(&conv[i], &u, 4);
+        }
+        gv = conv;
+    }
     double scale = 0, err = 0;
-    int64_t at = 0;
+    int64_t at = 0, ndiff = 0, nrows = 0;
     for (int64_t i = 0; i < rows * width; i++) {
         if (fabs(gv[i]) > scale) scale = fabs(gv[i]);
+        ndiff += data[i] != gv[i];
+        if (i % width == 0) {
+            int64_t r = i / width, dr = 0;
+            for (int64_t k = 0; k < width; k++) dr |= data[r * width + k] != gv[r * width + k];
+            nrows += dr;
+        }
         double e = fabs((double)data[i] - gv[i]);
         if (!(e <= err)) err = e, at = i;
     }
     const double rel = err / (scale + 1e-30);
     const int bad = !(rel <= 1e-4);
-    printf("    %-28s [%5lld x %5lld] max|d| %.3g  (%.3g of max|golden|)%s\n", name,
-           (long long)rows, (long long)width, err, rel, bad ? "  <-- diverges" : "");
+    printf("    %-28s [%5lld x %5lld] max|d| %.3g  (%.3g of max|golden|)%s", name, (long long)rows,
+           (long long)width, err, rel, bad ? "  <-- diverges" : "");
+    if (d->faithful) /* bit-level agreement: how many values / rows differ at all */
+        printf("  %lld values in %lld rows differ", (long long)ndiff, (long long)nrows);
+    if (d->faithful && !strncmp(name, "hidden.L0.", 10) && (double)nrows / rows > d->l0_rows)
+        d->l0_rows = (double)nrows / rows;
+    printf("\n");
     if (bad && !d->first_bad) {
         d->first_bad = 1;
         d->first_err = rel;
         snprintf(d->first, sizeof d->first, "%s (row %lld, column %lld: ours %.6g, golden %.6g)",
                  name, (long long)(at / width), (long long)(at % width), data[at], gv[at]);
     }
+    free(conv);
 }
 
 /* One-shot prefill with every intermediate compared; returns 0 when nothing diverges. */
-static int per_layer_diff(dsv4_model *m, const golden *g)
+static int per_layer_diff_mode(dsv4_model *m, const golden *g, const st_file *f, int faithful,
+                               double *l0_rows)
 {
-    diff_ctx d = {g->f, 0, 0, "", 0};
-    dsv4_session *s = new_session(m);
+    diff_ctx d = {f, faithful, 0, 0, 0, "", 0};
+    dsv4_session *s = faithful ? faithful_session(m) : new_session(m);
     if (!s) return -1;
     dsv4_session_set_capture(s, diff_capture, &d);
     int32_t *ids = malloc((size_t)g->T * sizeof *ids);
     for (int64_t i = 0; i < g->T; i++) ids[i] = (int32_t)g->tokens[i];
-    printf("  per-layer comparison (one-shot prefill of %lld tokens):\n", (long long)g->T);
+    printf("  per-layer comparison%s (one-shot prefill of %lld tokens):\n",
+           faithful ? ", faithful mode" : "", (long long)g->T);
     dsv4_status st = dsv4_session_eval(s, ids, g->T, NULL, 0);
     CHECK_MSG(st == DSV4_OK, "diff eval: %s", dsv4_last_error());
     if (d.first_bad)
@@ -278,18 +310,202 @@ static int per_layer_diff(dsv4_model *m, const golden *g)
         printf("  no intermediate diverges (1e-4 of max|golden|)\n");
     free(ids);
     dsv4_session_close(s);
+    if (l0_rows) *l0_rows = d.l0_rows;
     return d.first_bad;
 }
 
-/* Faithful mode is not transformers' arithmetic: report how far it lands from the golden (max
- * error of the logit range, argmax agreement over the prompt, free-running greedy agreement) and
- * require only sanity: finite logits and the same argmax at >= 60% of prompt positions. */
-static void faithful_report(dsv4_model *m, const golden *g, const char *name)
+static int per_layer_diff(dsv4_model *m, const golden *g)
+{
+    return per_layer_diff_mode(m, g, g->f, 0, NULL);
+}
+
+/* ---- faithful mode ---------------------------------------------------------------------------
+ * Against tools/make_faithful_goldens.py's oracle (<fixture>/faithful.safetensors + .json,
+ * README in tests/fixtures/goldens, "Faithful goldens"): transformers' modules with the official
+ * reference's roundings. Two correct implementations of the same roundings still differ where an
+ * f32 summation-order difference puts a value on the other side of a bf16 / e4m3 rounding
+ * boundary; the flip is amplified by the later roundings, by the indexer's bf16 top-k and by the
+ * tiny random models. The oracle measures that noise floor itself (faithful.json `noise_floor`:
+ * the same oracle with torch's f32 GEMMs and exps vs its float64 ones) and the checks are:
+ * - first layer bit for bit: in every hidden.L0.* value at most FAITHFUL_L0_ROWS of the rows
+ *   differ at all (flips are rare and local there; a wrong rounding place changes every row);
+ * - prompt logits (one shot, and prefill + decode): the per-position error (max |d| / logit
+ *   range) has median, p90 and max within FAITHFUL_NOISE times the noise floor's;
+ * - greedy: teacher-forced on greedy_faithful, the rows' median error within FAITHFUL_NOISE times
+ *   the noise floor's; the free-running continuation is reported (the noise-floor variant itself
+ *   leaves greedy_faithful after 7 (mix) and 0 (hd512-fp8) tokens, so identity is not required).
+ * Without a faithful golden (hd512, hd512-nvfp4) only sanity is required: finite logits and the
+ * exact golden's argmax at >= 60% of the prompt positions. */
+static const double FAITHFUL_L0_ROWS = 0.05, FAITHFUL_NOISE = 1.5;
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+typedef struct faithful_golden {
+    st_file *f;
+    const float *logits, *glog;
+    int64_t *greedy, G;
+    double noise_med, noise_p90, noise_max, noise_greedy_med; /* faithful.json noise_floor */
+} faithful_golden;
+
+static double json_num(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+static int faithful_open(const char *dir, faithful_golden *fg, const golden *g)
+{
+    memset(fg, 0, sizeof *fg);
+    char path[1400];
+    snprintf(path, sizeof path, "%.1300s/faithful.safetensors", dir);
+    FILE *fp = fopen(path, "rb");
+    if (!fp) return -1;
+    fclose(fp);
+    dsv4_status st = st_file_open(path, &fg->f);
+    CHECK_MSG(st == DSV4_OK, "%s: %s", path, dsv4_last_error());
+    if (st != DSV4_OK) return -1;
+    fg->greedy = i64(fg->f, "greedy_faithful", &fg->G);
+    fg->logits = f32(fg->f, "logits_faithful", g->T * g->V);
+    fg->glog = fg->greedy ? f32(fg->f, "greedy_logits_faithful", fg->G * g->V) : NULL;
+    CHECK_MSG(fg->greedy && fg->logits && fg->glog, "%s: tensors missing or misshapen", path);
+    snprintf(path, sizeof path, "%.1300s/faithful.json", dir);
+    size_t len;
+    char *text = test_read_file(path, &len);
+    cJSON *meta = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    const cJSON *nf = cJSON_GetObjectItemCaseSensitive(meta, "noise_floor");
+    fg->noise_med = json_num(nf, "median");
+    fg->noise_p90 = json_num(nf, "p90");
+    fg->noise_max = json_num(nf, "max");
+    fg->noise_greedy_med = json_num(nf, "greedy_rows_median");
+    cJSON_Delete(meta);
+    CHECK_MSG(isfinite(fg->noise_med) && isfinite(fg->noise_p90) && isfinite(fg->noise_max) &&
+                  isfinite(fg->noise_greedy_med),
+              "%s: no noise_floor", path);
+    return fg->greedy && fg->logits && fg->glog && isfinite(fg->noise_med) ? 0 : -1;
+}
+
+static void faithful_close(faithful_golden *fg)
+{
+    if (fg->f) st_file_close(fg->f);
+    free(fg->greedy);
+}
+
+static dsv4_session *faithful_session(dsv4_model *m)
 {
     dsv4_session_options o;
     dsv4_session_options_default(&o);
+    o.mode = DSV4_MODE_FAITHFUL;
     dsv4_session *s = NULL;
-    CHECK(dsv4_session_create(m, &o, &s) == DSV4_OK);
+    CHECK_MSG(dsv4_session_create(m, &o, &s) == DSV4_OK, "session: %s", dsv4_last_error());
+    return s;
+}
+
+/* Prompt logits under a chunk plan (0: one shot; -n: prefill n, then one token per call) vs
+ * logits_faithful: prints and checks the median and max per-position error. */
+static void faithful_plan(dsv4_model *m, const golden *g, const faithful_golden *fg,
+                          const char *name, int64_t chunk, float *rows)
+{
+    dsv4_session *s = faithful_session(m);
+    if (!s) return;
+    const int64_t V = g->V;
+    int32_t *ids = malloc((size_t)g->T * sizeof *ids);
+    double *err = malloc((size_t)g->T * sizeof *err);
+    for (int64_t i = 0; i < g->T; i++) ids[i] = (int32_t)g->tokens[i];
+    dsv4_status st = DSV4_OK;
+    for (int64_t p = 0; p < g->T && st == DSV4_OK;) {
+        int64_t n = chunk == 0 ? g->T : (p == 0 ? -chunk : 1);
+        if (n > g->T - p) n = g->T - p;
+        st = dsv4_session_eval(s, ids + p, n, rows + p * V, 1);
+        CHECK_MSG(st == DSV4_OK, "%s faithful: %s", name, dsv4_last_error());
+        p += n;
+    }
+    int64_t agree = 0, finite = 1, worst_at = 0;
+    for (int64_t p = 0; p < g->T && st == DSV4_OK; p++) {
+        const float *r = rows + p * V;
+        for (int64_t i = 0; i < V; i++) finite &= isfinite(r[i]) != 0;
+        err[p] = row_err(r, fg->logits + p * V, V);
+        if (err[p] > err[worst_at]) worst_at = p;
+        agree += argmax(r, V) == argmax(fg->logits + p * V, V);
+    }
+    const double worst = err[worst_at];
+    qsort(err, (size_t)g->T, sizeof *err, cmp_double);
+    const double med = err[g->T / 2], p90 = err[g->T * 9 / 10];
+    char plan[64];
+    if (chunk == 0)
+        snprintf(plan, sizeof plan, "one-shot");
+    else
+        snprintf(plan, sizeof plan, "prefill %lld + decode", (long long)-chunk);
+    printf("  faithful %-22s error of the logit range: median %.3g, p90 %.3g, max %.3g (pos "
+           "%lld); argmax agrees at %lld/%lld (noise floor: %.3g, %.3g, %.3g)\n",
+           plan, med, p90, worst, (long long)worst_at, (long long)agree, (long long)g->T,
+           fg->noise_med, fg->noise_p90, fg->noise_max);
+    CHECK_MSG(finite, "%s: faithful logits not finite", name);
+    CHECK_MSG(med <= FAITHFUL_NOISE * fg->noise_med, "%s faithful %s: median error %.3g > %.3g",
+              name, plan, med, FAITHFUL_NOISE * fg->noise_med);
+    CHECK_MSG(p90 <= FAITHFUL_NOISE * fg->noise_p90, "%s faithful %s: p90 error %.3g > %.3g", name,
+              plan, p90, FAITHFUL_NOISE * fg->noise_p90);
+    CHECK_MSG(worst <= FAITHFUL_NOISE * fg->noise_max,
+              "%s faithful %s: error %.3g at position %lld > %.3g", name, plan, worst,
+              (long long)worst_at, FAITHFUL_NOISE * fg->noise_max);
+    free(err);
+    free(ids);
+    dsv4_session_close(s);
+}
+
+/* Greedy vs greedy_faithful: teacher-forced rows (median error vs the noise floor), and how far
+ * the free-running continuation stays identical (reported). */
+static void faithful_greedy(dsv4_model *m, const golden *g, const faithful_golden *fg,
+                            const char *name)
+{
+    const int64_t V = g->V;
+    int32_t *ids = malloc((size_t)g->T * sizeof *ids);
+    float *last = malloc((size_t)V * sizeof(float));
+    double *err = malloc((size_t)fg->G * sizeof *err);
+    for (int64_t i = 0; i < g->T; i++) ids[i] = (int32_t)g->tokens[i];
+    int64_t same = -1, agree = 0;
+    for (int forced = 0; forced < 2; forced++) {
+        dsv4_session *s = faithful_session(m);
+        if (!s) break;
+        dsv4_status st = dsv4_session_eval(s, ids, g->T, last, 0);
+        CHECK_MSG(st == DSV4_OK, "%s faithful greedy: %s", name, dsv4_last_error());
+        for (int64_t k = 0; k < fg->G && st == DSV4_OK; k++) {
+            const int32_t tok = (int32_t)argmax(last, V);
+            if (forced) {
+                err[k] = row_err(last, fg->glog + k * V, V);
+                agree += tok == fg->greedy[k];
+            } else if (tok != fg->greedy[k]) {
+                same = k;
+                break;
+            }
+            const int32_t next = forced ? (int32_t)fg->greedy[k] : tok;
+            st = dsv4_session_eval(s, &next, 1, last, 0);
+        }
+        if (!forced && same < 0) same = fg->G;
+        dsv4_session_close(s);
+    }
+    qsort(err, (size_t)fg->G, sizeof *err, cmp_double);
+    const double med = err[fg->G / 2];
+    printf("  faithful greedy: free-running identical for %lld/%lld tokens; teacher-forced argmax "
+           "agrees at %lld/%lld steps, error median %.3g max %.3g (noise floor median %.3g)\n",
+           (long long)same, (long long)fg->G, (long long)agree, (long long)fg->G, med,
+           err[fg->G - 1], fg->noise_greedy_med);
+    CHECK_MSG(med <= FAITHFUL_NOISE * fg->noise_greedy_med,
+              "%s: faithful greedy rows: median error %.3g > %.3g", name, med,
+              FAITHFUL_NOISE * fg->noise_greedy_med);
+    free(err);
+    free(last);
+    free(ids);
+}
+
+/* Without a faithful golden: sanity against the exact one. */
+static void faithful_sanity(dsv4_model *m, const golden *g, const char *name)
+{
+    dsv4_session *s = faithful_session(m);
     if (!s) return;
     const int64_t V = g->V;
     int32_t *ids = malloc((size_t)g->T * sizeof *ids);
@@ -297,31 +513,40 @@ static void faithful_report(dsv4_model *m, const golden *g, const char *name)
     for (int64_t i = 0; i < g->T; i++) ids[i] = (int32_t)g->tokens[i];
     dsv4_status st = dsv4_session_eval(s, ids, g->T, rows, 1);
     CHECK_MSG(st == DSV4_OK, "faithful: %s", dsv4_last_error());
-    double worst = 0;
     int64_t agree = 0, finite = 1;
     for (int64_t p = 0; p < g->T && st == DSV4_OK; p++) {
-        const float *r = rows + p * V;
-        for (int64_t i = 0; i < V; i++) finite &= isfinite(r[i]) != 0;
-        double e = row_err(r, g->logits + p * V, V);
-        if (!(e <= worst)) worst = e;
-        agree += argmax(r, V) == argmax(g->logits + p * V, V);
+        for (int64_t i = 0; i < V; i++) finite &= isfinite(rows[p * V + i]) != 0;
+        agree += argmax(rows + p * V, V) == argmax(g->logits + p * V, V);
     }
-    int64_t same = 0;
-    for (int64_t k = 0; k < g->G && st == DSV4_OK; k++) { /* free-running greedy */
-        const int32_t tok = (int32_t)argmax(rows + (k == 0 ? g->T - 1 : 0) * V, V);
-        if (tok != g->greedy[k]) break;
-        same++;
-        st = dsv4_session_eval(s, &tok, 1, rows, 0);
-    }
-    printf("  faithful mode: max error %.3g of the logit range, prompt argmax agrees at %lld/%lld, "
-           "greedy identical for %lld/%lld tokens\n",
-           worst, (long long)agree, (long long)g->T, (long long)same, (long long)g->G);
+    printf("  faithful mode (no faithful golden): argmax agrees with exact at %lld/%lld\n",
+           (long long)agree, (long long)g->T);
     CHECK_MSG(finite, "%s: faithful logits not finite", name);
     CHECK_MSG(agree * 10 >= g->T * 6, "%s: faithful argmax agrees at only %lld of %lld positions",
               name, (long long)agree, (long long)g->T);
     free(ids);
     free(rows);
     dsv4_session_close(s);
+}
+
+static void faithful_check(dsv4_model *m, const golden *g, const char *dir, const char *name)
+{
+    faithful_golden fg;
+    if (faithful_open(dir, &fg, g) != 0) {
+        faithful_close(&fg);
+        faithful_sanity(m, g, name);
+        return;
+    }
+    float *rows = malloc((size_t)(g->T * g->V) * sizeof(float));
+    faithful_plan(m, g, &fg, name, 0, rows);
+    faithful_plan(m, g, &fg, name, -g->split, rows);
+    faithful_greedy(m, g, &fg, name);
+    double l0 = 1;
+    per_layer_diff_mode(m, g, fg.f, 1, &l0);
+    printf("  faithful first layer: at most %.3g of the rows of a hidden.L0.* value differ\n", l0);
+    CHECK_MSG(l0 <= FAITHFUL_L0_ROWS, "%s: faithful first layer: %.3g of the rows differ > %.3g",
+              name, l0, FAITHFUL_L0_ROWS);
+    free(rows);
+    faithful_close(&fg);
 }
 
 static void run_fixture(const char *dir, const char *name, int diff_only)
@@ -388,7 +613,7 @@ static void run_fixture(const char *dir, const char *name, int diff_only)
            same ? "identical" : "DIFFERENT", gworst);
     if (!(gworst <= worst)) worst = gworst;
     printf("%s: max logit error %.3g of the logit range\n", name, worst);
-    faithful_report(m, &g, name);
+    faithful_check(m, &g, dir, name);
     if (test_failed > before) per_layer_diff(m, &g);
     free(last);
     free(ids);

@@ -13,6 +13,111 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ---- faithful mode (docs/numeric-modes.md): the official reference's arithmetic ----------- */
+
+/* Compressor pooling as the official Compressor (f32 softmax over the slots, weighted sum), with
+ * the sums taken in double and rounded once, as tools/make_faithful_goldens.py does. */
+static void faithful_pool(float *out, const float *const *kv, const float *const *gate, int ns,
+                          int d)
+{
+    float e[256];
+    for (int i = 0; i < d; i++) {
+        float mx = -INFINITY;
+        for (int k = 0; k < ns; k++)
+            if (gate[k][i] > mx) mx = gate[k][i];
+        double sum = 0.0;
+        for (int k = 0; k < ns; k++) sum += e[k] = expf(gate[k][i] - mx);
+        const float fs = (float)sum;
+        double acc = 0.0;
+        for (int k = 0; k < ns; k++) acc += (double)kv[k][i] * (double)(e[k] / fs);
+        out[i] = (float)acc;
+    }
+}
+
+/* The per-head query norm of the official Attention, every op on bf16 tensors:
+ * q *= rsqrt(mean(q^2) + eps) with q^2, the mean, the sum with eps, the rsqrt and the product
+ * each rounded to bf16. q [n_vec, c] in place. */
+static void faithful_q_norm(float *q, int64_t n_vec, int c, float eps)
+{
+    for (int64_t v = 0; v < n_vec; v++) {
+        float *x = q + v * c;
+        double sum = 0.0;
+        for (int i = 0; i < c; i++) sum += dsv4_round_bf16(x[i] * x[i]);
+        const float m = dsv4_round_bf16((float)(sum / c));
+        const float r = dsv4_round_bf16(1.0f / sqrtf(dsv4_round_bf16(m + eps)));
+        for (int i = 0; i < c; i++) x[i] = dsv4_round_bf16(x[i] * r);
+    }
+}
+
+/* One head of the official sparse_attn_kernel: the slots (NULL = an empty slot, index -1) in
+ * blocks of 64, in slot order; per block the scores q.k * scale, the running max of the scores
+ * (the sink is not part of it), exps in f32 summed unrounded, the bf16-rounded exps times V
+ * added to the rescaled accumulator; at the end the sink joins the denominator and the output is
+ * rounded to bf16. Dot products and block sums in double, rounded once to f32. */
+enum { FAITHFUL_BLOCK = 64 };
+
+static void faithful_attend_head(float *out, const float *q, const float *const *slots, int64_t ns,
+                                 int c, float scale, float sink, double *contrib)
+{
+    float mx = -INFINITY, sum = 0.0f;
+    float s[FAITHFUL_BLOCK];
+    for (int i = 0; i < c; i++) out[i] = 0.0f;
+    for (int64_t b0 = 0; b0 < ns; b0 += FAITHFUL_BLOCK) {
+        const int nb = ns - b0 < FAITHFUL_BLOCK ? (int)(ns - b0) : FAITHFUL_BLOCK;
+        float bm = -INFINITY;
+        for (int k = 0; k < nb; k++) {
+            const float *kv = slots[b0 + k];
+            if (!kv) {
+                s[k] = -INFINITY;
+                continue;
+            }
+            double acc = 0.0;
+            for (int i = 0; i < c; i++) acc += (double)q[i] * kv[i];
+            s[k] = (float)acc * scale;
+            if (s[k] > bm) bm = s[k];
+        }
+        const float m_new = bm > mx ? bm : mx;
+        if (m_new == -INFINITY) continue; /* nothing valid yet */
+        const float alpha = mx == -INFINITY ? 0.0f : expf(mx - m_new);
+        double bsum = 0.0;
+        for (int i = 0; i < c; i++) contrib[i] = 0.0;
+        for (int k = 0; k < nb; k++) {
+            const float *kv = slots[b0 + k];
+            if (!kv) continue;
+            const float e = expf(s[k] - m_new);
+            bsum += e;
+            const double p = dsv4_round_bf16(e);
+            for (int i = 0; i < c; i++) contrib[i] += p * kv[i];
+        }
+        sum = sum * alpha + (float)bsum;
+        for (int i = 0; i < c; i++) out[i] = out[i] * alpha + (float)contrib[i];
+        mx = m_new;
+    }
+    sum += expf(sink - mx);
+    for (int i = 0; i < c; i++) out[i] = dsv4_round_bf16(out[i] / sum);
+}
+
+/* The official Indexer's scores of one query against n_e keys: per head the bf16 GEMM output
+ * bf16(q.k), relu, times the head weight (bf16 product), the sum over heads rounded to bf16.
+ * q [nh, d], w [nh] (bf16(bf16(weights_proj x) * d^-0.5 nh^-0.5)), keys [n_e, d] -> s [n_e]. */
+static void faithful_index_scores(float *sc, const float *q, const float *w, const float *keys,
+                                  int64_t n_e, int nh, int d)
+{
+    for (int64_t e = 0; e < n_e; e++) {
+        const float *k = keys + e * d;
+        double tot = 0.0;
+        for (int h = 0; h < nh; h++) {
+            const float *qh = q + (int64_t)h * d;
+            double acc = 0.0;
+            for (int i = 0; i < d; i++) acc += (double)qh[i] * k[i];
+            float v = dsv4_round_bf16((float)acc);
+            v = v > 0.0f ? v : 0.0f;
+            tot += dsv4_round_bf16(v * w[h]);
+        }
+        sc[e] = dsv4_round_bf16((float)tot);
+    }
+}
+
 /* Pools entry i of compressor `cs` (window [i*m, (i+1)*m)), then RMSNorm and RoPE at position
  * i*m. With overlap (CSA) the slots are the previous window's first halves (none for i = 0)
  * followed by this window's second halves. -> entries[i] [dim] */
@@ -36,7 +141,10 @@ static void pool_entry(dsv4_session *s, dsv4_comp_state *cs, const float *norm, 
     }
     float *e = cs->entries + i * d;
     const int r = s->cfg->rope_dim;
-    dsv4_op_compress_pool(e, kvp, gp, ns, d);
+    if (s->opt.mode == DSV4_MODE_FAITHFUL)
+        faithful_pool(e, kvp, gp, ns, d);
+    else
+        dsv4_op_compress_pool(e, kvp, gp, ns, d);
     dsv4_fw_bf16(s, e, d);
     dsv4_op_rmsnorm(e, e, norm, 1, d, s->cfg->rms_norm_eps);
     dsv4_fw_bf16(s, e, d);
@@ -96,10 +204,24 @@ static void index_item(int64_t t, void *ctx)
         j->nsel[t] = 0;
         return;
     }
-    dsv4_op_indexer_scores(sc, j->q + t * j->nh * j->d, j->w + t * j->nh, j->ic->entries, nvis,
-                           j->nh, j->d, 1.0f / sqrtf((float)j->d));
-    if (j->s->opt.mode == DSV4_MODE_FAITHFUL) dsv4_sim_bf16(sc, nvis); /* bf16 scores */
-    dsv4_op_topk(j->sel + t * j->topk, sc, nvis, k);
+    int32_t *sel = j->sel + t * j->topk;
+    if (j->s->opt.mode == DSV4_MODE_FAITHFUL) {
+        faithful_index_scores(sc, j->q + t * j->nh * j->d, j->w + t * j->nh, j->ic->entries, nvis,
+                              j->nh, j->d);
+        dsv4_op_topk(sel, sc, nvis, k);
+        /* the official top-k hands its picks to the attention in score order (bf16 ties: the
+         * lower index first); the slot order decides the kernel's 64-slot blocks */
+        for (int a = 1; a < k; a++) {
+            const int32_t x = sel[a];
+            int b = a;
+            while (b > 0 && sc[sel[b - 1]] < sc[x]) sel[b] = sel[b - 1], b--;
+            sel[b] = x;
+        }
+    } else {
+        dsv4_op_indexer_scores(sc, j->q + t * j->nh * j->d, j->w + t * j->nh, j->ic->entries, nvis,
+                               j->nh, j->d, 1.0f / sqrtf((float)j->d));
+        dsv4_op_topk(sel, sc, nvis, k);
+    }
     free(sc);
 }
 
@@ -127,8 +249,20 @@ static void attend_item(int64_t i, void *ctx)
         return;
     }
     const int64_t off = (t * j->H + hh) * j->c;
-    dsv4_op_attend_head(j->o + off, j->q + off, j->keys + j->koff[t], nk, j->c, j->scale,
-                        j->sink[hh], scratch, j->bf16_p);
+    if (j->bf16_p) {
+        double *contrib = malloc((size_t)j->c * sizeof *contrib);
+        if (!contrib) {
+            j->failed = 1;
+            free(scratch);
+            return;
+        }
+        faithful_attend_head(j->o + off, j->q + off, j->keys + j->koff[t], nk, j->c, j->scale,
+                             j->sink[hh], contrib);
+        free(contrib);
+    } else {
+        dsv4_op_attend_head(j->o + off, j->q + off, j->keys + j->koff[t], nk, j->c, j->scale,
+                            j->sink[hh], scratch, 0);
+    }
     free(scratch);
 }
 
@@ -159,6 +293,7 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
     const float eps = c->rms_norm_eps;
     const float *freqs = ratio ? s->rope_comp : s->rope_main;
     const int csa = ratio == 4;
+    const int faithful = s->opt.mode == DSV4_MODE_FAITHFUL;
 
     /* queries: h [T, D] -> qr [T, ql] (RMSNorm q_norm) -> q [T, H, c] (per-head RMS, RoPE) */
     b->qr = malloc((size_t)(T * ql) * sizeof(float));
@@ -170,8 +305,10 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
     dsv4_op_rmsnorm(b->qr, b->qr, k->q_norm, T, ql, eps);
     dsv4_fw_bf16(s, b->qr, T * ql);
     DSV4_TRY(dsv4_fw_linear_q(s, &lw->wq_b, b->qr, T, b->q));
-    dsv4_op_rmsnorm(b->q, b->q, NULL, T * H, hd, eps);
-    dsv4_fw_bf16(s, b->q, T * Hc);
+    if (faithful)
+        faithful_q_norm(b->q, T * H, hd, eps);
+    else
+        dsv4_op_rmsnorm(b->q, b->q, NULL, T * H, hd, eps);
     for (int64_t t = 0; t < T; t++) dsv4_op_rope(b->q + t * Hc, H, hd, r, freqs, p0 + t, 0);
     dsv4_fw_bf16(s, b->q, T * Hc);
 
@@ -222,7 +359,11 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
             }
         }
         DSV4_TRY(dsv4_fw_linear_rows_bf16(s, &lw->idx_weights_proj, 0, nh, h, T, b->iw));
-        const float wscale = 1.0f / sqrtf((float)nh);
+        /* faithful: the official weights_proj(x) * (d^-0.5 * nh^-0.5) (a bf16 product; the
+         * scores then carry no softmax_scale); exact: transformers' nh^-0.5 here, d^-0.5 in
+         * the scores */
+        const float wscale =
+            faithful ? (float)(pow(d, -0.5) * pow(nh, -0.5)) : 1.0f / sqrtf((float)nh);
         for (int64_t i = 0; i < T * nh; i++) b->iw[i] *= wscale;
         dsv4_fw_bf16(s, b->iw, T * nh);
         index_job ij = {s, &ls->idx, b->iq, b->iw, p0, nh, d, topk, b->sel, b->nsel, 0};
@@ -235,7 +376,7 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
     b->koff[0] = 0;
     for (int64_t t = 0; t < T; t++) {
         const int64_t p = p0 + t, lo = p - Wn + 1 > 0 ? p - Wn + 1 : 0;
-        int64_t nk = p - lo + 1;
+        int64_t nk = faithful ? Wn : p - lo + 1; /* faithful: W window slots, empty ones too */
         if (ratio > 0) nk += csa ? b->nsel[t] : (p + 1) / ratio;
         b->koff[t + 1] = b->koff[t] + nk;
     }
@@ -245,6 +386,8 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
         const int64_t p = p0 + t, lo = p - Wn + 1 > 0 ? p - Wn + 1 : 0;
         const float **kp = b->keys + b->koff[t];
         for (int64_t j = lo; j <= p; j++) *kp++ = ls->kv + j * hd;
+        if (faithful) /* the official window slots: oldest first, -1 padding after them */
+            for (int64_t j = p - lo + 1; j < Wn; j++) *kp++ = NULL;
         if (ratio > 0 && csa) {
             for (int j = 0; j < b->nsel[t]; j++)
                 *kp++ = ls->comp.entries + (int64_t)b->sel[t * c->index_topk + j] * hd;
