@@ -259,11 +259,46 @@ static void warm_weights(const char *dir)
     free(names);
 }
 
+/* The embedded test model (models/dsv4-tiny, issue 6) that `run` and `chat` use without -m:
+ * $DSV4_DEFAULT_MODEL when set (empty: none), else the source tree's copy named at build time,
+ * else models/dsv4-tiny beside the executable or one level up. NULL when there is none. */
+static const char *default_model(void)
+{
+    static char buf[4096];
+    const char *e = getenv("DSV4_DEFAULT_MODEL");
+    if (e) return *e ? e : NULL;
+    struct stat st;
+#ifdef DSV4_DEFAULT_MODEL_DIR
+    if (!stat(DSV4_DEFAULT_MODEL_DIR, &st) && S_ISDIR(st.st_mode)) return DSV4_DEFAULT_MODEL_DIR;
+#endif
+    char exe[2048];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return NULL;
+    exe[n] = 0;
+    char *slash = strrchr(exe, '/');
+    if (!slash) return NULL;
+    *slash = 0;
+    static const char *rel[] = {"models/dsv4-tiny", "../models/dsv4-tiny"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(buf, sizeof buf, "%s/%s", exe, rel[i]);
+        if (!stat(buf, &st) && S_ISDIR(st.st_mode)) return buf;
+    }
+    return NULL;
+}
+
 int cli_open(const char *cmd, const cli_gen_args *a, int need_tok, dsv4_model **m,
              dsv4_tokenizer **tok)
 {
     *m = NULL;
     *tok = NULL;
+    cli_gen_args da;
+    if (!a->model && (!strcmp(cmd, "run") || !strcmp(cmd, "chat")) && default_model()) {
+        da = *a;
+        da.model = default_model();
+        a = &da;
+        fprintf(stderr, "dsv4 %s: no -m given: using the embedded test model %s (a tiny "
+                        "DeepSeek-V4 that knows capitals, not a real model)\n", cmd, a->model);
+    }
     if (!a->model) {
         fprintf(stderr, "dsv4 %s: no model given (-m MODEL_DIR)\n", cmd);
         return 2;

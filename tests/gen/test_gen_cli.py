@@ -270,6 +270,7 @@ for bad in (["--temperature", "-1"], ["--temperature", "abc"], ["--top-p", "0"],
         ["run", "-m", model] + bad
     rc, _, err = run(*args)
     check(f"bad flag {bad}", rc == 2 and err.startswith("dsv4 run:"), f"{rc} {err}")
+os.environ["DSV4_DEFAULT_MODEL"] = ""   # no embedded model (models/dsv4-tiny): the usage error
 for cmd in ("run", "chat"):
     rc, _, err = run(cmd, "-p", "x") if cmd == "run" else run(cmd)
     check(f"{cmd} without -m", rc == 2 and "no model given (-m MODEL_DIR)" in err, err)
