@@ -14,6 +14,7 @@ step() {
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 step build-device/dsv4 device
 step build-device/dsv4 device --device cuda
-step build-device/tests/test_loader build-device/fixtures tests/fixtures --no-sparse
-step build-device/tests/test_cuda_dequant build-device/fixtures tests/fixtures
+f=tests/fixtures
+step build-device/tests/test_cuda_dequant $f/hf-saved $f/goldens/hd512-fp8/model \
+    $f/goldens/hd512-nvfp4/model $f/mtp/model models/dsv4-tiny
 exit $rc
