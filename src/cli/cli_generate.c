@@ -296,8 +296,10 @@ int cli_open(const char *cmd, const cli_gen_args *a, int need_tok, dsv4_model **
         da = *a;
         da.model = default_model();
         a = &da;
-        fprintf(stderr, "dsv4 %s: no -m given: using the embedded test model %s (a tiny "
-                        "DeepSeek-V4 that knows capitals, not a real model)\n", cmd, a->model);
+        fprintf(stderr,
+                "dsv4 %s: no -m given: using the embedded test model %s (a tiny "
+                "DeepSeek-V4 that knows capitals, not a real model)\n",
+                cmd, a->model);
     }
     if (!a->model) {
         fprintf(stderr, "dsv4 %s: no model given (-m MODEL_DIR)\n", cmd);
@@ -428,25 +430,4 @@ void cli_print_stats(FILE *f, const char *cmd, const dsv4_gen_result *r, const c
         cli_json_string(f, stop_str, strlen(stop_str));
     }
     fputc('\n', f);
-}
-
-char *cli_read_all(FILE *in, size_t *len)
-{
-    size_t cap = 1 << 14, n = 0;
-    char *buf = malloc(cap + 1);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, in);
-        if (n < cap) break;
-        cap *= 2;
-        char *b = realloc(buf, cap + 1);
-        if (!b) free(buf);
-        buf = b;
-    }
-    if (!buf || ferror(in)) {
-        free(buf);
-        return NULL;
-    }
-    buf[n] = 0;
-    *len = n;
-    return buf;
 }

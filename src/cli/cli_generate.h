@@ -48,7 +48,4 @@ void cli_json_string(FILE *f, const char *s, size_t len);
 /* "prompt N tokens, prefill X tok/s; generated M tokens, decode Y tok/s; stop: REASON". */
 void cli_print_stats(FILE *f, const char *cmd, const dsv4_gen_result *r, const char *stop_str);
 
-/* Reads all of a stream (for "-p -"). NULL on failure. */
-char *cli_read_all(FILE *in, size_t *len);
-
 #endif

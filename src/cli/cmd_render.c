@@ -10,31 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char *read_file(const char *path, size_t *len)
-{
-    FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
-    if (!f) return NULL;
-    size_t cap = 1 << 14, n = 0;
-    char *buf = malloc(cap + 1);
-    while (buf) {
-        n += fread(buf + n, 1, cap - n, f);
-        if (n < cap) break;
-        cap *= 2;
-        char *b = realloc(buf, cap + 1);
-        if (!b) free(buf);
-        buf = b;
-    }
-    int err = ferror(f);
-    if (f != stdin) fclose(f);
-    if (!buf || err) {
-        free(buf);
-        return NULL;
-    }
-    buf[n] = 0;
-    *len = n;
-    return buf;
-}
-
 int cmd_render(int argc, char **argv)
 {
     const char *chat = NULL, *model = NULL, *file = NULL;
@@ -58,7 +33,7 @@ int cmd_render(int argc, char **argv)
         return 2;
     }
     size_t len;
-    char *json = read_file(chat, &len);
+    char *json = cli_read_path(chat, &len);
     if (!json) {
         fprintf(stderr, "dsv4 render: %s: %s\n", chat, strerror(errno ? errno : EIO));
         return 1;

@@ -14,31 +14,8 @@
 /* Reads all of stdin. Returns NULL (after printing why) on failure. */
 static char *read_stdin(const char *cmd, size_t *len)
 {
-    size_t cap = 1 << 16, n = 0;
-    char *buf = malloc(cap + 1);
-    while (buf) {
-        size_t got = fread(buf + n, 1, cap - n, stdin);
-        n += got;
-        if (n < cap) {
-            if (ferror(stdin)) {
-                fprintf(stderr, "dsv4 %s: reading stdin: %s\n", cmd, strerror(errno));
-                free(buf);
-                return NULL;
-            }
-            if (feof(stdin)) break;
-            continue;
-        }
-        cap *= 2;
-        char *b = realloc(buf, cap + 1);
-        if (!b) free(buf);
-        buf = b;
-    }
-    if (!buf) {
-        fprintf(stderr, "dsv4 %s: out of memory reading stdin\n", cmd);
-        return NULL;
-    }
-    buf[n] = 0;
-    *len = n;
+    char *buf = cli_read_all(stdin, len);
+    if (!buf) fprintf(stderr, "dsv4 %s: reading stdin: %s\n", cmd, strerror(errno));
     return buf;
 }
 
