@@ -15,7 +15,6 @@
 #include "model/session.h"
 
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 void dsv4_session_emit(dsv4_session *s, const char *name, const float *data, int64_t rows,
@@ -33,12 +32,15 @@ dsv4_status dsv4_fw_linear_q(dsv4_session *s, const dsv4_weight *w, const float 
                              float *y)
 {
     if (s->opt.mode != DSV4_MODE_FAITHFUL) return dsv4_cpu_linear(s->pool, w, x, T, y);
-    float *xq = malloc((size_t)(T * w->cols) * sizeof *xq);
-    if (!xq) return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "%s: quantised input", w->name);
+    /* the quantised copy of x [T, cols] goes to the workspace's xq (sized for every caller) */
+    float *xq = s->ws.xq;
+    if (T * w->cols > s->ws.xq_len)
+        return dsv4_fail(DSV4_ERR_UNSUPPORTED,
+                         "%s: input [%lld, %lld] exceeds the workspace (%lld)", w->name,
+                         (long long)T, (long long)w->cols, (long long)s->ws.xq_len);
     memcpy(xq, x, (size_t)(T * w->cols) * sizeof *xq);
     for (int64_t t = 0; t < T; t++) dsv4_sim_act_quant(xq + t * w->cols, w->cols, 128);
     dsv4_status st = dsv4_cpu_linear(s->pool, w, xq, T, y);
-    free(xq);
     if (st == DSV4_OK) dsv4_sim_bf16(y, T * w->rows);
     return st;
 }
@@ -174,42 +176,12 @@ static dsv4_status run_layers(dsv4_session *s, const int32_t *ids, int64_t T, fw
                              "hidden", T, b);
 }
 
-dsv4_status dsv4_fwd_buf_alloc(const dsv4_config *c, int64_t T, fwd_buf *b)
-{
-    const int n = c->hc_mult;
-    const int64_t D = c->hidden_size, nD = (int64_t)n * D, mixn = (int64_t)(2 + n) * n;
-    /* one allocation for the chunk's activations */
-    const int64_t per_tok = 3 * nD + mixn + 2 * n + n * n + 3 * D;
-    float *p = malloc((size_t)(T * per_tok) * sizeof(float));
-    if (!p)
-        return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "forward: activations for %lld tokens",
-                         (long long)T);
-    b->mem = p;
-    b->X = p, p += T * nD;
-    b->Xo = p, p += T * nD;
-    b->flat = p, p += T * nD;
-    b->mix = p, p += T * mixn;
-    b->pre = p, p += T * n;
-    b->post = p, p += T * n;
-    b->comb = p, p += T * n * n;
-    b->y = p, p += T * D;
-    b->h = p, p += T * D;
-    b->f = p;
-    return DSV4_OK;
-}
-
-void dsv4_fwd_buf_free(fwd_buf *b)
-{
-    free(b->mem);
-    b->mem = NULL;
-}
-
 dsv4_status dsv4_forward(dsv4_session *s, const int32_t *ids, int64_t T, float *logits,
                          int all_positions)
 {
     const int64_t D = s->cfg->hidden_size;
-    fwd_buf b;
-    DSV4_TRY(dsv4_fwd_buf_alloc(s->cfg, T, &b));
+    DSV4_TRY(dsv4_workspace_reserve(s, T)); /* allocates only for a longer chunk or more history */
+    fwd_buf b = s->ws.fwd;                  /* a copy: hc_expand swaps X and Xo in it */
     dsv4_status st = run_layers(s, ids, T, &b);
     if (st == DSV4_OK && logits) { /* LM head: h [T, D] -> logits [T, V] (or the last row) */
         const dsv4_weight *head = &s->m->w.head;
@@ -218,6 +190,5 @@ dsv4_status dsv4_forward(dsv4_session *s, const int32_t *ids, int64_t T, float *
         else
             st = dsv4_cpu_linear(s->pool, head, b.h + (T - 1) * D, 1, logits);
     }
-    dsv4_fwd_buf_free(&b);
     return st;
 }

@@ -9,8 +9,8 @@
 #include "model/session.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* ---- faithful mode (docs/numeric-modes.md): the official reference's arithmetic ----------- */
@@ -186,24 +186,20 @@ typedef struct index_job {
     const float *q, *w;        /* [T, nh, d], [T, nh] */
     int64_t p0;
     int nh, d, topk;
-    int32_t *sel; /* [T, topk] */
-    int *nsel;    /* [T] */
-    int failed;
+    int32_t *sel;  /* [T, topk] */
+    int *nsel;     /* [T] */
+    float *scores; /* [lanes, scores_len] one row of scratch per lane */
+    int64_t scores_len, T;
+    atomic_llong next; /* the next token to score */
 } index_job;
 
-static void index_item(int64_t t, void *ctx)
+/* Token t's scores of its nvis visible entries into sc [nvis], then its top-k. */
+static void index_token(index_job *j, int64_t t, float *sc)
 {
-    index_job *j = ctx;
     const int64_t p = j->p0 + t, nvis = (p + 1) / j->ic->ratio;
     const int k = nvis < j->topk ? (int)nvis : j->topk;
     j->nsel[t] = k;
     if (k == 0) return;
-    float *sc = malloc((size_t)nvis * sizeof *sc);
-    if (!sc) {
-        j->failed = 1;
-        j->nsel[t] = 0;
-        return;
-    }
     int32_t *sel = j->sel + t * j->topk;
     if (j->s->opt.mode == DSV4_MODE_FAITHFUL) {
         faithful_index_scores(sc, j->q + t * j->nh * j->d, j->w + t * j->nh, j->ic->entries, nvis,
@@ -222,7 +218,14 @@ static void index_item(int64_t t, void *ctx)
                                j->nh, j->d, 1.0f / sqrtf((float)j->d));
         dsv4_op_topk(sel, sc, nvis, k);
     }
-    free(sc);
+}
+
+/* One lane of the pool: takes tokens until none is left, scoring into its own scratch row. */
+static void index_lane(int64_t lane, void *ctx)
+{
+    index_job *j = ctx;
+    float *sc = j->scores + lane * j->scores_len;
+    for (int64_t t; (t = atomic_fetch_add(&j->next, 1)) < j->T;) index_token(j, t, sc);
 }
 
 /* ---- attention over [window ++ entries] per (token, head) --------------------------------- */
@@ -235,51 +238,37 @@ typedef struct attend_job {
     int H, c;
     float scale;
     int bf16_p;
-    int failed;
+    float *scratch;  /* [lanes, nk_max] scores, one row per lane */
+    double *contrib; /* [lanes, c] faithful block sums, one row per lane */
+    int64_t nk_max, n;
+    atomic_llong next; /* the next (token, head) item */
 } attend_job;
 
-static void attend_item(int64_t i, void *ctx)
+/* Item i = (token t, head hh); scratch [nk], contrib [c] belong to the running lane. */
+static void attend_item(const attend_job *j, int64_t i, float *scratch, double *contrib)
 {
-    attend_job *j = ctx;
     const int64_t t = i / j->H, hh = i % j->H;
     const int64_t nk = j->koff[t + 1] - j->koff[t];
-    float *scratch = malloc((size_t)(nk > 0 ? nk : 1) * sizeof *scratch);
-    if (!scratch) {
-        j->failed = 1;
-        return;
-    }
     const int64_t off = (t * j->H + hh) * j->c;
-    if (j->bf16_p) {
-        double *contrib = malloc((size_t)j->c * sizeof *contrib);
-        if (!contrib) {
-            j->failed = 1;
-            free(scratch);
-            return;
-        }
+    if (j->bf16_p)
         faithful_attend_head(j->o + off, j->q + off, j->keys + j->koff[t], nk, j->c, j->scale,
                              j->sink[hh], contrib);
-        free(contrib);
-    } else {
+    else
         dsv4_op_attend_head(j->o + off, j->q + off, j->keys + j->koff[t], nk, j->c, j->scale,
                             j->sink[hh], scratch, 0);
-    }
-    free(scratch);
 }
 
-typedef struct attn_buf {
-    float *qr, *q, *o, *og, *z, *za; /* [T,ql] [T,H,c] [T,H,c] [T,gw] [T,g*ol] [T,ol] */
-    float *iq, *iw;                  /* indexer: [T, nh, d], [T, nh] */
-    int32_t *sel;                    /* [T, topk] */
-    int *nsel;
-    const float **keys;
-    int64_t *koff;
-} attn_buf;
-
-static void attn_buf_free(attn_buf *b)
+/* One lane of the pool: takes items until none is left, with its own scratch rows. */
+static void attend_lane(int64_t lane, void *ctx)
 {
-    free(b->qr), free(b->q), free(b->o), free(b->og), free(b->z), free(b->za);
-    free(b->iq), free(b->iw), free(b->sel), free(b->nsel), free((void *)b->keys), free(b->koff);
+    attend_job *j = ctx;
+    float *scratch = j->scratch + lane * j->nk_max;
+    double *contrib = j->contrib + lane * j->c;
+    for (int64_t i; (i = atomic_fetch_add(&j->next, 1)) < j->n;)
+        attend_item(j, i, scratch, contrib);
 }
+
+typedef dsv4_attn_buf attn_buf; /* workspace.h */
 
 static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T, float *out,
                              attn_buf *b)
@@ -294,13 +283,9 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
     const float *freqs = ratio ? s->rope_comp : s->rope_main;
     const int csa = ratio == 4;
     const int faithful = s->opt.mode == DSV4_MODE_FAITHFUL;
+    const int64_t ws_lanes = s->ws.lanes; /* scratch rows: one per pool thread */
 
     /* queries: h [T, D] -> qr [T, ql] (RMSNorm q_norm) -> q [T, H, c] (per-head RMS, RoPE) */
-    b->qr = malloc((size_t)(T * ql) * sizeof(float));
-    b->q = malloc((size_t)(T * Hc) * sizeof(float));
-    b->o = malloc((size_t)(T * Hc) * sizeof(float));
-    b->koff = malloc((size_t)(T + 1) * sizeof(int64_t));
-    if (!b->qr || !b->q || !b->o || !b->koff) goto oom;
     DSV4_TRY(dsv4_fw_linear_q(s, &lw->wq_a, h, T, b->qr));
     dsv4_op_rmsnorm(b->qr, b->qr, k->q_norm, T, ql, eps);
     dsv4_fw_bf16(s, b->qr, T * ql);
@@ -342,11 +327,6 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
         }
         /* indexer queries qr [T, ql] -> iq [T, nh, d] (RoPE, compress theta); weights
          * h [T, D] -> iw [T, nh] * nh^-0.5 */
-        b->iq = malloc((size_t)(T * nh * d) * sizeof(float));
-        b->iw = malloc((size_t)(T * nh) * sizeof(float));
-        b->sel = malloc((size_t)(T * (topk > 0 ? topk : 1)) * sizeof(int32_t));
-        b->nsel = malloc((size_t)T * sizeof(int));
-        if (!b->iq || !b->iw || !b->sel || !b->nsel) goto oom;
         DSV4_TRY(dsv4_fw_linear_q(s, &lw->idx_wq_b, b->qr, T, b->iq));
         for (int64_t t = 0; t < T; t++) {
             dsv4_op_rope(b->iq + t * nh * d, nh, d, r, s->rope_comp, p0 + t, 0);
@@ -366,9 +346,10 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
             faithful ? (float)(pow(d, -0.5) * pow(nh, -0.5)) : 1.0f / sqrtf((float)nh);
         for (int64_t i = 0; i < T * nh; i++) b->iw[i] *= wscale;
         dsv4_fw_bf16(s, b->iw, T * nh);
-        index_job ij = {s, &ls->idx, b->iq, b->iw, p0, nh, d, topk, b->sel, b->nsel, 0};
-        dsv4_cpu_pool_run(s->pool, T, index_item, &ij);
-        if (ij.failed) goto oom;
+        if ((p0 + T) / ls->idx.ratio > b->iscores_len) goto small;
+        index_job ij = {s,      &ls->idx, b->iq,      b->iw,          p0, nh, d, topk,
+                        b->sel, b->nsel,  b->iscores, b->iscores_len, T,  0};
+        dsv4_cpu_pool_run(s->pool, T < ws_lanes ? T : ws_lanes, index_lane, &ij);
     }
 
     /* key lists: token at p sees window [max(0, p-W+1), p] then its visible entries */
@@ -378,10 +359,9 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
         const int64_t p = p0 + t, lo = p - Wn + 1 > 0 ? p - Wn + 1 : 0;
         int64_t nk = faithful ? Wn : p - lo + 1; /* faithful: W window slots, empty ones too */
         if (ratio > 0) nk += csa ? b->nsel[t] : (p + 1) / ratio;
+        if (nk > b->nk_max) goto small;
         b->koff[t + 1] = b->koff[t] + nk;
     }
-    b->keys = malloc((size_t)(b->koff[T] > 0 ? b->koff[T] : 1) * sizeof(float *));
-    if (!b->keys) goto oom;
     for (int64_t t = 0; t < T; t++) {
         const int64_t p = p0 + t, lo = p - Wn + 1 > 0 ? p - Wn + 1 : 0;
         const float **kp = b->keys + b->koff[t];
@@ -404,9 +384,12 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
                      hd,
                      1.0f / sqrtf((float)hd),
                      s->opt.mode == DSV4_MODE_FAITHFUL,
+                     b->scratch,
+                     b->contrib,
+                     b->nk_max,
+                     T * H,
                      0};
-    dsv4_cpu_pool_run(s->pool, T * H, attend_item, &aj);
-    if (aj.failed) goto oom;
+    dsv4_cpu_pool_run(s->pool, T * H < ws_lanes ? T * H : ws_lanes, attend_lane, &aj);
     /* inverse RoPE on each head's output tail, at the query position */
     dsv4_fw_bf16(s, b->o, T * Hc);
     for (int64_t t = 0; t < T; t++) dsv4_op_rope(b->o + t * Hc, H, hd, r, freqs, p0 + t, 1);
@@ -416,10 +399,6 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
      * -> wo_b -> out [T, D] */
     const int g = c->o_groups;
     const int64_t gw = Hc / g, ol = c->o_lora_rank;
-    b->og = malloc((size_t)(T * gw) * sizeof(float));
-    b->z = malloc((size_t)(T * g * ol) * sizeof(float));
-    b->za = malloc((size_t)(T * ol) * sizeof(float));
-    if (!b->og || !b->z || !b->za) goto oom;
     for (int gi = 0; gi < g; gi++) {
         for (int64_t t = 0; t < T; t++)
             memcpy(b->og + t * gw, b->o + t * Hc + gi * gw, (size_t)gw * sizeof(float));
@@ -429,16 +408,13 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
     }
     DSV4_TRY(dsv4_fw_linear_q(s, &lw->wo_b, b->z, T, out));
     return DSV4_OK;
-oom:
-    return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "layer %d attention: buffers for %lld tokens", li,
-                     (long long)T);
+small: /* a sizing bug in workspace.c, never a user error */
+    return dsv4_fail(DSV4_ERR_UNSUPPORTED,
+                     "layer %d attention: %lld tokens at %lld exceed the workspace's key lists", li,
+                     (long long)T, (long long)p0);
 }
 
 dsv4_status dsv4_forward_attn(dsv4_session *s, int li, const float *h, int64_t T, float *out)
 {
-    attn_buf b;
-    memset(&b, 0, sizeof b);
-    dsv4_status st = attn_body(s, li, h, T, out, &b);
-    attn_buf_free(&b);
-    return st;
+    return attn_body(s, li, h, T, out, &s->ws.attn); /* regions: the session's workspace */
 }

@@ -8,7 +8,6 @@
 #include "model/quant_sim.h"
 #include "model/session.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 /* Expert: x [n, D] -> y [n, D] = w2 . (silu(min(w1 x, L)) * clamp(w3 x, -L, L)); g, u [n, I].
@@ -42,12 +41,7 @@ static int64_t table_at(const dsv4_weight *w, int64_t row, int64_t col)
     return v;
 }
 
-typedef struct moe_buf {
-    float *logits, *scores, *wts, *xg, *g, *u, *yg, *acc, *wg;
-    int32_t *sel;
-    int64_t *tok; /* tokens routed to one expert, and */
-    int *slot;    /* the slot of that expert in their selection */
-} moe_buf;
+typedef dsv4_moe_buf moe_buf; /* workspace.h */
 
 static dsv4_status moe_body(dsv4_session *s, int li, const float *h, const int32_t *ids, int64_t T,
                             float *out, moe_buf *b)
@@ -56,26 +50,12 @@ static dsv4_status moe_body(dsv4_session *s, int li, const float *h, const int32
     const dsv4_layer_weights *lw = &s->m->w.layers[li];
     const int E = c->n_routed_experts, K = c->n_experts_per_tok;
     const int64_t D = c->hidden_size;
-    int64_t I = lw->shared.w1.rows;
-    for (int e = 0; e < E; e++)
-        if (lw->experts[e].w1.rows > I) I = lw->experts[e].w1.rows;
 
-    b->logits = malloc((size_t)(T * E) * sizeof(float));
-    b->scores = malloc((size_t)(T * E) * sizeof(float));
-    b->wts = malloc((size_t)(T * K) * sizeof(float));
-    b->sel = malloc((size_t)(T * K) * sizeof(int32_t));
-    b->xg = malloc((size_t)(T * K * D) * sizeof(float));
-    b->g = malloc((size_t)(T * K * I) * sizeof(float));
-    b->u = malloc((size_t)(T * K * I) * sizeof(float));
-    b->yg = malloc((size_t)(T * K * D) * sizeof(float));
-    b->acc = calloc((size_t)(T * D), sizeof(float));
-    b->tok = malloc((size_t)(T * K) * sizeof(int64_t));
-    b->slot = malloc((size_t)(T * K) * sizeof(int));
-    b->wg = malloc((size_t)(T * K) * sizeof(float));
-    if (!b->logits || !b->scores || !b->wts || !b->sel || !b->xg || !b->g || !b->u || !b->yg ||
-        !b->acc || !b->tok || !b->slot || !b->wg)
-        return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "layer %d MoE: buffers for %lld tokens", li,
+    /* b's regions hold T * K rows of the widest expert (workspace.c) */
+    if (T > s->ws.T) /* a caller that skipped dsv4_workspace_reserve */
+        return dsv4_fail(DSV4_ERR_UNSUPPORTED, "layer %d MoE: %lld tokens exceed the workspace", li,
                          (long long)T);
+    memset(b->acc, 0, (size_t)(T * D) * sizeof *b->acc);
 
     /* router: h [T, D] -> logits [T, E] (fp32) -> scores -> sel [T, K], wts [T, K] */
     DSV4_TRY(dsv4_cpu_linear(s->pool, &lw->gate, h, T, b->logits));
@@ -134,10 +114,5 @@ static dsv4_status moe_body(dsv4_session *s, int li, const float *h, const int32
 dsv4_status dsv4_forward_moe(dsv4_session *s, int li, const float *h, const int32_t *ids, int64_t T,
                              float *out)
 {
-    moe_buf b;
-    memset(&b, 0, sizeof b);
-    dsv4_status st = moe_body(s, li, h, ids, T, out, &b);
-    free(b.logits), free(b.scores), free(b.wts), free(b.sel), free(b.xg), free(b.g), free(b.u);
-    free(b.yg), free(b.acc), free(b.tok), free(b.slot), free(b.wg);
-    return st;
+    return moe_body(s, li, h, ids, T, out, &s->ws.moe); /* regions: the session's workspace */
 }

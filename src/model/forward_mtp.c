@@ -16,7 +16,6 @@
 #include "core/error.h"
 #include "model/session.h"
 
-#include <stdlib.h>
 #include <string.h>
 
 int dsv4_model_num_mtp(const dsv4_model *m)
@@ -54,8 +53,7 @@ static dsv4_status mtp_run(dsv4_session *s, const int32_t *tok, int64_t T, float
     const int n = c->hc_mult;
     const int64_t D = c->hidden_size, nD = (int64_t)n * D;
     const float eps = c->rms_norm_eps;
-    dsv4_fwd_buf b;
-    DSV4_TRY(dsv4_fwd_buf_alloc(c, T, &b));
+    dsv4_fwd_buf b = s->ws.fwd; /* reserved by the caller; a copy: hc_expand swaps X and Xo */
     dsv4_status st = DSV4_OK;
 
     /* e = embed(tok) [T, D] (bf16 rows) -> enorm -> h [T, D] (bf16) -> e_proj -> f [T, D] */
@@ -94,7 +92,6 @@ static dsv4_status mtp_run(dsv4_session *s, const int32_t *tok, int64_t T, float
     if (st == DSV4_OK && logits)
         st = dsv4_cpu_linear(s->pool, &W->head, b.h + (T - 1) * D, 1, logits);
 done:
-    dsv4_fwd_buf_free(&b);
     return st;
 }
 
@@ -127,14 +124,13 @@ dsv4_status dsv4_session_mtp_draft(dsv4_session *s, int32_t next_token, float *l
 
     /* catch up positions m0 .. P-1 in one chunk: tok[i] = the token at m0 + i + 1 */
     const int64_t T = P - m0;
-    int32_t *tok = malloc((size_t)T * sizeof *tok);
-    if (!tok) return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "MTP draft: %lld tokens", (long long)T);
+    DSV4_TRY(dsv4_workspace_reserve(s, T)); /* allocates only for a longer chunk or more history */
+    int32_t *tok = s->ws.mtp_tok;
     for (int64_t i = 0; i < T; i++) tok[i] = m0 + i + 1 < P ? s->ids[m0 + i + 1] : next_token;
     memcpy(s->mtp_ids + m0, tok, (size_t)T * sizeof *tok);
     s->pos = m0; /* the block's attention appends at s->pos (forward_attn.c) */
     dsv4_status st = mtp_run(s, tok, T, logits);
     s->pos = P;
-    free(tok);
     if (st != DSV4_OK) {
         mtp_clamp(s, m0); /* drop what the failed chunk appended */
         return st;

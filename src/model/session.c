@@ -74,6 +74,7 @@ void dsv4_session_close(dsv4_session *s)
     free(s->hc_head_base);
     free(s->mtp_enorm), free(s->mtp_hnorm), free(s->mtp_norm), free(s->mtp_hc_head_base);
     free(s->hmain), free(s->mtp_ids);
+    dsv4_workspace_free(&s->ws);
     dsv4_cpu_pool_destroy(s->pool);
     free(s);
 }
@@ -239,7 +240,11 @@ static int comp_grow(dsv4_comp_state *cs, int64_t cap)
     return grow(&cs->entries, (cap / cs->ratio + 1) * cs->dim, sizeof(float));
 }
 
-/* Makes room for `n` tokens in every per-token array. */
+/* Makes room for `n` tokens in every per-token array (the history; owned by the session, freed
+ * by dsv4_session_close). Growth rule: the capacity at least doubles (64 at first), clamped to
+ * max_context, so over a run of one-token decode steps only the steps that cross a capacity
+ * allocate (amortised O(1)); every other step finds room. The forward workspace follows the
+ * capacity (workspace.h), so it relays out on those same steps and no others. */
 static dsv4_status reserve(dsv4_session *s, int64_t n)
 {
     if (n <= s->cap) return DSV4_OK;

@@ -16,6 +16,7 @@
 #include "backend/cpu/ops.h"
 #include "dsv4.h"
 #include "model/model.h"
+#include "model/workspace.h"
 
 /* One compressor (the attention's, or the CSA indexer's). */
 typedef struct dsv4_comp_state {
@@ -76,20 +77,10 @@ struct dsv4_session {
     float *hmain;     /* [cap, n, D] main streams after the last layer (NULL when n_mtp == 0) */
     int32_t *mtp_ids; /* [cap] (NULL when n_mtp == 0) */
     int64_t mtp_pos;
-};
 
-/* Activations of one chunk (one allocation, dsv4_fwd_buf_alloc/free). model/forward.c */
-typedef struct dsv4_fwd_buf {
-    float *mem;
-    float *X, *Xo;     /* [T, n, D] residual streams (current, next) */
-    float *flat;       /* [T, n * D] normalised streams */
-    float *mix;        /* [T, (2+n)n] */
-    float *pre, *post; /* [T, n] */
-    float *comb;       /* [T, n, n] */
-    float *y, *h, *f;  /* [T, D] collapsed, normalised sublayer input, sublayer output */
-} dsv4_fwd_buf;
-dsv4_status dsv4_fwd_buf_alloc(const dsv4_config *c, int64_t T, dsv4_fwd_buf *b);
-void dsv4_fwd_buf_free(dsv4_fwd_buf *b);
+    /* Every per-step temporary of the forward pass (workspace.h); owned by the session. */
+    dsv4_workspace ws;
+};
 
 /* One block (main layer or MTP block `li`) at positions s->pos .. s->pos+T-1: b->X [T, n, D]
  * -> b->X after the attention and FFN sites. ids [T]: the tokens hash routing reads. */
