@@ -27,6 +27,7 @@
 #include <float.h>
 #include <immintrin.h>
 #include <math.h>
+#include <pthread.h>
 
 #define AVX2_FN     __attribute__((target("avx2,fma,f16c")))
 #define AVX2_INLINE static inline __attribute__((always_inline, target("avx2,fma,f16c")))
@@ -38,10 +39,22 @@ static int cpu_has_f16c(void)
     return __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
 }
 
-int dsv4_linear_avx2_supported(void)
+static int avx2_usable;
+static pthread_once_t avx2_once = PTHREAD_ONCE_INIT;
+
+static void detect_avx2(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
+    avx2_usable =
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c();
+}
+
+/* Asked on every projection: the answer is computed once (CPUID traps to the hypervisor in a
+ * virtual machine and costs microseconds). */
+int dsv4_linear_avx2_supported(void)
+{
+    pthread_once(&avx2_once, detect_avx2);
+    return avx2_usable;
 }
 
 AVX2_INLINE float hsum(__m256 v)
