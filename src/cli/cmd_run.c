@@ -8,6 +8,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 typedef struct run_ctx {
@@ -55,6 +56,14 @@ static int on_token(void *user, const dsv4_gen_token *t)
     printf("}\n");
     fflush(stdout);
     return 0;
+}
+
+/* 1 when stdout and stderr go to the same file or pipe (as with 2>&1). */
+static int stdout_is_stderr(void)
+{
+    struct stat a, b;
+    return fstat(STDOUT_FILENO, &a) == 0 && fstat(STDERR_FILENO, &b) == 0 && a.st_dev == b.st_dev &&
+           a.st_ino == b.st_ino;
 }
 
 static void usage(FILE *f)
@@ -159,8 +168,8 @@ int cmd_run(int argc, char **argv)
         printf(", \"prompt_tokens\": %lld, \"generated_tokens\": %lld, \"prefill_tok_s\": %.1f, "
                "\"decode_tok_s\": %.1f}\n",
                (long long)res.prompt_tokens, (long long)res.generated_tokens, pre, dec);
-    } else if (!c.ends_newline && isatty(STDOUT_FILENO)) {
-        putchar('\n');
+    } else if (!c.ends_newline && (isatty(STDOUT_FILENO) || stdout_is_stderr())) {
+        putchar('\n'); /* keep the closing line on stderr off the end of the text */
     }
     fflush(stdout);
     if (!a.quiet)
