@@ -415,6 +415,20 @@ void cli_json_string(FILE *f, const char *s, size_t len)
     fputc('"', f);
 }
 
+int cli_gen_parse(const char *cmd, int argc, char **argv, cli_gen_args *a, void (*usage)(FILE *))
+{
+    for (int i = 1; i < argc; i++) {
+        int r = cli_gen_flag(cmd, argc, argv, &i, a);
+        if (r < 0) return 2;
+        if (r) continue;
+        int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
+        if (!help) fprintf(stderr, "dsv4 %s: unknown option '%s'\n", cmd, argv[i]);
+        usage(help ? stdout : stderr);
+        return help ? 0 : 2;
+    }
+    return -1;
+}
+
 void cli_print_stats(FILE *f, const char *cmd, const dsv4_gen_result *r, const char *stop_str)
 {
     double pre = r->prefill_seconds > 0 ? (double)r->prompt_tokens / r->prefill_seconds : 0;

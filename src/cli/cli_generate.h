@@ -27,6 +27,10 @@ void cli_gen_defaults(cli_gen_args *a, int64_t max_tokens);
  * not a shared one, -1 after printing a usage error (bad or missing value). */
 int cli_gen_flag(const char *cmd, int argc, char **argv, int *i, cli_gen_args *a);
 
+/* Takes every argument with cli_gen_flag; --help/-h prints `usage` to stdout, an unknown option
+ * prints it to stderr. Returns -1 when all arguments were taken, else the exit code (0 or 2). */
+int cli_gen_parse(const char *cmd, int argc, char **argv, cli_gen_args *a, void (*usage)(FILE *));
+
 /* Checks the sampling values (via the library's own checks); prints and returns 2 if bad. */
 int cli_gen_check(const char *cmd, cli_gen_args *a);
 

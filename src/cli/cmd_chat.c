@@ -97,15 +97,8 @@ int cmd_chat(int argc, char **argv)
 {
     cli_gen_args a;
     cli_gen_defaults(&a, 8192);
-    for (int i = 1; i < argc; i++) {
-        int r = cli_gen_flag("chat", argc, argv, &i, &a);
-        if (r < 0) return 2;
-        if (r) continue;
-        int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
-        if (!help) fprintf(stderr, "dsv4 chat: unknown option '%s'\n", argv[i]);
-        usage(help ? stdout : stderr);
-        return help ? 0 : 2;
-    }
+    int parsed = cli_gen_parse("chat", argc, argv, &a, usage);
+    if (parsed >= 0) return parsed;
     if (a.prompt || a.ids || a.json || a.gen.top_logprobs) {
         fprintf(stderr, "dsv4 chat: -p, --ids, --output and --top-logprobs are for dsv4 run\n");
         return 2;

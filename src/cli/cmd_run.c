@@ -83,15 +83,8 @@ int cmd_run(int argc, char **argv)
 {
     cli_gen_args a;
     cli_gen_defaults(&a, 256);
-    for (int i = 1; i < argc; i++) {
-        int r = cli_gen_flag("run", argc, argv, &i, &a);
-        if (r < 0) return 2;
-        if (r) continue;
-        int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
-        if (!help) fprintf(stderr, "dsv4 run: unknown option '%s'\n", argv[i]);
-        usage(help ? stdout : stderr);
-        return help ? 0 : 2;
-    }
+    int parsed = cli_gen_parse("run", argc, argv, &a, usage);
+    if (parsed >= 0) return parsed;
     if (!a.prompt == !a.ids) {
         fprintf(stderr, "dsv4 run: give one of -p TEXT or --ids 0,123,...\n");
         return 2;

@@ -71,15 +71,8 @@ int cmd_score(int argc, char **argv)
     cli_gen_args a;
     cli_gen_defaults(&a, 0);
     a.gen.top_logprobs = 5;
-    for (int i = 1; i < argc; i++) {
-        int r = cli_gen_flag("score", argc, argv, &i, &a);
-        if (r < 0) return 2;
-        if (r) continue;
-        int help = !strcmp(argv[i], "--help") || !strcmp(argv[i], "-h");
-        if (!help) fprintf(stderr, "dsv4 score: unknown option '%s'\n", argv[i]);
-        usage(help ? stdout : stderr);
-        return help ? 0 : 2;
-    }
+    int parsed = cli_gen_parse("score", argc, argv, &a, usage);
+    if (parsed >= 0) return parsed;
     if (!a.prompt == !a.ids) {
         fprintf(stderr, "dsv4 score: give one of --ids 0,123,... or -p TEXT\n");
         return 2;
