@@ -429,6 +429,17 @@ int cli_gen_parse(const char *cmd, int argc, char **argv, cli_gen_args *a, void 
     return -1;
 }
 
+void cli_json_token_text(FILE *f, const dsv4_tokenizer *tok, int32_t id)
+{
+    char *t = NULL;
+    size_t n = 0;
+    if (tok && dsv4_tokenizer_decode(tok, &id, 1, 0, &t, &n) == DSV4_OK)
+        cli_json_string(f, t, n);
+    else
+        fputs("null", f);
+    dsv4_free(t);
+}
+
 void cli_print_stats(FILE *f, const char *cmd, const dsv4_gen_result *r, const char *stop_str)
 {
     double pre = r->prefill_seconds > 0 ? (double)r->prompt_tokens / r->prefill_seconds : 0;

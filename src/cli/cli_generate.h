@@ -49,6 +49,9 @@ int cli_parse_ids(const char *cmd, const char *s, int32_t **ids, int64_t *n);
 /* Writes `len` bytes as a JSON string literal (invalid UTF-8 bytes become U+FFFD). */
 void cli_json_string(FILE *f, const char *s, size_t len);
 
+/* The text of one id on its own, as a JSON string, or null without a tokenizer. */
+void cli_json_token_text(FILE *f, const dsv4_tokenizer *tok, int32_t id);
+
 /* "prompt N tokens, prefill X tok/s; generated M tokens, decode Y tok/s; stop: REASON". */
 void cli_print_stats(FILE *f, const char *cmd, const dsv4_gen_result *r, const char *stop_str);
 

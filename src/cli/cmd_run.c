@@ -17,18 +17,6 @@ typedef struct run_ctx {
     int ends_newline; /* text mode: the output so far ends with '\n' (or is empty) */
 } run_ctx;
 
-/* The text of one id on its own (for top_logprobs), as JSON, or null without a tokenizer. */
-static void json_token_text(const dsv4_tokenizer *tok, int32_t id)
-{
-    char *t = NULL;
-    size_t n = 0;
-    if (tok && dsv4_tokenizer_decode(tok, &id, 1, 0, &t, &n) == DSV4_OK)
-        cli_json_string(stdout, t, n);
-    else
-        fputs("null", stdout);
-    dsv4_free(t);
-}
-
 static int on_token(void *user, const dsv4_gen_token *t)
 {
     run_ctx *c = user;
@@ -48,7 +36,7 @@ static int on_token(void *user, const dsv4_gen_token *t)
         printf(", \"top_logprobs\": [");
         for (int i = 0; i < t->n_top; i++) {
             printf("%s{\"id\": %d, \"text\": ", i ? ", " : "", (int)t->top[i].id);
-            json_token_text(c->tok, t->top[i].id);
+            cli_json_token_text(stdout, c->tok, t->top[i].id);
             printf(", \"logprob\": %.6g}", (double)t->top[i].logprob);
         }
         putchar(']');

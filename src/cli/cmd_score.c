@@ -27,17 +27,6 @@ static void usage(FILE *f)
             "run\n");
 }
 
-static void json_text(const dsv4_tokenizer *tok, int32_t id)
-{
-    char *t = NULL;
-    size_t n = 0;
-    if (tok && dsv4_tokenizer_decode(tok, &id, 1, 0, &t, &n) == DSV4_OK)
-        cli_json_string(stdout, t, n);
-    else
-        fputs("null", stdout);
-    dsv4_free(t);
-}
-
 /* The top-n list of row `l` as JSON; returns the log-sum-exp. */
 static double print_top(const float *l, int V, int n, const dsv4_tokenizer *tok, int32_t *top)
 {
@@ -59,7 +48,7 @@ static double print_top(const float *l, int V, int n, const dsv4_tokenizer *tok,
     putchar('[');
     for (int i = 0; i < k; i++) {
         printf("%s{\"id\": %d, \"text\": ", i ? ", " : "", (int)top[i]);
-        json_text(tok, top[i]);
+        cli_json_token_text(stdout, tok, top[i]);
         printf(", \"logprob\": %.7g}", (double)l[top[i]] - lse);
     }
     putchar(']');
@@ -127,7 +116,7 @@ int cmd_score(int argc, char **argv)
     }
     /* Row r of a chunk starting at p0 is the distribution of position p0 + r + 1. */
     printf("{\"pos\": 0, \"id\": %d, \"text\": ", (int)ids[0]);
-    json_text(tok, ids[0]);
+    cli_json_token_text(stdout, tok, ids[0]);
     printf(", \"logprob\": null, \"rank\": null, \"top_logprobs\": null}\n");
     double total = 0;
     for (int64_t p0 = 0; p0 < n; p0 += SCORE_CHUNK) {
@@ -147,7 +136,7 @@ int cmd_score(int argc, char **argv)
             }
             int32_t id = ids[p];
             printf("{\"pos\": %lld, \"id\": %d, \"text\": ", (long long)p, (int)id);
-            json_text(tok, id);
+            cli_json_token_text(stdout, tok, id);
             printf(", \"top_logprobs\": ");
             double lse = print_top(l, V, a.gen.top_logprobs, tok, top);
             int rank = 1;
