@@ -8,17 +8,20 @@
 #       carry=["build-device/dsv4", "build-device/tests", "build-device/lib"])
 # where tools/device_run.sh sets LD_LIBRARY_PATH and runs the GPU checks. The CUDA runtime is
 # linked statically, so only the driver is needed there.
+# An argument names another build folder (default build-device), so that several bundles can
+# be made side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+B=${1:-build-device}
 bash tools/setup.sh >/dev/null
 export PATH="$PATH:/usr/local/cuda/bin"
-cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV4_CUDA=ON >/dev/null
-cmake --build build-device -j "$(nproc)"
-mkdir -p build-device/lib
-for lib in $(ldd build-device/dsv4 | awk '/cjson/ {print $3}'); do
-    cp -L "$lib" build-device/lib/
+cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV4_CUDA=ON >/dev/null
+cmake --build "$B" -j "$(nproc)"
+mkdir -p "$B/lib"
+for lib in $(ldd "$B/dsv4" | awk '/cjson/ {print $3}'); do
+    cp -L "$lib" "$B/lib/"
 done
 # Only binaries travel (the tracked tree already takes ~53 of the 64 MiB a device call may carry);
 # the GPU tests read the committed checkpoints under tests/fixtures and models/.
-du -shc build-device/dsv4 build-device/tests build-device/lib |
+du -shc "$B/dsv4" "$B/tests" "$B/lib" |
     awk '/total/ {print "device bundle (carried paths): " $1}'

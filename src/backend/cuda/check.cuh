@@ -12,6 +12,13 @@ extern "C" {
 #include "core/error.h"
 }
 
+/* The stream every launch of a context goes to (context.cu). */
+typedef struct dsv4_cuda_ctx dsv4_cuda_ctx;
+cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx);
+
+/* Launch check: the last launch's configuration error, as CUDA_TRY. */
+#define CUDA_LAUNCHED() CUDA_TRY(cudaGetLastError())
+
 #define CUDA_TRY(expr)                                                                             \
     do {                                                                                           \
         cudaError_t cuda_try_err_ = (expr);                                                        \

@@ -109,8 +109,7 @@ extern "C" void dsv4_cuda_weight_free(dsv4_cuda_ctx *ctx, dsv4_weight *w)
     w->data = w->scale = NULL;
 }
 
-/* Lets dequant.cu reach the stream without exposing the struct. */
-cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx);
+/* Lets the op files reach the stream without exposing the struct (check.cuh). */
 cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx)
 {
     return ctx->stream;

@@ -10,7 +10,6 @@
 #include "backend/cuda/cuda_backend.h"
 #include "core/float_formats.h"
 
-cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx);
 
 struct dequant_args {
     int format;

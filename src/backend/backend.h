@@ -1,0 +1,220 @@
+/*
+ * backend.h - the op set the batched engine's layer loop (engine/engine_layer.c) is written
+ * against, once, for every backend. Each op has a CPU implementation (backend/cpu/bk_*.c, the
+ * reference, always built) and a CUDA one (backend/cuda/bk_*.cu, built with DSV4_HAVE_CUDA);
+ * backend.c dispatches on b->kind. The GPU op tests (tests/test_gpu_*.c) run both on the same
+ * inputs and compare.
+ *
+ * Numerics: every op implements the "faithful" mode of docs/numeric-modes.md, the official
+ * reference's roundings, exactly as model/forward*.c does it on the CPU (the loop over sessions
+ * that tests check against transformers). Activations are f32 arrays in backend memory; a
+ * "bf16" rounding below is f32 -> bf16 -> f32, nearest-even (dsv4_round_bf16). Cached keys and
+ * compressed entries are stored as bf16 bit patterns (uint16_t): in faithful mode every cached
+ * value is exactly representable in bf16, so this loses nothing.
+ *
+ * Batching: an op runs on N "rows", one token each; row r belongs to the sequence held in state
+ * slot slot[r] and sits at position pos[r] (dsv4_bk_rows). Rows of one slot appear in
+ * ascending position order and are contiguous positions. A prefill chunk is N rows of one slot;
+ * a batched decode step is one row for each of N slots. Row arrays live in backend memory, so a
+ * step never goes back to the host (routing, top-k and window logic all read them there).
+ *
+ * Per-slot state layout (all in backend memory, slot-major):
+ *   window keys     win      [S, R, hd]  bf16; position p at ring index p % R (R >= W + chunk)
+ *   compressor rows ring_kv  [S, Rc, width] f32, ring_gate likewise (gate already + ape);
+ *                   position p at p % Rc (Rc >= 2m + chunk)
+ *   entries         ent      [S, cap_e, dim] bf16; entry i pools positions [i*m, (i+1)*m)
+ *
+ * Shapes in comments: `x [N, width]` row-major; ld* are row strides in elements (>= width).
+ * Every op returns DSV4_OK or an error with dsv4_last_error() text; a CUDA op only enqueues work
+ * on the context's stream (errors of a launch are reported, errors inside a kernel surface at
+ * the next dsv4_bk_sync).
+ */
+#ifndef DSV4_BACKEND_BACKEND_H
+#define DSV4_BACKEND_BACKEND_H
+
+#include "dsv4.h"
+#include "model/weights.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct dsv4_cpu_pool dsv4_cpu_pool;
+typedef struct dsv4_cuda_ctx dsv4_cuda_ctx;
+typedef struct dsv4_bk_prof dsv4_bk_prof;
+
+typedef struct dsv4_backend {
+    dsv4_device_kind kind; /* DSV4_DEVICE_CPU or DSV4_DEVICE_CUDA */
+    dsv4_cpu_pool *pool;   /* CPU: the thread pool (NULL: the calling thread) */
+    dsv4_cuda_ctx *cuda;   /* CUDA: the device context (stream, memory) */
+    dsv4_bk_prof *prof;    /* per-op timing when on (dsv4_bk_prof_*) */
+} dsv4_backend;
+
+/* CPU: pool may be NULL. CUDA: device index. */
+dsv4_status dsv4_backend_create(dsv4_device_kind kind, int device, dsv4_cpu_pool *pool,
+                                dsv4_backend **out);
+void dsv4_backend_destroy(dsv4_backend *b);
+
+/* The rows of one step (see above). n is known on the host; the arrays are backend memory. */
+typedef struct dsv4_bk_rows {
+    int32_t n;
+    const int32_t *slot; /* [n] state slot */
+    const int32_t *pos;  /* [n] position in its sequence */
+    const int32_t *ids;  /* [n] token id */
+} dsv4_bk_rows;
+
+/* ---- memory ------------------------------------------------------------------------------- */
+dsv4_status dsv4_bk_alloc(dsv4_backend *b, size_t bytes, void **out); /* zero-filled */
+void dsv4_bk_free(dsv4_backend *b, void *p);
+dsv4_status dsv4_bk_upload(dsv4_backend *b, void *dst, const void *src, size_t bytes);
+dsv4_status dsv4_bk_download(dsv4_backend *b, void *dst, const void *src, size_t bytes);
+dsv4_status dsv4_bk_copy(dsv4_backend *b, void *dst, const void *src, size_t bytes);
+dsv4_status dsv4_bk_memset0(dsv4_backend *b, void *p, size_t bytes);
+dsv4_status dsv4_bk_sync(dsv4_backend *b);
+/* Free and total bytes of the backend's memory (CPU: physical memory). */
+dsv4_status dsv4_bk_mem_info(dsv4_backend *b, size_t *free_bytes, size_t *total_bytes);
+/* *out describes w in backend memory: CUDA copies data and scales to the device; the CPU uses
+ * the mapped bytes as they are. random_seed != 0: the data is not read (w->data may be NULL)
+ * and the copy is filled with finite random values valid for the format (benchmarks). */
+dsv4_status dsv4_bk_weight_upload(dsv4_backend *b, const dsv4_weight *w, uint64_t random_seed,
+                                  dsv4_weight *out);
+void dsv4_bk_weight_free(dsv4_backend *b, dsv4_weight *w);
+
+/* ---- elementwise and per-row ops (bk_rows) ------------------------------------------------ */
+/* X [N, n_copies, D] = bf16(embed row ids[r]) in every copy. */
+dsv4_status dsv4_bk_embed(dsv4_backend *b, float *X, const dsv4_weight *embed,
+                          const dsv4_bk_rows *rows, int n_copies, int64_t D);
+/* y [N, width] = x * rsqrt(mean(x^2) + eps) (* w when w != NULL), bf16-rounded when round_bf16.
+ * Sum of squares in f32 or wider. y may alias x. */
+dsv4_status dsv4_bk_rmsnorm(dsv4_backend *b, float *y, int64_t ldy, const float *x, int64_t ldx,
+                            const float *w, int64_t N, int64_t width, float eps, int round_bf16);
+/* The official per-head query norm with every op rounded to bf16 (forward_attn.c
+ * faithful_q_norm): q [N * n_vec, c] in place. */
+dsv4_status dsv4_bk_head_norm_bf16(dsv4_backend *b, float *q, int64_t n_vec, int c, float eps);
+/* dsv4_sim_act_quant on the first `width` elements of each row: bf16, then e4m3 in blocks of
+ * `block` with power-of-two scales. y may alias x. */
+dsv4_status dsv4_bk_act_quant(dsv4_backend *b, float *y, int64_t ldy, const float *x, int64_t ldx,
+                              int64_t N, int64_t width, int block);
+/* x [n] = x * s, bf16-rounded when round_bf16. */
+dsv4_status dsv4_bk_scale(dsv4_backend *b, float *x, int64_t n, float s, int round_bf16);
+/* Interleaved RoPE (ops.h dsv4_op_rope) of the last r dims of each of row r's n_vec vectors of
+ * width dim (x + r*ldx + v*dim), at position pos[r]; inverse rotates back. bf16-rounded after
+ * when round_bf16. freqs [r/2] in backend memory. */
+dsv4_status dsv4_bk_rope(dsv4_backend *b, float *x, int64_t ldx, const dsv4_bk_rows *rows,
+                         int n_vec, int dim, int r, const float *freqs, int inverse,
+                         int round_bf16);
+
+/* ---- projections ---------------------------------------------------------------------------
+ * y [N, nrows] (row stride ldy) = x [N, w->cols] (row stride ldx) . W[row0 .. row0+nrows)^T,
+ * W in its stored format (FP8 block-scaled, MXFP4, NVFP4, BF16, F16, F32), f32 accumulation;
+ * y bf16-rounded when round_bf16. Faithful-mode FP8/FP4 projections quantise x first with
+ * dsv4_bk_act_quant (block 128). */
+dsv4_status dsv4_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
+                           const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
+                           int round_bf16);
+
+/* ---- mHC ---------------------------------------------------------------------------------
+ * mix [N, (2+n)n] = fn . rmsnorm_noweight(X) (the caller: dsv4_bk_rmsnorm + dsv4_bk_linear).
+ * hc_pre: per row dsv4_op_hc_weights -> post [N, n], comb [N, n, n], and
+ *         y [N, D] = bf16(sum_j pre_j X[r, j]).
+ * hc_post: Xo [N, n, D] = bf16(post_k f + sum_j comb[j, k] X_j)   (ops.h dsv4_op_hc_expand).
+ * hc_head: mix [N, n]; pre = sigmoid(mix * scale + base) + eps; y = bf16(sum_j pre_j X_j). */
+dsv4_status dsv4_bk_hc_pre(dsv4_backend *b, float *y, float *post, float *comb, const float *X,
+                           const float *mix, const float *base, const float *scale, int64_t N,
+                           int n, int64_t D, int iters, float eps);
+dsv4_status dsv4_bk_hc_post(dsv4_backend *b, float *Xo, const float *X, const float *f,
+                            const float *post, const float *comb, int64_t N, int n, int64_t D);
+dsv4_status dsv4_bk_hc_head(dsv4_backend *b, float *y, const float *X, const float *mix,
+                            const float *base, float scale, int64_t N, int n, int64_t D, float eps);
+
+/* ---- attention state ---------------------------------------------------------------------- */
+/* win[slot][pos % R] = kv row r (already normalised, rotated, quantised).  kv [N, hd]. */
+dsv4_status dsv4_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
+                             const dsv4_bk_rows *rows);
+/* Compressor rows: ring_kv[slot][pos % Rc] = kv row r; ring_gate[...] = gate row r +
+ * ape[pos % m].  kv, gate [N, width]; ape [m, width]. */
+dsv4_status dsv4_bk_comp_store(dsv4_backend *b, float *ring_kv, float *ring_gate, int Rc, int width,
+                               const float *kv, const float *gate, const float *ape, int m,
+                               const dsv4_bk_rows *rows);
+/* Closes windows: for each row with (pos + 1) % m == 0, entry i = (pos + 1) / m - 1 of its slot
+ * is pooled from the ring exactly as forward_attn.c pool_entry does in faithful mode (overlap
+ * when width == 2 * dim: the previous window's first halves, then this window's second halves),
+ * RMSNorm(norm), RoPE at position i * m (freqs, last r dims), then quantised: is_index ->
+ * Hadamard + FP4 (block 32), else FP8 on the dim - r non-RoPE dims (block 64); each step
+ * bf16-rounded as there. -> ent[slot][i] (bf16). */
+dsv4_status dsv4_bk_comp_pool(dsv4_backend *b, uint16_t *ent, int64_t cap_e, const float *ring_kv,
+                              const float *ring_gate, int Rc, int width, int dim, int m,
+                              const float *norm, float eps, const float *freqs, int r, int is_index,
+                              const dsv4_bk_rows *rows);
+
+/* ---- lightning indexer -------------------------------------------------------------------- */
+/* iq [N, nh, d] in place: RoPE of the last r dims at pos[r] (freqs), then per head bf16,
+ * Hadamard (rotate_activation), FP4 (block 32): the faithful branch of forward_attn.c. */
+dsv4_status dsv4_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *rows, int nh, int d,
+                              int r, const float *freqs);
+/* Row r sees n_vis = (pos[r] + 1) / m entries of its slot; k = min(n_vis, topk). Scores as
+ * forward_attn.c faithful_index_scores (iq [N, nh, d], iw [N, nh], keys ent[slot] [cap_e, d]);
+ * the k best go to sel[r][0..k) in descending score order, equal scores lower index first;
+ * sel[r][k..topk) = -1.  sel [N, topk]. ws: dsv4_bk_indexer_ws_bytes(N, cap_e) bytes. */
+size_t dsv4_bk_indexer_ws_bytes(int64_t N, int64_t cap_e);
+dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq, const float *iw,
+                                 const uint16_t *ent, int64_t cap_e, int nh, int d, int m, int topk,
+                                 const dsv4_bk_rows *rows, void *ws);
+
+/* ---- attention ---------------------------------------------------------------------------
+ * o [N, H, hd] = bf16(attention) of q [N, H, hd] over, in this slot order (forward_attn.c
+ * attn_body, faithful): the window positions max(0, p-W+1) .. p (win ring, oldest first), then
+ * W - (count) empty slots, then the compressed entries: CSA (sel != NULL) ent[slot][sel[r][j]]
+ * for j < topk with sel >= 0; HCA (sel == NULL, m > 0) entries 0 .. (p+1)/m - 1; none when
+ * m == 0. Per head: faithful_attend_head (64-slot blocks, running max, bf16 p, sink[h] in the
+ * denominator), scale = hd^-0.5. */
+dsv4_status dsv4_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
+                              const uint16_t *win, int R, int W, const uint16_t *ent, int64_t cap_e,
+                              int m, const int32_t *sel, int topk, const float *sink,
+                              const dsv4_bk_rows *rows);
+
+/* ---- MoE ---------------------------------------------------------------------------------
+ * Router (forward_moe.c): scores = sqrt(softplus(logits [N, E])); hash layers (tid2eid != NULL:
+ * [vocab, K] int32 in backend memory, range-checked at load) take sel[r][j] = tid2eid[ids[r]][j];
+ * others the top-K of scores + bias (bias may be NULL) with dsv4_op_topk's order (ascending
+ * index). wts[r][j] = scores[sel] / (sum + 1e-20) * route_scale.  sel, wts [N, K]. */
+dsv4_status dsv4_bk_router(dsv4_backend *b, int32_t *sel, float *wts, const float *logits,
+                           const float *bias, const int32_t *tid2eid, const dsv4_bk_rows *rows,
+                           int E, int K, float route_scale);
+
+/* The experts of one layer in backend memory (an opaque table built once at load). `experts`
+ * [E] and `shared` are backend copies (dsv4_bk_weight_upload); they must outlive the table. */
+typedef struct dsv4_bk_experts dsv4_bk_experts;
+dsv4_status dsv4_bk_experts_create(dsv4_backend *b, const dsv4_expert_weights *experts, int E,
+                                   const dsv4_expert_weights *shared, dsv4_bk_experts **out);
+void dsv4_bk_experts_free(dsv4_backend *b, dsv4_bk_experts *t);
+/* out [N, D] = bf16(sum over the row's K routed experts + shared expert), faithful
+ * (forward_moe.c moe_body): each expert on act_quant(h): g = bf16(w1 x), u = bf16(w3 x),
+ * a = swiglu_clamped(g, u, limit) * wts (routed only), y = bf16(w2 act_quant(a)); the routed
+ * y summed in f32 in ascending expert order, then + shared, then bf16.
+ * h [N, D], sel/wts [N, K]. ws: dsv4_bk_moe_ws_bytes bytes. */
+size_t dsv4_bk_moe_ws_bytes(int64_t N, int K, int64_t D, int64_t I_max, int E);
+dsv4_status dsv4_bk_moe(dsv4_backend *b, float *out, const float *h, const int32_t *sel,
+                        const float *wts, const dsv4_bk_experts *t, int64_t N, int K, int64_t D,
+                        float limit, void *ws);
+
+/* ---- step machinery ----------------------------------------------------------------------
+ * Graphs (CUDA only; the CPU answers DSV4_ERR_UNSUPPORTED): everything enqueued between begin
+ * and end is captured, not run; launch replays it on the stream. */
+dsv4_status dsv4_bk_graph_begin(dsv4_backend *b);
+dsv4_status dsv4_bk_graph_end(dsv4_backend *b, void **graph);
+dsv4_status dsv4_bk_graph_launch(dsv4_backend *b, void *graph);
+void dsv4_bk_graph_free(dsv4_backend *b, void *graph);
+
+/* Per-op timing: while on, dsv4_bk_prof_mark(b, label) closes the interval since the previous
+ * mark and adds it to label's total (CUDA: events on the stream; CPU: wall clock). */
+dsv4_status dsv4_bk_prof_start(dsv4_backend *b);
+void dsv4_bk_prof_mark(dsv4_backend *b, const char *label);
+typedef struct dsv4_bk_prof_entry {
+    char label[48];
+    double ms; /* total */
+    int64_t calls;
+} dsv4_bk_prof_entry;
+/* Waits for the work, returns the totals in first-mark order (at most max) and stops. */
+int dsv4_bk_prof_stop(dsv4_backend *b, dsv4_bk_prof_entry *out, int max);
+
+#endif
