@@ -13,111 +13,6 @@
 #include <stdio.h>
 #include <string.h>
 
-/* ---- faithful mode (docs/numeric-modes.md): the official reference's arithmetic ----------- */
-
-/* Compressor pooling as the official Compressor (f32 softmax over the slots, weighted sum), with
- * the sums taken in double and rounded once, as tools/make_faithful_goldens.py does. */
-static void faithful_pool(float *out, const float *const *kv, const float *const *gate, int ns,
-                          int d)
-{
-    float e[256];
-    for (int i = 0; i < d; i++) {
-        float mx = -INFINITY;
-        for (int k = 0; k < ns; k++)
-            if (gate[k][i] > mx) mx = gate[k][i];
-        double sum = 0.0;
-        for (int k = 0; k < ns; k++) sum += e[k] = expf(gate[k][i] - mx);
-        const float fs = (float)sum;
-        double acc = 0.0;
-        for (int k = 0; k < ns; k++) acc += (double)kv[k][i] * (double)(e[k] / fs);
-        out[i] = (float)acc;
-    }
-}
-
-/* The per-head query norm of the official Attention, every op on bf16 tensors:
- * q *= rsqrt(mean(q^2) + eps) with q^2, the mean, the sum with eps, the rsqrt and the product
- * each rounded to bf16. q [n_vec, c] in place. */
-static void faithful_q_norm(float *q, int64_t n_vec, int c, float eps)
-{
-    for (int64_t v = 0; v < n_vec; v++) {
-        float *x = q + v * c;
-        double sum = 0.0;
-        for (int i = 0; i < c; i++) sum += dsv4_round_bf16(x[i] * x[i]);
-        const float m = dsv4_round_bf16((float)(sum / c));
-        const float r = dsv4_round_bf16(1.0f / sqrtf(dsv4_round_bf16(m + eps)));
-        for (int i = 0; i < c; i++) x[i] = dsv4_round_bf16(x[i] * r);
-    }
-}
-
-/* One head of the official sparse_attn_kernel: the slots (NULL = an empty slot, index -1) in
- * blocks of 64, in slot order; per block the scores q.k * scale, the running max of the scores
- * (the sink is not part of it), exps in f32 summed unrounded, the bf16-rounded exps times V
- * added to the rescaled accumulator; at the end the sink joins the denominator and the output is
- * rounded to bf16. Dot products and block sums in double, rounded once to f32. */
-enum { FAITHFUL_BLOCK = 64 };
-
-static void faithful_attend_head(float *out, const float *q, const float *const *slots, int64_t ns,
-                                 int c, float scale, float sink, double *contrib)
-{
-    float mx = -INFINITY, sum = 0.0f;
-    float s[FAITHFUL_BLOCK];
-    for (int i = 0; i < c; i++) out[i] = 0.0f;
-    for (int64_t b0 = 0; b0 < ns; b0 += FAITHFUL_BLOCK) {
-        const int nb = ns - b0 < FAITHFUL_BLOCK ? (int)(ns - b0) : FAITHFUL_BLOCK;
-        float bm = -INFINITY;
-        for (int k = 0; k < nb; k++) {
-            const float *kv = slots[b0 + k];
-            if (!kv) {
-                s[k] = -INFINITY;
-                continue;
-            }
-            double acc = 0.0;
-            for (int i = 0; i < c; i++) acc += (double)q[i] * kv[i];
-            s[k] = (float)acc * scale;
-            if (s[k] > bm) bm = s[k];
-        }
-        const float m_new = bm > mx ? bm : mx;
-        if (m_new == -INFINITY) continue; /* nothing valid yet */
-        const float alpha = mx == -INFINITY ? 0.0f : expf(mx - m_new);
-        double bsum = 0.0;
-        for (int i = 0; i < c; i++) contrib[i] = 0.0;
-        for (int k = 0; k < nb; k++) {
-            const float *kv = slots[b0 + k];
-            if (!kv) continue;
-            const float e = expf(s[k] - m_new);
-            bsum += e;
-            const double p = dsv4_round_bf16(e);
-            for (int i = 0; i < c; i++) contrib[i] += p * kv[i];
-        }
-        sum = sum * alpha + (float)bsum;
-        for (int i = 0; i < c; i++) out[i] = out[i] * alpha + (float)contrib[i];
-        mx = m_new;
-    }
-    sum += expf(sink - mx);
-    for (int i = 0; i < c; i++) out[i] = dsv4_round_bf16(out[i] / sum);
-}
-
-/* The official Indexer's scores of one query against n_e keys: per head the bf16 GEMM output
- * bf16(q.k), relu, times the head weight (bf16 product), the sum over heads rounded to bf16.
- * q [nh, d], w [nh] (bf16(bf16(weights_proj x) * d^-0.5 nh^-0.5)), keys [n_e, d] -> s [n_e]. */
-static void faithful_index_scores(float *sc, const float *q, const float *w, const float *keys,
-                                  int64_t n_e, int nh, int d)
-{
-    for (int64_t e = 0; e < n_e; e++) {
-        const float *k = keys + e * d;
-        double tot = 0.0;
-        for (int h = 0; h < nh; h++) {
-            const float *qh = q + (int64_t)h * d;
-            double acc = 0.0;
-            for (int i = 0; i < d; i++) acc += (double)qh[i] * k[i];
-            float v = dsv4_round_bf16((float)acc);
-            v = v > 0.0f ? v : 0.0f;
-            tot += dsv4_round_bf16(v * w[h]);
-        }
-        sc[e] = dsv4_round_bf16((float)tot);
-    }
-}
-
 /* Pools entry i of compressor `cs` (window [i*m, (i+1)*m)), then RMSNorm and RoPE at position
  * i*m. With overlap (CSA) the slots are the previous window's first halves (none for i = 0)
  * followed by this window's second halves. -> entries[i] [dim] */
@@ -142,7 +37,7 @@ static void pool_entry(dsv4_session *s, dsv4_comp_state *cs, const float *norm, 
     float *e = cs->entries + i * d;
     const int r = s->cfg->rope_dim;
     if (s->opt.mode == DSV4_MODE_FAITHFUL)
-        faithful_pool(e, kvp, gp, ns, d);
+        dsv4_op_faithful_pool(e, kvp, gp, ns, d);
     else
         dsv4_op_compress_pool(e, kvp, gp, ns, d);
     dsv4_fw_bf16(s, e, d);
@@ -202,8 +97,8 @@ static void index_token(index_job *j, int64_t t, float *sc)
     if (k == 0) return;
     int32_t *sel = j->sel + t * j->topk;
     if (j->s->opt.mode == DSV4_MODE_FAITHFUL) {
-        faithful_index_scores(sc, j->q + t * j->nh * j->d, j->w + t * j->nh, j->ic->entries, nvis,
-                              j->nh, j->d);
+        dsv4_op_faithful_index_scores(sc, j->q + t * j->nh * j->d, j->w + t * j->nh, j->ic->entries,
+                                      nvis, j->nh, j->d);
         dsv4_op_topk(sel, sc, nvis, k);
         /* the official top-k hands its picks to the attention in score order (bf16 ties: the
          * lower index first); the slot order decides the kernel's 64-slot blocks */
@@ -251,8 +146,8 @@ static void attend_item(const attend_job *j, int64_t i, float *scratch, double *
     const int64_t nk = j->koff[t + 1] - j->koff[t];
     const int64_t off = (t * j->H + hh) * j->c;
     if (j->bf16_p)
-        faithful_attend_head(j->o + off, j->q + off, j->keys + j->koff[t], nk, j->c, j->scale,
-                             j->sink[hh], contrib);
+        dsv4_op_faithful_attend_head(j->o + off, j->q + off, j->keys + j->koff[t], nk, j->c,
+                                     j->scale, j->sink[hh], contrib);
     else
         dsv4_op_attend_head(j->o + off, j->q + off, j->keys + j->koff[t], nk, j->c, j->scale,
                             j->sink[hh], scratch, 0);
@@ -291,7 +186,7 @@ static dsv4_status attn_body(dsv4_session *s, int li, const float *h, int64_t T,
     dsv4_fw_bf16(s, b->qr, T * ql);
     DSV4_TRY(dsv4_fw_linear_q(s, &lw->wq_b, b->qr, T, b->q));
     if (faithful)
-        faithful_q_norm(b->q, T * H, hd, eps);
+        dsv4_op_faithful_q_norm(b->q, T * H, hd, eps);
     else
         dsv4_op_rmsnorm(b->q, b->q, NULL, T * H, hd, eps);
     for (int64_t t = 0; t < T; t++) dsv4_op_rope(b->q + t * Hc, H, hd, r, freqs, p0 + t, 0);

@@ -99,4 +99,22 @@ void dsv4_op_router_weights(float *w, const float *scores, const int32_t *idx, i
 /* Clamped SwiGLU: g [n], u [n] -> g [n] = silu(min(g, limit)) * clamp(u, -limit, limit). */
 void dsv4_op_swiglu_clamped(float *g, const float *u, int64_t n, float limit);
 
+/* ---- faithful mode (ops_faithful.c): the official reference's arithmetic ------------------
+ * faithful_pool: dsv4_op_compress_pool as the official Compressor (f32 softmax over the slots,
+ *   sums in double rounded once); ns <= 256.
+ * faithful_q_norm: the official per-head query norm with every op rounded to bf16;
+ *   q [n_vec, c] in place.
+ * faithful_attend_head: one head of the official sparse_attn_kernel: slots (NULL = empty, index
+ *   -1) in blocks of 64, running max without the sink, f32 exps, bf16-rounded exps times V, the
+ *   sink in the final denominator, output rounded to bf16; contrib [c] scratch.
+ * faithful_index_scores: the official indexer's scores: per head bf16(q.k), relu, bf16(* w[h]),
+ *   summed over heads, rounded to bf16.  q [nh, d], w [nh], keys [n_e, d] -> s [n_e]. */
+void dsv4_op_faithful_pool(float *out, const float *const *kv, const float *const *gate, int ns,
+                           int d);
+void dsv4_op_faithful_q_norm(float *q, int64_t n_vec, int c, float eps);
+void dsv4_op_faithful_attend_head(float *out, const float *q, const float *const *slots, int64_t ns,
+                                  int c, float scale, float sink, double *contrib);
+void dsv4_op_faithful_index_scores(float *s, const float *q, const float *w, const float *keys,
+                                   int64_t n_e, int nh, int d);
+
 #endif
