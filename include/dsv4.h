@@ -92,10 +92,10 @@ typedef enum dsv4_weight_format {
     DSV4_FORMAT_F32 = 0,
     DSV4_FORMAT_BF16 = 1,
     DSV4_FORMAT_F16 = 2,
-    DSV4_FORMAT_FP8 = 3,      /* e4m3 with ue8m0 (or f32) 128x128 block scales */
-    DSV4_FORMAT_MXFP4 = 4,    /* e2m1 pairs with ue8m0 scales per 32 inputs */
-    DSV4_FORMAT_NVFP4 = 5,    /* e2m1 pairs with e4m3 scales per 16 inputs and an f32 global */
-    DSV4_FORMAT_INT = 6,      /* integer tables (tid2eid) */
+    DSV4_FORMAT_FP8 = 3,   /* e4m3 with ue8m0 (or f32) 128x128 block scales */
+    DSV4_FORMAT_MXFP4 = 4, /* e2m1 pairs with ue8m0 scales per 32 inputs */
+    DSV4_FORMAT_NVFP4 = 5, /* e2m1 pairs with e4m3 scales per 16 inputs and an f32 global */
+    DSV4_FORMAT_INT = 6,   /* integer tables (tid2eid) */
     DSV4_FORMAT_COUNT = 7
 } dsv4_weight_format;
 
@@ -122,23 +122,23 @@ typedef struct dsv4_model_info {
     float yarn_factor, yarn_beta_fast, yarn_beta_slow;
     int64_t yarn_original_max_position;
     int bos_token_id, eos_token_id;
-    int64_t total_params;                         /* logical elements, scales excluded */
-    int64_t mtp_params;                           /* of which in mtp.* */
-    uint64_t total_bytes;                         /* as stored, scales included */
-    uint64_t bytes_by_format[DSV4_FORMAT_COUNT];  /* weight bytes + their scales */
+    int64_t total_params;                        /* logical elements, scales excluded */
+    int64_t mtp_params;                          /* of which in mtp.* */
+    uint64_t total_bytes;                        /* as stored, scales included */
+    uint64_t bytes_by_format[DSV4_FORMAT_COUNT]; /* weight bytes + their scales */
     int64_t params_by_format[DSV4_FORMAT_COUNT];
-    int num_files;                                /* safetensors shards mapped */
+    int num_files; /* safetensors shards mapped */
 } dsv4_model_info;
 
 typedef struct dsv4_layer_info {
-    int index;                  /* 0..num_layers-1; num_layers.. for MTP blocks */
+    int index; /* 0..num_layers-1; num_layers.. for MTP blocks */
     int is_mtp;
-    int compress_ratio;         /* 0, 4, 128 */
+    int compress_ratio; /* 0, 4, 128 */
     dsv4_attention_kind attention;
-    int hash_routed;            /* 1: experts picked by tid2eid[token] */
-    dsv4_weight_format attn_format;    /* format of wq_a (the attention projections) */
-    dsv4_weight_format expert_format;  /* format of the routed experts */
-    uint64_t bytes;             /* all weights of this layer as stored */
+    int hash_routed;                  /* 1: experts picked by tid2eid[token] */
+    dsv4_weight_format attn_format;   /* format of wq_a (the attention projections) */
+    dsv4_weight_format expert_format; /* format of the routed experts */
+    uint64_t bytes;                   /* all weights of this layer as stored */
 } dsv4_layer_info;
 
 dsv4_status dsv4_model_get_info(const dsv4_model *model, dsv4_model_info *info);
@@ -150,8 +150,8 @@ dsv4_status dsv4_model_get_layer_info(const dsv4_model *model, int i, dsv4_layer
  * entries + indexer keys), and an activation workspace estimate. */
 typedef struct dsv4_memory_plan {
     uint64_t weight_bytes;
-    uint64_t state_bytes_per_token;   /* per sequence, averaged over a `context`-token run */
-    uint64_t state_bytes;             /* batch * context tokens of state */
+    uint64_t state_bytes_per_token; /* per sequence, averaged over a `context`-token run */
+    uint64_t state_bytes;           /* batch * context tokens of state */
     uint64_t workspace_bytes;
     uint64_t total_bytes;
 } dsv4_memory_plan;
@@ -185,7 +185,7 @@ const char *dsv4_tokenizer_id_to_token(const dsv4_tokenizer *tok, int32_t id);
 int dsv4_tokenizer_is_special(const dsv4_tokenizer *tok, int32_t id);
 
 /* Flags of dsv4_tokenizer_encode. */
-#define DSV4_ENCODE_SPLIT_SPECIAL 1u  /* special tokens written in the text are plain text */
+#define DSV4_ENCODE_SPLIT_SPECIAL  1u /* special tokens written in the text are plain text */
 #define DSV4_ENCODE_REJECT_INVALID 2u /* invalid UTF-8 is DSV4_ERR_INPUT (default: see below) */
 
 /* Encodes `len` bytes of `text` into ids, as HF `tokenizers` encodes the same string (no BOS is
@@ -219,8 +219,7 @@ typedef struct dsv4_detokenizer dsv4_detokenizer;
 dsv4_status dsv4_detokenizer_open(const dsv4_tokenizer *tok, unsigned flags,
                                   dsv4_detokenizer **out);
 /* Adds one id; *text and *len receive the newly final text (possibly empty). */
-dsv4_status dsv4_detokenizer_push(dsv4_detokenizer *d, int32_t id, const char **text,
-                                  size_t *len);
+dsv4_status dsv4_detokenizer_push(dsv4_detokenizer *d, int32_t id, const char **text, size_t *len);
 /* At the end of a stream: returns whatever is still held back. */
 dsv4_status dsv4_detokenizer_flush(dsv4_detokenizer *d, const char **text, size_t *len);
 void dsv4_detokenizer_close(dsv4_detokenizer *d);
@@ -263,10 +262,10 @@ typedef enum dsv4_reasoning_effort {
 } dsv4_reasoning_effort;
 
 typedef struct dsv4_chat_options {
-    int thinking;          /* 1: thinking mode (<think> after <｜Assistant｜>), 0: chat (</think>) */
-    int keep_reasoning;    /* 1: keep every past turn's reasoning (the official drop_thinking=False) */
+    int thinking;       /* 1: thinking mode (<think> after <｜Assistant｜>), 0: chat (</think>) */
+    int keep_reasoning; /* 1: keep every past turn's reasoning (the official drop_thinking=False) */
     dsv4_reasoning_effort reasoning_effort;
-    int no_bos;            /* 1: do not start with <｜begin▁of▁sentence｜> (continuing a context) */
+    int no_bos; /* 1: do not start with <｜begin▁of▁sentence｜> (continuing a context) */
 } dsv4_chat_options;
 
 /* Renders messages into the prompt text, by the rules of DeepSeek's encoding_dsv4.py:
@@ -289,11 +288,11 @@ dsv4_status dsv4_chat_render_json(const char *json, size_t len, char **out);
 /* A completion parsed into its parts. All memory is owned by the struct: release it with
  * dsv4_chat_parsed_free. Tool call arguments are JSON object text. */
 typedef struct dsv4_chat_parsed {
-    char *reasoning;          /* "" in chat mode */
+    char *reasoning; /* "" in chat mode */
     char *content;
     dsv4_tool_call *tool_calls;
     size_t n_tool_calls;
-    int finished;             /* 1 when the end-of-sentence token was seen */
+    int finished; /* 1 when the end-of-sentence token was seen */
 } dsv4_chat_parsed;
 
 void dsv4_chat_parsed_free(dsv4_chat_parsed *p);
@@ -310,11 +309,11 @@ typedef struct dsv4_chat_parser dsv4_chat_parser;
 typedef struct dsv4_chat_delta {
     const char *reasoning; /* new reasoning text (not NUL-terminated; may be empty) */
     size_t reasoning_len;
-    const char *content;   /* new content text */
+    const char *content; /* new content text */
     size_t content_len;
     const dsv4_tool_call *tool_calls; /* tool calls completed by this push */
     size_t n_tool_calls;
-    int finished;          /* EOS seen: the reply is complete */
+    int finished; /* EOS seen: the reply is complete */
 } dsv4_chat_delta;
 
 dsv4_status dsv4_chat_parser_open(int thinking, dsv4_chat_parser **out);
@@ -324,7 +323,6 @@ dsv4_status dsv4_chat_parser_push(dsv4_chat_parser *p, const char *text, size_t 
 /* End of the text: releases held-back text; an unfinished tool-call block is DSV4_ERR_INPUT. */
 dsv4_status dsv4_chat_parser_finish(dsv4_chat_parser *p, dsv4_chat_delta *delta);
 void dsv4_chat_parser_close(dsv4_chat_parser *p);
-
 
 /* ------------------------------------------------------------------------------------------
  * Sessions: one sequence's forward pass on the CPU (the reference backend)
@@ -347,10 +345,18 @@ typedef enum dsv4_numeric_mode {
 typedef struct dsv4_session_options {
     dsv4_numeric_mode mode;
     int n_threads;       /* <= 0: one per online CPU */
-    int64_t max_context; /* tokens the session may hold; <= 0: the model's max_position_embeddings */
+    int64_t max_context; /* tokens the session may hold; <= 0: the model's max_position_embeddings
+                            (CUDA: at most DSV4_CUDA_DEFAULT_CONTEXT) */
+    /* DSV4_DEVICE_CPU (default), CUDA or AUTO (CUDA when a GPU answers). CUDA sessions run the
+     * batched engine in faithful mode only; they share one copy of the weights on the GPU per
+     * model (up to DSV4_CUDA_SESSIONS sessions at once); a truncation re-runs the kept prefix;
+     * capture hooks and MTP drafts are CPU features. */
+    dsv4_device_kind device;
 } dsv4_session_options;
 
-/* Fills *o with the defaults: faithful mode, all CPUs, the model's context length. */
+enum { DSV4_CUDA_DEFAULT_CONTEXT = 65536, DSV4_CUDA_SESSIONS = 4 };
+
+/* Fills *o with the defaults: faithful mode, all CPUs, the model's context length, the CPU. */
 void dsv4_session_options_default(dsv4_session_options *o);
 
 /* Creates an empty session (position 0) on `m`. `o` may be NULL (defaults). A model this
@@ -482,12 +488,12 @@ dsv4_status dsv4_sampler_sample(dsv4_sampler *s, const float *logits, int32_t *i
 /* Why generation stopped. */
 typedef enum dsv4_stop_reason {
     DSV4_STOP_NONE = 0,
-    DSV4_STOP_EOS = 1,         /* the end-of-sentence token */
-    DSV4_STOP_USER_TURN = 2,   /* <｜User｜>: the model opened a new turn */
-    DSV4_STOP_STRING = 3,      /* a user stop string appeared in the text */
-    DSV4_STOP_MAX_TOKENS = 4,  /* max_tokens generated */
-    DSV4_STOP_CONTEXT = 5,     /* prompt + generated tokens reached the session's max_context */
-    DSV4_STOP_CALLER = 6       /* the token callback asked to stop */
+    DSV4_STOP_EOS = 1,        /* the end-of-sentence token */
+    DSV4_STOP_USER_TURN = 2,  /* <｜User｜>: the model opened a new turn */
+    DSV4_STOP_STRING = 3,     /* a user stop string appeared in the text */
+    DSV4_STOP_MAX_TOKENS = 4, /* max_tokens generated */
+    DSV4_STOP_CONTEXT = 5,    /* prompt + generated tokens reached the session's max_context */
+    DSV4_STOP_CALLER = 6      /* the token callback asked to stop */
 } dsv4_stop_reason;
 
 /* "eos", "user_turn", "stop_string", "max_tokens", "context", "caller", "none". */
@@ -500,16 +506,16 @@ typedef struct dsv4_token_logprob {
 
 /* One generated token, as passed to the callback (pointers valid during the call only). */
 typedef struct dsv4_gen_token {
-    int64_t index;  /* 0 for the first generated token */
+    int64_t index; /* 0 for the first generated token */
     int32_t id;
-    float logprob;  /* log-probability under the model (log_softmax of the raw logits) */
+    float logprob;    /* log-probability under the model (log_softmax of the raw logits) */
     const char *text; /* the output text this token made final, stop strings removed: held-back
                          bytes (an unfinished UTF-8 character, a possible stop-string start)
                          come with a later token; the concatenation is the whole output */
     size_t text_len;
     const dsv4_token_logprob *top; /* top_logprobs alternatives, most likely first */
     int n_top;
-    int is_stop;    /* an EOS / <｜User｜> token that ended generation: its text is not output */
+    int is_stop; /* an EOS / <｜User｜> token that ended generation: its text is not output */
 } dsv4_gen_token;
 
 /* Called once per generated token; a non-zero return stops generation (DSV4_STOP_CALLER). */
@@ -520,11 +526,11 @@ typedef struct dsv4_gen_options {
     int64_t max_tokens;      /* <= 0: no limit (the context still stops it) */
     const char *const *stop; /* stop strings (non-empty), matched across token boundaries */
     size_t n_stop;
-    int32_t eos_id;          /* -1: the tokenizer's <｜end▁of▁sentence｜> */
-    int32_t user_id;         /* -1: the tokenizer's <｜User｜> (none if it has none) */
-    int ignore_eos;          /* 1: EOS and <｜User｜> are ordinary tokens */
-    int top_logprobs;        /* 0..20 alternatives per token */
-    unsigned decode_flags;   /* DSV4_DECODE_* for the text */
+    int32_t eos_id;        /* -1: the tokenizer's <｜end▁of▁sentence｜> */
+    int32_t user_id;       /* -1: the tokenizer's <｜User｜> (none if it has none) */
+    int ignore_eos;        /* 1: EOS and <｜User｜> are ordinary tokens */
+    int top_logprobs;      /* 0..20 alternatives per token */
+    unsigned decode_flags; /* DSV4_DECODE_* for the text */
 } dsv4_gen_options;
 
 /* Defaults: sampler defaults, no max_tokens, no stop strings, eos_id/user_id -1. */

@@ -22,6 +22,7 @@ void cli_gen_defaults(cli_gen_args *a, int64_t max_tokens)
     memset(a, 0, sizeof *a);
     dsv4_gen_options_default(&a->gen);
     dsv4_session_options_default(&a->session);
+    a->session.device = DSV4_DEVICE_AUTO; /* the CLI uses the GPU when one answers */
     a->gen.max_tokens = max_tokens;
     a->gen.stop = a->stop;
     a->gen.sampling.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
@@ -118,6 +119,15 @@ int cli_gen_flag(const char *cmd, int argc, char **argv, int *i, cli_gen_args *a
         if (!v || !*v) return bad_value(cmd, f, v, "a non-empty string");
         if (a->gen.n_stop == CLI_MAX_STOP) return bad_value(cmd, f, v, "at most 16 stop strings");
         a->stop[a->gen.n_stop++] = v;
+    } else if (!strcmp(f, "--device")) {
+        if (v && !strcmp(v, "auto"))
+            a->session.device = DSV4_DEVICE_AUTO;
+        else if (v && !strcmp(v, "cpu"))
+            a->session.device = DSV4_DEVICE_CPU;
+        else if (v && !strcmp(v, "cuda"))
+            a->session.device = DSV4_DEVICE_CUDA;
+        else
+            return bad_value(cmd, f, v, "auto, cpu or cuda");
     } else if (!strcmp(f, "--mode")) {
         if (v && !strcmp(v, "exact"))
             a->session.mode = DSV4_MODE_EXACT;
@@ -173,6 +183,8 @@ void cli_gen_usage(FILE *f)
                "  --mode exact|faithful    numerics (default faithful; exact = HF float32)\n"
                "  --context N              context length (default: the model's)\n"
                "  --threads N              CPU threads (default: all)\n"
+               "  --device auto|cpu|cuda   where to run (default auto: the GPU when one answers;\n"
+               "                           the GPU runs faithful mode, exact mode the CPU)\n"
                "sampling (defaults: the model card's temperature 1, top-p 1):\n"
                "  --temperature, --temp T  0 = greedy\n"
                "  --top-k K  --top-p P  --min-p P\n"

@@ -66,6 +66,9 @@ dsv4_status dsv4_engine_slot_seek(dsv4_engine *e, int slot, int64_t pos);
  * token (NULL: none). */
 dsv4_status dsv4_engine_prefill(dsv4_engine *e, int slot, const int32_t *ids, int64_t n,
                                 float *logits);
+/* As dsv4_engine_prefill, with logits host [n, V] for every token (scoring). */
+dsv4_status dsv4_engine_prefill_all(dsv4_engine *e, int slot, const int32_t *ids, int64_t n,
+                                    float *logits);
 /* One token for each of n distinct slots (n <= max_chunk). logits: host [n, V] (NULL: left on
  * the device, dsv4_engine_logits). With graphs on, the step is replayed from the graph of the
  * smallest bucket >= n (captured on first use). */

@@ -99,6 +99,8 @@ dsv4_status dsv4_session_mtp_draft(dsv4_session *s, int32_t next_token, float *l
 {
     dsv4_clear_error();
     if (!s) return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_session_mtp_draft: session is NULL");
+    if (s->eng)
+        return dsv4_fail(DSV4_ERR_UNSUPPORTED, "MTP drafts run on the CPU only (--device cpu)");
     const dsv4_config *c = s->cfg;
     if (s->n_mtp == 0)
         return dsv4_fail(DSV4_ERR_UNSUPPORTED,

@@ -1,6 +1,7 @@
 /*
  * model.c - the dsv4_model handle: open (config + shards + bind), describe, plan memory.
  */
+#include "engine/engine.h"
 #include "model/model.h"
 #include "core/error.h"
 #include "model/schema.h"
@@ -34,6 +35,7 @@ const char *dsv4_weight_format_name(dsv4_weight_format format)
 void dsv4_model_close(dsv4_model *m)
 {
     if (!m) return;
+    dsv4_engine_destroy(m->engine);
     dsv4_checkpoint_free(m);
     st_set_close(m->set);
     free(m->dir);

@@ -16,6 +16,7 @@ void dsv4_session_options_default(dsv4_session_options *o)
     o->mode = DSV4_MODE_FAITHFUL;
     o->n_threads = 0;
     o->max_context = 0;
+    o->device = DSV4_DEVICE_CPU;
 }
 
 int dsv4_model_vocab_size(const dsv4_model *m)
@@ -58,6 +59,7 @@ static void consts_free(dsv4_layer_consts *k)
 void dsv4_session_close(dsv4_session *s)
 {
     if (!s) return;
+    dsv4_session_gpu_close(s);
     const int L = s->n_layers;
     if (s->lc)
         for (int i = 0; i < L; i++) consts_free(&s->lc[i]);
@@ -196,6 +198,24 @@ dsv4_status dsv4_session_create(dsv4_model *m, const dsv4_session_options *o, ds
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "numeric mode %d is neither exact nor faithful",
                          mode);
     }
+    dsv4_device_kind dev = s->opt.device;
+    if (dev == DSV4_DEVICE_AUTO && s->opt.mode == DSV4_MODE_EXACT) dev = DSV4_DEVICE_CPU;
+    if (dev == DSV4_DEVICE_AUTO || dev == DSV4_DEVICE_CUDA) {
+        dsv4_status st = dsv4_device_resolve(dev, &dev, NULL, 0);
+        if (st == DSV4_OK && dev == DSV4_DEVICE_CUDA) st = dsv4_session_gpu_open(s);
+        if (st != DSV4_OK || dev == DSV4_DEVICE_CUDA) {
+            if (st != DSV4_OK) {
+                dsv4_session_close(s);
+                return st;
+            }
+            *out = s;
+            return DSV4_OK;
+        }
+    } else if (dev != DSV4_DEVICE_CPU) {
+        free(s);
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "device %d is not auto, cpu or cuda", (int)dev);
+    }
+    s->opt.device = DSV4_DEVICE_CPU;
     if (s->opt.max_context <= 0) s->opt.max_context = c->max_position_embeddings;
     s->n_layers = m->w.n_layers > c->num_layers ? m->w.n_layers : c->num_layers;
     s->n_mtp = s->n_layers - c->num_layers;
@@ -298,6 +318,7 @@ dsv4_status dsv4_session_eval(dsv4_session *s, const int32_t *ids, int64_t n, fl
         return dsv4_fail(DSV4_ERR_CONTEXT_OVERFLOW,
                          "%lld tokens after %lld would exceed the session's context of %lld",
                          (long long)n, (long long)s->pos, (long long)s->opt.max_context);
+    if (s->eng) return dsv4_session_gpu_eval(s, ids, n, logits, all_positions);
     DSV4_TRY(reserve(s, s->pos + n));
     memcpy(s->ids + s->pos, ids, (size_t)n * sizeof *ids);
     const int64_t p0 = s->pos;
@@ -323,6 +344,7 @@ dsv4_status dsv4_session_truncate(dsv4_session *s, int64_t n_tokens)
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
                          "dsv4_session_truncate: %lld tokens is outside [0, %lld]",
                          (long long)n_tokens, (long long)s->pos);
+    if (s->eng) return dsv4_session_gpu_truncate(s, n_tokens);
     truncate_to(s, n_tokens);
     return DSV4_OK;
 }
@@ -343,6 +365,12 @@ dsv4_status dsv4_session_fork(const dsv4_session *s, dsv4_session **out)
     *out = NULL;
     dsv4_session *d = NULL;
     DSV4_TRY(dsv4_session_create(s->m, &s->opt, &d));
+    if (s->eng) {
+        dsv4_status st = dsv4_session_gpu_fork(s, d);
+        if (st != DSV4_OK) dsv4_session_close(d), d = NULL;
+        *out = d;
+        return st;
+    }
     dsv4_status st = reserve(d, s->pos > 0 ? s->pos : 1);
     if (st != DSV4_OK) {
         dsv4_session_close(d);

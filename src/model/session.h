@@ -80,7 +80,20 @@ struct dsv4_session {
 
     /* Every per-step temporary of the forward pass (workspace.h); owned by the session. */
     dsv4_workspace ws;
+
+    /* CUDA sessions (session_gpu.c): the model's engine and this session's slot in it; only
+     * pos, cap and ids above are used then. NULL for CPU sessions. */
+    struct dsv4_engine *eng;
+    int slot;
 };
+
+/* The CUDA branch of the public session calls (model/session_gpu.c). */
+dsv4_status dsv4_session_gpu_open(dsv4_session *s);
+void dsv4_session_gpu_close(dsv4_session *s);
+dsv4_status dsv4_session_gpu_eval(dsv4_session *s, const int32_t *ids, int64_t n, float *logits,
+                                  int all_positions);
+dsv4_status dsv4_session_gpu_truncate(dsv4_session *s, int64_t n);
+dsv4_status dsv4_session_gpu_fork(const dsv4_session *s, dsv4_session *d);
 
 /* One block (main layer or MTP block `li`) at positions s->pos .. s->pos+T-1: b->X [T, n, D]
  * -> b->X after the attention and FFN sites. ids [T]: the tokens hash routing reads. */

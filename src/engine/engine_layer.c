@@ -1,0 +1,194 @@
+/*
+ * engine_layer.c - the layer loop of the batched engine, written once against backend.h so
+ * that the same code runs a step on the CPU and on the GPU:
+ *
+ *   embed -> n residual streams -> per layer { mHC site -> attention, mHC site -> MoE }
+ *         -> head collapse -> final RMSNorm (-> LM head, engine.c)
+ *
+ * Every line mirrors the faithful branch of the session forward (model/forward.c,
+ * forward_attn.c, forward_moe.c), which tests check against transformers; here the rows of a
+ * step may belong to different sequences (dsv4_bk_rows) and the state lives in rings
+ * (engine_internal.h). Each op is followed by a timing mark (free unless profiling is on).
+ */
+#include "core/error.h"
+#include "engine/engine_internal.h"
+
+#include <math.h>
+
+#define MARK(label) dsv4_bk_prof_mark(e->b, label)
+
+/* The rows of the step (uploaded by engine.c into e->s.rows). */
+static dsv4_bk_rows step_rows(const dsv4_engine *e, int n)
+{
+    const int32_t *r = e->s.rows;
+    const int mc = e->o.max_chunk;
+    return (dsv4_bk_rows){n, r, r + mc, r + 2 * mc};
+}
+
+/* One mHC site before a sublayer: X [N, n, D] -> post, comb, y = bf16(sum pre_j X_j), then
+ * h = bf16(RMSNorm(y) * norm). */
+static dsv4_status hc_site(dsv4_engine *e, const dsv4_weight *fn, const float *base,
+                           const float *scale, const float *norm, int N)
+{
+    const dsv4_config *c = e->c;
+    const int n = c->hc_mult;
+    const int64_t D = c->hidden_size, nD = n * D, mixn = (int64_t)(2 + n) * n;
+    eng_scratch *s = &e->s;
+    DSV4_TRY(dsv4_bk_rmsnorm(e->b, s->flat, nD, s->X, nD, NULL, N, nD, c->rms_norm_eps, 0));
+    DSV4_TRY(dsv4_bk_linear(e->b, fn, 0, mixn, s->flat, nD, N, s->mix, mixn, 0));
+    DSV4_TRY(dsv4_bk_hc_pre(e->b, s->y, s->post, s->comb, s->X, s->mix, base, scale, N, n, D,
+                            c->hc_sinkhorn_iters, c->hc_eps));
+    DSV4_TRY(dsv4_bk_rmsnorm(e->b, s->h, D, s->y, D, norm, N, D, c->rms_norm_eps, 1));
+    MARK("mhc.pre");
+    return DSV4_OK;
+}
+
+/* After the sublayer: X' = bf16(post f + comb^T X); swaps X and Xo. */
+static dsv4_status hc_post(dsv4_engine *e, int N)
+{
+    eng_scratch *s = &e->s;
+    DSV4_TRY(dsv4_bk_hc_post(e->b, s->Xo, s->X, s->f, s->post, s->comb, N, e->c->hc_mult,
+                             e->c->hidden_size));
+    float *t = s->X;
+    s->X = s->Xo;
+    s->Xo = t;
+    MARK("mhc.post");
+    return DSV4_OK;
+}
+
+/* y [N, w->rows] = bf16(w . act_quant(x)): a projection the official model runs as an FP8/FP4
+ * GEMM (dsv4_fw_linear_q). xq: the quantised copy (may already hold it: quantise = 0). */
+static dsv4_status linear_q(dsv4_engine *e, const dsv4_weight *w, const float *x, float *xq,
+                            int quantise, int N, float *y)
+{
+    if (quantise) DSV4_TRY(dsv4_bk_act_quant(e->b, xq, w->cols, x, w->cols, N, w->cols, 128));
+    return dsv4_bk_linear(e->b, w, 0, w->rows, xq, w->cols, N, y, w->rows, 1);
+}
+
+/* A compressor's new rows and the windows they close (forward_attn.c comp_append). */
+static dsv4_status compress(dsv4_engine *e, const dsv4_compressor_weights *cw, eng_comp *cs,
+                            int is_index, const dsv4_bk_rows *rows)
+{
+    const dsv4_config *c = e->c;
+    eng_scratch *s = &e->s;
+    const int N = rows->n, Rc = cs->ratio == 4 ? e->Rc4 : e->Rc128;
+    DSV4_TRY(
+        dsv4_bk_linear(e->b, &cw->wkv, 0, cs->width, s->h, c->hidden_size, N, s->ck, cs->width, 0));
+    DSV4_TRY(dsv4_bk_linear(e->b, &cw->wgate, 0, cs->width, s->h, c->hidden_size, N, s->cg,
+                            cs->width, 0));
+    MARK(is_index ? "index.comp_proj" : "comp.proj");
+    DSV4_TRY(dsv4_bk_comp_store(e->b, cs->ring_kv, cs->ring_gate, Rc, cs->width, s->ck, s->cg,
+                                cs->ape, cs->ratio, rows));
+    DSV4_TRY(dsv4_bk_comp_pool(e->b, cs->ent, cs->cap, cs->ring_kv, cs->ring_gate, Rc, cs->width,
+                               cs->dim, cs->ratio, cs->norm, c->rms_norm_eps, e->rope_comp,
+                               c->rope_dim, is_index, rows));
+    MARK(is_index ? "index.comp_pool" : "comp.pool");
+    return DSV4_OK;
+}
+
+/* The attention sublayer: s->h [N, D] -> s->f [N, D] (forward_attn.c attn_body, faithful). */
+static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *rows)
+{
+    const dsv4_config *c = e->c;
+    eng_scratch *s = &e->s;
+    const dsv4_layer_weights *w = &L->w;
+    const int N = rows->n, H = c->num_heads, hd = c->head_dim, r = c->rope_dim;
+    const int64_t D = c->hidden_size, Hc = (int64_t)H * hd, ql = c->q_lora_rank;
+    const float eps = c->rms_norm_eps;
+    const float *freqs = L->ratio ? e->rope_comp : e->rope_main;
+
+    /* queries: h -> qr (q_norm) -> q (per-head norm, RoPE) */
+    DSV4_TRY(linear_q(e, &w->wq_a, s->h, s->xh, 1, N, s->qr));
+    DSV4_TRY(dsv4_bk_rmsnorm(e->b, s->qr, ql, s->qr, ql, L->q_norm, N, ql, eps, 1));
+    DSV4_TRY(linear_q(e, &w->wq_b, s->qr, s->xq, 1, N, s->q)); /* s->xq keeps act_quant(qr) */
+    DSV4_TRY(dsv4_bk_head_norm_bf16(e->b, s->q, (int64_t)N * H, hd, eps));
+    DSV4_TRY(dsv4_bk_rope(e->b, s->q, Hc, rows, H, hd, r, freqs, 0, 1));
+    MARK("attn.q");
+
+    /* the shared key/value head: h -> kv (kv_norm, RoPE, FP8 non-RoPE dims) -> window ring */
+    DSV4_TRY(linear_q(e, &w->wkv, s->h, s->xh, 0, N, s->kv));
+    DSV4_TRY(dsv4_bk_rmsnorm(e->b, s->kv, hd, s->kv, hd, L->kv_norm, N, hd, eps, 1));
+    DSV4_TRY(dsv4_bk_rope(e->b, s->kv, hd, rows, 1, hd, r, freqs, 0, 1));
+    DSV4_TRY(dsv4_bk_act_quant(e->b, s->kv, hd, s->kv, hd, N, hd - r, 64));
+    DSV4_TRY(dsv4_bk_kv_store(e->b, L->win, e->R, hd, s->kv, rows));
+    MARK("attn.kv");
+
+    if (L->ratio > 0) DSV4_TRY(compress(e, &w->compressor, &L->comp, 0, rows));
+    const int csa = L->ratio == 4;
+    if (csa) {
+        const int nh = c->index_n_heads, d = c->index_head_dim;
+        DSV4_TRY(compress(e, &w->idx_compressor, &L->idx, 1, rows));
+        /* indexer queries from act_quant(qr) (still in s->xq), weights from h */
+        DSV4_TRY(linear_q(e, &w->idx_wq_b, s->qr, s->xq, 0, N, s->iq));
+        DSV4_TRY(dsv4_bk_indexer_q(e->b, s->iq, rows, nh, d, r, e->rope_comp));
+        DSV4_TRY(dsv4_bk_linear(e->b, &w->idx_weights_proj, 0, nh, s->h, D, N, s->iw, nh, 1));
+        DSV4_TRY(
+            dsv4_bk_scale(e->b, s->iw, (int64_t)N * nh, (float)(pow(d, -0.5) * pow(nh, -0.5)), 1));
+        MARK("index.q");
+        DSV4_TRY(dsv4_bk_indexer_topk(e->b, s->sel, s->iq, s->iw, L->idx.ent, L->idx.cap, nh, d,
+                                      L->idx.ratio, c->index_topk, rows, s->idx_ws));
+        MARK("index.topk");
+    }
+
+    DSV4_TRY(dsv4_bk_attention(e->b, s->o, s->q, H, hd, L->win, e->R, c->sliding_window,
+                               L->ratio ? L->comp.ent : NULL, L->ratio ? L->comp.cap : 0, L->ratio,
+                               csa ? s->sel : NULL, c->index_topk, L->sink, rows));
+    MARK("attn.core");
+    DSV4_TRY(dsv4_bk_rope(e->b, s->o, Hc, rows, H, hd, r, freqs, 1, 1));
+
+    /* grouped output: o [N, g, Hc/g] -> z [N, g * ol] (wo_a row groups) -> wo_b -> f */
+    const int g = c->o_groups;
+    const int64_t gw = Hc / g, ol = c->o_lora_rank;
+    for (int gi = 0; gi < g; gi++)
+        DSV4_TRY(dsv4_bk_linear(e->b, &w->wo_a, gi * ol, ol, s->o + gi * gw, Hc, N, s->z + gi * ol,
+                                g * ol, 1));
+    DSV4_TRY(linear_q(e, &w->wo_b, s->z, s->xq, 1, N, s->f));
+    MARK("attn.out");
+    return DSV4_OK;
+}
+
+/* The MoE sublayer: s->h [N, D] -> s->f [N, D] (forward_moe.c, faithful). */
+static dsv4_status moe(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *rows)
+{
+    const dsv4_config *c = e->c;
+    eng_scratch *s = &e->s;
+    const int N = rows->n, E = c->n_routed_experts, K = c->n_experts_per_tok;
+    const int64_t D = c->hidden_size;
+    DSV4_TRY(dsv4_bk_linear(e->b, &L->w.gate, 0, E, s->h, D, N, s->logits_e, E, 0));
+    DSV4_TRY(dsv4_bk_router(e->b, s->msel, s->wts, s->logits_e, L->gate_bias,
+                            L->hash ? L->tid2eid : NULL, rows, E, K, c->routed_scaling_factor));
+    MARK("moe.router");
+    DSV4_TRY(dsv4_bk_moe(e->b, s->f, s->h, s->msel, s->wts, L->experts, N, K, D, c->swiglu_limit,
+                         s->moe_ws));
+    MARK("moe.experts");
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_engine_forward(dsv4_engine *e, int N)
+{
+    const dsv4_config *c = e->c;
+    eng_scratch *s = &e->s;
+    const int n = c->hc_mult;
+    const int64_t D = c->hidden_size, nD = n * D;
+    const dsv4_bk_rows rows = step_rows(e, N);
+
+    DSV4_TRY(dsv4_bk_embed(e->b, s->X, &e->embed, &rows, n, D));
+    MARK("embed");
+    for (int li = 0; li < e->n_layers; li++) {
+        eng_layer *L = &e->L[li];
+        DSV4_TRY(hc_site(e, &L->w.hc_attn_fn, L->hc_attn_base, L->hc_attn_scale, L->attn_norm, N));
+        DSV4_TRY(attention(e, L, &rows));
+        DSV4_TRY(hc_post(e, N));
+        DSV4_TRY(hc_site(e, &L->w.hc_ffn_fn, L->hc_ffn_base, L->hc_ffn_scale, L->ffn_norm, N));
+        DSV4_TRY(moe(e, L, &rows));
+        DSV4_TRY(hc_post(e, N));
+    }
+    /* head collapse X [N, n, D] -> y; final norm -> h */
+    DSV4_TRY(dsv4_bk_rmsnorm(e->b, s->flat, nD, s->X, nD, NULL, N, nD, c->rms_norm_eps, 0));
+    DSV4_TRY(dsv4_bk_linear(e->b, &e->hc_head_fn, 0, n, s->flat, nD, N, s->mix, n, 0));
+    DSV4_TRY(dsv4_bk_hc_head(e->b, s->y, s->X, s->mix, e->hc_head_base, e->hc_head_scale, N, n, D,
+                             c->hc_eps));
+    DSV4_TRY(dsv4_bk_rmsnorm(e->b, s->h, D, s->y, D, e->norm, N, D, c->rms_norm_eps, 1));
+    MARK("head.collapse");
+    return DSV4_OK;
+}
