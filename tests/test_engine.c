@@ -23,6 +23,7 @@
  * usage: test_engine [--device cpu|cuda] MODEL_DIR...
  */
 #include "dsv4.h"
+#include "backend/cpu/cpu_linear.h"
 #include "engine/engine.h"
 #include "test_util.h"
 
@@ -35,6 +36,7 @@ static const double TOL_GPU = 2e-2;
 enum { PROMPT = 300, STEPS = 12, CHUNK = 96 };
 
 static dsv4_device_kind device = DSV4_DEVICE_CPU;
+static dsv4_cpu_pool *pool; /* the CPU backend's threads */
 
 static double tol(void)
 {
@@ -76,6 +78,7 @@ static dsv4_engine *make_engine(dsv4_model *m, int slots, int graphs)
     dsv4_engine_options o;
     dsv4_engine_options_default(&o);
     o.device = device;
+    o.pool = pool;
     o.max_slots = slots;
     o.max_context = 1024;
     o.max_chunk = CHUNK;
@@ -229,6 +232,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: test_engine [--device cpu|cuda] MODEL_DIR...\n");
         return 2;
     }
+    if (device == DSV4_DEVICE_CPU && dsv4_cpu_pool_create(0, &pool) != DSV4_OK) return 1;
     for (int i = first; i < argc; i++) {
         dsv4_model *m = NULL;
         if (dsv4_model_open(argv[i], &m) != DSV4_OK) {
@@ -246,6 +250,7 @@ int main(int argc, char **argv)
         batch_vs_single(m, V);
         dsv4_model_close(m);
     }
+    dsv4_cpu_pool_destroy(pool);
     printf("%d passed, %d failed\n", test_passed, test_failed);
     return test_failed > 255 ? 255 : test_failed;
 }

@@ -1,20 +1,52 @@
 #!/usr/bin/env bash
 # device_run.sh - runs on the GPU machine over a bundle made by tools/device_bundle.sh.
-# Results go to $OUT (when set) as well as stdout.
+# Results go to $OUT (when set) as well as stdout. Arguments pick the parts (default: all):
+#   ops       the per-op GPU tests (test_gpu_*: each CUDA op against its CPU implementation)
+#   engine    the engine on the GPU against the CPU session forward, batch vs singles, graphs
+#   cli       dsv4 run/score on the GPU with the embedded model
+#   sanitize  compute-sanitizer memcheck and racecheck over the engine on a small fixture
+#   bench     dsv4 bench (Flash-shaped layers)
 set -uo pipefail
 cd "$(dirname "$0")/.."
-export LD_LIBRARY_PATH="$PWD/build-device/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+B=${DSV4_BUILD:-build-device}
+export LD_LIBRARY_PATH="$PWD/$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 out=${OUT:-/tmp/dsv4-out}
 mkdir -p "$out"
 rc=0
 step() {
     echo "== $*"
-    "$@" || { echo "FAILED: $*"; rc=1; }
+    "$@" || { echo "FAILED($?): $*"; rc=1; }
 }
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-step build-device/dsv4 device
-step build-device/dsv4 device --device cuda
+parts=${*:-ops engine cli sanitize}
 f=tests/fixtures
-step build-device/tests/test_cuda_dequant $f/hf-saved $f/goldens/hd512-fp8/model \
-    $f/goldens/hd512-nvfp4/model $f/mtp/model models/dsv4-tiny
+models="$f/goldens/mix/model $f/goldens/hd512-nvfp4/model $f/goldens/hd512-fp8/model models/dsv4-tiny"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+for part in $parts; do
+    case $part in
+    ops)
+        step $B/dsv4 device --device cuda
+        step $B/tests/test_cuda_dequant $f/hf-saved $f/goldens/hd512-fp8/model \
+            $f/goldens/hd512-nvfp4/model $f/mtp/model models/dsv4-tiny
+        for t in $B/tests/test_gpu_*; do step "$t"; done
+        ;;
+    engine) step $B/tests/test_engine --device cuda $models ;;
+    cli)
+        step $B/dsv4 run -m models/dsv4-tiny --device cuda -p "The capital of France is" \
+            --temperature 0 -n 8
+        step $B/dsv4 run -m models/dsv4-tiny --device cpu -p "The capital of France is" \
+            --temperature 0 -n 8
+        ;;
+    sanitize)
+        step compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_engine \
+            --device cuda $f/goldens/mix/model
+        step compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/test_engine \
+            --device cuda $f/goldens/mix/model
+        for t in $B/tests/test_gpu_*; do
+            step compute-sanitizer --tool memcheck --error-exitcode 9 "$t" --small
+        done
+        ;;
+    bench) step $B/dsv4 bench --shape flash --layers 4 ;;
+    *) echo "unknown part $part"; rc=1 ;;
+    esac
+done
 exit $rc
