@@ -84,21 +84,21 @@ void dsv4_bk_weight_free(dsv4_backend *b, dsv4_weight *w);
 dsv4_status dsv4_bk_embed(dsv4_backend *b, float *X, const dsv4_weight *embed,
                           const dsv4_bk_rows *rows, int n_copies, int64_t D);
 /* y [N, width] = x * rsqrt(mean(x^2) + eps) (* w when w != NULL), bf16-rounded when round_bf16.
- * Sum of squares in f32 or wider. y may alias x. */
+ * Sum of squares in f32 or wider. y may alias x (with ldy == ldx). */
 dsv4_status dsv4_bk_rmsnorm(dsv4_backend *b, float *y, int64_t ldy, const float *x, int64_t ldx,
                             const float *w, int64_t N, int64_t width, float eps, int round_bf16);
 /* The official per-head query norm with every op rounded to bf16 (forward_attn.c
- * faithful_q_norm): q [N * n_vec, c] in place. */
+ * faithful_q_norm): q [n_vec, c] in place, n_vec = rows x heads. */
 dsv4_status dsv4_bk_head_norm_bf16(dsv4_backend *b, float *q, int64_t n_vec, int c, float eps);
 /* dsv4_sim_act_quant on the first `width` elements of each row: bf16, then e4m3 in blocks of
- * `block` with power-of-two scales. y may alias x. */
+ * `block` with power-of-two scales. y may alias x (with ldy == ldx). */
 dsv4_status dsv4_bk_act_quant(dsv4_backend *b, float *y, int64_t ldy, const float *x, int64_t ldx,
                               int64_t N, int64_t width, int block);
 /* x [n] = x * s, bf16-rounded when round_bf16. */
 dsv4_status dsv4_bk_scale(dsv4_backend *b, float *x, int64_t n, float s, int round_bf16);
 /* Interleaved RoPE (ops.h dsv4_op_rope) of the last r dims of each of row r's n_vec vectors of
- * width dim (x + r*ldx + v*dim), at position pos[r]; inverse rotates back. bf16-rounded after
- * when round_bf16. freqs [r/2] in backend memory. */
+ * width dim (x + r*ldx + v*dim), at position pos[r]; inverse rotates back. The whole n_vec x dim
+ * values are bf16-rounded after when round_bf16. freqs [r/2] in backend memory. */
 dsv4_status dsv4_bk_rope(dsv4_backend *b, float *x, int64_t ldx, const dsv4_bk_rows *rows,
                          int n_vec, int dim, int r, const float *freqs, int inverse,
                          int round_bf16);
