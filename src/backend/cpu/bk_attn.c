@@ -1,20 +1,137 @@
 /*
- * bk_attn.c - CPU implementation of the the window-key store and the faithful sparse attention with sinks (backend.h).
- * STUB: to be written.
+ * bk_attn.c - CPU implementation of the window-key store and the faithful sparse attention with
+ * sinks (backend.h). This is the reference the CUDA ops are tested against, so the attention is
+ * the session forward's own code: the key list of forward_attn.c attn_body (faithful branch)
+ * built per row, and dsv4_op_faithful_attend_head (ops_faithful.c) per (row, head). Cached keys
+ * are bf16 here, so each row's keys are decoded to f32 once into a scratch the heads share.
+ * Row arrays and state are host memory on the CPU backend.
  */
 #include "backend/backend_impl.h"
+#include "backend/cpu/cpu_linear.h"
+#include "backend/cpu/ops.h"
 #include "core/error.h"
+#include "core/float_formats.h"
+#include "model/quant_sim.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Decoded keys held at once (f32 elements); rows beyond it run in further rounds. */
+enum { ATTN_DECODE_BUDGET = 1 << 24 };
 
 dsv4_status dsv4_cpu_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
                                  const dsv4_bk_rows *rows)
 {
     (void)b;
-    (void)win;
-    (void)R;
-    (void)hd;
-    (void)kv;
-    (void)rows;
-    return dsv4_fail(DSV4_ERR_UNSUPPORTED, "cpu: kv_store: not implemented yet");
+    if (R < 1 || hd < 1)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "kv_store: R %d, hd %d", R, hd);
+    for (int32_t r = 0; r < rows->n; r++) {
+        if (rows->slot[r] < 0 || rows->pos[r] < 0)
+            return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "kv_store: row %d has slot %d, pos %d", r,
+                             rows->slot[r], rows->pos[r]);
+        uint16_t *dst = win + ((int64_t)rows->slot[r] * R + rows->pos[r] % R) * hd;
+        const float *src = kv + (int64_t)r * hd;
+        for (int i = 0; i < hd; i++) {
+            const float v = dsv4_round_bf16(src[i]);
+            uint32_t u;
+            memcpy(&u, &v, sizeof u);
+            dst[i] = (uint16_t)(u >> 16);
+        }
+    }
+    return DSV4_OK;
+}
+
+/* One round of rows [r0, r0 + n): keys decoded per row, then the (row, head) items. */
+typedef struct attn_job {
+    float *o;
+    const float *q, *sink;
+    const uint16_t *win, *ent;
+    const int32_t *sel, *slot, *pos;
+    int H, hd, R, W, mode, topk; /* mode: 0 window only, 1 HCA, 2 CSA */
+    int64_t cap_e;
+    int m;
+    float scale;
+    int64_t r0;
+    const int64_t *koff;  /* [n + 1] slot offsets of the round's rows */
+    float *keys;          /* [koff[n], hd] decoded keys (empty slots unused) */
+    const float **ptrs;   /* [koff[n]] slot pointers (NULL: empty slot) */
+    double *contrib;      /* [lanes, hd] */
+    int64_t n_items;      /* n * H */
+    _Atomic int64_t next; /* next item */
+} attn_job;
+
+/* The row's entry count (HCA, CSA) as attn_body counts them. */
+static int64_t row_entries(const attn_job *j, int64_t r)
+{
+    if (j->mode == 1) return (int64_t)(j->pos[r] + 1) / j->m;
+    if (j->mode == 0) return 0;
+    int64_t n = 0;
+    for (int k = 0; k < j->topk; k++) n += j->sel[r * j->topk + k] >= 0;
+    return n;
+}
+
+static void decode_keys(float *dst, const uint16_t *src, int hd)
+{
+    for (int i = 0; i < hd; i++) dst[i] = dsv4_bf16_to_f32(src[i]);
+}
+
+/* Row i of the round: window positions max(0, p-W+1) .. p oldest first, W - count empty slots,
+ * then the entries (CSA: the picks sel >= 0 in order; HCA: 0 .. (p+1)/m - 1). */
+static void build_row(int64_t i, void *ctx)
+{
+    attn_job *j = ctx;
+    const int64_t r = j->r0 + i, hd = j->hd;
+    const int64_t p = j->pos[r], lo = p - j->W + 1 > 0 ? p - j->W + 1 : 0;
+    const uint16_t *wb = j->win + (int64_t)j->slot[r] * j->R * hd;
+    const uint16_t *eb = j->ent ? j->ent + (int64_t)j->slot[r] * j->cap_e * hd : NULL;
+    float *kf = j->keys + j->koff[i] * hd;
+    const float **kp = j->ptrs + j->koff[i];
+    int64_t s = 0;
+    for (int64_t t = lo; t <= p; t++, s++) {
+        decode_keys(kf + s * hd, wb + (t % j->R) * hd, (int)hd);
+        kp[s] = kf + s * hd;
+    }
+    for (; s < j->W; s++) kp[s] = NULL;
+    if (j->mode == 1) {
+        const int64_t ne = (p + 1) / j->m;
+        for (int64_t e = 0; e < ne; e++, s++) {
+            decode_keys(kf + s * hd, eb + e * hd, (int)hd);
+            kp[s] = kf + s * hd;
+        }
+    } else if (j->mode == 2) {
+        for (int k = 0; k < j->topk; k++) {
+            const int32_t e = j->sel[r * j->topk + k];
+            if (e < 0) continue;
+            decode_keys(kf + s * hd, eb + (int64_t)e * hd, (int)hd);
+            kp[s] = kf + s * hd;
+            s++;
+        }
+    }
+}
+
+/* One lane: takes (row, head) items until none is left, with its own contrib row. */
+static void attend_lane(int64_t lane, void *ctx)
+{
+    attn_job *j = ctx;
+    double *contrib = j->contrib + lane * j->hd;
+    for (int64_t it; (it = atomic_fetch_add(&j->next, 1)) < j->n_items;) {
+        const int64_t i = it / j->H, h = it % j->H, r = j->r0 + i;
+        const int64_t off = (r * j->H + h) * j->hd;
+        dsv4_op_faithful_attend_head(j->o + off, j->q + off, j->ptrs + j->koff[i],
+                                     j->koff[i + 1] - j->koff[i], j->hd, j->scale, j->sink[h],
+                                     contrib);
+    }
+}
+
+static void run_n(dsv4_cpu_pool *pool, int64_t n, void (*fn)(int64_t, void *), void *ctx)
+{
+    if (pool && n > 1) {
+        dsv4_cpu_pool_run(pool, n, fn, ctx);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) fn(i, ctx);
 }
 
 dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
@@ -22,20 +139,85 @@ dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int
                                   int64_t cap_e, int m, const int32_t *sel, int topk,
                                   const float *sink, const dsv4_bk_rows *rows)
 {
-    (void)b;
-    (void)o;
-    (void)q;
-    (void)H;
-    (void)hd;
-    (void)win;
-    (void)R;
-    (void)W;
-    (void)ent;
-    (void)cap_e;
-    (void)m;
-    (void)sel;
-    (void)topk;
-    (void)sink;
-    (void)rows;
-    return dsv4_fail(DSV4_ERR_UNSUPPORTED, "cpu: attention: not implemented yet");
+    const int64_t N = rows->n;
+    if (H < 1 || hd < 1 || W < 1 || R < W || m < 0 || (sel && topk < 0))
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "attention: H %d, hd %d, R %d, W %d, m %d", H,
+                         hd, R, W, m);
+    attn_job j = {.o = o,
+                  .q = q,
+                  .sink = sink,
+                  .win = win,
+                  .ent = ent,
+                  .sel = sel,
+                  .slot = rows->slot,
+                  .pos = rows->pos,
+                  .H = H,
+                  .hd = hd,
+                  .R = R,
+                  .W = W,
+                  .mode = m > 0 && ent ? (sel ? 2 : 1) : 0,
+                  .topk = topk,
+                  .cap_e = cap_e,
+                  .m = m,
+                  .scale = 1.0f / sqrtf((float)hd)};
+    /* checks, and each row's slot count */
+    int64_t *nk = malloc((size_t)(N + 1) * sizeof *nk);
+    if (!nk) return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "attention: %lld rows", (long long)N);
+    for (int64_t r = 0; r < N; r++) {
+        if (rows->slot[r] < 0 || rows->pos[r] < 0) {
+            free(nk);
+            return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "attention: row %lld has slot %d, pos %d",
+                             (long long)r, rows->slot[r], rows->pos[r]);
+        }
+        if (j.mode == 2)
+            for (int k = 0; k < topk; k++)
+                if (sel[r * topk + k] >= cap_e) {
+                    free(nk);
+                    return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                                     "attention: row %lld picks entry %d of %lld", (long long)r,
+                                     sel[r * topk + k], (long long)cap_e);
+                }
+        const int64_t ne = row_entries(&j, r);
+        if (j.mode == 1 && ne > cap_e) {
+            free(nk);
+            return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                             "attention: row %lld at %d sees %lld entries, capacity %lld",
+                             (long long)r, rows->pos[r], (long long)ne, (long long)cap_e);
+        }
+        nk[r] = W + ne;
+    }
+    /* rounds of rows whose decoded keys fit the budget (at least one row each) */
+    const int64_t lanes = b->pool ? dsv4_cpu_pool_size(b->pool) : 1;
+    int64_t *koff = malloc((size_t)(N + 1) * sizeof *koff);
+    double *contrib = malloc((size_t)(lanes * hd) * sizeof *contrib);
+    dsv4_status st =
+        koff && contrib ? DSV4_OK : dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "attention scratch");
+    for (int64_t r0 = 0, r1; st == DSV4_OK && r0 < N; r0 = r1) {
+        int64_t tot = 0;
+        for (r1 = r0; r1 < N && (r1 == r0 || (tot + nk[r1]) * hd <= ATTN_DECODE_BUDGET); r1++)
+            tot += nk[r1];
+        koff[0] = 0;
+        for (int64_t i = 0; i < r1 - r0; i++) koff[i + 1] = koff[i] + nk[r0 + i];
+        float *keys = malloc((size_t)(tot * hd) * sizeof *keys);
+        const float **ptrs = malloc((size_t)tot * sizeof *ptrs);
+        if (keys && ptrs) {
+            j.r0 = r0;
+            j.koff = koff;
+            j.keys = keys;
+            j.ptrs = ptrs;
+            j.contrib = contrib;
+            j.n_items = (r1 - r0) * H;
+            atomic_store(&j.next, 0);
+            run_n(b->pool, r1 - r0, build_row, &j);
+            run_n(b->pool, j.n_items < lanes ? j.n_items : lanes, attend_lane, &j);
+        } else {
+            st = dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "attention: %lld decoded keys", (long long)tot);
+        }
+        free(keys);
+        free(ptrs);
+    }
+    free(koff);
+    free(contrib);
+    free(nk);
+    return st;
 }
