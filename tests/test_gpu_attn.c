@@ -1,0 +1,314 @@
+/*
+ * test_gpu_attn.c - GPU test (ctest -L gpu) of the attn op group (backend.h): dsv4_bk_kv_store
+ * and dsv4_bk_attention, CUDA against the CPU reference (bk_attn.c, the session forward's
+ * faithful attention) on fresh seeded random inputs at the Flash (H 64) and Pro (H 128) shapes:
+ * window ring with wraparound and empty slots (p < W), CSA picks with -1 padding and holes, HCA
+ * (0 entries too, 512 entries at 64K context), sliding only (m = 0), prefill chunks, other head
+ * dims (128, 192) and head counts (12). Prints per case the errors, the bound and (for the
+ * decode shapes) the CUDA time per call.
+ *
+ * usage: test_gpu_attn [--small]   (--small: small shapes only, for compute-sanitizer)
+ */
+#include "backend/backend.h"
+#include "backend/backend_impl.h"
+#include "backend/cpu/cpu_linear.h"
+#include "model/quant_sim.h"
+#include "test_util.h"
+
+#include <math.h>
+#include <stdint.h>
+
+static uint64_t rng = 0x5eed0a77e11ull;
+
+static uint64_t rnd64(void)
+{
+    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static float urand(void) /* [0, 1) */
+{
+    return (float)(rnd64() >> 40) * 0x1p-24f;
+}
+
+static float nrand(void) /* mean 0, sd 1 (sum of four uniforms) */
+{
+    return (urand() + urand() + urand() + urand() - 2.0f) * 1.7320508f;
+}
+
+static uint16_t bf16_bits(float x)
+{
+    const float v = dsv4_round_bf16(x);
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (uint16_t)(u >> 16);
+}
+
+static void fill_bf16(uint16_t *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++) x[i] = bf16_bits(nrand());
+}
+
+static dsv4_backend *cpu, *gpu;
+
+/* A device copy of host bytes (NULL for NULL). */
+static void *dev_copy(const void *src, size_t bytes)
+{
+    if (!src) return NULL;
+    void *d = NULL;
+    dsv4_status st = dsv4_bk_alloc(gpu, bytes ? bytes : 1, &d);
+    if (st == DSV4_OK) st = dsv4_bk_upload(gpu, d, src, bytes);
+    CHECK_MSG(st == DSV4_OK, "device copy of %zu B: %s", bytes, dsv4_last_error());
+    return d;
+}
+
+/* ---- kv_store: bit-exact (the same nearest-even bf16 rounding on both) --------------------- */
+static void test_kv_store(int small)
+{
+    const int S = 4, R = small ? 64 : 256, hd = small ? 128 : 512, N = small ? 16 : 64;
+    int32_t slot[64], pos[64];
+    for (int r = 0; r < N; r++) { /* half a chunk of slot 1 across the ring's end, half decode */
+        slot[r] = r < N / 2 ? 1 : (r % 3 == 0 ? 0 : r % 3 + 1);
+        pos[r] = r < N / 2 ? 4 * R - N / 4 + r : 7 * r + 1; /* distinct ring cells */
+    }
+    const size_t nw = (size_t)S * R * hd;
+    uint16_t *win = malloc(nw * 2), *got = malloc(nw * 2);
+    float *kv = malloc((size_t)N * hd * sizeof *kv);
+    fill_bf16(win, nw);
+    for (int i = 0; i < N * hd; i++) {
+        uint32_t u = (uint32_t)rnd64();
+        if (i % 7 == 0) u = (u & 0xffff0000u) | 0x8000u; /* exact ties */
+        if (i % 11 == 0) u = (u & 0xc07fffffu) | 0x3f000000u;
+        float v;
+        memcpy(&v, &u, sizeof v);
+        kv[i] = i == 5 ? NAN : i == 6 ? INFINITY : i == 7 ? -0.0f : i == 8 ? 3.4e38f : v;
+    }
+    void *dwin = dev_copy(win, nw * 2), *dkv = dev_copy(kv, (size_t)N * hd * 4);
+    void *dslot = dev_copy(slot, N * 4), *dpos = dev_copy(pos, N * 4);
+    dsv4_bk_rows hr = {N, slot, pos, NULL}, dr = {N, dslot, dpos, NULL};
+    dsv4_status st = dsv4_cpu_bk_kv_store(cpu, win, R, hd, kv, &hr);
+    CHECK_MSG(st == DSV4_OK, "cpu kv_store: %s", dsv4_last_error());
+    st = dsv4_cuda_bk_kv_store(gpu, dwin, R, hd, dkv, &dr);
+    if (st == DSV4_OK) st = dsv4_bk_download(gpu, got, dwin, nw * 2);
+    CHECK_MSG(st == DSV4_OK, "cuda kv_store: %s", dsv4_last_error());
+    size_t bad = 0;
+    for (size_t i = 0; st == DSV4_OK && i < nw; i++) bad += win[i] != got[i];
+    printf("kv_store  S %d R %3d hd %d N %2d: %zu of %zu ring values differ (bound 0: bit-exact)\n",
+           S, R, hd, N, bad, nw);
+    CHECK(bad == 0);
+    dsv4_bk_free(gpu, dwin);
+    dsv4_bk_free(gpu, dkv);
+    dsv4_bk_free(gpu, dslot);
+    dsv4_bk_free(gpu, dpos);
+    free(win);
+    free(got);
+    free(kv);
+}
+
+/* ---- attention -------------------------------------------------------------------------------
+ * Bound, per element, normalised by M = max|o| over the element's (row, head) (the stated floor of
+ * the relative error |a-b| / max(|b|, M) is M itself):
+ *   - the output is rounded to bf16 last; two pre-rounding values x, y round to values at most
+ *     |x - y| + 1 ulp apart, and 1 bf16 ulp of |o| <= M is <= 2^-7 M;
+ *   - the pre-rounding outputs differ by f32 summation order (q.k over hd, e over 64 slots,
+ *     p.v over 64 slots: ~1e-6 relative, the CPU sums in double) and by the bf16(e) that this
+ *     moves across a rounding boundary: such a flip changes one weight by one bf16 ulp (<= 2^-7
+ *     of e) and happens on ~|de|/ulp ~ 1e-3 of the slots; with weights ~ 1/n_slots and
+ *     max|v| ~ 10-20 M this stays ~1e-4 M; we allow 2^-8 M for it.
+ * So |cuda - cpu| <= (2^-7 + 2^-8) M = 3 * 2^-8 M (~0.0117). */
+static const double ATTN_BOUND = 3.0 / 256.0;
+
+typedef struct attn_case {
+    const char *name;
+    int H, hd, W, R, m, csa, topk, N;
+    const int32_t *slot, *pos;
+    int holes;    /* CSA: -1 scattered among the picks, not only after them */
+    float qscale; /* q ~ N(0, qscale^2): larger makes the scores (and the running max) sharper */
+    int timed;    /* print the CUDA time per call */
+} attn_case;
+
+static void run_attn(const attn_case *c)
+{
+    const int H = c->H, hd = c->hd, N = c->N, topk = c->csa ? c->topk : 0;
+    int S = 0;
+    int64_t cap_e = 0;
+    for (int r = 0; r < N; r++) {
+        if (c->slot[r] + 1 > S) S = c->slot[r] + 1;
+        const int64_t ne = c->m ? ((int64_t)c->pos[r] + 1) / c->m : 0;
+        if (ne > cap_e) cap_e = ne;
+    }
+    if (cap_e == 0 && c->m) cap_e = 1;
+    const size_t nq = (size_t)N * H * hd, nw = (size_t)S * c->R * hd, ne = (size_t)S * cap_e * hd;
+    float *q = malloc(nq * 4), *o_cpu = malloc(nq * 4), *o_gpu = malloc(nq * 4);
+    float *sink = malloc((size_t)H * 4);
+    uint16_t *win = malloc(nw * 2), *ent = c->m ? malloc(ne * 2) : NULL;
+    int32_t *sel = c->csa ? malloc((size_t)N * topk * 4) : NULL;
+    for (size_t i = 0; i < nq; i++) q[i] = dsv4_round_bf16(nrand() * c->qscale);
+    for (int h = 0; h < H; h++) sink[h] = nrand() * 2.0f;
+    fill_bf16(win, nw);
+    if (ent) fill_bf16(ent, ne);
+    int64_t n_slots = 0;
+    for (int r = 0; sel && r < N; r++) { /* k distinct picks of the n_vis visible entries */
+        int32_t *sr = sel + (size_t)r * topk;
+        const int n_vis = (c->pos[r] + 1) / c->m, k = n_vis < topk ? n_vis : topk;
+        for (int j = 0; j < topk; j++) sr[j] = -1;
+        int *perm = malloc((size_t)(n_vis > 0 ? n_vis : 1) * sizeof *perm);
+        for (int i = 0; i < n_vis; i++) perm[i] = i;
+        for (int j = 0; j < k; j++) { /* partial Fisher-Yates: k distinct, in random order */
+            const int i = j + (int)(rnd64() % (uint64_t)(n_vis - j));
+            const int t = perm[i];
+            perm[i] = perm[j];
+            perm[j] = t;
+            sr[j] = t;
+        }
+        free(perm);
+        if (c->holes) /* move some picks up so -1 sit between them: shuffle the whole row */
+            for (int j = topk - 1; j > 0; j--) {
+                const int i = (int)(rnd64() % (uint64_t)(j + 1));
+                const int32_t t = sr[i];
+                sr[i] = sr[j];
+                sr[j] = t;
+            }
+        n_slots += c->W + k;
+    }
+    for (int r = 0; !sel && r < N; r++) n_slots += c->W + (c->m ? (c->pos[r] + 1) / c->m : 0);
+
+    dsv4_bk_rows hr = {N, c->slot, c->pos, NULL};
+    double t0 = test_now();
+    dsv4_status st = dsv4_cpu_bk_attention(cpu, o_cpu, q, H, hd, win, c->R, c->W, ent, cap_e, c->m,
+                                           sel, topk, sink, &hr);
+    const double t_cpu = test_now() - t0;
+    CHECK_MSG(st == DSV4_OK, "%s: cpu: %s", c->name, dsv4_last_error());
+
+    float *dq = dev_copy(q, nq * 4), *dsink = dev_copy(sink, (size_t)H * 4), *dout = NULL;
+    uint16_t *dwin = dev_copy(win, nw * 2), *dent = dev_copy(ent, ne * 2);
+    int32_t *dsel = dev_copy(sel, (size_t)N * topk * 4);
+    int32_t *dslot = dev_copy(c->slot, (size_t)N * 4), *dpos = dev_copy(c->pos, (size_t)N * 4);
+    CHECK(dsv4_bk_alloc(gpu, nq * 4, (void **)&dout) == DSV4_OK);
+    dsv4_bk_rows dr = {N, dslot, dpos, NULL};
+    st = dsv4_cuda_bk_attention(gpu, dout, dq, H, hd, dwin, c->R, c->W, dent, cap_e, c->m, dsel,
+                                topk, dsink, &dr);
+    if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
+    if (st == DSV4_OK) st = dsv4_bk_download(gpu, o_gpu, dout, nq * 4);
+    CHECK_MSG(st == DSV4_OK, "%s: cuda: %s", c->name, dsv4_last_error());
+
+    double max_abs = 0, max_rel = 0, sum_rel = 0;
+    size_t inexact = 0, over = 0, nan_bad = 0;
+    for (int64_t v = 0; st == DSV4_OK && v < (int64_t)N * H; v++) {
+        const float *a = o_gpu + v * hd, *b = o_cpu + v * hd;
+        double M = 0;
+        for (int i = 0; i < hd; i++) M = fmax(M, fabs(b[i]));
+        const double fl = M > 0 ? M : 1e-30;
+        for (int i = 0; i < hd; i++) {
+            if (isnan(a[i]) || isnan(b[i])) {
+                nan_bad += isnan(a[i]) != isnan(b[i]);
+                continue;
+            }
+            const double d = fabs((double)a[i] - b[i]), rel = d / fmax(fabs(b[i]), fl);
+            inexact += a[i] != b[i];
+            max_abs = fmax(max_abs, d);
+            max_rel = fmax(max_rel, rel);
+            sum_rel += rel;
+            over += rel > ATTN_BOUND;
+        }
+    }
+    printf("%-34s N %2d H %3d hd %d slots/row %5.0f: max abs %.3g, max rel %.3g (mean %.2g; "
+           "floor max|o| of the head), bound %.4f; %zu of %zu not bit-exact; cpu %.2f s",
+           c->name, N, H, hd, (double)n_slots / N, max_abs, max_rel, sum_rel / (double)nq,
+           ATTN_BOUND, inexact, nq, t_cpu);
+    if (c->timed && st == DSV4_OK) {
+        const int reps = 50;
+        double t1 = test_now();
+        for (int i = 0; i < reps && st == DSV4_OK; i++)
+            st = dsv4_cuda_bk_attention(gpu, dout, dq, H, hd, dwin, c->R, c->W, dent, cap_e, c->m,
+                                        dsel, topk, dsink, &dr);
+        if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
+        printf("; cuda %.1f us/call", (test_now() - t1) / reps * 1e6);
+    }
+    printf("\n");
+    CHECK_MSG(over == 0 && nan_bad == 0, "%s: %zu elements over the bound, %zu NaN mismatches",
+              c->name, over, nan_bad);
+    dsv4_bk_free(gpu, dq);
+    dsv4_bk_free(gpu, dsink);
+    dsv4_bk_free(gpu, dout);
+    dsv4_bk_free(gpu, dwin);
+    dsv4_bk_free(gpu, dent);
+    dsv4_bk_free(gpu, dsel);
+    dsv4_bk_free(gpu, dslot);
+    dsv4_bk_free(gpu, dpos);
+    free(q);
+    free(o_cpu);
+    free(o_gpu);
+    free(sink);
+    free(win);
+    free(ent);
+    free(sel);
+}
+
+static int32_t seq[64], ramp[64], s64[64], p64a[64], p64b[64];
+
+static void full_cases(void)
+{
+    for (int r = 0; r < 64; r++) {
+        seq[r] = r;
+        s64[r] = 0;
+        p64a[r] = 2100 + 29 * r; /* every row: 128 window keys + 512 picks */
+        /* mixed: p < W (empty window slots, few picks), around W, p >> W (ring wraparound) */
+        p64b[r] = r % 8 == 0 ? r / 2 : r % 8 == 1 ? 126 + r / 8 : 300 + 67 * r;
+        ramp[r] = 1000 + r; /* a prefill chunk across the HCA boundary 1023 -> 1024 */
+    }
+    static const int32_t z1[1] = {0}, p5000[1] = {5000}, p64k[1] = {65535};
+    static const int32_t s8[8] = {3, 0, 7, 1, 6, 2, 5, 4};
+    static const int32_t hca8[8] = {0, 5, 127, 128, 300, 1000, 5000, 20000};
+    static const int32_t win8[8] = {0, 1, 63, 64, 127, 128, 1000, 99999};
+    static const int32_t pro4[4] = {300, 2000, 4500, 9000}, pro2[2] = {130, 65535};
+    static const int32_t csa16[16] = {3000, 3001, 3002, 3003, 3004, 3005, 3006, 3007,
+                                      3008, 3009, 3010, 3011, 3012, 3013, 3014, 3015};
+    const attn_case cases[] = {
+        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 1, z1, p5000, 0, 2.0f, 1},
+        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 64, seq, p64a, 0, 2.0f, 1},
+        {"flash csa mixed (p<W, -1 pad, holes)", 64, 512, 128, 256, 4, 1, 512, 64, seq, p64b, 1,
+         4.0f, 0},
+        {"flash hca 64K", 64, 512, 128, 256, 128, 0, 0, 1, z1, p64k, 0, 2.0f, 1},
+        {"flash hca mixed (0 entries too)", 64, 512, 128, 256, 128, 0, 0, 8, s8, hca8, 0, 8.0f, 0},
+        {"flash window only (m 0)", 64, 512, 128, 256, 0, 0, 0, 8, s8, win8, 0, 2.0f, 0},
+        {"flash hca prefill chunk R 192", 64, 512, 128, 192, 128, 0, 0, 64, s64, ramp, 0, 2.0f, 0},
+        {"flash csa prefill chunk", 64, 512, 128, 256, 4, 1, 512, 16, s64, csa16, 0, 2.0f, 0},
+        {"pro csa decode", 128, 512, 128, 256, 4, 1, 1024, 4, seq, pro4, 0, 2.0f, 1},
+        {"pro hca", 128, 512, 128, 256, 128, 0, 0, 2, seq, pro2, 0, 4.0f, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_attn(&cases[i]);
+}
+
+static void small_cases(void)
+{
+    static const int32_t s5[5] = {0, 1, 2, 3, 4}, p5[5] = {2, 40, 200, 700, 1500};
+    static const int32_t s4[4] = {1, 0, 1, 2}, p4[4] = {10, 99, 101, 640};
+    const attn_case cases[] = {
+        {"hd 128 H 12 csa holes", 12, 128, 128, 160, 4, 1, 64, 5, s5, p5, 1, 3.0f, 0},
+        {"hd 192 H 8 W 100 hca", 8, 192, 100, 128, 16, 0, 0, 4, s4, p4, 0, 3.0f, 0},
+        {"hd 128 H 16 window only", 16, 128, 128, 160, 0, 0, 0, 5, s5, p5, 0, 3.0f, 0},
+        {"hd 64 H 16 csa", 16, 64, 128, 160, 4, 1, 96, 5, s5, p5, 0, 3.0f, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_attn(&cases[i]);
+}
+
+int main(int argc, char **argv)
+{
+    const int small = argc > 1 && !strcmp(argv[1], "--small");
+    dsv4_cpu_pool *pool = NULL;
+    dsv4_status st = dsv4_cpu_pool_create(0, &pool);
+    if (st == DSV4_OK) st = dsv4_backend_create(DSV4_DEVICE_CPU, 0, pool, &cpu);
+    if (st == DSV4_OK) st = dsv4_backend_create(DSV4_DEVICE_CUDA, 0, NULL, &gpu);
+    CHECK_MSG(st == DSV4_OK, "backends: %s", dsv4_last_error());
+    if (st != DSV4_OK) return test_finish();
+    test_kv_store(small);
+    small_cases();
+    if (!small) full_cases();
+    dsv4_backend_destroy(gpu);
+    dsv4_backend_destroy(cpu);
+    dsv4_cpu_pool_destroy(pool);
+    return test_finish();
+}
