@@ -18,6 +18,7 @@ int cmd_render(int argc, char **argv);
 int cmd_run(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_score(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 /* Reads all of a stream / of the file at `path` ("-" = stdin), NUL-terminated; NULL on failure
  * (errno says why). The caller frees it. */

@@ -21,6 +21,7 @@ static const command commands[] = {
     {"run", cmd_run, "run -m MODEL_DIR -p TEXT | --ids 0,1,..: raw completion, streamed"},
     {"chat", cmd_chat, "chat -m MODEL_DIR [--think] [--system TEXT]: interactive chat"},
     {"score", cmd_score, "score -m MODEL_DIR --ids 0,1,..: log-probabilities of every position"},
+    {"bench", cmd_bench, "bench [--shape flash|pro] [--layers N]: the CUDA engine, random weights"},
 };
 
 int cli_report(const char *cmd, dsv4_status status)

@@ -1,0 +1,430 @@
+/*
+ * bench_ceilings.cu - the hardware ceilings of bench_ceilings.h, measured on the context's device
+ * and stream: a 1 GiB device-to-device copy, a read-only streaming kernel, cuBLASLt BF16 and FP8
+ * GEMMs at M = N = K = 8192 (cuBLASLt loaded with dlopen, see the header) and register-only
+ * mma.sync peaks. Every figure is the best of BENCH_REPS timed runs (CUDA events) after a warm-up.
+ */
+#include "backend/cuda/bench_ceilings.h"
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/cuda_backend.h"
+
+#include <cublasLt.h>
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum {
+    BENCH_REPS = 5,
+    GEMM_N = 8192,
+    MMA_ITERS = 512, /* per warp and chain: ~0.1 s per run on an H100 */
+    MMA_CHAINS = 8   /* independent accumulators per warp, enough to fill the MMA pipe */
+};
+static const size_t COPY_BYTES = (size_t)1 << 30;
+static const size_t LT_WS_BYTES = (size_t)32 << 20;
+
+/* ---- kernels ------------------------------------------------------------------------------- */
+
+__device__ static inline uint32_t mix32(uint32_t seed, uint64_t i)
+{
+    uint64_t z = seed + i * 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return (uint32_t)(z ^ (z >> 31));
+}
+
+// p [n] 16-bit elements: bf16 values uniform in (-1, 1) (is_fp8 = 0), or two e4m3 codes each
+// with the NaN codes (S.1111.111) replaced by their neighbour (is_fp8 = 1). GEMM inputs: random
+// bits, since all-zero operands draw less power and would flatter the clock.
+__global__ void ceil_fill_kernel(uint16_t *p, size_t n, int is_fp8, uint32_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = mix32(seed, i);
+        if (is_fp8) {
+            uint32_t lo = h & 0xff, hi = (h >> 8) & 0xff;
+            if ((lo & 0x7f) == 0x7f) lo ^= 1;
+            if ((hi & 0x7f) == 0x7f) hi ^= 1;
+            p[i] = (uint16_t)(lo | hi << 8);
+        } else {
+            /* sign, exponent 2^-8 .. 2^-1 (fields 119..126), random mantissa */
+            p[i] = (uint16_t)((h & 0x8000) | ((119 + ((h >> 7) & 7)) << 7) | (h & 0x7f));
+        }
+    }
+}
+
+// src [n] 16-byte words -> nothing: every word is loaded (streaming, no L1 allocation) and XORed;
+// sink[block] is written only if the XOR equals a magic value, so the loads stay and no bytes are
+// written in practice. Four loads in flight per thread.
+__global__ void ceil_read_kernel(const uint4 *__restrict__ src, size_t n, uint32_t *sink)
+{
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    uint32_t acc = 0;
+    for (; i + 3 * stride < n; i += 4 * stride) {
+        const uint4 a = __ldcs(src + i), b = __ldcs(src + i + stride);
+        const uint4 c = __ldcs(src + i + 2 * stride), d = __ldcs(src + i + 3 * stride);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w ^ b.x ^ b.y ^ b.z ^ b.w;
+        acc ^= c.x ^ c.y ^ c.z ^ c.w ^ d.x ^ d.y ^ d.z ^ d.w;
+    }
+    for (; i < n; i += stride) {
+        const uint4 a = __ldcs(src + i);
+        acc ^= a.x ^ a.y ^ a.z ^ a.w;
+    }
+    if (acc == 0x9e3779b9u) sink[blockIdx.x] = acc;
+}
+
+// Registers only: each warp runs MMA_CHAINS independent accumulators through `iters` rounds of
+// one mma.sync m16n8k16 (bf16 in, f32 accumulate; 4096 flops per warp and instruction). sink is
+// written only if the sum equals a magic value (never), which keeps the MMAs alive.
+__global__ void ceil_mma_bf16_kernel(int iters, float *sink)
+{
+    const uint32_t t = threadIdx.x & 0x7f;
+    uint32_t a[4], b[2];
+    for (int i = 0; i < 4; i++) a[i] = (0x3a80u | ((t + i) & 0x7f)) * 0x10001u; /* ~2^-10 */
+    b[0] = (0x3a80u | t) * 0x10001u;
+    b[1] = (0x3a80u | (t ^ 5)) * 0x10001u;
+    float d[MMA_CHAINS][4];
+    for (int c = 0; c < MMA_CHAINS; c++) d[c][0] = d[c][1] = d[c][2] = d[c][3] = 0.0f;
+    for (int it = 0; it < iters; it++) {
+#pragma unroll
+        for (int c = 0; c < MMA_CHAINS; c++)
+            asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
+                "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                : "+f"(d[c][0]), "+f"(d[c][1]), "+f"(d[c][2]), "+f"(d[c][3])
+                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+    float s = 0.0f;
+    for (int c = 0; c < MMA_CHAINS; c++) s += d[c][0] + d[c][1] + d[c][2] + d[c][3];
+    if (s == 1234.5f) sink[blockIdx.x] = s;
+}
+
+// As above with mma.sync m16n8k32 e4m3 x e4m3 -> f32 (8192 flops per warp and instruction).
+__global__ void ceil_mma_fp8_kernel(int iters, float *sink)
+{
+    const uint32_t t = threadIdx.x & 7;
+    uint32_t a[4], b[2];
+    for (int i = 0; i < 4; i++) a[i] = (0x20u | ((t + i) & 7)) * 0x01010101u; /* ~2^-3 */
+    b[0] = (0x20u | t) * 0x01010101u;
+    b[1] = (0x20u | (t ^ 5)) * 0x01010101u;
+    float d[MMA_CHAINS][4];
+    for (int c = 0; c < MMA_CHAINS; c++) d[c][0] = d[c][1] = d[c][2] = d[c][3] = 0.0f;
+    for (int it = 0; it < iters; it++) {
+#pragma unroll
+        for (int c = 0; c < MMA_CHAINS; c++)
+            asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, "
+                "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                : "+f"(d[c][0]), "+f"(d[c][1]), "+f"(d[c][2]), "+f"(d[c][3])
+                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+    float s = 0.0f;
+    for (int c = 0; c < MMA_CHAINS; c++) s += d[c][0] + d[c][1] + d[c][2] + d[c][3];
+    if (s == 1234.5f) sink[blockIdx.x] = s;
+}
+
+/* ---- timing -------------------------------------------------------------------------------- */
+
+/* The entry points of cuBLASLt used here (signatures of cublasLt.h, stable across 12 and 13). */
+typedef struct lt_api {
+    void *lib;
+    size_t (*version)(void);
+    cublasStatus_t (*create)(cublasLtHandle_t *);
+    cublasStatus_t (*destroy)(cublasLtHandle_t);
+    cublasStatus_t (*desc_create)(cublasLtMatmulDesc_t *, cublasComputeType_t, cudaDataType_t);
+    cublasStatus_t (*desc_destroy)(cublasLtMatmulDesc_t);
+    cublasStatus_t (*desc_set)(cublasLtMatmulDesc_t, cublasLtMatmulDescAttributes_t, const void *,
+                               size_t);
+    cublasStatus_t (*layout_create)(cublasLtMatrixLayout_t *, cudaDataType, uint64_t, uint64_t,
+                                    int64_t);
+    cublasStatus_t (*layout_destroy)(cublasLtMatrixLayout_t);
+    cublasStatus_t (*pref_create)(cublasLtMatmulPreference_t *);
+    cublasStatus_t (*pref_destroy)(cublasLtMatmulPreference_t);
+    cublasStatus_t (*pref_set)(cublasLtMatmulPreference_t, cublasLtMatmulPreferenceAttributes_t,
+                               const void *, size_t);
+    cublasStatus_t (*heuristic)(cublasLtHandle_t, cublasLtMatmulDesc_t, cublasLtMatrixLayout_t,
+                                cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+                                cublasLtMatrixLayout_t, cublasLtMatmulPreference_t, int,
+                                cublasLtMatmulHeuristicResult_t *, int *);
+    cublasStatus_t (*matmul)(cublasLtHandle_t, cublasLtMatmulDesc_t, const void *, const void *,
+                             cublasLtMatrixLayout_t, const void *, cublasLtMatrixLayout_t,
+                             const void *, const void *, cublasLtMatrixLayout_t, void *,
+                             cublasLtMatrixLayout_t, const cublasLtMatmulAlgo_t *, void *, size_t,
+                             cudaStream_t);
+} lt_api;
+
+/* What one timed run enqueues. */
+typedef struct ceil_job {
+    int kind; /* JOB_* */
+    cudaStream_t st;
+    void *dst;
+    const void *src;
+    size_t bytes;
+    int blocks, threads, iters;
+    void *sink;
+    /* cuBLASLt */
+    const lt_api *lt;
+    cublasLtHandle_t h;
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, ld;
+    cublasLtMatmulAlgo_t algo;
+    const void *A, *B;
+    void *ws;
+} ceil_job;
+
+enum { JOB_COPY, JOB_READ, JOB_MMA_BF16, JOB_MMA_FP8, JOB_GEMM };
+
+static dsv4_status enqueue(const ceil_job *j)
+{
+    switch (j->kind) {
+    case JOB_COPY:
+        CUDA_TRY(cudaMemcpyAsync(j->dst, j->src, j->bytes, cudaMemcpyDeviceToDevice, j->st));
+        return DSV4_OK;
+    case JOB_READ:
+        ceil_read_kernel<<<j->blocks, j->threads, 0, j->st>>>((const uint4 *)j->src, j->bytes / 16,
+                                                              (uint32_t *)j->sink);
+        break;
+    case JOB_MMA_BF16:
+        ceil_mma_bf16_kernel<<<j->blocks, j->threads, 0, j->st>>>(j->iters, (float *)j->sink);
+        break;
+    case JOB_MMA_FP8:
+        ceil_mma_fp8_kernel<<<j->blocks, j->threads, 0, j->st>>>(j->iters, (float *)j->sink);
+        break;
+    case JOB_GEMM: {
+        const float alpha = 1.0f, beta = 0.0f;
+        cublasStatus_t s =
+            j->lt->matmul(j->h, j->desc, &alpha, j->A, j->la, j->B, j->lb, &beta, j->dst, j->ld,
+                          j->dst, j->ld, &j->algo, j->ws, LT_WS_BYTES, j->st);
+        if (s != CUBLAS_STATUS_SUCCESS)
+            return dsv4_fail(DSV4_ERR_DEVICE, "cublasLtMatmul: status %d", (int)s);
+        return DSV4_OK;
+    }
+    }
+    CUDA_LAUNCHED();
+    return DSV4_OK;
+}
+
+/* Best time of BENCH_REPS runs of j, after one warm-up run. */
+static dsv4_status time_best(const ceil_job *j, cudaEvent_t e0, cudaEvent_t e1, double *best_s)
+{
+    float best = 0.0f;
+    for (int r = 0; r <= BENCH_REPS; r++) {
+        CUDA_TRY(cudaEventRecord(e0, j->st));
+        DSV4_TRY(enqueue(j));
+        CUDA_TRY(cudaEventRecord(e1, j->st));
+        CUDA_TRY(cudaEventSynchronize(e1));
+        float ms = 0.0f;
+        CUDA_TRY(cudaEventElapsedTime(&ms, e0, e1));
+        if (r > 0 && (best == 0.0f || ms < best)) best = ms;
+    }
+    *best_s = best * 1e-3;
+    return DSV4_OK;
+}
+
+/* ---- cuBLASLt ------------------------------------------------------------------------------ */
+
+#define LT_LOAD(field, sym)                                                                        \
+    do {                                                                                           \
+        lt->field = (__typeof__(lt->field))dlsym(lt->lib, sym);                                    \
+        if (!lt->field) {                                                                          \
+            snprintf(note, note_n, "%s has no %s", path, sym);                                     \
+            dlclose(lt->lib);                                                                      \
+            lt->lib = NULL;                                                                        \
+            return 0;                                                                              \
+        }                                                                                          \
+    } while (0)
+
+/* Loads cuBLASLt; 0 (and the reason in note) when none can be. */
+static int lt_load(lt_api *lt, char *note, size_t note_n)
+{
+    const char *env = getenv("DSV4_CUBLASLT");
+    const char *names[4] = {env && *env ? env : "libcublasLt.so.13", "libcublasLt.so.13",
+                            "libcublasLt.so.12", "libcublasLt.so"};
+    const char *path = NULL;
+    for (int i = 0; i < 4 && !lt->lib; i++) {
+        lt->lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+        path = names[i];
+    }
+    if (!lt->lib) {
+        const char *e = dlerror();
+        snprintf(note, note_n, "cuBLASLt not loaded (%s); set DSV4_CUBLASLT or LD_LIBRARY_PATH",
+                 e ? e : "no library found");
+        return 0;
+    }
+    LT_LOAD(version, "cublasLtGetVersion");
+    LT_LOAD(create, "cublasLtCreate");
+    LT_LOAD(destroy, "cublasLtDestroy");
+    LT_LOAD(desc_create, "cublasLtMatmulDescCreate");
+    LT_LOAD(desc_destroy, "cublasLtMatmulDescDestroy");
+    LT_LOAD(desc_set, "cublasLtMatmulDescSetAttribute");
+    LT_LOAD(layout_create, "cublasLtMatrixLayoutCreate");
+    LT_LOAD(layout_destroy, "cublasLtMatrixLayoutDestroy");
+    LT_LOAD(pref_create, "cublasLtMatmulPreferenceCreate");
+    LT_LOAD(pref_destroy, "cublasLtMatmulPreferenceDestroy");
+    LT_LOAD(pref_set, "cublasLtMatmulPreferenceSetAttribute");
+    LT_LOAD(heuristic, "cublasLtMatmulAlgoGetHeuristic");
+    LT_LOAD(matmul, "cublasLtMatmul");
+    snprintf(note, note_n, "cuBLASLt %zu (%s)", lt->version(), path);
+    return 1;
+}
+
+/* D [n, n] bf16 = A^T B with A, B [n, n] of type `in` (column-major, the "TN" layout FP8 GEMMs
+ * need), f32 accumulation. *tflops = 0 and a note when cuBLASLt declines the problem. */
+static dsv4_status lt_gemm(ceil_job *j, cudaDataType_t in, int n, cudaEvent_t e0, cudaEvent_t e1,
+                           double *tflops, char *note, size_t note_n)
+{
+    const lt_api *lt = j->lt;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasStatus_t s = lt->desc_create(&j->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    const cublasOperation_t tr = CUBLAS_OP_T, nt = CUBLAS_OP_N;
+    const uint64_t ws = LT_WS_BYTES;
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = lt->desc_set(j->desc, CUBLASLT_MATMUL_DESC_TRANSA, &tr, sizeof tr);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = lt->desc_set(j->desc, CUBLASLT_MATMUL_DESC_TRANSB, &nt, sizeof nt);
+    if (s == CUBLAS_STATUS_SUCCESS) s = lt->layout_create(&j->la, in, n, n, n);
+    if (s == CUBLAS_STATUS_SUCCESS) s = lt->layout_create(&j->lb, in, n, n, n);
+    if (s == CUBLAS_STATUS_SUCCESS) s = lt->layout_create(&j->ld, CUDA_R_16BF, n, n, n);
+    if (s == CUBLAS_STATUS_SUCCESS) s = lt->pref_create(&pref);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = lt->pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    cublasLtMatmulHeuristicResult_t res;
+    int found = 0;
+    memset(&res, 0, sizeof res);
+    if (s == CUBLAS_STATUS_SUCCESS)
+        s = lt->heuristic(j->h, j->desc, j->la, j->lb, j->ld, j->ld, pref, 1, &res, &found);
+    dsv4_status st = DSV4_OK;
+    *tflops = 0.0;
+    if (s != CUBLAS_STATUS_SUCCESS || !found) {
+        snprintf(note, note_n, "; %s GEMM: no cuBLASLt algorithm (status %d)",
+                 in == CUDA_R_16BF ? "BF16" : "FP8", (int)s);
+    } else {
+        j->algo = res.algo;
+        double sec = 0.0;
+        st = time_best(j, e0, e1, &sec);
+        if (st == DSV4_OK && sec > 0.0) *tflops = 2.0 * n * (double)n * n / sec / 1e12;
+    }
+    if (pref) lt->pref_destroy(pref);
+    if (j->ld) lt->layout_destroy(j->ld);
+    if (j->lb) lt->layout_destroy(j->lb);
+    if (j->la) lt->layout_destroy(j->la);
+    if (j->desc) lt->desc_destroy(j->desc);
+    j->ld = j->lb = j->la = NULL;
+    j->desc = NULL;
+    return st;
+}
+
+/* ---- the measurements ---------------------------------------------------------------------- */
+
+typedef struct ceil_res {
+    void *src, *dst, *sink, *ws;
+    cudaEvent_t e0, e1;
+    lt_api lt;
+    cublasLtHandle_t h;
+} ceil_res;
+
+static dsv4_status fill(cudaStream_t st, void *p, size_t bytes, int is_fp8, uint32_t seed)
+{
+    ceil_fill_kernel<<<4096, 256, 0, st>>>((uint16_t *)p, bytes / 2, is_fp8, seed);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
+}
+
+static dsv4_status measure(dsv4_backend *b, ceil_res *r, dsv4_bench_ceilings *out)
+{
+    cudaStream_t st = dsv4_cuda_stream(b->cuda);
+    int dev = 0, sms = 0;
+    CUDA_TRY(cudaGetDevice(&dev));
+    CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    cudaDeviceProp prop;
+    CUDA_TRY(cudaGetDeviceProperties(&prop, dev));
+    snprintf(out->device_name, sizeof out->device_name, "%.127s", prop.name);
+    out->sm_count = sms;
+    out->device_bytes = prop.totalGlobalMem;
+    CUDA_TRY(cudaEventCreate(&r->e0));
+    CUDA_TRY(cudaEventCreate(&r->e1));
+    DSV4_TRY(dsv4_cuda_alloc(b->cuda, COPY_BYTES, &r->src));
+    DSV4_TRY(dsv4_cuda_alloc(b->cuda, COPY_BYTES, &r->dst));
+    DSV4_TRY(dsv4_cuda_alloc(b->cuda, (size_t)sms * 64 * sizeof(float), &r->sink));
+    DSV4_TRY(fill(st, r->src, COPY_BYTES, 0, 1));
+
+    ceil_job j;
+    memset(&j, 0, sizeof j);
+    j.st = st;
+    j.sink = r->sink;
+    double sec = 0.0;
+
+    /* bandwidth */
+    out->buffer_bytes = COPY_BYTES;
+    j.kind = JOB_COPY;
+    j.dst = r->dst;
+    j.src = r->src;
+    j.bytes = COPY_BYTES;
+    DSV4_TRY(time_best(&j, r->e0, r->e1, &sec));
+    out->copy_gbs = 2.0 * (double)COPY_BYTES / sec / 1e9;
+    j.kind = JOB_READ;
+    j.blocks = sms * 4;
+    j.threads = 512;
+    DSV4_TRY(time_best(&j, r->e0, r->e1, &sec));
+    out->read_gbs = (double)COPY_BYTES / sec / 1e9;
+
+    /* mma.sync peaks: 8 warps per block, 4 blocks per SM */
+    j.blocks = sms * 4;
+    j.threads = 256;
+    j.iters = MMA_ITERS;
+    const double warps = (double)j.blocks * (j.threads / 32) * MMA_ITERS * MMA_CHAINS;
+    j.kind = JOB_MMA_BF16;
+    DSV4_TRY(time_best(&j, r->e0, r->e1, &sec));
+    out->mma_bf16_tflops = warps * 4096.0 / sec / 1e12;
+    j.kind = JOB_MMA_FP8;
+    DSV4_TRY(time_best(&j, r->e0, r->e1, &sec));
+    out->mma_fp8_tflops = warps * 8192.0 / sec / 1e12;
+
+    /* cuBLASLt GEMMs on the copy buffers: A and B in src, D in dst */
+    out->gemm_n = GEMM_N;
+    if (!lt_load(&r->lt, out->blas_note, sizeof out->blas_note)) return DSV4_OK;
+    cublasStatus_t s = r->lt.create(&r->h);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        r->h = NULL;
+        snprintf(out->blas_note, sizeof out->blas_note, "cublasLtCreate: status %d", (int)s);
+        return DSV4_OK;
+    }
+    DSV4_TRY(dsv4_cuda_alloc(b->cuda, LT_WS_BYTES, &r->ws));
+    const size_t half = COPY_BYTES / 2; /* A at 0, B at 512 MiB: n*n*2 bytes = 128 MiB each */
+    j.kind = JOB_GEMM;
+    j.lt = &r->lt;
+    j.h = r->h;
+    j.A = r->src;
+    j.B = (const char *)r->src + half;
+    j.dst = r->dst;
+    j.ws = r->ws;
+    const size_t used = strlen(out->blas_note);
+    DSV4_TRY(lt_gemm(&j, CUDA_R_16BF, GEMM_N, r->e0, r->e1, &out->blas_bf16_tflops,
+                     out->blas_note + used, sizeof out->blas_note - used));
+    DSV4_TRY(fill(st, r->src, COPY_BYTES, 1, 2));
+    const size_t used2 = strlen(out->blas_note);
+    DSV4_TRY(lt_gemm(&j, CUDA_R_8F_E4M3, GEMM_N, r->e0, r->e1, &out->blas_fp8_tflops,
+                     out->blas_note + used2, sizeof out->blas_note - used2));
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_bench_ceilings_measure(dsv4_backend *b, dsv4_bench_ceilings *out)
+{
+    if (!b || !out || b->kind != DSV4_DEVICE_CUDA || !b->cuda)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "dsv4_bench_ceilings_measure: needs a CUDA backend");
+    memset(out, 0, sizeof *out);
+    ceil_res r;
+    memset(&r, 0, sizeof r);
+    dsv4_status st = measure(b, &r, out);
+    if (st != DSV4_OK) dsv4_fail_context(st, "measuring the device's ceilings");
+    cudaStreamSynchronize(dsv4_cuda_stream(b->cuda));
+    if (r.h) r.lt.destroy(r.h);
+    if (r.lt.lib) dlclose(r.lt.lib);
+    dsv4_cuda_free(b->cuda, r.ws);
+    dsv4_cuda_free(b->cuda, r.sink);
+    dsv4_cuda_free(b->cuda, r.dst);
+    dsv4_cuda_free(b->cuda, r.src);
+    if (r.e0) cudaEventDestroy(r.e0);
+    if (r.e1) cudaEventDestroy(r.e1);
+    return st;
+}
