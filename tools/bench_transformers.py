@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bench_transformers.py - transformers' DeepseekV4ForCausalLM timed at the geometry `dsv4 bench` uses.
+"""bench_transformers.py - transformers' DeepseekV4ForCausalLM at the geometry of `dsv4 bench`.
 
 Runs on the GPU machine (transformers 5.17, torch with CUDA):
 
@@ -8,12 +8,12 @@ Runs on the GPU machine (transformers 5.17, torch with CUDA):
         [--experts-impl eager|grouped_mm|batched_mm] [--keep-f32]
 
 For each SHAPE:LAYERS run it builds the model in bf16 on the GPU (random init: normal(0, 0.02)
-matrices, norm weights and mHC scales 1, other vectors 0, random tid2eid; every parameter bf16, also
-the small mHC / norm / sink modules from_pretrained would keep in f32 - --keep-f32 keeps them), with the
-real Flash / Pro geometry (tests/fixtures/configs/<shape>_hub.json) cut to LAYERS layers exactly as
-src/model/model_shape.c cuts it: all layers = the real schedule; fewer = the compress ratios of the
-real layers 2, 3, ... (CSA, HCA, CSA, ...), the first 3 layers hash-routed when more than 3, else all
-but the last. No MTP. Then it times
+matrices, norm weights and mHC scales 1, other vectors 0, random tid2eid; every parameter bf16,
+also the small mHC / norm / sink modules from_pretrained would keep in f32: --keep-f32 keeps
+them), with the real Flash / Pro geometry (tests/fixtures/configs/<shape>_hub.json) cut to
+LAYERS layers exactly as src/model/model_shape.c cuts it: all layers = the real schedule; fewer =
+the compress ratios of the real layers 2, 3, ... (CSA, HCA, CSA, ...), the first 3 layers
+hash-routed when more than 3, else all but the last. No MTP. Then it times
 
   prefill  one sequence of --context tokens in one forward (a fresh cache; logits of the last token
            only), tokens/s; if that runs out of memory, in chunks of 1024 (said in the output);
@@ -122,7 +122,7 @@ def init_random(model, n_experts, torch):
 
 
 def keep_f32(model, torch):
-    """Casts the parameters of the modules transformers keeps in f32 (_keep_in_fp32_modules_strict)."""
+    """Casts the parameters of the modules in _keep_in_fp32_modules_strict to f32."""
     keys = set(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
     n = 0
     for name, p in model.named_parameters():
