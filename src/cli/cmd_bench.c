@@ -9,33 +9,21 @@
  * how close the step comes to moving them at the measured copy bandwidth ("of floor"). Output is a
  * markdown report, or one JSON object with --json.
  *
- * The command drives the engine through its internal headers (engine/engine.h, model/model.h),
- * which the CLI target sees only when src/ is on its include path; a CLI built without it, or
- * without CUDA, has a `bench` that says so and exits 1.
+ * The command drives the engine through its internal headers (engine/engine.h, model/model.h):
+ * it is a developer tool, the one CLI command that reaches past dsv4.h. Without CUDA it says so
+ * and exits 1.
  */
 #include "commands.h"
 
 #include <stdio.h>
 
-#if defined(__has_include)
-#if __has_include("engine/engine.h") && __has_include("backend/cuda/bench_ceilings.h")
-#define BENCH_SEES_ENGINE 1
-#endif
-#endif
-
-#if !defined(DSV4_HAVE_CUDA) || !defined(BENCH_SEES_ENGINE)
+#ifndef DSV4_HAVE_CUDA
 
 int cmd_bench(int argc, char **argv)
 {
     (void)argc;
     (void)argv;
-#ifndef DSV4_HAVE_CUDA
     fprintf(stderr, "dsv4 bench: this build has no CUDA backend (configure with -DDSV4_CUDA=ON)\n");
-#else
-    fprintf(stderr, "dsv4 bench: this CLI was built without src/ on its include path, so it cannot "
-                    "drive the engine (src/cli/CMakeLists.txt: target_include_directories(dsv4_cli "
-                    "PRIVATE ${PROJECT_SOURCE_DIR}/src))\n");
-#endif
     return 1;
 }
 
