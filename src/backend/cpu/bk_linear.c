@@ -1,23 +1,52 @@
 /*
- * bk_linear.c - CPU implementation of the projections y = x W^T in every stored weight format (backend.h).
- * STUB: to be written.
+ * bk_linear.c - CPU implementation of the projections y = x W^T in every stored weight format
+ * (backend.h dsv4_bk_linear). It is the reference the CUDA op is tested against, so the product
+ * is the session forward's own: one dsv4_cpu_linear_rows call over all N rows (a one-row call may
+ * differ in the last bits from an N-row call, so rows are never split into several calls), then
+ * dsv4_sim_bf16 as dsv4_fw_linear_rows_bf16 does. Strided x or y go through a contiguous
+ * temporary: gathered before, scattered after, exactly like forward_attn.c's grouped wo_a.
  */
 #include "backend/backend_impl.h"
+#include "backend/cpu/cpu_linear.h"
 #include "core/error.h"
+#include "model/quant_sim.h"
+
+#include <stdlib.h>
+#include <string.h>
 
 dsv4_status dsv4_cpu_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
                                const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
                                int round_bf16)
 {
-    (void)b;
-    (void)w;
-    (void)row0;
-    (void)nrows;
-    (void)x;
-    (void)ldx;
-    (void)N;
-    (void)y;
-    (void)ldy;
-    (void)round_bf16;
-    return dsv4_fail(DSV4_ERR_UNSUPPORTED, "cpu: linear: not implemented yet");
+    const int64_t cols = w->cols;
+    if (N < 0 || nrows < 0 || row0 < 0 || row0 + nrows > w->rows || ldx < cols || ldy < nrows)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "linear %s [%lld, %lld]: rows [%lld, +%lld), N %lld, ldx %lld, ldy %lld",
+                         w->name, (long long)w->rows, (long long)cols, (long long)row0,
+                         (long long)nrows, (long long)N, (long long)ldx, (long long)ldy);
+    if (N == 0 || nrows == 0) return DSV4_OK;
+
+    /* x [N, cols] contiguous (one row is contiguous whatever ldx), y [N, nrows] likewise. */
+    const int gather = N > 1 && ldx != cols, scatter = N > 1 && ldy != nrows;
+    float *xt = NULL, *yt = NULL;
+    if (gather) xt = malloc((size_t)(N * cols) * sizeof *xt);
+    if (scatter) yt = malloc((size_t)(N * nrows) * sizeof *yt);
+    if ((gather && !xt) || (scatter && !yt)) {
+        free(xt);
+        free(yt);
+        return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "linear %s: staging [%lld rows]", w->name,
+                         (long long)N);
+    }
+    if (gather)
+        for (int64_t t = 0; t < N; t++)
+            memcpy(xt + t * cols, x + t * ldx, (size_t)cols * sizeof *xt);
+    float *yo = scatter ? yt : y;
+    dsv4_status st = dsv4_cpu_linear_rows(b->pool, w, row0, nrows, gather ? xt : x, N, yo);
+    if (st == DSV4_OK && round_bf16) dsv4_sim_bf16(yo, N * nrows);
+    if (st == DSV4_OK && scatter)
+        for (int64_t t = 0; t < N; t++)
+            memcpy(y + t * ldy, yt + t * nrows, (size_t)nrows * sizeof *yt);
+    free(xt);
+    free(yt);
+    return st;
 }

@@ -1,23 +1,378 @@
 /*
- * bk_linear.cu - CUDA implementation of the projections y = x W^T in every stored weight format (backend.h).
- * STUB: to be written.
+ * bk_linear.cu - CUDA projections y = x W^T in every stored weight format (backend.h
+ * dsv4_bk_linear): the argument checks, the choice of kernel, and the decode GEMV.
+ *
+ * Three kernels, one result up to f32 summation order (each output is a plain f32 sum of
+ * x_c * w_c, w decoded exactly; the order is fixed by the shape, so runs are bit-reproducible):
+ *   GEMV  N <= 16 (decode): memory-bound; weights streamed with 16-byte loads and decoded in
+ *         registers, split over K inside a CTA when rows are few (this file);
+ *   MMA   larger N, FP8/MXFP4/NVFP4/BF16: bf16 tensor cores with x split hi + lo
+ *         (linear_tiled.cu);
+ *   SIMT  everything else (F16/F32 weights at larger N, odd widths or alignments): f32 tiles
+ *         (linear_tiled.cu).
+ * No atomics: split-K partial sums are combined in a fixed order (shared memory here, the
+ * thread-block cluster's distributed shared memory in the tiled kernels).
  */
-#include "backend/backend_impl.h"
-#include "backend/cuda/check.cuh"
+#include "backend/cuda/linear_common.cuh"
+#include "backend/cuda/linear_path.cuh"
 
-extern "C" dsv4_status dsv4_cuda_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
-                                const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
-                                int round_bf16)
+#include <stdint.h>
+
+/* ---- test hook (linear_path.cuh) ----------------------------------------------------------- */
+static int force_path = DSV4_LIN_PATH_AUTO, last_path = DSV4_LIN_PATH_AUTO;
+
+extern "C" int dsv4_cuda_linear_force_path(int path)
 {
-    (void)b;
-    (void)w;
-    (void)row0;
-    (void)nrows;
-    (void)x;
-    (void)ldx;
-    (void)N;
-    (void)y;
-    (void)ldy;
-    (void)round_bf16;
-    return dsv4_fail(DSV4_ERR_UNSUPPORTED, "cuda: linear: not implemented yet");
+    const int old = force_path;
+    force_path = path;
+    return old;
+}
+
+extern "C" int dsv4_cuda_linear_last_path(void)
+{
+    return last_path;
+}
+
+/* ---- decode GEMV -----------------------------------------------------------------------------
+ * y [N, nrows] = x [N, cols] . W^T for N <= NT. A "chunk" is 16 bytes of one weight row: E
+ * columns (F32 4, BF16/F16 8, FP8 16, FP4 32; FP8 chunks lie inside one 128-column scale block,
+ * FP4 chunks are one MXFP4 group or two NVFP4 groups). A warp owns R consecutive rows; the KS
+ * warps of a row group split the row's chunks between their 32 * KS lanes (chunk i to lane
+ * i mod 32KS), so a CTA of 8 warps covers R * 8 / KS rows. Each lane keeps R x NT f32 sums;
+ * they are reduced over the warp by a butterfly, then over the KS warps in shared memory in
+ * warp order. Scaled formats sum a chunk (half chunk for FP4) unscaled, then add it times its
+ * scale. x is read through L1 (__ldg), each load serving R rows. */
+enum { GV_THREADS = 256, GV_WARPS = 8 };
+
+/* Sub-block j (SW columns) of the 16-byte chunk q of a row -> w[SW] (FP8: e4m3 values; FP4:
+ * e2m1 * 2^-14; dense formats: the values). */
+template <int E>
+__device__ __forceinline__ void gv_decode(int fmt, const uint32_t *q, int j, float *w)
+{
+    if constexpr (E == 4) {
+#pragma unroll
+        for (int k = 0; k < 4; k++) w[k] = __uint_as_float(q[k]);
+    } else if constexpr (E == 8) {
+        if (fmt == DSV4_FORMAT_BF16) {
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                w[2 * k] = __uint_as_float(q[k] << 16);
+                w[2 * k + 1] = __uint_as_float(q[k] & 0xffff0000u);
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                __half2_raw r;
+                r.x = (unsigned short)(q[k] & 0xffffu);
+                r.y = (unsigned short)(q[k] >> 16);
+                const float2 f = __half22float2(__half2(r));
+                w[2 * k] = f.x;
+                w[2 * k + 1] = f.y;
+            }
+        }
+    } else if constexpr (E == 16) {
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            const uint32_t word = q[2 * j + k];
+            const float2 f0 = lin_fp8x2(word), f1 = lin_fp8x2(word >> 16);
+            w[4 * k] = f0.x;
+            w[4 * k + 1] = f0.y;
+            w[4 * k + 2] = f1.x;
+            w[4 * k + 3] = f1.y;
+        }
+    } else {
+        const uint32_t word = q[j];
+#pragma unroll
+        for (int b = 0; b < 4; b++) {
+            const float2 f = lin_fp4x2((word >> (8 * b)) & 0xffu);
+            w[2 * b] = f.x;
+            w[2 * b + 1] = f.y;
+        }
+    }
+}
+
+/* s + x . w over SW columns, in column order. */
+template <int SW> __device__ __forceinline__ float gv_dot(const float *x, const float *w, float s)
+{
+#pragma unroll
+    for (int k = 0; k < SW; k++) s = fmaf(x[k], w[k], s);
+    return s;
+}
+
+// x [N, cols] (ldx), W rows row0 + [0, nrows) -> y [N, nrows] (ldy); grid: ceil(nrows / rows per
+// CTA) CTAs of 256 threads; 1 << ks_log2 warps per row group.
+template <int NT, int E>
+__global__ void __launch_bounds__(GV_THREADS) gemv_kernel(lin_args a, int ks_log2)
+{
+    constexpr int R = NT >= 8 ? 2 : 4; /* rows per warp: registers hold R*NT sums twice */
+    constexpr int SW = E < 8 ? E : 8;  /* columns decoded at once */
+    constexpr int SB = E / SW;
+    constexpr bool scaled = E >= 16;
+    __shared__ float red[GV_WARPS][R][NT];
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int KS = 1 << ks_log2, RG = GV_WARPS >> ks_log2;
+    const int rg = warp >> ks_log2, ks = warp & (KS - 1);
+    const int64_t rbase = ((int64_t)blockIdx.x * RG + rg) * R;
+    const int64_t nchunk = a.cols / E;
+    const int N = (int)a.N;
+
+    const uint8_t *wp[R];
+    int64_t arow[R];
+    bool ok[R];
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        ok[i] = rbase + i < a.nrows;
+        arow[i] = a.row0 + (ok[i] ? rbase + i : 0);
+        wp[i] = a.data + arow[i] * a.row_bytes;
+    }
+    float acc[R][NT];
+#pragma unroll
+    for (int i = 0; i < R; i++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) acc[i][n] = 0.0f;
+
+    for (int64_t ch = (int64_t)ks * 32 + lane; ch < nchunk; ch += 32 * KS) {
+        const int64_t c = ch * E;
+        uint32_t q[R][4];
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (ok[i]) v = __ldcs((const uint4 *)(const void *)(wp[i] + ch * 16));
+            q[i][0] = v.x, q[i][1] = v.y, q[i][2] = v.z, q[i][3] = v.w;
+        }
+        float sc[R][2], p[R][NT];
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            sc[i][0] = sc[i][1] = 0.0f;
+#pragma unroll
+            for (int n = 0; n < NT; n++) p[i][n] = 0.0f;
+        }
+        if constexpr (scaled) {
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+                if (!ok[i]) continue;
+                if (E == 16) {
+                    sc[i][0] = lin_scale(a, arow[i] / 128, c / 128);
+                } else if (a.fmt == DSV4_FORMAT_MXFP4) {
+                    sc[i][0] = sc[i][1] = lin_scale(a, arow[i], c / 32);
+                } else {
+                    sc[i][0] = lin_scale(a, arow[i], c / 16);
+                    sc[i][1] = lin_scale(a, arow[i], c / 16 + 1);
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < SB; j++) {
+            float w[R][SW];
+#pragma unroll
+            for (int i = 0; i < R; i++) gv_decode<E>(a.fmt, q[i], j, w[i]);
+#pragma unroll
+            for (int n = 0; n < NT; n++) {
+                if (n >= N) break;
+                const float4 *xp = (const float4 *)(const void *)(a.x + n * a.ldx + c + j * SW);
+                float xv[SW];
+#pragma unroll
+                for (int k = 0; k < SW / 4; k++) {
+                    const float4 f = __ldg(xp + k);
+                    xv[4 * k] = f.x, xv[4 * k + 1] = f.y, xv[4 * k + 2] = f.z, xv[4 * k + 3] = f.w;
+                }
+#pragma unroll
+                for (int i = 0; i < R; i++) {
+                    if constexpr (scaled)
+                        p[i][n] = gv_dot<SW>(xv, w[i], p[i][n]);
+                    else
+                        acc[i][n] = gv_dot<SW>(xv, w[i], acc[i][n]);
+                }
+            }
+            /* FP4: after each 16-column half (its own NVFP4 scale); FP8: after the chunk. The
+             * FP4 partial is e2m1 * 2^-14 sums: times 2^14 (exact) before the scale. */
+            if constexpr (scaled) {
+                const bool flush = E == 16 ? j == SB - 1 : (j & 1) == 1;
+                if (flush) {
+                    const int h = E == 16 ? 0 : j >> 1;
+#pragma unroll
+                    for (int i = 0; i < R; i++)
+#pragma unroll
+                        for (int n = 0; n < NT; n++) {
+                            const float pv = E == 16 ? p[i][n] : p[i][n] * 16384.0f;
+                            acc[i][n] = fmaf(pv, sc[i][h], acc[i][n]);
+                            p[i][n] = 0.0f;
+                        }
+                }
+            }
+        }
+    }
+
+    /* butterfly over the warp: every lane ends with the same bits (each step adds a pair in
+     * both orders, which IEEE addition does not distinguish) */
+#pragma unroll
+    for (int i = 0; i < R; i++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            float v = acc[i][n];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            if (lane == 0) red[warp][i][n] = v;
+        }
+    __syncthreads();
+    const int t = threadIdx.x;
+    if (t < RG * R * NT) {
+        const int g = t / (R * NT), i = (t / NT) % R, n = t % NT;
+        const int64_t row = ((int64_t)blockIdx.x * RG + g) * R + i;
+        if (n < N && row < a.nrows) {
+            float s = red[g * KS][i][n];
+            for (int k = 1; k < KS; k++) s += red[g * KS + k][i][n];
+            a.y[n * a.ldy + row] = lin_finish(a, s);
+        }
+    }
+}
+
+typedef void (*gemv_fn)(lin_args, int);
+
+/* Columns per 16-byte chunk; 0: no GEMV for this format. */
+static int gemv_chunk_cols(int fmt)
+{
+    switch (fmt) {
+    case DSV4_FORMAT_F32:
+        return 4;
+    case DSV4_FORMAT_BF16:
+    case DSV4_FORMAT_F16:
+        return 8;
+    case DSV4_FORMAT_FP8:
+        return 16;
+    case DSV4_FORMAT_MXFP4:
+    case DSV4_FORMAT_NVFP4:
+        return 32;
+    default:
+        return 0;
+    }
+}
+
+static int gemv_ok(const lin_args *a)
+{
+    const int E = gemv_chunk_cols(a->fmt);
+    return E && a->N <= 16 && a->cols % E == 0 && (uintptr_t)a->data % 16 == 0 &&
+           (uintptr_t)a->x % 16 == 0 && a->ldx % 4 == 0;
+}
+
+#define GV_ROW(nt)                                                                                 \
+    {                                                                                              \
+        gemv_kernel<nt, 4>, gemv_kernel<nt, 8>, gemv_kernel<nt, 16>, gemv_kernel<nt, 32>           \
+    }
+
+static dsv4_status launch_gemv(const lin_args *a, int n_sms, cudaStream_t st)
+{
+    static const gemv_fn table[5][4] = {GV_ROW(1), GV_ROW(2), GV_ROW(4), GV_ROW(8), GV_ROW(16)};
+    const int E = gemv_chunk_cols(a->fmt);
+    const int ei = E == 4 ? 0 : E == 8 ? 1 : E == 16 ? 2 : 3;
+    int ni = 0;
+    while ((1 << ni) < a->N) ni++;
+    const int NT = 1 << ni, R = NT >= 8 ? 2 : 4;
+    const gemv_fn fn = table[ni][ei];
+
+    /* K split: the one (1..8 warps per row group, each lane keeping at least one chunk) whose
+     * CTAs fill the resident slots best, fewer warps on ties. */
+    int occ = 1;
+    CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, GV_THREADS, 0));
+    const double slots = (double)n_sms * (occ > 0 ? occ : 1);
+    const int64_t nchunk = a->cols / E;
+    int ks_log2 = 0;
+    double best = -1.0;
+    for (int l = 0; l <= 3; l++) {
+        if (l > 0 && nchunk < 32 * (1 << l)) break;
+        const int64_t per = (int64_t)R * (GV_WARPS >> l);
+        const double ctas = (double)((a->nrows + per - 1) / per);
+        const double waves = ctas / slots;
+        const double eff = waves / (double)(int64_t)(waves + 0.999999);
+        if (eff > best + 0.05) best = eff, ks_log2 = l;
+    }
+    const int64_t per = (int64_t)R * (GV_WARPS >> ks_log2);
+    const unsigned grid = (unsigned)((a->nrows + per - 1) / per);
+    fn<<<grid, GV_THREADS, 0, st>>>(*a, ks_log2);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
+}
+
+/* ---- the op ---------------------------------------------------------------------------------- */
+extern "C" dsv4_status dsv4_cuda_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0,
+                                           int64_t nrows, const float *x, int64_t ldx, int64_t N,
+                                           float *y, int64_t ldy, int round_bf16)
+{
+    const int64_t cols = w->cols;
+    if (N < 0 || nrows < 0 || row0 < 0 || row0 + nrows > w->rows || ldx < cols || ldy < nrows)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "linear %s [%lld, %lld]: rows [%lld, +%lld), N %lld, ldx %lld, ldy %lld",
+                         w->name, (long long)w->rows, (long long)cols, (long long)row0,
+                         (long long)nrows, (long long)N, (long long)ldx, (long long)ldy);
+    if (N == 0 || nrows == 0) return DSV4_OK;
+
+    lin_args a;
+    a.fmt = (int)w->format;
+    a.skind = LIN_SCALE_NONE;
+    a.data = (const uint8_t *)w->data;
+    a.scale = (const uint8_t *)w->scale;
+    a.cols = cols;
+    a.scale_cols = w->scale_cols;
+    a.row0 = row0;
+    a.nrows = nrows;
+    a.out_scale = 1.0f;
+    a.x = x;
+    a.ldx = ldx;
+    a.N = N;
+    a.y = y;
+    a.ldy = ldy;
+    a.round_bf16 = round_bf16 != 0;
+    int ok = 0;
+    switch (w->format) {
+    case DSV4_FORMAT_F32:
+        a.row_bytes = 4 * cols;
+        ok = w->dtype == DSV4_DT_F32;
+        break;
+    case DSV4_FORMAT_BF16:
+    case DSV4_FORMAT_F16:
+        a.row_bytes = 2 * cols;
+        ok = w->dtype == (w->format == DSV4_FORMAT_BF16 ? DSV4_DT_BF16 : DSV4_DT_F16);
+        break;
+    case DSV4_FORMAT_FP8:
+        a.row_bytes = cols;
+        a.skind = w->scale_dtype == DSV4_DT_F8_E8M0 ? LIN_SCALE_E8M0
+                  : w->scale_dtype == DSV4_DT_F32   ? LIN_SCALE_F32
+                                                    : LIN_SCALE_NONE;
+        ok = w->scale && a.skind != LIN_SCALE_NONE;
+        break;
+    case DSV4_FORMAT_MXFP4:
+    case DSV4_FORMAT_NVFP4: {
+        const int mx = w->format == DSV4_FORMAT_MXFP4;
+        a.row_bytes = cols / 2;
+        a.skind = mx ? LIN_SCALE_E8M0 : LIN_SCALE_E4M3;
+        a.out_scale = w->scale2;
+        ok = w->scale && cols % (mx ? 32 : 16) == 0 &&
+             w->scale_dtype == (mx ? DSV4_DT_F8_E8M0 : DSV4_DT_F8_E4M3);
+        break;
+    }
+    default:
+        break;
+    }
+    if (!ok)
+        return dsv4_fail(DSV4_ERR_UNSUPPORTED, "cuda linear: %s (%s, %s, scales %s)", w->name,
+                         dsv4_weight_format_name(w->format), dsv4_dtype_name(w->dtype),
+                         dsv4_dtype_name(w->scale_dtype));
+
+    int dev = 0, n_sms = 132;
+    CUDA_TRY(cudaGetDevice(&dev));
+    CUDA_TRY(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, dev));
+    cudaStream_t st = dsv4_cuda_stream(b->cuda);
+
+    int path = force_path;
+    if (path == DSV4_LIN_PATH_GEMV && !gemv_ok(&a)) path = DSV4_LIN_PATH_AUTO;
+    if (path == DSV4_LIN_PATH_MMA && !dsv4_lin_mma_ok(&a)) path = DSV4_LIN_PATH_AUTO;
+    if (path == DSV4_LIN_PATH_AUTO)
+        path = gemv_ok(&a)           ? DSV4_LIN_PATH_GEMV
+               : dsv4_lin_mma_ok(&a) ? DSV4_LIN_PATH_MMA
+                                     : DSV4_LIN_PATH_SIMT;
+    last_path = path;
+    if (path == DSV4_LIN_PATH_GEMV) return launch_gemv(&a, n_sms, st);
+    if (path == DSV4_LIN_PATH_MMA) return dsv4_lin_launch_mma(&a, n_sms, st);
+    return dsv4_lin_launch_simt(&a, n_sms, st);
 }

@@ -1,0 +1,137 @@
+/*
+ * linear_common.cuh - what the CUDA projection kernels share (bk_linear.cu: the dispatcher and
+ * the decode GEMV; linear_tiled.cu: the tensor-core and SIMT tiled kernels): the argument block,
+ * the register decoders of each stored format, the scale lookups and the output rounding.
+ *
+ * Every decoder is exact: it yields the f32 value of the reference decoding (model/weights.c),
+ * possibly times a power of two that the caller folds back in (noted at each one).
+ */
+#ifndef DSV4_CUDA_LINEAR_COMMON_CUH
+#define DSV4_CUDA_LINEAR_COMMON_CUH
+
+#include "backend/backend_impl.h"
+#include "backend/cuda/check.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
+#include <stdint.h>
+
+/* How the scale bytes are decoded. */
+enum { LIN_SCALE_NONE = 0, LIN_SCALE_E8M0, LIN_SCALE_E4M3, LIN_SCALE_F32 };
+
+/* One projection: y [N, nrows] (stride ldy) = x [N, cols] (stride ldx) . W[row0 ..)^T. All
+ * pointers are device memory. */
+typedef struct lin_args {
+    int fmt;   /* dsv4_weight_format */
+    int skind; /* LIN_SCALE_* */
+    const uint8_t *data;
+    const uint8_t *scale;
+    int64_t cols, row_bytes, scale_cols;
+    int64_t row0, nrows;
+    float out_scale; /* NVFP4 scale2, applied to each finished sum (as the CPU kernels do) */
+    const float *x;
+    int64_t ldx, N;
+    float *y;
+    int64_t ldy;
+    int round_bf16;
+} lin_args;
+
+/* ue8m0 byte -> 2^(s-127): the exponent field itself, except 0 (2^-127, subnormal) and 0xff. */
+__device__ __forceinline__ float lin_e8m0(uint32_t s)
+{
+    return __uint_as_float(s == 0xffu ? 0x7fc00000u : s == 0u ? 0x00400000u : s << 23);
+}
+
+/* e4m3fn byte -> f32, exact (the hardware converter; NaN codes give NaN). */
+__device__ __forceinline__ float lin_e4m3(uint32_t b)
+{
+    const __half_raw h = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)b, __NV_E4M3);
+    return __half2float(__half(h));
+}
+
+/* Two e4m3 bytes (low 16 bits, low byte = lower column) -> f32 pair, exact. */
+__device__ __forceinline__ float2 lin_fp8x2(uint32_t two)
+{
+    const __half2_raw h =
+        __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xffffu), __NV_E4M3);
+    return __half22float2(__half2(h));
+}
+
+/* One FP4 byte (low nibble = even column) -> f32 pair equal to e2m1 * 2^-14, exactly: each
+ * nibble's sign, two exponent bits and mantissa bit are placed into an f16 (bias 15 vs 1), which
+ * makes the code 1 (0.5) an f16 subnormal, also exact. Integer ops only, then one conversion. */
+__device__ __forceinline__ float2 lin_fp4x2(uint32_t byte)
+{
+    const uint32_t t = (byte & 0x0fu) | ((byte & 0xf0u) << 12);
+    const uint32_t h = ((t & 0x00070007u) << 9) | ((t & 0x00080008u) << 12);
+    __half2_raw r;
+    r.x = (unsigned short)(h & 0xffffu);
+    r.y = (unsigned short)(h >> 16);
+    return __half22float2(__half2(r));
+}
+
+/* Scale element (srow, g) of the weight, decoded. */
+__device__ __forceinline__ float lin_scale(const lin_args &a, int64_t srow, int64_t g)
+{
+    const int64_t i = srow * a.scale_cols + g;
+    switch (a.skind) {
+    case LIN_SCALE_E8M0:
+        return lin_e8m0(__ldg(a.scale + i));
+    case LIN_SCALE_E4M3:
+        return lin_e4m3(__ldg(a.scale + i));
+    case LIN_SCALE_F32:
+        return __ldg((const float *)(const void *)a.scale + i);
+    default:
+        break;
+    }
+    return 1.0f;
+}
+
+/* Element (r, c) of W (absolute row r) as the reference decodes it, except that FP4 leaves out
+ * scale2 (applied to the sum, lin_finish). The slow generic path of the SIMT kernel. */
+__device__ __forceinline__ float lin_wval(const lin_args &a, int64_t r, int64_t c)
+{
+    switch (a.fmt) {
+    case DSV4_FORMAT_F32:
+        return __ldg((const float *)(const void *)a.data + r * a.cols + c);
+    case DSV4_FORMAT_BF16: {
+        const unsigned short h =
+            __ldg((const unsigned short *)(const void *)a.data + r * a.cols + c);
+        return __uint_as_float((uint32_t)h << 16);
+    }
+    case DSV4_FORMAT_F16: {
+        const unsigned short h =
+            __ldg((const unsigned short *)(const void *)a.data + r * a.cols + c);
+        __half_raw hr;
+        hr.x = h;
+        return __half2float(__half(hr));
+    }
+    case DSV4_FORMAT_FP8:
+        return lin_e4m3(__ldg(a.data + r * a.row_bytes + c)) * lin_scale(a, r / 128, c / 128);
+    case DSV4_FORMAT_MXFP4:
+    case DSV4_FORMAT_NVFP4: {
+        const uint32_t b = __ldg(a.data + r * a.row_bytes + c / 2);
+        const float2 v = lin_fp4x2(b);
+        const float e = ((c & 1) ? v.y : v.x) * 16384.0f; /* e2m1, exact */
+        return e * lin_scale(a, r, a.fmt == DSV4_FORMAT_MXFP4 ? c / 32 : c / 16);
+    }
+    default:
+        break;
+    }
+    return __uint_as_float(0x7fc00000u);
+}
+
+/* A finished f32 sum -> the stored output: times scale2, then bf16 (nearest even) on request. */
+__device__ __forceinline__ float lin_finish(const lin_args &a, float s)
+{
+    s *= a.out_scale;
+    return a.round_bf16 ? __bfloat162float(__float2bfloat16_rn(s)) : s;
+}
+
+/* The tiled kernels (linear_tiled.cu). *_ok: whether the kernel takes this weight and x. */
+int dsv4_lin_mma_ok(const lin_args *a);
+dsv4_status dsv4_lin_launch_mma(const lin_args *a, int n_sms, cudaStream_t st);
+dsv4_status dsv4_lin_launch_simt(const lin_args *a, int n_sms, cudaStream_t st);
+
+#endif

@@ -1,0 +1,31 @@
+/*
+ * linear_path.cuh - test hook of the CUDA projections (bk_linear.cu), plain C so that the GPU op
+ * test (tests/test_gpu_linear.c) can include it: it forces one of the kernels so that each is
+ * checked against the CPU on every shape it accepts, not only where the dispatcher picks it.
+ * The engine never calls it. Process-wide, by design of a test switch: set it, run, reset to
+ * DSV4_LIN_PATH_AUTO.
+ */
+#ifndef DSV4_CUDA_LINEAR_PATH_CUH
+#define DSV4_CUDA_LINEAR_PATH_CUH
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    DSV4_LIN_PATH_AUTO = 0, /* the dispatcher's choice */
+    DSV4_LIN_PATH_GEMV = 1, /* decode GEMV (N <= 16, 16-byte aligned rows and x) */
+    DSV4_LIN_PATH_MMA = 2,  /* bf16 tensor cores (FP8, MXFP4, NVFP4, BF16; cols % 32 == 0) */
+    DSV4_LIN_PATH_SIMT = 3, /* f32 SIMT tiles (anything) */
+};
+
+/* Forces `path` for the following dsv4_cuda_bk_linear calls; a path that does not take a call
+ * falls back to the dispatcher's choice. Returns the previous setting. */
+int dsv4_cuda_linear_force_path(int path);
+/* The path the last dsv4_cuda_bk_linear call took (DSV4_LIN_PATH_*; AUTO before any call). */
+int dsv4_cuda_linear_last_path(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
