@@ -1,0 +1,542 @@
+/*
+ * test_gpu_index.c - GPU test (ctest -L gpu) of the index op group (backend.h): comp_store,
+ * comp_pool, indexer_q and indexer_topk on the CUDA backend against the CPU backend (the
+ * reference: the faithful branch of model/forward_attn.c) on fresh seeded random inputs at the
+ * real shapes. Flash and Pro share the compressor shapes (head_dim 512, rope 64, indexer 64 x 128)
+ * and differ in index_topk (512 / 1024).
+ *
+ * usage: test_gpu_index [--small]     (--small: small shapes, for compute-sanitizer)
+ *
+ * What is compared and why the bounds are what they are:
+ * - comp_store: ring rows are copies and one f32 add: bit-exact.
+ * - comp_pool, indexer_q: the kernels run the CPU's f32/double operations in the CPU's order, so
+ *   the result is expected bit-exact. The one known source of difference: the GPU's exp, cos
+ *   and sin are correctly rounded (double, rounded once) while glibc's expf/cosf/sinf are not
+ *   always (about 1% of cosf/sinf results are 1 ulp off). That moves a value by ~1 f32 ulp
+ *   before a bf16 rounding, which flips with probability ~2^-15 per element; a flipped input can
+ *   then move FP8/FP4 outputs of its vector (through the Hadamard, or a block scale) by one grid
+ *   step of the coarser of the two block scales. Bound: at most one differing vector per case
+ *   (expected none), and per element |a-b| / floor <= 0.25 (FP8: one e4m3 step <= amax/8, with
+ *   margin; bf16 RoPE dims: one bf16 ulp <= 2^-7 amax) or <= 1.5 (FP4: one e2m1 step at the
+ *   doubled scale, 4s, with amax > 3s), floor = the amax of the element's quantisation block
+ *   in the CPU result (the RoPE dims of an FP8 entry count as one block).
+ * - indexer_topk, checked three ways: (a) the GPU's scores (read from its workspace) against the
+ *   CPU's: the inputs are FP4-grid values as in the model (keys from Hadamard + FP4, queries
+ *   likewise), so every f32 dot product on the GPU is exact, as the CPU's double one is, and the
+ *   scores must be identical (bound: 0 differing); (b) the GPU's selection equals the top-k of
+ *   the GPU's own scores computed on the host as the CPU does it (dsv4_op_topk, then the stable
+ *   descending sort: ties lower index first), exactly, -1 padding included; (c) the GPU's
+ *   selection equals the CPU's, exactly. Rows cover n_vis = 0, below topk, = topk, topk + 1,
+ *   thousands and cap_e, and a slot whose keys repeat 8 distinct vectors (every score tied
+ *   hundreds of times, the cut inside a tie group).
+ * Timings: indexer_topk at N = 1 and N = 64 rows with n_vis = cap_e = 16384 (op timer events).
+ */
+#include "backend/backend.h"
+#include "backend/backend_impl.h"
+#include "backend/cpu/cpu_linear.h"
+#include "backend/cpu/ops.h"
+#include "model/quant_sim.h"
+#include "test_util.h"
+
+#include <math.h>
+#include <stdint.h>
+
+static int g_small;
+
+/* ---- inputs ------------------------------------------------------------------------------- */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rng_next(void)
+{
+    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static double rng_unif(void) /* (0, 1) */
+{
+    return ((double)(rng_next() >> 11) + 0.5) * 0x1p-53;
+}
+
+static float rng_gauss(void)
+{
+    return (float)(sqrt(-2.0 * log(rng_unif())) * cos(6.283185307179586 * rng_unif()));
+}
+
+static void fill_gauss(float *x, int64_t n, float scale, float offset)
+{
+    for (int64_t i = 0; i < n; i++) x[i] = offset + scale * rng_gauss();
+}
+
+static uint16_t bf16_bits(float x)
+{
+    const float r = dsv4_round_bf16(x);
+    uint32_t u;
+    memcpy(&u, &r, sizeof u);
+    return (uint16_t)(u >> 16);
+}
+
+static float bf16_value(uint16_t h)
+{
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* An FP4-grid vector as the indexer makes them: gaussian * scale, Hadamard, FP4 (block 32). */
+static void fp4_vector(float *x, int d, float scale)
+{
+    fill_gauss(x, d, scale, 0.0f);
+    dsv4_sim_rotate_activation(x, d);
+    dsv4_sim_fp4_act_quant(x, d, 32);
+}
+
+/* ---- device helpers ----------------------------------------------------------------------- */
+static dsv4_backend *g_cpu, *g_gpu;
+
+#define TRY(expr)                                                                                  \
+    do {                                                                                           \
+        dsv4_status try_st_ = (expr);                                                              \
+        if (try_st_ != DSV4_OK) {                                                                  \
+            fprintf(stderr, "FATAL %s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                    \
+                    dsv4_last_error());                                                            \
+            exit(test_finish() + 1);                                                               \
+        }                                                                                          \
+    } while (0)
+
+/* A device copy of bytes at src (zeros when src is NULL). */
+static void *gpu_dup(const void *src, size_t bytes)
+{
+    void *p = NULL;
+    TRY(dsv4_bk_alloc(g_gpu, bytes, &p));
+    if (src) TRY(dsv4_bk_upload(g_gpu, p, src, bytes));
+    return p;
+}
+
+static void *gpu_get(void *dst, const void *src, size_t bytes)
+{
+    TRY(dsv4_bk_download(g_gpu, dst, src, bytes));
+    return dst;
+}
+
+/* The rows of one step, as host arrays (CPU view) and device arrays (GPU view). */
+typedef struct rowset {
+    dsv4_bk_rows c, g;
+    int32_t slot[512], pos[512];
+} rowset;
+
+static void rows_make(rowset *rs, const int32_t *slot, const int32_t *pos, int n)
+{
+    memcpy(rs->slot, slot, (size_t)n * sizeof *slot);
+    memcpy(rs->pos, pos, (size_t)n * sizeof *pos);
+    rs->c = (dsv4_bk_rows){n, rs->slot, rs->pos, NULL};
+    rs->g = (dsv4_bk_rows){n, gpu_dup(slot, (size_t)n * 4), gpu_dup(pos, (size_t)n * 4), NULL};
+}
+
+static void rows_free(rowset *rs)
+{
+    dsv4_bk_free(g_gpu, (void *)rs->g.slot);
+    dsv4_bk_free(g_gpu, (void *)rs->g.pos);
+}
+
+/* ---- comparisons -------------------------------------------------------------------------- */
+typedef struct vec_stats {
+    int64_t diff_elems, diff_vecs;
+    double max_abs, max_rel;
+} vec_stats;
+
+/* got/want: n_vec vectors of w elements (f32 values). Elements [0, qn) form quantisation blocks
+ * of qb, [qn, w) one more block; the relative error's floor is the CPU block's amax. */
+static vec_stats cmp_vectors(const float *got, const float *want, int64_t n_vec, int w, int qn,
+                             int qb)
+{
+    vec_stats s = {0, 0, 0.0, 0.0};
+    for (int64_t v = 0; v < n_vec; v++) {
+        const float *a = got + v * w, *b = want + v * w;
+        int bad = 0;
+        for (int b0 = 0; b0 < w;) {
+            const int len = b0 < qn ? (qn - b0 < qb ? qn - b0 : qb) : w - b0;
+            float amax = 0.0f;
+            for (int i = 0; i < len; i++) amax = fmaxf(amax, fabsf(b[b0 + i]));
+            const double floor_ = amax > 0.0f ? amax : 1e-30;
+            for (int i = b0; i < b0 + len; i++) {
+                if (!memcmp(&a[i], &b[i], sizeof(float))) continue;
+                const double e = fabs((double)a[i] - (double)b[i]);
+                s.diff_elems++;
+                bad = 1;
+                if (!(e <= s.max_abs)) s.max_abs = e;
+                if (!(e / floor_ <= s.max_rel)) s.max_rel = e / floor_;
+            }
+            b0 += len;
+        }
+        s.diff_vecs += bad;
+    }
+    return s;
+}
+
+static void bf16_to_f32(float *out, const uint16_t *in, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) out[i] = bf16_value(in[i]);
+}
+
+/* ---- comp_store + comp_pool --------------------------------------------------------------- */
+static float g_freqs[32]; /* compress RoPE: theta 160000, YaRN 16 over 65536, beta 32 / 1 */
+
+static void test_comp(const char *name, int m, int dim, int width, int is_index)
+{
+    const int S = 3, r = 64, C = m == 4 ? (g_small ? 8 : 64) : (g_small ? 128 : 256);
+    const int Rc = 2 * m + C;
+    const int64_t cap_e = m == 4 ? 1024 : 64;
+    const float eps = 1e-6f;
+    const size_t ring_n = (size_t)S * Rc * width, ent_n = (size_t)S * cap_e * dim;
+    float *ape = malloc((size_t)m * width * 4), *norm = malloc((size_t)dim * 4);
+    float *rkv = malloc(ring_n * 4), *rg = malloc(ring_n * 4);
+    float *kv = malloc((size_t)C * width * 4), *gate = malloc((size_t)C * width * 4);
+    uint16_t *ent = calloc(ent_n, 2), *gent = malloc(ent_n * 2);
+    float *grkv = malloc(ring_n * 4), *grg = malloc(ring_n * 4);
+    fill_gauss(ape, (int64_t)m * width, 0.5f, 0.0f);
+    fill_gauss(norm, dim, 0.1f, 1.0f);
+    fill_gauss(rkv, (int64_t)ring_n, 1.0f, 0.0f); /* earlier positions' rows */
+    fill_gauss(rg, (int64_t)ring_n, 2.0f, 0.0f);
+    float *d_ape = gpu_dup(ape, (size_t)m * width * 4), *d_norm = gpu_dup(norm, (size_t)dim * 4);
+    float *d_rkv = gpu_dup(rkv, ring_n * 4), *d_rg = gpu_dup(rg, ring_n * 4);
+    float *d_kv = gpu_dup(NULL, (size_t)C * width * 4),
+          *d_gate = gpu_dup(NULL, (size_t)C * width * 4);
+    float *d_freqs = gpu_dup(g_freqs, sizeof g_freqs);
+    uint16_t *d_ent = gpu_dup(NULL, ent_n * 2);
+
+    /* A: a prefill chunk of slot 1 from position 0 (closes i = 0, 1, ...); B: a chunk of slot 2
+     * far into its sequence that wraps around the ring's end; C: a decode step, one row per
+     * slot (slot 0 closes i = 999 / 39, slot 1 the window after chunk A, slot 2 closes none). */
+    const int P1 = 6 * Rc - C / 2 + 1;
+    int32_t sl[512], ps[512];
+    int nclose = 0;
+    for (int step = 0; step < 3; step++) {
+        int n = 0;
+        if (step < 2) {
+            for (int t = 0; t < C; t++) sl[n] = step + 1, ps[n++] = (step ? P1 : 0) + t;
+        } else {
+            sl[0] = 0, ps[0] = m * (m == 4 ? 1000 : 40) - 1;
+            sl[1] = 1, ps[1] = C + m - 1;
+            sl[2] = 2, ps[2] = P1 + C + ((P1 + C + 1) % m == 0);
+            n = 3;
+        }
+        for (int i = 0; i < n; i++) nclose += (ps[i] + 1) % m == 0;
+        rowset rs;
+        rows_make(&rs, sl, ps, n);
+        fill_gauss(kv, (int64_t)n * width, 1.0f, 0.0f);
+        fill_gauss(gate, (int64_t)n * width, 2.0f, 0.0f);
+        TRY(dsv4_bk_upload(g_gpu, d_kv, kv, (size_t)n * width * 4));
+        TRY(dsv4_bk_upload(g_gpu, d_gate, gate, (size_t)n * width * 4));
+        TRY(dsv4_bk_comp_store(g_cpu, rkv, rg, Rc, width, kv, gate, ape, m, &rs.c));
+        TRY(dsv4_bk_comp_store(g_gpu, d_rkv, d_rg, Rc, width, d_kv, d_gate, d_ape, m, &rs.g));
+        TRY(dsv4_bk_comp_pool(g_cpu, ent, cap_e, rkv, rg, Rc, width, dim, m, norm, eps, g_freqs, r,
+                              is_index, &rs.c));
+        TRY(dsv4_bk_comp_pool(g_gpu, d_ent, cap_e, d_rkv, d_rg, Rc, width, dim, m, d_norm, eps,
+                              d_freqs, r, is_index, &rs.g));
+        TRY(dsv4_bk_sync(g_gpu));
+        rows_free(&rs);
+    }
+    gpu_get(grkv, d_rkv, ring_n * 4);
+    gpu_get(grg, d_rg, ring_n * 4);
+    gpu_get(gent, d_ent, ent_n * 2);
+    const int ring_same = !memcmp(grkv, rkv, ring_n * 4) && !memcmp(grg, rg, ring_n * 4);
+    printf("%-22s comp_store: rings [%d, %d, %d] %s (bound: bit-exact, copies and one f32 add)\n",
+           name, S, Rc, width, ring_same ? "bit-exact" : "DIFFER");
+    CHECK_MSG(ring_same, "%s: comp_store rings differ", name);
+
+    float *a = malloc(ent_n * 4), *b = malloc(ent_n * 4);
+    bf16_to_f32(a, gent, (int64_t)ent_n);
+    bf16_to_f32(b, ent, (int64_t)ent_n);
+    const int qn = is_index ? dim : dim - r, qb = is_index ? 32 : 64;
+    const double bound = is_index ? 1.5 : 0.25;
+    const vec_stats s = cmp_vectors(a, b, S * cap_e, dim, qn, qb);
+    printf("%-22s comp_pool: %d windows closed, %lld entries differ (%lld elements), max abs "
+           "%.3g, max rel %.3g (floor: block amax; bound: <= 1 entry, rel <= %.2g)\n",
+           name, nclose, (long long)s.diff_vecs, (long long)s.diff_elems, s.max_abs, s.max_rel,
+           bound);
+    CHECK_MSG(s.diff_vecs <= 1 && s.max_rel <= bound, "%s: comp_pool outside its bound", name);
+    int64_t written = 0; /* the closed windows really produced entries */
+    for (size_t i = 0; i < ent_n; i++) written += ent[i] != 0;
+    CHECK_MSG(written > (int64_t)nclose * dim / 2, "%s: only %lld nonzero entry elements", name,
+              (long long)written);
+
+    free(a), free(b), free(ape), free(norm), free(rkv), free(rg), free(kv), free(gate);
+    free(ent), free(gent), free(grkv), free(grg);
+    dsv4_bk_free(g_gpu, d_ape), dsv4_bk_free(g_gpu, d_norm), dsv4_bk_free(g_gpu, d_rkv);
+    dsv4_bk_free(g_gpu, d_rg), dsv4_bk_free(g_gpu, d_kv), dsv4_bk_free(g_gpu, d_gate);
+    dsv4_bk_free(g_gpu, d_freqs), dsv4_bk_free(g_gpu, d_ent);
+}
+
+/* ---- indexer queries ---------------------------------------------------------------------- */
+static void test_indexer_q(int nh, int d)
+{
+    const int N = g_small ? 4 : 64, r = 64;
+    const size_t n = (size_t)N * nh * d;
+    float *q = malloc(n * 4), *gq = malloc(n * 4);
+    fill_gauss(q, (int64_t)n, 2.0f, 0.0f);
+    dsv4_sim_bf16(q, (int64_t)n); /* the bf16 output of the indexer's wq_b */
+    int32_t sl[64], ps[64];
+    for (int i = 0; i < N; i++) {
+        sl[i] = 0;
+        ps[i] = i == 0 ? 0 : i == 1 ? 65535 : (int32_t)(rng_next() % 65536);
+    }
+    rowset rs;
+    rows_make(&rs, sl, ps, N);
+    float *d_q = gpu_dup(q, n * 4), *d_freqs = gpu_dup(g_freqs, sizeof g_freqs);
+    TRY(dsv4_bk_indexer_q(g_cpu, q, &rs.c, nh, d, r, g_freqs));
+    TRY(dsv4_bk_indexer_q(g_gpu, d_q, &rs.g, nh, d, r, d_freqs));
+    gpu_get(gq, d_q, n * 4);
+    const vec_stats s = cmp_vectors(gq, q, (int64_t)N * nh, d, d, 32);
+    printf("indexer_q [%d, %d, %d]: %lld heads differ (%lld elements), max abs %.3g, max rel %.3g "
+           "(floor: block amax; bound: <= 1 head, rel <= 1.5)\n",
+           N, nh, d, (long long)s.diff_vecs, (long long)s.diff_elems, s.max_abs, s.max_rel);
+    CHECK_MSG(s.diff_vecs <= 1 && s.max_rel <= 1.5, "indexer_q outside its bound");
+    rows_free(&rs);
+    free(q), free(gq);
+    dsv4_bk_free(g_gpu, d_q), dsv4_bk_free(g_gpu, d_freqs);
+}
+
+/* ---- indexer top-k ------------------------------------------------------------------------ */
+/* forward_attn.c index_token's selection from given scores: sel [topk] */
+static void host_topk(int32_t *sel, const float *sc, int64_t nvis, int topk)
+{
+    const int k = nvis < topk ? (int)nvis : topk;
+    for (int a = k; a < topk; a++) sel[a] = -1;
+    if (k == 0) return;
+    dsv4_op_topk(sel, sc, nvis, k);
+    for (int a = 1; a < k; a++) {
+        const int32_t x = sel[a];
+        int c = a;
+        while (c > 0 && sc[sel[c - 1]] < sc[x]) sel[c] = sel[c - 1], c--;
+        sel[c] = x;
+    }
+}
+
+typedef struct index_inputs {
+    int nh, d, m, topk, S;
+    int64_t cap_e;
+    uint16_t *ent; /* [S, cap_e, d] host */
+    uint16_t *d_ent;
+} index_inputs;
+
+/* Keys: FP4-grid vectors; slot 3 repeats 8 vectors (entry e = vector e % 8: ties everywhere);
+ * the other slots have duplicates of [100, 200) at [200, 300) and 40 copies of entry 2 spread
+ * over the range. */
+static void index_inputs_make(index_inputs *in, int nh, int d, int m, int topk, int64_t cap_e)
+{
+    *in = (index_inputs){nh, d, m, topk, 4, cap_e, NULL, NULL};
+    const size_t n = (size_t)in->S * cap_e * d;
+    in->ent = malloc(n * 2);
+    float *x = malloc((size_t)d * 4);
+    for (int s = 0; s < in->S; s++) {
+        uint16_t *e0 = in->ent + (size_t)s * cap_e * d;
+        for (int64_t e = 0; e < cap_e; e++) {
+            uint16_t *dst = e0 + e * d;
+            if (s == 3 && e >= 8) {
+                memcpy(dst, e0 + (e % 8) * d, (size_t)d * 2);
+                continue;
+            }
+            fp4_vector(x, d, (float)exp(0.5 * rng_gauss()));
+            for (int i = 0; i < d; i++) dst[i] = bf16_bits(x[i]);
+        }
+        if (s == 3) continue;
+        for (int64_t e = 200; e < 300 && e < cap_e; e++)
+            memcpy(e0 + e * d, e0 + (e - 100) * d, (size_t)d * 2);
+        for (int j = 0; j < 40; j++) {
+            const int64_t e = 7 + j * (cap_e / 48);
+            if (e < cap_e) memcpy(e0 + e * d, e0 + 2 * d, (size_t)d * 2);
+        }
+    }
+    free(x);
+    in->d_ent = gpu_dup(in->ent, n * 2);
+}
+
+static void index_inputs_free(index_inputs *in)
+{
+    free(in->ent);
+    dsv4_bk_free(g_gpu, in->d_ent);
+}
+
+/* Queries and weights of N rows: FP4-grid heads, bf16(N(0,1) d^-0.5 nh^-0.5) weights. */
+static void make_queries(float *q, float *w, int N, int nh, int d)
+{
+    const float ws = (float)(pow(d, -0.5) * pow(nh, -0.5));
+    for (int64_t i = 0; i < (int64_t)N * nh; i++) fp4_vector(q + i * d, d, 1.0f);
+    for (int64_t i = 0; i < (int64_t)N * nh; i++) w[i] = dsv4_round_bf16(ws * rng_gauss());
+}
+
+static void test_topk(const char *name, int nh, int d, int topk, int64_t cap_e)
+{
+    const int m = 4;
+    index_inputs in;
+    index_inputs_make(&in, nh, d, m, topk, cap_e);
+    const int64_t nv[7] = {0,        100 < cap_e ? 100 : cap_e / 2,   topk,
+                           topk + 1, 5000 < cap_e ? 5000 : cap_e - 3, cap_e,
+                           cap_e};
+    const int32_t sl[7] = {0, 1, 2, 0, 3, 1, 3};
+    int32_t ps[7];
+    const int N = 7;
+    for (int i = 0; i < N; i++) ps[i] = (int32_t)(nv[i] * m + i % 3); /* (p + 1) / m = nv */
+    ps[5] = (int32_t)(cap_e * m - 1), ps[6] = (int32_t)(cap_e * m - 1);
+    float *q = malloc((size_t)N * nh * d * 4), *w = malloc((size_t)N * nh * 4);
+    make_queries(q, w, N, nh, d);
+    const size_t wsb = dsv4_bk_indexer_ws_bytes(N, cap_e), seln = (size_t)N * topk;
+    float *ws = malloc(wsb), *gws = malloc(wsb);
+    int32_t *sel = malloc(seln * 4), *gsel = malloc(seln * 4), *hsel = malloc((size_t)topk * 4);
+    rowset rs;
+    rows_make(&rs, sl, ps, N);
+    float *d_q = gpu_dup(q, (size_t)N * nh * d * 4), *d_w = gpu_dup(w, (size_t)N * nh * 4);
+    void *d_ws = gpu_dup(NULL, wsb);
+    int32_t *d_sel = gpu_dup(NULL, seln * 4);
+    const double t0 = test_now();
+    TRY(dsv4_bk_indexer_topk(g_cpu, sel, q, w, in.ent, cap_e, nh, d, m, topk, &rs.c, ws));
+    const double t1 = test_now();
+    TRY(dsv4_bk_indexer_topk(g_gpu, d_sel, d_q, d_w, in.d_ent, cap_e, nh, d, m, topk, &rs.g, d_ws));
+    gpu_get(gsel, d_sel, seln * 4);
+    gpu_get(gws, d_ws, wsb);
+
+    int64_t sc_diff = 0, own_bad = 0, cpu_bad = 0, straddle = 0;
+    double max_abs = 0.0, max_rel = 0.0;
+    for (int i = 0; i < N; i++) {
+        const int64_t nvis = (ps[i] + 1) / m;
+        const float *a = gws + i * cap_e, *b = ws + i * cap_e;
+        for (int64_t e = 0; e < nvis; e++) {
+            if (!memcmp(&a[e], &b[e], 4)) continue;
+            sc_diff++;
+            const double err = fabs((double)a[e] - b[e]);
+            if (!(err <= max_abs)) max_abs = err;
+            if (!(err / fmax(fabs(b[e]), 1e-3) <= max_rel)) max_rel = err / fmax(fabs(b[e]), 1e-3);
+        }
+        host_topk(hsel, a, nvis, topk);
+        const int32_t *g = gsel + (int64_t)i * topk, *c = sel + (int64_t)i * topk;
+        const int row_own = memcmp(hsel, g, (size_t)topk * 4) != 0;
+        const int row_cpu = memcmp(c, g, (size_t)topk * 4) != 0;
+        own_bad += row_own;
+        cpu_bad += row_cpu;
+        const int k = nvis < topk ? (int)nvis : topk;
+        if (k > 0 && nvis > topk) { /* a tie group cut by the selection */
+            const float cut = b[c[k - 1]];
+            int64_t n_eq = 0, n_eq_in = 0;
+            for (int64_t e = 0; e < nvis; e++) n_eq += b[e] == cut;
+            for (int j = 0; j < k; j++) n_eq_in += b[c[j]] == cut;
+            straddle += n_eq > n_eq_in && n_eq_in > 0;
+        }
+        if (row_own || row_cpu) {
+            for (int j = 0; j < topk && j < 8; j++)
+                fprintf(stderr, "  row %d (n_vis %lld) j %d: gpu %d cpu %d host(gpu scores) %d\n",
+                        i, (long long)nvis, j, g[j], c[j], hsel[j]);
+        }
+    }
+    printf("%-22s indexer_topk nh %d d %d topk %d cap_e %lld, %d rows (n_vis 0 .. %lld; %lld "
+           "with a tie group cut), CPU %.2f s:\n",
+           name, nh, d, topk, (long long)cap_e, N, (long long)cap_e, (long long)straddle, t1 - t0);
+    printf("  (a) scores vs CPU: %lld differ, max abs %.3g, max rel %.3g (floor 1e-3; bound: 0, "
+           "exact arithmetic on FP4-grid inputs)\n",
+           (long long)sc_diff, max_abs, max_rel);
+    printf("  (b) selection vs the top-k of the GPU's own scores: %lld rows differ (bound 0)\n",
+           (long long)own_bad);
+    printf("  (c) selection vs the CPU's: %lld rows differ (bound 0)\n", (long long)cpu_bad);
+    CHECK_MSG(sc_diff == 0, "%s: %lld scores differ", name, (long long)sc_diff);
+    CHECK_MSG(own_bad == 0, "%s: selection is not the top-k of the GPU's scores", name);
+    CHECK_MSG(cpu_bad == 0, "%s: selection differs from the CPU's", name);
+    CHECK_MSG(straddle > 0 || g_small || nh != 64, "%s: no row cut a tie group", name);
+
+    rows_free(&rs);
+    free(q), free(w), free(ws), free(gws), free(sel), free(gsel), free(hsel);
+    dsv4_bk_free(g_gpu, d_q), dsv4_bk_free(g_gpu, d_w), dsv4_bk_free(g_gpu, d_ws);
+    dsv4_bk_free(g_gpu, d_sel);
+    index_inputs_free(&in);
+}
+
+/* N rows at n_vis = cap_e (slots r % 4): the selection of every row against the top-k of the
+ * GPU's scores, and the op's time. */
+static void topk_at_scale(const index_inputs *in, int N)
+{
+    const int nh = in->nh, d = in->d, topk = in->topk, m = in->m;
+    const int64_t cap_e = in->cap_e;
+    int32_t sl[64], ps[64];
+    for (int i = 0; i < N; i++) sl[i] = i % in->S, ps[i] = (int32_t)(cap_e * m - 1);
+    float *q = malloc((size_t)N * nh * d * 4), *w = malloc((size_t)N * nh * 4);
+    make_queries(q, w, N, nh, d);
+    const size_t wsb = dsv4_bk_indexer_ws_bytes(N, cap_e), seln = (size_t)N * topk;
+    float *gws = malloc(wsb);
+    int32_t *gsel = malloc(seln * 4), *hsel = malloc((size_t)topk * 4);
+    rowset rs;
+    rows_make(&rs, sl, ps, N);
+    float *d_q = gpu_dup(q, (size_t)N * nh * d * 4), *d_w = gpu_dup(w, (size_t)N * nh * 4);
+    void *d_ws = gpu_dup(NULL, wsb);
+    int32_t *d_sel = gpu_dup(NULL, seln * 4);
+    TRY(dsv4_bk_indexer_topk(g_gpu, d_sel, d_q, d_w, in->d_ent, cap_e, nh, d, m, topk, &rs.g,
+                             d_ws));
+    gpu_get(gsel, d_sel, seln * 4);
+    gpu_get(gws, d_ws, wsb);
+    int64_t bad = 0;
+    for (int i = 0; i < N; i++) {
+        host_topk(hsel, gws + i * cap_e, cap_e, topk);
+        bad += memcmp(hsel, gsel + (int64_t)i * topk, (size_t)topk * 4) != 0;
+    }
+    CHECK_MSG(bad == 0, "topk %d at N = %d: %lld rows are not the top-k of the GPU's scores", topk,
+              N, (long long)bad);
+
+    const int iters = 20;
+    TRY(dsv4_bk_sync(g_gpu));
+    TRY(dsv4_bk_prof_start(g_gpu));
+    const double t0 = test_now();
+    for (int it = 0; it < iters; it++) {
+        TRY(dsv4_bk_indexer_topk(g_gpu, d_sel, d_q, d_w, in->d_ent, cap_e, nh, d, m, topk, &rs.g,
+                                 d_ws));
+        dsv4_bk_prof_mark(g_gpu, "indexer_topk");
+    }
+    TRY(dsv4_bk_sync(g_gpu));
+    const double t1 = test_now();
+    dsv4_bk_prof_entry pe[4];
+    const int np = dsv4_bk_prof_stop(g_gpu, pe, 4);
+    printf("  indexer_topk N = %2d, n_vis = cap_e = %lld, topk %d: %8.1f us (events), %8.1f us "
+           "(wall, %d back to back); selection = top-k of its scores in %lld/%d rows\n",
+           N, (long long)cap_e, topk, np > 0 ? 1e3 * pe[0].ms / (double)pe[0].calls : -1.0,
+           1e6 * (t1 - t0) / iters, iters, (long long)(N - bad), N);
+    rows_free(&rs);
+    free(q), free(w), free(gws), free(gsel), free(hsel);
+    dsv4_bk_free(g_gpu, d_q), dsv4_bk_free(g_gpu, d_w), dsv4_bk_free(g_gpu, d_ws);
+    dsv4_bk_free(g_gpu, d_sel);
+}
+
+int main(int argc, char **argv)
+{
+    g_small = argc > 1 && !strcmp(argv[1], "--small");
+    dsv4_cpu_pool *pool = NULL;
+    TRY(dsv4_cpu_pool_create(0, &pool));
+    TRY(dsv4_backend_create(DSV4_DEVICE_CPU, 0, pool, &g_cpu));
+    dsv4_status st = dsv4_backend_create(DSV4_DEVICE_CUDA, 0, NULL, &g_gpu);
+    CHECK_MSG(st == DSV4_OK, "no CUDA backend: %s", dsv4_last_error());
+    if (st != DSV4_OK) return test_finish();
+    dsv4_rope_freqs(g_freqs, 64, 160000.0f, 16.0f, 65536, 32.0f, 1.0f);
+    printf("test_gpu_index%s: CUDA vs CPU backend, seeded random inputs\n",
+           g_small ? " --small" : "");
+
+    test_comp("Flash/Pro CSA", 4, 512, 1024, 0);
+    test_comp("Flash/Pro HCA", 128, 512, 512, 0);
+    test_comp("indexer compressor", 4, 128, 256, 1);
+    test_indexer_q(64, 128);
+    const int64_t cap = g_small ? 2048 : 16384;
+    test_topk("Flash", 64, 128, 512, cap);
+    test_topk("Pro", 64, 128, 1024, cap);
+    test_topk("generic nh 8 d 64", 8, 64, 16, 256);
+    if (!g_small) {
+        index_inputs in;
+        index_inputs_make(&in, 64, 128, 4, 512, 16384);
+        topk_at_scale(&in, 1);
+        topk_at_scale(&in, 64);
+        in.topk = 1024;
+        topk_at_scale(&in, 1);
+        topk_at_scale(&in, 64);
+        index_inputs_free(&in);
+    }
+    dsv4_backend_destroy(g_gpu);
+    dsv4_backend_destroy(g_cpu);
+    dsv4_cpu_pool_destroy(pool);
+    return test_finish();
+}
