@@ -1,59 +1,477 @@
 /*
- * bk_moe.cu - CUDA implementation of the router, expert table and the routed + shared experts (backend.h).
- * STUB: to be written.
+ * bk_moe.cu - CUDA implementation of the MoE ops of backend.h: the router, the device expert
+ * table, and dsv4_bk_moe as a fixed sequence of launches that never waits for the host:
+ *
+ *   prep     block 0 compacts sel [N, K] into the work list (moe.cuh moe_list: active experts in
+ *            ascending order, the pairs of each); the other blocks write xq = act_quant(h)
+ *   stage 1  grouped w1/w3 GEMM with the SwiGLU * weight epilogue -> a [pair, I] (moe_gemm.cu)
+ *   quant    a = act_quant(a) per pair row
+ *   stage 2  grouped w2 GEMM -> y [pair, D] = bf16(...)
+ *   combine  out [r] = bf16(routed y of row r summed in ascending (expert, slot) order + shared)
+ *
+ * The grids come from host-known bounds (at most min(E, N K) active experts; persistent CTAs
+ * loop over the items and exit when the device count is reached). Every sum has a fixed order,
+ * so results are deterministic; numerics as the CPU (bk_moe.c) up to f32 summation order.
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/moe.cuh"
+#include "core/float_formats.h"
 
-extern "C" dsv4_status dsv4_cuda_bk_router(dsv4_backend *b, int32_t *sel, float *wts, const float *logits,
-                                const float *bias, const int32_t *tid2eid,
-                                const dsv4_bk_rows *rows, int E, int K, float route_scale)
+#include <math.h>
+#include <stdlib.h>
+
+/* ---- shared device helpers: the faithful roundings (model/quant_sim.c, bit for bit) --------- */
+__device__ __forceinline__ float q_bf16(float x)
 {
-    (void)b;
-    (void)sel;
-    (void)wts;
-    (void)logits;
-    (void)bias;
-    (void)tid2eid;
-    (void)rows;
-    (void)E;
-    (void)K;
-    (void)route_scale;
-    return dsv4_fail(DSV4_ERR_UNSUPPORTED, "cuda: router: not implemented yet");
+    uint32_t u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(u | 0x00400000u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return __uint_as_float(u & 0xffff0000u);
 }
 
-extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b, const dsv4_expert_weights *experts, int E,
-                                        const dsv4_expert_weights *shared, dsv4_bk_experts **out)
+/* quant_sim.c round_grid + dsv4_round_e4m3: nearest-even onto e4m3fn, saturating at 448. */
+__device__ __forceinline__ float q_e4m3(float x)
 {
-    (void)b;
-    (void)experts;
-    (void)E;
-    (void)shared;
-    (void)out;
-    return dsv4_fail(DSV4_ERR_UNSUPPORTED, "cuda: experts_create: not implemented yet");
+    if (isnan(x)) return x;
+    const float a = fabsf(x);
+    float q;
+    if (a >= 448.0f) {
+        q = 448.0f;
+    } else if (a == 0.0f) {
+        q = 0.0f;
+    } else {
+        int e2;
+        (void)frexpf(a, &e2);
+        int e = e2 - 1;
+        if (e < -6) e = -6;
+        q = ldexpf(rintf(ldexpf(a, 3 - e)), e - 3);
+        if (q > 448.0f) q = 448.0f;
+    }
+    return copysignf(q, x);
 }
 
-extern "C" void dsv4_cuda_bk_experts_free(dsv4_backend *b, dsv4_bk_experts *t)
+/* quant_sim.c dsv4_scale_fp8: 2^ceil(log2(max(amax, 1e-4) / 448)) from the f32 bits. */
+__device__ __forceinline__ float q_scale_fp8(float amax)
 {
-    (void)b;
-    (void)t;
-
+    const float y = __fmul_rn(fmaxf(amax, 1e-4f), (float)(1.0 / 448.0));
+    const uint32_t u = __float_as_uint(y);
+    const int e = (int)((u >> 23) & 0xffu) - 127 + ((u & 0x7fffffu) != 0 ? 1 : 0);
+    return __uint_as_float((uint32_t)(e + 127) << 23);
 }
 
-extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float *h, const int32_t *sel,
-                             const float *wts, const dsv4_bk_experts *t, int64_t N, int K,
-                             int64_t D, float limit, void *ws)
+/* dsv4_sim_act_quant on the 128-block of a row starting at column c0 (one warp, 4 columns a
+ * lane): y[c] = e4m3(bf16(x[c]) / s) * s for c < width. width % 4 == 0. y may alias x. */
+__device__ __forceinline__ void act_quant_block(float *y, const float *x, int64_t width, int64_t c0,
+                                                int lane)
 {
-    (void)b;
-    (void)out;
-    (void)h;
-    (void)sel;
-    (void)wts;
-    (void)t;
-    (void)N;
-    (void)K;
-    (void)D;
-    (void)limit;
-    (void)ws;
-    return dsv4_fail(DSV4_ERR_UNSUPPORTED, "cuda: moe: not implemented yet");
+    const int64_t c = c0 + 4 * lane;
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (c < width) {
+        const float4 f = *(const float4 *)(x + c);
+        v[0] = q_bf16(f.x), v[1] = q_bf16(f.y), v[2] = q_bf16(f.z), v[3] = q_bf16(f.w);
+    }
+    float m = 0.0f;
+    for (int i = 0; i < 4; i++) m = fmaxf(m, fabsf(v[i]));
+    for (int d = 16; d > 0; d >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, d));
+    const float s = q_scale_fp8(m);
+    if (c < width) {
+        float4 o;
+        o.x = __fmul_rn(q_e4m3(__fdiv_rn(v[0], s)), s);
+        o.y = __fmul_rn(q_e4m3(__fdiv_rn(v[1], s)), s);
+        o.z = __fmul_rn(q_e4m3(__fdiv_rn(v[2], s)), s);
+        o.w = __fmul_rn(q_e4m3(__fdiv_rn(v[3], s)), s);
+        *(float4 *)(y + c) = o;
+    }
+}
+
+/* ---- router -------------------------------------------------------------------------------- */
+/* ops_moe.c dsv4_op_router_scores on one logit; expf and log1pf evaluated in double and rounded
+ * once (glibc's are correctly rounded but for rare cases: the weights then differ by 1 ulp). */
+__device__ __forceinline__ float router_score(float x)
+{
+    float sp = x;
+    if (!(x > 20.0f)) {
+        const float e = (float)exp((double)x);
+        sp = (float)log1p((double)e);
+    }
+    return __fsqrt_rn(sp);
+}
+
+/* logits [N, E] -> sel [N, K], wts [N, K]; one warp per row, its scores in shared memory
+ * (2 E floats a warp). Top-K: K rounds of a warp argmax (larger value, then lower index), then
+ * ascending index order: dsv4_op_topk's result. */
+__global__ void moe_router_kernel(int32_t *sel, float *wts, const float *logits, const float *bias,
+                                  const int32_t *tid2eid, const int32_t *ids, int64_t N, int E,
+                                  int K, float route_scale)
+{
+    extern __shared__ float rs[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t r = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
+    if (r >= N) return; /* no block-wide barrier below */
+    float *sc = rs + (size_t)warp * 2 * E, *bs = sc + E;
+    for (int e = lane; e < E; e += 32) {
+        const float s = router_score(logits[r * E + e]);
+        sc[e] = s;
+        bs[e] = __fadd_rn(s, bias ? bias[e] : 0.0f);
+    }
+    __syncwarp();
+    int chosen[MOE_MAX_K];
+    if (tid2eid) {
+        for (int j = 0; j < K; j++) chosen[j] = tid2eid[(int64_t)ids[r] * K + j];
+    } else {
+        for (int j = 0; j < K; j++) {
+            float bv = -INFINITY;
+            int bi = 0x7fffffff;
+            for (int e = lane; e < E; e += 32) {
+                bool taken = false;
+                for (int i = 0; i < j; i++) taken |= chosen[i] == e;
+                const float v = bs[e];
+                if (!taken && (v > bv || (v == bv && e < bi))) bv = v, bi = e;
+            }
+            for (int d = 16; d > 0; d >>= 1) {
+                const float ov = __shfl_xor_sync(0xffffffffu, bv, d);
+                const int oi = __shfl_xor_sync(0xffffffffu, bi, d);
+                if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
+            }
+            chosen[j] = bi;
+        }
+        for (int j = 1; j < K; j++) /* ascending index order */
+            for (int i = j; i > 0 && chosen[i - 1] > chosen[i]; i--) {
+                const int t = chosen[i];
+                chosen[i] = chosen[i - 1];
+                chosen[i - 1] = t;
+            }
+    }
+    if (lane != 0) return;
+    /* dsv4_op_router_weights */
+    float sum = 0.0f;
+    for (int j = 0; j < K; j++)
+        sum = __fadd_rn(sum, chosen[j] >= 0 && chosen[j] < E ? sc[chosen[j]] : 0.0f);
+    sum = __fadd_rn(sum, 1e-20f);
+    for (int j = 0; j < K; j++) {
+        const float s = chosen[j] >= 0 && chosen[j] < E ? sc[chosen[j]] : 0.0f;
+        sel[r * K + j] = chosen[j];
+        wts[r * K + j] = __fmul_rn(__fdiv_rn(s, sum), route_scale);
+    }
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_router(dsv4_backend *b, int32_t *sel, float *wts,
+                                           const float *logits, const float *bias,
+                                           const int32_t *tid2eid, const dsv4_bk_rows *rows, int E,
+                                           int K, float route_scale)
+{
+    if (E < 1 || E > 4096 || K < 1 || K > E || K > MOE_MAX_K)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda router: %d experts, top %d", E, K);
+    if (tid2eid && !rows->ids)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda router: hash routing needs token ids");
+    if (rows->n <= 0) return DSV4_OK;
+    const int wpb = 4;
+    const size_t smem = (size_t)wpb * 2 * E * sizeof(float);
+    const unsigned grid = (unsigned)((rows->n + wpb - 1) / wpb);
+    moe_router_kernel<<<grid, 32 * wpb, smem, dsv4_cuda_stream(b->cuda)>>>(
+        sel, wts, logits, bias, tid2eid, rows->ids, rows->n, E, K, route_scale);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
+}
+
+/* ---- expert table -------------------------------------------------------------------------- */
+typedef struct cuda_experts {
+    moe_expert *table; /* [E + 1] device; [E] = shared */
+    int E;
+    int64_t D, I;
+    int sms;
+    int kw1, rg1, occ1; /* stage 1 CTA shape and residency */
+    int kw2, rg2, occ2;
+} cuda_experts;
+
+static dsv4_status mat_of(const dsv4_weight *w, moe_mat *m)
+{
+    m->data = (const uint8_t *)w->data;
+    m->scale = (const uint8_t *)w->scale;
+    m->rows = w->rows;
+    m->cols = w->cols;
+    m->scale_cols = w->scale_cols;
+    m->scale_f32 = 0;
+    m->out_scale = 1.0f;
+    int ok = w->data != NULL && w->cols % MOE_LANE_COLS == 0;
+    switch (w->format) {
+    case DSV4_FORMAT_MXFP4:
+    case DSV4_FORMAT_NVFP4: {
+        const int mx = w->format == DSV4_FORMAT_MXFP4;
+        m->fmt = mx ? MOE_MXFP4 : MOE_NVFP4;
+        m->out_scale = w->scale2;
+        ok = ok && w->scale && w->scale_dtype == (mx ? DSV4_DT_F8_E8M0 : DSV4_DT_F8_E4M3);
+        break;
+    }
+    case DSV4_FORMAT_FP8:
+        m->fmt = MOE_FP8;
+        m->scale_f32 = w->scale_dtype == DSV4_DT_F32;
+        ok = ok && w->scale && (m->scale_f32 || w->scale_dtype == DSV4_DT_F8_E8M0);
+        break;
+    case DSV4_FORMAT_BF16:
+        m->fmt = MOE_BF16;
+        ok = ok && w->dtype == DSV4_DT_BF16;
+        break;
+    default:
+        ok = 0;
+        break;
+    }
+    if (!ok)
+        return dsv4_fail(DSV4_ERR_UNSUPPORTED,
+                         "cuda moe: %s (%s [%lld, %lld]): experts must be MXFP4, NVFP4, FP8 or "
+                         "BF16 with a multiple of 32 columns",
+                         w->name ? w->name : "expert weight", dsv4_weight_format_name(w->format),
+                         (long long)w->rows, (long long)w->cols);
+    return DSV4_OK;
+}
+
+static dsv4_status expert_of(const dsv4_expert_weights *x, int64_t D, int64_t I, moe_expert *o)
+{
+    DSV4_TRY(mat_of(&x->w1, &o->w1));
+    DSV4_TRY(mat_of(&x->w2, &o->w2));
+    DSV4_TRY(mat_of(&x->w3, &o->w3));
+    if (x->w1.rows != I || x->w3.rows != I || x->w1.cols != D || x->w3.cols != D ||
+        x->w2.rows != D || x->w2.cols != I || o->w1.fmt != o->w3.fmt)
+        return dsv4_fail(DSV4_ERR_UNSUPPORTED,
+                         "cuda moe: %s: every expert must be [%lld, %lld] / [%lld, %lld] with w1 "
+                         "and w3 in one format",
+                         x->w1.name ? x->w1.name : "expert", (long long)I, (long long)D,
+                         (long long)D, (long long)I);
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b,
+                                                   const dsv4_expert_weights *experts, int E,
+                                                   const dsv4_expert_weights *shared,
+                                                   dsv4_bk_experts **out)
+{
+    *out = NULL;
+    if (E < 1 || !experts || !shared)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda experts_create: %d experts", E);
+    const int64_t D = shared->w1.cols, I = shared->w1.rows;
+    if (D > (int64_t)MOE_MAX_WARPS * MOE_WARP_COLS || I > (int64_t)MOE_MAX_WARPS * MOE_WARP_COLS)
+        return dsv4_fail(DSV4_ERR_UNSUPPORTED, "cuda moe: width %lld / %lld above %d", (long long)D,
+                         (long long)I, MOE_MAX_WARPS * MOE_WARP_COLS);
+    moe_expert *host = (moe_expert *)calloc((size_t)E + 1, sizeof *host);
+    cuda_experts *t = (cuda_experts *)calloc(1, sizeof *t);
+    dsv4_status st =
+        host && t ? DSV4_OK : dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "cuda moe: a table of %d", E);
+    for (int e = 0; st == DSV4_OK && e < E; e++) st = expert_of(&experts[e], D, I, &host[e]);
+    if (st == DSV4_OK) st = expert_of(shared, D, I, &host[E]);
+    if (st == DSV4_OK)
+        st = dsv4_cuda_bk_alloc(b, ((size_t)E + 1) * sizeof *host, (void **)&t->table);
+    if (st == DSV4_OK) st = dsv4_cuda_bk_upload(b, t->table, host, ((size_t)E + 1) * sizeof *host);
+    if (st == DSV4_OK) st = dsv4_cuda_bk_sync(b); /* host may be freed */
+    free(host);
+    if (st == DSV4_OK) {
+        t->E = E;
+        t->D = D;
+        t->I = I;
+        int dev = 0;
+        cudaError_t err = cudaGetDevice(&dev);
+        if (err == cudaSuccess)
+            err = cudaDeviceGetAttribute(&t->sms, cudaDevAttrMultiProcessorCount, dev);
+        if (err != cudaSuccess)
+            st = dsv4_fail(DSV4_ERR_DEVICE, "cuda moe: SM count: %s", cudaGetErrorString(err));
+        moe_gemm_shape(D, &t->kw1, &t->rg1);
+        moe_gemm_shape(I, &t->kw2, &t->rg2);
+        if (st == DSV4_OK) st = moe_gemm_occupancy(1, t->kw1, t->rg1, &t->occ1);
+        if (st == DSV4_OK) st = moe_gemm_occupancy(0, t->kw2, t->rg2, &t->occ2);
+    }
+    if (st != DSV4_OK) {
+        if (t && t->table) dsv4_cuda_bk_free(b, t->table);
+        free(t);
+        return st;
+    }
+    *out = (dsv4_bk_experts *)t;
+    return DSV4_OK;
+}
+
+extern "C" void dsv4_cuda_bk_experts_free(dsv4_backend *b, dsv4_bk_experts *tp)
+{
+    cuda_experts *t = (cuda_experts *)tp;
+    if (!t) return;
+    dsv4_cuda_bk_free(b, t->table);
+    free(t);
+}
+
+/* ---- prep, quant, combine ------------------------------------------------------------------ */
+/* Block 0: sel [N, K] -> the work list L (shared memory: cnt, off, fill [E]); counts and slots
+ * by integer atomics, offsets by one warp's scan. Blocks 1..: xq [N, D] = act_quant(h [N, D]),
+ * one warp per 128-block. */
+__global__ void moe_prep_kernel(moe_list L, const int32_t *sel, int64_t NK, int E, float *xq,
+                                const float *h, int64_t N, int64_t D)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (blockIdx.x > 0) {
+        const int64_t bpr = (D + 127) / 128;
+        const int64_t gw = (int64_t)(blockIdx.x - 1) * (blockDim.x >> 5) + warp;
+        if (gw >= N * bpr) return;
+        const int64_t r = gw / bpr, c0 = (gw % bpr) * 128;
+        act_quant_block(xq + r * D, h + r * D, D, c0, lane);
+        return;
+    }
+    extern __shared__ int32_t wl[];
+    int32_t *cnt = wl, *off = wl + E, *fill = wl + 2 * E;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = fill[e] = 0;
+    __syncthreads();
+    for (int64_t p = threadIdx.x; p < NK; p += blockDim.x) {
+        const int e = sel[p];
+        if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
+    }
+    __syncthreads();
+    if (warp == 0) {
+        const int per = (E + 31) / 32, lo = lane * per, hi = lo + per < E ? lo + per : E;
+        int c = 0, na = 0;
+        for (int e = lo; e < hi; e++) c += cnt[e], na += cnt[e] > 0;
+        int ci = c, ni = na; /* inclusive scans over the lanes */
+        for (int d = 1; d < 32; d <<= 1) {
+            const int tc = __shfl_up_sync(0xffffffffu, ci, d);
+            const int tn = __shfl_up_sync(0xffffffffu, ni, d);
+            if (lane >= d) ci += tc, ni += tn;
+        }
+        int cpos = ci - c, apos = ni - na;
+        for (int e = lo; e < hi; e++) {
+            off[e] = cpos;
+            if (cnt[e] > 0) {
+                L.active[apos] = e;
+                L.off[apos] = cpos;
+                L.cnt[apos] = cnt[e];
+                apos++;
+            }
+            cpos += cnt[e];
+        }
+        if (lane == 31) *L.n_active = ni;
+    }
+    __syncthreads();
+    for (int64_t p = threadIdx.x; p < NK; p += blockDim.x) {
+        const int e = sel[p];
+        if (e >= 0 && e < E) L.pairs[off[e] + atomicAdd(&fill[e], 1)] = (int32_t)p;
+    }
+}
+
+/* x [rows, width] (row stride width) in place: act_quant, one warp per 128-block. */
+__global__ void moe_act_quant_kernel(float *x, int64_t rows, int64_t width)
+{
+    const int64_t bpr = (width + 127) / 128;
+    const int64_t gw = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (gw >= rows * bpr) return;
+    const int64_t r = gw / bpr, c0 = (gw % bpr) * 128;
+    act_quant_block(x + r * width, x + r * width, width, c0, threadIdx.x & 31);
+}
+
+/* y [N(K+1), D] -> out [N, D]: per row, the routed pairs in ascending (expert, slot) order added
+ * in f32 from 0 (moe_body's acc), then + the shared expert's row, then bf16. 4 columns a thread. */
+__global__ void moe_combine_kernel(float *out, const float *y, const int32_t *sel, int64_t N, int K,
+                                   int64_t D, int E)
+{
+    const int64_t r = blockIdx.y, c = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (c >= D) return;
+    int ord[MOE_MAX_K], n = 0;
+    for (int j = 0; j < K; j++) { /* insertion by expert id; equal ids keep slot order */
+        const int e = sel[r * K + j];
+        if (e < 0 || e >= E) continue;
+        int i = n++;
+        for (; i > 0 && sel[r * K + ord[i - 1]] > e; i--) ord[i] = ord[i - 1];
+        ord[i] = j;
+    }
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int i = 0; i < n; i++) {
+        const float4 v = *(const float4 *)(y + (r * K + ord[i]) * D + c);
+        acc.x = __fadd_rn(acc.x, v.x), acc.y = __fadd_rn(acc.y, v.y);
+        acc.z = __fadd_rn(acc.z, v.z), acc.w = __fadd_rn(acc.w, v.w);
+    }
+    const float4 s = *(const float4 *)(y + (N * K + r) * D + c);
+    float4 o;
+    o.x = q_bf16(__fadd_rn(acc.x, s.x)), o.y = q_bf16(__fadd_rn(acc.y, s.y));
+    o.z = q_bf16(__fadd_rn(acc.z, s.z)), o.w = q_bf16(__fadd_rn(acc.w, s.w));
+    *(float4 *)(out + r * D + c) = o;
+}
+
+/* ---- dsv4_bk_moe --------------------------------------------------------------------------- */
+static char *carve(char **p, size_t bytes)
+{
+    char *r = *p;
+    *p += (bytes + 255) & ~(size_t)255;
+    return r;
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float *h,
+                                        const int32_t *sel, const float *wts,
+                                        const dsv4_bk_experts *tp, int64_t N, int K, int64_t D,
+                                        float limit, void *ws)
+{
+    const cuda_experts *t = (const cuda_experts *)tp;
+    if (D != t->D || K < 1 || K > MOE_MAX_K || N < 0 || N > 65535)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "cuda moe: N %lld, K %d, width %lld (table %lld)", (long long)N, K,
+                         (long long)D, (long long)t->D);
+    if (N == 0) return DSV4_OK;
+    cudaStream_t st = dsv4_cuda_stream(b->cuda);
+    const int E = t->E;
+    const int64_t I = t->I, NK = N * K, P = NK + N;
+
+    /* regions: the CUDA layout of dsv4_bk_moe_ws_bytes */
+    char *p = (char *)(((uintptr_t)ws + 255) & ~(uintptr_t)255);
+    float *xq = (float *)carve(&p, (size_t)(N * D) * sizeof(float));
+    float *act = (float *)carve(&p, (size_t)(P * I) * sizeof(float));
+    float *y = (float *)carve(&p, (size_t)(P * D) * sizeof(float));
+    int32_t *ints = (int32_t *)carve(&p, (size_t)(3 * E + NK + 8) * 4);
+    moe_list L;
+    L.n_active = ints;
+    L.active = ints + 8;
+    L.off = L.active + E;
+    L.cnt = L.off + E;
+    L.pairs = L.cnt + E;
+
+    /* prep: the work list and xq */
+    const int64_t qwarps = N * ((D + 127) / 128);
+    const unsigned prep_grid = 1u + (unsigned)((qwarps + 7) / 8);
+    moe_prep_kernel<<<prep_grid, 256, (size_t)3 * E * sizeof(int32_t), st>>>(L, sel, NK, E, xq, h,
+                                                                             N, D);
+    CUDA_LAUNCHED();
+
+    /* stage 1 over at most min(E, NK) routed experts + the shared one */
+    const int64_t bound = (NK < E ? NK : E) + 1;
+    moe_gemm_args a;
+    a.table = t->table;
+    a.E = E;
+    a.K = K;
+    a.N = N;
+    a.list = L;
+    a.wts = wts;
+    a.limit = limit;
+    a.x = xq;
+    a.ldx = D;
+    a.out = act;
+    a.ldo = I;
+    a.kw = t->kw1;
+    a.rg = t->rg1;
+    a.tiles = (int)((I + MOE_RPW1 * a.rg - 1) / (MOE_RPW1 * a.rg));
+    int64_t items = bound * a.tiles, cap = (int64_t)t->occ1 * t->sms;
+    DSV4_TRY(moe_gemm_launch(st, 1, &a, (int)(items < cap ? items : cap)));
+
+    /* act_quant of every pair's activation row */
+    const int64_t awarps = P * ((I + 127) / 128);
+    moe_act_quant_kernel<<<(unsigned)((awarps + 7) / 8), 256, 0, st>>>(act, P, I);
+    CUDA_LAUNCHED();
+
+    /* stage 2 */
+    a.x = act;
+    a.ldx = I;
+    a.out = y;
+    a.ldo = D;
+    a.kw = t->kw2;
+    a.rg = t->rg2;
+    a.tiles = (int)((D + MOE_RPW2 * a.rg - 1) / (MOE_RPW2 * a.rg));
+    items = bound * a.tiles;
+    cap = (int64_t)t->occ2 * t->sms;
+    DSV4_TRY(moe_gemm_launch(st, 0, &a, (int)(items < cap ? items : cap)));
+
+    /* combine */
+    dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
+    moe_combine_kernel<<<cgrid, 256, 0, st>>>(out, y, sel, N, K, D, E);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
 }

@@ -1,0 +1,528 @@
+/*
+ * test_gpu_moe.c - GPU test (ctest -L gpu) of the moe op group (backend.h): dsv4_bk_router and
+ * dsv4_bk_moe on CUDA against the CPU implementation (backend/cpu/bk_moe.c, the session
+ * forward's faithful MoE) on fresh seeded inputs, at the Flash shape (D 4096, I 2048, E 256,
+ * top 6, MXFP4 routed experts, FP8 shared expert), the Pro shape (D 7168, I 3072, E 384) and
+ * small shapes in every expert format (NVFP4, FP8 with f32 scales, BF16); decode timings at the
+ * Flash shape (N = 1 and 64: µs and expert bytes / time).
+ *
+ * usage: test_gpu_moe [--small]    --small: small shapes only (for compute-sanitizer)
+ *
+ * Bounds (why they are what they are):
+ * - router: sel must be equal; wts within 1 f32 ulp (scores use expf/log1pf: glibc's and the
+ *   GPU's double-evaluated ones agree but for rare ties at half an ulp).
+ * - moe: the GPU differs from the CPU only in f32 summation order before each bf16 rounding. A
+ *   g or u that lands on the neighbouring bf16 (1 ulp, 2^-8..2^-7 relative) moves a by as much,
+ *   which moves act_quant(a) to the neighbouring e4m3 value (up to 1/8 of it) once in a while,
+ *   and that shifts all D outputs of the pair by w2[:, k] times that step; y and out may each
+ *   then round to a neighbouring bf16. Expected: a few such events per row, each worth about
+ *   one bf16 ulp of |out| (<= 2^-7 of the row's max |out|). Bound: |gpu - cpu| <= 2^-4 max|out|
+ *   of the row (8x that, for a few coinciding events; a wrong index, scale or rounding step
+ *   gives errors of the order of the values themselves).
+ * - moe on "grid" inputs: h on the grid k/8, |h| <= 1, and weight scales chosen so that every
+ *   w1/w3 partial sum is exact in f32 in any order: g, u, a and act_quant(a) are then equal on
+ *   both; only w2's sums (over act_quant(a), not on a grid) may round y differently, which is
+ *   rare (~1e-3 of the y values) and worth <= 1 ulp of y: at least 95% of the outputs must be
+ *   bit-equal (a missing or misplaced rounding step breaks nearly all of them), and the
+ *   2^-4 bound above.
+ */
+#include "backend/backend.h"
+#include "backend/backend_impl.h"
+#include "backend/cpu/cpu_linear.h"
+#include "test_util.h"
+
+#include <math.h>
+#include <stdint.h>
+
+/* ---- seeded random numbers ----------------------------------------------------------------- */
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rnd64(void)
+{
+    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static float rndu(float lo, float hi)
+{
+    return lo + (hi - lo) * (float)(rnd64() >> 40) * (1.0f / 16777216.0f);
+}
+
+static void *xmalloc(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (!p) abort();
+    return p;
+}
+
+static void fill_bytes(uint8_t *p, size_t n)
+{
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const uint64_t v = rnd64();
+        memcpy(p + i, &v, 8);
+    }
+    for (; i < n; i++) p[i] = (uint8_t)rnd64();
+}
+
+static float bf16r(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+/* ---- weights in their stored layouts (model/weights.h) -------------------------------------
+ * Magnitudes keep w1 x within a few units so that the SwiGLU clamp (10) is sometimes reached:
+ * MXFP4 scales 2^-7 / 2^-6, FP8 values 2^-3 .. 1.875 (exponent field 4..7) times 2^-7 / 2^-6.
+ * These also make the grid inputs' w1/w3 sums exact (see the header). */
+static uint8_t e4m3_code(uint64_t r)
+{
+    return (uint8_t)((r & 0x80) | ((4 + ((r >> 8) & 3)) << 3) | ((r >> 12) & 7));
+}
+
+static void gen_weight(dsv4_weight *w, dsv4_weight_format f, int f32_scale, int64_t rows,
+                       int64_t cols)
+{
+    memset(w, 0, sizeof *w);
+    w->name = "test expert weight";
+    w->format = f;
+    w->ndim = 2;
+    w->rows = rows;
+    w->cols = cols;
+    w->scale2 = 1.0f;
+    const int64_t n = rows * cols;
+    uint8_t *d = NULL, *s = NULL;
+    switch (f) {
+    case DSV4_FORMAT_MXFP4:
+    case DSV4_FORMAT_NVFP4: {
+        const int mx = f == DSV4_FORMAT_MXFP4;
+        w->dtype = DSV4_DT_U8;
+        w->data_bytes = (uint64_t)n / 2;
+        d = xmalloc(w->data_bytes);
+        fill_bytes(d, w->data_bytes);
+        w->scale_dtype = mx ? DSV4_DT_F8_E8M0 : DSV4_DT_F8_E4M3;
+        w->scale_rows = rows;
+        w->scale_cols = cols / (mx ? 32 : 16);
+        w->scale_bytes = (uint64_t)(w->scale_rows * w->scale_cols);
+        s = xmalloc(w->scale_bytes);
+        for (uint64_t i = 0; i < w->scale_bytes; i++)
+            s[i] = mx ? (uint8_t)(120 + (rnd64() & 1)) : (uint8_t)(e4m3_code(rnd64()) & 0x7f);
+        if (!mx) w->scale2 = 0.0123f;
+        break;
+    }
+    case DSV4_FORMAT_FP8: {
+        w->dtype = DSV4_DT_F8_E4M3;
+        w->data_bytes = (uint64_t)n;
+        d = xmalloc(w->data_bytes);
+        for (int64_t i = 0; i < n; i++) d[i] = e4m3_code(rnd64());
+        w->scale_rows = (rows + 127) / 128;
+        w->scale_cols = (cols + 127) / 128;
+        const int64_t ns = w->scale_rows * w->scale_cols;
+        w->scale_dtype = f32_scale ? DSV4_DT_F32 : DSV4_DT_F8_E8M0;
+        w->scale_bytes = (uint64_t)ns * (f32_scale ? 4 : 1);
+        s = xmalloc(w->scale_bytes);
+        for (int64_t i = 0; i < ns; i++) {
+            if (f32_scale) {
+                const float v = rndu(0.004f, 0.02f);
+                memcpy(s + 4 * i, &v, 4);
+            } else {
+                s[i] = (uint8_t)(120 + (rnd64() & 1));
+            }
+        }
+        break;
+    }
+    case DSV4_FORMAT_BF16: {
+        w->dtype = DSV4_DT_BF16;
+        w->data_bytes = (uint64_t)n * 2;
+        d = xmalloc(w->data_bytes);
+        for (int64_t i = 0; i < n; i++) {
+            const float v = bf16r(rndu(-0.03f, 0.03f));
+            uint32_t u;
+            memcpy(&u, &v, 4);
+            const uint16_t hb = (uint16_t)(u >> 16);
+            memcpy(d + 2 * i, &hb, 2);
+        }
+        break;
+    }
+    default:
+        abort();
+    }
+    w->data = d;
+    w->scale = s;
+}
+
+static void free_host_weight(dsv4_weight *w)
+{
+    free((void *)w->data);
+    free((void *)w->scale);
+}
+
+/* The experts of one test layer: nd distinct weight sets (expert e uses set e % nd), on the host
+ * for the CPU and uploaded once each for the GPU. */
+typedef struct layer {
+    const char *name;
+    int64_t D, I;
+    int E, K, nd;
+    dsv4_expert_weights *hx, *gx; /* [nd] distinct sets: host, device */
+    dsv4_expert_weights hsh, gsh; /* shared */
+    dsv4_expert_weights *he, *ge; /* [E] the expert arrays the tables see */
+    dsv4_bk_experts *tc, *tg;
+} layer;
+
+static void gen_expert(dsv4_expert_weights *x, dsv4_weight_format f, int f32s, int64_t D, int64_t I)
+{
+    gen_weight(&x->w1, f, f32s, I, D);
+    gen_weight(&x->w2, f, f32s, D, I);
+    gen_weight(&x->w3, f, f32s, I, D);
+}
+
+static int upload_expert(dsv4_backend *g, const dsv4_expert_weights *h, dsv4_expert_weights *o)
+{
+    return dsv4_bk_weight_upload(g, &h->w1, 0, &o->w1) == DSV4_OK &&
+           dsv4_bk_weight_upload(g, &h->w2, 0, &o->w2) == DSV4_OK &&
+           dsv4_bk_weight_upload(g, &h->w3, 0, &o->w3) == DSV4_OK;
+}
+
+static int layer_make(layer *L, dsv4_backend *c, dsv4_backend *g, dsv4_weight_format routed,
+                      int routed_f32s, dsv4_weight_format shared, int shared_f32s)
+{
+    const double t0 = test_now();
+    L->hx = calloc((size_t)L->nd, sizeof *L->hx);
+    L->gx = calloc((size_t)L->nd, sizeof *L->gx);
+    L->he = calloc((size_t)L->E, sizeof *L->he);
+    L->ge = calloc((size_t)L->E, sizeof *L->ge);
+    if (!L->hx || !L->gx || !L->he || !L->ge) abort();
+    int ok = 1;
+    for (int i = 0; i < L->nd && ok; i++) {
+        gen_expert(&L->hx[i], routed, routed_f32s, L->D, L->I);
+        ok = upload_expert(g, &L->hx[i], &L->gx[i]);
+    }
+    gen_expert(&L->hsh, shared, shared_f32s, L->D, L->I);
+    ok = ok && upload_expert(g, &L->hsh, &L->gsh);
+    CHECK_MSG(ok, "%s: upload: %s", L->name, dsv4_last_error());
+    if (!ok) return 0;
+    for (int e = 0; e < L->E; e++) L->he[e] = L->hx[e % L->nd], L->ge[e] = L->gx[e % L->nd];
+    dsv4_status st = dsv4_bk_experts_create(c, L->he, L->E, &L->hsh, &L->tc);
+    CHECK_MSG(st == DSV4_OK, "%s: cpu experts_create: %s", L->name, dsv4_last_error());
+    if (st == DSV4_OK) st = dsv4_bk_experts_create(g, L->ge, L->E, &L->gsh, &L->tg);
+    CHECK_MSG(st == DSV4_OK, "%s: cuda experts_create: %s", L->name, dsv4_last_error());
+    printf("%-28s D %lld I %lld E %d (%d distinct) K %d, routed %s, shared %s: %.1f s\n", L->name,
+           (long long)L->D, (long long)L->I, L->E, L->nd, L->K, dsv4_weight_format_name(routed),
+           dsv4_weight_format_name(shared), test_now() - t0);
+    return st == DSV4_OK;
+}
+
+static void layer_free(layer *L, dsv4_backend *c, dsv4_backend *g)
+{
+    /* the tables directly: dsv4_bk_experts_free does not reach the CPU one in a CUDA build */
+    if (L->tc) dsv4_cpu_bk_experts_free(c, L->tc);
+    if (L->tg) dsv4_cuda_bk_experts_free(g, L->tg);
+    for (int i = 0; i < L->nd && L->hx; i++) {
+        dsv4_expert_weights *h = &L->hx[i], *d = &L->gx[i];
+        free_host_weight(&h->w1), free_host_weight(&h->w2), free_host_weight(&h->w3);
+        dsv4_bk_weight_free(g, &d->w1), dsv4_bk_weight_free(g, &d->w2);
+        dsv4_bk_weight_free(g, &d->w3);
+    }
+    free_host_weight(&L->hsh.w1), free_host_weight(&L->hsh.w2), free_host_weight(&L->hsh.w3);
+    dsv4_bk_weight_free(g, &L->gsh.w1), dsv4_bk_weight_free(g, &L->gsh.w2);
+    dsv4_bk_weight_free(g, &L->gsh.w3);
+    free(L->hx), free(L->gx), free(L->he), free(L->ge);
+}
+
+static uint64_t expert_bytes(const dsv4_expert_weights *x)
+{
+    return dsv4_weight_bytes(&x->w1) + dsv4_weight_bytes(&x->w2) + dsv4_weight_bytes(&x->w3);
+}
+
+/* ---- device buffers ------------------------------------------------------------------------ */
+static void *dev_copy(dsv4_backend *g, const void *src, size_t bytes)
+{
+    void *p = NULL;
+    if (dsv4_bk_alloc(g, bytes, &p) != DSV4_OK) return NULL;
+    if (src && dsv4_bk_upload(g, p, src, bytes) != DSV4_OK) {
+        dsv4_bk_free(g, p);
+        return NULL;
+    }
+    return p;
+}
+
+/* ---- router -------------------------------------------------------------------------------- */
+static uint32_t ulp_dist(float a, float b)
+{
+    int32_t x, y;
+    memcpy(&x, &a, 4), memcpy(&y, &b, 4);
+    if (x < 0) x = INT32_MIN - x;
+    if (y < 0) y = INT32_MIN - y;
+    const int64_t d = (int64_t)x - y;
+    return (uint32_t)(d < 0 ? -d : d);
+}
+
+/* kind: 0 biased top-k, 1 no bias, 2 hash, 3 ties (logits and bias from a few values) */
+static void test_router(dsv4_backend *c, dsv4_backend *g, int E, int K, int N, int kind)
+{
+    static const char *names[] = {"top-k + bias", "top-k", "hash", "top-k, tied scores"};
+    const int V = 1000;
+    float *logits = xmalloc((size_t)N * E * 4), *bias = xmalloc((size_t)E * 4);
+    int32_t *tab = xmalloc((size_t)V * K * 4), *ids = xmalloc((size_t)N * 4);
+    for (int64_t i = 0; i < (int64_t)N * E; i++) {
+        logits[i] = kind == 3 ? (float)(rnd64() % 4) * 0.5f - 1.0f : rndu(-6.0f, 6.0f);
+        if (kind != 3 && rnd64() % 97 == 0) logits[i] = rndu(19.0f, 30.0f); /* softplus threshold */
+    }
+    for (int e = 0; e < E; e++)
+        bias[e] = kind == 3 ? (float)(rnd64() % 2) * 0.25f : rndu(-0.5f, 0.5f);
+    for (int v = 0; v < V; v++)
+        for (int j = 0; j < K; j++) {
+            int e, dup;
+            do { /* distinct experts per token, as real tables */
+                e = (int)(rnd64() % (uint64_t)E);
+                dup = 0;
+                for (int i = 0; i < j; i++) dup |= tab[v * K + i] == e;
+            } while (dup);
+            tab[v * K + j] = e;
+        }
+    for (int r = 0; r < N; r++) ids[r] = (int32_t)(rnd64() % V);
+
+    const float *use_bias = kind == 1 || kind == 2 ? NULL : bias;
+    const int32_t *use_tab = kind == 2 ? tab : NULL;
+    int32_t *sc = xmalloc((size_t)N * K * 4), *sg = xmalloc((size_t)N * K * 4);
+    float *wc = xmalloc((size_t)N * K * 4), *wg = xmalloc((size_t)N * K * 4);
+    dsv4_bk_rows rc = {N, NULL, NULL, ids};
+    dsv4_status st = dsv4_bk_router(c, sc, wc, logits, use_bias, use_tab, &rc, E, K, 1.5f);
+    CHECK_MSG(st == DSV4_OK, "cpu router: %s", dsv4_last_error());
+
+    float *dl = dev_copy(g, logits, (size_t)N * E * 4), *db = dev_copy(g, bias, (size_t)E * 4);
+    int32_t *dt = dev_copy(g, tab, (size_t)V * K * 4), *di = dev_copy(g, ids, (size_t)N * 4);
+    int32_t *ds = dev_copy(g, NULL, (size_t)N * K * 4);
+    float *dw = dev_copy(g, NULL, (size_t)N * K * 4);
+    dsv4_bk_rows rg = {N, NULL, NULL, di};
+    st = dsv4_bk_router(g, ds, dw, dl, use_bias ? db : NULL, use_tab ? dt : NULL, &rg, E, K, 1.5f);
+    if (st == DSV4_OK) st = dsv4_bk_download(g, sg, ds, (size_t)N * K * 4);
+    if (st == DSV4_OK) st = dsv4_bk_download(g, wg, dw, (size_t)N * K * 4);
+    CHECK_MSG(st == DSV4_OK, "cuda router: %s", dsv4_last_error());
+    int sel_bad = 0;
+    uint32_t max_ulp = 0;
+    for (int64_t i = 0; st == DSV4_OK && i < (int64_t)N * K; i++) {
+        sel_bad += sc[i] != sg[i];
+        const uint32_t u = ulp_dist(wc[i], wg[i]);
+        if (u > max_ulp) max_ulp = u;
+    }
+    printf("router E %3d K %d N %3d %-20s sel mismatches %d (bound 0), wts max %u ulp (bound 1)\n",
+           E, K, N, names[kind], sel_bad, max_ulp);
+    CHECK(sel_bad == 0);
+    CHECK(max_ulp <= 1);
+    dsv4_bk_free(g, dl), dsv4_bk_free(g, db), dsv4_bk_free(g, dt), dsv4_bk_free(g, di);
+    dsv4_bk_free(g, ds), dsv4_bk_free(g, dw);
+    free(logits), free(bias), free(tab), free(ids), free(sc), free(sg), free(wc), free(wg);
+}
+
+/* ---- moe ----------------------------------------------------------------------------------- */
+/* Routing for N rows: the CPU router on random logits and bias (ascending distinct experts). */
+static void make_routing(const layer *L, dsv4_backend *c, int N, int32_t *sel, float *wts)
+{
+    float *logits = xmalloc((size_t)N * L->E * 4), *bias = xmalloc((size_t)L->E * 4);
+    for (int64_t i = 0; i < (int64_t)N * L->E; i++) logits[i] = rndu(-4.0f, 4.0f);
+    for (int e = 0; e < L->E; e++) bias[e] = rndu(-0.3f, 0.3f);
+    dsv4_bk_rows rows = {N, NULL, NULL, NULL};
+    dsv4_status st = dsv4_bk_router(c, sel, wts, logits, bias, NULL, &rows, L->E, L->K,
+                                    L->E == 384 ? 2.5f : 1.5f);
+    CHECK_MSG(st == DSV4_OK, "routing: %s", dsv4_last_error());
+    free(logits), free(bias);
+}
+
+/* grid: h = k/8, |k| <= 8; dup: every other row names its first expert twice */
+static void test_moe(const layer *L, dsv4_backend *c, dsv4_backend *g, int N, int grid, int dup)
+{
+    const int64_t D = L->D, K = L->K, ND = N * D, NK = N * K;
+    float *h = xmalloc((size_t)ND * 4), *oc = xmalloc((size_t)ND * 4),
+          *og = xmalloc((size_t)ND * 4);
+    int32_t *sel = xmalloc((size_t)NK * 4);
+    float *wts = xmalloc((size_t)NK * 4);
+    for (int r = 0; r < N; r++) {
+        const float scale = ldexpf(1.0f, (int)(rnd64() % 5) - 2);
+        for (int64_t d = 0; d < D; d++)
+            h[r * D + d] = grid ? (float)((int)(rnd64() % 17) - 8) / 8.0f
+                                : scale * (rndu(-1, 1) + rndu(-1, 1) + rndu(-1, 1));
+    }
+    make_routing(L, c, N, sel, wts);
+    if (dup)
+        for (int r = 0; r < N; r += 2) sel[r * K + K - 1] = sel[r * K];
+
+    const size_t wsb = dsv4_bk_moe_ws_bytes(N, (int)K, D, L->I, L->E);
+    void *wsc = xmalloc(wsb);
+    double t = test_now();
+    dsv4_status st = dsv4_bk_moe(c, oc, h, sel, wts, L->tc, N, (int)K, D, 10.0f, wsc);
+    const double cpu_s = test_now() - t;
+    CHECK_MSG(st == DSV4_OK, "cpu moe: %s", dsv4_last_error());
+
+    float *dh = dev_copy(g, h, (size_t)ND * 4), *dwt = dev_copy(g, wts, (size_t)NK * 4);
+    int32_t *dsel = dev_copy(g, sel, (size_t)NK * 4);
+    float *dout = dev_copy(g, NULL, (size_t)ND * 4);
+    void *wsg = dev_copy(g, NULL, wsb);
+    st = dh && dwt && dsel && dout && wsg ? DSV4_OK : DSV4_ERR_OUT_OF_MEMORY;
+    /* one untimed call, then one between timing marks */
+    if (st == DSV4_OK) st = dsv4_bk_moe(g, dout, dh, dsel, dwt, L->tg, N, (int)K, D, 10.0f, wsg);
+    if (st == DSV4_OK) st = dsv4_bk_prof_start(g);
+    if (st == DSV4_OK) st = dsv4_bk_moe(g, dout, dh, dsel, dwt, L->tg, N, (int)K, D, 10.0f, wsg);
+    dsv4_bk_prof_mark(g, "moe");
+    dsv4_bk_prof_entry pe[2];
+    const int np = dsv4_bk_prof_stop(g, pe, 2);
+    if (st == DSV4_OK) st = dsv4_bk_download(g, og, dout, (size_t)ND * 4);
+    CHECK_MSG(st == DSV4_OK, "cuda moe: %s", dsv4_last_error());
+
+    double max_abs = 0, max_rel = 0;
+    int64_t equal = 0, nonfinite = 0;
+    for (int r = 0; st == DSV4_OK && r < N; r++) {
+        float rowmax = 0;
+        for (int64_t d = 0; d < D; d++) rowmax = fmaxf(rowmax, fabsf(oc[r * D + d]));
+        for (int64_t d = 0; d < D; d++) {
+            const float a = og[r * D + d], b = oc[r * D + d];
+            if (!isfinite(a) || !isfinite(b)) nonfinite++;
+            const double err = fabs((double)a - b), rel = err / fmax(rowmax, 1e-30);
+            equal += a == b;
+            if (err > max_abs) max_abs = err;
+            if (rel > max_rel) max_rel = rel;
+        }
+    }
+    const double frac = (double)equal / (double)ND, bound = 1.0 / 16;
+    printf("moe %-22s N %3d%s%s: max abs %.3g, max rel %.3g (floor: row max |out|; bound %.4g), "
+           "equal %.2f%%%s; cpu %.0f ms, gpu %.1f us\n",
+           L->name, N, grid ? " grid" : "", dup ? " dup" : "", max_abs, max_rel, bound, 100 * frac,
+           grid ? " (bound >= 95%)" : "", 1e3 * cpu_s,
+           np > 0 ? 1e3 * pe[0].ms / (double)pe[0].calls : 0.0);
+    CHECK(nonfinite == 0);
+    CHECK(max_rel <= bound);
+    if (grid) CHECK(frac >= 0.95);
+    dsv4_bk_free(g, dh), dsv4_bk_free(g, dwt), dsv4_bk_free(g, dsel), dsv4_bk_free(g, dout);
+    dsv4_bk_free(g, wsg);
+    free(h), free(oc), free(og), free(sel), free(wts), free(wsc);
+}
+
+/* Decode timing: R different routings back to back (the weights of one step are not in L2 from
+ * the previous one); bytes = the distinct experts' w1/w2/w3 (data + scales) + the shared one. */
+static void bench(const layer *L, dsv4_backend *c, dsv4_backend *g, int N)
+{
+    enum { R = 16 };
+    const int64_t D = L->D, K = L->K, NK = N * K;
+    int32_t *sel = xmalloc((size_t)R * NK * 4);
+    float *wts = xmalloc((size_t)R * NK * 4), *h = xmalloc((size_t)N * D * 4);
+    for (int64_t i = 0; i < N * D; i++) h[i] = rndu(-2, 2);
+    uint64_t bytes = 0;
+    char *seen = xmalloc((size_t)L->E);
+    for (int i = 0; i < R; i++) {
+        make_routing(L, c, N, sel + i * NK, wts + i * NK);
+        memset(seen, 0, (size_t)L->E);
+        for (int64_t j = 0; j < NK; j++) {
+            const int e = sel[i * NK + j];
+            if (!seen[e]) bytes += expert_bytes(&L->he[e]);
+            seen[e] = 1;
+        }
+        bytes += expert_bytes(&L->hsh);
+    }
+    const size_t wsb = dsv4_bk_moe_ws_bytes(N, (int)K, D, L->I, L->E);
+    int32_t *dsel = dev_copy(g, sel, (size_t)R * NK * 4);
+    float *dwt = dev_copy(g, wts, (size_t)R * NK * 4), *dh = dev_copy(g, h, (size_t)N * D * 4);
+    float *dout = dev_copy(g, NULL, (size_t)N * D * 4);
+    void *wsg = dev_copy(g, NULL, wsb);
+    dsv4_status st = dsel && dwt && dh && dout && wsg ? DSV4_OK : DSV4_ERR_OUT_OF_MEMORY;
+    for (int i = 0; st == DSV4_OK && i < 2; i++)
+        st = dsv4_bk_moe(g, dout, dh, dsel + i * NK, dwt + i * NK, L->tg, N, (int)K, D, 10.0f, wsg);
+    if (st == DSV4_OK) st = dsv4_bk_sync(g);
+    if (st == DSV4_OK) st = dsv4_bk_prof_start(g);
+    for (int i = 0; st == DSV4_OK && i < R; i++) {
+        st = dsv4_bk_moe(g, dout, dh, dsel + i * NK, dwt + i * NK, L->tg, N, (int)K, D, 10.0f, wsg);
+        dsv4_bk_prof_mark(g, "moe");
+    }
+    dsv4_bk_prof_entry pe[2];
+    const int np = dsv4_bk_prof_stop(g, pe, 2);
+    CHECK_MSG(st == DSV4_OK && np == 1, "bench: %s", dsv4_last_error());
+    if (st == DSV4_OK && np == 1) {
+        const double us = 1e3 * pe[0].ms / (double)pe[0].calls;
+        printf("bench %s N %d: %.1f us per moe, %.1f MB of experts per step, %.0f GB/s "
+               "(H100 copy: ~3000)\n",
+               L->name, N, us, (double)bytes / R / 1e6, (double)bytes / (1e-3 * pe[0].ms) / 1e9);
+    }
+    dsv4_bk_free(g, dsel), dsv4_bk_free(g, dwt), dsv4_bk_free(g, dh), dsv4_bk_free(g, dout);
+    dsv4_bk_free(g, wsg);
+    free(sel), free(wts), free(h), free(seen);
+}
+
+int main(int argc, char **argv)
+{
+    const int small = argc > 1 && !strcmp(argv[1], "--small");
+    dsv4_cpu_pool *pool = NULL;
+    dsv4_backend *c = NULL, *g = NULL;
+    dsv4_status st = dsv4_cpu_pool_create(0, &pool);
+    if (st == DSV4_OK) st = dsv4_backend_create(DSV4_DEVICE_CPU, 0, pool, &c);
+    if (st == DSV4_OK) st = dsv4_backend_create(DSV4_DEVICE_CUDA, 0, NULL, &g);
+    CHECK_MSG(st == DSV4_OK, "backends: %s", dsv4_last_error());
+    if (st != DSV4_OK) return test_finish();
+
+    /* router: Flash and Pro expert counts */
+    const int RN = small ? 9 : 64;
+    test_router(c, g, 256, 6, RN, 0);
+    test_router(c, g, 256, 6, RN, 2);
+    test_router(c, g, 256, 6, RN, 3);
+    test_router(c, g, 384, 6, RN, 0);
+    test_router(c, g, 384, 6, RN, 1);
+    test_router(c, g, 384, 6, RN, 2);
+    if (!small) test_router(c, g, 256, 6, 300, 0);
+
+    /* every expert format, small shapes (widths not multiples of 128 or 1024) */
+    {
+        layer L = {.name = "nvfp4 / bf16 shared", .D = 1536, .I = 352, .E = 16, .K = 4, .nd = 16};
+        if (layer_make(&L, c, g, DSV4_FORMAT_NVFP4, 0, DSV4_FORMAT_BF16, 0)) {
+            test_moe(&L, c, g, 1, 0, 0);
+            test_moe(&L, c, g, 33, 0, 1);
+        }
+        layer_free(&L, c, g);
+        layer M = {
+            .name = "fp8-f32 / mxfp4 shared", .D = 1536, .I = 352, .E = 16, .K = 4, .nd = 16};
+        if (layer_make(&M, c, g, DSV4_FORMAT_FP8, 1, DSV4_FORMAT_MXFP4, 0)) {
+            test_moe(&M, c, g, 5, 0, 0);
+            test_moe(&M, c, g, 33, 0, 0);
+        }
+        layer_free(&M, c, g);
+        layer B = {.name = "bf16 / nvfp4 shared", .D = 1024, .I = 256, .E = 8, .K = 2, .nd = 8};
+        if (layer_make(&B, c, g, DSV4_FORMAT_BF16, 0, DSV4_FORMAT_NVFP4, 0)) {
+            test_moe(&B, c, g, 7, 0, 1);
+        }
+        layer_free(&B, c, g);
+        layer S = {.name = "mxfp4 / fp8 small", .D = 1536, .I = 352, .E = 16, .K = 4, .nd = 16};
+        if (layer_make(&S, c, g, DSV4_FORMAT_MXFP4, 0, DSV4_FORMAT_FP8, 0)) {
+            test_moe(&S, c, g, 1, 0, 0);
+            test_moe(&S, c, g, 5, 1, 0);
+            test_moe(&S, c, g, 33, 0, 0);
+        }
+        layer_free(&S, c, g);
+    }
+    if (!small) {
+        layer F = {.name = "flash", .D = 4096, .I = 2048, .E = 256, .K = 6, .nd = 256};
+        if (layer_make(&F, c, g, DSV4_FORMAT_MXFP4, 0, DSV4_FORMAT_FP8, 0)) {
+            test_moe(&F, c, g, 1, 0, 0);
+            test_moe(&F, c, g, 5, 0, 0);
+            test_moe(&F, c, g, 64, 0, 0);
+            test_moe(&F, c, g, 64, 1, 0);
+            test_moe(&F, c, g, 300, 0, 0);
+            bench(&F, c, g, 1);
+            bench(&F, c, g, 64);
+        }
+        layer_free(&F, c, g);
+        layer P = {.name = "pro", .D = 7168, .I = 3072, .E = 384, .K = 6, .nd = 32};
+        if (layer_make(&P, c, g, DSV4_FORMAT_MXFP4, 0, DSV4_FORMAT_FP8, 0)) {
+            test_moe(&P, c, g, 1, 0, 0);
+            test_moe(&P, c, g, 5, 1, 0);
+            test_moe(&P, c, g, 64, 0, 0);
+        }
+        layer_free(&P, c, g);
+    }
+    dsv4_backend_destroy(g);
+    dsv4_backend_destroy(c);
+    dsv4_cpu_pool_destroy(pool);
+    return test_finish();
+}
