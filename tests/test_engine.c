@@ -17,10 +17,11 @@
  * row count of a projection call (cpu_linear.h: one-token and many-token calls may differ in
  * the last bits), so logits agree to TOL_CPU of the row's range. On the GPU every f32 sum runs
  * in another order; a bf16 or e4m3 rounding that lands on the other side of a tie then differs
- * by one step and travels through the layers. TOL_GPU is the same 1.5x-noise-floor reasoning as
- * docs/numeric-modes.md: the faithful oracle itself moves logits by up to ~0.45 (of ranges
- * ~20-40) when only its f32 summation order changes, so a GPU row passes within 2% of the row's
- * range, and greedy must agree wherever the session's top-2 margin exceeds that bound.
+ * by one step and travels through the layers. The GPU bounds are the 1.5x-noise-floor rule of
+ * docs/numeric-modes.md: tools/make_faithful_goldens.py measures how far the faithful oracle
+ * moves from itself when only its f32 summation order changes (faithful.json `noise_floor`);
+ * the rows' median and max error must stay within 1.5x of that, and free-running greedy must be
+ * identical unless the session's own continuation passes a near-tie.
  *
  * usage: test_engine [--device cpu|cuda] MODEL_DIR...
  */
@@ -33,7 +34,10 @@
 #include <stdint.h>
 
 static const double TOL_CPU = 1e-4; /* of the row's logit range */
-static const double TOL_GPU = 2e-2;
+/* 1.5x the faithful oracle's own noise floor on hd512-fp8 (faithful.json: per-position
+ * max|d|/range median 0.0159, max 0.164 when only its f32 summation order changes) */
+static const double TOL_GPU_MEDIAN = 1.5 * 0.0159, TOL_GPU_MAX = 1.5 * 0.164;
+static const double TOL_GPU = 1.5 * 0.164; /* a single row (batch vs singles) */
 
 enum { PROMPT = 300, STEPS = 12, CHUNK = 96 };
 
@@ -99,44 +103,80 @@ static int argmax(const float *x, int V)
     return b;
 }
 
-/* 1. one sequence against the session */
+static int cmp_double(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* 1. one sequence against the session: teacher-forced rows (the session's greedy token feeds
+ * both), then both free-running from a fork of the prompt state. */
 static void against_session(dsv4_model *m, dsv4_engine *e, int V)
 {
-    int32_t ids[PROMPT];
+    int32_t ids[PROMPT], tok_s[STEPS], tok_e[STEPS];
     prompt(ids, PROMPT, 0, V);
     dsv4_session_options so;
     dsv4_session_options_default(&so);
-    dsv4_session *s = NULL;
+    dsv4_session *s = NULL, *sf = NULL;
     CHECK(dsv4_session_create(m, &so, &s) == DSV4_OK);
     float *ls = malloc((size_t)V * 4), *le = malloc((size_t)V * 4);
+    double err[STEPS + 1];
     if (!s || !ls || !le) goto out;
     CHECK(dsv4_session_eval(s, ids, PROMPT, ls, 0) == DSV4_OK);
     CHECK_MSG(dsv4_engine_prefill(e, 0, ids, PROMPT, le) == DSV4_OK, "%s", dsv4_last_error());
-    double worst = 0.0;
-    int greedy_same = 1, decided = 0;
+    CHECK(dsv4_session_fork(s, &sf) == DSV4_OK);
+    CHECK(dsv4_engine_slot_copy(e, 1, 0) == DSV4_OK);
+    const int32_t slot0 = 0, slot1 = 1;
+    int agree = 0;
+    double min_margin = 1.0;
     for (int step = 0; step <= STEPS; step++) {
         int am, bm;
         double margin;
-        const double err = row_err(le, ls, V, &am, &bm, &margin);
-        worst = err > worst ? err : worst;
-        CHECK_MSG(err <= tol(), "step %d: logits differ by %.3g of the range (bound %.3g)", step,
-                  err, tol());
-        if (margin > 2 * tol()) {
-            decided++;
-            if (am != bm) greedy_same = 0;
+        err[step] = row_err(le, ls, V, &am, &bm, &margin);
+        agree += am == bm;
+        if (step == 0) { /* the free runs start from these logits */
+            tok_s[0] = bm;
+            tok_e[0] = am;
         }
         if (step == STEPS) break;
-        const int32_t next = bm; /* the session's greedy token feeds both */
+        const int32_t next = bm;
         CHECK(dsv4_session_eval(s, &next, 1, ls, 0) == DSV4_OK);
-        const int32_t slot = 0;
-        CHECK_MSG(dsv4_engine_decode(e, &slot, &next, 1, le) == DSV4_OK, "%s", dsv4_last_error());
+        CHECK_MSG(dsv4_engine_decode(e, &slot0, &next, 1, le) == DSV4_OK, "%s", dsv4_last_error());
     }
-    CHECK_MSG(greedy_same, "greedy tokens differ where the margin exceeds the bound");
-    printf("  one sequence: prompt %d in chunks of %d + %d decode steps: worst %.3g of the range "
-           "(bound %.3g), greedy equal on %d/%d decided steps\n",
-           PROMPT, CHUNK, STEPS, worst, tol(), decided, STEPS + 1);
+    for (int step = 1; step < STEPS; step++) { /* free-running greedy on the fork / slot 1 */
+        int am, bm;
+        double margin;
+        CHECK(dsv4_session_eval(sf, &tok_s[step - 1], 1, ls, 0) == DSV4_OK);
+        CHECK(dsv4_engine_decode(e, &slot1, &tok_e[step - 1], 1, le) == DSV4_OK);
+        row_err(le, ls, V, &am, &bm, &margin);
+        min_margin = margin < min_margin ? margin : min_margin;
+        tok_s[step] = bm;
+        tok_e[step] = am;
+    }
+    int same = 0;
+    while (same < STEPS && tok_s[same] == tok_e[same]) same++;
+    qsort(err, STEPS + 1, sizeof *err, cmp_double);
+    const double med = err[STEPS / 2], mx = err[STEPS];
+    const double bmed = device == DSV4_DEVICE_CUDA ? TOL_GPU_MEDIAN : TOL_CPU;
+    const double bmax = device == DSV4_DEVICE_CUDA ? TOL_GPU_MAX : TOL_CPU;
+    CHECK_MSG(med <= bmed && mx <= bmax,
+              "rows differ by median %.3g, max %.3g of the range "
+              "(bounds %.3g, %.3g)",
+              med, mx, bmed, bmax);
+    /* free-running greedy must be identical unless the session's own run passes a top-2 margin
+     * within reach of the rows' typical error */
+    if (min_margin > 2 * bmed)
+        CHECK_MSG(same == STEPS,
+                  "free-running greedy diverges at step %d (session's smallest "
+                  "top-2 margin %.3g of the range)",
+                  same, min_margin);
+    printf("  one sequence: prompt %d in chunks of %d + %d decode steps: per-row error median "
+           "%.3g max %.3g of the range (bounds %.3g, %.3g), argmax agrees %d/%d; free-running "
+           "greedy identical for %d/%d tokens (session's smallest top-2 margin %.3g)\n",
+           PROMPT, CHUNK, STEPS, med, mx, bmed, bmax, agree, STEPS + 1, same, STEPS, min_margin);
 out:
     dsv4_session_close(s);
+    dsv4_session_close(sf);
     free(ls);
     free(le);
 }
