@@ -3,11 +3,11 @@
 #
 # The GPU machine (Ubuntu 24.04, CUDA 13, sm_90a) has the PCRE2 runtime but no cJSON and no
 # package access, so we build here (release, CUDA on, tests on) into build-device/ and copy the
-# cJSON shared library next to the binaries. Then, with the device tool:
-#   run(command="bash tools/device_run.sh",
-#       carry=["build-device/dsv4", "build-device/tests", "build-device/lib"])
-# where tools/device_run.sh sets LD_LIBRARY_PATH and runs the GPU checks. The CUDA runtime is
-# linked statically, so only the driver is needed there.
+# cJSON shared library next to the binaries, and pack them into build-device/bundle.tar.xz.
+# Then, with the device tool:
+#   run(command="bash tools/device_run.sh [parts]", carry=["build-device/bundle.tar.xz"])
+# where tools/device_run.sh unpacks it, sets LD_LIBRARY_PATH and runs the GPU checks. The CUDA
+# runtime is linked statically, so only the driver is needed there.
 # An argument names another build folder (default build-device), so that several bundles can
 # be made side by side.
 set -euo pipefail
@@ -21,7 +21,10 @@ mkdir -p "$B/lib"
 for lib in $(ldd "$B/dsv4" | awk '/cjson/ {print $3}'); do
     cp -L "$lib" "$B/lib/"
 done
-# Only binaries travel (the tracked tree already takes ~53 of the 64 MiB a device call may carry);
-# the GPU tests read the committed checkpoints under tests/fixtures and models/.
-du -shc "$B/dsv4" "$B/tests" "$B/lib" |
-    awk '/total/ {print "device bundle (carried paths): " $1}'
+# Only binaries travel, packed: every test binary links the whole library with its kernels
+# (~2.5 MB each), and the tracked tree already takes ~54 of the 64 MiB a device call may carry.
+# The GPU tests read the committed checkpoints under tests/fixtures and models/.
+tar cf - "$B/dsv4" "$B"/tests/test_engine "$B"/tests/test_gpu_* "$B"/tests/test_cuda_dequant \
+    "$B/lib" | xz -6 -T2 >"$B/bundle.tar.xz"
+echo "device bundle: $B/bundle.tar.xz ($(du -h "$B/bundle.tar.xz" | cut -f1)); run with"
+echo "  run(command=\"bash tools/device_run.sh [parts]\", carry=[\"$B/bundle.tar.xz\"])"

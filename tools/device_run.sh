@@ -9,6 +9,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B=${DSV4_BUILD:-build-device}
+[ -f "$B/bundle.tar.xz" ] && xz -dc "$B/bundle.tar.xz" | tar xf -
 export LD_LIBRARY_PATH="$PWD/$B/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 out=${OUT:-/tmp/dsv4-out}
 mkdir -p "$out"
