@@ -213,14 +213,22 @@ static dsv4_status mat_of(const dsv4_weight *w, moe_mat *m)
         m->fmt = MOE_BF16;
         ok = ok && w->dtype == DSV4_DT_BF16;
         break;
+    case DSV4_FORMAT_F32:
+        m->fmt = MOE_F32;
+        ok = ok && w->dtype == DSV4_DT_F32;
+        break;
+    case DSV4_FORMAT_F16:
+        m->fmt = MOE_F16;
+        ok = ok && w->dtype == DSV4_DT_F16;
+        break;
     default:
         ok = 0;
         break;
     }
     if (!ok)
         return dsv4_fail(DSV4_ERR_UNSUPPORTED,
-                         "cuda moe: %s (%s [%lld, %lld]): experts must be MXFP4, NVFP4, FP8 or "
-                         "BF16 with a multiple of 32 columns",
+                         "cuda moe: %s (%s [%lld, %lld]): experts must be MXFP4, NVFP4, FP8, BF16, "
+                         "F16 or F32 with a multiple of 32 columns",
                          w->name ? w->name : "expert weight", dsv4_weight_format_name(w->format),
                          (long long)w->rows, (long long)w->cols);
     return DSV4_OK;

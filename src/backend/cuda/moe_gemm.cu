@@ -232,6 +232,32 @@ __device__ __forceinline__ void dot_bf16(const moe_mat (&w)[NM], int64_t row0, i
         }
 }
 
+/* F32 and F16 experts (transformers-layout checkpoints saved in those dtypes): the lane's 32
+ * columns are 128 or 64 bytes of one row. */
+template <int NM, int RPW>
+__device__ __forceinline__ void dot_wide(const moe_mat (&w)[NM], int64_t row0, int nv, int64_t col,
+                                         const float (&x)[TT][32], float (&part)[RPW][NM][TT])
+{
+    for (int r = 0; r < RPW; r++)
+#pragma unroll
+        for (int m = 0; m < NM; m++) {
+            if (r >= nv) continue;
+            const int64_t e0 = (row0 + r) * w[m].cols + col;
+            float s[TT];
+#pragma unroll
+            for (int t = 0; t < TT; t++) s[t] = 0.0f;
+            for (int k = 0; k < 32; k++) {
+                const float v = w[m].fmt == MOE_F32
+                                    ? __ldg((const float *)w[m].data + e0 + k)
+                                    : __half2float(__ldg((const __half *)w[m].data + e0 + k));
+#pragma unroll
+                for (int t = 0; t < TT; t++) s[t] = fmaf(v, x[t][k], s[t]);
+            }
+#pragma unroll
+            for (int t = 0; t < TT; t++) part[r][m][t] = s[t];
+        }
+}
+
 /* ---- the stage kernel ---------------------------------------------------------------------
  * NM = 2: stage 1 (w1 and w3 of each row, fused SwiGLU * weight epilogue); NM = 1: stage 2.
  * x [*, ldx] -> out [*, ldo], rows of pairs as moe.cuh describes. */
@@ -304,8 +330,10 @@ __global__ void __launch_bounds__(MOE_MAX_WARPS * 32) moe_gemm_kernel(const moe_
                     dot_fp4<NM, RPW>(w, wrow0, nv, col, x, part);
                 else if (fmt == MOE_FP8)
                     dot_fp8<NM, RPW>(w, wrow0, nv, col, x, part);
-                else
+                else if (fmt == MOE_BF16)
                     dot_bf16<NM, RPW>(w, wrow0, nv, col, x, part);
+                else
+                    dot_wide<NM, RPW>(w, wrow0, nv, col, x, part);
             }
 
             /* warp sums (a fixed shuffle tree), lane 0 keeps them for the cross-warp sum */
