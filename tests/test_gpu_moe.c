@@ -3,8 +3,8 @@
  * dsv4_bk_moe on CUDA against the CPU implementation (backend/cpu/bk_moe.c, the session
  * forward's faithful MoE) on fresh seeded inputs, at the Flash shape (D 4096, I 2048, E 256,
  * top 6, MXFP4 routed experts, FP8 shared expert), the Pro shape (D 7168, I 3072, E 384) and
- * small shapes in every expert format (NVFP4, FP8 with f32 scales, BF16); decode timings at the
- * Flash shape (N = 1 and 64: µs and expert bytes / time).
+ * small shapes in every expert format (NVFP4, FP8 with f32 scales, BF16, F16, F32); decode timings
+ * at the Flash shape (N = 1 and 64: µs and expert bytes / time).
  *
  * usage: test_gpu_moe [--small]    --small: small shapes only (for compute-sanitizer)
  *
@@ -147,6 +147,28 @@ static void gen_weight(dsv4_weight *w, dsv4_weight_format f, int f32_scale, int6
             memcpy(&u, &v, 4);
             const uint16_t hb = (uint16_t)(u >> 16);
             memcpy(d + 2 * i, &hb, 2);
+        }
+        break;
+    }
+    case DSV4_FORMAT_F16: { /* exponents 2^-10 .. 2^-3 */
+        w->dtype = DSV4_DT_F16;
+        w->data_bytes = (uint64_t)n * 2;
+        d = xmalloc(w->data_bytes);
+        for (int64_t i = 0; i < n; i++) {
+            const uint64_t r = rnd64();
+            const uint16_t hb =
+                (uint16_t)((r & 0x8000) | ((5 + ((r >> 16) & 7)) << 10) | (r & 0x3ff));
+            memcpy(d + 2 * i, &hb, 2);
+        }
+        break;
+    }
+    case DSV4_FORMAT_F32: {
+        w->dtype = DSV4_DT_F32;
+        w->data_bytes = (uint64_t)n * 4;
+        d = xmalloc(w->data_bytes);
+        for (int64_t i = 0; i < n; i++) {
+            const float v = rndu(-0.03f, 0.03f);
+            memcpy(d + 4 * i, &v, 4);
         }
         break;
     }
@@ -493,6 +515,10 @@ int main(int argc, char **argv)
             test_moe(&B, c, g, 7, 0, 1);
         }
         layer_free(&B, c, g);
+        layer W = {.name = "f16 / f32 shared", .D = 1024, .I = 256, .E = 8, .K = 2, .nd = 8};
+        if (layer_make(&W, c, g, DSV4_FORMAT_F16, 0, DSV4_FORMAT_F32, 0))
+            test_moe(&W, c, g, 6, 0, 0);
+        layer_free(&W, c, g);
         layer S = {.name = "mxfp4 / fp8 small", .D = 1536, .I = 352, .E = 16, .K = 4, .nd = 16};
         if (layer_make(&S, c, g, DSV4_FORMAT_MXFP4, 0, DSV4_FORMAT_FP8, 0)) {
             test_moe(&S, c, g, 1, 0, 0);

@@ -161,7 +161,7 @@ extern "C" dsv4_status dsv4_cuda_bk_router(dsv4_backend *b, int32_t *sel, float 
                                            const int32_t *tid2eid, const dsv4_bk_rows *rows, int E,
                                            int K, float route_scale)
 {
-    if (E < 1 || E > 4096 || K < 1 || K > E || K > MOE_MAX_K)
+    if (E < 1 || E > MOE_MAX_E || K < 1 || K > E || K > MOE_MAX_K)
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda router: %d experts, top %d", E, K);
     if (tid2eid && !rows->ids)
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda router: hash routing needs token ids");
@@ -255,8 +255,9 @@ extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b,
                                                    dsv4_bk_experts **out)
 {
     *out = NULL;
-    if (E < 1 || !experts || !shared)
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda experts_create: %d experts", E);
+    if (E < 1 || E > MOE_MAX_E || !experts || !shared)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda experts_create: %d experts (at most %d)",
+                         E, MOE_MAX_E);
     const int64_t D = shared->w1.cols, I = shared->w1.rows;
     if (D > (int64_t)MOE_MAX_WARPS * MOE_WARP_COLS || I > (int64_t)MOE_MAX_WARPS * MOE_WARP_COLS)
         return dsv4_fail(DSV4_ERR_UNSUPPORTED, "cuda moe: width %lld / %lld above %d", (long long)D,

@@ -16,6 +16,7 @@ extern "C" {
 
 enum { MOE_MXFP4 = 0, MOE_NVFP4 = 1, MOE_FP8 = 2, MOE_BF16 = 3, MOE_F32 = 4, MOE_F16 = 5 };
 enum { MOE_MAX_K = 16 };             /* experts per row */
+enum { MOE_MAX_E = 1024 };           /* experts per layer (shared-memory scratch) */
 enum { MOE_MAX_WARPS = 16 };         /* a GEMM CTA: at most 16 x 1024 input columns */
 enum { MOE_LANE_COLS = 32 };         /* input columns per lane: one 16-byte FP4 load */
 enum { MOE_WARP_COLS = 32 * 32 };    /* input columns per warp */
