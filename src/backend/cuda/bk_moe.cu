@@ -416,6 +416,8 @@ extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
                          "cuda moe: N %lld, K %d, width %lld (table %lld)", (long long)N, K,
                          (long long)D, (long long)t->D);
+    if (((uintptr_t)out | (uintptr_t)h) & 15)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda moe: h and out must be 16-byte aligned");
     if (N == 0) return DSV4_OK;
     cudaStream_t st = dsv4_cuda_stream(b->cuda);
     const int E = t->E;
