@@ -4,7 +4,8 @@
 #   ops       the per-op GPU tests (test_gpu_*: each CUDA op against its CPU implementation)
 #   engine    the engine on the GPU against the CPU session forward, batch vs singles, graphs
 #   cli       dsv4 run/score on the GPU with the embedded model
-#   sanitize  compute-sanitizer memcheck and racecheck over the engine on a small fixture
+#   sanitize  compute-sanitizer memcheck over the engine on a small fixture and the op tests
+#   racecheck compute-sanitizer racecheck over the op tests' small cases
 #   bench     dsv4 bench (Flash-shaped layers)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,10 +41,13 @@ for part in $parts; do
     sanitize)
         step compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/test_engine \
             --device cuda $f/goldens/mix/model
-        step compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/test_engine \
-            --device cuda $f/goldens/mix/model
         for t in $B/tests/test_gpu_*; do
             step compute-sanitizer --tool memcheck --error-exitcode 9 "$t" --small
+        done
+        ;;
+    racecheck) # shared-memory hazards: every kernel runs in the op tests' small cases
+        for t in $B/tests/test_gpu_*; do
+            step compute-sanitizer --tool racecheck --error-exitcode 9 "$t" --small
         done
         ;;
     bench) step $B/dsv4 bench --shape flash --layers 4 ;;
