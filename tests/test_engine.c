@@ -285,6 +285,37 @@ out:
     free(ids);
 }
 
+/* 5. scoring: every position's logits (dsv4_engine_prefill_all) against the session's */
+static void score_all(dsv4_model *m, dsv4_engine *e, int V)
+{
+    enum { T = 41 };
+    int32_t ids[T];
+    prompt(ids, T, 11, V);
+    dsv4_session_options so;
+    dsv4_session_options_default(&so);
+    dsv4_session *s = NULL;
+    float *ls = malloc((size_t)T * V * 4), *le = malloc((size_t)T * V * 4);
+    CHECK(dsv4_session_create(m, &so, &s) == DSV4_OK);
+    if (!s || !ls || !le) goto out;
+    CHECK(dsv4_session_eval(s, ids, T, ls, 1) == DSV4_OK);
+    CHECK(dsv4_engine_slot_reset(e, 1) == DSV4_OK);
+    CHECK_MSG(dsv4_engine_prefill_all(e, 1, ids, T, le) == DSV4_OK, "%s", dsv4_last_error());
+    double worst = 0.0;
+    for (int t = 0; t < T; t++) {
+        int am, bm;
+        double margin;
+        const double err = row_err(le + (size_t)t * V, ls + (size_t)t * V, V, &am, &bm, &margin);
+        worst = err > worst ? err : worst;
+    }
+    const double bound = device == DSV4_DEVICE_CUDA ? TOL_GPU_MAX : TOL_CPU;
+    CHECK_MSG(worst <= bound, "scored rows differ by %.3g of the range (bound %.3g)", worst, bound);
+    printf("  score %d positions: worst row %.3g of the range (bound %.3g)\n", T, worst, bound);
+out:
+    dsv4_session_close(s);
+    free(ls);
+    free(le);
+}
+
 /* 4. fork and reset + refill give the logits of the original */
 static void fork_and_refill(dsv4_engine *e, int V)
 {
@@ -332,6 +363,7 @@ int main(int argc, char **argv)
         if (e) {
             against_session(m, e, V);
             fork_and_refill(e, V);
+            score_all(m, e, V);
         }
         dsv4_engine_destroy(e);
         batch_vs_single(m, V);
