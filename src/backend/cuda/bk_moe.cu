@@ -399,6 +399,22 @@ __global__ void moe_combine_kernel(float *out, const float *y, const int32_t *se
 }
 
 /* ---- dsv4_bk_moe --------------------------------------------------------------------------- */
+/* Item size and grid of a stage with `rows` output rows per expert, at most `bound` experts and
+ * `cap` resident CTAs: batches of rg * rpw rows, grouped rb to an item so that there are about
+ * two items per CTA (fewer passes, each with one barrier and one epilogue, when many experts
+ * are active; small items when few are). Returns the grid. */
+static int plan_stage(moe_gemm_args *a, int64_t rows, int rpw, int64_t bound, int cap)
+{
+    const int64_t br = (int64_t)a->rg * rpw, batches = (rows + br - 1) / br;
+    int64_t rb = bound * batches / (2 * (int64_t)cap);
+    if (rb > (int64_t)MOE_MAX_RB) rb = MOE_MAX_RB;
+    if (rb < 1) rb = 1;
+    a->rb = (int)rb;
+    a->tiles = (int)((batches + rb - 1) / rb);
+    const int64_t items = bound * a->tiles;
+    return (int)(items < cap ? items : cap);
+}
+
 static char *carve(char **p, size_t bytes)
 {
     char *r = *p;
@@ -459,9 +475,7 @@ extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float
     a.ldo = I;
     a.kw = t->kw1;
     a.rg = t->rg1;
-    a.tiles = (int)((I + MOE_RPW1 * a.rg - 1) / (MOE_RPW1 * a.rg));
-    int64_t items = bound * a.tiles, cap = (int64_t)t->occ1 * t->sms;
-    DSV4_TRY(moe_gemm_launch(st, 1, &a, (int)(items < cap ? items : cap)));
+    DSV4_TRY(moe_gemm_launch(st, 1, &a, plan_stage(&a, I, MOE_RPW1, bound, t->occ1 * t->sms)));
 
     /* act_quant of every pair's activation row */
     const int64_t awarps = P * ((I + 127) / 128);
@@ -475,10 +489,7 @@ extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float
     a.ldo = D;
     a.kw = t->kw2;
     a.rg = t->rg2;
-    a.tiles = (int)((D + MOE_RPW2 * a.rg - 1) / (MOE_RPW2 * a.rg));
-    items = bound * a.tiles;
-    cap = (int64_t)t->occ2 * t->sms;
-    DSV4_TRY(moe_gemm_launch(st, 0, &a, (int)(items < cap ? items : cap)));
+    DSV4_TRY(moe_gemm_launch(st, 0, &a, plan_stage(&a, D, MOE_RPW2, bound, t->occ2 * t->sms)));
 
     /* combine */
     dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);

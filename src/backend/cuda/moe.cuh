@@ -21,6 +21,7 @@ enum { MOE_MAX_WARPS = 16 };         /* a GEMM CTA: at most 16 x 1024 input colu
 enum { MOE_LANE_COLS = 32 };         /* input columns per lane: one 16-byte FP4 load */
 enum { MOE_WARP_COLS = 32 * 32 };    /* input columns per warp */
 enum { MOE_RPW1 = 2, MOE_RPW2 = 4 }; /* output rows per warp in a work item: stage 1, 2 */
+enum { MOE_MAX_RB = 8 };             /* row batches per work item */
 
 /* One weight matrix [rows, cols] in device memory, in its stored format (model/weights.h). */
 typedef struct moe_mat {
@@ -50,9 +51,9 @@ typedef struct moe_list {
  *   stage 1 (gemm1): out [pair, I] = swiglu(bf16(w1 . x[row]), bf16(w3 . x[row]), limit)
  *                    * wts[pair] (routed pairs only); x [N, D] is act_quant(h), row = pair / K.
  *   stage 2:         out [pair, D] = bf16(w2 . x[pair]); x [N(K+1), I] is act_quant(a).
- * Items: (active expert, tile of RT = rg * MOE_RPW1 (stage 1) or
- * rg * MOE_RPW2 (stage 2) output rows); active index 0 is the shared expert
- * (table[E], all N rows), index a > 0 is list.active[a - 1]. */
+ * Items: (active expert, tile of rb batches of rg * MOE_RPW1 (stage 1) or rg * MOE_RPW2
+ * (stage 2) output rows); active index 0 is the shared expert (table[E], all N rows), index
+ * a > 0 is list.active[a - 1]. */
 typedef struct moe_gemm_args {
     const moe_expert *table; /* [E + 1] device */
     int E, K;
@@ -65,7 +66,8 @@ typedef struct moe_gemm_args {
     const float *wts;
     float limit;
     int kw, rg; /* CTA = kw x rg warps; kw = ceil(cols / 1024) */
-    int tiles;  /* row tiles per expert */
+    int rb;     /* batches of rg * RPW rows per item (1 .. MOE_MAX_RB) */
+    int tiles;  /* items (row tiles of rb * rg * RPW rows) per expert */
 } moe_gemm_args;
 
 /* The CTA shape for a stage whose input has `cols` columns: *kw x *rg warps. */

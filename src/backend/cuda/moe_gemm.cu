@@ -3,20 +3,24 @@
  * kernel per stage (moe.cuh moe_gemm_args) runs the rows of every active expert, reading the
  * device work list, so the host never learns which experts were chosen.
  *
- * Shape: a work item is (active expert, tile of RT output rows). A CTA is kw x rg warps; warp
- * (kw, rg) owns input columns [1024 kw, 1024 kw + 1024), 32 per lane (one 16-byte FP4 load, one
- * MXFP4 scale group), of RPW rows (w1 and w3 side by side in stage 1). The expert's tokens are
- * taken TT at a time with their input slice in registers while the weights stream past: built
- * for decode, where an expert sees one token (N = 1) or about two (N = 64) and the kernel is
- * bound by weight bytes; with more tokens an item loops, re-reading its small weight tile from
- * L1/L2. FP4 nibbles and FP8 bytes are widened with integer ops into f16 bit patterns (exponent
+ * Shape: a work item is (active expert, tile of rb batches of rg * RPW output rows). A CTA is
+ * kw x rg warps; warp (kw, rg) owns input columns [1024 kw, 1024 kw + 1024), 32 per lane (one
+ * 16-byte FP4 load, one MXFP4 scale group), of RPW rows of each batch (w1 and w3 side by side in
+ * stage 1). The expert's tokens are taken TT at a time ("a pass") with their input slice in
+ * registers while the weights of all rb batches stream past, then one barrier and one epilogue:
+ * built for decode, where an expert sees one token (N = 1) or about two (N = 64) and the kernel
+ * should be bound by weight bytes; with more tokens an item loops over passes, re-reading its
+ * weight tile from L1/L2. The host picks rb so that there are about two items per resident CTA.
+ * FP4 nibbles and FP8 bytes are widened with integer ops into f16 bit patterns (exponent
  * and mantissa fields land in place; the constant factor 2^-14 / 2^-8 is folded into the
  * scale), then to f32.
  *
  * Numerics: a decoded weight times an act_quant'ed input is exact in f32 (at most 8 x 4
  * significant bits), lanes sum their 32 columns with FMAs, power-of-two scales multiply the
  * lane's partial (exact), the warp sums by a shuffle tree and the kw warps in ascending order.
- * So the result differs from the CPU's only in f32 summation order; then bf16 as there.
+ * So the result differs from the CPU's only in f32 summation order; then bf16 as there. (The
+ * SwiGLU's expf is exp in double rounded once: glibc's expf differs from that by 1 ulp on ~0.06%
+ * of inputs.)
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
@@ -260,13 +264,18 @@ __device__ __forceinline__ void dot_wide(const moe_mat (&w)[NM], int64_t row0, i
 
 /* ---- the stage kernel ---------------------------------------------------------------------
  * NM = 2: stage 1 (w1 and w3 of each row, fused SwiGLU * weight epilogue); NM = 1: stage 2.
- * x [*, ldx] -> out [*, ldo], rows of pairs as moe.cuh describes. */
+ * x [*, ldx] -> out [*, ldo], rows of pairs as moe.cuh describes. An item is a.rb batches of
+ * rg * RPW rows: the tokens' inputs are loaded once per pass and every batch of the item is run
+ * on them before the one barrier and epilogue of the pass. */
 template <int NM>
 __global__ void __launch_bounds__(MOE_MAX_WARPS * 32) moe_gemm_kernel(const moe_gemm_args a)
 {
     constexpr int RPW = NM == 2 ? MOE_RPW1 : MOE_RPW2;
-    __shared__ float red[MOE_MAX_WARPS * RPW * NM * TT]; /* [warp][row][matrix][token] */
-    const int KW = a.kw, RT = a.rg * RPW;
+    /* [batch][warp][row][matrix][token] */
+    __shared__ float red[MOE_MAX_RB * MOE_MAX_WARPS * RPW * NM * TT];
+    __shared__ int64_t s_pair[TT];
+    __shared__ float s_wt[TT];
+    const int KW = a.kw, NW = a.kw * a.rg, RB = a.rb, BR = a.rg * RPW, RT = BR * RB;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int kw = warp % KW, rg = warp / KW;
     const int64_t NK = a.N * a.K;
@@ -291,12 +300,21 @@ __global__ void __launch_bounds__(MOE_MAX_WARPS * 32) moe_gemm_kernel(const moe_
         const int64_t rows = w[0].rows, cols = w[0].cols, row0 = (int64_t)tile * RT;
         if (row0 >= rows) continue; /* the whole CTA: item is uniform */
         const int64_t col = (int64_t)kw * MOE_WARP_COLS + lane * MOE_LANE_COLS;
-        const int64_t wrow0 = row0 + rg * RPW;
-        int nv = col < cols ? (int)(rows - wrow0 < RPW ? rows - wrow0 : RPW) : 0;
-        if (nv < 0) nv = 0;
 
         for (int t0 = 0; t0 < ntok; t0 += TT) {
-            /* the TT tokens' input columns of this lane */
+            /* the TT tokens: pair ids (and routing weights) for the epilogue, input columns of
+             * this lane in registers */
+            if (threadIdx.x < TT) {
+                const int tok = t0 + threadIdx.x;
+                int64_t pair = -1;
+                float wt = 1.0f;
+                if (tok < ntok) {
+                    pair = ai == 0 ? NK + tok : a.list.pairs[off + tok];
+                    if (NM == 2 && ai > 0) wt = a.wts[pair];
+                }
+                s_pair[threadIdx.x] = pair;
+                s_wt[threadIdx.x] = wt;
+            }
             float x[TT][32];
 #pragma unroll
             for (int t = 0; t < TT; t++) {
@@ -317,37 +335,42 @@ __global__ void __launch_bounds__(MOE_MAX_WARPS * 32) moe_gemm_kernel(const moe_
                 }
             }
 
-            float part[RPW][NM][TT];
+            for (int b = 0; b < RB; b++) {
+                const int64_t wrow0 = row0 + (int64_t)b * BR + rg * RPW;
+                int nv = col < cols ? (int)(rows - wrow0 < RPW ? rows - wrow0 : RPW) : 0;
+                if (nv < 0) nv = 0;
+                float part[RPW][NM][TT];
 #pragma unroll
-            for (int r = 0; r < RPW; r++)
+                for (int r = 0; r < RPW; r++)
 #pragma unroll
-                for (int m = 0; m < NM; m++)
+                    for (int m = 0; m < NM; m++)
 #pragma unroll
-                    for (int t = 0; t < TT; t++) part[r][m][t] = 0.0f;
-            if (nv > 0) {
-                const int fmt = w[0].fmt;
-                if (fmt == MOE_MXFP4 || fmt == MOE_NVFP4)
-                    dot_fp4<NM, RPW>(w, wrow0, nv, col, x, part);
-                else if (fmt == MOE_FP8)
-                    dot_fp8<NM, RPW>(w, wrow0, nv, col, x, part);
-                else if (fmt == MOE_BF16)
-                    dot_bf16<NM, RPW>(w, wrow0, nv, col, x, part);
-                else
-                    dot_wide<NM, RPW>(w, wrow0, nv, col, x, part);
+                        for (int t = 0; t < TT; t++) part[r][m][t] = 0.0f;
+                if (nv > 0) {
+                    const int fmt = w[0].fmt;
+                    if (fmt == MOE_MXFP4 || fmt == MOE_NVFP4)
+                        dot_fp4<NM, RPW>(w, wrow0, nv, col, x, part);
+                    else if (fmt == MOE_FP8)
+                        dot_fp8<NM, RPW>(w, wrow0, nv, col, x, part);
+                    else if (fmt == MOE_BF16)
+                        dot_bf16<NM, RPW>(w, wrow0, nv, col, x, part);
+                    else
+                        dot_wide<NM, RPW>(w, wrow0, nv, col, x, part);
+                }
+                /* warp sums (a fixed shuffle tree), lane 0 keeps them for the cross-warp sum */
+#pragma unroll
+                for (int r = 0; r < RPW; r++)
+#pragma unroll
+                    for (int m = 0; m < NM; m++)
+#pragma unroll
+                        for (int t = 0; t < TT; t++) {
+                            float v = part[r][m][t];
+#pragma unroll
+                            for (int d = 16; d > 0; d >>= 1)
+                                v += __shfl_xor_sync(0xffffffffu, v, d);
+                            if (lane == 0) red[(((b * NW + warp) * RPW + r) * NM + m) * TT + t] = v;
+                        }
             }
-
-            /* warp sums (a fixed shuffle tree), lane 0 keeps them for the cross-warp sum */
-#pragma unroll
-            for (int r = 0; r < RPW; r++)
-#pragma unroll
-                for (int m = 0; m < NM; m++)
-#pragma unroll
-                    for (int t = 0; t < TT; t++) {
-                        float v = part[r][m][t];
-#pragma unroll
-                        for (int d = 16; d > 0; d >>= 1) v += __shfl_xor_sync(0xffffffffu, v, d);
-                        if (lane == 0) red[((warp * RPW + r) * NM + m) * TT + t] = v;
-                    }
             __syncthreads();
 
             /* epilogue: thread (row, token) sums the kw warps in ascending order */
@@ -355,20 +378,21 @@ __global__ void __launch_bounds__(MOE_MAX_WARPS * 32) moe_gemm_kernel(const moe_
                 const int rl = idx % RT, t = idx / RT, tok = t0 + t;
                 const int64_t row = row0 + rl;
                 if (row >= rows || tok >= ntok) continue;
-                const int rgi = rl / RPW, r = rl % RPW;
+                const int b = rl / BR, rgi = (rl % BR) / RPW, r = rl % RPW;
                 float s[NM];
 #pragma unroll
                 for (int m = 0; m < NM; m++) {
                     s[m] = 0.0f;
                     for (int k = 0; k < KW; k++)
-                        s[m] = __fadd_rn(s[m], red[(((rgi * KW + k) * RPW + r) * NM + m) * TT + t]);
+                        s[m] = __fadd_rn(
+                            s[m], red[(((b * NW + rgi * KW + k) * RPW + r) * NM + m) * TT + t]);
                     s[m] = dev_bf16(__fmul_rn(s[m], w[m].out_scale));
                 }
-                const int64_t pair = ai == 0 ? NK + tok : a.list.pairs[off + tok];
+                const int64_t pair = s_pair[t];
                 float v;
                 if constexpr (NM == 2) {
                     v = dev_swiglu(s[0], s[1], a.limit);
-                    if (ai > 0) v = __fmul_rn(v, a.wts[pair]);
+                    if (ai > 0) v = __fmul_rn(v, s_wt[t]);
                 } else {
                     v = s[0];
                 }
