@@ -279,6 +279,20 @@ dsv4_status dsv4_bk_hc_head(dsv4_backend *b, float *y, const float *X, const flo
     return dsv4_cpu_bk_hc_head(b, y, X, mix, base, scale, N, n, D, eps);
 }
 
+dsv4_status dsv4_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix, float *post,
+                            float *comb, const float *X, const dsv4_weight *fn, const float *base,
+                            const float *scale, const float *norm, int64_t N, int n, int64_t D,
+                            int iters, float hc_eps, float rms_eps)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (b->kind == DSV4_DEVICE_CUDA)
+        return dsv4_cuda_bk_hc_site(b, h, y, mix, post, comb, X, fn, base, scale, norm, N, n, D,
+                                    iters, hc_eps, rms_eps);
+#endif
+    return dsv4_cpu_bk_hc_site(b, h, y, mix, post, comb, X, fn, base, scale, norm, N, n, D, iters,
+                               hc_eps, rms_eps);
+}
+
 dsv4_status dsv4_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
                              const dsv4_bk_rows *rows)
 {

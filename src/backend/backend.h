@@ -125,6 +125,18 @@ dsv4_status dsv4_bk_hc_post(dsv4_backend *b, float *Xo, const float *X, const fl
                             const float *post, const float *comb, int64_t N, int n, int64_t D);
 dsv4_status dsv4_bk_hc_head(dsv4_backend *b, float *y, const float *X, const float *mix,
                             const float *base, float scale, int64_t N, int n, int64_t D, float eps);
+/* hc_site: a whole pre-sublayer mHC site in one op, the same math and roundings as the four
+ * calls rmsnorm -> linear -> hc_pre -> rmsnorm it replaces. Per row r of X [N, n, D]:
+ *   mix [N, (2+n)n] = fn . rmsnorm_noweight(X[r])   (f32, rms_eps; fn [(2+n)n, n*D] dense
+ *                     F32, BF16 or F16, f32 accumulation),
+ *   post [N, n], comb [N, n, n], y [N, D] = hc_pre on that mix (iters, hc_eps),
+ *   h [N, D] = bf16(rmsnorm(y) * norm)              (rms_eps; norm may be NULL).
+ * y and mix may be NULL (not stored). Outputs must not overlap X. CUDA: D % 4 == 0, X and fn
+ * 16-byte aligned; no workspace, deterministic. */
+dsv4_status dsv4_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix, float *post,
+                            float *comb, const float *X, const dsv4_weight *fn, const float *base,
+                            const float *scale, const float *norm, int64_t N, int n, int64_t D,
+                            int iters, float hc_eps, float rms_eps);
 
 /* ---- attention state ---------------------------------------------------------------------- */
 /* win[slot][pos % R] = kv row r (already normalised, rotated, quantised).  kv [N, hd]. */

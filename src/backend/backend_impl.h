@@ -37,6 +37,11 @@ dsv4_status dsv4_cpu_bk_hc_post(dsv4_backend *b, float *Xo, const float *X, cons
 dsv4_status dsv4_cpu_bk_hc_head(dsv4_backend *b, float *y, const float *X, const float *mix,
                                 const float *base, float scale, int64_t N, int n, int64_t D,
                                 float eps);
+dsv4_status dsv4_cpu_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix, float *post,
+                                float *comb, const float *X, const dsv4_weight *fn,
+                                const float *base, const float *scale, const float *norm,
+                                int64_t N, int n, int64_t D, int iters, float hc_eps,
+                                float rms_eps);
 dsv4_status dsv4_cpu_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
                                  const dsv4_bk_rows *rows);
 dsv4_status dsv4_cpu_bk_comp_store(dsv4_backend *b, float *ring_kv, float *ring_gate, int Rc,
@@ -88,6 +93,11 @@ dsv4_status dsv4_cuda_bk_hc_post(dsv4_backend *b, float *Xo, const float *X, con
 dsv4_status dsv4_cuda_bk_hc_head(dsv4_backend *b, float *y, const float *X, const float *mix,
                                  const float *base, float scale, int64_t N, int n, int64_t D,
                                  float eps);
+dsv4_status dsv4_cuda_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix, float *post,
+                                 float *comb, const float *X, const dsv4_weight *fn,
+                                 const float *base, const float *scale, const float *norm,
+                                 int64_t N, int n, int64_t D, int iters, float hc_eps,
+                                 float rms_eps);
 dsv4_status dsv4_cuda_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
                                   const dsv4_bk_rows *rows);
 dsv4_status dsv4_cuda_bk_comp_store(dsv4_backend *b, float *ring_kv, float *ring_gate, int Rc,

@@ -31,14 +31,11 @@ static dsv4_status hc_site(dsv4_engine *e, const dsv4_weight *fn, const float *b
                            const float *scale, const float *norm, int N)
 {
     const dsv4_config *c = e->c;
-    const int n = c->hc_mult;
-    const int64_t D = c->hidden_size, nD = n * D, mixn = (int64_t)(2 + n) * n;
     eng_scratch *s = &e->s;
-    DSV4_TRY(dsv4_bk_rmsnorm(e->b, s->flat, nD, s->X, nD, NULL, N, nD, c->rms_norm_eps, 0));
-    DSV4_TRY(dsv4_bk_linear(e->b, fn, 0, mixn, s->flat, nD, N, s->mix, mixn, 0));
-    DSV4_TRY(dsv4_bk_hc_pre(e->b, s->y, s->post, s->comb, s->X, s->mix, base, scale, N, n, D,
-                            c->hc_sinkhorn_iters, c->hc_eps));
-    DSV4_TRY(dsv4_bk_rmsnorm(e->b, s->h, D, s->y, D, norm, N, D, c->rms_norm_eps, 1));
+    /* rmsnorm(X flat) -> fn projection -> hc_pre -> rmsnorm(norm), fused; y and mix unused */
+    DSV4_TRY(dsv4_bk_hc_site(e->b, s->h, NULL, NULL, s->post, s->comb, s->X, fn, base, scale, norm,
+                             N, c->hc_mult, c->hidden_size, c->hc_sinkhorn_iters, c->hc_eps,
+                             c->rms_norm_eps));
     MARK("mhc.pre");
     return DSV4_OK;
 }
