@@ -383,8 +383,10 @@ dsv4_status dsv4_bk_experts_create(dsv4_backend *b, const dsv4_expert_weights *e
 void dsv4_bk_experts_free(dsv4_backend *b, dsv4_bk_experts *t)
 {
 #ifdef DSV4_HAVE_CUDA
-    if (b->kind == DSV4_DEVICE_CUDA) dsv4_cuda_bk_experts_free(b, t);
-    return;
+    if (b->kind == DSV4_DEVICE_CUDA) {
+        dsv4_cuda_bk_experts_free(b, t);
+        return;
+    }
 #endif
     dsv4_cpu_bk_experts_free(b, t);
 }
