@@ -7,6 +7,13 @@
  * dims (128, 192) and head counts (12). Prints per case the errors, the bound and (for the
  * decode shapes) the CUDA time per call.
  *
+ * Every case also runs each forced plan of the split kernel (bk_attn.cu: heads a CTA, cluster
+ * size, blocks a CTA a round, through dsv4_cuda_attention_cfg) and the sequential kernel
+ * (attn_seq.cu) against the same CPU reference and bound, and counts the elements where a plan
+ * differs from the sequential kernel (the split is meant to be bit-identical to it). Timed
+ * cases print each plan's time per call, eager (50 calls, wall clock) and replayed from a CUDA
+ * graph of 20 calls (the engine's way).
+ *
  * usage: test_gpu_attn [--small]   (--small: small shapes only, for compute-sanitizer)
  */
 #include "backend/backend.h"
@@ -17,6 +24,15 @@
 
 #include <math.h>
 #include <stdint.h>
+
+/* bk_attn.cu test hook (declared for CUDA in backend/cuda/attn.cuh): the attention with a
+ * forced plan; want = {heads a CTA / 8 (0: choose, -1: the sequential kernel), largest
+ * cluster, most blocks a CTA a round}; got = {heads / 8, cluster, blocks, shared bytes}. */
+dsv4_status dsv4_cuda_attention_cfg(dsv4_backend *b, float *o, const float *q, int H, int hd,
+                                    const uint16_t *win, int R, int W, const uint16_t *ent,
+                                    int64_t cap_e, int m, const int32_t *sel, int topk,
+                                    const float *sink, const dsv4_bk_rows *rows, const int want[3],
+                                    int got[4]);
 
 static uint64_t rng = 0x5eed0a77e11ull;
 
@@ -129,6 +145,87 @@ typedef struct attn_case {
     int timed;    /* print the CUDA time per call */
 } attn_case;
 
+/* Errors of a against the reference b: [n_vec, hd], per-vector floor max|b|. */
+typedef struct attn_err {
+    double max_abs, max_rel, sum_rel;
+    size_t inexact, over, nan_bad;
+} attn_err;
+
+static attn_err compare(const float *a0, const float *b0, int64_t n_vec, int hd)
+{
+    attn_err e = {0, 0, 0, 0, 0, 0};
+    for (int64_t v = 0; v < n_vec; v++) {
+        const float *a = a0 + v * hd, *b = b0 + v * hd;
+        double M = 0;
+        for (int i = 0; i < hd; i++) M = fmax(M, fabs(b[i]));
+        const double fl = M > 0 ? M : 1e-30;
+        for (int i = 0; i < hd; i++) {
+            if (isnan(a[i]) || isnan(b[i])) {
+                e.nan_bad += isnan(a[i]) != isnan(b[i]);
+                continue;
+            }
+            const double d = fabs((double)a[i] - b[i]), rel = d / fmax(fabs(b[i]), fl);
+            e.inexact += a[i] != b[i];
+            e.max_abs = fmax(e.max_abs, d);
+            e.max_rel = fmax(e.max_rel, rel);
+            e.sum_rel += rel;
+            e.over += rel > ATTN_BOUND;
+        }
+    }
+    return e;
+}
+
+/* The device side of a case. */
+typedef struct attn_dev {
+    float *out, *q, *sink;
+    uint16_t *win, *ent;
+    int32_t *sel;
+    const dsv4_bk_rows *rows;
+    int H, hd, R, W, m, topk;
+    int64_t cap_e;
+} attn_dev;
+
+/* Forced plans {heads a CTA / 8, largest cluster, most blocks a CTA a round}: first the
+ * sequential kernel, then the one-pass form (cluster 1), clusters up to 8 (portable), rounds
+ * (kb 1: a row longer than the cluster), and 16 (non-portable; may not be launchable). */
+static const int plans[][3] = {{-1, 0, 0}, {0, 0, 0}, {1, 1, 0}, {2, 1, 0},  {4, 1, 0},
+                               {1, 8, 0},  {2, 8, 0}, {4, 8, 0}, {1, 8, 1},  {2, 8, 1},
+                               {1, 4, 0},  {1, 2, 1}, {4, 2, 0}, {1, 16, 0}, {2, 16, 0}};
+
+static dsv4_status run_plan(const attn_dev *d, const int want[3], int got[4])
+{
+    return dsv4_cuda_attention_cfg(gpu, d->out, d->q, d->H, d->hd, d->win, d->R, d->W, d->ent,
+                                   d->cap_e, d->m, d->sel, d->topk, d->sink, d->rows, want, got);
+}
+
+/* Microseconds a call: eager (50 calls back to back, wall clock) and replayed from a graph of
+ * 20 calls (10 replays after a warm one). */
+static dsv4_status time_plan(const attn_dev *d, const int want[3], double *eager, double *graph)
+{
+    int got[4];
+    dsv4_status st = DSV4_OK;
+    const int reps = 50, per_graph = 20, replays = 10;
+    double t0 = test_now();
+    for (int i = 0; i < reps && st == DSV4_OK; i++) st = run_plan(d, want, got);
+    if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
+    *eager = (test_now() - t0) / reps * 1e6;
+    void *g = NULL;
+    if (st == DSV4_OK) st = dsv4_bk_graph_begin(gpu);
+    if (st == DSV4_OK) {
+        for (int i = 0; i < per_graph && st == DSV4_OK; i++) st = run_plan(d, want, got);
+        const dsv4_status st2 = dsv4_bk_graph_end(gpu, &g);
+        if (st == DSV4_OK) st = st2;
+    }
+    if (st == DSV4_OK) st = dsv4_bk_graph_launch(gpu, g);
+    if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
+    t0 = test_now();
+    for (int i = 0; i < replays && st == DSV4_OK; i++) st = dsv4_bk_graph_launch(gpu, g);
+    if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
+    *graph = (test_now() - t0) / (replays * per_graph) * 1e6;
+    dsv4_bk_graph_free(gpu, g);
+    return st;
+}
+
 static void run_attn(const attn_case *c)
 {
     const int H = c->H, hd = c->hd, N = c->N, topk = c->csa ? c->topk : 0;
@@ -194,30 +291,11 @@ static void run_attn(const attn_case *c)
     if (st == DSV4_OK) st = dsv4_bk_download(gpu, o_gpu, dout, nq * 4);
     CHECK_MSG(st == DSV4_OK, "%s: cuda: %s", c->name, dsv4_last_error());
 
-    double max_abs = 0, max_rel = 0, sum_rel = 0;
-    size_t inexact = 0, over = 0, nan_bad = 0;
-    for (int64_t v = 0; st == DSV4_OK && v < (int64_t)N * H; v++) {
-        const float *a = o_gpu + v * hd, *b = o_cpu + v * hd;
-        double M = 0;
-        for (int i = 0; i < hd; i++) M = fmax(M, fabs(b[i]));
-        const double fl = M > 0 ? M : 1e-30;
-        for (int i = 0; i < hd; i++) {
-            if (isnan(a[i]) || isnan(b[i])) {
-                nan_bad += isnan(a[i]) != isnan(b[i]);
-                continue;
-            }
-            const double d = fabs((double)a[i] - b[i]), rel = d / fmax(fabs(b[i]), fl);
-            inexact += a[i] != b[i];
-            max_abs = fmax(max_abs, d);
-            max_rel = fmax(max_rel, rel);
-            sum_rel += rel;
-            over += rel > ATTN_BOUND;
-        }
-    }
+    attn_err e = compare(o_gpu, o_cpu, (int64_t)N * H, hd);
     printf("%-34s N %2d H %3d hd %d slots/row %5.0f: max abs %.3g, max rel %.3g (mean %.2g; "
            "floor max|o| of the head), bound %.4f; %zu of %zu not bit-exact; cpu %.2f s",
-           c->name, N, H, hd, (double)n_slots / N, max_abs, max_rel, sum_rel / (double)nq,
-           ATTN_BOUND, inexact, nq, t_cpu);
+           c->name, N, H, hd, (double)n_slots / N, e.max_abs, e.max_rel, e.sum_rel / (double)nq,
+           ATTN_BOUND, e.inexact, nq, t_cpu);
     if (c->timed && st == DSV4_OK) {
         const int reps = 50;
         double t1 = test_now();
@@ -228,8 +306,53 @@ static void run_attn(const attn_case *c)
         printf("; cuda %.1f us/call", (test_now() - t1) / reps * 1e6);
     }
     printf("\n");
-    CHECK_MSG(over == 0 && nan_bad == 0, "%s: %zu elements over the bound, %zu NaN mismatches",
-              c->name, over, nan_bad);
+    CHECK_MSG(st == DSV4_OK && e.over == 0 && e.nan_bad == 0,
+              "%s: %zu elements over the bound, %zu NaN mismatches", c->name, e.over, e.nan_bad);
+
+    /* every plan, the sequential kernel first (the bit-identity yardstick) */
+    attn_dev dv = {dout, dq, dsink, dwin, dent, dsel, &dr, H, hd, c->R, c->W, c->m, topk, cap_e};
+    float *o_seq = calloc(nq, 4), *o_nan = malloc(nq * 4);
+    for (size_t i = 0; i < nq; i++) o_nan[i] = NAN;
+    for (size_t v = 0; v < sizeof plans / sizeof plans[0]; v++) {
+        int got[4] = {0, 0, 0, 0};
+        st = dsv4_bk_upload(gpu, dout, o_nan, nq * 4); /* an element a plan misses shows */
+        if (st == DSV4_OK) st = run_plan(&dv, plans[v], got);
+        if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
+        if (st == DSV4_OK) st = dsv4_bk_download(gpu, o_gpu, dout, nq * 4);
+        if (st != DSV4_OK) { /* a forced plan that does not fit this shape or GPU */
+            const int may_fail = plans[v][0] > 0;
+            printf("    plan {%2d %2d %d}: not run: %s\n", plans[v][0], plans[v][1], plans[v][2],
+                   dsv4_last_error());
+            CHECK_MSG(may_fail, "%s: plan %zu: %s", c->name, v, dsv4_last_error());
+            continue;
+        }
+        if (v == 0) memcpy(o_seq, o_gpu, nq * 4);
+        e = compare(o_gpu, o_cpu, (int64_t)N * H, hd);
+        size_t ndiff = 0;
+        for (size_t i = 0; i < nq; i++) ndiff += memcmp(&o_gpu[i], &o_seq[i], sizeof(float)) != 0;
+        if (got[0] < 0)
+            printf("    sequential kernel             ");
+        else
+            printf("    plan {%2d %2d %d}: HG %2d C %2d kb %d", plans[v][0], plans[v][1],
+                   plans[v][2], 8 * got[0], got[1], got[2]);
+        printf(" %6.1f KB: max rel %.3g, over %zu; %zu differ from sequential", got[3] / 1024.0,
+               e.max_rel, e.over + e.nan_bad, ndiff);
+        if (c->timed) {
+            double eager = 0, graph = 0;
+            st = time_plan(&dv, plans[v], &eager, &graph);
+            if (st == DSV4_OK)
+                printf("; %6.1f us eager, %6.1f us graph", eager, graph);
+            else
+                printf("; timing failed: %s", dsv4_last_error());
+            CHECK_MSG(st == DSV4_OK || plans[v][0] > 0, "%s: timing plan %zu: %s", c->name, v,
+                      dsv4_last_error());
+        }
+        printf("\n");
+        CHECK_MSG(e.over == 0 && e.nan_bad == 0, "%s: plan %zu: %zu over the bound, %zu NaN",
+                  c->name, v, e.over, e.nan_bad);
+    }
+    free(o_seq);
+    free(o_nan);
     dsv4_bk_free(gpu, dq);
     dsv4_bk_free(gpu, dsink);
     dsv4_bk_free(gpu, dout);

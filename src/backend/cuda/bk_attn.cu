@@ -3,51 +3,49 @@
  * with sinks (backend.h), the same arithmetic as the CPU reference (bk_attn.c, which runs
  * ops_faithful.c dsv4_op_faithful_attend_head) up to f32 summation order.
  *
- * Attention: one CTA per (row, group of HG = 8 or 16 heads). All heads share one KV head, so a
- * block of 64 key slots is staged once in shared memory (bf16, cp.async, double-buffered) and
- * serves every head of the group, as K and as V. Per block, in slot order as the reference:
- *   S^T [64 keys, HG] = K [64, hd] . Q^T       (bf16 mma.sync, f32 accumulation)
- *   per head: block max, running max m (the sink is not part of it), alpha = exp(m_old - m),
- *             e = exp(s - m) summed in f32, p = bf16(e)
- *   O^T [hd, HG] = O^T * alpha + V^T [hd, 64] . P^T   (bf16 mma, f32; p and v are bf16 exact)
- * then the sink joins the denominator and o = bf16(O / sum). The 64-slot block boundaries, the
- * running max and the bf16 rounding of e are the reference's, so only the f32 sums differ.
+ * Why split: at decode a row has ~10 blocks of 64 slots and 64 heads; one CTA per (row, head
+ * group) walking the blocks in order (attn_seq.cu) keeps 8 SMs busy at N 1 and pays every
+ * block's latency in turn (59 us). Here a thread-block cluster of C CTAs shares one (row, group
+ * of HG = 8 NT heads) and each CTA takes kb consecutive blocks, exactly as follows.
+ *
+ * The faithful recurrence per head, block b in slot order (running max m without the sink):
+ *   m_b = max(m_{b-1}, blockmax_b),  alpha_b = exp(m_{b-1} - m_b)  (0 if m_{b-1} = -inf,
+ *   1 if m_b = -inf),  p = bf16(exp(s - m_b)),  c_b = V^T p (f32),  bs_b = sum exp(s - m_b),
+ *   O_b = O_{b-1} * alpha_b + c_b,  S_b = S_{b-1} * alpha_b + bs_b,  o = bf16(O / (S + e^(sink-m)))
+ * m_b depends only on the scores, so it is computed first:
+ *   pass 1  each CTA: S^T = K . Q^T of its blocks (bf16 mma.sync, f32) and their block maxima,
+ *           pushed into every CTA of the cluster (distributed shared memory); cluster barrier;
+ *           every CTA scans the maxima in block order -> m_b and alpha_b of all blocks;
+ *   pass 2  each CTA: p, bs_b, c_b = V^T P^T of its blocks with the known m_b; c_b and bs_b are
+ *           pushed to the CTA that owns those output columns (16-dim tiles, mt % C); barrier;
+ *   combine each CTA applies O = O * alpha_b + c_b, S = S * alpha_b + bs_b for b in block order
+ *           to its columns (f32, __fmul_rn then __fadd_rn, as the sequential kernel).
+ * What is kept exact: the 64-slot blocks, m_b, the bf16 rounding of e, and per output element
+ * the same f32 operations in the same order as attn_seq.cu (the same mma k-order for the
+ * scores and c_b, the same tree for bs_b); so the two kernels agree bit for bit, and differ
+ * from the CPU only in f32 summation order. Deterministic: no atomics, a fixed order.
+ * Rows with more than C * kb blocks run in rounds that carry m, O and S over. C = 1 is the
+ * one-pass form: one CTA walks all blocks, O in registers. The plan (HG, C, kb) comes from a
+ * cost model over the GPU's SMs (sa_plan); there is no workspace: all exchange is in shared
+ * memory, so it is graph-capturable. Head dims above 512 go to attn_seq.cu.
+ *
+ * Measured (H100, tests/test_gpu_attn.c, us a call replayed from a CUDA graph; the sequential
+ * kernel in the same run in brackets): Flash H 64, hd 512, 640 slots a row (128 window + 512
+ * CSA picks): N 1 15.0 with HG 8, C 10 (56.2; C 5, kb 2: 18.0), N 64 79.7 with HG 32, C 1
+ * (151.2); HCA 64K (128 + 512 entries) N 1 14.2 (55.7); Pro H 128, 784 slots, N 4 56.4 with
+ * HG 32, C 6 (95.7). Every plan bit-identical to the sequential kernel. Still latency-bound: a
+ * cluster's fixed cost (prologue, two cluster barriers, pass 2, combine) is ~10 us and a block
+ * costs ~3 us a CTA (its 64 KB gather through cp.async), so N 1 stays above 10 us.
+ *
  * Precondition: q holds bf16-exact values (faithful mode rounds q to bf16 before attention);
  * other values are rounded to bf16 here. A CSA pick >= cap_e counts as -1 here (the CPU fails).
- *
- * Measured (H100, test_gpu_attn, Flash H 64 hd 512, 640 slots a row): N 1 59 us, N 64 155 us;
- * Pro H 128 N 4 98 us. Latency-bound: each CTA walks its row's blocks in order and every head
- * group refetches the same keys; N 1 uses only 8 SMs. Next steps: share each key block among
- * the head groups of a row (cluster, DSMEM multicast), and split a row's slots over CTAs with the
- * exact two-pass recurrence (block maxima first, then per-block p.v with the known running
- * max, combined in order), which needs a workspace.
  */
-#include "backend/backend_impl.h"
-#include "backend/cuda/check.cuh"
+#include "backend/cuda/attn.cuh"
 
-#include <stdint.h>
+#include <cooperative_groups.h>
+#include <math.h>
 
-enum {
-    AT_THREADS = 256,
-    AT_WARPS = 8,
-    AT_BLOCK = 64,
-    AT_LDS = AT_BLOCK + 4,
-    AT_LDP = AT_BLOCK + 8
-};
-
-/* f32 -> bf16 bits, nearest-even, NaN kept quiet: quant_sim.c dsv4_round_bf16 bit for bit. */
-__device__ static inline uint16_t bf16_bits(float x)
-{
-    uint32_t u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u | 0x00400000u) >> 16);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-__device__ static inline float round_bf16(float x)
-{
-    return __uint_as_float((uint32_t)bf16_bits(x) << 16);
-}
+namespace cg = cooperative_groups;
 
 /* ---- kv_store ------------------------------------------------------------------------------
  * kv [N, hd] -> win[slot[r]][pos[r] % R] [hd] as bf16 bits. */
@@ -57,7 +55,7 @@ __global__ void kv_store_kernel(uint16_t *win, int R, int hd, const float *kv, c
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / hd, c = i - r * hd;
-        win[((int64_t)slot[r] * R + pos[r] % R) * hd + c] = bf16_bits(kv[i]);
+        win[((int64_t)slot[r] * R + pos[r] % R) * hd + c] = at_bf16_bits(kv[i]);
     }
 }
 
@@ -75,65 +73,30 @@ extern "C" dsv4_status dsv4_cuda_bk_kv_store(dsv4_backend *b, uint16_t *win, int
     return DSV4_OK;
 }
 
-/* ---- attention ------------------------------------------------------------------------------ */
-typedef struct attn_args {
+/* ---- split attention ------------------------------------------------------------------------ */
+enum { SA_MTW = 4, SA_KBMAX = 4, SA_CMAX = 16 }; /* dim tiles a warp (hd <= 512), kb, C */
+
+typedef struct sa_args {
     float *o;
     const float *q, *sink;
     const uint16_t *win, *ent;
     const int32_t *sel, *slot, *pos;
     int64_t cap_e;
-    int H, hd, R, W, m, topk, mode, ngroups, stages; /* mode: 0 window only, 1 HCA, 2 CSA */
+    int H, hd, R, W, m, topk, mode, ngroups; /* mode: 0 window only, 1 HCA, 2 CSA */
+    int C, kb;                               /* cluster size (1: one pass), blocks a CTA a round */
     float scale;
-    /* dynamic shared memory offsets in bytes (keys at 0) */
-    int off_q, off_o, off_sp, off_p, off_st, off_list;
-} attn_args;
-
-__device__ static inline uint32_t ld32(const uint16_t *p)
-{
-    return *(const uint32_t *)p;
-}
-
-/* c [16x8] += a [16x16] . b [16x8]; bf16 inputs, f32 accumulation (PTX fragment layouts). */
-__device__ static inline void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2])
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
-/* 16 bytes global -> shared, asynchronously; src_bytes 0 fills zeros. */
-__device__ static inline void cp_async16(void *dst, const void *src, int src_bytes)
-{
-    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src),
-                 "r"(src_bytes));
-}
-
-__device__ static inline void cp_async_commit(void)
-{
-    asm volatile("cp.async.commit_group;\n" ::);
-}
-
-__device__ static inline void cp_async_wait_all(void)
-{
-    asm volatile("cp.async.wait_group 0;\n" ::);
-}
-
-__device__ static inline void cp_async_wait_one(void)
-{
-    asm volatile("cp.async.wait_group 1;\n" ::);
-}
+    int off_q, off_sp, off_p, off_st, off_list, off_comb; /* dynamic shared memory, bytes */
+} sa_args;
 
 /* The row's slot list: slots [0, count) are window positions lo .. p (oldest first), [count, W)
- * empty, [W, W + n_ent) entries (list[] for CSA, 0 .. n_ent-1 for HCA). */
-typedef struct row_keys {
+ * empty, [W, ns) entries (list[] for CSA, 0 .. n_ent-1 for HCA); nb blocks of 64. */
+typedef struct sa_row {
     const uint16_t *wbase, *ebase;
     const int *list;
-    int lo, count, ns;
-} row_keys;
+    int lo, count, ns, nb;
+} sa_row;
 
-__device__ static inline const uint16_t *slot_key(const attn_args &a, const row_keys &rk, int s)
+__device__ static inline const uint16_t *sa_key(const sa_args &a, const sa_row &rk, int s)
 {
     if (s < rk.count) return rk.wbase + (int64_t)((rk.lo + s) % a.R) * a.hd;
     if (s < a.W || s >= rk.ns) return NULL;
@@ -141,38 +104,427 @@ __device__ static inline const uint16_t *slot_key(const attn_args &a, const row_
     return rk.ebase + (int64_t)e * a.hd;
 }
 
-/* Stages the keys of slots [64 b, 64 b + 64) as bf16 [64, hd + 8] (empty slots: zeros). */
-__device__ static inline void load_block(const attn_args &a, const row_keys &rk, uint16_t *dst,
-                                         int b)
+/* Stages the keys of slots [64 b, 64 b + 64) as bf16 [64, hd + 8] (empty slots: zeros): warp w
+ * copies keys w, w + 8, ..., 16 bytes a lane. One cp.async group. */
+__device__ static inline void sa_load(const sa_args &a, const sa_row &rk, uint16_t *dst, int b)
 {
-    const int cpr = a.hd >> 3, ldk = a.hd + 8; /* 16-byte chunks per key */
-    for (int c = threadIdx.x; c < AT_BLOCK * cpr; c += AT_THREADS) {
-        const int k = c / cpr, col = (c - k * cpr) * 8;
-        const uint16_t *src = slot_key(a, rk, b * AT_BLOCK + k);
-        cp_async16(dst + k * ldk + col, src ? src + col : a.win, src ? 16 : 0);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ldk = a.hd + 8;
+    for (int k = warp; k < AT_BLOCK; k += AT_WARPS) {
+        const uint16_t *src = sa_key(a, rk, b * AT_BLOCK + k);
+        for (int col = lane * 8; col < a.hd; col += 256)
+            at_cp_async16(dst + k * ldk + col, src ? src + col : a.win, src ? 16 : 0);
     }
-    cp_async_commit();
+    at_cp_commit();
+}
+
+/* Partial scores of one block: sp [2][HG][AT_LDS] = K [64, hd] . Q^T [hd, HG] over the two
+ * halves of the dims. Warp (mt, kh) = (w % 4, w / 4) does keys 16 mt .. over half kh, k-steps
+ * in order (the sequential kernel's order). kb [64][hd + 8], qs [HG][hd + 8] bf16. */
+template <int NT>
+__device__ static inline void sa_scores(const uint16_t *kb, const uint16_t *qs, float *sp, int hd)
+{
+    constexpr int HG = 8 * NT;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int ldk = hd + 8, mt = warp & 3, kh = warp >> 2, half = hd >> 5;
+    float c[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.0f;
+    const uint16_t *ap = kb + (mt * 16 + (lane & 15)) * ldk + ((lane >> 4) << 3) + kh * (hd >> 1);
+    const uint16_t *bp = qs + (lane & 7) * ldk + ((lane >> 3) << 3) + kh * (hd >> 1);
+    for (int ks = 0; ks < half; ks += 2) { /* k-steps ks, ks + 1 */
+        uint32_t a0[4], a1[4], bq[NT][4];
+        at_ldsm4(a0, ap + ks * 16);
+        at_ldsm4(a1, ap + ks * 16 + 16);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) at_ldsm4(bq[nt], bp + nt * 8 * ldk + ks * 16);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) at_mma(c[nt], a0, &bq[nt][0]);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) at_mma(c[nt], a1, &bq[nt][2]);
+    }
+    float *spk = sp + kh * HG * AT_LDS;
+    const int key = mt * 16 + g;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const int hA = nt * 8 + 2 * t;
+        spk[hA * AT_LDS + key] = c[nt][0];
+        spk[(hA + 1) * AT_LDS + key] = c[nt][1];
+        spk[hA * AT_LDS + key + 8] = c[nt][2];
+        spk[(hA + 1) * AT_LDS + key + 8] = c[nt][3];
+    }
+}
+
+/* Head h of block b (one warp): the scaled scores of keys lane, lane + 32 (-inf for empty
+ * slots) -> sc, valid; returns the block max (every lane). */
+__device__ static inline float sa_head_scores(const sa_args &a, const sa_row &rk, const float *sp,
+                                              int HG, int h, int b, float sc[2], bool valid[2])
+{
+    const int lane = threadIdx.x & 31;
+    float bm = -INFINITY;
+#pragma unroll
+    for (int jj = 0; jj < 2; jj++) {
+        const int key = lane + 32 * jj, s = b * AT_BLOCK + key;
+        valid[jj] = s < rk.count || (s >= a.W && s < rk.ns);
+        sc[jj] = valid[jj] ? __fmul_rn(__fadd_rn(sp[h * AT_LDS + key], sp[(HG + h) * AT_LDS + key]),
+                                       a.scale)
+                           : -INFINITY;
+        bm = fmaxf(bm, sc[jj]);
+    }
+#pragma unroll
+    for (int sh = 16; sh > 0; sh >>= 1) bm = fmaxf(bm, __shfl_xor_sync(0xffffffffu, bm, sh));
+    return bm;
+}
+
+/* p = bf16(exp(s - m_new)) -> pr[0 .. 64) (zeros while m_new is -inf); returns the f32 sum of
+ * the exps in lane 0 (the sequential kernel's tree). m_new is uniform over the warp. */
+__device__ static inline float sa_exps(const float sc[2], const bool valid[2], float m_new,
+                                       uint16_t *pr)
+{
+    const int lane = threadIdx.x & 31;
+    uint16_t pb0 = 0, pb1 = 0;
+    float bsum = 0.0f;
+    if (m_new != -INFINITY) {
+        const float e0 = valid[0] ? expf(sc[0] - m_new) : 0.0f;
+        const float e1 = valid[1] ? expf(sc[1] - m_new) : 0.0f;
+        pb0 = at_bf16_bits(e0);
+        pb1 = at_bf16_bits(e1);
+        bsum = __fadd_rn(e0, e1);
+#pragma unroll
+        for (int sh = 16; sh > 0; sh >>= 1)
+            bsum = __fadd_rn(bsum, __shfl_down_sync(0xffffffffu, bsum, sh));
+    }
+    pr[lane] = pb0;
+    pr[lane + 32] = pb1;
+    return bsum;
+}
+
+/* p as mma B fragments: bfr[kk][nt] for keys 16 kk .., heads 8 nt ... ps [HG][AT_LDP]. */
+template <int NT> __device__ static inline void sa_pfrag(const uint16_t *ps, uint32_t bfr[4][NT][2])
+{
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+#pragma unroll
+        for (int k2 = 0; k2 < 2; k2++) {
+            uint32_t x[4];
+            at_ldsm4(x, ps + (nt * 8 + (lane & 7)) * AT_LDP + k2 * 32 + ((lane >> 3) << 3));
+            bfr[2 * k2][nt][0] = x[0];
+            bfr[2 * k2][nt][1] = x[1];
+            bfr[2 * k2 + 1][nt][0] = x[2];
+            bfr[2 * k2 + 1][nt][1] = x[3];
+        }
+    }
+}
+
+/* c [NT][4] = V^T [dims 16 mt .., 64 keys] . P^T of one block (keys kk = 0..3 in order). Lane
+ * (g, t): c[nt] = (dim g, head 8nt+2t), (g, 2t+1), (g+8, 2t), (g+8, 2t+1). kb [64][hd + 8]. */
+template <int NT>
+__device__ static inline void sa_pv_tile(const uint16_t *kb, int ldk, int mt,
+                                         const uint32_t bfr[4][NT][2], float c[NT][4])
+{
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.0f;
+    const uint16_t *vp =
+        kb + ((lane & 7) + ((lane >> 4) << 3)) * ldk + mt * 16 + (((lane >> 3) & 1) << 3);
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+        uint32_t af[4];
+        at_ldsm4_t(af, vp + kk * 16 * ldk);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) at_mma(c[nt], af, bfr[kk][nt]);
+    }
+}
+
+__device__ static inline void sa_cluster_arrive_relaxed(void)
+{
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
+
+__device__ static inline void sa_cluster_wait(void)
+{
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+}
+
+/* Release our stores (local and remote) to the cluster, acquire everyone else's. */
+__device__ static inline void sa_cluster_sync(void)
+{
+    asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
+}
+
+/* The one-pass form (C = 1): this CTA walks the row's blocks in order; O lives in registers
+ * (warp w: dim tiles w + 8 i), max / sum / alpha per head in st [3][HG]. */
+template <int NT>
+__device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned char *smem, int r,
+                                   int h0)
+{
+    constexpr int HG = 8 * NT;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int hd = a.hd, ldk = hd + 8, nmt = hd >> 4;
+    const size_t kbuf = (size_t)AT_BLOCK * ldk;
+    uint16_t *ks = (uint16_t *)smem, *qs = (uint16_t *)(smem + a.off_q);
+    float *sp = (float *)(smem + a.off_sp);
+    uint16_t *ps = (uint16_t *)(smem + a.off_p);
+    float *sm = (float *)(smem + a.off_st), *ssum = sm + HG, *sal = ssum + HG;
+    if (tid < HG) {
+        sm[tid] = -INFINITY;
+        ssum[tid] = 0.0f;
+        sal[tid] = 0.0f;
+    }
+    float o[SA_MTW][NT][4];
+#pragma unroll
+    for (int i = 0; i < SA_MTW; i++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+            o[i][nt][0] = o[i][nt][1] = o[i][nt][2] = o[i][nt][3] = 0.0f;
+
+    sa_load(a, rk, ks, 0);
+    for (int b = 0; b < rk.nb; b++) {
+        const uint16_t *kb = ks + (b & 1) * kbuf;
+        if (b + 1 < rk.nb) {
+            sa_load(a, rk, ks + ((b + 1) & 1) * kbuf, b + 1);
+            at_cp_wait_one();
+        } else {
+            at_cp_wait_all();
+        }
+        __syncthreads();
+        sa_scores<NT>(kb, qs, sp, hd);
+        __syncthreads();
+        for (int h = warp; h < HG; h += AT_WARPS) {
+            float sc[2];
+            bool valid[2];
+            const float bm = sa_head_scores(a, rk, sp, HG, h, b, sc, valid);
+            const float mx = sm[h], m_new = fmaxf(bm, mx);
+            const float bsum = sa_exps(sc, valid, m_new, ps + h * AT_LDP);
+            const float alpha =
+                m_new == -INFINITY ? 1.0f : (mx == -INFINITY ? 0.0f : expf(mx - m_new));
+            __syncwarp();
+            if (lane == 0) {
+                if (m_new != -INFINITY) {
+                    ssum[h] = __fadd_rn(__fmul_rn(ssum[h], alpha), bsum);
+                    sm[h] = m_new;
+                }
+                sal[h] = alpha;
+            }
+        }
+        __syncthreads();
+        uint32_t bfr[4][NT][2];
+        sa_pfrag<NT>(ps, bfr);
+        float al[NT][2];
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            al[nt][0] = sal[nt * 8 + 2 * t];
+            al[nt][1] = sal[nt * 8 + 2 * t + 1];
+        }
+#pragma unroll
+        for (int i = 0; i < SA_MTW; i++) {
+            const int mt = warp + AT_WARPS * i;
+            if (mt < nmt) {
+                float c[NT][4];
+                sa_pv_tile<NT>(kb, ldk, mt, bfr, c);
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        o[i][nt][e] = __fadd_rn(__fmul_rn(o[i][nt][e], al[nt][e & 1]), c[nt][e]);
+            }
+        }
+        __syncthreads();
+    }
+
+    /* the sink joins the denominator; o = bf16(O / sum) */
+    if (tid < HG && h0 + tid < a.H)
+        ssum[tid] = __fadd_rn(ssum[tid], expf(a.sink[h0 + tid] - sm[tid]));
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < SA_MTW; i++) {
+        const int mt = warp + AT_WARPS * i;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int h = nt * 8 + 2 * t + (e & 1), d = mt * 16 + g + ((e >> 1) << 3);
+                if (mt < nmt && h0 + h < a.H)
+                    a.o[((int64_t)r * a.H + h0 + h) * hd + d] =
+                        at_round_bf16(__fdiv_rn(o[i][nt][e], ssum[h]));
+            }
+    }
+}
+
+/* The cluster form (C > 1), round after round of C * kb blocks; rank takes blocks
+ * rank * kb .. of the round. Shared state (floats, st): gbm, gbs, alph [C kb][HG] (block maxima,
+ * block sums, alphas of the round, pushed by their owners), mpre [C kb + 1][HG] (running max
+ * before / after each block), bml [kb][HG] (own maxima), ssum, mcar [HG] (sum and max carried
+ * over rounds), oslc [MTS][HG][16] (this rank's output tiles mt = rank + C i);
+ * comb [C kb][MTS][HG][16] (the c_b of those tiles, pushed by the blocks' owners). */
+template <int NT>
+__device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned char *smem, int r,
+                                  int h0)
+{
+    constexpr int HG = 8 * NT;
+    cg::cluster_group cl = cg::this_cluster();
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int hd = a.hd, ldk = hd + 8, nmt = hd >> 4, C = a.C, KB = a.kb, per = C * KB;
+    const int rank = (int)cl.block_rank(), MTS = (nmt + C - 1) / C, SPB = 2 * HG * AT_LDS;
+    const size_t kbuf = (size_t)AT_BLOCK * ldk;
+    uint16_t *ks = (uint16_t *)smem, *qs = (uint16_t *)(smem + a.off_q);
+    float *sp = (float *)(smem + a.off_sp);
+    uint16_t *ps = (uint16_t *)(smem + a.off_p);
+    float *gbm = (float *)(smem + a.off_st), *gbs = gbm + per * HG, *alph = gbs + per * HG;
+    float *mpre = alph + per * HG, *bml = mpre + (per + 1) * HG, *ssum = bml + KB * HG;
+    float *mcar = ssum + HG, *oslc = mcar + HG;
+    float *comb = (float *)(smem + a.off_comb);
+    const int slc = MTS * HG * 16;
+    if (tid < HG) {
+        ssum[tid] = 0.0f;
+        mcar[tid] = -INFINITY;
+    }
+    for (int e = tid; e < slc; e += AT_THREADS) oslc[e] = 0.0f;
+
+    const int rounds = (rk.nb + per - 1) / per;
+    for (int rd = 0; rd < rounds; rd++) {
+        const int rb0 = rd * per, gb0 = rb0 + rank * KB;
+        const int nround = min(per, rk.nb - rb0), nloc = max(0, min(KB, rk.nb - gb0));
+
+        /* pass 1: scores and block maxima of my blocks (keys double-buffered) */
+        if (nloc > 0) sa_load(a, rk, ks, gb0);
+        for (int j = 0; j < nloc; j++) {
+            if (j + 1 < nloc) {
+                sa_load(a, rk, ks + ((j + 1) & 1) * kbuf, gb0 + j + 1);
+                at_cp_wait_one();
+            } else {
+                at_cp_wait_all();
+            }
+            __syncthreads();
+            sa_scores<NT>(ks + (j & 1) * kbuf, qs, sp + j * SPB, hd);
+            __syncthreads();
+            for (int h = warp; h < HG; h += AT_WARPS) {
+                float sc[2];
+                bool valid[2];
+                const float bm = sa_head_scores(a, rk, sp + j * SPB, HG, h, gb0 + j, sc, valid);
+                if (lane == 0) bml[j * HG + h] = bm;
+            }
+        }
+        __syncthreads();
+        if (rd == 0) sa_cluster_wait(); /* every CTA of the cluster has started */
+        for (int i = tid; i < nloc * HG; i += AT_THREADS) {
+            const float v = bml[i];
+            for (int rr = 0; rr < C; rr++) *cl.map_shared_rank(gbm + rank * KB * HG + i, rr) = v;
+        }
+        sa_cluster_sync();
+
+        /* the running max over the round's blocks, in block order */
+        if (tid < HG) {
+            float mx = mcar[tid];
+            mpre[tid] = mx;
+            for (int i = 0; i < nround; i++) {
+                const float mn = fmaxf(gbm[i * HG + tid], mx);
+                alph[i * HG + tid] =
+                    mn == -INFINITY ? 1.0f : (mx == -INFINITY ? 0.0f : expf(mx - mn));
+                mx = mn;
+                mpre[(i + 1) * HG + tid] = mx;
+            }
+            mcar[tid] = mx;
+        }
+        __syncthreads();
+
+        /* pass 2: p, block sums and c_b of my blocks, last first: the last two are still in
+         * their buffers, earlier ones are fetched again */
+        for (int j = nloc - 1; j >= 0; j--) {
+            const int li = rank * KB + j, b = gb0 + j;
+            if (j < nloc - 2) {
+                if (j > 0) {
+                    sa_load(a, rk, ks + ((j - 1) & 1) * kbuf, gb0 + j - 1);
+                    at_cp_wait_one();
+                } else {
+                    at_cp_wait_all();
+                }
+            } else if (j == nloc - 2 && j > 0) {
+                sa_load(a, rk, ks + ((j - 1) & 1) * kbuf, gb0 + j - 1);
+            }
+            __syncthreads();
+            for (int h = warp; h < HG; h += AT_WARPS) {
+                float sc[2];
+                bool valid[2];
+                sa_head_scores(a, rk, sp + j * SPB, HG, h, b, sc, valid);
+                const float bsum = sa_exps(sc, valid, mpre[(li + 1) * HG + h], ps + h * AT_LDP);
+                if (lane == 0)
+                    for (int rr = 0; rr < C; rr++)
+                        *cl.map_shared_rank(gbs + li * HG + h, rr) = bsum;
+            }
+            __syncthreads();
+            uint32_t bfr[4][NT][2];
+            sa_pfrag<NT>(ps, bfr);
+            const uint16_t *kb = ks + (j & 1) * kbuf;
+            for (int mt = warp; mt < nmt; mt += AT_WARPS) {
+                float c[NT][4];
+                sa_pv_tile<NT>(kb, ldk, mt, bfr, c);
+                float *dst = cl.map_shared_rank(comb, mt % C) + (li * MTS + mt / C) * HG * 16;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const int h = nt * 8 + 2 * t;
+                    dst[h * 16 + g] = c[nt][0];
+                    dst[(h + 1) * 16 + g] = c[nt][1];
+                    dst[h * 16 + g + 8] = c[nt][2];
+                    dst[(h + 1) * 16 + g + 8] = c[nt][3];
+                }
+            }
+            __syncthreads();
+        }
+        sa_cluster_sync();
+
+        /* combine my tiles over the round's blocks, in block order */
+        if (tid < HG) {
+            float s = ssum[tid];
+            for (int i = 0; i < nround; i++)
+                s = __fadd_rn(__fmul_rn(s, alph[i * HG + tid]), gbs[i * HG + tid]);
+            ssum[tid] = s;
+        }
+        for (int e = tid; e < slc; e += AT_THREADS) {
+            const int h = (e >> 4) % HG;
+            if (rank + C * (e / (HG * 16)) >= nmt) continue; /* a tile past hd: nobody's */
+            float v = oslc[e];
+            for (int i = 0; i < nround; i++)
+                v = __fadd_rn(__fmul_rn(v, alph[i * HG + h]), comb[(size_t)i * slc + e]);
+            oslc[e] = v;
+        }
+        __syncthreads();
+    }
+
+    /* the sink joins the denominator; o = bf16(O / sum) for my tiles */
+    if (tid < HG && h0 + tid < a.H)
+        ssum[tid] = __fadd_rn(ssum[tid], expf(a.sink[h0 + tid] - mcar[tid]));
+    __syncthreads();
+    for (int e = tid; e < slc; e += AT_THREADS) {
+        const int si = e / (HG * 16), h = (e >> 4) % HG, mt = rank + C * si;
+        if (mt < nmt && h0 + h < a.H)
+            a.o[((int64_t)r * a.H + h0 + h) * hd + mt * 16 + (e & 15)] =
+                at_round_bf16(__fdiv_rn(oslc[e], ssum[h]));
+    }
 }
 
 /* q [N, H, hd], keys bf16 (win [S, R, hd], ent [S, cap_e, hd]) -> o [N, H, hd].
- * grid: N * ngroups CTAs (head group fastest), AT_THREADS threads; HG = 8 * NT heads. */
-template <int NT> __global__ void __launch_bounds__(AT_THREADS, 1) attn_kernel(attn_args a)
+ * grid: N * ngroups * C CTAs (cluster rank fastest, then head group), AT_THREADS threads;
+ * HG = 8 NT heads a CTA. */
+template <int NT>
+__global__ void __launch_bounds__(AT_THREADS, NT == 4 ? 1 : 2) sa_kernel(sa_args a)
 {
     constexpr int HG = 8 * NT;
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int wcnt[AT_WARPS];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
-    const int r = blockIdx.x / a.ngroups, h0 = (blockIdx.x - r * a.ngroups) * HG;
-    const int hd = a.hd, ldk = hd + 8, ldo = hd + 4;
-    uint16_t *ks = (uint16_t *)smem;             /* [stages][64][ldk] keys */
-    uint16_t *qs = (uint16_t *)(smem + a.off_q); /* [HG][ldk] q (bf16) */
-    float *os = (float *)(smem + a.off_o);       /* [HG][ldo] running output */
-    float *sp = (float *)(smem + a.off_sp);      /* [2][HG][AT_LDS] partial scores */
-    uint16_t *ps = (uint16_t *)(smem + a.off_p); /* [HG][AT_LDP] bf16(e) */
-    float *st = (float *)(smem + a.off_st);      /* max [HG], sum [HG], alpha [HG] */
-    int *list = (int *)(smem + a.off_list);      /* [topk] CSA picks, compacted */
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int cta = blockIdx.x / a.C, r = cta / a.ngroups, h0 = (cta - r * a.ngroups) * HG;
+    const int hd = a.hd, ldk = hd + 8;
+    uint16_t *qs = (uint16_t *)(smem + a.off_q);
+    int *list = (int *)(smem + a.off_list);
+    if (a.C > 1) sa_cluster_arrive_relaxed();
 
-    row_keys rk;
+    for (int i = tid; i < HG * hd; i += AT_THREADS) {
+        const int h = i / hd, d = i - h * hd;
+        const float v = h0 + h < a.H ? a.q[((int64_t)r * a.H + h0 + h) * hd + d] : 0.0f;
+        qs[h * ldk + d] = at_bf16_bits(v);
+    }
+    sa_row rk;
     const int p = a.pos[r], sl = a.slot[r];
     rk.lo = p - a.W + 1 > 0 ? p - a.W + 1 : 0;
     rk.count = p - rk.lo + 1;
@@ -183,15 +535,17 @@ template <int NT> __global__ void __launch_bounds__(AT_THREADS, 1) attn_kernel(a
     if (a.mode == 1) {
         const int64_t ne = ((int64_t)p + 1) / a.m;
         n_ent = (int)(ne < a.cap_e ? ne : a.cap_e);
-    } else if (a.mode == 2) { /* ordered compaction of the picks sel >= 0 (and < cap_e) */
+    } else if (a.mode == 2) { /* the picks sel >= 0 (and < cap_e), compacted in order, in place */
         const int32_t *sr = a.sel + (int64_t)r * a.topk;
+        for (int j = tid; j < a.topk; j += AT_THREADS) list[j] = sr[j];
+        __syncthreads();
         for (int j0 = 0; j0 < a.topk; j0 += AT_THREADS) {
             const int j = j0 + tid;
-            const int v = j < a.topk ? sr[j] : -1;
+            const int v = j < a.topk ? list[j] : -1;
             const bool ok = v >= 0 && v < a.cap_e;
             const unsigned bal = __ballot_sync(0xffffffffu, ok);
             if (lane == 0) wcnt[warp] = __popc(bal);
-            __syncthreads();
+            __syncthreads(); /* the chunk is read: writes land at or below their source */
             int off = n_ent, tot = 0;
             for (int w = 0; w < AT_WARPS; w++) {
                 off += w < warp ? wcnt[w] : 0;
@@ -203,165 +557,12 @@ template <int NT> __global__ void __launch_bounds__(AT_THREADS, 1) attn_kernel(a
         }
     }
     rk.ns = a.W + n_ent;
-    const int nb = (rk.ns + AT_BLOCK - 1) / AT_BLOCK;
-
-    for (int i = tid; i < HG * hd; i += AT_THREADS) {
-        const int h = i / hd, d = i - h * hd;
-        const float v = h0 + h < a.H ? a.q[((int64_t)r * a.H + h0 + h) * hd + d] : 0.0f;
-        qs[h * ldk + d] = bf16_bits(v);
-        os[h * ldo + d] = 0.0f;
-    }
-    if (tid < HG) {
-        st[tid] = -INFINITY;
-        st[HG + tid] = 0.0f;
-        st[2 * HG + tid] = 0.0f;
-    }
-
-    load_block(a, rk, ks, 0);
-    for (int b = 0; b < nb; b++) {
-        const int buf = a.stages == 2 ? (b & 1) : 0;
-        if (a.stages == 2 && b + 1 < nb) {
-            load_block(a, rk, ks + (size_t)(buf ^ 1) * AT_BLOCK * ldk, b + 1);
-            cp_async_wait_one();
-        } else {
-            cp_async_wait_all();
-        }
-        __syncthreads();
-        const uint16_t *kb = ks + (size_t)buf * AT_BLOCK * ldk;
-
-        /* scores: warp (mt, kh) does keys [16 mt, 16 mt + 16) over half kh of the dims */
-        {
-            const int mt = warp & 3, kh = warp >> 2, nks = hd >> 4;
-            const int k_lo = kh ? nks / 2 : 0, k_hi = kh ? nks : nks / 2;
-            float c[NT][4];
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.0f;
-            const uint16_t *ka = kb + (mt * 16 + g) * ldk + 2 * t;
-            for (int kst = k_lo; kst < k_hi; kst++) {
-                const int k0 = kst * 16;
-                const uint32_t af[4] = {ld32(ka + k0), ld32(ka + 8 * ldk + k0), ld32(ka + k0 + 8),
-                                        ld32(ka + 8 * ldk + k0 + 8)};
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    const uint16_t *qb = qs + (nt * 8 + g) * ldk + k0 + 2 * t;
-                    const uint32_t bf[2] = {ld32(qb), ld32(qb + 8)};
-                    mma16816(c[nt], af, bf);
-                }
-            }
-            float *spk = sp + kh * HG * AT_LDS;
-            const int key = mt * 16 + g;
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                const int hA = nt * 8 + 2 * t;
-                spk[hA * AT_LDS + key] = c[nt][0];
-                spk[(hA + 1) * AT_LDS + key] = c[nt][1];
-                spk[hA * AT_LDS + key + 8] = c[nt][2];
-                spk[(hA + 1) * AT_LDS + key + 8] = c[nt][3];
-            }
-        }
-        __syncthreads();
-
-        /* softmax step: warp w owns heads w, w + 8; lane owns keys lane, lane + 32 */
-        for (int h = warp; h < HG; h += AT_WARPS) {
-            const float mx = st[h];
-            float sc[2], bm = -INFINITY;
-            bool valid[2];
-#pragma unroll
-            for (int jj = 0; jj < 2; jj++) {
-                const int key = lane + 32 * jj, s = b * AT_BLOCK + key;
-                valid[jj] = s < rk.count || (s >= a.W && s < rk.ns);
-                sc[jj] =
-                    valid[jj]
-                        ? __fmul_rn(__fadd_rn(sp[h * AT_LDS + key], sp[(HG + h) * AT_LDS + key]),
-                                    a.scale)
-                        : -INFINITY;
-                bm = fmaxf(bm, sc[jj]);
-            }
-#pragma unroll
-            for (int sh = 16; sh > 0; sh >>= 1)
-                bm = fmaxf(bm, __shfl_xor_sync(0xffffffffu, bm, sh));
-            const float m_new = fmaxf(bm, mx);
-            uint16_t pb[2] = {0, 0};
-            float alpha = 1.0f, bsum = 0.0f; /* nothing valid yet: out * 1 + 0, state kept */
-            if (m_new != -INFINITY) {
-                alpha = mx == -INFINITY ? 0.0f : expf(mx - m_new);
-                const float e0 = valid[0] ? expf(sc[0] - m_new) : 0.0f;
-                const float e1 = valid[1] ? expf(sc[1] - m_new) : 0.0f;
-                pb[0] = bf16_bits(e0);
-                pb[1] = bf16_bits(e1);
-                bsum = __fadd_rn(e0, e1);
-#pragma unroll
-                for (int sh = 16; sh > 0; sh >>= 1)
-                    bsum = __fadd_rn(bsum, __shfl_down_sync(0xffffffffu, bsum, sh));
-            }
-            ps[h * AT_LDP + lane] = pb[0];
-            ps[h * AT_LDP + lane + 32] = pb[1];
-            __syncwarp();
-            if (lane == 0) {
-                if (m_new != -INFINITY) {
-                    st[HG + h] = __fadd_rn(__fmul_rn(st[HG + h], alpha), bsum);
-                    st[h] = m_new;
-                }
-                st[2 * HG + h] = alpha;
-            }
-        }
-        __syncthreads();
-
-        /* O^T [hd, HG] = O^T * alpha + V^T . P^T: warp w does dims [16 mt, 16 mt + 16) */
-        {
-            uint32_t bfr[4][NT][2];
-            float al[NT][2];
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-#pragma unroll
-                for (int kk = 0; kk < 4; kk++) {
-                    const uint16_t *pp = ps + (nt * 8 + g) * AT_LDP + kk * 16 + 2 * t;
-                    bfr[kk][nt][0] = ld32(pp);
-                    bfr[kk][nt][1] = ld32(pp + 8);
-                }
-                al[nt][0] = st[2 * HG + nt * 8 + 2 * t];
-                al[nt][1] = st[2 * HG + nt * 8 + 2 * t + 1];
-            }
-            for (int mt = warp; mt < (hd >> 4); mt += AT_WARPS) {
-                const int d0 = mt * 16 + g;
-                float c[NT][4];
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) c[nt][0] = c[nt][1] = c[nt][2] = c[nt][3] = 0.0f;
-#pragma unroll
-                for (int kk = 0; kk < 4; kk++) {
-                    const uint16_t *v = kb + (kk * 16 + 2 * t) * ldk + d0;
-                    const uint32_t af[4] = {(uint32_t)v[0] | ((uint32_t)v[ldk] << 16),
-                                            (uint32_t)v[8] | ((uint32_t)v[ldk + 8] << 16),
-                                            (uint32_t)v[8 * ldk] | ((uint32_t)v[9 * ldk] << 16),
-                                            (uint32_t)v[8 * ldk + 8] |
-                                                ((uint32_t)v[9 * ldk + 8] << 16)};
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++) mma16816(c[nt], af, bfr[kk][nt]);
-                }
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    float *o0 = os + (nt * 8 + 2 * t) * ldo + d0, *o1 = o0 + ldo;
-                    o0[0] = __fadd_rn(__fmul_rn(o0[0], al[nt][0]), c[nt][0]);
-                    o1[0] = __fadd_rn(__fmul_rn(o1[0], al[nt][1]), c[nt][1]);
-                    o0[8] = __fadd_rn(__fmul_rn(o0[8], al[nt][0]), c[nt][2]);
-                    o1[8] = __fadd_rn(__fmul_rn(o1[8], al[nt][1]), c[nt][3]);
-                }
-            }
-        }
-        __syncthreads();
-        if (a.stages == 1 && b + 1 < nb) load_block(a, rk, ks, b + 1);
-    }
-
-    /* the sink joins the denominator; o = bf16(O / sum) */
-    if (tid < HG && h0 + tid < a.H)
-        st[HG + tid] = __fadd_rn(st[HG + tid], expf(a.sink[h0 + tid] - st[tid]));
-    __syncthreads();
-    for (int i = tid; i < HG * hd; i += AT_THREADS) {
-        const int h = i / hd, d = i - h * hd;
-        if (h0 + h < a.H)
-            a.o[((int64_t)r * a.H + h0 + h) * hd + d] =
-                round_bf16(__fdiv_rn(os[h * ldo + d], st[HG + h]));
-    }
+    rk.nb = (rk.ns + AT_BLOCK - 1) / AT_BLOCK;
+    __syncthreads(); /* q */
+    if (a.C > 1)
+        sa_cluster<NT>(a, rk, smem, r, h0);
+    else
+        sa_one_pass<NT>(a, rk, smem, r, h0);
 }
 
 static int align16(int x)
@@ -369,40 +570,172 @@ static int align16(int x)
     return (x + 15) & ~15;
 }
 
-/* Shared memory layout for HG heads and `stages` key buffers; returns the total bytes. */
-static int attn_layout(attn_args *a, int HG, int stages, int list_len)
+/* Shared memory layout of a plan; returns the total bytes. */
+static int sa_layout(sa_args *a, int NT, int list_len)
 {
-    const int ldk = a->hd + 8, ldo = a->hd + 4;
-    int off = align16(stages * AT_BLOCK * ldk * 2);
+    const int HG = 8 * NT, ldk = a->hd + 8, C = a->C, kb = a->kb;
+    const int MTS = (a->hd / 16 + C - 1) / C, per = C * kb;
+    const int nbuf = C > 1 && kb == 1 ? 1 : 2;
+    int off = align16(nbuf * AT_BLOCK * ldk * 2);
     a->off_q = off;
     off = align16(off + HG * ldk * 2);
-    a->off_o = off;
-    off = align16(off + HG * ldo * 4);
     a->off_sp = off;
-    off = align16(off + 2 * HG * AT_LDS * 4);
+    off = align16(off + (C > 1 ? kb : 1) * 2 * HG * AT_LDS * 4);
     a->off_p = off;
     off = align16(off + HG * AT_LDP * 2);
     a->off_st = off;
-    off = align16(off + 3 * HG * 4);
+    const int st = C > 1 ? (4 * per + 1 + kb + 2) * HG + MTS * HG * 16 : 3 * HG;
+    off = align16(off + st * 4);
     a->off_list = off;
     off = align16(off + list_len * 4);
-    a->stages = stages;
+    a->off_comb = off;
+    if (C > 1) off = align16(off + per * MTS * HG * 16 * 4);
     return off;
 }
 
-extern "C" dsv4_status dsv4_cuda_bk_attention(dsv4_backend *b, float *o, const float *q, int H,
-                                              int hd, const uint16_t *win, int R, int W,
-                                              const uint16_t *ent, int64_t cap_e, int m,
-                                              const int32_t *sel, int topk, const float *sink,
-                                              const dsv4_bk_rows *rows)
+/* Estimated microseconds of a plan, fitted to the H100 timings of test_gpu_attn (graph replay,
+ * hd 512; within ~15% on 20 plans): CTAs run in waves of n_sm * per_sm (two CTAs on an SM run
+ * 1.5x slower each). One pass: 4.8 + 2.85 a block + 0.13 a block and head (walking the blocks
+ * in order, every block pays its load, scores, softmax and p.v in turn). Cluster: 6 + a round
+ * 4.3 + 0.35 a head (two cluster barriers, pass 2, pushes, combine), + 3 + 0.15 a head for each
+ * further block of a CTA, + 3 for each block fetched again (kb > 2). */
+static double sa_cost(int64_t ctas, int per_sm, int n_sm, int C, int kb, int rounds, int NT, int nb)
+{
+    const int HG = 8 * NT;
+    const double waves = (double)((ctas + (int64_t)n_sm * per_sm - 1) / ((int64_t)n_sm * per_sm));
+    const double cta = C > 1 ? 6.0 + rounds * (4.3 + 0.35 * HG + (kb - 1) * (3.0 + 0.15 * HG) +
+                                               (kb > 2 ? kb - 2 : 0) * 3.0)
+                             : 4.8 + nb * (2.85 + 0.13 * HG);
+    return waves * cta * (per_sm > 1 && ctas > n_sm ? 1.5 : 1.0);
+}
+
+typedef struct sa_plan {
+    int nt, C, kb, bytes;
+    double cost;
+} sa_plan;
+
+/* The cheapest plan with NT in nts, C <= cmax, kb <= kbmax that fits in optin bytes; nt 0 if
+ * none. nb: blocks of the longest possible row. */
+static sa_plan sa_choose(sa_args *a, int64_t N, int nb, int optin, int n_sm, const int *nts,
+                         int n_nts, int cmax, int kbmax, int list_len)
+{
+    sa_plan best = {0, 0, 0, 0, 0.0};
+    for (int i = 0; i < n_nts; i++) {
+        const int NT = nts[i], groups = (a->H + 8 * NT - 1) / (8 * NT);
+        for (int C = 1; C <= cmax; C++) {
+            for (int kb = 1; kb <= (C > 1 ? kbmax : 1); kb++) {
+                if (C > 1 && (C - 1) * kb >= nb) continue; /* a rank would never have a block */
+                a->C = C;
+                a->kb = kb;
+                const int bytes = sa_layout(a, NT, list_len);
+                if (bytes > optin) continue;
+                const int per_sm = NT < 4 && 2 * (bytes + 2048) <= 233472 ? 2 : 1;
+                const int rounds = C > 1 ? (nb + C * kb - 1) / (C * kb) : 1;
+                const double cost = sa_cost(N * groups * C, per_sm, n_sm, C, kb, rounds, NT, nb);
+                if (!best.nt || cost < best.cost - 1e-9) {
+                    best.nt = NT;
+                    best.C = C;
+                    best.kb = kb;
+                    best.bytes = bytes;
+                    best.cost = cost;
+                }
+            }
+        }
+    }
+    return best;
+}
+
+/* A runtime error of a launch: returned as code, and cleared so that no later CUDA_LAUNCHED
+ * sees it. */
+#define SA_TRY(expr, code)                                                                         \
+    do {                                                                                           \
+        cudaError_t sa_err_ = (expr);                                                              \
+        if (sa_err_ != cudaSuccess) {                                                              \
+            (void)cudaGetLastError();                                                              \
+            return dsv4_fail((code), "%s failed at %s:%d: %s", #expr, __FILE__, __LINE__,          \
+                             cudaGetErrorString(sa_err_));                                         \
+        }                                                                                          \
+    } while (0)
+
+/* A cluster above the portable 8 that this GPU refuses is DSV4_ERR_UNSUPPORTED (the caller
+ * falls back to a portable plan); any other failure DSV4_ERR_DEVICE. */
+template <int NT>
+static dsv4_status sa_launch(const sa_args *a, int64_t ctas, int bytes, cudaStream_t s)
+{
+    const dsv4_status big = a->C > 8 ? DSV4_ERR_UNSUPPORTED : DSV4_ERR_DEVICE;
+    SA_TRY(cudaFuncSetAttribute(sa_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+           DSV4_ERR_DEVICE);
+    if (a->C > 8)
+        SA_TRY(
+            cudaFuncSetAttribute(sa_kernel<NT>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
+            big);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)ctas, 1, 1);
+    cfg.blockDim = dim3(AT_THREADS, 1, 1);
+    cfg.dynamicSmemBytes = (size_t)bytes;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)a->C;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = a->C > 1 ? 1 : 0;
+    if (a->C > 8) { /* non-portable: only if the GPU can hold such a cluster */
+        int n = 0;
+        SA_TRY(cudaOccupancyMaxActiveClusters(&n, sa_kernel<NT>, &cfg), big);
+        if (n < 1)
+            return dsv4_fail(DSV4_ERR_UNSUPPORTED, "attention: no room for a cluster of %d", a->C);
+    }
+    SA_TRY(cudaLaunchKernelEx(&cfg, sa_kernel<NT>, *a), big);
+    return DSV4_OK;
+}
+
+/* Launches plan pl on a (whose pointers and shape are set); got as dsv4_cuda_attention_cfg. */
+static dsv4_status sa_run(dsv4_backend *b, sa_args a, sa_plan pl, int64_t N, int list_len,
+                          int got[4])
+{
+    a.C = pl.C;
+    a.kb = pl.kb;
+    sa_layout(&a, pl.nt, list_len);
+    a.ngroups = (a.H + 8 * pl.nt - 1) / (8 * pl.nt);
+    const int64_t ctas = N * a.ngroups * pl.C;
+    if (ctas > 0x7fffffff)
+        return dsv4_fail(DSV4_ERR_UNSUPPORTED, "attention: %lld rows", (long long)N);
+    got[0] = pl.nt;
+    got[1] = pl.C;
+    got[2] = pl.kb;
+    got[3] = pl.bytes;
+    cudaStream_t s = dsv4_cuda_stream(b->cuda);
+    switch (pl.nt) {
+    case 1:
+        return sa_launch<1>(&a, ctas, pl.bytes, s);
+    case 2:
+        return sa_launch<2>(&a, ctas, pl.bytes, s);
+    default:
+        return sa_launch<4>(&a, ctas, pl.bytes, s);
+    }
+}
+
+extern "C" dsv4_status dsv4_cuda_attention_cfg(dsv4_backend *b, float *o, const float *q, int H,
+                                               int hd, const uint16_t *win, int R, int W,
+                                               const uint16_t *ent, int64_t cap_e, int m,
+                                               const int32_t *sel, int topk, const float *sink,
+                                               const dsv4_bk_rows *rows, const int want[3],
+                                               int got[4])
 {
     const int64_t N = rows->n;
     if (H < 1 || hd < 64 || hd % 64 || W < 1 || R < W || m < 0 || (sel && topk < 0))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
                          "attention: H %d, hd %d (a multiple of 64), R %d, W %d, m %d", H, hd, R, W,
                          m);
+    got[0] = -1;
+    got[1] = got[2] = got[3] = 0;
+    if (want[0] < 0 || hd > 16 * AT_WARPS * SA_MTW)
+        return dsv4_cuda_attention_seq(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink,
+                                       rows);
     if (N == 0) return DSV4_OK;
-    attn_args a;
+    sa_args a;
     a.o = o;
     a.q = q;
     a.sink = sink;
@@ -421,36 +754,47 @@ extern "C" dsv4_status dsv4_cuda_bk_attention(dsv4_backend *b, float *o, const f
     a.mode = m > 0 && ent ? (sel ? 2 : 1) : 0;
     a.scale = 1.0f / sqrtf((float)hd);
     const int list_len = a.mode == 2 ? topk : 0;
+    /* blocks of the longest row this call can see */
+    const int64_t n_ent = a.mode == 2 ? topk : a.mode == 1 ? cap_e : 0;
+    const int64_t nb64 = (W + n_ent + AT_BLOCK - 1) / AT_BLOCK;
+    const int nb = (int)(nb64 < (1 << 20) ? nb64 : (1 << 20));
 
     int dev, optin, n_sm;
     CUDA_TRY(cudaGetDevice(&dev));
     CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
-    /* 16 heads a CTA once that fills the GPU (fewer key reloads), else 8 (more CTAs) */
-    const int pref = N * ((H + 15) / 16) >= n_sm ? 2 : 1;
-    const int tries[4][2] = {{pref, 2}, {pref, 1}, {1, 2}, {1, 1}};
-    int nt = 0, bytes = 0;
-    for (int i = 0; i < 4 && !nt; i++) {
-        bytes = attn_layout(&a, 8 * tries[i][0], tries[i][1], list_len);
-        if (bytes <= optin) nt = tries[i][0];
+    static const int all_nt[3] = {1, 2, 4};
+    const int one_nt[1] = {want[0]};
+    const bool forced = want[0] > 0;
+    if (forced && want[0] != 1 && want[0] != 2 && want[0] != 4)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "attention: %d heads a CTA", 8 * want[0]);
+    const int *nts = forced ? one_nt : all_nt, n_nts = forced ? 1 : 3;
+    const int cmax = want[1] > 0 ? (want[1] < SA_CMAX ? want[1] : SA_CMAX) : SA_CMAX;
+    const int kbmax = want[2] > 0 ? (want[2] < SA_KBMAX ? want[2] : SA_KBMAX) : SA_KBMAX;
+    sa_plan pl = sa_choose(&a, N, nb, optin, n_sm, nts, n_nts, cmax, kbmax, list_len);
+    if (!pl.nt) {
+        if (forced)
+            return dsv4_fail(DSV4_ERR_UNSUPPORTED, "attention: no plan with %d heads a CTA fits",
+                             8 * want[0]);
+        return dsv4_cuda_attention_seq(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink,
+                                       rows);
     }
-    if (!nt)
-        return dsv4_fail(DSV4_ERR_UNSUPPORTED,
-                         "attention: hd %d, topk %d need %d B of shared memory", hd, topk, bytes);
-    a.ngroups = (H + 8 * nt - 1) / (8 * nt);
-    const int64_t grid = N * a.ngroups;
-    if (grid > 0x7fffffff)
-        return dsv4_fail(DSV4_ERR_UNSUPPORTED, "attention: %lld rows", (long long)N);
-    cudaStream_t s = dsv4_cuda_stream(b->cuda);
-    if (nt == 2) {
-        CUDA_TRY(cudaFuncSetAttribute(attn_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      bytes));
-        attn_kernel<2><<<(unsigned)grid, AT_THREADS, bytes, s>>>(a);
-    } else {
-        CUDA_TRY(cudaFuncSetAttribute(attn_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      bytes));
-        attn_kernel<1><<<(unsigned)grid, AT_THREADS, bytes, s>>>(a);
-    }
-    CUDA_LAUNCHED();
-    return DSV4_OK;
+    const dsv4_status st = sa_run(b, a, pl, N, list_len, got);
+    if (st != DSV4_ERR_UNSUPPORTED || pl.C <= 8) return st;
+    /* a cluster above the portable 8 that this GPU cannot place: the best portable plan */
+    pl = sa_choose(&a, N, nb, optin, n_sm, nts, n_nts, 8, kbmax, list_len);
+    if (!pl.nt) return st;
+    return sa_run(b, a, pl, N, list_len, got);
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_attention(dsv4_backend *b, float *o, const float *q, int H,
+                                              int hd, const uint16_t *win, int R, int W,
+                                              const uint16_t *ent, int64_t cap_e, int m,
+                                              const int32_t *sel, int topk, const float *sink,
+                                              const dsv4_bk_rows *rows)
+{
+    static const int want[3] = {0, 0, 0};
+    int got[4];
+    return dsv4_cuda_attention_cfg(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows,
+                                   want, got);
 }
