@@ -1,12 +1,19 @@
 /*
- * test_gpu_linear.c - GPU op test (ctest -L gpu) of dsv4_bk_linear: the CUDA projections against
- * the CPU reference (the session forward's dsv4_cpu_linear_rows), in every stored weight format,
- * at the Flash and Pro shapes, N in {1, 3, 16, 64, 257}, strided x and y, bf16 rounding on and
- * off; every CUDA kernel (GEMV, MMA, SIMT) on each call it accepts, not only the dispatcher's
- * pick. Then the decode bandwidth and prefill rate of a few projections.
+ * test_gpu_linear.c - GPU op test (ctest -L gpu) of dsv4_bk_linear and dsv4_bk_linear_grouped:
+ * the CUDA projections against the CPU reference (the session forward's dsv4_cpu_linear_rows;
+ * grouped: one such call per group), in every stored weight format, at the Flash and Pro shapes,
+ * N in {1, 2, 3, 4, 8, 9, 16, 64, 257}, strided x and y, bf16 rounding on and off; every CUDA
+ * kernel (GEMV, MMA, SIMT, MMV) on each call it accepts, not only the dispatcher's pick. Then
+ * the decode bandwidth of the projections, old kernel (GEMV) against new (MMV), weights read from
+ * HBM (copies in turn, together larger than the L2), CUDA-graph replay and eager.
  *
  * Bound, per output element (the CUDA kernels differ from the CPU only in f32 summation order,
- * plus, on the MMA path, x split into two bf16 halves whose remainder is <= 2^-18 |x|):
+ * plus, on the MMA path and on MMV with BF16 weights, x split into two bf16 halves whose
+ * remainder is <= 2^-18 |x|; on MMV with FP8 weights, x times a power of two split into two f16
+ * halves, remainder <= max(2^-22 |x|, 2^-28 max|x| of its 128-column block). The second term,
+ * f16's range, only concerns terms with |x| < 2^-17 of their block's max: with this test's x
+ * (block max < 2^14) about 8% of the terms, each off by <= 2^-14 |w|, against S's >= 1.7 |w| per
+ * term on average: < 0.3 of the bound even if all those errors had one sign):
  *   |y_gpu - y_cpu| <= 1e-5 * S + 1e-35,   S = sum_c |x_c| |w_rc| (times |scale2|)
  * S is computed by the CPU op itself on |x| and a copy of W with every sign bit cleared; its own
  * f32 rounding (<= cols * 2^-24 relative, non-negative terms) is covered by a 1.001 factor.
@@ -24,6 +31,7 @@
 #include "backend/backend_impl.h"
 #include "backend/cpu/cpu_linear.h"
 #include "backend/cuda/linear_path.cuh"
+#include "model/quant_sim.h"
 #include "test_util.h"
 
 #include <math.h>
@@ -241,6 +249,7 @@ typedef struct tcase {
     int64_t ldx, xoff; /* 0: cols, 0 */
     int64_t ldy, yoff; /* 0: nrows, 0 */
     int64_t ns[6];     /* N values, 0-terminated */
+    int groups;        /* > 0: dsv4_bk_linear_grouped over all rows (row0 0, nrows = rows) */
 } tcase;
 
 #define FP8 DSV4_FORMAT_FP8
@@ -254,7 +263,7 @@ typedef struct tcase {
 
 static const tcase full_cases[] = {
     /* Flash: hidden 4096, q_lora 1024, 64 heads x 512, o_groups 8 x o_lora 1024, experts 2048 */
-    {"flash wq_a fp8", FP8, E8, 1024, 4096, 0, 1024, 0, 0, 0, 0, {1, 3, 16, 64, 257}},
+    {"flash wq_a fp8", FP8, E8, 1024, 4096, 0, 1024, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
     {"flash wq_a fp8 strided",
      FP8,
      E8,
@@ -266,9 +275,10 @@ static const tcase full_cases[] = {
      32,
      1056,
      16,
-     {1, 3, 16, 64, 257}},
-    {"flash wq_b fp8", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {1, 16, 64, 257}},
-    {"flash wkv fp8", FP8, E8, 512, 4096, 0, 512, 0, 0, 0, 0, {1, 3, 16, 64, 257}},
+     {1, 3, 16, 64, 257},
+     0},
+    {"flash wq_b fp8", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {1, 16, 64, 257}, 0},
+    {"flash wkv fp8", FP8, E8, 512, 4096, 0, 512, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
     {"flash wo_a fp8 group 3",
      FP8,
      E8,
@@ -280,27 +290,46 @@ static const tcase full_cases[] = {
      3 * 4096,
      8192,
      3072,
-     {1, 3, 16, 64, 257}},
-    {"flash wo_b fp8", FP8, E8, 4096, 8192, 0, 4096, 0, 0, 0, 0, {1, 16, 64, 257}},
-    {"flash w1 mxfp4", MX, E8, 2048, 4096, 0, 2048, 0, 0, 0, 0, {1, 3, 16, 64, 257}},
-    {"flash w2 mxfp4", MX, E8, 4096, 2048, 0, 4096, 0, 0, 0, 0, {1, 3, 16, 64, 257}},
-    {"flash w1 nvfp4", NV, 0, 2048, 4096, 0, 2048, 0, 0, 0, 0, {1, 3, 16, 64, 257}},
-    {"flash w2 nvfp4", NV, 0, 4096, 2048, 0, 4096, 0, 0, 0, 0, {1, 16, 257}},
-    {"base wq_a fp8 f32-scale", FP8, SF, 1024, 4096, 0, 1024, 0, 0, 0, 0, {1, 3, 16, 64, 257}},
-    {"bf16 1024x4096", B16, 0, 1024, 4096, 0, 1024, 0, 0, 0, 0, {1, 3, 16, 64, 257}},
-    {"bf16 weights_proj", B16, 0, 64, 4096, 0, 64, 0, 0, 0, 0, {1, 16, 64}},
-    {"flash head bf16", B16, 0, 129280, 4096, 0, 129280, 0, 0, 0, 0, {1}},
-    {"f16 512x4096", H16, 0, 512, 4096, 0, 512, 0, 0, 0, 0, {1, 3, 16, 64, 257}},
-    {"f32 gate 256x4096", F32, 0, 256, 4096, 0, 256, 0, 0, 0, 0, {1, 16, 64, 257}},
-    {"f32 hc fn 24x16384", F32, 0, 24, 16384, 0, 24, 0, 0, 0, 0, {1, 3, 64, 257}},
+     {1, 3, 16, 64, 257},
+     0},
+    {"flash wo_b fp8", FP8, E8, 4096, 8192, 0, 4096, 0, 0, 0, 0, {1, 4, 16, 64, 257}, 0},
+    {"flash w1 mxfp4", MX, E8, 2048, 4096, 0, 2048, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
+    {"flash w2 mxfp4", MX, E8, 4096, 2048, 0, 4096, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
+    {"flash w1 nvfp4", NV, 0, 2048, 4096, 0, 2048, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
+    {"flash w2 nvfp4", NV, 0, 4096, 2048, 0, 4096, 0, 0, 0, 0, {1, 16, 257}, 0},
+    {"base wq_a fp8 f32-scale", FP8, SF, 1024, 4096, 0, 1024, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
+    {"bf16 1024x4096", B16, 0, 1024, 4096, 0, 1024, 0, 0, 0, 0, {1, 2, 8, 16, 257}, 0},
+    {"bf16 weights_proj", B16, 0, 64, 4096, 0, 64, 0, 0, 0, 0, {1, 16, 64}, 0},
+    {"flash head bf16", B16, 0, 129280, 4096, 0, 129280, 0, 0, 0, 0, {1}, 0},
+    {"f16 512x4096", H16, 0, 512, 4096, 0, 512, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
+    {"f32 gate 256x4096", F32, 0, 256, 4096, 0, 256, 0, 0, 0, 0, {1, 16, 64, 257}, 0},
+    {"f32 hc fn 24x16384", F32, 0, 24, 16384, 0, 24, 0, 0, 0, 0, {1, 3, 64, 257}, 0},
     /* odd shapes: partial scale blocks, unaligned row0, widths the fast paths refuse */
-    {"fp8 1000x4000 row0 7", FP8, E8, 1000, 4000, 7, 990, 0, 0, 0, 0, {1, 5, 33}},
-    {"bf16 1000x4100", B16, 0, 1000, 4100, 0, 1000, 0, 0, 0, 0, {1, 17}},
-    {"nvfp4 300x4112", NV, 0, 300, 4112, 0, 300, 0, 0, 0, 0, {1, 20}},
-    {"fp8 ldx 4097", FP8, E8, 1024, 4096, 0, 1024, 4097, 1, 0, 0, {3, 40}},
+    {"fp8 1000x4000 row0 7", FP8, E8, 1000, 4000, 7, 990, 0, 0, 0, 0, {1, 5, 33}, 0},
+    {"bf16 1000x4100", B16, 0, 1000, 4100, 0, 1000, 0, 0, 0, 0, {1, 17}, 0},
+    {"nvfp4 300x4112", NV, 0, 300, 4112, 0, 300, 0, 0, 0, 0, {1, 20}, 0},
+    {"fp8 ldx 4097", FP8, E8, 1024, 4096, 0, 1024, 4097, 1, 0, 0, {3, 40}, 0},
+    {"fp8 1000x4096 row0 77", FP8, E8, 1000, 4096, 77, 900, 0, 0, 0, 0, {2, 9, 16}, 0},
+    {"bf16 1000x4160 ldy 1003", B16, 0, 1000, 4160, 0, 1000, 0, 0, 1003, 3, {1, 5, 12}, 0},
+    /* grouped (wo_a): x [N, groups * cols], y [N, rows] */
+    {"flash wo_a fp8 grouped",
+     FP8,
+     E8,
+     8192,
+     4096,
+     0,
+     8192,
+     32768,
+     0,
+     8192,
+     0,
+     {1, 2, 8, 16, 64},
+     8},
+    {"flash wo_a bf16 grouped", B16, 0, 8192, 4096, 0, 8192, 32768, 0, 8192, 0, {1, 4, 16}, 8},
+    {"fp8 grouped odd strides", FP8, E8, 600, 384, 0, 600, 1157, 0, 611, 0, {1, 5, 12, 40}, 3},
     /* Pro: hidden 7168, q_lora 1536, 128 heads, o_groups 16, experts 3072 */
-    {"pro wq_a fp8", FP8, E8, 1536, 7168, 0, 1536, 0, 0, 0, 0, {1, 16, 64, 257}},
-    {"pro wq_b fp8", FP8, E8, 65536, 1536, 0, 65536, 0, 0, 0, 0, {1, 16, 129}},
+    {"pro wq_a fp8", FP8, E8, 1536, 7168, 0, 1536, 0, 0, 0, 0, {1, 16, 64, 257}, 0},
+    {"pro wq_b fp8", FP8, E8, 65536, 1536, 0, 65536, 0, 0, 0, 0, {1, 16, 129}, 0},
     {"pro wo_a fp8 group 15",
      FP8,
      E8,
@@ -312,27 +341,35 @@ static const tcase full_cases[] = {
      15 * 4096,
      16384,
      15360,
-     {1, 64}},
-    {"pro wo_b fp8", FP8, E8, 7168, 16384, 0, 7168, 0, 0, 0, 0, {1, 64}},
-    {"pro w1 mxfp4", MX, E8, 3072, 7168, 0, 3072, 0, 0, 0, 0, {1, 16, 257}},
-    {"pro w2 mxfp4", MX, E8, 7168, 3072, 0, 7168, 0, 0, 0, 0, {1, 16, 257}},
+     {1, 64},
+     0},
+    {"pro wo_a fp8 grouped", FP8, E8, 16384, 4096, 0, 16384, 65536, 0, 16384, 0, {1, 9}, 16},
+    {"pro wo_b fp8", FP8, E8, 7168, 16384, 0, 7168, 0, 0, 0, 0, {1, 9, 64}, 0},
+    {"pro w1 mxfp4", MX, E8, 3072, 7168, 0, 3072, 0, 0, 0, 0, {1, 16, 257}, 0},
+    {"pro w2 mxfp4", MX, E8, 7168, 3072, 0, 7168, 0, 0, 0, 0, {1, 16, 257}, 0},
 };
 
 static const tcase small_cases[] = {
-    {"small fp8", FP8, E8, 200, 384, 40, 150, 388, 4, 155, 2, {1, 3, 17, 70}},
-    {"small fp8 f32-scale", FP8, SF, 200, 256, 0, 200, 0, 0, 0, 0, {1, 17, 70}},
-    {"small mxfp4", MX, E8, 160, 256, 10, 150, 0, 0, 0, 0, {1, 3, 17, 70}},
-    {"small nvfp4", NV, 0, 160, 256, 0, 160, 0, 0, 0, 0, {1, 3, 17, 70}},
-    {"small nvfp4 48 cols", NV, 0, 40, 48, 0, 40, 0, 0, 0, 0, {1, 20}},
-    {"small bf16", B16, 0, 150, 256, 0, 150, 0, 0, 0, 0, {1, 3, 17, 70}},
-    {"small bf16 100x100", B16, 0, 100, 100, 0, 100, 0, 0, 0, 0, {1, 20}},
-    {"small f16", H16, 0, 150, 256, 0, 150, 0, 0, 0, 0, {1, 17, 70}},
-    {"small f32", F32, 0, 24, 512, 0, 24, 0, 0, 0, 0, {1, 3, 70}},
-    {"small fp8 ldx 257", FP8, E8, 128, 256, 0, 128, 257, 1, 0, 0, {3, 20}},
+    {"small fp8", FP8, E8, 200, 384, 40, 150, 388, 4, 155, 2, {1, 3, 17, 70}, 0},
+    {"small fp8 f32-scale", FP8, SF, 200, 256, 0, 200, 0, 0, 0, 0, {1, 5, 17, 70}, 0},
+    {"small fp8 9 tokens", FP8, E8, 100, 512, 0, 100, 0, 0, 0, 0, {9, 16}, 0},
+    {"small bf16 12 tokens", B16, 0, 70, 320, 3, 64, 0, 0, 0, 0, {2, 12}, 0},
+    {"small fp8 grouped", FP8, E8, 192, 256, 0, 192, 1030, 0, 197, 0, {1, 5, 12, 70}, 4},
+    {"small bf16 grouped", B16, 0, 80, 192, 0, 80, 384, 0, 80, 0, {3, 17}, 2},
+    {"small mxfp4", MX, E8, 160, 256, 10, 150, 0, 0, 0, 0, {1, 3, 17, 70}, 0},
+    {"small nvfp4", NV, 0, 160, 256, 0, 160, 0, 0, 0, 0, {1, 3, 17, 70}, 0},
+    {"small nvfp4 48 cols", NV, 0, 40, 48, 0, 40, 0, 0, 0, 0, {1, 20}, 0},
+    {"small bf16", B16, 0, 150, 256, 0, 150, 0, 0, 0, 0, {1, 3, 17, 70}, 0},
+    {"small bf16 100x100", B16, 0, 100, 100, 0, 100, 0, 0, 0, 0, {1, 20}, 0},
+    {"small f16", H16, 0, 150, 256, 0, 150, 0, 0, 0, 0, {1, 17, 70}, 0},
+    {"small f32", F32, 0, 24, 512, 0, 24, 0, 0, 0, 0, {1, 3, 70}, 0},
+    {"small fp8 ldx 257", FP8, E8, 128, 256, 0, 128, 257, 1, 0, 0, {3, 20}, 0},
 };
 
 /* ---- comparison ------------------------------------------------------------------------------ */
-static const char *path_name[] = {"auto", "gemv", "mma", "simt"};
+static const char *path_name[] = {"auto", "gemv", "mma", "simt", "mmv"};
+static double worst_by_path[5]; /* the largest err/bound seen per kernel */
+static int64_t checks_by_path[5];
 static const uint32_t SENTINEL = 0x7fc0deadu;
 
 /* The reals that round to bf16 value g (nearest even; ties count as inside): [*lo, *hi]. */
@@ -396,6 +433,11 @@ static void compare(const tcase *c, const char *what, int64_t N, int round, int6
             if (ratio > 1.0) bad++;
         }
     }
+    for (int p = 0; p < 5; p++)
+        if (!strcmp(what, path_name[p])) {
+            checks_by_path[p]++;
+            if (worst > worst_by_path[p]) worst_by_path[p] = worst;
+        }
     printf("  %-26s N=%-3lld rnd=%d %-4s max_abs %.3e max_rel %.3e (floor %.1e) err/bound %.3f "
            "differ %lld/%lld%s\n",
            c->name, (long long)N, round, what, max_abs, max_rel, floor_, worst, (long long)differ,
@@ -410,6 +452,14 @@ typedef struct ctx {
     dsv4_backend *cpu, *gpu;
 } ctx;
 
+/* The case's op on backend b: grouped, or rows [row0, row0 + nrows). */
+static dsv4_status case_op(dsv4_backend *b, const dsv4_weight *w, const tcase *c, const float *x,
+                           int64_t ldx, int64_t N, float *y, int64_t ldy, int round)
+{
+    if (c->groups) return dsv4_bk_linear_grouped(b, w, c->groups, x, ldx, N, y, ldy, round);
+    return dsv4_bk_linear(b, w, c->row0, c->nrows, x, ldx, N, y, ldy, round);
+}
+
 /* One GPU call on a sentinel-filled output, forced to `path`; returns the path taken (-1 on
  * error). */
 static int gpu_call(ctx *cx, const dsv4_weight *dw, const tcase *c, const float *dx, int64_t ldx,
@@ -419,9 +469,7 @@ static int gpu_call(ctx *cx, const dsv4_weight *dw, const tcase *c, const float 
     const size_t ybytes = (size_t)(N * ldy) * sizeof(float);
     dsv4_status st = dsv4_bk_upload(cx->gpu, dy, sentinel, ybytes);
     const int old = dsv4_cuda_linear_force_path(path);
-    if (st == DSV4_OK)
-        st = dsv4_bk_linear(cx->gpu, dw, c->row0, c->nrows, dx + c->xoff, ldx, N, dy + yoff, ldy,
-                            round);
+    if (st == DSV4_OK) st = case_op(cx->gpu, dw, c, dx + c->xoff, ldx, N, dy + yoff, ldy, round);
     dsv4_cuda_linear_force_path(old);
     if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
     if (st == DSV4_OK) st = dsv4_bk_download(cx->gpu, out, dy, ybytes);
@@ -453,14 +501,10 @@ static void run_case(ctx *cx, const tcase *c)
         for (size_t i = 0; i < ny; i++) memcpy(&sent[i], &SENTINEL, 4);
         memcpy(yc, sent, ny * sizeof *yc);
 
-        st = dsv4_bk_linear(cx->cpu, &W.w, c->row0, c->nrows, x + c->xoff, ldx, N, yc + c->yoff,
-                            ldy, round);
+        st = case_op(cx->cpu, &W.w, c, x + c->xoff, ldx, N, yc + c->yoff, ldy, round);
         if (st == DSV4_OK && round)
-            st = dsv4_bk_linear(cx->cpu, &W.w, c->row0, c->nrows, x + c->xoff, ldx, N, yu + c->yoff,
-                                ldy, 0);
-        if (st == DSV4_OK)
-            st = dsv4_bk_linear(cx->cpu, &A.w, c->row0, c->nrows, xa + c->xoff, ldx, N, S, c->nrows,
-                                0);
+            st = case_op(cx->cpu, &W.w, c, x + c->xoff, ldx, N, yu + c->yoff, ldy, 0);
+        if (st == DSV4_OK) st = case_op(cx->cpu, &A.w, c, xa + c->xoff, ldx, N, S, c->nrows, 0);
         CHECK_MSG(st == DSV4_OK, "%s N=%lld: cpu: %s", c->name, (long long)N, dsv4_last_error());
         /* the CPU reference must itself keep out of the gaps */
         int64_t cpu_clobbered = 0;
@@ -485,7 +529,7 @@ static void run_case(ctx *cx, const tcase *c)
                 CHECK_MSG(memcmp(yg, yg2, ny * sizeof *yg) == 0,
                           "%s N=%lld: two identical calls differ", c->name, (long long)N);
             }
-            for (int q = DSV4_LIN_PATH_GEMV; q <= DSV4_LIN_PATH_SIMT; q++) {
+            for (int q = DSV4_LIN_PATH_GEMV; q <= DSV4_LIN_PATH_MMV; q++) {
                 if (q == p) continue;
                 if (gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, c->yoff, round, q, sent, yg) == q)
                     compare(c, path_name[q], N, round, ldy, c->yoff, yg, yc, yu, S);
@@ -526,6 +570,15 @@ static void check_errors(ctx *cx)
         wi.format = DSV4_FORMAT_INT;
         wi.dtype = DSV4_DT_I32;
         if (g) CHECK(dsv4_bk_linear(b, &wi, 0, 64, xx, 256, 2, yy, 64, 0) == DSV4_ERR_UNSUPPORTED);
+        /* grouped: 64 rows in 2 groups of 32 over x [2, 2 * 256]; x here has 4 * 256 floats */
+        CHECK(dsv4_bk_linear_grouped(b, w, 3, xx, 768, 1, yy, 64, 0) == DSV4_ERR_INVALID_ARGUMENT);
+        CHECK(dsv4_bk_linear_grouped(b, w, 0, xx, 512, 1, yy, 64, 0) == DSV4_ERR_INVALID_ARGUMENT);
+        CHECK(dsv4_bk_linear_grouped(b, w, 2, xx, 511, 1, yy, 64, 0) == DSV4_ERR_INVALID_ARGUMENT);
+        CHECK(dsv4_bk_linear_grouped(b, w, 2, xx, 512, 1, yy, 63, 0) == DSV4_ERR_INVALID_ARGUMENT);
+        CHECK(dsv4_bk_linear_grouped(b, w, 2, xx, 512, 0, yy, 64, 0) == DSV4_OK);
+        CHECK(dsv4_bk_linear_grouped(b, w, 2, xx, 512, 2, yy, 64, 0) == DSV4_OK);
+        if (g)
+            CHECK(dsv4_bk_linear_grouped(b, &wi, 2, xx, 512, 2, yy, 64, 0) == DSV4_ERR_UNSUPPORTED);
     }
     dsv4_bk_free(cx->gpu, dx);
     dsv4_bk_free(cx->gpu, dy);
@@ -534,48 +587,174 @@ static void check_errors(ctx *cx)
     free_weight(&W);
 }
 
-/* ---- timing ---------------------------------------------------------------------------------- */
-static void bench(ctx *cx, const char *name, int fmt, int sdt, int64_t rows, int64_t cols,
-                  int64_t N)
+/* ---- timing ----------------------------------------------------------------------------------
+ * Per call with the weights read from HBM: NW copies of the matrix (together >= 160 MB, more
+ * than the 50 MB L2) called in turn. graph: one pass over the copies captured in a CUDA graph
+ * and replayed (the GPU's time, gaps between kernels included, no host launch cost); eager:
+ * launch after launch, then one sync (host launch cost included where it is the longer). x holds
+ * bf16 values like the engine's activations (act_quant output, bf16-rounded o), so MMV's lo
+ * halves are zero and skipped, except on the line marked f32-x. Output bf16-rounded (engine). */
+enum { BENCH_COPIES = 64 };
+
+typedef struct bench_set {
+    const char *name;
+    int groups, nw;
+    int64_t rows, cols, nmax;
+    uint64_t bytes; /* one copy: weights + scales */
+    dsv4_weight dw[BENCH_COPIES];
+    float *dx, *dxf, *dy; /* x bf16-valued, x f32, y */
+} bench_set;
+
+static int bench_open(ctx *cx, bench_set *b, const char *name, int fmt, int sdt, int64_t rows,
+                      int64_t cols, int groups, int64_t nmax)
 {
-    dsv4_weight w, dw;
+    dsv4_weight w;
+    memset(b, 0, sizeof *b);
     weight_desc(&w, name, fmt, sdt, rows, cols);
-    dsv4_status st = dsv4_bk_weight_upload(cx->gpu, &w, 0x5eedull + (uint64_t)rows, &dw);
-    float *x = malloc((size_t)(N * cols) * sizeof *x), *dx = NULL, *dy = NULL;
-    fill_x(x, N * cols);
-    if (st == DSV4_OK) st = dsv4_bk_alloc(cx->gpu, (size_t)(N * cols) * sizeof *x, (void **)&dx);
-    if (st == DSV4_OK) st = dsv4_bk_alloc(cx->gpu, (size_t)(N * rows) * sizeof *x, (void **)&dy);
-    if (st == DSV4_OK) st = dsv4_bk_upload(cx->gpu, dx, x, (size_t)(N * cols) * sizeof *x);
-    for (int i = 0; st == DSV4_OK && i < 5; i++)
-        st = dsv4_bk_linear(cx->gpu, &dw, 0, rows, dx, cols, N, dy, rows, 0);
-    dsv4_bk_prof_entry e[4];
-    int ne = 0;
-    if (st == DSV4_OK) st = dsv4_bk_prof_start(cx->gpu);
-    if (st == DSV4_OK) {
-        for (int i = 0; st == DSV4_OK && i < 5; i++)
-            st = dsv4_bk_linear(cx->gpu, &dw, 0, rows, dx, cols, N, dy, rows, 0);
-        dsv4_bk_prof_mark(cx->gpu, "warm");
-        for (int i = 0; st == DSV4_OK && i < 50; i++)
-            st = dsv4_bk_linear(cx->gpu, &dw, 0, rows, dx, cols, N, dy, rows, 0);
-        dsv4_bk_prof_mark(cx->gpu, "timed");
-        ne = dsv4_bk_prof_stop(cx->gpu, e, 4);
-    }
-    if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
-    CHECK_MSG(st == DSV4_OK, "bench %s: %s", name, dsv4_last_error());
-    for (int i = 0; st == DSV4_OK && i < ne; i++) {
-        if (strcmp(e[i].label, "timed")) continue;
-        const double us = 1e3 * e[i].ms / 50.0;
-        const double bytes = (double)(w.data_bytes + w.scale_bytes);
-        printf("  %-22s %6lld x %-6lld N=%-3lld %-4s %9.2f us  %7.1f GB/s (%5.1f%% of 3.0 TB/s)  "
-               "%7.1f TFLOP/s\n",
-               name, (long long)rows, (long long)cols, (long long)N,
-               path_name[dsv4_cuda_linear_last_path()], us, bytes / us * 1e-3,
-               bytes / us * 1e-3 / 30.0, 2.0 * (double)N * (double)rows * (double)cols / us * 1e-6);
-    }
-    dsv4_bk_free(cx->gpu, dx);
-    dsv4_bk_free(cx->gpu, dy);
-    dsv4_bk_weight_free(cx->gpu, &dw);
+    b->name = name, b->groups = groups, b->rows = rows, b->cols = cols, b->nmax = nmax;
+    b->bytes = w.data_bytes + w.scale_bytes;
+    b->nw = (int)((160000000ull + b->bytes - 1) / b->bytes);
+    if (b->nw > BENCH_COPIES) b->nw = BENCH_COPIES;
+    dsv4_status st = DSV4_OK;
+    int n = 0;
+    for (; st == DSV4_OK && n < b->nw; n++)
+        st = dsv4_bk_weight_upload(cx->gpu, &w, 0x5eedull + 977ull * (uint64_t)n + (uint64_t)rows,
+                                   &b->dw[n]);
+    if (st != DSV4_OK) n--;
+    b->nw = n;
+    const int64_t nx = nmax * groups * cols;
+    float *x = malloc((size_t)nx * sizeof *x);
+    fill_x(x, nx);
+    if (st == DSV4_OK) st = dsv4_bk_alloc(cx->gpu, (size_t)nx * sizeof *x, (void **)&b->dxf);
+    if (st == DSV4_OK) st = dsv4_bk_upload(cx->gpu, b->dxf, x, (size_t)nx * sizeof *x);
+    dsv4_sim_bf16(x, nx);
+    if (st == DSV4_OK) st = dsv4_bk_alloc(cx->gpu, (size_t)nx * sizeof *x, (void **)&b->dx);
+    if (st == DSV4_OK) st = dsv4_bk_upload(cx->gpu, b->dx, x, (size_t)nx * sizeof *x);
+    if (st == DSV4_OK)
+        st = dsv4_bk_alloc(cx->gpu, (size_t)(nmax * rows) * sizeof *x, (void **)&b->dy);
     free(x);
+    CHECK_MSG(st == DSV4_OK, "bench %s: %s", name, dsv4_last_error());
+    return st == DSV4_OK;
+}
+
+static void bench_close(ctx *cx, bench_set *b)
+{
+    for (int i = 0; i < b->nw; i++) dsv4_bk_weight_free(cx->gpu, &b->dw[i]);
+    dsv4_bk_free(cx->gpu, b->dx);
+    dsv4_bk_free(cx->gpu, b->dxf);
+    dsv4_bk_free(cx->gpu, b->dy);
+}
+
+/* One pass over the copies, forced to `path`; split: a grouped matrix as one dsv4_bk_linear
+ * call per group (the engine before dsv4_bk_linear_grouped). */
+static dsv4_status bench_pass(ctx *cx, bench_set *b, int64_t N, int path, int split,
+                              const float *dx)
+{
+    const int old = dsv4_cuda_linear_force_path(path);
+    const int G = b->groups;
+    const int64_t R = b->rows / G, ldx = G * b->cols;
+    dsv4_status st = DSV4_OK;
+    for (int i = 0; st == DSV4_OK && i < b->nw; i++) {
+        const dsv4_weight *w = &b->dw[i];
+        if (G > 1 && !split)
+            st = dsv4_bk_linear_grouped(cx->gpu, w, G, dx, ldx, N, b->dy, b->rows, 1);
+        for (int g = 0; (G == 1 || split) && st == DSV4_OK && g < G; g++)
+            st = dsv4_bk_linear(cx->gpu, w, g * R, R, dx + g * b->cols, ldx, N, b->dy + g * R,
+                                b->rows, 1);
+    }
+    dsv4_cuda_linear_force_path(old);
+    return st;
+}
+
+/* Prints one timing line; returns the graph time per pass (us), 0 on failure. */
+static double bench_line(ctx *cx, bench_set *b, int64_t N, int path, int split, int f32x,
+                         const char *note)
+{
+    const float *dx = f32x ? b->dxf : b->dx;
+    dsv4_status st = bench_pass(cx, b, N, path, split, dx);
+    const int taken = dsv4_cuda_linear_last_path();
+    if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
+    const int reps = b->nw >= 120 ? 2 : 240 / b->nw;
+    double t0 = test_now(), eager = 0, graph = 0;
+    for (int r = 0; st == DSV4_OK && r < reps; r++) st = bench_pass(cx, b, N, path, split, dx);
+    if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
+    eager = (test_now() - t0) * 1e6 / (reps * b->nw);
+    void *g = NULL;
+    if (st == DSV4_OK) st = dsv4_bk_graph_begin(cx->gpu);
+    if (st == DSV4_OK) {
+        dsv4_status sc = bench_pass(cx, b, N, path, split, dx);
+        st = dsv4_bk_graph_end(cx->gpu, &g);
+        if (st == DSV4_OK) st = sc;
+    }
+    if (st == DSV4_OK) st = dsv4_bk_graph_launch(cx->gpu, g);
+    if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
+    t0 = test_now();
+    for (int r = 0; st == DSV4_OK && r < reps; r++) st = dsv4_bk_graph_launch(cx->gpu, g);
+    if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
+    graph = (test_now() - t0) * 1e6 / (reps * b->nw);
+    if (g) dsv4_bk_graph_free(cx->gpu, g);
+    CHECK_MSG(st == DSV4_OK, "bench %s N=%lld: %s", b->name, (long long)N, dsv4_last_error());
+    if (st != DSV4_OK) return 0.0;
+    const double gbs = (double)b->bytes / graph * 1e-3;
+    printf("  %-22s N=%-2lld %-4s %-15s graph %8.2f us %5.0f GB/s %5.1f%%  eager %8.2f us\n",
+           b->name, (long long)N, path_name[taken], note, graph, gbs, gbs / 30.0, eager);
+    return graph;
+}
+
+static void bench_all(ctx *cx)
+{
+    static const struct {
+        const char *name;
+        int fmt, sdt;
+        int64_t rows, cols;
+        int groups, n64;
+    } sh[] = {
+        {"flash wq_b fp8", FP8, E8, 32768, 1024, 1, 0},
+        {"flash wo_b fp8", FP8, E8, 4096, 8192, 1, 1},
+        {"flash wo_a fp8 8 groups", FP8, E8, 8192, 4096, 8, 1},
+        {"flash wq_a fp8", FP8, E8, 1024, 4096, 1, 0},
+        {"flash wkv fp8", FP8, E8, 512, 4096, 1, 0},
+        {"bf16 1024x4096", B16, 0, 1024, 4096, 1, 0},
+        {"pro wq_b fp8", FP8, E8, 65536, 1536, 1, 0},
+        {"pro wo_b fp8", FP8, E8, 7168, 16384, 1, 0},
+        {"flash head bf16", B16, 0, 129280, 4096, 1, 0},
+    };
+    static const int64_t ns[] = {1, 2, 4, 8, 16};
+    printf("timing (H100 copy bandwidth 3.0 TB/s; old = the f32 GEMV, which the dispatcher took "
+           "for all N <= 16 before MMV; grouped old = %s):\n",
+           "one call per group");
+    for (size_t i = 0; i < sizeof sh / sizeof *sh; i++) {
+        bench_set b;
+        if (!bench_open(cx, &b, sh[i].name, sh[i].fmt, sh[i].sdt, sh[i].rows, sh[i].cols,
+                        sh[i].groups, sh[i].n64 ? 64 : 16)) {
+            bench_close(cx, &b);
+            continue;
+        }
+        const int head = sh[i].rows > 100000;
+        for (size_t k = 0; k < (head ? 1 : sizeof ns / sizeof *ns); k++) {
+            const int64_t N = ns[k];
+            double o, n;
+            if (sh[i].groups > 1) {
+                o = bench_line(cx, &b, N, DSV4_LIN_PATH_GEMV, 1, 0, "old, 8 calls");
+                n = bench_line(cx, &b, N, DSV4_LIN_PATH_AUTO, 0, 0, "new, grouped");
+            } else {
+                o = bench_line(cx, &b, N, DSV4_LIN_PATH_GEMV, 0, 0, "old");
+                n = bench_line(cx, &b, N, DSV4_LIN_PATH_MMV, 0, 0, "new");
+            }
+            if (o > 0 && n > 0)
+                printf("  %-22s N=%-2lld old / new = %.2fx\n", sh[i].name, (long long)N, o / n);
+        }
+        if (sh[i].n64 && sh[i].groups > 1) {
+            bench_line(cx, &b, 64, DSV4_LIN_PATH_AUTO, 1, 0, "old, 8 calls");
+            bench_line(cx, &b, 64, DSV4_LIN_PATH_AUTO, 0, 0, "new, grouped");
+        } else if (sh[i].n64) {
+            bench_line(cx, &b, 64, DSV4_LIN_PATH_AUTO, 0, 0, "(unchanged)");
+            bench_line(cx, &b, 16, DSV4_LIN_PATH_MMV, 0, 1, "f32-x (lo on)");
+            bench_line(cx, &b, 4, DSV4_LIN_PATH_MMV, 0, 1, "f32-x (lo on)");
+        }
+        bench_close(cx, &b);
+        fflush(stdout);
+    }
 }
 
 int main(int argc, char **argv)
@@ -598,26 +777,13 @@ int main(int argc, char **argv)
     const size_t n_cases =
         small ? sizeof small_cases / sizeof *small_cases : sizeof full_cases / sizeof *full_cases;
     for (size_t i = 0; i < n_cases; i++) run_case(&cx, &cases[i]);
-    printf("correctness: %.1f s\n", test_now() - t0);
+    printf("correctness: %.1f s; worst err/bound per kernel:", test_now() - t0);
+    for (int p = 1; p < 5; p++)
+        printf(" %s %.3f (%lld calls)", path_name[p], worst_by_path[p],
+               (long long)checks_by_path[p]);
+    printf("\n");
 
-    if (!small) {
-        printf("timing (cudaEvent, 50 calls after warm-up; bytes = weights + scales):\n");
-        bench(&cx, "fp8 wq_b", FP8, E8, 32768, 1024, 1);
-        bench(&cx, "fp8 wo_b", FP8, E8, 4096, 8192, 1);
-        bench(&cx, "mxfp4 expert w1", MX, E8, 2048, 4096, 1);
-        bench(&cx, "bf16 1024x4096", B16, 0, 1024, 4096, 1);
-        bench(&cx, "fp8 wq_a", FP8, E8, 1024, 4096, 1);
-        bench(&cx, "fp8 wkv", FP8, E8, 512, 4096, 1);
-        bench(&cx, "bf16 head", B16, 0, 129280, 4096, 1);
-        bench(&cx, "pro fp8 wq_b", FP8, E8, 65536, 1536, 1);
-        bench(&cx, "fp8 wo_b", FP8, E8, 4096, 8192, 4);
-        bench(&cx, "fp8 wo_b", FP8, E8, 4096, 8192, 16);
-        bench(&cx, "fp8 wo_b", FP8, E8, 4096, 8192, 64);
-        bench(&cx, "fp8 wo_b", FP8, E8, 4096, 8192, 512);
-        bench(&cx, "mxfp4 expert w1", MX, E8, 2048, 4096, 512);
-        bench(&cx, "bf16 1024x4096", B16, 0, 1024, 4096, 512);
-        bench(&cx, "f32 gate", F32, 0, 256, 4096, 512);
-    }
+    if (!small) bench_all(&cx);
     dsv4_backend_destroy(cx.gpu);
     dsv4_backend_destroy(cx.cpu);
     dsv4_cpu_pool_destroy(pool);

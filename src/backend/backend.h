@@ -111,6 +111,13 @@ dsv4_status dsv4_bk_rope(dsv4_backend *b, float *x, int64_t ldx, const dsv4_bk_r
 dsv4_status dsv4_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
                            const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
                            int round_bf16);
+/* The grouped projection (the attention's wo_a): for each group g in [0, groups), with
+ * R = w->rows / groups, y columns [g R, (g+1) R) = x columns [g w->cols, (g+1) w->cols) .
+ * W[g R .. (g+1) R)^T. x [N, groups * w->cols] (row stride ldx), y [N, w->rows] (row stride ldy).
+ * Exactly the dsv4_bk_linear calls of each group (the CPU makes them), one launch on CUDA. */
+dsv4_status dsv4_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w, int groups,
+                                   const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
+                                   int round_bf16);
 
 /* ---- mHC ---------------------------------------------------------------------------------
  * mix [N, (2+n)n] = fn . rmsnorm_noweight(X) (the caller: dsv4_bk_rmsnorm + dsv4_bk_linear).

@@ -135,10 +135,8 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
 
     /* grouped output: o [N, g, Hc/g] -> z [N, g * ol] (wo_a row groups) -> wo_b -> f */
     const int g = c->o_groups;
-    const int64_t gw = Hc / g, ol = c->o_lora_rank;
-    for (int gi = 0; gi < g; gi++)
-        DSV4_TRY(dsv4_bk_linear(e->b, &w->wo_a, gi * ol, ol, s->o + gi * gw, Hc, N, s->z + gi * ol,
-                                g * ol, 1));
+    const int64_t ol = c->o_lora_rank; /* group gi: o columns [gi Hc/g, ..) = wo_a.cols each */
+    DSV4_TRY(dsv4_bk_linear_grouped(e->b, &w->wo_a, g, s->o, Hc, N, s->z, g * ol, 1));
     DSV4_TRY(linear_q(e, &w->wo_b, s->z, s->xq, 1, N, s->f));
     MARK("attn.out");
     return DSV4_OK;

@@ -5,6 +5,8 @@
  * differ in the last bits from an N-row call, so rows are never split into several calls), then
  * dsv4_sim_bf16 as dsv4_fw_linear_rows_bf16 does. Strided x or y go through a contiguous
  * temporary: gathered before, scattered after, exactly like forward_attn.c's grouped wo_a.
+ * The grouped projection (dsv4_bk_linear_grouped) is that call once per group, as the engine
+ * made them before the op existed, so its bits are the per-group calls' bits.
  */
 #include "backend/backend_impl.h"
 #include "backend/cpu/cpu_linear.h"
@@ -49,4 +51,21 @@ dsv4_status dsv4_cpu_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t ro
     free(xt);
     free(yt);
     return st;
+}
+
+dsv4_status dsv4_cpu_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w, int groups,
+                                       const float *x, int64_t ldx, int64_t N, float *y,
+                                       int64_t ldy, int round_bf16)
+{
+    const int64_t cols = w->cols;
+    if (groups < 1 || w->rows % groups || N < 0 || ldx < groups * cols || ldy < w->rows)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "linear_grouped %s [%lld, %lld]: %d groups, N %lld, ldx %lld, ldy %lld",
+                         w->name, (long long)w->rows, (long long)cols, groups, (long long)N,
+                         (long long)ldx, (long long)ldy);
+    const int64_t R = w->rows / groups;
+    for (int g = 0; g < groups; g++)
+        DSV4_TRY(
+            dsv4_cpu_bk_linear(b, w, g * R, R, x + g * cols, ldx, N, y + g * R, ldy, round_bf16));
+    return DSV4_OK;
 }

@@ -1,22 +1,30 @@
 /*
  * bk_linear.cu - CUDA projections y = x W^T in every stored weight format (backend.h
- * dsv4_bk_linear): the argument checks, the choice of kernel, and the decode GEMV.
+ * dsv4_bk_linear, dsv4_bk_linear_grouped): the argument checks, the choice of kernel, and the f32
+ * decode GEMV.
  *
- * Three kernels, one result up to f32 summation order (each output is a plain f32 sum of
+ * Four kernels, one result up to f32 summation order (each output is a plain f32 sum of
  * x_c * w_c, w decoded exactly; the order is fixed by the shape, so runs are bit-reproducible):
- *   GEMV  N <= 16 (decode): memory-bound; weights streamed with 16-byte loads and decoded in
- *         registers, split over K inside a CTA when rows are few (this file);
+ *   MMV   N <= 16 (decode), FP8 and BF16 weights, where it is faster than the GEMV (N >= 5,
+ *         or large matrices; mmv_wins): tensor cores with the weight rows as the 16-row operand
+ *         and the tokens as the 8-column one (linear_mmv.cu);
+ *   GEMV  N <= 16 otherwise (small N, the other formats, widths MMV does not take): f32 FMAs,
+ *         weights decoded in registers (this file);
  *   MMA   larger N, FP8/MXFP4/NVFP4/BF16: bf16 tensor cores with x split hi + lo
  *         (linear_tiled.cu);
  *   SIMT  everything else (F16/F32 weights at larger N, odd widths or alignments): f32 tiles
  *         (linear_tiled.cu).
- * No atomics: split-K partial sums are combined in a fixed order (shared memory here, the
- * thread-block cluster's distributed shared memory in the tiled kernels).
+ * No atomics: split-K partial sums are combined in a fixed order (shared memory, then the
+ * thread-block cluster's distributed shared memory). A grouped projection is one launch: the
+ * group is a grid index. Launch shapes come from the matrix shape alone (LIN_SMS): a call makes
+ * no device queries, only the launch (and, for MMV's large shared-memory cases, a function
+ * attribute).
  */
 #include "backend/cuda/linear_common.cuh"
 #include "backend/cuda/linear_path.cuh"
 
 #include <stdint.h>
+#include <string.h>
 
 /* ---- test hook (linear_path.cuh) ----------------------------------------------------------- */
 static int force_path = DSV4_LIN_PATH_AUTO, last_path = DSV4_LIN_PATH_AUTO;
@@ -99,8 +107,8 @@ template <int SW> __device__ __forceinline__ float gv_dot(const float *x, const 
     return s;
 }
 
-// x [N, cols] (ldx), W rows row0 + [0, nrows) -> y [N, nrows] (ldy); grid: ceil(nrows / rows per
-// CTA) CTAs of 256 threads; 1 << ks_log2 warps per row group.
+// x [N, cols] (ldx), W rows row0 + [0, nrows) -> y [N, nrows] (ldy), per group; grid:
+// (ceil(nrows / rows per CTA), groups) CTAs of 256 threads; 1 << ks_log2 warps per row group.
 template <int NT, int E>
 __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(lin_args a, int ks_log2)
 {
@@ -113,6 +121,7 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(lin_args a, int ks_log
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int KS = 1 << ks_log2, RG = GV_WARPS >> ks_log2;
     const int rg = warp >> ks_log2, ks = warp & (KS - 1);
+    lin_at_group(a, blockIdx.y);
     const int64_t rbase = ((int64_t)blockIdx.x * RG + rg) * R;
     const int64_t nchunk = a.cols / E;
     const int N = (int)a.N;
@@ -253,7 +262,7 @@ static int gemv_ok(const lin_args *a)
 {
     const int E = gemv_chunk_cols(a->fmt);
     return E && a->N <= 16 && a->cols % E == 0 && (uintptr_t)a->data % 16 == 0 &&
-           (uintptr_t)a->x % 16 == 0 && a->ldx % 4 == 0;
+           (uintptr_t)a->x % 16 == 0 && a->ldx % 4 == 0 && a->xg % 4 == 0;
 }
 
 #define GV_ROW(nt)                                                                                 \
@@ -261,7 +270,11 @@ static int gemv_ok(const lin_args *a)
         gemv_kernel<nt, 4>, gemv_kernel<nt, 8>, gemv_kernel<nt, 16>, gemv_kernel<nt, 32>           \
     }
 
-static dsv4_status launch_gemv(const lin_args *a, int n_sms, cudaStream_t st)
+/* Resident GEMV CTAs per SM assumed by the K split (256 threads of <= 128 registers: at least
+ * two; more only moves the choice where the grid is already large). */
+enum { GV_OCC = 2 };
+
+static dsv4_status launch_gemv(const lin_args *a, cudaStream_t st)
 {
     static const gemv_fn table[5][4] = {GV_ROW(1), GV_ROW(2), GV_ROW(4), GV_ROW(8), GV_ROW(16)};
     const int E = gemv_chunk_cols(a->fmt);
@@ -273,28 +286,153 @@ static dsv4_status launch_gemv(const lin_args *a, int n_sms, cudaStream_t st)
 
     /* K split: the one (1..8 warps per row group, each lane keeping at least one chunk) whose
      * CTAs fill the resident slots best, fewer warps on ties. */
-    int occ = 1;
-    CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, GV_THREADS, 0));
-    const double slots = (double)n_sms * (occ > 0 ? occ : 1);
+    const double slots = (double)LIN_SMS * GV_OCC;
     const int64_t nchunk = a->cols / E;
     int ks_log2 = 0;
     double best = -1.0;
     for (int l = 0; l <= 3; l++) {
         if (l > 0 && nchunk < 32 * (1 << l)) break;
         const int64_t per = (int64_t)R * (GV_WARPS >> l);
-        const double ctas = (double)((a->nrows + per - 1) / per);
+        const double ctas = (double)((a->nrows + per - 1) / per * a->groups);
         const double waves = ctas / slots;
         const double eff = waves / (double)(int64_t)(waves + 0.999999);
         if (eff > best + 0.05) best = eff, ks_log2 = l;
     }
     const int64_t per = (int64_t)R * (GV_WARPS >> ks_log2);
-    const unsigned grid = (unsigned)((a->nrows + per - 1) / per);
+    const dim3 grid((unsigned)((a->nrows + per - 1) / per), (unsigned)a->groups, 1);
     fn<<<grid, GV_THREADS, 0, st>>>(*a, ks_log2);
     CUDA_LAUNCHED();
     return DSV4_OK;
 }
 
-/* ---- the op ---------------------------------------------------------------------------------- */
+/* ---- the ops ------------------------------------------------------------------------------- */
+/* Fills *a for W rows [row0, row0 + nrows) of each of `groups` groups (x columns g xg ..); 0 and
+ * the error set when the weight's format is not served. */
+static int lin_setup(lin_args *a, const dsv4_weight *w, int64_t row0, int64_t nrows, int64_t groups,
+                     const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy, int round_bf16)
+{
+    const int64_t cols = w->cols;
+    memset(a, 0, sizeof *a);
+    a->fmt = (int)w->format;
+    a->skind = LIN_SCALE_NONE;
+    a->data = (const uint8_t *)w->data;
+    a->scale = (const uint8_t *)w->scale;
+    a->cols = cols;
+    a->scale_cols = w->scale_cols;
+    a->row0 = row0;
+    a->nrows = nrows;
+    a->out_scale = 1.0f;
+    a->x = x;
+    a->ldx = ldx;
+    a->N = N;
+    a->y = y;
+    a->ldy = ldy;
+    a->round_bf16 = round_bf16 != 0;
+    a->groups = groups;
+    a->xg = cols;
+    int ok = 0;
+    switch (w->format) {
+    case DSV4_FORMAT_F32:
+        a->row_bytes = 4 * cols;
+        ok = w->dtype == DSV4_DT_F32;
+        break;
+    case DSV4_FORMAT_BF16:
+    case DSV4_FORMAT_F16:
+        a->row_bytes = 2 * cols;
+        ok = w->dtype == (w->format == DSV4_FORMAT_BF16 ? DSV4_DT_BF16 : DSV4_DT_F16);
+        break;
+    case DSV4_FORMAT_FP8:
+        a->row_bytes = cols;
+        a->skind = w->scale_dtype == DSV4_DT_F8_E8M0 ? LIN_SCALE_E8M0
+                   : w->scale_dtype == DSV4_DT_F32   ? LIN_SCALE_F32
+                                                     : LIN_SCALE_NONE;
+        ok = w->scale && a->skind != LIN_SCALE_NONE;
+        break;
+    case DSV4_FORMAT_MXFP4:
+    case DSV4_FORMAT_NVFP4: {
+        const int mx = w->format == DSV4_FORMAT_MXFP4;
+        a->row_bytes = cols / 2;
+        a->skind = mx ? LIN_SCALE_E8M0 : LIN_SCALE_E4M3;
+        a->out_scale = w->scale2;
+        ok = w->scale && cols % (mx ? 32 : 16) == 0 &&
+             w->scale_dtype == (mx ? DSV4_DT_F8_E8M0 : DSV4_DT_F8_E4M3);
+        break;
+    }
+    default:
+        break;
+    }
+    if (!ok)
+        dsv4_fail(DSV4_ERR_UNSUPPORTED, "cuda linear: %s (%s, %s, scales %s)", w->name,
+                  dsv4_weight_format_name(w->format), dsv4_dtype_name(w->dtype),
+                  dsv4_dtype_name(w->scale_dtype));
+    return ok;
+}
+
+/* Whether MMV beats the GEMV on a call both take. Measured on the H100 (test_gpu_linear, graph
+ * replay, weights from HBM): the GEMV's time grows with N, steeply from N = 5 on (its NT = 8 and
+ * 16 variants keep two rows per warp, so every x load serves half as many weights: FP8 32 MB at
+ * N = 8 / 16 runs at 14% / 7% of bandwidth, MMV at 40% / 32%); MMV's barely grows with N but
+ * carries a fixed cost per CTA (x staging, the cluster reduction), paid back only on large
+ * matrices: at N = 1-4 the GEMV is faster on 2-32 MB FP8 (wq_b N = 1: 14.2 against 25.3 us;
+ * N = 4 about even) and on 8 MB BF16 up to N = 8, MMV on the >= 100 MB Pro matrices from N = 2
+ * (wo_b N = 4: 58 against 94 us). BF16 on large matrices at N = 5..8 is taken from the FP8
+ * figures (the head at N = 1 streams at 100% on the GEMV). */
+static int mmv_wins(const lin_args *a)
+{
+    const int big = (double)a->groups * (double)a->nrows * (double)a->row_bytes >= 64e6;
+    if (a->fmt == DSV4_FORMAT_FP8) return a->N >= 5 || (a->N >= 2 && big);
+    return a->N >= 9 || (a->N >= 5 && big);
+}
+
+/* The dispatcher's choice (or the forced path where it takes the call). */
+static int lin_path(const lin_args *a)
+{
+    int path = force_path;
+    if (path == DSV4_LIN_PATH_GEMV && !gemv_ok(a)) path = DSV4_LIN_PATH_AUTO;
+    if (path == DSV4_LIN_PATH_MMV && !dsv4_lin_mmv_ok(a)) path = DSV4_LIN_PATH_AUTO;
+    if (path == DSV4_LIN_PATH_MMA && !dsv4_lin_mma_ok(a)) path = DSV4_LIN_PATH_AUTO;
+    if (path != DSV4_LIN_PATH_AUTO) return path;
+    if (dsv4_lin_mmv_ok(a) && (!gemv_ok(a) || mmv_wins(a))) return DSV4_LIN_PATH_MMV;
+    if (gemv_ok(a)) return DSV4_LIN_PATH_GEMV;
+    return dsv4_lin_mma_ok(a) ? DSV4_LIN_PATH_MMA : DSV4_LIN_PATH_SIMT;
+}
+
+static dsv4_status lin_launch(const lin_args *a, int path, cudaStream_t st)
+{
+    switch (path) {
+    case DSV4_LIN_PATH_MMV:
+        return dsv4_lin_launch_mmv(a, st);
+    case DSV4_LIN_PATH_GEMV:
+        return launch_gemv(a, st);
+    case DSV4_LIN_PATH_MMA:
+        return dsv4_lin_launch_mma(a, st);
+    default:
+        return dsv4_lin_launch_simt(a, st);
+    }
+}
+
+static dsv4_status lin_run(dsv4_backend *b, lin_args *a)
+{
+    cudaStream_t st = dsv4_cuda_stream(b->cuda);
+    const int path = lin_path(a);
+    last_path = path;
+    /* the grid's y holds the groups (the tiled kernels: times the 64-token tiles), <= 65535 */
+    const int tiled = path == DSV4_LIN_PATH_MMA || path == DSV4_LIN_PATH_SIMT;
+    const int64_t gy = tiled ? (a->N + 63) / 64 : 1;
+    if (a->groups > 1 && (a->groups > 65535 || gy * a->groups > 65535)) {
+        lin_args one = *a;
+        one.groups = 1;
+        for (int64_t g = 0; g < a->groups; g++) {
+            one.row0 = a->row0 + g * a->nrows;
+            one.x = a->x + g * a->xg;
+            one.y = a->y + g * a->nrows;
+            DSV4_TRY(lin_launch(&one, path, st));
+        }
+        return DSV4_OK;
+    }
+    return lin_launch(a, path, st);
+}
+
 extern "C" dsv4_status dsv4_cuda_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0,
                                            int64_t nrows, const float *x, int64_t ldx, int64_t N,
                                            float *y, int64_t ldy, int round_bf16)
@@ -306,73 +444,26 @@ extern "C" dsv4_status dsv4_cuda_bk_linear(dsv4_backend *b, const dsv4_weight *w
                          w->name, (long long)w->rows, (long long)cols, (long long)row0,
                          (long long)nrows, (long long)N, (long long)ldx, (long long)ldy);
     if (N == 0 || nrows == 0) return DSV4_OK;
-
     lin_args a;
-    a.fmt = (int)w->format;
-    a.skind = LIN_SCALE_NONE;
-    a.data = (const uint8_t *)w->data;
-    a.scale = (const uint8_t *)w->scale;
-    a.cols = cols;
-    a.scale_cols = w->scale_cols;
-    a.row0 = row0;
-    a.nrows = nrows;
-    a.out_scale = 1.0f;
-    a.x = x;
-    a.ldx = ldx;
-    a.N = N;
-    a.y = y;
-    a.ldy = ldy;
-    a.round_bf16 = round_bf16 != 0;
-    int ok = 0;
-    switch (w->format) {
-    case DSV4_FORMAT_F32:
-        a.row_bytes = 4 * cols;
-        ok = w->dtype == DSV4_DT_F32;
-        break;
-    case DSV4_FORMAT_BF16:
-    case DSV4_FORMAT_F16:
-        a.row_bytes = 2 * cols;
-        ok = w->dtype == (w->format == DSV4_FORMAT_BF16 ? DSV4_DT_BF16 : DSV4_DT_F16);
-        break;
-    case DSV4_FORMAT_FP8:
-        a.row_bytes = cols;
-        a.skind = w->scale_dtype == DSV4_DT_F8_E8M0 ? LIN_SCALE_E8M0
-                  : w->scale_dtype == DSV4_DT_F32   ? LIN_SCALE_F32
-                                                    : LIN_SCALE_NONE;
-        ok = w->scale && a.skind != LIN_SCALE_NONE;
-        break;
-    case DSV4_FORMAT_MXFP4:
-    case DSV4_FORMAT_NVFP4: {
-        const int mx = w->format == DSV4_FORMAT_MXFP4;
-        a.row_bytes = cols / 2;
-        a.skind = mx ? LIN_SCALE_E8M0 : LIN_SCALE_E4M3;
-        a.out_scale = w->scale2;
-        ok = w->scale && cols % (mx ? 32 : 16) == 0 &&
-             w->scale_dtype == (mx ? DSV4_DT_F8_E8M0 : DSV4_DT_F8_E4M3);
-        break;
-    }
-    default:
-        break;
-    }
-    if (!ok)
-        return dsv4_fail(DSV4_ERR_UNSUPPORTED, "cuda linear: %s (%s, %s, scales %s)", w->name,
-                         dsv4_weight_format_name(w->format), dsv4_dtype_name(w->dtype),
-                         dsv4_dtype_name(w->scale_dtype));
+    if (!lin_setup(&a, w, row0, nrows, 1, x, ldx, N, y, ldy, round_bf16))
+        return DSV4_ERR_UNSUPPORTED;
+    return lin_run(b, &a);
+}
 
-    int dev = 0, n_sms = 132;
-    CUDA_TRY(cudaGetDevice(&dev));
-    CUDA_TRY(cudaDeviceGetAttribute(&n_sms, cudaDevAttrMultiProcessorCount, dev));
-    cudaStream_t st = dsv4_cuda_stream(b->cuda);
-
-    int path = force_path;
-    if (path == DSV4_LIN_PATH_GEMV && !gemv_ok(&a)) path = DSV4_LIN_PATH_AUTO;
-    if (path == DSV4_LIN_PATH_MMA && !dsv4_lin_mma_ok(&a)) path = DSV4_LIN_PATH_AUTO;
-    if (path == DSV4_LIN_PATH_AUTO)
-        path = gemv_ok(&a)           ? DSV4_LIN_PATH_GEMV
-               : dsv4_lin_mma_ok(&a) ? DSV4_LIN_PATH_MMA
-                                     : DSV4_LIN_PATH_SIMT;
-    last_path = path;
-    if (path == DSV4_LIN_PATH_GEMV) return launch_gemv(&a, n_sms, st);
-    if (path == DSV4_LIN_PATH_MMA) return dsv4_lin_launch_mma(&a, n_sms, st);
-    return dsv4_lin_launch_simt(&a, n_sms, st);
+extern "C" dsv4_status dsv4_cuda_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w,
+                                                   int groups, const float *x, int64_t ldx,
+                                                   int64_t N, float *y, int64_t ldy, int round_bf16)
+{
+    const int64_t cols = w->cols;
+    if (groups < 1 || w->rows % groups || N < 0 || ldx < groups * cols || ldy < w->rows)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "linear_grouped %s [%lld, %lld]: %d groups, N %lld, ldx %lld, ldy %lld",
+                         w->name, (long long)w->rows, (long long)cols, groups, (long long)N,
+                         (long long)ldx, (long long)ldy);
+    const int64_t nrows = w->rows / groups;
+    if (N == 0 || nrows == 0) return DSV4_OK;
+    lin_args a;
+    if (!lin_setup(&a, w, 0, nrows, groups, x, ldx, N, y, ldy, round_bf16))
+        return DSV4_ERR_UNSUPPORTED;
+    return lin_run(b, &a);
 }

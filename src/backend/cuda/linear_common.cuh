@@ -1,7 +1,8 @@
 /*
  * linear_common.cuh - what the CUDA projection kernels share (bk_linear.cu: the dispatcher and
- * the decode GEMV; linear_tiled.cu: the tensor-core and SIMT tiled kernels): the argument block,
- * the register decoders of each stored format, the scale lookups and the output rounding.
+ * the decode kernels; linear_tiled.cu: the tensor-core and SIMT tiled kernels): the argument
+ * block, the register decoders of each stored format, the scale lookups, the output rounding, the
+ * mma.sync wrappers and the split-K reduction over a thread-block cluster.
  *
  * Every decoder is exact: it yields the f32 value of the reference decoding (model/weights.c),
  * possibly times a power of two that the caller folds back in (noted at each one).
@@ -12,6 +13,7 @@
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
@@ -20,8 +22,15 @@
 /* How the scale bytes are decoded. */
 enum { LIN_SCALE_NONE = 0, LIN_SCALE_E8M0, LIN_SCALE_E4M3, LIN_SCALE_F32 };
 
-/* One projection: y [N, nrows] (stride ldy) = x [N, cols] (stride ldx) . W[row0 ..)^T. All
- * pointers are device memory. */
+/* Launch shapes are planned for this many SMs (H100 / H200 SXM), from the matrix shape alone so
+ * that a call makes no device queries; on another GPU the kernels are as correct, only the
+ * balance of the grid changes. */
+enum { LIN_SMS = 132 };
+
+/* One projection: y [N, nrows] (stride ldy) = x [N, cols] (stride ldx) . W[row0 ..)^T, for each
+ * of `groups` groups: group g uses weight rows row0 + g nrows .., x columns g xg .. and y
+ * columns g nrows .. (dsv4_bk_linear_grouped; groups = 1 otherwise). The kernels take the group
+ * from a grid index (lin_at_group). All pointers are device memory. */
 typedef struct lin_args {
     int fmt;   /* dsv4_weight_format */
     int skind; /* LIN_SCALE_* */
@@ -35,7 +44,16 @@ typedef struct lin_args {
     float *y;
     int64_t ldy;
     int round_bf16;
+    int64_t groups, xg;
 } lin_args;
+
+/* a, moved to group g. */
+__device__ __forceinline__ void lin_at_group(lin_args &a, int64_t g)
+{
+    a.row0 += g * a.nrows;
+    a.x += g * a.xg;
+    a.y += g * a.nrows;
+}
 
 /* ue8m0 byte -> 2^(s-127): the exponent field itself, except 0 (2^-127, subnormal) and 0xff. */
 __device__ __forceinline__ float lin_e8m0(uint32_t s)
@@ -129,9 +147,55 @@ __device__ __forceinline__ float lin_finish(const lin_args &a, float s)
     return a.round_bf16 ? __bfloat162float(__float2bfloat16_rn(s)) : s;
 }
 
-/* The tiled kernels (linear_tiled.cu). *_ok: whether the kernel takes this weight and x. */
+/* c [16 x 8] += a [16 x 16] . b [16 x 8], bf16 or f16 inputs, f32 accumulation. Fragments (PTX
+ * m16n8k16, g = lane / 4, t = lane % 4; each register two elements, the lower k in the low half):
+ * a0 (row g, k 2t..2t+1), a1 (g + 8, 2t), a2 (g, 2t + 8), a3 (g + 8, 2t + 8); b0 (k 2t, col g),
+ * b1 (k 2t + 8, col g); c0, c1 (row g, cols 2t, 2t + 1), c2, c3 (row g + 8, same cols). */
+__device__ __forceinline__ void lin_mma_bf16(float *c, const uint32_t *a, const uint32_t *b)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ void lin_mma_f16(float *c, const uint32_t *a, const uint32_t *b)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* Split-K without atomics: part [BM, BN] is this CTA's partial sum of output tile (tokens m0 ..,
+ * rows n0 ..) in its shared memory, the cluster's CTAs (its ranks) hold the other K slices. Each
+ * rank adds up 1/KS of the tile over the ranks in rank order (distributed shared memory) and
+ * writes it, finished. The order depends only on the shape. A cluster of one works as well. */
+__device__ __forceinline__ void lin_cluster_store(const lin_args &a, float *part, int BM, int BN,
+                                                  int64_t m0, int64_t n0)
+{
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    cl.sync(); /* every rank's partial is in place */
+    const int ks = (int)cl.num_blocks(), rank = (int)cl.block_rank();
+    const int total = BM * BN, per = (total + ks - 1) / ks;
+    const int e1 = min(rank * per + per, total);
+    for (int e = rank * per + (int)threadIdx.x; e < e1; e += (int)blockDim.x) {
+        const int m = e / BN, n = e - m * BN;
+        if (m0 + m >= a.N || n0 + n >= a.nrows) continue;
+        float s = *cl.map_shared_rank(part + e, 0);
+        for (int r = 1; r < ks; r++) s += *cl.map_shared_rank(part + e, r);
+        a.y[(m0 + m) * a.ldy + n0 + n] = lin_finish(a, s);
+    }
+    cl.sync(); /* no rank leaves while another still reads its shared memory */
+}
+
+/* The tiled kernels (linear_tiled.cu) and the tensor-core decode kernel (linear_mmv.cu). *_ok:
+ * whether the kernel takes this weight and x. The launches cover a->groups groups. */
 int dsv4_lin_mma_ok(const lin_args *a);
-dsv4_status dsv4_lin_launch_mma(const lin_args *a, int n_sms, cudaStream_t st);
-dsv4_status dsv4_lin_launch_simt(const lin_args *a, int n_sms, cudaStream_t st);
+dsv4_status dsv4_lin_launch_mma(const lin_args *a, cudaStream_t st);
+dsv4_status dsv4_lin_launch_simt(const lin_args *a, cudaStream_t st);
+int dsv4_lin_mmv_ok(const lin_args *a);
+dsv4_status dsv4_lin_launch_mmv(const lin_args *a, cudaStream_t st);
 
 #endif

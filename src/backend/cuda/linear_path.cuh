@@ -17,12 +17,14 @@ enum {
     DSV4_LIN_PATH_GEMV = 1, /* decode GEMV (N <= 16, 16-byte aligned rows and x) */
     DSV4_LIN_PATH_MMA = 2,  /* bf16 tensor cores (FP8, MXFP4, NVFP4, BF16; cols % 32 == 0) */
     DSV4_LIN_PATH_SIMT = 3, /* f32 SIMT tiles (anything) */
+    DSV4_LIN_PATH_MMV = 4,  /* decode on tensor cores (N <= 16; FP8 cols % 128, BF16 cols % 64) */
 };
 
-/* Forces `path` for the following dsv4_cuda_bk_linear calls; a path that does not take a call
- * falls back to the dispatcher's choice. Returns the previous setting. */
+/* Forces `path` for the following dsv4_cuda_bk_linear(_grouped) calls; a path that does not take a
+ * call falls back to the dispatcher's choice. Returns the previous setting. */
 int dsv4_cuda_linear_force_path(int path);
-/* The path the last dsv4_cuda_bk_linear call took (DSV4_LIN_PATH_*; AUTO before any call). */
+/* The path the last dsv4_cuda_bk_linear(_grouped) call took (DSV4_LIN_PATH_*; AUTO before any
+ * call). */
 int dsv4_cuda_linear_last_path(void);
 
 #ifdef __cplusplus

@@ -16,35 +16,14 @@
  *
  * Split K without atomics: when the output tiles alone do not fill the GPU, KS CTAs (one
  * thread-block cluster, KS <= 8) each sum a slice of K into their shared memory; then each CTA
- * adds up 1/KS of the tile over the cluster's ranks in rank order (distributed shared memory)
- * and writes it. The order depends only on the shape, so results are reproducible.
+ * adds up 1/KS of the tile over the cluster's ranks in rank order (distributed shared memory,
+ * lin_cluster_store) and writes it. The order depends only on the shape, so results are
+ * reproducible. Grouped projections (dsv4_bk_linear_grouped) stack the groups' token tiles
+ * along the grid's y.
  */
 #include "backend/cuda/linear_common.cuh"
 
-#include <cooperative_groups.h>
 #include <string.h>
-
-namespace cg = cooperative_groups;
-
-/* ---- split-K reduction over the cluster -------------------------------------------------------
- * part [BM, BN]: this CTA's partial sums of output tile (m0 .., n0 ..) in its shared memory. */
-__device__ static void tile_reduce_store(const lin_args &a, float *part, int BM, int BN, int64_t m0,
-                                         int64_t n0)
-{
-    cg::cluster_group cl = cg::this_cluster();
-    cl.sync(); /* every rank's partial is in place */
-    const int ks = (int)cl.num_blocks(), rank = (int)cl.block_rank();
-    const int total = BM * BN, per = (total + ks - 1) / ks;
-    const int e1 = min(rank * per + per, total);
-    for (int e = rank * per + (int)threadIdx.x; e < e1; e += (int)blockDim.x) {
-        const int m = e / BN, n = e - m * BN;
-        if (m0 + m >= a.N || n0 + n >= a.nrows) continue;
-        float s = *cl.map_shared_rank(part + e, 0);
-        for (int r = 1; r < ks; r++) s += *cl.map_shared_rank(part + e, r);
-        a.y[(m0 + m) * a.ldy + n0 + n] = lin_finish(a, s);
-    }
-    cl.sync(); /* no rank leaves while another still reads its shared memory */
-}
 
 static dsv4_status launch_cluster(void (*kernel)(lin_args, int), dim3 grid, int ks,
                                   const lin_args *a, int tps, cudaStream_t st)
@@ -215,15 +194,6 @@ __device__ __forceinline__ void mma_store(const lin_args &a, mma_smem *sm, int s
     }
 }
 
-/* c [16 x 8] += a [16 x 16] . b [16 x 8], bf16 inputs, f32 accumulation. */
-__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, const uint32_t *b)
-{
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
-                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 /* The warp's 32 x 32 block of stage s: two k16 steps, each 2 x 4 fragments, hi and lo. Fragment
  * layouts (PTX m16n8k16, g = lane / 4, t = lane % 4): a0 (row g, k 2t..2t+1), a1 (g + 8, 2t),
  * a2 (g, 2t + 8), a3 (g + 8, 2t + 8); b0 (k 2t, n g), b1 (k 2t + 8, n g). */
@@ -249,21 +219,24 @@ __device__ __forceinline__ void mma_tile(const mma_smem *sm, int s, int wm, int 
             const uint32_t fl[4] = {al[r0], al[r1], al[r0 + 4], al[r1 + 4]};
 #pragma unroll
             for (int nt = 0; nt < 4; nt++) {
-                mma_bf16(tmp[mt][nt], fl, fb[nt]);
-                mma_bf16(tmp[mt][nt], fh, fb[nt]);
+                lin_mma_bf16(tmp[mt][nt], fl, fb[nt]);
+                lin_mma_bf16(tmp[mt][nt], fh, fb[nt]);
             }
         }
     }
 }
 
-// x [N, cols] (ldx), W rows row0 + [0, nrows) -> y [N, nrows] (ldy); grid (ceil(nrows/128),
-// ceil(N/64), KS) in clusters of (1, 1, KS); K tiles [z tps, (z+1) tps) per CTA.
+// x [N, cols] (ldx), W rows row0 + [0, nrows) -> y [N, nrows] (ldy), per group; grid
+// (ceil(nrows/128), ceil(N/64) * groups, KS) in clusters of (1, 1, KS); K tiles [z tps, (z+1) tps)
+// per CTA.
 __global__ void __launch_bounds__(TM_THREADS, 2) mma_kernel(lin_args a, int tps)
 {
     __shared__ __align__(16) mma_smem sm;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3, wm = warp >> 2, wn = warp & 3;
-    const int64_t n0 = (int64_t)blockIdx.x * TM_BN, m0 = (int64_t)blockIdx.y * TM_BM;
+    const int64_t gy = (a.N + TM_BM - 1) / TM_BM;
+    lin_at_group(a, (int64_t)blockIdx.y / gy);
+    const int64_t n0 = (int64_t)blockIdx.x * TM_BN, m0 = ((int64_t)blockIdx.y % gy) * TM_BM;
     const int ktiles = (int)(a.cols / TM_BK);
     const int kt0 = (int)blockIdx.z * tps, kt1 = min(kt0 + tps, ktiles);
     /* K tiles per scale group: MXFP4 32 columns; FP8 128 (BF16, NVFP4: scale 1, same cadence) */
@@ -318,7 +291,7 @@ __global__ void __launch_bounds__(TM_THREADS, 2) mma_kernel(lin_args a, int tps)
             sm.part[(m + 8) * TM_BN + n] = acc[mt][nt][2];
             sm.part[(m + 8) * TM_BN + n + 1] = acc[mt][nt][3];
         }
-    tile_reduce_store(a, sm.part, TM_BM, TM_BN, m0, n0);
+    lin_cluster_store(a, sm.part, TM_BM, TM_BN, m0, n0);
 }
 
 int dsv4_lin_mma_ok(const lin_args *a)
@@ -328,13 +301,13 @@ int dsv4_lin_mma_ok(const lin_args *a)
     return fmt_ok && a->cols % TM_BK == 0 && (uintptr_t)a->data % 16 == 0;
 }
 
-dsv4_status dsv4_lin_launch_mma(const lin_args *a, int n_sms, cudaStream_t st)
+dsv4_status dsv4_lin_launch_mma(const lin_args *a, cudaStream_t st)
 {
-    const int64_t gx = (a->nrows + TM_BN - 1) / TM_BN, gy = (a->N + TM_BM - 1) / TM_BM;
+    const int64_t gx = (a->nrows + TM_BN - 1) / TM_BN, gy = (a->N + TM_BM - 1) / TM_BM * a->groups;
     const int ktiles = (int)(a->cols / TM_BK);
     /* split K while the tiles do not cover the SMs, slices of whole 128-column groups */
     int ks = 1;
-    while (ks < 8 && gx * gy * ks < n_sms && ktiles >= 8 * ks) ks *= 2;
+    while (ks < 8 && gx * gy * ks < LIN_SMS && ktiles >= 8 * ks) ks *= 2;
     int tps = (ktiles + ks - 1) / ks;
     tps = (tps + 3) / 4 * 4;
     return launch_cluster(mma_kernel, dim3((unsigned)gx, (unsigned)gy, (unsigned)ks), ks, a, tps,
@@ -354,13 +327,16 @@ typedef union simt_smem {
     float part[TS_BM * TS_BN];
 } simt_smem;
 
-// x [N, cols] (ldx), W rows row0 + [0, nrows) -> y [N, nrows] (ldy); grid (ceil(nrows/64),
-// ceil(N/64), KS) in clusters of (1, 1, KS); K tiles [z tps, (z+1) tps) per CTA.
+// x [N, cols] (ldx), W rows row0 + [0, nrows) -> y [N, nrows] (ldy), per group; grid
+// (ceil(nrows/64), ceil(N/64) * groups, KS) in clusters of (1, 1, KS); K tiles [z tps, (z+1) tps)
+// per CTA.
 __global__ void __launch_bounds__(256) simt_kernel(lin_args a, int tps)
 {
     __shared__ __align__(16) simt_smem sm;
     const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
-    const int64_t n0 = (int64_t)blockIdx.x * TS_BN, m0 = (int64_t)blockIdx.y * TS_BM;
+    const int64_t gy = (a.N + TS_BM - 1) / TS_BM;
+    lin_at_group(a, (int64_t)blockIdx.y / gy);
+    const int64_t n0 = (int64_t)blockIdx.x * TS_BN, m0 = ((int64_t)blockIdx.y % gy) * TS_BM;
     const int ktiles = (int)((a.cols + TS_BK - 1) / TS_BK);
     const int kt0 = (int)blockIdx.z * tps, kt1 = min(kt0 + tps, ktiles);
     const int kk = tid & 15, rr = tid >> 4;
@@ -395,15 +371,15 @@ __global__ void __launch_bounds__(256) simt_kernel(lin_args a, int tps)
     for (int i = 0; i < 4; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++) sm.part[(ty * 4 + i) * TS_BN + tx * 4 + j] = acc[i][j];
-    tile_reduce_store(a, sm.part, TS_BM, TS_BN, m0, n0);
+    lin_cluster_store(a, sm.part, TS_BM, TS_BN, m0, n0);
 }
 
-dsv4_status dsv4_lin_launch_simt(const lin_args *a, int n_sms, cudaStream_t st)
+dsv4_status dsv4_lin_launch_simt(const lin_args *a, cudaStream_t st)
 {
-    const int64_t gx = (a->nrows + TS_BN - 1) / TS_BN, gy = (a->N + TS_BM - 1) / TS_BM;
+    const int64_t gx = (a->nrows + TS_BN - 1) / TS_BN, gy = (a->N + TS_BM - 1) / TS_BM * a->groups;
     const int ktiles = (int)((a->cols + TS_BK - 1) / TS_BK);
     int ks = 1;
-    while (ks < 8 && gx * gy * ks < n_sms && ktiles >= 8 * ks) ks *= 2;
+    while (ks < 8 && gx * gy * ks < LIN_SMS && ktiles >= 8 * ks) ks *= 2;
     const int tps = (ktiles + ks - 1) / ks;
     return launch_cluster(simt_kernel, dim3((unsigned)gx, (unsigned)gy, (unsigned)ks), ks, a, tps,
                           st);
