@@ -6,7 +6,8 @@
 #   cli       dsv4 run/score on the GPU with the embedded model
 #   sanitize  compute-sanitizer memcheck over the engine on a small fixture and the op tests
 #   racecheck compute-sanitizer racecheck over the op tests' small cases
-#   bench     dsv4 bench (Flash-shaped layers)
+#   bench     dsv4 bench (Flash-shaped layers); bench-pro: Pro-shaped layers
+#   plan      the memory plan's error for a model larger than the GPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
 B=${DSV4_BUILD:-build-device}
@@ -35,6 +36,8 @@ for part in $parts; do
     cli)
         step $B/dsv4 run -m models/dsv4-tiny --device cuda -p "The capital of France is" \
             --temperature 0 -n 8
+        step $B/dsv4 score -m models/dsv4-tiny --device cuda -p "The capital of France is Paris."
+        step $B/dsv4 score -m models/dsv4-tiny --device cpu -p "The capital of France is Paris."
         step $B/dsv4 run -m models/dsv4-tiny --device cpu -p "The capital of France is" \
             --temperature 0 -n 8
         ;;
@@ -51,6 +54,14 @@ for part in $parts; do
         done
         ;;
     bench) step $B/dsv4 bench --shape flash --layers 4 ;;
+    bench-pro) step $B/dsv4 bench --shape pro --layers 2 --batches 1,8,64 ;;
+    plan) # the whole Flash model does not fit one 80 GB GPU: the engine must say so, with numbers
+        echo "== dsv4 bench --shape flash --layers 43 (expected: a clear out-of-memory error)"
+        if $B/dsv4 bench --shape flash --layers 43 --batches 1 --contexts 4096; then
+            echo "FAILED: a 160 GB model reported no error"
+            rc=1
+        fi
+        ;;
     *) echo "unknown part $part"; rc=1 ;;
     esac
 done
