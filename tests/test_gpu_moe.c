@@ -3,8 +3,13 @@
  * dsv4_bk_moe on CUDA against the CPU implementation (backend/cpu/bk_moe.c, the session
  * forward's faithful MoE) on fresh seeded inputs, at the Flash shape (D 4096, I 2048, E 256,
  * top 6, MXFP4 routed experts, FP8 shared expert), the Pro shape (D 7168, I 3072, E 384) and
- * small shapes in every expert format (NVFP4, FP8 with f32 scales, BF16, F16, F32); decode timings
- * at the Flash shape (N = 1 and 64: µs and expert bytes / time).
+ * small shapes in every expert format (NVFP4, FP8 with f32 scales, BF16, F16, F32). Each moe case
+ * runs both CUDA paths (moe_path.cuh: the SIMT grouped GEMMs, and the tensor-core path where the
+ * formats allow it: MXFP4 / FP8-ue8m0) against the same CPU result, twice each (the two outputs
+ * must be bit-equal: deterministic), with routings that stress the work split: random, a row
+ * naming one expert twice, every row on the same experts (one expert sees all N rows), every row
+ * on its own experts. Decode timings of both paths at the Flash shape (N = 1, 8, 64, 300) and
+ * the Pro shape (N = 1): µs and distinct expert bytes / time.
  *
  * usage: test_gpu_moe [--small]    --small: small shapes only (for compute-sanitizer)
  *
@@ -34,6 +39,7 @@
  */
 #include "backend/backend.h"
 #include "backend/backend_impl.h"
+#include "backend/cuda/moe_path.cuh"
 #include "backend/cpu/cpu_linear.h"
 #include "test_util.h"
 
@@ -368,12 +374,46 @@ static void make_routing(const layer *L, dsv4_backend *c, int N, int32_t *sel, f
     free(logits), free(bias);
 }
 
-/* grid: h = k/8, |k| <= 8; dup: every other row names its first expert twice */
-static void test_moe(const layer *L, dsv4_backend *c, dsv4_backend *g, int N, int grid, int dup)
+static const char *path_name(int path)
 {
+    return path == DSV4_MOE_PATH_MMA ? "mma" : "simt";
+}
+
+/* One GPU evaluation on `path` (moe_path.cuh): an untimed call, then a timed one whose output
+ * must equal the first bit for bit (deterministic). Returns 0 where the path does not take the
+ * layer (the dispatcher fell back to the other one). */
+static int gpu_moe(const layer *L, dsv4_backend *g, int path, int N, const float *dh,
+                   const int32_t *dsel, const float *dwt, float *dout, void *wsg, float *og,
+                   float *og2, double *us, dsv4_status *st)
+{
+    const int64_t ND = N * L->D;
+    const int old = dsv4_cuda_moe_force_path(path);
+    *st = dsv4_bk_moe(g, dout, dh, dsel, dwt, L->tg, N, L->K, L->D, 10.0f, wsg);
+    const int took = dsv4_cuda_moe_last_path();
+    if (*st == DSV4_OK) *st = dsv4_bk_download(g, og2, dout, (size_t)ND * 4);
+    if (*st == DSV4_OK) *st = dsv4_bk_memset0(g, dout, (size_t)ND * 4);
+    if (*st == DSV4_OK) *st = dsv4_bk_prof_start(g);
+    if (*st == DSV4_OK) *st = dsv4_bk_moe(g, dout, dh, dsel, dwt, L->tg, N, L->K, L->D, 10.0f, wsg);
+    dsv4_bk_prof_mark(g, "moe");
+    dsv4_bk_prof_entry pe[2];
+    const int np = dsv4_bk_prof_stop(g, pe, 2);
+    if (*st == DSV4_OK) *st = dsv4_bk_download(g, og, dout, (size_t)ND * 4);
+    dsv4_cuda_moe_force_path(old);
+    *us = np > 0 ? 1e3 * pe[0].ms / (double)pe[0].calls : 0.0;
+    return took == path;
+}
+
+/* grid: h = k/8, |k| <= 8. route: ROUTE_* (the router on random logits; its selection with
+ * every other row naming its first expert twice; every row on the same K experts, so that one
+ * expert sees all N rows; every row on its own K experts, N K <= E) */
+enum { ROUTE_RANDOM = 0, ROUTE_DUP = 1, ROUTE_SAME = 2, ROUTE_DISTINCT = 3 };
+
+static void test_moe(const layer *L, dsv4_backend *c, dsv4_backend *g, int N, int grid, int route)
+{
+    static const char *rnames[] = {"", " dup", " same", " distinct"};
     const int64_t D = L->D, K = L->K, ND = N * D, NK = N * K;
     float *h = xmalloc((size_t)ND * 4), *oc = xmalloc((size_t)ND * 4),
-          *og = xmalloc((size_t)ND * 4);
+          *og = xmalloc((size_t)ND * 4), *og2 = xmalloc((size_t)ND * 4);
     int32_t *sel = xmalloc((size_t)NK * 4);
     float *wts = xmalloc((size_t)NK * 4);
     for (int r = 0; r < N; r++) {
@@ -383,8 +423,15 @@ static void test_moe(const layer *L, dsv4_backend *c, dsv4_backend *g, int N, in
                                 : scale * (rndu(-1, 1) + rndu(-1, 1) + rndu(-1, 1));
     }
     make_routing(L, c, N, sel, wts);
-    if (dup)
+    if (route == ROUTE_DUP)
         for (int r = 0; r < N; r += 2) sel[r * K + K - 1] = sel[r * K];
+    if (route == ROUTE_SAME || route == ROUTE_DISTINCT)
+        for (int r = 0; r < N; r++)
+            for (int64_t j = 0; j < K; j++) {
+                sel[r * K + j] =
+                    route == ROUTE_SAME ? (int32_t)(j * (L->E / K)) : (int32_t)((r * K + j) % L->E);
+                wts[r * K + j] = rndu(0.05f, 0.6f);
+            }
 
     const size_t wsb = dsv4_bk_moe_ws_bytes(N, (int)K, D, L->I, L->E);
     void *wsc = xmalloc(wsb);
@@ -398,47 +445,53 @@ static void test_moe(const layer *L, dsv4_backend *c, dsv4_backend *g, int N, in
     float *dout = dev_copy(g, NULL, (size_t)ND * 4);
     void *wsg = dev_copy(g, NULL, wsb);
     st = dh && dwt && dsel && dout && wsg ? DSV4_OK : DSV4_ERR_OUT_OF_MEMORY;
-    /* one untimed call, then one between timing marks */
-    if (st == DSV4_OK) st = dsv4_bk_moe(g, dout, dh, dsel, dwt, L->tg, N, (int)K, D, 10.0f, wsg);
-    if (st == DSV4_OK) st = dsv4_bk_prof_start(g);
-    if (st == DSV4_OK) st = dsv4_bk_moe(g, dout, dh, dsel, dwt, L->tg, N, (int)K, D, 10.0f, wsg);
-    dsv4_bk_prof_mark(g, "moe");
-    dsv4_bk_prof_entry pe[2];
-    const int np = dsv4_bk_prof_stop(g, pe, 2);
-    if (st == DSV4_OK) st = dsv4_bk_download(g, og, dout, (size_t)ND * 4);
-    CHECK_MSG(st == DSV4_OK, "cuda moe: %s", dsv4_last_error());
-
-    double max_abs = 0, max_rel = 0;
-    int64_t equal = 0, nonfinite = 0;
-    for (int r = 0; st == DSV4_OK && r < N; r++) {
-        float rowmax = 0;
-        for (int64_t d = 0; d < D; d++) rowmax = fmaxf(rowmax, fabsf(oc[r * D + d]));
-        for (int64_t d = 0; d < D; d++) {
-            const float a = og[r * D + d], b = oc[r * D + d];
-            if (!isfinite(a) || !isfinite(b)) nonfinite++;
-            const double err = fabs((double)a - b), rel = err / fmax(rowmax, 1e-30);
-            equal += a == b;
-            if (err > max_abs) max_abs = err;
-            if (rel > max_rel) max_rel = rel;
+    CHECK_MSG(st == DSV4_OK, "cuda buffers: %s", dsv4_last_error());
+    static const int paths[] = {DSV4_MOE_PATH_SIMT, DSV4_MOE_PATH_MMA};
+    for (int pi = 0; st == DSV4_OK && pi < 2; pi++) {
+        double us = 0;
+        const int took = gpu_moe(L, g, paths[pi], N, dh, dsel, dwt, dout, wsg, og, og2, &us, &st);
+        CHECK_MSG(st == DSV4_OK, "cuda moe (%s): %s", path_name(paths[pi]), dsv4_last_error());
+        if (st != DSV4_OK) break;
+        if (!took) {
+            printf("moe %-22s N %3d%s%s [%s]: not taken (formats)\n", L->name, N,
+                   grid ? " grid" : "", rnames[route], path_name(paths[pi]));
+            continue;
         }
+        double max_abs = 0, max_rel = 0;
+        int64_t equal = 0, nonfinite = 0, rerun = 0;
+        for (int r = 0; r < N; r++) {
+            float rowmax = 0;
+            for (int64_t d = 0; d < D; d++) rowmax = fmaxf(rowmax, fabsf(oc[r * D + d]));
+            for (int64_t d = 0; d < D; d++) {
+                const float a = og[r * D + d], b = oc[r * D + d];
+                if (!isfinite(a) || !isfinite(b)) nonfinite++;
+                const double err = fabs((double)a - b), rel = err / fmax(rowmax, 1e-30);
+                equal += a == b;
+                rerun += memcmp(&og[r * D + d], &og2[r * D + d], 4) != 0;
+                if (err > max_abs) max_abs = err;
+                if (rel > max_rel) max_rel = rel;
+            }
+        }
+        const double frac = (double)equal / (double)ND, bound = 1.0 / 16;
+        printf("moe %-22s N %3d%s%s [%s]: max abs %.3g, max rel %.3g (floor: row max |out|; bound "
+               "%.4g), equal %.2f%%%s, rerun diffs %lld; cpu %.0f ms, gpu %.1f us\n",
+               L->name, N, grid ? " grid" : "", rnames[route], path_name(paths[pi]), max_abs,
+               max_rel, bound, 100 * frac, grid ? " (bound >= 95%)" : "", (long long)rerun,
+               1e3 * cpu_s, us);
+        CHECK(nonfinite == 0);
+        CHECK(max_rel <= bound);
+        CHECK(rerun == 0);
+        if (grid) CHECK(frac >= 0.95);
     }
-    const double frac = (double)equal / (double)ND, bound = 1.0 / 16;
-    printf("moe %-22s N %3d%s%s: max abs %.3g, max rel %.3g (floor: row max |out|; bound %.4g), "
-           "equal %.2f%%%s; cpu %.0f ms, gpu %.1f us\n",
-           L->name, N, grid ? " grid" : "", dup ? " dup" : "", max_abs, max_rel, bound, 100 * frac,
-           grid ? " (bound >= 95%)" : "", 1e3 * cpu_s,
-           np > 0 ? 1e3 * pe[0].ms / (double)pe[0].calls : 0.0);
-    CHECK(nonfinite == 0);
-    CHECK(max_rel <= bound);
-    if (grid) CHECK(frac >= 0.95);
     dsv4_bk_free(g, dh), dsv4_bk_free(g, dwt), dsv4_bk_free(g, dsel), dsv4_bk_free(g, dout);
     dsv4_bk_free(g, wsg);
-    free(h), free(oc), free(og), free(sel), free(wts), free(wsc);
+    free(h), free(oc), free(og), free(og2), free(sel), free(wts), free(wsc);
 }
 
-/* Decode timing: R different routings back to back (the weights of one step are not in L2 from
- * the previous one); bytes = the distinct experts' w1/w2/w3 (data + scales) + the shared one. */
-static void bench(const layer *L, dsv4_backend *c, dsv4_backend *g, int N)
+/* Decode timing on `path`: R different routings back to back (the weights of one step are not
+ * in L2 from the previous one); bytes = the distinct experts' w1/w2/w3 (data + scales) + the
+ * shared one. */
+static void bench(const layer *L, dsv4_backend *c, dsv4_backend *g, int N, int path)
 {
     enum { R = 16 };
     const int64_t D = L->D, K = L->K, NK = N * K;
@@ -463,8 +516,10 @@ static void bench(const layer *L, dsv4_backend *c, dsv4_backend *g, int N)
     float *dout = dev_copy(g, NULL, (size_t)N * D * 4);
     void *wsg = dev_copy(g, NULL, wsb);
     dsv4_status st = dsel && dwt && dh && dout && wsg ? DSV4_OK : DSV4_ERR_OUT_OF_MEMORY;
+    const int old = dsv4_cuda_moe_force_path(path);
     for (int i = 0; st == DSV4_OK && i < 2; i++)
         st = dsv4_bk_moe(g, dout, dh, dsel + i * NK, dwt + i * NK, L->tg, N, (int)K, D, 10.0f, wsg);
+    const int took = dsv4_cuda_moe_last_path() == path;
     if (st == DSV4_OK) st = dsv4_bk_sync(g);
     if (st == DSV4_OK) st = dsv4_bk_prof_start(g);
     for (int i = 0; st == DSV4_OK && i < R; i++) {
@@ -473,12 +528,15 @@ static void bench(const layer *L, dsv4_backend *c, dsv4_backend *g, int N)
     }
     dsv4_bk_prof_entry pe[2];
     const int np = dsv4_bk_prof_stop(g, pe, 2);
-    CHECK_MSG(st == DSV4_OK && np == 1, "bench: %s", dsv4_last_error());
+    dsv4_cuda_moe_force_path(old);
+    CHECK_MSG(st == DSV4_OK && np == 1 && took, "bench [%s]: %s", path_name(path),
+              dsv4_last_error());
     if (st == DSV4_OK && np == 1) {
         const double us = 1e3 * pe[0].ms / (double)pe[0].calls;
-        printf("bench %s N %d: %.1f us per moe, %.1f MB of experts per step, %.0f GB/s "
+        printf("bench %s N %3d [%s]: %8.1f us per moe, %7.1f MB of experts per step, %5.0f GB/s "
                "(H100 copy: ~3000)\n",
-               L->name, N, us, (double)bytes / R / 1e6, (double)bytes / (1e-3 * pe[0].ms) / 1e9);
+               L->name, N, path_name(path), us, (double)bytes / R / 1e6,
+               (double)bytes / (1e-3 * pe[0].ms) / 1e9);
     }
     dsv4_bk_free(g, dsel), dsv4_bk_free(g, dwt), dsv4_bk_free(g, dh), dsv4_bk_free(g, dout);
     dsv4_bk_free(g, wsg);
@@ -532,11 +590,32 @@ int main(int argc, char **argv)
         layer_free(&W, c, g);
         layer S = {.name = "mxfp4 / fp8 small", .D = 1536, .I = 352, .E = 16, .K = 4, .nd = 16};
         if (layer_make(&S, c, g, DSV4_FORMAT_MXFP4, 0, DSV4_FORMAT_FP8, 0)) {
-            test_moe(&S, c, g, 1, 0, 0);
-            test_moe(&S, c, g, 5, 1, 0);
-            test_moe(&S, c, g, 33, 0, 0);
+            test_moe(&S, c, g, 1, 0, ROUTE_RANDOM);
+            test_moe(&S, c, g, 5, 1, ROUTE_RANDOM);
+            test_moe(&S, c, g, 33, 0, ROUTE_RANDOM);
+            test_moe(&S, c, g, 12, 0, ROUTE_SAME);
+            test_moe(&S, c, g, 4, 1, ROUTE_DISTINCT);
         }
         layer_free(&S, c, g);
+        /* the tensor-core path's other format pairs, and K split over 4 / 2 warps (D 4096) */
+        layer X = {.name = "mxfp4 / mxfp4 shared", .D = 1024, .I = 256, .E = 8, .K = 2, .nd = 8};
+        if (layer_make(&X, c, g, DSV4_FORMAT_MXFP4, 0, DSV4_FORMAT_MXFP4, 0)) {
+            test_moe(&X, c, g, 3, 0, ROUTE_RANDOM);
+            test_moe(&X, c, g, 11, 1, ROUTE_SAME);
+        }
+        layer_free(&X, c, g);
+        layer Y = {.name = "fp8 / fp8 shared", .D = 1024, .I = 256, .E = 16, .K = 2, .nd = 16};
+        if (layer_make(&Y, c, g, DSV4_FORMAT_FP8, 0, DSV4_FORMAT_FP8, 0)) {
+            test_moe(&Y, c, g, 8, 0, ROUTE_DISTINCT);
+            test_moe(&Y, c, g, 6, 1, ROUTE_DUP);
+        }
+        layer_free(&Y, c, g);
+        layer V = {.name = "mxfp4 / fp8 wide", .D = 4096, .I = 2048, .E = 8, .K = 2, .nd = 8};
+        if (layer_make(&V, c, g, DSV4_FORMAT_MXFP4, 0, DSV4_FORMAT_FP8, 0)) {
+            test_moe(&V, c, g, 3, 1, ROUTE_RANDOM);
+            test_moe(&V, c, g, small ? 5 : 17, 0, ROUTE_DUP);
+        }
+        layer_free(&V, c, g);
     }
     if (!small) {
         layer F = {.name = "flash", .D = 4096, .I = 2048, .E = 256, .K = 6, .nd = 256};
@@ -546,8 +625,13 @@ int main(int argc, char **argv)
             test_moe(&F, c, g, 64, 0, 0);
             test_moe(&F, c, g, 64, 1, 0);
             test_moe(&F, c, g, 300, 0, 0);
-            bench(&F, c, g, 1);
-            bench(&F, c, g, 64);
+            test_moe(&F, c, g, 24, 0, ROUTE_SAME);
+            test_moe(&F, c, g, 40, 0, ROUTE_DISTINCT);
+            static const int bn[] = {1, 8, 64, 300};
+            for (int i = 0; i < 4; i++) {
+                bench(&F, c, g, bn[i], DSV4_MOE_PATH_SIMT);
+                bench(&F, c, g, bn[i], DSV4_MOE_PATH_MMA);
+            }
         }
         layer_free(&F, c, g);
         layer P = {.name = "pro", .D = 7168, .I = 3072, .E = 384, .K = 6, .nd = 32};
@@ -555,6 +639,8 @@ int main(int argc, char **argv)
             test_moe(&P, c, g, 1, 0, 0);
             test_moe(&P, c, g, 5, 1, 0);
             test_moe(&P, c, g, 64, 0, 0);
+            bench(&P, c, g, 1, DSV4_MOE_PATH_SIMT);
+            bench(&P, c, g, 1, DSV4_MOE_PATH_MMA);
         }
         layer_free(&P, c, g);
     }

@@ -1,7 +1,12 @@
 /*
  * bk_moe.cu - CUDA implementation of the MoE ops of backend.h: the router, the device expert
- * table, and dsv4_bk_moe as a fixed sequence of launches that never waits for the host:
+ * table, and dsv4_bk_moe as a fixed sequence of launches that never waits for the host. Two
+ * paths:
  *
+ *   tensor cores (moe_mma.cu), when every expert matrix is MXFP4 or FP8 with ue8m0 scales and
+ *   its workspace fits: prep, stage 1 (w1/w3, SwiGLU, act_quant of a), stage 2 (w2), combine
+ *
+ *   SIMT (moe_gemm.cu), any format:
  *   prep     block 0 compacts sel [N, K] into the work list (moe.cuh moe_list: active experts in
  *            ascending order, the pairs of each); the other blocks write xq = act_quant(h)
  *   stage 1  grouped w1/w3 GEMM with the SwiGLU * weight epilogue -> a [pair, I] (moe_gemm.cu)
@@ -9,57 +14,22 @@
  *   stage 2  grouped w2 GEMM -> y [pair, D] = bf16(...)
  *   combine  out [r] = bf16(routed y of row r summed in ascending (expert, slot) order + shared)
  *
- * The grids come from host-known bounds (at most min(E, N K) active experts; persistent CTAs
- * loop over the items and exit when the device count is reached). Every sum has a fixed order,
- * so results are deterministic; numerics as the CPU (bk_moe.c) up to f32 summation order.
+ * The grids come from host-known bounds (at most min(E, N K) active experts; CTAs past the
+ * device count exit at once). Every sum has a fixed order, so results are deterministic;
+ * numerics as the CPU (bk_moe.c) up to f32 summation order. tests/test_gpu_moe.c forces either
+ * path through moe_path.cuh.
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
+#include "backend/cuda/moe_numerics.cuh"
+#include "backend/cuda/moe_path.cuh"
 #include "core/float_formats.h"
 
 #include <math.h>
 #include <stdlib.h>
 
-/* ---- shared device helpers: the faithful roundings (model/quant_sim.c, bit for bit) --------- */
-__device__ __forceinline__ float q_bf16(float x)
-{
-    uint32_t u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(u | 0x00400000u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return __uint_as_float(u & 0xffff0000u);
-}
-
-/* quant_sim.c round_grid + dsv4_round_e4m3: nearest-even onto e4m3fn, saturating at 448. */
-__device__ __forceinline__ float q_e4m3(float x)
-{
-    if (isnan(x)) return x;
-    const float a = fabsf(x);
-    float q;
-    if (a >= 448.0f) {
-        q = 448.0f;
-    } else if (a == 0.0f) {
-        q = 0.0f;
-    } else {
-        int e2;
-        (void)frexpf(a, &e2);
-        int e = e2 - 1;
-        if (e < -6) e = -6;
-        q = ldexpf(rintf(ldexpf(a, 3 - e)), e - 3);
-        if (q > 448.0f) q = 448.0f;
-    }
-    return copysignf(q, x);
-}
-
-/* quant_sim.c dsv4_scale_fp8: 2^ceil(log2(max(amax, 1e-4) / 448)) from the f32 bits. */
-__device__ __forceinline__ float q_scale_fp8(float amax)
-{
-    const float y = __fmul_rn(fmaxf(amax, 1e-4f), (float)(1.0 / 448.0));
-    const uint32_t u = __float_as_uint(y);
-    const int e = (int)((u >> 23) & 0xffu) - 127 + ((u & 0x7fffffu) != 0 ? 1 : 0);
-    return __uint_as_float((uint32_t)(e + 127) << 23);
-}
-
+/* ---- act_quant of the SIMT path ------------------------------------------------------------ */
 /* dsv4_sim_act_quant on the 128-block of a row starting at column c0 (one warp, 4 columns a
  * lane): y[c] = e4m3(bf16(x[c]) / s) * s for c < width. width % 4 == 0. y may alias x. */
 __device__ __forceinline__ void act_quant_block(float *y, const float *x, int64_t width, int64_t c0,
@@ -183,7 +153,23 @@ typedef struct cuda_experts {
     int sms;
     int kw1, rg1, occ1; /* stage 1 CTA shape and residency */
     int kw2, rg2, occ2;
+    int mma_ok; /* every matrix taken by the tensor-core path (moe_mma_mat_ok) */
 } cuda_experts;
+
+/* Test hook (moe_path.cuh). */
+static int force_path = DSV4_MOE_PATH_AUTO, last_path = DSV4_MOE_PATH_AUTO;
+
+extern "C" int dsv4_cuda_moe_force_path(int path)
+{
+    const int old = force_path;
+    force_path = path;
+    return old;
+}
+
+extern "C" int dsv4_cuda_moe_last_path(void)
+{
+    return last_path;
+}
 
 static dsv4_status mat_of(const dsv4_weight *w, moe_mat *m)
 {
@@ -272,11 +258,16 @@ extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b,
         st = dsv4_cuda_bk_alloc(b, ((size_t)E + 1) * sizeof *host, (void **)&t->table);
     if (st == DSV4_OK) st = dsv4_cuda_bk_upload(b, t->table, host, ((size_t)E + 1) * sizeof *host);
     if (st == DSV4_OK) st = dsv4_cuda_bk_sync(b); /* host may be freed */
+    int mma_ok = st == DSV4_OK;
+    for (int e = 0; mma_ok && e <= E; e++)
+        mma_ok = moe_mma_mat_ok(&host[e].w1) && moe_mma_mat_ok(&host[e].w2) &&
+                 moe_mma_mat_ok(&host[e].w3);
     free(host);
     if (st == DSV4_OK) {
         t->E = E;
         t->D = D;
         t->I = I;
+        t->mma_ok = mma_ok;
         int dev = 0;
         cudaError_t err = cudaGetDevice(&dev);
         if (err == cudaSuccess)
@@ -422,6 +413,32 @@ static char *carve(char **p, size_t bytes)
     return r;
 }
 
+/* The tensor-core path's workspace regions (offsets from the 256-aligned base); returns the
+ * bytes they take. moe.cuh moe_mma_args. */
+typedef struct mma_ws {
+    size_t x4, x8, sx, araw, aq, sa, y, ints, tickets, end;
+} mma_ws;
+
+static size_t mma_ws_plan(mma_ws *w, int64_t N, int K, int64_t D, int64_t I, int E, int slots)
+{
+    const size_t n = (size_t)N, nk = n * (size_t)K, p = nk + n;
+    const size_t nbd = (size_t)((D + 127) / 128), nbi = (size_t)((I + 127) / 128);
+    size_t o = 0;
+#define MMA_REGION(field, bytes) (w->field = o, o += ((bytes) + 255) & ~(size_t)255)
+    MMA_REGION(x4, n * (size_t)D * 2);
+    MMA_REGION(x8, n * (size_t)D * 2);
+    MMA_REGION(sx, n * nbd * 4);
+    MMA_REGION(araw, p * (size_t)I * 2);
+    MMA_REGION(aq, p * (size_t)I * 2);
+    MMA_REGION(sa, p * nbi * 4);
+    MMA_REGION(y, p * (size_t)D * 2);
+    MMA_REGION(ints, (3 * (size_t)E + nk + 8) * 4);
+    MMA_REGION(tickets, (size_t)slots * nbi * 4);
+#undef MMA_REGION
+    w->end = o;
+    return o;
+}
+
 extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float *h,
                                         const int32_t *sel, const float *wts,
                                         const dsv4_bk_experts *tp, int64_t N, int K, int64_t D,
@@ -438,6 +455,41 @@ extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float
     cudaStream_t st = dsv4_cuda_stream(b->cuda);
     const int E = t->E;
     const int64_t I = t->I, NK = N * K, P = NK + N;
+    /* at most min(E, NK) routed experts + the shared one */
+    const int64_t bound = (NK < E ? NK : E) + 1;
+
+    mma_ws mw;
+    if (force_path != DSV4_MOE_PATH_SIMT && t->mma_ok &&
+        mma_ws_plan(&mw, N, K, D, I, E, (int)bound) + 256 <= dsv4_bk_moe_ws_bytes(N, K, D, I, E)) {
+        char *base = (char *)(((uintptr_t)ws + 255) & ~(uintptr_t)255);
+        moe_mma_args m;
+        m.table = t->table;
+        m.E = E;
+        m.K = K;
+        m.N = N;
+        m.D = D;
+        m.I = I;
+        m.wts = wts;
+        m.limit = limit;
+        m.x4 = (uint16_t *)(base + mw.x4);
+        m.x8 = (uint16_t *)(base + mw.x8);
+        m.sx = (float *)(base + mw.sx);
+        m.araw = (uint16_t *)(base + mw.araw);
+        m.aq = (uint16_t *)(base + mw.aq);
+        m.sa = (float *)(base + mw.sa);
+        m.y = (uint16_t *)(base + mw.y);
+        int32_t *ints = (int32_t *)(base + mw.ints);
+        m.list.n_active = ints;
+        m.list.active = ints + 8;
+        m.list.off = m.list.active + E;
+        m.list.cnt = m.list.off + E;
+        m.list.pairs = m.list.cnt + E;
+        m.tickets = (int32_t *)(base + mw.tickets);
+        m.slots = (int)bound;
+        last_path = DSV4_MOE_PATH_MMA;
+        return moe_mma_run(st, &m, out, h, sel);
+    }
+    last_path = DSV4_MOE_PATH_SIMT;
 
     /* regions: the CUDA layout of dsv4_bk_moe_ws_bytes */
     char *p = (char *)(((uintptr_t)ws + 255) & ~(uintptr_t)255);
@@ -459,8 +511,7 @@ extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float
                                                                              N, D);
     CUDA_LAUNCHED();
 
-    /* stage 1 over at most min(E, NK) routed experts + the shared one */
-    const int64_t bound = (NK < E ? NK : E) + 1;
+    /* stage 1 over the bound's experts */
     moe_gemm_args a;
     a.table = t->table;
     a.E = E;

@@ -1,8 +1,9 @@
 /*
- * moe.cuh - what the two halves of the CUDA MoE share: bk_moe.cu (router, expert table, work
- * list, act_quant, combine; the dsv4_bk_* entry points) and moe_gemm.cu (the grouped expert
- * projections). Device-side descriptions of the expert weights and of the work list the router's
- * selection is compacted into, so that no step goes back to the host to learn which experts run.
+ * moe.cuh - what the parts of the CUDA MoE share: bk_moe.cu (router, expert table, work list,
+ * act_quant, combine; the dsv4_bk_* entry points), moe_gemm.cu (the SIMT grouped expert
+ * projections, any format) and moe_mma.cu (the tensor-core path for MXFP4 / FP8 experts).
+ * Device-side descriptions of the expert weights and of the work list the router's selection
+ * is compacted into, so that no step goes back to the host to learn which experts run.
  */
 #ifndef DSV4_CUDA_MOE_CUH
 #define DSV4_CUDA_MOE_CUH
@@ -76,5 +77,36 @@ void moe_gemm_shape(int64_t cols, int *kw, int *rg);
 dsv4_status moe_gemm_occupancy(int gemm1, int kw, int rg, int *per_sm);
 /* Enqueues one stage; `grid` CTAs loop over the items (extra ones exit at once). */
 dsv4_status moe_gemm_launch(cudaStream_t st, int gemm1, const moe_gemm_args *a, int grid);
+
+/* ---- the tensor-core path (moe_mma.cu) ---------------------------------------------------
+ * Launches: prep (work list, tickets zeroed, xq = act_quant(h) as f16 codes + scales), stage 1
+ * (w1/w3 + SwiGLU * weight -> a as bf16; the last tile of each 128-row block of a quantises it
+ * for stage 2), stage 2 (w2 -> y as bf16), combine. Activations are kept as their e4m3 codes
+ * in f16 (x / s, exact) in the fragment order of the weight format that reads them:
+ *   L4 (MXFP4): per 8 columns, the order 0 4 1 5 2 6 3 7;  L8 (FP8): per 4 columns, 0 2 1 3;
+ * with one f32 scale s per 128 columns. Slot ai (0 = shared, a > 0 = list.active[a - 1]) as in
+ * moe_gemm_args; P = N K + N pairs. */
+typedef struct moe_mma_args {
+    const moe_expert *table; /* [E + 1] device */
+    int E, K;
+    int64_t N, D, I;
+    moe_list list;
+    const float *wts;
+    float limit;
+    uint16_t *x4, *x8; /* [N, D] act_quant(h) codes, L4 and L8 */
+    float *sx;         /* [N, D / 128] */
+    uint16_t *araw;    /* [P, I] bf16 bits of a (stage 1 out) */
+    uint16_t *aq;      /* [P, I] act_quant(a) codes in the layout of the pair's w2 */
+    float *sa;         /* [P, I / 128] */
+    int32_t *tickets;  /* [slots, I / 128] stage 1 tiles done per 128-row block of a */
+    uint16_t *y;       /* [P, D] bf16 bits of y (stage 2 out) */
+    int slots;         /* bound on active experts + 1 (the shared one) */
+} moe_mma_args;
+
+/* Whether the tensor-core path takes a matrix (format, alignment). */
+int moe_mma_mat_ok(const moe_mat *m);
+/* Enqueues the whole op: out [N, D] from h [N, D] and sel [N, K]. */
+dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, float *out, const float *h,
+                        const int32_t *sel);
 
 #endif

@@ -1,0 +1,555 @@
+/*
+ * moe_mma.cu - the tensor-core path of dsv4_bk_moe on CUDA (sm_90a), for MXFP4 and FP8 (ue8m0
+ * block scales) experts: the decode MoE as a weight stream. The SIMT grouped GEMMs of
+ * moe_gemm.cu spent ~3.5 ALU instructions per weight value (widening to f32, one FMA per token)
+ * and fed few loads per SM; here the weights are widened by bit operations into f16 fragments
+ * and multiplied on the tensor cores (mma.sync m16n8k16, f32 accumulation) with the tokens as
+ * the narrow operand, and every warp streams its own 16 rows with 16 x 16-byte loads in flight.
+ *
+ * Work: a task is one warp: (active expert slot, 16 output rows, all tokens of the expert).
+ * Stage 1 tasks run w1 and w3 side by side and end in the SwiGLU * weight epilogue (a as
+ * bf16); the last task of each 128-row block of a (a ticket per block, zeroed by prep) then
+ * quantises that block for every token of the expert, so no launch sits between the stages.
+ * Stage 2 runs w2 (y as bf16). Grids cover the host-known bound on active experts; the tasks of
+ * slots past the device count exit at once. The shared expert is slot 0, launched first (its
+ * tasks are the longest at N = 1).
+ *
+ * Fragments (g = lane / 4, t = lane % 4; A = weights, 16 rows x 16 k; B = tokens, 16 k x 8 n):
+ *   MXFP4: lane (g, t) loads 16 bytes = the 32 columns of scale group t of each 128-column chunk
+ *   for rows g and g + 8. A k16 step of the quad would mix four groups (four scales), so the
+ *   groups go to different columns n of the mma instead: B column n = 2 grp + token holds the
+ *   token's inputs on group grp's k only (zero elsewhere), so C[row][2 grp + tok] is the group's
+ *   own partial sum, which the lane that loaded the group scales by its ue8m0 byte (2 tokens per
+ *   pass). The quad's four groups are added at the end by a fixed shuffle tree.
+ *   FP8: one 128 x 128 block scale per chunk, so lane (g, t) takes 32 columns of the chunk for
+ *   rows g, g + 8 and B column n is token n (8 tokens per pass).
+ *   The order of k inside a step is free as long as A and B agree: the widening below yields
+ *   f16 pairs of columns (0, 4), (1, 5), ... (FP4) and (0, 2), (1, 3) (FP8), and the
+ *   activations are stored in that order (moe.cuh L4 / L8).
+ *
+ * Numerics: an e2m1 nibble becomes e2m1 * 2^-14 in f16 and an e4m3 byte e4m3 * 2^-8 (exact,
+ * bit placement only, as moe_gemm.cu), the activations are their e4m3 codes x / s (exact in
+ * f16). Products are exact in f32; the tensor cores add a group's (FP4: 32, FP8: 128) products
+ * in f32, and the partial is scaled by 2^14 (2^8), the weight scale and s (powers of two: exact)
+ * and added to the f32 accumulator with one rounding (fmaf). So the result differs from the CPU
+ * only in f32 summation order; then bf16 and the roundings of moe_numerics.cuh as there.
+ */
+#include "backend/cuda/check.cuh"
+#include "backend/cuda/moe.cuh"
+#include "backend/cuda/moe_numerics.cuh"
+
+#include <cuda_fp16.h>
+
+enum { WPC = 4 };    /* warps per CTA, each one task */
+enum { LOADS = 16 }; /* 16-byte weight loads per lane per iteration */
+
+static __device__ __forceinline__ uint32_t word4(const uint4 &q, int k)
+{
+    return k == 0 ? q.x : k == 1 ? q.y : k == 2 ? q.z : q.w;
+}
+
+/* ue8m0 -> f32 (2^(s - 127); 0 is the subnormal 2^-127, 0xff NaN), as dsv4_e8m0_to_f32. */
+static __device__ __forceinline__ float e8m0f(uint32_t s)
+{
+    return s == 0     ? __uint_as_float(0x00400000u)
+           : s == 255 ? __uint_as_float(0x7fc00000u)
+                      : __uint_as_float(s << 23);
+}
+
+/* w: 8 e2m1 nibbles (nibble n = column n) -> p[i] = f16 pair (column i, column i + 4), each
+ * e2m1 * 2^-14 exactly (magnitude bits to f16 bits 9..11, sign to 15). */
+static __device__ __forceinline__ void fp4_pairs(uint32_t w, uint32_t (&p)[4])
+{
+    const uint32_t M = 0x0E000E00u, S = 0x80008000u;
+    p[0] = ((w << 9) & M) | ((w << 12) & S);
+    p[1] = ((w << 5) & M) | ((w << 8) & S);
+    p[2] = ((w << 1) & M) | ((w << 4) & S);
+    p[3] = ((w >> 3) & M) | (w & S);
+}
+
+/* w: 4 e4m3 bytes (byte n = column n) -> p[0] = f16 pair (column 0, 2), p[1] = (1, 3), each
+ * e4m3 * 2^-8 exactly (exponent and mantissa fields to f16 bits 7..13, sign to 15). */
+static __device__ __forceinline__ void fp8_pairs(uint32_t w, uint32_t (&p)[2])
+{
+    const uint32_t M = 0x3F803F80u, S = 0x80008000u;
+    p[0] = ((w << 7) & M) | ((w << 8) & S);
+    p[1] = ((w >> 1) & M) | (w & S);
+}
+
+/* c [16 x 8] += a [16 x 16] . b [16 x 8]: f16 inputs, f32 accumulation. a0 (row g, k 2t..),
+ * a1 (g + 8, 2t..), a2 (g, 2t + 8..), a3 (g + 8, 2t + 8..); b0 (k 2t.., n g), b1 (2t + 8..). */
+static __device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                               uint32_t a3, uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* bar.sync on barrier id (1 .. 4) among `count` threads (whole warps); literal ids, so that
+ * ptxas reserves only the barriers used. */
+static __device__ __forceinline__ void named_bar(int id, int count)
+{
+    switch (id) {
+    case 1:
+        asm volatile("bar.sync 1, %0;\n" ::"r"(count) : "memory");
+        break;
+    case 2:
+        asm volatile("bar.sync 2, %0;\n" ::"r"(count) : "memory");
+        break;
+    case 3:
+        asm volatile("bar.sync 3, %0;\n" ::"r"(count) : "memory");
+        break;
+    default:
+        asm volatile("bar.sync 4, %0;\n" ::"r"(count) : "memory");
+        break;
+    }
+}
+
+static __device__ __forceinline__ uint32_t f16_code(float q)
+{
+    return (uint32_t)__half_as_ushort(__float2half_rn(q));
+}
+
+/* act_quant of one 128-column block by one warp: lane holds columns 4 lane .. 4 lane + 3 as
+ * bf16 values v (zeros where !on). Stores the e4m3 codes v / s as f16 at d4 (L4 order) and / or
+ * d8 (L8 order), each the block's first column (NULL: not wanted; uniform over the warp);
+ * returns s. */
+static __device__ __forceinline__ float quant_store(const float (&v)[4], bool on, uint16_t *d4,
+                                                    uint16_t *d8, int lane)
+{
+    float m = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+    for (int d = 16; d > 0; d >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, d));
+    const float s = q_scale_fp8(m);
+    uint32_t h[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) h[i] = f16_code(q_e4m3(__fdiv_rn(v[i], s)));
+    if (d8 && on) *(uint2 *)(d8 + 4 * lane) = make_uint2(h[0] | h[2] << 16, h[1] | h[3] << 16);
+    if (d4) {
+        /* an 8-column run is split over lanes 2j (columns 0..3) and 2j + 1 (4..7): L4 wants
+         * 0 4 1 5 from the even lane and 2 6 3 7 from the odd one */
+        const int odd = lane & 1;
+        const uint32_t r0 = __shfl_xor_sync(0xffffffffu, odd ? h[0] : h[2], 1);
+        const uint32_t r1 = __shfl_xor_sync(0xffffffffu, odd ? h[1] : h[3], 1);
+        const uint2 o = odd ? make_uint2(r0 | h[2] << 16, r1 | h[3] << 16)
+                            : make_uint2(h[0] | r0 << 16, h[1] | r1 << 16);
+        if (on) *(uint2 *)(d4 + 8 * (lane >> 1) + 4 * odd) = o;
+    }
+    return s;
+}
+
+/* Pair id of token tok of slot ai, and the row of the stage's input it reads. */
+static __device__ __forceinline__ int64_t tok_pair(const moe_mma_args &a, int ai, int off, int tok)
+{
+    return ai == 0 ? a.N * a.K + tok : (int64_t)a.list.pairs[off + tok];
+}
+
+static __device__ __forceinline__ int64_t tok_input(const moe_mma_args &a, int stage1, int ai,
+                                                    int off, int tok)
+{
+    const int64_t pair = tok_pair(a, ai, off, tok);
+    return stage1 ? (ai == 0 ? (int64_t)tok : pair / a.K) : pair;
+}
+
+/* ---- one task: 16 rows of the NM matrices w (format F: 0 MXFP4, 1 FP8) for all ntok tokens,
+ * run by a group of ks warps, warp `slice` on the 128-column chunks [lo, hi) ----------------
+ * stage 1 (NM = 2): x [N, D] codes -> araw [pair, I] = bf16(swiglu(g, u) * wt);
+ * stage 2 (NM = 1): aq [P, I] codes -> y [pair, D] = bf16(w2 . a).
+ * red: the group's [ks][NM * 4][32] partials; bar: its named barrier (ks > 1). Slice 0 sums the
+ * slices in ascending order and writes the outputs. */
+template <int NM, int F>
+static __device__ __forceinline__ void
+run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int off, int64_t r0,
+         int lane, int slice, int ks, int lo, int hi, float *red, int bar)
+{
+    constexpr int TPP = F == 0 ? 2 : 8;       /* tokens per pass */
+    constexpr int U = F == 0 ? 1 : 2;         /* 16-byte loads per row and chunk */
+    constexpr int CPI = LOADS / (NM * 2 * U); /* 128-column chunks per iteration */
+    const int g = lane >> 2, t = lane & 3;
+    const int64_t R = w[0].rows, C = w[0].cols;
+    const int nch = (int)((C + 127) >> 7);
+    const uint16_t *xin = NM == 2 ? (F == 0 ? a.x4 : a.x8) : a.aq;
+    const float *sxp = NM == 2 ? a.sx : a.sa;
+    const int64_t rA = r0 + g, rB = r0 + g + 8;
+    const bool vA = rA < R, vB = rB < R;
+
+    for (int t0 = 0; t0 < ntok; t0 += TPP) {
+        /* B: this lane's token (FP4: only lanes with g / 2 == t carry one, on group t's k);
+         * C: the two tokens of this lane's outputs */
+        const int bt = F == 0 ? t0 + (g & 1) : t0 + g;
+        const bool bon = (F == 0 ? (g >> 1) == t : true) && bt < ntok;
+        const uint16_t *brow = NULL;
+        if (bon) brow = xin + tok_input(a, NM == 2, ai, off, bt) * C;
+        const int ct = F == 0 ? t0 : t0 + 2 * t;
+        const float *s0 = NULL, *s1 = NULL;
+        if (ct < ntok) s0 = sxp + tok_input(a, NM == 2, ai, off, ct) * nch;
+        if (ct + 1 < ntok) s1 = sxp + tok_input(a, NM == 2, ai, off, ct + 1) * nch;
+
+        float acc[NM][4];
+#pragma unroll
+        for (int m = 0; m < NM; m++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[m][i] = 0.0f;
+
+        for (int c0 = lo; c0 < hi; c0 += CPI) {
+            /* all weight loads of the iteration first */
+            uint4 q[CPI][NM][2][U];
+            uint32_t sc[CPI][NM][2];
+#pragma unroll
+            for (int ci = 0; ci < CPI; ci++) {
+                const int c = c0 + ci;
+                const int64_t col = (int64_t)c * 128 + 32 * t;
+                const bool cv = c < hi && col < C;
+#pragma unroll
+                for (int m = 0; m < NM; m++) {
+#pragma unroll
+                    for (int rr = 0; rr < 2; rr++) {
+                        const int64_t row = rr ? rB : rA;
+#pragma unroll
+                        for (int u = 0; u < U; u++) q[ci][m][rr][u] = make_uint4(0, 0, 0, 0);
+                        sc[ci][m][rr] = 0;
+                        if (cv && (rr ? vB : vA)) {
+                            if (F == 0) {
+                                q[ci][m][rr][0] =
+                                    __ldg((const uint4 *)(w[m].data + row * (C >> 1) + (col >> 1)));
+                                sc[ci][m][rr] =
+                                    __ldg(w[m].scale + row * w[m].scale_cols + (col >> 5));
+                            } else {
+                                const uint4 *p = (const uint4 *)(w[m].data + row * C + col);
+#pragma unroll
+                                for (int u = 0; u < U; u++) q[ci][m][rr][u] = __ldg(p + u);
+                            }
+                        }
+                    }
+                    if (F == 1 && c < hi)
+                        sc[ci][m][0] = __ldg(w[m].scale + (r0 >> 7) * w[m].scale_cols + c);
+                }
+            }
+
+#pragma unroll
+            for (int ci = 0; ci < CPI; ci++) {
+                const int c = c0 + ci;
+                if (c >= hi) break;
+                const int64_t col = (int64_t)c * 128 + 32 * t;
+                uint32_t b[16];
+                if (brow && col < C) {
+                    const uint4 *p = (const uint4 *)(brow + col);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const uint4 v = __ldg(p + i);
+                        b[4 * i] = v.x, b[4 * i + 1] = v.y, b[4 * i + 2] = v.z, b[4 * i + 3] = v.w;
+                    }
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 16; i++) b[i] = 0;
+                }
+                const float xs0 = s0 ? __ldg(s0 + c) : 0.0f, xs1 = s1 ? __ldg(s1 + c) : 0.0f;
+#pragma unroll
+                for (int m = 0; m < NM; m++) {
+                    float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    if (F == 0) {
+#pragma unroll
+                        for (int k = 0; k < 4; k++) {
+                            uint32_t pa[4], pb[4];
+                            fp4_pairs(word4(q[ci][m][0][0], k), pa);
+                            fp4_pairs(word4(q[ci][m][1][0], k), pb);
+                            mma_f16(f, pa[0], pb[0], pa[1], pb[1], b[4 * k], b[4 * k + 1]);
+                            mma_f16(f, pa[2], pb[2], pa[3], pb[3], b[4 * k + 2], b[4 * k + 3]);
+                        }
+                        /* C: (row g, group t, tokens t0, t0 + 1), (row g + 8, ...) */
+                        const float w0 = e8m0f(sc[ci][m][0]), w1 = e8m0f(sc[ci][m][1]);
+                        acc[m][0] = fmaf(__fmul_rn(__fmul_rn(f[0], 16384.0f), w0), xs0, acc[m][0]);
+                        acc[m][1] = fmaf(__fmul_rn(__fmul_rn(f[1], 16384.0f), w0), xs1, acc[m][1]);
+                        acc[m][2] = fmaf(__fmul_rn(__fmul_rn(f[2], 16384.0f), w1), xs0, acc[m][2]);
+                        acc[m][3] = fmaf(__fmul_rn(__fmul_rn(f[3], 16384.0f), w1), xs1, acc[m][3]);
+                    } else {
+#pragma unroll
+                        for (int s = 0; s < 8; s++) {
+                            uint32_t pa[2], pb[2];
+                            fp8_pairs(word4(q[ci][m][0][s >> 2], s & 3), pa);
+                            fp8_pairs(word4(q[ci][m][1][s >> 2], s & 3), pb);
+                            mma_f16(f, pa[0], pb[0], pa[1], pb[1], b[2 * s], b[2 * s + 1]);
+                        }
+                        /* C: (row g, tokens ct, ct + 1), (row g + 8, ...) */
+                        const float ws = e8m0f(sc[ci][m][0]);
+                        acc[m][0] = fmaf(__fmul_rn(__fmul_rn(f[0], 256.0f), ws), xs0, acc[m][0]);
+                        acc[m][1] = fmaf(__fmul_rn(__fmul_rn(f[1], 256.0f), ws), xs1, acc[m][1]);
+                        acc[m][2] = fmaf(__fmul_rn(__fmul_rn(f[2], 256.0f), ws), xs0, acc[m][2]);
+                        acc[m][3] = fmaf(__fmul_rn(__fmul_rn(f[3], 256.0f), ws), xs1, acc[m][3]);
+                    }
+                }
+            }
+        }
+
+        /* the group's slices, in ascending order, on slice 0 */
+        if (ks > 1) {
+#pragma unroll
+            for (int m = 0; m < NM; m++)
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    red[(slice * NM * 4 + m * 4 + i) * 32 + lane] = acc[m][i];
+            named_bar(bar, 32 * ks);
+            if (slice == 0)
+#pragma unroll
+                for (int m = 0; m < NM; m++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        float v = red[(m * 4 + i) * 32 + lane];
+                        for (int j = 1; j < ks; j++)
+                            v = __fadd_rn(v, red[(j * NM * 4 + m * 4 + i) * 32 + lane]);
+                        acc[m][i] = v;
+                    }
+            named_bar(bar, 32 * ks); /* red is free for the next pass */
+        }
+        if (slice != 0) continue;
+
+        if (F == 0) { /* the quad's four groups: ((0 + 1) + (2 + 3)) on every lane */
+#pragma unroll
+            for (int m = 0; m < NM; m++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    acc[m][i] = __fadd_rn(acc[m][i], __shfl_xor_sync(0xffffffffu, acc[m][i], 1));
+                    acc[m][i] = __fadd_rn(acc[m][i], __shfl_xor_sync(0xffffffffu, acc[m][i], 2));
+                }
+        }
+
+        /* epilogue: output i of this lane is (row i < 2 ? g : g + 8, token (i & 1) of the C
+         * pair); with FP4 the quad holds the same four sums and lane t writes the t-th */
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            if (F == 0 && i != t) continue;
+            const int64_t row = i < 2 ? rA : rB;
+            const int tok = ct + (i & 1);
+            if (row >= R || tok >= ntok) continue;
+            const int64_t pair = tok_pair(a, ai, off, tok);
+            if (NM == 2) {
+                const float gv = q_bf16(__fmul_rn(acc[0][i], w[0].out_scale));
+                const float uv = q_bf16(__fmul_rn(acc[NM - 1][i], w[NM - 1].out_scale));
+                float v = q_swiglu(gv, uv, a.limit);
+                if (ai > 0) v = __fmul_rn(v, __ldg(a.wts + pair));
+                a.araw[pair * a.I + row] = (uint16_t)(__float_as_uint(q_bf16(v)) >> 16);
+            } else {
+                const float y = q_bf16(__fmul_rn(acc[0][i], w[0].out_scale));
+                a.y[pair * a.D + row] = (uint16_t)(__float_as_uint(y) >> 16);
+            }
+        }
+    }
+}
+
+/* After a stage 1 task: its ticket on (slot, 128-row block of a); the block's last task
+ * quantises the block for every token of the expert into aq (the layout of the expert's w2)
+ * and sa. The other tasks' araw stores are ordered before their tickets by the fence. */
+static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int ntok, int off,
+                                   int tile, int lane)
+{
+    const int64_t I = a.I;
+    const int tiles = (int)((I + 15) >> 4), nb = (int)((I + 127) >> 7), blk = tile >> 3;
+    const int need = min(8, tiles - 8 * blk);
+    __threadfence();
+    __syncwarp();
+    int tk = 0;
+    if (lane == 0) tk = atomicAdd(a.tickets + (int64_t)ai * nb + blk, 1);
+    tk = __shfl_sync(0xffffffffu, tk, 0);
+    if (tk != need - 1) return;
+    __threadfence();
+    const bool l4 = a.table[e].w2.fmt == MOE_MXFP4;
+    const int64_t c0 = (int64_t)blk * 128, width = min((int64_t)128, I - c0);
+    const bool on = 4 * lane < width;
+    enum { TB = 8 }; /* tokens whose loads are in flight together */
+    for (int t0 = 0; t0 < ntok; t0 += TB) {
+        int64_t pair[TB];
+        uint2 u[TB];
+#pragma unroll
+        for (int j = 0; j < TB; j++) {
+            pair[j] = t0 + j < ntok ? tok_pair(a, ai, off, t0 + j) : 0;
+            u[j] = make_uint2(0, 0);
+            if (on && t0 + j < ntok)
+                u[j] = __ldcg((const uint2 *)(a.araw + pair[j] * I + c0 + 4 * lane));
+        }
+#pragma unroll
+        for (int j = 0; j < TB; j++) {
+            if (t0 + j >= ntok) break; /* uniform */
+            const float v[4] = {
+                __uint_as_float(u[j].x << 16), __uint_as_float(u[j].x & 0xffff0000u),
+                __uint_as_float(u[j].y << 16), __uint_as_float(u[j].y & 0xffff0000u)};
+            uint16_t *d = a.aq + pair[j] * I + c0;
+            const float s = quant_store(v, on, l4 ? d : NULL, l4 ? NULL : d, lane);
+            if (lane == 0) a.sa[pair[j] * nb + blk] = s;
+        }
+    }
+}
+
+/* Stage kernel (NM = 2: stage 1, NM = 1: stage 2): the CTA's WPC warps are WPC / ks groups of
+ * ks warps, each group one task (slot, 16-row tile) with K split in ks slices (ks = 1, 2, 4).
+ * Groups synchronise only among themselves (named barrier 1 + group), so a group whose slot is
+ * past the device count exits as a whole. */
+template <int NM>
+__global__ void __launch_bounds__(WPC * 32, 3) moe_mma_stage_kernel(const moe_mma_args a, int ks)
+{
+    __shared__ float red[WPC * 2 * 4 * 32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = warp / ks, slice = warp - grp * ks;
+    const int64_t task = (int64_t)blockIdx.x * (WPC / ks) + grp;
+    const int64_t R = NM == 2 ? a.I : a.D, C = NM == 2 ? a.D : a.I;
+    const int64_t tiles = (R + 15) >> 4;
+    const int ai = (int)(task / tiles), tile = (int)(task - (int64_t)ai * tiles);
+    if (ai > *a.list.n_active) return; /* the whole group */
+    int e = a.E, ntok = (int)a.N, off = 0;
+    if (ai > 0) {
+        e = a.list.active[ai - 1];
+        ntok = a.list.cnt[ai - 1];
+        off = a.list.off[ai - 1];
+    }
+    moe_mat w[NM];
+    if constexpr (NM == 2) {
+        w[0] = a.table[e].w1;
+        w[1] = a.table[e].w3;
+    } else {
+        w[0] = a.table[e].w2;
+    }
+    const int nch = (int)((C + 127) >> 7), per = (nch + ks - 1) / ks;
+    const int lo = min(nch, slice * per), hi = min(nch, lo + per);
+    const int64_t r0 = (int64_t)tile * 16;
+    float *gred = red + grp * ks * NM * 4 * 32;
+    if (w[0].fmt == MOE_MXFP4)
+        run_task<NM, 0>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred, 1 + grp);
+    else
+        run_task<NM, 1>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred, 1 + grp);
+    if constexpr (NM == 2)
+        if (slice == 0) stage1_tail(a, ai, e, ntok, off, tile, lane);
+}
+
+/* Block 0: sel [N, K] -> the work list (as bk_moe.cu's prep) and the tickets zeroed. Blocks
+ * 1..: x = act_quant(h) as codes in L4 and L8 + scales, one warp per 128-column block. */
+__global__ void moe_mma_prep_kernel(const moe_mma_args a, const int32_t *sel, const float *h)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t N = a.N, D = a.D, NK = N * a.K;
+    const int E = a.E;
+    if (blockIdx.x > 0) {
+        const int64_t nb = (D + 127) >> 7;
+        const int64_t gw = (int64_t)(blockIdx.x - 1) * (blockDim.x >> 5) + warp;
+        if (gw >= N * nb) return;
+        const int64_t r = gw / nb, blk = gw - r * nb, c0 = blk * 128;
+        const bool on = c0 + 4 * lane < D;
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (on) {
+            const float4 f = *(const float4 *)(h + r * D + c0 + 4 * lane);
+            v[0] = q_bf16(f.x), v[1] = q_bf16(f.y), v[2] = q_bf16(f.z), v[3] = q_bf16(f.w);
+        }
+        const float s = quant_store(v, on, a.x4 + r * D + c0, a.x8 + r * D + c0, lane);
+        if (lane == 0) a.sx[r * nb + blk] = s;
+        return;
+    }
+    const moe_list L = a.list;
+    extern __shared__ int32_t wl[];
+    int32_t *cnt = wl, *off = wl + E, *fill = wl + 2 * E;
+    const int64_t nt = (int64_t)a.slots * ((a.I + 127) >> 7);
+    for (int64_t i = threadIdx.x; i < nt; i += blockDim.x) a.tickets[i] = 0;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = fill[e] = 0;
+    __syncthreads();
+    for (int64_t p = threadIdx.x; p < NK; p += blockDim.x) {
+        const int e = sel[p];
+        if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
+    }
+    __syncthreads();
+    if (warp == 0) {
+        const int per = (E + 31) / 32, lo = lane * per, hi = lo + per < E ? lo + per : E;
+        int c = 0, na = 0;
+        for (int e = lo; e < hi; e++) c += cnt[e], na += cnt[e] > 0;
+        int ci = c, ni = na; /* inclusive scans over the lanes */
+        for (int d = 1; d < 32; d <<= 1) {
+            const int tc = __shfl_up_sync(0xffffffffu, ci, d);
+            const int tn = __shfl_up_sync(0xffffffffu, ni, d);
+            if (lane >= d) ci += tc, ni += tn;
+        }
+        int cpos = ci - c, apos = ni - na;
+        for (int e = lo; e < hi; e++) {
+            off[e] = cpos;
+            if (cnt[e] > 0) {
+                L.active[apos] = e;
+                L.off[apos] = cpos;
+                L.cnt[apos] = cnt[e];
+                apos++;
+            }
+            cpos += cnt[e];
+        }
+        if (lane == 31) *L.n_active = ni;
+    }
+    __syncthreads();
+    for (int64_t p = threadIdx.x; p < NK; p += blockDim.x) {
+        const int e = sel[p];
+        if (e >= 0 && e < E) L.pairs[off[e] + atomicAdd(&fill[e], 1)] = (int32_t)p;
+    }
+}
+
+/* y [P, D] (bf16 bits) -> out [N, D]: per row, the routed pairs in ascending (expert, slot)
+ * order added in f32 from 0 (moe_body's acc), then + the shared expert's row, then bf16. */
+__global__ void moe_mma_combine_kernel(float *out, const uint16_t *y, const int32_t *sel, int64_t N,
+                                       int K, int64_t D, int E)
+{
+    const int64_t r = blockIdx.y, c = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
+    if (c >= D) return;
+    int ord[MOE_MAX_K], n = 0;
+    for (int j = 0; j < K; j++) { /* insertion by expert id; equal ids keep slot order */
+        const int e = sel[r * K + j];
+        if (e < 0 || e >= E) continue;
+        int i = n++;
+        for (; i > 0 && sel[r * K + ord[i - 1]] > e; i--) ord[i] = ord[i - 1];
+        ord[i] = j;
+    }
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int i = 0; i < n; i++) {
+        const uint2 v = *(const uint2 *)(y + (r * K + ord[i]) * D + c);
+        acc[0] = __fadd_rn(acc[0], __uint_as_float(v.x << 16));
+        acc[1] = __fadd_rn(acc[1], __uint_as_float(v.x & 0xffff0000u));
+        acc[2] = __fadd_rn(acc[2], __uint_as_float(v.y << 16));
+        acc[3] = __fadd_rn(acc[3], __uint_as_float(v.y & 0xffff0000u));
+    }
+    const uint2 s = *(const uint2 *)(y + (N * K + r) * D + c);
+    float4 o;
+    o.x = q_bf16(__fadd_rn(acc[0], __uint_as_float(s.x << 16)));
+    o.y = q_bf16(__fadd_rn(acc[1], __uint_as_float(s.x & 0xffff0000u)));
+    o.z = q_bf16(__fadd_rn(acc[2], __uint_as_float(s.y << 16)));
+    o.w = q_bf16(__fadd_rn(acc[3], __uint_as_float(s.y & 0xffff0000u)));
+    *(float4 *)(out + r * D + c) = o;
+}
+
+int moe_mma_mat_ok(const moe_mat *m)
+{
+    if (((uintptr_t)m->data & 15) != 0 || m->cols % 32 != 0) return 0;
+    if (m->fmt == MOE_MXFP4) return m->scale != NULL && m->scale_cols >= m->cols / 32;
+    if (m->fmt == MOE_FP8)
+        return m->scale != NULL && !m->scale_f32 && m->scale_cols >= (m->cols + 127) / 128;
+    return 0;
+}
+
+/* K slices per task for an input of nch 128-column chunks: about 8 chunks a warp (two or more
+ * iterations of 16 loads for stage 1 FP4), 1, 2 or 4. */
+static int split_of(int64_t nch)
+{
+    return nch >= 32 ? 4 : nch >= 16 ? 2 : 1;
+}
+
+dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, float *out, const float *h,
+                        const int32_t *sel)
+{
+    const int64_t N = a->N, D = a->D, I = a->I;
+    const int64_t qwarps = N * ((D + 127) / 128);
+    const unsigned prep_grid = 1u + (unsigned)((qwarps + 7) / 8);
+    moe_mma_prep_kernel<<<prep_grid, 256, (size_t)3 * a->E * sizeof(int32_t), st>>>(*a, sel, h);
+    CUDA_LAUNCHED();
+    const int64_t t1 = (int64_t)a->slots * ((I + 15) / 16),
+                  t2 = (int64_t)a->slots * ((D + 15) / 16);
+    const int ks1 = split_of((D + 127) / 128), ks2 = split_of((I + 127) / 128);
+    const int64_t g1 = (t1 + WPC / ks1 - 1) / (WPC / ks1), g2 = (t2 + WPC / ks2 - 1) / (WPC / ks2);
+    moe_mma_stage_kernel<2><<<(unsigned)g1, WPC * 32, 0, st>>>(*a, ks1);
+    CUDA_LAUNCHED();
+    moe_mma_stage_kernel<1><<<(unsigned)g2, WPC * 32, 0, st>>>(*a, ks2);
+    CUDA_LAUNCHED();
+    const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
+    moe_mma_combine_kernel<<<cgrid, 256, 0, st>>>(out, a->y, sel, N, a->K, D, a->E);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
+}

@@ -1,0 +1,30 @@
+/*
+ * moe_path.cuh - test hook of the CUDA MoE (bk_moe.cu), plain C so that the GPU op test
+ * (tests/test_gpu_moe.c) can include it: it forces the SIMT grouped GEMMs (moe_gemm.cu) or the
+ * tensor-core path (moe_mma.cu) so that both are checked against the CPU and timed side by side.
+ * The engine never calls it. Process-wide, by design of a test switch: set it, run, reset to
+ * DSV4_MOE_PATH_AUTO.
+ */
+#ifndef DSV4_CUDA_MOE_PATH_CUH
+#define DSV4_CUDA_MOE_PATH_CUH
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum {
+    DSV4_MOE_PATH_AUTO = 0, /* the dispatcher's choice */
+    DSV4_MOE_PATH_SIMT = 1, /* moe_gemm.cu: any expert format */
+    DSV4_MOE_PATH_MMA = 2,  /* moe_mma.cu: MXFP4 and FP8 (ue8m0) experts */
+};
+
+/* Forces `path` for the following dsv4_cuda_bk_moe calls; a path that does not take a call
+ * falls back to the dispatcher's choice. Returns the previous setting. */
+int dsv4_cuda_moe_force_path(int path);
+/* The path the last dsv4_cuda_bk_moe call took (DSV4_MOE_PATH_*; AUTO before any call). */
+int dsv4_cuda_moe_last_path(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
