@@ -20,7 +20,10 @@ enum {
     AT_LDP = AT_BLOCK + 8  /* bf16 a head's row of p */
 };
 
-/* f32 -> bf16 bits, nearest-even, NaN kept quiet: quant_sim.c dsv4_round_bf16 bit for bit. */
+/* f32 -> bf16 bits, nearest-even, NaN kept quiet: quant_sim.c dsv4_round_bf16 bit for bit.
+ * Not quant_dev.cuh's dev_round_bf16: this yields the 16 bf16 bits (for packing mma operands),
+ * and at_round_bf16 below drops a NaN's low 16 payload bits where dev_round_bf16 keeps them, so
+ * the two differ on such NaNs. */
 __device__ static inline uint16_t at_bf16_bits(float x)
 {
     uint32_t u = __float_as_uint(x);

@@ -35,6 +35,7 @@
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/quant_dev.cuh"
 
 #include <cooperative_groups.h>
 #include <cuda_fp16.h>
@@ -63,15 +64,6 @@ struct hs_args {
 };
 
 /* ---- device helpers ---------------------------------------------------------------------- */
-
-/* f32 -> bf16 -> f32, nearest-even; NaN stays (quiet) NaN: dsv4_round_bf16. */
-__device__ static inline float dev_round_bf16(float x)
-{
-    uint32_t u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(u | 0x00400000u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return __uint_as_float(u & 0xffff0000u);
-}
 
 /* ops_hc.c sigmoidf, with exp in double rounded once to f32 (as bk_rows.cu). */
 __device__ static float dev_sigmoid(float x)

@@ -15,6 +15,7 @@
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/quant_dev.cuh"
 
 #include <cfloat>
 #include <cmath>
@@ -26,64 +27,6 @@ enum {
     POOL_THREADS = 512, /* threads of one window-closing CTA (over dims) */
     STORE_THREADS = 256,
 };
-
-/* ---- the roundings of model/quant_sim.c, on the device ------------------------------------ */
-static __device__ __forceinline__ float round_bf16(float x)
-{
-    uint32_t u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(u | 0x00400000u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return __uint_as_float(u & 0xffff0000u);
-}
-
-/* a >= 0 finite to the grid of a format with mbits mantissa bits and smallest normal 2^emin,
- * nearest-even (quant_sim.c round_grid: exact scalings and one rintf). */
-static __device__ float round_grid(float a, int mbits, int emin)
-{
-    if (a == 0.0f) return 0.0f;
-    int e2;
-    (void)frexpf(a, &e2);
-    int e = e2 - 1;
-    if (e < emin) e = emin;
-    const float q = rintf(ldexpf(a, mbits - e));
-    return ldexpf(q, e - mbits);
-}
-
-static __device__ float round_e4m3(float x)
-{
-    if (x != x) return x; /* NaN stays NaN */
-    const float a = fabsf(x);
-    float q = a >= 448.0f ? 448.0f : round_grid(a, 3, -6);
-    if (q > 448.0f) q = 448.0f;
-    return copysignf(q, x);
-}
-
-static __device__ float round_e2m1(float x)
-{
-    if (x != x) return x; /* NaN stays NaN */
-    const float a = fabsf(x);
-    float q = a >= 6.0f ? 6.0f : round_grid(a, 1, 0);
-    if (q > 6.0f) q = 6.0f;
-    return copysignf(q, x);
-}
-
-/* 2^ceil(log2(y)) read off the f32 bits (quant_sim.c pow2_ceil_bits). */
-static __device__ float pow2_ceil_bits(float y)
-{
-    const uint32_t u = __float_as_uint(y);
-    const int e = (int)((u >> 23) & 0xffu) - 127 + ((u & 0x7fffffu) != 0 ? 1 : 0);
-    return __uint_as_float((uint32_t)(e + 127) << 23);
-}
-
-static __device__ float scale_fp8(float amax)
-{
-    return pow2_ceil_bits(__fmul_rn(fmaxf(amax, 1e-4f), (float)(1.0 / 448.0)));
-}
-
-static __device__ float scale_fp4(float amax)
-{
-    return pow2_ceil_bits(__fmul_rn(fmaxf(amax, 6.0f * FLT_MIN), (float)(1.0 / 6.0)));
-}
 
 /* x [n] in shared memory: blocks of `block` (the last may be shorter), one warp per block,
  * scale from the block's amax (NaN skipped), then round(x / s) * s in e2m1 (fp4) or e4m3.
@@ -102,10 +45,10 @@ static __device__ void quant_blocks(float *x, int n, int block, int fp4)
             const float t = __shfl_xor_sync(0xffffffffu, mx, o);
             if (t > mx) mx = t;
         }
-        const float s = fp4 ? scale_fp4(mx) : scale_fp8(mx);
+        const float s = fp4 ? dev_scale_fp4(mx) : dev_scale_fp8(mx);
         for (int j = lane; j < len; j += 32) {
             const float v = __fdiv_rn(x[b0 + j], s);
-            x[b0 + j] = __fmul_rn(fp4 ? round_e2m1(v) : round_e4m3(v), s);
+            x[b0 + j] = __fmul_rn(fp4 ? dev_round_e2m1(v) : dev_round_e4m3(v), s);
         }
     }
     __syncthreads();
@@ -115,7 +58,7 @@ static __device__ void quant_blocks(float *x, int n, int block, int fp4)
  * n/2, each (a, b) -> (a + b, a - b), then * scale; bf16 before and after (rotate_activation). */
 static __device__ void rotate_activation(float *x, int n, float scale)
 {
-    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] = round_bf16(x[i]);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] = dev_round_bf16(x[i]);
     __syncthreads();
     for (int h = 1; h < n; h <<= 1) {
         for (int t = threadIdx.x; t < n / 2; t += blockDim.x) {
@@ -126,7 +69,7 @@ static __device__ void rotate_activation(float *x, int n, float scale)
         }
         __syncthreads();
     }
-    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] = round_bf16(__fmul_rn(x[i], scale));
+    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] = dev_round_bf16(__fmul_rn(x[i], scale));
     __syncthreads();
 }
 
@@ -139,8 +82,8 @@ static __device__ void rope_bf16(float *x, int dim, int r, const float *freqs, i
         const float ang = __fmul_rn(freqs[i], (float)pos);
         const float c = (float)cos((double)ang), s = (float)sin((double)ang);
         const float a = p[2 * i], b = p[2 * i + 1];
-        p[2 * i] = round_bf16(__fadd_rn(__fmul_rn(a, c), __fmul_rn(-b, s)));
-        p[2 * i + 1] = round_bf16(__fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s)));
+        p[2 * i] = dev_round_bf16(__fadd_rn(__fmul_rn(a, c), __fmul_rn(-b, s)));
+        p[2 * i + 1] = dev_round_bf16(__fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s)));
     }
     __syncthreads();
 }
@@ -228,7 +171,7 @@ __global__ void comp_pool_kernel(uint16_t *ent, int64_t cap_e, const float *ring
             const float e = exp_cr(ring_gate[at + c] - mx);
             acc += (double)ring_kv[at + c] * (double)__fdiv_rn(e, fs); /* exact product */
         }
-        x[c] = round_bf16((float)acc);
+        x[c] = dev_round_bf16((float)acc);
     }
     __syncthreads();
 
@@ -247,7 +190,7 @@ __global__ void comp_pool_kernel(uint16_t *ent, int64_t cap_e, const float *ring
     const float var = (float)(red[0] / (double)dim);
     const float rr = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
     for (int c = threadIdx.x; c < dim; c += blockDim.x)
-        x[c] = round_bf16(__fmul_rn(norm[c], __fmul_rn(x[c], rr)));
+        x[c] = dev_round_bf16(__fmul_rn(norm[c], __fmul_rn(x[c], rr)));
     __syncthreads();
 
     rope_bf16(x, dim, r, freqs, i * m);
@@ -259,7 +202,7 @@ __global__ void comp_pool_kernel(uint16_t *ent, int64_t cap_e, const float *ring
     }
     uint16_t *out = ent + ((int64_t)slot[row] * cap_e + i) * dim;
     for (int c = threadIdx.x; c < dim; c += blockDim.x)
-        out[c] = (uint16_t)(__float_as_uint(round_bf16(x[c])) >> 16);
+        out[c] = (uint16_t)(__float_as_uint(dev_round_bf16(x[c])) >> 16);
 }
 
 static int is_pow2(int n)

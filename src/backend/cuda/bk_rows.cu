@@ -17,50 +17,11 @@
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/quant_dev.cuh"
 #include "core/float_formats.h"
 
-/* ---- device helpers: quant_sim.c's roundings, block sums ------------------------------------ */
-
-/* f32 -> bf16 -> f32, nearest-even; NaN stays (quiet) NaN: dsv4_round_bf16. */
-__device__ static inline float dev_round_bf16(float x)
-{
-    uint32_t u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(u | 0x00400000u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return __uint_as_float(u & 0xffff0000u);
-}
-
-/* quant_sim.c round_grid: a >= 0 to the grid of mbits mantissa bits, smallest normal 2^emin,
- * nearest-even (frexpf / ldexpf are exact, rintf rounds half to even). */
-__device__ static float dev_round_grid(float a, int mbits, int emin)
-{
-    if (a == 0.0f) return 0.0f;
-    int e2;
-    (void)frexpf(a, &e2);
-    int e = e2 - 1;
-    if (e < emin) e = emin;
-    const float q = rintf(ldexpf(a, mbits - e));
-    return ldexpf(q, e - mbits);
-}
-
-/* dsv4_round_e4m3: e4m3fn, saturating at +-448 (satfinite). */
-__device__ static float dev_round_e4m3(float x)
-{
-    if (isnan(x)) return x;
-    const float a = fabsf(x);
-    float q = a >= 448.0f ? 448.0f : dev_round_grid(a, 3, -6);
-    if (q > 448.0f) q = 448.0f;
-    return copysignf(q, x);
-}
-
-/* dsv4_scale_fp8: 2^ceil(log2(max(amax, 1e-4) * (1/448))), ceil(log2) read off the f32 bits. */
-__device__ static float dev_scale_fp8(float amax)
-{
-    const float y = __fmul_rn(fmaxf(amax, 1e-4f), (float)(1.0 / 448.0));
-    const uint32_t u = __float_as_uint(y);
-    const int e = (int)((u >> 23) & 0xffu) - 127 + ((u & 0x7fffffu) != 0 ? 1 : 0);
-    return __uint_as_float((uint32_t)(e + 127) << 23);
-}
+/* ---- device helpers: block sums (quant_sim.c's roundings: quant_dev.cuh) ----------------------
+ */
 
 /* The sum of v over the block (blockDim a multiple of 32, sh [blockDim / 32]); every thread gets
  * the same value. One call per kernel (sh is not reset). */

@@ -1,0 +1,79 @@
+/*
+ * quant_dev.cuh - the device twins of model/quant_sim.c's faithful-mode roundings: f32 -> bf16
+ * nearest-even, the round_grid of a small float format, e4m3fn (saturating) and e2m1 rounding,
+ * and the power-of-two FP8 / FP4 block scales. Every CUDA kernel that must round bit-identically
+ * to the CPU reference uses these, so that there is one device copy of each rule to keep in step
+ * with quant_sim.c. All are exact bit manipulations or single IEEE roundings (no contraction:
+ * products are __fmul_rn), so inlining them anywhere cannot change a bit.
+ */
+#ifndef DSV4_CUDA_QUANT_DEV_CUH
+#define DSV4_CUDA_QUANT_DEV_CUH
+
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cuda_runtime.h>
+
+/* f32 -> bf16 -> f32, nearest-even; NaN stays (quiet) NaN with its payload: dsv4_round_bf16. */
+static __device__ __forceinline__ float dev_round_bf16(float x)
+{
+    uint32_t u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(u | 0x00400000u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return __uint_as_float(u & 0xffff0000u);
+}
+
+/* quant_sim.c round_grid: a >= 0 finite to the grid of a format with mbits mantissa bits and
+ * smallest normal 2^emin, nearest-even (frexpf / ldexpf are exact, rintf rounds half to even). */
+static __device__ __forceinline__ float dev_round_grid(float a, int mbits, int emin)
+{
+    if (a == 0.0f) return 0.0f;
+    int e2;
+    (void)frexpf(a, &e2);
+    int e = e2 - 1;
+    if (e < emin) e = emin;
+    const float q = rintf(ldexpf(a, mbits - e));
+    return ldexpf(q, e - mbits);
+}
+
+/* dsv4_round_e4m3: e4m3fn, saturating at +-448 (satfinite); NaN stays NaN. */
+static __device__ __forceinline__ float dev_round_e4m3(float x)
+{
+    if (isnan(x)) return x;
+    const float a = fabsf(x);
+    float q = a >= 448.0f ? 448.0f : dev_round_grid(a, 3, -6);
+    if (q > 448.0f) q = 448.0f;
+    return copysignf(q, x);
+}
+
+/* dsv4_round_e2m1: e2m1, saturating at +-6; NaN stays NaN. */
+static __device__ __forceinline__ float dev_round_e2m1(float x)
+{
+    if (isnan(x)) return x;
+    const float a = fabsf(x);
+    float q = a >= 6.0f ? 6.0f : dev_round_grid(a, 1, 0);
+    if (q > 6.0f) q = 6.0f;
+    return copysignf(q, x);
+}
+
+/* 2^ceil(log2(y)) read off the f32 bits (quant_sim.c pow2_ceil_bits). */
+static __device__ __forceinline__ float dev_pow2_ceil_bits(float y)
+{
+    const uint32_t u = __float_as_uint(y);
+    const int e = (int)((u >> 23) & 0xffu) - 127 + ((u & 0x7fffffu) != 0 ? 1 : 0);
+    return __uint_as_float((uint32_t)(e + 127) << 23);
+}
+
+/* dsv4_scale_fp8: 2^ceil(log2(max(amax, 1e-4) * (1/448))). */
+static __device__ __forceinline__ float dev_scale_fp8(float amax)
+{
+    return dev_pow2_ceil_bits(__fmul_rn(fmaxf(amax, 1e-4f), (float)(1.0 / 448.0)));
+}
+
+/* dsv4_scale_fp4: 2^ceil(log2(max(amax, 6 FLT_MIN) * (1/6))). */
+static __device__ __forceinline__ float dev_scale_fp4(float amax)
+{
+    return dev_pow2_ceil_bits(__fmul_rn(fmaxf(amax, 6.0f * FLT_MIN), (float)(1.0 / 6.0)));
+}
+
+#endif
