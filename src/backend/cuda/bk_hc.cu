@@ -35,6 +35,7 @@
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/hc_dev.cuh"
 #include "backend/cuda/quant_dev.cuh"
 
 #include <cooperative_groups.h>
@@ -64,12 +65,6 @@ struct hs_args {
 };
 
 /* ---- device helpers ---------------------------------------------------------------------- */
-
-/* ops_hc.c sigmoidf, with exp in double rounded once to f32 (as bk_rows.cu). */
-__device__ static float dev_sigmoid(float x)
-{
-    return __fdiv_rn(1.0f, __fadd_rn(1.0f, (float)exp((double)-x)));
-}
 
 /* Elements i .. i+3 of fn (i a multiple of 4) as f32; bf16 and f16 widen exactly. */
 template <int WT> __device__ __forceinline__ float4 ld_w4(const void *fn, int64_t i)
@@ -156,46 +151,12 @@ __device__ __forceinline__ void load_batch(float4 (&v)[HS_U][HS_OPW], const hs_a
 }
 
 /* dsv4_op_hc_weights' post and comb for one row by one lane (n*n > 32: the general fallback),
- * comb updated in place in global memory. Operation order exactly as ops_hc.c. */
+ * comb updated in place in global memory (hc_dev.cuh; pre is computed by the collapse). */
 __device__ static void hc_weights_serial(const hs_args &a, const float *mix, int64_t row)
 {
-    const int n = a.n;
-    float *post = a.post + row * n, *comb = a.comb + row * n * n;
-    const float *scale = a.scale, *base = a.base, eps = a.hc_eps;
-    for (int j = 0; j < n; j++)
-        post[j] =
-            __fmul_rn(2.0f, dev_sigmoid(__fadd_rn(__fmul_rn(mix[n + j], scale[1]), base[n + j])));
-    const float *cm = mix + 2 * n, *cb = base + 2 * n;
-    for (int j = 0; j < n; j++) {
-        float *rw = comb + j * n;
-        float mx = -INFINITY;
-        for (int k = 0; k < n; k++) {
-            rw[k] = __fadd_rn(__fmul_rn(cm[j * n + k], scale[2]), cb[j * n + k]);
-            if (rw[k] > mx) mx = rw[k];
-        }
-        float sum = 0.0f;
-        for (int k = 0; k < n; k++) {
-            rw[k] = (float)exp((double)__fsub_rn(rw[k], mx));
-            sum = __fadd_rn(sum, rw[k]);
-        }
-        for (int k = 0; k < n; k++) rw[k] = __fadd_rn(__fdiv_rn(rw[k], sum), eps);
-    }
-    for (int it = 0; it < a.iters; it++) {
-        if (it > 0) {
-            for (int j = 0; j < n; j++) {
-                float s = 0.0f;
-                for (int k = 0; k < n; k++) s = __fadd_rn(s, comb[j * n + k]);
-                s = __fadd_rn(s, eps);
-                for (int k = 0; k < n; k++) comb[j * n + k] = __fdiv_rn(comb[j * n + k], s);
-            }
-        }
-        for (int k = 0; k < n; k++) {
-            float s = 0.0f;
-            for (int j = 0; j < n; j++) s = __fadd_rn(s, comb[j * n + k]);
-            s = __fadd_rn(s, eps);
-            for (int j = 0; j < n; j++) comb[j * n + k] = __fdiv_rn(comb[j * n + k], s);
-        }
-    }
+    float pre[HS_HC_MAX]; /* n <= HS_HC_MAX (dsv4_cuda_bk_hc_site checks) */
+    dev_hc_weights(mix, a.base, a.scale, a.n, a.iters, a.hc_eps, pre, a.post + row * a.n,
+                   a.comb + row * a.n * a.n);
 }
 
 /* The same for n*n <= 32 by a whole warp: lane e = j*n + k holds comb[j][k]; every row or

@@ -17,6 +17,7 @@
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/hc_dev.cuh"
 #include "backend/cuda/quant_dev.cuh"
 #include "core/float_formats.h"
 
@@ -326,55 +327,6 @@ extern "C" dsv4_status dsv4_cuda_bk_rope(dsv4_backend *b, float *x, int64_t ldx,
 
 /* ---- mHC ------------------------------------------------------------------------------------- */
 enum { HC_MAX = 16, HC_COLS = 1024 }; /* largest hc_mult (V4: 4); columns per collapse block */
-
-/* ops_hc.c sigmoidf, with exp in double rounded once to f32. */
-__device__ static float dev_sigmoid(float x)
-{
-    return __fdiv_rn(1.0f, __fadd_rn(1.0f, (float)exp((double)-x)));
-}
-
-/* dsv4_op_hc_weights, one thread: mix [(2+n)n] -> pre [n], post [n], comb [n, n] (shared). */
-__device__ static void dev_hc_weights(const float *mix, const float *base, const float *scale,
-                                      int n, int iters, float eps, float *pre, float *post,
-                                      float *comb)
-{
-    for (int j = 0; j < n; j++) {
-        pre[j] = __fadd_rn(dev_sigmoid(__fadd_rn(__fmul_rn(mix[j], scale[0]), base[j])), eps);
-        post[j] =
-            __fmul_rn(2.0f, dev_sigmoid(__fadd_rn(__fmul_rn(mix[n + j], scale[1]), base[n + j])));
-    }
-    const float *cm = mix + 2 * n, *cb = base + 2 * n;
-    for (int j = 0; j < n; j++) { /* softmax over each row, then + eps */
-        float *row = comb + j * n;
-        float mx = -INFINITY;
-        for (int k = 0; k < n; k++) {
-            row[k] = __fadd_rn(__fmul_rn(cm[j * n + k], scale[2]), cb[j * n + k]);
-            if (row[k] > mx) mx = row[k];
-        }
-        float sum = 0.0f;
-        for (int k = 0; k < n; k++) {
-            row[k] = (float)exp((double)__fsub_rn(row[k], mx));
-            sum = __fadd_rn(sum, row[k]);
-        }
-        for (int k = 0; k < n; k++) row[k] = __fadd_rn(__fdiv_rn(row[k], sum), eps);
-    }
-    for (int it = 0; it < iters; it++) { /* Sinkhorn: columns, then (rows, columns) */
-        if (it > 0) {
-            for (int j = 0; j < n; j++) {
-                float s = 0.0f;
-                for (int k = 0; k < n; k++) s = __fadd_rn(s, comb[j * n + k]);
-                s = __fadd_rn(s, eps);
-                for (int k = 0; k < n; k++) comb[j * n + k] = __fdiv_rn(comb[j * n + k], s);
-            }
-        }
-        for (int k = 0; k < n; k++) {
-            float s = 0.0f;
-            for (int j = 0; j < n; j++) s = __fadd_rn(s, comb[j * n + k]);
-            s = __fadd_rn(s, eps);
-            for (int j = 0; j < n; j++) comb[j * n + k] = __fdiv_rn(comb[j * n + k], s);
-        }
-    }
-}
 
 /* y [D] = bf16(sum_j pre[j] X[j]) over columns [d0, d1) of one row: dsv4_op_hc_collapse's order. */
 __device__ static void dev_collapse(float *y, const float *X, const float *pre, int n, int64_t D,
