@@ -587,13 +587,10 @@ static dsv4_status check_ids(const dsv4_engine *e, const int32_t *ids, int64_t n
     return DSV4_OK;
 }
 
-/* Uploads rows [n]: slot, pos, ids (host arrays) to e->s.rows. */
-static dsv4_status put_rows(dsv4_engine *e, int n)
+/* Uploads the step's rows (slot, pos, ids: host [3, max_chunk]) to e->s.rows in one copy. */
+static dsv4_status put_rows(dsv4_engine *e)
 {
-    const size_t mc = (size_t)e->o.max_chunk;
-    for (int k = 0; k < 3; k++)
-        DSV4_TRY(dsv4_bk_upload(e->b, e->s.rows + k * mc, e->hrows + k * mc, (size_t)n * 4));
-    return DSV4_OK;
+    return dsv4_bk_upload(e->b, e->s.rows, e->hrows, (size_t)(3 * e->o.max_chunk) * 4);
 }
 
 /* LM head over rows [r0, r0 + n) of the step's final hidden rows -> e->s.logits [n, V]. */
@@ -628,7 +625,7 @@ static dsv4_status prefill(dsv4_engine *e, int slot, const int32_t *ids, int64_t
             e->hrows[mc + i] = (int32_t)(e->pos[slot] + i);
             e->hrows[2 * mc + i] = ids[i0 + i];
         }
-        DSV4_TRY(put_rows(e, k));
+        DSV4_TRY(put_rows(e));
         DSV4_TRY(dsv4_engine_forward(e, k));
         e->pos[slot] += k;
         if (all && logits) { /* every row, in blocks of the logits buffer's rows */
@@ -693,7 +690,7 @@ dsv4_status dsv4_engine_decode(dsv4_engine *e, const int32_t *slots, const int32
         e->hrows[mc + i] = i < n ? (int32_t)e->pos[slots[i]] : 0;
         e->hrows[2 * mc + i] = i < n ? ids[i] : 0;
     }
-    DSV4_TRY(put_rows(e, rows));
+    DSV4_TRY(put_rows(e));
     if (bi >= 0) {
         if (!e->graphs[bi]) {
             DSV4_TRY(dsv4_bk_graph_begin(e->b));
