@@ -7,6 +7,7 @@
 #   sanitize  compute-sanitizer memcheck over the engine on a small fixture and the op tests
 #   racecheck compute-sanitizer racecheck over the op tests' small cases
 #   bench     dsv4 bench (Flash-shaped layers); bench-pro: Pro-shaped layers
+#   ncu       per-kernel times (Nsight Compute) of the bench's op-timer steps, batch 1 and 64
 #   plan      the memory plan's error for a model larger than the GPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +56,15 @@ for part in $parts; do
         ;;
     bench) step $B/dsv4 bench --shape flash --layers 4 ;;
     bench-pro) step $B/dsv4 bench --shape pro --layers 2 --batches 1,8,64 ;;
+    ncu) # kernel durations of the 5 op-timer decode steps (profiler range = dsv4_bk_prof)
+        for bt in 1 64; do
+            ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum \
+                --csv --print-units base $B/dsv4 bench --shape flash --layers 4 --batches $bt \
+                --contexts 4096 --steps 3 --prefill 0 >"$out/ncu_b$bt.csv" 2>"$out/ncu_b$bt.err"
+            echo "== ncu batch $bt (rc $?)"
+            python3 tools/ncu_summary.py "$out/ncu_b$bt.csv" 5 | tee "$out/ncu_b$bt.md"
+        done
+        ;;
     plan) # the whole Flash model does not fit one 80 GB GPU: the engine must say so, with numbers
         echo "== dsv4 bench --shape flash --layers 43 (expected: a clear out-of-memory error)"
         if $B/dsv4 bench --shape flash --layers 43 --batches 1 --contexts 4096; then

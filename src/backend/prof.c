@@ -16,6 +16,7 @@
 dsv4_status dsv4_cuda_event_record(dsv4_backend *b, void **ev);
 float dsv4_cuda_event_ms(void *from, void *to);
 void dsv4_cuda_event_destroy(void *ev);
+void dsv4_cuda_profiler_range(int on);
 #endif
 
 enum { PROF_LABELS = 96, PROF_EVENTS = 4096 };
@@ -78,6 +79,7 @@ dsv4_status dsv4_bk_prof_start(dsv4_backend *b)
     if (b->kind == DSV4_DEVICE_CUDA) {
         DSV4_TRY(dsv4_cuda_event_record(b, &p->ev[0]));
         p->n_ev = 1;
+        dsv4_cuda_profiler_range(1);
     }
 #endif
     return DSV4_OK;
@@ -107,7 +109,10 @@ int dsv4_bk_prof_stop(dsv4_backend *b, dsv4_bk_prof_entry *out, int max)
     dsv4_bk_prof *p = b->prof;
     if (!p) return 0;
 #ifdef DSV4_HAVE_CUDA
-    if (b->kind == DSV4_DEVICE_CUDA) drain(p);
+    if (b->kind == DSV4_DEVICE_CUDA) {
+        dsv4_cuda_profiler_range(0);
+        drain(p);
+    }
     for (int i = 0; i < PROF_EVENTS; i++) dsv4_cuda_event_destroy(p->ev[i]);
 #endif
     int n = p->n_labels < max ? p->n_labels : max;
