@@ -47,6 +47,8 @@ typedef struct dsv4_backend {
     dsv4_cpu_pool *pool;   /* CPU: the thread pool (NULL: the calling thread) */
     dsv4_cuda_ctx *cuda;   /* CUDA: the device context (stream, memory) */
     dsv4_bk_prof *prof;    /* per-op timing when on (dsv4_bk_prof_*) */
+    int pdl; /* CUDA graphs: kernel -> kernel edges programmatic (dsv4_bk_graph_end) */
+    int graph_kernels; /* kernel nodes of the last graph dsv4_bk_graph_end made */
 } dsv4_backend;
 
 /* CPU: pool may be NULL. CUDA: device index. */
@@ -220,6 +222,10 @@ dsv4_status dsv4_bk_moe(dsv4_backend *b, float *out, const float *h, const int32
  * Graphs (CUDA only; the CPU answers DSV4_ERR_UNSUPPORTED): everything enqueued between begin
  * and end is captured, not run; launch replays it on the stream. */
 dsv4_status dsv4_bk_graph_begin(dsv4_backend *b);
+/* With b->pdl set, the graph's kernel -> kernel edges become programmatic dependencies: a
+ * kernel is launched as soon as every CTA of the previous one has started, and waits in
+ * DSV4_PDL_WAIT() (cuda/pdl.cuh, the first statement of every kernel) until that one has
+ * finished and its writes are visible. This hides the launch latency between the kernels. */
 dsv4_status dsv4_bk_graph_end(dsv4_backend *b, void **graph);
 dsv4_status dsv4_bk_graph_launch(dsv4_backend *b, void *graph);
 void dsv4_bk_graph_free(dsv4_backend *b, void *graph);

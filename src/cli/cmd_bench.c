@@ -56,13 +56,14 @@ typedef struct bench_args {
     int64_t contexts[MAX_LIST];
     int n_contexts;
     int64_t prefill;
-    int steps, graphs, json, gpu, ceilings_only;
+    int steps, graphs, pdl, json, gpu, ceilings_only;
     uint64_t seed;
 } bench_args;
 
 typedef struct decode_row {
     int64_t context;
     int batch;
+    int kernels; /* kernel launches per step (the step graph's kernel nodes; 0: no graph) */
     double ms, weight_bytes, kv_bytes, other_bytes;
 } decode_row;
 
@@ -88,21 +89,23 @@ typedef struct bench_out {
 
 static int usage(int rc)
 {
-    fprintf(rc ? stderr : stdout,
-            "usage: dsv4 bench [--shape flash|pro] [--layers N] [--experts mxfp4|nvfp4]\n"
-            "                  [--batches 1,8,32,64] [--contexts 4096,65536] [--prefill 4096]\n"
-            "                  [--steps 20] [--no-graphs] [--json] [--gpu I] [--seed S]\n"
-            "                  [--ceilings-only]\n"
-            "  Times the CUDA engine at the real DeepSeek-V4 geometry with random weights.\n"
-            "  --layers N       layers of the model (default 4; fewer than the real count take\n"
-            "                   the real layers 2.., alternating CSA and HCA; 0 = all)\n"
-            "  --batches        decode batch sizes (sequences per step)\n"
-            "  --contexts       tokens already in every sequence when decode is timed\n"
-            "  --prefill N      tokens of the timed one-sequence prefill (0: none)\n"
-            "  --steps N        timed decode steps per (context, batch), after %d warm-up steps\n"
-            "  --no-graphs      launch each decode step's kernels instead of replaying a graph\n"
-            "  --ceilings-only  measure the device's bandwidth and GEMM ceilings and stop\n",
-            WARMUP_STEPS);
+    fprintf(
+        rc ? stderr : stdout,
+        "usage: dsv4 bench [--shape flash|pro] [--layers N] [--experts mxfp4|nvfp4]\n"
+        "                  [--batches 1,8,32,64] [--contexts 4096,65536] [--prefill 4096]\n"
+        "                  [--steps 20] [--no-graphs] [--no-pdl] [--json] [--gpu I] [--seed S]\n"
+        "                  [--ceilings-only]\n"
+        "  Times the CUDA engine at the real DeepSeek-V4 geometry with random weights.\n"
+        "  --layers N       layers of the model (default 4; fewer than the real count take\n"
+        "                   the real layers 2.., alternating CSA and HCA; 0 = all)\n"
+        "  --batches        decode batch sizes (sequences per step)\n"
+        "  --contexts       tokens already in every sequence when decode is timed\n"
+        "  --prefill N      tokens of the timed one-sequence prefill (0: none)\n"
+        "  --steps N        timed decode steps per (context, batch), after %d warm-up steps\n"
+        "  --no-graphs      launch each decode step's kernels instead of replaying a graph\n"
+        "  --no-pdl         graphs without programmatic dependent launch between kernels\n"
+        "  --ceilings-only  measure the device's bandwidth and GEMM ceilings and stop\n",
+        WARMUP_STEPS);
     return rc;
 }
 
@@ -142,6 +145,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
     a->prefill = 4096;
     a->steps = 20;
     a->graphs = 1;
+    a->pdl = 0; /* 1 once every kernel begins with DSV4_PDL_WAIT() */
     a->seed = 1;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -152,6 +156,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
             a->json = 1;
         } else if (!strcmp(o, "--no-graphs")) {
             a->graphs = 0;
+        } else if (!strcmp(o, "--no-pdl")) {
+            a->pdl = 0;
         } else if (!strcmp(o, "--ceilings-only")) {
             a->ceilings_only = 1;
         } else if (!v) {
@@ -333,6 +339,7 @@ static dsv4_status time_decode(dsv4_engine *e, const dsv4_model *m, const bench_
     DSV4_TRY(decode_steps(e, slots, ids, B, a->steps, m->cfg.vocab_size, rng));
     DSV4_TRY(dsv4_bk_sync(b));
     r->ms = (now_s() - t0) * 1e3 / a->steps;
+    r->kernels = a->graphs ? b->graph_kernels : 0;
     r->context = ctx;
     r->batch = B;
     step_bytes(m, ctx, B, r);
@@ -408,7 +415,10 @@ static void print_markdown(const bench_args *a, const dsv4_model *m, const bench
     printf("|---|---|---|---|---|---|---|\n");
     printf("| %s (%d SMs, %.0f GiB) | %s | dsv4 %s | %s | %d | %s | %s |\n\n", c->device_name,
            c->sm_count, (double)c->device_bytes / (1u << 30), o->when, dsv4_version(), a->shape,
-           m->w.n_layers, kinds, a->graphs ? "on" : "off");
+           m->w.n_layers, kinds,
+           !a->graphs ? "off"
+           : a->pdl   ? "on, PDL"
+                      : "on, no PDL");
     printf("### Ceilings\n\n");
     printf("| copy (read + write) | read stream | cuBLASLt BF16 | cuBLASLt FP8 | mma.sync BF16 | "
            "mma.sync FP8 |\n|---|---|---|---|---|---|\n");
@@ -425,15 +435,17 @@ static void print_markdown(const bench_args *a, const dsv4_model *m, const bench
            (long long)o->plan.max_context);
     printf("### Decode (%d timed steps after %d warm-up steps; wall clock)\n\n", a->steps,
            WARMUP_STEPS);
-    printf("| context | batch | ms/step | us/layer | tokens/s | MB/step (weights + state + "
-           "other) | floor ms | of floor |\n|---|---|---|---|---|---|---|---|\n");
+    printf(
+        "| context | batch | ms/step | us/layer | tokens/s | MB/step (weights + state + "
+        "other) | floor ms | of floor | kernels/step |\n|---|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < o->n_rows; i++) {
         const decode_row *r = &o->rows[i];
         const double bytes = row_bytes(r), floor_ms = bytes / (c->copy_gbs * 1e9) * 1e3;
-        printf("| %lld | %d | %.3f | %.1f | %.1f | %.1f (%.1f + %.1f + %.1f) | %.3f | %.0f%% |\n",
-               (long long)r->context, r->batch, r->ms, r->ms * 1e3 / m->w.n_layers,
-               r->batch * 1e3 / r->ms, bytes / 1e6, r->weight_bytes / 1e6, r->kv_bytes / 1e6,
-               r->other_bytes / 1e6, floor_ms, 100.0 * floor_ms / r->ms);
+        printf(
+            "| %lld | %d | %.3f | %.1f | %.1f | %.1f (%.1f + %.1f + %.1f) | %.3f | %.0f%% | %d |\n",
+            (long long)r->context, r->batch, r->ms, r->ms * 1e3 / m->w.n_layers,
+            r->batch * 1e3 / r->ms, bytes / 1e6, r->weight_bytes / 1e6, r->kv_bytes / 1e6,
+            r->other_bytes / 1e6, floor_ms, 100.0 * floor_ms / r->ms, r->kernels);
     }
     printf("\nus/layer = step time / layers (the head and embedding included). Floor = bytes / "
            "copy bandwidth; routed experts touched by B rows: E (1 - (1 - K/E)^B).\n\n");
@@ -481,9 +493,9 @@ static void print_json(const bench_args *a, const dsv4_model *m, const bench_out
            c->sm_count, (unsigned long long)c->device_bytes, o->when);
     json_str(dsv4_version());
     printf(",\n \"shape\": \"%s\", \"layers\": %d, \"layer_kinds\": \"%s\", \"experts\": \"%s\","
-           " \"graphs\": %s,\n",
+           " \"graphs\": %s, \"pdl\": %s,\n",
            a->shape, m->w.n_layers, kinds, dsv4_weight_format_name(a->experts),
-           a->graphs ? "true" : "false");
+           a->graphs ? "true" : "false", a->graphs && a->pdl ? "true" : "false");
     printf(" \"ceilings\": {\"buffer_bytes\": %llu, \"copy_gbs\": %.1f, \"read_gbs\": %.1f,"
            " \"gemm_n\": %d, \"blas_bf16_tflops\": %.1f, \"blas_fp8_tflops\": %.1f,"
            " \"mma_bf16_tflops\": %.1f, \"mma_fp8_tflops\": %.1f, \"blas_note\": ",
@@ -505,10 +517,10 @@ static void print_json(const bench_args *a, const dsv4_model *m, const bench_out
         printf("%s\n  {\"context\": %lld, \"batch\": %d, \"ms_per_step\": %.4f, \"us_per_layer\": "
                "%.2f, \"tokens_per_s\": %.1f, \"bytes\": %.0f, \"weight_bytes\": %.0f, "
                "\"state_bytes\": %.0f, \"other_bytes\": %.0f, \"floor_ms\": %.4f, "
-               "\"of_floor\": %.4f}",
+               "\"of_floor\": %.4f, \"kernels_per_step\": %d}",
                i ? "," : "", (long long)r->context, r->batch, r->ms, r->ms * 1e3 / m->w.n_layers,
                r->batch * 1e3 / r->ms, bytes, r->weight_bytes, r->kv_bytes, r->other_bytes,
-               floor_ms, floor_ms / r->ms);
+               floor_ms, floor_ms / r->ms, r->kernels);
     }
     printf("],\n \"prefill\": ");
     if (a->prefill > 0)
@@ -559,6 +571,7 @@ static dsv4_status run_engine(const bench_args *a, dsv4_model *m, bench_out *o)
         (max_c > a->prefill ? max_c : a->prefill) + WARMUP_STEPS + a->steps + PROF_STEPS + 64;
     opt.max_chunk = max_b > PREFILL_CHUNK ? max_b : PREFILL_CHUNK;
     opt.graphs = a->graphs;
+    opt.pdl = a->pdl;
     opt.random_seed = a->seed;
     fprintf(stderr, "dsv4 bench: creating the engine (%d slots, context %lld, chunk %d)\n",
             opt.max_slots, (long long)opt.max_context, opt.max_chunk);

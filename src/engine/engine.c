@@ -18,6 +18,7 @@ void dsv4_engine_options_default(dsv4_engine_options *o)
     o->max_slots = 1;
     o->max_chunk = 256;
     o->graphs = 1;
+    o->pdl = 0; /* on once every kernel begins with DSV4_PDL_WAIT() */
 }
 
 /* ---- the memory plan ------------------------------------------------------------------------ */
@@ -419,6 +420,7 @@ dsv4_status dsv4_engine_create(dsv4_model *m, const dsv4_engine_options *o, dsv4
     e->S = o->max_slots;
     dsv4_status st = dsv4_engine_plan_memory(m, o, &e->plan);
     if (st == DSV4_OK) st = dsv4_backend_create(o->device, o->gpu, o->pool, &e->b);
+    if (st == DSV4_OK) e->b->pdl = o->pdl;
     if (st == DSV4_OK) {
         e->pos = calloc((size_t)e->S + 1, sizeof *e->pos);
         e->hrows = calloc((size_t)(3 * o->max_chunk), sizeof *e->hrows);

@@ -31,6 +31,7 @@ typedef struct dsv4_engine_options {
     int64_t max_context;     /* tokens per sequence (<= 0: the model's max_position_embeddings) */
     int max_chunk;           /* rows per step: prefill chunk and largest decode batch */
     int graphs;              /* CUDA: replay decode steps from graphs, one per batch bucket */
+    int pdl;                 /* CUDA graphs: programmatic dependent launch between kernels */
     uint64_t random_seed;    /* != 0: weights are random, never read (benchmarks) */
 } dsv4_engine_options;
 

@@ -10,6 +10,7 @@
 #include <cuda_fp16.h>
 #include <cuda_profiler_api.h>
 #include <stdlib.h>
+#include <string.h>
 
 extern "C" dsv4_status dsv4_cuda_bk_alloc(dsv4_backend *b, size_t bytes, void **out)
 {
@@ -193,13 +194,65 @@ extern "C" dsv4_status dsv4_cuda_bk_graph_begin(dsv4_backend *b)
     return DSV4_OK;
 }
 
+/* Turns every plain kernel -> kernel edge of g into a programmatic one triggered when all CTAs
+ * of the upstream kernel have started (cudaGraphKernelNodePortLaunchCompletion): the downstream
+ * kernel's CTAs are placed as the upstream's drain and wait in griddepcontrol.wait, which returns
+ * once the upstream grid has completed and its memory is visible. Safe only because every kernel
+ * executes DSV4_PDL_WAIT() before touching memory (cuda/pdl.cuh). */
+static cudaError_t programmatic_edges(cudaGraph_t g)
+{
+    size_t n = 0;
+    cudaError_t err = cudaGraphGetEdges(g, NULL, NULL, NULL, &n);
+    if (err != cudaSuccess || n == 0) return err;
+    cudaGraphNode_t *from = (cudaGraphNode_t *)malloc(n * sizeof *from);
+    cudaGraphNode_t *to = (cudaGraphNode_t *)malloc(n * sizeof *to);
+    cudaGraphEdgeData *data = (cudaGraphEdgeData *)malloc(n * sizeof *data);
+    if (!from || !to || !data) err = cudaErrorMemoryAllocation;
+    if (err == cudaSuccess) err = cudaGraphGetEdges(g, from, to, data, &n);
+    for (size_t i = 0; err == cudaSuccess && i < n; i++) {
+        cudaGraphNodeType tf, tt;
+        if ((err = cudaGraphNodeGetType(from[i], &tf)) != cudaSuccess) break;
+        if ((err = cudaGraphNodeGetType(to[i], &tt)) != cudaSuccess) break;
+        if (tf != cudaGraphNodeTypeKernel || tt != cudaGraphNodeTypeKernel ||
+            data[i].type != cudaGraphDependencyTypeDefault || data[i].from_port != 0)
+            continue;
+        cudaGraphEdgeData pe;
+        memset(&pe, 0, sizeof pe);
+        pe.type = cudaGraphDependencyTypeProgrammatic;
+        pe.from_port = cudaGraphKernelNodePortLaunchCompletion;
+        err = cudaGraphRemoveDependencies(g, &from[i], &to[i], &data[i], 1);
+        if (err == cudaSuccess) err = cudaGraphAddDependencies(g, &from[i], &to[i], &pe, 1);
+    }
+    free(from);
+    free(to);
+    free(data);
+    return err;
+}
+
 extern "C" dsv4_status dsv4_cuda_bk_graph_end(dsv4_backend *b, void **graph)
 {
     *graph = NULL;
     cudaGraph_t g = NULL;
     CUDA_TRY(cudaStreamEndCapture(dsv4_cuda_stream(b->cuda), &g));
+    cudaError_t err = b->pdl ? programmatic_edges(g) : cudaSuccess;
+    size_t n_nodes = 0;
+    if (err == cudaSuccess) err = cudaGraphGetNodes(g, NULL, &n_nodes);
+    cudaGraphNode_t *nodes = (cudaGraphNode_t *)malloc((n_nodes ? n_nodes : 1) * sizeof *nodes);
+    if (err == cudaSuccess && !nodes) err = cudaErrorMemoryAllocation;
+    if (err == cudaSuccess) err = cudaGraphGetNodes(g, nodes, &n_nodes);
+    b->graph_kernels = 0;
+    for (size_t i = 0; err == cudaSuccess && i < n_nodes; i++) {
+        cudaGraphNodeType t;
+        err = cudaGraphNodeGetType(nodes[i], &t);
+        b->graph_kernels += err == cudaSuccess && t == cudaGraphNodeTypeKernel;
+    }
+    free(nodes);
+    if (err != cudaSuccess) {
+        cudaGraphDestroy(g);
+        CUDA_TRY(err);
+    }
     cudaGraphExec_t exec = NULL;
-    cudaError_t err = cudaGraphInstantiate(&exec, g, 0);
+    err = cudaGraphInstantiate(&exec, g, 0);
     cudaGraphDestroy(g);
     CUDA_TRY(err);
     *graph = exec;
