@@ -313,29 +313,19 @@ dsv4_status dsv4_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, cons
     return dsv4_cpu_bk_kv_store(b, win, R, hd, kv, rows);
 }
 
-dsv4_status dsv4_bk_comp_store(dsv4_backend *b, float *ring_kv, float *ring_gate, int Rc, int width,
-                               const float *kv, const float *gate, const float *ape, int m,
-                               const dsv4_bk_rows *rows)
+dsv4_status dsv4_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e, float *ring_kv,
+                                float *ring_gate, int Rc, int width, int dim, int m,
+                                const float *kv, const float *gate, const float *ape,
+                                const float *norm, float eps, const float *freqs, int r,
+                                int is_index, const dsv4_bk_rows *rows)
 {
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
-        return dsv4_cuda_bk_comp_store(b, ring_kv, ring_gate, Rc, width, kv, gate, ape, m, rows);
+        return dsv4_cuda_bk_comp_append(b, ent, cap_e, ring_kv, ring_gate, Rc, width, dim, m, kv,
+                                        gate, ape, norm, eps, freqs, r, is_index, rows);
 #endif
-    return dsv4_cpu_bk_comp_store(b, ring_kv, ring_gate, Rc, width, kv, gate, ape, m, rows);
-}
-
-dsv4_status dsv4_bk_comp_pool(dsv4_backend *b, uint16_t *ent, int64_t cap_e, const float *ring_kv,
-                              const float *ring_gate, int Rc, int width, int dim, int m,
-                              const float *norm, float eps, const float *freqs, int r, int is_index,
-                              const dsv4_bk_rows *rows)
-{
-#ifdef DSV4_HAVE_CUDA
-    if (b->kind == DSV4_DEVICE_CUDA)
-        return dsv4_cuda_bk_comp_pool(b, ent, cap_e, ring_kv, ring_gate, Rc, width, dim, m, norm,
-                                      eps, freqs, r, is_index, rows);
-#endif
-    return dsv4_cpu_bk_comp_pool(b, ent, cap_e, ring_kv, ring_gate, Rc, width, dim, m, norm, eps,
-                                 freqs, r, is_index, rows);
+    return dsv4_cpu_bk_comp_append(b, ent, cap_e, ring_kv, ring_gate, Rc, width, dim, m, kv, gate,
+                                   ape, norm, eps, freqs, r, is_index, rows);
 }
 
 dsv4_status dsv4_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *rows, int nh, int d,
@@ -348,14 +338,15 @@ dsv4_status dsv4_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *ro
 }
 
 dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq, const float *iw,
-                                 const uint16_t *ent, int64_t cap_e, int nh, int d, int m, int topk,
-                                 const dsv4_bk_rows *rows, void *ws)
+                                 float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
+                                 int m, int topk, const dsv4_bk_rows *rows, void *ws)
 {
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
-        return dsv4_cuda_bk_indexer_topk(b, sel, iq, iw, ent, cap_e, nh, d, m, topk, rows, ws);
+        return dsv4_cuda_bk_indexer_topk(b, sel, iq, iw, w_scale, ent, cap_e, nh, d, m, topk, rows,
+                                         ws);
 #endif
-    return dsv4_cpu_bk_indexer_topk(b, sel, iq, iw, ent, cap_e, nh, d, m, topk, rows, ws);
+    return dsv4_cpu_bk_indexer_topk(b, sel, iq, iw, w_scale, ent, cap_e, nh, d, m, topk, rows, ws);
 }
 
 dsv4_status dsv4_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,

@@ -151,21 +151,21 @@ dsv4_status dsv4_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix, flo
 /* win[slot][pos % R] = kv row r (already normalised, rotated, quantised).  kv [N, hd]. */
 dsv4_status dsv4_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
                              const dsv4_bk_rows *rows);
-/* Compressor rows: ring_kv[slot][pos % Rc] = kv row r; ring_gate[...] = gate row r +
- * ape[pos % m].  kv, gate [N, width]; ape [m, width]. */
-dsv4_status dsv4_bk_comp_store(dsv4_backend *b, float *ring_kv, float *ring_gate, int Rc, int width,
-                               const float *kv, const float *gate, const float *ape, int m,
-                               const dsv4_bk_rows *rows);
-/* Closes windows: for each row with (pos + 1) % m == 0, entry i = (pos + 1) / m - 1 of its slot
- * is pooled from the ring exactly as forward_attn.c pool_entry does in faithful mode (overlap
- * when width == 2 * dim: the previous window's first halves, then this window's second halves),
- * RMSNorm(norm), RoPE at position i * m (freqs, last r dims), then quantised: is_index ->
- * Hadamard + FP4 (block 32), else FP8 on the dim - r non-RoPE dims (block 64); each step
- * bf16-rounded as there. -> ent[slot][i] (bf16). */
-dsv4_status dsv4_bk_comp_pool(dsv4_backend *b, uint16_t *ent, int64_t cap_e, const float *ring_kv,
-                              const float *ring_gate, int Rc, int width, int dim, int m,
-                              const float *norm, float eps, const float *freqs, int r, int is_index,
-                              const dsv4_bk_rows *rows);
+/* A compressor's rows of a step and the windows they close (forward_attn.c comp_append), in one
+ * op. First every row goes into the ring: ring_kv[slot][pos % Rc] = kv row r, ring_gate[...] =
+ * gate row r + ape[pos % m] (kv, gate [N, width]; ape [m, width]). Then for each row with
+ * (pos + 1) % m == 0, entry i = (pos + 1) / m - 1 of its slot is pooled from the ring exactly as
+ * forward_attn.c pool_entry does in faithful mode (ns = 2m slots when width == 2 * dim: the
+ * previous window's first halves, then this window's second halves; else ns = m), RMSNorm(norm),
+ * RoPE at position i * m (freqs, last r dims), then quantised: is_index -> Hadamard + FP4 (block
+ * 32), else FP8 on the dim - r non-RoPE dims (block 64); each step bf16-rounded as there.
+ * -> ent[slot][i] (bf16). Rc >= ns + N - 1 (no row of the step overwrites a ring row a window
+ * of the same step reads; the engine's 2m + max_chunk). */
+dsv4_status dsv4_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e, float *ring_kv,
+                                float *ring_gate, int Rc, int width, int dim, int m,
+                                const float *kv, const float *gate, const float *ape,
+                                const float *norm, float eps, const float *freqs, int r,
+                                int is_index, const dsv4_bk_rows *rows);
 
 /* ---- lightning indexer -------------------------------------------------------------------- */
 /* iq [N, nh, d] in place: RoPE of the last r dims at pos[r] (freqs), then per head bf16,
@@ -173,13 +173,15 @@ dsv4_status dsv4_bk_comp_pool(dsv4_backend *b, uint16_t *ent, int64_t cap_e, con
 dsv4_status dsv4_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *rows, int nh, int d,
                               int r, const float *freqs);
 /* Row r sees n_vis = (pos[r] + 1) / m entries of its slot; k = min(n_vis, topk). Scores as
- * forward_attn.c faithful_index_scores (iq [N, nh, d], iw [N, nh], keys ent[slot] [cap_e, d]);
- * the k best go to sel[r][0..k) in descending score order, equal scores lower index first;
- * sel[r][k..topk) = -1.  sel [N, topk]. ws: dsv4_bk_indexer_ws_bytes(N, cap_e) bytes. */
+ * forward_attn.c faithful_index_scores (iq [N, nh, d] as dsv4_bk_indexer_q leaves it, keys
+ * ent[slot] [cap_e, d]) with the head weights bf16(iw * w_scale) (iw [N, nh]: dsv4_bk_scale
+ * folded in); the k best go to sel[r][0..k) in descending score order, equal scores lower index
+ * first; sel[r][k..topk) = -1.  sel [N, topk]. ws: dsv4_bk_indexer_ws_bytes(N, cap_e) bytes,
+ * zero-filled once (dsv4_bk_alloc) and left so by every call. */
 size_t dsv4_bk_indexer_ws_bytes(int64_t N, int64_t cap_e);
 dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq, const float *iw,
-                                 const uint16_t *ent, int64_t cap_e, int nh, int d, int m, int topk,
-                                 const dsv4_bk_rows *rows, void *ws);
+                                 float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
+                                 int m, int topk, const dsv4_bk_rows *rows, void *ws);
 
 /* ---- attention ---------------------------------------------------------------------------
  * o [N, H, hd] = bf16(attention) of q [N, H, hd] over, in this slot order (forward_attn.c

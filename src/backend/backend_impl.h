@@ -47,18 +47,17 @@ dsv4_status dsv4_cpu_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix,
                                 float rms_eps);
 dsv4_status dsv4_cpu_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
                                  const dsv4_bk_rows *rows);
-dsv4_status dsv4_cpu_bk_comp_store(dsv4_backend *b, float *ring_kv, float *ring_gate, int Rc,
-                                   int width, const float *kv, const float *gate, const float *ape,
-                                   int m, const dsv4_bk_rows *rows);
-dsv4_status dsv4_cpu_bk_comp_pool(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
-                                  const float *ring_kv, const float *ring_gate, int Rc, int width,
-                                  int dim, int m, const float *norm, float eps, const float *freqs,
-                                  int r, int is_index, const dsv4_bk_rows *rows);
+dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
+                                    float *ring_kv, float *ring_gate, int Rc, int width, int dim,
+                                    int m, const float *kv, const float *gate, const float *ape,
+                                    const float *norm, float eps, const float *freqs, int r,
+                                    int is_index, const dsv4_bk_rows *rows);
 dsv4_status dsv4_cpu_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *rows, int nh,
                                   int d, int r, const float *freqs);
 dsv4_status dsv4_cpu_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
-                                     const float *iw, const uint16_t *ent, int64_t cap_e, int nh,
-                                     int d, int m, int topk, const dsv4_bk_rows *rows, void *ws);
+                                     const float *iw, float w_scale, const uint16_t *ent,
+                                     int64_t cap_e, int nh, int d, int m, int topk,
+                                     const dsv4_bk_rows *rows, void *ws);
 dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
                                   const uint16_t *win, int R, int W, const uint16_t *ent,
                                   int64_t cap_e, int m, const int32_t *sel, int topk,
@@ -106,18 +105,17 @@ dsv4_status dsv4_cuda_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix
                                  float rms_eps);
 dsv4_status dsv4_cuda_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
                                   const dsv4_bk_rows *rows);
-dsv4_status dsv4_cuda_bk_comp_store(dsv4_backend *b, float *ring_kv, float *ring_gate, int Rc,
-                                    int width, const float *kv, const float *gate, const float *ape,
-                                    int m, const dsv4_bk_rows *rows);
-dsv4_status dsv4_cuda_bk_comp_pool(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
-                                   const float *ring_kv, const float *ring_gate, int Rc, int width,
-                                   int dim, int m, const float *norm, float eps, const float *freqs,
-                                   int r, int is_index, const dsv4_bk_rows *rows);
+dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
+                                     float *ring_kv, float *ring_gate, int Rc, int width, int dim,
+                                     int m, const float *kv, const float *gate, const float *ape,
+                                     const float *norm, float eps, const float *freqs, int r,
+                                     int is_index, const dsv4_bk_rows *rows);
 dsv4_status dsv4_cuda_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *rows, int nh,
                                    int d, int r, const float *freqs);
 dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
-                                      const float *iw, const uint16_t *ent, int64_t cap_e, int nh,
-                                      int d, int m, int topk, const dsv4_bk_rows *rows, void *ws);
+                                      const float *iw, float w_scale, const uint16_t *ent,
+                                      int64_t cap_e, int nh, int d, int m, int topk,
+                                      const dsv4_bk_rows *rows, void *ws);
 dsv4_status dsv4_cuda_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
                                    const uint16_t *win, int R, int W, const uint16_t *ent,
                                    int64_t cap_e, int m, const int32_t *sel, int topk,

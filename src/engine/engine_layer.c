@@ -74,11 +74,9 @@ static dsv4_status compress(dsv4_engine *e, const dsv4_compressor_weights *cw, e
     DSV4_TRY(dsv4_bk_linear(e->b, &cw->wgate, 0, cs->width, s->h, c->hidden_size, N, s->cg,
                             cs->width, 0));
     MARK(is_index ? "index.comp_proj" : "comp.proj");
-    DSV4_TRY(dsv4_bk_comp_store(e->b, cs->ring_kv, cs->ring_gate, Rc, cs->width, s->ck, s->cg,
-                                cs->ape, cs->ratio, rows));
-    DSV4_TRY(dsv4_bk_comp_pool(e->b, cs->ent, cs->cap, cs->ring_kv, cs->ring_gate, Rc, cs->width,
-                               cs->dim, cs->ratio, cs->norm, c->rms_norm_eps, e->rope_comp,
-                               c->rope_dim, is_index, rows));
+    DSV4_TRY(dsv4_bk_comp_append(e->b, cs->ent, cs->cap, cs->ring_kv, cs->ring_gate, Rc, cs->width,
+                                 cs->dim, cs->ratio, s->ck, s->cg, cs->ape, cs->norm,
+                                 c->rms_norm_eps, e->rope_comp, c->rope_dim, is_index, rows));
     MARK(is_index ? "index.comp_pool" : "comp.pool");
     return DSV4_OK;
 }
@@ -119,11 +117,12 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
         DSV4_TRY(linear_q(e, &w->idx_wq_b, s->qr, s->xq, 0, N, s->iq));
         DSV4_TRY(dsv4_bk_indexer_q(e->b, s->iq, rows, nh, d, r, e->rope_comp));
         DSV4_TRY(dsv4_bk_linear(e->b, &w->idx_weights_proj, 0, nh, s->h, D, N, s->iw, nh, 1));
-        DSV4_TRY(
-            dsv4_bk_scale(e->b, s->iw, (int64_t)N * nh, (float)(pow(d, -0.5) * pow(nh, -0.5)), 1));
         MARK("index.q");
-        DSV4_TRY(dsv4_bk_indexer_topk(e->b, s->sel, s->iq, s->iw, L->idx.ent, L->idx.cap, nh, d,
-                                      L->idx.ratio, c->index_topk, rows, s->idx_ws));
+        /* the weights' scale nh^-0.5 d^-0.5 (and its bf16 rounding) is applied inside */
+        DSV4_TRY(dsv4_bk_indexer_topk(e->b, s->sel, s->iq, s->iw,
+                                      (float)(pow(d, -0.5) * pow(nh, -0.5)), L->idx.ent,
+                                      L->idx.cap, nh, d, L->idx.ratio, c->index_topk, rows,
+                                      s->idx_ws));
         MARK("index.topk");
     }
 

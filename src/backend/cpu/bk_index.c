@@ -1,9 +1,9 @@
 /*
- * bk_index.c - CPU implementation of the compressor rows and pooling, the lightning indexer
- * queries, scores and top-k (backend.h). This is the reference the CUDA ops are tested against,
- * so it is the faithful branch of model/forward_attn.c (comp_append, pool_entry, the indexer
- * query path, index_token) moved onto the batched rows and the per-slot ring/entry layout, built
- * from the same ops (ops.h, quant_sim.h) in the same order.
+ * bk_index.c - CPU implementation of the compressor's rows and the windows they close
+ * (comp_append), the lightning indexer queries, scores and top-k (backend.h). This is the reference
+ * the CUDA ops are tested against, so it is the faithful branch of model/forward_attn.c
+ * (comp_append, pool_entry, the indexer query path, index_token) moved onto the batched rows and
+ * the per-slot ring/entry layout, built from the same ops (ops.h, quant_sim.h) in the same order.
  */
 #include "backend/backend_impl.h"
 #include "backend/cpu/cpu_linear.h"
@@ -17,6 +17,7 @@ enum {
     POOL_SLOTS = 256,  /* 2m slots at most (ratios 4 and 128), dsv4_op_faithful_pool's limit */
     DIM_MAX = 4096,    /* widest pooled entry / indexer head this file accepts */
     KEY_CHUNK = 16384, /* f32 keys converted at a time by indexer_topk (64 KiB of stack) */
+    HEADS_MAX = 1024,  /* indexer heads */
 };
 
 /* x is exactly representable in bf16 here; rounding again only guards the contract. */
@@ -36,27 +37,18 @@ static float bf16_value(uint16_t h)
     return f;
 }
 
-/* ---- compressor rows ---------------------------------------------------------------------- */
-dsv4_status dsv4_cpu_bk_comp_store(dsv4_backend *b, float *ring_kv, float *ring_gate, int Rc,
-                                   int width, const float *kv, const float *gate, const float *ape,
-                                   int m, const dsv4_bk_rows *rows)
+/* ---- compressor rows: comp_append of forward_attn.c ---------------------------------------- */
+static void comp_store(float *ring_kv, float *ring_gate, int Rc, int width, const float *kv,
+                       const float *gate, const float *ape, int m, const dsv4_bk_rows *rows)
 {
-    (void)b;
-    if (Rc <= 0 || width <= 0 || m <= 0)
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "comp_store: Rc %d, width %d, m %d", Rc, width,
-                         m);
     for (int32_t r = 0; r < rows->n; r++) {
         const int64_t p = rows->pos[r];
-        if (p < 0 || rows->slot[r] < 0)
-            return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "comp_store: row %d at slot %d pos %lld", r,
-                             rows->slot[r], (long long)p);
         const int64_t at = ((int64_t)rows->slot[r] * Rc + p % Rc) * width;
         const float *g = gate + (int64_t)r * width, *a = ape + (p % m) * width;
         float *rg = ring_gate + at;
         memcpy(ring_kv + at, kv + (int64_t)r * width, (size_t)width * sizeof(float));
         for (int i = 0; i < width; i++) rg[i] = g[i] + a[i];
     }
-    return DSV4_OK;
 }
 
 /* ---- closing windows: pool_entry of forward_attn.c ----------------------------------------- */
@@ -107,24 +99,29 @@ static void pool_row(int64_t row, void *ctx)
     for (int c = 0; c < d; c++) out[c] = bf16_bits(e[c]);
 }
 
-dsv4_status dsv4_cpu_bk_comp_pool(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
-                                  const float *ring_kv, const float *ring_gate, int Rc, int width,
-                                  int dim, int m, const float *norm, float eps, const float *freqs,
-                                  int r, int is_index, const dsv4_bk_rows *rows)
+dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e, float *ring_kv,
+                                    float *ring_gate, int Rc, int width, int dim, int m,
+                                    const float *kv, const float *gate, const float *ape,
+                                    const float *norm, float eps, const float *freqs, int r,
+                                    int is_index, const dsv4_bk_rows *rows)
 {
+    const int ns = width == 2 * dim ? 2 * m : m;
     if (m <= 0 || dim <= 0 || dim > DIM_MAX || (width != dim && width != 2 * dim) ||
-        (width == 2 * dim ? 2 * m : m) > POOL_SLOTS || Rc < (width == 2 * dim ? 2 * m : m) ||
-        r < 0 || r > dim || r % 2 || r > DSV4_ROPE_MAX || (is_index && (dim & (dim - 1))))
+        ns > POOL_SLOTS || (int64_t)Rc < (int64_t)ns + rows->n - 1 || r < 0 || r > dim || r % 2 ||
+        r > DSV4_ROPE_MAX || (is_index && (dim & (dim - 1))))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
-                         "comp_pool: m %d, dim %d, width %d, Rc %d, rope %d, is_index %d", m, dim,
-                         width, Rc, r, is_index);
+                         "comp_append: m %d, dim %d, width %d, Rc %d (%d rows), rope %d, "
+                         "is_index %d",
+                         m, dim, width, Rc, rows->n, r, is_index);
     for (int32_t k = 0; k < rows->n; k++) {
         const int64_t p = rows->pos[k];
         if (p < 0 || rows->slot[k] < 0 || ((p + 1) % m == 0 && (p + 1) / m > cap_e))
             return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
-                             "comp_pool: row %d at slot %d pos %lld (%lld entries per slot)", k,
+                             "comp_append: row %d at slot %d pos %lld (%lld entries per slot)", k,
                              rows->slot[k], (long long)p, (long long)cap_e);
     }
+    /* every row into the ring first, then the windows they close read it */
+    comp_store(ring_kv, ring_gate, Rc, width, kv, gate, ape, m, rows);
     pool_job j = {ent,   cap_e, ring_kv, ring_gate, norm,     freqs, Rc,
                   width, dim,   m,       r,         is_index, eps,   rows};
     dsv4_cpu_pool_run(b->pool, rows->n, pool_row, &j);
@@ -169,6 +166,7 @@ typedef struct topk_job {
     const float *iq, *iw;
     const uint16_t *ent;
     int64_t cap_e;
+    float w_scale;
     int nh, d, m, topk;
     const dsv4_bk_rows *rows;
     float *scores; /* [N, cap_e] */
@@ -184,7 +182,9 @@ static void topk_row(int64_t row, void *ctx)
     if (k == 0) return;
     float *sc = j->scores + row * j->cap_e;
     const uint16_t *keys = j->ent + (int64_t)j->rows->slot[row] * j->cap_e * j->d;
-    const float *q = j->iq + row * j->nh * j->d, *w = j->iw + row * j->nh;
+    const float *q = j->iq + row * j->nh * j->d, *iw = j->iw + row * j->nh;
+    float w[HEADS_MAX]; /* the head weights as dsv4_bk_scale leaves them: bf16(iw * w_scale) */
+    for (int h = 0; h < j->nh; h++) w[h] = dsv4_round_bf16(iw[h] * j->w_scale);
     /* the keys are bf16 in the state: scored a chunk at a time through an f32 copy */
     float kf[KEY_CHUNK];
     const int64_t per = KEY_CHUNK / j->d;
@@ -203,17 +203,19 @@ static void topk_row(int64_t row, void *ctx)
     }
 }
 
-/* The scores of row r at ws + r * cap_e (the GPU test reads them back), plus slack. */
+/* The scores of row r at ws + r * cap_e (the GPU test reads them back), then one 32-bit word per
+ * row (the CUDA op's per-row CTA tickets: zero between calls, as dsv4_bk_alloc leaves them). */
 size_t dsv4_bk_indexer_ws_bytes(int64_t N, int64_t cap_e)
 {
     return (size_t)(N * (cap_e + 1)) * sizeof(float);
 }
 
 dsv4_status dsv4_cpu_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
-                                     const float *iw, const uint16_t *ent, int64_t cap_e, int nh,
-                                     int d, int m, int topk, const dsv4_bk_rows *rows, void *ws)
+                                     const float *iw, float w_scale, const uint16_t *ent,
+                                     int64_t cap_e, int nh, int d, int m, int topk,
+                                     const dsv4_bk_rows *rows, void *ws)
 {
-    if (nh <= 0 || d <= 0 || d > KEY_CHUNK || m <= 0 || topk <= 0 || cap_e <= 0)
+    if (nh <= 0 || nh > HEADS_MAX || d <= 0 || d > KEY_CHUNK || m <= 0 || topk <= 0 || cap_e <= 0)
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
                          "indexer_topk: %d heads of %d, m %d, topk %d, %lld entries", nh, d, m,
                          topk, (long long)cap_e);
@@ -222,7 +224,7 @@ dsv4_status dsv4_cpu_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float 
             return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
                              "indexer_topk: row %d at slot %d pos %d sees more than %lld entries",
                              r, rows->slot[r], rows->pos[r], (long long)cap_e);
-    topk_job j = {sel, iq, iw, ent, cap_e, nh, d, m, topk, rows, ws};
+    topk_job j = {sel, iq, iw, ent, cap_e, w_scale, nh, d, m, topk, rows, ws};
     dsv4_cpu_pool_run(b->pool, rows->n, topk_row, &j);
     return DSV4_OK;
 }

@@ -1,7 +1,8 @@
 /*
- * bk_index.cu - CUDA implementation of the compressor rows, the closing of compressor windows
- * (pool, RMSNorm, RoPE, Hadamard, FP8/FP4) and the lightning indexer queries (backend.h); the
- * scores and top-k are in bk_topk.cu.
+ * bk_index.cu - CUDA implementation of a compressor's step (backend.h dsv4_bk_comp_append: its
+ * rows into the ring and, in the same kernel, the windows they close: pool, RMSNorm, RoPE,
+ * Hadamard, FP8/FP4) and of the lightning indexer queries; the scores and top-k are in
+ * bk_topk.cu.
  *
  * The CPU ops (backend/cpu/bk_index.c) are the reference and these kernels reproduce them bit for
  * bit: the same f32 operations in the same order with no contraction into FMAs where the CPU
@@ -15,6 +16,7 @@
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/quant_dev.cuh"
 
 #include <cfloat>
@@ -24,8 +26,7 @@
 enum {
     POOL_SLOTS = 256,   /* 2m slots at most (ratios 4 and 128) */
     DIM_MAX = 4096,     /* widest pooled entry / indexer head */
-    POOL_THREADS = 512, /* threads of one window-closing CTA (over dims) */
-    STORE_THREADS = 256,
+    POOL_THREADS = 512, /* threads of one CTA (over dims) */
 };
 
 /* x [n] in shared memory: blocks of `block` (the last may be shorter), one warp per block,
@@ -93,103 +94,123 @@ static __device__ __forceinline__ float exp_cr(float x)
     return (float)exp((double)x);
 }
 
-/* ---- compressor rows ---------------------------------------------------------------------- */
-/* kv, gate [N, width] -> ring_kv, ring_gate [S, Rc, width] at row slot*Rc + pos % Rc;
- * the gate row gets ape [m, width] row pos % m added. One CTA per row. */
-__global__ void comp_store_kernel(float *ring_kv, float *ring_gate, int Rc, int width,
-                                  const float *kv, const float *gate, const float *ape, int m,
-                                  const int32_t *slot, const int32_t *pos)
+/* ---- compressor rows and the windows they close --------------------------------------------
+ * One CTA per row. First the row goes into the ring: kv, gate [N, width] -> ring_kv, ring_gate
+ * [S, Rc, width] at row slot*Rc + pos % Rc, the gate plus ape [m, width] row pos % m. Then, when
+ * pos closes a window, entry i = (pos + 1) / m - 1 pools ring positions [(i-1)m, im) (first
+ * halves, overlap only, i > 0) and [im, (i+1)m) (second halves with overlap) per dim c: f32
+ * softmax of the gates, sums in double in slot order (dsv4_op_faithful_pool), then bf16,
+ * RMSNorm(norm), bf16, RoPE at i*m, bf16, and the quantiser -> ent [S, cap_e, dim] bf16.
+ *
+ * The CPU stores every row before any window is pooled; here other CTAs store this step's rows
+ * concurrently, so a position of the window that is one of this step's rows is read from the
+ * inputs (kv, gate + ape: the same f32 add) instead of the ring, and only older positions from
+ * the ring. The ring slots of those are not rewritten in this step when Rc >= ns + N - 1 (the
+ * op checks it). Which row holds a position: rows of a slot are contiguous positions in
+ * ascending order (backend.h), so when row j0 = row - (pos - q0) holds (slot, q0) the rows in
+ * between hold the positions in between; otherwise the earlier rows are searched.
+ * Shared: red [32] double, sources [3][POOL_SLOTS] pointers, src_row [POOL_SLOTS], x [dim] f32. */
+__global__ void comp_append_kernel(uint16_t *ent, int64_t cap_e, float *ring_kv, float *ring_gate,
+                                   int Rc, int width, int dim, int m, const float *kv,
+                                   const float *gate, const float *ape, const float *norm,
+                                   float eps, const float *freqs, int r, int is_index,
+                                   float had_scale, const int32_t *slot, const int32_t *pos)
 {
-    const int row = blockIdx.x;
-    const int64_t p = pos[row];
-    const int64_t at = ((int64_t)slot[row] * Rc + p % Rc) * width;
-    const float *k = kv + (int64_t)row * width, *g = gate + (int64_t)row * width;
-    const float *a = ape + (p % m) * width;
-    for (int i = threadIdx.x; i < width; i += blockDim.x) {
-        ring_kv[at + i] = k[i];
-        ring_gate[at + i] = __fadd_rn(g[i], a[i]);
-    }
-}
-
-extern "C" dsv4_status dsv4_cuda_bk_comp_store(dsv4_backend *b, float *ring_kv, float *ring_gate,
-                                               int Rc, int width, const float *kv,
-                                               const float *gate, const float *ape, int m,
-                                               const dsv4_bk_rows *rows)
-{
-    if (Rc <= 0 || width <= 0 || m <= 0)
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "comp_store: Rc %d, width %d, m %d", Rc, width,
-                         m);
-    if (rows->n <= 0) return DSV4_OK;
-    comp_store_kernel<<<rows->n, STORE_THREADS, 0, dsv4_cuda_stream(b->cuda)>>>(
-        ring_kv, ring_gate, Rc, width, kv, gate, ape, m, rows->slot, rows->pos);
-    CUDA_LAUNCHED();
-    return DSV4_OK;
-}
-
-/* ---- closing windows ---------------------------------------------------------------------- */
-/* One CTA per row; rows whose position closes no window exit. The entry i = (pos + 1) / m - 1
- * pools ring positions [(i-1)m, im) (first halves, overlap only, i > 0) and [im, (i+1)m)
- * (second halves with overlap) per dim c: f32 softmax of the gates, sums in double in slot order
- * (dsv4_op_faithful_pool), then bf16, RMSNorm(norm), bf16, RoPE at i*m, bf16, and the quantiser.
- * ring_* [S, Rc, width] -> ent [S, cap_e, dim] bf16. Shared: x [dim] f32, red [32] double. */
-__global__ void comp_pool_kernel(uint16_t *ent, int64_t cap_e, const float *ring_kv,
-                                 const float *ring_gate, int Rc, int width, int dim, int m,
-                                 const float *norm, float eps, const float *freqs, int r,
-                                 int is_index, float had_scale, const int32_t *slot,
-                                 const int32_t *pos)
-{
+    DSV4_PDL_WAIT();
     extern __shared__ double pool_smem[];
     double *red = pool_smem;
-    float *x = (float *)(pool_smem + 32);
-    const int row = blockIdx.x;
+    const float **src_kv = (const float **)(pool_smem + 32);
+    const float **src_g = src_kv + POOL_SLOTS, **src_a = src_g + POOL_SLOTS;
+    int *src_row = (int *)(src_a + POOL_SLOTS);
+    float *x = (float *)(src_row + POOL_SLOTS);
+    const int row = blockIdx.x, nt = blockDim.x;
+    const int s = slot[row];
     const int64_t p = pos[row];
+
+    /* 1. this row into the ring */
+    {
+        const int64_t at = ((int64_t)s * Rc + p % Rc) * width;
+        const float *k = kv + (int64_t)row * width, *g = gate + (int64_t)row * width;
+        const float *a = ape + (p % m) * width;
+        for (int c = threadIdx.x; c < width; c += nt) {
+            ring_kv[at + c] = k[c];
+            ring_gate[at + c] = __fadd_rn(g[c], a[c]);
+        }
+    }
     if ((p + 1) % m != 0) return;
     const int64_t i = (p + 1) / m - 1;
-    if (i >= cap_e) return; /* the CPU reports it; here it cannot be */
-    const int64_t base = (int64_t)slot[row] * Rc;
+    if (i >= cap_e) return; /* the op checks it */
+
+    /* 2. where each slot of the window comes from: this step's inputs or the ring */
+    const int64_t base = (int64_t)s * Rc;
     const int overlap = width == 2 * dim;
     const int nprev = overlap && i > 0 ? m : 0, ns = nprev + m;
-    const int64_t q0 = i * m - nprev; /* position of slot 0; slot k sits at q0 + k */
+    const int64_t q0 =
+        i * m - nprev; /* position of slot 0; slot k sits at q0 + k = p - ns + 1 + k */
+    const int j0 = row - (ns - 1);
+    if (j0 >= 0 && slot[j0] == s && pos[j0] == q0) { /* uniform: every thread reads the same */
+        for (int k = threadIdx.x; k < ns; k += nt) src_row[k] = j0 + k;
+    } else {
+        for (int k = threadIdx.x; k < ns; k += nt) src_row[k] = k == ns - 1 ? row : -1;
+        __syncthreads();
+        for (int j = threadIdx.x; j < row; j += nt) {
+            const int64_t pj = pos[j];
+            if (slot[j] == s && pj >= q0 && pj < p) src_row[pj - q0] = j;
+        }
+    }
+    __syncthreads();
+    for (int k = threadIdx.x; k < ns; k += nt) {
+        const int off = k < nprev ? 0 : (overlap ? dim : 0);
+        const int j = src_row[k];
+        if (j >= 0) {
+            src_kv[k] = kv + (int64_t)j * width + off;
+            src_g[k] = gate + (int64_t)j * width + off;
+            src_a[k] = ape + ((q0 + k) % m) * width + off;
+        } else {
+            const int64_t at = (base + (q0 + k) % Rc) * width + off;
+            src_kv[k] = ring_kv + at;
+            src_g[k] = ring_gate + at;
+            src_a[k] = NULL; /* the ring's gate has ape added */
+        }
+    }
+    __syncthreads();
 
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) {
+    /* 3. pool per dim */
+    for (int c = threadIdx.x; c < dim; c += nt) {
+#define GATE(k) (src_a[k] ? __fadd_rn(src_g[k][c], src_a[k][c]) : src_g[k][c])
         float mx = -INFINITY;
         for (int k = 0; k < ns; k++) {
-            const int off = k < nprev ? 0 : (overlap ? dim : 0);
-            const float g = ring_gate[(base + (q0 + k) % Rc) * width + off + c];
+            const float g = GATE(k);
             if (g > mx) mx = g;
         }
         double sum = 0.0;
-        for (int k = 0; k < ns; k++) {
-            const int off = k < nprev ? 0 : (overlap ? dim : 0);
-            sum += (double)exp_cr(ring_gate[(base + (q0 + k) % Rc) * width + off + c] - mx);
-        }
+        for (int k = 0; k < ns; k++) sum += (double)exp_cr(GATE(k) - mx);
         const float fs = (float)sum;
         double acc = 0.0;
         for (int k = 0; k < ns; k++) {
-            const int64_t at =
-                (base + (q0 + k) % Rc) * width + (k < nprev ? 0 : (overlap ? dim : 0));
-            const float e = exp_cr(ring_gate[at + c] - mx);
-            acc += (double)ring_kv[at + c] * (double)__fdiv_rn(e, fs); /* exact product */
+            const float e = exp_cr(GATE(k) - mx);
+            acc += (double)src_kv[k][c] * (double)__fdiv_rn(e, fs); /* exact product */
         }
+#undef GATE
         x[c] = dev_round_bf16((float)acc);
     }
     __syncthreads();
 
     /* RMSNorm: squares of bf16 values are exact in double; a tree sum of them */
     double ss = 0.0;
-    for (int c = threadIdx.x; c < dim; c += blockDim.x) ss += (double)x[c] * (double)x[c];
+    for (int c = threadIdx.x; c < dim; c += nt) ss += (double)x[c] * (double)x[c];
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = ss;
     __syncthreads();
     if (threadIdx.x < 32) {
-        double t = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0;
+        double t = threadIdx.x < (nt >> 5) ? red[threadIdx.x] : 0.0;
         for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
         if (threadIdx.x == 0) red[0] = t;
     }
     __syncthreads();
     const float var = (float)(red[0] / (double)dim);
     const float rr = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
-    for (int c = threadIdx.x; c < dim; c += blockDim.x)
+    for (int c = threadIdx.x; c < dim; c += nt)
         x[c] = dev_round_bf16(__fmul_rn(norm[c], __fmul_rn(x[c], rr)));
     __syncthreads();
 
@@ -200,8 +221,8 @@ __global__ void comp_pool_kernel(uint16_t *ent, int64_t cap_e, const float *ring
     } else { /* the non-RoPE dims: FP8 in blocks of 64 (x is bf16 already) */
         quant_blocks(x, dim - r, 64, 0);
     }
-    uint16_t *out = ent + ((int64_t)slot[row] * cap_e + i) * dim;
-    for (int c = threadIdx.x; c < dim; c += blockDim.x)
+    uint16_t *out = ent + ((int64_t)s * cap_e + i) * dim;
+    for (int c = threadIdx.x; c < dim; c += nt)
         out[c] = (uint16_t)(__float_as_uint(dev_round_bf16(x[c])) >> 16);
 }
 
@@ -216,25 +237,30 @@ static int threads_for(int n, int max)
     return t > max ? max : t;
 }
 
-extern "C" dsv4_status dsv4_cuda_bk_comp_pool(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
-                                              const float *ring_kv, const float *ring_gate, int Rc,
-                                              int width, int dim, int m, const float *norm,
-                                              float eps, const float *freqs, int r, int is_index,
-                                              const dsv4_bk_rows *rows)
+extern "C" dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
+                                                float *ring_kv, float *ring_gate, int Rc, int width,
+                                                int dim, int m, const float *kv, const float *gate,
+                                                const float *ape, const float *norm, float eps,
+                                                const float *freqs, int r, int is_index,
+                                                const dsv4_bk_rows *rows)
 {
     const int ns = width == 2 * dim ? 2 * m : m;
     if (m <= 0 || dim <= 0 || dim > DIM_MAX || (width != dim && width != 2 * dim) ||
-        ns > POOL_SLOTS || Rc < ns || r < 0 || r > dim || r % 2 || (is_index && !is_pow2(dim)))
+        ns > POOL_SLOTS || (int64_t)Rc < (int64_t)ns + rows->n - 1 || r < 0 || r > dim || r % 2 ||
+        (is_index && !is_pow2(dim)))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
-                         "comp_pool: m %d, dim %d, width %d, Rc %d, rope %d, is_index %d", m, dim,
-                         width, Rc, r, is_index);
+                         "comp_append: m %d, dim %d, width %d, Rc %d (%d rows), rope %d, "
+                         "is_index %d",
+                         m, dim, width, Rc, rows->n, r, is_index);
     if (rows->n <= 0) return DSV4_OK;
     /* the Hadamard scale exactly as dsv4_hadamard: the double n^-0.5 as an f32 */
     const float had_scale = (float)pow((double)dim, -0.5);
-    const size_t smem = 32 * sizeof(double) + (size_t)dim * sizeof(float);
-    comp_pool_kernel<<<rows->n, threads_for(dim, POOL_THREADS), smem, dsv4_cuda_stream(b->cuda)>>>(
-        ent, cap_e, ring_kv, ring_gate, Rc, width, dim, m, norm, eps, freqs, r, is_index, had_scale,
-        rows->slot, rows->pos);
+    const size_t smem = 32 * sizeof(double) + POOL_SLOTS * (3 * sizeof(float *) + sizeof(int)) +
+                        (size_t)dim * sizeof(float);
+    comp_append_kernel<<<rows->n, threads_for(dim, POOL_THREADS), smem,
+                         dsv4_cuda_stream(b->cuda)>>>(ent, cap_e, ring_kv, ring_gate, Rc, width,
+                                                      dim, m, kv, gate, ape, norm, eps, freqs, r,
+                                                      is_index, had_scale, rows->slot, rows->pos);
     CUDA_LAUNCHED();
     return DSV4_OK;
 }
@@ -245,6 +271,7 @@ extern "C" dsv4_status dsv4_cuda_bk_comp_pool(dsv4_backend *b, uint16_t *ent, in
 __global__ void indexer_q_kernel(float *iq, int nh, int d, int r, const float *freqs,
                                  float had_scale, const int32_t *pos)
 {
+    DSV4_PDL_WAIT();
     extern __shared__ float xq[];
     const int row = blockIdx.y, h = blockIdx.x;
     float *q = iq + ((int64_t)row * nh + h) * d;
