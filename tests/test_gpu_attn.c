@@ -7,10 +7,15 @@
  * dims (128, 192) and head counts (12). Prints per case the errors, the bound and (for the
  * decode shapes) the CUDA time per call.
  *
+ * Cases with the inverse RoPE fused into the epilogue (rope_r > 0, the engine's call) check it
+ * against the CPU's attention -> rope (a bound derived below), the CPU's rope on the CUDA
+ * attention (test_gpu_rows' rope bound), and every plan bit for bit against the sequential
+ * kernel followed by the CUDA rope op.
+ *
  * Every case also runs each forced plan of the split kernel (bk_attn.cu: heads a CTA, cluster
  * size, blocks a CTA a round, through dsv4_cuda_attention_cfg) and the sequential kernel
- * (attn_seq.cu) against the same CPU reference and bound, and counts the elements where a plan
- * differs from the sequential kernel (the split is meant to be bit-identical to it). Timed
+ * (attn_seq.cu) against the same CPU reference and bound, and requires every plan to equal the
+ * sequential kernel bit for bit (the split's design; bk_attn.cu says what it keeps). Timed
  * cases print each plan's time per call, eager (50 calls, wall clock) and replayed from a CUDA
  * graph of 20 calls (the engine's way).
  *
@@ -19,6 +24,7 @@
 #include "backend/backend.h"
 #include "backend/backend_impl.h"
 #include "backend/cpu/cpu_linear.h"
+#include "backend/cpu/ops.h"
 #include "model/quant_sim.h"
 #include "test_util.h"
 
@@ -31,8 +37,8 @@
 dsv4_status dsv4_cuda_attention_cfg(dsv4_backend *b, float *o, const float *q, int H, int hd,
                                     const uint16_t *win, int R, int W, const uint16_t *ent,
                                     int64_t cap_e, int m, const int32_t *sel, int topk,
-                                    const float *sink, const dsv4_bk_rows *rows, const int want[3],
-                                    int got[4]);
+                                    const float *sink, const dsv4_bk_rows *rows, int rope_r,
+                                    const float *rope_freqs, const int want[3], int got[4]);
 
 static uint64_t rng = 0x5eed0a77e11ull;
 
@@ -136,6 +142,16 @@ static void test_kv_store(int small)
  * So |cuda - cpu| <= (2^-7 + 2^-8) M = 3 * 2^-8 M (~0.0117). */
 static const double ATTN_BOUND = 3.0 / 256.0;
 
+/* With the inverse RoPE fused (rope_r > 0), against the CPU's attention -> rope: let x, y be
+ * the CUDA / CPU attention outputs before the RoPE, |x - y| <= B M_y (B = ATTN_BOUND, M_y the
+ * head's max |y|). A rotated pair moves by <= (|cos| + |sin|) B M_y <= sqrt2 B M_y, plus the
+ * cos / sin of the two sides (1-2 f32 ulp apart, test_gpu_rows: <= 2^-21 (|y0| + |y1|) <=
+ * 2^-20 M_y); both are then rounded to bf16, <= 1 ulp apart more, and a rotated value is
+ * <= sqrt2 M_y, so that ulp is <= sqrt2 2^-7 M_y; the other dims keep B M_y. The floor is the
+ * reference's head max M' after the RoPE: a pair keeps its norm, so M_y <= sqrt2 M' (1 + 2^-8)
+ * (the bf16 rounding of M'). Hence |cuda - cpu| <= (2 B + 2^-6 + 2^-19.5)(1 + 2^-8) M'. */
+static const double ROPE_BOUND = (2.0 * (3.0 / 256.0) + 0x1p-6 + 0x1.6a09e6p-20) * (1.0 + 0x1p-8);
+
 typedef struct attn_case {
     const char *name;
     int H, hd, W, R, m, csa, topk, N;
@@ -151,7 +167,7 @@ typedef struct attn_err {
     size_t inexact, over, nan_bad;
 } attn_err;
 
-static attn_err compare(const float *a0, const float *b0, int64_t n_vec, int hd)
+static attn_err compare(const float *a0, const float *b0, int64_t n_vec, int hd, double bound)
 {
     attn_err e = {0, 0, 0, 0, 0, 0};
     for (int64_t v = 0; v < n_vec; v++) {
@@ -169,7 +185,7 @@ static attn_err compare(const float *a0, const float *b0, int64_t n_vec, int hd)
             e.max_abs = fmax(e.max_abs, d);
             e.max_rel = fmax(e.max_rel, rel);
             e.sum_rel += rel;
-            e.over += rel > ATTN_BOUND;
+            e.over += rel > bound;
         }
     }
     return e;
@@ -183,19 +199,22 @@ typedef struct attn_dev {
     const dsv4_bk_rows *rows;
     int H, hd, R, W, m, topk;
     int64_t cap_e;
+    int rope_r;         /* > 0: the fused inverse RoPE */
+    const float *freqs; /* its table (device) */
 } attn_dev;
 
 /* Forced plans {heads a CTA / 8, largest cluster, most blocks a CTA a round}: first the
  * sequential kernel, then the one-pass form (cluster 1), clusters up to 8 (portable), rounds
  * (kb 1: a row longer than the cluster), and 16 (non-portable; may not be launchable). */
-static const int plans[][3] = {{-1, 0, 0}, {0, 0, 0}, {1, 1, 0}, {2, 1, 0},  {4, 1, 0},
-                               {1, 8, 0},  {2, 8, 0}, {4, 8, 0}, {1, 8, 1},  {2, 8, 1},
-                               {1, 4, 0},  {1, 2, 1}, {4, 2, 0}, {1, 16, 0}, {2, 16, 0}};
+static const int plans[][3] = {{-1, 0, 0}, {0, 0, 0}, {1, 1, 0},  {2, 1, 0},  {4, 1, 0}, {1, 8, 0},
+                               {2, 8, 0},  {4, 8, 0}, {1, 8, 1},  {2, 8, 1},  {1, 4, 0}, {1, 2, 1},
+                               {4, 2, 0},  {2, 4, 0}, {1, 16, 0}, {2, 16, 0}, {4, 16, 0}};
 
 static dsv4_status run_plan(const attn_dev *d, const int want[3], int got[4])
 {
     return dsv4_cuda_attention_cfg(gpu, d->out, d->q, d->H, d->hd, d->win, d->R, d->W, d->ent,
-                                   d->cap_e, d->m, d->sel, d->topk, d->sink, d->rows, want, got);
+                                   d->cap_e, d->m, d->sel, d->topk, d->sink, d->rows, d->rope_r,
+                                   d->freqs, want, got);
 }
 
 /* Microseconds a call: eager (50 calls back to back, wall clock) and replayed from a graph of
@@ -226,9 +245,58 @@ static dsv4_status time_plan(const attn_dev *d, const int want[3], double *eager
     return st;
 }
 
-static void run_attn(const attn_case *c)
+/* Fused-RoPE check (rope_r > 0): the CPU's rope op applied to the CUDA attention without the
+ * RoPE (o_un, [n_vec, hd]) against the fused output: the same input pairs, so only the two
+ * sides' cos / sin differ (test_gpu_rows' rope bound): a rotated element within
+ * 2^-21 (|a| + |b|) of its input pair plus 1 bf16 ulp, the other dims bit-exact. Returns the
+ * elements over; *ndiff: those not bit-exact; *worst: the largest error over its bound. */
+static size_t check_cpu_rope(const float *fused, const float *o_un, int64_t n_vec, int hd,
+                             int rope_r, const float *freqs, const dsv4_bk_rows *hr, int H,
+                             size_t *ndiff, double *worst)
+{
+    const size_t n = (size_t)n_vec * hd;
+    float *want = malloc(n * 4);
+    memcpy(want, o_un, n * 4);
+    const dsv4_status st =
+        dsv4_cpu_bk_rope(cpu, want, (int64_t)H * hd, hr, H, hd, rope_r, freqs, 1, 1);
+    CHECK_MSG(st == DSV4_OK, "cpu rope: %s", dsv4_last_error());
+    size_t over = 0;
+    *ndiff = 0;
+    *worst = 0;
+    for (int64_t v = 0; v < n_vec; v++)
+        for (int i = 0; i < hd; i++) {
+            const size_t k = (size_t)v * hd + i;
+            if (isnan(fused[k]) || isnan(want[k])) {
+                over += isnan(fused[k]) != isnan(want[k]);
+                continue;
+            }
+            *ndiff += fused[k] != want[k];
+            double b = 0;
+            if (i >= hd - rope_r) {
+                const size_t k0 = k - ((i - (hd - rope_r)) & 1);
+                const double mag = fmax(fabs(fused[k]), fabs(want[k]));
+                int ex = 0;
+                frexp(mag, &ex);
+                b = 0x1p-21 * (fabs(o_un[k0]) + fabs(o_un[k0 + 1])) + ldexp(1.0, ex - 8);
+            }
+            const double d = fabs((double)fused[k] - want[k]);
+            if (d > b) over++;
+            if (b > 0 && d / b > *worst) *worst = d / b;
+        }
+    free(want);
+    return over;
+}
+
+/* One case; rope_r > 0 runs the op with the inverse RoPE fused (freqs: the compressed YaRN
+ * table at rope_r dims) and checks it against the CPU's attention -> rope (ROPE_BOUND), the
+ * CPU's rope on the CUDA attention (check_cpu_rope), and every plan bit for bit against the
+ * sequential kernel followed by the CUDA rope op. */
+static void run_attn(const attn_case *c, int rope_r)
 {
     const int H = c->H, hd = c->hd, N = c->N, topk = c->csa ? c->topk : 0;
+    float freqs[DSV4_ROPE_MAX / 2];
+    if (rope_r) dsv4_rope_freqs(freqs, rope_r, 160000.0f, 16.0f, 65536, 32.0f, 1.0f);
+    const double bound = rope_r ? ROPE_BOUND : ATTN_BOUND;
     int S = 0;
     int64_t cap_e = 0;
     for (int r = 0; r < N; r++) {
@@ -275,7 +343,7 @@ static void run_attn(const attn_case *c)
     dsv4_bk_rows hr = {N, c->slot, c->pos, NULL};
     double t0 = test_now();
     dsv4_status st = dsv4_cpu_bk_attention(cpu, o_cpu, q, H, hd, win, c->R, c->W, ent, cap_e, c->m,
-                                           sel, topk, sink, &hr);
+                                           sel, topk, sink, &hr, rope_r, rope_r ? freqs : NULL);
     const double t_cpu = test_now() - t0;
     CHECK_MSG(st == DSV4_OK, "%s: cpu: %s", c->name, dsv4_last_error());
 
@@ -283,34 +351,53 @@ static void run_attn(const attn_case *c)
     uint16_t *dwin = dev_copy(win, nw * 2), *dent = dev_copy(ent, ne * 2);
     int32_t *dsel = dev_copy(sel, (size_t)N * topk * 4);
     int32_t *dslot = dev_copy(c->slot, (size_t)N * 4), *dpos = dev_copy(c->pos, (size_t)N * 4);
+    float *dfreqs = rope_r ? dev_copy(freqs, (size_t)rope_r / 2 * 4) : NULL;
     CHECK(dsv4_bk_alloc(gpu, nq * 4, (void **)&dout) == DSV4_OK);
     dsv4_bk_rows dr = {N, dslot, dpos, NULL};
     st = dsv4_cuda_bk_attention(gpu, dout, dq, H, hd, dwin, c->R, c->W, dent, cap_e, c->m, dsel,
-                                topk, dsink, &dr);
+                                topk, dsink, &dr, rope_r, dfreqs);
     if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
     if (st == DSV4_OK) st = dsv4_bk_download(gpu, o_gpu, dout, nq * 4);
     CHECK_MSG(st == DSV4_OK, "%s: cuda: %s", c->name, dsv4_last_error());
 
-    attn_err e = compare(o_gpu, o_cpu, (int64_t)N * H, hd);
-    printf("%-34s N %2d H %3d hd %d slots/row %5.0f: max abs %.3g, max rel %.3g (mean %.2g; "
+    attn_err e = compare(o_gpu, o_cpu, (int64_t)N * H, hd, bound);
+    printf("%-34s%s N %2d H %3d hd %d slots/row %5.0f: max abs %.3g, max rel %.3g (mean %.2g; "
            "floor max|o| of the head), bound %.4f; %zu of %zu not bit-exact; cpu %.2f s",
-           c->name, N, H, hd, (double)n_slots / N, e.max_abs, e.max_rel, e.sum_rel / (double)nq,
-           ATTN_BOUND, e.inexact, nq, t_cpu);
+           c->name, rope_r ? " +rope" : "", N, H, hd, (double)n_slots / N, e.max_abs, e.max_rel,
+           e.sum_rel / (double)nq, bound, e.inexact, nq, t_cpu);
     if (c->timed && st == DSV4_OK) {
         const int reps = 50;
         double t1 = test_now();
         for (int i = 0; i < reps && st == DSV4_OK; i++)
             st = dsv4_cuda_bk_attention(gpu, dout, dq, H, hd, dwin, c->R, c->W, dent, cap_e, c->m,
-                                        dsel, topk, dsink, &dr);
+                                        dsel, topk, dsink, &dr, rope_r, dfreqs);
         if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
         printf("; cuda %.1f us/call", (test_now() - t1) / reps * 1e6);
     }
     printf("\n");
     CHECK_MSG(st == DSV4_OK && e.over == 0 && e.nan_bad == 0,
               "%s: %zu elements over the bound, %zu NaN mismatches", c->name, e.over, e.nan_bad);
+    if (rope_r && st == DSV4_OK) { /* the CPU's rope on the CUDA attention without it */
+        float *o_un = malloc(nq * 4);
+        st = dsv4_cuda_bk_attention(gpu, dout, dq, H, hd, dwin, c->R, c->W, dent, cap_e, c->m, dsel,
+                                    topk, dsink, &dr, 0, NULL);
+        if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
+        if (st == DSV4_OK) st = dsv4_bk_download(gpu, o_un, dout, nq * 4);
+        CHECK_MSG(st == DSV4_OK, "%s: cuda without rope: %s", c->name, dsv4_last_error());
+        size_t nd = 0;
+        double worst = 0;
+        const size_t over =
+            check_cpu_rope(o_gpu, o_un, (int64_t)N * H, hd, rope_r, freqs, &hr, H, &nd, &worst);
+        printf("    fused rope r %d vs the CPU rope on the CUDA attention: %zu of %zu not "
+               "bit-exact, worst err / bound %.3g (bound 2^-21 (|a|+|b|) + 1 bf16 ulp)\n",
+               rope_r, nd, nq, worst);
+        CHECK_MSG(over == 0, "%s: fused rope: %zu elements over the rope bound", c->name, over);
+        free(o_un);
+    }
 
     /* every plan, the sequential kernel first (the bit-identity yardstick) */
-    attn_dev dv = {dout, dq, dsink, dwin, dent, dsel, &dr, H, hd, c->R, c->W, c->m, topk, cap_e};
+    attn_dev dv = {dout, dq,   dsink, dwin, dent, dsel,  &dr,    H,
+                   hd,   c->R, c->W,  c->m, topk, cap_e, rope_r, dfreqs};
     float *o_seq = calloc(nq, 4), *o_nan = malloc(nq * 4);
     for (size_t i = 0; i < nq; i++) o_nan[i] = NAN;
     for (size_t v = 0; v < sizeof plans / sizeof plans[0]; v++) {
@@ -327,7 +414,7 @@ static void run_attn(const attn_case *c)
             continue;
         }
         if (v == 0) memcpy(o_seq, o_gpu, nq * 4);
-        e = compare(o_gpu, o_cpu, (int64_t)N * H, hd);
+        e = compare(o_gpu, o_cpu, (int64_t)N * H, hd, bound);
         size_t ndiff = 0;
         for (size_t i = 0; i < nq; i++) ndiff += memcmp(&o_gpu[i], &o_seq[i], sizeof(float)) != 0;
         if (got[0] < 0)
@@ -350,11 +437,14 @@ static void run_attn(const attn_case *c)
         printf("\n");
         CHECK_MSG(e.over == 0 && e.nan_bad == 0, "%s: plan %zu: %zu over the bound, %zu NaN",
                   c->name, v, e.over, e.nan_bad);
+        CHECK_MSG(ndiff == 0, "%s: plan %zu: %zu elements differ from the sequential kernel",
+                  c->name, v, ndiff);
     }
     free(o_seq);
     free(o_nan);
     dsv4_bk_free(gpu, dq);
     dsv4_bk_free(gpu, dsink);
+    dsv4_bk_free(gpu, dfreqs);
     dsv4_bk_free(gpu, dout);
     dsv4_bk_free(gpu, dwin);
     dsv4_bk_free(gpu, dent);
@@ -402,7 +492,11 @@ static void full_cases(void)
         {"pro csa decode", 128, 512, 128, 256, 4, 1, 1024, 4, seq, pro4, 0, 2.0f, 1},
         {"pro hca", 128, 512, 128, 256, 128, 0, 0, 2, seq, pro2, 0, 4.0f, 0},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_attn(&cases[i]);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_attn(&cases[i], 0);
+    /* the engine's call: the inverse RoPE of the last 64 dims fused (Flash and Pro decode, the
+     * mixed rows, HCA, a prefill chunk) */
+    static const size_t fused[] = {0, 1, 2, 3, 6, 8};
+    for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++) run_attn(&cases[fused[i]], 64);
 }
 
 static void small_cases(void)
@@ -415,7 +509,11 @@ static void small_cases(void)
         {"hd 128 H 16 window only", 16, 128, 128, 160, 0, 0, 0, 5, s5, p5, 0, 3.0f, 0},
         {"hd 64 H 16 csa", 16, 64, 128, 160, 4, 1, 96, 5, s5, p5, 0, 3.0f, 0},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_attn(&cases[i]);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_attn(&cases[i], 0);
+    /* the fused inverse RoPE: 64 of 128 dims, 2 of 192 (a pair inside a dim tile), all 64 */
+    run_attn(&cases[0], 64);
+    run_attn(&cases[1], 2);
+    run_attn(&cases[3], 64);
 }
 
 int main(int argc, char **argv)

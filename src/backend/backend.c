@@ -352,14 +352,15 @@ dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
 dsv4_status dsv4_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
                               const uint16_t *win, int R, int W, const uint16_t *ent, int64_t cap_e,
                               int m, const int32_t *sel, int topk, const float *sink,
-                              const dsv4_bk_rows *rows)
+                              const dsv4_bk_rows *rows, int rope_r, const float *rope_freqs)
 {
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
         return dsv4_cuda_bk_attention(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink,
-                                      rows);
+                                      rows, rope_r, rope_freqs);
 #endif
-    return dsv4_cpu_bk_attention(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows);
+    return dsv4_cpu_bk_attention(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows,
+                                 rope_r, rope_freqs);
 }
 
 dsv4_status dsv4_bk_router(dsv4_backend *b, int32_t *sel, float *wts, const float *logits,

@@ -189,11 +189,14 @@ dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
  * W - (count) empty slots, then the compressed entries: CSA (sel != NULL) ent[slot][sel[r][j]]
  * for j < topk with sel >= 0; HCA (sel == NULL, m > 0) entries 0 .. (p+1)/m - 1; none when
  * m == 0. Per head: faithful_attend_head (64-slot blocks, running max, bf16 p, sink[h] in the
- * denominator), scale = hd^-0.5. */
+ * denominator), scale = hd^-0.5. rope_r > 0 (even, <= hd): then the inverse RoPE of the last
+ * rope_r dims of every head at pos[r] with rope_freqs [rope_r / 2] (backend memory), all of o
+ * bf16-rounded after: exactly dsv4_bk_rope(o, H * hd, rows, H, hd, rope_r, rope_freqs, 1, 1),
+ * which the CPU calls and CUDA runs in the attention's epilogue. rope_r == 0: no RoPE. */
 dsv4_status dsv4_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
                               const uint16_t *win, int R, int W, const uint16_t *ent, int64_t cap_e,
                               int m, const int32_t *sel, int topk, const float *sink,
-                              const dsv4_bk_rows *rows);
+                              const dsv4_bk_rows *rows, int rope_r, const float *rope_freqs);
 
 /* ---- MoE ---------------------------------------------------------------------------------
  * Router (forward_moe.c): scores = sqrt(softplus(logits [N, E])); hash layers (tid2eid != NULL:

@@ -61,7 +61,8 @@ dsv4_status dsv4_cpu_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float 
 dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
                                   const uint16_t *win, int R, int W, const uint16_t *ent,
                                   int64_t cap_e, int m, const int32_t *sel, int topk,
-                                  const float *sink, const dsv4_bk_rows *rows);
+                                  const float *sink, const dsv4_bk_rows *rows, int rope_r,
+                                  const float *rope_freqs);
 dsv4_status dsv4_cpu_bk_router(dsv4_backend *b, int32_t *sel, float *wts, const float *logits,
                                const float *bias, const int32_t *tid2eid,
                                const dsv4_bk_rows *rows, int E, int K, float route_scale);
@@ -119,7 +120,8 @@ dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float
 dsv4_status dsv4_cuda_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
                                    const uint16_t *win, int R, int W, const uint16_t *ent,
                                    int64_t cap_e, int m, const int32_t *sel, int topk,
-                                   const float *sink, const dsv4_bk_rows *rows);
+                                   const float *sink, const dsv4_bk_rows *rows, int rope_r,
+                                   const float *rope_freqs);
 dsv4_status dsv4_cuda_bk_router(dsv4_backend *b, int32_t *sel, float *wts, const float *logits,
                                 const float *bias, const int32_t *tid2eid,
                                 const dsv4_bk_rows *rows, int E, int K, float route_scale);

@@ -128,9 +128,8 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
 
     DSV4_TRY(dsv4_bk_attention(e->b, s->o, s->q, H, hd, L->win, e->R, c->sliding_window,
                                L->ratio ? L->comp.ent : NULL, L->ratio ? L->comp.cap : 0, L->ratio,
-                               csa ? s->sel : NULL, c->index_topk, L->sink, rows));
-    MARK("attn.core");
-    DSV4_TRY(dsv4_bk_rope(e->b, s->o, Hc, rows, H, hd, r, freqs, 1, 1));
+                               csa ? s->sel : NULL, c->index_topk, L->sink, rows, r, freqs));
+    MARK("attn.core"); /* o: attention, then the inverse RoPE (fused in one op) */
 
     /* grouped output: o [N, g, Hc/g] -> z [N, g * ol] (wo_a row groups) -> wo_b -> f */
     const int g = c->o_groups;

@@ -134,10 +134,11 @@ static void run_n(dsv4_cpu_pool *pool, int64_t n, void (*fn)(int64_t, void *), v
     for (int64_t i = 0; i < n; i++) fn(i, ctx);
 }
 
-dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
-                                  const uint16_t *win, int R, int W, const uint16_t *ent,
-                                  int64_t cap_e, int m, const int32_t *sel, int topk,
-                                  const float *sink, const dsv4_bk_rows *rows)
+/* The attention alone (rope_r == 0 of dsv4_cpu_bk_attention). */
+static dsv4_status attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
+                             const uint16_t *win, int R, int W, const uint16_t *ent, int64_t cap_e,
+                             int m, const int32_t *sel, int topk, const float *sink,
+                             const dsv4_bk_rows *rows)
 {
     const int64_t N = rows->n;
     if (H < 1 || hd < 1 || W < 1 || R < W || m < 0 || (sel && topk < 0))
@@ -220,4 +221,19 @@ dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int
     free(contrib);
     free(nk);
     return st;
+}
+
+/* The attention, then (rope_r > 0) the inverse RoPE op over o: the composition the CUDA op
+ * fuses into its epilogue. */
+dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
+                                  const uint16_t *win, int R, int W, const uint16_t *ent,
+                                  int64_t cap_e, int m, const int32_t *sel, int topk,
+                                  const float *sink, const dsv4_bk_rows *rows, int rope_r,
+                                  const float *rope_freqs)
+{
+    if (rope_r < 0 || (rope_r && !rope_freqs))
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "attention: rope_r %d", rope_r);
+    DSV4_TRY(attention(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows));
+    if (rope_r == 0) return DSV4_OK;
+    return dsv4_cpu_bk_rope(b, o, (int64_t)H * hd, rows, H, hd, rope_r, rope_freqs, 1, 1);
 }

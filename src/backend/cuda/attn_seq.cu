@@ -22,6 +22,7 @@
  * group refetches the same keys; N 1 uses only 8 SMs.
  */
 #include "backend/cuda/attn.cuh"
+#include "backend/cuda/pdl.cuh"
 
 /* ---- attention ------------------------------------------------------------------------------ */
 typedef struct attn_args {
@@ -69,6 +70,7 @@ __device__ static inline void load_block(const attn_args &a, const row_keys &rk,
  * grid: N * ngroups CTAs (head group fastest), AT_THREADS threads; HG = 8 * NT heads. */
 template <int NT> __global__ void __launch_bounds__(AT_THREADS, 1) attn_kernel(attn_args a)
 {
+    DSV4_PDL_WAIT();
     constexpr int HG = 8 * NT;
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int wcnt[AT_WARPS];

@@ -29,6 +29,17 @@
  * cost model over the GPU's SMs (sa_plan); there is no workspace: all exchange is in shared
  * memory, so it is graph-capturable. Head dims above 512 go to attn_seq.cu.
  *
+ * Latency (issue 8): the prologue issues every global load it needs (pos, slot, the row's CSA
+ * picks, q as float4, the sinks, the RoPE frequencies) before it uses any, so they cost one
+ * memory latency instead of one per loop trip (the q loop alone was 4-16 round trips); the
+ * picks are compacted by one block scan from registers; a block maximum or sum goes to the C
+ * ranks from C lanes at once, the alphas are computed in parallel, and c_b travels in mma
+ * fragment order, one 16-byte store a lane and tile.
+ * Epilogue: with rope_r > 0 the op also applies the inverse RoPE of the last rope_r dims at
+ * the row's position and rounds to bf16, exactly dsv4_bk_rope (inverse, round_bf16) after the
+ * attention (the same f32 angle, double cos / sin rounded to f32, products and sum as
+ * bk_rows.cu), which saves the engine that launch and a pass over o.
+ *
  * Measured (H100, tests/test_gpu_attn.c, us a call replayed from a CUDA graph; the sequential
  * kernel in the same run in brackets): Flash H 64, hd 512, 640 slots a row (128 window + 512
  * CSA picks): N 1 15.0 with HG 8, C 10 (56.2; C 5, kb 2: 18.0), N 64 79.7 with HG 32, C 1
@@ -36,11 +47,18 @@
  * HG 32, C 6 (95.7). Every plan bit-identical to the sequential kernel. Still latency-bound: a
  * cluster's fixed cost (prologue, two cluster barriers, pass 2, combine) is ~10 us and a block
  * costs ~3 us a CTA (its 64 KB gather through cp.async), so N 1 stays above 10 us.
+ * After the latency work and with the RoPE fused (same test, H100): Flash CSA N 1 12.3 (HG 16,
+ * C 10: 12.0), HCA 64K N 1 12.5, N 64 77.0 (75.2 without the RoPE), Pro N 4 38.9. Cold caches
+ * (ncu, engine step at context 4096): N 1 CSA 20.6 -> 18.7, HCA 19.4 -> 18.3; but N 64 one-pass
+ * CSA 83 -> 94 and HCA 38 -> 50, where the graph replay (warm) got faster: the one-pass form's
+ * unrolled epilogue (now with the RoPE, 64 copies) and prologue are more code fetched cold.
  *
  * Precondition: q holds bf16-exact values (faithful mode rounds q to bf16 before attention);
  * other values are rounded to bf16 here. A CSA pick >= cap_e counts as -1 here (the CPU fails).
  */
 #include "backend/cuda/attn.cuh"
+#include "backend/cuda/pdl.cuh"
+#include "backend/cuda/quant_dev.cuh"
 
 #include <cooperative_groups.h>
 #include <math.h>
@@ -52,6 +70,7 @@ namespace cg = cooperative_groups;
 __global__ void kv_store_kernel(uint16_t *win, int R, int hd, const float *kv, const int32_t *slot,
                                 const int32_t *pos, int64_t n)
 {
+    DSV4_PDL_WAIT();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / hd, c = i - r * hd;
@@ -74,26 +93,33 @@ extern "C" dsv4_status dsv4_cuda_bk_kv_store(dsv4_backend *b, uint16_t *win, int
 }
 
 /* ---- split attention ------------------------------------------------------------------------ */
-enum { SA_MTW = 4, SA_KBMAX = 4, SA_CMAX = 16 }; /* dim tiles a warp (hd <= 512), kb, C */
+enum {
+    SA_MTW = 4,   /* dim tiles a warp (hd <= 512) */
+    SA_KBMAX = 4, /* blocks a CTA a round */
+    SA_CMAX = 16, /* cluster size */
+    SA_SELV = 8   /* CSA picks a thread holds in the prologue: topk <= 8 * AT_THREADS */
+};
 
 typedef struct sa_args {
     float *o;
-    const float *q, *sink;
+    const float *q, *sink, *freqs;
     const uint16_t *win, *ent;
     const int32_t *sel, *slot, *pos;
     int64_t cap_e;
     int H, hd, R, W, m, topk, mode, ngroups; /* mode: 0 window only, 1 HCA, 2 CSA */
     int C, kb;                               /* cluster size (1: one pass), blocks a CTA a round */
+    int rope_r; /* > 0: inverse RoPE of the last rope_r dims of o (freqs) in the epilogue */
     float scale;
-    int off_q, off_sp, off_p, off_st, off_list, off_comb; /* dynamic shared memory, bytes */
+    int off_q, off_sp, off_p, off_st, off_list, off_comb, off_rope; /* dynamic shared, bytes */
 } sa_args;
 
 /* The row's slot list: slots [0, count) are window positions lo .. p (oldest first), [count, W)
- * empty, [W, ns) entries (list[] for CSA, 0 .. n_ent-1 for HCA); nb blocks of 64. */
+ * empty, [W, ns) entries (list[] for CSA, 0 .. n_ent-1 for HCA); nb blocks of 64. p: the row's
+ * position (the RoPE angle). */
 typedef struct sa_row {
     const uint16_t *wbase, *ebase;
     const int *list;
-    int lo, count, ns, nb;
+    int lo, count, ns, nb, p;
 } sa_row;
 
 __device__ static inline const uint16_t *sa_key(const sa_args &a, const sa_row &rk, int s)
@@ -252,11 +278,39 @@ __device__ static inline void sa_cluster_sync(void)
     asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
 }
 
+/* The inverse RoPE's table of the row: cs / sn [rope_r / 2] = cos / -sin of freqs[i] * (float)p,
+ * computed as bk_rows.cu dev_rope_table does (the angle in f32, the device's double cos / sin
+ * rounded to f32), so that the epilogue is dsv4_bk_rope (inverse, bf16) bit for bit. Thread i
+ * holds freq = freqs[i] from the prologue. */
+__device__ static inline void sa_rope_table(const sa_args &a, unsigned char *smem, int p,
+                                            float freq)
+{
+    const int half = a.rope_r >> 1;
+    if ((int)threadIdx.x < half) {
+        float *cs = (float *)(smem + a.off_rope);
+        const double ang = (double)__fmul_rn(freq, (float)p);
+        const float s = (float)sin(ang);
+        cs[threadIdx.x] = (float)cos(ang);
+        cs[half + threadIdx.x] = -s;
+    }
+}
+
+/* The rotated pair (x0, x1) by (c, s) as bk_rows.cu rope_kernel, each bf16-rounded after. */
+__device__ static inline float sa_rot0(float x0, float x1, float c, float s)
+{
+    return dev_round_bf16(__fadd_rn(__fmul_rn(x0, c), __fmul_rn(-x1, s)));
+}
+
+__device__ static inline float sa_rot1(float x0, float x1, float c, float s)
+{
+    return dev_round_bf16(__fadd_rn(__fmul_rn(x1, c), __fmul_rn(x0, s)));
+}
+
 /* The one-pass form (C = 1): this CTA walks the row's blocks in order; O lives in registers
  * (warp w: dim tiles w + 8 i), max / sum / alpha per head in st [3][HG]. */
 template <int NT>
 __device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned char *smem, int r,
-                                   int h0)
+                                   int h0, float sinkv, float freq)
 {
     constexpr int HG = 8 * NT;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
@@ -279,6 +333,7 @@ __device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned 
             o[i][nt][0] = o[i][nt][1] = o[i][nt][2] = o[i][nt][3] = 0.0f;
 
     sa_load(a, rk, ks, 0);
+    sa_rope_table(a, smem, rk.p, freq);
     for (int b = 0; b < rk.nb; b++) {
         const uint16_t *kb = ks + (b & 1) * kbuf;
         if (b + 1 < rk.nb) {
@@ -332,38 +387,49 @@ __device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned 
         __syncthreads();
     }
 
-    /* the sink joins the denominator; o = bf16(O / sum) */
-    if (tid < HG && h0 + tid < a.H)
-        ssum[tid] = __fadd_rn(ssum[tid], expf(a.sink[h0 + tid] - sm[tid]));
+    /* the sink joins the denominator; o = bf16(O / sum), then the inverse RoPE of the last
+     * rope_r dims: pair (d, d + 1) sits in lanes (l, l ^ 4) */
+    if (tid < HG && h0 + tid < a.H) ssum[tid] = __fadd_rn(ssum[tid], expf(sinkv - sm[tid]));
     __syncthreads();
+    const float *cs = (const float *)(smem + a.off_rope), *sn = cs + (a.rope_r >> 1);
+    const int rd0 = hd - a.rope_r; /* the first rotated dim (hd: none) */
 #pragma unroll
     for (int i = 0; i < SA_MTW; i++) {
         const int mt = warp + AT_WARPS * i;
+        if (mt >= nmt) continue; /* warp-uniform */
 #pragma unroll
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int h = nt * 8 + 2 * t + (e & 1), d = mt * 16 + g + ((e >> 1) << 3);
-                if (mt < nmt && h0 + h < a.H)
-                    a.o[((int64_t)r * a.H + h0 + h) * hd + d] =
-                        at_round_bf16(__fdiv_rn(o[i][nt][e], ssum[h]));
+                float v = at_round_bf16(__fdiv_rn(o[i][nt][e], ssum[h]));
+                if (mt * 16 + 16 > rd0) { /* warp-uniform: the tile holds rotated dims */
+                    const float w = __shfl_xor_sync(0xffffffffu, v, 4);
+                    if (d >= rd0) {
+                        const int ip = (d - rd0) >> 1;
+                        v = g & 1 ? sa_rot1(w, v, cs[ip], sn[ip]) : sa_rot0(v, w, cs[ip], sn[ip]);
+                    }
+                }
+                if (h0 + h < a.H) a.o[((int64_t)r * a.H + h0 + h) * hd + d] = v;
             }
     }
 }
 
 /* The cluster form (C > 1), round after round of C * kb blocks; rank takes blocks
  * rank * kb .. of the round. Shared state (floats, st): gbm, gbs, alph [C kb][HG] (block maxima,
- * block sums, alphas of the round, pushed by their owners), mpre [C kb + 1][HG] (running max
- * before / after each block), bml [kb][HG] (own maxima), ssum, mcar [HG] (sum and max carried
- * over rounds), oslc [MTS][HG][16] (this rank's output tiles mt = rank + C i);
- * comb [C kb][MTS][HG][16] (the c_b of those tiles, pushed by the blocks' owners). */
+ * block sums, alphas of the round; maxima and sums pushed by their owners), mpre [C kb + 1][HG]
+ * (running max before / after each block), ssum, mcar [HG] (sum and max carried over rounds),
+ * oslc [MTS][TILE] (this rank's output tiles mt = rank + C i); comb [C kb][MTS][TILE] (the c_b
+ * of those tiles, pushed by the blocks' owners). A tile's TILE = 16 HG floats are kept in mma
+ * fragment order, [NT][lane][4]: lane (g, t) holds (dim g, head 8 nt + 2t), (g, 2t + 1),
+ * (g + 8, 2t), (g + 8, 2t + 1), so a c_b fragment goes out as one 16-byte store. */
 template <int NT>
 __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned char *smem, int r,
-                                  int h0)
+                                  int h0, float sinkv, float freq)
 {
-    constexpr int HG = 8 * NT;
+    constexpr int HG = 8 * NT, TILE = 16 * HG;
     cg::cluster_group cl = cg::this_cluster();
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int hd = a.hd, ldk = hd + 8, nmt = hd >> 4, C = a.C, KB = a.kb, per = C * KB;
     const int rank = (int)cl.block_rank(), MTS = (nmt + C - 1) / C, SPB = 2 * HG * AT_LDS;
     const size_t kbuf = (size_t)AT_BLOCK * ldk;
@@ -371,10 +437,10 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
     float *sp = (float *)(smem + a.off_sp);
     uint16_t *ps = (uint16_t *)(smem + a.off_p);
     float *gbm = (float *)(smem + a.off_st), *gbs = gbm + per * HG, *alph = gbs + per * HG;
-    float *mpre = alph + per * HG, *bml = mpre + (per + 1) * HG, *ssum = bml + KB * HG;
+    float *mpre = alph + per * HG, *ssum = mpre + (per + 1) * HG;
     float *mcar = ssum + HG, *oslc = mcar + HG;
     float *comb = (float *)(smem + a.off_comb);
-    const int slc = MTS * HG * 16;
+    const int slc = MTS * TILE;
     if (tid < HG) {
         ssum[tid] = 0.0f;
         mcar[tid] = -INFINITY;
@@ -386,8 +452,10 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
         const int rb0 = rd * per, gb0 = rb0 + rank * KB;
         const int nround = min(per, rk.nb - rb0), nloc = max(0, min(KB, rk.nb - gb0));
 
-        /* pass 1: scores and block maxima of my blocks (keys double-buffered) */
+        /* pass 1: scores and block maxima of my blocks (keys double-buffered); lane rr of the
+         * head's warp pushes the maximum into rank rr */
         if (nloc > 0) sa_load(a, rk, ks, gb0);
+        if (rd == 0) sa_rope_table(a, smem, rk.p, freq);
         for (int j = 0; j < nloc; j++) {
             if (j + 1 < nloc) {
                 sa_load(a, rk, ks + ((j + 1) & 1) * kbuf, gb0 + j + 1);
@@ -398,35 +466,32 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
             __syncthreads();
             sa_scores<NT>(ks + (j & 1) * kbuf, qs, sp + j * SPB, hd);
             __syncthreads();
+            if (rd == 0 && j == 0) sa_cluster_wait(); /* every CTA of the cluster has started */
             for (int h = warp; h < HG; h += AT_WARPS) {
                 float sc[2];
                 bool valid[2];
                 const float bm = sa_head_scores(a, rk, sp + j * SPB, HG, h, gb0 + j, sc, valid);
-                if (lane == 0) bml[j * HG + h] = bm;
+                if (lane < C) *cl.map_shared_rank(gbm + (rank * KB + j) * HG + h, lane) = bm;
             }
         }
-        __syncthreads();
-        if (rd == 0) sa_cluster_wait(); /* every CTA of the cluster has started */
-        for (int i = tid; i < nloc * HG; i += AT_THREADS) {
-            const float v = bml[i];
-            for (int rr = 0; rr < C; rr++) *cl.map_shared_rank(gbm + rank * KB * HG + i, rr) = v;
-        }
+        if (rd == 0 && nloc == 0) sa_cluster_wait();
         sa_cluster_sync();
 
-        /* the running max over the round's blocks, in block order */
+        /* the running max over the round's blocks, in block order; then every alpha at once */
         if (tid < HG) {
             float mx = mcar[tid];
             mpre[tid] = mx;
             for (int i = 0; i < nround; i++) {
-                const float mn = fmaxf(gbm[i * HG + tid], mx);
-                alph[i * HG + tid] =
-                    mn == -INFINITY ? 1.0f : (mx == -INFINITY ? 0.0f : expf(mx - mn));
-                mx = mn;
+                mx = fmaxf(gbm[i * HG + tid], mx);
                 mpre[(i + 1) * HG + tid] = mx;
             }
             mcar[tid] = mx;
         }
         __syncthreads();
+        for (int k = tid; k < nround * HG; k += AT_THREADS) {
+            const float mx = mpre[k], mn = mpre[k + HG];
+            alph[k] = mn == -INFINITY ? 1.0f : (mx == -INFINITY ? 0.0f : expf(mx - mn));
+        }
 
         /* pass 2: p, block sums and c_b of my blocks, last first: the last two are still in
          * their buffers, earlier ones are fetched again */
@@ -447,10 +512,9 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
                 float sc[2];
                 bool valid[2];
                 sa_head_scores(a, rk, sp + j * SPB, HG, h, b, sc, valid);
-                const float bsum = sa_exps(sc, valid, mpre[(li + 1) * HG + h], ps + h * AT_LDP);
-                if (lane == 0)
-                    for (int rr = 0; rr < C; rr++)
-                        *cl.map_shared_rank(gbs + li * HG + h, rr) = bsum;
+                float bsum = sa_exps(sc, valid, mpre[(li + 1) * HG + h], ps + h * AT_LDP);
+                bsum = __shfl_sync(0xffffffffu, bsum, 0);
+                if (lane < C) *cl.map_shared_rank(gbs + li * HG + h, lane) = bsum;
             }
             __syncthreads();
             uint32_t bfr[4][NT][2];
@@ -459,73 +523,116 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
             for (int mt = warp; mt < nmt; mt += AT_WARPS) {
                 float c[NT][4];
                 sa_pv_tile<NT>(kb, ldk, mt, bfr, c);
-                float *dst = cl.map_shared_rank(comb, mt % C) + (li * MTS + mt / C) * HG * 16;
+                float *dst = cl.map_shared_rank(comb, mt % C) + (size_t)(li * MTS + mt / C) * TILE +
+                             lane * 4;
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    const int h = nt * 8 + 2 * t;
-                    dst[h * 16 + g] = c[nt][0];
-                    dst[(h + 1) * 16 + g] = c[nt][1];
-                    dst[h * 16 + g + 8] = c[nt][2];
-                    dst[(h + 1) * 16 + g + 8] = c[nt][3];
-                }
+                for (int nt = 0; nt < NT; nt++)
+                    *(float4 *)(dst + nt * 128) =
+                        make_float4(c[nt][0], c[nt][1], c[nt][2], c[nt][3]);
             }
             __syncthreads();
         }
         sa_cluster_sync();
 
-        /* combine my tiles over the round's blocks, in block order */
+        /* combine my tiles over the round's blocks, in block order (a float4 is one lane's
+         * fragment: heads hA, hA + 1, hA, hA + 1) */
         if (tid < HG) {
             float s = ssum[tid];
             for (int i = 0; i < nround; i++)
                 s = __fadd_rn(__fmul_rn(s, alph[i * HG + tid]), gbs[i * HG + tid]);
             ssum[tid] = s;
         }
-        for (int e = tid; e < slc; e += AT_THREADS) {
-            const int h = (e >> 4) % HG;
-            if (rank + C * (e / (HG * 16)) >= nmt) continue; /* a tile past hd: nobody's */
-            float v = oslc[e];
-            for (int i = 0; i < nround; i++)
-                v = __fadd_rn(__fmul_rn(v, alph[i * HG + h]), comb[(size_t)i * slc + e]);
-            oslc[e] = v;
+        float4 *o4 = (float4 *)oslc;
+        const float4 *c4 = (const float4 *)comb;
+        for (int e = tid; e < slc / 4; e += AT_THREADS) {
+            const int si = e / (NT * 32), hA = ((e >> 5) % NT) * 8 + 2 * (e & 3);
+            if (rank + C * si >= nmt) continue; /* a tile past hd: nobody's */
+            float4 v = o4[e];
+            for (int i = 0; i < nround; i++) {
+                const float aA = alph[i * HG + hA], aB = alph[i * HG + hA + 1];
+                const float4 c = c4[(size_t)i * (slc / 4) + e];
+                v.x = __fadd_rn(__fmul_rn(v.x, aA), c.x);
+                v.y = __fadd_rn(__fmul_rn(v.y, aB), c.y);
+                v.z = __fadd_rn(__fmul_rn(v.z, aA), c.z);
+                v.w = __fadd_rn(__fmul_rn(v.w, aB), c.w);
+            }
+            o4[e] = v;
         }
         __syncthreads();
     }
 
-    /* the sink joins the denominator; o = bf16(O / sum) for my tiles */
-    if (tid < HG && h0 + tid < a.H)
-        ssum[tid] = __fadd_rn(ssum[tid], expf(a.sink[h0 + tid] - mcar[tid]));
+    /* the sink joins the denominator; o = bf16(O / sum) for my tiles, then the inverse RoPE of
+     * the last rope_r dims. Item k: a pair of dims (d, d + 1), fragment lanes (g, g + 1) */
+    if (tid < HG && h0 + tid < a.H) ssum[tid] = __fadd_rn(ssum[tid], expf(sinkv - mcar[tid]));
     __syncthreads();
-    for (int e = tid; e < slc; e += AT_THREADS) {
-        const int si = e / (HG * 16), h = (e >> 4) % HG, mt = rank + C * si;
-        if (mt < nmt && h0 + h < a.H)
-            a.o[((int64_t)r * a.H + h0 + h) * hd + mt * 16 + (e & 15)] =
-                at_round_bf16(__fdiv_rn(oslc[e], ssum[h]));
+    const float *cs = (const float *)(smem + a.off_rope), *sn = cs + (a.rope_r >> 1);
+    const int rd0 = hd - a.rope_r; /* the first rotated dim (hd: none) */
+    for (int k = tid; k < slc / 2; k += AT_THREADS) {
+        const int si = k / (NT * 64), nt = (k >> 6) % NT, l16 = (k >> 2) & 15, q4 = k & 3;
+        const int mt = rank + C * si, g = (l16 >> 2) * 2, t = l16 & 3;
+        const int h = nt * 8 + 2 * t + (q4 & 1), d = mt * 16 + g + ((q4 >> 1) << 3);
+        if (mt >= nmt || h0 + h >= a.H) continue;
+        const int e0 = si * TILE + nt * 128 + (g * 4 + t) * 4 + q4; /* dim d; e0 + 16: d + 1 */
+        float v0 = at_round_bf16(__fdiv_rn(oslc[e0], ssum[h]));
+        float v1 = at_round_bf16(__fdiv_rn(oslc[e0 + 16], ssum[h]));
+        if (d >= rd0) {
+            const int ip = (d - rd0) >> 1;
+            const float r0 = sa_rot0(v0, v1, cs[ip], sn[ip]);
+            v1 = sa_rot1(v0, v1, cs[ip], sn[ip]);
+            v0 = r0;
+        }
+        *(float2 *)(a.o + ((int64_t)r * a.H + h0 + h) * hd + d) = make_float2(v0, v1);
     }
 }
 
 /* q [N, H, hd], keys bf16 (win [S, R, hd], ent [S, cap_e, hd]) -> o [N, H, hd].
  * grid: N * ngroups * C CTAs (cluster rank fastest, then head group), AT_THREADS threads;
- * HG = 8 NT heads a CTA. */
+ * HG = 8 NT heads a CTA. q 16-byte aligned, hd <= 512, topk <= SA_SELV * AT_THREADS. */
 template <int NT>
 __global__ void __launch_bounds__(AT_THREADS, NT == 4 ? 1 : 2) sa_kernel(sa_args a)
 {
-    constexpr int HG = 8 * NT;
+    DSV4_PDL_WAIT();
+    constexpr int HG = 8 * NT, QV = HG * 128 / AT_THREADS; /* float4s of q a thread */
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int wcnt[AT_WARPS];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int cta = blockIdx.x / a.C, r = cta / a.ngroups, h0 = (cta - r * a.ngroups) * HG;
-    const int hd = a.hd, ldk = hd + 8;
+    const int hd = a.hd, ldk = hd + 8, hd4 = hd >> 2;
     uint16_t *qs = (uint16_t *)(smem + a.off_q);
     int *list = (int *)(smem + a.off_list);
     if (a.C > 1) sa_cluster_arrive_relaxed();
 
-    for (int i = tid; i < HG * hd; i += AT_THREADS) {
-        const int h = i / hd, d = i - h * hd;
-        const float v = h0 + h < a.H ? a.q[((int64_t)r * a.H + h0 + h) * hd + d] : 0.0f;
-        qs[h * ldk + d] = at_bf16_bits(v);
+    /* every global load of the prologue goes out before any is used: one memory latency, not
+     * one per loop trip. Thread tid holds picks [tid per_t, tid per_t + per_t) of the row. */
+    const int p = a.pos[r], sl = a.slot[r];
+    const float sinkv = tid < HG ? a.sink[min(h0 + tid, a.H - 1)] : 0.0f;
+    const float freq = tid < (a.rope_r >> 1) ? a.freqs[tid] : 0.0f;
+    const int per_t = (a.topk + AT_THREADS - 1) / AT_THREADS, j0 = tid * per_t;
+    const int32_t *sr = a.sel + (int64_t)r * a.topk + j0;
+    int selv[SA_SELV];
+#pragma unroll
+    for (int k = 0; k < SA_SELV; k++)
+        selv[k] = a.mode == 2 && k < per_t && j0 + k < a.topk ? sr[k] : -1;
+    float4 qv[QV];
+#pragma unroll
+    for (int k = 0; k < QV; k++) {
+        const int i = tid + k * AT_THREADS, h = i / hd4, hq = min(h0 + h, a.H - 1);
+        const float4 *src = (const float4 *)(a.q + ((int64_t)r * a.H + hq) * hd) + (i - h * hd4);
+        qv[k] = i < HG * hd4 ? *src : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+#pragma unroll
+    for (int k = 0; k < QV; k++) {
+        const int i = tid + k * AT_THREADS, h = i / hd4;
+        if (i < HG * hd4) {
+            const bool live = h0 + h < a.H;
+            uint2 w;
+            w.x = live ? at_bf16_bits(qv[k].x) | (uint32_t)at_bf16_bits(qv[k].y) << 16 : 0u;
+            w.y = live ? at_bf16_bits(qv[k].z) | (uint32_t)at_bf16_bits(qv[k].w) << 16 : 0u;
+            *(uint2 *)(qs + h * ldk + (i - h * hd4) * 4) = w;
+        }
     }
     sa_row rk;
-    const int p = a.pos[r], sl = a.slot[r];
+    rk.p = p;
     rk.lo = p - a.W + 1 > 0 ? p - a.W + 1 : 0;
     rk.count = p - rk.lo + 1;
     rk.wbase = a.win + (int64_t)sl * a.R * hd;
@@ -535,34 +642,34 @@ __global__ void __launch_bounds__(AT_THREADS, NT == 4 ? 1 : 2) sa_kernel(sa_args
     if (a.mode == 1) {
         const int64_t ne = ((int64_t)p + 1) / a.m;
         n_ent = (int)(ne < a.cap_e ? ne : a.cap_e);
-    } else if (a.mode == 2) { /* the picks sel >= 0 (and < cap_e), compacted in order, in place */
-        const int32_t *sr = a.sel + (int64_t)r * a.topk;
-        for (int j = tid; j < a.topk; j += AT_THREADS) list[j] = sr[j];
-        __syncthreads();
-        for (int j0 = 0; j0 < a.topk; j0 += AT_THREADS) {
-            const int j = j0 + tid;
-            const int v = j < a.topk ? list[j] : -1;
-            const bool ok = v >= 0 && v < a.cap_e;
-            const unsigned bal = __ballot_sync(0xffffffffu, ok);
-            if (lane == 0) wcnt[warp] = __popc(bal);
-            __syncthreads(); /* the chunk is read: writes land at or below their source */
-            int off = n_ent, tot = 0;
-            for (int w = 0; w < AT_WARPS; w++) {
-                off += w < warp ? wcnt[w] : 0;
-                tot += wcnt[w];
-            }
-            if (ok) list[off + __popc(bal & ((1u << lane) - 1u))] = v;
-            n_ent += tot;
-            __syncthreads();
+    } else if (a.mode == 2) { /* the picks sel >= 0 (and < cap_e), compacted in order */
+        int cnt = 0;
+#pragma unroll
+        for (int k = 0; k < SA_SELV; k++) cnt += selv[k] >= 0 && selv[k] < a.cap_e;
+        int x = cnt; /* inclusive scan over the warp */
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int y = __shfl_up_sync(0xffffffffu, x, o);
+            if (lane >= o) x += y;
         }
+        if (lane == 31) wcnt[warp] = x;
+        __syncthreads();
+        int off = x - cnt;
+        for (int w = 0; w < AT_WARPS; w++) {
+            off += w < warp ? wcnt[w] : 0;
+            n_ent += wcnt[w];
+        }
+#pragma unroll
+        for (int k = 0; k < SA_SELV; k++)
+            if (selv[k] >= 0 && selv[k] < a.cap_e) list[off++] = selv[k];
     }
     rk.ns = a.W + n_ent;
     rk.nb = (rk.ns + AT_BLOCK - 1) / AT_BLOCK;
-    __syncthreads(); /* q */
+    __syncthreads(); /* q, list */
     if (a.C > 1)
-        sa_cluster<NT>(a, rk, smem, r, h0);
+        sa_cluster<NT>(a, rk, smem, r, h0, sinkv, freq);
     else
-        sa_one_pass<NT>(a, rk, smem, r, h0);
+        sa_one_pass<NT>(a, rk, smem, r, h0, sinkv, freq);
 }
 
 static int align16(int x)
@@ -584,10 +691,12 @@ static int sa_layout(sa_args *a, int NT, int list_len)
     a->off_p = off;
     off = align16(off + HG * AT_LDP * 2);
     a->off_st = off;
-    const int st = C > 1 ? (4 * per + 1 + kb + 2) * HG + MTS * HG * 16 : 3 * HG;
+    const int st = C > 1 ? (4 * per + 3) * HG + MTS * HG * 16 : 3 * HG;
     off = align16(off + st * 4);
     a->off_list = off;
     off = align16(off + list_len * 4);
+    a->off_rope = off;
+    off = align16(off + a->rope_r * 4);
     a->off_comb = off;
     if (C > 1) off = align16(off + per * MTS * HG * 16 * 4);
     return off;
@@ -717,28 +826,46 @@ static dsv4_status sa_run(dsv4_backend *b, sa_args a, sa_plan pl, int64_t N, int
     }
 }
 
-extern "C" dsv4_status dsv4_cuda_attention_cfg(dsv4_backend *b, float *o, const float *q, int H,
-                                               int hd, const uint16_t *win, int R, int W,
-                                               const uint16_t *ent, int64_t cap_e, int m,
-                                               const int32_t *sel, int topk, const float *sink,
-                                               const dsv4_bk_rows *rows, const int want[3],
-                                               int got[4])
+/* The sequential kernel, then the inverse RoPE as its own op when asked. */
+static dsv4_status sa_sequential(dsv4_backend *b, float *o, const float *q, int H, int hd,
+                                 const uint16_t *win, int R, int W, const uint16_t *ent,
+                                 int64_t cap_e, int m, const int32_t *sel, int topk,
+                                 const float *sink, const dsv4_bk_rows *rows, int rope_r,
+                                 const float *rope_freqs)
+{
+    DSV4_TRY(
+        dsv4_cuda_attention_seq(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows));
+    if (rope_r == 0 || rows->n == 0) return DSV4_OK;
+    return dsv4_cuda_bk_rope(b, o, (int64_t)H * hd, rows, H, hd, rope_r, rope_freqs, 1, 1);
+}
+
+extern "C" dsv4_status dsv4_cuda_attention_cfg(
+    dsv4_backend *b, float *o, const float *q, int H, int hd, const uint16_t *win, int R, int W,
+    const uint16_t *ent, int64_t cap_e, int m, const int32_t *sel, int topk, const float *sink,
+    const dsv4_bk_rows *rows, int rope_r, const float *rope_freqs, const int want[3], int got[4])
 {
     const int64_t N = rows->n;
     if (H < 1 || hd < 64 || hd % 64 || W < 1 || R < W || m < 0 || (sel && topk < 0))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
                          "attention: H %d, hd %d (a multiple of 64), R %d, W %d, m %d", H, hd, R, W,
                          m);
+    if (rope_r < 0 || (rope_r & 1) || rope_r > hd || (rope_r && !rope_freqs))
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "attention: rope_r %d, hd %d", rope_r, hd);
     got[0] = -1;
     got[1] = got[2] = got[3] = 0;
-    if (want[0] < 0 || hd > 16 * AT_WARPS * SA_MTW)
-        return dsv4_cuda_attention_seq(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink,
-                                       rows);
+    /* the split kernel's limits: hd <= 512 (one pass keeps O in registers), the picks of a row
+     * held by the prologue's registers, vector loads of q and stores of o */
+    const bool split_ok = hd <= 16 * AT_WARPS * SA_MTW && (!sel || topk <= SA_SELV * AT_THREADS) &&
+                          ((uintptr_t)q & 15) == 0 && ((uintptr_t)o & 7) == 0;
+    if (want[0] < 0 || !split_ok)
+        return sa_sequential(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows,
+                             rope_r, rope_freqs);
     if (N == 0) return DSV4_OK;
     sa_args a;
     a.o = o;
     a.q = q;
     a.sink = sink;
+    a.freqs = rope_freqs;
     a.win = win;
     a.ent = ent;
     a.sel = sel;
@@ -752,6 +879,7 @@ extern "C" dsv4_status dsv4_cuda_attention_cfg(dsv4_backend *b, float *o, const 
     a.m = m;
     a.topk = sel ? topk : 0;
     a.mode = m > 0 && ent ? (sel ? 2 : 1) : 0;
+    a.rope_r = rope_r;
     a.scale = 1.0f / sqrtf((float)hd);
     const int list_len = a.mode == 2 ? topk : 0;
     /* blocks of the longest row this call can see */
@@ -776,8 +904,8 @@ extern "C" dsv4_status dsv4_cuda_attention_cfg(dsv4_backend *b, float *o, const 
         if (forced)
             return dsv4_fail(DSV4_ERR_UNSUPPORTED, "attention: no plan with %d heads a CTA fits",
                              8 * want[0]);
-        return dsv4_cuda_attention_seq(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink,
-                                       rows);
+        return sa_sequential(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows,
+                             rope_r, rope_freqs);
     }
     const dsv4_status st = sa_run(b, a, pl, N, list_len, got);
     if (st != DSV4_ERR_UNSUPPORTED || pl.C <= 8) return st;
@@ -791,10 +919,11 @@ extern "C" dsv4_status dsv4_cuda_bk_attention(dsv4_backend *b, float *o, const f
                                               int hd, const uint16_t *win, int R, int W,
                                               const uint16_t *ent, int64_t cap_e, int m,
                                               const int32_t *sel, int topk, const float *sink,
-                                              const dsv4_bk_rows *rows)
+                                              const dsv4_bk_rows *rows, int rope_r,
+                                              const float *rope_freqs)
 {
     static const int want[3] = {0, 0, 0};
     int got[4];
     return dsv4_cuda_attention_cfg(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows,
-                                   want, got);
+                                   rope_r, rope_freqs, want, got);
 }
