@@ -1,8 +1,9 @@
 /*
  * test_gpu_rows.c - GPU test (ctest -L gpu) of the backend's per-row ops (bk_rows): every CUDA
  * op against the CPU reference on the same seeded random inputs, at the Flash (D 4096, 64 heads)
- * and Pro (D 7168, 128 heads) shapes, N in {1, 7, 64} rows, strided rows, in-place calls, bf16
- * rounding on and off, RoPE at large positions and inverse.
+ * and Pro (D 7168, 128 heads) shapes, N in {1, 7, 64} rows (the row kernels and the fused q / kv
+ * chains also 2 and 257), strided rows, in-place calls, bf16 rounding on and off, RoPE at large
+ * positions and inverse, and the kernels' fallbacks for wide rows.
  *
  * Each case prints the max abs error, the max relative error |a-b| / max(|b|, floor) (floor
  * stated per case) and the bound with its reason; the exit status counts the failures.
@@ -374,20 +375,24 @@ static void test_rmsnorm(const shape *s, int N)
     rms_case(l, N, s->ql, s->ql, s->ql, 1, 1, 1);                      /* q_norm in place */
     rms_case(l, N, s->hd, s->hd + 64, s->hd + 32, 1, 0, 1);            /* kv_norm, strided */
     rms_case(l, N, s->hd, s->hd + 64, 0, 1, 1, 0);                     /* strided in place */
+    if (N <= 2 && s->D > 1024) { /* rows over the shared-memory budget: unstaged; w not staged */
+        rms_case(l, N, 41000, 41000, 41000, 1, 1, 1);
+        rms_case(l, N, 24000, 24000, 24000, 1, 0, 0);
+    }
 }
 
 /* ---- head_norm_bf16 ---------------------------------------------------------------------------
  */
-static void test_head_norm(const shape *s, int N)
+static void test_head_norm(const shape *s, int N, int c) /* c > 512: the one-CTA kernel */
 {
-    const int64_t nv = (int64_t)N * s->H, n = nv * s->hd;
-    float *q = rand_rows(n, s->hd, 1.0f), *got = malloc((size_t)n * 4);
+    const int64_t nv = (int64_t)N * s->H, n = nv * c;
+    float *q = rand_rows(n, c, 1.0f), *got = malloc((size_t)n * 4);
     float *dq = dev_from(q, (size_t)n * 4);
-    ok(dsv4_cpu_bk_head_norm_bf16(cpu, q, nv, s->hd, 1e-6f), "cpu head_norm");
-    GPU_CALL(dsv4_cuda_bk_head_norm_bf16(gpu, dq, nv, s->hd, 1e-6f));
+    ok(dsv4_cpu_bk_head_norm_bf16(cpu, q, nv, c, 1e-6f), "cpu head_norm");
+    GPU_CALL(dsv4_cuda_bk_head_norm_bf16(gpu, dq, nv, c, 1e-6f));
     host_from(got, dq, (size_t)n * 4);
     char l[96];
-    snprintf(l, sizeof l, "%s N=%d H=%d c=%d", s->name, N, s->H, s->hd);
+    snprintf(l, sizeof l, "%s N=%d H=%d c=%d", s->name, N, s->H, c);
     /* bf16 squares summed in double: exact in any order; then the same f32 ops */
     compare("head_norm_bf16", l, got, q, n, EXACT);
     dsv4_bk_free(gpu, dq);
@@ -528,6 +533,229 @@ static void test_rope(const shape *s, int N, const float *fr_h[3], float *fr_d[3
     free(pos);
 }
 
+/* ---- the fused q / kv chains -----------------------------------------------------------------
+ * Each fused op is checked twice:
+ * - against the separate CUDA ops it stands for, run on a copy of the same input: bit-exact (the
+ *   same operations in the same order, RMSNorm's sum in the one device order);
+ * - against the CPU op (the composition of the CPU ops). RMSNorm's double sum of squares runs in
+ *   another order on the device; the f32 mean is the same unless the exact mean sits within
+ *   ~2^-43 of an f32 rounding boundary (~2^-19 a row). Such rows are found by replaying the
+ *   device's order on the host (rms_mean_differs); they get the RMSNorm test's 1 bf16 ulp, and
+ *   on quantised values one e4m3 step at a scale that may double: 2^-2 of the row's max (slack).
+ *   Every other row must be bit-exact outside the rotated dims; those carry the RoPE test's
+ *   bound (cos / sin 1-2 ulp apart): 2^-21 (|a| + |b|) of the pair + 1 bf16 ulp. */
+
+/* The f32 mean of squares of x [width] as dsv4_op_rmsnorm (a sequential double sum) and as the
+ * device (bk_rows.cu dev_rms_scale: 256 sum threads strided, a warp xor-butterfly, warp sums in
+ * order) compute it; nonzero when they differ. */
+static int rms_mean_differs(const float *x, int64_t width)
+{
+    double seq = 0.0, part[256] = {0}, tmp[32];
+    for (int64_t i = 0; i < width; i++) seq += (double)x[i] * x[i];
+    for (int t = 0; t < 256; t++)
+        for (int64_t i = t; i < width; i += 256) part[t] += (double)x[i] * (double)x[i];
+    double tot = 0.0;
+    for (int w = 0; w < 8; w++) {
+        double *v = part + 32 * w;
+        for (int o = 16; o > 0; o >>= 1) {
+            for (int l = 0; l < 32; l++) tmp[l] = v[l] + v[l ^ o];
+            memcpy(v, tmp, sizeof tmp);
+        }
+        tot += v[0];
+    }
+    return (float)(seq / (double)width) != (float)(tot / (double)width);
+}
+
+/* slack for the elements of row `row` [width] of want when its mean differs: 2^-2 max|want|. */
+static int mean_slack(float *slack, const float *x, const float *want, int64_t row, int64_t width)
+{
+    if (!rms_mean_differs(x + row * width, width)) return 0;
+    float mx = 0;
+    for (int64_t i = 0; i < width; i++)
+        if (fabsf(want[row * width + i]) > mx) mx = fabsf(want[row * width + i]);
+    for (int64_t i = 0; i < width; i++) slack[row * width + i] += 0.25f * mx;
+    return 1;
+}
+
+/* slack of the rotated dims [dim - r, dim) of the vectors [nv, dim] at v (the values before the
+ * rotation): 2^-21 (|a| + |b|) + one bf16 ulp of |a| + |b| (>= the rotated values). */
+static void rope_slack(float *slack, const float *v, int64_t nv, int dim, int r)
+{
+    for (int64_t k = 0; k < nv; k++)
+        for (int i = dim - r; i < dim; i += 2) {
+            const int64_t j = k * dim + i;
+            const double m = fabs((double)v[j]) + fabs((double)v[j + 1]);
+            const float e = (float)(0x1p-21 * m + ulp_bf16(m));
+            slack[j] += e;
+            slack[j + 1] += e;
+        }
+}
+
+/* Positions for n rows: the RoPE test's large ones first, then random below 2^20. */
+static int32_t *test_positions(int n)
+{
+    static const int32_t big[] = {0, 1, 65535, 1000003, 65536, 131071, 999999, 4095};
+    int32_t *pos = malloc((size_t)n * 4);
+    for (int i = 0; i < n; i++)
+        pos[i] = i < 8 ? big[(i + n) % 8] : (int32_t)(rng_next() % (1u << 20));
+    return pos;
+}
+
+static void test_rmsnorm_quant(const shape *s, int N, int64_t width)
+{
+    const int64_t n = N * width;
+    float *x = rand_rows(n, width, 1.0f), *w = rand_rows(width, width, 0.3f);
+    for (int64_t i = 0; i < width; i++) w[i] = 1.0f + w[i];
+    float *want = dup(x, n), *wantq = malloc((size_t)n * 4), *got = malloc((size_t)n * 4);
+    float *gotq = malloc((size_t)n * 4), *sep = malloc((size_t)n * 4),
+          *sepq = malloc((size_t)n * 4);
+    float *dx = dev_from(x, (size_t)n * 4), *dq = dev_from(NULL, (size_t)n * 4);
+    float *dx2 = dev_from(x, (size_t)n * 4), *dq2 = dev_from(NULL, (size_t)n * 4);
+    float *dw = dev_from(w, (size_t)width * 4);
+    ok(dsv4_cpu_bk_rmsnorm_quant(cpu, want, wantq, want, w, N, width, 1e-6f, 128), "cpu");
+    ok(dsv4_cuda_bk_rmsnorm(gpu, dx2, width, dx2, width, dw, N, width, 1e-6f, 1), "separate");
+    ok(dsv4_cuda_bk_act_quant(gpu, dq2, width, dx2, width, N, width, 128), "separate");
+    GPU_CALL(dsv4_cuda_bk_rmsnorm_quant(gpu, dx, dq, dx, dw, N, width, 1e-6f, 128));
+    host_from(got, dx, (size_t)n * 4);
+    host_from(gotq, dq, (size_t)n * 4);
+    host_from(sep, dx2, (size_t)n * 4);
+    host_from(sepq, dq2, (size_t)n * 4);
+    float *sl = calloc((size_t)n, 4), *slq = calloc((size_t)n, 4);
+    int odd = 0;
+    for (int64_t r = 0; r < N; r++) {
+        odd += mean_slack(sl, x, want, r, width);
+        (void)mean_slack(slq, x, wantq, r, width);
+    }
+    char l[120];
+    snprintf(l, sizeof l, "%s N=%d w=%lld blk=128 (%d odd-mean rows)", s->name, N, (long long)width,
+             odd);
+    compare("rmsnorm_quant", l, got, sep, n, (bound){0, FLT_MIN, 0, NULL, "= separate ops"});
+    compare("rmsnorm_quant.q", l, gotq, sepq, n, (bound){0, FLT_MIN, 0, NULL, "= separate ops"});
+    compare("rmsnorm_quant", l, got, want, n,
+            (bound){0, FLT_MIN, 0, sl, "bit-exact (odd-mean rows: 2^-2 row max)"});
+    compare("rmsnorm_quant.q", l, gotq, wantq, n,
+            (bound){0, FLT_MIN, 0, slq, "bit-exact (odd-mean rows: 2^-2 row max)"});
+    float *dev[] = {dx, dq, dx2, dq2, dw};
+    for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) dsv4_bk_free(gpu, dev[i]);
+    float *host[] = {x, w, want, wantq, got, gotq, sep, sepq, sl, slq};
+    for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
+}
+
+static void test_head_norm_rope(const shape *s, int N, int H, int hd, const float *fr_h,
+                                const float *fr_d, const char *tag)
+{
+    const int r = s->r;
+    const int64_t n = (int64_t)N * H * hd;
+    int32_t *pos = test_positions(N);
+    rowset rs = make_rows(N, pos, NULL);
+    float *q = rand_rows(n, hd, 1.0f), *want = dup(q, n), *normed = dup(q, n);
+    float *got = malloc((size_t)n * 4), *sep = malloc((size_t)n * 4);
+    float *dq = dev_from(q, (size_t)n * 4), *dq2 = dev_from(q, (size_t)n * 4);
+    ok(dsv4_cpu_bk_head_norm_rope(cpu, want, &rs.h, H, hd, r, fr_h, 1e-6f), "cpu");
+    ok(dsv4_cpu_bk_head_norm_bf16(cpu, normed, (int64_t)N * H, hd, 1e-6f), "cpu head_norm");
+    ok(dsv4_cuda_bk_head_norm_bf16(gpu, dq2, (int64_t)N * H, hd, 1e-6f), "separate");
+    ok(dsv4_cuda_bk_rope(gpu, dq2, (int64_t)H * hd, &rs.d, H, hd, r, fr_d, 0, 1), "separate");
+    GPU_CALL(dsv4_cuda_bk_head_norm_rope(gpu, dq, &rs.d, H, hd, r, fr_d, 1e-6f));
+    host_from(got, dq, (size_t)n * 4);
+    host_from(sep, dq2, (size_t)n * 4);
+    float *sl = calloc((size_t)n, 4);
+    rope_slack(sl, normed, (int64_t)N * H, hd, r);
+    char l[120];
+    snprintf(l, sizeof l, "%s %s N=%d %dx%d r=%d", s->name, tag, N, H, hd, r);
+    compare("head_norm_rope", l, got, sep, n, (bound){0, FLT_MIN, 0, NULL, "= separate ops"});
+    compare("head_norm_rope", l, got, want, n,
+            (bound){0, 1e-3, 0, sl, "exact; rotated: 2^-21 (|a|+|b|) + 1 bf16 ulp"});
+    dsv4_bk_free(gpu, dq);
+    dsv4_bk_free(gpu, dq2);
+    free_rows(&rs);
+    float *host[] = {q, want, normed, got, sep, sl};
+    for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
+    free(pos);
+}
+
+static float bf16_val(uint16_t h)
+{
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Rows over S slots: row i in slot i % S at consecutive positions from a per-slot base, so no
+ * two rows share a ring index (R > rows a slot); the rest of the ring keeps its contents. */
+static void test_kv_norm_rope_store(const shape *s, int N, const float *fr_h, const float *fr_d)
+{
+    enum { S = 3 };
+    static const int32_t base[S] = {1000003, 65530, 7};
+    const int hd = s->hd, r = s->r, R = (N + S - 1) / S + 5;
+    const int64_t n = (int64_t)N * hd, nw = (int64_t)S * R * hd;
+    int32_t *slot = malloc((size_t)N * 4), *pos = malloc((size_t)N * 4);
+    for (int i = 0; i < N; i++) {
+        slot[i] = i % S;
+        pos[i] = base[i % S] + i / S;
+    }
+    rowset rs = make_rows(N, pos, NULL);
+    memcpy(rs.slot, slot, (size_t)N * 4);
+    ok(dsv4_bk_upload(gpu, (void *)rs.d.slot, slot, (size_t)N * 4), "upload slots");
+    uint16_t *win = malloc((size_t)nw * 2), *gwin = malloc((size_t)nw * 2);
+    uint16_t *swin = malloc((size_t)nw * 2);
+    for (int64_t i = 0; i < nw; i++) win[i] = bf16_bits(rng_normal());
+    float *kv = rand_rows(n, hd, 1.0f), *w = rand_rows(hd, hd, 0.3f);
+    for (int i = 0; i < hd; i++) w[i] = 1.0f + w[i];
+    float *want = dup(kv, n), *normed = dup(kv, n), *got = malloc((size_t)n * 4);
+    float *sep = malloc((size_t)n * 4);
+    float *dkv = dev_from(kv, (size_t)n * 4), *dkv2 = dev_from(kv, (size_t)n * 4);
+    float *dw = dev_from(w, (size_t)hd * 4);
+    uint16_t *dwin = dev_from(win, (size_t)nw * 2), *dwin2 = dev_from(win, (size_t)nw * 2);
+    ok(dsv4_cpu_bk_kv_norm_rope_store(cpu, win, R, want, w, &rs.h, hd, r, fr_h, 1e-6f, 64), "cpu");
+    ok(dsv4_cpu_bk_rmsnorm(cpu, normed, hd, normed, hd, w, N, hd, 1e-6f, 1), "cpu rmsnorm");
+    ok(dsv4_cuda_bk_rmsnorm(gpu, dkv2, hd, dkv2, hd, dw, N, hd, 1e-6f, 1), "separate");
+    ok(dsv4_cuda_bk_rope(gpu, dkv2, hd, &rs.d, 1, hd, r, fr_d, 0, 1), "separate");
+    ok(dsv4_cuda_bk_act_quant(gpu, dkv2, hd, dkv2, hd, N, hd - r, 64), "separate");
+    ok(dsv4_cuda_bk_kv_store(gpu, dwin2, R, hd, dkv2, &rs.d), "separate");
+    GPU_CALL(dsv4_cuda_bk_kv_norm_rope_store(gpu, dwin, R, dkv, dw, &rs.d, hd, r, fr_d, 1e-6f, 64));
+    host_from(got, dkv, (size_t)n * 4);
+    host_from(sep, dkv2, (size_t)n * 4);
+    host_from(gwin, dwin, (size_t)nw * 2);
+    host_from(swin, dwin2, (size_t)nw * 2);
+    /* bounds per row, then the ring's copies of them */
+    float *sl = calloc((size_t)n, 4);
+    int odd = 0;
+    for (int64_t row = 0; row < N; row++) odd += mean_slack(sl, kv, want, row, hd);
+    rope_slack(sl, normed, N, hd, r);
+    float *fw = malloc((size_t)nw * 4), *fg = malloc((size_t)nw * 4), *fs = malloc((size_t)nw * 4);
+    float *wsl = calloc((size_t)nw, 4);
+    for (int64_t i = 0; i < nw; i++) {
+        fw[i] = bf16_val(win[i]);
+        fg[i] = bf16_val(gwin[i]);
+        fs[i] = bf16_val(swin[i]);
+    }
+    for (int row = 0; row < N; row++)
+        memcpy(wsl + ((int64_t)slot[row] * R + pos[row] % R) * hd, sl + (int64_t)row * hd,
+               (size_t)hd * 4);
+    char l[120];
+    snprintf(l, sizeof l, "%s N=%d hd=%d r=%d R=%d (%d odd-mean rows)", s->name, N, hd, r, R, odd);
+    const bound same = {0, FLT_MIN, 0, NULL, "= separate ops"};
+    const bound ref = {0, 1e-3, 0, sl, "exact; rotated: 2^-21 (|a|+|b|) + 1 bf16 ulp"};
+    compare("kv_nrs.kv", l, got, sep, n, same);
+    compare("kv_nrs.win", l, fg, fs, nw, same);
+    compare("kv_nrs.kv", l, got, want, n, ref);
+    compare("kv_nrs.win", l, fg, fw, nw, (bound){0, 1e-3, 0, wsl, ref.why});
+    dsv4_bk_free(gpu, dkv);
+    dsv4_bk_free(gpu, dkv2);
+    dsv4_bk_free(gpu, dw);
+    dsv4_bk_free(gpu, dwin);
+    dsv4_bk_free(gpu, dwin2);
+    free_rows(&rs);
+    float *host[] = {kv, w, want, normed, got, sep, sl, fw, fg, fs, wsl};
+    for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
+    free(win);
+    free(gwin);
+    free(swin);
+    free(slot);
+    free(pos);
+}
+
 /* ---- mHC --------------------------------------------------------------------------------------
  */
 /* pre / post / comb: the device's exp (double, rounded) and glibc's expf differ by <= 1 ulp, so
@@ -625,8 +853,9 @@ int main(int argc, char **argv)
     const shape *shapes_full[] = {&FLASH, &PRO}, *shapes_small[] = {&SMALL};
     const shape **shapes = small ? shapes_small : shapes_full;
     const int nshapes = small ? 1 : 2;
-    static const int Ns_full[] = {1, 7, 64}, Ns_small[] = {1, 5};
-    const int *Ns = small ? Ns_small : Ns_full, nN = small ? 2 : 3;
+    /* the row kernels and fused chains at every N; the other ops at 1, 7, 64 (and --small) */
+    static const int Ns_full[] = {1, 2, 7, 64, 257}, Ns_small[] = {1, 2, 5};
+    const int *Ns = small ? Ns_small : Ns_full, nN = small ? 3 : 5;
 
     for (int si = 0; si < nshapes; si++) {
         const shape *s = shapes[si];
@@ -638,14 +867,21 @@ int main(int argc, char **argv)
         float *fr_d[3];
         for (int k = 0; k < 3; k++) fr_d[k] = dev_from(fr[k], (size_t)(s->r / 2) * 4);
         for (int ni = 0; ni < nN; ni++) {
-            const int N = Ns[ni];
-            test_embed(s, N);
+            const int N = Ns[ni], all = small || N == 1 || N == 7 || N == 64;
+            if (all) test_embed(s, N);
             test_rmsnorm(s, N);
-            test_head_norm(s, N);
+            test_head_norm(s, N, s->hd);
+            if (N <= 2 && !small) test_head_norm(s, N, 2 * s->hd);
             test_act_quant(s, N);
-            test_scale(s, N);
+            if (all) test_scale(s, N);
             test_rope(s, N, fr_h, fr_d);
-            test_hc(s, N);
+            test_rmsnorm_quant(s, N, s->ql);
+            test_head_norm_rope(s, N, s->H, s->hd, fr_h[0], fr_d[0], "main");
+            test_head_norm_rope(s, N, s->H, s->hd, fr_h[2], fr_d[2], "comp");
+            if (N <= 2 && !small) /* hd over the register tile: the two ops */
+                test_head_norm_rope(s, N, 4, 2 * s->hd, fr_h[2], fr_d[2], "comp");
+            test_kv_norm_rope_store(s, N, fr_h[2], fr_d[2]);
+            if (all) test_hc(s, N);
         }
         for (int k = 0; k < 3; k++) dsv4_bk_free(gpu, fr_d[k]);
     }

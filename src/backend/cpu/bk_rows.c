@@ -1,6 +1,7 @@
 /*
  * bk_rows.c - CPU implementation of the per-row ops of backend.h: embedding, RMSNorm, the
- * per-head query norm, act_quant, scaling, RoPE and the mHC sites. This is the reference the
+ * per-head query norm, act_quant, scaling, RoPE, the fused q / kv chains of the attention (here
+ * the compositions of those ops they stand for) and the mHC sites. This is the reference the
  * CUDA ops are tested against, so every op is the session forward's own code (ops.h,
  * quant_sim.h, weights.c) applied row by row, rounded to bf16 exactly where model/forward*.c
  * rounds in faithful mode. Rows run in parallel on the backend's pool (each row is independent,
@@ -182,6 +183,39 @@ dsv4_status dsv4_cpu_bk_rope(dsv4_backend *b, float *x, int64_t ldx, const dsv4_
     rope_job j = {x, ldx, rows->pos, n_vec, dim, r, inverse, round_bf16, freqs};
     run_rows(b, rows->n, rope_row, &j);
     return DSV4_OK;
+}
+
+/* ---- the fused q / kv chains: the compositions they stand for -------------------------------- */
+dsv4_status dsv4_cpu_bk_rmsnorm_quant(dsv4_backend *b, float *y, float *yq, const float *x,
+                                      const float *w, int64_t N, int64_t width, float eps,
+                                      int block)
+{
+    if (block < 1) return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "rmsnorm_quant: block %d", block);
+    DSV4_TRY(dsv4_cpu_bk_rmsnorm(b, y, width, x, width, w, N, width, eps, 1));
+    return dsv4_cpu_bk_act_quant(b, yq, width, y, width, N, width, block);
+}
+
+dsv4_status dsv4_cpu_bk_head_norm_rope(dsv4_backend *b, float *q, const dsv4_bk_rows *rows, int H,
+                                       int hd, int r, const float *freqs, float eps)
+{
+    if (H < 1 || r < 2 || (r & 1) || r > hd || r > DSV4_ROPE_MAX)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "head_norm_rope: H %d hd %d r %d", H, hd, r);
+    DSV4_TRY(dsv4_cpu_bk_head_norm_bf16(b, q, (int64_t)rows->n * H, hd, eps));
+    return dsv4_cpu_bk_rope(b, q, (int64_t)H * hd, rows, H, hd, r, freqs, 0, 1);
+}
+
+dsv4_status dsv4_cpu_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R, float *kv,
+                                           const float *w, const dsv4_bk_rows *rows, int hd, int r,
+                                           const float *freqs, float eps, int qblock)
+{
+    if (R < 1 || hd <= r || qblock < 1 || r < 2 || (r & 1) || r > DSV4_ROPE_MAX)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "kv_norm_rope_store: R %d hd %d r %d block %d",
+                         R, hd, r, qblock);
+    const int64_t N = rows->n;
+    DSV4_TRY(dsv4_cpu_bk_rmsnorm(b, kv, hd, kv, hd, w, N, hd, eps, 1));
+    DSV4_TRY(dsv4_cpu_bk_rope(b, kv, hd, rows, 1, hd, r, freqs, 0, 1));
+    DSV4_TRY(dsv4_cpu_bk_act_quant(b, kv, hd, kv, hd, N, hd - r, qblock));
+    return dsv4_cpu_bk_kv_store(b, win, R, hd, kv, rows);
 }
 
 /* ---- mHC ------------------------------------------------------------------------------------- */

@@ -1,12 +1,15 @@
 /*
  * bk_rows.cu - CUDA implementation of the per-row ops of backend.h: embedding, RMSNorm, the
- * per-head query norm, act_quant, scaling, RoPE and the mHC sites.
+ * per-head query norm, act_quant, scaling, RoPE, the fused q / kv chains of the attention
+ * (rmsnorm_quant, head_norm_rope, kv_norm_rope_store) and the mHC sites.
  *
  * Each op computes the CPU reference's math (bk_rows.c: ops.h, quant_sim.h, weights.c) in the
  * same f32 operations: products and sums go through __fmul_rn / __fadd_rn so that nvcc cannot
  * contract them into FMAs the CPU does not do, and divisions / square roots are the IEEE ones.
  * What may differ from the CPU:
- * - RMSNorm's sum of squares is a double sum in another order (then rounded to f32 as there);
+ * - RMSNorm's sum of squares is a double sum in another order (then rounded to f32 as there),
+ *   the same fixed order in every kernel (dev_rms_scale), so the fused ops match the separate
+ *   ones bit for bit;
  * - RoPE's cos / sin: the CPU's glibc cosf/sinf and the device's double cos/sin rounded to f32
  *   are both within about half an ulp of the exact value, so they agree but for rare
  *   near-halfway cases (an ulp apart then).
@@ -18,6 +21,7 @@
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/hc_dev.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/quant_dev.cuh"
 #include "core/float_formats.h"
 
@@ -134,53 +138,169 @@ extern "C" dsv4_status dsv4_cuda_bk_embed(dsv4_backend *b, float *X, const dsv4_
     return DSV4_OK;
 }
 
-/* ---- RMSNorm -------------------------------------------------------------------------------- */
-enum { ROW_THREADS = 256 };
+/* ---- RMSNorm (and act_quant of its output) --------------------------------------------------
+ * A decode step has one row (N = 1), so a kernel's time is its latency: every row kernel below
+ * issues all of its loads at once (a staging loop of STAGE_UNROLL loads a thread, or a register
+ * tile) instead of one dependent round trip per loop iteration. */
+enum {
+    ROW_THREADS = 256,         /* the sum threads of RMSNorm's fixed reduction tree */
+    RMS_WIDE_THREADS = 1024,   /* CTA of a row wider than RMS_WIDE (more loads in flight) */
+    RMS_WIDE = 2048,           /* elements */
+    RMS_SMEM_MAX = 160 * 1024, /* bytes of shared memory a row kernel may stage */
+    STAGE_UNROLL = 16,
+};
 
-// x [N, width] (stride ldx) -> y [N, width] (stride ldy); one block per row. y may be x: every
-// thread reads its elements for the sum before the block sum's barrier, and pass 2 reads each
-// element just before the same thread overwrites it.
-__global__ static void rmsnorm_kernel(float *y, int64_t ldy, const float *x, int64_t ldx,
-                                      const float *w, int64_t width, float eps, int round_bf16)
+/* dst [n] = src [n] and, when src2, dst2 [n] = src2 [n], by the whole block: a thread's loads
+ * of both (STAGE_UNROLL of each a round) go out before it stores any. */
+__device__ static void dev_stage(float *dst, const float *src, float *dst2, const float *src2,
+                                 int n)
 {
-    __shared__ double sh[ROW_THREADS / 32];
-    const float *xr = x + (int64_t)blockIdx.x * ldx;
-    float *yr = y + (int64_t)blockIdx.x * ldy;
+    const int nt = (int)blockDim.x;
+    for (int i0 = (int)threadIdx.x; i0 < n; i0 += STAGE_UNROLL * nt) {
+        float v[STAGE_UNROLL], v2[STAGE_UNROLL];
+#pragma unroll
+        for (int k = 0; k < STAGE_UNROLL; k++) {
+            const int i = i0 + k * nt;
+            v[k] = i < n ? src[i] : 0.0f;
+            v2[k] = src2 && i < n ? src2[i] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < STAGE_UNROLL; k++) {
+            const int i = i0 + k * nt;
+            if (i < n) dst[i] = v[k];
+            if (src2 && i < n) dst2[i] = v2[k];
+        }
+    }
+}
+
+/* RMSNorm's 1 / sqrt(mean(x^2) + eps) of x [width] (shared or global memory) in ONE summation
+ * order whatever the CTA shape, so that every kernel normalising a row gets the same bits: sum
+ * thread t < ROW_THREADS adds x[t + ROW_THREADS j]^2 in double in j order, then dev_block_sum
+ * (warp xor-butterfly, warp sums in warp order); the threads beyond ROW_THREADS of a larger
+ * CTA add 0.0 (exact). The squares of f32 values are exact in double. sh: dev_block_sum's. */
+__device__ static float dev_rms_scale(const float *x, int width, float eps, double *sh)
+{
     double ss = 0.0;
-    for (int64_t i = threadIdx.x; i < width; i += blockDim.x) ss += (double)xr[i] * (double)xr[i];
+    if ((int)threadIdx.x < ROW_THREADS)
+        for (int i = (int)threadIdx.x; i < width; i += ROW_THREADS)
+            ss += (double)x[i] * (double)x[i];
     ss = dev_block_sum(ss, sh);
     const float var = (float)(ss / (double)width);
-    const float rs = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
-    for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
-        float v = __fmul_rn(xr[i], rs);
-        if (w) v = __fmul_rn(w[i], v);
-        yr[i] = round_bf16 ? dev_round_bf16(v) : v;
+    return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
+}
+
+/* dsv4_sim_act_quant of one block in [len] -> out [len] (may alias: each lane rereads what it
+ * overwrites, after the warp's max is complete) by one warp: bf16, then e4m3 with the block's
+ * power-of-two scale. The amax is a max (order-free), every other step a single rounding the
+ * CPU does the same way: bit-identical. */
+__device__ static void dev_warp_quant(float *out, const float *in, int len)
+{
+    const int lane = threadIdx.x & 31;
+    float amax = 0.0f;
+    for (int i = lane; i < len; i += 32)
+        amax = fmaxf(amax, fabsf(dev_round_bf16(in[i]))); /* fmaxf skips a NaN */
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float s = dev_scale_fp8(amax);
+    for (int i = lane; i < len; i += 32) {
+        const float v = dev_round_bf16(in[i]);
+        out[i] = __fmul_rn(dev_round_e4m3(__fdiv_rn(v, s)), s);
     }
+}
+
+// x [N, width] (stride ldx) -> y [N, width] (stride ldy) = x * rs (* w), bf16 when round_bf16;
+// when yq != NULL also yq [N, width] (stride ldq) = act_quant(y, qblock) (a warp a block).
+// One CTA per row. staged: the row (and w when w_staged) is first copied to shared memory
+// (dynamic: width, then width more for w), which also holds y for the act_quant; unstaged
+// (rows over RMS_SMEM_MAX; yq NULL) x is read from global memory twice. y may be x: a staged
+// row is read whole before the block sum's barrier; unstaged, ROW_THREADS threads read each
+// element just before the same thread overwrites it.
+__global__ static void rmsnorm_kernel(float *y, int64_t ldy, float *yq, int64_t ldq, const float *x,
+                                      int64_t ldx, const float *w, int width, float eps,
+                                      int round_bf16, int qblock, int staged, int w_staged)
+{
+    DSV4_PDL_WAIT();
+    extern __shared__ float rms_smem[];
+    __shared__ double sh[RMS_WIDE_THREADS / 32];
+    const float *xr = x + (int64_t)blockIdx.x * ldx, *src = xr, *wsrc = w;
+    float *yr = y + (int64_t)blockIdx.x * ldy;
+    if (staged) {
+        dev_stage(rms_smem, xr, rms_smem + width, w_staged ? w : NULL, width);
+        __syncthreads();
+        src = rms_smem;
+        if (w_staged) wsrc = rms_smem + width;
+    }
+    const float rs = dev_rms_scale(src, width, eps, sh);
+    for (int i = threadIdx.x; i < width; i += blockDim.x) {
+        float v = __fmul_rn(src[i], rs);
+        if (w) v = __fmul_rn(wsrc[i], v);
+        if (round_bf16) v = dev_round_bf16(v);
+        yr[i] = v;
+        if (yq) rms_smem[i] = v; /* staged: this thread's own x[i], read above */
+    }
+    if (!yq) return;
+    __syncthreads();
+    float *yqr = yq + (int64_t)blockIdx.x * ldq;
+    const int nb = (width + qblock - 1) / qblock, warp = threadIdx.x >> 5;
+    for (int qb = warp; qb < nb; qb += blockDim.x >> 5) {
+        const int b0 = qb * qblock;
+        dev_warp_quant(yqr + b0, rms_smem + b0, width - b0 < qblock ? width - b0 : qblock);
+    }
+}
+
+/* The launch of rmsnorm_kernel for [N, width] rows; yq: see the kernel (needs a staged row). */
+static dsv4_status rmsnorm_launch(dsv4_backend *b, float *y, int64_t ldy, float *yq, int64_t ldq,
+                                  const float *x, int64_t ldx, const float *w, int64_t N,
+                                  int64_t width, float eps, int round_bf16, int qblock)
+{
+    const int staged = width * 4 <= RMS_SMEM_MAX;
+    const int w_staged = staged && w && width * 8 <= RMS_SMEM_MAX;
+    const size_t smem = staged ? (size_t)width * (w_staged ? 8 : 4) : 0;
+    const int threads = staged && width > RMS_WIDE ? RMS_WIDE_THREADS : ROW_THREADS;
+    if (smem > 48 * 1024)
+        CUDA_TRY(cudaFuncSetAttribute(rmsnorm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)smem));
+    rmsnorm_kernel<<<(unsigned)N, threads, smem, dsv4_cuda_stream(b->cuda)>>>(
+        y, ldy, yq, ldq, x, ldx, w, (int)width, eps, round_bf16, qblock, staged, w_staged);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
 }
 
 extern "C" dsv4_status dsv4_cuda_bk_rmsnorm(dsv4_backend *b, float *y, int64_t ldy, const float *x,
                                             int64_t ldx, const float *w, int64_t N, int64_t width,
                                             float eps, int round_bf16)
 {
-    if (N < 0 || width < 1 || ldx < width || ldy < width)
+    if (N < 0 || width < 1 || width > INT32_MAX / 8 || ldx < width || ldy < width)
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "rmsnorm: N %lld width %lld ldx %lld ldy %lld",
                          (long long)N, (long long)width, (long long)ldx, (long long)ldy);
     if (N == 0) return DSV4_OK;
-    rmsnorm_kernel<<<(unsigned)N, ROW_THREADS, 0, dsv4_cuda_stream(b->cuda)>>>(
-        y, ldy, x, ldx, w, width, eps, round_bf16);
-    CUDA_LAUNCHED();
-    return DSV4_OK;
+    return rmsnorm_launch(b, y, ldy, NULL, 0, x, ldx, w, N, width, eps, round_bf16, 1);
 }
 
-/* ---- per-head query norm (faithful) -----------------------------------------------------------
+/* ---- per-head query norm (faithful), and the query RoPE after it ------------------------------
  */
-enum { QN_THREADS = 128 };
+enum {
+    QN_THREADS = 128,   /* the unstaged kernel (vectors wider than HN_SLOTS * 32) */
+    HN_WARPS = 4,       /* heads a CTA of the register kernel */
+    HN_SLOTS = 16,      /* elements a lane: c <= 512 */
+    ROPE_MAX_HALF = 256 /* ops.h DSV4_ROPE_MAX / 2 */
+};
 
-// q [n_vec, c] in place; one block per vector. The bf16 squares have 8 significant bits, so
-// their double sum is exact in any order (unless the squares span over 2^45, far beyond any
-// activation): the result is the CPU's bit for bit.
+/* cs / sn [i] = cos / sin (negated sin when inverse) of f * (float)p (f = freqs[i]), as ops.h
+ * dsv4_op_rope's angle in f32; the device's double cos / sin rounded to f32. */
+__device__ static void dev_rope_entry(float *cs, float *sn, int i, float f, int32_t p, int inverse)
+{
+    const double ang = (double)__fmul_rn(f, (float)p);
+    const float s = (float)sin(ang);
+    cs[i] = (float)cos(ang);
+    sn[i] = inverse ? -s : s;
+}
+
+// q [n_vec, c] in place; one block per vector (c > HN_SLOTS * 32). The bf16 squares have 8
+// significant bits, so their double sum is exact in any order (unless the squares span over
+// 2^45, far beyond any activation): the result is the CPU's bit for bit.
 __global__ static void head_norm_kernel(float *q, int c, float eps)
 {
+    DSV4_PDL_WAIT();
     __shared__ double sh[QN_THREADS / 32];
     float *x = q + (int64_t)blockIdx.x * c;
     double sum = 0.0;
@@ -192,6 +312,74 @@ __global__ static void head_norm_kernel(float *q, int c, float eps)
     for (int i = threadIdx.x; i < c; i += blockDim.x) x[i] = dev_round_bf16(__fmul_rn(x[i], r));
 }
 
+// q [rows, H, c] in place (c <= HN_SLOTS * 32, even), CTA (row, HN_WARPS heads), a warp per
+// head with its c values in registers (lane l: elements l + 32 k). The faithful norm as
+// head_norm_kernel (the warp's butterfly sum is exact, as there), then when r > 0 the RoPE of
+// the last r dims at pos[row] rounded to bf16: dsv4_bk_head_norm_bf16 then dsv4_bk_rope
+// (round_bf16; the other dims are bf16 already) bit for bit. As c - r is even, pair (2i, 2i+1)
+// of the rotated dims sits in lanes (l, l ^ 1) of one register slot. cos / sin: once per CTA.
+// The grid is 1-D: block x = row * groups + group.
+__global__ static void head_norm_rope_kernel(float *q, int H, int c, float eps, int groups,
+                                             const int32_t *pos, int r, const float *freqs)
+{
+    DSV4_PDL_WAIT();
+    __shared__ float cs[ROPE_MAX_HALF], sn[ROPE_MAX_HALF];
+    const int lane = threadIdx.x & 31, half = r / 2;
+    const int64_t row = blockIdx.x / groups;
+    const int head = (int)(blockIdx.x - row * groups) * HN_WARPS + (threadIdx.x >> 5);
+    const bool live = head < H;
+    float *x = q + (row * H + (live ? head : 0)) * (int64_t)c;
+    float v[HN_SLOTS];
+#pragma unroll
+    for (int k = 0; k < HN_SLOTS; k++) {
+        const int i = lane + 32 * k;
+        v[k] = live && i < c ? x[i] : 0.0f;
+    }
+    for (int i = threadIdx.x; i < half; i += blockDim.x) /* while the loads are out */
+        dev_rope_entry(cs, sn, i, freqs[i], pos[row], 0);
+    double sum = 0.0;
+#pragma unroll
+    for (int k = 0; k < HN_SLOTS; k++) sum += (double)dev_round_bf16(__fmul_rn(v[k], v[k]));
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const float m = dev_round_bf16((float)(sum / (double)c));
+    const float rr = dev_round_bf16(__fdiv_rn(1.0f, __fsqrt_rn(dev_round_bf16(__fadd_rn(m, eps)))));
+#pragma unroll
+    for (int k = 0; k < HN_SLOTS; k++) v[k] = dev_round_bf16(__fmul_rn(v[k], rr));
+    if (r > 0) {
+        __syncthreads(); /* the cos / sin table */
+        const int r0 = c - r;
+#pragma unroll
+        for (int k = 0; k < HN_SLOTS; k++) {
+            const float other = __shfl_xor_sync(0xffffffffu, v[k], 1);
+            const int i = lane + 32 * k;
+            if (i < r0 || i >= c) continue;
+            const int j = (i - r0) >> 1;
+            const float cj = cs[j], sj = sn[j];
+            v[k] = (lane & 1)
+                       ? dev_round_bf16(__fadd_rn(__fmul_rn(v[k], cj), __fmul_rn(other, sj)))
+                       : dev_round_bf16(__fadd_rn(__fmul_rn(v[k], cj), __fmul_rn(-other, sj)));
+        }
+    }
+    if (!live) return;
+#pragma unroll
+    for (int k = 0; k < HN_SLOTS; k++)
+        if (lane + 32 * k < c) x[lane + 32 * k] = v[k];
+}
+
+/* head_norm_rope_kernel over rows x H vectors of width c (c <= HN_SLOTS * 32). */
+static dsv4_status head_norm_rope_launch(dsv4_backend *b, float *q, int64_t rows, int H, int c,
+                                         float eps, const int32_t *pos, int r, const float *freqs)
+{
+    const int groups = (H + HN_WARPS - 1) / HN_WARPS;
+    if (rows * groups > INT32_MAX)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "head norm: %lld x %d heads", (long long)rows,
+                         H);
+    head_norm_rope_kernel<<<(unsigned)(rows * groups), 32 * HN_WARPS, 0,
+                            dsv4_cuda_stream(b->cuda)>>>(q, H, c, eps, groups, pos, r, freqs);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
+}
+
 extern "C" dsv4_status dsv4_cuda_bk_head_norm_bf16(dsv4_backend *b, float *q, int64_t n_vec, int c,
                                                    float eps)
 {
@@ -199,36 +387,49 @@ extern "C" dsv4_status dsv4_cuda_bk_head_norm_bf16(dsv4_backend *b, float *q, in
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "head_norm_bf16: n_vec %lld c %d",
                          (long long)n_vec, c);
     if (n_vec == 0) return DSV4_OK;
+    if (c <= HN_SLOTS * 32 && n_vec <= INT32_MAX) /* one row of n_vec heads */
+        return head_norm_rope_launch(b, q, 1, (int)n_vec, c, eps, NULL, 0, NULL);
     head_norm_kernel<<<(unsigned)n_vec, QN_THREADS, 0, dsv4_cuda_stream(b->cuda)>>>(q, c, eps);
     CUDA_LAUNCHED();
     return DSV4_OK;
 }
 
 /* ---- act_quant ------------------------------------------------------------------------------- */
+enum { AQ_WARPS = 8 };
+
 // x [N, width] (stride ldx) -> y [N, width] (stride ldy) = dsv4_sim_act_quant per row: bf16,
-// then e4m3 in blocks of `block` with power-of-two scales. One block per row, one warp per
-// quantisation block (in turn). The amax is a max (order-free) and every step is exact or a
-// single rounding the CPU does the same way: bit-identical. y may be x (each lane rereads the
-// element it overwrites; the warp's max is complete before any write).
+// then e4m3 in blocks of `block` with power-of-two scales. CTA (row, AQ_WARPS blocks), a warp
+// per block; a block of <= 128 is held in registers (one round of loads), a larger one read
+// twice (dev_warp_quant). Bit-identical (see dev_warp_quant). y may be x (each lane rereads,
+// or holds, the elements it overwrites; the warp's max is complete before any write).
 __global__ static void act_quant_kernel(float *y, int64_t ldy, const float *x, int64_t ldx,
                                         int64_t width, int block)
 {
-    const float *xr = x + (int64_t)blockIdx.x * ldx;
-    float *yr = y + (int64_t)blockIdx.x * ldy;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    const int64_t nb = (width + block - 1) / block;
-    for (int64_t qb = warp; qb < nb; qb += nwarps) {
-        const int64_t b0 = qb * block, len = width - b0 < block ? width - b0 : block;
-        float amax = 0.0f;
-        for (int64_t i = lane; i < len; i += 32)
-            amax = fmaxf(amax, fabsf(dev_round_bf16(xr[b0 + i]))); /* fmaxf skips a NaN */
-        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        const float s = dev_scale_fp8(amax);
-        for (int64_t i = lane; i < len; i += 32) {
-            const float v = dev_round_bf16(xr[b0 + i]);
-            yr[b0 + i] = __fmul_rn(dev_round_e4m3(__fdiv_rn(v, s)), s);
-        }
+    DSV4_PDL_WAIT();
+    const int lane = threadIdx.x & 31;
+    const int64_t qb = (int64_t)blockIdx.y * AQ_WARPS + (threadIdx.x >> 5);
+    const int64_t b0 = qb * block;
+    if (b0 >= width) return;
+    const float *xr = x + (int64_t)blockIdx.x * ldx + b0;
+    float *yr = y + (int64_t)blockIdx.x * ldy + b0;
+    const int len = width - b0 < block ? (int)(width - b0) : block;
+    if (block > 128) {
+        dev_warp_quant(yr, xr, len);
+        return;
     }
+    float v[4], amax = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const int i = lane + 32 * k;
+        v[k] = i < len ? dev_round_bf16(xr[i]) : 0.0f;
+        amax = fmaxf(amax, fabsf(v[k])); /* fmaxf skips a NaN */
+    }
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float s = dev_scale_fp8(amax);
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+        if (lane + 32 * k < len)
+            yr[lane + 32 * k] = __fmul_rn(dev_round_e4m3(__fdiv_rn(v[k], s)), s);
 }
 
 extern "C" dsv4_status dsv4_cuda_bk_act_quant(dsv4_backend *b, float *y, int64_t ldy,
@@ -240,8 +441,12 @@ extern "C" dsv4_status dsv4_cuda_bk_act_quant(dsv4_backend *b, float *y, int64_t
                          "act_quant: N %lld width %lld block %d ldx %lld ldy %lld", (long long)N,
                          (long long)width, block, (long long)ldx, (long long)ldy);
     if (N == 0) return DSV4_OK;
-    act_quant_kernel<<<(unsigned)N, ROW_THREADS, 0, dsv4_cuda_stream(b->cuda)>>>(y, ldy, x, ldx,
-                                                                                 width, block);
+    const int64_t groups = ((width + block - 1) / block + AQ_WARPS - 1) / AQ_WARPS;
+    if (groups > 65535)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "act_quant: width %lld in blocks of %d",
+                         (long long)width, block);
+    act_quant_kernel<<<dim3((unsigned)N, (unsigned)groups), 32 * AQ_WARPS, 0,
+                       dsv4_cuda_stream(b->cuda)>>>(y, ldy, x, ldx, width, block);
     CUDA_LAUNCHED();
     return DSV4_OK;
 }
@@ -268,59 +473,192 @@ extern "C" dsv4_status dsv4_cuda_bk_scale(dsv4_backend *b, float *x, int64_t n, 
 }
 
 /* ---- RoPE ------------------------------------------------------------------------------------ */
-enum { ROPE_MAX_HALF = 256 }; /* ops.h DSV4_ROPE_MAX / 2 */
+enum { ROPE_THREADS = 256, ROPE_UPT = 4 }; /* units a thread: its loads go out together */
 
 // x row r [n_vec, dim] (row stride ldx): the last r dims of each vector rotated at pos[r]
 // (inverse: by -angle), pairs (2i, 2i+1), angle = freqs[i] * (float)pos in f32 as ops.h
 // dsv4_op_rope; then, when round_bf16, the whole vectors rounded to bf16 (as the session forward
-// rounds the whole q / kv / o). One block per row; the row's cos / sin table in shared memory.
+// rounds the whole q / kv / o). A row is a list of units, per vector first its dim - r other
+// elements (only when round_bf16: bf16-rounded) then its r / 2 pairs (rotated). CTA (row, chunk
+// of ROPE_THREADS * ROPE_UPT units): a thread loads its units, the row's cos / sin table is made
+// meanwhile (shared memory, once per CTA), then each unit is written back.
 __global__ static void rope_kernel(float *x, int64_t ldx, const int32_t *pos, int n_vec, int dim,
                                    int r, const float *freqs, int inverse, int round_bf16)
 {
+    DSV4_PDL_WAIT();
     __shared__ float cs[ROPE_MAX_HALF], sn[ROPE_MAX_HALF];
-    const int half = r / 2;
+    const int half = r / 2, rest = round_bf16 ? dim - r : 0, upv = rest + half;
+    const int total = n_vec * upv;
     float *xr = x + (int64_t)blockIdx.x * ldx;
-    const float fpos = (float)pos[blockIdx.x];
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        const double ang = (double)__fmul_rn(freqs[i], fpos);
-        const float s = (float)sin(ang);
-        cs[i] = (float)cos(ang);
-        sn[i] = inverse ? -s : s;
+    float a[ROPE_UPT], bb[ROPE_UPT];
+    int off[ROPE_UPT], pair[ROPE_UPT]; /* pair: -1 an other element, -2 no unit */
+#pragma unroll
+    for (int m = 0; m < ROPE_UPT; m++) {
+        const int u = ((int)blockIdx.y * ROPE_UPT + m) * ROPE_THREADS + (int)threadIdx.x;
+        pair[m] = -2;
+        off[m] = 0;
+        a[m] = bb[m] = 0.0f;
+        if (u >= total) continue;
+        const int v = u / upv, k = u - v * upv;
+        if (k < rest) {
+            off[m] = v * dim + k;
+            pair[m] = -1;
+            a[m] = xr[off[m]];
+        } else {
+            pair[m] = k - rest;
+            off[m] = v * dim + (dim - r) + 2 * pair[m];
+            a[m] = xr[off[m]];
+            bb[m] = xr[off[m] + 1];
+        }
     }
-    __syncthreads();
-    const int64_t npairs = (int64_t)n_vec * half;
-    for (int64_t k = threadIdx.x; k < npairs; k += blockDim.x) {
-        const int v = (int)(k / half), i = (int)(k % half);
-        float *p = xr + (int64_t)v * dim + (dim - r) + 2 * i;
-        const float a = p[0], b = p[1], c = cs[i], s = sn[i];
-        float o0 = __fadd_rn(__fmul_rn(a, c), __fmul_rn(-b, s));
-        float o1 = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+    if ((int)threadIdx.x < half) /* while the loads are out (half <= ROPE_THREADS) */
+        dev_rope_entry(cs, sn, threadIdx.x, freqs[threadIdx.x], pos[blockIdx.x], inverse);
+    __syncthreads(); /* the cos / sin table */
+#pragma unroll
+    for (int m = 0; m < ROPE_UPT; m++) {
+        if (pair[m] == -1) xr[off[m]] = dev_round_bf16(a[m]);
+        if (pair[m] < 0) continue;
+        const float c = cs[pair[m]], s = sn[pair[m]];
+        float o0 = __fadd_rn(__fmul_rn(a[m], c), __fmul_rn(-bb[m], s));
+        float o1 = __fadd_rn(__fmul_rn(bb[m], c), __fmul_rn(a[m], s));
         if (round_bf16) {
             o0 = dev_round_bf16(o0);
             o1 = dev_round_bf16(o1);
         }
-        p[0] = o0;
-        p[1] = o1;
+        xr[off[m]] = o0;
+        xr[off[m] + 1] = o1;
     }
-    if (!round_bf16 || dim == r) return;
-    const int64_t nrest = (int64_t)n_vec * (dim - r);
-    for (int64_t k = threadIdx.x; k < nrest; k += blockDim.x) {
-        float *p = xr + (k / (dim - r)) * dim + k % (dim - r);
-        *p = dev_round_bf16(*p);
-    }
+}
+
+static dsv4_status rope_check(int n_vec, int dim, int r, int64_t ldx)
+{
+    if (r < 2 || (r & 1) || r > dim || r / 2 > ROPE_MAX_HALF || n_vec < 1 ||
+        ldx < (int64_t)n_vec * dim || (int64_t)n_vec * dim > INT32_MAX)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "rope: r %d dim %d n_vec %d ldx %lld", r, dim,
+                         n_vec, (long long)ldx);
+    return DSV4_OK;
 }
 
 extern "C" dsv4_status dsv4_cuda_bk_rope(dsv4_backend *b, float *x, int64_t ldx,
                                          const dsv4_bk_rows *rows, int n_vec, int dim, int r,
                                          const float *freqs, int inverse, int round_bf16)
 {
-    if (r < 2 || (r & 1) || r > dim || r / 2 > ROPE_MAX_HALF || n_vec < 1 ||
-        ldx < (int64_t)n_vec * dim)
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "rope: r %d dim %d n_vec %d ldx %lld", r, dim,
-                         n_vec, (long long)ldx);
+    DSV4_TRY(rope_check(n_vec, dim, r, ldx));
     if (rows->n <= 0) return DSV4_OK;
-    rope_kernel<<<(unsigned)rows->n, ROW_THREADS, 0, dsv4_cuda_stream(b->cuda)>>>(
-        x, ldx, rows->pos, n_vec, dim, r, freqs, inverse, round_bf16);
+    const int64_t units = (int64_t)n_vec * ((round_bf16 ? dim - r : 0) + r / 2);
+    const int64_t chunks = (units + ROPE_THREADS * ROPE_UPT - 1) / (ROPE_THREADS * ROPE_UPT);
+    if (chunks > 65535)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "rope: %d x %d values a row", n_vec, dim);
+    rope_kernel<<<dim3((unsigned)rows->n, (unsigned)chunks), ROPE_THREADS, 0,
+                  dsv4_cuda_stream(b->cuda)>>>(x, ldx, rows->pos, n_vec, dim, r, freqs, inverse,
+                                               round_bf16);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
+}
+
+/* ---- the q and kv chains of the attention, fused ----------------------------------------------
+ * Each op is the composition of the ops above that backend.h names, in one launch, with the
+ * same operations in the same order (RMSNorm's sum in dev_rms_scale's fixed order): bit for bit
+ * what the separate CUDA ops give. */
+extern "C" dsv4_status dsv4_cuda_bk_rmsnorm_quant(dsv4_backend *b, float *y, float *yq,
+                                                  const float *x, const float *w, int64_t N,
+                                                  int64_t width, float eps, int block)
+{
+    if (N < 0 || width < 1 || width > INT32_MAX / 8 || block < 1)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "rmsnorm_quant: N %lld width %lld block %d",
+                         (long long)N, (long long)width, block);
+    if (N == 0) return DSV4_OK;
+    if (width * 4 > RMS_SMEM_MAX) { /* unstaged rows: the two ops */
+        DSV4_TRY(dsv4_cuda_bk_rmsnorm(b, y, width, x, width, w, N, width, eps, 1));
+        return dsv4_cuda_bk_act_quant(b, yq, width, y, width, N, width, block);
+    }
+    return rmsnorm_launch(b, y, width, yq, width, x, width, w, N, width, eps, 1, block);
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_head_norm_rope(dsv4_backend *b, float *q,
+                                                   const dsv4_bk_rows *rows, int H, int hd, int r,
+                                                   const float *freqs, float eps)
+{
+    if (H < 1) return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "head_norm_rope: H %d", H);
+    DSV4_TRY(rope_check(H, hd, r, (int64_t)H * hd));
+    if (rows->n <= 0) return DSV4_OK;
+    if (hd > HN_SLOTS * 32 || (hd & 1)) { /* the two ops */
+        DSV4_TRY(dsv4_cuda_bk_head_norm_bf16(b, q, (int64_t)rows->n * H, hd, eps));
+        return dsv4_cuda_bk_rope(b, q, (int64_t)H * hd, rows, H, hd, r, freqs, 0, 1);
+    }
+    return head_norm_rope_launch(b, q, rows->n, H, hd, eps, rows->pos, r, freqs);
+}
+
+// kv [N, hd] in place -> win[slot][pos % R] [hd] (bf16 bits), per row: RMSNorm (w) -> bf16 ->
+// RoPE of the last r dims at pos -> bf16 -> act_quant of dims [0, hd - r) in blocks of qblock
+// -> stored. One CTA of ROW_THREADS per row; the row (and w) staged in shared memory (dynamic,
+// 2 hd floats) between the steps, the cos / sin table made while the row loads.
+__global__ static void kv_norm_rope_store_kernel(uint16_t *win, int R, float *kv, const float *w,
+                                                 const int32_t *slot, const int32_t *pos, int hd,
+                                                 int r, const float *freqs, float eps, int qblock)
+{
+    DSV4_PDL_WAIT();
+    extern __shared__ float kv_smem[];
+    __shared__ float cs[ROPE_MAX_HALF], sn[ROPE_MAX_HALF];
+    __shared__ double sh[ROW_THREADS / 32];
+    const int half = r / 2, r0 = hd - r;
+    float *x = kv + (int64_t)blockIdx.x * hd, *sx = kv_smem, *sw = kv_smem + hd;
+    const int32_t p = pos[blockIdx.x]; /* the table's inputs go out with the row's loads */
+    const float f = (int)threadIdx.x < half ? freqs[threadIdx.x] : 0.0f;
+    dev_stage(sx, x, sw, w, hd);
+    if ((int)threadIdx.x < half) dev_rope_entry(cs, sn, threadIdx.x, f, p, 0); /* half <= 256 */
+    __syncthreads();
+    const float rs = dev_rms_scale(sx, hd, eps, sh);
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        float v = __fmul_rn(sx[i], rs);
+        if (w) v = __fmul_rn(sw[i], v);
+        sx[i] = dev_round_bf16(v); /* this thread's own element, read above */
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        float *e = sx + r0 + 2 * i;
+        const float a = e[0], bv = e[1], c = cs[i], s = sn[i];
+        e[0] = dev_round_bf16(__fadd_rn(__fmul_rn(a, c), __fmul_rn(-bv, s)));
+        e[1] = dev_round_bf16(__fadd_rn(__fmul_rn(bv, c), __fmul_rn(a, s)));
+    }
+    /* the quantised blocks [0, r0) and the rotated pairs [r0, hd) are disjoint */
+    const int nb = (r0 + qblock - 1) / qblock;
+    for (int qb = threadIdx.x >> 5; qb < nb; qb += blockDim.x >> 5) {
+        const int b0 = qb * qblock;
+        dev_warp_quant(sx + b0, sx + b0, r0 - b0 < qblock ? r0 - b0 : qblock);
+    }
+    __syncthreads();
+    uint16_t *dst = win + ((int64_t)slot[blockIdx.x] * R + p % R) * hd;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        const float v = sx[i];
+        x[i] = v;
+        dst[i] = (uint16_t)(__float_as_uint(dev_round_bf16(v)) >> 16);
+    }
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R,
+                                                       float *kv, const float *w,
+                                                       const dsv4_bk_rows *rows, int hd, int r,
+                                                       const float *freqs, float eps, int qblock)
+{
+    if (R < 1 || hd <= r || qblock < 1)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "kv_norm_rope_store: R %d hd %d r %d block %d",
+                         R, hd, r, qblock);
+    DSV4_TRY(rope_check(1, hd, r, hd));
+    if (rows->n <= 0) return DSV4_OK;
+    const size_t smem = (size_t)hd * 8;
+    if (smem > RMS_SMEM_MAX) { /* the four ops */
+        const int64_t N = rows->n;
+        DSV4_TRY(dsv4_cuda_bk_rmsnorm(b, kv, hd, kv, hd, w, N, hd, eps, 1));
+        DSV4_TRY(dsv4_cuda_bk_rope(b, kv, hd, rows, 1, hd, r, freqs, 0, 1));
+        DSV4_TRY(dsv4_cuda_bk_act_quant(b, kv, hd, kv, hd, N, hd - r, qblock));
+        return dsv4_cuda_bk_kv_store(b, win, R, hd, kv, rows);
+    }
+    if (smem > 48 * 1024)
+        CUDA_TRY(cudaFuncSetAttribute(kv_norm_rope_store_kernel,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    kv_norm_rope_store_kernel<<<(unsigned)rows->n, ROW_THREADS, smem, dsv4_cuda_stream(b->cuda)>>>(
+        win, R, kv, w, rows->slot, rows->pos, hd, r, freqs, eps, qblock);
     CUDA_LAUNCHED();
     return DSV4_OK;
 }
