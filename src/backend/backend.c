@@ -238,6 +238,37 @@ dsv4_status dsv4_bk_rope(dsv4_backend *b, float *x, int64_t ldx, const dsv4_bk_r
     return dsv4_cpu_bk_rope(b, x, ldx, rows, n_vec, dim, r, freqs, inverse, round_bf16);
 }
 
+dsv4_status dsv4_bk_rmsnorm_quant(dsv4_backend *b, float *y, float *yq, const float *x,
+                                  const float *w, int64_t N, int64_t width, float eps, int block)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (b->kind == DSV4_DEVICE_CUDA)
+        return dsv4_cuda_bk_rmsnorm_quant(b, y, yq, x, w, N, width, eps, block);
+#endif
+    return dsv4_cpu_bk_rmsnorm_quant(b, y, yq, x, w, N, width, eps, block);
+}
+
+dsv4_status dsv4_bk_head_norm_rope(dsv4_backend *b, float *q, const dsv4_bk_rows *rows, int H,
+                                   int hd, int r, const float *freqs, float eps)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (b->kind == DSV4_DEVICE_CUDA)
+        return dsv4_cuda_bk_head_norm_rope(b, q, rows, H, hd, r, freqs, eps);
+#endif
+    return dsv4_cpu_bk_head_norm_rope(b, q, rows, H, hd, r, freqs, eps);
+}
+
+dsv4_status dsv4_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R, float *kv,
+                                       const float *w, const dsv4_bk_rows *rows, int hd, int r,
+                                       const float *freqs, float eps, int qblock)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (b->kind == DSV4_DEVICE_CUDA)
+        return dsv4_cuda_bk_kv_norm_rope_store(b, win, R, kv, w, rows, hd, r, freqs, eps, qblock);
+#endif
+    return dsv4_cpu_bk_kv_norm_rope_store(b, win, R, kv, w, rows, hd, r, freqs, eps, qblock);
+}
+
 dsv4_status dsv4_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
                            const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
                            int round_bf16)

@@ -104,6 +104,21 @@ dsv4_status dsv4_bk_scale(dsv4_backend *b, float *x, int64_t n, float s, int rou
 dsv4_status dsv4_bk_rope(dsv4_backend *b, float *x, int64_t ldx, const dsv4_bk_rows *rows,
                          int n_vec, int dim, int r, const float *freqs, int inverse,
                          int round_bf16);
+/* The q and kv chains of the attention in one launch each (CUDA); each is exactly the composition
+ * of the ops above that it names (the CPU runs them in turn):
+ * rmsnorm_quant: y [N, width] = rmsnorm(x, w, round_bf16 = 1) (y may alias x), then
+ *   yq [N, width] = act_quant(y, block).  Rows contiguous.
+ * head_norm_rope: q [N, H, hd] in place: head_norm_bf16 (N H vectors), then rope of the last r
+ *   dims (pos[r], freqs, round_bf16 = 1).
+ * kv_norm_rope_store: kv [N, hd] in place: rmsnorm(w, round_bf16 = 1), rope of the last r dims
+ *   (1 vector), act_quant of dims [0, hd - r) in blocks of qblock, then kv_store into win. */
+dsv4_status dsv4_bk_rmsnorm_quant(dsv4_backend *b, float *y, float *yq, const float *x,
+                                  const float *w, int64_t N, int64_t width, float eps, int block);
+dsv4_status dsv4_bk_head_norm_rope(dsv4_backend *b, float *q, const dsv4_bk_rows *rows, int H,
+                                   int hd, int r, const float *freqs, float eps);
+dsv4_status dsv4_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R, float *kv,
+                                       const float *w, const dsv4_bk_rows *rows, int hd, int r,
+                                       const float *freqs, float eps, int qblock);
 
 /* ---- projections ---------------------------------------------------------------------------
  * y [N, nrows] (row stride ldy) = x [N, w->cols] (row stride ldx) . W[row0 .. row0+nrows)^T,

@@ -26,6 +26,14 @@ dsv4_status dsv4_cpu_bk_scale(dsv4_backend *b, float *x, int64_t n, float s, int
 dsv4_status dsv4_cpu_bk_rope(dsv4_backend *b, float *x, int64_t ldx, const dsv4_bk_rows *rows,
                              int n_vec, int dim, int r, const float *freqs, int inverse,
                              int round_bf16);
+dsv4_status dsv4_cpu_bk_rmsnorm_quant(dsv4_backend *b, float *y, float *yq, const float *x,
+                                      const float *w, int64_t N, int64_t width, float eps,
+                                      int block);
+dsv4_status dsv4_cpu_bk_head_norm_rope(dsv4_backend *b, float *q, const dsv4_bk_rows *rows, int H,
+                                       int hd, int r, const float *freqs, float eps);
+dsv4_status dsv4_cpu_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R, float *kv,
+                                           const float *w, const dsv4_bk_rows *rows, int hd, int r,
+                                           const float *freqs, float eps, int qblock);
 dsv4_status dsv4_cpu_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
                                const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
                                int round_bf16);
@@ -85,6 +93,14 @@ dsv4_status dsv4_cuda_bk_scale(dsv4_backend *b, float *x, int64_t n, float s, in
 dsv4_status dsv4_cuda_bk_rope(dsv4_backend *b, float *x, int64_t ldx, const dsv4_bk_rows *rows,
                               int n_vec, int dim, int r, const float *freqs, int inverse,
                               int round_bf16);
+dsv4_status dsv4_cuda_bk_rmsnorm_quant(dsv4_backend *b, float *y, float *yq, const float *x,
+                                       const float *w, int64_t N, int64_t width, float eps,
+                                       int block);
+dsv4_status dsv4_cuda_bk_head_norm_rope(dsv4_backend *b, float *q, const dsv4_bk_rows *rows, int H,
+                                        int hd, int r, const float *freqs, float eps);
+dsv4_status dsv4_cuda_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R, float *kv,
+                                            const float *w, const dsv4_bk_rows *rows, int hd, int r,
+                                            const float *freqs, float eps, int qblock);
 dsv4_status dsv4_cuda_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
                                 const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
                                 int round_bf16);

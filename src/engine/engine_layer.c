@@ -94,18 +94,15 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
 
     /* queries: h -> qr (q_norm) -> q (per-head norm, RoPE) */
     DSV4_TRY(linear_q(e, &w->wq_a, s->h, s->xh, 1, N, s->qr));
-    DSV4_TRY(dsv4_bk_rmsnorm(e->b, s->qr, ql, s->qr, ql, L->q_norm, N, ql, eps, 1));
-    DSV4_TRY(linear_q(e, &w->wq_b, s->qr, s->xq, 1, N, s->q)); /* s->xq keeps act_quant(qr) */
-    DSV4_TRY(dsv4_bk_head_norm_bf16(e->b, s->q, (int64_t)N * H, hd, eps));
-    DSV4_TRY(dsv4_bk_rope(e->b, s->q, Hc, rows, H, hd, r, freqs, 0, 1));
+    DSV4_TRY(dsv4_bk_rmsnorm_quant(e->b, s->qr, s->xq, s->qr, L->q_norm, N, ql, eps, 128));
+    DSV4_TRY(linear_q(e, &w->wq_b, s->qr, s->xq, 0, N, s->q)); /* s->xq keeps act_quant(qr) */
+    DSV4_TRY(dsv4_bk_head_norm_rope(e->b, s->q, rows, H, hd, r, freqs, eps));
     MARK("attn.q");
 
     /* the shared key/value head: h -> kv (kv_norm, RoPE, FP8 non-RoPE dims) -> window ring */
     DSV4_TRY(linear_q(e, &w->wkv, s->h, s->xh, 0, N, s->kv));
-    DSV4_TRY(dsv4_bk_rmsnorm(e->b, s->kv, hd, s->kv, hd, L->kv_norm, N, hd, eps, 1));
-    DSV4_TRY(dsv4_bk_rope(e->b, s->kv, hd, rows, 1, hd, r, freqs, 0, 1));
-    DSV4_TRY(dsv4_bk_act_quant(e->b, s->kv, hd, s->kv, hd, N, hd - r, 64));
-    DSV4_TRY(dsv4_bk_kv_store(e->b, L->win, e->R, hd, s->kv, rows));
+    DSV4_TRY(dsv4_bk_kv_norm_rope_store(e->b, L->win, e->R, s->kv, L->kv_norm, rows, hd, r, freqs,
+                                        eps, 64));
     MARK("attn.kv");
 
     if (L->ratio > 0) DSV4_TRY(compress(e, &w->compressor, &L->comp, 0, rows));
