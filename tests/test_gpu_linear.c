@@ -3,9 +3,15 @@
  * the CUDA projections against the CPU reference (the session forward's dsv4_cpu_linear_rows;
  * grouped: one such call per group), in every stored weight format, at the Flash and Pro shapes,
  * N in {1, 2, 3, 4, 8, 9, 16, 64, 257}, strided x and y, bf16 rounding on and off; every CUDA
- * kernel (GEMV, MMA, SIMT, MMV) on each call it accepts, not only the dispatcher's pick. Then
- * the decode bandwidth of the projections, old kernel (GEMV) against new (MMV), weights read from
- * HBM (copies in turn, together larger than the L2), CUDA-graph replay and eager.
+ * kernel (GEMV, MMA, SIMT, MMV) on each call it accepts, not only the dispatcher's pick, and the
+ * GEMV split over the CTAs of a cluster (split-K, 2 and 8 slices) on every call it takes. Then
+ * dsv4_bk_linear_multi: sets of projections of mixed formats and shapes (the layer's projections
+ * of h; every stored format at once; entries the GEMV refuses), N 1..64, its one fused launch
+ * (with and without split-K) against the CPU's per-entry calls, under the same bound. Then the
+ * decode bandwidth of the projections, old kernel (GEMV) against new (MMV), of small matrices
+ * without and with split-K, and of the layer's projections of h as separate calls against one
+ * multi launch, weights read from HBM (copies in turn, together larger than the L2), CUDA-graph
+ * replay and eager.
  *
  * Bound, per output element (the CUDA kernels differ from the CPU only in f32 summation order,
  * plus, on the MMA path and on MMV with BF16 weights, x split into two bf16 halves whose
@@ -367,10 +373,14 @@ static const tcase small_cases[] = {
 };
 
 /* ---- comparison ------------------------------------------------------------------------------ */
-static const char *path_name[] = {"auto", "gemv", "mma", "simt", "mmv"};
-static double worst_by_path[5]; /* the largest err/bound seen per kernel */
-static int64_t checks_by_path[5];
+/* kernels (DSV4_LIN_PATH_*), then "split": the GEMV split over a cluster's CTAs */
+static const char *path_name[] = {"auto", "gemv", "mma", "simt", "mmv", "multi", "split"};
+enum { NPATH = 7, SPLIT_STAT = 6 };
+static double worst_by_path[NPATH]; /* the largest err/bound seen per kernel */
+static int64_t checks_by_path[NPATH];
+static int quiet; /* compare prints failures only */
 static const uint32_t SENTINEL = 0x7fc0deadu;
+static double quiet_worst; /* the largest err/bound since it was last reset */
 
 /* The reals that round to bf16 value g (nearest even; ties count as inside): [*lo, *hi]. */
 static void bf16_cell(float g, double *lo, double *hi)
@@ -433,15 +443,17 @@ static void compare(const tcase *c, const char *what, int64_t N, int round, int6
             if (ratio > 1.0) bad++;
         }
     }
-    for (int p = 0; p < 5; p++)
+    for (int p = 0; p < NPATH; p++)
         if (!strcmp(what, path_name[p])) {
             checks_by_path[p]++;
             if (worst > worst_by_path[p]) worst_by_path[p] = worst;
         }
-    printf("  %-26s N=%-3lld rnd=%d %-4s max_abs %.3e max_rel %.3e (floor %.1e) err/bound %.3f "
-           "differ %lld/%lld%s\n",
-           c->name, (long long)N, round, what, max_abs, max_rel, floor_, worst, (long long)differ,
-           (long long)(N * nr), bad || clobbered ? "  FAIL" : "");
+    if (worst > quiet_worst) quiet_worst = worst;
+    if (!quiet || bad || clobbered)
+        printf("  %-26s N=%-3lld rnd=%d %-4s max_abs %.3e max_rel %.3e (floor %.1e) err/bound %.3f "
+               "differ %lld/%lld%s\n",
+               c->name, (long long)N, round, what, max_abs, max_rel, floor_, worst,
+               (long long)differ, (long long)(N * nr), bad || clobbered ? "  FAIL" : "");
     CHECK_MSG(bad == 0, "%s N=%lld %s: %lld elements over the bound (worst %.3f)", c->name,
               (long long)N, what, (long long)bad, worst);
     CHECK_MSG(clobbered == 0, "%s N=%lld %s: %lld elements outside the output were written",
@@ -463,14 +475,15 @@ static dsv4_status case_op(dsv4_backend *b, const dsv4_weight *w, const tcase *c
 /* One GPU call on a sentinel-filled output, forced to `path`; returns the path taken (-1 on
  * error). */
 static int gpu_call(ctx *cx, const dsv4_weight *dw, const tcase *c, const float *dx, int64_t ldx,
-                    int64_t N, float *dy, int64_t ldy, int64_t yoff, int round, int path,
+                    int64_t N, float *dy, int64_t ldy, int64_t yoff, int round, int path, int split,
                     const float *sentinel, float *out)
 {
     const size_t ybytes = (size_t)(N * ldy) * sizeof(float);
     dsv4_status st = dsv4_bk_upload(cx->gpu, dy, sentinel, ybytes);
-    const int old = dsv4_cuda_linear_force_path(path);
+    const int old = dsv4_cuda_linear_force_path(path), olds = dsv4_cuda_linear_force_split(split);
     if (st == DSV4_OK) st = case_op(cx->gpu, dw, c, dx + c->xoff, ldx, N, dy + yoff, ldy, round);
     dsv4_cuda_linear_force_path(old);
+    dsv4_cuda_linear_force_split(olds);
     if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
     if (st == DSV4_OK) st = dsv4_bk_download(cx->gpu, out, dy, ybytes);
     CHECK_MSG(st == DSV4_OK, "%s N=%lld %s: %s", c->name, (long long)N, path_name[path],
@@ -521,18 +534,33 @@ static void run_case(ctx *cx, const tcase *c)
         CHECK_MSG(st == DSV4_OK, "%s: gpu buffers: %s", c->name, dsv4_last_error());
         if (st == DSV4_OK) {
             const int p = gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, c->yoff, round,
-                                   DSV4_LIN_PATH_AUTO, sent, yg);
+                                   DSV4_LIN_PATH_AUTO, 0, sent, yg);
+            const int auto_split = dsv4_cuda_linear_last_split();
             const int p2 = gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, c->yoff, round,
-                                    DSV4_LIN_PATH_AUTO, sent, yg2);
+                                    DSV4_LIN_PATH_AUTO, 0, sent, yg2);
             if (p > 0 && p2 == p) {
-                compare(c, path_name[p], N, round, ldy, c->yoff, yg, yc, yu, S);
+                const int sp = p == DSV4_LIN_PATH_GEMV && auto_split > 1;
+                compare(c, path_name[sp ? SPLIT_STAT : p], N, round, ldy, c->yoff, yg, yc, yu, S);
                 CHECK_MSG(memcmp(yg, yg2, ny * sizeof *yg) == 0,
                           "%s N=%lld: two identical calls differ", c->name, (long long)N);
             }
             for (int q = DSV4_LIN_PATH_GEMV; q <= DSV4_LIN_PATH_MMV; q++) {
                 if (q == p) continue;
-                if (gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, c->yoff, round, q, sent, yg) == q)
+                if (gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, c->yoff, round, q, 0, sent, yg) == q)
                     compare(c, path_name[q], N, round, ldy, c->yoff, yg, yc, yu, S);
+            }
+            /* split-K: the GEMV over 2 and 8 CTAs of a cluster; twice, the same bits */
+            for (int ks = 2; ks <= 8; ks *= 4) {
+                if (gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, c->yoff, round, DSV4_LIN_PATH_GEMV,
+                             ks, sent, yg) != DSV4_LIN_PATH_GEMV ||
+                    dsv4_cuda_linear_last_split() != ks)
+                    continue;
+                compare(c, path_name[SPLIT_STAT], N, round, ldy, c->yoff, yg, yc, yu, S);
+                gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, c->yoff, round, DSV4_LIN_PATH_GEMV, ks,
+                         sent, yg2);
+                CHECK_MSG(memcmp(yg, yg2, ny * sizeof *yg) == 0,
+                          "%s N=%lld split %d: two identical calls differ", c->name, (long long)N,
+                          ks);
             }
         }
         dsv4_bk_free(cx->gpu, dx);
@@ -544,6 +572,237 @@ static void run_case(ctx *cx, const tcase *c)
 out:
     free_weight(&W);
     free_weight(&A);
+}
+
+/* ---- dsv4_bk_linear_multi ---------------------------------------------------------------------
+ * A set of entries (weights of any format, each with its own x or sharing an earlier entry's),
+ * run on the CPU (its per-entry dsv4_bk_linear calls: the reference) and on the GPU: the
+ * dispatcher's choice (N <= 8: the fused launch, checked), the fused launch forced (N <= 16),
+ * and the fused launch split over 2 and 8 CTAs of a cluster. Each entry against the CPU under
+ * the single op's bound; twice the same call, the same bits; outside each output untouched. */
+typedef struct mentry {
+    const char *name;
+    int fmt, sdt;
+    int64_t rows, cols, ldx, ldy; /* 0: cols, rows */
+    int round, share;             /* share > 0: x of entry share - 1 (same cols and ldx) */
+} mentry;
+
+typedef struct mcase {
+    const char *name;
+    int n;
+    mentry e[DSV4_BK_LINEAR_MULTI_MAX];
+    int64_t ns[12]; /* 0-terminated */
+} mcase;
+
+static const mcase multi_full[] = {
+    {"flash csa h projections",
+     7,
+     {{"wq_a fp8", FP8, E8, 1024, 4096, 0, 0, 1, 0},
+      {"wkv fp8", FP8, E8, 512, 4096, 0, 0, 1, 1},
+      {"comp wkv bf16", B16, 0, 1024, 4096, 0, 0, 0, 0},
+      {"comp wgate bf16", B16, 0, 1024, 4096, 0, 0, 0, 3},
+      {"idx comp wkv bf16", B16, 0, 256, 4096, 0, 0, 0, 3},
+      {"idx comp wgate bf16", B16, 0, 256, 4096, 0, 0, 0, 3},
+      {"idx weights_proj bf16", B16, 0, 64, 4096, 0, 0, 1, 3}},
+     {1, 2, 3, 4, 5, 8, 9, 16, 64, 0}},
+    {"flash hca h projections",
+     4,
+     {{"wq_a fp8", FP8, E8, 1024, 4096, 0, 0, 1, 0},
+      {"wkv fp8", FP8, E8, 512, 4096, 0, 0, 1, 1},
+      {"comp wkv bf16", B16, 0, 512, 4096, 0, 0, 0, 0},
+      {"comp wgate bf16", B16, 0, 512, 4096, 0, 0, 0, 3}},
+     {1, 4, 8, 0}},
+    {"pro csa h projections",
+     7,
+     {{"wq_a fp8", FP8, E8, 1536, 7168, 0, 0, 1, 0},
+      {"wkv fp8", FP8, E8, 512, 7168, 0, 0, 1, 1},
+      {"comp wkv bf16", B16, 0, 1024, 7168, 0, 0, 0, 0},
+      {"comp wgate bf16", B16, 0, 1024, 7168, 0, 0, 0, 3},
+      {"idx comp wkv bf16", B16, 0, 256, 7168, 0, 0, 0, 3},
+      {"idx comp wgate bf16", B16, 0, 256, 7168, 0, 0, 0, 3},
+      {"idx weights_proj bf16", B16, 0, 64, 7168, 0, 0, 1, 3}},
+     {1, 3, 0}},
+    {"every format",
+     8,
+     {{"fp8 e8m0 256x4096", FP8, E8, 256, 4096, 0, 0, 1, 0},
+      {"fp8 f32-scale 200x1024", FP8, SF, 200, 1024, 1040, 203, 0, 0},
+      {"mxfp4 300x2048", MX, E8, 300, 2048, 0, 0, 1, 0},
+      {"nvfp4 128x4096", NV, 0, 128, 4096, 0, 0, 0, 0},
+      {"bf16 100x4096 strided", B16, 0, 100, 4096, 4100, 130, 1, 0},
+      {"f16 64x512", H16, 0, 64, 512, 0, 0, 0, 0},
+      {"f32 24x16384", F32, 0, 24, 16384, 0, 0, 0, 0},
+      {"bf16 1000x4100 (no gemv)", B16, 0, 1000, 4100, 0, 0, 1, 0}},
+     {1, 2, 3, 4, 7, 8, 12, 16, 33, 64, 0}},
+    {"one entry", 1, {{"fp8 512x4096", FP8, E8, 512, 4096, 0, 0, 1, 0}}, {1, 8, 0}},
+};
+
+static const mcase multi_small[] = {
+    {"small every format",
+     7,
+     {{"fp8 40x256", FP8, E8, 40, 256, 0, 0, 1, 0},
+      {"fp8 f32-scale 33x384", FP8, SF, 33, 384, 388, 35, 0, 0},
+      {"mxfp4 20x256", MX, E8, 20, 256, 0, 0, 1, 0},
+      {"nvfp4 17x256", NV, 0, 17, 256, 0, 0, 0, 0},
+      {"bf16 8x256", B16, 0, 8, 256, 0, 0, 1, 3},
+      {"f16 50x128", H16, 0, 50, 128, 0, 0, 0, 0},
+      {"f32 3x512", F32, 0, 3, 512, 0, 0, 0, 0}},
+     {1, 3, 8, 16, 20, 0}},
+};
+
+typedef struct mbuf {
+    hweight W, A;
+    dsv4_weight dw;
+    tcase tc; /* for compare: name, nrows, ldy */
+    int64_t ldx, ldy;
+    int round;
+    float *x, *xa, *dx;        /* x (own or shared), |x|, device x */
+    float *yc, *yu, *S, *sent; /* CPU result, unrounded, sum |x||w|, sentinels */
+    float *yg, *yg2, *dy;
+} mbuf;
+
+/* Whether the GEMV takes the entry (bk_linear.cu gemv_ok; device buffers are 256-byte aligned):
+ * whole 16-byte chunks per row, x rows 16-byte aligned. */
+static int gemv_takes(const mentry *me, int64_t ldx)
+{
+    const int E = me->fmt == F32                     ? 4
+                  : me->fmt == B16 || me->fmt == H16 ? 8
+                  : me->fmt == FP8                   ? 16
+                                                     : 32;
+    return me->cols % E == 0 && ldx % 4 == 0;
+}
+
+/* GPU: the multi op on every entry (outputs sentinel-filled first), forced to path/split;
+ * downloads into yg (or yg2). Returns the path taken (-1 on error). */
+static int multi_gpu(ctx *cx, mbuf *m, int n, int64_t N, int path, int split, int second)
+{
+    dsv4_bk_linear_entry e[DSV4_BK_LINEAR_MULTI_MAX];
+    dsv4_status st = DSV4_OK;
+    for (int i = 0; i < n && st == DSV4_OK; i++) {
+        st = dsv4_bk_upload(cx->gpu, m[i].dy, m[i].sent, (size_t)(N * m[i].ldy) * sizeof(float));
+        e[i] = (dsv4_bk_linear_entry){&m[i].dw, m[i].dx, m[i].ldx, m[i].dy, m[i].ldy, m[i].round};
+    }
+    const int old = dsv4_cuda_linear_force_path(path), olds = dsv4_cuda_linear_force_split(split);
+    if (st == DSV4_OK) st = dsv4_bk_linear_multi(cx->gpu, e, n, N);
+    const int taken = dsv4_cuda_linear_last_path();
+    dsv4_cuda_linear_force_path(old);
+    dsv4_cuda_linear_force_split(olds);
+    if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
+    for (int i = 0; i < n && st == DSV4_OK; i++)
+        st = dsv4_bk_download(cx->gpu, second ? m[i].yg2 : m[i].yg, m[i].dy,
+                              (size_t)(N * m[i].ldy) * sizeof(float));
+    CHECK_MSG(st == DSV4_OK, "multi N=%lld path %d split %d: %s", (long long)N, path, split,
+              dsv4_last_error());
+    return st == DSV4_OK ? taken : -1;
+}
+
+static void run_multi(ctx *cx, const mcase *mc)
+{
+    mbuf m[DSV4_BK_LINEAR_MULTI_MAX];
+    memset(m, 0, sizeof m);
+    const int n = mc->n;
+    int64_t nmax = 0;
+    for (int k = 0; k < 12 && mc->ns[k]; k++) nmax = mc->ns[k] > nmax ? mc->ns[k] : nmax;
+    dsv4_status st = DSV4_OK;
+    for (int i = 0; i < n; i++) {
+        const mentry *me = &mc->e[i];
+        make_weight(&m[i].W, me->name, me->fmt, me->sdt, me->rows, me->cols);
+        make_abs(&m[i].W, &m[i].A);
+        if (st == DSV4_OK) st = dsv4_bk_weight_upload(cx->gpu, &m[i].W.w, 0, &m[i].dw);
+        m[i].ldx = me->ldx ? me->ldx : me->cols;
+        m[i].ldy = me->ldy ? me->ldy : me->rows;
+        m[i].tc = (tcase){me->name, me->fmt, me->sdt,  me->rows, me->cols, 0, me->rows,
+                          m[i].ldx, 0,       m[i].ldy, 0,        {0},      0};
+        m[i].round = me->round;
+        const size_t nx = (size_t)(nmax * m[i].ldx), ny = (size_t)(nmax * m[i].ldy);
+        if (me->share) {
+            m[i].x = m[me->share - 1].x, m[i].xa = m[me->share - 1].xa;
+            m[i].dx = m[me->share - 1].dx;
+        } else {
+            m[i].x = malloc(nx * sizeof(float)), m[i].xa = malloc(nx * sizeof(float));
+            fill_x(m[i].x, (int64_t)nx);
+            for (size_t j = 0; j < nx; j++) m[i].xa[j] = fabsf(m[i].x[j]);
+            if (st == DSV4_OK) st = dsv4_bk_alloc(cx->gpu, nx * sizeof(float), (void **)&m[i].dx);
+            if (st == DSV4_OK) st = dsv4_bk_upload(cx->gpu, m[i].dx, m[i].x, nx * sizeof(float));
+        }
+        m[i].yc = malloc(ny * sizeof(float)), m[i].yu = malloc(ny * sizeof(float));
+        m[i].S = malloc((size_t)(nmax * me->rows) * sizeof(float));
+        m[i].sent = malloc(ny * sizeof(float));
+        m[i].yg = malloc(ny * sizeof(float)), m[i].yg2 = malloc(ny * sizeof(float));
+        for (size_t j = 0; j < ny; j++) memcpy(&m[i].sent[j], &SENTINEL, 4);
+        if (st == DSV4_OK) st = dsv4_bk_alloc(cx->gpu, ny * sizeof(float), (void **)&m[i].dy);
+    }
+    CHECK_MSG(st == DSV4_OK, "%s: setup: %s", mc->name, dsv4_last_error());
+    for (int k = 0; st == DSV4_OK && k < 12 && mc->ns[k]; k++) {
+        const int64_t N = mc->ns[k];
+        /* the CPU: the multi op (its per-entry calls), then unrounded and |x||w| per entry */
+        dsv4_bk_linear_entry e[DSV4_BK_LINEAR_MULTI_MAX];
+        for (int i = 0; i < n; i++) {
+            memcpy(m[i].yc, m[i].sent, (size_t)(N * m[i].ldy) * sizeof(float));
+            e[i] = (dsv4_bk_linear_entry){&m[i].W.w, m[i].x,   m[i].ldx,
+                                          m[i].yc,   m[i].ldy, mc->e[i].round};
+        }
+        st = dsv4_bk_linear_multi(cx->cpu, e, n, N);
+        for (int i = 0; i < n && st == DSV4_OK; i++) {
+            if (mc->e[i].round)
+                st = dsv4_bk_linear(cx->cpu, &m[i].W.w, 0, mc->e[i].rows, m[i].x, m[i].ldx, N,
+                                    m[i].yu, m[i].ldy, 0);
+            if (st == DSV4_OK)
+                st = dsv4_bk_linear(cx->cpu, &m[i].A.w, 0, mc->e[i].rows, m[i].xa, m[i].ldx, N,
+                                    m[i].S, mc->e[i].rows, 0);
+        }
+        CHECK_MSG(st == DSV4_OK, "%s N=%lld: cpu: %s", mc->name, (long long)N, dsv4_last_error());
+        if (st != DSV4_OK) break;
+        /* modes: auto, fused forced, fused split over 2 and 8 CTAs */
+        static const int mode_path[] = {DSV4_LIN_PATH_AUTO, DSV4_LIN_PATH_MULTI,
+                                        DSV4_LIN_PATH_MULTI, DSV4_LIN_PATH_MULTI};
+        static const int mode_split[] = {0, 0, 2, 8};
+        static const char *mode_name[] = {"auto", "fused", "fused split 2", "fused split 8"};
+        for (int md = 0; md < 4; md++) {
+            if (md > 0 && N > 16) break;
+            const int p = multi_gpu(cx, m, n, N, mode_path[md], mode_split[md], 0);
+            if (p < 0) continue;
+            const int fused = p == DSV4_LIN_PATH_MULTI;
+            int eligible = 0; /* entries the GEMV takes */
+            for (int i = 0; i < n; i++) eligible += gemv_takes(&mc->e[i], m[i].ldx);
+            if (md == 0)
+                CHECK_MSG(fused == (N <= 8 && eligible >= 2), "%s N=%lld: auto took path %d",
+                          mc->name, (long long)N, p);
+            else
+                CHECK_MSG(fused, "%s N=%lld %s: not fused (path %d)", mc->name, (long long)N,
+                          mode_name[md], p);
+            if (md > 1) CHECK(dsv4_cuda_linear_last_split() == mode_split[md]);
+            quiet = 1;
+            quiet_worst = 0.0;
+            for (int i = 0; i < n; i++) {
+                const int in = fused && gemv_takes(&mc->e[i], m[i].ldx);
+                compare(&m[i].tc, in ? "multi" : "auto", N, m[i].round, m[i].ldy, 0, m[i].yg,
+                        m[i].yc, m[i].yu, m[i].S);
+            }
+            quiet = 0;
+            multi_gpu(cx, m, n, N, mode_path[md], mode_split[md], 1);
+            int same = 1;
+            for (int i = 0; i < n; i++)
+                same &= memcmp(m[i].yg, m[i].yg2, (size_t)(N * m[i].ldy) * sizeof(float)) == 0;
+            CHECK_MSG(same, "%s N=%lld %s: two identical calls differ", mc->name, (long long)N,
+                      mode_name[md]);
+            printf("  multi %-24s N=%-3lld %-13s %-5s %d entries, worst err/bound %.3f%s\n",
+                   mc->name, (long long)N, mode_name[md], path_name[p], n, quiet_worst,
+                   same ? "" : "  NOT DETERMINISTIC");
+        }
+        fflush(stdout);
+    }
+    for (int i = 0; i < n; i++) {
+        if (m[i].dw.data) dsv4_bk_weight_free(cx->gpu, &m[i].dw);
+        if (!mc->e[i].share) {
+            free(m[i].x), free(m[i].xa);
+            dsv4_bk_free(cx->gpu, m[i].dx);
+        }
+        dsv4_bk_free(cx->gpu, m[i].dy);
+        free(m[i].yc), free(m[i].yu), free(m[i].S), free(m[i].sent), free(m[i].yg);
+        free(m[i].yg2);
+        free_weight(&m[i].W);
+        free_weight(&m[i].A);
+    }
 }
 
 /* Arguments the op must refuse, on both backends. */
@@ -579,6 +838,33 @@ static void check_errors(ctx *cx)
         CHECK(dsv4_bk_linear_grouped(b, w, 2, xx, 512, 2, yy, 64, 0) == DSV4_OK);
         if (g)
             CHECK(dsv4_bk_linear_grouped(b, &wi, 2, xx, 512, 2, yy, 64, 0) == DSV4_ERR_UNSUPPORTED);
+    }
+    /* multi: 64 x 256 weight, x [4, 256], y [4, 64] */
+    for (int g = 0; g < 2; g++) {
+        dsv4_backend *b = g ? cx->gpu : cx->cpu;
+        const dsv4_weight *w = g ? &dw : &W.w;
+        float *xx = g ? dx : x, *yy = g ? dy : y;
+        dsv4_bk_linear_entry e[DSV4_BK_LINEAR_MULTI_MAX + 1];
+        for (int i = 0; i <= DSV4_BK_LINEAR_MULTI_MAX; i++)
+            e[i] = (dsv4_bk_linear_entry){w, xx, 256, yy, 64, 0};
+        CHECK(dsv4_bk_linear_multi(b, e, 1, 2) == DSV4_OK);
+        CHECK(dsv4_bk_linear_multi(b, e, 0, 2) == DSV4_OK);
+        CHECK(dsv4_bk_linear_multi(b, e, 1, 0) == DSV4_OK);
+        CHECK(dsv4_bk_linear_multi(b, e, DSV4_BK_LINEAR_MULTI_MAX + 1, 1) ==
+              DSV4_ERR_INVALID_ARGUMENT);
+        CHECK(dsv4_bk_linear_multi(b, e, 1, -1) == DSV4_ERR_INVALID_ARGUMENT);
+        CHECK(dsv4_bk_linear_multi(b, NULL, 1, 1) == DSV4_ERR_INVALID_ARGUMENT);
+        e[1].ldx = 255;
+        CHECK(dsv4_bk_linear_multi(b, e, 2, 1) == DSV4_ERR_INVALID_ARGUMENT);
+        e[1].ldx = 256, e[1].ldy = 63;
+        CHECK(dsv4_bk_linear_multi(b, e, 2, 1) == DSV4_ERR_INVALID_ARGUMENT);
+        e[1].ldy = 64, e[1].w = NULL;
+        CHECK(dsv4_bk_linear_multi(b, e, 2, 1) == DSV4_ERR_INVALID_ARGUMENT);
+        dsv4_weight wi = *w;
+        wi.format = DSV4_FORMAT_INT;
+        wi.dtype = DSV4_DT_I32;
+        e[1].w = &wi;
+        if (g) CHECK(dsv4_bk_linear_multi(b, e, 2, 1) == DSV4_ERR_UNSUPPORTED);
     }
     dsv4_bk_free(cx->gpu, dx);
     dsv4_bk_free(cx->gpu, dy);
@@ -757,6 +1043,170 @@ static void bench_all(ctx *cx)
     }
 }
 
+/* ---- timing: split-K on small matrices, the multi op on a layer's projections of h ----------
+ * A set of weights (one entry, or the projections of h), NW copies (>= 160 MB in all) called in
+ * turn, as bench_line. Modes: "old" = one dsv4_bk_linear per entry without split-K (the
+ * kernels and grids before it), "split" = one call per entry with split-K where the planner
+ * takes it, "multi" = dsv4_bk_linear_multi (N = 16: its fused launch forced). Times per copy
+ * of the set. */
+enum { TS_OLD = 0, TS_SPLIT = 1, TS_MULTI = 2 };
+
+typedef struct tset {
+    const char *name;
+    int n, nw;
+    dsv4_weight *dw; /* [nw][n] */
+    int round[DSV4_BK_LINEAR_MULTI_MAX];
+    int64_t cols;
+    float *dx, *dy[DSV4_BK_LINEAR_MULTI_MAX];
+    uint64_t bytes; /* one copy */
+} tset;
+
+static int tset_open(ctx *cx, tset *t, const char *name, int n, const mentry *e)
+{
+    memset(t, 0, sizeof *t);
+    t->name = name, t->n = n, t->cols = e[0].cols;
+    dsv4_weight w[DSV4_BK_LINEAR_MULTI_MAX];
+    for (int i = 0; i < n; i++) {
+        weight_desc(&w[i], e[i].name, e[i].fmt, e[i].sdt, e[i].rows, e[i].cols);
+        t->bytes += w[i].data_bytes + w[i].scale_bytes;
+        t->round[i] = e[i].round;
+    }
+    t->nw = (int)((160000000ull + t->bytes - 1) / t->bytes);
+    if (t->nw > BENCH_COPIES) t->nw = BENCH_COPIES;
+    t->dw = calloc((size_t)(t->nw * n), sizeof *t->dw);
+    dsv4_status st = t->dw ? DSV4_OK : DSV4_ERR_OUT_OF_MEMORY;
+    for (int c = 0; st == DSV4_OK && c < t->nw; c++)
+        for (int i = 0; st == DSV4_OK && i < n; i++)
+            st = dsv4_bk_weight_upload(cx->gpu, &w[i], 0x7ab1eull + 131ull * (uint64_t)(c * n + i),
+                                       &t->dw[c * n + i]);
+    const int64_t nx = 16 * t->cols;
+    float *x = malloc((size_t)nx * sizeof *x);
+    fill_x(x, nx);
+    dsv4_sim_bf16(x, nx); /* activations as the engine's: bf16 values */
+    if (st == DSV4_OK) st = dsv4_bk_alloc(cx->gpu, (size_t)nx * sizeof *x, (void **)&t->dx);
+    if (st == DSV4_OK) st = dsv4_bk_upload(cx->gpu, t->dx, x, (size_t)nx * sizeof *x);
+    for (int i = 0; st == DSV4_OK && i < n; i++)
+        st = dsv4_bk_alloc(cx->gpu, (size_t)(16 * e[i].rows) * sizeof(float), (void **)&t->dy[i]);
+    free(x);
+    CHECK_MSG(st == DSV4_OK, "bench %s: %s", name, dsv4_last_error());
+    return st == DSV4_OK;
+}
+
+static void tset_close(ctx *cx, tset *t)
+{
+    for (int j = 0; t->dw && j < t->nw * t->n; j++)
+        if (t->dw[j].data) dsv4_bk_weight_free(cx->gpu, &t->dw[j]);
+    free(t->dw);
+    dsv4_bk_free(cx->gpu, t->dx);
+    for (int i = 0; i < t->n; i++) dsv4_bk_free(cx->gpu, t->dy[i]);
+}
+
+static dsv4_status tset_pass(ctx *cx, tset *t, int64_t N, int mode)
+{
+    const int old = dsv4_cuda_linear_force_path(mode == TS_MULTI && N > 8 ? DSV4_LIN_PATH_MULTI
+                                                                          : DSV4_LIN_PATH_AUTO);
+    const int olds = dsv4_cuda_linear_force_split(mode == TS_OLD ? 1 : 0);
+    dsv4_status st = DSV4_OK;
+    for (int c = 0; st == DSV4_OK && c < t->nw; c++) {
+        const dsv4_weight *w = &t->dw[c * t->n];
+        if (mode == TS_MULTI) {
+            dsv4_bk_linear_entry e[DSV4_BK_LINEAR_MULTI_MAX];
+            for (int i = 0; i < t->n; i++)
+                e[i] =
+                    (dsv4_bk_linear_entry){&w[i], t->dx, t->cols, t->dy[i], w[i].rows, t->round[i]};
+            st = dsv4_bk_linear_multi(cx->gpu, e, t->n, N);
+        } else {
+            for (int i = 0; st == DSV4_OK && i < t->n; i++)
+                st = dsv4_bk_linear(cx->gpu, &w[i], 0, w[i].rows, t->dx, t->cols, N, t->dy[i],
+                                    w[i].rows, t->round[i]);
+        }
+    }
+    dsv4_cuda_linear_force_path(old);
+    dsv4_cuda_linear_force_split(olds);
+    return st;
+}
+
+/* One timing line; returns the graph time per copy of the set (us), 0 on failure. */
+static double tset_line(ctx *cx, tset *t, int64_t N, int mode)
+{
+    static const char *mode_name[] = {"old", "split", "multi"};
+    dsv4_status st = tset_pass(cx, t, N, mode);
+    const int path = dsv4_cuda_linear_last_path(), split = dsv4_cuda_linear_last_split();
+    if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
+    const int reps = t->nw >= 120 ? 2 : 240 / t->nw;
+    double t0 = test_now();
+    for (int r = 0; st == DSV4_OK && r < reps; r++) st = tset_pass(cx, t, N, mode);
+    if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
+    const double eager = (test_now() - t0) * 1e6 / (reps * t->nw);
+    void *g = NULL;
+    if (st == DSV4_OK) st = dsv4_bk_graph_begin(cx->gpu);
+    if (st == DSV4_OK) {
+        dsv4_status sc = tset_pass(cx, t, N, mode);
+        st = dsv4_bk_graph_end(cx->gpu, &g);
+        if (st == DSV4_OK) st = sc;
+    }
+    if (st == DSV4_OK) st = dsv4_bk_graph_launch(cx->gpu, g);
+    if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
+    t0 = test_now();
+    for (int r = 0; st == DSV4_OK && r < reps; r++) st = dsv4_bk_graph_launch(cx->gpu, g);
+    if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
+    const double graph = (test_now() - t0) * 1e6 / (reps * t->nw);
+    if (g) dsv4_bk_graph_free(cx->gpu, g);
+    CHECK_MSG(st == DSV4_OK, "bench %s N=%lld: %s", t->name, (long long)N, dsv4_last_error());
+    if (st != DSV4_OK) return 0.0;
+    const double gbs = (double)t->bytes / graph * 1e-3;
+    printf("  %-26s N=%-2lld %-5s (last %-5s split %d) graph %8.2f us %5.0f GB/s %5.1f%%  eager "
+           "%8.2f us\n",
+           t->name, (long long)N, mode_name[mode], path_name[path], split, graph, gbs, gbs / 30.0,
+           eager);
+    return graph;
+}
+
+static void bench_multi(ctx *cx)
+{
+    printf("timing of split-K and dsv4_bk_linear_multi (per copy of the set; old = one call per "
+           "matrix without split-K):\n");
+    static const struct {
+        const char *name;
+        mentry e;
+    } one[] = {
+        {"weights_proj bf16 64x4096", {"wp", B16, 0, 64, 4096, 0, 0, 1, 0}},
+        {"gate bf16 256x4096", {"gate", B16, 0, 256, 4096, 0, 0, 0, 0}},
+        {"idx comp bf16 256x4096", {"ic", B16, 0, 256, 4096, 0, 0, 0, 0}},
+        {"wkv fp8 512x4096", {"wkv", FP8, E8, 512, 4096, 0, 0, 1, 0}},
+        {"hc_head f32 24x16384", {"hc", F32, 0, 24, 16384, 0, 0, 0, 0}},
+    };
+    for (size_t i = 0; i < sizeof one / sizeof *one; i++) {
+        tset t;
+        if (tset_open(cx, &t, one[i].name, 1, &one[i].e))
+            for (int64_t N = 1; N <= 4; N *= 4) {
+                const double o = tset_line(cx, &t, N, TS_OLD), n = tset_line(cx, &t, N, TS_SPLIT);
+                if (o > 0 && n > 0)
+                    printf("  %-26s N=%-2lld old / split = %.2fx\n", t.name, (long long)N, o / n);
+            }
+        tset_close(cx, &t);
+        fflush(stdout);
+    }
+    for (int k = 0; k < 2; k++) {
+        const mcase *mc = &multi_full[k];
+        tset t;
+        if (tset_open(cx, &t, mc->name, mc->n, mc->e)) {
+            static const int64_t ns[] = {1, 2, 4, 8, 16};
+            for (size_t j = 0; j < sizeof ns / sizeof *ns; j++) {
+                const int64_t N = ns[j];
+                const double o = tset_line(cx, &t, N, TS_OLD);
+                const double sp = tset_line(cx, &t, N, TS_SPLIT);
+                const double mu = tset_line(cx, &t, N, TS_MULTI);
+                if (o > 0 && sp > 0 && mu > 0)
+                    printf("  %-26s N=%-2lld old / multi = %.2fx (split singles %.2fx)\n", t.name,
+                           (long long)N, o / mu, o / sp);
+            }
+        }
+        tset_close(cx, &t);
+        fflush(stdout);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const int small = argc > 1 && !strcmp(argv[1], "--small");
@@ -777,12 +1227,17 @@ int main(int argc, char **argv)
     const size_t n_cases =
         small ? sizeof small_cases / sizeof *small_cases : sizeof full_cases / sizeof *full_cases;
     for (size_t i = 0; i < n_cases; i++) run_case(&cx, &cases[i]);
+    const mcase *mcases = small ? multi_small : multi_full;
+    const size_t n_mcases =
+        small ? sizeof multi_small / sizeof *multi_small : sizeof multi_full / sizeof *multi_full;
+    for (size_t i = 0; i < n_mcases; i++) run_multi(&cx, &mcases[i]);
     printf("correctness: %.1f s; worst err/bound per kernel:", test_now() - t0);
-    for (int p = 1; p < 5; p++)
+    for (int p = 1; p < NPATH; p++)
         printf(" %s %.3f (%lld calls)", path_name[p], worst_by_path[p],
                (long long)checks_by_path[p]);
     printf("\n");
 
+    if (!small) bench_multi(&cx);
     if (!small) bench_all(&cx);
     dsv4_backend_destroy(cx.gpu);
     dsv4_backend_destroy(cx.cpu);

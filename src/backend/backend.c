@@ -291,6 +291,14 @@ dsv4_status dsv4_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w, int gr
     return dsv4_cpu_bk_linear_grouped(b, w, groups, x, ldx, N, y, ldy, round_bf16);
 }
 
+dsv4_status dsv4_bk_linear_multi(dsv4_backend *b, const dsv4_bk_linear_entry *e, int n, int64_t N)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (b->kind == DSV4_DEVICE_CUDA) return dsv4_cuda_bk_linear_multi(b, e, n, N);
+#endif
+    return dsv4_cpu_bk_linear_multi(b, e, n, N);
+}
+
 dsv4_status dsv4_bk_hc_pre(dsv4_backend *b, float *y, float *post, float *comb, const float *X,
                            const float *mix, const float *base, const float *scale, int64_t N,
                            int n, int64_t D, int iters, float eps)

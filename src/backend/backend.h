@@ -135,6 +135,21 @@ dsv4_status dsv4_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, 
 dsv4_status dsv4_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w, int groups,
                                    const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
                                    int round_bf16);
+/* Several projections of the same N rows in one op (a layer's projections of its normalised
+ * input): entry i is exactly dsv4_bk_linear(b, w, 0, w->rows, x, ldx, N, y, ldy, round_bf16)
+ * (the CPU makes those calls, in entry order). The weights may differ in format and shape.
+ * CUDA: at decode sizes one launch over all entries' rows, which keeps every SM streaming where
+ * each matrix alone is too small to. Outputs must not overlap each other or any entry's x. */
+enum { DSV4_BK_LINEAR_MULTI_MAX = 8 };
+typedef struct dsv4_bk_linear_entry {
+    const dsv4_weight *w;
+    const float *x; /* [N, w->cols], row stride ldx */
+    int64_t ldx;
+    float *y; /* [N, w->rows], row stride ldy */
+    int64_t ldy;
+    int round_bf16;
+} dsv4_bk_linear_entry;
+dsv4_status dsv4_bk_linear_multi(dsv4_backend *b, const dsv4_bk_linear_entry *e, int n, int64_t N);
 
 /* ---- mHC ---------------------------------------------------------------------------------
  * mix [N, (2+n)n] = fn . rmsnorm_noweight(X) (the caller: dsv4_bk_rmsnorm + dsv4_bk_linear).

@@ -40,6 +40,8 @@ dsv4_status dsv4_cpu_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t ro
 dsv4_status dsv4_cpu_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w, int groups,
                                        const float *x, int64_t ldx, int64_t N, float *y,
                                        int64_t ldy, int round_bf16);
+dsv4_status dsv4_cpu_bk_linear_multi(dsv4_backend *b, const dsv4_bk_linear_entry *e, int n,
+                                     int64_t N);
 dsv4_status dsv4_cpu_bk_hc_pre(dsv4_backend *b, float *y, float *post, float *comb, const float *X,
                                const float *mix, const float *base, const float *scale, int64_t N,
                                int n, int64_t D, int iters, float eps);
@@ -107,6 +109,8 @@ dsv4_status dsv4_cuda_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t r
 dsv4_status dsv4_cuda_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w, int groups,
                                         const float *x, int64_t ldx, int64_t N, float *y,
                                         int64_t ldy, int round_bf16);
+dsv4_status dsv4_cuda_bk_linear_multi(dsv4_backend *b, const dsv4_bk_linear_entry *e, int n,
+                                      int64_t N);
 dsv4_status dsv4_cuda_bk_hc_pre(dsv4_backend *b, float *y, float *post, float *comb, const float *X,
                                 const float *mix, const float *base, const float *scale, int64_t N,
                                 int n, int64_t D, int iters, float eps);

@@ -77,6 +77,8 @@ static int scratch_regions(const dsv4_config *c, const dsv4_engine_options *o, c
     R_(z, N * c->o_groups * c->o_lora_rank);
     R_(ck, N * z->cw);
     R_(cg, N * z->cw);
+    R_(ick, N * 2 * c->index_head_dim);
+    R_(icg, N * 2 * c->index_head_dim);
     R_(iq, N * c->index_n_heads * c->index_head_dim);
     R_(iw, N * c->index_n_heads);
     R_(sel, N * c->index_topk);

@@ -37,7 +37,8 @@ typedef struct eng_scratch {
     float *X, *Xo, *flat, *mix, *post, *comb, *y, *h, *f;
     float *xh, *xq; /* act_quant(h) [N, D]; act_quant of any other input [N, max cols] */
     float *qr, *q, *kv, *o, *z;
-    float *ck, *cg; /* compressor rows [N, max width] */
+    float *ck, *cg;   /* compressor rows [N, max width] */
+    float *ick, *icg; /* the indexer compressor's rows [N, its width] (same launch as ck, cg) */
     float *iq, *iw;
     int32_t *sel;    /* [N, topk] indexer picks */
     float *logits_e; /* [N, E] router logits */

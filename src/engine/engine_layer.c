@@ -62,21 +62,42 @@ static dsv4_status linear_q(dsv4_engine *e, const dsv4_weight *w, const float *x
     return dsv4_bk_linear(e->b, w, 0, w->rows, xq, w->cols, N, y, w->rows, 1);
 }
 
-/* A compressor's new rows and the windows they close (forward_attn.c comp_append). */
-static dsv4_status compress(dsv4_engine *e, const dsv4_compressor_weights *cw, eng_comp *cs,
+/* The projections of the attention input h, as one dsv4_bk_linear_multi (one launch at decode
+ * sizes, where each matrix alone is too small to keep the GPU streaming): wq_a -> qr and
+ * wkv -> kv on act_quant(h) (s->xh), and on h the compressor's wkv -> ck, wgate -> cg, the
+ * indexer compressor's -> ick, icg and the indexer's weights_proj -> iw. */
+static dsv4_status h_projections(dsv4_engine *e, eng_layer *L, int N)
+{
+    eng_scratch *s = &e->s;
+    const dsv4_layer_weights *w = &L->w;
+    const int64_t D = e->c->hidden_size;
+    dsv4_bk_linear_entry p[DSV4_BK_LINEAR_MULTI_MAX];
+    int n = 0;
+    p[n++] = (dsv4_bk_linear_entry){&w->wq_a, s->xh, D, s->qr, w->wq_a.rows, 1};
+    p[n++] = (dsv4_bk_linear_entry){&w->wkv, s->xh, D, s->kv, w->wkv.rows, 1};
+    if (L->ratio > 0) {
+        p[n++] = (dsv4_bk_linear_entry){&w->compressor.wkv, s->h, D, s->ck, L->comp.width, 0};
+        p[n++] = (dsv4_bk_linear_entry){&w->compressor.wgate, s->h, D, s->cg, L->comp.width, 0};
+    }
+    if (L->ratio == 4) {
+        const int64_t iw = L->idx.width, nh = e->c->index_n_heads;
+        p[n++] = (dsv4_bk_linear_entry){&w->idx_compressor.wkv, s->h, D, s->ick, iw, 0};
+        p[n++] = (dsv4_bk_linear_entry){&w->idx_compressor.wgate, s->h, D, s->icg, iw, 0};
+        p[n++] = (dsv4_bk_linear_entry){&w->idx_weights_proj, s->h, D, s->iw, nh, 1};
+    }
+    return dsv4_bk_linear_multi(e->b, p, n, N);
+}
+
+/* A compressor's new rows ck, cg [N, width] (h_projections) and the windows they close
+ * (forward_attn.c comp_append). */
+static dsv4_status compress(dsv4_engine *e, eng_comp *cs, const float *ck, const float *cg,
                             int is_index, const dsv4_bk_rows *rows)
 {
     const dsv4_config *c = e->c;
-    eng_scratch *s = &e->s;
-    const int N = rows->n, Rc = cs->ratio == 4 ? e->Rc4 : e->Rc128;
-    DSV4_TRY(
-        dsv4_bk_linear(e->b, &cw->wkv, 0, cs->width, s->h, c->hidden_size, N, s->ck, cs->width, 0));
-    DSV4_TRY(dsv4_bk_linear(e->b, &cw->wgate, 0, cs->width, s->h, c->hidden_size, N, s->cg,
-                            cs->width, 0));
-    MARK(is_index ? "index.comp_proj" : "comp.proj");
+    const int Rc = cs->ratio == 4 ? e->Rc4 : e->Rc128;
     DSV4_TRY(dsv4_bk_comp_append(e->b, cs->ent, cs->cap, cs->ring_kv, cs->ring_gate, Rc, cs->width,
-                                 cs->dim, cs->ratio, s->ck, s->cg, cs->ape, cs->norm,
-                                 c->rms_norm_eps, e->rope_comp, c->rope_dim, is_index, rows));
+                                 cs->dim, cs->ratio, ck, cg, cs->ape, cs->norm, c->rms_norm_eps,
+                                 e->rope_comp, c->rope_dim, is_index, rows));
     MARK(is_index ? "index.comp_pool" : "comp.pool");
     return DSV4_OK;
 }
@@ -92,28 +113,30 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
     const float eps = c->rms_norm_eps;
     const float *freqs = L->ratio ? e->rope_comp : e->rope_main;
 
-    /* queries: h -> qr (q_norm) -> q (per-head norm, RoPE) */
-    DSV4_TRY(linear_q(e, &w->wq_a, s->h, s->xh, 1, N, s->qr));
+    /* the projections of h in one op: wq_a, wkv on act_quant(h); compressors, weights_proj */
+    DSV4_TRY(dsv4_bk_act_quant(e->b, s->xh, D, s->h, D, N, D, 128));
+    DSV4_TRY(h_projections(e, L, N));
+    MARK("attn.proj");
+
+    /* queries: qr (q_norm) -> q (per-head norm, RoPE) */
     DSV4_TRY(dsv4_bk_rmsnorm_quant(e->b, s->qr, s->xq, s->qr, L->q_norm, N, ql, eps, 128));
     DSV4_TRY(linear_q(e, &w->wq_b, s->qr, s->xq, 0, N, s->q)); /* s->xq keeps act_quant(qr) */
     DSV4_TRY(dsv4_bk_head_norm_rope(e->b, s->q, rows, H, hd, r, freqs, eps));
     MARK("attn.q");
 
     /* the shared key/value head: h -> kv (kv_norm, RoPE, FP8 non-RoPE dims) -> window ring */
-    DSV4_TRY(linear_q(e, &w->wkv, s->h, s->xh, 0, N, s->kv));
     DSV4_TRY(dsv4_bk_kv_norm_rope_store(e->b, L->win, e->R, s->kv, L->kv_norm, rows, hd, r, freqs,
                                         eps, 64));
     MARK("attn.kv");
 
-    if (L->ratio > 0) DSV4_TRY(compress(e, &w->compressor, &L->comp, 0, rows));
+    if (L->ratio > 0) DSV4_TRY(compress(e, &L->comp, s->ck, s->cg, 0, rows));
     const int csa = L->ratio == 4;
     if (csa) {
         const int nh = c->index_n_heads, d = c->index_head_dim;
-        DSV4_TRY(compress(e, &w->idx_compressor, &L->idx, 1, rows));
-        /* indexer queries from act_quant(qr) (still in s->xq), weights from h */
+        DSV4_TRY(compress(e, &L->idx, s->ick, s->icg, 1, rows));
+        /* indexer queries from act_quant(qr) (still in s->xq); weights (s->iw) from h above */
         DSV4_TRY(linear_q(e, &w->idx_wq_b, s->qr, s->xq, 0, N, s->iq));
         DSV4_TRY(dsv4_bk_indexer_q(e->b, s->iq, rows, nh, d, r, e->rope_comp));
-        DSV4_TRY(dsv4_bk_linear(e->b, &w->idx_weights_proj, 0, nh, s->h, D, N, s->iw, nh, 1));
         MARK("index.q");
         /* the weights' scale nh^-0.5 d^-0.5 (and its bf16 rounding) is applied inside */
         DSV4_TRY(dsv4_bk_indexer_topk(e->b, s->sel, s->iq, s->iw,

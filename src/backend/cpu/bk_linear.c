@@ -6,7 +6,8 @@
  * dsv4_sim_bf16 as dsv4_fw_linear_rows_bf16 does. Strided x or y go through a contiguous
  * temporary: gathered before, scattered after, exactly like forward_attn.c's grouped wo_a.
  * The grouped projection (dsv4_bk_linear_grouped) is that call once per group, as the engine
- * made them before the op existed, so its bits are the per-group calls' bits.
+ * made them before the op existed, so its bits are the per-group calls' bits; the multi
+ * projection (dsv4_bk_linear_multi) is likewise one call per entry.
  */
 #include "backend/backend_impl.h"
 #include "backend/cpu/cpu_linear.h"
@@ -67,5 +68,24 @@ dsv4_status dsv4_cpu_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w, in
     for (int g = 0; g < groups; g++)
         DSV4_TRY(
             dsv4_cpu_bk_linear(b, w, g * R, R, x + g * cols, ldx, N, y + g * R, ldy, round_bf16));
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_cpu_bk_linear_multi(dsv4_backend *b, const dsv4_bk_linear_entry *e, int n,
+                                     int64_t N)
+{
+    if (n < 0 || n > DSV4_BK_LINEAR_MULTI_MAX || N < 0 || (n > 0 && !e))
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "linear_multi: %d entries (at most %d), N %lld",
+                         n, DSV4_BK_LINEAR_MULTI_MAX, (long long)N);
+    for (int i = 0; i < n; i++) /* every entry checked before any is computed, as on CUDA */
+        if (!e[i].w || e[i].ldx < e[i].w->cols || e[i].ldy < e[i].w->rows)
+            return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                             "linear_multi entry %d %s: ldx %lld, ldy %lld for [%lld, %lld]", i,
+                             e[i].w ? e[i].w->name : "(no weight)", (long long)e[i].ldx,
+                             (long long)e[i].ldy, e[i].w ? (long long)e[i].w->rows : 0LL,
+                             e[i].w ? (long long)e[i].w->cols : 0LL);
+    for (int i = 0; i < n; i++)
+        DSV4_TRY(dsv4_cpu_bk_linear(b, e[i].w, 0, e[i].w->rows, e[i].x, e[i].ldx, N, e[i].y,
+                                    e[i].ldy, e[i].round_bf16));
     return DSV4_OK;
 }

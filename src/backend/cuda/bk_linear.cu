@@ -19,15 +19,22 @@
  * group is a grid index. Launch shapes come from the matrix shape alone (LIN_SMS): a call makes
  * no device queries, only the launch (and, for MMV's large shared-memory cases, a function
  * attribute).
+ *
+ * dsv4_bk_linear_multi: at decode sizes the projections of one input (a layer's wq_a, wkv,
+ * compressor and indexer matrices: 0.5-8 MB each) are each too small to keep the GPU streaming,
+ * and each pays a launch; one GEMV launch takes them all, every CTA working on the entry its
+ * index falls in (gemv_multi_kernel).
  */
 #include "backend/cuda/linear_common.cuh"
 #include "backend/cuda/linear_path.cuh"
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 /* ---- test hook (linear_path.cuh) ----------------------------------------------------------- */
 static int force_path = DSV4_LIN_PATH_AUTO, last_path = DSV4_LIN_PATH_AUTO;
+static int force_split = 0, last_split = 1;
 
 extern "C" int dsv4_cuda_linear_force_path(int path)
 {
@@ -41,6 +48,18 @@ extern "C" int dsv4_cuda_linear_last_path(void)
     return last_path;
 }
 
+extern "C" int dsv4_cuda_linear_force_split(int ks)
+{
+    const int old = force_split;
+    force_split = ks;
+    return old;
+}
+
+extern "C" int dsv4_cuda_linear_last_split(void)
+{
+    return last_split;
+}
+
 /* ---- decode GEMV -----------------------------------------------------------------------------
  * y [N, nrows] = x [N, cols] . W^T for N <= NT. A "chunk" is 16 bytes of one weight row: E
  * columns (F32 4, BF16/F16 8, FP8 16, FP4 32; FP8 chunks lie inside one 128-column scale block,
@@ -49,8 +68,12 @@ extern "C" int dsv4_cuda_linear_last_path(void)
  * i mod 32KS), so a CTA of 8 warps covers R * 8 / KS rows. Each lane keeps R x NT f32 sums;
  * they are reduced over the warp by a butterfly, then over the KS warps in shared memory in
  * warp order. Scaled formats sum a chunk (half chunk for FP4) unscaled, then add it times its
- * scale. x is read through L1 (__ldg), each load serving R rows. */
-enum { GV_THREADS = 256, GV_WARPS = 8 };
+ * scale. x is read through L1 (__ldg), each load serving R rows.
+ * Split-K over CTAs, for matrices with too few rows to give every SM a share: the kn CTAs of a
+ * thread-block cluster (grid z) take consecutive slices of cps chunks of the same rows; each
+ * reduces its slice as above, then the cluster adds the slices up in rank order
+ * (lin_cluster_store), so the order, and the bits, depend on the shape only. */
+enum { GV_THREADS = 256, GV_WARPS = 8, GV_SPLIT_MAX = 8 };
 
 /* Sub-block j (SW columns) of the 16-byte chunk q of a row -> w[SW] (FP8: e4m3 values; FP4:
  * e2m1 * 2^-14; dense formats: the values). */
@@ -107,23 +130,26 @@ template <int SW> __device__ __forceinline__ float gv_dot(const float *x, const 
     return s;
 }
 
-// x [N, cols] (ldx), W rows row0 + [0, nrows) -> y [N, nrows] (ldy), per group; grid:
-// (ceil(nrows / rows per CTA), groups) CTAs of 256 threads; 1 << ks_log2 warps per row group.
+// One CTA's share: x [N, cols] (ldx), W rows row0 + blk * rows per CTA .. (of nrows), chunks
+// [kz cps, (kz + 1) cps) of each -> y [N, nrows] (ldy) when kn == 1, else the cluster's sum of
+// its kn slices; 256 threads, 1 << ks_log2 warps per row group.
 template <int NT, int E>
-__global__ void __launch_bounds__(GV_THREADS) gemv_kernel(lin_args a, int ks_log2)
+__device__ __forceinline__ void gemv_body(const lin_args &a, int64_t blk, int ks_log2, int64_t cps,
+                                          int kz, int kn)
 {
     constexpr int R = NT >= 8 ? 2 : 4; /* rows per warp: registers hold R*NT sums twice */
     constexpr int SW = E < 8 ? E : 8;  /* columns decoded at once */
     constexpr int SB = E / SW;
     constexpr bool scaled = E >= 16;
     __shared__ float red[GV_WARPS][R][NT];
+    __shared__ float part[NT * R * GV_WARPS]; /* split-K: this CTA's [NT][rows] sums */
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int KS = 1 << ks_log2, RG = GV_WARPS >> ks_log2;
     const int rg = warp >> ks_log2, ks = warp & (KS - 1);
-    lin_at_group(a, blockIdx.y);
-    const int64_t rbase = ((int64_t)blockIdx.x * RG + rg) * R;
+    const int64_t rbase = (blk * RG + rg) * R;
     const int64_t nchunk = a.cols / E;
+    const int64_t ch0 = (int64_t)kz * cps, ch1 = min(nchunk, ch0 + cps);
     const int N = (int)a.N;
 
     const uint8_t *wp[R];
@@ -141,7 +167,7 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(lin_args a, int ks_log
 #pragma unroll
         for (int n = 0; n < NT; n++) acc[i][n] = 0.0f;
 
-    for (int64_t ch = (int64_t)ks * 32 + lane; ch < nchunk; ch += 32 * KS) {
+    for (int64_t ch = ch0 + (int64_t)ks * 32 + lane; ch < ch1; ch += 32 * KS) {
         const int64_t c = ch * E;
         uint32_t q[R][4];
 #pragma unroll
@@ -228,16 +254,68 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(lin_args a, int ks_log
     const int t = threadIdx.x;
     if (t < RG * R * NT) {
         const int g = t / (R * NT), i = (t / NT) % R, n = t % NT;
-        const int64_t row = ((int64_t)blockIdx.x * RG + g) * R + i;
-        if (n < N && row < a.nrows) {
-            float s = red[g * KS][i][n];
-            for (int k = 1; k < KS; k++) s += red[g * KS + k][i][n];
+        const int64_t row = (blk * RG + g) * R + i;
+        float s = red[g * KS][i][n];
+        for (int k = 1; k < KS; k++) s += red[g * KS + k][i][n];
+        if (kn > 1)
+            part[n * (RG * R) + g * R + i] = s;
+        else if (n < N && row < a.nrows)
             a.y[n * a.ldy + row] = lin_finish(a, s);
-        }
+    }
+    if (kn > 1) lin_cluster_store(a, part, NT, RG * R, 0, blk * RG * R);
+}
+
+// x [N, cols] (ldx), W rows row0 + [0, nrows) -> y [N, nrows] (ldy), per group; grid:
+// (ceil(nrows / rows per CTA), groups, kn) CTAs of 256 threads, clusters (1, 1, kn) when kn > 1.
+template <int NT, int E>
+__global__ void __launch_bounds__(GV_THREADS) gemv_kernel(lin_args a, int ks_log2, int64_t cps)
+{
+    DSV4_PDL_WAIT();
+    lin_at_group(a, blockIdx.y);
+    gemv_body<NT, E>(a, blockIdx.x, ks_log2, cps, (int)blockIdx.z, (int)gridDim.z);
+}
+
+/* The entries of one dsv4_bk_linear_multi launch: entry i owns CTAs [cta0[i], cta0[i + 1]) of
+ * the grid's x, each over R * (8 >> ks_log2[i]) of its rows, in slices of cps[i] chunks. */
+typedef struct gv_multi {
+    lin_args e[DSV4_BK_LINEAR_MULTI_MAX];
+    int64_t cps[DSV4_BK_LINEAR_MULTI_MAX];
+    int cta0[DSV4_BK_LINEAR_MULTI_MAX + 1];
+    int ks_log2[DSV4_BK_LINEAR_MULTI_MAX];
+    int n;
+} gv_multi;
+
+// Every entry's y [N, nrows] = x [N, cols] . W^T in one launch; grid (cta0[n], 1, kn), clusters
+// (1, 1, kn) when kn > 1. The CTA finds its entry, then branches on the entry's format (uniform
+// over the CTA, so the branch costs nothing but registers: the kernel keeps the most any format's
+// body needs).
+template <int NT>
+__global__ void __launch_bounds__(GV_THREADS) gemv_multi_kernel(const __grid_constant__ gv_multi m)
+{
+    DSV4_PDL_WAIT();
+    int i = 0;
+    while (i + 1 < m.n && (int)blockIdx.x >= m.cta0[i + 1]) i++;
+    const lin_args &a = m.e[i];
+    const int64_t blk = (int64_t)blockIdx.x - m.cta0[i];
+    const int kz = (int)blockIdx.z, kn = (int)gridDim.z;
+    switch (a.fmt) {
+    case DSV4_FORMAT_F32:
+        gemv_body<NT, 4>(a, blk, m.ks_log2[i], m.cps[i], kz, kn);
+        break;
+    case DSV4_FORMAT_BF16:
+    case DSV4_FORMAT_F16:
+        gemv_body<NT, 8>(a, blk, m.ks_log2[i], m.cps[i], kz, kn);
+        break;
+    case DSV4_FORMAT_FP8:
+        gemv_body<NT, 16>(a, blk, m.ks_log2[i], m.cps[i], kz, kn);
+        break;
+    default: /* MXFP4, NVFP4 (gemv_ok) */
+        gemv_body<NT, 32>(a, blk, m.ks_log2[i], m.cps[i], kz, kn);
+        break;
     }
 }
 
-typedef void (*gemv_fn)(lin_args, int);
+typedef void (*gemv_fn)(lin_args, int, int64_t);
 
 /* Columns per 16-byte chunk; 0: no GEMV for this format. */
 static int gemv_chunk_cols(int fmt)
@@ -274,6 +352,30 @@ static int gemv_ok(const lin_args *a)
  * two; more only moves the choice where the grid is already large). */
 enum { GV_OCC = 2 };
 
+/* Rows per warp of the variant for N tokens. */
+static int gemv_rows_per_warp(int64_t N)
+{
+    return N > 4 ? 2 : 4;
+}
+
+/* The launch configuration of grid (ctas, groups or 1, kn): clusters of (1, 1, kn) when kn > 1
+ * (attr: the caller's storage for the attribute). */
+static cudaLaunchConfig_t gemv_cfg(dim3 grid, int kn, cudaStream_t st, cudaLaunchAttribute *attr)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(GV_THREADS, 1, 1);
+    cfg.stream = st;
+    attr->id = cudaLaunchAttributeClusterDimension;
+    attr->val.clusterDim.x = 1;
+    attr->val.clusterDim.y = 1;
+    attr->val.clusterDim.z = (unsigned)kn;
+    cfg.attrs = attr;
+    cfg.numAttrs = kn > 1 ? 1 : 0;
+    last_split = kn;
+    return cfg;
+}
+
 static dsv4_status launch_gemv(const lin_args *a, cudaStream_t st)
 {
     static const gemv_fn table[5][4] = {GV_ROW(1), GV_ROW(2), GV_ROW(4), GV_ROW(8), GV_ROW(16)};
@@ -281,27 +383,97 @@ static dsv4_status launch_gemv(const lin_args *a, cudaStream_t st)
     const int ei = E == 4 ? 0 : E == 8 ? 1 : E == 16 ? 2 : 3;
     int ni = 0;
     while ((1 << ni) < a->N) ni++;
-    const int NT = 1 << ni, R = NT >= 8 ? 2 : 4;
+    const int R = gemv_rows_per_warp(a->N);
     const gemv_fn fn = table[ni][ei];
 
-    /* K split: the one (1..8 warps per row group, each lane keeping at least one chunk) whose
-     * CTAs fill the resident slots best, fewer warps on ties. */
+    /* K split: 1..8 warps per row group, times 1..8 CTAs of a cluster (kn), each lane keeping
+     * at least one chunk; the choice whose CTAs fill the resident slots best wins, fewer CTAs
+     * per cluster and then fewer warps on ties (a cluster's reduction costs more than a
+     * CTA's). A matrix with many rows keeps kn = 1: its CTAs fill the slots already. */
     const double slots = (double)LIN_SMS * GV_OCC;
     const int64_t nchunk = a->cols / E;
-    int ks_log2 = 0;
+    int ks_log2 = 0, kn = 1;
     double best = -1.0;
-    for (int l = 0; l <= 3; l++) {
-        if (l > 0 && nchunk < 32 * (1 << l)) break;
-        const int64_t per = (int64_t)R * (GV_WARPS >> l);
-        const double ctas = (double)((a->nrows + per - 1) / per * a->groups);
-        const double waves = ctas / slots;
-        const double eff = waves / (double)(int64_t)(waves + 0.999999);
-        if (eff > best + 0.05) best = eff, ks_log2 = l;
+    for (int k = 1; k <= GV_SPLIT_MAX; k *= 2) {
+        if (force_split > 0 && k != force_split) continue;
+        for (int l = 0; l <= 3; l++) {
+            const int64_t kk = force_split > 0 ? 1 : k; /* a forced split may idle lanes */
+            if ((l > 0 || kk > 1) && nchunk < kk * (32 << l)) break;
+            const int64_t per = (int64_t)R * (GV_WARPS >> l);
+            const double ctas = (double)((a->nrows + per - 1) / per * a->groups * k);
+            const double waves = ctas / slots;
+            const double eff = waves / (double)(int64_t)(waves + 0.999999);
+            if (eff > best + 0.05) best = eff, ks_log2 = l, kn = k;
+        }
     }
-    const int64_t per = (int64_t)R * (GV_WARPS >> ks_log2);
-    const dim3 grid((unsigned)((a->nrows + per - 1) / per), (unsigned)a->groups, 1);
-    fn<<<grid, GV_THREADS, 0, st>>>(*a, ks_log2);
-    CUDA_LAUNCHED();
+    const int64_t per = (int64_t)R * (GV_WARPS >> ks_log2), cps = (nchunk + kn - 1) / kn;
+    const dim3 grid((unsigned)((a->nrows + per - 1) / per), (unsigned)a->groups, (unsigned)kn);
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg = gemv_cfg(grid, kn, st, &attr);
+    CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, *a, ks_log2, cps));
+    return DSV4_OK;
+}
+
+/* ---- dsv4_bk_linear_multi: the entries in one GEMV launch -----------------------------------
+ * Up to GV_MULTI_NMAX tokens the entries share one launch; above that each takes the
+ * dispatcher's kernel (its own launch): from N = 5 the GEMV's f32 FMAs and x re-reads make it
+ * the slower kernel on FP8 (mmv_wins), and from N = 9 on BF16, while the launches saved are the
+ * same few microseconds. Bytes per CTA: the whole over GV_MULTI_CTAS (about 8 resident CTAs per
+ * SM: one wave, fine-grained enough that the SMs finish together), kept within [16, 64] KB; each
+ * entry's rows per CTA (1..8 warps per row group) come closest to it, so an entry's share of the
+ * CTAs is its share of the bytes. */
+enum { GV_MULTI_NMAX = 8, GV_MULTI_CTAS = 8 * LIN_SMS };
+
+typedef void (*gemv_multi_fn)(gv_multi);
+
+static dsv4_status launch_gemv_multi(const lin_args *as, int n, cudaStream_t st)
+{
+    static const gemv_multi_fn table[5] = {gemv_multi_kernel<1>, gemv_multi_kernel<2>,
+                                           gemv_multi_kernel<4>, gemv_multi_kernel<8>,
+                                           gemv_multi_kernel<16>};
+    const int64_t N = as[0].N;
+    int ni = 0;
+    while ((1 << ni) < N) ni++;
+    const int R = gemv_rows_per_warp(N);
+    gv_multi m;
+    memset(&m, 0, sizeof m);
+    double total = 0.0;
+    for (int i = 0; i < n; i++) total += (double)as[i].nrows * (double)as[i].row_bytes;
+    double target = total / GV_MULTI_CTAS;
+    target = target < 16384.0 ? 16384.0 : target > 65536.0 ? 65536.0 : target;
+    int64_t ctas = 0;
+    for (int i = 0; i < n; i++) {
+        const lin_args *a = &as[i];
+        const int64_t nchunk = a->cols / gemv_chunk_cols(a->fmt);
+        double best = 1e30;
+        for (int l = 3; l >= 0; l--) {
+            if (l > 0 && nchunk < (int64_t)(32 << l)) continue;
+            int64_t per = (int64_t)R * (GV_WARPS >> l);
+            if (per > a->nrows) per = a->nrows;
+            const double off = fabs(log2((double)per * (double)a->row_bytes / target));
+            if (off < best - 1e-9) best = off, m.ks_log2[i] = l;
+        }
+        const int64_t per = (int64_t)R * (GV_WARPS >> m.ks_log2[i]);
+        m.e[i] = *a;
+        m.cta0[i] = (int)ctas;
+        ctas += (a->nrows + per - 1) / per;
+    }
+    m.cta0[n] = (int)ctas;
+    m.n = n;
+    /* split-K over clusters only when the entries are too small to fill the resident slots */
+    int kn = force_split > 0 ? force_split : 1;
+    while (force_split <= 0 && kn < GV_SPLIT_MAX && ctas * kn < (int64_t)LIN_SMS * GV_OCC) {
+        int ok = 1;
+        for (int i = 0; i < n; i++)
+            ok &=
+                as[i].cols / gemv_chunk_cols(as[i].fmt) >= (int64_t)(2 * kn) * (32 << m.ks_log2[i]);
+        if (!ok) break;
+        kn *= 2;
+    }
+    for (int i = 0; i < n; i++) m.cps[i] = (as[i].cols / gemv_chunk_cols(as[i].fmt) + kn - 1) / kn;
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg = gemv_cfg(dim3((unsigned)ctas, 1, (unsigned)kn), kn, st, &attr);
+    CUDA_TRY(cudaLaunchKernelEx(&cfg, table[ni], m));
     return DSV4_OK;
 }
 
@@ -387,7 +559,7 @@ static int mmv_wins(const lin_args *a)
 /* The dispatcher's choice (or the forced path where it takes the call). */
 static int lin_path(const lin_args *a)
 {
-    int path = force_path;
+    int path = force_path == DSV4_LIN_PATH_MULTI ? DSV4_LIN_PATH_AUTO : force_path;
     if (path == DSV4_LIN_PATH_GEMV && !gemv_ok(a)) path = DSV4_LIN_PATH_AUTO;
     if (path == DSV4_LIN_PATH_MMV && !dsv4_lin_mmv_ok(a)) path = DSV4_LIN_PATH_AUTO;
     if (path == DSV4_LIN_PATH_MMA && !dsv4_lin_mma_ok(a)) path = DSV4_LIN_PATH_AUTO;
@@ -466,4 +638,39 @@ extern "C" dsv4_status dsv4_cuda_bk_linear_grouped(dsv4_backend *b, const dsv4_w
     if (!lin_setup(&a, w, 0, nrows, groups, x, ldx, N, y, ldy, round_bf16))
         return DSV4_ERR_UNSUPPORTED;
     return lin_run(b, &a);
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_linear_multi(dsv4_backend *b, const dsv4_bk_linear_entry *e,
+                                                 int n, int64_t N)
+{
+    if (n < 0 || n > DSV4_BK_LINEAR_MULTI_MAX || N < 0 || (n > 0 && !e))
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "linear_multi: %d entries (at most %d), N %lld",
+                         n, DSV4_BK_LINEAR_MULTI_MAX, (long long)N);
+    lin_args as[DSV4_BK_LINEAR_MULTI_MAX];
+    for (int i = 0; i < n; i++) { /* every entry checked before anything is launched */
+        const dsv4_weight *w = e[i].w;
+        if (!w || e[i].ldx < w->cols || e[i].ldy < w->rows)
+            return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                             "linear_multi entry %d %s: ldx %lld, ldy %lld for [%lld, %lld]", i,
+                             w ? w->name : "(no weight)", (long long)e[i].ldx, (long long)e[i].ldy,
+                             w ? (long long)w->rows : 0LL, w ? (long long)w->cols : 0LL);
+        if (!lin_setup(&as[i], w, 0, w->rows, 1, e[i].x, e[i].ldx, N, e[i].y, e[i].ldy,
+                       e[i].round_bf16))
+            return DSV4_ERR_UNSUPPORTED;
+    }
+    if (N == 0) return DSV4_OK;
+    const int forced = force_path == DSV4_LIN_PATH_MULTI;
+    const int fuse = forced ? N <= 16 : force_path == DSV4_LIN_PATH_AUTO && N <= GV_MULTI_NMAX;
+    lin_args fused[DSV4_BK_LINEAR_MULTI_MAX];
+    int nf = 0, in[DSV4_BK_LINEAR_MULTI_MAX] = {0};
+    for (int i = 0; i < n; i++)
+        if (fuse && as[i].nrows > 0 && gemv_ok(&as[i])) fused[nf++] = as[i], in[i] = 1;
+    if (nf == 1 && !forced) nf = 0, memset(in, 0, sizeof in); /* one entry: the plain op */
+    for (int i = 0; i < n; i++)
+        if (!in[i] && as[i].nrows > 0) DSV4_TRY(lin_run(b, &as[i]));
+    if (nf > 0) {
+        DSV4_TRY(launch_gemv_multi(fused, nf, dsv4_cuda_stream(b->cuda)));
+        last_path = DSV4_LIN_PATH_MULTI;
+    }
+    return DSV4_OK;
 }

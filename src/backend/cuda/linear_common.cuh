@@ -12,6 +12,7 @@
 
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/pdl.cuh"
 
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>

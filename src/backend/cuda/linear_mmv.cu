@@ -174,6 +174,7 @@ __device__ __forceinline__ void mv_step(const uint4 (*wv)[2][2], const uint4 *xq
 template <int F16, int NT>
 __global__ void __launch_bounds__(MV_THREADS, 2) mmv_kernel(lin_args a, int rw_log2, int spc)
 {
+    DSV4_PDL_WAIT();
     extern __shared__ __align__(16) unsigned char mv_sm[];
     constexpr int SC = F16 ? 128 : 64, KQ = SC / 16, TOK = 8 * NT;
     uint4 *xs = (uint4 *)(void *)mv_sm;

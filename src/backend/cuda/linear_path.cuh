@@ -13,19 +13,27 @@ extern "C" {
 #endif
 
 enum {
-    DSV4_LIN_PATH_AUTO = 0, /* the dispatcher's choice */
-    DSV4_LIN_PATH_GEMV = 1, /* decode GEMV (N <= 16, 16-byte aligned rows and x) */
-    DSV4_LIN_PATH_MMA = 2,  /* bf16 tensor cores (FP8, MXFP4, NVFP4, BF16; cols % 32 == 0) */
-    DSV4_LIN_PATH_SIMT = 3, /* f32 SIMT tiles (anything) */
-    DSV4_LIN_PATH_MMV = 4,  /* decode on tensor cores (N <= 16; FP8 cols % 128, BF16 cols % 64) */
+    DSV4_LIN_PATH_AUTO = 0,  /* the dispatcher's choice */
+    DSV4_LIN_PATH_GEMV = 1,  /* decode GEMV (N <= 16, 16-byte aligned rows and x) */
+    DSV4_LIN_PATH_MMA = 2,   /* bf16 tensor cores (FP8, MXFP4, NVFP4, BF16; cols % 32 == 0) */
+    DSV4_LIN_PATH_SIMT = 3,  /* f32 SIMT tiles (anything) */
+    DSV4_LIN_PATH_MMV = 4,   /* decode on tensor cores (N <= 16; FP8 cols % 128, BF16 cols % 64) */
+    DSV4_LIN_PATH_MULTI = 5, /* dsv4_bk_linear_multi's one GEMV launch (N <= 16, GEMV's rules) */
 };
 
-/* Forces `path` for the following dsv4_cuda_bk_linear(_grouped) calls; a path that does not take a
- * call falls back to the dispatcher's choice. Returns the previous setting. */
+/* Forces `path` for the following dsv4_cuda_bk_linear(_grouped, _multi) calls; a path that does
+ * not take a call falls back to the dispatcher's choice. A multi call forced to MULTI fuses
+ * every entry the GEMV takes up to N = 16 (the dispatcher: N <= 8); forced to a single kernel,
+ * it makes one call per entry on that kernel. Returns the previous setting. */
 int dsv4_cuda_linear_force_path(int path);
 /* The path the last dsv4_cuda_bk_linear(_grouped) call took (DSV4_LIN_PATH_*; AUTO before any
- * call). */
+ * call); MULTI after a multi call that made the fused launch. */
 int dsv4_cuda_linear_last_path(void);
+/* Forces the GEMV's split-K over CTAs (the CTAs per cluster, 1, 2, 4 or 8; 0: the planner's
+ * choice) for the following GEMV launches, single and multi. Returns the previous setting. */
+int dsv4_cuda_linear_force_split(int ks);
+/* The CTAs per cluster of the last GEMV launch (1: no split over CTAs). */
+int dsv4_cuda_linear_last_split(void);
 
 #ifdef __cplusplus
 }

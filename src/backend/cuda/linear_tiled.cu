@@ -231,6 +231,7 @@ __device__ __forceinline__ void mma_tile(const mma_smem *sm, int s, int wm, int 
 // per CTA.
 __global__ void __launch_bounds__(TM_THREADS, 2) mma_kernel(lin_args a, int tps)
 {
+    DSV4_PDL_WAIT();
     __shared__ __align__(16) mma_smem sm;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int g = lane >> 2, t = lane & 3, wm = warp >> 2, wn = warp & 3;
@@ -332,6 +333,7 @@ typedef union simt_smem {
 // per CTA.
 __global__ void __launch_bounds__(256) simt_kernel(lin_args a, int tps)
 {
+    DSV4_PDL_WAIT();
     __shared__ __align__(16) simt_smem sm;
     const int tid = threadIdx.x, ty = tid >> 4, tx = tid & 15;
     const int64_t gy = (a.N + TS_BM - 1) / TS_BM;
