@@ -7,6 +7,7 @@
 #include "backend/cuda/bench_ceilings.h"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/pdl.cuh"
 
 #include <cublasLt.h>
 #include <dlfcn.h>
@@ -38,6 +39,7 @@ __device__ static inline uint32_t mix32(uint32_t seed, uint64_t i)
 // bits, since all-zero operands draw less power and would flatter the clock.
 __global__ void ceil_fill_kernel(uint16_t *p, size_t n, int is_fp8, uint32_t seed)
 {
+    DSV4_PDL_WAIT();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         uint32_t h = mix32(seed, i);
@@ -58,6 +60,7 @@ __global__ void ceil_fill_kernel(uint16_t *p, size_t n, int is_fp8, uint32_t see
 // written in practice. Four loads in flight per thread.
 __global__ void ceil_read_kernel(const uint4 *__restrict__ src, size_t n, uint32_t *sink)
 {
+    DSV4_PDL_WAIT();
     const size_t stride = (size_t)gridDim.x * blockDim.x;
     size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     uint32_t acc = 0;
@@ -79,6 +82,7 @@ __global__ void ceil_read_kernel(const uint4 *__restrict__ src, size_t n, uint32
 // written only if the sum equals a magic value (never), which keeps the MMAs alive.
 __global__ void ceil_mma_bf16_kernel(int iters, float *sink)
 {
+    DSV4_PDL_WAIT();
     const uint32_t t = threadIdx.x & 0x7f;
     uint32_t a[4], b[2];
     for (int i = 0; i < 4; i++) a[i] = (0x3a80u | ((t + i) & 0x7f)) * 0x10001u; /* ~2^-10 */
@@ -102,6 +106,7 @@ __global__ void ceil_mma_bf16_kernel(int iters, float *sink)
 // As above with mma.sync m16n8k32 e4m3 x e4m3 -> f32 (8192 flops per warp and instruction).
 __global__ void ceil_mma_fp8_kernel(int iters, float *sink)
 {
+    DSV4_PDL_WAIT();
     const uint32_t t = threadIdx.x & 7;
     uint32_t a[4], b[2];
     for (int i = 0; i < 4; i++) a[i] = (0x20u | ((t + i) & 7)) * 0x01010101u; /* ~2^-3 */

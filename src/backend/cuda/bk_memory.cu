@@ -6,6 +6,7 @@
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/pdl.cuh"
 
 #include <cuda_fp16.h>
 #include <cuda_profiler_api.h>
@@ -89,6 +90,7 @@ enum fill_kind { FILL_E4M3, FILL_BYTES, FILL_CONST8, FILL_BF16, FILL_F16, FILL_F
 // p [n elements of the kind's size]
 __global__ void fill_kernel(void *p, uint64_t n, int kind, uint64_t seed, uint32_t cst)
 {
+    DSV4_PDL_WAIT();
     for (uint64_t i = blockIdx.x * (uint64_t)blockDim.x + threadIdx.x; i < n;
          i += (uint64_t)gridDim.x * blockDim.x) {
         const uint32_t h = hash32(seed, i);

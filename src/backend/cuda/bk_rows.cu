@@ -102,6 +102,7 @@ __device__ static float embed_decode(const embed_args &a, int64_t row, int64_t j
 // device data and the step does not stop).
 __global__ static void embed_kernel(embed_args a, const int32_t *ids, float *X, int n_copies)
 {
+    DSV4_PDL_WAIT();
     const int64_t r = blockIdx.x, D = a.cols;
     const int32_t id = ids[r];
     const bool ok = id >= 0 && id < a.rows;
@@ -455,6 +456,7 @@ extern "C" dsv4_status dsv4_cuda_bk_act_quant(dsv4_backend *b, float *y, int64_t
 // x [n] = x * s (bf16 when round_bf16); grid-stride.
 __global__ static void scale_kernel(float *x, int64_t n, float s, int round_bf16)
 {
+    DSV4_PDL_WAIT();
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (int64_t)gridDim.x * blockDim.x) {
         const float v = __fmul_rn(x[i], s);
@@ -684,6 +686,7 @@ __global__ static void hc_pre_kernel(float *y, float *post, float *comb, const f
                                      const float *mix, const float *base, const float *scale, int n,
                                      int64_t D, int iters, float eps)
 {
+    DSV4_PDL_WAIT();
     __shared__ float pre_s[HC_MAX], post_s[HC_MAX], comb_s[HC_MAX * HC_MAX];
     const int64_t r = blockIdx.x;
     if (threadIdx.x == 0)
@@ -702,6 +705,7 @@ __global__ static void hc_pre_kernel(float *y, float *post, float *comb, const f
 __global__ static void hc_head_kernel(float *y, const float *X, const float *mix, const float *base,
                                       float scale, int n, int64_t D, float eps)
 {
+    DSV4_PDL_WAIT();
     __shared__ float pre_s[HC_MAX];
     const int64_t r = blockIdx.x;
     for (int j = threadIdx.x; j < n; j += blockDim.x)
@@ -717,6 +721,7 @@ __global__ static void hc_head_kernel(float *y, const float *X, const float *mix
 __global__ static void hc_post_kernel(float *Xo, const float *X, const float *f, const float *post,
                                       const float *comb, int n, int64_t D)
 {
+    DSV4_PDL_WAIT();
     __shared__ float post_s[HC_MAX], comb_s[HC_MAX * HC_MAX];
     const int64_t r = blockIdx.x;
     for (int i = threadIdx.x; i < n * n; i += blockDim.x) comb_s[i] = comb[r * n * n + i];

@@ -8,8 +8,8 @@
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/pdl.cuh"
 #include "core/float_formats.h"
-
 
 struct dequant_args {
     int format;
@@ -40,6 +40,7 @@ __device__ static float scale_at(const dequant_args &a, int64_t srow, int64_t sc
 
 __global__ static void dequant_kernel(dequant_args a, float *out)
 {
+    DSV4_PDL_WAIT();
     const int64_t idx = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= a.nrows * a.cols) return;
     const int64_t r = a.row0 + idx / a.cols, j = idx % a.cols;
