@@ -176,6 +176,27 @@ dsv4_status dsv4_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix, flo
                             float *comb, const float *X, const dsv4_weight *fn, const float *base,
                             const float *scale, const float *norm, int64_t N, int n, int64_t D,
                             int iters, float hc_eps, float rms_eps);
+/* hc_seam: the seam between two sublayers in one op, the calls hc_post -> hc_site it replaces:
+ *   Xo [N, n, D] = hc_post(X, f, post_in, comb_in)   (the residual streams after the sublayer),
+ *   then hc_site on Xo -> h, post, comb.
+ * post / comb may be post_in / comb_in (read before they are written); Xo must not overlap X,
+ * f or the other outputs. CUDA: as hc_site, and f, Xo 16-byte aligned. */
+dsv4_status dsv4_bk_hc_seam(dsv4_backend *b, float *h, float *Xo, float *post, float *comb,
+                            const float *X, const float *f, const float *post_in,
+                            const float *comb_in, const dsv4_weight *fn, const float *base,
+                            const float *scale, const float *norm, int64_t N, int n, int64_t D,
+                            int iters, float hc_eps, float rms_eps);
+/* hc_head_site: the head collapse in one op, the calls [hc_post ->] rmsnorm -> linear ->
+ * hc_head -> rmsnorm it replaces. With f != NULL the streams are first Xs = hc_post(X, f,
+ * post_in, comb_in) (stored to Xo unless Xo is NULL), else Xs = X. Per row:
+ *   mix [n] = fn . rmsnorm_noweight(Xs[r])   (f32, rms_eps; fn [n, n*D] dense F32/BF16/F16),
+ *   y [D] = hc_head(Xs[r], mix, base, scale, hc_eps),  h [N, D] = bf16(rmsnorm(y) * norm). */
+dsv4_status dsv4_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, const float *X,
+                                 const float *f, const float *post_in, const float *comb_in,
+                                 const dsv4_weight *fn, const float *base, float scale,
+                                 const float *norm, int64_t N, int n, int64_t D, float hc_eps,
+                                 float rms_eps);
+
 
 /* ---- attention state ---------------------------------------------------------------------- */
 /* win[slot][pos % R] = kv row r (already normalised, rotated, quantised).  kv [N, hd]. */

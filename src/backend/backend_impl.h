@@ -55,6 +55,16 @@ dsv4_status dsv4_cpu_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix,
                                 const float *base, const float *scale, const float *norm,
                                 int64_t N, int n, int64_t D, int iters, float hc_eps,
                                 float rms_eps);
+dsv4_status dsv4_cpu_bk_hc_seam(dsv4_backend *b, float *h, float *Xo, float *post, float *comb,
+                                const float *X, const float *f, const float *post_in,
+                                const float *comb_in, const dsv4_weight *fn, const float *base,
+                                const float *scale, const float *norm, int64_t N, int n, int64_t D,
+                                int iters, float hc_eps, float rms_eps);
+dsv4_status dsv4_cpu_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, const float *X,
+                                     const float *f, const float *post_in, const float *comb_in,
+                                     const dsv4_weight *fn, const float *base, float scale,
+                                     const float *norm, int64_t N, int n, int64_t D, float hc_eps,
+                                     float rms_eps);
 dsv4_status dsv4_cpu_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
                                  const dsv4_bk_rows *rows);
 dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
@@ -124,6 +134,16 @@ dsv4_status dsv4_cuda_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix
                                  const float *base, const float *scale, const float *norm,
                                  int64_t N, int n, int64_t D, int iters, float hc_eps,
                                  float rms_eps);
+dsv4_status dsv4_cuda_bk_hc_seam(dsv4_backend *b, float *h, float *Xo, float *post, float *comb,
+                                 const float *X, const float *f, const float *post_in,
+                                 const float *comb_in, const dsv4_weight *fn, const float *base,
+                                 const float *scale, const float *norm, int64_t N, int n, int64_t D,
+                                 int iters, float hc_eps, float rms_eps);
+dsv4_status dsv4_cuda_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, const float *X,
+                                      const float *f, const float *post_in, const float *comb_in,
+                                      const dsv4_weight *fn, const float *base, float scale,
+                                      const float *norm, int64_t N, int n, int64_t D, float hc_eps,
+                                      float rms_eps);
 dsv4_status dsv4_cuda_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
                                   const dsv4_bk_rows *rows);
 dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e,

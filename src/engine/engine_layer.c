@@ -26,7 +26,7 @@ static dsv4_bk_rows step_rows(const dsv4_engine *e, int n)
 }
 
 /* One mHC site before a sublayer: X [N, n, D] -> post, comb, y = bf16(sum pre_j X_j), then
- * h = bf16(RMSNorm(y) * norm). */
+ * h = bf16(RMSNorm(y) * norm). The first site of a step; every later one is a seam. */
 static dsv4_status hc_site(dsv4_engine *e, const dsv4_weight *fn, const float *base,
                            const float *scale, const float *norm, int N)
 {
@@ -40,16 +40,25 @@ static dsv4_status hc_site(dsv4_engine *e, const dsv4_weight *fn, const float *b
     return DSV4_OK;
 }
 
-/* After the sublayer: X' = bf16(post f + comb^T X); swaps X and Xo. */
-static dsv4_status hc_post(dsv4_engine *e, int N)
+static void swap_streams(eng_scratch *s)
 {
-    eng_scratch *s = &e->s;
-    DSV4_TRY(dsv4_bk_hc_post(e->b, s->Xo, s->X, s->f, s->post, s->comb, N, e->c->hc_mult,
-                             e->c->hidden_size));
     float *t = s->X;
     s->X = s->Xo;
     s->Xo = t;
-    MARK("mhc.post");
+}
+
+/* The seam after a sublayer: X' = bf16(post f + comb^T X) (into Xo; X and Xo swap), then the
+ * next site on X' (post and comb updated in place), in one op. */
+static dsv4_status hc_seam(dsv4_engine *e, const dsv4_weight *fn, const float *base,
+                           const float *scale, const float *norm, int N)
+{
+    const dsv4_config *c = e->c;
+    eng_scratch *s = &e->s;
+    DSV4_TRY(dsv4_bk_hc_seam(e->b, s->h, s->Xo, s->post, s->comb, s->X, s->f, s->post, s->comb, fn,
+                             base, scale, norm, N, c->hc_mult, c->hidden_size,
+                             c->hc_sinkhorn_iters, c->hc_eps, c->rms_norm_eps));
+    swap_streams(s);
+    MARK("mhc.seam");
     return DSV4_OK;
 }
 
@@ -182,26 +191,28 @@ dsv4_status dsv4_engine_forward(dsv4_engine *e, int N)
     const dsv4_config *c = e->c;
     eng_scratch *s = &e->s;
     const int n = c->hc_mult;
-    const int64_t D = c->hidden_size, nD = n * D;
+    const int64_t D = c->hidden_size;
     const dsv4_bk_rows rows = step_rows(e, N);
 
     DSV4_TRY(dsv4_bk_embed(e->b, s->X, &e->embed, &rows, n, D));
     MARK("embed");
     for (int li = 0; li < e->n_layers; li++) {
         eng_layer *L = &e->L[li];
-        DSV4_TRY(hc_site(e, &L->w.hc_attn_fn, L->hc_attn_base, L->hc_attn_scale, L->attn_norm, N));
+        const dsv4_weight *fa = &L->w.hc_attn_fn;
+        if (li == 0)
+            DSV4_TRY(hc_site(e, fa, L->hc_attn_base, L->hc_attn_scale, L->attn_norm, N));
+        else /* the previous MoE's post-mix, then this site */
+            DSV4_TRY(hc_seam(e, fa, L->hc_attn_base, L->hc_attn_scale, L->attn_norm, N));
         DSV4_TRY(attention(e, L, &rows));
-        DSV4_TRY(hc_post(e, N));
-        DSV4_TRY(hc_site(e, &L->w.hc_ffn_fn, L->hc_ffn_base, L->hc_ffn_scale, L->ffn_norm, N));
+        DSV4_TRY(hc_seam(e, &L->w.hc_ffn_fn, L->hc_ffn_base, L->hc_ffn_scale, L->ffn_norm, N));
         DSV4_TRY(moe(e, L, &rows));
-        DSV4_TRY(hc_post(e, N));
     }
-    /* head collapse X [N, n, D] -> y; final norm -> h */
-    DSV4_TRY(dsv4_bk_rmsnorm(e->b, s->flat, nD, s->X, nD, NULL, N, nD, c->rms_norm_eps, 0));
-    DSV4_TRY(dsv4_bk_linear(e->b, &e->hc_head_fn, 0, n, s->flat, nD, N, s->mix, n, 0));
-    DSV4_TRY(dsv4_bk_hc_head(e->b, s->y, s->X, s->mix, e->hc_head_base, e->hc_head_scale, N, n, D,
-                             c->hc_eps));
-    DSV4_TRY(dsv4_bk_rmsnorm(e->b, s->h, D, s->y, D, e->norm, N, D, c->rms_norm_eps, 1));
+    /* the last MoE's post-mix (X and Xo swap), head collapse X [N, n, D] -> y, final norm -> h */
+    const int posted = e->n_layers > 0;
+    DSV4_TRY(dsv4_bk_hc_head_site(e->b, s->h, posted ? s->Xo : NULL, s->X, posted ? s->f : NULL,
+                                  s->post, s->comb, &e->hc_head_fn, e->hc_head_base,
+                                  e->hc_head_scale, e->norm, N, n, D, c->hc_eps, c->rms_norm_eps));
+    if (posted) swap_streams(s);
     MARK("head.collapse");
     return DSV4_OK;
 }

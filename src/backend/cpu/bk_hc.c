@@ -1,9 +1,10 @@
 /*
- * bk_hc.c - CPU implementation of dsv4_bk_hc_site, the whole pre-sublayer mHC site in one op.
- * It is the reference the fused CUDA kernel (bk_hc.cu) is tested against, so it is nothing but
- * the four CPU ops the engine used to call, in the same order on the same buffers: RMSNorm of
- * the flattened streams (no weight, f32), the fn projection, hc_pre, RMSNorm(norm) to bf16.
- * The engine on the CPU therefore gives the same bits as before the op existed.
+ * bk_hc.c - CPU implementations of the fused mHC ops (dsv4_bk_hc_site, dsv4_bk_hc_seam,
+ * dsv4_bk_hc_head_site). They are the references the fused CUDA kernels (bk_hc.cu) are tested
+ * against, so they are nothing but the CPU ops the engine used to call, in the same order on the
+ * same buffers: [hc_post ->] RMSNorm of the flattened streams (no weight, f32), the fn
+ * projection, hc_pre (hc_head for the head), RMSNorm(norm) to bf16. The engine on the CPU
+ * therefore gives the same bits as before the ops existed.
  */
 #include "backend/backend_impl.h"
 #include "core/error.h"
@@ -37,5 +38,56 @@ dsv4_status dsv4_cpu_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix,
     free(flat);
     if (yb != y) free(yb);
     if (mb != mix) free(mb);
+    return st;
+}
+
+dsv4_status dsv4_cpu_bk_hc_seam(dsv4_backend *b, float *h, float *Xo, float *post, float *comb,
+                                const float *X, const float *f, const float *post_in,
+                                const float *comb_in, const dsv4_weight *fn, const float *base,
+                                const float *scale, const float *norm, int64_t N, int n, int64_t D,
+                                int iters, float hc_eps, float rms_eps)
+{
+    /* hc_post reads all of post_in / comb_in before hc_site writes post / comb: they may alias */
+    DSV4_TRY(dsv4_cpu_bk_hc_post(b, Xo, X, f, post_in, comb_in, N, n, D));
+    return dsv4_cpu_bk_hc_site(b, h, NULL, NULL, post, comb, Xo, fn, base, scale, norm, N, n, D,
+                               iters, hc_eps, rms_eps);
+}
+
+dsv4_status dsv4_cpu_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, const float *X,
+                                     const float *f, const float *post_in, const float *comb_in,
+                                     const dsv4_weight *fn, const float *base, float scale,
+                                     const float *norm, int64_t N, int n, int64_t D, float hc_eps,
+                                     float rms_eps)
+{
+    const int64_t nD = (int64_t)n * D;
+    if (N < 0 || n < 1 || D < 1 || fn->rows != n || fn->cols != nD)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "hc_head_site: N %lld n %d D %lld, fn [%lld, %lld] (want [%d, %lld])",
+                         (long long)N, n, (long long)D, (long long)fn->rows, (long long)fn->cols, n,
+                         (long long)nD);
+    if (N == 0) return DSV4_OK;
+    /* scratch the fused op keeps on chip: the post-mixed streams when not wanted, the normalised
+     * streams, mix and y */
+    float *xs = f && !Xo ? malloc((size_t)(N * nD) * sizeof *xs) : NULL;
+    float *flat = malloc((size_t)(N * nD) * sizeof *flat);
+    float *mix = malloc((size_t)(N * n) * sizeof *mix);
+    float *y = malloc((size_t)(N * D) * sizeof *y);
+    dsv4_status st = DSV4_OK;
+    if ((f && !Xo && !xs) || !flat || !mix || !y)
+        st = dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "hc_head_site: scratch for %lld rows", (long long)N);
+    const float *Xs = X;
+    if (st == DSV4_OK && f) {
+        float *o = Xo ? Xo : xs;
+        st = dsv4_cpu_bk_hc_post(b, o, X, f, post_in, comb_in, N, n, D);
+        Xs = o;
+    }
+    if (st == DSV4_OK) st = dsv4_cpu_bk_rmsnorm(b, flat, nD, Xs, nD, NULL, N, nD, rms_eps, 0);
+    if (st == DSV4_OK) st = dsv4_cpu_bk_linear(b, fn, 0, n, flat, nD, N, mix, n, 0);
+    if (st == DSV4_OK) st = dsv4_cpu_bk_hc_head(b, y, Xs, mix, base, scale, N, n, D, hc_eps);
+    if (st == DSV4_OK) st = dsv4_cpu_bk_rmsnorm(b, h, D, y, D, norm, N, D, rms_eps, 1);
+    free(xs);
+    free(flat);
+    free(mix);
+    free(y);
     return st;
 }

@@ -1,14 +1,23 @@
 /*
- * bk_hc.cu - the mHC pre-sublayer site (dsv4_bk_hc_site) as ONE kernel. The site used to be four
- * ops (RMSNorm over n*D, the F32 fn projection of only (2+n)n = 24 outputs, hc_pre, RMSNorm over
- * D): 160 us per site at batch 1 on an H100, mostly because 24 x 16,384 f32 dot products ran on
- * a handful of CTAs. Here one thread-block cluster of C CTAs (8; 16 on request) serves R rows:
+ * bk_hc.cu - the mHC ops that read a whole site's fn matrix, each as ONE kernel:
+ *   dsv4_bk_hc_site       the pre-sublayer site (RMSNorm over n*D, the F32 fn projection of only
+ *                         (2+n)n = 24 outputs, hc_pre, RMSNorm over D),
+ *   dsv4_bk_hc_seam       the previous sublayer's post-mix X' = bf16(post f + comb^T X) fused into
+ *                         the next site (X' is written too: it is the residual the next post
+ * reads), dsv4_bk_hc_head_site  the head collapse: the site with hc_head's n outputs and weights
+ *                         (sigmoid pre only), optionally after the last post-mix.
+ * The four separate ops took 160 us per site at batch 1 on an H100, and the head 130 us, mostly
+ * because 24 x 16,384 f32 dot products ran on a handful of CTAs. Here one thread-block cluster of
+ * C CTAs (16 where the GPU places them, else 8) serves R rows:
  *
  *   1. each CTA takes the column slice [rank*D/C, (rank+1)*D/C) of every one of the n streams
- *      (so its K slice holds whole columns d of the collapse), stages that X slice of its R rows
- *      in shared memory (summing squares in double for the RMSNorm), and streams its slice of
- *      fn (weights read once per cluster, 12 float4 per lane in flight, next batch prefetched)
- *      into per-CTA partial dot products [R, (2+n)n];
+ *      (so its K slice holds whole columns d of the collapse). Its first two batches of fn loads
+ *      are issued, then the X slice of its R rows (and f, post, comb for the post-mix) is copied
+ *      to shared memory by cp.async, all in flight at once. For the seam each thread computes X'
+ *      for its column quads in hc_post's order, stores it (shared and global) and sums squares
+ *      in double for the RMSNorm, in the same order as the plain site sums X's; then the slice
+ *      of fn is streamed (12 float4 per lane in flight, two batches ahead) into per-CTA partial
+ *      dot products [R, M];
  *   2. the partials are added over the cluster's ranks in rank order through distributed shared
  *      memory (every CTA adds the same values in the same order, so all hold the same bits) and
  *      multiplied by the row's rsqrt(mean(X^2) + eps): mix = (fn . X) * rs, which is the
@@ -16,26 +25,36 @@
  *   3. pre = sigmoid(...) + eps is cheap and computed by every CTA; warps 0..6 collapse their
  *      columns (y = bf16(sum_j pre_j X_j), hc_pre's order), sum y^2, exchange those sums over the
  *      cluster (rank order again) and write h = bf16(norm * (y * rs2)), the rmsnorm op's order;
- *   4. meanwhile warp 7 of rank (r mod C) runs the post / softmax / Sinkhorn of row r, one comb
- *      entry per lane with shuffles reproducing dsv4_op_hc_weights' operation order exactly.
+ *   4. meanwhile warp 7 of rank (r mod C) runs the post / softmax / Sinkhorn of row r (not for
+ *      the head), one comb entry per lane with shuffles reproducing dsv4_op_hc_weights'
+ *      operation order exactly (n = 4 unrolled: the 4 values of a row or column are gathered by
+ *      independent shuffles, so one normalisation costs a shuffle, 5 adds and a division).
  *
- * No workspace, no atomics, no counters: the order of every sum depends only on the shape, so
- * results are reproducible run to run and the op is graph-capturable. Deviations from the CPU
- * (bk_hc.c: the four CPU ops) are those of the ops it replaces: f32 projection sums in another
- * order, RMSNorm double sums in another order, exp in double rounded to f32 (bk_rows.cu).
+ * No workspace, no atomics, no counters: the order of every sum depends only on the shape (C),
+ * so results are reproducible run to run and the ops are graph-capturable; the seam gives the
+ * bits of hc_post followed by hc_site with the same C. Deviations from the CPU (bk_hc.c: the
+ * CPU ops composed) are those of the ops replaced: f32 projection sums in another order, RMSNorm
+ * double sums in another order, exp in double rounded to f32 (bk_rows.cu); the post-mix is the
+ * CPU's bit for bit.
  *
- * Measured (test_gpu_hc, H100, graph replay, 40 fn matrices in turn so fn comes from HBM): a
- * Flash site at N = 1 takes 16.8 us (the four old ops: 143.6 us), 15.4 us with clusters of 16;
- * N = 64 29.7 us with R = 8 (old: 366.9 us); Pro N = 1 20.2 us (16: 17.7), N = 64 40.9 us.
- * That is far above the bytes (1.6 MB of fn: ~0.5 us at 3 TB/s); not profiled yet, the time
- * is presumably latency: the launch, the dependent global-load rounds (one per row staged, one
- * per fn batch), three cluster barriers and the 40 dependent Sinkhorn divisions. Next: 16-CTA
- * clusters by default where the GPU places them, the X slice and all of fn issued at once (TMA bulk
- * copies into shared memory), and the Sinkhorn started as soon as the 16 comb logits are summed.
+ * Measured (test_gpu_hc, H100, graph replay, 40 fn matrices in turn so fn comes from HBM; us):
+ *                 Flash N=1  N=7   N=64 | Pro N=1  N=7   N=64
+ *   hc_site          13.0   13.7   47.9 |   15.6  16.2   58.5   (four old ops: 142.7 at Flash N=1)
+ *   hc_seam          13.8   15.4   64.7 |   16.4  18.0   77.1   (hc_post + hc_site: 15.4 at N=1)
+ *   hc_head_site     11.6   14.3   59.7 |   13.3  16.2   70.4   (hc_post + four old ops: 100.1)
+ * (the kernel before this version: a site 16.8 us at Flash N=1 with C = 8, 15.4 with C = 16).
+ * The N = 64 column ran with C = 16, R = 8 (8 clusters, presumably two waves); a Flash seam with
+ * C = 8, R = 8 took 38.4 us, hence hs_launch's rule (C = 16 only for R <= 2 in one wave). ncu in
+ * the engine step (cold L2, batch 1): 18.7 us per seam, against hc_post 4.5 + hc_site 20.5 before.
+ * Still far above the bytes (1.6 MB of fn: ~0.5 us at 3 TB/s): the launch, one HBM round trip for
+ * the staged slice, three cluster barriers and the 40 dependent Sinkhorn divisions (~2 us) remain.
+ * Next: fn loads issued before the PDL wait, and the Sinkhorn moved off the critical path (run
+ * by the next seam while its loads are in flight).
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/hc_dev.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/quant_dev.cuh"
 
 #include <cooperative_groups.h>
@@ -51,17 +70,20 @@ enum {
     HS_U = 4,                 /* quads (4 columns) per lane per load batch */
     HS_HC_MAX = 16,
     HS_M_MAX = (2 + HS_HC_MAX) * HS_HC_MAX,
+    HS_PC = HS_HC_MAX + HS_HC_MAX * HS_HC_MAX, /* post_in [n] + comb_in [n, n] of one row */
+    HS_MIN_COLS = 128, /* auto cluster size: no more CTAs than leave each this many columns */
 };
 
 enum { WT_F32, WT_BF16, WT_F16 };
 
 struct hs_args {
-    float *h, *y, *mix, *post, *comb;
-    const float *X, *base, *scale, *norm;
+    float *h, *y, *mix, *post, *comb, *Xo;
+    const float *X, *f, *post_in, *comb_in, *base, *scale, *norm;
     const void *fn;
     int64_t N, D;
-    int n, iters, cols; /* cols = D / C: the columns of each stream one CTA owns */
-    float hc_eps, rms_eps;
+    int n, M, iters, cols; /* M: fn's rows; cols = D / C: the columns of each stream a CTA owns */
+    int head;              /* the head collapse: M = n, pre from head_scale, no post / comb */
+    float head_scale, hc_eps, rms_eps;
 };
 
 /* ---- device helpers ---------------------------------------------------------------------- */
@@ -85,8 +107,23 @@ template <int WT> __device__ __forceinline__ float4 ld_w4(const void *fn, int64_
     }
 }
 
+/* 16 bytes global -> shared without passing through registers (src, dst 16-byte aligned). */
+__device__ static inline void cp_async16(void *dst, const void *src)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
+}
+
+/* This thread's cp.async copies have landed (the caller then syncs the block). */
+__device__ static inline void cp_async_wait_all()
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
 /* Split cluster barrier: arrive (release) and wait (acquire) may be apart, so that warp 7 can
- * arrive, run its Sinkhorn, and wait later. Every thread of the cluster arrives once per phase. */
+ * arrive, run its Sinkhorn, and wait later. Every thread of the cluster arrives once per phase,
+ * and waits before it arrives again. */
 __device__ static inline void cluster_arrive()
 {
     asm volatile("barrier.cluster.arrive.release;" ::: "memory");
@@ -154,17 +191,58 @@ __device__ __forceinline__ void load_batch(float4 (&v)[HS_U][HS_OPW], const hs_a
  * comb updated in place in global memory (hc_dev.cuh; pre is computed by the collapse). */
 __device__ static void hc_weights_serial(const hs_args &a, const float *mix, int64_t row)
 {
-    float pre[HS_HC_MAX]; /* n <= HS_HC_MAX (dsv4_cuda_bk_hc_site checks) */
+    float pre[HS_HC_MAX]; /* n <= HS_HC_MAX (the launcher checks) */
     dev_hc_weights(mix, a.base, a.scale, a.n, a.iters, a.hc_eps, pre, a.post + row * a.n,
                    a.comb + row * a.n * a.n);
 }
 
-/* The same for n*n <= 32 by a whole warp: lane e = j*n + k holds comb[j][k]; every row or
- * column sum is gathered by shuffles and added in index order starting from 0.0f, exactly the
- * serial loops' operations, so the bits are the same. mix: the row's [(2+n)n] (shared). */
+/* The same for n = 4 by a whole warp: lane e = 4j + k (mod 16) holds comb[j][k]; every row or
+ * column is gathered by four independent shuffles and added in index order starting from 0.0f,
+ * exactly the serial loops' operations, so the bits are the same. mix: the row's [24]. */
+__device__ static void hc_weights_warp4(const hs_args &a, const float *mix, int64_t row, int lane)
+{
+    const float *scale = a.scale, *base = a.base, eps = a.hc_eps;
+    const unsigned all = 0xffffffffu;
+    if (lane < 4)
+        a.post[row * 4 + lane] = __fmul_rn(
+            2.0f, dev_sigmoid(__fadd_rn(__fmul_rn(mix[4 + lane], scale[1]), base[4 + lane])));
+    const int e = lane & 15, j = e >> 2, k = e & 3, rj = 4 * j;
+    float v = __fadd_rn(__fmul_rn(mix[8 + e], scale[2]), base[8 + e]);
+    float t0 = __shfl_sync(all, v, rj), t1 = __shfl_sync(all, v, rj + 1);
+    float t2 = __shfl_sync(all, v, rj + 2), t3 = __shfl_sync(all, v, rj + 3);
+    float mx = -INFINITY;
+    if (t0 > mx) mx = t0;
+    if (t1 > mx) mx = t1;
+    if (t2 > mx) mx = t2;
+    if (t3 > mx) mx = t3;
+    v = (float)exp((double)__fsub_rn(v, mx));
+    t0 = __shfl_sync(all, v, rj), t1 = __shfl_sync(all, v, rj + 1);
+    t2 = __shfl_sync(all, v, rj + 2), t3 = __shfl_sync(all, v, rj + 3);
+    float s = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(0.0f, t0), t1), t2), t3);
+    v = __fadd_rn(__fdiv_rn(v, s), eps);
+    for (int it = 0; it < a.iters; it++) {
+        if (it > 0) { /* rows */
+            t0 = __shfl_sync(all, v, rj), t1 = __shfl_sync(all, v, rj + 1);
+            t2 = __shfl_sync(all, v, rj + 2), t3 = __shfl_sync(all, v, rj + 3);
+            s = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(0.0f, t0), t1), t2), t3);
+            v = __fdiv_rn(v, __fadd_rn(s, eps));
+        }
+        t0 = __shfl_sync(all, v, k), t1 = __shfl_sync(all, v, 4 + k); /* columns */
+        t2 = __shfl_sync(all, v, 8 + k), t3 = __shfl_sync(all, v, 12 + k);
+        s = __fadd_rn(__fadd_rn(__fadd_rn(__fadd_rn(0.0f, t0), t1), t2), t3);
+        v = __fdiv_rn(v, __fadd_rn(s, eps));
+    }
+    if (lane < 16) a.comb[row * 16 + lane] = v;
+}
+
+/* The same for any n with n*n <= 32 (lane e = j*n + k), else the serial fallback. */
 __device__ static void hc_weights_warp(const hs_args &a, const float *mix, int64_t row, int lane)
 {
     const int n = a.n, nn = n * n;
+    if (n == 4) {
+        hc_weights_warp4(a, mix, row, lane);
+        return;
+    }
     if (nn > 32) {
         if (lane == 0) hc_weights_serial(a, mix, row);
         __syncwarp();
@@ -202,47 +280,104 @@ __device__ static void hc_weights_warp(const hs_args &a, const float *mix, int64
 }
 
 /* ---- the site kernel ----------------------------------------------------------------------
- * X [N, n, D], fn [(2+n)n, n*D] -> h [N, D], y [N, D] (optional), mix [N, (2+n)n] (optional),
- * post [N, n], comb [N, n, n]. Grid: C * ceil(N / R) CTAs in clusters of C; cluster g serves
- * rows [g R, g R + R), rank c the columns [c cols, (c+1) cols) of every stream.
- * Dynamic shared memory: xs [R][n][cols] (the X slice), ys [R][cols] (the collapsed y). */
+ * X [N, n, D], fn [M, n*D] -> h [N, D], y [N, D] (optional), mix [N, M] (optional), and for a
+ * site (M = (2+n)n) post [N, n], comb [N, n, n]. With f != NULL the streams are first
+ * X' = bf16(post_in f + comb_in^T X) (f [N, D], post_in [N, n], comb_in [N, n, n]), written to
+ * Xo [N, n, D] (when not NULL), and the site runs on X'. Grid: C * ceil(N / R) CTAs in clusters
+ * of C; cluster g serves rows [g R, g R + R), rank c the columns [c cols, (c+1) cols) of every
+ * stream. Dynamic shared memory: xs [R][n][cols] (the streams the site reads), ys [R][cols]
+ * (f during the post-mix, then the collapsed y), and with the post-mix xr [R][n][cols] (X). */
 template <int R, int WT>
 __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a)
 {
+    DSV4_PDL_WAIT();
     extern __shared__ float4 hs_dyn[];
     __shared__ float part[R * HS_M_MAX], mixs[R * HS_M_MAX], pre_s[R * HS_HC_MAX];
+    __shared__ float pc_s[R * HS_PC];
     __shared__ float rs_s[R], rs2_s[R];
     __shared__ double ssp[R], ssy[R], red[HS_WARPS * R];
 
     cg::cluster_group cl = cg::this_cluster();
     const int C = (int)cl.num_blocks(), rank = (int)cl.block_rank();
     const int tid = (int)threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int n = a.n, M = (2 + n) * n, cols = a.cols, sl = n * cols, nq = sl / 4;
+    const int n = a.n, M = a.M, cols = a.cols, cq = cols / 4, sl = n * cols, nq = sl / 4;
     const int64_t D = a.D, nD = (int64_t)n * D, r0 = (int64_t)(blockIdx.x / C) * R;
     const int nr = (int)(a.N - r0 < R ? a.N - r0 : R);
     const int64_t d0 = (int64_t)rank * cols;
+    const bool pm = a.f != nullptr;
     float4 *xs4 = hs_dyn;
     float *xs = (float *)hs_dyn, *ys = xs + (size_t)R * sl;
+    float4 *ys4 = (float4 *)ys, *xr4 = (float4 *)(ys + (size_t)R * cols);
 
-    /* the first fn batch is in flight while X is staged */
-    float4 cur[HS_U][HS_OPW];
+    /* 0. the first two fn batches are in flight while the streams are staged */
+    float4 cur[HS_U][HS_OPW], nxt[HS_U][HS_OPW];
     load_batch<WT>(cur, a, 0, warp, lane, nq, M, d0);
+    load_batch<WT>(nxt, a, 0, warp, lane + 32 * HS_U, nq, M, d0);
 
-    /* 1a. X slice -> shared; sum of squares per row (double, as the rmsnorm op) */
+    /* 1a. X slice (and f, post_in, comb_in) -> shared; quad u = j cq + c of a row is stream j,
+     *     columns d0 + 4c .. +3 */
+    {
+        float4 *dst = pm ? xr4 : xs4;
+        const int per_row = n * cq;
+        for (int t = tid; t < nr * per_row; t += HS_THREADS) {
+            const int r = t / per_row, u = t - r * per_row, j = u / cq, c = u - j * cq;
+            cp_async16(dst + (size_t)r * nq + u, a.X + (r0 + r) * nD + (int64_t)j * D + d0 + 4 * c);
+        }
+        if (pm) {
+            for (int t = tid; t < nr * cq; t += HS_THREADS) {
+                const int r = t / cq, c = t - r * cq;
+                cp_async16(ys4 + t, a.f + (r0 + r) * D + d0 + 4 * c);
+            }
+            const int pcn = n + n * n;
+            for (int t = tid; t < nr * pcn; t += HS_THREADS) {
+                const int r = t / pcn, i = t - r * pcn;
+                pc_s[r * HS_PC + i] =
+                    i < n ? a.post_in[(r0 + r) * n + i] : a.comb_in[(r0 + r) * n * n + (i - n)];
+            }
+        }
+        cp_async_wait_all();
+        __syncthreads();
+    }
+
+    /* 1b. the post-mix (hc_post's order: acc over j from 0.0f, then post_k f + acc, bf16) into
+     *     xs and Xo; the sum of squares per row (double, as the rmsnorm op) over the streams the
+     *     site reads, in the same order with or without the post-mix */
     double ssr[R];
 #pragma unroll
     for (int r = 0; r < R; r++) {
         double s = 0.0;
         if (r < nr) {
-            const float *xr = a.X + (r0 + r) * nD + d0;
-            for (int q = tid; q < nq; q += HS_THREADS) {
-                const int kk = 4 * q, j = kk / cols;
-                const float4 v = __ldg((const float4 *)(xr + (int64_t)j * D + (kk - j * cols)));
-                xs4[r * nq + q] = v;
-                s += (double)v.x * (double)v.x;
-                s += (double)v.y * (double)v.y;
-                s += (double)v.z * (double)v.z;
-                s += (double)v.w * (double)v.w;
+            const float *pc = pc_s + r * HS_PC;
+            for (int c = tid; c < cq; c += HS_THREADS) {
+                const float4 fv = pm ? ys4[r * cq + c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                for (int k = 0; k < n; k++) {
+                    float4 v;
+                    if (pm) {
+                        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                        for (int j = 0; j < n; j++) {
+                            const float w = pc[n + j * n + k];
+                            const float4 x = xr4[r * nq + j * cq + c];
+                            acc.x = __fadd_rn(acc.x, __fmul_rn(w, x.x));
+                            acc.y = __fadd_rn(acc.y, __fmul_rn(w, x.y));
+                            acc.z = __fadd_rn(acc.z, __fmul_rn(w, x.z));
+                            acc.w = __fadd_rn(acc.w, __fmul_rn(w, x.w));
+                        }
+                        const float p = pc[k];
+                        v.x = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.x), acc.x));
+                        v.y = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.y), acc.y));
+                        v.z = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.z), acc.z));
+                        v.w = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.w), acc.w));
+                        xs4[r * nq + k * cq + c] = v;
+                        if (a.Xo)
+                            *(float4 *)(a.Xo + (r0 + r) * nD + (int64_t)k * D + d0 + 4 * c) = v;
+                    } else {
+                        v = xs4[r * nq + k * cq + c];
+                    }
+                    s += (double)v.x * (double)v.x;
+                    s += (double)v.y * (double)v.y;
+                    s += (double)v.z * (double)v.z;
+                    s += (double)v.w * (double)v.w;
+                }
             }
         }
         for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
@@ -259,17 +394,19 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
         ssp[tid] = t;
     }
 
-    /* 1b. partial dot products of the slice: warp w, outputs og + w + 8i, lanes over quads */
+    /* 1c. partial dot products of the slice: warp w, outputs og + w + 8i, lanes over quads;
+     *     two batches of loads ahead */
     for (int og = 0; og < M; og += HS_WARPS * HS_OPW) {
-        if (og > 0) load_batch<WT>(cur, a, og, warp, lane, nq, M, d0);
+        if (og > 0) {
+            load_batch<WT>(cur, a, og, warp, lane, nq, M, d0);
+            load_batch<WT>(nxt, a, og, warp, lane + 32 * HS_U, nq, M, d0);
+        }
         float acc[R][HS_OPW];
 #pragma unroll
         for (int r = 0; r < R; r++)
 #pragma unroll
             for (int i = 0; i < HS_OPW; i++) acc[r][i] = 0.0f;
         for (int q0 = lane; q0 < nq; q0 += 32 * HS_U) {
-            float4 nxt[HS_U][HS_OPW];
-            load_batch<WT>(nxt, a, og, warp, q0 + 32 * HS_U, nq, M, d0);
 #pragma unroll
             for (int u = 0; u < HS_U; u++) {
                 const int q = q0 + 32 * u;
@@ -293,6 +430,7 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
             for (int u = 0; u < HS_U; u++)
 #pragma unroll
                 for (int i = 0; i < HS_OPW; i++) cur[u][i] = nxt[u][i];
+            load_batch<WT>(nxt, a, og, warp, q0 + 64 * HS_U, nq, M, d0);
         }
 #pragma unroll
         for (int r = 0; r < R; r++)
@@ -304,7 +442,7 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
                 if (lane == 0 && oi < M) part[r * M + oi] = s;
             }
     }
-    cluster_arrive();
+    cluster_arrive(); /* phase 1: every rank's partials are in its shared memory */
     cluster_wait();
 
     /* 2. mix = (sum over ranks in rank order) * rs; rs from the summed squares */
@@ -323,14 +461,16 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
     __syncthreads();
     for (int t = tid; t < nr * n; t += HS_THREADS) {
         const int r = t / n, j = t - r * n;
-        pre_s[r * HS_HC_MAX + j] = __fadd_rn(
-            dev_sigmoid(__fadd_rn(__fmul_rn(mixs[r * M + j], a.scale[0]), a.base[j])), a.hc_eps);
+        const float sc = a.head ? a.head_scale : a.scale[0]; /* dsv4_op_hc_head_weights */
+        pre_s[r * HS_HC_MAX + j] =
+            __fadd_rn(dev_sigmoid(__fadd_rn(__fmul_rn(mixs[r * M + j], sc), a.base[j])), a.hc_eps);
     }
     __syncthreads();
 
     if (warp == HS_CWARPS) { /* 4. post, comb: rows r = rank (mod C) */
         cluster_arrive();
-        for (int r = rank; r < nr; r += C) hc_weights_warp(a, mixs + r * M, r0 + r, lane);
+        if (!a.head)
+            for (int r = rank; r < nr; r += C) hc_weights_warp(a, mixs + r * M, r0 + r, lane);
         cluster_wait();
         cluster_arrive();
         cluster_wait();
@@ -367,12 +507,13 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
         for (int w = 0; w < HS_CWARPS; w++) t += red[w * R + tid];
         ssy[tid] = t;
     }
-    cluster_arrive();
+    cluster_arrive(); /* phase 2: every rank's y^2 sums are in its shared memory */
     cluster_wait();
     if (tid < nr) {
         const float var = (float)(cluster_sum(cl, ssy + tid, C) / (double)D);
         rs2_s[tid] = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, a.rms_eps)));
     }
+    cluster_arrive(); /* phase 3: this thread reads no other rank's shared memory any more */
     collapse_sync();
     for (int r = 0; r < nr; r++)
         for (int c = tid; c < cols; c += HS_CWARPS * 32) {
@@ -380,8 +521,7 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
             if (a.norm) v = __fmul_rn(a.norm[d0 + c], v);
             a.h[(r0 + r) * D + d0 + c] = dev_round_bf16(v);
         }
-    cluster_arrive(); /* no rank leaves while another may still read its shared memory */
-    cluster_wait();
+    cluster_wait(); /* no rank leaves while another may still read its shared memory */
 }
 
 /* ---- host side ----------------------------------------------------------------------------- */
@@ -408,16 +548,17 @@ static hs_kernel pick(int R, int wt)
                            : pick_rows<WT_F16>(R);
 }
 
-/* Dynamic shared memory of a CTA (xs and ys), and the static arrays of hc_site_kernel<R>. */
-static size_t smem_bytes(int R, int n, int cols)
+/* Dynamic shared memory of a CTA (xs, ys, and xr with the post-mix), and the static arrays of
+ * hc_site_kernel<R>. */
+static size_t smem_bytes(int R, int n, int cols, int pm)
 {
-    return (size_t)R * (size_t)(n + 1) * (size_t)cols * sizeof(float);
+    return (size_t)R * (size_t)((pm ? 2 * n : n) + 1) * (size_t)cols * sizeof(float);
 }
 
 static size_t static_smem_bytes(int R)
 {
-    return (size_t)R *
-           ((2 * HS_M_MAX + HS_HC_MAX + 2) * sizeof(float) + (2 + HS_WARPS) * sizeof(double));
+    return (size_t)R * ((2 * HS_M_MAX + HS_HC_MAX + HS_PC + 2) * sizeof(float) +
+                        (2 + HS_WARPS) * sizeof(double));
 }
 
 static cudaLaunchConfig_t make_cfg(dim3 grid, size_t smem, cudaStream_t st,
@@ -445,12 +586,150 @@ static int fn_type(const dsv4_weight *fn)
     return -1;
 }
 
-/* The op with its launch shape chosen by the caller (tests, benchmarks): C CTAs a cluster (0:
- * auto, the largest of 8, 4, 2, 1 that divides D / 4; 16 only on request, as a non-portable
- * size) and R rows a cluster (0: auto, the fewest of 1, 2, 4, 8 that keep the clusters within
- * half the SMs). *used_cluster / *used_rows (may be NULL) receive the shape launched. The
- * shape depends only on the arguments and the SM count, so a captured graph and an eager call
- * launch the same one (and give the same bits). */
+/* How many clusters of 16 of these CTAs this device holds at once (one CTA per SM: any of our
+ * shared memory sizes fits, so it is a property of the GPU's GPCs; 0: none). Asked once per
+ * device; the answer depends only on the hardware, so eager calls and captured graphs launch the
+ * same shape. */
+static int clusters16(int dev, hs_kernel k, size_t smem, cudaStream_t st)
+{
+    enum { DEV_MAX = 64 };
+    static int known[DEV_MAX]; /* count + 1; 0 unknown; racing writers store the same value */
+    if (dev < 0 || dev >= DEV_MAX) return 0;
+    const int v = __atomic_load_n(&known[dev], __ATOMIC_RELAXED);
+    if (v) return v - 1;
+    int num = 0;
+    cudaLaunchAttribute attr[1];
+    const cudaLaunchConfig_t cfg = make_cfg(dim3(16, 1, 1), smem, st, attr, 16);
+    cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (err == cudaSuccess) err = cudaOccupancyMaxActiveClusters(&num, k, &cfg);
+    if (err != cudaSuccess) { /* not an error of ours: clear it */
+        (void)cudaGetLastError();
+        num = 0;
+    }
+    __atomic_store_n(&known[dev], num + 1, __ATOMIC_RELAXED);
+    return num;
+}
+
+/* The launch shape and the launch, for every op of this file. C CTAs a cluster (cluster 0:
+ * auto: 16 for R <= 2 rows a cluster when the GPU places all the clusters at once, else the
+ * largest of 8, 4, 2, 1 that divides D / 4 and leaves each CTA >= HS_MIN_COLS columns when D
+ * allows; 16 on request as a non-portable size) and R rows a cluster (rows 0: auto, the fewest
+ * of 1, 2, 4, 8 that keep the clusters within half the SMs). The shape depends only on the
+ * arguments and the device, so a captured graph and an eager call launch the same one (and give the
+ * same bits); the bits depend on C only. */
+static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, const char *op,
+                             int cluster, int rows, int *used_cluster, int *used_rows)
+{
+    const int64_t N = a.N, D = a.D;
+    const int n = a.n, pm = a.f != NULL;
+    if (N < 0 || n < 1 || n > HS_HC_MAX || D < 1 || a.iters < 0)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "%s: N %lld n %d (1..%d) D %lld iters %d", op,
+                         (long long)N, n, HS_HC_MAX, (long long)D, a.iters);
+    const int wt = fn_type(fn);
+    if (wt < 0 || fn->rows != a.M || fn->cols != n * D)
+        return dsv4_fail(DSV4_ERR_UNSUPPORTED,
+                         "%s: fn %s [%lld, %lld] (%s) must be a dense F32/BF16/F16 [%d, %lld]", op,
+                         fn->name ? fn->name : "?", (long long)fn->rows, (long long)fn->cols,
+                         dsv4_weight_format_name(fn->format), a.M, (long long)(n * D));
+    if (D % 4 || (uintptr_t)a.X % 16 || (uintptr_t)fn->data % (wt == WT_F32 ? 16 : 8) ||
+        (pm && ((uintptr_t)a.f % 16 || (uintptr_t)a.Xo % 16)))
+        return dsv4_fail(DSV4_ERR_UNSUPPORTED,
+                         "%s: D %lld must be a multiple of 4, X, f, Xo and fn 16-byte aligned", op,
+                         (long long)D);
+    if (pm && (!a.post_in || !a.comb_in))
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "%s: the post-mix needs post and comb", op);
+    if (cluster < 0 || cluster > 16 || (cluster & (cluster - 1)) ||
+        (cluster && D % (4 * cluster)) ||
+        (rows != 0 && rows != 1 && rows != 2 && rows != 4 && rows != 8))
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "%s: cluster %d rows %d for D %lld", op,
+                         cluster, rows, (long long)D);
+    if (N == 0) return DSV4_OK;
+    cudaStream_t st = dsv4_cuda_stream(b->cuda);
+    int dev = 0, n_sm = 0, optin = 0;
+    CUDA_TRY(cudaGetDevice(&dev));
+    CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
+    CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    for (int C = cluster ? cluster : 16; C >= 1; C /= 2) {
+        if (D % (4 * C)) continue;
+        if (!cluster && C > 1 && D / C < HS_MIN_COLS) continue;
+        const int cols = (int)(D / C);
+        /* At most n_sm / (2C) clusters: measured (test_gpu_hc, H100, N = 64, C = 8), fewer
+         * clusters of more rows win while the fn slices they all read come from L2: R = 8
+         * 29.7 us, R = 4 40.6 us, R = 1 79.4 us (Flash); at N = 7, R = 1 was best (16.9 us). */
+        const int64_t maxc = n_sm / (2 * C) > 1 ? n_sm / (2 * C) : 1;
+        int R = rows;
+        if (!R) {
+            R = 1;
+            while (R < 8 && (N + R - 1) / R > maxc) R *= 2;
+            while (R > 1 && smem_bytes(R, n, cols, pm) + static_smem_bytes(R) > (size_t)optin)
+                R /= 2;
+        }
+        const size_t smem = smem_bytes(R, n, cols, pm);
+        if (smem + static_smem_bytes(R) > (size_t)optin) {
+            if (cluster) break;
+            continue;
+        }
+        const hs_kernel k = pick(R, wt);
+        const int64_t groups = (N + R - 1) / R;
+        CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        if (C > 8) {
+            /* few rows, one wave: measured (test_gpu_hc, H100, graph replay) a Flash seam at
+             * N = 1 took 13.8 us with C = 16 against 15.4 us with C = 8, but at N = 64 (R = 8, 8
+             * clusters) 64.7 us against 38.4 us */
+            if (!cluster && (R > 2 || groups > clusters16(dev, k, smem, st))) continue;
+            CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+        }
+        if (groups * C > 0x7fffffff)
+            return dsv4_fail(DSV4_ERR_UNSUPPORTED, "%s: %lld rows", op, (long long)N);
+        a.cols = cols;
+        cudaLaunchAttribute attr[1];
+        const cudaLaunchConfig_t cfg =
+            make_cfg(dim3((unsigned)(groups * C), 1, 1), smem, st, attr, C);
+        CUDA_TRY(cudaLaunchKernelEx(&cfg, k, a));
+        if (used_cluster) *used_cluster = C;
+        if (used_rows) *used_rows = R;
+        return DSV4_OK;
+    }
+    return dsv4_fail(DSV4_ERR_UNSUPPORTED,
+                     "%s: no launch shape fits the shared memory (D %lld, n %d, cluster %d, rows "
+                     "%d)",
+                     op, (long long)D, n, cluster, rows);
+}
+
+static hs_args site_args(float *h, float *y, float *mix, float *post, float *comb, float *Xo,
+                         const float *X, const float *f, const float *post_in, const float *comb_in,
+                         const dsv4_weight *fn, const float *base, const float *scale,
+                         const float *norm, int64_t N, int n, int64_t D, int iters, float hc_eps,
+                         float rms_eps)
+{
+    hs_args a;
+    memset(&a, 0, sizeof a);
+    a.h = h;
+    a.y = y;
+    a.mix = mix;
+    a.post = post;
+    a.comb = comb;
+    a.Xo = Xo;
+    a.X = X;
+    a.f = f;
+    a.post_in = post_in;
+    a.comb_in = comb_in;
+    a.base = base;
+    a.scale = scale;
+    a.norm = norm;
+    a.fn = fn->data;
+    a.N = N;
+    a.D = D;
+    a.n = n;
+    a.M = (2 + n) * n;
+    a.iters = iters;
+    a.hc_eps = hc_eps;
+    a.rms_eps = rms_eps;
+    return a;
+}
+
+/* The ops with their launch shape chosen by the caller (tests, benchmarks): see hs_launch;
+ * *used_cluster / *used_rows (may be NULL) receive the shape launched. */
 extern "C" dsv4_status dsv4_cuda_bk_hc_site_ex(dsv4_backend *b, float *h, float *y, float *mix,
                                                float *post, float *comb, const float *X,
                                                const dsv4_weight *fn, const float *base,
@@ -459,83 +738,9 @@ extern "C" dsv4_status dsv4_cuda_bk_hc_site_ex(dsv4_backend *b, float *h, float 
                                                float rms_eps, int cluster, int rows,
                                                int *used_cluster, int *used_rows)
 {
-    const int64_t M = (int64_t)(2 + n) * n;
-    if (N < 0 || n < 1 || n > HS_HC_MAX || D < 1 || iters < 0)
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "hc_site: N %lld n %d (1..%d) D %lld iters %d",
-                         (long long)N, n, HS_HC_MAX, (long long)D, iters);
-    const int wt = fn_type(fn);
-    if (wt < 0 || fn->rows != M || fn->cols != n * D)
-        return dsv4_fail(
-            DSV4_ERR_UNSUPPORTED,
-            "hc_site: fn %s [%lld, %lld] (%s) must be a dense F32/BF16/F16 [%lld, %lld]",
-            fn->name ? fn->name : "?", (long long)fn->rows, (long long)fn->cols,
-            dsv4_weight_format_name(fn->format), (long long)M, (long long)(n * D));
-    if (D % 4 || (uintptr_t)X % 16 || (uintptr_t)fn->data % (wt == WT_F32 ? 16 : 8))
-        return dsv4_fail(DSV4_ERR_UNSUPPORTED,
-                         "hc_site: D %lld must be a multiple of 4, X and fn 16-byte aligned",
-                         (long long)D);
-    if (cluster < 0 || cluster > 16 || (cluster & (cluster - 1)) ||
-        (cluster && D % (4 * cluster)) ||
-        (rows != 0 && rows != 1 && rows != 2 && rows != 4 && rows != 8))
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "hc_site: cluster %d rows %d for D %lld",
-                         cluster, rows, (long long)D);
-    if (N == 0) return DSV4_OK;
-    cudaStream_t st = dsv4_cuda_stream(b->cuda);
-    int C = cluster;
-    if (!C) {
-        C = 8;
-        while (D % (4 * C)) C /= 2;
-    }
-    const int cols = (int)(D / C);
-    int dev = 0, n_sm = 0, optin = 0;
-    CUDA_TRY(cudaGetDevice(&dev));
-    CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
-    CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    /* At most n_sm / (2C) clusters (8 of 8 CTAs on an H100): measured (test_gpu_hc, H100,
-     * N = 64), fewer clusters of more rows win while the fn slices they all read come from L2:
-     * R = 8 29.7 us, R = 4 40.6 us, R = 1 79.4 us (Flash); at N = 7, R = 1 is best (16.9 us). */
-    const int64_t maxc = n_sm / (2 * C) > 1 ? n_sm / (2 * C) : 1;
-    int R = rows;
-    if (!R) {
-        R = 1;
-        while (R < 8 && (N + R - 1) / R > maxc) R *= 2;
-        while (R > 1 && smem_bytes(R, n, cols) + static_smem_bytes(R) > (size_t)optin) R /= 2;
-    }
-    const size_t smem = smem_bytes(R, n, cols);
-    if (smem + static_smem_bytes(R) > (size_t)optin)
-        return dsv4_fail(DSV4_ERR_UNSUPPORTED,
-                         "hc_site: %zu B of shared memory (D %lld, %d CTAs a cluster, %d rows)",
-                         smem + static_smem_bytes(R), (long long)D, C, R);
-    const int64_t groups = (N + R - 1) / R;
-    if (groups * C > 0x7fffffff)
-        return dsv4_fail(DSV4_ERR_UNSUPPORTED, "hc_site: %lld rows", (long long)N);
-    const hs_kernel k = pick(R, wt);
-    CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    if (C > 8) CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-    hs_args a;
-    a.h = h;
-    a.y = y;
-    a.mix = mix;
-    a.post = post;
-    a.comb = comb;
-    a.X = X;
-    a.base = base;
-    a.scale = scale;
-    a.norm = norm;
-    a.fn = fn->data;
-    a.N = N;
-    a.D = D;
-    a.n = n;
-    a.iters = iters;
-    a.cols = cols;
-    a.hc_eps = hc_eps;
-    a.rms_eps = rms_eps;
-    cudaLaunchAttribute attr[1];
-    const cudaLaunchConfig_t cfg = make_cfg(dim3((unsigned)(groups * C), 1, 1), smem, st, attr, C);
-    CUDA_TRY(cudaLaunchKernelEx(&cfg, k, a));
-    if (used_cluster) *used_cluster = C;
-    if (used_rows) *used_rows = R;
-    return DSV4_OK;
+    const hs_args a = site_args(h, y, mix, post, comb, NULL, X, NULL, NULL, NULL, fn, base, scale,
+                                norm, N, n, D, iters, hc_eps, rms_eps);
+    return hs_launch(b, a, fn, "hc_site", cluster, rows, used_cluster, used_rows);
 }
 
 extern "C" dsv4_status dsv4_cuda_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix,
@@ -546,4 +751,58 @@ extern "C" dsv4_status dsv4_cuda_bk_hc_site(dsv4_backend *b, float *h, float *y,
 {
     return dsv4_cuda_bk_hc_site_ex(b, h, y, mix, post, comb, X, fn, base, scale, norm, N, n, D,
                                    iters, hc_eps, rms_eps, 0, 0, NULL, NULL);
+}
+
+/* The seam, with y and mix (may be NULL) for the tests. */
+extern "C" dsv4_status dsv4_cuda_bk_hc_seam_ex(dsv4_backend *b, float *h, float *y, float *mix,
+                                               float *Xo, float *post, float *comb, const float *X,
+                                               const float *f, const float *post_in,
+                                               const float *comb_in, const dsv4_weight *fn,
+                                               const float *base, const float *scale,
+                                               const float *norm, int64_t N, int n, int64_t D,
+                                               int iters, float hc_eps, float rms_eps, int cluster,
+                                               int rows, int *used_cluster, int *used_rows)
+{
+    if (!Xo || !f) return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "hc_seam: Xo and f must be given");
+    const hs_args a = site_args(h, y, mix, post, comb, Xo, X, f, post_in, comb_in, fn, base, scale,
+                                norm, N, n, D, iters, hc_eps, rms_eps);
+    return hs_launch(b, a, fn, "hc_seam", cluster, rows, used_cluster, used_rows);
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_hc_seam(dsv4_backend *b, float *h, float *Xo, float *post,
+                                            float *comb, const float *X, const float *f,
+                                            const float *post_in, const float *comb_in,
+                                            const dsv4_weight *fn, const float *base,
+                                            const float *scale, const float *norm, int64_t N, int n,
+                                            int64_t D, int iters, float hc_eps, float rms_eps)
+{
+    return dsv4_cuda_bk_hc_seam_ex(b, h, NULL, NULL, Xo, post, comb, X, f, post_in, comb_in, fn,
+                                   base, scale, norm, N, n, D, iters, hc_eps, rms_eps, 0, 0, NULL,
+                                   NULL);
+}
+
+/* The head collapse, with y and mix (may be NULL) for the tests. */
+extern "C" dsv4_status dsv4_cuda_bk_hc_head_site_ex(
+    dsv4_backend *b, float *h, float *y, float *mix, float *Xo, const float *X, const float *f,
+    const float *post_in, const float *comb_in, const dsv4_weight *fn, const float *base,
+    float scale, const float *norm, int64_t N, int n, int64_t D, float hc_eps, float rms_eps,
+    int cluster, int rows, int *used_cluster, int *used_rows)
+{
+    hs_args a = site_args(h, y, mix, NULL, NULL, f ? Xo : NULL, X, f, post_in, comb_in, fn, base,
+                          NULL, norm, N, n, D, 0, hc_eps, rms_eps);
+    a.M = n;
+    a.head = 1;
+    a.head_scale = scale;
+    return hs_launch(b, a, fn, "hc_head_site", cluster, rows, used_cluster, used_rows);
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo,
+                                                 const float *X, const float *f,
+                                                 const float *post_in, const float *comb_in,
+                                                 const dsv4_weight *fn, const float *base,
+                                                 float scale, const float *norm, int64_t N, int n,
+                                                 int64_t D, float hc_eps, float rms_eps)
+{
+    return dsv4_cuda_bk_hc_head_site_ex(b, h, NULL, NULL, Xo, X, f, post_in, comb_in, fn, base,
+                                        scale, norm, N, n, D, hc_eps, rms_eps, 0, 0, NULL, NULL);
 }
