@@ -197,7 +197,6 @@ dsv4_status dsv4_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, const flo
                                  const float *norm, int64_t N, int n, int64_t D, float hc_eps,
                                  float rms_eps);
 
-
 /* ---- attention state ---------------------------------------------------------------------- */
 /* win[slot][pos % R] = kv row r (already normalised, rotated, quantised).  kv [N, hd]. */
 dsv4_status dsv4_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
