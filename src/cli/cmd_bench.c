@@ -145,7 +145,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
     a->prefill = 4096;
     a->steps = 20;
     a->graphs = 1;
-    a->pdl = 0; /* 1 once every kernel begins with DSV4_PDL_WAIT() */
+    a->pdl = 1;
     a->seed = 1;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -339,7 +339,7 @@ static dsv4_status time_decode(dsv4_engine *e, const dsv4_model *m, const bench_
     DSV4_TRY(decode_steps(e, slots, ids, B, a->steps, m->cfg.vocab_size, rng));
     DSV4_TRY(dsv4_bk_sync(b));
     r->ms = (now_s() - t0) * 1e3 / a->steps;
-    r->kernels = a->graphs ? b->graph_kernels : 0;
+    r->kernels = dsv4_engine_graph_kernels(e, B);
     r->context = ctx;
     r->batch = B;
     step_bytes(m, ctx, B, r);

@@ -18,7 +18,7 @@ void dsv4_engine_options_default(dsv4_engine_options *o)
     o->max_slots = 1;
     o->max_chunk = 256;
     o->graphs = 1;
-    o->pdl = 0; /* on once every kernel begins with DSV4_PDL_WAIT() */
+    o->pdl = 1; /* every kernel begins with DSV4_PDL_WAIT() (tools/check_pdl.sh) */
 }
 
 /* ---- the memory plan ------------------------------------------------------------------------ */
@@ -667,6 +667,12 @@ static int bucket(const dsv4_engine *e, int n)
     return (1 << i) <= e->o.max_chunk && (1 << i) <= e->logit_rows && i < 16 ? i : -1;
 }
 
+int dsv4_engine_graph_kernels(const dsv4_engine *e, int n)
+{
+    const int bi = n >= 1 ? bucket(e, n) : -1;
+    return bi >= 0 && e->graphs[bi] ? e->graph_kernels[bi] : 0;
+}
+
 dsv4_status dsv4_engine_decode(dsv4_engine *e, const int32_t *slots, const int32_t *ids, int n,
                                float *logits)
 {
@@ -705,6 +711,7 @@ dsv4_status dsv4_engine_decode(dsv4_engine *e, const int32_t *slots, const int32
             DSV4_TRY(st);
             DSV4_TRY(st2);
             e->graphs[bi] = g;
+            e->graph_kernels[bi] = e->b->graph_kernels;
         }
         DSV4_TRY(dsv4_bk_graph_launch(e->b, e->graphs[bi]));
         e->last_rows = rows;

@@ -55,6 +55,8 @@ void dsv4_engine_destroy(dsv4_engine *e);
 
 dsv4_backend *dsv4_engine_backend(dsv4_engine *e);
 const dsv4_engine_plan *dsv4_engine_get_plan(const dsv4_engine *e);
+/* Kernel launches in the decode graph a step of n rows replays (0: no such graph yet). */
+int dsv4_engine_graph_kernels(const dsv4_engine *e, int n);
 
 /* Slots: a slot holds one sequence; reset empties it, copy duplicates src into dst (fork). */
 dsv4_status dsv4_engine_slot_reset(dsv4_engine *e, int slot);

@@ -24,6 +24,7 @@
 #include "backend/cuda/moe.cuh"
 #include "backend/cuda/moe_numerics.cuh"
 #include "backend/cuda/moe_path.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "core/float_formats.h"
 
 #include <math.h>
@@ -75,6 +76,7 @@ __global__ void moe_router_kernel(int32_t *sel, float *wts, const float *logits,
                                   const int32_t *tid2eid, const int32_t *ids, int64_t N, int E,
                                   int K, float route_scale)
 {
+    DSV4_PDL_WAIT();
     extern __shared__ float rs[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int64_t r = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
@@ -303,6 +305,7 @@ extern "C" void dsv4_cuda_bk_experts_free(dsv4_backend *b, dsv4_bk_experts *tp)
 __global__ void moe_prep_kernel(moe_list L, const int32_t *sel, int64_t NK, int E, float *xq,
                                 const float *h, int64_t N, int64_t D)
 {
+    DSV4_PDL_WAIT();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (blockIdx.x > 0) {
         const int64_t bpr = (D + 127) / 128;
@@ -354,6 +357,7 @@ __global__ void moe_prep_kernel(moe_list L, const int32_t *sel, int64_t NK, int 
 /* x [rows, width] (row stride width) in place: act_quant, one warp per 128-block. */
 __global__ void moe_act_quant_kernel(float *x, int64_t rows, int64_t width)
 {
+    DSV4_PDL_WAIT();
     const int64_t bpr = (width + 127) / 128;
     const int64_t gw = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     if (gw >= rows * bpr) return;
@@ -366,6 +370,7 @@ __global__ void moe_act_quant_kernel(float *x, int64_t rows, int64_t width)
 __global__ void moe_combine_kernel(float *out, const float *y, const int32_t *sel, int64_t N, int K,
                                    int64_t D, int E)
 {
+    DSV4_PDL_WAIT();
     const int64_t r = blockIdx.y, c = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (c >= D) return;
     int ord[MOE_MAX_K], n = 0;

@@ -24,6 +24,7 @@
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "core/float_formats.h"
 
 #include <cuda_fp16.h>
@@ -270,6 +271,7 @@ __device__ __forceinline__ void dot_wide(const moe_mat (&w)[NM], int64_t row0, i
 template <int NM>
 __global__ void __launch_bounds__(MOE_MAX_WARPS * 32) moe_gemm_kernel(const moe_gemm_args a)
 {
+    DSV4_PDL_WAIT();
     constexpr int RPW = NM == 2 ? MOE_RPW1 : MOE_RPW2;
     /* [batch][warp][row][matrix][token] */
     __shared__ float red[MOE_MAX_RB * MOE_MAX_WARPS * RPW * NM * TT];

@@ -37,6 +37,7 @@
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
 #include "backend/cuda/moe_numerics.cuh"
+#include "backend/cuda/pdl.cuh"
 
 #include <cuda_fp16.h>
 
@@ -387,6 +388,7 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
 template <int NM>
 __global__ void __launch_bounds__(WPC * 32, 3) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
+    DSV4_PDL_WAIT();
     __shared__ float red[WPC * 2 * 4 * 32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp / ks, slice = warp - grp * ks;
@@ -424,6 +426,7 @@ __global__ void __launch_bounds__(WPC * 32, 3) moe_mma_stage_kernel(const moe_mm
  * 1..: x = act_quant(h) as codes in L4 and L8 + scales, one warp per 128-column block. */
 __global__ void moe_mma_prep_kernel(const moe_mma_args a, const int32_t *sel, const float *h)
 {
+    DSV4_PDL_WAIT();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int64_t N = a.N, D = a.D, NK = N * a.K;
     const int E = a.E;
@@ -489,6 +492,7 @@ __global__ void moe_mma_prep_kernel(const moe_mma_args a, const int32_t *sel, co
 __global__ void moe_mma_combine_kernel(float *out, const uint16_t *y, const int32_t *sel, int64_t N,
                                        int K, int64_t D, int E)
 {
+    DSV4_PDL_WAIT();
     const int64_t r = blockIdx.y, c = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (c >= D) return;
     int ord[MOE_MAX_K], n = 0;
