@@ -386,10 +386,10 @@ static dsv4_status launch_gemv(const lin_args *a, cudaStream_t st)
     const int R = gemv_rows_per_warp(a->N);
     const gemv_fn fn = table[ni][ei];
 
-    /* K split: 1..8 warps per row group, times 1..8 CTAs of a cluster (kn), each lane keeping
-     * at least one chunk; the choice whose CTAs fill the resident slots best wins, fewer CTAs
-     * per cluster and then fewer warps on ties (a cluster's reduction costs more than a
-     * CTA's). A matrix with many rows keeps kn = 1: its CTAs fill the slots already. */
+    /* K split: 1..8 warps per row group, times 1..8 CTAs of a cluster (kn); the choice whose
+     * CTAs fill the resident slots best wins, fewer CTAs per cluster and then fewer warps on
+     * ties (a cluster's reduction costs more than a CTA's). A matrix with many rows keeps
+     * kn = 1: its CTAs fill the slots already. */
     const double slots = (double)LIN_SMS * GV_OCC;
     const int64_t nchunk = a->cols / E;
     int ks_log2 = 0, kn = 1;
@@ -397,8 +397,12 @@ static dsv4_status launch_gemv(const lin_args *a, cudaStream_t st)
     for (int k = 1; k <= GV_SPLIT_MAX; k *= 2) {
         if (force_split > 0 && k != force_split) continue;
         for (int l = 0; l <= 3; l++) {
-            const int64_t kk = force_split > 0 ? 1 : k; /* a forced split may idle lanes */
-            if ((l > 0 || kk > 1) && nchunk < kk * (32 << l)) break;
+            /* one chunk per lane at least, two in a split: slices of one chunk lose more in the
+             * cluster's reduction than their shorter loop saves (H100, 64-256 x 4096 BF16 at
+             * N = 1: 3.4-3.7 us whole, 3.8-4.3 us in 2 slices). A forced split takes any. */
+            const int64_t need =
+                force_split > 0 || k == 1 ? (l > 0 ? 32 << l : 0) : (int64_t)2 * k * (32 << l);
+            if (nchunk < need) break;
             const int64_t per = (int64_t)R * (GV_WARPS >> l);
             const double ctas = (double)((a->nrows + per - 1) / per * a->groups * k);
             const double waves = ctas / slots;
