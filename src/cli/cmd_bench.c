@@ -89,23 +89,22 @@ typedef struct bench_out {
 
 static int usage(int rc)
 {
-    fprintf(
-        rc ? stderr : stdout,
-        "usage: dsv4 bench [--shape flash|pro] [--layers N] [--experts mxfp4|nvfp4]\n"
-        "                  [--batches 1,8,32,64] [--contexts 4096,65536] [--prefill 4096]\n"
-        "                  [--steps 20] [--no-graphs] [--no-pdl] [--json] [--gpu I] [--seed S]\n"
-        "                  [--ceilings-only]\n"
-        "  Times the CUDA engine at the real DeepSeek-V4 geometry with random weights.\n"
-        "  --layers N       layers of the model (default 4; fewer than the real count take\n"
-        "                   the real layers 2.., alternating CSA and HCA; 0 = all)\n"
-        "  --batches        decode batch sizes (sequences per step)\n"
-        "  --contexts       tokens already in every sequence when decode is timed\n"
-        "  --prefill N      tokens of the timed one-sequence prefill (0: none)\n"
-        "  --steps N        timed decode steps per (context, batch), after %d warm-up steps\n"
-        "  --no-graphs      launch each decode step's kernels instead of replaying a graph\n"
-        "  --no-pdl         graphs without programmatic dependent launch between kernels\n"
-        "  --ceilings-only  measure the device's bandwidth and GEMM ceilings and stop\n",
-        WARMUP_STEPS);
+    fprintf(rc ? stderr : stdout,
+            "usage: dsv4 bench [--shape flash|pro] [--layers N] [--experts mxfp4|nvfp4]\n"
+            "                  [--batches 1,8,32,64] [--contexts 4096,65536] [--prefill 4096]\n"
+            "                  [--steps 20] [--no-graphs] [--pdl] [--json] [--gpu I] [--seed S]\n"
+            "                  [--ceilings-only]\n"
+            "  Times the CUDA engine at the real DeepSeek-V4 geometry with random weights.\n"
+            "  --layers N       layers of the model (default 4; fewer than the real count take\n"
+            "                   the real layers 2.., alternating CSA and HCA; 0 = all)\n"
+            "  --batches        decode batch sizes (sequences per step)\n"
+            "  --contexts       tokens already in every sequence when decode is timed\n"
+            "  --prefill N      tokens of the timed one-sequence prefill (0: none)\n"
+            "  --steps N        timed decode steps per (context, batch), after %d warm-up steps\n"
+            "  --no-graphs      launch each decode step's kernels instead of replaying a graph\n"
+            "  --pdl            graphs with programmatic dependent launch between kernels\n"
+            "  --ceilings-only  measure the device's bandwidth and GEMM ceilings and stop\n",
+            WARMUP_STEPS);
     return rc;
 }
 
@@ -145,7 +144,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
     a->prefill = 4096;
     a->steps = 20;
     a->graphs = 1;
-    a->pdl = 1;
+    a->pdl = 0;
     a->seed = 1;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -156,8 +155,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
             a->json = 1;
         } else if (!strcmp(o, "--no-graphs")) {
             a->graphs = 0;
-        } else if (!strcmp(o, "--no-pdl")) {
-            a->pdl = 0;
+        } else if (!strcmp(o, "--pdl")) {
+            a->pdl = 1;
         } else if (!strcmp(o, "--ceilings-only")) {
             a->ceilings_only = 1;
         } else if (!v) {

@@ -18,7 +18,9 @@ void dsv4_engine_options_default(dsv4_engine_options *o)
     o->max_slots = 1;
     o->max_chunk = 256;
     o->graphs = 1;
-    o->pdl = 1; /* every kernel begins with DSV4_PDL_WAIT() (tools/check_pdl.sh) */
+    /* PDL is correct (every kernel waits first: tools/check_pdl.sh) but measured no faster yet
+     * (docs/PERF.md, session 3): off until kernels prefetch their weights before the wait */
+    o->pdl = 0;
 }
 
 /* ---- the memory plan ------------------------------------------------------------------------ */
