@@ -63,11 +63,8 @@ static int scratch_regions(const dsv4_config *c, const dsv4_engine_options *o, c
 #define R_(field, count) out[k++] = (region){(void **)&s->field, (uint64_t)(count)*F}
     R_(X, N * nD);
     R_(Xo, N * nD);
-    R_(flat, N * nD);
-    R_(mix, N * (2 + n) * n);
     R_(post, N * n);
     R_(comb, N * n * n);
-    R_(y, N * D);
     R_(h, N * D);
     R_(f, N * D);
     R_(xh, N * D);

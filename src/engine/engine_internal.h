@@ -34,7 +34,7 @@ typedef struct eng_layer {
 
 /* The step's activations, sized for max_chunk rows (see engine_layer.c for each one's use). */
 typedef struct eng_scratch {
-    float *X, *Xo, *flat, *mix, *post, *comb, *y, *h, *f;
+    float *X, *Xo, *post, *comb, *h, *f;
     float *xh, *xq; /* act_quant(h) [N, D]; act_quant of any other input [N, max cols] */
     float *qr, *q, *kv, *o, *z;
     float *ck, *cg;   /* compressor rows [N, max width] */
