@@ -22,13 +22,14 @@
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
+#include "backend/cuda/pdl.cuh"
 #include "backend/cuda/moe_numerics.cuh"
 #include "backend/cuda/moe_path.cuh"
-#include "backend/cuda/pdl.cuh"
 #include "core/float_formats.h"
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* ---- act_quant of the SIMT path ------------------------------------------------------------ */
 /* dsv4_sim_act_quant on the 128-block of a row starting at column c0 (one warp, 4 columns a
@@ -69,62 +70,95 @@ __device__ __forceinline__ float router_score(float x)
     return __fsqrt_rn(sp);
 }
 
-/* logits [N, E] -> sel [N, K], wts [N, K]; one warp per row, its scores in shared memory
- * (2 E floats a warp). Top-K: K rounds of a warp argmax (larger value, then lower index), then
- * ascending index order: dsv4_op_topk's result. */
+/* logits [N, E] -> sel [N, K], wts [N, K]: one CTA per row. Top-K (blockDim = E rounded up
+ * to warps, one expert a thread): each warp's K best by (larger value, then lower index) in K
+ * rounds of a warp argmax, then warp 0 the K best of the candidates the same way, then
+ * ascending index order: dsv4_op_topk's result (a strict total order, so the same set). Hash
+ * layers (blockDim 32): the K experts of tid2eid, in its order, and only their K scores.
+ * Weights as dsv4_op_router_weights, in slot order (thread 0). */
 __global__ void moe_router_kernel(int32_t *sel, float *wts, const float *logits, const float *bias,
-                                  const int32_t *tid2eid, const int32_t *ids, int64_t N, int E,
-                                  int K, float route_scale)
+                                  const int32_t *tid2eid, const int32_t *ids, int E, int K,
+                                  float route_scale)
 {
     DSV4_PDL_WAIT();
-    extern __shared__ float rs[];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int64_t r = (int64_t)blockIdx.x * (blockDim.x >> 5) + warp;
-    if (r >= N) return; /* no block-wide barrier below */
-    float *sc = rs + (size_t)warp * 2 * E, *bs = sc + E;
-    for (int e = lane; e < E; e += 32) {
-        const float s = router_score(logits[r * E + e]);
-        sc[e] = s;
-        bs[e] = __fadd_rn(s, bias ? bias[e] : 0.0f);
-    }
-    __syncwarp();
-    int chosen[MOE_MAX_K];
+    __shared__ float sc[MOE_MAX_E];      /* scores (top-k) */
+    __shared__ float cv[MOE_MAX_K * 32]; /* warp candidates: biased score, */
+    __shared__ int ci[MOE_MAX_K * 32];   /* expert (0x7fffffff: none) */
+    __shared__ float ks[MOE_MAX_K];      /* the chosen experts' scores */
+    __shared__ int kc[MOE_MAX_K];        /* the chosen experts */
+    const int64_t r = blockIdx.x;
+    const int e = threadIdx.x, lane = e & 31, warp = e >> 5, nw = blockDim.x >> 5;
+    const int NONE = 0x7fffffff;
     if (tid2eid) {
-        for (int j = 0; j < K; j++) chosen[j] = tid2eid[(int64_t)ids[r] * K + j];
+        if (e < K) {
+            const int c = tid2eid[(int64_t)ids[r] * K + e];
+            kc[e] = c;
+            ks[e] = c >= 0 && c < E ? router_score(logits[r * E + c]) : 0.0f;
+        }
     } else {
+        float v = -INFINITY;
+        int mine = NONE; /* this thread's expert while not taken */
+        if (e < E) {
+            const float s = router_score(logits[r * E + e]);
+            sc[e] = s;
+            v = __fadd_rn(s, bias ? bias[e] : 0.0f);
+            mine = e;
+        }
         for (int j = 0; j < K; j++) {
-            float bv = -INFINITY;
-            int bi = 0x7fffffff;
-            for (int e = lane; e < E; e += 32) {
-                bool taken = false;
-                for (int i = 0; i < j; i++) taken |= chosen[i] == e;
-                const float v = bs[e];
-                if (!taken && (v > bv || (v == bv && e < bi))) bv = v, bi = e;
-            }
+            float bv = mine == NONE ? -INFINITY : v;
+            int bi = mine;
             for (int d = 16; d > 0; d >>= 1) {
                 const float ov = __shfl_xor_sync(0xffffffffu, bv, d);
                 const int oi = __shfl_xor_sync(0xffffffffu, bi, d);
-                if (ov > bv || (ov == bv && oi < bi)) bv = ov, bi = oi;
+                if (oi != NONE && (bi == NONE || ov > bv || (ov == bv && oi < bi)))
+                    bv = ov, bi = oi;
             }
-            chosen[j] = bi;
+            if (lane == 0) cv[warp * K + j] = bv, ci[warp * K + j] = bi;
+            if (bi == mine) mine = NONE;
         }
-        for (int j = 1; j < K; j++) /* ascending index order */
-            for (int i = j; i > 0 && chosen[i - 1] > chosen[i]; i--) {
-                const int t = chosen[i];
-                chosen[i] = chosen[i - 1];
-                chosen[i - 1] = t;
+        __syncthreads();
+        if (warp == 0) {
+            const int nc = nw * K;
+            for (int j = 0; j < K; j++) {
+                float bv = -INFINITY;
+                int bi = NONE;
+                for (int q = lane; q < nc; q += 32) {
+                    const float ov = cv[q];
+                    const int oi = ci[q];
+                    if (oi != NONE && (bi == NONE || ov > bv || (ov == bv && oi < bi)))
+                        bv = ov, bi = oi;
+                }
+                for (int d = 16; d > 0; d >>= 1) {
+                    const float ov = __shfl_xor_sync(0xffffffffu, bv, d);
+                    const int oi = __shfl_xor_sync(0xffffffffu, bi, d);
+                    if (oi != NONE && (bi == NONE || ov > bv || (ov == bv && oi < bi)))
+                        bv = ov, bi = oi;
+                }
+                for (int q = lane; q < nc; q += 32)
+                    if (ci[q] == bi) ci[q] = NONE;
+                if (lane == 0) kc[j] = bi;
+                __syncwarp();
             }
+            if (lane == 0) {
+                for (int j = 1; j < K; j++) /* ascending index order */
+                    for (int i = j; i > 0 && kc[i - 1] > kc[i]; i--) {
+                        const int t = kc[i];
+                        kc[i] = kc[i - 1];
+                        kc[i - 1] = t;
+                    }
+                for (int j = 0; j < K; j++) ks[j] = kc[j] >= 0 && kc[j] < E ? sc[kc[j]] : 0.0f;
+            }
+        }
     }
-    if (lane != 0) return;
+    __syncthreads();
+    if (e != 0) return;
     /* dsv4_op_router_weights */
     float sum = 0.0f;
-    for (int j = 0; j < K; j++)
-        sum = __fadd_rn(sum, chosen[j] >= 0 && chosen[j] < E ? sc[chosen[j]] : 0.0f);
+    for (int j = 0; j < K; j++) sum = __fadd_rn(sum, ks[j]);
     sum = __fadd_rn(sum, 1e-20f);
     for (int j = 0; j < K; j++) {
-        const float s = chosen[j] >= 0 && chosen[j] < E ? sc[chosen[j]] : 0.0f;
-        sel[r * K + j] = chosen[j];
-        wts[r * K + j] = __fmul_rn(__fdiv_rn(s, sum), route_scale);
+        sel[r * K + j] = kc[j];
+        wts[r * K + j] = __fmul_rn(__fdiv_rn(ks[j], sum), route_scale);
     }
 }
 
@@ -138,11 +172,9 @@ extern "C" dsv4_status dsv4_cuda_bk_router(dsv4_backend *b, int32_t *sel, float 
     if (tid2eid && !rows->ids)
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda router: hash routing needs token ids");
     if (rows->n <= 0) return DSV4_OK;
-    const int wpb = 4;
-    const size_t smem = (size_t)wpb * 2 * E * sizeof(float);
-    const unsigned grid = (unsigned)((rows->n + wpb - 1) / wpb);
-    moe_router_kernel<<<grid, 32 * wpb, smem, dsv4_cuda_stream(b->cuda)>>>(
-        sel, wts, logits, bias, tid2eid, rows->ids, rows->n, E, K, route_scale);
+    const unsigned threads = tid2eid ? 32u : (unsigned)((E + 31) / 32 * 32);
+    moe_router_kernel<<<(unsigned)rows->n, threads, 0, dsv4_cuda_stream(b->cuda)>>>(
+        sel, wts, logits, bias, tid2eid, rows->ids, E, K, route_scale);
     CUDA_LAUNCHED();
     return DSV4_OK;
 }
@@ -156,14 +188,35 @@ typedef struct cuda_experts {
     int kw1, rg1, occ1; /* stage 1 CTA shape and residency */
     int kw2, rg2, occ2;
     int mma_ok; /* every matrix taken by the tensor-core path (moe_mma_mat_ok) */
+    /* the stream path (moe_stream.cu): every matrix taken (moe_stream_mat_ok) and a slot
+     * geometry for each (stage, format) in use; its counters and tickets, owned here */
+    int stream_ok;
+    int32_t *stream_mem; /* moe_stream_ctl_words, zero between calls */
+    moe_stream_ctl ctl;
+    int parts[2][2], ku[2][2], rt2[2];
+    int fmt1s, fmt2s;
 } cuda_experts;
 
-/* Test hook (moe_path.cuh). */
-static int force_path = DSV4_MOE_PATH_AUTO, last_path = DSV4_MOE_PATH_AUTO;
+/* Test hook (moe_path.cuh). Its initial value comes from DSV4_MOE_PATH (simt, mma or stream:
+ * a diagnostic switch, so that one device run can time the engine on each path). */
+static int force_path = -1, last_path = DSV4_MOE_PATH_AUTO;
+
+static int path_setting(void)
+{
+    if (force_path < 0) {
+        const char *e = getenv("DSV4_MOE_PATH");
+        force_path = !e                     ? DSV4_MOE_PATH_AUTO
+                     : !strcmp(e, "simt")   ? DSV4_MOE_PATH_SIMT
+                     : !strcmp(e, "mma")    ? DSV4_MOE_PATH_MMA
+                     : !strcmp(e, "stream") ? DSV4_MOE_PATH_STREAM
+                                            : DSV4_MOE_PATH_AUTO;
+    }
+    return force_path;
+}
 
 extern "C" int dsv4_cuda_moe_force_path(int path)
 {
-    const int old = force_path;
+    const int old = path_setting();
     force_path = path;
     return old;
 }
@@ -171,6 +224,15 @@ extern "C" int dsv4_cuda_moe_force_path(int path)
 extern "C" int dsv4_cuda_moe_last_path(void)
 {
     return last_path;
+}
+
+extern "C" int dsv4_cuda_moe_stream_error(dsv4_backend *b, const dsv4_bk_experts *tp)
+{
+    const cuda_experts *t = (const cuda_experts *)tp;
+    if (!t || !t->stream_ok) return 0;
+    int32_t v = 0;
+    if (dsv4_cuda_bk_download(b, &v, t->ctl.words + 3, sizeof v) != DSV4_OK) return -1;
+    return v;
 }
 
 static dsv4_status mat_of(const dsv4_weight *w, moe_mat *m)
@@ -264,8 +326,40 @@ extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b,
     for (int e = 0; mma_ok && e <= E; e++)
         mma_ok = moe_mma_mat_ok(&host[e].w1) && moe_mma_mat_ok(&host[e].w2) &&
                  moe_mma_mat_ok(&host[e].w3);
+    /* stream path: formats in use per stage, and a slot geometry for each */
+    int stream_ok = mma_ok && E <= MOE_STREAM_EMAX && D % 512 == 0 && I % 512 == 0;
+    int used[2][2] = {{0, 0}, {0, 0}}, rows32 = 1;
+    for (int e = 0; stream_ok && e <= E; e++) {
+        stream_ok = moe_stream_mat_ok(&host[e].w1) && moe_stream_mat_ok(&host[e].w2) &&
+                    moe_stream_mat_ok(&host[e].w3);
+        used[0][host[e].w1.fmt == MOE_FP8] = 1;
+        used[1][host[e].w2.fmt == MOE_FP8] = 1;
+        /* 32-row MXFP4 w2 tasks load their scales in one piece */
+        if (host[e].w2.fmt == MOE_MXFP4 && host[e].w2.scale_cols != I / 32) rows32 = 0;
+    }
+    for (int sg = 0; stream_ok && sg < 2; sg++)
+        for (int f = 0; f < 2; f++) {
+            t->parts[sg][f] = t->ku[sg][f] = 0;
+            if (used[sg][f] &&
+                !moe_stream_geometry(sg == 0 ? D : I, f, &t->parts[sg][f], &t->ku[sg][f]))
+                stream_ok = 0;
+        }
+    if (stream_ok) {
+        t->fmt1s = host[E].w1.fmt;
+        t->fmt2s = host[E].w2.fmt;
+        t->rt2[0] = rows32 && moe_stream_rows32(I) ? 32 : 16;
+        t->rt2[1] = 16;
+    }
     free(host);
+    if (st == DSV4_OK && stream_ok) st = moe_stream_prepare(&stream_ok);
+    if (st == DSV4_OK && stream_ok) {
+        const size_t bytes = moe_stream_ctl_words(E, D, I) * sizeof(int32_t);
+        st = dsv4_cuda_bk_alloc(b, bytes, (void **)&t->stream_mem);
+        if (st == DSV4_OK) st = dsv4_cuda_bk_memset0(b, t->stream_mem, bytes);
+        if (st == DSV4_OK) moe_stream_ctl_carve(t->stream_mem, E, D, I, &t->ctl);
+    }
     if (st == DSV4_OK) {
+        t->stream_ok = stream_ok;
         t->E = E;
         t->D = D;
         t->I = I;
@@ -283,6 +377,7 @@ extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b,
     }
     if (st != DSV4_OK) {
         if (t && t->table) dsv4_cuda_bk_free(b, t->table);
+        if (t && t->stream_mem) dsv4_cuda_bk_free(b, t->stream_mem);
         free(t);
         return st;
     }
@@ -295,6 +390,7 @@ extern "C" void dsv4_cuda_bk_experts_free(dsv4_backend *b, dsv4_bk_experts *tp)
     cuda_experts *t = (cuda_experts *)tp;
     if (!t) return;
     dsv4_cuda_bk_free(b, t->table);
+    if (t->stream_mem) dsv4_cuda_bk_free(b, t->stream_mem);
     free(t);
 }
 
@@ -463,8 +559,9 @@ extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float
     /* at most min(E, NK) routed experts + the shared one */
     const int64_t bound = (NK < E ? NK : E) + 1;
 
+    const int path = path_setting();
     mma_ws mw;
-    if (force_path != DSV4_MOE_PATH_SIMT && t->mma_ok &&
+    if (path != DSV4_MOE_PATH_SIMT && t->mma_ok &&
         mma_ws_plan(&mw, N, K, D, I, E, (int)bound) + 256 <= dsv4_bk_moe_ws_bytes(N, K, D, I, E)) {
         char *base = (char *)(((uintptr_t)ws + 255) & ~(uintptr_t)255);
         moe_mma_args m;
@@ -491,6 +588,38 @@ extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float
         m.list.pairs = m.list.cnt + E;
         m.tickets = (int32_t *)(base + mw.tickets);
         m.slots = (int)bound;
+        /* the stream path unless a test forces the stage kernels (or it does not take the call) */
+        if (path == DSV4_MOE_PATH_STREAM && t->stream_ok && N <= MOE_STREAM_NMAX &&
+            NK <= MOE_STREAM_NKMAX) {
+            moe_stream_args a;
+            a.table = t->table;
+            a.E = E;
+            a.K = K;
+            a.N = (int)N;
+            a.D = (int)D;
+            a.I = (int)I;
+            a.sel = sel;
+            a.wts = wts;
+            a.h = h;
+            a.out = out;
+            a.limit = limit;
+            a.x4 = m.x4;
+            a.x8 = m.x8;
+            a.araw = m.araw;
+            a.aq = m.aq;
+            a.y = m.y;
+            a.sx = m.sx;
+            a.sa = m.sa;
+            a.ctl = t->ctl;
+            a.prep = (int)((N * (D / 128) + MOE_STREAM_PREP - 1) / MOE_STREAM_PREP);
+            a.fmt1s = t->fmt1s;
+            a.fmt2s = t->fmt2s;
+            memcpy(a.parts, t->parts, sizeof a.parts);
+            memcpy(a.ku, t->ku, sizeof a.ku);
+            memcpy(a.rt2, t->rt2, sizeof a.rt2);
+            last_path = DSV4_MOE_PATH_STREAM;
+            return moe_stream_run(st, &a, t->sms);
+        }
         last_path = DSV4_MOE_PATH_MMA;
         return moe_mma_run(st, &m, out, h, sel);
     }

@@ -109,4 +109,56 @@ int moe_mma_mat_ok(const moe_mat *m);
 dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, float *out, const float *h,
                         const int32_t *sel);
 
+/* ---- the persistent weight stream (moe_stream.cu) ----------------------------------------
+ * The decode MoE (N <= MOE_STREAM_NMAX rows) as one launch: a producer warp per CTA streams
+ * every task's weights into a shared-memory ring with bulk copies while 8 warps consume them
+ * (moe_stream.cu says how). Same activations and workspace as moe_mma_args; the work list,
+ * the tickets and the counters are the table's (moe_stream_ctl), zero between calls. */
+enum { MOE_STREAM_NMAX = 64 };   /* rows per call */
+enum { MOE_STREAM_NKMAX = 512 }; /* routed pairs per call (N K) */
+enum { MOE_STREAM_EMAX = 512 };  /* experts per layer */
+
+/* Device words one expert table owns for the stream path; each call's last CTA zeroes what the
+ * call used, so they are zero whenever no call runs. */
+typedef struct moe_stream_ctl {
+    int32_t *words;   /* [8]: 0 task claims, 1 prep tasks done, 2 CTAs done, 3 error (sticky) */
+    int32_t *qa_done; /* [E + 1] quantised 128-row blocks of a, per slot */
+    int32_t *qtick;   /* [(E + 1) * I / 128] stage-1 tasks done, per (slot, 128-row block) */
+    int32_t *ctick;   /* [NMAX * D / 16] stage-2 outputs done, per (row, 16-row tile of out) */
+} moe_stream_ctl;
+
+typedef struct moe_stream_args {
+    const moe_expert *table; /* [E + 1] device; [E] = shared */
+    int E, K, N, D, I;
+    const int32_t *sel; /* [N, K] */
+    const float *wts;   /* [N, K] */
+    const float *h;     /* [N, D] */
+    float *out;         /* [N, D] */
+    float limit;
+    uint16_t *x4, *x8, *araw, *aq, *y; /* as moe_mma_args */
+    float *sx, *sa;
+    moe_stream_ctl ctl;
+    int prep;         /* prep tasks: act_quant(h) in blocks of MOE_STREAM_PREP 128-columns */
+    int fmt1s, fmt2s; /* MOE_* of the shared expert's w1 and w2 */
+    int parts[2][2];  /* [stage - 1][0 MXFP4, 1 FP8]: a row in `parts` slot loads of */
+    int ku[2][2];     /* ku columns each */
+    int rt2[2];       /* [0 MXFP4, 1 FP8]: rows of a stage-2 task, 16 or 32 */
+} moe_stream_args;
+enum { MOE_STREAM_PREP = 64 };
+
+/* Whether the stream path takes a matrix (format, widths, alignment of data and scales). */
+int moe_stream_mat_ok(const moe_mat *m);
+/* The slot loads of a row of `cols` columns in format f (0 MXFP4, 1 FP8): 1 if it fits a
+ * slot, with *parts loads of *ku columns. */
+int moe_stream_geometry(int64_t cols, int f, int *parts, int *ku);
+/* Whether 32-row stage-2 tasks fit a slot for MXFP4 w2 rows of `cols` columns in one load. */
+int moe_stream_rows32(int64_t cols);
+/* Int32 words of a table's moe_stream_ctl (one allocation, carved in moe_stream_ctl_carve). */
+size_t moe_stream_ctl_words(int E, int64_t D, int64_t I);
+void moe_stream_ctl_carve(int32_t *base, int E, int64_t D, int64_t I, moe_stream_ctl *c);
+/* Once per process: the kernel's shared-memory limit; 0 if the device cannot hold it. */
+dsv4_status moe_stream_prepare(int *ok);
+/* Enqueues the whole op on `grid` CTAs (one per SM). */
+dsv4_status moe_stream_run(cudaStream_t st, const moe_stream_args *a, int grid);
+
 #endif

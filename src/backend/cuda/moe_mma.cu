@@ -36,57 +36,12 @@
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
+#include "backend/cuda/moe_frag.cuh"
 #include "backend/cuda/moe_numerics.cuh"
 #include "backend/cuda/pdl.cuh"
 
-#include <cuda_fp16.h>
-
 enum { WPC = 4 };    /* warps per CTA, each one task */
 enum { LOADS = 16 }; /* 16-byte weight loads per lane per iteration */
-
-static __device__ __forceinline__ uint32_t word4(const uint4 &q, int k)
-{
-    return k == 0 ? q.x : k == 1 ? q.y : k == 2 ? q.z : q.w;
-}
-
-/* ue8m0 -> f32 (2^(s - 127); 0 is the subnormal 2^-127, 0xff NaN), as dsv4_e8m0_to_f32. */
-static __device__ __forceinline__ float e8m0f(uint32_t s)
-{
-    return s == 0     ? __uint_as_float(0x00400000u)
-           : s == 255 ? __uint_as_float(0x7fc00000u)
-                      : __uint_as_float(s << 23);
-}
-
-/* w: 8 e2m1 nibbles (nibble n = column n) -> p[i] = f16 pair (column i, column i + 4), each
- * e2m1 * 2^-14 exactly (magnitude bits to f16 bits 9..11, sign to 15). */
-static __device__ __forceinline__ void fp4_pairs(uint32_t w, uint32_t (&p)[4])
-{
-    const uint32_t M = 0x0E000E00u, S = 0x80008000u;
-    p[0] = ((w << 9) & M) | ((w << 12) & S);
-    p[1] = ((w << 5) & M) | ((w << 8) & S);
-    p[2] = ((w << 1) & M) | ((w << 4) & S);
-    p[3] = ((w >> 3) & M) | (w & S);
-}
-
-/* w: 4 e4m3 bytes (byte n = column n) -> p[0] = f16 pair (column 0, 2), p[1] = (1, 3), each
- * e4m3 * 2^-8 exactly (exponent and mantissa fields to f16 bits 7..13, sign to 15). */
-static __device__ __forceinline__ void fp8_pairs(uint32_t w, uint32_t (&p)[2])
-{
-    const uint32_t M = 0x3F803F80u, S = 0x80008000u;
-    p[0] = ((w << 7) & M) | ((w << 8) & S);
-    p[1] = ((w >> 1) & M) | (w & S);
-}
-
-/* c [16 x 8] += a [16 x 16] . b [16 x 8]: f16 inputs, f32 accumulation. a0 (row g, k 2t..),
- * a1 (g + 8, 2t..), a2 (g, 2t + 8..), a3 (g + 8, 2t + 8..); b0 (k 2t.., n g), b1 (2t + 8..). */
-static __device__ __forceinline__ void mma_f16(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
-                                               uint32_t a3, uint32_t b0, uint32_t b1)
-{
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
-        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 /* bar.sync on barrier id (1 .. 4) among `count` threads (whole warps); literal ids, so that
  * ptxas reserves only the barriers used. */
@@ -106,38 +61,6 @@ static __device__ __forceinline__ void named_bar(int id, int count)
         asm volatile("bar.sync 4, %0;\n" ::"r"(count) : "memory");
         break;
     }
-}
-
-static __device__ __forceinline__ uint32_t f16_code(float q)
-{
-    return (uint32_t)__half_as_ushort(__float2half_rn(q));
-}
-
-/* act_quant of one 128-column block by one warp: lane holds columns 4 lane .. 4 lane + 3 as
- * bf16 values v (zeros where !on). Stores the e4m3 codes v / s as f16 at d4 (L4 order) and / or
- * d8 (L8 order), each the block's first column (NULL: not wanted; uniform over the warp);
- * returns s. */
-static __device__ __forceinline__ float quant_store(const float (&v)[4], bool on, uint16_t *d4,
-                                                    uint16_t *d8, int lane)
-{
-    float m = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
-    for (int d = 16; d > 0; d >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, d));
-    const float s = q_scale_fp8(m);
-    uint32_t h[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) h[i] = f16_code(q_e4m3(__fdiv_rn(v[i], s)));
-    if (d8 && on) *(uint2 *)(d8 + 4 * lane) = make_uint2(h[0] | h[2] << 16, h[1] | h[3] << 16);
-    if (d4) {
-        /* an 8-column run is split over lanes 2j (columns 0..3) and 2j + 1 (4..7): L4 wants
-         * 0 4 1 5 from the even lane and 2 6 3 7 from the odd one */
-        const int odd = lane & 1;
-        const uint32_t r0 = __shfl_xor_sync(0xffffffffu, odd ? h[0] : h[2], 1);
-        const uint32_t r1 = __shfl_xor_sync(0xffffffffu, odd ? h[1] : h[3], 1);
-        const uint2 o = odd ? make_uint2(r0 | h[2] << 16, r1 | h[3] << 16)
-                            : make_uint2(h[0] | r0 << 16, h[1] | r1 << 16);
-        if (on) *(uint2 *)(d4 + 8 * (lane >> 1) + 4 * odd) = o;
-    }
-    return s;
 }
 
 /* Pair id of token tok of slot ai, and the row of the stage's input it reads. */
