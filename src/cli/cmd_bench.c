@@ -6,8 +6,11 @@
  * It reports decode latency and throughput per context length and batch (wall clock over `steps`
  * steps after a sync), prefill tokens/s for one sequence, a per-op table of a few decode steps
  * (the engine's dsv4_bk_prof timing) and, for every decode figure, the bytes a step must move and
- * how close the step comes to moving them at the measured copy bandwidth ("of floor"). Output is a
- * markdown report, or one JSON object with --json.
+ * how close the step comes to moving them at the measured copy bandwidth ("of floor"), the same
+ * per op and per layer, kernels per layer, the decode projections of a CSA layer against
+ * cuBLASLt FP8 at a few token counts, and, given transformers' layer time
+ * (tools/hf_layer_time.py), ours against it. Output is a markdown report, or one JSON object with
+ * --json.
  *
  * The command drives the engine through its internal headers (engine/engine.h, model/model.h):
  * it is a developer tool, the one CLI command that reaches past dsv4.h. Without CUDA it says so
@@ -58,6 +61,11 @@ typedef struct bench_args {
     int64_t prefill;
     int steps, graphs, pdl, json, gpu, ceilings_only;
     uint64_t seed;
+    int gemm_n[DSV4_BENCH_GEMM_MAX_N], n_gemm_n; /* --gemms (0 entries: none) */
+    double hf_layer_us;                          /* --hf-layer-us / --hf-layer-json (0: none) */
+    const char *hf_json;
+    int64_t hf_context; /* the context of the transformers figure (0: not said) */
+    char hf_note[512];  /* what the transformers figure is (from its JSON file) */
 } bench_args;
 
 typedef struct decode_row {
@@ -74,8 +82,20 @@ typedef struct prof_table {
     dsv4_bk_prof_entry e[MAX_PROF];
 } prof_table;
 
+/* A decode projection of the first CSA layer (the first layer when none), timed by
+ * dsv4_bench_gemm_measure against cuBLASLt FP8. */
+enum { MAX_GEMMS = 8 };
+typedef struct gemm_row {
+    const char *name;
+    const dsv4_weight *w; /* the model's host descriptor */
+    int groups;
+    dsv4_bench_gemms g;
+} gemm_row;
+
 typedef struct bench_out {
     dsv4_bench_ceilings ceil;
+    gemm_row gemms[MAX_GEMMS];
+    int n_gemms;
     decode_row rows[MAX_LIST * MAX_LIST];
     int n_rows;
     double prefill_s;
@@ -93,7 +113,8 @@ static int usage(int rc)
             "usage: dsv4 bench [--shape flash|pro] [--layers N] [--experts mxfp4|nvfp4]\n"
             "                  [--batches 1,8,32,64] [--contexts 4096,65536] [--prefill 4096]\n"
             "                  [--steps 20] [--no-graphs] [--pdl] [--json] [--gpu I] [--seed S]\n"
-            "                  [--ceilings-only]\n"
+            "                  [--ceilings-only] [--gemms 1,8,64 | --no-gemms]\n"
+            "                  [--hf-layer-us X | --hf-layer-json FILE]\n"
             "  Times the CUDA engine at the real DeepSeek-V4 geometry with random weights.\n"
             "  --layers N       layers of the model (default 4; fewer than the real count take\n"
             "                   the real layers 2.., alternating CSA and HCA; 0 = all)\n"
@@ -103,8 +124,13 @@ static int usage(int rc)
             "  --steps N        timed decode steps per (context, batch), after %d warm-up steps\n"
             "  --no-graphs      launch each decode step's kernels instead of replaying a graph\n"
             "  --pdl            graphs with programmatic dependent launch between kernels\n"
-            "  --ceilings-only  measure the device's bandwidth and GEMM ceilings and stop\n",
-            WARMUP_STEPS);
+            "  --ceilings-only  measure the device's bandwidth and GEMM ceilings and stop\n"
+            "  --gemms          token counts at which the decode projections of a CSA layer\n"
+            "                   are timed against cuBLASLt FP8 (up to %d; --no-gemms: none)\n"
+            "  --hf-layer-us X  transformers' time of one decoder layer at a decode step (us),\n"
+            "                   set against ours; --hf-layer-json reads it from the file\n"
+            "                   tools/hf_layer_time.py writes (key \"hf_layer_us\")\n",
+            WARMUP_STEPS, DSV4_BENCH_GEMM_MAX_N);
     return rc;
 }
 
@@ -131,6 +157,46 @@ static int parse_list(const char *s, int64_t lo, int64_t hi, int64_t *out, int *
     return *n ? 0 : -1;
 }
 
+/* The transformers figure from the JSON object tools/hf_layer_time.py writes: the numbers after
+ * the keys "hf_layer_us" and "context" and the string after "note". A plain scan (the CLI does
+ * not link cJSON; the file is ours and flat). 0 on success, 2 with a message. */
+static const char *json_key(const char *text, const char *key)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\"", key);
+    const char *p = strstr(text, pat);
+    if (!p) return NULL;
+    p += strlen(pat);
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == ':') p++;
+    return p;
+}
+
+static int read_hf_json(bench_args *a)
+{
+    FILE *f = fopen(a->hf_json, "rb");
+    char text[65536];
+    const size_t n = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    if (f) fclose(f);
+    text[n] = 0;
+    const char *us = json_key(text, "hf_layer_us"), *ctx = json_key(text, "context");
+    const char *note = json_key(text, "note");
+    if (!f || !us || !(strtod(us, NULL) > 0.0)) {
+        fprintf(stderr, "dsv4 bench: --hf-layer-json: %s has no positive \"hf_layer_us\"\n",
+                a->hf_json);
+        return 2;
+    }
+    a->hf_layer_us = strtod(us, NULL);
+    a->hf_context = ctx ? strtoll(ctx, NULL, 10) : 0;
+    a->hf_note[0] = 0;
+    if (note && *note == '"') {
+        size_t k = 0;
+        for (note++; *note && *note != '"' && k + 1 < sizeof a->hf_note; note++)
+            a->hf_note[k++] = *note == '|' ? '/' : *note; /* stays one markdown cell */
+        a->hf_note[k] = 0;
+    }
+    return 0;
+}
+
 static int parse_args(int argc, char **argv, bench_args *a)
 {
     memset(a, 0, sizeof *a);
@@ -146,6 +212,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
     a->graphs = 1;
     a->pdl = 0;
     a->seed = 1;
+    a->n_gemm_n = 3;
+    a->gemm_n[0] = 1, a->gemm_n[1] = 8, a->gemm_n[2] = 64;
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int64_t x, list[MAX_LIST];
@@ -159,6 +227,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
             a->pdl = 1;
         } else if (!strcmp(o, "--ceilings-only")) {
             a->ceilings_only = 1;
+        } else if (!strcmp(o, "--no-gemms")) {
+            a->n_gemm_n = 0;
         } else if (!v) {
             fprintf(stderr, "dsv4 bench: unknown option or missing value: '%s'\n", o);
             return usage(2);
@@ -189,6 +259,29 @@ static int parse_args(int argc, char **argv, bench_args *a)
             for (int k = 0; k < n; k++) a->batches[k] = (int)list[k];
             a->n_batches = n;
             i++;
+        } else if (!strcmp(o, "--gemms")) {
+            if (parse_list(v, 1, 4096, list, &n) || n > DSV4_BENCH_GEMM_MAX_N) {
+                fprintf(stderr,
+                        "dsv4 bench: --gemms needs up to %d integers in [1, 4096] separated by "
+                        "commas (got '%s')\n",
+                        DSV4_BENCH_GEMM_MAX_N, v);
+                return 2;
+            }
+            for (int k = 0; k < n; k++) a->gemm_n[k] = (int)list[k];
+            a->n_gemm_n = n;
+            i++;
+        } else if (!strcmp(o, "--hf-layer-us")) {
+            char *end;
+            a->hf_layer_us = strtod(v, &end);
+            if (!*v || *end || !(a->hf_layer_us > 0.0)) {
+                fprintf(stderr, "dsv4 bench: --hf-layer-us needs a positive number (got '%s')\n",
+                        v);
+                return 2;
+            }
+            snprintf(a->hf_note, sizeof a->hf_note, "given with --hf-layer-us");
+            i++;
+        } else if (!strcmp(o, "--hf-layer-json")) {
+            a->hf_json = argv[++i];
         } else if (!strcmp(o, "--contexts")) {
             if (parse_list(v, 0, (int64_t)1 << 22, a->contexts, &a->n_contexts)) {
                 fprintf(stderr,
@@ -230,7 +323,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
             i++;
         }
     }
-    return 0;
+    return a->hf_json ? read_hf_json(a) : 0;
 }
 
 /* ---- helpers ------------------------------------------------------------------------------- */
@@ -306,6 +399,81 @@ static void step_bytes(const dsv4_model *m, int64_t ctx, int B, decode_row *r)
 static double row_bytes(const decode_row *r)
 {
     return r->weight_bytes + r->kv_bytes + r->other_bytes;
+}
+
+static double wb(const dsv4_weight *w)
+{
+    return (double)dsv4_weight_bytes(w);
+}
+
+/* The bytes of step_bytes that the op behind a per-op timer label reads in one step (all layers),
+ * at batch B and position ctx: its weights, for attn.core the window and the selected or
+ * compressed entries, for index.topk the indexer keys it scores. 0: an op with no weights of its
+ * own (norms, RoPE, stores: activations only), shown as "-". */
+static double op_bytes(const dsv4_model *m, const char *op, int64_t ctx, int B)
+{
+    const dsv4_config *c = &m->cfg;
+    const double E = c->n_routed_experts, K = c->n_experts_per_tok;
+    const double touched = B == 1 ? K : E * (1.0 - pow(1.0 - K / E, (double)B));
+    const double p1 = (double)(ctx + 1);
+    const dsv4_model_weights *mw = &m->w;
+    if (!strcmp(op, "embed")) return B * wb(&mw->embed) / (double)c->vocab_size;
+    if (!strcmp(op, "head.logits")) return wb(&mw->head);
+    if (!strcmp(op, "head.collapse")) return wb(&mw->hc_head_fn) + wb(&mw->norm);
+    double s = 0.0;
+    for (int i = 0; i < mw->n_layers; i++) {
+        const dsv4_layer_weights *l = &mw->layers[i];
+        const int ratio = l->compress_ratio;
+        if (!strcmp(op, "mhc.pre"))
+            s += i == 0 ? wb(&l->hc_attn_fn) : 0.0;
+        else if (!strcmp(op, "mhc.seam"))
+            s += (i ? wb(&l->hc_attn_fn) : 0.0) + wb(&l->hc_ffn_fn);
+        else if (!strcmp(op, "attn.proj"))
+            s += wb(&l->wq_a) + wb(&l->wkv) + wb(&l->compressor.wkv) + wb(&l->compressor.wgate) +
+                 wb(&l->idx_compressor.wkv) + wb(&l->idx_compressor.wgate) +
+                 wb(&l->idx_weights_proj);
+        else if (!strcmp(op, "attn.q"))
+            s += wb(&l->wq_b);
+        else if (!strcmp(op, "index.q"))
+            s += wb(&l->idx_wq_b);
+        else if (!strcmp(op, "attn.out"))
+            s += wb(&l->wo_a) + wb(&l->wo_b);
+        else if (!strcmp(op, "moe.router"))
+            s += wb(&l->gate);
+        else if (!strcmp(op, "moe.experts")) {
+            uint64_t dense, expert;
+            dsv4_model_layer_bytes(m, i, &dense, &expert);
+            s += wb(&l->shared.w1) + wb(&l->shared.w2) + wb(&l->shared.w3) +
+                 touched * (double)expert;
+        } else if (!strcmp(op, "attn.core")) {
+            double kv = fmin(p1, (double)c->sliding_window) * c->head_dim * 2.0;
+            if (ratio == 4)
+                kv += fmin(floor(p1 / 4.0), c->index_topk) * c->head_dim * 2.0;
+            else if (ratio > 0)
+                kv += floor(p1 / ratio) * c->head_dim * 2.0;
+            s += kv * B;
+        } else if (!strcmp(op, "index.topk") && ratio == 4)
+            s += floor(p1 / 4.0) * c->index_head_dim * 2.0 * B;
+    }
+    return s;
+}
+
+/* Ops of the per-op timer outside the layers (embedding, head collapse + final norm, logits). */
+static int is_head_op(const char *op)
+{
+    return !strcmp(op, "embed") || !strcmp(op, "head.collapse") || !strcmp(op, "head.logits");
+}
+
+/* Kernels of a decode step outside the layers: the embedding, the head collapse + final norm
+ * (one hc_site kernel) and the logits projection, one launch each (engine_layer.c
+ * dsv4_engine_forward, engine.c head). */
+enum { HEAD_EMBED_KERNELS = 3 };
+
+static double kernels_per_layer(const decode_row *r, int layers)
+{
+    return r->kernels > HEAD_EMBED_KERNELS && layers > 0
+               ? (double)(r->kernels - HEAD_EMBED_KERNELS) / layers
+               : 0.0;
 }
 
 /* ---- the runs ------------------------------------------------------------------------------ */
@@ -401,6 +569,119 @@ static double prof_total(const prof_table *t)
     return s;
 }
 
+/* The per-op table of batch B at ctx, or NULL. */
+static const prof_table *find_prof(const bench_out *o, int B, int64_t ctx)
+{
+    for (int k = 0; k < o->n_prof; k++)
+        if (o->prof[k].batch == B && o->prof[k].context == ctx) return &o->prof[k];
+    return NULL;
+}
+
+/* The decode row set against transformers: batch 1 at the transformers figure's context when
+ * there is one, else the first batch-1 row; NULL when none. */
+static const decode_row *hf_row(const bench_args *a, const bench_out *o)
+{
+    const decode_row *first = NULL;
+    for (int i = 0; i < o->n_rows; i++) {
+        if (o->rows[i].batch != 1) continue;
+        if (!first) first = &o->rows[i];
+        if (a->hf_context && o->rows[i].context == a->hf_context) return &o->rows[i];
+    }
+    return first;
+}
+
+/* Our time of one layer (us) in a decode step r: the graph-replayed step minus what the op timer
+ * gives the embedding and head ops at the same batch and context (*head_out = 1), or the step /
+ * layers when no such table was taken (*head_out = 0). */
+static double layer_us(const dsv4_model *m, const bench_out *o, const decode_row *r, int *head_out)
+{
+    const prof_table *t = find_prof(o, r->batch, r->context);
+    double head_ms = 0.0;
+    for (int i = 0; t && i < t->n; i++)
+        if (is_head_op(t->e[i].label)) head_ms += t->e[i].ms / PROF_STEPS;
+    *head_out = t != NULL;
+    return (r->ms - head_ms) * 1e3 / m->w.n_layers;
+}
+
+static double gbs(double bytes, double us)
+{
+    return us > 0.0 ? bytes / us / 1e3 : 0.0;
+}
+
+static void print_gemms_markdown(const bench_out *o)
+{
+    const dsv4_bench_ceilings *c = &o->ceil;
+    if (!o->n_gemms) return;
+    const char *lt = o->gemms[0].g.note[0] ? o->gemms[0].g.note : "no cuBLASLt";
+    printf("### Decode projections against cuBLASLt FP8 (first CSA layer's shapes)\n\n");
+    printf("| projection | W rows x cols | format | MB | N | dsv4 us | dsv4 GB/s | of copy | "
+           "kernels | cuBLASLt us | cuBLASLt GB/s | cuBLASLt scaling | dsv4 / cuBLASLt |\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for (int k = 0; k < o->n_gemms; k++) {
+        const gemm_row *g = &o->gemms[k];
+        const double bytes = (double)dsv4_weight_bytes(g->w);
+        for (int i = 0; i < g->g.n_n; i++) {
+            const dsv4_bench_gemm *r = &g->g.r[i];
+            char blas[64] = "-", ratio[32] = "-", scaling[48] = "-";
+            if (r->blas_us > 0.0) {
+                snprintf(blas, sizeof blas, "%.2f | %.0f", r->blas_us,
+                         gbs((double)g->g.fp8_bytes, r->blas_us));
+                snprintf(ratio, sizeof ratio, "%.2f", r->ours_us / r->blas_us);
+                snprintf(scaling, sizeof scaling, "%s%s, best of %d",
+                         r->blas_block ? "block 128x128 / 1x128" : "per tensor",
+                         r->blas_w_is_a ? "" : " (D^T)", r->blas_algos);
+            } else {
+                snprintf(blas, sizeof blas, "- | -");
+            }
+            char shape[64];
+            snprintf(shape, sizeof shape, "%lld x %lld", (long long)g->w->rows,
+                     (long long)g->w->cols);
+            if (g->groups > 1)
+                snprintf(shape + strlen(shape), sizeof shape - strlen(shape), " (%d groups)",
+                         g->groups);
+            printf("| %s | %s | %s | %.1f | %d | %.2f | %.0f | %.0f%% | %d | %s | %s | %s |\n",
+                   g->name, shape, dsv4_weight_format_name(g->w->format), bytes / 1e6, r->n,
+                   r->ours_us, gbs(bytes, r->ours_us), 100.0 * gbs(bytes, r->ours_us) / c->copy_gbs,
+                   r->ours_kernels, blas, scaling, ratio);
+        }
+    }
+    printf("\nPer call, CUDA graph of back-to-back calls over distinct copies of the weight "
+           "(%d for wq_a: 256 MB or 64 copies, so L2 keeps none), best of 5 launches. dsv4: "
+           "the engine's op (dsv4_bk_linear; wo_a: dsv4_bk_linear_grouped) on f32 x, "
+           "bf16-rounded output. "
+           "cuBLASLt: e4m3 x e4m3 -> bf16, f32 accumulation, wo_a as a strided batch of its "
+           "groups, the fastest of up to %d heuristic candidates per scaling layout; block "
+           "scaling = f32 scales per 128 x 128 of W and per 1 x 128 of x (cuBLASLt takes "
+           "the ue8m0 scales as f32 values), else one f32 scale per tensor. GB/s = W's bytes "
+           "(cuBLASLt: e4m3 + f32 block scales) / time; dsv4 / cuBLASLt < 1: ours faster. "
+           "%.*s.\n\n",
+           o->gemms[0].g.copies, DSV4_BENCH_GEMM_ALGOS, (int)strcspn(lt, ";"), lt);
+    int fell_back = 0; /* where block scaling fell back, shape by shape */
+    for (int k = 0; k < o->n_gemms; k++)
+        if (strstr(o->gemms[k].g.note, "; ")) {
+            printf("- %s: %s\n", o->gemms[k].name, strstr(o->gemms[k].g.note, "; ") + 2);
+            fell_back = 1;
+        }
+    if (fell_back) printf("\n");
+}
+
+static void print_hf_markdown(const bench_args *a, const dsv4_model *m, const bench_out *o)
+{
+    const decode_row *r = hf_row(a, o);
+    if (!(a->hf_layer_us > 0.0) || !r) return;
+    int head = 0;
+    const double us = layer_us(m, o, r, &head);
+    printf("### Against transformers (one decoder layer, decode step of 1 token)\n\n");
+    printf("| transformers us/layer | dsv4 us/layer (batch 1, context %lld) | transformers / dsv4 "
+           "|\n|---|---|---|\n| %.1f | %.1f | %.1fx |\n\n",
+           (long long)r->context, a->hf_layer_us, us, a->hf_layer_us / us);
+    printf("transformers: %s%s. dsv4: %s.\n\n", a->hf_note[0] ? a->hf_note : "as given",
+           a->hf_context ? "" : " (context not given)",
+           head ? "the graph-replayed step minus the op timer's embed, head.collapse and "
+                  "head.logits, / layers"
+                : "the graph-replayed step / layers (head included: no op-timer table)");
+}
+
 static void print_markdown(const bench_args *a, const dsv4_model *m, const bench_out *o)
 {
     const dsv4_bench_ceilings *c = &o->ceil;
@@ -434,20 +715,24 @@ static void print_markdown(const bench_args *a, const dsv4_model *m, const bench
            (long long)o->plan.max_context);
     printf("### Decode (%d timed steps after %d warm-up steps; wall clock)\n\n", a->steps,
            WARMUP_STEPS);
-    printf(
-        "| context | batch | ms/step | us/layer | tokens/s | MB/step (weights + state + "
-        "other) | floor ms | of floor | kernels/step |\n|---|---|---|---|---|---|---|---|---|\n");
+    printf("| context | batch | ms/step | us/layer | tokens/s | MB/step (weights + state + "
+           "other) | floor ms | of floor | GB/s | kernels/step | kernels/layer |\n"
+           "|---|---|---|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < o->n_rows; i++) {
         const decode_row *r = &o->rows[i];
         const double bytes = row_bytes(r), floor_ms = bytes / (c->copy_gbs * 1e9) * 1e3;
-        printf(
-            "| %lld | %d | %.3f | %.1f | %.1f | %.1f (%.1f + %.1f + %.1f) | %.3f | %.0f%% | %d |\n",
-            (long long)r->context, r->batch, r->ms, r->ms * 1e3 / m->w.n_layers,
-            r->batch * 1e3 / r->ms, bytes / 1e6, r->weight_bytes / 1e6, r->kv_bytes / 1e6,
-            r->other_bytes / 1e6, floor_ms, 100.0 * floor_ms / r->ms, r->kernels);
+        printf("| %lld | %d | %.3f | %.1f | %.1f | %.1f (%.1f + %.1f + %.1f) | %.3f | %.0f%% | "
+               "%.0f | %d | %.1f |\n",
+               (long long)r->context, r->batch, r->ms, r->ms * 1e3 / m->w.n_layers,
+               r->batch * 1e3 / r->ms, bytes / 1e6, r->weight_bytes / 1e6, r->kv_bytes / 1e6,
+               r->other_bytes / 1e6, floor_ms, 100.0 * floor_ms / r->ms, gbs(bytes, r->ms * 1e3),
+               r->kernels, kernels_per_layer(r, m->w.n_layers));
     }
     printf("\nus/layer = step time / layers (the head and embedding included). Floor = bytes / "
-           "copy bandwidth; routed experts touched by B rows: E (1 - (1 - K/E)^B).\n\n");
+           "copy bandwidth; routed experts touched by B rows: E (1 - (1 - K/E)^B). GB/s = "
+           "bytes / step time. kernels/layer = (kernels of the step's graph - %d for the "
+           "embedding, head collapse and logits) / layers.\n\n",
+           HEAD_EMBED_KERNELS);
     if (a->prefill > 0)
         printf("### Prefill\n\n| tokens | chunk | seconds | tokens/s |\n|---|---|---|---|\n"
                "| %lld | %d | %.3f | %.0f |\n\n",
@@ -457,13 +742,45 @@ static void print_markdown(const bench_args *a, const dsv4_model *m, const bench
         const double total = prof_total(t);
         printf("### Per op: batch %d, context %lld (%d steps under the op timer)\n\n", t->batch,
                (long long)t->context, PROF_STEPS);
-        printf("| op | ms/step | share | calls/step |\n|---|---|---|---|\n");
-        for (int i = 0; i < t->n; i++)
-            printf("| %s | %.4f | %.1f%% | %.1f |\n", t->e[i].label, t->e[i].ms / PROF_STEPS,
-                   total > 0 ? 100.0 * t->e[i].ms / total : 0.0,
-                   (double)t->e[i].calls / PROF_STEPS);
-        printf("| total | %.4f | 100%% | |\n\n", total / PROF_STEPS);
+        printf("| op | ms/step | share | calls/step | MB/step | GB/s | of copy |\n"
+               "|---|---|---|---|---|---|---|\n");
+        double head_ms = 0.0;
+        for (int i = 0; i < t->n; i++) {
+            const double ms = t->e[i].ms / PROF_STEPS;
+            const double bytes = op_bytes(m, t->e[i].label, t->context, t->batch);
+            char bw[64] = "- | - | -";
+            if (bytes > 0.0)
+                snprintf(bw, sizeof bw, "%.2f | %.0f | %.0f%%", bytes / 1e6, gbs(bytes, ms * 1e3),
+                         100.0 * gbs(bytes, ms * 1e3) / c->copy_gbs);
+            if (is_head_op(t->e[i].label)) head_ms += ms;
+            printf("| %s | %.4f | %.1f%% | %.1f | %s |\n", t->e[i].label, ms,
+                   total > 0 ? 100.0 * t->e[i].ms / total : 0.0, (double)t->e[i].calls / PROF_STEPS,
+                   bw);
+        }
+        printf("| total | %.4f | 100%% | | | | |\n\n", total / PROF_STEPS);
+        decode_row lr;
+        memset(&lr, 0, sizeof lr);
+        step_bytes(m, t->context, t->batch, &lr);
+        const double L = m->w.n_layers, lus = (total / PROF_STEPS - head_ms) * 1e3 / L;
+        const double lbytes = (lr.weight_bytes + lr.kv_bytes) / L;
+        printf("Per layer, %.1f MB (weights + state): op timer (eager, without embed and head) "
+               "%.1f us, %.0f GB/s = %.0f%% of copy",
+               lbytes / 1e6, lus, gbs(lbytes, lus), 100.0 * gbs(lbytes, lus) / c->copy_gbs);
+        for (int i = 0; i < o->n_rows; i++) {
+            const decode_row *r = &o->rows[i];
+            if (r->batch != t->batch || r->context != t->context) continue;
+            int head = 0;
+            const double gus = layer_us(m, o, r, &head);
+            printf("; graph step minus the op timer's embed and head, / layers: %.1f us, %.0f "
+                   "GB/s = %.0f%% of copy",
+                   gus, gbs(lbytes, gus), 100.0 * gbs(lbytes, gus) / c->copy_gbs);
+            break;
+        }
+        printf(". MB/step: what step_bytes counts for the op (weights; attn.core the window and "
+               "selected entries; index.topk the indexer keys); \"-\": activations only.\n\n");
     }
+    print_gemms_markdown(o);
+    print_hf_markdown(a, m, o);
 }
 
 static void json_str(const char *s)
@@ -516,10 +833,10 @@ static void print_json(const bench_args *a, const dsv4_model *m, const bench_out
         printf("%s\n  {\"context\": %lld, \"batch\": %d, \"ms_per_step\": %.4f, \"us_per_layer\": "
                "%.2f, \"tokens_per_s\": %.1f, \"bytes\": %.0f, \"weight_bytes\": %.0f, "
                "\"state_bytes\": %.0f, \"other_bytes\": %.0f, \"floor_ms\": %.4f, "
-               "\"of_floor\": %.4f, \"kernels_per_step\": %d}",
+               "\"of_floor\": %.4f, \"kernels_per_step\": %d, \"kernels_per_layer\": %.2f}",
                i ? "," : "", (long long)r->context, r->batch, r->ms, r->ms * 1e3 / m->w.n_layers,
                r->batch * 1e3 / r->ms, bytes, r->weight_bytes, r->kv_bytes, r->other_bytes,
-               floor_ms, floor_ms / r->ms, r->kernels);
+               floor_ms, floor_ms / r->ms, r->kernels, kernels_per_layer(r, m->w.n_layers));
     }
     printf("],\n \"prefill\": ");
     if (a->prefill > 0)
@@ -536,13 +853,50 @@ static void print_json(const bench_args *a, const dsv4_model *m, const bench_out
         for (int i = 0; i < t->n; i++) {
             printf("%s{\"op\": ", i ? ", " : "");
             json_str(t->e[i].label);
-            printf(", \"ms_per_step\": %.5f, \"share\": %.4f, \"calls_per_step\": %.2f}",
+            printf(", \"ms_per_step\": %.5f, \"share\": %.4f, \"calls_per_step\": %.2f, "
+                   "\"bytes\": %.0f}",
                    t->e[i].ms / PROF_STEPS, total > 0 ? t->e[i].ms / total : 0.0,
-                   (double)t->e[i].calls / PROF_STEPS);
+                   (double)t->e[i].calls / PROF_STEPS,
+                   op_bytes(m, t->e[i].label, t->context, t->batch));
         }
         printf("]}");
     }
-    printf("]}\n");
+    printf("],\n \"gemms\": [");
+    for (int k = 0; k < o->n_gemms; k++) {
+        const gemm_row *g = &o->gemms[k];
+        printf("%s\n  {\"name\": \"%s\", \"rows\": %lld, \"cols\": %lld, \"groups\": %d, "
+               "\"format\": \"%s\", \"bytes\": %llu, \"fp8_bytes\": %llu, \"copies\": %d, "
+               "\"runs\": [",
+               k ? "," : "", g->name, (long long)g->w->rows, (long long)g->w->cols, g->groups,
+               dsv4_weight_format_name(g->w->format), (unsigned long long)dsv4_weight_bytes(g->w),
+               (unsigned long long)g->g.fp8_bytes, g->g.copies);
+        for (int i = 0; i < g->g.n_n; i++) {
+            const dsv4_bench_gemm *r = &g->g.r[i];
+            printf("%s{\"n\": %d, \"ours_us\": %.3f, \"ours_kernels\": %d, \"blas_us\": "
+                   "%.3f, \"blas_block_scaled\": %s, \"blas_w_is_a\": %s, \"blas_algos\": %d}",
+                   i ? ", " : "", r->n, r->ours_us, r->ours_kernels, r->blas_us,
+                   r->blas_block ? "true" : "false", r->blas_w_is_a ? "true" : "false",
+                   r->blas_algos);
+        }
+        printf("], \"blas_note\": ");
+        json_str(g->g.note);
+        printf("}");
+    }
+    printf("],\n \"transformers\": ");
+    const decode_row *hr = hf_row(a, o);
+    if (a->hf_layer_us > 0.0 && hr) {
+        int head = 0;
+        const double us = layer_us(m, o, hr, &head);
+        printf("{\"hf_layer_us\": %.2f, \"context\": %lld, \"ours_layer_us\": %.2f, "
+               "\"head_removed\": %s, \"ratio\": %.3f, \"note\": ",
+               a->hf_layer_us, (long long)hr->context, us, head ? "true" : "false",
+               a->hf_layer_us / us);
+        json_str(a->hf_note);
+        printf("}");
+    } else {
+        printf("null");
+    }
+    printf("}\n");
 }
 
 /* ---- the command --------------------------------------------------------------------------- */
@@ -606,6 +960,54 @@ static dsv4_status run_engine(const bench_args *a, dsv4_model *m, bench_out *o)
     return st;
 }
 
+/* The decode projections of the first CSA layer (the first layer when none is): the FP8 GEMVs
+ * of the attention, the shared expert and the indexer query. */
+static int gemm_shapes(const dsv4_model *m, gemm_row *g)
+{
+    const dsv4_layer_weights *l = &m->w.layers[0];
+    for (int i = 0; i < m->w.n_layers; i++)
+        if (m->w.layers[i].compress_ratio == 4) {
+            l = &m->w.layers[i];
+            break;
+        }
+    const struct {
+        const char *name;
+        const dsv4_weight *w;
+        int groups;
+    } s[MAX_GEMMS] = {{"wq_a", &l->wq_a, 1},           {"wkv", &l->wkv, 1},
+                      {"wq_b", &l->wq_b, 1},           {"wo_a", &l->wo_a, m->cfg.o_groups},
+                      {"wo_b", &l->wo_b, 1},           {"shared w1 (= w3)", &l->shared.w1, 1},
+                      {"shared w2", &l->shared.w2, 1}, {"indexer wq_b", &l->idx_wq_b, 1}};
+    int n = 0;
+    for (int i = 0; i < MAX_GEMMS; i++) {
+        if (s[i].w->rows * s[i].w->cols <= 0) continue; /* no indexer on this layer */
+        memset(&g[n], 0, sizeof g[n]);
+        g[n].name = s[i].name;
+        g[n].w = s[i].w;
+        g[n].groups = s[i].groups;
+        n++;
+    }
+    return n;
+}
+
+static dsv4_status run_gemms(const bench_args *a, const dsv4_model *m, bench_out *o)
+{
+    if (!a->n_gemm_n) return DSV4_OK;
+    dsv4_backend *b = NULL;
+    DSV4_TRY(dsv4_backend_create(DSV4_DEVICE_CUDA, a->gpu, NULL, &b));
+    const int n = gemm_shapes(m, o->gemms);
+    dsv4_status st = DSV4_OK;
+    for (int k = 0; k < n && st == DSV4_OK; k++) {
+        gemm_row *g = &o->gemms[k];
+        fprintf(stderr, "dsv4 bench: %s [%lld x %lld] against cuBLASLt\n", g->name,
+                (long long)g->w->rows, (long long)g->w->cols);
+        st = dsv4_bench_gemm_measure(b, g->w, g->groups, a->gemm_n, a->n_gemm_n, &g->g);
+        if (st == DSV4_OK) o->n_gemms++;
+    }
+    dsv4_backend_destroy(b);
+    return st;
+}
+
 int cmd_bench(int argc, char **argv)
 {
     bench_args a;
@@ -623,6 +1025,9 @@ int cmd_bench(int argc, char **argv)
     dsv4_model *m = NULL;
     if (st == DSV4_OK) st = dsv4_model_create_shape(a.shape, a.layers, a.experts, &m);
     if (st == DSV4_OK && !a.ceilings_only) st = run_engine(&a, m, o);
+    if (st == DSV4_OK && !a.ceilings_only && run_gemms(&a, m, o) != DSV4_OK)
+        fprintf(stderr, "dsv4 bench: the projections against cuBLASLt stopped after %d: %s\n",
+                o->n_gemms, dsv4_last_error()); /* the report keeps what was measured */
     if (st == DSV4_OK) {
         if (a.json)
             print_json(&a, m, o);

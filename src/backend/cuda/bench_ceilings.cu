@@ -3,6 +3,8 @@
  * and stream: a 1 GiB device-to-device copy, a read-only streaming kernel, cuBLASLt BF16 and FP8
  * GEMMs at M = N = K = 8192 (cuBLASLt loaded with dlopen, see the header) and register-only
  * mma.sync peaks. Every figure is the best of BENCH_REPS timed runs (CUDA events) after a warm-up.
+ * At the end: one decode projection timed as the engine's op and as cuBLASLt FP8 (a small search
+ * over the heuristic's algorithms and the scaling layouts the library takes on the device).
  */
 #include "backend/cuda/bench_ceilings.h"
 #include "backend/cuda/check.cuh"
@@ -127,6 +129,15 @@ __global__ void ceil_mma_fp8_kernel(int iters, float *sink)
     if (s == 1234.5f) sink[blockIdx.x] = s;
 }
 
+// p [n] = v (the GEMM comparison's scales).
+__global__ void ceil_fill_f32_kernel(float *p, size_t n, float v)
+{
+    DSV4_PDL_WAIT();
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        p[i] = v;
+}
+
 /* ---- timing -------------------------------------------------------------------------------- */
 
 /* The entry points of cuBLASLt used here (signatures of cublasLt.h, stable across 12 and 13). */
@@ -142,6 +153,8 @@ typedef struct lt_api {
     cublasStatus_t (*layout_create)(cublasLtMatrixLayout_t *, cudaDataType, uint64_t, uint64_t,
                                     int64_t);
     cublasStatus_t (*layout_destroy)(cublasLtMatrixLayout_t);
+    cublasStatus_t (*layout_set)(cublasLtMatrixLayout_t, cublasLtMatrixLayoutAttribute_t,
+                                 const void *, size_t);
     cublasStatus_t (*pref_create)(cublasLtMatmulPreference_t *);
     cublasStatus_t (*pref_destroy)(cublasLtMatmulPreference_t);
     cublasStatus_t (*pref_set)(cublasLtMatmulPreference_t, cublasLtMatmulPreferenceAttributes_t,
@@ -263,6 +276,7 @@ static int lt_load(lt_api *lt, char *note, size_t note_n)
     LT_LOAD(desc_set, "cublasLtMatmulDescSetAttribute");
     LT_LOAD(layout_create, "cublasLtMatrixLayoutCreate");
     LT_LOAD(layout_destroy, "cublasLtMatrixLayoutDestroy");
+    LT_LOAD(layout_set, "cublasLtMatrixLayoutSetAttribute");
     LT_LOAD(pref_create, "cublasLtMatmulPreferenceCreate");
     LT_LOAD(pref_destroy, "cublasLtMatmulPreferenceDestroy");
     LT_LOAD(pref_set, "cublasLtMatmulPreferenceSetAttribute");
@@ -436,5 +450,354 @@ extern "C" dsv4_status dsv4_bench_ceilings_measure(dsv4_backend *b, dsv4_bench_c
     dsv4_cuda_free(b->cuda, r.src);
     if (r.e0) cudaEventDestroy(r.e0);
     if (r.e1) cudaEventDestroy(r.e1);
+    return st;
+}
+
+/* ---- decode projections: the engine's op against cuBLASLt FP8 (dsv4_bench_gemm_measure) ---- */
+
+static const size_t GEMM_COLD_BYTES = (size_t)256 << 20; /* > 5x an H100's 50 MB of L2 */
+enum { GEMM_MAX_COPIES = 64, GEMM_ALGOS = DSV4_BENCH_GEMM_ALGOS, GEMM_REPS = 5 };
+
+/* The cuBLASLt of the GEMM comparison, loaded on first use and kept until the process exits:
+ * every projection shape uses it, and loading the ~540 MB library costs about a second. */
+static lt_api g_lt;
+static cublasLtHandle_t g_lt_h;
+static int g_lt_state; /* 0: not tried, 1: loaded, -1: not available (g_lt_note says why) */
+static char g_lt_note[128];
+
+static int gemm_lt(void)
+{
+    if (g_lt_state) return g_lt_state > 0;
+    g_lt_state = -1;
+    if (!lt_load(&g_lt, g_lt_note, sizeof g_lt_note)) return 0;
+    const cublasStatus_t s = g_lt.create(&g_lt_h);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        snprintf(g_lt_note, sizeof g_lt_note, "cublasLtCreate: status %d", (int)s);
+        return 0;
+    }
+    g_lt_state = 1;
+    return 1;
+}
+
+/* Best time (ms) of GEMM_REPS launches of g after one warm-up launch. */
+static dsv4_status time_graph(cudaGraphExec_t g, cudaStream_t st, cudaEvent_t e0, cudaEvent_t e1,
+                              double *best_ms)
+{
+    float best = 0.0f;
+    for (int r = 0; r <= GEMM_REPS; r++) {
+        CUDA_TRY(cudaEventRecord(e0, st));
+        CUDA_TRY(cudaGraphLaunch(g, st));
+        CUDA_TRY(cudaEventRecord(e1, st));
+        CUDA_TRY(cudaEventSynchronize(e1));
+        float ms = 0.0f;
+        CUDA_TRY(cudaEventElapsedTime(&ms, e0, e1));
+        if (r > 0 && (best == 0.0f || ms < best)) best = ms;
+    }
+    *best_ms = best;
+    return DSV4_OK;
+}
+
+typedef struct gemm_run {
+    dsv4_backend *b;
+    cudaStream_t st;
+    cudaEvent_t e0, e1;
+    const dsv4_weight *w;
+    int groups, copies, nmax;
+    int64_t R, K, xcols; /* per group: W_g [R, K]; x [n, xcols = groups K] */
+    /* ours */
+    dsv4_weight dw[GEMM_MAX_COPIES];
+    float *x, *y;
+    /* cuBLASLt: copies of W (e4m3) and their 128 x 128 scales, x (e4m3), its 1 x 128 scales, D */
+    void *A, *B, *D, *ws;
+    float *sa, *sb;
+    size_t a_bytes, sa_per; /* per copy */
+} gemm_run;
+
+/* The engine's op on every copy, once eagerly (lazy allocations happen outside the capture),
+ * then `copies` calls captured in one graph and timed. */
+static dsv4_status ours_time(gemm_run *g, int n, dsv4_bench_gemm *r)
+{
+    dsv4_backend *b = g->b;
+    const int64_t rows = g->w->rows;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass) DSV4_TRY(dsv4_bk_graph_begin(b));
+        dsv4_status st = DSV4_OK;
+        for (int c = 0; c < g->copies && st == DSV4_OK; c++)
+            st = g->groups > 1
+                     ? dsv4_bk_linear_grouped(b, &g->dw[c], g->groups, g->x, g->xcols, n, g->y,
+                                              rows, 1)
+                     : dsv4_bk_linear(b, &g->dw[c], 0, rows, g->x, g->xcols, n, g->y, rows, 1);
+        if (!pass) {
+            DSV4_TRY(st);
+            DSV4_TRY(dsv4_bk_sync(b));
+            continue;
+        }
+        void *graph = NULL;
+        const dsv4_status end = dsv4_bk_graph_end(b, &graph);
+        DSV4_TRY(st);
+        DSV4_TRY(end);
+        r->ours_kernels = b->graph_kernels / g->copies;
+        double ms = 0.0;
+        st = time_graph((cudaGraphExec_t)graph, g->st, g->e0, g->e1, &ms);
+        dsv4_bk_graph_free(b, graph);
+        DSV4_TRY(st);
+        r->ours_us = ms * 1e3 / g->copies;
+    }
+    return DSV4_OK;
+}
+
+/* The three ways cuBLASLt is asked, in order: block scales with W as A (D [R, n] = W x^T), block
+ * scales with x as A (D^T), one scale per tensor with W as A (only when neither block layout
+ * has an algorithm). */
+enum { LT_BLOCK_W_A, LT_BLOCK_X_A, LT_TENSOR_W_A, LT_CONFIGS };
+
+typedef struct lt_setup {
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, ld;
+} lt_setup;
+
+static void lt_setup_free(lt_setup *s)
+{
+    if (s->ld) g_lt.layout_destroy(s->ld);
+    if (s->lb) g_lt.layout_destroy(s->lb);
+    if (s->la) g_lt.layout_destroy(s->la);
+    if (s->desc) g_lt.desc_destroy(s->desc);
+    memset(s, 0, sizeof *s);
+}
+
+/* A column-major layout [rows, cols] with leading dimension ld, batched with `stride` elements
+ * between the groups when there are several. */
+static cublasStatus_t lt_layout(cublasLtMatrixLayout_t *l, cudaDataType_t t, int64_t rows,
+                                int64_t cols, int64_t ld, int groups, int64_t stride)
+{
+    cublasStatus_t s = g_lt.layout_create(l, t, (uint64_t)rows, (uint64_t)cols, ld);
+    if (s == CUBLAS_STATUS_SUCCESS && groups > 1) {
+        const int32_t count = groups;
+        s = g_lt.layout_set(*l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count);
+        if (s == CUBLAS_STATUS_SUCCESS)
+            s = g_lt.layout_set(*l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride,
+                                sizeof stride);
+    }
+    return s;
+}
+
+static cublasStatus_t lt_configure(const gemm_run *g, int cfg, int n, lt_setup *s)
+{
+    const cublasOperation_t tr = CUBLAS_OP_T, nt = CUBLAS_OP_N;
+    const int w_a = cfg != LT_BLOCK_X_A;
+    const int64_t R = g->R, K = g->K, G = g->groups;
+    const int64_t n8 = (n + 7) / 8 * 8; /* D^T's leading dimension, 16-byte aligned */
+    cublasStatus_t st = g_lt.desc_create(&s->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = g_lt.desc_set(s->desc, CUBLASLT_MATMUL_DESC_TRANSA, &tr, sizeof tr);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = g_lt.desc_set(s->desc, CUBLASLT_MATMUL_DESC_TRANSB, &nt, sizeof nt);
+    if (cfg != LT_TENSOR_W_A) {
+        const int32_t blk = CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F;
+        const int32_t vec = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = g_lt.desc_set(s->desc, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, w_a ? &blk : &vec,
+                               sizeof blk);
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = g_lt.desc_set(s->desc, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, w_a ? &vec : &blk,
+                               sizeof blk);
+    }
+    const void *sa = w_a ? (const void *)g->sa : (const void *)g->sb;
+    const void *sb = w_a ? (const void *)g->sb : (const void *)g->sa;
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = g_lt.desc_set(s->desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &sa, sizeof sa);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = g_lt.desc_set(s->desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &sb, sizeof sb);
+    /* W_g: [R, K] row-major = column-major [K, R]; x: [n, G K] row-major = column-major [G K, n] */
+    if (w_a) { /* D [R, n] column-major, ld = G R: exactly y [n, G R] row-major */
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = lt_layout(&s->la, CUDA_R_8F_E4M3, K, R, K, g->groups, R * K);
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = lt_layout(&s->lb, CUDA_R_8F_E4M3, K, n, g->xcols, g->groups, K);
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = lt_layout(&s->ld, CUDA_R_16BF, R, n, G * R, g->groups, R);
+    } else { /* D^T [n, R] column-major per group */
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = lt_layout(&s->la, CUDA_R_8F_E4M3, K, n, g->xcols, g->groups, K);
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = lt_layout(&s->lb, CUDA_R_8F_E4M3, K, R, K, g->groups, R * K);
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = lt_layout(&s->ld, CUDA_R_16BF, n, R, n8, g->groups, n8 * R);
+    }
+    return st;
+}
+
+/* Enqueues copy c's GEMM: W and its scales move with c. */
+static cublasStatus_t lt_enqueue(const gemm_run *g, int cfg, lt_setup *s,
+                                 const cublasLtMatmulAlgo_t *algo, int c)
+{
+    const int w_a = cfg != LT_BLOCK_X_A;
+    const void *W = (const char *)g->A + (size_t)c * g->a_bytes;
+    const void *wscale = g->sa + (size_t)c * g->sa_per;
+    cublasStatus_t st = g_lt.desc_set(
+        s->desc, w_a ? CUBLASLT_MATMUL_DESC_A_SCALE_POINTER : CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+        &wscale, sizeof wscale);
+    const float alpha = 1.0f, beta = 0.0f;
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = g_lt.matmul(g_lt_h, s->desc, &alpha, w_a ? W : g->B, s->la, w_a ? g->B : W, s->lb,
+                         &beta, g->D, s->ld, g->D, s->ld, algo, g->ws, LT_WS_BYTES, g->st);
+    return st;
+}
+
+/* One algorithm: once eagerly (a failing one is skipped: *ms = 0), then the copies in a graph. */
+static dsv4_status lt_time_algo(const gemm_run *g, int cfg, lt_setup *s,
+                                const cublasLtMatmulAlgo_t *algo, double *ms)
+{
+    *ms = 0.0;
+    if (lt_enqueue(g, cfg, s, algo, 0) != CUBLAS_STATUS_SUCCESS) return DSV4_OK;
+    if (cudaStreamSynchronize(g->st) != cudaSuccess) {
+        cudaGetLastError();
+        return DSV4_OK;
+    }
+    CUDA_TRY(cudaStreamBeginCapture(g->st, cudaStreamCaptureModeThreadLocal));
+    cublasStatus_t ls = CUBLAS_STATUS_SUCCESS;
+    for (int c = 0; c < g->copies && ls == CUBLAS_STATUS_SUCCESS; c++)
+        ls = lt_enqueue(g, cfg, s, algo, c);
+    cudaGraph_t graph = NULL;
+    cudaError_t err = cudaStreamEndCapture(g->st, &graph);
+    cudaGraphExec_t exec = NULL;
+    if (err == cudaSuccess && ls == CUBLAS_STATUS_SUCCESS)
+        err = cudaGraphInstantiate(&exec, graph, 0);
+    if (graph) cudaGraphDestroy(graph);
+    if (err != cudaSuccess || ls != CUBLAS_STATUS_SUCCESS) { /* not capturable: skipped */
+        cudaGetLastError();
+        return DSV4_OK;
+    }
+    const dsv4_status st = time_graph(exec, g->st, g->e0, g->e1, ms);
+    cudaGraphExecDestroy(exec);
+    return st;
+}
+
+static dsv4_status blas_time(gemm_run *g, int n, dsv4_bench_gemm *r, char *note, size_t note_n)
+{
+    r->blas_us = 0.0;
+    for (int cfg = 0; cfg < LT_CONFIGS; cfg++) {
+        if (cfg == LT_TENSOR_W_A && r->blas_us > 0.0) break;
+        lt_setup s;
+        memset(&s, 0, sizeof s);
+        cublasLtMatmulPreference_t pref = NULL;
+        const uint64_t wsb = LT_WS_BYTES;
+        cublasStatus_t ls = lt_configure(g, cfg, n, &s);
+        if (ls == CUBLAS_STATUS_SUCCESS) ls = g_lt.pref_create(&pref);
+        if (ls == CUBLAS_STATUS_SUCCESS)
+            ls = g_lt.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
+        cublasLtMatmulHeuristicResult_t res[GEMM_ALGOS];
+        int found = 0;
+        memset(res, 0, sizeof res);
+        if (ls == CUBLAS_STATUS_SUCCESS)
+            ls = g_lt.heuristic(g_lt_h, s.desc, s.la, s.lb, s.ld, s.ld, pref, GEMM_ALGOS, res,
+                                &found);
+        if (ls != CUBLAS_STATUS_SUCCESS) found = 0;
+        if (cfg == LT_TENSOR_W_A) /* the fallback, said once per shape with its n */
+            snprintf(note + strlen(note), note_n - strlen(note),
+                     strstr(note, "per-tensor") ? ", %d"
+                                                : "; no block-scaled algorithm ran, per-tensor "
+                                                  "scales at n = %d",
+                     n);
+        dsv4_status st = DSV4_OK;
+        for (int i = 0; i < found && st == DSV4_OK; i++) {
+            if (res[i].state != CUBLAS_STATUS_SUCCESS) continue;
+            double ms = 0.0;
+            st = lt_time_algo(g, cfg, &s, &res[i].algo, &ms);
+            if (ms <= 0.0) continue;
+            r->blas_algos++;
+            const double us = ms * 1e3 / g->copies;
+            if (r->blas_us == 0.0 || us < r->blas_us) {
+                r->blas_us = us;
+                r->blas_block = cfg != LT_TENSOR_W_A;
+                r->blas_w_is_a = cfg != LT_BLOCK_X_A;
+            }
+        }
+        if (pref) g_lt.pref_destroy(pref);
+        lt_setup_free(&s);
+        DSV4_TRY(st);
+    }
+    return DSV4_OK;
+}
+
+static dsv4_status gemm_setup(gemm_run *g)
+{
+    dsv4_backend *b = g->b;
+    const int64_t rows = g->w->rows;
+    for (int c = 0; c < g->copies; c++)
+        DSV4_TRY(dsv4_bk_weight_upload(b, g->w, 0x5eed0000u + (uint64_t)c, &g->dw[c]));
+    DSV4_TRY(dsv4_cuda_alloc(b->cuda, (size_t)(g->nmax * g->xcols) * 4, (void **)&g->x));
+    DSV4_TRY(dsv4_cuda_alloc(b->cuda, (size_t)(g->nmax * rows) * 4, (void **)&g->y));
+    DSV4_TRY(fill(g->st, g->x, (size_t)(g->nmax * g->xcols) * 4, 0, 3));
+    if (!gemm_lt()) return DSV4_OK;
+    const int64_t n8 = (g->nmax + 7) / 8 * 8;
+    const size_t sb_n = (size_t)((g->xcols + 127) / 128 + 4) * (size_t)(n8 + 4);
+    g->a_bytes = ((size_t)(rows * g->w->cols) + 255) / 256 * 256;
+    g->sa_per = (((size_t)((rows + 127) / 128 + 4) * (size_t)((g->w->cols + 127) / 128 + 4)) + 63) /
+                64 * 64;
+    DSV4_TRY(dsv4_cuda_alloc(b->cuda, g->a_bytes * g->copies, &g->A));
+    DSV4_TRY(dsv4_cuda_alloc(b->cuda, g->sa_per * g->copies * 4, (void **)&g->sa));
+    DSV4_TRY(dsv4_cuda_alloc(b->cuda, (size_t)(n8 * g->xcols), &g->B));
+    DSV4_TRY(dsv4_cuda_alloc(b->cuda, sb_n * 4, (void **)&g->sb));
+    DSV4_TRY(dsv4_cuda_alloc(b->cuda, (size_t)(n8 * rows) * 2, &g->D));
+    DSV4_TRY(dsv4_cuda_alloc(b->cuda, LT_WS_BYTES, &g->ws));
+    DSV4_TRY(fill(g->st, g->A, g->a_bytes * g->copies, 1, 4));
+    DSV4_TRY(fill(g->st, g->B, (size_t)(n8 * g->xcols), 1, 5));
+    ceil_fill_f32_kernel<<<1024, 256, 0, g->st>>>(g->sa, g->sa_per * g->copies, 1.0f);
+    CUDA_LAUNCHED();
+    ceil_fill_f32_kernel<<<256, 256, 0, g->st>>>(g->sb, sb_n, 1.0f);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
+}
+
+static void gemm_teardown(gemm_run *g)
+{
+    cudaStreamSynchronize(g->st);
+    for (int c = 0; c < g->copies; c++)
+        if (g->dw[c].data) dsv4_bk_weight_free(g->b, &g->dw[c]);
+    void *bufs[8] = {g->x, g->y, g->A, g->B, g->D, g->ws, g->sa, g->sb};
+    for (int i = 0; i < 8; i++) dsv4_cuda_free(g->b->cuda, bufs[i]);
+    if (g->e0) cudaEventDestroy(g->e0);
+    if (g->e1) cudaEventDestroy(g->e1);
+}
+
+extern "C" dsv4_status dsv4_bench_gemm_measure(dsv4_backend *b, const dsv4_weight *w, int groups,
+                                               const int *n, int n_n, dsv4_bench_gemms *out)
+{
+    if (!b || !w || !n || !out || b->kind != DSV4_DEVICE_CUDA || !b->cuda || groups < 1 ||
+        n_n < 1 || n_n > DSV4_BENCH_GEMM_MAX_N || w->rows % groups || w->rows <= 0 || w->cols % 128)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "dsv4_bench_gemm_measure: bad arguments");
+    memset(out, 0, sizeof *out);
+    gemm_run *g = (gemm_run *)calloc(1, sizeof *g);
+    if (!g) return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "dsv4_bench_gemm_measure");
+    g->b = b;
+    g->st = dsv4_cuda_stream(b->cuda);
+    g->w = w;
+    g->groups = groups;
+    g->R = w->rows / groups;
+    g->K = w->cols;
+    g->xcols = groups * w->cols;
+    for (int i = 0; i < n_n; i++) g->nmax = n[i] > g->nmax ? n[i] : g->nmax;
+    const uint64_t wb = dsv4_weight_bytes(w);
+    const uint64_t copies = (GEMM_COLD_BYTES + wb - 1) / (wb ? wb : 1);
+    g->copies = copies < 2 ? 2 : copies > GEMM_MAX_COPIES ? GEMM_MAX_COPIES : (int)copies;
+    out->copies = g->copies;
+    out->fp8_bytes = (uint64_t)(w->rows * w->cols) +
+                     (uint64_t)((w->rows + 127) / 128) * (uint64_t)((w->cols + 127) / 128) * 4;
+    out->n_n = n_n;
+    dsv4_status st = DSV4_OK;
+    if (cudaEventCreate(&g->e0) != cudaSuccess || cudaEventCreate(&g->e1) != cudaSuccess)
+        st = dsv4_fail(DSV4_ERR_DEVICE, "cudaEventCreate");
+    if (st == DSV4_OK) st = gemm_setup(g);
+    if (st == DSV4_OK) snprintf(out->note, sizeof out->note, "%s", g_lt_note);
+    for (int i = 0; i < n_n && st == DSV4_OK; i++) {
+        out->r[i].n = n[i];
+        st = ours_time(g, n[i], &out->r[i]);
+        if (st == DSV4_OK && g_lt_state > 0)
+            st = blas_time(g, n[i], &out->r[i], out->note, sizeof out->note);
+    }
+    if (st != DSV4_OK) dsv4_fail_context(st, "timing the projection %s", w->name ? w->name : "");
+    gemm_teardown(g);
+    free(g);
     return st;
 }
