@@ -18,7 +18,8 @@ enum {
     DSV4_MOE_PATH_AUTO = 0,   /* the dispatcher's choice */
     DSV4_MOE_PATH_SIMT = 1,   /* moe_gemm.cu: any expert format */
     DSV4_MOE_PATH_MMA = 2,    /* moe_mma.cu: MXFP4 and FP8 (ue8m0) experts */
-    DSV4_MOE_PATH_STREAM = 3, /* moe_stream.cu: the same formats, N <= 64, widths % 512 */
+    DSV4_MOE_PATH_STREAM = 3, /* moe_stream.cu: the same formats, N <= 64, widths % 512 (only
+                               * when forced: AUTO takes MMA) */
 };
 
 /* Forces `path` for the following dsv4_cuda_bk_moe calls; a path that does not take a call

@@ -7,18 +7,24 @@
  * barrier and a ticket, so the SMs hold little in flight on average; prep and combine add two
  * launches.
  *
- * Shape of the kernel: one CTA per SM = 1 producer warp + 8 consumer warps, a ring of 4 slots in
- * shared memory (each: up to 32 KB of weights + their MXFP4 scales + the pass's activations).
+ * Shape of the kernel: one CTA per SM = 1 producer warp + 8 consumer warps + 4 epilogue warps,
+ * a ring of 4 slots in shared memory (each: up to 32 KB of weights + their MXFP4 scales + the
+ * pass's activations).
  *   producer  claims tasks (one global atomic each, the next one issued a task ahead: every
- *             task is held by a running CTA from its claim on), and for each unit of a task waits
- * for a free slot and loads the weight rows with cp.async.bulk (TMA, completing on the slot's
- * full_w mbarrier); the unit's activation rows and scales follow with cp.async (full_b) as soon as
- *             the task's input is ready (a device counter), so weights never wait for inputs.
+ *             task is held by a running CTA from its claim on), and for each unit of a task
+ *             waits for a free slot and loads the weight rows with cp.async.bulk (TMA,
+ *             completing on the slot's full_w mbarrier); the unit's activation rows and scales
+ *             follow with cp.async (full_b) as soon as the task's input is ready (a device
+ *             counter), so weights never wait for inputs.
  *   consumers every warp takes every 8th 128-column chunk of each unit (the K split), runs the
  *             f16 mma fragments of moe_mma.cu on it (moe_frag.cuh, same numerics), releases the
  *             slot, and after a task's last unit writes its partial sums to a reduction buffer;
- *             the last of the 8 warps to arrive sums them in warp order and runs the epilogue
- *             while the others go on with the next unit.
+ *             the last of the 8 warps to arrive sums them in warp order and queues the sums.
+ *   epilogue  warp e takes the tasks e, e + 4, ... of the CTA from the queue and runs the
+ *             stage's epilogue (stores, fences, tickets, quantisation, combine). A consumer
+ *             warp never waits on global memory, so one task's epilogue (a few round trips)
+ *             does not stall the ring (with the epilogue on a consumer warp, Flash N = 1 took
+ *             114 us; with these warps and the producer decoding a task ahead, 98 us).
  * Tasks, in claim order (each a function of sel alone, identical in every CTA):
  *   prep      act_quant(h) -> x (codes in L4 and L8) + scales, 64 blocks of 128 a task
  *   stage 1   (slot, 16 rows of w1/w3, <= 2 (MXFP4) or 4 (FP8) tokens): SwiGLU * weight -> a;
@@ -33,6 +39,17 @@
  * were claimed earlier by running CTAs and sit earlier in their rings: no deadlock, whatever
  * the residency. Spins give up after ~2 s (error word set, garbage out) instead of hanging.
  *
+ * Status (H100, test_gpu_moe bench): correct (bounds, deterministic, memcheck clean) but not yet
+ * faster than moe_mma.cu (Flash N = 1: 98 vs 97 us; N = 64: 2559 vs 1643 us; D 5120 I 512 N 1:
+ * 87 vs 39 us), so bk_moe.cu takes it only when forced. Even small units (8-20 KB) cost an SM
+ * ~5 us each, so something serialises units: profile first (ncu --set full, warp-state sampling
+ * of moe_stream_kernel: which wait dominates). Suspects: shared-memory bank conflicts of the
+ * MXFP4 fragments (B: every lane loads, 8 addresses on 2 bank groups: 4-way, where only the
+ * 8 lanes with g / 2 == t need to; the scale bytes of rows g at a ku / 32-byte stride: up to
+ * 8-way), the global round trips of the dependency chain
+ * (prep -> stage 1 -> quantisation -> stage 2 -> combine, each a fence, a ticket and a poll),
+ * and the single producer warp (one blocking acquire poll per new stage-2 slot).
+ *
  * Numerics: those of moe_mma.cu (exact products, f32 sums per fragment, one rounding per
  * scaled partial), sums in a fixed order (chunks of a warp in K order, quad groups
  * ((0 + 1) + (2 + 3)), then warps 0..7): deterministic, and within test_gpu_moe's bounds of the
@@ -44,8 +61,9 @@
 #include "backend/cuda/moe_numerics.cuh"
 #include "backend/cuda/pdl.cuh"
 
-enum { NC = 8 };                  /* consumer warps */
-enum { THREADS = 32 * (NC + 1) }; /* + the producer warp (the last one) */
+enum { NC = 8 };                       /* consumer warps (0 .. NC - 1) */
+enum { NE = 4 };                       /* epilogue warps (NC .. NC + NE - 1) */
+enum { THREADS = 32 * (NC + NE + 1) }; /* + the producer warp (the last one) */
 enum { SLOTS = 4 };
 enum { WBYTES = 32768, SBYTES = 2048, BBYTES = 16384, XBYTES = 512 }; /* per slot */
 enum { XSC = 256 };                                                   /* FP8 scales in x[] */
@@ -55,7 +73,7 @@ enum { NKM = MOE_STREAM_NKMAX };
 enum { U_W = 0, U_PREP = 1, U_END = 2 };
 #define SPIN_LIMIT 4000000000ll /* clock cycles (~2 s) */
 /* bits of the error word: which wait gave up (1 is always set) */
-enum { W_FULLW = 2, W_FULLB = 4, W_LIST = 8, W_IDLE = 16, W_RED = 32 };
+enum { W_FULLW = 2, W_FULLB = 4, W_LIST = 8, W_IDLE = 16, W_RED = 32, W_QUEUE = 64, W_EPI = 128 };
 
 /* What the producer put into a slot; read by the consumers after its full_w barrier. */
 typedef struct ms_desc {
@@ -94,10 +112,17 @@ typedef struct ms_smem {
     int32_t cum1[NKM + 2], cum2[NKM + 2]; /* tasks of slots before s, stage 1 / 2 */
     int16_t active[NKM], off[NKM], cnt[NKM], pairs[NKM];
     int8_t fmt1[NKM + 1], fmt2[NKM + 1];
+    int8_t rdy[NKM + 1]; /* producer: stage-2 input of slot s seen complete */
     ms_desc desc[SLOTS];
+    /* the epilogue queue: entry e holds the summed task T = e (mod NE) for epilogue warp e */
+    ms_desc qdesc[NE];
+    float qtot[NE][8][32]; /* [e][m * 4 + i][lane]: the finishing warp's tot[m][i] */
+    float qosc[NE][2];
     uint64_t full_w[SLOTS], full_b[SLOTS], empty[SLOTS];
     int32_t red_epoch[2], red_cnt[2], slot_cnt[SLOTS];
+    int32_t qfull[NE], qfree[NE]; /* task in entry e; next task that may write it */
     int32_t na, ntask, list_ready, abort_flag, is_last;
+    int32_t nlocal; /* tasks of this CTA, once the producer met the end (-1 before) */
 } ms_smem;
 
 /* ---- PTX ---------------------------------------------------------------------------------- */
@@ -320,11 +345,13 @@ static __device__ void build_list(const moe_stream_args &a, ms_smem *sm, int lan
 }
 
 /* ---- the producer ------------------------------------------------------------------------- */
+/* A decoded task; scalar fields only, so that it lives in registers and the loads of the matrix
+ * fields stay in flight until the task's first unit (the producer decodes a task ahead). */
 typedef struct ms_task {
     int kind, stage, ai, e, tile, rt, tok0, ntok, ntoks, ntg, fmt, parts, ku, units, prep;
-    const uint8_t *data[2], *scale[2]; /* the task's matrices (stage 1: w1, w3; 2: w2) */
-    int64_t scols[2];
-    float osc[2];
+    const uint8_t *data0, *data1, *scale0, *scale1; /* stage 1: w1, w3; stage 2: w2 (twice) */
+    int64_t scols0, scols1;
+    float osc0, osc1;
 } ms_task;
 
 /* Largest s in [0, n] with cum[s] <= k. */
@@ -342,10 +369,14 @@ static __device__ int slot_search(const int32_t *cum, int n, int k)
 }
 
 /* Task k (uniform over the warp). Waits for the list only when k needs it. */
-static __device__ bool decode_task(const moe_stream_args &a, ms_smem *sm, int k, ms_task &t)
+static __device__ __forceinline__ bool decode_task(const moe_stream_args &a, ms_smem *sm, int k,
+                                                   ms_task &t)
 {
     t.kind = U_W;
     t.prep = 0;
+    t.data0 = t.data1 = t.scale0 = t.scale1 = NULL;
+    t.scols0 = t.scols1 = 0;
+    t.osc0 = t.osc1 = 1.0f;
     if (k < a.prep) {
         t.kind = U_PREP;
         t.prep = k;
@@ -395,26 +426,29 @@ static __device__ bool decode_task(const moe_stream_args &a, ms_smem *sm, int k,
     t.ku = a.ku[t.stage - 1][f];
     t.units = (t.stage == 1 ? 2 : 1) * t.parts;
     /* the matrices' fields, loaded once a task (their first use is the task's first unit) */
-    for (int m = 0; m < (t.stage == 1 ? 2 : 1); m++) {
-        const moe_mat *wm =
-            t.stage == 1 ? (m == 0 ? &a.table[t.e].w1 : &a.table[t.e].w3) : &a.table[t.e].w2;
-        t.data[m] = (const uint8_t *)__ldg((const unsigned long long *)&wm->data);
-        t.scale[m] = (const uint8_t *)__ldg((const unsigned long long *)&wm->scale);
-        t.scols[m] = __ldg(&wm->scale_cols);
-        t.osc[m] = __ldg(&wm->out_scale);
-    }
+    const moe_mat *w0 = t.stage == 1 ? &a.table[t.e].w1 : &a.table[t.e].w2;
+    const moe_mat *w1 = t.stage == 1 ? &a.table[t.e].w3 : w0;
+    t.data0 = (const uint8_t *)__ldg((const unsigned long long *)&w0->data);
+    t.scale0 = (const uint8_t *)__ldg((const unsigned long long *)&w0->scale);
+    t.scols0 = __ldg(&w0->scale_cols);
+    t.osc0 = __ldg(&w0->out_scale);
+    t.data1 = (const uint8_t *)__ldg((const unsigned long long *)&w1->data);
+    t.scale1 = (const uint8_t *)__ldg((const unsigned long long *)&w1->scale);
+    t.scols1 = __ldg(&w1->scale_cols);
+    t.osc1 = __ldg(&w1->out_scale);
     return true;
 }
 
 /* Unit ui of task t into slot s: the descriptor, then the weight rows (and MXFP4 scales) by
  * bulk copies on full_w; FP8 block scales by cp.async (they complete with full_b). */
-static __device__ void issue_weights(const moe_stream_args &a, ms_smem *sm, const ms_task &t,
-                                     int local, int ui, int s, int lane)
+static __device__ __forceinline__ void issue_weights(const moe_stream_args &a, ms_smem *sm,
+                                                     const ms_task &t, int local, int ui, int s,
+                                                     int lane)
 {
     const int m = ui / t.parts, p = ui - m * t.parts;
-    const uint8_t *data = m ? t.data[1] : t.data[0], *scale = m ? t.scale[1] : t.scale[0];
-    const int64_t scols = m ? t.scols[1] : t.scols[0];
-    const float osc = m ? t.osc[1] : t.osc[0];
+    const uint8_t *data = m ? t.data1 : t.data0, *scale = m ? t.scale1 : t.scale0;
+    const int64_t scols = m ? t.scols1 : t.scols0;
+    const float osc = m ? t.osc1 : t.osc0;
     const int C = t.stage == 1 ? a.D : a.I, fp4 = t.fmt == MOE_MXFP4;
     const int64_t rowb = fp4 ? C / 2 : C, partb = fp4 ? t.ku / 2 : t.ku;
     const int64_t r0 = (int64_t)t.tile * t.rt;
@@ -467,7 +501,8 @@ static __device__ void issue_weights(const moe_stream_args &a, ms_smem *sm, cons
 
 /* The activations of the unit in slot s (its dependency met) and their scales, by cp.async;
  * every lane then arrives on full_b (also for PREP / END units: nothing to copy). */
-static __device__ void issue_inputs(const moe_stream_args &a, ms_smem *sm, int s, int lane)
+static __device__ __forceinline__ void issue_inputs(const moe_stream_args &a, ms_smem *sm, int s,
+                                                    int lane)
 {
     const ms_desc d = sm->desc[s];
     ms_slot *sl = &sm->slot[s];
@@ -496,19 +531,24 @@ static __device__ void issue_inputs(const moe_stream_args &a, ms_smem *sm, int s
 
 /* The issue loop (whole warp, uniform: decisions are lane 0's). Weights run ahead of the
  * inputs by up to the ring: unit uw's weights go out once its slot is free, unit ub's inputs
- * once its task's input is complete (x_done for stage 1, qa_done[slot] for stage 2), polled
- * with an acquire load issued when the unit's weights go out, so the loop rarely waits on it. */
+ * once its task's input is complete (x_done for stage 1, qa_done[slot] for stage 2: an acquire
+ * load, once per slot that turns out complete, remembered in rdy). */
 static __device__ void producer(const moe_stream_args &a, ms_smem *sm, int lane)
 {
     const int nbI = a.I >> 7;
     int uw = 0, ub = 0;    /* units whose weights / inputs are issued */
     int ui = 0, local = 0; /* next unit of the current task; CTA-local task count */
-    int next = 0;          /* the next task to take (lane 0 holds the claim in flight) */
-    if (lane == 0) next = atomicAdd(a.ctl.words + 0, 1);
-    bool have = false, issuing = true, x_ready = false;
-    int ready_ai = -1;     /* the last slot whose stage-2 input was complete */
-    int pv = 0, pkey = -2; /* lane 0: a poll in flight (key -1: x_done, ai: qa_done[ai]) */
-    ms_task t;
+    /* lane 0: two claims in flight (c1 the older), so that the task decoded ahead is known
+     * without waiting on an atomic */
+    int c1 = 0, c2 = 0;
+    if (lane == 0) {
+        c1 = atomicAdd(a.ctl.words + 0, 1);
+        c2 = atomicAdd(a.ctl.words + 0, 1);
+    }
+    bool have = false, have_n = false, issuing = true, x_ready = false;
+    for (int i = lane; i <= NKM; i += 32) sm->rdy[i] = 0;
+    __syncwarp();
+    ms_task t, tn; /* the current task, the next one (decoded ahead when have_n) */
     t.units = 0;
     long long idle = clock64();
     while (issuing || ub < uw) {
@@ -520,23 +560,25 @@ static __device__ void producer(const moe_stream_args &a, ms_smem *sm, int lane)
                 (lane == 0 && mbar_test(&sm->empty[s], (uint32_t)((uw / SLOTS) + 1) & 1u));
             if (__shfl_sync(0xffffffffu, free, 0)) {
                 if (!have || ui == t.units) {
-                    const int k = __shfl_sync(0xffffffffu, next, 0);
-                    if (lane == 0) next = atomicAdd(a.ctl.words + 0, 1);
-                    if (!decode_task(a, sm, k, t)) break;
+                    if (!have_n) { /* the first task */
+                        const int k = __shfl_sync(0xffffffffu, c1, 0);
+                        if (lane == 0) c1 = c2, c2 = atomicAdd(a.ctl.words + 0, 1);
+                        if (!decode_task(a, sm, k, tn)) break;
+                    }
+                    t = tn;
                     have = true;
+                    have_n = false;
                     ui = 0;
                     if (t.kind == U_W) local++;
                 }
                 if (t.kind == U_W) {
                     issue_weights(a, sm, t, local - 1, ui, s, lane);
-                    const int key = t.stage == 1 ? -1 : t.ai;
-                    const bool need = t.stage == 1 ? !x_ready : t.ai != ready_ai;
-                    if (lane == 0 && need && pkey != key) {
-                        pv = ld_acquire(key < 0 ? a.ctl.words + 1 : a.ctl.qa_done + key);
-                        pkey = key;
-                    }
                 } else {
                     if (lane == 0) {
+                        if (t.kind == U_END) {
+                            *(volatile int32_t *)&sm->nlocal = local;
+                            __threadfence_block();
+                        }
                         ms_desc *d = &sm->desc[s];
                         d->kind = t.kind;
                         d->prep = t.prep;
@@ -550,6 +592,14 @@ static __device__ void producer(const moe_stream_args &a, ms_smem *sm, int lane)
                 ui++;
                 uw++;
                 did = true;
+                if (ui == t.units && t.kind != U_END) {
+                    /* the task's last unit is out: decode the next task now, so that its table
+                     * loads are in flight while the ring drains to the next free slot */
+                    const int k = __shfl_sync(0xffffffffu, c1, 0);
+                    if (lane == 0) c1 = c2, c2 = atomicAdd(a.ctl.words + 0, 1);
+                    if (!decode_task(a, sm, k, tn)) break;
+                    have_n = true;
+                }
             }
         }
         if (ub < uw) { /* inputs of unit ub, once its task's input is complete */
@@ -558,19 +608,14 @@ static __device__ void producer(const moe_stream_args &a, ms_smem *sm, int lane)
             const int stage = __shfl_sync(0xffffffffu, sm->desc[s].stage, 0);
             const int ai = __shfl_sync(0xffffffffu, sm->desc[s].ai, 0);
             bool ok = true;
-            if (kind == U_W && (stage == 1 ? !x_ready : ai != ready_ai)) {
-                const int key = stage == 1 ? -1 : ai;
+            if (kind == U_W && (stage == 1 ? !x_ready : !sm->rdy[ai])) {
                 int v = 0;
-                if (lane == 0) {
-                    if (pkey != key)
-                        pv = ld_acquire(key < 0 ? a.ctl.words + 1 : a.ctl.qa_done + key);
-                    v = pv;
-                    pkey = -2; /* used: a failed poll is issued again */
-                }
+                if (lane == 0) v = ld_acquire(stage == 1 ? a.ctl.words + 1 : a.ctl.qa_done + ai);
                 v = __shfl_sync(0xffffffffu, v, 0);
                 ok = v >= (stage == 1 ? a.prep : nbI);
                 if (ok && stage == 1) x_ready = true;
-                if (ok && stage == 2) ready_ai = ai;
+                if (ok && stage == 2 && lane == 0) sm->rdy[ai] = 1;
+                __syncwarp();
             }
             if (ok) {
                 issue_inputs(a, sm, s, lane);
@@ -609,18 +654,11 @@ static __device__ __forceinline__ void unit_mma(float (&acc)[4], const ms_slot *
             const uint4 qa = *(const uint4 *)(wa + 64 * c);
             const uint4 qb = *(const uint4 *)(wb + 64 * c);
             const float w0 = e8m0f(sa[4 * c]), w1 = e8m0f(sbp[4 * c]);
-            uint32_t b[16];
-            if (bon) {
-                const uint4 *p = (const uint4 *)(bp + 128 * c);
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const uint4 v = p[i];
-                    b[4 * i] = v.x, b[4 * i + 1] = v.y, b[4 * i + 2] = v.z, b[4 * i + 3] = v.w;
-                }
-            } else {
-#pragma unroll
-                for (int i = 0; i < 16; i++) b[i] = 0;
-            }
+            /* bp is inside the slot on every lane: load, then mask (no array: registers) */
+            const uint4 *bq = (const uint4 *)(bp + 128 * c);
+            const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+            const uint4 b0 = bon ? bq[0] : z, b1 = bon ? bq[1] : z, b2 = bon ? bq[2] : z,
+                        b3 = bon ? bq[3] : z;
             const float xs0 = x0[c], xs1 = two ? x1[c] : 0.0f;
             float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
@@ -628,8 +666,9 @@ static __device__ __forceinline__ void unit_mma(float (&acc)[4], const ms_slot *
                 uint32_t pa[4], pb[4];
                 fp4_pairs(word4(qa, k), pa);
                 fp4_pairs(word4(qb, k), pb);
-                mma_f16(f, pa[0], pb[0], pa[1], pb[1], b[4 * k], b[4 * k + 1]);
-                mma_f16(f, pa[2], pb[2], pa[3], pb[3], b[4 * k + 2], b[4 * k + 3]);
+                const uint4 bk = k == 0 ? b0 : k == 1 ? b1 : k == 2 ? b2 : b3;
+                mma_f16(f, pa[0], pb[0], pa[1], pb[1], bk.x, bk.y);
+                mma_f16(f, pa[2], pb[2], pa[3], pb[3], bk.z, bk.w);
             }
             acc[0] = fmaf(__fmul_rn(__fmul_rn(f[0], 16384.0f), w0), xs0, acc[0]);
             acc[1] = fmaf(__fmul_rn(__fmul_rn(f[1], 16384.0f), w0), xs1, acc[1]);
@@ -651,18 +690,11 @@ static __device__ __forceinline__ void unit_mma(float (&acc)[4], const ms_slot *
             const uint4 qb0 = *(const uint4 *)(wb + 128 * c),
                         qb1 = *(const uint4 *)(wb + 128 * c + 16);
             const float ws = e8m0f(scb[c]);
-            uint32_t b[16];
-            if (bon) {
-                const uint4 *p = (const uint4 *)(bp + 128 * c);
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const uint4 v = p[i];
-                    b[4 * i] = v.x, b[4 * i + 1] = v.y, b[4 * i + 2] = v.z, b[4 * i + 3] = v.w;
-                }
-            } else {
-#pragma unroll
-                for (int i = 0; i < 16; i++) b[i] = 0;
-            }
+            /* bp is inside the slot on every lane: load, then mask (no array: registers) */
+            const uint4 *bq = (const uint4 *)(bp + 128 * c);
+            const uint4 z = make_uint4(0u, 0u, 0u, 0u);
+            const uint4 b0 = bon ? bq[0] : z, b1 = bon ? bq[1] : z, b2 = bon ? bq[2] : z,
+                        b3 = bon ? bq[3] : z;
             const float xs0 = on0 ? x0[c] : 0.0f, xs1 = on1 ? x1[c] : 0.0f;
             float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
@@ -670,7 +702,9 @@ static __device__ __forceinline__ void unit_mma(float (&acc)[4], const ms_slot *
                 uint32_t pa[2], pb[2];
                 fp8_pairs(word4(s < 4 ? qa0 : qa1, s & 3), pa);
                 fp8_pairs(word4(s < 4 ? qb0 : qb1, s & 3), pb);
-                mma_f16(f, pa[0], pb[0], pa[1], pb[1], b[2 * s], b[2 * s + 1]);
+                const uint4 bk = s < 2 ? b0 : s < 4 ? b1 : s < 6 ? b2 : b3;
+                mma_f16(f, pa[0], pb[0], pa[1], pb[1], (s & 1) ? bk.z : bk.x,
+                        (s & 1) ? bk.w : bk.y);
             }
             acc[0] = fmaf(__fmul_rn(__fmul_rn(f[0], 256.0f), ws), xs0, acc[0]);
             acc[1] = fmaf(__fmul_rn(__fmul_rn(f[1], 256.0f), ws), xs1, acc[1]);
@@ -735,20 +769,25 @@ static __device__ void combine_tile(const moe_stream_args &a, int r, int tile, i
     if (lane >= 16) return;
     const int K = a.K, E = a.E;
     const int64_t D = a.D, col = (int64_t)tile * 16 + lane;
+    /* every load first (sel, then the K + 1 rows of y), then the sums in order */
+    int sel[MOE_MAX_K];
+#pragma unroll
+    for (int j = 0; j < MOE_MAX_K; j++) sel[j] = j < K ? __ldg(a.sel + (int64_t)r * K + j) : -1;
+    uint32_t yv[MOE_MAX_K];
+#pragma unroll
+    for (int j = 0; j < MOE_MAX_K; j++)
+        yv[j] = sel[j] >= 0 && sel[j] < E ? __ldcg(a.y + ((int64_t)r * K + j) * D + col) : 0u;
+    const uint32_t s = __ldcg(a.y + ((int64_t)a.N * K + r) * D + col);
     int ord[MOE_MAX_K], n = 0;
     for (int j = 0; j < K; j++) { /* insertion by expert id; equal ids keep slot order */
-        const int e = __ldg(a.sel + (int64_t)r * K + j);
+        const int e = sel[j];
         if (e < 0 || e >= E) continue;
         int i = n++;
-        for (; i > 0 && __ldg(a.sel + (int64_t)r * K + ord[i - 1]) > e; i--) ord[i] = ord[i - 1];
+        for (; i > 0 && sel[ord[i - 1]] > e; i--) ord[i] = ord[i - 1];
         ord[i] = j;
     }
     float acc = 0.0f;
-    for (int i = 0; i < n; i++) {
-        const uint32_t v = __ldcg(a.y + ((int64_t)r * K + ord[i]) * D + col);
-        acc = __fadd_rn(acc, __uint_as_float(v << 16));
-    }
-    const uint32_t s = __ldcg(a.y + ((int64_t)a.N * K + r) * D + col);
+    for (int i = 0; i < n; i++) acc = __fadd_rn(acc, __uint_as_float(yv[ord[i]] << 16));
     a.out[(int64_t)r * D + col] = q_bf16(__fadd_rn(acc, __uint_as_float(s << 16)));
 }
 
@@ -757,8 +796,12 @@ static __device__ __forceinline__ float pick4(const float (&v)[4], int i)
     return i == 0 ? v[0] : i == 1 ? v[1] : i == 2 ? v[2] : v[3];
 }
 
+static __device__ void task_tail(const moe_stream_args &a, ms_smem *sm, const ms_desc &d,
+                                 const float (&tot)[2][4], const float (&osc)[2], int lane);
+
 /* After a task's last unit: this warp's partial sums into the task's reduction buffer; the last
- * of the NC warps sums them in warp order and runs the stage's epilogue. */
+ * of the NC warps sums them in warp order, frees the buffer and queues the sums for epilogue
+ * warp task % NE (shared memory only: no consumer warp waits on global memory). */
 static __device__ void finish_task(const moe_stream_args &a, ms_smem *sm, const ms_desc &d,
                                    float (&acc)[2][4], const float (&osc)[2], int warp, int lane)
 {
@@ -817,7 +860,63 @@ static __device__ void finish_task(const moe_stream_args &a, ms_smem *sm, const 
         __threadfence_block();
         *(volatile int32_t *)&sm->red_epoch[buf] = d.task + 2;
     }
+    const int e = d.task % NE;
+    {
+        const long long t0 = clock64();
+        while (vload(&sm->qfree[e]) != d.task)
+            if (spin_over(a, sm, t0, W_QUEUE)) return;
+    }
+    __threadfence_block();
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) sm->qtot[e][m * 4 + i][lane] = tot[m][i];
+    if (lane == 0) {
+        sm->qdesc[e] = d;
+        sm->qosc[e][0] = osc[0];
+        sm->qosc[e][1] = osc[1];
+    }
+    __threadfence_block();
+    __syncwarp();
+    if (lane == 0) *(volatile int32_t *)&sm->qfull[e] = d.task;
+}
 
+/* Epilogue warp e: the tasks T = e, e + NE, ... of this CTA, as the consumers queue them, until
+ * the producer has counted them all. */
+static __device__ void epilogue_warp(const moe_stream_args &a, ms_smem *sm, int e, int lane)
+{
+    for (int T = e;; T += NE) {
+        const long long t0 = clock64();
+        while (vload(&sm->qfull[e]) != T) {
+            const int nl = vload(&sm->nlocal);
+            if (nl >= 0 && T >= nl) return;
+            if (spin_over(a, sm, t0, W_EPI)) return;
+            __nanosleep(128);
+        }
+        __threadfence_block();
+        const ms_desc d = sm->qdesc[e];
+        float tot[2][4], osc[2] = {sm->qosc[e][0], sm->qosc[e][1]};
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) tot[m][i] = sm->qtot[e][m * 4 + i][lane];
+        __syncwarp();
+        if (lane == 0) {
+            __threadfence_block();
+            *(volatile int32_t *)&sm->qfree[e] = T + NE;
+        }
+        task_tail(a, sm, d, tot, osc, lane);
+    }
+}
+
+/* The stage's epilogue of a summed task (one warp): outputs, then stage 1's ticket (and the
+ * quantisation of a finished 128-row block), or stage 2's tickets (and the combines). */
+static __device__ void task_tail(const moe_stream_args &a, ms_smem *sm, const ms_desc &d,
+                                 const float (&tot)[2][4], const float (&osc)[2], int lane)
+{
+    const int g = lane >> 2, t = lane & 3;
+    const int nm = d.stage == 1 || d.rt == 32 ? 2 : 1;
+    const bool fp4 = d.fmt == MOE_MXFP4;
     /* epilogue: FP4 lane t writes output t of its quad; FP8 lanes t < 2 their 4 outputs */
     const int nout = fp4 ? 1 : (t < 2 ? 4 : 0);
 #pragma unroll
@@ -950,14 +1049,18 @@ __global__ void __launch_bounds__(THREADS, 1) moe_stream_kernel(const moe_stream
             mbar_init(&sm->empty[s], NC);
             sm->slot_cnt[s] = 0;
         }
+        for (int e = 0; e < NE; e++) sm->qfull[e] = -1, sm->qfree[e] = e;
+        sm->nlocal = -1;
         sm->red_epoch[0] = 0, sm->red_epoch[1] = 1;
         sm->red_cnt[0] = sm->red_cnt[1] = 0;
         sm->list_ready = 0, sm->abort_flag = 0, sm->is_last = 0, sm->na = 0;
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
-    if (warp == NC)
+    if (warp == NC + NE)
         producer(a, sm, lane);
+    else if (warp >= NC)
+        epilogue_warp(a, sm, warp - NC, lane);
     else
         consumer(a, sm, warp, lane);
     __syncthreads();
