@@ -40,15 +40,18 @@
  * the residency. Spins give up after ~2 s (error word set, garbage out) instead of hanging.
  *
  * Status (H100, test_gpu_moe bench): correct (bounds, deterministic, memcheck clean) but not yet
- * faster than moe_mma.cu (Flash N = 1: 98 vs 97 us; N = 64: 2559 vs 1643 us; D 5120 I 512 N 1:
- * 87 vs 39 us), so bk_moe.cu takes it only when forced. Even small units (8-20 KB) cost an SM
- * ~5 us each, so something serialises units: profile first (ncu --set full, warp-state sampling
- * of moe_stream_kernel: which wait dominates). Suspects: shared-memory bank conflicts of the
- * MXFP4 fragments (B: every lane loads, 8 addresses on 2 bank groups: 4-way, where only the
- * 8 lanes with g / 2 == t need to; the scale bytes of rows g at a ku / 32-byte stride: up to
- * 8-way), the global round trips of the dependency chain
- * (prep -> stage 1 -> quantisation -> stage 2 -> combine, each a fence, a ticket and a poll),
- * and the single producer warp (one blocking acquire poll per new stage-2 slot).
+ * faster than moe_mma.cu (Flash N = 1: 98 vs 97 us; N = 64: 2559 vs 1643 us; D 5120 I 512 N 1,
+ * 24 MB: 87 vs 39 us), so bk_moe.cu takes it only when forced. The small case suggests (not yet
+ * profiled) that the kernel is bound by its chain of dependent global round trips, not by bytes:
+ * claim + decode before the first copy, prep (load h, store x, fence, count) -> poll -> inputs ->
+ * stage 1 -> tail (fence, ticket) -> quantisation (load a, store aq, fence, count) -> poll ->
+ * inputs -> stage 2 -> tail (fence, sel, ticket) -> combine (sel, y) -> exit count: ~20 round
+ * trips, ~40 us if each takes ~2 us under a full weight stream. Next, measured first (ncu
+ * warp-state sampling): shorten that chain (the first task static, prep inside every CTA at small
+ * N, act_quant of a folded into stage 2's fragments: a 128-column chunk is one quantisation block,
+ * wts and the per-row counts in shared memory), then the MXFP4 bank conflicts (B: every lane loads,
+ * 4-way, where the 8 lanes with g / 2 == t suffice; scale bytes of rows g at a ku / 32-byte stride:
+ * up to 8-way).
  *
  * Numerics: those of moe_mma.cu (exact products, f32 sums per fragment, one rounding per
  * scaled partial), sums in a fixed order (chunks of a warp in K order, quad groups
