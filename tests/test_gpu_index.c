@@ -35,8 +35,14 @@
  *   the cut inside a tie group); N = 1, 2, 7, 64 at cap_e 1025, 4096 and 16384, which take the
  *   fused kernel's step sizes 16 .. 128 and several steps per CTA; both CUDA paths (fused
  *   tensor-core, SIMT) on every case. The weights go in raw with the engine's w_scale.
+ *   The cluster path (cap_e <= 2048) runs every case at cap_e 1025 (and 2048 with --small).
+ * - comp_append_multi (a CSA layer's two compressors in one launch, test_comp_pair) and
+ *   indexer_q_topk (indexer_q's chain in the top-k kernel's prologue, test_q_topk): each against
+ *   the same GPU's single ops (today's kernels) bit for bit, and against the CPU's composition
+ *   with the bounds above (their comments say which).
  * Timings: indexer_topk at N = 1 and N = 64 rows with n_vis = cap_e = 16384 (64K context) and
- * 1025 (the bench's 4K), both paths (op timer events), each run twice: identical selections.
+ * 1025 (the bench's 4K), every path (op timer events), each run twice: identical selections;
+ * indexer_q_topk against indexer_q + indexer_topk.
  */
 #include "backend/backend.h"
 #include "backend/backend_impl.h"
@@ -425,7 +431,22 @@ static void topk_rows(int N, int64_t cap_e, int topk, int m, int32_t *sl, int32_
 
 static const char *path_name(int path)
 {
-    return path == DSV4_INDEX_PATH_FUSED ? "fused" : "simt";
+    return path == DSV4_INDEX_PATH_FUSED     ? "fused"
+           : path == DSV4_INDEX_PATH_CLUSTER ? "cluster"
+                                             : "simt";
+}
+
+/* The CUDA paths that take (nh, d, cap_e): SIMT always; fused at 64 x 128; cluster also needs
+ * cap_e <= 2048. Returns how many went to paths[]. */
+static int paths_for(int nh, int d, int64_t cap_e, int paths[3])
+{
+    int n = 0;
+    if (nh == 64 && d == 128) {
+        paths[n++] = DSV4_INDEX_PATH_FUSED;
+        if (cap_e <= 2048) paths[n++] = DSV4_INDEX_PATH_CLUSTER;
+    }
+    paths[n++] = DSV4_INDEX_PATH_SIMT;
+    return n;
 }
 
 /* N rows (topk_rows) on the CPU, then on each GPU path: (a) scores, (b) selection vs the top-k of
@@ -456,8 +477,9 @@ static void test_topk(const char *name, const index_inputs *in, int N)
     for (int i = 0; i < N; i++)
         if ((ps[i] + 1) / m > nvis_max) nvis_max = (ps[i] + 1) / m;
 
-    const int paths[2] = {DSV4_INDEX_PATH_FUSED, DSV4_INDEX_PATH_SIMT};
-    for (int pi = nh == 64 && d == 128 ? 0 : 1; pi < 2; pi++) {
+    int paths[3];
+    const int npaths = paths_for(nh, d, cap_e, paths);
+    for (int pi = 0; pi < npaths; pi++) {
         const int path = paths[pi];
         dsv4_cuda_index_force_path(path);
         TRY(dsv4_bk_upload(g_gpu, d_sel, junk, seln * 4)); /* every entry must be written */
@@ -600,6 +622,225 @@ static void topk_at_scale(const index_inputs *in, int N, int path)
     dsv4_bk_free(g_gpu, d_sel);
 }
 
+/* ---- the fused ops ----------------------------------------------------------------------- */
+/* indexer_q_topk on raw queries (bf16 values, as the indexer's wq_b leaves them), rows as
+ * test_topk: on each CUDA path against the same path's two ops (indexer_q, then indexer_topk:
+ * today's kernels) the selection and the scores must be bit-identical (the fused prologue runs
+ * indexer_q's f32 operations in its order); against the CPU's composition the selection may
+ * differ only where a query head does, which test_indexer_q bounds at one head a case (glibc's
+ * cosf / sinf vs the correctly rounded ones): bound <= 1 row. Then the op's time vs the pair's. */
+static void test_q_topk(const char *name, const index_inputs *in, int N)
+{
+    const int nh = in->nh, d = in->d, topk = in->topk, m = in->m, r = 64;
+    const int64_t cap_e = in->cap_e;
+    int32_t sl[64], ps[64];
+    topk_rows(N, cap_e, topk, m, sl, ps);
+    const size_t nq = (size_t)N * nh * d, seln = (size_t)N * topk;
+    float *q = malloc(nq * 4), *q0 = malloc(nq * 4), *w = malloc((size_t)N * nh * 4);
+    fill_gauss(q0, (int64_t)nq, 2.0f, 0.0f);
+    dsv4_sim_bf16(q0, (int64_t)nq);
+    for (int64_t i = 0; i < (int64_t)N * nh; i++) w[i] = dsv4_round_bf16(rng_gauss());
+    memcpy(q, q0, nq * 4);
+    const float w_scale = w_scale_of(nh, d);
+    const size_t wsb = dsv4_bk_indexer_ws_bytes(N, cap_e);
+    float *ws = malloc(wsb), *gws = malloc(wsb), *gws2 = malloc(wsb);
+    int32_t *sel = malloc(seln * 4), *gsel = malloc(seln * 4), *gsel2 = malloc(seln * 4);
+    rowset rs;
+    rows_make(&rs, sl, ps, N);
+    float *d_q = gpu_dup(q0, nq * 4), *d_w = gpu_dup(w, (size_t)N * nh * 4);
+    float *d_freqs = gpu_dup(g_freqs, sizeof g_freqs);
+    void *d_ws = gpu_dup(NULL, wsb);
+    int32_t *d_sel = gpu_dup(NULL, seln * 4);
+    TRY(dsv4_bk_indexer_q_topk(g_cpu, sel, q, w, w_scale, in->ent, cap_e, nh, d, r, g_freqs, m,
+                               topk, &rs.c, ws));
+    int paths[3];
+    const int npaths = paths_for(nh, d, cap_e, paths);
+    for (int pi = 0; pi < npaths; pi++) {
+        const int path = paths[pi];
+        dsv4_cuda_index_force_path(path);
+        /* the fused op on the raw queries */
+        TRY(dsv4_bk_upload(g_gpu, d_q, q0, nq * 4));
+        TRY(dsv4_bk_memset0(g_gpu, d_sel, seln * 4));
+        TRY(dsv4_bk_indexer_q_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d, r,
+                                   d_freqs, m, topk, &rs.g, d_ws));
+        CHECK_MSG(dsv4_cuda_index_last_path() == path, "%s: path %s not taken", name,
+                  path_name(path));
+        gpu_get(gsel, d_sel, seln * 4);
+        gpu_get(gws, d_ws, wsb);
+        /* the two ops */
+        TRY(dsv4_bk_upload(g_gpu, d_q, q0, nq * 4));
+        TRY(dsv4_bk_memset0(g_gpu, d_sel, seln * 4));
+        TRY(dsv4_bk_indexer_q(g_gpu, d_q, &rs.g, nh, d, r, d_freqs));
+        TRY(dsv4_bk_indexer_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d, m, topk,
+                                 &rs.g, d_ws));
+        gpu_get(gsel2, d_sel, seln * 4);
+        gpu_get(gws2, d_ws, wsb);
+        int64_t sc_diff = 0, two_bad = 0, cpu_bad = 0;
+        for (int i = 0; i < N; i++) {
+            const int64_t nvis = (ps[i] + 1) / m;
+            sc_diff += memcmp(gws + i * cap_e, gws2 + i * cap_e, (size_t)nvis * 4) != 0;
+            two_bad +=
+                memcmp(gsel + (int64_t)i * topk, gsel2 + (int64_t)i * topk, (size_t)topk * 4) != 0;
+            cpu_bad +=
+                memcmp(gsel + (int64_t)i * topk, sel + (int64_t)i * topk, (size_t)topk * 4) != 0;
+        }
+        double t_one = -1.0, t_two = -1.0;
+        if (!g_small) { /* op timer events, 20 calls each (the queries are only re-transformed) */
+            TRY(dsv4_bk_sync(g_gpu));
+            TRY(dsv4_bk_prof_start(g_gpu));
+            for (int it = 0; it < 20; it++) {
+                TRY(dsv4_bk_indexer_q_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d,
+                                           r, d_freqs, m, topk, &rs.g, d_ws));
+                dsv4_bk_prof_mark(g_gpu, "one");
+                TRY(dsv4_bk_indexer_q(g_gpu, d_q, &rs.g, nh, d, r, d_freqs));
+                TRY(dsv4_bk_indexer_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d,
+                                         m, topk, &rs.g, d_ws));
+                dsv4_bk_prof_mark(g_gpu, "two");
+            }
+            dsv4_bk_prof_entry pe[4];
+            const int np = dsv4_bk_prof_stop(g_gpu, pe, 4);
+            for (int k = 0; k < np; k++) {
+                const double us = 1e3 * pe[k].ms / (double)pe[k].calls;
+                if (!strcmp(pe[k].label, "one")) t_one = us;
+                if (!strcmp(pe[k].label, "two")) t_two = us;
+            }
+        }
+        dsv4_cuda_index_force_path(DSV4_INDEX_PATH_AUTO);
+        printf("%-20s indexer_q_topk %s topk %d cap_e %lld, N = %d: vs indexer_q + indexer_topk "
+               "(GPU) %lld rows / %lld score rows differ (bound 0); vs CPU %lld rows differ "
+               "(bound 1); %.1f us vs %.1f us (events)\n",
+               name, path_name(path), topk, (long long)cap_e, N, (long long)two_bad,
+               (long long)sc_diff, (long long)cpu_bad, t_one, t_two);
+        CHECK_MSG(two_bad == 0 && sc_diff == 0, "%s %s N %d: indexer_q_topk is not the two ops",
+                  name, path_name(path), N);
+        CHECK_MSG(cpu_bad <= 1, "%s %s N %d: indexer_q_topk differs from the CPU in %lld rows",
+                  name, path_name(path), N, (long long)cpu_bad);
+    }
+    rows_free(&rs);
+    free(q), free(q0), free(w), free(ws), free(gws), free(gws2), free(sel), free(gsel);
+    free(gsel2);
+    dsv4_bk_free(g_gpu, d_q), dsv4_bk_free(g_gpu, d_w), dsv4_bk_free(g_gpu, d_freqs);
+    dsv4_bk_free(g_gpu, d_ws), dsv4_bk_free(g_gpu, d_sel);
+}
+
+/* comp_append_multi over a CSA layer's two compressors (512 of 1024 and the indexer's 128 of
+ * 256, m 4) on test_comp's steps: on the GPU against the two single comp_append calls (today's
+ * kernel, run on a copy of the state): rings and entries bit-identical (bound: 0; a CTA's result
+ * does not depend on the block size the pair runs with); against the CPU's composition as
+ * test_comp (rings bit-exact, entries <= 1 differing a job, rel <= 0.25 / 1.5). */
+static void test_comp_pair(void)
+{
+    const int S = 64, r = 64, m = 4, C = 64, steps = 7, Rc = 2 * m + C;
+    const int64_t cap_e = 1024;
+    const float eps = 1e-6f;
+    const int dims[2] = {512, 128};
+    struct {
+        size_t ring_n, ent_n;
+        int dim, width;
+        float *ape, *norm, *rkv, *rg, *kv, *gate;
+        uint16_t *ent;
+        float *d_ape, *d_norm, *d_rkv[2], *d_rg[2], *d_kv, *d_gate;
+        uint16_t *d_ent[2];
+    } c[2];
+    for (int k = 0; k < 2; k++) {
+        c[k].dim = dims[k], c[k].width = 2 * dims[k];
+        c[k].ring_n = (size_t)S * Rc * c[k].width, c[k].ent_n = (size_t)S * cap_e * c[k].dim;
+        c[k].ape = malloc((size_t)m * c[k].width * 4), c[k].norm = malloc((size_t)c[k].dim * 4);
+        c[k].rkv = malloc(c[k].ring_n * 4), c[k].rg = malloc(c[k].ring_n * 4);
+        c[k].kv = malloc((size_t)C * c[k].width * 4),
+        c[k].gate = malloc((size_t)C * c[k].width * 4);
+        c[k].ent = calloc(c[k].ent_n, 2);
+        fill_gauss(c[k].ape, (int64_t)m * c[k].width, 0.5f, 0.0f);
+        fill_gauss(c[k].norm, c[k].dim, 0.1f, 1.0f);
+        fill_gauss(c[k].rkv, (int64_t)c[k].ring_n, 1.0f, 0.0f);
+        fill_gauss(c[k].rg, (int64_t)c[k].ring_n, 2.0f, 0.0f);
+        c[k].d_ape = gpu_dup(c[k].ape, (size_t)m * c[k].width * 4);
+        c[k].d_norm = gpu_dup(c[k].norm, (size_t)c[k].dim * 4);
+        for (int v = 0; v < 2; v++) { /* v 0: the pair; v 1: single calls */
+            c[k].d_rkv[v] = gpu_dup(c[k].rkv, c[k].ring_n * 4);
+            c[k].d_rg[v] = gpu_dup(c[k].rg, c[k].ring_n * 4);
+            c[k].d_ent[v] = gpu_dup(NULL, c[k].ent_n * 2);
+        }
+        c[k].d_kv = gpu_dup(NULL, (size_t)C * c[k].width * 4);
+        c[k].d_gate = gpu_dup(NULL, (size_t)C * c[k].width * 4);
+    }
+    float *d_freqs = gpu_dup(g_freqs, sizeof g_freqs);
+    int32_t sl[512], ps[512];
+    for (int step = 0; step < steps; step++) {
+        const int n = comp_step_rows(step, m, C, Rc, sl, ps);
+        rowset rs;
+        rows_make(&rs, sl, ps, n);
+        dsv4_bk_comp_job hj[2], gj[2];
+        for (int k = 0; k < 2; k++) {
+            fill_gauss(c[k].kv, (int64_t)n * c[k].width, 1.0f, 0.0f);
+            fill_gauss(c[k].gate, (int64_t)n * c[k].width, 2.0f, 0.0f);
+            TRY(dsv4_bk_upload(g_gpu, c[k].d_kv, c[k].kv, (size_t)n * c[k].width * 4));
+            TRY(dsv4_bk_upload(g_gpu, c[k].d_gate, c[k].gate, (size_t)n * c[k].width * 4));
+            hj[k] = (dsv4_bk_comp_job){c[k].ent,   cap_e,     c[k].rkv, c[k].rg, Rc,
+                                       c[k].width, c[k].dim,  m,        c[k].kv, c[k].gate,
+                                       c[k].ape,   c[k].norm, k};
+            gj[k] = (dsv4_bk_comp_job){c[k].d_ent[0],
+                                       cap_e,
+                                       c[k].d_rkv[0],
+                                       c[k].d_rg[0],
+                                       Rc,
+                                       c[k].width,
+                                       c[k].dim,
+                                       m,
+                                       c[k].d_kv,
+                                       c[k].d_gate,
+                                       c[k].d_ape,
+                                       c[k].d_norm,
+                                       k};
+        }
+        TRY(dsv4_bk_comp_append_multi(g_cpu, hj, 2, eps, g_freqs, r, &rs.c));
+        TRY(dsv4_bk_comp_append_multi(g_gpu, gj, 2, eps, d_freqs, r, &rs.g));
+        for (int k = 0; k < 2; k++)
+            TRY(dsv4_bk_comp_append(g_gpu, c[k].d_ent[1], cap_e, c[k].d_rkv[1], c[k].d_rg[1], Rc,
+                                    c[k].width, c[k].dim, m, c[k].d_kv, c[k].d_gate, c[k].d_ape,
+                                    c[k].d_norm, eps, d_freqs, r, k, &rs.g));
+        TRY(dsv4_bk_sync(g_gpu));
+        rows_free(&rs);
+    }
+    for (int k = 0; k < 2; k++) {
+        const size_t rb = c[k].ring_n * 4, eb = c[k].ent_n * 2;
+        float *g_rkv[2], *g_rg[2];
+        uint16_t *g_ent[2];
+        for (int v = 0; v < 2; v++) {
+            g_rkv[v] = gpu_get(malloc(rb), c[k].d_rkv[v], rb);
+            g_rg[v] = gpu_get(malloc(rb), c[k].d_rg[v], rb);
+            g_ent[v] = gpu_get(malloc(eb), c[k].d_ent[v], eb);
+        }
+        const int same_single = !memcmp(g_rkv[0], g_rkv[1], rb) && !memcmp(g_rg[0], g_rg[1], rb) &&
+                                !memcmp(g_ent[0], g_ent[1], eb);
+        const int ring_cpu = !memcmp(g_rkv[0], c[k].rkv, rb) && !memcmp(g_rg[0], c[k].rg, rb);
+        float *a = malloc(c[k].ent_n * 4), *b = malloc(c[k].ent_n * 4);
+        bf16_to_f32(a, g_ent[0], (int64_t)c[k].ent_n);
+        bf16_to_f32(b, c[k].ent, (int64_t)c[k].ent_n);
+        const int qn = k ? c[k].dim : c[k].dim - r, qb = k ? 32 : 64;
+        const double bound = k ? 1.5 : 0.25;
+        const vec_stats st = cmp_vectors(a, b, S * cap_e, c[k].dim, qn, qb);
+        printf("comp_append_multi (%s %d of %d): vs single calls %s (bound: identical); vs CPU "
+               "rings %s, %lld entries differ, max rel %.3g (bound: <= 1, rel <= %.2g)\n",
+               k ? "indexer" : "CSA", c[k].dim, c[k].width, same_single ? "identical" : "DIFFER",
+               ring_cpu ? "bit-exact" : "DIFFER", (long long)st.diff_vecs, st.max_rel, bound);
+        CHECK_MSG(same_single, "comp_append_multi job %d differs from comp_append", k);
+        CHECK_MSG(ring_cpu && st.diff_vecs <= 1 && st.max_rel <= bound,
+                  "comp_append_multi job %d outside its bound vs the CPU", k);
+        free(a), free(b);
+        for (int v = 0; v < 2; v++) {
+            free(g_rkv[v]), free(g_rg[v]), free(g_ent[v]);
+            dsv4_bk_free(g_gpu, c[k].d_rkv[v]), dsv4_bk_free(g_gpu, c[k].d_rg[v]);
+            dsv4_bk_free(g_gpu, c[k].d_ent[v]);
+        }
+        free(c[k].ape), free(c[k].norm), free(c[k].rkv), free(c[k].rg), free(c[k].kv);
+        free(c[k].gate), free(c[k].ent);
+        dsv4_bk_free(g_gpu, c[k].d_ape), dsv4_bk_free(g_gpu, c[k].d_norm);
+        dsv4_bk_free(g_gpu, c[k].d_kv), dsv4_bk_free(g_gpu, c[k].d_gate);
+    }
+    dsv4_bk_free(g_gpu, d_freqs);
+}
+
 int main(int argc, char **argv)
 {
     g_small = argc > 1 && !strcmp(argv[1], "--small");
@@ -617,6 +858,7 @@ int main(int argc, char **argv)
     test_comp("Flash/Pro HCA", 128, 512, 512, 0);
     test_comp("indexer compressor", 4, 128, 256, 1);
     test_indexer_q(64, 128);
+    test_comp_pair();
 
     /* Flash (topk 512) and Pro (topk 1024) at N = 1, 2, 7, 64 on both paths; the entry counts
      * pick different step sizes of the fused kernel (16 .. 128 entries, several steps a CTA) */
@@ -640,6 +882,19 @@ int main(int argc, char **argv)
         index_inputs in;
         index_inputs_make(&in, 8, 64, 4, 16, 256);
         test_topk("generic nh 8 d 64", &in, 7);
+        test_q_topk("generic nh 8 d 64", &in, 7);
+        index_inputs_free(&in);
+    }
+    /* the fused indexer_q_topk: Flash at the bench's 4K (cluster path) and 64K (fused path) */
+    const int64_t qcaps[2] = {1025, g_small ? 2048 : 16384};
+    for (int c = 0; c < 2; c++) {
+        index_inputs in;
+        index_inputs_make(&in, 64, 128, 4, 512, qcaps[c]);
+        for (int n = 0; n < 4; n++) {
+            if (g_small && Ns[n] > 2) continue;
+            if (qcaps[c] > 4096 && Ns[n] > 2) continue; /* CPU time */
+            test_q_topk("Flash", &in, Ns[n]);
+        }
         index_inputs_free(&in);
     }
     if (!g_small) {
@@ -649,9 +904,11 @@ int main(int argc, char **argv)
             index_inputs_make(&in, 64, 128, 4, 512, tcaps[c]);
             for (int t = 0; t < 2; t++) {
                 in.topk = topks[t];
-                for (int path = DSV4_INDEX_PATH_SIMT; path <= DSV4_INDEX_PATH_FUSED; path++) {
-                    topk_at_scale(&in, 1, path);
-                    topk_at_scale(&in, 64, path);
+                int paths[3];
+                const int np = paths_for(64, 128, in.cap_e, paths);
+                for (int pi = 0; pi < np; pi++) {
+                    topk_at_scale(&in, 1, paths[pi]);
+                    topk_at_scale(&in, 64, paths[pi]);
                 }
             }
             index_inputs_free(&in);

@@ -397,6 +397,24 @@ dsv4_status dsv4_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e, f
                                    ape, norm, eps, freqs, r, is_index, rows);
 }
 
+/* The CPU: each job's dsv4_cpu_bk_comp_append in turn. */
+dsv4_status dsv4_bk_comp_append_multi(dsv4_backend *b, const dsv4_bk_comp_job *jobs, int n,
+                                      float eps, const float *freqs, int r,
+                                      const dsv4_bk_rows *rows)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (b->kind == DSV4_DEVICE_CUDA)
+        return dsv4_cuda_bk_comp_append_multi(b, jobs, n, eps, freqs, r, rows);
+#endif
+    for (int k = 0; k < n; k++) {
+        const dsv4_bk_comp_job *j = &jobs[k];
+        DSV4_TRY(dsv4_cpu_bk_comp_append(b, j->ent, j->cap_e, j->ring_kv, j->ring_gate, j->Rc,
+                                         j->width, j->dim, j->m, j->kv, j->gate, j->ape, j->norm,
+                                         eps, freqs, r, j->is_index, rows));
+    }
+    return DSV4_OK;
+}
+
 dsv4_status dsv4_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *rows, int nh, int d,
                               int r, const float *freqs)
 {
@@ -415,6 +433,21 @@ dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
         return dsv4_cuda_bk_indexer_topk(b, sel, iq, iw, w_scale, ent, cap_e, nh, d, m, topk, rows,
                                          ws);
 #endif
+    return dsv4_cpu_bk_indexer_topk(b, sel, iq, iw, w_scale, ent, cap_e, nh, d, m, topk, rows, ws);
+}
+
+/* The CPU: dsv4_cpu_bk_indexer_q, then dsv4_cpu_bk_indexer_topk. */
+dsv4_status dsv4_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
+                                   float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
+                                   int r, const float *freqs, int m, int topk,
+                                   const dsv4_bk_rows *rows, void *ws)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (b->kind == DSV4_DEVICE_CUDA)
+        return dsv4_cuda_bk_indexer_q_topk(b, sel, iq, iw, w_scale, ent, cap_e, nh, d, r, freqs, m,
+                                           topk, rows, ws);
+#endif
+    DSV4_TRY(dsv4_cpu_bk_indexer_q(b, iq, rows, nh, d, r, freqs));
     return dsv4_cpu_bk_indexer_topk(b, sel, iq, iw, w_scale, ent, cap_e, nh, d, m, topk, rows, ws);
 }
 

@@ -216,6 +216,21 @@ dsv4_status dsv4_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e, f
                                 const float *kv, const float *gate, const float *ape,
                                 const float *norm, float eps, const float *freqs, int r,
                                 int is_index, const dsv4_bk_rows *rows);
+/* comp_append_multi: dsv4_bk_comp_append of each job in turn (a CSA layer's compressor and its
+ * indexer's, which share eps, freqs, r and rows), one launch on CUDA. The jobs' rings and
+ * entries must not overlap. */
+enum { DSV4_BK_COMP_MULTI_MAX = 2 };
+typedef struct dsv4_bk_comp_job {
+    uint16_t *ent;
+    int64_t cap_e;
+    float *ring_kv, *ring_gate;
+    int Rc, width, dim, m;
+    const float *kv, *gate, *ape, *norm;
+    int is_index;
+} dsv4_bk_comp_job;
+dsv4_status dsv4_bk_comp_append_multi(dsv4_backend *b, const dsv4_bk_comp_job *jobs, int n,
+                                      float eps, const float *freqs, int r,
+                                      const dsv4_bk_rows *rows);
 
 /* ---- lightning indexer -------------------------------------------------------------------- */
 /* iq [N, nh, d] in place: RoPE of the last r dims at pos[r] (freqs), then per head bf16,
@@ -232,6 +247,14 @@ size_t dsv4_bk_indexer_ws_bytes(int64_t N, int64_t cap_e);
 dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq, const float *iw,
                                  float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
                                  int m, int topk, const dsv4_bk_rows *rows, void *ws);
+/* indexer_q_topk: dsv4_bk_indexer_q(iq, rows, nh, d, r, freqs), then dsv4_bk_indexer_topk on
+ * the result, in one op (CUDA at nh 64, d 128, cap_e <= 2048, N <= 16: one launch, the queries'
+ * chain in the top-k kernel's prologue). iq [N, nh, d] is clobbered: afterwards it holds
+ * indexer_q's result, or is unchanged (CUDA's one-launch form). */
+dsv4_status dsv4_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
+                                   float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
+                                   int r, const float *freqs, int m, int topk,
+                                   const dsv4_bk_rows *rows, void *ws);
 
 /* ---- attention ---------------------------------------------------------------------------
  * o [N, H, hd] = bf16(attention) of q [N, H, hd] over, in this slot order (forward_attn.c

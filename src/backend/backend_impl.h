@@ -153,6 +153,13 @@ dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap
                                      int is_index, const dsv4_bk_rows *rows);
 dsv4_status dsv4_cuda_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *rows, int nh,
                                    int d, int r, const float *freqs);
+dsv4_status dsv4_cuda_bk_comp_append_multi(dsv4_backend *b, const dsv4_bk_comp_job *jobs, int n,
+                                           float eps, const float *freqs, int r,
+                                           const dsv4_bk_rows *rows);
+dsv4_status dsv4_cuda_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
+                                        float w_scale, const uint16_t *ent, int64_t cap_e, int nh,
+                                        int d, int r, const float *freqs, int m, int topk,
+                                        const dsv4_bk_rows *rows, void *ws);
 dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
                                       const float *iw, float w_scale, const uint16_t *ent,
                                       int64_t cap_e, int nh, int d, int m, int topk,

@@ -97,17 +97,29 @@ static dsv4_status h_projections(dsv4_engine *e, eng_layer *L, int N)
     return dsv4_bk_linear_multi(e->b, p, n, N);
 }
 
-/* A compressor's new rows ck, cg [N, width] (h_projections) and the windows they close
- * (forward_attn.c comp_append). */
-static dsv4_status compress(dsv4_engine *e, eng_comp *cs, const float *ck, const float *cg,
-                            int is_index, const dsv4_bk_rows *rows)
+/* A compressor's step as a comp_append job: its new rows ck, cg [N, width] (h_projections). */
+static dsv4_bk_comp_job comp_job(const dsv4_engine *e, eng_comp *cs, const float *ck,
+                                 const float *cg, int is_index)
+{
+    const int Rc = cs->ratio == 4 ? e->Rc4 : e->Rc128;
+    return (dsv4_bk_comp_job){
+        cs->ent,   cs->cap, cs->ring_kv, cs->ring_gate, Rc,       cs->width, cs->dim,
+        cs->ratio, ck,      cg,          cs->ape,       cs->norm, is_index};
+}
+
+/* The layer's compressors (the main one; a CSA layer's indexer compressor too) take their rows
+ * and close their windows (forward_attn.c comp_append), in one op. */
+static dsv4_status compress(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *rows)
 {
     const dsv4_config *c = e->c;
-    const int Rc = cs->ratio == 4 ? e->Rc4 : e->Rc128;
-    DSV4_TRY(dsv4_bk_comp_append(e->b, cs->ent, cs->cap, cs->ring_kv, cs->ring_gate, Rc, cs->width,
-                                 cs->dim, cs->ratio, ck, cg, cs->ape, cs->norm, c->rms_norm_eps,
-                                 e->rope_comp, c->rope_dim, is_index, rows));
-    MARK(is_index ? "index.comp_pool" : "comp.pool");
+    eng_scratch *s = &e->s;
+    dsv4_bk_comp_job j[2];
+    int n = 0;
+    j[n++] = comp_job(e, &L->comp, s->ck, s->cg, 0);
+    if (L->ratio == 4) j[n++] = comp_job(e, &L->idx, s->ick, s->icg, 1);
+    DSV4_TRY(
+        dsv4_bk_comp_append_multi(e->b, j, n, c->rms_norm_eps, e->rope_comp, c->rope_dim, rows));
+    MARK("comp.pool");
     return DSV4_OK;
 }
 
@@ -138,20 +150,18 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
                                         eps, 64));
     MARK("attn.kv");
 
-    if (L->ratio > 0) DSV4_TRY(compress(e, &L->comp, s->ck, s->cg, 0, rows));
+    if (L->ratio > 0) DSV4_TRY(compress(e, L, rows));
     const int csa = L->ratio == 4;
     if (csa) {
         const int nh = c->index_n_heads, d = c->index_head_dim;
-        DSV4_TRY(compress(e, &L->idx, s->ick, s->icg, 1, rows));
         /* indexer queries from act_quant(qr) (still in s->xq); weights (s->iw) from h above */
         DSV4_TRY(linear_q(e, &w->idx_wq_b, s->qr, s->xq, 0, N, s->iq));
-        DSV4_TRY(dsv4_bk_indexer_q(e->b, s->iq, rows, nh, d, r, e->rope_comp));
         MARK("index.q");
-        /* the weights' scale nh^-0.5 d^-0.5 (and its bf16 rounding) is applied inside */
-        DSV4_TRY(dsv4_bk_indexer_topk(e->b, s->sel, s->iq, s->iw,
-                                      (float)(pow(d, -0.5) * pow(nh, -0.5)), L->idx.ent,
-                                      L->idx.cap, nh, d, L->idx.ratio, c->index_topk, rows,
-                                      s->idx_ws));
+        /* the queries' RoPE, Hadamard and FP4, then the scores and top-k, in one op; the
+         * weights' scale nh^-0.5 d^-0.5 (and its bf16 rounding) is applied inside */
+        DSV4_TRY(dsv4_bk_indexer_q_topk(
+            e->b, s->sel, s->iq, s->iw, (float)(pow(d, -0.5) * pow(nh, -0.5)), L->idx.ent,
+            L->idx.cap, nh, d, r, e->rope_comp, L->idx.ratio, c->index_topk, rows, s->idx_ws));
         MARK("index.topk");
     }
 

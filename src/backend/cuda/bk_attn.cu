@@ -52,6 +52,8 @@
  * (ncu, engine step at context 4096): N 1 CSA 20.6 -> 18.7, HCA 19.4 -> 18.3; but N 64 one-pass
  * CSA 83 -> 94 and HCA 38 -> 50, where the graph replay (warm) got faster: the one-pass form's
  * unrolled epilogue (now with the RoPE, 64 copies) and prologue are more code fetched cold.
+ * So the one-pass epilogue now stages O in the free key buffers and runs as a rolled loop over
+ * pairs of dims (float2 stores), the cluster form's epilogue; the same operations bit for bit.
  *
  * Precondition: q holds bf16-exact values (faithful mode rounds q to bf16 before attention);
  * other values are rounded to bf16 here. A CSA pick >= cap_e counts as -1 here (the CPU fails).
@@ -387,12 +389,14 @@ __device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned 
         __syncthreads();
     }
 
-    /* the sink joins the denominator; o = bf16(O / sum), then the inverse RoPE of the last
-     * rope_r dims: pair (d, d + 1) sits in lanes (l, l ^ 4) */
+    /* the sink joins the denominator; O goes to shared memory (the key buffers are free: HG
+     * (hd + 4) floats <= 2 * 64 (hd + 8) bf16), then o = bf16(O / sum) and the inverse RoPE of
+     * the last rope_r dims, a pair of dims a thread: the same operations as the cluster form's
+     * epilogue, in a rolled loop with row-contiguous stores (a fragment-order epilogue unrolled
+     * 16 NT times was more code than a cold instruction cache serves quickly at N 64) */
     if (tid < HG && h0 + tid < a.H) ssum[tid] = __fadd_rn(ssum[tid], expf(sinkv - sm[tid]));
-    __syncthreads();
-    const float *cs = (const float *)(smem + a.off_rope), *sn = cs + (a.rope_r >> 1);
-    const int rd0 = hd - a.rope_r; /* the first rotated dim (hd: none) */
+    const int ldo = hd + 4; /* floats a head's row: the fragment stores hit distinct banks */
+    float *os = (float *)smem;
 #pragma unroll
     for (int i = 0; i < SA_MTW; i++) {
         const int mt = warp + AT_WARPS * i;
@@ -400,18 +404,24 @@ __device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned 
 #pragma unroll
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int h = nt * 8 + 2 * t + (e & 1), d = mt * 16 + g + ((e >> 1) << 3);
-                float v = at_round_bf16(__fdiv_rn(o[i][nt][e], ssum[h]));
-                if (mt * 16 + 16 > rd0) { /* warp-uniform: the tile holds rotated dims */
-                    const float w = __shfl_xor_sync(0xffffffffu, v, 4);
-                    if (d >= rd0) {
-                        const int ip = (d - rd0) >> 1;
-                        v = g & 1 ? sa_rot1(w, v, cs[ip], sn[ip]) : sa_rot0(v, w, cs[ip], sn[ip]);
-                    }
-                }
-                if (h0 + h < a.H) a.o[((int64_t)r * a.H + h0 + h) * hd + d] = v;
-            }
+            for (int e = 0; e < 4; e++)
+                os[(nt * 8 + 2 * t + (e & 1)) * ldo + mt * 16 + g + ((e >> 1) << 3)] = o[i][nt][e];
+    }
+    __syncthreads();
+    const float *cs = (const float *)(smem + a.off_rope), *sn = cs + (a.rope_r >> 1);
+    const int rd0 = hd - a.rope_r, hp = hd >> 1; /* the first rotated dim (hd: none) */
+    for (int k = tid; k < HG * hp; k += AT_THREADS) {
+        const int h = k / hp, d = 2 * (k - h * hp);
+        if (h0 + h >= a.H) break; /* later k: later heads */
+        float v0 = at_round_bf16(__fdiv_rn(os[h * ldo + d], ssum[h]));
+        float v1 = at_round_bf16(__fdiv_rn(os[h * ldo + d + 1], ssum[h]));
+        if (d >= rd0) {
+            const int ip = (d - rd0) >> 1;
+            const float r0 = sa_rot0(v0, v1, cs[ip], sn[ip]);
+            v1 = sa_rot1(v0, v1, cs[ip], sn[ip]);
+            v0 = r0;
+        }
+        *(float2 *)(a.o + ((int64_t)r * a.H + h0 + h) * hd + d) = make_float2(v0, v1);
     }
 }
 

@@ -1,8 +1,8 @@
 /*
  * bk_index.cu - CUDA implementation of a compressor's step (backend.h dsv4_bk_comp_append: its
  * rows into the ring and, in the same kernel, the windows they close: pool, RMSNorm, RoPE,
- * Hadamard, FP8/FP4) and of the lightning indexer queries; the scores and top-k are in
- * bk_topk.cu.
+ * Hadamard, FP8/FP4; dsv4_bk_comp_append_multi: a CSA layer's two compressors in one launch)
+ * and of the lightning indexer queries; the scores and top-k are in bk_topk.cu.
  *
  * The CPU ops (backend/cpu/bk_index.c) are the reference and these kernels reproduce them bit for
  * bit: the same f32 operations in the same order with no contraction into FMAs where the CPU
@@ -27,6 +27,7 @@ enum {
     POOL_SLOTS = 256,   /* 2m slots at most (ratios 4 and 128) */
     DIM_MAX = 4096,     /* widest pooled entry / indexer head */
     POOL_THREADS = 512, /* threads of one CTA (over dims) */
+    POOL_REG = 8,       /* windows of up to this many slots pool from registers */
 };
 
 /* x [n] in shared memory: blocks of `block` (the last may be shorter), one warp per block,
@@ -110,13 +111,24 @@ static __device__ __forceinline__ float exp_cr(float x)
  * ascending order (backend.h), so when row j0 = row - (pos - q0) holds (slot, q0) the rows in
  * between hold the positions in between; otherwise the earlier rows are searched.
  * Shared: red [32] double, sources [3][POOL_SLOTS] pointers, src_row [POOL_SLOTS], x [dim] f32. */
-__global__ void comp_append_kernel(uint16_t *ent, int64_t cap_e, float *ring_kv, float *ring_gate,
-                                   int Rc, int width, int dim, int m, const float *kv,
-                                   const float *gate, const float *ape, const float *norm,
-                                   float eps, const float *freqs, int r, int is_index,
-                                   float had_scale, const int32_t *slot, const int32_t *pos)
+typedef struct comp_jobs {
+    dsv4_bk_comp_job j[DSV4_BK_COMP_MULTI_MAX];
+    float had_scale[DSV4_BK_COMP_MULTI_MAX];
+} comp_jobs;
+
+/* Grid (N, jobs): CTA (row, y) runs job y's row (one launch for a CSA layer's two compressors;
+ * blockDim is the larger job's, and a CTA's result does not depend on blockDim). */
+__global__ void comp_append_kernel(comp_jobs J, float eps, const float *freqs, int r,
+                                   const int32_t *slot, const int32_t *pos)
 {
     DSV4_PDL_WAIT();
+    const dsv4_bk_comp_job &jb = J.j[blockIdx.y];
+    uint16_t *ent = jb.ent;
+    float *ring_kv = jb.ring_kv, *ring_gate = jb.ring_gate;
+    const int64_t cap_e = jb.cap_e;
+    const int Rc = jb.Rc, width = jb.width, dim = jb.dim, m = jb.m, is_index = jb.is_index;
+    const float *kv = jb.kv, *gate = jb.gate, *ape = jb.ape, *norm = jb.norm;
+    const float had_scale = J.had_scale[blockIdx.y];
     extern __shared__ double pool_smem[];
     double *red = pool_smem;
     const float **src_kv = (const float **)(pool_smem + 32);
@@ -175,9 +187,36 @@ __global__ void comp_append_kernel(uint16_t *ent, int64_t cap_e, float *ring_kv,
     }
     __syncthreads();
 
-    /* 3. pool per dim */
-    for (int c = threadIdx.x; c < dim; c += nt) {
+    /* 3. pool per dim. Windows of up to POOL_REG slots (ratio 4: every CSA decode step) load
+     * their gates and values into registers first, all at once, so the three passes cost one
+     * memory latency instead of one per slot and pass; the same operations in the same order. */
 #define GATE(k) (src_a[k] ? __fadd_rn(src_g[k][c], src_a[k][c]) : src_g[k][c])
+    if (ns <= POOL_REG) {
+        for (int c = threadIdx.x; c < dim; c += nt) {
+            float gv[POOL_REG], kvv[POOL_REG], ev[POOL_REG];
+#pragma unroll
+            for (int k = 0; k < POOL_REG; k++)
+                if (k < ns) gv[k] = GATE(k), kvv[k] = src_kv[k][c];
+            float mx = -INFINITY;
+#pragma unroll
+            for (int k = 0; k < POOL_REG; k++)
+                if (k < ns && gv[k] > mx) mx = gv[k];
+            double sum = 0.0;
+#pragma unroll
+            for (int k = 0; k < POOL_REG; k++)
+                if (k < ns) {
+                    ev[k] = exp_cr(gv[k] - mx);
+                    sum += (double)ev[k];
+                }
+            const float fs = (float)sum;
+            double acc = 0.0;
+#pragma unroll
+            for (int k = 0; k < POOL_REG; k++)
+                if (k < ns) acc += (double)kvv[k] * (double)__fdiv_rn(ev[k], fs);
+            x[c] = dev_round_bf16((float)acc);
+        }
+    }
+    for (int c = threadIdx.x; ns > POOL_REG && c < dim; c += nt) {
         float mx = -INFINITY;
         for (int k = 0; k < ns; k++) {
             const float g = GATE(k);
@@ -237,6 +276,41 @@ static int threads_for(int n, int max)
     return t > max ? max : t;
 }
 
+extern "C" dsv4_status dsv4_cuda_bk_comp_append_multi(dsv4_backend *b, const dsv4_bk_comp_job *jobs,
+                                                      int n, float eps, const float *freqs, int r,
+                                                      const dsv4_bk_rows *rows)
+{
+    if (n < 1 || n > DSV4_BK_COMP_MULTI_MAX)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "comp_append: %d compressors", n);
+    comp_jobs J;
+    int threads = 32, dim_max = 1;
+    for (int k = 0; k < n; k++) {
+        const dsv4_bk_comp_job *c = &jobs[k];
+        const int m = c->m, dim = c->dim, width = c->width, Rc = c->Rc, is_index = c->is_index;
+        const int ns = width == 2 * dim ? 2 * m : m;
+        if (m <= 0 || dim <= 0 || dim > DIM_MAX || (width != dim && width != 2 * dim) ||
+            ns > POOL_SLOTS || (int64_t)Rc < (int64_t)ns + rows->n - 1 || r < 0 || r > dim ||
+            r % 2 || (is_index && !is_pow2(dim)))
+            return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                             "comp_append: m %d, dim %d, width %d, Rc %d (%d rows), rope %d, "
+                             "is_index %d",
+                             m, dim, width, Rc, rows->n, r, is_index);
+        J.j[k] = *c;
+        /* the Hadamard scale exactly as dsv4_hadamard: the double n^-0.5 as an f32 */
+        J.had_scale[k] = (float)pow((double)dim, -0.5);
+        const int t = threads_for(dim, POOL_THREADS);
+        threads = t > threads ? t : threads;
+        dim_max = dim > dim_max ? dim : dim_max;
+    }
+    if (rows->n <= 0) return DSV4_OK;
+    const size_t smem = 32 * sizeof(double) + POOL_SLOTS * (3 * sizeof(float *) + sizeof(int)) +
+                        (size_t)dim_max * sizeof(float);
+    comp_append_kernel<<<dim3((unsigned)rows->n, (unsigned)n), threads, smem,
+                         dsv4_cuda_stream(b->cuda)>>>(J, eps, freqs, r, rows->slot, rows->pos);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
+}
+
 extern "C" dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
                                                 float *ring_kv, float *ring_gate, int Rc, int width,
                                                 int dim, int m, const float *kv, const float *gate,
@@ -244,25 +318,9 @@ extern "C" dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, uint16_t *ent, 
                                                 const float *freqs, int r, int is_index,
                                                 const dsv4_bk_rows *rows)
 {
-    const int ns = width == 2 * dim ? 2 * m : m;
-    if (m <= 0 || dim <= 0 || dim > DIM_MAX || (width != dim && width != 2 * dim) ||
-        ns > POOL_SLOTS || (int64_t)Rc < (int64_t)ns + rows->n - 1 || r < 0 || r > dim || r % 2 ||
-        (is_index && !is_pow2(dim)))
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
-                         "comp_append: m %d, dim %d, width %d, Rc %d (%d rows), rope %d, "
-                         "is_index %d",
-                         m, dim, width, Rc, rows->n, r, is_index);
-    if (rows->n <= 0) return DSV4_OK;
-    /* the Hadamard scale exactly as dsv4_hadamard: the double n^-0.5 as an f32 */
-    const float had_scale = (float)pow((double)dim, -0.5);
-    const size_t smem = 32 * sizeof(double) + POOL_SLOTS * (3 * sizeof(float *) + sizeof(int)) +
-                        (size_t)dim * sizeof(float);
-    comp_append_kernel<<<rows->n, threads_for(dim, POOL_THREADS), smem,
-                         dsv4_cuda_stream(b->cuda)>>>(ent, cap_e, ring_kv, ring_gate, Rc, width,
-                                                      dim, m, kv, gate, ape, norm, eps, freqs, r,
-                                                      is_index, had_scale, rows->slot, rows->pos);
-    CUDA_LAUNCHED();
-    return DSV4_OK;
+    const dsv4_bk_comp_job job = {ent, cap_e, ring_kv, ring_gate, Rc,   width,   dim,
+                                  m,   kv,    gate,    ape,       norm, is_index};
+    return dsv4_cuda_bk_comp_append_multi(b, &job, 1, eps, freqs, r, rows);
 }
 
 /* ---- indexer queries ---------------------------------------------------------------------- */

@@ -13,7 +13,11 @@
  * need ~13 bits). The head sum is in double as on the CPU (terms are bf16 values: exact in any
  * order).
  *
- * Two paths (index_path.cuh forces one in tests):
+ * Three paths (index_path.cuh forces one in tests):
+ * - Cluster (nh = 64, d = 128, cap_e <= 2048, and by choice N <= 16: the 4K-context decode
+ *   step at small batches): one kernel, a cluster of 8 CTAs a row that score an eighth of its
+ * entries each and then rank them against all the row's keys (index_cluster_kernel says how): no
+ * ticket, no one-CTA sort.
  * - Fused (nh = 64, d = 128: Flash and Pro): one kernel. Each CTA scores a range of a row's
  *   entries on the tensor cores, mma.sync m16n8k16 bf16 -> f32 with the keys as the 16-row A
  *   operand straight from the bf16 state and the queries as B (FP4-grid values: exact in bf16);
@@ -25,9 +29,14 @@
  *   vector; the bf16 mma keeps the products exact and adds in f32 (>= 24 bits), exact under the
  *   same condition as the f32 FMA kernel it replaces. The keys are stored as bf16 anyway.
  * - SIMT (any shape): one warp per entry, then a top-k kernel of one CTA per row.
+ * dsv4_bk_indexer_q_topk runs the queries' chain (RoPE, Hadamard, FP4: dsv4_bk_indexer_q) in the
+ * cluster kernel's prologue, one head a warp (q_head; the cluster's 8 CTAs take 8 heads each and
+ * store them into every rank's shared memory), which saves the engine the indexer_q launch; the
+ * fused and SIMT paths launch indexer_q first (in every fused CTA the chain of all 64 heads cost
+ * more than that launch: test_gpu_index, H100, N 1 33.6 us vs 27.2 us).
  *
- * Top-k (row_topk, both paths): the order is that of the unique key K(e) = (o(score) << b) |
- * (2^b - 1 - e), o the monotonic 16-bit code of a bf16 score, b the index bits: larger K is
+ * Top-k (row_topk, fused and SIMT paths): the order is that of the unique key K(e) = (o(score) <<
+ * b) | (2^b - 1 - e), o the monotonic 16-bit code of a bf16 score, b the index bits: larger K is
  * better, and equal scores rank the lower index higher. A radix select over K's bytes, high to
  * low, finds the k-th largest K's leading bytes (stopping as soon as a whole bin is taken); the k
  * keys at or above it are gathered and bitonic-sorted. Exact, ties included. When n_vis <= topk
@@ -39,7 +48,11 @@
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/quant_dev.cuh"
 
+#include <cmath>
+#include <cooperative_groups.h>
 #include <cstdint>
+
+namespace cg = cooperative_groups;
 
 enum {
     TNH = 64,            /* the fused kernel's shape: heads ... */
@@ -238,6 +251,75 @@ static __device__ __forceinline__ uint32_t pack_bf16(float x, float y)
            (__float_as_uint(dev_round_bf16(y)) & 0xffff0000u);
 }
 
+/* ---- the queries: optionally the indexer_q chain, one head a warp ----------------------------
+ * Lane l of a warp holds dims [4 l, 4 l + 4) of one head (128 dims). q_head runs
+ * dsv4_bk_indexer_q's chain (bk_index.cu indexer_q_kernel) on them with the same f32 operations
+ * in the same order, so the result is bit for bit that kernel's: RoPE of the last r dims (rc:
+ * cos [r / 2] then sin [r / 2] of the row, rope_table), bf16, the Hadamard butterflies (strides
+ * 1, 2 in the lane, 4 .. 64 across lanes l ^ 1 .. l ^ 16), bf16(* had_scale), FP4 in blocks of
+ * 32 (8 lanes: amax without NaN, scale, e2m1). Small code on purpose: a decode step's kernels
+ * run with cold instruction caches (an unrolled 32-dims-a-thread form was 80 KB of SASS). */
+static __device__ __forceinline__ void q_head(float (&x)[4], const float *rc, int r,
+                                              float had_scale)
+{
+    const int lane = threadIdx.x & 31, rd0 = TD - r; /* the first rotated dim */
+#pragma unroll
+    for (int j = 0; j < 4; j += 2) {
+        const int d = 4 * lane + j;
+        if (d >= rd0) {
+            const int ip = (d - rd0) >> 1;
+            const float c = rc[ip], s = rc[(r >> 1) + ip], a = x[j], b = x[j + 1];
+            x[j] = dev_round_bf16(__fadd_rn(__fmul_rn(a, c), __fmul_rn(-b, s)));
+            x[j + 1] = dev_round_bf16(__fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s)));
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++) x[j] = dev_round_bf16(x[j]);
+#pragma unroll
+    for (int st = 1; st < 4; st <<= 1)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            if ((j & st) == 0) {
+                const float a = x[j], b = x[j + st];
+                x[j] = __fadd_rn(a, b);
+                x[j + st] = __fsub_rn(a, b);
+            }
+#pragma unroll 1
+    for (int m = 1; m < 32; m <<= 1) /* stride 4 m: lane l ^ m; the lower lane keeps a + b */
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float o = __shfl_xor_sync(0xffffffffu, x[j], m);
+            x[j] = lane & m ? __fsub_rn(o, x[j]) : __fadd_rn(x[j], o);
+        }
+    float mx = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        x[j] = dev_round_bf16(__fmul_rn(x[j], had_scale));
+        const float a = fabsf(x[j]);
+        if (a > mx) mx = a;
+    }
+#pragma unroll
+    for (int m = 1; m < 8; m <<= 1) {
+        const float t = __shfl_xor_sync(0xffffffffu, mx, m);
+        if (t > mx) mx = t;
+    }
+    const float s = dev_scale_fp4(mx);
+#pragma unroll
+    for (int j = 0; j < 4; j++) x[j] = __fmul_rn(dev_round_e2m1(__fdiv_rn(x[j], s)), s);
+}
+
+/* rc [r] = cos, then sin, of freqs[i] * pos as bk_index.cu rope_bf16 computes them (the angle
+ * in f32, cos / sin in double rounded once). Threads i < r / 2 hold freq = freqs[i]. */
+static __device__ __forceinline__ void rope_table(float *rc, int r, float freq, int pos)
+{
+    const int i = threadIdx.x;
+    if (i < (r >> 1)) {
+        const float ang = __fmul_rn(freq, (float)pos);
+        rc[i] = (float)cos((double)ang);
+        rc[(r >> 1) + i] = (float)sin((double)ang);
+    }
+}
+
 /* The scoring tiles of a fused CTA (the top-k reuses the same shared memory after them). */
 template <int NT> struct fused_tiles {
     uint16_t q[TNH * KLD];        /* the row's queries [64][KLD], bf16 */
@@ -279,7 +361,8 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
     __shared__ int s_last;
     fused_tiles<NT> &T = *(fused_tiles<NT> *)fused_smem;
     const int row = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    int64_t nvis = ((int64_t)pos[row] + 1) / m;
+    const int prow = pos[row];
+    int64_t nvis = ((int64_t)prow + 1) / m;
     if (nvis > cap_e) nvis = cap_e;
     if (nvis == 0) { /* no entries: only -1 */
         if (blockIdx.x == 0)
@@ -293,11 +376,10 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
     float *sc = scores + (int64_t)row * cap_e;
 
     load_keys<NT>(T.k, keys, e0, e_end); /* in flight while the queries are converted */
-    const float4 *q4 = (const float4 *)(iq + (int64_t)row * TNH * TD);
-    for (int t = tid; t < TNH * TD / 4; t += FUSED_THREADS) {
-        const float4 v = q4[t];
-        *(uint2 *)(T.q + (t >> 5) * KLD + (t & 31) * 4) =
-            make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+#pragma unroll 1
+    for (int h = warp; h < TNH; h += FUSED_THREADS / 32) {
+        const float4 v = *(const float4 *)(iq + ((int64_t)row * TNH + h) * TD + 4 * lane);
+        *(uint2 *)(T.q + h * KLD + 4 * lane) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
     }
     if (tid < TNH) T.w[tid] = dev_round_bf16(__fmul_rn(iw[(int64_t)row * TNH + tid], w_scale));
 
@@ -401,6 +483,211 @@ static dsv4_status launch_fused(cudaStream_t st, int32_t *sel, float *scores, un
     return DSV4_OK;
 }
 
+/* ---- the cluster path: scores and ranks in one cluster a row -------------------------------
+ * For rows of up to CL_C * CL_PER entries (the bench's 4K context: 1024): a cluster of CL_C CTAs
+ * a row; rank c scores the row's entries [c per, (c + 1) per) (per = ceil(n_vis / CL_C) rounded
+ * up to 16) on the tensor cores as the fused kernel does (its NT = 8 step: warp w takes 16
+ * entries and all 64 heads), keeps each entry's unique order key (score code << 16 | 0xffff - e,
+ * row_topk's K) in shared memory and writes the score to the workspace. After one cluster
+ * barrier every CTA copies the row's n_vis keys out of the cluster's shared memory and ranks its
+ * own: rank(e) = #{j : K_j > K_e}, its place in the descending order (keys are unique, so the
+ * ranks are a permutation), counted by all 256 threads over an even share of the comparisons;
+ * rank < k goes to sel[rank]. Exact, ties included, the same order as
+ * row_topk; no ticket, no one-CTA tail (the fused path's last CTA sorts 512 keys in 45 barrier
+ * stages), no atomics, deterministic. */
+enum {
+    CL_C = 8,     /* CTAs a row (portable cluster) */
+    CL_PER = 256, /* entries a CTA at most: n_vis <= 2048 */
+};
+
+static __device__ __forceinline__ void cl_sync(void)
+{
+    asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
+}
+
+/* Dynamic shared memory of the cluster kernel for per_max entries a CTA: q [64][KLD] bf16, keys
+ * [per_max][KLD] bf16, w [64], rc [TD], own keys [per_max], the row's keys [CL_C per_max],
+ * the ranks of its entries [256]. */
+static size_t cl_smem(int per_max)
+{
+    return (size_t)TNH * KLD * 2 + (size_t)per_max * KLD * 2 + TNH * 4 + TD * 4 +
+           (size_t)per_max * 4 + (size_t)CL_C * per_max * 4 + FUSED_THREADS * 4;
+}
+
+/* Grid (CL_C, N), cluster (CL_C, 1, 1), 256 threads. iq [N, 64, 128] raw (qr >= 0: the
+ * indexer_q chain runs in the prologue, RoPE of the last qr dims) or as indexer_q leaves it
+ * (qr < 0); iw [N, 64]; ent [S, cap_e, 128] bf16 -> scores [N, cap_e] (workspace), sel [N, topk].
+ */
+__global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
+    int32_t *sel, float *scores, const float *iq, const float *iw, float w_scale,
+    const uint16_t *ent, int64_t cap_e, int m, int topk, int per_max, const int32_t *slot,
+    const int32_t *pos, int qr, const float *freqs, float had_scale)
+{
+    DSV4_PDL_WAIT();
+    extern __shared__ __align__(16) unsigned char cl_raw[];
+    uint16_t *qs = (uint16_t *)cl_raw, *ks = qs + TNH * KLD;
+    float *w = (float *)(ks + (size_t)per_max * KLD), *rc = w + TNH;
+    uint32_t *own = (uint32_t *)(rc + TD), *all = own + per_max;
+    int *part = (int *)(all + CL_C * per_max);
+    cg::cluster_group cl = cg::this_cluster();
+    const int row = blockIdx.y, rank = (int)cl.block_rank(), tid = threadIdx.x;
+    const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+
+    /* every global load of the prologue before any use; warp w converts head 8 rank + w */
+    const int prow = pos[row], sl = slot[row], hq = rank * (FUSED_THREADS / 32) + warp;
+    const float freq = qr >= 0 && tid < (qr >> 1) ? freqs[tid] : 0.0f;
+    const float wv = tid < TNH ? iw[(int64_t)row * TNH + tid] : 0.0f;
+    const float4 qv = *(const float4 *)(iq + ((int64_t)row * TNH + hq) * TD + 4 * lane);
+    int64_t nv = ((int64_t)prow + 1) / m;
+    const int nvis = (int)(nv < cap_e ? nv : cap_e), k = nvis < topk ? nvis : topk;
+    int32_t *out = sel + (int64_t)row * topk;
+    if (rank == CL_C - 1)
+        for (int j = k + tid; j < topk; j += FUSED_THREADS) out[j] = -1;
+    if (nvis == 0) { /* the whole cluster; none leaves before all have started */
+        asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+        return;
+    }
+    const int per = ((nvis + CL_C - 1) / CL_C + 15) & ~15, e0 = rank * per;
+    const int ne = nvis - e0 < 0 ? 0 : (nvis - e0 < per ? nvis - e0 : per);
+    const int ne16 = (ne + 15) & ~15;
+    const uint16_t *keys = ent + ((int64_t)sl * cap_e + e0) * TD;
+    for (int c = tid; c < ne16 * 16; c += FUSED_THREADS) {
+        const int e = c >> 4, part16 = c & 15;
+        const bool in = e < ne;
+        cp_async16(ks + e * KLD + part16 * 8, (in ? keys + (int64_t)e * TD : ent) + part16 * 8,
+                   in ? 16 : 0);
+    }
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+    if (tid < TNH) w[tid] = dev_round_bf16(__fmul_rn(wv, w_scale));
+    if (qr >= 0) {
+        rope_table(rc, qr, freq, prow);
+        __syncthreads();
+    }
+    {
+        float x[4] = {qv.x, qv.y, qv.z, qv.w};
+        if (qr >= 0) q_head(x, rc, qr, had_scale);
+        const uint2 pk = make_uint2(pack_bf16(x[0], x[1]), pack_bf16(x[2], x[3]));
+        asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); /* all have started */
+#pragma unroll 1
+        for (int dst = 0; dst < CL_C; dst++) /* the head to every rank's queries */
+            *(uint2 *)cl.map_shared_rank(qs + hq * KLD + 4 * lane, dst) = pk;
+    }
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    cl_sync(); /* every rank's heads (and this CTA's keys, w) are in place */
+
+    /* scores: warp w takes entries eb + 16 w .. + 16, all 64 heads (the fused NT = 8 step) */
+    float *sc = scores + (int64_t)row * cap_e + e0;
+    for (int eb = warp * 16; eb < ne; eb += 8 * 16) {
+        float acc[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < TD / 16; kk++) {
+            uint32_t a[4];
+            ldsm_x4(a, ks + (eb + (lane & 15)) * KLD + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {
+                uint32_t b[4];
+                ldsm_x4(b, qs + ((j + (lane >> 4)) * 8 + (lane & 7)) * KLD + kk * 16 +
+                               ((lane >> 3) & 1) * 8);
+                mma_bf16(acc[j], a, b[0], b[1]);
+                mma_bf16(acc[j + 1], a, b[2], b[3]);
+            }
+        }
+        double tot0 = 0.0, tot1 = 0.0;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int h = j * 8 + 2 * t4;
+            tot0 += head_term(acc[j][0], w[h]);
+            tot0 += head_term(acc[j][1], w[h + 1]);
+            tot1 += head_term(acc[j][2], w[h]);
+            tot1 += head_term(acc[j][3], w[h + 1]);
+        }
+        tot0 += __shfl_xor_sync(0xffffffffu, tot0, 1);
+        tot0 += __shfl_xor_sync(0xffffffffu, tot0, 2);
+        tot1 += __shfl_xor_sync(0xffffffffu, tot1, 1);
+        tot1 += __shfl_xor_sync(0xffffffffu, tot1, 2);
+        if (t4 == 0) {
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int el = eb + g + 8 * hf;
+                if (el < ne) {
+                    const float v = dev_round_bf16((float)(hf ? tot1 : tot0));
+                    sc[el] = v;
+                    own[el] = score_code(v) << 16 | (0xffffu - (uint32_t)(e0 + el));
+                }
+            }
+        }
+    }
+    cl_sync(); /* every rank's keys are in its shared memory */
+
+    /* the row's keys, zero-padded to a multiple of 4 (0 beats no key); the remote loads all go
+     * out before the stores */
+    const int nv4 = (nvis + 3) & ~3;
+    uint32_t kr[CL_C * CL_PER / FUSED_THREADS];
+#pragma unroll
+    for (int u = 0; u < CL_C * CL_PER / FUSED_THREADS; u++) {
+        const int i = tid + u * FUSED_THREADS, src = i / per;
+        kr[u] = i < nvis ? *cl.map_shared_rank(own + (i - src * per), src) : 0u;
+    }
+#pragma unroll
+    for (int u = 0; u < CL_C * CL_PER / FUSED_THREADS; u++)
+        if (tid + u * FUSED_THREADS < nv4) all[tid + u * FUSED_THREADS] = kr[u];
+    int *cnt = part; /* [ne] ranks, below */
+    for (int e = tid; e < ne; e += FUSED_THREADS) cnt[e] = 0;
+    /* no CTA leaves while another may still read its keys: arrive now, wait at the end */
+    asm volatile("barrier.cluster.arrive.aligned;\n" ::: "memory");
+    __syncthreads();
+
+    /* ranks: the ne x nv4 / 4 steps (an entry against 4 keys) split evenly over the threads in
+     * entry order; a thread's partial counts meet in cnt[] (integer adds: any order) */
+    const int steps = nv4 >> 2, total = ne * steps;
+    const int per_t = (total + FUSED_THREADS - 1) / FUSED_THREADS;
+    const uint4 *a4 = (const uint4 *)all;
+    for (int it = tid * per_t, end = min(total, it + per_t); it < end;) {
+        const int e = it / steps, jb = it - e * steps, je = min(steps, jb + (end - it));
+        const uint32_t K = own[e];
+        int c = 0;
+        for (int j = jb; j < je; j++) {
+            const uint4 v = a4[j];
+            c += (v.x > K) + (v.y > K) + (v.z > K) + (v.w > K);
+        }
+        atomicAdd(&cnt[e], c);
+        it += je - jb;
+    }
+    __syncthreads();
+    for (int e = tid; e < ne; e += FUSED_THREADS)
+        if (cnt[e] < k) out[cnt[e]] = e0 + e;
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+}
+
+static dsv4_status launch_cluster(cudaStream_t st, int32_t *sel, float *scores, const float *iq,
+                                  const float *iw, float w_scale, const uint16_t *ent,
+                                  int64_t cap_e, int m, int topk, int N, const int32_t *slot,
+                                  const int32_t *pos, int qr, const float *freqs, float had_scale)
+{
+    const int per_max = (int)(((cap_e + CL_C - 1) / CL_C + 15) & ~15);
+    const size_t smem = cl_smem(per_max);
+    CUDA_TRY(cudaFuncSetAttribute(index_cluster_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                  (int)smem));
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(CL_C, (unsigned)N, 1);
+    cfg.blockDim = dim3(FUSED_THREADS, 1, 1);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = CL_C;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    CUDA_TRY(cudaLaunchKernelEx(&cfg, index_cluster_kernel, sel, scores, iq, iw, w_scale, ent,
+                                cap_e, m, topk, per_max, slot, pos, qr, freqs, had_scale));
+    return DSV4_OK;
+}
+
 /* ---- the SIMT path -------------------------------------------------------------------------- */
 /* Any nh, d: one warp per entry, q and w read through the cache. Grid (cap_e / 8, N).
  * iq [N, nh, d], iw [N, nh], ent [S, cap_e, d] bf16 -> scores [N, cap_e]. */
@@ -441,11 +728,12 @@ __global__ __launch_bounds__(TOPK_THREADS) void index_topk_kernel(int32_t *sel, 
              *(topk_smem *)topk_raw);
 }
 
-extern "C" dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
-                                                 const float *iw, float w_scale,
-                                                 const uint16_t *ent, int64_t cap_e, int nh, int d,
-                                                 int m, int topk, const dsv4_bk_rows *rows,
-                                                 void *ws)
+/* indexer_topk, and with qr >= 0 indexer_q (RoPE of the last qr dims, freqs) before it: in the
+ * cluster kernel's prologue, else as its own kernel on iq in place. */
+static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
+                                float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
+                                int m, int topk, const dsv4_bk_rows *rows, void *ws, int qr,
+                                const float *freqs)
 {
     if (nh <= 0 || d <= 0 || m <= 0 || topk <= 0 || topk > TOPK_MAX || cap_e <= 0 ||
         cap_e > INT32_MAX - 1)
@@ -460,9 +748,27 @@ extern "C" dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, 
     cudaStream_t st = dsv4_cuda_stream(b->cuda);
     float *scores = (float *)ws;
     unsigned *tickets = (unsigned *)(scores + (int64_t)N * cap_e); /* dsv4_bk_indexer_ws_bytes */
-    const int fused_ok = nh == TNH && d == TD;
-    if (fused_ok && g_force_path != DSV4_INDEX_PATH_SIMT) {
-        g_last_path = DSV4_INDEX_PATH_FUSED;
+    /* the Hadamard scale exactly as dsv4_hadamard: the double d^-0.5 as an f32 */
+    const float had_scale = (float)pow((double)d, -0.5);
+    const int fused_ok = nh == TNH && d == TD && qr <= TD;
+    const int cluster_ok = fused_ok && cap_e <= (int64_t)CL_C * CL_PER;
+    /* the cluster path while its clusters fit in one wave (N <= 16); beyond that the fused
+     * kernel's entry ranges keep more SMs busy (test_gpu_index, H100: N = 64 at cap_e 1025 took
+     * 66 us as clusters, 41 us fused) */
+    int path = DSV4_INDEX_PATH_FUSED;
+    if (!fused_ok || g_force_path == DSV4_INDEX_PATH_SIMT)
+        path = DSV4_INDEX_PATH_SIMT;
+    else if (cluster_ok && (g_force_path == DSV4_INDEX_PATH_CLUSTER ||
+                            (g_force_path != DSV4_INDEX_PATH_FUSED && (int64_t)N * CL_C <= SMS)))
+        path = DSV4_INDEX_PATH_CLUSTER;
+    g_last_path = path;
+    if (path == DSV4_INDEX_PATH_CLUSTER)
+        return launch_cluster(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, rows->slot,
+                              rows->pos, qr, freqs, had_scale);
+    /* the fused and SIMT paths take the queries as indexer_q leaves them: every fused CTA would
+     * repeat the 64 heads' chain (measured slower than the indexer_q launch) */
+    if (qr >= 0) DSV4_TRY(dsv4_cuda_bk_indexer_q(b, iq, rows, nh, d, qr, freqs));
+    if (path == DSV4_INDEX_PATH_FUSED) {
         /* the largest step (16 NT entries) that still gives 2 CTAs per SM; 16 at the least */
         int nt = 8;
         while (nt > 1 && (int64_t)N * ((cap_e + 16 * nt - 1) / (16 * nt)) < 2 * SMS) nt >>= 1;
@@ -481,7 +787,6 @@ extern "C" dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, 
                                    N, rows->slot, rows->pos);
         }
     }
-    g_last_path = DSV4_INDEX_PATH_SIMT;
     const dim3 grid((unsigned)((cap_e + SIMT_WARPS - 1) / SIMT_WARPS), (unsigned)N);
     index_scores_simt<<<grid, 32 * SIMT_WARPS, 0, st>>>(scores, iq, iw, w_scale, ent, cap_e, nh, d,
                                                         m, rows->slot, rows->pos);
@@ -492,4 +797,26 @@ extern "C" dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, 
                                                                   rows->pos);
     CUDA_LAUNCHED();
     return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
+                                                 const float *iw, float w_scale,
+                                                 const uint16_t *ent, int64_t cap_e, int nh, int d,
+                                                 int m, int topk, const dsv4_bk_rows *rows,
+                                                 void *ws)
+{
+    /* qr < 0: iq is only read */
+    return index_select(b, sel, (float *)iq, iw, w_scale, ent, cap_e, nh, d, m, topk, rows, ws, -1,
+                        NULL);
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq,
+                                                   const float *iw, float w_scale,
+                                                   const uint16_t *ent, int64_t cap_e, int nh,
+                                                   int d, int r, const float *freqs, int m,
+                                                   int topk, const dsv4_bk_rows *rows, void *ws)
+{
+    if (r < 0 || r > d || r % 2 || !freqs)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "indexer_q_topk: rope %d of %d", r, d);
+    return index_select(b, sel, iq, iw, w_scale, ent, cap_e, nh, d, m, topk, rows, ws, r, freqs);
 }

@@ -1,8 +1,9 @@
 /*
  * index_path.cuh - test hook of the CUDA indexer scores and top-k (bk_topk.cu), plain C so that
  * the GPU op test (tests/test_gpu_index.c) can include it: it forces the SIMT path (a score
- * kernel with one warp per entry, then a top-k kernel: any head count and dim) or the fused
- * tensor-core path (scores and top-k in one kernel: 64 heads of 128) so that both are checked
+ * kernel with one warp per entry, then a top-k kernel: any head count and dim), the fused
+ * tensor-core path (scores and top-k in one kernel: 64 heads of 128) or the cluster path (one
+ * cluster a row scores and ranks: 64 heads of 128, up to 2048 entries) so that all are checked
  * against the CPU and timed side by side. The engine never calls it. Process-wide, by design of
  * a test switch: set it, run, reset to DSV4_INDEX_PATH_AUTO.
  */
@@ -14,9 +15,10 @@ extern "C" {
 #endif
 
 enum {
-    DSV4_INDEX_PATH_AUTO = 0,  /* the dispatcher's choice */
-    DSV4_INDEX_PATH_SIMT = 1,  /* index_scores_simt + index_topk_kernel: any shape */
-    DSV4_INDEX_PATH_FUSED = 2, /* index_fused_kernel: nh 64, d 128 */
+    DSV4_INDEX_PATH_AUTO = 0,    /* the dispatcher's choice */
+    DSV4_INDEX_PATH_SIMT = 1,    /* index_scores_simt + index_topk_kernel: any shape */
+    DSV4_INDEX_PATH_FUSED = 2,   /* index_fused_kernel: nh 64, d 128 */
+    DSV4_INDEX_PATH_CLUSTER = 3, /* index_cluster_kernel: nh 64, d 128, cap_e <= 2048 */
 };
 
 /* Forces `path` for the following dsv4_cuda_bk_indexer_topk calls; a path that does not take a
