@@ -995,10 +995,10 @@ static void bench_all(ctx *cx)
         int64_t rows, cols;
         int groups, n64;
     } sh[] = {
-        {"flash wq_b fp8", FP8, E8, 32768, 1024, 1, 0},
+        {"flash wq_b fp8", FP8, E8, 32768, 1024, 1, 1},
         {"flash wo_b fp8", FP8, E8, 4096, 8192, 1, 1},
         {"flash wo_a fp8 8 groups", FP8, E8, 8192, 4096, 8, 1},
-        {"flash wq_a fp8", FP8, E8, 1024, 4096, 1, 0},
+        {"flash wq_a fp8", FP8, E8, 1024, 4096, 1, 1},
         {"flash wkv fp8", FP8, E8, 512, 4096, 1, 0},
         {"bf16 1024x4096", B16, 0, 1024, 4096, 1, 0},
         {"pro wq_b fp8", FP8, E8, 65536, 1536, 1, 0},
@@ -1034,7 +1034,7 @@ static void bench_all(ctx *cx)
             bench_line(cx, &b, 64, DSV4_LIN_PATH_AUTO, 1, 0, "old, 8 calls");
             bench_line(cx, &b, 64, DSV4_LIN_PATH_AUTO, 0, 0, "new, grouped");
         } else if (sh[i].n64) {
-            bench_line(cx, &b, 64, DSV4_LIN_PATH_AUTO, 0, 0, "(unchanged)");
+            bench_line(cx, &b, 64, DSV4_LIN_PATH_AUTO, 0, 0, "auto");
             bench_line(cx, &b, 16, DSV4_LIN_PATH_MMV, 0, 1, "f32-x (lo on)");
             bench_line(cx, &b, 4, DSV4_LIN_PATH_MMV, 0, 1, "f32-x (lo on)");
         }

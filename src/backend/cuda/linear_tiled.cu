@@ -48,7 +48,20 @@ static dsv4_status launch_cluster(void (*kernel)(lin_args, int), dim3 grid, int 
  * CTA tile: 64 rows of x (tokens) x 128 weight rows, K in steps of 32. 8 warps as 2 (tokens) x
  * 4 (weight rows), each 32 x 32 = 2 x 4 m16n8 fragments. Shared rows are 32 bf16 + 8 padding
  * (20 words: the fragment reads of a warp hit 32 distinct banks). Two stages: the next tile's
- * global loads are issued before the current tile's MMAs and stored after them. */
+ * global loads are issued before the current tile's MMAs and stored after them.
+ *
+ * Limits (H100, test_gpu_linear graph replay, N = 64, FP8): far from both the bandwidth and the
+ * tensor-core limits: Flash wq_b 32 MB 65 us (ncu), wo_b 97.6 us, wo_a 98.9 us (11-17% of copy
+ * bandwidth; cuBLASLt block-scaled FP8: wo_b 20 us), wq_a 4 MB 28 us (ncu, 5%). A CTA spends 1.5 us
+ * per 32-column tile alone on the GPU, 2-4.6 us with 256 in flight. Tried in session 4 without gain
+ * (each within -5% .. +10% of this kernel or worse): two K tiles per stage (84 KB of dynamic shared
+ * memory), cp.async.bulk L2 prefetch of the weight rows 8 tiles ahead, skipping the lo MMAs of
+ * bf16-valued x, a per-CTA rotation of the K order (against all CTAs reading the same x tile at
+ * once), one kernel per weight format. The kernel sits at the 128-register cap of two CTAs per SM;
+ * every variant that spilled (100+ bytes) was 1.5x slower. The way on is structural: the weights as
+ * the 16-row operand straight from global memory into registers (as linear_mmv.cu does), x
+ * converted to bf16 hi/lo once per call rather than per CTA and tile, far fewer instructions per
+ * weight byte. */
 enum { TM_BM = 64, TM_BN = 128, TM_BK = 32, TM_LDS = 40, TM_THREADS = 256 };
 
 typedef union mma_smem {
