@@ -7,17 +7,18 @@
  *                 cluster, rows a cluster);
  *   hc_seam       hc_post -> hc_site;
  *   hc_head_site  [hc_post ->] rmsnorm -> linear (n rows) -> hc_head -> rmsnorm.
- * Then the time of each at the decode shapes against the ops it replaces.
+ * Then the time of each at the decode shapes against the ops it replaces, and a traced seam
+ * launch: the clock at the end of each of its phases (bk_hc.cu TR_*).
  *
  * What is bit-identical to the CPU: the post-mix X' (hc_post's f32 operations in its order, then
- * bf16). What is bounded: the fn projection, whose f32 sums run in another order than the CPU's
- * (a split-K over the GPU's SMs cannot reproduce the CPU's serial 16-lane FMA chains, and the
- * CPU's own order differs between its AVX2 and scalar kernels and between 1 and more rows), and
- * what follows from it. The fused ops must stay within the bounds of the ops they replace
- * (test_gpu_linear, test_gpu_rows), composed stage by stage: each stage of the GPU's result is
- * checked against the CPU op applied to the GPU's own input of that stage.
- *   mix   vs CPU rmsnorm + linear on X:   |d| <= (1e-5 + 2^-21) * 1.001 * S + 1e-35,
- *         S = sum_c |flat_c| |fn_oc|, flat = rmsnorm(X): test_gpu_linear's 1e-5 S (f32 sums in
+ * bf16), and xq = act_quant(h) against the CPU act_quant of the GPU's own h. What is bounded: the
+ * fn projection, whose f32 sums run in another order than the CPU's (a split-K over the GPU's SMs
+ * cannot reproduce the CPU's serial 16-lane FMA chains, and the CPU's own order differs between its
+ * AVX2 and scalar kernels and between 1 and more rows), and what follows from it. The fused ops
+ * must stay within the bounds of the ops they replace (test_gpu_linear, test_gpu_rows), composed
+ * stage by stage: each stage of the GPU's result is checked against the CPU op applied to the GPU's
+ * own input of that stage. mix   vs CPU rmsnorm + linear on X:   |d| <= (1e-5 + 2^-21) * 1.001 * S
+ * + 1e-35, S = sum_c |flat_c| |fn_oc|, flat = rmsnorm(X): test_gpu_linear's 1e-5 S (f32 sums in
  *         another order) plus test_gpu_rows' 2^-21 relative on each flat_c (the GPU scales the
  *         sum by rsqrt instead of each element: the same f32 roundings, moved), which moves each
  *         product by 2^-21 of its magnitude; 1.001 covers S's own rounding, as there.
@@ -47,19 +48,19 @@
 #include <stdint.h>
 
 /* bk_hc.cu: the ops with a chosen launch shape (cluster 0 / rows 0: the op's own choice). */
-dsv4_status dsv4_cuda_bk_hc_site_ex(dsv4_backend *b, float *h, float *y, float *mix, float *post,
-                                    float *comb, const float *X, const dsv4_weight *fn,
+dsv4_status dsv4_cuda_bk_hc_site_ex(dsv4_backend *b, float *h, float *xq, float *y, float *mix,
+                                    float *post, float *comb, const float *X, const dsv4_weight *fn,
                                     const float *base, const float *scale, const float *norm,
                                     int64_t N, int n, int64_t D, int iters, float hc_eps,
                                     float rms_eps, int cluster, int rows, int *used_cluster,
                                     int *used_rows);
-dsv4_status dsv4_cuda_bk_hc_seam_ex(dsv4_backend *b, float *h, float *y, float *mix, float *Xo,
-                                    float *post, float *comb, const float *X, const float *f,
-                                    const float *post_in, const float *comb_in,
+dsv4_status dsv4_cuda_bk_hc_seam_ex(dsv4_backend *b, float *h, float *xq, float *y, float *mix,
+                                    float *Xo, float *post, float *comb, const float *X,
+                                    const float *f, const float *post_in, const float *comb_in,
                                     const dsv4_weight *fn, const float *base, const float *scale,
                                     const float *norm, int64_t N, int n, int64_t D, int iters,
                                     float hc_eps, float rms_eps, int cluster, int rows,
-                                    int *used_cluster, int *used_rows);
+                                    int *used_cluster, int *used_rows, long long *trace);
 dsv4_status dsv4_cuda_bk_hc_head_site_ex(dsv4_backend *b, float *h, float *y, float *mix, float *Xo,
                                          const float *X, const float *f, const float *post_in,
                                          const float *comb_in, const dsv4_weight *fn,
@@ -348,7 +349,7 @@ typedef struct hc_case {
     dsv4_weight fn, dfn;
     float *h, *y, *mix, *post, *comb; /* the CPU's chain */
     float *mix_slack, *y_slack;       /* the mix and y bounds' per-element allowances */
-    float *dX, *dbase, *dscale, *dnorm, *dh, *dy, *dmix, *dpost, *dcomb;
+    float *dX, *dbase, *dscale, *dnorm, *dh, *dxq, *dy, *dmix, *dpost, *dcomb;
 } hc_case;
 
 /* X: the streams (copied), or NULL for random ones. */
@@ -386,7 +387,7 @@ static hc_case case_make(const shape *s, int N, dsv4_weight_format fmt, int with
     c.mix = malloc((size_t)(N * M) * 4);
     c.post = malloc((size_t)N * n * 4);
     c.comb = malloc((size_t)N * n * n * 4);
-    ok(dsv4_cpu_bk_hc_site(cpu, c.h, c.y, c.mix, c.post, c.comb, c.X, &c.fn, c.base, c.scale,
+    ok(dsv4_cpu_bk_hc_site(cpu, c.h, NULL, c.y, c.mix, c.post, c.comb, c.X, &c.fn, c.base, c.scale,
                            c.norm, N, n, D, ITERS, HC_EPS, RMS_EPS),
        "cpu hc_site");
     c.mix_slack = mix_slack(&c.fn, c.X, N, M, nD);
@@ -398,6 +399,7 @@ static hc_case case_make(const shape *s, int N, dsv4_weight_format fmt, int with
     c.dnorm = with_norm ? dev_from(c.norm, (size_t)D * 4) : NULL;
     ok(dsv4_bk_weight_upload(gpu, &c.fn, 0, &c.dfn), "fn upload");
     c.dh = dev_from(NULL, (size_t)(N * D) * 4);
+    c.dxq = dev_from(NULL, (size_t)(N * D) * 4);
     c.dy = dev_from(NULL, (size_t)(N * D) * 4);
     c.dmix = dev_from(NULL, (size_t)(N * M) * 4);
     c.dpost = dev_from(NULL, (size_t)N * n * 4);
@@ -407,8 +409,8 @@ static hc_case case_make(const shape *s, int N, dsv4_weight_format fmt, int with
 
 static void case_free(hc_case *c)
 {
-    float *dev[] = {c->dX, c->dbase, c->dscale, c->dnorm, c->dh,
-                    c->dy, c->dmix,  c->dpost,  c->dcomb};
+    float *dev[] = {c->dX,  c->dbase, c->dscale, c->dnorm, c->dh,
+                    c->dxq, c->dy,    c->dmix,   c->dpost, c->dcomb};
     dev_free_all(dev, sizeof dev / sizeof *dev);
     dsv4_bk_weight_free(gpu, &c->dfn);
     float *host[] = {c->X,   c->base, c->norm, c->h,         c->y,
@@ -473,6 +475,18 @@ static void check_stages(const hc_case *c, const site_out *o)
     free_all(f, 4);
 }
 
+/* xq = act_quant(h) (block 128) in c->dxq against the CPU act_quant of the GPU's h: the same bits
+ * (the kernel runs act_quant_kernel's operations; h is already bf16). */
+static void check_xq(const hc_case *c, const float *h, const char *label)
+{
+    const int64_t ND = c->N * c->s->D;
+    float *xq = host_from(c->dxq, (size_t)ND * 4), *want = malloc((size_t)ND * 4);
+    ok(dsv4_cpu_bk_act_quant(cpu, want, c->s->D, h, c->s->D, c->N, c->s->D, 128), "act_quant");
+    same_bits("xq vs CPU act_quant(h)", label, xq, want, ND);
+    free(xq);
+    free(want);
+}
+
 /* The CUDA site on case c with launch shape (cluster, rows); every stage checked. */
 static void check_case(hc_case *c, int cluster, int rows)
 {
@@ -480,7 +494,7 @@ static void check_case(hc_case *c, int cluster, int rows)
     const int64_t D = c->s->D;
     int C = 0, R = 0;
     const dsv4_status st = dsv4_cuda_bk_hc_site_ex(
-        gpu, c->dh, c->dy, c->dmix, c->dpost, c->dcomb, c->dX, &c->dfn, c->dbase, c->dscale,
+        gpu, c->dh, c->dxq, c->dy, c->dmix, c->dpost, c->dcomb, c->dX, &c->dfn, c->dbase, c->dscale,
         c->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, cluster, rows, &C, &R);
     char label[120];
     snprintf(label, sizeof label, "site %s N=%d D=%lld fn %s%s C=%d R=%d", c->s->name, N,
@@ -495,11 +509,12 @@ static void check_case(hc_case *c, int cluster, int rows)
     printf("%s\n", label);
     site_out o = site_download(c, c->dh, c->dy, c->dmix, c->dpost, c->dcomb);
     check_stages(c, &o);
+    check_xq(c, o.h, label);
 
     /* again, without the optional outputs: the same bits */
-    ok(dsv4_cuda_bk_hc_site_ex(gpu, c->dh, NULL, NULL, c->dpost, c->dcomb, c->dX, &c->dfn, c->dbase,
-                               c->dscale, c->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, cluster, rows,
-                               NULL, NULL),
+    ok(dsv4_cuda_bk_hc_site_ex(gpu, c->dh, NULL, NULL, NULL, c->dpost, c->dcomb, c->dX, &c->dfn,
+                               c->dbase, c->dscale, c->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS,
+                               cluster, rows, NULL, NULL),
        "cuda hc_site again");
     site_out a = site_download(c, c->dh, NULL, NULL, c->dpost, c->dcomb);
     same_bits("h (second call, no y/mix)", label, a.h, o.h, N * D);
@@ -532,14 +547,17 @@ static seam_case seam_make(const shape *s, int N, dsv4_weight_format fmt)
     /* the CPU op itself is the composition */
     float *h = malloc((size_t)(N * D) * 4), *Xo = malloc((size_t)(N * nD) * 4);
     float *post = malloc((size_t)N * n * 4), *comb = malloc((size_t)N * n * n * 4);
-    ok(dsv4_cpu_bk_hc_seam(cpu, h, Xo, post, comb, sc.Xin, sc.f, sc.pin, sc.cin, &sc.c.fn,
+    float *xq = malloc((size_t)(N * D) * 4), *xq2 = malloc((size_t)(N * D) * 4);
+    ok(dsv4_cpu_bk_hc_seam(cpu, h, xq, Xo, post, comb, sc.Xin, sc.f, sc.pin, sc.cin, &sc.c.fn,
                            sc.c.base, sc.c.scale, sc.c.norm, N, n, D, ITERS, HC_EPS, RMS_EPS),
        "cpu hc_seam");
     same_bits("cpu hc_seam Xo", s->name, Xo, Xp, N * nD);
     same_bits("cpu hc_seam h", s->name, h, sc.c.h, N * D);
     same_bits("cpu hc_seam comb", s->name, comb, sc.c.comb, (int64_t)N * n * n);
-    float *t[] = {h, Xo, post, comb, Xp};
-    free_all(t, 5);
+    ok(dsv4_cpu_bk_act_quant(cpu, xq2, D, h, D, N, D, 128), "cpu act_quant");
+    same_bits("cpu hc_seam xq", s->name, xq, xq2, N * D);
+    float *t[] = {h, Xo, post, comb, Xp, xq, xq2};
+    free_all(t, 7);
     sc.dXin = dev_from(sc.Xin, (size_t)(N * nD) * 4);
     sc.df = dev_from(sc.f, (size_t)(N * D) * 4);
     sc.dpin = dev_from(sc.pin, (size_t)N * n * 4);
@@ -563,10 +581,10 @@ static void check_seam(seam_case *sc, int cluster, int rows)
     const int N = c->N, n = c->s->n, M = c->M;
     const int64_t D = c->s->D, nD = n * D;
     int C = 0, R = 0;
-    const dsv4_status st =
-        dsv4_cuda_bk_hc_seam_ex(gpu, c->dh, c->dy, c->dmix, sc->dXo, c->dpost, c->dcomb, sc->dXin,
-                                sc->df, sc->dpin, sc->dcin, &c->dfn, c->dbase, c->dscale, c->dnorm,
-                                N, n, D, ITERS, HC_EPS, RMS_EPS, cluster, rows, &C, &R);
+    const dsv4_status st = dsv4_cuda_bk_hc_seam_ex(
+        gpu, c->dh, c->dxq, c->dy, c->dmix, sc->dXo, c->dpost, c->dcomb, sc->dXin, sc->df, sc->dpin,
+        sc->dcin, &c->dfn, c->dbase, c->dscale, c->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, cluster,
+        rows, &C, &R, NULL);
     char label[120];
     snprintf(label, sizeof label, "seam %s N=%d D=%lld fn %s C=%d R=%d", c->s->name, N,
              (long long)D, dsv4_weight_format_name(c->fmt), C ? C : cluster, R ? R : rows);
@@ -581,13 +599,15 @@ static void check_seam(seam_case *sc, int cluster, int rows)
     same_bits("Xo vs CPU hc_post", label, Xo, c->X, N * nD);
     site_out o = site_download(c, c->dh, c->dy, c->dmix, c->dpost, c->dcomb);
     check_stages(c, &o);
+    check_xq(c, o.h, label);
 
     /* the GPU site on the CPU's X' with the same launch shape: the same bits */
     float *dh = dev_from(NULL, (size_t)(N * D) * 4), *dy = dev_from(NULL, (size_t)(N * D) * 4);
     float *dmix = dev_from(NULL, (size_t)(N * M) * 4), *dpost = dev_from(NULL, (size_t)N * n * 4);
     float *dcomb = dev_from(NULL, (size_t)N * n * n * 4);
-    ok(dsv4_cuda_bk_hc_site_ex(gpu, dh, dy, dmix, dpost, dcomb, c->dX, &c->dfn, c->dbase, c->dscale,
-                               c->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, C, R, NULL, NULL),
+    ok(dsv4_cuda_bk_hc_site_ex(gpu, dh, NULL, dy, dmix, dpost, dcomb, c->dX, &c->dfn, c->dbase,
+                               c->dscale, c->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, C, R, NULL,
+                               NULL),
        "cuda hc_site on X'");
     site_out s = site_download(c, dh, dy, dmix, dpost, dcomb);
     same_bits("h (seam vs site on CPU X')", label, o.h, s.h, N * D);
@@ -600,9 +620,9 @@ static void check_seam(seam_case *sc, int cluster, int rows)
     ok(dsv4_bk_upload(gpu, dpost, sc->pin, (size_t)N * n * 4), "upload");
     ok(dsv4_bk_upload(gpu, dcomb, sc->cin, (size_t)N * n * n * 4), "upload");
     ok(dsv4_bk_memset0(gpu, sc->dXo, (size_t)(N * nD) * 4), "memset");
-    ok(dsv4_cuda_bk_hc_seam_ex(gpu, dh, NULL, NULL, sc->dXo, dpost, dcomb, sc->dXin, sc->df, dpost,
-                               dcomb, &c->dfn, c->dbase, c->dscale, c->dnorm, N, n, D, ITERS,
-                               HC_EPS, RMS_EPS, cluster, rows, NULL, NULL),
+    ok(dsv4_cuda_bk_hc_seam_ex(gpu, dh, NULL, NULL, NULL, sc->dXo, dpost, dcomb, sc->dXin, sc->df,
+                               dpost, dcomb, &c->dfn, c->dbase, c->dscale, c->dnorm, N, n, D, ITERS,
+                               HC_EPS, RMS_EPS, cluster, rows, NULL, NULL, NULL),
        "cuda hc_seam in place");
     site_out p = site_download(c, dh, NULL, NULL, dpost, dcomb);
     float *Xo2 = host_from(sc->dXo, (size_t)(N * nD) * 4);
@@ -805,22 +825,23 @@ static void bench_op(bench_ctx *b, int i, int mode, int cluster, int rows)
         ok(dsv4_cuda_bk_rmsnorm(gpu, b->dh, D, b->dy, D, b->dnorm, N, D, RMS_EPS, 1), "rmsnorm");
         break;
     case B_SITE:
-        ok(dsv4_cuda_bk_hc_site_ex(gpu, b->dh, NULL, NULL, b->dpost, b->dcomb, b->dX, fn, b->dbase,
-                                   b->dscale, b->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, cluster,
-                                   rows, NULL, NULL),
+        ok(dsv4_cuda_bk_hc_site_ex(gpu, b->dh, NULL, NULL, NULL, b->dpost, b->dcomb, b->dX, fn,
+                                   b->dbase, b->dscale, b->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS,
+                                   cluster, rows, NULL, NULL),
            "hc_site");
         break;
     case B_POST_SITE:
         ok(dsv4_cuda_bk_hc_post(gpu, b->dXo, b->dX, b->df, b->dpost, b->dcomb, N, n, D), "post");
-        ok(dsv4_cuda_bk_hc_site_ex(gpu, b->dh, NULL, NULL, b->dpost, b->dcomb, b->dXo, fn, b->dbase,
-                                   b->dscale, b->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, cluster,
-                                   rows, NULL, NULL),
+        ok(dsv4_cuda_bk_hc_site_ex(gpu, b->dh, NULL, NULL, NULL, b->dpost, b->dcomb, b->dXo, fn,
+                                   b->dbase, b->dscale, b->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS,
+                                   cluster, rows, NULL, NULL),
            "hc_site");
         break;
     case B_SEAM:
-        ok(dsv4_cuda_bk_hc_seam_ex(gpu, b->dh, NULL, NULL, b->dXo, b->dpost, b->dcomb, b->dX, b->df,
-                                   b->dpost, b->dcomb, fn, b->dbase, b->dscale, b->dnorm, N, n, D,
-                                   ITERS, HC_EPS, RMS_EPS, cluster, rows, NULL, NULL),
+        ok(dsv4_cuda_bk_hc_seam_ex(gpu, b->dh, b->dflat, NULL, NULL, b->dXo, b->dpost, b->dcomb,
+                                   b->dX, b->df, b->dpost, b->dcomb, fn, b->dbase, b->dscale,
+                                   b->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, cluster, rows, NULL,
+                                   NULL, NULL),
            "hc_seam");
         break;
     case B_HEAD_OLD:
@@ -862,6 +883,39 @@ static void bench_time(bench_ctx *b, int mode, int cluster, int rows, double *ea
     ok(dsv4_bk_sync(gpu), "sync");
     *graph = (test_now() - t0) * 1e6 / (greps * NF);
     dsv4_bk_graph_free(gpu, g);
+}
+
+/* One seam launch's phase clocks (bk_hc.cu TR_*: clock64 of thread 0 of rank 0, cluster 0, the
+ * Sinkhorn's by its warp 7; globaltimer for the clock rate), each after the NF fn matrices in
+ * turn so that its fn comes from HBM: where the time of a launch goes. */
+static void trace_seam(bench_ctx *b, int cluster, int rows)
+{
+    enum { NT = 14 };
+    static const char *name[NT] = {"start",    "issued", "staged", "postmix", "dots", "mix", "pre",
+                                   "collapse", "rs2",    "end",    "sk0",     "sk1",  "gt0", "gt1"};
+    const int n = b->s->n, N = b->N;
+    const int64_t D = b->s->D;
+    long long *dt = NULL, t[NT];
+    ok(dsv4_bk_alloc(gpu, sizeof t, (void **)&dt), "trace alloc");
+    for (int rep = 0; rep < 2; rep++) {
+        for (int i = 0; i < NF; i++) bench_op(b, i, B_SEAM, cluster, rows);
+        int C = 0, R = 0;
+        ok(dsv4_cuda_bk_hc_seam_ex(gpu, b->dh, b->dflat, NULL, NULL, b->dXo, b->dpost, b->dcomb,
+                                   b->dX, b->df, b->dpost, b->dcomb, &b->fns[rep], b->dbase,
+                                   b->dscale, b->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, cluster,
+                                   rows, &C, &R, dt),
+           "traced seam");
+        ok(dsv4_bk_sync(gpu), "sync");
+        ok(dsv4_bk_download(gpu, t, dt, sizeof t), "download");
+        const double ns = (double)(t[13] - t[12]), cyc = (double)(t[9] - t[0]);
+        const double ghz = ns > 0 ? cyc / ns : 0.0;
+        printf("      trace %s N=%d C=%d R=%d: %.0f cycles, %.0f ns (%.2f GHz); phase ends, us:",
+               b->s->name, N, C, R, cyc, ns, ghz);
+        for (int k = 1; k <= 11; k++)
+            printf(" %s %.2f", name[k], ghz > 0 ? (double)(t[k] - t[0]) / ghz / 1e3 : 0.0);
+        printf("\n");
+    }
+    dsv4_bk_free(gpu, dt);
 }
 
 static void random_fn(dsv4_weight *out, int64_t M, int64_t nD, uint64_t seed)
@@ -910,8 +964,9 @@ static void bench(const shape *s, int N, int sweep)
     b.dnorm = dev_from(norm, (size_t)D * 4);
 
     int C = 0, R = 0;
-    ok(dsv4_cuda_bk_hc_site_ex(gpu, b.dh, NULL, NULL, b.dpost, b.dcomb, b.dX, &b.fns[0], b.dbase,
-                               b.dscale, b.dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, 0, 0, &C, &R),
+    ok(dsv4_cuda_bk_hc_site_ex(gpu, b.dh, NULL, NULL, NULL, b.dpost, b.dcomb, b.dX, &b.fns[0],
+                               b.dbase, b.dscale, b.dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, 0, 0,
+                               &C, &R),
        "hc_site");
     double e[6], g[6];
     for (int m = B_SITE_OLD; m <= B_HEAD; m++) bench_time(&b, m, 0, 0, &e[m], &g[m]);
@@ -933,16 +988,18 @@ static void bench(const shape *s, int N, int sweep)
     same_bits("h (head graph replay vs eager)", l, hg, he, N * D);
     free(hg);
     free(he);
+    trace_seam(&b, 0, 0);
     if (sweep) { /* other launch shapes of the seam, graph replay */
-        static const int shapes[][2] = {{8, 0}, {16, 1}, {16, 2}, {16, 4}, {16, 8}, {8, 8}};
+        static const int shapes[][2] = {{8, 0},  {16, 1}, {16, 2}, {16, 4},
+                                        {16, 8}, {8, 8},  {8, 4},  {4, 8}};
         printf("      seam launch shapes (graph us):");
         for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
             const int c = shapes[k][0], r = shapes[k][1];
             if (r && (N + r - 1) / r > 64) continue; /* many waves: not a decode shape */
-            dsv4_status st =
-                dsv4_cuda_bk_hc_seam_ex(gpu, b.dh, NULL, NULL, b.dXo, b.dpost, b.dcomb, b.dX, b.df,
-                                        b.dpost, b.dcomb, &b.fns[0], b.dbase, b.dscale, b.dnorm, N,
-                                        n, D, ITERS, HC_EPS, RMS_EPS, c, r, &C, &R);
+            dsv4_status st = dsv4_cuda_bk_hc_seam_ex(gpu, b.dh, b.dflat, NULL, NULL, b.dXo, b.dpost,
+                                                     b.dcomb, b.dX, b.df, b.dpost, b.dcomb,
+                                                     &b.fns[0], b.dbase, b.dscale, b.dnorm, N, n, D,
+                                                     ITERS, HC_EPS, RMS_EPS, c, r, &C, &R, NULL);
             if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
             if (st != DSV4_OK) {
                 printf(" C=%d R=%d: %s;", c, r, dsv4_last_error());

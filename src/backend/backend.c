@@ -329,33 +329,33 @@ dsv4_status dsv4_bk_hc_head(dsv4_backend *b, float *y, const float *X, const flo
     return dsv4_cpu_bk_hc_head(b, y, X, mix, base, scale, N, n, D, eps);
 }
 
-dsv4_status dsv4_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix, float *post,
+dsv4_status dsv4_bk_hc_site(dsv4_backend *b, float *h, float *xq, float *y, float *mix, float *post,
                             float *comb, const float *X, const dsv4_weight *fn, const float *base,
                             const float *scale, const float *norm, int64_t N, int n, int64_t D,
                             int iters, float hc_eps, float rms_eps)
 {
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
-        return dsv4_cuda_bk_hc_site(b, h, y, mix, post, comb, X, fn, base, scale, norm, N, n, D,
+        return dsv4_cuda_bk_hc_site(b, h, xq, y, mix, post, comb, X, fn, base, scale, norm, N, n, D,
                                     iters, hc_eps, rms_eps);
 #endif
-    return dsv4_cpu_bk_hc_site(b, h, y, mix, post, comb, X, fn, base, scale, norm, N, n, D, iters,
-                               hc_eps, rms_eps);
+    return dsv4_cpu_bk_hc_site(b, h, xq, y, mix, post, comb, X, fn, base, scale, norm, N, n, D,
+                               iters, hc_eps, rms_eps);
 }
 
-dsv4_status dsv4_bk_hc_seam(dsv4_backend *b, float *h, float *Xo, float *post, float *comb,
-                            const float *X, const float *f, const float *post_in,
+dsv4_status dsv4_bk_hc_seam(dsv4_backend *b, float *h, float *xq, float *Xo, float *post,
+                            float *comb, const float *X, const float *f, const float *post_in,
                             const float *comb_in, const dsv4_weight *fn, const float *base,
                             const float *scale, const float *norm, int64_t N, int n, int64_t D,
                             int iters, float hc_eps, float rms_eps)
 {
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
-        return dsv4_cuda_bk_hc_seam(b, h, Xo, post, comb, X, f, post_in, comb_in, fn, base, scale,
-                                    norm, N, n, D, iters, hc_eps, rms_eps);
+        return dsv4_cuda_bk_hc_seam(b, h, xq, Xo, post, comb, X, f, post_in, comb_in, fn, base,
+                                    scale, norm, N, n, D, iters, hc_eps, rms_eps);
 #endif
-    return dsv4_cpu_bk_hc_seam(b, h, Xo, post, comb, X, f, post_in, comb_in, fn, base, scale, norm,
-                               N, n, D, iters, hc_eps, rms_eps);
+    return dsv4_cpu_bk_hc_seam(b, h, xq, Xo, post, comb, X, f, post_in, comb_in, fn, base, scale,
+                               norm, N, n, D, iters, hc_eps, rms_eps);
 }
 
 dsv4_status dsv4_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, const float *X,

@@ -169,20 +169,22 @@ dsv4_status dsv4_bk_hc_head(dsv4_backend *b, float *y, const float *X, const flo
  *   mix [N, (2+n)n] = fn . rmsnorm_noweight(X[r])   (f32, rms_eps; fn [(2+n)n, n*D] dense
  *                     F32, BF16 or F16, f32 accumulation),
  *   post [N, n], comb [N, n, n], y [N, D] = hc_pre on that mix (iters, hc_eps),
- *   h [N, D] = bf16(rmsnorm(y) * norm)              (rms_eps; norm may be NULL).
- * y and mix may be NULL (not stored). Outputs must not overlap X. CUDA: D % 4 == 0, X and fn
- * 16-byte aligned; no workspace, deterministic. */
-dsv4_status dsv4_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix, float *post,
+ *   h [N, D] = bf16(rmsnorm(y) * norm)              (rms_eps; norm may be NULL),
+ *   xq [N, D] = act_quant(h) (dsv4_bk_act_quant, block 128: the FP8 copy the attention's
+ *                     projections read; CUDA: in the same kernel where D % 128 == 0).
+ * xq, y and mix may be NULL (not stored). Outputs must not overlap X. CUDA: D % 4 == 0, X and
+ * fn 16-byte aligned; no workspace, deterministic. */
+dsv4_status dsv4_bk_hc_site(dsv4_backend *b, float *h, float *xq, float *y, float *mix, float *post,
                             float *comb, const float *X, const dsv4_weight *fn, const float *base,
                             const float *scale, const float *norm, int64_t N, int n, int64_t D,
                             int iters, float hc_eps, float rms_eps);
 /* hc_seam: the seam between two sublayers in one op, the calls hc_post -> hc_site it replaces:
  *   Xo [N, n, D] = hc_post(X, f, post_in, comb_in)   (the residual streams after the sublayer),
- *   then hc_site on Xo -> h, post, comb.
+ *   then hc_site on Xo -> h, post, comb (and xq = act_quant(h) unless xq is NULL).
  * post / comb may be post_in / comb_in (read before they are written); Xo must not overlap X,
  * f or the other outputs. CUDA: as hc_site, and f, Xo 16-byte aligned. */
-dsv4_status dsv4_bk_hc_seam(dsv4_backend *b, float *h, float *Xo, float *post, float *comb,
-                            const float *X, const float *f, const float *post_in,
+dsv4_status dsv4_bk_hc_seam(dsv4_backend *b, float *h, float *xq, float *Xo, float *post,
+                            float *comb, const float *X, const float *f, const float *post_in,
                             const float *comb_in, const dsv4_weight *fn, const float *base,
                             const float *scale, const float *norm, int64_t N, int n, int64_t D,
                             int iters, float hc_eps, float rms_eps);

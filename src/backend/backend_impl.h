@@ -50,13 +50,12 @@ dsv4_status dsv4_cpu_bk_hc_post(dsv4_backend *b, float *Xo, const float *X, cons
 dsv4_status dsv4_cpu_bk_hc_head(dsv4_backend *b, float *y, const float *X, const float *mix,
                                 const float *base, float scale, int64_t N, int n, int64_t D,
                                 float eps);
-dsv4_status dsv4_cpu_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix, float *post,
-                                float *comb, const float *X, const dsv4_weight *fn,
-                                const float *base, const float *scale, const float *norm,
-                                int64_t N, int n, int64_t D, int iters, float hc_eps,
-                                float rms_eps);
-dsv4_status dsv4_cpu_bk_hc_seam(dsv4_backend *b, float *h, float *Xo, float *post, float *comb,
-                                const float *X, const float *f, const float *post_in,
+dsv4_status dsv4_cpu_bk_hc_site(dsv4_backend *b, float *h, float *xq, float *y, float *mix,
+                                float *post, float *comb, const float *X, const dsv4_weight *fn,
+                                const float *base, const float *scale, const float *norm, int64_t N,
+                                int n, int64_t D, int iters, float hc_eps, float rms_eps);
+dsv4_status dsv4_cpu_bk_hc_seam(dsv4_backend *b, float *h, float *xq, float *Xo, float *post,
+                                float *comb, const float *X, const float *f, const float *post_in,
                                 const float *comb_in, const dsv4_weight *fn, const float *base,
                                 const float *scale, const float *norm, int64_t N, int n, int64_t D,
                                 int iters, float hc_eps, float rms_eps);
@@ -129,13 +128,13 @@ dsv4_status dsv4_cuda_bk_hc_post(dsv4_backend *b, float *Xo, const float *X, con
 dsv4_status dsv4_cuda_bk_hc_head(dsv4_backend *b, float *y, const float *X, const float *mix,
                                  const float *base, float scale, int64_t N, int n, int64_t D,
                                  float eps);
-dsv4_status dsv4_cuda_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix, float *post,
-                                 float *comb, const float *X, const dsv4_weight *fn,
+dsv4_status dsv4_cuda_bk_hc_site(dsv4_backend *b, float *h, float *xq, float *y, float *mix,
+                                 float *post, float *comb, const float *X, const dsv4_weight *fn,
                                  const float *base, const float *scale, const float *norm,
                                  int64_t N, int n, int64_t D, int iters, float hc_eps,
                                  float rms_eps);
-dsv4_status dsv4_cuda_bk_hc_seam(dsv4_backend *b, float *h, float *Xo, float *post, float *comb,
-                                 const float *X, const float *f, const float *post_in,
+dsv4_status dsv4_cuda_bk_hc_seam(dsv4_backend *b, float *h, float *xq, float *Xo, float *post,
+                                 float *comb, const float *X, const float *f, const float *post_in,
                                  const float *comb_in, const dsv4_weight *fn, const float *base,
                                  const float *scale, const float *norm, int64_t N, int n, int64_t D,
                                  int iters, float hc_eps, float rms_eps);

@@ -26,15 +26,16 @@ static dsv4_bk_rows step_rows(const dsv4_engine *e, int n)
 }
 
 /* One mHC site before a sublayer: X [N, n, D] -> post, comb, y = bf16(sum pre_j X_j), then
- * h = bf16(RMSNorm(y) * norm). The first site of a step; every later one is a seam. */
+ * h = bf16(RMSNorm(y) * norm), and xh = act_quant(h) when xh is given (the attention's site).
+ * The first site of a step; every later one is a seam. */
 static dsv4_status hc_site(dsv4_engine *e, const dsv4_weight *fn, const float *base,
-                           const float *scale, const float *norm, int N)
+                           const float *scale, const float *norm, float *xh, int N)
 {
     const dsv4_config *c = e->c;
     eng_scratch *s = &e->s;
     /* rmsnorm(X flat) -> fn projection -> hc_pre -> rmsnorm(norm), fused; y and mix unused */
-    DSV4_TRY(dsv4_bk_hc_site(e->b, s->h, NULL, NULL, s->post, s->comb, s->X, fn, base, scale, norm,
-                             N, c->hc_mult, c->hidden_size, c->hc_sinkhorn_iters, c->hc_eps,
+    DSV4_TRY(dsv4_bk_hc_site(e->b, s->h, xh, NULL, NULL, s->post, s->comb, s->X, fn, base, scale,
+                             norm, N, c->hc_mult, c->hidden_size, c->hc_sinkhorn_iters, c->hc_eps,
                              c->rms_norm_eps));
     MARK("mhc.pre");
     return DSV4_OK;
@@ -48,14 +49,14 @@ static void swap_streams(eng_scratch *s)
 }
 
 /* The seam after a sublayer: X' = bf16(post f + comb^T X) (into Xo; X and Xo swap), then the
- * next site on X' (post and comb updated in place), in one op. */
+ * next site on X' (post and comb updated in place, xh as hc_site's), in one op. */
 static dsv4_status hc_seam(dsv4_engine *e, const dsv4_weight *fn, const float *base,
-                           const float *scale, const float *norm, int N)
+                           const float *scale, const float *norm, float *xh, int N)
 {
     const dsv4_config *c = e->c;
     eng_scratch *s = &e->s;
-    DSV4_TRY(dsv4_bk_hc_seam(e->b, s->h, s->Xo, s->post, s->comb, s->X, s->f, s->post, s->comb, fn,
-                             base, scale, norm, N, c->hc_mult, c->hidden_size,
+    DSV4_TRY(dsv4_bk_hc_seam(e->b, s->h, xh, s->Xo, s->post, s->comb, s->X, s->f, s->post, s->comb,
+                             fn, base, scale, norm, N, c->hc_mult, c->hidden_size,
                              c->hc_sinkhorn_iters, c->hc_eps, c->rms_norm_eps));
     swap_streams(s);
     MARK("mhc.seam");
@@ -130,12 +131,12 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
     eng_scratch *s = &e->s;
     const dsv4_layer_weights *w = &L->w;
     const int N = rows->n, H = c->num_heads, hd = c->head_dim, r = c->rope_dim;
-    const int64_t D = c->hidden_size, Hc = (int64_t)H * hd, ql = c->q_lora_rank;
+    const int64_t Hc = (int64_t)H * hd, ql = c->q_lora_rank;
     const float eps = c->rms_norm_eps;
     const float *freqs = L->ratio ? e->rope_comp : e->rope_main;
 
-    /* the projections of h in one op: wq_a, wkv on act_quant(h); compressors, weights_proj */
-    DSV4_TRY(dsv4_bk_act_quant(e->b, s->xh, D, s->h, D, N, D, 128));
+    /* the projections of h in one op: wq_a, wkv on act_quant(h) (s->xh, written by the site
+     * with h); compressors, weights_proj */
     DSV4_TRY(h_projections(e, L, N));
     MARK("attn.proj");
 
@@ -210,11 +211,12 @@ dsv4_status dsv4_engine_forward(dsv4_engine *e, int N)
         eng_layer *L = &e->L[li];
         const dsv4_weight *fa = &L->w.hc_attn_fn;
         if (li == 0)
-            DSV4_TRY(hc_site(e, fa, L->hc_attn_base, L->hc_attn_scale, L->attn_norm, N));
+            DSV4_TRY(hc_site(e, fa, L->hc_attn_base, L->hc_attn_scale, L->attn_norm, s->xh, N));
         else /* the previous MoE's post-mix, then this site */
-            DSV4_TRY(hc_seam(e, fa, L->hc_attn_base, L->hc_attn_scale, L->attn_norm, N));
+            DSV4_TRY(hc_seam(e, fa, L->hc_attn_base, L->hc_attn_scale, L->attn_norm, s->xh, N));
         DSV4_TRY(attention(e, L, &rows));
-        DSV4_TRY(hc_seam(e, &L->w.hc_ffn_fn, L->hc_ffn_base, L->hc_ffn_scale, L->ffn_norm, N));
+        DSV4_TRY(
+            hc_seam(e, &L->w.hc_ffn_fn, L->hc_ffn_base, L->hc_ffn_scale, L->ffn_norm, NULL, N));
         DSV4_TRY(moe(e, L, &rows));
     }
     /* the last MoE's post-mix (X and Xo swap), head collapse X [N, n, D] -> y, final norm -> h */

@@ -3,16 +3,16 @@
  * dsv4_bk_hc_head_site). They are the references the fused CUDA kernels (bk_hc.cu) are tested
  * against, so they are nothing but the CPU ops the engine used to call, in the same order on the
  * same buffers: [hc_post ->] RMSNorm of the flattened streams (no weight, f32), the fn
- * projection, hc_pre (hc_head for the head), RMSNorm(norm) to bf16. The engine on the CPU
- * therefore gives the same bits as before the ops existed.
+ * projection, hc_pre (hc_head for the head), RMSNorm(norm) to bf16 [-> act_quant]. The engine
+ * on the CPU therefore gives the same bits as before the ops existed.
  */
 #include "backend/backend_impl.h"
 #include "core/error.h"
 
 #include <stdlib.h>
 
-dsv4_status dsv4_cpu_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix, float *post,
-                                float *comb, const float *X, const dsv4_weight *fn,
+dsv4_status dsv4_cpu_bk_hc_site(dsv4_backend *b, float *h, float *xq, float *y, float *mix,
+                                float *post, float *comb, const float *X, const dsv4_weight *fn,
                                 const float *base, const float *scale, const float *norm, int64_t N,
                                 int n, int64_t D, int iters, float hc_eps, float rms_eps)
 {
@@ -35,21 +35,22 @@ dsv4_status dsv4_cpu_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix,
     if (st == DSV4_OK)
         st = dsv4_cpu_bk_hc_pre(b, yb, post, comb, X, mb, base, scale, N, n, D, iters, hc_eps);
     if (st == DSV4_OK) st = dsv4_cpu_bk_rmsnorm(b, h, D, yb, D, norm, N, D, rms_eps, 1);
+    if (st == DSV4_OK && xq) st = dsv4_cpu_bk_act_quant(b, xq, D, h, D, N, D, 128);
     free(flat);
     if (yb != y) free(yb);
     if (mb != mix) free(mb);
     return st;
 }
 
-dsv4_status dsv4_cpu_bk_hc_seam(dsv4_backend *b, float *h, float *Xo, float *post, float *comb,
-                                const float *X, const float *f, const float *post_in,
+dsv4_status dsv4_cpu_bk_hc_seam(dsv4_backend *b, float *h, float *xq, float *Xo, float *post,
+                                float *comb, const float *X, const float *f, const float *post_in,
                                 const float *comb_in, const dsv4_weight *fn, const float *base,
                                 const float *scale, const float *norm, int64_t N, int n, int64_t D,
                                 int iters, float hc_eps, float rms_eps)
 {
     /* hc_post reads all of post_in / comb_in before hc_site writes post / comb: they may alias */
     DSV4_TRY(dsv4_cpu_bk_hc_post(b, Xo, X, f, post_in, comb_in, N, n, D));
-    return dsv4_cpu_bk_hc_site(b, h, NULL, NULL, post, comb, Xo, fn, base, scale, norm, N, n, D,
+    return dsv4_cpu_bk_hc_site(b, h, xq, NULL, NULL, post, comb, Xo, fn, base, scale, norm, N, n, D,
                                iters, hc_eps, rms_eps);
 }
 

@@ -12,44 +12,49 @@
  *
  *   1. each CTA takes the column slice [rank*D/C, (rank+1)*D/C) of every one of the n streams
  *      (so its K slice holds whole columns d of the collapse). Its first two batches of fn loads
- *      are issued, then the X slice of its R rows (and f, post, comb for the post-mix) is copied
- *      to shared memory by cp.async, all in flight at once. For the seam each thread computes X'
- *      for its column quads in hc_post's order, stores it (shared and global) and sums squares
- *      in double for the RMSNorm, in the same order as the plain site sums X's; then the slice
- *      of fn is streamed (12 float4 per lane in flight, two batches ahead) into per-CTA partial
- *      dot products [R, M];
- *   2. the partials are added over the cluster's ranks in rank order through distributed shared
- *      memory (every CTA adds the same values in the same order, so all hold the same bits) and
- *      multiplied by the row's rsqrt(mean(X^2) + eps): mix = (fn . X) * rs, which is the
+ *      are issued, then the X slice of its R rows (and f, post, comb for the post-mix, and base,
+ *      scale and its slice of norm: no dependent global read later) is copied to shared memory
+ *      by cp.async, all in flight at once. For the seam a thread per (stream, column quad)
+ *      computes X' in hc_post's order, stores it (shared and global) and sums squares in double
+ *      for the RMSNorm, in the same order as the plain site sums X's; then the slice of fn is
+ *      streamed (12 float4 per lane in flight, two batches ahead) into partial dot products
+ *      [R, M], which every CTA pushes into every rank's shared memory (distributed shared
+ *      memory stores, then one cluster barrier);
+ *   2. each rank adds the partials it was sent in rank order (all hold the same bits) and
+ *      multiplies by the row's rsqrt(mean(X^2) + eps): mix = (fn . X) * rs, which is the
  *      reference's fn . (X * rs) up to f32 rounding (well inside the projection's bound);
  *   3. pre = sigmoid(...) + eps is cheap and computed by every CTA; warps 0..6 collapse their
- *      columns (y = bf16(sum_j pre_j X_j), hc_pre's order), sum y^2, exchange those sums over the
- *      cluster (rank order again) and write h = bf16(norm * (y * rs2)), the rmsnorm op's order;
+ *      columns (y = bf16(sum_j pre_j X_j), hc_pre's order), sum y^2, push those sums to every
+ *      rank (a second barrier) and write h = bf16(norm * (y * rs2)), the rmsnorm op's order, and
+ *      with xq the 128-blocks of act_quant(h) (act_quant_kernel's operations: the attention's
+ *      FP8 input without its own launch);
  *   4. meanwhile warp 7 of rank (r mod C) runs the post / softmax / Sinkhorn of row r (not for
- *      the head), one comb entry per lane with shuffles reproducing dsv4_op_hc_weights'
- *      operation order exactly (n = 4 unrolled: the 4 values of a row or column are gathered by
- *      independent shuffles, so one normalisation costs a shuffle, 5 adds and a division).
+ *      the head) from its own copy of the row's mix, as soon as the partials are in, one comb
+ *      entry per lane with shuffles reproducing dsv4_op_hc_weights' operation order exactly
+ *      (n = 4 unrolled: one normalisation costs a shuffle, 5 adds and a division).
  *
  * No workspace, no atomics, no counters: the order of every sum depends only on the shape (C),
  * so results are reproducible run to run and the ops are graph-capturable; the seam gives the
  * bits of hc_post followed by hc_site with the same C. Deviations from the CPU (bk_hc.c: the
  * CPU ops composed) are those of the ops replaced: f32 projection sums in another order, RMSNorm
- * double sums in another order, exp in double rounded to f32 (bk_rows.cu); the post-mix is the
- * CPU's bit for bit.
+ * double sums in another order, exp in double rounded to f32 (bk_rows.cu); the post-mix and
+ * act_quant(h) are the CPU's bit for bit.
  *
- * Measured (test_gpu_hc, H100, graph replay, 40 fn matrices in turn so fn comes from HBM; us):
- *                 Flash N=1  N=7   N=64 | Pro N=1  N=7   N=64
- *   hc_site          13.0   13.7   47.9 |   15.6  16.2   58.5   (four old ops: 142.7 at Flash N=1)
- *   hc_seam          13.8   15.4   64.7 |   16.4  18.0   77.1   (hc_post + hc_site: 15.4 at N=1)
- *   hc_head_site     11.6   14.3   59.7 |   13.3  16.2   70.4   (hc_post + four old ops: 100.1)
- * (the kernel before this version: a site 16.8 us at Flash N=1 with C = 8, 15.4 with C = 16).
- * The N = 64 column ran with C = 16, R = 8 (8 clusters, presumably two waves); a Flash seam with
- * C = 8, R = 8 took 38.4 us, hence hs_launch's rule (C = 16 only for R <= 2 in one wave). ncu in
- * the engine step (cold L2, batch 1): 18.7 us per seam, against hc_post 4.5 + hc_site 20.5 before.
- * Still far above the bytes (1.6 MB of fn: ~0.5 us at 3 TB/s): the launch, one HBM round trip for
- * the staged slice, three cluster barriers and the 40 dependent Sinkhorn divisions (~2 us) remain.
- * Next: fn loads issued before the PDL wait, and the Sinkhorn moved off the critical path (run
- * by the next seam while its loads are in flight).
+ * Where a launch's time goes (test_gpu_hc's trace: clock64 of rank 0 at the end of each phase,
+ * H100, fn from HBM, us from the kernel's first instruction; Flash seam, N = 1, C = 16):
+ *   loads issued 2.2, X staged 2.3, X' 3.6, partials pushed 6.1, barrier 1 7.0, mix / pre 8.0,
+ *   collapse 8.8, barrier 2 9.4, h + xq written 10.8; the Sinkhorn 8.5 .. 11.8 (3.3 us for 40
+ *   dependent normalisations, the launch's tail). fn's slice (96 KB a CTA) lands only ~6 us in:
+ *   by __ldg or by the TMA alike (a variant with one bulk copy per (output, stream) row and an
+ *   mbarrier: partials at 6.0 us, ncu 18.4 against 17.1 us per seam; not kept). After this
+ *   version's changes (the Sinkhorn from its own mix copy: starts at 7.4 us; X' by all threads:
+ *   0.55 us; one division per fn quad in the load addresses) the launch ended at 10.6 us, the
+ *   Sinkhorn at 11.4. At N = 64 (C = 8, R = 8) the phases are serial per-thread work: X' 7.6 us,
+ *   partials 10.8, collapse 6.9, h + xq 5.4 (35.9 in all; ncu 49.5 us, 51.9 before).
+ * Graph replay (40 fn in turn), us, Flash N = 1 / 7 / 64: hc_seam 12.5 / 13.9 / 37.7 (with xq),
+ * hc_site 11.8 / 12.9 / 29.3, hc_head_site 8.3 / 10.4 / 29.6 (the TMA variant; hc_post +
+ * hc_site: 14.5 / 15.4 / 35.1). Next: the Sinkhorn off the critical path (run by the next seam
+ * while its fn loads are in flight), and more CTAs per row at N = 64.
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
@@ -77,24 +82,47 @@ enum {
 enum { WT_F32, WT_BF16, WT_F16 };
 
 struct hs_args {
-    float *h, *y, *mix, *post, *comb, *Xo;
+    float *h, *xq, *y, *mix, *post, *comb, *Xo;
     const float *X, *f, *post_in, *comb_in, *base, *scale, *norm;
     const void *fn;
+    long long *trace; /* the tests' phase clocks of rank 0 of cluster 0 (NULL: none), hs_trace */
     int64_t N, D;
     int n, M, iters, cols; /* M: fn's rows; cols = D / C: the columns of each stream a CTA owns */
     int head;              /* the head collapse: M = n, pre from head_scale, no post / comb */
     float head_scale, hc_eps, rms_eps;
+    double inv_nD, inv_D; /* 1 / (n D), 1 / D where powers of two (exact), else 0 */
+};
+
+/* Phase clocks (clock64 of thread 0, rank 0, cluster 0; the Sinkhorn's of its warp 7), for the
+ * tests' breakdown of a launch. */
+enum {
+    TR_START,    /* after the PDL wait */
+    TR_ISSUED,   /* fn, X, weights loads issued */
+    TR_STAGED,   /* X, f, post, comb, base, scale, norm in shared memory */
+    TR_POSTMIX,  /* X' and the sums of squares */
+    TR_DOTS,     /* the partial projections pushed to every rank */
+    TR_MIX,      /* barrier 1 passed: partials of all ranks here */
+    TR_PRE,      /* mix, rs, pre */
+    TR_COLLAPSE, /* y and its sums of squares pushed */
+    TR_RS2,      /* barrier 2 passed */
+    TR_END,      /* h (and xq) written */
+    TR_SK0,      /* warp 7: Sinkhorn start */
+    TR_SK1,      /* warp 7: Sinkhorn end */
+    TR_GT0,      /* %globaltimer (ns) at TR_START and TR_END: the clock's rate */
+    TR_GT1,
+    TR_N
 };
 
 /* ---- device helpers ---------------------------------------------------------------------- */
 
-/* Elements i .. i+3 of fn (i a multiple of 4) as f32; bf16 and f16 widen exactly. */
-template <int WT> __device__ __forceinline__ float4 ld_w4(const void *fn, int64_t i)
+/* The 4 elements of fn at p as f32 (p 16-byte aligned for F32, 8 for BF16 / F16); bf16 and
+ * f16 widen exactly. */
+template <int WT> __device__ __forceinline__ float4 ld_w4(const char *p)
 {
     if constexpr (WT == WT_F32) {
-        return __ldg((const float4 *)fn + i / 4);
+        return __ldg((const float4 *)p);
     } else {
-        const uint2 u = __ldg((const uint2 *)fn + i / 4);
+        const uint2 u = __ldg((const uint2 *)p);
         if constexpr (WT == WT_BF16) {
             return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
                                __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
@@ -114,6 +142,13 @@ __device__ static inline void cp_async16(void *dst, const void *src)
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src) : "memory");
 }
 
+/* 4 bytes global -> shared (the small weights: base, scale, norm, post, comb). */
+__device__ static inline void cp_async4(void *dst, const void *src)
+{
+    const unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(src) : "memory");
+}
+
 /* This thread's cp.async copies have landed (the caller then syncs the block). */
 __device__ static inline void cp_async_wait_all()
 {
@@ -129,35 +164,73 @@ __device__ static inline void cluster_arrive()
     asm volatile("barrier.cluster.arrive.release;" ::: "memory");
 }
 
+/* Arrival that orders nothing: the start barrier, after which ranks may write to each other's
+ * shared memory (every CTA of the cluster has started). */
+__device__ static inline void cluster_arrive_relaxed()
+{
+    asm volatile("barrier.cluster.arrive.relaxed;" ::: "memory");
+}
+
 __device__ static inline void cluster_wait()
 {
     asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
 }
 
-/* The sum over the cluster's ranks 0, 1, .. C-1 in that order of the value at p in each rank's
- * shared memory. All C loads are issued before the first add (one round trip, not C). */
-__device__ static float cluster_sum(cg::cluster_group &cl, float *p, int C)
+/* Dynamic shared memory of a CTA, byte offsets (host and device agree on them):
+ *   xss, xsy [C][R] double  the sums of squares of X' and of y pushed by every rank (slot: the
+ *                           sender's rank), summed locally in rank order;
+ *   xpart [C][R][M] float   the partial projections pushed by every rank;
+ *   bs [M + 4]              base [M] (the head: [n]) and scale [3];
+ *   nrm [cols]              the norm weight's slice;
+ *   xs [R][n][cols]         the streams the site reads; ys [R][cols]: f during the post-mix,
+ *                           then y; xr [R][n][cols]: X, with the post-mix only. */
+struct hs_layout {
+    int xss, xsy, xpart, bs, nrm, xs, ys, xr, total;
+};
+
+__host__ __device__ static inline hs_layout hs_layout_of(int R, int C, int n, int M, int cols,
+                                                         int pm)
 {
-    float v[16];
-#pragma unroll
-    for (int c = 0; c < 16; c++) v[c] = c < C ? *cl.map_shared_rank(p, c) : 0.0f;
-    float s = v[0];
-#pragma unroll
-    for (int c = 1; c < 16; c++)
-        if (c < C) s = __fadd_rn(s, v[c]);
-    return s;
+    hs_layout L;
+    int o = 0;
+    L.xss = o;
+    o += C * R * 8;
+    L.xsy = o;
+    o += C * R * 8;
+    L.xpart = o;
+    o += (C * R * M * 4 + 15) & ~15;
+    L.bs = o;
+    o += ((M + 4) * 4 + 15) & ~15;
+    L.nrm = o;
+    o += cols * 4;
+    L.xs = o;
+    o += R * n * cols * 4;
+    L.ys = o;
+    o += R * cols * 4;
+    L.xr = o;
+    o += pm ? R * n * cols * 4 : 0;
+    L.total = o;
+    return L;
 }
 
-__device__ static double cluster_sum(cg::cluster_group &cl, double *p, int C)
+/* The GPU's nanosecond timer (the trace's clock rate). */
+__device__ static inline unsigned long long globaltimer()
 {
-    double v[16];
-#pragma unroll
-    for (int c = 0; c < 16; c++) v[c] = c < C ? *cl.map_shared_rank(p, c) : 0.0;
-    double s = v[0];
-#pragma unroll
-    for (int c = 1; c < 16; c++)
-        if (c < C) s = __dadd_rn(s, v[c]);
-    return s;
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+/* The RMSNorm factor 1 / sqrt(mean + eps) of row r from the sums of squares every rank sent
+ * (xs [C][R], added in rank order), over cnt values: mean = sum / cnt in double (times the
+ * exact inverse where cnt is a power of two: the same bits, without the division). */
+__device__ static inline float row_rs(const double *xs, int R, int C, int r, double inv,
+                                      int64_t cnt, float eps)
+{
+    double t = xs[r];
+    for (int c = 1; c < C; c++) t = __dadd_rn(t, xs[c * R + r]);
+    const float var = (float)(inv != 0.0 ? __dmul_rn(t, inv) : __ddiv_rn(t, (double)cnt));
+    return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
 }
 
 /* Barrier of the collapse warps 0 .. HS_CWARPS-1 only (warp 7 is busy with the Sinkhorn). */
@@ -166,42 +239,59 @@ __device__ static inline void collapse_sync()
     asm volatile("bar.sync 1, %0;" ::"r"(HS_CWARPS * 32) : "memory");
 }
 
-/* fn quads of one load batch: v[u][i] = fn[o][k .. k+3] for this lane's quad q0 + 32u of the
- * CTA's slice and the warp's outputs o = og + warp + 8i (zero past the slice or past M). Slice
- * quad q covers stream j = 4q / cols, columns d0 + 4q - j cols .. +3 (cols % 4 == 0). */
+/* fn quads of one load batch: v[u][i] = fn[o_i][k .. k+3] for this lane's quad q0 + 32u of the
+ * CTA's slice, rp[i] the row of the warp's output o_i (NULL past M; zero past the slice or
+ * M). Slice quad q covers stream j = q / cq, columns d0 + 4 (q - j cq) .. +3: one division
+ * and one 64-bit product per quad, the rest adds (the address arithmetic was most of the
+ * launch's first two microseconds). */
 template <int WT>
-__device__ __forceinline__ void load_batch(float4 (&v)[HS_U][HS_OPW], const hs_args &a, int og,
-                                           int warp, int q0, int nq, int M, int64_t d0)
+__device__ __forceinline__ void load_batch(float4 (&v)[HS_U][HS_OPW],
+                                           const char *const (&rp)[HS_OPW], int64_t D, int q0,
+                                           int nq, int cq, int64_t d0)
 {
-    const int64_t nD = (int64_t)a.n * a.D;
+    constexpr int ES = WT == WT_F32 ? 4 : 2;
 #pragma unroll
     for (int u = 0; u < HS_U; u++) {
-        const int q = q0 + 32 * u, kk = 4 * q, j = kk / a.cols;
-        const int64_t gk = (int64_t)j * a.D + d0 + (kk - j * a.cols);
+        const int q = q0 + 32 * u, j = (int)((unsigned)q / (unsigned)cq);
+        const int64_t e = ((int64_t)j * D + d0 + 4 * (q - j * cq)) * ES;
 #pragma unroll
-        for (int i = 0; i < HS_OPW; i++) {
-            const int o = og + warp + HS_WARPS * i;
-            v[u][i] = q < nq && o < M ? ld_w4<WT>(a.fn, (int64_t)o * nD + gk)
-                                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
+        for (int i = 0; i < HS_OPW; i++)
+            v[u][i] = q < nq && rp[i] ? ld_w4<WT>(rp[i] + e) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+}
+
+/* The rows of fn of a warp's outputs og + warp + 8i (NULL past M). */
+template <int WT>
+__device__ __forceinline__ void fn_rows(const char *(&rp)[HS_OPW], const hs_args &a, int og,
+                                        int warp, int M)
+{
+    constexpr int ES = WT == WT_F32 ? 4 : 2;
+    const int64_t nD = (int64_t)a.n * a.D;
+#pragma unroll
+    for (int i = 0; i < HS_OPW; i++) {
+        const int o = og + warp + HS_WARPS * i;
+        rp[i] = o < M ? (const char *)a.fn + (int64_t)o * nD * ES : nullptr;
     }
 }
 
 /* dsv4_op_hc_weights' post and comb for one row by one lane (n*n > 32: the general fallback),
- * comb updated in place in global memory (hc_dev.cuh; pre is computed by the collapse). */
-__device__ static void hc_weights_serial(const hs_args &a, const float *mix, int64_t row)
+ * comb updated in place in global memory (hc_dev.cuh; pre is computed by the collapse). Out of
+ * line: the site kernel's body stays small (its code is fetched cold in every launch). */
+__device__ static __noinline__ void hc_weights_serial(const float *mix, const float *base,
+                                                      const float *scale, int n, int iters,
+                                                      float eps, float *post, float *comb)
 {
     float pre[HS_HC_MAX]; /* n <= HS_HC_MAX (the launcher checks) */
-    dev_hc_weights(mix, a.base, a.scale, a.n, a.iters, a.hc_eps, pre, a.post + row * a.n,
-                   a.comb + row * a.n * a.n);
+    dev_hc_weights(mix, base, scale, n, iters, eps, pre, post, comb);
 }
 
 /* The same for n = 4 by a whole warp: lane e = 4j + k (mod 16) holds comb[j][k]; every row or
  * column is gathered by four independent shuffles and added in index order starting from 0.0f,
  * exactly the serial loops' operations, so the bits are the same. mix: the row's [24]. */
-__device__ static void hc_weights_warp4(const hs_args &a, const float *mix, int64_t row, int lane)
+__device__ static void hc_weights_warp4(const hs_args &a, const float *mix, const float *base,
+                                        const float *scale, int64_t row, int lane)
 {
-    const float *scale = a.scale, *base = a.base, eps = a.hc_eps;
+    const float eps = a.hc_eps;
     const unsigned all = 0xffffffffu;
     if (lane < 4)
         a.post[row * 4 + lane] = __fmul_rn(
@@ -236,19 +326,22 @@ __device__ static void hc_weights_warp4(const hs_args &a, const float *mix, int6
 }
 
 /* The same for any n with n*n <= 32 (lane e = j*n + k), else the serial fallback. */
-__device__ static void hc_weights_warp(const hs_args &a, const float *mix, int64_t row, int lane)
+__device__ static void hc_weights_warp(const hs_args &a, const float *mix, const float *base,
+                                       const float *scale, int64_t row, int lane)
 {
     const int n = a.n, nn = n * n;
     if (n == 4) {
-        hc_weights_warp4(a, mix, row, lane);
+        hc_weights_warp4(a, mix, base, scale, row, lane);
         return;
     }
     if (nn > 32) {
-        if (lane == 0) hc_weights_serial(a, mix, row);
+        if (lane == 0)
+            hc_weights_serial(mix, base, scale, n, a.iters, a.hc_eps, a.post + row * n,
+                              a.comb + row * nn);
         __syncwarp();
         return;
     }
-    const float *scale = a.scale, *base = a.base, eps = a.hc_eps;
+    const float eps = a.hc_eps;
     const unsigned all = 0xffffffffu;
     if (lane < n)
         a.post[row * n + lane] = __fmul_rn(
@@ -280,22 +373,22 @@ __device__ static void hc_weights_warp(const hs_args &a, const float *mix, int64
 }
 
 /* ---- the site kernel ----------------------------------------------------------------------
- * X [N, n, D], fn [M, n*D] -> h [N, D], y [N, D] (optional), mix [N, M] (optional), and for a
- * site (M = (2+n)n) post [N, n], comb [N, n, n]. With f != NULL the streams are first
- * X' = bf16(post_in f + comb_in^T X) (f [N, D], post_in [N, n], comb_in [N, n, n]), written to
- * Xo [N, n, D] (when not NULL), and the site runs on X'. Grid: C * ceil(N / R) CTAs in clusters
- * of C; cluster g serves rows [g R, g R + R), rank c the columns [c cols, (c+1) cols) of every
- * stream. Dynamic shared memory: xs [R][n][cols] (the streams the site reads), ys [R][cols]
- * (f during the post-mix, then the collapsed y), and with the post-mix xr [R][n][cols] (X). */
+ * X [N, n, D], fn [M, n*D] -> h [N, D], xq [N, D] = act_quant(h) (optional; cols % 128 == 0),
+ * y [N, D] (optional), mix [N, M] (optional), and for a site (M = (2+n)n) post [N, n],
+ * comb [N, n, n]. With f != NULL the streams are first X' = bf16(post_in f + comb_in^T X)
+ * (f [N, D], post_in [N, n], comb_in [N, n, n]), written to Xo [N, n, D] (when not NULL), and
+ * the site runs on X'. Grid: C * ceil(N / R) CTAs in clusters of C; cluster g serves rows
+ * [g R, g R + R), rank c the columns [c cols, (c+1) cols) of every stream. Shared memory:
+ * hs_layout. Three cluster barriers: 0 (every rank started; its wait is due long after its
+ * arrival), 1 (the partial projections and X' sums of squares pushed to every rank), 2 (the y
+ * sums of squares pushed); each rank then sums what it was sent locally, in rank order. */
 template <int R, int WT>
 __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a)
 {
     DSV4_PDL_WAIT();
     extern __shared__ float4 hs_dyn[];
-    __shared__ float part[R * HS_M_MAX], mixs[R * HS_M_MAX], pre_s[R * HS_HC_MAX];
-    __shared__ float pc_s[R * HS_PC];
-    __shared__ float rs_s[R], rs2_s[R];
-    __shared__ double ssp[R], ssy[R], red[HS_WARPS * R];
+    __shared__ float mixw[HS_M_MAX], pre_s[R * HS_HC_MAX], pc_s[R * HS_PC], rs2_s[R];
+    __shared__ double red[HS_WARPS * R];
 
     cg::cluster_group cl = cg::this_cluster();
     const int C = (int)cl.num_blocks(), rank = (int)cl.block_rank();
@@ -305,23 +398,36 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
     const int nr = (int)(a.N - r0 < R ? a.N - r0 : R);
     const int64_t d0 = (int64_t)rank * cols;
     const bool pm = a.f != nullptr;
-    float4 *xs4 = hs_dyn;
-    float *xs = (float *)hs_dyn, *ys = xs + (size_t)R * sl;
-    float4 *ys4 = (float4 *)ys, *xr4 = (float4 *)(ys + (size_t)R * cols);
+    const hs_layout L = hs_layout_of(R, C, n, M, cols, pm);
+    char *dyn = (char *)hs_dyn;
+    double *xss = (double *)(dyn + L.xss), *xsy = (double *)(dyn + L.xsy);
+    float *xpart = (float *)(dyn + L.xpart), *bs = (float *)(dyn + L.bs);
+    float *nrm = (float *)(dyn + L.nrm), *xs = (float *)(dyn + L.xs), *ys = (float *)(dyn + L.ys);
+    float4 *xs4 = (float4 *)xs, *ys4 = (float4 *)ys, *xr4 = (float4 *)(dyn + L.xr);
+    const int nb = a.head ? n : M; /* base's length */
+    const float *sc = bs + M;      /* scale [3] (the site) */
+    long long *const tr = a.trace && blockIdx.x == 0 ? a.trace : nullptr;
+    if (tr && tid == 0) {
+        tr[TR_START] = clock64();
+        tr[TR_GT0] = (long long)globaltimer();
+    }
 
-    /* 0. the first two fn batches are in flight while the streams are staged */
+    /* 0. the first two fn batches are in flight while everything else is staged */
     float4 cur[HS_U][HS_OPW], nxt[HS_U][HS_OPW];
-    load_batch<WT>(cur, a, 0, warp, lane, nq, M, d0);
-    load_batch<WT>(nxt, a, 0, warp, lane + 32 * HS_U, nq, M, d0);
+    const char *rp[HS_OPW];
+    fn_rows<WT>(rp, a, 0, warp, M);
+    load_batch<WT>(cur, rp, D, lane, nq, cq, d0);
+    load_batch<WT>(nxt, rp, D, lane + 32 * HS_U, nq, cq, d0);
+    cluster_arrive_relaxed(); /* barrier 0: this rank has started */
 
-    /* 1a. X slice (and f, post_in, comb_in) -> shared; quad u = j cq + c of a row is stream j,
-     *     columns d0 + 4c .. +3 */
+    /* 1a. X slice (and f, post_in, comb_in), base, scale, norm -> shared; quad u = j cq + c of
+     *     a row is stream j, columns d0 + 4c .. +3 */
     {
         float4 *dst = pm ? xr4 : xs4;
-        const int per_row = n * cq;
-        for (int t = tid; t < nr * per_row; t += HS_THREADS) {
-            const int r = t / per_row, u = t - r * per_row, j = u / cq, c = u - j * cq;
-            cp_async16(dst + (size_t)r * nq + u, a.X + (r0 + r) * nD + (int64_t)j * D + d0 + 4 * c);
+        const float *X0 = a.X + r0 * nD + d0;             /* row r stream j: X0 + (r n + j) D */
+        for (int t = tid; t < nr * nq; t += HS_THREADS) { /* quad t = (r n + j) cq + c */
+            const int rj = (int)((unsigned)t / (unsigned)cq), c = t - rj * cq;
+            cp_async16(dst + t, X0 + (int64_t)rj * D + 4 * c);
         }
         if (pm) {
             for (int t = tid; t < nr * cq; t += HS_THREADS) {
@@ -331,53 +437,58 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
             const int pcn = n + n * n;
             for (int t = tid; t < nr * pcn; t += HS_THREADS) {
                 const int r = t / pcn, i = t - r * pcn;
-                pc_s[r * HS_PC + i] =
-                    i < n ? a.post_in[(r0 + r) * n + i] : a.comb_in[(r0 + r) * n * n + (i - n)];
+                cp_async4(pc_s + r * HS_PC + i, i < n ? a.post_in + (r0 + r) * n + i
+                                                      : a.comb_in + (r0 + r) * n * n + (i - n));
             }
         }
+        for (int t = tid; t < nb; t += HS_THREADS) cp_async4(bs + t, a.base + t);
+        if (!a.head && tid < 3) cp_async4(bs + M + tid, a.scale + tid);
+        if (a.norm)
+            for (int c = tid; c < cols; c += HS_THREADS) cp_async4(nrm + c, a.norm + d0 + c);
+        if (tr && tid == 0) tr[TR_ISSUED] = clock64();
         cp_async_wait_all();
         __syncthreads();
+        if (tr && tid == 0) tr[TR_STAGED] = clock64();
     }
 
     /* 1b. the post-mix (hc_post's order: acc over j from 0.0f, then post_k f + acc, bf16) into
-     *     xs and Xo; the sum of squares per row (double, as the rmsnorm op) over the streams the
-     *     site reads, in the same order with or without the post-mix */
+     *     xs and Xo, a thread per (stream k, column quad c); the sum of squares per row (double,
+     *     as the rmsnorm op) over the streams the site reads, in the same order with or without
+     *     the post-mix */
     double ssr[R];
 #pragma unroll
     for (int r = 0; r < R; r++) {
         double s = 0.0;
         if (r < nr) {
             const float *pc = pc_s + r * HS_PC;
-            for (int c = tid; c < cq; c += HS_THREADS) {
-                const float4 fv = pm ? ys4[r * cq + c] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                for (int k = 0; k < n; k++) {
-                    float4 v;
-                    if (pm) {
-                        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                        for (int j = 0; j < n; j++) {
-                            const float w = pc[n + j * n + k];
-                            const float4 x = xr4[r * nq + j * cq + c];
-                            acc.x = __fadd_rn(acc.x, __fmul_rn(w, x.x));
-                            acc.y = __fadd_rn(acc.y, __fmul_rn(w, x.y));
-                            acc.z = __fadd_rn(acc.z, __fmul_rn(w, x.z));
-                            acc.w = __fadd_rn(acc.w, __fmul_rn(w, x.w));
-                        }
-                        const float p = pc[k];
-                        v.x = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.x), acc.x));
-                        v.y = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.y), acc.y));
-                        v.z = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.z), acc.z));
-                        v.w = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.w), acc.w));
-                        xs4[r * nq + k * cq + c] = v;
-                        if (a.Xo)
-                            *(float4 *)(a.Xo + (r0 + r) * nD + (int64_t)k * D + d0 + 4 * c) = v;
-                    } else {
-                        v = xs4[r * nq + k * cq + c];
+            for (int t = tid; t < nq; t += HS_THREADS) { /* quad t = k cq + c */
+                const int k = (int)((unsigned)t / (unsigned)cq), c = t - k * cq;
+                float4 v;
+                if (pm) {
+                    const float4 fv = ys4[r * cq + c];
+                    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                    for (int j = 0; j < n; j++) {
+                        const float w = pc[n + j * n + k];
+                        const float4 x = xr4[r * nq + j * cq + c];
+                        acc.x = __fadd_rn(acc.x, __fmul_rn(w, x.x));
+                        acc.y = __fadd_rn(acc.y, __fmul_rn(w, x.y));
+                        acc.z = __fadd_rn(acc.z, __fmul_rn(w, x.z));
+                        acc.w = __fadd_rn(acc.w, __fmul_rn(w, x.w));
                     }
-                    s += (double)v.x * (double)v.x;
-                    s += (double)v.y * (double)v.y;
-                    s += (double)v.z * (double)v.z;
-                    s += (double)v.w * (double)v.w;
+                    const float p = pc[k];
+                    v.x = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.x), acc.x));
+                    v.y = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.y), acc.y));
+                    v.z = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.z), acc.z));
+                    v.w = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.w), acc.w));
+                    xs4[r * nq + t] = v;
+                    if (a.Xo) *(float4 *)(a.Xo + (r0 + r) * nD + (int64_t)k * D + d0 + 4 * c) = v;
+                } else {
+                    v = xs4[r * nq + t];
                 }
+                s += (double)v.x * (double)v.x;
+                s += (double)v.y * (double)v.y;
+                s += (double)v.z * (double)v.z;
+                s += (double)v.w * (double)v.w;
             }
         }
         for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
@@ -388,18 +499,23 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
         for (int r = 0; r < R; r++) red[warp * R + r] = ssr[r];
     }
     __syncthreads();
-    if (tid < R) {
+    if (tr && tid == 0) tr[TR_POSTMIX] = clock64();
+    cluster_wait(); /* barrier 0: every rank's shared memory may be written */
+    /* the row sums of squares (warps in order) to every rank: thread (r, c) sends row r to c */
+    if (tid < nr * C) {
+        const int r = tid / C, c = tid - r * C;
         double t = 0.0;
-        for (int w = 0; w < HS_WARPS; w++) t += red[w * R + tid];
-        ssp[tid] = t;
+        for (int w = 0; w < HS_WARPS; w++) t += red[w * R + r];
+        *cl.map_shared_rank(xss + rank * R + r, c) = t;
     }
 
     /* 1c. partial dot products of the slice: warp w, outputs og + w + 8i, lanes over quads;
-     *     two batches of loads ahead */
+     *     two batches of loads ahead. Every lane holds the warp's sum; lane c sends it to c. */
     for (int og = 0; og < M; og += HS_WARPS * HS_OPW) {
         if (og > 0) {
-            load_batch<WT>(cur, a, og, warp, lane, nq, M, d0);
-            load_batch<WT>(nxt, a, og, warp, lane + 32 * HS_U, nq, M, d0);
+            fn_rows<WT>(rp, a, og, warp, M);
+            load_batch<WT>(cur, rp, D, lane, nq, cq, d0);
+            load_batch<WT>(nxt, rp, D, lane + 32 * HS_U, nq, cq, d0);
         }
         float acc[R][HS_OPW];
 #pragma unroll
@@ -430,7 +546,8 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
             for (int u = 0; u < HS_U; u++)
 #pragma unroll
                 for (int i = 0; i < HS_OPW; i++) cur[u][i] = nxt[u][i];
-            load_batch<WT>(nxt, a, og, warp, q0 + 64 * HS_U, nq, M, d0);
+            if (q0 + 64 * HS_U < nq) /* a batch this lane still consumes */
+                load_batch<WT>(nxt, rp, D, q0 + 64 * HS_U, nq, cq, d0);
         }
 #pragma unroll
         for (int r = 0; r < R; r++)
@@ -439,43 +556,55 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
                 float s = acc[r][i];
                 for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
                 const int oi = og + warp + HS_WARPS * i;
-                if (lane == 0 && oi < M) part[r * M + oi] = s;
+                if (lane < C && r < nr && oi < M)
+                    *cl.map_shared_rank(xpart + (rank * R + r) * M + oi, lane) = s;
             }
     }
-    cluster_arrive(); /* phase 1: every rank's partials are in its shared memory */
+    if (tr && tid == 0) tr[TR_DOTS] = clock64();
+    cluster_arrive(); /* barrier 1: this rank's partials and sums are in every rank */
     cluster_wait();
+    if (tr && tid == 0) tr[TR_MIX] = clock64();
 
-    /* 2. mix = (sum over ranks in rank order) * rs; rs from the summed squares */
-    for (int t = tid; t < nr * M; t += HS_THREADS) mixs[t] = cluster_sum(cl, part + t, C);
-    if (tid < nr) {
-        const float var = (float)(cluster_sum(cl, ssp + tid, C) / (double)nD);
-        rs_s[tid] = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, a.rms_eps)));
-    }
-    __syncthreads();
-    for (int t = tid; t < nr * M; t += HS_THREADS) {
-        const int r = t / M;
-        const float v = __fmul_rn(mixs[t], rs_s[r]);
-        mixs[t] = v;
-        if (rank == 0 && a.mix) a.mix[r0 * M + t] = v;
-    }
-    __syncthreads();
-    for (int t = tid; t < nr * n; t += HS_THREADS) {
-        const int r = t / n, j = t - r * n;
-        const float sc = a.head ? a.head_scale : a.scale[0]; /* dsv4_op_hc_head_weights */
-        pre_s[r * HS_HC_MAX + j] =
-            __fadd_rn(dev_sigmoid(__fadd_rn(__fmul_rn(mixs[r * M + j], sc), a.base[j])), a.hc_eps);
-    }
-    __syncthreads();
-
-    if (warp == HS_CWARPS) { /* 4. post, comb: rows r = rank (mod C) */
-        cluster_arrive();
+    /* 4. post, comb: rows r = rank (mod C), from the warp's own copy of the row's mix (step 2's
+     *    operations, the same bits), so that the Sinkhorn starts as soon as the partials are
+     *    in, not after step 2 */
+    if (warp == HS_CWARPS) {
+        cluster_arrive(); /* barrier 2: this warp sends nothing */
+        if (tr && lane == 0) tr[TR_SK0] = clock64();
         if (!a.head)
-            for (int r = rank; r < nr; r += C) hc_weights_warp(a, mixs + r * M, r0 + r, lane);
-        cluster_wait();
-        cluster_arrive();
+            for (int r = rank; r < nr; r += C) {
+                const float rs = row_rs(xss, R, C, r, a.inv_nD, nD, a.rms_eps);
+                for (int o = lane; o < M; o += 32) {
+                    float s = xpart[r * M + o];
+                    for (int c = 1; c < C; c++) s = __fadd_rn(s, xpart[(c * R + r) * M + o]);
+                    mixw[o] = __fmul_rn(s, rs);
+                }
+                __syncwarp();
+                hc_weights_warp(a, mixw, bs, sc, r0 + r, lane);
+                __syncwarp();
+            }
+        if (tr && lane == 0) tr[TR_SK1] = clock64();
         cluster_wait();
         return;
     }
+
+    /* 2. mix = (sum over ranks in rank order) * rs, rs from the summed squares (each thread its
+     *    row's, the same bits); pre = sigmoid(mix scale + base) + eps from the mix just made */
+    for (int t = tid; t < nr * M; t += HS_CWARPS * 32) {
+        const int r = t / M, o = t - r * M;
+        const float rs = row_rs(xss, R, C, r, a.inv_nD, nD, a.rms_eps);
+        float s = xpart[t];
+        for (int c = 1; c < C; c++) s = __fadd_rn(s, xpart[c * R * M + t]);
+        const float v = __fmul_rn(s, rs);
+        if (rank == 0 && a.mix) a.mix[r0 * M + t] = v;
+        if (o < n) {
+            const float scl = a.head ? a.head_scale : sc[0]; /* dsv4_op_hc_head_weights */
+            pre_s[r * HS_HC_MAX + o] =
+                __fadd_rn(dev_sigmoid(__fadd_rn(__fmul_rn(v, scl), bs[o])), a.hc_eps);
+        }
+    }
+    collapse_sync();
+    if (tr && tid == 0) tr[TR_PRE] = clock64();
 
     /* 3. collapse (hc_pre's order), y^2 sums, then h = bf16(norm * (y * rs2)) */
     double syr[R];
@@ -502,26 +631,52 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
         for (int r = 0; r < R; r++) red[warp * R + r] = syr[r];
     }
     collapse_sync();
-    if (tid < R) {
+    if (tid < nr * C) {
+        const int r = tid / C, c = tid - r * C;
         double t = 0.0;
-        for (int w = 0; w < HS_CWARPS; w++) t += red[w * R + tid];
-        ssy[tid] = t;
+        for (int w = 0; w < HS_CWARPS; w++) t += red[w * R + r];
+        *cl.map_shared_rank(xsy + rank * R + r, c) = t;
     }
-    cluster_arrive(); /* phase 2: every rank's y^2 sums are in its shared memory */
+    if (tr && tid == 0) tr[TR_COLLAPSE] = clock64();
+    cluster_arrive(); /* barrier 2: this rank's y sums are in every rank */
     cluster_wait();
-    if (tid < nr) {
-        const float var = (float)(cluster_sum(cl, ssy + tid, C) / (double)D);
-        rs2_s[tid] = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, a.rms_eps)));
-    }
-    cluster_arrive(); /* phase 3: this thread reads no other rank's shared memory any more */
+    if (tr && tid == 0) tr[TR_RS2] = clock64();
+    if (tid < nr) rs2_s[tid] = row_rs(xsy, R, C, tid, a.inv_D, D, a.rms_eps);
     collapse_sync();
-    for (int r = 0; r < nr; r++)
-        for (int c = tid; c < cols; c += HS_CWARPS * 32) {
-            float v = __fmul_rn(ys[r * cols + c], rs2_s[r]);
-            if (a.norm) v = __fmul_rn(a.norm[d0 + c], v);
-            a.h[(r0 + r) * D + d0 + c] = dev_round_bf16(v);
+    if (a.xq) { /* a warp per 128-block: h, then act_quant(h) (act_quant_kernel's operations) */
+        const int nbk = cols / 128;
+        for (int t = warp; t < nr * nbk; t += HS_CWARPS) {
+            const int r = t / nbk, c0 = (t - r * nbk) * 128;
+            float v[4], amax = 0.0f;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int c = c0 + lane + 32 * k;
+                float x = __fmul_rn(ys[r * cols + c], rs2_s[r]);
+                if (a.norm) x = __fmul_rn(nrm[c], x);
+                v[k] = dev_round_bf16(x);
+                a.h[(r0 + r) * D + d0 + c] = v[k];
+                amax = fmaxf(amax, fabsf(v[k])); /* fmaxf skips a NaN */
+            }
+            for (int o = 16; o > 0; o >>= 1)
+                amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+            const float s = dev_scale_fp8(amax);
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                a.xq[(r0 + r) * D + d0 + c0 + lane + 32 * k] =
+                    __fmul_rn(dev_round_e4m3(__fdiv_rn(v[k], s)), s);
         }
-    cluster_wait(); /* no rank leaves while another may still read its shared memory */
+    } else {
+        for (int r = 0; r < nr; r++)
+            for (int c = tid; c < cols; c += HS_CWARPS * 32) {
+                float v = __fmul_rn(ys[r * cols + c], rs2_s[r]);
+                if (a.norm) v = __fmul_rn(nrm[c], v);
+                a.h[(r0 + r) * D + d0 + c] = dev_round_bf16(v);
+            }
+    }
+    if (tr && tid == 0) {
+        tr[TR_END] = clock64();
+        tr[TR_GT1] = (long long)globaltimer();
+    }
 }
 
 /* ---- host side ----------------------------------------------------------------------------- */
@@ -548,17 +703,16 @@ static hs_kernel pick(int R, int wt)
                            : pick_rows<WT_F16>(R);
 }
 
-/* Dynamic shared memory of a CTA (xs, ys, and xr with the post-mix), and the static arrays of
- * hc_site_kernel<R>. */
-static size_t smem_bytes(int R, int n, int cols, int pm)
+/* Dynamic shared memory of a CTA (hs_layout), and the static arrays of hc_site_kernel<R>. */
+static size_t smem_bytes(int R, int C, int n, int M, int cols, int pm)
 {
-    return (size_t)R * (size_t)((pm ? 2 * n : n) + 1) * (size_t)cols * sizeof(float);
+    return (size_t)hs_layout_of(R, C, n, M, cols, pm).total;
 }
 
 static size_t static_smem_bytes(int R)
 {
-    return (size_t)R * ((2 * HS_M_MAX + HS_HC_MAX + HS_PC + 2) * sizeof(float) +
-                        (2 + HS_WARPS) * sizeof(double));
+    return (size_t)R * ((HS_HC_MAX + HS_PC + 1) * sizeof(float) + HS_WARPS * sizeof(double)) +
+           HS_M_MAX * sizeof(float);
 }
 
 static cudaLaunchConfig_t make_cfg(dim3 grid, size_t smem, cudaStream_t st,
@@ -661,10 +815,11 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
         if (!R) {
             R = 1;
             while (R < 8 && (N + R - 1) / R > maxc) R *= 2;
-            while (R > 1 && smem_bytes(R, n, cols, pm) + static_smem_bytes(R) > (size_t)optin)
+            while (R > 1 &&
+                   smem_bytes(R, C, n, a.M, cols, pm) + static_smem_bytes(R) > (size_t)optin)
                 R /= 2;
         }
-        const size_t smem = smem_bytes(R, n, cols, pm);
+        const size_t smem = smem_bytes(R, C, n, a.M, cols, pm);
         if (smem + static_smem_bytes(R) > (size_t)optin) {
             if (cluster) break;
             continue;
@@ -682,10 +837,16 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
         if (groups * C > 0x7fffffff)
             return dsv4_fail(DSV4_ERR_UNSUPPORTED, "%s: %lld rows", op, (long long)N);
         a.cols = cols;
+        /* xq in the kernel needs whole 128-blocks in each CTA (Pro's D 7168 with C = 16 splits
+         * them: act_quant after the kernel); the shape never depends on xq, so the bits of
+         * the other outputs do not either */
+        float *const xq = a.xq;
+        if (cols % 128) a.xq = NULL;
         cudaLaunchAttribute attr[1];
         const cudaLaunchConfig_t cfg =
             make_cfg(dim3((unsigned)(groups * C), 1, 1), smem, st, attr, C);
         CUDA_TRY(cudaLaunchKernelEx(&cfg, k, a));
+        if (xq && !a.xq) DSV4_TRY(dsv4_cuda_bk_act_quant(b, xq, D, a.h, D, N, D, 128));
         if (used_cluster) *used_cluster = C;
         if (used_rows) *used_rows = R;
         return DSV4_OK;
@@ -725,60 +886,67 @@ static hs_args site_args(float *h, float *y, float *mix, float *post, float *com
     a.iters = iters;
     a.hc_eps = hc_eps;
     a.rms_eps = rms_eps;
+    const int64_t nD = (int64_t)n * D;
+    a.inv_nD = nD > 0 && (nD & (nD - 1)) == 0 ? 1.0 / (double)nD : 0.0;
+    a.inv_D = D > 0 && (D & (D - 1)) == 0 ? 1.0 / (double)D : 0.0;
     return a;
 }
 
 /* The ops with their launch shape chosen by the caller (tests, benchmarks): see hs_launch;
  * *used_cluster / *used_rows (may be NULL) receive the shape launched. */
-extern "C" dsv4_status dsv4_cuda_bk_hc_site_ex(dsv4_backend *b, float *h, float *y, float *mix,
-                                               float *post, float *comb, const float *X,
+extern "C" dsv4_status dsv4_cuda_bk_hc_site_ex(dsv4_backend *b, float *h, float *xq, float *y,
+                                               float *mix, float *post, float *comb, const float *X,
                                                const dsv4_weight *fn, const float *base,
                                                const float *scale, const float *norm, int64_t N,
                                                int n, int64_t D, int iters, float hc_eps,
                                                float rms_eps, int cluster, int rows,
                                                int *used_cluster, int *used_rows)
 {
-    const hs_args a = site_args(h, y, mix, post, comb, NULL, X, NULL, NULL, NULL, fn, base, scale,
-                                norm, N, n, D, iters, hc_eps, rms_eps);
+    hs_args a = site_args(h, y, mix, post, comb, NULL, X, NULL, NULL, NULL, fn, base, scale, norm,
+                          N, n, D, iters, hc_eps, rms_eps);
+    a.xq = xq;
     return hs_launch(b, a, fn, "hc_site", cluster, rows, used_cluster, used_rows);
 }
 
-extern "C" dsv4_status dsv4_cuda_bk_hc_site(dsv4_backend *b, float *h, float *y, float *mix,
-                                            float *post, float *comb, const float *X,
+extern "C" dsv4_status dsv4_cuda_bk_hc_site(dsv4_backend *b, float *h, float *xq, float *y,
+                                            float *mix, float *post, float *comb, const float *X,
                                             const dsv4_weight *fn, const float *base,
                                             const float *scale, const float *norm, int64_t N, int n,
                                             int64_t D, int iters, float hc_eps, float rms_eps)
 {
-    return dsv4_cuda_bk_hc_site_ex(b, h, y, mix, post, comb, X, fn, base, scale, norm, N, n, D,
+    return dsv4_cuda_bk_hc_site_ex(b, h, xq, y, mix, post, comb, X, fn, base, scale, norm, N, n, D,
                                    iters, hc_eps, rms_eps, 0, 0, NULL, NULL);
 }
 
-/* The seam, with y and mix (may be NULL) for the tests. */
-extern "C" dsv4_status dsv4_cuda_bk_hc_seam_ex(dsv4_backend *b, float *h, float *y, float *mix,
-                                               float *Xo, float *post, float *comb, const float *X,
-                                               const float *f, const float *post_in,
-                                               const float *comb_in, const dsv4_weight *fn,
-                                               const float *base, const float *scale,
-                                               const float *norm, int64_t N, int n, int64_t D,
-                                               int iters, float hc_eps, float rms_eps, int cluster,
-                                               int rows, int *used_cluster, int *used_rows)
+/* The seam, with y and mix (may be NULL) for the tests; trace (device memory, TR_N clocks, may
+ * be NULL): the phase clocks of the launch. */
+extern "C" dsv4_status
+dsv4_cuda_bk_hc_seam_ex(dsv4_backend *b, float *h, float *xq, float *y, float *mix, float *Xo,
+                        float *post, float *comb, const float *X, const float *f,
+                        const float *post_in, const float *comb_in, const dsv4_weight *fn,
+                        const float *base, const float *scale, const float *norm, int64_t N, int n,
+                        int64_t D, int iters, float hc_eps, float rms_eps, int cluster, int rows,
+                        int *used_cluster, int *used_rows, long long *trace)
 {
     if (!Xo || !f) return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "hc_seam: Xo and f must be given");
-    const hs_args a = site_args(h, y, mix, post, comb, Xo, X, f, post_in, comb_in, fn, base, scale,
-                                norm, N, n, D, iters, hc_eps, rms_eps);
+    hs_args a = site_args(h, y, mix, post, comb, Xo, X, f, post_in, comb_in, fn, base, scale, norm,
+                          N, n, D, iters, hc_eps, rms_eps);
+    a.xq = xq;
+    a.trace = trace;
     return hs_launch(b, a, fn, "hc_seam", cluster, rows, used_cluster, used_rows);
 }
 
-extern "C" dsv4_status dsv4_cuda_bk_hc_seam(dsv4_backend *b, float *h, float *Xo, float *post,
-                                            float *comb, const float *X, const float *f,
-                                            const float *post_in, const float *comb_in,
-                                            const dsv4_weight *fn, const float *base,
-                                            const float *scale, const float *norm, int64_t N, int n,
-                                            int64_t D, int iters, float hc_eps, float rms_eps)
+extern "C" dsv4_status dsv4_cuda_bk_hc_seam(dsv4_backend *b, float *h, float *xq, float *Xo,
+                                            float *post, float *comb, const float *X,
+                                            const float *f, const float *post_in,
+                                            const float *comb_in, const dsv4_weight *fn,
+                                            const float *base, const float *scale,
+                                            const float *norm, int64_t N, int n, int64_t D,
+                                            int iters, float hc_eps, float rms_eps)
 {
-    return dsv4_cuda_bk_hc_seam_ex(b, h, NULL, NULL, Xo, post, comb, X, f, post_in, comb_in, fn,
+    return dsv4_cuda_bk_hc_seam_ex(b, h, xq, NULL, NULL, Xo, post, comb, X, f, post_in, comb_in, fn,
                                    base, scale, norm, N, n, D, iters, hc_eps, rms_eps, 0, 0, NULL,
-                                   NULL);
+                                   NULL, NULL);
 }
 
 /* The head collapse, with y and mix (may be NULL) for the tests. */
