@@ -13,7 +13,10 @@
  * timings of every path at the Flash shape (N = 1, 8, 64, 300) and the Pro shape (N = 1, 64):
  * µs and distinct expert bytes / time.
  *
- * usage: test_gpu_moe [--small]    --small: small shapes only (for compute-sanitizer)
+ * usage: test_gpu_moe [--small | --profile N]
+ *   --small: small shapes only (for compute-sanitizer); --profile N: only the Flash timing calls
+ *   of the tensor-core path at N rows (for ncu: -k regex:moe_mma_stage --launch-skip 4
+ *   --launch-count 2 profiles one call's two stage kernels)
  *
  * Bounds (why they are what they are):
  * - router: sel must be equal. The scores sqrt(log1pf(expf(x))) are not bit-equal: the GPU
@@ -561,6 +564,7 @@ static void bench(const layer *L, dsv4_backend *c, dsv4_backend *g, int N, int p
 int main(int argc, char **argv)
 {
     const int small = argc > 1 && !strcmp(argv[1], "--small");
+    const int profile = argc > 2 && !strcmp(argv[1], "--profile") ? atoi(argv[2]) : 0;
     dsv4_cpu_pool *pool = NULL;
     dsv4_backend *c = NULL, *g = NULL;
     dsv4_status st = dsv4_cpu_pool_create(0, &pool);
@@ -568,6 +572,17 @@ int main(int argc, char **argv)
     if (st == DSV4_OK) st = dsv4_backend_create(DSV4_DEVICE_CUDA, 0, NULL, &g);
     CHECK_MSG(st == DSV4_OK, "backends: %s", dsv4_last_error());
     if (st != DSV4_OK) return test_finish();
+
+    if (profile > 0) { /* only the Flash timing calls of the tensor-core path (for ncu) */
+        layer F = {.name = "flash", .D = 4096, .I = 2048, .E = 256, .K = 6, .nd = 256};
+        if (layer_make(&F, c, g, DSV4_FORMAT_MXFP4, 0, DSV4_FORMAT_FP8, 0))
+            bench(&F, c, g, profile, DSV4_MOE_PATH_MMA);
+        layer_free(&F, c, g);
+        dsv4_backend_destroy(g);
+        dsv4_backend_destroy(c);
+        dsv4_cpu_pool_destroy(pool);
+        return test_finish();
+    }
 
     /* router: Flash and Pro expert counts */
     const int RN = small ? 9 : 64;

@@ -27,14 +27,18 @@ static __device__ __forceinline__ float e8m0f(uint32_t s)
 }
 
 /* w: 8 e2m1 nibbles (nibble n = column n) -> p[i] = f16 pair (column i, column i + 4), each
- * e2m1 * 2^-14 exactly (magnitude bits to f16 bits 9..11, sign to 15). */
+ * e2m1 * 2^-14 exactly (magnitude bits to f16 bits 9..11, sign to 15). The even nibbles (low
+ * nibble of each byte) and the odd ones are first made f16 high bytes (sign at bit 7, magnitude
+ * at 1..3) in place, be and bo; a pair is then two of those bytes moved to bits 8..15 and
+ * 24..31 (one byte permute or mask): 11 operations a word instead of 4 a pair. */
 static __device__ __forceinline__ void fp4_pairs(uint32_t w, uint32_t (&p)[4])
 {
-    const uint32_t M = 0x0E000E00u, S = 0x80008000u;
-    p[0] = ((w << 9) & M) | ((w << 12) & S);
-    p[1] = ((w << 5) & M) | ((w << 8) & S);
-    p[2] = ((w << 1) & M) | ((w << 4) & S);
-    p[3] = ((w >> 3) & M) | (w & S);
+    const uint32_t be = ((w << 1) & 0x0E0E0E0Eu) | ((w << 4) & 0x80808080u);
+    const uint32_t bo = ((w >> 3) & 0x0E0E0E0Eu) | (w & 0x80808080u);
+    p[0] = __byte_perm(be, 0u, 0x2404); /* bytes 0, 2: nibbles 0, 4 */
+    p[1] = __byte_perm(bo, 0u, 0x2404); /* nibbles 1, 5 */
+    p[2] = be & 0xFF00FF00u;            /* bytes 1, 3: nibbles 2, 6 */
+    p[3] = bo & 0xFF00FF00u;            /* nibbles 3, 7 */
 }
 
 /* w: 4 e4m3 bytes (byte n = column n) -> p[0] = f16 pair (column 0, 2), p[1] = (1, 3), each

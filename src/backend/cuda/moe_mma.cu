@@ -4,7 +4,7 @@
  * moe_gemm.cu spent ~3.5 ALU instructions per weight value (widening to f32, one FMA per token)
  * and fed few loads per SM; here the weights are widened by bit operations into f16 fragments
  * and multiplied on the tensor cores (mma.sync m16n8k16, f32 accumulation) with the tokens as
- * the narrow operand, and every warp streams its own 16 rows with 16 x 16-byte loads in flight.
+ * the narrow operand, and every warp streams its own 16 rows with 8 x 16-byte loads in flight.
  *
  * Work: a task is one warp: (active expert slot, 16 output rows, all tokens of the expert).
  * Stage 1 tasks run w1 and w3 side by side and end in the SwiGLU * weight epilogue (a as
@@ -33,6 +33,22 @@
  * in f32, and the partial is scaled by 2^14 (2^8), the weight scale and s (powers of two: exact)
  * and added to the f32 accumulator with one rounding (fmaf). So the result differs from the CPU
  * only in f32 summation order; then bf16 and the roundings of moe_numerics.cuh as there.
+ *
+ * What bounds it (H100, ncu on test_gpu_moe --profile, Flash N = 1): not the bytes in flight
+ * but instruction issue. The kernels ran 12 warps an SM (168 registers: 3 CTAs), ~8 cycles
+ * between a warp's instructions (40% of them waiting on L1TEX), DRAM 30-38% busy, and the FP4
+ * loop issued ~100 instructions per 16-byte weight load, 2/3 of them the nibble widening (4 a
+ * pair): at 3 TB/s that is ~0.6 instructions a cycle per scheduler, which 3 warps a scheduler
+ * cannot reach. So: the widening takes 11 operations a word instead of 16 (moe_frag.cuh), the
+ * zero fills leave the loop, and the load schedule is a compile-time choice per stage (MINB
+ * CTAs per SM asked of ptxas, LOADS a lane, PIPE: a two-half ring whose next half's loads are
+ * issued before this half's mma). Of the 8 choices, timed per stage on H100 (test_gpu_moe
+ * bench, the other stage fixed): stage 1 is fastest with 4 CTAs, 8 loads, no ring; stage 2 with
+ * 4 CTAs, 8 loads and the ring (Flash N = 1: 102 -> 89 us with the new stage 1, 105 -> 96 with
+ * the new stage 2; N = 64: 1717 -> 1563 and 1786 -> 1644). A resident grid looping over the
+ * tasks and an L2 prefetch of each task's rows were tried too and did not help. Next: fewer
+ * instructions per weight (the B loads and the scale decoding per chunk, FP4 tokens 2 per
+ * pass), then more warps per SM.
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
@@ -40,8 +56,7 @@
 #include "backend/cuda/moe_numerics.cuh"
 #include "backend/cuda/pdl.cuh"
 
-enum { WPC = 4 };    /* warps per CTA, each one task */
-enum { LOADS = 16 }; /* 16-byte weight loads per lane per iteration */
+enum { WPC = 4 }; /* warps per CTA, each one task */
 
 /* bar.sync on barrier id (1 .. 4) among `count` threads (whole warps); literal ids, so that
  * ptxas reserves only the barriers used. */
@@ -76,13 +91,141 @@ static __device__ __forceinline__ int64_t tok_input(const moe_mma_args &a, int s
     return stage1 ? (ai == 0 ? (int64_t)tok : pair / a.K) : pair;
 }
 
+/* The weight words and scales of CN consecutive 128-column chunks of a task (registers). */
+template <int NM, int F, int CN> struct wchunks {
+    uint4 q[CN][NM][2][F == 0 ? 1 : 2];
+    uint32_t sc[CN][NM][2];
+};
+
+template <int NM, int F, int CN>
+static __device__ __forceinline__ void wchunks_zero(wchunks<NM, F, CN> &b)
+{
+#pragma unroll
+    for (int ci = 0; ci < CN; ci++)
+#pragma unroll
+        for (int m = 0; m < NM; m++)
+#pragma unroll
+            for (int rr = 0; rr < 2; rr++) {
+#pragma unroll
+                for (int u = 0; u < (F == 0 ? 1 : 2); u++)
+                    b.q[ci][m][rr][u] = make_uint4(0, 0, 0, 0);
+                b.sc[ci][m][rr] = 0;
+            }
+}
+
+/* Loads chunks [c0, c0 + CN) (those < hi) of rows rA, rB of every matrix. What it does not load
+ * keeps its previous value (wchunks_zero at the start of a pass), never re-zeroed in the loop:
+ * rows past R only reach outputs that are not stored, chunks past hi are not multiplied, and
+ * a column past C meets zero activations (x below), where a stale weight is finite (the
+ * widening of any FP4 / FP8 bits is) and its scale one of the row's own or 2^-127, so its
+ * product is 0 as with zeros. */
+template <int NM, int F, int CN>
+static __device__ __forceinline__ void load_chunks(wchunks<NM, F, CN> &b, const moe_mat (&w)[NM],
+                                                   int c0, int hi, int t, int64_t r0, int64_t rA,
+                                                   int64_t rB, bool vA, bool vB)
+{
+    constexpr int U = F == 0 ? 1 : 2;
+    const int64_t C = w[0].cols;
+#pragma unroll
+    for (int ci = 0; ci < CN; ci++) {
+        const int c = c0 + ci;
+        const int64_t col = (int64_t)c * 128 + 32 * t;
+        const bool cv = c < hi && col < C;
+#pragma unroll
+        for (int m = 0; m < NM; m++) {
+#pragma unroll
+            for (int rr = 0; rr < 2; rr++) {
+                const int64_t row = rr ? rB : rA;
+                if (cv && (rr ? vB : vA)) {
+                    if (F == 0) {
+                        b.q[ci][m][rr][0] =
+                            __ldg((const uint4 *)(w[m].data + row * (C >> 1) + (col >> 1)));
+                        b.sc[ci][m][rr] = __ldg(w[m].scale + row * w[m].scale_cols + (col >> 5));
+                    } else {
+                        const uint4 *p = (const uint4 *)(w[m].data + row * C + col);
+#pragma unroll
+                        for (int u = 0; u < U; u++) b.q[ci][m][rr][u] = __ldg(p + u);
+                    }
+                }
+            }
+            if (F == 1 && c < hi)
+                b.sc[ci][m][0] = __ldg(w[m].scale + (r0 >> 7) * w[m].scale_cols + c);
+        }
+    }
+}
+
+/* The mma of chunks [c0, c0 + CN) (those < hi) into acc, chunk by chunk in ascending order. */
+template <int NM, int F, int CN>
+static __device__ __forceinline__ void
+mma_chunks(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[16], int c0, int hi,
+           int t, int64_t C, const uint16_t *brow, const float *s0, const float *s1)
+{
+#pragma unroll
+    for (int ci = 0; ci < CN; ci++) {
+        const int c = c0 + ci;
+        if (c >= hi) break;
+        const int64_t col = (int64_t)c * 128 + 32 * t;
+        /* x: this lane's activations (zero for the whole pass where brow is NULL) */
+        if (brow) {
+            if (col < C) {
+                const uint4 *p = (const uint4 *)(brow + col);
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const uint4 v = __ldg(p + i);
+                    x[4 * i] = v.x, x[4 * i + 1] = v.y, x[4 * i + 2] = v.z, x[4 * i + 3] = v.w;
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < 16; i++) x[i] = 0;
+            }
+        }
+        const float xs0 = s0 ? __ldg(s0 + c) : 0.0f, xs1 = s1 ? __ldg(s1 + c) : 0.0f;
+#pragma unroll
+        for (int m = 0; m < NM; m++) {
+            float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (F == 0) {
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    uint32_t pa[4], pb[4];
+                    fp4_pairs(word4(b.q[ci][m][0][0], k), pa);
+                    fp4_pairs(word4(b.q[ci][m][1][0], k), pb);
+                    mma_f16(f, pa[0], pb[0], pa[1], pb[1], x[4 * k], x[4 * k + 1]);
+                    mma_f16(f, pa[2], pb[2], pa[3], pb[3], x[4 * k + 2], x[4 * k + 3]);
+                }
+                /* C: (row g, group t, tokens t0, t0 + 1), (row g + 8, ...) */
+                const float w0 = e8m0f(b.sc[ci][m][0]), w1 = e8m0f(b.sc[ci][m][1]);
+                acc[m][0] = fmaf(__fmul_rn(__fmul_rn(f[0], 16384.0f), w0), xs0, acc[m][0]);
+                acc[m][1] = fmaf(__fmul_rn(__fmul_rn(f[1], 16384.0f), w0), xs1, acc[m][1]);
+                acc[m][2] = fmaf(__fmul_rn(__fmul_rn(f[2], 16384.0f), w1), xs0, acc[m][2]);
+                acc[m][3] = fmaf(__fmul_rn(__fmul_rn(f[3], 16384.0f), w1), xs1, acc[m][3]);
+            } else {
+#pragma unroll
+                for (int s = 0; s < 8; s++) {
+                    uint32_t pa[2], pb[2];
+                    fp8_pairs(word4(b.q[ci][m][0][s >> 2], s & 3), pa);
+                    fp8_pairs(word4(b.q[ci][m][1][s >> 2], s & 3), pb);
+                    mma_f16(f, pa[0], pb[0], pa[1], pb[1], x[2 * s], x[2 * s + 1]);
+                }
+                /* C: (row g, tokens ct, ct + 1), (row g + 8, ...) */
+                const float ws = e8m0f(b.sc[ci][m][0]);
+                acc[m][0] = fmaf(__fmul_rn(__fmul_rn(f[0], 256.0f), ws), xs0, acc[m][0]);
+                acc[m][1] = fmaf(__fmul_rn(__fmul_rn(f[1], 256.0f), ws), xs1, acc[m][1]);
+                acc[m][2] = fmaf(__fmul_rn(__fmul_rn(f[2], 256.0f), ws), xs0, acc[m][2]);
+                acc[m][3] = fmaf(__fmul_rn(__fmul_rn(f[3], 256.0f), ws), xs1, acc[m][3]);
+            }
+        }
+    }
+}
+
 /* ---- one task: 16 rows of the NM matrices w (format F: 0 MXFP4, 1 FP8) for all ntok tokens,
  * run by a group of ks warps, warp `slice` on the 128-column chunks [lo, hi) ----------------
  * stage 1 (NM = 2): x [N, D] codes -> araw [pair, I] = bf16(swiglu(g, u) * wt);
  * stage 2 (NM = 1): aq [P, I] codes -> y [pair, D] = bf16(w2 . a).
  * red: the group's [ks][NM * 4][32] partials; bar: its named barrier (ks > 1). Slice 0 sums the
- * slices in ascending order and writes the outputs. */
-template <int NM, int F>
+ * slices in ascending order and writes the outputs. PIPE 0: LOADS loads a lane, then their
+ * mma; PIPE 1: two halves of LOADS / 2 in a ring, the next half's loads issued before this
+ * half's mma (same registers, loads always in flight; the same sums in the same order). */
+template <int NM, int F, int PIPE, int LOADS>
 static __device__ __forceinline__ void
 run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int off, int64_t r0,
          int lane, int slice, int ks, int lo, int hi, float *red, int bar)
@@ -90,6 +233,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int of
     constexpr int TPP = F == 0 ? 2 : 8;       /* tokens per pass */
     constexpr int U = F == 0 ? 1 : 2;         /* 16-byte loads per row and chunk */
     constexpr int CPI = LOADS / (NM * 2 * U); /* 128-column chunks per iteration */
+    constexpr int CPH = CPI / 2 > 0 ? CPI / 2 : 1;
     const int g = lane >> 2, t = lane & 3;
     const int64_t R = w[0].rows, C = w[0].cols;
     const int nch = (int)((C + 127) >> 7);
@@ -116,93 +260,25 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int of
 #pragma unroll
             for (int i = 0; i < 4; i++) acc[m][i] = 0.0f;
 
-        for (int c0 = lo; c0 < hi; c0 += CPI) {
-            /* all weight loads of the iteration first */
-            uint4 q[CPI][NM][2][U];
-            uint32_t sc[CPI][NM][2];
+        uint32_t x[16];
 #pragma unroll
-            for (int ci = 0; ci < CPI; ci++) {
-                const int c = c0 + ci;
-                const int64_t col = (int64_t)c * 128 + 32 * t;
-                const bool cv = c < hi && col < C;
-#pragma unroll
-                for (int m = 0; m < NM; m++) {
-#pragma unroll
-                    for (int rr = 0; rr < 2; rr++) {
-                        const int64_t row = rr ? rB : rA;
-#pragma unroll
-                        for (int u = 0; u < U; u++) q[ci][m][rr][u] = make_uint4(0, 0, 0, 0);
-                        sc[ci][m][rr] = 0;
-                        if (cv && (rr ? vB : vA)) {
-                            if (F == 0) {
-                                q[ci][m][rr][0] =
-                                    __ldg((const uint4 *)(w[m].data + row * (C >> 1) + (col >> 1)));
-                                sc[ci][m][rr] =
-                                    __ldg(w[m].scale + row * w[m].scale_cols + (col >> 5));
-                            } else {
-                                const uint4 *p = (const uint4 *)(w[m].data + row * C + col);
-#pragma unroll
-                                for (int u = 0; u < U; u++) q[ci][m][rr][u] = __ldg(p + u);
-                            }
-                        }
-                    }
-                    if (F == 1 && c < hi)
-                        sc[ci][m][0] = __ldg(w[m].scale + (r0 >> 7) * w[m].scale_cols + c);
-                }
+        for (int i = 0; i < 16; i++) x[i] = 0;
+        if constexpr (PIPE == 0) {
+            wchunks<NM, F, CPI> b; /* all weight loads of the iteration first */
+            wchunks_zero(b);
+            for (int c0 = lo; c0 < hi; c0 += CPI) {
+                load_chunks<NM, F, CPI>(b, w, c0, hi, t, r0, rA, rB, vA, vB);
+                mma_chunks<NM, F, CPI>(b, acc, x, c0, hi, t, C, brow, s0, s1);
             }
-
-#pragma unroll
-            for (int ci = 0; ci < CPI; ci++) {
-                const int c = c0 + ci;
-                if (c >= hi) break;
-                const int64_t col = (int64_t)c * 128 + 32 * t;
-                uint32_t b[16];
-                if (brow && col < C) {
-                    const uint4 *p = (const uint4 *)(brow + col);
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        const uint4 v = __ldg(p + i);
-                        b[4 * i] = v.x, b[4 * i + 1] = v.y, b[4 * i + 2] = v.z, b[4 * i + 3] = v.w;
-                    }
-                } else {
-#pragma unroll
-                    for (int i = 0; i < 16; i++) b[i] = 0;
-                }
-                const float xs0 = s0 ? __ldg(s0 + c) : 0.0f, xs1 = s1 ? __ldg(s1 + c) : 0.0f;
-#pragma unroll
-                for (int m = 0; m < NM; m++) {
-                    float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                    if (F == 0) {
-#pragma unroll
-                        for (int k = 0; k < 4; k++) {
-                            uint32_t pa[4], pb[4];
-                            fp4_pairs(word4(q[ci][m][0][0], k), pa);
-                            fp4_pairs(word4(q[ci][m][1][0], k), pb);
-                            mma_f16(f, pa[0], pb[0], pa[1], pb[1], b[4 * k], b[4 * k + 1]);
-                            mma_f16(f, pa[2], pb[2], pa[3], pb[3], b[4 * k + 2], b[4 * k + 3]);
-                        }
-                        /* C: (row g, group t, tokens t0, t0 + 1), (row g + 8, ...) */
-                        const float w0 = e8m0f(sc[ci][m][0]), w1 = e8m0f(sc[ci][m][1]);
-                        acc[m][0] = fmaf(__fmul_rn(__fmul_rn(f[0], 16384.0f), w0), xs0, acc[m][0]);
-                        acc[m][1] = fmaf(__fmul_rn(__fmul_rn(f[1], 16384.0f), w0), xs1, acc[m][1]);
-                        acc[m][2] = fmaf(__fmul_rn(__fmul_rn(f[2], 16384.0f), w1), xs0, acc[m][2]);
-                        acc[m][3] = fmaf(__fmul_rn(__fmul_rn(f[3], 16384.0f), w1), xs1, acc[m][3]);
-                    } else {
-#pragma unroll
-                        for (int s = 0; s < 8; s++) {
-                            uint32_t pa[2], pb[2];
-                            fp8_pairs(word4(q[ci][m][0][s >> 2], s & 3), pa);
-                            fp8_pairs(word4(q[ci][m][1][s >> 2], s & 3), pb);
-                            mma_f16(f, pa[0], pb[0], pa[1], pb[1], b[2 * s], b[2 * s + 1]);
-                        }
-                        /* C: (row g, tokens ct, ct + 1), (row g + 8, ...) */
-                        const float ws = e8m0f(sc[ci][m][0]);
-                        acc[m][0] = fmaf(__fmul_rn(__fmul_rn(f[0], 256.0f), ws), xs0, acc[m][0]);
-                        acc[m][1] = fmaf(__fmul_rn(__fmul_rn(f[1], 256.0f), ws), xs1, acc[m][1]);
-                        acc[m][2] = fmaf(__fmul_rn(__fmul_rn(f[2], 256.0f), ws), xs0, acc[m][2]);
-                        acc[m][3] = fmaf(__fmul_rn(__fmul_rn(f[3], 256.0f), ws), xs1, acc[m][3]);
-                    }
-                }
+        } else {
+            wchunks<NM, F, CPH> b0, b1; /* ping-pong, no copies */
+            wchunks_zero(b0), wchunks_zero(b1);
+            load_chunks<NM, F, CPH>(b0, w, lo, hi, t, r0, rA, rB, vA, vB);
+            for (int c0 = lo; c0 < hi; c0 += 2 * CPH) {
+                load_chunks<NM, F, CPH>(b1, w, c0 + CPH, hi, t, r0, rA, rB, vA, vB);
+                mma_chunks<NM, F, CPH>(b0, acc, x, c0, hi, t, C, brow, s0, s1);
+                load_chunks<NM, F, CPH>(b0, w, c0 + 2 * CPH, hi, t, r0, rA, rB, vA, vB);
+                mma_chunks<NM, F, CPH>(b1, acc, x, c0 + CPH, hi, t, C, brow, s0, s1);
             }
         }
 
@@ -307,9 +383,10 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
 /* Stage kernel (NM = 2: stage 1, NM = 1: stage 2): the CTA's WPC warps are WPC / ks groups of
  * ks warps, each group one task (slot, 16-row tile) with K split in ks slices (ks = 1, 2, 4).
  * Groups synchronise only among themselves (named barrier 1 + group), so a group whose slot is
- * past the device count exits as a whole. */
-template <int NM>
-__global__ void __launch_bounds__(WPC * 32, 3) moe_mma_stage_kernel(const moe_mma_args a, int ks)
+ * past the device count exits as a whole. MINB: resident CTAs per SM asked of ptxas (a register
+ * budget); PIPE and LOADS: run_task's load schedule. */
+template <int NM, int MINB, int PIPE, int LOADS>
+__global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
     DSV4_PDL_WAIT();
     __shared__ float red[WPC * 2 * 4 * 32];
@@ -338,9 +415,11 @@ __global__ void __launch_bounds__(WPC * 32, 3) moe_mma_stage_kernel(const moe_mm
     const int64_t r0 = (int64_t)tile * 16;
     float *gred = red + grp * ks * NM * 4 * 32;
     if (w[0].fmt == MOE_MXFP4)
-        run_task<NM, 0>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred, 1 + grp);
+        run_task<NM, 0, PIPE, LOADS>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred,
+                                     1 + grp);
     else
-        run_task<NM, 1>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred, 1 + grp);
+        run_task<NM, 1, PIPE, LOADS>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred,
+                                     1 + grp);
     if constexpr (NM == 2)
         if (slice == 0) stage1_tail(a, ai, e, ntok, off, tile, lane);
 }
@@ -471,9 +550,12 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, float *out, cons
                   t2 = (int64_t)a->slots * ((D + 15) / 16);
     const int ks1 = split_of((D + 127) / 128), ks2 = split_of((I + 127) / 128);
     const int64_t g1 = (t1 + WPC / ks1 - 1) / (WPC / ks1), g2 = (t2 + WPC / ks2 - 1) / (WPC / ks2);
-    moe_mma_stage_kernel<2><<<(unsigned)g1, WPC * 32, 0, st>>>(*a, ks1);
+    /* stage 1: 8 loads a lane, no ring, 4 CTAs per SM asked of ptxas (a few spills outside the
+     * loop); stage 2: 8 loads a lane in the two-half ring, 4 CTAs per SM (no spills). The best
+     * of the 8 (MINB, PIPE, LOADS) choices per stage on H100 (moe_mma.cu's header). */
+    moe_mma_stage_kernel<2, 4, 0, 8><<<(unsigned)g1, WPC * 32, 0, st>>>(*a, ks1);
     CUDA_LAUNCHED();
-    moe_mma_stage_kernel<1><<<(unsigned)g2, WPC * 32, 0, st>>>(*a, ks2);
+    moe_mma_stage_kernel<1, 4, 1, 8><<<(unsigned)g2, WPC * 32, 0, st>>>(*a, ks2);
     CUDA_LAUNCHED();
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
     moe_mma_combine_kernel<<<cgrid, 256, 0, st>>>(out, a->y, sel, N, a->K, D, a->E);
