@@ -10,7 +10,7 @@
  *     one step per token equal the same sequences decoded alone; on the CPU, where a one-row
  *     projection takes another kernel than a many-row one, the rows of a batch in another order
  *     must be bit-identical instead;
- *  3. (CUDA) graph replay == eager launch, bit for bit;
+ *  3. (CUDA) graph replay (programmatic dependent launch on) == eager launch, bit for bit;
  *  4. fork (slot copy) and reset + refill reproduce the logits.
  *
  * Bounds. On the CPU the engine runs the session's own arithmetic: the only difference is the
@@ -107,6 +107,8 @@ static void prompt(int32_t *ids, int n, int k, int V)
     }
 }
 
+/* graphs: 0 eager, 1 step graphs (the default), 2 graphs with programmatic dependent launch
+ * (every kernel -> kernel edge; the GEMVs then prefetch their weights before the wait) */
 static dsv4_engine *make_engine(dsv4_model *m, int slots, int graphs)
 {
     dsv4_engine_options o;
@@ -116,7 +118,8 @@ static dsv4_engine *make_engine(dsv4_model *m, int slots, int graphs)
     o.max_slots = slots;
     o.max_context = 1024;
     o.max_chunk = CHUNK;
-    o.graphs = graphs;
+    o.graphs = graphs > 0;
+    o.pdl = graphs == 2;
     dsv4_engine *e = NULL;
     dsv4_status st = dsv4_engine_create(m, &o, &e);
     CHECK_MSG(st == DSV4_OK, "engine: %s", dsv4_last_error());
@@ -209,11 +212,11 @@ out:
     free(le);
 }
 
-/* 2. batch of three == three singles; 3. graphs == eager (CUDA) */
+/* 2. batch of three == three singles; 3. graphs (with PDL) == eager (CUDA) */
 static void batch_vs_single(dsv4_model *m, int V)
 {
     static const int len[3] = {37, 130, 261};
-    dsv4_engine *eb = make_engine(m, 3, 1), *es = make_engine(m, 3, 0);
+    dsv4_engine *eb = make_engine(m, 3, 2), *es = make_engine(m, 3, 0);
     float *lb = malloc((size_t)3 * V * 4), *l1 = malloc((size_t)V * 4);
     int32_t *ids = malloc(300 * sizeof *ids);
     if (!eb || !es || !lb || !l1 || !ids) goto out;
@@ -254,7 +257,7 @@ static void batch_vs_single(dsv4_model *m, int V)
     free(lp);
     printf("  batch of 3 vs %s, 8 steps: worst %.3g of the range (bound %.3g)\n",
            single ? "singles" : "the rows in another order", worst, single ? tol() : 0.0);
-    if (device == DSV4_DEVICE_CUDA) { /* replay (eb, graphs on) == eager (a fresh engine, off) */
+    if (device == DSV4_DEVICE_CUDA) { /* replay (eb, PDL graphs) == eager (a fresh engine, off) */
         dsv4_engine *ee = make_engine(m, 3, 0);
         for (int k = 0; ee && k < 3; k++) {
             prompt(ids, len[k], k + 1, V);
@@ -273,7 +276,8 @@ static void batch_vs_single(dsv4_model *m, int V)
             }
         }
         CHECK_MSG(worst_rep == 0.0, "graph replay differs from eager launch by %g", worst_rep);
-        printf("  graph replay vs eager, 4 steps x 3 rows: max |diff| %g (bound 0)\n", worst_rep);
+        printf("  PDL graph replay vs eager, 4 steps x 3 rows: max |diff| %g (bound 0)\n",
+               worst_rep);
         free(le);
         dsv4_engine_destroy(ee);
     }

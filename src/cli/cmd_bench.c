@@ -109,28 +109,30 @@ typedef struct bench_out {
 
 static int usage(int rc)
 {
-    fprintf(rc ? stderr : stdout,
-            "usage: dsv4 bench [--shape flash|pro] [--layers N] [--experts mxfp4|nvfp4]\n"
-            "                  [--batches 1,8,32,64] [--contexts 4096,65536] [--prefill 4096]\n"
-            "                  [--steps 20] [--no-graphs] [--pdl] [--json] [--gpu I] [--seed S]\n"
-            "                  [--ceilings-only] [--gemms 1,8,64 | --no-gemms]\n"
-            "                  [--hf-layer-us X | --hf-layer-json FILE]\n"
-            "  Times the CUDA engine at the real DeepSeek-V4 geometry with random weights.\n"
-            "  --layers N       layers of the model (default 4; fewer than the real count take\n"
-            "                   the real layers 2.., alternating CSA and HCA; 0 = all)\n"
-            "  --batches        decode batch sizes (sequences per step)\n"
-            "  --contexts       tokens already in every sequence when decode is timed\n"
-            "  --prefill N      tokens of the timed one-sequence prefill (0: none)\n"
-            "  --steps N        timed decode steps per (context, batch), after %d warm-up steps\n"
-            "  --no-graphs      launch each decode step's kernels instead of replaying a graph\n"
-            "  --pdl            graphs with programmatic dependent launch between kernels\n"
-            "  --ceilings-only  measure the device's bandwidth and GEMM ceilings and stop\n"
-            "  --gemms          token counts at which the decode projections of a CSA layer\n"
-            "                   are timed against cuBLASLt FP8 (up to %d; --no-gemms: none)\n"
-            "  --hf-layer-us X  transformers' time of one decoder layer at a decode step (us),\n"
-            "                   set against ours; --hf-layer-json reads it from the file\n"
-            "                   tools/hf_layer_time.py writes (key \"hf_layer_us\")\n",
-            WARMUP_STEPS, DSV4_BENCH_GEMM_MAX_N);
+    fprintf(
+        rc ? stderr : stdout,
+        "usage: dsv4 bench [--shape flash|pro] [--layers N] [--experts mxfp4|nvfp4]\n"
+        "                  [--batches 1,8,32,64] [--contexts 4096,65536] [--prefill 4096]\n"
+        "                  [--steps 20] [--no-graphs] [--pdl | --no-pdl] [--json]\n"
+        "                  [--gpu I] [--seed S] [--ceilings-only] [--gemms 1,8,64 | --no-gemms]\n"
+        "                  [--hf-layer-us X | --hf-layer-json FILE]\n"
+        "  Times the CUDA engine at the real DeepSeek-V4 geometry with random weights.\n"
+        "  --layers N       layers of the model (default 4; fewer than the real count take\n"
+        "                   the real layers 2.., alternating CSA and HCA; 0 = all)\n"
+        "  --batches        decode batch sizes (sequences per step)\n"
+        "  --contexts       tokens already in every sequence when decode is timed\n"
+        "  --prefill N      tokens of the timed one-sequence prefill (0: none)\n"
+        "  --steps N        timed decode steps per (context, batch), after %d warm-up steps\n"
+        "  --no-graphs      launch each decode step's kernels instead of replaying a graph\n"
+        "  --pdl, --no-pdl  programmatic dependent launch between the kernels of every\n"
+        "                   graph, of none (default: the engine's, graphs of <= 16 rows)\n"
+        "  --ceilings-only  measure the device's bandwidth and GEMM ceilings and stop\n"
+        "  --gemms          token counts at which the decode projections of a CSA layer\n"
+        "                   are timed against cuBLASLt FP8 (up to %d; --no-gemms: none)\n"
+        "  --hf-layer-us X  transformers' time of one decoder layer at a decode step (us),\n"
+        "                   set against ours; --hf-layer-json reads it from the file\n"
+        "                   tools/hf_layer_time.py writes (key \"hf_layer_us\")\n",
+        WARMUP_STEPS, DSV4_BENCH_GEMM_MAX_N);
     return rc;
 }
 
@@ -210,7 +212,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
     a->prefill = 4096;
     a->steps = 20;
     a->graphs = 1;
-    a->pdl = 0;
+    a->pdl = -1; /* the engine's default: graphs of <= 16 rows */
     a->seed = 1;
     a->n_gemm_n = 3;
     a->gemm_n[0] = 1, a->gemm_n[1] = 8, a->gemm_n[2] = 64;
@@ -225,6 +227,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
             a->graphs = 0;
         } else if (!strcmp(o, "--pdl")) {
             a->pdl = 1;
+        } else if (!strcmp(o, "--no-pdl")) {
+            a->pdl = 0;
         } else if (!strcmp(o, "--ceilings-only")) {
             a->ceilings_only = 1;
         } else if (!strcmp(o, "--no-gemms")) {
@@ -696,9 +700,10 @@ static void print_markdown(const bench_args *a, const dsv4_model *m, const bench
     printf("| %s (%d SMs, %.0f GiB) | %s | dsv4 %s | %s | %d | %s | %s |\n\n", c->device_name,
            c->sm_count, (double)c->device_bytes / (1u << 30), o->when, dsv4_version(), a->shape,
            m->w.n_layers, kinds,
-           !a->graphs ? "off"
-           : a->pdl   ? "on, PDL"
-                      : "on, no PDL");
+           !a->graphs   ? "off"
+           : a->pdl > 0 ? "on, PDL"
+           : a->pdl < 0 ? "on, PDL up to 16 rows"
+                        : "on, no PDL");
     printf("### Ceilings\n\n");
     printf("| copy (read + write) | read stream | cuBLASLt BF16 | cuBLASLt FP8 | mma.sync BF16 | "
            "mma.sync FP8 |\n|---|---|---|---|---|---|\n");
@@ -809,9 +814,12 @@ static void print_json(const bench_args *a, const dsv4_model *m, const bench_out
            c->sm_count, (unsigned long long)c->device_bytes, o->when);
     json_str(dsv4_version());
     printf(",\n \"shape\": \"%s\", \"layers\": %d, \"layer_kinds\": \"%s\", \"experts\": \"%s\","
-           " \"graphs\": %s, \"pdl\": %s,\n",
+           " \"graphs\": %s, \"pdl\": \"%s\",\n",
            a->shape, m->w.n_layers, kinds, dsv4_weight_format_name(a->experts),
-           a->graphs ? "true" : "false", a->graphs && a->pdl ? "true" : "false");
+           a->graphs ? "true" : "false",
+           !a->graphs || !a->pdl ? "off"
+           : a->pdl > 0          ? "on"
+                                 : "up to 16 rows");
     printf(" \"ceilings\": {\"buffer_bytes\": %llu, \"copy_gbs\": %.1f, \"read_gbs\": %.1f,"
            " \"gemm_n\": %d, \"blas_bf16_tflops\": %.1f, \"blas_fp8_tflops\": %.1f,"
            " \"mma_bf16_tflops\": %.1f, \"mma_fp8_tflops\": %.1f, \"blas_note\": ",

@@ -18,9 +18,9 @@ void dsv4_engine_options_default(dsv4_engine_options *o)
     o->max_slots = 1;
     o->max_chunk = 256;
     o->graphs = 1;
-    /* PDL is correct (every kernel waits first: tools/check_pdl.sh) but measured no faster yet
-     * (docs/PERF.md, session 3): off until kernels prefetch their weights before the wait */
-    o->pdl = 0;
+    /* PDL on the graphs of <= 16 rows: measured 1-2% faster there and 4% slower at 64 rows
+     * (docs/PERF.md, session 4) */
+    o->pdl = -1;
 }
 
 /* ---- the memory plan ------------------------------------------------------------------------ */
@@ -421,7 +421,7 @@ dsv4_status dsv4_engine_create(dsv4_model *m, const dsv4_engine_options *o, dsv4
     e->S = o->max_slots;
     dsv4_status st = dsv4_engine_plan_memory(m, o, &e->plan);
     if (st == DSV4_OK) st = dsv4_backend_create(o->device, o->gpu, o->pool, &e->b);
-    if (st == DSV4_OK) e->b->pdl = o->pdl;
+    if (st == DSV4_OK) e->b->pdl = o->pdl > 0; /* per graph: dsv4_engine_decode */
     if (st == DSV4_OK) {
         e->pos = calloc((size_t)e->S + 1, sizeof *e->pos);
         e->hrows = calloc((size_t)(3 * o->max_chunk), sizeof *e->hrows);
@@ -702,6 +702,7 @@ dsv4_status dsv4_engine_decode(dsv4_engine *e, const int32_t *slots, const int32
     DSV4_TRY(put_rows(e));
     if (bi >= 0) {
         if (!e->graphs[bi]) {
+            e->b->pdl = e->o.pdl < 0 ? rows <= 16 : e->o.pdl;
             DSV4_TRY(dsv4_bk_graph_begin(e->b));
             dsv4_status st = dsv4_engine_forward(e, rows);
             if (st == DSV4_OK) st = head(e, 0, rows);

@@ -31,7 +31,8 @@ typedef struct dsv4_engine_options {
     int64_t max_context;     /* tokens per sequence (<= 0: the model's max_position_embeddings) */
     int max_chunk;           /* rows per step: prefill chunk and largest decode batch */
     int graphs;              /* CUDA: replay decode steps from graphs, one per batch bucket */
-    int pdl;                 /* CUDA graphs: programmatic dependent launch between kernels */
+    int pdl;                 /* CUDA graphs: programmatic dependent launch (1 on, 0 off, -1: */
+                             /* on for graphs of <= 16 rows, the default) */
     uint64_t random_seed;    /* != 0: weights are random, never read (benchmarks) */
 } dsv4_engine_options;
 

@@ -387,7 +387,7 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
 {
     DSV4_PDL_WAIT();
     extern __shared__ float4 hs_dyn[];
-    __shared__ float mixw[HS_M_MAX], pre_s[R * HS_HC_MAX], pc_s[R * HS_PC], rs2_s[R];
+    __shared__ float mixw[R * HS_M_MAX], pre_s[R * HS_HC_MAX], pc_s[R * HS_PC], rs2_s[R];
     __shared__ double red[HS_WARPS * R];
 
     cg::cluster_group cl = cg::this_cluster();
@@ -567,20 +567,25 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
 
     /* 4. post, comb: rows r = rank (mod C), from the warp's own copy of the row's mix (step 2's
      *    operations, the same bits), so that the Sinkhorn starts as soon as the partials are
-     *    in, not after step 2 */
+     *    in, not after step 2. The copies are made before this warp's barrier-2 arrival, so
+     *    that nothing the warp reads after arriving was written by another rank (reads of the
+     *    partials after the early arrival were racecheck hazards) */
     if (warp == HS_CWARPS) {
-        cluster_arrive(); /* barrier 2: this warp sends nothing */
         if (tr && lane == 0) tr[TR_SK0] = clock64();
         if (!a.head)
-            for (int r = rank; r < nr; r += C) {
+            for (int r = rank, k = 0; r < nr; r += C, k++) {
                 const float rs = row_rs(xss, R, C, r, a.inv_nD, nD, a.rms_eps);
                 for (int o = lane; o < M; o += 32) {
                     float s = xpart[r * M + o];
                     for (int c = 1; c < C; c++) s = __fadd_rn(s, xpart[(c * R + r) * M + o]);
-                    mixw[o] = __fmul_rn(s, rs);
+                    mixw[k * HS_M_MAX + o] = __fmul_rn(s, rs);
                 }
-                __syncwarp();
-                hc_weights_warp(a, mixw, bs, sc, r0 + r, lane);
+            }
+        __syncwarp();
+        cluster_arrive(); /* barrier 2: this warp sends nothing */
+        if (!a.head)
+            for (int r = rank, k = 0; r < nr; r += C, k++) {
+                hc_weights_warp(a, mixw + k * HS_M_MAX, bs, sc, r0 + r, lane);
                 __syncwarp();
             }
         if (tr && lane == 0) tr[TR_SK1] = clock64();
@@ -711,8 +716,8 @@ static size_t smem_bytes(int R, int C, int n, int M, int cols, int pm)
 
 static size_t static_smem_bytes(int R)
 {
-    return (size_t)R * ((HS_HC_MAX + HS_PC + 1) * sizeof(float) + HS_WARPS * sizeof(double)) +
-           HS_M_MAX * sizeof(float);
+    return (size_t)R *
+           ((HS_M_MAX + HS_HC_MAX + HS_PC + 1) * sizeof(float) + HS_WARPS * sizeof(double));
 }
 
 static cudaLaunchConfig_t make_cfg(dim3 grid, size_t smem, cudaStream_t st,
