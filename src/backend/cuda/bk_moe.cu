@@ -188,16 +188,9 @@ typedef struct cuda_experts {
     int kw1, rg1, occ1; /* stage 1 CTA shape and residency */
     int kw2, rg2, occ2;
     int mma_ok; /* every matrix taken by the tensor-core path (moe_mma_mat_ok) */
-    /* the stream path (moe_stream.cu): every matrix taken (moe_stream_mat_ok) and a slot
-     * geometry for each (stage, format) in use; its counters and tickets, owned here */
-    int stream_ok;
-    int32_t *stream_mem; /* moe_stream_ctl_words, zero between calls */
-    moe_stream_ctl ctl;
-    int parts[2][2], ku[2][2], rt2[2];
-    int fmt1s, fmt2s;
 } cuda_experts;
 
-/* Test hook (moe_path.cuh). Its initial value comes from DSV4_MOE_PATH (simt, mma or stream:
+/* Test hook (moe_path.cuh). Its initial value comes from DSV4_MOE_PATH (simt or mma:
  * a diagnostic switch, so that one device run can time the engine on each path). */
 static int force_path = -1, last_path = DSV4_MOE_PATH_AUTO;
 
@@ -205,11 +198,10 @@ static int path_setting(void)
 {
     if (force_path < 0) {
         const char *e = getenv("DSV4_MOE_PATH");
-        force_path = !e                     ? DSV4_MOE_PATH_AUTO
-                     : !strcmp(e, "simt")   ? DSV4_MOE_PATH_SIMT
-                     : !strcmp(e, "mma")    ? DSV4_MOE_PATH_MMA
-                     : !strcmp(e, "stream") ? DSV4_MOE_PATH_STREAM
-                                            : DSV4_MOE_PATH_AUTO;
+        force_path = !e                   ? DSV4_MOE_PATH_AUTO
+                     : !strcmp(e, "simt") ? DSV4_MOE_PATH_SIMT
+                     : !strcmp(e, "mma")  ? DSV4_MOE_PATH_MMA
+                                          : DSV4_MOE_PATH_AUTO;
     }
     return force_path;
 }
@@ -224,15 +216,6 @@ extern "C" int dsv4_cuda_moe_force_path(int path)
 extern "C" int dsv4_cuda_moe_last_path(void)
 {
     return last_path;
-}
-
-extern "C" int dsv4_cuda_moe_stream_error(dsv4_backend *b, const dsv4_bk_experts *tp)
-{
-    const cuda_experts *t = (const cuda_experts *)tp;
-    if (!t || !t->stream_ok) return 0;
-    int32_t v = 0;
-    if (dsv4_cuda_bk_download(b, &v, t->ctl.words + 3, sizeof v) != DSV4_OK) return -1;
-    return v;
 }
 
 static dsv4_status mat_of(const dsv4_weight *w, moe_mat *m)
@@ -326,40 +309,8 @@ extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b,
     for (int e = 0; mma_ok && e <= E; e++)
         mma_ok = moe_mma_mat_ok(&host[e].w1) && moe_mma_mat_ok(&host[e].w2) &&
                  moe_mma_mat_ok(&host[e].w3);
-    /* stream path: formats in use per stage, and a slot geometry for each */
-    int stream_ok = mma_ok && E <= MOE_STREAM_EMAX && D % 512 == 0 && I % 512 == 0;
-    int used[2][2] = {{0, 0}, {0, 0}}, rows32 = 1;
-    for (int e = 0; stream_ok && e <= E; e++) {
-        stream_ok = moe_stream_mat_ok(&host[e].w1) && moe_stream_mat_ok(&host[e].w2) &&
-                    moe_stream_mat_ok(&host[e].w3);
-        used[0][host[e].w1.fmt == MOE_FP8] = 1;
-        used[1][host[e].w2.fmt == MOE_FP8] = 1;
-        /* 32-row MXFP4 w2 tasks load their scales in one piece */
-        if (host[e].w2.fmt == MOE_MXFP4 && host[e].w2.scale_cols != I / 32) rows32 = 0;
-    }
-    for (int sg = 0; stream_ok && sg < 2; sg++)
-        for (int f = 0; f < 2; f++) {
-            t->parts[sg][f] = t->ku[sg][f] = 0;
-            if (used[sg][f] &&
-                !moe_stream_geometry(sg == 0 ? D : I, f, &t->parts[sg][f], &t->ku[sg][f]))
-                stream_ok = 0;
-        }
-    if (stream_ok) {
-        t->fmt1s = host[E].w1.fmt;
-        t->fmt2s = host[E].w2.fmt;
-        t->rt2[0] = rows32 && moe_stream_rows32(I) ? 32 : 16;
-        t->rt2[1] = 16;
-    }
     free(host);
-    if (st == DSV4_OK && stream_ok) st = moe_stream_prepare(&stream_ok);
-    if (st == DSV4_OK && stream_ok) {
-        const size_t bytes = moe_stream_ctl_words(E, D, I) * sizeof(int32_t);
-        st = dsv4_cuda_bk_alloc(b, bytes, (void **)&t->stream_mem);
-        if (st == DSV4_OK) st = dsv4_cuda_bk_memset0(b, t->stream_mem, bytes);
-        if (st == DSV4_OK) moe_stream_ctl_carve(t->stream_mem, E, D, I, &t->ctl);
-    }
     if (st == DSV4_OK) {
-        t->stream_ok = stream_ok;
         t->E = E;
         t->D = D;
         t->I = I;
@@ -377,7 +328,6 @@ extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b,
     }
     if (st != DSV4_OK) {
         if (t && t->table) dsv4_cuda_bk_free(b, t->table);
-        if (t && t->stream_mem) dsv4_cuda_bk_free(b, t->stream_mem);
         free(t);
         return st;
     }
@@ -390,7 +340,6 @@ extern "C" void dsv4_cuda_bk_experts_free(dsv4_backend *b, dsv4_bk_experts *tp)
     cuda_experts *t = (cuda_experts *)tp;
     if (!t) return;
     dsv4_cuda_bk_free(b, t->table);
-    if (t->stream_mem) dsv4_cuda_bk_free(b, t->stream_mem);
     free(t);
 }
 
@@ -588,40 +537,6 @@ extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float
         m.list.pairs = m.list.cnt + E;
         m.tickets = (int32_t *)(base + mw.tickets);
         m.slots = (int)bound;
-        /* the persistent stream only when forced (moe_path.cuh, DSV4_MOE_PATH=stream): on the H100
-         * it does not beat the stage kernels yet (Flash N = 1: 98 vs 97 us, N = 64: 2559 vs
-         * 1643 us; moe_stream.cu says what to look at next), so AUTO stays here */
-        if (path == DSV4_MOE_PATH_STREAM && t->stream_ok && N <= MOE_STREAM_NMAX &&
-            NK <= MOE_STREAM_NKMAX) {
-            moe_stream_args a;
-            a.table = t->table;
-            a.E = E;
-            a.K = K;
-            a.N = (int)N;
-            a.D = (int)D;
-            a.I = (int)I;
-            a.sel = sel;
-            a.wts = wts;
-            a.h = h;
-            a.out = out;
-            a.limit = limit;
-            a.x4 = m.x4;
-            a.x8 = m.x8;
-            a.araw = m.araw;
-            a.aq = m.aq;
-            a.y = m.y;
-            a.sx = m.sx;
-            a.sa = m.sa;
-            a.ctl = t->ctl;
-            a.prep = (int)((N * (D / 128) + MOE_STREAM_PREP - 1) / MOE_STREAM_PREP);
-            a.fmt1s = t->fmt1s;
-            a.fmt2s = t->fmt2s;
-            memcpy(a.parts, t->parts, sizeof a.parts);
-            memcpy(a.ku, t->ku, sizeof a.ku);
-            memcpy(a.rt2, t->rt2, sizeof a.rt2);
-            last_path = DSV4_MOE_PATH_STREAM;
-            return moe_stream_run(st, &a, t->sms);
-        }
         last_path = DSV4_MOE_PATH_MMA;
         return moe_mma_run(st, &m, out, h, sel);
     }

@@ -1,8 +1,8 @@
 /*
- * moe_frag.cuh - the tensor-core pieces both MMA paths of the CUDA MoE share (moe_mma.cu, the
- * per-launch stage kernels, and moe_stream.cu, the persistent weight stream): the widening of
- * MXFP4 / FP8 weight words into f16 mma fragments by bit placement, the mma itself, and the
- * act_quant store of one 128-column block as e4m3 codes in the fragment orders (moe.cuh L4 / L8).
+ * moe_frag.cuh - the tensor-core pieces of the CUDA MoE's stage kernels (moe_mma.cu), apart so
+ * that a kernel of another shape can share them: the widening of MXFP4 / FP8 weight words into
+ * f16 mma fragments by bit placement, the mma itself, and the act_quant store of one 128-column
+ * block as e4m3 codes in the fragment orders (moe.cuh L4 / L8).
  * Numerics in moe_mma.cu's header comment.
  */
 #ifndef DSV4_CUDA_MOE_FRAG_CUH

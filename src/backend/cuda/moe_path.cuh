@@ -1,10 +1,10 @@
 /*
  * moe_path.cuh - test hook of the CUDA MoE (bk_moe.cu), plain C so that the GPU op test
  * (tests/test_gpu_moe.c) can include it: it forces the SIMT grouped GEMMs (moe_gemm.cu), the
- * tensor-core stage kernels (moe_mma.cu) or the persistent weight stream (moe_stream.cu), so
- * that each is checked against the CPU and timed side by side.
+ * tensor-core stage kernels (moe_mma.cu), so that each is checked against the CPU and timed
+ * side by side.
  * The engine never calls it. Process-wide, by design of a test switch: set it, run, reset to
- * DSV4_MOE_PATH_AUTO. Its initial value comes from the environment, DSV4_MOE_PATH=simt|mma|stream
+ * DSV4_MOE_PATH_AUTO. Its initial value comes from the environment, DSV4_MOE_PATH=simt|mma
  * (a diagnostic switch: the same engine run timed on each path).
  */
 #ifndef DSV4_CUDA_MOE_PATH_CUH
@@ -15,11 +15,9 @@ extern "C" {
 #endif
 
 enum {
-    DSV4_MOE_PATH_AUTO = 0,   /* the dispatcher's choice */
-    DSV4_MOE_PATH_SIMT = 1,   /* moe_gemm.cu: any expert format */
-    DSV4_MOE_PATH_MMA = 2,    /* moe_mma.cu: MXFP4 and FP8 (ue8m0) experts */
-    DSV4_MOE_PATH_STREAM = 3, /* moe_stream.cu: the same formats, N <= 64, widths % 512 (only
-                               * when forced: AUTO takes MMA) */
+    DSV4_MOE_PATH_AUTO = 0, /* the dispatcher's choice */
+    DSV4_MOE_PATH_SIMT = 1, /* moe_gemm.cu: any expert format */
+    DSV4_MOE_PATH_MMA = 2,  /* moe_mma.cu: MXFP4 and FP8 (ue8m0) experts */
 };
 
 /* Forces `path` for the following dsv4_cuda_bk_moe calls; a path that does not take a call
@@ -27,11 +25,6 @@ enum {
 int dsv4_cuda_moe_force_path(int path);
 /* The path the last dsv4_cuda_bk_moe call took (DSV4_MOE_PATH_*; AUTO before any call). */
 int dsv4_cuda_moe_last_path(void);
-/* The stream path's error word of an expert table (1: a wait gave up; sticky), after a sync;
- * 0 for tables the path does not take, -1 if it cannot be read. */
-struct dsv4_backend;
-struct dsv4_bk_experts;
-int dsv4_cuda_moe_stream_error(struct dsv4_backend *b, const struct dsv4_bk_experts *t);
 
 #ifdef __cplusplus
 }
