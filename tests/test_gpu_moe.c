@@ -5,9 +5,8 @@
  * top 6, MXFP4 routed experts, FP8 shared expert), the Pro shape (D 7168, I 3072, E 384) and
  * small shapes in every expert format (NVFP4, FP8 with f32 scales, BF16, F16, F32). Each moe case
  * runs every CUDA path (moe_path.cuh: the SIMT grouped GEMMs; where the formats allow it,
- * MXFP4 / FP8-ue8m0, the tensor-core stage kernels, with the combine as its own kernel (mma)
- * and in stage 2 (mma-fused), which must give the same bits) against the same CPU result,
- * twice each (the two outputs must be bit-equal: deterministic), with routings
+ * MXFP4 / FP8-ue8m0, the tensor-core stage kernels) against the same CPU result, twice each
+ * (the two outputs must be bit-equal: deterministic), with routings
  * that stress the work split: random, a row naming one expert twice, every row on the same
  * experts (one expert sees all N rows: many token passes), every row on its own experts. Decode
  * timings of every path at the Flash shape (N = 1, 8, 64, 300) and the Pro shape (N = 1, 64):
@@ -381,15 +380,11 @@ static void make_routing(const layer *L, dsv4_backend *c, int N, int32_t *sel, f
 
 static const char *path_name(int path)
 {
-    return path == DSV4_MOE_PATH_MMA         ? "mma"
-           : path == DSV4_MOE_PATH_MMA_FUSED ? "mma-fused"
-                                             : "simt";
+    return path == DSV4_MOE_PATH_MMA ? "mma" : "simt";
 }
 
-/* mma-fused: the mma path with the combine in stage 2 (opt-in); it must equal the mma path
- * (combine kernel) bit for bit (checked in test_moe). */
-enum { NPATHS = 3 };
-static const int paths[NPATHS] = {DSV4_MOE_PATH_SIMT, DSV4_MOE_PATH_MMA, DSV4_MOE_PATH_MMA_FUSED};
+enum { NPATHS = 2 };
+static const int paths[NPATHS] = {DSV4_MOE_PATH_SIMT, DSV4_MOE_PATH_MMA};
 
 /* One GPU evaluation on `path` (moe_path.cuh): an untimed call, then a timed one whose output
  * must equal the first bit for bit (deterministic). Returns 0 where the path does not take the
@@ -412,7 +407,7 @@ static int gpu_moe(const layer *L, dsv4_backend *g, int path, int N, const float
     if (*st == DSV4_OK) *st = dsv4_bk_download(g, og, dout, (size_t)ND * 4);
     dsv4_cuda_moe_force_path(old);
     *us = np > 0 ? 1e3 * pe[0].ms / (double)pe[0].calls : 0.0;
-    return took == (path == DSV4_MOE_PATH_MMA_FUSED ? DSV4_MOE_PATH_MMA : path);
+    return took == path;
 }
 
 /* grid: h = k/8, |k| <= 8. route: ROUTE_* (the router on random logits; its selection with
@@ -425,9 +420,7 @@ static void test_moe(const layer *L, dsv4_backend *c, dsv4_backend *g, int N, in
     static const char *rnames[] = {"", " dup", " same", " distinct"};
     const int64_t D = L->D, K = L->K, ND = N * D, NK = N * K;
     float *h = xmalloc((size_t)ND * 4), *oc = xmalloc((size_t)ND * 4),
-          *og = xmalloc((size_t)ND * 4), *og2 = xmalloc((size_t)ND * 4),
-          *omma = xmalloc((size_t)ND * 4);
-    int have_mma = 0;
+          *og = xmalloc((size_t)ND * 4), *og2 = xmalloc((size_t)ND * 4);
     int32_t *sel = xmalloc((size_t)NK * 4);
     float *wts = xmalloc((size_t)NK * 4);
     for (int r = 0; r < N; r++) {
@@ -495,19 +488,10 @@ static void test_moe(const layer *L, dsv4_backend *c, dsv4_backend *g, int N, in
         CHECK(max_rel <= bound);
         CHECK(rerun == 0);
         if (grid) CHECK(frac >= 0.95);
-        if (paths[pi] == DSV4_MOE_PATH_MMA) memcpy(omma, og, (size_t)ND * 4), have_mma = 1;
-        if (paths[pi] == DSV4_MOE_PATH_MMA_FUSED) { /* combine in stage 2 == combine kernel */
-            int64_t diffs = 0;
-            for (int64_t i = 0; i < ND; i++) diffs += memcmp(&omma[i], &og[i], 4) != 0;
-            printf("moe %-22s N %3d%s%s [mma vs mma-fused]: %lld of %lld outputs differ in bits\n",
-                   L->name, N, grid ? " grid" : "", rnames[route], (long long)diffs, (long long)ND);
-            CHECK(have_mma);
-            CHECK(diffs == 0);
-        }
     }
     dsv4_bk_free(g, dh), dsv4_bk_free(g, dwt), dsv4_bk_free(g, dsel), dsv4_bk_free(g, dout);
     dsv4_bk_free(g, wsg);
-    free(h), free(oc), free(og), free(og2), free(omma), free(sel), free(wts), free(wsc);
+    free(h), free(oc), free(og), free(og2), free(sel), free(wts), free(wsc);
 }
 
 /* Decode timing on `path`: R different routings back to back (the weights of one step are not
@@ -541,8 +525,7 @@ static void bench(const layer *L, dsv4_backend *c, dsv4_backend *g, int N, int p
     const int old = dsv4_cuda_moe_force_path(path);
     for (int i = 0; st == DSV4_OK && i < 2; i++)
         st = dsv4_bk_moe(g, dout, dh, dsel + i * NK, dwt + i * NK, L->tg, N, (int)K, D, 10.0f, wsg);
-    const int took =
-        dsv4_cuda_moe_last_path() == (path == DSV4_MOE_PATH_MMA_FUSED ? DSV4_MOE_PATH_MMA : path);
+    const int took = dsv4_cuda_moe_last_path() == path;
     if (st == DSV4_OK) st = dsv4_bk_sync(g);
     if (st == DSV4_OK) st = dsv4_bk_prof_start(g);
     for (int i = 0; st == DSV4_OK && i < R; i++) {

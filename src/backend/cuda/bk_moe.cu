@@ -190,7 +190,7 @@ typedef struct cuda_experts {
     int mma_ok; /* every matrix taken by the tensor-core path (moe_mma_mat_ok) */
 } cuda_experts;
 
-/* Test hook (moe_path.cuh). Its initial value comes from DSV4_MOE_PATH (simt, mma or mma-fused:
+/* Test hook (moe_path.cuh). Its initial value comes from DSV4_MOE_PATH (simt or mma:
  * a diagnostic switch, so that one device run can time the engine on each path). */
 static int force_path = -1, last_path = DSV4_MOE_PATH_AUTO;
 
@@ -198,11 +198,10 @@ static int path_setting(void)
 {
     if (force_path < 0) {
         const char *e = getenv("DSV4_MOE_PATH");
-        force_path = !e                        ? DSV4_MOE_PATH_AUTO
-                     : !strcmp(e, "simt")      ? DSV4_MOE_PATH_SIMT
-                     : !strcmp(e, "mma")       ? DSV4_MOE_PATH_MMA
-                     : !strcmp(e, "mma-fused") ? DSV4_MOE_PATH_MMA_FUSED
-                                               : DSV4_MOE_PATH_AUTO;
+        force_path = !e                   ? DSV4_MOE_PATH_AUTO
+                     : !strcmp(e, "simt") ? DSV4_MOE_PATH_SIMT
+                     : !strcmp(e, "mma")  ? DSV4_MOE_PATH_MMA
+                                          : DSV4_MOE_PATH_AUTO;
     }
     return force_path;
 }
@@ -467,7 +466,7 @@ static char *carve(char **p, size_t bytes)
 /* The tensor-core path's workspace regions (offsets from the 256-aligned base); returns the
  * bytes they take. moe.cuh moe_mma_args. */
 typedef struct mma_ws {
-    size_t x4, x8, sx, araw, aq, sa, y, ints, tickets, otickets, end;
+    size_t x4, x8, sx, araw, aq, sa, y, ints, tickets, end;
 } mma_ws;
 
 static size_t mma_ws_plan(mma_ws *w, int64_t N, int K, int64_t D, int64_t I, int E, int slots)
@@ -485,7 +484,6 @@ static size_t mma_ws_plan(mma_ws *w, int64_t N, int K, int64_t D, int64_t I, int
     MMA_REGION(y, p * (size_t)D * 2);
     MMA_REGION(ints, (3 * (size_t)E + nk + 8) * 4);
     MMA_REGION(tickets, (size_t)slots * nbi * 4);
-    MMA_REGION(otickets, n * (size_t)((D + 15) / 16) * 4);
 #undef MMA_REGION
     w->end = o;
     return o;
@@ -538,9 +536,7 @@ extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float
         m.list.cnt = m.list.off + E;
         m.list.pairs = m.list.cnt + E;
         m.tickets = (int32_t *)(base + mw.tickets);
-        m.otickets = (int32_t *)(base + mw.otickets);
         m.slots = (int)bound;
-        m.fused = path == DSV4_MOE_PATH_MMA_FUSED;
         last_path = DSV4_MOE_PATH_MMA;
         return moe_mma_run(st, &m, out, h, sel);
     }

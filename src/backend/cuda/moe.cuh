@@ -81,11 +81,10 @@ dsv4_status moe_gemm_launch(cudaStream_t st, int gemm1, const moe_gemm_args *a, 
 /* ---- the tensor-core path (moe_mma.cu) ---------------------------------------------------
  * Launches: prep (work list, tickets zeroed, xq = act_quant(h) as f16 codes + scales), stage 1
  * (w1/w3 + SwiGLU * weight -> a as bf16; the last tile of each 128-row block of a quantises it
- * for stage 2), stage 2 (w2 -> y as bf16), combine (fused, opt-in: in stage 2, the last
- * contribution to each (row, 16-column tile) of out sums the tile). Activations are kept as their
- * e4m3 codes in f16 (x / s, exact) in the fragment order of the weight format that reads them: L4
- * (MXFP4): per 8 columns, the order 0 4 1 5 2 6 3 7;  L8 (FP8): per 4 columns, 0 2 1 3; with one
- * f32 scale s per 128 columns. Slot ai (0 = shared, a > 0 = list.active[a - 1]) as in
+ * for stage 2), stage 2 (w2 -> y as bf16), combine. Activations are kept as their e4m3 codes
+ * in f16 (x / s, exact) in the fragment order of the weight format that reads them:
+ *   L4 (MXFP4): per 8 columns, the order 0 4 1 5 2 6 3 7;  L8 (FP8): per 4 columns, 0 2 1 3;
+ * with one f32 scale s per 128 columns. Slot ai (0 = shared, a > 0 = list.active[a - 1]) as in
  * moe_gemm_args; P = N K + N pairs. */
 typedef struct moe_mma_args {
     const moe_expert *table; /* [E + 1] device */
@@ -94,18 +93,14 @@ typedef struct moe_mma_args {
     moe_list list;
     const float *wts;
     float limit;
-    uint16_t *x4, *x8;  /* [N, D] act_quant(h) codes, L4 and L8 */
-    float *sx;          /* [N, D / 128] */
-    uint16_t *araw;     /* [P, I] bf16 bits of a (stage 1 out) */
-    uint16_t *aq;       /* [P, I] act_quant(a) codes in the layout of the pair's w2 */
-    float *sa;          /* [P, I / 128] */
-    int32_t *tickets;   /* [slots, I / 128] stage 1 tiles done per 128-row block of a */
-    int32_t *otickets;  /* [N, D / 16] stage 2 contributions done per (row, 16-column tile) */
-    uint16_t *y;        /* [P, D] bf16 bits of y (stage 2 out) */
-    float *out;         /* [N, D] the op's output (stage 2's combine) */
-    const int32_t *sel; /* [N, K] the router's selection */
-    int slots;          /* bound on active experts + 1 (the shared one) */
-    int fused;          /* 1: the combine in stage 2 (opt-in), 0: the combine kernel */
+    uint16_t *x4, *x8; /* [N, D] act_quant(h) codes, L4 and L8 */
+    float *sx;         /* [N, D / 128] */
+    uint16_t *araw;    /* [P, I] bf16 bits of a (stage 1 out) */
+    uint16_t *aq;      /* [P, I] act_quant(a) codes in the layout of the pair's w2 */
+    float *sa;         /* [P, I / 128] */
+    int32_t *tickets;  /* [slots, I / 128] stage 1 tiles done per 128-row block of a */
+    uint16_t *y;       /* [P, D] bf16 bits of y (stage 2 out) */
+    int slots;         /* bound on active experts + 1 (the shared one) */
 } moe_mma_args;
 
 /* Whether the tensor-core path takes a matrix (format, alignment). */

@@ -10,22 +10,9 @@
  * Stage 1 tasks run w1 and w3 side by side and end in the SwiGLU * weight epilogue (a as
  * bf16); the last task of each 128-row block of a (a ticket per block, zeroed by prep) then
  * quantises that block for every token of the expert, so no launch sits between the stages.
- * Stage 2 runs w2 (y as bf16); a combine kernel sums each row's y. Grids cover the host-known
- * bound on active experts; the tasks of slots past the device count exit at once. The shared
- * expert is slot 0, launched first (its tasks are the longest at N = 1).
- *
- * Fused combine (opt-in: moe_path.cuh DSV4_MOE_PATH_MMA_FUSED, DSV4_MOE_PATH=mma-fused): stage 2
- * ends in the combine instead: a ticket per (row of out, 16-column tile), zeroed by prep, counts
- * the row's contributions (its valid selections + the shared expert), and the task that brings
- * it to the count sums the tile's y rows in the combine kernel's order (the same bits: checked
- * on every test_gpu_moe case). One launch fewer, but slower in test_gpu_moe's bench (H100,
- * eager launches with PDL, combine kernel -> fused): Flash N = 1 84.3 -> 85.0 us, N = 8 310 ->
- * 335, N = 64 1445 -> 1508, N = 300 5599 -> 5859; Pro N = 1 163.0 -> 168.2. The combine kernel
- * costs little in the stream (its launch hides behind stage 2 under PDL, y is in L2; the 5.8 us
- * of ncu is with a cold L2), while every stage 2 task now ends in a fence, an atomic round trip
- * per token and, for the last, a second fence and the dependent loads, which lengthens the
- * tasks of a grid of ~1.7 waves (N = 1) and, at larger N, the shared expert's tasks (one ticket
- * per token of the batch). Kept so that the engine's graphs can be timed on it too.
+ * Stage 2 runs w2 (y as bf16). Grids cover the host-known bound on active experts; the tasks of
+ * slots past the device count exit at once. The shared expert is slot 0, launched first (its
+ * tasks are the longest at N = 1).
  *
  * Fragments (g = lane / 4, t = lane % 4; A = weights, 16 rows x 16 k; B = tokens, 16 k x 8 n):
  *   MXFP4: lane (g, t) loads 16 bytes = the 32 columns of scale group t of each 128-column chunk
@@ -393,81 +380,6 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
     }
 }
 
-/* A bf16 value (its bits) as f32. */
-static __device__ __forceinline__ float bf16f(uint16_t v)
-{
-    return __uint_as_float((uint32_t)v << 16);
-}
-
-/* The slots of row r's valid selections in the combine's order: insertion by expert id, equal
- * ids in slot order. Returns their number. */
-static __device__ __forceinline__ int combine_order(const int32_t *sel, int64_t r, int K, int E,
-                                                    int (&ord)[MOE_MAX_K])
-{
-    int n = 0;
-    for (int j = 0; j < K; j++) {
-        const int e = sel[r * K + j];
-        if (e < 0 || e >= E) continue;
-        int i = n++;
-        for (; i > 0 && sel[r * K + ord[i - 1]] > e; i--) ord[i] = ord[i - 1];
-        ord[i] = j;
-    }
-    return n;
-}
-
-/* After a stage 2 task (slot ai, 16-column tile of out): a ticket per token on (row, tile); a
- * row's tile is complete after its valid selections + the shared expert, and the task that
- * completes it sums it as moe_mma_combine_kernel does (same order, same roundings: the same
- * bits), two rows a pass, one column a lane. The other tasks' y stores are ordered before their
- * tickets by the fence; tickets are zeroed by prep. */
-static __device__ void stage2_tail(const moe_mma_args &a, int ai, int ntok, int off, int tile,
-                                   int lane)
-{
-    const int64_t D = a.D, tiles = (D + 15) >> 4, NK = a.N * a.K;
-    const int K = a.K, E = a.E;
-    __threadfence();
-    __syncwarp();
-    for (int t0 = 0; t0 < ntok; t0 += 32) {
-        int64_t r = 0;
-        bool last = false;
-        if (t0 + lane < ntok) {
-            const int64_t pair = tok_pair(a, ai, off, t0 + lane);
-            r = ai == 0 ? pair - NK : pair / K;
-            int need = 1;
-            for (int j = 0; j < K; j++) {
-                const int e = __ldg(a.sel + r * K + j);
-                need += e >= 0 && e < E;
-            }
-            last = atomicAdd(a.otickets + r * tiles + tile, 1) == need - 1;
-        }
-        unsigned done = __ballot_sync(0xffffffffu, last);
-        if (done) __threadfence();
-        while (done) { /* two completed rows a pass, one per half-warp */
-            const int s0 = __ffs(done) - 1;
-            done &= done - 1;
-            const int s1 = done ? __ffs(done) - 1 : -1;
-            if (done) done &= done - 1;
-            const int src = lane < 16 ? s0 : s1;
-            const int64_t rr = __shfl_sync(0xffffffffu, r, src < 0 ? s0 : src);
-            const int64_t c = (int64_t)tile * 16 + (lane & 15);
-            if (src < 0 || c >= D) continue;
-            int ord[MOE_MAX_K];
-            const int n = combine_order(a.sel, rr, K, E, ord);
-            float v[MOE_MAX_K + 1]; /* every load in flight, then the sums in order */
-#pragma unroll
-            for (int i = 0; i < MOE_MAX_K; i++)
-                if (i < n) v[i] = bf16f(__ldcg(a.y + (rr * K + ord[i]) * D + c));
-            v[MOE_MAX_K] = bf16f(__ldcg(a.y + (NK + rr) * D + c));
-            float acc = 0.0f;
-#pragma unroll
-            for (int i = 0; i < MOE_MAX_K; i++)
-                if (i < n) acc = __fadd_rn(acc, v[i]);
-            const float s = v[MOE_MAX_K];
-            a.out[rr * D + c] = q_bf16(__fadd_rn(acc, s));
-        }
-    }
-}
-
 /* Stage kernel (NM = 2: stage 1, NM = 1: stage 2): the CTA's WPC warps are WPC / ks groups of
  * ks warps, each group one task (slot, 16-row tile) with K split in ks slices (ks = 1, 2, 4).
  * Groups synchronise only among themselves (named barrier 1 + group), so a group whose slot is
@@ -508,16 +420,12 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     else
         run_task<NM, 1, PIPE, LOADS>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred,
                                      1 + grp);
-    if constexpr (NM == 2) {
+    if constexpr (NM == 2)
         if (slice == 0) stage1_tail(a, ai, e, ntok, off, tile, lane);
-    } else {
-        if (slice == 0 && a.fused) stage2_tail(a, ai, ntok, off, tile, lane);
-    }
 }
 
-/* Block 0: sel [N, K] -> the work list (as bk_moe.cu's prep) and the stage 1 tickets zeroed.
- * Blocks 1..: x = act_quant(h) as codes in L4 and L8 + scales, one warp per (row, 128-column
- * block), which also zeroes the stage 2 tickets of the block's 8 tiles. */
+/* Block 0: sel [N, K] -> the work list (as bk_moe.cu's prep) and the tickets zeroed. Blocks
+ * 1..: x = act_quant(h) as codes in L4 and L8 + scales, one warp per 128-column block. */
 __global__ void moe_mma_prep_kernel(const moe_mma_args a, const int32_t *sel, const float *h)
 {
     DSV4_PDL_WAIT();
@@ -529,8 +437,6 @@ __global__ void moe_mma_prep_kernel(const moe_mma_args a, const int32_t *sel, co
         const int64_t gw = (int64_t)(blockIdx.x - 1) * (blockDim.x >> 5) + warp;
         if (gw >= N * nb) return;
         const int64_t r = gw / nb, blk = gw - r * nb, c0 = blk * 128;
-        const int64_t ot = 8 * blk + lane, tiles = (D + 15) >> 4;
-        if (lane < 8 && ot < tiles) a.otickets[r * tiles + ot] = 0;
         const bool on = c0 + 4 * lane < D;
         float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         if (on) {
@@ -584,16 +490,21 @@ __global__ void moe_mma_prep_kernel(const moe_mma_args a, const int32_t *sel, co
 }
 
 /* y [P, D] (bf16 bits) -> out [N, D]: per row, the routed pairs in ascending (expert, slot)
- * order added in f32 from 0 (moe_body's acc), then + the shared expert's row, then bf16. The
- * path's last launch; the fused variant (opt-in) does the same sums in stage2_tail. */
+ * order added in f32 from 0 (moe_body's acc), then + the shared expert's row, then bf16. */
 __global__ void moe_mma_combine_kernel(float *out, const uint16_t *y, const int32_t *sel, int64_t N,
                                        int K, int64_t D, int E)
 {
     DSV4_PDL_WAIT();
     const int64_t r = blockIdx.y, c = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (c >= D) return;
-    int ord[MOE_MAX_K];
-    const int n = combine_order(sel, r, K, E, ord);
+    int ord[MOE_MAX_K], n = 0;
+    for (int j = 0; j < K; j++) { /* insertion by expert id; equal ids keep slot order */
+        const int e = sel[r * K + j];
+        if (e < 0 || e >= E) continue;
+        int i = n++;
+        for (; i > 0 && sel[r * K + ord[i - 1]] > e; i--) ord[i] = ord[i - 1];
+        ord[i] = j;
+    }
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int i = 0; i < n; i++) {
         const uint2 v = *(const uint2 *)(y + (r * K + ord[i]) * D + c);
@@ -627,13 +538,9 @@ static int split_of(int64_t nch)
     return nch >= 32 ? 4 : nch >= 16 ? 2 : 1;
 }
 
-dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *args, float *out, const float *h,
+dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, float *out, const float *h,
                         const int32_t *sel)
 {
-    moe_mma_args m = *args;
-    m.out = out;
-    m.sel = sel;
-    const moe_mma_args *a = &m;
     const int64_t N = a->N, D = a->D, I = a->I;
     const int64_t qwarps = N * ((D + 127) / 128);
     const unsigned prep_grid = 1u + (unsigned)((qwarps + 7) / 8);
@@ -650,7 +557,6 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *args, float *out, c
     CUDA_LAUNCHED();
     moe_mma_stage_kernel<1, 4, 1, 8><<<(unsigned)g2, WPC * 32, 0, st>>>(*a, ks2);
     CUDA_LAUNCHED();
-    if (a->fused) return DSV4_OK; /* stage 2 combined */
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
     moe_mma_combine_kernel<<<cgrid, 256, 0, st>>>(out, a->y, sel, N, a->K, D, a->E);
     CUDA_LAUNCHED();

@@ -15,17 +15,15 @@ extern "C" {
 #endif
 
 enum {
-    DSV4_MOE_PATH_AUTO = 0,      /* the dispatcher's choice */
-    DSV4_MOE_PATH_SIMT = 1,      /* moe_gemm.cu: any expert format */
-    DSV4_MOE_PATH_MMA = 2,       /* moe_mma.cu: MXFP4 and FP8 (ue8m0) experts */
-    DSV4_MOE_PATH_MMA_FUSED = 6, /* MMA with the combine in stage 2 (moe_mma.cu: opt-in) */
+    DSV4_MOE_PATH_AUTO = 0, /* the dispatcher's choice */
+    DSV4_MOE_PATH_SIMT = 1, /* moe_gemm.cu: any expert format */
+    DSV4_MOE_PATH_MMA = 2,  /* moe_mma.cu: MXFP4 and FP8 (ue8m0) experts */
 };
 
 /* Forces `path` for the following dsv4_cuda_bk_moe calls; a path that does not take a call
  * falls back to the dispatcher's choice. Returns the previous setting. */
 int dsv4_cuda_moe_force_path(int path);
-/* The path the last dsv4_cuda_bk_moe call took (DSV4_MOE_PATH_*; AUTO before any call; MMA_FUSED
- * counts as MMA). */
+/* The path the last dsv4_cuda_bk_moe call took (DSV4_MOE_PATH_*; AUTO before any call). */
 int dsv4_cuda_moe_last_path(void);
 
 #ifdef __cplusplus
