@@ -46,9 +46,17 @@
  * bench, the other stage fixed): stage 1 is fastest with 4 CTAs, 8 loads, no ring; stage 2 with
  * 4 CTAs, 8 loads and the ring (Flash N = 1: 102 -> 89 us with the new stage 1, 105 -> 96 with
  * the new stage 2; N = 64: 1717 -> 1563 and 1786 -> 1644). A resident grid looping over the
- * tasks and an L2 prefetch of each task's rows were tried too and did not help. Next: fewer
- * instructions per weight (the B loads and the scale decoding per chunk, FP4 tokens 2 per
- * pass), then more warps per SM.
+ * tasks and an L2 prefetch of each task's rows were tried too and did not help. Then (SASS of
+ * the FP4 loop, sm_90a): of ~720 instructions per 8 weight loads (stage 1), ~100 were address
+ * arithmetic (the row products recomputed in the loop: ptxas rematerialised them at the 128
+ * register cap) and ~70 the scaling (the e8m0 decode as a branch, two multiplies a partial). So
+ * the loads go through a per-pass cursor advanced by adds (wcur: a load is a pointer plus an
+ * immediate), and where every scale byte of the loaded chunks is <= 240 (a warp vote) a
+ * partial is scaled in one multiply by 2^(s - 113), bit-identical (scales_small): ~545
+ * instructions (stage 2: 788 -> ~620), stage 1 spills 64 -> 16 bytes. H100 test_gpu_moe
+ * --profile, old and new binaries in one call: Flash N = 1 83.2 -> 80.0 us, N = 64 1457 ->
+ * 1333 us. The widening (352 of the ~545) is now most of the loop. Next: FP4 tokens 2 per pass
+ * (N > 2 re-widens each weight per pair of tokens), then more warps per SM.
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
@@ -113,62 +121,126 @@ static __device__ __forceinline__ void wchunks_zero(wchunks<NM, F, CN> &b)
             }
 }
 
-/* Loads chunks [c0, c0 + CN) (those < hi) of rows rA, rB of every matrix. What it does not load
- * keeps its previous value (wchunks_zero at the start of a pass), never re-zeroed in the loop:
- * rows past R only reach outputs that are not stored, chunks past hi are not multiplied, and
- * a column past C meets zero activations (x below), where a stale weight is finite (the
- * widening of any FP4 / FP8 bits is) and its scale one of the row's own or 2^-127, so its
- * product is 0 as with zeros. */
-template <int NM, int F, int CN>
-static __device__ __forceinline__ void load_chunks(wchunks<NM, F, CN> &b, const moe_mat (&w)[NM],
-                                                   int c0, int hi, int t, int64_t r0, int64_t rA,
-                                                   int64_t rB, bool vA, bool vB)
+/* This lane's load cursor: pointers to chunk c (MXFP4: the 16 bytes of rows rA, rB at column
+ * 128 c + 32 t and their scales of group 4 c + t; FP8: the 2 x 16 bytes at column 128 c + 32 t
+ * and the 128-row block's scale of chunk c, s[m][0]). Set once per pass and advanced by adds in
+ * the loop (loop-carried, so not recomputed from rows in the loop under register pressure); a
+ * load is then a pointer plus an immediate. Rows past R are clamped to R - 1: they only reach
+ * outputs that are not stored. */
+template <int NM, int F> struct wcur {
+    const uint8_t *q[NM][2];
+    const uint8_t *s[NM][2];
+};
+template <int F> struct wstep {
+    enum { Q = F == 0 ? 64 : 128, S = F == 0 ? 4 : 1 }; /* bytes a chunk */
+};
+
+template <int NM, int F>
+static __device__ __forceinline__ wcur<NM, F> wcur_at(const moe_mat (&w)[NM], int c, int t,
+                                                      int64_t r0, int64_t rA, int64_t rB)
+{
+    wcur<NM, F> p;
+    const int64_t R = w[0].rows, C = w[0].cols;
+#pragma unroll
+    for (int m = 0; m < NM; m++)
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+            const int64_t row = min(rr ? rB : rA, R - 1);
+            if (F == 0) {
+                p.q[m][rr] = w[m].data + row * (C >> 1) + (int64_t)c * 64 + 16 * t;
+                p.s[m][rr] = w[m].scale + row * w[m].scale_cols + 4 * c + t;
+            } else {
+                p.q[m][rr] = w[m].data + row * C + (int64_t)c * 128 + 32 * t;
+                p.s[m][rr] = w[m].scale + (r0 >> 7) * w[m].scale_cols + c;
+            }
+        }
+    return p;
+}
+
+template <int NM, int F>
+static __device__ __forceinline__ void wcur_advance(wcur<NM, F> &p, int chunks)
+{
+#pragma unroll
+    for (int m = 0; m < NM; m++)
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++) {
+            p.q[m][rr] += chunks * wstep<F>::Q;
+            if (F == 0 || rr == 0) p.s[m][rr] += chunks * wstep<F>::S;
+        }
+}
+
+/* Loads chunks [c0, c0 + CN) (those < hl: this lane's chunk bound, hi and column < C), the
+ * cursor p at chunk c0 - DC. What it does not load keeps its previous value (wchunks_zero at
+ * the start of a pass), never re-zeroed in the loop: chunks past hi are not multiplied, and a
+ * column past C meets zero activations (x below), where a stale weight is finite (the widening
+ * of any FP4 / FP8 bits is) and its scale one of the row's own or 2^-127, so its product is 0
+ * as with zeros. FP8 scales: chunks below hi (the block's scale is the quad's). */
+template <int NM, int F, int CN, int DC>
+static __device__ __forceinline__ void load_chunks(wchunks<NM, F, CN> &b, const wcur<NM, F> &p,
+                                                   int c0, int hi, int hl)
 {
     constexpr int U = F == 0 ? 1 : 2;
-    const int64_t C = w[0].cols;
 #pragma unroll
     for (int ci = 0; ci < CN; ci++) {
         const int c = c0 + ci;
-        const int64_t col = (int64_t)c * 128 + 32 * t;
-        const bool cv = c < hi && col < C;
+        const int d = DC + ci;
 #pragma unroll
         for (int m = 0; m < NM; m++) {
 #pragma unroll
             for (int rr = 0; rr < 2; rr++) {
-                const int64_t row = rr ? rB : rA;
-                if (cv && (rr ? vB : vA)) {
-                    if (F == 0) {
-                        b.q[ci][m][rr][0] =
-                            __ldg((const uint4 *)(w[m].data + row * (C >> 1) + (col >> 1)));
-                        b.sc[ci][m][rr] = __ldg(w[m].scale + row * w[m].scale_cols + (col >> 5));
-                    } else {
-                        const uint4 *p = (const uint4 *)(w[m].data + row * C + col);
+                if (c < hl) {
+                    const uint4 *q = (const uint4 *)(p.q[m][rr] + d * wstep<F>::Q);
 #pragma unroll
-                        for (int u = 0; u < U; u++) b.q[ci][m][rr][u] = __ldg(p + u);
-                    }
+                    for (int u = 0; u < U; u++) b.q[ci][m][rr][u] = __ldg(q + u);
+                    if (F == 0) b.sc[ci][m][rr] = __ldg(p.s[m][rr] + d * wstep<F>::S);
                 }
             }
-            if (F == 1 && c < hi)
-                b.sc[ci][m][0] = __ldg(w[m].scale + (r0 >> 7) * w[m].scale_cols + c);
+            if (F == 1 && c < hi) b.sc[ci][m][0] = __ldg(p.s[m][0] + d);
         }
     }
 }
 
-/* The mma of chunks [c0, c0 + CN) (those < hi) into acc, chunk by chunk in ascending order. */
+/* Whether every scale byte of b is at most 240 (MXFP4) / 246 (FP8), over the warp (uniform):
+ * then a partial f is scaled as f * 2^(s - 113) (2^(s - 119)) in one multiply, which equals
+ * (f * 2^14) * e8m0(s) ((f * 2^8) * e8m0(s)) bit for bit: f * 2^14 is exact (f is a sum of
+ * bounded products, a multiple of 2^-24), so both are the exact f * 2^(s - 113) rounded once,
+ * and 2^(s - 113) is a normal f32 for 0 <= s <= 240 (the e8m0 code 0, 2^-127, included). A
+ * larger scale (NaN at 255) takes the two multiplies. */
 template <int NM, int F, int CN>
+static __device__ __forceinline__ bool scales_small(const wchunks<NM, F, CN> &b)
+{
+    uint32_t mx = 0;
+#pragma unroll
+    for (int ci = 0; ci < CN; ci++)
+#pragma unroll
+        for (int m = 0; m < NM; m++)
+#pragma unroll
+            for (int rr = 0; rr < (F == 0 ? 2 : 1); rr++) mx = max(mx, b.sc[ci][m][rr]);
+    return __all_sync(0xffffffffu, mx <= (F == 0 ? 240u : 246u));
+}
+
+/* f * 2^E * e8m0(s) (E = 14 MXFP4, 8 FP8): one multiply where SMALL (scales_small). */
+template <int E, bool SMALL> static __device__ __forceinline__ float wscale(float f, uint32_t s)
+{
+    if (SMALL) return __fmul_rn(f, __uint_as_float((s + E) << 23));
+    return __fmul_rn(__fmul_rn(f, (float)(1 << E)), e8m0f(s));
+}
+
+/* The mma of chunks [c0, c0 + CN) (those < hi) into acc, chunk by chunk in ascending order.
+ * brow: this lane's activations at column 32 t (NULL: none this pass); hl: its chunk bound. */
+template <int NM, int F, int CN, bool SMALL>
 static __device__ __forceinline__ void
 mma_chunks(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[16], int c0, int hi,
-           int t, int64_t C, const uint16_t *brow, const float *s0, const float *s1)
+           int hl, const uint16_t *brow, const float *s0, const float *s1)
 {
 #pragma unroll
     for (int ci = 0; ci < CN; ci++) {
         const int c = c0 + ci;
         if (c >= hi) break;
-        const int64_t col = (int64_t)c * 128 + 32 * t;
         /* x: this lane's activations (zero for the whole pass where brow is NULL) */
         if (brow) {
-            if (col < C) {
-                const uint4 *p = (const uint4 *)(brow + col);
+            if (c < hl) {
+                const uint4 *p = (const uint4 *)(brow + c * 128);
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
                     const uint4 v = __ldg(p + i);
@@ -193,11 +265,11 @@ mma_chunks(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[16], 
                     mma_f16(f, pa[2], pb[2], pa[3], pb[3], x[4 * k + 2], x[4 * k + 3]);
                 }
                 /* C: (row g, group t, tokens t0, t0 + 1), (row g + 8, ...) */
-                const float w0 = e8m0f(b.sc[ci][m][0]), w1 = e8m0f(b.sc[ci][m][1]);
-                acc[m][0] = fmaf(__fmul_rn(__fmul_rn(f[0], 16384.0f), w0), xs0, acc[m][0]);
-                acc[m][1] = fmaf(__fmul_rn(__fmul_rn(f[1], 16384.0f), w0), xs1, acc[m][1]);
-                acc[m][2] = fmaf(__fmul_rn(__fmul_rn(f[2], 16384.0f), w1), xs0, acc[m][2]);
-                acc[m][3] = fmaf(__fmul_rn(__fmul_rn(f[3], 16384.0f), w1), xs1, acc[m][3]);
+                const uint32_t w0 = b.sc[ci][m][0], w1 = b.sc[ci][m][1];
+                acc[m][0] = fmaf(wscale<14, SMALL>(f[0], w0), xs0, acc[m][0]);
+                acc[m][1] = fmaf(wscale<14, SMALL>(f[1], w0), xs1, acc[m][1]);
+                acc[m][2] = fmaf(wscale<14, SMALL>(f[2], w1), xs0, acc[m][2]);
+                acc[m][3] = fmaf(wscale<14, SMALL>(f[3], w1), xs1, acc[m][3]);
             } else {
 #pragma unroll
                 for (int s = 0; s < 8; s++) {
@@ -207,14 +279,26 @@ mma_chunks(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[16], 
                     mma_f16(f, pa[0], pb[0], pa[1], pb[1], x[2 * s], x[2 * s + 1]);
                 }
                 /* C: (row g, tokens ct, ct + 1), (row g + 8, ...) */
-                const float ws = e8m0f(b.sc[ci][m][0]);
-                acc[m][0] = fmaf(__fmul_rn(__fmul_rn(f[0], 256.0f), ws), xs0, acc[m][0]);
-                acc[m][1] = fmaf(__fmul_rn(__fmul_rn(f[1], 256.0f), ws), xs1, acc[m][1]);
-                acc[m][2] = fmaf(__fmul_rn(__fmul_rn(f[2], 256.0f), ws), xs0, acc[m][2]);
-                acc[m][3] = fmaf(__fmul_rn(__fmul_rn(f[3], 256.0f), ws), xs1, acc[m][3]);
+                const uint32_t ws = b.sc[ci][m][0];
+                acc[m][0] = fmaf(wscale<8, SMALL>(f[0], ws), xs0, acc[m][0]);
+                acc[m][1] = fmaf(wscale<8, SMALL>(f[1], ws), xs1, acc[m][1]);
+                acc[m][2] = fmaf(wscale<8, SMALL>(f[2], ws), xs0, acc[m][2]);
+                acc[m][3] = fmaf(wscale<8, SMALL>(f[3], ws), xs1, acc[m][3]);
             }
         }
     }
+}
+
+/* mma_chunks with the scaling that b's scales allow (a uniform branch). */
+template <int NM, int F, int CN>
+static __device__ __forceinline__ void
+mma_chunks_any(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[16], int c0, int hi,
+               int hl, const uint16_t *brow, const float *s0, const float *s1)
+{
+    if (scales_small(b))
+        mma_chunks<NM, F, CN, true>(b, acc, x, c0, hi, hl, brow, s0, s1);
+    else
+        mma_chunks<NM, F, CN, false>(b, acc, x, c0, hi, hl, brow, s0, s1);
 }
 
 /* ---- one task: 16 rows of the NM matrices w (format F: 0 MXFP4, 1 FP8) for all ntok tokens,
@@ -240,7 +324,8 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int of
     const uint16_t *xin = NM == 2 ? (F == 0 ? a.x4 : a.x8) : a.aq;
     const float *sxp = NM == 2 ? a.sx : a.sa;
     const int64_t rA = r0 + g, rB = r0 + g + 8;
-    const bool vA = rA < R, vB = rB < R;
+    /* this lane's chunks: c < hi with column 128 c + 32 t < C */
+    const int hl = min(hi, (int)((C - 32 * t + 127) >> 7));
 
     for (int t0 = 0; t0 < ntok; t0 += TPP) {
         /* B: this lane's token (FP4: only lanes with g / 2 == t carry one, on group t's k);
@@ -248,7 +333,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int of
         const int bt = F == 0 ? t0 + (g & 1) : t0 + g;
         const bool bon = (F == 0 ? (g >> 1) == t : true) && bt < ntok;
         const uint16_t *brow = NULL;
-        if (bon) brow = xin + tok_input(a, NM == 2, ai, off, bt) * C;
+        if (bon) brow = xin + tok_input(a, NM == 2, ai, off, bt) * C + 32 * t;
         const int ct = F == 0 ? t0 : t0 + 2 * t;
         const float *s0 = NULL, *s1 = NULL;
         if (ct < ntok) s0 = sxp + tok_input(a, NM == 2, ai, off, ct) * nch;
@@ -263,22 +348,25 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int of
         uint32_t x[16];
 #pragma unroll
         for (int i = 0; i < 16; i++) x[i] = 0;
+        wcur<NM, F> cur = wcur_at<NM, F>(w, lo, t, r0, rA, rB); /* at chunk c0 */
         if constexpr (PIPE == 0) {
             wchunks<NM, F, CPI> b; /* all weight loads of the iteration first */
             wchunks_zero(b);
             for (int c0 = lo; c0 < hi; c0 += CPI) {
-                load_chunks<NM, F, CPI>(b, w, c0, hi, t, r0, rA, rB, vA, vB);
-                mma_chunks<NM, F, CPI>(b, acc, x, c0, hi, t, C, brow, s0, s1);
+                load_chunks<NM, F, CPI, 0>(b, cur, c0, hi, hl);
+                wcur_advance(cur, CPI);
+                mma_chunks_any<NM, F, CPI>(b, acc, x, c0, hi, hl, brow, s0, s1);
             }
         } else {
             wchunks<NM, F, CPH> b0, b1; /* ping-pong, no copies */
             wchunks_zero(b0), wchunks_zero(b1);
-            load_chunks<NM, F, CPH>(b0, w, lo, hi, t, r0, rA, rB, vA, vB);
+            load_chunks<NM, F, CPH, 0>(b0, cur, lo, hi, hl);
             for (int c0 = lo; c0 < hi; c0 += 2 * CPH) {
-                load_chunks<NM, F, CPH>(b1, w, c0 + CPH, hi, t, r0, rA, rB, vA, vB);
-                mma_chunks<NM, F, CPH>(b0, acc, x, c0, hi, t, C, brow, s0, s1);
-                load_chunks<NM, F, CPH>(b0, w, c0 + 2 * CPH, hi, t, r0, rA, rB, vA, vB);
-                mma_chunks<NM, F, CPH>(b1, acc, x, c0 + CPH, hi, t, C, brow, s0, s1);
+                load_chunks<NM, F, CPH, CPH>(b1, cur, c0 + CPH, hi, hl);
+                mma_chunks_any<NM, F, CPH>(b0, acc, x, c0, hi, hl, brow, s0, s1);
+                load_chunks<NM, F, CPH, 2 * CPH>(b0, cur, c0 + 2 * CPH, hi, hl);
+                wcur_advance(cur, 2 * CPH);
+                mma_chunks_any<NM, F, CPH>(b1, acc, x, c0 + CPH, hi, hl, brow, s0, s1);
             }
         }
 
