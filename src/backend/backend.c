@@ -182,6 +182,41 @@ void dsv4_bk_graph_free(dsv4_backend *b, void *graph)
     (void)graph;
 }
 
+/* ---- side stream: CUDA only, serial (no-ops) on the CPU and under the op timer ------------- */
+#ifdef DSV4_HAVE_CUDA
+static int side_streams(const dsv4_backend *b)
+{
+    return b->kind == DSV4_DEVICE_CUDA && !b->prof;
+}
+#endif
+
+dsv4_status dsv4_bk_side_begin(dsv4_backend *b)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (side_streams(b)) return dsv4_cuda_side_begin(b->cuda);
+#endif
+    (void)b;
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_bk_side_end(dsv4_backend *b)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (side_streams(b)) return dsv4_cuda_side_end(b->cuda);
+#endif
+    (void)b;
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_bk_side_join(dsv4_backend *b)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (side_streams(b)) return dsv4_cuda_side_join(b->cuda);
+#endif
+    (void)b;
+    return DSV4_OK;
+}
+
 /* ---- compute ops: one router each ---------------------------------------------------------- */
 dsv4_status dsv4_bk_embed(dsv4_backend *b, float *X, const dsv4_weight *embed,
                           const dsv4_bk_rows *rows, int n_copies, int64_t D)

@@ -309,6 +309,14 @@ dsv4_status dsv4_bk_graph_begin(dsv4_backend *b);
 dsv4_status dsv4_bk_graph_end(dsv4_backend *b, void **graph);
 dsv4_status dsv4_bk_graph_launch(dsv4_backend *b, void *graph);
 void dsv4_bk_graph_free(dsv4_backend *b, void *graph);
+/* Two independent op chains at once: the ops issued between side_begin and side_end start
+ * after everything issued before side_begin and may run beside the ops issued after side_end
+ * (CUDA: a second stream; in a graph, a fork); side_join orders what follows after both. The
+ * program order stays a valid serial order, which is what the CPU runs (the calls are no-ops
+ * there, and on CUDA while the op timer runs). Every side_begin needs its side_join. */
+dsv4_status dsv4_bk_side_begin(dsv4_backend *b);
+dsv4_status dsv4_bk_side_end(dsv4_backend *b);
+dsv4_status dsv4_bk_side_join(dsv4_backend *b);
 
 /* Per-op timing: while on, dsv4_bk_prof_mark(b, label) closes the interval since the previous
  * mark and adds it to label's total (CUDA: events on the stream; CPU: wall clock). */

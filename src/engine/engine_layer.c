@@ -140,22 +140,16 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
     DSV4_TRY(h_projections(e, L, N));
     MARK("attn.proj");
 
-    /* queries: qr (q_norm) -> q (per-head norm, RoPE) */
+    /* act_quant(q_norm(qr)) (s->xq): the input of wq_b and of the indexer's queries */
     DSV4_TRY(dsv4_bk_rmsnorm_quant(e->b, s->qr, s->xq, s->qr, L->q_norm, N, ql, eps, 128));
-    DSV4_TRY(linear_q(e, &w->wq_b, s->qr, s->xq, 0, N, s->q)); /* s->xq keeps act_quant(qr) */
-    DSV4_TRY(dsv4_bk_head_norm_rope(e->b, s->q, rows, H, hd, r, freqs, eps));
-    MARK("attn.q");
-
-    /* the shared key/value head: h -> kv (kv_norm, RoPE, FP8 non-RoPE dims) -> window ring */
-    DSV4_TRY(dsv4_bk_kv_norm_rope_store(e->b, L->win, e->R, s->kv, L->kv_norm, rows, hd, r, freqs,
-                                        eps, 64));
-    MARK("attn.kv");
-
     if (L->ratio > 0) DSV4_TRY(compress(e, L, rows));
     const int csa = L->ratio == 4;
     if (csa) {
+        /* The indexer's chain needs only xq, the weights s->iw and its compressor's entries, so
+         * it runs beside the query and key chains below (a side stream; a fork in the graph):
+         * its top-k is a few CTAs' latency-bound work while they stream wq_b. */
+        DSV4_TRY(dsv4_bk_side_begin(e->b));
         const int nh = c->index_n_heads, d = c->index_head_dim;
-        /* indexer queries from act_quant(qr) (still in s->xq); weights (s->iw) from h above */
         DSV4_TRY(linear_q(e, &w->idx_wq_b, s->qr, s->xq, 0, N, s->iq));
         MARK("index.q");
         /* the queries' RoPE, Hadamard and FP4, then the scores and top-k, in one op; the
@@ -164,7 +158,19 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
             e->b, s->sel, s->iq, s->iw, (float)(pow(d, -0.5) * pow(nh, -0.5)), L->idx.ent,
             L->idx.cap, nh, d, r, e->rope_comp, L->idx.ratio, c->index_topk, rows, s->idx_ws));
         MARK("index.topk");
+        DSV4_TRY(dsv4_bk_side_end(e->b));
     }
+
+    /* queries: q (wq_b, per-head norm, RoPE) */
+    DSV4_TRY(linear_q(e, &w->wq_b, s->qr, s->xq, 0, N, s->q)); /* s->xq keeps act_quant(qr) */
+    DSV4_TRY(dsv4_bk_head_norm_rope(e->b, s->q, rows, H, hd, r, freqs, eps));
+    MARK("attn.q");
+
+    /* the shared key/value head: h -> kv (kv_norm, RoPE, FP8 non-RoPE dims) -> window ring */
+    DSV4_TRY(dsv4_bk_kv_norm_rope_store(e->b, L->win, e->R, s->kv, L->kv_norm, rows, hd, r, freqs,
+                                        eps, 64));
+    MARK("attn.kv");
+    if (csa) DSV4_TRY(dsv4_bk_side_join(e->b));
 
     DSV4_TRY(dsv4_bk_attention(e->b, s->o, s->q, H, hd, L->win, e->R, c->sliding_window,
                                L->ratio ? L->comp.ent : NULL, L->ratio ? L->comp.cap : 0, L->ratio,

@@ -238,7 +238,12 @@ extern "C" dsv4_status dsv4_cuda_bk_graph_end(dsv4_backend *b, void **graph)
 {
     *graph = NULL;
     cudaGraph_t g = NULL;
+    const dsv4_status joined = dsv4_cuda_side_join(b->cuda); /* a side chain left open */
     CUDA_TRY(cudaStreamEndCapture(dsv4_cuda_stream(b->cuda), &g));
+    if (joined != DSV4_OK) {
+        cudaGraphDestroy(g);
+        return joined;
+    }
     cudaError_t err = b->pdl ? programmatic_edges(g) : cudaSuccess;
     size_t n_nodes = 0;
     if (err == cudaSuccess) err = cudaGraphGetNodes(g, NULL, &n_nodes);

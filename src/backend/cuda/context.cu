@@ -1,5 +1,11 @@
 /*
- * context.cu - the per-GPU context (device + stream), device memory, weight upload.
+ * context.cu - the per-GPU context (device + streams), device memory, weight upload.
+ *
+ * Ops are launched on the context's current stream: the main one, or, between
+ * dsv4_cuda_side_begin and dsv4_cuda_side_end, a side stream that starts after everything issued
+ * on the main stream before the begin (an event); dsv4_cuda_side_join makes the main stream wait
+ * for the side's work. Under graph capture this forks and joins the captured graph, so two
+ * independent op chains (the indexer beside the query path) overlap on the GPU.
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/cuda_backend.h"
@@ -9,7 +15,11 @@
 
 struct dsv4_cuda_ctx {
     int device;
-    cudaStream_t stream;
+    cudaStream_t stream; /* main */
+    cudaStream_t side;   /* between branch and merge */
+    cudaEvent_t fork, join;
+    int on_side;      /* launches go to side */
+    int join_pending; /* side_end recorded join; side_join not yet waited */
 };
 
 extern "C" dsv4_status dsv4_cuda_ctx_create(int device, dsv4_cuda_ctx **out)
@@ -20,8 +30,11 @@ extern "C" dsv4_status dsv4_cuda_ctx_create(int device, dsv4_cuda_ctx **out)
     ctx->device = device;
     cudaError_t err = cudaSetDevice(device);
     if (err == cudaSuccess) err = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking);
+    if (err == cudaSuccess) err = cudaStreamCreateWithFlags(&ctx->side, cudaStreamNonBlocking);
+    if (err == cudaSuccess) err = cudaEventCreateWithFlags(&ctx->fork, cudaEventDisableTiming);
+    if (err == cudaSuccess) err = cudaEventCreateWithFlags(&ctx->join, cudaEventDisableTiming);
     if (err != cudaSuccess) {
-        free(ctx);
+        dsv4_cuda_ctx_destroy(ctx);
         return dsv4_fail(DSV4_ERR_DEVICE, "creating a context on CUDA device %d: %s", device,
                          cudaGetErrorString(err));
     }
@@ -33,13 +46,45 @@ extern "C" void dsv4_cuda_ctx_destroy(dsv4_cuda_ctx *ctx)
 {
     if (!ctx) return;
     cudaSetDevice(ctx->device);
-    cudaStreamDestroy(ctx->stream);
+    if (ctx->join) cudaEventDestroy(ctx->join);
+    if (ctx->fork) cudaEventDestroy(ctx->fork);
+    if (ctx->side) cudaStreamDestroy(ctx->side);
+    if (ctx->stream) cudaStreamDestroy(ctx->stream);
     free(ctx);
 }
 
 extern "C" dsv4_status dsv4_cuda_ctx_sync(dsv4_cuda_ctx *ctx)
 {
     CUDA_TRY(cudaStreamSynchronize(ctx->stream));
+    CUDA_TRY(cudaStreamSynchronize(ctx->side));
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_cuda_side_begin(dsv4_cuda_ctx *ctx)
+{
+    if (ctx->on_side) return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "CUDA side stream: begun twice");
+    CUDA_TRY(cudaEventRecord(ctx->fork, ctx->stream));
+    CUDA_TRY(cudaStreamWaitEvent(ctx->side, ctx->fork, 0));
+    ctx->on_side = 1;
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_cuda_side_end(dsv4_cuda_ctx *ctx)
+{
+    if (!ctx->on_side) return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "CUDA side stream: not begun");
+    ctx->on_side = 0;
+    CUDA_TRY(cudaEventRecord(ctx->join, ctx->side));
+    ctx->join_pending = 1;
+    return DSV4_OK;
+}
+
+/* Also closes a side chain left open (an op failed inside it), so a capture can end. */
+extern "C" dsv4_status dsv4_cuda_side_join(dsv4_cuda_ctx *ctx)
+{
+    if (ctx->on_side) DSV4_TRY(dsv4_cuda_side_end(ctx));
+    if (!ctx->join_pending) return DSV4_OK;
+    ctx->join_pending = 0;
+    CUDA_TRY(cudaStreamWaitEvent(ctx->stream, ctx->join, 0));
     return DSV4_OK;
 }
 
@@ -112,5 +157,5 @@ extern "C" void dsv4_cuda_weight_free(dsv4_cuda_ctx *ctx, dsv4_weight *w)
 /* Lets the op files reach the stream without exposing the struct (check.cuh). */
 cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx)
 {
-    return ctx->stream;
+    return ctx->on_side ? ctx->side : ctx->stream;
 }

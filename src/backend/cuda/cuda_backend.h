@@ -21,8 +21,13 @@ typedef struct dsv4_cuda_ctx dsv4_cuda_ctx;
 
 dsv4_status dsv4_cuda_ctx_create(int device, dsv4_cuda_ctx **out);
 void dsv4_cuda_ctx_destroy(dsv4_cuda_ctx *ctx);
-/* Waits for all work queued on the context's stream. */
+/* Waits for all work queued on the context's streams. */
 dsv4_status dsv4_cuda_ctx_sync(dsv4_cuda_ctx *ctx);
+/* Launches between side_begin and side_end go to a side stream that starts after the main
+ * stream's work so far; side_join makes the main stream wait for them (context.cu). */
+dsv4_status dsv4_cuda_side_begin(dsv4_cuda_ctx *ctx);
+dsv4_status dsv4_cuda_side_end(dsv4_cuda_ctx *ctx);
+dsv4_status dsv4_cuda_side_join(dsv4_cuda_ctx *ctx);
 
 /* Copies w's bytes (and scales) to the device; *out describes them there. Free with
  * dsv4_cuda_weight_free. */
