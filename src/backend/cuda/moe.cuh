@@ -83,7 +83,7 @@ dsv4_status moe_gemm_launch(cudaStream_t st, int gemm1, const moe_gemm_args *a, 
  * (w1/w3 + SwiGLU * weight -> a as bf16; the last tile of each 128-row block of a quantises it
  * for stage 2), stage 2 (w2 -> y as bf16), combine. Activations are kept as their e4m3 codes
  * in f16 (x / s, exact) in the fragment order of the weight format that reads them:
- *   L4 (MXFP4): per 8 columns, the order 0 4 1 5 2 6 3 7;  L8 (FP8): per 4 columns, 0 2 1 3;
+ *   L4 (MXFP4): per 8 columns, the order 0 4 1 5 2 6 3 7;  L8 (FP8): column order;
  * with one f32 scale s per 128 columns. Slot ai (0 = shared, a > 0 = list.active[a - 1]) as in
  * moe_gemm_args; P = N K + N pairs. */
 typedef struct moe_mma_args {

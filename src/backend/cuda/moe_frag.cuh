@@ -1,8 +1,9 @@
 /*
  * moe_frag.cuh - the tensor-core pieces of the CUDA MoE's stage kernels (moe_mma.cu), apart so
  * that a kernel of another shape can share them: the widening of MXFP4 / FP8 weight words into
- * f16 mma fragments by bit placement, the mma itself, and the act_quant store of one 128-column
- * block as e4m3 codes in the fragment orders (moe.cuh L4 / L8).
+ * f16 mma fragments (bit placement / the hardware conversion), the mma itself, and the
+ * act_quant store of one 128-column block as e4m3 codes in the fragment orders (moe.cuh L4 /
+ * L8).
  * Numerics in moe_mma.cu's header comment.
  */
 #ifndef DSV4_CUDA_MOE_FRAG_CUH
@@ -41,13 +42,15 @@ static __device__ __forceinline__ void fp4_pairs(uint32_t w, uint32_t (&p)[4])
     p[3] = bo & 0xFF00FF00u;            /* nibbles 3, 7 */
 }
 
-/* w: 4 e4m3 bytes (byte n = column n) -> p[0] = f16 pair (column 0, 2), p[1] = (1, 3), each
- * e4m3 * 2^-8 exactly (exponent and mantissa fields to f16 bits 7..13, sign to 15). */
+/* w: 4 e4m3 bytes (byte n = column n) -> p[0] = f16 pair (column 0, 1), p[1] = (2, 3), each
+ * the e4m3 value exactly (every e4m3 value is an f16 one; NaN stays NaN): the hardware
+ * conversion, one instruction a pair (F2FP.F16.E4M3.UNPACK_B) where the bit placement took 3. */
 static __device__ __forceinline__ void fp8_pairs(uint32_t w, uint32_t (&p)[2])
 {
-    const uint32_t M = 0x3F803F80u, S = 0x80008000u;
-    p[0] = ((w << 7) & M) | ((w << 8) & S);
-    p[1] = ((w >> 1) & M) | (w & S);
+    asm("{\n.reg .b16 lo, hi;\nmov.b32 {lo, hi}, %2;\ncvt.rn.f16x2.e4m3x2 %0, lo;\n"
+        "cvt.rn.f16x2.e4m3x2 %1, hi;\n}\n"
+        : "=r"(p[0]), "=r"(p[1])
+        : "r"(w));
 }
 
 /* c [16 x 8] += a [16 x 16] . b [16 x 8]: f16 inputs, f32 accumulation. a0 (row g, k 2t..),
@@ -68,7 +71,7 @@ static __device__ __forceinline__ uint32_t f16_code(float q)
 
 /* act_quant of one 128-column block by one warp: lane holds columns 4 lane .. 4 lane + 3 as
  * bf16 values v (zeros where !on). Stores the e4m3 codes v / s as f16 at d4 (L4 order) and / or
- * d8 (L8 order), each the block's first column (NULL: not wanted; uniform over the warp);
+ * d8 (L8: column order), each the block's first column (NULL: not wanted; uniform over the warp);
  * returns s. */
 static __device__ __forceinline__ float quant_store(const float (&v)[4], bool on, uint16_t *d4,
                                                     uint16_t *d8, int lane)
@@ -79,7 +82,7 @@ static __device__ __forceinline__ float quant_store(const float (&v)[4], bool on
     uint32_t h[4];
 #pragma unroll
     for (int i = 0; i < 4; i++) h[i] = f16_code(q_e4m3(__fdiv_rn(v[i], s)));
-    if (d8 && on) *(uint2 *)(d8 + 4 * lane) = make_uint2(h[0] | h[2] << 16, h[1] | h[3] << 16);
+    if (d8 && on) *(uint2 *)(d8 + 4 * lane) = make_uint2(h[0] | h[1] << 16, h[2] | h[3] << 16);
     if (d4) {
         /* an 8-column run is split over lanes 2j (columns 0..3) and 2j + 1 (4..7): L4 wants
          * 0 4 1 5 from the even lane and 2 6 3 7 from the odd one */

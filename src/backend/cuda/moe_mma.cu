@@ -24,13 +24,14 @@
  *   FP8: one 128 x 128 block scale per chunk, so lane (g, t) takes 32 columns of the chunk for
  *   rows g, g + 8 and B column n is token n (8 tokens per pass).
  *   The order of k inside a step is free as long as A and B agree: the widening below yields
- *   f16 pairs of columns (0, 4), (1, 5), ... (FP4) and (0, 2), (1, 3) (FP8), and the
+ *   f16 pairs of columns (0, 4), (1, 5), ... (FP4) and (0, 1), (2, 3) (FP8), and the
  *   activations are stored in that order (moe.cuh L4 / L8).
  *
- * Numerics: an e2m1 nibble becomes e2m1 * 2^-14 in f16 and an e4m3 byte e4m3 * 2^-8 (exact,
- * bit placement only, as moe_gemm.cu), the activations are their e4m3 codes x / s (exact in
- * f16). Products are exact in f32; the tensor cores add a group's (FP4: 32, FP8: 128) products
- * in f32, and the partial is scaled by 2^14 (2^8), the weight scale and s (powers of two: exact)
+ * Numerics: an e2m1 nibble becomes e2m1 * 2^-14 in f16 (exact, bit placement only, as
+ * moe_gemm.cu) and an e4m3 byte its value in f16 (exact: the hardware conversion), the
+ * activations are their e4m3 codes x / s (exact in f16). Products are exact in f32; the tensor
+ * cores add a group's (FP4: 32, FP8: 128) products in f32, and the partial is scaled by 2^14
+ * (FP4), the weight scale and s (powers of two: exact)
  * and added to the f32 accumulator with one rounding (fmaf). So the result differs from the CPU
  * only in f32 summation order; then bf16 and the roundings of moe_numerics.cuh as there.
  *
@@ -55,8 +56,15 @@
  * partial is scaled in one multiply by 2^(s - 113), bit-identical (scales_small): ~545
  * instructions (stage 2: 788 -> ~620), stage 1 spills 64 -> 16 bytes. H100 test_gpu_moe
  * --profile, old and new binaries in one call: Flash N = 1 83.2 -> 80.0 us, N = 64 1457 ->
- * 1333 us. The widening (352 of the ~545) is now most of the loop. Next: FP4 tokens 2 per pass
- * (N > 2 re-widens each weight per pair of tokens), then more warps per SM.
+ * 1333 us. The widening (352 of the ~545) is now most of the loop. FP8 weights (the shared
+ * expert) are widened by the hardware's e4m3 -> f16x2 conversion, one instruction a pair where
+ * the bit placement took 3, bit-identical (the f16 values are 2^8 times the old ones, the
+ * partials too, exactly). The e4m3 mma (m16n8k32) does not help here: on sm_90a ptxas lowers
+ * mma.sync e4m3 to that conversion of both operands and two f16 mma (HMMA.16816) plus an FADD,
+ * so an MXFP4 word placed as e4m3 (7 operations) then costs 4 conversions more, no fewer
+ * instructions than the f16 widening (11), and more registers (stage 1 spills 88 -> 172 bytes).
+ * Next: FP4 tokens 2 per pass (N > 2 re-widens each weight per pair of tokens), then more warps
+ * per SM.
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
@@ -172,9 +180,10 @@ static __device__ __forceinline__ void wcur_advance(wcur<NM, F> &p, int chunks)
 /* Loads chunks [c0, c0 + CN) (those < hl: this lane's chunk bound, hi and column < C), the
  * cursor p at chunk c0 - DC. What it does not load keeps its previous value (wchunks_zero at
  * the start of a pass), never re-zeroed in the loop: chunks past hi are not multiplied, and a
- * column past C meets zero activations (x below), where a stale weight is finite (the widening
- * of any FP4 / FP8 bits is) and its scale one of the row's own or 2^-127, so its product is 0
- * as with zeros. FP8 scales: chunks below hi (the block's scale is the quad's). */
+ * column past C meets zero activations (x below), where a stale weight is zero or a weight the
+ * lane loaded earlier in the row (FP4 bits widen to finite f16; an FP8 NaN there has already
+ * made the row's sum NaN, as on the CPU) and its scale one of the row's own or 2^-127, so its
+ * product is 0 as with zeros. FP8 scales: chunks below hi (the block's scale is the quad's). */
 template <int NM, int F, int CN, int DC>
 static __device__ __forceinline__ void load_chunks(wchunks<NM, F, CN> &b, const wcur<NM, F> &p,
                                                    int c0, int hi, int hl)
@@ -200,12 +209,12 @@ static __device__ __forceinline__ void load_chunks(wchunks<NM, F, CN> &b, const 
     }
 }
 
-/* Whether every scale byte of b is at most 240 (MXFP4) / 246 (FP8), over the warp (uniform):
- * then a partial f is scaled as f * 2^(s - 113) (2^(s - 119)) in one multiply, which equals
- * (f * 2^14) * e8m0(s) ((f * 2^8) * e8m0(s)) bit for bit: f * 2^14 is exact (f is a sum of
+/* Whether every scale byte s of b is in 0..240 (MXFP4) / 1..254 (FP8), over the warp
+ * (uniform): then a partial f is scaled as f * 2^(s - 113) (2^(s - 127)) in one multiply, which
+ * equals (f * 2^14) * e8m0(s) (f * e8m0(s)) bit for bit: f * 2^14 is exact (f is a sum of
  * bounded products, a multiple of 2^-24), so both are the exact f * 2^(s - 113) rounded once,
- * and 2^(s - 113) is a normal f32 for 0 <= s <= 240 (the e8m0 code 0, 2^-127, included). A
- * larger scale (NaN at 255) takes the two multiplies. */
+ * and 2^(s - 113) is a normal f32 for 0 <= s <= 240 (the e8m0 code 0, 2^-127, included).
+ * Other scales (FP8: the subnormal code 0; NaN at 255) take the two multiplies. */
 template <int NM, int F, int CN>
 static __device__ __forceinline__ bool scales_small(const wchunks<NM, F, CN> &b)
 {
@@ -215,11 +224,12 @@ static __device__ __forceinline__ bool scales_small(const wchunks<NM, F, CN> &b)
 #pragma unroll
         for (int m = 0; m < NM; m++)
 #pragma unroll
-            for (int rr = 0; rr < (F == 0 ? 2 : 1); rr++) mx = max(mx, b.sc[ci][m][rr]);
-    return __all_sync(0xffffffffu, mx <= (F == 0 ? 240u : 246u));
+            for (int rr = 0; rr < (F == 0 ? 2 : 1); rr++)
+                mx = max(mx, F == 0 ? b.sc[ci][m][rr] : b.sc[ci][m][rr] - 1u); /* FP8: 0 wraps */
+    return __all_sync(0xffffffffu, mx <= (F == 0 ? 240u : 253u));
 }
 
-/* f * 2^E * e8m0(s) (E = 14 MXFP4, 8 FP8): one multiply where SMALL (scales_small). */
+/* f * 2^E * e8m0(s) (E = 14 MXFP4, 0 FP8): one multiply where SMALL (scales_small). */
 template <int E, bool SMALL> static __device__ __forceinline__ float wscale(float f, uint32_t s)
 {
     if (SMALL) return __fmul_rn(f, __uint_as_float((s + E) << 23));
@@ -280,10 +290,10 @@ mma_chunks(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[16], 
                 }
                 /* C: (row g, tokens ct, ct + 1), (row g + 8, ...) */
                 const uint32_t ws = b.sc[ci][m][0];
-                acc[m][0] = fmaf(wscale<8, SMALL>(f[0], ws), xs0, acc[m][0]);
-                acc[m][1] = fmaf(wscale<8, SMALL>(f[1], ws), xs1, acc[m][1]);
-                acc[m][2] = fmaf(wscale<8, SMALL>(f[2], ws), xs0, acc[m][2]);
-                acc[m][3] = fmaf(wscale<8, SMALL>(f[3], ws), xs1, acc[m][3]);
+                acc[m][0] = fmaf(wscale<0, SMALL>(f[0], ws), xs0, acc[m][0]);
+                acc[m][1] = fmaf(wscale<0, SMALL>(f[1], ws), xs1, acc[m][1]);
+                acc[m][2] = fmaf(wscale<0, SMALL>(f[2], ws), xs0, acc[m][2]);
+                acc[m][3] = fmaf(wscale<0, SMALL>(f[3], ws), xs1, acc[m][3]);
             }
         }
     }
