@@ -7,17 +7,19 @@
  * GEMV split over the CTAs of a cluster (split-K, 2 and 8 slices) on every call it takes. Then
  * dsv4_bk_linear_multi: sets of projections of mixed formats and shapes (the layer's projections
  * of h; every stored format at once; entries the GEMV refuses), N 1..64, its one fused launch
- * (with and without split-K) against the CPU's per-entry calls, under the same bound. Then the
- * decode bandwidth of the projections, old kernel (GEMV) against new (MMV), of small matrices
- * without and with split-K, and of the layer's projections of h as separate calls against one
- * multi launch, weights read from HBM (copies in turn, together larger than the L2), CUDA-graph
- * replay and eager.
+ * (with and without split-K) against the CPU's per-entry calls, under the same bound. FMM (FP8,
+ * N <= 64) on every FP8 call, at N 17..64 on the Flash wq_b, wo_a, wo_b and indexer wq_b shapes
+ * (split over 1, 3, 7 and 8 CTAs of a cluster) and on small shapes with several x chunks. Then the
+ * decode bandwidth of the projections, old kernel (GEMV) against new (MMV), at N = 32 and 64 the
+ * tiled MMA kernel against FMM, of small matrices without and with split-K, and of the layer's
+ * projections of h as separate calls against one multi launch, weights read from HBM (copies in
+ * turn, together larger than the L2), CUDA-graph replay and eager.
  *
  * Bound, per output element (the CUDA kernels differ from the CPU only in f32 summation order,
  * plus, on the MMA path and on MMV with BF16 weights, x split into two bf16 halves whose
- * remainder is <= 2^-18 |x|; on MMV with FP8 weights, x times a power of two split into two f16
- * halves, remainder <= max(2^-22 |x|, 2^-28 max|x| of its 128-column block). The second term,
- * f16's range, only concerns terms with |x| < 2^-17 of their block's max: with this test's x
+ * remainder is <= 2^-18 |x|; on MMV and FMM with FP8 weights, x times a power of two split into
+ * two f16 halves, remainder <= max(2^-22 |x|, 2^-28 max|x| of its 128-column block). The second
+ * term, f16's range, only concerns terms with |x| < 2^-17 of their block's max: with this test's x
  * (block max < 2^14) about 8% of the terms, each off by <= 2^-14 |w|, against S's >= 1.7 |w| per
  * term on average: < 0.3 of the bound even if all those errors had one sign):
  *   |y_gpu - y_cpu| <= 1e-5 * S + 1e-35,   S = sum_c |x_c| |w_rc| (times |scale2|)
@@ -299,6 +301,10 @@ static const tcase full_cases[] = {
      {1, 3, 16, 64, 257},
      0},
     {"flash wo_b fp8", FP8, E8, 4096, 8192, 0, 4096, 0, 0, 0, 0, {1, 4, 16, 64, 257}, 0},
+    /* FMM's range, 17..64 tokens (odd N: partial token tiles; NT 4 and 8) */
+    {"flash wq_b fp8 mid", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {17, 24, 32, 48, 64}, 0},
+    {"flash wo_b fp8 mid", FP8, E8, 4096, 8192, 0, 4096, 0, 0, 0, 0, {17, 24, 32, 48, 64}, 0},
+    {"flash idx wq_b fp8", FP8, E8, 8192, 1024, 0, 8192, 0, 0, 0, 0, {17, 32, 64}, 0},
     {"flash w1 mxfp4", MX, E8, 2048, 4096, 0, 2048, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
     {"flash w2 mxfp4", MX, E8, 4096, 2048, 0, 4096, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
     {"flash w1 nvfp4", NV, 0, 2048, 4096, 0, 2048, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
@@ -330,6 +336,19 @@ static const tcase full_cases[] = {
      8192,
      0,
      {1, 2, 8, 16, 64},
+     8},
+    {"flash wo_a fp8 grouped mid",
+     FP8,
+     E8,
+     8192,
+     4096,
+     0,
+     8192,
+     32768,
+     0,
+     8192,
+     0,
+     {17, 24, 32, 48, 64},
      8},
     {"flash wo_a bf16 grouped", B16, 0, 8192, 4096, 0, 8192, 32768, 0, 8192, 0, {1, 4, 16}, 8},
     {"fp8 grouped odd strides", FP8, E8, 600, 384, 0, 600, 1157, 0, 611, 0, {1, 5, 12, 40}, 3},
@@ -370,12 +389,27 @@ static const tcase small_cases[] = {
     {"small f16", H16, 0, 150, 256, 0, 150, 0, 0, 0, 0, {1, 17, 70}, 0},
     {"small f32", F32, 0, 24, 512, 0, 24, 0, 0, 0, 0, {1, 3, 70}, 0},
     {"small fp8 ldx 257", FP8, E8, 128, 256, 0, 128, 257, 1, 0, 0, {3, 20}, 0},
+    /* FMM: 60 groups of 64 rows, 10 steps: 2 K slices of 5 steps (x chunks of 2, 2, 1 steps
+     * at N > 32, 4 and 1 below) */
+    {"small fp8 grouped 60",
+     FP8,
+     E8,
+     60 * 64,
+     1280,
+     0,
+     60 * 64,
+     60 * 1280,
+     0,
+     0,
+     0,
+     {24, 40, 64},
+     60},
 };
 
 /* ---- comparison ------------------------------------------------------------------------------ */
 /* kernels (DSV4_LIN_PATH_*), then "split": the GEMV split over a cluster's CTAs */
-static const char *path_name[] = {"auto", "gemv", "mma", "simt", "mmv", "multi", "split"};
-enum { NPATH = 7, SPLIT_STAT = 6 };
+static const char *path_name[] = {"auto", "gemv", "mma", "simt", "mmv", "multi", "fmm", "split"};
+enum { NPATH = 8, SPLIT_STAT = 7 };
 static double worst_by_path[NPATH]; /* the largest err/bound seen per kernel */
 static int64_t checks_by_path[NPATH];
 static int quiet; /* compare prints failures only */
@@ -544,8 +578,8 @@ static void run_case(ctx *cx, const tcase *c)
                 CHECK_MSG(memcmp(yg, yg2, ny * sizeof *yg) == 0,
                           "%s N=%lld: two identical calls differ", c->name, (long long)N);
             }
-            for (int q = DSV4_LIN_PATH_GEMV; q <= DSV4_LIN_PATH_MMV; q++) {
-                if (q == p) continue;
+            for (int q = DSV4_LIN_PATH_GEMV; q <= DSV4_LIN_PATH_FMM; q++) {
+                if (q == p || q == DSV4_LIN_PATH_MULTI) continue;
                 if (gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, c->yoff, round, q, 0, sent, yg) == q)
                     compare(c, path_name[q], N, round, ldy, c->yoff, yg, yc, yu, S);
             }
@@ -999,6 +1033,7 @@ static void bench_all(ctx *cx)
         {"flash wo_b fp8", FP8, E8, 4096, 8192, 1, 1},
         {"flash wo_a fp8 8 groups", FP8, E8, 8192, 4096, 8, 1},
         {"flash wq_a fp8", FP8, E8, 1024, 4096, 1, 1},
+        {"flash idx wq_b fp8", FP8, E8, 8192, 1024, 1, 1},
         {"flash wkv fp8", FP8, E8, 512, 4096, 1, 0},
         {"bf16 1024x4096", B16, 0, 1024, 4096, 1, 0},
         {"pro wq_b fp8", FP8, E8, 65536, 1536, 1, 0},
@@ -1030,11 +1065,15 @@ static void bench_all(ctx *cx)
             if (o > 0 && n > 0)
                 printf("  %-22s N=%-2lld old / new = %.2fx\n", sh[i].name, (long long)N, o / n);
         }
-        if (sh[i].n64 && sh[i].groups > 1) {
-            bench_line(cx, &b, 64, DSV4_LIN_PATH_AUTO, 1, 0, "old, 8 calls");
-            bench_line(cx, &b, 64, DSV4_LIN_PATH_AUTO, 0, 0, "new, grouped");
-        } else if (sh[i].n64) {
-            bench_line(cx, &b, 64, DSV4_LIN_PATH_AUTO, 0, 0, "auto");
+        /* 17..64 tokens: the tiled MMA kernel (old) against FMM (new), both grouped */
+        for (int64_t N = 32; sh[i].n64 && N <= 64; N *= 2) {
+            const double o = bench_line(cx, &b, N, DSV4_LIN_PATH_MMA, 0, 0, "old (mma)");
+            const double n = bench_line(cx, &b, N, DSV4_LIN_PATH_FMM, 0, 0, "new (fmm)");
+            if (o > 0 && n > 0)
+                printf("  %-22s N=%-2lld old / new = %.2fx\n", sh[i].name, (long long)N, o / n);
+        }
+        if (sh[i].n64) bench_line(cx, &b, 64, DSV4_LIN_PATH_FMM, 0, 1, "f32-x (lo on)");
+        if (sh[i].n64 && sh[i].groups == 1) {
             bench_line(cx, &b, 16, DSV4_LIN_PATH_MMV, 0, 1, "f32-x (lo on)");
             bench_line(cx, &b, 4, DSV4_LIN_PATH_MMV, 0, 1, "f32-x (lo on)");
         }

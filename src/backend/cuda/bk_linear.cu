@@ -3,14 +3,17 @@
  * dsv4_bk_linear, dsv4_bk_linear_grouped): the argument checks, the choice of kernel, and the f32
  * decode GEMV.
  *
- * Four kernels, one result up to f32 summation order (each output is a plain f32 sum of
+ * Five kernels, one result up to f32 summation order (each output is a plain f32 sum of
  * x_c * w_c, w decoded exactly; the order is fixed by the shape, so runs are bit-reproducible):
  *   MMV   N <= 16 (decode), FP8 and BF16 weights, where it is faster than the GEMV (N >= 5,
  *         or large matrices; mmv_wins): tensor cores with the weight rows as the 16-row operand
  *         and the tokens as the 8-column one (linear_mmv.cu);
  *   GEMV  N <= 16 otherwise (small N, the other formats, widths MMV does not take): f32 FMAs,
  *         weights decoded in registers (this file);
- *   MMA   larger N, FP8/MXFP4/NVFP4/BF16: bf16 tensor cores with x split hi + lo
+ *   FMM   17 <= N <= 64, FP8 weights, where it is faster than MMA (dsv4_lin_fmm_wins): f16
+ *         tensor cores with the weight rows as the 16-row operand straight from global memory,
+ *         x staged per CTA (linear_fp8mma.cu);
+ *   MMA   larger N, and MXFP4/NVFP4/BF16: bf16 tensor cores with x split hi + lo
  *         (linear_tiled.cu);
  *   SIMT  everything else (F16/F32 weights at larger N, odd widths or alignments): f32 tiles
  *         (linear_tiled.cu).
@@ -567,9 +570,11 @@ static int lin_path(const lin_args *a)
     if (path == DSV4_LIN_PATH_GEMV && !gemv_ok(a)) path = DSV4_LIN_PATH_AUTO;
     if (path == DSV4_LIN_PATH_MMV && !dsv4_lin_mmv_ok(a)) path = DSV4_LIN_PATH_AUTO;
     if (path == DSV4_LIN_PATH_MMA && !dsv4_lin_mma_ok(a)) path = DSV4_LIN_PATH_AUTO;
+    if (path == DSV4_LIN_PATH_FMM && !dsv4_lin_fmm_ok(a)) path = DSV4_LIN_PATH_AUTO;
     if (path != DSV4_LIN_PATH_AUTO) return path;
     if (dsv4_lin_mmv_ok(a) && (!gemv_ok(a) || mmv_wins(a))) return DSV4_LIN_PATH_MMV;
     if (gemv_ok(a)) return DSV4_LIN_PATH_GEMV;
+    if (a->N > 16 && dsv4_lin_fmm_ok(a) && dsv4_lin_fmm_wins(a)) return DSV4_LIN_PATH_FMM;
     return dsv4_lin_mma_ok(a) ? DSV4_LIN_PATH_MMA : DSV4_LIN_PATH_SIMT;
 }
 
@@ -582,6 +587,8 @@ static dsv4_status lin_launch(const lin_args *a, int path, cudaStream_t st)
         return launch_gemv(a, st);
     case DSV4_LIN_PATH_MMA:
         return dsv4_lin_launch_mma(a, st);
+    case DSV4_LIN_PATH_FMM:
+        return dsv4_lin_launch_fmm(a, st);
     default:
         return dsv4_lin_launch_simt(a, st);
     }

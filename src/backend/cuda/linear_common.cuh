@@ -1,8 +1,9 @@
 /*
  * linear_common.cuh - what the CUDA projection kernels share (bk_linear.cu: the dispatcher and
- * the decode kernels; linear_tiled.cu: the tensor-core and SIMT tiled kernels): the argument
- * block, the register decoders of each stored format, the scale lookups, the output rounding, the
- * mma.sync wrappers and the split-K reduction over a thread-block cluster.
+ * the decode kernels; linear_tiled.cu, linear_mmv.cu, linear_fp8mma.cu: the tensor-core and SIMT
+ * kernels): the argument block, the register decoders of each stored format, the scale lookups,
+ * the output rounding, the mma.sync wrappers and the split-K reduction over a thread-block
+ * cluster.
  *
  * Every decoder is exact: it yields the f32 value of the reference decoding (model/weights.c),
  * possibly times a power of two that the caller folds back in (noted at each one).
@@ -191,12 +192,17 @@ __device__ __forceinline__ void lin_cluster_store(const lin_args &a, float *part
     cl.sync(); /* no rank leaves while another still reads its shared memory */
 }
 
-/* The tiled kernels (linear_tiled.cu) and the tensor-core decode kernel (linear_mmv.cu). *_ok:
+/* The tiled kernels (linear_tiled.cu), the tensor-core decode kernel (linear_mmv.cu) and the FP8
+ * kernel for 17..64 rows of x (linear_fp8mma.cu). *_ok:
  * whether the kernel takes this weight and x. The launches cover a->groups groups. */
 int dsv4_lin_mma_ok(const lin_args *a);
 dsv4_status dsv4_lin_launch_mma(const lin_args *a, cudaStream_t st);
 dsv4_status dsv4_lin_launch_simt(const lin_args *a, cudaStream_t st);
 int dsv4_lin_mmv_ok(const lin_args *a);
 dsv4_status dsv4_lin_launch_mmv(const lin_args *a, cudaStream_t st);
+int dsv4_lin_fmm_ok(const lin_args *a);
+/* Whether FMM was measured faster than the MMA kernel on a call it takes (linear_fp8mma.cu). */
+int dsv4_lin_fmm_wins(const lin_args *a);
+dsv4_status dsv4_lin_launch_fmm(const lin_args *a, cudaStream_t st);
 
 #endif

@@ -19,6 +19,7 @@ enum {
     DSV4_LIN_PATH_SIMT = 3,  /* f32 SIMT tiles (anything) */
     DSV4_LIN_PATH_MMV = 4,   /* decode on tensor cores (N <= 16; FP8 cols % 128, BF16 cols % 64) */
     DSV4_LIN_PATH_MULTI = 5, /* dsv4_bk_linear_multi's one GEMV launch (N <= 16, GEMV's rules) */
+    DSV4_LIN_PATH_FMM = 6,   /* FP8, N <= 64 (cols % 128; dispatcher: N > 16 where faster) */
 };
 
 /* Forces `path` for the following dsv4_cuda_bk_linear(_grouped, _multi) calls; a path that does
