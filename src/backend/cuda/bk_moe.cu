@@ -537,6 +537,7 @@ extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float
         m.list.pairs = m.list.cnt + E;
         m.tickets = (int32_t *)(base + mw.tickets);
         m.slots = (int)bound;
+        m.sms = t->sms;
         last_path = DSV4_MOE_PATH_MMA;
         return moe_mma_run(st, &m, out, h, sel);
     }

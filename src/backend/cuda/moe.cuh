@@ -101,6 +101,7 @@ typedef struct moe_mma_args {
     int32_t *tickets;  /* [slots, I / 128] stage 1 tiles done per 128-row block of a */
     uint16_t *y;       /* [P, D] bf16 bits of y (stage 2 out) */
     int slots;         /* bound on active experts + 1 (the shared one) */
+    int sms;           /* the device's SMs (a stage grid's wave) */
 } moe_mma_args;
 
 /* Whether the tensor-core path takes a matrix (format, alignment). */

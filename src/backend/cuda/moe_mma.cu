@@ -636,6 +636,20 @@ static int split_of(int64_t nch)
     return nch >= 32 ? 4 : nch >= 16 ? 2 : 1;
 }
 
+/* ks halved where the grid of `tasks` tasks then fits one wave of resident CTAs (4 an SM) and
+ * did not: one wave of longer warps beats 1.7 waves of shorter ones. Stage 1 at Flash N = 1:
+ * 896 tasks, 4 slices 896 CTAs, 2 slices 448 (H100 test_gpu_moe --profile 1: 79.3 / 80.4 /
+ * 80.3 -> 77.2 / 76.9 / 76.5 us; ncu stage 1 46.1 -> 45.0 us). Larger N and the Pro shape keep
+ * their split (the tasks do not fit a wave at half of it). Stage 2 keeps split_of: there the
+ * same rule (2 -> 1 slices at Flash N = 1) timed faster (74.5 / 75.0 us) but was not validated
+ * in time. */
+static int split_fit(int ks, int64_t tasks, int sms)
+{
+    const int64_t wave = 4 * (int64_t)sms, ctas = (tasks * ks + WPC - 1) / WPC,
+                  half = (tasks * (ks / 2) + WPC - 1) / WPC;
+    return ks > 1 && ctas > wave && half <= wave ? ks / 2 : ks;
+}
+
 dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, float *out, const float *h,
                         const int32_t *sel)
 {
@@ -646,7 +660,8 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, float *out, cons
     CUDA_LAUNCHED();
     const int64_t t1 = (int64_t)a->slots * ((I + 15) / 16),
                   t2 = (int64_t)a->slots * ((D + 15) / 16);
-    const int ks1 = split_of((D + 127) / 128), ks2 = split_of((I + 127) / 128);
+    const int ks1 = split_fit(split_of((D + 127) / 128), t1, a->sms),
+              ks2 = split_of((I + 127) / 128);
     const int64_t g1 = (t1 + WPC / ks1 - 1) / (WPC / ks1), g2 = (t2 + WPC / ks2 - 1) / (WPC / ks2);
     /* stage 1: 8 loads a lane, no ring, 4 CTAs per SM asked of ptxas (a few spills outside the
      * loop); stage 2: 8 loads a lane in the two-half ring, 4 CTAs per SM (no spills). The best
