@@ -142,22 +142,25 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
 
     /* act_quant(q_norm(qr)) (s->xq): the input of wq_b and of the indexer's queries */
     DSV4_TRY(dsv4_bk_rmsnorm_quant(e->b, s->qr, s->xq, s->qr, L->q_norm, N, ql, eps, 128));
-    if (L->ratio > 0) DSV4_TRY(compress(e, L, rows));
     const int csa = L->ratio == 4;
-    if (csa) {
-        /* The indexer's chain needs only xq, the weights s->iw and its compressor's entries, so
-         * it runs beside the query and key chains below (a side stream; a fork in the graph):
-         * its top-k is a few CTAs' latency-bound work while they stream wq_b. */
+    /* The compressors and, in a CSA layer, the indexer's chain (which needs only xq, the weights
+     * s->iw and its compressor's entries) run beside the query and key chains below: a side
+     * stream, a fork in the graph. The indexer's top-k is a few CTAs' latency-bound work while
+     * the main chain streams wq_b. */
+    if (L->ratio > 0) {
         DSV4_TRY(dsv4_bk_side_begin(e->b));
-        const int nh = c->index_n_heads, d = c->index_head_dim;
-        DSV4_TRY(linear_q(e, &w->idx_wq_b, s->qr, s->xq, 0, N, s->iq));
-        MARK("index.q");
-        /* the queries' RoPE, Hadamard and FP4, then the scores and top-k, in one op; the
-         * weights' scale nh^-0.5 d^-0.5 (and its bf16 rounding) is applied inside */
-        DSV4_TRY(dsv4_bk_indexer_q_topk(
-            e->b, s->sel, s->iq, s->iw, (float)(pow(d, -0.5) * pow(nh, -0.5)), L->idx.ent,
-            L->idx.cap, nh, d, r, e->rope_comp, L->idx.ratio, c->index_topk, rows, s->idx_ws));
-        MARK("index.topk");
+        DSV4_TRY(compress(e, L, rows));
+        if (csa) {
+            const int nh = c->index_n_heads, d = c->index_head_dim;
+            DSV4_TRY(linear_q(e, &w->idx_wq_b, s->qr, s->xq, 0, N, s->iq));
+            MARK("index.q");
+            /* the queries' RoPE, Hadamard and FP4, then the scores and top-k, in one op; the
+             * weights' scale nh^-0.5 d^-0.5 (and its bf16 rounding) is applied inside */
+            DSV4_TRY(dsv4_bk_indexer_q_topk(
+                e->b, s->sel, s->iq, s->iw, (float)(pow(d, -0.5) * pow(nh, -0.5)), L->idx.ent,
+                L->idx.cap, nh, d, r, e->rope_comp, L->idx.ratio, c->index_topk, rows, s->idx_ws));
+            MARK("index.topk");
+        }
         DSV4_TRY(dsv4_bk_side_end(e->b));
     }
 
@@ -170,7 +173,7 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
     DSV4_TRY(dsv4_bk_kv_norm_rope_store(e->b, L->win, e->R, s->kv, L->kv_norm, rows, hd, r, freqs,
                                         eps, 64));
     MARK("attn.kv");
-    if (csa) DSV4_TRY(dsv4_bk_side_join(e->b));
+    if (L->ratio > 0) DSV4_TRY(dsv4_bk_side_join(e->b));
 
     DSV4_TRY(dsv4_bk_attention(e->b, s->o, s->q, H, hd, L->win, e->R, c->sliding_window,
                                L->ratio ? L->comp.ent : NULL, L->ratio ? L->comp.cap : 0, L->ratio,

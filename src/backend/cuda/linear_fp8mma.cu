@@ -407,13 +407,16 @@ int dsv4_lin_fmm_ok(const lin_args *a)
 
 /* The K split: *ks slices of *spc steps. The most slices (two steps each at least) whose grid
  * runs in one wave: a cluster's CTAs (one per SM here) must share a GPC, and the H100 holds 15
- * clusters of 8 at once (ncu, Max Active Clusters), so a split grid keeps to FM_SPLIT_CTAS. */
+ * clusters of 8 at once (ncu, Max Active Clusters), so a split grid keeps to FM_SPLIT_CTAS; 16
+ * clusters of 7 ran in two waves too (Flash wo_b), 16 of 6 in one, so more than 8 clusters
+ * take at most 6 slices. */
 static void fm_plan(const lin_args *a, int *ks, int *spc)
 {
     const int64_t nsteps = a->cols / 128;
     const int64_t ctas = (a->nrows + FM_BM - 1) / FM_BM * a->groups;
+    const int kmax = ctas > 8 ? 6 : FM_KS_MAX;
     int k = 1;
-    for (int j = 2; j <= FM_KS_MAX; j++)
+    for (int j = 2; j <= kmax; j++)
         if (ctas * j <= FM_SPLIT_CTAS && nsteps >= 2 * j) k = j;
     *spc = (int)((nsteps + k - 1) / k);
     *ks = (int)((nsteps + *spc - 1) / *spc); /* no empty slices */
@@ -421,7 +424,9 @@ static void fm_plan(const lin_args *a, int *ks, int *spc)
 
 /* Measured against MMA (H100, the Limits above): faster at N <= 32 on every Flash shape; at
  * N > 32 on all but grids of more than 8 clusters of 7-8 CTAs (Flash wo_b: 16 x 7, two waves,
- * 115 us against MMA's 100; 8 x 8, the shared expert's w1, runs in one: 26 against 33). */
+ * 115 us against MMA's 100; 8 x 8, the shared expert's w1, runs in one: 26 against 33), which
+ * fm_plan no longer makes (wo_b at 16 x 6: N = 32 39.7 us, N = 64 67.1 against MMA's 95.3 /
+ * 97.6, test_gpu_linear graph replay, H100). */
 int dsv4_lin_fmm_wins(const lin_args *a)
 {
     if (a->N <= 32) return 1;

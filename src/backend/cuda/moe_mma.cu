@@ -640,9 +640,8 @@ static int split_of(int64_t nch)
  * did not: one wave of longer warps beats 1.7 waves of shorter ones. Stage 1 at Flash N = 1:
  * 896 tasks, 4 slices 896 CTAs, 2 slices 448 (H100 test_gpu_moe --profile 1: 79.3 / 80.4 /
  * 80.3 -> 77.2 / 76.9 / 76.5 us; ncu stage 1 46.1 -> 45.0 us). Larger N and the Pro shape keep
- * their split (the tasks do not fit a wave at half of it). Stage 2 keeps split_of: there the
- * same rule (2 -> 1 slices at Flash N = 1) timed faster (74.5 / 75.0 us) but was not validated
- * in time. */
+ * their split (the tasks do not fit a wave at half of it). Stage 2 likewise (Flash N = 1:
+ * 1792 tasks, 2 slices 896 CTAs, 1 slice 448; test_gpu_moe --profile 1 74.5 / 75.0 us). */
 static int split_fit(int ks, int64_t tasks, int sms)
 {
     const int64_t wave = 4 * (int64_t)sms, ctas = (tasks * ks + WPC - 1) / WPC,
@@ -661,7 +660,7 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, float *out, cons
     const int64_t t1 = (int64_t)a->slots * ((I + 15) / 16),
                   t2 = (int64_t)a->slots * ((D + 15) / 16);
     const int ks1 = split_fit(split_of((D + 127) / 128), t1, a->sms),
-              ks2 = split_of((I + 127) / 128);
+              ks2 = split_fit(split_of((I + 127) / 128), t2, a->sms);
     const int64_t g1 = (t1 + WPC / ks1 - 1) / (WPC / ks1), g2 = (t2 + WPC / ks2 - 1) / (WPC / ks2);
     /* stage 1: 8 loads a lane, no ring, 4 CTAs per SM asked of ptxas (a few spills outside the
      * loop); stage 2: 8 loads a lane in the two-half ring, 4 CTAs per SM (no spills). The best
