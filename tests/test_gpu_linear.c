@@ -33,7 +33,9 @@
  * Outside [N, nrows] the output buffer must be untouched; the same call twice must give the same
  * bits.
  *
- * usage: test_gpu_linear [--small]   (--small: a few small shapes, for compute-sanitizer)
+ * usage: test_gpu_linear [--small | --check | --fmm-bench]   (--small: a few small shapes, for
+ * compute-sanitizer; --check: the full correctness cases without the timing; --fmm-bench: only
+ * the FMM timing lines, N = 32 and 64 on the Flash shapes, to compare builds in one device call)
  */
 #include "backend/backend.h"
 #include "backend/backend_impl.h"
@@ -1021,7 +1023,8 @@ static double bench_line(ctx *cx, bench_set *b, int64_t N, int path, int split, 
     return graph;
 }
 
-static void bench_all(ctx *cx)
+/* fmm_only: the FMM lines at N = 32, 64 alone (--fmm-bench) */
+static void bench_all(ctx *cx, int fmm_only)
 {
     static const struct {
         const char *name;
@@ -1046,9 +1049,18 @@ static void bench_all(ctx *cx)
            "one call per group");
     for (size_t i = 0; i < sizeof sh / sizeof *sh; i++) {
         bench_set b;
+        if (fmm_only && !sh[i].n64) continue;
         if (!bench_open(cx, &b, sh[i].name, sh[i].fmt, sh[i].sdt, sh[i].rows, sh[i].cols,
                         sh[i].groups, sh[i].n64 ? 64 : 16)) {
             bench_close(cx, &b);
+            continue;
+        }
+        if (fmm_only) {
+            for (int64_t N = 32; N <= 64; N *= 2)
+                bench_line(cx, &b, N, DSV4_LIN_PATH_FMM, 0, 0, "new (fmm)");
+            bench_line(cx, &b, 64, DSV4_LIN_PATH_FMM, 0, 1, "f32-x (lo on)");
+            bench_close(cx, &b);
+            fflush(stdout);
             continue;
         }
         const int head = sh[i].rows > 100000;
@@ -1249,6 +1261,8 @@ static void bench_multi(ctx *cx)
 int main(int argc, char **argv)
 {
     const int small = argc > 1 && !strcmp(argv[1], "--small");
+    const int check_only = argc > 1 && !strcmp(argv[1], "--check");
+    const int fmm_bench = argc > 1 && !strcmp(argv[1], "--fmm-bench");
     dsv4_cpu_pool *pool = NULL;
     ctx cx = {NULL, NULL};
     CHECK(dsv4_cpu_pool_create(0, &pool) == DSV4_OK);
@@ -1256,6 +1270,13 @@ int main(int argc, char **argv)
     dsv4_status st = dsv4_backend_create(DSV4_DEVICE_CUDA, 0, NULL, &cx.gpu);
     CHECK_MSG(st == DSV4_OK, "no CUDA backend: %s", dsv4_last_error());
     if (st != DSV4_OK) return test_finish();
+    if (fmm_bench) {
+        bench_all(&cx, 1);
+        dsv4_backend_destroy(cx.gpu);
+        dsv4_backend_destroy(cx.cpu);
+        dsv4_cpu_pool_destroy(pool);
+        return test_finish();
+    }
 
     printf("linear: bound |gpu - cpu| <= 1e-5 * sum|x||w| (rounded: gpu = bf16(v), |v - cpu "
            "unrounded| <= bound); err/bound <= 1 passes;\n  max_rel = |gpu - cpu| / max(|cpu|, "
@@ -1276,8 +1297,8 @@ int main(int argc, char **argv)
                (long long)checks_by_path[p]);
     printf("\n");
 
-    if (!small) bench_multi(&cx);
-    if (!small) bench_all(&cx);
+    if (!small && !check_only) bench_multi(&cx);
+    if (!small && !check_only) bench_all(&cx, 0);
     dsv4_backend_destroy(cx.gpu);
     dsv4_backend_destroy(cx.cpu);
     dsv4_cpu_pool_destroy(pool);

@@ -23,19 +23,24 @@
  * Flash wq_b 32 MB N = 32 61.6 -> 35.2 us, N = 64 64.2 -> 57.8; wo_a (8 groups) 97.5 -> 40.4,
  * 99.4 -> 68.2; indexer wq_b 8 MB 34.2 -> 15.8, 34.8 -> 25.0; wo_b 95.7 -> 72.6 at N = 32 but
  * 100.2 -> 115.1 at N = 64, where its 16 clusters of 7 CTAs take two waves (so N > 32 stays on
- * MMA for such grids: dsv4_lin_fmm_wins). Still 16-32% of copy bandwidth on the 32 MB matrices,
- * far from cuBLASLt (17-20 us): with 8 warps per SM (~250 registers each: 2 x 64 f32 sums, the
- * weight chunks of a step) every warp issues an instruction only every ~6 cycles (ncu: fixed-
- * latency dependencies), and x, f32 in the API, is read and split by each CTA for its 256 rows
- * (as many bytes as the weights). The way on: x converted once per call (hi/lo planes in a
- * workspace), more weight rows per x byte, FP8 x for act_quant inputs (m16n8k32 e4m3).
+ * MMA for such grids: dsv4_lin_fmm_wins; fm_plan now splits them 6 ways).
+ * 16 warps of 16 rows (<= 128 registers) in place of 8 of 32 (252 registers; ncu: a warp issued
+ * only every ~6 cycles, fixed-latency dependencies), H100, one call, old/new 3 times interleaved,
+ * graph replay (us, N = 32 / 64): wq_b 35.4 -> 33.9 / 58.8 -> 58.4, wo_b 39.9 -> 37.1 / 65.8 ->
+ * 64.5, wo_a 39.9 -> 36.8 / 65.6 -> 64.0, indexer wq_b 15.7 -> 15.1 / 25.2 -> 24.5, wq_a 15.7
+ * -> 15.1 / 25.5 -> 25.7 (the one not faster). Still 16-32% of copy bandwidth on the 32 MB
+ * matrices, far from cuBLASLt (15-21 us), and not for the mmas: f32 x (lo on, twice the mmas)
+ * times the same as bf16-valued x (wq_b N = 64 58.5 / 58.4). What grows with N is x: f32 in
+ * the API, it is read and split by each CTA for its 256 rows (as many bytes as the weights). The
+ * way on: x converted once per call (hi/lo planes in a workspace; one per stream, the side
+ * stream runs projections too), more weight rows per x byte, FP8 x for act_quant inputs.
  */
 #include "backend/cuda/linear_common.cuh"
 
 #include <string.h>
 
 /* ---- FMM --------------------------------------------------------------------------------------
- * CTA: 8 warps, each 32 weight rows (FM_MT = 2 tiles of 16) x all tokens (NT 8-token tiles), so
+ * CTA: 16 warps, each 16 weight rows (FM_MT = 1 tile) x all tokens (NT 8-token tiles), so
  * a CTA covers FM_BM = 256 rows over its K slice of spc steps (a step = 128 columns = one weight
  * scale block). Lane (g, t) loads 16 bytes at 16 t and at 64 + 16 t of rows g and g + 8 of each
  * tile; MMV's column map (register word w of chunk u holds columns 64 u + 16 t + 4 w .. + 3, mma
@@ -50,7 +55,7 @@
  * tile. After the K loop the CTA's partial [TOK][FM_BM] goes to the same shared memory and the
  * KS CTAs of the cluster (the K slices) add up in rank order (fm_cluster_store). Token tiles past
  * N multiply zeros (their outputs are not stored). */
-enum { FM_THREADS = 256, FM_WARPS = 8, FM_MT = 2, FM_BM = FM_WARPS * FM_MT * 16, FM_KS_MAX = 8 };
+enum { FM_THREADS = 512, FM_WARPS = 16, FM_MT = 1, FM_BM = FM_WARPS * FM_MT * 16, FM_KS_MAX = 8 };
 /* Steps ahead of the loop whose weight lines are prefetched into L2: the registers hold one step
  * ahead (all the kernel's registers allow), the L2 prefetch keeps more bytes in flight. */
 enum { FM_PD = 2 };
@@ -298,7 +303,8 @@ __global__ void __launch_bounds__(FM_THREADS, 1) fmm_kernel(lin_args a, int spc,
     for (int mt = 0; mt < FM_MT; mt++)
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            const int64_t row = (int64_t)blockIdx.x * FM_BM + warp * 32 + mt * 16 + g + 8 * r;
+            const int64_t row =
+                (int64_t)blockIdx.x * FM_BM + warp * (16 * FM_MT) + mt * 16 + g + 8 * r;
             wok[mt][r] = row < a.nrows;
             const int64_t arow = a.row0 + (wok[mt][r] ? row : 0);
             srow[mt][r] = arow / 128;
@@ -390,7 +396,7 @@ __global__ void __launch_bounds__(FM_THREADS, 1) fmm_kernel(lin_args a, int spc,
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int j = 0; j < 4; j++) {
-                const int row = warp * 32 + mt * 16 + g + 8 * (j >> 1),
+                const int row = warp * (16 * FM_MT) + mt * 16 + g + 8 * (j >> 1),
                           tok = nt * 8 + 2 * t + (j & 1);
                 part[tok * FM_BM + row] = acc[mt][nt][j];
             }
