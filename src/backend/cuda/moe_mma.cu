@@ -63,8 +63,21 @@
  * mma.sync e4m3 to that conversion of both operands and two f16 mma (HMMA.16816) plus an FADD,
  * so an MXFP4 word placed as e4m3 (7 operations) then costs 4 conversions more, no fewer
  * instructions than the f16 widening (11), and more registers (stage 1 spills 88 -> 172 bytes).
- * Next: FP4 tokens 2 per pass (N > 2 re-widens each weight per pair of tokens), then more warps
- * per SM.
+ * Then passes of NB token groups (stage kernel NB4 / NB8; mma_chunks_nb): each widened weight
+ * fragment meets NB B fragments, so a pass takes 4 MXFP4 tokens (16 FP8) for the widening of 2
+ * (8); bit-identical (each C element the same k-sum). The extra partials and activations take
+ * registers: at 4 CTAs per SM stage 1 spilled 480 bytes, so these kernels ask for 3 (168
+ * registers); stage 1 with 4 loads a lane and FP8 one group a pass (no spills; 8 loads or FP8
+ * in two groups spill 48-76 bytes). A task takes 2-group passes while more than one group's
+ * tokens remain, then a 1-group pass. H100, test_gpu_moe --profile 64 (Flash), HEAD 1319 /
+ * 1320 us: this choice 1259 / 1265; stage 1 with 8 loads (FP8 1 or 2 groups) 1302, 1300 / 1302;
+ * 4 loads both in 2 groups 1314 / 1307; 2 CTAs (208 registers) 1449; stage 1 of HEAD with
+ * stage 2 new 1305; stage 2 of HEAD with stage 1 new 1290; stage 2 at 4 CTAs (spills) with 4 or
+ * 8 loads 1240 and 1249, once each and not checked, so not taken. Flash N = 8: 297 -> 342
+ * (most experts have 1 token: the second group is empty, the lower occupancy costs), so taken
+ * only where N K >= E (moe_mma_run). N = 300 5015 -> 4110 us.
+ * Next: stage 2 at 4 CTAs (fewer registers: 32-bit activation offsets), FP8 stage 1 in two
+ * groups without spills.
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
@@ -311,22 +324,122 @@ mma_chunks_any(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[1
         mma_chunks<NM, F, CN, false>(b, acc, x, c0, hi, hl, brow, s0, s1);
 }
 
-/* ---- one task: 16 rows of the NM matrices w (format F: 0 MXFP4, 1 FP8) for all ntok tokens,
- * run by a group of ks warps, warp `slice` on the 128-column chunks [lo, hi) ----------------
+/* mma_chunks for NB > 1 token groups a pass (group j: FP4 tokens 2 j, 2 j + 1 of the pass, FP8
+ * tokens 8 j .. 8 j + 7): each weight word is widened once and multiplied with the NB groups'
+ * B fragments, so the widening (most of the loop) is paid once per weight for NB times the
+ * tokens. The activations are loaded per k step (4 registers a group, not 16), the NB x NM
+ * partials f live across the chunk. Every C element is the same mma k-sum (same A, its own B
+ * column, k in the same order) scaled and added as in mma_chunks: bit-identical. */
+template <int NM, int F, int CN, int NB, bool SMALL>
+static __device__ __forceinline__ void
+mma_chunks_nb(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], int c0, int hi, int hl,
+              const uint16_t *const (&brow)[NB], const float *const (&s0)[NB],
+              const float *const (&s1)[NB])
+{
+#pragma unroll
+    for (int ci = 0; ci < CN; ci++) {
+        const int c = c0 + ci;
+        if (c >= hi) break;
+        float xs0[NB], xs1[NB];
+#pragma unroll
+        for (int j = 0; j < NB; j++) {
+            xs0[j] = s0[j] ? __ldg(s0[j] + c) : 0.0f;
+            xs1[j] = s1[j] ? __ldg(s1[j] + c) : 0.0f;
+        }
+        float f[NB][NM][4];
+#pragma unroll
+        for (int j = 0; j < NB; j++)
+#pragma unroll
+            for (int m = 0; m < NM; m++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) f[j][m][i] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            /* x[j]: group j's activations of k step k (FP4) / steps 2 k, 2 k + 1 (FP8); zero
+             * where the lane carries no token or the chunk is past its columns */
+            uint4 x[NB];
+#pragma unroll
+            for (int j = 0; j < NB; j++) {
+                x[j] = make_uint4(0, 0, 0, 0);
+                if (brow[j] && c < hl) x[j] = __ldg((const uint4 *)(brow[j] + c * 128) + k);
+            }
+#pragma unroll
+            for (int m = 0; m < NM; m++) {
+                if (F == 0) {
+                    uint32_t pa[4], pb[4];
+                    fp4_pairs(word4(b.q[ci][m][0][0], k), pa);
+                    fp4_pairs(word4(b.q[ci][m][1][0], k), pb);
+#pragma unroll
+                    for (int j = 0; j < NB; j++) {
+                        mma_f16(f[j][m], pa[0], pb[0], pa[1], pb[1], x[j].x, x[j].y);
+                        mma_f16(f[j][m], pa[2], pb[2], pa[3], pb[3], x[j].z, x[j].w);
+                    }
+                } else {
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int s = 2 * k + h;
+                        uint32_t pa[2], pb[2];
+                        fp8_pairs(word4(b.q[ci][m][0][s >> 2], s & 3), pa);
+                        fp8_pairs(word4(b.q[ci][m][1][s >> 2], s & 3), pb);
+#pragma unroll
+                        for (int j = 0; j < NB; j++)
+                            mma_f16(f[j][m], pa[0], pb[0], pa[1], pb[1], h ? x[j].z : x[j].x,
+                                    h ? x[j].w : x[j].y);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < NM; m++) {
+            constexpr int E = F == 0 ? 14 : 0;
+            const uint32_t w0 = b.sc[ci][m][0], w1 = F == 0 ? b.sc[ci][m][1] : w0;
+#pragma unroll
+            for (int j = 0; j < NB; j++) {
+                acc[j][m][0] = fmaf(wscale<E, SMALL>(f[j][m][0], w0), xs0[j], acc[j][m][0]);
+                acc[j][m][1] = fmaf(wscale<E, SMALL>(f[j][m][1], w0), xs1[j], acc[j][m][1]);
+                acc[j][m][2] = fmaf(wscale<E, SMALL>(f[j][m][2], w1), xs0[j], acc[j][m][2]);
+                acc[j][m][3] = fmaf(wscale<E, SMALL>(f[j][m][3], w1), xs1[j], acc[j][m][3]);
+            }
+        }
+    }
+}
+
+/* The pass's mma of chunks [c0, c0 + CN): NB = 1 today's mma_chunks (x carried across chunks),
+ * NB > 1 mma_chunks_nb; with the scaling that b's scales allow (a uniform branch). */
+template <int NM, int F, int CN, int NB>
+static __device__ __forceinline__ void
+mma_pass(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], uint32_t (&x)[16], int c0, int hi,
+         int hl, const uint16_t *const (&brow)[NB], const float *const (&s0)[NB],
+         const float *const (&s1)[NB])
+{
+    if constexpr (NB == 1) {
+        mma_chunks_any<NM, F, CN>(b, acc[0], x, c0, hi, hl, brow[0], s0[0], s1[0]);
+    } else {
+        if (scales_small(b))
+            mma_chunks_nb<NM, F, CN, NB, true>(b, acc, c0, hi, hl, brow, s0, s1);
+        else
+            mma_chunks_nb<NM, F, CN, NB, false>(b, acc, c0, hi, hl, brow, s0, s1);
+    }
+}
+
+/* ---- one task: 16 rows of the NM matrices w (format F: 0 MXFP4, 1 FP8) for its tokens
+ * [tb, te), run by a group of ks warps, warp `slice` on the 128-column chunks [lo, hi) --------
  * stage 1 (NM = 2): x [N, D] codes -> araw [pair, I] = bf16(swiglu(g, u) * wt);
  * stage 2 (NM = 1): aq [P, I] codes -> y [pair, D] = bf16(w2 . a).
- * red: the group's [ks][NM * 4][32] partials; bar: its named barrier (ks > 1). Slice 0 sums the
- * slices in ascending order and writes the outputs. PIPE 0: LOADS loads a lane, then their
+ * A pass takes NB token groups (FP4 2 tokens a group, FP8 8) on the same widened weights.
+ * red: the group's [ks][NB * NM * 4][32] partials; bar: its named barrier (ks > 1). Slice 0 sums
+ * the slices in ascending order and writes the outputs. PIPE 0: LOADS loads a lane, then their
  * mma; PIPE 1: two halves of LOADS / 2 in a ring, the next half's loads issued before this
  * half's mma (same registers, loads always in flight; the same sums in the same order). */
-template <int NM, int F, int PIPE, int LOADS>
+template <int NM, int F, int PIPE, int LOADS, int NB>
 static __device__ __forceinline__ void
-run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int off, int64_t r0,
+run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, int off, int64_t r0,
          int lane, int slice, int ks, int lo, int hi, float *red, int bar)
 {
-    constexpr int TPP = F == 0 ? 2 : 8;       /* tokens per pass */
-    constexpr int U = F == 0 ? 1 : 2;         /* 16-byte loads per row and chunk */
-    constexpr int CPI = LOADS / (NM * 2 * U); /* 128-column chunks per iteration */
+    constexpr int TG = F == 0 ? 2 : 8; /* tokens per group */
+    constexpr int TPP = TG * NB;       /* tokens per pass */
+    constexpr int U = F == 0 ? 1 : 2;  /* 16-byte loads per row and chunk */
+    constexpr int CPI = LOADS >= NM * 2 * U ? LOADS / (NM * 2 * U) : 1; /* chunks an iteration */
     constexpr int CPH = CPI / 2 > 0 ? CPI / 2 : 1;
     const int g = lane >> 2, t = lane & 3;
     const int64_t R = w[0].rows, C = w[0].cols;
@@ -337,25 +450,32 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int of
     /* this lane's chunks: c < hi with column 128 c + 32 t < C */
     const int hl = min(hi, (int)((C - 32 * t + 127) >> 7));
 
-    for (int t0 = 0; t0 < ntok; t0 += TPP) {
-        /* B: this lane's token (FP4: only lanes with g / 2 == t carry one, on group t's k);
-         * C: the two tokens of this lane's outputs */
-        const int bt = F == 0 ? t0 + (g & 1) : t0 + g;
-        const bool bon = (F == 0 ? (g >> 1) == t : true) && bt < ntok;
-        const uint16_t *brow = NULL;
-        if (bon) brow = xin + tok_input(a, NM == 2, ai, off, bt) * C + 32 * t;
-        const int ct = F == 0 ? t0 : t0 + 2 * t;
-        const float *s0 = NULL, *s1 = NULL;
-        if (ct < ntok) s0 = sxp + tok_input(a, NM == 2, ai, off, ct) * nch;
-        if (ct + 1 < ntok) s1 = sxp + tok_input(a, NM == 2, ai, off, ct + 1) * nch;
-
-        float acc[NM][4];
+    for (int t0 = tb; t0 < te; t0 += TPP) {
+        /* per group j, B: this lane's token (FP4: only lanes with g / 2 == t carry one, on
+         * group t's k); C: the two tokens of this lane's outputs */
+        const uint16_t *brow[NB];
+        const float *s0[NB], *s1[NB];
 #pragma unroll
-        for (int m = 0; m < NM; m++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) acc[m][i] = 0.0f;
+        for (int j = 0; j < NB; j++) {
+            const int bt = t0 + TG * j + (F == 0 ? (g & 1) : g);
+            const bool bon = (F == 0 ? (g >> 1) == t : true) && bt < te;
+            brow[j] = NULL;
+            if (bon) brow[j] = xin + tok_input(a, NM == 2, ai, off, bt) * C + 32 * t;
+            const int ct = t0 + TG * j + (F == 0 ? 0 : 2 * t);
+            s0[j] = s1[j] = NULL;
+            if (ct < te) s0[j] = sxp + tok_input(a, NM == 2, ai, off, ct) * nch;
+            if (ct + 1 < te) s1[j] = sxp + tok_input(a, NM == 2, ai, off, ct + 1) * nch;
+        }
 
-        uint32_t x[16];
+        float acc[NB][NM][4];
+#pragma unroll
+        for (int j = 0; j < NB; j++)
+#pragma unroll
+            for (int m = 0; m < NM; m++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) acc[j][m][i] = 0.0f;
+
+        uint32_t x[16]; /* NB = 1: the activations of the chunk, carried */
 #pragma unroll
         for (int i = 0; i < 16; i++) x[i] = 0;
         wcur<NM, F> cur = wcur_at<NM, F>(w, lo, t, r0, rA, rB); /* at chunk c0 */
@@ -365,7 +485,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int of
             for (int c0 = lo; c0 < hi; c0 += CPI) {
                 load_chunks<NM, F, CPI, 0>(b, cur, c0, hi, hl);
                 wcur_advance(cur, CPI);
-                mma_chunks_any<NM, F, CPI>(b, acc, x, c0, hi, hl, brow, s0, s1);
+                mma_pass<NM, F, CPI, NB>(b, acc, x, c0, hi, hl, brow, s0, s1);
             }
         } else {
             wchunks<NM, F, CPH> b0, b1; /* ping-pong, no copies */
@@ -373,66 +493,96 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int of
             load_chunks<NM, F, CPH, 0>(b0, cur, lo, hi, hl);
             for (int c0 = lo; c0 < hi; c0 += 2 * CPH) {
                 load_chunks<NM, F, CPH, CPH>(b1, cur, c0 + CPH, hi, hl);
-                mma_chunks_any<NM, F, CPH>(b0, acc, x, c0, hi, hl, brow, s0, s1);
+                mma_pass<NM, F, CPH, NB>(b0, acc, x, c0, hi, hl, brow, s0, s1);
                 load_chunks<NM, F, CPH, 2 * CPH>(b0, cur, c0 + 2 * CPH, hi, hl);
                 wcur_advance(cur, 2 * CPH);
-                mma_chunks_any<NM, F, CPH>(b1, acc, x, c0 + CPH, hi, hl, brow, s0, s1);
+                mma_pass<NM, F, CPH, NB>(b1, acc, x, c0 + CPH, hi, hl, brow, s0, s1);
             }
         }
 
         /* the group's slices, in ascending order, on slice 0 */
+        constexpr int NA = NB * NM * 4; /* partials a lane */
         if (ks > 1) {
 #pragma unroll
-            for (int m = 0; m < NM; m++)
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    red[(slice * NM * 4 + m * 4 + i) * 32 + lane] = acc[m][i];
-            named_bar(bar, 32 * ks);
-            if (slice == 0)
+            for (int j = 0; j < NB; j++)
 #pragma unroll
                 for (int m = 0; m < NM; m++)
 #pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        float v = red[(m * 4 + i) * 32 + lane];
-                        for (int j = 1; j < ks; j++)
-                            v = __fadd_rn(v, red[(j * NM * 4 + m * 4 + i) * 32 + lane]);
-                        acc[m][i] = v;
-                    }
+                    for (int i = 0; i < 4; i++)
+                        red[(slice * NA + (j * NM + m) * 4 + i) * 32 + lane] = acc[j][m][i];
+            named_bar(bar, 32 * ks);
+            if (slice == 0)
+#pragma unroll
+                for (int j = 0; j < NB; j++)
+#pragma unroll
+                    for (int m = 0; m < NM; m++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            const int q = (j * NM + m) * 4 + i;
+                            float v = red[q * 32 + lane];
+                            for (int sl = 1; sl < ks; sl++)
+                                v = __fadd_rn(v, red[(sl * NA + q) * 32 + lane]);
+                            acc[j][m][i] = v;
+                        }
             named_bar(bar, 32 * ks); /* red is free for the next pass */
         }
         if (slice != 0) continue;
 
         if (F == 0) { /* the quad's four groups: ((0 + 1) + (2 + 3)) on every lane */
 #pragma unroll
-            for (int m = 0; m < NM; m++)
+            for (int j = 0; j < NB; j++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    acc[m][i] = __fadd_rn(acc[m][i], __shfl_xor_sync(0xffffffffu, acc[m][i], 1));
-                    acc[m][i] = __fadd_rn(acc[m][i], __shfl_xor_sync(0xffffffffu, acc[m][i], 2));
-                }
+                for (int m = 0; m < NM; m++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        float &v = acc[j][m][i];
+                        v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 1));
+                        v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, 2));
+                    }
         }
 
-        /* epilogue: output i of this lane is (row i < 2 ? g : g + 8, token (i & 1) of the C
-         * pair); with FP4 the quad holds the same four sums and lane t writes the t-th */
+        /* epilogue: output i of this lane in group j is (row i < 2 ? g : g + 8, token (i & 1)
+         * of the C pair); with FP4 the quad holds the same four sums and lane t writes the t-th */
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            if (F == 0 && i != t) continue;
-            const int64_t row = i < 2 ? rA : rB;
-            const int tok = ct + (i & 1);
-            if (row >= R || tok >= ntok) continue;
-            const int64_t pair = tok_pair(a, ai, off, tok);
-            if (NM == 2) {
-                const float gv = q_bf16(__fmul_rn(acc[0][i], w[0].out_scale));
-                const float uv = q_bf16(__fmul_rn(acc[NM - 1][i], w[NM - 1].out_scale));
-                float v = q_swiglu(gv, uv, a.limit);
-                if (ai > 0) v = __fmul_rn(v, __ldg(a.wts + pair));
-                a.araw[pair * a.I + row] = (uint16_t)(__float_as_uint(q_bf16(v)) >> 16);
-            } else {
-                const float y = q_bf16(__fmul_rn(acc[0][i], w[0].out_scale));
-                a.y[pair * a.D + row] = (uint16_t)(__float_as_uint(y) >> 16);
+        for (int j = 0; j < NB; j++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                if (F == 0 && i != t) continue;
+                const int64_t row = i < 2 ? rA : rB;
+                const int tok = t0 + TG * j + (F == 0 ? 0 : 2 * t) + (i & 1);
+                if (row >= R || tok >= te) continue;
+                const int64_t pair = tok_pair(a, ai, off, tok);
+                if (NM == 2) {
+                    const float gv = q_bf16(__fmul_rn(acc[j][0][i], w[0].out_scale));
+                    const float uv = q_bf16(__fmul_rn(acc[j][NM - 1][i], w[NM - 1].out_scale));
+                    float v = q_swiglu(gv, uv, a.limit);
+                    if (ai > 0) v = __fmul_rn(v, __ldg(a.wts + pair));
+                    a.araw[pair * a.I + row] = (uint16_t)(__float_as_uint(q_bf16(v)) >> 16);
+                } else {
+                    const float y = q_bf16(__fmul_rn(acc[j][0][i], w[0].out_scale));
+                    a.y[pair * a.D + row] = (uint16_t)(__float_as_uint(y) >> 16);
+                }
             }
-        }
     }
+}
+
+/* A task's tokens [0, ntok): with NB > 1, passes of NB groups while more than one group's
+ * tokens remain (a last pass of 2..NB groups partly empty still widens each weight once), then
+ * a one-group pass for what is left (none of its mma wasted). */
+template <int NM, int F, int PIPE, int LOADS, int NB>
+static __device__ __forceinline__ void
+run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int off, int64_t r0,
+           int lane, int slice, int ks, int lo, int hi, float *red, int bar)
+{
+    constexpr int TG = F == 0 ? 2 : 8, TPP = TG * NB;
+    int n2 = 0; /* tokens of the NB-group passes */
+    if (NB > 1 && ntok > TG) n2 = ntok % TPP == 0 || ntok % TPP > TG ? ntok : ntok - ntok % TPP;
+    if (NB > 1 && n2 > 0)
+        run_task<NM, F, PIPE, LOADS, NB>(a, w, ai, 0, n2, off, r0, lane, slice, ks, lo, hi, red,
+                                         bar);
+    if (n2 < ntok)
+        run_task<NM, F, PIPE, LOADS, 1>(a, w, ai, n2, ntok, off, r0, lane, slice, ks, lo, hi, red,
+                                        bar);
 }
 
 /* After a stage 1 task: its ticket on (slot, 128-row block of a); the block's last task
@@ -483,11 +633,12 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
  * Groups synchronise only among themselves (named barrier 1 + group), so a group whose slot is
  * past the device count exits as a whole. MINB: resident CTAs per SM asked of ptxas (a register
  * budget); PIPE and LOADS: run_task's load schedule. */
-template <int NM, int MINB, int PIPE, int LOADS>
+template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8>
 __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
     DSV4_PDL_WAIT();
-    __shared__ float red[WPC * 2 * 4 * 32];
+    constexpr int NB = NB4 > NB8 ? NB4 : NB8;
+    __shared__ float red[WPC * NB * 2 * 4 * 32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp / ks, slice = warp - grp * ks;
     const int64_t task = (int64_t)blockIdx.x * (WPC / ks) + grp;
@@ -511,13 +662,13 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     const int nch = (int)((C + 127) >> 7), per = (nch + ks - 1) / ks;
     const int lo = min(nch, slice * per), hi = min(nch, lo + per);
     const int64_t r0 = (int64_t)tile * 16;
-    float *gred = red + grp * ks * NM * 4 * 32;
+    float *gred = red + grp * ks * NB * NM * 4 * 32;
     if (w[0].fmt == MOE_MXFP4)
-        run_task<NM, 0, PIPE, LOADS>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred,
-                                     1 + grp);
+        run_tokens<NM, 0, PIPE, LOADS, NB4>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred,
+                                            1 + grp);
     else
-        run_task<NM, 1, PIPE, LOADS>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred,
-                                     1 + grp);
+        run_tokens<NM, 1, PIPE, LOADS, NB8>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred,
+                                            1 + grp);
     if constexpr (NM == 2)
         if (slice == 0) stage1_tail(a, ai, e, ntok, off, tile, lane);
 }
@@ -664,11 +815,26 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, float *out, cons
     const int64_t g1 = (t1 + WPC / ks1 - 1) / (WPC / ks1), g2 = (t2 + WPC / ks2 - 1) / (WPC / ks2);
     /* stage 1: 8 loads a lane, no ring, 4 CTAs per SM asked of ptxas (a few spills outside the
      * loop); stage 2: 8 loads a lane in the two-half ring, 4 CTAs per SM (no spills). The best
-     * of the 8 (MINB, PIPE, LOADS) choices per stage on H100 (moe_mma.cu's header). */
-    moe_mma_stage_kernel<2, 4, 0, 8><<<(unsigned)g1, WPC * 32, 0, st>>>(*a, ks1);
-    CUDA_LAUNCHED();
-    moe_mma_stage_kernel<1, 4, 1, 8><<<(unsigned)g2, WPC * 32, 0, st>>>(*a, ks2);
-    CUDA_LAUNCHED();
+     * of the 8 (MINB, PIPE, LOADS) choices per stage on H100 (moe_mma.cu's header).
+     * Where the routed experts average a token or more (N K >= E), passes of 2 token groups
+     * (MXFP4 4 tokens, FP8 16): 3 CTAs per SM (168 registers, no spills); stage 1 with 4 loads
+     * a lane and its FP8 (shared expert) passes of one group. Below that most experts have one
+     * token, the second group would be empty and the lower occupancy costs (Flash N = 8: 297 ->
+     * 339 us). H100 test_gpu_moe: Flash N = 64 1312 -> 1246 us, N = 300 4968 -> 4108, Pro
+     * N = 64 3543 -> 3217; of the variants timed at Flash N = 64 this one was the fastest
+     * fully checked (moe_mma.cu's header). */
+    const unsigned b = WPC * 32;
+    if (N * a->K < a->E) {
+        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        CUDA_LAUNCHED();
+        moe_mma_stage_kernel<1, 4, 1, 8, 1, 1><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
+        CUDA_LAUNCHED();
+    } else {
+        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        CUDA_LAUNCHED();
+        moe_mma_stage_kernel<1, 3, 1, 8, 2, 2><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
+        CUDA_LAUNCHED();
+    }
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
     moe_mma_combine_kernel<<<cgrid, 256, 0, st>>>(out, a->y, sel, N, a->K, D, a->E);
     CUDA_LAUNCHED();
