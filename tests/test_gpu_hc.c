@@ -41,6 +41,7 @@
 #include "backend/backend_impl.h"
 #include "backend/cpu/cpu_linear.h"
 #include "core/float_formats.h"
+#include "test_rand.h"
 #include "test_util.h"
 
 #include <float.h>
@@ -72,48 +73,6 @@ static dsv4_backend *cpu, *gpu;
 
 enum { ITERS = 20 };
 static const float HC_EPS = 1e-6f, RMS_EPS = 1e-6f;
-
-/* ---- random inputs -------------------------------------------------------------------------- */
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static float rng_uniform(void) /* [0, 1) */
-{
-    return (float)(rng_next() >> 40) * 0x1p-24f;
-}
-
-static float rng_normal(void)
-{
-    const float u = rng_uniform() + 0x1p-25f, v = rng_uniform();
-    return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
-}
-
-/* n values ~ N(0, sigma^2), each run of w values scaled by 2^k, k in -6..5 (streams of one row
- * in different binades, as the residual streams drift apart). */
-static float *rand_rows(int64_t n, int64_t w, float sigma)
-{
-    float *x = malloc((size_t)n * sizeof *x);
-    float row_scale = 1.0f;
-    for (int64_t i = 0; i < n; i++) {
-        if (i % w == 0) row_scale = ldexpf(1.0f, (int)(rng_next() % 12) - 6);
-        x[i] = rng_normal() * sigma * row_scale;
-    }
-    return x;
-}
-
-static uint16_t bf16_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
 
 static float bf16_value(uint16_t h)
 {
@@ -173,14 +132,6 @@ typedef struct bound {
     const float *slack;
     const char *why;
 } bound;
-
-static double ulp_bf16(double a)
-{
-    if (a < FLT_MIN) return ldexp(1.0, -133);
-    int e;
-    (void)frexp(a, &e);
-    return ldexp(1.0, e - 1 - 7);
-}
 
 static void compare(const char *what, const char *label, const float *got, const float *want,
                     int64_t n, bound b)

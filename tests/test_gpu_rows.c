@@ -15,6 +15,7 @@
 #include "backend/cpu/cpu_linear.h"
 #include "backend/cpu/ops.h"
 #include "core/float_formats.h"
+#include "test_rand.h"
 #include "test_util.h"
 
 #include <float.h>
@@ -22,41 +23,6 @@
 #include <stdint.h>
 
 static dsv4_backend *cpu, *gpu;
-
-/* ---- random inputs -------------------------------------------------------------------------- */
-static uint64_t rng_state;
-
-static uint64_t rng_next(void)
-{
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static float rng_uniform(void) /* [0, 1) */
-{
-    return (float)(rng_next() >> 40) * 0x1p-24f;
-}
-
-static float rng_normal(void)
-{
-    const float u = rng_uniform() + 0x1p-25f, v = rng_uniform();
-    return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
-}
-
-/* n values ~ N(0, sigma^2), with a per-row magnitude spread (rows of width w scaled by 2^k,
- * k in -6..5) so that norms and block scales see different binades. */
-static float *rand_rows(int64_t n, int64_t w, float sigma)
-{
-    float *x = malloc((size_t)n * sizeof *x);
-    float row_scale = 1.0f;
-    for (int64_t i = 0; i < n; i++) {
-        if (i % w == 0) row_scale = ldexpf(1.0f, (int)(rng_next() % 12) - 6);
-        x[i] = rng_normal() * sigma * row_scale;
-    }
-    return x;
-}
 
 /* ---- backend memory ------------------------------------------------------------------------- */
 static void *dev_from(const void *host, size_t bytes)
@@ -97,14 +63,6 @@ typedef struct bound {
 } bound;
 
 static const bound EXACT = {0, FLT_MIN, 0, NULL, "bit-exact"};
-
-static double ulp_bf16(double a)
-{
-    if (a < FLT_MIN) return ldexp(1.0, -133); /* bf16 subnormal step */
-    int e;
-    (void)frexp(a, &e); /* a in [2^(e-1), 2^e) */
-    return ldexp(1.0, e - 1 - 7);
-}
 
 static double case_time_us; /* the CUDA call of the case, enqueue to sync */
 
@@ -207,13 +165,6 @@ static const shape SMALL = {"small", 256, 4, 64, 16, 96, 160, 4, 32, 4};
 
 /* ---- embed ------------------------------------------------------------------------------------
  */
-static uint16_t bf16_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 /* A [V, D] table in `format` with random contents; the buffers are returned for freeing. */
 static dsv4_weight make_table(dsv4_weight_format format, int64_t V, int64_t D, void **data,
                               void **scale)
