@@ -51,17 +51,7 @@ static float *dup(const float *x, int64_t n)
     return y;
 }
 
-/* ---- comparison -----------------------------------------------------------------------------
- * An element passes when the bits are equal (or both NaN), else when
- *   |got - want| <= rel * max(|want|, floor) + bf16_ulps * ulp_bf16(max(|got|, |want|)) + slack[i]
- * (slack: a per-element absolute allowance the case derives from its inputs, or NULL). */
-typedef struct bound {
-    double rel, floor;
-    int bf16_ulps;
-    const float *slack;
-    const char *why;
-} bound;
-
+/* ---- comparison (bound: test_rand.h) --------------------------------------------------------- */
 static const bound EXACT = {0, FLT_MIN, 0, NULL, "bit-exact"};
 
 static double case_time_us; /* the CUDA call of the case, enqueue to sync */
@@ -69,34 +59,15 @@ static double case_time_us; /* the CUDA call of the case, enqueue to sync */
 static void compare(const char *op, const char *shape, const float *got, const float *want,
                     int64_t n, bound b)
 {
-    double max_abs = 0, max_rel = 0;
-    int64_t differ = 0, bad = 0, first_bad = -1;
-    for (int64_t i = 0; i < n; i++) {
-        const float g = got[i], w = want[i];
-        if (memcmp(&g, &w, sizeof g) == 0 || (isnan(g) && isnan(w))) continue;
-        differ++;
-        const double d = fabs((double)g - (double)w), aw = fabs((double)w);
-        const double den = aw > b.floor ? aw : b.floor;
-        double lim = b.rel * den;
-        if (b.bf16_ulps) {
-            const double ag = fabs((double)g);
-            lim += b.bf16_ulps * ulp_bf16(ag > aw ? ag : aw);
-        }
-        if (b.slack) lim += b.slack[i];
-        if (!(d <= lim)) {
-            if (first_bad < 0) first_bad = i;
-            bad++;
-        }
-        if (!(d <= max_abs)) max_abs = d;
-        if (!(d / den <= max_rel)) max_rel = d / den;
-    }
+    const bound_result r = bound_scan(got, want, n, b);
     printf("%-15s %-38s n=%-9lld differ=%-7lld max_abs=%-9.3g max_rel=%-9.3g (floor %.3g) "
            "bound: %s  [%.0f us]\n",
-           op, shape, (long long)n, (long long)differ, max_abs, max_rel, b.floor, b.why,
+           op, shape, (long long)n, (long long)r.differ, r.max_abs, r.max_rel, b.floor, b.why,
            case_time_us);
-    CHECK_MSG(bad == 0, "%s %s: %lld of %lld elements outside the bound; first [%lld] %.9g vs %.9g",
-              op, shape, (long long)bad, (long long)n, (long long)first_bad,
-              first_bad >= 0 ? got[first_bad] : 0.0, first_bad >= 0 ? want[first_bad] : 0.0);
+    CHECK_MSG(
+        r.bad == 0, "%s %s: %lld of %lld elements outside the bound; first [%lld] %.9g vs %.9g", op,
+        shape, (long long)r.bad, (long long)n, (long long)r.first_bad,
+        r.first_bad >= 0 ? got[r.first_bad] : 0.0, r.first_bad >= 0 ? want[r.first_bad] : 0.0);
 }
 
 static void ok(dsv4_status st, const char *what)
