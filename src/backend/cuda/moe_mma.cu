@@ -75,7 +75,7 @@
  * stage 2 new 1305; stage 2 of HEAD with stage 1 new 1290; stage 2 at 4 CTAs (spills) with 4 or
  * 8 loads 1240 and 1249, once each and not checked, so not taken. Flash N = 8: 297 -> 342
  * (most experts have 1 token: the second group is empty, the lower occupancy costs), so taken
- * only where N K >= E (moe_mma_run). N = 300 5015 -> 4110 us.
+ * only where N K >= 2 E (moe_mma_run: measured in the engine). N = 300 5015 -> 4110 us.
  * Next: stage 2 at 4 CTAs (fewer registers: 32-bit activation offsets), FP8 stage 1 in two
  * groups without spills.
  */
@@ -816,15 +816,16 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, float *out, cons
     /* stage 1: 8 loads a lane, no ring, 4 CTAs per SM asked of ptxas (a few spills outside the
      * loop); stage 2: 8 loads a lane in the two-half ring, 4 CTAs per SM (no spills). The best
      * of the 8 (MINB, PIPE, LOADS) choices per stage on H100 (moe_mma.cu's header).
-     * Where the routed experts average a token or more (N K >= E), passes of 2 token groups
-     * (MXFP4 4 tokens, FP8 16): 3 CTAs per SM (168 registers, no spills); stage 1 with 4 loads
-     * a lane and its FP8 (shared expert) passes of one group. Below that most experts have one
-     * token, the second group would be empty and the lower occupancy costs (Flash N = 8: 297 ->
-     * 339 us). H100 test_gpu_moe: Flash N = 64 1312 -> 1246 us, N = 300 4968 -> 4108, Pro
-     * N = 64 3543 -> 3217; of the variants timed at Flash N = 64 this one was the fastest
-     * fully checked (moe_mma.cu's header). */
+     * Where the routed experts average two tokens or more (N K >= 2 E), passes of 2 token
+     * groups (MXFP4 4 tokens, FP8 16): 3 CTAs per SM (168 registers, no spills); stage 1 with 4
+     * loads a lane and its FP8 (shared expert) passes of one group. Below that most experts have
+     * one or two tokens, the second group would be empty and the lower occupancy costs. Engine
+     * step (dsv4 bench, H100, 2-group kernels from N K >= E / 2 E / never, ms): Flash batch 64
+     * 10.09 / 9.64 / 9.65, 128 16.02 / 16.10 / 16.58, 256 25.44 / 25.39 / 27.85; Pro batch 64
+     * 13.23 / 12.46 / 12.45, 128 21.29 / 21.31 / 21.81 (docs/PERF.md, session 6). test_gpu_moe's
+     * routing concentrates the tokens on fewer experts, where the rule N K >= E looked right. */
     const unsigned b = WPC * 32;
-    if (N * a->K < a->E) {
+    if (N * a->K < 2 * a->E) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
         moe_mma_stage_kernel<1, 4, 1, 8, 1, 1><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
