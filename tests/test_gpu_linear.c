@@ -7,13 +7,15 @@
  * GEMV split over the CTAs of a cluster (split-K, 2 and 8 slices) on every call it takes. Then
  * dsv4_bk_linear_multi: sets of projections of mixed formats and shapes (the layer's projections
  * of h; every stored format at once; entries the GEMV refuses), N 1..64, its one fused launch
- * (with and without split-K) against the CPU's per-entry calls, under the same bound. FMM (FP8,
+ * (with and without split-K; the GEMV's up to N = 16, MMX's, FP8 and BF16 entries on tensor
+ * cores, up to N = 64, with its K split forced to 1 and 8 too) against the CPU's per-entry
+ * calls, under the same bound. FMM (FP8,
  * N <= 64) on every FP8 call, at N 17..64 on the Flash wq_b, wo_a, wo_b and indexer wq_b shapes
  * (split over 1, 3, 7 and 8 CTAs of a cluster) and on small shapes with several x chunks. Then the
  * decode bandwidth of the projections, old kernel (GEMV) against new (MMV), at N = 32 and 64 the
  * tiled MMA kernel against FMM, of small matrices without and with split-K, and of the layer's
- * projections of h as separate calls against one multi launch, weights read from HBM (copies in
- * turn, together larger than the L2), CUDA-graph replay and eager.
+ * projections of h as separate calls against one multi launch (N = 16..64: MMX), weights read
+ * from HBM (copies in turn, together larger than the L2), CUDA-graph replay and eager.
  *
  * Bound, per output element (the CUDA kernels differ from the CPU only in f32 summation order,
  * plus, on the MMA path and on MMV with BF16 weights, x split into two bf16 halves whose
@@ -33,9 +35,11 @@
  * Outside [N, nrows] the output buffer must be untouched; the same call twice must give the same
  * bits.
  *
- * usage: test_gpu_linear [--small | --check | --fmm-bench]   (--small: a few small shapes, for
- * compute-sanitizer; --check: the full correctness cases without the timing; --fmm-bench: only
- * the FMM timing lines, N = 32 and 64 on the Flash shapes, to compare builds in one device call)
+ * usage: test_gpu_linear [--small | --check | --fmm-bench | --multi-bench]   (--small: a few
+ * small shapes, for compute-sanitizer; --check: the full correctness cases without the timing;
+ * --fmm-bench: only the FMM timing lines, N = 32 and 64 on the Flash shapes, to compare builds in
+ * one device call; --multi-bench: only the projections of h at N = 16, 32, 64, one call per
+ * entry against MMX)
  */
 #include "backend/backend.h"
 #include "backend/backend_impl.h"
@@ -410,8 +414,9 @@ static const tcase small_cases[] = {
 
 /* ---- comparison ------------------------------------------------------------------------------ */
 /* kernels (DSV4_LIN_PATH_*), then "split": the GEMV split over a cluster's CTAs */
-static const char *path_name[] = {"auto", "gemv", "mma", "simt", "mmv", "multi", "fmm", "split"};
-enum { NPATH = 8, SPLIT_STAT = 7 };
+static const char *path_name[] = {"auto",  "gemv", "mma", "simt", "mmv",
+                                  "multi", "fmm",  "mmx", "split"};
+enum { NPATH = 9, SPLIT_STAT = 8 };
 static double worst_by_path[NPATH]; /* the largest err/bound seen per kernel */
 static int64_t checks_by_path[NPATH];
 static int quiet; /* compare prints failures only */
@@ -640,14 +645,14 @@ static const mcase multi_full[] = {
       {"idx comp wkv bf16", B16, 0, 256, 4096, 0, 0, 0, 3},
       {"idx comp wgate bf16", B16, 0, 256, 4096, 0, 0, 0, 3},
       {"idx weights_proj bf16", B16, 0, 64, 4096, 0, 0, 1, 3}},
-     {1, 2, 3, 4, 5, 8, 9, 16, 64, 0}},
+     {1, 2, 3, 4, 5, 8, 9, 16, 17, 33, 64, 0}},
     {"flash hca h projections",
      4,
      {{"wq_a fp8", FP8, E8, 1024, 4096, 0, 0, 1, 0},
       {"wkv fp8", FP8, E8, 512, 4096, 0, 0, 1, 1},
       {"comp wkv bf16", B16, 0, 512, 4096, 0, 0, 0, 0},
       {"comp wgate bf16", B16, 0, 512, 4096, 0, 0, 0, 3}},
-     {1, 4, 8, 0}},
+     {1, 4, 8, 12, 32, 64, 0}},
     {"pro csa h projections",
      7,
      {{"wq_a fp8", FP8, E8, 1536, 7168, 0, 0, 1, 0},
@@ -657,7 +662,7 @@ static const mcase multi_full[] = {
       {"idx comp wkv bf16", B16, 0, 256, 7168, 0, 0, 0, 3},
       {"idx comp wgate bf16", B16, 0, 256, 7168, 0, 0, 0, 3},
       {"idx weights_proj bf16", B16, 0, 64, 7168, 0, 0, 1, 3}},
-     {1, 3, 0}},
+     {1, 3, 24, 64, 0}},
     {"every format",
      8,
      {{"fp8 e8m0 256x4096", FP8, E8, 256, 4096, 0, 0, 1, 0},
@@ -669,7 +674,7 @@ static const mcase multi_full[] = {
       {"f32 24x16384", F32, 0, 24, 16384, 0, 0, 0, 0},
       {"bf16 1000x4100 (no gemv)", B16, 0, 1000, 4100, 0, 0, 1, 0}},
      {1, 2, 3, 4, 7, 8, 12, 16, 33, 64, 0}},
-    {"one entry", 1, {{"fp8 512x4096", FP8, E8, 512, 4096, 0, 0, 1, 0}}, {1, 8, 0}},
+    {"one entry", 1, {{"fp8 512x4096", FP8, E8, 512, 4096, 0, 0, 1, 0}}, {1, 8, 40, 0}},
 };
 
 static const mcase multi_small[] = {
@@ -682,7 +687,7 @@ static const mcase multi_small[] = {
       {"bf16 8x256", B16, 0, 8, 256, 0, 0, 1, 3},
       {"f16 50x128", H16, 0, 50, 128, 0, 0, 0, 0},
       {"f32 3x512", F32, 0, 3, 512, 0, 0, 0, 0}},
-     {1, 3, 8, 16, 20, 0}},
+     {1, 3, 8, 16, 20, 41, 0}},
 };
 
 typedef struct mbuf {
@@ -705,6 +710,13 @@ static int gemv_takes(const mentry *me, int64_t ldx)
                   : me->fmt == FP8                   ? 16
                                                      : 32;
     return me->cols % E == 0 && ldx % 4 == 0;
+}
+
+/* Whether MMX takes the entry (linear_fp8mma.cu dsv4_lin_mmx_ok): FP8 or BF16, whole 128-column
+ * blocks. */
+static int mmx_takes(const mentry *me)
+{
+    return (me->fmt == FP8 || me->fmt == B16) && me->cols % 128 == 0;
 }
 
 /* GPU: the multi op on every entry (outputs sentinel-filled first), forced to path/split;
@@ -788,30 +800,44 @@ static void run_multi(ctx *cx, const mcase *mc)
         }
         CHECK_MSG(st == DSV4_OK, "%s N=%lld: cpu: %s", mc->name, (long long)N, dsv4_last_error());
         if (st != DSV4_OK) break;
-        /* modes: auto, fused forced, fused split over 2 and 8 CTAs */
-        static const int mode_path[] = {DSV4_LIN_PATH_AUTO, DSV4_LIN_PATH_MULTI,
-                                        DSV4_LIN_PATH_MULTI, DSV4_LIN_PATH_MULTI};
-        static const int mode_split[] = {0, 0, 2, 8};
-        static const char *mode_name[] = {"auto", "fused", "fused split 2", "fused split 8"};
-        for (int md = 0; md < 4; md++) {
-            if (md > 0 && N > 16) break;
+        /* modes: auto, the GEMV's fused launch forced (N <= 16), split over 2 and 8 CTAs, and
+         * MMX's launch forced (N <= 64), its K split forced to 1 and 8 */
+        static const int mode_path[] = {
+            DSV4_LIN_PATH_AUTO, DSV4_LIN_PATH_MULTI, DSV4_LIN_PATH_MULTI, DSV4_LIN_PATH_MULTI,
+            DSV4_LIN_PATH_MMX,  DSV4_LIN_PATH_MMX,   DSV4_LIN_PATH_MMX};
+        static const int mode_split[] = {0, 0, 2, 8, 0, 1, 8};
+        static const char *mode_name[] = {"auto", "fused",       "fused split 2", "fused split 8",
+                                          "mmx",  "mmx split 1", "mmx split 8"};
+        int gv_eligible = 0, mx_eligible = 0; /* entries the GEMV, MMX take */
+        for (int i = 0; i < n; i++) {
+            gv_eligible += gemv_takes(&mc->e[i], m[i].ldx);
+            mx_eligible += mmx_takes(&mc->e[i]);
+        }
+        for (int md = 0; md < 7; md++) {
+            if (md > 0 && md < 4 && N > 16) continue;
             const int p = multi_gpu(cx, m, n, N, mode_path[md], mode_split[md], 0);
             if (p < 0) continue;
-            const int fused = p == DSV4_LIN_PATH_MULTI;
-            int eligible = 0; /* entries the GEMV takes */
-            for (int i = 0; i < n; i++) eligible += gemv_takes(&mc->e[i], m[i].ldx);
-            if (md == 0)
-                CHECK_MSG(fused == (N <= 8 && eligible >= 2), "%s N=%lld: auto took path %d",
+            const int fused = p == DSV4_LIN_PATH_MULTI, mx = p == DSV4_LIN_PATH_MMX;
+            if (md == 0) {
+                CHECK_MSG(fused == (N <= 8 && gv_eligible >= 2), "%s N=%lld: auto took path %d",
                           mc->name, (long long)N, p);
-            else
+                CHECK_MSG(mx == (N > 8 && mx_eligible >= 2), "%s N=%lld: auto took path %d",
+                          mc->name, (long long)N, p);
+            } else if (md < 4) {
                 CHECK_MSG(fused, "%s N=%lld %s: not fused (path %d)", mc->name, (long long)N,
                           mode_name[md], p);
-            if (md > 1) CHECK(dsv4_cuda_linear_last_split() == mode_split[md]);
+            } else {
+                CHECK_MSG(mx == (mx_eligible >= 1), "%s N=%lld %s: path %d", mc->name, (long long)N,
+                          mode_name[md], p);
+            }
+            if (mode_split[md] && (fused || mx))
+                CHECK(dsv4_cuda_linear_last_split() == mode_split[md]);
             quiet = 1;
             quiet_worst = 0.0;
             for (int i = 0; i < n; i++) {
-                const int in = fused && gemv_takes(&mc->e[i], m[i].ldx);
-                compare(&m[i].tc, in ? "multi" : "auto", N, m[i].round, m[i].ldy, 0, m[i].yg,
+                const int in =
+                    (fused && gemv_takes(&mc->e[i], m[i].ldx)) || (mx && mmx_takes(&mc->e[i]));
+                compare(&m[i].tc, in ? path_name[p] : "auto", N, m[i].round, m[i].ldy, 0, m[i].yg,
                         m[i].yc, m[i].yu, m[i].S);
             }
             quiet = 0;
@@ -1130,14 +1156,14 @@ static int tset_open(ctx *cx, tset *t, const char *name, int n, const mentry *e)
         for (int i = 0; st == DSV4_OK && i < n; i++)
             st = dsv4_bk_weight_upload(cx->gpu, &w[i], 0x7ab1eull + 131ull * (uint64_t)(c * n + i),
                                        &t->dw[c * n + i]);
-    const int64_t nx = 16 * t->cols;
+    const int64_t nx = 64 * t->cols;
     float *x = malloc((size_t)nx * sizeof *x);
     fill_x(x, nx);
     dsv4_sim_bf16(x, nx); /* activations as the engine's: bf16 values */
     if (st == DSV4_OK) st = dsv4_bk_alloc(cx->gpu, (size_t)nx * sizeof *x, (void **)&t->dx);
     if (st == DSV4_OK) st = dsv4_bk_upload(cx->gpu, t->dx, x, (size_t)nx * sizeof *x);
     for (int i = 0; st == DSV4_OK && i < n; i++)
-        st = dsv4_bk_alloc(cx->gpu, (size_t)(16 * e[i].rows) * sizeof(float), (void **)&t->dy[i]);
+        st = dsv4_bk_alloc(cx->gpu, (size_t)(64 * e[i].rows) * sizeof(float), (void **)&t->dy[i]);
     free(x);
     CHECK_MSG(st == DSV4_OK, "bench %s: %s", name, dsv4_last_error());
     return st == DSV4_OK;
@@ -1154,7 +1180,7 @@ static void tset_close(ctx *cx, tset *t)
 
 static dsv4_status tset_pass(ctx *cx, tset *t, int64_t N, int mode)
 {
-    const int old = dsv4_cuda_linear_force_path(mode == TS_MULTI && N > 8 ? DSV4_LIN_PATH_MULTI
+    const int old = dsv4_cuda_linear_force_path(mode == TS_MULTI && N > 8 ? DSV4_LIN_PATH_MMX
                                                                           : DSV4_LIN_PATH_AUTO);
     const int olds = dsv4_cuda_linear_force_split(mode == TS_OLD ? 1 : 0);
     dsv4_status st = DSV4_OK;
@@ -1213,6 +1239,29 @@ static double tset_line(ctx *cx, tset *t, int64_t N, int mode)
     return graph;
 }
 
+/* The layer's projections of h at N = 9..64: one call per entry (split: HEAD's multi op above 8
+ * rows) against MMX's one launch (multi). */
+static void bench_multi_mmx(ctx *cx)
+{
+    for (int k = 0; k < 2; k++) {
+        const mcase *mc = &multi_full[k];
+        tset t;
+        if (tset_open(cx, &t, mc->name, mc->n, mc->e)) {
+            static const int64_t ns[] = {16, 32, 64};
+            for (size_t j = 0; j < sizeof ns / sizeof *ns; j++) {
+                const int64_t N = ns[j];
+                const double sp = tset_line(cx, &t, N, TS_SPLIT);
+                const double mu = tset_line(cx, &t, N, TS_MULTI);
+                if (sp > 0 && mu > 0)
+                    printf("  %-26s N=%-2lld singles / mmx = %.2fx\n", t.name, (long long)N,
+                           sp / mu);
+            }
+        }
+        tset_close(cx, &t);
+        fflush(stdout);
+    }
+}
+
 static void bench_multi(ctx *cx)
 {
     printf("timing of split-K and dsv4_bk_linear_multi (per copy of the set; old = one call per "
@@ -1242,7 +1291,7 @@ static void bench_multi(ctx *cx)
         const mcase *mc = &multi_full[k];
         tset t;
         if (tset_open(cx, &t, mc->name, mc->n, mc->e)) {
-            static const int64_t ns[] = {1, 2, 4, 8, 16};
+            static const int64_t ns[] = {1, 2, 4, 8};
             for (size_t j = 0; j < sizeof ns / sizeof *ns; j++) {
                 const int64_t N = ns[j];
                 const double o = tset_line(cx, &t, N, TS_OLD);
@@ -1256,6 +1305,7 @@ static void bench_multi(ctx *cx)
         tset_close(cx, &t);
         fflush(stdout);
     }
+    bench_multi_mmx(cx);
 }
 
 int main(int argc, char **argv)
@@ -1263,6 +1313,7 @@ int main(int argc, char **argv)
     const int small = argc > 1 && !strcmp(argv[1], "--small");
     const int check_only = argc > 1 && !strcmp(argv[1], "--check");
     const int fmm_bench = argc > 1 && !strcmp(argv[1], "--fmm-bench");
+    const int multi_bench = argc > 1 && !strcmp(argv[1], "--multi-bench");
     dsv4_cpu_pool *pool = NULL;
     ctx cx = {NULL, NULL};
     CHECK(dsv4_cpu_pool_create(0, &pool) == DSV4_OK);
@@ -1270,8 +1321,9 @@ int main(int argc, char **argv)
     dsv4_status st = dsv4_backend_create(DSV4_DEVICE_CUDA, 0, NULL, &cx.gpu);
     CHECK_MSG(st == DSV4_OK, "no CUDA backend: %s", dsv4_last_error());
     if (st != DSV4_OK) return test_finish();
-    if (fmm_bench) {
-        bench_all(&cx, 1);
+    if (fmm_bench || multi_bench) {
+        if (fmm_bench) bench_all(&cx, 1);
+        if (multi_bench) bench_multi_mmx(&cx);
         dsv4_backend_destroy(cx.gpu);
         dsv4_backend_destroy(cx.cpu);
         dsv4_cpu_pool_destroy(pool);

@@ -3,7 +3,7 @@
  * dsv4_bk_linear, dsv4_bk_linear_grouped): the argument checks, the choice of kernel, and the f32
  * decode GEMV.
  *
- * Five kernels, one result up to f32 summation order (each output is a plain f32 sum of
+ * Six kernels, one result up to f32 summation order (each output is a plain f32 sum of
  * x_c * w_c, w decoded exactly; the order is fixed by the shape, so runs are bit-reproducible):
  *   MMV   N <= 16 (decode), FP8 and BF16 weights, where it is faster than the GEMV (N >= 5,
  *         or large matrices; mmv_wins): tensor cores with the weight rows as the 16-row operand
@@ -16,7 +16,9 @@
  *   MMA   larger N, and MXFP4/NVFP4/BF16: bf16 tensor cores with x split hi + lo
  *         (linear_tiled.cu);
  *   SIMT  everything else (F16/F32 weights at larger N, odd widths or alignments): f32 tiles
- *         (linear_tiled.cu).
+ *         (linear_tiled.cu);
+ *   MMX   dsv4_bk_linear_multi's entries at 9..64 rows of x, FP8 and BF16 weights, in one
+ *         launch (linear_fp8mma.cu; per entry FMM's numerics for FP8, MMA's for BF16).
  * No atomics: split-K partial sums are combined in a fixed order (shared memory, then the
  * thread-block cluster's distributed shared memory). A grouped projection is one launch: the
  * group is a grid index. Launch shapes come from the matrix shape alone (LIN_SMS): a call makes
@@ -25,8 +27,14 @@
  *
  * dsv4_bk_linear_multi: at decode sizes the projections of one input (a layer's wq_a, wkv,
  * compressor and indexer matrices: 0.5-8 MB each) are each too small to keep the GPU streaming,
- * and each pays a launch; one GEMV launch takes them all, every CTA working on the entry its
- * index falls in (gemv_multi_kernel).
+ * and each pays a launch; one launch takes them all, every CTA working on the entry its index
+ * falls in: the GEMV (gemv_multi_kernel) up to 8 rows of x, MMX (linear_fp8mma.cu: FMM's
+ * tensor-core scheme for FP8 and BF16 entries) at 9..64. MMX against one launch per entry
+ * (MMV at 9..16, FMM / MMA above), H100, test_gpu_linear --multi-bench, graph replay: Flash CSA
+ * layer (7 entries, 27.8 MB) N = 16 / 32 / 64 73.7 -> 21.6 / 146.6 -> 31.0 / 167.7 -> 48.6 us,
+ * HCA layer (4 entries, 14.7 MB) 39.2 -> 15.0 / 76.1 -> 22.0 / 98.5 -> 34.9 us; dsv4 bench
+ * --shape flash --layers 4 --contexts 4096 (attn.proj at batch 64 0.553 -> 0.161 ms/step):
+ * batch 32 6.30 -> 5.96-5.98 ms, batch 64 9.67 -> 9.31, batch 1 and 8 unchanged.
  */
 #include "backend/cuda/linear_common.cuh"
 #include "backend/cuda/linear_path.cuh"
@@ -422,10 +430,11 @@ static dsv4_status launch_gemv(const lin_args *a, cudaStream_t st)
 }
 
 /* ---- dsv4_bk_linear_multi: the entries in one GEMV launch -----------------------------------
- * Up to GV_MULTI_NMAX tokens the entries share one launch; above that each takes the
- * dispatcher's kernel (its own launch): from N = 5 the GEMV's f32 FMAs and x re-reads make it
- * the slower kernel on FP8 (mmv_wins), and from N = 9 on BF16, while the launches saved are the
- * same few microseconds. Bytes per CTA: the whole over GV_MULTI_CTAS (about 8 resident CTAs per
+ * Up to GV_MULTI_NMAX tokens the entries share one GEMV launch; above that (to 64) the entries
+ * MMX takes share one tensor-core launch (dsv4_lin_launch_mmx) and the others take the
+ * dispatcher's kernel (their own launches): from N = 5 the GEMV's f32 FMAs and x re-reads make
+ * it the slower kernel on FP8 (mmv_wins), and from N = 9 on BF16, while the launches saved are
+ * the same few microseconds. Bytes per CTA: the whole over GV_MULTI_CTAS (about 8 resident CTAs per
  * SM: one wave, fine-grained enough that the SMs finish together), kept within [16, 64] KB; each
  * entry's rows per CTA (1..8 warps per row group) come closest to it, so an entry's share of the
  * CTAs is its share of the bytes. */
@@ -566,7 +575,9 @@ static int mmv_wins(const lin_args *a)
 /* The dispatcher's choice (or the forced path where it takes the call). */
 static int lin_path(const lin_args *a)
 {
-    int path = force_path == DSV4_LIN_PATH_MULTI ? DSV4_LIN_PATH_AUTO : force_path;
+    int path = force_path == DSV4_LIN_PATH_MULTI || force_path == DSV4_LIN_PATH_MMX
+                   ? DSV4_LIN_PATH_AUTO
+                   : force_path;
     if (path == DSV4_LIN_PATH_GEMV && !gemv_ok(a)) path = DSV4_LIN_PATH_AUTO;
     if (path == DSV4_LIN_PATH_MMV && !dsv4_lin_mmv_ok(a)) path = DSV4_LIN_PATH_AUTO;
     if (path == DSV4_LIN_PATH_MMA && !dsv4_lin_mma_ok(a)) path = DSV4_LIN_PATH_AUTO;
@@ -670,6 +681,24 @@ extern "C" dsv4_status dsv4_cuda_bk_linear_multi(dsv4_backend *b, const dsv4_bk_
             return DSV4_ERR_UNSUPPORTED;
     }
     if (N == 0) return DSV4_OK;
+    /* 9..64 rows: the entries MMX takes in one tensor-core launch (forced: any N <= 64) */
+    const int mx_forced = force_path == DSV4_LIN_PATH_MMX;
+    if (N <= 64 && (mx_forced || (force_path == DSV4_LIN_PATH_AUTO && N > GV_MULTI_NMAX))) {
+        lin_args mx[DSV4_BK_LINEAR_MULTI_MAX];
+        int nm = 0, inm[DSV4_BK_LINEAR_MULTI_MAX] = {0};
+        for (int i = 0; i < n; i++)
+            if (as[i].nrows > 0 && dsv4_lin_mmx_ok(&as[i])) mx[nm++] = as[i], inm[i] = 1;
+        if (nm == 1 && !mx_forced) nm = 0, memset(inm, 0, sizeof inm); /* one: the plain op */
+        for (int i = 0; i < n; i++)
+            if (!inm[i] && as[i].nrows > 0) DSV4_TRY(lin_run(b, &as[i]));
+        if (nm > 0) {
+            int ks = 1;
+            DSV4_TRY(dsv4_lin_launch_mmx(mx, nm, force_split > 0 ? force_split : 0,
+                                         dsv4_cuda_stream(b->cuda), &ks));
+            last_path = DSV4_LIN_PATH_MMX, last_split = ks;
+        }
+        return DSV4_OK;
+    }
     const int forced = force_path == DSV4_LIN_PATH_MULTI;
     const int fuse = forced ? N <= 16 : force_path == DSV4_LIN_PATH_AUTO && N <= GV_MULTI_NMAX;
     lin_args fused[DSV4_BK_LINEAR_MULTI_MAX];

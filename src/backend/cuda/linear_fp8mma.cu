@@ -2,7 +2,8 @@
  * linear_fp8mma.cu - FP8 projections for 17..64 rows of x on tensor cores (FMM): y = x W^T with
  * e4m3 weights in 128 x 128 scale blocks (the attention projections, the shared expert, the
  * indexer's wq_b at batched decode). Dispatched by bk_linear.cu between MMV (N <= 16) and the
- * tiled MMA kernel (N > 64, other formats).
+ * tiled MMA kernel (N > 64, other formats). Also MMX: dsv4_bk_linear_multi's entries (FP8 and
+ * BF16) at 9..64 rows as one launch of the same scheme.
  *
  * Why a kernel of its own: the tiled MMA kernel decodes every weight tile to bf16 in shared
  * memory and multiplies x split per tile, spending ~1.5 us of a CTA per 32-column tile (11-17% of
@@ -34,6 +35,15 @@
  * the API, it is read and split by each CTA for its 256 rows (as many bytes as the weights). The
  * way on: x converted once per call (hi/lo planes in a workspace; one per stream, the side
  * stream runs projections too), more weight rows per x byte, FP8 x for act_quant inputs.
+ *
+ * MMX (below): dsv4_bk_linear_multi's FP8 and BF16 entries at 9..64 rows in one FMM-style
+ * launch, CTAs shared in proportion to bytes. H100, one call, test_gpu_linear --multi-bench
+ * (graph replay; one launch per entry -> MMX): Flash CSA layer's projections of h (wq_a, wkv
+ * FP8; compressor, indexer compressor, weights_proj BF16; 27.8 MB) N = 16 73.7 -> 21.6 us, 32
+ * 146.6 -> 31.0, 64 167.7 -> 48.6 (19% of copy); HCA layer (14.7 MB) 39.2 -> 15.0, 76.1 -> 22.0,
+ * 98.5 -> 34.9. Engine (dsv4 bench --shape flash --layers 4 --contexts 4096, same call, two
+ * runs each): batch 32 6.299 / 6.298 -> 5.955 / 5.977 ms, batch 64 9.673 / 9.668 -> 9.310 /
+ * 9.311; batch 1, 8 (the GEMV's multi) unchanged. The kernel with NT = 8 spills 28 bytes.
  */
 #include "backend/cuda/linear_common.cuh"
 
@@ -71,6 +81,7 @@ template <int NT> struct fm_shape {
     static constexpr int XINV = TOK * XC * 4;      /* bytes */
     static constexpr int BYTES = RAW + 2 * PLANE * 16 + XINV;
     static_assert(TOK * FM_BM * 4 <= BYTES, "the partial tile fits the staging area");
+    static_assert(2 * TOK * FM_BM * 4 <= BYTES, "MMX: the K warps' partials and their sum fit");
 };
 
 __device__ __forceinline__ uint32_t fm_word(const uint4 &v, int i)
@@ -246,20 +257,20 @@ fm_step(uint4 (&wv)[FM_MT][2][2], const uint8_t *const (&wp)[FM_MT][2], const bo
     }
 }
 
-/* lin_cluster_store for part [TOK][FM_BM] (tokens < N only), four rows a load: each rank adds up
- * its share of the tile over the ranks in rank order and writes it finished. */
+/* lin_cluster_store for part [TOK][bm] (tokens < N only; bm a multiple of 4), four rows a load:
+ * each rank adds up its share of the tile over the ranks in rank order and writes it finished. */
 __device__ __forceinline__ void fm_cluster_store(const lin_args &a, float *part, int tok,
-                                                 int64_t n0)
+                                                 int64_t n0, int bm = FM_BM)
 {
     namespace cg = cooperative_groups;
     cg::cluster_group cl = cg::this_cluster();
     cl.sync(); /* every rank's partial is in place */
     const int ks = (int)cl.num_blocks(), rank = (int)cl.block_rank();
-    const int Q = FM_BM / 4, total = (int)min(a.N, (int64_t)tok) * Q, per = (total + ks - 1) / ks;
+    const int Q = bm / 4, total = (int)min(a.N, (int64_t)tok) * Q, per = (total + ks - 1) / ks;
     const int e1 = min(rank * per + per, total);
     for (int e = rank * per + (int)threadIdx.x; e < e1; e += FM_THREADS) {
         const int m = e / Q, n = (e - m * Q) * 4;
-        float4 *p = (float4 *)(void *)(part + m * FM_BM + n);
+        float4 *p = (float4 *)(void *)(part + m * bm + n);
         float4 v[FM_KS_MAX];
 #pragma unroll
         for (int r = 0; r < FM_KS_MAX; r++)
@@ -466,5 +477,351 @@ dsv4_status dsv4_lin_launch_fmm(const lin_args *a, cudaStream_t st)
     cfg.attrs = attr;
     cfg.numAttrs = 1;
     CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, *a, spc, al));
+    return DSV4_OK;
+}
+
+/* ---- MMX: dsv4_bk_linear_multi at 9..64 rows of x, one launch ---------------------------------
+ * The projections of one input (a layer's wq_a and wkv in FP8, the compressors' and the indexer's
+ * BF16 matrices: 0.5-8 MB each) as one FMM-style launch instead of one launch per entry (each
+ * too small to fill the GPU: 15-25 us apiece at N = 64). Entry i owns the CTAs [cta0[i],
+ * cta0[i + 1]) of the grid's x, one per tile of 16 RW of its rows; the grid's z is the K split,
+ * one cluster of KS CTAs per tile as FMM (KS is the same for every entry; each entry's slice is
+ * its own spc 128-column blocks).
+ *
+ * A CTA's 16 warps are RW row warps (16 rows each) x KW = 16 / RW K warps: K warp kw takes the
+ * steps s = kw (mod KW) of the slice, and the KW partial sums are added in warp order in shared
+ * memory before the cluster's rank-order sum. RW is 16 (FP8) or 8 (BF16: twice the bytes per
+ * row), halved for small entries or to fill the GPU (mx_plan), so that CTAs carry about the
+ * same bytes: the CTAs are shared in proportion to bytes.
+ *
+ * FP8 entries: FMM's numerics (x 2^e split into f16 hi + lo per 128-column block, each step's
+ * f32 sum times 2^-e times the weight block's scale). BF16 entries: the weights as stored, x
+ * split as hi = bf16(x), lo = bf16(x - hi) (|x - hi - lo| <= 2^-18 |x|, as the tiled MMA kernel
+ * and MMV), exact products summed in f32. A BF16 step is 64 columns (128 bytes of a row, two
+ * 16-byte chunks a lane as FP8); mma q = 2 u + j of a step takes columns 32 u + 8 t + 4 j + 0..3
+ * (chunk u, words 2 j, 2 j + 1), and its planes hold [NT][2 XC steps][qp 2][32 lanes] uint4 =
+ * {hi b0, hi b1 of mma 2 qp, the same of mma 2 qp + 1}: per 128 columns as many slots as FP8. */
+enum { MX_RW_MIN_LOG2 = 2 };
+
+typedef struct mx_multi {
+    lin_args e[DSV4_BK_LINEAR_MULTI_MAX];
+    int cta0[DSV4_BK_LINEAR_MULTI_MAX + 1];
+    int spc[DSV4_BK_LINEAR_MULTI_MAX];     /* 128-column blocks per cluster rank */
+    int rw_log2[DSV4_BK_LINEAR_MULTI_MAX]; /* row warps per CTA, log2 */
+    int al[DSV4_BK_LINEAR_MULTI_MAX];      /* x rows 16-byte aligned */
+    int n;
+} mx_multi;
+
+/* raw -> BF16 planes (no 2^e) of 128-column blocks [0, xn); a warp per (token, block), lane j
+ * its columns 4 j .. 4 j + 3: BF16 step 2 b + j / 16, columns 32 u + 8 t + 4 jj of it. Returns
+ * whether any lo this thread wrote is nonzero. */
+template <int NT>
+__device__ __forceinline__ int mx_convert_bf16(const float *raw, uint4 *hi, uint4 *lo, int N,
+                                               int xn)
+{
+    constexpr int XC = fm_shape<NT>::XC, TOK = fm_shape<NT>::TOK, CS = 2 * XC;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int cc = (4 * lane) & 63, u = cc >> 5, t = (cc >> 3) & 3, jj = (cc >> 2) & 1;
+    int lo_any = 0;
+    for (int task = warp; task < TOK * XC; task += FM_WARPS) {
+        const int n = task / XC, b = task % XC;
+        if (b >= xn) continue; /* warp-uniform */
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (n < N) v = *(const float4 *)(const void *)(raw + n * (XC * 128) + b * 128 + 4 * lane);
+        const float f[4] = {v.x, v.y, v.z, v.w};
+        uint32_t h[2], l[2];
+#pragma unroll
+        for (int p = 0; p < 2; p++) {
+            const __nv_bfloat162 hv = __floats2bfloat162_rn(f[2 * p], f[2 * p + 1]);
+            const float2 hb = __bfloat1622float2(hv);
+            const __nv_bfloat162 lv = __floats2bfloat162_rn(f[2 * p] - hb.x, f[2 * p + 1] - hb.y);
+            memcpy(&h[p], &hv, 4);
+            memcpy(&l[p], &lv, 4);
+        }
+        lo_any |= (l[0] | l[1]) != 0u;
+        const int bs = 2 * b + (lane >> 4);
+        const int slot = (((n >> 3) * CS + bs) * 2 + u) * 32 + (n & 7) * 4 + t;
+        uint2 *hp = (uint2 *)(void *)(hi + slot), *lp = (uint2 *)(void *)(lo + slot);
+        hp[jj] = make_uint2(h[0], h[1]);
+        lp[jj] = make_uint2(l[0], l[1]);
+    }
+    return lo_any;
+}
+
+/* One BF16 step's mmas into acc [NT]: the step's weight chunks wv [2 rows][2] times the staged x
+ * (hq, lq: this step's slot of token tile 0 for this lane; tiles XC * 128 slots apart); chunk u
+ * of the next step (sn >= 0) is loaded as soon as mmas 2 u, 2 u + 1 have their A fragments. */
+template <int NT, bool LO>
+__device__ __forceinline__ void
+mx_step_bf16(uint4 (&wv3)[1][2][2], const uint8_t *const (&wp3)[1][2], const bool (&wok3)[1][2],
+             int sn, const uint4 *hq, const uint4 *lq, float (&acc)[NT][4])
+{
+    uint4(&wv)[2][2] = wv3[0];
+    const uint8_t *const(&wp)[2] = wp3[0];
+    const bool(&wok)[2] = wok3[0];
+    constexpr int XC = fm_shape<NT>::XC;
+#pragma unroll
+    for (int qp = 0; qp < 2; qp++) {
+        uint32_t af[2][4];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            af[h][0] = fm_word(wv[0][qp], 2 * h), af[h][2] = fm_word(wv[0][qp], 2 * h + 1);
+            af[h][1] = fm_word(wv[1][qp], 2 * h), af[h][3] = fm_word(wv[1][qp], 2 * h + 1);
+        }
+        if (sn >= 0)
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                if (wok[r])
+                    wv[r][qp] =
+                        __ldcs((const uint4 *)(const void *)(wp[r] + (int64_t)sn * 128 + 64 * qp));
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            const uint4 bh = hq[nt * XC * 128 + qp * 32];
+            const uint32_t bh0[2] = {bh.x, bh.y}, bh1[2] = {bh.z, bh.w};
+            lin_mma_bf16(acc[nt], af[0], bh0);
+            lin_mma_bf16(acc[nt], af[1], bh1);
+            if constexpr (LO) {
+                const uint4 bl = lq[nt * XC * 128 + qp * 32];
+                const uint32_t bl0[2] = {bl.x, bl.y}, bl1[2] = {bl.z, bl.w};
+                lin_mma_bf16(acc[nt], af[0], bl0);
+                lin_mma_bf16(acc[nt], af[1], bl1);
+            }
+        }
+    }
+}
+
+// One entry's tile: x [N, cols] (ldx), W rows row0 + tile 16 RW + [0, 16 RW) (of nrows) ->
+// y [N, nrows] (ldy), the cluster's sum over its ranks' slices of spc 128-column blocks; BF: the
+// weights are BF16 (else FP8). sm: the dynamic shared memory (fm_shape<NT>::BYTES).
+template <int NT, int BF>
+__device__ __forceinline__ void mx_body(const lin_args &a, int64_t tile, int rw_log2, int spc,
+                                        int al, unsigned char *sm)
+{
+    typedef fm_shape<NT> S;
+    constexpr int XC = S::XC, TOK = S::TOK;
+    constexpr int SPB = BF ? 2 : 1;      /* steps per 128-column block */
+    constexpr int SLOTS = BF ? 64 : 128; /* plane slots per step */
+    float *raw = (float *)(void *)sm;
+    uint4 *hip = (uint4 *)(void *)(sm + S::RAW), *lop = hip + S::PLANE;
+    float *xinv = (float *)(void *)(lop + S::PLANE);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int KW = FM_WARPS >> rw_log2, kw = warp & (KW - 1), rw = warp >> (4 - rw_log2);
+    const int BM = 16 << rw_log2;
+    const int N = (int)a.N;
+    const int64_t b0 = (int64_t)blockIdx.z * spc, k0 = b0 * 128;
+    const int nbs = (int)max((int64_t)0, min((int64_t)spc, a.cols / 128 - b0));
+    const int nst = nbs * SPB;
+
+    /* this lane's weight rows g and g + 8 of its warp's 16 ([1]: fm_step's one tile) */
+    const uint8_t *wp[1][2];
+    int64_t srow[2];
+    bool wok[1][2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int64_t row = tile * BM + rw * 16 + g + 8 * r;
+        wok[0][r] = row < a.nrows;
+        const int64_t arow = a.row0 + (wok[0][r] ? row : 0);
+        srow[r] = arow / 128;
+        wp[0][r] = a.data + arow * a.row_bytes + k0 * (BF ? 2 : 1) + 16 * t;
+    }
+    for (int j = 1; j <= FM_PD && kw + KW * j < nst; j++)
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int u = 0; u < 2; u++)
+                if (wok[0][r]) fm_prefetch_l2(wp[0][r] + (int64_t)(kw + KW * j) * 128 + 64 * u);
+    if (nbs > 0) fm_issue_raw<NT>(a, raw, k0, 0, min(XC, nbs), al != 0);
+    uint4 wv[1][2][2];
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            wv[0][r][u] = make_uint4(0u, 0u, 0u, 0u);
+            if (wok[0][r] && kw < nst)
+                wv[0][r][u] =
+                    __ldcs((const uint4 *)(const void *)(wp[0][r] + (int64_t)kw * 128 + 64 * u));
+        }
+
+    float acc[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[nt][j] = 0.0f;
+
+    for (int c = 0; c < nbs; c += XC) {
+        const int xn = min(XC, nbs - c);
+        fm_cp_wait();
+        __syncthreads(); /* raw landed for all; the planes of the last chunk are no longer read */
+        const int lo_mine = BF ? mx_convert_bf16<NT>(raw, hip, lop, N, xn)
+                               : fm_convert<NT>(raw, hip, lop, xinv, N, xn);
+        const int has_lo = __syncthreads_or(lo_mine);
+        if (c + XC < nbs) fm_issue_raw<NT>(a, raw, k0, c + XC, min(XC, nbs - c - XC), al != 0);
+
+        const int sb0 = c * SPB, sb1 = (c + xn) * SPB;
+        int s = sb0 + ((kw - sb0) % KW + KW) % KW; /* this warp's first step of the chunk */
+        for (; s < sb1; s += KW) {
+            const int b = s - sb0;
+            const int sn = s + KW < nst ? s + KW : -1;
+            if (s + KW * (1 + FM_PD) < nst)
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+#pragma unroll
+                    for (int u = 0; u < 2; u++)
+                        if (wok[0][r])
+                            fm_prefetch_l2(wp[0][r] + (int64_t)(s + KW * (1 + FM_PD)) * 128 +
+                                           64 * u);
+            const uint4 *hq = hip + (int64_t)b * SLOTS + lane,
+                        *lq = lop + (int64_t)b * SLOTS + lane;
+            if constexpr (BF) {
+                if (has_lo)
+                    mx_step_bf16<NT, true>(wv, wp, wok, sn, hq, lq, acc);
+                else
+                    mx_step_bf16<NT, false>(wv, wp, wok, sn, hq, lq, acc);
+            } else {
+                float tmp[1][NT][4];
+                if (has_lo)
+                    fm_step<NT, true>(wv, wp, wok, sn, hq, lq, tmp);
+                else
+                    fm_step<NT, false>(wv, wp, wok, sn, hq, lq, tmp);
+                /* acc += (block sum * 2^-e) * weight block scale */
+                const float ws0 = wok[0][0] ? lin_scale(a, srow[0], b0 + s) : 0.0f;
+                const float ws1 = wok[0][1] ? lin_scale(a, srow[1], b0 + s) : 0.0f;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const int n0 = nt * 8 + 2 * t;
+                    const float xi0 = xinv[n0 * XC + b], xi1 = xinv[(n0 + 1) * XC + b];
+                    acc[nt][0] = fmaf(tmp[0][nt][0] * xi0, ws0, acc[nt][0]);
+                    acc[nt][1] = fmaf(tmp[0][nt][1] * xi1, ws0, acc[nt][1]);
+                    acc[nt][2] = fmaf(tmp[0][nt][2] * xi0, ws1, acc[nt][2]);
+                    acc[nt][3] = fmaf(tmp[0][nt][3] * xi1, ws1, acc[nt][3]);
+                }
+            }
+        }
+    }
+
+    /* the K warps' partials [KW][TOK][BM] over the staging area (no cp.async pending), summed
+     * in warp order into [TOK][BM], then the cluster's ranks in rank order */
+    __syncthreads();
+    float *part = (float *)(void *)sm;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int row = rw * 16 + g + 8 * (j >> 1), tok = nt * 8 + 2 * t + (j & 1);
+            part[(kw * TOK + tok) * BM + row] = acc[nt][j];
+        }
+    float *red = part;
+    if (KW > 1) { /* the sums go behind the partials' 16 x 16 TOK floats (fm_shape: room) */
+        __syncthreads();
+        red = part + FM_WARPS * 16 * TOK;
+        const int per = TOK * BM;
+        for (int e = threadIdx.x; e < per; e += FM_THREADS) {
+            float v = part[e];
+            for (int w = 1; w < KW; w++) v += part[w * per + e];
+            red[e] = v;
+        }
+    } /* fm_cluster_store's cluster barrier orders these writes before its reads */
+    fm_cluster_store(a, red, TOK, tile * BM, BM);
+}
+
+// Every entry's y [N, nrows] = x [N, cols] . W^T (FP8 or BF16 weights), N <= 8 NT; grid
+// (cta0[n], 1, KS) in clusters of (1, 1, KS). The CTA finds its entry, then branches on its
+// format (uniform over the CTA). Dynamic shared memory: fm_shape<NT>::BYTES.
+template <int NT>
+__global__ void __launch_bounds__(FM_THREADS, 1) mmx_kernel(const __grid_constant__ mx_multi m)
+{
+    DSV4_PDL_WAIT();
+    extern __shared__ __align__(16) unsigned char fm_sm[];
+    int i = 0;
+    while (i + 1 < m.n && (int)blockIdx.x >= m.cta0[i + 1]) i++;
+    const int64_t tile = (int64_t)blockIdx.x - m.cta0[i];
+    if (m.e[i].fmt == DSV4_FORMAT_FP8)
+        mx_body<NT, 0>(m.e[i], tile, m.rw_log2[i], m.spc[i], m.al[i], fm_sm);
+    else
+        mx_body<NT, 1>(m.e[i], tile, m.rw_log2[i], m.spc[i], m.al[i], fm_sm);
+}
+
+typedef void (*mmx_fn)(mx_multi);
+
+int dsv4_lin_mmx_ok(const lin_args *a)
+{
+    const int fp8 = a->fmt == DSV4_FORMAT_FP8 && a->skind != LIN_SCALE_NONE;
+    return (fp8 || a->fmt == DSV4_FORMAT_BF16) && a->groups == 1 && a->N >= 1 && a->N <= 64 &&
+           a->cols % 128 == 0 && a->row_bytes % 16 == 0 && (uintptr_t)a->data % 16 == 0;
+}
+
+/* Row warps (log2) of entry a at shrink d: 16 rows each, FP8 16 and BF16 8 (the same bytes per
+ * CTA), d halvings, no more than the entry's rows need, at least 1 << MX_RW_MIN_LOG2. */
+static int mx_rw_log2(const lin_args *a, int d)
+{
+    int l = (a->fmt == DSV4_FORMAT_FP8 ? 4 : 3) - d;
+    while (l > MX_RW_MIN_LOG2 && (16 << (l - 1)) >= a->nrows) l--;
+    return l < MX_RW_MIN_LOG2 ? MX_RW_MIN_LOG2 : l;
+}
+
+/* The grid: per shrink d (0, 1) the most K slices KS (<= 8; at most 6 past 8 clusters, as
+ * fm_plan; two 128-column blocks per slice at least) whose CTAs fit FM_SPLIT_CTAS, then the
+ * choice with the most CTAs, fewer tiles on ties. force_ks > 0: that KS at d = 0. */
+static void mx_plan(const lin_args *as, int n, int force_ks, int *d_out, int *ks_out)
+{
+    int best = -1;
+    *d_out = 0, *ks_out = 1;
+    for (int d = 0; d <= (force_ks > 0 ? 0 : 1); d++) {
+        int64_t tiles = 0, nbmin = INT64_MAX;
+        for (int i = 0; i < n; i++) {
+            const int64_t bm = 16 << mx_rw_log2(&as[i], d);
+            tiles += (as[i].nrows + bm - 1) / bm;
+            if (as[i].cols / 128 < nbmin) nbmin = as[i].cols / 128;
+        }
+        int k = 1;
+        const int kmax = tiles > 8 ? 6 : FM_KS_MAX;
+        for (int j = 2; j <= kmax; j++)
+            if (tiles * j <= FM_SPLIT_CTAS && nbmin >= 2 * j) k = j;
+        if (force_ks > 0) k = force_ks;
+        if (tiles * k > best) best = (int)(tiles * k), *d_out = d, *ks_out = k;
+    }
+}
+
+dsv4_status dsv4_lin_launch_mmx(const lin_args *as, int n, int force_ks, cudaStream_t st,
+                                int *ks_out)
+{
+    const int64_t N = as[0].N;
+    const int nt = N <= 16 ? 2 : N <= 32 ? 4 : 8;
+    const mmx_fn fn = nt == 2 ? mmx_kernel<2> : nt == 4 ? mmx_kernel<4> : mmx_kernel<8>;
+    const int smem = nt == 2   ? fm_shape<2>::BYTES
+                     : nt == 4 ? fm_shape<4>::BYTES
+                               : fm_shape<8>::BYTES;
+    int d, ks;
+    mx_plan(as, n, force_ks, &d, &ks);
+    mx_multi m;
+    memset(&m, 0, sizeof m);
+    int64_t ctas = 0;
+    for (int i = 0; i < n; i++) {
+        const lin_args *a = &as[i];
+        m.e[i] = *a;
+        m.rw_log2[i] = mx_rw_log2(a, d);
+        m.spc[i] = (int)((a->cols / 128 + ks - 1) / ks);
+        m.al[i] = (uintptr_t)a->x % 16 == 0 && a->ldx % 4 == 0;
+        m.cta0[i] = (int)ctas;
+        ctas += (a->nrows + (16 << m.rw_log2[i]) - 1) / (16 << m.rw_log2[i]);
+    }
+    m.cta0[n] = (int)ctas;
+    m.n = n;
+    *ks_out = ks;
+    CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)ctas, 1, (unsigned)ks);
+    cfg.blockDim = dim3(FM_THREADS, 1, 1);
+    cfg.dynamicSmemBytes = (size_t)smem;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = 1;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = (unsigned)ks;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, m));
     return DSV4_OK;
 }

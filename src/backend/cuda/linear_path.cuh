@@ -20,20 +20,24 @@ enum {
     DSV4_LIN_PATH_MMV = 4,   /* decode on tensor cores (N <= 16; FP8 cols % 128, BF16 cols % 64) */
     DSV4_LIN_PATH_MULTI = 5, /* dsv4_bk_linear_multi's one GEMV launch (N <= 16, GEMV's rules) */
     DSV4_LIN_PATH_FMM = 6,   /* FP8, N <= 64 (cols % 128; dispatcher: N > 16 where faster) */
+    DSV4_LIN_PATH_MMX = 7,   /* dsv4_bk_linear_multi's one tensor-core launch (N <= 64; FP8 and
+                                BF16 entries, cols % 128; dispatcher: N > 8) */
 };
 
 /* Forces `path` for the following dsv4_cuda_bk_linear(_grouped, _multi) calls; a path that does
  * not take a call falls back to the dispatcher's choice. A multi call forced to MULTI fuses
- * every entry the GEMV takes up to N = 16 (the dispatcher: N <= 8); forced to a single kernel,
- * it makes one call per entry on that kernel. Returns the previous setting. */
+ * every entry the GEMV takes up to N = 16 (the dispatcher: N <= 8), forced to MMX every entry
+ * MMX takes up to N = 64 (the dispatcher: 9..64, with the K split of
+ * dsv4_cuda_linear_force_split when set); forced to a single kernel, it makes one call per
+ * entry on that kernel. Returns the previous setting. */
 int dsv4_cuda_linear_force_path(int path);
 /* The path the last dsv4_cuda_bk_linear(_grouped) call took (DSV4_LIN_PATH_*; AUTO before any
- * call); MULTI after a multi call that made the fused launch. */
+ * call); MULTI or MMX after a multi call that made that fused launch. */
 int dsv4_cuda_linear_last_path(void);
 /* Forces the GEMV's split-K over CTAs (the CTAs per cluster, 1, 2, 4 or 8; 0: the planner's
  * choice) for the following GEMV launches, single and multi. Returns the previous setting. */
 int dsv4_cuda_linear_force_split(int ks);
-/* The CTAs per cluster of the last GEMV launch (1: no split over CTAs). */
+/* The CTAs per cluster of the last GEMV or MMX launch (1: no split over CTAs). */
 int dsv4_cuda_linear_last_split(void);
 
 #ifdef __cplusplus
