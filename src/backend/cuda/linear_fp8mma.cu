@@ -43,7 +43,21 @@
  * 146.6 -> 31.0, 64 167.7 -> 48.6 (19% of copy); HCA layer (14.7 MB) 39.2 -> 15.0, 76.1 -> 22.0,
  * 98.5 -> 34.9. Engine (dsv4 bench --shape flash --layers 4 --contexts 4096, same call, two
  * runs each): batch 32 6.299 / 6.298 -> 5.955 / 5.977 ms, batch 64 9.673 / 9.668 -> 9.310 /
- * 9.311; batch 1, 8 (the GEMV's multi) unchanged. The kernel with NT = 8 spills 28 bytes.
+ * 9.311; batch 1, 8 (the GEMV's multi) unchanged. The kernel with NT = 8 spills 32 bytes.
+ *
+ * x conversion (fm_convert, FMM and MMX): a block's max |x| by one redux on the bits in place of
+ * five shuffles, two (token, block) tasks a warp at once; bit-identical. H100, one call,
+ * --fmm-bench graph replay, us, N = 32 / 64 (before -> after): wq_b 33.9 -> 33.1 / 58.3 -> 56.4,
+ * wo_b 37.5 -> 35.9 / 64.5 -> 61.8, wo_a 37.1 -> 36.0 / 64.6 -> 62.5, wq_a 15.2 -> 14.8 / 25.6 ->
+ * 25.2, indexer wq_b 15.1 -> 14.7 / 24.5 -> 23.9; MMX CSA N = 64 48.5 -> 46.8, HCA 34.8 -> 33.1;
+ * dsv4 bench (Flash, 4 layers, context 4096, 2 runs each) batch 32 5.982 / 6.016 -> 5.951 /
+ * 5.986 ms, batch 64 9.338 / 9.342 -> 9.298 / 9.305 (attn.q + attn.out at batch 64 0.711 ->
+ * 0.690 ms/step), batch 1 and 8 unchanged. Measured in the same call and not kept: each step's
+ * weight scales loaded a step ahead (sum of the ten --fmm-bench lines 375.5 -> 376.6 us: no
+ * gain), two raw x buffers so the next chunk's copy is issued before this one is converted
+ * (370.7), all three together (366.5; the conversion alone 364.1). ncu (wq_b N = 64, 128 CTAs):
+ * DRAM 15% of peak, L1/shared pipe 59%, a warp issues every 10.7 cycles (10.3 with the new
+ * conversion): latency-bound, x's share of the shared-memory traffic being the next suspect.
  */
 #include "backend/cuda/linear_common.cuh"
 
@@ -151,45 +165,80 @@ __device__ __forceinline__ void fm_issue_raw(const lin_args &a, float *raw, int6
     fm_cp_commit();
 }
 
+/* |x| bits of v's largest non-NaN element (0 when all are NaN), as fmaxf would order them. */
+__device__ __forceinline__ uint32_t fm_absmax_bits(float4 v)
+{
+    const float f[4] = {v.x, v.y, v.z, v.w};
+    uint32_t m = 0u;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        const uint32_t u = __float_as_uint(f[k]) & 0x7fffffffu;
+        m = max(m, u > 0x7f800000u ? 0u : u);
+    }
+    return m;
+}
+
+/* One (token n, block b) task of fm_convert: v (this lane's four columns), m its block's max
+ * |x| bits. */
+template <int NT>
+__device__ __forceinline__ int fm_convert_one(float4 v, uint32_t mbits, int n, int b, uint4 *hi,
+                                              uint4 *lo, float *xinv)
+{
+    constexpr int XC = fm_shape<NT>::XC;
+    const int lane = threadIdx.x & 31;
+    /* lane j: chunk u = j / 16, t = j / 4 % 4, word w = j % 4 -> mma q = 4 u + w */
+    const int u = lane >> 4, t = (lane >> 2) & 3, w = lane & 3, q = 4 * u + w;
+    /* max in [2^(E-127), 2^(E-126)) -> e = 141 - E puts it in [2^14, 2^15); capped so that 2^e
+     * and 2^-e are normal f32 (max = inf: E = 255, e = -114; a block of NaNs alone: max 0,
+     * e = 126, its products NaN either way) */
+    const int e = min(126, 141 - (int)(mbits >> 23));
+    const float sc = __uint_as_float((uint32_t)(e + 127) << 23);
+    if (lane == 0) xinv[n * XC + b] = __uint_as_float((uint32_t)(127 - e) << 23);
+    const float f[4] = {v.x * sc, v.y * sc, v.z * sc, v.w * sc};
+    uint32_t h[2], l[2];
+#pragma unroll
+    for (int p = 0; p < 2; p++) {
+        const __half2 hv = __floats2half2_rn(f[2 * p], f[2 * p + 1]);
+        const float2 hb = __half22float2(hv);
+        const __half2 lv = __floats2half2_rn(f[2 * p] - hb.x, f[2 * p + 1] - hb.y);
+        memcpy(&h[p], &hv, 4);
+        memcpy(&l[p], &lv, 4);
+    }
+    const int slot = (((n >> 3) * XC + b) * 4 + (q >> 1)) * 32 + (n & 7) * 4 + t;
+    uint2 *hp = (uint2 *)(void *)(hi + slot), *lp = (uint2 *)(void *)(lo + slot);
+    hp[q & 1] = make_uint2(h[0], h[1]);
+    lp[q & 1] = make_uint2(l[0], l[1]);
+    return (l[0] | l[1]) != 0u;
+}
+
 /* raw -> the planes and 2^-e of blocks [0, xn); a warp per (token, block), lane j its columns
- * 4 j .. 4 j + 3. Returns whether any lo this thread wrote is nonzero. */
+ * 4 j .. 4 j + 3, two tasks a warp at once, the block's max |x| by one warp reduction (redux on
+ * the bits; NaNs ignored as fmaxf does). Returns whether any lo this thread wrote is nonzero. */
 template <int NT>
 __device__ __forceinline__ int fm_convert(const float *raw, uint4 *hi, uint4 *lo, float *xinv,
                                           int N, int xn)
 {
     constexpr int XC = fm_shape<NT>::XC, TOK = fm_shape<NT>::TOK;
+    static_assert(TOK * XC % (2 * FM_WARPS) == 0, "whole task pairs");
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    /* lane j: chunk u = j / 16, t = j / 4 % 4, word w = j % 4 -> mma q = 4 u + w */
-    const int u = lane >> 4, t = (lane >> 2) & 3, w = lane & 3, q = 4 * u + w;
     int lo_any = 0;
-    for (int task = warp; task < TOK * XC; task += FM_WARPS) {
-        const int n = task / XC, b = task % XC;
-        if (b >= xn) continue; /* warp-uniform */
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (n < N) v = *(const float4 *)(const void *)(raw + n * (XC * 128) + b * 128 + 4 * lane);
-        float m = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        /* m in [2^(E-127), 2^(E-126)) -> e = 141 - E puts it in [2^14, 2^15); capped so that
-         * 2^e and 2^-e are normal f32 (m = inf or NaN: E = 255, e = -114) */
-        const int e = min(126, 141 - (int)(__float_as_uint(m) >> 23));
-        const float sc = __uint_as_float((uint32_t)(e + 127) << 23);
-        if (lane == 0) xinv[n * XC + b] = __uint_as_float((uint32_t)(127 - e) << 23);
-        const float f[4] = {v.x * sc, v.y * sc, v.z * sc, v.w * sc};
-        uint32_t h[2], l[2];
+    for (int task = warp; task < TOK * XC; task += 2 * FM_WARPS) {
+        float4 v[2];
+        uint32_t m[2];
 #pragma unroll
         for (int p = 0; p < 2; p++) {
-            const __half2 hv = __floats2half2_rn(f[2 * p], f[2 * p + 1]);
-            const float2 hb = __half22float2(hv);
-            const __half2 lv = __floats2half2_rn(f[2 * p] - hb.x, f[2 * p + 1] - hb.y);
-            memcpy(&h[p], &hv, 4);
-            memcpy(&l[p], &lv, 4);
+            const int tk = task + p * FM_WARPS, n = tk / XC, b = tk % XC;
+            v[p] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (n < N && b < xn)
+                v[p] = *(const float4 *)(const void *)(raw + n * (XC * 128) + b * 128 + 4 * lane);
         }
-        lo_any |= (l[0] | l[1]) != 0u;
-        const int slot = (((n >> 3) * XC + b) * 4 + (q >> 1)) * 32 + (n & 7) * 4 + t;
-        uint2 *hp = (uint2 *)(void *)(hi + slot), *lp = (uint2 *)(void *)(lo + slot);
-        hp[q & 1] = make_uint2(h[0], h[1]);
-        lp[q & 1] = make_uint2(l[0], l[1]);
+#pragma unroll
+        for (int p = 0; p < 2; p++) m[p] = __reduce_max_sync(0xffffffffu, fm_absmax_bits(v[p]));
+#pragma unroll
+        for (int p = 0; p < 2; p++) {
+            const int tk = task + p * FM_WARPS, n = tk / XC, b = tk % XC;
+            if (b < xn) lo_any |= fm_convert_one<NT>(v[p], m[p], n, b, hi, lo, xinv);
+        }
     }
     return lo_any;
 }
