@@ -76,8 +76,29 @@
  * 8 loads 1240 and 1249, once each and not checked, so not taken. Flash N = 8: 297 -> 342
  * (most experts have 1 token: the second group is empty, the lower occupancy costs), so taken
  * only where N K >= 2 E (moe_mma_run: measured in the engine). N = 300 5015 -> 4110 us.
+ * Then L1 (session 6). Every task of an SM re-reads the same activation rows (x at N = 1; an
+ * expert's few rows of x / aq) and scale bytes (a quad's 4-byte scale word serves 8 chunks of a
+ * row), while the weights are read once; with __ldg the weights streamed through L1 and evicted
+ * them. So the kernels below N K = 2 E load the weights with .L1::no_allocate (ldw, NOA; stage 1
+ * SASS as before but for the 16 weight loads; bit-identical). Engine, H100, dsv4 bench --shape
+ * flash --layers 4 --contexts 4096 --prefill 0 --no-gemms, HEAD (024a9a7) and a switch build in
+ * one call, 3 runs each, step ms: batch 1 1.165-1.169 -> 1.115-1.119, 8 2.625-2.634 -> 2.546-2.559,
+ * 64 9.617-9.674 -> 9.443-9.490; moe.experts ms/step (4 layers) batch 1 0.300-0.302 -> 0.270-
+ * 0.273, 64 6.601-6.605 -> 6.414-6.420 (test_gpu_moe --profile: N = 1 74.8 -> 66.7 us, N = 64
+ * 1336 -> 1364: its routing puts the tokens on ~97 experts, the engine's on ~200). Tried in the
+ * same calls and not kept: (1) the weights through shared memory: each lane cp.async'd (16 B,
+ * L2 only; scale words 4 B) the bytes it widens into its own slots of a per-warp ring 5-10
+ * chunks deep (stage 1 / 2; wait_group per lane, no barrier; bit-identical, memcheck clean),
+ * 108-128 registers: Flash N = 64 1327 -> 1638 us, N = 1 74.3 -> 89.5, engine batch 1 / 8 / 64
+ * 1.169 -> 1.240, 2.626 -> 2.849, 9.641 -> 10.936 ms; deeper at 3 CTAs 1847, activations through
+ * the ring too 2011, stage 2 at 5 or 6 CTAs 1576 / 1583, with .L2::256B 1581, the carveout hint
+ * 1650 (N = 64). Its ~210 KB of shared memory an SM leave L1 ~20 KB: HEAD's kernels given the
+ * same dynamic shared memory (unused) took 1336 -> 1492 us (N = 64), 74.8 -> 81.4 (N = 1); ncu
+ * (N = 64, stage 1): L1 hit rate 40 -> 30%, L1/shared pipe 51 -> 77% busy, DRAM 48 -> 29%.
+ * (2) .L2::256B on the weight loads: engine batch 64 9.64 -> 9.75 ms; with .L1::no_allocate as
+ * well batch 1 1.136, 64 9.96 (N = 64 op 1449 us); .L2::128B no change (9.62 -> 9.62-9.64).
  * Next: stage 2 at 4 CTAs (fewer registers: 32-bit activation offsets), FP8 stage 1 in two
- * groups without spills.
+ * groups without spills, the weights past L1 in the 2-group kernels too (not yet measured).
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
@@ -190,6 +211,18 @@ static __device__ __forceinline__ void wcur_advance(wcur<NM, F> &p, int chunks)
         }
 }
 
+/* A 16-byte weight load through the read-only path; NOA: not kept in L1 (.L1::no_allocate), which
+ * then holds the activations and scales that every task of the SM reads (moe_mma.cu's header). */
+template <int NOA> static __device__ __forceinline__ uint4 ldw(const uint4 *p)
+{
+    if constexpr (NOA == 0) return __ldg(p);
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
 /* Loads chunks [c0, c0 + CN) (those < hl: this lane's chunk bound, hi and column < C), the
  * cursor p at chunk c0 - DC. What it does not load keeps its previous value (wchunks_zero at
  * the start of a pass), never re-zeroed in the loop: chunks past hi are not multiplied, and a
@@ -197,7 +230,7 @@ static __device__ __forceinline__ void wcur_advance(wcur<NM, F> &p, int chunks)
  * lane loaded earlier in the row (FP4 bits widen to finite f16; an FP8 NaN there has already
  * made the row's sum NaN, as on the CPU) and its scale one of the row's own or 2^-127, so its
  * product is 0 as with zeros. FP8 scales: chunks below hi (the block's scale is the quad's). */
-template <int NM, int F, int CN, int DC>
+template <int NM, int F, int CN, int DC, int NOA>
 static __device__ __forceinline__ void load_chunks(wchunks<NM, F, CN> &b, const wcur<NM, F> &p,
                                                    int c0, int hi, int hl)
 {
@@ -213,7 +246,7 @@ static __device__ __forceinline__ void load_chunks(wchunks<NM, F, CN> &b, const 
                 if (c < hl) {
                     const uint4 *q = (const uint4 *)(p.q[m][rr] + d * wstep<F>::Q);
 #pragma unroll
-                    for (int u = 0; u < U; u++) b.q[ci][m][rr][u] = __ldg(q + u);
+                    for (int u = 0; u < U; u++) b.q[ci][m][rr][u] = ldw<NOA>(q + u);
                     if (F == 0) b.sc[ci][m][rr] = __ldg(p.s[m][rr] + d * wstep<F>::S);
                 }
             }
@@ -431,7 +464,7 @@ mma_pass(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], uint32_t (&x)[16]
  * the slices in ascending order and writes the outputs. PIPE 0: LOADS loads a lane, then their
  * mma; PIPE 1: two halves of LOADS / 2 in a ring, the next half's loads issued before this
  * half's mma (same registers, loads always in flight; the same sums in the same order). */
-template <int NM, int F, int PIPE, int LOADS, int NB>
+template <int NM, int F, int PIPE, int LOADS, int NB, int NOA>
 static __device__ __forceinline__ void
 run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, int off, int64_t r0,
          int lane, int slice, int ks, int lo, int hi, float *red, int bar)
@@ -483,18 +516,18 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             wchunks<NM, F, CPI> b; /* all weight loads of the iteration first */
             wchunks_zero(b);
             for (int c0 = lo; c0 < hi; c0 += CPI) {
-                load_chunks<NM, F, CPI, 0>(b, cur, c0, hi, hl);
+                load_chunks<NM, F, CPI, 0, NOA>(b, cur, c0, hi, hl);
                 wcur_advance(cur, CPI);
                 mma_pass<NM, F, CPI, NB>(b, acc, x, c0, hi, hl, brow, s0, s1);
             }
         } else {
             wchunks<NM, F, CPH> b0, b1; /* ping-pong, no copies */
             wchunks_zero(b0), wchunks_zero(b1);
-            load_chunks<NM, F, CPH, 0>(b0, cur, lo, hi, hl);
+            load_chunks<NM, F, CPH, 0, NOA>(b0, cur, lo, hi, hl);
             for (int c0 = lo; c0 < hi; c0 += 2 * CPH) {
-                load_chunks<NM, F, CPH, CPH>(b1, cur, c0 + CPH, hi, hl);
+                load_chunks<NM, F, CPH, CPH, NOA>(b1, cur, c0 + CPH, hi, hl);
                 mma_pass<NM, F, CPH, NB>(b0, acc, x, c0, hi, hl, brow, s0, s1);
-                load_chunks<NM, F, CPH, 2 * CPH>(b0, cur, c0 + 2 * CPH, hi, hl);
+                load_chunks<NM, F, CPH, 2 * CPH, NOA>(b0, cur, c0 + 2 * CPH, hi, hl);
                 wcur_advance(cur, 2 * CPH);
                 mma_pass<NM, F, CPH, NB>(b1, acc, x, c0 + CPH, hi, hl, brow, s0, s1);
             }
@@ -569,7 +602,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
 /* A task's tokens [0, ntok): with NB > 1, passes of NB groups while more than one group's
  * tokens remain (a last pass of 2..NB groups partly empty still widens each weight once), then
  * a one-group pass for what is left (none of its mma wasted). */
-template <int NM, int F, int PIPE, int LOADS, int NB>
+template <int NM, int F, int PIPE, int LOADS, int NB, int NOA>
 static __device__ __forceinline__ void
 run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int off, int64_t r0,
            int lane, int slice, int ks, int lo, int hi, float *red, int bar)
@@ -578,11 +611,11 @@ run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int 
     int n2 = 0; /* tokens of the NB-group passes */
     if (NB > 1 && ntok > TG) n2 = ntok % TPP == 0 || ntok % TPP > TG ? ntok : ntok - ntok % TPP;
     if (NB > 1 && n2 > 0)
-        run_task<NM, F, PIPE, LOADS, NB>(a, w, ai, 0, n2, off, r0, lane, slice, ks, lo, hi, red,
-                                         bar);
+        run_task<NM, F, PIPE, LOADS, NB, NOA>(a, w, ai, 0, n2, off, r0, lane, slice, ks, lo, hi,
+                                              red, bar);
     if (n2 < ntok)
-        run_task<NM, F, PIPE, LOADS, 1>(a, w, ai, n2, ntok, off, r0, lane, slice, ks, lo, hi, red,
-                                        bar);
+        run_task<NM, F, PIPE, LOADS, 1, NOA>(a, w, ai, n2, ntok, off, r0, lane, slice, ks, lo, hi,
+                                             red, bar);
 }
 
 /* After a stage 1 task: its ticket on (slot, 128-row block of a); the block's last task
@@ -632,8 +665,8 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
  * ks warps, each group one task (slot, 16-row tile) with K split in ks slices (ks = 1, 2, 4).
  * Groups synchronise only among themselves (named barrier 1 + group), so a group whose slot is
  * past the device count exits as a whole. MINB: resident CTAs per SM asked of ptxas (a register
- * budget); PIPE and LOADS: run_task's load schedule. */
-template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8>
+ * budget); PIPE and LOADS: run_task's load schedule; NOA: weight loads not kept in L1 (ldw). */
+template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int NOA>
 __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
     DSV4_PDL_WAIT();
@@ -664,11 +697,11 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     const int64_t r0 = (int64_t)tile * 16;
     float *gred = red + grp * ks * NB * NM * 4 * 32;
     if (w[0].fmt == MOE_MXFP4)
-        run_tokens<NM, 0, PIPE, LOADS, NB4>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred,
-                                            1 + grp);
+        run_tokens<NM, 0, PIPE, LOADS, NB4, NOA>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi,
+                                                 gred, 1 + grp);
     else
-        run_tokens<NM, 1, PIPE, LOADS, NB8>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred,
-                                            1 + grp);
+        run_tokens<NM, 1, PIPE, LOADS, NB8, NOA>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi,
+                                                 gred, 1 + grp);
     if constexpr (NM == 2)
         if (slice == 0) stage1_tail(a, ai, e, ntok, off, tile, lane);
 }
@@ -823,17 +856,20 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, float *out, cons
      * step (dsv4 bench, H100, 2-group kernels from N K >= E / 2 E / never, ms): Flash batch 64
      * 10.09 / 9.64 / 9.65, 128 16.02 / 16.10 / 16.58, 256 25.44 / 25.39 / 27.85; Pro batch 64
      * 13.23 / 12.46 / 12.45, 128 21.29 / 21.31 / 21.81 (docs/PERF.md, session 6). test_gpu_moe's
-     * routing concentrates the tokens on fewer experts, where the rule N K >= E looked right. */
+     * routing concentrates the tokens on fewer experts, where the rule N K >= E looked right.
+     * The kernels below N K = 2 E load the weights past L1 (NOA; engine step batch 1 / 8 / 64
+     * -4.3 / -2.9 / -1.8%, moe.experts batch 1 / 64 -9.8 / -2.8%: the header); the 2-group ones
+     * keep __ldg (not measured in the engine with it). */
     const unsigned b = WPC * 32;
     if (N * a->K < 2 * a->E) {
-        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        moe_mma_stage_kernel<1, 4, 1, 8, 1, 1><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
+        moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
         CUDA_LAUNCHED();
     } else {
-        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        moe_mma_stage_kernel<1, 3, 1, 8, 2, 2><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
+        moe_mma_stage_kernel<1, 3, 1, 8, 2, 2, 0><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
         CUDA_LAUNCHED();
     }
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
