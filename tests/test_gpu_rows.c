@@ -678,6 +678,52 @@ static void test_kv_norm_rope_store(const shape *s, int N, const float *fr_h, co
     free(pos);
 }
 
+/* dsv4_bk_q_kv_norm_rope: the query heads and the kv row in one launch must equal the two ops
+ * (head_norm_rope, kv_norm_rope_store; each checked against the CPU above) bit for bit, q, kv and
+ * the ring alike; H heads of width hd (hd over the register tile: the two launches). */
+static void test_q_kv_norm_rope(const shape *s, int N, int H, int hd, const float *fr_d)
+{
+    enum { S = 2 };
+    const int r = s->r, R = (N + S - 1) / S + 3;
+    const int64_t nq = (int64_t)N * H * hd, n = (int64_t)N * hd, nw = (int64_t)S * R * hd;
+    int32_t *slot = malloc((size_t)N * 4), *pos = malloc((size_t)N * 4);
+    for (int i = 0; i < N; i++) slot[i] = i % S, pos[i] = 4093 * (i % S) + i / S;
+    rowset rs = make_rows(N, pos, NULL);
+    ok(dsv4_bk_upload(gpu, (void *)rs.d.slot, slot, (size_t)N * 4), "upload slots");
+    uint16_t *win = malloc((size_t)nw * 2), *gw = malloc((size_t)nw * 2),
+             *sw = malloc((size_t)nw * 2);
+    for (int64_t i = 0; i < nw; i++) win[i] = bf16_bits(rng_normal());
+    float *q = rand_rows(nq, hd, 1.0f), *kv = rand_rows(n, hd, 1.0f), *w = rand_rows(hd, hd, 0.3f);
+    for (int i = 0; i < hd; i++) w[i] = 1.0f + w[i];
+    float *gq = malloc((size_t)nq * 4), *sq = malloc((size_t)nq * 4);
+    float *gk = malloc((size_t)n * 4), *sk = malloc((size_t)n * 4);
+    float *dq = dev_from(q, (size_t)nq * 4), *dq2 = dev_from(q, (size_t)nq * 4);
+    float *dkv = dev_from(kv, (size_t)n * 4), *dkv2 = dev_from(kv, (size_t)n * 4);
+    float *dw = dev_from(w, (size_t)hd * 4);
+    uint16_t *dwin = dev_from(win, (size_t)nw * 2), *dwin2 = dev_from(win, (size_t)nw * 2);
+    ok(dsv4_cuda_bk_head_norm_rope(gpu, dq2, &rs.d, H, hd, r, fr_d, 1e-6f), "separate q");
+    ok(dsv4_cuda_bk_kv_norm_rope_store(gpu, dwin2, R, dkv2, dw, &rs.d, hd, r, fr_d, 1e-6f, 64),
+       "separate kv");
+    GPU_CALL(
+        dsv4_cuda_bk_q_kv_norm_rope(gpu, dq, H, dwin, R, dkv, dw, &rs.d, hd, r, fr_d, 1e-6f, 64));
+    host_from(gq, dq, (size_t)nq * 4), host_from(sq, dq2, (size_t)nq * 4);
+    host_from(gk, dkv, (size_t)n * 4), host_from(sk, dkv2, (size_t)n * 4);
+    host_from(gw, dwin, (size_t)nw * 2), host_from(sw, dwin2, (size_t)nw * 2);
+    float *fg = malloc((size_t)nw * 4), *fs = malloc((size_t)nw * 4);
+    for (int64_t i = 0; i < nw; i++) fg[i] = bf16_val(gw[i]), fs[i] = bf16_val(sw[i]);
+    char l[120];
+    snprintf(l, sizeof l, "%s N=%d %dx%d r=%d R=%d", s->name, N, H, hd, r, R);
+    const bound same = {0, FLT_MIN, 0, NULL, "= separate ops"};
+    compare("q_kv.q", l, gq, sq, nq, same);
+    compare("q_kv.kv", l, gk, sk, n, same);
+    compare("q_kv.win", l, fg, fs, nw, same);
+    void *dev[] = {dq, dq2, dkv, dkv2, dw, dwin, dwin2};
+    for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) dsv4_bk_free(gpu, dev[i]);
+    free_rows(&rs);
+    void *host[] = {slot, pos, win, gw, sw, q, kv, w, gq, sq, gk, sk, fg, fs};
+    for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
+}
+
 /* ---- mHC --------------------------------------------------------------------------------------
  */
 /* pre / post / comb: the device's exp (double, rounded) and glibc's expf differ by <= 1 ulp, so
@@ -803,6 +849,8 @@ int main(int argc, char **argv)
             if (N <= 2 && !small) /* hd over the register tile: the two ops */
                 test_head_norm_rope(s, N, 4, 2 * s->hd, fr_h[2], fr_d[2], "comp");
             test_kv_norm_rope_store(s, N, fr_h[2], fr_d[2]);
+            test_q_kv_norm_rope(s, N, s->H, s->hd, fr_d[2]);
+            if (N <= 2 && !small) test_q_kv_norm_rope(s, N, 4, 2 * s->hd, fr_d[2]);
             if (all) test_hc(s, N);
         }
         for (int k = 0; k < 3; k++) dsv4_bk_free(gpu, fr_d[k]);

@@ -304,6 +304,19 @@ dsv4_status dsv4_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R, fl
     return dsv4_cpu_bk_kv_norm_rope_store(b, win, R, kv, w, rows, hd, r, freqs, eps, qblock);
 }
 
+dsv4_status dsv4_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint16_t *win, int R,
+                                   float *kv, const float *w, const dsv4_bk_rows *rows, int hd,
+                                   int r, const float *freqs, float eps, int qblock)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (b->kind == DSV4_DEVICE_CUDA)
+        return dsv4_cuda_bk_q_kv_norm_rope(b, q, H, win, R, kv, w, rows, hd, r, freqs, eps,
+                                           qblock);
+#endif
+    DSV4_TRY(dsv4_cpu_bk_head_norm_rope(b, q, rows, H, hd, r, freqs, eps));
+    return dsv4_cpu_bk_kv_norm_rope_store(b, win, R, kv, w, rows, hd, r, freqs, eps, qblock);
+}
+
 dsv4_status dsv4_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
                            const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
                            int round_bf16)

@@ -112,6 +112,9 @@ dsv4_status dsv4_cuda_bk_head_norm_rope(dsv4_backend *b, float *q, const dsv4_bk
 dsv4_status dsv4_cuda_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R, float *kv,
                                             const float *w, const dsv4_bk_rows *rows, int hd, int r,
                                             const float *freqs, float eps, int qblock);
+dsv4_status dsv4_cuda_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint16_t *win, int R,
+                                        float *kv, const float *w, const dsv4_bk_rows *rows, int hd,
+                                        int r, const float *freqs, float eps, int qblock);
 dsv4_status dsv4_cuda_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
                                 const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
                                 int round_bf16);

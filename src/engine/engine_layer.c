@@ -166,13 +166,13 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
 
     /* queries: q (wq_b, per-head norm, RoPE) */
     DSV4_TRY(linear_q(e, &w->wq_b, s->qr, s->xq, 0, N, s->q)); /* s->xq keeps act_quant(qr) */
-    DSV4_TRY(dsv4_bk_head_norm_rope(e->b, s->q, rows, H, hd, r, freqs, eps));
     MARK("attn.q");
 
-    /* the shared key/value head: h -> kv (kv_norm, RoPE, FP8 non-RoPE dims) -> window ring */
-    DSV4_TRY(dsv4_bk_kv_norm_rope_store(e->b, L->win, e->R, s->kv, L->kv_norm, rows, hd, r, freqs,
-                                        eps, 64));
-    MARK("attn.kv");
+    /* the query heads' norm and RoPE, and beside them the shared key/value head: kv (kv_norm,
+     * RoPE, FP8 non-RoPE dims) -> window ring */
+    DSV4_TRY(dsv4_bk_q_kv_norm_rope(e->b, s->q, H, L->win, e->R, s->kv, L->kv_norm, rows, hd, r,
+                                    freqs, eps, 64));
+    MARK("attn.qkv_norm");
     if (L->ratio > 0) DSV4_TRY(dsv4_bk_side_join(e->b));
 
     DSV4_TRY(dsv4_bk_attention(e->b, s->o, s->q, H, hd, L->win, e->R, c->sliding_window,

@@ -319,15 +319,15 @@ __global__ static void head_norm_kernel(float *q, int c, float eps)
 // the last r dims at pos[row] rounded to bf16: dsv4_bk_head_norm_bf16 then dsv4_bk_rope
 // (round_bf16; the other dims are bf16 already) bit for bit. As c - r is even, pair (2i, 2i+1)
 // of the rotated dims sits in lanes (l, l ^ 1) of one register slot. cos / sin: once per CTA.
-// The grid is 1-D: block x = row * groups + group.
-__global__ static void head_norm_rope_kernel(float *q, int H, int c, float eps, int groups,
-                                             const int32_t *pos, int r, const float *freqs)
+// The grid is 1-D: block x = row * groups + group, each group the CTA's warps' heads.
+__device__ static void head_norm_rope_block(int64_t bx, float *q, int H, int c, float eps,
+                                            int groups, const int32_t *pos, int r,
+                                            const float *freqs)
 {
-    DSV4_PDL_WAIT();
     __shared__ float cs[ROPE_MAX_HALF], sn[ROPE_MAX_HALF];
     const int lane = threadIdx.x & 31, half = r / 2;
-    const int64_t row = blockIdx.x / groups;
-    const int head = (int)(blockIdx.x - row * groups) * HN_WARPS + (threadIdx.x >> 5);
+    const int64_t row = bx / groups;
+    const int head = (int)(bx - row * groups) * (int)(blockDim.x >> 5) + (threadIdx.x >> 5);
     const bool live = head < H;
     float *x = q + (row * H + (live ? head : 0)) * (int64_t)c;
     float v[HN_SLOTS];
@@ -365,6 +365,13 @@ __global__ static void head_norm_rope_kernel(float *q, int H, int c, float eps, 
 #pragma unroll
     for (int k = 0; k < HN_SLOTS; k++)
         if (lane + 32 * k < c) x[lane + 32 * k] = v[k];
+}
+
+__global__ static void head_norm_rope_kernel(float *q, int H, int c, float eps, int groups,
+                                             const int32_t *pos, int r, const float *freqs)
+{
+    DSV4_PDL_WAIT();
+    head_norm_rope_block(blockIdx.x, q, H, c, eps, groups, pos, r, freqs);
 }
 
 /* head_norm_rope_kernel over rows x H vectors of width c (c <= HN_SLOTS * 32). */
@@ -593,19 +600,19 @@ extern "C" dsv4_status dsv4_cuda_bk_head_norm_rope(dsv4_backend *b, float *q,
 
 // kv [N, hd] in place -> win[slot][pos % R] [hd] (bf16 bits), per row: RMSNorm (w) -> bf16 ->
 // RoPE of the last r dims at pos -> bf16 -> act_quant of dims [0, hd - r) in blocks of qblock
-// -> stored. One CTA of ROW_THREADS per row; the row (and w) staged in shared memory (dynamic,
-// 2 hd floats) between the steps, the cos / sin table made while the row loads.
-__global__ static void kv_norm_rope_store_kernel(uint16_t *win, int R, float *kv, const float *w,
-                                                 const int32_t *slot, const int32_t *pos, int hd,
-                                                 int r, const float *freqs, float eps, int qblock)
+// -> stored. One CTA of ROW_THREADS per row (row = bx); the row (and w) staged in shared memory
+// (dynamic, 2 hd floats) between the steps, the cos / sin table made while the row loads.
+__device__ static void kv_norm_rope_store_block(int64_t bx, uint16_t *win, int R, float *kv,
+                                                const float *w, const int32_t *slot,
+                                                const int32_t *pos, int hd, int r,
+                                                const float *freqs, float eps, int qblock)
 {
-    DSV4_PDL_WAIT();
     extern __shared__ float kv_smem[];
     __shared__ float cs[ROPE_MAX_HALF], sn[ROPE_MAX_HALF];
     __shared__ double sh[ROW_THREADS / 32];
     const int half = r / 2, r0 = hd - r;
-    float *x = kv + (int64_t)blockIdx.x * hd, *sx = kv_smem, *sw = kv_smem + hd;
-    const int32_t p = pos[blockIdx.x]; /* the table's inputs go out with the row's loads */
+    float *x = kv + bx * hd, *sx = kv_smem, *sw = kv_smem + hd;
+    const int32_t p = pos[bx]; /* the table's inputs go out with the row's loads */
     const float f = (int)threadIdx.x < half ? freqs[threadIdx.x] : 0.0f;
     dev_stage(sx, x, sw, w, hd);
     if ((int)threadIdx.x < half) dev_rope_entry(cs, sn, threadIdx.x, f, p, 0); /* half <= 256 */
@@ -630,12 +637,37 @@ __global__ static void kv_norm_rope_store_kernel(uint16_t *win, int R, float *kv
         dev_warp_quant(sx + b0, sx + b0, r0 - b0 < qblock ? r0 - b0 : qblock);
     }
     __syncthreads();
-    uint16_t *dst = win + ((int64_t)slot[blockIdx.x] * R + p % R) * hd;
+    uint16_t *dst = win + ((int64_t)slot[bx] * R + p % R) * hd;
     for (int i = threadIdx.x; i < hd; i += blockDim.x) {
         const float v = sx[i];
         x[i] = v;
         dst[i] = (uint16_t)(__float_as_uint(dev_round_bf16(v)) >> 16);
     }
+}
+
+__global__ static void kv_norm_rope_store_kernel(uint16_t *win, int R, float *kv, const float *w,
+                                                 const int32_t *slot, const int32_t *pos, int hd,
+                                                 int r, const float *freqs, float eps, int qblock)
+{
+    DSV4_PDL_WAIT();
+    kv_norm_rope_store_block(blockIdx.x, win, R, kv, w, slot, pos, hd, r, freqs, eps, qblock);
+}
+
+// head_norm_rope_kernel and kv_norm_rope_store_kernel in one launch of ROW_THREADS a CTA: CTAs
+// [0, nq) run the query heads (ROW_THREADS / 32 heads a CTA, groups a row), the next N CTAs one
+// kv row each. Each CTA does exactly what it does in its own kernel, so the results are the same
+// bit for bit; the two chains, independent, overlap instead of running one after the other.
+__global__ static void q_kv_norm_rope_kernel(float *q, int H, int groups, int64_t nq, uint16_t *win,
+                                             int R, float *kv, const float *w, const int32_t *slot,
+                                             const int32_t *pos, int hd, int r, const float *freqs,
+                                             float eps, int qblock)
+{
+    DSV4_PDL_WAIT();
+    if ((int64_t)blockIdx.x < nq)
+        head_norm_rope_block(blockIdx.x, q, H, hd, eps, groups, pos, r, freqs);
+    else
+        kv_norm_rope_store_block((int64_t)blockIdx.x - nq, win, R, kv, w, slot, pos, hd, r, freqs,
+                                 eps, qblock);
 }
 
 extern "C" dsv4_status dsv4_cuda_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R,
@@ -661,6 +693,29 @@ extern "C" dsv4_status dsv4_cuda_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     kv_norm_rope_store_kernel<<<(unsigned)rows->n, ROW_THREADS, smem, dsv4_cuda_stream(b->cuda)>>>(
         win, R, kv, w, rows->slot, rows->pos, hd, r, freqs, eps, qblock);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint16_t *win,
+                                                   int R, float *kv, const float *w,
+                                                   const dsv4_bk_rows *rows, int hd, int r,
+                                                   const float *freqs, float eps, int qblock)
+{
+    const size_t smem = (size_t)hd * 8;
+    const int groups = (H + ROW_THREADS / 32 - 1) / (ROW_THREADS / 32);
+    const int64_t N = rows->n, nq = N * groups;
+    if (H < 1 || hd > HN_SLOTS * 32 || (hd & 1) || smem > 48 * 1024 || nq + N > INT32_MAX) {
+        DSV4_TRY(dsv4_cuda_bk_head_norm_rope(b, q, rows, H, hd, r, freqs, eps)); /* two launches */
+        return dsv4_cuda_bk_kv_norm_rope_store(b, win, R, kv, w, rows, hd, r, freqs, eps, qblock);
+    }
+    if (R < 1 || hd <= r || qblock < 1)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "q_kv_norm_rope: R %d hd %d r %d block %d", R,
+                         hd, r, qblock);
+    DSV4_TRY(rope_check(H, hd, r, (int64_t)H * hd));
+    if (N <= 0) return DSV4_OK;
+    q_kv_norm_rope_kernel<<<(unsigned)(nq + N), ROW_THREADS, smem, dsv4_cuda_stream(b->cuda)>>>(
+        q, H, groups, nq, win, R, kv, w, rows->slot, rows->pos, hd, r, freqs, eps, qblock);
     CUDA_LAUNCHED();
     return DSV4_OK;
 }
