@@ -41,6 +41,16 @@
  * low, finds the k-th largest K's leading bytes (stopping as soon as a whole bin is taken); the k
  * keys at or above it are gathered and bitonic-sorted. Exact, ties included. When n_vis <= topk
  * nothing is selected: every entry is taken, only sorted.
+ *
+ * Measured at long context (H100, 2026-11-22, docs/PERF.md "The indexer at 64K+ context"): at 64K
+ * the fused kernel is the whole growth of the batch-1 step over 4K (2 x 96 us a step against the
+ * cluster kernel's 2 x 21.5; the attention core does not grow), and its one-CTA row_topk is most
+ * of it (the SIMT path's top-k kernel: 17 us at 1,025 keys, 46 at 16,384, 81 at 32,768). Tried and
+ * not kept: a 12-bit first digit filled by the loads (64K b1 -28 us a step, 4K b1 +4 us), and with
+ * __match_any_sync-aggregated histogram adds (slower at b1). Known bug: the tickets sit at scores +
+ * N cap_e, so in a workspace that a call with more rows wrote (the engine's share one) a smaller
+ * call's tickets are score words and its top-k never runs; a fix (each row's ticket after its
+ * scores) is described there.
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
