@@ -468,7 +468,13 @@ static void test_topk(const char *name, const index_inputs *in, int N)
     rowset rs;
     rows_make(&rs, sl, ps, N);
     float *d_q = gpu_dup(q, (size_t)N * nh * d * 4), *d_w = gpu_dup(w, (size_t)N * nh * 4);
-    void *d_ws = gpu_dup(NULL, wsb);
+    /* the workspace as a call with 8 rows more leaves it (the engine's calls of every N share
+     * one): its score words hold scores (here 1.0f), its tickets are zero */
+    const size_t wsb_used = dsv4_bk_indexer_ws_bytes(N + 8, cap_e);
+    float *used = malloc(wsb_used);
+    for (size_t i = 0; i < wsb_used / 4; i++) used[i] = 1.0f;
+    for (int i = 0; i < N + 8; i++) memset(used + dsv4_cuda_index_ws_row(i, cap_e) + cap_e, 0, 4);
+    void *d_ws = gpu_dup(NULL, wsb_used);
     int32_t *d_sel = gpu_dup(NULL, seln * 4);
     const double t0 = test_now();
     TRY(dsv4_bk_indexer_topk(g_cpu, sel, q, w, w_scale, in->ent, cap_e, nh, d, m, topk, &rs.c, ws));
@@ -483,6 +489,7 @@ static void test_topk(const char *name, const index_inputs *in, int N)
         const int path = paths[pi];
         dsv4_cuda_index_force_path(path);
         TRY(dsv4_bk_upload(g_gpu, d_sel, junk, seln * 4)); /* every entry must be written */
+        TRY(dsv4_bk_upload(g_gpu, d_ws, used, wsb_used));
         TRY(dsv4_bk_indexer_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d, m, topk,
                                  &rs.g, d_ws));
         dsv4_cuda_index_force_path(DSV4_INDEX_PATH_AUTO);
@@ -495,7 +502,7 @@ static void test_topk(const char *name, const index_inputs *in, int N)
         double max_abs = 0.0, max_rel = 0.0;
         for (int i = 0; i < N; i++) {
             const int64_t nvis = (ps[i] + 1) / m;
-            const float *a = gws + i * cap_e, *b = ws + i * cap_e;
+            const float *a = gws + dsv4_cuda_index_ws_row(i, cap_e), *b = ws + i * cap_e;
             for (int64_t e = 0; e < nvis; e++) {
                 if (!memcmp(&a[e], &b[e], 4)) continue;
                 sc_diff++;
@@ -525,8 +532,11 @@ static void test_topk(const char *name, const index_inputs *in, int N)
                             (long long)nvis, j, g[j], c[j], hsel[j]);
             }
         }
-        const uint32_t *tk = (const uint32_t *)(gws + (int64_t)N * cap_e);
-        for (int i = 0; i < N; i++) tickets += tk[i] != 0;
+        for (int i = 0; i < N; i++) {
+            uint32_t tk;
+            memcpy(&tk, gws + dsv4_cuda_index_ws_row(i, cap_e) + cap_e, 4);
+            tickets += tk != 0;
+        }
         printf("%-20s indexer_topk %s nh %d d %d topk %d cap_e %lld, N = %d (n_vis 0 .. %lld; "
                "%lld with a tie group cut), CPU %.2f s:\n",
                name, path_name(path), nh, d, topk, (long long)cap_e, N, (long long)nvis_max,
@@ -554,6 +564,7 @@ static void test_topk(const char *name, const index_inputs *in, int N)
 
     rows_free(&rs);
     free(q), free(w), free(ws), free(gws), free(sel), free(gsel), free(hsel), free(junk);
+    free(used);
     dsv4_bk_free(g_gpu, d_q), dsv4_bk_free(g_gpu, d_w), dsv4_bk_free(g_gpu, d_ws);
     dsv4_bk_free(g_gpu, d_sel);
 }
@@ -588,7 +599,7 @@ static void topk_at_scale(const index_inputs *in, int N, int path)
     gpu_get(gsel2, d_sel, seln * 4);
     int64_t bad = 0;
     for (int i = 0; i < N; i++) {
-        host_topk(hsel, gws + i * cap_e, cap_e, topk);
+        host_topk(hsel, gws + dsv4_cuda_index_ws_row(i, cap_e), cap_e, topk);
         bad += memcmp(hsel, gsel + (int64_t)i * topk, (size_t)topk * 4) != 0;
     }
     const int same = !memcmp(gsel, gsel2, seln * 4);
@@ -678,7 +689,8 @@ static void test_q_topk(const char *name, const index_inputs *in, int N)
         int64_t sc_diff = 0, two_bad = 0, cpu_bad = 0;
         for (int i = 0; i < N; i++) {
             const int64_t nvis = (ps[i] + 1) / m;
-            sc_diff += memcmp(gws + i * cap_e, gws2 + i * cap_e, (size_t)nvis * 4) != 0;
+            const int64_t o = dsv4_cuda_index_ws_row(i, cap_e);
+            sc_diff += memcmp(gws + o, gws2 + o, (size_t)nvis * 4) != 0;
             two_bad +=
                 memcmp(gsel + (int64_t)i * topk, gsel2 + (int64_t)i * topk, (size_t)topk * 4) != 0;
             cpu_bad +=

@@ -203,8 +203,9 @@ static void topk_row(int64_t row, void *ctx)
     }
 }
 
-/* The scores of row r at ws + r * cap_e (the GPU test reads them back), then one 32-bit word per
- * row (the CUDA op's per-row CTA tickets: zero between calls, as dsv4_bk_alloc leaves them). */
+/* N rows of cap_e + 1 words: the CPU keeps row r's scores at ws + r cap_e, the CUDA op at
+ * ws + r (cap_e + 1), each row's followed by its CTA ticket (zero between calls, as dsv4_bk_alloc
+ * leaves them), so a call finds its rows' tickets whatever N the calls before it had. */
 size_t dsv4_bk_indexer_ws_bytes(int64_t N, int64_t cap_e)
 {
     return (size_t)(N * (cap_e + 1)) * sizeof(float);

@@ -1,9 +1,9 @@
 /*
  * bk_topk.cu - CUDA implementation of the lightning indexer's scores and top-k (backend.h
  * dsv4_bk_indexer_topk): per row, the faithful scores of its n_vis visible compressed keys into
- * the workspace ([N, cap_e] f32), then the k best of them in descending score order, equal scores
- * lower index first, -1 after them. Everything stays on the device; grids come from N and cap_e,
- * and CTAs past their row's n_vis exit at once.
+ * the workspace (rows of cap_e + 1 f32 words: row_base), then the k best of them in descending
+ * score order, equal scores lower index first, -1 after them. Everything stays on the device; grids
+ * come from N and cap_e, and CTAs past their row's n_vis exit at once.
  *
  * Scores (model/forward_attn.c faithful_index_scores): per head bf16(q_h . k), relu,
  * bf16(* w_h), summed over heads, bf16, where w_h = bf16(iw_h * w_scale) is dsv4_bk_scale folded
@@ -47,10 +47,13 @@
  * cluster kernel's 2 x 21.5; the attention core does not grow), and its one-CTA row_topk is most
  * of it (the SIMT path's top-k kernel: 17 us at 1,025 keys, 46 at 16,384, 81 at 32,768). Tried and
  * not kept: a 12-bit first digit filled by the loads (64K b1 -28 us a step, 4K b1 +4 us), and with
- * __match_any_sync-aggregated histogram adds (slower at b1). Known bug: the tickets sit at scores +
- * N cap_e, so in a workspace that a call with more rows wrote (the engine's share one) a smaller
- * call's tickets are score words and its top-k never runs; a fix (each row's ticket after its
- * scores) is described there.
+ * __match_any_sync-aggregated histogram adds (slower at b1).
+ *
+ * Workspace: row r's scores at float r (cap_e + 1), its fused-path ticket (u32) in the word after
+ * them (row_base), so a row's ticket has one place whatever N a call has. The engine's calls of
+ * every N (1 .. its prefill chunk) share one workspace; with the tickets after all N rows (as
+ * before), a call after one with more rows took score words as tickets, its last CTA never came
+ * and its selection was left stale (the fused path: contexts over 8K, or batches over 16).
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
@@ -85,6 +88,12 @@ extern "C" int dsv4_cuda_index_force_path(int path)
     const int prev = g_force_path;
     g_force_path = path;
     return prev;
+}
+
+/* Row r's scores in the workspace; its ticket is the word at row_base + cap_e. */
+static __device__ __forceinline__ int64_t row_base(int64_t row, int64_t cap_e)
+{
+    return row * (cap_e + 1); /* index_path.cuh dsv4_cuda_index_ws_row */
 }
 
 extern "C" int dsv4_cuda_index_last_path(void)
@@ -357,11 +366,11 @@ static __device__ __forceinline__ void load_keys(uint16_t *ks, const uint16_t *k
  * heads' terms (shuffles over the 4 lanes of a row), and with NT < 8 the head groups' sums meet
  * in shared memory, in group order. Then the row's CTAs take tickets; the last one (it resets
  * the ticket) selects the row's top-k from the scores in global memory.
- * iq [N, 64, 128] (bf16-exact), iw [N, 64], ent [S, cap_e, 128] bf16 -> scores [N, cap_e],
- * sel [N, topk]; tickets [N] zero between calls. */
+ * iq [N, 64, 128] (bf16-exact), iw [N, 64], ent [S, cap_e, 128] bf16 -> scores (row_base),
+ * sel [N, topk]; the rows' tickets (row_base + cap_e) zero between calls. */
 template <int NT>
 __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
-    int32_t *sel, float *scores, unsigned *tickets, const float *iq, const float *iw, float w_scale,
+    int32_t *sel, float *scores, const float *iq, const float *iw, float w_scale,
     const uint16_t *ent, int64_t cap_e, int m, int topk, int te, const int32_t *slot,
     const int32_t *pos)
 {
@@ -383,7 +392,7 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
     if (e0 >= nvis) return;
     const int64_t e_end = e0 + te < nvis ? e0 + te : nvis;
     const uint16_t *keys = ent + (int64_t)slot[row] * cap_e * TD;
-    float *sc = scores + (int64_t)row * cap_e;
+    float *sc = scores + row_base(row, cap_e);
 
     load_keys<NT>(T.k, keys, e0, e_end); /* in flight while the queries are converted */
 #pragma unroll 1
@@ -462,8 +471,9 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
     __syncthreads();
     if (tid == 0) {
         const unsigned ntiles = (unsigned)((nvis + te - 1) / te);
-        s_last = atomicAdd(tickets + row, 1u) == ntiles - 1u;
-        if (s_last) tickets[row] = 0u; /* every other CTA of the row has taken its ticket */
+        unsigned *ticket = (unsigned *)(scores + row_base(row, cap_e) + cap_e);
+        s_last = atomicAdd(ticket, 1u) == ntiles - 1u;
+        if (s_last) *ticket = 0u; /* every other CTA of the row has taken its ticket */
     }
     __syncthreads();
     if (!s_last) return;
@@ -472,10 +482,9 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
 }
 
 template <int NT>
-static dsv4_status launch_fused(cudaStream_t st, int32_t *sel, float *scores, unsigned *tickets,
-                                const float *iq, const float *iw, float w_scale,
-                                const uint16_t *ent, int64_t cap_e, int m, int topk, int N,
-                                const int32_t *slot, const int32_t *pos)
+static dsv4_status launch_fused(cudaStream_t st, int32_t *sel, float *scores, const float *iq,
+                                const float *iw, float w_scale, const uint16_t *ent, int64_t cap_e,
+                                int m, int topk, int N, const int32_t *slot, const int32_t *pos)
 {
     /* steps of 16 NT entries; a CTA takes enough of them to keep the grid near 4 CTAs per SM */
     const int64_t steps = (cap_e + 16 * NT - 1) / (16 * NT), total = (int64_t)N * steps;
@@ -487,8 +496,8 @@ static dsv4_status launch_fused(cudaStream_t st, int32_t *sel, float *scores, un
     CUDA_TRY(cudaFuncSetAttribute(index_fused_kernel<NT>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const dim3 grid((unsigned)((cap_e + te - 1) / te), (unsigned)N);
-    index_fused_kernel<NT><<<grid, FUSED_THREADS, smem, st>>>(sel, scores, tickets, iq, iw, w_scale,
-                                                              ent, cap_e, m, topk, te, slot, pos);
+    index_fused_kernel<NT><<<grid, FUSED_THREADS, smem, st>>>(sel, scores, iq, iw, w_scale, ent,
+                                                              cap_e, m, topk, te, slot, pos);
     CUDA_LAUNCHED();
     return DSV4_OK;
 }
@@ -526,7 +535,7 @@ static size_t cl_smem(int per_max)
 
 /* Grid (CL_C, N), cluster (CL_C, 1, 1), 256 threads. iq [N, 64, 128] raw (qr >= 0: the
  * indexer_q chain runs in the prologue, RoPE of the last qr dims) or as indexer_q leaves it
- * (qr < 0); iw [N, 64]; ent [S, cap_e, 128] bf16 -> scores [N, cap_e] (workspace), sel [N, topk].
+ * (qr < 0); iw [N, 64]; ent [S, cap_e, 128] bf16 -> scores (row_base, workspace), sel [N, topk].
  */
 __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     int32_t *sel, float *scores, const float *iq, const float *iw, float w_scale,
@@ -587,7 +596,7 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     cl_sync(); /* every rank's heads (and this CTA's keys, w) are in place */
 
     /* scores: warp w takes entries eb + 16 w .. + 16, all 64 heads (the fused NT = 8 step) */
-    float *sc = scores + (int64_t)row * cap_e + e0;
+    float *sc = scores + row_base(row, cap_e) + e0;
     for (int eb = warp * 16; eb < ne; eb += 8 * 16) {
         float acc[8][4];
 #pragma unroll
@@ -700,7 +709,7 @@ static dsv4_status launch_cluster(cudaStream_t st, int32_t *sel, float *scores, 
 
 /* ---- the SIMT path -------------------------------------------------------------------------- */
 /* Any nh, d: one warp per entry, q and w read through the cache. Grid (cap_e / 8, N).
- * iq [N, nh, d], iw [N, nh], ent [S, cap_e, d] bf16 -> scores [N, cap_e]. */
+ * iq [N, nh, d], iw [N, nh], ent [S, cap_e, d] bf16 -> scores (row_base). */
 __global__ void index_scores_simt(float *scores, const float *iq, const float *iw, float w_scale,
                                   const uint16_t *ent, int64_t cap_e, int nh, int d, int m,
                                   const int32_t *slot, const int32_t *pos)
@@ -721,10 +730,10 @@ __global__ void index_scores_simt(float *scores, const float *iq, const float *i
         for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
         tot += head_term(acc, dev_round_bf16(__fmul_rn(w[h], w_scale)));
     }
-    if (lane == 0) scores[(int64_t)row * cap_e + e] = dev_round_bf16((float)tot);
+    if (lane == 0) scores[row_base(row, cap_e) + e] = dev_round_bf16((float)tot);
 }
 
-/* One CTA per row: scores [N, cap_e] -> sel [N, topk]. */
+/* One CTA per row: scores (row_base) -> sel [N, topk]. */
 __global__ __launch_bounds__(TOPK_THREADS) void index_topk_kernel(int32_t *sel, const float *scores,
                                                                   int64_t cap_e, int m, int topk,
                                                                   const int32_t *pos)
@@ -734,7 +743,7 @@ __global__ __launch_bounds__(TOPK_THREADS) void index_topk_kernel(int32_t *sel, 
     const int row = blockIdx.x;
     int64_t nvis = ((int64_t)pos[row] + 1) / m;
     if (nvis > cap_e) nvis = cap_e;
-    row_topk(sel + (int64_t)row * topk, scores + (int64_t)row * cap_e, (int)nvis, topk,
+    row_topk(sel + (int64_t)row * topk, scores + row_base(row, cap_e), (int)nvis, topk,
              *(topk_smem *)topk_raw);
 }
 
@@ -756,8 +765,7 @@ static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const 
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "indexer_topk: %d rows (at most %d)", N,
                          (int)MAX_ROWS);
     cudaStream_t st = dsv4_cuda_stream(b->cuda);
-    float *scores = (float *)ws;
-    unsigned *tickets = (unsigned *)(scores + (int64_t)N * cap_e); /* dsv4_bk_indexer_ws_bytes */
+    float *scores = (float *)ws; /* N rows of cap_e + 1 words: dsv4_bk_indexer_ws_bytes */
     /* the Hadamard scale exactly as dsv4_hadamard: the double d^-0.5 as an f32 */
     const float had_scale = (float)pow((double)d, -0.5);
     const int fused_ok = nh == TNH && d == TD && qr <= TD;
@@ -784,17 +792,17 @@ static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const 
         while (nt > 1 && (int64_t)N * ((cap_e + 16 * nt - 1) / (16 * nt)) < 2 * SMS) nt >>= 1;
         switch (nt) {
         case 8:
-            return launch_fused<8>(st, sel, scores, tickets, iq, iw, w_scale, ent, cap_e, m, topk,
-                                   N, rows->slot, rows->pos);
+            return launch_fused<8>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N,
+                                   rows->slot, rows->pos);
         case 4:
-            return launch_fused<4>(st, sel, scores, tickets, iq, iw, w_scale, ent, cap_e, m, topk,
-                                   N, rows->slot, rows->pos);
+            return launch_fused<4>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N,
+                                   rows->slot, rows->pos);
         case 2:
-            return launch_fused<2>(st, sel, scores, tickets, iq, iw, w_scale, ent, cap_e, m, topk,
-                                   N, rows->slot, rows->pos);
+            return launch_fused<2>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N,
+                                   rows->slot, rows->pos);
         default:
-            return launch_fused<1>(st, sel, scores, tickets, iq, iw, w_scale, ent, cap_e, m, topk,
-                                   N, rows->slot, rows->pos);
+            return launch_fused<1>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N,
+                                   rows->slot, rows->pos);
         }
     }
     const dim3 grid((unsigned)((cap_e + SIMT_WARPS - 1) / SIMT_WARPS), (unsigned)N);

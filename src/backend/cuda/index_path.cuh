@@ -21,6 +21,13 @@ enum {
     DSV4_INDEX_PATH_CLUSTER = 3, /* index_cluster_kernel: nh 64, d 128, cap_e <= 2048 */
 };
 
+/* The CUDA op's workspace (bk_topk.cu): row r's scores start at float r (cap_e + 1), its ticket
+ * (the fused path's) is the word after them. */
+static inline long long dsv4_cuda_index_ws_row(long long r, long long cap_e)
+{
+    return r * (cap_e + 1);
+}
+
 /* Forces `path` for the following dsv4_cuda_bk_indexer_topk calls; a path that does not take a
  * call falls back to the dispatcher's choice. Returns the previous setting. */
 int dsv4_cuda_index_force_path(int path);
