@@ -373,15 +373,7 @@ static int gemv_rows_per_warp(int64_t N)
  * (attr: the caller's storage for the attribute). */
 static cudaLaunchConfig_t gemv_cfg(dim3 grid, int kn, cudaStream_t st, cudaLaunchAttribute *attr)
 {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(GV_THREADS, 1, 1);
-    cfg.stream = st;
-    attr->id = cudaLaunchAttributeClusterDimension;
-    attr->val.clusterDim.x = 1;
-    attr->val.clusterDim.y = 1;
-    attr->val.clusterDim.z = (unsigned)kn;
-    cfg.attrs = attr;
+    cudaLaunchConfig_t cfg = lin_cluster_cfg(grid, GV_THREADS, 0, kn, st, attr);
     cfg.numAttrs = kn > 1 ? 1 : 0;
     last_split = kn;
     return cfg;

@@ -192,6 +192,26 @@ __device__ __forceinline__ void lin_cluster_store(const lin_args &a, float *part
     cl.sync(); /* no rank leaves while another still reads its shared memory */
 }
 
+/* The launch of grid CTAs of `threads` in thread-block clusters of (1, 1, ks): the split-K
+ * slices of one tile along z, reduced in rank order (lin_cluster_store and the kernels' own
+ * reductions). attr: the caller's storage for the cluster attribute. */
+static inline cudaLaunchConfig_t lin_cluster_cfg(dim3 grid, int threads, size_t smem, int ks,
+                                                 cudaStream_t st, cudaLaunchAttribute *attr)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3((unsigned)threads, 1, 1);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    attr->id = cudaLaunchAttributeClusterDimension;
+    attr->val.clusterDim.x = 1;
+    attr->val.clusterDim.y = 1;
+    attr->val.clusterDim.z = (unsigned)ks;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cfg;
+}
+
 /* The tiled kernels (linear_tiled.cu), the tensor-core decode kernel (linear_mmv.cu) and the FP8
  * kernel for 17..64 rows of x (linear_fp8mma.cu). *_ok:
  * whether the kernel takes this weight and x. The launches cover a->groups groups. */

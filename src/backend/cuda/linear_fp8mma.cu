@@ -512,19 +512,9 @@ dsv4_status dsv4_lin_launch_fmm(const lin_args *a, cudaStream_t st)
     const int al = (uintptr_t)a->x % 16 == 0 && a->ldx % 4 == 0 && a->xg % 4 == 0;
     CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
 
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim =
-        dim3((unsigned)((a->nrows + FM_BM - 1) / FM_BM), (unsigned)a->groups, (unsigned)ks);
-    cfg.blockDim = dim3(FM_THREADS, 1, 1);
-    cfg.dynamicSmemBytes = (size_t)smem;
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = (unsigned)ks;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    const dim3 grid((unsigned)((a->nrows + FM_BM - 1) / FM_BM), (unsigned)a->groups, (unsigned)ks);
+    const cudaLaunchConfig_t cfg = lin_cluster_cfg(grid, FM_THREADS, (size_t)smem, ks, st, &attr);
     CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, *a, spc, al));
     return DSV4_OK;
 }
@@ -859,18 +849,9 @@ dsv4_status dsv4_lin_launch_mmx(const lin_args *as, int n, int force_ks, cudaStr
     *ks_out = ks;
     CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
 
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)ctas, 1, (unsigned)ks);
-    cfg.blockDim = dim3(FM_THREADS, 1, 1);
-    cfg.dynamicSmemBytes = (size_t)smem;
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = (unsigned)ks;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg = lin_cluster_cfg(dim3((unsigned)ctas, 1, (unsigned)ks),
+                                                   FM_THREADS, (size_t)smem, ks, st, &attr);
     CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, m));
     return DSV4_OK;
 }

@@ -372,19 +372,10 @@ dsv4_status dsv4_lin_launch_mmv(const lin_args *a, cudaStream_t st)
     if (ks > 8)
         CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
 
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)((a->nrows + (32 << rw_log2) - 1) / (32 << rw_log2)),
-                       (unsigned)a->groups, (unsigned)ks);
-    cfg.blockDim = dim3(MV_THREADS, 1, 1);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = (unsigned)ks;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    const dim3 grid((unsigned)((a->nrows + (32 << rw_log2) - 1) / (32 << rw_log2)),
+                    (unsigned)a->groups, (unsigned)ks);
+    const cudaLaunchConfig_t cfg = lin_cluster_cfg(grid, MV_THREADS, smem, ks, st, &attr);
     CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, *a, rw_log2, spc));
     return DSV4_OK;
 }

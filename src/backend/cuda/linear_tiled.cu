@@ -28,18 +28,8 @@
 static dsv4_status launch_cluster(void (*kernel)(lin_args, int), dim3 grid, int ks,
                                   const lin_args *a, int tps, cudaStream_t st)
 {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(256, 1, 1);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = 1;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = (unsigned)ks;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr;
+    const cudaLaunchConfig_t cfg = lin_cluster_cfg(grid, 256, 0, ks, st, &attr);
     CUDA_TRY(cudaLaunchKernelEx(&cfg, kernel, *a, tps));
     return DSV4_OK;
 }
