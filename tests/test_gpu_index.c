@@ -32,16 +32,21 @@
  *   selection equals the CPU's, exactly; (d) the workspace's tickets are back at zero. Rows
  *   cover n_vis = 0, below topk, = topk (no selection: only the order), topk + 1, thousands and
  *   cap_e, and a slot whose keys repeat 8 distinct vectors (every score tied hundreds of times,
- *   the cut inside a tie group); N = 1, 2, 7, 64 at cap_e 1025, 4096 and 16384, which take the
- *   fused kernel's step sizes 16 .. 128 and several steps per CTA; both CUDA paths (fused
- *   tensor-core, SIMT) on every case. The weights go in raw with the engine's w_scale.
- *   The cluster path (cap_e <= 2048) runs every case at cap_e 1025 (and 2048 with --small).
+ *   the cut inside a tie group); N = 1, 2, 7, 8, 64 at cap_e 1025, 4096, 16384 and 20000 (N = 64
+ *   at 16384 with Flash's topk only, N <= 8 at 20000: CPU time), which take the fused kernel's
+ *   step sizes 16 .. 128 and several steps per CTA; both CUDA paths (fused tensor-core, SIMT) on
+ *   every case. Rows of more than 4,096 keys take the top-k's long-row select (bk_topk.cu
+ *   row_topk_long: with codes cached in shared memory up to 16,832 keys, from the workspace
+ *   beyond: cap_e 20000); --small runs it at cap_e 4608. The weights go in raw with the engine's
+ *   w_scale. The cluster path (cap_e <= 2048) runs every case at cap_e 1025 (and 2048 with
+ *   --small).
  * - comp_append_multi (a CSA layer's two compressors in one launch, test_comp_pair) and
  *   indexer_q_topk (indexer_q's chain in the top-k kernel's prologue, test_q_topk): each against
  *   the same GPU's single ops (today's kernels) bit for bit, and against the CPU's composition
  *   with the bounds above (their comments say which).
- * Timings: indexer_topk at N = 1 and N = 64 rows with n_vis = cap_e = 16384 (64K context) and
- * 1025 (the bench's 4K), every path (op timer events), each run twice: identical selections;
+ * Timings: indexer_topk at N = 1 and N = 64 rows with n_vis = cap_e = 16384 (64K context),
+ * 1025 (the bench's 4K) and 32768 (128K), every path (op timer events), each run twice:
+ * identical selections, the top-k of the GPU's scores;
  * indexer_q_topk against indexer_q + indexer_topk.
  */
 #include "backend/backend.h"
@@ -570,7 +575,8 @@ static void test_topk(const char *name, const index_inputs *in, int N)
 }
 
 /* N rows at n_vis = cap_e (slots r % 4) on one path: the selection of every row against the
- * top-k of the GPU's scores, a second run identical (deterministic), and the op's time. */
+ * top-k of the GPU's scores, a second run identical (deterministic), and the op's time. Slot 3
+ * repeats 8 keys: its rows are ties throughout, as the bench's zero keys are. */
 static void topk_at_scale(const index_inputs *in, int N, int path)
 {
     const int nh = in->nh, d = in->d, topk = in->topk, m = in->m;
@@ -872,20 +878,24 @@ int main(int argc, char **argv)
     test_indexer_q(64, 128);
     test_comp_pair();
 
-    /* Flash (topk 512) and Pro (topk 1024) at N = 1, 2, 7, 64 on both paths; the entry counts
-     * pick different step sizes of the fused kernel (16 .. 128 entries, several steps a CTA) */
+    /* Flash (topk 512) and Pro (topk 1024) at N = 1, 2, 7, 8, 64 on every path; the entry counts
+     * pick different step sizes of the fused kernel (16 .. 128 entries, several steps a CTA) and
+     * both selects of the top-k (rows over 4,096 keys: the long-row one, its codes in shared
+     * memory up to 16,832 keys); 64K context (16384 entries) at N = 64 for Flash only (CPU
+     * time) */
     const int topks[2] = {512, 1024};
     const char *names[2] = {"Flash", "Pro"};
-    const int64_t caps[3] = {g_small ? 2048 : 16384, 1025, 4096};
-    const int Ns[4] = {1, 2, 7, 64};
+    const int64_t caps[4] = {g_small ? 2048 : 16384, 1025, 4096, g_small ? 4608 : 20000};
+    const int Ns[5] = {1, 2, 7, 8, 64};
     for (int t = 0; t < 2; t++)
-        for (int c = 0; c < 3; c++) {
+        for (int c = 0; c < 4; c++) {
             index_inputs in;
             index_inputs_make(&in, 64, 128, 4, topks[t], caps[c]);
-            for (int n = 0; n < 4; n++) {
+            for (int n = 0; n < 5; n++) {
                 const int big = caps[c] > 4096 || Ns[n] == 64;
                 if (g_small && Ns[n] > 2) continue;
-                if (big && caps[c] * Ns[n] > 16384 * 16) continue; /* CPU time */
+                if (big && caps[c] * Ns[n] > 16384 * 16 && !(t == 0 && caps[c] == 16384))
+                    continue; /* CPU time */
                 test_topk(names[t], &in, Ns[n]);
             }
             index_inputs_free(&in);
@@ -902,7 +912,7 @@ int main(int argc, char **argv)
     for (int c = 0; c < 2; c++) {
         index_inputs in;
         index_inputs_make(&in, 64, 128, 4, 512, qcaps[c]);
-        for (int n = 0; n < 4; n++) {
+        for (int n = 0; n < 5; n++) {
             if (g_small && Ns[n] > 2) continue;
             if (qcaps[c] > 4096 && Ns[n] > 2) continue; /* CPU time */
             test_q_topk("Flash", &in, Ns[n]);
@@ -910,8 +920,8 @@ int main(int argc, char **argv)
         index_inputs_free(&in);
     }
     if (!g_small) {
-        const int64_t tcaps[2] = {16384, 1025}; /* 64K context; the bench's 4K */
-        for (int c = 0; c < 2; c++) {
+        const int64_t tcaps[3] = {16384, 1025, 32768}; /* 64K context; the bench's 4K; 128K */
+        for (int c = 0; c < 3; c++) {
             index_inputs in;
             index_inputs_make(&in, 64, 128, 4, 512, tcaps[c]);
             for (int t = 0; t < 2; t++) {

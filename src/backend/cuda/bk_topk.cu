@@ -37,17 +37,23 @@
  *
  * Top-k (row_topk, fused and SIMT paths): the order is that of the unique key K(e) = (o(score) <<
  * b) | (2^b - 1 - e), o the monotonic 16-bit code of a bf16 score, b the index bits: larger K is
- * better, and equal scores rank the lower index higher. A radix select over K's bytes, high to
- * low, finds the k-th largest K's leading bytes (stopping as soon as a whole bin is taken); the k
- * keys at or above it are gathered and bitonic-sorted. Exact, ties included. When n_vis <= topk
- * nothing is selected: every entry is taken, only sorted.
+ * better, and equal scores rank the lower index higher. Rows of up to LONG_KEYS (4,096) keys: a
+ * radix select over K's bytes, high to low, finds the k-th largest K's leading bytes (stopping as
+ * soon as a whole bin is taken); the k keys at or above it are gathered and bitonic-sorted. Longer
+ * rows (64K context: 16K keys; row_topk_long): the k-th largest score code in two digits (12
+ * bits whose histogram the float4 loads fill, then 4), then one ordered pass per warp over a
+ * contiguous range takes the larger codes (sorted) and the lowest indices of the equal ones (no
+ * index digits, no sort of the ties). Exact, ties included. When n_vis <= topk nothing is
+ * selected: every entry is taken, only sorted. The codes stay in shared memory for rows of up to
+ * KEY_CACHE keys (the workspace is re-read beyond).
  *
  * Measured at long context (H100, 2026-11-22, docs/PERF.md "The indexer at 64K+ context"): at 64K
  * the fused kernel is the whole growth of the batch-1 step over 4K (2 x 96 us a step against the
  * cluster kernel's 2 x 21.5; the attention core does not grow), and its one-CTA row_topk is most
  * of it (the SIMT path's top-k kernel: 17 us at 1,025 keys, 46 at 16,384, 81 at 32,768). Tried and
- * not kept: a 12-bit first digit filled by the loads (64K b1 -28 us a step, 4K b1 +4 us), and with
- * __match_any_sync-aggregated histogram adds (slower at b1).
+ * not kept: a 12-bit first digit for every row (64K b1 -28 us a step, 4K b1 +4 us), and with
+ * __match_any_sync-aggregated histogram adds (slower at b1). row_topk_long (kept; PERF "Session 6
+ * (issue 8)"): Flash 4 layers 64K b1 1.283 -> 1.155 ms a step, 4K unchanged within the spread.
  *
  * Workspace: row r's scores at float r (cap_e + 1), its fused-path ticket (u32) in the word after
  * them (row_base), so a row's ticket has one place whatever N a call has. The engine's calls of
@@ -76,7 +82,11 @@ enum {
     SIMT_WARPS = 8,      /* SIMT score kernel: one warp per entry */
     TOPK_THREADS = 512,  /* the SIMT path's top-k kernel: one CTA per row */
     TOPK_MAX = 2048,     /* largest topk (the picks are sorted in shared memory) */
-    KEY_CACHE = 16384,   /* rows of up to this many entries keep their 16-bit codes in shared */
+    KEY_CACHE = 16832,   /* rows of up to this many entries keep their 16-bit codes in shared:
+                            64K context and a margin (the bench's engine has 16,412), while
+                            topk_bytes stays within the 49 KB of the fixed-size cache before */
+    LONG_KEYS = 4096,    /* rows of more keys take row_topk_long (4K context: ~1,024) */
+    HIST_BINS = 4096,    /* row_topk_long's first digit: a code's top 12 bits */
     MAX_ROWS = 65535,    /* grid y / rows per call */
     SMS = 132,           /* H100 / H200: launch shapes from the shape alone */
 };
@@ -118,11 +128,35 @@ static __device__ __forceinline__ uint32_t score_code(float s)
 }
 
 typedef struct topk_smem {
-    unsigned long long cand[TOPK_MAX]; /* the picks' keys K, sorted in place */
-    uint16_t code[KEY_CACHE];          /* score codes of the row (n_vis <= KEY_CACHE) */
-    int hist[256];
+    union {
+        unsigned long long cand[TOPK_MAX]; /* the picks' keys K, sorted in place ... */
+        int hist[HIST_BINS];               /* ... after a digit's histogram (256 bins; 4,096 in
+                                              row_topk_long's first) */
+    } u;
+    int hist16[16];                                     /* row_topk_long's second digit */
+    int wgt[TOPK_THREADS / 32], weq[TOPK_THREADS / 32]; /* per-warp counts */
     int bin, above, count, n;
+    /* then the score codes of the row, uint16_t [ncache] (topk_codes) */
 } topk_smem;
+
+/* The codes after the struct (8-byte aligned: the struct's size is a multiple of 8). */
+static __device__ __forceinline__ uint16_t *topk_codes(topk_smem &S)
+{
+    return (uint16_t *)(&S + 1);
+}
+
+/* Shared memory of a top-k CTA that keeps the codes of rows of up to ncache entries. */
+static size_t topk_bytes(int64_t ncache)
+{
+    return sizeof(topk_smem) + 2 * (size_t)((ncache + 3) & ~(int64_t)3);
+}
+
+/* The cache a call's rows get: cap_e entries, at most KEY_CACHE (longer rows read the workspace).
+ */
+static int topk_ncache(int64_t cap_e)
+{
+    return (int)(cap_e < (int64_t)KEY_CACHE ? cap_e : (int64_t)KEY_CACHE);
+}
 
 /* Warp 0: the bin (255 down) of hist holding the need-th largest element -> *bin, *above (the
  * elements in higher bins), *count (the bin's). need >= 1 and <= the histogram's total. */
@@ -156,22 +190,259 @@ static __device__ void find_bin(const int *hist, int need, int *bin, int *above,
     }
 }
 
+/* The whole CTA: the bin (nb - 1 down) of hist [nb] holding the need-th largest element ->
+ * S.bin, S.above (the elements in higher bins), S.count (the bin's). need >= 1 and <= the
+ * histogram's total; nb and blockDim.x powers of two, nb <= 16 blockDim.x. Thread t sums g =
+ * nb / blockDim.x bins (at least 1) from the top, a block scan of the sums finds the thread, it
+ * walks its bins. Ends with every thread past a barrier that follows S's writes. */
+static __device__ void find_bin_cta(topk_smem &S, const int *hist, int nb, int need)
+{
+    const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5;
+    const int g = nb > nt ? nb / nt : 1, used = nb / g;
+    int sum = 0;
+    if (tid < used) {
+        const int lo = nb - (tid + 1) * g; /* this thread's bins: [lo, lo + g) */
+        if (g % 4 == 0)
+            for (int j = 0; j < g; j += 4) {
+                const int4 v = *(const int4 *)(hist + lo + j);
+                sum += v.x + v.y + v.z + v.w;
+            }
+        else
+            for (int j = 0; j < g; j++) sum += hist[lo + j];
+    }
+    int incl = sum;
+    for (int o = 1; o < 32; o <<= 1) {
+        const int t = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += t;
+    }
+    if (lane == 31) S.wgt[warp] = incl;
+    __syncthreads();
+    for (int w = 0; w < warp; w++) incl += S.wgt[w];
+    int cum = incl - sum;
+    if (tid < used && cum < need && incl >= need)
+        for (int j = 0; j < g; j++) {
+            const int b = nb - 1 - tid * g - j, v = hist[b];
+            if (cum + v >= need) {
+                S.bin = b;
+                S.above = cum;
+                S.count = v;
+                break;
+            }
+            cum += v;
+        }
+    __syncthreads();
+}
+
+/* Counts of one thread's run of equal bins, added when the bin changes (flush at the end): a
+ * row's scores crowd into few bins (all into one when they all tie), and the adds of one bin
+ * would queue on one shared-memory word. */
+typedef struct bin_run {
+    int bin, n;
+} bin_run;
+
+static __device__ __forceinline__ void run_add(bin_run &r, int *hist, int bin)
+{
+    if (bin != r.bin) {
+        if (r.n) atomicAdd(&hist[r.bin], r.n);
+        r.bin = bin;
+        r.n = 0;
+    }
+    r.n++;
+}
+
+/* The codes of entries e .. e + 3 (e a multiple of 4; entries >= n read as 0, never counted). */
+static __device__ __forceinline__ void codes4(uint32_t (&c)[4], const uint16_t *code, bool cached,
+                                              const float *sc, int e, int n)
+{
+    if (cached) {
+        const uint2 v = *(const uint2 *)(code + e);
+        c[0] = v.x & 0xffffu, c[1] = v.x >> 16, c[2] = v.y & 0xffffu, c[3] = v.y >> 16;
+    } else
+#pragma unroll
+        for (int u = 0; u < 4; u++) c[u] = e + u < n ? score_code(__ldcg(sc + e + u)) : 0u;
+}
+
+/* row_topk for rows of n > LONG_KEYS keys (k = topk < n): the k-th largest score code in two
+ * digits, its top 12 bits (a histogram the loads fill: float4 loads, 8 in flight a thread) and
+ * its low 4, then the picks in index order, per warp a contiguous range of the row (ballots,
+ * no atomics): every key with a larger code, and of the codes equal to it the lowest indices
+ * that fill k (equal scores rank the lower index higher). Those go straight to out[] behind the
+ * larger ones, which alone are sorted. The same selection and order as the radix select over K;
+ * no index digits, so a row of ties costs no more than any other. */
+static __device__ void row_topk_long(int32_t *out, const float *sc, int n, int k, topk_smem &S,
+                                     bool cached)
+{
+    constexpr int LU = 8; /* float4 loads in flight a thread */
+    const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5;
+    const int nw = nt >> 5;
+    uint16_t *code = topk_codes(S);
+    for (int i = tid; i < HIST_BINS; i += nt) S.u.hist[i] = 0;
+    if (tid < 16) S.hist16[tid] = 0;
+    __syncthreads();
+
+    /* the codes into shared memory and the first digit's histogram: entries [a0, a0 + 4 n4) as
+     * float4 (16 B aligned), the few others (head and tail) by warp 0 one by one */
+    bin_run run = {-1, 0};
+    const int a0 = min(n, (int)((4u - (unsigned)(((uintptr_t)sc >> 2) & 3u)) & 3u));
+    const int n4 = (n - a0) >> 2, r0 = a0 + 4 * n4; /* the rest: [0, a0), [r0, n) */
+    if (tid < a0 + n - r0) {
+        const int e = tid < a0 ? tid : r0 + tid - a0;
+        const uint32_t c = score_code(__ldcg(sc + e));
+        if (cached) code[e] = (uint16_t)c;
+        run_add(run, S.u.hist, (int)(c >> 4));
+    }
+    const float4 *sc4 = (const float4 *)(sc + a0);
+    for (int i0 = 0; i0 < n4; i0 += LU * nt) {
+        float4 v[LU];
+#pragma unroll
+        for (int u = 0; u < LU; u++) {
+            const int i = i0 + u * nt + tid;
+            v[u] = i < n4 ? __ldcg(sc4 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int u = 0; u < LU; u++) {
+            const int i = i0 + u * nt + tid, e = a0 + 4 * i;
+            if (i >= n4) break;
+            const float f[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const uint32_t c = score_code(f[x]);
+                if (cached) code[e + x] = (uint16_t)c;
+                run_add(run, S.u.hist, (int)(c >> 4));
+            }
+        }
+    }
+    if (run.n) atomicAdd(&S.u.hist[run.bin], run.n);
+    __syncthreads();
+    find_bin_cta(S, S.u.hist, HIST_BINS, k);
+
+    /* taken: every code > cut, and the first need (by index) of the codes == tie */
+    const int b12 = S.bin;
+    int above = S.above, cut, tie = -1, need = 0;
+    if (S.count == k - above) { /* the whole bin is in */
+        cut = (b12 << 4) - 1;
+    } else { /* the second digit: the bin's codes' low 4 bits */
+        run = {-1, 0};
+        for (int e = 4 * tid; e < n; e += 4 * nt) {
+            uint32_t c[4];
+            codes4(c, code, cached, sc, e, n);
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                if (e + u < n && (int)(c[u] >> 4) == b12) run_add(run, S.hist16, (int)(c[u] & 15u));
+        }
+        if (run.n) atomicAdd(&S.hist16[run.bin], run.n);
+        __syncthreads();
+        find_bin_cta(S, S.hist16, 16, k - above);
+        cut = tie = b12 << 4 | S.bin;
+        above += S.above;
+        need = k - above;
+    }
+
+    /* warp w takes entries [lo, hi) in chunks of 128, lane l the 4 from 4 l: counts, then the
+     * picks at the warps' offsets */
+    int ib = 8; /* index bits: n - 1 < 2^ib */
+    while (ib < 32 && ((unsigned)(n - 1) >> ib) != 0u) ib += 8;
+    const unsigned long long imask = (1ull << ib) - 1ull;
+    const int seg = (n + 128 * nw - 1) / (128 * nw) * 128, lo = warp * seg;
+    const int hi = min(n, lo + seg);
+    int ngt = 0, neq = 0;
+    for (int c0 = lo; c0 < hi; c0 += 128) {
+        const int e = c0 + 4 * lane;
+        if (e >= hi) continue;
+        uint32_t c[4];
+        codes4(c, code, cached, sc, e, n);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            ngt += e + u < hi && (int)c[u] > cut;
+            neq += e + u < hi && (int)c[u] == tie;
+        }
+    }
+    ngt = __reduce_add_sync(0xffffffffu, ngt);
+    neq = __reduce_add_sync(0xffffffffu, neq);
+    if (lane == 0)
+        S.wgt[warp] = ngt, S.weq[warp] = neq; /* find_bin_cta read S.wgt before its
+                                                  last barrier */
+    __syncthreads();
+    int gbase = 0, qbase = 0, ntake = 0;
+    for (int w = 0; w < nw; w++) {
+        if (w < warp) gbase += S.wgt[w], qbase += S.weq[w];
+        ntake += S.wgt[w];
+    }
+    const unsigned lt = (1u << lane) - 1u;
+    for (int c0 = lo; c0 < hi; c0 += 128) {
+        const int e = c0 + 4 * lane;
+        uint32_t c[4] = {0u, 0u, 0u, 0u};
+        if (e < hi) codes4(c, code, cached, sc, e, n);
+        bool g[4], q[4];
+        int pg = 0, pq = 0, tg = 0, tq = 0;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            g[u] = e + u < hi && (int)c[u] > cut;
+            q[u] = e + u < hi && (int)c[u] == tie;
+            const unsigned bg = __ballot_sync(0xffffffffu, g[u]),
+                           bq = __ballot_sync(0xffffffffu, q[u]);
+            pg += __popc(bg & lt), pq += __popc(bq & lt);
+            tg += __popc(bg), tq += __popc(bq);
+        }
+        /* entries in index order: the lower lanes' 4 each, then this lane's u = 0 .. 3 */
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            if (g[u])
+                S.u.cand[gbase + pg++] =
+                    (unsigned long long)c[u] << ib | (imask - (unsigned long long)(e + u));
+            if (q[u]) {
+                if (qbase + pq < need) out[above + qbase + pq] = e + u;
+                pq++;
+            }
+        }
+        gbase += tg, qbase += tq;
+    }
+
+    /* the ntake larger codes (ntake = above, or k when the whole bin is in), sorted descending */
+    int P = 1;
+    while (P < ntake) P <<= 1;
+    for (int i = ntake + tid; i < P; i += nt) S.u.cand[i] = 0ull; /* sinks to the end */
+    __syncthreads();
+    for (int size = 2; size <= P; size <<= 1)
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int i = tid; i < P; i += nt) {
+                const int j = i ^ stride;
+                if (j > i) {
+                    const unsigned long long a = S.u.cand[i], c = S.u.cand[j];
+                    if ((i & size) == 0 ? a < c : a > c) {
+                        S.u.cand[i] = c;
+                        S.u.cand[j] = a;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    for (int j = tid; j < ntake; j += nt) out[j] = (int32_t)(imask - (S.u.cand[j] & imask));
+}
+
 /* out [topk] = the row's selection from its scores sc [n] (written by other CTAs or an earlier
- * kernel: read through L2). Every thread of the CTA calls it; blockDim.x a multiple of 32. */
-static __device__ void row_topk(int32_t *out, const float *sc, int n, int topk, topk_smem &S)
+ * kernel: read through L2); S holds the codes of rows of up to ncache entries (topk_bytes).
+ * Every thread of the CTA calls it; blockDim.x a power of two, 32 .. TOPK_THREADS. */
+static __device__ void row_topk(int32_t *out, const float *sc, int n, int topk, topk_smem &S,
+                                int ncache)
 {
     const int tid = threadIdx.x, nt = blockDim.x;
     const int k = n < topk ? n : topk;
     for (int j = k + tid; j < topk; j += nt) out[j] = -1;
     if (k == 0) return;
-    const bool cached = n <= KEY_CACHE;
+    const bool cached = n <= ncache;
+    if (n > LONG_KEYS && n > topk) {
+        row_topk_long(out, sc, n, k, S, cached);
+        return;
+    }
+    uint16_t *code = topk_codes(S);
     if (cached)
-        for (int e = tid; e < n; e += nt) S.code[e] = (uint16_t)score_code(__ldcg(sc + e));
+        for (int e = tid; e < n; e += nt) code[e] = (uint16_t)score_code(__ldcg(sc + e));
     int ib = 8; /* index bits: n - 1 < 2^ib */
     while (ib < 32 && ((unsigned)(n - 1) >> ib) != 0u) ib += 8;
     const unsigned long long imask = (1ull << ib) - 1ull;
     auto key = [&](int e) -> unsigned long long {
-        const uint32_t c = cached ? (uint32_t)S.code[e] : score_code(__ldcg(sc + e));
+        const uint32_t c = cached ? (uint32_t)code[e] : score_code(__ldcg(sc + e));
         return (unsigned long long)c << ib | (imask - (unsigned long long)e);
     };
     __syncthreads();
@@ -183,15 +454,15 @@ static __device__ void row_topk(int32_t *out, const float *sc, int n, int topk, 
         int above = 0; /* keys whose leading bytes beat thr's */
         while (shift > 0) {
             shift -= 8;
-            for (int i = tid; i < 256; i += nt) S.hist[i] = 0;
+            for (int i = tid; i < 256; i += nt) S.u.hist[i] = 0;
             __syncthreads();
             for (int e = tid; e < n; e += nt) {
                 const unsigned long long K = key(e);
                 if ((K >> (shift + 8)) == (thr >> (shift + 8)))
-                    atomicAdd(&S.hist[(int)((K >> shift) & 255u)], 1);
+                    atomicAdd(&S.u.hist[(int)((K >> shift) & 255u)], 1);
             }
             __syncthreads();
-            if (tid < 32) find_bin(S.hist, k - above, &S.bin, &S.above, &S.count);
+            if (tid < 32) find_bin(S.u.hist, k - above, &S.bin, &S.above, &S.count);
             __syncthreads();
             thr |= (unsigned long long)S.bin << shift;
             above += S.above;
@@ -204,27 +475,27 @@ static __device__ void row_topk(int32_t *out, const float *sc, int n, int topk, 
     __syncthreads();
     for (int e = tid; e < n; e += nt) {
         const unsigned long long K = key(e);
-        if ((K >> shift) >= (thr >> shift)) S.cand[atomicAdd(&S.n, 1)] = K;
+        if ((K >> shift) >= (thr >> shift)) S.u.cand[atomicAdd(&S.n, 1)] = K;
     }
     int P = 1;
     while (P < k) P <<= 1;
-    for (int i = k + tid; i < P; i += nt) S.cand[i] = 0ull; /* sinks to the end */
+    for (int i = k + tid; i < P; i += nt) S.u.cand[i] = 0ull; /* sinks to the end */
     __syncthreads();
     for (int size = 2; size <= P; size <<= 1)
         for (int stride = size >> 1; stride > 0; stride >>= 1) {
             for (int i = tid; i < P; i += nt) {
                 const int j = i ^ stride;
                 if (j > i) {
-                    const unsigned long long a = S.cand[i], c = S.cand[j];
+                    const unsigned long long a = S.u.cand[i], c = S.u.cand[j];
                     if ((i & size) == 0 ? a < c : a > c) {
-                        S.cand[i] = c;
-                        S.cand[j] = a;
+                        S.u.cand[i] = c;
+                        S.u.cand[j] = a;
                     }
                 }
             }
             __syncthreads();
         }
-    for (int j = tid; j < k; j += nt) out[j] = (int32_t)(imask - (S.cand[j] & imask));
+    for (int j = tid; j < k; j += nt) out[j] = (int32_t)(imask - (S.u.cand[j] & imask));
 }
 
 /* ---- the fused path: tensor-core scores, then the last CTA's top-k --------------------------- */
@@ -371,7 +642,7 @@ static __device__ __forceinline__ void load_keys(uint16_t *ks, const uint16_t *k
 template <int NT>
 __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
     int32_t *sel, float *scores, const float *iq, const float *iw, float w_scale,
-    const uint16_t *ent, int64_t cap_e, int m, int topk, int te, const int32_t *slot,
+    const uint16_t *ent, int64_t cap_e, int m, int topk, int te, int ncache, const int32_t *slot,
     const int32_t *pos)
 {
     DSV4_PDL_WAIT();
@@ -478,7 +749,7 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    row_topk(sel + (int64_t)row * topk, sc, (int)nvis, topk, *(topk_smem *)fused_smem);
+    row_topk(sel + (int64_t)row * topk, sc, (int)nvis, topk, *(topk_smem *)fused_smem, ncache);
 }
 
 template <int NT>
@@ -491,13 +762,14 @@ static dsv4_status launch_fused(cudaStream_t st, int32_t *sel, float *scores, co
     int64_t per = total / (4 * SMS) > 1 ? total / (4 * SMS) : 1;
     if (per > steps) per = steps;
     const int te = (int)(16 * NT * per);
-    const size_t smem =
-        sizeof(fused_tiles<NT>) > sizeof(topk_smem) ? sizeof(fused_tiles<NT>) : sizeof(topk_smem);
+    const int ncache = topk_ncache(cap_e);
+    const size_t tk = topk_bytes(ncache);
+    const size_t smem = sizeof(fused_tiles<NT>) > tk ? sizeof(fused_tiles<NT>) : tk;
     CUDA_TRY(cudaFuncSetAttribute(index_fused_kernel<NT>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const dim3 grid((unsigned)((cap_e + te - 1) / te), (unsigned)N);
-    index_fused_kernel<NT><<<grid, FUSED_THREADS, smem, st>>>(sel, scores, iq, iw, w_scale, ent,
-                                                              cap_e, m, topk, te, slot, pos);
+    index_fused_kernel<NT><<<grid, FUSED_THREADS, smem, st>>>(
+        sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, te, ncache, slot, pos);
     CUDA_LAUNCHED();
     return DSV4_OK;
 }
@@ -736,7 +1008,7 @@ __global__ void index_scores_simt(float *scores, const float *iq, const float *i
 /* One CTA per row: scores (row_base) -> sel [N, topk]. */
 __global__ __launch_bounds__(TOPK_THREADS) void index_topk_kernel(int32_t *sel, const float *scores,
                                                                   int64_t cap_e, int m, int topk,
-                                                                  const int32_t *pos)
+                                                                  int ncache, const int32_t *pos)
 {
     DSV4_PDL_WAIT();
     extern __shared__ __align__(16) unsigned char topk_raw[];
@@ -744,7 +1016,7 @@ __global__ __launch_bounds__(TOPK_THREADS) void index_topk_kernel(int32_t *sel, 
     int64_t nvis = ((int64_t)pos[row] + 1) / m;
     if (nvis > cap_e) nvis = cap_e;
     row_topk(sel + (int64_t)row * topk, scores + row_base(row, cap_e), (int)nvis, topk,
-             *(topk_smem *)topk_raw);
+             *(topk_smem *)topk_raw, ncache);
 }
 
 /* indexer_topk, and with qr >= 0 indexer_q (RoPE of the last qr dims, freqs) before it: in the
@@ -809,10 +1081,11 @@ static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const 
     index_scores_simt<<<grid, 32 * SIMT_WARPS, 0, st>>>(scores, iq, iw, w_scale, ent, cap_e, nh, d,
                                                         m, rows->slot, rows->pos);
     CUDA_LAUNCHED();
+    const int ncache = topk_ncache(cap_e);
+    const size_t tk = topk_bytes(ncache);
     CUDA_TRY(cudaFuncSetAttribute(index_topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)sizeof(topk_smem)));
-    index_topk_kernel<<<N, TOPK_THREADS, sizeof(topk_smem), st>>>(sel, scores, cap_e, m, topk,
-                                                                  rows->pos);
+                                  (int)tk));
+    index_topk_kernel<<<N, TOPK_THREADS, tk, st>>>(sel, scores, cap_e, m, topk, ncache, rows->pos);
     CUDA_LAUNCHED();
     return DSV4_OK;
 }
