@@ -262,6 +262,33 @@ static __device__ __forceinline__ void codes4(uint32_t (&c)[4], const uint16_t *
         for (int u = 0; u < 4; u++) c[u] = e + u < n ? score_code(__ldcg(sc + e + u)) : 0u;
 }
 
+/* S.u.cand [0, count): the picks' keys K (larger is better; the low index bits imask hold
+ * imask - e), padded with zeros to a power of two and bitonic-sorted descending by the whole CTA;
+ * then out [j] = the entry of the j-th, j < count. */
+static __device__ void sort_emit(int32_t *out, topk_smem &S, int count, unsigned long long imask)
+{
+    const int tid = threadIdx.x, nt = blockDim.x;
+    int P = 1;
+    while (P < count) P <<= 1;
+    for (int i = count + tid; i < P; i += nt) S.u.cand[i] = 0ull; /* sinks to the end */
+    __syncthreads();
+    for (int size = 2; size <= P; size <<= 1)
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int i = tid; i < P; i += nt) {
+                const int j = i ^ stride;
+                if (j > i) {
+                    const unsigned long long a = S.u.cand[i], c = S.u.cand[j];
+                    if ((i & size) == 0 ? a < c : a > c) {
+                        S.u.cand[i] = c;
+                        S.u.cand[j] = a;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+    for (int j = tid; j < count; j += nt) out[j] = (int32_t)(imask - (S.u.cand[j] & imask));
+}
+
 /* row_topk for rows of n > LONG_KEYS keys (k = topk < n): the k-th largest score code in two
  * digits, its top 12 bits (a histogram the loads fill: float4 loads, 8 in flight a thread) and
  * its low 4, then the picks in index order, per warp a contiguous range of the row (ballots,
@@ -399,25 +426,7 @@ static __device__ void row_topk_long(int32_t *out, const float *sc, int n, int k
     }
 
     /* the ntake larger codes (ntake = above, or k when the whole bin is in), sorted descending */
-    int P = 1;
-    while (P < ntake) P <<= 1;
-    for (int i = ntake + tid; i < P; i += nt) S.u.cand[i] = 0ull; /* sinks to the end */
-    __syncthreads();
-    for (int size = 2; size <= P; size <<= 1)
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (int i = tid; i < P; i += nt) {
-                const int j = i ^ stride;
-                if (j > i) {
-                    const unsigned long long a = S.u.cand[i], c = S.u.cand[j];
-                    if ((i & size) == 0 ? a < c : a > c) {
-                        S.u.cand[i] = c;
-                        S.u.cand[j] = a;
-                    }
-                }
-            }
-            __syncthreads();
-        }
-    for (int j = tid; j < ntake; j += nt) out[j] = (int32_t)(imask - (S.u.cand[j] & imask));
+    sort_emit(out, S, ntake, imask);
 }
 
 /* out [topk] = the row's selection from its scores sc [n] (written by other CTAs or an earlier
@@ -477,25 +486,7 @@ static __device__ void row_topk(int32_t *out, const float *sc, int n, int topk, 
         const unsigned long long K = key(e);
         if ((K >> shift) >= (thr >> shift)) S.u.cand[atomicAdd(&S.n, 1)] = K;
     }
-    int P = 1;
-    while (P < k) P <<= 1;
-    for (int i = k + tid; i < P; i += nt) S.u.cand[i] = 0ull; /* sinks to the end */
-    __syncthreads();
-    for (int size = 2; size <= P; size <<= 1)
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (int i = tid; i < P; i += nt) {
-                const int j = i ^ stride;
-                if (j > i) {
-                    const unsigned long long a = S.u.cand[i], c = S.u.cand[j];
-                    if ((i & size) == 0 ? a < c : a > c) {
-                        S.u.cand[i] = c;
-                        S.u.cand[j] = a;
-                    }
-                }
-            }
-            __syncthreads();
-        }
-    for (int j = tid; j < k; j += nt) out[j] = (int32_t)(imask - (S.u.cand[j] & imask));
+    sort_emit(out, S, k, imask);
 }
 
 /* ---- the fused path: tensor-core scores, then the last CTA's top-k --------------------------- */
