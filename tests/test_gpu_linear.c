@@ -92,6 +92,21 @@ static void fill_x(float *x, int64_t n)
     }
 }
 
+/* FMM and MMX skip x's lo half per chunk of 128-column blocks where every lo of the chunk is
+ * zero (the engine's act_quant and bf16 inputs): xmix_mode 1 makes the blocks b of each row with
+ * b / 2 % 3 != 1 such blocks (multiples of 1/64 below 7 in magnitude: exact in f16 after any
+ * power-of-two scaling that puts the block's max in [2^14, 2^15)), so that chunks with and
+ * without lo alternate; 2 makes every block so; 0 leaves fill_x's data. */
+static int xmix_mode;
+
+static void mix_x(float *x, int64_t n, int64_t ldx)
+{
+    for (int64_t i = 0; xmix_mode && i < n; i++) {
+        const int64_t b = i % ldx / 128;
+        if (xmix_mode == 2 || b / 2 % 3 != 1) x[i] = (float)rnd_int(-448, 448) / 64.0f;
+    }
+}
+
 /* ---- host weights in their stored formats ------------------------------------------------------
  */
 typedef struct hweight {
@@ -551,6 +566,7 @@ static void run_case(ctx *cx, const tcase *c)
         float *yg2 = malloc(ny * sizeof *yg2), *sent = malloc(ny * sizeof *sent);
         float *S = malloc((size_t)(N * c->nrows) * sizeof *S), *yu = malloc(ny * sizeof *yu);
         fill_x(x, (int64_t)nx);
+        mix_x(x, (int64_t)nx, ldx);
         for (size_t i = 0; i < nx; i++) xa[i] = fabsf(x[i]);
         for (size_t i = 0; i < ny; i++) memcpy(&sent[i], &SENTINEL, 4);
         memcpy(yc, sent, ny * sizeof *yc);
@@ -677,6 +693,31 @@ static const mcase multi_full[] = {
     {"one entry", 1, {{"fp8 512x4096", FP8, E8, 512, 4096, 0, 0, 1, 0}}, {1, 8, 40, 0}},
 };
 
+/* Cases run again with x of lo-free blocks (xmix_mode 1 and 2): FMM's and MMX's chunks without
+ * lo beside chunks with lo (NT 4 and 8: chunks of 4 and 2 blocks; grouped: the groups' planes). */
+static const tcase xmix_full[] = {
+    {"flash wq_b fp8 lo-mix", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {17, 40, 64}, 0},
+    {"flash wo_a fp8 grouped lo-mix", FP8, E8, 8192, 4096, 0, 8192, 32768, 0, 8192, 0, {24, 64}, 8},
+    {"fp8 ldx 4097 lo-mix", FP8, E8, 1024, 4096, 0, 1024, 4097, 1, 0, 0, {20, 40}, 0},
+};
+
+static const tcase xmix_small[] = {
+    {"small fp8 grouped 60 lo-mix",
+     FP8,
+     E8,
+     60 * 64,
+     1280,
+     0,
+     60 * 64,
+     60 * 1280,
+     0,
+     0,
+     0,
+     {24, 64},
+     60},
+    {"small fp8 1536 cols lo-mix", FP8, E8, 100, 1536, 0, 100, 0, 0, 0, 0, {20, 40}, 0},
+};
+
 static const mcase multi_small[] = {
     {"small every format",
      7,
@@ -768,6 +809,7 @@ static void run_multi(ctx *cx, const mcase *mc)
         } else {
             m[i].x = malloc(nx * sizeof(float)), m[i].xa = malloc(nx * sizeof(float));
             fill_x(m[i].x, (int64_t)nx);
+            mix_x(m[i].x, (int64_t)nx, m[i].ldx);
             for (size_t j = 0; j < nx; j++) m[i].xa[j] = fabsf(m[i].x[j]);
             if (st == DSV4_OK) st = dsv4_bk_alloc(cx->gpu, nx * sizeof(float), (void **)&m[i].dx);
             if (st == DSV4_OK) st = dsv4_bk_upload(cx->gpu, m[i].dx, m[i].x, nx * sizeof(float));
@@ -1344,6 +1386,20 @@ int main(int argc, char **argv)
         small ? sizeof multi_small / sizeof *multi_small : sizeof multi_full / sizeof *multi_full;
     for (size_t i = 0; i < n_mcases; i++) run_multi(&cx, &mcases[i]);
     printf("correctness: %.1f s; worst err/bound per kernel:", test_now() - t0);
+    for (int p = 1; p < NPATH; p++)
+        printf(" %s %.3f (%lld calls)", path_name[p], worst_by_path[p],
+               (long long)checks_by_path[p]);
+    printf("\n");
+    /* x with lo-free 128-column blocks: single ops and the multi cases (their MMX launches) */
+    for (xmix_mode = 1; xmix_mode <= 2; xmix_mode++) {
+        const tcase *xc = small ? xmix_small : xmix_full;
+        const size_t n_xc =
+            small ? sizeof xmix_small / sizeof *xmix_small : sizeof xmix_full / sizeof *xmix_full;
+        for (size_t i = 0; i < n_xc; i++) run_case(&cx, &xc[i]);
+        run_multi(&cx, &mcases[0]);
+    }
+    xmix_mode = 0;
+    printf("with lo-free x blocks: worst err/bound per kernel:");
     for (int p = 1; p < NPATH; p++)
         printf(" %s %.3f (%lld calls)", path_name[p], worst_by_path[p],
                (long long)checks_by_path[p]);

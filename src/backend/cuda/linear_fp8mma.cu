@@ -536,7 +536,9 @@ dsv4_status dsv4_lin_launch_fmm(const lin_args *a, cudaStream_t st)
  * FP8 entries: FMM's numerics (x 2^e split into f16 hi + lo per 128-column block, each step's
  * f32 sum times 2^-e times the weight block's scale). BF16 entries: the weights as stored, x
  * split as hi = bf16(x), lo = bf16(x - hi) (|x - hi - lo| <= 2^-18 |x|, as the tiled MMA kernel
- * and MMV), exact products summed in f32. A BF16 step is 64 columns (128 bytes of a row, two
+ * and MMV), exact products summed in f32 per 64-column step and the steps' sums added to the
+ * total in order (one f32 chain over all of K at K split 1 went past test_gpu_linear's bound, by
+ * up to 1.108x, on x with lo-free blocks; per step: worst 0.606). A BF16 step is 64 columns (128 bytes of a row, two
  * 16-byte chunks a lane as FP8); mma q = 2 u + j of a step takes columns 32 u + 8 t + 4 j + 0..3
  * (chunk u, words 2 j, 2 j + 1), and its planes hold [NT][2 XC steps][qp 2][32 lanes] uint4 =
  * {hi b0, hi b1 of mma 2 qp, the same of mma 2 qp + 1}: per 128 columns as many slots as FP8. */
@@ -712,10 +714,22 @@ __device__ __forceinline__ void mx_body(const lin_args &a, int64_t tile, int rw_
             const uint4 *hq = hip + (int64_t)b * SLOTS + lane,
                         *lq = lop + (int64_t)b * SLOTS + lane;
             if constexpr (BF) {
+                /* the step's 64 columns summed apart, then added to the total: a chain of
+                 * K / 64 adds instead of one f32 chain over all K (whose rounding went past
+                 * test_gpu_linear's bound at K split 1) */
+                float tmp[NT][4];
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) tmp[nt][j] = 0.0f;
                 if (has_lo)
-                    mx_step_bf16<NT, true>(wv, wp, wok, sn, hq, lq, acc);
+                    mx_step_bf16<NT, true>(wv, wp, wok, sn, hq, lq, tmp);
                 else
-                    mx_step_bf16<NT, false>(wv, wp, wok, sn, hq, lq, acc);
+                    mx_step_bf16<NT, false>(wv, wp, wok, sn, hq, lq, tmp);
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) acc[nt][j] = __fadd_rn(acc[nt][j], tmp[nt][j]);
             } else {
                 float tmp[1][NT][4];
                 if (has_lo)
