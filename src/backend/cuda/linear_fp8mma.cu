@@ -538,10 +538,11 @@ dsv4_status dsv4_lin_launch_fmm(const lin_args *a, cudaStream_t st)
  * split as hi = bf16(x), lo = bf16(x - hi) (|x - hi - lo| <= 2^-18 |x|, as the tiled MMA kernel
  * and MMV), exact products summed in f32 per 64-column step and the steps' sums added to the
  * total in order (one f32 chain over all of K at K split 1 went past test_gpu_linear's bound, by
- * up to 1.108x, on x with lo-free blocks; per step: worst 0.606). A BF16 step is 64 columns (128 bytes of a row, two
- * 16-byte chunks a lane as FP8); mma q = 2 u + j of a step takes columns 32 u + 8 t + 4 j + 0..3
- * (chunk u, words 2 j, 2 j + 1), and its planes hold [NT][2 XC steps][qp 2][32 lanes] uint4 =
- * {hi b0, hi b1 of mma 2 qp, the same of mma 2 qp + 1}: per 128 columns as many slots as FP8. */
+ * up to 1.108x, on x with lo-free blocks; per step: worst 0.606). A BF16 step is 64 columns (128
+ * bytes of a row, two 16-byte chunks a lane as FP8); mma q = 2 u + j of a step takes columns 32 u +
+ * 8 t + 4 j + 0..3 (chunk u, words 2 j, 2 j + 1), and its planes hold [NT][2 XC steps][qp 2][32
+ * lanes] uint4 = {hi b0, hi b1 of mma 2 qp, the same of mma 2 qp + 1}: per 128 columns as many
+ * slots as FP8. */
 enum { MX_RW_MIN_LOG2 = 2 };
 
 typedef struct mx_multi {
