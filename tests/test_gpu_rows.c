@@ -724,6 +724,24 @@ static void test_q_kv_norm_rope(const shape *s, int N, int H, int hd, const floa
     for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
 }
 
+/* dsv4_bk_fill_bf16: the CUDA kernel writes the CPU's bits (backend.h dsv4_fill_bf16_bits). */
+static void test_fill_bf16(size_t n, uint64_t seed)
+{
+    uint16_t *want = malloc(n * 2), *got = malloc(n * 2), *d = NULL;
+    ok(dsv4_bk_fill_bf16(cpu, want, n, seed), "cpu fill");
+    ok(dsv4_bk_alloc(gpu, n * 2, (void **)&d), "alloc");
+    GPU_CALL(dsv4_bk_fill_bf16(gpu, d, n, seed));
+    host_from(got, d, n * 2);
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++) differ += want[i] != got[i];
+    printf("fill_bf16       n=%zu seed=%llu differ=%zu (bound 0)\n", n, (unsigned long long)seed,
+           differ);
+    CHECK_MSG(differ == 0, "fill_bf16: %zu of %zu values differ", differ, n);
+    dsv4_bk_free(gpu, d);
+    free(want);
+    free(got);
+}
+
 /* ---- mHC --------------------------------------------------------------------------------------
  */
 /* pre / post / comb: the device's exp (double, rounded) and glibc's expf differ by <= 1 ulp, so
@@ -825,6 +843,7 @@ int main(int argc, char **argv)
     static const int Ns_full[] = {1, 2, 7, 64, 257}, Ns_small[] = {1, 2, 5};
     const int *Ns = small ? Ns_small : Ns_full, nN = small ? 3 : 5;
 
+    test_fill_bf16(small ? 1000 : 3000001, 7);
     for (int si = 0; si < nshapes; si++) {
         const shape *s = shapes[si];
         float fr[3][DSV4_ROPE_MAX / 2];

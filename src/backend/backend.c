@@ -111,6 +111,13 @@ dsv4_status dsv4_bk_memset0(dsv4_backend *b, void *p, size_t bytes)
     return DSV4_OK;
 }
 
+dsv4_status dsv4_bk_fill_bf16(dsv4_backend *b, uint16_t *p, size_t n, uint64_t seed)
+{
+    CUDA_ROUTE(dsv4_cuda_bk_fill_bf16(b, p, n, seed));
+    for (size_t i = 0; i < n; i++) p[i] = dsv4_fill_bf16_bits(seed, i);
+    return DSV4_OK;
+}
+
 dsv4_status dsv4_bk_sync(dsv4_backend *b)
 {
     CUDA_ROUTE(dsv4_cuda_bk_sync(b));

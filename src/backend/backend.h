@@ -71,6 +71,23 @@ dsv4_status dsv4_bk_upload(dsv4_backend *b, void *dst, const void *src, size_t b
 dsv4_status dsv4_bk_download(dsv4_backend *b, void *dst, const void *src, size_t bytes);
 dsv4_status dsv4_bk_copy(dsv4_backend *b, void *dst, const void *src, size_t bytes);
 dsv4_status dsv4_bk_memset0(dsv4_backend *b, void *p, size_t bytes);
+/* p [n] = bf16 bits of values in (-1, 1), 2^-8 <= |v|, each a hash of (seed, i): the same bits
+ * on every device (benchmarks fill a cache with varied keys). */
+dsv4_status dsv4_bk_fill_bf16(dsv4_backend *b, uint16_t *p, size_t n, uint64_t seed);
+/* The value dsv4_bk_fill_bf16 writes at index i (every backend computes it with these integer
+ * operations; CUDA kernels too). */
+#ifdef __CUDACC__
+__host__ __device__
+#endif
+static inline uint16_t dsv4_fill_bf16_bits(uint64_t seed, uint64_t i)
+{
+    uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull; /* splitmix64 */
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    const uint16_t sign = (uint16_t)(z >> 63) << 15, exp = (uint16_t)(126 - ((z >> 56) & 7));
+    return (uint16_t)(sign | exp << 7 | (uint16_t)(z & 0x7f));
+}
 dsv4_status dsv4_bk_sync(dsv4_backend *b);
 /* Free and total bytes of the backend's memory (CPU: physical memory). */
 dsv4_status dsv4_bk_mem_info(dsv4_backend *b, size_t *free_bytes, size_t *total_bytes);

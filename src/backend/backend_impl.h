@@ -186,6 +186,7 @@ dsv4_status dsv4_cuda_bk_upload(dsv4_backend *b, void *dst, const void *src, siz
 dsv4_status dsv4_cuda_bk_download(dsv4_backend *b, void *dst, const void *src, size_t bytes);
 dsv4_status dsv4_cuda_bk_copy(dsv4_backend *b, void *dst, const void *src, size_t bytes);
 dsv4_status dsv4_cuda_bk_memset0(dsv4_backend *b, void *p, size_t bytes);
+dsv4_status dsv4_cuda_bk_fill_bf16(dsv4_backend *b, uint16_t *p, size_t n, uint64_t seed);
 dsv4_status dsv4_cuda_bk_sync(dsv4_backend *b);
 dsv4_status dsv4_cuda_bk_mem_info(dsv4_backend *b, size_t *free_bytes, size_t *total_bytes);
 dsv4_status dsv4_cuda_bk_weight_upload(dsv4_backend *b, const dsv4_weight *w, uint64_t random_seed,

@@ -59,7 +59,7 @@ typedef struct bench_args {
     int64_t contexts[MAX_LIST];
     int n_contexts;
     int64_t prefill;
-    int steps, graphs, pdl, json, gpu, ceilings_only;
+    int steps, graphs, pdl, json, gpu, ceilings_only, zero_cache;
     uint64_t seed;
     int gemm_n[DSV4_BENCH_GEMM_MAX_N], n_gemm_n; /* --gemms (0 entries: none) */
     double hf_layer_us;                          /* --hf-layer-us / --hf-layer-json (0: none) */
@@ -113,7 +113,7 @@ static int usage(int rc)
         rc ? stderr : stdout,
         "usage: dsv4 bench [--shape flash|pro] [--layers N] [--experts mxfp4|nvfp4]\n"
         "                  [--batches 1,8,32,64] [--contexts 4096,65536] [--prefill 4096]\n"
-        "                  [--steps 20] [--no-graphs] [--pdl | --no-pdl] [--json]\n"
+        "                  [--steps 20] [--no-graphs] [--pdl | --no-pdl] [--zero-cache] [--json]\n"
         "                  [--gpu I] [--seed S] [--ceilings-only] [--gemms 1,8,64 | --no-gemms]\n"
         "                  [--hf-layer-us X | --hf-layer-json FILE]\n"
         "  Times the CUDA engine at the real DeepSeek-V4 geometry with random weights.\n"
@@ -126,6 +126,8 @@ static int usage(int rc)
         "  --no-graphs      launch each decode step's kernels instead of replaying a graph\n"
         "  --pdl, --no-pdl  programmatic dependent launch between the kernels of every\n"
         "                   graph, of none (default: the engine's, graphs of <= 16 rows)\n"
+        "  --zero-cache     leave the cached keys at zero (default: varied bf16 values, so\n"
+        "                   that attention and the indexer rank distinct scores, not ties)\n"
         "  --ceilings-only  measure the device's bandwidth and GEMM ceilings and stop\n"
         "  --gemms          token counts at which the decode projections of a CSA layer\n"
         "                   are timed against cuBLASLt FP8 (up to %d; --no-gemms: none)\n"
@@ -229,6 +231,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
             a->pdl = 1;
         } else if (!strcmp(o, "--no-pdl")) {
             a->pdl = 0;
+        } else if (!strcmp(o, "--zero-cache")) {
+            a->zero_cache = 1;
         } else if (!strcmp(o, "--ceilings-only")) {
             a->ceilings_only = 1;
         } else if (!strcmp(o, "--no-gemms")) {
@@ -704,6 +708,10 @@ static void print_markdown(const bench_args *a, const dsv4_model *m, const bench
            : a->pdl > 0 ? "on, PDL"
            : a->pdl < 0 ? "on, PDL up to 16 rows"
                         : "on, no PDL");
+    printf("Cached keys: %s.\n\n", a->zero_cache
+                                       ? "zeros (--zero-cache: every attention and indexer "
+                                         "score ties)"
+                                       : "varied bf16 values (dsv4_engine_fill_cache)");
     printf("### Ceilings\n\n");
     printf("| copy (read + write) | read stream | cuBLASLt BF16 | cuBLASLt FP8 | mma.sync BF16 | "
            "mma.sync FP8 |\n|---|---|---|---|---|---|\n");
@@ -814,12 +822,13 @@ static void print_json(const bench_args *a, const dsv4_model *m, const bench_out
            c->sm_count, (unsigned long long)c->device_bytes, o->when);
     json_str(dsv4_version());
     printf(",\n \"shape\": \"%s\", \"layers\": %d, \"layer_kinds\": \"%s\", \"experts\": \"%s\","
-           " \"graphs\": %s, \"pdl\": \"%s\",\n",
+           " \"graphs\": %s, \"pdl\": \"%s\", \"cached_keys\": \"%s\",\n",
            a->shape, m->w.n_layers, kinds, dsv4_weight_format_name(a->experts),
            a->graphs ? "true" : "false",
            !a->graphs || !a->pdl ? "off"
            : a->pdl > 0          ? "on"
-                                 : "up to 16 rows");
+                                 : "up to 16 rows",
+           a->zero_cache ? "zeros" : "varied");
     printf(" \"ceilings\": {\"buffer_bytes\": %llu, \"copy_gbs\": %.1f, \"read_gbs\": %.1f,"
            " \"gemm_n\": %d, \"blas_bf16_tflops\": %.1f, \"blas_fp8_tflops\": %.1f,"
            " \"mma_bf16_tflops\": %.1f, \"mma_fp8_tflops\": %.1f, \"blas_note\": ",
@@ -939,6 +948,12 @@ static dsv4_status run_engine(const bench_args *a, dsv4_model *m, bench_out *o)
     dsv4_engine *e = NULL;
     DSV4_TRY(dsv4_engine_create(m, &opt, &e));
     o->plan = *dsv4_engine_get_plan(e);
+    /* the contexts are reached by seeking, so the cache holds what it is filled with */
+    dsv4_status fill = a->zero_cache ? DSV4_OK : dsv4_engine_fill_cache(e, a->seed ^ 0xcac4e);
+    if (fill != DSV4_OK) {
+        dsv4_engine_destroy(e);
+        return fill;
+    }
     int32_t *slots = malloc((size_t)max_b * sizeof *slots), *ids = malloc((size_t)max_b * 4);
     dsv4_status st =
         slots && ids ? DSV4_OK : dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "allocating %d rows", max_b);

@@ -546,6 +546,22 @@ dsv4_status dsv4_engine_slot_seek(dsv4_engine *e, int slot, int64_t pos)
     return DSV4_OK;
 }
 
+dsv4_status dsv4_engine_fill_cache(dsv4_engine *e, uint64_t seed)
+{
+    const int64_t S1 = e->S + 1, hd = e->c->head_dim;
+    for (int li = 0; li < e->n_layers; li++) {
+        eng_layer *L = &e->L[li];
+        const uint64_t s = seed + 3 * (uint64_t)li;
+        DSV4_TRY(dsv4_bk_fill_bf16(e->b, L->win, (size_t)(S1 * e->R * hd), s));
+        eng_comp *cs[2] = {&L->comp, &L->idx};
+        for (int j = 0; j < 2; j++)
+            if (cs[j]->ratio)
+                DSV4_TRY(dsv4_bk_fill_bf16(e->b, cs[j]->ent, (size_t)(S1 * cs[j]->cap * cs[j]->dim),
+                                           s + 1 + (uint64_t)j));
+    }
+    return dsv4_bk_sync(e->b);
+}
+
 static dsv4_status copy_slot(dsv4_engine *e, void *base, size_t per_slot, int dst, int src)
 {
     uint8_t *p = base;

@@ -59,6 +59,25 @@ extern "C" dsv4_status dsv4_cuda_bk_memset0(dsv4_backend *b, void *p, size_t byt
     return DSV4_OK;
 }
 
+/* p [n] = dsv4_fill_bf16_bits(seed, i) (backend.h), grid-stride. */
+__global__ static void fill_bf16_kernel(uint16_t *p, size_t n, uint64_t seed)
+{
+    DSV4_PDL_WAIT();
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        p[i] = dsv4_fill_bf16_bits(seed, i);
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_fill_bf16(dsv4_backend *b, uint16_t *p, size_t n, uint64_t seed)
+{
+    if (!n) return DSV4_OK;
+    const size_t blocks = (n + 255) / 256;
+    fill_bf16_kernel<<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0,
+                       dsv4_cuda_stream(b->cuda)>>>(p, n, seed);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
+}
+
 extern "C" dsv4_status dsv4_cuda_bk_sync(dsv4_backend *b)
 {
     CUDA_TRY(cudaStreamSynchronize(dsv4_cuda_stream(b->cuda)));
