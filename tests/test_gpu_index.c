@@ -436,19 +436,36 @@ static void topk_rows(int N, int64_t cap_e, int topk, int m, int32_t *sl, int32_
 
 static const char *path_name(int path)
 {
-    return path == DSV4_INDEX_PATH_FUSED     ? "fused"
-           : path == DSV4_INDEX_PATH_CLUSTER ? "cluster"
-                                             : "simt";
+    return path == DSV4_INDEX_PATH_FUSED       ? "fused"
+           : path == DSV4_INDEX_PATH_CLUSTER   ? "cluster"
+           : path == DSV4_INDEX_PATH_CLUSTER16 ? "cluster16"
+                                               : "simt";
 }
 
-/* The CUDA paths that take (nh, d, cap_e): SIMT always; fused at 64 x 128; cluster also needs
- * cap_e <= 2048. Returns how many went to paths[]. */
-static int paths_for(int nh, int d, int64_t cap_e, int paths[3])
+/* Whether the last call took `path`: a forced 16-CTA cluster may fall back to 8 on a GPU that
+ * cannot place one (said once; the 8-CTA results are then what is checked). */
+static int path_taken(int path)
+{
+    static int told;
+    const int last = dsv4_cuda_index_last_path();
+    if (path == DSV4_INDEX_PATH_CLUSTER16 && last == DSV4_INDEX_PATH_CLUSTER) {
+        if (!told++) printf("note: this GPU places no 16-CTA cluster; cluster16 ran as 8\n");
+        return 1;
+    }
+    return last == path;
+}
+
+/* The CUDA paths that take (nh, d, cap_e): SIMT always; fused at 64 x 128; the cluster paths
+ * (8 and 16 CTAs a row) also need cap_e <= 2048. Returns how many went to paths[]. */
+static int paths_for(int nh, int d, int64_t cap_e, int paths[4])
 {
     int n = 0;
     if (nh == 64 && d == 128) {
         paths[n++] = DSV4_INDEX_PATH_FUSED;
-        if (cap_e <= 2048) paths[n++] = DSV4_INDEX_PATH_CLUSTER;
+        if (cap_e <= 2048) {
+            paths[n++] = DSV4_INDEX_PATH_CLUSTER;
+            paths[n++] = DSV4_INDEX_PATH_CLUSTER16;
+        }
     }
     paths[n++] = DSV4_INDEX_PATH_SIMT;
     return n;
@@ -488,7 +505,7 @@ static void test_topk(const char *name, const index_inputs *in, int N)
     for (int i = 0; i < N; i++)
         if ((ps[i] + 1) / m > nvis_max) nvis_max = (ps[i] + 1) / m;
 
-    int paths[3];
+    int paths[4];
     const int npaths = paths_for(nh, d, cap_e, paths);
     for (int pi = 0; pi < npaths; pi++) {
         const int path = paths[pi];
@@ -498,8 +515,7 @@ static void test_topk(const char *name, const index_inputs *in, int N)
         TRY(dsv4_bk_indexer_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d, m, topk,
                                  &rs.g, d_ws));
         dsv4_cuda_index_force_path(DSV4_INDEX_PATH_AUTO);
-        CHECK_MSG(dsv4_cuda_index_last_path() == path, "%s: path %s not taken", name,
-                  path_name(path));
+        CHECK_MSG(path_taken(path), "%s: path %s not taken", name, path_name(path));
         gpu_get(gsel, d_sel, seln * 4);
         gpu_get(gws, d_ws, wsb);
 
@@ -670,7 +686,7 @@ static void test_q_topk(const char *name, const index_inputs *in, int N)
     int32_t *d_sel = gpu_dup(NULL, seln * 4);
     TRY(dsv4_bk_indexer_q_topk(g_cpu, sel, q, w, w_scale, in->ent, cap_e, nh, d, r, g_freqs, m,
                                topk, &rs.c, ws));
-    int paths[3];
+    int paths[4];
     const int npaths = paths_for(nh, d, cap_e, paths);
     for (int pi = 0; pi < npaths; pi++) {
         const int path = paths[pi];
@@ -680,8 +696,7 @@ static void test_q_topk(const char *name, const index_inputs *in, int N)
         TRY(dsv4_bk_memset0(g_gpu, d_sel, seln * 4));
         TRY(dsv4_bk_indexer_q_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d, r,
                                    d_freqs, m, topk, &rs.g, d_ws));
-        CHECK_MSG(dsv4_cuda_index_last_path() == path, "%s: path %s not taken", name,
-                  path_name(path));
+        CHECK_MSG(path_taken(path), "%s: path %s not taken", name, path_name(path));
         gpu_get(gsel, d_sel, seln * 4);
         gpu_get(gws, d_ws, wsb);
         /* the two ops */
@@ -926,7 +941,7 @@ int main(int argc, char **argv)
             index_inputs_make(&in, 64, 128, 4, 512, tcaps[c]);
             for (int t = 0; t < 2; t++) {
                 in.topk = topks[t];
-                int paths[3];
+                int paths[4];
                 const int np = paths_for(64, 128, in.cap_e, paths);
                 for (int pi = 0; pi < np; pi++) {
                     topk_at_scale(&in, 1, paths[pi]);

@@ -15,9 +15,9 @@
  *
  * Three paths (index_path.cuh forces one in tests):
  * - Cluster (nh = 64, d = 128, cap_e <= 2048, and by choice N <= 16: the 4K-context decode
- *   step at small batches): one kernel, a cluster of 8 CTAs a row that score an eighth of its
- * entries each and then rank them against all the row's keys (index_cluster_kernel says how): no
- * ticket, no one-CTA sort.
+ *   step at small batches): one kernel, a cluster of 8 CTAs a row (16 where N <= 8 and the GPU
+ *   places them) that score an eighth (a sixteenth) of its entries each and then rank them against
+ * all the row's keys (index_cluster_kernel says how): no ticket, no one-CTA sort.
  * - Fused (nh = 64, d = 128: Flash and Pro): one kernel. Each CTA scores a range of a row's
  *   entries on the tensor cores, mma.sync m16n8k16 bf16 -> f32 with the keys as the 16-row A
  *   operand straight from the bf16 state and the queries as B (FP4-grid values: exact in bf16);
@@ -30,10 +30,10 @@
  *   same condition as the f32 FMA kernel it replaces. The keys are stored as bf16 anyway.
  * - SIMT (any shape): one warp per entry, then a top-k kernel of one CTA per row.
  * dsv4_bk_indexer_q_topk runs the queries' chain (RoPE, Hadamard, FP4: dsv4_bk_indexer_q) in the
- * cluster kernel's prologue, one head a warp (q_head; the cluster's 8 CTAs take 8 heads each and
- * store them into every rank's shared memory), which saves the engine the indexer_q launch; the
- * fused and SIMT paths launch indexer_q first (in every fused CTA the chain of all 64 heads cost
- * more than that launch: test_gpu_index, H100, N 1 33.6 us vs 27.2 us).
+ * cluster kernel's prologue, one head a warp (q_head; the cluster's 8 (16) CTAs take 8 (4) heads
+ * each and store them into every rank's shared memory), which saves the engine the indexer_q
+ * launch; the fused and SIMT paths launch indexer_q first (in every fused CTA the chain of all 64
+ * heads cost more than that launch: test_gpu_index, H100, N 1 33.6 us vs 27.2 us).
  *
  * Top-k (row_topk, fused and SIMT paths): the order is that of the unique key K(e) = (o(score) <<
  * b) | (2^b - 1 - e), o the monotonic 16-bit code of a bf16 score, b the index bits: larger K is
@@ -768,8 +768,8 @@ static dsv4_status launch_fused(cudaStream_t st, int32_t *sel, float *scores, co
 }
 
 /* ---- the cluster path: scores and ranks in one cluster a row -------------------------------
- * For rows of up to CL_C * CL_PER entries (the bench's 4K context: 1024): a cluster of CL_C CTAs
- * a row; rank c scores the row's entries [c per, (c + 1) per) (per = ceil(n_vis / CL_C) rounded
+ * For rows of up to CL_MAX_E entries (the bench's 4K context: 1024): a cluster of C = 8 or 16
+ * CTAs a row; rank c scores the row's entries [c per, (c + 1) per) (per = ceil(n_vis / C) rounded
  * up to 16) on the tensor cores as the fused kernel does (its NT = 8 step: warp w takes 16
  * entries and all 64 heads), keeps each entry's unique order key (score code << 16 | 0xffff - e,
  * row_topk's K) in shared memory and writes the score to the workspace. After one cluster
@@ -780,8 +780,7 @@ static dsv4_status launch_fused(cudaStream_t st, int32_t *sel, float *scores, co
  * row_topk; no ticket, no one-CTA tail (the fused path's last CTA sorts 512 keys in 45 barrier
  * stages), no atomics, deterministic. */
 enum {
-    CL_C = 8,     /* CTAs a row (portable cluster) */
-    CL_PER = 256, /* entries a CTA at most: n_vis <= 2048 */
+    CL_MAX_E = 2048, /* entries a row at most */
 };
 
 static __device__ __forceinline__ void cl_sync(void)
@@ -790,18 +789,19 @@ static __device__ __forceinline__ void cl_sync(void)
 }
 
 /* Dynamic shared memory of the cluster kernel for per_max entries a CTA: q [64][KLD] bf16, keys
- * [per_max][KLD] bf16, w [64], rc [TD], own keys [per_max], the row's keys [CL_C per_max],
+ * [per_max][KLD] bf16, w [64], rc [TD], own keys [per_max], the row's keys [C per_max],
  * the ranks of its entries [256]. */
-static size_t cl_smem(int per_max)
+static size_t cl_smem(int per_max, int C)
 {
     return (size_t)TNH * KLD * 2 + (size_t)per_max * KLD * 2 + TNH * 4 + TD * 4 +
-           (size_t)per_max * 4 + (size_t)CL_C * per_max * 4 + FUSED_THREADS * 4;
+           (size_t)per_max * 4 + (size_t)C * per_max * 4 + FUSED_THREADS * 4;
 }
 
-/* Grid (CL_C, N), cluster (CL_C, 1, 1), 256 threads. iq [N, 64, 128] raw (qr >= 0: the
+/* Grid (C, N), cluster (C, 1, 1), 256 threads. iq [N, 64, 128] raw (qr >= 0: the
  * indexer_q chain runs in the prologue, RoPE of the last qr dims) or as indexer_q leaves it
  * (qr < 0); iw [N, 64]; ent [S, cap_e, 128] bf16 -> scores (row_base, workspace), sel [N, topk].
  */
+template <int C>
 __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     int32_t *sel, float *scores, const float *iq, const float *iw, float w_scale,
     const uint16_t *ent, int64_t cap_e, int m, int topk, int per_max, const int32_t *slot,
@@ -812,27 +812,29 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     uint16_t *qs = (uint16_t *)cl_raw, *ks = qs + TNH * KLD;
     float *w = (float *)(ks + (size_t)per_max * KLD), *rc = w + TNH;
     uint32_t *own = (uint32_t *)(rc + TD), *all = own + per_max;
-    int *part = (int *)(all + CL_C * per_max);
+    int *part = (int *)(all + C * per_max);
     cg::cluster_group cl = cg::this_cluster();
     const int row = blockIdx.y, rank = (int)cl.block_rank(), tid = threadIdx.x;
     const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
     asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 
-    /* every global load of the prologue before any use; warp w converts head 8 rank + w */
-    const int prow = pos[row], sl = slot[row], hq = rank * (FUSED_THREADS / 32) + warp;
+    /* every global load of the prologue before any use; warp w < HC converts head HC rank + w */
+    constexpr int HC = TNH / C; /* heads a CTA converts: 8 or 4 */
+    const bool hw = warp < HC;
+    const int prow = pos[row], sl = slot[row], hq = rank * HC + (hw ? warp : 0);
     const float freq = qr >= 0 && tid < (qr >> 1) ? freqs[tid] : 0.0f;
     const float wv = tid < TNH ? iw[(int64_t)row * TNH + tid] : 0.0f;
     const float4 qv = *(const float4 *)(iq + ((int64_t)row * TNH + hq) * TD + 4 * lane);
     int64_t nv = ((int64_t)prow + 1) / m;
     const int nvis = (int)(nv < cap_e ? nv : cap_e), k = nvis < topk ? nvis : topk;
     int32_t *out = sel + (int64_t)row * topk;
-    if (rank == CL_C - 1)
+    if (rank == C - 1)
         for (int j = k + tid; j < topk; j += FUSED_THREADS) out[j] = -1;
     if (nvis == 0) { /* the whole cluster; none leaves before all have started */
         asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
         return;
     }
-    const int per = ((nvis + CL_C - 1) / CL_C + 15) & ~15, e0 = rank * per;
+    const int per = ((nvis + C - 1) / C + 15) & ~15, e0 = rank * per;
     const int ne = nvis - e0 < 0 ? 0 : (nvis - e0 < per ? nvis - e0 : per);
     const int ne16 = (ne + 15) & ~15;
     const uint16_t *keys = ent + ((int64_t)sl * cap_e + e0) * TD;
@@ -850,11 +852,11 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     }
     {
         float x[4] = {qv.x, qv.y, qv.z, qv.w};
-        if (qr >= 0) q_head(x, rc, qr, had_scale);
+        if (hw && qr >= 0) q_head(x, rc, qr, had_scale);
         const uint2 pk = make_uint2(pack_bf16(x[0], x[1]), pack_bf16(x[2], x[3]));
         asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"); /* all have started */
 #pragma unroll 1
-        for (int dst = 0; dst < CL_C; dst++) /* the head to every rank's queries */
+        for (int dst = 0; hw && dst < C; dst++) /* the head to every rank's queries */
             *(uint2 *)cl.map_shared_rank(qs + hq * KLD + 4 * lane, dst) = pk;
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
@@ -909,14 +911,14 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     /* the row's keys, zero-padded to a multiple of 4 (0 beats no key); the remote loads all go
      * out before the stores */
     const int nv4 = (nvis + 3) & ~3;
-    uint32_t kr[CL_C * CL_PER / FUSED_THREADS];
+    uint32_t kr[CL_MAX_E / FUSED_THREADS];
 #pragma unroll
-    for (int u = 0; u < CL_C * CL_PER / FUSED_THREADS; u++) {
+    for (int u = 0; u < CL_MAX_E / FUSED_THREADS; u++) {
         const int i = tid + u * FUSED_THREADS, src = i / per;
         kr[u] = i < nvis ? *cl.map_shared_rank(own + (i - src * per), src) : 0u;
     }
 #pragma unroll
-    for (int u = 0; u < CL_C * CL_PER / FUSED_THREADS; u++)
+    for (int u = 0; u < CL_MAX_E / FUSED_THREADS; u++)
         if (tid + u * FUSED_THREADS < nv4) all[tid + u * FUSED_THREADS] = kr[u];
     int *cnt = part; /* [ne] ranks, below */
     for (int e = tid; e < ne; e += FUSED_THREADS) cnt[e] = 0;
@@ -946,28 +948,63 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
 }
 
+/* The launch of C CTAs a row (grid (C, N)); attr: the caller's storage for the cluster shape. */
+static cudaLaunchConfig_t cl_cfg(int C, int N, size_t smem, cudaStream_t st,
+                                 cudaLaunchAttribute *attr)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)C, (unsigned)N, 1);
+    cfg.blockDim = dim3(FUSED_THREADS, 1, 1);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)C;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cfg;
+}
+
+/* Whether the GPU holds `need` clusters of 16 CTAs (a non-portable size) at once; a failed query
+ * is a no (cleared, not an error of the op). */
+static int cl16_fits(int need, size_t smem, cudaStream_t st)
+{
+    cudaLaunchAttribute attr[1];
+    const cudaLaunchConfig_t cfg = cl_cfg(16, need, smem, st, attr);
+    int n = 0;
+    cudaError_t err = cudaFuncSetAttribute(index_cluster_kernel<16>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err == cudaSuccess)
+        err = cudaFuncSetAttribute(index_cluster_kernel<16>,
+                                   cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (err == cudaSuccess)
+        err = cudaOccupancyMaxActiveClusters(&n, index_cluster_kernel<16>, &cfg);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n >= need;
+}
+
+static int cl_per_max(int64_t cap_e, int C)
+{
+    return (int)(((cap_e + C - 1) / C + 15) & ~15);
+}
+
+template <int C>
 static dsv4_status launch_cluster(cudaStream_t st, int32_t *sel, float *scores, const float *iq,
                                   const float *iw, float w_scale, const uint16_t *ent,
                                   int64_t cap_e, int m, int topk, int N, const int32_t *slot,
                                   const int32_t *pos, int qr, const float *freqs, float had_scale)
 {
-    const int per_max = (int)(((cap_e + CL_C - 1) / CL_C + 15) & ~15);
-    const size_t smem = cl_smem(per_max);
-    CUDA_TRY(cudaFuncSetAttribute(index_cluster_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                  (int)smem));
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(CL_C, (unsigned)N, 1);
-    cfg.blockDim = dim3(FUSED_THREADS, 1, 1);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
+    const int per_max = cl_per_max(cap_e, C);
+    const size_t smem = cl_smem(per_max, C);
+    CUDA_TRY(cudaFuncSetAttribute(index_cluster_kernel<C>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = CL_C;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    CUDA_TRY(cudaLaunchKernelEx(&cfg, index_cluster_kernel, sel, scores, iq, iw, w_scale, ent,
+    const cudaLaunchConfig_t cfg = cl_cfg(C, N, smem, st, attr);
+    CUDA_TRY(cudaLaunchKernelEx(&cfg, index_cluster_kernel<C>, sel, scores, iq, iw, w_scale, ent,
                                 cap_e, m, topk, per_max, slot, pos, qr, freqs, had_scale));
     return DSV4_OK;
 }
@@ -1034,7 +1071,7 @@ static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const 
     /* the Hadamard scale exactly as dsv4_hadamard: the double d^-0.5 as an f32 */
     const float had_scale = (float)pow((double)d, -0.5);
     const int fused_ok = nh == TNH && d == TD && qr <= TD;
-    const int cluster_ok = fused_ok && cap_e <= (int64_t)CL_C * CL_PER;
+    const int cluster_ok = fused_ok && cap_e <= CL_MAX_E;
     /* the cluster path while its clusters fit in one wave (N <= 16); beyond that the fused
      * kernel's entry ranges keep more SMs busy (test_gpu_index, H100: N = 64 at cap_e 1025 took
      * 66 us as clusters, 41 us fused) */
@@ -1042,12 +1079,25 @@ static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const 
     if (!fused_ok || g_force_path == DSV4_INDEX_PATH_SIMT)
         path = DSV4_INDEX_PATH_SIMT;
     else if (cluster_ok && (g_force_path == DSV4_INDEX_PATH_CLUSTER ||
-                            (g_force_path != DSV4_INDEX_PATH_FUSED && (int64_t)N * CL_C <= SMS)))
+                            g_force_path == DSV4_INDEX_PATH_CLUSTER16 ||
+                            (g_force_path != DSV4_INDEX_PATH_FUSED && (int64_t)N * 8 <= SMS)))
         path = DSV4_INDEX_PATH_CLUSTER;
+    /* 16 CTAs a row where the rows' clusters still fit the SMs and the GPU places them: half the
+     * entries, keys and ranks a CTA, the same bits (H100, dsv4 bench --shape flash --layers 4,
+     * context 4096: batch 1 1.105 / 1.106 -> 1.096 / 1.096 ms a step, batch 8 2.553 / 2.547 ->
+     * 2.551 / 2.533); a test's forced 16 needs one such cluster on the GPU */
+    const int f16 = g_force_path == DSV4_INDEX_PATH_CLUSTER16;
+    if (path == DSV4_INDEX_PATH_CLUSTER && g_force_path != DSV4_INDEX_PATH_CLUSTER &&
+        (f16 || (int64_t)N * 16 <= SMS) &&
+        cl16_fits(f16 ? 1 : N, cl_smem(cl_per_max(cap_e, 16), 16), st))
+        path = DSV4_INDEX_PATH_CLUSTER16;
     g_last_path = path;
+    if (path == DSV4_INDEX_PATH_CLUSTER16)
+        return launch_cluster<16>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N,
+                                  rows->slot, rows->pos, qr, freqs, had_scale);
     if (path == DSV4_INDEX_PATH_CLUSTER)
-        return launch_cluster(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, rows->slot,
-                              rows->pos, qr, freqs, had_scale);
+        return launch_cluster<8>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N,
+                                 rows->slot, rows->pos, qr, freqs, had_scale);
     /* the fused and SIMT paths take the queries as indexer_q leaves them: every fused CTA would
      * repeat the 64 heads' chain (measured slower than the indexer_q launch) */
     if (qr >= 0) DSV4_TRY(dsv4_cuda_bk_indexer_q(b, iq, rows, nh, d, qr, freqs));

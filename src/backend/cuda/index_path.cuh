@@ -3,9 +3,9 @@
  * the GPU op test (tests/test_gpu_index.c) can include it: it forces the SIMT path (a score
  * kernel with one warp per entry, then a top-k kernel: any head count and dim), the fused
  * tensor-core path (scores and top-k in one kernel: 64 heads of 128) or the cluster path (one
- * cluster a row scores and ranks: 64 heads of 128, up to 2048 entries) so that all are checked
- * against the CPU and timed side by side. The engine never calls it. Process-wide, by design of
- * a test switch: set it, run, reset to DSV4_INDEX_PATH_AUTO.
+ * cluster of 8 or 16 CTAs a row scores and ranks: 64 heads of 128, up to 2048 entries) so that all
+ * are checked against the CPU and timed side by side. The engine never calls it. Process-wide, by
+ * design of a test switch: set it, run, reset to DSV4_INDEX_PATH_AUTO.
  */
 #ifndef DSV4_CUDA_INDEX_PATH_CUH
 #define DSV4_CUDA_INDEX_PATH_CUH
@@ -15,10 +15,12 @@ extern "C" {
 #endif
 
 enum {
-    DSV4_INDEX_PATH_AUTO = 0,    /* the dispatcher's choice */
-    DSV4_INDEX_PATH_SIMT = 1,    /* index_scores_simt + index_topk_kernel: any shape */
-    DSV4_INDEX_PATH_FUSED = 2,   /* index_fused_kernel: nh 64, d 128 */
-    DSV4_INDEX_PATH_CLUSTER = 3, /* index_cluster_kernel: nh 64, d 128, cap_e <= 2048 */
+    DSV4_INDEX_PATH_AUTO = 0,  /* the dispatcher's choice */
+    DSV4_INDEX_PATH_SIMT = 1,  /* index_scores_simt + index_topk_kernel: any shape */
+    DSV4_INDEX_PATH_FUSED = 2, /* index_fused_kernel: nh 64, d 128 */
+    DSV4_INDEX_PATH_CLUSTER =
+        3, /* index_cluster_kernel, 8 CTAs a row: nh 64, d 128, cap_e <= 2048 */
+    DSV4_INDEX_PATH_CLUSTER16 = 4, /* the same, 16 CTAs a row (where the GPU places them) */
 };
 
 /* The CUDA op's workspace (bk_topk.cu): row r's scores start at float r (cap_e + 1), its ticket
