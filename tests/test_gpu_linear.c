@@ -326,6 +326,8 @@ static const tcase full_cases[] = {
     {"flash wq_b fp8 mid", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {17, 24, 32, 48, 64}, 0},
     {"flash wo_b fp8 mid", FP8, E8, 4096, 8192, 0, 4096, 0, 0, 0, 0, {17, 24, 32, 48, 64}, 0},
     {"flash idx wq_b fp8", FP8, E8, 8192, 1024, 0, 8192, 0, 0, 0, 0, {17, 32, 64}, 0},
+    /* FMM on wgmma: a warpgroup's 64 rows past nrows (odd row counts), N = 8 NT rounded up */
+    {"fp8 1000x2048 row0 77 wg", FP8, E8, 1000, 2048, 77, 901, 0, 0, 0, 0, {17, 24, 33, 64}, 0},
     {"flash w1 mxfp4", MX, E8, 2048, 4096, 0, 2048, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
     {"flash w2 mxfp4", MX, E8, 4096, 2048, 0, 4096, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
     {"flash w1 nvfp4", NV, 0, 2048, 4096, 0, 2048, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
@@ -699,6 +701,19 @@ static const tcase xmix_full[] = {
     {"flash wq_b fp8 lo-mix", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {17, 40, 64}, 0},
     {"flash wo_a fp8 grouped lo-mix", FP8, E8, 8192, 4096, 0, 8192, 32768, 0, 8192, 0, {24, 64}, 8},
     {"fp8 ldx 4097 lo-mix", FP8, E8, 1024, 4096, 0, 1024, 4097, 1, 0, 0, {20, 40}, 0},
+    {"fp8 1000x2048 row0 77 wg lo-mix",
+     FP8,
+     E8,
+     1000,
+     2048,
+     77,
+     901,
+     0,
+     0,
+     0,
+     0,
+     {17, 24, 33, 64},
+     0},
 };
 
 static const tcase xmix_small[] = {
@@ -716,6 +731,7 @@ static const tcase xmix_small[] = {
      {24, 64},
      60},
     {"small fp8 1536 cols lo-mix", FP8, E8, 100, 1536, 0, 100, 0, 0, 0, 0, {20, 40}, 0},
+    {"small fp8 300x1024 wg lo-mix", FP8, E8, 300, 1024, 5, 291, 0, 0, 0, 0, {17, 33, 64}, 0},
 };
 
 static const mcase multi_small[] = {

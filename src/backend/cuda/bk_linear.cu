@@ -11,8 +11,8 @@
  *   GEMV  N <= 16 otherwise (small N, the other formats, widths MMV does not take): f32 FMAs,
  *         weights decoded in registers (this file);
  *   FMM   17 <= N <= 64, FP8 weights, where it is faster than MMA (dsv4_lin_fmm_wins): f16
- *         tensor cores with the weight rows as the 16-row operand straight from global memory,
- *         x staged per CTA (linear_fp8mma.cu);
+ *         wgmma with a warpgroup's 64 weight rows as the register operand straight from global
+ *         memory, x staged per CTA as the shared-memory one (linear_fp8mma.cu);
  *   MMA   larger N, and MXFP4/NVFP4/BF16: bf16 tensor cores with x split hi + lo
  *         (linear_tiled.cu);
  *   SIMT  everything else (F16/F32 weights at larger N, odd widths or alignments): f32 tiles

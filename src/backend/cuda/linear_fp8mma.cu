@@ -58,6 +58,22 @@
  * (370.7), all three together (366.5; the conversion alone 364.1). ncu (wq_b N = 64, 128 CTAs):
  * DRAM 15% of peak, L1/shared pipe 59%, a warp issues every 10.7 cycles (10.3 with the new
  * conversion): latency-bound, x's share of the shared-memory traffic being the next suspect.
+ *
+ * FMM on wgmma (fw_step, session 7): a warpgroup's 64 rows as one wgmma.m64nNk16 per k16 step,
+ * A = the weight registers (converted as before), B = x's hi / lo planes read from shared memory
+ * by the tensor cores through a matrix descriptor, in place of per warp 16 mma.sync a step each
+ * fed by ld.shared of x fragments. Same numerics but the f32 summation order within a step (hi
+ * of the 128 columns, then lo); test_gpu_linear's bound unchanged (fmm worst err/bound 0.151,
+ * lo-free x 0.153). H100, one call, --fmm-bench graph replay, us, N = 32 / 64 (mma.sync ->
+ * wgmma): wq_b 33.5 -> 30.7 / 57.5 -> 50.1, wo_b 35.7 -> 33.7 / 62.4 -> 53.7, wo_a 35.9 -> 33.4
+ * / 62.5 -> 52.9, wq_a 15.0 -> 13.7 / 25.4 -> 21.7, indexer wq_b 14.6 -> 13.8 / 23.5 -> 21.2.
+ * dsv4 bench (context 4096, 2 runs each): Flash 4 layers batch 32 5.775 / 5.801 -> 5.729 / 5.749
+ * ms, batch 64 9.064 / 9.066 -> 9.028 / 9.030 (attn.q + attn.out 0.655 -> 0.618 ms/step); Pro 2
+ * layers batch 64 11.558 / 11.565 -> 11.494 / 11.493; batch 1, 8 unchanged. ncu (wq_b N = 64,
+ * 51 us): DRAM 21% busy, L2 47%, issue slots 36%, 0.89 eligible warps per scheduler, a warp
+ * issues every 9.9 cycles: still latency-bound (each step: convert, wgmma, wait, promote, with
+ * one step of weights in registers; 128 registers, NT = 8 spills 24 bytes). Not kept: the L2
+ * prefetch 4 steps ahead (FM_PD 4), 1-4% slower.
  */
 #include "backend/cuda/linear_common.cuh"
 
@@ -68,17 +84,18 @@
  * a CTA covers FM_BM = 256 rows over its K slice of spc steps (a step = 128 columns = one weight
  * scale block). Lane (g, t) loads 16 bytes at 16 t and at 64 + 16 t of rows g and g + 8 of each
  * tile; MMV's column map (register word w of chunk u holds columns 64 u + 16 t + 4 w .. + 3, mma
- * q = 4 u + w of the step) lets the registers be used as loaded. The next step's chunks are
- * requested as soon as this step's mmas no longer need the registers (chunk 0 after mma 3,
- * chunk 1 after mma 7).
+ * q = 4 u + w of the step) lets the registers be used as loaded. A warpgroup's four warps (64
+ * rows) multiply as one wgmma per k16 step (fw_step, below); the next step's chunks are requested
+ * as soon as the step's A fragments are made (MMX's fm_step: chunk 0 after mma 3, chunk 1 after
+ * mma 7).
  *
  * x goes through shared memory in chunks of XC steps: the raw f32 rows of the next chunk are
  * copied by cp.async while the current one is multiplied; a chunk is then converted in place to
- * the fragment planes: hi [NT][XC][qp 4][lane 32] uint4 = {hi b0, hi b1 of mma 2 qp, the same of
- * mma 2 qp + 1}, lo likewise, and 2^-e [TOK][XC]. One 16-byte load feeds two mmas of one token
- * tile. After the K loop the CTA's partial [TOK][FM_BM] goes to the same shared memory and the
- * KS CTAs of the cluster (the K slices) add up in rank order (fm_cluster_store). Token tiles past
- * N multiply zeros (their outputs are not stored). */
+ * the planes hi, lo (FMM: wgmma's B layout, fw_step; MMX: the fragment planes [NT][XC][qp 4][lane
+ * 32] uint4 = {hi b0, hi b1 of mma 2 qp, the same of mma 2 qp + 1}, one 16-byte load feeding two
+ * mmas of one token tile) and 2^-e [TOK][XC]. After the K loop the CTA's partial [TOK][FM_BM] goes
+ * to the same shared memory and the KS CTAs of the cluster (the K slices) add up in rank order
+ * (fm_cluster_store). Token tiles past N multiply zeros (their outputs are not stored). */
 enum { FM_THREADS = 512, FM_WARPS = 16, FM_MT = 1, FM_BM = FM_WARPS * FM_MT * 16, FM_KS_MAX = 8 };
 /* Steps ahead of the loop whose weight lines are prefetched into L2: the registers hold one step
  * ahead (all the kernel's registers allow), the L2 prefetch keeps more bytes in flight. */
@@ -87,7 +104,8 @@ enum { FM_PD = 2 };
 enum { FM_SPLIT_CTAS = 120 };
 
 /* Shared-memory layout for NT token tiles (XC = 16 / NT steps per chunk, TOK = 8 NT tokens):
- * raw f32 [TOK][XC 128], planes hi, lo [NT][XC][4][32] uint4, 2^-e [TOK][XC] f32. */
+ * raw f32 [TOK][XC 128], planes hi, lo ([NT][XC][4][32] uint4; FMM: WPLANE bytes each), 2^-e
+ * [TOK][XC] f32. */
 template <int NT> struct fm_shape {
     static constexpr int XC = 16 / NT, TOK = 8 * NT;
     static constexpr int RAW = TOK * XC * 128 * 4; /* bytes */
@@ -96,6 +114,10 @@ template <int NT> struct fm_shape {
     static constexpr int BYTES = RAW + 2 * PLANE * 16 + XINV;
     static_assert(TOK * FM_BM * 4 <= BYTES, "the partial tile fits the staging area");
     static_assert(2 * TOK * FM_BM * 4 <= BYTES, "MMX: the K warps' partials and their sum fit");
+    /* FMM on wgmma (WG): a plane holds per step 8 k16 regions of QB bytes (wgmma's B operand,
+     * below; 16 bytes of padding so that a warp's conversion stores meet 32 banks) */
+    static constexpr int QB = TOK * 32 + 16, WPLANE = XC * 8 * QB; /* bytes */
+    static constexpr int WBYTES = RAW + 2 * WPLANE + XINV;
 };
 
 __device__ __forceinline__ uint32_t fm_word(const uint4 &v, int i)
@@ -180,7 +202,7 @@ __device__ __forceinline__ uint32_t fm_absmax_bits(float4 v)
 
 /* One (token n, block b) task of fm_convert: v (this lane's four columns), m its block's max
  * |x| bits. */
-template <int NT>
+template <int NT, bool WG>
 __device__ __forceinline__ int fm_convert_one(float4 v, uint32_t mbits, int n, int b, uint4 *hi,
                                               uint4 *lo, float *xinv)
 {
@@ -204,17 +226,25 @@ __device__ __forceinline__ int fm_convert_one(float4 v, uint32_t mbits, int n, i
         memcpy(&h[p], &hv, 4);
         memcpy(&l[p], &lv, 4);
     }
-    const int slot = (((n >> 3) * XC + b) * 4 + (q >> 1)) * 32 + (n & 7) * 4 + t;
-    uint2 *hp = (uint2 *)(void *)(hi + slot), *lp = (uint2 *)(void *)(lo + slot);
-    hp[q & 1] = make_uint2(h[0], h[1]);
-    lp[q & 1] = make_uint2(l[0], l[1]);
+    if constexpr (WG) { /* B of k16 step q: h[0] at k 2t, 2t + 1 (core matrix 0), h[1] at
+                           k 2t + 8, 2t + 9 (core matrix 1, 128 bytes on) */
+        const int off = (b * 8 + q) * fm_shape<NT>::QB + (n >> 3) * 256 + (n & 7) * 16 + 4 * t;
+        unsigned char *hb = (unsigned char *)(void *)hi, *lb = (unsigned char *)(void *)lo;
+        *(uint32_t *)(void *)(hb + off) = h[0], *(uint32_t *)(void *)(hb + off + 128) = h[1];
+        *(uint32_t *)(void *)(lb + off) = l[0], *(uint32_t *)(void *)(lb + off + 128) = l[1];
+    } else {
+        const int slot = (((n >> 3) * XC + b) * 4 + (q >> 1)) * 32 + (n & 7) * 4 + t;
+        uint2 *hp = (uint2 *)(void *)(hi + slot), *lp = (uint2 *)(void *)(lo + slot);
+        hp[q & 1] = make_uint2(h[0], h[1]);
+        lp[q & 1] = make_uint2(l[0], l[1]);
+    }
     return (l[0] | l[1]) != 0u;
 }
 
 /* raw -> the planes and 2^-e of blocks [0, xn); a warp per (token, block), lane j its columns
  * 4 j .. 4 j + 3, two tasks a warp at once, the block's max |x| by one warp reduction (redux on
  * the bits; NaNs ignored as fmaxf does). Returns whether any lo this thread wrote is nonzero. */
-template <int NT>
+template <int NT, bool WG = false>
 __device__ __forceinline__ int fm_convert(const float *raw, uint4 *hi, uint4 *lo, float *xinv,
                                           int N, int xn)
 {
@@ -237,13 +267,15 @@ __device__ __forceinline__ int fm_convert(const float *raw, uint4 *hi, uint4 *lo
 #pragma unroll
         for (int p = 0; p < 2; p++) {
             const int tk = task + p * FM_WARPS, n = tk / XC, b = tk % XC;
-            if (b < xn) lo_any |= fm_convert_one<NT>(v[p], m[p], n, b, hi, lo, xinv);
+            if (b < xn) lo_any |= fm_convert_one<NT, WG>(v[p], m[p], n, b, hi, lo, xinv);
         }
     }
+    /* WG: the planes are read by wgmma (the async proxy) after the caller's barrier */
+    if constexpr (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     return lo_any;
 }
 
-/* One step's mmas: tmp [FM_MT][NT] = the step's weight chunks wv [FM_MT][2 rows][2] times the
+/* One step's mmas (MMX): tmp [FM_MT][NT] = the step's weight chunks wv [FM_MT][2 rows][2] times the
  * staged x (hq, lq: this step's hi / lo slot of token tile 0 for this lane; tiles XC * 128 slots
  * apart); LO: with the lo halves. Chunk u of the next step (sn >= 0) is loaded into wv as soon
  * as mma 4 u + 3 no longer needs it. */
@@ -306,6 +338,115 @@ fm_step(uint4 (&wv)[FM_MT][2][2], const uint8_t *const (&wp)[FM_MT][2], const bo
     }
 }
 
+/* ---- FMM's wgmma (fw_*) --------------------------------------------------------------------
+ * A warpgroup's four warps (64 rows) multiply as one wgmma.m64nNk16 (N = TOK) per k16 step: A = the
+ * weight registers (per warp the same fragment as mma.m16n8k16's A, so FMM's column map and e4m3 ->
+ * f16 conversion carry over), B = x's hi or lo plane read from shared memory by the tensor cores
+ * through a matrix descriptor (no ld.shared per mma). B layout (K-major, no swizzle): per k16 step
+ * q of step b a region at (8 b + q) QB of TOK / 8 core-matrix pairs 256 bytes apart (SBO), the
+ * pair's k 0..7 then k 8..15 (LBO 128), a core matrix 8 tokens x 16 bytes. The accumulator (m64nN
+ * f32) is per warp the same fragment as FMM's tmp [nt][4]. */
+
+/* Matrix descriptor of a K-major B at shared address s: start >> 4, LBO 128, SBO 256, no
+ * swizzle. */
+__device__ __forceinline__ uint64_t fw_desc(uint32_t s)
+{
+    return (uint64_t)((s & 0x3ffffu) >> 4) | ((uint64_t)(128 >> 4) << 16) |
+           ((uint64_t)(256 >> 4) << 32);
+}
+
+/* d [NT][4] (+)= A (a: the m64k16 fragment of this warp's 16 rows) . B (desc: k16 x 8 NT), f32;
+ * acc = 0: d = A . B. */
+template <int NT>
+__device__ __forceinline__ void fw_wgmma(float (&d)[NT][4], const uint32_t (&a)[4], uint64_t desc,
+                                         int acc);
+
+template <>
+__device__ __forceinline__ void fw_wgmma<4>(float (&d)[4][4], const uint32_t (&a)[4], uint64_t desc,
+                                            int acc)
+{
+    asm volatile("{\n.reg .pred p;\n"
+                 "setp.ne.b32 p, %21, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+                 "{"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, "
+                 "%8, %9, %10, %11, %12, %13, %14, %15"
+                 "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
+                   "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),
+                   "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),
+                   "+f"(d[3][3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));
+}
+
+template <>
+__device__ __forceinline__ void fw_wgmma<8>(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc,
+                                            int acc)
+{
+    asm volatile("{\n.reg .pred p;\n"
+                 "setp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+                 "{"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, "
+                 "%8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, "
+                 "%24, %25, %26, %27, %28, %29, %30, %31"
+                 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
+                   "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),
+                   "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),
+                   "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+                   "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]),
+                   "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+                   "+f"(d[7][2]), "+f"(d[7][3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));
+}
+
+/* One step's wgmmas, FMM's fm_step on a warpgroup: tmp [NT][4] = the step's weight chunks wv
+ * [2 rows][2] times the staged x (hq, lq: shared addresses of this step's hi / lo regions);
+ * LO: with the lo plane. The next step's chunks (sn >= 0) are loaded into wv once the A
+ * fragments are made; the fragments stay live until the wgmmas are waited for. */
+template <int NT, bool LO>
+__device__ __forceinline__ void
+fw_step(uint4 (&wv)[FM_MT][2][2], const uint8_t *const (&wp)[FM_MT][2], const bool (&wok)[FM_MT][2],
+        int sn, uint32_t hq, uint32_t lq, float (&tmp)[FM_MT][NT][4])
+{
+    constexpr int QB = fm_shape<NT>::QB;
+    uint32_t af[8][4];
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+        const uint32_t w0 = fm_word(wv[0][0][q >> 2], q & 3);
+        const uint32_t w1 = fm_word(wv[0][1][q >> 2], q & 3);
+        af[q][0] = fm_e4m3x2(w0), af[q][2] = fm_e4m3x2(w0 >> 16);
+        af[q][1] = fm_e4m3x2(w1), af[q][3] = fm_e4m3x2(w1 >> 16);
+    }
+    if (sn >= 0)
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int u = 0; u < 2; u++)
+                if (wok[0][r])
+                    wv[0][r][u] = __ldcs(
+                        (const uint4 *)(const void *)(wp[0][r] + (int64_t)sn * 128 + 64 * u));
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int q = 0; q < 8; q++) fw_wgmma<NT>(tmp[0], af[q], fw_desc(hq + q * QB), q > 0);
+    if constexpr (LO)
+#pragma unroll
+        for (int q = 0; q < 8; q++) fw_wgmma<NT>(tmp[0], af[q], fw_desc(lq + q * QB), 1);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    /* the compiler keeps the fragments and reads the sums only after the wait */
+#pragma unroll
+    for (int q = 0; q < 8; q++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) asm volatile("" : "+r"(af[q][i])::"memory");
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) asm volatile("" : "+f"(tmp[0][nt][j])::"memory");
+}
+
 /* lin_cluster_store for part [TOK][bm] (tokens < N only; bm a multiple of 4), four rows a load:
  * each rank adds up its share of the tile over the ranks in rank order and writes it finished. */
 __device__ __forceinline__ void fm_cluster_store(const lin_args &a, float *part, int tok,
@@ -338,17 +479,18 @@ __device__ __forceinline__ void fm_cluster_store(const lin_args &a, float *part,
 
 // x [N, cols] (ldx), W rows row0 + [0, nrows) -> y [N, nrows] (ldy), per group, N <= 8 NT; grid
 // (ceil(nrows / 256), groups, KS) in clusters of (1, 1, KS); CTA z takes the steps
-// [z spc, (z+1) spc). Dynamic shared memory: fm_shape<NT>::BYTES.
+// [z spc, (z+1) spc), on wgmma (a warpgroup's 64 rows as one operand). Dynamic shared memory:
+// fm_shape<NT>::WBYTES.
 template <int NT>
 __global__ void __launch_bounds__(FM_THREADS, 1) fmm_kernel(lin_args a, int spc, int al)
 {
     DSV4_PDL_WAIT();
-    extern __shared__ __align__(16) unsigned char fm_sm[];
+    extern __shared__ __align__(128) unsigned char fm_sm[];
     typedef fm_shape<NT> S;
     constexpr int XC = S::XC, TOK = S::TOK;
     float *raw = (float *)(void *)fm_sm;
-    uint4 *hip = (uint4 *)(void *)(fm_sm + S::RAW), *lop = hip + S::PLANE;
-    float *xinv = (float *)(void *)(lop + S::PLANE);
+    uint4 *hip = (uint4 *)(void *)(fm_sm + S::RAW), *lop = hip + S::WPLANE / 16;
+    float *xinv = (float *)(void *)(lop + S::WPLANE / 16);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     lin_at_group(a, blockIdx.y);
     const int N = (int)a.N;
@@ -405,7 +547,7 @@ __global__ void __launch_bounds__(FM_THREADS, 1) fmm_kernel(lin_args a, int spc,
         const int xn = min(XC, nst - c);
         fm_cp_wait();
         __syncthreads(); /* raw landed for all; the planes of the last chunk are no longer read */
-        const int has_lo = __syncthreads_or(fm_convert<NT>(raw, hip, lop, xinv, N, xn));
+        const int has_lo = __syncthreads_or(fm_convert<NT, true>(raw, hip, lop, xinv, N, xn));
         if (c + XC < nst) fm_issue_raw<NT>(a, raw, k0, c + XC, min(XC, nst - c - XC), al != 0);
 
         for (int b = 0; b < xn; b++) {
@@ -421,12 +563,12 @@ __global__ void __launch_bounds__(FM_THREADS, 1) fmm_kernel(lin_args a, int spc,
                             if (wok[mt][r])
                                 fm_prefetch_l2(wp[mt][r] + (int64_t)(s + 1 + FM_PD) * 128 + 64 * u);
             float tmp[FM_MT][NT][4];
+            const uint32_t hq = (uint32_t)__cvta_generic_to_shared(hip) + b * 8 * S::QB,
+                           lq = (uint32_t)__cvta_generic_to_shared(lop) + b * 8 * S::QB;
             if (has_lo)
-                fm_step<NT, true>(wv, wp, wok, more ? s + 1 : -1, hip + (int64_t)b * 128 + lane,
-                                  lop + (int64_t)b * 128 + lane, tmp);
+                fw_step<NT, true>(wv, wp, wok, more ? s + 1 : -1, hq, lq, tmp);
             else
-                fm_step<NT, false>(wv, wp, wok, more ? s + 1 : -1, hip + (int64_t)b * 128 + lane,
-                                   lop + (int64_t)b * 128 + lane, tmp);
+                fw_step<NT, false>(wv, wp, wok, more ? s + 1 : -1, hq, lq, tmp);
                 /* acc += (block sum * 2^-e) * weight block scale (C fragment: c0, c1 at row g,
                  * tokens 2t, 2t + 1; c2, c3 at row g + 8) */
 #pragma unroll
@@ -506,7 +648,7 @@ dsv4_status dsv4_lin_launch_fmm(const lin_args *a, cudaStream_t st)
 {
     const int nt8 = a->N > 32;
     const fmm_fn fn = nt8 ? fmm_kernel<8> : fmm_kernel<4>;
-    const int smem = nt8 ? fm_shape<8>::BYTES : fm_shape<4>::BYTES;
+    const int smem = nt8 ? fm_shape<8>::WBYTES : fm_shape<4>::WBYTES;
     int ks, spc;
     fm_plan(a, &ks, &spc);
     const int al = (uintptr_t)a->x % 16 == 0 && a->ldx % 4 == 0 && a->xg % 4 == 0;
