@@ -74,6 +74,15 @@
  * issues every 9.9 cycles: still latency-bound (each step: convert, wgmma, wait, promote, with
  * one step of weights in registers; 128 registers, NT = 8 spills 24 bytes). Not kept: the L2
  * prefetch 4 steps ahead (FM_PD 4), 1-4% slower.
+ *
+ * MMX on wgmma too (fw_step, fw_step_bf16 for the BF16 entries; a warpgroup = one K warp's 64
+ * rows): H100, one call, --multi-bench graph replay, us, N = 16 / 32 / 64 (mma.sync -> wgmma):
+ * CSA 22.0 -> 21.1 / 28.5 -> 26.0 / 45.5 -> 37.5, HCA 14.9 -> 14.8 / 20.6 -> 19.2 / 33.2 -> 30.1;
+ * mmx worst err/bound 0.359 (lo-free x 0.604, as before). dsv4 bench Flash 4 layers (context
+ * 4096, 2 runs each): batch 16 3.623 / 3.607 -> 3.620 / 3.603 ms, 32 5.751 / 5.755 -> 5.747 /
+ * 5.730, 64 8.979 / 8.982 -> 8.971 / 8.972 (attn.proj 0.152 -> 0.143 ms/step); Pro 2 layers
+ * batch 64 11.470 / 11.461 -> 11.470 / 11.447; batch 1, 8 unchanged. The kernels spill more
+ * (NT 2 / 4 / 8: 16 / 24 / 152 bytes; the A fragments of a step's 8 k16 steps stay live).
  */
 #include "backend/cuda/linear_common.cuh"
 
@@ -86,16 +95,14 @@
  * tile; MMV's column map (register word w of chunk u holds columns 64 u + 16 t + 4 w .. + 3, mma
  * q = 4 u + w of the step) lets the registers be used as loaded. A warpgroup's four warps (64
  * rows) multiply as one wgmma per k16 step (fw_step, below); the next step's chunks are requested
- * as soon as the step's A fragments are made (MMX's fm_step: chunk 0 after mma 3, chunk 1 after
- * mma 7).
+ * as soon as the step's A fragments are made.
  *
  * x goes through shared memory in chunks of XC steps: the raw f32 rows of the next chunk are
  * copied by cp.async while the current one is multiplied; a chunk is then converted in place to
- * the planes hi, lo (FMM: wgmma's B layout, fw_step; MMX: the fragment planes [NT][XC][qp 4][lane
- * 32] uint4 = {hi b0, hi b1 of mma 2 qp, the same of mma 2 qp + 1}, one 16-byte load feeding two
- * mmas of one token tile) and 2^-e [TOK][XC]. After the K loop the CTA's partial [TOK][FM_BM] goes
- * to the same shared memory and the KS CTAs of the cluster (the K slices) add up in rank order
- * (fm_cluster_store). Token tiles past N multiply zeros (their outputs are not stored). */
+ * the planes hi, lo (wgmma's B layout, fw_step) and 2^-e [TOK][XC]. After the K loop the CTA's
+ * partial [TOK][FM_BM] goes to the same shared memory and the KS CTAs of the cluster (the K slices)
+ * add up in rank order (fm_cluster_store). Token tiles past N multiply zeros (their outputs are not
+ * stored). */
 enum { FM_THREADS = 512, FM_WARPS = 16, FM_MT = 1, FM_BM = FM_WARPS * FM_MT * 16, FM_KS_MAX = 8 };
 /* Steps ahead of the loop whose weight lines are prefetched into L2: the registers hold one step
  * ahead (all the kernel's registers allow), the L2 prefetch keeps more bytes in flight. */
@@ -104,20 +111,17 @@ enum { FM_PD = 2 };
 enum { FM_SPLIT_CTAS = 120 };
 
 /* Shared-memory layout for NT token tiles (XC = 16 / NT steps per chunk, TOK = 8 NT tokens):
- * raw f32 [TOK][XC 128], planes hi, lo ([NT][XC][4][32] uint4; FMM: WPLANE bytes each), 2^-e
- * [TOK][XC] f32. */
+ * raw f32 [TOK][XC 128], planes hi, lo (WPLANE bytes each), 2^-e [TOK][XC] f32. */
 template <int NT> struct fm_shape {
     static constexpr int XC = 16 / NT, TOK = 8 * NT;
     static constexpr int RAW = TOK * XC * 128 * 4; /* bytes */
-    static constexpr int PLANE = NT * XC * 4 * 32; /* uint4 per plane */
-    static constexpr int XINV = TOK * XC * 4;      /* bytes */
-    static constexpr int BYTES = RAW + 2 * PLANE * 16 + XINV;
+    /* a plane holds per 128 columns 8 k16 regions of QB bytes (wgmma's B operand, fw_step; 16
+     * bytes of padding so that a warp's conversion stores meet 32 banks) */
+    static constexpr int QB = TOK * 32 + 16, WPLANE = XC * 8 * QB; /* bytes */
+    static constexpr int XINV = TOK * XC * 4;                      /* bytes */
+    static constexpr int BYTES = RAW + 2 * WPLANE + XINV;
     static_assert(TOK * FM_BM * 4 <= BYTES, "the partial tile fits the staging area");
     static_assert(2 * TOK * FM_BM * 4 <= BYTES, "MMX: the K warps' partials and their sum fit");
-    /* FMM on wgmma (WG): a plane holds per step 8 k16 regions of QB bytes (wgmma's B operand,
-     * below; 16 bytes of padding so that a warp's conversion stores meet 32 banks) */
-    static constexpr int QB = TOK * 32 + 16, WPLANE = XC * 8 * QB; /* bytes */
-    static constexpr int WBYTES = RAW + 2 * WPLANE + XINV;
 };
 
 __device__ __forceinline__ uint32_t fm_word(const uint4 &v, int i)
@@ -202,7 +206,7 @@ __device__ __forceinline__ uint32_t fm_absmax_bits(float4 v)
 
 /* One (token n, block b) task of fm_convert: v (this lane's four columns), m its block's max
  * |x| bits. */
-template <int NT, bool WG>
+template <int NT>
 __device__ __forceinline__ int fm_convert_one(float4 v, uint32_t mbits, int n, int b, uint4 *hi,
                                               uint4 *lo, float *xinv)
 {
@@ -226,25 +230,19 @@ __device__ __forceinline__ int fm_convert_one(float4 v, uint32_t mbits, int n, i
         memcpy(&h[p], &hv, 4);
         memcpy(&l[p], &lv, 4);
     }
-    if constexpr (WG) { /* B of k16 step q: h[0] at k 2t, 2t + 1 (core matrix 0), h[1] at
-                           k 2t + 8, 2t + 9 (core matrix 1, 128 bytes on) */
-        const int off = (b * 8 + q) * fm_shape<NT>::QB + (n >> 3) * 256 + (n & 7) * 16 + 4 * t;
-        unsigned char *hb = (unsigned char *)(void *)hi, *lb = (unsigned char *)(void *)lo;
-        *(uint32_t *)(void *)(hb + off) = h[0], *(uint32_t *)(void *)(hb + off + 128) = h[1];
-        *(uint32_t *)(void *)(lb + off) = l[0], *(uint32_t *)(void *)(lb + off + 128) = l[1];
-    } else {
-        const int slot = (((n >> 3) * XC + b) * 4 + (q >> 1)) * 32 + (n & 7) * 4 + t;
-        uint2 *hp = (uint2 *)(void *)(hi + slot), *lp = (uint2 *)(void *)(lo + slot);
-        hp[q & 1] = make_uint2(h[0], h[1]);
-        lp[q & 1] = make_uint2(l[0], l[1]);
-    }
+    /* B of k16 step q: h[0] at k 2t, 2t + 1 (core matrix 0), h[1] at k 2t + 8, 2t + 9 (core
+     * matrix 1, 128 bytes on) */
+    const int off = (b * 8 + q) * fm_shape<NT>::QB + (n >> 3) * 256 + (n & 7) * 16 + 4 * t;
+    unsigned char *hb = (unsigned char *)(void *)hi, *lb = (unsigned char *)(void *)lo;
+    *(uint32_t *)(void *)(hb + off) = h[0], *(uint32_t *)(void *)(hb + off + 128) = h[1];
+    *(uint32_t *)(void *)(lb + off) = l[0], *(uint32_t *)(void *)(lb + off + 128) = l[1];
     return (l[0] | l[1]) != 0u;
 }
 
 /* raw -> the planes and 2^-e of blocks [0, xn); a warp per (token, block), lane j its columns
  * 4 j .. 4 j + 3, two tasks a warp at once, the block's max |x| by one warp reduction (redux on
  * the bits; NaNs ignored as fmaxf does). Returns whether any lo this thread wrote is nonzero. */
-template <int NT, bool WG = false>
+template <int NT>
 __device__ __forceinline__ int fm_convert(const float *raw, uint4 *hi, uint4 *lo, float *xinv,
                                           int N, int xn)
 {
@@ -267,75 +265,12 @@ __device__ __forceinline__ int fm_convert(const float *raw, uint4 *hi, uint4 *lo
 #pragma unroll
         for (int p = 0; p < 2; p++) {
             const int tk = task + p * FM_WARPS, n = tk / XC, b = tk % XC;
-            if (b < xn) lo_any |= fm_convert_one<NT, WG>(v[p], m[p], n, b, hi, lo, xinv);
+            if (b < xn) lo_any |= fm_convert_one<NT>(v[p], m[p], n, b, hi, lo, xinv);
         }
     }
-    /* WG: the planes are read by wgmma (the async proxy) after the caller's barrier */
-    if constexpr (WG) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    /* the planes are read by wgmma (the async proxy) after the caller's barrier */
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     return lo_any;
-}
-
-/* One step's mmas (MMX): tmp [FM_MT][NT] = the step's weight chunks wv [FM_MT][2 rows][2] times the
- * staged x (hq, lq: this step's hi / lo slot of token tile 0 for this lane; tiles XC * 128 slots
- * apart); LO: with the lo halves. Chunk u of the next step (sn >= 0) is loaded into wv as soon
- * as mma 4 u + 3 no longer needs it. */
-template <int NT, bool LO>
-__device__ __forceinline__ void
-fm_step(uint4 (&wv)[FM_MT][2][2], const uint8_t *const (&wp)[FM_MT][2], const bool (&wok)[FM_MT][2],
-        int sn, const uint4 *hq, const uint4 *lq, float (&tmp)[FM_MT][NT][4])
-{
-    constexpr int XC = fm_shape<NT>::XC;
-#pragma unroll
-    for (int mt = 0; mt < FM_MT; mt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int j = 0; j < 4; j++) tmp[mt][nt][j] = 0.0f;
-#pragma unroll
-    for (int qp = 0; qp < 4; qp++) {
-        /* A fragments of mmas 2 qp, 2 qp + 1: word q % 4 of chunk q / 4 */
-        uint32_t af[2][FM_MT][4];
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int q = 2 * qp + h;
-#pragma unroll
-            for (int mt = 0; mt < FM_MT; mt++) {
-                const uint32_t w0 = fm_word(wv[mt][0][q >> 2], q & 3);
-                const uint32_t w1 = fm_word(wv[mt][1][q >> 2], q & 3);
-                af[h][mt][0] = fm_e4m3x2(w0), af[h][mt][2] = fm_e4m3x2(w0 >> 16);
-                af[h][mt][1] = fm_e4m3x2(w1), af[h][mt][3] = fm_e4m3x2(w1 >> 16);
-            }
-        }
-        if ((qp == 1 || qp == 3) && sn >= 0) { /* chunk qp / 2 is free: the next step's */
-            const int u = qp >> 1;
-#pragma unroll
-            for (int mt = 0; mt < FM_MT; mt++)
-#pragma unroll
-                for (int r = 0; r < 2; r++)
-                    if (wok[mt][r])
-                        wv[mt][r][u] = __ldcs(
-                            (const uint4 *)(const void *)(wp[mt][r] + (int64_t)sn * 128 + 64 * u));
-        }
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            const uint4 bh = hq[nt * XC * 128 + qp * 32];
-            const uint32_t bh0[2] = {bh.x, bh.y}, bh1[2] = {bh.z, bh.w};
-#pragma unroll
-            for (int mt = 0; mt < FM_MT; mt++) {
-                lin_mma_f16(tmp[mt][nt], af[0][mt], bh0);
-                lin_mma_f16(tmp[mt][nt], af[1][mt], bh1);
-            }
-            if constexpr (LO) {
-                const uint4 bl = lq[nt * XC * 128 + qp * 32];
-                const uint32_t bl0[2] = {bl.x, bl.y}, bl1[2] = {bl.z, bl.w};
-#pragma unroll
-                for (int mt = 0; mt < FM_MT; mt++) {
-                    lin_mma_f16(tmp[mt][nt], af[0][mt], bl0);
-                    lin_mma_f16(tmp[mt][nt], af[1][mt], bl1);
-                }
-            }
-        }
-    }
 }
 
 /* ---- FMM's wgmma (fw_*) --------------------------------------------------------------------
@@ -356,14 +291,29 @@ __device__ __forceinline__ uint64_t fw_desc(uint32_t s)
 }
 
 /* d [NT][4] (+)= A (a: the m64k16 fragment of this warp's 16 rows) . B (desc: k16 x 8 NT), f32;
- * acc = 0: d = A . B. */
-template <int NT>
+ * f16 operands (BF: bf16); acc = 0: d = A . B. */
+template <int NT, int BF>
 __device__ __forceinline__ void fw_wgmma(float (&d)[NT][4], const uint32_t (&a)[4], uint64_t desc,
                                          int acc);
 
 template <>
-__device__ __forceinline__ void fw_wgmma<4>(float (&d)[4][4], const uint32_t (&a)[4], uint64_t desc,
-                                            int acc)
+__device__ __forceinline__ void fw_wgmma<2, 0>(float (&d)[2][4], const uint32_t (&a)[4],
+                                               uint64_t desc, int acc)
+{
+    asm volatile("{\n.reg .pred p;\n"
+                 "setp.ne.b32 p, %13, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+                 "{"
+                 "%0, %1, %2, %3, %4, %5, %6, %7"
+                 "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
+                   "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));
+}
+
+template <>
+__device__ __forceinline__ void fw_wgmma<4, 0>(float (&d)[4][4], const uint32_t (&a)[4],
+                                               uint64_t desc, int acc)
 {
     asm volatile("{\n.reg .pred p;\n"
                  "setp.ne.b32 p, %21, 0;\n"
@@ -380,8 +330,8 @@ __device__ __forceinline__ void fw_wgmma<4>(float (&d)[4][4], const uint32_t (&a
 }
 
 template <>
-__device__ __forceinline__ void fw_wgmma<8>(float (&d)[8][4], const uint32_t (&a)[4], uint64_t desc,
-                                            int acc)
+__device__ __forceinline__ void fw_wgmma<8, 0>(float (&d)[8][4], const uint32_t (&a)[4],
+                                               uint64_t desc, int acc)
 {
     asm volatile("{\n.reg .pred p;\n"
                  "setp.ne.b32 p, %37, 0;\n"
@@ -402,7 +352,63 @@ __device__ __forceinline__ void fw_wgmma<8>(float (&d)[8][4], const uint32_t (&a
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));
 }
 
-/* One step's wgmmas, FMM's fm_step on a warpgroup: tmp [NT][4] = the step's weight chunks wv
+template <>
+__device__ __forceinline__ void fw_wgmma<2, 1>(float (&d)[2][4], const uint32_t (&a)[4],
+                                               uint64_t desc, int acc)
+{
+    asm volatile("{\n.reg .pred p;\n"
+                 "setp.ne.b32 p, %13, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+                 "{"
+                 "%0, %1, %2, %3, %4, %5, %6, %7"
+                 "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
+                   "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));
+}
+
+template <>
+__device__ __forceinline__ void fw_wgmma<4, 1>(float (&d)[4][4], const uint32_t (&a)[4],
+                                               uint64_t desc, int acc)
+{
+    asm volatile("{\n.reg .pred p;\n"
+                 "setp.ne.b32 p, %21, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+                 "{"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, "
+                 "%8, %9, %10, %11, %12, %13, %14, %15"
+                 "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
+                   "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),
+                   "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),
+                   "+f"(d[3][3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));
+}
+
+template <>
+__device__ __forceinline__ void fw_wgmma<8, 1>(float (&d)[8][4], const uint32_t (&a)[4],
+                                               uint64_t desc, int acc)
+{
+    asm volatile("{\n.reg .pred p;\n"
+                 "setp.ne.b32 p, %37, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{"
+                 "%0, %1, %2, %3, %4, %5, %6, %7, "
+                 "%8, %9, %10, %11, %12, %13, %14, %15, "
+                 "%16, %17, %18, %19, %20, %21, %22, %23, "
+                 "%24, %25, %26, %27, %28, %29, %30, %31"
+                 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
+                   "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),
+                   "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),
+                   "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
+                   "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]),
+                   "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
+                   "+f"(d[7][2]), "+f"(d[7][3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));
+}
+
+/* One step's wgmmas: tmp [NT][4] = the step's weight chunks wv
  * [2 rows][2] times the staged x (hq, lq: shared addresses of this step's hi / lo regions);
  * LO: with the lo plane. The next step's chunks (sn >= 0) are loaded into wv once the A
  * fragments are made; the fragments stay live until the wgmmas are waited for. */
@@ -430,10 +436,10 @@ fw_step(uint4 (&wv)[FM_MT][2][2], const uint8_t *const (&wp)[FM_MT][2], const bo
                         (const uint4 *)(const void *)(wp[0][r] + (int64_t)sn * 128 + 64 * u));
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-    for (int q = 0; q < 8; q++) fw_wgmma<NT>(tmp[0], af[q], fw_desc(hq + q * QB), q > 0);
+    for (int q = 0; q < 8; q++) fw_wgmma<NT, 0>(tmp[0], af[q], fw_desc(hq + q * QB), q > 0);
     if constexpr (LO)
 #pragma unroll
-        for (int q = 0; q < 8; q++) fw_wgmma<NT>(tmp[0], af[q], fw_desc(lq + q * QB), 1);
+        for (int q = 0; q < 8; q++) fw_wgmma<NT, 0>(tmp[0], af[q], fw_desc(lq + q * QB), 1);
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     /* the compiler keeps the fragments and reads the sums only after the wait */
@@ -480,7 +486,7 @@ __device__ __forceinline__ void fm_cluster_store(const lin_args &a, float *part,
 // x [N, cols] (ldx), W rows row0 + [0, nrows) -> y [N, nrows] (ldy), per group, N <= 8 NT; grid
 // (ceil(nrows / 256), groups, KS) in clusters of (1, 1, KS); CTA z takes the steps
 // [z spc, (z+1) spc), on wgmma (a warpgroup's 64 rows as one operand). Dynamic shared memory:
-// fm_shape<NT>::WBYTES.
+// fm_shape<NT>::BYTES.
 template <int NT>
 __global__ void __launch_bounds__(FM_THREADS, 1) fmm_kernel(lin_args a, int spc, int al)
 {
@@ -547,7 +553,7 @@ __global__ void __launch_bounds__(FM_THREADS, 1) fmm_kernel(lin_args a, int spc,
         const int xn = min(XC, nst - c);
         fm_cp_wait();
         __syncthreads(); /* raw landed for all; the planes of the last chunk are no longer read */
-        const int has_lo = __syncthreads_or(fm_convert<NT, true>(raw, hip, lop, xinv, N, xn));
+        const int has_lo = __syncthreads_or(fm_convert<NT>(raw, hip, lop, xinv, N, xn));
         if (c + XC < nst) fm_issue_raw<NT>(a, raw, k0, c + XC, min(XC, nst - c - XC), al != 0);
 
         for (int b = 0; b < xn; b++) {
@@ -648,7 +654,7 @@ dsv4_status dsv4_lin_launch_fmm(const lin_args *a, cudaStream_t st)
 {
     const int nt8 = a->N > 32;
     const fmm_fn fn = nt8 ? fmm_kernel<8> : fmm_kernel<4>;
-    const int smem = nt8 ? fm_shape<8>::WBYTES : fm_shape<4>::WBYTES;
+    const int smem = nt8 ? fm_shape<8>::BYTES : fm_shape<4>::BYTES;
     int ks, spc;
     fm_plan(a, &ks, &spc);
     const int al = (uintptr_t)a->x % 16 == 0 && a->ldx % 4 == 0 && a->xg % 4 == 0;
@@ -669,7 +675,8 @@ dsv4_status dsv4_lin_launch_fmm(const lin_args *a, cudaStream_t st)
  * one cluster of KS CTAs per tile as FMM (KS is the same for every entry; each entry's slice is
  * its own spc 128-column blocks).
  *
- * A CTA's 16 warps are RW row warps (16 rows each) x KW = 16 / RW K warps: K warp kw takes the
+ * A CTA's 16 warps are RW row warps (16 rows each) x KW = 16 / RW K warps, a warpgroup's four
+ * warps one K warp's 64 consecutive rows (wgmma, FMM's fw_step): K warp kw takes the
  * steps s = kw (mod KW) of the slice, and the KW partial sums are added in warp order in shared
  * memory before the cluster's rank-order sum. RW is 16 (FP8) or 8 (BF16: twice the bytes per
  * row), halved for small entries or to fill the GPU (mx_plan), so that CTAs carry about the
@@ -681,10 +688,9 @@ dsv4_status dsv4_lin_launch_fmm(const lin_args *a, cudaStream_t st)
  * and MMV), exact products summed in f32 per 64-column step and the steps' sums added to the
  * total in order (one f32 chain over all of K at K split 1 went past test_gpu_linear's bound, by
  * up to 1.108x, on x with lo-free blocks; per step: worst 0.606). A BF16 step is 64 columns (128
- * bytes of a row, two 16-byte chunks a lane as FP8); mma q = 2 u + j of a step takes columns 32 u +
- * 8 t + 4 j + 0..3 (chunk u, words 2 j, 2 j + 1), and its planes hold [NT][2 XC steps][qp 2][32
- * lanes] uint4 = {hi b0, hi b1 of mma 2 qp, the same of mma 2 qp + 1}: per 128 columns as many
- * slots as FP8. */
+ * bytes of a row, two 16-byte chunks a lane as FP8); k16 step q = 2 u + j of a step takes
+ * columns 32 u + 8 t + 4 j + 0..3 (chunk u, words 2 j, 2 j + 1), its B the plane region 4 bs + q
+ * of BF16 step bs (fw_step_bf16): per 128 columns as many regions as FP8. */
 enum { MX_RW_MIN_LOG2 = 2 };
 
 typedef struct mx_multi {
@@ -703,7 +709,7 @@ template <int NT>
 __device__ __forceinline__ int mx_convert_bf16(const float *raw, uint4 *hi, uint4 *lo, int N,
                                                int xn)
 {
-    constexpr int XC = fm_shape<NT>::XC, TOK = fm_shape<NT>::TOK, CS = 2 * XC;
+    constexpr int XC = fm_shape<NT>::XC, TOK = fm_shape<NT>::TOK;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int cc = (4 * lane) & 63, u = cc >> 5, t = (cc >> 3) & 3, jj = (cc >> 2) & 1;
     int lo_any = 0;
@@ -724,54 +730,59 @@ __device__ __forceinline__ int mx_convert_bf16(const float *raw, uint4 *hi, uint
         }
         lo_any |= (l[0] | l[1]) != 0u;
         const int bs = 2 * b + (lane >> 4);
-        const int slot = (((n >> 3) * CS + bs) * 2 + u) * 32 + (n & 7) * 4 + t;
-        uint2 *hp = (uint2 *)(void *)(hi + slot), *lp = (uint2 *)(void *)(lo + slot);
-        hp[jj] = make_uint2(h[0], h[1]);
-        lp[jj] = make_uint2(l[0], l[1]);
+        /* k16 step q = 2 u + jj of BF16 step bs: region 4 bs + q (FMM's layout, fw_step) */
+        const int off =
+            (bs * 4 + 2 * u + jj) * fm_shape<NT>::QB + (n >> 3) * 256 + (n & 7) * 16 + 4 * t;
+        unsigned char *hb = (unsigned char *)(void *)hi, *lb = (unsigned char *)(void *)lo;
+        *(uint32_t *)(void *)(hb + off) = h[0], *(uint32_t *)(void *)(hb + off + 128) = h[1];
+        *(uint32_t *)(void *)(lb + off) = l[0], *(uint32_t *)(void *)(lb + off + 128) = l[1];
     }
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     return lo_any;
 }
 
-/* One BF16 step's mmas into acc [NT]: the step's weight chunks wv [2 rows][2] times the staged x
- * (hq, lq: this step's slot of token tile 0 for this lane; tiles XC * 128 slots apart); chunk u
- * of the next step (sn >= 0) is loaded as soon as mmas 2 u, 2 u + 1 have their A fragments. */
+/* One BF16 step's wgmmas (MMX on wgmma): tmp [NT][4] = the step's weight chunks wv [2 rows][2]
+ * (64 columns; mma q = 2 u + h takes words 2 h, 2 h + 1 of chunk u) times the staged x (hq, lq:
+ * shared addresses of the step's 4 hi / lo regions); the next step's chunks (sn >= 0) are loaded
+ * once the A fragments are made. */
 template <int NT, bool LO>
 __device__ __forceinline__ void
-mx_step_bf16(uint4 (&wv3)[1][2][2], const uint8_t *const (&wp3)[1][2], const bool (&wok3)[1][2],
-             int sn, const uint4 *hq, const uint4 *lq, float (&acc)[NT][4])
+fw_step_bf16(uint4 (&wv3)[1][2][2], const uint8_t *const (&wp3)[1][2], const bool (&wok3)[1][2],
+             int sn, uint32_t hq, uint32_t lq, float (&tmp)[NT][4])
 {
     uint4(&wv)[2][2] = wv3[0];
-    const uint8_t *const(&wp)[2] = wp3[0];
-    const bool(&wok)[2] = wok3[0];
-    constexpr int XC = fm_shape<NT>::XC;
+    constexpr int QB = fm_shape<NT>::QB;
+    uint32_t af[4][4];
 #pragma unroll
-    for (int qp = 0; qp < 2; qp++) {
-        uint32_t af[2][4];
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            af[h][0] = fm_word(wv[0][qp], 2 * h), af[h][2] = fm_word(wv[0][qp], 2 * h + 1);
-            af[h][1] = fm_word(wv[1][qp], 2 * h), af[h][3] = fm_word(wv[1][qp], 2 * h + 1);
-        }
-        if (sn >= 0)
-#pragma unroll
-            for (int r = 0; r < 2; r++)
-                if (wok[r])
-                    wv[r][qp] =
-                        __ldcs((const uint4 *)(const void *)(wp[r] + (int64_t)sn * 128 + 64 * qp));
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            const uint4 bh = hq[nt * XC * 128 + qp * 32];
-            const uint32_t bh0[2] = {bh.x, bh.y}, bh1[2] = {bh.z, bh.w};
-            lin_mma_bf16(acc[nt], af[0], bh0);
-            lin_mma_bf16(acc[nt], af[1], bh1);
-            if constexpr (LO) {
-                const uint4 bl = lq[nt * XC * 128 + qp * 32];
-                const uint32_t bl0[2] = {bl.x, bl.y}, bl1[2] = {bl.z, bl.w};
-                lin_mma_bf16(acc[nt], af[0], bl0);
-                lin_mma_bf16(acc[nt], af[1], bl1);
-            }
-        }
+    for (int q = 0; q < 4; q++) {
+        const int u = q >> 1, h = q & 1;
+        af[q][0] = fm_word(wv[0][u], 2 * h), af[q][2] = fm_word(wv[0][u], 2 * h + 1);
+        af[q][1] = fm_word(wv[1][u], 2 * h), af[q][3] = fm_word(wv[1][u], 2 * h + 1);
     }
+    if (sn >= 0)
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int u = 0; u < 2; u++)
+                if (wok3[0][r])
+                    wv[r][u] = __ldcs(
+                        (const uint4 *)(const void *)(wp3[0][r] + (int64_t)sn * 128 + 64 * u));
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int q = 0; q < 4; q++) fw_wgmma<NT, 1>(tmp, af[q], fw_desc(hq + q * QB), q > 0);
+    if constexpr (LO)
+#pragma unroll
+        for (int q = 0; q < 4; q++) fw_wgmma<NT, 1>(tmp, af[q], fw_desc(lq + q * QB), 1);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) asm volatile("" : "+r"(af[q][i])::"memory");
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) asm volatile("" : "+f"(tmp[nt][j])::"memory");
 }
 
 // One entry's tile: x [N, cols] (ldx), W rows row0 + tile 16 RW + [0, 16 RW) (of nrows) ->
@@ -783,20 +794,21 @@ __device__ __forceinline__ void mx_body(const lin_args &a, int64_t tile, int rw_
 {
     typedef fm_shape<NT> S;
     constexpr int XC = S::XC, TOK = S::TOK;
-    constexpr int SPB = BF ? 2 : 1;      /* steps per 128-column block */
-    constexpr int SLOTS = BF ? 64 : 128; /* plane slots per step */
+    constexpr int SPB = BF ? 2 : 1;          /* steps per 128-column block */
+    constexpr int QS = (BF ? 4 : 8) * S::QB; /* plane bytes per step */
     float *raw = (float *)(void *)sm;
-    uint4 *hip = (uint4 *)(void *)(sm + S::RAW), *lop = hip + S::PLANE;
-    float *xinv = (float *)(void *)(lop + S::PLANE);
+    uint4 *hip = (uint4 *)(void *)(sm + S::RAW), *lop = hip + S::WPLANE / 16;
+    float *xinv = (float *)(void *)(lop + S::WPLANE / 16);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int KW = FM_WARPS >> rw_log2, kw = warp & (KW - 1), rw = warp >> (4 - rw_log2);
+    /* a warpgroup's four warps: one K warp, 64 consecutive rows (RW >= 4) */
+    const int KW = FM_WARPS >> rw_log2, kw = warp >> rw_log2, rw = warp & ((1 << rw_log2) - 1);
     const int BM = 16 << rw_log2;
     const int N = (int)a.N;
     const int64_t b0 = (int64_t)blockIdx.z * spc, k0 = b0 * 128;
     const int nbs = (int)max((int64_t)0, min((int64_t)spc, a.cols / 128 - b0));
     const int nst = nbs * SPB;
 
-    /* this lane's weight rows g and g + 8 of its warp's 16 ([1]: fm_step's one tile) */
+    /* this lane's weight rows g and g + 8 of its warp's 16 ([1]: fw_step's one tile) */
     const uint8_t *wp[1][2];
     int64_t srow[2];
     bool wok[1][2];
@@ -854,21 +866,17 @@ __device__ __forceinline__ void mx_body(const lin_args &a, int64_t tile, int rw_
                         if (wok[0][r])
                             fm_prefetch_l2(wp[0][r] + (int64_t)(s + KW * (1 + FM_PD)) * 128 +
                                            64 * u);
-            const uint4 *hq = hip + (int64_t)b * SLOTS + lane,
-                        *lq = lop + (int64_t)b * SLOTS + lane;
+            const uint32_t hq = (uint32_t)__cvta_generic_to_shared(hip) + b * QS,
+                           lq = (uint32_t)__cvta_generic_to_shared(lop) + b * QS;
             if constexpr (BF) {
                 /* the step's 64 columns summed apart, then added to the total: a chain of
                  * K / 64 adds instead of one f32 chain over all K (whose rounding went past
                  * test_gpu_linear's bound at K split 1) */
                 float tmp[NT][4];
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++) tmp[nt][j] = 0.0f;
                 if (has_lo)
-                    mx_step_bf16<NT, true>(wv, wp, wok, sn, hq, lq, tmp);
+                    fw_step_bf16<NT, true>(wv, wp, wok, sn, hq, lq, tmp);
                 else
-                    mx_step_bf16<NT, false>(wv, wp, wok, sn, hq, lq, tmp);
+                    fw_step_bf16<NT, false>(wv, wp, wok, sn, hq, lq, tmp);
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
@@ -876,9 +884,9 @@ __device__ __forceinline__ void mx_body(const lin_args &a, int64_t tile, int rw_
             } else {
                 float tmp[1][NT][4];
                 if (has_lo)
-                    fm_step<NT, true>(wv, wp, wok, sn, hq, lq, tmp);
+                    fw_step<NT, true>(wv, wp, wok, sn, hq, lq, tmp);
                 else
-                    fm_step<NT, false>(wv, wp, wok, sn, hq, lq, tmp);
+                    fw_step<NT, false>(wv, wp, wok, sn, hq, lq, tmp);
                 /* acc += (block sum * 2^-e) * weight block scale */
                 const float ws0 = wok[0][0] ? lin_scale(a, srow[0], b0 + s) : 0.0f;
                 const float ws1 = wok[0][1] ? lin_scale(a, srow[1], b0 + s) : 0.0f;
@@ -927,7 +935,7 @@ template <int NT>
 __global__ void __launch_bounds__(FM_THREADS, 1) mmx_kernel(const __grid_constant__ mx_multi m)
 {
     DSV4_PDL_WAIT();
-    extern __shared__ __align__(16) unsigned char fm_sm[];
+    extern __shared__ __align__(128) unsigned char fm_sm[];
     int i = 0;
     while (i + 1 < m.n && (int)blockIdx.x >= m.cta0[i + 1]) i++;
     const int64_t tile = (int64_t)blockIdx.x - m.cta0[i];
