@@ -99,6 +99,17 @@
  * well batch 1 1.136, 64 9.96 (N = 64 op 1449 us); .L2::128B no change (9.62 -> 9.62-9.64).
  * Next: stage 2 at 4 CTAs (fewer registers: 32-bit activation offsets), FP8 stage 1 in two
  * groups without spills, the weights past L1 in the 2-group kernels too (not yet measured).
+ * Then (session 7) the weights through shared memory by TMA, tried and not kept: each warp
+ * copied its task's rows into its own ring of 2-3 stages (cp.async.bulk, one 128-256 byte copy a
+ * row and stage, mbarrier expect_tx; ld.shared fragments; the same sums, sanitizers clean).
+ * Engine step (H100, dsv4 bench, Flash 4 layers) batch 1 / 8: 1.107 / 2.55 -> 1.176 / 2.74 ms,
+ * moe.experts batch 1 / 64: 0.270 / 6.38 -> 0.321 / 7.24 ms (both stages); stage 2 alone 0.283
+ * / 6.37. ncu (stage 1, N = 1): long-scoreboard stalls 4.1 -> 1.4 cycles an issue, but 9.2 ->
+ * 15.4 M instructions: ptxas issues a bulk copy of several lanes one lane at a time (ELECT, R2UR,
+ * UBLKCP in a BRA.U.ANY loop, 11 instructions a copy), where an LDG.128 moves 512 bytes a warp
+ * instruction; and the ring's shared memory held the SM at 8-16 warps. A TMA stream pays only with
+ * copies of kilobytes (a tensor-map 2-D box of 16 rows, or experts repacked in 16-row tiles).
+ * docs/PERF.md, session 7.
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
