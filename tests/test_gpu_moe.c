@@ -17,6 +17,9 @@
  *   of the tensor-core path at N rows (for ncu: -k regex:moe_mma_stage --launch-skip 4
  *   --launch-count 2 profiles one call's two stage kernels)
  *
+ * dsv4_bk_moe_routed (router + moe) on every path: bit-equal to the same path's router + moe,
+ * and within the bounds below of the CPU composition; several N in turn, smaller after larger.
+ *
  * Bounds (why they are what they are):
  * - router: sel must be equal. The scores sqrt(log1pf(expf(x))) are not bit-equal: the GPU
  *   evaluates exp and log1p in double and rounds once (correctly rounded), glibc's log1pf is
@@ -494,6 +497,127 @@ static void test_moe(const layer *L, dsv4_backend *c, dsv4_backend *g, int N, in
     free(h), free(oc), free(og), free(og2), free(sel), free(wts), free(wsc);
 }
 
+/* dsv4_bk_moe_routed (router + moe in fewer launches; moe_route.cu on the tensor-core path) on
+ * each CUDA path for each N of ns in turn (a smaller N after a larger one: stale tickets, list
+ * or counter would show), top-k (biased) or hash routing. Against the same path's router +
+ * dsv4_bk_moe on the GPU: sel, wts and out bit-equal (the same roundings in the same order;
+ * only the launches differ). Against the CPU composition: sel equal, wts and out within the
+ * router's and the moe's bounds (file header). */
+static void test_routed(const layer *L, dsv4_backend *c, dsv4_backend *g, const int *ns, int nn,
+                        int hash)
+{
+    const int E = L->E, K = L->K, V = 500;
+    const int64_t D = L->D;
+    int nmax = 0;
+    for (int i = 0; i < nn; i++) nmax = ns[i] > nmax ? ns[i] : nmax;
+    const int64_t NK = (int64_t)nmax * K, ND = (int64_t)nmax * D;
+    const float scale = E == 384 ? 2.5f : 1.5f;
+    float *logits = xmalloc((size_t)nmax * E * 4), *bias = xmalloc((size_t)E * 4);
+    float *h = xmalloc((size_t)ND * 4);
+    int32_t *tab = xmalloc((size_t)V * K * 4), *ids = xmalloc((size_t)nmax * 4);
+    for (int64_t i = 0; i < (int64_t)nmax * E; i++) logits[i] = rndu(-4.0f, 4.0f);
+    for (int e = 0; e < E; e++) bias[e] = rndu(-0.3f, 0.3f);
+    for (int64_t i = 0; i < ND; i++) h[i] = rndu(-2.0f, 2.0f);
+    for (int v = 0; v < V; v++)
+        for (int j = 0; j < K; j++) {
+            int e, dup;
+            do { /* distinct experts per token, as real tables */
+                e = (int)(rnd64() % (uint64_t)E);
+                dup = 0;
+                for (int i = 0; i < j; i++) dup |= tab[v * K + i] == e;
+            } while (dup);
+            tab[v * K + j] = e;
+        }
+    for (int r = 0; r < nmax; r++) ids[r] = (int32_t)(rnd64() % V);
+    const int32_t *use_tab = hash ? tab : NULL;
+    const float *use_bias = hash ? NULL : bias;
+
+    const size_t wsb = dsv4_bk_moe_ws_bytes(nmax, K, D, L->I, E);
+    int32_t *sc = xmalloc((size_t)NK * 4), *sg = xmalloc((size_t)NK * 4),
+            *sr = xmalloc((size_t)NK * 4);
+    float *wc = xmalloc((size_t)NK * 4), *wg = xmalloc((size_t)NK * 4),
+          *wr = xmalloc((size_t)NK * 4);
+    float *oc = xmalloc((size_t)ND * 4), *og = xmalloc((size_t)ND * 4),
+          *orf = xmalloc((size_t)ND * 4);
+    void *wsc = xmalloc(wsb);
+    float *dl = dev_copy(g, logits, (size_t)nmax * E * 4), *db = dev_copy(g, bias, (size_t)E * 4);
+    float *dh = dev_copy(g, h, (size_t)ND * 4), *dw = dev_copy(g, NULL, (size_t)NK * 4);
+    float *dwr = dev_copy(g, NULL, (size_t)NK * 4), *dout = dev_copy(g, NULL, (size_t)ND * 4);
+    float *doutr = dev_copy(g, NULL, (size_t)ND * 4);
+    int32_t *dt = dev_copy(g, tab, (size_t)V * K * 4), *di = dev_copy(g, ids, (size_t)nmax * 4);
+    int32_t *ds = dev_copy(g, NULL, (size_t)NK * 4), *dsr = dev_copy(g, NULL, (size_t)NK * 4);
+    void *wsg = dev_copy(g, NULL, wsb), *wsr = dev_copy(g, NULL, wsb);
+    dsv4_status st =
+        dl && db && dh && dw && dwr && dout && doutr && dt && di && ds && dsr && wsg && wsr
+            ? DSV4_OK
+            : DSV4_ERR_OUT_OF_MEMORY;
+    CHECK_MSG(st == DSV4_OK, "cuda buffers: %s", dsv4_last_error());
+    for (int ni = 0; st == DSV4_OK && ni < nn; ni++) {
+        const int N = ns[ni];
+        const int64_t nk = (int64_t)N * K, nd = (int64_t)N * D;
+        dsv4_bk_rows rc = {N, NULL, NULL, ids}, rg = {N, NULL, NULL, di};
+        st = dsv4_bk_moe_routed(c, oc, sc, wc, h, logits, use_bias, use_tab, &rc, L->tc, E, K, D,
+                                scale, 10.0f, wsc);
+        CHECK_MSG(st == DSV4_OK, "cpu moe_routed: %s", dsv4_last_error());
+        for (int pi = 0; st == DSV4_OK && pi < NPATHS; pi++) {
+            const int old = dsv4_cuda_moe_force_path(paths[pi]);
+            st = dsv4_bk_moe_routed(g, dout, ds, dw, dh, dl, use_bias ? db : NULL,
+                                    use_tab ? dt : NULL, &rg, L->tg, E, K, D, scale, 10.0f, wsg);
+            const int took = dsv4_cuda_moe_last_path() == paths[pi];
+            if (st == DSV4_OK)
+                st = dsv4_bk_router(g, dsr, dwr, dl, use_bias ? db : NULL, use_tab ? dt : NULL, &rg,
+                                    E, K, scale);
+            if (st == DSV4_OK) st = dsv4_bk_moe(g, doutr, dh, dsr, dwr, L->tg, N, K, D, 10.0f, wsr);
+            dsv4_cuda_moe_force_path(old);
+            if (st == DSV4_OK) st = dsv4_bk_download(g, sg, ds, (size_t)nk * 4);
+            if (st == DSV4_OK) st = dsv4_bk_download(g, wg, dw, (size_t)nk * 4);
+            if (st == DSV4_OK) st = dsv4_bk_download(g, og, dout, (size_t)nd * 4);
+            if (st == DSV4_OK) st = dsv4_bk_download(g, sr, dsr, (size_t)nk * 4);
+            if (st == DSV4_OK) st = dsv4_bk_download(g, wr, dwr, (size_t)nk * 4);
+            if (st == DSV4_OK) st = dsv4_bk_download(g, orf, doutr, (size_t)nd * 4);
+            CHECK_MSG(st == DSV4_OK, "cuda moe_routed (%s): %s", path_name(paths[pi]),
+                      dsv4_last_error());
+            if (st != DSV4_OK) break;
+            const int unfused = memcmp(sg, sr, (size_t)nk * 4) != 0 ||
+                                memcmp(wg, wr, (size_t)nk * 4) != 0 ||
+                                memcmp(og, orf, (size_t)nd * 4) != 0;
+            int sel_bad = 0;
+            double w_rel = 0, o_rel = 0;
+            for (int64_t i = 0; i < nk; i++) {
+                sel_bad += sc[i] != sg[i];
+                w_rel = fmax(w_rel, fabs((double)wg[i] - wc[i]) / fmax(fabs((double)wc[i]), 1e-30));
+            }
+            int64_t nonfinite = 0;
+            for (int r = 0; r < N; r++) {
+                float rowmax = 0;
+                for (int64_t d = 0; d < D; d++) rowmax = fmaxf(rowmax, fabsf(oc[r * D + d]));
+                for (int64_t d = 0; d < D; d++) {
+                    const float a = og[r * D + d], b = oc[r * D + d];
+                    nonfinite += !isfinite(a) || !isfinite(b);
+                    o_rel = fmax(o_rel, fabs((double)a - b) / fmax(rowmax, 1e-30));
+                }
+            }
+            printf("moe_routed %-22s N %3d %s [%s%s]: vs router + moe: %s; vs cpu: sel "
+                   "mismatches %d (bound 0), wts max rel %.3g (bound %.3g), out max rel %.3g "
+                   "(bound %.4g)\n",
+                   L->name, N, hash ? "hash" : "top-k", path_name(paths[pi]),
+                   took ? "" : ", not taken", unfused ? "DIFFERS" : "bit-equal", sel_bad, w_rel,
+                   10.0 * 0x1p-23, o_rel, 1.0 / 16);
+            CHECK(!unfused);
+            CHECK(sel_bad == 0);
+            CHECK(w_rel <= 10.0 * 0x1p-23);
+            CHECK(nonfinite == 0);
+            CHECK(o_rel <= 1.0 / 16);
+        }
+    }
+    dsv4_bk_free(g, dl), dsv4_bk_free(g, db), dsv4_bk_free(g, dh), dsv4_bk_free(g, dw);
+    dsv4_bk_free(g, dwr), dsv4_bk_free(g, dout), dsv4_bk_free(g, doutr), dsv4_bk_free(g, dt);
+    dsv4_bk_free(g, di), dsv4_bk_free(g, ds), dsv4_bk_free(g, dsr), dsv4_bk_free(g, wsg);
+    dsv4_bk_free(g, wsr);
+    free(logits), free(bias), free(h), free(tab), free(ids), free(sc), free(sg), free(sr);
+    free(wc), free(wg), free(wr), free(oc), free(og), free(orf), free(wsc);
+}
+
 /* Decode timing on `path`: R different routings back to back (the weights of one step are not
  * in L2 from the previous one); bytes = the distinct experts' w1/w2/w3 (data + scales) + the
  * shared one. */
@@ -622,8 +746,19 @@ int main(int argc, char **argv)
             test_moe(&S, c, g, 33, 0, ROUTE_RANDOM);
             test_moe(&S, c, g, 12, 0, ROUTE_SAME);
             test_moe(&S, c, g, 4, 1, ROUTE_DISTINCT);
+            static const int rn[] = {33, 7, 1, 12};
+            test_routed(&S, c, g, rn, 4, 0);
+            test_routed(&S, c, g, rn, 4, 1);
         }
         layer_free(&S, c, g);
+        /* routing over more experts than 256 threads (the fused kernel's CTA takes E) */
+        layer H = {.name = "mxfp4 / fp8 E 384", .D = 1024, .I = 256, .E = 384, .K = 6, .nd = 8};
+        if (layer_make(&H, c, g, DSV4_FORMAT_MXFP4, 0, DSV4_FORMAT_FP8, 0)) {
+            static const int rn[] = {70, 1, 9};
+            test_routed(&H, c, g, rn, 3, 0);
+            test_routed(&H, c, g, rn, 3, 1);
+        }
+        layer_free(&H, c, g);
         /* the tensor-core path's other format pairs, and K split over 4 / 2 warps (D 4096) */
         layer X = {.name = "mxfp4 / mxfp4 shared", .D = 1024, .I = 256, .E = 8, .K = 2, .nd = 8};
         if (layer_make(&X, c, g, DSV4_FORMAT_MXFP4, 0, DSV4_FORMAT_MXFP4, 0)) {
@@ -674,6 +809,9 @@ int main(int argc, char **argv)
             test_moe(&F, c, g, 300, 0, 0);
             test_moe(&F, c, g, 24, 0, ROUTE_SAME);
             test_moe(&F, c, g, 40, 0, ROUTE_DISTINCT);
+            static const int rn[] = {300, 64, 7, 1};
+            test_routed(&F, c, g, rn, 4, 0);
+            test_routed(&F, c, g, rn, 4, 1);
             static const int bn[] = {1, 8, 64, 300};
             for (int i = 0; i < 4; i++)
                 for (int pi = 0; pi < NPATHS; pi++) bench(&F, c, g, bn[i], paths[pi]);
@@ -684,6 +822,9 @@ int main(int argc, char **argv)
             test_moe(&P, c, g, 1, 0, 0);
             test_moe(&P, c, g, 5, 1, 0);
             test_moe(&P, c, g, 64, 0, 0);
+            static const int rn[] = {64, 1};
+            test_routed(&P, c, g, rn, 2, 0);
+            test_routed(&P, c, g, rn, 2, 1);
             for (int pi = 0; pi < NPATHS; pi++) bench(&P, c, g, 1, paths[pi]);
             for (int pi = 1; pi < NPATHS; pi++) bench(&P, c, g, 64, paths[pi]);
         }

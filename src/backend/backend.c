@@ -561,3 +561,18 @@ dsv4_status dsv4_bk_moe(dsv4_backend *b, float *out, const float *h, const int32
 #endif
     return dsv4_cpu_bk_moe(b, out, h, sel, wts, t, N, K, D, limit, ws);
 }
+
+dsv4_status dsv4_bk_moe_routed(dsv4_backend *b, float *out, int32_t *sel, float *wts,
+                               const float *h, const float *logits, const float *bias,
+                               const int32_t *tid2eid, const dsv4_bk_rows *rows,
+                               const dsv4_bk_experts *t, int E, int K, int64_t D,
+                               float route_scale, float limit, void *ws)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (b->kind == DSV4_DEVICE_CUDA)
+        return dsv4_cuda_bk_moe_routed(b, out, sel, wts, h, logits, bias, tid2eid, rows, t, E, K,
+                                       D, route_scale, limit, ws);
+#endif
+    DSV4_TRY(dsv4_cpu_bk_router(b, sel, wts, logits, bias, tid2eid, rows, E, K, route_scale));
+    return dsv4_cpu_bk_moe(b, out, h, sel, wts, t, rows->n, K, D, limit, ws);
+}

@@ -320,6 +320,14 @@ size_t dsv4_bk_moe_ws_bytes(int64_t N, int K, int64_t D, int64_t I_max, int E);
 dsv4_status dsv4_bk_moe(dsv4_backend *b, float *out, const float *h, const int32_t *sel,
                         const float *wts, const dsv4_bk_experts *t, int64_t N, int K, int64_t D,
                         float limit, void *ws);
+/* dsv4_bk_router (sel, wts [N, K] from logits) then dsv4_bk_moe on them, N = rows->n; the same
+ * results. CUDA does both in fewer launches (on the tensor-core path the routing, the work list
+ * and act_quant(h) are one kernel). t must have E experts. ws: dsv4_bk_moe_ws_bytes. */
+dsv4_status dsv4_bk_moe_routed(dsv4_backend *b, float *out, int32_t *sel, float *wts,
+                               const float *h, const float *logits, const float *bias,
+                               const int32_t *tid2eid, const dsv4_bk_rows *rows,
+                               const dsv4_bk_experts *t, int E, int K, int64_t D,
+                               float route_scale, float limit, void *ws);
 
 /* ---- step machinery ----------------------------------------------------------------------
  * Graphs (CUDA only; the CPU answers DSV4_ERR_UNSUPPORTED): everything enqueued between begin

@@ -180,6 +180,11 @@ void dsv4_cuda_bk_experts_free(dsv4_backend *b, dsv4_bk_experts *t);
 dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float *h, const int32_t *sel,
                              const float *wts, const dsv4_bk_experts *t, int64_t N, int K,
                              int64_t D, float limit, void *ws);
+dsv4_status dsv4_cuda_bk_moe_routed(dsv4_backend *b, float *out, int32_t *sel, float *wts,
+                                    const float *h, const float *logits, const float *bias,
+                                    const int32_t *tid2eid, const dsv4_bk_rows *rows,
+                                    const dsv4_bk_experts *t, int E, int K, int64_t D,
+                                    float route_scale, float limit, void *ws);
 dsv4_status dsv4_cuda_bk_alloc(dsv4_backend *b, size_t bytes, void **out);
 void dsv4_cuda_bk_free(dsv4_backend *b, void *p);
 dsv4_status dsv4_cuda_bk_upload(dsv4_backend *b, void *dst, const void *src, size_t bytes);

@@ -197,11 +197,10 @@ static dsv4_status moe(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *rows)
     const int N = rows->n, E = c->n_routed_experts, K = c->n_experts_per_tok;
     const int64_t D = c->hidden_size;
     DSV4_TRY(dsv4_bk_linear(e->b, &L->w.gate, 0, E, s->h, D, N, s->logits_e, E, 0));
-    DSV4_TRY(dsv4_bk_router(e->b, s->msel, s->wts, s->logits_e, L->gate_bias,
-                            L->hash ? L->tid2eid : NULL, rows, E, K, c->routed_scaling_factor));
-    MARK("moe.router");
-    DSV4_TRY(dsv4_bk_moe(e->b, s->f, s->h, s->msel, s->wts, L->experts, N, K, D, c->swiglu_limit,
-                         s->moe_ws));
+    MARK("moe.router"); /* the gate projection; the routing is in moe.experts */
+    DSV4_TRY(dsv4_bk_moe_routed(e->b, s->f, s->msel, s->wts, s->h, s->logits_e, L->gate_bias,
+                                L->hash ? L->tid2eid : NULL, rows, L->experts, E, K, D,
+                                c->routed_scaling_factor, c->swiglu_limit, s->moe_ws));
     MARK("moe.experts");
     return DSV4_OK;
 }

@@ -4,7 +4,8 @@
  * paths:
  *
  *   tensor cores (moe_mma.cu), when every expert matrix is MXFP4 or FP8 with ue8m0 scales and
- *   its workspace fits: prep, stage 1 (w1/w3, SwiGLU, act_quant of a), stage 2 (w2), combine
+ *   its workspace fits: prep, stage 1 (w1/w3, SwiGLU, act_quant of a), stage 2 (w2), combine;
+ *   dsv4_bk_moe_routed routes in the prep launch (moe_route.cu), the SIMT path by the router
  *
  *   SIMT (moe_gemm.cu), any format:
  *   prep     block 0 compacts sel [N, K] into the work list (moe.cuh moe_list: active experts in
@@ -25,6 +26,7 @@
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/moe_numerics.cuh"
 #include "backend/cuda/moe_path.cuh"
+#include "backend/cuda/moe_route.cuh"
 #include "core/float_formats.h"
 
 #include <math.h>
@@ -58,108 +60,49 @@ __device__ __forceinline__ void act_quant_block(float *y, const float *x, int64_
 }
 
 /* ---- router -------------------------------------------------------------------------------- */
-/* ops_moe.c dsv4_op_router_scores on one logit; expf and log1pf evaluated in double and rounded
- * once (glibc's are correctly rounded but for rare cases: the weights then differ by 1 ulp). */
-__device__ __forceinline__ float router_score(float x)
-{
-    float sp = x;
-    if (!(x > 20.0f)) {
-        const float e = (float)exp((double)x);
-        sp = (float)log1p((double)e);
-    }
-    return __fsqrt_rn(sp);
-}
-
-/* logits [N, E] -> sel [N, K], wts [N, K]: one CTA per row. Top-K (blockDim = E rounded up
- * to warps, one expert a thread): each warp's K best by (larger value, then lower index) in K
- * rounds of a warp argmax, then warp 0 the K best of the candidates the same way, then
- * ascending index order: dsv4_op_topk's result (a strict total order, so the same set). Hash
- * layers (blockDim 32): the K experts of tid2eid, in its order, and only their K scores.
- * Weights as dsv4_op_router_weights, in slot order (thread 0). */
+/* logits [N, E] -> sel [N, K], wts [N, K]: one CTA per row (moe_route.cuh moe_route_row).
+ * blockDim: E rounded up to warps (top-k), 32 (hash layers). */
 __global__ void moe_router_kernel(int32_t *sel, float *wts, const float *logits, const float *bias,
                                   const int32_t *tid2eid, const int32_t *ids, int E, int K,
                                   float route_scale)
 {
     DSV4_PDL_WAIT();
-    __shared__ float sc[MOE_MAX_E];      /* scores (top-k) */
-    __shared__ float cv[MOE_MAX_K * 32]; /* warp candidates: biased score, */
-    __shared__ int ci[MOE_MAX_K * 32];   /* expert (0x7fffffff: none) */
-    __shared__ float ks[MOE_MAX_K];      /* the chosen experts' scores */
-    __shared__ int kc[MOE_MAX_K];        /* the chosen experts */
-    const int64_t r = blockIdx.x;
-    const int e = threadIdx.x, lane = e & 31, warp = e >> 5, nw = blockDim.x >> 5;
-    const int NONE = 0x7fffffff;
-    if (tid2eid) {
-        if (e < K) {
-            const int c = tid2eid[(int64_t)ids[r] * K + e];
-            kc[e] = c;
-            ks[e] = c >= 0 && c < E ? router_score(logits[r * E + c]) : 0.0f;
-        }
-    } else {
-        float v = -INFINITY;
-        int mine = NONE; /* this thread's expert while not taken */
-        if (e < E) {
-            const float s = router_score(logits[r * E + e]);
-            sc[e] = s;
-            v = __fadd_rn(s, bias ? bias[e] : 0.0f);
-            mine = e;
-        }
-        for (int j = 0; j < K; j++) {
-            float bv = mine == NONE ? -INFINITY : v;
-            int bi = mine;
-            for (int d = 16; d > 0; d >>= 1) {
-                const float ov = __shfl_xor_sync(0xffffffffu, bv, d);
-                const int oi = __shfl_xor_sync(0xffffffffu, bi, d);
-                if (oi != NONE && (bi == NONE || ov > bv || (ov == bv && oi < bi)))
-                    bv = ov, bi = oi;
-            }
-            if (lane == 0) cv[warp * K + j] = bv, ci[warp * K + j] = bi;
-            if (bi == mine) mine = NONE;
-        }
-        __syncthreads();
-        if (warp == 0) {
-            const int nc = nw * K;
-            for (int j = 0; j < K; j++) {
-                float bv = -INFINITY;
-                int bi = NONE;
-                for (int q = lane; q < nc; q += 32) {
-                    const float ov = cv[q];
-                    const int oi = ci[q];
-                    if (oi != NONE && (bi == NONE || ov > bv || (ov == bv && oi < bi)))
-                        bv = ov, bi = oi;
-                }
-                for (int d = 16; d > 0; d >>= 1) {
-                    const float ov = __shfl_xor_sync(0xffffffffu, bv, d);
-                    const int oi = __shfl_xor_sync(0xffffffffu, bi, d);
-                    if (oi != NONE && (bi == NONE || ov > bv || (ov == bv && oi < bi)))
-                        bv = ov, bi = oi;
-                }
-                for (int q = lane; q < nc; q += 32)
-                    if (ci[q] == bi) ci[q] = NONE;
-                if (lane == 0) kc[j] = bi;
-                __syncwarp();
-            }
-            if (lane == 0) {
-                for (int j = 1; j < K; j++) /* ascending index order */
-                    for (int i = j; i > 0 && kc[i - 1] > kc[i]; i--) {
-                        const int t = kc[i];
-                        kc[i] = kc[i - 1];
-                        kc[i - 1] = t;
-                    }
-                for (int j = 0; j < K; j++) ks[j] = kc[j] >= 0 && kc[j] < E ? sc[kc[j]] : 0.0f;
-            }
-        }
-    }
-    __syncthreads();
-    if (e != 0) return;
-    /* dsv4_op_router_weights */
-    float sum = 0.0f;
-    for (int j = 0; j < K; j++) sum = __fadd_rn(sum, ks[j]);
-    sum = __fadd_rn(sum, 1e-20f);
-    for (int j = 0; j < K; j++) {
-        sel[r * K + j] = kc[j];
-        wts[r * K + j] = __fmul_rn(__fdiv_rn(ks[j], sum), route_scale);
-    }
+    __shared__ moe_route_smem sm;
+    moe_route_row(sm, sel, wts, logits, bias, tid2eid, ids, blockIdx.x, E, K, route_scale);
+}
+
+static dsv4_status router_check(const int32_t *tid2eid, const dsv4_bk_rows *rows, int E, int K)
+{
+    if (E < 1 || E > MOE_MAX_E || K < 1 || K > E || K > MOE_MAX_K)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda router: %d experts, top %d", E, K);
+    if (tid2eid && !rows->ids)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda router: hash routing needs token ids");
+    return DSV4_OK;
+}
+
+static dsv4_status router_launch(cudaStream_t st, const moe_route *rt, int64_t N, int E, int K)
+{
+    const unsigned threads = rt->tid2eid ? 32u : (unsigned)((E + 31) / 32 * 32);
+    moe_router_kernel<<<(unsigned)N, threads, 0, st>>>(rt->sel, rt->wts, rt->logits, rt->bias,
+                                                       rt->tid2eid, rt->ids, E, K, rt->scale);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
+}
+
+static moe_route route_of(int32_t *sel, float *wts, const float *logits, const float *bias,
+                          const int32_t *tid2eid, const dsv4_bk_rows *rows, float route_scale,
+                          int32_t *counter)
+{
+    moe_route rt;
+    rt.logits = logits;
+    rt.bias = bias;
+    rt.tid2eid = tid2eid;
+    rt.ids = rows->ids;
+    rt.sel = sel;
+    rt.wts = wts;
+    rt.scale = route_scale;
+    rt.counter = counter;
+    return rt;
 }
 
 extern "C" dsv4_status dsv4_cuda_bk_router(dsv4_backend *b, int32_t *sel, float *wts,
@@ -167,16 +110,10 @@ extern "C" dsv4_status dsv4_cuda_bk_router(dsv4_backend *b, int32_t *sel, float 
                                            const int32_t *tid2eid, const dsv4_bk_rows *rows, int E,
                                            int K, float route_scale)
 {
-    if (E < 1 || E > MOE_MAX_E || K < 1 || K > E || K > MOE_MAX_K)
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda router: %d experts, top %d", E, K);
-    if (tid2eid && !rows->ids)
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda router: hash routing needs token ids");
+    DSV4_TRY(router_check(tid2eid, rows, E, K));
     if (rows->n <= 0) return DSV4_OK;
-    const unsigned threads = tid2eid ? 32u : (unsigned)((E + 31) / 32 * 32);
-    moe_router_kernel<<<(unsigned)rows->n, threads, 0, dsv4_cuda_stream(b->cuda)>>>(
-        sel, wts, logits, bias, tid2eid, rows->ids, E, K, route_scale);
-    CUDA_LAUNCHED();
-    return DSV4_OK;
+    const moe_route rt = route_of(sel, wts, logits, bias, tid2eid, rows, route_scale, NULL);
+    return router_launch(dsv4_cuda_stream(b->cuda), &rt, rows->n, E, K);
 }
 
 /* ---- expert table -------------------------------------------------------------------------- */
@@ -187,7 +124,8 @@ typedef struct cuda_experts {
     int sms;
     int kw1, rg1, occ1; /* stage 1 CTA shape and residency */
     int kw2, rg2, occ2;
-    int mma_ok; /* every matrix taken by the tensor-core path (moe_mma_mat_ok) */
+    int mma_ok;       /* every matrix taken by the tensor-core path (moe_mma_mat_ok) */
+    int32_t *counter; /* [1] device: moe_route's ticket counter (0 between calls) */
 } cuda_experts;
 
 /* Test hook (moe_path.cuh). Its initial value comes from DSV4_MOE_PATH (simt or mma:
@@ -304,6 +242,7 @@ extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b,
     if (st == DSV4_OK)
         st = dsv4_cuda_bk_alloc(b, ((size_t)E + 1) * sizeof *host, (void **)&t->table);
     if (st == DSV4_OK) st = dsv4_cuda_bk_upload(b, t->table, host, ((size_t)E + 1) * sizeof *host);
+    if (st == DSV4_OK) st = dsv4_cuda_bk_alloc(b, sizeof(int32_t), (void **)&t->counter); /* 0 */
     if (st == DSV4_OK) st = dsv4_cuda_bk_sync(b); /* host may be freed */
     int mma_ok = st == DSV4_OK;
     for (int e = 0; mma_ok && e <= E; e++)
@@ -328,6 +267,7 @@ extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b,
     }
     if (st != DSV4_OK) {
         if (t && t->table) dsv4_cuda_bk_free(b, t->table);
+        if (t && t->counter) dsv4_cuda_bk_free(b, t->counter);
         free(t);
         return st;
     }
@@ -340,13 +280,13 @@ extern "C" void dsv4_cuda_bk_experts_free(dsv4_backend *b, dsv4_bk_experts *tp)
     cuda_experts *t = (cuda_experts *)tp;
     if (!t) return;
     dsv4_cuda_bk_free(b, t->table);
+    dsv4_cuda_bk_free(b, t->counter);
     free(t);
 }
 
 /* ---- prep, quant, combine ------------------------------------------------------------------ */
-/* Block 0: sel [N, K] -> the work list L (shared memory: cnt, off, fill [E]); counts and slots
- * by integer atomics, offsets by one warp's scan. Blocks 1..: xq [N, D] = act_quant(h [N, D]),
- * one warp per 128-block. */
+/* Block 0: sel [N, K] -> the work list L (moe_route.cuh moe_list_build). Blocks 1..: xq [N, D]
+ * = act_quant(h [N, D]), one warp per 128-block. */
 __global__ void moe_prep_kernel(moe_list L, const int32_t *sel, int64_t NK, int E, float *xq,
                                 const float *h, int64_t N, int64_t D)
 {
@@ -361,42 +301,7 @@ __global__ void moe_prep_kernel(moe_list L, const int32_t *sel, int64_t NK, int 
         return;
     }
     extern __shared__ int32_t wl[];
-    int32_t *cnt = wl, *off = wl + E, *fill = wl + 2 * E;
-    for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = fill[e] = 0;
-    __syncthreads();
-    for (int64_t p = threadIdx.x; p < NK; p += blockDim.x) {
-        const int e = sel[p];
-        if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
-    }
-    __syncthreads();
-    if (warp == 0) {
-        const int per = (E + 31) / 32, lo = lane * per, hi = lo + per < E ? lo + per : E;
-        int c = 0, na = 0;
-        for (int e = lo; e < hi; e++) c += cnt[e], na += cnt[e] > 0;
-        int ci = c, ni = na; /* inclusive scans over the lanes */
-        for (int d = 1; d < 32; d <<= 1) {
-            const int tc = __shfl_up_sync(0xffffffffu, ci, d);
-            const int tn = __shfl_up_sync(0xffffffffu, ni, d);
-            if (lane >= d) ci += tc, ni += tn;
-        }
-        int cpos = ci - c, apos = ni - na;
-        for (int e = lo; e < hi; e++) {
-            off[e] = cpos;
-            if (cnt[e] > 0) {
-                L.active[apos] = e;
-                L.off[apos] = cpos;
-                L.cnt[apos] = cnt[e];
-                apos++;
-            }
-            cpos += cnt[e];
-        }
-        if (lane == 31) *L.n_active = ni;
-    }
-    __syncthreads();
-    for (int64_t p = threadIdx.x; p < NK; p += blockDim.x) {
-        const int e = sel[p];
-        if (e >= 0 && e < E) L.pairs[off[e] + atomicAdd(&fill[e], 1)] = (int32_t)p;
-    }
+    moe_list_build(L, sel, NK, E, wl);
 }
 
 /* x [rows, width] (row stride width) in place: act_quant, one warp per 128-block. */
@@ -489,10 +394,11 @@ static size_t mma_ws_plan(mma_ws *w, int64_t N, int K, int64_t D, int64_t I, int
     return o;
 }
 
-extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float *h,
-                                        const int32_t *sel, const float *wts,
-                                        const dsv4_bk_experts *tp, int64_t N, int K, int64_t D,
-                                        float limit, void *ws)
+/* dsv4_bk_moe; with rt, routed first (dsv4_bk_moe_routed): on the tensor-core path in the prep
+ * launch (moe_route.cu), on the SIMT path by the router kernel. */
+static dsv4_status moe_enqueue(dsv4_backend *b, const moe_route *rt, float *out, const float *h,
+                               const int32_t *sel, const float *wts, const dsv4_bk_experts *tp,
+                               int64_t N, int K, int64_t D, float limit, void *ws)
 {
     const cuda_experts *t = (const cuda_experts *)tp;
     if (D != t->D || K < 1 || K > MOE_MAX_K || N < 0 || N > 65535)
@@ -539,9 +445,10 @@ extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float
         m.slots = (int)bound;
         m.sms = t->sms;
         last_path = DSV4_MOE_PATH_MMA;
-        return moe_mma_run(st, &m, out, h, sel);
+        return moe_mma_run(st, &m, rt, out, h, sel);
     }
     last_path = DSV4_MOE_PATH_SIMT;
+    if (rt) DSV4_TRY(router_launch(st, rt, N, E, K));
 
     /* regions: the CUDA layout of dsv4_bk_moe_ws_bytes */
     char *p = (char *)(((uintptr_t)ws + 255) & ~(uintptr_t)255);
@@ -599,4 +506,28 @@ extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float
     moe_combine_kernel<<<cgrid, 256, 0, st>>>(out, y, sel, N, K, D, E);
     CUDA_LAUNCHED();
     return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_moe(dsv4_backend *b, float *out, const float *h,
+                                        const int32_t *sel, const float *wts,
+                                        const dsv4_bk_experts *tp, int64_t N, int K, int64_t D,
+                                        float limit, void *ws)
+{
+    return moe_enqueue(b, NULL, out, h, sel, wts, tp, N, K, D, limit, ws);
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_moe_routed(dsv4_backend *b, float *out, int32_t *sel,
+                                               float *wts, const float *h, const float *logits,
+                                               const float *bias, const int32_t *tid2eid,
+                                               const dsv4_bk_rows *rows, const dsv4_bk_experts *tp,
+                                               int E, int K, int64_t D, float route_scale,
+                                               float limit, void *ws)
+{
+    const cuda_experts *t = (const cuda_experts *)tp;
+    DSV4_TRY(router_check(tid2eid, rows, E, K));
+    if (E != t->E)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "cuda moe_routed: %d experts (table %d)", E,
+                         t->E);
+    const moe_route rt = route_of(sel, wts, logits, bias, tid2eid, rows, route_scale, t->counter);
+    return moe_enqueue(b, &rt, out, h, sel, wts, tp, rows->n, K, D, limit, ws);
 }

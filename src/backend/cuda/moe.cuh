@@ -104,10 +104,29 @@ typedef struct moe_mma_args {
     int sms;           /* the device's SMs (a stage grid's wave) */
 } moe_mma_args;
 
+/* The router's inputs and outputs where the op routes too (dsv4_bk_moe_routed): moe_route.cu's
+ * one kernel routes the rows, builds the work list and quantises h in place of the router and
+ * prep launches. counter: [1] device int, 0 between calls (the last routing CTA resets it). */
+typedef struct moe_route {
+    const float *logits;    /* [N, E] */
+    const float *bias;      /* [E] or NULL */
+    const int32_t *tid2eid; /* [vocab, K] (hash layers) or NULL (top-k) */
+    const int32_t *ids;     /* [N] token ids (hash layers) */
+    int32_t *sel;           /* [N, K] out */
+    float *wts;             /* [N, K] out */
+    float scale;            /* route_scale */
+    int32_t *counter;
+} moe_route;
+
 /* Whether the tensor-core path takes a matrix (format, alignment). */
 int moe_mma_mat_ok(const moe_mat *m);
-/* Enqueues the whole op: out [N, D] from h [N, D] and sel [N, K]. */
-dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, float *out, const float *h,
-                        const int32_t *sel);
+/* Enqueues the whole op: out [N, D] from h [N, D] and sel [N, K]; with rt, sel and wts are
+ * first routed from rt's logits (rt->sel == sel). */
+dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route *rt, float *out,
+                        const float *h, const int32_t *sel);
+/* moe_route.cu: the fused route + prep launch (sel, wts, the work list, the tickets zeroed,
+ * x4 / x8 / sx) in place of the router and moe_mma_prep_kernel. */
+dsv4_status moe_route_prep_launch(cudaStream_t st, const moe_mma_args *a, const moe_route *rt,
+                                  const float *h);
 
 #endif

@@ -115,6 +115,7 @@
 #include "backend/cuda/moe.cuh"
 #include "backend/cuda/moe_frag.cuh"
 #include "backend/cuda/moe_numerics.cuh"
+#include "backend/cuda/moe_route.cuh"
 #include "backend/cuda/pdl.cuh"
 
 enum { WPC = 4 }; /* warps per CTA, each one task */
@@ -717,69 +718,20 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
         if (slice == 0) stage1_tail(a, ai, e, ntok, off, tile, lane);
 }
 
-/* Block 0: sel [N, K] -> the work list (as bk_moe.cu's prep) and the tickets zeroed. Blocks
- * 1..: x = act_quant(h) as codes in L4 and L8 + scales, one warp per 128-column block. */
+/* Block 0: sel [N, K] -> the work list and the tickets zeroed. Blocks 1..: x = act_quant(h)
+ * as codes in L4 and L8 + scales, one warp per 128-column block (moe_route.cuh). */
 __global__ void moe_mma_prep_kernel(const moe_mma_args a, const int32_t *sel, const float *h)
 {
     DSV4_PDL_WAIT();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int64_t N = a.N, D = a.D, NK = N * a.K;
-    const int E = a.E;
     if (blockIdx.x > 0) {
-        const int64_t nb = (D + 127) >> 7;
-        const int64_t gw = (int64_t)(blockIdx.x - 1) * (blockDim.x >> 5) + warp;
-        if (gw >= N * nb) return;
-        const int64_t r = gw / nb, blk = gw - r * nb, c0 = blk * 128;
-        const bool on = c0 + 4 * lane < D;
-        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        if (on) {
-            const float4 f = *(const float4 *)(h + r * D + c0 + 4 * lane);
-            v[0] = q_bf16(f.x), v[1] = q_bf16(f.y), v[2] = q_bf16(f.z), v[3] = q_bf16(f.w);
-        }
-        const float s = quant_store(v, on, a.x4 + r * D + c0, a.x8 + r * D + c0, lane);
-        if (lane == 0) a.sx[r * nb + blk] = s;
+        const int64_t gw = (int64_t)(blockIdx.x - 1) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+        moe_quant_x(a, h, gw, threadIdx.x & 31);
         return;
     }
-    const moe_list L = a.list;
     extern __shared__ int32_t wl[];
-    int32_t *cnt = wl, *off = wl + E, *fill = wl + 2 * E;
     const int64_t nt = (int64_t)a.slots * ((a.I + 127) >> 7);
     for (int64_t i = threadIdx.x; i < nt; i += blockDim.x) a.tickets[i] = 0;
-    for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = fill[e] = 0;
-    __syncthreads();
-    for (int64_t p = threadIdx.x; p < NK; p += blockDim.x) {
-        const int e = sel[p];
-        if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
-    }
-    __syncthreads();
-    if (warp == 0) {
-        const int per = (E + 31) / 32, lo = lane * per, hi = lo + per < E ? lo + per : E;
-        int c = 0, na = 0;
-        for (int e = lo; e < hi; e++) c += cnt[e], na += cnt[e] > 0;
-        int ci = c, ni = na; /* inclusive scans over the lanes */
-        for (int d = 1; d < 32; d <<= 1) {
-            const int tc = __shfl_up_sync(0xffffffffu, ci, d);
-            const int tn = __shfl_up_sync(0xffffffffu, ni, d);
-            if (lane >= d) ci += tc, ni += tn;
-        }
-        int cpos = ci - c, apos = ni - na;
-        for (int e = lo; e < hi; e++) {
-            off[e] = cpos;
-            if (cnt[e] > 0) {
-                L.active[apos] = e;
-                L.off[apos] = cpos;
-                L.cnt[apos] = cnt[e];
-                apos++;
-            }
-            cpos += cnt[e];
-        }
-        if (lane == 31) *L.n_active = ni;
-    }
-    __syncthreads();
-    for (int64_t p = threadIdx.x; p < NK; p += blockDim.x) {
-        const int e = sel[p];
-        if (e >= 0 && e < E) L.pairs[off[e] + atomicAdd(&fill[e], 1)] = (int32_t)p;
-    }
+    moe_list_build(a.list, sel, a.N * a.K, a.E, wl);
 }
 
 /* y [P, D] (bf16 bits) -> out [N, D]: per row, the routed pairs in ascending (expert, slot)
@@ -844,14 +796,19 @@ static int split_fit(int ks, int64_t tasks, int sms)
     return ks > 1 && ctas > wave && half <= wave ? ks / 2 : ks;
 }
 
-dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, float *out, const float *h,
-                        const int32_t *sel)
+dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route *rt, float *out,
+                        const float *h, const int32_t *sel)
 {
     const int64_t N = a->N, D = a->D, I = a->I;
     const int64_t qwarps = N * ((D + 127) / 128);
     const unsigned prep_grid = 1u + (unsigned)((qwarps + 7) / 8);
-    moe_mma_prep_kernel<<<prep_grid, 256, (size_t)3 * a->E * sizeof(int32_t), st>>>(*a, sel, h);
-    CUDA_LAUNCHED();
+    if (rt) {
+        DSV4_TRY(moe_route_prep_launch(st, a, rt, h));
+    } else {
+        moe_mma_prep_kernel<<<prep_grid, 256, (size_t)3 * a->E * sizeof(int32_t), st>>>(*a, sel,
+                                                                                         h);
+        CUDA_LAUNCHED();
+    }
     const int64_t t1 = (int64_t)a->slots * ((I + 15) / 16),
                   t2 = (int64_t)a->slots * ((D + 15) / 16);
     const int ks1 = split_fit(split_of((D + 127) / 128), t1, a->sms),

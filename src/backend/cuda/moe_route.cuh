@@ -1,0 +1,191 @@
+/*
+ * moe_route.cuh - the pieces of the CUDA MoE's routing and prep that more than one kernel runs:
+ * one row's router (bk_moe.cu moe_router_kernel and moe_route.cu's fused route + prep kernel),
+ * the work list built from sel (the prep kernels of both paths and the fused kernel) and one
+ * warp's act_quant of h into the tensor-core path's x4 / x8 / sx. One copy of each, so that
+ * every kernel that routes or builds the list gives the same bits.
+ */
+#ifndef DSV4_CUDA_MOE_ROUTE_CUH
+#define DSV4_CUDA_MOE_ROUTE_CUH
+
+#include "backend/cuda/moe.cuh"
+#include "backend/cuda/moe_frag.cuh"
+#include "backend/cuda/moe_numerics.cuh"
+
+#include <math.h>
+
+/* ops_moe.c dsv4_op_router_scores on one logit; expf and log1pf evaluated in double and rounded
+ * once (glibc's are correctly rounded but for rare cases: the weights then differ by 1 ulp). */
+static __device__ __forceinline__ float router_score(float x)
+{
+    float sp = x;
+    if (!(x > 20.0f)) {
+        const float e = (float)exp((double)x);
+        sp = (float)log1p((double)e);
+    }
+    return __fsqrt_rn(sp);
+}
+
+/* The router's shared memory (one row at a time). */
+typedef struct moe_route_smem {
+    float sc[MOE_MAX_E];      /* scores (top-k) */
+    float cv[MOE_MAX_K * 32]; /* warp candidates: biased score, */
+    int ci[MOE_MAX_K * 32];   /* expert (0x7fffffff: none) */
+    float ks[MOE_MAX_K];      /* the chosen experts' scores */
+    int kc[MOE_MAX_K];        /* the chosen experts */
+} moe_route_smem;
+
+/* Row r of logits [N, E] -> sel [r, K], wts [r, K], by the whole CTA (every thread calls it;
+ * blockDim a multiple of 32, >= E for top-k, at most 1024). Top-K (one expert a thread): each
+ * warp's K best by (larger value, then lower index) in K rounds of a warp argmax, then warp 0
+ * the K best of the candidates the same way, then ascending index order: dsv4_op_topk's result
+ * (a strict total order, so the same set, whatever the number of warps). Hash layers: the K
+ * experts of tid2eid [ids[r]], in its order, and only their K scores. Weights as
+ * dsv4_op_router_weights, in slot order (thread 0, which stores sel and wts). Ends with a
+ * barrier. */
+static __device__ __forceinline__ void moe_route_row(moe_route_smem &sm, int32_t *sel, float *wts,
+                                                     const float *logits, const float *bias,
+                                                     const int32_t *tid2eid, const int32_t *ids,
+                                                     int64_t r, int E, int K, float route_scale)
+{
+    const int e = threadIdx.x, lane = e & 31, warp = e >> 5, nw = blockDim.x >> 5;
+    const int NONE = 0x7fffffff;
+    if (tid2eid) {
+        if (e < K) {
+            const int c = tid2eid[(int64_t)ids[r] * K + e];
+            sm.kc[e] = c;
+            sm.ks[e] = c >= 0 && c < E ? router_score(logits[r * E + c]) : 0.0f;
+        }
+    } else {
+        float v = -INFINITY;
+        int mine = NONE; /* this thread's expert while not taken */
+        if (e < E) {
+            const float s = router_score(logits[r * E + e]);
+            sm.sc[e] = s;
+            v = __fadd_rn(s, bias ? bias[e] : 0.0f);
+            mine = e;
+        }
+        for (int j = 0; j < K; j++) {
+            float bv = mine == NONE ? -INFINITY : v;
+            int bi = mine;
+            for (int d = 16; d > 0; d >>= 1) {
+                const float ov = __shfl_xor_sync(0xffffffffu, bv, d);
+                const int oi = __shfl_xor_sync(0xffffffffu, bi, d);
+                if (oi != NONE && (bi == NONE || ov > bv || (ov == bv && oi < bi)))
+                    bv = ov, bi = oi;
+            }
+            if (lane == 0) sm.cv[warp * K + j] = bv, sm.ci[warp * K + j] = bi;
+            if (bi == mine) mine = NONE;
+        }
+        __syncthreads();
+        if (warp == 0) {
+            const int nc = nw * K;
+            for (int j = 0; j < K; j++) {
+                float bv = -INFINITY;
+                int bi = NONE;
+                for (int q = lane; q < nc; q += 32) {
+                    const float ov = sm.cv[q];
+                    const int oi = sm.ci[q];
+                    if (oi != NONE && (bi == NONE || ov > bv || (ov == bv && oi < bi)))
+                        bv = ov, bi = oi;
+                }
+                for (int d = 16; d > 0; d >>= 1) {
+                    const float ov = __shfl_xor_sync(0xffffffffu, bv, d);
+                    const int oi = __shfl_xor_sync(0xffffffffu, bi, d);
+                    if (oi != NONE && (bi == NONE || ov > bv || (ov == bv && oi < bi)))
+                        bv = ov, bi = oi;
+                }
+                for (int q = lane; q < nc; q += 32)
+                    if (sm.ci[q] == bi) sm.ci[q] = NONE;
+                if (lane == 0) sm.kc[j] = bi;
+                __syncwarp();
+            }
+            if (lane == 0) {
+                for (int j = 1; j < K; j++) /* ascending index order */
+                    for (int i = j; i > 0 && sm.kc[i - 1] > sm.kc[i]; i--) {
+                        const int t = sm.kc[i];
+                        sm.kc[i] = sm.kc[i - 1];
+                        sm.kc[i - 1] = t;
+                    }
+                for (int j = 0; j < K; j++)
+                    sm.ks[j] = sm.kc[j] >= 0 && sm.kc[j] < E ? sm.sc[sm.kc[j]] : 0.0f;
+            }
+        }
+    }
+    __syncthreads();
+    if (e == 0) { /* dsv4_op_router_weights */
+        float sum = 0.0f;
+        for (int j = 0; j < K; j++) sum = __fadd_rn(sum, sm.ks[j]);
+        sum = __fadd_rn(sum, 1e-20f);
+        for (int j = 0; j < K; j++) {
+            sel[r * K + j] = sm.kc[j];
+            wts[r * K + j] = __fmul_rn(__fdiv_rn(sm.ks[j], sum), route_scale);
+        }
+    }
+    __syncthreads();
+}
+
+/* sel [NK] -> the work list L (moe.cuh moe_list), by the whole CTA; wl: 3 E ints of shared
+ * memory (cnt, off, fill). Counts and slots by shared-memory atomics, offsets by one warp's
+ * scan. sel is read through L2 (__ldcg): other CTAs of the same grid may have written it. */
+static __device__ __forceinline__ void moe_list_build(const moe_list &L, const int32_t *sel,
+                                                      int64_t NK, int E, int32_t *wl)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int32_t *cnt = wl, *off = wl + E, *fill = wl + 2 * E;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = fill[e] = 0;
+    __syncthreads();
+    for (int64_t p = threadIdx.x; p < NK; p += blockDim.x) {
+        const int e = __ldcg(sel + p);
+        if (e >= 0 && e < E) atomicAdd(&cnt[e], 1);
+    }
+    __syncthreads();
+    if (warp == 0) {
+        const int per = (E + 31) / 32, lo = lane * per, hi = lo + per < E ? lo + per : E;
+        int c = 0, na = 0;
+        for (int e = lo; e < hi; e++) c += cnt[e], na += cnt[e] > 0;
+        int ci = c, ni = na; /* inclusive scans over the lanes */
+        for (int d = 1; d < 32; d <<= 1) {
+            const int tc = __shfl_up_sync(0xffffffffu, ci, d);
+            const int tn = __shfl_up_sync(0xffffffffu, ni, d);
+            if (lane >= d) ci += tc, ni += tn;
+        }
+        int cpos = ci - c, apos = ni - na;
+        for (int e = lo; e < hi; e++) {
+            off[e] = cpos;
+            if (cnt[e] > 0) {
+                L.active[apos] = e;
+                L.off[apos] = cpos;
+                L.cnt[apos] = cnt[e];
+                apos++;
+            }
+            cpos += cnt[e];
+        }
+        if (lane == 31) *L.n_active = ni;
+    }
+    __syncthreads();
+    for (int64_t p = threadIdx.x; p < NK; p += blockDim.x) {
+        const int e = __ldcg(sel + p);
+        if (e >= 0 && e < E) L.pairs[off[e] + atomicAdd(&fill[e], 1)] = (int32_t)p;
+    }
+}
+
+/* Global warp gw of the act_quant of h [N, D] (one warp a 128-column block; gw past N D / 128
+ * does nothing): x = act_quant(h) as codes in L4 and L8 + scales (moe.cuh moe_mma_args). */
+static __device__ __forceinline__ void moe_quant_x(const moe_mma_args &a, const float *h,
+                                                   int64_t gw, int lane)
+{
+    const int64_t D = a.D, nb = (D + 127) >> 7;
+    if (gw >= a.N * nb) return;
+    const int64_t r = gw / nb, blk = gw - r * nb, c0 = blk * 128;
+    const bool on = c0 + 4 * lane < D;
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (on) {
+        const float4 f = *(const float4 *)(h + r * D + c0 + 4 * lane);
+        v[0] = q_bf16(f.x), v[1] = q_bf16(f.y), v[2] = q_bf16(f.z), v[3] = q_bf16(f.w);
+    }
+    const float s = quant_store(v, on, a.x4 + r * D + c0, a.x8 + r * D + c0, lane);
+    if (lane == 0) a.sx[r * nb + blk] = s;
+}
+
+#endif
