@@ -85,6 +85,10 @@ extern "C" int dsv4_cuda_linear_last_split(void)
  * reduces its slice as above, then the cluster adds the slices up in rank order
  * (lin_cluster_store), so the order, and the bits, depend on the shape only. */
 enum { GV_THREADS = 256, GV_WARPS = 8, GV_SPLIT_MAX = 8 };
+/* Resident CTAs per SM of the one-row kernels (NT = 1): they take 40-64 registers (sm_90a,
+ * nvcc 13.0; cuobjdump -res-usage), so 4 fit. Asking ptxas for 4 by the launch bounds changed
+ * their code and made Pro's wo_b 30% slower at its 2 CTAs an SM, so it is not asked. */
+enum { GV_OCC1 = 4 };
 
 /* Sub-block j (SW columns) of the 16-byte chunk q of a row -> w[SW] (FP8: e4m3 values; FP4:
  * e2m1 * 2^-14; dense formats: the values). */
@@ -379,6 +383,39 @@ static cudaLaunchConfig_t gemv_cfg(dim3 grid, int kn, cudaStream_t st, cudaLaunc
     return cfg;
 }
 
+/* K split for `occ` resident CTAs an SM: 1..8 warps per row group (*ks_log2), times 1..kmax CTAs
+ * of a cluster (*kn); the choice whose CTAs fill the resident slots best wins, fewer CTAs per
+ * cluster and then fewer warps on ties (a cluster's reduction costs more than a CTA's). A
+ * matrix with many rows keeps kn = 1: its CTAs fill the slots already. Returns the fill (the
+ * last wave's share of its slots). With 4 an SM (one row of x) a warp split needs 2 chunks a
+ * lane: at 1 the warps' reduction costs more (the indexer's wq_b, 1,024 columns, 5.84 ->
+ * 6.27 us). */
+static double gemv_split(const lin_args *a, int64_t nchunk, int R, int occ, int kmax, int *ks_log2,
+                         int *kn)
+{
+    const double slots = (double)LIN_SMS * occ;
+    const int lane_min = occ > GV_OCC && force_split <= 0 ? 2 : 1;
+    double best = -1.0;
+    for (int k = 1; k <= kmax; k *= 2) {
+        if (force_split > 0 && k != force_split) continue;
+        for (int l = 0; l <= 3; l++) {
+            /* one chunk per lane at least, two in a split: slices of one chunk lose more in the
+             * cluster's reduction than their shorter loop saves (H100, 64-256 x 4096 BF16 at
+             * N = 1: 3.4-3.7 us whole, 3.8-4.3 us in 2 slices). A forced split takes any. */
+            const int64_t need = force_split > 0 || k == 1
+                                     ? (l > 0 ? (int64_t)lane_min * (32 << l) : 0)
+                                     : (int64_t)2 * k * (32 << l);
+            if (nchunk < need) break;
+            const int64_t per = (int64_t)R * (GV_WARPS >> l);
+            const double ctas = (double)((a->nrows + per - 1) / per * a->groups * k);
+            const double waves = ctas / slots;
+            const double eff = waves / (double)(int64_t)(waves + 0.999999);
+            if (eff > best + 0.05) best = eff, *ks_log2 = l, *kn = k;
+        }
+    }
+    return best;
+}
+
 static dsv4_status launch_gemv(const lin_args *a, cudaStream_t st)
 {
     static const gemv_fn table[5][4] = {GV_ROW(1), GV_ROW(2), GV_ROW(4), GV_ROW(8), GV_ROW(16)};
@@ -389,30 +426,16 @@ static dsv4_status launch_gemv(const lin_args *a, cudaStream_t st)
     const int R = gemv_rows_per_warp(a->N);
     const gemv_fn fn = table[ni][ei];
 
-    /* K split: 1..8 warps per row group, times 1..8 CTAs of a cluster (kn); the choice whose
-     * CTAs fill the resident slots best wins, fewer CTAs per cluster and then fewer warps on
-     * ties (a cluster's reduction costs more than a CTA's). A matrix with many rows keeps
-     * kn = 1: its CTAs fill the slots already. */
-    const double slots = (double)LIN_SMS * GV_OCC;
     const int64_t nchunk = a->cols / E;
     int ks_log2 = 0, kn = 1;
-    double best = -1.0;
-    for (int k = 1; k <= GV_SPLIT_MAX; k *= 2) {
-        if (force_split > 0 && k != force_split) continue;
-        for (int l = 0; l <= 3; l++) {
-            /* one chunk per lane at least, two in a split: slices of one chunk lose more in the
-             * cluster's reduction than their shorter loop saves (H100, 64-256 x 4096 BF16 at
-             * N = 1: 3.4-3.7 us whole, 3.8-4.3 us in 2 slices). A forced split takes any. */
-            const int64_t need =
-                force_split > 0 || k == 1 ? (l > 0 ? 32 << l : 0) : (int64_t)2 * k * (32 << l);
-            if (nchunk < need) break;
-            const int64_t per = (int64_t)R * (GV_WARPS >> l);
-            const double ctas = (double)((a->nrows + per - 1) / per * a->groups * k);
-            const double waves = ctas / slots;
-            const double eff = waves / (double)(int64_t)(waves + 0.999999);
-            if (eff > best + 0.05) best = eff, ks_log2 = l, kn = k;
-        }
-    }
+    /* One row of x: the kernels hold 4 CTAs an SM, so a 33.5 MB matrix of 4,096 or 8,192
+     * columns (wo_a, wo_b) splits its rows between 2 or 4 warps to fill them, and its loads
+     * in flight double. Taken only where warp splits alone then fill the 4 slots of every SM
+     * (Pro's wo_b, 7,168 x 16,384, would take a 2-CTA cluster split: 45.7 -> 59.2 us);
+     * otherwise the split for 2 an SM, as for more rows. H100, dsv4 bench --gemms 1, us (2 ->
+     * 4 an SM): Flash wo_a 15.75 -> 14.85, wo_b 15.72 -> 14.62. */
+    if (a->N != 1 || gemv_split(a, nchunk, R, GV_OCC1, 1, &ks_log2, &kn) < 0.95)
+        (void)gemv_split(a, nchunk, R, GV_OCC, GV_SPLIT_MAX, &ks_log2, &kn);
     const int64_t per = (int64_t)R * (GV_WARPS >> ks_log2), cps = (nchunk + kn - 1) / kn;
     const dim3 grid((unsigned)((a->nrows + per - 1) / per), (unsigned)a->groups, (unsigned)kn);
     cudaLaunchAttribute attr;
