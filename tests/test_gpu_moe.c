@@ -304,6 +304,21 @@ static uint32_t ulp_dist(float a, float b)
     return (uint32_t)(d < 0 ? -d : d);
 }
 
+/* A hash layer's table tab [V, K]: K distinct experts per token, as real tables. */
+static void hash_table(int32_t *tab, int V, int K, int E)
+{
+    for (int v = 0; v < V; v++)
+        for (int j = 0; j < K; j++) {
+            int e, dup;
+            do {
+                e = (int)(rnd64() % (uint64_t)E);
+                dup = 0;
+                for (int i = 0; i < j; i++) dup |= tab[v * K + i] == e;
+            } while (dup);
+            tab[v * K + j] = e;
+        }
+}
+
 /* kind: 0 biased top-k, 1 no bias, 2 hash, 3 ties (logits and bias from a few values) */
 static void test_router(dsv4_backend *c, dsv4_backend *g, int E, int K, int N, int kind)
 {
@@ -317,16 +332,7 @@ static void test_router(dsv4_backend *c, dsv4_backend *g, int E, int K, int N, i
     }
     for (int e = 0; e < E; e++)
         bias[e] = kind == 3 ? (float)(rnd64() % 2) * 0.25f : rndu(-0.5f, 0.5f);
-    for (int v = 0; v < V; v++)
-        for (int j = 0; j < K; j++) {
-            int e, dup;
-            do { /* distinct experts per token, as real tables */
-                e = (int)(rnd64() % (uint64_t)E);
-                dup = 0;
-                for (int i = 0; i < j; i++) dup |= tab[v * K + i] == e;
-            } while (dup);
-            tab[v * K + j] = e;
-        }
+    hash_table(tab, V, K, E);
     for (int r = 0; r < N; r++) ids[r] = (int32_t)(rnd64() % V);
 
     const float *use_bias = kind == 1 || kind == 2 ? NULL : bias;
@@ -518,16 +524,7 @@ static void test_routed(const layer *L, dsv4_backend *c, dsv4_backend *g, const 
     for (int64_t i = 0; i < (int64_t)nmax * E; i++) logits[i] = rndu(-4.0f, 4.0f);
     for (int e = 0; e < E; e++) bias[e] = rndu(-0.3f, 0.3f);
     for (int64_t i = 0; i < ND; i++) h[i] = rndu(-2.0f, 2.0f);
-    for (int v = 0; v < V; v++)
-        for (int j = 0; j < K; j++) {
-            int e, dup;
-            do { /* distinct experts per token, as real tables */
-                e = (int)(rnd64() % (uint64_t)E);
-                dup = 0;
-                for (int i = 0; i < j; i++) dup |= tab[v * K + i] == e;
-            } while (dup);
-            tab[v * K + j] = e;
-        }
+    hash_table(tab, V, K, E);
     for (int r = 0; r < nmax; r++) ids[r] = (int32_t)(rnd64() % V);
     const int32_t *use_tab = hash ? tab : NULL;
     const float *use_bias = hash ? NULL : bias;

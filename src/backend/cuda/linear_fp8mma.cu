@@ -296,117 +296,63 @@ template <int NT, int BF>
 __device__ __forceinline__ void fw_wgmma(float (&d)[NT][4], const uint32_t (&a)[4], uint64_t desc,
                                          int acc);
 
-template <>
-__device__ __forceinline__ void fw_wgmma<2, 0>(float (&d)[2][4], const uint32_t (&a)[4],
-                                               uint64_t desc, int acc)
-{
-    asm volatile("{\n.reg .pred p;\n"
-                 "setp.ne.b32 p, %13, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
-                 "{"
-                 "%0, %1, %2, %3, %4, %5, %6, %7"
-                 "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
-                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
-                   "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));
-}
-
-template <>
-__device__ __forceinline__ void fw_wgmma<4, 0>(float (&d)[4][4], const uint32_t (&a)[4],
-                                               uint64_t desc, int acc)
-{
-    asm volatile("{\n.reg .pred p;\n"
-                 "setp.ne.b32 p, %21, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
-                 "{"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, "
-                 "%8, %9, %10, %11, %12, %13, %14, %15"
-                 "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
-                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
-                   "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),
-                   "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),
-                   "+f"(d[3][3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));
-}
-
-template <>
-__device__ __forceinline__ void fw_wgmma<8, 0>(float (&d)[8][4], const uint32_t (&a)[4],
-                                               uint64_t desc, int acc)
-{
-    asm volatile("{\n.reg .pred p;\n"
-                 "setp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-                 "{"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, "
-                 "%8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, "
-                 "%24, %25, %26, %27, %28, %29, %30, %31"
-                 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
-                   "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),
-                   "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),
-                   "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-                   "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]),
-                   "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
-                   "+f"(d[7][2]), "+f"(d[7][3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));
-}
-
-template <>
-__device__ __forceinline__ void fw_wgmma<2, 1>(float (&d)[2][4], const uint32_t (&a)[4],
-                                               uint64_t desc, int acc)
-{
-    asm volatile("{\n.reg .pred p;\n"
-                 "setp.ne.b32 p, %13, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
-                 "{"
-                 "%0, %1, %2, %3, %4, %5, %6, %7"
-                 "}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
-                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
-                   "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));
-}
-
-template <>
-__device__ __forceinline__ void fw_wgmma<4, 1>(float (&d)[4][4], const uint32_t (&a)[4],
-                                               uint64_t desc, int acc)
-{
-    asm volatile("{\n.reg .pred p;\n"
-                 "setp.ne.b32 p, %21, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-                 "{"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, "
-                 "%8, %9, %10, %11, %12, %13, %14, %15"
-                 "}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
-                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
-                   "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),
-                   "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),
-                   "+f"(d[3][3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));
-}
-
-template <>
-__device__ __forceinline__ void fw_wgmma<8, 1>(float (&d)[8][4], const uint32_t (&a)[4],
-                                               uint64_t desc, int acc)
-{
-    asm volatile("{\n.reg .pred p;\n"
-                 "setp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-                 "{"
-                 "%0, %1, %2, %3, %4, %5, %6, %7, "
-                 "%8, %9, %10, %11, %12, %13, %14, %15, "
-                 "%16, %17, %18, %19, %20, %21, %22, %23, "
-                 "%24, %25, %26, %27, %28, %29, %30, %31"
-                 "}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-                 : "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]),
-                   "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3]), "+f"(d[2][0]), "+f"(d[2][1]),
-                   "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]), "+f"(d[3][1]), "+f"(d[3][2]),
-                   "+f"(d[3][3]), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]),
-                   "+f"(d[5][0]), "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]),
-                   "+f"(d[6][1]), "+f"(d[6][2]), "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]),
-                   "+f"(d[7][2]), "+f"(d[7][3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc));
-}
+/* The specialisations, one per (NT, operand type T: "f16" / "bf16"): the asm of each shape
+ * spelled out (its accumulator list is NT * 4 registers). */
+#define FW_ASM_HEAD(ACC, SHAPE, T)                                                                 \
+    "{\n.reg .pred p;\nsetp.ne.b32 p, %" ACC ", 0;\nwgmma.mma_async.sync.aligned." SHAPE ".f32." T \
+    "." T " "
+#define FW_ASM_TAIL "p, 1, 1, 0;\n}\n"
+#define FW_D2(d)                                                                                   \
+    "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3]), "+f"(d[1][0]), "+f"(d[1][1]),      \
+        "+f"(d[1][2]), "+f"(d[1][3])
+#define FW_D4(d)                                                                                   \
+    FW_D2(d), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]),           \
+        "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+#define FW_D8(d)                                                                                   \
+    FW_D4(d), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),           \
+        "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]),  \
+        "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+#define FW_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(acc)
+#define FW_WGMMA2(BF, T)                                                                           \
+    template <>                                                                                    \
+    __device__ __forceinline__ void fw_wgmma<2, BF>(float(&d)[2][4], const uint32_t(&a)[4],        \
+                                                    uint64_t desc, int acc)                        \
+    {                                                                                              \
+        asm volatile(FW_ASM_HEAD("13", "m64n16k16", T) "{%0, %1, %2, %3, %4, %5, %6, %7}, "        \
+                                                       "{%8, %9, %10, %11}, %12, " FW_ASM_TAIL     \
+                     : FW_D2(d)                                                                    \
+                     : FW_IN);                                                                     \
+    }
+#define FW_WGMMA4(BF, T)                                                                           \
+    template <>                                                                                    \
+    __device__ __forceinline__ void fw_wgmma<4, BF>(float(&d)[4][4], const uint32_t(&a)[4],        \
+                                                    uint64_t desc, int acc)                        \
+    {                                                                                              \
+        asm volatile(FW_ASM_HEAD("21", "m64n32k16", T) "{%0, %1, %2, %3, %4, %5, %6, %7, "         \
+                                                       "%8, %9, %10, %11, %12, %13, %14, %15}, "   \
+                                                       "{%16, %17, %18, %19}, %20, " FW_ASM_TAIL   \
+                     : FW_D4(d)                                                                    \
+                     : FW_IN);                                                                     \
+    }
+#define FW_WGMMA8(BF, T)                                                                           \
+    template <>                                                                                    \
+    __device__ __forceinline__ void fw_wgmma<8, BF>(float(&d)[8][4], const uint32_t(&a)[4],        \
+                                                    uint64_t desc, int acc)                        \
+    {                                                                                              \
+        asm volatile(FW_ASM_HEAD("37", "m64n64k16", T) "{%0, %1, %2, %3, %4, %5, %6, %7, "         \
+                                                       "%8, %9, %10, %11, %12, %13, %14, %15, "    \
+                                                       "%16, %17, %18, %19, %20, %21, %22, %23, "  \
+                                                       "%24, %25, %26, %27, %28, %29, %30, %31}, " \
+                                                       "{%32, %33, %34, %35}, %36, " FW_ASM_TAIL   \
+                     : FW_D8(d)                                                                    \
+                     : FW_IN);                                                                     \
+    }
+FW_WGMMA2(0, "f16")
+FW_WGMMA4(0, "f16")
+FW_WGMMA8(0, "f16")
+FW_WGMMA2(1, "bf16")
+FW_WGMMA4(1, "bf16")
+FW_WGMMA8(1, "bf16")
 
 /* One step's wgmmas: tmp [NT][4] = the step's weight chunks wv
  * [2 rows][2] times the staged x (hq, lq: shared addresses of this step's hi / lo regions);
