@@ -86,8 +86,8 @@ extern "C" int dsv4_cuda_linear_last_split(void)
  * (lin_cluster_store), so the order, and the bits, depend on the shape only. */
 enum { GV_THREADS = 256, GV_WARPS = 8, GV_SPLIT_MAX = 8 };
 /* Resident CTAs per SM of the one-row kernels (NT = 1): they take 40-64 registers (sm_90a,
- * nvcc 13.0; cuobjdump -res-usage), so 4 fit. Asking ptxas for 4 by the launch bounds changed
- * their code and made Pro's wo_b 30% slower at its 2 CTAs an SM, so it is not asked. */
+ * nvcc 13.0; cuobjdump -res-usage), so 4 fit. Not asked of ptxas by the launch bounds: that
+ * changed their code (59 -> 63 registers) for no measured gain (PERF.md, session 7). */
 enum { GV_OCC1 = 4 };
 
 /* Sub-block j (SW columns) of the 16-byte chunk q of a row -> w[SW] (FP8: e4m3 values; FP4:
