@@ -479,7 +479,7 @@ mma_pass(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], uint32_t (&x)[16]
 template <int NM, int F, int PIPE, int LOADS, int NB, int NOA>
 static __device__ __forceinline__ void
 run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, int off, int64_t r0,
-         int lane, int slice, int ks, int lo, int hi, float *red, int bar)
+         int lane, int slice, int ks, int lo, int hi, float *red, int bar, int &pend)
 {
     constexpr int TG = F == 0 ? 2 : 8; /* tokens per group */
     constexpr int TPP = TG * NB;       /* tokens per pass */
@@ -529,6 +529,10 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             wchunks_zero(b);
             for (int c0 = lo; c0 < hi; c0 += CPI) {
                 load_chunks<NM, F, CPI, 0, NOA>(b, cur, c0, hi, hl);
+                if (pend) { /* the first weights in flight */
+                    DSV4_PDL_WAIT();
+                    pend = 0;
+                }
                 wcur_advance(cur, CPI);
                 mma_pass<NM, F, CPI, NB>(b, acc, x, c0, hi, hl, brow, s0, s1);
             }
@@ -536,6 +540,10 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             wchunks<NM, F, CPH> b0, b1; /* ping-pong, no copies */
             wchunks_zero(b0), wchunks_zero(b1);
             load_chunks<NM, F, CPH, 0, NOA>(b0, cur, lo, hi, hl);
+            if (pend) { /* the first weights in flight */
+                DSV4_PDL_WAIT();
+                pend = 0;
+            }
             for (int c0 = lo; c0 < hi; c0 += 2 * CPH) {
                 load_chunks<NM, F, CPH, CPH, NOA>(b1, cur, c0 + CPH, hi, hl);
                 mma_pass<NM, F, CPH, NB>(b0, acc, x, c0, hi, hl, brow, s0, s1);
@@ -543,6 +551,11 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
                 wcur_advance(cur, 2 * CPH);
                 mma_pass<NM, F, CPH, NB>(b1, acc, x, c0 + CPH, hi, hl, brow, s0, s1);
             }
+        }
+
+        if (pend) { /* an empty slice */
+            DSV4_PDL_WAIT();
+            pend = 0;
         }
 
         /* the group's slices, in ascending order, on slice 0 */
@@ -617,17 +630,17 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
 template <int NM, int F, int PIPE, int LOADS, int NB, int NOA>
 static __device__ __forceinline__ void
 run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int off, int64_t r0,
-           int lane, int slice, int ks, int lo, int hi, float *red, int bar)
+           int lane, int slice, int ks, int lo, int hi, float *red, int bar, int &pend)
 {
     constexpr int TG = F == 0 ? 2 : 8, TPP = TG * NB;
     int n2 = 0; /* tokens of the NB-group passes */
     if (NB > 1 && ntok > TG) n2 = ntok % TPP == 0 || ntok % TPP > TG ? ntok : ntok - ntok % TPP;
     if (NB > 1 && n2 > 0)
         run_task<NM, F, PIPE, LOADS, NB, NOA>(a, w, ai, 0, n2, off, r0, lane, slice, ks, lo, hi,
-                                              red, bar);
+                                              red, bar, pend);
     if (n2 < ntok)
         run_task<NM, F, PIPE, LOADS, 1, NOA>(a, w, ai, n2, ntok, off, r0, lane, slice, ks, lo, hi,
-                                             red, bar);
+                                             red, bar, pend);
 }
 
 /* After a stage 1 task: its ticket on (slot, 128-row block of a); the block's last task
@@ -681,7 +694,7 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
 template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int NOA>
 __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
-    DSV4_PDL_WAIT();
+    DSV4_PDL_LATE();
     constexpr int NB = NB4 > NB8 ? NB4 : NB8;
     __shared__ float red[WPC * NB * 2 * 4 * 32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -690,7 +703,16 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     const int64_t R = NM == 2 ? a.I : a.D, C = NM == 2 ? a.D : a.I;
     const int64_t tiles = (R + 15) >> 4;
     const int ai = (int)(task / tiles), tile = (int)(task - (int64_t)ai * tiles);
-    if (ai > *a.list.n_active) return; /* the whole group */
+    /* Stage 2's tasks and stage 1's shared expert (slot 0) read before the wait only the work
+     * list, which the prep launch wrote two or more launches back, the table and the weights:
+     * their first weight loads go out before it (run_task: pend), so that they overlap the
+     * previous launch's tail. The other tasks of stage 1 need the list of the launch before. */
+    int pend = NM == 1 || ai == 0;
+    if (!pend) DSV4_PDL_WAIT();
+    if (ai > 0 && ai > *a.list.n_active) { /* the whole group */
+        if (pend) DSV4_PDL_WAIT();
+        return;
+    }
     int e = a.E, ntok = (int)a.N, off = 0;
     if (ai > 0) {
         e = a.list.active[ai - 1];
@@ -710,10 +732,11 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     float *gred = red + grp * ks * NB * NM * 4 * 32;
     if (w[0].fmt == MOE_MXFP4)
         run_tokens<NM, 0, PIPE, LOADS, NB4, NOA>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi,
-                                                 gred, 1 + grp);
+                                                 gred, 1 + grp, pend);
     else
         run_tokens<NM, 1, PIPE, LOADS, NB8, NOA>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi,
-                                                 gred, 1 + grp);
+                                                 gred, 1 + grp, pend);
+    if (pend) DSV4_PDL_WAIT(); /* no pass ran */
     if constexpr (NM == 2)
         if (slice == 0) stage1_tail(a, ai, e, ntok, off, tile, lane);
 }
@@ -805,8 +828,7 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     if (rt) {
         DSV4_TRY(moe_route_prep_launch(st, a, rt, h));
     } else {
-        moe_mma_prep_kernel<<<prep_grid, 256, (size_t)3 * a->E * sizeof(int32_t), st>>>(*a, sel,
-                                                                                         h);
+        moe_mma_prep_kernel<<<prep_grid, 256, (size_t)3 * a->E * sizeof(int32_t), st>>>(*a, sel, h);
         CUDA_LAUNCHED();
     }
     const int64_t t1 = (int64_t)a->slots * ((I + 15) / 16),

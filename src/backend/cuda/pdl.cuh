@@ -20,4 +20,10 @@
 #define DSV4_PDL_WAIT()                                                                            \
     asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
 
+/* Opens a kernel that waits later instead (tools/check_pdl.sh accepts either): before its wait it
+ * may read only what no launch of the last two writes (weights, tables, and data of a launch two
+ * or more back, which had completed before the previous launch passed its own wait), and it
+ * must reach DSV4_PDL_WAIT() on every path before any other load, any store and any return. */
+#define DSV4_PDL_LATE() ((void)0)
+
 #endif
