@@ -145,17 +145,103 @@ template <int SW> __device__ __forceinline__ float gv_dot(const float *x, const 
     return s;
 }
 
+/* The 16-byte chunk ch of each of a warp's R weight rows (zeros where the row is past the
+ * matrix), streamed past L1. */
+template <int R>
+__device__ __forceinline__ void gv_load(uint32_t (&q)[R][4], const uint8_t *const (&wp)[R],
+                                        const bool (&ok)[R], int64_t ch)
+{
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (ok[i]) v = __ldcs((const uint4 *)(const void *)(wp[i] + ch * 16));
+        q[i][0] = v.x, q[i][1] = v.y, q[i][2] = v.z, q[i][3] = v.w;
+    }
+}
+
+/* One 16-byte chunk ch of each of a warp's R rows (q, loaded by gv_load) against x: acc [R][NT]
+ * += its products in column order (scaled formats: the block's partial times its scale). */
+template <int NT, int E, int R>
+__device__ __forceinline__ void gv_chunk(const lin_args &a, const uint32_t (&q)[R][4], int64_t ch,
+                                         const bool (&ok)[R], const int64_t (&arow)[R], int N,
+                                         float (&acc)[R][NT])
+{
+    constexpr int SW = E < 8 ? E : 8; /* columns decoded at once */
+    constexpr int SB = E / SW;
+    constexpr bool scaled = E >= 16;
+    const int64_t c = ch * E;
+    float sc[R][2], p[R][NT];
+#pragma unroll
+    for (int i = 0; i < R; i++) {
+        sc[i][0] = sc[i][1] = 0.0f;
+#pragma unroll
+        for (int n = 0; n < NT; n++) p[i][n] = 0.0f;
+    }
+    if constexpr (scaled) {
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            if (!ok[i]) continue;
+            if (E == 16) {
+                sc[i][0] = lin_scale(a, arow[i] / 128, c / 128);
+            } else if (a.fmt == DSV4_FORMAT_MXFP4) {
+                sc[i][0] = sc[i][1] = lin_scale(a, arow[i], c / 32);
+            } else {
+                sc[i][0] = lin_scale(a, arow[i], c / 16);
+                sc[i][1] = lin_scale(a, arow[i], c / 16 + 1);
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < SB; j++) {
+        float w[R][SW];
+#pragma unroll
+        for (int i = 0; i < R; i++) gv_decode<E>(a.fmt, q[i], j, w[i]);
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            if (n >= N) break;
+            const float4 *xp = (const float4 *)(const void *)(a.x + n * a.ldx + c + j * SW);
+            float xv[SW];
+#pragma unroll
+            for (int k = 0; k < SW / 4; k++) {
+                const float4 f = __ldg(xp + k);
+                xv[4 * k] = f.x, xv[4 * k + 1] = f.y, xv[4 * k + 2] = f.z, xv[4 * k + 3] = f.w;
+            }
+#pragma unroll
+            for (int i = 0; i < R; i++) {
+                if constexpr (scaled)
+                    p[i][n] = gv_dot<SW>(xv, w[i], p[i][n]);
+                else
+                    acc[i][n] = gv_dot<SW>(xv, w[i], acc[i][n]);
+            }
+        }
+        /* FP4: after each 16-column half (its own NVFP4 scale); FP8: after the chunk. The
+         * FP4 partial is e2m1 * 2^-14 sums: times 2^14 (exact) before the scale. */
+        if constexpr (scaled) {
+            const bool flush = E == 16 ? j == SB - 1 : (j & 1) == 1;
+            if (flush) {
+                const int h = E == 16 ? 0 : j >> 1;
+#pragma unroll
+                for (int i = 0; i < R; i++)
+#pragma unroll
+                    for (int n = 0; n < NT; n++) {
+                        const float pv = E == 16 ? p[i][n] : p[i][n] * 16384.0f;
+                        acc[i][n] = fmaf(pv, sc[i][h], acc[i][n]);
+                        p[i][n] = 0.0f;
+                    }
+            }
+        }
+    }
+}
+
 // One CTA's share: x [N, cols] (ldx), W rows row0 + blk * rows per CTA .. (of nrows), chunks
 // [kz cps, (kz + 1) cps) of each -> y [N, nrows] (ldy) when kn == 1, else the cluster's sum of
 // its kn slices; 256 threads, 1 << ks_log2 warps per row group.
+// The PDL wait is here, after the first weight loads (the callers open with DSV4_PDL_LATE).
 template <int NT, int E>
 __device__ __forceinline__ void gemv_body(const lin_args &a, int64_t blk, int ks_log2, int64_t cps,
                                           int kz, int kn)
 {
     constexpr int R = NT >= 8 ? 2 : 4; /* rows per warp: registers hold R*NT sums twice */
-    constexpr int SW = E < 8 ? E : 8;  /* columns decoded at once */
-    constexpr int SB = E / SW;
-    constexpr bool scaled = E >= 16;
     __shared__ float red[GV_WARPS][R][NT];
     __shared__ float part[NT * R * GV_WARPS]; /* split-K: this CTA's [NT][rows] sums */
 
@@ -182,76 +268,21 @@ __device__ __forceinline__ void gemv_body(const lin_args &a, int64_t blk, int ks
 #pragma unroll
         for (int n = 0; n < NT; n++) acc[i][n] = 0.0f;
 
-    for (int64_t ch = ch0 + (int64_t)ks * 32 + lane; ch < ch1; ch += 32 * KS) {
-        const int64_t c = ch * E;
-        uint32_t q[R][4];
-#pragma unroll
-        for (int i = 0; i < R; i++) {
-            uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (ok[i]) v = __ldcs((const uint4 *)(const void *)(wp[i] + ch * 16));
-            q[i][0] = v.x, q[i][1] = v.y, q[i][2] = v.z, q[i][3] = v.w;
-        }
-        float sc[R][2], p[R][NT];
-#pragma unroll
-        for (int i = 0; i < R; i++) {
-            sc[i][0] = sc[i][1] = 0.0f;
-#pragma unroll
-            for (int n = 0; n < NT; n++) p[i][n] = 0.0f;
-        }
-        if constexpr (scaled) {
-#pragma unroll
-            for (int i = 0; i < R; i++) {
-                if (!ok[i]) continue;
-                if (E == 16) {
-                    sc[i][0] = lin_scale(a, arow[i] / 128, c / 128);
-                } else if (a.fmt == DSV4_FORMAT_MXFP4) {
-                    sc[i][0] = sc[i][1] = lin_scale(a, arow[i], c / 32);
-                } else {
-                    sc[i][0] = lin_scale(a, arow[i], c / 16);
-                    sc[i][1] = lin_scale(a, arow[i], c / 16 + 1);
-                }
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < SB; j++) {
-            float w[R][SW];
-#pragma unroll
-            for (int i = 0; i < R; i++) gv_decode<E>(a.fmt, q[i], j, w[i]);
-#pragma unroll
-            for (int n = 0; n < NT; n++) {
-                if (n >= N) break;
-                const float4 *xp = (const float4 *)(const void *)(a.x + n * a.ldx + c + j * SW);
-                float xv[SW];
-#pragma unroll
-                for (int k = 0; k < SW / 4; k++) {
-                    const float4 f = __ldg(xp + k);
-                    xv[4 * k] = f.x, xv[4 * k + 1] = f.y, xv[4 * k + 2] = f.z, xv[4 * k + 3] = f.w;
-                }
-#pragma unroll
-                for (int i = 0; i < R; i++) {
-                    if constexpr (scaled)
-                        p[i][n] = gv_dot<SW>(xv, w[i], p[i][n]);
-                    else
-                        acc[i][n] = gv_dot<SW>(xv, w[i], acc[i][n]);
-                }
-            }
-            /* FP4: after each 16-column half (its own NVFP4 scale); FP8: after the chunk. The
-             * FP4 partial is e2m1 * 2^-14 sums: times 2^14 (exact) before the scale. */
-            if constexpr (scaled) {
-                const bool flush = E == 16 ? j == SB - 1 : (j & 1) == 1;
-                if (flush) {
-                    const int h = E == 16 ? 0 : j >> 1;
-#pragma unroll
-                    for (int i = 0; i < R; i++)
-#pragma unroll
-                        for (int n = 0; n < NT; n++) {
-                            const float pv = E == 16 ? p[i][n] : p[i][n] * 16384.0f;
-                            acc[i][n] = fmaf(pv, sc[i][h], acc[i][n]);
-                            p[i][n] = 0.0f;
-                        }
-                }
-            }
-        }
+    /* the weights are read from the kernel's start, x and y only after the PDL wait: the first
+     * chunk's loads go out before it (the kernels open with DSV4_PDL_LATE), so that they overlap
+     * the previous launch's tail; that chunk is peeled off the loop so that no load is carried
+     * across its back edge (the registers of the loop stay as they were) */
+    uint32_t q[R][4];
+    int64_t ch = ch0 + (int64_t)ks * 32 + lane;
+    if (ch < ch1) gv_load<R>(q, wp, ok, ch);
+    DSV4_PDL_WAIT();
+    if (ch < ch1) {
+        gv_chunk<NT, E, R>(a, q, ch, ok, arow, N, acc);
+        ch += 32 * KS;
+    }
+    for (; ch < ch1; ch += 32 * KS) {
+        gv_load<R>(q, wp, ok, ch);
+        gv_chunk<NT, E, R>(a, q, ch, ok, arow, N, acc);
     }
 
     /* butterfly over the warp: every lane ends with the same bits (each step adds a pair in
@@ -285,7 +316,7 @@ __device__ __forceinline__ void gemv_body(const lin_args &a, int64_t blk, int ks
 template <int NT, int E>
 __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(lin_args a, int ks_log2, int64_t cps)
 {
-    DSV4_PDL_WAIT();
+    DSV4_PDL_LATE(); /* gemv_body waits after its first weight loads */
     lin_at_group(a, blockIdx.y);
     gemv_body<NT, E>(a, blockIdx.x, ks_log2, cps, (int)blockIdx.z, (int)gridDim.z);
 }
@@ -307,7 +338,7 @@ typedef struct gv_multi {
 template <int NT>
 __global__ void __launch_bounds__(GV_THREADS) gemv_multi_kernel(const __grid_constant__ gv_multi m)
 {
-    DSV4_PDL_WAIT();
+    DSV4_PDL_LATE(); /* gemv_body waits after its first weight loads */
     int i = 0;
     while (i + 1 < m.n && (int)blockIdx.x >= m.cta0[i + 1]) i++;
     const lin_args &a = m.e[i];

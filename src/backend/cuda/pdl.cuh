@@ -11,6 +11,9 @@
  * finish while its predecessor still runs). Outside a programmatic launch the wait returns at
  * once. tools/check_pdl.sh checks the rule. (An L2 prefetch of the weights before the wait was
  * measured: no gain for the mHC seam's fn, 8% slower steps with the GEMVs' slices; PERF.md.)
+ * What did pay (session 8): a kernel's FIRST weight loads into registers before the wait, where
+ * the loop would issue them anyway (DSV4_PDL_LATE below: the GEMVs, the mHC site, the MoE
+ * stages; Flash batch 1 step -2.4% in all).
  */
 #ifndef DSV4_BACKEND_CUDA_PDL_CUH
 #define DSV4_BACKEND_CUDA_PDL_CUH
