@@ -174,7 +174,7 @@ __device__ __forceinline__ void mv_step(const uint4 (*wv)[2][2], const uint4 *xq
 template <int F16, int NT>
 __global__ void __launch_bounds__(MV_THREADS, 2) mmv_kernel(lin_args a, int rw_log2, int spc)
 {
-    DSV4_PDL_WAIT();
+    DSV4_PDL_LATE(); /* the first step's weights go out before the wait */
     extern __shared__ __align__(16) unsigned char mv_sm[];
     constexpr int SC = F16 ? 128 : 64, KQ = SC / 16, TOK = 8 * NT;
     uint4 *xs = (uint4 *)(void *)mv_sm;
@@ -202,9 +202,11 @@ __global__ void __launch_bounds__(MV_THREADS, 2) mmv_kernel(lin_args a, int rw_l
             wp[mt][r] = a.data + wrow[mt][r] * a.row_bytes + k0 * (F16 ? 1 : 2) + 16 * t;
         }
 
-    /* the first step's weights are requested before x is staged, so both latencies overlap */
+    /* the first step's weights are requested before the PDL wait and before x is staged, so
+     * the latencies overlap each other and the previous launch's tail */
     uint4 wv[MV_MT][2][2];
     if (kw < nst) mv_load(wv, wp, wok, kw);
+    DSV4_PDL_WAIT();
 
     /* stage x: a warp takes (token, 128-column block) tasks, lane j its columns 4j .. 4j+3;
      * MV_PRO tasks' loads are issued before any is used */
