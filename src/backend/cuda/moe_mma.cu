@@ -107,9 +107,14 @@
  * / 6.37. ncu (stage 1, N = 1): long-scoreboard stalls 4.1 -> 1.4 cycles an issue, but 9.2 ->
  * 15.4 M instructions: ptxas issues a bulk copy of several lanes one lane at a time (ELECT, R2UR,
  * UBLKCP in a BRA.U.ANY loop, 11 instructions a copy), where an LDG.128 moves 512 bytes a warp
- * instruction; and the ring's shared memory held the SM at 8-16 warps. A TMA stream pays only with
- * copies of kilobytes (a tensor-map 2-D box of 16 rows, or experts repacked in 16-row tiles).
- * docs/PERF.md, session 7.
+ * instruction; and the ring's shared memory held the SM at 8-16 warps. Session 8 then tried the
+ * 2-D form: one lane filling the warp's ring with tensor-map boxes (16 rows x 256 bytes, 4 KB a
+ * copy, and the MXFP4 scales), one task a group or a resident grid fed across the tasks: also
+ * bit-identical and also slower (Flash batch 1 1.09 -> 1.19-1.24 ms; stage 1 at N = 1 42.5 ->
+ * 62.7 us, 12 warps an SM against 16, the waits adding instructions). These kernels are bound by
+ * the issue of the widening with few warps, not by the bytes in flight (docs/PERF.md, sessions
+ * 7 and 8; patch build-s8b/moe_tma_ring.patch). What did pay: stage 2 and stage 1's
+ * shared-expert slot issue their first weight loads before the PDL wait (pend below).
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
