@@ -59,6 +59,7 @@
  * other values are rounded to bf16 here. A CSA pick >= cap_e counts as -1 here (the CPU fails).
  */
 #include "backend/cuda/attn.cuh"
+#include "backend/cuda/cluster.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/quant_dev.cuh"
 
@@ -784,10 +785,6 @@ static dsv4_status sa_launch(const sa_args *a, int64_t ctas, int bytes, cudaStre
     const dsv4_status big = a->C > 8 ? DSV4_ERR_UNSUPPORTED : DSV4_ERR_DEVICE;
     SA_TRY(cudaFuncSetAttribute(sa_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
            DSV4_ERR_DEVICE);
-    if (a->C > 8)
-        SA_TRY(
-            cudaFuncSetAttribute(sa_kernel<NT>, cudaFuncAttributeNonPortableClusterSizeAllowed, 1),
-            big);
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)ctas, 1, 1);
     cfg.blockDim = dim3(AT_THREADS, 1, 1);
@@ -800,12 +797,10 @@ static dsv4_status sa_launch(const sa_args *a, int64_t ctas, int bytes, cudaStre
     attr[0].val.clusterDim.z = 1;
     cfg.attrs = attr;
     cfg.numAttrs = a->C > 1 ? 1 : 0;
-    if (a->C > 8) { /* non-portable: only if the GPU can hold such a cluster */
-        int n = 0;
-        SA_TRY(cudaOccupancyMaxActiveClusters(&n, sa_kernel<NT>, &cfg), big);
-        if (n < 1)
-            return dsv4_fail(DSV4_ERR_UNSUPPORTED, "attention: no room for a cluster of %d", a->C);
-    }
+    /* non-portable: only if the GPU can hold such a cluster (cluster_capacity also allows the
+     * size on the kernel) */
+    if (a->C > 8 && cluster_capacity((const void *)sa_kernel<NT>, &cfg) < 1)
+        return dsv4_fail(DSV4_ERR_UNSUPPORTED, "attention: no room for a cluster of %d", a->C);
     SA_TRY(cudaLaunchKernelEx(&cfg, sa_kernel<NT>, *a), big);
     return DSV4_OK;
 }

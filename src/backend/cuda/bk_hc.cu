@@ -58,6 +58,7 @@
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/cluster.cuh"
 #include "backend/cuda/hc_dev.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/quant_dev.cuh"
@@ -759,15 +760,9 @@ static int clusters16(int dev, hs_kernel k, size_t smem, cudaStream_t st)
     if (dev < 0 || dev >= DEV_MAX) return 0;
     const int v = __atomic_load_n(&known[dev], __ATOMIC_RELAXED);
     if (v) return v - 1;
-    int num = 0;
     cudaLaunchAttribute attr[1];
     const cudaLaunchConfig_t cfg = make_cfg(dim3(16, 1, 1), smem, st, attr, 16);
-    cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (err == cudaSuccess) err = cudaOccupancyMaxActiveClusters(&num, k, &cfg);
-    if (err != cudaSuccess) { /* not an error of ours: clear it */
-        (void)cudaGetLastError();
-        num = 0;
-    }
+    const int num = cluster_capacity((const void *)k, &cfg);
     __atomic_store_n(&known[dev], num + 1, __ATOMIC_RELAXED);
     return num;
 }

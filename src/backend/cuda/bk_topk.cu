@@ -63,6 +63,7 @@
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/cluster.cuh"
 #include "backend/cuda/index_path.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/quant_dev.cuh"
@@ -972,19 +973,12 @@ static int cl16_fits(int need, size_t smem, cudaStream_t st)
 {
     cudaLaunchAttribute attr[1];
     const cudaLaunchConfig_t cfg = cl_cfg(16, need, smem, st, attr);
-    int n = 0;
-    cudaError_t err = cudaFuncSetAttribute(index_cluster_kernel<16>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    if (err == cudaSuccess)
-        err = cudaFuncSetAttribute(index_cluster_kernel<16>,
-                                   cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (err == cudaSuccess)
-        err = cudaOccupancyMaxActiveClusters(&n, index_cluster_kernel<16>, &cfg);
-    if (err != cudaSuccess) {
+    if (cudaFuncSetAttribute(index_cluster_kernel<16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)smem) != cudaSuccess) {
         (void)cudaGetLastError();
         return 0;
     }
-    return n >= need;
+    return cluster_capacity((const void *)index_cluster_kernel<16>, &cfg) >= need;
 }
 
 static int cl_per_max(int64_t cap_e, int C)
