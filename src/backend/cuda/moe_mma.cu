@@ -145,6 +145,15 @@ static __device__ __forceinline__ void named_bar(int id, int count)
     }
 }
 
+/* The PDL wait of a stage kernel that opened with DSV4_PDL_LATE, where it is still pending. */
+static __device__ __forceinline__ void pdl_wait_once(int &pend)
+{
+    if (pend) {
+        DSV4_PDL_WAIT();
+        pend = 0;
+    }
+}
+
 /* Pair id of token tok of slot ai, and the row of the stage's input it reads. */
 static __device__ __forceinline__ int64_t tok_pair(const moe_mma_args &a, int ai, int off, int tok)
 {
@@ -534,10 +543,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             wchunks_zero(b);
             for (int c0 = lo; c0 < hi; c0 += CPI) {
                 load_chunks<NM, F, CPI, 0, NOA>(b, cur, c0, hi, hl);
-                if (pend) { /* the first weights in flight */
-                    DSV4_PDL_WAIT();
-                    pend = 0;
-                }
+                pdl_wait_once(pend); /* the first weights in flight */
                 wcur_advance(cur, CPI);
                 mma_pass<NM, F, CPI, NB>(b, acc, x, c0, hi, hl, brow, s0, s1);
             }
@@ -545,10 +551,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             wchunks<NM, F, CPH> b0, b1; /* ping-pong, no copies */
             wchunks_zero(b0), wchunks_zero(b1);
             load_chunks<NM, F, CPH, 0, NOA>(b0, cur, lo, hi, hl);
-            if (pend) { /* the first weights in flight */
-                DSV4_PDL_WAIT();
-                pend = 0;
-            }
+            pdl_wait_once(pend); /* the first weights in flight */
             for (int c0 = lo; c0 < hi; c0 += 2 * CPH) {
                 load_chunks<NM, F, CPH, CPH, NOA>(b1, cur, c0 + CPH, hi, hl);
                 mma_pass<NM, F, CPH, NB>(b0, acc, x, c0, hi, hl, brow, s0, s1);
@@ -558,10 +561,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             }
         }
 
-        if (pend) { /* an empty slice */
-            DSV4_PDL_WAIT();
-            pend = 0;
-        }
+        pdl_wait_once(pend); /* an empty slice */
 
         /* the group's slices, in ascending order, on slice 0 */
         constexpr int NA = NB * NM * 4; /* partials a lane */
@@ -715,7 +715,7 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     int pend = NM == 1 || ai == 0;
     if (!pend) DSV4_PDL_WAIT();
     if (ai > 0 && ai > *a.list.n_active) { /* the whole group */
-        if (pend) DSV4_PDL_WAIT();
+        pdl_wait_once(pend);
         return;
     }
     int e = a.E, ntok = (int)a.N, off = 0;
@@ -741,7 +741,7 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     else
         run_tokens<NM, 1, PIPE, LOADS, NB8, NOA>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi,
                                                  gred, 1 + grp, pend);
-    if (pend) DSV4_PDL_WAIT(); /* no pass ran */
+    pdl_wait_once(pend); /* no pass ran */
     if constexpr (NM == 2)
         if (slice == 0) stage1_tail(a, ai, e, ntok, off, tile, lane);
 }
