@@ -5,7 +5,8 @@
  *   hc_site       rmsnorm -> linear -> hc_pre -> rmsnorm; F32 fn (the checkpoints'), BF16 and
  *                 F16 fn, with and without the norm weight, several launch shapes (CTAs a
  *                 cluster, rows a cluster);
- *   hc_seam       hc_post -> hc_site;
+ *   hc_seam       hc_post -> hc_site; and its halves: the seam without post / comb (fn's
+ *                 first n rows) and hc_seam_weights (post / comb from fn's other rows);
  *   hc_head_site  [hc_post ->] rmsnorm -> linear (n rows) -> hc_head -> rmsnorm.
  * Then the time of each at the decode shapes against the ops it replaces, and a traced seam
  * launch: the clock at the end of each of its phases (bk_hc.cu TR_*).
@@ -32,8 +33,10 @@
  * by a bf16 ulp in a few elements). Exact GPU identities: the seam gives the bits of the GPU's
  * hc_site on the CPU's X' with the same launch shape (and so of hc_post -> hc_site); the head
  * with its post-mix gives the bits of the head on the CPU's X'; post / comb updated in place
- * give the bits of separate buffers; the same call twice gives the same bits, with or without
- * the optional y / mix outputs, and a captured graph replays the eager call's bits.
+ * give the bits of separate buffers; the seam's two halves give the whole seam's bits (Xo, h, xq;
+ * post, comb), on the GPU with the same launch shape and on the CPU; the same call twice gives
+ * the same bits, with or without the optional y / mix outputs, and a captured graph replays the
+ * eager call's bits.
  *
  * usage: test_gpu_hc [--small]   (--small: D 256 and few rows, for compute-sanitizer)
  */
@@ -62,6 +65,13 @@ dsv4_status dsv4_cuda_bk_hc_seam_ex(dsv4_backend *b, float *h, float *xq, float 
                                     const float *norm, int64_t N, int n, int64_t D, int iters,
                                     float hc_eps, float rms_eps, int cluster, int rows,
                                     int *used_cluster, int *used_rows, long long *trace);
+dsv4_status dsv4_cuda_bk_hc_seam_weights_ex(dsv4_backend *b, float *post, float *comb,
+                                            const float *X, const float *f, const float *post_in,
+                                            const float *comb_in, const dsv4_weight *fn,
+                                            const float *base, const float *scale, int64_t N, int n,
+                                            int64_t D, int iters, float hc_eps, float rms_eps,
+                                            int cluster, int rows, int *used_cluster,
+                                            int *used_rows);
 dsv4_status dsv4_cuda_bk_hc_head_site_ex(dsv4_backend *b, float *h, float *y, float *mix, float *Xo,
                                          const float *X, const float *f, const float *post_in,
                                          const float *comb_in, const dsv4_weight *fn,
@@ -478,8 +488,22 @@ static seam_case seam_make(const shape *s, int N, dsv4_weight_format fmt)
     same_bits("cpu hc_seam comb", s->name, comb, sc.c.comb, (int64_t)N * n * n);
     ok(dsv4_cpu_bk_act_quant(cpu, xq2, D, h, D, N, D, 128), "cpu act_quant");
     same_bits("cpu hc_seam xq", s->name, xq, xq2, N * D);
-    float *t[] = {h, Xo, post, comb, Xp, xq, xq2};
-    free_all(t, 7);
+    /* the halves: the seam without post / comb, and hc_seam_weights */
+    float *h2 = malloc((size_t)(N * D) * 4), *Xo2 = malloc((size_t)(N * nD) * 4);
+    float *post2 = malloc((size_t)N * n * 4), *comb2 = malloc((size_t)N * n * n * 4);
+    ok(dsv4_cpu_bk_hc_seam(cpu, h2, xq2, Xo2, NULL, NULL, sc.Xin, sc.f, sc.pin, sc.cin, &sc.c.fn,
+                           sc.c.base, sc.c.scale, sc.c.norm, N, n, D, ITERS, HC_EPS, RMS_EPS),
+       "cpu hc_seam without post / comb");
+    same_bits("cpu hc_seam pre half Xo", s->name, Xo2, Xo, N * nD);
+    same_bits("cpu hc_seam pre half h", s->name, h2, h, N * D);
+    same_bits("cpu hc_seam pre half xq", s->name, xq2, xq, N * D);
+    ok(dsv4_cpu_bk_hc_seam_weights(cpu, post2, comb2, sc.Xin, sc.f, sc.pin, sc.cin, &sc.c.fn,
+                                   sc.c.base, sc.c.scale, N, n, D, ITERS, HC_EPS, RMS_EPS),
+       "cpu hc_seam_weights");
+    same_bits("cpu hc_seam_weights post", s->name, post2, post, (int64_t)N * n);
+    same_bits("cpu hc_seam_weights comb", s->name, comb2, comb, (int64_t)N * n * n);
+    float *t[] = {h, Xo, post, comb, Xp, xq, xq2, h2, Xo2, post2, comb2};
+    free_all(t, 11);
     sc.dXin = dev_from(sc.Xin, (size_t)(N * nD) * 4);
     sc.df = dev_from(sc.f, (size_t)(N * D) * 4);
     sc.dpin = dev_from(sc.pin, (size_t)N * n * 4);
@@ -552,6 +576,35 @@ static void check_seam(seam_case *sc, int cluster, int rows)
     same_bits("h (in place)", label, p.h, o.h, N * D);
     same_bits("post (in place)", label, p.post, o.post, (int64_t)N * n);
     same_bits("comb (in place)", label, p.comb, o.comb, (int64_t)N * n * n);
+
+    /* the halves as the engine runs them, the same launch shape: the seam without post / comb
+     * (Xo, h, xq), and hc_seam_weights (post, comb), from the same inputs: the whole seam's bits */
+    float *dxq = dev_from(NULL, (size_t)(N * D) * 4);
+    ok(dsv4_bk_memset0(gpu, sc->dXo, (size_t)(N * nD) * 4), "memset");
+    ok(dsv4_bk_memset0(gpu, dpost, (size_t)N * n * 4), "memset");
+    ok(dsv4_bk_memset0(gpu, dcomb, (size_t)N * n * n * 4), "memset");
+    ok(dsv4_cuda_bk_hc_seam_weights_ex(gpu, dpost, dcomb, sc->dXin, sc->df, sc->dpin, sc->dcin,
+                                       &c->dfn, c->dbase, c->dscale, N, n, D, ITERS, HC_EPS,
+                                       RMS_EPS, C, R, NULL, NULL),
+       "cuda hc_seam_weights");
+    ok(dsv4_cuda_bk_hc_seam_ex(gpu, dh, dxq, NULL, NULL, sc->dXo, NULL, NULL, sc->dXin, sc->df,
+                               sc->dpin, sc->dcin, &c->dfn, c->dbase, c->dscale, c->dnorm, N, n, D,
+                               ITERS, HC_EPS, RMS_EPS, C, R, NULL, NULL, NULL),
+       "cuda hc_seam without post / comb");
+    site_out q = site_download(c, dh, NULL, NULL, dpost, dcomb);
+    float *Xo3 = host_from(sc->dXo, (size_t)(N * nD) * 4);
+    float *xq3 = host_from(dxq, (size_t)(N * D) * 4), *xq1 = host_from(c->dxq, (size_t)(N * D) * 4);
+    same_bits("Xo (pre half)", label, Xo3, Xo, N * nD);
+    same_bits("h (pre half)", label, q.h, o.h, N * D);
+    same_bits("xq (pre half)", label, xq3, xq1, N * D);
+    same_bits("post (weights half)", label, q.post, o.post, (int64_t)N * n);
+    same_bits("comb (weights half)", label, q.comb, o.comb, (int64_t)N * n * n);
+    site_out_free(&q);
+    free(Xo3);
+    free(xq3);
+    free(xq1);
+    float *dq[] = {dxq};
+    dev_free_all(dq, 1);
 
     site_out_free(&o);
     site_out_free(&s);
@@ -721,8 +774,11 @@ enum {
     B_SITE,      /* hc_site (cluster, rows) */
     B_POST_SITE, /* hc_post + hc_site: what hc_seam replaces */
     B_SEAM,      /* hc_seam */
+    B_SEAM_PRE,  /* hc_seam without post / comb: the half the next sublayer waits for */
+    B_SEAM_W,    /* hc_seam_weights: the half the engine runs beside it */
     B_HEAD_OLD,  /* hc_post, rmsnorm, linear, hc_head, rmsnorm: what hc_head_site replaces */
-    B_HEAD,      /* hc_head_site with the post-mix */
+    B_HEAD,      /* hc_head_site with the post-mix (the last: the graph check below) */
+    B_N
 };
 
 typedef struct bench_ctx {
@@ -730,6 +786,7 @@ typedef struct bench_ctx {
     int N, M;
     dsv4_weight fns[NF], hfns[NF];
     float *dX, *dXo, *df, *dflat, *dmix, *dy, *dh, *dpost, *dcomb, *dbase, *dscale, *dnorm;
+    float *dpost2, *dcomb2;
 } bench_ctx;
 
 static void bench_op(bench_ctx *b, int i, int mode, int cluster, int rows)
@@ -774,6 +831,18 @@ static void bench_op(bench_ctx *b, int i, int mode, int cluster, int rows)
            "hc_head");
         ok(dsv4_cuda_bk_rmsnorm(gpu, b->dh, D, b->dy, D, b->dnorm, N, D, RMS_EPS, 1), "rmsnorm");
         break;
+    case B_SEAM_PRE:
+        ok(dsv4_cuda_bk_hc_seam_ex(gpu, b->dh, b->dflat, NULL, NULL, b->dXo, NULL, NULL, b->dX,
+                                   b->df, b->dpost, b->dcomb, fn, b->dbase, b->dscale, b->dnorm, N,
+                                   n, D, ITERS, HC_EPS, RMS_EPS, cluster, rows, NULL, NULL, NULL),
+           "hc_seam without post / comb");
+        break;
+    case B_SEAM_W:
+        ok(dsv4_cuda_bk_hc_seam_weights_ex(gpu, b->dpost2, b->dcomb2, b->dX, b->df, b->dpost,
+                                           b->dcomb, fn, b->dbase, b->dscale, N, n, D, ITERS,
+                                           HC_EPS, RMS_EPS, cluster, rows, NULL, NULL),
+           "hc_seam_weights");
+        break;
     default:
         ok(dsv4_cuda_bk_hc_head_site_ex(gpu, b->dh, NULL, NULL, b->dXo, b->dX, b->df, b->dpost,
                                         b->dcomb, hfn, b->dbase, 0.75f, b->dnorm, N, n, D, HC_EPS,
@@ -809,8 +878,9 @@ static void bench_time(bench_ctx *b, int mode, int cluster, int rows, double *ea
 
 /* One seam launch's phase clocks (bk_hc.cu TR_*: clock64 of thread 0 of rank 0, cluster 0, the
  * Sinkhorn's by its warp 7; globaltimer for the clock rate), each after the NF fn matrices in
- * turn so that its fn comes from HBM: where the time of a launch goes. */
-static void trace_seam(bench_ctx *b, int cluster, int rows)
+ * turn so that its fn comes from HBM: where the time of a launch goes. pre: the seam without
+ * post / comb (the engine's critical half). */
+static void trace_seam(bench_ctx *b, int cluster, int rows, int pre)
 {
     enum { NT = 14 };
     static const char *name[NT] = {"start",    "issued", "staged", "postmix", "dots", "mix", "pre",
@@ -822,17 +892,17 @@ static void trace_seam(bench_ctx *b, int cluster, int rows)
     for (int rep = 0; rep < 2; rep++) {
         for (int i = 0; i < NF; i++) bench_op(b, i, B_SEAM, cluster, rows);
         int C = 0, R = 0;
-        ok(dsv4_cuda_bk_hc_seam_ex(gpu, b->dh, b->dflat, NULL, NULL, b->dXo, b->dpost, b->dcomb,
-                                   b->dX, b->df, b->dpost, b->dcomb, &b->fns[rep], b->dbase,
-                                   b->dscale, b->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, cluster,
-                                   rows, &C, &R, dt),
+        ok(dsv4_cuda_bk_hc_seam_ex(gpu, b->dh, b->dflat, NULL, NULL, b->dXo, pre ? NULL : b->dpost,
+                                   pre ? NULL : b->dcomb, b->dX, b->df, b->dpost, b->dcomb,
+                                   &b->fns[rep], b->dbase, b->dscale, b->dnorm, N, n, D, ITERS,
+                                   HC_EPS, RMS_EPS, cluster, rows, &C, &R, dt),
            "traced seam");
         ok(dsv4_bk_sync(gpu), "sync");
         ok(dsv4_bk_download(gpu, t, dt, sizeof t), "download");
         const double ns = (double)(t[13] - t[12]), cyc = (double)(t[9] - t[0]);
         const double ghz = ns > 0 ? cyc / ns : 0.0;
-        printf("      trace %s N=%d C=%d R=%d: %.0f cycles, %.0f ns (%.2f GHz); phase ends, us:",
-               b->s->name, N, C, R, cyc, ns, ghz);
+        printf("      trace%s %s N=%d C=%d R=%d: %.0f cycles, %.0f ns (%.2f GHz); phase ends, us:",
+               pre ? " (pre half)" : "", b->s->name, N, C, R, cyc, ns, ghz);
         for (int k = 1; k <= 11; k++)
             printf(" %s %.2f", name[k], ghz > 0 ? (double)(t[k] - t[0]) / ghz / 1e3 : 0.0);
         printf("\n");
@@ -881,6 +951,8 @@ static void bench(const shape *s, int N, int sweep)
     b.dh = dev_from(NULL, (size_t)(N * D) * 4);
     b.dpost = dev_from(post, (size_t)N * n * 4);
     b.dcomb = dev_from(comb, (size_t)N * n * n * 4);
+    b.dpost2 = dev_from(NULL, (size_t)N * n * 4);
+    b.dcomb2 = dev_from(NULL, (size_t)N * n * n * 4);
     b.dbase = dev_from(base, (size_t)M * 4);
     b.dscale = dev_from(scale, sizeof scale);
     b.dnorm = dev_from(norm, (size_t)D * 4);
@@ -890,16 +962,18 @@ static void bench(const shape *s, int N, int sweep)
                                b.dbase, b.dscale, b.dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, 0, 0,
                                &C, &R),
        "hc_site");
-    double e[6], g[6];
-    for (int m = B_SITE_OLD; m <= B_HEAD; m++) bench_time(&b, m, 0, 0, &e[m], &g[m]);
+    double e[B_N], g[B_N];
+    for (int m = B_SITE_OLD; m < B_N; m++) bench_time(&b, m, 0, 0, &e[m], &g[m]);
     printf("bench %-5s N=%-3d C=%d R=%d (fn %.2f MB, %d in turn), us eager / graph:\n"
            "      site: old 4 ops %7.1f / %7.1f | hc_site %6.1f / %6.1f (%.1fx)\n"
            "      seam: hc_post + hc_site %6.1f / %6.1f | hc_seam %6.1f / %6.1f (%.2fx)\n"
+           "      seam halves: without post / comb %6.1f / %6.1f | hc_seam_weights %6.1f / %6.1f\n"
            "      head: hc_post + old 4 ops %6.1f / %6.1f | hc_head_site %6.1f / %6.1f (%.1fx)\n",
            s->name, N, C, R, (double)(M * nD * 4) / 1e6, NF, e[B_SITE_OLD], g[B_SITE_OLD],
            e[B_SITE], g[B_SITE], g[B_SITE_OLD] / g[B_SITE], e[B_POST_SITE], g[B_POST_SITE],
-           e[B_SEAM], g[B_SEAM], g[B_POST_SITE] / g[B_SEAM], e[B_HEAD_OLD], g[B_HEAD_OLD],
-           e[B_HEAD], g[B_HEAD], g[B_HEAD_OLD] / g[B_HEAD]);
+           e[B_SEAM], g[B_SEAM], g[B_POST_SITE] / g[B_SEAM], e[B_SEAM_PRE], g[B_SEAM_PRE],
+           e[B_SEAM_W], g[B_SEAM_W], e[B_HEAD_OLD], g[B_HEAD_OLD], e[B_HEAD], g[B_HEAD],
+           g[B_HEAD_OLD] / g[B_HEAD]);
     /* graph replay == eager, bit for bit: the graph's last op used fn NF-1 (B_HEAD: hfns) */
     float *hg = host_from(b.dh, (size_t)(N * D) * 4);
     bench_op(&b, NF - 1, B_HEAD, 0, 0);
@@ -910,7 +984,8 @@ static void bench(const shape *s, int N, int sweep)
     same_bits("h (head graph replay vs eager)", l, hg, he, N * D);
     free(hg);
     free(he);
-    trace_seam(&b, 0, 0);
+    trace_seam(&b, 0, 0, 0);
+    trace_seam(&b, 0, 0, 1);
     if (sweep) { /* other launch shapes of the seam, graph replay */
         static const int shapes[][2] = {{8, 0},  {16, 1}, {16, 2}, {16, 4},
                                         {16, 8}, {8, 8},  {8, 4},  {4, 8}};
@@ -935,8 +1010,8 @@ static void bench(const shape *s, int N, int sweep)
     }
     float *h[] = {X, f, base, norm, post, comb};
     free_all(h, 6);
-    float *dev[] = {b.dX, b.dXo,   b.df,    b.dflat, b.dmix,   b.dy,
-                    b.dh, b.dpost, b.dcomb, b.dbase, b.dscale, b.dnorm};
+    float *dev[] = {b.dX,    b.dXo,   b.df,    b.dflat,  b.dmix,  b.dy,     b.dh,
+                    b.dpost, b.dcomb, b.dbase, b.dscale, b.dnorm, b.dpost2, b.dcomb2};
     dev_free_all(dev, sizeof dev / sizeof *dev);
     for (int i = 0; i < NF; i++) {
         dsv4_bk_weight_free(gpu, &b.fns[i]);

@@ -47,7 +47,7 @@ typedef struct dsv4_backend {
     dsv4_cpu_pool *pool;   /* CPU: the thread pool (NULL: the calling thread) */
     dsv4_cuda_ctx *cuda;   /* CUDA: the device context (stream, memory) */
     dsv4_bk_prof *prof;    /* per-op timing when on (dsv4_bk_prof_*) */
-    int pdl; /* CUDA graphs: kernel -> kernel edges programmatic (dsv4_bk_graph_end) */
+    int pdl;           /* CUDA graphs: kernel -> kernel edges programmatic (dsv4_bk_graph_end) */
     int graph_kernels; /* kernel nodes of the last graph dsv4_bk_graph_end made */
 } dsv4_backend;
 
@@ -79,7 +79,8 @@ dsv4_status dsv4_bk_fill_bf16(dsv4_backend *b, uint16_t *p, size_t n, uint64_t s
 #ifdef __CUDACC__
 __host__ __device__
 #endif
-static inline uint16_t dsv4_fill_bf16_bits(uint64_t seed, uint64_t i)
+    static inline uint16_t
+    dsv4_fill_bf16_bits(uint64_t seed, uint64_t i)
 {
     uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull; /* splitmix64 */
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -205,12 +206,21 @@ dsv4_status dsv4_bk_hc_site(dsv4_backend *b, float *h, float *xq, float *y, floa
  *   Xo [N, n, D] = hc_post(X, f, post_in, comb_in)   (the residual streams after the sublayer),
  *   then hc_site on Xo -> h, post, comb (and xq = act_quant(h) unless xq is NULL).
  * post / comb may be post_in / comb_in (read before they are written); Xo must not overlap X,
- * f or the other outputs. CUDA: as hc_site, and f, Xo 16-byte aligned. */
+ * f or the other outputs. CUDA: as hc_site, and f, Xo 16-byte aligned.
+ * With post = comb = NULL only Xo, h (and xq) are made, from fn's first n rows: the next
+ * sublayer waits for nothing else. hc_seam_weights makes that site's post and comb from the same
+ * inputs (hc_post recomputed, not stored; fn's other rows) and may run beside it: post / comb
+ * must then not overlap post_in / comb_in. Together the two give hc_seam's bits. */
 dsv4_status dsv4_bk_hc_seam(dsv4_backend *b, float *h, float *xq, float *Xo, float *post,
                             float *comb, const float *X, const float *f, const float *post_in,
                             const float *comb_in, const dsv4_weight *fn, const float *base,
                             const float *scale, const float *norm, int64_t N, int n, int64_t D,
                             int iters, float hc_eps, float rms_eps);
+dsv4_status dsv4_bk_hc_seam_weights(dsv4_backend *b, float *post, float *comb, const float *X,
+                                    const float *f, const float *post_in, const float *comb_in,
+                                    const dsv4_weight *fn, const float *base, const float *scale,
+                                    int64_t N, int n, int64_t D, int iters, float hc_eps,
+                                    float rms_eps);
 /* hc_head_site: the head collapse in one op, the calls [hc_post ->] rmsnorm -> linear ->
  * hc_head -> rmsnorm it replaces. With f != NULL the streams are first Xs = hc_post(X, f,
  * post_in, comb_in) (stored to Xo unless Xo is NULL), else Xs = X. Per row:
@@ -326,8 +336,8 @@ dsv4_status dsv4_bk_moe(dsv4_backend *b, float *out, const float *h, const int32
 dsv4_status dsv4_bk_moe_routed(dsv4_backend *b, float *out, int32_t *sel, float *wts,
                                const float *h, const float *logits, const float *bias,
                                const int32_t *tid2eid, const dsv4_bk_rows *rows,
-                               const dsv4_bk_experts *t, int E, int K, int64_t D,
-                               float route_scale, float limit, void *ws);
+                               const dsv4_bk_experts *t, int E, int K, int64_t D, float route_scale,
+                               float limit, void *ws);
 
 /* ---- step machinery ----------------------------------------------------------------------
  * Graphs (CUDA only; the CPU answers DSV4_ERR_UNSUPPORTED): everything enqueued between begin

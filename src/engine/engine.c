@@ -67,6 +67,9 @@ static int scratch_regions(const dsv4_config *c, const dsv4_engine_options *o, c
     R_(comb, N * n * n);
     R_(h, N * D);
     R_(f, N * D);
+    R_(post2, N * n);
+    R_(comb2, N * n * n);
+    R_(f2, N * D);
     R_(xh, N * D);
     R_(xq, N * z->xq_cols);
     R_(qr, N * c->q_lora_rank);

@@ -35,7 +35,8 @@ typedef struct eng_layer {
 /* The step's activations, sized for max_chunk rows (see engine_layer.c for each one's use). */
 typedef struct eng_scratch {
     float *X, *Xo, *post, *comb, *h, *f;
-    float *xh, *xq; /* act_quant(h) [N, D]; act_quant of any other input [N, max cols] */
+    float *post2, *comb2, *f2; /* the seams' other post, comb and f (engine_layer.c hc_seam) */
+    float *xh, *xq;            /* act_quant(h) [N, D]; act_quant of any other input [N, max cols] */
     float *qr, *q, *kv, *o, *z;
     float *ck, *cg;   /* compressor rows [N, max width] */
     float *ick, *icg; /* the indexer compressor's rows [N, its width] (same launch as ck, cg) */

@@ -41,24 +41,56 @@ static dsv4_status hc_site(dsv4_engine *e, const dsv4_weight *fn, const float *b
     return DSV4_OK;
 }
 
+static void swap(float **a, float **b)
+{
+    float *t = *a;
+    *a = *b;
+    *b = t;
+}
+
 static void swap_streams(eng_scratch *s)
 {
-    float *t = s->X;
-    s->X = s->Xo;
-    s->Xo = t;
+    swap(&s->X, &s->Xo);
 }
 
 /* The seam after a sublayer: X' = bf16(post f + comb^T X) (into Xo; X and Xo swap), then the
- * next site on X' (post and comb updated in place, xh as hc_site's), in one op. */
+ * next site on X' (xh as hc_site's), in one op (post and comb updated in place). For at most
+ * SEAM_SPLIT_ROWS rows in two: the sublayer after it then waits only for h (fn's first n rows),
+ * while the site's post and comb (fn's other rows and the Sinkhorn, needed first by the next
+ * seam) are made beside it on a side chain joined at the next seam. That chain reads X, f, post
+ * and comb while the sublayer runs, so none is overwritten before the join: post and comb go to
+ * the other buffers (post2, comb2), and the sublayer writes its f into f2 (all swap). Measured
+ * (H100, Flash 4 layers, docs/PERF.md session 9): a step 1.6% faster at 1 row and 1.2% at 2, the
+ * same at 4, 1.2% slower at 8 and 0.6% at 16, where both halves take half the SMs each. */
+enum { SEAM_SPLIT_ROWS = 2 };
+
 static dsv4_status hc_seam(dsv4_engine *e, const dsv4_weight *fn, const float *base,
                            const float *scale, const float *norm, float *xh, int N)
 {
     const dsv4_config *c = e->c;
     eng_scratch *s = &e->s;
-    DSV4_TRY(dsv4_bk_hc_seam(e->b, s->h, xh, s->Xo, s->post, s->comb, s->X, s->f, s->post, s->comb,
-                             fn, base, scale, norm, N, c->hc_mult, c->hidden_size,
-                             c->hc_sinkhorn_iters, c->hc_eps, c->rms_norm_eps));
+    const int n = c->hc_mult, it = c->hc_sinkhorn_iters;
+    const int64_t D = c->hidden_size;
+    DSV4_TRY(dsv4_bk_side_join(e->b)); /* the previous seam's post and comb */
+    if (N > SEAM_SPLIT_ROWS) {
+        DSV4_TRY(dsv4_bk_hc_seam(e->b, s->h, xh, s->Xo, s->post, s->comb, s->X, s->f, s->post,
+                                 s->comb, fn, base, scale, norm, N, n, D, it, c->hc_eps,
+                                 c->rms_norm_eps));
+        swap_streams(s);
+        MARK("mhc.seam");
+        return DSV4_OK;
+    }
+    DSV4_TRY(dsv4_bk_side_begin(e->b));
+    DSV4_TRY(dsv4_bk_hc_seam_weights(e->b, s->post2, s->comb2, s->X, s->f, s->post, s->comb, fn,
+                                     base, scale, N, n, D, it, c->hc_eps, c->rms_norm_eps));
+    DSV4_TRY(dsv4_bk_side_end(e->b));
+    MARK("mhc.seam_weights");
+    DSV4_TRY(dsv4_bk_hc_seam(e->b, s->h, xh, s->Xo, NULL, NULL, s->X, s->f, s->post, s->comb, fn,
+                             base, scale, norm, N, n, D, it, c->hc_eps, c->rms_norm_eps));
     swap_streams(s);
+    swap(&s->post, &s->post2);
+    swap(&s->comb, &s->comb2);
+    swap(&s->f, &s->f2);
     MARK("mhc.seam");
     return DSV4_OK;
 }
@@ -228,6 +260,7 @@ dsv4_status dsv4_engine_forward(dsv4_engine *e, int N)
         DSV4_TRY(moe(e, L, &rows));
     }
     /* the last MoE's post-mix (X and Xo swap), head collapse X [N, n, D] -> y, final norm -> h */
+    DSV4_TRY(dsv4_bk_side_join(e->b)); /* the last seam's post and comb */
     const int posted = e->n_layers > 0;
     DSV4_TRY(dsv4_bk_hc_head_site(e->b, s->h, posted ? s->Xo : NULL, s->X, posted ? s->f : NULL,
                                   s->post, s->comb, &e->hc_head_fn, e->hc_head_base,

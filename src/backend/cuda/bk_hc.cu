@@ -4,7 +4,10 @@
  *                         (2+n)n = 24 outputs, hc_pre, RMSNorm over D),
  *   dsv4_bk_hc_seam       the previous sublayer's post-mix X' = bf16(post f + comb^T X) fused into
  *                         the next site (X' is written too: it is the residual the next post
- * reads), dsv4_bk_hc_head_site  the head collapse: the site with hc_head's n outputs and weights
+ *                         reads); without post / comb only fn's first n rows (pre -> h), and
+ *   dsv4_bk_hc_seam_weights  the other half: fn's rows [n, M) -> post, comb (the Sinkhorn), which
+ *                         the engine runs beside the next sublayer (the same kernel, o0 / o1),
+ *   dsv4_bk_hc_head_site  the head collapse: the site with hc_head's n outputs and weights
  *                         (sigmoid pre only), optionally after the last post-mix.
  * The four separate ops took 160 us per site at batch 1 on an H100, and the head 130 us, mostly
  * because 24 x 16,384 f32 dot products ran on a handful of CTAs. Here one thread-block cluster of
@@ -53,8 +56,13 @@
  *   partials 10.8, collapse 6.9, h + xq 5.4 (35.9 in all; ncu 49.5 us, 51.9 before).
  * Graph replay (40 fn in turn), us, Flash N = 1 / 7 / 64: hc_seam 12.5 / 13.9 / 37.7 (with xq),
  * hc_site 11.8 / 12.9 / 29.3, hc_head_site 8.3 / 10.4 / 29.6 (the TMA variant; hc_post +
- * hc_site: 14.5 / 15.4 / 35.1). Next: the Sinkhorn off the critical path (run by the next seam
- * while its fn loads are in flight), and more CTAs per row at N = 64.
+ * hc_site: 14.5 / 15.4 / 35.1).
+ * The seam's halves (session 9; the engine splits a seam of <= 2 rows, engine_layer.c): without
+ * post / comb (4 of fn's 24 rows, no Sinkhorn) 8.9 / 10.5 / 34.2 us against the whole seam's
+ * 10.6 / 11.7 / 36.4, and its trace ends at 7.3 us against 8.1 (the Sinkhorn's warp at 8.8);
+ * hc_seam_weights 9.5 / 10.7 / 24.7 beside it. What is left at N = 1 is a chain of short
+ * phases (mix and pre 1.2 us, the collapse 0.7, barrier 2 0.6, h and xq 1.2); adding the C
+ * partials with their loads issued together (unrolled to 16) did not shorten it.
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
@@ -78,6 +86,7 @@ enum {
     HS_M_MAX = (2 + HS_HC_MAX) * HS_HC_MAX,
     HS_PC = HS_HC_MAX + HS_HC_MAX * HS_HC_MAX, /* post_in [n] + comb_in [n, n] of one row */
     HS_MIN_COLS = 128, /* auto cluster size: no more CTAs than leave each this many columns */
+    HS_C_MAX = 16,     /* CTAs a cluster */
 };
 
 enum { WT_F32, WT_BF16, WT_F16 };
@@ -90,6 +99,9 @@ struct hs_args {
     int64_t N, D;
     int n, M, iters, cols; /* M: fn's rows; cols = D / C: the columns of each stream a CTA owns */
     int head;              /* the head collapse: M = n, pre from head_scale, no post / comb */
+    int o0, o1;   /* the rows [o0, o1) of fn projected (the seam's halves: [0, n), [n, M)) */
+    int collapse; /* pre, y, h (and xq) from rows [0, n): all but the seam's weights half */
+    int weights;  /* post and comb (the Sinkhorn) from rows [n, M): a site, the weights half */
     float head_scale, hc_eps, rms_eps;
     double inv_nD, inv_D; /* 1 / (n D), 1 / D where powers of two (exact), else 0 */
 };
@@ -414,7 +426,7 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
      *    (everything else is read after it) */
     float4 cur[HS_U][HS_OPW], nxt[HS_U][HS_OPW];
     const char *rp[HS_OPW];
-    fn_rows<WT>(rp, a, 0, warp, M);
+    fn_rows<WT>(rp, a, a.o0, warp, a.o1);
     load_batch<WT>(cur, rp, D, lane, nq, cq, d0);
     load_batch<WT>(nxt, rp, D, lane + 32 * HS_U, nq, cq, d0);
     DSV4_PDL_WAIT();
@@ -515,9 +527,9 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
 
     /* 1c. partial dot products of the slice: warp w, outputs og + w + 8i, lanes over quads;
      *     two batches of loads ahead. Every lane holds the warp's sum; lane c sends it to c. */
-    for (int og = 0; og < M; og += HS_WARPS * HS_OPW) {
-        if (og > 0) {
-            fn_rows<WT>(rp, a, og, warp, M);
+    for (int og = a.o0; og < a.o1; og += HS_WARPS * HS_OPW) {
+        if (og > a.o0) {
+            fn_rows<WT>(rp, a, og, warp, a.o1);
             load_batch<WT>(cur, rp, D, lane, nq, cq, d0);
             load_batch<WT>(nxt, rp, D, lane + 32 * HS_U, nq, cq, d0);
         }
@@ -560,7 +572,7 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
                 float s = acc[r][i];
                 for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
                 const int oi = og + warp + HS_WARPS * i;
-                if (lane < C && r < nr && oi < M)
+                if (lane < C && r < nr && oi < a.o1)
                     *cl.map_shared_rank(xpart + (rank * R + r) * M + oi, lane) = s;
             }
     }
@@ -573,39 +585,47 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
      *    operations, the same bits), so that the Sinkhorn starts as soon as the partials are
      *    in, not after step 2. The copies are made before this warp's barrier-2 arrival, so
      *    that nothing the warp reads after arriving was written by another rank (reads of the
-     *    partials after the early arrival were racecheck hazards) */
+     *    partials after the early arrival were racecheck hazards). Rows of fn not projected
+     *    (the weights half: [0, n)) count as 0 in the copy. */
     if (warp == HS_CWARPS) {
         if (tr && lane == 0) tr[TR_SK0] = clock64();
-        if (!a.head)
+        if (a.weights)
             for (int r = rank, k = 0; r < nr; r += C, k++) {
                 const float rs = row_rs(xss, R, C, r, a.inv_nD, nD, a.rms_eps);
                 for (int o = lane; o < M; o += 32) {
-                    float s = xpart[r * M + o];
-                    for (int c = 1; c < C; c++) s = __fadd_rn(s, xpart[(c * R + r) * M + o]);
-                    mixw[k * HS_M_MAX + o] = __fmul_rn(s, rs);
+                    float s = 0.0f;
+                    if (o >= a.o0) {
+                        s = xpart[r * M + o];
+                        for (int c = 1; c < C; c++) s = __fadd_rn(s, xpart[(c * R + r) * M + o]);
+                        s = __fmul_rn(s, rs);
+                    }
+                    mixw[k * HS_M_MAX + o] = s;
                 }
             }
         __syncwarp();
-        cluster_arrive(); /* barrier 2: this warp sends nothing */
-        if (!a.head)
+        if (a.collapse) cluster_arrive(); /* barrier 2: this warp sends nothing */
+        if (a.weights)
             for (int r = rank, k = 0; r < nr; r += C, k++) {
                 hc_weights_warp(a, mixw + k * HS_M_MAX, bs, sc, r0 + r, lane);
                 __syncwarp();
             }
         if (tr && lane == 0) tr[TR_SK1] = clock64();
-        cluster_wait();
+        if (a.collapse) cluster_wait();
         return;
     }
+    /* the weights half ends here: after barrier 1 no rank touches another's shared memory */
+    if (!a.collapse) return;
 
     /* 2. mix = (sum over ranks in rank order) * rs, rs from the summed squares (each thread its
      *    row's, the same bits); pre = sigmoid(mix scale + base) + eps from the mix just made */
-    for (int t = tid; t < nr * M; t += HS_CWARPS * 32) {
-        const int r = t / M, o = t - r * M;
+    const int Mo = a.o1; /* the rows of fn projected: [0, Mo) (o0 = 0 here) */
+    for (int t = tid; t < nr * Mo; t += HS_CWARPS * 32) {
+        const int r = t / Mo, o = t - r * Mo, i = r * M + o;
         const float rs = row_rs(xss, R, C, r, a.inv_nD, nD, a.rms_eps);
-        float s = xpart[t];
-        for (int c = 1; c < C; c++) s = __fadd_rn(s, xpart[c * R * M + t]);
+        float s = xpart[i];
+        for (int c = 1; c < C; c++) s = __fadd_rn(s, xpart[c * R * M + i]);
         const float v = __fmul_rn(s, rs);
-        if (rank == 0 && a.mix) a.mix[r0 * M + t] = v;
+        if (rank == 0 && a.mix) a.mix[r0 * M + i] = v;
         if (o < n) {
             const float scl = a.head ? a.head_scale : sc[0]; /* dsv4_op_hc_head_weights */
             pre_s[r * HS_HC_MAX + o] =
@@ -767,6 +787,30 @@ static int clusters16(int dev, hs_kernel k, size_t smem, cudaStream_t st)
     return num;
 }
 
+/* One launch of C CTAs a cluster and R rows a cluster (a.cols = D / C set); act_quant after
+ * the kernel where its CTAs do not hold whole 128-blocks. */
+static dsv4_status hs_launch_shape(dsv4_backend *b, hs_args a, const char *op, int wt, int C, int R)
+{
+    const int64_t N = a.N, D = a.D, groups = (N + R - 1) / R;
+    if (groups * C > 0x7fffffff)
+        return dsv4_fail(DSV4_ERR_UNSUPPORTED, "%s: %lld rows", op, (long long)N);
+    const size_t smem = smem_bytes(R, C, a.n, a.M, a.cols, a.f != NULL);
+    const hs_kernel k = pick(R, wt);
+    CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    if (C > 8) CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    /* xq in the kernel needs whole 128-blocks in each CTA (Pro's D 7168 with C = 16 splits
+     * them: act_quant after the kernel); the shape never depends on xq, so the bits of the
+     * other outputs do not either */
+    float *const xq = a.xq;
+    if (a.cols % 128) a.xq = NULL;
+    cudaLaunchAttribute attr[1];
+    const cudaLaunchConfig_t cfg =
+        make_cfg(dim3((unsigned)(groups * C), 1, 1), smem, dsv4_cuda_stream(b->cuda), attr, C);
+    CUDA_TRY(cudaLaunchKernelEx(&cfg, k, a));
+    if (xq && !a.xq) DSV4_TRY(dsv4_cuda_bk_act_quant(b, xq, D, a.h, D, N, D, 128));
+    return DSV4_OK;
+}
+
 /* The launch shape and the launch, for every op of this file. C CTAs a cluster (cluster 0:
  * auto: 16 for R <= 2 rows a cluster when the GPU places all the clusters at once, else the
  * largest of 8, 4, 2, 1 that divides D / 4 and leaves each CTA >= HS_MIN_COLS columns when D
@@ -795,7 +839,7 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
                          (long long)D);
     if (pm && (!a.post_in || !a.comb_in))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "%s: the post-mix needs post and comb", op);
-    if (cluster < 0 || cluster > 16 || (cluster & (cluster - 1)) ||
+    if (cluster < 0 || cluster > HS_C_MAX || (cluster & (cluster - 1)) ||
         (cluster && D % (4 * cluster)) ||
         (rows != 0 && rows != 1 && rows != 2 && rows != 4 && rows != 8))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "%s: cluster %d rows %d for D %lld", op,
@@ -806,7 +850,7 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
     CUDA_TRY(cudaGetDevice(&dev));
     CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
     CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    for (int C = cluster ? cluster : 16; C >= 1; C /= 2) {
+    for (int C = cluster ? cluster : HS_C_MAX; C >= 1; C /= 2) {
         if (D % (4 * C)) continue;
         if (!cluster && C > 1 && D / C < HS_MIN_COLS) continue;
         const int cols = (int)(D / C);
@@ -827,29 +871,17 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
             if (cluster) break;
             continue;
         }
-        const hs_kernel k = pick(R, wt);
-        const int64_t groups = (N + R - 1) / R;
-        CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        if (C > 8) {
+        if (C > 8 && !cluster) {
             /* few rows, one wave: measured (test_gpu_hc, H100, graph replay) a Flash seam at
              * N = 1 took 13.8 us with C = 16 against 15.4 us with C = 8, but at N = 64 (R = 8, 8
              * clusters) 64.7 us against 38.4 us */
-            if (!cluster && (R > 2 || groups > clusters16(dev, k, smem, st))) continue;
-            CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+            const hs_kernel k = pick(R, wt);
+            CUDA_TRY(
+                cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            if (R > 2 || (N + R - 1) / R > clusters16(dev, k, smem, st)) continue;
         }
-        if (groups * C > 0x7fffffff)
-            return dsv4_fail(DSV4_ERR_UNSUPPORTED, "%s: %lld rows", op, (long long)N);
         a.cols = cols;
-        /* xq in the kernel needs whole 128-blocks in each CTA (Pro's D 7168 with C = 16 splits
-         * them: act_quant after the kernel); the shape never depends on xq, so the bits of
-         * the other outputs do not either */
-        float *const xq = a.xq;
-        if (cols % 128) a.xq = NULL;
-        cudaLaunchAttribute attr[1];
-        const cudaLaunchConfig_t cfg =
-            make_cfg(dim3((unsigned)(groups * C), 1, 1), smem, st, attr, C);
-        CUDA_TRY(cudaLaunchKernelEx(&cfg, k, a));
-        if (xq && !a.xq) DSV4_TRY(dsv4_cuda_bk_act_quant(b, xq, D, a.h, D, N, D, 128));
+        DSV4_TRY(hs_launch_shape(b, a, op, wt, C, R));
         if (used_cluster) *used_cluster = C;
         if (used_rows) *used_rows = R;
         return DSV4_OK;
@@ -886,6 +918,10 @@ static hs_args site_args(float *h, float *y, float *mix, float *post, float *com
     a.D = D;
     a.n = n;
     a.M = (2 + n) * n;
+    a.o0 = 0;
+    a.o1 = a.M;
+    a.collapse = 1;
+    a.weights = 1;
     a.iters = iters;
     a.hc_eps = hc_eps;
     a.rms_eps = rms_eps;
@@ -932,11 +968,46 @@ dsv4_cuda_bk_hc_seam_ex(dsv4_backend *b, float *h, float *xq, float *y, float *m
                         int *used_cluster, int *used_rows, long long *trace)
 {
     if (!Xo || !f) return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "hc_seam: Xo and f must be given");
+    if (!post != !comb)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "hc_seam: post and comb both or neither");
     hs_args a = site_args(h, y, mix, post, comb, Xo, X, f, post_in, comb_in, fn, base, scale, norm,
                           N, n, D, iters, hc_eps, rms_eps);
+    if (!post) { /* the pre half: fn's rows [0, n) only; hc_seam_weights makes post and comb */
+        a.o1 = n;
+        a.weights = 0;
+    }
     a.xq = xq;
     a.trace = trace;
     return hs_launch(b, a, fn, "hc_seam", cluster, rows, used_cluster, used_rows);
+}
+
+/* The seam's weights half (fn's rows [n, M): post, comb), with the launch shape chosen by the
+ * caller as in hc_seam_ex; the same shape gives the bits of the whole seam's post and comb. */
+extern "C" dsv4_status
+dsv4_cuda_bk_hc_seam_weights_ex(dsv4_backend *b, float *post, float *comb, const float *X,
+                                const float *f, const float *post_in, const float *comb_in,
+                                const dsv4_weight *fn, const float *base, const float *scale,
+                                int64_t N, int n, int64_t D, int iters, float hc_eps, float rms_eps,
+                                int cluster, int rows, int *used_cluster, int *used_rows)
+{
+    if (!post || !comb || !f)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "hc_seam_weights: post, comb and f needed");
+    hs_args a = site_args(NULL, NULL, NULL, post, comb, NULL, X, f, post_in, comb_in, fn, base,
+                          scale, NULL, N, n, D, iters, hc_eps, rms_eps);
+    a.o0 = n;
+    a.collapse = 0;
+    return hs_launch(b, a, fn, "hc_seam_weights", cluster, rows, used_cluster, used_rows);
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_hc_seam_weights(dsv4_backend *b, float *post, float *comb,
+                                                    const float *X, const float *f,
+                                                    const float *post_in, const float *comb_in,
+                                                    const dsv4_weight *fn, const float *base,
+                                                    const float *scale, int64_t N, int n, int64_t D,
+                                                    int iters, float hc_eps, float rms_eps)
+{
+    return dsv4_cuda_bk_hc_seam_weights_ex(b, post, comb, X, f, post_in, comb_in, fn, base, scale,
+                                           N, n, D, iters, hc_eps, rms_eps, 0, 0, NULL, NULL);
 }
 
 extern "C" dsv4_status dsv4_cuda_bk_hc_seam(dsv4_backend *b, float *h, float *xq, float *Xo,
@@ -962,6 +1033,8 @@ extern "C" dsv4_status dsv4_cuda_bk_hc_head_site_ex(
     hs_args a = site_args(h, y, mix, NULL, NULL, f ? Xo : NULL, X, f, post_in, comb_in, fn, base,
                           NULL, norm, N, n, D, 0, hc_eps, rms_eps);
     a.M = n;
+    a.o1 = n;
+    a.weights = 0;
     a.head = 1;
     a.head_scale = scale;
     return hs_launch(b, a, fn, "hc_head_site", cluster, rows, used_cluster, used_rows);
