@@ -35,11 +35,12 @@
  * Outside [N, nrows] the output buffer must be untouched; the same call twice must give the same
  * bits.
  *
- * usage: test_gpu_linear [--small | --check | --fmm-bench | --multi-bench]   (--small: a few
- * small shapes, for compute-sanitizer; --check: the full correctness cases without the timing;
- * --fmm-bench: only the FMM timing lines, N = 32 and 64 on the Flash shapes, to compare builds in
- * one device call; --multi-bench: only the projections of h at N = 16, 32, 64, one call per
- * entry against MMX)
+ * usage: test_gpu_linear [--small | --check | --fmm-bench | --multi-bench | --mmv-bench]
+ * (--small: a few small shapes, for compute-sanitizer; --check: the full correctness cases
+ * without the timing; --fmm-bench: only the FMM timing lines, N = 32 and 64 on the Flash shapes,
+ * to compare builds in one device call; --multi-bench: only the projections of h at N = 16, 32,
+ * 64, one call per entry against MMX; --mmv-bench: only the FP8 projections MMV takes at N =
+ * 2..16, Flash and Pro shapes, the dispatcher's pick and MMV forced)
  */
 #include "backend/backend.h"
 #include "backend/backend_impl.h"
@@ -1178,6 +1179,38 @@ static void bench_all(ctx *cx, int fmm_only)
     }
 }
 
+/* --mmv-bench: the decode projections that MMV takes at batches 2..16 (FP8, Flash and Pro
+ * shapes), the dispatcher's pick and MMV forced, N = 2, 4, 8, 16: one build's figures, to be
+ * set beside another build's in the same device call. */
+static void bench_mmv(ctx *cx)
+{
+    static const struct {
+        const char *name;
+        int64_t rows, cols;
+        int groups;
+    } sh[] = {
+        {"flash wq_b fp8", 32768, 1024, 1},
+        {"flash wo_b fp8", 4096, 8192, 1},
+        {"flash wo_a fp8 8 groups", 8192, 4096, 8},
+        {"flash idx wq_b fp8", 8192, 1024, 1},
+        {"pro wq_b fp8", 65536, 1536, 1},
+        {"pro wo_b fp8", 7168, 16384, 1},
+        {"pro wo_a fp8 16 groups", 16384, 4096, 16},
+    };
+    static const int64_t ns[] = {2, 4, 8, 16};
+    printf("timing of the MMV projections (H100 copy bandwidth 3.0 TB/s):\n");
+    for (size_t i = 0; i < sizeof sh / sizeof *sh; i++) {
+        bench_set b;
+        if (bench_open(cx, &b, sh[i].name, FP8, E8, sh[i].rows, sh[i].cols, sh[i].groups, 16))
+            for (size_t k = 0; k < sizeof ns / sizeof *ns; k++) {
+                bench_line(cx, &b, ns[k], DSV4_LIN_PATH_AUTO, 0, 0, "auto");
+                bench_line(cx, &b, ns[k], DSV4_LIN_PATH_MMV, 0, 0, "mmv");
+            }
+        bench_close(cx, &b);
+        fflush(stdout);
+    }
+}
+
 /* ---- timing: split-K on small matrices, the multi op on a layer's projections of h ----------
  * A set of weights (one entry, or the projections of h), NW copies (>= 160 MB in all) called in
  * turn, as bench_line. Modes: "old" = one dsv4_bk_linear per entry without split-K (the
@@ -1372,6 +1405,7 @@ int main(int argc, char **argv)
     const int check_only = argc > 1 && !strcmp(argv[1], "--check");
     const int fmm_bench = argc > 1 && !strcmp(argv[1], "--fmm-bench");
     const int multi_bench = argc > 1 && !strcmp(argv[1], "--multi-bench");
+    const int mmv_bench = argc > 1 && !strcmp(argv[1], "--mmv-bench");
     dsv4_cpu_pool *pool = NULL;
     ctx cx = {NULL, NULL};
     CHECK(dsv4_cpu_pool_create(0, &pool) == DSV4_OK);
@@ -1379,9 +1413,10 @@ int main(int argc, char **argv)
     dsv4_status st = dsv4_backend_create(DSV4_DEVICE_CUDA, 0, NULL, &cx.gpu);
     CHECK_MSG(st == DSV4_OK, "no CUDA backend: %s", dsv4_last_error());
     if (st != DSV4_OK) return test_finish();
-    if (fmm_bench || multi_bench) {
+    if (fmm_bench || multi_bench || mmv_bench) {
         if (fmm_bench) bench_all(&cx, 1);
         if (multi_bench) bench_multi_mmx(&cx);
+        if (mmv_bench) bench_mmv(&cx);
         dsv4_backend_destroy(cx.gpu);
         dsv4_backend_destroy(cx.cpu);
         dsv4_cpu_pool_destroy(pool);

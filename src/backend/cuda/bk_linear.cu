@@ -610,11 +610,16 @@ static int lin_setup(lin_args *a, const dsv4_weight *w, int64_t row0, int64_t nr
  * matrices: at N = 1-4 the GEMV is faster on 2-32 MB FP8 (wq_b N = 1: 14.2 against 25.3 us;
  * N = 4 about even) and on 8 MB BF16 up to N = 8, MMV on the >= 100 MB Pro matrices from N = 2
  * (wo_b N = 4: 58 against 94 us). BF16 on large matrices at N = 5..8 is taken from the FP8
- * figures (the head at N = 1 streams at 100% on the GEMV). */
+ * figures (the head at N = 1 streams at 100% on the GEMV). MMV's pipelined kernel (where its
+ * plan takes the call) wins from N = 4 on >= 16 MB FP8 (N = 4, us: Flash wq_b 22.5 against the
+ * GEMV's 30.1, wo_b 25.4 / 28.0, wo_a 24.3 / 26.5; N = 2: the GEMV 18.2-20.8 against 21.0-24.2;
+ * the 8 MB indexer wq_b stays on the GEMV: 9.3 against 11.1 at N = 4). */
 static int mmv_wins(const lin_args *a)
 {
-    const int big = (double)a->groups * (double)a->nrows * (double)a->row_bytes >= 64e6;
-    if (a->fmt == DSV4_FORMAT_FP8) return a->N >= 5 || (a->N >= 2 && big);
+    const double bytes = (double)a->groups * (double)a->nrows * (double)a->row_bytes;
+    const int big = bytes >= 64e6, mid = bytes >= 16e6;
+    if (a->fmt == DSV4_FORMAT_FP8)
+        return a->N >= 5 || (a->N >= 2 && big) || (a->N >= 4 && mid && dsv4_lin_mmv_pipe_takes(a));
     return a->N >= 9 || (a->N >= 5 && big);
 }
 

@@ -220,6 +220,8 @@ dsv4_status dsv4_lin_launch_mma(const lin_args *a, cudaStream_t st);
 dsv4_status dsv4_lin_launch_simt(const lin_args *a, cudaStream_t st);
 int dsv4_lin_mmv_ok(const lin_args *a);
 dsv4_status dsv4_lin_launch_mmv(const lin_args *a, cudaStream_t st);
+/* Whether MMV's pipelined kernel (two steps in flight) takes this call. */
+int dsv4_lin_mmv_pipe_takes(const lin_args *a);
 int dsv4_lin_fmm_ok(const lin_args *a);
 /* Whether FMM was measured faster than the MMA kernel on a call it takes (linear_fp8mma.cu). */
 int dsv4_lin_fmm_wins(const lin_args *a);

@@ -5,11 +5,21 @@
  * needs more f32 FMAs than the H100 has); on tensor cores the FMAs are free and x is read once
  * per CTA from shared memory.
  *
- * Limits (H100, test_gpu_linear): its time hardly depends on N (FP8 32 MB: 25 us at N = 1, 35 us
- * at N = 16; the lo halves cost nothing), but each CTA pays a fixed cost (x staging, one
- * exposed weight latency per step, the cluster reduction) that only large matrices amortise:
- * 70% of bandwidth on the 100 MB Pro wq_b at N = 2, 40% on the 32 MB Flash ones, 11-25% on
- * 2-8 MB. A persistent grid with weights double-buffered in shared memory is the next step.
+ * Two kernels of the same numerics. mmv_kernel: any shape; each warp loads one step of its rows
+ * at a time (the first before the PDL wait). mmv_pipe_kernel, where it takes the call (FP8, N <=
+ * 8, one wave of 256-row tiles of <= 8 steps a K slice: the Flash projections at batches 4-8,
+ * mmv_pipe_plan; bk_linear.cu mmv_wins): each warp keeps two steps in flight, x goes to shared
+ * memory by cp.async (no registers, one latency) and is converted in place. H100, N = 8, us: Flash
+ * wq_b 27.9 -> 25.2, wo_b 34.4 -> 28.2, wo_a 29.9 -> 28.2, indexer wq_b 13.6 -> 12.1 (cuBLASLt FP8:
+ * 14-19).
+ *
+ * Limits (H100, test_gpu_linear --mmv-bench): the time hardly depends on N but carries a fixed
+ * ~8 us (launch, x staging, first weight latency, cluster reduction) and then streams at
+ * 1.9-2.6 TB/s. Tried and slower: a persistent grid whose CTAs loop over several tiles (each
+ * tile's cluster reduction, barrier.cluster.arrive = MEMBAR.ALL.GPU, waits for the next tile's
+ * loads already in flight: wq_b 35.5 us at 2 tiles of 2 steps), four steps in flight at one
+ * CTA an SM (245 registers: wo_b 43.2, wo_a 43.1), clusters of 4-8 at two CTAs an SM, and
+ * slices of more than 8 steps (Pro wq_b 57.4 against 52.6).
  */
 #include "backend/cuda/linear_common.cuh"
 
@@ -123,6 +133,36 @@ __device__ __forceinline__ void mv_load(uint4 (*wv)[2][2], const uint8_t *const 
             }
 }
 
+/* One item of a warp's work, in registers: the 128-byte step of rows g and g + 8 of each of its
+ * MV_MT 16-row tiles (zeros for rows past the end), and (FP8) those rows' block scales. */
+typedef struct mv_buf {
+    uint4 w[MV_MT][2][2]; /* [tile][row g, g + 8][chunk at 16 t, 64 + 16 t] */
+    float sc[MV_MT][2];
+} mv_buf;
+
+/* The item of rows row .. (this lane's row g of the warp's first tile, in the group), step s of
+ * the CTA's K slice; on = 0: zeros, nothing loaded. wk: the slice's first byte of the row, plus
+ * 16 t; sblk: the slice's first scale column. */
+template <int F16>
+__device__ __forceinline__ void mv_fetch(mv_buf &b, const lin_args &a, int64_t row,
+                                         const uint8_t *wk, int64_t sblk, int s, bool on)
+{
+#pragma unroll
+    for (int mt = 0; mt < MV_MT; mt++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int64_t rr = row + mt * 16 + 8 * r;
+            const bool ok = on && rr < a.nrows;
+            const uint8_t *p = wk + (a.row0 + rr) * a.row_bytes + (int64_t)s * 128;
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                b.w[mt][r][u] = make_uint4(0u, 0u, 0u, 0u);
+                if (ok) b.w[mt][r][u] = __ldcs((const uint4 *)(const void *)(p + 64 * u));
+            }
+            if constexpr (F16) b.sc[mt][r] = ok ? lin_scale(a, (a.row0 + rr) >> 7, sblk + s) : 0.0f;
+        }
+}
+
 /* One step's mmas: out [MV_MT][NT] fragments += the step's weight chunks wv [MV_MT][2 rows][2]
  * times the staged x (xq: this step's first slot of n-tile 0 for this lane; n-tiles ntstride
  * slots apart); LO: with the lo halves. */
@@ -165,6 +205,211 @@ __device__ __forceinline__ void mv_step(const uint4 (*wv)[2][2], const uint4 *xq
             }
         }
     }
+}
+
+/* The work of one CTA, shared by its warps' item loops: the K slice's staged x and the tile
+ * loop's cursors. */
+typedef struct mv_cta {
+    const uint4 *xs;   /* x slots [NT][spc KQ][32] */
+    const float *xinv; /* FP8: 2^-e per token and step [8 NT][spc] */
+    float *red;        /* the K warps' partials [KW][TOK][BM] */
+    const uint8_t *wk; /* weight bytes of the slice's first column, plus 16 t */
+    int64_t s0;        /* the slice's first step */
+    int spc, nst, nsw; /* steps per slice, in this slice, items per tile per warp */
+    int kw, KW, rw, BM, N, g, t, lane, has_lo;
+} mv_cta;
+
+/* The fetch cursor: loads item (tile, j) into b (zeros past this CTA's last tile), advances. */
+template <int F16>
+__device__ __forceinline__ void mv_next(mv_buf &b, const lin_args &a, const mv_cta &c,
+                                        int64_t &tile, int &j)
+{
+    const int s = c.kw + j * c.KW;
+    const int64_t row = tile * c.BM + c.rw * 32 + c.g;
+    mv_fetch<F16>(b, a, row, c.wk, c.s0, s, s < c.nst && tile * c.BM < a.nrows);
+    if (++j == c.nsw) j = 0, tile += gridDim.x;
+}
+
+/* The compute cursor: item (tile, j) from b into acc; after the tile's last item the K warps'
+ * and the cluster's partial sums are added up and the tile stored (every thread of the cluster
+ * takes part: the item counts are the CTA's and the cluster's). */
+template <int F16, int NT>
+__device__ __forceinline__ void mv_item(const mv_buf &b, const lin_args &a, const mv_cta &c,
+                                        int64_t &tile, int &j, float (*acc)[NT][4])
+{
+    constexpr int KQ = F16 ? 8 : 4, TOK = 8 * NT;
+    if (j == 0)
+#pragma unroll
+        for (int mt = 0; mt < MV_MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[mt][nt][e] = 0.0f;
+    const int s = c.kw + j * c.KW;
+    if (s < c.nst) {
+        const uint4 *xq = c.xs + (size_t)s * KQ * 32 + c.lane;
+        const int nts = c.spc * KQ * 32;
+        if constexpr (F16) { /* per scale block: tmp, then acc += (tmp 2^-e) * weight scale */
+            float tmp[MV_MT][NT][4];
+#pragma unroll
+            for (int mt = 0; mt < MV_MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) tmp[mt][nt][e] = 0.0f;
+            if (c.has_lo)
+                mv_step<F16, NT, true>(b.w, xq, nts, c.g, c.N, tmp);
+            else
+                mv_step<F16, NT, false>(b.w, xq, nts, c.g, c.N, tmp);
+#pragma unroll
+            for (int mt = 0; mt < MV_MT; mt++)
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const int n0 = nt * 8 + 2 * c.t;
+                    const float xi0 = n0 < c.N ? c.xinv[n0 * c.spc + s] : 0.0f;
+                    const float xi1 = n0 + 1 < c.N ? c.xinv[(n0 + 1) * c.spc + s] : 0.0f;
+                    const float ws0 = b.sc[mt][0], ws1 = b.sc[mt][1];
+                    acc[mt][nt][0] = fmaf(tmp[mt][nt][0] * xi0, ws0, acc[mt][nt][0]);
+                    acc[mt][nt][1] = fmaf(tmp[mt][nt][1] * xi1, ws0, acc[mt][nt][1]);
+                    acc[mt][nt][2] = fmaf(tmp[mt][nt][2] * xi0, ws1, acc[mt][nt][2]);
+                    acc[mt][nt][3] = fmaf(tmp[mt][nt][3] * xi1, ws1, acc[mt][nt][3]);
+                }
+        } else {
+            if (c.has_lo)
+                mv_step<F16, NT, true>(b.w, xq, nts, c.g, c.N, acc);
+            else
+                mv_step<F16, NT, false>(b.w, xq, nts, c.g, c.N, acc);
+        }
+    }
+    if (j + 1 < c.nsw) {
+        j++;
+        return;
+    }
+    /* the tile's K warps' partials, summed in warp order, then the cluster's in rank order; the
+     * previous tile's store ended with a cluster barrier, so red is free */
+    const int BM = c.BM;
+#pragma unroll
+    for (int mt = 0; mt < MV_MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int row = c.rw * 32 + mt * 16 + c.g + 8 * (e >> 1),
+                          tok = nt * 8 + 2 * c.t + (e & 1);
+                c.red[(c.kw * TOK + tok) * BM + row] = acc[mt][nt][e];
+            }
+    if (c.KW > 1) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < TOK * BM; e += MV_THREADS) {
+            float sum = c.red[e];
+            for (int k = 1; k < c.KW; k++) sum += c.red[k * TOK * BM + e];
+            c.red[e] = sum;
+        }
+    }
+    lin_cluster_store(a, c.red, TOK, BM, 0, tile * BM);
+    j = 0, tile += gridDim.x;
+}
+
+/* x columns [c, c + 4) of token n -> its slot, raw f32 (converted in place afterwards). */
+__device__ __forceinline__ void mv_copy_x(uint4 *dst, const float *src, bool x16)
+{
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    if (x16) {
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+    } else {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d + 4 * j), "l"(src + j)
+                         : "memory");
+    }
+}
+
+// MMV pipelined: x [N, cols] (ldx), W rows row0 + [0, nrows) -> y [N, nrows] (ldy), per group;
+// grid (gx, groups, KS) in clusters of (1, 1, KS): CTA (x, ., z) takes the row tiles of BM = 32 <<
+// rw_log2 rows x, x + gx, .. and the steps [z spc, (z+1) spc) of each; each warp keeps D items
+// (a step of its rows) in flight. Dynamic shared memory: x slots [NT][spc KQ][32] uint4 (+ FP8:
+// 2^-e [8 NT][spc] f32), then the K warps' partials [KW][8 NT][BM] f32. Launched (mmv_pipe_plan)
+// with one tile a CTA: a CTA's later tiles would each wait in the cluster barrier for the loads
+// already in flight.
+template <int F16, int NT, int D>
+__global__ void __launch_bounds__(MV_THREADS, 2) mmv_pipe_kernel(lin_args a, int rw_log2, int spc)
+{
+    DSV4_PDL_LATE(); /* the first two items' weights go out before the wait */
+    extern __shared__ __align__(16) unsigned char mv_sm[];
+    constexpr int SC = F16 ? 128 : 64, KQ = SC / 16, TOK = 8 * NT;
+    uint4 *xs = (uint4 *)(void *)mv_sm;
+    float *xinv = (float *)(void *)(xs + (size_t)NT * spc * KQ * 32);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    lin_at_group(a, blockIdx.y);
+    mv_cta c;
+    c.xs = xs, c.xinv = xinv, c.red = xinv + (F16 ? TOK * spc : 0);
+    c.g = lane >> 2, c.t = lane & 3, c.lane = lane;
+    c.KW = MV_WARPS >> rw_log2, c.kw = warp & (c.KW - 1), c.rw = warp >> (3 - rw_log2);
+    c.BM = 32 << rw_log2, c.N = (int)a.N, c.spc = spc;
+    c.s0 = (int64_t)blockIdx.z * spc;
+    const int64_t k0 = c.s0 * SC;
+    c.nst = (int)max((int64_t)0, min((int64_t)spc, a.cols / SC - c.s0));
+    c.nsw = (spc + c.KW - 1) / c.KW;
+    c.wk = a.data + k0 * (F16 ? 1 : 2) + 16 * c.t;
+    const int kc = c.nst * SC, N = c.N;
+    const int64_t ntile = (a.nrows + c.BM - 1) / c.BM;
+    const int nit = (int)((ntile - blockIdx.x + gridDim.x - 1) / gridDim.x) * c.nsw;
+
+    /* two items in flight per warp from the start, requested before the PDL wait and before x
+     * is staged, so that their latencies overlap each other and the previous launch's tail */
+    mv_buf b[D];
+    int64_t ft = blockIdx.x, ct = blockIdx.x;
+    int fj = 0, cj = 0;
+#pragma unroll
+    for (int d = 0; d < D; d++) mv_next<F16>(b[d], a, c, ft, fj);
+    DSV4_PDL_WAIT();
+
+    /* stage x: every 4-column piece straight to its slot (cp.async, no registers held), then
+     * each warp converts (token, 128-column block) tasks in place, lane j its columns 4j .. */
+    const bool x16 = (uintptr_t)a.x % 16 == 0 && a.ldx % 4 == 0;
+    for (int n = 0; n < N; n++)
+        for (int col = 4 * (int)threadIdx.x; col < kc; col += 4 * MV_THREADS)
+            mv_copy_x(xs + mv_slot<F16>(n, col, spc), a.x + n * a.ldx + k0 + col, x16);
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+    __syncthreads();
+    int lo_any = 0;
+    const int nb = (kc + 127) >> 7, ntask = N * nb;
+    for (int task = warp; task < ntask; task += MV_WARPS) {
+        const int n = task / nb, b = task - n * nb, col = b * 128 + 4 * lane;
+        uint4 *slot = xs + (col < kc ? mv_slot<F16>(n, col, spc) : 0);
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (col < kc) {
+            const float4 f = *(const float4 *)(const void *)slot;
+            v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+        }
+        float sc = 1.0f;
+        if constexpr (F16) {
+            float m = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+            /* m in [2^(E-127), 2^(E-126)) -> e = 141 - E puts it in [2^14, 2^15); capped so
+             * that 2^e and 2^-e are normal f32 (m = inf or NaN: E = 255, e = -114) */
+            const int e = min(126, 141 - (int)(__float_as_uint(m) >> 23));
+            sc = __uint_as_float((uint32_t)(e + 127) << 23);
+            if (lane == 0) xinv[n * spc + b] = __uint_as_float((uint32_t)(127 - e) << 23);
+        }
+        if (col < kc) {
+            const uint4 q = mv_split<F16>(v, sc);
+            *slot = q;
+            lo_any |= (q.z | q.w) != 0u;
+        }
+    }
+    c.has_lo = __syncthreads_or(lo_any);
+
+    /* the items, two buffers in turn: each refilled (two items on) as soon as it is used */
+    float acc[MV_MT][NT][4];
+    for (int it = 0; it < nit; it += D)
+#pragma unroll
+        for (int d = 0; d < D; d++)
+            if (it + d < nit) {
+                mv_item<F16, NT>(b[d], a, c, ct, cj, acc);
+                mv_next<F16>(b[d], a, c, ft, fj);
+            }
 }
 
 // x [N, cols] (ldx), W rows row0 + [0, nrows) -> y [N, nrows] (ldy), per group; grid
@@ -341,8 +586,53 @@ int dsv4_lin_mmv_ok(const lin_args *a)
     return (a->cols / SC + 15) / 16 <= cap;
 }
 
+/* The pipelined kernel's launch, 0 where it does not take the call: FP8 weights, N <= 8, tiles
+ * of 256 rows (a warp's 32 rows at every step of the CTA's slice), one tile a CTA, at most
+ * MP_STEPS steps a slice, and one wave: up to LIN_SMS CTAs in clusters of up to 8, or up to
+ * MV_TARGET (two an SM) in clusters of up to 2; the most CTAs win, then fewer slices. H100,
+ * test_gpu_linear --mmv-bench, N = 8, us (mmv_kernel: 27.9 / 34.4 / 29.9 / 13.6): Flash wq_b 2
+ * slices 25.2, 1 slice 28.9; wo_b 8 slices 28.2, 4 slices 36.7; wo_a 4 slices 28.2, 8 slices
+ * (256 CTAs) 31.4; indexer wq_b 4 slices 12.1, 8 slices 16.1, 2 slices 14.1. Longer slices lose
+ * to mmv_kernel (Pro wq_b, 12 steps: 57.4 against 52.6), as do four items in flight at one CTA
+ * an SM (wo_b 43.2) and CTAs looping over several tiles (wq_b, 2 tiles of 2 steps: 35.5). */
+enum { MP_STEPS = 8 };
+
+static int mmv_pipe_plan(const lin_args *a, int *ks, int *spc)
+{
+    if (a->fmt != DSV4_FORMAT_FP8 || a->N > 8) return 0;
+    const int64_t nsteps = a->cols / 128, tiles = (a->nrows + 255) / 256 * a->groups;
+    int64_t best = 0;
+    for (int64_t k = 1; k <= 8; k *= 2) {
+        const int64_t s = (nsteps + k - 1) / k, ke = (nsteps + s - 1) / s, C = tiles * ke;
+        if (s > MP_STEPS || (s & (s - 1)) || s * ke != nsteps ||
+            !(C <= LIN_SMS || (C <= MV_TARGET && ke <= 2)))
+            continue;
+        if (C > best) best = C, *ks = (int)ke, *spc = (int)s;
+    }
+    return best > 0;
+}
+
+int dsv4_lin_mmv_pipe_takes(const lin_args *a)
+{
+    int ks = 0, spc = 0;
+    return dsv4_lin_mmv_ok(a) && mmv_pipe_plan(a, &ks, &spc);
+}
+
 dsv4_status dsv4_lin_launch_mmv(const lin_args *a, cudaStream_t st)
 {
+    int pks = 0, pspc = 0;
+    if (mmv_pipe_plan(a, &pks, &pspc)) {
+        const size_t smem = (size_t)(pspc * mmv_step_bytes(a)) + (size_t)4 * 8 * 32 * MV_WARPS;
+        if (smem > 48 * 1024)
+            CUDA_TRY(cudaFuncSetAttribute(mmv_pipe_kernel<1, 1, 2>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        cudaLaunchAttribute attr;
+        const dim3 grid((unsigned)((a->nrows + 255) / 256), (unsigned)a->groups, (unsigned)pks);
+        const cudaLaunchConfig_t cfg = lin_cluster_cfg(grid, MV_THREADS, smem, pks, st, &attr);
+        CUDA_TRY(cudaLaunchKernelEx(&cfg, mmv_pipe_kernel<1, 1, 2>, *a, 3, pspc));
+        return DSV4_OK;
+    }
+
     static const mmv_fn table[2][2] = {{mmv_kernel<0, 1>, mmv_kernel<0, 2>},
                                        {mmv_kernel<1, 1>, mmv_kernel<1, 2>}};
     const int f16 = a->fmt == DSV4_FORMAT_FP8, NT = a->N <= 8 ? 1 : 2;
