@@ -71,9 +71,9 @@ dsv4_status dsv4_cpu_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, const
                                      float rms_eps);
 dsv4_status dsv4_cpu_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
                                  const dsv4_bk_rows *rows);
-dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e, float *ring_kv,
-                                    float *ring_gate, int Rc, int width, int dim, int m,
-                                    const float *kv, const float *gate, const float *ape,
+dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
+                                    float *ring_kv, float *ring_gate, int Rc, int width, int dim,
+                                    int m, const float *kv, const float *gate, const float *ape,
                                     const float *norm, float eps, const float *freqs, int r,
                                     int is_index, const dsv4_bk_rows *rows);
 dsv4_status dsv4_cpu_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *rows, int nh,
@@ -88,8 +88,8 @@ dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int
                                   const float *sink, const dsv4_bk_rows *rows, int rope_r,
                                   const float *rope_freqs);
 dsv4_status dsv4_cpu_bk_router(dsv4_backend *b, int32_t *sel, float *wts, const float *logits,
-                               const float *bias, const int32_t *tid2eid, const dsv4_bk_rows *rows,
-                               int E, int K, float route_scale);
+                               const float *bias, const int32_t *tid2eid,
+                               const dsv4_bk_rows *rows, int E, int K, float route_scale);
 dsv4_status dsv4_cpu_bk_experts_create(dsv4_backend *b, const dsv4_expert_weights *experts, int E,
                                        const dsv4_expert_weights *shared, dsv4_bk_experts **out);
 void dsv4_cpu_bk_experts_free(dsv4_backend *b, dsv4_bk_experts *t);
@@ -158,9 +158,9 @@ dsv4_status dsv4_cuda_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, cons
                                       float rms_eps);
 dsv4_status dsv4_cuda_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
                                   const dsv4_bk_rows *rows);
-dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e, float *ring_kv,
-                                     float *ring_gate, int Rc, int width, int dim, int m,
-                                     const float *kv, const float *gate, const float *ape,
+dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
+                                     float *ring_kv, float *ring_gate, int Rc, int width, int dim,
+                                     int m, const float *kv, const float *gate, const float *ape,
                                      const float *norm, float eps, const float *freqs, int r,
                                      int is_index, const dsv4_bk_rows *rows);
 dsv4_status dsv4_cuda_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *rows, int nh,
@@ -182,8 +182,8 @@ dsv4_status dsv4_cuda_bk_attention(dsv4_backend *b, float *o, const float *q, in
                                    const float *sink, const dsv4_bk_rows *rows, int rope_r,
                                    const float *rope_freqs);
 dsv4_status dsv4_cuda_bk_router(dsv4_backend *b, int32_t *sel, float *wts, const float *logits,
-                                const float *bias, const int32_t *tid2eid, const dsv4_bk_rows *rows,
-                                int E, int K, float route_scale);
+                                const float *bias, const int32_t *tid2eid,
+                                const dsv4_bk_rows *rows, int E, int K, float route_scale);
 dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b, const dsv4_expert_weights *experts, int E,
                                         const dsv4_expert_weights *shared, dsv4_bk_experts **out);
 void dsv4_cuda_bk_experts_free(dsv4_backend *b, dsv4_bk_experts *t);
