@@ -76,6 +76,21 @@ __device__ __forceinline__ uint32_t mv_e4m3x2_f16x2(uint32_t two)
     return (uint32_t)h.x | ((uint32_t)h.y << 16);
 }
 
+/* The scale 2^e of x's 128-column block for the f16 split (FP8 weights), the warp's lanes
+ * holding 4 columns each (v): its max |x| m in [2^(E-127), 2^(E-126)) -> e = 141 - E puts it in
+ * [2^14, 2^15); capped so that 2^e and 2^-e are normal f32 (m = inf or NaN: E = 255, e = -114).
+ * Lane 0 stores 2^-e to *xinv. */
+__device__ __forceinline__ float mv_block_scale(const float *v, int lane, float *xinv)
+{
+    float m = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    const int e = min(126, 141 - (int)(__float_as_uint(m) >> 23));
+    const float sc = __uint_as_float((uint32_t)(e + 127) << 23);
+    if (lane == 0) *xinv = __uint_as_float((uint32_t)(127 - e) << 23);
+    return sc;
+}
+
 /* Four x values (consecutive columns) -> {hi01, hi23, lo01, lo23}: f16 of v * sc (FP8 weights)
  * or bf16 of v (BF16 weights), low half = lower column. */
 template <int F16> __device__ __forceinline__ uint4 mv_split(const float *v, float sc)
@@ -383,16 +398,7 @@ __global__ void __launch_bounds__(MV_THREADS, 2) mmv_pipe_kernel(lin_args a, int
             v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
         }
         float sc = 1.0f;
-        if constexpr (F16) {
-            float m = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-            /* m in [2^(E-127), 2^(E-126)) -> e = 141 - E puts it in [2^14, 2^15); capped so
-             * that 2^e and 2^-e are normal f32 (m = inf or NaN: E = 255, e = -114) */
-            const int e = min(126, 141 - (int)(__float_as_uint(m) >> 23));
-            sc = __uint_as_float((uint32_t)(e + 127) << 23);
-            if (lane == 0) xinv[n * spc + b] = __uint_as_float((uint32_t)(127 - e) << 23);
-        }
+        if constexpr (F16) sc = mv_block_scale(v, lane, xinv + n * spc + b);
         if (col < kc) {
             const uint4 q = mv_split<F16>(v, sc);
             *slot = q;
@@ -474,17 +480,7 @@ __global__ void __launch_bounds__(MV_THREADS, 2) mmv_kernel(lin_args a, int rw_l
             if (task >= ntask) break; /* warp-uniform */
             const int n = task / nb, b = task - n * nb, c = b * 128 + 4 * lane;
             float sc = 1.0f;
-            if constexpr (F16) {
-                float m = fmaxf(fmaxf(fabsf(v[i][0]), fabsf(v[i][1])),
-                                fmaxf(fabsf(v[i][2]), fabsf(v[i][3])));
-#pragma unroll
-                for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-                /* m in [2^(E-127), 2^(E-126)) -> e = 141 - E puts it in [2^14, 2^15); capped
-                 * so that 2^e and 2^-e are normal f32 (m = inf or NaN: E = 255, e = -114) */
-                const int e = min(126, 141 - (int)(__float_as_uint(m) >> 23));
-                sc = __uint_as_float((uint32_t)(e + 127) << 23);
-                if (lane == 0) xinv[n * spc + b] = __uint_as_float((uint32_t)(127 - e) << 23);
-            }
+            if constexpr (F16) sc = mv_block_scale(v[i], lane, xinv + n * spc + b);
             if (c < kc) {
                 const uint4 q = mv_split<F16>(v[i], sc);
                 xs[mv_slot<F16>(n, c, spc)] = q;
