@@ -281,7 +281,9 @@ extern "C" dsv4_status dsv4_cuda_bk_graph_end(dsv4_backend *b, void **graph)
         CUDA_TRY(err);
     }
     cudaGraphExec_t exec = NULL;
-    err = cudaGraphInstantiate(&exec, g, 0);
+    /* the kernels keep the priority of the stream they were captured from (the side chain's is
+     * the higher: context.cu) */
+    err = cudaGraphInstantiate(&exec, g, cudaGraphInstantiateFlagUseNodePriority);
     cudaGraphDestroy(g);
     CUDA_TRY(err);
     *graph = exec;

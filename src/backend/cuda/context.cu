@@ -5,7 +5,8 @@
  * dsv4_cuda_side_begin and dsv4_cuda_side_end, a side stream that starts after everything issued
  * on the main stream before the begin (an event); dsv4_cuda_side_join makes the main stream wait
  * for the side's work. Under graph capture this forks and joins the captured graph, so two
- * independent op chains (the indexer beside the query path) overlap on the GPU.
+ * independent op chains (the indexer beside the query path) overlap on the GPU. The side stream
+ * has the higher priority (its kernels' priority is kept in a graph: bk_memory.cu).
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/cuda_backend.h"
@@ -30,7 +31,14 @@ extern "C" dsv4_status dsv4_cuda_ctx_create(int device, dsv4_cuda_ctx **out)
     ctx->device = device;
     cudaError_t err = cudaSetDevice(device);
     if (err == cudaSuccess) err = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking);
-    if (err == cudaSuccess) err = cudaStreamCreateWithFlags(&ctx->side, cudaStreamNonBlocking);
+    /* the side chain at the device's highest priority: its kernels are short and latency-bound
+     * (a layer's indexer, the seam's weights half), and once placed behind a full-GPU wave of
+     * the main chain they would wait for all of it (dsv4 bench, H100: Flash batch 2 -1.0 to
+     * -1.6%, other batches within the spread; docs/PERF.md session 9) */
+    int least = 0, greatest = 0;
+    if (err == cudaSuccess) err = cudaDeviceGetStreamPriorityRange(&least, &greatest);
+    if (err == cudaSuccess)
+        err = cudaStreamCreateWithPriority(&ctx->side, cudaStreamNonBlocking, greatest);
     if (err == cudaSuccess) err = cudaEventCreateWithFlags(&ctx->fork, cudaEventDisableTiming);
     if (err == cudaSuccess) err = cudaEventCreateWithFlags(&ctx->join, cudaEventDisableTiming);
     if (err != cudaSuccess) {
