@@ -33,7 +33,7 @@ extern "C" dsv4_status dsv4_cuda_ctx_create(int device, dsv4_cuda_ctx **out)
     if (err == cudaSuccess) err = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking);
     /* the side chain at the device's highest priority: its kernels are short and latency-bound
      * (a layer's indexer, the seam's weights half), and once placed behind a full-GPU wave of
-     * the main chain they would wait for all of it (dsv4 bench, H100: Flash batch 2 -1.0 to
+     * the main chain they would wait for all of it (dsv4 bench, H100: Flash batch 2 -0.8 to
      * -1.6%, other batches within the spread; docs/PERF.md session 9) */
     int least = 0, greatest = 0;
     if (err == cudaSuccess) err = cudaDeviceGetStreamPriorityRange(&least, &greatest);
