@@ -222,6 +222,53 @@ __device__ __forceinline__ void mv_step(const uint4 (*wv)[2][2], const uint4 *xq
     }
 }
 
+/* FP8: acc += (a step's block sums tmp * the tokens' 2^-e) * the weight block scales of rows g
+ * (ws0) and g + 8 (ws1), one fmaf an element; xinv [8 NT][spc] at step s, t = lane % 4. */
+template <int NT>
+__device__ __forceinline__ void mv_scale_add(float (*acc)[4], const float (*tmp)[4], float ws0,
+                                             float ws1, const float *xinv, int spc, int s, int t,
+                                             int N)
+{
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const int n0 = nt * 8 + 2 * t;
+        const float xi0 = n0 < N ? xinv[n0 * spc + s] : 0.0f;
+        const float xi1 = n0 + 1 < N ? xinv[(n0 + 1) * spc + s] : 0.0f;
+        acc[nt][0] = fmaf(tmp[nt][0] * xi0, ws0, acc[nt][0]);
+        acc[nt][1] = fmaf(tmp[nt][1] * xi1, ws0, acc[nt][1]);
+        acc[nt][2] = fmaf(tmp[nt][2] * xi0, ws1, acc[nt][2]);
+        acc[nt][3] = fmaf(tmp[nt][3] * xi1, ws1, acc[nt][3]);
+    }
+}
+
+/* This K warp's partials into red [KW][8 NT][BM] (row warp rw, lane (g, t)). */
+template <int NT>
+__device__ __forceinline__ void mv_put_partials(float *red, const float (*acc)[NT][4], int kw,
+                                                int BM, int rw, int g, int t)
+{
+    constexpr int TOK = 8 * NT;
+#pragma unroll
+    for (int mt = 0; mt < MV_MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int row = rw * 32 + mt * 16 + g + 8 * (e >> 1),
+                          tok = nt * 8 + 2 * t + (e & 1);
+                red[(kw * TOK + tok) * BM + row] = acc[mt][nt][e];
+            }
+}
+
+/* red[e] = the KW partials [KW][n] of element e added in warp order (the block's threads). */
+__device__ __forceinline__ void mv_sum_partials(float *red, int KW, int n)
+{
+    for (int e = threadIdx.x; e < n; e += MV_THREADS) {
+        float sum = red[e];
+        for (int k = 1; k < KW; k++) sum += red[k * n + e];
+        red[e] = sum;
+    }
+}
+
 /* The work of one CTA, shared by its warps' item loops: the K slice's staged x and the tile
  * loop's cursors. */
 typedef struct mv_cta {
@@ -278,17 +325,8 @@ __device__ __forceinline__ void mv_item(const mv_buf &b, const lin_args &a, cons
                 mv_step<F16, NT, false>(b.w, xq, nts, c.g, c.N, tmp);
 #pragma unroll
             for (int mt = 0; mt < MV_MT; mt++)
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    const int n0 = nt * 8 + 2 * c.t;
-                    const float xi0 = n0 < c.N ? c.xinv[n0 * c.spc + s] : 0.0f;
-                    const float xi1 = n0 + 1 < c.N ? c.xinv[(n0 + 1) * c.spc + s] : 0.0f;
-                    const float ws0 = b.sc[mt][0], ws1 = b.sc[mt][1];
-                    acc[mt][nt][0] = fmaf(tmp[mt][nt][0] * xi0, ws0, acc[mt][nt][0]);
-                    acc[mt][nt][1] = fmaf(tmp[mt][nt][1] * xi1, ws0, acc[mt][nt][1]);
-                    acc[mt][nt][2] = fmaf(tmp[mt][nt][2] * xi0, ws1, acc[mt][nt][2]);
-                    acc[mt][nt][3] = fmaf(tmp[mt][nt][3] * xi1, ws1, acc[mt][nt][3]);
-                }
+                mv_scale_add<NT>(acc[mt], tmp[mt], b.sc[mt][0], b.sc[mt][1], c.xinv, c.spc, s, c.t,
+                                 c.N);
         } else {
             if (c.has_lo)
                 mv_step<F16, NT, true>(b.w, xq, nts, c.g, c.N, acc);
@@ -302,26 +340,12 @@ __device__ __forceinline__ void mv_item(const mv_buf &b, const lin_args &a, cons
     }
     /* the tile's K warps' partials, summed in warp order, then the cluster's in rank order; the
      * previous tile's store ended with a cluster barrier, so red is free */
-    const int BM = c.BM;
-#pragma unroll
-    for (int mt = 0; mt < MV_MT; mt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int row = c.rw * 32 + mt * 16 + c.g + 8 * (e >> 1),
-                          tok = nt * 8 + 2 * c.t + (e & 1);
-                c.red[(c.kw * TOK + tok) * BM + row] = acc[mt][nt][e];
-            }
+    mv_put_partials<NT>(c.red, acc, c.kw, c.BM, c.rw, c.g, c.t);
     if (c.KW > 1) {
         __syncthreads();
-        for (int e = threadIdx.x; e < TOK * BM; e += MV_THREADS) {
-            float sum = c.red[e];
-            for (int k = 1; k < c.KW; k++) sum += c.red[k * TOK * BM + e];
-            c.red[e] = sum;
-        }
+        mv_sum_partials(c.red, c.KW, TOK * c.BM);
     }
-    lin_cluster_store(a, c.red, TOK, BM, 0, tile * BM);
+    lin_cluster_store(a, c.red, TOK, c.BM, 0, tile * c.BM);
     j = 0, tile += gridDim.x;
 }
 
@@ -525,16 +549,7 @@ __global__ void __launch_bounds__(MV_THREADS, 2) mmv_kernel(lin_args a, int rw_l
             for (int mt = 0; mt < MV_MT; mt++) {
                 const float ws0 = wok[mt][0] ? lin_scale(a, wrow[mt][0] / 128, s0 + s) : 0.0f;
                 const float ws1 = wok[mt][1] ? lin_scale(a, wrow[mt][1] / 128, s0 + s) : 0.0f;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    const int n0 = nt * 8 + 2 * t;
-                    const float xi0 = n0 < N ? xinv[n0 * spc + s] : 0.0f;
-                    const float xi1 = n0 + 1 < N ? xinv[(n0 + 1) * spc + s] : 0.0f;
-                    acc[mt][nt][0] = fmaf(tmp[mt][nt][0] * xi0, ws0, acc[mt][nt][0]);
-                    acc[mt][nt][1] = fmaf(tmp[mt][nt][1] * xi1, ws0, acc[mt][nt][1]);
-                    acc[mt][nt][2] = fmaf(tmp[mt][nt][2] * xi0, ws1, acc[mt][nt][2]);
-                    acc[mt][nt][3] = fmaf(tmp[mt][nt][3] * xi1, ws1, acc[mt][nt][3]);
-                }
+                mv_scale_add<NT>(acc[mt], tmp[mt], ws0, ws1, xinv, spc, s, t, N);
             }
         }
     }
@@ -542,23 +557,9 @@ __global__ void __launch_bounds__(MV_THREADS, 2) mmv_kernel(lin_args a, int rw_l
     /* K warps' partials [KW][TOK][BM] over the staging area, summed in warp order */
     __syncthreads();
     float *red = (float *)(void *)mv_sm;
-#pragma unroll
-    for (int mt = 0; mt < MV_MT; mt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int row = rw * 32 + mt * 16 + g + 8 * (j >> 1),
-                          tok = nt * 8 + 2 * t + (j & 1);
-                red[(kw * TOK + tok) * BM + row] = acc[mt][nt][j];
-            }
+    mv_put_partials<NT>(red, acc, kw, BM, rw, g, t);
     __syncthreads();
-    if (KW > 1)
-        for (int e = threadIdx.x; e < TOK * BM; e += MV_THREADS) {
-            float sum = red[e];
-            for (int k = 1; k < KW; k++) sum += red[k * TOK * BM + e];
-            red[e] = sum;
-        }
+    if (KW > 1) mv_sum_partials(red, KW, TOK * BM);
     lin_cluster_store(a, red, TOK, BM, 0, (int64_t)blockIdx.x * BM);
 }
 
