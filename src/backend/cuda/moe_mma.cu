@@ -115,6 +115,11 @@
  * the issue of the widening with few warps, not by the bytes in flight (docs/PERF.md, sessions
  * 7 and 8; patch build-s8b/moe_tma_ring.patch). What did pay: stage 2 and stage 1's
  * shared-expert slot issue their first weight loads before the PDL wait (pend below).
+ * But issue is not the whole story (session 10): the FP4 weights widened to e4m3 bytes (7
+ * operations a word) on m16n8k32 e4m3 mmas (half as many), a third fewer instructions in the
+ * loop, made both stages slower (Flash N = 1 66.4 -> 68.1 us, N = 64 1351 -> 1413; docs/PERF.md,
+ * patch build-lead/moe_e4m3.patch). What bounds them now is not known: the mma chain's latency
+ * or stage 1's loads, exposed once an iteration without a ring, are the next to measure.
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
