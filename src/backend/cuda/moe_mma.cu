@@ -809,24 +809,32 @@ int moe_mma_mat_ok(const moe_mat *m)
     return 0;
 }
 
-/* K slices per task for an input of nch 128-column chunks: about 8 chunks a warp (two or more
- * iterations of 16 loads for stage 1 FP4), 1, 2 or 4. */
-static int split_of(int64_t nch)
+/* K slices per task (1, 2 or 4) for an input of nch 128-column chunks and a grid of `tasks`
+ * tasks. A slice more costs its partial sums through shared memory, a barrier and warps idle
+ * at the end of the task; it pays only where it saves a round of the grid (4 CTAs an SM). So:
+ * the split with the least rounds x (chunks a warp + 2), a task's fixed cost counted as two
+ * chunks, from at least about 8 chunks a warp (nch >= 32: up to 4 slices, >= 16: 2) and at most
+ * 32 (Pro's stage 1, 56 chunks, takes 2 or 4), the fewer slices on a tie. Flash N = 1: stage 1
+ * 896 tasks -> 2 slices, 448 CTAs, one round (a round of longer warps beat 1.7 of shorter ones:
+ * test_gpu_moe --profile 1 79.3 / 80.4 / 80.3 -> 77.2 / 76.9 / 76.5 us), stage 2 -> 1 slice;
+ * from batch 2 on one slice each; Pro N = 1 4 and 2 (2 and 1 were 1.8% slower in the step).
+ * Until session 10 the split was the most slices wherever half of them did not fit a round;
+ * engine step (H100, dsv4 bench, docs/PERF.md session 10): Flash batch 2 -3%, 8 -4%, 16 -5%, 64
+ * -5.5%, 128 -7%. */
+static int split_pick(int64_t nch, int64_t tasks, int sms)
 {
-    return nch >= 32 ? 4 : nch >= 16 ? 2 : 1;
-}
-
-/* ks halved where the grid of `tasks` tasks then fits one wave of resident CTAs (4 an SM) and
- * did not: one wave of longer warps beats 1.7 waves of shorter ones. Stage 1 at Flash N = 1:
- * 896 tasks, 4 slices 896 CTAs, 2 slices 448 (H100 test_gpu_moe --profile 1: 79.3 / 80.4 /
- * 80.3 -> 77.2 / 76.9 / 76.5 us; ncu stage 1 46.1 -> 45.0 us). Larger N and the Pro shape keep
- * their split (the tasks do not fit a wave at half of it). Stage 2 likewise (Flash N = 1:
- * 1792 tasks, 2 slices 896 CTAs, 1 slice 448; test_gpu_moe --profile 1 74.5 / 75.0 us). */
-static int split_fit(int ks, int64_t tasks, int sms)
-{
-    const int64_t wave = 4 * (int64_t)sms, ctas = (tasks * ks + WPC - 1) / WPC,
-                  half = (tasks * (ks / 2) + WPC - 1) / WPC;
-    return ks > 1 && ctas > wave && half <= wave ? ks / 2 : ks;
+    const int64_t wave = 4 * (int64_t)sms;
+    const int most = nch >= 32 ? 4 : nch >= 16 ? 2 : 1;
+    int best = 0;
+    int64_t best_cost = 0;
+    for (int ks = 1; ks <= most; ks *= 2) {
+        const int64_t per = (nch + ks - 1) / ks; /* chunks a warp */
+        if (ks < most && per > 32) continue;
+        const int64_t ctas = (tasks * ks + WPC - 1) / WPC, rounds = (ctas + wave - 1) / wave;
+        const int64_t cost = rounds * (per + 2);
+        if (!best || cost < best_cost) best = ks, best_cost = cost;
+    }
+    return best;
 }
 
 dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route *rt, float *out,
@@ -843,8 +851,8 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     }
     const int64_t t1 = (int64_t)a->slots * ((I + 15) / 16),
                   t2 = (int64_t)a->slots * ((D + 15) / 16);
-    const int ks1 = split_fit(split_of((D + 127) / 128), t1, a->sms),
-              ks2 = split_fit(split_of((I + 127) / 128), t2, a->sms);
+    const int ks1 = split_pick((D + 127) / 128, t1, a->sms),
+              ks2 = split_pick((I + 127) / 128, t2, a->sms);
     const int64_t g1 = (t1 + WPC / ks1 - 1) / (WPC / ks1), g2 = (t2 + WPC / ks2 - 1) / (WPC / ks2);
     /* stage 1: 8 loads a lane, no ring, 4 CTAs per SM asked of ptxas (a few spills outside the
      * loop); stage 2: 8 loads a lane in the two-half ring, 4 CTAs per SM (no spills). The best
