@@ -209,7 +209,10 @@ dsv4_status dsv4_bk_hc_site(dsv4_backend *b, float *h, float *xq, float *y, floa
  * With post = comb = NULL only Xo, h (and xq) are made, from fn's first n rows: the next
  * sublayer waits for nothing else. hc_seam_weights makes that site's post and comb from the same
  * inputs (hc_post recomputed, not stored; fn's other rows) and may run beside it: post / comb
- * must then not overlap post_in / comb_in. Together the two give hc_seam's bits. */
+ * must then not overlap post_in / comb_in. Together the two give hc_seam's bits.
+ * CUDA with PDL (a graph of the step): X is read before the kernel's dependency wait, so
+ * neither of the two launches before may write it (the engine's X is the seam before the
+ * previous sublayer's Xo); f, post_in and comb_in are read after it. */
 dsv4_status dsv4_bk_hc_seam(dsv4_backend *b, float *h, float *xq, float *Xo, float *post,
                             float *comb, const float *X, const float *f, const float *post_in,
                             const float *comb_in, const dsv4_weight *fn, const float *base,
@@ -224,7 +227,8 @@ dsv4_status dsv4_bk_hc_seam_weights(dsv4_backend *b, float *post, float *comb, c
  * hc_head -> rmsnorm it replaces. With f != NULL the streams are first Xs = hc_post(X, f,
  * post_in, comb_in) (stored to Xo unless Xo is NULL), else Xs = X. Per row:
  *   mix [n] = fn . rmsnorm_noweight(Xs[r])   (f32, rms_eps; fn [n, n*D] dense F32/BF16/F16),
- *   y [D] = hc_head(Xs[r], mix, base, scale, hc_eps),  h [N, D] = bf16(rmsnorm(y) * norm). */
+ *   y [D] = hc_head(Xs[r], mix, base, scale, hc_eps),  h [N, D] = bf16(rmsnorm(y) * norm).
+ * With f, X is read before the PDL wait as in hc_seam (neither launch before may write it). */
 dsv4_status dsv4_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, const float *X,
                                  const float *f, const float *post_in, const float *comb_in,
                                  const dsv4_weight *fn, const float *base, float scale,

@@ -14,15 +14,16 @@
  * C CTAs (16 where the GPU places them, else 8) serves R rows:
  *
  *   1. each CTA takes the column slice [rank*D/C, (rank+1)*D/C) of every one of the n streams
- *      (so its K slice holds whole columns d of the collapse). Its first two batches of fn loads
- *      are issued, then the X slice of its R rows (and f, post, comb for the post-mix, and base,
- *      scale and its slice of norm: no dependent global read later) is copied to shared memory
- *      by cp.async, all in flight at once. For the seam a thread per (stream, column quad)
- *      computes X' in hc_post's order, stores it (shared and global) and sums squares in double
- *      for the RMSNorm, in the same order as the plain site sums X's; then the slice of fn is
- *      streamed (12 float4 per lane in flight, two batches ahead) into partial dot products
- *      [R, M], which every CTA pushes into every rank's shared memory (distributed shared
- *      memory stores, then one cluster barrier);
+ *      (so its K slice holds whole columns d of the collapse). Before its PDL wait it issues
+ *      its first two batches of fn loads and copies base, scale, its slice of norm and, for the
+ *      post-mix, the X slice of its R rows to shared memory by cp.async (none is written by the
+ *      two launches before: backend.h); after the wait, f, post and comb (the post-mix) or X
+ *      (a plain site): no dependent global read later. For the seam a thread per (stream,
+ *      column quad) computes X' in hc_post's order, stores it (shared and global) and sums
+ *      squares in double for the RMSNorm, in the same order as the plain site sums X's; then
+ *      the slice of fn is streamed (12 float4 per lane in flight, two batches ahead) into
+ *      partial dot products [R, M], which every CTA pushes into every rank's shared memory
+ *      (distributed shared memory stores, then one cluster barrier);
  *   2. each rank adds the partials it was sent in rank order (all hold the same bits) and
  *      multiplies by the row's rsqrt(mean(X^2) + eps): mix = (fn . X) * rs, which is the
  *      reference's fn . (X * rs) up to f32 rounding (well inside the projection's bound);
@@ -63,6 +64,21 @@
  * hc_seam_weights 9.5 / 10.7 / 24.7 beside it. What is left at N = 1 is a chain of short
  * phases (mix and pre 1.2 us, the collapse 0.7, barrier 2 0.6, h and xq 1.2); adding the C
  * partials with their loads issued together (unrolled to 16) did not shorten it.
+ * In the step (session 10: %globaltimer stamps of every CTA and of the GEMVs around it in an
+ * instrumented build, Flash batch 1, graph replay with PDL, H100; docs/PERF.md) the pre half
+ * after wo_b is placed 1.3 us before wo_b ends, its wait returns 0.6 us after it, its phases
+ * end at (us from the wait) staged 1.5, X' 2.1, partials pushed 3.5, barrier 1 4.1, pre 5.2,
+ * collapse 6.0, barrier 2 6.7, h + xq 7.8, and the next GEMV's wait returns 1.15 us after its
+ * last CTA's exit: 9.8 us from wo_b's end to the next kernel's start, of which ~0.6-1.2 is any
+ * launch's edge. After the MoE's combine (4 CTAs) it is placed only 4.6 us after the
+ * combine's wait (the weights half alike), and its wait returns 1 us after its first
+ * instruction. The fn loads, meant to go out before the wait since session 8, were behind it
+ * in the SASS (ptxas sinks ld.global.nc below griddepcontrol.wait; plain loads stay); with
+ * them and the copies of X, base, scale and norm before the wait (this version) the step is
+ * 0.5% faster at batch 1 (PERF.md, session 10). Storing X' to Xo after barrier 1's arrival
+ * (so that its release fence does not wait for the stores) and running the weights half after
+ * the pre half instead of beside it (so that the two clusters do not compete for placement)
+ * were measured and not kept (the same; 1.4% slower).
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
@@ -129,13 +145,15 @@ enum {
 /* ---- device helpers ---------------------------------------------------------------------- */
 
 /* The 4 elements of fn at p as f32 (p 16-byte aligned for F32, 8 for BF16 / F16); bf16 and
- * f16 widen exactly. */
+ * f16 widen exactly. Plain (coherent) loads, not __ldg: ptxas moves ld.global.nc past
+ * griddepcontrol.wait, so the first batches, written before DSV4_PDL_WAIT(), went out after it
+ * (every LDG.CONSTANT behind the ACQBULK in the SASS); plain loads stay before it. */
 template <int WT> __device__ __forceinline__ float4 ld_w4(const char *p)
 {
     if constexpr (WT == WT_F32) {
-        return __ldg((const float4 *)p);
+        return *(const float4 *)p;
     } else {
-        const uint2 u = __ldg((const uint2 *)p);
+        const uint2 u = *(const uint2 *)p;
         if constexpr (WT == WT_BF16) {
             return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u),
                                __uint_as_float(u.y << 16), __uint_as_float(u.y & 0xffff0000u));
@@ -254,22 +272,25 @@ __device__ static inline void collapse_sync()
 
 /* fn quads of one load batch: v[u][i] = fn[o_i][k .. k+3] for this lane's quad q0 + 32u of the
  * CTA's slice, rp[i] the row of the warp's output o_i (NULL past M; zero past the slice or
- * M). Slice quad q covers stream j = q / cq, columns d0 + 4 (q - j cq) .. +3: one division
- * and one 64-bit product per quad, the rest adds (the address arithmetic was most of the
- * launch's first two microseconds). */
+ * M). Slice quad q covers stream j = q / cq, columns d0 + 4 (q - j cq) .. +3: one division a
+ * batch, then (j, c) stepped by 32 quads, and one 64-bit product per quad (the address
+ * arithmetic was most of the launch's first two microseconds; a division per quad also
+ * cost ~20 registers). */
 template <int WT>
 __device__ __forceinline__ void load_batch(float4 (&v)[HS_U][HS_OPW],
                                            const char *const (&rp)[HS_OPW], int64_t D, int q0,
                                            int nq, int cq, int64_t d0)
 {
     constexpr int ES = WT == WT_F32 ? 4 : 2;
+    int j = (int)((unsigned)q0 / (unsigned)cq), c = q0 - j * cq;
 #pragma unroll
     for (int u = 0; u < HS_U; u++) {
-        const int q = q0 + 32 * u, j = (int)((unsigned)q / (unsigned)cq);
-        const int64_t e = ((int64_t)j * D + d0 + 4 * (q - j * cq)) * ES;
+        const int q = q0 + 32 * u;
+        const int64_t e = ((int64_t)j * D + d0 + 4 * c) * ES;
 #pragma unroll
         for (int i = 0; i < HS_OPW; i++)
             v[u][i] = q < nq && rp[i] ? ld_w4<WT>(rp[i] + e) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (c += 32; c >= cq; c -= cq) j++;
     }
 }
 
@@ -385,6 +406,38 @@ __device__ static void hc_weights_warp(const hs_args &a, const float *mix, const
     if (act) a.comb[row * nn + lane] = v;
 }
 
+/* The X slice of rows [r0, r0 + nr) -> dst (shared, [nr][n][cols]) by cp.async: quad t =
+ * (r n + j) cq + c of the slice is row r's stream j, columns d0 + 4c .. +3. */
+__device__ static inline void stage_x(const hs_args &a, float4 *dst, int tid, int64_t r0, int nr,
+                                      int nq, int cq, int64_t d0)
+{
+    const int64_t D = a.D;
+    const float *X0 = a.X + r0 * a.n * D + d0; /* row r stream j: X0 + (r n + j) D */
+#pragma unroll 1
+    for (int t = tid; t < nr * nq; t += HS_THREADS) {
+        const int rj = (int)((unsigned)t / (unsigned)cq), c = t - rj * cq;
+        cp_async16(dst + t, X0 + (int64_t)rj * D + 4 * c);
+    }
+}
+
+/* The copies a launch issues before its PDL wait (pdl.cuh, DSV4_PDL_LATE): base, scale, the
+ * norm's slice (weights) and, with the post-mix, X (into xr), which the seam before the
+ * previous sublayer wrote: hc_seam's and hc_head_site's contract (backend.h) is that no launch
+ * of the last two writes X. A plain site's X may be the launch just before's (the embedding):
+ * it is copied after the wait. */
+__device__ static inline void stage_early(const hs_args &a, float4 *xr, float *bs, float *nrm,
+                                          int tid, int64_t r0, int nr, int nq, int cq, int cols,
+                                          int64_t d0, int nb)
+{
+    if (a.f) stage_x(a, xr, tid, r0, nr, nq, cq, d0);
+#pragma unroll 1
+    for (int t = tid; t < nb; t += HS_THREADS) cp_async4(bs + t, a.base + t);
+    if (!a.head && tid < 3) cp_async4(bs + a.M + tid, a.scale + tid);
+    if (a.norm)
+#pragma unroll 1
+        for (int c = tid; c < cols; c += HS_THREADS) cp_async4(nrm + c, a.norm + d0 + c);
+}
+
 /* ---- the site kernel ----------------------------------------------------------------------
  * X [N, n, D], fn [M, n*D] -> h [N, D], xq [N, D] = act_quant(h) (optional; cols % 128 == 0),
  * y [N, D] (optional), mix [N, M] (optional), and for a site (M = (2+n)n) post [N, n],
@@ -398,7 +451,7 @@ __device__ static void hc_weights_warp(const hs_args &a, const float *mix, const
 template <int R, int WT>
 __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a)
 {
-    DSV4_PDL_LATE(); /* the first fn batches go out before the wait (step 0) */
+    DSV4_PDL_LATE(); /* fn's first batches and stage_early's copies go out before the wait */
     extern __shared__ float4 hs_dyn[];
     __shared__ float mixw[R * HS_M_MAX], pre_s[R * HS_HC_MAX], pc_s[R * HS_PC], rs2_s[R];
     __shared__ double red[HS_WARPS * R];
@@ -422,13 +475,14 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
     long long *const tr = a.trace && blockIdx.x == 0 ? a.trace : nullptr;
 
     /* 0. the first two fn batches are in flight while everything else is staged; fn is a
-     *    weight, so they are issued before the PDL wait and overlap the previous launch's tail
-     *    (everything else is read after it) */
+     *    weight, so they are issued before the PDL wait and overlap the previous launch's tail,
+     *    with the copies of base, scale, norm and (the post-mix) X; the rest is read after it */
     float4 cur[HS_U][HS_OPW], nxt[HS_U][HS_OPW];
     const char *rp[HS_OPW];
     fn_rows<WT>(rp, a, a.o0, warp, a.o1);
     load_batch<WT>(cur, rp, D, lane, nq, cq, d0);
     load_batch<WT>(nxt, rp, D, lane + 32 * HS_U, nq, cq, d0);
+    stage_early(a, xr4, bs, nrm, tid, r0, nr, nq, cq, cols, d0, nb);
     DSV4_PDL_WAIT();
     if (tr && tid == 0) {
         tr[TR_START] = clock64();
@@ -436,31 +490,24 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
     }
     cluster_arrive_relaxed(); /* barrier 0: this rank has started */
 
-    /* 1a. X slice (and f, post_in, comb_in), base, scale, norm -> shared; quad u = j cq + c of
-     *     a row is stream j, columns d0 + 4c .. +3 */
+    /* 1a. what the launch before may have written -> shared: X (the plain site) or f, post_in,
+     *     comb_in (the post-mix); then every copy has landed */
     {
-        float4 *dst = pm ? xr4 : xs4;
-        const float *X0 = a.X + r0 * nD + d0;             /* row r stream j: X0 + (r n + j) D */
-        for (int t = tid; t < nr * nq; t += HS_THREADS) { /* quad t = (r n + j) cq + c */
-            const int rj = (int)((unsigned)t / (unsigned)cq), c = t - rj * cq;
-            cp_async16(dst + t, X0 + (int64_t)rj * D + 4 * c);
-        }
+        if (!pm) stage_x(a, xs4, tid, r0, nr, nq, cq, d0);
         if (pm) {
+#pragma unroll 1
             for (int t = tid; t < nr * cq; t += HS_THREADS) {
                 const int r = t / cq, c = t - r * cq;
                 cp_async16(ys4 + t, a.f + (r0 + r) * D + d0 + 4 * c);
             }
             const int pcn = n + n * n;
+#pragma unroll 1
             for (int t = tid; t < nr * pcn; t += HS_THREADS) {
                 const int r = t / pcn, i = t - r * pcn;
                 cp_async4(pc_s + r * HS_PC + i, i < n ? a.post_in + (r0 + r) * n + i
                                                       : a.comb_in + (r0 + r) * n * n + (i - n));
             }
         }
-        for (int t = tid; t < nb; t += HS_THREADS) cp_async4(bs + t, a.base + t);
-        if (!a.head && tid < 3) cp_async4(bs + M + tid, a.scale + tid);
-        if (a.norm)
-            for (int c = tid; c < cols; c += HS_THREADS) cp_async4(nrm + c, a.norm + d0 + c);
         if (tr && tid == 0) tr[TR_ISSUED] = clock64();
         cp_async_wait_all();
         __syncthreads();
