@@ -835,15 +835,17 @@ int moe_mma_mat_ok(const moe_mat *m)
 /* K slices per task (1, 2 or 4) for an input of nch 128-column chunks and a grid of `tasks`
  * tasks. A slice more costs its partial sums through shared memory, a barrier and warps idle
  * at the end of the task; it pays only where it saves a round of the grid (4 CTAs an SM). So:
- * the split with the least rounds x (chunks a warp + 2), a task's fixed cost counted as two
+ * the split with the least rounds x (chunks a warp + 4), a task's fixed cost counted as four
  * chunks, from at least about 8 chunks a warp (nch >= 32: up to 4 slices, >= 16: 2) and at most
  * 32 (Pro's stage 1, 56 chunks, takes 2 or 4), the fewer slices on a tie. Flash N = 1: stage 1
  * 896 tasks -> 2 slices, 448 CTAs, one round (a round of longer warps beat 1.7 of shorter ones:
  * test_gpu_moe --profile 1 79.3 / 80.4 / 80.3 -> 77.2 / 76.9 / 76.5 us), stage 2 -> 1 slice;
- * from batch 2 on one slice each; Pro N = 1 4 and 2 (2 and 1 were 1.8% slower in the step).
- * Until session 10 the split was the most slices wherever half of them did not fit a round;
- * engine step (H100, dsv4 bench, docs/PERF.md session 10): Flash batch 2 -3%, 8 -4%, 16 -5%, 64
- * -5.5%, 128 -7%. */
+ * from batch 2 on one slice each; Pro N = 1 4 and 2 (2 and 1 were 1.8% slower in the step),
+ * N = 2 4 and 1, from N = 4 on 2 and 1. Until session 10 the split was the most slices wherever
+ * half of them did not fit a round; engine step (H100, dsv4 bench, docs/PERF.md session 10):
+ * Flash batch 2 -3%, 8 -4%, 16 -5%, 64 -5.5%, 128 -7%; Pro batch 64 -2.4%. A fixed cost of two
+ * chunks had Flash batch 4's stage 2 at 2 slices: 1.782 / 1.779 ms against 1.771 / 1.769 with
+ * 1 (two calls, each against the old split: 1.777 / 1.779, 1.779 / 1.781). */
 static int split_pick(int64_t nch, int64_t tasks, int sms)
 {
     const int64_t wave = 4 * (int64_t)sms;
@@ -854,7 +856,7 @@ static int split_pick(int64_t nch, int64_t tasks, int sms)
         const int64_t per = (nch + ks - 1) / ks; /* chunks a warp */
         if (ks < most && per > 32) continue;
         const int64_t ctas = (tasks * ks + WPC - 1) / WPC, rounds = (ctas + wave - 1) / wave;
-        const int64_t cost = rounds * (per + 2);
+        const int64_t cost = rounds * (per + 4);
         if (!best || cost < best_cost) best = ks, best_cost = cost;
     }
     return best;
