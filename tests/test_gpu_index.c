@@ -38,16 +38,20 @@
  *   every case. Rows of more than 4,096 keys take the top-k's long-row select (bk_topk.cu
  *   row_topk_long: with codes cached in shared memory up to 16,832 keys, from the workspace
  *   beyond: cap_e 20000); --small runs it at cap_e 4608. The weights go in raw with the engine's
- *   w_scale. The cluster path (cap_e <= 2048) runs every case at cap_e 1025 (and 2048 with
- *   --small).
+ *   w_scale. The cluster path runs every case: alone at cap_e 1025 (and 2048 with --small),
+ *   split with the fused kernel beyond (rows of n_vis <= 2048 as clusters, the others fused);
+ *   split calls also on rows either side of 2048 (split_rows: 2048, 2049, 0, ...) at cap_e 4096
+ *   and 16384, forced and auto (the dispatcher's choice, checked: clusters at N <= 16).
  * - comp_append_multi (a CSA layer's two compressors in one launch, test_comp_pair) and
  *   indexer_q_topk (indexer_q's chain in the top-k kernel's prologue, test_q_topk): each against
- *   the same GPU's single ops (today's kernels) bit for bit, and against the CPU's composition
- *   with the bounds above (their comments say which).
- * Timings: indexer_topk at N = 1 and N = 64 rows with n_vis = cap_e = 16384 (64K context),
+ *   the same GPU's single ops (today's kernels) bit for bit (and iq afterwards: each row's
+ *   queries unchanged or indexer_q's, a split call's fused rows indexer_q's), and against the
+ *   CPU's composition with the bounds above (their comments say which).
+ * Timings: indexer_topk at N = 1, 2, 4, 8 and 64 rows with n_vis = cap_e = 16384 (64K context),
  * 1025 (the bench's 4K) and 32768 (128K), every path (op timer events), each run twice:
  * identical selections, the top-k of the GPU's scores;
- * indexer_q_topk against indexer_q + indexer_topk.
+ * indexer_q_topk against indexer_q + indexer_topk; indexer_q_topk at N = 1 .. 8 in a 64K engine
+ * (cap_e 16384) at n_vis 1025 and 16384, fused vs auto (split).
  */
 #include "backend/backend.h"
 #include "backend/backend_impl.h"
@@ -434,51 +438,86 @@ static void topk_rows(int N, int64_t cap_e, int topk, int m, int32_t *sl, int32_
     }
 }
 
+/* Rows of a split call (cap_e > 2048, the cluster path's limit): row i's n_vis the kind i % 12
+ * of {2048 (the cluster's last), 2049 (the fused kernel's first), 0, cap_e, 100, 2047 and 3000
+ * (slot 3: ties), topk, topk + 1, 1025 (the bench's 4K), cap_e - 1 (slot 3), 1}, so N = 5 has
+ * rows on both sides and N >= 12 every kind. */
+static void split_rows(int N, int64_t cap_e, int topk, int m, int32_t *sl, int32_t *ps)
+{
+    const int64_t nv[12] = {2048, 2049, 0,        cap_e, 100,       2047,
+                            3000, topk, topk + 1, 1025,  cap_e - 1, 1};
+    const int32_t slots[12] = {0, 1, 2, 1, 0, 3, 3, 2, 0, 1, 3, 2};
+    for (int i = 0; i < N; i++) {
+        sl[i] = slots[i % 12];
+        ps[i] = (int32_t)(nv[i % 12] * m + i % 3); /* (p + 1) / m = n_vis */
+    }
+}
+
 static const char *path_name(int path)
 {
-    return path == DSV4_INDEX_PATH_FUSED       ? "fused"
+    return path == DSV4_INDEX_PATH_AUTO        ? "auto"
+           : path == DSV4_INDEX_PATH_FUSED     ? "fused"
            : path == DSV4_INDEX_PATH_CLUSTER   ? "cluster"
            : path == DSV4_INDEX_PATH_CLUSTER16 ? "cluster16"
+           : path == DSV4_INDEX_PATH_SPLIT     ? "split"
+           : path == DSV4_INDEX_PATH_SPLIT16   ? "split16"
                                                : "simt";
 }
 
-/* Whether the last call took `path`: a forced 16-CTA cluster may fall back to 8 on a GPU that
- * cannot place one (said once; the 8-CTA results are then what is checked). */
-static int path_taken(int path)
+/* Whether the last call (N rows, nh x d, cap_e) took the path forced (AUTO: the dispatcher's
+ * choice, bk_topk.cu index_select): a forced cluster path runs split where cap_e > 2048; a
+ * forced 16-CTA cluster may fall back to 8 on a GPU that cannot place one (said once; the 8-CTA
+ * results are then what is checked); auto takes the cluster kernel at N <= 16 (split where
+ * cap_e > 2048), else the fused one. */
+static int path_taken(int path, int nh, int d, int64_t cap_e, int N)
 {
     static int told;
-    const int last = dsv4_cuda_index_last_path();
-    if (path == DSV4_INDEX_PATH_CLUSTER16 && last == DSV4_INDEX_PATH_CLUSTER) {
+    const int last = dsv4_cuda_index_last_path(), split = cap_e > 2048;
+    if (path == DSV4_INDEX_PATH_AUTO) {
+        if (nh != 64 || d != 128) return last == DSV4_INDEX_PATH_SIMT;
+        if (N > 16) return last == DSV4_INDEX_PATH_FUSED;
+        path = N <= 8 ? DSV4_INDEX_PATH_CLUSTER16 : DSV4_INDEX_PATH_CLUSTER;
+    }
+    if (split && path == DSV4_INDEX_PATH_CLUSTER) path = DSV4_INDEX_PATH_SPLIT;
+    if (split && path == DSV4_INDEX_PATH_CLUSTER16) path = DSV4_INDEX_PATH_SPLIT16;
+    const int as8 = path == DSV4_INDEX_PATH_CLUSTER16 ? DSV4_INDEX_PATH_CLUSTER
+                    : path == DSV4_INDEX_PATH_SPLIT16 ? DSV4_INDEX_PATH_SPLIT
+                                                      : -1;
+    if (last == as8) {
         if (!told++) printf("note: this GPU places no 16-CTA cluster; cluster16 ran as 8\n");
         return 1;
     }
     return last == path;
 }
 
-/* The CUDA paths that take (nh, d, cap_e): SIMT always; fused at 64 x 128; the cluster paths
- * (8 and 16 CTAs a row) also need cap_e <= 2048. Returns how many went to paths[]. */
-static int paths_for(int nh, int d, int64_t cap_e, int paths[4])
+/* The CUDA paths that take (nh, d): SIMT always; fused at 64 x 128, and the cluster paths (8
+ * and 16 CTAs a row: cap_e <= 2048, else split with the fused kernel); with_auto: the
+ * dispatcher's choice too. Returns how many went to paths[]. */
+static int paths_for(int nh, int d, int with_auto, int paths[5])
 {
     int n = 0;
     if (nh == 64 && d == 128) {
         paths[n++] = DSV4_INDEX_PATH_FUSED;
-        if (cap_e <= 2048) {
-            paths[n++] = DSV4_INDEX_PATH_CLUSTER;
-            paths[n++] = DSV4_INDEX_PATH_CLUSTER16;
-        }
+        paths[n++] = DSV4_INDEX_PATH_CLUSTER;
+        paths[n++] = DSV4_INDEX_PATH_CLUSTER16;
     }
     paths[n++] = DSV4_INDEX_PATH_SIMT;
+    if (with_auto) paths[n++] = DSV4_INDEX_PATH_AUTO;
     return n;
 }
 
-/* N rows (topk_rows) on the CPU, then on each GPU path: (a) scores, (b) selection vs the top-k of
- * the GPU's own scores, (c) selection vs the CPU's, (d) the workspace's tickets back at zero. */
-static void test_topk(const char *name, const index_inputs *in, int N)
+/* N rows (topk_rows, or split_rows where split) on the CPU, then on each GPU path and auto: (a)
+ * scores, (b) selection vs the top-k of the GPU's own scores, (c) selection vs the CPU's, (d)
+ * the workspace's tickets back at zero. */
+static void test_topk(const char *name, const index_inputs *in, int N, int split)
 {
     const int nh = in->nh, d = in->d, topk = in->topk, m = in->m;
     const int64_t cap_e = in->cap_e;
     int32_t sl[64], ps[64];
-    topk_rows(N, cap_e, topk, m, sl, ps);
+    if (split)
+        split_rows(N, cap_e, topk, m, sl, ps);
+    else
+        topk_rows(N, cap_e, topk, m, sl, ps);
     float *q = malloc((size_t)N * nh * d * 4), *w = malloc((size_t)N * nh * 4);
     make_queries(q, w, N, nh, d);
     const float w_scale = w_scale_of(nh, d);
@@ -505,8 +544,8 @@ static void test_topk(const char *name, const index_inputs *in, int N)
     for (int i = 0; i < N; i++)
         if ((ps[i] + 1) / m > nvis_max) nvis_max = (ps[i] + 1) / m;
 
-    int paths[4];
-    const int npaths = paths_for(nh, d, cap_e, paths);
+    int paths[5];
+    const int npaths = paths_for(nh, d, 1, paths);
     for (int pi = 0; pi < npaths; pi++) {
         const int path = paths[pi];
         dsv4_cuda_index_force_path(path);
@@ -515,7 +554,8 @@ static void test_topk(const char *name, const index_inputs *in, int N)
         TRY(dsv4_bk_indexer_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d, m, topk,
                                  &rs.g, d_ws));
         dsv4_cuda_index_force_path(DSV4_INDEX_PATH_AUTO);
-        CHECK_MSG(path_taken(path), "%s: path %s not taken", name, path_name(path));
+        CHECK_MSG(path_taken(path, nh, d, cap_e, N), "%s: path %s not taken (took %s)", name,
+                  path_name(path), path_name(dsv4_cuda_index_last_path()));
         gpu_get(gsel, d_sel, seln * 4);
         gpu_get(gws, d_ws, wsb);
 
@@ -558,9 +598,10 @@ static void test_topk(const char *name, const index_inputs *in, int N)
             memcpy(&tk, gws + dsv4_cuda_index_ws_row(i, cap_e) + cap_e, 4);
             tickets += tk != 0;
         }
-        printf("%-20s indexer_topk %s nh %d d %d topk %d cap_e %lld, N = %d (n_vis 0 .. %lld; "
-               "%lld with a tie group cut), CPU %.2f s:\n",
-               name, path_name(path), nh, d, topk, (long long)cap_e, N, (long long)nvis_max,
+        printf("%-20s indexer_topk %s (%s) nh %d d %d topk %d cap_e %lld, N = %d%s (n_vis 0 .. "
+               "%lld; %lld with a tie group cut), CPU %.2f s:\n",
+               name, path_name(path), path_name(dsv4_cuda_index_last_path()), nh, d, topk,
+               (long long)cap_e, N, split ? " split rows" : "", (long long)nvis_max,
                (long long)straddle, t1 - t0);
         printf("  (a) scores vs CPU: %lld differ, max abs %.3g, max rel %.3g (floor 1e-3; bound: "
                "0, exact arithmetic on FP4-grid inputs)\n",
@@ -662,12 +703,15 @@ static void topk_at_scale(const index_inputs *in, int N, int path)
  * indexer_q's f32 operations in its order); against the CPU's composition the selection may
  * differ only where a query head does, which test_indexer_q bounds at one head a case (glibc's
  * cosf / sinf vs the correctly rounded ones): bound <= 1 row. Then the op's time vs the pair's. */
-static void test_q_topk(const char *name, const index_inputs *in, int N)
+static void test_q_topk(const char *name, const index_inputs *in, int N, int split)
 {
     const int nh = in->nh, d = in->d, topk = in->topk, m = in->m, r = 64;
     const int64_t cap_e = in->cap_e;
     int32_t sl[64], ps[64];
-    topk_rows(N, cap_e, topk, m, sl, ps);
+    if (split)
+        split_rows(N, cap_e, topk, m, sl, ps);
+    else
+        topk_rows(N, cap_e, topk, m, sl, ps);
     const size_t nq = (size_t)N * nh * d, seln = (size_t)N * topk;
     float *q = malloc(nq * 4), *q0 = malloc(nq * 4), *w = malloc((size_t)N * nh * 4);
     fill_gauss(q0, (int64_t)nq, 2.0f, 0.0f);
@@ -686,8 +730,9 @@ static void test_q_topk(const char *name, const index_inputs *in, int N)
     int32_t *d_sel = gpu_dup(NULL, seln * 4);
     TRY(dsv4_bk_indexer_q_topk(g_cpu, sel, q, w, w_scale, in->ent, cap_e, nh, d, r, g_freqs, m,
                                topk, &rs.c, ws));
-    int paths[4];
-    const int npaths = paths_for(nh, d, cap_e, paths);
+    float *gq1 = malloc(nq * 4), *gq2 = malloc(nq * 4);
+    int paths[5];
+    const int npaths = paths_for(nh, d, 1, paths);
     for (int pi = 0; pi < npaths; pi++) {
         const int path = paths[pi];
         dsv4_cuda_index_force_path(path);
@@ -696,21 +741,31 @@ static void test_q_topk(const char *name, const index_inputs *in, int N)
         TRY(dsv4_bk_memset0(g_gpu, d_sel, seln * 4));
         TRY(dsv4_bk_indexer_q_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d, r,
                                    d_freqs, m, topk, &rs.g, d_ws));
-        CHECK_MSG(path_taken(path), "%s: path %s not taken", name, path_name(path));
+        const int last = dsv4_cuda_index_last_path();
+        CHECK_MSG(path_taken(path, nh, d, cap_e, N), "%s: path %s not taken (took %s)", name,
+                  path_name(path), path_name(last));
+        const int split_path = last == DSV4_INDEX_PATH_SPLIT || last == DSV4_INDEX_PATH_SPLIT16;
         gpu_get(gsel, d_sel, seln * 4);
         gpu_get(gws, d_ws, wsb);
+        gpu_get(gq1, d_q, nq * 4);
         /* the two ops */
         TRY(dsv4_bk_upload(g_gpu, d_q, q0, nq * 4));
         TRY(dsv4_bk_memset0(g_gpu, d_sel, seln * 4));
         TRY(dsv4_bk_indexer_q(g_gpu, d_q, &rs.g, nh, d, r, d_freqs));
+        gpu_get(gq2, d_q, nq * 4);
         TRY(dsv4_bk_indexer_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d, m, topk,
                                  &rs.g, d_ws));
         gpu_get(gsel2, d_sel, seln * 4);
         gpu_get(gws2, d_ws, wsb);
-        int64_t sc_diff = 0, two_bad = 0, cpu_bad = 0;
+        /* iq afterwards (backend.h: indexer_q's result or unchanged): a row's queries one or the
+         * other bit for bit; a split call's fused rows (n_vis > 2048) indexer_q's */
+        int64_t sc_diff = 0, two_bad = 0, cpu_bad = 0, iq_bad = 0;
         for (int i = 0; i < N; i++) {
             const int64_t nvis = (ps[i] + 1) / m;
             const int64_t o = dsv4_cuda_index_ws_row(i, cap_e);
+            const size_t qo = (size_t)i * nh * d, qb = (size_t)nh * d * 4;
+            const int conv = !memcmp(gq1 + qo, gq2 + qo, qb), same = !memcmp(gq1 + qo, q0 + qo, qb);
+            iq_bad += !(conv || same) || (split_path && nvis > 2048 && !conv);
             sc_diff += memcmp(gws + o, gws2 + o, (size_t)nvis * 4) != 0;
             two_bad +=
                 memcmp(gsel + (int64_t)i * topk, gsel2 + (int64_t)i * topk, (size_t)topk * 4) != 0;
@@ -739,19 +794,64 @@ static void test_q_topk(const char *name, const index_inputs *in, int N)
             }
         }
         dsv4_cuda_index_force_path(DSV4_INDEX_PATH_AUTO);
-        printf("%-20s indexer_q_topk %s topk %d cap_e %lld, N = %d: vs indexer_q + indexer_topk "
-               "(GPU) %lld rows / %lld score rows differ (bound 0); vs CPU %lld rows differ "
-               "(bound 1); %.1f us vs %.1f us (events)\n",
-               name, path_name(path), topk, (long long)cap_e, N, (long long)two_bad,
-               (long long)sc_diff, (long long)cpu_bad, t_one, t_two);
-        CHECK_MSG(two_bad == 0 && sc_diff == 0, "%s %s N %d: indexer_q_topk is not the two ops",
-                  name, path_name(path), N);
+        printf("%-20s indexer_q_topk %s (%s) topk %d cap_e %lld, N = %d%s: vs indexer_q + "
+               "indexer_topk (GPU) %lld rows / %lld score rows / %lld query rows differ (bound 0); "
+               "vs CPU %lld rows differ (bound 1); %.1f us vs %.1f us (events)\n",
+               name, path_name(path), path_name(last), topk, (long long)cap_e, N,
+               split ? " split rows" : "", (long long)two_bad, (long long)sc_diff,
+               (long long)iq_bad, (long long)cpu_bad, t_one, t_two);
+        CHECK_MSG(two_bad == 0 && sc_diff == 0 && iq_bad == 0,
+                  "%s %s N %d: indexer_q_topk is not the two ops", name, path_name(path), N);
         CHECK_MSG(cpu_bad <= 1, "%s %s N %d: indexer_q_topk differs from the CPU in %lld rows",
                   name, path_name(path), N, (long long)cpu_bad);
     }
     rows_free(&rs);
     free(q), free(q0), free(w), free(ws), free(gws), free(gws2), free(sel), free(gsel);
-    free(gsel2);
+    free(gsel2), free(gq1), free(gq2);
+    dsv4_bk_free(g_gpu, d_q), dsv4_bk_free(g_gpu, d_w), dsv4_bk_free(g_gpu, d_freqs);
+    dsv4_bk_free(g_gpu, d_ws), dsv4_bk_free(g_gpu, d_sel);
+}
+
+/* indexer_q_topk's time (op timer events, 20 calls; the queries are only re-transformed) at N
+ * rows of n_vis entries each in an engine of cap_e (slots r % 4) on one path: a 64K engine's
+ * rows at 4K (n_vis 1,025: the cluster kernel's in a split call) and at 64K. */
+static void q_topk_at_scale(const index_inputs *in, int N, int64_t nvis, int path)
+{
+    const int nh = in->nh, d = in->d, topk = in->topk, m = in->m, r = 64;
+    const int64_t cap_e = in->cap_e;
+    int32_t sl[64], ps[64];
+    for (int i = 0; i < N; i++) sl[i] = i % in->S, ps[i] = (int32_t)(nvis * m - 1);
+    const size_t nq = (size_t)N * nh * d;
+    float *q = malloc(nq * 4), *w = malloc((size_t)N * nh * 4);
+    fill_gauss(q, (int64_t)nq, 2.0f, 0.0f);
+    dsv4_sim_bf16(q, (int64_t)nq);
+    for (int64_t i = 0; i < (int64_t)N * nh; i++) w[i] = dsv4_round_bf16(rng_gauss());
+    rowset rs;
+    rows_make(&rs, sl, ps, N);
+    float *d_q = gpu_dup(q, nq * 4), *d_w = gpu_dup(w, (size_t)N * nh * 4);
+    float *d_freqs = gpu_dup(g_freqs, sizeof g_freqs);
+    void *d_ws = gpu_dup(NULL, dsv4_bk_indexer_ws_bytes(N, cap_e));
+    int32_t *d_sel = gpu_dup(NULL, (size_t)N * topk * 4);
+    dsv4_cuda_index_force_path(path);
+    TRY(dsv4_bk_indexer_q_topk(g_gpu, d_sel, d_q, d_w, w_scale_of(nh, d), in->d_ent, cap_e, nh, d,
+                               r, d_freqs, m, topk, &rs.g, d_ws)); /* warm */
+    const int last = dsv4_cuda_index_last_path();
+    TRY(dsv4_bk_sync(g_gpu));
+    TRY(dsv4_bk_prof_start(g_gpu));
+    for (int it = 0; it < 20; it++) {
+        TRY(dsv4_bk_indexer_q_topk(g_gpu, d_sel, d_q, d_w, w_scale_of(nh, d), in->d_ent, cap_e, nh,
+                                   d, r, d_freqs, m, topk, &rs.g, d_ws));
+        dsv4_bk_prof_mark(g_gpu, "indexer_q_topk");
+    }
+    dsv4_cuda_index_force_path(DSV4_INDEX_PATH_AUTO);
+    dsv4_bk_prof_entry pe[4];
+    const int np = dsv4_bk_prof_stop(g_gpu, pe, 4);
+    printf("  indexer_q_topk %-9s (%-9s) N = %2d, n_vis = %5lld of cap_e %5lld, topk %4d: %6.1f us "
+           "(events)\n",
+           path_name(path), path_name(last), N, (long long)nvis, (long long)cap_e, topk,
+           np > 0 ? 1e3 * pe[0].ms / (double)pe[0].calls : -1.0);
+    rows_free(&rs);
+    free(q), free(w);
     dsv4_bk_free(g_gpu, d_q), dsv4_bk_free(g_gpu, d_w), dsv4_bk_free(g_gpu, d_freqs);
     dsv4_bk_free(g_gpu, d_ws), dsv4_bk_free(g_gpu, d_sel);
 }
@@ -911,15 +1011,31 @@ int main(int argc, char **argv)
                 if (g_small && Ns[n] > 2) continue;
                 if (big && caps[c] * Ns[n] > 16384 * 16 && !(t == 0 && caps[c] == 16384))
                     continue; /* CPU time */
-                test_topk(names[t], &in, Ns[n]);
+                test_topk(names[t], &in, Ns[n], 0);
+            }
+            index_inputs_free(&in);
+        }
+    /* split calls (cap_e > 2048: the cluster kernel for the rows of up to 2048 entries, the fused
+     * one for the others): rows on both sides of 2048 (split_rows), 16-CTA clusters (N = 5) and
+     * 8 (N = 12), forced and auto, Flash and Pro at cap_e 4096 and Flash at 16384 */
+    for (int t = 0; t < 2; t++)
+        for (int c = 0; c < 2; c++) {
+            if ((g_small || t == 1) && c == 1) continue;
+            index_inputs in;
+            index_inputs_make(&in, 64, 128, 4, topks[t], c ? 16384 : 4096);
+            test_topk(names[t], &in, 5, 1);
+            if (!g_small) test_topk(names[t], &in, 12, 1);
+            if (t == 0 && c == 0) {
+                test_q_topk(names[t], &in, 5, 1);
+                if (!g_small) test_q_topk(names[t], &in, 12, 1);
             }
             index_inputs_free(&in);
         }
     {
         index_inputs in;
         index_inputs_make(&in, 8, 64, 4, 16, 256);
-        test_topk("generic nh 8 d 64", &in, 7);
-        test_q_topk("generic nh 8 d 64", &in, 7);
+        test_topk("generic nh 8 d 64", &in, 7, 0);
+        test_q_topk("generic nh 8 d 64", &in, 7, 0);
         index_inputs_free(&in);
     }
     /* the fused indexer_q_topk: Flash at the bench's 4K (cluster path) and 64K (fused path) */
@@ -930,23 +1046,28 @@ int main(int argc, char **argv)
         for (int n = 0; n < 5; n++) {
             if (g_small && Ns[n] > 2) continue;
             if (qcaps[c] > 4096 && Ns[n] > 2) continue; /* CPU time */
-            test_q_topk("Flash", &in, Ns[n]);
+            test_q_topk("Flash", &in, Ns[n], 0);
         }
         index_inputs_free(&in);
     }
     if (!g_small) {
         const int64_t tcaps[3] = {16384, 1025, 32768}; /* 64K context; the bench's 4K; 128K */
+        const int bn[5] = {1, 2, 4, 8, 64}; /* the decode batches the cluster path takes, and 64 */
         for (int c = 0; c < 3; c++) {
             index_inputs in;
             index_inputs_make(&in, 64, 128, 4, 512, tcaps[c]);
             for (int t = 0; t < 2; t++) {
                 in.topk = topks[t];
-                int paths[4];
-                const int np = paths_for(64, 128, in.cap_e, paths);
-                for (int pi = 0; pi < np; pi++) {
-                    topk_at_scale(&in, 1, paths[pi]);
-                    topk_at_scale(&in, 64, paths[pi]);
-                }
+                int paths[5];
+                const int np = paths_for(64, 128, 0, paths);
+                for (int pi = 0; pi < np; pi++)
+                    for (int n = 0; n < 5; n++) topk_at_scale(&in, bn[n], paths[pi]);
+                if (c == 0) /* a 64K engine's rows at 4K (split) and 64K: auto vs fused */
+                    for (int n = 0; n < 4; n++)
+                        for (int v = 0; v < 2; v++)
+                            for (int pi = 0; pi < 2; pi++)
+                                q_topk_at_scale(&in, bn[n], v ? in.cap_e : 1025,
+                                                pi ? DSV4_INDEX_PATH_AUTO : DSV4_INDEX_PATH_FUSED);
             }
             index_inputs_free(&in);
         }

@@ -13,11 +13,14 @@
  * need ~13 bits). The head sum is in double as on the CPU (terms are bf16 values: exact in any
  * order).
  *
- * Three paths (index_path.cuh forces one in tests):
- * - Cluster (nh = 64, d = 128, cap_e <= 2048, and by choice N <= 16: the 4K-context decode
- *   step at small batches): one kernel, a cluster of 8 CTAs a row (16 where N <= 8 and the GPU
- *   places them) that score an eighth (a sixteenth) of its entries each and then rank them against
- * all the row's keys (index_cluster_kernel says how): no ticket, no one-CTA sort.
+ * Three paths (index_path.cuh forces one in tests), chosen per call from N and cap_e:
+ * - Cluster (nh = 64, d = 128, and by choice N <= 16: decode steps at small batches): one
+ *   kernel, a cluster of 8 CTAs a row (16 where N <= 8 and the GPU places them) that score an
+ *   eighth (a sixteenth) of its entries each and then rank them against all the row's keys
+ *   (index_cluster_kernel says how): no ticket, no one-CTA sort. It takes rows of up to CL_MAX_E
+ *   (2048) entries, 8K context: with cap_e > 2048 (an engine built for longer contexts) the call
+ *   is split per row, the cluster kernel for the rows of n_vis <= 2048, then the fused kernel
+ *   for the others (each kernel's CTAs leave the other's rows at once).
  * - Fused (nh = 64, d = 128: Flash and Pro): one kernel. Each CTA scores a range of a row's
  *   entries on the tensor cores, mma.sync m16n8k16 bf16 -> f32 with the keys as the 16-row A
  *   operand straight from the bf16 state and the queries as B (FP4-grid values: exact in bf16);
@@ -33,7 +36,9 @@
  * cluster kernel's prologue, one head a warp (q_head; the cluster's 8 (16) CTAs take 8 (4) heads
  * each and store them into every rank's shared memory), which saves the engine the indexer_q
  * launch; the fused and SIMT paths launch indexer_q first (in every fused CTA the chain of all 64
- * heads cost more than that launch: test_gpu_index, H100, N 1 33.6 us vs 27.2 us).
+ * heads cost more than that launch: test_gpu_index, H100, N 1 33.6 us vs 27.2 us). In a split
+ * call the cluster kernel converts the fused rows' queries too (into iq, as indexer_q leaves
+ * them), so that the split is two launches like the fused path.
  *
  * Top-k (row_topk, fused and SIMT paths): the order is that of the unique key K(e) = (o(score) <<
  * b) | (2^b - 1 - e), o the monotonic 16-bit code of a bf16 score, b the index bits: larger K is
@@ -630,14 +635,16 @@ static __device__ __forceinline__ void load_keys(uint16_t *ks, const uint16_t *k
  * 8-head tiles (w % (8 / NT)) NT .. + NT, K = 128 in 8 mma steps; per entry the warp adds its
  * heads' terms (shuffles over the 4 lanes of a row), and with NT < 8 the head groups' sums meet
  * in shared memory, in group order. Then the row's CTAs take tickets; the last one (it resets
- * the ticket) selects the row's top-k from the scores in global memory.
+ * the ticket) selects the row's top-k from the scores in global memory. Rows of n_vis <= skip
+ * are the cluster kernel's (a split call, skip = CL_MAX_E; else skip = -1): all their CTAs leave
+ * at once, so none takes a ticket and the row's stays zero.
  * iq [N, 64, 128] (bf16-exact), iw [N, 64], ent [S, cap_e, 128] bf16 -> scores (row_base),
  * sel [N, topk]; the rows' tickets (row_base + cap_e) zero between calls. */
 template <int NT>
 __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
     int32_t *sel, float *scores, const float *iq, const float *iw, float w_scale,
     const uint16_t *ent, int64_t cap_e, int m, int topk, int te, int ncache, const int32_t *slot,
-    const int32_t *pos)
+    const int32_t *pos, int skip)
 {
     DSV4_PDL_WAIT();
     constexpr int EI = 16 * NT, HG = 8 / NT;
@@ -648,7 +655,8 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
     const int prow = pos[row];
     int64_t nvis = ((int64_t)prow + 1) / m;
     if (nvis > cap_e) nvis = cap_e;
-    if (nvis == 0) { /* no entries: only -1 */
+    if (nvis <= skip) return; /* the cluster kernel's row: every CTA of it leaves, no ticket */
+    if (nvis == 0) {          /* no entries: only -1 */
         if (blockIdx.x == 0)
             for (int j = tid; j < topk; j += FUSED_THREADS) sel[(int64_t)row * topk + j] = -1;
         return;
@@ -749,7 +757,8 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
 template <int NT>
 static dsv4_status launch_fused(cudaStream_t st, int32_t *sel, float *scores, const float *iq,
                                 const float *iw, float w_scale, const uint16_t *ent, int64_t cap_e,
-                                int m, int topk, int N, const int32_t *slot, const int32_t *pos)
+                                int m, int topk, int N, const int32_t *slot, const int32_t *pos,
+                                int skip)
 {
     /* steps of 16 NT entries; a CTA takes enough of them to keep the grid near 4 CTAs per SM */
     const int64_t steps = (cap_e + 16 * NT - 1) / (16 * NT), total = (int64_t)N * steps;
@@ -763,7 +772,7 @@ static dsv4_status launch_fused(cudaStream_t st, int32_t *sel, float *scores, co
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const dim3 grid((unsigned)((cap_e + te - 1) / te), (unsigned)N);
     index_fused_kernel<NT><<<grid, FUSED_THREADS, smem, st>>>(
-        sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, te, ncache, slot, pos);
+        sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, te, ncache, slot, pos, skip);
     CUDA_LAUNCHED();
     return DSV4_OK;
 }
@@ -776,12 +785,13 @@ static dsv4_status launch_fused(cudaStream_t st, int32_t *sel, float *scores, co
  * row_topk's K) in shared memory and writes the score to the workspace. After one cluster
  * barrier every CTA copies the row's n_vis keys out of the cluster's shared memory and ranks its
  * own: rank(e) = #{j : K_j > K_e}, its place in the descending order (keys are unique, so the
- * ranks are a permutation), counted by all 256 threads over an even share of the comparisons;
- * rank < k goes to sel[rank]. Exact, ties included, the same order as
- * row_topk; no ticket, no one-CTA tail (the fused path's last CTA sorts 512 keys in 45 barrier
- * stages), no atomics, deterministic. */
+ * ranks are a permutation), counted by its 8 warps, CL_RB entries a warp at a time against all
+ * the keys; rank < k goes to sel[rank]. Exact, ties included, the same order as row_topk; no
+ * ticket, no one-CTA tail (the fused path's last CTA sorts 512 keys in 45 barrier stages), no
+ * atomics, deterministic. */
 enum {
     CL_MAX_E = 2048, /* entries a row at most */
+    CL_RB = 4,       /* entries a warp ranks at once (registers) */
 };
 
 static __device__ __forceinline__ void cl_sync(void)
@@ -790,44 +800,71 @@ static __device__ __forceinline__ void cl_sync(void)
 }
 
 /* Dynamic shared memory of the cluster kernel for per_max entries a CTA: q [64][KLD] bf16, keys
- * [per_max][KLD] bf16, w [64], rc [TD], own keys [per_max], the row's keys [C per_max],
- * the ranks of its entries [256]. */
+ * [per_max][KLD] bf16, w [64], rc [TD], own keys [per_max], the row's keys [C per_max]. */
 static size_t cl_smem(int per_max, int C)
 {
     return (size_t)TNH * KLD * 2 + (size_t)per_max * KLD * 2 + TNH * 4 + TD * 4 +
-           (size_t)per_max * 4 + (size_t)C * per_max * 4 + FUSED_THREADS * 4;
+           (size_t)per_max * 4 + (size_t)C * per_max * 4;
 }
 
 /* Grid (C, N), cluster (C, 1, 1), 256 threads. iq [N, 64, 128] raw (qr >= 0: the
  * indexer_q chain runs in the prologue, RoPE of the last qr dims) or as indexer_q leaves it
  * (qr < 0); iw [N, 64]; ent [S, cap_e, 128] bf16 -> scores (row_base, workspace), sel [N, topk].
- */
+ * Rows of n_vis > e_max (a split call: cap_e > e_max = CL_MAX_E) are the fused kernel's, which
+ * runs next: with qr >= 0 the cluster writes their queries' chain to iq in place (each warp its
+ * head, as indexer_q leaves it), and leaves. */
 template <int C>
 __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
-    int32_t *sel, float *scores, const float *iq, const float *iw, float w_scale,
-    const uint16_t *ent, int64_t cap_e, int m, int topk, int per_max, const int32_t *slot,
-    const int32_t *pos, int qr, const float *freqs, float had_scale)
+    int32_t *sel, float *scores, float *iq, const float *iw, float w_scale, const uint16_t *ent,
+    int64_t cap_e, int e_max, int m, int topk, int per_max, const int32_t *slot, const int32_t *pos,
+    int qr, const float *freqs, float had_scale)
 {
-    DSV4_PDL_WAIT();
+    DSV4_PDL_LATE(); /* the rows and the RoPE table before the wait (pdl.cuh: no launch writes
+                        them), with the row's cos / sin into shared memory */
     extern __shared__ __align__(16) unsigned char cl_raw[];
     uint16_t *qs = (uint16_t *)cl_raw, *ks = qs + TNH * KLD;
     float *w = (float *)(ks + (size_t)per_max * KLD), *rc = w + TNH;
     uint32_t *own = (uint32_t *)(rc + TD), *all = own + per_max;
-    int *part = (int *)(all + C * per_max);
     cg::cluster_group cl = cg::this_cluster();
     const int row = blockIdx.y, rank = (int)cl.block_rank(), tid = threadIdx.x;
     const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int prow = pos[row], sl = slot[row];
+    if (qr >= 0) rope_table(rc, qr, tid < (qr >> 1) ? freqs[tid] : 0.0f, prow);
+    /* a split call waits without letting the fused kernel launch: its grid (hundreds of CTAs of
+     * ~50 KB shared memory, sized for cap_e) would be placed on every SM at once and sit there
+     * until the clusters end, while the step's other branch needs the SMs. The short rows' CTAs
+     * let it launch as they leave, the long rows' at once (they only convert queries). Flash 4
+     * layers, 4K rows in a 64K engine, batch 2 (H100, PERF.md session 10): HEAD 1.349 ms a step,
+     * split with the fused kernel let go at the wait 1.349, as here 1.333. */
+    if (e_max == cap_e)
+        DSV4_PDL_WAIT();
+    else
+        asm volatile("griddepcontrol.wait;\n" ::: "memory");
     asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 
     /* every global load of the prologue before any use; warp w < HC converts head HC rank + w */
     constexpr int HC = TNH / C; /* heads a CTA converts: 8 or 4 */
     const bool hw = warp < HC;
-    const int prow = pos[row], sl = slot[row], hq = rank * HC + (hw ? warp : 0);
-    const float freq = qr >= 0 && tid < (qr >> 1) ? freqs[tid] : 0.0f;
+    const int hq = rank * HC + (hw ? warp : 0);
     const float wv = tid < TNH ? iw[(int64_t)row * TNH + tid] : 0.0f;
-    const float4 qv = *(const float4 *)(iq + ((int64_t)row * TNH + hq) * TD + 4 * lane);
+    float *qh = iq + ((int64_t)row * TNH + hq) * TD + 4 * lane; /* warp hw's head */
+    const float4 qv = hw ? *(const float4 *)qh : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     int64_t nv = ((int64_t)prow + 1) / m;
-    const int nvis = (int)(nv < cap_e ? nv : cap_e), k = nvis < topk ? nvis : topk;
+    if (nv > cap_e) nv = cap_e;
+    if (nv > e_max) { /* the fused kernel's row: its queries only; the whole cluster leaves */
+        asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); /* the fused kernel */
+        if (qr >= 0) {
+            __syncthreads(); /* rc */
+            if (hw) {
+                float x[4] = {qv.x, qv.y, qv.z, qv.w};
+                q_head(x, rc, qr, had_scale);
+                *(float4 *)qh = make_float4(x[0], x[1], x[2], x[3]);
+            }
+        }
+        asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+        return;
+    }
+    const int nvis = (int)nv, k = nvis < topk ? nvis : topk;
     int32_t *out = sel + (int64_t)row * topk;
     if (rank == C - 1)
         for (int j = k + tid; j < topk; j += FUSED_THREADS) out[j] = -1;
@@ -847,10 +884,7 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     }
     asm volatile("cp.async.commit_group;\n" ::: "memory");
     if (tid < TNH) w[tid] = dev_round_bf16(__fmul_rn(wv, w_scale));
-    if (qr >= 0) {
-        rope_table(rc, qr, freq, prow);
-        __syncthreads();
-    }
+    if (qr >= 0) __syncthreads(); /* rc */
     {
         float x[4] = {qv.x, qv.y, qv.z, qv.w};
         if (hw && qr >= 0) q_head(x, rc, qr, had_scale);
@@ -921,31 +955,41 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
 #pragma unroll
     for (int u = 0; u < CL_MAX_E / FUSED_THREADS; u++)
         if (tid + u * FUSED_THREADS < nv4) all[tid + u * FUSED_THREADS] = kr[u];
-    int *cnt = part; /* [ne] ranks, below */
-    for (int e = tid; e < ne; e += FUSED_THREADS) cnt[e] = 0;
     /* no CTA leaves while another may still read its keys: arrive now, wait at the end */
     asm volatile("barrier.cluster.arrive.aligned;\n" ::: "memory");
     __syncthreads();
 
-    /* ranks: the ne x nv4 / 4 steps (an entry against 4 keys) split evenly over the threads in
-     * entry order; a thread's partial counts meet in cnt[] (integer adds: any order) */
-    const int steps = nv4 >> 2, total = ne * steps;
-    const int per_t = (total + FUSED_THREADS - 1) / FUSED_THREADS;
+    /* ranks: warp w takes the entries w, w + 8, ... in batches of CL_RB held in registers; lane
+     * l reads the row's keys 4 at a time, the uint4s l, l + 32, ... (a warp's 32 loads are 512
+     * consecutive bytes: no bank conflicts; a lane's loads independent), and counts per entry the
+     * keys above it; a warp sum of the counts is the rank (integer adds: any order). Before, each
+     * thread walked its own run of ~81 uint4s one load after another and met the others in
+     * shared atomics (at n_vis = 1,024 the runs sat 1 KB apart: 8-way bank conflicts): the gather
+     * and ranks took 6.8 of the kernel's 14 us in the batch-1 step (H100, globaltimer probes), 15.2
+     * of 26 at batch 4; now 4.0 and 6.0 (docs/PERF.md session 10). */
+    const int steps = nv4 >> 2;
     const uint4 *a4 = (const uint4 *)all;
-    for (int it = tid * per_t, end = min(total, it + per_t); it < end;) {
-        const int e = it / steps, jb = it - e * steps, je = min(steps, jb + (end - it));
-        const uint32_t K = own[e];
-        int c = 0;
-        for (int j = jb; j < je; j++) {
-            const uint4 v = a4[j];
-            c += (v.x > K) + (v.y > K) + (v.z > K) + (v.w > K);
+    for (int b0 = warp; b0 < ne; b0 += 8 * CL_RB) {
+        uint32_t K[CL_RB];
+        int c[CL_RB];
+#pragma unroll
+        for (int i = 0; i < CL_RB; i++) {
+            const int e = b0 + 8 * i;
+            K[i] = e < ne ? own[e] : 0xffffffffu; /* no key is above it */
+            c[i] = 0;
         }
-        atomicAdd(&cnt[e], c);
-        it += je - jb;
+        for (int j = lane; j < steps; j += 32) {
+            const uint4 v = a4[j];
+#pragma unroll
+            for (int i = 0; i < CL_RB; i++)
+                c[i] += (v.x > K[i]) + (v.y > K[i]) + (v.z > K[i]) + (v.w > K[i]);
+        }
+#pragma unroll
+        for (int i = 0; i < CL_RB; i++) {
+            const int rk = __reduce_add_sync(0xffffffffu, c[i]), e = b0 + 8 * i;
+            if (lane == i && e < ne && rk < k) out[rk] = e0 + e;
+        }
     }
-    __syncthreads();
-    for (int e = tid; e < ne; e += FUSED_THREADS)
-        if (cnt[e] < k) out[cnt[e]] = e0 + e;
     asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
 }
 
@@ -986,20 +1030,21 @@ static int cl_per_max(int64_t cap_e, int C)
     return (int)(((cap_e + C - 1) / C + 15) & ~15);
 }
 
+/* The cluster kernel on the rows of up to e_max = min(cap_e, CL_MAX_E) entries. */
 template <int C>
-static dsv4_status launch_cluster(cudaStream_t st, int32_t *sel, float *scores, const float *iq,
-                                  const float *iw, float w_scale, const uint16_t *ent,
-                                  int64_t cap_e, int m, int topk, int N, const int32_t *slot,
-                                  const int32_t *pos, int qr, const float *freqs, float had_scale)
+static dsv4_status
+launch_cluster(cudaStream_t st, int32_t *sel, float *scores, float *iq, const float *iw,
+               float w_scale, const uint16_t *ent, int64_t cap_e, int e_max, int m, int topk, int N,
+               const int32_t *slot, const int32_t *pos, int qr, const float *freqs, float had_scale)
 {
-    const int per_max = cl_per_max(cap_e, C);
+    const int per_max = cl_per_max(e_max, C);
     const size_t smem = cl_smem(per_max, C);
     CUDA_TRY(cudaFuncSetAttribute(index_cluster_kernel<C>,
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     cudaLaunchAttribute attr[1];
     const cudaLaunchConfig_t cfg = cl_cfg(C, N, smem, st, attr);
     CUDA_TRY(cudaLaunchKernelEx(&cfg, index_cluster_kernel<C>, sel, scores, iq, iw, w_scale, ent,
-                                cap_e, m, topk, per_max, slot, pos, qr, freqs, had_scale));
+                                cap_e, e_max, m, topk, per_max, slot, pos, qr, freqs, had_scale));
     return DSV4_OK;
 }
 
@@ -1043,8 +1088,37 @@ __global__ __launch_bounds__(TOPK_THREADS) void index_topk_kernel(int32_t *sel, 
              *(topk_smem *)topk_raw, ncache);
 }
 
+/* The fused kernel with the largest step (16 NT entries) that still gives 2 CTAs per SM (16 at
+ * the least); rows of n_vis <= skip left to the cluster kernel (skip = -1: none). */
+static dsv4_status fused_select(cudaStream_t st, int32_t *sel, float *scores, const float *iq,
+                                const float *iw, float w_scale, const uint16_t *ent, int64_t cap_e,
+                                int m, int topk, int N, const int32_t *slot, const int32_t *pos,
+                                int skip)
+{
+    int nt = 8;
+    while (nt > 1 && (int64_t)N * ((cap_e + 16 * nt - 1) / (16 * nt)) < 2 * SMS) nt >>= 1;
+    switch (nt) {
+    case 8:
+        return launch_fused<8>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, slot, pos,
+                               skip);
+    case 4:
+        return launch_fused<4>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, slot, pos,
+                               skip);
+    case 2:
+        return launch_fused<2>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, slot, pos,
+                               skip);
+    default:
+        return launch_fused<1>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, slot, pos,
+                               skip);
+    }
+}
+
 /* indexer_topk, and with qr >= 0 indexer_q (RoPE of the last qr dims, freqs) before it: in the
- * cluster kernel's prologue, else as its own kernel on iq in place. */
+ * cluster kernel's prologue, else as its own kernel on iq in place. The path is chosen per call
+ * from N and cap_e (the host never sees the rows' positions: a step is graph-replayed); where
+ * cap_e > CL_MAX_E and the call would take the cluster path, it is split per row by n_vis, the
+ * cluster kernel first (rows of up to CL_MAX_E entries; the others' queries converted in place),
+ * then the fused kernel (the longer rows). */
 static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
                                 float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
                                 int m, int topk, const dsv4_bk_rows *rows, void *ws, int qr,
@@ -1065,16 +1139,20 @@ static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const 
     /* the Hadamard scale exactly as dsv4_hadamard: the double d^-0.5 as an f32 */
     const float had_scale = (float)pow((double)d, -0.5);
     const int fused_ok = nh == TNH && d == TD && qr <= TD;
-    const int cluster_ok = fused_ok && cap_e <= CL_MAX_E;
+    /* the cluster kernel's rows: n_vis <= e_max; split: the fused kernel takes the longer ones
+     * (an engine built for 64K context runs its rows at 4K context as clusters: test_gpu_index,
+     * H100, indexer_q_topk at cap_e 16384, n_vis 1025, N = 1 / 2 / 4 / 8: 27.1 / 30.4 / 35.8 /
+     * 36.8 us fused, 17.0 / 17.2 / 17.3 / 21.3 split; at n_vis 16384 the same within 1 us) */
+    const int e_max = (int)(cap_e < (int64_t)CL_MAX_E ? cap_e : (int64_t)CL_MAX_E);
+    const int split = cap_e > (int64_t)CL_MAX_E;
     /* the cluster path while its clusters fit in one wave (N <= 16); beyond that the fused
      * kernel's entry ranges keep more SMs busy (test_gpu_index, H100: N = 64 at cap_e 1025 took
      * 66 us as clusters, 41 us fused) */
     int path = DSV4_INDEX_PATH_FUSED;
     if (!fused_ok || g_force_path == DSV4_INDEX_PATH_SIMT)
         path = DSV4_INDEX_PATH_SIMT;
-    else if (cluster_ok && (g_force_path == DSV4_INDEX_PATH_CLUSTER ||
-                            g_force_path == DSV4_INDEX_PATH_CLUSTER16 ||
-                            (g_force_path != DSV4_INDEX_PATH_FUSED && (int64_t)N * 8 <= SMS)))
+    else if (g_force_path == DSV4_INDEX_PATH_CLUSTER || g_force_path == DSV4_INDEX_PATH_CLUSTER16 ||
+             (g_force_path != DSV4_INDEX_PATH_FUSED && (int64_t)N * 8 <= SMS))
         path = DSV4_INDEX_PATH_CLUSTER;
     /* 16 CTAs a row where the rows' clusters still fit the SMs and the GPU places them: half the
      * entries, keys and ranks a CTA, the same bits (H100, dsv4 bench --shape flash --layers 4,
@@ -1083,37 +1161,28 @@ static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const 
     const int f16 = g_force_path == DSV4_INDEX_PATH_CLUSTER16;
     if (path == DSV4_INDEX_PATH_CLUSTER && g_force_path != DSV4_INDEX_PATH_CLUSTER &&
         (f16 || (int64_t)N * 16 <= SMS) &&
-        cl16_fits(f16 ? 1 : N, cl_smem(cl_per_max(cap_e, 16), 16), st))
+        cl16_fits(f16 ? 1 : N, cl_smem(cl_per_max(e_max, 16), 16), st))
         path = DSV4_INDEX_PATH_CLUSTER16;
     g_last_path = path;
-    if (path == DSV4_INDEX_PATH_CLUSTER16)
-        return launch_cluster<16>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N,
-                                  rows->slot, rows->pos, qr, freqs, had_scale);
-    if (path == DSV4_INDEX_PATH_CLUSTER)
-        return launch_cluster<8>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N,
-                                 rows->slot, rows->pos, qr, freqs, had_scale);
+    if (path == DSV4_INDEX_PATH_CLUSTER16 || path == DSV4_INDEX_PATH_CLUSTER) {
+        if (path == DSV4_INDEX_PATH_CLUSTER16)
+            DSV4_TRY(launch_cluster<16>(st, sel, scores, iq, iw, w_scale, ent, cap_e, e_max, m,
+                                        topk, N, rows->slot, rows->pos, qr, freqs, had_scale));
+        else
+            DSV4_TRY(launch_cluster<8>(st, sel, scores, iq, iw, w_scale, ent, cap_e, e_max, m, topk,
+                                       N, rows->slot, rows->pos, qr, freqs, had_scale));
+        if (!split) return DSV4_OK;
+        g_last_path =
+            path == DSV4_INDEX_PATH_CLUSTER16 ? DSV4_INDEX_PATH_SPLIT16 : DSV4_INDEX_PATH_SPLIT;
+        return fused_select(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, rows->slot,
+                            rows->pos, CL_MAX_E);
+    }
     /* the fused and SIMT paths take the queries as indexer_q leaves them: every fused CTA would
      * repeat the 64 heads' chain (measured slower than the indexer_q launch) */
     if (qr >= 0) DSV4_TRY(dsv4_cuda_bk_indexer_q(b, iq, rows, nh, d, qr, freqs));
-    if (path == DSV4_INDEX_PATH_FUSED) {
-        /* the largest step (16 NT entries) that still gives 2 CTAs per SM; 16 at the least */
-        int nt = 8;
-        while (nt > 1 && (int64_t)N * ((cap_e + 16 * nt - 1) / (16 * nt)) < 2 * SMS) nt >>= 1;
-        switch (nt) {
-        case 8:
-            return launch_fused<8>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N,
-                                   rows->slot, rows->pos);
-        case 4:
-            return launch_fused<4>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N,
-                                   rows->slot, rows->pos);
-        case 2:
-            return launch_fused<2>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N,
-                                   rows->slot, rows->pos);
-        default:
-            return launch_fused<1>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N,
-                                   rows->slot, rows->pos);
-        }
-    }
+    if (path == DSV4_INDEX_PATH_FUSED)
+        return fused_select(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, rows->slot,
+                            rows->pos, -1);
     const dim3 grid((unsigned)((cap_e + SIMT_WARPS - 1) / SIMT_WARPS), (unsigned)N);
     index_scores_simt<<<grid, 32 * SIMT_WARPS, 0, st>>>(scores, iq, iw, w_scale, ent, cap_e, nh, d,
                                                         m, rows->slot, rows->pos);

@@ -3,8 +3,9 @@
  * the GPU op test (tests/test_gpu_index.c) can include it: it forces the SIMT path (a score
  * kernel with one warp per entry, then a top-k kernel: any head count and dim), the fused
  * tensor-core path (scores and top-k in one kernel: 64 heads of 128) or the cluster path (one
- * cluster of 8 or 16 CTAs a row scores and ranks: 64 heads of 128, up to 2048 entries) so that all
- * are checked against the CPU and timed side by side. The engine never calls it. Process-wide, by
+ * cluster of 8 or 16 CTAs a row scores and ranks: 64 heads of 128, rows of up to 2048 entries;
+ * with cap_e > 2048 the call is split, the fused kernel taking the longer rows) so that all are
+ * checked against the CPU and timed side by side. The engine never calls it. Process-wide, by
  * design of a test switch: set it, run, reset to DSV4_INDEX_PATH_AUTO.
  */
 #ifndef DSV4_CUDA_INDEX_PATH_CUH
@@ -21,6 +22,10 @@ enum {
     DSV4_INDEX_PATH_CLUSTER =
         3, /* index_cluster_kernel, 8 CTAs a row: nh 64, d 128, cap_e <= 2048 */
     DSV4_INDEX_PATH_CLUSTER16 = 4, /* the same, 16 CTAs a row (where the GPU places them) */
+    /* reported only (cap_e > 2048: forcing CLUSTER / CLUSTER16 gives these): the cluster kernel
+     * (8 / 16 CTAs) for the rows of n_vis <= 2048, then the fused kernel for the others */
+    DSV4_INDEX_PATH_SPLIT = 5,
+    DSV4_INDEX_PATH_SPLIT16 = 6,
 };
 
 /* The CUDA op's workspace (bk_topk.cu): row r's scores start at float r (cap_e + 1), its ticket
