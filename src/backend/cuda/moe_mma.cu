@@ -486,25 +486,6 @@ mma_pass(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], uint32_t (&x)[16]
     }
 }
 
-/* The activation lines of chunks [c0, c0 + n) (those < hl) into L1 (prefetch.global.L1): issued
- * with a pass's weight loads and after the PDL wait (earlier, a stale line could be cached), so
- * that mma_chunks' activation loads, which wait behind the weights, then hit L1 where the
- * expert's tokens are not the SM's other tasks' (at N = 1 they already hit). H100, one build
- * with a switch, two runs: test_gpu_moe --profile Flash N = 64 1,298 -> 1,286 us, dsv4 bench
- * Flash 4 layers batch 64 8.414 / 8.405 -> 8.360 / 8.350 ms, batches 1 and 8 unchanged. */
-template <int NB>
-static __device__ __forceinline__ void prefetch_x(const uint16_t *const (&brow)[NB], int c0, int n,
-                                                  int hl)
-{
-    for (int ci = 0; ci < n; ci++) {
-        const int c = c0 + ci;
-        if (c >= hl) break;
-#pragma unroll
-        for (int j = 0; j < NB; j++)
-            if (brow[j]) asm volatile("prefetch.global.L1 [%0];\n" ::"l"(brow[j] + c * 128));
-    }
-}
-
 /* ---- one task: 16 rows of the NM matrices w (format F: 0 MXFP4, 1 FP8) for its tokens
  * [tb, te), run by a group of ks warps, warp `slice` on the 128-column chunks [lo, hi) --------
  * stage 1 (NM = 2): x [N, D] codes -> araw [pair, I] = bf16(swiglu(g, u) * wt);
@@ -568,7 +549,6 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             for (int c0 = lo; c0 < hi; c0 += CPI) {
                 load_chunks<NM, F, CPI, 0, NOA>(b, cur, c0, hi, hl);
                 pdl_wait_once(pend); /* the first weights in flight */
-                prefetch_x<NB>(brow, c0, CPI, hl);
                 wcur_advance(cur, CPI);
                 mma_pass<NM, F, CPI, NB>(b, acc, x, c0, hi, hl, brow, s0, s1);
             }
@@ -577,13 +557,10 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             wchunks_zero(b0), wchunks_zero(b1);
             load_chunks<NM, F, CPH, 0, NOA>(b0, cur, lo, hi, hl);
             pdl_wait_once(pend); /* the first weights in flight */
-            prefetch_x<NB>(brow, lo, CPH, hl);
             for (int c0 = lo; c0 < hi; c0 += 2 * CPH) {
                 load_chunks<NM, F, CPH, CPH, NOA>(b1, cur, c0 + CPH, hi, hl);
-                prefetch_x<NB>(brow, c0 + CPH, CPH, hl);
                 mma_pass<NM, F, CPH, NB>(b0, acc, x, c0, hi, hl, brow, s0, s1);
                 load_chunks<NM, F, CPH, 2 * CPH, NOA>(b0, cur, c0 + 2 * CPH, hi, hl);
-                prefetch_x<NB>(brow, c0 + 2 * CPH, CPH, hl);
                 wcur_advance(cur, 2 * CPH);
                 mma_pass<NM, F, CPH, NB>(b1, acc, x, c0 + CPH, hi, hl, brow, s0, s1);
             }
