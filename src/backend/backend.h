@@ -286,9 +286,11 @@ dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
                                  float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
                                  int m, int topk, const dsv4_bk_rows *rows, void *ws);
 /* indexer_q_topk: dsv4_bk_indexer_q(iq, rows, nh, d, r, freqs), then dsv4_bk_indexer_topk on
- * the result, in one op (CUDA at nh 64, d 128, cap_e <= 2048, N <= 16: one launch, the queries'
- * chain in the top-k kernel's prologue). iq [N, nh, d] is clobbered: afterwards it holds
- * indexer_q's result, or is unchanged (CUDA's one-launch form). */
+ * the result, in one op (CUDA at nh 64, d 128, N <= 16: the queries' chain in the cluster
+ * top-k kernel's prologue for the rows of at most 2,048 visible entries; with cap_e <= 2048 that
+ * is every row and one launch, else a second launch takes the longer rows). iq [N, nh, d] is
+ * clobbered: afterwards each row holds indexer_q's result or is unchanged (the rows the cluster
+ * kernel ranked). */
 dsv4_status dsv4_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
                                    float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
                                    int r, const float *freqs, int m, int topk,
