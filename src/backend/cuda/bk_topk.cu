@@ -839,7 +839,7 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     if (e_max == cap_e)
         DSV4_PDL_WAIT();
     else
-        asm volatile("griddepcontrol.wait;\n" ::: "memory");
+        DSV4_PDL_WAIT_HELD();
     asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 
     /* every global load of the prologue before any use; warp w < HC converts head HC rank + w */
@@ -851,8 +851,9 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     const float4 qv = hw ? *(const float4 *)qh : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     int64_t nv = ((int64_t)prow + 1) / m;
     if (nv > cap_e) nv = cap_e;
-    if (nv > e_max) { /* the fused kernel's row: its queries only; the whole cluster leaves */
-        asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); /* the fused kernel */
+    /* the fused kernel's row: its queries only; the whole cluster leaves */
+    if (nv > e_max) {
+        DSV4_PDL_RELEASE(); /* the fused kernel */
         if (qr >= 0) {
             __syncthreads(); /* rc */
             if (hw) {

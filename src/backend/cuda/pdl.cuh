@@ -23,10 +23,19 @@
 #define DSV4_PDL_WAIT()                                                                            \
     asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
 
+/* The two halves of DSV4_PDL_WAIT, for a kernel that keeps the next grid from launching past its
+ * wait (the indexer's split top-k, bk_topk.cu: the next grid would take SMs it still needs): it
+ * waits with DSV4_PDL_WAIT_HELD() and lets the next grid launch later with DSV4_PDL_RELEASE() or
+ * by exiting. */
+#define DSV4_PDL_WAIT_HELD() asm volatile("griddepcontrol.wait;" ::: "memory")
+#define DSV4_PDL_RELEASE()   asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+
 /* Opens a kernel that waits later instead (tools/check_pdl.sh accepts either): before its wait it
  * may read only what no launch of the last two writes (weights, tables, and data of a launch two
  * or more back, which had completed before the previous launch passed its own wait), and it
- * must reach DSV4_PDL_WAIT() on every path before any other load, any store and any return. */
+ * must reach DSV4_PDL_WAIT() (or DSV4_PDL_WAIT_HELD()) on every path before any other load, any
+ * store and any return. Loads meant to go out before the wait must be plain or inline-asm loads:
+ * ptxas moves ld.global.nc (__ldg) below griddepcontrol.wait (session 10, bk_hc.cu's ld_w4). */
 #define DSV4_PDL_LATE() ((void)0)
 
 #endif
