@@ -8,8 +8,9 @@
  *   hc_seam       hc_post -> hc_site; and its halves: the seam without post / comb (fn's
  *                 first n rows) and hc_seam_weights (post / comb from fn's other rows);
  *   hc_head_site  [hc_post ->] rmsnorm -> linear (n rows) -> hc_head -> rmsnorm.
- * Then the time of each at the decode shapes against the ops it replaces, and a traced seam
- * launch: the clock at the end of each of its phases (bk_hc.cu TR_*).
+ * Then the time of each at the decode shapes (N = 1, 7, 8 .. 64) against the ops it replaces, a
+ * traced seam launch (the clock at the end of each of its phases, bk_hc.cu TR_*) and the seam's
+ * time at other launch shapes.
  *
  * What is bit-identical to the CPU: the post-mix X' (hc_post's f32 operations in its order, then
  * bf16), and xq = act_quant(h) against the CPU act_quant of the GPU's own h. What is bounded: the
@@ -39,6 +40,8 @@
  * eager call's bits.
  *
  * usage: test_gpu_hc [--small]   (--small: D 256 and few rows, for compute-sanitizer)
+ *        test_gpu_hc --profile flash|pro N   (only the bench's seam launches, 40 fn in turn:
+ *        for a profiler, e.g. ncu -k regex:hc_site_kernel --launch-skip 39 --launch-count 1)
  */
 #include "backend/backend.h"
 #include "backend/backend_impl.h"
@@ -925,6 +928,8 @@ static void random_fn(dsv4_weight *out, int64_t M, int64_t nD, uint64_t seed)
     ok(dsv4_bk_weight_upload(gpu, &w, seed, out), "random fn");
 }
 
+static int profile_only; /* --profile: the seam's launches only */
+
 static void bench(const shape *s, int N, int sweep)
 {
     bench_ctx b;
@@ -958,6 +963,11 @@ static void bench(const shape *s, int N, int sweep)
     b.dnorm = dev_from(norm, (size_t)D * 4);
 
     int C = 0, R = 0;
+    if (profile_only) { /* NF seams (a profiler takes the last), nothing else */
+        for (int i = 0; i < NF; i++) bench_op(&b, i, B_SEAM, 0, 0);
+        ok(dsv4_bk_sync(gpu), "sync");
+        goto done;
+    }
     ok(dsv4_cuda_bk_hc_site_ex(gpu, b.dh, NULL, NULL, NULL, b.dpost, b.dcomb, b.dX, &b.fns[0],
                                b.dbase, b.dscale, b.dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, 0, 0,
                                &C, &R),
@@ -987,8 +997,8 @@ static void bench(const shape *s, int N, int sweep)
     trace_seam(&b, 0, 0, 0);
     trace_seam(&b, 0, 0, 1);
     if (sweep) { /* other launch shapes of the seam, graph replay */
-        static const int shapes[][2] = {{8, 0},  {16, 1}, {16, 2}, {16, 4},
-                                        {16, 8}, {8, 8},  {8, 4},  {4, 8}};
+        static const int shapes[][2] = {{8, 0}, {16, 1}, {16, 2}, {16, 4}, {16, 8}, {8, 1},
+                                        {8, 2}, {8, 3},  {8, 4},  {8, 5},  {8, 6},  {8, 8}};
         printf("      seam launch shapes (graph us):");
         for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
             const int c = shapes[k][0], r = shapes[k][1];
@@ -1008,6 +1018,7 @@ static void bench(const shape *s, int N, int sweep)
         }
         printf("\n");
     }
+done:;
     float *h[] = {X, f, base, norm, post, comb};
     free_all(h, 6);
     float *dev[] = {b.dX,    b.dXo,   b.df,    b.dflat,  b.dmix,  b.dy,     b.dh,
@@ -1029,12 +1040,16 @@ int main(int argc, char **argv)
     rng_state = 0x5eed00c0ull;
     const double t0 = test_now();
 
-    if (small) {
+    if (argc > 3 && strcmp(argv[1], "--profile") == 0) { /* --profile flash|pro N */
+        profile_only = 1;
+        bench(strcmp(argv[2], "pro") == 0 ? &PRO : &FLASH, atoi(argv[3]), 0);
+    } else if (small) {
         for (int N = 1; N <= 5; N += 4) {
             hc_case c = case_make(&SMALL, N, DSV4_FORMAT_F32, 1, NULL);
             check_case(&c, 0, 0);
             check_case(&c, 16, 2);
             check_case(&c, 2, 8);
+            check_case(&c, 4, 5);
             case_free(&c);
         }
         hc_case c = case_make(&SMALL, 3, DSV4_FORMAT_BF16, 0, NULL);
@@ -1045,6 +1060,7 @@ int main(int argc, char **argv)
             check_seam(&sc, 0, 0);
             check_seam(&sc, 16, 2);
             check_seam(&sc, 2, 8);
+            check_seam(&sc, 2, 3);
             seam_free(&sc);
             for (int wp = 0; wp < 2; wp++) {
                 head_case hc = head_make(&SMALL, N, DSV4_FORMAT_F32, wp);
@@ -1061,6 +1077,7 @@ int main(int argc, char **argv)
                 const int N = Ns[ni];
                 hc_case c = case_make(shapes[si], N, DSV4_FORMAT_F32, 1, NULL);
                 check_case(&c, 0, 0);
+                if (N == 64) check_case(&c, 8, 6);
                 if (N == 7) { /* other launch shapes on the same inputs */
                     check_case(&c, 16, 0);
                     check_case(&c, 8, 8);
@@ -1070,6 +1087,10 @@ int main(int argc, char **argv)
                 case_free(&c);
                 seam_case sc = seam_make(shapes[si], N, DSV4_FORMAT_F32);
                 check_seam(&sc, 0, 0);
+                if (N == 64) { /* rows a cluster that are no power of two */
+                    check_seam(&sc, 8, 5);
+                    check_seam(&sc, 8, 3);
+                }
                 if (N == 7) {
                     check_seam(&sc, 8, 0);
                     check_seam(&sc, 16, 8);
@@ -1094,11 +1115,12 @@ int main(int argc, char **argv)
         check_head(&hc, 0, 0);
         head_free(&hc);
 
-        for (int si = 0; si < 2; si++) {
-            bench(shapes[si], 1, 1);
-            bench(shapes[si], 7, 0);
-            bench(shapes[si], 64, si == 0);
-        }
+        /* the decode batches (1, 7; 8 .. 64: the engine's larger batches), with other launch
+         * shapes of the seam where marked */
+        static const int bn[2][6] = {{1, 7, 8, 16, 32, 64}, {1, 7, 16, 64, 0, 0}};
+        static const int bsweep[2][6] = {{1, 0, 1, 1, 1, 1}, {0, 0, 1, 1, 0, 0}};
+        for (int si = 0; si < 2; si++)
+            for (int k = 0; k < 6 && bn[si][k]; k++) bench(shapes[si], bn[si][k], bsweep[si][k]);
     }
     printf("total %.1f s\n", test_now() - t0);
     dsv4_backend_destroy(gpu);

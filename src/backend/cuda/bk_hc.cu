@@ -54,7 +54,8 @@
  *   version's changes (the Sinkhorn from its own mix copy: starts at 7.4 us; X' by all threads:
  *   0.55 us; one division per fn quad in the load addresses) the launch ended at 10.6 us, the
  *   Sinkhorn at 11.4. At N = 64 (C = 8, R = 8) the phases are serial per-thread work: X' 7.6 us,
- *   partials 10.8, collapse 6.9, h + xq 5.4 (35.9 in all; ncu 49.5 us, 51.9 before).
+ *   partials 10.8, collapse 6.9, h + xq 5.4 (35.9 in all; ncu 49.5 us, 51.9 before): see
+ *   session 11 below.
  * Graph replay (40 fn in turn), us, Flash N = 1 / 7 / 64: hc_seam 12.5 / 13.9 / 37.7 (with xq),
  * hc_site 11.8 / 12.9 / 29.3, hc_head_site 8.3 / 10.4 / 29.6 (the TMA variant; hc_post +
  * hc_site: 14.5 / 15.4 / 35.1).
@@ -79,6 +80,21 @@
  * (so that its release fence does not wait for the stores) and running the weights half after
  * the pre half instead of beside it (so that the two clusters do not compete for placement)
  * were measured and not kept (the same; 1.4% slower).
+ * At 8 .. 64 rows (session 11): a launch's time is its CTAs' rows times a per-row cost, and a
+ * second wave of clusters costs a whole first one. The plan of session 10 (at most n_sm / (2C)
+ * clusters) ran N = 64 as 8 clusters of R = 8 on 64 SMs, 35-39 us, and R = 4 as 16 clusters
+ * of 8, one more than an H100 holds (15), in two waves (39.8). Now R is the fewest rows that
+ * fit every cluster in one wave (N = 64: R = 5, 13 clusters; N = 32: R = 3; N = 3 .. 7: C = 16,
+ * R = 1), and R is 1 .. 6 or 8. The per-row phases (post-mix, collapse) loop over the rows
+ * instead of unrolling them: unrolled, ncu put 45% of the stall cycles of the R = 8 launch on
+ * the instruction fetch (9.8 cycles between issues; rolled 5.7), and interleaving the unrolled
+ * rows for ILP changed nothing. The partial products take cur and nxt in turn (no copy of nxt
+ * into cur that waited for its loads one batch after issue): dots end 0.5 us sooner at N = 1.
+ * Graph replay (test_gpu_hc, H100, us), Flash seam N = 1 / 7 / 64: 10.5 / 11.7 / 35.1 before,
+ * 10.4 / 10.4 / 24.1 after (N = 8 / 16 / 32: 12.1 / 14.4 / 17.2; N = 32 with the old plan's
+ * R = 4: 20.5); Pro N = 1 / 64: 15.4 / 60.6 -> 14.8 / 35.6. Rows in the quad loops, unrolled
+ * and interleaved for ILP (the same bits), were not kept: at R = 5 24.6 us against 24.1, and
+ * the step at batch 64 1.5% faster against 2.1% with the rows rolled.
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
@@ -294,6 +310,33 @@ __device__ __forceinline__ void load_batch(float4 (&v)[HS_U][HS_OPW],
     }
 }
 
+/* One load batch's products: acc[r][i] += w[u][i] . x_r[q0 + 32u] for u < HS_U (quads past nq
+ * skipped), each (r, i) a chain over the quads in order. */
+template <int R>
+__device__ __forceinline__ void dot_batch(float (&acc)[R][HS_OPW], const float4 (&w)[HS_U][HS_OPW],
+                                          const float4 *xs4, int q0, int nq, int nr)
+{
+#pragma unroll
+    for (int u = 0; u < HS_U; u++) {
+        const int q = q0 + 32 * u;
+        if (q >= nq) break;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            if (r >= nr) break;
+            const float4 x = xs4[r * nq + q];
+#pragma unroll
+            for (int i = 0; i < HS_OPW; i++) {
+                float s = acc[r][i];
+                s = fmaf(w[u][i].x, x.x, s);
+                s = fmaf(w[u][i].y, x.y, s);
+                s = fmaf(w[u][i].z, x.z, s);
+                s = fmaf(w[u][i].w, x.w, s);
+                acc[r][i] = s;
+            }
+        }
+    }
+}
+
 /* The rows of fn of a warp's outputs og + warp + 8i (NULL past M). */
 template <int WT>
 __device__ __forceinline__ void fn_rows(const char *(&rp)[HS_OPW], const hs_args &a, int og,
@@ -438,6 +481,51 @@ __device__ static inline void stage_early(const hs_args &a, float4 *xr, float *b
         for (int c = tid; c < cols; c += HS_THREADS) cp_async4(nrm + c, a.norm + d0 + c);
 }
 
+/* The post-mix of row r's quad t (stream k, column quad c) of the slice: X' = bf16(post_k f +
+ * sum_j comb_jk X_j) in hc_post's order (acc over j from 0.0f), stored to xs and Xo. */
+__device__ __forceinline__ float4 postmix_quad(const hs_args &a, const float *pc_s,
+                                               const float4 *ys4, const float4 *xr4, float4 *xs4,
+                                               int r, int t, int k, int c, int nq, int cq,
+                                               int64_t r0, int64_t nD, int64_t d0)
+{
+    const int n = a.n;
+    const float *pc = pc_s + r * HS_PC;
+    const float4 fv = ys4[r * cq + c];
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int j = 0; j < n; j++) {
+        const float w = pc[n + j * n + k];
+        const float4 x = xr4[r * nq + j * cq + c];
+        acc.x = __fadd_rn(acc.x, __fmul_rn(w, x.x));
+        acc.y = __fadd_rn(acc.y, __fmul_rn(w, x.y));
+        acc.z = __fadd_rn(acc.z, __fmul_rn(w, x.z));
+        acc.w = __fadd_rn(acc.w, __fmul_rn(w, x.w));
+    }
+    const float p = pc[k];
+    float4 v;
+    v.x = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.x), acc.x));
+    v.y = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.y), acc.y));
+    v.z = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.z), acc.z));
+    v.w = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.w), acc.w));
+    xs4[r * nq + t] = v;
+    if (a.Xo) *(float4 *)(a.Xo + (r0 + r) * nD + (int64_t)k * a.D + d0 + 4 * c) = v;
+    return v;
+}
+
+/* The collapse of row r's column c of the slice: y = bf16(sum_j pre_j X_j) in hc_pre's order,
+ * stored to ys and y. */
+__device__ __forceinline__ float collapse_col(const hs_args &a, const float *pre_s, const float *xs,
+                                              float *ys, int r, int c, int cols, int sl, int64_t r0,
+                                              int64_t d0)
+{
+    float acc = 0.0f;
+    for (int j = 0; j < a.n; j++)
+        acc = __fadd_rn(acc, __fmul_rn(pre_s[r * HS_HC_MAX + j], xs[r * sl + j * cols + c]));
+    const float yv = dev_round_bf16(acc);
+    ys[r * cols + c] = yv;
+    if (a.y) a.y[(r0 + r) * a.D + d0 + c] = yv;
+    return yv;
+}
+
 /* ---- the site kernel ----------------------------------------------------------------------
  * X [N, n, D], fn [M, n*D] -> h [N, D], xq [N, D] = act_quant(h) (optional; cols % 128 == 0),
  * y [N, D] (optional), mix [N, M] (optional), and for a site (M = (2+n)n) post [N, n],
@@ -517,49 +605,23 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
     /* 1b. the post-mix (hc_post's order: acc over j from 0.0f, then post_k f + acc, bf16) into
      *     xs and Xo, a thread per (stream k, column quad c); the sum of squares per row (double,
      *     as the rmsnorm op) over the streams the site reads, in the same order with or without
-     *     the post-mix */
-    double ssr[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
+     *     the post-mix; a row at a time (rows unrolled, at R = 8 the phases waited on the
+     *     instruction fetch: ncu, 45% of the stall cycles) */
+#pragma unroll 1
+    for (int r = 0; r < nr; r++) {
         double s = 0.0;
-        if (r < nr) {
-            const float *pc = pc_s + r * HS_PC;
-            for (int t = tid; t < nq; t += HS_THREADS) { /* quad t = k cq + c */
-                const int k = (int)((unsigned)t / (unsigned)cq), c = t - k * cq;
-                float4 v;
-                if (pm) {
-                    const float4 fv = ys4[r * cq + c];
-                    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                    for (int j = 0; j < n; j++) {
-                        const float w = pc[n + j * n + k];
-                        const float4 x = xr4[r * nq + j * cq + c];
-                        acc.x = __fadd_rn(acc.x, __fmul_rn(w, x.x));
-                        acc.y = __fadd_rn(acc.y, __fmul_rn(w, x.y));
-                        acc.z = __fadd_rn(acc.z, __fmul_rn(w, x.z));
-                        acc.w = __fadd_rn(acc.w, __fmul_rn(w, x.w));
-                    }
-                    const float p = pc[k];
-                    v.x = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.x), acc.x));
-                    v.y = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.y), acc.y));
-                    v.z = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.z), acc.z));
-                    v.w = dev_round_bf16(__fadd_rn(__fmul_rn(p, fv.w), acc.w));
-                    xs4[r * nq + t] = v;
-                    if (a.Xo) *(float4 *)(a.Xo + (r0 + r) * nD + (int64_t)k * D + d0 + 4 * c) = v;
-                } else {
-                    v = xs4[r * nq + t];
-                }
-                s += (double)v.x * (double)v.x;
-                s += (double)v.y * (double)v.y;
-                s += (double)v.z * (double)v.z;
-                s += (double)v.w * (double)v.w;
-            }
+        for (int t = tid; t < nq; t += HS_THREADS) { /* quad t = k cq + c */
+            const int k = (int)((unsigned)t / (unsigned)cq), c = t - k * cq;
+            const float4 v =
+                pm ? postmix_quad(a, pc_s, ys4, xr4, xs4, r, t, k, c, nq, cq, r0, nD, d0)
+                   : xs4[r * nq + t];
+            s += (double)v.x * (double)v.x;
+            s += (double)v.y * (double)v.y;
+            s += (double)v.z * (double)v.z;
+            s += (double)v.w * (double)v.w;
         }
         for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        ssr[r] = s;
-    }
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < R; r++) red[warp * R + r] = ssr[r];
+        if (lane == 0) red[warp * R + r] = s;
     }
     __syncthreads();
     if (tr && tid == 0) tr[TR_POSTMIX] = clock64();
@@ -585,42 +647,28 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
         for (int r = 0; r < R; r++)
 #pragma unroll
             for (int i = 0; i < HS_OPW; i++) acc[r][i] = 0.0f;
-        for (int q0 = lane; q0 < nq; q0 += 32 * HS_U) {
-#pragma unroll
-            for (int u = 0; u < HS_U; u++) {
-                const int q = q0 + 32 * u;
-                if (q >= nq) break;
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    if (r >= nr) break;
-                    const float4 x = xs4[r * nq + q];
-#pragma unroll
-                    for (int i = 0; i < HS_OPW; i++) {
-                        float s = acc[r][i];
-                        s = fmaf(cur[u][i].x, x.x, s);
-                        s = fmaf(cur[u][i].y, x.y, s);
-                        s = fmaf(cur[u][i].z, x.z, s);
-                        s = fmaf(cur[u][i].w, x.w, s);
-                        acc[r][i] = s;
-                    }
-                }
-            }
-#pragma unroll
-            for (int u = 0; u < HS_U; u++)
-#pragma unroll
-                for (int i = 0; i < HS_OPW; i++) cur[u][i] = nxt[u][i];
-            if (q0 + 64 * HS_U < nq) /* a batch this lane still consumes */
-                load_batch<WT>(nxt, rp, D, q0 + 64 * HS_U, nq, cq, d0);
+        /* cur and nxt in turn, each reloaded two batches ahead once consumed (no copy of nxt
+         * into cur, which waited for nxt's loads one batch after they were issued) */
+        for (int q0 = lane; q0 < nq; q0 += 64 * HS_U) {
+            dot_batch<R>(acc, cur, xs4, q0, nq, nr);
+            if (q0 + 64 * HS_U < nq) load_batch<WT>(cur, rp, D, q0 + 64 * HS_U, nq, cq, d0);
+            if (q0 + 32 * HS_U >= nq) break;
+            dot_batch<R>(acc, nxt, xs4, q0 + 32 * HS_U, nq, nr);
+            if (q0 + 96 * HS_U < nq) load_batch<WT>(nxt, rp, D, q0 + 96 * HS_U, nq, cq, d0);
         }
+        for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+#pragma unroll
+                for (int i = 0; i < HS_OPW; i++)
+                    acc[r][i] += __shfl_xor_sync(0xffffffffu, acc[r][i], o);
 #pragma unroll
         for (int r = 0; r < R; r++)
 #pragma unroll
             for (int i = 0; i < HS_OPW; i++) {
-                float s = acc[r][i];
-                for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
                 const int oi = og + warp + HS_WARPS * i;
                 if (lane < C && r < nr && oi < a.o1)
-                    *cl.map_shared_rank(xpart + (rank * R + r) * M + oi, lane) = s;
+                    *cl.map_shared_rank(xpart + (rank * R + r) * M + oi, lane) = acc[r][i];
             }
     }
     if (tr && tid == 0) tr[TR_DOTS] = clock64();
@@ -682,29 +730,16 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
     collapse_sync();
     if (tr && tid == 0) tr[TR_PRE] = clock64();
 
-    /* 3. collapse (hc_pre's order), y^2 sums, then h = bf16(norm * (y * rs2)) */
-    double syr[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
+#pragma unroll 1
+    /* 3. collapse (hc_pre's order; a row at a time), y^2 sums, h = bf16(norm * (y * rs2)) */
+    for (int r = 0; r < nr; r++) {
         double s = 0.0;
-        if (r < nr) {
-            for (int c = tid; c < cols; c += HS_CWARPS * 32) {
-                float acc = 0.0f;
-                for (int j = 0; j < n; j++)
-                    acc = __fadd_rn(acc,
-                                    __fmul_rn(pre_s[r * HS_HC_MAX + j], xs[r * sl + j * cols + c]));
-                const float yv = dev_round_bf16(acc);
-                ys[r * cols + c] = yv;
-                if (a.y) a.y[(r0 + r) * D + d0 + c] = yv;
-                s += (double)yv * (double)yv;
-            }
+        for (int c = tid; c < cols; c += HS_CWARPS * 32) {
+            const float yv = collapse_col(a, pre_s, xs, ys, r, c, cols, sl, r0, d0);
+            s += (double)yv * (double)yv;
         }
         for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        syr[r] = s;
-    }
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < R; r++) red[warp * R + r] = syr[r];
+        if (lane == 0) red[warp * R + r] = s;
     }
     collapse_sync();
     if (tid < nr * C) {
@@ -758,6 +793,7 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
 /* ---- host side ----------------------------------------------------------------------------- */
 typedef void (*hs_kernel)(hs_args);
 
+/* R: 1 .. 6 or 8 rows a cluster (hs_launch's plan) */
 template <int WT> static hs_kernel pick_rows(int R)
 {
     switch (R) {
@@ -765,8 +801,14 @@ template <int WT> static hs_kernel pick_rows(int R)
         return hc_site_kernel<1, WT>;
     case 2:
         return hc_site_kernel<2, WT>;
+    case 3:
+        return hc_site_kernel<3, WT>;
     case 4:
         return hc_site_kernel<4, WT>;
+    case 5:
+        return hc_site_kernel<5, WT>;
+    case 6:
+        return hc_site_kernel<6, WT>;
     default:
         return hc_site_kernel<8, WT>;
     }
@@ -816,21 +858,28 @@ static int fn_type(const dsv4_weight *fn)
     return -1;
 }
 
-/* How many clusters of 16 of these CTAs this device holds at once (one CTA per SM: any of our
+/* How many clusters of C of these CTAs this device holds at once (one CTA per SM: any of our
  * shared memory sizes fits, so it is a property of the GPU's GPCs; 0: none). Asked once per
- * device; the answer depends only on the hardware, so eager calls and captured graphs launch the
- * same shape. */
-static int clusters16(int dev, hs_kernel k, size_t smem, cudaStream_t st)
+ * device and C; the answer depends only on the hardware, so eager calls and captured graphs
+ * launch the same shape. */
+static int cluster_cap(int dev, int C, hs_kernel k, size_t smem, cudaStream_t st)
 {
-    enum { DEV_MAX = 64 };
-    static int known[DEV_MAX]; /* count + 1; 0 unknown; racing writers store the same value */
-    if (dev < 0 || dev >= DEV_MAX) return 0;
-    const int v = __atomic_load_n(&known[dev], __ATOMIC_RELAXED);
+    enum { DEV_MAX = 64, LC = 5 };
+    static int known[DEV_MAX][LC]; /* count + 1; 0 unknown; racing writers store the same value */
+    int lc = 0;
+    while ((1 << lc) < C) lc++;
+    if (dev < 0 || dev >= DEV_MAX || lc >= LC) return 0;
+    const int v = __atomic_load_n(&known[dev][lc], __ATOMIC_RELAXED);
     if (v) return v - 1;
     cudaLaunchAttribute attr[1];
-    const cudaLaunchConfig_t cfg = make_cfg(dim3(16, 1, 1), smem, st, attr, 16);
-    const int num = cluster_capacity((const void *)k, &cfg);
-    __atomic_store_n(&known[dev], num + 1, __ATOMIC_RELAXED);
+    const cudaLaunchConfig_t cfg = make_cfg(dim3((unsigned)C, 1, 1), smem, st, attr, C);
+    int num = 0;
+    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) ==
+        cudaSuccess)
+        num = cluster_capacity((const void *)k, &cfg);
+    else
+        (void)cudaGetLastError();
+    __atomic_store_n(&known[dev][lc], num + 1, __ATOMIC_RELAXED);
     return num;
 }
 
@@ -887,8 +936,7 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
     if (pm && (!a.post_in || !a.comb_in))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "%s: the post-mix needs post and comb", op);
     if (cluster < 0 || cluster > HS_C_MAX || (cluster & (cluster - 1)) ||
-        (cluster && D % (4 * cluster)) ||
-        (rows != 0 && rows != 1 && rows != 2 && rows != 4 && rows != 8))
+        (cluster && D % (4 * cluster)) || (rows < 0 || rows == 7 || rows > 8))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "%s: cluster %d rows %d for D %lld", op,
                          cluster, rows, (long long)D);
     if (N == 0) return DSV4_OK;
@@ -901,17 +949,22 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
         if (D % (4 * C)) continue;
         if (!cluster && C > 1 && D / C < HS_MIN_COLS) continue;
         const int cols = (int)(D / C);
-        /* At most n_sm / (2C) clusters: measured (test_gpu_hc, H100, N = 64, C = 8), fewer
-         * clusters of more rows win while the fn slices they all read come from L2: R = 8
-         * 29.7 us, R = 4 40.6 us, R = 1 79.4 us (Flash); at N = 7, R = 1 was best (16.9 us). */
-        const int64_t maxc = n_sm / (2 * C) > 1 ? n_sm / (2 * C) : 1;
+        /* R: the fewest rows a cluster (1 .. 6, 8) that place every cluster at once, in one
+         * wave (the clusters of C the GPU holds: an H100 15 of 8, 7 of 16; n_sm / (2C) where
+         * the query fails). Measured (test_gpu_hc, H100, graph replay, Flash seam, C = 8): a
+         * second wave costs as much as the first (N = 64: R = 4, 16 clusters, 39.8 us), and a
+         * CTA's time grows with its rows (N = 64: R = 5 22.7 us, 6 25.9, 8 32.3; the plan of
+         * session 10, n_sm / (2C) clusters, took R = 8). */
         int R = rows;
         if (!R) {
-            R = 1;
-            while (R < 8 && (N + R - 1) / R > maxc) R *= 2;
+            const int cap =
+                cluster_cap(dev, C, pick(1, wt), smem_bytes(1, C, n, a.M, cols, pm), st);
+            const int64_t cw = cap > 0 ? cap : n_sm / (2 * C) > 1 ? n_sm / (2 * C) : 1;
+            const int64_t rr = (N + cw - 1) / cw;
+            R = rr >= 7 ? 8 : (int)rr;
             while (R > 1 &&
                    smem_bytes(R, C, n, a.M, cols, pm) + static_smem_bytes(R) > (size_t)optin)
-                R /= 2;
+                R = R == 8 ? 6 : R - 1;
         }
         const size_t smem = smem_bytes(R, C, n, a.M, cols, pm);
         if (smem + static_smem_bytes(R) > (size_t)optin) {
@@ -925,7 +978,7 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
             const hs_kernel k = pick(R, wt);
             CUDA_TRY(
                 cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-            if (R > 2 || (N + R - 1) / R > clusters16(dev, k, smem, st)) continue;
+            if (R > 2 || (N + R - 1) / R > cluster_cap(dev, 16, k, smem, st)) continue;
         }
         a.cols = cols;
         DSV4_TRY(hs_launch_shape(b, a, op, wt, C, R));
