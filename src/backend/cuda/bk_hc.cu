@@ -91,10 +91,10 @@
  * rows for ILP changed nothing. The partial products take cur and nxt in turn (no copy of nxt
  * into cur that waited for its loads one batch after issue): dots end 0.5 us sooner at N = 1.
  * Graph replay (test_gpu_hc, H100, us), Flash seam N = 1 / 7 / 64: 10.5 / 11.7 / 35.1 before,
- * 10.4 / 10.4 / 24.1 after (N = 8 / 16 / 32: 12.1 / 14.4 / 17.2; N = 32 with the old plan's
- * R = 4: 20.5); Pro N = 1 / 64: 15.4 / 60.6 -> 14.8 / 35.6. Rows in the quad loops, unrolled
- * and interleaved for ILP (the same bits), were not kept: at R = 5 24.6 us against 24.1, and
- * the step at batch 64 1.5% faster against 2.1% with the rows rolled.
+ * 10.5 / 10.4 / 24.1 after (N = 8 / 16 / 32: 11.9 / 14.4 / 17.2; N = 32 with the old plan's
+ * R = 4: 20.5); Pro N = 1 / 64: 15.4 / 60.6 -> 14.8 / 35.7 (PERF.md, session 11). Rows in the quad
+ * loops, unrolled and interleaved for ILP (the same bits), were not kept: at R = 5 24.6 us
+ * against 24.1, and the step at batch 64 1.5% faster against 2.1% with the rows rolled.
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
