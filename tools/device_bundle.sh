@@ -24,7 +24,9 @@ done
 # Only binaries travel, packed: every test binary links the whole library with its kernels
 # (~2.5 MB each), and the tracked tree already takes ~54 of the 64 MiB a device call may carry.
 # The GPU tests read the committed checkpoints under tests/fixtures and models/.
+# xz -9: its 64 MiB window spans all the binaries (~9 MB each, mostly the same kernels), so they
+# pack as one (~2 MB); -6's 8 MiB window held less than one binary (11 MB in all).
 tar cf - "$B/dsv4" "$B"/tests/test_engine "$B"/tests/test_gpu_* "$B"/tests/test_cuda_dequant \
-    "$B/lib" | xz -6 -T2 >"$B/bundle.tar.xz"
+    "$B/lib" | xz -9 -T2 >"$B/bundle.tar.xz"
 echo "device bundle: $B/bundle.tar.xz ($(du -h "$B/bundle.tar.xz" | cut -f1)); run with"
 echo "  run(command=\"bash tools/device_run.sh [parts]\", carry=[\"$B/bundle.tar.xz\"])"
