@@ -31,7 +31,12 @@
  * depth * 2^-24 * S; random-sign data stays far below). With round_bf16 the GPU's value must be
  * the bf16 rounding of some real within that bound of the CPU's unrounded sum: the two differ by
  * one bf16 ulp (2^-8 relative) at most, and only where the CPU sum lies within 1e-5 * S of a
- * rounding boundary.
+ * rounding boundary. * F8W (FP8 x FP8 wgmma, linear_f8w.cu) meets that bound on x that is not
+ * act_quant output (its exact f32 path); on act_quant'd x (xmix_mode 3, 4: the Flash and Pro
+ * shapes, grouped, odd rows, N 9..64, persistent and split grids, blocks of both paths in one call)
+ * it multiplies e4m3 codes, and its bound comes from the tensor cores' accumulation model (a k32
+ * wgmma sums 33 addends aligned to the largest, truncated to 14 significant bits: each off by <
+ * 2^-13 of the block's sum |w x|, 4 k32 steps a block): |err| <= (1e-5 + 4 * 33 * 2^-13) * S.
  * Outside [N, nrows] the output buffer must be untouched; the same call twice must give the same
  * bits.
  *
@@ -97,15 +102,41 @@ static void fill_x(float *x, int64_t n)
  * zero (the engine's act_quant and bf16 inputs): xmix_mode 1 makes the blocks b of each row with
  * b / 2 % 3 != 1 such blocks (multiples of 1/64 below 7 in magnitude: exact in f16 after any
  * power-of-two scaling that puts the block's max in [2^14, 2^15)), so that chunks with and
- * without lo alternate; 2 makes every block so; 0 leaves fill_x's data. */
+ * without lo alternate; 2 makes every block so; 0 leaves fill_x's data.
+ * F8W (e4m3 x e4m3 wgmma) multiplies x as e4m3 codes where every 128-column block of the call is
+ * e4m3 times a power of two (the engine's act_quant output), in f32 otherwise: xmix_mode 3
+ * act_quant's each row's blocks (dsv4_sim_act_quant, from the op's first column: mix_x's xoff,
+ * width), 4 all but block 1 of the rows r % 5 == 2 (that block's tiles or K slices take the f32
+ * path, the others the codes). */
 static int xmix_mode;
 
-static void mix_x(float *x, int64_t n, int64_t ldx)
+static void mix_x(float *x, int64_t n, int64_t ldx, int64_t xoff, int64_t width)
 {
+    if (xmix_mode >= 3) {
+        for (int64_t r = 0; r < n / ldx; r++) {
+            float *row = x + r * ldx + xoff;
+            if (xmix_mode == 4 && r % 5 == 2 && width > 256) {
+                dsv4_sim_act_quant(row, 128, 128);
+                dsv4_sim_act_quant(row + 256, width - 256, 128);
+            } else
+                dsv4_sim_act_quant(row, width, 128);
+        }
+        return;
+    }
     for (int64_t i = 0; xmix_mode && i < n; i++) {
         const int64_t b = i % ldx / 128;
         if (xmix_mode == 2 || b / 2 % 3 != 1) x[i] = (float)rnd_int(-448, 448) / 64.0f;
     }
+}
+
+/* F8W's bound on act_quant'd x (xmix_mode >= 3), from its accumulation model (linear_f8w.cu):
+ * within a 128-column block four k32 wgmmas, each adding 33 addends (32 exact e4m3 products and
+ * the accumulator) aligned to the largest and truncated to 14 significant bits, so each off by
+ * < 2^-13 of the block's sum |w x|: |err| <= 4 * 33 * 2^-13 * S over all blocks, on top of the
+ * f32 bound every kernel meets. Its f32 path (any other x) meets the f32 bound alone. */
+static double extra_bound(const char *what)
+{
+    return xmix_mode >= 3 && !strcmp(what, "f8w") ? 132.0 * 0x1p-13 : 0.0;
 }
 
 /* ---- host weights in their stored formats ------------------------------------------------------
@@ -433,8 +464,8 @@ static const tcase small_cases[] = {
 /* ---- comparison ------------------------------------------------------------------------------ */
 /* kernels (DSV4_LIN_PATH_*), then "split": the GEMV split over a cluster's CTAs */
 static const char *path_name[] = {"auto",  "gemv", "mma", "simt", "mmv",
-                                  "multi", "fmm",  "mmx", "split"};
-enum { NPATH = 9, SPLIT_STAT = 8 };
+                                  "multi", "fmm",  "mmx", "f8w",  "split"};
+enum { NPATH = 10, SPLIT_STAT = 9 };
 static double worst_by_path[NPATH]; /* the largest err/bound seen per kernel */
 static int64_t checks_by_path[NPATH];
 static int quiet; /* compare prints failures only */
@@ -488,7 +519,7 @@ static void compare(const tcase *c, const char *what, int64_t N, int round, int6
                 continue;
             }
             const double err = fabs((double)g - (double)w);
-            const double bound = 1e-5 * 1.001 * S[t * nr + j - yoff] + 1e-35;
+            const double bound = (1e-5 + extra_bound(what)) * 1.001 * S[t * nr + j - yoff] + 1e-35;
             double ratio = err / bound;
             if (round && g != w) {
                 double lo, hi;
@@ -569,7 +600,7 @@ static void run_case(ctx *cx, const tcase *c)
         float *yg2 = malloc(ny * sizeof *yg2), *sent = malloc(ny * sizeof *sent);
         float *S = malloc((size_t)(N * c->nrows) * sizeof *S), *yu = malloc(ny * sizeof *yu);
         fill_x(x, (int64_t)nx);
-        mix_x(x, (int64_t)nx, ldx);
+        mix_x(x, (int64_t)nx, ldx, c->xoff, c->groups ? c->groups * c->cols : c->cols);
         for (size_t i = 0; i < nx; i++) xa[i] = fabsf(x[i]);
         for (size_t i = 0; i < ny; i++) memcpy(&sent[i], &SENTINEL, 4);
         memcpy(yc, sent, ny * sizeof *yc);
@@ -604,8 +635,8 @@ static void run_case(ctx *cx, const tcase *c)
                 CHECK_MSG(memcmp(yg, yg2, ny * sizeof *yg) == 0,
                           "%s N=%lld: two identical calls differ", c->name, (long long)N);
             }
-            for (int q = DSV4_LIN_PATH_GEMV; q <= DSV4_LIN_PATH_FMM; q++) {
-                if (q == p || q == DSV4_LIN_PATH_MULTI) continue;
+            for (int q = DSV4_LIN_PATH_GEMV; q <= DSV4_LIN_PATH_F8W; q++) {
+                if (q == p || q == DSV4_LIN_PATH_MULTI || q == DSV4_LIN_PATH_MMX) continue;
                 if (gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, c->yoff, round, q, 0, sent, yg) == q)
                     compare(c, path_name[q], N, round, ldy, c->yoff, yg, yc, yu, S);
             }
@@ -735,6 +766,29 @@ static const tcase xmix_small[] = {
     {"small fp8 300x1024 wg lo-mix", FP8, E8, 300, 1024, 5, 291, 0, 0, 0, 0, {17, 33, 64}, 0},
 };
 
+/* F8W on act_quant'd x (xmix_mode 3, 4): the Flash and Pro shapes it takes (wq_b: 512 tiles,
+ * persistent; wo_b, the shared expert: tiles split over 2-4 K slices), grouped (wo_a), odd rows
+ * and row0, N 9..64 (token tiles of 8, 16, 32, 64, partly filled). */
+static const tcase xq_full[] = {
+    {"flash wq_b fp8 xq", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {9, 17, 32, 64}, 0},
+    {"flash wo_b fp8 xq", FP8, E8, 4096, 8192, 0, 4096, 0, 0, 0, 0, {16, 33, 64}, 0},
+    {"flash idx wq_b fp8 xq", FP8, E8, 8192, 1024, 0, 8192, 0, 0, 0, 0, {12, 40, 64}, 0},
+    {"flash shared w1 fp8 xq", FP8, E8, 2048, 4096, 0, 2048, 0, 0, 0, 0, {9, 24, 64}, 0},
+    {"flash shared w2 fp8 xq", FP8, E8, 4096, 2048, 0, 4096, 0, 0, 0, 0, {10, 64}, 0},
+    {"flash wo_a fp8 grouped xq", FP8, E8, 8192, 4096, 0, 8192, 32768, 0, 8192, 0, {16, 64}, 8},
+    {"fp8 1000x2048 row0 77 xq", FP8, E8, 1000, 2048, 77, 901, 0, 0, 0, 0, {9, 17, 33, 64}, 0},
+    {"fp8 strided xq", FP8, E8, 1024, 4096, 0, 1024, 4160, 32, 1056, 16, {19, 64}, 0},
+    {"pro wo_b fp8 xq", FP8, E8, 7168, 16384, 0, 7168, 0, 0, 0, 0, {64}, 0},
+    {"pro wq_b fp8 xq", FP8, E8, 65536, 1536, 0, 65536, 0, 0, 0, 0, {48}, 0},
+};
+
+static const tcase xq_small[] = {
+    {"small fp8 xq", FP8, E8, 200, 384, 40, 150, 388, 4, 155, 2, {9, 17, 64}, 0},
+    {"small fp8 300x1024 xq", FP8, E8, 300, 1024, 5, 291, 0, 0, 0, 0, {9, 33, 64}, 0},
+    {"small fp8 grouped xq", FP8, E8, 192, 256, 0, 192, 1024, 0, 197, 0, {9, 40}, 4},
+    {"small fp8 140 tiles xq", FP8, E8, 140 * 64, 256, 0, 140 * 64, 0, 0, 0, 0, {12}, 0},
+};
+
 static const mcase multi_small[] = {
     {"small every format",
      7,
@@ -826,7 +880,7 @@ static void run_multi(ctx *cx, const mcase *mc)
         } else {
             m[i].x = malloc(nx * sizeof(float)), m[i].xa = malloc(nx * sizeof(float));
             fill_x(m[i].x, (int64_t)nx);
-            mix_x(m[i].x, (int64_t)nx, m[i].ldx);
+            mix_x(m[i].x, (int64_t)nx, m[i].ldx, 0, m[i].ldx);
             for (size_t j = 0; j < nx; j++) m[i].xa[j] = fabsf(m[i].x[j]);
             if (st == DSV4_OK) st = dsv4_bk_alloc(cx->gpu, nx * sizeof(float), (void **)&m[i].dx);
             if (st == DSV4_OK) st = dsv4_bk_upload(cx->gpu, m[i].dx, m[i].x, nx * sizeof(float));
@@ -1009,7 +1063,7 @@ typedef struct bench_set {
     int64_t rows, cols, nmax;
     uint64_t bytes; /* one copy: weights + scales */
     dsv4_weight dw[BENCH_COPIES];
-    float *dx, *dxf, *dy; /* x bf16-valued, x f32, y */
+    float *dx, *dxf, *dy, *dxq; /* x bf16-valued, x f32, y, x act_quant'd (F8W's input) */
 } bench_set;
 
 static int bench_open(ctx *cx, bench_set *b, const char *name, int fmt, int sdt, int64_t rows,
@@ -1037,6 +1091,9 @@ static int bench_open(ctx *cx, bench_set *b, const char *name, int fmt, int sdt,
     dsv4_sim_bf16(x, nx);
     if (st == DSV4_OK) st = dsv4_bk_alloc(cx->gpu, (size_t)nx * sizeof *x, (void **)&b->dx);
     if (st == DSV4_OK) st = dsv4_bk_upload(cx->gpu, b->dx, x, (size_t)nx * sizeof *x);
+    dsv4_sim_act_quant(x, nx, 128);
+    if (st == DSV4_OK) st = dsv4_bk_alloc(cx->gpu, (size_t)nx * sizeof *x, (void **)&b->dxq);
+    if (st == DSV4_OK) st = dsv4_bk_upload(cx->gpu, b->dxq, x, (size_t)nx * sizeof *x);
     if (st == DSV4_OK)
         st = dsv4_bk_alloc(cx->gpu, (size_t)(nmax * rows) * sizeof *x, (void **)&b->dy);
     free(x);
@@ -1049,6 +1106,7 @@ static void bench_close(ctx *cx, bench_set *b)
     for (int i = 0; i < b->nw; i++) dsv4_bk_weight_free(cx->gpu, &b->dw[i]);
     dsv4_bk_free(cx->gpu, b->dx);
     dsv4_bk_free(cx->gpu, b->dxf);
+    dsv4_bk_free(cx->gpu, b->dxq);
     dsv4_bk_free(cx->gpu, b->dy);
 }
 
@@ -1077,7 +1135,7 @@ static dsv4_status bench_pass(ctx *cx, bench_set *b, int64_t N, int path, int sp
 static double bench_line(ctx *cx, bench_set *b, int64_t N, int path, int split, int f32x,
                          const char *note)
 {
-    const float *dx = f32x ? b->dxf : b->dx;
+    const float *dx = f32x == 2 ? b->dxq : f32x ? b->dxf : b->dx; /* 2: act_quant'd */
     dsv4_status st = bench_pass(cx, b, N, path, split, dx);
     const int taken = dsv4_cuda_linear_last_path();
     if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
@@ -1122,6 +1180,7 @@ static void bench_all(ctx *cx, int fmm_only)
         {"flash wo_a fp8 8 groups", FP8, E8, 8192, 4096, 8, 1},
         {"flash wq_a fp8", FP8, E8, 1024, 4096, 1, 1},
         {"flash idx wq_b fp8", FP8, E8, 8192, 1024, 1, 1},
+        {"flash shared w1 fp8", FP8, E8, 2048, 4096, 1, 1},
         {"flash wkv fp8", FP8, E8, 512, 4096, 1, 0},
         {"bf16 1024x4096", B16, 0, 1024, 4096, 1, 0},
         {"pro wq_b fp8", FP8, E8, 65536, 1536, 1, 0},
@@ -1140,10 +1199,15 @@ static void bench_all(ctx *cx, int fmm_only)
             bench_close(cx, &b);
             continue;
         }
-        if (fmm_only) {
-            for (int64_t N = 32; N <= 64; N *= 2)
-                bench_line(cx, &b, N, DSV4_LIN_PATH_FMM, 0, 0, "new (fmm)");
-            bench_line(cx, &b, 64, DSV4_LIN_PATH_FMM, 0, 1, "f32-x (lo on)");
+        if (fmm_only) { /* FMM / MMV against F8W on act_quant'd x (the engine's), N = 8..64 */
+            for (int64_t N = 8; N <= 64; N *= 2) {
+                const int old = N <= 16 ? DSV4_LIN_PATH_MMV : DSV4_LIN_PATH_FMM;
+                const double o = bench_line(cx, &b, N, old, 0, 2, "old (xq)");
+                const double n = bench_line(cx, &b, N, DSV4_LIN_PATH_F8W, 0, 2, "f8w (xq)");
+                if (o > 0 && n > 0)
+                    printf("  %-22s N=%-2lld old / f8w = %.2fx\n", sh[i].name, (long long)N, o / n);
+            }
+            bench_line(cx, &b, 64, DSV4_LIN_PATH_F8W, 0, 0, "f8w bf16-x (f32)");
             bench_close(cx, &b);
             fflush(stdout);
             continue;
@@ -1451,6 +1515,21 @@ int main(int argc, char **argv)
     }
     xmix_mode = 0;
     printf("with lo-free x blocks: worst err/bound per kernel:");
+    for (int p = 1; p < NPATH; p++)
+        printf(" %s %.3f (%lld calls)", path_name[p], worst_by_path[p],
+               (long long)checks_by_path[p]);
+    printf("\n");
+    /* act_quant'd x: F8W's e4m3 path, under its own bound (extra_bound) */
+    memset(worst_by_path, 0, sizeof worst_by_path);
+    memset(checks_by_path, 0, sizeof checks_by_path);
+    for (xmix_mode = 3; xmix_mode <= 4; xmix_mode++) {
+        const tcase *xc = small ? xq_small : xq_full;
+        const size_t n_xc =
+            small ? sizeof xq_small / sizeof *xq_small : sizeof xq_full / sizeof *xq_full;
+        for (size_t i = 0; i < n_xc; i++) run_case(&cx, &xc[i]);
+    }
+    xmix_mode = 0;
+    printf("act_quant'd x (f8w: bound (1e-5 + 132 2^-13) S): worst err/bound per kernel:");
     for (int p = 1; p < NPATH; p++)
         printf(" %s %.3f (%lld calls)", path_name[p], worst_by_path[p],
                (long long)checks_by_path[p]);

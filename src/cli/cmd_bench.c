@@ -655,7 +655,8 @@ static void print_gemms_markdown(const bench_out *o)
     }
     printf("\nPer call, CUDA graph of back-to-back calls over distinct copies of the weight "
            "(%d for wq_a: 256 MB or 64 copies, so L2 keeps none), best of 5 launches. dsv4: "
-           "the engine's op (dsv4_bk_linear; wo_a: dsv4_bk_linear_grouped) on f32 x, "
+           "the engine's op (dsv4_bk_linear; wo_a: dsv4_bk_linear_grouped) on f32 x "
+           "(FP8 weights: act_quant'd, block 128), "
            "bf16-rounded output. "
            "cuBLASLt: e4m3 x e4m3 -> bf16, f32 accumulation, wo_a as a strided batch of its "
            "groups, the fastest of up to %d heuristic candidates per scaling layout; block "

@@ -729,6 +729,9 @@ static dsv4_status gemm_setup(gemm_run *g)
     DSV4_TRY(dsv4_cuda_alloc(b->cuda, (size_t)(g->nmax * g->xcols) * 4, (void **)&g->x));
     DSV4_TRY(dsv4_cuda_alloc(b->cuda, (size_t)(g->nmax * rows) * 4, (void **)&g->y));
     DSV4_TRY(fill(g->st, g->x, (size_t)(g->nmax * g->xcols) * 4, 0, 3));
+    /* FP8 projections get what the engine gives them: act_quant'd x (F8W's e4m3 path) */
+    if (g->w->format == DSV4_FORMAT_FP8)
+        DSV4_TRY(dsv4_bk_act_quant(b, g->x, g->xcols, g->x, g->xcols, g->nmax, g->xcols, 128));
     if (!gemm_lt()) return DSV4_OK;
     const int64_t n8 = (g->nmax + 7) / 8 * 8;
     const size_t sb_n = (size_t)((g->xcols + 127) / 128 + 4) * (size_t)(n8 + 4);

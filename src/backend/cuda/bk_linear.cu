@@ -3,8 +3,12 @@
  * dsv4_bk_linear, dsv4_bk_linear_grouped): the argument checks, the choice of kernel, and the f32
  * decode GEMV.
  *
- * Six kernels, one result up to f32 summation order (each output is a plain f32 sum of
- * x_c * w_c, w decoded exactly; the order is fixed by the shape, so runs are bit-reproducible):
+ * Seven kernels, one result up to f32 summation order (each output is a plain f32 sum of
+ * x_c * w_c, w decoded exactly; the order is fixed by the shape, so runs are bit-reproducible),
+ * except F8W's (FP8 tensor-core sums per 128-column block, linear_f8w.cu):
+ *   F8W   9 <= N <= 64, FP8 weights of >= 4096 rows, ungrouped (f8w_wins): x quantised per call
+ *         to e4m3 codes (exact, else an f32 path), e4m3 wgmma from a TMA-fed shared-memory ring
+ *         (linear_f8w.cu);
  *   MMV   N <= 16 (decode), FP8 and BF16 weights, where it is faster than the GEMV (N >= 5,
  *         or large matrices; mmv_wins): tensor cores with the weight rows as the 16-row operand
  *         and the tokens as the 8-column one (linear_mmv.cu);
@@ -623,6 +627,20 @@ static int mmv_wins(const lin_args *a)
     return a->N >= 9 || (a->N >= 5 && big);
 }
 
+/* Whether F8W takes the call: FP8 with x from act_quant (e4m3 codes times powers of two, its fast
+ * path; other x is exact but slow there), i.e. ungrouped (the engine's grouped call, wo_a, has
+ * the attention's bf16 output as x: FMM), at 9..64 rows, on >= 4096 weight rows (the engine's
+ * wq_b, wo_b, indexer wq_b). Measured (H100, linear_f8w.cu's figures): faster than MMV and FMM
+ * on those three at N = 8..64, slower on 1024-2048-row matrices (K split 4-8); engine step (dsv4
+ * bench --shape flash --layers 4 --contexts 4096, same call, 2 runs each) batch 16 3.401 / 3.411
+ * -> 3.284 / 3.285 ms, 32 5.448 / 5.454 -> 5.385 / 5.388, 64 8.472 / 8.468 -> 8.300 / 8.302;
+ * at batch 8 taking N = 8 too gained nothing in the step (2.355 / 2.352 -> 2.359 / 2.358, with a
+ * two-warpgroup variant), so N = 8 stays on MMV. */
+static int f8w_wins(const lin_args *a)
+{
+    return a->groups == 1 && a->N > 8 && a->nrows >= 4096 && dsv4_lin_f8w_ok(a);
+}
+
 /* The dispatcher's choice (or the forced path where it takes the call). */
 static int lin_path(const lin_args *a)
 {
@@ -633,16 +651,20 @@ static int lin_path(const lin_args *a)
     if (path == DSV4_LIN_PATH_MMV && !dsv4_lin_mmv_ok(a)) path = DSV4_LIN_PATH_AUTO;
     if (path == DSV4_LIN_PATH_MMA && !dsv4_lin_mma_ok(a)) path = DSV4_LIN_PATH_AUTO;
     if (path == DSV4_LIN_PATH_FMM && !dsv4_lin_fmm_ok(a)) path = DSV4_LIN_PATH_AUTO;
+    if (path == DSV4_LIN_PATH_F8W && !dsv4_lin_f8w_ok(a)) path = DSV4_LIN_PATH_AUTO;
     if (path != DSV4_LIN_PATH_AUTO) return path;
+    if (f8w_wins(a)) return DSV4_LIN_PATH_F8W;
     if (dsv4_lin_mmv_ok(a) && (!gemv_ok(a) || mmv_wins(a))) return DSV4_LIN_PATH_MMV;
     if (gemv_ok(a)) return DSV4_LIN_PATH_GEMV;
     if (a->N > 16 && dsv4_lin_fmm_ok(a) && dsv4_lin_fmm_wins(a)) return DSV4_LIN_PATH_FMM;
     return dsv4_lin_mma_ok(a) ? DSV4_LIN_PATH_MMA : DSV4_LIN_PATH_SIMT;
 }
 
-static dsv4_status lin_launch(const lin_args *a, int path, cudaStream_t st)
+static dsv4_status lin_launch(const lin_args *a, int path, cudaStream_t st, int side)
 {
     switch (path) {
+    case DSV4_LIN_PATH_F8W:
+        return dsv4_lin_launch_f8w(a, side, st);
     case DSV4_LIN_PATH_MMV:
         return dsv4_lin_launch_mmv(a, st);
     case DSV4_LIN_PATH_GEMV:
@@ -659,6 +681,7 @@ static dsv4_status lin_launch(const lin_args *a, int path, cudaStream_t st)
 static dsv4_status lin_run(dsv4_backend *b, lin_args *a)
 {
     cudaStream_t st = dsv4_cuda_stream(b->cuda);
+    const int side = dsv4_cuda_on_side(b->cuda);
     const int path = lin_path(a);
     last_path = path;
     /* the grid's y holds the groups (the tiled kernels: times the 64-token tiles), <= 65535 */
@@ -671,11 +694,11 @@ static dsv4_status lin_run(dsv4_backend *b, lin_args *a)
             one.row0 = a->row0 + g * a->nrows;
             one.x = a->x + g * a->xg;
             one.y = a->y + g * a->nrows;
-            DSV4_TRY(lin_launch(&one, path, st));
+            DSV4_TRY(lin_launch(&one, path, st, side));
         }
         return DSV4_OK;
     }
-    return lin_launch(a, path, st);
+    return lin_launch(a, path, st, side);
 }
 
 extern "C" dsv4_status dsv4_cuda_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0,

@@ -15,6 +15,8 @@ extern "C" {
 /* The stream every launch of a context goes to (context.cu). */
 typedef struct dsv4_cuda_ctx dsv4_cuda_ctx;
 cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx);
+/* Whether launches go to the side stream now (per-stream workspaces: linear_f8w.cu). */
+int dsv4_cuda_on_side(dsv4_cuda_ctx *ctx);
 
 /* Launch check: the last launch's configuration error, as CUDA_TRY. */
 #define CUDA_LAUNCHED() CUDA_TRY(cudaGetLastError())

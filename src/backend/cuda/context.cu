@@ -167,3 +167,8 @@ cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx)
 {
     return ctx->on_side ? ctx->side : ctx->stream;
 }
+
+int dsv4_cuda_on_side(dsv4_cuda_ctx *ctx)
+{
+    return ctx->on_side;
+}

@@ -22,6 +22,9 @@ enum {
     DSV4_LIN_PATH_FMM = 6,   /* FP8, N <= 64 (cols % 128; dispatcher: N > 16 where faster) */
     DSV4_LIN_PATH_MMX = 7,   /* dsv4_bk_linear_multi's one tensor-core launch (N <= 64; FP8 and
                                 BF16 entries, cols % 128; dispatcher: N > 8) */
+    DSV4_LIN_PATH_F8W = 8,   /* FP8, N <= 64, e4m3 wgmma from a shared-memory ring (cols % 128,
+                                groups * cols <= 32768; dispatcher: ungrouped, N > 8,
+                                >= 4096 rows) */
 };
 
 /* Forces `path` for the following dsv4_cuda_bk_linear(_grouped, _multi) calls; a path that does

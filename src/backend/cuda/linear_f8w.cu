@@ -1,0 +1,595 @@
+/*
+ * linear_f8w.cu - FP8 projections at 9..64 rows of x on FP8 wgmma from a shared-memory ring
+ * (F8W): y = x W^T with e4m3 weights in 128 x 128 scale blocks, x quantised per token and
+ * 128-column block to e4m3 codes times a power of two. The batched-decode attention projections
+ * (wq_b, wo_b, the indexer's wq_b), whose x is the engine's act_quant output.
+ *
+ * Why: FMM (linear_fp8mma.cu) keeps the weights in registers one step ahead and converts them
+ * to f16 in registers: latency-bound (ncu: DRAM 21% busy, a warp issues every ~10 cycles), 1.5-
+ * 3.5x cuBLASLt at N = 16..64. Here (DeepGEMM's shape, swapped: the weights are wgmma's 64-row A
+ * operand, the tokens the narrow N one) one producer warp streams each 64-row tile's weights and
+ * the tokens' codes through a ring of stages in shared memory (TMA copies completing on an
+ * mbarrier; 96-128 KB of weights in flight per SM, no registers held by loads)
+ * and one consumer warpgroup multiplies them by wgmma.m64nNk32.e4m3 straight from shared memory.
+ *
+ * x: a prologue kernel (f8w_quant) writes, per 128-column block kb and token, s = 2^ceil(log2(
+ * max(amax, 1e-4) / 448)) (act_quant's scale, quant_dev.cuh) and the codes x / s as e4m3, and
+ * per block whether every token's codes are exact (e4m3(x / s) s == x for all 128 columns). A
+ * tile whose blocks are all exact takes the wgmma path; any other tile (x not an act_quant output,
+ * NaN, ...) is computed by the consumer warpgroup in plain f32 (slow, exact products, f32 sums:
+ * within test_gpu_linear's f32 bound), so that no x is ever rounded. The engine's act_quant inputs
+ * (linear_q: wq_b, wo_b, indexer wq_b) are always exact; wo_a's x (the attention output, bf16,
+ * not quantised) is not, so the dispatcher keeps grouped calls on FMM. The codes live in a static
+ * device workspace, one per stream (main, side: the indexer's wq_b runs beside the query chain);
+ * kernels of one stream follow each other under PDL only after the previous grid completed, so
+ * a prologue never overwrites codes still being read.
+ *
+ * Numerics (the official fp8_gemm and DeepGEMM's): per 128-K block the block's four k32 wgmmas
+ * into a fresh f32 accumulator (e4m3 x e4m3 products exact; the tensor cores' sum inside a block
+ * keeps fewer bits than f32), then total = fmaf(block sum, weight block scale * s, total): f32
+ * promotion per block with the 128 x 128 weight scale and the 1 x 128 activation scale.
+ * Accumulation model for the bound (test_gpu_linear): a k32 wgmma adds its 32 exact products and
+ * the running accumulator (33 addends) aligned to the largest exponent and truncated to 14
+ * significant bits (DeepSeek-V3 report 3.3.2: "around 14 bits"), so each addend is off by less
+ * than 2^-13 of the largest, <= 2^-13 S_blk (S_blk = sum |w x| of the block, the accumulator being
+ * bounded by it too); four k32 steps a block: |err_blk| <= 4 * 33 * 2^-13 * S_blk. Summed over the
+ * blocks with their (power-of-two x, positive w) scales: |err| <= 132 * 2^-13 * S, plus the f32
+ * promotion and K-split sums (< 1e-5 S as for every other kernel).
+ *
+ * K split: tiles (64 rows of one group) x K slices; a grid of more tiles than SMs is persistent
+ * (CTA i takes tiles i, i + grid, ...; no split), fewer tiles are split over the CTAs of a
+ * cluster (1, 1, KS) and the slices' partials added in rank order through distributed shared
+ * memory (FMM's fm_cluster_store scheme): deterministic, no atomics.
+ *
+ * PDL: the producer issues the first tile's weight copies before griddepcontrol.wait (cp.async,
+ * not __ldg: pdl.cuh), the codes only after it.
+ */
+#include "backend/cuda/linear_common.cuh"
+#include "backend/cuda/quant_dev.cuh"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <string.h>
+
+/* Ring stage: A = 64 weight rows x 128 K bytes, B = TOK tokens x 128 codes, each written by one
+ * TMA copy (2-D tensor maps, 128-byte swizzle: row r at 128 r, its 16-byte chunk c at c ^ r % 8,
+ * wgmma's K-major SWIZZLE_128B layout; k32 step q starts 32 q bytes into the rows), and the TOK
+ * x scales (f32, a 1-D bulk copy) in an array of their own. */
+enum { F8_THREADS = 160, F8_CONSUMERS = 128, F8_BM = 64, F8_KS_MAX = 8, F8_SMEM = 227 * 1024 };
+/* The workspace: x up to F8_KMAX columns (groups * cols) of 64 tokens, per stream. */
+enum { F8_KMAX = 32768, F8_TOKMAX = 64, F8_NKB = F8_KMAX / 128 };
+
+__device__ __align__(1024) uint8_t f8_codes[2][F8_NKB * F8_TOKMAX * 128]; /* [kb][TOK][128] */
+__device__ __align__(16) float f8_scales[2][F8_NKB * F8_TOKMAX];          /* [kb][TOK] */
+__device__ int f8_exact[2][F8_NKB]; /* [kb]: every token's codes exact */
+
+template <int TOK> struct f8_shape {
+    static constexpr int A = F8_BM * 128, B = TOK * 128, S = TOK * 4;
+    static constexpr int STAGE = A + B;          /* a multiple of 1024 (the swizzle's alignment) */
+    static constexpr int PART = TOK * F8_BM * 4; /* the K split's partial [TOK][64] f32 */
+    static constexpr int NST_FIT = (F8_SMEM - PART - 2048) / (STAGE + S);
+    static constexpr int NST = NST_FIT > 16 ? 16 : NST_FIT;
+    /* ring, scales [NST][TOK], partial, barriers; 1024 bytes to align the base */
+    static constexpr int BYTES = 1024 + NST * (STAGE + S) + PART + 2 * NST * 8;
+    static_assert(NST >= 4 && STAGE % 1024 == 0, "a ring of at least 4 aligned stages");
+};
+
+/* Measured (H100, test_gpu_linear --fmm-bench, graph replay, act_quant'd x, us, N = 8 / 16 / 32
+ * / 64; old = MMV at N <= 16, FMM above): Flash wq_b 24.3 / 33.8 / 28.3 / 44.5 -> 19.2 / 22.1 /
+ * 24.1 / 29.3, wo_b 27.2 / 45.0 / 29.7 / 46.3 -> 18.7 / 22.4 / 23.6 / 28.1, indexer wq_b 12.0 /
+ * 16.3 / 13.1 / 19.9 -> 7.9 / 9.0 / 10.0 / 12.5; wo_a (8 groups, forced: its x is not
+ * act_quant'd in the engine) 27.4 / 37.7 / 30.3 / 47.0 -> 17.3 / 20.6 / 22.2 / 26.4. Slower on
+ * the small matrices that need a split of 4-8 (wq_a 1024 x 4096, the shared expert's 2048 x 4096:
+ * up to 1.4x). cuBLASLt on the same shapes (dsv4 bench --gemms, N = 64): 17.1, 20.3, 6.9, 15.3.
+ * Tried in the same session and not kept: the ring filled by cp.async 16-byte copies from the
+ * producer warp (cp.async.mbarrier.arrive): 0.7-0.9x of FMM (wq_b N = 64 52.6 us; too few bytes
+ * in flight through the LSU path); two consumer warpgroups per CTA (128-row tiles, one B for
+ * both): wq_b 25.8 at N = 64 but wo_b 39.7, the indexer's wq_b 16.6 (clusters of 4, and 2-slice
+ * splits of 4 blocks), engine step at batch 16 / 32 / 64 -2.8 / -0.7 / -1.6% against -3.5 / -1.2 /
+ * -2.0% with one. */
+
+/* ---- the prologue: x -> codes, scales, exact flags ------------------------------------------- */
+/* x [N, nkb 128] (ldx) -> workspace ws; grid nkb, 256 threads: warp w the tokens w, w + 8, ..
+ * < TOK (past N: zero codes, scale 1). */
+__global__ void __launch_bounds__(256)
+    f8w_quant(const float *x, int64_t ldx, int N, int TOK, int ws)
+{
+    DSV4_PDL_WAIT();
+    const int kb = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int bad = 0;
+    for (int n = warp; n < TOK; n += 8) {
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (n < N) v = *(const float4 *)(const void *)(x + n * ldx + (int64_t)kb * 128 + 4 * lane);
+        float m = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        const float s = n < N ? dev_scale_fp8(m) : 1.0f, inv = 1.0f / s; /* powers of two */
+        const float f[4] = {v.x * inv, v.y * inv, v.z * inv, v.w * inv};
+        uint32_t word = 0u;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const __nv_fp8_storage_t c = __nv_cvt_float_to_fp8(f[k], __NV_SATFINITE, __NV_E4M3);
+            const __half_raw h = __nv_cvt_fp8_to_halfraw(c, __NV_E4M3);
+            /* exact: the code times s gives x back (NaN and inf never do) */
+            bad |= !(__half2float(__half(h)) * s == (k == 0   ? v.x
+                                                     : k == 1 ? v.y
+                                                     : k == 2 ? v.z
+                                                              : v.w));
+            word |= (uint32_t)c << (8 * k);
+        }
+        *(uint32_t *)(void *)(f8_codes[ws] + ((int64_t)kb * TOK + n) * 128 + 4 * lane) = word;
+        if (lane == 0) f8_scales[ws][(int64_t)kb * TOK + n] = s;
+    }
+    bad = __syncthreads_or(bad);
+    if (threadIdx.x == 0) f8_exact[ws][kb] = !bad;
+}
+
+/* ---- ring primitives ------------------------------------------------------------------------- */
+__device__ __forceinline__ uint32_t f8_sa(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void f8_bar_init(uint32_t bar, int count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void f8_bar_wait(uint32_t bar, int parity)
+{
+    asm volatile("{\n.reg .pred p;\nW:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra W;\n}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+
+__device__ __forceinline__ void f8_bar_arrive(uint32_t bar)
+{
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar)
+                 : "memory");
+}
+
+/* One arrival that also expects `bytes` more of transactions (the stage's copies). */
+__device__ __forceinline__ void f8_arrive_tx(uint32_t bar, int bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+
+/* `bytes` more of transactions expected, no arrival (copies issued before the arrival). */
+__device__ __forceinline__ void f8_expect_tx(uint32_t bar, int bytes)
+{
+    asm volatile("mbarrier.expect_tx.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+
+/* The box at (c0, c1) of tensor map m -> shared dst, completing on bar. */
+__device__ __forceinline__ void f8_tma(uint32_t dst, const CUtensorMap *m, int c0, int c1,
+                                       uint32_t bar)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
+                 "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+                 "l"((uint64_t)(uintptr_t)m), "r"(c0), "r"(c1), "r"(bar)
+                 : "memory");
+}
+
+/* bytes (a multiple of 16) global -> shared dst, completing on bar. */
+__device__ __forceinline__ void f8_bulk(uint32_t dst, const void *src, int bytes, uint32_t bar)
+{
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], "
+                 "%2, [%3];\n" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+
+/* Matrix descriptor of a K-major SWIZZLE_128B operand at shared address s (8-row groups 1024
+ * bytes apart; s 1024-aligned plus the k32 step's 32 q bytes). */
+__device__ __forceinline__ uint64_t f8_desc(uint32_t s)
+{
+    return (uint64_t)((s & 0x3ffffu) >> 4) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+/* d [NT][4] (+)= A (64 x k32 at descriptor da) . B (k32 x 8 NT at db), e4m3, f32 accumulation;
+ * acc = 0: d = A . B. */
+template <int NT>
+__device__ __forceinline__ void f8_wgmma(float (&d)[NT][4], uint64_t da, uint64_t db, int acc);
+
+#define F8_HEAD(ACC, SHAPE)                                                                        \
+    "{\n.reg .pred p;\nsetp.ne.b32 p, %" ACC ", 0;\nwgmma.mma_async.sync.aligned." SHAPE           \
+    ".f32.e4m3.e4m3 "
+#define F8_TAIL  "p, 1, 1;\n}\n"
+#define F8_D1(d) "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3])
+#define F8_D2(d) F8_D1(d), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+#define F8_D4(d)                                                                                   \
+    F8_D2(d), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]),           \
+        "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+#define F8_D8(d)                                                                                   \
+    F8_D4(d), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),           \
+        "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]),  \
+        "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+#define F8_IN "l"(da), "l"(db), "r"(acc)
+
+template <>
+__device__ __forceinline__ void f8_wgmma<1>(float (&d)[1][4], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile(F8_HEAD("6", "m64n8k32") "{%0, %1, %2, %3}, %4, %5, " F8_TAIL : F8_D1(d) : F8_IN);
+}
+template <>
+__device__ __forceinline__ void f8_wgmma<2>(float (&d)[2][4], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile(F8_HEAD("10", "m64n16k32") "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, " F8_TAIL
+                 : F8_D2(d)
+                 : F8_IN);
+}
+template <>
+__device__ __forceinline__ void f8_wgmma<4>(float (&d)[4][4], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile(F8_HEAD("18", "m64n32k32") "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
+                                            "%12, %13, %14, %15}, %16, %17, " F8_TAIL
+                 : F8_D4(d)
+                 : F8_IN);
+}
+template <>
+__device__ __forceinline__ void f8_wgmma<8>(float (&d)[8][4], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile(F8_HEAD("34", "m64n64k32") "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
+                                            "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+                                            "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                                            "%32, %33, " F8_TAIL
+                 : F8_D8(d)
+                 : F8_IN);
+}
+
+/* ---- the kernel -------------------------------------------------------------------------------
+ */
+typedef struct f8_plan {
+    int rtiles, tiles; /* 64-row tiles per group, in all */
+    int nkb, spc;      /* 128-column blocks of a group's row, per K slice */
+    int ws;            /* workspace (stream) */
+} f8_plan;
+
+/* Tile t's K slice: its group, first row in the group, blocks [kb0, kb1), and the group's first
+ * block in the workspace. */
+struct f8_tile {
+    int64_t g, r0;
+    int kb0, kb1;
+    int64_t kbg;
+};
+
+__device__ __forceinline__ f8_tile f8_at(const f8_plan &p, int t)
+{
+    f8_tile u;
+    u.g = t / p.rtiles;
+    u.r0 = (int64_t)(t % p.rtiles) * F8_BM;
+    u.kb0 = (int)blockIdx.z * p.spc;
+    u.kb1 = min(u.kb0 + p.spc, p.nkb);
+    u.kbg = u.g * p.nkb;
+    return u;
+}
+
+/* Whether every x block of the tile's slice is exact (warp-uniform; any warp gets the same). */
+__device__ __forceinline__ bool f8_tile_exact(const f8_plan &p, const f8_tile &u)
+{
+    const int lane = threadIdx.x & 31;
+    int bad = 0;
+    for (int kb = u.kb0 + lane; kb < u.kb1; kb += 32) bad |= !f8_exact[p.ws][u.kbg + kb];
+    return !__any_sync(0xffffffffu, bad);
+}
+
+/* Exact f32 fallback of a tile (x blocks not e4m3 times a power of two): the consumer warpgroup,
+ * part [TOK][64] (tokens < N) = sum over the slice's blocks of (sum of x w over the block) times
+ * the weight block's scale. */
+template <int TOK> __device__ void f8_fallback(const lin_args &a, const f8_tile &u, float *part)
+{
+    const int64_t rbase = a.row0 + u.g * a.nrows;
+    const int N = (int)a.N;
+    for (int e = threadIdx.x; e < N * F8_BM; e += F8_CONSUMERS) {
+        const int n = e / F8_BM, row = e % F8_BM;
+        const int64_t r = u.r0 + row;
+        float tot = 0.0f;
+        if (r < a.nrows) {
+            const uint8_t *w = a.data + (rbase + r) * a.row_bytes;
+            const float *x = a.x + u.g * a.xg + n * a.ldx;
+            for (int kb = u.kb0; kb < u.kb1; kb++) {
+                float s = 0.0f;
+                for (int c = kb * 128; c < kb * 128 + 128; c++) s = fmaf(x[c], lin_e4m3(w[c]), s);
+                tot = fmaf(s, lin_scale(a, (rbase + r) / 128, kb), tot);
+            }
+        }
+        part[n * F8_BM + row] = tot;
+    }
+}
+
+__device__ __forceinline__ void f8_consumer_sync()
+{
+    asm volatile("bar.sync 1, %0;\n" ::"r"(F8_CONSUMERS) : "memory");
+}
+
+/* y of the tile from part [TOK][64] (tokens < N), by the consumer warpgroup. */
+__device__ __forceinline__ void f8_store_part(const lin_args &a, const f8_tile &u,
+                                              const float *part)
+{
+    for (int e = threadIdx.x; e < (int)a.N * F8_BM; e += F8_CONSUMERS) {
+        const int n = e / F8_BM, row = e % F8_BM;
+        if (u.r0 + row < a.nrows)
+            a.y[n * a.ldy + u.g * a.nrows + u.r0 + row] = lin_finish(a, part[n * F8_BM + row]);
+    }
+}
+
+/* The K split's sum: each rank adds its share of the tile over the ranks in rank order. */
+__device__ __forceinline__ void f8_cluster_store(const lin_args &a, const f8_tile &u, float *part)
+{
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    cl.sync(); /* every rank's partial is in place */
+    const int ks = (int)cl.num_blocks(), rank = (int)cl.block_rank();
+    const int total = (int)a.N * F8_BM, per = (total + ks - 1) / ks;
+    const int e1 = min(rank * per + per, total);
+    for (int e = rank * per + (int)threadIdx.x; e < e1; e += F8_THREADS) {
+        const int n = e / F8_BM, row = e % F8_BM;
+        float s = *cl.map_shared_rank(part + e, 0);
+        for (int r = 1; r < ks; r++) s += *cl.map_shared_rank(part + e, r);
+        if (u.r0 + row < a.nrows) a.y[n * a.ldy + u.g * a.nrows + u.r0 + row] = lin_finish(a, s);
+    }
+    cl.sync(); /* no rank leaves while another still reads its shared memory */
+}
+
+// y [N, nrows per group] = x . W^T on FP8 wgmma, N <= TOK. Grid (CTAs, 1, KS), clusters (1, 1,
+// KS): KS == 1: CTA i takes tiles i, i + grid, ..; KS > 1: one tile per CTA (grid.x = tiles),
+// slice z. 160 threads: warps 0-3 the consumer warpgroup (64 rows x TOK tokens), warp 4 the
+// producer (one lane issues the copies). tw: the weight as [rows][row_bytes] bytes, boxes 128 x
+// 64; tx: the workspace's codes [F8_NKB TOK][128], boxes 128 x TOK. Dynamic shared memory
+// f8_shape<TOK>::BYTES: ring [NST][A | B], scales [NST][TOK], partial, barriers.
+//
+// The ring's item `it` (the CTA's it-th (tile, block) of exact tiles) uses stage it % NST:
+// full[s] completes when its A, B and scales have landed (one producer arrival + the bytes),
+// empty[s] when the 128 consumers have read it. The first tile's first `pre` weight copies are
+// issued before the PDL wait (their bytes expected, the arrival after the wait with the codes);
+// if that tile turns out inexact, both sides still pass its `pre` items (codes copied, nothing
+// multiplied) so that every copy lands before the stage is reused.
+template <int TOK>
+__global__ void __launch_bounds__(F8_THREADS, 1)
+    f8w_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx,
+               lin_args a, f8_plan p)
+{
+    DSV4_PDL_LATE();
+    typedef f8_shape<TOK> S;
+    constexpr int NT = TOK / 8, NST = S::NST;
+    extern __shared__ unsigned char f8_raw[];
+    unsigned char *f8_sm = f8_raw + ((1024 - (f8_sa(f8_raw) & 1023)) & 1023);
+    const uint32_t ring = f8_sa(f8_sm), scl = ring + NST * S::STAGE;
+    float *part = (float *)(void *)(f8_sm + NST * (S::STAGE + S::S));
+    const uint32_t bars = f8_sa(part) + S::PART;
+    /* full[s] at bars + 8 s (1 arrival + bytes), empty[s] at bars + 8 (NST + s) (128) */
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const bool split = gridDim.z > 1;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < NST; s++) {
+            f8_bar_init(bars + 8 * s, 1);
+            f8_bar_init(bars + 8 * (NST + s), F8_CONSUMERS);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    const int first =
+        blockIdx.x < p.tiles ? min(NST, f8_at(p, blockIdx.x).kb1 - f8_at(p, blockIdx.x).kb0) : 0;
+
+    if (warp == 4) { /* ---- producer ---- */
+        const bool lead = lane == 0;
+        if (lead) {
+            asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)(uintptr_t)&tw) : "memory");
+            asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)(uintptr_t)&tx) : "memory");
+        }
+        /* the first tile's weights before the wait (they do not depend on the previous grid) */
+        if (lead && first > 0) {
+            const f8_tile u = f8_at(p, blockIdx.x);
+            const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
+            for (int i = 0; i < first; i++) {
+                f8_expect_tx(bars + 8 * i, S::A);
+                f8_tma(ring + i * S::STAGE, &tw, (u.kb0 + i) * 128, row, bars + 8 * i);
+            }
+        }
+        DSV4_PDL_WAIT();
+        int it = 0; /* items through the ring */
+        for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
+            const f8_tile u = f8_at(p, t);
+            const bool exact = f8_tile_exact(p, u);
+            if (!exact && t != (int)blockIdx.x) continue; /* the consumers compute it in f32 */
+            const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
+            const int n_it = exact ? u.kb1 - u.kb0 : first;
+            for (int i = 0; i < n_it; i++, it++) {
+                const int s = it % NST, ph = (it / NST) & 1, kb = u.kb0 + i;
+                const uint32_t full = bars + 8 * s, st = ring + s * S::STAGE;
+                if (it >= NST && lead) f8_bar_wait(bars + 8 * (NST + s), ph ^ 1);
+                if (lead) {
+                    const bool have_a = it < first && t == (int)blockIdx.x;
+                    f8_arrive_tx(full, (have_a ? 0 : S::A) + S::B + S::S);
+                    if (!have_a) f8_tma(st, &tw, kb * 128, row, full);
+                    f8_tma(st + S::A, &tx, 0, (int)((u.kbg + kb) * TOK), full);
+                    f8_bulk(scl + s * S::S, f8_scales[p.ws] + (u.kbg + kb) * TOK, S::S, full);
+                }
+            }
+        }
+    } else { /* ---- consumers: rows 16 warp + g, + 8; tokens 8 nt + 2 t, + 1 ---- */
+        DSV4_PDL_WAIT();
+        const int g = lane >> 2, tq = lane & 3;
+        int it = 0;
+        for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
+            const f8_tile u = f8_at(p, t);
+            if (!f8_tile_exact(p, u)) {
+                if (t == (int)blockIdx.x) /* pass the first tile's items (above) */
+                    for (; it < first; it++) {
+                        f8_bar_wait(bars + 8 * it, 0);
+                        f8_bar_arrive(bars + 8 * (NST + it));
+                    }
+                f8_consumer_sync(); /* part free */
+                f8_fallback<TOK>(a, u, part);
+                f8_consumer_sync();
+                if (!split) f8_store_part(a, u, part);
+                continue;
+            }
+            const int64_t rbase = a.row0 + u.g * a.nrows;
+            const int64_t rr0 = u.r0 + warp * 16 + g, rr1 = rr0 + 8;
+            const int64_t sr0 = (rbase + min(rr0, a.nrows - 1)) / 128,
+                          sr1 = (rbase + min(rr1, a.nrows - 1)) / 128;
+            float acc[NT][4];
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[nt][j] = 0.0f;
+            for (int kb = u.kb0; kb < u.kb1; kb++, it++) {
+                const int s = it % NST, ph = (it / NST) & 1;
+                const float ws0 = lin_scale(a, sr0, kb), ws1 = lin_scale(a, sr1, kb);
+                const uint32_t st = ring + s * S::STAGE;
+                f8_bar_wait(bars + 8 * s, ph);
+                float tmp[NT][4];
+                asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    f8_wgmma<NT>(tmp, f8_desc(st + 32 * q), f8_desc(st + S::A + 32 * q), q > 0);
+                asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+                asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) asm volatile("" : "+f"(tmp[nt][j])::"memory");
+                const float *xs = (const float *)(const void *)(f8_sm + NST * S::STAGE + s * S::S);
+                float x0[NT], x1[NT];
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+                    x0[nt] = xs[nt * 8 + 2 * tq], x1[nt] = xs[nt * 8 + 2 * tq + 1];
+                f8_bar_arrive(bars + 8 * (NST + s)); /* the stage is free */
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    acc[nt][0] = fmaf(tmp[nt][0], ws0 * x0[nt], acc[nt][0]);
+                    acc[nt][1] = fmaf(tmp[nt][1], ws0 * x1[nt], acc[nt][1]);
+                    acc[nt][2] = fmaf(tmp[nt][2], ws1 * x0[nt], acc[nt][2]);
+                    acc[nt][3] = fmaf(tmp[nt][3], ws1 * x1[nt], acc[nt][3]);
+                }
+            }
+            if (!split) { /* C fragment: c0, c1 at row g, tokens 2 t, 2 t + 1; c2, c3 at g + 8 */
+                float *y = a.y + u.g * a.nrows;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        const int n = nt * 8 + 2 * tq + (j & 1);
+                        const int64_t r = (j >> 1) ? rr1 : rr0;
+                        if (n < a.N && r < a.nrows) y[n * a.ldy + r] = lin_finish(a, acc[nt][j]);
+                    }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + warp * 16 + g + 8 * (j >> 1)] =
+                            acc[nt][j];
+            }
+        }
+    }
+    if (split) { /* one tile per CTA */
+        __syncthreads();
+        if (blockIdx.x < p.tiles) f8_cluster_store(a, f8_at(p, blockIdx.x), part);
+    }
+}
+
+typedef void (*f8w_fn)(const CUtensorMap, const CUtensorMap, lin_args, f8_plan);
+
+int dsv4_lin_f8w_ok(const lin_args *a)
+{
+    const int64_t rows = a->row0 + a->groups * a->nrows; /* the weight rows the call spans */
+    return a->fmt == DSV4_FORMAT_FP8 && a->skind != LIN_SCALE_NONE && a->N >= 1 && a->N <= 64 &&
+           a->cols % 128 == 0 && a->row_bytes % 16 == 0 && (uintptr_t)a->data % 16 == 0 &&
+           a->xg == a->cols && a->groups * a->cols <= F8_KMAX && (uintptr_t)a->x % 16 == 0 &&
+           a->ldx % 4 == 0 && rows < (1 << 30) && a->row_bytes < (1 << 30);
+}
+
+/* The grid: at least LIN_SMS tiles run persistent without a split; fewer are split into the
+ * most K slices (<= 8, >= 4 blocks each) that keep the grid within LIN_SMS CTAs. */
+static void f8_make_plan(const lin_args *a, f8_plan *p, int *ks)
+{
+    p->rtiles = (int)((a->nrows + F8_BM - 1) / F8_BM);
+    p->tiles = (int)(p->rtiles * a->groups);
+    p->nkb = (int)(a->cols / 128);
+    int k = 1;
+    for (int j = 2; j <= F8_KS_MAX; j++)
+        if ((int64_t)p->tiles * j <= LIN_SMS && p->nkb >= 4 * j) k = j;
+    p->spc = (p->nkb + k - 1) / k;
+    *ks = (p->nkb + p->spc - 1) / p->spc;
+}
+
+/* cuTensorMapEncodeTiled, from the driver through the runtime (no link to libcuda). */
+static PFN_cuTensorMapEncodeTiled_v12000 f8_encode_fn(void)
+{
+    static PFN_cuTensorMapEncodeTiled_v12000 fn = NULL;
+    if (!fn) {
+        void *f = NULL;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                             &q) == cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (PFN_cuTensorMapEncodeTiled_v12000)f;
+    }
+    return fn;
+}
+
+/* A 2-D map of bytes [rows][cols] (row stride ld bytes), boxes of 128 x box_rows, 128-byte
+ * swizzle, zeros past the rows. */
+static dsv4_status f8_map(CUtensorMap *m, const void *base, uint64_t rows, uint64_t cols,
+                          uint64_t ld, uint32_t box_rows)
+{
+    PFN_cuTensorMapEncodeTiled_v12000 fn = f8_encode_fn();
+    if (!fn) return dsv4_fail(DSV4_ERR_DEVICE, "cuda linear f8w: no cuTensorMapEncodeTiled");
+    const cuuint64_t dim[2] = {cols, rows}, stride[1] = {ld};
+    const cuuint32_t box[2] = {128, box_rows}, es[2] = {1, 1};
+    const CUresult r = fn(m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *)base, dim, stride, box, es,
+                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return dsv4_fail(DSV4_ERR_DEVICE, "cuda linear f8w: cuTensorMapEncodeTiled: %d", (int)r);
+    return DSV4_OK;
+}
+
+template <int TOK>
+static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaStream_t st)
+{
+    const f8w_fn fn = f8w_kernel<TOK>;
+    const int smem = f8_shape<TOK>::BYTES;
+    CUtensorMap tw, tx;
+    void *codes = NULL;
+    CUDA_TRY(cudaGetSymbolAddress(&codes, f8_codes));
+    DSV4_TRY(f8_map(&tw, a->data, (uint64_t)(a->row0 + a->groups * a->nrows),
+                    (uint64_t)a->row_bytes, (uint64_t)a->row_bytes, F8_BM));
+    DSV4_TRY(f8_map(&tx, (const uint8_t *)codes + (size_t)p->ws * sizeof f8_codes[0],
+                    (uint64_t)F8_NKB * TOK, 128, 128, TOK));
+    CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    const unsigned cx = ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, (int)LIN_SMS);
+    cudaLaunchAttribute attr;
+    cudaLaunchConfig_t cfg =
+        lin_cluster_cfg(dim3(cx, 1, (unsigned)ks), F8_THREADS, (size_t)smem, ks, st, &attr);
+    CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, tw, tx, *a, *p));
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_lin_launch_f8w(const lin_args *a, int side, cudaStream_t st)
+{
+    f8_plan p;
+    int ks;
+    f8_make_plan(a, &p, &ks);
+    p.ws = side ? 1 : 0;
+    const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : 64;
+    const int nkb_all = (int)(a->groups * p.nkb);
+    f8w_quant<<<nkb_all, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
+    CUDA_TRY(cudaGetLastError());
+    switch (tok) {
+    case 8:
+        return f8_launch<8>(a, &p, ks, st);
+    case 16:
+        return f8_launch<16>(a, &p, ks, st);
+    case 32:
+        return f8_launch<32>(a, &p, ks, st);
+    default:
+        return f8_launch<64>(a, &p, ks, st);
+    }
+}
