@@ -660,11 +660,11 @@ static int lin_path(const lin_args *a)
     return dsv4_lin_mma_ok(a) ? DSV4_LIN_PATH_MMA : DSV4_LIN_PATH_SIMT;
 }
 
-static dsv4_status lin_launch(const lin_args *a, int path, cudaStream_t st, int side)
+static dsv4_status lin_launch(const lin_args *a, int path, cudaStream_t st, void *f8w_ws)
 {
     switch (path) {
     case DSV4_LIN_PATH_F8W:
-        return dsv4_lin_launch_f8w(a, side, st);
+        return dsv4_lin_launch_f8w(a, f8w_ws, st);
     case DSV4_LIN_PATH_MMV:
         return dsv4_lin_launch_mmv(a, st);
     case DSV4_LIN_PATH_GEMV:
@@ -681,7 +681,7 @@ static dsv4_status lin_launch(const lin_args *a, int path, cudaStream_t st, int 
 static dsv4_status lin_run(dsv4_backend *b, lin_args *a)
 {
     cudaStream_t st = dsv4_cuda_stream(b->cuda);
-    const int side = dsv4_cuda_on_side(b->cuda);
+    void *const f8w_ws = dsv4_cuda_f8w_ws(b->cuda);
     const int path = lin_path(a);
     last_path = path;
     /* the grid's y holds the groups (the tiled kernels: times the 64-token tiles), <= 65535 */
@@ -694,11 +694,11 @@ static dsv4_status lin_run(dsv4_backend *b, lin_args *a)
             one.row0 = a->row0 + g * a->nrows;
             one.x = a->x + g * a->xg;
             one.y = a->y + g * a->nrows;
-            DSV4_TRY(lin_launch(&one, path, st, side));
+            DSV4_TRY(lin_launch(&one, path, st, f8w_ws));
         }
         return DSV4_OK;
     }
-    return lin_launch(a, path, st, side);
+    return lin_launch(a, path, st, f8w_ws);
 }
 
 extern "C" dsv4_status dsv4_cuda_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0,

@@ -15,8 +15,10 @@ extern "C" {
 /* The stream every launch of a context goes to (context.cu). */
 typedef struct dsv4_cuda_ctx dsv4_cuda_ctx;
 cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx);
-/* Whether launches go to the side stream now (per-stream workspaces: linear_f8w.cu). */
-int dsv4_cuda_on_side(dsv4_cuda_ctx *ctx);
+/* F8W's workspace of the stream launches go to now (dsv4_lin_f8w_ws_bytes, one per stream, so
+ * the side stream's projections do not share it; linear_f8w.cu). */
+void *dsv4_cuda_f8w_ws(dsv4_cuda_ctx *ctx);
+size_t dsv4_lin_f8w_ws_bytes(void);
 
 /* Launch check: the last launch's configuration error, as CUDA_TRY. */
 #define CUDA_LAUNCHED() CUDA_TRY(cudaGetLastError())

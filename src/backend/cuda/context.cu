@@ -21,6 +21,7 @@ struct dsv4_cuda_ctx {
     cudaEvent_t fork, join;
     int on_side;      /* launches go to side */
     int join_pending; /* side_end recorded join; side_join not yet waited */
+    void *f8w_ws[2];  /* F8W's x codes, one per stream (main, side): linear_f8w.cu */
 };
 
 extern "C" dsv4_status dsv4_cuda_ctx_create(int device, dsv4_cuda_ctx **out)
@@ -41,6 +42,9 @@ extern "C" dsv4_status dsv4_cuda_ctx_create(int device, dsv4_cuda_ctx **out)
         err = cudaStreamCreateWithPriority(&ctx->side, cudaStreamNonBlocking, greatest);
     if (err == cudaSuccess) err = cudaEventCreateWithFlags(&ctx->fork, cudaEventDisableTiming);
     if (err == cudaSuccess) err = cudaEventCreateWithFlags(&ctx->join, cudaEventDisableTiming);
+    /* allocated here, not on first use, which may come inside a graph capture */
+    for (int i = 0; i < 2 && err == cudaSuccess; i++)
+        err = cudaMalloc(&ctx->f8w_ws[i], dsv4_lin_f8w_ws_bytes());
     if (err != cudaSuccess) {
         dsv4_cuda_ctx_destroy(ctx);
         return dsv4_fail(DSV4_ERR_DEVICE, "creating a context on CUDA device %d: %s", device,
@@ -54,6 +58,8 @@ extern "C" void dsv4_cuda_ctx_destroy(dsv4_cuda_ctx *ctx)
 {
     if (!ctx) return;
     cudaSetDevice(ctx->device);
+    for (int i = 0; i < 2; i++)
+        if (ctx->f8w_ws[i]) cudaFree(ctx->f8w_ws[i]);
     if (ctx->join) cudaEventDestroy(ctx->join);
     if (ctx->fork) cudaEventDestroy(ctx->fork);
     if (ctx->side) cudaStreamDestroy(ctx->side);
@@ -168,7 +174,7 @@ cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx)
     return ctx->on_side ? ctx->side : ctx->stream;
 }
 
-int dsv4_cuda_on_side(dsv4_cuda_ctx *ctx)
+void *dsv4_cuda_f8w_ws(dsv4_cuda_ctx *ctx)
 {
-    return ctx->on_side;
+    return ctx->f8w_ws[ctx->on_side ? 1 : 0];
 }

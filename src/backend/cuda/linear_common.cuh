@@ -227,9 +227,9 @@ int dsv4_lin_fmm_ok(const lin_args *a);
 int dsv4_lin_fmm_wins(const lin_args *a);
 dsv4_status dsv4_lin_launch_fmm(const lin_args *a, cudaStream_t st);
 /* F8W (linear_f8w.cu): FP8 on e4m3 wgmma from a shared-memory ring, x quantised per call into
- * the workspace of the stream (side: the side stream's). */
+ * ws, the workspace of the launch's stream (dsv4_cuda_f8w_ws). */
 int dsv4_lin_f8w_ok(const lin_args *a);
-dsv4_status dsv4_lin_launch_f8w(const lin_args *a, int side, cudaStream_t st);
+dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st);
 /* MMX (linear_fp8mma.cu): dsv4_bk_linear_multi's entries as one tensor-core launch, FP8 and BF16
  * weights, N <= 64, every entry the same N; *_ok: whether an entry can join. force_ks > 0: that
  * K split (1..8), else the planner's; *ks: the split taken. */

@@ -16,13 +16,15 @@
  * max(amax, 1e-4) / 448)) (act_quant's scale, quant_dev.cuh) and the codes x / s as e4m3, and
  * per block whether every token's codes are exact (e4m3(x / s) s == x for all 128 columns). A
  * tile whose blocks are all exact takes the wgmma path; any other tile (x not an act_quant output,
- * NaN, ...) is computed by the consumer warpgroup in plain f32 (slow, exact products, f32 sums:
- * within test_gpu_linear's f32 bound), so that no x is ever rounded. The engine's act_quant inputs
- * (linear_q: wq_b, wo_b, indexer wq_b) are always exact; wo_a's x (the attention output, bf16,
- * not quantised) is not, so the dispatcher keeps grouped calls on FMM. The codes live in a static
- * device workspace, one per stream (main, side: the indexer's wq_b runs beside the query chain);
- * kernels of one stream follow each other under PDL only after the previous grid completed, so
- * a prologue never overwrites codes still being read.
+ * NaN, ...) is computed by the consumer warpgroup in plain f32 (exact products, f32 sums: within
+ * test_gpu_linear's f32 bound), so that no x is ever rounded; that path is a correctness net, not
+ * a fast one (~12 ms for Flash's wq_b at N = 64): the dispatcher sends F8W only the shapes of the
+ * engine's act_quant inputs (linear_q: wq_b, wo_b, indexer wq_b), which are always exact; wo_a's
+ * x (the attention output, bf16, not quantised) is not, so grouped calls stay on FMM. The codes
+ * live in a device workspace of the context, one per stream (main, side: the indexer's wq_b runs
+ * beside the query chain; context.cu allocates them); kernels of one stream follow each other
+ * under PDL only after the previous grid completed, so a prologue never overwrites codes still
+ * being read.
  *
  * Numerics (the official fp8_gemm and DeepGEMM's): per 128-K block the block's four k32 wgmmas
  * into a fresh f32 accumulator (e4m3 x e4m3 products exact; the tensor cores' sum inside a block
@@ -59,9 +61,32 @@ enum { F8_THREADS = 160, F8_CONSUMERS = 128, F8_BM = 64, F8_KS_MAX = 8, F8_SMEM 
 /* The workspace: x up to F8_KMAX columns (groups * cols) of 64 tokens, per stream. */
 enum { F8_KMAX = 32768, F8_TOKMAX = 64, F8_NKB = F8_KMAX / 128 };
 
-__device__ __align__(1024) uint8_t f8_codes[2][F8_NKB * F8_TOKMAX * 128]; /* [kb][TOK][128] */
-__device__ __align__(16) float f8_scales[2][F8_NKB * F8_TOKMAX];          /* [kb][TOK] */
-__device__ int f8_exact[2][F8_NKB]; /* [kb]: every token's codes exact */
+/* A workspace (per context and stream: context.cu): codes [kb][TOK][128] e4m3, then scales
+ * [kb][TOK] f32, then exact [kb] (every token's codes of block kb exact). */
+enum {
+    F8_WS_CODES = F8_NKB * F8_TOKMAX * 128,
+    F8_WS_SCALES = F8_NKB * F8_TOKMAX * 4,
+    F8_WS_BYTES = F8_WS_CODES + F8_WS_SCALES + F8_NKB * 4
+};
+struct f8_ws {
+    uint8_t *codes;
+    float *scales;
+    int *exact;
+};
+
+static f8_ws f8_ws_at(void *base)
+{
+    f8_ws w;
+    w.codes = (uint8_t *)base;
+    w.scales = (float *)(void *)(w.codes + F8_WS_CODES);
+    w.exact = (int *)(void *)(w.codes + F8_WS_CODES + F8_WS_SCALES);
+    return w;
+}
+
+size_t dsv4_lin_f8w_ws_bytes(void)
+{
+    return F8_WS_BYTES;
+}
 
 template <int TOK> struct f8_shape {
     static constexpr int A = F8_BM * 128, B = TOK * 128, S = TOK * 4;
@@ -92,7 +117,7 @@ template <int TOK> struct f8_shape {
 /* x [N, nkb 128] (ldx) -> workspace ws; grid nkb, 256 threads: warp w the tokens w, w + 8, ..
  * < TOK (past N: zero codes, scale 1). */
 __global__ void __launch_bounds__(256)
-    f8w_quant(const float *x, int64_t ldx, int N, int TOK, int ws)
+    f8w_quant(const float *x, int64_t ldx, int N, int TOK, f8_ws ws)
 {
     DSV4_PDL_WAIT();
     const int kb = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -117,11 +142,11 @@ __global__ void __launch_bounds__(256)
                                                               : v.w));
             word |= (uint32_t)c << (8 * k);
         }
-        *(uint32_t *)(void *)(f8_codes[ws] + ((int64_t)kb * TOK + n) * 128 + 4 * lane) = word;
-        if (lane == 0) f8_scales[ws][(int64_t)kb * TOK + n] = s;
+        *(uint32_t *)(void *)(ws.codes + ((int64_t)kb * TOK + n) * 128 + 4 * lane) = word;
+        if (lane == 0) ws.scales[(int64_t)kb * TOK + n] = s;
     }
     bad = __syncthreads_or(bad);
-    if (threadIdx.x == 0) f8_exact[ws][kb] = !bad;
+    if (threadIdx.x == 0) ws.exact[kb] = !bad;
 }
 
 /* ---- ring primitives ------------------------------------------------------------------------- */
@@ -246,7 +271,7 @@ __device__ __forceinline__ void f8_wgmma<8>(float (&d)[8][4], uint64_t da, uint6
 typedef struct f8_plan {
     int rtiles, tiles; /* 64-row tiles per group, in all */
     int nkb, spc;      /* 128-column blocks of a group's row, per K slice */
-    int ws;            /* workspace (stream) */
+    f8_ws ws;          /* the stream's workspace */
 } f8_plan;
 
 /* Tile t's K slice: its group, first row in the group, blocks [kb0, kb1), and the group's first
@@ -273,7 +298,7 @@ __device__ __forceinline__ bool f8_tile_exact(const f8_plan &p, const f8_tile &u
 {
     const int lane = threadIdx.x & 31;
     int bad = 0;
-    for (int kb = u.kb0 + lane; kb < u.kb1; kb += 32) bad |= !f8_exact[p.ws][u.kbg + kb];
+    for (int kb = u.kb0 + lane; kb < u.kb1; kb += 32) bad |= !p.ws.exact[u.kbg + kb];
     return !__any_sync(0xffffffffu, bad);
 }
 
@@ -407,7 +432,7 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
                     f8_arrive_tx(full, (have_a ? 0 : S::A) + S::B + S::S);
                     if (!have_a) f8_tma(st, &tw, kb * 128, row, full);
                     f8_tma(st + S::A, &tx, 0, (int)((u.kbg + kb) * TOK), full);
-                    f8_bulk(scl + s * S::S, f8_scales[p.ws] + (u.kbg + kb) * TOK, S::S, full);
+                    f8_bulk(scl + s * S::S, p.ws.scales + (u.kbg + kb) * TOK, S::S, full);
                 }
             }
         }
@@ -557,12 +582,9 @@ static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaSt
     const f8w_fn fn = f8w_kernel<TOK>;
     const int smem = f8_shape<TOK>::BYTES;
     CUtensorMap tw, tx;
-    void *codes = NULL;
-    CUDA_TRY(cudaGetSymbolAddress(&codes, f8_codes));
     DSV4_TRY(f8_map(&tw, a->data, (uint64_t)(a->row0 + a->groups * a->nrows),
                     (uint64_t)a->row_bytes, (uint64_t)a->row_bytes, F8_BM));
-    DSV4_TRY(f8_map(&tx, (const uint8_t *)codes + (size_t)p->ws * sizeof f8_codes[0],
-                    (uint64_t)F8_NKB * TOK, 128, 128, TOK));
+    DSV4_TRY(f8_map(&tx, p->ws.codes, (uint64_t)F8_NKB * TOK, 128, 128, TOK));
     CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     const unsigned cx = ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, (int)LIN_SMS);
     cudaLaunchAttribute attr;
@@ -572,12 +594,12 @@ static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaSt
     return DSV4_OK;
 }
 
-dsv4_status dsv4_lin_launch_f8w(const lin_args *a, int side, cudaStream_t st)
+dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st)
 {
     f8_plan p;
     int ks;
     f8_make_plan(a, &p, &ks);
-    p.ws = side ? 1 : 0;
+    p.ws = f8_ws_at(ws);
     const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : 64;
     const int nkb_all = (int)(a->groups * p.nkb);
     f8w_quant<<<nkb_all, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
