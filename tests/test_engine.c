@@ -11,7 +11,10 @@
  *     projection takes another kernel than a many-row one, the rows of a batch in another order
  *     must be bit-identical instead;
  *  3. (CUDA) graph replay (programmatic dependent launch on) == eager launch, bit for bit;
- *  4. fork (slot copy) and reset + refill reproduce the logits.
+ *  4. fork (slot copy) and reset + refill reproduce the logits;
+ *  5. every position's logits of a scoring prefill against the session's;
+ *  6. (CUDA) a step of 17 rows replays the 24-row bucket's graph (padding rows): within the GPU
+ *     bound of the same rows launched eagerly.
  *
  * Bounds. On the CPU the engine runs the session's own arithmetic: the only difference is the
  * row count of a projection call (cpu_linear.h: one-token and many-token calls may differ in
@@ -289,6 +292,49 @@ out:
     free(ids);
 }
 
+/* 6. (CUDA) a step of 17 rows replays the graph of the 24-row bucket (7 padding rows): each
+ * row within the GPU's bound of the same 17 rows launched eagerly (the kernels' plans, hence
+ * their f32 summation order, may depend on the padded row count). */
+static void graph_bucket(dsv4_model *m, int V)
+{
+    enum { NR = 17, SL = 20 };
+    dsv4_engine *eg = make_engine(m, SL, 1), *ee = make_engine(m, SL, 0);
+    float *lg = malloc((size_t)NR * V * 4), *le = malloc((size_t)NR * V * 4);
+    int32_t ids[64], slots[NR], tok[NR];
+    if (!eg || !ee || !lg || !le) goto out;
+    for (int k = 0; k < NR; k++) {
+        const int n = 5 + 3 * k;
+        prompt(ids, n, 20 + k, V);
+        CHECK(dsv4_engine_prefill(eg, k, ids, n, NULL) == DSV4_OK);
+        CHECK(dsv4_engine_prefill(ee, k, ids, n, NULL) == DSV4_OK);
+        slots[k] = k;
+        tok[k] = ids[n - 1];
+    }
+    double worst = 0.0;
+    for (int step = 0; step < 3; step++) {
+        CHECK_MSG(dsv4_engine_decode(eg, slots, tok, NR, lg) == DSV4_OK, "%s", dsv4_last_error());
+        CHECK_MSG(dsv4_engine_decode(ee, slots, tok, NR, le) == DSV4_OK, "%s", dsv4_last_error());
+        CHECK_MSG(dsv4_engine_graph_kernels(eg, NR) > 0, "no graph for %d rows", NR);
+        for (int k = 0; k < NR; k++) {
+            int am, bm;
+            double margin;
+            const double err =
+                row_err(lg + (size_t)k * V, le + (size_t)k * V, V, &am, &bm, &margin);
+            worst = err > worst ? err : worst;
+            CHECK_MSG(err <= tol(), "graph bucket row %d step %d: %.3g of the range", k, step, err);
+            tok[k] = bm;
+        }
+    }
+    printf("  graph of the 24-row bucket vs eager, 3 steps x %d rows: worst %.3g of the range "
+           "(bound %.3g)\n",
+           NR, worst, tol());
+out:
+    dsv4_engine_destroy(eg);
+    dsv4_engine_destroy(ee);
+    free(lg);
+    free(le);
+}
+
 /* 5. scoring: every position's logits (dsv4_engine_prefill_all) against the session's */
 static void score_all(dsv4_model *m, dsv4_engine *e, int V)
 {
@@ -371,6 +417,7 @@ int main(int argc, char **argv)
         }
         dsv4_engine_destroy(e);
         batch_vs_single(m, V);
+        if (device == DSV4_DEVICE_CUDA) graph_bucket(m, V);
         dsv4_model_close(m);
     }
     dsv4_cpu_pool_destroy(pool);

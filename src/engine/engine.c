@@ -490,7 +490,7 @@ void dsv4_engine_destroy(dsv4_engine *e)
 {
     if (!e) return;
     if (e->b) {
-        for (int i = 0; i < 16; i++) dsv4_bk_graph_free(e->b, e->graphs[i]);
+        for (int i = 0; i < ENG_BUCKETS; i++) dsv4_bk_graph_free(e->b, e->graphs[i]);
         for (int li = 0; e->L && li < e->n_layers; li++)
             layer_free(e->b, &e->L[li], e->c->n_routed_experts);
         if (e->embed.data) dsv4_bk_weight_free(e->b, &e->embed);
@@ -677,12 +677,25 @@ dsv4_status dsv4_engine_prefill_all(dsv4_engine *e, int slot, const int32_t *ids
     return prefill(e, slot, ids, n, logits, 1);
 }
 
-/* The graph bucket of n rows: the smallest power of two >= n within max_chunk, or -1. */
+/* Rows of graph bucket i: 1, 2, 4, 8; then steps of 8 to 64, of 32 to 256, and powers of two
+ * to 32,768 (ENG_BUCKETS in all). A step of n rows replays the graph of the smallest bucket >= n,
+ * its other rows padding (the scratch slot), so buckets as coarse as powers of two ran batch 48
+ * as 64 rows: H100, dsv4 bench --shape flash --layers 4, batch 48 8.38 ms/step in the 64-row
+ * graph against 8.10 at batch 64 itself (the padding rows share one token, so its experts take
+ * 16 more tokens) and 6.94 run eagerly at 48 rows (docs/PERF.md, session 11). */
+static int bucket_rows(int i)
+{
+    return i < 4 ? 1 << i : i < 11 ? 8 * (i - 2) : i < 17 ? 32 * (i - 8) : 256 << (i - 16);
+}
+
+/* The graph bucket of n rows: the smallest bucket >= n within max_chunk, or -1. */
 static int bucket(const dsv4_engine *e, int n)
 {
-    int i = 0;
-    while ((1 << i) < n) i++;
-    return (1 << i) <= e->o.max_chunk && (1 << i) <= e->logit_rows && i < 16 ? i : -1;
+    for (int i = 0; i < ENG_BUCKETS; i++) {
+        const int r = bucket_rows(i);
+        if (r >= n) return r <= e->o.max_chunk && r <= e->logit_rows ? i : -1;
+    }
+    return -1;
 }
 
 int dsv4_engine_graph_kernels(const dsv4_engine *e, int n)
@@ -712,7 +725,7 @@ dsv4_status dsv4_engine_decode(dsv4_engine *e, const int32_t *slots, const int32
     const int mc = e->o.max_chunk;
     const int use_graph = e->o.graphs && e->b->kind == DSV4_DEVICE_CUDA && !e->b->prof;
     const int bi = use_graph ? bucket(e, n) : -1;
-    const int rows = bi >= 0 ? 1 << bi : n;
+    const int rows = bi >= 0 ? bucket_rows(bi) : n;
     for (int i = 0; i < rows; i++) { /* padding rows: the scratch slot S at position 0 */
         e->hrows[i] = i < n ? slots[i] : e->S;
         e->hrows[mc + i] = i < n ? (int32_t)e->pos[slots[i]] : 0;

@@ -9,6 +9,9 @@
 #include "engine/engine.h"
 #include "model/model.h"
 
+/* Decode graph buckets (engine.c bucket_rows: 1 .. 32,768 rows). */
+enum { ENG_BUCKETS = 24 };
+
 /* One compressor's state for all slots: rows ring [S, Rc, width] (kv and gate), entries
  * [S, cap, dim]. */
 typedef struct eng_comp {
@@ -65,11 +68,12 @@ struct dsv4_engine {
     float *norm, *hc_head_base, hc_head_scale;
     float *rope_main, *rope_comp; /* [rope_dim / 2] */
     eng_scratch s;
-    int64_t *pos;          /* [S + 1] host: tokens held per slot */
-    int32_t *hrows;        /* [3, max_chunk] host staging of the rows */
-    void *graphs[16];      /* decode graph of bucket 2^i rows (NULL until first use) */
-    int graph_kernels[16]; /* kernel launches in graphs[i] */
-    int last_rows;         /* rows of logits written by the last step */
+    int64_t *pos;                   /* [S + 1] host: tokens held per slot */
+    int32_t *hrows;                 /* [3, max_chunk] host staging of the rows */
+    void *graphs[ENG_BUCKETS];      /* decode graph of bucket i (engine.c bucket_rows; NULL
+                                       until first use) */
+    int graph_kernels[ENG_BUCKETS]; /* kernel launches in graphs[i] */
+    int last_rows;                  /* rows of logits written by the last step */
 };
 
 /* The layer loop: runs one step over n rows already uploaded to e->s.rows (slot, pos, ids);
