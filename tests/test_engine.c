@@ -297,7 +297,7 @@ out:
  * their f32 summation order, may depend on the padded row count). */
 static void graph_bucket(dsv4_model *m, int V)
 {
-    enum { NR = 17, SL = 20 };
+    enum { NR = 17, SL = 24 }; /* SL >= the bucket: its graph needs that many logit rows */
     dsv4_engine *eg = make_engine(m, SL, 1), *ee = make_engine(m, SL, 0);
     float *lg = malloc((size_t)NR * V * 4), *le = malloc((size_t)NR * V * 4);
     int32_t ids[64], slots[NR], tok[NR];
