@@ -677,15 +677,15 @@ dsv4_status dsv4_engine_prefill_all(dsv4_engine *e, int slot, const int32_t *ids
     return prefill(e, slot, ids, n, logits, 1);
 }
 
-/* Rows of graph bucket i: 1, 2, 4, 8; then steps of 8 to 64, of 32 to 256, and powers of two
- * to 32,768 (ENG_BUCKETS in all). A step of n rows replays the graph of the smallest bucket >= n,
- * its other rows padding (the scratch slot), so buckets as coarse as powers of two ran batch 48
- * as 64 rows: H100, dsv4 bench --shape flash --layers 4, batch 48 8.38 ms/step in the 64-row
- * graph against 8.10 at batch 64 itself (the padding rows share one token, so its experts take
- * 16 more tokens) and 6.94 run eagerly at 48 rows (docs/PERF.md, session 11). */
+/* Rows of graph bucket i: every count to 16, then steps of 8 to 64, of 32 to 256, and powers of
+ * two to 32,768 (ENG_BUCKETS in all). A step of n rows replays the graph of the smallest bucket
+ * >= n, its other rows padding (the scratch slot at position 0, one token, so they route to the
+ * same experts and add up to K of them). Buckets as coarse as powers of two ran batch 48 as 64
+ * rows: H100, dsv4 bench --shape flash --layers 4, batch 48 8.38 ms/step in the 64-row graph
+ * against 8.10 at batch 64 itself and 6.83 in a 48-row one (docs/PERF.md, session 11). */
 static int bucket_rows(int i)
 {
-    return i < 4 ? 1 << i : i < 11 ? 8 * (i - 2) : i < 17 ? 32 * (i - 8) : 256 << (i - 16);
+    return i < 16 ? i + 1 : i < 22 ? 8 * (i - 13) : i < 28 ? 32 * (i - 19) : 512 << (i - 28);
 }
 
 /* The graph bucket of n rows: the smallest bucket >= n within max_chunk, or -1. */
