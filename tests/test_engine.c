@@ -13,8 +13,8 @@
  *  3. (CUDA) graph replay (programmatic dependent launch on) == eager launch, bit for bit;
  *  4. fork (slot copy) and reset + refill reproduce the logits;
  *  5. every position's logits of a scoring prefill against the session's;
- *  6. (CUDA) a step of 17 rows replays the 24-row bucket's graph (padding rows): within the GPU
- *     bound of the same rows launched eagerly.
+ *  6. (CUDA) a step of 65 rows replays the 96-row bucket's graph (31 padding rows): within the
+ *     GPU bound of the same rows launched eagerly.
  *
  * Bounds. On the CPU the engine runs the session's own arithmetic: the only difference is the
  * row count of a projection call (cpu_linear.h: one-token and many-token calls may differ in
@@ -292,18 +292,18 @@ out:
     free(ids);
 }
 
-/* 6. (CUDA) a step of 17 rows replays the graph of the 24-row bucket (7 padding rows): each
- * row within the GPU's bound of the same 17 rows launched eagerly (the kernels' plans, hence
+/* 6. (CUDA) a step of 65 rows replays the graph of the 96-row bucket (31 padding rows): each
+ * row within the GPU's bound of the same 65 rows launched eagerly (the kernels' plans, hence
  * their f32 summation order, may depend on the padded row count). */
 static void graph_bucket(dsv4_model *m, int V)
 {
-    enum { NR = 17, SL = 24 }; /* SL >= the bucket: its graph needs that many logit rows */
+    enum { NR = 65, SL = 96 }; /* SL >= the bucket: its graph needs that many logit rows */
     dsv4_engine *eg = make_engine(m, SL, 1), *ee = make_engine(m, SL, 0);
     float *lg = malloc((size_t)NR * V * 4), *le = malloc((size_t)NR * V * 4);
-    int32_t ids[64], slots[NR], tok[NR];
+    int32_t ids[32], slots[NR], tok[NR];
     if (!eg || !ee || !lg || !le) goto out;
     for (int k = 0; k < NR; k++) {
-        const int n = 5 + 3 * k;
+        const int n = 5 + k % 23;
         prompt(ids, n, 20 + k, V);
         CHECK(dsv4_engine_prefill(eg, k, ids, n, NULL) == DSV4_OK);
         CHECK(dsv4_engine_prefill(ee, k, ids, n, NULL) == DSV4_OK);
@@ -325,7 +325,7 @@ static void graph_bucket(dsv4_model *m, int V)
             tok[k] = bm;
         }
     }
-    printf("  graph of the 24-row bucket vs eager, 3 steps x %d rows: worst %.3g of the range "
+    printf("  graph of the 96-row bucket vs eager, 3 steps x %d rows: worst %.3g of the range "
            "(bound %.3g)\n",
            NR, worst, tol());
 out:

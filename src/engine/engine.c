@@ -677,15 +677,16 @@ dsv4_status dsv4_engine_prefill_all(dsv4_engine *e, int slot, const int32_t *ids
     return prefill(e, slot, ids, n, logits, 1);
 }
 
-/* Rows of graph bucket i: every count to 16, then steps of 8 to 64, of 32 to 256, and powers of
- * two to 32,768 (ENG_BUCKETS in all). A step of n rows replays the graph of the smallest bucket
- * >= n, its other rows padding (the scratch slot at position 0, one token, so they route to the
- * same experts and add up to K of them). Buckets as coarse as powers of two ran batch 48 as 64
- * rows: H100, dsv4 bench --shape flash --layers 4, batch 48 8.38 ms/step in the 64-row graph
- * against 8.10 at batch 64 itself and 6.83 in a 48-row one (docs/PERF.md, session 11). */
+/* Rows of graph bucket i: every count to 64, then steps of 32 to 256 and powers of two to
+ * 32,768 (ENG_BUCKETS in all; a graph is captured on a bucket's first use). A step of n rows
+ * replays the graph of the smallest bucket >= n, its other rows padding (the scratch slot at
+ * position 0). Padding costs whole rows: H100, dsv4 bench --contexts 4096, Flash 4 layers, batch
+ * 48 took 8.38 ms/step in the 64-row graph (8.10 at batch 64 itself) and 6.89 in a 48-row one,
+ * batch 17 4.54 in a 24-row graph and 3.91 in its own, batch 5 2.28 in the 8-row graph and 1.90
+ * in its own (docs/PERF.md, session 11). */
 static int bucket_rows(int i)
 {
-    return i < 16 ? i + 1 : i < 22 ? 8 * (i - 13) : i < 28 ? 32 * (i - 19) : 512 << (i - 28);
+    return i < 64 ? i + 1 : i < 70 ? 32 * (i - 61) : 512 << (i - 70);
 }
 
 /* The graph bucket of n rows: the smallest bucket >= n within max_chunk, or -1. */
