@@ -9,7 +9,7 @@
  *   F8W   9 <= N <= 64, FP8 weights of >= 4096 rows, ungrouped (f8w_wins): x quantised per call
  *         to e4m3 codes (exact, else an f32 path), e4m3 wgmma from a TMA-fed shared-memory ring
  *         (linear_f8w.cu);
- *   MMV   N <= 16 (decode), FP8 and BF16 weights, where it is faster than the GEMV (N >= 5,
+ *   MMV   N <= 16 (BF16: 32), FP8 and BF16 weights, where it is faster than the GEMV (N >= 5,
  *         or large matrices; mmv_wins): tensor cores with the weight rows as the 16-row operand
  *         and the tokens as the 8-column one (linear_mmv.cu);
  *   GEMV  N <= 16 otherwise (small N, the other formats, widths MMV does not take): f32 FMAs,

@@ -1,9 +1,9 @@
 /*
- * linear_mmv.cu - the decode projection on tensor cores (MMV): y = x W^T for N <= 16 rows of x,
- * FP8 and BF16 weights, dispatched by bk_linear.cu. Decode batches of 5-16 rows are where the
- * f32 FMA GEMV stops streaming (it re-reads x from L1 for every weight row pair and, at N = 16,
- * needs more f32 FMAs than the H100 has); on tensor cores the FMAs are free and x is read once
- * per CTA from shared memory.
+ * linear_mmv.cu - the decode projection on tensor cores (MMV): y = x W^T for N <= 16 rows of x
+ * (BF16 weights: N <= 32), FP8 and BF16 weights, dispatched by bk_linear.cu. Decode batches of 5-16
+ * rows are where the f32 FMA GEMV stops streaming (it re-reads x from L1 for every weight row pair
+ * and, at N = 16, needs more f32 FMAs than the H100 has); on tensor cores the FMAs are free and x
+ * is read once per CTA from shared memory.
  *
  * Two kernels of the same numerics. mmv_kernel: any shape; each warp loads one step of its rows
  * at a time (the first before the PDL wait). mmv_pipe_kernel, where it takes the call (FP8, N <=
@@ -26,9 +26,9 @@
 #include <string.h>
 
 /* ---- MMV: decode GEMV on tensor cores --------------------------------------------------------
- * y [N, nrows] = x [N, cols] . W^T for N <= 16, FP8 (e4m3, 128 x 128 block scales) and BF16
- * weights, as mma.sync m16n8k16 with the weight rows as the 16-row operand A and the tokens,
- * padded to 8 (N <= 8) or 16, as the 8-column operand B; f32 accumulation. The f32 FMA GEMV
+ * y [N, nrows] = x [N, cols] . W^T for N <= 16 (BF16: 32), FP8 (e4m3, 128 x 128 block scales) and
+ * BF16 weights, as mma.sync m16n8k16 with the weight rows as the 16-row operand A and the tokens,
+ * padded to 8 (N <= 8), 16 or 32, as the 8-column operand B; f32 accumulation. The f32 FMA GEMV
  * cannot go past N ~ 4 at bandwidth (16 FMAs per FP8 weight byte at N = 16 exceed the H100's f32
  * rate), the tensor cores have room to spare.
  *
@@ -566,16 +566,24 @@ __global__ void __launch_bounds__(MV_THREADS, 2) mmv_kernel(lin_args a, int rw_l
 typedef void (*mmv_fn)(lin_args, int, int);
 
 /* Bytes of x staging per step (slots, and the FP8 scales). */
+static int mmv_nt(const lin_args *a)
+{
+    return a->N <= 8 ? 1 : a->N <= 16 ? 2 : 4;
+}
+
 static int64_t mmv_step_bytes(const lin_args *a)
 {
-    const int f16 = a->fmt == DSV4_FORMAT_FP8, NT = a->N <= 8 ? 1 : 2;
+    const int f16 = a->fmt == DSV4_FORMAT_FP8, NT = mmv_nt(a);
     return (int64_t)NT * (f16 ? 8 : 4) * 512 + (f16 ? 32 * NT : 0);
 }
 
 int dsv4_lin_mmv_ok(const lin_args *a)
 {
     const int fp8 = a->fmt == DSV4_FORMAT_FP8 && a->skind != LIN_SCALE_NONE;
-    if (!(fp8 || a->fmt == DSV4_FORMAT_BF16) || a->N > 16 || (uintptr_t)a->data % 16) return 0;
+    /* BF16 up to 32 rows (four token tiles: the LM head and the gate above 16 rows, which the
+     * tiled MMA kernel took at half the bandwidth), FP8 up to 16 (F8W above) */
+    if (!(fp8 || a->fmt == DSV4_FORMAT_BF16) || a->N > (fp8 ? 16 : 32) || (uintptr_t)a->data % 16)
+        return 0;
     const int64_t SC = fp8 ? 128 : 64;
     if (a->cols % SC || a->row_bytes % 16) return 0;
     /* a K slice of at most 16 clusters' ranks must fit the staging limit */
@@ -630,9 +638,9 @@ dsv4_status dsv4_lin_launch_mmv(const lin_args *a, cudaStream_t st)
         return DSV4_OK;
     }
 
-    static const mmv_fn table[2][2] = {{mmv_kernel<0, 1>, mmv_kernel<0, 2>},
-                                       {mmv_kernel<1, 1>, mmv_kernel<1, 2>}};
-    const int f16 = a->fmt == DSV4_FORMAT_FP8, NT = a->N <= 8 ? 1 : 2;
+    static const mmv_fn table[2][3] = {{mmv_kernel<0, 1>, mmv_kernel<0, 2>, mmv_kernel<0, 4>},
+                                       {mmv_kernel<1, 1>, mmv_kernel<1, 2>, NULL}};
+    const int f16 = a->fmt == DSV4_FORMAT_FP8, NT = mmv_nt(a);
     const int64_t nsteps = a->cols / (f16 ? 128 : 64), step_bytes = mmv_step_bytes(a);
     const int64_t cap = MV_STAGE_MAX / step_bytes;
     /* the fewest K slices whose x fits the staging area, then (per choice of row warps) more,
@@ -655,7 +663,7 @@ dsv4_status dsv4_lin_launch_mmv(const lin_args *a, cudaStream_t st)
     const int TOK = 8 * NT;
     const int64_t stage = spc * step_bytes, red = (int64_t)4 * TOK * MV_THREADS;
     const size_t smem = (size_t)(stage > red ? stage : red);
-    const mmv_fn fn = table[f16][NT - 1];
+    const mmv_fn fn = table[f16][NT == 4 ? 2 : NT - 1]; /* NT 4: BF16 only (dsv4_lin_mmv_ok) */
     if (smem > 48 * 1024)
         CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     if (ks > 8)
