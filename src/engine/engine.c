@@ -677,7 +677,7 @@ dsv4_status dsv4_engine_prefill_all(dsv4_engine *e, int slot, const int32_t *ids
     return prefill(e, slot, ids, n, logits, 1);
 }
 
-/* Rows of graph bucket i: every count to 64, then steps of 32 to 256 and powers of two to
+/* Rows of graph bucket i: every count to 64, then steps of 8 to 256 and powers of two to
  * 32,768 (ENG_BUCKETS in all; a graph is captured on a bucket's first use). A step of n rows
  * replays the graph of the smallest bucket >= n, its other rows padding (the scratch slot at
  * position 0). Padding costs whole rows: H100, dsv4 bench --contexts 4096, Flash 4 layers, batch
@@ -686,7 +686,7 @@ dsv4_status dsv4_engine_prefill_all(dsv4_engine *e, int slot, const int32_t *ids
  * in its own (docs/PERF.md, session 11). */
 static int bucket_rows(int i)
 {
-    return i < 64 ? i + 1 : i < 70 ? 32 * (i - 61) : 512 << (i - 70);
+    return i < 64 ? i + 1 : i < 88 ? 8 * (i - 55) : 512 << (i - 88);
 }
 
 /* The graph bucket of n rows: the smallest bucket >= n within max_chunk, or -1. */
