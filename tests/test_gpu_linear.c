@@ -31,7 +31,8 @@
  * depth * 2^-24 * S; random-sign data stays far below). With round_bf16 the GPU's value must be
  * the bf16 rounding of some real within that bound of the CPU's unrounded sum: the two differ by
  * one bf16 ulp (2^-8 relative) at most, and only where the CPU sum lies within 1e-5 * S of a
- * rounding boundary. * F8W (FP8 x FP8 wgmma, linear_f8w.cu) meets that bound on x that is not
+ * rounding boundary.
+ * F8W (FP8 x FP8 wgmma, linear_f8w.cu) meets that bound on x that is not
  * act_quant output (its exact f32 path); on act_quant'd x (xmix_mode 3, 4: the Flash and Pro
  * shapes, grouped, odd rows, N 9..64, persistent and split grids, blocks of both paths in one call)
  * it multiplies e4m3 codes, and its bound comes from the tensor cores' accumulation model (a k32

@@ -360,19 +360,19 @@ __device__ __forceinline__ void f8_cluster_store(const lin_args &a, const f8_til
     cl.sync(); /* no rank leaves while another still reads its shared memory */
 }
 
-// y [N, nrows per group] = x . W^T on FP8 wgmma, N <= TOK. Grid (CTAs, 1, KS), clusters (1, 1,
-// KS): KS == 1: CTA i takes tiles i, i + grid, ..; KS > 1: one tile per CTA (grid.x = tiles),
-// slice z. 160 threads: warps 0-3 the consumer warpgroup (64 rows x TOK tokens), warp 4 the
-// producer (one lane issues the copies). tw: the weight as [rows][row_bytes] bytes, boxes 128 x
-// 64; tx: the workspace's codes [F8_NKB TOK][128], boxes 128 x TOK. Dynamic shared memory
-// f8_shape<TOK>::BYTES: ring [NST][A | B], scales [NST][TOK], partial, barriers.
-//
-// The ring's item `it` (the CTA's it-th (tile, block) of exact tiles) uses stage it % NST:
-// full[s] completes when its A, B and scales have landed (one producer arrival + the bytes),
-// empty[s] when the 128 consumers have read it. The first tile's first `pre` weight copies are
-// issued before the PDL wait (their bytes expected, the arrival after the wait with the codes);
-// if that tile turns out inexact, both sides still pass its `pre` items (codes copied, nothing
-// multiplied) so that every copy lands before the stage is reused.
+/* y [N, nrows per group] = x . W^T on FP8 wgmma, N <= TOK. Grid (CTAs, 1, KS), clusters (1, 1,
+ * KS): KS == 1: CTA i takes tiles i, i + grid, ..; KS > 1: one tile per CTA (grid.x = tiles),
+ * slice z. 160 threads: warps 0-3 the consumer warpgroup (64 rows x TOK tokens), warp 4 the
+ * producer (one lane issues the copies). tw: the weight as [rows][row_bytes] bytes, boxes 128 x
+ * 64; tx: the workspace's codes [F8_NKB TOK][128], boxes 128 x TOK. Dynamic shared memory
+ * f8_shape<TOK>::BYTES: ring [NST][A | B], scales [NST][TOK], partial, barriers.
+ *
+ * The ring's item `it` (the CTA's it-th (tile, block) of exact tiles) uses stage it % NST:
+ * full[s] completes when its A, B and scales have landed (one producer arrival + the bytes),
+ * empty[s] when the 128 consumers have read it. The first tile's first `pre` weight copies are
+ * issued before the PDL wait (their bytes expected, the arrival after the wait with the codes);
+ * if that tile turns out inexact, both sides still pass its `pre` items (codes copied, nothing
+ * multiplied) so that every copy lands before the stage is reused. */
 template <int TOK>
 __global__ void __launch_bounds__(F8_THREADS, 1)
     f8w_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx,
