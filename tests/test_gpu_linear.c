@@ -706,7 +706,7 @@ static const mcase multi_full[] = {
       {"wkv fp8", FP8, E8, 512, 4096, 0, 0, 1, 1},
       {"comp wkv bf16", B16, 0, 512, 4096, 0, 0, 0, 0},
       {"comp wgate bf16", B16, 0, 512, 4096, 0, 0, 0, 3}},
-     {1, 4, 8, 12, 32, 64, 0}},
+     {1, 4, 8, 12, 32, 64, 100, 0}},
     {"pro csa h projections",
      7,
      {{"wq_a fp8", FP8, E8, 1536, 7168, 0, 0, 1, 0},
@@ -917,8 +917,9 @@ static void run_multi(ctx *cx, const mcase *mc)
         }
         CHECK_MSG(st == DSV4_OK, "%s N=%lld: cpu: %s", mc->name, (long long)N, dsv4_last_error());
         if (st != DSV4_OK) break;
-        /* modes: auto, the GEMV's fused launch forced (N <= 16), split over 2 and 8 CTAs, and
-         * MMX's launch forced (N <= 64), its K split forced to 1 and 8 */
+        /* modes: auto (above 64 rows: MMX launches of <= 64 rows each), the GEMV's fused launch
+         * forced (N <= 16), split over 2 and 8 CTAs, and MMX's launch forced (N <= 64), its K
+         * split forced to 1 and 8 */
         static const int mode_path[] = {
             DSV4_LIN_PATH_AUTO, DSV4_LIN_PATH_MULTI, DSV4_LIN_PATH_MULTI, DSV4_LIN_PATH_MULTI,
             DSV4_LIN_PATH_MMX,  DSV4_LIN_PATH_MMX,   DSV4_LIN_PATH_MMX};
@@ -931,7 +932,7 @@ static void run_multi(ctx *cx, const mcase *mc)
             mx_eligible += mmx_takes(&mc->e[i]);
         }
         for (int md = 0; md < 7; md++) {
-            if (md > 0 && md < 4 && N > 16) continue;
+            if ((md > 0 && md < 4 && N > 16) || (md >= 4 && N > 64)) continue;
             const int p = multi_gpu(cx, m, n, N, mode_path[md], mode_split[md], 0);
             if (p < 0) continue;
             const int fused = p == DSV4_LIN_PATH_MULTI, mx = p == DSV4_LIN_PATH_MMX;

@@ -678,8 +678,43 @@ static dsv4_status lin_launch(const lin_args *a, int path, cudaStream_t st, void
     }
 }
 
+/* Above 64 rows the FP8 projections F8W and FMM take (N <= 64) would fall to the tiled MMA
+ * kernel, at a fraction of their bandwidth; instead the rows go in equal chunks of <= 64, each a
+ * call of its own (the weights streamed once a chunk). Rows are independent, so the results are
+ * those of the chunks' calls. */
+enum { LIN_CHUNK = 64 };
+
+static int lin_chunks(const lin_args *a)
+{
+    if (force_path != DSV4_LIN_PATH_AUTO || a->N <= LIN_CHUNK || a->fmt != DSV4_FORMAT_FP8)
+        return 0;
+    lin_args c = *a;
+    c.N = LIN_CHUNK;
+    const int p = lin_path(&c);
+    return p == DSV4_LIN_PATH_F8W || p == DSV4_LIN_PATH_FMM
+               ? (int)((a->N + LIN_CHUNK - 1) / LIN_CHUNK)
+               : 0;
+}
+
+static dsv4_status lin_run(dsv4_backend *b, lin_args *a);
+
+static dsv4_status lin_run_chunks(dsv4_backend *b, const lin_args *a, int k)
+{
+    const int64_t per = (a->N + k - 1) / k;
+    for (int64_t r0 = 0; r0 < a->N; r0 += per) {
+        lin_args c = *a;
+        c.N = a->N - r0 < per ? a->N - r0 : per;
+        c.x = a->x + r0 * a->ldx;
+        c.y = a->y + r0 * a->ldy;
+        DSV4_TRY(lin_run(b, &c));
+    }
+    return DSV4_OK;
+}
+
 static dsv4_status lin_run(dsv4_backend *b, lin_args *a)
 {
+    const int k = lin_chunks(a);
+    if (k > 1) return lin_run_chunks(b, a, k);
     cudaStream_t st = dsv4_cuda_stream(b->cuda);
     void *const f8w_ws = dsv4_cuda_f8w_ws(b->cuda);
     const int path = lin_path(a);
@@ -755,6 +790,20 @@ extern "C" dsv4_status dsv4_cuda_bk_linear_multi(dsv4_backend *b, const dsv4_bk_
             return DSV4_ERR_UNSUPPORTED;
     }
     if (N == 0) return DSV4_OK;
+    /* above 64 rows, equal chunks of <= 64 (each MMX's; as lin_chunks for one projection) */
+    if (N > LIN_CHUNK && force_path == DSV4_LIN_PATH_AUTO) {
+        const int64_t k = (N + LIN_CHUNK - 1) / LIN_CHUNK, per = (N + k - 1) / k;
+        dsv4_bk_linear_entry c[DSV4_BK_LINEAR_MULTI_MAX];
+        for (int64_t r0 = 0; r0 < N; r0 += per) {
+            for (int i = 0; i < n; i++) {
+                c[i] = e[i];
+                c[i].x = e[i].x + r0 * e[i].ldx;
+                c[i].y = e[i].y + r0 * e[i].ldy;
+            }
+            DSV4_TRY(dsv4_cuda_bk_linear_multi(b, c, n, N - r0 < per ? N - r0 : per));
+        }
+        return DSV4_OK;
+    }
     /* 9..64 rows: the entries MMX takes in one tensor-core launch (forced: any N <= 64) */
     const int mx_forced = force_path == DSV4_LIN_PATH_MMX;
     if (N <= 64 && (mx_forced || (force_path == DSV4_LIN_PATH_AUTO && N > GV_MULTI_NMAX))) {
