@@ -137,6 +137,7 @@ static void mix_x(float *x, int64_t n, int64_t ldx, int64_t xoff, int64_t width)
  * f32 bound every kernel meets. Its f32 path (any other x) meets the f32 bound alone. */
 static double extra_bound(const char *what)
 {
+    if (!strcmp(what, "w16")) return 136.0 * 0x1p-13; /* W16's (test_gpu_linear_w16.c) */
     return xmix_mode >= 3 && !strcmp(what, "f8w") ? 132.0 * 0x1p-13 : 0.0;
 }
 
@@ -467,9 +468,9 @@ static const tcase small_cases[] = {
 
 /* ---- comparison ------------------------------------------------------------------------------ */
 /* kernels (DSV4_LIN_PATH_*), then "split": the GEMV split over a cluster's CTAs */
-static const char *path_name[] = {"auto",  "gemv", "mma", "simt", "mmv",
-                                  "multi", "fmm",  "mmx", "f8w",  "split"};
-enum { NPATH = 10, SPLIT_STAT = 9 };
+static const char *path_name[] = {"auto", "gemv", "mma", "simt", "mmv",  "multi",
+                                  "fmm",  "mmx",  "f8w", "w16",  "split"};
+enum { NPATH = 11, SPLIT_STAT = 10 };
 static double worst_by_path[NPATH]; /* the largest err/bound seen per kernel */
 static int64_t checks_by_path[NPATH];
 static int quiet; /* compare prints failures only */

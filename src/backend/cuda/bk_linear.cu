@@ -3,9 +3,11 @@
  * dsv4_bk_linear, dsv4_bk_linear_grouped): the argument checks, the choice of kernel, and the f32
  * decode GEMV.
  *
- * Seven kernels, one result up to f32 summation order (each output is a plain f32 sum of
+ * Eight kernels, one result up to f32 summation order (each output is a plain f32 sum of
  * x_c * w_c, w decoded exactly; the order is fixed by the shape, so runs are bit-reproducible),
- * except F8W's (FP8 tensor-core sums per 128-column block, linear_f8w.cu):
+ * except F8W's and W16's (tensor-core sums per 128-column block, linear_f8w.cu, linear_w16.cu):
+ *   W16   BF16 weights at 17..64 rows, FP8 grouped at 9..64 (w16_wins): x as bf16 (exact, else
+ *         an f32 path), bf16 wgmma from a TMA-fed shared-memory ring (linear_w16.cu);
  *   F8W   9 <= N <= 64, FP8 weights of >= 4096 rows, ungrouped (f8w_wins): x quantised per call
  *         to e4m3 codes (exact, else an f32 path), e4m3 wgmma from a TMA-fed shared-memory ring
  *         (linear_f8w.cu);
@@ -641,6 +643,23 @@ static int f8w_wins(const lin_args *a)
     return a->groups == 1 && a->N > 8 && a->nrows >= 4096 && dsv4_lin_f8w_ok(a);
 }
 
+/* W16 (linear_w16.cu): bf16 wgmma from a TMA-fed ring, x as bf16 (exact, else an f32 path). */
+int dsv4_lin_w16_ok(const lin_args *a);
+dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st);
+
+/* Whether W16 takes the call: BF16 weights at 17..64 rows (the MoE gate and the LM head, whose x
+ * h is bf16-rounded), FP8 grouped at 9..64 (wo_a, whose x o is bf16 but not act_quant'd, so
+ * F8W's codes do not fit it). Faster than MMV / MMA / FMM there (linear_w16.cu's figures); the
+ * step (dsv4 bench --shape flash --layers 4 --contexts 4096, H100, same call) batch 16 3.256 ->
+ * 3.216 ms, 32 4.931 -> 4.820, 40 6.171 -> 5.621, 64 8.119 -> 7.549; Pro (2 layers) batch 64
+ * 10.890 -> 9.915. At N <= 8 (16 for BF16) MMV stays (faster on the Flash gate, Pro wo_a). */
+static int w16_wins(const lin_args *a)
+{
+    const int bf = a->fmt == DSV4_FORMAT_BF16 && a->N > 16;
+    const int f8 = a->fmt == DSV4_FORMAT_FP8 && a->groups > 1 && a->N > 8;
+    return (bf || f8) && a->N <= 64 && dsv4_lin_w16_ok(a);
+}
+
 /* The dispatcher's choice (or the forced path where it takes the call). */
 static int lin_path(const lin_args *a)
 {
@@ -652,8 +671,10 @@ static int lin_path(const lin_args *a)
     if (path == DSV4_LIN_PATH_MMA && !dsv4_lin_mma_ok(a)) path = DSV4_LIN_PATH_AUTO;
     if (path == DSV4_LIN_PATH_FMM && !dsv4_lin_fmm_ok(a)) path = DSV4_LIN_PATH_AUTO;
     if (path == DSV4_LIN_PATH_F8W && !dsv4_lin_f8w_ok(a)) path = DSV4_LIN_PATH_AUTO;
+    if (path == DSV4_LIN_PATH_W16 && !dsv4_lin_w16_ok(a)) path = DSV4_LIN_PATH_AUTO;
     if (path != DSV4_LIN_PATH_AUTO) return path;
     if (f8w_wins(a)) return DSV4_LIN_PATH_F8W;
+    if (w16_wins(a)) return DSV4_LIN_PATH_W16;
     if (dsv4_lin_mmv_ok(a) && (!gemv_ok(a) || mmv_wins(a))) return DSV4_LIN_PATH_MMV;
     if (gemv_ok(a)) return DSV4_LIN_PATH_GEMV;
     if (a->N > 16 && dsv4_lin_fmm_ok(a) && dsv4_lin_fmm_wins(a)) return DSV4_LIN_PATH_FMM;
@@ -665,6 +686,8 @@ static dsv4_status lin_launch(const lin_args *a, int path, cudaStream_t st, void
     switch (path) {
     case DSV4_LIN_PATH_F8W:
         return dsv4_lin_launch_f8w(a, f8w_ws, st);
+    case DSV4_LIN_PATH_W16: /* the same workspace, sized for both (context.cu) */
+        return dsv4_lin_launch_w16(a, f8w_ws, st);
     case DSV4_LIN_PATH_MMV:
         return dsv4_lin_launch_mmv(a, st);
     case DSV4_LIN_PATH_GEMV:

@@ -21,8 +21,11 @@ struct dsv4_cuda_ctx {
     cudaEvent_t fork, join;
     int on_side;      /* launches go to side */
     int join_pending; /* side_end recorded join; side_join not yet waited */
-    void *f8w_ws[2];  /* F8W's x codes, one per stream (main, side): linear_f8w.cu */
+    void *f8w_ws[2];  /* F8W's x codes and W16's bf16 x, one per stream (main, side):
+                         linear_f8w.cu, linear_w16.cu (both run in stream order) */
 };
+
+size_t dsv4_lin_w16_ws_bytes(void); /* linear_w16.cu */
 
 extern "C" dsv4_status dsv4_cuda_ctx_create(int device, dsv4_cuda_ctx **out)
 {
@@ -44,7 +47,9 @@ extern "C" dsv4_status dsv4_cuda_ctx_create(int device, dsv4_cuda_ctx **out)
     if (err == cudaSuccess) err = cudaEventCreateWithFlags(&ctx->join, cudaEventDisableTiming);
     /* allocated here, not on first use, which may come inside a graph capture */
     for (int i = 0; i < 2 && err == cudaSuccess; i++)
-        err = cudaMalloc(&ctx->f8w_ws[i], dsv4_lin_f8w_ws_bytes());
+        err = cudaMalloc(&ctx->f8w_ws[i], dsv4_lin_f8w_ws_bytes() > dsv4_lin_w16_ws_bytes()
+                                              ? dsv4_lin_f8w_ws_bytes()
+                                              : dsv4_lin_w16_ws_bytes());
     if (err != cudaSuccess) {
         dsv4_cuda_ctx_destroy(ctx);
         return dsv4_fail(DSV4_ERR_DEVICE, "creating a context on CUDA device %d: %s", device,

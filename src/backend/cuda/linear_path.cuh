@@ -25,6 +25,9 @@ enum {
     DSV4_LIN_PATH_F8W = 8,   /* FP8, N <= 64, e4m3 wgmma from a shared-memory ring (cols % 128,
                                 groups * cols <= 32768; dispatcher: ungrouped, N > 8,
                                 >= 4096 rows) */
+    DSV4_LIN_PATH_W16 = 9,   /* BF16 and FP8, N <= 64, bf16 wgmma from a shared-memory ring (cols %
+                                128, groups * cols <= 65536; dispatcher: BF16 at N 17..64, FP8
+                                grouped at N 9..64: linear_w16.cu) */
 };
 
 /* Forces `path` for the following dsv4_cuda_bk_linear(_grouped, _multi) calls; a path that does

@@ -1,0 +1,640 @@
+/*
+ * linear_w16.cu - projections at 9..64 rows of bf16-valued x on bf16 wgmma from a shared-memory
+ * ring (W16): y = x W^T with BF16 weights (the MoE gate, the LM head: their x, h, is
+ * bf16-rounded) or FP8 weights in 128 x 128 scale blocks whose x is bf16 but not act_quant'd
+ * (wo_a, grouped: x is the attention output o), where F8W (linear_f8w.cu) cannot take it.
+ *
+ * Why: those calls ran on the tiled MMA kernel (BF16 at 33..64 rows; the head at N = 64 0.86 ms,
+ * 41% of copy bandwidth) and on FMM (wo_a: 46 us at N = 64 against cuBLASLt's 15). The scheme is
+ * F8W's: one producer warp streams each 64-row tile's weights and the tokens through a ring of
+ * stages in shared memory (TMA copies completing on an mbarrier), one consumer warpgroup
+ * multiplies them with the weights as wgmma's 64-row A operand and the tokens as the narrow N one.
+ * FP8 weights: the consumers widen the stage's e4m3 bytes to bf16 (exact) into the stage's A
+ * buffer in wgmma's swizzled layout, then the same bf16 wgmma.
+ *
+ * x: a prologue kernel (w16_stage) writes x rounded to bf16 into a workspace (the F8W workspace of
+ * the stream, sized for both: context.cu), per 128-column block kb [kb][half][TOK][64], and per
+ * block whether every token's values are bf16-exact. A tile whose blocks are all exact takes the
+ * wgmma path; any other (general f32 x, NaN, ...) is computed by the consumer warpgroup in plain
+ * f32 (exact products, f32 sums: the f32 bound of every kernel), so no x is ever rounded: the op
+ * is right for any x, fast for the engine's (h and o are bf16-rounded there). That path is a
+ * correctness net, not a fast one.
+ *
+ * Numerics: per 128-K block the block's eight k16 wgmmas into a fresh f32 accumulator (bf16 x
+ * bf16 products exact in f32; the tensor cores' sum keeps fewer bits than f32), then total +=
+ * block sum (BF16) or total = fmaf(block sum, weight block scale, total) (FP8): f32 promotion per
+ * block. Accumulation model for the bound (F8W's, test_gpu_linear_w16): a k16 wgmma adds its 16
+ * exact products and the running accumulator (17 addends) aligned to the largest exponent and
+ * truncated to 14 significant bits, so each addend is off by less than 2^-13 S_blk (S_blk = sum
+ * |w x| of the block, which bounds the accumulator too); eight k16 steps a block: |err_blk| <= 8 *
+ * 17 * 2^-13 * S_blk; summed over the blocks with their positive weight scales: |err| <= 136 *
+ * 2^-13 * S, plus the f32 promotion and K-split sums (< 1e-5 S as for every other kernel). The
+ * model is F8W's conservative one; the test reports how far below it the hardware stays.
+ *
+ * K split: F8W's (tiles x K slices; more tiles than SMs: persistent; fewer: split over the CTAs
+ * of a cluster (1, 1, KS), partials added in rank order through distributed shared memory):
+ * deterministic, no atomics.
+ *
+ * PDL: the producer issues the first tile's weight copies before griddepcontrol.wait, the tokens
+ * only after it.
+ */
+#include "backend/cuda/linear_common.cuh"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <string.h>
+
+/* Measured (H100, test_gpu_linear_w16 --bench, graph replay, bf16 x, us, N = 16 / 32 / 64; old =
+ * MMV to 32 (BF16) or 16 (FP8), then MMA (BF16) or FMM (FP8)): Flash gate 7.20 / 9.48 / 23.93
+ * -> 6.94 / 8.17 / 10.47, Pro gate 10.49 / 13.96 / 36.94 -> 8.85 / 10.30 / 12.29, Flash head
+ * 434.6 / 479.8 / 857.1 -> 361.3 / 372.1 / 387.2 (2.7-2.9 TB/s), Flash wo_a 40.5 / 34.4 / 54.4 ->
+ * 29.0 / 31.3 / 37.3, Pro wo_a 54.3 / 83.6 / 135.1 -> 51.5 / 55.6 / 65.6. At N = 8 slower than
+ * MMV on the Flash gate (5.7 -> 6.6) and Pro wo_a (43.5 -> 48.6). FP8 stays at ~1.1 TB/s
+ * (cuBLASLt: 2.2): the consumers widen each stage in turn. Tried and not kept: the widening by
+ * integer ops and one bf16 multiply (the e4m3 bits placed into a bf16 of value * 2^-120, times
+ * 2^120) while the previous stage's wgmmas run, A in 3 slots beside a deeper ring of [B | R]:
+ * slower at N <= 32 (Flash wo_a N = 8 26.8 -> 31.1, Pro N = 16 51.5 -> 54.4), the same at 64. */
+enum { W16_THREADS = 160, W16_CONS = 128, W16_BM = 64, W16_KS_MAX = 8, W16_SMEM = 227 * 1024 };
+/* The workspace: x up to W16_KMAX columns (groups * cols) of 64 tokens. */
+enum { W16_KMAX = 65536, W16_TOKMAX = 64, W16_NKB = W16_KMAX / 128 };
+enum { W16_WS_X = W16_NKB * W16_TOKMAX * 256, W16_WS_BYTES = W16_WS_X + W16_NKB * 4 };
+
+/* A workspace (the stream's, shared with F8W: both run in stream order): x [kb][2][TOK][64] bf16
+ * (the block's columns 0-63, then 64-127), then exact [kb]. */
+struct w16_ws {
+    __nv_bfloat16 *x;
+    int *exact;
+};
+
+static w16_ws w16_ws_at(void *base)
+{
+    w16_ws w;
+    w.x = (__nv_bfloat16 *)base;
+    w.exact = (int *)(void *)((unsigned char *)base + W16_WS_X);
+    return w;
+}
+
+size_t dsv4_lin_w16_ws_bytes(void)
+{
+    return W16_WS_BYTES;
+}
+
+/* Ring stage: A = 64 weight rows x 128 K bf16 as two 64-column halves (8 KB each), B = the
+ * block's TOK tokens likewise (two halves of TOK x 128 bytes), FP8: R = the 64 x 128 e4m3 bytes
+ * the producer copies (the consumers widen them into A). Every half in wgmma's K-major
+ * SWIZZLE_128B layout (TMA, 128-byte swizzle: row r at 128 r, its 16-byte chunk c at c ^ r % 8;
+ * k16 step q of a half starts 32 q bytes into its rows). */
+template <int TOK, bool F8> struct w16_shape {
+    static constexpr int A = W16_BM * 256, B = TOK * 256, R = F8 ? W16_BM * 128 : 0;
+    static constexpr int STAGE = A + B + R; /* a multiple of 1024 (the swizzle's alignment) */
+    static constexpr int PART = TOK * W16_BM * 4;
+    static constexpr int NST_FIT = (W16_SMEM - PART - 2048) / STAGE;
+    static constexpr int NST = NST_FIT > 16 ? 16 : NST_FIT;
+    /* ring, partial, barriers; 1024 bytes to align the base */
+    static constexpr int BYTES = 1024 + NST * STAGE + PART + 2 * NST * 8;
+    static_assert(NST >= 4 && STAGE % 1024 == 0, "a ring of at least 4 aligned stages");
+};
+
+/* ---- the prologue: x -> bf16, exact flags ---------------------------------------------------- */
+/* x [N, nkb 128] (ldx) -> workspace ws; grid nkb, 256 threads: warp w the tokens w, w + 8, ..
+ * < TOK (past N: zeros); lane l columns 4 l .. 4 l + 3. */
+__global__ void __launch_bounds__(256)
+    w16_stage(const float *x, int64_t ldx, int N, int TOK, w16_ws ws)
+{
+    DSV4_PDL_WAIT();
+    const int kb = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int h = lane >> 4, c = 4 * (lane & 15);
+    int bad = 0;
+    for (int n = warp; n < TOK; n += 8) {
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (n < N) v = *(const float4 *)(const void *)(x + n * ldx + (int64_t)kb * 128 + 4 * lane);
+        const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y),
+                             hi = __floats2bfloat162_rn(v.z, v.w);
+        const float2 l = __bfloat1622float2(lo), u = __bfloat1622float2(hi);
+        /* exact: bf16 gives x back (NaN never does) */
+        bad |= !(l.x == v.x && l.y == v.y && u.x == v.z && u.y == v.w);
+        uint2 word;
+        word.x = *(const uint32_t *)(const void *)&lo;
+        word.y = *(const uint32_t *)(const void *)&hi;
+        *(uint2 *)(void *)(ws.x + (((int64_t)kb * 2 + h) * TOK + n) * 64 + c) = word;
+    }
+    bad = __syncthreads_or(bad);
+    if (threadIdx.x == 0) ws.exact[kb] = !bad;
+}
+
+/* ---- ring primitives (F8W's) ----------------------------------------------------------------- */
+__device__ __forceinline__ uint32_t w16_sa(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void w16_bar_init(uint32_t bar, int count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void w16_bar_wait(uint32_t bar, int parity)
+{
+    asm volatile("{\n.reg .pred p;\nW:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra W;\n}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+
+__device__ __forceinline__ void w16_bar_arrive(uint32_t bar)
+{
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar)
+                 : "memory");
+}
+
+/* One arrival that also expects `bytes` more of transactions. */
+__device__ __forceinline__ void w16_arrive_tx(uint32_t bar, int bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+
+/* `bytes` more of transactions expected, no arrival. */
+__device__ __forceinline__ void w16_expect_tx(uint32_t bar, int bytes)
+{
+    asm volatile("mbarrier.expect_tx.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+
+/* The box at (c0, c1) of tensor map m -> shared dst, completing on bar. */
+__device__ __forceinline__ void w16_tma(uint32_t dst, const CUtensorMap *m, int c0, int c1,
+                                        uint32_t bar)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
+                 "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+                 "l"((uint64_t)(uintptr_t)m), "r"(c0), "r"(c1), "r"(bar)
+                 : "memory");
+}
+
+/* Matrix descriptor of a K-major SWIZZLE_128B operand at shared address s (8-row groups 1024
+ * bytes apart; s 1024-aligned plus the k16 step's 32 q bytes). */
+__device__ __forceinline__ uint64_t w16_desc(uint32_t s)
+{
+    return (uint64_t)((s & 0x3ffffu) >> 4) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+/* d [NT][4] (+)= A (64 x k16 at descriptor da) . B (k16 x 8 NT at db), bf16, f32 accumulation;
+ * acc = 0: d = A . B. Both operands K-major (no transpose). */
+template <int NT>
+__device__ __forceinline__ void w16_wgmma(float (&d)[NT][4], uint64_t da, uint64_t db, int acc);
+
+#define W16_HEAD(ACC, SHAPE)                                                                       \
+    "{\n.reg .pred p;\nsetp.ne.b32 p, %" ACC ", 0;\nwgmma.mma_async.sync.aligned." SHAPE           \
+    ".f32.bf16.bf16 "
+#define W16_TAIL  "p, 1, 1, 0, 0;\n}\n"
+#define W16_D1(d) "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3])
+#define W16_D2(d) W16_D1(d), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+#define W16_D4(d)                                                                                  \
+    W16_D2(d), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]),          \
+        "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+#define W16_D8(d)                                                                                  \
+    W16_D4(d), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),          \
+        "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]),  \
+        "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+#define W16_IN "l"(da), "l"(db), "r"(acc)
+
+template <>
+__device__ __forceinline__ void w16_wgmma<1>(float (&d)[1][4], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile(W16_HEAD("6", "m64n8k16") "{%0, %1, %2, %3}, %4, %5, " W16_TAIL
+                 : W16_D1(d)
+                 : W16_IN);
+}
+template <>
+__device__ __forceinline__ void w16_wgmma<2>(float (&d)[2][4], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile(W16_HEAD("10", "m64n16k16") "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, " W16_TAIL
+                 : W16_D2(d)
+                 : W16_IN);
+}
+template <>
+__device__ __forceinline__ void w16_wgmma<4>(float (&d)[4][4], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile(W16_HEAD("18", "m64n32k16") "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
+                                             "%12, %13, %14, %15}, %16, %17, " W16_TAIL
+                 : W16_D4(d)
+                 : W16_IN);
+}
+template <>
+__device__ __forceinline__ void w16_wgmma<8>(float (&d)[8][4], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile(W16_HEAD("34", "m64n64k16") "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
+                                             "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+                                             "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+                                             "%32, %33, " W16_TAIL
+                 : W16_D8(d)
+                 : W16_IN);
+}
+
+/* ---- the kernel ------------------------------------------------------------------------------ */
+typedef struct w16_plan {
+    int rtiles, tiles; /* 64-row tiles per group, in all */
+    int nkb, spc;      /* 128-column blocks of a group's row, per K slice */
+    w16_ws ws;
+} w16_plan;
+
+/* Tile t's K slice: its group, first row in the group, blocks [kb0, kb1), and the group's first
+ * block in the workspace. */
+struct w16_tile {
+    int64_t g, r0;
+    int kb0, kb1;
+    int64_t kbg;
+};
+
+__device__ __forceinline__ w16_tile w16_at(const w16_plan &p, int t)
+{
+    w16_tile u;
+    u.g = t / p.rtiles;
+    u.r0 = (int64_t)(t % p.rtiles) * W16_BM;
+    u.kb0 = (int)blockIdx.z * p.spc;
+    u.kb1 = min(u.kb0 + p.spc, p.nkb);
+    u.kbg = u.g * p.nkb;
+    return u;
+}
+
+/* Whether every x block of the tile's slice is bf16-exact (warp-uniform). */
+__device__ __forceinline__ bool w16_tile_exact(const w16_plan &p, const w16_tile &u)
+{
+    const int lane = threadIdx.x & 31;
+    int bad = 0;
+    for (int kb = u.kb0 + lane; kb < u.kb1; kb += 32) bad |= !p.ws.exact[u.kbg + kb];
+    return !__any_sync(0xffffffffu, bad);
+}
+
+/* Exact f32 fallback of a tile: the consumer warpgroup, part [TOK][64] (tokens < N) = sum over
+ * the slice's blocks of (sum of x w over the block) (FP8: times the block's scale). */
+template <bool F8> __device__ void w16_fallback(const lin_args &a, const w16_tile &u, float *part)
+{
+    const int64_t rbase = a.row0 + u.g * a.nrows;
+    const int N = (int)a.N;
+    for (int e = threadIdx.x; e < N * W16_BM; e += W16_CONS) {
+        const int n = e / W16_BM, row = e % W16_BM;
+        const int64_t r = u.r0 + row;
+        float tot = 0.0f;
+        if (r < a.nrows) {
+            const uint8_t *w = a.data + (rbase + r) * a.row_bytes;
+            const float *x = a.x + u.g * a.xg + n * a.ldx;
+            for (int kb = u.kb0; kb < u.kb1; kb++) {
+                float s = 0.0f;
+                for (int c = kb * 128; c < kb * 128 + 128; c++) {
+                    const float wv =
+                        F8 ? lin_e4m3(w[c])
+                           : __uint_as_float((uint32_t)((const uint16_t *)(const void *)w)[c]
+                                             << 16);
+                    s = fmaf(x[c], wv, s);
+                }
+                tot = F8 ? fmaf(s, lin_scale(a, (rbase + r) / 128, kb), tot) : tot + s;
+            }
+        }
+        part[n * W16_BM + row] = tot;
+    }
+}
+
+__device__ __forceinline__ void w16_consumer_sync()
+{
+    asm volatile("bar.sync 1, %0;\n" ::"r"(W16_CONS) : "memory");
+}
+
+/* y of the tile from part [TOK][64] (tokens < N), by the consumer warpgroup. */
+__device__ __forceinline__ void w16_store_part(const lin_args &a, const w16_tile &u,
+                                               const float *part)
+{
+    for (int e = threadIdx.x; e < (int)a.N * W16_BM; e += W16_CONS) {
+        const int n = e / W16_BM, row = e % W16_BM;
+        if (u.r0 + row < a.nrows)
+            a.y[n * a.ldy + u.g * a.nrows + u.r0 + row] = lin_finish(a, part[n * W16_BM + row]);
+    }
+}
+
+/* The K split's sum: each rank adds its share of the tile over the ranks in rank order. */
+__device__ __forceinline__ void w16_cluster_store(const lin_args &a, const w16_tile &u, float *part)
+{
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    cl.sync(); /* every rank's partial is in place */
+    const int ks = (int)cl.num_blocks(), rank = (int)cl.block_rank();
+    const int total = (int)a.N * W16_BM, per = (total + ks - 1) / ks;
+    const int e1 = min(rank * per + per, total);
+    for (int e = rank * per + (int)threadIdx.x; e < e1; e += W16_THREADS) {
+        const int n = e / W16_BM, row = e % W16_BM;
+        float s = *cl.map_shared_rank(part + e, 0);
+        for (int r = 1; r < ks; r++) s += *cl.map_shared_rank(part + e, r);
+        if (u.r0 + row < a.nrows) a.y[n * a.ldy + u.g * a.nrows + u.r0 + row] = lin_finish(a, s);
+    }
+    cl.sync(); /* no rank leaves while another still reads its shared memory */
+}
+
+/* FP8: the stage's e4m3 tile R [64][128 bytes] (swizzled) -> A's two bf16 halves (swizzled), by
+ * the consumer warpgroup: thread i the 16-byte chunks e = i + 128 j (row e / 8, chunk e % 8 =
+ * columns 16 c ..), each two chunks of A (half c / 4, chunks 2 c % 8, + 1). Exact: e4m3 -> f16 ->
+ * f32 -> bf16 (every e4m3 value is a bf16 value). */
+__device__ __forceinline__ void w16_widen(unsigned char *A, const unsigned char *R)
+{
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int e = (int)threadIdx.x + W16_CONS * j, r = e >> 3, c = e & 7;
+        const uint4 q = *(const uint4 *)(const void *)(R + r * 128 + ((c ^ (r & 7)) << 4));
+        const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+        uint32_t o[8];
+#pragma unroll
+        for (int k = 0; k < 4; k++) { /* bytes 4 k .. 4 k + 3: columns 4 k .. */
+            const float2 f0 = lin_fp8x2(w[k]), f1 = lin_fp8x2(w[k] >> 16);
+            const __nv_bfloat162 b0 = __floats2bfloat162_rn(f0.x, f0.y),
+                                 b1 = __floats2bfloat162_rn(f1.x, f1.y);
+            o[2 * k] = *(const uint32_t *)(const void *)&b0;
+            o[2 * k + 1] = *(const uint32_t *)(const void *)&b1;
+        }
+        unsigned char *h = A + (c >> 2) * (W16_BM * 128) + r * 128;
+        const int c0 = (2 * c) & 7;
+        *(uint4 *)(void *)(h + ((c0 ^ (r & 7)) << 4)) = make_uint4(o[0], o[1], o[2], o[3]);
+        *(uint4 *)(void *)(h + (((c0 + 1) ^ (r & 7)) << 4)) = make_uint4(o[4], o[5], o[6], o[7]);
+    }
+    /* the generic-proxy writes, visible to wgmma (async proxy) after the warpgroup's barrier */
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    w16_consumer_sync();
+}
+
+/* y [N, nrows per group] = x . W^T on bf16 wgmma, N <= TOK; F8: FP8 weights, else BF16. Grid
+ * (CTAs, 1, KS), clusters (1, 1, KS): KS == 1: CTA i takes tiles i, i + grid, ..; KS > 1: one
+ * tile per CTA (grid.x = tiles), slice z. 160 threads: warps 0-3 the consumer warpgroup (64
+ * rows x TOK tokens), warp 4 the producer (one lane issues the copies). tw: the weights (BF16:
+ * bf16 [rows][cols], boxes 64 x 64; FP8: bytes, boxes 128 x 64); tx: the workspace's x as bf16
+ * [W16_NKB 2 TOK][64], boxes 64 x 2 TOK. Dynamic shared memory w16_shape::BYTES: ring [NST][A | B
+ * | R], partial, barriers.
+ *
+ * The ring's item `it` (the CTA's it-th (tile, block) of exact tiles) uses stage it % NST:
+ * full[s] completes when its weights and x have landed (one producer arrival + the bytes),
+ * empty[s] when the 128 consumers have used it. The first tile's first `pre` weight copies are
+ * issued before the PDL wait; if that tile turns out inexact, both sides still pass its `pre`
+ * items so that every copy lands before the stage is reused (F8W's scheme). */
+template <int TOK, bool F8>
+__global__ void __launch_bounds__(W16_THREADS, 1)
+    w16_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx,
+               lin_args a, w16_plan p)
+{
+    DSV4_PDL_LATE();
+    typedef w16_shape<TOK, F8> S;
+    constexpr int NT = TOK / 8, NST = S::NST, WB = F8 ? S::R : S::A; /* weight bytes a stage */
+    extern __shared__ unsigned char w16_raw[];
+    unsigned char *sm = w16_raw + ((1024 - (w16_sa(w16_raw) & 1023)) & 1023);
+    const uint32_t ring = w16_sa(sm);
+    float *part = (float *)(void *)(sm + NST * S::STAGE);
+    const uint32_t bars = w16_sa(part) + S::PART;
+    /* full[s] at bars + 8 s (1 arrival + bytes), empty[s] at bars + 8 (NST + s) (128) */
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const bool split = gridDim.z > 1;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < NST; s++) {
+            w16_bar_init(bars + 8 * s, 1);
+            w16_bar_init(bars + 8 * (NST + s), W16_CONS);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    const int first =
+        blockIdx.x < p.tiles ? min(NST, w16_at(p, blockIdx.x).kb1 - w16_at(p, blockIdx.x).kb0) : 0;
+
+    if (warp == 4) { /* ---- producer ---- */
+        const bool lead = lane == 0;
+        if (lead) {
+            asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)(uintptr_t)&tw) : "memory");
+            asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)(uintptr_t)&tx) : "memory");
+        }
+        /* stage st's weights of block kb, rows from `row`: FP8 one copy into R, BF16 two into A */
+        auto load_w = [&](uint32_t st, int kb, int row, uint32_t full) {
+            if (F8) {
+                w16_tma(st + S::A + S::B, &tw, kb * 128, row, full);
+            } else {
+                w16_tma(st, &tw, kb * 128, row, full);
+                w16_tma(st + W16_BM * 128, &tw, kb * 128 + 64, row, full);
+            }
+        };
+        if (lead && first > 0) { /* the first tile's weights before the wait */
+            const w16_tile u = w16_at(p, blockIdx.x);
+            const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
+            for (int i = 0; i < first; i++) {
+                w16_expect_tx(bars + 8 * i, WB);
+                load_w(ring + i * S::STAGE, u.kb0 + i, row, bars + 8 * i);
+            }
+        }
+        DSV4_PDL_WAIT();
+        int it = 0;
+        for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
+            const w16_tile u = w16_at(p, t);
+            const bool exact = w16_tile_exact(p, u);
+            if (!exact && t != (int)blockIdx.x) continue; /* the consumers compute it in f32 */
+            const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
+            const int n_it = exact ? u.kb1 - u.kb0 : first;
+            for (int i = 0; i < n_it; i++, it++) {
+                const int s = it % NST, ph = (it / NST) & 1, kb = u.kb0 + i;
+                const uint32_t full = bars + 8 * s, st = ring + s * S::STAGE;
+                if (it >= NST && lead) w16_bar_wait(bars + 8 * (NST + s), ph ^ 1);
+                if (lead) {
+                    const bool have_w = it < first && t == (int)blockIdx.x;
+                    w16_arrive_tx(full, (have_w ? 0 : WB) + S::B);
+                    if (!have_w) load_w(st, kb, row, full);
+                    w16_tma(st + S::A, &tx, 0, (int)((u.kbg + kb) * 2 * TOK), full);
+                }
+            }
+        }
+    } else { /* ---- consumers: rows 16 warp + g, + 8; tokens 8 nt + 2 t, + 1 ---- */
+        DSV4_PDL_WAIT();
+        const int g = lane >> 2, tq = lane & 3;
+        int it = 0;
+        for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
+            const w16_tile u = w16_at(p, t);
+            if (!w16_tile_exact(p, u)) {
+                if (t == (int)blockIdx.x) /* pass the first tile's items (above) */
+                    for (; it < first; it++) {
+                        w16_bar_wait(bars + 8 * it, 0);
+                        w16_bar_arrive(bars + 8 * (NST + it));
+                    }
+                w16_consumer_sync(); /* part free */
+                w16_fallback<F8>(a, u, part);
+                w16_consumer_sync();
+                if (!split) w16_store_part(a, u, part);
+                continue;
+            }
+            const int64_t rbase = a.row0 + u.g * a.nrows;
+            const int64_t rr0 = u.r0 + warp * 16 + g, rr1 = rr0 + 8;
+            const int64_t sr0 = (rbase + min(rr0, a.nrows - 1)) / 128,
+                          sr1 = (rbase + min(rr1, a.nrows - 1)) / 128;
+            float acc[NT][4];
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                for (int j = 0; j < 4; j++) acc[nt][j] = 0.0f;
+            for (int kb = u.kb0; kb < u.kb1; kb++, it++) {
+                const int s = it % NST, ph = (it / NST) & 1;
+                float ws0 = 1.0f, ws1 = 1.0f;
+                if (F8) ws0 = lin_scale(a, sr0, kb), ws1 = lin_scale(a, sr1, kb);
+                const uint32_t st = ring + s * S::STAGE;
+                w16_bar_wait(bars + 8 * s, ph);
+                if (F8) w16_widen(sm + s * S::STAGE, sm + s * S::STAGE + S::A + S::B);
+                float tmp[NT][4];
+                asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+                for (int q = 0; q < 8; q++)
+                    w16_wgmma<NT>(tmp, w16_desc(st + (q >> 2) * (W16_BM * 128) + 32 * (q & 3)),
+                                  w16_desc(st + S::A + (q >> 2) * (TOK * 128) + 32 * (q & 3)),
+                                  q > 0);
+                asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+                asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) asm volatile("" : "+f"(tmp[nt][j])::"memory");
+                w16_bar_arrive(bars + 8 * (NST + s)); /* the stage is free */
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    if (F8) {
+                        acc[nt][0] = fmaf(tmp[nt][0], ws0, acc[nt][0]);
+                        acc[nt][1] = fmaf(tmp[nt][1], ws0, acc[nt][1]);
+                        acc[nt][2] = fmaf(tmp[nt][2], ws1, acc[nt][2]);
+                        acc[nt][3] = fmaf(tmp[nt][3], ws1, acc[nt][3]);
+                    } else {
+#pragma unroll
+                        for (int j = 0; j < 4; j++) acc[nt][j] += tmp[nt][j];
+                    }
+                }
+            }
+            if (!split) { /* C fragment: c0, c1 at row g, tokens 2 t, 2 t + 1; c2, c3 at g + 8 */
+                float *y = a.y + u.g * a.nrows;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        const int n = nt * 8 + 2 * tq + (j & 1);
+                        const int64_t r = (j >> 1) ? rr1 : rr0;
+                        if (n < a.N && r < a.nrows) y[n * a.ldy + r] = lin_finish(a, acc[nt][j]);
+                    }
+            } else {
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        part[(nt * 8 + 2 * tq + (j & 1)) * W16_BM + warp * 16 + g + 8 * (j >> 1)] =
+                            acc[nt][j];
+            }
+        }
+    }
+    if (split) { /* one tile per CTA */
+        __syncthreads();
+        if (blockIdx.x < p.tiles) w16_cluster_store(a, w16_at(p, blockIdx.x), part);
+    }
+}
+
+typedef void (*w16_fn)(const CUtensorMap, const CUtensorMap, lin_args, w16_plan);
+
+int dsv4_lin_w16_ok(const lin_args *a)
+{
+    const int64_t rows = a->row0 + a->groups * a->nrows; /* the weight rows the call spans */
+    const int fmt =
+        a->fmt == DSV4_FORMAT_BF16 || (a->fmt == DSV4_FORMAT_FP8 && a->skind != LIN_SCALE_NONE);
+    return fmt && a->N >= 1 && a->N <= 64 && a->cols % 128 == 0 && a->row_bytes % 16 == 0 &&
+           (uintptr_t)a->data % 16 == 0 && a->xg == a->cols && a->groups * a->cols <= W16_KMAX &&
+           (uintptr_t)a->x % 16 == 0 && a->ldx % 4 == 0 && rows < (1 << 30) &&
+           a->row_bytes < (1 << 30);
+}
+
+/* The grid (F8W's plan): at least LIN_SMS tiles run persistent without a split; fewer are split
+ * into the most K slices (<= 8, >= 4 blocks each) that keep the grid within LIN_SMS CTAs. */
+static void w16_make_plan(const lin_args *a, w16_plan *p, int *ks)
+{
+    p->rtiles = (int)((a->nrows + W16_BM - 1) / W16_BM);
+    p->tiles = (int)(p->rtiles * a->groups);
+    p->nkb = (int)(a->cols / 128);
+    int k = 1;
+    for (int j = 2; j <= W16_KS_MAX; j++)
+        if ((int64_t)p->tiles * j <= LIN_SMS && p->nkb >= 4 * j) k = j;
+    p->spc = (p->nkb + k - 1) / k;
+    *ks = (p->nkb + p->spc - 1) / p->spc;
+}
+
+/* cuTensorMapEncodeTiled, from the driver through the runtime (no link to libcuda). */
+static PFN_cuTensorMapEncodeTiled_v12000 w16_encode_fn(void)
+{
+    static PFN_cuTensorMapEncodeTiled_v12000 fn = NULL;
+    if (!fn) {
+        void *f = NULL;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                             &q) == cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (PFN_cuTensorMapEncodeTiled_v12000)f;
+    }
+    return fn;
+}
+
+/* A 2-D map of elements [rows][cols] (bf16 or bytes; row stride ld bytes), boxes of box_cols x
+ * box_rows (box_cols elements = 128 bytes), 128-byte swizzle, zeros past the rows. */
+static dsv4_status w16_map(CUtensorMap *m, const void *base, int bf16, uint64_t rows, uint64_t cols,
+                           uint64_t ld, uint32_t box_rows)
+{
+    PFN_cuTensorMapEncodeTiled_v12000 fn = w16_encode_fn();
+    if (!fn) return dsv4_fail(DSV4_ERR_DEVICE, "cuda linear w16: no cuTensorMapEncodeTiled");
+    const cuuint64_t dim[2] = {cols, rows}, stride[1] = {ld};
+    const cuuint32_t box[2] = {bf16 ? 64u : 128u, box_rows}, es[2] = {1, 1};
+    const CUresult r = fn(
+        m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *)base,
+        dim, stride, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return dsv4_fail(DSV4_ERR_DEVICE, "cuda linear w16: cuTensorMapEncodeTiled: %d", (int)r);
+    return DSV4_OK;
+}
+
+template <int TOK, bool F8>
+static dsv4_status w16_launch(const lin_args *a, const w16_plan *p, int ks, cudaStream_t st)
+{
+    const w16_fn fn = w16_kernel<TOK, F8>;
+    const int smem = w16_shape<TOK, F8>::BYTES;
+    CUtensorMap tw, tx;
+    DSV4_TRY(w16_map(&tw, a->data, !F8, (uint64_t)(a->row0 + a->groups * a->nrows),
+                     (uint64_t)(F8 ? a->row_bytes : a->row_bytes / 2), (uint64_t)a->row_bytes,
+                     W16_BM));
+    DSV4_TRY(w16_map(&tx, p->ws.x, 1, (uint64_t)W16_NKB * 2 * TOK, 64, 128, 2 * TOK));
+    CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    const unsigned cx = ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, (int)LIN_SMS);
+    cudaLaunchAttribute attr;
+    cudaLaunchConfig_t cfg =
+        lin_cluster_cfg(dim3(cx, 1, (unsigned)ks), W16_THREADS, (size_t)smem, ks, st, &attr);
+    CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, tw, tx, *a, *p));
+    return DSV4_OK;
+}
+
+template <bool F8>
+static dsv4_status w16_launch_tok(const lin_args *a, const w16_plan *p, int ks, int tok,
+                                  cudaStream_t st)
+{
+    switch (tok) {
+    case 8:
+        return w16_launch<8, F8>(a, p, ks, st);
+    case 16:
+        return w16_launch<16, F8>(a, p, ks, st);
+    case 32:
+        return w16_launch<32, F8>(a, p, ks, st);
+    default:
+        return w16_launch<64, F8>(a, p, ks, st);
+    }
+}
+
+dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st)
+{
+    w16_plan p;
+    int ks;
+    w16_make_plan(a, &p, &ks);
+    p.ws = w16_ws_at(ws);
+    const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : 64;
+    const int nkb_all = (int)(a->groups * p.nkb);
+    w16_stage<<<nkb_all, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
+    CUDA_TRY(cudaGetLastError());
+    if (a->fmt == DSV4_FORMAT_FP8) return w16_launch_tok<true>(a, &p, ks, tok, st);
+    return w16_launch_tok<false>(a, &p, ks, tok, st);
+}
