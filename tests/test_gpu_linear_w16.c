@@ -183,17 +183,17 @@ typedef struct tcase {
 
 static const tcase full_cases[] = {
     {"flash gate bf16", B16, 0, 256, 4096, 0, 256, 0, {33, 40, 64, 9, 16, 17, 32, 0}, 1},
-    {"pro gate bf16", B16, 0, 384, 7168, 0, 384, 0, {33, 57, 64, 0}, 1},
+    {"pro gate bf16", B16, 0, 384, 7168, 0, 384, 0, {33, 57, 64, 100, 0}, 1},
     {"head-like bf16", B16, 0, 16384, 4096, 0, 16384, 0, {35, 64, 0}, 1},
     {"bf16 1000x4096 row0 24", B16, 0, 1000, 4096, 24, 955, 0, {33, 47, 64, 1, 0}, 1},
-    {"flash wo_a fp8 grouped", FP8, E8, 8192, 4096, 0, 8192, 8, {9, 16, 31, 64, 5, 0}, 1},
+    {"flash wo_a fp8 grouped", FP8, E8, 8192, 4096, 0, 8192, 8, {9, 16, 31, 64, 5, 65, 0}, 1},
     {"pro wo_a fp8 grouped", FP8, E8, 16384, 4096, 0, 16384, 16, {13, 64, 0}, 1},
     {"fp8 f32-scale 4 x 100 grouped", FP8, SF, 400, 1024, 0, 400, 4, {9, 33, 64, 0}, 1},
     {"fp8 1000x2048 row0 77", FP8, E8, 1000, 2048, 77, 901, 0, {9, 33, 64, 0}, 0},
 };
 
 static const tcase small_cases[] = {
-    {"small bf16 gate", B16, 0, 128, 1024, 0, 128, 0, {33, 64, 0}, 1},
+    {"small bf16 gate", B16, 0, 128, 1024, 0, 128, 0, {33, 64, 100, 0}, 1},
     {"small bf16 odd rows", B16, 0, 200, 256, 8, 150, 0, {40, 0}, 1},
     {"small fp8 grouped", FP8, E8, 192, 512, 0, 192, 3, {9, 24, 0}, 1},
     {"small fp8 140 tiles", FP8, E8, 140 * 64, 256, 0, 140 * 64, 0, {12, 0}, 0},
@@ -345,7 +345,21 @@ static void run_case(ctx *cx, const tcase *c)
             if (s2 == DSV4_OK) s2 = dsv4_bk_alloc(cx->gpu, ny * sizeof *yg, (void **)&dy);
             if (s2 == DSV4_OK) s2 = dsv4_bk_upload(cx->gpu, dx, x, nx * sizeof *x);
             CHECK_MSG(s2 == DSV4_OK, "%s: gpu buffers: %s", c->name, dsv4_last_error());
-            if (s2 == DSV4_OK) {
+            if (s2 == DSV4_OK && N > 64) {
+                /* above 64 rows the dispatcher runs chunks of <= 64 rows on W16 (bk_linear.cu
+                 * lin_chunks): against the CPU with W16's bound, and the same bits twice */
+                const int q =
+                    gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, round, DSV4_LIN_PATH_AUTO, sent, yg);
+                CHECK_MSG(q == DSV4_LIN_PATH_W16, "%s N=%lld: the dispatcher's chunks took path %d",
+                          c->name, (long long)N, q);
+                if (q == DSV4_LIN_PATH_W16)
+                    compare(c, xm_name[xm], N, round, ldy, yg, yc, yu, S,
+                            xm == XM_F32 ? 0.0 : W16_EXTRA, xm == XM_F32);
+                gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, round, DSV4_LIN_PATH_AUTO, sent, yg2);
+                CHECK_MSG(memcmp(yg, yg2, ny * sizeof *yg) == 0,
+                          "%s N=%lld %s: two identical calls differ", c->name, (long long)N,
+                          xm_name[xm]);
+            } else if (s2 == DSV4_OK) {
                 /* W16 forced, twice: the same bits */
                 const int p =
                     gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, round, DSV4_LIN_PATH_W16, sent, yg);

@@ -701,20 +701,20 @@ static dsv4_status lin_launch(const lin_args *a, int path, cudaStream_t st, void
     }
 }
 
-/* Above 64 rows the FP8 projections F8W and FMM take (N <= 64) would fall to the tiled MMA
- * kernel, at a fraction of their bandwidth; instead the rows go in equal chunks of <= 64, each a
- * call of its own (the weights streamed once a chunk). Rows are independent, so the results are
- * those of the chunks' calls. */
+/* Above 64 rows the projections that F8W, FMM and W16 take at 64 rows would fall to the tiled
+ * MMA kernel, at a fraction of their bandwidth (and at prefill sizes far from the tensor cores'
+ * rate: Flash's wq_b at 512 rows 487 us on H100, where a 64-row chunk takes ~30); instead the rows
+ * go in equal chunks of <= 64, each a call of its own (the weights streamed once a chunk). Rows are
+ * independent, so the results are those of the chunks' calls. */
 enum { LIN_CHUNK = 64 };
 
 static int lin_chunks(const lin_args *a)
 {
-    if (force_path != DSV4_LIN_PATH_AUTO || a->N <= LIN_CHUNK || a->fmt != DSV4_FORMAT_FP8)
-        return 0;
+    if (force_path != DSV4_LIN_PATH_AUTO || a->N <= LIN_CHUNK) return 0;
     lin_args c = *a;
     c.N = LIN_CHUNK;
     const int p = lin_path(&c);
-    return p == DSV4_LIN_PATH_F8W || p == DSV4_LIN_PATH_FMM
+    return p == DSV4_LIN_PATH_F8W || p == DSV4_LIN_PATH_FMM || p == DSV4_LIN_PATH_W16
                ? (int)((a->N + LIN_CHUNK - 1) / LIN_CHUNK)
                : 0;
 }
