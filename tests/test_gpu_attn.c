@@ -482,6 +482,9 @@ static void full_cases(void)
     const attn_case cases[] = {
         {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 1, z1, p5000, 0, 2.0f, 1},
         {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 64, seq, p64a, 0, 2.0f, 1},
+        /* the engine's batch 2 and 4: plans whose clusters may not all fit at once */
+        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 2, seq, p64a, 0, 2.0f, 1},
+        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 4, seq, p64a, 0, 2.0f, 1},
         {"flash csa mixed (p<W, -1 pad, holes)", 64, 512, 128, 256, 4, 1, 512, 64, seq, p64b, 1,
          4.0f, 0},
         {"flash hca 64K", 64, 512, 128, 256, 128, 0, 0, 1, z1, p64k, 0, 2.0f, 1},
@@ -495,7 +498,7 @@ static void full_cases(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_attn(&cases[i], 0);
     /* the engine's call: the inverse RoPE of the last 64 dims fused (Flash and Pro decode, the
      * mixed rows, HCA, a prefill chunk) */
-    static const size_t fused[] = {0, 1, 2, 3, 6, 8};
+    static const size_t fused[] = {0, 1, 4, 5, 8, 10};
     for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++) run_attn(&cases[fused[i]], 64);
 }
 
