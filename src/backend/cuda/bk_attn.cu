@@ -54,6 +54,9 @@
  * unrolled epilogue (now with the RoPE, 64 copies) and prologue are more code fetched cold.
  * So the one-pass epilogue now stages O in the free key buffers and runs as a rolled loop over
  * pairs of dims (float2 stores), the cluster form's epilogue; the same operations bit for bit.
+ * Waves of clusters (session 12): a cluster must fit in one GPC, so a plan of fewer CTAs than
+ * SMs may still run in two waves (Flash CSA at 4 rows, 8 clusters of 10 at one CTA an SM: 7
+ * fit, the call took 44 us instead of 23 in the step); the cost model counts them (sa_capacity).
  *
  * Precondition: q holds bf16-exact values (faithful mode rounds q to bf16 before attention);
  * other values are rounded to bf16 here. A CSA pick >= cap_e counts as -1 here (the CPU fails).
@@ -99,7 +102,7 @@ extern "C" dsv4_status dsv4_cuda_bk_kv_store(dsv4_backend *b, uint16_t *win, int
 enum {
     SA_MTW = 4,   /* dim tiles a warp (hd <= 512) */
     SA_KBMAX = 4, /* blocks a CTA a round */
-    SA_CMAX = 16, /* cluster size */
+    SA_CMAX = 16, /* cluster size (3 (SA_CMAX + 1) 2 <= DSV4_ATTN_CAP_SLOTS) */
     SA_SELV = 8   /* CSA picks a thread holds in the prologue: topk <= 8 * AT_THREADS */
 };
 
@@ -718,11 +721,18 @@ static int sa_layout(sa_args *a, int NT, int list_len)
  * 1.5x slower each). One pass: 4.8 + 2.85 a block + 0.13 a block and head (walking the blocks
  * in order, every block pays its load, scores, softmax and p.v in turn). Cluster: 6 + a round
  * 4.3 + 0.35 a head (two cluster barriers, pass 2, pushes, combine), + 3 + 0.15 a head for each
- * further block of a CTA, + 3 for each block fetched again (kb > 2). */
-static double sa_cost(int64_t ctas, int per_sm, int n_sm, int C, int kb, int rounds, int NT, int nb)
+ * further block of a CTA, + 3 for each block fetched again (kb > 2). Clusters also run in waves
+ * of the cap the GPU holds at once (sa_capacity; 0: unknown, no such wave counted). */
+static double sa_cost(int64_t ctas, int per_sm, int n_sm, int C, int kb, int rounds, int NT, int nb,
+                      int cap)
 {
     const int HG = 8 * NT;
-    const double waves = (double)((ctas + (int64_t)n_sm * per_sm - 1) / ((int64_t)n_sm * per_sm));
+    int64_t w = (ctas + (int64_t)n_sm * per_sm - 1) / ((int64_t)n_sm * per_sm);
+    if (C > 1 && cap > 0) { /* waves of clusters, cap of them at once */
+        const int64_t wc = (ctas / C + cap - 1) / cap;
+        w = wc > w ? wc : w;
+    }
+    const double waves = (double)w;
     const double cta = C > 1 ? 6.0 + rounds * (4.3 + 0.35 * HG + (kb - 1) * (3.0 + 0.15 * HG) +
                                                (kb > 2 ? kb - 2 : 0) * 3.0)
                              : 4.8 + nb * (2.85 + 0.13 * HG);
@@ -734,10 +744,46 @@ typedef struct sa_plan {
     double cost;
 } sa_plan;
 
+/* How many clusters of C CTAs of sa_kernel<NT> with `bytes` of shared memory (per_sm of them an
+ * SM, as the cost model counts) the device holds at once (cluster_capacity; 0: none fits or the
+ * query failed). A cluster lies within one GPC, so fewer may fit than the SMs suggest: on an
+ * H100 (132 SMs) the step's Flash CSA call ran 7 clusters of 10 (one CTA an SM) and then the
+ * eighth, and 30 of 4, then the last two, each time doubling the call (PERF.md session 12).
+ * Asked once per (NT, C, per_sm) and context: cache is the context's (dsv4_cuda_attn_cap). */
+static_assert(3 * (SA_CMAX + 1) * 2 <= DSV4_ATTN_CAP_SLOTS, "sa_capacity's cache");
+
+static int sa_capacity(int *cache, int NT, int C, int per_sm, int bytes)
+{
+    if (C < 2 || C > SA_CMAX) return 0;
+    int *slot = &cache[((NT == 1 ? 0 : NT == 2 ? 1 : 2) * (SA_CMAX + 1) + C) * 2 + (per_sm > 1)];
+    if (*slot) return *slot - 1; /* count + 1; 0 unknown */
+    const void *k = NT == 1   ? (const void *)sa_kernel<1>
+                    : NT == 2 ? (const void *)sa_kernel<2>
+                              : (const void *)sa_kernel<4>;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)C, 1, 1);
+    cfg.blockDim = dim3(AT_THREADS, 1, 1);
+    cfg.dynamicSmemBytes = (size_t)bytes;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = (unsigned)C;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int num = 0; /* the query's bytes must be allowed (each launch sets its own, sa_launch) */
+    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess)
+        num = cluster_capacity(k, &cfg);
+    else
+        (void)cudaGetLastError();
+    *slot = num + 1;
+    return num;
+}
+
 /* The cheapest plan with NT in nts, C <= cmax, kb <= kbmax that fits in optin bytes; nt 0 if
  * none. nb: blocks of the longest possible row. */
-static sa_plan sa_choose(sa_args *a, int64_t N, int nb, int optin, int n_sm, const int *nts,
-                         int n_nts, int cmax, int kbmax, int list_len)
+static sa_plan sa_choose(sa_args *a, int64_t N, int nb, int *cache, int optin, int n_sm,
+                         const int *nts, int n_nts, int cmax, int kbmax, int list_len)
 {
     sa_plan best = {0, 0, 0, 0, 0.0};
     for (int i = 0; i < n_nts; i++) {
@@ -751,7 +797,10 @@ static sa_plan sa_choose(sa_args *a, int64_t N, int nb, int optin, int n_sm, con
                 if (bytes > optin) continue;
                 const int per_sm = NT < 4 && 2 * (bytes + 2048) <= 233472 ? 2 : 1;
                 const int rounds = C > 1 ? (nb + C * kb - 1) / (C * kb) : 1;
-                const double cost = sa_cost(N * groups * C, per_sm, n_sm, C, kb, rounds, NT, nb);
+                const int cap = C > 1 ? sa_capacity(cache, NT, C, per_sm, bytes) : 0;
+                if (C > 8 && cap < 1) continue; /* a non-portable size this GPU cannot place */
+                const double cost =
+                    sa_cost(N * groups * C, per_sm, n_sm, C, kb, rounds, NT, nb, cap);
                 if (!best.nt || cost < best.cost - 1e-9) {
                     best.nt = NT;
                     best.C = C;
@@ -904,7 +953,8 @@ extern "C" dsv4_status dsv4_cuda_attention_cfg(
     const int *nts = forced ? one_nt : all_nt, n_nts = forced ? 1 : 3;
     const int cmax = want[1] > 0 ? (want[1] < SA_CMAX ? want[1] : SA_CMAX) : SA_CMAX;
     const int kbmax = want[2] > 0 ? (want[2] < SA_KBMAX ? want[2] : SA_KBMAX) : SA_KBMAX;
-    sa_plan pl = sa_choose(&a, N, nb, optin, n_sm, nts, n_nts, cmax, kbmax, list_len);
+    sa_plan pl = sa_choose(&a, N, nb, dsv4_cuda_attn_cap(b->cuda), optin, n_sm, nts, n_nts, cmax,
+                           kbmax, list_len);
     if (!pl.nt) {
         if (forced)
             return dsv4_fail(DSV4_ERR_UNSUPPORTED, "attention: no plan with %d heads a CTA fits",
@@ -915,7 +965,8 @@ extern "C" dsv4_status dsv4_cuda_attention_cfg(
     const dsv4_status st = sa_run(b, a, pl, N, list_len, got);
     if (st != DSV4_ERR_UNSUPPORTED || pl.C <= 8) return st;
     /* a cluster above the portable 8 that this GPU cannot place: the best portable plan */
-    pl = sa_choose(&a, N, nb, optin, n_sm, nts, n_nts, 8, kbmax, list_len);
+    pl = sa_choose(&a, N, nb, dsv4_cuda_attn_cap(b->cuda), optin, n_sm, nts, n_nts, 8, kbmax,
+                   list_len);
     if (!pl.nt) return st;
     return sa_run(b, a, pl, N, list_len, got);
 }

@@ -23,6 +23,7 @@ struct dsv4_cuda_ctx {
     int join_pending; /* side_end recorded join; side_join not yet waited */
     void *f8w_ws[2];  /* F8W's x codes and W16's bf16 x, one per stream (main, side):
                          linear_f8w.cu, linear_w16.cu (both run in stream order) */
+    int attn_cap[DSV4_ATTN_CAP_SLOTS]; /* bk_attn.cu sa_capacity: clusters the device holds */
 };
 
 size_t dsv4_lin_w16_ws_bytes(void); /* linear_w16.cu */
@@ -182,4 +183,9 @@ cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx)
 void *dsv4_cuda_f8w_ws(dsv4_cuda_ctx *ctx)
 {
     return ctx->f8w_ws[ctx->on_side ? 1 : 0];
+}
+
+int *dsv4_cuda_attn_cap(dsv4_cuda_ctx *ctx)
+{
+    return ctx->attn_cap;
 }
