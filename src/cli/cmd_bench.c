@@ -125,7 +125,7 @@ static int usage(int rc)
         "  --steps N        timed decode steps per (context, batch), after %d warm-up steps\n"
         "  --no-graphs      launch each decode step's kernels instead of replaying a graph\n"
         "  --pdl, --no-pdl  programmatic dependent launch between the kernels of every\n"
-        "                   graph, of none (default: the engine's, graphs of <= 16 rows)\n"
+        "                   graph, of none (default: the engine's, graphs of <= 32 rows)\n"
         "  --zero-cache     leave the cached keys at zero (default: varied bf16 values, so\n"
         "                   that attention and the indexer rank distinct scores, not ties)\n"
         "  --ceilings-only  measure the device's bandwidth and GEMM ceilings and stop\n"
@@ -214,7 +214,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
     a->prefill = 4096;
     a->steps = 20;
     a->graphs = 1;
-    a->pdl = -1; /* the engine's default: graphs of <= 16 rows */
+    a->pdl = -1; /* the engine's default: graphs of <= DSV4_ENGINE_PDL_ROWS rows */
     a->seed = 1;
     a->n_gemm_n = 3;
     a->gemm_n[0] = 1, a->gemm_n[1] = 8, a->gemm_n[2] = 64;
@@ -707,7 +707,7 @@ static void print_markdown(const bench_args *a, const dsv4_model *m, const bench
            m->w.n_layers, kinds,
            !a->graphs   ? "off"
            : a->pdl > 0 ? "on, PDL"
-           : a->pdl < 0 ? "on, PDL up to 16 rows"
+           : a->pdl < 0 ? "on, PDL up to 32 rows"
                         : "on, no PDL");
     printf("Cached keys: %s.\n\n", a->zero_cache
                                        ? "zeros (--zero-cache: every attention and indexer "
@@ -828,7 +828,7 @@ static void print_json(const bench_args *a, const dsv4_model *m, const bench_out
            a->graphs ? "true" : "false",
            !a->graphs || !a->pdl ? "off"
            : a->pdl > 0          ? "on"
-                                 : "up to 16 rows",
+                                 : "up to 32 rows",
            a->zero_cache ? "zeros" : "varied");
     printf(" \"ceilings\": {\"buffer_bytes\": %llu, \"copy_gbs\": %.1f, \"read_gbs\": %.1f,"
            " \"gemm_n\": %d, \"blas_bf16_tflops\": %.1f, \"blas_fp8_tflops\": %.1f,"

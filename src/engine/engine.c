@@ -18,8 +18,7 @@ void dsv4_engine_options_default(dsv4_engine_options *o)
     o->max_slots = 1;
     o->max_chunk = 256;
     o->graphs = 1;
-    /* PDL on the graphs of <= 16 rows: measured 1-2% faster there and 4% slower at 64 rows
-     * (docs/PERF.md, session 4) */
+    /* PDL on the graphs of <= DSV4_ENGINE_PDL_ROWS rows (engine_internal.h) */
     o->pdl = -1;
 }
 
@@ -735,7 +734,7 @@ dsv4_status dsv4_engine_decode(dsv4_engine *e, const int32_t *slots, const int32
     DSV4_TRY(put_rows(e));
     if (bi >= 0) {
         if (!e->graphs[bi]) {
-            e->b->pdl = e->o.pdl < 0 ? rows <= 16 : e->o.pdl;
+            e->b->pdl = e->o.pdl < 0 ? rows <= DSV4_ENGINE_PDL_ROWS : e->o.pdl;
             DSV4_TRY(dsv4_bk_graph_begin(e->b));
             dsv4_status st = dsv4_engine_forward(e, rows);
             if (st == DSV4_OK) st = head(e, 0, rows);

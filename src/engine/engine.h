@@ -32,9 +32,14 @@ typedef struct dsv4_engine_options {
     int max_chunk;           /* rows per step: prefill chunk and largest decode batch */
     int graphs;              /* CUDA: replay decode steps from graphs, one per batch bucket */
     int pdl;                 /* CUDA graphs: programmatic dependent launch (1 on, 0 off, -1: */
-                             /* on for graphs of <= 16 rows, the default) */
+                             /* on for graphs of <= DSV4_ENGINE_PDL_ROWS rows, the default) */
     uint64_t random_seed;    /* != 0: weights are random, never read (benchmarks) */
 } dsv4_engine_options;
+
+/* The default's PDL limit: on H100 PDL made the steps of <= 16 rows 1-2% faster and 64 rows 4%
+ * slower (session 4); after session 12's kernels, 17-32 rows 0.1-1.2% faster (Flash and Pro),
+ * and 64-128 rows up to 3% slower on Pro (docs/PERF.md). */
+enum { DSV4_ENGINE_PDL_ROWS = 32 };
 
 void dsv4_engine_options_default(dsv4_engine_options *o);
 
