@@ -41,12 +41,13 @@
  * Outside [N, nrows] the output buffer must be untouched; the same call twice must give the same
  * bits.
  *
- * usage: test_gpu_linear [--small | --check | --fmm-bench | --multi-bench | --mmv-bench]
- * (--small: a few small shapes, for compute-sanitizer; --check: the full correctness cases
- * without the timing; --fmm-bench: only the FMM timing lines, N = 32 and 64 on the Flash shapes,
- * to compare builds in one device call; --multi-bench: only the projections of h at N = 16, 32,
- * 64, one call per entry against MMX; --mmv-bench: only the FP8 projections MMV takes at N =
- * 2..16, Flash and Pro shapes, the dispatcher's pick and MMV forced)
+ * usage: test_gpu_linear [--small | --small-xq | --check | --fmm-bench | --multi-bench |
+ * --mmv-bench] (--small: a few small shapes, for compute-sanitizer; --small-xq: only its F8W
+ * cases on act_quant'd x, for racecheck, whose full --small run takes minutes; --check: the full
+ * correctness cases without the timing; --fmm-bench: only the FMM timing lines, N = 32 and 64 on
+ * the Flash shapes, to compare builds in one device call; --multi-bench: only the projections of h
+ * at N = 16, 32, 64, one call per entry against MMX; --mmv-bench: only the FP8 projections MMV
+ * takes at N = 2..16, Flash and Pro shapes, the dispatcher's pick and MMV forced)
  */
 #include "backend/backend.h"
 #include "backend/backend_impl.h"
@@ -1472,7 +1473,8 @@ static void bench_multi(ctx *cx)
 
 int main(int argc, char **argv)
 {
-    const int small = argc > 1 && !strcmp(argv[1], "--small");
+    const int xq_only = argc > 1 && !strcmp(argv[1], "--small-xq");
+    const int small = xq_only || (argc > 1 && !strcmp(argv[1], "--small"));
     const int check_only = argc > 1 && !strcmp(argv[1], "--check");
     const int fmm_bench = argc > 1 && !strcmp(argv[1], "--fmm-bench");
     const int multi_bench = argc > 1 && !strcmp(argv[1], "--multi-bench");
@@ -1500,12 +1502,14 @@ int main(int argc, char **argv)
     const double t0 = test_now();
     check_errors(&cx);
     const tcase *cases = small ? small_cases : full_cases;
-    const size_t n_cases =
-        small ? sizeof small_cases / sizeof *small_cases : sizeof full_cases / sizeof *full_cases;
+    const size_t n_cases = xq_only ? 0
+                           : small ? sizeof small_cases / sizeof *small_cases
+                                   : sizeof full_cases / sizeof *full_cases;
     for (size_t i = 0; i < n_cases; i++) run_case(&cx, &cases[i]);
     const mcase *mcases = small ? multi_small : multi_full;
-    const size_t n_mcases =
-        small ? sizeof multi_small / sizeof *multi_small : sizeof multi_full / sizeof *multi_full;
+    const size_t n_mcases = xq_only ? 0
+                            : small ? sizeof multi_small / sizeof *multi_small
+                                    : sizeof multi_full / sizeof *multi_full;
     for (size_t i = 0; i < n_mcases; i++) run_multi(&cx, &mcases[i]);
     printf("correctness: %.1f s; worst err/bound per kernel:", test_now() - t0);
     for (int p = 1; p < NPATH; p++)
@@ -1513,7 +1517,7 @@ int main(int argc, char **argv)
                (long long)checks_by_path[p]);
     printf("\n");
     /* x with lo-free 128-column blocks: single ops and the multi cases (their MMX launches) */
-    for (xmix_mode = 1; xmix_mode <= 2; xmix_mode++) {
+    for (xmix_mode = 1; xmix_mode <= 2 && !xq_only; xmix_mode++) {
         const tcase *xc = small ? xmix_small : xmix_full;
         const size_t n_xc =
             small ? sizeof xmix_small / sizeof *xmix_small : sizeof xmix_full / sizeof *xmix_full;
