@@ -34,19 +34,20 @@
  * rounding boundary.
  * F8W (FP8 x FP8 wgmma, linear_f8w.cu) meets that bound on x that is not
  * act_quant output (its exact f32 path); on act_quant'd x (xmix_mode 3, 4: the Flash and Pro
- * shapes, grouped, odd rows, N 9..64, persistent and split grids, blocks of both paths in one call)
- * it multiplies e4m3 codes, and its bound comes from the tensor cores' accumulation model (a k32
- * wgmma sums 33 addends aligned to the largest, truncated to 14 significant bits: each off by <
+ * shapes, grouped, odd rows, N 9..128, persistent and split grids, blocks of both paths in one
+ * call) it multiplies e4m3 codes, and its bound comes from the tensor cores' accumulation model (a
+ * k32 wgmma sums 33 addends aligned to the largest, truncated to 14 significant bits: each off by <
  * 2^-13 of the block's sum |w x|, 4 k32 steps a block): |err| <= (1e-5 + 4 * 33 * 2^-13) * S.
  * Outside [N, nrows] the output buffer must be untouched; the same call twice must give the same
  * bits.
  *
- * usage: test_gpu_linear [--small | --check | --fmm-bench | --multi-bench | --mmv-bench]
- * (--small: a few small shapes, for compute-sanitizer; --check: the full correctness cases
- * without the timing; --fmm-bench: only the FMM timing lines, N = 32 and 64 on the Flash shapes,
- * to compare builds in one device call; --multi-bench: only the projections of h at N = 16, 32,
- * 64, one call per entry against MMX; --mmv-bench: only the FP8 projections MMV takes at N =
- * 2..16, Flash and Pro shapes, the dispatcher's pick and MMV forced)
+ * usage: test_gpu_linear [--small | --small-xq | --check | --fmm-bench | --multi-bench |
+ * --mmv-bench] (--small: a few small shapes, for compute-sanitizer; --small-xq: only its F8W
+ * cases on act_quant'd x, for racecheck, whose full --small run takes minutes; --check: the full
+ * correctness cases without the timing; --fmm-bench: only the FMM timing lines, N = 32 and 64 on
+ * the Flash shapes, to compare builds in one device call; --multi-bench: only the projections of h
+ * at N = 16, 32, 64, one call per entry against MMX; --mmv-bench: only the FP8 projections MMV
+ * takes at N = 2..16, Flash and Pro shapes, the dispatcher's pick and MMV forced)
  */
 #include "backend/backend.h"
 #include "backend/backend_impl.h"
@@ -773,25 +774,26 @@ static const tcase xmix_small[] = {
 
 /* F8W on act_quant'd x (xmix_mode 3, 4): the Flash and Pro shapes it takes (wq_b: 512 tiles,
  * persistent; wo_b, the shared expert: tiles split over 2-4 K slices), grouped (wo_a), odd rows
- * and row0, N 9..64 (token tiles of 8, 16, 32, 64, partly filled). */
+ * and row0, N 9..128 (token tiles of 8, 16, 32, 64, 128, partly filled; 200: the dispatcher's
+ * chunks of <= 128). */
 static const tcase xq_full[] = {
-    {"flash wq_b fp8 xq", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {9, 17, 32, 64}, 0},
-    {"flash wo_b fp8 xq", FP8, E8, 4096, 8192, 0, 4096, 0, 0, 0, 0, {16, 33, 64}, 0},
-    {"flash idx wq_b fp8 xq", FP8, E8, 8192, 1024, 0, 8192, 0, 0, 0, 0, {12, 40, 64}, 0},
+    {"flash wq_b fp8 xq", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {9, 17, 64, 100, 128}, 0},
+    {"flash wo_b fp8 xq", FP8, E8, 4096, 8192, 0, 4096, 0, 0, 0, 0, {16, 33, 64, 65, 128}, 0},
+    {"flash idx wq_b fp8 xq", FP8, E8, 8192, 1024, 0, 8192, 0, 0, 0, 0, {12, 40, 64, 97, 200}, 0},
     {"flash shared w1 fp8 xq", FP8, E8, 2048, 4096, 0, 2048, 0, 0, 0, 0, {9, 24, 64}, 0},
     {"flash shared w2 fp8 xq", FP8, E8, 4096, 2048, 0, 4096, 0, 0, 0, 0, {10, 64}, 0},
-    {"flash wo_a fp8 grouped xq", FP8, E8, 8192, 4096, 0, 8192, 32768, 0, 8192, 0, {16, 64}, 8},
-    {"fp8 1000x2048 row0 77 xq", FP8, E8, 1000, 2048, 77, 901, 0, 0, 0, 0, {9, 17, 33, 64}, 0},
-    {"fp8 strided xq", FP8, E8, 1024, 4096, 0, 1024, 4160, 32, 1056, 16, {19, 64}, 0},
+    {"flash wo_a fp8 grouped xq", FP8, E8, 8192, 4096, 0, 8192, 32768, 0, 8192, 0, {64, 100}, 8},
+    {"fp8 1000x2048 row0 77 xq", FP8, E8, 1000, 2048, 77, 901, 0, 0, 0, 0, {9, 17, 64, 113}, 0},
+    {"fp8 strided xq", FP8, E8, 1024, 4096, 0, 1024, 4160, 32, 1056, 16, {19, 64, 128}, 0},
     {"pro wo_b fp8 xq", FP8, E8, 7168, 16384, 0, 7168, 0, 0, 0, 0, {64}, 0},
     {"pro wq_b fp8 xq", FP8, E8, 65536, 1536, 0, 65536, 0, 0, 0, 0, {48}, 0},
 };
 
 static const tcase xq_small[] = {
-    {"small fp8 xq", FP8, E8, 200, 384, 40, 150, 388, 4, 155, 2, {9, 17, 64}, 0},
-    {"small fp8 300x1024 xq", FP8, E8, 300, 1024, 5, 291, 0, 0, 0, 0, {9, 33, 64}, 0},
-    {"small fp8 grouped xq", FP8, E8, 192, 256, 0, 192, 1024, 0, 197, 0, {9, 40}, 4},
-    {"small fp8 140 tiles xq", FP8, E8, 140 * 64, 256, 0, 140 * 64, 0, 0, 0, 0, {12}, 0},
+    {"small fp8 xq", FP8, E8, 200, 384, 40, 150, 388, 4, 155, 2, {9, 17, 64, 100}, 0},
+    {"small fp8 300x1024 xq", FP8, E8, 300, 1024, 5, 291, 0, 0, 0, 0, {9, 33, 64, 128}, 0},
+    {"small fp8 grouped xq", FP8, E8, 192, 256, 0, 192, 1024, 0, 197, 0, {9, 40, 70}, 4},
+    {"small fp8 140 tiles xq", FP8, E8, 140 * 64, 256, 0, 140 * 64, 0, 0, 0, 0, {12, 90}, 0},
 };
 
 static const mcase multi_small[] = {
@@ -1471,7 +1473,8 @@ static void bench_multi(ctx *cx)
 
 int main(int argc, char **argv)
 {
-    const int small = argc > 1 && !strcmp(argv[1], "--small");
+    const int xq_only = argc > 1 && !strcmp(argv[1], "--small-xq");
+    const int small = xq_only || (argc > 1 && !strcmp(argv[1], "--small"));
     const int check_only = argc > 1 && !strcmp(argv[1], "--check");
     const int fmm_bench = argc > 1 && !strcmp(argv[1], "--fmm-bench");
     const int multi_bench = argc > 1 && !strcmp(argv[1], "--multi-bench");
@@ -1499,12 +1502,14 @@ int main(int argc, char **argv)
     const double t0 = test_now();
     check_errors(&cx);
     const tcase *cases = small ? small_cases : full_cases;
-    const size_t n_cases =
-        small ? sizeof small_cases / sizeof *small_cases : sizeof full_cases / sizeof *full_cases;
+    const size_t n_cases = xq_only ? 0
+                           : small ? sizeof small_cases / sizeof *small_cases
+                                   : sizeof full_cases / sizeof *full_cases;
     for (size_t i = 0; i < n_cases; i++) run_case(&cx, &cases[i]);
     const mcase *mcases = small ? multi_small : multi_full;
-    const size_t n_mcases =
-        small ? sizeof multi_small / sizeof *multi_small : sizeof multi_full / sizeof *multi_full;
+    const size_t n_mcases = xq_only ? 0
+                            : small ? sizeof multi_small / sizeof *multi_small
+                                    : sizeof multi_full / sizeof *multi_full;
     for (size_t i = 0; i < n_mcases; i++) run_multi(&cx, &mcases[i]);
     printf("correctness: %.1f s; worst err/bound per kernel:", test_now() - t0);
     for (int p = 1; p < NPATH; p++)
@@ -1512,7 +1517,7 @@ int main(int argc, char **argv)
                (long long)checks_by_path[p]);
     printf("\n");
     /* x with lo-free 128-column blocks: single ops and the multi cases (their MMX launches) */
-    for (xmix_mode = 1; xmix_mode <= 2; xmix_mode++) {
+    for (xmix_mode = 1; xmix_mode <= 2 && !xq_only; xmix_mode++) {
         const tcase *xc = small ? xmix_small : xmix_full;
         const size_t n_xc =
             small ? sizeof xmix_small / sizeof *xmix_small : sizeof xmix_full / sizeof *xmix_full;

@@ -6,11 +6,12 @@
  * 4096) and Pro (384 x 7168; K split over a cluster), a head-like BF16 matrix (16384 x 4096,
  * persistent grid) and one of rows not a multiple of 64 with row0 > 0, wo_a grouped of Flash (8 x
  * 1024 x 4096) and Pro (16 x 1024 x 4096), FP8 with f32 scales and groups of rows that are not
- * multiples of 64 (tiles across scale blocks), ungrouped FP8; N 1..64 incl. odd N; round_bf16 on
+ * multiples of 64 (tiles across scale blocks), ungrouped FP8; N 1..200 incl. odd N; round_bf16 on
  * and off; x three ways: bf16-exact (the wgmma path), general f32 (every tile on the exact f32
  * path), and bf16 but for one 128-column block of some tokens (tiles or K slices of both paths
- * in one call). W16 forced, and the dispatcher's pick (which must be W16 on the engine's shapes:
- * BF16 at N 17..64, FP8 grouped at 9..64). Outside [N, nrows] the output stays untouched; the same
+ * in one call). W16 forced (N <= 128: its 128-token tiles above 64), and the dispatcher's pick
+ * (which must be W16 on the engine's shapes: BF16 at N > 16, FP8 grouped at N > 8; above 128 in
+ * chunks of <= 128). Outside [N, nrows] the output stays untouched; the same
  * call twice gives the same bits.
  *
  * Bound, per output element, S = sum_c |x_c| |w_c| (the CPU op on |x| and |W|; its own f32
@@ -177,26 +178,26 @@ typedef struct tcase {
     int64_t rows, cols, row0, nrows; /* groups > 0: all rows, row0 0 */
     int groups;                      /* > 0: dsv4_bk_linear_grouped */
     int64_t ns[8];                   /* N values, 0-terminated */
-    int engine;                      /* an engine shape: the dispatcher must pick W16 at 17..64
-                                        (BF16) or 9..64 (FP8 grouped) */
+    int engine;                      /* an engine shape: the dispatcher must pick W16 at 17..128
+                                        (BF16) or 9..128 (FP8 grouped) */
 } tcase;
 
 static const tcase full_cases[] = {
     {"flash gate bf16", B16, 0, 256, 4096, 0, 256, 0, {33, 40, 64, 9, 16, 17, 32, 0}, 1},
-    {"pro gate bf16", B16, 0, 384, 7168, 0, 384, 0, {33, 57, 64, 100, 0}, 1},
-    {"head-like bf16", B16, 0, 16384, 4096, 0, 16384, 0, {35, 64, 0}, 1},
-    {"bf16 1000x4096 row0 24", B16, 0, 1000, 4096, 24, 955, 0, {33, 47, 64, 1, 0}, 1},
-    {"flash wo_a fp8 grouped", FP8, E8, 8192, 4096, 0, 8192, 8, {9, 16, 31, 64, 5, 65, 0}, 1},
-    {"pro wo_a fp8 grouped", FP8, E8, 16384, 4096, 0, 16384, 16, {13, 64, 0}, 1},
-    {"fp8 f32-scale 4 x 100 grouped", FP8, SF, 400, 1024, 0, 400, 4, {9, 33, 64, 0}, 1},
-    {"fp8 1000x2048 row0 77", FP8, E8, 1000, 2048, 77, 901, 0, {9, 33, 64, 0}, 0},
+    {"pro gate bf16", B16, 0, 384, 7168, 0, 384, 0, {33, 57, 64, 100, 128, 200, 0}, 1},
+    {"head-like bf16", B16, 0, 16384, 4096, 0, 16384, 0, {35, 64, 128, 0}, 1},
+    {"bf16 1000x4096 row0 24", B16, 0, 1000, 4096, 24, 955, 0, {33, 47, 64, 1, 77, 0}, 1},
+    {"flash wo_a fp8 grouped", FP8, E8, 8192, 4096, 0, 8192, 8, {9, 16, 31, 64, 5, 65, 128}, 1},
+    {"pro wo_a fp8 grouped", FP8, E8, 16384, 4096, 0, 16384, 16, {13, 64, 100, 0}, 1},
+    {"fp8 f32-scale 4 x 100 grouped", FP8, SF, 400, 1024, 0, 400, 4, {9, 33, 64, 90, 0}, 1},
+    {"fp8 1000x2048 row0 77", FP8, E8, 1000, 2048, 77, 901, 0, {9, 33, 64, 120, 0}, 0},
 };
 
 static const tcase small_cases[] = {
-    {"small bf16 gate", B16, 0, 128, 1024, 0, 128, 0, {33, 64, 100, 0}, 1},
-    {"small bf16 odd rows", B16, 0, 200, 256, 8, 150, 0, {40, 0}, 1},
-    {"small fp8 grouped", FP8, E8, 192, 512, 0, 192, 3, {9, 24, 0}, 1},
-    {"small fp8 140 tiles", FP8, E8, 140 * 64, 256, 0, 140 * 64, 0, {12, 0}, 0},
+    {"small bf16 gate", B16, 0, 128, 1024, 0, 128, 0, {33, 64, 100, 130, 0}, 1},
+    {"small bf16 odd rows", B16, 0, 200, 256, 8, 150, 0, {40, 128, 0}, 1},
+    {"small fp8 grouped", FP8, E8, 192, 512, 0, 192, 3, {9, 24, 80, 0}, 1},
+    {"small fp8 140 tiles", FP8, E8, 140 * 64, 256, 0, 140 * 64, 0, {12, 99, 0}, 0},
 };
 
 enum { XM_BF16 = 0, XM_F32 = 1, XM_MIXED = 2 };
@@ -345,8 +346,8 @@ static void run_case(ctx *cx, const tcase *c)
             if (s2 == DSV4_OK) s2 = dsv4_bk_alloc(cx->gpu, ny * sizeof *yg, (void **)&dy);
             if (s2 == DSV4_OK) s2 = dsv4_bk_upload(cx->gpu, dx, x, nx * sizeof *x);
             CHECK_MSG(s2 == DSV4_OK, "%s: gpu buffers: %s", c->name, dsv4_last_error());
-            if (s2 == DSV4_OK && N > 64) {
-                /* above 64 rows the dispatcher runs chunks of <= 64 rows on W16 (bk_linear.cu
+            if (s2 == DSV4_OK && N > 128) {
+                /* above 128 rows the dispatcher runs chunks of <= 128 rows on W16 (bk_linear.cu
                  * lin_chunks): against the CPU with W16's bound, and the same bits twice */
                 const int q =
                     gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, round, DSV4_LIN_PATH_AUTO, sent, yg);
@@ -393,20 +394,26 @@ static void run_case(ctx *cx, const tcase *c)
 }
 
 /* ---- bench: W16 against the kernels it replaces (MMA for BF16 above N = 32, MMV up to 32 and
- * FMM above for FP8), bf16-valued x (the engine's), output bf16-rounded, weights from HBM
- * (copies in turn, together > 160 MB), CUDA-graph replay. ------------------------------------ */
+ * FMM above for FP8; at N = 128 two W16 calls of 64 rows, the dispatcher's chunks before the
+ * 128-token tiles), bf16-valued x (the engine's), output bf16-rounded, weights from HBM (copies
+ * in turn, together > 160 MB), CUDA-graph replay. -------------------------------------------- */
 enum { BENCH_COPIES = 64 };
 
+/* Per call: each copy's N rows in `parts` calls of N / parts rows (consecutive, as chunks). */
 static double bench_one(ctx *cx, dsv4_weight *dw, int nw, int groups, int64_t rows, int64_t cols,
-                        const float *dx, float *dy, int64_t N, int path)
+                        const float *dx, float *dy, int64_t N, int path, int parts)
 {
     const int old = dsv4_cuda_linear_force_path(path);
+    const int64_t ldx = groups * cols, n = N / parts;
     void *g = NULL;
     dsv4_status st = dsv4_bk_graph_begin(cx->gpu);
     for (int i = 0; st == DSV4_OK && i < nw; i++)
-        st = groups > 1 ? dsv4_bk_linear_grouped(cx->gpu, &dw[i], groups, dx, groups * cols, N, dy,
-                                                 rows, 1)
-                        : dsv4_bk_linear(cx->gpu, &dw[i], 0, rows, dx, cols, N, dy, rows, 1);
+        for (int p = 0; st == DSV4_OK && p < parts; p++) {
+            const float *x = dx + p * n * ldx;
+            float *y = dy + p * n * rows;
+            st = groups > 1 ? dsv4_bk_linear_grouped(cx->gpu, &dw[i], groups, x, ldx, n, y, rows, 1)
+                            : dsv4_bk_linear(cx->gpu, &dw[i], 0, rows, x, ldx, n, y, rows, 1);
+        }
     const int taken = dsv4_cuda_linear_last_path();
     dsv4_cuda_linear_force_path(old);
     dsv4_status se = dsv4_bk_graph_end(cx->gpu, &g);
@@ -438,7 +445,7 @@ static void bench(ctx *cx)
         {"flash head bf16", B16, 129280, 4096, 1},  {"flash wo_a fp8 g8", FP8, 8192, 4096, 8},
         {"pro wo_a fp8 g16", FP8, 16384, 4096, 16},
     };
-    static const int64_t ns[] = {8, 16, 24, 32, 40, 48, 64};
+    static const int64_t ns[] = {8, 16, 24, 32, 40, 48, 64, 128};
     for (size_t i = 0; i < sizeof sh / sizeof *sh; i++) {
         dsv4_weight w, dw[BENCH_COPIES];
         weight_desc(&w, sh[i].name, sh[i].fmt, E8, sh[i].rows, sh[i].cols);
@@ -450,24 +457,25 @@ static void bench(ctx *cx)
         for (; st == DSV4_OK && n < nw; n++)
             st = dsv4_bk_weight_upload(cx->gpu, &w, 0x77ull + 31ull * (uint64_t)n, &dw[n]);
         if (st != DSV4_OK) n--;
-        const int64_t nx = 64 * sh[i].groups * sh[i].cols;
+        const int64_t nx = 128 * sh[i].groups * sh[i].cols;
         float *x = malloc((size_t)nx * sizeof *x), *dx = NULL, *dy = NULL;
         fill_x(x, nx);
         dsv4_sim_bf16(x, nx);
         if (st == DSV4_OK) st = dsv4_bk_alloc(cx->gpu, (size_t)nx * sizeof *x, (void **)&dx);
         if (st == DSV4_OK) st = dsv4_bk_upload(cx->gpu, dx, x, (size_t)nx * sizeof *x);
         if (st == DSV4_OK)
-            st = dsv4_bk_alloc(cx->gpu, (size_t)(64 * sh[i].rows) * sizeof *x, (void **)&dy);
+            st = dsv4_bk_alloc(cx->gpu, (size_t)(128 * sh[i].rows) * sizeof *x, (void **)&dy);
         CHECK_MSG(st == DSV4_OK, "bench %s: %s", sh[i].name, dsv4_last_error());
         for (size_t k = 0; st == DSV4_OK && k < sizeof ns / sizeof *ns; k++) {
             const int64_t N = ns[k];
-            const int old = sh[i].fmt == B16 ? (N > 32 ? DSV4_LIN_PATH_MMA : DSV4_LIN_PATH_MMV)
-                                             : (N > 16 ? DSV4_LIN_PATH_FMM : DSV4_LIN_PATH_MMV);
-            printf("  %-20s N=%-2lld us:", sh[i].name, (long long)N);
-            const double a =
-                bench_one(cx, dw, n, sh[i].groups, sh[i].rows, sh[i].cols, dx, dy, N, old);
+            const int old = N > 64             ? DSV4_LIN_PATH_W16
+                            : sh[i].fmt == B16 ? (N > 32 ? DSV4_LIN_PATH_MMA : DSV4_LIN_PATH_MMV)
+                                               : (N > 16 ? DSV4_LIN_PATH_FMM : DSV4_LIN_PATH_MMV);
+            printf("  %-20s N=%-3lld us:", sh[i].name, (long long)N);
+            const double a = bench_one(cx, dw, n, sh[i].groups, sh[i].rows, sh[i].cols, dx, dy, N,
+                                       old, N > 64 ? 2 : 1);
             const double b = bench_one(cx, dw, n, sh[i].groups, sh[i].rows, sh[i].cols, dx, dy, N,
-                                       DSV4_LIN_PATH_W16);
+                                       DSV4_LIN_PATH_W16, 1);
             printf("  old / w16 %.2fx  (%.0f GB/s)\n", a / b, (double)bytes / b * 1e-3);
             fflush(stdout);
         }

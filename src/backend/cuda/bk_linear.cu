@@ -657,7 +657,7 @@ static int w16_wins(const lin_args *a)
 {
     const int bf = a->fmt == DSV4_FORMAT_BF16 && a->N > 16;
     const int f8 = a->fmt == DSV4_FORMAT_FP8 && a->groups > 1 && a->N > 8;
-    return (bf || f8) && a->N <= 64 && dsv4_lin_w16_ok(a);
+    return (bf || f8) && dsv4_lin_w16_ok(a);
 }
 
 /* The dispatcher's choice (or the forced path where it takes the call). */
@@ -704,19 +704,23 @@ static dsv4_status lin_launch(const lin_args *a, int path, cudaStream_t st, void
 /* Above 64 rows the projections that F8W, FMM and W16 take at 64 rows would fall to the tiled
  * MMA kernel, at a fraction of their bandwidth (and at prefill sizes far from the tensor cores'
  * rate: Flash's wq_b at 512 rows 487 us on H100, where a 64-row chunk takes ~30); instead the rows
- * go in equal chunks of <= 64, each a call of its own (the weights streamed once a chunk). Rows are
- * independent, so the results are those of the chunks' calls. */
-enum { LIN_CHUNK = 64 };
+ * go in equal chunks, each a call of its own (the weights streamed once a chunk): of <= 128 rows
+ * where F8W or W16 takes the call (their 128-token tiles: one pass over the weights), else <= 64.
+ * Rows are independent, so the results are those of the chunks' calls. */
+enum { LIN_CHUNK = 64, LIN_CHUNK_BIG = 128 };
 
+/* The number of chunks of a call above 64 rows (1: one call; 0: no chunking, <= 64 rows or a path
+ * without its own kernel above 64 rows). */
 static int lin_chunks(const lin_args *a)
 {
     if (force_path != DSV4_LIN_PATH_AUTO || a->N <= LIN_CHUNK) return 0;
     lin_args c = *a;
     c.N = LIN_CHUNK;
     const int p = lin_path(&c);
-    return p == DSV4_LIN_PATH_F8W || p == DSV4_LIN_PATH_FMM || p == DSV4_LIN_PATH_W16
-               ? (int)((a->N + LIN_CHUNK - 1) / LIN_CHUNK)
-               : 0;
+    const int rows = p == DSV4_LIN_PATH_F8W || p == DSV4_LIN_PATH_W16 ? LIN_CHUNK_BIG
+                     : p == DSV4_LIN_PATH_FMM                         ? LIN_CHUNK
+                                                                      : 0;
+    return rows ? (int)((a->N + rows - 1) / rows) : 0;
 }
 
 static dsv4_status lin_run(dsv4_backend *b, lin_args *a);

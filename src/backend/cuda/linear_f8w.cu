@@ -1,5 +1,5 @@
 /*
- * linear_f8w.cu - FP8 projections at 9..64 rows of x on FP8 wgmma from a shared-memory ring
+ * linear_f8w.cu - FP8 projections at 9..128 rows of x on FP8 wgmma from a shared-memory ring
  * (F8W): y = x W^T with e4m3 weights in 128 x 128 scale blocks, x quantised per token and
  * 128-column block to e4m3 codes times a power of two. The batched-decode attention projections
  * (wq_b, wo_b, the indexer's wq_b), whose x is the engine's act_quant output.
@@ -58,8 +58,8 @@
  * wgmma's K-major SWIZZLE_128B layout; k32 step q starts 32 q bytes into the rows), and the TOK
  * x scales (f32, a 1-D bulk copy) in an array of their own. */
 enum { F8_THREADS = 160, F8_CONSUMERS = 128, F8_BM = 64, F8_KS_MAX = 8, F8_SMEM = 227 * 1024 };
-/* The workspace: x up to F8_KMAX columns (groups * cols) of 64 tokens, per stream. */
-enum { F8_KMAX = 32768, F8_TOKMAX = 64, F8_NKB = F8_KMAX / 128 };
+/* The workspace: x up to F8_KMAX columns (groups * cols) of 128 tokens, per stream. */
+enum { F8_KMAX = 32768, F8_TOKMAX = 128, F8_NKB = F8_KMAX / 128 };
 
 /* A workspace (per context and stream: context.cu): codes [kb][TOK][128] e4m3, then scales
  * [kb][TOK] f32, then exact [kb] (every token's codes of block kb exact). */
@@ -92,11 +92,17 @@ template <int TOK> struct f8_shape {
     static constexpr int A = F8_BM * 128, B = TOK * 128, S = TOK * 4;
     static constexpr int STAGE = A + B;          /* a multiple of 1024 (the swizzle's alignment) */
     static constexpr int PART = TOK * F8_BM * 4; /* the K split's partial [TOK][64] f32 */
-    static constexpr int NST_FIT = (F8_SMEM - PART - 2048) / (STAGE + S);
+    /* The partial has a region of its own up to 64 tokens (the layout measured there); at 128 it
+     * lies over the ring's start (its 32 KB would cost two stages): a split CTA has one tile and
+     * writes it once the ring is done. */
+    static constexpr bool OVER = TOK > 64;
+    static constexpr int OWN = OVER ? 0 : PART;
+    static constexpr int NST_FIT = (F8_SMEM - OWN - 2048) / (STAGE + S);
     static constexpr int NST = NST_FIT > 16 ? 16 : NST_FIT;
-    /* ring, scales [NST][TOK], partial, barriers; 1024 bytes to align the base */
-    static constexpr int BYTES = 1024 + NST * (STAGE + S) + PART + 2 * NST * 8;
+    /* ring, scales [NST][TOK], partial (OWN), barriers; 1024 bytes to align the base */
+    static constexpr int BYTES = 1024 + NST * (STAGE + S) + OWN + 2 * NST * 8;
     static_assert(NST >= 4 && STAGE % 1024 == 0, "a ring of at least 4 aligned stages");
+    static_assert(!OVER || NST * STAGE >= PART, "the partial fits over the ring");
 };
 
 /* Measured (H100, test_gpu_linear --fmm-bench, graph replay, act_quant'd x, us, N = 8 / 16 / 32
@@ -233,6 +239,14 @@ __device__ __forceinline__ void f8_wgmma(float (&d)[NT][4], uint64_t da, uint64_
     F8_D4(d), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),           \
         "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]),  \
         "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+#define F8_D16(d)                                                                                  \
+    F8_D8(d), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]),           \
+        "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),               \
+        "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]),            \
+        "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),            \
+        "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]),            \
+        "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]),            \
+        "+f"(d[15][2]), "+f"(d[15][3])
 #define F8_IN "l"(da), "l"(db), "r"(acc)
 
 template <>
@@ -263,6 +277,19 @@ __device__ __forceinline__ void f8_wgmma<8>(float (&d)[8][4], uint64_t da, uint6
                                             "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
                                             "%32, %33, " F8_TAIL
                  : F8_D8(d)
+                 : F8_IN);
+}
+template <>
+__device__ __forceinline__ void f8_wgmma<16>(float (&d)[16][4], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile(F8_HEAD("66", "m64n128k32") "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
+                                             "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
+                                             "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+                                             "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, "
+                                             "%42, %43, %44, %45, %46, %47, %48, %49, %50, %51, "
+                                             "%52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "
+                                             "%62, %63}, %64, %65, " F8_TAIL
+                 : F8_D16(d)
                  : F8_IN);
 }
 
@@ -303,9 +330,10 @@ __device__ __forceinline__ bool f8_tile_exact(const f8_plan &p, const f8_tile &u
 }
 
 /* Exact f32 fallback of a tile (x blocks not e4m3 times a power of two): the consumer warpgroup,
- * part [TOK][64] (tokens < N) = sum over the slice's blocks of (sum of x w over the block) times
- * the weight block's scale. */
-template <int TOK> __device__ void f8_fallback(const lin_args &a, const f8_tile &u, float *part)
+ * the sum over the slice's blocks of (sum of x w over the block) times the weight block's scale,
+ * into part [TOK][64] (tokens < N; split: the CTA's one tile, the ring done) or, unsplit, straight
+ * into y (the ring may hold the next tiles' stages). */
+static __device__ void f8_fallback(const lin_args &a, const f8_tile &u, bool split, float *part)
 {
     const int64_t rbase = a.row0 + u.g * a.nrows;
     const int N = (int)a.N;
@@ -322,24 +350,16 @@ template <int TOK> __device__ void f8_fallback(const lin_args &a, const f8_tile 
                 tot = fmaf(s, lin_scale(a, (rbase + r) / 128, kb), tot);
             }
         }
-        part[n * F8_BM + row] = tot;
+        if (split)
+            part[n * F8_BM + row] = tot;
+        else if (r < a.nrows)
+            a.y[n * a.ldy + u.g * a.nrows + r] = lin_finish(a, tot);
     }
 }
 
 __device__ __forceinline__ void f8_consumer_sync()
 {
     asm volatile("bar.sync 1, %0;\n" ::"r"(F8_CONSUMERS) : "memory");
-}
-
-/* y of the tile from part [TOK][64] (tokens < N), by the consumer warpgroup. */
-__device__ __forceinline__ void f8_store_part(const lin_args &a, const f8_tile &u,
-                                              const float *part)
-{
-    for (int e = threadIdx.x; e < (int)a.N * F8_BM; e += F8_CONSUMERS) {
-        const int n = e / F8_BM, row = e % F8_BM;
-        if (u.r0 + row < a.nrows)
-            a.y[n * a.ldy + u.g * a.nrows + u.r0 + row] = lin_finish(a, part[n * F8_BM + row]);
-    }
 }
 
 /* The K split's sum: each rank adds its share of the tile over the ranks in rank order. */
@@ -365,7 +385,8 @@ __device__ __forceinline__ void f8_cluster_store(const lin_args &a, const f8_til
  * slice z. 160 threads: warps 0-3 the consumer warpgroup (64 rows x TOK tokens), warp 4 the
  * producer (one lane issues the copies). tw: the weight as [rows][row_bytes] bytes, boxes 128 x
  * 64; tx: the workspace's codes [F8_NKB TOK][128], boxes 128 x TOK. Dynamic shared memory
- * f8_shape<TOK>::BYTES: ring [NST][A | B], scales [NST][TOK], partial, barriers.
+ * f8_shape<TOK>::BYTES: ring [NST][A | B], scales [NST][TOK], partial (at 128 tokens over the
+ * ring's start), barriers.
  *
  * The ring's item `it` (the CTA's it-th (tile, block) of exact tiles) uses stage it % NST:
  * full[s] completes when its A, B and scales have landed (one producer arrival + the bytes),
@@ -384,8 +405,9 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
     extern __shared__ unsigned char f8_raw[];
     unsigned char *f8_sm = f8_raw + ((1024 - (f8_sa(f8_raw) & 1023)) & 1023);
     const uint32_t ring = f8_sa(f8_sm), scl = ring + NST * S::STAGE;
-    float *part = (float *)(void *)(f8_sm + NST * (S::STAGE + S::S));
-    const uint32_t bars = f8_sa(part) + S::PART;
+    /* the K split's partial: after the scales, or over the ring (f8_shape) */
+    float *part = (float *)(void *)(f8_sm + (S::OVER ? 0 : NST * (S::STAGE + S::S)));
+    const uint32_t bars = ring + NST * (S::STAGE + S::S) + S::OWN;
     /* full[s] at bars + 8 s (1 arrival + bytes), empty[s] at bars + 8 (NST + s) (128) */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool split = gridDim.z > 1;
@@ -448,10 +470,8 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
                         f8_bar_wait(bars + 8 * it, 0);
                         f8_bar_arrive(bars + 8 * (NST + it));
                     }
-                f8_consumer_sync(); /* part free */
-                f8_fallback<TOK>(a, u, part);
-                f8_consumer_sync();
-                if (!split) f8_store_part(a, u, part);
+                if (split) f8_consumer_sync(); /* every consumer past the ring: part free */
+                f8_fallback(a, u, split, part);
                 continue;
             }
             const int64_t rbase = a.row0 + u.g * a.nrows;
@@ -504,6 +524,7 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
                         if (n < a.N && r < a.nrows) y[n * a.ldy + r] = lin_finish(a, acc[nt][j]);
                     }
             } else {
+                if (S::OVER) f8_consumer_sync(); /* every consumer's wgmmas done: ring free */
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
@@ -524,10 +545,11 @@ typedef void (*f8w_fn)(const CUtensorMap, const CUtensorMap, lin_args, f8_plan);
 int dsv4_lin_f8w_ok(const lin_args *a)
 {
     const int64_t rows = a->row0 + a->groups * a->nrows; /* the weight rows the call spans */
-    return a->fmt == DSV4_FORMAT_FP8 && a->skind != LIN_SCALE_NONE && a->N >= 1 && a->N <= 64 &&
-           a->cols % 128 == 0 && a->row_bytes % 16 == 0 && (uintptr_t)a->data % 16 == 0 &&
-           a->xg == a->cols && a->groups * a->cols <= F8_KMAX && (uintptr_t)a->x % 16 == 0 &&
-           a->ldx % 4 == 0 && rows < (1 << 30) && a->row_bytes < (1 << 30);
+    return a->fmt == DSV4_FORMAT_FP8 && a->skind != LIN_SCALE_NONE && a->N >= 1 &&
+           a->N <= F8_TOKMAX && a->cols % 128 == 0 && a->row_bytes % 16 == 0 &&
+           (uintptr_t)a->data % 16 == 0 && a->xg == a->cols && a->groups * a->cols <= F8_KMAX &&
+           (uintptr_t)a->x % 16 == 0 && a->ldx % 4 == 0 && rows < (1 << 30) &&
+           a->row_bytes < (1 << 30);
 }
 
 /* The grid: at least LIN_SMS tiles run persistent without a split; fewer are split into the
@@ -600,7 +622,7 @@ dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st)
     int ks;
     f8_make_plan(a, &p, &ks);
     p.ws = f8_ws_at(ws);
-    const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : 64;
+    const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : a->N <= 64 ? 64 : 128;
     const int nkb_all = (int)(a->groups * p.nkb);
     f8w_quant<<<nkb_all, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
     CUDA_TRY(cudaGetLastError());
@@ -611,7 +633,9 @@ dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st)
         return f8_launch<16>(a, &p, ks, st);
     case 32:
         return f8_launch<32>(a, &p, ks, st);
-    default:
+    case 64:
         return f8_launch<64>(a, &p, ks, st);
+    default:
+        return f8_launch<128>(a, &p, ks, st);
     }
 }

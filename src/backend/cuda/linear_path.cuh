@@ -22,12 +22,12 @@ enum {
     DSV4_LIN_PATH_FMM = 6,   /* FP8, N <= 64 (cols % 128; dispatcher: N > 16 where faster) */
     DSV4_LIN_PATH_MMX = 7,   /* dsv4_bk_linear_multi's one tensor-core launch (N <= 64; FP8 and
                                 BF16 entries, cols % 128; dispatcher: N > 8) */
-    DSV4_LIN_PATH_F8W = 8,   /* FP8, N <= 64, e4m3 wgmma from a shared-memory ring (cols % 128,
+    DSV4_LIN_PATH_F8W = 8,   /* FP8, N <= 128, e4m3 wgmma from a shared-memory ring (cols % 128,
                                 groups * cols <= 32768; dispatcher: ungrouped, N > 8,
-                                >= 4096 rows) */
-    DSV4_LIN_PATH_W16 = 9,   /* BF16 and FP8, N <= 64, bf16 wgmma from a shared-memory ring (cols %
-                                128, groups * cols <= 65536; dispatcher: BF16 at N 17..64, FP8
-                                grouped at N 9..64: linear_w16.cu) */
+                                >= 4096 rows; chunks of <= 128 rows above) */
+    DSV4_LIN_PATH_W16 = 9,   /* BF16 and FP8, N <= 128, bf16 wgmma from a shared-memory ring (cols
+                                % 128, groups * cols <= 65536; dispatcher: BF16 at N > 16, FP8
+                                grouped at N > 8, chunks of <= 128 rows: linear_w16.cu) */
 };
 
 /* Forces `path` for the following dsv4_cuda_bk_linear(_grouped, _multi) calls; a path that does

@@ -1,5 +1,5 @@
 /*
- * linear_w16.cu - projections at 9..64 rows of bf16-valued x on bf16 wgmma from a shared-memory
+ * linear_w16.cu - projections at 9..128 rows of bf16-valued x on bf16 wgmma from a shared-memory
  * ring (W16): y = x W^T with BF16 weights (the MoE gate, the LM head: their x, h, is
  * bf16-rounded) or FP8 weights in 128 x 128 scale blocks whose x is bf16 but not act_quant'd
  * (wo_a, grouped: x is the attention output o), where F8W (linear_f8w.cu) cannot take it.
@@ -55,8 +55,8 @@
  * 2^120) while the previous stage's wgmmas run, A in 3 slots beside a deeper ring of [B | R]:
  * slower at N <= 32 (Flash wo_a N = 8 26.8 -> 31.1, Pro N = 16 51.5 -> 54.4), the same at 64. */
 enum { W16_THREADS = 160, W16_CONS = 128, W16_BM = 64, W16_KS_MAX = 8, W16_SMEM = 227 * 1024 };
-/* The workspace: x up to W16_KMAX columns (groups * cols) of 64 tokens. */
-enum { W16_KMAX = 65536, W16_TOKMAX = 64, W16_NKB = W16_KMAX / 128 };
+/* The workspace: x up to W16_KMAX columns (groups * cols) of 128 tokens. */
+enum { W16_KMAX = 65536, W16_TOKMAX = 128, W16_NKB = W16_KMAX / 128 };
 enum { W16_WS_X = W16_NKB * W16_TOKMAX * 256, W16_WS_BYTES = W16_WS_X + W16_NKB * 4 };
 
 /* A workspace (the stream's, shared with F8W: both run in stream order): x [kb][2][TOK][64] bf16
@@ -88,11 +88,17 @@ template <int TOK, bool F8> struct w16_shape {
     static constexpr int A = W16_BM * 256, B = TOK * 256, R = F8 ? W16_BM * 128 : 0;
     static constexpr int STAGE = A + B + R; /* a multiple of 1024 (the swizzle's alignment) */
     static constexpr int PART = TOK * W16_BM * 4;
-    static constexpr int NST_FIT = (W16_SMEM - PART - 2048) / STAGE;
+    /* The K split's partial has a region of its own up to 64 tokens (the layout measured there);
+     * at 128 it lies over the ring's start (else 3 stages would fit): a split CTA has one tile and
+     * writes it once the ring is done. */
+    static constexpr bool OVER = TOK > 64;
+    static constexpr int OWN = OVER ? 0 : PART;
+    static constexpr int NST_FIT = (W16_SMEM - OWN - 2048) / STAGE;
     static constexpr int NST = NST_FIT > 16 ? 16 : NST_FIT;
-    /* ring, partial, barriers; 1024 bytes to align the base */
-    static constexpr int BYTES = 1024 + NST * STAGE + PART + 2 * NST * 8;
+    /* ring, partial (OWN), barriers; 1024 bytes to align the base */
+    static constexpr int BYTES = 1024 + NST * STAGE + OWN + 2 * NST * 8;
     static_assert(NST >= 4 && STAGE % 1024 == 0, "a ring of at least 4 aligned stages");
+    static_assert(!OVER || NST * STAGE >= PART, "the partial fits over the ring");
 };
 
 /* ---- the prologue: x -> bf16, exact flags ---------------------------------------------------- */
@@ -197,6 +203,14 @@ __device__ __forceinline__ void w16_wgmma(float (&d)[NT][4], uint64_t da, uint64
     W16_D4(d), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),          \
         "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]),  \
         "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+#define W16_D16(d)                                                                                 \
+    W16_D8(d), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]),          \
+        "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),               \
+        "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]),            \
+        "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),            \
+        "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]),            \
+        "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]),            \
+        "+f"(d[15][2]), "+f"(d[15][3])
 #define W16_IN "l"(da), "l"(db), "r"(acc)
 
 template <>
@@ -229,6 +243,19 @@ __device__ __forceinline__ void w16_wgmma<8>(float (&d)[8][4], uint64_t da, uint
                                              "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
                                              "%32, %33, " W16_TAIL
                  : W16_D8(d)
+                 : W16_IN);
+}
+template <>
+__device__ __forceinline__ void w16_wgmma<16>(float (&d)[16][4], uint64_t da, uint64_t db, int acc)
+{
+    asm volatile(W16_HEAD("66", "m64n128k16") "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, "
+                                              "%11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
+                                              "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, "
+                                              "%31, %32, %33, %34, %35, %36, %37, %38, %39, %40, "
+                                              "%41, %42, %43, %44, %45, %46, %47, %48, %49, %50, "
+                                              "%51, %52, %53, %54, %55, %56, %57, %58, %59, %60, "
+                                              "%61, %62, %63}, %64, %65, " W16_TAIL
+                 : W16_D16(d)
                  : W16_IN);
 }
 
@@ -267,9 +294,12 @@ __device__ __forceinline__ bool w16_tile_exact(const w16_plan &p, const w16_tile
     return !__any_sync(0xffffffffu, bad);
 }
 
-/* Exact f32 fallback of a tile: the consumer warpgroup, part [TOK][64] (tokens < N) = sum over
- * the slice's blocks of (sum of x w over the block) (FP8: times the block's scale). */
-template <bool F8> __device__ void w16_fallback(const lin_args &a, const w16_tile &u, float *part)
+/* Exact f32 fallback of a tile: the consumer warpgroup, the sum over the slice's blocks of (sum
+ * of x w over the block) (FP8: times the block's scale), into part [TOK][64] (tokens < N; split:
+ * the CTA's one tile, the ring done) or, unsplit, straight into y (the ring may hold the next
+ * tiles' stages). */
+template <bool F8>
+__device__ void w16_fallback(const lin_args &a, const w16_tile &u, bool split, float *part)
 {
     const int64_t rbase = a.row0 + u.g * a.nrows;
     const int N = (int)a.N;
@@ -292,24 +322,16 @@ template <bool F8> __device__ void w16_fallback(const lin_args &a, const w16_til
                 tot = F8 ? fmaf(s, lin_scale(a, (rbase + r) / 128, kb), tot) : tot + s;
             }
         }
-        part[n * W16_BM + row] = tot;
+        if (split)
+            part[n * W16_BM + row] = tot;
+        else if (r < a.nrows)
+            a.y[n * a.ldy + u.g * a.nrows + r] = lin_finish(a, tot);
     }
 }
 
 __device__ __forceinline__ void w16_consumer_sync()
 {
     asm volatile("bar.sync 1, %0;\n" ::"r"(W16_CONS) : "memory");
-}
-
-/* y of the tile from part [TOK][64] (tokens < N), by the consumer warpgroup. */
-__device__ __forceinline__ void w16_store_part(const lin_args &a, const w16_tile &u,
-                                               const float *part)
-{
-    for (int e = threadIdx.x; e < (int)a.N * W16_BM; e += W16_CONS) {
-        const int n = e / W16_BM, row = e % W16_BM;
-        if (u.r0 + row < a.nrows)
-            a.y[n * a.ldy + u.g * a.nrows + u.r0 + row] = lin_finish(a, part[n * W16_BM + row]);
-    }
 }
 
 /* The K split's sum: each rank adds its share of the tile over the ranks in rank order. */
@@ -366,7 +388,7 @@ __device__ __forceinline__ void w16_widen(unsigned char *A, const unsigned char 
  * rows x TOK tokens), warp 4 the producer (one lane issues the copies). tw: the weights (BF16:
  * bf16 [rows][cols], boxes 64 x 64; FP8: bytes, boxes 128 x 64); tx: the workspace's x as bf16
  * [W16_NKB 2 TOK][64], boxes 64 x 2 TOK. Dynamic shared memory w16_shape::BYTES: ring [NST][A | B
- * | R], partial, barriers.
+ * | R], partial (at 128 tokens over the ring's start), barriers.
  *
  * The ring's item `it` (the CTA's it-th (tile, block) of exact tiles) uses stage it % NST:
  * full[s] completes when its weights and x have landed (one producer arrival + the bytes),
@@ -384,8 +406,9 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
     extern __shared__ unsigned char w16_raw[];
     unsigned char *sm = w16_raw + ((1024 - (w16_sa(w16_raw) & 1023)) & 1023);
     const uint32_t ring = w16_sa(sm);
-    float *part = (float *)(void *)(sm + NST * S::STAGE);
-    const uint32_t bars = w16_sa(part) + S::PART;
+    /* the K split's partial: after the ring, or over it (w16_shape) */
+    float *part = (float *)(void *)(sm + (S::OVER ? 0 : NST * S::STAGE));
+    const uint32_t bars = ring + NST * S::STAGE + S::OWN;
     /* full[s] at bars + 8 s (1 arrival + bytes), empty[s] at bars + 8 (NST + s) (128) */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool split = gridDim.z > 1;
@@ -455,10 +478,8 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
                         w16_bar_wait(bars + 8 * it, 0);
                         w16_bar_arrive(bars + 8 * (NST + it));
                     }
-                w16_consumer_sync(); /* part free */
-                w16_fallback<F8>(a, u, part);
-                w16_consumer_sync();
-                if (!split) w16_store_part(a, u, part);
+                if (split) w16_consumer_sync(); /* every consumer past the ring: part free */
+                w16_fallback<F8>(a, u, split, part);
                 continue;
             }
             const int64_t rbase = a.row0 + u.g * a.nrows;
@@ -515,6 +536,7 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
                         if (n < a.N && r < a.nrows) y[n * a.ldy + r] = lin_finish(a, acc[nt][j]);
                     }
             } else {
+                if (S::OVER) w16_consumer_sync(); /* every consumer's wgmmas done: ring free */
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
@@ -537,7 +559,7 @@ int dsv4_lin_w16_ok(const lin_args *a)
     const int64_t rows = a->row0 + a->groups * a->nrows; /* the weight rows the call spans */
     const int fmt =
         a->fmt == DSV4_FORMAT_BF16 || (a->fmt == DSV4_FORMAT_FP8 && a->skind != LIN_SCALE_NONE);
-    return fmt && a->N >= 1 && a->N <= 64 && a->cols % 128 == 0 && a->row_bytes % 16 == 0 &&
+    return fmt && a->N >= 1 && a->N <= W16_TOKMAX && a->cols % 128 == 0 && a->row_bytes % 16 == 0 &&
            (uintptr_t)a->data % 16 == 0 && a->xg == a->cols && a->groups * a->cols <= W16_KMAX &&
            (uintptr_t)a->x % 16 == 0 && a->ldx % 4 == 0 && rows < (1 << 30) &&
            a->row_bytes < (1 << 30);
@@ -620,8 +642,10 @@ static dsv4_status w16_launch_tok(const lin_args *a, const w16_plan *p, int ks, 
         return w16_launch<16, F8>(a, p, ks, st);
     case 32:
         return w16_launch<32, F8>(a, p, ks, st);
-    default:
+    case 64:
         return w16_launch<64, F8>(a, p, ks, st);
+    default:
+        return w16_launch<128, F8>(a, p, ks, st);
     }
 }
 
@@ -631,7 +655,7 @@ dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st)
     int ks;
     w16_make_plan(a, &p, &ks);
     p.ws = w16_ws_at(ws);
-    const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : 64;
+    const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : a->N <= 64 ? 64 : 128;
     const int nkb_all = (int)(a->groups * p.nkb);
     w16_stage<<<nkb_all, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
     CUDA_TRY(cudaGetLastError());
