@@ -48,9 +48,8 @@
  */
 #include "backend/cuda/linear_common.cuh"
 #include "backend/cuda/quant_dev.cuh"
+#include "backend/cuda/wgmma_ring.cuh"
 
-#include <cuda.h>
-#include <cudaTypedefs.h>
 #include <string.h>
 
 /* Ring stage: A = 64 weight rows x 128 K bytes, B = TOK tokens x 128 codes, each written by one
@@ -155,72 +154,6 @@ __global__ void __launch_bounds__(256)
     if (threadIdx.x == 0) ws.exact[kb] = !bad;
 }
 
-/* ---- ring primitives ------------------------------------------------------------------------- */
-__device__ __forceinline__ uint32_t f8_sa(const void *p)
-{
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void f8_bar_init(uint32_t bar, int count)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void f8_bar_wait(uint32_t bar, int parity)
-{
-    asm volatile("{\n.reg .pred p;\nW:\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-                 "@!p bra W;\n}\n" ::"r"(bar),
-                 "r"(parity)
-                 : "memory");
-}
-
-__device__ __forceinline__ void f8_bar_arrive(uint32_t bar)
-{
-    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar)
-                 : "memory");
-}
-
-/* One arrival that also expects `bytes` more of transactions (the stage's copies). */
-__device__ __forceinline__ void f8_arrive_tx(uint32_t bar, int bytes)
-{
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
-                 : "memory");
-}
-
-/* `bytes` more of transactions expected, no arrival (copies issued before the arrival). */
-__device__ __forceinline__ void f8_expect_tx(uint32_t bar, int bytes)
-{
-    asm volatile("mbarrier.expect_tx.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes)
-                 : "memory");
-}
-
-/* The box at (c0, c1) of tensor map m -> shared dst, completing on bar. */
-__device__ __forceinline__ void f8_tma(uint32_t dst, const CUtensorMap *m, int c0, int c1,
-                                       uint32_t bar)
-{
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
-                 "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-                 "l"((uint64_t)(uintptr_t)m), "r"(c0), "r"(c1), "r"(bar)
-                 : "memory");
-}
-
-/* bytes (a multiple of 16) global -> shared dst, completing on bar. */
-__device__ __forceinline__ void f8_bulk(uint32_t dst, const void *src, int bytes, uint32_t bar)
-{
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], "
-                 "%2, [%3];\n" ::"r"(dst),
-                 "l"(src), "r"(bytes), "r"(bar)
-                 : "memory");
-}
-
-/* Matrix descriptor of a K-major SWIZZLE_128B operand at shared address s (8-row groups 1024
- * bytes apart; s 1024-aligned plus the k32 step's 32 q bytes). */
-__device__ __forceinline__ uint64_t f8_desc(uint32_t s)
-{
-    return (uint64_t)((s & 0x3ffffu) >> 4) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
-}
-
 /* d [NT][4] (+)= A (64 x k32 at descriptor da) . B (k32 x 8 NT at db), e4m3, f32 accumulation;
  * acc = 0: d = A . B. */
 template <int NT>
@@ -229,45 +162,29 @@ __device__ __forceinline__ void f8_wgmma(float (&d)[NT][4], uint64_t da, uint64_
 #define F8_HEAD(ACC, SHAPE)                                                                        \
     "{\n.reg .pred p;\nsetp.ne.b32 p, %" ACC ", 0;\nwgmma.mma_async.sync.aligned." SHAPE           \
     ".f32.e4m3.e4m3 "
-#define F8_TAIL  "p, 1, 1;\n}\n"
-#define F8_D1(d) "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3])
-#define F8_D2(d) F8_D1(d), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
-#define F8_D4(d)                                                                                   \
-    F8_D2(d), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]),           \
-        "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
-#define F8_D8(d)                                                                                   \
-    F8_D4(d), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),           \
-        "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]),  \
-        "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-#define F8_D16(d)                                                                                  \
-    F8_D8(d), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]),           \
-        "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),               \
-        "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]),            \
-        "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),            \
-        "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]),            \
-        "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]),            \
-        "+f"(d[15][2]), "+f"(d[15][3])
-#define F8_IN "l"(da), "l"(db), "r"(acc)
+#define F8_TAIL "p, 1, 1;\n}\n"
 
 template <>
 __device__ __forceinline__ void f8_wgmma<1>(float (&d)[1][4], uint64_t da, uint64_t db, int acc)
 {
-    asm volatile(F8_HEAD("6", "m64n8k32") "{%0, %1, %2, %3}, %4, %5, " F8_TAIL : F8_D1(d) : F8_IN);
+    asm volatile(F8_HEAD("6", "m64n8k32") "{%0, %1, %2, %3}, %4, %5, " F8_TAIL
+                 : RING_D1(d)
+                 : RING_IN);
 }
 template <>
 __device__ __forceinline__ void f8_wgmma<2>(float (&d)[2][4], uint64_t da, uint64_t db, int acc)
 {
     asm volatile(F8_HEAD("10", "m64n16k32") "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, " F8_TAIL
-                 : F8_D2(d)
-                 : F8_IN);
+                 : RING_D2(d)
+                 : RING_IN);
 }
 template <>
 __device__ __forceinline__ void f8_wgmma<4>(float (&d)[4][4], uint64_t da, uint64_t db, int acc)
 {
     asm volatile(F8_HEAD("18", "m64n32k32") "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
                                             "%12, %13, %14, %15}, %16, %17, " F8_TAIL
-                 : F8_D4(d)
-                 : F8_IN);
+                 : RING_D4(d)
+                 : RING_IN);
 }
 template <>
 __device__ __forceinline__ void f8_wgmma<8>(float (&d)[8][4], uint64_t da, uint64_t db, int acc)
@@ -276,8 +193,8 @@ __device__ __forceinline__ void f8_wgmma<8>(float (&d)[8][4], uint64_t da, uint6
                                             "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
                                             "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
                                             "%32, %33, " F8_TAIL
-                 : F8_D8(d)
-                 : F8_IN);
+                 : RING_D8(d)
+                 : RING_IN);
 }
 template <>
 __device__ __forceinline__ void f8_wgmma<16>(float (&d)[16][4], uint64_t da, uint64_t db, int acc)
@@ -289,8 +206,8 @@ __device__ __forceinline__ void f8_wgmma<16>(float (&d)[16][4], uint64_t da, uin
                                              "%42, %43, %44, %45, %46, %47, %48, %49, %50, %51, "
                                              "%52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "
                                              "%62, %63}, %64, %65, " F8_TAIL
-                 : F8_D16(d)
-                 : F8_IN);
+                 : RING_D16(d)
+                 : RING_IN);
 }
 
 /* ---- the kernel -------------------------------------------------------------------------------
@@ -403,8 +320,8 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
     typedef f8_shape<TOK> S;
     constexpr int NT = TOK / 8, NST = S::NST;
     extern __shared__ unsigned char f8_raw[];
-    unsigned char *f8_sm = f8_raw + ((1024 - (f8_sa(f8_raw) & 1023)) & 1023);
-    const uint32_t ring = f8_sa(f8_sm), scl = ring + NST * S::STAGE;
+    unsigned char *f8_sm = f8_raw + ((1024 - (ring_sa(f8_raw) & 1023)) & 1023);
+    const uint32_t ring = ring_sa(f8_sm), scl = ring + NST * S::STAGE;
     /* the K split's partial: after the scales, or over the ring (f8_shape) */
     float *part = (float *)(void *)(f8_sm + (S::OVER ? 0 : NST * (S::STAGE + S::S)));
     const uint32_t bars = ring + NST * (S::STAGE + S::S) + S::OWN;
@@ -413,8 +330,8 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
     const bool split = gridDim.z > 1;
     if (threadIdx.x == 0) {
         for (int s = 0; s < NST; s++) {
-            f8_bar_init(bars + 8 * s, 1);
-            f8_bar_init(bars + 8 * (NST + s), F8_CONSUMERS);
+            ring_bar_init(bars + 8 * s, 1);
+            ring_bar_init(bars + 8 * (NST + s), F8_CONSUMERS);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -433,8 +350,8 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
             const f8_tile u = f8_at(p, blockIdx.x);
             const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
             for (int i = 0; i < first; i++) {
-                f8_expect_tx(bars + 8 * i, S::A);
-                f8_tma(ring + i * S::STAGE, &tw, (u.kb0 + i) * 128, row, bars + 8 * i);
+                ring_expect_tx(bars + 8 * i, S::A);
+                ring_tma(ring + i * S::STAGE, &tw, (u.kb0 + i) * 128, row, bars + 8 * i);
             }
         }
         DSV4_PDL_WAIT();
@@ -448,13 +365,13 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
             for (int i = 0; i < n_it; i++, it++) {
                 const int s = it % NST, ph = (it / NST) & 1, kb = u.kb0 + i;
                 const uint32_t full = bars + 8 * s, st = ring + s * S::STAGE;
-                if (it >= NST && lead) f8_bar_wait(bars + 8 * (NST + s), ph ^ 1);
+                if (it >= NST && lead) ring_bar_wait(bars + 8 * (NST + s), ph ^ 1);
                 if (lead) {
                     const bool have_a = it < first && t == (int)blockIdx.x;
-                    f8_arrive_tx(full, (have_a ? 0 : S::A) + S::B + S::S);
-                    if (!have_a) f8_tma(st, &tw, kb * 128, row, full);
-                    f8_tma(st + S::A, &tx, 0, (int)((u.kbg + kb) * TOK), full);
-                    f8_bulk(scl + s * S::S, p.ws.scales + (u.kbg + kb) * TOK, S::S, full);
+                    ring_arrive_tx(full, (have_a ? 0 : S::A) + S::B + S::S);
+                    if (!have_a) ring_tma(st, &tw, kb * 128, row, full);
+                    ring_tma(st + S::A, &tx, 0, (int)((u.kbg + kb) * TOK), full);
+                    ring_bulk(scl + s * S::S, p.ws.scales + (u.kbg + kb) * TOK, S::S, full);
                 }
             }
         }
@@ -467,8 +384,8 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
             if (!f8_tile_exact(p, u)) {
                 if (t == (int)blockIdx.x) /* pass the first tile's items (above) */
                     for (; it < first; it++) {
-                        f8_bar_wait(bars + 8 * it, 0);
-                        f8_bar_arrive(bars + 8 * (NST + it));
+                        ring_bar_wait(bars + 8 * it, 0);
+                        ring_bar_arrive(bars + 8 * (NST + it));
                     }
                 if (split) f8_consumer_sync(); /* every consumer past the ring: part free */
                 f8_fallback(a, u, split, part);
@@ -487,12 +404,12 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
                 const int s = it % NST, ph = (it / NST) & 1;
                 const float ws0 = lin_scale(a, sr0, kb), ws1 = lin_scale(a, sr1, kb);
                 const uint32_t st = ring + s * S::STAGE;
-                f8_bar_wait(bars + 8 * s, ph);
+                ring_bar_wait(bars + 8 * s, ph);
                 float tmp[NT][4];
                 asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
                 for (int q = 0; q < 4; q++)
-                    f8_wgmma<NT>(tmp, f8_desc(st + 32 * q), f8_desc(st + S::A + 32 * q), q > 0);
+                    f8_wgmma<NT>(tmp, ring_desc(st + 32 * q), ring_desc(st + S::A + 32 * q), q > 0);
                 asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
                 asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
@@ -504,7 +421,7 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
                     x0[nt] = xs[nt * 8 + 2 * tq], x1[nt] = xs[nt * 8 + 2 * tq + 1];
-                f8_bar_arrive(bars + 8 * (NST + s)); /* the stage is free */
+                ring_bar_arrive(bars + 8 * (NST + s)); /* the stage is free */
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++) {
                     acc[nt][0] = fmaf(tmp[nt][0], ws0 * x0[nt], acc[nt][0]);
@@ -566,47 +483,15 @@ static void f8_make_plan(const lin_args *a, f8_plan *p, int *ks)
     *ks = (p->nkb + p->spc - 1) / p->spc;
 }
 
-/* cuTensorMapEncodeTiled, from the driver through the runtime (no link to libcuda). */
-static PFN_cuTensorMapEncodeTiled_v12000 f8_encode_fn(void)
-{
-    static PFN_cuTensorMapEncodeTiled_v12000 fn = NULL;
-    if (!fn) {
-        void *f = NULL;
-        cudaDriverEntryPointQueryResult q;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
-                                             &q) == cudaSuccess &&
-            q == cudaDriverEntryPointSuccess)
-            fn = (PFN_cuTensorMapEncodeTiled_v12000)f;
-    }
-    return fn;
-}
-
-/* A 2-D map of bytes [rows][cols] (row stride ld bytes), boxes of 128 x box_rows, 128-byte
- * swizzle, zeros past the rows. */
-static dsv4_status f8_map(CUtensorMap *m, const void *base, uint64_t rows, uint64_t cols,
-                          uint64_t ld, uint32_t box_rows)
-{
-    PFN_cuTensorMapEncodeTiled_v12000 fn = f8_encode_fn();
-    if (!fn) return dsv4_fail(DSV4_ERR_DEVICE, "cuda linear f8w: no cuTensorMapEncodeTiled");
-    const cuuint64_t dim[2] = {cols, rows}, stride[1] = {ld};
-    const cuuint32_t box[2] = {128, box_rows}, es[2] = {1, 1};
-    const CUresult r = fn(m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *)base, dim, stride, box, es,
-                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                          CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS)
-        return dsv4_fail(DSV4_ERR_DEVICE, "cuda linear f8w: cuTensorMapEncodeTiled: %d", (int)r);
-    return DSV4_OK;
-}
-
 template <int TOK>
 static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaStream_t st)
 {
     const f8w_fn fn = f8w_kernel<TOK>;
     const int smem = f8_shape<TOK>::BYTES;
     CUtensorMap tw, tx;
-    DSV4_TRY(f8_map(&tw, a->data, (uint64_t)(a->row0 + a->groups * a->nrows),
-                    (uint64_t)a->row_bytes, (uint64_t)a->row_bytes, F8_BM));
-    DSV4_TRY(f8_map(&tx, p->ws.codes, (uint64_t)F8_NKB * TOK, 128, 128, TOK));
+    DSV4_TRY(ring_map(&tw, a->data, 0, (uint64_t)(a->row0 + a->groups * a->nrows),
+                      (uint64_t)a->row_bytes, (uint64_t)a->row_bytes, F8_BM, "f8w"));
+    DSV4_TRY(ring_map(&tx, p->ws.codes, 0, (uint64_t)F8_NKB * TOK, 128, 128, TOK, "f8w"));
     CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     const unsigned cx = ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, (int)LIN_SMS);
     cudaLaunchAttribute attr;

@@ -39,9 +39,8 @@
  * only after it.
  */
 #include "backend/cuda/linear_common.cuh"
+#include "backend/cuda/wgmma_ring.cuh"
 
-#include <cuda.h>
-#include <cudaTypedefs.h>
 #include <string.h>
 
 /* Measured (H100, test_gpu_linear_w16 --bench, graph replay, bf16 x, us, N = 16 / 32 / 64; old =
@@ -128,63 +127,6 @@ __global__ void __launch_bounds__(256)
     if (threadIdx.x == 0) ws.exact[kb] = !bad;
 }
 
-/* ---- ring primitives (F8W's) ----------------------------------------------------------------- */
-__device__ __forceinline__ uint32_t w16_sa(const void *p)
-{
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void w16_bar_init(uint32_t bar, int count)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void w16_bar_wait(uint32_t bar, int parity)
-{
-    asm volatile("{\n.reg .pred p;\nW:\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-                 "@!p bra W;\n}\n" ::"r"(bar),
-                 "r"(parity)
-                 : "memory");
-}
-
-__device__ __forceinline__ void w16_bar_arrive(uint32_t bar)
-{
-    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar)
-                 : "memory");
-}
-
-/* One arrival that also expects `bytes` more of transactions. */
-__device__ __forceinline__ void w16_arrive_tx(uint32_t bar, int bytes)
-{
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
-                 : "memory");
-}
-
-/* `bytes` more of transactions expected, no arrival. */
-__device__ __forceinline__ void w16_expect_tx(uint32_t bar, int bytes)
-{
-    asm volatile("mbarrier.expect_tx.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes)
-                 : "memory");
-}
-
-/* The box at (c0, c1) of tensor map m -> shared dst, completing on bar. */
-__device__ __forceinline__ void w16_tma(uint32_t dst, const CUtensorMap *m, int c0, int c1,
-                                        uint32_t bar)
-{
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
-                 "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-                 "l"((uint64_t)(uintptr_t)m), "r"(c0), "r"(c1), "r"(bar)
-                 : "memory");
-}
-
-/* Matrix descriptor of a K-major SWIZZLE_128B operand at shared address s (8-row groups 1024
- * bytes apart; s 1024-aligned plus the k16 step's 32 q bytes). */
-__device__ __forceinline__ uint64_t w16_desc(uint32_t s)
-{
-    return (uint64_t)((s & 0x3ffffu) >> 4) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
-}
-
 /* d [NT][4] (+)= A (64 x k16 at descriptor da) . B (k16 x 8 NT at db), bf16, f32 accumulation;
  * acc = 0: d = A . B. Both operands K-major (no transpose). */
 template <int NT>
@@ -193,47 +135,29 @@ __device__ __forceinline__ void w16_wgmma(float (&d)[NT][4], uint64_t da, uint64
 #define W16_HEAD(ACC, SHAPE)                                                                       \
     "{\n.reg .pred p;\nsetp.ne.b32 p, %" ACC ", 0;\nwgmma.mma_async.sync.aligned." SHAPE           \
     ".f32.bf16.bf16 "
-#define W16_TAIL  "p, 1, 1, 0, 0;\n}\n"
-#define W16_D1(d) "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3])
-#define W16_D2(d) W16_D1(d), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
-#define W16_D4(d)                                                                                  \
-    W16_D2(d), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]),          \
-        "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
-#define W16_D8(d)                                                                                  \
-    W16_D4(d), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),          \
-        "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]),  \
-        "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
-#define W16_D16(d)                                                                                 \
-    W16_D8(d), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]),          \
-        "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),               \
-        "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]),            \
-        "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),            \
-        "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]),            \
-        "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]),            \
-        "+f"(d[15][2]), "+f"(d[15][3])
-#define W16_IN "l"(da), "l"(db), "r"(acc)
+#define W16_TAIL "p, 1, 1, 0, 0;\n}\n"
 
 template <>
 __device__ __forceinline__ void w16_wgmma<1>(float (&d)[1][4], uint64_t da, uint64_t db, int acc)
 {
     asm volatile(W16_HEAD("6", "m64n8k16") "{%0, %1, %2, %3}, %4, %5, " W16_TAIL
-                 : W16_D1(d)
-                 : W16_IN);
+                 : RING_D1(d)
+                 : RING_IN);
 }
 template <>
 __device__ __forceinline__ void w16_wgmma<2>(float (&d)[2][4], uint64_t da, uint64_t db, int acc)
 {
     asm volatile(W16_HEAD("10", "m64n16k16") "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, " W16_TAIL
-                 : W16_D2(d)
-                 : W16_IN);
+                 : RING_D2(d)
+                 : RING_IN);
 }
 template <>
 __device__ __forceinline__ void w16_wgmma<4>(float (&d)[4][4], uint64_t da, uint64_t db, int acc)
 {
     asm volatile(W16_HEAD("18", "m64n32k16") "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
                                              "%12, %13, %14, %15}, %16, %17, " W16_TAIL
-                 : W16_D4(d)
-                 : W16_IN);
+                 : RING_D4(d)
+                 : RING_IN);
 }
 template <>
 __device__ __forceinline__ void w16_wgmma<8>(float (&d)[8][4], uint64_t da, uint64_t db, int acc)
@@ -242,8 +166,8 @@ __device__ __forceinline__ void w16_wgmma<8>(float (&d)[8][4], uint64_t da, uint
                                              "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
                                              "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
                                              "%32, %33, " W16_TAIL
-                 : W16_D8(d)
-                 : W16_IN);
+                 : RING_D8(d)
+                 : RING_IN);
 }
 template <>
 __device__ __forceinline__ void w16_wgmma<16>(float (&d)[16][4], uint64_t da, uint64_t db, int acc)
@@ -255,8 +179,8 @@ __device__ __forceinline__ void w16_wgmma<16>(float (&d)[16][4], uint64_t da, ui
                                               "%41, %42, %43, %44, %45, %46, %47, %48, %49, %50, "
                                               "%51, %52, %53, %54, %55, %56, %57, %58, %59, %60, "
                                               "%61, %62, %63}, %64, %65, " W16_TAIL
-                 : W16_D16(d)
-                 : W16_IN);
+                 : RING_D16(d)
+                 : RING_IN);
 }
 
 /* ---- the kernel ------------------------------------------------------------------------------ */
@@ -404,8 +328,8 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
     typedef w16_shape<TOK, F8> S;
     constexpr int NT = TOK / 8, NST = S::NST, WB = F8 ? S::R : S::A; /* weight bytes a stage */
     extern __shared__ unsigned char w16_raw[];
-    unsigned char *sm = w16_raw + ((1024 - (w16_sa(w16_raw) & 1023)) & 1023);
-    const uint32_t ring = w16_sa(sm);
+    unsigned char *sm = w16_raw + ((1024 - (ring_sa(w16_raw) & 1023)) & 1023);
+    const uint32_t ring = ring_sa(sm);
     /* the K split's partial: after the ring, or over it (w16_shape) */
     float *part = (float *)(void *)(sm + (S::OVER ? 0 : NST * S::STAGE));
     const uint32_t bars = ring + NST * S::STAGE + S::OWN;
@@ -414,8 +338,8 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
     const bool split = gridDim.z > 1;
     if (threadIdx.x == 0) {
         for (int s = 0; s < NST; s++) {
-            w16_bar_init(bars + 8 * s, 1);
-            w16_bar_init(bars + 8 * (NST + s), W16_CONS);
+            ring_bar_init(bars + 8 * s, 1);
+            ring_bar_init(bars + 8 * (NST + s), W16_CONS);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
@@ -432,17 +356,17 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
         /* stage st's weights of block kb, rows from `row`: FP8 one copy into R, BF16 two into A */
         auto load_w = [&](uint32_t st, int kb, int row, uint32_t full) {
             if (F8) {
-                w16_tma(st + S::A + S::B, &tw, kb * 128, row, full);
+                ring_tma(st + S::A + S::B, &tw, kb * 128, row, full);
             } else {
-                w16_tma(st, &tw, kb * 128, row, full);
-                w16_tma(st + W16_BM * 128, &tw, kb * 128 + 64, row, full);
+                ring_tma(st, &tw, kb * 128, row, full);
+                ring_tma(st + W16_BM * 128, &tw, kb * 128 + 64, row, full);
             }
         };
         if (lead && first > 0) { /* the first tile's weights before the wait */
             const w16_tile u = w16_at(p, blockIdx.x);
             const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
             for (int i = 0; i < first; i++) {
-                w16_expect_tx(bars + 8 * i, WB);
+                ring_expect_tx(bars + 8 * i, WB);
                 load_w(ring + i * S::STAGE, u.kb0 + i, row, bars + 8 * i);
             }
         }
@@ -457,12 +381,12 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
             for (int i = 0; i < n_it; i++, it++) {
                 const int s = it % NST, ph = (it / NST) & 1, kb = u.kb0 + i;
                 const uint32_t full = bars + 8 * s, st = ring + s * S::STAGE;
-                if (it >= NST && lead) w16_bar_wait(bars + 8 * (NST + s), ph ^ 1);
+                if (it >= NST && lead) ring_bar_wait(bars + 8 * (NST + s), ph ^ 1);
                 if (lead) {
                     const bool have_w = it < first && t == (int)blockIdx.x;
-                    w16_arrive_tx(full, (have_w ? 0 : WB) + S::B);
+                    ring_arrive_tx(full, (have_w ? 0 : WB) + S::B);
                     if (!have_w) load_w(st, kb, row, full);
-                    w16_tma(st + S::A, &tx, 0, (int)((u.kbg + kb) * 2 * TOK), full);
+                    ring_tma(st + S::A, &tx, 0, (int)((u.kbg + kb) * 2 * TOK), full);
                 }
             }
         }
@@ -475,8 +399,8 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
             if (!w16_tile_exact(p, u)) {
                 if (t == (int)blockIdx.x) /* pass the first tile's items (above) */
                     for (; it < first; it++) {
-                        w16_bar_wait(bars + 8 * it, 0);
-                        w16_bar_arrive(bars + 8 * (NST + it));
+                        ring_bar_wait(bars + 8 * it, 0);
+                        ring_bar_arrive(bars + 8 * (NST + it));
                     }
                 if (split) w16_consumer_sync(); /* every consumer past the ring: part free */
                 w16_fallback<F8>(a, u, split, part);
@@ -496,14 +420,14 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
                 float ws0 = 1.0f, ws1 = 1.0f;
                 if (F8) ws0 = lin_scale(a, sr0, kb), ws1 = lin_scale(a, sr1, kb);
                 const uint32_t st = ring + s * S::STAGE;
-                w16_bar_wait(bars + 8 * s, ph);
+                ring_bar_wait(bars + 8 * s, ph);
                 if (F8) w16_widen(sm + s * S::STAGE, sm + s * S::STAGE + S::A + S::B);
                 float tmp[NT][4];
                 asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
                 for (int q = 0; q < 8; q++)
-                    w16_wgmma<NT>(tmp, w16_desc(st + (q >> 2) * (W16_BM * 128) + 32 * (q & 3)),
-                                  w16_desc(st + S::A + (q >> 2) * (TOK * 128) + 32 * (q & 3)),
+                    w16_wgmma<NT>(tmp, ring_desc(st + (q >> 2) * (W16_BM * 128) + 32 * (q & 3)),
+                                  ring_desc(st + S::A + (q >> 2) * (TOK * 128) + 32 * (q & 3)),
                                   q > 0);
                 asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
                 asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -511,7 +435,7 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                     for (int j = 0; j < 4; j++) asm volatile("" : "+f"(tmp[nt][j])::"memory");
-                w16_bar_arrive(bars + 8 * (NST + s)); /* the stage is free */
+                ring_bar_arrive(bars + 8 * (NST + s)); /* the stage is free */
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++) {
                     if (F8) {
@@ -579,49 +503,16 @@ static void w16_make_plan(const lin_args *a, w16_plan *p, int *ks)
     *ks = (p->nkb + p->spc - 1) / p->spc;
 }
 
-/* cuTensorMapEncodeTiled, from the driver through the runtime (no link to libcuda). */
-static PFN_cuTensorMapEncodeTiled_v12000 w16_encode_fn(void)
-{
-    static PFN_cuTensorMapEncodeTiled_v12000 fn = NULL;
-    if (!fn) {
-        void *f = NULL;
-        cudaDriverEntryPointQueryResult q;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
-                                             &q) == cudaSuccess &&
-            q == cudaDriverEntryPointSuccess)
-            fn = (PFN_cuTensorMapEncodeTiled_v12000)f;
-    }
-    return fn;
-}
-
-/* A 2-D map of elements [rows][cols] (bf16 or bytes; row stride ld bytes), boxes of box_cols x
- * box_rows (box_cols elements = 128 bytes), 128-byte swizzle, zeros past the rows. */
-static dsv4_status w16_map(CUtensorMap *m, const void *base, int bf16, uint64_t rows, uint64_t cols,
-                           uint64_t ld, uint32_t box_rows)
-{
-    PFN_cuTensorMapEncodeTiled_v12000 fn = w16_encode_fn();
-    if (!fn) return dsv4_fail(DSV4_ERR_DEVICE, "cuda linear w16: no cuTensorMapEncodeTiled");
-    const cuuint64_t dim[2] = {cols, rows}, stride[1] = {ld};
-    const cuuint32_t box[2] = {bf16 ? 64u : 128u, box_rows}, es[2] = {1, 1};
-    const CUresult r = fn(
-        m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *)base,
-        dim, stride, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS)
-        return dsv4_fail(DSV4_ERR_DEVICE, "cuda linear w16: cuTensorMapEncodeTiled: %d", (int)r);
-    return DSV4_OK;
-}
-
 template <int TOK, bool F8>
 static dsv4_status w16_launch(const lin_args *a, const w16_plan *p, int ks, cudaStream_t st)
 {
     const w16_fn fn = w16_kernel<TOK, F8>;
     const int smem = w16_shape<TOK, F8>::BYTES;
     CUtensorMap tw, tx;
-    DSV4_TRY(w16_map(&tw, a->data, !F8, (uint64_t)(a->row0 + a->groups * a->nrows),
-                     (uint64_t)(F8 ? a->row_bytes : a->row_bytes / 2), (uint64_t)a->row_bytes,
-                     W16_BM));
-    DSV4_TRY(w16_map(&tx, p->ws.x, 1, (uint64_t)W16_NKB * 2 * TOK, 64, 128, 2 * TOK));
+    DSV4_TRY(ring_map(&tw, a->data, !F8, (uint64_t)(a->row0 + a->groups * a->nrows),
+                      (uint64_t)(F8 ? a->row_bytes : a->row_bytes / 2), (uint64_t)a->row_bytes,
+                      W16_BM, "w16"));
+    DSV4_TRY(ring_map(&tx, p->ws.x, 1, (uint64_t)W16_NKB * 2 * TOK, 64, 128, 2 * TOK, "w16"));
     CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     const unsigned cx = ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, (int)LIN_SMS);
     cudaLaunchAttribute attr;

@@ -1,0 +1,142 @@
+/*
+ * wgmma_ring.cuh - the pieces F8W (linear_f8w.cu) and W16 (linear_w16.cu) share: a producer warp
+ * fills a shared-memory ring with TMA copies that complete on mbarriers, and a consumer
+ * warpgroup multiplies the stages with wgmma from shared-memory descriptors. Here: the mbarrier
+ * and copy primitives, the K-major SWIZZLE_128B matrix descriptor, the accumulator operand lists
+ * of the wgmma wrappers (each file writes its own instruction: e4m3 k32 or bf16 k16), and the
+ * 2-D tensor maps (cuTensorMapEncodeTiled through the runtime, no link to libcuda).
+ */
+#ifndef DSV4_BACKEND_CUDA_WGMMA_RING_CUH
+#define DSV4_BACKEND_CUDA_WGMMA_RING_CUH
+
+#include "backend/cuda/check.cuh"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <stdint.h>
+
+/* ---- device: barriers, copies, descriptors ----------------------------------------------------
+ */
+__device__ __forceinline__ uint32_t ring_sa(const void *p)
+{
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void ring_bar_init(uint32_t bar, int count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void ring_bar_wait(uint32_t bar, int parity)
+{
+    asm volatile("{\n.reg .pred p;\nW:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 "@!p bra W;\n}\n" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+
+__device__ __forceinline__ void ring_bar_arrive(uint32_t bar)
+{
+    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar)
+                 : "memory");
+}
+
+/* One arrival that also expects `bytes` more of transactions (the stage's copies). */
+__device__ __forceinline__ void ring_arrive_tx(uint32_t bar, int bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+
+/* `bytes` more of transactions expected, no arrival (copies issued before the arrival). */
+__device__ __forceinline__ void ring_expect_tx(uint32_t bar, int bytes)
+{
+    asm volatile("mbarrier.expect_tx.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+
+/* The box at (c0, c1) of tensor map m -> shared dst, completing on bar. */
+__device__ __forceinline__ void ring_tma(uint32_t dst, const CUtensorMap *m, int c0, int c1,
+                                         uint32_t bar)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
+                 "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+                 "l"((uint64_t)(uintptr_t)m), "r"(c0), "r"(c1), "r"(bar)
+                 : "memory");
+}
+
+/* bytes (a multiple of 16) global -> shared dst, completing on bar. */
+__device__ __forceinline__ void ring_bulk(uint32_t dst, const void *src, int bytes, uint32_t bar)
+{
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], "
+                 "%2, [%3];\n" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
+
+/* Matrix descriptor of a K-major SWIZZLE_128B operand at shared address s (8-row groups 1024
+ * bytes apart; s 1024-aligned plus the k step's offset, 32 bytes a step). */
+__device__ __forceinline__ uint64_t ring_desc(uint32_t s)
+{
+    return (uint64_t)((s & 0x3ffffu) >> 4) | ((uint64_t)(1024 >> 4) << 32) | (1ull << 62);
+}
+
+/* The accumulator operands d [NT][4] of a wgmma m64n(8 NT) wrapper's asm, and its inputs (the
+ * two descriptors and the accumulate flag). */
+#define RING_D1(d) "+f"(d[0][0]), "+f"(d[0][1]), "+f"(d[0][2]), "+f"(d[0][3])
+#define RING_D2(d) RING_D1(d), "+f"(d[1][0]), "+f"(d[1][1]), "+f"(d[1][2]), "+f"(d[1][3])
+#define RING_D4(d)                                                                                 \
+    RING_D2(d), "+f"(d[2][0]), "+f"(d[2][1]), "+f"(d[2][2]), "+f"(d[2][3]), "+f"(d[3][0]),         \
+        "+f"(d[3][1]), "+f"(d[3][2]), "+f"(d[3][3])
+#define RING_D8(d)                                                                                 \
+    RING_D4(d), "+f"(d[4][0]), "+f"(d[4][1]), "+f"(d[4][2]), "+f"(d[4][3]), "+f"(d[5][0]),         \
+        "+f"(d[5][1]), "+f"(d[5][2]), "+f"(d[5][3]), "+f"(d[6][0]), "+f"(d[6][1]), "+f"(d[6][2]),  \
+        "+f"(d[6][3]), "+f"(d[7][0]), "+f"(d[7][1]), "+f"(d[7][2]), "+f"(d[7][3])
+#define RING_D16(d)                                                                                \
+    RING_D8(d), "+f"(d[8][0]), "+f"(d[8][1]), "+f"(d[8][2]), "+f"(d[8][3]), "+f"(d[9][0]),         \
+        "+f"(d[9][1]), "+f"(d[9][2]), "+f"(d[9][3]), "+f"(d[10][0]), "+f"(d[10][1]),               \
+        "+f"(d[10][2]), "+f"(d[10][3]), "+f"(d[11][0]), "+f"(d[11][1]), "+f"(d[11][2]),            \
+        "+f"(d[11][3]), "+f"(d[12][0]), "+f"(d[12][1]), "+f"(d[12][2]), "+f"(d[12][3]),            \
+        "+f"(d[13][0]), "+f"(d[13][1]), "+f"(d[13][2]), "+f"(d[13][3]), "+f"(d[14][0]),            \
+        "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]),            \
+        "+f"(d[15][2]), "+f"(d[15][3])
+#define RING_IN "l"(da), "l"(db), "r"(acc)
+
+/* ---- host: tensor maps ------------------------------------------------------------------------
+ */
+/* cuTensorMapEncodeTiled, from the driver through the runtime (no link to libcuda). */
+static PFN_cuTensorMapEncodeTiled_v12000 ring_encode_fn(void)
+{
+    static PFN_cuTensorMapEncodeTiled_v12000 fn = NULL;
+    if (!fn) {
+        void *f = NULL;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
+                                             &q) == cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (PFN_cuTensorMapEncodeTiled_v12000)f;
+    }
+    return fn;
+}
+
+/* A 2-D map of elements [rows][cols] (bf16 or bytes; row stride ld bytes), boxes of 128 bytes x
+ * box_rows, 128-byte swizzle, zeros past the rows; who names the caller in errors. */
+static dsv4_status ring_map(CUtensorMap *m, const void *base, int bf16, uint64_t rows,
+                            uint64_t cols, uint64_t ld, uint32_t box_rows, const char *who)
+{
+    PFN_cuTensorMapEncodeTiled_v12000 fn = ring_encode_fn();
+    if (!fn) return dsv4_fail(DSV4_ERR_DEVICE, "cuda linear %s: no cuTensorMapEncodeTiled", who);
+    const cuuint64_t dim[2] = {cols, rows}, stride[1] = {ld};
+    const cuuint32_t box[2] = {bf16 ? 64u : 128u, box_rows}, es[2] = {1, 1};
+    const CUresult r = fn(
+        m, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *)base,
+        dim, stride, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return dsv4_fail(DSV4_ERR_DEVICE, "cuda linear %s: cuTensorMapEncodeTiled: %d", who,
+                         (int)r);
+    return DSV4_OK;
+}
+
+#endif
