@@ -164,51 +164,11 @@ __device__ __forceinline__ void f8_wgmma(float (&d)[NT][4], uint64_t da, uint64_
     ".f32.e4m3.e4m3 "
 #define F8_TAIL "p, 1, 1;\n}\n"
 
-template <>
-__device__ __forceinline__ void f8_wgmma<1>(float (&d)[1][4], uint64_t da, uint64_t db, int acc)
-{
-    asm volatile(F8_HEAD("6", "m64n8k32") "{%0, %1, %2, %3}, %4, %5, " F8_TAIL
-                 : RING_D1(d)
-                 : RING_IN);
-}
-template <>
-__device__ __forceinline__ void f8_wgmma<2>(float (&d)[2][4], uint64_t da, uint64_t db, int acc)
-{
-    asm volatile(F8_HEAD("10", "m64n16k32") "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, " F8_TAIL
-                 : RING_D2(d)
-                 : RING_IN);
-}
-template <>
-__device__ __forceinline__ void f8_wgmma<4>(float (&d)[4][4], uint64_t da, uint64_t db, int acc)
-{
-    asm volatile(F8_HEAD("18", "m64n32k32") "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
-                                            "%12, %13, %14, %15}, %16, %17, " F8_TAIL
-                 : RING_D4(d)
-                 : RING_IN);
-}
-template <>
-__device__ __forceinline__ void f8_wgmma<8>(float (&d)[8][4], uint64_t da, uint64_t db, int acc)
-{
-    asm volatile(F8_HEAD("34", "m64n64k32") "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
-                                            "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
-                                            "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-                                            "%32, %33, " F8_TAIL
-                 : RING_D8(d)
-                 : RING_IN);
-}
-template <>
-__device__ __forceinline__ void f8_wgmma<16>(float (&d)[16][4], uint64_t da, uint64_t db, int acc)
-{
-    asm volatile(F8_HEAD("66", "m64n128k32") "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, "
-                                             "%12, %13, %14, %15, %16, %17, %18, %19, %20, %21, "
-                                             "%22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-                                             "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, "
-                                             "%42, %43, %44, %45, %46, %47, %48, %49, %50, %51, "
-                                             "%52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "
-                                             "%62, %63}, %64, %65, " F8_TAIL
-                 : RING_D16(d)
-                 : RING_IN);
-}
+RING_WGMMA(f8_wgmma, 1, "6", "m64n8k32", F8_HEAD, F8_TAIL)
+RING_WGMMA(f8_wgmma, 2, "10", "m64n16k32", F8_HEAD, F8_TAIL)
+RING_WGMMA(f8_wgmma, 4, "18", "m64n32k32", F8_HEAD, F8_TAIL)
+RING_WGMMA(f8_wgmma, 8, "34", "m64n64k32", F8_HEAD, F8_TAIL)
+RING_WGMMA(f8_wgmma, 16, "66", "m64n128k32", F8_HEAD, F8_TAIL)
 
 /* ---- the kernel -------------------------------------------------------------------------------
  */

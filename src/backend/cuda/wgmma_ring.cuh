@@ -102,6 +102,27 @@ __device__ __forceinline__ uint64_t ring_desc(uint32_t s)
         "+f"(d[14][1]), "+f"(d[14][2]), "+f"(d[14][3]), "+f"(d[15][0]), "+f"(d[15][1]),            \
         "+f"(d[15][2]), "+f"(d[15][3])
 #define RING_IN "l"(da), "l"(db), "r"(acc)
+/* The asm operand text of a wrapper: the NT x 4 accumulators, then the two descriptors. */
+#define RING_R1 "{%0, %1, %2, %3}, %4, %5, "
+#define RING_R2 "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, "
+#define RING_R4 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, "
+#define RING_R8                                                                                    \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "  \
+    "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, "
+#define RING_R16                                                                                   \
+    "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "  \
+    "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "   \
+    "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "   \
+    "%56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, "
+/* The specialisation NAME<NT> of a wrapper template <int NT> void NAME(float (&d)[NT][4],
+ * uint64_t da, uint64_t db, int acc): HEAD(predicate operand, shape) opens the instruction
+ * (setting its scale-d predicate from acc), TAIL closes it. */
+#define RING_WGMMA(NAME, NT, ACC, SHAPE, HEAD, TAIL)                                               \
+    template <>                                                                                    \
+    __device__ __forceinline__ void NAME<NT>(float(&d)[NT][4], uint64_t da, uint64_t db, int acc)  \
+    {                                                                                              \
+        asm volatile(HEAD(ACC, SHAPE) RING_R##NT TAIL : RING_D##NT(d) : RING_IN);                  \
+    }
 
 /* ---- host: tensor maps ------------------------------------------------------------------------
  */
