@@ -56,7 +56,13 @@
  * TMA copy (2-D tensor maps, 128-byte swizzle: row r at 128 r, its 16-byte chunk c at c ^ r % 8,
  * wgmma's K-major SWIZZLE_128B layout; k32 step q starts 32 q bytes into the rows), and the TOK
  * x scales (f32, a 1-D bulk copy) in an array of their own. */
-enum { F8_THREADS = 160, F8_CONSUMERS = 128, F8_BM = 64, F8_KS_MAX = 8, F8_SMEM = 227 * 1024 };
+enum {
+    F8_THREADS = 160,
+    F8_CONSUMERS = RING_CONSUMERS,
+    F8_BM = RING_BM,
+    F8_KS_MAX = 8,
+    F8_SMEM = 227 * 1024
+};
 /* The workspace: x up to F8_KMAX columns (groups * cols) of 128 tokens, per stream. */
 enum { F8_KMAX = 32768, F8_TOKMAX = 128, F8_NKB = F8_KMAX / 128 };
 
@@ -178,39 +184,11 @@ typedef struct f8_plan {
     f8_ws ws;          /* the stream's workspace */
 } f8_plan;
 
-/* Tile t's K slice: its group, first row in the group, blocks [kb0, kb1), and the group's first
- * block in the workspace. */
-struct f8_tile {
-    int64_t g, r0;
-    int kb0, kb1;
-    int64_t kbg;
-};
-
-__device__ __forceinline__ f8_tile f8_at(const f8_plan &p, int t)
-{
-    f8_tile u;
-    u.g = t / p.rtiles;
-    u.r0 = (int64_t)(t % p.rtiles) * F8_BM;
-    u.kb0 = (int)blockIdx.z * p.spc;
-    u.kb1 = min(u.kb0 + p.spc, p.nkb);
-    u.kbg = u.g * p.nkb;
-    return u;
-}
-
-/* Whether every x block of the tile's slice is exact (warp-uniform; any warp gets the same). */
-__device__ __forceinline__ bool f8_tile_exact(const f8_plan &p, const f8_tile &u)
-{
-    const int lane = threadIdx.x & 31;
-    int bad = 0;
-    for (int kb = u.kb0 + lane; kb < u.kb1; kb += 32) bad |= !p.ws.exact[u.kbg + kb];
-    return !__any_sync(0xffffffffu, bad);
-}
-
 /* Exact f32 fallback of a tile (x blocks not e4m3 times a power of two): the consumer warpgroup,
  * the sum over the slice's blocks of (sum of x w over the block) times the weight block's scale,
  * into part [TOK][64] (tokens < N; split: the CTA's one tile, the ring done) or, unsplit, straight
  * into y (the ring may hold the next tiles' stages). */
-static __device__ void f8_fallback(const lin_args &a, const f8_tile &u, bool split, float *part)
+static __device__ void f8_fallback(const lin_args &a, const ring_tile &u, bool split, float *part)
 {
     const int64_t rbase = a.row0 + u.g * a.nrows;
     const int N = (int)a.N;
@@ -232,29 +210,6 @@ static __device__ void f8_fallback(const lin_args &a, const f8_tile &u, bool spl
         else if (r < a.nrows)
             a.y[n * a.ldy + u.g * a.nrows + r] = lin_finish(a, tot);
     }
-}
-
-__device__ __forceinline__ void f8_consumer_sync()
-{
-    asm volatile("bar.sync 1, %0;\n" ::"r"(F8_CONSUMERS) : "memory");
-}
-
-/* The K split's sum: each rank adds its share of the tile over the ranks in rank order. */
-__device__ __forceinline__ void f8_cluster_store(const lin_args &a, const f8_tile &u, float *part)
-{
-    namespace cg = cooperative_groups;
-    cg::cluster_group cl = cg::this_cluster();
-    cl.sync(); /* every rank's partial is in place */
-    const int ks = (int)cl.num_blocks(), rank = (int)cl.block_rank();
-    const int total = (int)a.N * F8_BM, per = (total + ks - 1) / ks;
-    const int e1 = min(rank * per + per, total);
-    for (int e = rank * per + (int)threadIdx.x; e < e1; e += F8_THREADS) {
-        const int n = e / F8_BM, row = e % F8_BM;
-        float s = *cl.map_shared_rank(part + e, 0);
-        for (int r = 1; r < ks; r++) s += *cl.map_shared_rank(part + e, r);
-        if (u.r0 + row < a.nrows) a.y[n * a.ldy + u.g * a.nrows + u.r0 + row] = lin_finish(a, s);
-    }
-    cl.sync(); /* no rank leaves while another still reads its shared memory */
 }
 
 /* y [N, nrows per group] = x . W^T on FP8 wgmma, N <= TOK. Grid (CTAs, 1, KS), clusters (1, 1,
@@ -296,8 +251,10 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
-    const int first =
-        blockIdx.x < p.tiles ? min(NST, f8_at(p, blockIdx.x).kb1 - f8_at(p, blockIdx.x).kb0) : 0;
+    const int first = blockIdx.x < p.tiles
+                          ? min(NST, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x).kb1 -
+                                         ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x).kb0)
+                          : 0;
 
     if (warp == 4) { /* ---- producer ---- */
         const bool lead = lane == 0;
@@ -307,7 +264,7 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
         }
         /* the first tile's weights before the wait (they do not depend on the previous grid) */
         if (lead && first > 0) {
-            const f8_tile u = f8_at(p, blockIdx.x);
+            const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x);
             const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
             for (int i = 0; i < first; i++) {
                 ring_expect_tx(bars + 8 * i, S::A);
@@ -317,8 +274,8 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
         DSV4_PDL_WAIT();
         int it = 0; /* items through the ring */
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
-            const f8_tile u = f8_at(p, t);
-            const bool exact = f8_tile_exact(p, u);
+            const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
+            const bool exact = ring_tile_exact(p.ws.exact, u);
             if (!exact && t != (int)blockIdx.x) continue; /* the consumers compute it in f32 */
             const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
             const int n_it = exact ? u.kb1 - u.kb0 : first;
@@ -340,14 +297,14 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
         const int g = lane >> 2, tq = lane & 3;
         int it = 0;
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
-            const f8_tile u = f8_at(p, t);
-            if (!f8_tile_exact(p, u)) {
+            const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
+            if (!ring_tile_exact(p.ws.exact, u)) {
                 if (t == (int)blockIdx.x) /* pass the first tile's items (above) */
                     for (; it < first; it++) {
                         ring_bar_wait(bars + 8 * it, 0);
                         ring_bar_arrive(bars + 8 * (NST + it));
                     }
-                if (split) f8_consumer_sync(); /* every consumer past the ring: part free */
+                if (split) ring_consumer_sync(); /* every consumer past the ring: part free */
                 f8_fallback(a, u, split, part);
                 continue;
             }
@@ -401,7 +358,7 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
                         if (n < a.N && r < a.nrows) y[n * a.ldy + r] = lin_finish(a, acc[nt][j]);
                     }
             } else {
-                if (S::OVER) f8_consumer_sync(); /* every consumer's wgmmas done: ring free */
+                if (S::OVER) ring_consumer_sync(); /* every consumer's wgmmas done: ring free */
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
@@ -413,7 +370,8 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
     }
     if (split) { /* one tile per CTA */
         __syncthreads();
-        if (blockIdx.x < p.tiles) f8_cluster_store(a, f8_at(p, blockIdx.x), part);
+        if (blockIdx.x < p.tiles)
+            ring_cluster_store<F8_THREADS>(a, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x), part);
     }
 }
 
@@ -429,18 +387,10 @@ int dsv4_lin_f8w_ok(const lin_args *a)
            a->row_bytes < (1 << 30);
 }
 
-/* The grid: at least LIN_SMS tiles run persistent without a split; fewer are split into the
- * most K slices (<= 8, >= 4 blocks each) that keep the grid within LIN_SMS CTAs. */
+/* The grid (wgmma_ring.cuh ring_make_plan). */
 static void f8_make_plan(const lin_args *a, f8_plan *p, int *ks)
 {
-    p->rtiles = (int)((a->nrows + F8_BM - 1) / F8_BM);
-    p->tiles = (int)(p->rtiles * a->groups);
-    p->nkb = (int)(a->cols / 128);
-    int k = 1;
-    for (int j = 2; j <= F8_KS_MAX; j++)
-        if ((int64_t)p->tiles * j <= LIN_SMS && p->nkb >= 4 * j) k = j;
-    p->spc = (p->nkb + k - 1) / k;
-    *ks = (p->nkb + p->spc - 1) / p->spc;
+    ring_make_plan(a, F8_KS_MAX, &p->rtiles, &p->tiles, &p->nkb, &p->spc, ks);
 }
 
 template <int TOK>

@@ -53,7 +53,13 @@
  * integer ops and one bf16 multiply (the e4m3 bits placed into a bf16 of value * 2^-120, times
  * 2^120) while the previous stage's wgmmas run, A in 3 slots beside a deeper ring of [B | R]:
  * slower at N <= 32 (Flash wo_a N = 8 26.8 -> 31.1, Pro N = 16 51.5 -> 54.4), the same at 64. */
-enum { W16_THREADS = 160, W16_CONS = 128, W16_BM = 64, W16_KS_MAX = 8, W16_SMEM = 227 * 1024 };
+enum {
+    W16_THREADS = 160,
+    W16_CONS = RING_CONSUMERS,
+    W16_BM = RING_BM,
+    W16_KS_MAX = 8,
+    W16_SMEM = 227 * 1024
+};
 /* The workspace: x up to W16_KMAX columns (groups * cols) of 128 tokens. */
 enum { W16_KMAX = 65536, W16_TOKMAX = 128, W16_NKB = W16_KMAX / 128 };
 enum { W16_WS_X = W16_NKB * W16_TOKMAX * 256, W16_WS_BYTES = W16_WS_X + W16_NKB * 4 };
@@ -152,38 +158,13 @@ typedef struct w16_plan {
 
 /* Tile t's K slice: its group, first row in the group, blocks [kb0, kb1), and the group's first
  * block in the workspace. */
-struct w16_tile {
-    int64_t g, r0;
-    int kb0, kb1;
-    int64_t kbg;
-};
-
-__device__ __forceinline__ w16_tile w16_at(const w16_plan &p, int t)
-{
-    w16_tile u;
-    u.g = t / p.rtiles;
-    u.r0 = (int64_t)(t % p.rtiles) * W16_BM;
-    u.kb0 = (int)blockIdx.z * p.spc;
-    u.kb1 = min(u.kb0 + p.spc, p.nkb);
-    u.kbg = u.g * p.nkb;
-    return u;
-}
-
-/* Whether every x block of the tile's slice is bf16-exact (warp-uniform). */
-__device__ __forceinline__ bool w16_tile_exact(const w16_plan &p, const w16_tile &u)
-{
-    const int lane = threadIdx.x & 31;
-    int bad = 0;
-    for (int kb = u.kb0 + lane; kb < u.kb1; kb += 32) bad |= !p.ws.exact[u.kbg + kb];
-    return !__any_sync(0xffffffffu, bad);
-}
 
 /* Exact f32 fallback of a tile: the consumer warpgroup, the sum over the slice's blocks of (sum
  * of x w over the block) (FP8: times the block's scale), into part [TOK][64] (tokens < N; split:
  * the CTA's one tile, the ring done) or, unsplit, straight into y (the ring may hold the next
  * tiles' stages). */
 template <bool F8>
-__device__ void w16_fallback(const lin_args &a, const w16_tile &u, bool split, float *part)
+__device__ void w16_fallback(const lin_args &a, const ring_tile &u, bool split, float *part)
 {
     const int64_t rbase = a.row0 + u.g * a.nrows;
     const int N = (int)a.N;
@@ -213,29 +194,6 @@ __device__ void w16_fallback(const lin_args &a, const w16_tile &u, bool split, f
     }
 }
 
-__device__ __forceinline__ void w16_consumer_sync()
-{
-    asm volatile("bar.sync 1, %0;\n" ::"r"(W16_CONS) : "memory");
-}
-
-/* The K split's sum: each rank adds its share of the tile over the ranks in rank order. */
-__device__ __forceinline__ void w16_cluster_store(const lin_args &a, const w16_tile &u, float *part)
-{
-    namespace cg = cooperative_groups;
-    cg::cluster_group cl = cg::this_cluster();
-    cl.sync(); /* every rank's partial is in place */
-    const int ks = (int)cl.num_blocks(), rank = (int)cl.block_rank();
-    const int total = (int)a.N * W16_BM, per = (total + ks - 1) / ks;
-    const int e1 = min(rank * per + per, total);
-    for (int e = rank * per + (int)threadIdx.x; e < e1; e += W16_THREADS) {
-        const int n = e / W16_BM, row = e % W16_BM;
-        float s = *cl.map_shared_rank(part + e, 0);
-        for (int r = 1; r < ks; r++) s += *cl.map_shared_rank(part + e, r);
-        if (u.r0 + row < a.nrows) a.y[n * a.ldy + u.g * a.nrows + u.r0 + row] = lin_finish(a, s);
-    }
-    cl.sync(); /* no rank leaves while another still reads its shared memory */
-}
-
 /* FP8: the stage's e4m3 tile R [64][128 bytes] (swizzled) -> A's two bf16 halves (swizzled), by
  * the consumer warpgroup: thread i the 16-byte chunks e = i + 128 j (row e / 8, chunk e % 8 =
  * columns 16 c ..), each two chunks of A (half c / 4, chunks 2 c % 8, + 1). Exact: e4m3 -> f16 ->
@@ -263,7 +221,7 @@ __device__ __forceinline__ void w16_widen(unsigned char *A, const unsigned char 
     }
     /* the generic-proxy writes, visible to wgmma (async proxy) after the warpgroup's barrier */
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    w16_consumer_sync();
+    ring_consumer_sync();
 }
 
 /* y [N, nrows per group] = x . W^T on bf16 wgmma, N <= TOK; F8: FP8 weights, else BF16. Grid
@@ -304,8 +262,10 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
-    const int first =
-        blockIdx.x < p.tiles ? min(NST, w16_at(p, blockIdx.x).kb1 - w16_at(p, blockIdx.x).kb0) : 0;
+    const int first = blockIdx.x < p.tiles
+                          ? min(NST, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x).kb1 -
+                                         ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x).kb0)
+                          : 0;
 
     if (warp == 4) { /* ---- producer ---- */
         const bool lead = lane == 0;
@@ -323,7 +283,7 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
             }
         };
         if (lead && first > 0) { /* the first tile's weights before the wait */
-            const w16_tile u = w16_at(p, blockIdx.x);
+            const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x);
             const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
             for (int i = 0; i < first; i++) {
                 ring_expect_tx(bars + 8 * i, WB);
@@ -333,8 +293,8 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
         DSV4_PDL_WAIT();
         int it = 0;
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
-            const w16_tile u = w16_at(p, t);
-            const bool exact = w16_tile_exact(p, u);
+            const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
+            const bool exact = ring_tile_exact(p.ws.exact, u);
             if (!exact && t != (int)blockIdx.x) continue; /* the consumers compute it in f32 */
             const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
             const int n_it = exact ? u.kb1 - u.kb0 : first;
@@ -355,14 +315,14 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
         const int g = lane >> 2, tq = lane & 3;
         int it = 0;
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
-            const w16_tile u = w16_at(p, t);
-            if (!w16_tile_exact(p, u)) {
+            const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
+            if (!ring_tile_exact(p.ws.exact, u)) {
                 if (t == (int)blockIdx.x) /* pass the first tile's items (above) */
                     for (; it < first; it++) {
                         ring_bar_wait(bars + 8 * it, 0);
                         ring_bar_arrive(bars + 8 * (NST + it));
                     }
-                if (split) w16_consumer_sync(); /* every consumer past the ring: part free */
+                if (split) ring_consumer_sync(); /* every consumer past the ring: part free */
                 w16_fallback<F8>(a, u, split, part);
                 continue;
             }
@@ -420,7 +380,7 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
                         if (n < a.N && r < a.nrows) y[n * a.ldy + r] = lin_finish(a, acc[nt][j]);
                     }
             } else {
-                if (S::OVER) w16_consumer_sync(); /* every consumer's wgmmas done: ring free */
+                if (S::OVER) ring_consumer_sync(); /* every consumer's wgmmas done: ring free */
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
@@ -432,7 +392,8 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
     }
     if (split) { /* one tile per CTA */
         __syncthreads();
-        if (blockIdx.x < p.tiles) w16_cluster_store(a, w16_at(p, blockIdx.x), part);
+        if (blockIdx.x < p.tiles)
+            ring_cluster_store<W16_THREADS>(a, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x), part);
     }
 }
 
@@ -449,18 +410,10 @@ int dsv4_lin_w16_ok(const lin_args *a)
            a->row_bytes < (1 << 30);
 }
 
-/* The grid (F8W's plan): at least LIN_SMS tiles run persistent without a split; fewer are split
- * into the most K slices (<= 8, >= 4 blocks each) that keep the grid within LIN_SMS CTAs. */
+/* The grid (wgmma_ring.cuh ring_make_plan). */
 static void w16_make_plan(const lin_args *a, w16_plan *p, int *ks)
 {
-    p->rtiles = (int)((a->nrows + W16_BM - 1) / W16_BM);
-    p->tiles = (int)(p->rtiles * a->groups);
-    p->nkb = (int)(a->cols / 128);
-    int k = 1;
-    for (int j = 2; j <= W16_KS_MAX; j++)
-        if ((int64_t)p->tiles * j <= LIN_SMS && p->nkb >= 4 * j) k = j;
-    p->spc = (p->nkb + k - 1) / k;
-    *ks = (p->nkb + p->spc - 1) / p->spc;
+    ring_make_plan(a, W16_KS_MAX, &p->rtiles, &p->tiles, &p->nkb, &p->spc, ks);
 }
 
 template <int TOK, bool F8>

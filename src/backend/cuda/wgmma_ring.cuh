@@ -10,6 +10,7 @@
 #define DSV4_BACKEND_CUDA_WGMMA_RING_CUH
 
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/linear_common.cuh"
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -123,6 +124,81 @@ __device__ __forceinline__ uint64_t ring_desc(uint32_t s)
     {                                                                                              \
         asm volatile(HEAD(ACC, SHAPE) RING_R##NT TAIL : RING_D##NT(d) : RING_IN);                  \
     }
+
+/* ---- the grid: 64-row tiles x K slices ------------------------------------------------------- */
+enum { RING_BM = 64, RING_CONSUMERS = 128 }; /* weight rows a tile; the consumer warpgroup */
+
+/* A tile's K slice: its group, first row in the group, blocks [kb0, kb1), and the group's first
+ * block in the workspace. */
+struct ring_tile {
+    int64_t g, r0;
+    int kb0, kb1;
+    int64_t kbg;
+};
+
+/* Tile t of rtiles a group, slice blockIdx.z of spc blocks (of nkb a group's row). */
+__device__ __forceinline__ ring_tile ring_at(int rtiles, int spc, int nkb, int t)
+{
+    ring_tile u;
+    u.g = t / rtiles;
+    u.r0 = (int64_t)(t % rtiles) * RING_BM;
+    u.kb0 = (int)blockIdx.z * spc;
+    u.kb1 = min(u.kb0 + spc, nkb);
+    u.kbg = u.g * nkb;
+    return u;
+}
+
+/* Whether every x block of the tile's slice is exact by the prologue's flags (warp-uniform; any
+ * warp gets the same). */
+__device__ __forceinline__ bool ring_tile_exact(const int *exact, const ring_tile &u)
+{
+    const int lane = threadIdx.x & 31;
+    int bad = 0;
+    for (int kb = u.kb0 + lane; kb < u.kb1; kb += 32) bad |= !exact[u.kbg + kb];
+    return !__any_sync(0xffffffffu, bad);
+}
+
+/* The consumer warpgroup's own barrier (id 1). */
+__device__ __forceinline__ void ring_consumer_sync()
+{
+    asm volatile("bar.sync 1, %0;\n" ::"r"(RING_CONSUMERS) : "memory");
+}
+
+/* The K split's sum: each rank of the cluster adds its share of the tile's partials part [N][64]
+ * over the ranks in rank order (THREADS: the CTA's). */
+template <int THREADS>
+__device__ __forceinline__ void ring_cluster_store(const lin_args &a, const ring_tile &u,
+                                                   float *part)
+{
+    namespace cg = cooperative_groups;
+    cg::cluster_group cl = cg::this_cluster();
+    cl.sync(); /* every rank's partial is in place */
+    const int ks = (int)cl.num_blocks(), rank = (int)cl.block_rank();
+    const int total = (int)a.N * RING_BM, per = (total + ks - 1) / ks;
+    const int e1 = min(rank * per + per, total);
+    for (int e = rank * per + (int)threadIdx.x; e < e1; e += THREADS) {
+        const int n = e / RING_BM, row = e % RING_BM;
+        float s = *cl.map_shared_rank(part + e, 0);
+        for (int r = 1; r < ks; r++) s += *cl.map_shared_rank(part + e, r);
+        if (u.r0 + row < a.nrows) a.y[n * a.ldy + u.g * a.nrows + u.r0 + row] = lin_finish(a, s);
+    }
+    cl.sync(); /* no rank leaves while another still reads its shared memory */
+}
+
+/* The grid of a call: at least LIN_SMS tiles run persistent without a split; fewer are split into
+ * the most K slices (<= ks_max, >= 4 blocks each) that keep the grid within LIN_SMS CTAs. */
+static void ring_make_plan(const lin_args *a, int ks_max, int *rtiles, int *tiles, int *nkb,
+                           int *spc, int *ks)
+{
+    *rtiles = (int)((a->nrows + RING_BM - 1) / RING_BM);
+    *tiles = (int)(*rtiles * a->groups);
+    *nkb = (int)(a->cols / 128);
+    int k = 1;
+    for (int j = 2; j <= ks_max; j++)
+        if ((int64_t)*tiles * j <= LIN_SMS && *nkb >= 4 * j) k = j;
+    *spc = (*nkb + k - 1) / k;
+    *ks = (*nkb + *spc - 1) / *spc;
+}
 
 /* ---- host: tensor maps ------------------------------------------------------------------------
  */
