@@ -13,7 +13,7 @@
  *  3. (CUDA) graph replay (programmatic dependent launch on) == eager launch, bit for bit;
  *  4. fork (slot copy) and reset + refill reproduce the logits;
  *  5. every position's logits of a scoring prefill against the session's;
- *  6. (CUDA) a step of 65 rows replays the 72-row bucket's graph (7 padding rows): within the
+ *  6. (CUDA) a step of 129 rows replays the 136-row bucket's graph (7 padding rows): within the
  *     GPU bound of the same rows launched eagerly.
  *
  * Bounds. On the CPU the engine runs the session's own arithmetic: the only difference is the
@@ -292,12 +292,12 @@ out:
     free(ids);
 }
 
-/* 6. (CUDA) a step of 65 rows replays the graph of the 72-row bucket (7 padding rows): each
+/* 6. (CUDA) a step of 129 rows replays the graph of the 136-row bucket (7 padding rows): each
  * row within the GPU's bound of the same 65 rows launched eagerly (the kernels' plans, hence
  * their f32 summation order, may depend on the padded row count). */
 static void graph_bucket(dsv4_model *m, int V)
 {
-    enum { NR = 65, SL = 72 }; /* SL >= the bucket: its graph needs that many logit rows */
+    enum { NR = 129, SL = 136 }; /* SL >= the bucket: its graph needs that many logit rows */
     dsv4_engine *eg = make_engine(m, SL, 1), *ee = make_engine(m, SL, 0);
     float *lg = malloc((size_t)NR * V * 4), *le = malloc((size_t)NR * V * 4);
     int32_t ids[32], slots[NR], tok[NR];
@@ -325,7 +325,7 @@ static void graph_bucket(dsv4_model *m, int V)
             tok[k] = bm;
         }
     }
-    printf("  graph of the 72-row bucket vs eager, 3 steps x %d rows: worst %.3g of the range "
+    printf("  graph of the 136-row bucket vs eager, 3 steps x %d rows: worst %.3g of the range "
            "(bound %.3g)\n",
            NR, worst, tol());
 out:

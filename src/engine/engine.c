@@ -676,16 +676,17 @@ dsv4_status dsv4_engine_prefill_all(dsv4_engine *e, int slot, const int32_t *ids
     return prefill(e, slot, ids, n, logits, 1);
 }
 
-/* Rows of graph bucket i: every count to 64, then steps of 8 to 256 and powers of two to
+/* Rows of graph bucket i: every count to 128, then steps of 8 to 256 and powers of two to
  * 32,768 (ENG_BUCKETS in all; a graph is captured on a bucket's first use). A step of n rows
  * replays the graph of the smallest bucket >= n, its other rows padding (the scratch slot at
  * position 0). Padding costs whole rows: H100, dsv4 bench --contexts 4096, Flash 4 layers, batch
  * 48 took 8.38 ms/step in the 64-row graph (8.10 at batch 64 itself) and 6.89 in a 48-row one,
  * batch 17 4.54 in a 24-row graph and 3.91 in its own, batch 5 2.28 in the 8-row graph and 1.90
- * in its own (docs/PERF.md, session 11). */
+ * in its own (docs/PERF.md, session 11); batch 65 8.43 in the 72-row graph (session 12, before
+ * every count to 128 had its own). */
 static int bucket_rows(int i)
 {
-    return i < 64 ? i + 1 : i < 88 ? 8 * (i - 55) : 512 << (i - 88);
+    return i < 128 ? i + 1 : i < 144 ? 136 + 8 * (i - 128) : 512 << (i - 144);
 }
 
 /* The graph bucket of n rows: the smallest bucket >= n within max_chunk, or -1. */

@@ -10,7 +10,7 @@
 #include "model/model.h"
 
 /* Decode graph buckets (engine.c bucket_rows: 1 .. 32,768 rows). */
-enum { ENG_BUCKETS = 95 };
+enum { ENG_BUCKETS = 151 };
 
 /* One compressor's state for all slots: rows ring [S, Rc, width] (kv and gate), entries
  * [S, cap, dim]. */
