@@ -112,7 +112,7 @@ static void prompt(int32_t *ids, int n, int k, int V)
 
 /* graphs: 0 eager, 1 step graphs (the default), 2 graphs with programmatic dependent launch
  * (every kernel -> kernel edge; the GEMVs then prefetch their weights before the wait) */
-static dsv4_engine *make_engine(dsv4_model *m, int slots, int graphs)
+static dsv4_engine *make_engine_chunk(dsv4_model *m, int slots, int graphs, int chunk)
 {
     dsv4_engine_options o;
     dsv4_engine_options_default(&o);
@@ -120,13 +120,18 @@ static dsv4_engine *make_engine(dsv4_model *m, int slots, int graphs)
     o.pool = pool;
     o.max_slots = slots;
     o.max_context = 1024;
-    o.max_chunk = CHUNK;
+    o.max_chunk = chunk;
     o.graphs = graphs > 0;
     o.pdl = graphs == 2;
     dsv4_engine *e = NULL;
     dsv4_status st = dsv4_engine_create(m, &o, &e);
     CHECK_MSG(st == DSV4_OK, "engine: %s", dsv4_last_error());
     return e;
+}
+
+static dsv4_engine *make_engine(dsv4_model *m, int slots, int graphs)
+{
+    return make_engine_chunk(m, slots, graphs, CHUNK);
 }
 
 static int argmax(const float *x, int V)
@@ -297,8 +302,9 @@ out:
  * their f32 summation order, may depend on the padded row count). */
 static void graph_bucket(dsv4_model *m, int V)
 {
-    enum { NR = 129, SL = 136 }; /* SL >= the bucket: its graph needs that many logit rows */
-    dsv4_engine *eg = make_engine(m, SL, 1), *ee = make_engine(m, SL, 0);
+    /* SL >= the bucket: its graph needs that many logit rows, and a step that many rows */
+    enum { NR = 129, SL = 136 };
+    dsv4_engine *eg = make_engine_chunk(m, SL, 1, SL), *ee = make_engine_chunk(m, SL, 0, SL);
     float *lg = malloc((size_t)NR * V * 4), *le = malloc((size_t)NR * V * 4);
     int32_t ids[32], slots[NR], tok[NR];
     if (!eg || !ee || !lg || !le) goto out;
