@@ -760,17 +760,9 @@ static int sa_capacity(int *cache, int NT, int C, int per_sm, int bytes)
     const void *k = NT == 1   ? (const void *)sa_kernel<1>
                     : NT == 2 ? (const void *)sa_kernel<2>
                               : (const void *)sa_kernel<4>;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)C, 1, 1);
-    cfg.blockDim = dim3(AT_THREADS, 1, 1);
-    cfg.dynamicSmemBytes = (size_t)bytes;
     cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = (unsigned)C;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    const cudaLaunchConfig_t cfg =
+        cluster_cfg(dim3((unsigned)C, 1, 1), AT_THREADS, (size_t)bytes, 0, attr, C);
     int num = 0; /* the query's bytes must be allowed (each launch sets its own, sa_launch) */
     if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess)
         num = cluster_capacity(k, &cfg);

@@ -836,18 +836,7 @@ static size_t static_smem_bytes(int R)
 static cudaLaunchConfig_t make_cfg(dim3 grid, size_t smem, cudaStream_t st,
                                    cudaLaunchAttribute *attr, int C)
 {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(HS_THREADS, 1, 1);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = (unsigned)C;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return cfg;
+    return cluster_cfg(grid, HS_THREADS, smem, st, attr, C);
 }
 
 static int fn_type(const dsv4_weight *fn)

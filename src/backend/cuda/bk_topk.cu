@@ -998,18 +998,7 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
 static cudaLaunchConfig_t cl_cfg(int C, int N, size_t smem, cudaStream_t st,
                                  cudaLaunchAttribute *attr)
 {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)C, (unsigned)N, 1);
-    cfg.blockDim = dim3(FUSED_THREADS, 1, 1);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = (unsigned)C;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    return cfg;
+    return cluster_cfg(dim3((unsigned)C, (unsigned)N, 1), FUSED_THREADS, smem, st, attr, C);
 }
 
 /* Whether the GPU holds `need` clusters of 16 CTAs (a non-portable size) at once; a failed query
