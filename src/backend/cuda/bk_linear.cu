@@ -6,11 +6,12 @@
  * Eight kernels, one result up to f32 summation order (each output is a plain f32 sum of
  * x_c * w_c, w decoded exactly; the order is fixed by the shape, so runs are bit-reproducible),
  * except F8W's and W16's (tensor-core sums per 128-column block, linear_f8w.cu, linear_w16.cu):
- *   W16   BF16 weights at 17..64 rows, FP8 grouped at 9..64 (w16_wins): x as bf16 (exact, else
- *         an f32 path), bf16 wgmma from a TMA-fed shared-memory ring (linear_w16.cu);
- *   F8W   9 <= N <= 64, FP8 weights of >= 4096 rows, ungrouped (f8w_wins): x quantised per call
- *         to e4m3 codes (exact, else an f32 path), e4m3 wgmma from a TMA-fed shared-memory ring
- *         (linear_f8w.cu);
+ *   W16   BF16 weights at 17..128 rows, FP8 grouped at 9..128 (w16_wins; more rows in chunks
+ *         of <= 128, lin_chunks): x as bf16 (exact, else an f32 path), bf16 wgmma from a
+ *         TMA-fed shared-memory ring (linear_w16.cu);
+ *   F8W   9 <= N <= 128 (more in chunks), FP8 weights of >= 4096 rows, ungrouped (f8w_wins): x
+ *         quantised per call to e4m3 codes (exact, else an f32 path), e4m3 wgmma from a TMA-fed
+ *         shared-memory ring (linear_f8w.cu);
  *   MMV   N <= 16 (BF16: 32), FP8 and BF16 weights, where it is faster than the GEMV (N >= 5,
  *         or large matrices; mmv_wins): tensor cores with the weight rows as the 16-row operand
  *         and the tokens as the 8-column one (linear_mmv.cu);
@@ -647,8 +648,8 @@ static int f8w_wins(const lin_args *a)
 int dsv4_lin_w16_ok(const lin_args *a);
 dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st);
 
-/* Whether W16 takes the call: BF16 weights at 17..64 rows (the MoE gate and the LM head, whose x
- * h is bf16-rounded), FP8 grouped at 9..64 (wo_a, whose x o is bf16 but not act_quant'd, so
+/* Whether W16 takes the call: BF16 weights at 17..128 rows (the MoE gate and the LM head, whose
+ * x h is bf16-rounded), FP8 grouped at 9..128 (wo_a, whose x o is bf16 but not act_quant'd, so
  * F8W's codes do not fit it). Faster than MMV / MMA / FMM there (linear_w16.cu's figures); the
  * step (dsv4 bench --shape flash --layers 4 --contexts 4096, H100, same call) batch 16 3.256 ->
  * 3.216 ms, 32 4.931 -> 4.820, 40 6.171 -> 5.621, 64 8.119 -> 7.549; Pro (2 layers) batch 64
