@@ -43,6 +43,9 @@ int cmd_bench(int argc, char **argv)
 #include <string.h>
 #include <time.h>
 
+/* The labels below ("graphs of <= 32 rows", "PDL up to 32 rows") name the engine's default. */
+_Static_assert(DSV4_ENGINE_PDL_ROWS == 32, "cmd_bench.c's PDL labels");
+
 enum {
     MAX_LIST = 16, /* entries of --batches / --contexts */
     WARMUP_STEPS = 3,

@@ -18,7 +18,7 @@ void dsv4_engine_options_default(dsv4_engine_options *o)
     o->max_slots = 1;
     o->max_chunk = 256;
     o->graphs = 1;
-    /* PDL on the graphs of <= DSV4_ENGINE_PDL_ROWS rows (engine_internal.h) */
+    /* PDL on the graphs of <= DSV4_ENGINE_PDL_ROWS rows (engine.h) */
     o->pdl = -1;
 }
 
