@@ -10,6 +10,7 @@
 
 #include <cuda_fp16.h>
 #include <cuda_profiler_api.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -253,6 +254,20 @@ static cudaError_t programmatic_edges(cudaGraph_t g)
     return err;
 }
 
+/* A diagnostic: with DSV4_GRAPH_LIST set in the environment, each captured graph's kernel
+ * nodes are printed to stderr in the order the graph lists them (the capture order in
+ * practice), one line each: index, grid, block, kernel name. What `dsv4 bench` counts as
+ * kernels per layer, by name. */
+static void list_kernel(cudaGraphNode_t node, int index)
+{
+    cudaKernelNodeParams p;
+    const char *name = NULL;
+    if (cudaGraphKernelNodeGetParams(node, &p) != cudaSuccess) return;
+    if (cudaFuncGetName(&name, p.func) != cudaSuccess || !name) name = "?";
+    fprintf(stderr, "graph kernel %3d: grid %u x %u x %u, block %u: %s\n", index, p.gridDim.x,
+            p.gridDim.y, p.gridDim.z, p.blockDim.x, name);
+}
+
 extern "C" dsv4_status dsv4_cuda_bk_graph_end(dsv4_backend *b, void **graph)
 {
     *graph = NULL;
@@ -270,10 +285,13 @@ extern "C" dsv4_status dsv4_cuda_bk_graph_end(dsv4_backend *b, void **graph)
     if (err == cudaSuccess && !nodes) err = cudaErrorMemoryAllocation;
     if (err == cudaSuccess) err = cudaGraphGetNodes(g, nodes, &n_nodes);
     b->graph_kernels = 0;
+    const int list = getenv("DSV4_GRAPH_LIST") != NULL;
     for (size_t i = 0; err == cudaSuccess && i < n_nodes; i++) {
         cudaGraphNodeType t;
         err = cudaGraphNodeGetType(nodes[i], &t);
-        b->graph_kernels += err == cudaSuccess && t == cudaGraphNodeTypeKernel;
+        const int kernel = err == cudaSuccess && t == cudaGraphNodeTypeKernel;
+        b->graph_kernels += kernel;
+        if (kernel && list) list_kernel(nodes[i], b->graph_kernels);
     }
     free(nodes);
     if (err != cudaSuccess) {

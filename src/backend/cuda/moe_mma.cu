@@ -486,6 +486,24 @@ mma_pass(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], uint32_t (&x)[16]
     }
 }
 
+/* The activation lines of chunks [c0, c0 + n) (those < hl) into L1 (prefetch.global.L1), issued
+ * with a pass's weight loads and after the PDL wait (earlier, a stale line could be cached), so
+ * that mma_chunks' activation loads, which wait behind the weights, then hit L1 where the
+ * expert's tokens are not the SM's other tasks'. Compiled into the kernels launched above 16
+ * rows only (PFX; moe_mma_run), and there issued where a.N > 16. */
+template <int NB>
+static __device__ __forceinline__ void prefetch_x(const uint16_t *const (&brow)[NB], int c0, int n,
+                                                  int hl)
+{
+    for (int ci = 0; ci < n; ci++) {
+        const int c = c0 + ci;
+        if (c >= hl) break;
+#pragma unroll
+        for (int j = 0; j < NB; j++)
+            if (brow[j]) asm volatile("prefetch.global.L1 [%0];\n" ::"l"(brow[j] + c * 128));
+    }
+}
+
 /* ---- one task: 16 rows of the NM matrices w (format F: 0 MXFP4, 1 FP8) for its tokens
  * [tb, te), run by a group of ks warps, warp `slice` on the 128-column chunks [lo, hi) --------
  * stage 1 (NM = 2): x [N, D] codes -> araw [pair, I] = bf16(swiglu(g, u) * wt);
@@ -495,7 +513,7 @@ mma_pass(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], uint32_t (&x)[16]
  * the slices in ascending order and writes the outputs. PIPE 0: LOADS loads a lane, then their
  * mma; PIPE 1: two halves of LOADS / 2 in a ring, the next half's loads issued before this
  * half's mma (same registers, loads always in flight; the same sums in the same order). */
-template <int NM, int F, int PIPE, int LOADS, int NB, int NOA>
+template <int NM, int F, int PIPE, int LOADS, int NB, int NOA, int PFX>
 static __device__ __forceinline__ void
 run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, int off, int64_t r0,
          int lane, int slice, int ks, int lo, int hi, float *red, int bar, int &pend)
@@ -549,6 +567,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             for (int c0 = lo; c0 < hi; c0 += CPI) {
                 load_chunks<NM, F, CPI, 0, NOA>(b, cur, c0, hi, hl);
                 pdl_wait_once(pend); /* the first weights in flight */
+                if (PFX && a.N > 16) prefetch_x<NB>(brow, c0, CPI, hl);
                 wcur_advance(cur, CPI);
                 mma_pass<NM, F, CPI, NB>(b, acc, x, c0, hi, hl, brow, s0, s1);
             }
@@ -557,10 +576,14 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             wchunks_zero(b0), wchunks_zero(b1);
             load_chunks<NM, F, CPH, 0, NOA>(b0, cur, lo, hi, hl);
             pdl_wait_once(pend); /* the first weights in flight */
+            const bool pfx = PFX && a.N > 16;
+            if (pfx) prefetch_x<NB>(brow, lo, CPH, hl);
             for (int c0 = lo; c0 < hi; c0 += 2 * CPH) {
                 load_chunks<NM, F, CPH, CPH, NOA>(b1, cur, c0 + CPH, hi, hl);
+                if (pfx) prefetch_x<NB>(brow, c0 + CPH, CPH, hl);
                 mma_pass<NM, F, CPH, NB>(b0, acc, x, c0, hi, hl, brow, s0, s1);
                 load_chunks<NM, F, CPH, 2 * CPH, NOA>(b0, cur, c0 + 2 * CPH, hi, hl);
+                if (pfx) prefetch_x<NB>(brow, c0 + 2 * CPH, CPH, hl);
                 wcur_advance(cur, 2 * CPH);
                 mma_pass<NM, F, CPH, NB>(b1, acc, x, c0 + CPH, hi, hl, brow, s0, s1);
             }
@@ -637,7 +660,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
 /* A task's tokens [0, ntok): with NB > 1, passes of NB groups while more than one group's
  * tokens remain (a last pass of 2..NB groups partly empty still widens each weight once), then
  * a one-group pass for what is left (none of its mma wasted). */
-template <int NM, int F, int PIPE, int LOADS, int NB, int NOA>
+template <int NM, int F, int PIPE, int LOADS, int NB, int NOA, int PFX>
 static __device__ __forceinline__ void
 run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int off, int64_t r0,
            int lane, int slice, int ks, int lo, int hi, float *red, int bar, int &pend)
@@ -646,11 +669,11 @@ run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int 
     int n2 = 0; /* tokens of the NB-group passes */
     if (NB > 1 && ntok > TG) n2 = ntok % TPP == 0 || ntok % TPP > TG ? ntok : ntok - ntok % TPP;
     if (NB > 1 && n2 > 0)
-        run_task<NM, F, PIPE, LOADS, NB, NOA>(a, w, ai, 0, n2, off, r0, lane, slice, ks, lo, hi,
-                                              red, bar, pend);
+        run_task<NM, F, PIPE, LOADS, NB, NOA, PFX>(a, w, ai, 0, n2, off, r0, lane, slice, ks, lo,
+                                                   hi, red, bar, pend);
     if (n2 < ntok)
-        run_task<NM, F, PIPE, LOADS, 1, NOA>(a, w, ai, n2, ntok, off, r0, lane, slice, ks, lo, hi,
-                                             red, bar, pend);
+        run_task<NM, F, PIPE, LOADS, 1, NOA, PFX>(a, w, ai, n2, ntok, off, r0, lane, slice, ks, lo,
+                                                  hi, red, bar, pend);
 }
 
 /* After a stage 1 task: its ticket on (slot, 128-row block of a); the block's last task
@@ -701,7 +724,7 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
  * Groups synchronise only among themselves (named barrier 1 + group), so a group whose slot is
  * past the device count exits as a whole. MINB: resident CTAs per SM asked of ptxas (a register
  * budget); PIPE and LOADS: run_task's load schedule; NOA: weight loads not kept in L1 (ldw). */
-template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int NOA>
+template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int NOA, int PFX>
 __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
     DSV4_PDL_LATE();
@@ -741,11 +764,11 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     const int64_t r0 = (int64_t)tile * 16;
     float *gred = red + grp * ks * NB * NM * 4 * 32;
     if (w[0].fmt == MOE_MXFP4)
-        run_tokens<NM, 0, PIPE, LOADS, NB4, NOA>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi,
-                                                 gred, 1 + grp, pend);
+        run_tokens<NM, 0, PIPE, LOADS, NB4, NOA, PFX>(a, w, ai, ntok, off, r0, lane, slice, ks, lo,
+                                                      hi, gred, 1 + grp, pend);
     else
-        run_tokens<NM, 1, PIPE, LOADS, NB8, NOA>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi,
-                                                 gred, 1 + grp, pend);
+        run_tokens<NM, 1, PIPE, LOADS, NB8, NOA, PFX>(a, w, ai, ntok, off, r0, lane, slice, ks, lo,
+                                                      hi, gred, 1 + grp, pend);
     pdl_wait_once(pend); /* no pass ran */
     if constexpr (NM == 2)
         if (slice == 0) stage1_tail(a, ai, e, ntok, off, tile, lane);
@@ -869,17 +892,30 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * routing concentrates the tokens on fewer experts, where the rule N K >= E looked right.
      * The kernels below N K = 2 E load the weights past L1 (NOA; engine step batch 1 / 8 / 64
      * -4.3 / -2.9 / -1.8%, moe.experts batch 1 / 64 -9.8 / -2.8%: the header); the 2-group ones
-     * keep __ldg (not measured in the engine with it). */
+     * keep __ldg (not measured in the engine with it).
+     * Above 16 rows the kernels are the PFX instances: prefetch_x issued where a.N > 16. What pays
+     * there is how ptxas allocates them with that flag live (4-CTA stage 2: 64 bytes of stack
+     * against 48), not the prefetch: compiled in unconditionally it gained nothing, and the flag
+     * in the kernels of every N cost batches 1-2 0.8-1.0% (docs/PERF.md, sessions 12 and 13).
+     * H100, dsv4 bench, ms/step, one call against 8897961: Flash 4 layers batch 17 3.345 ->
+     * 3.307, 32 4.761 -> 4.692, 64 7.552 -> 7.410, 128 11.854 -> 11.683; Pro 2 layers 24 5.058 ->
+     * 4.971, 64 9.868 -> 9.695, 128 16.713 -> 16.399 (-1.1 to -1.9%); at <= 16 rows the kernels
+     * are as before (SASS-identical). */
     const unsigned b = WPC * 32;
-    if (N * a->K < 2 * a->E) {
-        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+    if (N * a->K < 2 * a->E && N <= 16) {
+        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
+        moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1, 0><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
+        CUDA_LAUNCHED();
+    } else if (N * a->K < 2 * a->E) {
+        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        CUDA_LAUNCHED();
+        moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1, 1><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
         CUDA_LAUNCHED();
     } else {
-        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        moe_mma_stage_kernel<1, 3, 1, 8, 2, 2, 0><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
+        moe_mma_stage_kernel<1, 3, 1, 8, 2, 2, 0, 1><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
         CUDA_LAUNCHED();
     }
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
