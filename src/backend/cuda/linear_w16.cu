@@ -51,7 +51,7 @@
 /* Session 13 (FP8 widened into the A registers; H100, test_gpu_linear_w16 --bench, us, Flash wo_a
  * N = 8 / 16 / 32 / 64 / 128, before -> after): 28.1 / 28.5 / 31.6 / 36.9 / 49.5 -> 23.0 / 23.9 /
  * 25.5 / 27.4 / 35.2 (MMV at 8: 28.9); Pro wo_a 50.0 / 51.4 / 56.5 / 66.3 / 90.2 -> 38.7 / 40.7 /
- * 44.5 / 48.9 / 65.6. The kernel alone (ncu, N = 16 / 64) 22.6 / 24.1 us, ~1.45 TB/s; with no
+ * 44.5 / 48.9 / 65.6. The kernel alone (ncu, N = 16 / 64) 23.1 / 24.1 us, ~1.45 TB/s; with no
  * widening at all (a diagnostic with wrong values) 20.4 / 20.7: the widening is no longer what
  * bounds it (docs/PERF.md, session 13, helper w16).
  *
