@@ -10,7 +10,7 @@
  * and off; x three ways: bf16-exact (the wgmma path), general f32 (every tile on the exact f32
  * path), and bf16 but for one 128-column block of some tokens (tiles or K slices of both paths
  * in one call). W16 forced (N <= 128: its 128-token tiles above 64), and the dispatcher's pick
- * (which must be W16 on the engine's shapes: BF16 at N > 16, FP8 grouped at N > 8; above 128 in
+ * (which must be W16 on the engine's shapes: BF16 at N > 16, FP8 grouped at N >= 8; above 128 in
  * chunks of <= 128). Outside [N, nrows] the output stays untouched; the same
  * call twice gives the same bits.
  *
@@ -26,8 +26,9 @@
  * CPU's unrounded sum. The test also prints the wgmma path's worst error in units of 1e-5 S
  * (how far below the model the hardware stays).
  *
- * usage: test_gpu_linear_w16 [--small | --bench] (--small: small shapes, for compute-sanitizer;
- * --bench: W16 against the kernels it replaces, graph replay, weights from HBM)
+ * usage: test_gpu_linear_w16 [--small | --bench [NAME [N]]] (--small: small shapes, for
+ * compute-sanitizer; --bench: W16 against the kernels it replaces, graph replay, weights from HBM;
+ * NAME: only the shapes whose name contains it, N: only that row count)
  */
 #include "backend/backend.h"
 #include "backend/backend_impl.h"
@@ -376,7 +377,7 @@ static void run_case(ctx *cx, const tcase *c)
                 /* the dispatcher's pick */
                 const int q =
                     gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, round, DSV4_LIN_PATH_AUTO, sent, yg2);
-                const int want = c->engine && (c->fmt == B16 ? N > 16 : N > 8);
+                const int want = c->engine && (c->fmt == B16 ? N > 16 : N >= 8);
                 CHECK_MSG((q == DSV4_LIN_PATH_W16) == want,
                           "%s N=%lld: the dispatcher took path %d (W16 %s)", c->name, (long long)N,
                           q, want ? "expected" : "not expected");
@@ -433,7 +434,8 @@ static double bench_one(ctx *cx, dsv4_weight *dw, int nw, int groups, int64_t ro
     return us;
 }
 
-static void bench(ctx *cx)
+/* only: the shapes whose name contains it (NULL: all); only_n: that N alone (0: all) */
+static void bench(ctx *cx, const char *only, int64_t only_n)
 {
     static const struct {
         const char *name;
@@ -445,8 +447,9 @@ static void bench(ctx *cx)
         {"flash head bf16", B16, 129280, 4096, 1},  {"flash wo_a fp8 g8", FP8, 8192, 4096, 8},
         {"pro wo_a fp8 g16", FP8, 16384, 4096, 16},
     };
-    static const int64_t ns[] = {8, 16, 24, 32, 40, 48, 64, 128};
+    static const int64_t ns[] = {1, 2, 4, 8, 16, 24, 32, 40, 48, 64, 128};
     for (size_t i = 0; i < sizeof sh / sizeof *sh; i++) {
+        if (only && !strstr(sh[i].name, only)) continue;
         dsv4_weight w, dw[BENCH_COPIES];
         weight_desc(&w, sh[i].name, sh[i].fmt, E8, sh[i].rows, sh[i].cols);
         const uint64_t bytes = w.data_bytes + w.scale_bytes;
@@ -468,6 +471,7 @@ static void bench(ctx *cx)
         CHECK_MSG(st == DSV4_OK, "bench %s: %s", sh[i].name, dsv4_last_error());
         for (size_t k = 0; st == DSV4_OK && k < sizeof ns / sizeof *ns; k++) {
             const int64_t N = ns[k];
+            if ((only_n && N != only_n) || (N < 8 && sh[i].fmt != FP8)) continue;
             const int old = N > 64             ? DSV4_LIN_PATH_W16
                             : sh[i].fmt == B16 ? (N > 32 ? DSV4_LIN_PATH_MMA : DSV4_LIN_PATH_MMV)
                                                : (N > 16 ? DSV4_LIN_PATH_FMM : DSV4_LIN_PATH_MMV);
@@ -498,7 +502,7 @@ int main(int argc, char **argv)
     CHECK_MSG(st == DSV4_OK, "no CUDA backend: %s", dsv4_last_error());
     if (st != DSV4_OK) return test_finish();
     if (do_bench) {
-        bench(&cx);
+        bench(&cx, argc > 2 ? argv[2] : NULL, argc > 3 ? atoll(argv[3]) : 0);
     } else {
         printf("w16: bound wgmma path (x bf16-exact) (1e-5 + 136 2^-13) S, f32 path 1e-5 S\n");
         const double t0 = test_now();

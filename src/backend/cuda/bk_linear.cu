@@ -6,7 +6,7 @@
  * Eight kernels, one result up to f32 summation order (each output is a plain f32 sum of
  * x_c * w_c, w decoded exactly; the order is fixed by the shape, so runs are bit-reproducible),
  * except F8W's and W16's (tensor-core sums per 128-column block, linear_f8w.cu, linear_w16.cu):
- *   W16   BF16 weights at 17..128 rows, FP8 grouped at 9..128 (w16_wins; more rows in chunks
+ *   W16   BF16 weights at 17..128 rows, FP8 grouped at 8..128 (w16_wins; more rows in chunks
  *         of <= 128, lin_chunks): x as bf16 (exact, else an f32 path), bf16 wgmma from a
  *         TMA-fed shared-memory ring (linear_w16.cu);
  *   F8W   9 <= N <= 128 (more in chunks), FP8 weights of >= 4096 rows, ungrouped (f8w_wins): x
@@ -649,15 +649,18 @@ int dsv4_lin_w16_ok(const lin_args *a);
 dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st);
 
 /* Whether W16 takes the call: BF16 weights at 17..128 rows (the MoE gate and the LM head, whose
- * x h is bf16-rounded), FP8 grouped at 9..128 (wo_a, whose x o is bf16 but not act_quant'd, so
+ * x h is bf16-rounded), FP8 grouped at 8..128 (wo_a, whose x o is bf16 but not act_quant'd, so
  * F8W's codes do not fit it). Faster than MMV / MMA / FMM there (linear_w16.cu's figures); the
  * step (dsv4 bench --shape flash --layers 4 --contexts 4096, H100, same call) batch 16 3.256 ->
  * 3.216 ms, 32 4.931 -> 4.820, 40 6.171 -> 5.621, 64 8.119 -> 7.549; Pro (2 layers) batch 64
- * 10.890 -> 9.915. At N <= 8 (16 for BF16) MMV stays (faster on the Flash gate, Pro wo_a). */
+ * 10.890 -> 9.915. FP8 at 8 rows since session 13 (the weights widened in wgmma's A registers):
+ * step batch 8 2.324 / 2.332 -> 2.313 / 2.300 ms, 2.349 / 2.348 -> 2.333 / 2.321 in another call;
+ * at 2 and 4 rows MMV stays (W16 there: batch 2 1.289 -> 1.315 ms, 4 1.700 -> 1.714). BF16 at
+ * N <= 16: MMV (faster on the Flash gate). */
 static int w16_wins(const lin_args *a)
 {
     const int bf = a->fmt == DSV4_FORMAT_BF16 && a->N > 16;
-    const int f8 = a->fmt == DSV4_FORMAT_FP8 && a->groups > 1 && a->N > 8;
+    const int f8 = a->fmt == DSV4_FORMAT_FP8 && a->groups > 1 && a->N >= 8;
     return (bf || f8) && dsv4_lin_w16_ok(a);
 }
 

@@ -1,5 +1,5 @@
 /*
- * linear_w16.cu - projections at 9..128 rows of bf16-valued x on bf16 wgmma from a shared-memory
+ * linear_w16.cu - projections at 8..128 rows of bf16-valued x on bf16 wgmma from a shared-memory
  * ring (W16): y = x W^T with BF16 weights (the MoE gate, the LM head: their x, h, is
  * bf16-rounded) or FP8 weights in 128 x 128 scale blocks whose x is bf16 but not act_quant'd
  * (wo_a, grouped: x is the attention output o), where F8W (linear_f8w.cu) cannot take it.
@@ -9,8 +9,13 @@
  * F8W's: one producer warp streams each 64-row tile's weights and the tokens through a ring of
  * stages in shared memory (TMA copies completing on an mbarrier), one consumer warpgroup
  * multiplies them with the weights as wgmma's 64-row A operand and the tokens as the narrow N one.
- * FP8 weights: the consumers widen the stage's e4m3 bytes to bf16 (exact) into the stage's A
- * buffer in wgmma's swizzled layout, then the same bf16 wgmma.
+ * FP8 weights: the consumers widen the stage's e4m3 bytes to bf16 (exact; integer ops and one
+ * bf16 multiply, w16_e4m3x4) straight into wgmma's A fragment registers (wgmma with A from
+ * registers, B = the tokens from shared memory), with two fragment sets so that the next stage's
+ * widening runs while this stage's wgmmas do; no widened copy in shared memory, so the ring holds
+ * more stages. The widening pairs the bytes (0, 2) and (1, 3) of each 4 codes, so the prologue
+ * stores x with each 16 columns of a k16 step permuted to match (w16_stage, perm): every k16
+ * wgmma still sums the same 16 products.
  *
  * x: a prologue kernel (w16_stage) writes x rounded to bf16 into a workspace (the F8W workspace of
  * the stream, sized for both: context.cu), per 128-column block kb [kb][half][TOK][64], and per
@@ -43,16 +48,22 @@
 
 #include <string.h>
 
-/* Measured (H100, test_gpu_linear_w16 --bench, graph replay, bf16 x, us, N = 16 / 32 / 64; old =
+/* Session 13 (FP8 widened into the A registers; H100, test_gpu_linear_w16 --bench, us, Flash wo_a
+ * N = 8 / 16 / 32 / 64 / 128, before -> after): 28.1 / 28.5 / 31.6 / 36.9 / 49.5 -> 23.0 / 23.9 /
+ * 25.5 / 27.4 / 35.2 (MMV at 8: 28.9); Pro wo_a 50.0 / 51.4 / 56.5 / 66.3 / 90.2 -> 38.7 / 40.7 /
+ * 44.5 / 48.9 / 65.6. The kernel alone (ncu, N = 16 / 64) 23.1 / 24.1 us, ~1.45 TB/s; with no
+ * widening at all (a diagnostic with wrong values) 20.4 / 20.7: the widening is no longer what
+ * bounds it (docs/PERF.md, session 13, helper w16).
+ *
+ * Session 12 (H100, test_gpu_linear_w16 --bench, graph replay, bf16 x, us, N = 16 / 32 / 64; old =
  * MMV to 32 (BF16) or 16 (FP8), then MMA (BF16) or FMM (FP8)): Flash gate 7.20 / 9.48 / 23.93
  * -> 6.94 / 8.17 / 10.47, Pro gate 10.49 / 13.96 / 36.94 -> 8.85 / 10.30 / 12.29, Flash head
  * 434.6 / 479.8 / 857.1 -> 361.3 / 372.1 / 387.2 (2.7-2.9 TB/s), Flash wo_a 40.5 / 34.4 / 54.4 ->
  * 29.0 / 31.3 / 37.3, Pro wo_a 54.3 / 83.6 / 135.1 -> 51.5 / 55.6 / 65.6. At N = 8 slower than
- * MMV on the Flash gate (5.7 -> 6.6) and Pro wo_a (43.5 -> 48.6). FP8 stays at ~1.1 TB/s
- * (cuBLASLt: 2.2): the consumers widen each stage in turn. Tried and not kept: the widening by
- * integer ops and one bf16 multiply (the e4m3 bits placed into a bf16 of value * 2^-120, times
- * 2^120) while the previous stage's wgmmas run, A in 3 slots beside a deeper ring of [B | R]:
- * slower at N <= 32 (Flash wo_a N = 8 26.8 -> 31.1, Pro N = 16 51.5 -> 54.4), the same at 64. */
+ * MMV on the Flash gate (5.7 -> 6.6) and Pro wo_a (43.5 -> 48.6). FP8 stayed at ~1.1 TB/s
+ * (cuBLASLt: 2.2): the consumers widened each stage into shared memory in turn (tried then: the
+ * same integer widening into shared memory while the previous stage's wgmmas ran, A in 3 slots:
+ * slower at N <= 32). */
 enum {
     W16_THREADS = 160,
     W16_CONS = RING_CONSUMERS,
@@ -84,13 +95,13 @@ size_t dsv4_lin_w16_ws_bytes(void)
     return W16_WS_BYTES;
 }
 
-/* Ring stage: A = 64 weight rows x 128 K bf16 as two 64-column halves (8 KB each), B = the
- * block's TOK tokens likewise (two halves of TOK x 128 bytes), FP8: R = the 64 x 128 e4m3 bytes
- * the producer copies (the consumers widen them into A). Every half in wgmma's K-major
- * SWIZZLE_128B layout (TMA, 128-byte swizzle: row r at 128 r, its 16-byte chunk c at c ^ r % 8;
- * k16 step q of a half starts 32 q bytes into its rows). */
+/* Ring stage: BF16: A = 64 weight rows x 128 K bf16 as two 64-column halves (8 KB each); B = the
+ * block's TOK tokens likewise (two halves of TOK x 128 bytes); FP8: R = the 64 x 128 e4m3 bytes
+ * the producer copies (the consumers widen them into registers), no A. Every half in wgmma's
+ * K-major SWIZZLE_128B layout (TMA, 128-byte swizzle: row r at 128 r, its 16-byte chunk c at c ^
+ * r % 8; k16 step q of a half starts 32 q bytes into its rows), R likewise (step q = chunk q). */
 template <int TOK, bool F8> struct w16_shape {
-    static constexpr int A = W16_BM * 256, B = TOK * 256, R = F8 ? W16_BM * 128 : 0;
+    static constexpr int A = F8 ? 0 : W16_BM * 256, B = TOK * 256, R = F8 ? W16_BM * 128 : 0;
     static constexpr int STAGE = A + B + R; /* a multiple of 1024 (the swizzle's alignment) */
     static constexpr int PART = TOK * W16_BM * 4;
     /* The K split's partial has a region of its own up to 64 tokens (the layout measured there);
@@ -108,26 +119,49 @@ template <int TOK, bool F8> struct w16_shape {
 
 /* ---- the prologue: x -> bf16, exact flags ---------------------------------------------------- */
 /* x [N, nkb 128] (ldx) -> workspace ws; grid nkb, 256 threads: warp w the tokens w, w + 8, ..
- * < TOK (past N: zeros); lane l columns 4 l .. 4 l + 3. */
+ * < TOK (past N: zeros; 4 tokens' loads in flight), lane l columns 4 l .. 4 l + 3; perm (FP8):
+ * each 16 columns in w16_e4m3x4's order. */
 __global__ void __launch_bounds__(256)
-    w16_stage(const float *x, int64_t ldx, int N, int TOK, w16_ws ws)
+    w16_stage(const float *x, int64_t ldx, int N, int TOK, int perm, w16_ws ws)
 {
     DSV4_PDL_WAIT();
     const int kb = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h = lane >> 4, c = 4 * (lane & 15);
     int bad = 0;
-    for (int n = warp; n < TOK; n += 8) {
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (n < N) v = *(const float4 *)(const void *)(x + n * ldx + (int64_t)kb * 128 + 4 * lane);
-        const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y),
-                             hi = __floats2bfloat162_rn(v.z, v.w);
-        const float2 l = __bfloat1622float2(lo), u = __bfloat1622float2(hi);
-        /* exact: bf16 gives x back (NaN never does) */
-        bad |= !(l.x == v.x && l.y == v.y && u.x == v.z && u.y == v.w);
-        uint2 word;
-        word.x = *(const uint32_t *)(const void *)&lo;
-        word.y = *(const uint32_t *)(const void *)&hi;
-        *(uint2 *)(void *)(ws.x + (((int64_t)kb * 2 + h) * TOK + n) * 64 + c) = word;
+    for (int n0 = warp; n0 < TOK; n0 += 32) {
+        float4 vs[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int n = n0 + 8 * i;
+            vs[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (n < N)
+                vs[i] = *(const float4 *)(const void *)(x + n * ldx + (int64_t)kb * 128 + 4 * lane);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int n = n0 + 8 * i;
+            if (n >= TOK) break;
+            const float4 v = vs[i];
+            const __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y),
+                                 hi = __floats2bfloat162_rn(v.z, v.w);
+            const float2 l = __bfloat1622float2(lo), u = __bfloat1622float2(hi);
+            /* exact: bf16 gives x back (NaN never does) */
+            bad |= !(l.x == v.x && l.y == v.y && u.x == v.z && u.y == v.w);
+            __nv_bfloat16 *d = ws.x + (((int64_t)kb * 2 + h) * TOK + n) * 64;
+            if (perm) { /* FP8's order (w16_e4m3x4): columns 4 t, 4 t + 2 -> 2 t, + 1; 4 t + 1, + 3
+                         * -> 2 t + 8, + 9 (t = the 4 columns' place in their 16) */
+                const int base = c & ~15, t = (c >> 2) & 3;
+                const __nv_bfloat162 p0 = __halves2bfloat162(lo.x, hi.x),
+                                     p1 = __halves2bfloat162(lo.y, hi.y);
+                *(__nv_bfloat162 *)(void *)(d + base + 2 * t) = p0;
+                *(__nv_bfloat162 *)(void *)(d + base + 2 * t + 8) = p1;
+            } else {
+                uint2 word;
+                word.x = *(const uint32_t *)(const void *)&lo;
+                word.y = *(const uint32_t *)(const void *)&hi;
+                *(uint2 *)(void *)(d + c) = word;
+            }
+        }
     }
     bad = __syncthreads_or(bad);
     if (threadIdx.x == 0) ws.exact[kb] = !bad;
@@ -148,6 +182,74 @@ RING_WGMMA(w16_wgmma, 2, "10", "m64n16k16", W16_HEAD, W16_TAIL)
 RING_WGMMA(w16_wgmma, 4, "18", "m64n32k16", W16_HEAD, W16_TAIL)
 RING_WGMMA(w16_wgmma, 8, "34", "m64n64k16", W16_HEAD, W16_TAIL)
 RING_WGMMA(w16_wgmma, 16, "66", "m64n128k16", W16_HEAD, W16_TAIL)
+
+/* The same with A from registers (FP8: the weights widened in registers, w16_e4m3x4): a [4] the
+ * warp's A fragment of rows 16 w + g, + 8 (g = lane / 4), k16 columns 2 t, 2 t + 1 (a0 row g, a1
+ * row g + 8) and 2 t + 8, 2 t + 9 (a2, a3), t = lane % 4. */
+template <int NT>
+__device__ __forceinline__ void w16_wgmma_ra(float (&d)[NT][4], const uint32_t (&a)[4], uint64_t db,
+                                             int acc);
+
+#define W16_RA_TAIL "p, 1, 1, 0;\n}\n"
+#define W16_RA_IN   "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc)
+#define W16_RA(NT, ACC, SHAPE, OPS)                                                                \
+    template <>                                                                                    \
+    __device__ __forceinline__ void w16_wgmma_ra<NT>(float(&d)[NT][4], const uint32_t(&a)[4],      \
+                                                     uint64_t db, int acc)                         \
+    {                                                                                              \
+        asm volatile(W16_HEAD(ACC, SHAPE) OPS W16_RA_TAIL : RING_D##NT(d) : W16_RA_IN);            \
+    }
+W16_RA(1, "9", "m64n8k16", "{%0, %1, %2, %3}, {%4, %5, %6, %7}, %8, ")
+W16_RA(2, "13", "m64n16k16", "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, ")
+W16_RA(4, "21", "m64n32k16",
+       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, "
+       "%19}, %20, ")
+W16_RA(8, "37", "m64n64k16",
+       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
+       "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, ")
+W16_RA(16, "69", "m64n128k16",
+       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "
+       "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "
+       "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "
+       "%56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, ")
+
+/* Four e4m3 codes [b3 b2 b1 b0] (a u32 of shared memory) -> bf16 pairs lo = (b0, b2), hi = (b1,
+ * b3), exactly: each code's sign to bit 15 and its exponent and mantissa bits to bits 4..10 make
+ * a bf16 of the code's value times 2^-120 (bias 127 against 7; the subnormal codes become bf16
+ * subnormals), and one bf16 multiply by 2^120 (0x7b80) restores the value: no conversions (16 a
+ * clock an SM), integer ops and one bf16x2 multiply a pair. The pairs' order is the x
+ * permutation of the prologue (w16_stage, perm). */
+__device__ __forceinline__ uint32_t w16_bf2_x2p120(uint32_t v)
+{
+    uint32_t d;
+    asm("mul.rn.bf16x2 %0, %1, %2;\n" : "=r"(d) : "r"(v), "r"(0x7b807b80u));
+    return d;
+}
+
+__device__ __forceinline__ void w16_e4m3x4(uint32_t q, uint32_t &lo, uint32_t &hi)
+{
+    hi = w16_bf2_x2p120(((q & 0x7f007f00u) >> 4) | (q & 0x80008000u));
+    lo = w16_bf2_x2p120(((q & 0x007f007fu) << 4) | ((q << 8) & 0x80008000u));
+}
+
+/* The A fragments of a stage's 8 k16 steps, widened: R the stage's e4m3 tile [64][128 bytes]
+ * (TMA's 128-byte swizzle: row r's 16-byte chunk q at q ^ r % 8; chunk q = step q's columns), row
+ * offsets o0, o1 (the thread's two rows, 4 t bytes in), g = the rows' r % 8. */
+__device__ __forceinline__ void w16_frag(uint32_t (&a)[8][4], const unsigned char *R, int o0,
+                                         int o1, int g)
+{
+    uint32_t w0[8], w1[8];
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+        w0[q] = *(const uint32_t *)(const void *)(R + o0 + ((q ^ g) << 4));
+        w1[q] = *(const uint32_t *)(const void *)(R + o1 + ((q ^ g) << 4));
+    }
+#pragma unroll
+    for (int q = 0; q < 8; q++) {
+        w16_e4m3x4(w0[q], a[q][0], a[q][2]);
+        w16_e4m3x4(w1[q], a[q][1], a[q][3]);
+    }
+}
 
 /* ---- the kernel ------------------------------------------------------------------------------ */
 typedef struct w16_plan {
@@ -194,43 +296,13 @@ __device__ void w16_fallback(const lin_args &a, const ring_tile &u, bool split, 
     }
 }
 
-/* FP8: the stage's e4m3 tile R [64][128 bytes] (swizzled) -> A's two bf16 halves (swizzled), by
- * the consumer warpgroup: thread i the 16-byte chunks e = i + 128 j (row e / 8, chunk e % 8 =
- * columns 16 c ..), each two chunks of A (half c / 4, chunks 2 c % 8, + 1). Exact: e4m3 -> f16 ->
- * f32 -> bf16 (every e4m3 value is a bf16 value). */
-__device__ __forceinline__ void w16_widen(unsigned char *A, const unsigned char *R)
-{
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const int e = (int)threadIdx.x + W16_CONS * j, r = e >> 3, c = e & 7;
-        const uint4 q = *(const uint4 *)(const void *)(R + r * 128 + ((c ^ (r & 7)) << 4));
-        const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-        uint32_t o[8];
-#pragma unroll
-        for (int k = 0; k < 4; k++) { /* bytes 4 k .. 4 k + 3: columns 4 k .. */
-            const float2 f0 = lin_fp8x2(w[k]), f1 = lin_fp8x2(w[k] >> 16);
-            const __nv_bfloat162 b0 = __floats2bfloat162_rn(f0.x, f0.y),
-                                 b1 = __floats2bfloat162_rn(f1.x, f1.y);
-            o[2 * k] = *(const uint32_t *)(const void *)&b0;
-            o[2 * k + 1] = *(const uint32_t *)(const void *)&b1;
-        }
-        unsigned char *h = A + (c >> 2) * (W16_BM * 128) + r * 128;
-        const int c0 = (2 * c) & 7;
-        *(uint4 *)(void *)(h + ((c0 ^ (r & 7)) << 4)) = make_uint4(o[0], o[1], o[2], o[3]);
-        *(uint4 *)(void *)(h + (((c0 + 1) ^ (r & 7)) << 4)) = make_uint4(o[4], o[5], o[6], o[7]);
-    }
-    /* the generic-proxy writes, visible to wgmma (async proxy) after the warpgroup's barrier */
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    ring_consumer_sync();
-}
-
 /* y [N, nrows per group] = x . W^T on bf16 wgmma, N <= TOK; F8: FP8 weights, else BF16. Grid
  * (CTAs, 1, KS), clusters (1, 1, KS): KS == 1: CTA i takes tiles i, i + grid, ..; KS > 1: one
  * tile per CTA (grid.x = tiles), slice z. 160 threads: warps 0-3 the consumer warpgroup (64
  * rows x TOK tokens), warp 4 the producer (one lane issues the copies). tw: the weights (BF16:
  * bf16 [rows][cols], boxes 64 x 64; FP8: bytes, boxes 128 x 64); tx: the workspace's x as bf16
  * [W16_NKB 2 TOK][64], boxes 64 x 2 TOK. Dynamic shared memory w16_shape::BYTES: ring [NST][A | B
- * | R], partial (at 128 tokens over the ring's start), barriers.
+ * | R] (A: BF16, R: FP8), partial (at 128 tokens over the ring's start), barriers.
  *
  * The ring's item `it` (the CTA's it-th (tile, block) of exact tiles) uses stage it % NST:
  * full[s] completes when its weights and x have landed (one producer arrival + the bytes),
@@ -335,38 +407,93 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
             for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                 for (int j = 0; j < 4; j++) acc[nt][j] = 0.0f;
-            for (int kb = u.kb0; kb < u.kb1; kb++, it++) {
-                const int s = it % NST, ph = (it / NST) & 1;
-                float ws0 = 1.0f, ws1 = 1.0f;
-                if (F8) ws0 = lin_scale(a, sr0, kb), ws1 = lin_scale(a, sr1, kb);
-                const uint32_t st = ring + s * S::STAGE;
-                ring_bar_wait(bars + 8 * s, ph);
-                if (F8) w16_widen(sm + s * S::STAGE, sm + s * S::STAGE + S::A + S::B);
-                float tmp[NT][4];
-                asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+            if constexpr (F8) {
+                /* A from registers: the stage's codes widened into two fragment sets in turn,
+                 * item j + 1's (w16_frag) while item j's wgmmas run */
+                const unsigned char *R0 = sm + S::B;
+                const int o0 = (warp * 16 + g) * 128 + 4 * tq, o1 = o0 + 8 * 128;
+                const int n = u.kb1 - u.kb0;
+                /* item it + j's 8 wgmmas (fresh tmp) from fragments af, committed */
+                auto issue = [&](const uint32_t(&af)[8][4], int j, float(&tmp)[NT][4]) {
+                    const uint32_t st = ring + ((it + j) % NST) * S::STAGE;
+                    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-                for (int q = 0; q < 8; q++)
-                    w16_wgmma<NT>(tmp, ring_desc(st + (q >> 2) * (W16_BM * 128) + 32 * (q & 3)),
-                                  ring_desc(st + S::A + (q >> 2) * (TOK * 128) + 32 * (q & 3)),
-                                  q > 0);
-                asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-                asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+                    for (int q = 0; q < 8; q++)
+                        w16_wgmma_ra<NT>(tmp, af[q],
+                                         ring_desc(st + (q >> 2) * (TOK * 128) + 32 * (q & 3)),
+                                         q > 0);
+                    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+                };
+                /* item it + j's stage landed: its fragments */
+                auto fetch = [&](uint32_t(&af)[8][4], int j) {
+                    const int s = (it + j) % NST;
+                    ring_bar_wait(bars + 8 * s, ((it + j) / NST) & 1);
+                    w16_frag(af, R0 + s * S::STAGE, o0, o1, g);
+                };
+                /* the block scales: c of the item in hand, nx of the next, loaded one item
+                 * ahead (their latency behind the wgmmas) */
+                float c0 = lin_scale(a, sr0, u.kb0), c1 = lin_scale(a, sr1, u.kb0), nx0 = c0,
+                      nx1 = c1;
+                auto ahead = [&](int j) {
+                    if (j + 1 < n)
+                        nx0 = lin_scale(a, sr0, u.kb0 + j + 1),
+                        nx1 = lin_scale(a, sr1, u.kb0 + j + 1);
+                };
+                /* item it + j's wgmmas done: its stage free, the block sum promoted */
+                auto done = [&](float(&tmp)[NT][4], int j) {
+                    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++)
+                    for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                    for (int j = 0; j < 4; j++) asm volatile("" : "+f"(tmp[nt][j])::"memory");
-                ring_bar_arrive(bars + 8 * (NST + s)); /* the stage is free */
+                        for (int q = 0; q < 4; q++) asm volatile("" : "+f"(tmp[nt][q])::"memory");
+                    ring_bar_arrive(bars + 8 * (NST + (it + j) % NST)); /* the stage is free */
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
-                    if (F8) {
-                        acc[nt][0] = fmaf(tmp[nt][0], ws0, acc[nt][0]);
-                        acc[nt][1] = fmaf(tmp[nt][1], ws0, acc[nt][1]);
-                        acc[nt][2] = fmaf(tmp[nt][2], ws1, acc[nt][2]);
-                        acc[nt][3] = fmaf(tmp[nt][3], ws1, acc[nt][3]);
-                    } else {
+                    for (int nt = 0; nt < NT; nt++) {
+                        acc[nt][0] = fmaf(tmp[nt][0], c0, acc[nt][0]);
+                        acc[nt][1] = fmaf(tmp[nt][1], c0, acc[nt][1]);
+                        acc[nt][2] = fmaf(tmp[nt][2], c1, acc[nt][2]);
+                        acc[nt][3] = fmaf(tmp[nt][3], c1, acc[nt][3]);
+                    }
+                    c0 = nx0, c1 = nx1;
+                };
+                uint32_t A0[8][4], A1[8][4];
+                fetch(A0, 0);
+                for (int j = 0; j < n; j += 2) {
+                    float tmp[NT][4];
+                    issue(A0, j, tmp);
+                    ahead(j);
+                    if (j + 1 < n) fetch(A1, j + 1);
+                    done(tmp, j);
+                    if (j + 1 >= n) break;
+                    issue(A1, j + 1, tmp);
+                    ahead(j + 1);
+                    if (j + 2 < n) fetch(A0, j + 2);
+                    done(tmp, j + 1);
+                }
+                it += n;
+            } else {
+                for (int kb = u.kb0; kb < u.kb1; kb++, it++) {
+                    const int s = it % NST, ph = (it / NST) & 1;
+                    const uint32_t st = ring + s * S::STAGE;
+                    ring_bar_wait(bars + 8 * s, ph);
+                    float tmp[NT][4];
+                    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+                    for (int q = 0; q < 8; q++)
+                        w16_wgmma<NT>(tmp, ring_desc(st + (q >> 2) * (W16_BM * 128) + 32 * (q & 3)),
+                                      ring_desc(st + S::A + (q >> 2) * (TOK * 128) + 32 * (q & 3)),
+                                      q > 0);
+                    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+                    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                        for (int j = 0; j < 4; j++) asm volatile("" : "+f"(tmp[nt][j])::"memory");
+                    ring_bar_arrive(bars + 8 * (NST + s)); /* the stage is free */
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                         for (int j = 0; j < 4; j++) acc[nt][j] += tmp[nt][j];
-                    }
                 }
             }
             if (!split) { /* C fragment: c0, c1 at row g, tokens 2 t, 2 t + 1; c2, c3 at g + 8 */
@@ -461,7 +588,8 @@ dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st)
     p.ws = w16_ws_at(ws);
     const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : a->N <= 64 ? 64 : 128;
     const int nkb_all = (int)(a->groups * p.nkb);
-    w16_stage<<<nkb_all, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
+    w16_stage<<<nkb_all, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, a->fmt == DSV4_FORMAT_FP8,
+                                       p.ws);
     CUDA_TRY(cudaGetLastError());
     if (a->fmt == DSV4_FORMAT_FP8) return w16_launch_tok<true>(a, &p, ks, tok, st);
     return w16_launch_tok<false>(a, &p, ks, tok, st);
