@@ -47,6 +47,7 @@
 #include "backend/cuda/linear_path.cuh"
 
 #include <math.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -641,7 +642,12 @@ static int mmv_wins(const lin_args *a)
  * two-warpgroup variant), so N = 8 stays on MMV. */
 static int f8w_wins(const lin_args *a)
 {
-    return a->groups == 1 && a->N > 8 && a->nrows >= 4096 && dsv4_lin_f8w_ok(a);
+    static int min_n = -1; /* DSV4_F8W_MIN_N: an experiment's knob */
+    if (min_n < 0) {
+        const char *e = getenv("DSV4_F8W_MIN_N");
+        min_n = e ? atoi(e) : 9;
+    }
+    return a->groups == 1 && a->N >= min_n && a->nrows >= 4096 && dsv4_lin_f8w_ok(a);
 }
 
 /* W16 (linear_w16.cu): bf16 wgmma from a TMA-fed ring, x as bf16 (exact, else an f32 path). */

@@ -50,6 +50,7 @@
 #include "backend/cuda/quant_dev.cuh"
 #include "backend/cuda/wgmma_ring.cuh"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* Ring stage: A = 64 weight rows x 128 K bytes, B = TOK tokens x 128 codes, each written by one
@@ -67,11 +68,13 @@ enum {
 enum { F8_KMAX = 32768, F8_TOKMAX = 128, F8_NKB = F8_KMAX / 128 };
 
 /* A workspace (per context and stream: context.cu): codes [kb][TOK][128] e4m3, then scales
- * [kb][TOK] f32, then exact [kb] (every token's codes of block kb exact). */
+ * [kb][TOK] f32, then exact [kb][F8_QCH] (the codes of block kb's tokens 32 c .. 32 c + 31 exact;
+ * chunks past TOK unused). */
+enum { F8_QTOK = 32, F8_QCH = F8_TOKMAX / F8_QTOK };
 enum {
     F8_WS_CODES = F8_NKB * F8_TOKMAX * 128,
     F8_WS_SCALES = F8_NKB * F8_TOKMAX * 4,
-    F8_WS_BYTES = F8_WS_CODES + F8_WS_SCALES + F8_NKB * 4
+    F8_WS_BYTES = F8_WS_CODES + F8_WS_SCALES + F8_NKB * F8_QCH * 4
 };
 struct f8_ws {
     uint8_t *codes;
@@ -93,21 +96,29 @@ size_t dsv4_lin_f8w_ws_bytes(void)
     return F8_WS_BYTES;
 }
 
-template <int TOK> struct f8_shape {
-    static constexpr int A = F8_BM * 128, B = TOK * 128, S = TOK * 4;
+/* RES: the resident-codes kernel (a persistent CTA of >= 2 tiles over the same x blocks: groups
+ * == 1, no split): the stages hold only the weights, and the K slice's codes and scales are copied
+ * once into a region of their own (RNKB blocks at most) that every tile of the CTA reads. */
+template <int TOK, bool RES = false> struct f8_shape {
+    static constexpr int A = F8_BM * 128, B = RES ? 0 : TOK * 128, S = RES ? 0 : TOK * 4;
     static constexpr int STAGE = A + B;          /* a multiple of 1024 (the swizzle's alignment) */
     static constexpr int PART = TOK * F8_BM * 4; /* the K split's partial [TOK][64] f32 */
+    /* the resident codes [RNKB][TOK][128] and scales [RNKB][TOK] (RES) */
+    static constexpr int RNKB = !RES ? 0 : TOK >= 128 ? 8 : TOK >= 64 ? 12 : 16;
+    static constexpr int RB = RNKB * TOK * 128, RS = RNKB * TOK * 4;
     /* The partial has a region of its own up to 64 tokens (the layout measured there); at 128 it
      * lies over the ring's start (its 32 KB would cost two stages): a split CTA has one tile and
-     * writes it once the ring is done. */
-    static constexpr bool OVER = TOK > 64;
+     * writes it once the ring is done. RES never splits (no partial). */
+    static constexpr bool OVER = RES || TOK > 64;
     static constexpr int OWN = OVER ? 0 : PART;
-    static constexpr int NST_FIT = (F8_SMEM - OWN - 2048) / (STAGE + S);
+    static constexpr int NST_FIT = (F8_SMEM - OWN - RB - RS - 2048 - 8 * RNKB) / (STAGE + S);
     static constexpr int NST = NST_FIT > 16 ? 16 : NST_FIT;
-    /* ring, scales [NST][TOK], partial (OWN), barriers; 1024 bytes to align the base */
-    static constexpr int BYTES = 1024 + NST * (STAGE + S) + OWN + 2 * NST * 8;
-    static_assert(NST >= 4 && STAGE % 1024 == 0, "a ring of at least 4 aligned stages");
-    static_assert(!OVER || NST * STAGE >= PART, "the partial fits over the ring");
+    /* ring, resident codes, scales [NST][TOK], resident scales, partial (OWN), barriers (full,
+     * empty, resident); 1024 bytes to align the base */
+    static constexpr int BYTES = 1024 + NST * (STAGE + S) + RB + RS + OWN + 2 * NST * 8 + 8 * RNKB;
+    static_assert(NST >= 4 && STAGE % 1024 == 0 && RB % 1024 == 0, "a ring of >= 4 aligned stages");
+    static_assert(RES || !OVER || NST * STAGE >= PART, "the partial fits over the ring");
+    static_assert(BYTES <= F8_SMEM, "fits the shared memory");
 };
 
 /* Measured (H100, test_gpu_linear --fmm-bench, graph replay, act_quant'd x, us, N = 8 / 16 / 32
@@ -125,39 +136,58 @@ template <int TOK> struct f8_shape {
  * -2.0% with one. */
 
 /* ---- the prologue: x -> codes, scales, exact flags ------------------------------------------- */
-/* x [N, nkb 128] (ldx) -> workspace ws; grid nkb, 256 threads: warp w the tokens w, w + 8, ..
- * < TOK (past N: zero codes, scale 1). */
+/* x [N, nkb 128] (ldx) -> workspace ws; grid (nkb, TOK / 32 rounded up), 256 threads: warp w the
+ * tokens 32 y + w + 8 i (i < 4, < TOK; past N: zero codes, scale 1), its four rows of x loaded
+ * before any is converted (one round trip to L2, not four). */
 __global__ void __launch_bounds__(256)
     f8w_quant(const float *x, int64_t ldx, int N, int TOK, f8_ws ws)
 {
     DSV4_PDL_WAIT();
     const int kb = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n0 = (int)blockIdx.y * F8_QTOK + warp;
+    float4 v[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int n = n0 + 8 * i;
+        v[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (n < N && n < TOK)
+            v[i] = *(const float4 *)(const void *)(x + n * ldx + (int64_t)kb * 128 + 4 * lane);
+    }
     int bad = 0;
-    for (int n = warp; n < TOK; n += 8) {
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (n < N) v = *(const float4 *)(const void *)(x + n * ldx + (int64_t)kb * 128 + 4 * lane);
-        float m = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int n = n0 + 8 * i;
+        if (n >= TOK) break;
+        float m = fmaxf(fmaxf(fabsf(v[i].x), fabsf(v[i].y)), fmaxf(fabsf(v[i].z), fabsf(v[i].w)));
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
         const float s = n < N ? dev_scale_fp8(m) : 1.0f, inv = 1.0f / s; /* powers of two */
-        const float f[4] = {v.x * inv, v.y * inv, v.z * inv, v.w * inv};
+        const float f[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
         uint32_t word = 0u;
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            const __nv_fp8_storage_t c = __nv_cvt_float_to_fp8(f[k], __NV_SATFINITE, __NV_E4M3);
+            const __nv_fp8_storage_t c = __nv_cvt_float_to_fp8(f[k] * inv, __NV_SATFINITE, __NV_E4M3);
             const __half_raw h = __nv_cvt_fp8_to_halfraw(c, __NV_E4M3);
             /* exact: the code times s gives x back (NaN and inf never do) */
-            bad |= !(__half2float(__half(h)) * s == (k == 0   ? v.x
-                                                     : k == 1 ? v.y
-                                                     : k == 2 ? v.z
-                                                              : v.w));
+            bad |= !(__half2float(__half(h)) * s == f[k]);
             word |= (uint32_t)c << (8 * k);
         }
         *(uint32_t *)(void *)(ws.codes + ((int64_t)kb * TOK + n) * 128 + 4 * lane) = word;
         if (lane == 0) ws.scales[(int64_t)kb * TOK + n] = s;
     }
     bad = __syncthreads_or(bad);
-    if (threadIdx.x == 0) ws.exact[kb] = !bad;
+    if (threadIdx.x == 0) ws.exact[kb * F8_QCH + blockIdx.y] = !bad;
+}
+
+/* Whether every x block of the tile's slice is exact by the prologue's flags, over the chunks of
+ * TOK tokens (warp-uniform; any warp gets the same). */
+template <int TOK> __device__ __forceinline__ bool f8_tile_exact(const int *exact, const ring_tile &u)
+{
+    constexpr int CH = (TOK + F8_QTOK - 1) / F8_QTOK;
+    const int lane = threadIdx.x & 31, n = (u.kb1 - u.kb0) * CH;
+    int bad = 0;
+    for (int e = lane; e < n; e += 32) bad |= !exact[(u.kbg + u.kb0 + e / CH) * F8_QCH + e % CH];
+    return !__any_sync(0xffffffffu, bad);
 }
 
 /* d [NT][4] (+)= A (64 x k32 at descriptor da) . B (k32 x 8 NT at db), e4m3, f32 accumulation;
@@ -217,30 +247,38 @@ static __device__ void f8_fallback(const lin_args &a, const ring_tile &u, bool s
  * slice z. 160 threads: warps 0-3 the consumer warpgroup (64 rows x TOK tokens), warp 4 the
  * producer (one lane issues the copies). tw: the weight as [rows][row_bytes] bytes, boxes 128 x
  * 64; tx: the workspace's codes [F8_NKB TOK][128], boxes 128 x TOK. Dynamic shared memory
- * f8_shape<TOK>::BYTES: ring [NST][A | B], scales [NST][TOK], partial (at 128 tokens over the
- * ring's start), barriers.
+ * f8_shape<TOK, RES>::BYTES: ring [NST][A | B], resident codes [RNKB][TOK][128] (RES), scales
+ * [NST][TOK], resident scales [RNKB][TOK] (RES), partial (at 128 tokens over the ring's start),
+ * barriers.
  *
  * The ring's item `it` (the CTA's it-th (tile, block) of exact tiles) uses stage it % NST:
  * full[s] completes when its A, B and scales have landed (one producer arrival + the bytes),
  * empty[s] when the 128 consumers have read it. The first tile's first `pre` weight copies are
  * issued before the PDL wait (their bytes expected, the arrival after the wait with the codes);
  * if that tile turns out inexact, both sides still pass its `pre` items (codes copied, nothing
- * multiplied) so that every copy lands before the stage is reused. */
-template <int TOK>
+ * multiplied) so that every copy lands before the stage is reused.
+ *
+ * RES (groups == 1, KS == 1, the slice <= RNKB blocks: every tile of the CTA multiplies the same
+ * x blocks): the stages hold only A; the producer copies block i's codes and scales (res[i],
+ * completing once on rbar[i]) with the first tile's item i, and only if that tile is exact (then
+ * all are); the consumers wait rbar[i] (phase 0) before a block's wgmmas. */
+template <int TOK, bool RES>
 __global__ void __launch_bounds__(F8_THREADS, 1)
     f8w_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx,
                lin_args a, f8_plan p)
 {
     DSV4_PDL_LATE();
-    typedef f8_shape<TOK> S;
-    constexpr int NT = TOK / 8, NST = S::NST;
+    typedef f8_shape<TOK, RES> S;
+    constexpr int NT = TOK / 8, NST = S::NST, XB = TOK * 128, XS = TOK * 4;
     extern __shared__ unsigned char f8_raw[];
     unsigned char *f8_sm = f8_raw + ((1024 - (ring_sa(f8_raw) & 1023)) & 1023);
-    const uint32_t ring = ring_sa(f8_sm), scl = ring + NST * S::STAGE;
+    const uint32_t ring = ring_sa(f8_sm), res = ring + NST * S::STAGE;
+    const uint32_t scl = res + S::RB, rscl = scl + NST * S::S;
     /* the K split's partial: after the scales, or over the ring (f8_shape) */
     float *part = (float *)(void *)(f8_sm + (S::OVER ? 0 : NST * (S::STAGE + S::S)));
-    const uint32_t bars = ring + NST * (S::STAGE + S::S) + S::OWN;
-    /* full[s] at bars + 8 s (1 arrival + bytes), empty[s] at bars + 8 (NST + s) (128) */
+    const uint32_t bars = rscl + S::RS + S::OWN, rbar = bars + 16 * NST;
+    /* full[s] at bars + 8 s (1 arrival + bytes), empty[s] at bars + 8 (NST + s) (128), rbar[i]
+     * (RES: 1 arrival + bytes) */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool split = gridDim.z > 1;
     if (threadIdx.x == 0) {
@@ -248,6 +286,7 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
             ring_bar_init(bars + 8 * s, 1);
             ring_bar_init(bars + 8 * (NST + s), F8_CONSUMERS);
         }
+        for (int i = 0; i < S::RNKB; i++) ring_bar_init(rbar + 8 * i, 1);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -275,7 +314,7 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
         int it = 0; /* items through the ring */
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
-            const bool exact = ring_tile_exact(p.ws.exact, u);
+            const bool exact = f8_tile_exact<TOK>(p.ws.exact, u);
             if (!exact && t != (int)blockIdx.x) continue; /* the consumers compute it in f32 */
             const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
             const int n_it = exact ? u.kb1 - u.kb0 : first;
@@ -285,10 +324,21 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
                 if (it >= NST && lead) ring_bar_wait(bars + 8 * (NST + s), ph ^ 1);
                 if (lead) {
                     const bool have_a = it < first && t == (int)blockIdx.x;
-                    ring_arrive_tx(full, (have_a ? 0 : S::A) + S::B + S::S);
-                    if (!have_a) ring_tma(st, &tw, kb * 128, row, full);
-                    ring_tma(st + S::A, &tx, 0, (int)((u.kbg + kb) * TOK), full);
-                    ring_bulk(scl + s * S::S, p.ws.scales + (u.kbg + kb) * TOK, S::S, full);
+                    if (RES) {
+                        if (exact && t == (int)blockIdx.x) { /* block i's codes, once */
+                            ring_arrive_tx(rbar + 8 * i, XB + XS);
+                            ring_tma(res + i * XB, &tx, 0, (int)((u.kbg + kb) * TOK), rbar + 8 * i);
+                            ring_bulk(rscl + i * XS, p.ws.scales + (u.kbg + kb) * TOK, XS,
+                                      rbar + 8 * i);
+                        }
+                        ring_arrive_tx(full, have_a ? 0 : S::A);
+                        if (!have_a) ring_tma(st, &tw, kb * 128, row, full);
+                    } else {
+                        ring_arrive_tx(full, (have_a ? 0 : S::A) + S::B + S::S);
+                        if (!have_a) ring_tma(st, &tw, kb * 128, row, full);
+                        ring_tma(st + S::A, &tx, 0, (int)((u.kbg + kb) * TOK), full);
+                        ring_bulk(scl + s * S::S, p.ws.scales + (u.kbg + kb) * TOK, S::S, full);
+                    }
                 }
             }
         }
@@ -298,7 +348,7 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
         int it = 0;
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
-            if (!ring_tile_exact(p.ws.exact, u)) {
+            if (!f8_tile_exact<TOK>(p.ws.exact, u)) {
                 if (t == (int)blockIdx.x) /* pass the first tile's items (above) */
                     for (; it < first; it++) {
                         ring_bar_wait(bars + 8 * it, 0);
@@ -321,19 +371,23 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
                 const int s = it % NST, ph = (it / NST) & 1;
                 const float ws0 = lin_scale(a, sr0, kb), ws1 = lin_scale(a, sr1, kb);
                 const uint32_t st = ring + s * S::STAGE;
+                const uint32_t sb = RES ? res + (kb - u.kb0) * XB : st + S::A;
                 ring_bar_wait(bars + 8 * s, ph);
+                if (RES) ring_bar_wait(rbar + 8 * (kb - u.kb0), 0);
                 float tmp[NT][4];
                 asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
                 for (int q = 0; q < 4; q++)
-                    f8_wgmma<NT>(tmp, ring_desc(st + 32 * q), ring_desc(st + S::A + 32 * q), q > 0);
+                    f8_wgmma<NT>(tmp, ring_desc(st + 32 * q), ring_desc(sb + 32 * q), q > 0);
                 asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
                 asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                     for (int j = 0; j < 4; j++) asm volatile("" : "+f"(tmp[nt][j])::"memory");
-                const float *xs = (const float *)(const void *)(f8_sm + NST * S::STAGE + s * S::S);
+                const float *xs = (const float *)(const void *)(
+                    f8_sm + (RES ? NST * S::STAGE + S::RB + (kb - u.kb0) * XS
+                                 : NST * S::STAGE + s * S::S));
                 float x0[NT], x1[NT];
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
@@ -357,7 +411,7 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
                         const int64_t r = (j >> 1) ? rr1 : rr0;
                         if (n < a.N && r < a.nrows) y[n * a.ldy + r] = lin_finish(a, acc[nt][j]);
                     }
-            } else {
+            } else if (!RES) {
                 if (S::OVER) ring_consumer_sync(); /* every consumer's wgmmas done: ring free */
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
@@ -368,7 +422,7 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
             }
         }
     }
-    if (split) { /* one tile per CTA */
+    if (!RES && split) { /* one tile per CTA */
         __syncthreads();
         if (blockIdx.x < p.tiles)
             ring_cluster_store<F8_THREADS>(a, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x), part);
@@ -393,11 +447,11 @@ static void f8_make_plan(const lin_args *a, f8_plan *p, int *ks)
     ring_make_plan(a, F8_KS_MAX, &p->rtiles, &p->tiles, &p->nkb, &p->spc, ks);
 }
 
-template <int TOK>
+template <int TOK, bool RES>
 static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaStream_t st)
 {
-    const f8w_fn fn = f8w_kernel<TOK>;
-    const int smem = f8_shape<TOK>::BYTES;
+    const f8w_fn fn = f8w_kernel<TOK, RES>;
+    const int smem = f8_shape<TOK, RES>::BYTES;
     CUtensorMap tw, tx;
     DSV4_TRY(ring_map(&tw, a->data, 0, (uint64_t)(a->row0 + a->groups * a->nrows),
                       (uint64_t)a->row_bytes, (uint64_t)a->row_bytes, F8_BM, "f8w"));
@@ -411,6 +465,28 @@ static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaSt
     return DSV4_OK;
 }
 
+/* Whether the resident-codes kernel takes the call (f8w_kernel's RES): every tile over the same x
+ * blocks (one group, no K split), some CTA with two tiles or more (else nothing is re-read), the
+ * row's blocks within the region. DSV4_F8W_RES (an experiment's knob): 0 never, 2 also at one
+ * tile a CTA. */
+template <int TOK> static int f8_res(const lin_args *a, const f8_plan *p, int ks)
+{
+    static int knob = -1;
+    if (knob < 0) {
+        const char *e = getenv("DSV4_F8W_RES");
+        knob = e ? atoi(e) : 1;
+    }
+    return knob > 0 && a->groups == 1 && ks == 1 && (knob > 1 || p->tiles > (int)LIN_SMS) &&
+           p->nkb <= f8_shape<TOK, true>::RNKB;
+}
+
+template <int TOK>
+static dsv4_status f8_launch_tok(const lin_args *a, const f8_plan *p, int ks, cudaStream_t st)
+{
+    return f8_res<TOK>(a, p, ks) ? f8_launch<TOK, true>(a, p, ks, st)
+                                 : f8_launch<TOK, false>(a, p, ks, st);
+}
+
 dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st)
 {
     f8_plan p;
@@ -419,18 +495,19 @@ dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st)
     p.ws = f8_ws_at(ws);
     const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : a->N <= 64 ? 64 : 128;
     const int nkb_all = (int)(a->groups * p.nkb);
-    f8w_quant<<<nkb_all, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
+    const dim3 qgrid((unsigned)nkb_all, (unsigned)((tok + F8_QTOK - 1) / F8_QTOK));
+    f8w_quant<<<qgrid, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
     CUDA_TRY(cudaGetLastError());
     switch (tok) {
     case 8:
-        return f8_launch<8>(a, &p, ks, st);
+        return f8_launch_tok<8>(a, &p, ks, st);
     case 16:
-        return f8_launch<16>(a, &p, ks, st);
+        return f8_launch_tok<16>(a, &p, ks, st);
     case 32:
-        return f8_launch<32>(a, &p, ks, st);
+        return f8_launch_tok<32>(a, &p, ks, st);
     case 64:
-        return f8_launch<64>(a, &p, ks, st);
+        return f8_launch_tok<64>(a, &p, ks, st);
     default:
-        return f8_launch<128>(a, &p, ks, st);
+        return f8_launch_tok<128>(a, &p, ks, st);
     }
 }
