@@ -99,26 +99,31 @@ size_t dsv4_lin_f8w_ws_bytes(void)
 /* RES: the resident-codes kernel (a persistent CTA of >= 2 tiles over the same x blocks: groups
  * == 1, no split): the stages hold only the weights, and the K slice's codes and scales are copied
  * once into a region of their own (RNKB blocks at most) that every tile of the CTA reads. */
-template <int TOK, bool RES = false> struct f8_shape {
+template <int TOK, bool RES = false, int CPS = 1> struct f8_shape {
+    /* CPS CTAs an SM: each its share of the SM's 228 KB (less 1 KB each) */
+    static constexpr int SMEM = CPS == 1 ? F8_SMEM : 113 * 1024;
     static constexpr int A = F8_BM * 128, B = RES ? 0 : TOK * 128, S = RES ? 0 : TOK * 4;
     static constexpr int STAGE = A + B;          /* a multiple of 1024 (the swizzle's alignment) */
     static constexpr int PART = TOK * F8_BM * 4; /* the K split's partial [TOK][64] f32 */
     /* the resident codes [RNKB][TOK][128] and scales [RNKB][TOK] (RES) */
-    static constexpr int RNKB = !RES ? 0 : TOK >= 128 ? 8 : TOK >= 64 ? 12 : 16;
+    static constexpr int RNKB = !RES        ? 0
+                                : TOK >= 128 ? 8
+                                : TOK >= 64  ? (CPS == 1 ? 12 : 8)
+                                             : 16;
     static constexpr int RB = RNKB * TOK * 128, RS = RNKB * TOK * 4;
     /* The partial has a region of its own up to 64 tokens (the layout measured there); at 128 it
      * lies over the ring's start (its 32 KB would cost two stages): a split CTA has one tile and
      * writes it once the ring is done. RES never splits (no partial). */
     static constexpr bool OVER = RES || TOK > 64;
     static constexpr int OWN = OVER ? 0 : PART;
-    static constexpr int NST_FIT = (F8_SMEM - OWN - RB - RS - 2048 - 8 * RNKB) / (STAGE + S);
+    static constexpr int NST_FIT = (SMEM - OWN - RB - RS - 2048 - 8 * RNKB) / (STAGE + S);
     static constexpr int NST = NST_FIT > 16 ? 16 : NST_FIT;
     /* ring, resident codes, scales [NST][TOK], resident scales, partial (OWN), barriers (full,
      * empty, resident); 1024 bytes to align the base */
     static constexpr int BYTES = 1024 + NST * (STAGE + S) + RB + RS + OWN + 2 * NST * 8 + 8 * RNKB;
     static_assert(NST >= 4 && STAGE % 1024 == 0 && RB % 1024 == 0, "a ring of >= 4 aligned stages");
     static_assert(RES || !OVER || NST * STAGE >= PART, "the partial fits over the ring");
-    static_assert(BYTES <= F8_SMEM, "fits the shared memory");
+    static_assert(BYTES <= SMEM && (CPS == 1 || TOK <= 64), "fits the shared memory");
 };
 
 /* Measured (H100, test_gpu_linear --fmm-bench, graph replay, act_quant'd x, us, N = 8 / 16 / 32
@@ -242,6 +247,22 @@ static __device__ void f8_fallback(const lin_args &a, const ring_tile &u, bool s
     }
 }
 
+/* An L2 prefetch of the weight scales a consumer warp reads for tile t (its rows' scale row at the
+ * slice's first and last block; lane 0): the first tile's before the PDL wait (weights), the next
+ * tile's while the current one runs, so that lin_scale's loads hit in L2. */
+static __device__ __forceinline__ void f8_scale_prefetch(const lin_args &a, const f8_plan &p, int t,
+                                                         int warp)
+{
+    if (t >= p.tiles || (threadIdx.x & 31) != 0) return;
+    const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
+    const int64_t r = u.r0 + warp * 16;
+    const int64_t sr = (a.row0 + u.g * a.nrows + min(r, a.nrows - 1)) / 128;
+    const int es = a.skind == LIN_SCALE_F32 ? 4 : 1;
+    const unsigned char *b = (const unsigned char *)a.scale + (sr * a.scale_cols) * es;
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(b + (int64_t)u.kb0 * es));
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(b + (int64_t)(u.kb1 - 1) * es));
+}
+
 /* y [N, nrows per group] = x . W^T on FP8 wgmma, N <= TOK. Grid (CTAs, 1, KS), clusters (1, 1,
  * KS): KS == 1: CTA i takes tiles i, i + grid, ..; KS > 1: one tile per CTA (grid.x = tiles),
  * slice z. 160 threads: warps 0-3 the consumer warpgroup (64 rows x TOK tokens), warp 4 the
@@ -262,13 +283,13 @@ static __device__ void f8_fallback(const lin_args &a, const ring_tile &u, bool s
  * x blocks): the stages hold only A; the producer copies block i's codes and scales (res[i],
  * completing once on rbar[i]) with the first tile's item i, and only if that tile is exact (then
  * all are); the consumers wait rbar[i] (phase 0) before a block's wgmmas. */
-template <int TOK, bool RES>
-__global__ void __launch_bounds__(F8_THREADS, 1)
+template <int TOK, bool RES, int CPS>
+__global__ void __launch_bounds__(F8_THREADS, CPS)
     f8w_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx,
                lin_args a, f8_plan p)
 {
     DSV4_PDL_LATE();
-    typedef f8_shape<TOK, RES> S;
+    typedef f8_shape<TOK, RES, CPS> S;
     constexpr int NT = TOK / 8, NST = S::NST, XB = TOK * 128, XS = TOK * 4;
     extern __shared__ unsigned char f8_raw[];
     unsigned char *f8_sm = f8_raw + ((1024 - (ring_sa(f8_raw) & 1023)) & 1023);
@@ -311,10 +332,13 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
             }
         }
         DSV4_PDL_WAIT();
+        /* RES: every tile of the CTA has the same x blocks (one flag check) */
+        const bool ex_all = RES && blockIdx.x < p.tiles &&
+                            f8_tile_exact<TOK>(p.ws.exact, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x));
         int it = 0; /* items through the ring */
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
-            const bool exact = f8_tile_exact<TOK>(p.ws.exact, u);
+            const bool exact = RES ? ex_all : f8_tile_exact<TOK>(p.ws.exact, u);
             if (!exact && t != (int)blockIdx.x) continue; /* the consumers compute it in f32 */
             const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
             const int n_it = exact ? u.kb1 - u.kb0 : first;
@@ -343,12 +367,16 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
             }
         }
     } else { /* ---- consumers: rows 16 warp + g, + 8; tokens 8 nt + 2 t, + 1 ---- */
+        f8_scale_prefetch(a, p, blockIdx.x, warp);
         DSV4_PDL_WAIT();
         const int g = lane >> 2, tq = lane & 3;
+        const bool ex_all = RES && blockIdx.x < p.tiles &&
+                            f8_tile_exact<TOK>(p.ws.exact, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x));
         int it = 0;
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
-            if (!f8_tile_exact<TOK>(p.ws.exact, u)) {
+            f8_scale_prefetch(a, p, t + gridDim.x, warp);
+            if (!(RES ? ex_all : f8_tile_exact<TOK>(p.ws.exact, u))) {
                 if (t == (int)blockIdx.x) /* pass the first tile's items (above) */
                     for (; it < first; it++) {
                         ring_bar_wait(bars + 8 * it, 0);
@@ -431,6 +459,7 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
 
 typedef void (*f8w_fn)(const CUtensorMap, const CUtensorMap, lin_args, f8_plan);
 
+
 int dsv4_lin_f8w_ok(const lin_args *a)
 {
     const int64_t rows = a->row0 + a->groups * a->nrows; /* the weight rows the call spans */
@@ -441,23 +470,45 @@ int dsv4_lin_f8w_ok(const lin_args *a)
            a->row_bytes < (1 << 30);
 }
 
-/* The grid (wgmma_ring.cuh ring_make_plan). */
-static void f8_make_plan(const lin_args *a, f8_plan *p, int *ks)
+/* The grid: ring_make_plan's (wgmma_ring.cuh) for cap CTAs at a time (CPS an SM): at least cap
+ * tiles run persistent without a split; fewer are split into the most K slices (<= F8_KS_MAX, >= 4
+ * blocks each) that keep the grid within cap. */
+static void f8_make_plan(const lin_args *a, int cap, f8_plan *p, int *ks)
 {
-    ring_make_plan(a, F8_KS_MAX, &p->rtiles, &p->tiles, &p->nkb, &p->spc, ks);
+    if (cap == (int)LIN_SMS) {
+        ring_make_plan(a, F8_KS_MAX, &p->rtiles, &p->tiles, &p->nkb, &p->spc, ks);
+        return;
+    }
+    p->rtiles = (int)((a->nrows + RING_BM - 1) / RING_BM);
+    p->tiles = (int)(p->rtiles * a->groups);
+    p->nkb = (int)(a->cols / 128);
+    int k = 1;
+    for (int j = 2; j <= F8_KS_MAX; j++)
+        if ((int64_t)p->tiles * j <= cap && p->nkb >= 4 * j) k = j;
+    p->spc = (p->nkb + k - 1) / k;
+    *ks = (p->nkb + p->spc - 1) / p->spc;
 }
 
-template <int TOK, bool RES>
+/* The experiment's knobs (getenv once): DSV4_F8W_RES (0 never, 1 default, 2 also at one tile a
+ * CTA), DSV4_F8W_CPS (CTAs an SM up to 64 tokens: 1 or 2). */
+static int f8_knob(const char *name, int def)
+{
+    const char *e = getenv(name);
+    return e ? atoi(e) : def;
+}
+
+template <int TOK, bool RES, int CPS>
 static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaStream_t st)
 {
-    const f8w_fn fn = f8w_kernel<TOK, RES>;
-    const int smem = f8_shape<TOK, RES>::BYTES;
+    const f8w_fn fn = f8w_kernel<TOK, RES, CPS>;
+    const int smem = f8_shape<TOK, RES, CPS>::BYTES;
     CUtensorMap tw, tx;
     DSV4_TRY(ring_map(&tw, a->data, 0, (uint64_t)(a->row0 + a->groups * a->nrows),
                       (uint64_t)a->row_bytes, (uint64_t)a->row_bytes, F8_BM, "f8w"));
     DSV4_TRY(ring_map(&tx, p->ws.codes, 0, (uint64_t)F8_NKB * TOK, 128, 128, TOK, "f8w"));
     CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    const unsigned cx = ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, (int)LIN_SMS);
+    const unsigned cx =
+        ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, CPS * (int)LIN_SMS);
     cudaLaunchAttribute attr;
     cudaLaunchConfig_t cfg =
         lin_cluster_cfg(dim3(cx, 1, (unsigned)ks), F8_THREADS, (size_t)smem, ks, st, &attr);
@@ -467,47 +518,57 @@ static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaSt
 
 /* Whether the resident-codes kernel takes the call (f8w_kernel's RES): every tile over the same x
  * blocks (one group, no K split), some CTA with two tiles or more (else nothing is re-read), the
- * row's blocks within the region. DSV4_F8W_RES (an experiment's knob): 0 never, 2 also at one
- * tile a CTA. */
-template <int TOK> static int f8_res(const lin_args *a, const f8_plan *p, int ks)
+ * row's blocks within the region. */
+template <int TOK, int CPS> static int f8_res(const lin_args *a, const f8_plan *p, int ks)
 {
     static int knob = -1;
-    if (knob < 0) {
-        const char *e = getenv("DSV4_F8W_RES");
-        knob = e ? atoi(e) : 1;
-    }
-    return knob > 0 && a->groups == 1 && ks == 1 && (knob > 1 || p->tiles > (int)LIN_SMS) &&
-           p->nkb <= f8_shape<TOK, true>::RNKB;
+    if (knob < 0) knob = f8_knob("DSV4_F8W_RES", 1);
+    return knob > 0 && a->groups == 1 && ks == 1 &&
+           (knob > 1 || p->tiles > CPS * (int)LIN_SMS) &&
+           p->nkb <= f8_shape<TOK, true, CPS>::RNKB;
 }
 
-template <int TOK>
+template <int TOK, int CPS>
 static dsv4_status f8_launch_tok(const lin_args *a, const f8_plan *p, int ks, cudaStream_t st)
 {
-    return f8_res<TOK>(a, p, ks) ? f8_launch<TOK, true>(a, p, ks, st)
-                                 : f8_launch<TOK, false>(a, p, ks, st);
+    return f8_res<TOK, CPS>(a, p, ks) ? f8_launch<TOK, true, CPS>(a, p, ks, st)
+                                      : f8_launch<TOK, false, CPS>(a, p, ks, st);
 }
 
 dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st)
 {
+    static int cps_knob = -1;
+    if (cps_knob < 0) cps_knob = f8_knob("DSV4_F8W_CPS", 1);
+    const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : a->N <= 64 ? 64 : 128;
+    const int cps = tok <= 64 && cps_knob == 2 ? 2 : 1;
     f8_plan p;
     int ks;
-    f8_make_plan(a, &p, &ks);
+    f8_make_plan(a, cps * (int)LIN_SMS, &p, &ks);
     p.ws = f8_ws_at(ws);
-    const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : a->N <= 64 ? 64 : 128;
     const int nkb_all = (int)(a->groups * p.nkb);
     const dim3 qgrid((unsigned)nkb_all, (unsigned)((tok + F8_QTOK - 1) / F8_QTOK));
     f8w_quant<<<qgrid, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
     CUDA_TRY(cudaGetLastError());
+    if (cps == 2) switch (tok) {
+        case 8:
+            return f8_launch_tok<8, 2>(a, &p, ks, st);
+        case 16:
+            return f8_launch_tok<16, 2>(a, &p, ks, st);
+        case 32:
+            return f8_launch_tok<32, 2>(a, &p, ks, st);
+        default:
+            return f8_launch_tok<64, 2>(a, &p, ks, st);
+        }
     switch (tok) {
     case 8:
-        return f8_launch_tok<8>(a, &p, ks, st);
+        return f8_launch_tok<8, 1>(a, &p, ks, st);
     case 16:
-        return f8_launch_tok<16>(a, &p, ks, st);
+        return f8_launch_tok<16, 1>(a, &p, ks, st);
     case 32:
-        return f8_launch_tok<32>(a, &p, ks, st);
+        return f8_launch_tok<32, 1>(a, &p, ks, st);
     case 64:
-        return f8_launch_tok<64>(a, &p, ks, st);
+        return f8_launch_tok<64, 1>(a, &p, ks, st);
     default:
-        return f8_launch_tok<128>(a, &p, ks, st);
+        return f8_launch_tok<128, 1>(a, &p, ks, st);
     }
 }
