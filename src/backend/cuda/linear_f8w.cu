@@ -62,7 +62,8 @@ enum {
     F8_CONSUMERS = RING_CONSUMERS,
     F8_BM = RING_BM,
     F8_KS_MAX = 8,
-    F8_SMEM = 227 * 1024
+    F8_SMEM = 227 * 1024, /* one CTA an SM */
+    F8_SMEM2 = 113 * 1024 /* two: (228 - 2 x 1 reserved) / 2 KB */
 };
 /* The workspace: x up to F8_KMAX columns (groups * cols) of 128 tokens, per stream. */
 enum { F8_KMAX = 32768, F8_TOKMAX = 128, F8_NKB = F8_KMAX / 128 };
@@ -96,34 +97,24 @@ size_t dsv4_lin_f8w_ws_bytes(void)
     return F8_WS_BYTES;
 }
 
-/* RES: the resident-codes kernel (a persistent CTA of >= 2 tiles over the same x blocks: groups
- * == 1, no split): the stages hold only the weights, and the K slice's codes and scales are copied
- * once into a region of their own (RNKB blocks at most) that every tile of the CTA reads. */
-template <int TOK, bool RES = false, int CPS = 1> struct f8_shape {
-    /* CPS CTAs an SM: each its share of the SM's 228 KB (less 1 KB each) */
-    static constexpr int SMEM = CPS == 1 ? F8_SMEM : 113 * 1024;
-    static constexpr int A = F8_BM * 128, B = RES ? 0 : TOK * 128, S = RES ? 0 : TOK * 4;
+/* CPS CTAs an SM (1 or 2): each CTA its share of the SM's shared memory. */
+template <int TOK, int CPS = 1> struct f8_shape {
+    static constexpr int SMEM = CPS == 1 ? F8_SMEM : F8_SMEM2;
+    static constexpr int A = F8_BM * 128, B = TOK * 128, S = TOK * 4;
     static constexpr int STAGE = A + B;          /* a multiple of 1024 (the swizzle's alignment) */
     static constexpr int PART = TOK * F8_BM * 4; /* the K split's partial [TOK][64] f32 */
-    /* the resident codes [RNKB][TOK][128] and scales [RNKB][TOK] (RES) */
-    static constexpr int RNKB = !RES        ? 0
-                                : TOK >= 128 ? 8
-                                : TOK >= 64  ? (CPS == 1 ? 12 : 8)
-                                             : 16;
-    static constexpr int RB = RNKB * TOK * 128, RS = RNKB * TOK * 4;
     /* The partial has a region of its own up to 64 tokens (the layout measured there); at 128 it
      * lies over the ring's start (its 32 KB would cost two stages): a split CTA has one tile and
-     * writes it once the ring is done. RES never splits (no partial). */
-    static constexpr bool OVER = RES || TOK > 64;
+     * writes it once the ring is done. */
+    static constexpr bool OVER = TOK > 64;
     static constexpr int OWN = OVER ? 0 : PART;
-    static constexpr int NST_FIT = (SMEM - OWN - RB - RS - 2048 - 8 * RNKB) / (STAGE + S);
+    static constexpr int NST_FIT = (SMEM - OWN - 2048) / (STAGE + S);
     static constexpr int NST = NST_FIT > 16 ? 16 : NST_FIT;
-    /* ring, resident codes, scales [NST][TOK], resident scales, partial (OWN), barriers (full,
-     * empty, resident); 1024 bytes to align the base */
-    static constexpr int BYTES = 1024 + NST * (STAGE + S) + RB + RS + OWN + 2 * NST * 8 + 8 * RNKB;
-    static_assert(NST >= 4 && STAGE % 1024 == 0 && RB % 1024 == 0, "a ring of >= 4 aligned stages");
-    static_assert(RES || !OVER || NST * STAGE >= PART, "the partial fits over the ring");
-    static_assert(BYTES <= SMEM && (CPS == 1 || TOK <= 64), "fits the shared memory");
+    /* ring, scales [NST][TOK], partial (OWN), barriers; 1024 bytes to align the base */
+    static constexpr int BYTES = 1024 + NST * (STAGE + S) + OWN + 2 * NST * 8;
+    static_assert(NST >= 4 && STAGE % 1024 == 0, "a ring of at least 4 aligned stages");
+    static_assert(!OVER || NST * STAGE >= PART, "the partial fits over the ring");
+    static_assert(BYTES <= SMEM, "fits its share of the SM");
 };
 
 /* Measured (H100, test_gpu_linear --fmm-bench, graph replay, act_quant'd x, us, N = 8 / 16 / 32
@@ -217,6 +208,7 @@ typedef struct f8_plan {
     int rtiles, tiles; /* 64-row tiles per group, in all */
     int nkb, spc;      /* 128-column blocks of a group's row, per K slice */
     f8_ws ws;          /* the stream's workspace */
+    int pf;            /* the weight scales' L2 prefetch (f8_scale_prefetch) */
 } f8_plan;
 
 /* Exact f32 fallback of a tile (x blocks not e4m3 times a power of two): the consumer warpgroup,
@@ -253,7 +245,7 @@ static __device__ void f8_fallback(const lin_args &a, const ring_tile &u, bool s
 static __device__ __forceinline__ void f8_scale_prefetch(const lin_args &a, const f8_plan &p, int t,
                                                          int warp)
 {
-    if (t >= p.tiles || (threadIdx.x & 31) != 0) return;
+    if (!p.pf || t >= p.tiles || (threadIdx.x & 31) != 0) return;
     const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
     const int64_t r = u.r0 + warp * 16;
     const int64_t sr = (a.row0 + u.g * a.nrows + min(r, a.nrows - 1)) / 128;
@@ -268,38 +260,31 @@ static __device__ __forceinline__ void f8_scale_prefetch(const lin_args &a, cons
  * slice z. 160 threads: warps 0-3 the consumer warpgroup (64 rows x TOK tokens), warp 4 the
  * producer (one lane issues the copies). tw: the weight as [rows][row_bytes] bytes, boxes 128 x
  * 64; tx: the workspace's codes [F8_NKB TOK][128], boxes 128 x TOK. Dynamic shared memory
- * f8_shape<TOK, RES>::BYTES: ring [NST][A | B], resident codes [RNKB][TOK][128] (RES), scales
- * [NST][TOK], resident scales [RNKB][TOK] (RES), partial (at 128 tokens over the ring's start),
- * barriers.
+ * f8_shape<TOK, CPS>::BYTES: ring [NST][A | B], scales [NST][TOK], partial (at 128 tokens over the
+ * ring's start), barriers. CPS CTAs an SM (launch bounds; 2: half the ring each, for a grid of
+ * 2 x 132 persistent CTAs: two consumer warpgroups an SM, one's waits hidden by the other's work).
  *
  * The ring's item `it` (the CTA's it-th (tile, block) of exact tiles) uses stage it % NST:
  * full[s] completes when its A, B and scales have landed (one producer arrival + the bytes),
  * empty[s] when the 128 consumers have read it. The first tile's first `pre` weight copies are
  * issued before the PDL wait (their bytes expected, the arrival after the wait with the codes);
  * if that tile turns out inexact, both sides still pass its `pre` items (codes copied, nothing
- * multiplied) so that every copy lands before the stage is reused.
- *
- * RES (groups == 1, KS == 1, the slice <= RNKB blocks: every tile of the CTA multiplies the same
- * x blocks): the stages hold only A; the producer copies block i's codes and scales (res[i],
- * completing once on rbar[i]) with the first tile's item i, and only if that tile is exact (then
- * all are); the consumers wait rbar[i] (phase 0) before a block's wgmmas. */
-template <int TOK, bool RES, int CPS>
+ * multiplied) so that every copy lands before the stage is reused. */
+template <int TOK, int CPS>
 __global__ void __launch_bounds__(F8_THREADS, CPS)
     f8w_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx,
                lin_args a, f8_plan p)
 {
     DSV4_PDL_LATE();
-    typedef f8_shape<TOK, RES, CPS> S;
-    constexpr int NT = TOK / 8, NST = S::NST, XB = TOK * 128, XS = TOK * 4;
+    typedef f8_shape<TOK, CPS> S;
+    constexpr int NT = TOK / 8, NST = S::NST;
     extern __shared__ unsigned char f8_raw[];
     unsigned char *f8_sm = f8_raw + ((1024 - (ring_sa(f8_raw) & 1023)) & 1023);
-    const uint32_t ring = ring_sa(f8_sm), res = ring + NST * S::STAGE;
-    const uint32_t scl = res + S::RB, rscl = scl + NST * S::S;
+    const uint32_t ring = ring_sa(f8_sm), scl = ring + NST * S::STAGE;
     /* the K split's partial: after the scales, or over the ring (f8_shape) */
     float *part = (float *)(void *)(f8_sm + (S::OVER ? 0 : NST * (S::STAGE + S::S)));
-    const uint32_t bars = rscl + S::RS + S::OWN, rbar = bars + 16 * NST;
-    /* full[s] at bars + 8 s (1 arrival + bytes), empty[s] at bars + 8 (NST + s) (128), rbar[i]
-     * (RES: 1 arrival + bytes) */
+    const uint32_t bars = ring + NST * (S::STAGE + S::S) + S::OWN;
+    /* full[s] at bars + 8 s (1 arrival + bytes), empty[s] at bars + 8 (NST + s) (128) */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool split = gridDim.z > 1;
     if (threadIdx.x == 0) {
@@ -307,7 +292,6 @@ __global__ void __launch_bounds__(F8_THREADS, CPS)
             ring_bar_init(bars + 8 * s, 1);
             ring_bar_init(bars + 8 * (NST + s), F8_CONSUMERS);
         }
-        for (int i = 0; i < S::RNKB; i++) ring_bar_init(rbar + 8 * i, 1);
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
@@ -332,13 +316,10 @@ __global__ void __launch_bounds__(F8_THREADS, CPS)
             }
         }
         DSV4_PDL_WAIT();
-        /* RES: every tile of the CTA has the same x blocks (one flag check) */
-        const bool ex_all = RES && blockIdx.x < p.tiles &&
-                            f8_tile_exact<TOK>(p.ws.exact, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x));
         int it = 0; /* items through the ring */
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
-            const bool exact = RES ? ex_all : f8_tile_exact<TOK>(p.ws.exact, u);
+            const bool exact = f8_tile_exact<TOK>(p.ws.exact, u);
             if (!exact && t != (int)blockIdx.x) continue; /* the consumers compute it in f32 */
             const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
             const int n_it = exact ? u.kb1 - u.kb0 : first;
@@ -348,21 +329,10 @@ __global__ void __launch_bounds__(F8_THREADS, CPS)
                 if (it >= NST && lead) ring_bar_wait(bars + 8 * (NST + s), ph ^ 1);
                 if (lead) {
                     const bool have_a = it < first && t == (int)blockIdx.x;
-                    if (RES) {
-                        if (exact && t == (int)blockIdx.x) { /* block i's codes, once */
-                            ring_arrive_tx(rbar + 8 * i, XB + XS);
-                            ring_tma(res + i * XB, &tx, 0, (int)((u.kbg + kb) * TOK), rbar + 8 * i);
-                            ring_bulk(rscl + i * XS, p.ws.scales + (u.kbg + kb) * TOK, XS,
-                                      rbar + 8 * i);
-                        }
-                        ring_arrive_tx(full, have_a ? 0 : S::A);
-                        if (!have_a) ring_tma(st, &tw, kb * 128, row, full);
-                    } else {
-                        ring_arrive_tx(full, (have_a ? 0 : S::A) + S::B + S::S);
-                        if (!have_a) ring_tma(st, &tw, kb * 128, row, full);
-                        ring_tma(st + S::A, &tx, 0, (int)((u.kbg + kb) * TOK), full);
-                        ring_bulk(scl + s * S::S, p.ws.scales + (u.kbg + kb) * TOK, S::S, full);
-                    }
+                    ring_arrive_tx(full, (have_a ? 0 : S::A) + S::B + S::S);
+                    if (!have_a) ring_tma(st, &tw, kb * 128, row, full);
+                    ring_tma(st + S::A, &tx, 0, (int)((u.kbg + kb) * TOK), full);
+                    ring_bulk(scl + s * S::S, p.ws.scales + (u.kbg + kb) * TOK, S::S, full);
                 }
             }
         }
@@ -370,13 +340,11 @@ __global__ void __launch_bounds__(F8_THREADS, CPS)
         f8_scale_prefetch(a, p, blockIdx.x, warp);
         DSV4_PDL_WAIT();
         const int g = lane >> 2, tq = lane & 3;
-        const bool ex_all = RES && blockIdx.x < p.tiles &&
-                            f8_tile_exact<TOK>(p.ws.exact, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x));
         int it = 0;
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
             f8_scale_prefetch(a, p, t + gridDim.x, warp);
-            if (!(RES ? ex_all : f8_tile_exact<TOK>(p.ws.exact, u))) {
+            if (!f8_tile_exact<TOK>(p.ws.exact, u)) {
                 if (t == (int)blockIdx.x) /* pass the first tile's items (above) */
                     for (; it < first; it++) {
                         ring_bar_wait(bars + 8 * it, 0);
@@ -399,23 +367,19 @@ __global__ void __launch_bounds__(F8_THREADS, CPS)
                 const int s = it % NST, ph = (it / NST) & 1;
                 const float ws0 = lin_scale(a, sr0, kb), ws1 = lin_scale(a, sr1, kb);
                 const uint32_t st = ring + s * S::STAGE;
-                const uint32_t sb = RES ? res + (kb - u.kb0) * XB : st + S::A;
                 ring_bar_wait(bars + 8 * s, ph);
-                if (RES) ring_bar_wait(rbar + 8 * (kb - u.kb0), 0);
                 float tmp[NT][4];
                 asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
                 for (int q = 0; q < 4; q++)
-                    f8_wgmma<NT>(tmp, ring_desc(st + 32 * q), ring_desc(sb + 32 * q), q > 0);
+                    f8_wgmma<NT>(tmp, ring_desc(st + 32 * q), ring_desc(st + S::A + 32 * q), q > 0);
                 asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
                 asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                     for (int j = 0; j < 4; j++) asm volatile("" : "+f"(tmp[nt][j])::"memory");
-                const float *xs = (const float *)(const void *)(
-                    f8_sm + (RES ? NST * S::STAGE + S::RB + (kb - u.kb0) * XS
-                                 : NST * S::STAGE + s * S::S));
+                const float *xs = (const float *)(const void *)(f8_sm + NST * S::STAGE + s * S::S);
                 float x0[NT], x1[NT];
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
@@ -439,7 +403,7 @@ __global__ void __launch_bounds__(F8_THREADS, CPS)
                         const int64_t r = (j >> 1) ? rr1 : rr0;
                         if (n < a.N && r < a.nrows) y[n * a.ldy + r] = lin_finish(a, acc[nt][j]);
                     }
-            } else if (!RES) {
+            } else {
                 if (S::OVER) ring_consumer_sync(); /* every consumer's wgmmas done: ring free */
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
@@ -450,7 +414,7 @@ __global__ void __launch_bounds__(F8_THREADS, CPS)
             }
         }
     }
-    if (!RES && split) { /* one tile per CTA */
+    if (split) { /* one tile per CTA */
         __syncthreads();
         if (blockIdx.x < p.tiles)
             ring_cluster_store<F8_THREADS>(a, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x), part);
@@ -489,19 +453,19 @@ static void f8_make_plan(const lin_args *a, int cap, f8_plan *p, int *ks)
     *ks = (p->nkb + p->spc - 1) / p->spc;
 }
 
-/* The experiment's knobs (getenv once): DSV4_F8W_RES (0 never, 1 default, 2 also at one tile a
- * CTA), DSV4_F8W_CPS (CTAs an SM up to 64 tokens: 1 or 2). */
+/* The experiment's knobs (getenv once; session 13): DSV4_F8W_CPS (0: always 1 CTA an SM; 1: the
+ * default, 2 where f8_cps says; 3: also at 128 tokens), DSV4_F8W_PF (0: no scale prefetch). */
 static int f8_knob(const char *name, int def)
 {
     const char *e = getenv(name);
     return e ? atoi(e) : def;
 }
 
-template <int TOK, bool RES, int CPS>
+template <int TOK, int CPS>
 static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaStream_t st)
 {
-    const f8w_fn fn = f8w_kernel<TOK, RES, CPS>;
-    const int smem = f8_shape<TOK, RES, CPS>::BYTES;
+    const f8w_fn fn = f8w_kernel<TOK, CPS>;
+    const int smem = f8_shape<TOK, CPS>::BYTES;
     CUtensorMap tw, tx;
     DSV4_TRY(ring_map(&tw, a->data, 0, (uint64_t)(a->row0 + a->groups * a->nrows),
                       (uint64_t)a->row_bytes, (uint64_t)a->row_bytes, F8_BM, "f8w"));
@@ -516,59 +480,57 @@ static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaSt
     return DSV4_OK;
 }
 
-/* Whether the resident-codes kernel takes the call (f8w_kernel's RES): every tile over the same x
- * blocks (one group, no K split), some CTA with two tiles or more (else nothing is re-read), the
- * row's blocks within the region. */
-template <int TOK, int CPS> static int f8_res(const lin_args *a, const f8_plan *p, int ks)
+/* CTAs an SM: 2 where one CTA an SM would run persistent (more tiles than SMs: Flash's wq_b, 512;
+ * then no K split either way) at <= 64 tokens, else 1. Measured (H100, dsv4 bench --gemms, us at N
+ * = 8 / 16 / 64, 1 -> 2 an SM): wq_b 19.9 / 21.7 / 27.3 -> 17.4 / 18.2 / 21.7; but split calls
+ * slower with the twice finer split that 264 CTAs allow (wo_b 20.7 -> 25.4 at N = 16, 26.4 -> 33.0
+ * at 64; the indexer's wq_b 11.5 -> 15.2 at 64), so those keep 1. */
+static int f8_cps(const lin_args *a, int tok)
 {
     static int knob = -1;
-    if (knob < 0) knob = f8_knob("DSV4_F8W_RES", 1);
-    return knob > 0 && a->groups == 1 && ks == 1 &&
-           (knob > 1 || p->tiles > CPS * (int)LIN_SMS) &&
-           p->nkb <= f8_shape<TOK, true, CPS>::RNKB;
-}
-
-template <int TOK, int CPS>
-static dsv4_status f8_launch_tok(const lin_args *a, const f8_plan *p, int ks, cudaStream_t st)
-{
-    return f8_res<TOK, CPS>(a, p, ks) ? f8_launch<TOK, true, CPS>(a, p, ks, st)
-                                      : f8_launch<TOK, false, CPS>(a, p, ks, st);
+    if (knob < 0) knob = f8_knob("DSV4_F8W_CPS", 1);
+    if ((tok > 64 && knob != 3) || knob == 0) return 1;
+    const int64_t tiles = (a->nrows + RING_BM - 1) / RING_BM * a->groups;
+    return tiles > (int64_t)LIN_SMS ? 2 : 1;
 }
 
 dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st)
 {
-    static int cps_knob = -1;
-    if (cps_knob < 0) cps_knob = f8_knob("DSV4_F8W_CPS", 1);
     const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : a->N <= 64 ? 64 : 128;
-    const int cps = tok <= 64 && cps_knob == 2 ? 2 : 1;
+    const int cps = f8_cps(a, tok);
     f8_plan p;
     int ks;
     f8_make_plan(a, cps * (int)LIN_SMS, &p, &ks);
     p.ws = f8_ws_at(ws);
+    static int pf = -1;
+    if (pf < 0) pf = f8_knob("DSV4_F8W_PF", 1);
+    p.pf = pf;
     const int nkb_all = (int)(a->groups * p.nkb);
     const dim3 qgrid((unsigned)nkb_all, (unsigned)((tok + F8_QTOK - 1) / F8_QTOK));
     f8w_quant<<<qgrid, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
     CUDA_TRY(cudaGetLastError());
     if (cps == 2) switch (tok) {
         case 8:
-            return f8_launch_tok<8, 2>(a, &p, ks, st);
+            return f8_launch<8, 2>(a, &p, ks, st);
         case 16:
-            return f8_launch_tok<16, 2>(a, &p, ks, st);
+            return f8_launch<16, 2>(a, &p, ks, st);
         case 32:
-            return f8_launch_tok<32, 2>(a, &p, ks, st);
+            return f8_launch<32, 2>(a, &p, ks, st);
+        case 64:
+            return f8_launch<64, 2>(a, &p, ks, st);
         default:
-            return f8_launch_tok<64, 2>(a, &p, ks, st);
+            return f8_launch<128, 2>(a, &p, ks, st);
         }
     switch (tok) {
     case 8:
-        return f8_launch_tok<8, 1>(a, &p, ks, st);
+        return f8_launch<8, 1>(a, &p, ks, st);
     case 16:
-        return f8_launch_tok<16, 1>(a, &p, ks, st);
+        return f8_launch<16, 1>(a, &p, ks, st);
     case 32:
-        return f8_launch_tok<32, 1>(a, &p, ks, st);
+        return f8_launch<32, 1>(a, &p, ks, st);
     case 64:
-        return f8_launch_tok<64, 1>(a, &p, ks, st);
+        return f8_launch<64, 1>(a, &p, ks, st);
     default:
-        return f8_launch_tok<128, 1>(a, &p, ks, st);
+        return f8_launch<128, 1>(a, &p, ks, st);
     }
 }
