@@ -255,6 +255,12 @@ static __device__ __forceinline__ void f8_scale_prefetch(const lin_args &a, cons
     asm volatile("prefetch.global.L2 [%0];\n" ::"l"(b + (int64_t)(u.kb1 - 1) * es));
 }
 
+/* The two consumer warpgroups' own barrier (id 2; W == 2). */
+static __device__ __forceinline__ void f8_pair_sync()
+{
+    asm volatile("bar.sync 2, 256;\n" ::: "memory");
+}
+
 /* y [N, nrows per group] = x . W^T on FP8 wgmma, N <= TOK. Grid (CTAs, 1, KS), clusters (1, 1,
  * KS): KS == 1: CTA i takes tiles i, i + grid, ..; KS > 1: one tile per CTA (grid.x = tiles),
  * slice z. 160 threads: warps 0-3 the consumer warpgroup (64 rows x TOK tokens), warp 4 the
@@ -269,15 +275,21 @@ static __device__ __forceinline__ void f8_scale_prefetch(const lin_args &a, cons
  * empty[s] when the 128 consumers have read it. The first tile's first `pre` weight copies are
  * issued before the PDL wait (their bytes expected, the arrival after the wait with the codes);
  * if that tile turns out inexact, both sides still pass its `pre` items (codes copied, nothing
- * multiplied) so that every copy lands before the stage is reused. */
-template <int TOK, int CPS>
-__global__ void __launch_bounds__(F8_THREADS, CPS)
+ * multiplied) so that every copy lands before the stage is reused.
+ *
+ * W consumer warpgroups (2: up to 64 tokens, 288 threads; warps 0-7, the producer warp 8): group
+ * w takes the tile's blocks kb0 + w, + W, .. (each stage read by one group: 128 arrivals), and at
+ * the tile's end group 1 hands its sum to group 0 through the partial's region (named barrier 2),
+ * which adds it to its own (sum of the even blocks + sum of the odd ones: a fixed order). */
+template <int TOK, int CPS, int W>
+__global__ void __launch_bounds__(128 * W + 32, CPS)
     f8w_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx,
                lin_args a, f8_plan p)
 {
     DSV4_PDL_LATE();
     typedef f8_shape<TOK, CPS> S;
-    constexpr int NT = TOK / 8, NST = S::NST;
+    constexpr int NT = TOK / 8, NST = S::NST, THREADS = 128 * W + 32;
+    static_assert(W == 1 || (W == 2 && !S::OVER), "two groups hand over through the partial");
     extern __shared__ unsigned char f8_raw[];
     unsigned char *f8_sm = f8_raw + ((1024 - (ring_sa(f8_raw) & 1023)) & 1023);
     const uint32_t ring = ring_sa(f8_sm), scl = ring + NST * S::STAGE;
@@ -300,7 +312,7 @@ __global__ void __launch_bounds__(F8_THREADS, CPS)
                                          ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x).kb0)
                           : 0;
 
-    if (warp == 4) { /* ---- producer ---- */
+    if (warp == 4 * W) { /* ---- producer ---- */
         const bool lead = lane == 0;
         if (lead) {
             asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)(uintptr_t)&tw) : "memory");
@@ -336,26 +348,32 @@ __global__ void __launch_bounds__(F8_THREADS, CPS)
                 }
             }
         }
-    } else { /* ---- consumers: rows 16 warp + g, + 8; tokens 8 nt + 2 t, + 1 ---- */
-        f8_scale_prefetch(a, p, blockIdx.x, warp);
+    } else { /* ---- consumers: group wg, rows 16 cw + g, + 8; tokens 8 nt + 2 t, + 1 ---- */
+        const int wg = warp >> 2, cw = warp & 3;
+        f8_scale_prefetch(a, p, blockIdx.x, cw);
         DSV4_PDL_WAIT();
         const int g = lane >> 2, tq = lane & 3;
         int it = 0;
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
-            f8_scale_prefetch(a, p, t + gridDim.x, warp);
-            if (!f8_tile_exact<TOK>(p.ws.exact, u)) {
-                if (t == (int)blockIdx.x) /* pass the first tile's items (above) */
-                    for (; it < first; it++) {
-                        ring_bar_wait(bars + 8 * it, 0);
-                        ring_bar_arrive(bars + 8 * (NST + it));
-                    }
-                if (split) ring_consumer_sync(); /* every consumer past the ring: part free */
-                f8_fallback(a, u, split, part);
+            f8_scale_prefetch(a, p, t + gridDim.x, cw);
+            if (!f8_tile_exact<TOK>(p.ws.exact, u)) { /* group 0 alone */
+                if (t == (int)blockIdx.x) { /* pass the first tile's items (above) */
+                    if (wg == 0)
+                        for (int i = 0; i < first; i++) {
+                            ring_bar_wait(bars + 8 * i, 0);
+                            ring_bar_arrive(bars + 8 * (NST + i));
+                        }
+                    it = first;
+                }
+                if (wg == 0) {
+                    if (split) ring_consumer_sync(); /* every consumer past the ring: part free */
+                    f8_fallback(a, u, split, part);
+                }
                 continue;
             }
             const int64_t rbase = a.row0 + u.g * a.nrows;
-            const int64_t rr0 = u.r0 + warp * 16 + g, rr1 = rr0 + 8;
+            const int64_t rr0 = u.r0 + cw * 16 + g, rr1 = rr0 + 8;
             const int64_t sr0 = (rbase + min(rr0, a.nrows - 1)) / 128,
                           sr1 = (rbase + min(rr1, a.nrows - 1)) / 128;
             float acc[NT][4];
@@ -363,8 +381,8 @@ __global__ void __launch_bounds__(F8_THREADS, CPS)
             for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                 for (int j = 0; j < 4; j++) acc[nt][j] = 0.0f;
-            for (int kb = u.kb0; kb < u.kb1; kb++, it++) {
-                const int s = it % NST, ph = (it / NST) & 1;
+            for (int kb = u.kb0 + wg; kb < u.kb1; kb += W) {
+                const int i = it + kb - u.kb0, s = i % NST, ph = (i / NST) & 1;
                 const float ws0 = lin_scale(a, sr0, kb), ws1 = lin_scale(a, sr1, kb);
                 const uint32_t st = ring + s * S::STAGE;
                 ring_bar_wait(bars + 8 * s, ph);
@@ -393,6 +411,27 @@ __global__ void __launch_bounds__(F8_THREADS, CPS)
                     acc[nt][3] = fmaf(tmp[nt][3], ws1 * x1[nt], acc[nt][3]);
                 }
             }
+            it += u.kb1 - u.kb0;
+            if (W == 2) { /* group 1's sum -> group 0 (the partial's region, [TOK][64]) */
+                if (wg == 1)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                        for (int j = 0; j < 4; j++)
+                            part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + cw * 16 + g + 8 * (j >> 1)] =
+                                acc[nt][j];
+                f8_pair_sync();
+                if (wg == 1) {
+                    f8_pair_sync(); /* group 0 has read it (the region is free again) */
+                    continue;
+                }
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        acc[nt][j] += part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + cw * 16 + g +
+                                           8 * (j >> 1)];
+            }
             if (!split) { /* C fragment: c0, c1 at row g, tokens 2 t, 2 t + 1; c2, c3 at g + 8 */
                 float *y = a.y + u.g * a.nrows;
 #pragma unroll
@@ -409,15 +448,16 @@ __global__ void __launch_bounds__(F8_THREADS, CPS)
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                     for (int j = 0; j < 4; j++)
-                        part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + warp * 16 + g + 8 * (j >> 1)] =
+                        part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + cw * 16 + g + 8 * (j >> 1)] =
                             acc[nt][j];
             }
+            if (W == 2) f8_pair_sync();
         }
     }
     if (split) { /* one tile per CTA */
         __syncthreads();
         if (blockIdx.x < p.tiles)
-            ring_cluster_store<F8_THREADS>(a, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x), part);
+            ring_cluster_store<THREADS>(a, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x), part);
     }
 }
 
@@ -461,10 +501,10 @@ static int f8_knob(const char *name, int def)
     return e ? atoi(e) : def;
 }
 
-template <int TOK, int CPS>
+template <int TOK, int CPS, int W = 1>
 static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaStream_t st)
 {
-    const f8w_fn fn = f8w_kernel<TOK, CPS>;
+    const f8w_fn fn = f8w_kernel<TOK, CPS, W>;
     const int smem = f8_shape<TOK, CPS>::BYTES;
     CUtensorMap tw, tx;
     DSV4_TRY(ring_map(&tw, a->data, 0, (uint64_t)(a->row0 + a->groups * a->nrows),
@@ -475,7 +515,7 @@ static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaSt
         ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, CPS * (int)LIN_SMS);
     cudaLaunchAttribute attr;
     cudaLaunchConfig_t cfg =
-        lin_cluster_cfg(dim3(cx, 1, (unsigned)ks), F8_THREADS, (size_t)smem, ks, st, &attr);
+        lin_cluster_cfg(dim3(cx, 1, (unsigned)ks), 128 * W + 32, (size_t)smem, ks, st, &attr);
     CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, tw, tx, *a, *p));
     return DSV4_OK;
 }
@@ -520,6 +560,18 @@ dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st)
             return f8_launch<64, 2>(a, &p, ks, st);
         default:
             return f8_launch<128, 2>(a, &p, ks, st);
+        }
+    static int w2 = -1; /* DSV4_F8W_W2: two consumer groups where one CTA an SM has one tile */
+    if (w2 < 0) w2 = f8_knob("DSV4_F8W_W2", 0);
+    if (w2 && tok <= 64 && (ks > 1 || p.tiles <= (int)LIN_SMS)) switch (tok) {
+        case 8:
+            return f8_launch<8, 1, 2>(a, &p, ks, st);
+        case 16:
+            return f8_launch<16, 1, 2>(a, &p, ks, st);
+        case 32:
+            return f8_launch<32, 1, 2>(a, &p, ks, st);
+        default:
+            return f8_launch<64, 1, 2>(a, &p, ks, st);
         }
     switch (tok) {
     case 8:
