@@ -48,7 +48,6 @@
 
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* ---- test hook (linear_path.cuh) ----------------------------------------------------------- */
@@ -640,16 +639,10 @@ static int mmv_wins(const lin_args *a)
  * 3.401 / 3.411 -> 3.284 / 3.285 ms, 32 5.448 / 5.454 -> 5.385 / 5.388, 64 8.472 / 8.468 -> 8.300
  * / 8.302. N = 5..8 (session 13, after F8W's faster prologue; MMV before): batch 5 1.880 / 1.879
  * -> 1.867 / 1.859, 6 2.070 / 2.065 -> 2.038 / 2.038, 8 2.338 / 2.341 -> 2.305 / 2.305; from N =
- * 1 also batch 3 and 4 unchanged, 2 1.293 -> 1.325 (MMV / the GEMV stay below 5). DSV4_F8W_MIN_N:
- * the experiment's knob. */
+ * 1 also batch 3 and 4 unchanged, 2 1.293 -> 1.325 (MMV / the GEMV stay below 5). */
 static int f8w_wins(const lin_args *a)
 {
-    static int min_n = -1;
-    if (min_n < 0) {
-        const char *e = getenv("DSV4_F8W_MIN_N");
-        min_n = e ? atoi(e) : 5;
-    }
-    return a->groups == 1 && a->N >= min_n && a->nrows >= 4096 && dsv4_lin_f8w_ok(a);
+    return a->groups == 1 && a->N >= 5 && a->nrows >= 4096 && dsv4_lin_f8w_ok(a);
 }
 
 /* W16 (linear_w16.cu): bf16 wgmma from a TMA-fed ring, x as bf16 (exact, else an f32 path). */

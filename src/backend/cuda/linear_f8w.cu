@@ -1,5 +1,5 @@
 /*
- * linear_f8w.cu - FP8 projections at 9..128 rows of x on FP8 wgmma from a shared-memory ring
+ * linear_f8w.cu - FP8 projections at 5..128 rows of x on FP8 wgmma from a shared-memory ring
  * (F8W): y = x W^T with e4m3 weights in 128 x 128 scale blocks, x quantised per token and
  * 128-column block to e4m3 codes times a power of two. The batched-decode attention projections
  * (wq_b, wo_b, the indexer's wq_b), whose x is the engine's act_quant output.
@@ -14,7 +14,9 @@
  *
  * x: a prologue kernel (f8w_quant) writes, per 128-column block kb and token, s = 2^ceil(log2(
  * max(amax, 1e-4) / 448)) (act_quant's scale, quant_dev.cuh) and the codes x / s as e4m3, and
- * per block whether every token's codes are exact (e4m3(x / s) s == x for all 128 columns). A
+ * per block and 32 tokens whether every token's codes are exact (e4m3(x / s) s == x for all 128
+ * columns; a CTA per block and 32 tokens, each warp's four rows loaded before any is converted:
+ * session 13, wq_b at N = 128 44.6 -> 37.1 us in all, the prologue alone 7.4 -> 4.2 us in ncu). A
  * tile whose blocks are all exact takes the wgmma path; any other tile (x not an act_quant output,
  * NaN, ...) is computed by the consumer warpgroup in plain f32 (exact products, f32 sums: within
  * test_gpu_linear's f32 bound), so that no x is ever rounded; that path is a correctness net, not
@@ -39,9 +41,12 @@
  * promotion and K-split sums (< 1e-5 S as for every other kernel).
  *
  * K split: tiles (64 rows of one group) x K slices; a grid of more tiles than SMs is persistent
- * (CTA i takes tiles i, i + grid, ...; no split), fewer tiles are split over the CTAs of a
- * cluster (1, 1, KS) and the slices' partials added in rank order through distributed shared
- * memory (FMM's fm_cluster_store scheme): deterministic, no atomics.
+ * (CTA i takes tiles i, i + grid, ...; no split) with 2 CTAs an SM (264 CTAs, each half the
+ * shared memory: two producers and two consumer warpgroups an SM, each one's waits covered by the
+ * other's work), fewer tiles are split over the CTAs of a cluster (1, 1, KS) and the slices'
+ * partials added in rank order through distributed shared memory (FMM's fm_cluster_store scheme):
+ * deterministic, no atomics; there a CTA (one an SM) has two consumer warpgroups up to 64 tokens,
+ * taking the tile's blocks in turn, their sums added in a fixed order at the end.
  *
  * PDL: the producer issues the first tile's weight copies before griddepcontrol.wait (cp.async,
  * not __ldg: pdl.cuh), the codes only after it.
@@ -50,7 +55,6 @@
 #include "backend/cuda/quant_dev.cuh"
 #include "backend/cuda/wgmma_ring.cuh"
 
-#include <stdlib.h>
 #include <string.h>
 
 /* Ring stage: A = 64 weight rows x 128 K bytes, B = TOK tokens x 128 codes, each written by one
@@ -58,8 +62,7 @@
  * wgmma's K-major SWIZZLE_128B layout; k32 step q starts 32 q bytes into the rows), and the TOK
  * x scales (f32, a 1-D bulk copy) in an array of their own. */
 enum {
-    F8_THREADS = 160,
-    F8_CONSUMERS = RING_CONSUMERS,
+    F8_CONSUMERS = RING_CONSUMERS, /* a consumer warpgroup */
     F8_BM = RING_BM,
     F8_KS_MAX = 8,
     F8_SMEM = 227 * 1024, /* one CTA an SM */
@@ -162,7 +165,8 @@ __global__ void __launch_bounds__(256)
         uint32_t word = 0u;
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            const __nv_fp8_storage_t c = __nv_cvt_float_to_fp8(f[k] * inv, __NV_SATFINITE, __NV_E4M3);
+            const __nv_fp8_storage_t c =
+                __nv_cvt_float_to_fp8(f[k] * inv, __NV_SATFINITE, __NV_E4M3);
             const __half_raw h = __nv_cvt_fp8_to_halfraw(c, __NV_E4M3);
             /* exact: the code times s gives x back (NaN and inf never do) */
             bad |= !(__half2float(__half(h)) * s == f[k]);
@@ -177,7 +181,8 @@ __global__ void __launch_bounds__(256)
 
 /* Whether every x block of the tile's slice is exact by the prologue's flags, over the chunks of
  * TOK tokens (warp-uniform; any warp gets the same). */
-template <int TOK> __device__ __forceinline__ bool f8_tile_exact(const int *exact, const ring_tile &u)
+template <int TOK>
+__device__ __forceinline__ bool f8_tile_exact(const int *exact, const ring_tile &u)
 {
     constexpr int CH = (TOK + F8_QTOK - 1) / F8_QTOK;
     const int lane = threadIdx.x & 31, n = (u.kb1 - u.kb0) * CH;
@@ -208,7 +213,6 @@ typedef struct f8_plan {
     int rtiles, tiles; /* 64-row tiles per group, in all */
     int nkb, spc;      /* 128-column blocks of a group's row, per K slice */
     f8_ws ws;          /* the stream's workspace */
-    int pf;            /* the weight scales' L2 prefetch (f8_scale_prefetch) */
 } f8_plan;
 
 /* Exact f32 fallback of a tile (x blocks not e4m3 times a power of two): the consumer warpgroup,
@@ -245,7 +249,7 @@ static __device__ void f8_fallback(const lin_args &a, const ring_tile &u, bool s
 static __device__ __forceinline__ void f8_scale_prefetch(const lin_args &a, const f8_plan &p, int t,
                                                          int warp)
 {
-    if (!p.pf || t >= p.tiles || (threadIdx.x & 31) != 0) return;
+    if (t >= p.tiles || (threadIdx.x & 31) != 0) return;
     const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
     const int64_t r = u.r0 + warp * 16;
     const int64_t sr = (a.row0 + u.g * a.nrows + min(r, a.nrows - 1)) / 128;
@@ -255,7 +259,7 @@ static __device__ __forceinline__ void f8_scale_prefetch(const lin_args &a, cons
     asm volatile("prefetch.global.L2 [%0];\n" ::"l"(b + (int64_t)(u.kb1 - 1) * es));
 }
 
-/* The two consumer warpgroups' own barrier (id 2; W == 2). */
+/* The two consumer warpgroups' barrier (id 2, W == 2; id 1: group 0's, ring_consumer_sync). */
 static __device__ __forceinline__ void f8_pair_sync()
 {
     asm volatile("bar.sync 2, 256;\n" ::: "memory");
@@ -263,12 +267,13 @@ static __device__ __forceinline__ void f8_pair_sync()
 
 /* y [N, nrows per group] = x . W^T on FP8 wgmma, N <= TOK. Grid (CTAs, 1, KS), clusters (1, 1,
  * KS): KS == 1: CTA i takes tiles i, i + grid, ..; KS > 1: one tile per CTA (grid.x = tiles),
- * slice z. 160 threads: warps 0-3 the consumer warpgroup (64 rows x TOK tokens), warp 4 the
- * producer (one lane issues the copies). tw: the weight as [rows][row_bytes] bytes, boxes 128 x
- * 64; tx: the workspace's codes [F8_NKB TOK][128], boxes 128 x TOK. Dynamic shared memory
- * f8_shape<TOK, CPS>::BYTES: ring [NST][A | B], scales [NST][TOK], partial (at 128 tokens over the
- * ring's start), barriers. CPS CTAs an SM (launch bounds; 2: half the ring each, for a grid of
- * 2 x 132 persistent CTAs: two consumer warpgroups an SM, one's waits hidden by the other's work).
+ * slice z. 128 W + 32 threads: warps 0..4 W - 1 the W consumer warpgroups (each 64 rows x TOK
+ * tokens), warp 4 W the producer (one lane issues the copies). tw: the weight as [rows][row_bytes]
+ * bytes, boxes 128 x 64; tx: the workspace's codes [F8_NKB TOK][128], boxes 128 x TOK. Dynamic
+ * shared memory f8_shape<TOK, CPS>::BYTES: ring [NST][A | B], scales [NST][TOK], partial (at 128
+ * tokens over the ring's start), barriers. CPS CTAs an SM (launch bounds; 2: half the ring each,
+ * for a grid of 2 x 132 persistent CTAs: two consumer warpgroups an SM, one's waits hidden by the
+ * other's work).
  *
  * The ring's item `it` (the CTA's it-th (tile, block) of exact tiles) uses stage it % NST:
  * full[s] completes when its A, B and scales have landed (one producer arrival + the bytes),
@@ -357,8 +362,9 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
             f8_scale_prefetch(a, p, t + gridDim.x, cw);
-            if (!f8_tile_exact<TOK>(p.ws.exact, u)) { /* group 0 alone */
-                if (t == (int)blockIdx.x) { /* pass the first tile's items (above) */
+            if (!f8_tile_exact<TOK>(p.ws.exact, u)) {
+                /* group 0 alone; first the first tile's items (above) */
+                if (t == (int)blockIdx.x) {
                     if (wg == 0)
                         for (int i = 0; i < first; i++) {
                             ring_bar_wait(bars + 8 * i, 0);
@@ -429,8 +435,8 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                     for (int j = 0; j < 4; j++)
-                        acc[nt][j] += part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + cw * 16 + g +
-                                           8 * (j >> 1)];
+                        acc[nt][j] +=
+                            part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + cw * 16 + g + 8 * (j >> 1)];
             }
             if (!split) { /* C fragment: c0, c1 at row g, tokens 2 t, 2 t + 1; c2, c3 at g + 8 */
                 float *y = a.y + u.g * a.nrows;
@@ -463,7 +469,6 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
 
 typedef void (*f8w_fn)(const CUtensorMap, const CUtensorMap, lin_args, f8_plan);
 
-
 int dsv4_lin_f8w_ok(const lin_args *a)
 {
     const int64_t rows = a->row0 + a->groups * a->nrows; /* the weight rows the call spans */
@@ -474,34 +479,13 @@ int dsv4_lin_f8w_ok(const lin_args *a)
            a->row_bytes < (1 << 30);
 }
 
-/* The grid: ring_make_plan's (wgmma_ring.cuh) for cap CTAs at a time (CPS an SM): at least cap
- * tiles run persistent without a split; fewer are split into the most K slices (<= F8_KS_MAX, >= 4
- * blocks each) that keep the grid within cap. */
-static void f8_make_plan(const lin_args *a, int cap, f8_plan *p, int *ks)
+/* The grid (wgmma_ring.cuh ring_make_plan). */
+static void f8_make_plan(const lin_args *a, f8_plan *p, int *ks)
 {
-    if (cap == (int)LIN_SMS) {
-        ring_make_plan(a, F8_KS_MAX, &p->rtiles, &p->tiles, &p->nkb, &p->spc, ks);
-        return;
-    }
-    p->rtiles = (int)((a->nrows + RING_BM - 1) / RING_BM);
-    p->tiles = (int)(p->rtiles * a->groups);
-    p->nkb = (int)(a->cols / 128);
-    int k = 1;
-    for (int j = 2; j <= F8_KS_MAX; j++)
-        if ((int64_t)p->tiles * j <= cap && p->nkb >= 4 * j) k = j;
-    p->spc = (p->nkb + k - 1) / k;
-    *ks = (p->nkb + p->spc - 1) / p->spc;
+    ring_make_plan(a, F8_KS_MAX, &p->rtiles, &p->tiles, &p->nkb, &p->spc, ks);
 }
 
-/* The experiment's knobs (getenv once; session 13): DSV4_F8W_CPS (0: always 1 CTA an SM; 1: the
- * default, 2 where f8_cps says; 3: also at 128 tokens), DSV4_F8W_PF (0: no scale prefetch). */
-static int f8_knob(const char *name, int def)
-{
-    const char *e = getenv(name);
-    return e ? atoi(e) : def;
-}
-
-template <int TOK, int CPS, int W = 1>
+template <int TOK, int CPS, int W>
 static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaStream_t st)
 {
     const f8w_fn fn = f8w_kernel<TOK, CPS, W>;
@@ -511,8 +495,7 @@ static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaSt
                       (uint64_t)a->row_bytes, (uint64_t)a->row_bytes, F8_BM, "f8w"));
     DSV4_TRY(ring_map(&tx, p->ws.codes, 0, (uint64_t)F8_NKB * TOK, 128, 128, TOK, "f8w"));
     CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    const unsigned cx =
-        ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, CPS * (int)LIN_SMS);
+    const unsigned cx = ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, CPS * (int)LIN_SMS);
     cudaLaunchAttribute attr;
     cudaLaunchConfig_t cfg =
         lin_cluster_cfg(dim3(cx, 1, (unsigned)ks), 128 * W + 32, (size_t)smem, ks, st, &attr);
@@ -520,69 +503,49 @@ static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaSt
     return DSV4_OK;
 }
 
-/* CTAs an SM: 2 where one CTA an SM would run persistent (more tiles than SMs: Flash's wq_b, 512;
- * then no K split either way) at <= 64 tokens, else 1. Measured (H100, dsv4 bench --gemms, us at N
- * = 8 / 16 / 64, 1 -> 2 an SM): wq_b 19.9 / 21.7 / 27.3 -> 17.4 / 18.2 / 21.7; but split calls
- * slower with the twice finer split that 264 CTAs allow (wo_b 20.7 -> 25.4 at N = 16, 26.4 -> 33.0
- * at 64; the indexer's wq_b 11.5 -> 15.2 at 64), so those keep 1. */
-static int f8_cps(const lin_args *a, int tok)
-{
-    static int knob = -1;
-    if (knob < 0) knob = f8_knob("DSV4_F8W_CPS", 1);
-    if ((tok > 64 && knob != 3) || knob == 0) return 1;
-    const int64_t tiles = (a->nrows + RING_BM - 1) / RING_BM * a->groups;
-    return tiles > (int64_t)LIN_SMS ? 2 : 1;
-}
-
+/* The kernel of a call (H100, dsv4 bench --gemms, us, prologue included; session 13, through the
+ * env knobs of commits 94c560a and 73dcd0b):
+ * - more tiles than SMs (persistent, no K split: Flash's wq_b, 512 tiles): 2 CTAs an SM, 264
+ *   persistent CTAs, one consumer group each. wq_b at N = 8 / 16 / 64 / 128, 1 -> 2 an SM: 19.6 /
+ *   21.6 / 27.7 / 36.9 -> 17.6 / 18.3 / 22.0 / 26.7.
+ * - else (one tile a CTA, K split or not: wo_b, the indexer's wq_b, the shared expert's w2): 1 CTA
+ *   an SM with two consumer groups up to 64 tokens (one at 128: its 214 registers). wo_b at N =
+ *   16 / 32 / 64, one -> two groups: 20.9 / 23.7 / 26.6 -> 19.7 / 21.2 / 25.4; the indexer's wq_b
+ *   unchanged (9.3 / 10.4 / 11.6). 2 CTAs an SM there instead (twice the K split in 264 CTAs):
+ *   slower (wo_b 20.7 -> 25.4 at N = 16, 26.4 -> 33.0 at 64; the indexer's wq_b 11.5 -> 15.2). */
 dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st)
 {
     const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : a->N <= 64 ? 64 : 128;
-    const int cps = f8_cps(a, tok);
     f8_plan p;
     int ks;
-    f8_make_plan(a, cps * (int)LIN_SMS, &p, &ks);
+    f8_make_plan(a, &p, &ks);
     p.ws = f8_ws_at(ws);
-    static int pf = -1;
-    if (pf < 0) pf = f8_knob("DSV4_F8W_PF", 1);
-    p.pf = pf;
     const int nkb_all = (int)(a->groups * p.nkb);
     const dim3 qgrid((unsigned)nkb_all, (unsigned)((tok + F8_QTOK - 1) / F8_QTOK));
     f8w_quant<<<qgrid, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
     CUDA_TRY(cudaGetLastError());
-    if (cps == 2) switch (tok) {
+    if (p.tiles > (int)LIN_SMS) switch (tok) { /* persistent (ks == 1): 2 CTAs an SM */
         case 8:
-            return f8_launch<8, 2>(a, &p, ks, st);
+            return f8_launch<8, 2, 1>(a, &p, ks, st);
         case 16:
-            return f8_launch<16, 2>(a, &p, ks, st);
+            return f8_launch<16, 2, 1>(a, &p, ks, st);
         case 32:
-            return f8_launch<32, 2>(a, &p, ks, st);
+            return f8_launch<32, 2, 1>(a, &p, ks, st);
         case 64:
-            return f8_launch<64, 2>(a, &p, ks, st);
+            return f8_launch<64, 2, 1>(a, &p, ks, st);
         default:
-            return f8_launch<128, 2>(a, &p, ks, st);
+            return f8_launch<128, 2, 1>(a, &p, ks, st);
         }
-    static int w2 = -1; /* DSV4_F8W_W2: two consumer groups where one CTA an SM has one tile */
-    if (w2 < 0) w2 = f8_knob("DSV4_F8W_W2", 0);
-    if (w2 && tok <= 64 && (ks > 1 || p.tiles <= (int)LIN_SMS)) switch (tok) {
-        case 8:
-            return f8_launch<8, 1, 2>(a, &p, ks, st);
-        case 16:
-            return f8_launch<16, 1, 2>(a, &p, ks, st);
-        case 32:
-            return f8_launch<32, 1, 2>(a, &p, ks, st);
-        default:
-            return f8_launch<64, 1, 2>(a, &p, ks, st);
-        }
-    switch (tok) {
+    switch (tok) { /* one tile a CTA: two consumer groups up to 64 tokens */
     case 8:
-        return f8_launch<8, 1>(a, &p, ks, st);
+        return f8_launch<8, 1, 2>(a, &p, ks, st);
     case 16:
-        return f8_launch<16, 1>(a, &p, ks, st);
+        return f8_launch<16, 1, 2>(a, &p, ks, st);
     case 32:
-        return f8_launch<32, 1>(a, &p, ks, st);
+        return f8_launch<32, 1, 2>(a, &p, ks, st);
     case 64:
-        return f8_launch<64, 1>(a, &p, ks, st);
+        return f8_launch<64, 1, 2>(a, &p, ks, st);
     default:
-        return f8_launch<128, 1>(a, &p, ks, st);
+        return f8_launch<128, 1, 1>(a, &p, ks, st);
     }
 }
