@@ -773,11 +773,13 @@ static const tcase xmix_small[] = {
 };
 
 /* F8W on act_quant'd x (xmix_mode 3, 4): the Flash and Pro shapes it takes (wq_b: 512 tiles,
- * persistent; wo_b, the shared expert: tiles split over 2-4 K slices), grouped (wo_a), odd rows
- * and row0, N 9..128 (token tiles of 8, 16, 32, 64, 128, partly filled; 200: the dispatcher's
- * chunks of <= 128). */
+ * persistent, 2 CTAs an SM up to 64 tokens; wo_b, the shared expert: tiles split over 2-4 K
+ * slices), grouped (wo_a), odd rows and row0, N 1..128 (token tiles of 8, 16, 32, 64, 128, partly
+ * filled; the dispatcher takes F8W from N = 5; 200: its chunks of <= 128). */
 static const tcase xq_full[] = {
     {"flash wq_b fp8 xq", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {9, 17, 64, 100, 128}, 0},
+    {"flash wq_b fp8 xq N<=8", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {1, 5, 8}, 0},
+    {"flash wo_b fp8 xq N<=8", FP8, E8, 4096, 8192, 0, 4096, 0, 0, 0, 0, {5, 8}, 0},
     {"flash wo_b fp8 xq", FP8, E8, 4096, 8192, 0, 4096, 0, 0, 0, 0, {16, 33, 64, 65, 128}, 0},
     {"flash idx wq_b fp8 xq", FP8, E8, 8192, 1024, 0, 8192, 0, 0, 0, 0, {12, 40, 64, 97, 200}, 0},
     {"flash shared w1 fp8 xq", FP8, E8, 2048, 4096, 0, 2048, 0, 0, 0, 0, {9, 24, 64}, 0},
@@ -793,7 +795,7 @@ static const tcase xq_small[] = {
     {"small fp8 xq", FP8, E8, 200, 384, 40, 150, 388, 4, 155, 2, {9, 17, 64, 100}, 0},
     {"small fp8 300x1024 xq", FP8, E8, 300, 1024, 5, 291, 0, 0, 0, 0, {9, 33, 64, 128}, 0},
     {"small fp8 grouped xq", FP8, E8, 192, 256, 0, 192, 1024, 0, 197, 0, {9, 40, 70}, 4},
-    {"small fp8 140 tiles xq", FP8, E8, 140 * 64, 256, 0, 140 * 64, 0, 0, 0, 0, {12, 90}, 0},
+    {"small fp8 140 tiles xq", FP8, E8, 140 * 64, 256, 0, 140 * 64, 0, 0, 0, 0, {5, 12, 90}, 0},
 };
 
 static const mcase multi_small[] = {

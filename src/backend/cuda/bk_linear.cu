@@ -9,7 +9,7 @@
  *   W16   BF16 weights at 17..128 rows, FP8 grouped at 8..128 (w16_wins; more rows in chunks
  *         of <= 128, lin_chunks): x as bf16 (exact, else an f32 path), bf16 wgmma from a
  *         TMA-fed shared-memory ring (linear_w16.cu);
- *   F8W   9 <= N <= 128 (more in chunks), FP8 weights of >= 4096 rows, ungrouped (f8w_wins): x
+ *   F8W   5 <= N <= 128 (more in chunks), FP8 weights of >= 4096 rows, ungrouped (f8w_wins): x
  *         quantised per call to e4m3 codes (exact, else an f32 path), e4m3 wgmma from a TMA-fed
  *         shared-memory ring (linear_f8w.cu);
  *   MMV   N <= 16 (BF16: 32), FP8 and BF16 weights, where it is faster than the GEMV (N >= 5,
@@ -632,16 +632,17 @@ static int mmv_wins(const lin_args *a)
 
 /* Whether F8W takes the call: FP8 with x from act_quant (e4m3 codes times powers of two, its fast
  * path; other x is exact but slow there), i.e. ungrouped (the engine's grouped call, wo_a, has
- * the attention's bf16 output as x: FMM), at 9..64 rows, on >= 4096 weight rows (the engine's
- * wq_b, wo_b, indexer wq_b). Measured (H100, linear_f8w.cu's figures): faster than MMV and FMM
- * on those three at N = 8..64, slower on 1024-2048-row matrices (K split 4-8); engine step (dsv4
- * bench --shape flash --layers 4 --contexts 4096, same call, 2 runs each) batch 16 3.401 / 3.411
- * -> 3.284 / 3.285 ms, 32 5.448 / 5.454 -> 5.385 / 5.388, 64 8.472 / 8.468 -> 8.300 / 8.302;
- * at batch 8 taking N = 8 too gained nothing in the step (2.355 / 2.352 -> 2.359 / 2.358, with a
- * two-warpgroup variant), so N = 8 stays on MMV. */
+ * the attention's bf16 output as x: W16), at >= 5 rows, on >= 4096 weight rows (the engine's
+ * wq_b, wo_b, indexer wq_b, shared expert w2). Measured (H100, linear_f8w.cu's figures): faster
+ * than MMV and FMM on those at N = 8..64, slower on 1024-2048-row matrices (K split 4-8); engine
+ * step (dsv4 bench --shape flash --layers 4 --contexts 4096, same call, 2 runs each) batch 16
+ * 3.401 / 3.411 -> 3.284 / 3.285 ms, 32 5.448 / 5.454 -> 5.385 / 5.388, 64 8.472 / 8.468 -> 8.300
+ * / 8.302. N = 5..8 (session 13, after F8W's faster prologue; MMV before): batch 5 1.880 / 1.879
+ * -> 1.867 / 1.859, 6 2.070 / 2.065 -> 2.038 / 2.038, 8 2.338 / 2.341 -> 2.305 / 2.305; from N =
+ * 1 also batch 3 and 4 unchanged, 2 1.293 -> 1.325 (MMV / the GEMV stay below 5). */
 static int f8w_wins(const lin_args *a)
 {
-    return a->groups == 1 && a->N > 8 && a->nrows >= 4096 && dsv4_lin_f8w_ok(a);
+    return a->groups == 1 && a->N >= 5 && a->nrows >= 4096 && dsv4_lin_f8w_ok(a);
 }
 
 /* W16 (linear_w16.cu): bf16 wgmma from a TMA-fed ring, x as bf16 (exact, else an f32 path). */

@@ -1,5 +1,5 @@
 /*
- * linear_f8w.cu - FP8 projections at 9..128 rows of x on FP8 wgmma from a shared-memory ring
+ * linear_f8w.cu - FP8 projections at 5..128 rows of x on FP8 wgmma from a shared-memory ring
  * (F8W): y = x W^T with e4m3 weights in 128 x 128 scale blocks, x quantised per token and
  * 128-column block to e4m3 codes times a power of two. The batched-decode attention projections
  * (wq_b, wo_b, the indexer's wq_b), whose x is the engine's act_quant output.
@@ -14,7 +14,9 @@
  *
  * x: a prologue kernel (f8w_quant) writes, per 128-column block kb and token, s = 2^ceil(log2(
  * max(amax, 1e-4) / 448)) (act_quant's scale, quant_dev.cuh) and the codes x / s as e4m3, and
- * per block whether every token's codes are exact (e4m3(x / s) s == x for all 128 columns). A
+ * per block and 32 tokens whether every token's codes are exact (e4m3(x / s) s == x for all 128
+ * columns; a CTA per block and 32 tokens, each warp's four rows loaded before any is converted:
+ * session 13, wq_b at N = 128 44.6 -> 37.1 us in all, the prologue alone 7.4 -> 4.2 us in ncu). A
  * tile whose blocks are all exact takes the wgmma path; any other tile (x not an act_quant output,
  * NaN, ...) is computed by the consumer warpgroup in plain f32 (exact products, f32 sums: within
  * test_gpu_linear's f32 bound), so that no x is ever rounded; that path is a correctness net, not
@@ -39,9 +41,12 @@
  * promotion and K-split sums (< 1e-5 S as for every other kernel).
  *
  * K split: tiles (64 rows of one group) x K slices; a grid of more tiles than SMs is persistent
- * (CTA i takes tiles i, i + grid, ...; no split), fewer tiles are split over the CTAs of a
- * cluster (1, 1, KS) and the slices' partials added in rank order through distributed shared
- * memory (FMM's fm_cluster_store scheme): deterministic, no atomics.
+ * (CTA i takes tiles i, i + grid, ...; no split) with 2 CTAs an SM (264 CTAs, each half the
+ * shared memory: two producers and two consumer warpgroups an SM, each one's waits covered by the
+ * other's work), fewer tiles are split over the CTAs of a cluster (1, 1, KS) and the slices'
+ * partials added in rank order through distributed shared memory (FMM's fm_cluster_store scheme):
+ * deterministic, no atomics; there a CTA (one an SM) has two consumer warpgroups up to 64 tokens,
+ * taking the tile's blocks in turn, their sums added in a fixed order at the end.
  *
  * PDL: the producer issues the first tile's weight copies before griddepcontrol.wait (cp.async,
  * not __ldg: pdl.cuh), the codes only after it.
@@ -57,21 +62,23 @@
  * wgmma's K-major SWIZZLE_128B layout; k32 step q starts 32 q bytes into the rows), and the TOK
  * x scales (f32, a 1-D bulk copy) in an array of their own. */
 enum {
-    F8_THREADS = 160,
-    F8_CONSUMERS = RING_CONSUMERS,
+    F8_CONSUMERS = RING_CONSUMERS, /* a consumer warpgroup */
     F8_BM = RING_BM,
     F8_KS_MAX = 8,
-    F8_SMEM = 227 * 1024
+    F8_SMEM = 227 * 1024, /* one CTA an SM */
+    F8_SMEM2 = 113 * 1024 /* two: (228 - 2 x 1 reserved) / 2 KB */
 };
 /* The workspace: x up to F8_KMAX columns (groups * cols) of 128 tokens, per stream. */
 enum { F8_KMAX = 32768, F8_TOKMAX = 128, F8_NKB = F8_KMAX / 128 };
 
 /* A workspace (per context and stream: context.cu): codes [kb][TOK][128] e4m3, then scales
- * [kb][TOK] f32, then exact [kb] (every token's codes of block kb exact). */
+ * [kb][TOK] f32, then exact [kb][F8_QCH] (the codes of block kb's tokens 32 c .. 32 c + 31 exact;
+ * chunks past TOK unused). */
+enum { F8_QTOK = 32, F8_QCH = F8_TOKMAX / F8_QTOK };
 enum {
     F8_WS_CODES = F8_NKB * F8_TOKMAX * 128,
     F8_WS_SCALES = F8_NKB * F8_TOKMAX * 4,
-    F8_WS_BYTES = F8_WS_CODES + F8_WS_SCALES + F8_NKB * 4
+    F8_WS_BYTES = F8_WS_CODES + F8_WS_SCALES + F8_NKB * F8_QCH * 4
 };
 struct f8_ws {
     uint8_t *codes;
@@ -93,7 +100,9 @@ size_t dsv4_lin_f8w_ws_bytes(void)
     return F8_WS_BYTES;
 }
 
-template <int TOK> struct f8_shape {
+/* CPS CTAs an SM (1 or 2): each CTA its share of the SM's shared memory. */
+template <int TOK, int CPS = 1> struct f8_shape {
+    static constexpr int SMEM = CPS == 1 ? F8_SMEM : F8_SMEM2;
     static constexpr int A = F8_BM * 128, B = TOK * 128, S = TOK * 4;
     static constexpr int STAGE = A + B;          /* a multiple of 1024 (the swizzle's alignment) */
     static constexpr int PART = TOK * F8_BM * 4; /* the K split's partial [TOK][64] f32 */
@@ -102,12 +111,13 @@ template <int TOK> struct f8_shape {
      * writes it once the ring is done. */
     static constexpr bool OVER = TOK > 64;
     static constexpr int OWN = OVER ? 0 : PART;
-    static constexpr int NST_FIT = (F8_SMEM - OWN - 2048) / (STAGE + S);
+    static constexpr int NST_FIT = (SMEM - OWN - 2048) / (STAGE + S);
     static constexpr int NST = NST_FIT > 16 ? 16 : NST_FIT;
     /* ring, scales [NST][TOK], partial (OWN), barriers; 1024 bytes to align the base */
     static constexpr int BYTES = 1024 + NST * (STAGE + S) + OWN + 2 * NST * 8;
     static_assert(NST >= 4 && STAGE % 1024 == 0, "a ring of at least 4 aligned stages");
     static_assert(!OVER || NST * STAGE >= PART, "the partial fits over the ring");
+    static_assert(BYTES <= SMEM, "fits its share of the SM");
 };
 
 /* Measured (H100, test_gpu_linear --fmm-bench, graph replay, act_quant'd x, us, N = 8 / 16 / 32
@@ -125,39 +135,60 @@ template <int TOK> struct f8_shape {
  * -2.0% with one. */
 
 /* ---- the prologue: x -> codes, scales, exact flags ------------------------------------------- */
-/* x [N, nkb 128] (ldx) -> workspace ws; grid nkb, 256 threads: warp w the tokens w, w + 8, ..
- * < TOK (past N: zero codes, scale 1). */
+/* x [N, nkb 128] (ldx) -> workspace ws; grid (nkb, TOK / 32 rounded up), 256 threads: warp w the
+ * tokens 32 y + w + 8 i (i < 4, < TOK; past N: zero codes, scale 1), its four rows of x loaded
+ * before any is converted (one round trip to L2, not four). */
 __global__ void __launch_bounds__(256)
     f8w_quant(const float *x, int64_t ldx, int N, int TOK, f8_ws ws)
 {
     DSV4_PDL_WAIT();
     const int kb = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int n0 = (int)blockIdx.y * F8_QTOK + warp;
+    float4 v[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int n = n0 + 8 * i;
+        v[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (n < N && n < TOK)
+            v[i] = *(const float4 *)(const void *)(x + n * ldx + (int64_t)kb * 128 + 4 * lane);
+    }
     int bad = 0;
-    for (int n = warp; n < TOK; n += 8) {
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (n < N) v = *(const float4 *)(const void *)(x + n * ldx + (int64_t)kb * 128 + 4 * lane);
-        float m = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int n = n0 + 8 * i;
+        if (n >= TOK) break;
+        float m = fmaxf(fmaxf(fabsf(v[i].x), fabsf(v[i].y)), fmaxf(fabsf(v[i].z), fabsf(v[i].w)));
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
         const float s = n < N ? dev_scale_fp8(m) : 1.0f, inv = 1.0f / s; /* powers of two */
-        const float f[4] = {v.x * inv, v.y * inv, v.z * inv, v.w * inv};
+        const float f[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
         uint32_t word = 0u;
 #pragma unroll
         for (int k = 0; k < 4; k++) {
-            const __nv_fp8_storage_t c = __nv_cvt_float_to_fp8(f[k], __NV_SATFINITE, __NV_E4M3);
+            const __nv_fp8_storage_t c =
+                __nv_cvt_float_to_fp8(f[k] * inv, __NV_SATFINITE, __NV_E4M3);
             const __half_raw h = __nv_cvt_fp8_to_halfraw(c, __NV_E4M3);
             /* exact: the code times s gives x back (NaN and inf never do) */
-            bad |= !(__half2float(__half(h)) * s == (k == 0   ? v.x
-                                                     : k == 1 ? v.y
-                                                     : k == 2 ? v.z
-                                                              : v.w));
+            bad |= !(__half2float(__half(h)) * s == f[k]);
             word |= (uint32_t)c << (8 * k);
         }
         *(uint32_t *)(void *)(ws.codes + ((int64_t)kb * TOK + n) * 128 + 4 * lane) = word;
         if (lane == 0) ws.scales[(int64_t)kb * TOK + n] = s;
     }
     bad = __syncthreads_or(bad);
-    if (threadIdx.x == 0) ws.exact[kb] = !bad;
+    if (threadIdx.x == 0) ws.exact[kb * F8_QCH + blockIdx.y] = !bad;
+}
+
+/* Whether every x block of the tile's slice is exact by the prologue's flags, over the chunks of
+ * TOK tokens (warp-uniform; any warp gets the same). */
+template <int TOK>
+__device__ __forceinline__ bool f8_tile_exact(const int *exact, const ring_tile &u)
+{
+    constexpr int CH = (TOK + F8_QTOK - 1) / F8_QTOK;
+    const int lane = threadIdx.x & 31, n = (u.kb1 - u.kb0) * CH;
+    int bad = 0;
+    for (int e = lane; e < n; e += 32) bad |= !exact[(u.kbg + u.kb0 + e / CH) * F8_QCH + e % CH];
+    return !__any_sync(0xffffffffu, bad);
 }
 
 /* d [NT][4] (+)= A (64 x k32 at descriptor da) . B (k32 x 8 NT at db), e4m3, f32 accumulation;
@@ -212,28 +243,58 @@ static __device__ void f8_fallback(const lin_args &a, const ring_tile &u, bool s
     }
 }
 
+/* An L2 prefetch of the weight scales a consumer warp reads for tile t (its rows' scale row at the
+ * slice's first and last block; lane 0): the first tile's before the PDL wait (weights), the next
+ * tile's while the current one runs, so that lin_scale's loads hit in L2. */
+static __device__ __forceinline__ void f8_scale_prefetch(const lin_args &a, const f8_plan &p, int t,
+                                                         int warp)
+{
+    if (t >= p.tiles || (threadIdx.x & 31) != 0) return;
+    const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
+    const int64_t r = u.r0 + warp * 16;
+    const int64_t sr = (a.row0 + u.g * a.nrows + min(r, a.nrows - 1)) / 128;
+    const int es = a.skind == LIN_SCALE_F32 ? 4 : 1;
+    const unsigned char *b = (const unsigned char *)a.scale + (sr * a.scale_cols) * es;
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(b + (int64_t)u.kb0 * es));
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(b + (int64_t)(u.kb1 - 1) * es));
+}
+
+/* The two consumer warpgroups' barrier (id 2, W == 2; id 1: group 0's, ring_consumer_sync). */
+static __device__ __forceinline__ void f8_pair_sync()
+{
+    asm volatile("bar.sync 2, 256;\n" ::: "memory");
+}
+
 /* y [N, nrows per group] = x . W^T on FP8 wgmma, N <= TOK. Grid (CTAs, 1, KS), clusters (1, 1,
  * KS): KS == 1: CTA i takes tiles i, i + grid, ..; KS > 1: one tile per CTA (grid.x = tiles),
- * slice z. 160 threads: warps 0-3 the consumer warpgroup (64 rows x TOK tokens), warp 4 the
- * producer (one lane issues the copies). tw: the weight as [rows][row_bytes] bytes, boxes 128 x
- * 64; tx: the workspace's codes [F8_NKB TOK][128], boxes 128 x TOK. Dynamic shared memory
- * f8_shape<TOK>::BYTES: ring [NST][A | B], scales [NST][TOK], partial (at 128 tokens over the
- * ring's start), barriers.
+ * slice z. 128 W + 32 threads: warps 0..4 W - 1 the W consumer warpgroups (each 64 rows x TOK
+ * tokens), warp 4 W the producer (one lane issues the copies). tw: the weight as [rows][row_bytes]
+ * bytes, boxes 128 x 64; tx: the workspace's codes [F8_NKB TOK][128], boxes 128 x TOK. Dynamic
+ * shared memory f8_shape<TOK, CPS>::BYTES: ring [NST][A | B], scales [NST][TOK], partial (at 128
+ * tokens over the ring's start), barriers. CPS CTAs an SM (launch bounds; 2: half the ring each,
+ * for a grid of 2 x 132 persistent CTAs: two consumer warpgroups an SM, one's waits hidden by the
+ * other's work).
  *
  * The ring's item `it` (the CTA's it-th (tile, block) of exact tiles) uses stage it % NST:
  * full[s] completes when its A, B and scales have landed (one producer arrival + the bytes),
  * empty[s] when the 128 consumers have read it. The first tile's first `pre` weight copies are
  * issued before the PDL wait (their bytes expected, the arrival after the wait with the codes);
  * if that tile turns out inexact, both sides still pass its `pre` items (codes copied, nothing
- * multiplied) so that every copy lands before the stage is reused. */
-template <int TOK>
-__global__ void __launch_bounds__(F8_THREADS, 1)
+ * multiplied) so that every copy lands before the stage is reused.
+ *
+ * W consumer warpgroups (2: up to 64 tokens, 288 threads; warps 0-7, the producer warp 8): group
+ * w takes the tile's blocks kb0 + w, + W, .. (each stage read by one group: 128 arrivals), and at
+ * the tile's end group 1 hands its sum to group 0 through the partial's region (named barrier 2),
+ * which adds it to its own (sum of the even blocks + sum of the odd ones: a fixed order). */
+template <int TOK, int CPS, int W>
+__global__ void __launch_bounds__(128 * W + 32, CPS)
     f8w_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx,
                lin_args a, f8_plan p)
 {
     DSV4_PDL_LATE();
-    typedef f8_shape<TOK> S;
-    constexpr int NT = TOK / 8, NST = S::NST;
+    typedef f8_shape<TOK, CPS> S;
+    constexpr int NT = TOK / 8, NST = S::NST, THREADS = 128 * W + 32;
+    static_assert(W == 1 || (W == 2 && !S::OVER), "two groups hand over through the partial");
     extern __shared__ unsigned char f8_raw[];
     unsigned char *f8_sm = f8_raw + ((1024 - (ring_sa(f8_raw) & 1023)) & 1023);
     const uint32_t ring = ring_sa(f8_sm), scl = ring + NST * S::STAGE;
@@ -256,7 +317,7 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
                                          ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x).kb0)
                           : 0;
 
-    if (warp == 4) { /* ---- producer ---- */
+    if (warp == 4 * W) { /* ---- producer ---- */
         const bool lead = lane == 0;
         if (lead) {
             asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)(uintptr_t)&tw) : "memory");
@@ -275,7 +336,7 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
         int it = 0; /* items through the ring */
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
-            const bool exact = ring_tile_exact(p.ws.exact, u);
+            const bool exact = f8_tile_exact<TOK>(p.ws.exact, u);
             if (!exact && t != (int)blockIdx.x) continue; /* the consumers compute it in f32 */
             const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
             const int n_it = exact ? u.kb1 - u.kb0 : first;
@@ -292,24 +353,33 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
                 }
             }
         }
-    } else { /* ---- consumers: rows 16 warp + g, + 8; tokens 8 nt + 2 t, + 1 ---- */
+    } else { /* ---- consumers: group wg, rows 16 cw + g, + 8; tokens 8 nt + 2 t, + 1 ---- */
+        const int wg = warp >> 2, cw = warp & 3;
+        f8_scale_prefetch(a, p, blockIdx.x, cw);
         DSV4_PDL_WAIT();
         const int g = lane >> 2, tq = lane & 3;
         int it = 0;
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
-            if (!ring_tile_exact(p.ws.exact, u)) {
-                if (t == (int)blockIdx.x) /* pass the first tile's items (above) */
-                    for (; it < first; it++) {
-                        ring_bar_wait(bars + 8 * it, 0);
-                        ring_bar_arrive(bars + 8 * (NST + it));
-                    }
-                if (split) ring_consumer_sync(); /* every consumer past the ring: part free */
-                f8_fallback(a, u, split, part);
+            f8_scale_prefetch(a, p, t + gridDim.x, cw);
+            if (!f8_tile_exact<TOK>(p.ws.exact, u)) {
+                /* group 0 alone; first the first tile's items (above) */
+                if (t == (int)blockIdx.x) {
+                    if (wg == 0)
+                        for (int i = 0; i < first; i++) {
+                            ring_bar_wait(bars + 8 * i, 0);
+                            ring_bar_arrive(bars + 8 * (NST + i));
+                        }
+                    it = first;
+                }
+                if (wg == 0) {
+                    if (split) ring_consumer_sync(); /* every consumer past the ring: part free */
+                    f8_fallback(a, u, split, part);
+                }
                 continue;
             }
             const int64_t rbase = a.row0 + u.g * a.nrows;
-            const int64_t rr0 = u.r0 + warp * 16 + g, rr1 = rr0 + 8;
+            const int64_t rr0 = u.r0 + cw * 16 + g, rr1 = rr0 + 8;
             const int64_t sr0 = (rbase + min(rr0, a.nrows - 1)) / 128,
                           sr1 = (rbase + min(rr1, a.nrows - 1)) / 128;
             float acc[NT][4];
@@ -317,8 +387,8 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
             for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                 for (int j = 0; j < 4; j++) acc[nt][j] = 0.0f;
-            for (int kb = u.kb0; kb < u.kb1; kb++, it++) {
-                const int s = it % NST, ph = (it / NST) & 1;
+            for (int kb = u.kb0 + wg; kb < u.kb1; kb += W) {
+                const int i = it + kb - u.kb0, s = i % NST, ph = (i / NST) & 1;
                 const float ws0 = lin_scale(a, sr0, kb), ws1 = lin_scale(a, sr1, kb);
                 const uint32_t st = ring + s * S::STAGE;
                 ring_bar_wait(bars + 8 * s, ph);
@@ -347,6 +417,27 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
                     acc[nt][3] = fmaf(tmp[nt][3], ws1 * x1[nt], acc[nt][3]);
                 }
             }
+            it += u.kb1 - u.kb0;
+            if (W == 2) { /* group 1's sum -> group 0 (the partial's region, [TOK][64]) */
+                if (wg == 1)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                        for (int j = 0; j < 4; j++)
+                            part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + cw * 16 + g + 8 * (j >> 1)] =
+                                acc[nt][j];
+                f8_pair_sync();
+                if (wg == 1) {
+                    f8_pair_sync(); /* group 0 has read it (the region is free again) */
+                    continue;
+                }
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        acc[nt][j] +=
+                            part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + cw * 16 + g + 8 * (j >> 1)];
+            }
             if (!split) { /* C fragment: c0, c1 at row g, tokens 2 t, 2 t + 1; c2, c3 at g + 8 */
                 float *y = a.y + u.g * a.nrows;
 #pragma unroll
@@ -363,15 +454,16 @@ __global__ void __launch_bounds__(F8_THREADS, 1)
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                     for (int j = 0; j < 4; j++)
-                        part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + warp * 16 + g + 8 * (j >> 1)] =
+                        part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + cw * 16 + g + 8 * (j >> 1)] =
                             acc[nt][j];
             }
+            if (W == 2) f8_pair_sync();
         }
     }
     if (split) { /* one tile per CTA */
         __syncthreads();
         if (blockIdx.x < p.tiles)
-            ring_cluster_store<F8_THREADS>(a, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x), part);
+            ring_cluster_store<THREADS>(a, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x), part);
     }
 }
 
@@ -393,44 +485,67 @@ static void f8_make_plan(const lin_args *a, f8_plan *p, int *ks)
     ring_make_plan(a, F8_KS_MAX, &p->rtiles, &p->tiles, &p->nkb, &p->spc, ks);
 }
 
-template <int TOK>
+template <int TOK, int CPS, int W>
 static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaStream_t st)
 {
-    const f8w_fn fn = f8w_kernel<TOK>;
-    const int smem = f8_shape<TOK>::BYTES;
+    const f8w_fn fn = f8w_kernel<TOK, CPS, W>;
+    const int smem = f8_shape<TOK, CPS>::BYTES;
     CUtensorMap tw, tx;
     DSV4_TRY(ring_map(&tw, a->data, 0, (uint64_t)(a->row0 + a->groups * a->nrows),
                       (uint64_t)a->row_bytes, (uint64_t)a->row_bytes, F8_BM, "f8w"));
     DSV4_TRY(ring_map(&tx, p->ws.codes, 0, (uint64_t)F8_NKB * TOK, 128, 128, TOK, "f8w"));
     CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    const unsigned cx = ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, (int)LIN_SMS);
+    const unsigned cx = ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, CPS * (int)LIN_SMS);
     cudaLaunchAttribute attr;
     cudaLaunchConfig_t cfg =
-        lin_cluster_cfg(dim3(cx, 1, (unsigned)ks), F8_THREADS, (size_t)smem, ks, st, &attr);
+        lin_cluster_cfg(dim3(cx, 1, (unsigned)ks), 128 * W + 32, (size_t)smem, ks, st, &attr);
     CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, tw, tx, *a, *p));
     return DSV4_OK;
 }
 
+/* The kernel of a call (H100, dsv4 bench --gemms, us, prologue included; session 13, through the
+ * env knobs of commits 94c560a and 73dcd0b):
+ * - more tiles than SMs (persistent, no K split: Flash's wq_b, 512 tiles): 2 CTAs an SM, 264
+ *   persistent CTAs, one consumer group each. wq_b at N = 8 / 16 / 64 / 128, 1 -> 2 an SM: 19.6 /
+ *   21.6 / 27.7 / 36.9 -> 17.6 / 18.3 / 22.0 / 26.7.
+ * - else (one tile a CTA, K split or not: wo_b, the indexer's wq_b, the shared expert's w2): 1 CTA
+ *   an SM with two consumer groups up to 64 tokens (one at 128: its 214 registers). wo_b at N =
+ *   16 / 32 / 64, one -> two groups: 20.9 / 23.7 / 26.6 -> 19.7 / 21.2 / 25.4; the indexer's wq_b
+ *   unchanged (9.3 / 10.4 / 11.6). 2 CTAs an SM there instead (twice the K split in 264 CTAs):
+ *   slower (wo_b 20.7 -> 25.4 at N = 16, 26.4 -> 33.0 at 64; the indexer's wq_b 11.5 -> 15.2). */
 dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st)
 {
+    const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : a->N <= 64 ? 64 : 128;
     f8_plan p;
     int ks;
     f8_make_plan(a, &p, &ks);
     p.ws = f8_ws_at(ws);
-    const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : a->N <= 64 ? 64 : 128;
     const int nkb_all = (int)(a->groups * p.nkb);
-    f8w_quant<<<nkb_all, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
+    const dim3 qgrid((unsigned)nkb_all, (unsigned)((tok + F8_QTOK - 1) / F8_QTOK));
+    f8w_quant<<<qgrid, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
     CUDA_TRY(cudaGetLastError());
-    switch (tok) {
+    if (p.tiles > (int)LIN_SMS) switch (tok) { /* persistent (ks == 1): 2 CTAs an SM */
+        case 8:
+            return f8_launch<8, 2, 1>(a, &p, ks, st);
+        case 16:
+            return f8_launch<16, 2, 1>(a, &p, ks, st);
+        case 32:
+            return f8_launch<32, 2, 1>(a, &p, ks, st);
+        case 64:
+            return f8_launch<64, 2, 1>(a, &p, ks, st);
+        default:
+            return f8_launch<128, 2, 1>(a, &p, ks, st);
+        }
+    switch (tok) { /* one tile a CTA: two consumer groups up to 64 tokens */
     case 8:
-        return f8_launch<8>(a, &p, ks, st);
+        return f8_launch<8, 1, 2>(a, &p, ks, st);
     case 16:
-        return f8_launch<16>(a, &p, ks, st);
+        return f8_launch<16, 1, 2>(a, &p, ks, st);
     case 32:
-        return f8_launch<32>(a, &p, ks, st);
+        return f8_launch<32, 1, 2>(a, &p, ks, st);
     case 64:
-        return f8_launch<64>(a, &p, ks, st);
+        return f8_launch<64, 1, 2>(a, &p, ks, st);
     default:
-        return f8_launch<128>(a, &p, ks, st);
+        return f8_launch<128, 1, 1>(a, &p, ks, st);
     }
 }
