@@ -335,6 +335,16 @@ dsv4_status dsv4_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, 
     return dsv4_cpu_bk_linear(b, w, row0, nrows, x, ldx, N, y, ldy, round_bf16);
 }
 
+dsv4_status dsv4_bk_linear_aq(dsv4_backend *b, const dsv4_weight *w, const float *x, int64_t ldx,
+                              float *xq, int64_t N, float *y, int64_t ldy, int round_bf16)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (b->kind == DSV4_DEVICE_CUDA)
+        return dsv4_cuda_bk_linear_aq(b, w, x, ldx, xq, N, y, ldy, round_bf16);
+#endif
+    return dsv4_cpu_bk_linear_aq(b, w, x, ldx, xq, N, y, ldy, round_bf16);
+}
+
 dsv4_status dsv4_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w, int groups,
                                    const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
                                    int round_bf16)

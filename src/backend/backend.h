@@ -151,6 +151,13 @@ dsv4_status dsv4_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint16_t *w
 dsv4_status dsv4_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
                            const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
                            int round_bf16);
+/* y [N, w->rows] = act_quant(x) . W^T (dsv4_bk_act_quant, block 128, then dsv4_bk_linear of all
+ * rows): the faithful projection of an activation that is not quantised yet (the attention's
+ * wo_b). xq [N, w->cols] (row stride w->cols) is scratch: the CPU writes act_quant(x) there, CUDA
+ * too unless the projection's kernel quantises x itself (F8W's prologue: one launch fewer); its
+ * contents are unspecified after the call. */
+dsv4_status dsv4_bk_linear_aq(dsv4_backend *b, const dsv4_weight *w, const float *x, int64_t ldx,
+                              float *xq, int64_t N, float *y, int64_t ldy, int round_bf16);
 /* The grouped projection (the attention's wo_a): for each group g in [0, groups), with
  * R = w->rows / groups, y columns [g R, (g+1) R) = x columns [g w->cols, (g+1) w->cols) .
  * W[g R .. (g+1) R)^T. x [N, groups * w->cols] (row stride ldx), y [N, w->rows] (row stride ldy).

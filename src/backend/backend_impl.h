@@ -37,6 +37,9 @@ dsv4_status dsv4_cpu_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R
 dsv4_status dsv4_cpu_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
                                const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
                                int round_bf16);
+dsv4_status dsv4_cpu_bk_linear_aq(dsv4_backend *b, const dsv4_weight *w, const float *x,
+                                  int64_t ldx, float *xq, int64_t N, float *y, int64_t ldy,
+                                  int round_bf16);
 dsv4_status dsv4_cpu_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w, int groups,
                                        const float *x, int64_t ldx, int64_t N, float *y,
                                        int64_t ldy, int round_bf16);
@@ -123,6 +126,9 @@ dsv4_status dsv4_cuda_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint16
 dsv4_status dsv4_cuda_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
                                 const float *x, int64_t ldx, int64_t N, float *y, int64_t ldy,
                                 int round_bf16);
+dsv4_status dsv4_cuda_bk_linear_aq(dsv4_backend *b, const dsv4_weight *w, const float *x,
+                                   int64_t ldx, float *xq, int64_t N, float *y, int64_t ldy,
+                                   int round_bf16);
 dsv4_status dsv4_cuda_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w, int groups,
                                         const float *x, int64_t ldx, int64_t N, float *y,
                                         int64_t ldy, int round_bf16);

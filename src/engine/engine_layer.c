@@ -96,11 +96,12 @@ static dsv4_status hc_seam(dsv4_engine *e, const dsv4_weight *fn, const float *b
 }
 
 /* y [N, w->rows] = bf16(w . act_quant(x)): a projection the official model runs as an FP8/FP4
- * GEMM (dsv4_fw_linear_q). xq: the quantised copy (may already hold it: quantise = 0). */
+ * GEMM (dsv4_fw_linear_q). xq: the quantised copy (quantise = 0: it holds it already; 1: scratch
+ * for dsv4_bk_linear_aq, which may quantise x inside the projection's own launch). */
 static dsv4_status linear_q(dsv4_engine *e, const dsv4_weight *w, const float *x, float *xq,
                             int quantise, int N, float *y)
 {
-    if (quantise) DSV4_TRY(dsv4_bk_act_quant(e->b, xq, w->cols, x, w->cols, N, w->cols, 128));
+    if (quantise) return dsv4_bk_linear_aq(e->b, w, x, w->cols, xq, N, y, w->rows, 1);
     return dsv4_bk_linear(e->b, w, 0, w->rows, xq, w->cols, N, y, w->rows, 1);
 }
 

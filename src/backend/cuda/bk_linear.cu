@@ -785,6 +785,41 @@ extern "C" dsv4_status dsv4_cuda_bk_linear(dsv4_backend *b, const dsv4_weight *w
     return lin_run(b, &a);
 }
 
+/* act_quant(x) . W^T: where F8W takes the call (every chunk of it: each has >= 5 rows when one of
+ * 64 rows goes there), its prologue quantises x itself (lin_args.aq: act_quant's bf16 rounding,
+ * scale and codes; no exactness test, the codes are the input) and xq is not written: one launch
+ * fewer than act_quant then the projection. The wgmmas then take act_quant's own codes and
+ * scales, the official kernel's inputs; the two ops gave them act_quant(x)'s scale taken again,
+ * half of act_quant's where a block's largest code rounded down to 224, with the codes doubled,
+ * and the tensor cores' truncated sums of doubled products are not always exactly double (H100,
+ * test_gpu_linear_aq: up to 28 of 409,600 outputs differ in the last bits, all within F8W's
+ * bound). H100, dsv4 bench, Flash 4 layers, against the two ops: batch 5 -0.4%, 8 -0.4%, 64
+ * -0.2%, 128 -0.2%, kernels a layer 19.5 -> 18.5 (batch 5), 22.2 -> 21.2 (64). Other calls, and
+ * any forced path (tests): the two ops. */
+extern "C" dsv4_status dsv4_cuda_bk_linear_aq(dsv4_backend *b, const dsv4_weight *w, const float *x,
+                                              int64_t ldx, float *xq, int64_t N, float *y,
+                                              int64_t ldy, int round_bf16)
+{
+    const int64_t cols = w->cols;
+    if (N < 0 || ldx < cols || ldy < w->rows || (N > 0 && (!x || !xq || !y)))
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "linear_aq %s [%lld, %lld]: N %lld, ldx %lld, ldy %lld", w->name,
+                         (long long)w->rows, (long long)cols, (long long)N, (long long)ldx,
+                         (long long)ldy);
+    if (N == 0 || w->rows == 0) return DSV4_OK;
+    lin_args a;
+    if (!lin_setup(&a, w, 0, w->rows, 1, x, ldx, N, y, ldy, round_bf16))
+        return DSV4_ERR_UNSUPPORTED;
+    lin_args c = a;
+    c.N = N < (int64_t)LIN_CHUNK ? N : (int64_t)LIN_CHUNK;
+    if (force_path == DSV4_LIN_PATH_AUTO && lin_path(&c) == DSV4_LIN_PATH_F8W) {
+        a.aq = 1;
+        return lin_run(b, &a);
+    }
+    DSV4_TRY(dsv4_cuda_bk_act_quant(b, xq, cols, x, ldx, N, cols, 128));
+    return dsv4_cuda_bk_linear(b, w, 0, w->rows, xq, cols, N, y, ldy, round_bf16);
+}
+
 extern "C" dsv4_status dsv4_cuda_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w,
                                                    int groups, const float *x, int64_t ldx,
                                                    int64_t N, float *y, int64_t ldy, int round_bf16)

@@ -47,6 +47,8 @@ typedef struct lin_args {
     int64_t ldy;
     int round_bf16;
     int64_t groups, xg;
+    int aq; /* x not quantised yet: the call is of act_quant(x) (F8W only: dsv4_cuda_bk_linear_aq)
+             */
 } lin_args;
 
 /* a, moved to group g. */

@@ -137,9 +137,12 @@ template <int TOK, int CPS = 1> struct f8_shape {
 /* ---- the prologue: x -> codes, scales, exact flags ------------------------------------------- */
 /* x [N, nkb 128] (ldx) -> workspace ws; grid (nkb, TOK / 32 rounded up), 256 threads: warp w the
  * tokens 32 y + w + 8 i (i < 4, < TOK; past N: zero codes, scale 1), its four rows of x loaded
- * before any is converted (one round trip to L2, not four). */
+ * before any is converted (one round trip to L2, not four). aq (dsv4_cuda_bk_linear_aq): x is
+ * not act_quant'd yet; the call is of act_quant(x), whose bf16 rounding comes first here, and its
+ * codes and scale are these (RNE to e4m3, saturating: quant_dev.cuh dev_round_e4m3), so every
+ * block is the input as coded (flagged exact). */
 __global__ void __launch_bounds__(256)
-    f8w_quant(const float *x, int64_t ldx, int N, int TOK, f8_ws ws)
+    f8w_quant(const float *x, int64_t ldx, int N, int TOK, f8_ws ws, int aq)
 {
     DSV4_PDL_WAIT();
     const int kb = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -151,6 +154,10 @@ __global__ void __launch_bounds__(256)
         v[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         if (n < N && n < TOK)
             v[i] = *(const float4 *)(const void *)(x + n * ldx + (int64_t)kb * 128 + 4 * lane);
+        if (aq) {
+            v[i].x = dev_round_bf16(v[i].x), v[i].y = dev_round_bf16(v[i].y);
+            v[i].z = dev_round_bf16(v[i].z), v[i].w = dev_round_bf16(v[i].w);
+        }
     }
     int bad = 0;
 #pragma unroll
@@ -175,7 +182,7 @@ __global__ void __launch_bounds__(256)
         *(uint32_t *)(void *)(ws.codes + ((int64_t)kb * TOK + n) * 128 + 4 * lane) = word;
         if (lane == 0) ws.scales[(int64_t)kb * TOK + n] = s;
     }
-    bad = __syncthreads_or(bad);
+    bad = __syncthreads_or(bad) && !aq;
     if (threadIdx.x == 0) ws.exact[kb * F8_QCH + blockIdx.y] = !bad;
 }
 
@@ -522,7 +529,7 @@ dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st)
     p.ws = f8_ws_at(ws);
     const int nkb_all = (int)(a->groups * p.nkb);
     const dim3 qgrid((unsigned)nkb_all, (unsigned)((tok + F8_QTOK - 1) / F8_QTOK));
-    f8w_quant<<<qgrid, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws);
+    f8w_quant<<<qgrid, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws, a->aq);
     CUDA_TRY(cudaGetLastError());
     if (p.tiles > (int)LIN_SMS) switch (tok) { /* persistent (ks == 1): 2 CTAs an SM */
         case 8:
