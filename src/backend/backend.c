@@ -338,6 +338,12 @@ dsv4_status dsv4_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, 
 dsv4_status dsv4_bk_linear_aq(dsv4_backend *b, const dsv4_weight *w, const float *x, int64_t ldx,
                               float *xq, int64_t N, float *y, int64_t ldy, int round_bf16)
 {
+    if (!w || N < 0 || ldx < w->cols || ldy < w->rows || (N > 0 && (!x || !xq || !y)))
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "linear_aq %s [%lld, %lld]: N %lld, ldx %lld, ldy %lld",
+                         w ? w->name : "(no weight)", w ? (long long)w->rows : 0LL,
+                         w ? (long long)w->cols : 0LL, (long long)N, (long long)ldx,
+                         (long long)ldy);
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
         return dsv4_cuda_bk_linear_aq(b, w, x, ldx, xq, N, y, ldy, round_bf16);

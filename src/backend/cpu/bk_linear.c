@@ -75,12 +75,7 @@ dsv4_status dsv4_cpu_bk_linear_aq(dsv4_backend *b, const dsv4_weight *w, const f
                                   int64_t ldx, float *xq, int64_t N, float *y, int64_t ldy,
                                   int round_bf16)
 {
-    const int64_t cols = w->cols;
-    if (N < 0 || ldx < cols || ldy < w->rows || (N > 0 && (!x || !xq || !y)))
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
-                         "linear_aq %s [%lld, %lld]: N %lld, ldx %lld, ldy %lld", w->name,
-                         (long long)w->rows, (long long)cols, (long long)N, (long long)ldx,
-                         (long long)ldy);
+    const int64_t cols = w->cols; /* arguments checked by dsv4_bk_linear_aq */
     if (N == 0) return DSV4_OK;
     DSV4_TRY(dsv4_cpu_bk_act_quant(b, xq, cols, x, ldx, N, cols, 128));
     return dsv4_cpu_bk_linear(b, w, 0, w->rows, xq, cols, N, y, ldy, round_bf16);

@@ -510,6 +510,26 @@ static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaSt
     return DSV4_OK;
 }
 
+/* f8_launch for TOK = tok (8, 16, 32, 64, 128) at CPS CTAs an SM with W consumer groups up to 64
+ * tokens (128 tokens: one group, its partial over the ring). */
+template <int CPS, int W>
+static dsv4_status f8_launch_tok(int tok, const lin_args *a, const f8_plan *p, int ks,
+                                 cudaStream_t st)
+{
+    switch (tok) {
+    case 8:
+        return f8_launch<8, CPS, W>(a, p, ks, st);
+    case 16:
+        return f8_launch<16, CPS, W>(a, p, ks, st);
+    case 32:
+        return f8_launch<32, CPS, W>(a, p, ks, st);
+    case 64:
+        return f8_launch<64, CPS, W>(a, p, ks, st);
+    default:
+        return f8_launch<128, CPS, 1>(a, p, ks, st);
+    }
+}
+
 /* The kernel of a call (H100, dsv4 bench --gemms, us, prologue included; session 13, through the
  * env knobs of commits 94c560a and 73dcd0b):
  * - more tiles than SMs (persistent, no K split: Flash's wq_b, 512 tiles): 2 CTAs an SM, 264
@@ -531,28 +551,7 @@ dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st)
     const dim3 qgrid((unsigned)nkb_all, (unsigned)((tok + F8_QTOK - 1) / F8_QTOK));
     f8w_quant<<<qgrid, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, p.ws, a->aq);
     CUDA_TRY(cudaGetLastError());
-    if (p.tiles > (int)LIN_SMS) switch (tok) { /* persistent (ks == 1): 2 CTAs an SM */
-        case 8:
-            return f8_launch<8, 2, 1>(a, &p, ks, st);
-        case 16:
-            return f8_launch<16, 2, 1>(a, &p, ks, st);
-        case 32:
-            return f8_launch<32, 2, 1>(a, &p, ks, st);
-        case 64:
-            return f8_launch<64, 2, 1>(a, &p, ks, st);
-        default:
-            return f8_launch<128, 2, 1>(a, &p, ks, st);
-        }
-    switch (tok) { /* one tile a CTA: two consumer groups up to 64 tokens */
-    case 8:
-        return f8_launch<8, 1, 2>(a, &p, ks, st);
-    case 16:
-        return f8_launch<16, 1, 2>(a, &p, ks, st);
-    case 32:
-        return f8_launch<32, 1, 2>(a, &p, ks, st);
-    case 64:
-        return f8_launch<64, 1, 2>(a, &p, ks, st);
-    default:
-        return f8_launch<128, 1, 1>(a, &p, ks, st);
-    }
+    if (p.tiles > (int)LIN_SMS) /* persistent (ks == 1): 2 CTAs an SM */
+        return f8_launch_tok<2, 1>(tok, a, &p, ks, st);
+    return f8_launch_tok<1, 2>(tok, a, &p, ks, st); /* one tile a CTA: two consumer groups */
 }
