@@ -489,7 +489,7 @@ mma_pass(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], uint32_t (&x)[16]
 /* The activation lines of chunks [c0, c0 + n) (those < hl) into L1 (prefetch.global.L1), issued
  * with a pass's weight loads and after the PDL wait (earlier, a stale line could be cached), so
  * that mma_chunks' activation loads, which wait behind the weights, then hit L1 where the
- * expert's tokens are not the SM's other tasks'. Compiled into the kernels launched above 16
+ * expert's tokens are not the SM's other tasks'. Compiled into the kernels launched from 5
  * rows only (PFX; moe_mma_run), and there issued where a.N > 16. */
 template <int NB>
 static __device__ __forceinline__ void prefetch_x(const uint16_t *const (&brow)[NB], int c0, int n,
@@ -893,16 +893,18 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * The kernels below N K = 2 E load the weights past L1 (NOA; engine step batch 1 / 8 / 64
      * -4.3 / -2.9 / -1.8%, moe.experts batch 1 / 64 -9.8 / -2.8%: the header); the 2-group ones
      * keep __ldg (not measured in the engine with it).
-     * Above 16 rows the kernels are the PFX instances: prefetch_x issued where a.N > 16. What pays
-     * there is how ptxas allocates them with that flag live (4-CTA stage 2: 64 bytes of stack
-     * against 48), not the prefetch: compiled in unconditionally it gained nothing, and the flag
-     * in the kernels of every N cost batches 1-2 0.8-1.0% (docs/PERF.md, sessions 12 and 13).
-     * H100, dsv4 bench, ms/step, one call against 8897961: Flash 4 layers batch 17 3.345 ->
-     * 3.307, 32 4.761 -> 4.692, 64 7.552 -> 7.410, 128 11.854 -> 11.683; Pro 2 layers 24 5.058 ->
-     * 4.971, 64 9.868 -> 9.695, 128 16.713 -> 16.399 (-1.1 to -1.9%); at <= 16 rows the kernels
-     * are as before (SASS-identical). */
+     * From 5 rows the kernels are the PFX instances: prefetch_x issued where a.N > 16. What pays
+     * is how ptxas allocates them with that flag live (4-CTA stage 2: 64 bytes of stack against
+     * 48), not the prefetch: compiled in unconditionally it gained nothing, at 5-16 rows it is
+     * off and they gain all the same, and at 2 rows they cost 1% (docs/PERF.md, sessions 12 and
+     * 13). H100, dsv4 bench, ms/step, above 16 rows, one call against 8897961: Flash 4 layers
+     * batch 17 3.345 -> 3.307, 32 4.761 -> 4.692, 64 7.552 -> 7.410, 128 11.854 -> 11.683; Pro 2
+     * layers 24 5.058 -> 4.971, 64 9.868 -> 9.695, 128 16.713 -> 16.399 (-1.1 to -1.9%). From 5
+     * rows instead of 17 (one binary, a switch): Flash batch 5 1.841 -> 1.833, 8 2.259 -> 2.247,
+     * 9 2.367 -> 2.351, 16 3.194 -> 3.172; Pro 8 2.775 -> 2.748, 12 3.351 -> 3.315, 16 3.961 ->
+     * 3.911; from 2: batch 2 1.285 -> 1.299. Below 5 rows the kernels are as before. */
     const unsigned b = WPC * 32;
-    if (N * a->K < 2 * a->E && N <= 16) {
+    if (N * a->K < 2 * a->E && N < 5) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
         moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1, 0><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
