@@ -723,7 +723,8 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
  * ks warps, each group one task (slot, 16-row tile) with K split in ks slices (ks = 1, 2, 4).
  * Groups synchronise only among themselves (named barrier 1 + group), so a group whose slot is
  * past the device count exits as a whole. MINB: resident CTAs per SM asked of ptxas (a register
- * budget); PIPE and LOADS: run_task's load schedule; NOA: weight loads not kept in L1 (ldw). */
+ * budget); PIPE and LOADS: run_task's load schedule; NOA: weight loads not kept in L1 (ldw);
+ * PFX: the instances launched from 5 rows (prefetch_x where a.N > 16; moe_mma_run says why). */
 template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int NOA, int PFX>
 __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
