@@ -27,19 +27,16 @@
 #include <math.h>
 #include <stdint.h>
 
-static uint64_t rng = 0x452821e638d01377ull;
+static unsigned long long rng = 0x452821e638d01377ull;
 
 static uint64_t rnd(void)
 {
-    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return test_splitmix(&rng);
 }
 
 static double rnd_unit(void)
 {
-    return (double)(rnd() >> 11) * 0x1p-53;
+    return test_unit(&rng);
 }
 
 /* x: 5% zeros, 5% large (2^10..2^13), 5% tiny (2^-30..2^-21), the rest uniform in (-4, 4). */

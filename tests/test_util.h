@@ -66,6 +66,21 @@ static inline double test_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* splitmix64: the next value of the stream whose state is *s (the GPU tests' random data). */
+static inline unsigned long long test_splitmix(unsigned long long *s)
+{
+    unsigned long long z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* A uniform double in [0, 1) from the stream *s. */
+static inline double test_unit(unsigned long long *s)
+{
+    return (double)(test_splitmix(s) >> 11) * 0x1p-53;
+}
+
 static inline int test_finish(void)
 {
     printf("%d passed, %d failed\n", test_passed, test_failed);

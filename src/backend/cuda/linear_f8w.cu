@@ -266,6 +266,13 @@ static __device__ __forceinline__ void f8_scale_prefetch(const lin_args &a, cons
     asm volatile("prefetch.global.L2 [%0];\n" ::"l"(b + (int64_t)(u.kb1 - 1) * es));
 }
 
+/* The partial's [TOK][64] index of accumulator acc[nt][j] of lane (g, tq) in consumer warp cw:
+ * token nt * 8 + 2 tq + (j & 1), row 16 cw + g (+ 8 for j >= 2). */
+static __device__ __forceinline__ int f8_part_at(int nt, int j, int tq, int cw, int g)
+{
+    return (nt * 8 + 2 * tq + (j & 1)) * F8_BM + cw * 16 + g + 8 * (j >> 1);
+}
+
 /* The two consumer warpgroups' barrier (id 2, W == 2; id 1: group 0's, ring_consumer_sync). */
 static __device__ __forceinline__ void f8_pair_sync()
 {
@@ -430,9 +437,7 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
 #pragma unroll
                     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                        for (int j = 0; j < 4; j++)
-                            part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + cw * 16 + g + 8 * (j >> 1)] =
-                                acc[nt][j];
+                        for (int j = 0; j < 4; j++) part[f8_part_at(nt, j, tq, cw, g)] = acc[nt][j];
                 f8_pair_sync();
                 if (wg == 1) {
                     f8_pair_sync(); /* group 0 has read it (the region is free again) */
@@ -441,9 +446,7 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                    for (int j = 0; j < 4; j++)
-                        acc[nt][j] +=
-                            part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + cw * 16 + g + 8 * (j >> 1)];
+                    for (int j = 0; j < 4; j++) acc[nt][j] += part[f8_part_at(nt, j, tq, cw, g)];
             }
             if (!split) { /* C fragment: c0, c1 at row g, tokens 2 t, 2 t + 1; c2, c3 at g + 8 */
                 float *y = a.y + u.g * a.nrows;
@@ -460,9 +463,7 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                    for (int j = 0; j < 4; j++)
-                        part[(nt * 8 + 2 * tq + (j & 1)) * F8_BM + cw * 16 + g + 8 * (j >> 1)] =
-                            acc[nt][j];
+                    for (int j = 0; j < 4; j++) part[f8_part_at(nt, j, tq, cw, g)] = acc[nt][j];
             }
             if (W == 2) f8_pair_sync();
         }
