@@ -250,22 +250,6 @@ static __device__ void f8_fallback(const lin_args &a, const ring_tile &u, bool s
     }
 }
 
-/* An L2 prefetch of the weight scales a consumer warp reads for tile t (its rows' scale row at the
- * slice's first and last block; lane 0): the first tile's before the PDL wait (weights), the next
- * tile's while the current one runs, so that lin_scale's loads hit in L2. */
-static __device__ __forceinline__ void f8_scale_prefetch(const lin_args &a, const f8_plan &p, int t,
-                                                         int warp)
-{
-    if (t >= p.tiles || (threadIdx.x & 31) != 0) return;
-    const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
-    const int64_t r = u.r0 + warp * 16;
-    const int64_t sr = (a.row0 + u.g * a.nrows + min(r, a.nrows - 1)) / 128;
-    const int es = a.skind == LIN_SCALE_F32 ? 4 : 1;
-    const unsigned char *b = (const unsigned char *)a.scale + (sr * a.scale_cols) * es;
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(b + (int64_t)u.kb0 * es));
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(b + (int64_t)(u.kb1 - 1) * es));
-}
-
 /* The partial's [TOK][64] index of accumulator acc[nt][j] of lane (g, tq) in consumer warp cw:
  * token nt * 8 + 2 tq + (j & 1), row 16 cw + g (+ 8 for j >= 2). */
 static __device__ __forceinline__ int f8_part_at(int nt, int j, int tq, int cw, int g)
@@ -369,13 +353,11 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
         }
     } else { /* ---- consumers: group wg, rows 16 cw + g, + 8; tokens 8 nt + 2 t, + 1 ---- */
         const int wg = warp >> 2, cw = warp & 3;
-        f8_scale_prefetch(a, p, blockIdx.x, cw);
         DSV4_PDL_WAIT();
         const int g = lane >> 2, tq = lane & 3;
         int it = 0;
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
-            f8_scale_prefetch(a, p, t + gridDim.x, cw);
             if (!f8_tile_exact<TOK>(p.ws.exact, u)) {
                 /* group 0 alone; first the first tile's items (above) */
                 if (t == (int)blockIdx.x) {
