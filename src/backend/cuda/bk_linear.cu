@@ -633,7 +633,7 @@ static int mmv_wins(const lin_args *a)
 /* Whether F8W takes the call: FP8 with x from act_quant (e4m3 codes times powers of two, its fast
  * path; other x is exact but slow there), i.e. ungrouped (the engine's grouped call, wo_a, has
  * the attention's bf16 output as x: W16), at >= 5 rows, on >= 4096 weight rows (the engine's
- * wq_b, wo_b, indexer wq_b, shared expert w2). Measured (H100, linear_f8w.cu's figures): faster
+ * wq_b, wo_b, indexer wq_b; --gemms's shared w2). Measured (H100, linear_f8w.cu's figures): faster
  * than MMV and FMM on those at N = 8..64, slower on 1024-2048-row matrices (K split 4-8); engine
  * step (dsv4 bench --shape flash --layers 4 --contexts 4096, same call, 2 runs each) batch 16
  * 3.401 / 3.411 -> 3.284 / 3.285 ms, 32 5.448 / 5.454 -> 5.385 / 5.388, 64 8.472 / 8.468 -> 8.300
