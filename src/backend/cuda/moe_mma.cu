@@ -120,6 +120,14 @@
  * loop, made both stages slower (Flash N = 1 66.4 -> 68.1 us, N = 64 1351 -> 1413; docs/PERF.md,
  * patch build-lead/moe_e4m3.patch). What bounds them now is not known: the mma chain's latency
  * or stage 1's loads, exposed once an iteration without a ring, are the next to measure.
+ * Stage 2's activations (session 14): its warps of one slot read the same aq row chunk by chunk
+ * in lockstep, so each chunk missed L1 for all of them at once and waited an L2 round trip
+ * behind the ring's weights (ncu, session 11: 32% of the stall samples on the mma waiting for
+ * aq). From 2 rows each warp now copies its pass's two token rows into its own slice of shared
+ * memory once (cp.async, after the PDL wait; XS, stage_x) and reads the chunks from there:
+ * the same values in the same order, bit-identical. Flash step -0.6% (batch 2) to -2.4% (64);
+ * where the rows would take more than 32 KB a CTA (Pro) the shared memory costs L1 more than
+ * it saves (moe_mma_run).
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
@@ -315,7 +323,7 @@ template <int E, bool SMALL> static __device__ __forceinline__ float wscale(floa
 
 /* The mma of chunks [c0, c0 + CN) (those < hi) into acc, chunk by chunk in ascending order.
  * brow: this lane's activations at column 32 t (NULL: none this pass); hl: its chunk bound. */
-template <int NM, int F, int CN, bool SMALL>
+template <int NM, int F, int CN, bool SMALL, int XS = 0>
 static __device__ __forceinline__ void
 mma_chunks(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[16], int c0, int hi,
            int hl, const uint16_t *brow, const float *s0, const float *s1)
@@ -330,7 +338,7 @@ mma_chunks(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[16], 
                 const uint4 *p = (const uint4 *)(brow + c * 128);
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-                    const uint4 v = __ldg(p + i);
+                    const uint4 v = XS ? p[i] : __ldg(p + i); /* XS: shared memory */
                     x[4 * i] = v.x, x[4 * i + 1] = v.y, x[4 * i + 2] = v.z, x[4 * i + 3] = v.w;
                 }
             } else {
@@ -377,15 +385,15 @@ mma_chunks(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[16], 
 }
 
 /* mma_chunks with the scaling that b's scales allow (a uniform branch). */
-template <int NM, int F, int CN>
+template <int NM, int F, int CN, int XS = 0>
 static __device__ __forceinline__ void
 mma_chunks_any(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[16], int c0, int hi,
                int hl, const uint16_t *brow, const float *s0, const float *s1)
 {
     if (scales_small(b))
-        mma_chunks<NM, F, CN, true>(b, acc, x, c0, hi, hl, brow, s0, s1);
+        mma_chunks<NM, F, CN, true, XS>(b, acc, x, c0, hi, hl, brow, s0, s1);
     else
-        mma_chunks<NM, F, CN, false>(b, acc, x, c0, hi, hl, brow, s0, s1);
+        mma_chunks<NM, F, CN, false, XS>(b, acc, x, c0, hi, hl, brow, s0, s1);
 }
 
 /* mma_chunks for NB > 1 token groups a pass (group j: FP4 tokens 2 j, 2 j + 1 of the pass, FP8
@@ -470,14 +478,14 @@ mma_chunks_nb(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], int c0, int 
 
 /* The pass's mma of chunks [c0, c0 + CN): NB = 1 today's mma_chunks (x carried across chunks),
  * NB > 1 mma_chunks_nb; with the scaling that b's scales allow (a uniform branch). */
-template <int NM, int F, int CN, int NB>
+template <int NM, int F, int CN, int NB, int XS = 0>
 static __device__ __forceinline__ void
 mma_pass(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], uint32_t (&x)[16], int c0, int hi,
          int hl, const uint16_t *const (&brow)[NB], const float *const (&s0)[NB],
          const float *const (&s1)[NB])
 {
     if constexpr (NB == 1) {
-        mma_chunks_any<NM, F, CN>(b, acc[0], x, c0, hi, hl, brow[0], s0[0], s1[0]);
+        mma_chunks_any<NM, F, CN, XS>(b, acc[0], x, c0, hi, hl, brow[0], s0[0], s1[0]);
     } else {
         if (scales_small(b))
             mma_chunks_nb<NM, F, CN, NB, true>(b, acc, c0, hi, hl, brow, s0, s1);
@@ -504,6 +512,32 @@ static __device__ __forceinline__ void prefetch_x(const uint16_t *const (&brow)[
     }
 }
 
+/* XS (stage 2, MXFP4, one token group a pass): the pass's two token rows of aq [2][C] copied
+ * into the warp's slice of the dynamic shared memory once, after the PDL wait (aq is the launch
+ * before's output), and brow[0] moved there, so that the pass's activation loads (mma_chunks)
+ * are served from shared memory instead of each chunk's L1 miss. C % 8 == 0 (moe_mma_mat_ok:
+ * C % 32). */
+static __device__ __forceinline__ void stage_x(const moe_mma_args &a, const uint16_t *xin, int ai,
+                                               int off, int t0, int te, int64_t C, int lane,
+                                               const uint16_t *(&brow)[1])
+{
+    extern __shared__ uint4 moe_xs[];
+    uint16_t *xw = (uint16_t *)moe_xs + (threadIdx.x >> 5) * 2 * C;
+    __syncwarp(); /* the previous pass's reads are done */
+    for (int k = 0; k < 2 && t0 + k < te; k++) {
+        const uint16_t *src = xin + tok_input(a, 0, ai, off, t0 + k) * C;
+        for (int64_t q = lane; q < C / 8; q += 32) {
+            const unsigned d = (unsigned)__cvta_generic_to_shared(xw + k * C + 8 * q);
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src + 8 * q)
+                         : "memory");
+        }
+    }
+    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+    __syncwarp();
+    /* run_task's B fragment (FP4): lane (g, t) carries token t0 + (g & 1) at column 32 t */
+    if (brow[0]) brow[0] = xw + ((lane >> 2) & 1) * C + 32 * (lane & 3);
+}
+
 /* ---- one task: 16 rows of the NM matrices w (format F: 0 MXFP4, 1 FP8) for its tokens
  * [tb, te), run by a group of ks warps, warp `slice` on the 128-column chunks [lo, hi) --------
  * stage 1 (NM = 2): x [N, D] codes -> araw [pair, I] = bf16(swiglu(g, u) * wt);
@@ -513,7 +547,7 @@ static __device__ __forceinline__ void prefetch_x(const uint16_t *const (&brow)[
  * the slices in ascending order and writes the outputs. PIPE 0: LOADS loads a lane, then their
  * mma; PIPE 1: two halves of LOADS / 2 in a ring, the next half's loads issued before this
  * half's mma (same registers, loads always in flight; the same sums in the same order). */
-template <int NM, int F, int PIPE, int LOADS, int NB, int NOA, int PFX>
+template <int NM, int F, int PIPE, int LOADS, int NB, int NOA, int PFX, int XS = 0>
 static __device__ __forceinline__ void
 run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, int off, int64_t r0,
          int lane, int slice, int ks, int lo, int hi, float *red, int bar, int &pend)
@@ -576,16 +610,17 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             wchunks_zero(b0), wchunks_zero(b1);
             load_chunks<NM, F, CPH, 0, NOA>(b0, cur, lo, hi, hl);
             pdl_wait_once(pend); /* the first weights in flight */
-            const bool pfx = PFX && a.N > 16;
+            if constexpr (XS) stage_x(a, xin, ai, off, t0, te, C, lane, brow);
+            const bool pfx = PFX && !XS && a.N > 16; /* XS: the rows are staged */
             if (pfx) prefetch_x<NB>(brow, lo, CPH, hl);
             for (int c0 = lo; c0 < hi; c0 += 2 * CPH) {
                 load_chunks<NM, F, CPH, CPH, NOA>(b1, cur, c0 + CPH, hi, hl);
                 if (pfx) prefetch_x<NB>(brow, c0 + CPH, CPH, hl);
-                mma_pass<NM, F, CPH, NB>(b0, acc, x, c0, hi, hl, brow, s0, s1);
+                mma_pass<NM, F, CPH, NB, XS>(b0, acc, x, c0, hi, hl, brow, s0, s1);
                 load_chunks<NM, F, CPH, 2 * CPH, NOA>(b0, cur, c0 + 2 * CPH, hi, hl);
                 if (pfx) prefetch_x<NB>(brow, c0 + 2 * CPH, CPH, hl);
                 wcur_advance(cur, 2 * CPH);
-                mma_pass<NM, F, CPH, NB>(b1, acc, x, c0 + CPH, hi, hl, brow, s0, s1);
+                mma_pass<NM, F, CPH, NB, XS>(b1, acc, x, c0 + CPH, hi, hl, brow, s0, s1);
             }
         }
 
@@ -660,7 +695,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
 /* A task's tokens [0, ntok): with NB > 1, passes of NB groups while more than one group's
  * tokens remain (a last pass of 2..NB groups partly empty still widens each weight once), then
  * a one-group pass for what is left (none of its mma wasted). */
-template <int NM, int F, int PIPE, int LOADS, int NB, int NOA, int PFX>
+template <int NM, int F, int PIPE, int LOADS, int NB, int NOA, int PFX, int XS = 0>
 static __device__ __forceinline__ void
 run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int off, int64_t r0,
            int lane, int slice, int ks, int lo, int hi, float *red, int bar, int &pend)
@@ -672,8 +707,8 @@ run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int 
         run_task<NM, F, PIPE, LOADS, NB, NOA, PFX>(a, w, ai, 0, n2, off, r0, lane, slice, ks, lo,
                                                    hi, red, bar, pend);
     if (n2 < ntok)
-        run_task<NM, F, PIPE, LOADS, 1, NOA, PFX>(a, w, ai, n2, ntok, off, r0, lane, slice, ks, lo,
-                                                  hi, red, bar, pend);
+        run_task<NM, F, PIPE, LOADS, 1, NOA, PFX, XS>(a, w, ai, n2, ntok, off, r0, lane, slice, ks,
+                                                      lo, hi, red, bar, pend);
 }
 
 /* After a stage 1 task: its ticket on (slot, 128-row block of a); the block's last task
@@ -724,8 +759,10 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
  * Groups synchronise only among themselves (named barrier 1 + group), so a group whose slot is
  * past the device count exits as a whole. MINB: resident CTAs per SM asked of ptxas (a register
  * budget); PIPE and LOADS: run_task's load schedule; NOA: weight loads not kept in L1 (ldw);
- * PFX: the instances launched from 5 rows (prefetch_x where a.N > 16; moe_mma_run says why). */
-template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int NOA, int PFX>
+ * PFX: the instances launched from 5 rows (prefetch_x where a.N > 16; moe_mma_run says why).
+ * XS: stage 2's MXFP4 token rows staged in shared memory (stage_x; dynamic shared memory of
+ * WPC x 2 x I codes). */
+template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int NOA, int PFX, int XS = 0>
 __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
     DSV4_PDL_LATE();
@@ -765,8 +802,8 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     const int64_t r0 = (int64_t)tile * 16;
     float *gred = red + grp * ks * NB * NM * 4 * 32;
     if (w[0].fmt == MOE_MXFP4)
-        run_tokens<NM, 0, PIPE, LOADS, NB4, NOA, PFX>(a, w, ai, ntok, off, r0, lane, slice, ks, lo,
-                                                      hi, gred, 1 + grp, pend);
+        run_tokens<NM, 0, PIPE, LOADS, NB4, NOA, PFX, NM == 1 && NB4 == 1 ? XS : 0>(
+            a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred, 1 + grp, pend);
     else
         run_tokens<NM, 1, PIPE, LOADS, NB8, NOA, PFX>(a, w, ai, ntok, off, r0, lane, slice, ks, lo,
                                                       hi, gred, 1 + grp, pend);
@@ -905,15 +942,30 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * 9 2.367 -> 2.351, 16 3.194 -> 3.172; Pro 8 2.775 -> 2.748, 12 3.351 -> 3.315, 16 3.961 ->
      * 3.911; from 2: batch 2 1.285 -> 1.299. Below 5 rows the kernels are as before. */
     const unsigned b = WPC * 32;
+    /* Stage 2's two token rows a warp in shared memory (XS, stage_x) from 2 rows, where they
+     * take at most 32 KB a CTA (I <= 2048: Flash). H100, dsv4 bench, against eebc95e in one call
+     * (docs/PERF.md, session 14), ms/step: Flash batch 2 -0.6%, 4 -0.7%, 8 -0.6%, 16 -1.6%, 32
+     * -2.1%, 64 -2.4% (batch 1: +0.1% in a switch build, so not there). Pro (I 3072): two rows
+     * (48 KB a CTA; 4 CTAs an SM leave L1 ~40 KB) +2 to +8%, one row +1 to +2% (and Flash's
+     * gain lost with the row count a runtime value), so not there. The 2-group kernels (from
+     * N K = 2 E) would need twice the rows. */
+    const size_t xs = (size_t)WPC * 2 * I * 2;
+    const int use_xs = N >= 2 && xs <= 32 * 1024;
     if (N * a->K < 2 * a->E && N < 5) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1, 0><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
+        if (use_xs)
+            moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1, 0, 1><<<(unsigned)g2, b, xs, st>>>(*a, ks2);
+        else
+            moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1, 0><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
         CUDA_LAUNCHED();
     } else if (N * a->K < 2 * a->E) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1, 1><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
+        if (use_xs)
+            moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1, 1, 1><<<(unsigned)g2, b, xs, st>>>(*a, ks2);
+        else
+            moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1, 1><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
         CUDA_LAUNCHED();
     } else {
         moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
