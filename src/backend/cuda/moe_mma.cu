@@ -123,11 +123,11 @@
  * Stage 2's activations (session 14): its warps of one slot read the same aq row chunk by chunk
  * in lockstep, so each chunk missed L1 for all of them at once and waited an L2 round trip
  * behind the ring's weights (ncu, session 11: 32% of the stall samples on the mma waiting for
- * aq). From 2 rows each warp now copies its pass's two token rows into its own slice of shared
- * memory once (cp.async, after the PDL wait; XS, stage_x) and reads the chunks from there:
- * the same values in the same order, bit-identical. Flash step -0.6% (batch 2) to -2.4% (64);
- * where the rows would take more than 32 KB a CTA (Pro) the shared memory costs L1 more than
- * it saves (moe_mma_run).
+ * aq). From 2 rows a CTA's warps (all on one slot) now copy each pass's two token rows into
+ * shared memory once (cp.async, after the PDL wait; XS, stage_x) and read the chunks from
+ * there: the same values in the same order, bit-identical. Once a CTA, not a warp: a warp's
+ * own copy took 4x the shared memory, which cost Pro's L1 more than it saved. Step -0.5 to
+ * -2.5% (Flash) and -0.4 to -1.9% (Pro) at batch 2-64 (moe_mma_run).
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
@@ -513,27 +513,28 @@ static __device__ __forceinline__ void prefetch_x(const uint16_t *const (&brow)[
 }
 
 /* XS (stage 2, MXFP4, one token group a pass): the pass's two token rows of aq [2][C] copied
- * into the warp's slice of the dynamic shared memory once, after the PDL wait (aq is the launch
- * before's output), and brow[0] moved there, so that the pass's activation loads (mma_chunks)
- * are served from shared memory instead of each chunk's L1 miss. C % 8 == 0 (moe_mma_mat_ok:
- * C % 32). */
+ * into the CTA's dynamic shared memory once, after the PDL wait (aq is the launch before's
+ * output), by all its warps together, and brow[0] moved there, so that the pass's activation
+ * loads (mma_chunks) are served from shared memory instead of each chunk's L1 miss. The CTA's
+ * warps are on one slot (the launcher checks that a slot's tiles fill whole CTAs), so they run
+ * the same passes and the barriers line up. C % 8 == 0 (moe_mma_mat_ok: C % 32). */
 static __device__ __forceinline__ void stage_x(const moe_mma_args &a, const uint16_t *xin, int ai,
                                                int off, int t0, int te, int64_t C, int lane,
                                                const uint16_t *(&brow)[1])
 {
     extern __shared__ uint4 moe_xs[];
-    uint16_t *xw = (uint16_t *)moe_xs + (threadIdx.x >> 5) * 2 * C;
-    __syncwarp(); /* the previous pass's reads are done */
+    uint16_t *xw = (uint16_t *)moe_xs;
+    __syncthreads(); /* the previous pass's reads are done */
     for (int k = 0; k < 2 && t0 + k < te; k++) {
         const uint16_t *src = xin + tok_input(a, 0, ai, off, t0 + k) * C;
-        for (int64_t q = lane; q < C / 8; q += 32) {
+        for (int64_t q = threadIdx.x; q < C / 8; q += blockDim.x) {
             const unsigned d = (unsigned)__cvta_generic_to_shared(xw + k * C + 8 * q);
             asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src + 8 * q)
                          : "memory");
         }
     }
     asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
-    __syncwarp();
+    __syncthreads();
     /* run_task's B fragment (FP4): lane (g, t) carries token t0 + (g & 1) at column 32 t */
     if (brow[0]) brow[0] = xw + ((lane >> 2) & 1) * C + 32 * (lane & 3);
 }
@@ -761,7 +762,7 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
  * budget); PIPE and LOADS: run_task's load schedule; NOA: weight loads not kept in L1 (ldw);
  * PFX: the instances launched from 5 rows (prefetch_x where a.N > 16; moe_mma_run says why).
  * XS: stage 2's MXFP4 token rows staged in shared memory (stage_x; dynamic shared memory of
- * WPC x 2 x I codes). */
+ * 2 x I codes a CTA). */
 template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int NOA, int PFX, int XS = 0>
 __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
@@ -942,15 +943,15 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * 9 2.367 -> 2.351, 16 3.194 -> 3.172; Pro 8 2.775 -> 2.748, 12 3.351 -> 3.315, 16 3.961 ->
      * 3.911; from 2: batch 2 1.285 -> 1.299. Below 5 rows the kernels are as before. */
     const unsigned b = WPC * 32;
-    /* Stage 2's two token rows a warp in shared memory (XS, stage_x) from 2 rows, where they
-     * take at most 32 KB a CTA (I <= 2048: Flash). H100, dsv4 bench, against eebc95e in one call
-     * (docs/PERF.md, session 14), ms/step: Flash batch 2 -0.6%, 4 -0.7%, 8 -0.6%, 16 -1.6%, 32
-     * -2.1%, 64 -2.4% (batch 1: +0.1% in a switch build, so not there). Pro (I 3072): two rows
-     * (48 KB a CTA; 4 CTAs an SM leave L1 ~40 KB) +2 to +8%, one row +1 to +2% (and Flash's
-     * gain lost with the row count a runtime value), so not there. The 2-group kernels (from
-     * N K = 2 E) would need twice the rows. */
-    const size_t xs = (size_t)WPC * 2 * I * 2;
-    const int use_xs = N >= 2 && xs <= 32 * 1024;
+    /* Stage 2's two token rows a CTA in shared memory (XS, stage_x) from 2 rows, where a slot's
+     * tiles fill whole CTAs (its warps then share the rows). H100, dsv4 bench, one binary with
+     * and without (docs/PERF.md, session 14), ms/step: Flash batch 2 -0.5%, 8 -0.6%, 16 -1.7%,
+     * 32 -2.1%, 64 -2.5%; Pro batch 2 -0.4%, 8 -0.8%, 16 -1.4%, 64 -1.9%; batch 1 +0.1% (a
+     * build with the rows a warp), so not there. The rows a warp (4x the shared memory, Pro
+     * 48 KB a CTA) cost Pro 2-8% in L1. The 2-group kernels (from N K = 2 E) would need twice
+     * the rows and their own fragment path. */
+    const size_t xs = (size_t)2 * I * 2;
+    const int use_xs = N >= 2 && ((D + 15) / 16) % (WPC / ks2) == 0 && xs <= 32 * 1024;
     if (N * a->K < 2 * a->E && N < 5) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
