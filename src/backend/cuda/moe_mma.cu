@@ -136,6 +136,8 @@
 #include "backend/cuda/moe_route.cuh"
 #include "backend/cuda/pdl.cuh"
 
+#include <stdlib.h>
+
 enum { WPC = 4 }; /* warps per CTA, each one task */
 
 /* bar.sync on barrier id (1 .. 4) among `count` threads (whole warps); literal ids, so that
@@ -402,7 +404,7 @@ mma_chunks_any(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[1
  * tokens. The activations are loaded per k step (4 registers a group, not 16), the NB x NM
  * partials f live across the chunk. Every C element is the same mma k-sum (same A, its own B
  * column, k in the same order) scaled and added as in mma_chunks: bit-identical. */
-template <int NM, int F, int CN, int NB, bool SMALL>
+template <int NM, int F, int CN, int NB, bool SMALL, int XS = 0>
 static __device__ __forceinline__ void
 mma_chunks_nb(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], int c0, int hi, int hl,
               const uint16_t *const (&brow)[NB], const float *const (&s0)[NB],
@@ -433,7 +435,10 @@ mma_chunks_nb(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], int c0, int 
 #pragma unroll
             for (int j = 0; j < NB; j++) {
                 x[j] = make_uint4(0, 0, 0, 0);
-                if (brow[j] && c < hl) x[j] = __ldg((const uint4 *)(brow[j] + c * 128) + k);
+                if (brow[j] && c < hl) {
+                    const uint4 *p = (const uint4 *)(brow[j] + c * 128) + k;
+                    x[j] = XS ? *p : __ldg(p); /* XS: shared memory */
+                }
             }
 #pragma unroll
             for (int m = 0; m < NM; m++) {
@@ -488,9 +493,9 @@ mma_pass(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], uint32_t (&x)[16]
         mma_chunks_any<NM, F, CN, XS>(b, acc[0], x, c0, hi, hl, brow[0], s0[0], s1[0]);
     } else {
         if (scales_small(b))
-            mma_chunks_nb<NM, F, CN, NB, true>(b, acc, c0, hi, hl, brow, s0, s1);
+            mma_chunks_nb<NM, F, CN, NB, true, XS>(b, acc, c0, hi, hl, brow, s0, s1);
         else
-            mma_chunks_nb<NM, F, CN, NB, false>(b, acc, c0, hi, hl, brow, s0, s1);
+            mma_chunks_nb<NM, F, CN, NB, false, XS>(b, acc, c0, hi, hl, brow, s0, s1);
     }
 }
 
@@ -518,14 +523,15 @@ static __device__ __forceinline__ void prefetch_x(const uint16_t *const (&brow)[
  * loads (mma_chunks) are served from shared memory instead of each chunk's L1 miss. The CTA's
  * warps are on one slot (the launcher checks that a slot's tiles fill whole CTAs), so they run
  * the same passes and the barriers line up. C % 8 == 0 (moe_mma_mat_ok: C % 32). */
+template <int NB>
 static __device__ __forceinline__ void stage_x(const moe_mma_args &a, const uint16_t *xin, int ai,
                                                int off, int t0, int te, int64_t C, int lane,
-                                               const uint16_t *(&brow)[1])
+                                               const uint16_t *(&brow)[NB])
 {
     extern __shared__ uint4 moe_xs[];
     uint16_t *xw = (uint16_t *)moe_xs;
     __syncthreads(); /* the previous pass's reads are done */
-    for (int k = 0; k < 2 && t0 + k < te; k++) {
+    for (int k = 0; k < 2 * NB && t0 + k < te; k++) {
         const uint16_t *src = xin + tok_input(a, 0, ai, off, t0 + k) * C;
         for (int64_t q = threadIdx.x; q < C / 8; q += blockDim.x) {
             const unsigned d = (unsigned)__cvta_generic_to_shared(xw + k * C + 8 * q);
@@ -535,8 +541,11 @@ static __device__ __forceinline__ void stage_x(const moe_mma_args &a, const uint
     }
     asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
     __syncthreads();
-    /* run_task's B fragment (FP4): lane (g, t) carries token t0 + (g & 1) at column 32 t */
-    if (brow[0]) brow[0] = xw + ((lane >> 2) & 1) * C + 32 * (lane & 3);
+    /* run_task's B fragment (FP4): lane (g, t) carries token t0 + 2 j + (g & 1) of group j at
+     * column 32 t */
+#pragma unroll
+    for (int j = 0; j < NB; j++)
+        if (brow[j]) brow[j] = xw + (2 * j + ((lane >> 2) & 1)) * C + 32 * (lane & 3);
 }
 
 /* ---- one task: 16 rows of the NM matrices w (format F: 0 MXFP4, 1 FP8) for its tokens
@@ -611,7 +620,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             wchunks_zero(b0), wchunks_zero(b1);
             load_chunks<NM, F, CPH, 0, NOA>(b0, cur, lo, hi, hl);
             pdl_wait_once(pend); /* the first weights in flight */
-            if constexpr (XS) stage_x(a, xin, ai, off, t0, te, C, lane, brow);
+            if constexpr (XS) stage_x<NB>(a, xin, ai, off, t0, te, C, lane, brow);
             const bool pfx = PFX && !XS && a.N > 16; /* XS: the rows are staged */
             if (pfx) prefetch_x<NB>(brow, lo, CPH, hl);
             for (int c0 = lo; c0 < hi; c0 += 2 * CPH) {
@@ -705,8 +714,8 @@ run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int 
     int n2 = 0; /* tokens of the NB-group passes */
     if (NB > 1 && ntok > TG) n2 = ntok % TPP == 0 || ntok % TPP > TG ? ntok : ntok - ntok % TPP;
     if (NB > 1 && n2 > 0)
-        run_task<NM, F, PIPE, LOADS, NB, NOA, PFX>(a, w, ai, 0, n2, off, r0, lane, slice, ks, lo,
-                                                   hi, red, bar, pend);
+        run_task<NM, F, PIPE, LOADS, NB, NOA, PFX, XS>(a, w, ai, 0, n2, off, r0, lane, slice, ks,
+                                                       lo, hi, red, bar, pend);
     if (n2 < ntok)
         run_task<NM, F, PIPE, LOADS, 1, NOA, PFX, XS>(a, w, ai, n2, ntok, off, r0, lane, slice, ks,
                                                       lo, hi, red, bar, pend);
@@ -803,7 +812,7 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     const int64_t r0 = (int64_t)tile * 16;
     float *gred = red + grp * ks * NB * NM * 4 * 32;
     if (w[0].fmt == MOE_MXFP4)
-        run_tokens<NM, 0, PIPE, LOADS, NB4, NOA, PFX, NM == 1 && NB4 == 1 ? XS : 0>(
+        run_tokens<NM, 0, PIPE, LOADS, NB4, NOA, PFX, NM == 1 ? XS : 0>(
             a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred, 1 + grp, pend);
     else
         run_tokens<NM, 1, PIPE, LOADS, NB8, NOA, PFX>(a, w, ai, ntok, off, r0, lane, slice, ks, lo,
@@ -950,8 +959,9 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * build with the rows a warp), so not there. The rows a warp (4x the shared memory, Pro
      * 48 KB a CTA) cost Pro 2-8% in L1. The 2-group kernels (from N K = 2 E) would need twice
      * the rows and their own fragment path. */
-    const size_t xs = (size_t)2 * I * 2;
+    const size_t xs = (size_t)2 * I * 2, xs4 = 2 * xs;
     const int use_xs = N >= 2 && ((D + 15) / 16) % (WPC / ks2) == 0 && xs <= 32 * 1024;
+    const int use_xs4 = use_xs && xs4 <= 32 * 1024 && !getenv("DSV4_MOE_XS4_OFF");
     if (N * a->K < 2 * a->E && N < 5) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
@@ -971,7 +981,10 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     } else {
         moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        moe_mma_stage_kernel<1, 3, 1, 8, 2, 2, 0, 1><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
+        if (use_xs4)
+            moe_mma_stage_kernel<1, 3, 1, 8, 2, 2, 0, 1, 1><<<(unsigned)g2, b, xs4, st>>>(*a, ks2);
+        else
+            moe_mma_stage_kernel<1, 3, 1, 8, 2, 2, 0, 1><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
         CUDA_LAUNCHED();
     }
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
