@@ -127,7 +127,7 @@
  * shared memory once (cp.async, after the PDL wait; XS, stage_x) and read the chunks from
  * there: the same values in the same order, bit-identical. Once a CTA, not a warp: a warp's
  * own copy took 4x the shared memory, which cost Pro's L1 more than it saved. Step -0.5 to
- * -2.5% (Flash) and -0.4 to -1.9% (Pro) at batch 2-64 (moe_mma_run).
+ * -3.9% (Flash) and -0.4 to -3.9% (Pro) at batch 2-256 (moe_mma_run).
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
@@ -135,8 +135,6 @@
 #include "backend/cuda/moe_numerics.cuh"
 #include "backend/cuda/moe_route.cuh"
 #include "backend/cuda/pdl.cuh"
-
-#include <stdlib.h>
 
 enum { WPC = 4 }; /* warps per CTA, each one task */
 
@@ -517,10 +515,10 @@ static __device__ __forceinline__ void prefetch_x(const uint16_t *const (&brow)[
     }
 }
 
-/* XS (stage 2, MXFP4, one token group a pass): the pass's two token rows of aq [2][C] copied
- * into the CTA's dynamic shared memory once, after the PDL wait (aq is the launch before's
- * output), by all its warps together, and brow[0] moved there, so that the pass's activation
- * loads (mma_chunks) are served from shared memory instead of each chunk's L1 miss. The CTA's
+/* XS (stage 2, MXFP4): the pass's 2 NB token rows of aq [2 NB][C] copied into the CTA's dynamic
+ * shared memory once, after the PDL wait (aq is the launch before's output), by all its warps
+ * together, and brow moved there, so that the pass's activation loads (mma_chunks,
+ * mma_chunks_nb) are served from shared memory instead of each chunk's L1 miss. The CTA's
  * warps are on one slot (the launcher checks that a slot's tiles fill whole CTAs), so they run
  * the same passes and the barriers line up. C % 8 == 0 (moe_mma_mat_ok: C % 32). */
 template <int NB>
@@ -771,7 +769,7 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
  * budget); PIPE and LOADS: run_task's load schedule; NOA: weight loads not kept in L1 (ldw);
  * PFX: the instances launched from 5 rows (prefetch_x where a.N > 16; moe_mma_run says why).
  * XS: stage 2's MXFP4 token rows staged in shared memory (stage_x; dynamic shared memory of
- * 2 x I codes a CTA). */
+ * 2 NB4 x I codes a CTA). */
 template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int NOA, int PFX, int XS = 0>
 __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
@@ -952,16 +950,16 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * 9 2.367 -> 2.351, 16 3.194 -> 3.172; Pro 8 2.775 -> 2.748, 12 3.351 -> 3.315, 16 3.961 ->
      * 3.911; from 2: batch 2 1.285 -> 1.299. Below 5 rows the kernels are as before. */
     const unsigned b = WPC * 32;
-    /* Stage 2's two token rows a CTA in shared memory (XS, stage_x) from 2 rows, where a slot's
-     * tiles fill whole CTAs (its warps then share the rows). H100, dsv4 bench, one binary with
-     * and without (docs/PERF.md, session 14), ms/step: Flash batch 2 -0.5%, 8 -0.6%, 16 -1.7%,
-     * 32 -2.1%, 64 -2.5%; Pro batch 2 -0.4%, 8 -0.8%, 16 -1.4%, 64 -1.9%; batch 1 +0.1% (a
-     * build with the rows a warp), so not there. The rows a warp (4x the shared memory, Pro
-     * 48 KB a CTA) cost Pro 2-8% in L1. The 2-group kernels (from N K = 2 E) would need twice
-     * the rows and their own fragment path. */
+    /* Stage 2's token rows a CTA in shared memory (XS, stage_x) from 2 rows, where a slot's
+     * tiles fill whole CTAs (its warps then share the rows): two rows a pass in the 1-group
+     * kernels, four in the 2-group ones. H100, dsv4 bench, one binary with and without
+     * (docs/PERF.md, session 14), ms/step: Flash batch 2 -0.5%, 8 -0.6%, 16 -1.7%, 32 -2.1%, 64
+     * -2.5%, 96 -2.7%, 128 -3.4%, 256 -3.9%; Pro batch 2 -0.4%, 8 -0.8%, 16 -1.4%, 64 -1.9%,
+     * 128 -2.2%, 256 -3.9%; batch 1 +0.1% (a build with the rows a warp), so not there. The
+     * rows a warp (4x the shared memory, Pro 48 KB a CTA) cost Pro 2-8% in L1. */
     const size_t xs = (size_t)2 * I * 2, xs4 = 2 * xs;
     const int use_xs = N >= 2 && ((D + 15) / 16) % (WPC / ks2) == 0 && xs <= 32 * 1024;
-    const int use_xs4 = use_xs && xs4 <= 32 * 1024 && !getenv("DSV4_MOE_XS4_OFF");
+    const int use_xs4 = use_xs && xs4 <= 32 * 1024;
     if (N * a->K < 2 * a->E && N < 5) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
