@@ -908,6 +908,19 @@ static int split_pick(int64_t nch, int64_t tasks, int sms)
     return best;
 }
 
+/* Stage 2's launch (PIPE 1): with xs > 0 the XS instance and xs bytes of dynamic shared memory
+ * for its token rows, else the instance without. */
+template <int MINB, int LOADS, int NB4, int NB8, int NOA, int PFX>
+static void stage2_launch(cudaStream_t st, const moe_mma_args *a, unsigned grid, int ks, size_t xs)
+{
+    if (xs)
+        moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, NOA, PFX, 1>
+            <<<grid, WPC * 32, xs, st>>>(*a, ks);
+    else
+        moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, NOA, PFX>
+            <<<grid, WPC * 32, 0, st>>>(*a, ks);
+}
+
 dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route *rt, float *out,
                         const float *h, const int32_t *sel)
 {
@@ -963,28 +976,17 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     if (N * a->K < 2 * a->E && N < 5) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        if (use_xs)
-            moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1, 0, 1><<<(unsigned)g2, b, xs, st>>>(*a, ks2);
-        else
-            moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1, 0><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
-        CUDA_LAUNCHED();
+        stage2_launch<4, 8, 1, 1, 1, 0>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
     } else if (N * a->K < 2 * a->E) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        if (use_xs)
-            moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1, 1, 1><<<(unsigned)g2, b, xs, st>>>(*a, ks2);
-        else
-            moe_mma_stage_kernel<1, 4, 1, 8, 1, 1, 1, 1><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
-        CUDA_LAUNCHED();
+        stage2_launch<4, 8, 1, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
     } else {
         moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        if (use_xs4)
-            moe_mma_stage_kernel<1, 3, 1, 8, 2, 2, 0, 1, 1><<<(unsigned)g2, b, xs4, st>>>(*a, ks2);
-        else
-            moe_mma_stage_kernel<1, 3, 1, 8, 2, 2, 0, 1><<<(unsigned)g2, b, 0, st>>>(*a, ks2);
-        CUDA_LAUNCHED();
+        stage2_launch<3, 8, 2, 2, 0, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
     }
+    CUDA_LAUNCHED();
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
     moe_mma_combine_kernel<<<cgrid, 256, 0, st>>>(out, a->y, sel, N, a->K, D, a->E);
     CUDA_LAUNCHED();
