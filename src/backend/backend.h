@@ -328,7 +328,10 @@ dsv4_status dsv4_bk_router(dsv4_backend *b, int32_t *sel, float *wts, const floa
                            int E, int K, float route_scale);
 
 /* The experts of one layer in backend memory (an opaque table built once at load). `experts`
- * [E] and `shared` are backend copies (dsv4_bk_weight_upload); they must outlive the table. */
+ * [E] and `shared` are backend copies (dsv4_bk_weight_upload); they must outlive the table.
+ * The table takes their bytes over: CUDA may rewrite them in place into its kernels' layout
+ * (backend/cuda/moe.cuh), so after create no other op reads them and no second table is built
+ * on them (entries of one table may share copies). */
 typedef struct dsv4_bk_experts dsv4_bk_experts;
 dsv4_status dsv4_bk_experts_create(dsv4_backend *b, const dsv4_expert_weights *experts, int E,
                                    const dsv4_expert_weights *shared, dsv4_bk_experts **out);

@@ -124,8 +124,10 @@ typedef struct cuda_experts {
     int sms;
     int kw1, rg1, occ1; /* stage 1 CTA shape and residency */
     int kw2, rg2, occ2;
-    int mma_ok;       /* every matrix taken by the tensor-core path (moe_mma_mat_ok) */
+    int mma_ok;       /* every matrix taken by the tensor-core path (moe_mma_mat_ok); tiled */
     int32_t *counter; /* [1] device: moe_route's ticket counter (0 between calls) */
+    void **owned;     /* tiled copies of matrices that could not be tiled in place */
+    int n_owned;
 } cuda_experts;
 
 /* Test hook (moe_path.cuh). Its initial value comes from DSV4_MOE_PATH (simt or mma:
@@ -165,6 +167,7 @@ static dsv4_status mat_of(const dsv4_weight *w, moe_mat *m)
     m->scale_cols = w->scale_cols;
     m->scale_f32 = 0;
     m->out_scale = 1.0f;
+    m->tiled = 0;
     int ok = w->data != NULL && w->cols % MOE_LANE_COLS == 0;
     switch (w->format) {
     case DSV4_FORMAT_MXFP4:
@@ -239,15 +242,17 @@ extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b,
         host && t ? DSV4_OK : dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "cuda moe: a table of %d", E);
     for (int e = 0; st == DSV4_OK && e < E; e++) st = expert_of(&experts[e], D, I, &host[e]);
     if (st == DSV4_OK) st = expert_of(shared, D, I, &host[E]);
+    int mma_ok = st == DSV4_OK;
+    for (int e = 0; mma_ok && e <= E; e++)
+        mma_ok = moe_mma_mat_ok(&host[e].w1) && moe_mma_mat_ok(&host[e].w2) &&
+                 moe_mma_mat_ok(&host[e].w3);
+    /* the tensor-core path reads the tiled layout (moe.cuh); the SIMT path reads either */
+    if (mma_ok) st = moe_layout_tile(b, host, E + 1, &t->owned, &t->n_owned);
     if (st == DSV4_OK)
         st = dsv4_cuda_bk_alloc(b, ((size_t)E + 1) * sizeof *host, (void **)&t->table);
     if (st == DSV4_OK) st = dsv4_cuda_bk_upload(b, t->table, host, ((size_t)E + 1) * sizeof *host);
     if (st == DSV4_OK) st = dsv4_cuda_bk_alloc(b, sizeof(int32_t), (void **)&t->counter); /* 0 */
     if (st == DSV4_OK) st = dsv4_cuda_bk_sync(b); /* host may be freed */
-    int mma_ok = st == DSV4_OK;
-    for (int e = 0; mma_ok && e <= E; e++)
-        mma_ok = moe_mma_mat_ok(&host[e].w1) && moe_mma_mat_ok(&host[e].w2) &&
-                 moe_mma_mat_ok(&host[e].w3);
     free(host);
     if (st == DSV4_OK) {
         t->E = E;
@@ -266,9 +271,7 @@ extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b,
         if (st == DSV4_OK) st = moe_gemm_occupancy(0, t->kw2, t->rg2, &t->occ2);
     }
     if (st != DSV4_OK) {
-        if (t && t->table) dsv4_cuda_bk_free(b, t->table);
-        if (t && t->counter) dsv4_cuda_bk_free(b, t->counter);
-        free(t);
+        dsv4_cuda_bk_experts_free(b, (dsv4_bk_experts *)t);
         return st;
     }
     *out = (dsv4_bk_experts *)t;
@@ -281,6 +284,8 @@ extern "C" void dsv4_cuda_bk_experts_free(dsv4_backend *b, dsv4_bk_experts *tp)
     if (!t) return;
     dsv4_cuda_bk_free(b, t->table);
     dsv4_cuda_bk_free(b, t->counter);
+    for (int i = 0; i < t->n_owned; i++) dsv4_cuda_bk_free(b, t->owned[i]);
+    free(t->owned);
     free(t);
 }
 

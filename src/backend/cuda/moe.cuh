@@ -24,7 +24,8 @@ enum { MOE_WARP_COLS = 32 * 32 };    /* input columns per warp */
 enum { MOE_RPW1 = 2, MOE_RPW2 = 4 }; /* output rows per warp in a work item: stage 1, 2 */
 enum { MOE_MAX_RB = 8 };             /* row batches per work item */
 
-/* One weight matrix [rows, cols] in device memory, in its stored format (model/weights.h). */
+/* One weight matrix [rows, cols] in device memory, in its stored format (model/weights.h), its
+ * bytes row-major as stored or, where tiled, in the tiled layout below. */
 typedef struct moe_mat {
     const uint8_t *data;
     const uint8_t *scale; /* NULL for BF16 */
@@ -32,11 +33,58 @@ typedef struct moe_mat {
     int32_t scale_f32;    /* FP8: f32 block scales (Base models); else ue8m0 */
     int64_t rows, cols, scale_cols;
     float out_scale; /* FP4: weight_scale_2 (the CPU's plan out_scale); 1 otherwise */
+    int32_t tiled;   /* MXFP4 / FP8 data (and MXFP4 scales) in the tiled layout */
 } moe_mat;
+
+/* The tiled layout (moe_layout.cu writes it once, when the table is built; the tensor-core path
+ * reads only it). The matrix is cut into blocks of 16 rows x 128 input columns (rows padded to
+ * 16, columns to 128 with zeros), stored block after block along a row band: block (tile, c) at
+ * (tile * nch + c) * 16 * RB bytes, nch = ceil(cols / 128), and inside a block row after row,
+ * RB bytes each (MXFP4 64, FP8 128). The MXFP4 scales likewise, 16 rows x 4 bytes a block. So
+ * a warp streaming 16 rows reads one contiguous run instead of 16 runs 2-4 KB apart: on the H100
+ * a pure-load kernel with the tensor-core path's access pattern (bench/bench_gpu_access.cu)
+ * reached 2.03 TB/s row-major (1.72 with the scale bytes) and 3.05 TB/s tiled (2.80; docs/PERF.md,
+ * session 15). FP8 block scales (one per 128 x 128) keep their layout. */
+
+/* Bytes of one row in a 128-column chunk of a tiled matrix. */
+static __host__ __device__ __forceinline__ int64_t moe_chunk_row_bytes(int fmt)
+{
+    return fmt == MOE_FP8 ? 128 : 64;
+}
+
+/* The data bytes of (row, input column col) of m, col % 32 == 0: a lane's 32 columns are
+ * contiguous in either layout. */
+static __device__ __forceinline__ const uint8_t *moe_data_at(const moe_mat &m, int64_t row,
+                                                             int64_t col)
+{
+    const int fp8 = m.fmt == MOE_FP8;
+    const int64_t b = fp8 ? col : col >> 1; /* byte of the row */
+    if (!m.tiled) return m.data + row * (fp8 ? m.cols : m.cols >> 1) + b;
+    const int64_t rb = moe_chunk_row_bytes(m.fmt), nch = (m.cols + 127) >> 7;
+    return m.data + (((row >> 4) * nch + (col >> 7)) * 16 + (row & 15)) * rb + (b & (rb - 1));
+}
+
+/* The MXFP4 scale byte of (row, column col) of m. */
+static __device__ __forceinline__ const uint8_t *moe_scale_at(const moe_mat &m, int64_t row,
+                                                              int64_t col)
+{
+    if (!m.tiled) return m.scale + row * m.scale_cols + (col >> 5);
+    const int64_t nch = (m.cols + 127) >> 7;
+    return m.scale + (((row >> 4) * nch + (col >> 7)) * 16 + (row & 15)) * 4 + ((col >> 5) & 3);
+}
 
 typedef struct moe_expert {
     moe_mat w1, w2, w3; /* gate [I, D], down [D, I], up [I, D] */
 } moe_expert;
+
+/* moe_layout.cu: the matrices of the host table t [n] (device data; MXFP4 / FP8 with ue8m0
+ * scales, moe_mma_mat_ok) rewritten into the tiled layout: in place where its size is the
+ * stored one, else into new buffers, returned in *owned [*n_owned] for the table to free; a
+ * buffer shared by several entries once. Sets tiled and the pointers in t. On failure, matrices
+ * already rewritten in place stay so (the caller's table is unusable then anyway). */
+struct dsv4_backend;
+dsv4_status moe_layout_tile(struct dsv4_backend *b, moe_expert *t, int n, void ***owned,
+                            int *n_owned);
 
 /* The work list (device memory), built from sel [N, K] by bk_moe.cu's prep kernel. A pair is one
  * (row, slot) of sel: id r * K + j; the shared expert's rows are pairs N * K + r. */

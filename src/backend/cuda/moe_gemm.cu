@@ -105,11 +105,11 @@ __device__ __forceinline__ void dot_fp4(const moe_mat (&w)[NM], int64_t row0, in
             sb[r][m] = 0;
             if (r < nv) {
                 const int64_t row = row0 + r;
-                q[r][m] = __ldg((const uint4 *)(w[m].data + row * (w[m].cols >> 1) + (col >> 1)));
+                q[r][m] = __ldg((const uint4 *)moe_data_at(w[m], row, col));
                 const uint8_t *s = w[m].scale + row * w[m].scale_cols;
                 if (w[m].fmt == MOE_MXFP4)
-                    sb[r][m] = __ldg(s + (col >> 5));
-                else
+                    sb[r][m] = __ldg(moe_scale_at(w[m], row, col));
+                else /* NVFP4: never tiled */
                     sb[r][m] = __ldg(s + (col >> 4)) | ((uint32_t)__ldg(s + (col >> 4) + 1) << 8);
             }
         }
@@ -173,7 +173,7 @@ __device__ __forceinline__ void dot_fp8(const moe_mat (&w)[NM], int64_t row0, in
             sc[r] = 0.0f;
             if (r < nv) {
                 const int64_t row = row0 + r;
-                const uint4 *p = (const uint4 *)(w[m].data + row * w[m].cols + col);
+                const uint4 *p = (const uint4 *)moe_data_at(w[m], row, col);
                 q[r][0] = __ldg(p);
                 q[r][1] = __ldg(p + 1);
                 const int64_t si = (row >> 7) * w[m].scale_cols + (col >> 7);

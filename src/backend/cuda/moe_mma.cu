@@ -128,6 +128,15 @@
  * there: the same values in the same order, bit-identical. Once a CTA, not a warp: a warp's
  * own copy took 4x the shared memory, which cost Pro's L1 more than it saved. Step -0.5 to
  * -3.9% (Flash) and -0.4 to -3.9% (Pro) at batch 2-256 (moe_mma_run).
+ * What bounded the weight stream all along (session 15) was its access pattern: a warp read its
+ * 16 rows 64-128 bytes at a time, 16 runs 2-4 KB apart per chunk. A pure-load kernel with that
+ * pattern (bench/bench_gpu_access.cu: 200 experts' w1 / w3, 4 CTAs of 4 warps an SM, 8 loads a
+ * lane) reached 2.03 TB/s on the H100 (1.72 with the MXFP4 scale bytes) against 3.08 for a
+ * plain read, and 3.05 (2.80) with each 16-row tile's chunks stored as contiguous blocks. So
+ * the table's matrices are rewritten into that tiled layout once (moe.cuh, moe_layout.cu) and
+ * the cursor walks blocks: the same values in the same order, bit-identical. moe.experts at
+ * batch 64: Flash 64 -> 68% of copy, Pro 75 -> 81%; step -1.2 to -8.2% (Flash), -1.3 to -11.2%
+ * (Pro), prefill +8 to +10% (docs/PERF.md, session 15).
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
@@ -202,38 +211,41 @@ static __device__ __forceinline__ void wchunks_zero(wchunks<NM, F, CN> &b)
             }
 }
 
-/* This lane's load cursor: pointers to chunk c (MXFP4: the 16 bytes of rows rA, rB at column
- * 128 c + 32 t and their scales of group 4 c + t; FP8: the 2 x 16 bytes at column 128 c + 32 t
- * and the 128-row block's scale of chunk c, s[m][0]). Set once per pass and advanced by adds in
- * the loop (loop-carried, so not recomputed from rows in the loop under register pressure); a
- * load is then a pointer plus an immediate. Rows past R are clamped to R - 1: they only reach
- * outputs that are not stored. */
+/* This lane's load cursor: pointers to chunk c of its rows g, g + 8 of the task's 16-row tile in
+ * the tiled layout (moe.cuh; MXFP4: the 16 bytes at column 128 c + 32 t and their scales of
+ * group 4 c + t; FP8: the 2 x 16 bytes at column 128 c + 32 t and the 128-row block's scale of
+ * chunk c, s[m][0]). Set once per pass and advanced by adds in the loop (loop-carried, so not
+ * recomputed under register pressure); a load is then a pointer plus an immediate. A chunk of
+ * the tile is one block of 16 x 64 (MXFP4) / 16 x 128 (FP8) bytes, so the warp's loads of a
+ * chunk are one contiguous run and a task one stream. Rows past R are the layout's zero
+ * padding: they only reach outputs that are not stored. */
 template <int NM, int F> struct wcur {
     const uint8_t *q[NM][2];
     const uint8_t *s[NM][2];
 };
 template <int F> struct wstep {
-    enum { Q = F == 0 ? 64 : 128, S = F == 0 ? 4 : 1 }; /* bytes a chunk */
+    enum { RB = F == 0 ? 64 : 128 };           /* bytes of a row in a chunk */
+    enum { Q = 16 * RB, S = F == 0 ? 64 : 1 }; /* bytes a chunk: data, scales */
 };
 
 template <int NM, int F>
 static __device__ __forceinline__ wcur<NM, F> wcur_at(const moe_mat (&w)[NM], int c, int t,
-                                                      int64_t r0, int64_t rA, int64_t rB)
+                                                      int64_t r0, int g)
 {
     wcur<NM, F> p;
-    const int64_t R = w[0].rows, C = w[0].cols;
+    const int64_t nch = (w[0].cols + 127) >> 7;
+    const int64_t blk = (r0 >> 4) * nch + c; /* the tile's block of chunk c */
 #pragma unroll
     for (int m = 0; m < NM; m++)
 #pragma unroll
         for (int rr = 0; rr < 2; rr++) {
-            const int64_t row = min(rr ? rB : rA, R - 1);
-            if (F == 0) {
-                p.q[m][rr] = w[m].data + row * (C >> 1) + (int64_t)c * 64 + 16 * t;
-                p.s[m][rr] = w[m].scale + row * w[m].scale_cols + 4 * c + t;
-            } else {
-                p.q[m][rr] = w[m].data + row * C + (int64_t)c * 128 + 32 * t;
+            const int row = g + 8 * rr; /* in the tile */
+            p.q[m][rr] =
+                w[m].data + blk * wstep<F>::Q + row * wstep<F>::RB + (F == 0 ? 16 : 32) * t;
+            if (F == 0)
+                p.s[m][rr] = w[m].scale + blk * 64 + row * 4 + t;
+            else
                 p.s[m][rr] = w[m].scale + (r0 >> 7) * w[m].scale_cols + c;
-            }
         }
     return p;
 }
@@ -251,14 +263,17 @@ static __device__ __forceinline__ void wcur_advance(wcur<NM, F> &p, int chunks)
 }
 
 /* A 16-byte weight load through the read-only path; NOA: not kept in L1 (.L1::no_allocate), which
- * then holds the activations and scales that every task of the SM reads (moe_mma.cu's header). */
+ * then holds the activations and scales that every task of the SM reads (moe_mma.cu's header).
+ * volatile: load_chunks' loads are conditional (c < hl) and keep the old value otherwise; as a
+ * plain asm the compiler took the load for side-effect free and issued it unconditionally,
+ * reading past the matrix where a row ends inside a chunk (compute-sanitizer, session 15). */
 template <int NOA> static __device__ __forceinline__ uint4 ldw(const uint4 *p)
 {
     if constexpr (NOA == 0) return __ldg(p);
     uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-        : "l"(p));
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
     return v;
 }
 
@@ -602,7 +617,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
         uint32_t x[16]; /* NB = 1: the activations of the chunk, carried */
 #pragma unroll
         for (int i = 0; i < 16; i++) x[i] = 0;
-        wcur<NM, F> cur = wcur_at<NM, F>(w, lo, t, r0, rA, rB); /* at chunk c0 */
+        wcur<NM, F> cur = wcur_at<NM, F>(w, lo, t, r0, g); /* at chunk c0 */
         if constexpr (PIPE == 0) {
             wchunks<NM, F, CPI> b; /* all weight loads of the iteration first */
             wchunks_zero(b);
