@@ -79,7 +79,7 @@
  * Then L1 (session 6). Every task of an SM re-reads the same activation rows (x at N = 1; an
  * expert's few rows of x / aq) and scale bytes (a quad's 4-byte scale word serves 8 chunks of a
  * row), while the weights are read once; with __ldg the weights streamed through L1 and evicted
- * them. So the kernels below N K = 2 E load the weights with .L1::no_allocate (ldw, NOA; stage 1
+ * them. So the kernels below N K = 2 E load the weights with .L1::no_allocate (ldw; stage 1
  * SASS as before but for the 16 weight loads; bit-identical). Engine, H100, dsv4 bench --shape
  * flash --layers 4 --contexts 4096 --prefill 0 --no-gemms, HEAD (024a9a7) and a switch build in
  * one call, 3 runs each, step ms: batch 1 1.165-1.169 -> 1.115-1.119, 8 2.625-2.634 -> 2.546-2.559,
@@ -262,14 +262,13 @@ static __device__ __forceinline__ void wcur_advance(wcur<NM, F> &p, int chunks)
         }
 }
 
-/* A 16-byte weight load through the read-only path; NOA: not kept in L1 (.L1::no_allocate), which
+/* A 16-byte weight load through the read-only path, not kept in L1 (.L1::no_allocate), which
  * then holds the activations and scales that every task of the SM reads (moe_mma.cu's header).
  * volatile: load_chunks' loads are conditional (c < hl) and keep the old value otherwise; as a
  * plain asm the compiler took the load for side-effect free and issued it unconditionally,
  * reading past the matrix where a row ends inside a chunk (compute-sanitizer, session 15). */
-template <int NOA> static __device__ __forceinline__ uint4 ldw(const uint4 *p)
+static __device__ __forceinline__ uint4 ldw(const uint4 *p)
 {
-    if constexpr (NOA == 0) return __ldg(p);
     uint4 v;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
@@ -284,7 +283,7 @@ template <int NOA> static __device__ __forceinline__ uint4 ldw(const uint4 *p)
  * lane loaded earlier in the row (FP4 bits widen to finite f16; an FP8 NaN there has already
  * made the row's sum NaN, as on the CPU) and its scale one of the row's own or 2^-127, so its
  * product is 0 as with zeros. FP8 scales: chunks below hi (the block's scale is the quad's). */
-template <int NM, int F, int CN, int DC, int NOA>
+template <int NM, int F, int CN, int DC>
 static __device__ __forceinline__ void load_chunks(wchunks<NM, F, CN> &b, const wcur<NM, F> &p,
                                                    int c0, int hi, int hl)
 {
@@ -300,7 +299,7 @@ static __device__ __forceinline__ void load_chunks(wchunks<NM, F, CN> &b, const 
                 if (c < hl) {
                     const uint4 *q = (const uint4 *)(p.q[m][rr] + d * wstep<F>::Q);
 #pragma unroll
-                    for (int u = 0; u < U; u++) b.q[ci][m][rr][u] = ldw<NOA>(q + u);
+                    for (int u = 0; u < U; u++) b.q[ci][m][rr][u] = ldw(q + u);
                     if (F == 0) b.sc[ci][m][rr] = __ldg(p.s[m][rr] + d * wstep<F>::S);
                 }
             }
@@ -570,7 +569,7 @@ static __device__ __forceinline__ void stage_x(const moe_mma_args &a, const uint
  * the slices in ascending order and writes the outputs. PIPE 0: LOADS loads a lane, then their
  * mma; PIPE 1: two halves of LOADS / 2 in a ring, the next half's loads issued before this
  * half's mma (same registers, loads always in flight; the same sums in the same order). */
-template <int NM, int F, int PIPE, int LOADS, int NB, int NOA, int PFX, int XS = 0>
+template <int NM, int F, int PIPE, int LOADS, int NB, int PFX, int XS = 0>
 static __device__ __forceinline__ void
 run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, int off, int64_t r0,
          int lane, int slice, int ks, int lo, int hi, float *red, int bar, int &pend)
@@ -622,7 +621,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             wchunks<NM, F, CPI> b; /* all weight loads of the iteration first */
             wchunks_zero(b);
             for (int c0 = lo; c0 < hi; c0 += CPI) {
-                load_chunks<NM, F, CPI, 0, NOA>(b, cur, c0, hi, hl);
+                load_chunks<NM, F, CPI, 0>(b, cur, c0, hi, hl);
                 pdl_wait_once(pend); /* the first weights in flight */
                 if (PFX && a.N > 16) prefetch_x<NB>(brow, c0, CPI, hl);
                 wcur_advance(cur, CPI);
@@ -631,16 +630,16 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
         } else {
             wchunks<NM, F, CPH> b0, b1; /* ping-pong, no copies */
             wchunks_zero(b0), wchunks_zero(b1);
-            load_chunks<NM, F, CPH, 0, NOA>(b0, cur, lo, hi, hl);
+            load_chunks<NM, F, CPH, 0>(b0, cur, lo, hi, hl);
             pdl_wait_once(pend); /* the first weights in flight */
             if constexpr (XS) stage_x<NB>(a, xin, ai, off, t0, te, C, lane, brow);
             const bool pfx = PFX && !XS && a.N > 16; /* XS: the rows are staged */
             if (pfx) prefetch_x<NB>(brow, lo, CPH, hl);
             for (int c0 = lo; c0 < hi; c0 += 2 * CPH) {
-                load_chunks<NM, F, CPH, CPH, NOA>(b1, cur, c0 + CPH, hi, hl);
+                load_chunks<NM, F, CPH, CPH>(b1, cur, c0 + CPH, hi, hl);
                 if (pfx) prefetch_x<NB>(brow, c0 + CPH, CPH, hl);
                 mma_pass<NM, F, CPH, NB, XS>(b0, acc, x, c0, hi, hl, brow, s0, s1);
-                load_chunks<NM, F, CPH, 2 * CPH, NOA>(b0, cur, c0 + 2 * CPH, hi, hl);
+                load_chunks<NM, F, CPH, 2 * CPH>(b0, cur, c0 + 2 * CPH, hi, hl);
                 if (pfx) prefetch_x<NB>(brow, c0 + 2 * CPH, CPH, hl);
                 wcur_advance(cur, 2 * CPH);
                 mma_pass<NM, F, CPH, NB, XS>(b1, acc, x, c0 + CPH, hi, hl, brow, s0, s1);
@@ -718,7 +717,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
 /* A task's tokens [0, ntok): with NB > 1, passes of NB groups while more than one group's
  * tokens remain (a last pass of 2..NB groups partly empty still widens each weight once), then
  * a one-group pass for what is left (none of its mma wasted). */
-template <int NM, int F, int PIPE, int LOADS, int NB, int NOA, int PFX, int XS = 0>
+template <int NM, int F, int PIPE, int LOADS, int NB, int PFX, int XS = 0>
 static __device__ __forceinline__ void
 run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int off, int64_t r0,
            int lane, int slice, int ks, int lo, int hi, float *red, int bar, int &pend)
@@ -727,11 +726,11 @@ run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int 
     int n2 = 0; /* tokens of the NB-group passes */
     if (NB > 1 && ntok > TG) n2 = ntok % TPP == 0 || ntok % TPP > TG ? ntok : ntok - ntok % TPP;
     if (NB > 1 && n2 > 0)
-        run_task<NM, F, PIPE, LOADS, NB, NOA, PFX, XS>(a, w, ai, 0, n2, off, r0, lane, slice, ks,
-                                                       lo, hi, red, bar, pend);
+        run_task<NM, F, PIPE, LOADS, NB, PFX, XS>(a, w, ai, 0, n2, off, r0, lane, slice, ks, lo, hi,
+                                                  red, bar, pend);
     if (n2 < ntok)
-        run_task<NM, F, PIPE, LOADS, 1, NOA, PFX, XS>(a, w, ai, n2, ntok, off, r0, lane, slice, ks,
-                                                      lo, hi, red, bar, pend);
+        run_task<NM, F, PIPE, LOADS, 1, PFX, XS>(a, w, ai, n2, ntok, off, r0, lane, slice, ks, lo,
+                                                 hi, red, bar, pend);
 }
 
 /* After a stage 1 task: its ticket on (slot, 128-row block of a); the block's last task
@@ -781,11 +780,11 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
  * ks warps, each group one task (slot, 16-row tile) with K split in ks slices (ks = 1, 2, 4).
  * Groups synchronise only among themselves (named barrier 1 + group), so a group whose slot is
  * past the device count exits as a whole. MINB: resident CTAs per SM asked of ptxas (a register
- * budget); PIPE and LOADS: run_task's load schedule; NOA: weight loads not kept in L1 (ldw);
+ * budget); PIPE and LOADS: run_task's load schedule;
  * PFX: the instances launched from 5 rows (prefetch_x where a.N > 16; moe_mma_run says why).
  * XS: stage 2's MXFP4 token rows staged in shared memory (stage_x; dynamic shared memory of
  * 2 NB4 x I codes a CTA). */
-template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int NOA, int PFX, int XS = 0>
+template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int PFX, int XS = 0>
 __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
     DSV4_PDL_LATE();
@@ -825,11 +824,11 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     const int64_t r0 = (int64_t)tile * 16;
     float *gred = red + grp * ks * NB * NM * 4 * 32;
     if (w[0].fmt == MOE_MXFP4)
-        run_tokens<NM, 0, PIPE, LOADS, NB4, NOA, PFX, NM == 1 ? XS : 0>(
+        run_tokens<NM, 0, PIPE, LOADS, NB4, PFX, NM == 1 ? XS : 0>(
             a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred, 1 + grp, pend);
     else
-        run_tokens<NM, 1, PIPE, LOADS, NB8, NOA, PFX>(a, w, ai, ntok, off, r0, lane, slice, ks, lo,
-                                                      hi, gred, 1 + grp, pend);
+        run_tokens<NM, 1, PIPE, LOADS, NB8, PFX>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi,
+                                                 gred, 1 + grp, pend);
     pdl_wait_once(pend); /* no pass ran */
     if constexpr (NM == 2)
         if (slice == 0) stage1_tail(a, ai, e, ntok, off, tile, lane);
@@ -925,15 +924,14 @@ static int split_pick(int64_t nch, int64_t tasks, int sms)
 
 /* Stage 2's launch (PIPE 1): with xs > 0 the XS instance and xs bytes of dynamic shared memory
  * for its token rows, else the instance without. */
-template <int MINB, int LOADS, int NB4, int NB8, int NOA, int PFX>
+template <int MINB, int LOADS, int NB4, int NB8, int PFX>
 static void stage2_launch(cudaStream_t st, const moe_mma_args *a, unsigned grid, int ks, size_t xs)
 {
     if (xs)
-        moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, NOA, PFX, 1>
+        moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, PFX, 1>
             <<<grid, WPC * 32, xs, st>>>(*a, ks);
     else
-        moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, NOA, PFX>
-            <<<grid, WPC * 32, 0, st>>>(*a, ks);
+        moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, PFX><<<grid, WPC * 32, 0, st>>>(*a, ks);
 }
 
 dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route *rt, float *out,
@@ -964,9 +962,10 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * 10.09 / 9.64 / 9.65, 128 16.02 / 16.10 / 16.58, 256 25.44 / 25.39 / 27.85; Pro batch 64
      * 13.23 / 12.46 / 12.45, 128 21.29 / 21.31 / 21.81 (docs/PERF.md, session 6). test_gpu_moe's
      * routing concentrates the tokens on fewer experts, where the rule N K >= E looked right.
-     * The kernels below N K = 2 E load the weights past L1 (NOA; engine step batch 1 / 8 / 64
-     * -4.3 / -2.9 / -1.8%, moe.experts batch 1 / 64 -9.8 / -2.8%: the header); the 2-group ones
-     * keep __ldg (not measured in the engine with it).
+     * The kernels load the weights past L1 (ldw; the 1-group ones since session 6: engine step
+     * batch 1 / 8 / 64 -4.3 / -2.9 / -1.8%, the header; the 2-group ones since session 15, on
+     * the tiled layout: Flash batch 96 / 128 / 256 -0.6 / -0.4 / -0.2%, Pro 128 / 256 -0.4%,
+     * Pro prefill +1.2%).
      * From 5 rows the kernels are the PFX instances: prefetch_x issued where a.N > 16. What pays
      * is how ptxas allocates them with that flag live (4-CTA stage 2: 64 bytes of stack against
      * 48), not the prefetch: compiled in unconditionally it gained nothing, at 5-16 rows it is
@@ -989,17 +988,17 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     const int use_xs = N >= 2 && ((D + 15) / 16) % (WPC / ks2) == 0 && xs <= 32 * 1024;
     const int use_xs4 = use_xs && xs4 <= 32 * 1024;
     if (N * a->K < 2 * a->E && N < 5) {
-        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        stage2_launch<4, 8, 1, 1, 1, 0>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
+        stage2_launch<4, 8, 1, 1, 0>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
     } else if (N * a->K < 2 * a->E) {
-        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        stage2_launch<4, 8, 1, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
+        stage2_launch<4, 8, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
     } else {
-        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        stage2_launch<3, 8, 2, 2, 0, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
+        stage2_launch<3, 8, 2, 2, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
     }
     CUDA_LAUNCHED();
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
