@@ -560,6 +560,31 @@ static __device__ __forceinline__ void stage_x(const moe_mma_args &a, const uint
         if (brow[j]) brow[j] = xw + (2 * j + ((lane >> 2) & 1)) * C + 32 * (lane & 3);
 }
 
+/* Chunks [c, min(c + n, hi)) of the task's tile of every matrix (and the MXFP4 scales) into L2
+ * by bulk prefetch, from one lane: in the tiled layout each is one contiguous run, so this is
+ * one instruction a matrix (the per-line prefetches of sessions 4 and 11 took one a lane and
+ * line, and cost more issue than they saved). */
+template <int NM, int F>
+static __device__ __forceinline__ void prefetch_blocks(const moe_mat (&w)[NM], int64_t r0, int c,
+                                                       int n, int hi)
+{
+    if (c >= hi) return;
+    const int k = min(n, hi - c);
+    const int64_t blk = (r0 >> 4) * ((w[0].cols + 127) >> 7) + c;
+#pragma unroll
+    for (int m = 0; m < NM; m++) {
+        asm volatile(
+            "cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(w[m].data + blk * wstep<F>::Q),
+            "r"((unsigned)(k * wstep<F>::Q))
+            : "memory");
+        if (F == 0)
+            asm volatile(
+                "cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(w[m].scale + blk * 64),
+                "r"((unsigned)(k * 64))
+                : "memory");
+    }
+}
+
 /* ---- one task: 16 rows of the NM matrices w (format F: 0 MXFP4, 1 FP8) for its tokens
  * [tb, te), run by a group of ks warps, warp `slice` on the 128-column chunks [lo, hi) --------
  * stage 1 (NM = 2): x [N, D] codes -> araw [pair, I] = bf16(swiglu(g, u) * wt);
@@ -569,7 +594,7 @@ static __device__ __forceinline__ void stage_x(const moe_mma_args &a, const uint
  * the slices in ascending order and writes the outputs. PIPE 0: LOADS loads a lane, then their
  * mma; PIPE 1: two halves of LOADS / 2 in a ring, the next half's loads issued before this
  * half's mma (same registers, loads always in flight; the same sums in the same order). */
-template <int NM, int F, int PIPE, int LOADS, int NB, int PFX, int XS = 0>
+template <int NM, int F, int PIPE, int LOADS, int NB, int PFX, int XS = 0, int L2P = 0>
 static __device__ __forceinline__ void
 run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, int off, int64_t r0,
          int lane, int slice, int ks, int lo, int hi, float *red, int bar, int &pend)
@@ -622,6 +647,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             wchunks_zero(b);
             for (int c0 = lo; c0 < hi; c0 += CPI) {
                 load_chunks<NM, F, CPI, 0>(b, cur, c0, hi, hl);
+                if (L2P && lane == 0) prefetch_blocks<NM, F>(w, r0, c0 + L2P * CPI, CPI, hi);
                 pdl_wait_once(pend); /* the first weights in flight */
                 if (PFX && a.N > 16) prefetch_x<NB>(brow, c0, CPI, hl);
                 wcur_advance(cur, CPI);
@@ -637,6 +663,8 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             if (pfx) prefetch_x<NB>(brow, lo, CPH, hl);
             for (int c0 = lo; c0 < hi; c0 += 2 * CPH) {
                 load_chunks<NM, F, CPH, CPH>(b1, cur, c0 + CPH, hi, hl);
+                if (L2P && lane == 0)
+                    prefetch_blocks<NM, F>(w, r0, c0 + L2P * 2 * CPH, 2 * CPH, hi);
                 if (pfx) prefetch_x<NB>(brow, c0 + CPH, CPH, hl);
                 mma_pass<NM, F, CPH, NB, XS>(b0, acc, x, c0, hi, hl, brow, s0, s1);
                 load_chunks<NM, F, CPH, 2 * CPH>(b0, cur, c0 + 2 * CPH, hi, hl);
@@ -717,7 +745,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
 /* A task's tokens [0, ntok): with NB > 1, passes of NB groups while more than one group's
  * tokens remain (a last pass of 2..NB groups partly empty still widens each weight once), then
  * a one-group pass for what is left (none of its mma wasted). */
-template <int NM, int F, int PIPE, int LOADS, int NB, int PFX, int XS = 0>
+template <int NM, int F, int PIPE, int LOADS, int NB, int PFX, int XS = 0, int L2P = 0>
 static __device__ __forceinline__ void
 run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int off, int64_t r0,
            int lane, int slice, int ks, int lo, int hi, float *red, int bar, int &pend)
@@ -726,11 +754,11 @@ run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int 
     int n2 = 0; /* tokens of the NB-group passes */
     if (NB > 1 && ntok > TG) n2 = ntok % TPP == 0 || ntok % TPP > TG ? ntok : ntok - ntok % TPP;
     if (NB > 1 && n2 > 0)
-        run_task<NM, F, PIPE, LOADS, NB, PFX, XS>(a, w, ai, 0, n2, off, r0, lane, slice, ks, lo, hi,
-                                                  red, bar, pend);
+        run_task<NM, F, PIPE, LOADS, NB, PFX, XS, L2P>(a, w, ai, 0, n2, off, r0, lane, slice, ks,
+                                                       lo, hi, red, bar, pend);
     if (n2 < ntok)
-        run_task<NM, F, PIPE, LOADS, 1, PFX, XS>(a, w, ai, n2, ntok, off, r0, lane, slice, ks, lo,
-                                                 hi, red, bar, pend);
+        run_task<NM, F, PIPE, LOADS, 1, PFX, XS, L2P>(a, w, ai, n2, ntok, off, r0, lane, slice, ks,
+                                                      lo, hi, red, bar, pend);
 }
 
 /* After a stage 1 task: its ticket on (slot, 128-row block of a); the block's last task
@@ -783,8 +811,8 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
  * budget); PIPE and LOADS: run_task's load schedule;
  * PFX: the instances launched from 5 rows (prefetch_x where a.N > 16; moe_mma_run says why).
  * XS: stage 2's MXFP4 token rows staged in shared memory (stage_x; dynamic shared memory of
- * 2 NB4 x I codes a CTA). */
-template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int PFX, int XS = 0>
+ * 2 NB4 x I codes a CTA). L2P: prefetch_blocks that many loop iterations ahead (0: none). */
+template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int PFX, int XS = 0, int L2P = 0>
 __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
     DSV4_PDL_LATE();
@@ -824,11 +852,11 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     const int64_t r0 = (int64_t)tile * 16;
     float *gred = red + grp * ks * NB * NM * 4 * 32;
     if (w[0].fmt == MOE_MXFP4)
-        run_tokens<NM, 0, PIPE, LOADS, NB4, PFX, NM == 1 ? XS : 0>(
+        run_tokens<NM, 0, PIPE, LOADS, NB4, PFX, NM == 1 ? XS : 0, L2P>(
             a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred, 1 + grp, pend);
     else
-        run_tokens<NM, 1, PIPE, LOADS, NB8, PFX>(a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi,
-                                                 gred, 1 + grp, pend);
+        run_tokens<NM, 1, PIPE, LOADS, NB8, PFX, 0, L2P>(a, w, ai, ntok, off, r0, lane, slice, ks,
+                                                         lo, hi, gred, 1 + grp, pend);
     pdl_wait_once(pend); /* no pass ran */
     if constexpr (NM == 2)
         if (slice == 0) stage1_tail(a, ai, e, ntok, off, tile, lane);
@@ -924,14 +952,15 @@ static int split_pick(int64_t nch, int64_t tasks, int sms)
 
 /* Stage 2's launch (PIPE 1): with xs > 0 the XS instance and xs bytes of dynamic shared memory
  * for its token rows, else the instance without. */
-template <int MINB, int LOADS, int NB4, int NB8, int PFX>
+template <int MINB, int LOADS, int NB4, int NB8, int PFX, int L2P = 0>
 static void stage2_launch(cudaStream_t st, const moe_mma_args *a, unsigned grid, int ks, size_t xs)
 {
     if (xs)
-        moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, PFX, 1>
+        moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, PFX, 1, L2P>
             <<<grid, WPC * 32, xs, st>>>(*a, ks);
     else
-        moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, PFX><<<grid, WPC * 32, 0, st>>>(*a, ks);
+        moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, PFX, 0, L2P>
+            <<<grid, WPC * 32, 0, st>>>(*a, ks);
 }
 
 dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route *rt, float *out,
@@ -966,6 +995,11 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * batch 1 / 8 / 64 -4.3 / -2.9 / -1.8%, the header; the 2-group ones since session 15, on
      * the tiled layout: Flash batch 96 / 128 / 256 -0.6 / -0.4 / -0.2%, Pro 128 / 256 -0.4%,
      * Pro prefill +1.2%).
+     * The 2-group kernels also prefetch the task's blocks of the next iteration into L2 (L2P,
+     * prefetch_blocks: one bulk prefetch a matrix, possible since the tiled layout): Flash batch
+     * 96 / 128 / 256 -3.3 / -2.8 / -1.6%, Pro 128 / 256 -5.2 / -4.1%, prefill +1.4% / +5.1%.
+     * In the 1-group kernels it cost batch 1-8 1-5% (a runtime switch: two iterations ahead
+     * and more were slower everywhere), so not there (docs/PERF.md, session 15).
      * From 5 rows the kernels are the PFX instances: prefetch_x issued where a.N > 16. What pays
      * is how ptxas allocates them with that flag live (4-CTA stage 2: 64 bytes of stack against
      * 48), not the prefetch: compiled in unconditionally it gained nothing, at 5-16 rows it is
@@ -996,9 +1030,9 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
         CUDA_LAUNCHED();
         stage2_launch<4, 8, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
     } else {
-        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        stage2_launch<3, 8, 2, 2, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
+        stage2_launch<3, 8, 2, 2, 1, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
     }
     CUDA_LAUNCHED();
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
