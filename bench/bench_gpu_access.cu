@@ -12,21 +12,14 @@
  *
  * usage: bench_gpu_access [experts]   (default 200: batch 64's distinct experts, 1.7 GB)
  */
+#include "backend/cuda/moe_frag.cuh"
+
 #include <cuda_runtime.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 enum { ROWS = 2048, COLS = 4096, RB = 64 }; /* RB: bytes of a row in a 128-column chunk */
-
-static __device__ __forceinline__ uint4 ld_stream(const uint4 *p)
-{
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
 
 /* TILED 0: row-major data [ROWS][COLS / 2] and scales [ROWS][COLS / 32]; 1: the tiled layout
  * (16 x 64-byte data blocks, 16 x 4-byte scale blocks). SC: the scale bytes loaded too.
@@ -53,7 +46,7 @@ __global__ void __launch_bounds__(128)
             const size_t qo = TILED ? blk * 16 * RB + r * RB + 16 * t
                                     : (size_t)row * (COLS / 2) + c * RB + 16 * t;
             const size_t so = TILED ? blk * 64 + r * 4 + t : (size_t)row * (COLS / 32) + 4 * c + t;
-            q[k] = ld_stream((const uint4 *)(wm + qo));
+            q[k] = moe_ldw((const uint4 *)(wm + qo));
             sc[k] = SC ? __ldg(sm + so) : 0;
         }
 #pragma unroll
@@ -68,7 +61,7 @@ __global__ void read_kernel(const uint4 *p, size_t n, uint32_t *sink)
     uint32_t acc = 0;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
-        const uint4 v = ld_stream(p + i);
+        const uint4 v = moe_ldw(p + i);
         acc += v.x ^ v.y ^ v.z ^ v.w;
     }
     if (acc == 0x9e3779b9u) sink[0] = acc;

@@ -14,6 +14,21 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+/* A 16-byte weight load through the read-only path, not kept in L1 (.L1::no_allocate), which
+ * then holds the activations and scales that every task of the SM reads (moe_mma.cu's header;
+ * bench/bench_gpu_access.cu times the same load). volatile: moe_mma.cu's loads are conditional
+ * (c < hl) and keep the old value otherwise; as a plain asm the compiler took the load for
+ * side-effect free and issued it unconditionally, reading past the matrix where a row ends
+ * inside a chunk (compute-sanitizer, session 15). */
+static __device__ __forceinline__ uint4 moe_ldw(const uint4 *p)
+{
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
 static __device__ __forceinline__ uint32_t word4(const uint4 &q, int k)
 {
     return k == 0 ? q.x : k == 1 ? q.y : k == 2 ? q.z : q.w;

@@ -79,7 +79,7 @@
  * Then L1 (session 6). Every task of an SM re-reads the same activation rows (x at N = 1; an
  * expert's few rows of x / aq) and scale bytes (a quad's 4-byte scale word serves 8 chunks of a
  * row), while the weights are read once; with __ldg the weights streamed through L1 and evicted
- * them. So the kernels below N K = 2 E load the weights with .L1::no_allocate (ldw; stage 1
+ * them. So the kernels below N K = 2 E load the weights with .L1::no_allocate (moe_ldw; stage 1
  * SASS as before but for the 16 weight loads; bit-identical). Engine, H100, dsv4 bench --shape
  * flash --layers 4 --contexts 4096 --prefill 0 --no-gemms, HEAD (024a9a7) and a switch build in
  * one call, 3 runs each, step ms: batch 1 1.165-1.169 -> 1.115-1.119, 8 2.625-2.634 -> 2.546-2.559,
@@ -262,20 +262,6 @@ static __device__ __forceinline__ void wcur_advance(wcur<NM, F> &p, int chunks)
         }
 }
 
-/* A 16-byte weight load through the read-only path, not kept in L1 (.L1::no_allocate), which
- * then holds the activations and scales that every task of the SM reads (moe_mma.cu's header).
- * volatile: load_chunks' loads are conditional (c < hl) and keep the old value otherwise; as a
- * plain asm the compiler took the load for side-effect free and issued it unconditionally,
- * reading past the matrix where a row ends inside a chunk (compute-sanitizer, session 15). */
-static __device__ __forceinline__ uint4 ldw(const uint4 *p)
-{
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 /* Loads chunks [c0, c0 + CN) (those < hl: this lane's chunk bound, hi and column < C), the
  * cursor p at chunk c0 - DC. What it does not load keeps its previous value (wchunks_zero at
  * the start of a pass), never re-zeroed in the loop: chunks past hi are not multiplied, and a
@@ -299,7 +285,7 @@ static __device__ __forceinline__ void load_chunks(wchunks<NM, F, CN> &b, const 
                 if (c < hl) {
                     const uint4 *q = (const uint4 *)(p.q[m][rr] + d * wstep<F>::Q);
 #pragma unroll
-                    for (int u = 0; u < U; u++) b.q[ci][m][rr][u] = ldw(q + u);
+                    for (int u = 0; u < U; u++) b.q[ci][m][rr][u] = moe_ldw(q + u);
                     if (F == 0) b.sc[ci][m][rr] = __ldg(p.s[m][rr] + d * wstep<F>::S);
                 }
             }
@@ -991,7 +977,7 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * 10.09 / 9.64 / 9.65, 128 16.02 / 16.10 / 16.58, 256 25.44 / 25.39 / 27.85; Pro batch 64
      * 13.23 / 12.46 / 12.45, 128 21.29 / 21.31 / 21.81 (docs/PERF.md, session 6). test_gpu_moe's
      * routing concentrates the tokens on fewer experts, where the rule N K >= E looked right.
-     * The kernels load the weights past L1 (ldw; the 1-group ones since session 6: engine step
+     * The kernels load the weights past L1 (moe_ldw; the 1-group ones since session 6: engine step
      * batch 1 / 8 / 64 -4.3 / -2.9 / -1.8%, the header; the 2-group ones since session 15, on
      * the tiled layout: Flash batch 96 / 128 / 256 -0.6 / -0.4 / -0.2%, Pro 128 / 256 -0.4%,
      * Pro prefill +1.2%).
