@@ -18,10 +18,10 @@
  *   L2 prefetch    one cp.async.bulk.prefetch.L2 a matrix for the next iteration (as the
  *                  2-group kernels).
  * Each is timed on all E experts at once (batch 64 touches ~200) and on 7 (batch 1: six routed
- * and the shared expert, here seven MXFP4 ones), the small set rotated over the E so that every
- * launch reads cold lines, launches back to back in one CUDA graph, plain and with programmatic
- * dependent launch (each kernel waits at its start, so only the launch is hidden). A plain read
- * of the same bytes is the reference.
+ * and the shared expert, here seven MXFP4 ones; each tile in two K slices, as stage 1 there),
+ * the small set rotated over the E so that every launch reads cold lines, launches back to back
+ * in one CUDA graph, plain and with programmatic dependent launch (each kernel waits at its
+ * start, so only the launch is hidden). A plain read of the same bytes is the reference.
  *
  * usage: bench_gpu_access [experts]   (default 200: batch 64's distinct experts, 1.7 GB)
  */
@@ -92,27 +92,28 @@ static __device__ __forceinline__ void load_iter(const uint8_t *w, const uint8_t
 }
 
 template <int MODE>
-__global__ void __launch_bounds__(128)
-    pattern_kernel(const uint8_t *w, const uint8_t *s, int e0, int tasks, int pdl, uint32_t *sink)
+__global__ void __launch_bounds__(128) pattern_kernel(const uint8_t *w, const uint8_t *s, int e0,
+                                                      int tasks, int ks, int pdl, uint32_t *sink)
 {
     pdl_start(pdl);
     const int lane = threadIdx.x & 31, task = blockIdx.x * 4 + (threadIdx.x >> 5);
     if (task >= tasks) return;
-    const int e = e0 + task / TILES, tile = task % TILES;
+    const int e = e0 + task / (TILES * ks), tile = task / ks % TILES, slice = task % ks;
+    const int lo = slice * (NCH / ks), hi = lo + NCH / ks; /* the warp's chunks */
     const int g = lane >> 2, t = lane & 3;
     uint32_t acc = 0;
     uint4 q[8], qn[8];
     uint32_t sc[8], scn[8];
-    if (MODE == M_PACKED_2) load_iter<MODE>(w, s, e, tile, 0, g, t, lane, qn, scn);
-    for (int c0 = 0; c0 < NCH; c0 += 2) {
+    if (MODE == M_PACKED_2) load_iter<MODE>(w, s, e, tile, lo, g, t, lane, qn, scn);
+    for (int c0 = lo; c0 < hi; c0 += 2) {
         if (MODE == M_PACKED_2) {
 #pragma unroll
             for (int k = 0; k < 8; k++) q[k] = qn[k], sc[k] = scn[k];
-            if (c0 + 2 < NCH) load_iter<MODE>(w, s, e, tile, c0 + 2, g, t, lane, qn, scn);
+            if (c0 + 2 < hi) load_iter<MODE>(w, s, e, tile, c0 + 2, g, t, lane, qn, scn);
         } else {
             load_iter<MODE>(w, s, e, tile, c0, g, t, lane, q, sc);
         }
-        if (MODE == M_PACKED_L2 && lane == 0 && c0 + 2 < NCH) {
+        if (MODE == M_PACKED_L2 && lane == 0 && c0 + 2 < hi) {
             const size_t mat = (size_t)ROWS * COLS / 2, smat = (size_t)ROWS * COLS / 32;
 #pragma unroll
             for (int m = 0; m < 2; m++) {
@@ -177,15 +178,16 @@ static __device__ __forceinline__ void ring_wait(uint64_t *bar, unsigned parity)
 }
 
 template <int S>
-__global__ void __launch_bounds__(128)
-    ring_kernel(const uint8_t *w, const uint8_t *s, int e0, int tasks, int pdl, uint32_t *sink)
+__global__ void __launch_bounds__(128) ring_kernel(const uint8_t *w, const uint8_t *s, int e0,
+                                                   int tasks, int ks, int pdl, uint32_t *sink)
 {
     extern __shared__ __align__(128) uint8_t ring_smem[];
     __shared__ uint64_t bars[4][S];
     pdl_start(pdl);
     const int lane = threadIdx.x & 31, wi = threadIdx.x >> 5, task = blockIdx.x * 4 + wi;
     if (task >= tasks) return;
-    const int e = e0 + task / TILES, tile = task % TILES;
+    const int e = e0 + task / (TILES * ks), tile = task / ks % TILES, slice = task % ks;
+    const int lo = slice * (NCH / ks), nit = NCH / ks / 2; /* the warp's chunks, iterations */
     const int g = lane >> 2, t = lane & 3;
     uint8_t *ring = ring_smem + (size_t)wi * S * STAGE_BYTES;
     if (lane == 0) {
@@ -193,12 +195,12 @@ __global__ void __launch_bounds__(128)
             asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(
                 (unsigned)__cvta_generic_to_shared(&bars[wi][i])));
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        for (int i = 0; i < S && 2 * i < NCH; i++)
-            ring_issue(ring + i * STAGE_BYTES, &bars[wi][i], w, s, e, tile, 2 * i);
+        for (int i = 0; i < S && i < nit; i++)
+            ring_issue(ring + i * STAGE_BYTES, &bars[wi][i], w, s, e, tile, lo + 2 * i);
     }
     __syncwarp();
     uint32_t acc = 0;
-    for (int it = 0; 2 * it < NCH; it++) {
+    for (int it = 0; it < nit; it++) {
         const int st = it % S;
         ring_wait(&bars[wi][st], (unsigned)(it / S) & 1u);
         const uint8_t *p = ring + st * STAGE_BYTES;
@@ -211,8 +213,8 @@ __global__ void __launch_bounds__(128)
         acc ^= *(const uint32_t *)(p + 4 * 16 * RB + lane * 4);
         acc ^= *(const uint32_t *)(p + 4 * 16 * RB + 128 + lane * 4);
         __syncwarp();
-        if (lane == 0 && 2 * (it + S) < NCH)
-            ring_issue(ring + st * STAGE_BYTES, &bars[wi][st], w, s, e, tile, 2 * (it + S));
+        if (lane == 0 && it + S < nit)
+            ring_issue(ring + st * STAGE_BYTES, &bars[wi][st], w, s, e, tile, lo + 2 * (it + S));
     }
     if (acc == 0x9e3779b9u) sink[task] = acc;
 }
@@ -253,11 +255,13 @@ static const void *const mode_kernel[M_COUNT] = {(const void *)pattern_kernel<M_
                                                  (const void *)ring_kernel<3>,
                                                  (const void *)ring_kernel<6>};
 
-/* One launch of mode m (M_COUNT: the plain read) over experts [e0, e0 + n). */
+/* One launch of mode m (M_COUNT: the plain read) over experts [e0, e0 + n), each tile's chunks
+ * in ks slices (a warp each), as the stage kernels split K where the tiles are too few to fill
+ * the GPU (moe_mma.cu split_pick: Flash stage 1 at batch 1 takes 2). */
 static cudaError_t launch(const run_ctx *c, int m, int e0, int n, int pdl, cudaStream_t st)
 {
     const size_t mat = (size_t)ROWS * COLS / 2;
-    const int tasks = n * TILES;
+    const int ks = n == SMALL ? 2 : 1, tasks = n * TILES * ks;
     cudaLaunchConfig_t cfg = {};
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -269,8 +273,8 @@ static cudaError_t launch(const run_ctx *c, int m, int e0, int n, int pdl, cudaS
     cfg.gridDim = dim3((tasks + 3) / 4);
     cfg.dynamicSmemBytes = 227 * 1024 / 4 - 2048; /* 4 CTAs an SM */
     if (m < M_COUNT) {
-        void *args[6] = {(void *)&c->w,  (void *)&c->s, (void *)&e0,
-                         (void *)&tasks, (void *)&pdl,  (void *)&c->sink};
+        void *args[7] = {(void *)&c->w, (void *)&c->s, (void *)&e0,     (void *)&tasks,
+                         (void *)&ks,   (void *)&pdl,  (void *)&c->sink};
         if (m == M_RING3 || m == M_RING6)
             cfg.dynamicSmemBytes = 4 * (m == M_RING3 ? 3 : 6) * STAGE_BYTES;
         return cudaLaunchKernelExC(&cfg, mode_kernel[m], args);
@@ -347,9 +351,11 @@ int main(int argc, char **argv)
         const int n = sizes[z];
         const double dbytes = (double)wb / E * n, sbytes = (double)sb / E * n;
         const float rd = time_us(&c, M_COUNT, n, 0), rdp = time_us(&c, M_COUNT, n, 1);
-        printf("\n%d experts (%.1f MB data), us a launch in a graph of launches over rotating "
-               "experts; GB/s of data + the scales loaded; share of the plain read's GB/s\n\n",
-               n, dbytes / 1e6);
+        printf(
+            "\n%d experts (%.1f MB data; a tile's chunks in %d warps), us a launch in a graph of "
+            "launches over rotating experts; GB/s of data + the scales loaded; share of the "
+            "plain read's GB/s\n\n",
+            n, dbytes / 1e6, n == SMALL ? 2 : 1);
         printf("| pattern | us | GB/s | of plain read | us, PDL | GB/s, PDL | of plain read, PDL "
                "|\n|---|---|---|---|---|---|---|\n");
         printf("| plain read (data) | %.1f | %.0f | 100%% | %.1f | %.0f | 100%% |\n", rd,
