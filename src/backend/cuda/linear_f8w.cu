@@ -62,7 +62,6 @@
  * wgmma's K-major SWIZZLE_128B layout; k32 step q starts 32 q bytes into the rows), and the TOK
  * x scales (f32, a 1-D bulk copy) in an array of their own. */
 enum {
-    F8_CONSUMERS = RING_CONSUMERS, /* a consumer warpgroup */
     F8_BM = RING_BM,
     F8_KS_MAX = 8,
     F8_SMEM = 227 * 1024, /* one CTA an SM */
@@ -203,16 +202,10 @@ __device__ __forceinline__ bool f8_tile_exact(const int *exact, const ring_tile 
 template <int NT>
 __device__ __forceinline__ void f8_wgmma(float (&d)[NT][4], uint64_t da, uint64_t db, int acc);
 
-#define F8_HEAD(ACC, SHAPE)                                                                        \
-    "{\n.reg .pred p;\nsetp.ne.b32 p, %" ACC ", 0;\nwgmma.mma_async.sync.aligned." SHAPE           \
-    ".f32.e4m3.e4m3 "
-#define F8_TAIL "p, 1, 1;\n}\n"
+#define F8_HEAD(ACC, SHAPE) RING_HEAD(ACC, SHAPE, "e4m3.e4m3")
+#define F8_TAIL             "p, 1, 1;\n}\n"
 
-RING_WGMMA(f8_wgmma, 1, "6", "m64n8k32", F8_HEAD, F8_TAIL)
-RING_WGMMA(f8_wgmma, 2, "10", "m64n16k32", F8_HEAD, F8_TAIL)
-RING_WGMMA(f8_wgmma, 4, "18", "m64n32k32", F8_HEAD, F8_TAIL)
-RING_WGMMA(f8_wgmma, 8, "34", "m64n64k32", F8_HEAD, F8_TAIL)
-RING_WGMMA(f8_wgmma, 16, "66", "m64n128k32", F8_HEAD, F8_TAIL)
+RING_WGMMAS(f8_wgmma, "k32", F8_HEAD, F8_TAIL)
 
 /* ---- the kernel -------------------------------------------------------------------------------
  */
@@ -222,40 +215,22 @@ typedef struct f8_plan {
     f8_ws ws;          /* the stream's workspace */
 } f8_plan;
 
-/* Exact f32 fallback of a tile (x blocks not e4m3 times a power of two): the consumer warpgroup,
- * the sum over the slice's blocks of (sum of x w over the block) times the weight block's scale,
- * into part [TOK][64] (tokens < N; split: the CTA's one tile, the ring done) or, unsplit, straight
- * into y (the ring may hold the next tiles' stages). */
-static __device__ void f8_fallback(const lin_args &a, const ring_tile &u, bool split, float *part)
-{
-    const int64_t rbase = a.row0 + u.g * a.nrows;
-    const int N = (int)a.N;
-    for (int e = threadIdx.x; e < N * F8_BM; e += F8_CONSUMERS) {
-        const int n = e / F8_BM, row = e % F8_BM;
-        const int64_t r = u.r0 + row;
+/* The exact f32 path's sum (ring_fallback) of weight row wrow (its e4m3 bytes w) times x over
+ * the slice's blocks: per block the f32 sum of the products, times the weight block's scale. */
+struct f8_row_sum {
+    const lin_args &a;
+    const ring_tile &u;
+    __device__ float operator()(const uint8_t *w, const float *x, int64_t wrow) const
+    {
         float tot = 0.0f;
-        if (r < a.nrows) {
-            const uint8_t *w = a.data + (rbase + r) * a.row_bytes;
-            const float *x = a.x + u.g * a.xg + n * a.ldx;
-            for (int kb = u.kb0; kb < u.kb1; kb++) {
-                float s = 0.0f;
-                for (int c = kb * 128; c < kb * 128 + 128; c++) s = fmaf(x[c], lin_e4m3(w[c]), s);
-                tot = fmaf(s, lin_scale(a, (rbase + r) / 128, kb), tot);
-            }
+        for (int kb = u.kb0; kb < u.kb1; kb++) {
+            float s = 0.0f;
+            for (int c = kb * 128; c < kb * 128 + 128; c++) s = fmaf(x[c], lin_e4m3(w[c]), s);
+            tot = fmaf(s, lin_scale(a, wrow / 128, kb), tot);
         }
-        if (split)
-            part[n * F8_BM + row] = tot;
-        else if (r < a.nrows)
-            a.y[n * a.ldy + u.g * a.nrows + r] = lin_finish(a, tot);
+        return tot;
     }
-}
-
-/* The partial's [TOK][64] index of accumulator acc[nt][j] of lane (g, tq) in consumer warp cw:
- * token nt * 8 + 2 tq + (j & 1), row 16 cw + g (+ 8 for j >= 2). */
-static __device__ __forceinline__ int f8_part_at(int nt, int j, int tq, int cw, int g)
-{
-    return (nt * 8 + 2 * tq + (j & 1)) * F8_BM + cw * 16 + g + 8 * (j >> 1);
-}
+};
 
 /* The two consumer warpgroups' barrier (id 2, W == 2; id 1: group 0's, ring_consumer_sync). */
 static __device__ __forceinline__ void f8_pair_sync()
@@ -302,25 +277,12 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
     /* full[s] at bars + 8 s (1 arrival + bytes), empty[s] at bars + 8 (NST + s) (128) */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool split = gridDim.z > 1;
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < NST; s++) {
-            ring_bar_init(bars + 8 * s, 1);
-            ring_bar_init(bars + 8 * (NST + s), F8_CONSUMERS);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
-    const int first = blockIdx.x < p.tiles
-                          ? min(NST, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x).kb1 -
-                                         ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x).kb0)
-                          : 0;
+    ring_bars_init(bars, NST);
+    const int first = ring_first(p.rtiles, p.spc, p.nkb, p.tiles, NST);
 
     if (warp == 4 * W) { /* ---- producer ---- */
         const bool lead = lane == 0;
-        if (lead) {
-            asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)(uintptr_t)&tw) : "memory");
-            asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)(uintptr_t)&tx) : "memory");
-        }
+        if (lead) ring_prefetch_maps(&tw, &tx);
         /* the first tile's weights before the wait (they do not depend on the previous grid) */
         if (lead && first > 0) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x);
@@ -370,22 +332,16 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
                 }
                 if (wg == 0) {
                     if (split) ring_consumer_sync(); /* every consumer past the ring: part free */
-                    f8_fallback(a, u, split, part);
+                    ring_fallback(a, u, split, part, f8_row_sum{a, u});
                 }
                 continue;
             }
-            const int64_t rbase = a.row0 + u.g * a.nrows;
-            const int64_t rr0 = u.r0 + cw * 16 + g, rr1 = rr0 + 8;
-            const int64_t sr0 = (rbase + min(rr0, a.nrows - 1)) / 128,
-                          sr1 = (rbase + min(rr1, a.nrows - 1)) / 128;
+            const ring_rows rw = ring_rows_at(a, u, cw, g);
             float acc[NT][4];
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) acc[nt][j] = 0.0f;
+            ring_zero<NT>(acc);
             for (int kb = u.kb0 + wg; kb < u.kb1; kb += W) {
                 const int i = it + kb - u.kb0, s = i % NST, ph = (i / NST) & 1;
-                const float ws0 = lin_scale(a, sr0, kb), ws1 = lin_scale(a, sr1, kb);
+                const float ws0 = lin_scale(a, rw.sr0, kb), ws1 = lin_scale(a, rw.sr1, kb);
                 const uint32_t st = ring + s * S::STAGE;
                 ring_bar_wait(bars + 8 * s, ph);
                 float tmp[NT][4];
@@ -394,11 +350,7 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
                 for (int q = 0; q < 4; q++)
                     f8_wgmma<NT>(tmp, ring_desc(st + 32 * q), ring_desc(st + S::A + 32 * q), q > 0);
                 asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-                asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++) asm volatile("" : "+f"(tmp[nt][j])::"memory");
+                ring_wgmma_wait<NT>(tmp);
                 const float *xs = (const float *)(const void *)(f8_sm + NST * S::STAGE + s * S::S);
                 float x0[NT], x1[NT];
 #pragma unroll
@@ -419,7 +371,8 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
 #pragma unroll
                     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                        for (int j = 0; j < 4; j++) part[f8_part_at(nt, j, tq, cw, g)] = acc[nt][j];
+                        for (int j = 0; j < 4; j++)
+                            part[ring_part_at(nt, j, tq, cw, g)] = acc[nt][j];
                 f8_pair_sync();
                 if (wg == 1) {
                     f8_pair_sync(); /* group 0 has read it (the region is free again) */
@@ -428,45 +381,21 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-                    for (int j = 0; j < 4; j++) acc[nt][j] += part[f8_part_at(nt, j, tq, cw, g)];
+                    for (int j = 0; j < 4; j++) acc[nt][j] += part[ring_part_at(nt, j, tq, cw, g)];
             }
-            if (!split) { /* C fragment: c0, c1 at row g, tokens 2 t, 2 t + 1; c2, c3 at g + 8 */
-                float *y = a.y + u.g * a.nrows;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        const int n = nt * 8 + 2 * tq + (j & 1);
-                        const int64_t r = (j >> 1) ? rr1 : rr0;
-                        if (n < a.N && r < a.nrows) y[n * a.ldy + r] = lin_finish(a, acc[nt][j]);
-                    }
-            } else {
-                if (S::OVER) ring_consumer_sync(); /* every consumer's wgmmas done: ring free */
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++) part[f8_part_at(nt, j, tq, cw, g)] = acc[nt][j];
-            }
+            ring_store<NT, S::OVER>(a, u, acc, split, part, rw, tq, cw, g);
             if (W == 2) f8_pair_sync();
         }
     }
-    if (split) { /* one tile per CTA */
-        __syncthreads();
-        if (blockIdx.x < p.tiles)
-            ring_cluster_store<THREADS>(a, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x), part);
-    }
+    if (split) ring_split_end<THREADS>(a, p.rtiles, p.spc, p.nkb, p.tiles, part);
 }
 
 typedef void (*f8w_fn)(const CUtensorMap, const CUtensorMap, lin_args, f8_plan);
 
 int dsv4_lin_f8w_ok(const lin_args *a)
 {
-    const int64_t rows = a->row0 + a->groups * a->nrows; /* the weight rows the call spans */
-    return a->fmt == DSV4_FORMAT_FP8 && a->skind != LIN_SCALE_NONE && a->N >= 1 &&
-           a->N <= F8_TOKMAX && a->cols % 128 == 0 && a->row_bytes % 16 == 0 &&
-           (uintptr_t)a->data % 16 == 0 && a->xg == a->cols && a->groups * a->cols <= F8_KMAX &&
-           (uintptr_t)a->x % 16 == 0 && a->ldx % 4 == 0 && rows < (1 << 30) &&
-           a->row_bytes < (1 << 30);
+    return a->fmt == DSV4_FORMAT_FP8 && a->skind != LIN_SCALE_NONE &&
+           ring_ok(a, F8_TOKMAX, F8_KMAX);
 }
 
 /* The grid (wgmma_ring.cuh ring_make_plan). */
@@ -484,13 +413,7 @@ static dsv4_status f8_launch(const lin_args *a, const f8_plan *p, int ks, cudaSt
     DSV4_TRY(ring_map(&tw, a->data, 0, (uint64_t)(a->row0 + a->groups * a->nrows),
                       (uint64_t)a->row_bytes, (uint64_t)a->row_bytes, F8_BM, "f8w"));
     DSV4_TRY(ring_map(&tx, p->ws.codes, 0, (uint64_t)F8_NKB * TOK, 128, 128, TOK, "f8w"));
-    CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    const unsigned cx = ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, CPS * (int)LIN_SMS);
-    cudaLaunchAttribute attr;
-    cudaLaunchConfig_t cfg =
-        lin_cluster_cfg(dim3(cx, 1, (unsigned)ks), 128 * W + 32, (size_t)smem, ks, st, &attr);
-    CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, tw, tx, *a, *p));
-    return DSV4_OK;
+    return ring_launch(fn, tw, tx, a, p, ks, CPS, 128 * W + 32, smem, st);
 }
 
 /* f8_launch for TOK = tok (8, 16, 32, 64, 128) at CPS CTAs an SM with W consumer groups up to 64
@@ -525,7 +448,7 @@ static dsv4_status f8_launch_tok(int tok, const lin_args *a, const f8_plan *p, i
  *   slower (wo_b 20.7 -> 25.4 at N = 16, 26.4 -> 33.0 at 64; the indexer's wq_b 11.5 -> 15.2). */
 dsv4_status dsv4_lin_launch_f8w(const lin_args *a, void *ws, cudaStream_t st)
 {
-    const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : a->N <= 64 ? 64 : 128;
+    const int tok = ring_tok(a->N);
     f8_plan p;
     int ks;
     f8_make_plan(a, &p, &ks);

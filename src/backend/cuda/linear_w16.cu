@@ -64,13 +64,7 @@
  * (cuBLASLt: 2.2): the consumers widened each stage into shared memory in turn (tried then: the
  * same integer widening into shared memory while the previous stage's wgmmas ran, A in 3 slots:
  * slower at N <= 32). */
-enum {
-    W16_THREADS = 160,
-    W16_CONS = RING_CONSUMERS,
-    W16_BM = RING_BM,
-    W16_KS_MAX = 8,
-    W16_SMEM = 227 * 1024
-};
+enum { W16_THREADS = 160, W16_BM = RING_BM, W16_KS_MAX = 8, W16_SMEM = 227 * 1024 };
 /* The workspace: x up to W16_KMAX columns (groups * cols) of 128 tokens. */
 enum { W16_KMAX = 65536, W16_TOKMAX = 128, W16_NKB = W16_KMAX / 128 };
 enum { W16_WS_X = W16_NKB * W16_TOKMAX * 256, W16_WS_BYTES = W16_WS_X + W16_NKB * 4 };
@@ -172,16 +166,10 @@ __global__ void __launch_bounds__(256)
 template <int NT>
 __device__ __forceinline__ void w16_wgmma(float (&d)[NT][4], uint64_t da, uint64_t db, int acc);
 
-#define W16_HEAD(ACC, SHAPE)                                                                       \
-    "{\n.reg .pred p;\nsetp.ne.b32 p, %" ACC ", 0;\nwgmma.mma_async.sync.aligned." SHAPE           \
-    ".f32.bf16.bf16 "
-#define W16_TAIL "p, 1, 1, 0, 0;\n}\n"
+#define W16_HEAD(ACC, SHAPE) RING_HEAD(ACC, SHAPE, "bf16.bf16")
+#define W16_TAIL             "p, 1, 1, 0, 0;\n}\n"
 
-RING_WGMMA(w16_wgmma, 1, "6", "m64n8k16", W16_HEAD, W16_TAIL)
-RING_WGMMA(w16_wgmma, 2, "10", "m64n16k16", W16_HEAD, W16_TAIL)
-RING_WGMMA(w16_wgmma, 4, "18", "m64n32k16", W16_HEAD, W16_TAIL)
-RING_WGMMA(w16_wgmma, 8, "34", "m64n64k16", W16_HEAD, W16_TAIL)
-RING_WGMMA(w16_wgmma, 16, "66", "m64n128k16", W16_HEAD, W16_TAIL)
+RING_WGMMAS(w16_wgmma, "k16", W16_HEAD, W16_TAIL)
 
 /* The same with A from registers (FP8: the weights widened in registers, w16_e4m3x4): a [4] the
  * warp's A fragment of rows 16 w + g, + 8 (g = lane / 4), k16 columns 2 t, 2 t + 1 (a0 row g, a1
@@ -258,43 +246,28 @@ typedef struct w16_plan {
     w16_ws ws;
 } w16_plan;
 
-/* Tile t's K slice: its group, first row in the group, blocks [kb0, kb1), and the group's first
- * block in the workspace. */
-
-/* Exact f32 fallback of a tile: the consumer warpgroup, the sum over the slice's blocks of (sum
- * of x w over the block) (FP8: times the block's scale), into part [TOK][64] (tokens < N; split:
- * the CTA's one tile, the ring done) or, unsplit, straight into y (the ring may hold the next
- * tiles' stages). */
-template <bool F8>
-__device__ void w16_fallback(const lin_args &a, const ring_tile &u, bool split, float *part)
-{
-    const int64_t rbase = a.row0 + u.g * a.nrows;
-    const int N = (int)a.N;
-    for (int e = threadIdx.x; e < N * W16_BM; e += W16_CONS) {
-        const int n = e / W16_BM, row = e % W16_BM;
-        const int64_t r = u.r0 + row;
+/* The exact f32 path's sum (ring_fallback) of weight row wrow (its bytes w) times x over the
+ * slice's blocks: per block the f32 sum of the products (BF16), times the weight block's scale
+ * (FP8). */
+template <bool F8> struct w16_row_sum {
+    const lin_args &a;
+    const ring_tile &u;
+    __device__ float operator()(const uint8_t *w, const float *x, int64_t wrow) const
+    {
         float tot = 0.0f;
-        if (r < a.nrows) {
-            const uint8_t *w = a.data + (rbase + r) * a.row_bytes;
-            const float *x = a.x + u.g * a.xg + n * a.ldx;
-            for (int kb = u.kb0; kb < u.kb1; kb++) {
-                float s = 0.0f;
-                for (int c = kb * 128; c < kb * 128 + 128; c++) {
-                    const float wv =
-                        F8 ? lin_e4m3(w[c])
-                           : __uint_as_float((uint32_t)((const uint16_t *)(const void *)w)[c]
-                                             << 16);
-                    s = fmaf(x[c], wv, s);
-                }
-                tot = F8 ? fmaf(s, lin_scale(a, (rbase + r) / 128, kb), tot) : tot + s;
+        for (int kb = u.kb0; kb < u.kb1; kb++) {
+            float s = 0.0f;
+            for (int c = kb * 128; c < kb * 128 + 128; c++) {
+                const float wv =
+                    F8 ? lin_e4m3(w[c])
+                       : __uint_as_float((uint32_t)((const uint16_t *)(const void *)w)[c] << 16);
+                s = fmaf(x[c], wv, s);
             }
+            tot = F8 ? fmaf(s, lin_scale(a, wrow / 128, kb), tot) : tot + s;
         }
-        if (split)
-            part[n * W16_BM + row] = tot;
-        else if (r < a.nrows)
-            a.y[n * a.ldy + u.g * a.nrows + r] = lin_finish(a, tot);
+        return tot;
     }
-}
+};
 
 /* y [N, nrows per group] = x . W^T on bf16 wgmma, N <= TOK; F8: FP8 weights, else BF16. Grid
  * (CTAs, 1, KS), clusters (1, 1, KS): KS == 1: CTA i takes tiles i, i + grid, ..; KS > 1: one
@@ -326,25 +299,12 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
     /* full[s] at bars + 8 s (1 arrival + bytes), empty[s] at bars + 8 (NST + s) (128) */
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool split = gridDim.z > 1;
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < NST; s++) {
-            ring_bar_init(bars + 8 * s, 1);
-            ring_bar_init(bars + 8 * (NST + s), W16_CONS);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
-    const int first = blockIdx.x < p.tiles
-                          ? min(NST, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x).kb1 -
-                                         ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x).kb0)
-                          : 0;
+    ring_bars_init(bars, NST);
+    const int first = ring_first(p.rtiles, p.spc, p.nkb, p.tiles, NST);
 
     if (warp == 4) { /* ---- producer ---- */
         const bool lead = lane == 0;
-        if (lead) {
-            asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)(uintptr_t)&tw) : "memory");
-            asm volatile("prefetch.tensormap [%0];\n" ::"l"((uint64_t)(uintptr_t)&tx) : "memory");
-        }
+        if (lead) ring_prefetch_maps(&tw, &tx);
         /* stage st's weights of block kb, rows from `row`: FP8 one copy into R, BF16 two into A */
         auto load_w = [&](uint32_t st, int kb, int row, uint32_t full) {
             if (F8) {
@@ -395,18 +355,12 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
                         ring_bar_arrive(bars + 8 * (NST + it));
                     }
                 if (split) ring_consumer_sync(); /* every consumer past the ring: part free */
-                w16_fallback<F8>(a, u, split, part);
+                ring_fallback(a, u, split, part, w16_row_sum<F8>{a, u});
                 continue;
             }
-            const int64_t rbase = a.row0 + u.g * a.nrows;
-            const int64_t rr0 = u.r0 + warp * 16 + g, rr1 = rr0 + 8;
-            const int64_t sr0 = (rbase + min(rr0, a.nrows - 1)) / 128,
-                          sr1 = (rbase + min(rr1, a.nrows - 1)) / 128;
+            const ring_rows rw = ring_rows_at(a, u, warp, g);
             float acc[NT][4];
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                for (int j = 0; j < 4; j++) acc[nt][j] = 0.0f;
+            ring_zero<NT>(acc);
             if constexpr (F8) {
                 /* A from registers: the stage's codes widened into two fragment sets in turn,
                  * item j + 1's (w16_frag) while item j's wgmmas run */
@@ -432,20 +386,16 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
                 };
                 /* the block scales: c of the item in hand, nx of the next, loaded one item
                  * ahead (their latency behind the wgmmas) */
-                float c0 = lin_scale(a, sr0, u.kb0), c1 = lin_scale(a, sr1, u.kb0), nx0 = c0,
+                float c0 = lin_scale(a, rw.sr0, u.kb0), c1 = lin_scale(a, rw.sr1, u.kb0), nx0 = c0,
                       nx1 = c1;
                 auto ahead = [&](int j) {
                     if (j + 1 < n)
-                        nx0 = lin_scale(a, sr0, u.kb0 + j + 1),
-                        nx1 = lin_scale(a, sr1, u.kb0 + j + 1);
+                        nx0 = lin_scale(a, rw.sr0, u.kb0 + j + 1),
+                        nx1 = lin_scale(a, rw.sr1, u.kb0 + j + 1);
                 };
                 /* item it + j's wgmmas done: its stage free, the block sum promoted */
                 auto done = [&](float(&tmp)[NT][4], int j) {
-                    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                        for (int q = 0; q < 4; q++) asm volatile("" : "+f"(tmp[nt][q])::"memory");
+                    ring_wgmma_wait<NT>(tmp);
                     ring_bar_arrive(bars + 8 * (NST + (it + j) % NST)); /* the stage is free */
 #pragma unroll
                     for (int nt = 0; nt < NT; nt++) {
@@ -484,11 +434,7 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
                                       ring_desc(st + S::A + (q >> 2) * (TOK * 128) + 32 * (q & 3)),
                                       q > 0);
                     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-                    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                        for (int j = 0; j < 4; j++) asm volatile("" : "+f"(tmp[nt][j])::"memory");
+                    ring_wgmma_wait<NT>(tmp);
                     ring_bar_arrive(bars + 8 * (NST + s)); /* the stage is free */
 #pragma unroll
                     for (int nt = 0; nt < NT; nt++)
@@ -496,45 +442,19 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
                         for (int j = 0; j < 4; j++) acc[nt][j] += tmp[nt][j];
                 }
             }
-            if (!split) { /* C fragment: c0, c1 at row g, tokens 2 t, 2 t + 1; c2, c3 at g + 8 */
-                float *y = a.y + u.g * a.nrows;
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        const int n = nt * 8 + 2 * tq + (j & 1);
-                        const int64_t r = (j >> 1) ? rr1 : rr0;
-                        if (n < a.N && r < a.nrows) y[n * a.ldy + r] = lin_finish(a, acc[nt][j]);
-                    }
-            } else {
-                if (S::OVER) ring_consumer_sync(); /* every consumer's wgmmas done: ring free */
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++)
-                        part[(nt * 8 + 2 * tq + (j & 1)) * W16_BM + warp * 16 + g + 8 * (j >> 1)] =
-                            acc[nt][j];
-            }
+            ring_store<NT, S::OVER>(a, u, acc, split, part, rw, tq, warp, g);
         }
     }
-    if (split) { /* one tile per CTA */
-        __syncthreads();
-        if (blockIdx.x < p.tiles)
-            ring_cluster_store<W16_THREADS>(a, ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x), part);
-    }
+    if (split) ring_split_end<W16_THREADS>(a, p.rtiles, p.spc, p.nkb, p.tiles, part);
 }
 
 typedef void (*w16_fn)(const CUtensorMap, const CUtensorMap, lin_args, w16_plan);
 
 int dsv4_lin_w16_ok(const lin_args *a)
 {
-    const int64_t rows = a->row0 + a->groups * a->nrows; /* the weight rows the call spans */
     const int fmt =
         a->fmt == DSV4_FORMAT_BF16 || (a->fmt == DSV4_FORMAT_FP8 && a->skind != LIN_SCALE_NONE);
-    return fmt && a->N >= 1 && a->N <= W16_TOKMAX && a->cols % 128 == 0 && a->row_bytes % 16 == 0 &&
-           (uintptr_t)a->data % 16 == 0 && a->xg == a->cols && a->groups * a->cols <= W16_KMAX &&
-           (uintptr_t)a->x % 16 == 0 && a->ldx % 4 == 0 && rows < (1 << 30) &&
-           a->row_bytes < (1 << 30);
+    return fmt && ring_ok(a, W16_TOKMAX, W16_KMAX);
 }
 
 /* The grid (wgmma_ring.cuh ring_make_plan). */
@@ -553,13 +473,7 @@ static dsv4_status w16_launch(const lin_args *a, const w16_plan *p, int ks, cuda
                       (uint64_t)(F8 ? a->row_bytes : a->row_bytes / 2), (uint64_t)a->row_bytes,
                       W16_BM, "w16"));
     DSV4_TRY(ring_map(&tx, p->ws.x, 1, (uint64_t)W16_NKB * 2 * TOK, 64, 128, 2 * TOK, "w16"));
-    CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    const unsigned cx = ks > 1 ? (unsigned)p->tiles : (unsigned)min(p->tiles, (int)LIN_SMS);
-    cudaLaunchAttribute attr;
-    cudaLaunchConfig_t cfg =
-        lin_cluster_cfg(dim3(cx, 1, (unsigned)ks), W16_THREADS, (size_t)smem, ks, st, &attr);
-    CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, tw, tx, *a, *p));
-    return DSV4_OK;
+    return ring_launch(fn, tw, tx, a, p, ks, 1, W16_THREADS, smem, st);
 }
 
 template <bool F8>
@@ -586,7 +500,7 @@ dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st)
     int ks;
     w16_make_plan(a, &p, &ks);
     p.ws = w16_ws_at(ws);
-    const int tok = a->N <= 8 ? 8 : a->N <= 16 ? 16 : a->N <= 32 ? 32 : a->N <= 64 ? 64 : 128;
+    const int tok = ring_tok(a->N);
     const int nkb_all = (int)(a->groups * p.nkb);
     w16_stage<<<nkb_all, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, a->fmt == DSV4_FORMAT_FP8,
                                        p.ws);
