@@ -1,6 +1,7 @@
 /*
  * attn.cuh - what the two CUDA attention kernels share: bf16 rounding as quant_sim.c, the
- * bf16 mma.sync / ldmatrix / cp.async wrappers, and the entry points of the sequential kernel
+ * bf16 mma.sync / ldmatrix / cp.async wrappers, a row's slot list and the store of its partial
+ * scores, the host's argument checks and fields, and the entry points of the sequential kernel
  * (attn_seq.cu: the fallback, and the yardstick the split kernel of bk_attn.cu is timed
  * against) and of the plan-forcing test hook (bk_attn.cu).
  */
@@ -10,6 +11,7 @@
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
 
+#include <math.h>
 #include <stdint.h>
 
 enum {
@@ -94,6 +96,88 @@ __device__ static inline void at_cp_wait_all(void)
 __device__ static inline void at_cp_wait_one(void)
 {
     asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+}
+
+/* ---- what both kernels do alike with a row's keys -------------------------------------------- */
+/* A, RK: the kernel's arguments (attn_args, sa_args) and row (row_keys, sa_row), which share the
+ * fields used here. The row's slot list: slots [0, count) are window positions lo .. p (oldest
+ * first), [count, W) empty, [W, ns) entries (list[] for CSA, 0 .. n_ent-1 for HCA). */
+
+/* The row's window (position p, cache slot sl) and entry bases (hd: a.hd, as the caller holds
+ * it); list: the CSA picks (shared). */
+template <class A, class RK>
+__device__ static inline void at_row_init(const A &a, RK &rk, int p, int sl, int hd,
+                                          const int *list)
+{
+    rk.lo = p - a.W + 1 > 0 ? p - a.W + 1 : 0;
+    rk.count = p - rk.lo + 1;
+    rk.wbase = a.win + (int64_t)sl * a.R * hd;
+    rk.ebase = a.mode ? a.ent + (int64_t)sl * a.cap_e * hd : NULL;
+    rk.list = list;
+}
+
+/* HCA: the entries a row at position p sees, (p + 1) / m capped at cap_e. */
+template <class A> __device__ static inline int at_hca_entries(const A &a, int p)
+{
+    const int64_t ne = ((int64_t)p + 1) / a.m;
+    return (int)(ne < a.cap_e ? ne : a.cap_e);
+}
+
+/* Slot s's key (hd bf16), NULL for an empty slot. */
+template <class A, class RK>
+__device__ static inline const uint16_t *at_key(const A &a, const RK &rk, int s)
+{
+    if (s < rk.count) return rk.wbase + (int64_t)((rk.lo + s) % a.R) * a.hd;
+    if (s < a.W || s >= rk.ns) return NULL;
+    const int e = a.mode == 2 ? rk.list[s - a.W] : s - a.W;
+    return rk.ebase + (int64_t)e * a.hd;
+}
+
+/* Warp (mt, kh)'s partial scores c [NT][4] (keys 16 mt + g, + 8; heads 8 nt + 2 t, + 1: the mma
+ * C fragment) -> sp [2][HG][AT_LDS], half kh. */
+template <int NT>
+__device__ static inline void at_store_scores(float *sp, int kh, int mt, int g, int t,
+                                              const float (&c)[NT][4])
+{
+    float *spk = sp + kh * 8 * NT * AT_LDS;
+    const int key = mt * 16 + g;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const int hA = nt * 8 + 2 * t;
+        spk[hA * AT_LDS + key] = c[nt][0];
+        spk[(hA + 1) * AT_LDS + key] = c[nt][1];
+        spk[hA * AT_LDS + key + 8] = c[nt][2];
+        spk[(hA + 1) * AT_LDS + key + 8] = c[nt][3];
+    }
+}
+
+/* ---- host: the arguments both entry points share ----------------------------------------------
+ */
+/* The checks of dsv4_bk_attention's shape arguments. */
+static inline dsv4_status at_check(int H, int hd, int R, int W, int m, const int32_t *sel, int topk)
+{
+    if (H < 1 || hd < 64 || hd % 64 || W < 1 || R < W || m < 0 || (sel && topk < 0))
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "attention: H %d, hd %d (a multiple of 64), R %d, W %d, m %d", H, hd, R, W,
+                         m);
+    return DSV4_OK;
+}
+
+/* The call's fields of the kernel arguments *a (attn_args, sa_args; arguments as
+ * dsv4_bk_attention): mode 0 window only, 1 HCA (m > 0, entries), 2 CSA (and picks). */
+template <class A>
+static inline void at_args_set(A *a, float *o, const float *q, int H, int hd, const uint16_t *win,
+                               int R, int W, const uint16_t *ent, int64_t cap_e, int m,
+                               const int32_t *sel, int topk, const float *sink,
+                               const dsv4_bk_rows *rows)
+{
+    a->o = o, a->q = q, a->sink = sink;
+    a->win = win, a->ent = ent, a->sel = sel;
+    a->slot = rows->slot, a->pos = rows->pos;
+    a->cap_e = cap_e, a->H = H, a->hd = hd, a->R = R, a->W = W, a->m = m;
+    a->topk = sel ? topk : 0;
+    a->mode = m > 0 && ent ? (sel ? 2 : 1) : 0;
+    a->scale = 1.0f / sqrtf((float)hd);
 }
 
 /* The sequential kernel (attn_seq.cu): one CTA per (row, group of 8 or 16 heads) walks the

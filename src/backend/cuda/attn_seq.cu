@@ -45,14 +45,6 @@ typedef struct row_keys {
     int lo, count, ns;
 } row_keys;
 
-__device__ static inline const uint16_t *slot_key(const attn_args &a, const row_keys &rk, int s)
-{
-    if (s < rk.count) return rk.wbase + (int64_t)((rk.lo + s) % a.R) * a.hd;
-    if (s < a.W || s >= rk.ns) return NULL;
-    const int e = a.mode == 2 ? rk.list[s - a.W] : s - a.W;
-    return rk.ebase + (int64_t)e * a.hd;
-}
-
 /* Stages the keys of slots [64 b, 64 b + 64) as bf16 [64, hd + 8] (empty slots: zeros). */
 __device__ static inline void load_block(const attn_args &a, const row_keys &rk, uint16_t *dst,
                                          int b)
@@ -60,7 +52,7 @@ __device__ static inline void load_block(const attn_args &a, const row_keys &rk,
     const int cpr = a.hd >> 3, ldk = a.hd + 8; /* 16-byte chunks per key */
     for (int c = threadIdx.x; c < AT_BLOCK * cpr; c += AT_THREADS) {
         const int k = c / cpr, col = (c - k * cpr) * 8;
-        const uint16_t *src = slot_key(a, rk, b * AT_BLOCK + k);
+        const uint16_t *src = at_key(a, rk, b * AT_BLOCK + k);
         at_cp_async16(dst + k * ldk + col, src ? src + col : a.win, src ? 16 : 0);
     }
     at_cp_commit();
@@ -87,15 +79,10 @@ template <int NT> __global__ void __launch_bounds__(AT_THREADS, 1) attn_kernel(a
 
     row_keys rk;
     const int p = a.pos[r], sl = a.slot[r];
-    rk.lo = p - a.W + 1 > 0 ? p - a.W + 1 : 0;
-    rk.count = p - rk.lo + 1;
-    rk.wbase = a.win + (int64_t)sl * a.R * hd;
-    rk.ebase = a.mode ? a.ent + (int64_t)sl * a.cap_e * hd : NULL;
-    rk.list = list;
+    at_row_init(a, rk, p, sl, hd, list);
     int n_ent = 0;
     if (a.mode == 1) {
-        const int64_t ne = ((int64_t)p + 1) / a.m;
-        n_ent = (int)(ne < a.cap_e ? ne : a.cap_e);
+        n_ent = at_hca_entries(a, p);
     } else if (a.mode == 2) { /* ordered compaction of the picks sel >= 0 (and < cap_e) */
         const int32_t *sr = a.sel + (int64_t)r * a.topk;
         for (int j0 = 0; j0 < a.topk; j0 += AT_THREADS) {
@@ -161,16 +148,7 @@ template <int NT> __global__ void __launch_bounds__(AT_THREADS, 1) attn_kernel(a
                     at_mma(c[nt], af, bf);
                 }
             }
-            float *spk = sp + kh * HG * AT_LDS;
-            const int key = mt * 16 + g;
-#pragma unroll
-            for (int nt = 0; nt < NT; nt++) {
-                const int hA = nt * 8 + 2 * t;
-                spk[hA * AT_LDS + key] = c[nt][0];
-                spk[(hA + 1) * AT_LDS + key] = c[nt][1];
-                spk[hA * AT_LDS + key + 8] = c[nt][2];
-                spk[(hA + 1) * AT_LDS + key + 8] = c[nt][3];
-            }
+            at_store_scores<NT>(sp, kh, mt, g, t, c);
         }
         __syncthreads();
 
@@ -310,29 +288,10 @@ extern "C" dsv4_status dsv4_cuda_attention_seq(dsv4_backend *b, float *o, const 
                                                const dsv4_bk_rows *rows)
 {
     const int64_t N = rows->n;
-    if (H < 1 || hd < 64 || hd % 64 || W < 1 || R < W || m < 0 || (sel && topk < 0))
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
-                         "attention: H %d, hd %d (a multiple of 64), R %d, W %d, m %d", H, hd, R, W,
-                         m);
+    DSV4_TRY(at_check(H, hd, R, W, m, sel, topk));
     if (N == 0) return DSV4_OK;
     attn_args a;
-    a.o = o;
-    a.q = q;
-    a.sink = sink;
-    a.win = win;
-    a.ent = ent;
-    a.sel = sel;
-    a.slot = rows->slot;
-    a.pos = rows->pos;
-    a.cap_e = cap_e;
-    a.H = H;
-    a.hd = hd;
-    a.R = R;
-    a.W = W;
-    a.m = m;
-    a.topk = sel ? topk : 0;
-    a.mode = m > 0 && ent ? (sel ? 2 : 1) : 0;
-    a.scale = 1.0f / sqrtf((float)hd);
+    at_args_set(&a, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows);
     const int list_len = a.mode == 2 ? topk : 0;
 
     int dev, optin, n_sm;

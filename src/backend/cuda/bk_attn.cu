@@ -128,21 +128,13 @@ typedef struct sa_row {
     int lo, count, ns, nb, p;
 } sa_row;
 
-__device__ static inline const uint16_t *sa_key(const sa_args &a, const sa_row &rk, int s)
-{
-    if (s < rk.count) return rk.wbase + (int64_t)((rk.lo + s) % a.R) * a.hd;
-    if (s < a.W || s >= rk.ns) return NULL;
-    const int e = a.mode == 2 ? rk.list[s - a.W] : s - a.W;
-    return rk.ebase + (int64_t)e * a.hd;
-}
-
 /* Stages the keys of slots [64 b, 64 b + 64) as bf16 [64, hd + 8] (empty slots: zeros): warp w
  * copies keys w, w + 8, ..., 16 bytes a lane. One cp.async group. */
 __device__ static inline void sa_load(const sa_args &a, const sa_row &rk, uint16_t *dst, int b)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ldk = a.hd + 8;
     for (int k = warp; k < AT_BLOCK; k += AT_WARPS) {
-        const uint16_t *src = sa_key(a, rk, b * AT_BLOCK + k);
+        const uint16_t *src = at_key(a, rk, b * AT_BLOCK + k);
         for (int col = lane * 8; col < a.hd; col += 256)
             at_cp_async16(dst + k * ldk + col, src ? src + col : a.win, src ? 16 : 0);
     }
@@ -155,7 +147,6 @@ __device__ static inline void sa_load(const sa_args &a, const sa_row &rk, uint16
 template <int NT>
 __device__ static inline void sa_scores(const uint16_t *kb, const uint16_t *qs, float *sp, int hd)
 {
-    constexpr int HG = 8 * NT;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int ldk = hd + 8, mt = warp & 3, kh = warp >> 2, half = hd >> 5;
     float c[NT][4];
@@ -174,16 +165,7 @@ __device__ static inline void sa_scores(const uint16_t *kb, const uint16_t *qs, 
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) at_mma(c[nt], a1, &bq[nt][2]);
     }
-    float *spk = sp + kh * HG * AT_LDS;
-    const int key = mt * 16 + g;
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-        const int hA = nt * 8 + 2 * t;
-        spk[hA * AT_LDS + key] = c[nt][0];
-        spk[(hA + 1) * AT_LDS + key] = c[nt][1];
-        spk[hA * AT_LDS + key + 8] = c[nt][2];
-        spk[(hA + 1) * AT_LDS + key + 8] = c[nt][3];
-    }
+    at_store_scores<NT>(sp, kh, mt, g, t, c);
 }
 
 /* Head h of block b (one warp): the scaled scores of keys lane, lane + 32 (-inf for empty
@@ -647,15 +629,10 @@ __global__ void __launch_bounds__(AT_THREADS, NT == 4 ? 1 : 2) sa_kernel(sa_args
     }
     sa_row rk;
     rk.p = p;
-    rk.lo = p - a.W + 1 > 0 ? p - a.W + 1 : 0;
-    rk.count = p - rk.lo + 1;
-    rk.wbase = a.win + (int64_t)sl * a.R * hd;
-    rk.ebase = a.mode ? a.ent + (int64_t)sl * a.cap_e * hd : NULL;
-    rk.list = list;
+    at_row_init(a, rk, p, sl, hd, list);
     int n_ent = 0;
     if (a.mode == 1) {
-        const int64_t ne = ((int64_t)p + 1) / a.m;
-        n_ent = (int)(ne < a.cap_e ? ne : a.cap_e);
+        n_ent = at_hca_entries(a, p);
     } else if (a.mode == 2) { /* the picks sel >= 0 (and < cap_e), compacted in order */
         int cnt = 0;
 #pragma unroll
@@ -891,10 +868,7 @@ extern "C" dsv4_status dsv4_cuda_attention_cfg(
     const dsv4_bk_rows *rows, int rope_r, const float *rope_freqs, const int want[3], int got[4])
 {
     const int64_t N = rows->n;
-    if (H < 1 || hd < 64 || hd % 64 || W < 1 || R < W || m < 0 || (sel && topk < 0))
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
-                         "attention: H %d, hd %d (a multiple of 64), R %d, W %d, m %d", H, hd, R, W,
-                         m);
+    DSV4_TRY(at_check(H, hd, R, W, m, sel, topk));
     if (rope_r < 0 || (rope_r & 1) || rope_r > hd || (rope_r && !rope_freqs))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "attention: rope_r %d, hd %d", rope_r, hd);
     got[0] = -1;
@@ -908,25 +882,9 @@ extern "C" dsv4_status dsv4_cuda_attention_cfg(
                              rope_r, rope_freqs);
     if (N == 0) return DSV4_OK;
     sa_args a;
-    a.o = o;
-    a.q = q;
-    a.sink = sink;
+    at_args_set(&a, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows);
     a.freqs = rope_freqs;
-    a.win = win;
-    a.ent = ent;
-    a.sel = sel;
-    a.slot = rows->slot;
-    a.pos = rows->pos;
-    a.cap_e = cap_e;
-    a.H = H;
-    a.hd = hd;
-    a.R = R;
-    a.W = W;
-    a.m = m;
-    a.topk = sel ? topk : 0;
-    a.mode = m > 0 && ent ? (sel ? 2 : 1) : 0;
     a.rope_r = rope_r;
-    a.scale = 1.0f / sqrtf((float)hd);
     const int list_len = a.mode == 2 ? topk : 0;
     /* blocks of the longest row this call can see */
     const int64_t n_ent = a.mode == 2 ? topk : a.mode == 1 ? cap_e : 0;
