@@ -80,53 +80,48 @@ __global__ void ceil_read_kernel(const uint4 *__restrict__ src, size_t n, uint32
 }
 
 // Registers only: each warp runs MMA_CHAINS independent accumulators through `iters` rounds of
-// one mma.sync m16n8k16 (bf16 in, f32 accumulate; 4096 flops per warp and instruction). sink is
-// written only if the sum equals a magic value (never), which keeps the MMAs alive.
-__global__ void ceil_mma_bf16_kernel(int iters, float *sink)
+// one mma.sync: m16n8k16 bf16 in, f32 accumulate (4096 flops per warp and instruction), or FP8:
+// m16n8k32 e4m3 x e4m3 -> f32 (8192 flops). sink is written only if the sum equals a magic value
+// (never), which keeps the MMAs alive. Operand values ~2^-10 (bf16) or ~2^-3 (e4m3).
+// One mma.sync of chain c (ceil_mma_body's d, a, b).
+#define CEIL_MMA(SHAPE_TYPES)                                                                      \
+    asm("mma.sync.aligned." SHAPE_TYPES " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n" \
+        : "+f"(d[c][0]), "+f"(d[c][1]), "+f"(d[c][2]), "+f"(d[c][3])                               \
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+template <bool FP8> __device__ __forceinline__ void ceil_mma_body(int iters, float *sink)
 {
-    DSV4_PDL_WAIT();
-    const uint32_t t = threadIdx.x & 0x7f;
+    const uint32_t lanes = FP8 ? 7 : 0x7f, code = FP8 ? 0x20u : 0x3a80u;
+    const uint32_t rep = FP8 ? 0x01010101u : 0x10001u; /* the code in every element of a word */
+    const uint32_t t = threadIdx.x & lanes;
     uint32_t a[4], b[2];
-    for (int i = 0; i < 4; i++) a[i] = (0x3a80u | ((t + i) & 0x7f)) * 0x10001u; /* ~2^-10 */
-    b[0] = (0x3a80u | t) * 0x10001u;
-    b[1] = (0x3a80u | (t ^ 5)) * 0x10001u;
+    for (int i = 0; i < 4; i++) a[i] = (code | ((t + i) & lanes)) * rep;
+    b[0] = (code | t) * rep;
+    b[1] = (code | (t ^ 5)) * rep;
     float d[MMA_CHAINS][4];
     for (int c = 0; c < MMA_CHAINS; c++) d[c][0] = d[c][1] = d[c][2] = d[c][3] = 0.0f;
     for (int it = 0; it < iters; it++) {
 #pragma unroll
         for (int c = 0; c < MMA_CHAINS; c++)
-            asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-                "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                : "+f"(d[c][0]), "+f"(d[c][1]), "+f"(d[c][2]), "+f"(d[c][3])
-                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+            if (FP8)
+                CEIL_MMA("m16n8k32.row.col.f32.e4m3.e4m3.f32");
+            else
+                CEIL_MMA("m16n8k16.row.col.f32.bf16.bf16.f32");
     }
     float s = 0.0f;
     for (int c = 0; c < MMA_CHAINS; c++) s += d[c][0] + d[c][1] + d[c][2] + d[c][3];
     if (s == 1234.5f) sink[blockIdx.x] = s;
 }
 
-// As above with mma.sync m16n8k32 e4m3 x e4m3 -> f32 (8192 flops per warp and instruction).
+__global__ void ceil_mma_bf16_kernel(int iters, float *sink)
+{
+    DSV4_PDL_WAIT();
+    ceil_mma_body<false>(iters, sink);
+}
+
 __global__ void ceil_mma_fp8_kernel(int iters, float *sink)
 {
     DSV4_PDL_WAIT();
-    const uint32_t t = threadIdx.x & 7;
-    uint32_t a[4], b[2];
-    for (int i = 0; i < 4; i++) a[i] = (0x20u | ((t + i) & 7)) * 0x01010101u; /* ~2^-3 */
-    b[0] = (0x20u | t) * 0x01010101u;
-    b[1] = (0x20u | (t ^ 5)) * 0x01010101u;
-    float d[MMA_CHAINS][4];
-    for (int c = 0; c < MMA_CHAINS; c++) d[c][0] = d[c][1] = d[c][2] = d[c][3] = 0.0f;
-    for (int it = 0; it < iters; it++) {
-#pragma unroll
-        for (int c = 0; c < MMA_CHAINS; c++)
-            asm("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, "
-                "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                : "+f"(d[c][0]), "+f"(d[c][1]), "+f"(d[c][2]), "+f"(d[c][3])
-                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-    }
-    float s = 0.0f;
-    for (int c = 0; c < MMA_CHAINS; c++) s += d[c][0] + d[c][1] + d[c][2] + d[c][3];
-    if (s == 1234.5f) sink[blockIdx.x] = s;
+    ceil_mma_body<true>(iters, sink);
 }
 
 // p [n] = v (the GEMM comparison's scales).
