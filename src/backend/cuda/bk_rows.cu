@@ -23,6 +23,7 @@
 #include "backend/cuda/hc_dev.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/quant_dev.cuh"
+#include "backend/cuda/weight_dev.cuh"
 #include "core/float_formats.h"
 
 /* ---- device helpers: block sums (quant_sim.c's roundings: quant_dev.cuh) ----------------------
@@ -48,25 +49,6 @@ struct embed_args {
     float scale2;
 };
 
-/* The scale of block (srow, scol), as weights.c scale_at. */
-__device__ static float embed_scale(const embed_args &a, int64_t srow, int64_t scol)
-{
-    const int64_t i = srow * a.scale_cols + scol;
-    switch (a.scale_dtype) {
-    case DSV4_DT_F8_E8M0:
-        return dsv4_e8m0_to_f32(a.scale[i]);
-    case DSV4_DT_F8_E4M3:
-        return dsv4_e4m3_to_f32(a.scale[i]);
-    case DSV4_DT_F32: {
-        float f;
-        memcpy(&f, a.scale + 4 * i, 4);
-        return f;
-    }
-    default:
-        return __int_as_float(0x7fc00000);
-    }
-}
-
 /* Element j of row `row`, decoded as dsv4_weight_dequant_row. */
 __device__ static float embed_decode(const embed_args &a, int64_t row, int64_t j)
 {
@@ -84,13 +66,13 @@ __device__ static float embed_decode(const embed_args &a, int64_t row, int64_t j
     }
     case DSV4_FORMAT_FP8:
         return __fmul_rn(dsv4_e4m3_to_f32(a.data[row * a.cols + j]),
-                         embed_scale(a, row / 128, j / 128));
+                         dev_weight_scale(a, row / 128, j / 128));
     case DSV4_FORMAT_MXFP4:
     case DSV4_FORMAT_NVFP4: {
         const uint8_t b = a.data[row * (a.cols / 2) + j / 2];
         const int64_t group = a.format == DSV4_FORMAT_MXFP4 ? 32 : 16;
         const float v = dsv4_e2m1_to_f32((j & 1) ? (uint8_t)(b >> 4) : (uint8_t)(b & 0xf));
-        return __fmul_rn(__fmul_rn(v, embed_scale(a, row, j / group)), a.scale2);
+        return __fmul_rn(__fmul_rn(v, dev_weight_scale(a, row, j / group)), a.scale2);
     }
     default:
         return __int_as_float(0x7fc00000);

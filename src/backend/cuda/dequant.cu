@@ -9,6 +9,7 @@
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/weight_dev.cuh"
 #include "core/float_formats.h"
 
 struct dequant_args {
@@ -19,24 +20,6 @@ struct dequant_args {
     int64_t cols, scale_cols, row0, nrows;
     float scale2;
 };
-
-__device__ static float scale_at(const dequant_args &a, int64_t srow, int64_t scol)
-{
-    const int64_t i = srow * a.scale_cols + scol;
-    switch (a.scale_dtype) {
-    case DSV4_DT_F8_E8M0:
-        return dsv4_e8m0_to_f32(a.scale[i]);
-    case DSV4_DT_F8_E4M3:
-        return dsv4_e4m3_to_f32(a.scale[i]);
-    case DSV4_DT_F32: {
-        float f;
-        memcpy(&f, a.scale + 4 * i, 4);
-        return f;
-    }
-    default:
-        return __int_as_float(0x7fc00000);
-    }
-}
 
 __global__ static void dequant_kernel(dequant_args a, float *out)
 {
@@ -57,14 +40,14 @@ __global__ static void dequant_kernel(dequant_args a, float *out)
         break;
     }
     case DSV4_FORMAT_FP8:
-        v = dsv4_e4m3_to_f32(a.data[r * a.cols + j]) * scale_at(a, r / 128, j / 128);
+        v = dsv4_e4m3_to_f32(a.data[r * a.cols + j]) * dev_weight_scale(a, r / 128, j / 128);
         break;
     case DSV4_FORMAT_MXFP4:
     case DSV4_FORMAT_NVFP4: {
         const uint8_t b = a.data[r * (a.cols / 2) + j / 2];
         const int64_t group = a.format == DSV4_FORMAT_MXFP4 ? 32 : 16;
         v = dsv4_e2m1_to_f32((j & 1) ? (uint8_t)(b >> 4) : (uint8_t)(b & 0xf));
-        v = __fmul_rn(__fmul_rn(v, scale_at(a, r, j / group)), a.scale2);
+        v = __fmul_rn(__fmul_rn(v, dev_weight_scale(a, r, j / group)), a.scale2);
         break;
     }
     case DSV4_FORMAT_INT: {
