@@ -22,83 +22,12 @@
 #include "backend/cpu/cpu_linear.h"
 #include "backend/cuda/linear_path.cuh"
 #include "core/error.h"
-#include "test_util.h"
 
 #include <math.h>
 #include <stdint.h>
 
-static unsigned long long rng = 0x452821e638d01377ull;
-
-static uint64_t rnd(void)
-{
-    return test_splitmix(&rng);
-}
-
-static double rnd_unit(void)
-{
-    return test_unit(&rng);
-}
-
-/* x: 5% zeros, 5% large (2^10..2^13), 5% tiny (2^-30..2^-21), the rest uniform in (-4, 4). */
-static void fill_x(float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) {
-        const int k = (int)(rnd() % 100);
-        float v;
-        if (k < 5)
-            v = 0.0f;
-        else if (k < 10)
-            v = ldexpf((float)(1.0 + rnd_unit()), 10 + (int)(rnd() % 4));
-        else if (k < 15)
-            v = ldexpf((float)(1.0 + rnd_unit()), -30 + (int)(rnd() % 10));
-        else
-            v = (float)(rnd_unit() * 4.0);
-        x[i] = (rnd() & 1) ? -v : v;
-    }
-}
-
-/* An FP8 weight [rows, cols] with ue8m0 128 x 128 block scales: every e4m3 code but NaN, 3%
- * zeros, scales 2^-20 .. 2^4; abs_: the same with the sign bits cleared. */
-typedef struct hweight {
-    dsv4_weight w;
-    uint8_t *data, *scale;
-} hweight;
-
-static void make_weight(hweight *h, hweight *abs_, const char *name, int64_t rows, int64_t cols)
-{
-    dsv4_weight *w = &h->w;
-    memset(w, 0, sizeof *w);
-    w->name = name;
-    w->format = DSV4_FORMAT_FP8;
-    w->dtype = DSV4_DT_F8_E4M3;
-    w->ndim = 2;
-    w->rows = rows;
-    w->cols = cols;
-    w->scale2 = 1.0f;
-    w->data_bytes = (uint64_t)(rows * cols);
-    w->scale_dtype = DSV4_DT_F8_E8M0;
-    w->scale_rows = (rows + 127) / 128;
-    w->scale_cols = (cols + 127) / 128;
-    w->scale_bytes = (uint64_t)(w->scale_rows * w->scale_cols);
-    h->data = malloc(w->data_bytes);
-    h->scale = malloc(w->scale_bytes);
-    for (uint64_t i = 0; i < w->data_bytes; i++) {
-        uint8_t b;
-        do b = (uint8_t)rnd();
-        while ((b & 0x7f) == 0x7f);
-        h->data[i] = rnd() % 100 < 3 ? 0 : b;
-    }
-    for (uint64_t i = 0; i < w->scale_bytes; i++) h->scale[i] = (uint8_t)(107 + rnd() % 25);
-    w->data = h->data;
-    w->scale = h->scale;
-    *abs_ = *h;
-    abs_->data = malloc(w->data_bytes);
-    abs_->scale = malloc(w->scale_bytes);
-    for (uint64_t i = 0; i < w->data_bytes; i++) abs_->data[i] = h->data[i] & 0x7f;
-    memcpy(abs_->scale, h->scale, w->scale_bytes);
-    abs_->w.data = abs_->data;
-    abs_->w.scale = abs_->scale;
-}
+#define LIN_TEST_SEED 0x452821e638d01377ull /* this binary's inputs (test_linear.h) */
+#include "test_linear.h"
 
 typedef struct tcase {
     const char *name;
@@ -119,10 +48,6 @@ static const tcase small_cases[] = {
     {"small 512x1024 (not F8W)", 512, 1024, 0, 0, {3, 12, 0}},
 };
 
-typedef struct ctx {
-    dsv4_backend *cpu, *gpu;
-} ctx;
-
 /* act_quant then the projection, on the GPU, as two ops. */
 static dsv4_status two_ops(ctx *cx, const dsv4_weight *dw, const float *dx, int64_t ldx, float *dq,
                            int64_t N, float *dy, int64_t ldy, int round)
@@ -135,7 +60,8 @@ static dsv4_status two_ops(ctx *cx, const dsv4_weight *dw, const float *dx, int6
 static void run_case(ctx *cx, const tcase *c, double *worst)
 {
     hweight W, A;
-    make_weight(&W, &A, c->name, c->rows, c->cols);
+    make_weight(&W, c->name, DSV4_FORMAT_FP8, DSV4_DT_F8_E8M0, c->rows, c->cols);
+    make_abs(&W, &A);
     dsv4_weight dw;
     dsv4_status st = dsv4_bk_weight_upload(cx->gpu, &W.w, 0, &dw);
     CHECK_MSG(st == DSV4_OK, "%s: upload: %s", c->name, dsv4_last_error());
@@ -206,21 +132,15 @@ static void run_case(ctx *cx, const tcase *c, double *worst)
 int main(int argc, char **argv)
 {
     const int small = argc > 1 && !strcmp(argv[1], "--small");
-    dsv4_cpu_pool *pool = NULL;
-    ctx cx = {NULL, NULL};
-    CHECK(dsv4_cpu_pool_create(0, &pool) == DSV4_OK);
-    CHECK(dsv4_backend_create(DSV4_DEVICE_CPU, 0, pool, &cx.cpu) == DSV4_OK);
-    const dsv4_status st = dsv4_backend_create(DSV4_DEVICE_CUDA, 0, NULL, &cx.gpu);
-    CHECK_MSG(st == DSV4_OK, "no CUDA backend: %s", dsv4_last_error());
-    if (st != DSV4_OK) return test_finish();
+    dsv4_cpu_pool *pool;
+    ctx cx;
+    if (ctx_open(&cx, &pool) != DSV4_OK) return test_finish();
     const tcase *cases = small ? small_cases : full_cases;
     const size_t n =
         small ? sizeof small_cases / sizeof *small_cases : sizeof full_cases / sizeof *full_cases;
     double worst = 0.0;
     for (size_t i = 0; i < n; i++) run_case(&cx, &cases[i], &worst);
     printf("linear_aq: worst err/bound %.3f\n", worst);
-    dsv4_backend_destroy(cx.gpu);
-    dsv4_backend_destroy(cx.cpu);
-    dsv4_cpu_pool_destroy(pool);
+    ctx_close(&cx, pool);
     return test_finish();
 }

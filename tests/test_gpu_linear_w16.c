@@ -35,142 +35,17 @@
 #include "backend/cpu/cpu_linear.h"
 #include "backend/cuda/linear_path.cuh"
 #include "model/quant_sim.h"
-#include "test_util.h"
 
 #include <math.h>
 #include <stdint.h>
 
-static uint64_t rng = 0x13198a2e03707344ull;
-
-static uint64_t rnd(void)
-{
-    uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-static double rnd_unit(void)
-{
-    return (double)(rnd() >> 11) * 0x1p-53;
-}
-
-static int rnd_int(int lo, int hi) /* inclusive */
-{
-    return lo + (int)(rnd() % (uint64_t)(hi - lo + 1));
-}
-
-/* x: 5% zeros, 5% large (2^10..2^14), 5% tiny (2^-30..2^-20), the rest uniform in (-4, 4). */
-static void fill_x(float *x, int64_t n)
-{
-    for (int64_t i = 0; i < n; i++) {
-        const int k = (int)(rnd() % 100);
-        float v;
-        if (k < 5)
-            v = 0.0f;
-        else if (k < 10)
-            v = ldexpf((float)(1.0 + rnd_unit()), rnd_int(10, 13));
-        else if (k < 15)
-            v = ldexpf((float)(1.0 + rnd_unit()), rnd_int(-30, -21));
-        else
-            v = (float)(rnd_unit() * 4.0);
-        x[i] = (rnd() & 1) ? -v : v;
-    }
-}
-
-/* ---- host weights ---------------------------------------------------------------------------- */
-typedef struct hweight {
-    dsv4_weight w;
-    uint8_t *data, *scale;
-} hweight;
+#define LIN_TEST_SEED 0x13198a2e03707344ull /* this binary's inputs (test_linear.h) */
+#include "test_linear.h"
 
 #define FP8 DSV4_FORMAT_FP8
 #define B16 DSV4_FORMAT_BF16
 #define E8  DSV4_DT_F8_E8M0
 #define SF  DSV4_DT_F32
-
-static void weight_desc(dsv4_weight *w, const char *name, int fmt, int sdt, int64_t rows,
-                        int64_t cols)
-{
-    memset(w, 0, sizeof *w);
-    w->name = name;
-    w->format = (dsv4_weight_format)fmt;
-    w->ndim = 2;
-    w->rows = rows;
-    w->cols = cols;
-    w->scale2 = 1.0f;
-    if (fmt == B16) {
-        w->dtype = DSV4_DT_BF16;
-        w->data_bytes = (uint64_t)(rows * cols * 2);
-    } else {
-        w->dtype = DSV4_DT_F8_E4M3;
-        w->data_bytes = (uint64_t)(rows * cols);
-        w->scale_dtype = (dsv4_dtype)sdt;
-        w->scale_rows = (rows + 127) / 128;
-        w->scale_cols = (cols + 127) / 128;
-        w->scale_bytes = (uint64_t)(w->scale_rows * w->scale_cols * (sdt == SF ? 4 : 1));
-    }
-}
-
-/* Random values: zeros, both signs, wide exponent ranges (BF16), every e4m3 code but NaN (FP8),
- * scales 2^-20 .. 2^4. abs: the same with every sign bit cleared. */
-static void make_weight(hweight *h, hweight *abs_, const char *name, int fmt, int sdt, int64_t rows,
-                        int64_t cols)
-{
-    dsv4_weight *w = &h->w;
-    weight_desc(w, name, fmt, sdt, rows, cols);
-    h->data = malloc(w->data_bytes);
-    h->scale = w->scale_bytes ? malloc(w->scale_bytes) : NULL;
-    if (fmt == B16) {
-        uint16_t *d = (uint16_t *)(void *)h->data;
-        for (int64_t i = 0; i < rows * cols; i++) {
-            const uint64_t r = rnd();
-            d[i] = r % 100 < 3
-                       ? 0
-                       : (uint16_t)(((r >> 63) << 15) | ((97 + (r >> 32) % 39) << 7) | (r & 0x7f));
-        }
-    } else {
-        for (int64_t i = 0; i < rows * cols; i++) {
-            uint8_t b;
-            do b = (uint8_t)rnd();
-            while ((b & 0x7f) == 0x7f);
-            h->data[i] = rnd() % 100 < 3 ? 0 : b;
-        }
-        for (int64_t i = 0; i < w->scale_rows * w->scale_cols; i++) {
-            if (sdt == SF) {
-                const float s = ldexpf((float)(1.0 + rnd_unit()), rnd_int(-20, 2));
-                memcpy(h->scale + 4 * i, &s, 4);
-            } else {
-                h->scale[i] = (uint8_t)rnd_int(107, 131);
-            }
-        }
-    }
-    w->data = h->data;
-    w->scale = h->scale;
-    *abs_ = *h;
-    abs_->data = malloc(w->data_bytes);
-    memcpy(abs_->data, h->data, w->data_bytes);
-    abs_->scale = NULL;
-    if (h->scale) {
-        abs_->scale = malloc(w->scale_bytes);
-        memcpy(abs_->scale, h->scale, w->scale_bytes);
-    }
-    if (fmt == B16)
-        for (uint64_t i = 1; i < w->data_bytes; i += 2) abs_->data[i] &= 0x7f;
-    else {
-        for (uint64_t i = 0; i < w->data_bytes; i++) abs_->data[i] &= 0x7f;
-        if (sdt == SF)
-            for (uint64_t i = 3; i < w->scale_bytes; i += 4) abs_->scale[i] &= 0x7f;
-    }
-    abs_->w.data = abs_->data;
-    abs_->w.scale = abs_->scale;
-}
-
-static void free_weight(hweight *h)
-{
-    free(h->data);
-    free(h->scale);
-}
 
 /* ---- cases ----------------------------------------------------------------------------------- */
 typedef struct tcase {
@@ -207,22 +82,6 @@ static const uint32_t SENTINEL = 0x7fc0deadu;
 static const double W16_EXTRA = 136.0 * 0x1p-13;
 static double worst_bound[2], worst_f32units; /* [0]: wgmma path, [1]: f32 path; info */
 static int64_t checks;
-
-/* The reals that round to bf16 value g (nearest even; ties inside): [*lo, *hi]. */
-static void bf16_cell(float g, double *lo, double *hi)
-{
-    uint32_t u;
-    memcpy(&u, &g, 4);
-    const uint32_t s = u & 0x80000000u, mag = (u >> 16) & 0x7fffu;
-    float up, dn;
-    const uint32_t ub = s | ((mag + 1) << 16),
-                   db = mag ? s | ((mag - 1) << 16) : (s ^ 0x80000000u) | 0x10000u;
-    memcpy(&up, &ub, 4);
-    memcpy(&dn, &db, 4);
-    const double a = 0.5 * ((double)g + up), b = 0.5 * ((double)g + dn);
-    *lo = a < b ? a : b;
-    *hi = a < b ? b : a;
-}
 
 /* got/want [N, ldy]; unr: the CPU's unrounded result (round); S [N, nrows]; extra: the path's
  * term of the bound (0: the f32 bound). */
@@ -271,10 +130,6 @@ static void compare(const tcase *c, const char *what, int64_t N, int round, int6
               (long long)N, what, (long long)clobbered);
 }
 
-typedef struct ctx {
-    dsv4_backend *cpu, *gpu;
-} ctx;
-
 static dsv4_status case_op(dsv4_backend *b, const dsv4_weight *w, const tcase *c, const float *x,
                            int64_t ldx, int64_t N, float *y, int64_t ldy, int round)
 {
@@ -320,7 +175,8 @@ static void make_x(float *x, int64_t N, int64_t ldx, int xm)
 static void run_case(ctx *cx, const tcase *c)
 {
     hweight W, A;
-    make_weight(&W, &A, c->name, c->fmt, c->sdt, c->rows, c->cols);
+    make_weight(&W, c->name, c->fmt, c->sdt, c->rows, c->cols);
+    make_abs(&W, &A);
     dsv4_weight dw;
     dsv4_status st = dsv4_bk_weight_upload(cx->gpu, &W.w, 0, &dw);
     CHECK_MSG(st == DSV4_OK, "%s: upload: %s", c->name, dsv4_last_error());
@@ -494,13 +350,9 @@ int main(int argc, char **argv)
 {
     const int small = argc > 1 && !strcmp(argv[1], "--small");
     const int do_bench = argc > 1 && !strcmp(argv[1], "--bench");
-    dsv4_cpu_pool *pool = NULL;
-    ctx cx = {NULL, NULL};
-    CHECK(dsv4_cpu_pool_create(0, &pool) == DSV4_OK);
-    CHECK(dsv4_backend_create(DSV4_DEVICE_CPU, 0, pool, &cx.cpu) == DSV4_OK);
-    dsv4_status st = dsv4_backend_create(DSV4_DEVICE_CUDA, 0, NULL, &cx.gpu);
-    CHECK_MSG(st == DSV4_OK, "no CUDA backend: %s", dsv4_last_error());
-    if (st != DSV4_OK) return test_finish();
+    dsv4_cpu_pool *pool;
+    ctx cx;
+    if (ctx_open(&cx, &pool) != DSV4_OK) return test_finish();
     if (do_bench) {
         bench(&cx, argc > 2 ? argv[2] : NULL, argc > 3 ? atoll(argv[3]) : 0);
     } else {
@@ -514,8 +366,6 @@ int main(int argc, char **argv)
                "path's worst err in units of 1e-5 S: %.3f\n",
                test_now() - t0, (long long)checks, worst_bound[0], worst_bound[1], worst_f32units);
     }
-    dsv4_backend_destroy(cx.gpu);
-    dsv4_backend_destroy(cx.cpu);
-    dsv4_cpu_pool_destroy(pool);
+    ctx_close(&cx, pool);
     return test_finish();
 }
