@@ -123,6 +123,12 @@ typedef struct tcase {
 #define E8  DSV4_DT_F8_E8M0
 #define SF  DSV4_DT_F32
 
+/* Shapes (rows, cols, row0, nrows, ldx, xoff, ldy, yoff) several tables take: Flash's wo_a
+ * grouped (8 groups of 1024 rows; x [N, 8 x 4096]), and 60 groups of 64 rows (FMM: 10 steps, 2 K
+ * slices of 5). */
+#define WO_A_8 8192, 4096, 0, 8192, 32768, 0, 8192, 0
+#define G60_64 60 * 64, 1280, 0, 60 * 64, 60 * 1280, 0, 0, 0
+
 static const tcase full_cases[] = {
     /* Flash: hidden 4096, q_lora 1024, 64 heads x 512, o_groups 8 x o_lora 1024, experts 2048 */
     {"flash wq_a fp8", FP8, E8, 1024, 4096, 0, 1024, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
@@ -183,33 +189,9 @@ static const tcase full_cases[] = {
     {"fp8 1000x4096 row0 77", FP8, E8, 1000, 4096, 77, 900, 0, 0, 0, 0, {2, 9, 16}, 0},
     {"bf16 1000x4160 ldy 1003", B16, 0, 1000, 4160, 0, 1000, 0, 0, 1003, 3, {1, 5, 12}, 0},
     /* grouped (wo_a): x [N, groups * cols], y [N, rows] */
-    {"flash wo_a fp8 grouped",
-     FP8,
-     E8,
-     8192,
-     4096,
-     0,
-     8192,
-     32768,
-     0,
-     8192,
-     0,
-     {1, 2, 8, 16, 64},
-     8},
-    {"flash wo_a fp8 grouped mid",
-     FP8,
-     E8,
-     8192,
-     4096,
-     0,
-     8192,
-     32768,
-     0,
-     8192,
-     0,
-     {17, 24, 32, 48, 64},
-     8},
-    {"flash wo_a bf16 grouped", B16, 0, 8192, 4096, 0, 8192, 32768, 0, 8192, 0, {1, 4, 16}, 8},
+    {"flash wo_a fp8 grouped", FP8, E8, WO_A_8, {1, 2, 8, 16, 64}, 8},
+    {"flash wo_a fp8 grouped mid", FP8, E8, WO_A_8, {17, 24, 32, 48, 64}, 8},
+    {"flash wo_a bf16 grouped", B16, 0, WO_A_8, {1, 4, 16}, 8},
     {"fp8 grouped odd strides", FP8, E8, 600, 384, 0, 600, 1157, 0, 611, 0, {1, 5, 12, 40}, 3},
     /* Pro: hidden 7168, q_lora 1536, 128 heads, o_groups 16, experts 3072 */
     {"pro wq_a fp8", FP8, E8, 1536, 7168, 0, 1536, 0, 0, 0, 0, {1, 16, 64, 257}, 0},
@@ -250,19 +232,7 @@ static const tcase small_cases[] = {
     {"small fp8 ldx 257", FP8, E8, 128, 256, 0, 128, 257, 1, 0, 0, {3, 20}, 0},
     /* FMM: 60 groups of 64 rows, 10 steps: 2 K slices of 5 steps (x chunks of 2, 2, 1 steps
      * at N > 32, 4 and 1 below) */
-    {"small fp8 grouped 60",
-     FP8,
-     E8,
-     60 * 64,
-     1280,
-     0,
-     60 * 64,
-     60 * 1280,
-     0,
-     0,
-     0,
-     {24, 40, 64},
-     60},
+    {"small fp8 grouped 60", FP8, E8, G60_64, {24, 40, 64}, 60},
 };
 
 /* ---- comparison ------------------------------------------------------------------------------ */
@@ -368,11 +338,8 @@ static int gpu_call(ctx *cx, const dsv4_weight *dw, const tcase *c, const float 
 static void run_case(ctx *cx, const tcase *c)
 {
     hweight W, A;
-    make_weight(&W, c->name, c->fmt, c->sdt, c->rows, c->cols);
-    make_abs(&W, &A);
     dsv4_weight dw;
-    dsv4_status st = dsv4_bk_weight_upload(cx->gpu, &W.w, 0, &dw);
-    CHECK_MSG(st == DSV4_OK, "%s: upload: %s", c->name, dsv4_last_error());
+    dsv4_status st = make_weights(cx, &W, &A, &dw, c->name, c->fmt, c->sdt, c->rows, c->cols);
     if (st != DSV4_OK) goto out;
     for (int k = 0; k < 6 && c->ns[k]; k++) {
         const int64_t N = c->ns[k];
@@ -515,7 +482,7 @@ static const mcase multi_full[] = {
  * lo beside chunks with lo (NT 4 and 8: chunks of 4 and 2 blocks; grouped: the groups' planes). */
 static const tcase xmix_full[] = {
     {"flash wq_b fp8 lo-mix", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {17, 40, 64}, 0},
-    {"flash wo_a fp8 grouped lo-mix", FP8, E8, 8192, 4096, 0, 8192, 32768, 0, 8192, 0, {24, 64}, 8},
+    {"flash wo_a fp8 grouped lo-mix", FP8, E8, WO_A_8, {24, 64}, 8},
     {"fp8 ldx 4097 lo-mix", FP8, E8, 1024, 4096, 0, 1024, 4097, 1, 0, 0, {20, 40}, 0},
     {"fp8 1000x2048 row0 77 wg lo-mix",
      FP8,
@@ -533,19 +500,7 @@ static const tcase xmix_full[] = {
 };
 
 static const tcase xmix_small[] = {
-    {"small fp8 grouped 60 lo-mix",
-     FP8,
-     E8,
-     60 * 64,
-     1280,
-     0,
-     60 * 64,
-     60 * 1280,
-     0,
-     0,
-     0,
-     {24, 64},
-     60},
+    {"small fp8 grouped 60 lo-mix", FP8, E8, G60_64, {24, 64}, 60},
     {"small fp8 1536 cols lo-mix", FP8, E8, 100, 1536, 0, 100, 0, 0, 0, 0, {20, 40}, 0},
     {"small fp8 300x1024 wg lo-mix", FP8, E8, 300, 1024, 5, 291, 0, 0, 0, 0, {17, 33, 64}, 0},
 };
@@ -562,7 +517,7 @@ static const tcase xq_full[] = {
     {"flash idx wq_b fp8 xq", FP8, E8, 8192, 1024, 0, 8192, 0, 0, 0, 0, {12, 40, 64, 97, 200}, 0},
     {"flash shared w1 fp8 xq", FP8, E8, 2048, 4096, 0, 2048, 0, 0, 0, 0, {9, 24, 64}, 0},
     {"flash shared w2 fp8 xq", FP8, E8, 4096, 2048, 0, 4096, 0, 0, 0, 0, {10, 64}, 0},
-    {"flash wo_a fp8 grouped xq", FP8, E8, 8192, 4096, 0, 8192, 32768, 0, 8192, 0, {64, 100}, 8},
+    {"flash wo_a fp8 grouped xq", FP8, E8, WO_A_8, {64, 100}, 8},
     {"fp8 1000x2048 row0 77 xq", FP8, E8, 1000, 2048, 77, 901, 0, 0, 0, 0, {9, 17, 64, 113}, 0},
     {"fp8 strided xq", FP8, E8, 1024, 4096, 0, 1024, 4160, 32, 1056, 16, {19, 64, 128}, 0},
     {"pro wo_b fp8 xq", FP8, E8, 7168, 16384, 0, 7168, 0, 0, 0, 0, {64}, 0},

@@ -60,11 +60,9 @@ static dsv4_status two_ops(ctx *cx, const dsv4_weight *dw, const float *dx, int6
 static void run_case(ctx *cx, const tcase *c, double *worst)
 {
     hweight W, A;
-    make_weight(&W, c->name, DSV4_FORMAT_FP8, DSV4_DT_F8_E8M0, c->rows, c->cols);
-    make_abs(&W, &A);
     dsv4_weight dw;
-    dsv4_status st = dsv4_bk_weight_upload(cx->gpu, &W.w, 0, &dw);
-    CHECK_MSG(st == DSV4_OK, "%s: upload: %s", c->name, dsv4_last_error());
+    dsv4_status st =
+        make_weights(cx, &W, &A, &dw, c->name, DSV4_FORMAT_FP8, DSV4_DT_F8_E8M0, c->rows, c->cols);
     for (int k = 0; st == DSV4_OK && k < 10 && c->ns[k]; k++) {
         const int64_t N = c->ns[k], ldx = c->cols + c->ldx_pad, ldy = c->rows;
         const size_t nx = (size_t)(N * ldx), nq = (size_t)(N * c->cols), ny = (size_t)(N * ldy);

@@ -175,11 +175,8 @@ static void make_x(float *x, int64_t N, int64_t ldx, int xm)
 static void run_case(ctx *cx, const tcase *c)
 {
     hweight W, A;
-    make_weight(&W, c->name, c->fmt, c->sdt, c->rows, c->cols);
-    make_abs(&W, &A);
     dsv4_weight dw;
-    dsv4_status st = dsv4_bk_weight_upload(cx->gpu, &W.w, 0, &dw);
-    CHECK_MSG(st == DSV4_OK, "%s: upload: %s", c->name, dsv4_last_error());
+    dsv4_status st = make_weights(cx, &W, &A, &dw, c->name, c->fmt, c->sdt, c->rows, c->cols);
     const int64_t ldx = c->groups ? c->groups * c->cols : c->cols, ldy = c->nrows + 3;
     for (int k = 0; st == DSV4_OK && k < 8 && c->ns[k]; k++) {
         const int64_t N = c->ns[k];

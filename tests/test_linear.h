@@ -2,8 +2,8 @@
  * test_linear.h - what the GPU projection tests share (test_gpu_linear.c, test_gpu_linear_w16.c,
  * test_gpu_linear_aq.c): their seeded random x and weights in the stored formats, the |W| copy
  * their bound is computed from, the bf16 cell of a rounded output, and the two backends every
- * case runs on. Each binary defines LIN_TEST_SEED before including this, so its inputs are its
- * own and reproducible.
+ * case runs on (with a case's weights uploaded). Each binary defines LIN_TEST_SEED before
+ * including this, so its inputs are its own and reproducible.
  */
 #ifndef DSV4_TEST_LINEAR_H
 #define DSV4_TEST_LINEAR_H
@@ -251,6 +251,19 @@ static inline dsv4_status ctx_open(ctx *cx, dsv4_cpu_pool **pool)
     CHECK(dsv4_backend_create(DSV4_DEVICE_CPU, 0, *pool, &cx->cpu) == DSV4_OK);
     const dsv4_status st = dsv4_backend_create(DSV4_DEVICE_CUDA, 0, NULL, &cx->gpu);
     CHECK_MSG(st == DSV4_OK, "no CUDA backend: %s", dsv4_last_error());
+    return st;
+}
+
+/* A case's weights: W random (make_weight), A = |W| (make_abs), and W on the GPU as *dw; the
+ * upload's status (checked). */
+static inline dsv4_status make_weights(ctx *cx, hweight *W, hweight *A, dsv4_weight *dw,
+                                       const char *name, int fmt, int sdt, int64_t rows,
+                                       int64_t cols)
+{
+    make_weight(W, name, fmt, sdt, rows, cols);
+    make_abs(W, A);
+    const dsv4_status st = dsv4_bk_weight_upload(cx->gpu, &W->w, 0, dw);
+    CHECK_MSG(st == DSV4_OK, "%s: upload: %s", name, dsv4_last_error());
     return st;
 }
 
