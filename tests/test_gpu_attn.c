@@ -60,17 +60,9 @@ static float nrand(void) /* mean 0, sd 1 (sum of four uniforms) */
     return (urand() + urand() + urand() + urand() - 2.0f) * 1.7320508f;
 }
 
-static uint16_t bf16_bits(float x)
-{
-    const float v = dsv4_round_bf16(x);
-    uint32_t u;
-    memcpy(&u, &v, sizeof u);
-    return (uint16_t)(u >> 16);
-}
-
 static void fill_bf16(uint16_t *x, size_t n)
 {
-    for (size_t i = 0; i < n; i++) x[i] = bf16_bits(nrand());
+    for (size_t i = 0; i < n; i++) x[i] = dsv4_bf16_bits(nrand());
 }
 
 static dsv4_backend *cpu, *gpu;

@@ -58,6 +58,7 @@
 #include "backend/cuda/index_path.cuh"
 #include "backend/cpu/cpu_linear.h"
 #include "backend/cpu/ops.h"
+#include "core/float_formats.h"
 #include "model/quant_sim.h"
 #include "test_util.h"
 
@@ -90,22 +91,6 @@ static float rng_gauss(void)
 static void fill_gauss(float *x, int64_t n, float scale, float offset)
 {
     for (int64_t i = 0; i < n; i++) x[i] = offset + scale * rng_gauss();
-}
-
-static uint16_t bf16_bits(float x)
-{
-    const float r = dsv4_round_bf16(x);
-    uint32_t u;
-    memcpy(&u, &r, sizeof u);
-    return (uint16_t)(u >> 16);
-}
-
-static float bf16_value(uint16_t h)
-{
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
 }
 
 /* An FP4-grid vector as the indexer makes them: gaussian * scale, Hadamard, FP4 (block 32). */
@@ -201,7 +186,7 @@ static vec_stats cmp_vectors(const float *got, const float *want, int64_t n_vec,
 
 static void bf16_to_f32(float *out, const uint16_t *in, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++) out[i] = bf16_value(in[i]);
+    for (int64_t i = 0; i < n; i++) out[i] = dsv4_bf16_to_f32(in[i]);
 }
 
 /* ---- comp_append --------------------------------------------------------------------------- */
@@ -384,7 +369,7 @@ static void index_inputs_make(index_inputs *in, int nh, int d, int m, int topk, 
                 continue;
             }
             fp4_vector(x, d, (float)exp(0.5 * rng_gauss()));
-            for (int i = 0; i < d; i++) dst[i] = bf16_bits(x[i]);
+            for (int i = 0; i < d; i++) dst[i] = dsv4_bf16_bits(x[i]);
         }
         if (s == 3) continue;
         for (int64_t e = 200; e < 300 && e < cap_e; e++)

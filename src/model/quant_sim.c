@@ -85,6 +85,11 @@ float dsv4_round_bf16(float x)
     return f32_from_bits(u & 0xffff0000u);
 }
 
+uint16_t dsv4_bf16_bits(float x)
+{
+    return (uint16_t)(f32_bits(dsv4_round_bf16(x)) >> 16);
+}
+
 void dsv4_sim_bf16(float *x, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) x[i] = dsv4_round_bf16(x[i]);

@@ -20,6 +20,8 @@ float dsv4_round_e4m3(float x);
 float dsv4_round_e2m1(float x);
 /* f32 -> bf16 -> f32, nearest-even. */
 float dsv4_round_bf16(float x);
+/* The same bf16 as its 16 stored bits (dsv4_bf16_to_f32 gives the value back). */
+uint16_t dsv4_bf16_bits(float x);
 
 /* Activation FP8 as the official linear layers do it: x[0..n) in blocks of `block` (128)
  * elements, each with the power-of-two scale s = 2^ceil(log2(max(amax, 1e-4) / 448)); every

@@ -9,6 +9,7 @@
 #include "backend/cpu/cpu_linear.h"
 #include "backend/cpu/ops.h"
 #include "core/error.h"
+#include "core/float_formats.h"
 #include "model/quant_sim.h"
 
 #include <string.h>
@@ -19,23 +20,6 @@ enum {
     KEY_CHUNK = 16384, /* f32 keys converted at a time by indexer_topk (64 KiB of stack) */
     HEADS_MAX = 1024,  /* indexer heads */
 };
-
-/* x is exactly representable in bf16 here; rounding again only guards the contract. */
-static uint16_t bf16_bits(float x)
-{
-    const float r = dsv4_round_bf16(x);
-    uint32_t u;
-    memcpy(&u, &r, sizeof u);
-    return (uint16_t)(u >> 16);
-}
-
-static float bf16_value(uint16_t h)
-{
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 
 /* ---- compressor rows: comp_append of forward_attn.c ---------------------------------------- */
 static void comp_store(float *ring_kv, float *ring_gate, int Rc, int width, const float *kv,
@@ -96,7 +80,8 @@ static void pool_row(int64_t row, void *ctx)
         dsv4_sim_act_quant(e, d - j->r, 64);
     }
     uint16_t *out = j->ent + ((int64_t)j->rows->slot[row] * j->cap_e + i) * d;
-    for (int c = 0; c < d; c++) out[c] = bf16_bits(e[c]);
+    /* e is exactly representable in bf16 here; rounding again only guards the contract */
+    for (int c = 0; c < d; c++) out[c] = dsv4_bf16_bits(e[c]);
 }
 
 dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e, float *ring_kv,
@@ -190,7 +175,7 @@ static void topk_row(int64_t row, void *ctx)
     const int64_t per = KEY_CHUNK / j->d;
     for (int64_t e0 = 0; e0 < nvis; e0 += per) {
         const int64_t n = nvis - e0 < per ? nvis - e0 : per;
-        for (int64_t i = 0; i < n * j->d; i++) kf[i] = bf16_value(keys[e0 * j->d + i]);
+        for (int64_t i = 0; i < n * j->d; i++) kf[i] = dsv4_bf16_to_f32(keys[e0 * j->d + i]);
         dsv4_op_faithful_index_scores(sc + e0, q, w, kf, n, j->nh, j->d);
     }
     dsv4_op_topk(sel, sc, nvis, k);
