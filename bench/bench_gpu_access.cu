@@ -26,6 +26,7 @@
  * usage: bench_gpu_access [experts]   (default 200: batch 64's distinct experts, 1.7 GB)
  */
 #include "backend/cuda/moe_frag.cuh"
+#include "backend/cuda/pdl.cuh"
 
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -59,9 +60,10 @@ static const char *const mode_name[M_COUNT] = {"row-major",
                                                "packed, bulk ring 3 stages a warp",
                                                "packed, bulk ring 6 stages a warp"};
 
+/* The kernels' PDL wait where launched as programmatic dependents (pdl.cuh's). */
 static __device__ __forceinline__ void pdl_start(int pdl)
 {
-    if (pdl) asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory");
+    if (pdl) DSV4_PDL_WAIT();
 }
 
 /* The 8 loads of iteration c0 (chunks c0, c0 + 1): load k is chunk c0 + (k >> 2), matrix
