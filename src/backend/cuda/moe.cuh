@@ -40,43 +40,11 @@ typedef struct moe_mat {
  * reads only it). The matrix is cut into blocks of 16 rows x 128 input columns (rows padded to
  * 16, columns to 128 with zeros), stored block after block along a row band: block (tile, c) at
  * (tile * nch + c) * 16 * RB bytes, nch = ceil(cols / 128), and inside a block row after row,
- * RB bytes each (MXFP4 64, FP8 128). The MXFP4 scales by pairs of chunks (moe_scale_off). So
+ * RB bytes each (MXFP4 64, FP8 128). The MXFP4 scales likewise, 16 rows x 4 bytes a block. So
  * a warp streaming 16 rows reads one contiguous run instead of 16 runs 2-4 KB apart: on the H100
  * a pure-load kernel with the tensor-core path's access pattern (bench/bench_gpu_access.cu)
  * reached 2.03 TB/s row-major (1.72 with the scale bytes) and 3.05 TB/s tiled (2.80; docs/PERF.md,
- * session 15). FP8 block scales (one per 128 x 128) keep their layout.
- * The MXFP4 scales are packed for the lanes that read them: per row band and pair of chunks
- * (2p, 2p + 1) one 128-byte block, in it lane (g, t)'s 32-bit word (g = row % 8, t = the group
- * of 32 columns in the chunk) holding its four scale bytes of the pair, byte (c % 2) * 2 + rr
- * for chunk c and row g + 8 rr. So a lane loads one word a matrix for two chunks where it loaded
- * four bytes (one a row and chunk): on the H100 the pure-load bench's ceiling at batch 1's size
- * rose from 74% to 90% of a plain read, at batch 64's from 81% to 96% (docs/PERF.md, session
- * 17). Chunks are padded to an even count with zero scales. */
-
-/* Byte offset of the MXFP4 scale of (row, column col) in a tiled matrix of nch chunks. */
-static __host__ __device__ __forceinline__ int64_t moe_scale_off(int64_t nch, int64_t row,
-                                                                 int64_t col)
-{
-    const int64_t c = col >> 7, lane = (row & 7) * 4 + ((col >> 5) & 3);
-    const int64_t band = (row >> 4) * ((nch + 1) >> 1) + (c >> 1);
-    return (band * 32 + lane) * 4 + (c & 1) * 2 + ((row >> 3) & 1);
-}
-
-/* The inverse: the (row, scale group = column / 32) whose scale byte o holds (in the padding:
- * row >= rows or group >= cols / 32). */
-static __host__ __device__ __forceinline__ void moe_scale_pos(int64_t nch, int64_t o, int64_t *row,
-                                                              int64_t *grp)
-{
-    const int64_t band = o >> 7, lane = (o >> 2) & 31, byte = o & 3, npair = (nch + 1) >> 1;
-    *row = band / npair * 16 + (lane >> 2) + 8 * (byte & 1);
-    *grp = (band % npair * 2 + (byte >> 1)) * 4 + (lane & 3);
-}
-
-/* Bytes of a tiled matrix's MXFP4 scales ([rows, cols], padded). */
-static __host__ __device__ __forceinline__ int64_t moe_scale_bytes(int64_t rows, int64_t cols)
-{
-    return (rows + 15) / 16 * ((((cols + 127) >> 7) + 1) >> 1) * 128;
-}
+ * session 15). FP8 block scales (one per 128 x 128) keep their layout. */
 
 /* Bytes of one row in a 128-column chunk of a tiled matrix. */
 static __host__ __device__ __forceinline__ int64_t moe_chunk_row_bytes(int fmt)
@@ -101,17 +69,8 @@ static __device__ __forceinline__ const uint8_t *moe_scale_at(const moe_mat &m, 
                                                               int64_t col)
 {
     if (!m.tiled) return m.scale + row * m.scale_cols + (col >> 5);
-    return m.scale + moe_scale_off((m.cols + 127) >> 7, row, col);
-}
-
-/* Chunks of each of a task's ks K slices of an input of nch chunks (the last slice may have
- * fewer or none; moe_mma.cu): with ks > 1 an even number, so that every slice starts on a chunk
- * pair of the packed MXFP4 scales. The same as an even split for every published shape (Flash
- * 32 / 16 chunks, Pro 56 / 24). */
-static __host__ __device__ __forceinline__ int moe_slice_chunks(int nch, int ks)
-{
-    const int per = (nch + ks - 1) / ks;
-    return ks > 1 ? (per + 1) & ~1 : per;
+    const int64_t nch = (m.cols + 127) >> 7;
+    return m.scale + (((row >> 4) * nch + (col >> 7)) * 16 + (row & 15)) * 4 + ((col >> 5) & 3);
 }
 
 typedef struct moe_expert {

@@ -1,10 +1,9 @@
 /*
  * moe_layout.cu - rewrites the expert matrices of a MoE table into the tiled layout of moe.cuh
- * (16-row x 128-column blocks stored one after another along a row band; the MXFP4 scales
- * packed a lane's word per chunk pair), once, when the table is built. Why: the tensor-core path
- * streams each 16-row tile of a matrix chunk by chunk; stored row-major, those 16 rows are 16 runs
- * 2-4 KB apart, an access pattern the H100's memory serves at ~2 TB/s where a contiguous stream
- * reaches ~3 (docs/PERF.md, session 15).
+ * (16-row x 128-column blocks stored one after another along a row band), once, when the
+ * table is built. Why: the tensor-core path streams each 16-row tile of a matrix chunk by
+ * chunk; stored row-major, those 16 rows are 16 runs 2-4 KB apart, an access pattern the H100's
+ * memory serves at ~2 TB/s where a contiguous stream reaches ~3 (docs/PERF.md, session 15).
  *
  * In place where the tiled size equals the stored one (rows % 16 == 0 and cols % 128 == 0: all
  * published shapes): the bytes are copied to a scratch buffer and written back tiled. Other
@@ -36,16 +35,16 @@ __global__ void moe_tile_data_kernel(uint8_t *dst, const uint8_t *src, int64_t r
     *(uint4 *)(dst + o) = v;
 }
 
-/* MXFP4 scales: dst (packed, moe_scale_off: a 128-byte block per row band and chunk pair) <-
- * src [rows, scale_cols], one thread a byte of dst; padding is 0 (2^-127, met by zero weights). */
+/* MXFP4 scales: dst (tiled, 16 rows x 4 bytes a block) <- src [rows, scale_cols], one thread a
+ * byte; padding is 0 (2^-127, met by zero weights). */
 __global__ void moe_tile_scale_kernel(uint8_t *dst, const uint8_t *src, int64_t rows, int64_t cols,
                                       int64_t scale_cols, int64_t nch, int64_t n)
 {
     DSV4_PDL_WAIT();
     const int64_t o = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (o >= n) return;
-    int64_t row, grp;
-    moe_scale_pos(nch, o, &row, &grp);
+    const int64_t blk = o / 64, in = o % 64;
+    const int64_t row = (blk / nch) * 16 + in / 4, grp = (blk % nch) * 4 + in % 4;
     dst[o] = row < rows && grp < cols / 32 ? src[row * scale_cols + grp] : 0;
 }
 
@@ -134,11 +133,10 @@ static dsv4_status tile_mat(tiling *g, moe_mat *m)
     if (m->fmt == MOE_MXFP4) {
         const uint8_t *ts = already(g, m->scale);
         if (!ts) {
-            const size_t stored = (size_t)(R * m->scale_cols),
-                         bytes = (size_t)moe_scale_bytes(R, C);
+            const size_t stored = (size_t)(R * m->scale_cols), bytes = (size_t)(rp * nch * 4);
             uint8_t *dst;
             const uint8_t *src;
-            /* in place where it fits (rows % 16 == 0, an even number of chunks) */
+            /* in place where it fits: the tiled scales never take more than the stored ones */
             DSV4_TRY(target(g, m->scale, stored, bytes <= stored && rp == R ? stored : bytes, &dst,
                             &src));
             const int64_t n = (int64_t)bytes;

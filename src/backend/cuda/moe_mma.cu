@@ -189,24 +189,11 @@ static __device__ __forceinline__ int64_t tok_input(const moe_mma_args &a, int s
     return stage1 ? (ai == 0 ? (int64_t)tok : pair / a.K) : pair;
 }
 
-/* The weight words and scales of CN consecutive 128-column chunks of a task (registers).
- * Scales: FP8 sc[ci][m][0] the chunk's block scale; MXFP4 the lane's packed word (moe.cuh) of
- * each chunk pair in sc[ci][m][0], ci even (CN even), or its half of chunk ci in sc[ci][m][0]
- * (CN odd); the bytes are taken out where they are used (wsc), so a pair's four scales live in
- * one register. */
+/* The weight words and scales of CN consecutive 128-column chunks of a task (registers). */
 template <int NM, int F, int CN> struct wchunks {
     uint4 q[CN][NM][2][F == 0 ? 1 : 2];
     uint32_t sc[CN][NM][2];
 };
-
-/* The scale byte of chunk ci, matrix m, row g + 8 rr of b. */
-template <int NM, int F, int CN>
-static __device__ __forceinline__ uint32_t wsc(const wchunks<NM, F, CN> &b, int ci, int m, int rr)
-{
-    if (F == 1) return b.sc[ci][m][0];
-    if (CN % 2 == 0) return (b.sc[ci & ~1][m][0] >> (8 * ((ci & 1) * 2 + rr))) & 0xffu;
-    return (b.sc[ci][m][0] >> (8 * rr)) & 0xffu;
-}
 
 template <int NM, int F, int CN>
 static __device__ __forceinline__ void wchunks_zero(wchunks<NM, F, CN> &b)
@@ -225,20 +212,20 @@ static __device__ __forceinline__ void wchunks_zero(wchunks<NM, F, CN> &b)
 }
 
 /* This lane's load cursor: pointers to chunk c of its rows g, g + 8 of the task's 16-row tile in
- * the tiled layout (moe.cuh; MXFP4: the 16 bytes at column 128 c + 32 t, and s[m][0] the lane's
- * packed scale word of the chunk pair c / 2; FP8: the 2 x 16 bytes at column 128 c + 32 t and
- * the 128-row block's scale of chunk c, s[m][0]). Set once per pass and advanced by adds in the
- * loop (loop-carried, so not recomputed under register pressure); a load is then a pointer plus
- * an immediate. A chunk of the tile is one block of 16 x 64 (MXFP4) / 16 x 128 (FP8) bytes, so
- * the warp's loads of a chunk are one contiguous run and a task one stream. Rows past R are the
- * layout's zero padding: they only reach outputs that are not stored. */
+ * the tiled layout (moe.cuh; MXFP4: the 16 bytes at column 128 c + 32 t and their scales of
+ * group 4 c + t; FP8: the 2 x 16 bytes at column 128 c + 32 t and the 128-row block's scale of
+ * chunk c, s[m][0]). Set once per pass and advanced by adds in the loop (loop-carried, so not
+ * recomputed under register pressure); a load is then a pointer plus an immediate. A chunk of
+ * the tile is one block of 16 x 64 (MXFP4) / 16 x 128 (FP8) bytes, so the warp's loads of a
+ * chunk are one contiguous run and a task one stream. Rows past R are the layout's zero
+ * padding: they only reach outputs that are not stored. */
 template <int NM, int F> struct wcur {
     const uint8_t *q[NM][2];
     const uint8_t *s[NM][2];
 };
 template <int F> struct wstep {
-    enum { RB = F == 0 ? 64 : 128 };            /* bytes of a row in a chunk */
-    enum { Q = 16 * RB, S = F == 0 ? 128 : 1 }; /* bytes a chunk (data), a pair (MXFP4 scales) */
+    enum { RB = F == 0 ? 64 : 128 };           /* bytes of a row in a chunk */
+    enum { Q = 16 * RB, S = F == 0 ? 64 : 1 }; /* bytes a chunk: data, scales */
 };
 
 template <int NM, int F>
@@ -255,25 +242,23 @@ static __device__ __forceinline__ wcur<NM, F> wcur_at(const moe_mat (&w)[NM], in
             const int row = g + 8 * rr; /* in the tile */
             p.q[m][rr] =
                 w[m].data + blk * wstep<F>::Q + row * wstep<F>::RB + (F == 0 ? 16 : 32) * t;
-            if (F == 0) /* c is even (moe_slice_chunks) */
-                p.s[m][rr] = w[m].scale + moe_scale_off(nch, r0 + g, 128 * c + 32 * t);
+            if (F == 0)
+                p.s[m][rr] = w[m].scale + blk * 64 + row * 4 + t;
             else
                 p.s[m][rr] = w[m].scale + (r0 >> 7) * w[m].scale_cols + c;
         }
     return p;
 }
 
-/* The cursor from chunk c to chunk c + chunks (MXFP4 scales: from pair c / 2 to its pair). */
 template <int NM, int F>
-static __device__ __forceinline__ void wcur_advance(wcur<NM, F> &p, int c, int chunks)
+static __device__ __forceinline__ void wcur_advance(wcur<NM, F> &p, int chunks)
 {
-    const int ds = F == 0 ? ((c + chunks) >> 1) - (c >> 1) : chunks;
 #pragma unroll
     for (int m = 0; m < NM; m++)
 #pragma unroll
         for (int rr = 0; rr < 2; rr++) {
             p.q[m][rr] += chunks * wstep<F>::Q;
-            if (rr == 0) p.s[m][rr] += ds * wstep<F>::S;
+            if (F == 0 || rr == 0) p.s[m][rr] += chunks * wstep<F>::S;
         }
 }
 
@@ -283,10 +268,7 @@ static __device__ __forceinline__ void wcur_advance(wcur<NM, F> &p, int c, int c
  * column past C meets zero activations (x below), where a stale weight is zero or a weight the
  * lane loaded earlier in the row (FP4 bits widen to finite f16; an FP8 NaN there has already
  * made the row's sum NaN, as on the CPU) and its scale one of the row's own or 2^-127, so its
- * product is 0 as with zeros. FP8 scales: chunks below hi (the block's scale is the quad's).
- * MXFP4 scales: with CN even (c0 and DC even: moe_slice_chunks) one word a matrix and chunk pair,
- * loaded where the pair's first chunk is below hl (its second one's bytes are then the row's
- * own or the zero padding of an odd chunk count); with CN odd the chunk's half word. */
+ * product is 0 as with zeros. FP8 scales: chunks below hi (the block's scale is the quad's). */
 template <int NM, int F, int CN, int DC>
 static __device__ __forceinline__ void load_chunks(wchunks<NM, F, CN> &b, const wcur<NM, F> &p,
                                                    int c0, int hi, int hl)
@@ -304,13 +286,9 @@ static __device__ __forceinline__ void load_chunks(wchunks<NM, F, CN> &b, const 
                     const uint4 *q = (const uint4 *)(p.q[m][rr] + d * wstep<F>::Q);
 #pragma unroll
                     for (int u = 0; u < U; u++) b.q[ci][m][rr][u] = moe_ldw(q + u);
+                    if (F == 0) b.sc[ci][m][rr] = __ldg(p.s[m][rr] + d * wstep<F>::S);
                 }
             }
-            if (F == 0 && CN % 2 == 0 && ci % 2 == 0 && c < hl)
-                b.sc[ci][m][0] = __ldg((const uint32_t *)(p.s[m][0] + d / 2 * wstep<F>::S));
-            if (F == 0 && CN % 2 == 1 && c < hl) /* the cursor's pair is (c - d) / 2 */
-                b.sc[ci][m][0] = __ldg((
-                    const uint16_t *)(p.s[m][0] + ((c >> 1) - ((c - d) >> 1)) * 128 + (c & 1) * 2));
             if (F == 1 && c < hi) b.sc[ci][m][0] = __ldg(p.s[m][0] + d);
         }
     }
@@ -325,14 +303,15 @@ static __device__ __forceinline__ void load_chunks(wchunks<NM, F, CN> &b, const 
 template <int NM, int F, int CN>
 static __device__ __forceinline__ bool scales_small(const wchunks<NM, F, CN> &b)
 {
-    uint32_t mx = 0; /* FP8: the largest byte - 1 (0 wraps); MXFP4: bytes above 240 */
+    uint32_t mx = 0;
 #pragma unroll
-    for (int ci = 0; ci < CN; ci += F == 0 && CN % 2 == 0 ? 2 : 1)
+    for (int ci = 0; ci < CN; ci++)
 #pragma unroll
         for (int m = 0; m < NM; m++)
-            mx = F == 0 ? mx | __vcmpgtu4(b.sc[ci][m][0], 0xf0f0f0f0u)
-                        : max(mx, b.sc[ci][m][0] - 1u);
-    return __all_sync(0xffffffffu, F == 0 ? mx == 0 : mx <= 253u);
+#pragma unroll
+            for (int rr = 0; rr < (F == 0 ? 2 : 1); rr++)
+                mx = max(mx, F == 0 ? b.sc[ci][m][rr] : b.sc[ci][m][rr] - 1u); /* FP8: 0 wraps */
+    return __all_sync(0xffffffffu, mx <= (F == 0 ? 240u : 253u));
 }
 
 /* f * 2^E * e8m0(s) (E = 14 MXFP4, 0 FP8): one multiply where SMALL (scales_small). */
@@ -381,7 +360,7 @@ mma_chunks(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[16], 
                     mma_f16(f, pa[2], pb[2], pa[3], pb[3], x[4 * k + 2], x[4 * k + 3]);
                 }
                 /* C: (row g, group t, tokens t0, t0 + 1), (row g + 8, ...) */
-                const uint32_t w0 = wsc(b, ci, m, 0), w1 = wsc(b, ci, m, 1);
+                const uint32_t w0 = b.sc[ci][m][0], w1 = b.sc[ci][m][1];
                 acc[m][0] = fmaf(wscale<14, SMALL>(f[0], w0), xs0, acc[m][0]);
                 acc[m][1] = fmaf(wscale<14, SMALL>(f[1], w0), xs1, acc[m][1]);
                 acc[m][2] = fmaf(wscale<14, SMALL>(f[2], w1), xs0, acc[m][2]);
@@ -488,7 +467,7 @@ mma_chunks_nb(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], int c0, int 
 #pragma unroll
         for (int m = 0; m < NM; m++) {
             constexpr int E = F == 0 ? 14 : 0;
-            const uint32_t w0 = wsc(b, ci, m, 0), w1 = F == 0 ? wsc(b, ci, m, 1) : w0;
+            const uint32_t w0 = b.sc[ci][m][0], w1 = F == 0 ? b.sc[ci][m][1] : w0;
 #pragma unroll
             for (int j = 0; j < NB; j++) {
                 acc[j][m][0] = fmaf(wscale<E, SMALL>(f[j][m][0], w0), xs0[j], acc[j][m][0]);
@@ -577,9 +556,7 @@ static __device__ __forceinline__ void prefetch_blocks(const moe_mat (&w)[NM], i
 {
     if (c >= hi) return;
     const int k = min(n, hi - c);
-    const int64_t nch = (w[0].cols + 127) >> 7, blk = (r0 >> 4) * nch + c;
-    const int64_t pair = (r0 >> 4) * ((nch + 1) >> 1) + (c >> 1); /* MXFP4 scales */
-    const unsigned pairs = (unsigned)(((c + k - 1) >> 1) - (c >> 1) + 1);
+    const int64_t blk = (r0 >> 4) * ((w[0].cols + 127) >> 7) + c;
 #pragma unroll
     for (int m = 0; m < NM; m++) {
         asm volatile(
@@ -588,8 +565,8 @@ static __device__ __forceinline__ void prefetch_blocks(const moe_mat (&w)[NM], i
             : "memory");
         if (F == 0)
             asm volatile(
-                "cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(w[m].scale + pair * 128),
-                "r"(pairs * 128)
+                "cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(w[m].scale + blk * 64),
+                "r"((unsigned)(k * 64))
                 : "memory");
     }
 }
@@ -659,7 +636,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
                 if (L2P && lane == 0) prefetch_blocks<NM, F>(w, r0, c0 + L2P * CPI, CPI, hi);
                 pdl_wait_once(pend); /* the first weights in flight */
                 if (PFX && a.N > 16) prefetch_x<NB>(brow, c0, CPI, hl);
-                wcur_advance(cur, c0, CPI);
+                wcur_advance(cur, CPI);
                 mma_pass<NM, F, CPI, NB>(b, acc, x, c0, hi, hl, brow, s0, s1);
             }
         } else {
@@ -678,7 +655,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
                 mma_pass<NM, F, CPH, NB, XS>(b0, acc, x, c0, hi, hl, brow, s0, s1);
                 load_chunks<NM, F, CPH, 2 * CPH>(b0, cur, c0 + 2 * CPH, hi, hl);
                 if (pfx) prefetch_x<NB>(brow, c0 + 2 * CPH, CPH, hl);
-                wcur_advance(cur, c0, 2 * CPH);
+                wcur_advance(cur, 2 * CPH);
                 mma_pass<NM, F, CPH, NB, XS>(b1, acc, x, c0 + CPH, hi, hl, brow, s0, s1);
             }
         }
@@ -856,7 +833,7 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     } else {
         w[0] = a.table[e].w2;
     }
-    const int nch = (int)((C + 127) >> 7), per = moe_slice_chunks(nch, ks);
+    const int nch = (int)((C + 127) >> 7), per = (nch + ks - 1) / ks;
     const int lo = min(nch, slice * per), hi = min(nch, lo + per);
     const int64_t r0 = (int64_t)tile * 16;
     float *gred = red + grp * ks * NB * NM * 4 * 32;
@@ -923,8 +900,7 @@ __global__ void moe_mma_combine_kernel(float *out, const uint16_t *y, const int3
 int moe_mma_mat_ok(const moe_mat *m)
 {
     if (((uintptr_t)m->data & 15) != 0 || m->cols % 32 != 0) return 0;
-    if (m->fmt == MOE_MXFP4) /* packed scales: a word a load */
-        return m->scale != NULL && ((uintptr_t)m->scale & 3) == 0 && m->scale_cols >= m->cols / 32;
+    if (m->fmt == MOE_MXFP4) return m->scale != NULL && m->scale_cols >= m->cols / 32;
     if (m->fmt == MOE_FP8)
         return m->scale != NULL && !m->scale_f32 && m->scale_cols >= (m->cols + 127) / 128;
     return 0;
@@ -951,7 +927,7 @@ static int split_pick(int64_t nch, int64_t tasks, int sms)
     int best = 0;
     int64_t best_cost = 0;
     for (int ks = 1; ks <= most; ks *= 2) {
-        const int64_t per = moe_slice_chunks((int)nch, ks); /* chunks a warp */
+        const int64_t per = (nch + ks - 1) / ks; /* chunks a warp */
         if (ks < most && per > 32) continue;
         const int64_t ctas = (tasks * ks + WPC - 1) / WPC, rounds = (ctas + wave - 1) / wave;
         const int64_t cost = rounds * (per + 4);
