@@ -125,7 +125,6 @@ typedef struct cuda_experts {
     int kw1, rg1, occ1; /* stage 1 CTA shape and residency */
     int kw2, rg2, occ2;
     int mma_ok;       /* every matrix taken by the tensor-core path (moe_mma_mat_ok); tiled */
-    int wide0;        /* moe_mma_args.wide0 */
     int32_t *counter; /* [1] device: moe_route's ticket counter (0 between calls) */
     void **owned;     /* tiled copies of matrices that could not be tiled in place */
     int n_owned;
@@ -248,10 +247,6 @@ extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b,
         mma_ok = moe_mma_mat_ok(&host[e].w1) && moe_mma_mat_ok(&host[e].w2) &&
                  moe_mma_mat_ok(&host[e].w3);
     /* the tensor-core path reads the tiled layout (moe.cuh); the SIMT path reads either */
-    /* the shared expert's bytes a chunk over the first routed one's: 2 for FP8 against MXFP4
-     * (the published checkpoints), else 1 */
-    const int wide0 =
-        mma_ok && moe_chunk_row_bytes(host[E].w1.fmt) > moe_chunk_row_bytes(host[0].w1.fmt) ? 2 : 1;
     if (mma_ok) st = moe_layout_tile(b, host, E + 1, &t->owned, &t->n_owned);
     if (st == DSV4_OK)
         st = dsv4_cuda_bk_alloc(b, ((size_t)E + 1) * sizeof *host, (void **)&t->table);
@@ -264,7 +259,6 @@ extern "C" dsv4_status dsv4_cuda_bk_experts_create(dsv4_backend *b,
         t->D = D;
         t->I = I;
         t->mma_ok = mma_ok;
-        t->wide0 = wide0;
         int dev = 0;
         cudaError_t err = cudaGetDevice(&dev);
         if (err == cudaSuccess)
@@ -455,7 +449,6 @@ static dsv4_status moe_enqueue(dsv4_backend *b, const moe_route *rt, float *out,
         m.tickets = (int32_t *)(base + mw.tickets);
         m.slots = (int)bound;
         m.sms = t->sms;
-        m.wide0 = t->wide0;
         last_path = DSV4_MOE_PATH_MMA;
         return moe_mma_run(st, &m, rt, out, h, sel);
     }

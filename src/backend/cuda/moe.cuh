@@ -149,8 +149,6 @@ typedef struct moe_mma_args {
     int32_t *tickets;  /* [slots, I / 128] stage 1 tiles done per 128-row block of a */
     uint16_t *y;       /* [P, D] bf16 bits of y (stage 2 out) */
     int slots;         /* bound on active experts + 1 (the shared one) */
-    int wide0;         /* the shared expert's bytes a chunk over a routed one's (1, or 2 for FP8
-                        * against MXFP4): its tasks take that many more K slices (moe_mma_run) */
     int sms;           /* the device's SMs (a stage grid's wave) */
 } moe_mma_args;
 

@@ -145,8 +145,6 @@
 #include "backend/cuda/moe_route.cuh"
 #include "backend/cuda/pdl.cuh"
 
-#include <stdlib.h>
-
 enum { WPC = 4 }; /* warps per CTA, each one task */
 
 /* bar.sync on barrier id (1 .. 4) among `count` threads (whole warps); literal ids, so that
@@ -801,26 +799,16 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
  * XS: stage 2's MXFP4 token rows staged in shared memory (stage_x; dynamic shared memory of
  * 2 NB4 x I codes a CTA). L2P: prefetch_blocks that many loop iterations ahead (0: none). */
 template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int PFX, int XS = 0, int L2P = 0>
-__global__ void __launch_bounds__(WPC * 32, MINB)
-    moe_mma_stage_kernel(const moe_mma_args a, int ks_routed, int ks0)
+__global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
     DSV4_PDL_LATE();
     constexpr int NB = NB4 > NB8 ? NB4 : NB8;
     __shared__ float red[WPC * NB * 2 * 4 * 32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int grp = warp / ks, slice = warp - grp * ks;
+    const int64_t task = (int64_t)blockIdx.x * (WPC / ks) + grp;
     const int64_t R = NM == 2 ? a.I : a.D, C = NM == 2 ? a.D : a.I;
     const int64_t tiles = (R + 15) >> 4;
-    /* with ks0 != ks_routed the first CTAs serve the shared expert's tiles (slot 0) in groups of
-     * ks0 warps, the others the routed slots' in groups of ks_routed */
-    const int first = ks0 != ks_routed ? (int)((tiles * ks0 + WPC - 1) / WPC) : 0;
-    const int b = (int)blockIdx.x, ks = b < first ? ks0 : ks_routed;
-    const int grp = warp / ks, slice = warp - grp * ks;
-    const int64_t task = b < first ? (int64_t)b * (WPC / ks) + grp
-                                   : (first ? tiles : 0) + (int64_t)(b - first) * (WPC / ks) + grp;
-    if (b < first && task >= tiles) { /* past the shared expert's tiles: the whole group */
-        DSV4_PDL_WAIT();
-        return;
-    }
     const int ai = (int)(task / tiles), tile = (int)(task - (int64_t)ai * tiles);
     /* Stage 2's tasks and stage 1's shared expert (slot 0) read before the wait only the work
      * list, which the prep launch wrote two or more launches back, the table and the weights:
@@ -951,33 +939,14 @@ static int split_pick(int64_t nch, int64_t tasks, int sms)
 /* Stage 2's launch (PIPE 1): with xs > 0 the XS instance and xs bytes of dynamic shared memory
  * for its token rows, else the instance without. */
 template <int MINB, int LOADS, int NB4, int NB8, int PFX, int L2P = 0>
-static void stage2_launch(cudaStream_t st, const moe_mma_args *a, unsigned grid, int ks, int ks0,
-                          size_t xs)
+static void stage2_launch(cudaStream_t st, const moe_mma_args *a, unsigned grid, int ks, size_t xs)
 {
     if (xs)
         moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, PFX, 1, L2P>
-            <<<grid, WPC * 32, xs, st>>>(*a, ks, ks0);
+            <<<grid, WPC * 32, xs, st>>>(*a, ks);
     else
         moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, PFX, 0, L2P>
-            <<<grid, WPC * 32, 0, st>>>(*a, ks, ks0);
-}
-
-/* The shared expert's K slices for a stage whose routed tasks take ks of nch chunks: ks wide0
- * times (its chunks are wide0 times the bytes), at most WPC and while a slice keeps 4 chunks. */
-static int shared_split(int ks, int wide0, int64_t nch)
-{
-    int k0 = ks;
-    while (k0 < ks * wide0 && 2 * k0 <= WPC && nch / (2 * k0) >= 4) k0 *= 2;
-    return k0;
-}
-
-/* CTAs of a stage of `tiles` tiles a slot and `slots` slots, slot 0 in groups of ks0 warps and
- * the others of ks (moe_mma_stage_kernel's mapping). */
-static int64_t stage_ctas(int64_t tiles, int slots, int ks, int ks0)
-{
-    const int64_t routed = (int64_t)(slots - 1) * tiles;
-    if (ks0 == ks) return (tiles * slots * ks + WPC - 1) / WPC;
-    return (tiles * ks0 + WPC - 1) / WPC + (routed * ks + WPC - 1) / WPC;
+            <<<grid, WPC * 32, 0, st>>>(*a, ks);
 }
 
 dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route *rt, float *out,
@@ -996,13 +965,7 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
                   t2 = (int64_t)a->slots * ((D + 15) / 16);
     const int ks1 = split_pick((D + 127) / 128, t1, a->sms),
               ks2 = split_pick((I + 127) / 128, t2, a->sms);
-    static int xk0 = -1; /* EXPERIMENT: DSV4_X_KS0=0 turns the shared expert's split off */
-    if (xk0 < 0) xk0 = getenv("DSV4_X_KS0") ? atoi(getenv("DSV4_X_KS0")) : 1;
-    const int small = N * a->K < 2 * a->E; /* the 1-group kernels */
-    const int ks10 = xk0 && small ? shared_split(ks1, a->wide0, (D + 127) / 128) : ks1;
-    const int ks20 = xk0 && small ? shared_split(ks2, a->wide0, (I + 127) / 128) : ks2;
-    const int64_t g1 = stage_ctas((I + 15) / 16, a->slots, ks1, ks10),
-                  g2 = stage_ctas((D + 15) / 16, a->slots, ks2, ks20);
+    const int64_t g1 = (t1 + WPC / ks1 - 1) / (WPC / ks1), g2 = (t2 + WPC / ks2 - 1) / (WPC / ks2);
     /* stage 1: 8 loads a lane, no ring, 4 CTAs per SM asked of ptxas (a few spills outside the
      * loop); stage 2: 8 loads a lane in the two-half ring, 4 CTAs per SM (no spills). The best
      * of the 8 (MINB, PIPE, LOADS) choices per stage on H100 (moe_mma.cu's header).
@@ -1042,21 +1005,20 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * 128 -2.2%, 256 -3.9%; batch 1 +0.1% (a build with the rows a warp), so not there. The
      * rows a warp (4x the shared memory, Pro 48 KB a CTA) cost Pro 2-8% in L1. */
     const size_t xs = (size_t)2 * I * 2, xs4 = 2 * xs;
-    const int use_xs = N >= 2 && ((D + 15) / 16) % (WPC / ks2) == 0 &&
-                       ((D + 15) / 16) % (WPC / ks20) == 0 && xs <= 32 * 1024;
+    const int use_xs = N >= 2 && ((D + 15) / 16) % (WPC / ks2) == 0 && xs <= 32 * 1024;
     const int use_xs4 = use_xs && xs4 <= 32 * 1024;
     if (N * a->K < 2 * a->E && N < 5) {
-        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1, ks10);
+        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        stage2_launch<4, 8, 1, 1, 0>(st, a, (unsigned)g2, ks2, ks20, use_xs ? xs : 0);
+        stage2_launch<4, 8, 1, 1, 0>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
     } else if (N * a->K < 2 * a->E) {
-        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1, ks10);
+        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        stage2_launch<4, 8, 1, 1, 1>(st, a, (unsigned)g2, ks2, ks20, use_xs ? xs : 0);
+        stage2_launch<4, 8, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
     } else {
-        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1, ks10);
+        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        stage2_launch<3, 8, 2, 2, 1, 1>(st, a, (unsigned)g2, ks2, ks20, use_xs4 ? xs4 : 0);
+        stage2_launch<3, 8, 2, 2, 1, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
     }
     CUDA_LAUNCHED();
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
