@@ -3,8 +3,7 @@
 # the step graphs launch each kernel while the previous one still runs (programmatic dependent
 # launch), so a kernel that touched memory before waiting would race with its predecessor.
 # A kernel may open with DSV4_PDL_LATE() instead: it waits further down (pdl.cuh says what it may
-# read before), or with DSV4_PDL_EARLY(): it lets its successor launch, then waits. Prints the
-# kernels whose body opens with none of them; exit 1 if there are any.
+# read before). Prints the kernels whose body opens with neither; exit 1 if there are any.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 - "$@" <<'PY'
@@ -14,7 +13,7 @@ for p in sorted(pathlib.Path("src/backend/cuda").glob("*.cu*")):
     s = p.read_text()
     for m in re.finditer(r"__global__[^;{]*?\([^;{]*?\)\s*\{", s, re.S):
         body = s[m.end():].lstrip()
-        if not body.startswith(("DSV4_PDL_WAIT();", "DSV4_PDL_LATE();", "DSV4_PDL_EARLY();")):
+        if not body.startswith(("DSV4_PDL_WAIT();", "DSV4_PDL_LATE();")):
             names = [n for n in re.findall(r"(\w+)\s*\(", m.group(0)) if n != "__launch_bounds__"]
             bad.append(f"{p}:{s[:m.start()].count(chr(10)) + 1}: {names[0] if names else '?'}")
 for b in bad:

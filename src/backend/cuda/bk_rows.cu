@@ -201,7 +201,7 @@ __global__ static void rmsnorm_kernel(float *y, int64_t ldy, float *yq, int64_t 
                                       int64_t ldx, const float *w, int width, float eps,
                                       int round_bf16, int qblock, int staged, int w_staged)
 {
-    DSV4_PDL_EARLY();
+    DSV4_PDL_WAIT();
     extern __shared__ float rms_smem[];
     __shared__ double sh[RMS_WIDE_THREADS / 32];
     const float *xr = x + (int64_t)blockIdx.x * ldx, *src = xr, *wsrc = w;
@@ -395,7 +395,7 @@ enum { AQ_WARPS = 8 };
 __global__ static void act_quant_kernel(float *y, int64_t ldy, const float *x, int64_t ldx,
                                         int64_t width, int block)
 {
-    DSV4_PDL_EARLY();
+    DSV4_PDL_WAIT();
     const int lane = threadIdx.x & 31;
     const int64_t qb = (int64_t)blockIdx.y * AQ_WARPS + (threadIdx.x >> 5);
     const int64_t b0 = qb * block;
@@ -644,7 +644,7 @@ __global__ static void q_kv_norm_rope_kernel(float *q, int H, int groups, int64_
                                              const int32_t *pos, int hd, int r, const float *freqs,
                                              float eps, int qblock)
 {
-    DSV4_PDL_EARLY();
+    DSV4_PDL_WAIT();
     if ((int64_t)blockIdx.x < nq)
         head_norm_rope_block(blockIdx.x, q, H, hd, eps, groups, pos, r, freqs);
     else

@@ -865,15 +865,11 @@ __global__ void moe_mma_prep_kernel(const moe_mma_args a, const int32_t *sel, co
 }
 
 /* y [P, D] (bf16 bits) -> out [N, D]: per row, the routed pairs in ascending (expert, slot)
- * order added in f32 from 0 (moe_body's acc), then + the shared expert's row, then bf16.
- * It lets its successor (the mHC seam) launch before its own wait (DSV4_PDL_EARLY): with the
- * plain wait the seam's clusters were launched only once stage 2 had completed, and placed
- * 4.6 us after that (docs/PERF.md, session 10); so the placement ran after the MoE, not beside
- * it. The seam reads before its wait only fn, X, base, scale and norm, none written by stage 2. */
+ * order added in f32 from 0 (moe_body's acc), then + the shared expert's row, then bf16. */
 __global__ void moe_mma_combine_kernel(float *out, const uint16_t *y, const int32_t *sel, int64_t N,
                                        int K, int64_t D, int E)
 {
-    DSV4_PDL_EARLY();
+    DSV4_PDL_WAIT();
     const int64_t r = blockIdx.y, c = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
     if (c >= D) return;
     int ord[MOE_MAX_K], n = 0;

@@ -19,7 +19,7 @@
 __global__ void __launch_bounds__(1024)
     moe_route_prep_kernel(const moe_mma_args a, const moe_route rt, const float *h)
 {
-    DSV4_PDL_EARLY();
+    DSV4_PDL_WAIT();
     __shared__ moe_route_smem sm;
     __shared__ int last;
     extern __shared__ int32_t wl[];

@@ -30,16 +30,6 @@
 #define DSV4_PDL_WAIT_HELD() asm volatile("griddepcontrol.wait;" ::: "memory")
 #define DSV4_PDL_RELEASE()   asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
 
-/* Opens a short kernel whose successor takes long to place: it lets the next grid launch
- * BEFORE its own wait, so that the successor's CTAs are placed (and run up to their own wait)
- * while this kernel still waits for its predecessor. The successor's wait still returns only
- * once this grid has completed, which waited for its predecessor in turn; what changes is only
- * that a successor opening with DSV4_PDL_LATE() must not read, before its wait, anything the
- * launch before this one writes (one launch less than DSV4_PDL_LATE's rule). Used by the MoE
- * combine (moe_mma.cu), whose successor is the mHC seam's 16-CTA clusters. */
-#define DSV4_PDL_EARLY()                                                                           \
-    asm volatile("griddepcontrol.launch_dependents;\n\tgriddepcontrol.wait;" ::: "memory")
-
 /* Opens a kernel that waits later instead (tools/check_pdl.sh accepts either): before its wait it
  * may read only what no launch of the last two writes (weights, tables, and data of a launch two
  * or more back, which had completed before the previous launch passed its own wait), and it
