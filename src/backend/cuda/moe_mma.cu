@@ -137,6 +137,14 @@
  * the cursor walks blocks: the same values in the same order, bit-identical. moe.experts at
  * batch 64: Flash 64 -> 68% of copy, Pro 75 -> 81%; step -1.2 to -8.2% (Flash), -1.3 to -11.2%
  * (Pro), prefill +8 to +10% (docs/PERF.md, session 15).
+ * Tried in session 17 and not kept (commits in the history, each reverted; docs/PERF.md): the
+ * MXFP4 scales packed a lane's 32-bit word per chunk pair (902d969: the pure-load ceiling at
+ * batch 1's size 74 -> 90%, the kernels unchanged at batch 1 and 0.5-0.9% slower at 64-128);
+ * the combine in stage 2's tail (a ticket per row and tile, one launch fewer: 0.7-2.2% slower);
+ * the shared expert's FP8 tasks in twice the K slices (9bc6e6a: no gain). ncu at N = 1 (stage
+ * 1): 0.32 instructions a cycle a scheduler from ~3 warps, each waiting on its loads about half
+ * of its cycles and on its arithmetic the rest: the loads and the arithmetic of a warp in
+ * series, not a bandwidth or issue ceiling.
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
