@@ -140,7 +140,7 @@
  * Tried in session 17 and not kept (commits in the history, each reverted; docs/PERF.md): the
  * MXFP4 scales packed a lane's 32-bit word per chunk pair (902d969: the pure-load ceiling at
  * batch 1's size 74 -> 90%, the kernels unchanged at batch 1 and 0.5-0.9% slower at 64-128);
- * the combine in stage 2's tail (a ticket per row and tile, one launch fewer: 0.7-2.2% slower);
+ * the combine in stage 2's tail (a ticket per row and tile, one launch fewer: 0.7-2.3% slower);
  * the shared expert's FP8 tasks in twice the K slices (9bc6e6a: no gain). ncu at N = 1 (stage
  * 1): 0.32 instructions a cycle a scheduler from ~3 warps, each waiting on its loads about half
  * of its cycles and on its arithmetic the rest: the loads and the arithmetic of a warp in
