@@ -152,7 +152,6 @@
 #include "backend/cuda/moe_numerics.cuh"
 #include "backend/cuda/moe_route.cuh"
 #include "backend/cuda/pdl.cuh"
-#include <stdlib.h>
 
 enum { WPC = 4 }; /* warps per CTA, each one task */
 
@@ -1016,25 +1015,11 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     const size_t xs = (size_t)2 * I * 2, xs4 = 2 * xs;
     const int use_xs = N >= 2 && ((D + 15) / 16) % (WPC / ks2) == 0 && xs <= 32 * 1024;
     const int use_xs4 = use_xs && xs4 <= 32 * 1024;
-    const char *xg = getenv("DSV4_X_G2"), *xl = getenv("DSV4_X_L2P");
-    const int64_t g2mul = xg ? atoi(xg) : 16, l2pmin = xl ? atoi(xl) : 0;
-    if (8 * N * a->K < g2mul * a->E && l2pmin > 0 && N >= l2pmin) {
-        const char *xw = getenv("DSV4_X_L2PW"); /* 1: stage 1, 2: stage 2, 3: both */
-        const int w = xw ? atoi(xw) : 3;
-        if (w & 1)
-            moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
-        else
-            moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
-        CUDA_LAUNCHED();
-        if (w & 2)
-            stage2_launch<4, 8, 1, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
-        else
-            stage2_launch<4, 8, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
-    } else if (8 * N * a->K < g2mul * a->E && N < 5) {
+    if (N * a->K < 2 * a->E && N < 5) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
         stage2_launch<4, 8, 1, 1, 0>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
-    } else if (8 * N * a->K < g2mul * a->E) {
+    } else if (N * a->K < 2 * a->E) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
         stage2_launch<4, 8, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
