@@ -154,6 +154,8 @@
 #include "backend/cuda/pdl.cuh"
 
 enum { WPC = 4 }; /* warps per CTA, each one task */
+/* Rows of x from which stage 2's 1-group kernel prefetches its next blocks into L2 (moe_mma_run) */
+enum { S2_L2P_ROWS = 8 };
 
 /* bar.sync on barrier id (1 .. 4) among `count` threads (whole warps); literal ids, so that
  * ptxas reserves only the barriers used. */
@@ -977,10 +979,14 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     /* stage 1: 8 loads a lane, no ring, 4 CTAs per SM asked of ptxas (a few spills outside the
      * loop); stage 2: 8 loads a lane in the two-half ring, 4 CTAs per SM (no spills). The best
      * of the 8 (MINB, PIPE, LOADS) choices per stage on H100 (moe_mma.cu's header).
-     * Where the routed experts average two tokens or more (N K >= 2 E), passes of 2 token
+     * Where the routed experts average 1.25 tokens or more (4 N K >= 5 E), passes of 2 token
      * groups (MXFP4 4 tokens, FP8 16): 3 CTAs per SM (168 registers, no spills); stage 1 with 4
      * loads a lane and its FP8 (shared expert) passes of one group. Below that most experts have
-     * one or two tokens, the second group would be empty and the lower occupancy costs. Engine
+     * one token, the second group would be empty and the lower occupancy costs. The rule was
+     * N K >= 2 E until session 18: with the L2 prefetch below (session 15) the 2-group kernels
+     * win from ~1.25 E (dsv4 bench, H100, ms/step, 1-group / 2-group: Flash batch 52 (1.22 E)
+     * 5.86 / 5.88, 56 (1.31 E) 6.11 / 6.06, 64 6.62 / 6.44; Pro 72 (1.13 E) 9.69-9.74 / 9.69,
+     * 80 (1.25 E) 10.45-10.50 / 10.28-10.35, 96 11.89 / 11.38; docs/PERF.md, session 18). Engine
      * step (dsv4 bench, H100, 2-group kernels from N K >= E / 2 E / never, ms): Flash batch 64
      * 10.09 / 9.64 / 9.65, 128 16.02 / 16.10 / 16.58, 256 25.44 / 25.39 / 27.85; Pro batch 64
      * 13.23 / 12.46 / 12.45, 128 21.29 / 21.31 / 21.81 (docs/PERF.md, session 6). test_gpu_moe's
@@ -993,7 +999,10 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * prefetch_blocks: one bulk prefetch a matrix, possible since the tiled layout): Flash batch
      * 96 / 128 / 256 -3.3 / -2.8 / -1.6%, Pro 128 / 256 -5.2 / -4.1%, prefill +1.4% / +5.1%.
      * In the 1-group kernels it cost batch 1-8 1-5% (a runtime switch: two iterations ahead
-     * and more were slower everywhere), so not there (docs/PERF.md, session 15).
+     * and more were slower everywhere), so not there (docs/PERF.md, session 15); but stage 2's
+     * 1-group kernel with it from S2_L2P_ROWS rows gains (session 18, compile-time instances:
+     * Flash batch 8 / 16 / 32 / 48 -0.6 / -1.2 / -1.3 / -1.6%, Pro 8 / 16 / 64 -0.8 / -1.2 /
+     * -1.9%; at 5-6 rows +-0.3%), where stage 1's loses (Flash 32 / 64 +0.9 / +1.3%).
      * From 5 rows the kernels are the PFX instances: prefetch_x issued where a.N > 16. What pays
      * is how ptxas allocates them with that flag live (4-CTA stage 2: 64 bytes of stack against
      * 48), not the prefetch: compiled in unconditionally it gained nothing, at 5-16 rows it is
@@ -1015,14 +1024,18 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     const size_t xs = (size_t)2 * I * 2, xs4 = 2 * xs;
     const int use_xs = N >= 2 && ((D + 15) / 16) % (WPC / ks2) == 0 && xs <= 32 * 1024;
     const int use_xs4 = use_xs && xs4 <= 32 * 1024;
-    if (N * a->K < 2 * a->E && N < 5) {
+    const int two_groups = 4 * N * a->K >= 5 * a->E;
+    if (!two_groups && N < 5) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
         stage2_launch<4, 8, 1, 1, 0>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
-    } else if (N * a->K < 2 * a->E) {
+    } else if (!two_groups) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        stage2_launch<4, 8, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
+        if (N >= S2_L2P_ROWS)
+            stage2_launch<4, 8, 1, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
+        else
+            stage2_launch<4, 8, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
     } else {
         moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
