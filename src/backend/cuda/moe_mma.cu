@@ -152,7 +152,6 @@
 #include "backend/cuda/moe_numerics.cuh"
 #include "backend/cuda/moe_route.cuh"
 #include "backend/cuda/pdl.cuh"
-#include <stdlib.h>
 
 enum { WPC = 4 }; /* warps per CTA, each one task */
 /* Rows of x from which stage 2's 1-group kernel prefetches its next blocks into L2 (moe_mma_run) */
@@ -1038,25 +1037,9 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
         else
             stage2_launch<4, 8, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
     } else {
-        const char *e1 = getenv("DSV4_X_S1"), *e2 = getenv("DSV4_X_S2");
-        const int v1 = e1 ? atoi(e1) : 0, v2 = e2 ? atoi(e2) : 0;
-        if (v1 == 1)
-            moe_mma_stage_kernel<2, 3, 0, 8, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
-        else if (v1 == 2)
-            moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1, 0, 2><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
-        else if (v1 == 3)
-            moe_mma_stage_kernel<2, 3, 0, 4, 2, 2, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
-        else
-            moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        if (v2 == 1)
-            stage2_launch<3, 8, 2, 2, 1, 2>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
-        else if (v2 == 2)
-            stage2_launch<4, 8, 2, 2, 1, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
-        else if (v2 == 3)
-            stage2_launch<4, 4, 2, 2, 1, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
-        else
-            stage2_launch<3, 8, 2, 2, 1, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
+        stage2_launch<3, 8, 2, 2, 1, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
     }
     CUDA_LAUNCHED();
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
