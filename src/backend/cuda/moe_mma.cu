@@ -980,8 +980,11 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * loop); stage 2: 8 loads a lane in the two-half ring, 4 CTAs per SM (no spills). The best
      * of the 8 (MINB, PIPE, LOADS) choices per stage on H100 (moe_mma.cu's header).
      * Where the routed experts average 1.25 tokens or more (4 N K >= 5 E), passes of 2 token
-     * groups (MXFP4 4 tokens, FP8 16): 3 CTAs per SM (168 registers, no spills); stage 1 with 4
-     * loads a lane and its FP8 (shared expert) passes of one group. Below that most experts have
+     * groups (MXFP4 4 tokens, FP8 16): stage 1 at 3 CTAs per SM (168 registers, no spills) with
+     * 4 loads a lane and its FP8 (shared expert) passes of one group; stage 2 at 4 CTAs per SM
+     * (128 registers, 16-32 bytes of stack), 8 loads a lane (3 CTAs until session 18; 4 is
+     * faster on the tiled layout: Flash batch 64 / 128 / 256 -2.2 / -1.8 / -1.7%, Pro 96 / 128 /
+     * 256 -1.5 / -1.5 / -1.3%, Flash prefill +2.0%; docs/PERF.md). Below that most experts have
      * one token, the second group would be empty and the lower occupancy costs. The rule was
      * N K >= 2 E until session 18: with the L2 prefetch below (session 15) the 2-group kernels
      * win from ~1.25 E (dsv4 bench, H100, ms/step, 1-group / 2-group: Flash batch 52 (1.22 E)
@@ -1039,7 +1042,7 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     } else {
         moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        stage2_launch<3, 8, 2, 2, 1, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
+        stage2_launch<4, 8, 2, 2, 1, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
     }
     CUDA_LAUNCHED();
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
