@@ -152,7 +152,6 @@
 #include "backend/cuda/moe_numerics.cuh"
 #include "backend/cuda/moe_route.cuh"
 #include "backend/cuda/pdl.cuh"
-#include <stdlib.h>
 
 enum { WPC = 4 }; /* warps per CTA, each one task */
 /* Rows of x from which stage 2's 1-group kernel prefetches its next blocks into L2 (moe_mma_run) */
@@ -1034,29 +1033,16 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
         CUDA_LAUNCHED();
         stage2_launch<4, 8, 1, 1, 0>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
     } else if (!two_groups) {
-        if (getenv("DSV4_X_S1G"))
-            moe_mma_stage_kernel<2, 3, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
-        else
-            moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
         if (N >= S2_L2P_ROWS)
             stage2_launch<4, 8, 1, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
         else
             stage2_launch<4, 8, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
     } else {
-        const char *e1 = getenv("DSV4_X_S1"), *e2 = getenv("DSV4_X_S2");
-        const int v1 = e1 ? atoi(e1) : 0, v2 = e2 ? atoi(e2) : 0;
-        if (v1 == 4)
-            moe_mma_stage_kernel<2, 4, 0, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
-        else
-            moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
-        if (v2 == 4)
-            stage2_launch<4, 8, 2, 2, 1, 2>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
-        else if (v2 == 5)
-            stage2_launch<4, 8, 2, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
-        else
-            stage2_launch<4, 8, 2, 2, 1, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
+        stage2_launch<4, 8, 2, 2, 1, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
     }
     CUDA_LAUNCHED();
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
