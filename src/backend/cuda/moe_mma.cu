@@ -152,7 +152,6 @@
 #include "backend/cuda/moe_numerics.cuh"
 #include "backend/cuda/moe_route.cuh"
 #include "backend/cuda/pdl.cuh"
-#include <stdlib.h>
 
 enum { WPC = 4 }; /* warps per CTA, each one task */
 /* Rows of x from which stage 2's 1-group kernel prefetches its next blocks into L2 (moe_mma_run) */
@@ -1028,8 +1027,7 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     const size_t xs = (size_t)2 * I * 2, xs4 = 2 * xs;
     const int use_xs = N >= 2 && ((D + 15) / 16) % (WPC / ks2) == 0 && xs <= 32 * 1024;
     const int use_xs4 = use_xs && xs4 <= 32 * 1024;
-    const char *xg = getenv("DSV4_X_G2");
-    const int two_groups = 8 * N * a->K >= (xg ? atoi(xg) : 10) * a->E;
+    const int two_groups = 4 * N * a->K >= 5 * a->E;
     if (!two_groups && N < 5) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
