@@ -979,17 +979,18 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     /* stage 1: 8 loads a lane, no ring, 4 CTAs per SM asked of ptxas (a few spills outside the
      * loop); stage 2: 8 loads a lane in the two-half ring, 4 CTAs per SM (no spills). The best
      * of the 8 (MINB, PIPE, LOADS) choices per stage on H100 (moe_mma.cu's header).
-     * Where the routed experts average 1.25 tokens or more (4 N K >= 5 E), passes of 2 token
+     * Where the routed experts average 1.125 tokens or more (8 N K >= 9 E), passes of 2 token
      * groups (MXFP4 4 tokens, FP8 16): stage 1 at 3 CTAs per SM (168 registers, no spills) with
      * 4 loads a lane and its FP8 (shared expert) passes of one group; stage 2 at 4 CTAs per SM
      * (128 registers, 16-32 bytes of stack), 8 loads a lane (3 CTAs until session 18; 4 is
      * faster on the tiled layout: Flash batch 64 / 128 / 256 -2.2 / -1.8 / -1.7%, Pro 96 / 128 /
      * 256 -1.5 / -1.5 / -1.3%, Flash prefill +2.0%; docs/PERF.md). Below that most experts have
      * one token, the second group would be empty and the lower occupancy costs. The rule was
-     * N K >= 2 E until session 18: with the L2 prefetch below (session 15) the 2-group kernels
-     * win from ~1.25 E (dsv4 bench, H100, ms/step, 1-group / 2-group: Flash batch 52 (1.22 E)
-     * 5.86 / 5.88, 56 (1.31 E) 6.11 / 6.06, 64 6.62 / 6.44; Pro 72 (1.13 E) 9.69-9.74 / 9.69,
-     * 80 (1.25 E) 10.45-10.50 / 10.28-10.35, 96 11.89 / 11.38; docs/PERF.md, session 18). Engine
+     * N K >= 2 E until session 18: with the L2 prefetch below (session 15) and stage 2 at 4 CTAs
+     * the 2-group kernels win from ~1.1 E (dsv4 bench, H100, ms/step, 1-group / 2-group: Flash
+     * batch 40 (0.94 E) 4.97-4.98 / 5.03-5.04, 44 (1.03 E) 5.29-5.30 / 5.28-5.30, 48 (1.125 E)
+     * 5.58 / 5.53-5.54, 52 (1.22 E) 5.87 / 5.77-5.79; Pro 56 (0.875 E) 7.92-7.93 / 7.98-8.00,
+     * 64 (1.0 E) 8.66 / 8.66, 72 (1.125 E) 9.71 / 9.60; docs/PERF.md, session 18). Engine
      * step (dsv4 bench, H100, 2-group kernels from N K >= E / 2 E / never, ms): Flash batch 64
      * 10.09 / 9.64 / 9.65, 128 16.02 / 16.10 / 16.58, 256 25.44 / 25.39 / 27.85; Pro batch 64
      * 13.23 / 12.46 / 12.45, 128 21.29 / 21.31 / 21.81 (docs/PERF.md, session 6). test_gpu_moe's
@@ -1027,7 +1028,7 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     const size_t xs = (size_t)2 * I * 2, xs4 = 2 * xs;
     const int use_xs = N >= 2 && ((D + 15) / 16) % (WPC / ks2) == 0 && xs <= 32 * 1024;
     const int use_xs4 = use_xs && xs4 <= 32 * 1024;
-    const int two_groups = 4 * N * a->K >= 5 * a->E;
+    const int two_groups = 8 * N * a->K >= 9 * a->E;
     if (!two_groups && N < 5) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
