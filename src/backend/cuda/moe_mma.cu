@@ -984,7 +984,7 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * 4 loads a lane and its FP8 (shared expert) passes of one group; stage 2 at 4 CTAs per SM
      * (128 registers, 16-32 bytes of stack), 8 loads a lane (3 CTAs until session 18; 4 is
      * faster on the tiled layout: Flash batch 64 / 128 / 256 -2.2 / -1.8 / -1.7%, Pro 96 / 128 /
-     * 256 -1.5 / -1.5 / -1.3%, Flash prefill +2.0%; docs/PERF.md). Below that most experts have
+     * 256 -1.5 / -1.5 / -1.3%, Flash prefill +1.9%; docs/PERF.md). Below that most experts have
      * one token, the second group would be empty and the lower occupancy costs. The rule was
      * N K >= 2 E until session 18: with the L2 prefetch below (session 15) and stage 2 at 4 CTAs
      * the 2-group kernels win from ~1.1 E (dsv4 bench, H100, ms/step, 1-group / 2-group: Flash
