@@ -75,7 +75,8 @@
  * stage 2 new 1305; stage 2 of HEAD with stage 1 new 1290; stage 2 at 4 CTAs (spills) with 4 or
  * 8 loads 1240 and 1249, once each and not checked, so not taken. Flash N = 8: 297 -> 342
  * (most experts have 1 token: the second group is empty, the lower occupancy costs), so taken
- * only where N K >= 2 E (moe_mma_run: measured in the engine). N = 300 5015 -> 4110 us.
+ * only where N K >= 2 E (moe_mma_run: measured in the engine; since session 18 from 8 N K >= 9 E,
+ * with stage 2 at 4 CTAs after all). N = 300 5015 -> 4110 us.
  * Then L1 (session 6). Every task of an SM re-reads the same activation rows (x at N = 1; an
  * expert's few rows of x / aq) and scale bytes (a quad's 4-byte scale word serves 8 chunks of a
  * row), while the weights are read once; with __ldg the weights streamed through L1 and evicted
