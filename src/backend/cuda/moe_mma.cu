@@ -35,117 +35,37 @@
  * and added to the f32 accumulator with one rounding (fmaf). So the result differs from the CPU
  * only in f32 summation order; then bf16 and the roundings of moe_numerics.cuh as there.
  *
- * What bounds it (H100, ncu on test_gpu_moe --profile, Flash N = 1): not the bytes in flight
- * but instruction issue. The kernels ran 12 warps an SM (168 registers: 3 CTAs), ~8 cycles
- * between a warp's instructions (40% of them waiting on L1TEX), DRAM 30-38% busy, and the FP4
- * loop issued ~100 instructions per 16-byte weight load, 2/3 of them the nibble widening (4 a
- * pair): at 3 TB/s that is ~0.6 instructions a cycle per scheduler, which 3 warps a scheduler
- * cannot reach. So: the widening takes 11 operations a word instead of 16 (moe_frag.cuh), the
- * zero fills leave the loop, and the load schedule is a compile-time choice per stage (MINB
- * CTAs per SM asked of ptxas, LOADS a lane, PIPE: a two-half ring whose next half's loads are
- * issued before this half's mma). Of the 8 choices, timed per stage on H100 (test_gpu_moe
- * bench, the other stage fixed): stage 1 is fastest with 4 CTAs, 8 loads, no ring; stage 2 with
- * 4 CTAs, 8 loads and the ring (Flash N = 1: 102 -> 89 us with the new stage 1, 105 -> 96 with
- * the new stage 2; N = 64: 1717 -> 1563 and 1786 -> 1644). A resident grid looping over the
- * tasks and an L2 prefetch of each task's rows were tried too and did not help. Then (SASS of
- * the FP4 loop, sm_90a): of ~720 instructions per 8 weight loads (stage 1), ~100 were address
- * arithmetic (the row products recomputed in the loop: ptxas rematerialised them at the 128
- * register cap) and ~70 the scaling (the e8m0 decode as a branch, two multiplies a partial). So
- * the loads go through a per-pass cursor advanced by adds (wcur: a load is a pointer plus an
- * immediate), and where every scale byte of the loaded chunks is <= 240 (a warp vote) a
- * partial is scaled in one multiply by 2^(s - 113), bit-identical (scales_small): ~545
- * instructions (stage 2: 788 -> ~620), stage 1 spills 64 -> 16 bytes. H100 test_gpu_moe
- * --profile, old and new binaries in one call: Flash N = 1 83.2 -> 80.0 us, N = 64 1457 ->
- * 1333 us. The widening (352 of the ~545) is now most of the loop. FP8 weights (the shared
- * expert) are widened by the hardware's e4m3 -> f16x2 conversion, one instruction a pair where
- * the bit placement took 3, bit-identical (the f16 values are 2^8 times the old ones, the
- * partials too, exactly). The e4m3 mma (m16n8k32) does not help here: on sm_90a ptxas lowers
- * mma.sync e4m3 to that conversion of both operands and two f16 mma (HMMA.16816) plus an FADD,
- * so an MXFP4 word placed as e4m3 (7 operations) then costs 4 conversions more, no fewer
- * instructions than the f16 widening (11), and more registers (stage 1 spills 88 -> 172 bytes).
- * Then passes of NB token groups (stage kernel NB4 / NB8; mma_chunks_nb): each widened weight
- * fragment meets NB B fragments, so a pass takes 4 MXFP4 tokens (16 FP8) for the widening of 2
- * (8); bit-identical (each C element the same k-sum). The extra partials and activations take
- * registers: at 4 CTAs per SM stage 1 spilled 480 bytes, so these kernels ask for 3 (168
- * registers); stage 1 with 4 loads a lane and FP8 one group a pass (no spills; 8 loads or FP8
- * in two groups spill 48-76 bytes). A task takes 2-group passes while more than one group's
- * tokens remain, then a 1-group pass. H100, test_gpu_moe --profile 64 (Flash), HEAD 1319 /
- * 1320 us: this choice 1259 / 1265; stage 1 with 8 loads (FP8 1 or 2 groups) 1302, 1300 / 1302;
- * 4 loads both in 2 groups 1314 / 1307; 2 CTAs (208 registers) 1449; stage 1 of HEAD with
- * stage 2 new 1305; stage 2 of HEAD with stage 1 new 1290; stage 2 at 4 CTAs (spills) with 4 or
- * 8 loads 1240 and 1249, once each and not checked, so not taken. Flash N = 8: 297 -> 342
- * (most experts have 1 token: the second group is empty, the lower occupancy costs), so taken
- * only where N K >= 2 E (moe_mma_run: measured in the engine; since session 18 from 8 N K >= 9 E,
- * with stage 2 at 4 CTAs after all). N = 300 5015 -> 4110 us.
- * Then L1 (session 6). Every task of an SM re-reads the same activation rows (x at N = 1; an
- * expert's few rows of x / aq) and scale bytes (a quad's 4-byte scale word serves 8 chunks of a
- * row), while the weights are read once; with __ldg the weights streamed through L1 and evicted
- * them. So the kernels below N K = 2 E load the weights with .L1::no_allocate (moe_ldw; stage 1
- * SASS as before but for the 16 weight loads; bit-identical). Engine, H100, dsv4 bench --shape
- * flash --layers 4 --contexts 4096 --prefill 0 --no-gemms, HEAD (024a9a7) and a switch build in
- * one call, 3 runs each, step ms: batch 1 1.165-1.169 -> 1.115-1.119, 8 2.625-2.634 -> 2.546-2.559,
- * 64 9.617-9.674 -> 9.443-9.490; moe.experts ms/step (4 layers) batch 1 0.300-0.302 -> 0.270-
- * 0.273, 64 6.601-6.605 -> 6.414-6.420 (test_gpu_moe --profile: N = 1 74.8 -> 66.7 us, N = 64
- * 1336 -> 1364: its routing puts the tokens on ~97 experts, the engine's on ~200). Tried in the
- * same calls and not kept: (1) the weights through shared memory: each lane cp.async'd (16 B,
- * L2 only; scale words 4 B) the bytes it widens into its own slots of a per-warp ring 5-10
- * chunks deep (stage 1 / 2; wait_group per lane, no barrier; bit-identical, memcheck clean),
- * 108-128 registers: Flash N = 64 1327 -> 1638 us, N = 1 74.3 -> 89.5, engine batch 1 / 8 / 64
- * 1.169 -> 1.240, 2.626 -> 2.849, 9.641 -> 10.936 ms; deeper at 3 CTAs 1847, activations through
- * the ring too 2011, stage 2 at 5 or 6 CTAs 1576 / 1583, with .L2::256B 1581, the carveout hint
- * 1650 (N = 64). Its ~210 KB of shared memory an SM leave L1 ~20 KB: HEAD's kernels given the
- * same dynamic shared memory (unused) took 1336 -> 1492 us (N = 64), 74.8 -> 81.4 (N = 1); ncu
- * (N = 64, stage 1): L1 hit rate 40 -> 30%, L1/shared pipe 51 -> 77% busy, DRAM 48 -> 29%.
- * (2) .L2::256B on the weight loads: engine batch 64 9.64 -> 9.75 ms; with .L1::no_allocate as
- * well batch 1 1.136, 64 9.96 (N = 64 op 1449 us); .L2::128B no change (9.62 -> 9.62-9.64).
- * Next: stage 2 at 4 CTAs (fewer registers: 32-bit activation offsets), FP8 stage 1 in two
- * groups without spills, the weights past L1 in the 2-group kernels too (not yet measured).
- * Then (session 7) the weights through shared memory by TMA, tried and not kept: each warp
- * copied its task's rows into its own ring of 2-3 stages (cp.async.bulk, one 128-256 byte copy a
- * row and stage, mbarrier expect_tx; ld.shared fragments; the same sums, sanitizers clean).
- * Engine step (H100, dsv4 bench, Flash 4 layers) batch 1 / 8: 1.107 / 2.55 -> 1.176 / 2.74 ms,
- * moe.experts batch 1 / 64: 0.270 / 6.38 -> 0.321 / 7.24 ms (both stages); stage 2 alone 0.283
- * / 6.37. ncu (stage 1, N = 1): long-scoreboard stalls 4.1 -> 1.4 cycles an issue, but 9.2 ->
- * 15.4 M instructions: ptxas issues a bulk copy of several lanes one lane at a time (ELECT, R2UR,
- * UBLKCP in a BRA.U.ANY loop, 11 instructions a copy), where an LDG.128 moves 512 bytes a warp
- * instruction; and the ring's shared memory held the SM at 8-16 warps. Session 8 then tried the
- * 2-D form: one lane filling the warp's ring with tensor-map boxes (16 rows x 256 bytes, 4 KB a
- * copy, and the MXFP4 scales), one task a group or a resident grid fed across the tasks: also
- * bit-identical and also slower (Flash batch 1 1.09 -> 1.19-1.24 ms; stage 1 at N = 1 42.5 ->
- * 62.7 us, 12 warps an SM against 16, the waits adding instructions). These kernels are bound by
- * the issue of the widening with few warps, not by the bytes in flight (docs/PERF.md, sessions
- * 7 and 8; patch build-s8b/moe_tma_ring.patch). What did pay: stage 2 and stage 1's
- * shared-expert slot issue their first weight loads before the PDL wait (pend below).
- * But issue is not the whole story (session 10): the FP4 weights widened to e4m3 bytes (7
- * operations a word) on m16n8k32 e4m3 mmas (half as many), a third fewer instructions in the
- * loop, made both stages slower (Flash N = 1 66.4 -> 68.1 us, N = 64 1351 -> 1413; docs/PERF.md,
- * patch build-lead/moe_e4m3.patch). What bounds them now is not known: the mma chain's latency
- * or stage 1's loads, exposed once an iteration without a ring, are the next to measure.
- * Stage 2's activations (session 14): its warps of one slot read the same aq row chunk by chunk
- * in lockstep, so each chunk missed L1 for all of them at once and waited an L2 round trip
- * behind the ring's weights (ncu, session 11: 32% of the stall samples on the mma waiting for
- * aq). From 2 rows a CTA's warps (all on one slot) now copy each pass's two token rows into
- * shared memory once (cp.async, after the PDL wait; XS, stage_x) and read the chunks from
- * there: the same values in the same order, bit-identical. Once a CTA, not a warp: a warp's
- * own copy took 4x the shared memory, which cost Pro's L1 more than it saved. Step -0.5 to
- * -3.9% (Flash) and -0.4 to -3.9% (Pro) at batch 2-256 (moe_mma_run).
- * What bounded the weight stream all along (session 15) was its access pattern: a warp read its
- * 16 rows 64-128 bytes at a time, 16 runs 2-4 KB apart per chunk. A pure-load kernel with that
- * pattern (bench/bench_gpu_access.cu: 200 experts' w1 / w3, 4 CTAs of 4 warps an SM, 8 loads a
- * lane) reached 2.03 TB/s on the H100 (1.72 with the MXFP4 scale bytes) against 3.08 for a
- * plain read, and 3.05 (2.80) with each 16-row tile's chunks stored as contiguous blocks. So
- * the table's matrices are rewritten into that tiled layout once (moe.cuh, moe_layout.cu) and
- * the cursor walks blocks: the same values in the same order, bit-identical. moe.experts at
- * batch 64: Flash 64 -> 68% of copy, Pro 75 -> 81%; step -1.2 to -8.2% (Flash), -1.3 to -11.2%
- * (Pro), prefill +8 to +10% (docs/PERF.md, session 15).
- * Tried in session 17 and not kept (commits in the history, each reverted; docs/PERF.md): the
- * MXFP4 scales packed a lane's 32-bit word per chunk pair (902d969: the pure-load ceiling at
- * batch 1's size 74 -> 90%, the kernels unchanged at batch 1 and 0.5-0.9% slower at 64-128);
- * the combine in stage 2's tail (a ticket per row and tile, one launch fewer: 0.7-2.3% slower);
- * the shared expert's FP8 tasks in twice the K slices (9bc6e6a: no gain). ncu at N = 1 (stage
- * 1): 0.32 instructions a cycle a scheduler from ~3 warps, each waiting on its loads about half
- * of its cycles and on its arithmetic the rest: the loads and the arithmetic of a warp in
- * series, not a bandwidth or issue ceiling.
+ * What bounds them (H100; every measurement and every variant tried is in docs/PERF.md,
+ * sessions 2-18, and the history of this header in git). At batch 1 the stages stream at about
+ * half of copy bandwidth: each warp's loads and its arithmetic run in series (ncu, stage 1 at
+ * N = 1: 0.32 instructions a cycle a scheduler from ~3 warps, half of a warp's cycles waiting on
+ * its loads, the rest on the arithmetic's dependences), so neither the bandwidth nor the issue
+ * ceiling is reached. At batch 64 they stream at about 70% of copy. What the kernels keep, each
+ * measured against its alternative in the engine step:
+ *   - the widening by bit operations (moe_frag.cuh, 11 operations a word of 8 nibbles; an e4m3
+ *     placement on m16n8k32 mmas has fewer instructions but was slower: ptxas lowers those mmas
+ *     on sm_90a to conversions and f16 mmas), FP8 by the hardware e4m3 -> f16x2 conversion;
+ *   - a per-pass load cursor advanced by adds (wcur), and one multiply by 2^(s - 113) a partial
+ *     where a warp vote finds every scale byte <= 240 (scales_small);
+ *   - the load schedule per stage as compile-time choices (MINB CTAs an SM asked of ptxas, LOADS
+ *     a lane, PIPE a two-half register ring), each instance picked per batch range by
+ *     moe_mma_run;
+ *   - passes of NB token groups, each widened weight meeting NB B fragments, where the experts
+ *     average ~1.1 tokens or more;
+ *   - the weights loaded past L1 (moe_ldw: through L1 they evicted the activation rows and scale
+ *     bytes that every task of an SM re-reads);
+ *   - stage 2's token rows staged once a CTA in shared memory from 2 rows (XS, stage_x: its
+ *     warps read the same row chunk in lockstep and missed L1 together);
+ *   - the tiled expert layout (moe.cuh, moe_layout.cu: 16-row x 128-column blocks stored
+ *     contiguously; the row-major pattern's own ceiling, with the scale bytes, was 56% of copy
+ *     in a pure-load kernel, bench/bench_gpu_access.cu);
+ *   - an L2 bulk prefetch of the next iteration's blocks where it pays (prefetch_blocks);
+ *   - stage 2's and stage 1's shared-expert first weight loads before the PDL wait (pend).
+ * Tried and not kept: the weights through shared memory (per-warp cp.async rings, 1-D and 2-D
+ * TMA rings: fewer warps and more instructions, L1 lost to the rings), resident grids, the FP4
+ * weights as e4m3 (above), packed MXFP4 scales (902d969: the pure-load ceiling rose, the kernels
+ * did not), the combine in stage 2's tail, more K slices for the shared expert, register rings
+ * and L2 prefetch in the batch-1 kernels.
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
@@ -979,31 +899,30 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     const int64_t g1 = (t1 + WPC / ks1 - 1) / (WPC / ks1), g2 = (t2 + WPC / ks2 - 1) / (WPC / ks2);
     /* stage 1: 8 loads a lane, no ring, 4 CTAs per SM asked of ptxas (a few spills outside the
      * loop); stage 2: 8 loads a lane in the two-half ring, 4 CTAs per SM (no spills). The best
-     * of the 8 (MINB, PIPE, LOADS) choices per stage on H100 (moe_mma.cu's header).
-     * Where the routed experts average 1.125 tokens or more (8 N K >= 9 E), passes of 2 token
-     * groups (MXFP4 4 tokens, FP8 16): stage 1 at 3 CTAs per SM (168 registers, no spills) with
-     * 4 loads a lane and its FP8 (shared expert) passes of one group; stage 2 at 4 CTAs per SM
-     * (128 registers, 16-32 bytes of stack), 8 loads a lane (3 CTAs until session 18; 4 is
-     * faster on the tiled layout: Flash batch 64 / 128 / 256 -2.2 / -1.8 / -1.7%, Pro 96 / 128 /
-     * 256 -1.5 / -1.5 / -1.3%, Flash prefill +1.9%; docs/PERF.md). Below that most experts have
-     * one token, the second group would be empty and the lower occupancy costs. The rule was
-     * N K >= 2 E until session 18: with the L2 prefetch below (session 15) and stage 2 at 4 CTAs
-     * the 2-group kernels win from ~1.1 E (dsv4 bench, H100, ms/step, 1-group / 2-group: Flash
-     * batch 40 (0.94 E) 4.97-4.98 / 5.03-5.04, 44 (1.03 E) 5.29-5.30 / 5.28-5.30, 48 (1.125 E)
-     * 5.58 / 5.53-5.54, 52 (1.22 E) 5.87 / 5.77-5.79; Pro 56 (0.875 E) 7.92-7.93 / 7.98-8.00,
-     * 64 (1.0 E) 8.66 / 8.66, 72 (1.125 E) 9.71 / 9.60; docs/PERF.md, session 18). Engine
-     * step (dsv4 bench, H100, 2-group kernels from N K >= E / 2 E / never, ms): Flash batch 64
-     * 10.09 / 9.64 / 9.65, 128 16.02 / 16.10 / 16.58, 256 25.44 / 25.39 / 27.85; Pro batch 64
-     * 13.23 / 12.46 / 12.45, 128 21.29 / 21.31 / 21.81 (docs/PERF.md, session 6). test_gpu_moe's
-     * routing concentrates the tokens on fewer experts, where the rule N K >= E looked right.
-     * The kernels load the weights past L1 (moe_ldw; the 1-group ones since session 6: engine step
-     * batch 1 / 8 / 64 -4.3 / -2.9 / -1.8%, the header; the 2-group ones since session 15, on
-     * the tiled layout: Flash batch 96 / 128 / 256 -0.6 / -0.4 / -0.2%, Pro 128 / 256 -0.4%,
-     * Pro prefill +1.2%).
-     * The 2-group kernels also prefetch the task's blocks of the next iteration into L2 (L2P,
-     * prefetch_blocks: one bulk prefetch a matrix, possible since the tiled layout): Flash batch
-     * 96 / 128 / 256 -3.3 / -2.8 / -1.6%, Pro 128 / 256 -5.2 / -4.1%, prefill +1.4% / +5.1%.
-     * In the 1-group kernels it cost batch 1-8 1-5% (a runtime switch: two iterations ahead
+     * of the 8 (MINB, PIPE, LOADS) choices per stage on H100 (test_gpu_moe; the figures are in the
+     * git history of this file's header). Where the routed experts average 1.125 tokens or more (8
+     * N K >= 9 E), passes of 2 token groups (MXFP4 4 tokens, FP8 16): stage 1 at 3 CTAs per SM (168
+     * registers, no spills) with 4 loads a lane and its FP8 (shared expert) passes of one group;
+     * stage 2 at 4 CTAs per SM (128 registers, 16-32 bytes of stack), 8 loads a lane (3 CTAs until
+     * session 18; 4 is faster on the tiled layout: Flash batch 64 / 128 / 256 -2.2 / -1.8 / -1.7%,
+     * Pro 96 / 128 / 256 -1.5 / -1.5 / -1.3%, Flash prefill +1.9%; docs/PERF.md). Below that most
+     * experts have one token, the second group would be empty and the lower occupancy costs. The
+     * rule was N K >= 2 E until session 18: with the L2 prefetch below (session 15) and stage 2 at
+     * 4 CTAs the 2-group kernels win from ~1.1 E (dsv4 bench, H100, ms/step, 1-group / 2-group:
+     * Flash batch 40 (0.94 E) 4.97-4.98 / 5.03-5.04, 44 (1.03 E) 5.29-5.30 / 5.28-5.30, 48 (1.125
+     * E) 5.58 / 5.53-5.54, 52 (1.22 E) 5.87 / 5.77-5.79; Pro 56 (0.875 E) 7.92-7.93 / 7.98-8.00, 64
+     * (1.0 E) 8.66 / 8.66, 72 (1.125 E) 9.71 / 9.60; docs/PERF.md, session 18). Engine step (dsv4
+     * bench, H100, 2-group kernels from N K >= E / 2 E / never, ms): Flash batch 64 10.09 / 9.64
+     * / 9.65, 128 16.02 / 16.10 / 16.58, 256 25.44 / 25.39 / 27.85; Pro batch 64 13.23 / 12.46
+     * / 12.45, 128 21.29 / 21.31 / 21.81 (docs/PERF.md, session 6). test_gpu_moe's routing
+     * concentrates the tokens on fewer experts, where the rule N K >= E looked right. The kernels
+     * load the weights past L1 (moe_ldw; the 1-group ones since session 6: engine step batch 1 / 8
+     * / 64 -4.3 / -2.9 / -1.8%, docs/PERF.md session 6; the 2-group ones since session 15, on the
+     * tiled layout: Flash batch 96 / 128 / 256 -0.6 / -0.4 / -0.2%, Pro 128 / 256 -0.4%, Pro
+     * prefill +1.2%). The 2-group kernels also prefetch the task's blocks of the next iteration
+     * into L2 (L2P, prefetch_blocks: one bulk prefetch a matrix, possible since the tiled layout):
+     * Flash batch 96 / 128 / 256 -3.3 / -2.8 / -1.6%, Pro 128 / 256 -5.2 / -4.1%, prefill +1.4% /
+     * +5.1%. In the 1-group kernels it cost batch 1-8 1-5% (a runtime switch: two iterations ahead
      * and more were slower everywhere), so not there (docs/PERF.md, session 15); but stage 2's
      * 1-group kernel with it from S2_L2P_ROWS rows gains (session 18, compile-time instances:
      * Flash batch 8 / 16 / 32 / 48 -0.6 / -1.2 / -1.3 / -1.6%, Pro 8 / 16 / 64 -0.8 / -1.2 /
