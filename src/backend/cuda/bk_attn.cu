@@ -54,6 +54,11 @@
  * unrolled epilogue (now with the RoPE, 64 copies) and prologue are more code fetched cold.
  * So the one-pass epilogue now stages O in the free key buffers and runs as a rolled loop over
  * pairs of dims (float2 stores), the cluster form's epilogue; the same operations bit for bit.
+ * The one-pass form at N 64 (session 19, clock64 probes of a CTA, Flash CSA, 10 blocks): of
+ * ~123K cycles, issuing the next block's copies 34K (they stall until most have landed), the
+ * scores 21K, the softmax 36K (a warp's 4 heads one after another), p.v 16K, the epilogue 16K.
+ * The heads side by side (sa_soft_heads) and the epilogue four pairs a trip: 75.6 -> 70.7 us a
+ * call (graph); issuing the copies in 2-8 parts between the phases was slower (71.5 -> 72.0-74.5).
  * Waves of clusters (session 12): a cluster must fit in one GPC, so a plan of fewer CTAs than
  * SMs may still run in two waves (Flash CSA at 4 rows, 8 clusters of 10 at one CTA an SM: 7
  * fit, the call took 44 us instead of 23 in the step); the cost model counts them (sa_capacity).
@@ -212,6 +217,80 @@ __device__ static inline float sa_exps(const float sc[2], const bool valid[2], f
     return bsum;
 }
 
+/* The one-pass form's softmax step of block b for this warp's NT heads h = warp + 8 i: what
+ * sa_head_scores, sa_exps and the running max / sum update do for one head, the same operations
+ * in the same order per head, with the NT heads side by side so that their latency chains
+ * (shuffles, expf) overlap instead of running one head after another. p -> ps [HG][AT_LDP];
+ * sm, ssum, sal [HG]: running max, sum, and this block's alpha. */
+template <int NT>
+__device__ static inline void sa_soft_heads(const sa_args &a, const sa_row &rk, const float *sp,
+                                            uint16_t *ps, float *sm, float *ssum, float *sal, int b)
+{
+    constexpr int HG = 8 * NT;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    bool valid[2];
+#pragma unroll
+    for (int jj = 0; jj < 2; jj++) {
+        const int s = b * AT_BLOCK + lane + 32 * jj;
+        valid[jj] = s < rk.count || (s >= a.W && s < rk.ns);
+    }
+    float sc[NT][2], bm[NT], mx[NT], mn[NT], bs[NT];
+#pragma unroll
+    for (int i = 0; i < NT; i++) {
+        const int h = warp + AT_WARPS * i;
+        bm[i] = -INFINITY;
+#pragma unroll
+        for (int jj = 0; jj < 2; jj++) {
+            const int key = lane + 32 * jj;
+            sc[i][jj] =
+                valid[jj] ? __fmul_rn(__fadd_rn(sp[h * AT_LDS + key], sp[(HG + h) * AT_LDS + key]),
+                                      a.scale)
+                          : -INFINITY;
+            bm[i] = fmaxf(bm[i], sc[i][jj]);
+        }
+        mx[i] = sm[h];
+    }
+#pragma unroll
+    for (int sh = 16; sh > 0; sh >>= 1)
+#pragma unroll
+        for (int i = 0; i < NT; i++) bm[i] = fmaxf(bm[i], __shfl_xor_sync(0xffffffffu, bm[i], sh));
+#pragma unroll
+    for (int i = 0; i < NT; i++) {
+        const int h = warp + AT_WARPS * i;
+        mn[i] = fmaxf(bm[i], mx[i]);
+        uint16_t pb0 = 0, pb1 = 0;
+        bs[i] = 0.0f;
+        if (mn[i] != -INFINITY) { /* warp-uniform */
+            const float e0 = valid[0] ? expf(sc[i][0] - mn[i]) : 0.0f;
+            const float e1 = valid[1] ? expf(sc[i][1] - mn[i]) : 0.0f;
+            pb0 = at_bf16_bits(e0);
+            pb1 = at_bf16_bits(e1);
+            bs[i] = __fadd_rn(e0, e1);
+        }
+        ps[h * AT_LDP + lane] = pb0;
+        ps[h * AT_LDP + lane + 32] = pb1;
+    }
+    /* sa_exps' tree; a head with no valid key adds zeros (its sum is not used) */
+#pragma unroll
+    for (int sh = 16; sh > 0; sh >>= 1)
+#pragma unroll
+        for (int i = 0; i < NT; i++)
+            bs[i] = __fadd_rn(bs[i], __shfl_down_sync(0xffffffffu, bs[i], sh));
+    __syncwarp();
+    if (lane == 0)
+#pragma unroll
+        for (int i = 0; i < NT; i++) {
+            const int h = warp + AT_WARPS * i;
+            const float alpha =
+                mn[i] == -INFINITY ? 1.0f : (mx[i] == -INFINITY ? 0.0f : expf(mx[i] - mn[i]));
+            if (mn[i] != -INFINITY) {
+                ssum[h] = __fadd_rn(__fmul_rn(ssum[h], alpha), bs[i]);
+                sm[h] = mn[i];
+            }
+            sal[h] = alpha;
+        }
+}
+
 /* p as mma B fragments: bfr[kk][nt] for keys 16 kk .., heads 8 nt ... ps [HG][AT_LDP]. */
 template <int NT> __device__ static inline void sa_pfrag(const uint16_t *ps, uint32_t bfr[4][NT][2])
 {
@@ -333,23 +412,7 @@ __device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned 
         __syncthreads();
         sa_scores<NT>(kb, qs, sp, hd);
         __syncthreads();
-        for (int h = warp; h < HG; h += AT_WARPS) {
-            float sc[2];
-            bool valid[2];
-            const float bm = sa_head_scores(a, rk, sp, HG, h, b, sc, valid);
-            const float mx = sm[h], m_new = fmaxf(bm, mx);
-            const float bsum = sa_exps(sc, valid, m_new, ps + h * AT_LDP);
-            const float alpha =
-                m_new == -INFINITY ? 1.0f : (mx == -INFINITY ? 0.0f : expf(mx - m_new));
-            __syncwarp();
-            if (lane == 0) {
-                if (m_new != -INFINITY) {
-                    ssum[h] = __fadd_rn(__fmul_rn(ssum[h], alpha), bsum);
-                    sm[h] = m_new;
-                }
-                sal[h] = alpha;
-            }
-        }
+        sa_soft_heads<NT>(a, rk, sp, ps, sm, ssum, sal, b);
         __syncthreads();
         uint32_t bfr[4][NT][2];
         sa_pfrag<NT>(ps, bfr);
@@ -378,8 +441,9 @@ __device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned 
     /* the sink joins the denominator; O goes to shared memory (the key buffers are free: HG
      * (hd + 4) floats <= 2 * 64 (hd + 8) bf16), then o = bf16(O / sum) and the inverse RoPE of
      * the last rope_r dims, a pair of dims a thread: the same operations as the cluster form's
-     * epilogue, in a rolled loop with row-contiguous stores (a fragment-order epilogue unrolled
-     * 16 NT times was more code than a cold instruction cache serves quickly at N 64) */
+     * epilogue, in a loop with row-contiguous stores, four pairs a trip (a fragment-order
+     * epilogue unrolled 16 NT times was more code than a cold instruction cache serves quickly
+     * at N 64; one pair a trip left each trip's loads and divisions in series) */
     if (tid < HG && h0 + tid < a.H) ssum[tid] = __fadd_rn(ssum[tid], expf(sinkv - sm[tid]));
     const int ldo = hd + 4; /* floats a head's row: the fragment stores hit distinct banks */
     float *os = (float *)smem;
@@ -396,18 +460,34 @@ __device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned 
     __syncthreads();
     const float *cs = (const float *)(smem + a.off_rope), *sn = cs + (a.rope_r >> 1);
     const int rd0 = hd - a.rope_r, hp = hd >> 1; /* the first rotated dim (hd: none) */
-    for (int k = tid; k < HG * hp; k += AT_THREADS) {
-        const int h = k / hp, d = 2 * (k - h * hp);
-        if (h0 + h >= a.H) break; /* later k: later heads */
-        float v0 = at_round_bf16(__fdiv_rn(os[h * ldo + d], ssum[h]));
-        float v1 = at_round_bf16(__fdiv_rn(os[h * ldo + d + 1], ssum[h]));
-        if (d >= rd0) {
-            const int ip = (d - rd0) >> 1;
-            const float r0 = sa_rot0(v0, v1, cs[ip], sn[ip]);
-            v1 = sa_rot1(v0, v1, cs[ip], sn[ip]);
-            v0 = r0;
+    for (int k0 = tid; k0 < HG * hp; k0 += 4 * AT_THREADS) {
+        float v[4][2];
+        int hh[4], dd[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const int k = k0 + u * AT_THREADS, h = k / hp;
+            hh[u] = k < HG * hp && h0 + h < a.H ? h : -1;
+            dd[u] = 2 * (k - h * hp);
+            v[u][0] = v[u][1] = 0.0f;
+            if (hh[u] >= 0) {
+                const float2 ov = *(const float2 *)(os + h * ldo + dd[u]);
+                v[u][0] = at_round_bf16(__fdiv_rn(ov.x, ssum[h]));
+                v[u][1] = at_round_bf16(__fdiv_rn(ov.y, ssum[h]));
+            }
         }
-        *(float2 *)(a.o + ((int64_t)r * a.H + h0 + h) * hd + d) = make_float2(v0, v1);
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            if (hh[u] < 0) continue;
+            const int d = dd[u];
+            float v0 = v[u][0], v1 = v[u][1];
+            if (d >= rd0) {
+                const int ip = (d - rd0) >> 1;
+                const float r0 = sa_rot0(v0, v1, cs[ip], sn[ip]);
+                v1 = sa_rot1(v0, v1, cs[ip], sn[ip]);
+                v0 = r0;
+            }
+            *(float2 *)(a.o + ((int64_t)r * a.H + h0 + hh[u]) * hd + d) = make_float2(v0, v1);
+        }
     }
 }
 
