@@ -57,8 +57,8 @@
  * The one-pass form at N 64 (session 19, clock64 probes of a CTA, Flash CSA, 10 blocks): of
  * ~123K cycles, issuing the next block's copies 34K (they stall until most have landed), the
  * scores 21K, the softmax 36K (a warp's 4 heads one after another), p.v 16K, the epilogue 16K.
- * The heads side by side (sa_soft_heads) and the epilogue four pairs a trip: 75.6 -> 70.7 us a
- * call (graph); issuing the copies in 2-8 parts between the phases was slower (71.5 -> 72.0-74.5).
+ * The heads side by side (sa_soft_heads) and the epilogue four pairs a trip: 75.6 -> 70.2 us a
+ * call (graph); issuing the copies in 2-8 parts between the phases was slower (70.8-73.2).
  * Waves of clusters (session 12): a cluster must fit in one GPC, so a plan of fewer CTAs than
  * SMs may still run in two waves (Flash CSA at 4 rows, 8 clusters of 10 at one CTA an SM: 7
  * fit, the call took 44 us instead of 23 in the step); the cost model counts them (sa_capacity).
