@@ -59,6 +59,9 @@
  * scores 21K, the softmax 36K (a warp's 4 heads one after another), p.v 16K, the epilogue 16K.
  * The heads side by side (sa_soft_heads) and the epilogue four pairs a trip: 75.6 -> 70.2 us a
  * call (graph); issuing the copies in 2-8 parts between the phases was slower (70.8-73.2).
+ * Both forms share the multi-head helpers (session 20), so the cluster form's passes interleave
+ * a warp's heads too: Flash N 4 (HG 16, C 5) 19.3 -> 18.5 us, Pro N 4 (HG 32, C 6) 38.7 -> 36.7;
+ * plans of HG 8 (one head a warp, Flash N 1-2) unchanged.
  * Waves of clusters (session 12): a cluster must fit in one GPC, so a plan of fewer CTAs than
  * SMs may still run in two waves (Flash CSA at 4 rows, 8 clusters of 10 at one CTA an SM: 7
  * fit, the call took 44 us instead of 23 in the step); the cost model counts them (sa_capacity).
@@ -173,68 +176,21 @@ __device__ static inline void sa_scores(const uint16_t *kb, const uint16_t *qs, 
     at_store_scores<NT>(sp, kh, mt, g, t, c);
 }
 
-/* Head h of block b (one warp): the scaled scores of keys lane, lane + 32 (-inf for empty
- * slots) -> sc, valid; returns the block max (every lane). */
-__device__ static inline float sa_head_scores(const sa_args &a, const sa_row &rk, const float *sp,
-                                              int HG, int h, int b, float sc[2], bool valid[2])
-{
-    const int lane = threadIdx.x & 31;
-    float bm = -INFINITY;
-#pragma unroll
-    for (int jj = 0; jj < 2; jj++) {
-        const int key = lane + 32 * jj, s = b * AT_BLOCK + key;
-        valid[jj] = s < rk.count || (s >= a.W && s < rk.ns);
-        sc[jj] = valid[jj] ? __fmul_rn(__fadd_rn(sp[h * AT_LDS + key], sp[(HG + h) * AT_LDS + key]),
-                                       a.scale)
-                           : -INFINITY;
-        bm = fmaxf(bm, sc[jj]);
-    }
-#pragma unroll
-    for (int sh = 16; sh > 0; sh >>= 1) bm = fmaxf(bm, __shfl_xor_sync(0xffffffffu, bm, sh));
-    return bm;
-}
-
-/* p = bf16(exp(s - m_new)) -> pr[0 .. 64) (zeros while m_new is -inf); returns the f32 sum of
- * the exps in lane 0 (the sequential kernel's tree). m_new is uniform over the warp. */
-__device__ static inline float sa_exps(const float sc[2], const bool valid[2], float m_new,
-                                       uint16_t *pr)
-{
-    const int lane = threadIdx.x & 31;
-    uint16_t pb0 = 0, pb1 = 0;
-    float bsum = 0.0f;
-    if (m_new != -INFINITY) {
-        const float e0 = valid[0] ? expf(sc[0] - m_new) : 0.0f;
-        const float e1 = valid[1] ? expf(sc[1] - m_new) : 0.0f;
-        pb0 = at_bf16_bits(e0);
-        pb1 = at_bf16_bits(e1);
-        bsum = __fadd_rn(e0, e1);
-#pragma unroll
-        for (int sh = 16; sh > 0; sh >>= 1)
-            bsum = __fadd_rn(bsum, __shfl_down_sync(0xffffffffu, bsum, sh));
-    }
-    pr[lane] = pb0;
-    pr[lane + 32] = pb1;
-    return bsum;
-}
-
-/* The one-pass form's softmax step of block b for this warp's NT heads h = warp + 8 i: what
- * sa_head_scores, sa_exps and the running max / sum update do for one head, the same operations
- * in the same order per head, with the NT heads side by side so that their latency chains
- * (shuffles, expf) overlap instead of running one head after another. p -> ps [HG][AT_LDP];
- * sm, ssum, sal [HG]: running max, sum, and this block's alpha. */
+/* Block b's scaled scores for this warp's NT heads h = warp + 8 i, keys lane and lane + 32
+ * (-inf for empty slots) -> sc, valid, and each head's block maximum -> bm (every lane). The
+ * heads run side by side, so that their shuffle chains overlap; per head the operations and
+ * their order are those of the sequential kernel. */
 template <int NT>
-__device__ static inline void sa_soft_heads(const sa_args &a, const sa_row &rk, const float *sp,
-                                            uint16_t *ps, float *sm, float *ssum, float *sal, int b)
+__device__ static inline void sa_head_scores(const sa_args &a, const sa_row &rk, const float *sp,
+                                             int b, float sc[NT][2], bool valid[2], float bm[NT])
 {
     constexpr int HG = 8 * NT;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    bool valid[2];
 #pragma unroll
     for (int jj = 0; jj < 2; jj++) {
         const int s = b * AT_BLOCK + lane + 32 * jj;
         valid[jj] = s < rk.count || (s >= a.W && s < rk.ns);
     }
-    float sc[NT][2], bm[NT], mx[NT], mn[NT], bs[NT];
 #pragma unroll
     for (int i = 0; i < NT; i++) {
         const int h = warp + AT_WARPS * i;
@@ -248,16 +204,24 @@ __device__ static inline void sa_soft_heads(const sa_args &a, const sa_row &rk, 
                           : -INFINITY;
             bm[i] = fmaxf(bm[i], sc[i][jj]);
         }
-        mx[i] = sm[h];
     }
 #pragma unroll
     for (int sh = 16; sh > 0; sh >>= 1)
 #pragma unroll
         for (int i = 0; i < NT; i++) bm[i] = fmaxf(bm[i], __shfl_xor_sync(0xffffffffu, bm[i], sh));
+}
+
+/* p = bf16(exp(s - mn)) of the warp's NT heads -> their rows of ps [HG][AT_LDP] (zeros where mn
+ * is -inf; mn is uniform over the warp); the f32 sums of the exps -> bs, complete in lane 0
+ * (the sequential kernel's tree; a head with no valid key adds zeros). */
+template <int NT>
+__device__ static inline void sa_exps(const float sc[NT][2], const bool valid[2],
+                                      const float mn[NT], uint16_t *ps, float bs[NT])
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 #pragma unroll
     for (int i = 0; i < NT; i++) {
         const int h = warp + AT_WARPS * i;
-        mn[i] = fmaxf(bm[i], mx[i]);
         uint16_t pb0 = 0, pb1 = 0;
         bs[i] = 0.0f;
         if (mn[i] != -INFINITY) { /* warp-uniform */
@@ -270,12 +234,29 @@ __device__ static inline void sa_soft_heads(const sa_args &a, const sa_row &rk, 
         ps[h * AT_LDP + lane] = pb0;
         ps[h * AT_LDP + lane + 32] = pb1;
     }
-    /* sa_exps' tree; a head with no valid key adds zeros (its sum is not used) */
 #pragma unroll
     for (int sh = 16; sh > 0; sh >>= 1)
 #pragma unroll
         for (int i = 0; i < NT; i++)
             bs[i] = __fadd_rn(bs[i], __shfl_down_sync(0xffffffffu, bs[i], sh));
+}
+
+/* The one-pass form's softmax step of block b for this warp's NT heads: scores, the new running
+ * max mn = max(block max, sm), p, and the running sum's update S = S alpha + bs. sm, ssum, sal
+ * [HG]: running max, sum, and this block's alpha. */
+template <int NT>
+__device__ static inline void sa_soft_heads(const sa_args &a, const sa_row &rk, const float *sp,
+                                            uint16_t *ps, float *sm, float *ssum, float *sal, int b)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    bool valid[2];
+    float sc[NT][2], bm[NT], mx[NT], mn[NT], bs[NT];
+#pragma unroll
+    for (int i = 0; i < NT; i++) mx[i] = sm[warp + AT_WARPS * i];
+    sa_head_scores<NT>(a, rk, sp, b, sc, valid, bm);
+#pragma unroll
+    for (int i = 0; i < NT; i++) mn[i] = fmaxf(bm[i], mx[i]);
+    sa_exps<NT>(sc, valid, mn, ps, bs);
     __syncwarp();
     if (lane == 0)
 #pragma unroll
@@ -543,12 +524,14 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
             sa_scores<NT>(ks + (j & 1) * kbuf, qs, sp + j * SPB, hd);
             __syncthreads();
             if (rd == 0 && j == 0) sa_cluster_wait(); /* every CTA of the cluster has started */
-            for (int h = warp; h < HG; h += AT_WARPS) {
-                float sc[2];
-                bool valid[2];
-                const float bm = sa_head_scores(a, rk, sp + j * SPB, HG, h, gb0 + j, sc, valid);
-                if (lane < C) *cl.map_shared_rank(gbm + (rank * KB + j) * HG + h, lane) = bm;
-            }
+            float sc[NT][2], bm[NT];
+            bool valid[2];
+            sa_head_scores<NT>(a, rk, sp + j * SPB, gb0 + j, sc, valid, bm);
+            if (lane < C)
+#pragma unroll
+                for (int i = 0; i < NT; i++)
+                    *cl.map_shared_rank(gbm + (rank * KB + j) * HG + warp + AT_WARPS * i, lane) =
+                        bm[i];
         }
         if (rd == 0 && nloc == 0) sa_cluster_wait();
         sa_cluster_sync();
@@ -584,13 +567,19 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
                 sa_load(a, rk, ks + ((j - 1) & 1) * kbuf, gb0 + j - 1);
             }
             __syncthreads();
-            for (int h = warp; h < HG; h += AT_WARPS) {
-                float sc[2];
+            {
+                float sc[NT][2], bm[NT], mn[NT], bs[NT];
                 bool valid[2];
-                sa_head_scores(a, rk, sp + j * SPB, HG, h, b, sc, valid);
-                float bsum = sa_exps(sc, valid, mpre[(li + 1) * HG + h], ps + h * AT_LDP);
-                bsum = __shfl_sync(0xffffffffu, bsum, 0);
-                if (lane < C) *cl.map_shared_rank(gbs + li * HG + h, lane) = bsum;
+                sa_head_scores<NT>(a, rk, sp + j * SPB, b, sc, valid, bm);
+#pragma unroll
+                for (int i = 0; i < NT; i++) mn[i] = mpre[(li + 1) * HG + warp + AT_WARPS * i];
+                sa_exps<NT>(sc, valid, mn, ps, bs);
+#pragma unroll
+                for (int i = 0; i < NT; i++) {
+                    const float bsum = __shfl_sync(0xffffffffu, bs[i], 0);
+                    if (lane < C)
+                        *cl.map_shared_rank(gbs + li * HG + warp + AT_WARPS * i, lane) = bsum;
+                }
             }
             __syncthreads();
             uint32_t bfr[4][NT][2];
