@@ -46,7 +46,7 @@
  * (151.2); HCA 64K (128 + 512 entries) N 1 14.2 (55.7); Pro H 128, 784 slots, N 4 56.4 with
  * HG 32, C 6 (95.7). Every plan bit-identical to the sequential kernel. Still latency-bound: a
  * cluster's fixed cost (prologue, two cluster barriers, pass 2, combine) is ~10 us and a block
- * costs ~3 us a CTA (its 64 KB gather through cp.async), so N 1 stays above 10 us.
+ * costs ~3 us a CTA (its 64 KB gather, then by cp.async), so N 1 stays above 10 us.
  * After the latency work and with the RoPE fused (same test, H100): Flash CSA N 1 12.3 (HG 16,
  * C 10: 12.0), HCA 64K N 1 12.5, N 64 77.0 (75.2 without the RoPE), Pro N 4 38.9. Cold caches
  * (ncu, engine step at context 4096): N 1 CSA 20.6 -> 18.7, HCA 19.4 -> 18.3; but N 64 one-pass
@@ -62,6 +62,11 @@
  * Both forms share the multi-head helpers (session 20), so the cluster form's passes interleave
  * a warp's heads too: Flash N 4 (HG 16, C 5) 19.3 -> 18.5 us, Pro N 4 (HG 32, C 6) 38.7 -> 36.7;
  * plans of HG 8 (one head a warp, Flash N 1-2) unchanged.
+ * The keys by bulk copies (session 20, sa_load): a block's 64 key rows were gathered by 16-byte
+ * cp.async, 16 a thread, and issuing them stalled every warp; now one lane a key issues its row
+ * to the TMA unit and the block completes on an mbarrier. Same bits; us a call (graph, H100):
+ * Flash CSA N 1 (HG 8, C 10) 12.3 -> 11.4, N 2 14.5 -> 12.5, N 64 (HG 32, one pass) 69.6 -> 60.1
+ * (the HG 8 one-pass plan 176 -> 127), Pro N 4 36.6 -> 36.1.
  * Waves of clusters (session 12): a cluster must fit in one GPC, so a plan of fewer CTAs than
  * SMs may still run in two waves (Flash CSA at 4 rows, 8 clusters of 10 at one CTA an SM: 7
  * fit, the call took 44 us instead of 23 in the step); the cost model counts them (sa_capacity).
@@ -70,6 +75,7 @@
  * other values are rounded to bf16 here. A CSA pick >= cap_e counts as -1 here (the CPU fails).
  */
 #include "backend/cuda/attn.cuh"
+#include "backend/cuda/bulk_copy.cuh"
 #include "backend/cuda/cluster.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/quant_dev.cuh"
@@ -136,17 +142,36 @@ typedef struct sa_row {
     int lo, count, ns, nb, p;
 } sa_row;
 
-/* Stages the keys of slots [64 b, 64 b + 64) as bf16 [64, hd + 8] (empty slots: zeros): warp w
- * copies keys w, w + 8, ..., 16 bytes a lane. One cp.async group. */
-__device__ static inline void sa_load(const sa_args &a, const sa_row &rk, uint16_t *dst, int b)
+/* Stages the keys of slots [64 b, 64 b + 64) as bf16 [64, hd + 8] (empty slots: zeros) on the
+ * mbarrier bar: warp w takes keys w, w + 8, ..., lane j < 8 issuing key w + 8 j's row as one bulk
+ * copy (the TMA unit gathers the block, so the warps do not stall issuing 16-byte copies), the
+ * warp writes its empty rows' zeros itself, then arrives once expecting its rows' bytes (AT_WARPS
+ * arrivals and the bytes complete the phase). The proxy fence orders this thread's earlier
+ * generic accesses of the buffer (the previous block's reads, zeros) before the copies. */
+__device__ static inline void sa_load(const sa_args &a, const sa_row &rk, uint16_t *dst, int b,
+                                      uint32_t bar)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ldk = a.hd + 8;
-    for (int k = warp; k < AT_BLOCK; k += AT_WARPS) {
-        const uint16_t *src = at_key(a, rk, b * AT_BLOCK + k);
+    const int k = warp + AT_WARPS * (lane & 7);
+    const uint16_t *src = at_key(a, rk, b * AT_BLOCK + k);
+    const unsigned have = __ballot_sync(0xffffffffu, lane < 8 && src != NULL);
+    for (unsigned empty = ~have & 0xffu; empty; empty &= empty - 1) { /* warp-uniform */
+        uint16_t *row = dst + (warp + AT_WARPS * (__ffs(empty) - 1)) * ldk;
         for (int col = lane * 8; col < a.hd; col += 256)
-            at_cp_async16(dst + k * ldk + col, src ? src + col : a.win, src ? 16 : 0);
+            *(uint4 *)(row + col) = make_uint4(0u, 0u, 0u, 0u);
     }
-    at_cp_commit();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncwarp();
+    if (lane == 0) ring_arrive_tx(bar, __popc(have) * a.hd * 2);
+    if (lane < 8 && src) ring_bulk(ring_sa(dst + k * ldk), src, a.hd * 2, bar);
+}
+
+/* Waits for the block staged on buffer i (barrier bars + 8 i); ph holds each buffer's phase
+ * parity, flipped by its wait (every load into a buffer is waited for once). */
+__device__ static inline void sa_wait(uint32_t bars, int i, unsigned &ph)
+{
+    ring_bar_wait(bars + 8 * i, (ph >> i) & 1u);
+    ph ^= 1u << i;
 }
 
 /* Partial scores of one block: sp [2][HG][AT_LDS] = K [64, hd] . Q^T [hd, HG] over the two
@@ -357,8 +382,8 @@ __device__ static inline float sa_rot1(float x0, float x1, float c, float s)
 /* The one-pass form (C = 1): this CTA walks the row's blocks in order; O lives in registers
  * (warp w: dim tiles w + 8 i), max / sum / alpha per head in st [3][HG]. */
 template <int NT>
-__device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned char *smem, int r,
-                                   int h0, float sinkv, float freq)
+__device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned char *smem,
+                                   uint32_t kbar, int r, int h0, float sinkv, float freq)
 {
     constexpr int HG = 8 * NT;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t = lane & 3;
@@ -380,16 +405,14 @@ __device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned 
         for (int nt = 0; nt < NT; nt++)
             o[i][nt][0] = o[i][nt][1] = o[i][nt][2] = o[i][nt][3] = 0.0f;
 
-    sa_load(a, rk, ks, 0);
+    unsigned ph = 0;
+    sa_load(a, rk, ks, 0, kbar);
     sa_rope_table(a, smem, rk.p, freq);
     for (int b = 0; b < rk.nb; b++) {
         const uint16_t *kb = ks + (b & 1) * kbuf;
-        if (b + 1 < rk.nb) {
-            sa_load(a, rk, ks + ((b + 1) & 1) * kbuf, b + 1);
-            at_cp_wait_one();
-        } else {
-            at_cp_wait_all();
-        }
+        if (b + 1 < rk.nb)
+            sa_load(a, rk, ks + ((b + 1) & 1) * kbuf, b + 1, kbar + 8 * ((b + 1) & 1));
+        sa_wait(kbar, b & 1, ph);
         __syncthreads();
         sa_scores<NT>(kb, qs, sp, hd);
         __syncthreads();
@@ -481,8 +504,8 @@ __device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned 
  * fragment order, [NT][lane][4]: lane (g, t) holds (dim g, head 8 nt + 2t), (g, 2t + 1),
  * (g + 8, 2t), (g + 8, 2t + 1), so a c_b fragment goes out as one 16-byte store. */
 template <int NT>
-__device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned char *smem, int r,
-                                  int h0, float sinkv, float freq)
+__device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned char *smem,
+                                  uint32_t kbar, int r, int h0, float sinkv, float freq)
 {
     constexpr int HG = 8 * NT, TILE = 16 * HG;
     cg::cluster_group cl = cg::this_cluster();
@@ -505,21 +528,19 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
     for (int e = tid; e < slc; e += AT_THREADS) oslc[e] = 0.0f;
 
     const int rounds = (rk.nb + per - 1) / per;
+    unsigned ph = 0;
     for (int rd = 0; rd < rounds; rd++) {
         const int rb0 = rd * per, gb0 = rb0 + rank * KB;
         const int nround = min(per, rk.nb - rb0), nloc = max(0, min(KB, rk.nb - gb0));
 
         /* pass 1: scores and block maxima of my blocks (keys double-buffered); lane rr of the
          * head's warp pushes the maximum into rank rr */
-        if (nloc > 0) sa_load(a, rk, ks, gb0);
+        if (nloc > 0) sa_load(a, rk, ks, gb0, kbar);
         if (rd == 0) sa_rope_table(a, smem, rk.p, freq);
         for (int j = 0; j < nloc; j++) {
-            if (j + 1 < nloc) {
-                sa_load(a, rk, ks + ((j + 1) & 1) * kbuf, gb0 + j + 1);
-                at_cp_wait_one();
-            } else {
-                at_cp_wait_all();
-            }
+            if (j + 1 < nloc)
+                sa_load(a, rk, ks + ((j + 1) & 1) * kbuf, gb0 + j + 1, kbar + 8 * ((j + 1) & 1));
+            sa_wait(kbar, j & 1, ph);
             __syncthreads();
             sa_scores<NT>(ks + (j & 1) * kbuf, qs, sp + j * SPB, hd);
             __syncthreads();
@@ -557,14 +578,12 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
         for (int j = nloc - 1; j >= 0; j--) {
             const int li = rank * KB + j, b = gb0 + j;
             if (j < nloc - 2) {
-                if (j > 0) {
-                    sa_load(a, rk, ks + ((j - 1) & 1) * kbuf, gb0 + j - 1);
-                    at_cp_wait_one();
-                } else {
-                    at_cp_wait_all();
-                }
+                if (j > 0)
+                    sa_load(a, rk, ks + ((j - 1) & 1) * kbuf, gb0 + j - 1,
+                            kbar + 8 * ((j - 1) & 1));
+                sa_wait(kbar, j & 1, ph);
             } else if (j == nloc - 2 && j > 0) {
-                sa_load(a, rk, ks + ((j - 1) & 1) * kbuf, gb0 + j - 1);
+                sa_load(a, rk, ks + ((j - 1) & 1) * kbuf, gb0 + j - 1, kbar + 8 * ((j - 1) & 1));
             }
             __syncthreads();
             {
@@ -660,11 +679,17 @@ __global__ void __launch_bounds__(AT_THREADS, NT == 4 ? 1 : 2) sa_kernel(sa_args
     constexpr int HG = 8 * NT, QV = HG * 128 / AT_THREADS; /* float4s of q a thread */
     extern __shared__ __align__(16) unsigned char smem[];
     __shared__ int wcnt[AT_WARPS];
+    __shared__ __align__(8) uint64_t kbars[2]; /* the key buffers' mbarriers (sa_load) */
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int cta = blockIdx.x / a.C, r = cta / a.ngroups, h0 = (cta - r * a.ngroups) * HG;
     const int hd = a.hd, ldk = hd + 8, hd4 = hd >> 2;
     uint16_t *qs = (uint16_t *)(smem + a.off_q);
     int *list = (int *)(smem + a.off_list);
+    const uint32_t kbar = ring_sa(kbars);
+    if (tid == 0) { /* seen by all after the barrier below (q, list) */
+        ring_bar_init(kbar, AT_WARPS);
+        ring_bar_init(kbar + 8, AT_WARPS);
+    }
     if (a.C > 1) sa_cluster_arrive_relaxed();
 
     /* every global load of the prologue goes out before any is used: one memory latency, not
@@ -727,9 +752,9 @@ __global__ void __launch_bounds__(AT_THREADS, NT == 4 ? 1 : 2) sa_kernel(sa_args
     rk.nb = (rk.ns + AT_BLOCK - 1) / AT_BLOCK;
     __syncthreads(); /* q, list */
     if (a.C > 1)
-        sa_cluster<NT>(a, rk, smem, r, h0, sinkv, freq);
+        sa_cluster<NT>(a, rk, smem, kbar, r, h0, sinkv, freq);
     else
-        sa_one_pass<NT>(a, rk, smem, r, h0, sinkv, freq);
+        sa_one_pass<NT>(a, rk, smem, kbar, r, h0, sinkv, freq);
 }
 
 static int align16(int x)

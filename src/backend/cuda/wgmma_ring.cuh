@@ -1,17 +1,18 @@
 /*
  * wgmma_ring.cuh - the pieces F8W (linear_f8w.cu) and W16 (linear_w16.cu) share: a producer warp
  * fills a shared-memory ring with TMA copies that complete on mbarriers, and a consumer
- * warpgroup multiplies the stages with wgmma from shared-memory descriptors. Here: the mbarrier
- * and copy primitives, the K-major SWIZZLE_128B matrix descriptor, the accumulator operand lists
- * of the wgmma wrappers (each file writes its own instruction: e4m3 k32 or bf16 k16), the grid of
- * tiles and K slices with the steps both kernels take alike (barrier setup, the consumers' rows,
- * the epilogue into y or the split's partial, the exact f32 fallback's loop, the cluster sum),
- * the host's fit test and launch, and the 2-D tensor maps (cuTensorMapEncodeTiled through the
- * runtime, no link to libcuda).
+ * warpgroup multiplies the stages with wgmma from shared-memory descriptors. Here: the tensor
+ * copy (the mbarrier and bulk-copy primitives are bulk_copy.cuh's), the K-major SWIZZLE_128B matrix
+ * descriptor, the accumulator operand lists of the wgmma wrappers (each file writes its own
+ * instruction: e4m3 k32 or bf16 k16), the grid of tiles and K slices with the steps both kernels
+ * take alike (barrier setup, the consumers' rows, the epilogue into y or the split's partial, the
+ * exact f32 fallback's loop, the cluster sum), the host's fit test and launch, and the 2-D tensor
+ * maps (cuTensorMapEncodeTiled through the runtime, no link to libcuda).
  */
 #ifndef DSV4_BACKEND_CUDA_WGMMA_RING_CUH
 #define DSV4_BACKEND_CUDA_WGMMA_RING_CUH
 
+#include "backend/cuda/bulk_copy.cuh"
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/linear_common.cuh"
 
@@ -19,47 +20,8 @@
 #include <cudaTypedefs.h>
 #include <stdint.h>
 
-/* ---- device: barriers, copies, descriptors ----------------------------------------------------
+/* ---- device: tensor copies, descriptors (barriers and bulk copies: bulk_copy.cuh) ------------
  */
-__device__ __forceinline__ uint32_t ring_sa(const void *p)
-{
-    return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-__device__ __forceinline__ void ring_bar_init(uint32_t bar, int count)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-
-__device__ __forceinline__ void ring_bar_wait(uint32_t bar, int parity)
-{
-    asm volatile("{\n.reg .pred p;\nW:\n"
-                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-                 "@!p bra W;\n}\n" ::"r"(bar),
-                 "r"(parity)
-                 : "memory");
-}
-
-__device__ __forceinline__ void ring_bar_arrive(uint32_t bar)
-{
-    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar)
-                 : "memory");
-}
-
-/* One arrival that also expects `bytes` more of transactions (the stage's copies). */
-__device__ __forceinline__ void ring_arrive_tx(uint32_t bar, int bytes)
-{
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
-                 : "memory");
-}
-
-/* `bytes` more of transactions expected, no arrival (copies issued before the arrival). */
-__device__ __forceinline__ void ring_expect_tx(uint32_t bar, int bytes)
-{
-    asm volatile("mbarrier.expect_tx.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(bytes)
-                 : "memory");
-}
-
 /* The box at (c0, c1) of tensor map m -> shared dst, completing on bar. */
 __device__ __forceinline__ void ring_tma(uint32_t dst, const CUtensorMap *m, int c0, int c1,
                                          uint32_t bar)
@@ -67,15 +29,6 @@ __device__ __forceinline__ void ring_tma(uint32_t dst, const CUtensorMap *m, int
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
                  "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
                  "l"((uint64_t)(uintptr_t)m), "r"(c0), "r"(c1), "r"(bar)
-                 : "memory");
-}
-
-/* bytes (a multiple of 16) global -> shared dst, completing on bar. */
-__device__ __forceinline__ void ring_bulk(uint32_t dst, const void *src, int bytes, uint32_t bar)
-{
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], "
-                 "%2, [%3];\n" ::"r"(dst),
-                 "l"(src), "r"(bytes), "r"(bar)
                  : "memory");
 }
 
