@@ -19,7 +19,8 @@
  * cases print each plan's time per call, eager (50 calls, wall clock) and replayed from a CUDA
  * graph of 20 calls (the engine's way).
  *
- * usage: test_gpu_attn [--small]   (--small: small shapes only, for compute-sanitizer)
+ * usage: test_gpu_attn [--small | --sweep]   (--small: small shapes only, for compute-sanitizer;
+ * --sweep: also every plan of the timed cases, timed: sweep_plans)
  */
 #include "backend/backend.h"
 #include "backend/backend_impl.h"
@@ -38,7 +39,7 @@ dsv4_status dsv4_cuda_attention_cfg(dsv4_backend *b, float *o, const float *q, i
                                     const uint16_t *win, int R, int W, const uint16_t *ent,
                                     int64_t cap_e, int m, const int32_t *sel, int topk,
                                     const float *sink, const dsv4_bk_rows *rows, int rope_r,
-                                    const float *rope_freqs, const int want[3], int got[4]);
+                                    const float *rope_freqs, const int want[3], int got[6]);
 
 static uint64_t rng = 0x5eed0a77e11ull;
 
@@ -202,7 +203,7 @@ static const int plans[][3] = {{-1, 0, 0}, {0, 0, 0}, {1, 1, 0},  {2, 1, 0},  {4
                                {2, 8, 0},  {4, 8, 0}, {1, 8, 1},  {2, 8, 1},  {1, 4, 0}, {1, 2, 1},
                                {4, 2, 0},  {2, 4, 0}, {1, 16, 0}, {2, 16, 0}, {4, 16, 0}};
 
-static dsv4_status run_plan(const attn_dev *d, const int want[3], int got[4])
+static dsv4_status run_plan(const attn_dev *d, const int want[3], int got[6])
 {
     return dsv4_cuda_attention_cfg(gpu, d->out, d->q, d->H, d->hd, d->win, d->R, d->W, d->ent,
                                    d->cap_e, d->m, d->sel, d->topk, d->sink, d->rows, d->rope_r,
@@ -213,7 +214,7 @@ static dsv4_status run_plan(const attn_dev *d, const int want[3], int got[4])
  * 20 calls (10 replays after a warm one). */
 static dsv4_status time_plan(const attn_dev *d, const int want[3], double *eager, double *graph)
 {
-    int got[4];
+    int got[6];
     dsv4_status st = DSV4_OK;
     const int reps = 50, per_graph = 20, replays = 10;
     double t0 = test_now();
@@ -235,6 +236,39 @@ static dsv4_status time_plan(const attn_dev *d, const int want[3], double *eager
     *graph = (test_now() - t0) / (replays * per_graph) * 1e6;
     dsv4_bk_graph_free(gpu, g);
     return st;
+}
+
+/* --sweep: every plan (heads a CTA, exactly C CTAs a cluster, exactly kb blocks a CTA a round)
+ * of a timed case, each checked bit for bit against the sequential kernel's o_seq and timed:
+ * the data the cost model of bk_attn.cu (sa_cost) is fitted to. A plan that does not fit this
+ * shape or GPU is left out. */
+static int sweep;
+
+static void sweep_plans(const attn_dev *d, const attn_case *c, const float *o_seq, float *o_gpu,
+                        size_t nq)
+{
+    static const int cs[] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16};
+    for (int nt = 1; nt <= 4; nt *= 2)
+        for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
+            for (int kb = 1; kb <= (cs[ci] > 1 ? 4 : 1); kb++) {
+                const int want[3] = {nt, -cs[ci], -kb};
+                int got[6] = {0, 0, 0, 0, 0, 0};
+                dsv4_status st = run_plan(d, want, got);
+                if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
+                if (st == DSV4_OK) st = dsv4_bk_download(gpu, o_gpu, d->out, nq * 4);
+                if (st != DSV4_OK || got[1] != cs[ci] || got[2] != kb) continue;
+                size_t ndiff = 0;
+                for (size_t i = 0; i < nq; i++)
+                    ndiff += memcmp(&o_gpu[i], &o_seq[i], sizeof(float)) != 0;
+                CHECK_MSG(ndiff == 0, "%s: sweep plan HG %d C %d kb %d: %zu differ", c->name,
+                          8 * nt, cs[ci], kb, ndiff);
+                double eager = 0, graph = 0;
+                st = time_plan(d, want, &eager, &graph);
+                CHECK_MSG(st == DSV4_OK, "%s: sweep timing: %s", c->name, dsv4_last_error());
+                printf("    sweep %s N %d H %d: HG %d C %d kb %d bytes %d per_sm %d cap %d: "
+                       "%.2f us graph\n",
+                       c->name, c->N, c->H, 8 * nt, cs[ci], kb, got[3], got[4], got[5], graph);
+            }
 }
 
 /* Fused-RoPE check (rope_r > 0): the CPU's rope op applied to the CUDA attention without the
@@ -393,7 +427,7 @@ static void run_attn(const attn_case *c, int rope_r)
     float *o_seq = calloc(nq, 4), *o_nan = malloc(nq * 4);
     for (size_t i = 0; i < nq; i++) o_nan[i] = NAN;
     for (size_t v = 0; v < sizeof plans / sizeof plans[0]; v++) {
-        int got[4] = {0, 0, 0, 0};
+        int got[6] = {0, 0, 0, 0, 0, 0};
         st = dsv4_bk_upload(gpu, dout, o_nan, nq * 4); /* an element a plan misses shows */
         if (st == DSV4_OK) st = run_plan(&dv, plans[v], got);
         if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
@@ -432,6 +466,7 @@ static void run_attn(const attn_case *c, int rope_r)
         CHECK_MSG(ndiff == 0, "%s: plan %zu: %zu elements differ from the sequential kernel",
                   c->name, v, ndiff);
     }
+    if (sweep && c->timed && !rope_r) sweep_plans(&dv, c, o_seq, o_gpu, nq);
     free(o_seq);
     free(o_nan);
     dsv4_bk_free(gpu, dq);
@@ -452,7 +487,7 @@ static void run_attn(const attn_case *c, int rope_r)
     free(sel);
 }
 
-static int32_t seq[64], ramp[64], s64[64], p64a[64], p64b[64];
+static int32_t seq[64], ramp[64], s64[64], p64a[64], p64b[64], p64c[64];
 
 static void full_cases(void)
 {
@@ -462,7 +497,8 @@ static void full_cases(void)
         p64a[r] = 2100 + 29 * r; /* every row: 128 window keys + 512 picks */
         /* mixed: p < W (empty window slots, few picks), around W, p >> W (ring wraparound) */
         p64b[r] = r % 8 == 0 ? r / 2 : r % 8 == 1 ? 126 + r / 8 : 300 + 67 * r;
-        ramp[r] = 1000 + r; /* a prefill chunk across the HCA boundary 1023 -> 1024 */
+        ramp[r] = 1000 + r;      /* a prefill chunk across the HCA boundary 1023 -> 1024 */
+        p64c[r] = 8000 + 37 * r; /* Pro: 128 window keys + 1024 picks */
     }
     static const int32_t z1[1] = {0}, p5000[1] = {5000}, p64k[1] = {65535};
     static const int32_t s8[8] = {3, 0, 7, 1, 6, 2, 5, 4};
@@ -486,6 +522,13 @@ static void full_cases(void)
         {"flash csa prefill chunk", 64, 512, 128, 256, 4, 1, 512, 16, s64, csa16, 0, 2.0f, 0},
         {"pro csa decode", 128, 512, 128, 256, 4, 1, 1024, 4, seq, pro4, 0, 2.0f, 1},
         {"pro hca", 128, 512, 128, 256, 128, 0, 0, 2, seq, pro2, 0, 4.0f, 0},
+        /* more of the engine's batches, timed for the plans' cost model */
+        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 8, seq, p64a, 0, 2.0f, 1},
+        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 16, seq, p64a, 0, 2.0f, 1},
+        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 32, seq, p64a, 0, 2.0f, 1},
+        {"pro csa decode", 128, 512, 128, 256, 4, 1, 1024, 1, z1, p5000, 0, 2.0f, 1},
+        {"pro csa decode", 128, 512, 128, 256, 4, 1, 1024, 16, seq, p64c, 0, 2.0f, 1},
+        {"pro csa decode", 128, 512, 128, 256, 4, 1, 1024, 64, seq, p64c, 0, 2.0f, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_attn(&cases[i], 0);
     /* the engine's call: the inverse RoPE of the last 64 dims fused (Flash and Pro decode, the
@@ -514,6 +557,7 @@ static void small_cases(void)
 int main(int argc, char **argv)
 {
     const int small = argc > 1 && !strcmp(argv[1], "--small");
+    sweep = argc > 1 && !strcmp(argv[1], "--sweep");
     dsv4_cpu_pool *pool = NULL;
     dsv4_status st = dsv4_cpu_pool_create(0, &pool);
     if (st == DSV4_OK) st = dsv4_backend_create(DSV4_DEVICE_CPU, 0, pool, &cpu);

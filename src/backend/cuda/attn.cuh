@@ -191,12 +191,14 @@ extern "C" dsv4_status dsv4_cuda_attention_seq(dsv4_backend *b, float *o, const 
 /* Test hook (bk_attn.cu): dsv4_bk_attention with a forced plan. want[0]: heads a CTA / 8 (1, 2
  * or 4; 0 chooses; -1 runs the sequential kernel, then the RoPE op when rope_r > 0),
  * want[1]: the largest cluster (1..16; 0: 16; above 8 only where the GPU can place it, else the
- * best plan within 8), want[2]: the most blocks a CTA takes a round (1..4; 0: 4). got: [heads
- * / 8, cluster, blocks a CTA a round, shared bytes] of the plan run (got[0] = -1: the
- * sequential kernel). DSV4_ERR_UNSUPPORTED when no plan within want fits. */
+ * best plan within 8), want[2]: the most blocks a CTA takes a round (1..4; 0: 4); a negative
+ * want[1] or want[2] asks for exactly that many (a sweep of the plans). got: [heads / 8,
+ * cluster, blocks a CTA a round, shared bytes, CTAs an SM and clusters at once as the cost model
+ * counts them] of the plan run (got[0] = -1: the sequential kernel). DSV4_ERR_UNSUPPORTED when
+ * no plan within want fits. */
 extern "C" dsv4_status dsv4_cuda_attention_cfg(
     dsv4_backend *b, float *o, const float *q, int H, int hd, const uint16_t *win, int R, int W,
     const uint16_t *ent, int64_t cap_e, int m, const int32_t *sel, int topk, const float *sink,
-    const dsv4_bk_rows *rows, int rope_r, const float *rope_freqs, const int want[3], int got[4]);
+    const dsv4_bk_rows *rows, int rope_r, const float *rope_freqs, const int want[3], int got[6]);
 
 #endif

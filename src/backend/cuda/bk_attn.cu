@@ -811,7 +811,7 @@ static double sa_cost(int64_t ctas, int per_sm, int n_sm, int C, int kb, int rou
 }
 
 typedef struct sa_plan {
-    int nt, C, kb, bytes;
+    int nt, C, kb, bytes, per_sm, cap;
     double cost;
 } sa_plan;
 
@@ -843,16 +843,17 @@ static int sa_capacity(int *cache, int NT, int C, int per_sm, int bytes)
     return num;
 }
 
-/* The cheapest plan with NT in nts, C <= cmax, kb <= kbmax that fits in optin bytes; nt 0 if
- * none. nb: blocks of the longest possible row. */
+/* The cheapest plan with NT in nts, cmin <= C <= cmax, kbmin <= kb <= kbmax that fits in optin
+ * bytes; nt 0 if none. nb: blocks of the longest possible row. */
 static sa_plan sa_choose(sa_args *a, int64_t N, int nb, int *cache, int optin, int n_sm,
-                         const int *nts, int n_nts, int cmax, int kbmax, int list_len)
+                         const int *nts, int n_nts, int cmin, int cmax, int kbmin, int kbmax,
+                         int list_len)
 {
-    sa_plan best = {0, 0, 0, 0, 0.0};
+    sa_plan best = {0, 0, 0, 0, 0, 0, 0.0};
     for (int i = 0; i < n_nts; i++) {
         const int NT = nts[i], groups = (a->H + 8 * NT - 1) / (8 * NT);
-        for (int C = 1; C <= cmax; C++) {
-            for (int kb = 1; kb <= (C > 1 ? kbmax : 1); kb++) {
+        for (int C = cmin; C <= cmax; C++) {
+            for (int kb = C > 1 ? kbmin : 1; kb <= (C > 1 ? kbmax : 1); kb++) {
                 if (C > 1 && (C - 1) * kb >= nb) continue; /* a rank would never have a block */
                 a->C = C;
                 a->kb = kb;
@@ -869,6 +870,8 @@ static sa_plan sa_choose(sa_args *a, int64_t N, int nb, int *cache, int optin, i
                     best.C = C;
                     best.kb = kb;
                     best.bytes = bytes;
+                    best.per_sm = per_sm;
+                    best.cap = cap;
                     best.cost = cost;
                 }
             }
@@ -919,7 +922,7 @@ static dsv4_status sa_launch(const sa_args *a, int64_t ctas, int bytes, cudaStre
 
 /* Launches plan pl on a (whose pointers and shape are set); got as dsv4_cuda_attention_cfg. */
 static dsv4_status sa_run(dsv4_backend *b, sa_args a, sa_plan pl, int64_t N, int list_len,
-                          int got[4])
+                          int got[6])
 {
     a.C = pl.C;
     a.kb = pl.kb;
@@ -932,6 +935,8 @@ static dsv4_status sa_run(dsv4_backend *b, sa_args a, sa_plan pl, int64_t N, int
     got[1] = pl.C;
     got[2] = pl.kb;
     got[3] = pl.bytes;
+    got[4] = pl.per_sm;
+    got[5] = pl.cap;
     cudaStream_t s = dsv4_cuda_stream(b->cuda);
     switch (pl.nt) {
     case 1:
@@ -959,14 +964,14 @@ static dsv4_status sa_sequential(dsv4_backend *b, float *o, const float *q, int 
 extern "C" dsv4_status dsv4_cuda_attention_cfg(
     dsv4_backend *b, float *o, const float *q, int H, int hd, const uint16_t *win, int R, int W,
     const uint16_t *ent, int64_t cap_e, int m, const int32_t *sel, int topk, const float *sink,
-    const dsv4_bk_rows *rows, int rope_r, const float *rope_freqs, const int want[3], int got[4])
+    const dsv4_bk_rows *rows, int rope_r, const float *rope_freqs, const int want[3], int got[6])
 {
     const int64_t N = rows->n;
     DSV4_TRY(at_check(H, hd, R, W, m, sel, topk));
     if (rope_r < 0 || (rope_r & 1) || rope_r > hd || (rope_r && !rope_freqs))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "attention: rope_r %d, hd %d", rope_r, hd);
     got[0] = -1;
-    got[1] = got[2] = got[3] = 0;
+    got[1] = got[2] = got[3] = got[4] = got[5] = 0;
     /* the split kernel's limits: hd <= 512 (one pass keeps O in registers), the picks of a row
      * held by the prologue's registers, vector loads of q and stores of o */
     const bool split_ok = hd <= 16 * AT_WARPS * SA_MTW && (!sel || topk <= SA_SELV * AT_THREADS) &&
@@ -995,10 +1000,12 @@ extern "C" dsv4_status dsv4_cuda_attention_cfg(
     if (forced && want[0] != 1 && want[0] != 2 && want[0] != 4)
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "attention: %d heads a CTA", 8 * want[0]);
     const int *nts = forced ? one_nt : all_nt, n_nts = forced ? 1 : 3;
-    const int cmax = want[1] > 0 ? (want[1] < SA_CMAX ? want[1] : SA_CMAX) : SA_CMAX;
-    const int kbmax = want[2] > 0 ? (want[2] < SA_KBMAX ? want[2] : SA_KBMAX) : SA_KBMAX;
-    sa_plan pl = sa_choose(&a, N, nb, dsv4_cuda_attn_cap(b->cuda), optin, n_sm, nts, n_nts, cmax,
-                           kbmax, list_len);
+    const int cw = want[1] < 0 ? -want[1] : want[1], kw = want[2] < 0 ? -want[2] : want[2];
+    const int cmax = cw > 0 ? (cw < SA_CMAX ? cw : SA_CMAX) : SA_CMAX;
+    const int kbmax = kw > 0 ? (kw < SA_KBMAX ? kw : SA_KBMAX) : SA_KBMAX;
+    const int cmin = want[1] < 0 ? cmax : 1, kbmin = want[2] < 0 ? kbmax : 1;
+    sa_plan pl = sa_choose(&a, N, nb, dsv4_cuda_attn_cap(b->cuda), optin, n_sm, nts, n_nts, cmin,
+                           cmax, kbmin, kbmax, list_len);
     if (!pl.nt) {
         if (forced)
             return dsv4_fail(DSV4_ERR_UNSUPPORTED, "attention: no plan with %d heads a CTA fits",
@@ -1009,8 +1016,9 @@ extern "C" dsv4_status dsv4_cuda_attention_cfg(
     const dsv4_status st = sa_run(b, a, pl, N, list_len, got);
     if (st != DSV4_ERR_UNSUPPORTED || pl.C <= 8) return st;
     /* a cluster above the portable 8 that this GPU cannot place: the best portable plan */
-    pl = sa_choose(&a, N, nb, dsv4_cuda_attn_cap(b->cuda), optin, n_sm, nts, n_nts, 8, kbmax,
-                   list_len);
+    if (cmin > 8) return st;
+    pl = sa_choose(&a, N, nb, dsv4_cuda_attn_cap(b->cuda), optin, n_sm, nts, n_nts, cmin, 8, kbmin,
+                   kbmax, list_len);
     if (!pl.nt) return st;
     return sa_run(b, a, pl, N, list_len, got);
 }
@@ -1023,7 +1031,7 @@ extern "C" dsv4_status dsv4_cuda_bk_attention(dsv4_backend *b, float *o, const f
                                               const float *rope_freqs)
 {
     static const int want[3] = {0, 0, 0};
-    int got[4];
+    int got[6];
     return dsv4_cuda_attention_cfg(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows,
                                    rope_r, rope_freqs, want, got);
 }
