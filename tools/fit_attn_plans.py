@@ -83,6 +83,9 @@ def main():
     ps = plans(sys.argv[1])
     n_sm = int(sys.argv[2]) if len(sys.argv) > 2 else 132
     old = np.array([OLD[k] for k in ("a1", "b1", "c1", "a2", "b2", "c2", "d2", "e2", "g2")])
+    rel = np.array([features(p, n_sm, OLD["F"]) @ old / p["us"] - 1 for p in ps])
+    print(f"## the old constants: rms relative error {100 * np.sqrt(np.mean(rel ** 2)):.1f}%, "
+          f"mean {100 * np.mean(rel):+.1f}%")
     report(ps, n_sm, OLD["F"], old, "the old constants")
     F, coef, err = min(((F, *fit(ps, n_sm, F)) for F in np.arange(1.0, 2.05, 0.05)),
                        key=lambda t: t[2])
