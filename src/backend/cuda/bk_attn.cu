@@ -405,15 +405,18 @@ __device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned 
         for (int nt = 0; nt < NT; nt++)
             o[i][nt][0] = o[i][nt][1] = o[i][nt][2] = o[i][nt][3] = 0.0f;
 
+    /* The keys reach every thread through the mbarrier; a block's zero rows (sa_load) are
+     * written a trip before they are read, with the trip's barriers between, except block 0's:
+     * hence the one barrier before the loop. */
     unsigned ph = 0;
     sa_load(a, rk, ks, 0, kbar);
     sa_rope_table(a, smem, rk.p, freq);
+    __syncthreads();
     for (int b = 0; b < rk.nb; b++) {
         const uint16_t *kb = ks + (b & 1) * kbuf;
         if (b + 1 < rk.nb)
             sa_load(a, rk, ks + ((b + 1) & 1) * kbuf, b + 1, kbar + 8 * ((b + 1) & 1));
-        sa_wait(kbar, b & 1, ph);
-        __syncthreads();
+        sa_wait(kbar, b & 1, ph); /* sp is free since the last trip's barriers */
         sa_scores<NT>(kb, qs, sp, hd);
         __syncthreads();
         sa_soft_heads<NT>(a, rk, sp, ps, sm, ssum, sal, b);
@@ -537,11 +540,11 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
          * head's warp pushes the maximum into rank rr */
         if (nloc > 0) sa_load(a, rk, ks, gb0, kbar);
         if (rd == 0) sa_rope_table(a, smem, rk.p, freq);
+        __syncthreads(); /* the first block's zero rows (as the one-pass form) */
         for (int j = 0; j < nloc; j++) {
             if (j + 1 < nloc)
                 sa_load(a, rk, ks + ((j + 1) & 1) * kbuf, gb0 + j + 1, kbar + 8 * ((j + 1) & 1));
-            sa_wait(kbar, j & 1, ph);
-            __syncthreads();
+            sa_wait(kbar, j & 1, ph); /* block j's own sp slot */
             sa_scores<NT>(ks + (j & 1) * kbuf, qs, sp + j * SPB, hd);
             __syncthreads();
             if (rd == 0 && j == 0) sa_cluster_wait(); /* every CTA of the cluster has started */
