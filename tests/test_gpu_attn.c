@@ -248,6 +248,9 @@ static void sweep_plans(const attn_dev *d, const attn_case *c, const float *o_se
                         size_t nq)
 {
     static const int cs[] = {1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16};
+    /* blocks of the longest row the call can see, as the plan chooser counts them */
+    const int64_t n_ent = d->sel ? d->topk : d->m ? d->cap_e : 0;
+    const int nb = (int)((d->W + n_ent + 63) / 64);
     for (int nt = 1; nt <= 4; nt *= 2)
         for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++)
             for (int kb = 1; kb <= (cs[ci] > 1 ? 4 : 1); kb++) {
@@ -265,9 +268,9 @@ static void sweep_plans(const attn_dev *d, const attn_case *c, const float *o_se
                 double eager = 0, graph = 0;
                 st = time_plan(d, want, &eager, &graph);
                 CHECK_MSG(st == DSV4_OK, "%s: sweep timing: %s", c->name, dsv4_last_error());
-                printf("    sweep %s N %d H %d: HG %d C %d kb %d bytes %d per_sm %d cap %d: "
+                printf("    sweep %s N %d H %d nb %d: HG %d C %d kb %d bytes %d per_sm %d cap %d: "
                        "%.2f us graph\n",
-                       c->name, c->N, c->H, 8 * nt, cs[ci], kb, got[3], got[4], got[5], graph);
+                       c->name, c->N, c->H, nb, 8 * nt, cs[ci], kb, got[3], got[4], got[5], graph);
             }
 }
 

@@ -2,8 +2,8 @@
 """fit_attn_plans.py - refits the attention plans' cost model (bk_attn.cu sa_cost) to a sweep.
 
 Input: the output of `test_gpu_attn --sweep` on the GPU (every plan of the timed decode cases,
-each a line "sweep <case> N <n> H <h>: HG <hg> C <c> kb <kb> bytes <b> per_sm <p> cap <k>: <us>
-us graph"). The model keeps sa_cost's form, in which a plan's time is linear in its constants
+each a line "sweep <case> N <n> H <h> nb <blocks of the longest row>: HG <hg> C <c> kb <kb>
+bytes <b> per_sm <p> cap <k>: <us> us graph"). The model keeps sa_cost's form, in which a plan's time is linear in its constants
 once the waves are counted:
     one pass (C = 1):  waves * f * (a1 + nb (b1 + c1 HG))
     cluster  (C > 1):  waves * f * (a2 + rounds (b2 + c2 HG + (kb - 1)(d2 + e2 HG) + max(kb - 2, 0) g2))
@@ -17,10 +17,8 @@ import sys
 
 import numpy as np
 
-LINE = re.compile(r"sweep (.+) N (\d+) H (\d+): HG (\d+) C (\d+) kb (\d+) bytes (\d+) "
+LINE = re.compile(r"sweep (.+) N (\d+) H (\d+) nb (\d+): HG (\d+) C (\d+) kb (\d+) bytes (\d+) "
                   r"per_sm (\d+) cap (\d+): ([\d.]+) us graph")
-# the longest row's blocks of each case: (W + topk) / 64 for CSA, (W + cap_e) / 64 for HCA
-NB = {"flash csa decode": 10, "flash hca 64K": 10, "pro csa decode": 18}
 OLD = dict(a1=4.8, b1=2.85, c1=0.13, a2=6.0, b2=4.3, c2=0.35, d2=3.0, e2=0.15, g2=3.0, F=1.5)
 
 
@@ -31,9 +29,9 @@ def plans(path):
         if not m:
             continue
         name = m.group(1)
-        N, H, HG, C, kb, _, per_sm, cap = (int(m.group(i)) for i in range(2, 10))
+        N, H, nb, HG, C, kb, _, per_sm, cap = (int(m.group(i)) for i in range(2, 11))
         out.append(dict(case=(name, N), N=N, H=H, HG=HG, C=C, kb=kb, per_sm=per_sm, cap=cap,
-                        nb=NB[name], us=float(m.group(10))))
+                        nb=nb, us=float(m.group(11))))
     return out
 
 
