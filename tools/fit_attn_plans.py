@@ -3,8 +3,8 @@
 
 Input: the output of `test_gpu_attn --sweep` on the GPU (every plan of the timed decode cases,
 each a line "sweep <case> N <n> H <h> nb <blocks of the longest row>: HG <hg> C <c> kb <kb>
-bytes <b> per_sm <p> cap <k>: <us> us graph"). The model keeps sa_cost's form, in which a plan's time is linear in its constants
-once the waves are counted:
+bytes <b> per_sm <p> cap <k>: <us> us graph"). The model keeps sa_cost's form, in which a
+plan's time is linear in its constants once the waves are counted:
     one pass (C = 1):  waves * f * (a1 + nb (b1 + c1 HG))
     cluster  (C > 1):  waves * f * (a2 + rounds (b2 + c2 HG + (kb - 1)(d2 + e2 HG) + max(kb - 2, 0) g2))
 f = F where two CTAs share an SM and the grid is more than one CTA an SM, else 1. The constants
@@ -19,6 +19,7 @@ import numpy as np
 
 LINE = re.compile(r"sweep (.+) N (\d+) H (\d+) nb (\d+): HG (\d+) C (\d+) kb (\d+) bytes (\d+) "
                   r"per_sm (\d+) cap (\d+): ([\d.]+) us graph")
+# sa_cost's constants as bk_attn.cu has them (keep the two in step when either changes)
 OLD = dict(a1=4.8, b1=2.85, c1=0.13, a2=6.0, b2=4.3, c2=0.35, d2=3.0, e2=0.15, g2=3.0, F=1.5)
 
 
