@@ -43,9 +43,6 @@ int cmd_bench(int argc, char **argv)
 #include <string.h>
 #include <time.h>
 
-/* The labels below ("graphs of <= 32 rows", "PDL up to 32 rows") name the engine's default. */
-_Static_assert(DSV4_ENGINE_PDL_ROWS == 32, "cmd_bench.c's PDL labels");
-
 enum {
     MAX_LIST = 16, /* entries of --batches / --contexts */
     WARMUP_STEPS = 3,
@@ -128,7 +125,7 @@ static int usage(int rc)
         "  --steps N        timed decode steps per (context, batch), after %d warm-up steps\n"
         "  --no-graphs      launch each decode step's kernels instead of replaying a graph\n"
         "  --pdl, --no-pdl  programmatic dependent launch between the kernels of every\n"
-        "                   graph, of none (default: the engine's, graphs of <= 32 rows)\n"
+        "                   graph, of none (default: the engine's, graphs of <= %d rows)\n"
         "  --zero-cache     leave the cached keys at zero (default: varied bf16 values, so\n"
         "                   that attention and the indexer rank distinct scores, not ties)\n"
         "  --ceilings-only  measure the device's bandwidth and GEMM ceilings and stop\n"
@@ -137,7 +134,7 @@ static int usage(int rc)
         "  --hf-layer-us X  transformers' time of one decoder layer at a decode step (us),\n"
         "                   set against ours; --hf-layer-json reads it from the file\n"
         "                   tools/hf_layer_time.py writes (key \"hf_layer_us\")\n",
-        WARMUP_STEPS, DSV4_BENCH_GEMM_MAX_N);
+        WARMUP_STEPS, (int)DSV4_ENGINE_PDL_ROWS, DSV4_BENCH_GEMM_MAX_N);
     return rc;
 }
 
@@ -705,13 +702,17 @@ static void print_markdown(const bench_args *a, const dsv4_model *m, const bench
            dsv4_weight_format_name(a->experts));
     printf("| device | date | version | shape | layers | layer kinds | graphs |\n");
     printf("|---|---|---|---|---|---|---|\n");
+    char graphs[48];
+    if (a->graphs && a->pdl < 0)
+        snprintf(graphs, sizeof graphs, "on, PDL up to %d rows", (int)DSV4_ENGINE_PDL_ROWS);
+    else
+        snprintf(graphs, sizeof graphs, "%s",
+                 !a->graphs   ? "off"
+                 : a->pdl > 0 ? "on, PDL"
+                              : "on, no PDL");
     printf("| %s (%d SMs, %.0f GiB) | %s | dsv4 %s | %s | %d | %s | %s |\n\n", c->device_name,
            c->sm_count, (double)c->device_bytes / (1u << 30), o->when, dsv4_version(), a->shape,
-           m->w.n_layers, kinds,
-           !a->graphs   ? "off"
-           : a->pdl > 0 ? "on, PDL"
-           : a->pdl < 0 ? "on, PDL up to 32 rows"
-                        : "on, no PDL");
+           m->w.n_layers, kinds, graphs);
     printf("Cached keys: %s.\n\n", a->zero_cache
                                        ? "zeros (--zero-cache: every attention and indexer "
                                          "score ties)"
@@ -825,14 +826,15 @@ static void print_json(const bench_args *a, const dsv4_model *m, const bench_out
     printf(", \"sm_count\": %d, \"device_bytes\": %llu, \"date\": \"%s\", \"version\": ",
            c->sm_count, (unsigned long long)c->device_bytes, o->when);
     json_str(dsv4_version());
+    char pdl[32];
+    if (a->graphs && a->pdl < 0)
+        snprintf(pdl, sizeof pdl, "up to %d rows", (int)DSV4_ENGINE_PDL_ROWS);
+    else
+        snprintf(pdl, sizeof pdl, "%s", !a->graphs || !a->pdl ? "off" : "on");
     printf(",\n \"shape\": \"%s\", \"layers\": %d, \"layer_kinds\": \"%s\", \"experts\": \"%s\","
            " \"graphs\": %s, \"pdl\": \"%s\", \"cached_keys\": \"%s\",\n",
            a->shape, m->w.n_layers, kinds, dsv4_weight_format_name(a->experts),
-           a->graphs ? "true" : "false",
-           !a->graphs || !a->pdl ? "off"
-           : a->pdl > 0          ? "on"
-                                 : "up to 32 rows",
-           a->zero_cache ? "zeros" : "varied");
+           a->graphs ? "true" : "false", pdl, a->zero_cache ? "zeros" : "varied");
     printf(" \"ceilings\": {\"buffer_bytes\": %llu, \"copy_gbs\": %.1f, \"read_gbs\": %.1f,"
            " \"gemm_n\": %d, \"blas_bf16_tflops\": %.1f, \"blas_fp8_tflops\": %.1f,"
            " \"mma_bf16_tflops\": %.1f, \"mma_fp8_tflops\": %.1f, \"blas_note\": ",
