@@ -39,7 +39,7 @@ typedef struct dsv4_engine_options {
 /* The default's PDL limit: on H100 PDL made the steps of <= 16 rows 1-2% faster and 64 rows 4%
  * slower (session 4); after session 12's kernels, 17-32 rows 0.1-1.2% faster (Flash and Pro),
  * and 64-128 rows up to 3% slower on Pro; after session 20's, 33-128 rows 0.3-1.1% faster on
- * Flash and within -0.3..+0.2% on Pro, 192-256 rows 0.1-0.7% slower on both (docs/PERF.md,
+ * Flash and within -0.3..+0.2% on Pro, 192-256 rows 0.1-0.5% slower on both (docs/PERF.md,
  * session 21). */
 enum { DSV4_ENGINE_PDL_ROWS = 128 };
 
