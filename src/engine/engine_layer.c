@@ -61,8 +61,10 @@ static void swap_streams(eng_scratch *s)
  * and comb while the sublayer runs, so none is overwritten before the join: post and comb go to
  * the other buffers (post2, comb2), and the sublayer writes its f into f2 (all swap). Measured
  * (H100, Flash 4 layers, docs/PERF.md session 9): a step 1.6% faster at 1 row and 1.2% at 2, the
- * same at 4, 1.2% slower at 8 and 0.6% at 16, where both halves take half the SMs each. */
-enum { SEAM_SPLIT_ROWS = 2 };
+ * same at 4, 1.2% slower at 8 and 0.6% at 16, where both halves take half the SMs each; after
+ * session 20's kernels (session 21), split against whole: Flash 1.3% faster at 1 row, 0.8% at 2,
+ * 0.7% at 3, 0.7% slower at 4 (Pro 0.3%, 0.6%, 0.4% faster at 1-3, 0.1% slower at 4). */
+enum { SEAM_SPLIT_ROWS = 3 };
 
 static dsv4_status hc_seam(dsv4_engine *e, const dsv4_weight *fn, const float *base,
                            const float *scale, const float *norm, float *xh, int N)

@@ -59,7 +59,7 @@
  * Graph replay (40 fn in turn), us, Flash N = 1 / 7 / 64: hc_seam 12.5 / 13.9 / 37.7 (with xq),
  * hc_site 11.8 / 12.9 / 29.3, hc_head_site 8.3 / 10.4 / 29.6 (the TMA variant; hc_post +
  * hc_site: 14.5 / 15.4 / 35.1).
- * The seam's halves (session 9; the engine splits a seam of <= 2 rows, engine_layer.c): without
+ * The seam's halves (session 9; the engine splits the seams of few rows, engine_layer.c): without
  * post / comb (4 of fn's 24 rows, no Sinkhorn) 8.9 / 10.5 / 34.2 us against the whole seam's
  * 10.6 / 11.7 / 36.4, and its trace ends at 7.3 us against 8.1 (the Sinkhorn's warp at 8.8);
  * hc_seam_weights 9.5 / 10.7 / 24.7 beside it. What is left at N = 1 is a chain of short
