@@ -419,9 +419,11 @@ out:
 /* ---- dsv4_bk_linear_multi ---------------------------------------------------------------------
  * A set of entries (weights of any format, each with its own x or sharing an earlier entry's),
  * run on the CPU (its per-entry dsv4_bk_linear calls: the reference) and on the GPU: the
- * dispatcher's choice (N <= 8: the fused launch, checked), the fused launch forced (N <= 16),
- * and the fused launch split over 2 and 8 CTAs of a cluster. Each entry against the CPU under
- * the single op's bound; twice the same call, the same bits; outside each output untouched. */
+ * dispatcher's choice (N <= MULTI_NMAX: the fused launch, above it MMX's, checked), the fused
+ * launch forced (N <= 16), and the fused launch split over 2 and 8 CTAs of a cluster. Each entry
+ * against the CPU under the single op's bound; twice the same call, the same bits; outside each
+ * output untouched. MULTI_NMAX is bk_linear.cu's GV_MULTI_NMAX. */
+enum { MULTI_NMAX = 2 };
 typedef struct mentry {
     const char *name;
     int fmt, sdt;
@@ -675,10 +677,10 @@ static void run_multi(ctx *cx, const mcase *mc)
             if (p < 0) continue;
             const int fused = p == DSV4_LIN_PATH_MULTI, mx = p == DSV4_LIN_PATH_MMX;
             if (md == 0) {
-                CHECK_MSG(fused == (N <= 8 && gv_eligible >= 2), "%s N=%lld: auto took path %d",
-                          mc->name, (long long)N, p);
-                CHECK_MSG(mx == (N > 8 && mx_eligible >= 2), "%s N=%lld: auto took path %d",
-                          mc->name, (long long)N, p);
+                CHECK_MSG(fused == (N <= MULTI_NMAX && gv_eligible >= 2),
+                          "%s N=%lld: auto took path %d", mc->name, (long long)N, p);
+                CHECK_MSG(mx == (N > MULTI_NMAX && mx_eligible >= 2),
+                          "%s N=%lld: auto took path %d", mc->name, (long long)N, p);
             } else if (md < 4) {
                 CHECK_MSG(fused, "%s N=%lld %s: not fused (path %d)", mc->name, (long long)N,
                           mode_name[md], p);

@@ -32,7 +32,7 @@
 typedef struct tcase {
     const char *name;
     int64_t rows, cols, ldx_pad; /* x row stride = cols + ldx_pad */
-    int f8w;                     /* the dispatcher must take F8W at N >= 5 */
+    int f8w;                     /* the dispatcher must take F8W at N >= 3 */
     int64_t ns[10];              /* 0-terminated */
 } tcase;
 
@@ -92,7 +92,7 @@ static void run_case(ctx *cx, const tcase *c, double *worst)
             CHECK_MSG(st == DSV4_OK, "%s N=%lld: gpu: %s", c->name, (long long)N,
                       dsv4_last_error());
             if (st != DSV4_OK) break;
-            if (c->f8w && N >= 5)
+            if (c->f8w && N >= 3)
                 CHECK_MSG(path == DSV4_LIN_PATH_F8W, "%s N=%lld: path %d, not F8W", c->name,
                           (long long)N, path);
             CHECK_MSG(memcmp(yg, yg2, ny * 4) == 0, "%s N=%lld round %d: two calls differ", c->name,

@@ -9,7 +9,8 @@
  *   W16   BF16 weights at 17..128 rows, FP8 grouped at 8..128 (w16_wins; more rows in chunks
  *         of <= 128, lin_chunks): x as bf16 (exact, else an f32 path), bf16 wgmma from a
  *         TMA-fed shared-memory ring (linear_w16.cu);
- *   F8W   5 <= N <= 128 (more in chunks), FP8 weights of >= 4096 rows, ungrouped (f8w_wins): x
+ *   F8W   3 <= N <= 128 (2 on >= 64 MB; more in chunks), FP8 weights of >= 4096 rows,
+ *         ungrouped (f8w_wins): x
  *         quantised per call to e4m3 codes (exact, else an f32 path), e4m3 wgmma from a TMA-fed
  *         shared-memory ring (linear_f8w.cu);
  *   MMV   N <= 16 (BF16: 32), FP8 and BF16 weights, where it is faster than the GEMV (N >= 5,
@@ -24,7 +25,7 @@
  *         (linear_tiled.cu);
  *   SIMT  everything else (F16/F32 weights at larger N, odd widths or alignments): f32 tiles
  *         (linear_tiled.cu);
- *   MMX   dsv4_bk_linear_multi's entries at 9..64 rows of x, FP8 and BF16 weights, in one
+ *   MMX   dsv4_bk_linear_multi's entries at 3..64 rows of x, FP8 and BF16 weights, in one
  *         launch (linear_fp8mma.cu; per entry FMM's numerics for FP8, MMA's for BF16).
  * No atomics: split-K partial sums are combined in a fixed order (shared memory, then the
  * thread-block cluster's distributed shared memory). A grouped projection is one launch: the
@@ -35,8 +36,8 @@
  * dsv4_bk_linear_multi: at decode sizes the projections of one input (a layer's wq_a, wkv,
  * compressor and indexer matrices: 0.5-8 MB each) are each too small to keep the GPU streaming,
  * and each pays a launch; one launch takes them all, every CTA working on the entry its index
- * falls in: the GEMV (gemv_multi_kernel) up to 8 rows of x, MMX (linear_fp8mma.cu: FMM's
- * tensor-core scheme for FP8 and BF16 entries) at 9..64. MMX against one launch per entry
+ * falls in: the GEMV (gemv_multi_kernel) up to 2 rows of x, MMX (linear_fp8mma.cu: FMM's
+ * tensor-core scheme for FP8 and BF16 entries) at 3..64. MMX against one launch per entry
  * (MMV at 9..16, FMM / MMA above), H100, test_gpu_linear --multi-bench, graph replay: Flash CSA
  * layer (7 entries, 27.8 MB) N = 16 / 32 / 64 73.7 -> 21.6 / 146.6 -> 31.0 / 167.7 -> 48.6 us,
  * HCA layer (4 entries, 14.7 MB) 39.2 -> 15.0 / 76.1 -> 22.0 / 98.5 -> 34.9 us; dsv4 bench
@@ -485,13 +486,15 @@ static dsv4_status launch_gemv(const lin_args *a, cudaStream_t st)
 /* ---- dsv4_bk_linear_multi: the entries in one GEMV launch -----------------------------------
  * Up to GV_MULTI_NMAX tokens the entries share one GEMV launch; above that (to 64) the entries
  * MMX takes share one tensor-core launch (dsv4_lin_launch_mmx) and the others take the
- * dispatcher's kernel (their own launches): from N = 5 the GEMV's f32 FMAs and x re-reads make
- * it the slower kernel on FP8 (mmv_wins), and from N = 9 on BF16, while the launches saved are
- * the same few microseconds. Bytes per CTA: the whole over GV_MULTI_CTAS (about 8 resident CTAs per
- * SM: one wave, fine-grained enough that the SMs finish together), kept within [16, 64] KB; each
- * entry's rows per CTA (1..8 warps per row group) come closest to it, so an entry's share of the
- * CTAs is its share of the bytes. */
-enum { GV_MULTI_NMAX = 8, GV_MULTI_CTAS = 8 * LIN_SMS };
+ * dispatcher's kernel (their own launches). The limit was 8 (from N = 5 the GEMV's f32 FMAs and
+ * x re-reads make it the slower kernel on FP8, from N = 9 on BF16) until MMX moved to wgmma;
+ * measured again (H100, dsv4 bench, PERF.md session 21), MMX from 3 rows: Flash 4 layers batch
+ * 3 -0.7% (with F8W from 3 rows, below: -2.8%), 5 -2.6%, 6 -3.0%, 8 -3.6%; Pro 2 layers batch 3-8
+ * -1.6 to -3.2%; from 2 rows Flash batch 2 +1.3%. Bytes per CTA: the whole over GV_MULTI_CTAS
+ * (about 8 resident CTAs per SM: one wave, fine-grained enough that the SMs finish together), kept
+ * within [16, 64] KB; each entry's rows per CTA (1..8 warps per row group) come closest to it, so
+ * an entry's share of the CTAs is its share of the bytes. */
+enum { GV_MULTI_NMAX = 2, GV_MULTI_CTAS = 8 * LIN_SMS };
 
 typedef void (*gemv_multi_fn)(gv_multi);
 
@@ -632,17 +635,22 @@ static int mmv_wins(const lin_args *a)
 
 /* Whether F8W takes the call: FP8 with x from act_quant (e4m3 codes times powers of two, its fast
  * path; other x is exact but slow there), i.e. ungrouped (the engine's grouped call, wo_a, has
- * the attention's bf16 output as x: W16), at >= 5 rows, on >= 4096 weight rows (the engine's
- * wq_b, wo_b, indexer wq_b; --gemms's shared w2). Measured (H100, linear_f8w.cu's figures): faster
- * than MMV and FMM on those at N = 8..64, slower on 1024-2048-row matrices (K split 4-8); engine
- * step (dsv4 bench --shape flash --layers 4 --contexts 4096, same call, 2 runs each) batch 16
- * 3.401 / 3.411 -> 3.284 / 3.285 ms, 32 5.448 / 5.454 -> 5.385 / 5.388, 64 8.472 / 8.468 -> 8.300
- * / 8.302. N = 5..8 (session 13, after F8W's faster prologue; MMV before): batch 5 1.880 / 1.879
+ * the attention's bf16 output as x: W16), at >= 3 rows (2 on >= 64 MB), on >= 4096 weight rows (the
+ * engine's wq_b, wo_b, indexer wq_b; --gemms's shared w2). Measured (H100, linear_f8w.cu's
+ * figures): faster than MMV and FMM on those at N = 8..64, slower on 1024-2048-row matrices (K
+ * split 4-8); engine step (dsv4 bench --shape flash --layers 4 --contexts 4096, same call, 2 runs
+ * each) batch 16 3.401 / 3.411 -> 3.284 / 3.285 ms, 32 5.448 / 5.454 -> 5.385 / 5.388, 64 8.472
+ * / 8.468 -> 8.300 / 8.302. N = 5..8 (session 13, after F8W's faster prologue; MMV before): batch
+ * 5 1.880 / 1.879
  * -> 1.867 / 1.859, 6 2.070 / 2.065 -> 2.038 / 2.038, 8 2.338 / 2.341 -> 2.305 / 2.305; from N =
- * 1 also batch 3 and 4 unchanged, 2 1.293 -> 1.325 (MMV / the GEMV stay below 5). */
+ * 1 also batch 3 and 4 unchanged, 2 1.293 -> 1.325. Session 21 (PERF.md; the multi as before):
+ * from 3 rows Flash batch 3 -1.9%, 4 -2.2%, Pro -1.0%, -1.4%; from 2 rows Flash batch 2 +0.5%
+ * (32 MB matrices) but Pro -0.9% (its 100-117 MB ones), so 2 rows take F8W from 64 MB. */
 static int f8w_wins(const lin_args *a)
 {
-    return a->groups == 1 && a->N >= 5 && a->nrows >= 4096 && dsv4_lin_f8w_ok(a);
+    const double bytes = (double)a->groups * (double)a->nrows * (double)a->row_bytes;
+    const int nmin = bytes >= 64e6 ? 2 : 3;
+    return a->groups == 1 && a->N >= nmin && a->nrows >= 4096 && dsv4_lin_f8w_ok(a);
 }
 
 /* W16 (linear_w16.cu): bf16 wgmma from a TMA-fed ring, x as bf16 (exact, else an f32 path). */
@@ -866,7 +874,7 @@ extern "C" dsv4_status dsv4_cuda_bk_linear_multi(dsv4_backend *b, const dsv4_bk_
         }
         return DSV4_OK;
     }
-    /* 9..64 rows: the entries MMX takes in one tensor-core launch (forced: any N <= 64) */
+    /* 3..64 rows: the entries MMX takes in one tensor-core launch (forced: any N <= 64) */
     const int mx_forced = force_path == DSV4_LIN_PATH_MMX;
     if (N <= 64 && (mx_forced || (force_path == DSV4_LIN_PATH_AUTO && N > GV_MULTI_NMAX))) {
         lin_args mx[DSV4_BK_LINEAR_MULTI_MAX];

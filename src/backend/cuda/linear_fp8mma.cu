@@ -3,7 +3,7 @@
  * e4m3 weights in 128 x 128 scale blocks (the attention projections, the shared expert, the
  * indexer's wq_b at batched decode). Dispatched by bk_linear.cu between MMV (N <= 16) and the
  * tiled MMA kernel (N > 64, other formats). Also MMX: dsv4_bk_linear_multi's entries (FP8 and
- * BF16) at 9..64 rows as one launch of the same scheme.
+ * BF16) at 3..64 rows as one launch of the same scheme.
  *
  * Why a kernel of its own: the tiled MMA kernel decodes every weight tile to bf16 in shared
  * memory and multiplies x split per tile, spending ~1.5 us of a CTA per 32-column tile (11-17% of
@@ -613,7 +613,7 @@ dsv4_status dsv4_lin_launch_fmm(const lin_args *a, cudaStream_t st)
     return DSV4_OK;
 }
 
-/* ---- MMX: dsv4_bk_linear_multi at 9..64 rows of x, one launch ---------------------------------
+/* ---- MMX: dsv4_bk_linear_multi at 3..64 rows of x, one launch ---------------------------------
  * The projections of one input (a layer's wq_a and wkv in FP8, the compressors' and the indexer's
  * BF16 matrices: 0.5-8 MB each) as one FMM-style launch instead of one launch per entry (each
  * too small to fill the GPU: 15-25 us apiece at N = 64). Entry i owns the CTAs [cta0[i],

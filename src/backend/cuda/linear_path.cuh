@@ -21,10 +21,10 @@ enum {
     DSV4_LIN_PATH_MULTI = 5, /* dsv4_bk_linear_multi's one GEMV launch (N <= 16, GEMV's rules) */
     DSV4_LIN_PATH_FMM = 6,   /* FP8, N <= 64 (cols % 128; dispatcher: N > 16 where faster) */
     DSV4_LIN_PATH_MMX = 7,   /* dsv4_bk_linear_multi's one tensor-core launch (N <= 64; FP8 and
-                                BF16 entries, cols % 128; dispatcher: N > 8) */
+                                BF16 entries, cols % 128; dispatcher: N > 2) */
     DSV4_LIN_PATH_F8W = 8,   /* FP8, N <= 128, e4m3 wgmma from a shared-memory ring (cols % 128,
-                                groups * cols <= 32768; dispatcher: ungrouped, N > 8,
-                                >= 4096 rows; chunks of <= 128 rows above) */
+                                groups * cols <= 32768; dispatcher: ungrouped, N >= 3 (2 on
+                                >= 64 MB), >= 4096 rows; chunks of <= 128 rows above) */
     DSV4_LIN_PATH_W16 = 9,   /* BF16 and FP8, N <= 128, bf16 wgmma from a shared-memory ring (cols
                                 % 128, groups * cols <= 65536; dispatcher: BF16 at N > 16, FP8
                                 grouped at N >= 8, chunks of <= 128 rows: linear_w16.cu) */
@@ -32,8 +32,8 @@ enum {
 
 /* Forces `path` for the following dsv4_cuda_bk_linear(_grouped, _multi) calls; a path that does
  * not take a call falls back to the dispatcher's choice. A multi call forced to MULTI fuses
- * every entry the GEMV takes up to N = 16 (the dispatcher: N <= 8), forced to MMX every entry
- * MMX takes up to N = 64 (the dispatcher: 9..64, with the K split of
+ * every entry the GEMV takes up to N = 16 (the dispatcher: N <= 2), forced to MMX every entry
+ * MMX takes up to N = 64 (the dispatcher: 3..64, with the K split of
  * dsv4_cuda_linear_force_split when set); forced to a single kernel, it makes one call per
  * entry on that kernel. Returns the previous setting. */
 int dsv4_cuda_linear_force_path(int path);
