@@ -10,7 +10,8 @@
  * and off; x three ways: bf16-exact (the wgmma path), general f32 (every tile on the exact f32
  * path), and bf16 but for one 128-column block of some tokens (tiles or K slices of both paths
  * in one call). W16 forced (N <= 128: its 128-token tiles above 64), and the dispatcher's pick
- * (which must be W16 on the engine's shapes: BF16 at N > 16, FP8 grouped at N >= 8; above 128 in
+ * (which must be W16 on the engine's shapes: BF16 at N >= 3, FP8 grouped at N >= 3, 2 on >= 64 MB
+ * (w16_takes); above 128 in
  * chunks of <= 128). Outside [N, nrows] the output stays untouched; the same
  * call twice gives the same bits.
  *
@@ -54,8 +55,8 @@ typedef struct tcase {
     int64_t rows, cols, row0, nrows; /* groups > 0: all rows, row0 0 */
     int groups;                      /* > 0: dsv4_bk_linear_grouped */
     int64_t ns[8];                   /* N values, 0-terminated */
-    int engine;                      /* an engine shape: the dispatcher must pick W16 at 17..128
-                                        (BF16) or 9..128 (FP8 grouped) */
+    int engine;                      /* an engine shape: the dispatcher must pick W16 where
+                                        w16_takes says */
 } tcase;
 
 static const tcase full_cases[] = {
@@ -75,6 +76,16 @@ static const tcase small_cases[] = {
     {"small fp8 grouped", FP8, E8, 192, 512, 0, 192, 3, {9, 24, 80, 0}, 1},
     {"small fp8 140 tiles", FP8, E8, 140 * 64, 256, 0, 140 * 64, 0, {12, 99, 0}, 0},
 };
+
+/* Where the dispatcher must pick W16 on an engine shape (bk_linear.cu w16_wins): BF16 from 3 rows,
+ * FP8 grouped from 3 rows, 2 on matrices of >= 64 MB. */
+static int w16_takes(const tcase *c, int64_t N)
+{
+    if (!c->engine) return 0;
+    if (c->fmt == B16) return N >= 3;
+    const double bytes = (double)c->rows * (double)c->cols; /* FP8: a byte a weight */
+    return N >= (bytes >= 64e6 ? 2 : 3);
+}
 
 enum { XM_BF16 = 0, XM_F32 = 1, XM_MIXED = 2 };
 static const char *xm_name[] = {"bf16 x", "f32 x", "mixed x"};
@@ -230,7 +241,7 @@ static void run_case(ctx *cx, const tcase *c)
                 /* the dispatcher's pick */
                 const int q =
                     gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, round, DSV4_LIN_PATH_AUTO, sent, yg2);
-                const int want = c->engine && (c->fmt == B16 ? N > 16 : N >= 8);
+                const int want = w16_takes(c, N);
                 CHECK_MSG((q == DSV4_LIN_PATH_W16) == want,
                           "%s N=%lld: the dispatcher took path %d (W16 %s)", c->name, (long long)N,
                           q, want ? "expected" : "not expected");

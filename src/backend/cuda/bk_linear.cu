@@ -6,7 +6,8 @@
  * Eight kernels, one result up to f32 summation order (each output is a plain f32 sum of
  * x_c * w_c, w decoded exactly; the order is fixed by the shape, so runs are bit-reproducible),
  * except F8W's and W16's (tensor-core sums per 128-column block, linear_f8w.cu, linear_w16.cu):
- *   W16   BF16 weights at 17..128 rows, FP8 grouped at 8..128 (w16_wins; more rows in chunks
+ *   W16   BF16 weights at 3..128 rows, FP8 grouped at 3..128 (2 on >= 64 MB; w16_wins; more
+ *         rows in chunks
  *         of <= 128, lin_chunks): x as bf16 (exact, else an f32 path), bf16 wgmma from a
  *         TMA-fed shared-memory ring (linear_w16.cu);
  *   F8W   3 <= N <= 128 (2 on >= 64 MB; more in chunks), FP8 weights of >= 4096 rows,
@@ -657,19 +658,25 @@ static int f8w_wins(const lin_args *a)
 int dsv4_lin_w16_ok(const lin_args *a);
 dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st);
 
-/* Whether W16 takes the call: BF16 weights at 17..128 rows (the MoE gate and the LM head, whose
- * x h is bf16-rounded), FP8 grouped at 8..128 (wo_a, whose x o is bf16 but not act_quant'd, so
+/* Whether W16 takes the call: BF16 weights at 3..128 rows (the MoE gate and the LM head, whose
+ * x h is bf16-rounded), FP8 grouped at 3..128, 2 from 64 MB (wo_a, whose x o is bf16 but not
+ * act_quant'd, so
  * F8W's codes do not fit it). Faster than MMV / MMA / FMM there (linear_w16.cu's figures); the
  * step (dsv4 bench --shape flash --layers 4 --contexts 4096, H100, same call) batch 16 3.256 ->
  * 3.216 ms, 32 4.931 -> 4.820, 40 6.171 -> 5.621, 64 8.119 -> 7.549; Pro (2 layers) batch 64
  * 10.890 -> 9.915. FP8 at 8 rows since session 13 (the weights widened in wgmma's A registers):
  * step batch 8 2.324 / 2.332 -> 2.313 / 2.300 ms, 2.349 / 2.348 -> 2.333 / 2.321 in another call;
- * at 2 and 4 rows MMV stays (W16 there: batch 2 1.289 -> 1.315 ms, 4 1.700 -> 1.714). BF16 at
- * N <= 16: MMV (faster on the Flash gate). */
+ * at 2 and 4 rows MMV stayed then (W16 there: batch 2 1.289 -> 1.315 ms, 4 1.700 -> 1.714), and
+ * BF16 up to 16 rows. Session 21 (PERF.md; H100, dsv4 bench, 4 / 2 layers, so the LM head weighs
+ * in): BF16 from 3 rows Flash batch 3 0, 4 -0.9%, 5 -1.7%, 8 -1.6%, 16 -2.0%, Pro 3 -1.7%, 4
+ * -2.2%, 5-16 -3.0 to -3.7%; from 2 rows Flash batch 2 +1.1%. FP8 grouped from 3 rows Flash batch
+ * 3 -2.0%, 4-5 -0.3 to -1.2%, Pro 3-6 -0.5 to -0.9%; from 2 rows Flash (32 MB of wo_a) +2.2%,
+ * Pro (64 MB) -1.1%, so 2 rows from 64 MB. */
 static int w16_wins(const lin_args *a)
 {
-    const int bf = a->fmt == DSV4_FORMAT_BF16 && a->N > 16;
-    const int f8 = a->fmt == DSV4_FORMAT_FP8 && a->groups > 1 && a->N >= 8;
+    const double bytes = (double)a->groups * (double)a->nrows * (double)a->row_bytes;
+    const int bf = a->fmt == DSV4_FORMAT_BF16 && a->N >= 3;
+    const int f8 = a->fmt == DSV4_FORMAT_FP8 && a->groups > 1 && a->N >= (bytes >= 64e6 ? 2 : 3);
     return (bf || f8) && dsv4_lin_w16_ok(a);
 }
 

@@ -26,8 +26,9 @@ enum {
                                 groups * cols <= 32768; dispatcher: ungrouped, N >= 3 (2 on
                                 >= 64 MB), >= 4096 rows; chunks of <= 128 rows above) */
     DSV4_LIN_PATH_W16 = 9,   /* BF16 and FP8, N <= 128, bf16 wgmma from a shared-memory ring (cols
-                                % 128, groups * cols <= 65536; dispatcher: BF16 at N > 16, FP8
-                                grouped at N >= 8, chunks of <= 128 rows: linear_w16.cu) */
+                                % 128, groups * cols <= 65536; dispatcher: BF16 at N >= 3, FP8
+                                grouped at N >= 3 (2 on >= 64 MB), chunks of <= 128 rows:
+                                linear_w16.cu) */
 };
 
 /* Forces `path` for the following dsv4_cuda_bk_linear(_grouped, _multi) calls; a path that does
