@@ -7,13 +7,11 @@
  * x_c * w_c, w decoded exactly; the order is fixed by the shape, so runs are bit-reproducible),
  * except F8W's and W16's (tensor-core sums per 128-column block, linear_f8w.cu, linear_w16.cu):
  *   W16   BF16 weights at 3..128 rows, FP8 grouped at 3..128 (2 on >= 64 MB; w16_wins; more
- *         rows in chunks
- *         of <= 128, lin_chunks): x as bf16 (exact, else an f32 path), bf16 wgmma from a
- *         TMA-fed shared-memory ring (linear_w16.cu);
+ *         rows in chunks of <= 128, lin_chunks): x as bf16 (exact, else an f32 path), bf16
+ *         wgmma from a TMA-fed shared-memory ring (linear_w16.cu);
  *   F8W   3 <= N <= 128 (2 on >= 64 MB; more in chunks), FP8 weights of >= 4096 rows,
- *         ungrouped (f8w_wins): x
- *         quantised per call to e4m3 codes (exact, else an f32 path), e4m3 wgmma from a TMA-fed
- *         shared-memory ring (linear_f8w.cu);
+ *         ungrouped (f8w_wins): x quantised per call to e4m3 codes (exact, else an f32 path),
+ *         e4m3 wgmma from a TMA-fed shared-memory ring (linear_f8w.cu);
  *   MMV   N <= 16 (BF16: 32), FP8 and BF16 weights, where it is faster than the GEMV (N >= 5,
  *         or large matrices; mmv_wins): tensor cores with the weight rows as the 16-row operand
  *         and the tokens as the 8-column one (linear_mmv.cu);
@@ -642,11 +640,11 @@ static int mmv_wins(const lin_args *a)
  * split 4-8); engine step (dsv4 bench --shape flash --layers 4 --contexts 4096, same call, 2 runs
  * each) batch 16 3.401 / 3.411 -> 3.284 / 3.285 ms, 32 5.448 / 5.454 -> 5.385 / 5.388, 64 8.472
  * / 8.468 -> 8.300 / 8.302. N = 5..8 (session 13, after F8W's faster prologue; MMV before): batch
- * 5 1.880 / 1.879
- * -> 1.867 / 1.859, 6 2.070 / 2.065 -> 2.038 / 2.038, 8 2.338 / 2.341 -> 2.305 / 2.305; from N =
- * 1 also batch 3 and 4 unchanged, 2 1.293 -> 1.325. Session 21 (PERF.md; the multi as before):
- * from 3 rows Flash batch 3 -1.9%, 4 -2.2%, Pro -1.0%, -1.4%; from 2 rows Flash batch 2 +0.5%
- * (32 MB matrices) but Pro -0.9% (its 100-117 MB ones), so 2 rows take F8W from 64 MB. */
+ * 5 1.880 / 1.879 -> 1.867 / 1.859, 6 2.070 / 2.065 -> 2.038 / 2.038, 8 2.338 / 2.341 -> 2.305
+ * / 2.305; from N = 1 also batch 3 and 4 unchanged, 2 1.293 -> 1.325. Session 21 (PERF.md; the
+ * multi as before): from 3 rows Flash batch 3 -1.9%, 4 -2.2%, Pro -1.0%, -1.4%; from 2 rows Flash
+ * batch 2 +0.5% (32 MB matrices) but Pro -0.9% (its 100-117 MB ones), so 2 rows take F8W from 64
+ * MB. */
 static int f8w_wins(const lin_args *a)
 {
     const double bytes = (double)a->groups * (double)a->nrows * (double)a->row_bytes;
@@ -660,8 +658,8 @@ dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st);
 
 /* Whether W16 takes the call: BF16 weights at 3..128 rows (the MoE gate and the LM head, whose
  * x h is bf16-rounded), FP8 grouped at 3..128, 2 from 64 MB (wo_a, whose x o is bf16 but not
- * act_quant'd, so
- * F8W's codes do not fit it). Faster than MMV / MMA / FMM there (linear_w16.cu's figures); the
+ * act_quant'd, so F8W's codes do not fit it). Faster than MMV / MMA / FMM there (linear_w16.cu's
+ * figures); the
  * step (dsv4 bench --shape flash --layers 4 --contexts 4096, H100, same call) batch 16 3.256 ->
  * 3.216 ms, 32 4.931 -> 4.820, 40 6.171 -> 5.621, 64 8.119 -> 7.549; Pro (2 layers) batch 64
  * 10.890 -> 9.915. FP8 at 8 rows since session 13 (the weights widened in wgmma's A registers):
