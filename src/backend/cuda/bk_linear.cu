@@ -623,10 +623,18 @@ static int lin_setup(lin_args *a, const dsv4_weight *w, int64_t row0, int64_t nr
  * plan takes the call) wins from N = 4 on >= 16 MB FP8 (N = 4, us: Flash wq_b 22.5 against the
  * GEMV's 30.1, wo_b 25.4 / 28.0, wo_a 24.3 / 26.5; N = 2: the GEMV 18.2-20.8 against 21.0-24.2;
  * the 8 MB indexer wq_b stays on the GEMV: 9.3 against 11.1 at N = 4). */
+/* A call's weight bytes (all its groups), and the size from which the choices below count a
+ * matrix as large (Pro's projections; Flash's are 32 MB). */
+static double lin_bytes(const lin_args *a)
+{
+    return (double)a->groups * (double)a->nrows * (double)a->row_bytes;
+}
+static const double LIN_BIG = 64e6;
+
 static int mmv_wins(const lin_args *a)
 {
-    const double bytes = (double)a->groups * (double)a->nrows * (double)a->row_bytes;
-    const int big = bytes >= 64e6, mid = bytes >= 16e6;
+    const double bytes = lin_bytes(a);
+    const int big = bytes >= LIN_BIG, mid = bytes >= 16e6;
     if (a->fmt == DSV4_FORMAT_FP8)
         return a->N >= 5 || (a->N >= 2 && big) || (a->N >= 4 && mid && dsv4_lin_mmv_pipe_takes(a));
     return a->N >= 9 || (a->N >= 5 && big);
@@ -647,8 +655,7 @@ static int mmv_wins(const lin_args *a)
  * MB. */
 static int f8w_wins(const lin_args *a)
 {
-    const double bytes = (double)a->groups * (double)a->nrows * (double)a->row_bytes;
-    const int nmin = bytes >= 64e6 ? 2 : 3;
+    const int nmin = lin_bytes(a) >= LIN_BIG ? 2 : 3;
     return a->groups == 1 && a->N >= nmin && a->nrows >= 4096 && dsv4_lin_f8w_ok(a);
 }
 
@@ -672,9 +679,9 @@ dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st);
  * Pro (64 MB) -1.1%, so 2 rows from 64 MB. */
 static int w16_wins(const lin_args *a)
 {
-    const double bytes = (double)a->groups * (double)a->nrows * (double)a->row_bytes;
     const int bf = a->fmt == DSV4_FORMAT_BF16 && a->N >= 3;
-    const int f8 = a->fmt == DSV4_FORMAT_FP8 && a->groups > 1 && a->N >= (bytes >= 64e6 ? 2 : 3);
+    const int f8 =
+        a->fmt == DSV4_FORMAT_FP8 && a->groups > 1 && a->N >= (lin_bytes(a) >= LIN_BIG ? 2 : 3);
     return (bf || f8) && dsv4_lin_w16_ok(a);
 }
 
