@@ -497,6 +497,21 @@ static void test_moe(const layer *L, dsv4_backend *c, dsv4_backend *g, int N, in
         CHECK(max_rel <= bound);
         CHECK(rerun == 0);
         if (grid) CHECK(frac >= 0.95);
+        /* the tensor-core path's shared expert over other splits of the tokens (bk_moe.cu
+         * shared_slots; the rule's own split above): the same bits */
+        for (int f = 1; paths[pi] == DSV4_MOE_PATH_MMA && f <= 3 && f <= N; f += 2) {
+            const int old = dsv4_cuda_moe_force_shared_slots(f);
+            gpu_moe(L, g, paths[pi], N, dh, dsel, dwt, dout, wsg, og2, og2, &us, &st);
+            dsv4_cuda_moe_force_shared_slots(old);
+            int64_t differ = 0;
+            for (int64_t i = 0; st == DSV4_OK && i < ND; i++)
+                differ += memcmp(&og[i], &og2[i], 4) != 0;
+            printf("    shared expert in %d slot%s: %lld of %lld outputs differ from the rule's "
+                   "split (bound 0)\n",
+                   f, f > 1 ? "s" : "", (long long)differ, (long long)ND);
+            CHECK_MSG(st == DSV4_OK && differ == 0, "moe %s N %d: shared in %d slots: %s", L->name,
+                      N, f, st == DSV4_OK ? "differs" : dsv4_last_error());
+        }
     }
     dsv4_bk_free(g, dh), dsv4_bk_free(g, dwt), dsv4_bk_free(g, dsel), dsv4_bk_free(g, dout);
     dsv4_bk_free(g, wsg);

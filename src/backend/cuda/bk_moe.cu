@@ -158,6 +158,35 @@ extern "C" int dsv4_cuda_moe_last_path(void)
     return last_path;
 }
 
+/* The tensor-core path's slots of the shared expert, each a range of the N tokens (moe.cuh
+ * moe_mma_args ss, sst): one up to SHARED_SLOT_TOKENS rows, above that a slot each
+ * SHARED_SLOT_TOKENS rows, at most SHARED_SLOTS. In one slot each of its tasks walks all N
+ * tokens in passes of 8-16 and so outlasts the routed tasks (~1-2 tokens each): a probe without
+ * the shared expert ran Flash batch 16 / 32 / 64 / 128 2.5 / 2.8 / 3.2 / 4.2% faster, Pro 2.5 /
+ * - / 3.8 / 4.5%. Split, its passes run side by side on other SMs, with the same bits (a token's
+ * sums do not depend on its slot; test_gpu_moe). The rule is the best of 8 / 16 / 32 tokens a
+ * slot in one binary (a probe switch): about N / 4, at least 8. Against the single slot (H100,
+ * dsv4 bench, ms/step, docs/PERF.md session 22): Flash 4 layers batch 12 2.460 -> 2.440, 16
+ * 2.835 -> 2.816, 24 3.598 -> 3.558, 32 4.216 -> 4.159, 64 6.267 -> 6.240, 128 9.625 -> 9.569,
+ * prefill of 4096 +1.1%; Pro 2 layers 12 2.938 -> 2.909, 16 3.430 -> 3.402, 64 8.601 -> 8.551;
+ * batch 1-8 the same (one slot). */
+enum { SHARED_SLOT_TOKENS = 8, SHARED_SLOTS = 4 };
+static int force_ss = 0;
+
+extern "C" int dsv4_cuda_moe_force_shared_slots(int slots)
+{
+    const int old = force_ss;
+    force_ss = slots > 0 ? slots : 0;
+    return old;
+}
+
+static int shared_slots(int64_t N)
+{
+    int64_t s = force_ss > 0 ? force_ss : (N + SHARED_SLOT_TOKENS - 1) / SHARED_SLOT_TOKENS;
+    if (!force_ss && s > SHARED_SLOTS) s = SHARED_SLOTS;
+    return (int)(s < 1 ? 1 : s > N ? N : s);
+}
+
 static dsv4_status mat_of(const dsv4_weight *w, moe_mat *m)
 {
     m->data = (const uint8_t *)w->data;
@@ -421,8 +450,12 @@ static dsv4_status moe_enqueue(dsv4_backend *b, const moe_route *rt, float *out,
 
     const int path = path_setting();
     mma_ws mw;
+    int ss = shared_slots(N);
+    const int sst = (int)((N + ss - 1) / ss); /* its tokens a slot */
+    ss = (int)((N + sst - 1) / sst);          /* none empty */
     if (path != DSV4_MOE_PATH_SIMT && t->mma_ok &&
-        mma_ws_plan(&mw, N, K, D, I, E, (int)bound) + 256 <= dsv4_bk_moe_ws_bytes(N, K, D, I, E)) {
+        mma_ws_plan(&mw, N, K, D, I, E, (int)bound + ss - 1) + 256 <=
+            dsv4_bk_moe_ws_bytes(N, K, D, I, E)) {
         char *base = (char *)(((uintptr_t)ws + 255) & ~(uintptr_t)255);
         moe_mma_args m;
         m.table = t->table;
@@ -447,8 +480,10 @@ static dsv4_status moe_enqueue(dsv4_backend *b, const moe_route *rt, float *out,
         m.list.cnt = m.list.off + E;
         m.list.pairs = m.list.cnt + E;
         m.tickets = (int32_t *)(base + mw.tickets);
-        m.slots = (int)bound;
+        m.slots = (int)bound + ss - 1;
         m.sms = t->sms;
+        m.ss = ss;
+        m.sst = sst;
         last_path = DSV4_MOE_PATH_MMA;
         return moe_mma_run(st, &m, rt, out, h, sel);
     }

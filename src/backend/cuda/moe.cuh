@@ -132,8 +132,9 @@ dsv4_status moe_gemm_launch(cudaStream_t st, int gemm1, const moe_gemm_args *a, 
  * for stage 2), stage 2 (w2 -> y as bf16), combine. Activations are kept as their e4m3 codes
  * in f16 (x / s, exact) in the fragment order of the weight format that reads them:
  *   L4 (MXFP4): per 8 columns, the order 0 4 1 5 2 6 3 7;  L8 (FP8): column order;
- * with one f32 scale s per 128 columns. Slot ai (0 = shared, a > 0 = list.active[a - 1]) as in
- * moe_gemm_args; P = N K + N pairs. */
+ * with one f32 scale s per 128 columns. Slots: [0, ss) the shared expert, slot s on its tokens
+ * [s sst, (s + 1) sst) (bk_moe.cu shared_slots), then slot ss - 1 + a the active expert
+ * list.active[a - 1] (active index a, 0 naming the shared expert); P = N K + N pairs. */
 typedef struct moe_mma_args {
     const moe_expert *table; /* [E + 1] device */
     int E, K;
@@ -148,8 +149,9 @@ typedef struct moe_mma_args {
     float *sa;         /* [P, I / 128] */
     int32_t *tickets;  /* [slots, I / 128] stage 1 tiles done per 128-row block of a */
     uint16_t *y;       /* [P, D] bf16 bits of y (stage 2 out) */
-    int slots;         /* bound on active experts + 1 (the shared one) */
+    int slots;         /* bound on active experts + ss (the shared one's) */
     int sms;           /* the device's SMs (a stage grid's wave) */
+    int ss, sst;       /* the shared expert's slots, and its tokens a slot (the last fewer) */
 } moe_mma_args;
 
 /* The router's inputs and outputs where the op routes too (dsv4_bk_moe_routed): moe_route.cu's

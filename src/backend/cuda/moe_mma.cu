@@ -11,8 +11,9 @@
  * bf16); the last task of each 128-row block of a (a ticket per block, zeroed by prep) then
  * quantises that block for every token of the expert, so no launch sits between the stages.
  * Stage 2 runs w2 (y as bf16). Grids cover the host-known bound on active experts; the tasks of
- * slots past the device count exit at once. The shared expert is slot 0, launched first (its
- * tasks are the longest at N = 1).
+ * slots past the device count exit at once. The shared expert comes first (its tasks are the
+ * longest at N = 1): one slot up to 8 rows, above that up to 4, each a range of the tokens, so
+ * that its passes over the tokens run side by side (bk_moe.cu shared_slots).
  *
  * Fragments (g = lane / 4, t = lane % 4; A = weights, 16 rows x 16 k; B = tokens, 16 k x 8 n):
  *   MXFP4: lane (g, t) loads 16 bytes = the 32 columns of scale group t of each 128-column chunk
@@ -107,17 +108,18 @@ static __device__ __forceinline__ void pdl_wait_once(int &pend)
     }
 }
 
-/* Pair id of token tok of slot ai, and the row of the stage's input it reads. */
+/* Pair id of token tok of active index ai (0: the shared expert, tokens from off), and the row
+ * of the stage's input it reads. */
 static __device__ __forceinline__ int64_t tok_pair(const moe_mma_args &a, int ai, int off, int tok)
 {
-    return ai == 0 ? a.N * a.K + tok : (int64_t)a.list.pairs[off + tok];
+    return ai == 0 ? a.N * a.K + off + tok : (int64_t)a.list.pairs[off + tok];
 }
 
 static __device__ __forceinline__ int64_t tok_input(const moe_mma_args &a, int stage1, int ai,
                                                     int off, int tok)
 {
     const int64_t pair = tok_pair(a, ai, off, tok);
-    return stage1 ? (ai == 0 ? (int64_t)tok : pair / a.K) : pair;
+    return stage1 ? (ai == 0 ? (int64_t)(off + tok) : pair / a.K) : pair;
 }
 
 /* The weight words and scales of CN consecutive 128-column chunks of a task (registers). */
@@ -681,8 +683,8 @@ run_tokens(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int ntok, int 
 /* After a stage 1 task: its ticket on (slot, 128-row block of a); the block's last task
  * quantises the block for every token of the expert into aq (the layout of the expert's w2)
  * and sa. The other tasks' araw stores are ordered before their tickets by the fence. */
-static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int ntok, int off,
-                                   int tile, int lane)
+static __device__ void stage1_tail(const moe_mma_args &a, int slot, int ai, int e, int ntok,
+                                   int off, int tile, int lane)
 {
     const int64_t I = a.I;
     const int tiles = (int)((I + 15) >> 4), nb = (int)((I + 127) >> 7), blk = tile >> 3;
@@ -690,7 +692,7 @@ static __device__ void stage1_tail(const moe_mma_args &a, int ai, int e, int nto
     __threadfence();
     __syncwarp();
     int tk = 0;
-    if (lane == 0) tk = atomicAdd(a.tickets + (int64_t)ai * nb + blk, 1);
+    if (lane == 0) tk = atomicAdd(a.tickets + (int64_t)slot * nb + blk, 1);
     tk = __shfl_sync(0xffffffffu, tk, 0);
     if (tk != need - 1) return;
     __threadfence();
@@ -740,8 +742,11 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     const int64_t task = (int64_t)blockIdx.x * (WPC / ks) + grp;
     const int64_t R = NM == 2 ? a.I : a.D, C = NM == 2 ? a.D : a.I;
     const int64_t tiles = (R + 15) >> 4;
-    const int ai = (int)(task / tiles), tile = (int)(task - (int64_t)ai * tiles);
-    /* Stage 2's tasks and stage 1's shared expert (slot 0) read before the wait only the work
+    /* slot: the shared expert's [0, ss), then the active experts; ai: 0 for the shared expert
+     * (its tokens from off), a > 0 for list.active[a - 1] */
+    const int slot = (int)(task / tiles), tile = (int)(task - (int64_t)slot * tiles);
+    const int ai = slot < a.ss ? 0 : slot - a.ss + 1;
+    /* Stage 2's tasks and stage 1's shared expert (slots < ss) read before the wait only the work
      * list, which the prep launch wrote two or more launches back, the table and the weights:
      * their first weight loads go out before it (run_task: pend), so that they overlap the
      * previous launch's tail. The other tasks of stage 1 need the list of the launch before. */
@@ -751,7 +756,7 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
         pdl_wait_once(pend);
         return;
     }
-    int e = a.E, ntok = (int)a.N, off = 0;
+    int e = a.E, off = slot * a.sst, ntok = (int)min((int64_t)a.sst, a.N - off);
     if (ai > 0) {
         e = a.list.active[ai - 1];
         ntok = a.list.cnt[ai - 1];
@@ -776,7 +781,7 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
                                                          lo, hi, gred, 1 + grp, pend);
     pdl_wait_once(pend); /* no pass ran */
     if constexpr (NM == 2)
-        if (slice == 0) stage1_tail(a, ai, e, ntok, off, tile, lane);
+        if (slice == 0) stage1_tail(a, slot, ai, e, ntok, off, tile, lane);
 }
 
 /* Block 0: sel [N, K] -> the work list and the tickets zeroed. Blocks 1..: x = act_quant(h)

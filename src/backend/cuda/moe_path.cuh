@@ -2,7 +2,7 @@
  * moe_path.cuh - test hook of the CUDA MoE (bk_moe.cu), plain C so that the GPU op test
  * (tests/test_gpu_moe.c) can include it: it forces the SIMT grouped GEMMs (moe_gemm.cu), the
  * tensor-core stage kernels (moe_mma.cu), so that each is checked against the CPU and timed
- * side by side.
+ * side by side, and the split of the shared expert's tokens over slots.
  * The engine never calls it. Process-wide, by design of a test switch: set it, run, reset to
  * DSV4_MOE_PATH_AUTO. Its initial value comes from the environment, DSV4_MOE_PATH=simt|mma
  * (a diagnostic switch: the same engine run timed on each path).
@@ -25,6 +25,10 @@ enum {
 int dsv4_cuda_moe_force_path(int path);
 /* The path the last dsv4_cuda_bk_moe call took (DSV4_MOE_PATH_*; AUTO before any call). */
 int dsv4_cuda_moe_last_path(void);
+/* Forces the tensor-core path's slots of the shared expert (token ranges; bk_moe.cu
+ * shared_slots) for the following calls, at most N; 0: the dispatcher's rule. Returns the
+ * previous setting. The results are the same bit for bit whatever the split. */
+int dsv4_cuda_moe_force_shared_slots(int slots);
 
 #ifdef __cplusplus
 }
