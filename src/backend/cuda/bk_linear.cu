@@ -96,7 +96,7 @@ enum { GV_THREADS = 256, GV_WARPS = 8, GV_SPLIT_MAX = 8 };
  * nvcc 13.0; cuobjdump -res-usage), so 4 fit. Not asked of ptxas by the launch bounds: that
  * changed their code (59 -> 63 registers) for no measured gain (PERF.md, session 7). */
 enum { GV_OCC1 = 4 };
-/* Waves of 4-row CTAs from which a one-row GEMV takes 8 warps a row (launch_gemv). */
+/* Waves of 4-row CTAs from which a GEMV of one or two rows takes 8 warps a row (launch_gemv). */
 enum { GV_MANY_WAVES = 8 };
 
 /* Sub-block j (SW columns) of the 16-byte chunk q of a row -> w[SW] (FP8: e4m3 values; FP4:
@@ -476,14 +476,16 @@ static dsv4_status launch_gemv(const lin_args *a, cudaStream_t st)
      * 4 an SM): Flash wo_a 15.75 -> 14.85, wo_b 15.72 -> 14.62. */
     if (a->N != 1 || gemv_split(a, nchunk, R, GV_OCC1, 1, &ks_log2, &kn) < 0.95)
         (void)gemv_split(a, nchunk, R, GV_OCC, GV_SPLIT_MAX, &ks_log2, &kn);
-    /* One row of x on a matrix of many waves (the LM head, 129,280 rows): its rows split between
-     * all 8 warps, 4 rows a CTA, so that each lane has a few chunks (Flash's head 2, not 16) and
-     * twice the loads are in flight. H100, dsv4 bench, the head's op time, 1 -> 2 / 4 / 8 warps a
-     * row (ms): Flash 0.346 -> 0.344 / 0.340 / 0.335 (3,160 GB/s), Pro 0.604 -> 0.604 / 0.596 /
-     * 0.589; step at batch 1 Flash 1.009 -> 0.999, Pro 1.283 -> 1.268 (4 / 2 layers, where the
-     * head weighs more than in the whole model). Not for fewer waves: 8 warps on every one-row
-     * GEMV of >= 4,096 columns cost Flash's step 0.5% (docs/PERF.md, session 22). */
-    if (a->N == 1 && kn == 1 && nchunk >= (int64_t)2 * 32 * GV_WARPS &&
+    /* One or two rows of x on a matrix of many waves (the LM head, 129,280 rows): its rows split
+     * between all 8 warps, 4 rows a CTA, so that each lane has a few chunks (Flash's head 2, not
+     * 16) and twice the loads are in flight. H100, dsv4 bench, the head's op time at one row, 1
+     * -> 2 / 4 / 8 warps a row (ms): Flash 0.346 -> 0.344 / 0.340 / 0.335 (3,160 GB/s), Pro 0.604
+     * -> 0.604 / 0.596 / 0.589; step at batch 1 Flash 1.009 -> 0.999, Pro 1.283 -> 1.268; at
+     * batch 2 Flash 1.250 -> 1.242 / 1.238 / 1.233, Pro 1.508 -> 1.503 / 1.494 / 1.491 (4 / 2
+     * layers, where the head weighs more than in the whole model). Not for fewer waves: 8 warps
+     * on every one-row GEMV of >= 4,096 columns cost Flash's step 0.5% (docs/PERF.md, session
+     * 22). From 3 rows the head is W16's. */
+    if (a->N <= 2 && kn == 1 && nchunk >= (int64_t)2 * 32 * GV_WARPS &&
         (a->nrows + R - 1) / R * a->groups >= (int64_t)GV_MANY_WAVES * LIN_SMS * GV_OCC1)
         ks_log2 = 3;
     const int64_t per = (int64_t)R * (GV_WARPS >> ks_log2), cps = (nchunk + kn - 1) / kn;
