@@ -9,10 +9,10 @@
  * (the two outputs must be bit-equal: deterministic), with routings
  * that stress the work split: random, a row naming one expert twice, every row on the same
  * experts (one expert sees all N rows: many token passes), every row on its own experts. On
- * the tensor-core path each case above 1 row runs again with the shared expert's tokens forced
- * into 1 and 3 slots (moe_path.cuh): bit-equal to the rule's split. Decode timings of every path
- * at the Flash shape (N = 1, 8, 64, 300) and the Pro shape (N = 1, 64): µs and distinct expert
- * bytes / time.
+ * the tensor-core path each case runs again with the shared expert's tokens forced into 1 and 3
+ * slots (as many as it has rows; moe_path.cuh): bit-equal to the rule's split. Decode timings of
+ * every path at the Flash shape (N = 1, 8, 64, 300) and the Pro shape (N = 1, 64): µs and distinct
+ * expert bytes / time.
  *
  * usage: test_gpu_moe [--small | --profile N]
  *   --small: small shapes only (for compute-sanitizer); --profile N: only the Flash timing calls
