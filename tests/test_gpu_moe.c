@@ -10,7 +10,8 @@
  * that stress the work split: random, a row naming one expert twice, every row on the same
  * experts (one expert sees all N rows: many token passes), every row on its own experts. On
  * the tensor-core path each case runs again with the shared expert's tokens forced into 1 and 3
- * slots (as many as it has rows; moe_path.cuh): bit-equal to the rule's split. Decode timings of
+ * slots (as many as it has rows; moe_path.cuh), and with stage 2's per-slot wait forced on and
+ * off (moe_mma.cu RDY): each bit-equal to the rule's choice. Decode timings of
  * every path at the Flash shape (N = 1, 8, 64, 300) and the Pro shape (N = 1, 64): µs and distinct
  * expert bytes / time.
  *
@@ -421,6 +422,22 @@ static int gpu_moe(const layer *L, dsv4_backend *g, int path, int N, const float
     return took == path;
 }
 
+/* The tensor-core path's variants (moe_path.cuh hooks, set then reset): the shared expert's
+ * tokens in other slots (bk_moe.cu shared_slots; as many as there are rows), stage 2's
+ * per-slot wait (moe_mma.cu RDY) on and off. Each gives the bits of the rule's choice. */
+typedef struct variant {
+    int (*set)(int);
+    int v;
+    const char *what;
+} variant;
+enum { NVARIANTS = 4 };
+static const variant variants[NVARIANTS] = {
+    {dsv4_cuda_moe_force_shared_slots, 1, "shared expert in 1 slot"},
+    {dsv4_cuda_moe_force_shared_slots, 3, "shared expert in 3 slots"},
+    {dsv4_cuda_moe_force_ready, 1, "stage 2's per-slot wait on"},
+    {dsv4_cuda_moe_force_ready, -1, "stage 2's per-slot wait off"},
+};
+
 /* grid: h = k/8, |k| <= 8. route: ROUTE_* (the router on random logits; its selection with
  * every other row naming its first expert twice; every row on the same K experts, so that one
  * expert sees all N rows; every row on its own K experts, N K <= E) */
@@ -499,20 +516,20 @@ static void test_moe(const layer *L, dsv4_backend *c, dsv4_backend *g, int N, in
         CHECK(max_rel <= bound);
         CHECK(rerun == 0);
         if (grid) CHECK(frac >= 0.95);
-        /* the tensor-core path's shared expert over other splits of the tokens (bk_moe.cu
-         * shared_slots; the rule's own split above): the same bits */
-        for (int f = 1; paths[pi] == DSV4_MOE_PATH_MMA && f <= 3 && f <= N; f += 2) {
-            const int old = dsv4_cuda_moe_force_shared_slots(f);
+        /* the tensor-core path's variants: the same bits as the rule's choice above */
+        for (int v = 0; paths[pi] == DSV4_MOE_PATH_MMA && v < NVARIANTS; v++) {
+            const variant *x = &variants[v];
+            if (x->set == dsv4_cuda_moe_force_shared_slots && x->v > N) continue;
+            const int old = x->set(x->v);
             gpu_moe(L, g, paths[pi], N, dh, dsel, dwt, dout, wsg, og2, og2, &us, &st);
-            dsv4_cuda_moe_force_shared_slots(old);
+            x->set(old);
             int64_t differ = 0;
             for (int64_t i = 0; st == DSV4_OK && i < ND; i++)
                 differ += memcmp(&og[i], &og2[i], 4) != 0;
-            printf("    shared expert in %d slot%s: %lld of %lld outputs differ from the rule's "
-                   "split (bound 0)\n",
-                   f, f > 1 ? "s" : "", (long long)differ, (long long)ND);
-            CHECK_MSG(st == DSV4_OK && differ == 0, "moe %s N %d: shared in %d slots: %s", L->name,
-                      N, f, st == DSV4_OK ? "differs" : dsv4_last_error());
+            printf("    %s: %lld of %lld outputs differ from the rule's choice (bound 0)\n",
+                   x->what, (long long)differ, (long long)ND);
+            CHECK_MSG(st == DSV4_OK && differ == 0, "moe %s N %d: %s: %s", L->name, N, x->what,
+                      st == DSV4_OK ? "differs" : dsv4_last_error());
         }
     }
     dsv4_bk_free(g, dh), dsv4_bk_free(g, dwt), dsv4_bk_free(g, dsel), dsv4_bk_free(g, dout);

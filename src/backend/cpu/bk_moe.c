@@ -20,7 +20,9 @@
 /* ---- workspace ------------------------------------------------------------------------------
  * Both backends carve the same bytes, regions aligned to 256 bytes:
  *   CPU:  acc [N, D], xg [NK, D], g [NK, I], u [NK, I], yg [NK, D], wg [NK], tok/slot [NK] int32
- *   CUDA: xq [N, D], a [N(K+1), I], y [N(K+1), D], the work list (ints: E * 3 + NK + 8)
+ *   CUDA: xq [N, D], a [N(K+1), I], y [N(K+1), D], the work list (ints: E * 3 + NK + 8), and
+ *         for the tensor-core path's slots (at most min(NK, E) + N) their tickets and ready
+ *         counts (ceil(I / 128) + 32 ints a slot: moe.cuh MOE_RDY_STRIDE)
  * (NK = N * K rows of routed pairs; the shared expert reuses the routed regions on the CPU and
  * has its own N rows on CUDA.) */
 static size_t al256(size_t n)
@@ -34,8 +36,9 @@ size_t dsv4_bk_moe_ws_bytes(int64_t N, int K, int64_t D, int64_t I_max, int E)
     const size_t nk = n * k, f = sizeof(float);
     const size_t cpu = al256(n * d * f) + al256(nk * d * f) * 2 + al256(nk * i * f) * 2 +
                        al256(nk * f) + al256(nk * 4) * 2;
+    const size_t slots = (nk < e ? nk : e) + n;
     const size_t cuda = al256(n * d * f) + al256((nk + n) * i * f) + al256((nk + n) * d * f) +
-                        al256((3 * e + nk + 8) * 4);
+                        al256((3 * e + nk + 8) * 4) + al256(slots * ((i + 127) / 128 + 32) * 4);
     return (cpu > cuda ? cpu : cuda) + 256;
 }
 

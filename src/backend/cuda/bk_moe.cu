@@ -180,6 +180,15 @@ extern "C" int dsv4_cuda_moe_force_shared_slots(int slots)
     return old;
 }
 
+static int force_rdy = 0;
+
+extern "C" int dsv4_cuda_moe_force_ready(int mode)
+{
+    const int old = force_rdy;
+    force_rdy = mode > 0 ? 1 : mode < 0 ? -1 : 0;
+    return old;
+}
+
 static int shared_slots(int64_t N)
 {
     int64_t s = force_ss > 0 ? force_ss : (N + SHARED_SLOT_TOKENS - 1) / SHARED_SLOT_TOKENS;
@@ -422,7 +431,7 @@ static size_t mma_ws_plan(mma_ws *w, int64_t N, int K, int64_t D, int64_t I, int
     MMA_REGION(sa, p * nbi * 4);
     MMA_REGION(y, p * (size_t)D * 2);
     MMA_REGION(ints, (3 * (size_t)E + nk + 8) * 4);
-    MMA_REGION(tickets, (size_t)slots * nbi * 4);
+    MMA_REGION(tickets, (size_t)slots * (nbi + MOE_RDY_STRIDE) * 4); /* then ready */
 #undef MMA_REGION
     w->end = o;
     return o;
@@ -481,6 +490,8 @@ static dsv4_status moe_enqueue(dsv4_backend *b, const moe_route *rt, float *out,
         m.list.pairs = m.list.cnt + E;
         m.tickets = (int32_t *)(base + mw.tickets);
         m.slots = (int)bound + ss - 1;
+        m.ready = m.tickets + (int64_t)m.slots * ((I + 127) / 128);
+        m.rdy = force_rdy;
         m.sms = t->sms;
         m.ss = ss;
         m.sst = sst;

@@ -23,6 +23,7 @@ enum { MOE_LANE_COLS = 32 };         /* input columns per lane: one 16-byte FP4 
 enum { MOE_WARP_COLS = 32 * 32 };    /* input columns per warp */
 enum { MOE_RPW1 = 2, MOE_RPW2 = 4 }; /* output rows per warp in a work item: stage 1, 2 */
 enum { MOE_MAX_RB = 8 };             /* row batches per work item */
+enum { MOE_RDY_STRIDE = 32 };        /* ints between two slots' ready counts: a line each */
 
 /* One weight matrix [rows, cols] in device memory, in its stored format (model/weights.h), its
  * bytes row-major as stored or, where tiled, in the tiled layout below. */
@@ -148,6 +149,8 @@ typedef struct moe_mma_args {
     uint16_t *aq;      /* [P, I] act_quant(a) codes in the layout of the pair's w2 */
     float *sa;         /* [P, I / 128] */
     int32_t *tickets;  /* [slots, I / 128] stage 1 tiles done per 128-row block of a */
+    int32_t *ready;    /* [slots, MOE_RDY_STRIDE] blocks of a quantised per slot */
+    int rdy;           /* stage 2's per-slot wait: 0 moe_mma_run's rule, 1 on, -1 off (tests) */
     uint16_t *y;       /* [P, D] bf16 bits of y (stage 2 out) */
     int slots;         /* bound on active experts + ss (the shared one's) */
     int sms;           /* the device's SMs (a stage grid's wave) */

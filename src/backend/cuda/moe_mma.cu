@@ -56,12 +56,30 @@
  *   - the weights loaded past L1 (moe_ldw: through L1 they evicted the activation rows and scale
  *     bytes that every task of an SM re-reads);
  *   - stage 2's token rows staged once a CTA in shared memory from 2 rows (XS, stage_x: its
- *     warps read the same row chunk in lockstep and missed L1 together);
+ *     warps read the same row chunk in lockstep and missed L1 together), in the 1-group kernels
+ *     with the rows' scales (2-group: 80 bytes of stack against 24, batch 128 +1.3%);
+ *   - stage 2 waiting per slot (RDY, below) in the 1-group kernels from 2 rows;
  *   - the tiled expert layout (moe.cuh, moe_layout.cu: 16-row x 128-column blocks stored
  *     contiguously; the row-major pattern's own ceiling, with the scale bytes, was 56% of copy
  *     in a pure-load kernel, bench/bench_gpu_access.cu);
  *   - an L2 bulk prefetch of the next iteration's blocks where it pays (prefetch_blocks);
  *   - stage 2's and stage 1's shared-expert first weight loads before the PDL wait (pend).
+ * RDY: the stage-1 quantiser of each 128-row block of a counts its slot (ready, zeroed with the
+ * tickets by the prep launch), and a routed stage-2 task polls its slot's count after its first
+ * weight loads instead of the PDL wait, so that it runs while stage 1's last tasks still do
+ * (with PDL, stage 2's CTAs are placed once every stage-1 CTA has passed its own wait, i.e. is
+ * resident: the polls never hold a slot stage 1 needs). Its activations come from L2 (the XS
+ * copy, __ldcg), never from a line L1 may hold stale. The shared expert's stage-2 tasks keep the
+ * PDL wait: their blocks are quantised last, and so the FP8 tasks keep their L1 loads. Stage 2 so
+ * never waits for the grid: it ends only after every slot it reads is complete, i.e. after all of
+ * stage 1's stores (the tail's count is each task's last store), so the launches after it may
+ * still rely on the grid two launches back (pdl.cuh). Measured (H100, dsv4 bench, docs/PERF.md
+ * session 23, ms/step): Flash 4 layers batch 2 -1.7%, 3 -4.5%, 4 -5.0%, 8 -2.8%, 16 -2.7%, 32
+ * -1.5%, 40 -1.5%; Pro 2 layers 4 -1.2%, 8 -1.0%, 16 -0.6%. Not at 1 row (Flash +0.9% in a
+ * variant with the shared slots polling too) nor where stage 1's grid is more than RDY_WAVES
+ * rounds (Pro 48 / 64 +0.2 / +0.3%: its drain is a smaller share), nor in the 2-group kernels
+ * (Flash 64 / 128 +0.5 / +1.1%). Session 9's version (no PDL above 16 rows then, the activations
+ * and scales a warp from L2) lost at 8-16 rows.
  * Tried and not kept: the weights through shared memory (per-warp cp.async rings, 1-D and 2-D
  * TMA rings: fewer warps and more instructions, L1 lost to the rings), resident grids, the FP4
  * weights as e4m3 (above), packed MXFP4 scales (902d969: the pure-load ceiling rose, the kernels
@@ -78,6 +96,8 @@
 enum { WPC = 4 }; /* warps per CTA, each one task */
 /* Rows of x from which stage 2's 1-group kernel prefetches its next blocks into L2 (moe_mma_run) */
 enum { S2_L2P_ROWS = 8 };
+/* Rounds of stage 1's grid (4 CTAs an SM) up to which stage 2 waits per slot (RDY; moe_mma_run) */
+enum { RDY_WAVES = 20 };
 
 /* bar.sync on barrier id (1 .. 4) among `count` threads (whole warps); literal ids, so that
  * ptxas reserves only the barriers used. */
@@ -99,13 +119,48 @@ static __device__ __forceinline__ void named_bar(int id, int count)
     }
 }
 
-/* The PDL wait of a stage kernel that opened with DSV4_PDL_LATE, where it is still pending. */
-static __device__ __forceinline__ void pdl_wait_once(int &pend)
+/* The wait of a stage kernel that opened with DSV4_PDL_LATE, where it is still pending: pend 1
+ * the PDL wait; pend 2 + s (stage 2's RDY instances) slot s's input ready instead: its count of
+ * quantised 128-row blocks of a (stage1_tail) reaches ceil(I / 128), polled by lane 0. */
+static __device__ __forceinline__ void pdl_wait_once(const moe_mma_args &a, int &pend)
 {
-    if (pend) {
+    if (pend == 1) {
         DSV4_PDL_WAIT();
-        pend = 0;
+    } else if (pend > 1) {
+        const int need = (int)((a.I + 127) >> 7);
+        if ((threadIdx.x & 31) == 0) {
+            const int32_t *p = a.ready + (int64_t)(pend - 2) * MOE_RDY_STRIDE;
+            for (;;) {
+                int v;
+                asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+                if (v >= need) break;
+                __nanosleep(64);
+            }
+        }
+        __syncwarp();
+        DSV4_PDL_RELEASE();
     }
+    pend = 0;
+}
+
+/* An activation or scale load of a stage: XS bit 1 (RDY) through L2 only, as its producer may
+ * still run beside the kernel (another slot's lines could sit stale in L1); else the read-only
+ * path. */
+template <int XS, typename T> static __device__ __forceinline__ T ld_act(const T *p)
+{
+    if constexpr ((XS & 2) != 0)
+        return __ldcg(p);
+    else
+        return __ldg(p);
+}
+
+/* A scale of the activations: XS bit 2 from the staged copy in shared memory (stage_x). */
+template <int XS> static __device__ __forceinline__ float ld_scale(const float *p)
+{
+    if constexpr ((XS & 4) != 0)
+        return *p;
+    else
+        return ld_act<XS>(p);
 }
 
 /* Pair id of token tok of active index ai (0: the shared expert, tokens from off), and the row
@@ -271,7 +326,7 @@ mma_chunks(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[16], 
                 const uint4 *p = (const uint4 *)(brow + c * 128);
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-                    const uint4 v = XS ? p[i] : __ldg(p + i); /* XS: shared memory */
+                    const uint4 v = (XS & 1) ? p[i] : ld_act<XS>(p + i); /* XS: shared memory */
                     x[4 * i] = v.x, x[4 * i + 1] = v.y, x[4 * i + 2] = v.z, x[4 * i + 3] = v.w;
                 }
             } else {
@@ -279,7 +334,7 @@ mma_chunks(const wchunks<NM, F, CN> &b, float (&acc)[NM][4], uint32_t (&x)[16], 
                 for (int i = 0; i < 16; i++) x[i] = 0;
             }
         }
-        const float xs0 = s0 ? __ldg(s0 + c) : 0.0f, xs1 = s1 ? __ldg(s1 + c) : 0.0f;
+        const float xs0 = s0 ? ld_scale<XS>(s0 + c) : 0.0f, xs1 = s1 ? ld_scale<XS>(s1 + c) : 0.0f;
 #pragma unroll
         for (int m = 0; m < NM; m++) {
             float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -348,8 +403,8 @@ mma_chunks_nb(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], int c0, int 
         float xs0[NB], xs1[NB];
 #pragma unroll
         for (int j = 0; j < NB; j++) {
-            xs0[j] = s0[j] ? __ldg(s0[j] + c) : 0.0f;
-            xs1[j] = s1[j] ? __ldg(s1[j] + c) : 0.0f;
+            xs0[j] = s0[j] ? ld_scale<XS>(s0[j] + c) : 0.0f;
+            xs1[j] = s1[j] ? ld_scale<XS>(s1[j] + c) : 0.0f;
         }
         float f[NB][NM][4];
 #pragma unroll
@@ -368,7 +423,7 @@ mma_chunks_nb(const wchunks<NM, F, CN> &b, float (&acc)[NB][NM][4], int c0, int 
                 x[j] = make_uint4(0, 0, 0, 0);
                 if (brow[j] && c < hl) {
                     const uint4 *p = (const uint4 *)(brow[j] + c * 128) + k;
-                    x[j] = XS ? *p : __ldg(p); /* XS: shared memory */
+                    x[j] = (XS & 1) ? *p : ld_act<XS>(p); /* XS: shared memory */
                 }
             }
 #pragma unroll
@@ -449,34 +504,44 @@ static __device__ __forceinline__ void prefetch_x(const uint16_t *const (&brow)[
 }
 
 /* XS (stage 2, MXFP4): the pass's 2 NB token rows of aq [2 NB][C] copied into the CTA's dynamic
- * shared memory once, after the PDL wait (aq is the launch before's output), by all its warps
+ * shared memory once, after the wait (aq is the launch before's output), by all its warps
  * together, and brow moved there, so that the pass's activation loads (mma_chunks,
- * mma_chunks_nb) are served from shared memory instead of each chunk's L1 miss. The CTA's
+ * mma_chunks_nb) are served from shared memory instead of each chunk's L1 miss; with XS bit 2
+ * the rows' scales of sa too ([2 NB][nch] f32 after the rows; s0, s1 moved there). The CTA's
  * warps are on one slot (the launcher checks that a slot's tiles fill whole CTAs), so they run
  * the same passes and the barriers line up. C % 8 == 0 (moe_mma_mat_ok: C % 32). */
-template <int NB>
-static __device__ __forceinline__ void stage_x(const moe_mma_args &a, const uint16_t *xin, int ai,
-                                               int off, int t0, int te, int64_t C, int lane,
-                                               const uint16_t *(&brow)[NB])
+template <int NB, int XS>
+static __device__ __forceinline__ void
+stage_x(const moe_mma_args &a, const uint16_t *xin, int ai, int off, int t0, int te, int64_t C,
+        int lane, const uint16_t *(&brow)[NB], const float *(&s0)[NB], const float *(&s1)[NB])
 {
     extern __shared__ uint4 moe_xs[];
     uint16_t *xw = (uint16_t *)moe_xs;
-    __syncthreads(); /* the previous pass's reads are done */
+    const int nch = (int)((C + 127) >> 7);
+    float *sw = (float *)(xw + 2 * NB * C); /* the rows' scales [2 NB][nch] */
+    __syncthreads();                        /* the previous pass's reads are done */
     for (int k = 0; k < 2 * NB && t0 + k < te; k++) {
-        const uint16_t *src = xin + tok_input(a, 0, ai, off, t0 + k) * C;
+        const int64_t in = tok_input(a, 0, ai, off, t0 + k);
+        const uint16_t *src = xin + in * C;
         for (int64_t q = threadIdx.x; q < C / 8; q += blockDim.x) {
             const unsigned d = (unsigned)__cvta_generic_to_shared(xw + k * C + 8 * q);
             asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src + 8 * q)
                          : "memory");
         }
+        if constexpr ((XS & 4) != 0)
+            for (int q = threadIdx.x; q < nch; q += blockDim.x)
+                sw[k * nch + q] = __ldcg(a.sa + in * nch + q);
     }
     asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
     __syncthreads();
     /* run_task's B fragment (FP4): lane (g, t) carries token t0 + 2 j + (g & 1) of group j at
-     * column 32 t */
+     * column 32 t; its C pair is tokens t0 + 2 j, t0 + 2 j + 1 */
 #pragma unroll
-    for (int j = 0; j < NB; j++)
+    for (int j = 0; j < NB; j++) {
         if (brow[j]) brow[j] = xw + (2 * j + ((lane >> 2) & 1)) * C + 32 * (lane & 3);
+        if ((XS & 4) != 0 && s0[j]) s0[j] = sw + 2 * j * nch;
+        if ((XS & 4) != 0 && s1[j]) s1[j] = sw + (2 * j + 1) * nch;
+    }
 }
 
 /* Chunks [c, min(c + n, hi)) of the task's tile of every matrix (and the MXFP4 scales) into L2
@@ -567,7 +632,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             for (int c0 = lo; c0 < hi; c0 += CPI) {
                 load_chunks<NM, F, CPI, 0>(b, cur, c0, hi, hl);
                 if (L2P && lane == 0) prefetch_blocks<NM, F>(w, r0, c0 + L2P * CPI, CPI, hi);
-                pdl_wait_once(pend); /* the first weights in flight */
+                pdl_wait_once(a, pend); /* the first weights in flight */
                 if (PFX && a.N > 16) prefetch_x<NB>(brow, c0, CPI, hl);
                 wcur_advance(cur, CPI);
                 mma_pass<NM, F, CPI, NB>(b, acc, x, c0, hi, hl, brow, s0, s1);
@@ -576,8 +641,9 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             wchunks<NM, F, CPH> b0, b1; /* ping-pong, no copies */
             wchunks_zero(b0), wchunks_zero(b1);
             load_chunks<NM, F, CPH, 0>(b0, cur, lo, hi, hl);
-            pdl_wait_once(pend); /* the first weights in flight */
-            if constexpr (XS) stage_x<NB>(a, xin, ai, off, t0, te, C, lane, brow);
+            pdl_wait_once(a, pend); /* the first weights in flight */
+            if constexpr ((XS & 1) != 0)
+                stage_x<NB, XS>(a, xin, ai, off, t0, te, C, lane, brow, s0, s1);
             const bool pfx = PFX && !XS && a.N > 16; /* XS: the rows are staged */
             if (pfx) prefetch_x<NB>(brow, lo, CPH, hl);
             for (int c0 = lo; c0 < hi; c0 += 2 * CPH) {
@@ -593,7 +659,7 @@ run_task(const moe_mma_args &a, const moe_mat (&w)[NM], int ai, int tb, int te, 
             }
         }
 
-        pdl_wait_once(pend); /* an empty slice */
+        pdl_wait_once(a, pend); /* an empty slice */
 
         /* the group's slices, in ascending order, on slice 0 */
         constexpr int NA = NB * NM * 4; /* partials a lane */
@@ -721,6 +787,11 @@ static __device__ void stage1_tail(const moe_mma_args &a, int slot, int ai, int 
             if (lane == 0) a.sa[pair[j] * nb + blk] = s;
         }
     }
+    if (a.ready) { /* the block counts for its slot (stage 2's RDY instances poll it) */
+        __threadfence();
+        __syncwarp();
+        if (lane == 0) atomicAdd(a.ready + (int64_t)slot * MOE_RDY_STRIDE, 1);
+    }
 }
 
 /* Stage kernel (NM = 2: stage 1, NM = 1: stage 2): the CTA's WPC warps are WPC / ks groups of
@@ -730,12 +801,18 @@ static __device__ void stage1_tail(const moe_mma_args &a, int slot, int ai, int 
  * budget); PIPE and LOADS: run_task's load schedule;
  * PFX: the instances launched from 5 rows (prefetch_x where a.N > 16; moe_mma_run says why).
  * XS: stage 2's MXFP4 token rows staged in shared memory (stage_x; dynamic shared memory of
- * 2 NB4 x I codes a CTA). L2P: prefetch_blocks that many loop iterations ahead (0: none). */
-template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int PFX, int XS = 0, int L2P = 0>
+ * 2 NB4 x I codes a CTA, and in the 1-group kernels their 2 x ceil(I / 128) scales). L2P:
+ * prefetch_blocks that many loop iterations ahead (0: none). RDY: stage 2's routed tasks wait
+ * for their slot's a instead of the grid (the file header; a.ready). */
+template <int NM, int MINB, int PIPE, int LOADS, int NB4, int NB8, int PFX, int XS = 0, int L2P = 0,
+          int RDY = 0>
 __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe_mma_args a, int ks)
 {
     DSV4_PDL_LATE();
     constexpr int NB = NB4 > NB8 ? NB4 : NB8;
+    /* run_task's XS bits for stage 2's MXFP4 tasks: 1 the rows staged, 4 their scales too (the
+     * 1-group kernels), 2 (RDY) the other activation loads through L2 (ld_act) */
+    constexpr int XS_FP4 = (XS ? (NB4 == 1 ? 5 : 1) : 0) | 2 * RDY;
     __shared__ float red[WPC * NB * 2 * 4 * 32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int grp = warp / ks, slice = warp - grp * ks;
@@ -750,10 +827,11 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
      * list, which the prep launch wrote two or more launches back, the table and the weights:
      * their first weight loads go out before it (run_task: pend), so that they overlap the
      * previous launch's tail. The other tasks of stage 1 need the list of the launch before. */
-    int pend = NM == 1 || ai == 0;
+    int pend = NM == 1 ? (RDY && ai > 0 ? 2 + slot : 1) : ai == 0;
     if (!pend) DSV4_PDL_WAIT();
     if (ai > 0 && ai > *a.list.n_active) { /* the whole group */
-        pdl_wait_once(pend);
+        if (RDY) return;                   /* reads nothing of stage 1's */
+        pdl_wait_once(a, pend);
         return;
     }
     int e = a.E, off = slot * a.sst, ntok = (int)min((int64_t)a.sst, a.N - off);
@@ -774,12 +852,15 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     const int64_t r0 = (int64_t)tile * 16;
     float *gred = red + grp * ks * NB * NM * 4 * 32;
     if (w[0].fmt == MOE_MXFP4)
-        run_tokens<NM, 0, PIPE, LOADS, NB4, PFX, NM == 1 ? XS : 0, L2P>(
+        run_tokens<NM, 0, PIPE, LOADS, NB4, PFX, NM == 1 ? XS_FP4 : 0, L2P>(
             a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred, 1 + grp, pend);
-    else
+    else if (!RDY || ai == 0)
         run_tokens<NM, 1, PIPE, LOADS, NB8, PFX, 0, L2P>(a, w, ai, ntok, off, r0, lane, slice, ks,
                                                          lo, hi, gred, 1 + grp, pend);
-    pdl_wait_once(pend); /* no pass ran */
+    else
+        run_tokens<NM, 1, PIPE, LOADS, NB8, PFX, 2, L2P>(a, w, ai, ntok, off, r0, lane, slice, ks,
+                                                         lo, hi, gred, 1 + grp, pend);
+    pdl_wait_once(a, pend); /* no pass ran */
     if constexpr (NM == 2)
         if (slice == 0) stage1_tail(a, slot, ai, e, ntok, off, tile, lane);
 }
@@ -795,7 +876,7 @@ __global__ void moe_mma_prep_kernel(const moe_mma_args a, const int32_t *sel, co
         return;
     }
     extern __shared__ int32_t wl[];
-    const int64_t nt = (int64_t)a.slots * ((a.I + 127) >> 7);
+    const int64_t nt = (int64_t)a.slots * (((a.I + 127) >> 7) + MOE_RDY_STRIDE); /* + ready */
     for (int64_t i = threadIdx.x; i < nt; i += blockDim.x) a.tickets[i] = 0;
     moe_list_build(a.list, sel, a.N * a.K, a.E, wl);
 }
@@ -877,7 +958,14 @@ static int split_pick(int64_t nch, int64_t tasks, int sms)
 template <int MINB, int LOADS, int NB4, int NB8, int PFX, int L2P = 0>
 static void stage2_launch(cudaStream_t st, const moe_mma_args *a, unsigned grid, int ks, size_t xs)
 {
-    if (xs)
+    constexpr int RD = NB4 == 1; /* RDY instances: the 1-group kernels only */
+    if (RD && xs && a->ready)
+        moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, PFX, 1, L2P, RD>
+            <<<grid, WPC * 32, xs, st>>>(*a, ks);
+    else if (RD && a->ready)
+        moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, PFX, 0, L2P, RD>
+            <<<grid, WPC * 32, 0, st>>>(*a, ks);
+    else if (xs)
         moe_mma_stage_kernel<1, MINB, 1, LOADS, NB4, NB8, PFX, 1, L2P>
             <<<grid, WPC * 32, xs, st>>>(*a, ks);
     else
@@ -948,12 +1036,24 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * kernels, four in the 2-group ones. H100, dsv4 bench, one binary with and without
      * (docs/PERF.md, session 14), ms/step: Flash batch 2 -0.5%, 8 -0.6%, 16 -1.7%, 32 -2.1%, 64
      * -2.5%, 96 -2.7%, 128 -3.4%, 256 -3.9%; Pro batch 2 -0.4%, 8 -0.8%, 16 -1.4%, 64 -1.9%,
-     * 128 -2.2%, 256 -3.9%; batch 1 +0.1% (a build with the rows a warp), so not there. The
-     * rows a warp (4x the shared memory, Pro 48 KB a CTA) cost Pro 2-8% in L1. */
-    const size_t xs = (size_t)2 * I * 2, xs4 = 2 * xs;
-    const int use_xs = N >= 2 && ((D + 15) / 16) % (WPC / ks2) == 0 && xs <= 32 * 1024;
-    const int use_xs4 = use_xs && xs4 <= 32 * 1024;
+     * 128 -2.2%, 256 -3.9%; batch 1 +0.1% (a build with the rows a warp), so not there (but
+     * with RDY). The rows a warp (4x the shared memory, Pro 48 KB a CTA) cost Pro 2-8% in L1.
+     * Sized for the rows' scales too (the 1-group kernels stage them; session 23, with the
+     * rows alone: Flash batch 16-40 -0.6 to -0.8%, Pro 64 -0.5%). */
+    const size_t xs = (size_t)2 * I * 2 + (size_t)2 * ((I + 127) / 128) * 4, xs4 = 2 * xs;
     const int two_groups = 8 * N * a->K >= 9 * a->E;
+    /* stage 2 waits per slot (RDY; the file header) in the 1-group kernels from 2 rows while
+     * stage 1 is at most RDY_WAVES rounds of the grid (the host's bound on the active experts:
+     * Flash to batch 47, Pro to ~17) */
+    moe_mma_args ar = *a;
+    const int rdy =
+        !two_groups &&
+        (a->rdy > 0 || (a->rdy == 0 && N >= 2 && g1 <= (int64_t)RDY_WAVES * 4 * a->sms));
+    if (!rdy) ar.ready = NULL;
+    a = &ar;
+    const int use_xs =
+        (N >= 2 || a->ready) && ((D + 15) / 16) % (WPC / ks2) == 0 && xs <= 32 * 1024;
+    const int use_xs4 = use_xs && xs4 <= 32 * 1024;
     if (!two_groups && N < 5) {
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();

@@ -2,7 +2,7 @@
  * moe_path.cuh - test hook of the CUDA MoE (bk_moe.cu), plain C so that the GPU op test
  * (tests/test_gpu_moe.c) can include it: it forces the SIMT grouped GEMMs (moe_gemm.cu), the
  * tensor-core stage kernels (moe_mma.cu), so that each is checked against the CPU and timed
- * side by side, and the split of the shared expert's tokens over slots.
+ * side by side, the split of the shared expert's tokens over slots and stage 2's per-slot wait.
  * The engine never calls it. Process-wide, by design of a test switch: set it, run, reset to
  * DSV4_MOE_PATH_AUTO. Its initial value comes from the environment, DSV4_MOE_PATH=simt|mma
  * (a diagnostic switch: the same engine run timed on each path).
@@ -29,6 +29,10 @@ int dsv4_cuda_moe_last_path(void);
  * shared_slots) for the following calls, at most N; 0: the dispatcher's rule. Returns the
  * previous setting. The results are the same bit for bit whatever the split. */
 int dsv4_cuda_moe_force_shared_slots(int slots);
+/* Forces stage 2's per-slot wait (moe_mma.cu, RDY) on (1) or off (-1) wherever the 1-group
+ * kernels run, for the following calls; 0: moe_mma_run's rule. Returns the previous setting.
+ * The results are the same bit for bit either way. */
+int dsv4_cuda_moe_force_ready(int mode);
 
 #ifdef __cplusplus
 }

@@ -35,7 +35,9 @@
  * or more back, which had completed before the previous launch passed its own wait), and it
  * must reach DSV4_PDL_WAIT() (or DSV4_PDL_WAIT_HELD()) on every path before any other load, any
  * store and any return. Loads meant to go out before the wait must be plain or inline-asm loads:
- * ptxas moves ld.global.nc (__ldg) below griddepcontrol.wait (session 10, bk_hc.cu's ld_w4). */
+ * ptxas moves ld.global.nc (__ldg) below griddepcontrol.wait (session 10, bk_hc.cu's ld_w4).
+ * One exception: the MoE's stage 2 with RDY (moe_mma.cu) waits on its inputs by a counter of the
+ * launch before instead, and ends only after that launch's last store. */
 #define DSV4_PDL_LATE() ((void)0)
 
 #endif
