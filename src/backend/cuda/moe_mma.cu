@@ -1044,7 +1044,7 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     const int two_groups = 8 * N * a->K >= 9 * a->E;
     /* stage 2 waits per slot (RDY; the file header) in the 1-group kernels from 2 rows while
      * stage 1 is at most RDY_WAVES rounds of the grid (the host's bound on the active experts:
-     * Flash to batch 47, Pro to ~17) */
+     * Flash to batch 47, where the 2-group kernels take over, Pro to 17) */
     moe_mma_args ar = *a;
     const int rdy =
         !two_groups &&
