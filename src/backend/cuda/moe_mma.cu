@@ -994,14 +994,18 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * loop); stage 2: 8 loads a lane in the two-half ring, 4 CTAs per SM (no spills). The best
      * of the 8 (MINB, PIPE, LOADS) choices per stage on H100 (test_gpu_moe; the figures are in the
      * git history of this file's header). Where the routed experts average 1.125 tokens or more (8
-     * N K >= 9 E), passes of 2 token groups (MXFP4 4 tokens, FP8 16): stage 1 at 3 CTAs per SM (168
-     * registers, no spills) with 4 loads a lane and its FP8 (shared expert) passes of one group;
-     * stage 2 at 4 CTAs per SM (128 registers, 16-32 bytes of stack), 8 loads a lane (3 CTAs until
-     * session 18; 4 is faster on the tiled layout: Flash batch 64 / 128 / 256 -2.2 / -1.8 / -1.7%,
-     * Pro 96 / 128 / 256 -1.5 / -1.5 / -1.3%, Flash prefill +1.9%; docs/PERF.md). Below that most
-     * experts have one token, the second group would be empty and the lower occupancy costs. The
-     * rule was N K >= 2 E until session 18: with the L2 prefetch below (session 15) and stage 2 at
-     * 4 CTAs the 2-group kernels win from ~1.1 E (dsv4 bench, H100, ms/step, 1-group / 2-group:
+     * N K >= 9 E), passes of 2 token groups (MXFP4 4 tokens, FP8 16): stage 1 (from 1.2 tokens,
+     * 5 N K >= 6 E; below, its 1-group kernel at 4 CTAs an SM beat the 2-group one, where most
+     * tasks run one-group passes anyway: Flash batch 48 / 50 / 52 / 54 -1.1 / -0.8 / -0.7 /
+     * -0.3%, 56 / 60 +0.1 / +0.7%, Pro 72 / 76 -1.3 / -0.7%, 80 / 88 / 96 +1.8 / +2.5 / +1.6%;
+     * docs/PERF.md, session 23) at 3 CTAs per SM (168 registers, no spills) with 4 loads a lane
+     * and its FP8 (shared expert) passes of one group; stage 2 at 4 CTAs per SM (128 registers,
+     * 16-32 bytes of stack), 8 loads a lane (3 CTAs until session 18; 4 is faster on the tiled
+     * layout: Flash batch 64 / 128 / 256 -2.2 / -1.8 / -1.7%, Pro 96 / 128 / 256 -1.5 / -1.5 /
+     * -1.3%, Flash prefill +1.9%; docs/PERF.md). Below that most experts have one token, the
+     * second group would be empty and the lower occupancy costs.
+     * The rule was N K >= 2 E until session 18: with the L2 prefetch below (session 15) and stage 2
+     * at 4 CTAs the 2-group kernels win from ~1.1 E (dsv4 bench, H100, ms/step, 1-group / 2-group:
      * Flash batch 40 (0.94 E) 4.97-4.98 / 5.03-5.04, 44 (1.03 E) 5.29-5.30 / 5.28-5.30, 48 (1.125
      * E) 5.58 / 5.53-5.54, 52 (1.22 E) 5.87 / 5.77-5.79; Pro 56 (0.875 E) 7.92-7.93 / 7.98-8.00, 64
      * (1.0 E) 8.66 / 8.66, 72 (1.125 E) 9.71 / 9.60; docs/PERF.md, session 18). Engine step (dsv4
@@ -1041,7 +1045,7 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * Sized for the rows' scales too (the 1-group kernels stage them; session 23, with the
      * rows alone: Flash batch 16-40 -0.6 to -0.8%, Pro 64 -0.5%). */
     const size_t xs = (size_t)2 * I * 2 + (size_t)2 * ((I + 127) / 128) * 4, xs4 = 2 * xs;
-    const int two_groups = 8 * N * a->K >= 9 * a->E;
+    const int two_groups = 8 * N * a->K >= 9 * a->E, two_groups1 = 5 * N * a->K >= 6 * a->E;
     /* stage 2 waits per slot (RDY; the file header) in the 1-group kernels from 2 rows while
      * stage 1 is at most RDY_WAVES rounds of the grid (the host's bound on the active experts:
      * Flash to batch 47, where the 2-group kernels take over, Pro to 17) */
@@ -1066,7 +1070,10 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
         else
             stage2_launch<4, 8, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
     } else {
-        moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        if (two_groups1)
+            moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+        else
+            moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
         CUDA_LAUNCHED();
         stage2_launch<4, 8, 2, 2, 1, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
     }
