@@ -788,6 +788,8 @@ int main(int argc, char **argv)
             static const int rn[] = {70, 1, 9};
             test_routed(&H, c, g, rn, 3, 0);
             test_routed(&H, c, g, rn, 3, 1);
+            /* N K = 1.125 E: stage 1's 1-group kernel with stage 2's 2-group one (moe_mma_run) */
+            test_moe(&H, c, g, 72, 0, ROUTE_RANDOM);
         }
         layer_free(&H, c, g);
         /* the tensor-core path's other format pairs, and K split over 4 / 2 warps (D 4096) */
@@ -801,6 +803,7 @@ int main(int argc, char **argv)
         if (layer_make(&Y, c, g, DSV4_FORMAT_FP8, 0, DSV4_FORMAT_FP8, 0)) {
             test_moe(&Y, c, g, 8, 0, ROUTE_DISTINCT);
             test_moe(&Y, c, g, 6, 1, ROUTE_DUP);
+            test_moe(&Y, c, g, 9, 0, ROUTE_RANDOM); /* 1.125 E, as H's 72 rows */
         }
         layer_free(&Y, c, g);
         /* wider rows, widths a multiple of 512 (D 5120: not a power of two); MXFP4 routed
