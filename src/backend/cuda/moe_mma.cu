@@ -69,8 +69,9 @@
  * weight loads instead of the PDL wait, so that it runs while stage 1's last tasks still do
  * (with PDL, stage 2's CTAs are placed once every stage-1 CTA has passed its own wait, i.e. is
  * resident: the polls never hold a slot stage 1 needs). Its activations come from L2 (the XS
- * copy, __ldcg), never from a line L1 may hold stale. The shared expert's stage-2 tasks keep the
- * PDL wait: their blocks are quantised last, and so the FP8 tasks keep their L1 loads. Stage 2 so
+ * copy, __ldcg), never from a line L1 may hold stale. The shared expert's stage-2 tasks poll too
+ * from RDY_SHARED_ROWS rows (Flash batch 3-40 -0.3 to -0.5%, Pro 2-8 -0.3 to -0.5%); below, they
+ * keep the PDL wait and their FP8 loads through L1 (Flash batch 2 +1.0% otherwise). Stage 2 so
  * never waits for the grid: it ends only after every slot it reads is complete, i.e. after all of
  * stage 1's stores (the tail's count is each task's last store), so the launches after it may
  * still rely on the grid two launches back (pdl.cuh). Measured (H100, dsv4 bench, docs/PERF.md
@@ -96,8 +97,9 @@
 enum { WPC = 4 }; /* warps per CTA, each one task */
 /* Rows of x from which stage 2's 1-group kernel prefetches its next blocks into L2 (moe_mma_run) */
 enum { S2_L2P_ROWS = 8 };
-/* Rounds of stage 1's grid (4 CTAs an SM) up to which stage 2 waits per slot (RDY; moe_mma_run) */
-enum { RDY_WAVES = 20 };
+/* Rounds of stage 1's grid (4 CTAs an SM) up to which stage 2 waits per slot (RDY; moe_mma_run),
+ * and the rows from which the shared expert's stage-2 tasks do too (the file header) */
+enum { RDY_WAVES = 20, RDY_SHARED_ROWS = 3 };
 
 /* bar.sync on barrier id (1 .. 4) among `count` threads (whole warps); literal ids, so that
  * ptxas reserves only the barriers used. */
@@ -827,7 +829,8 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
      * list, which the prep launch wrote two or more launches back, the table and the weights:
      * their first weight loads go out before it (run_task: pend), so that they overlap the
      * previous launch's tail. The other tasks of stage 1 need the list of the launch before. */
-    int pend = NM == 1 ? (RDY && ai > 0 ? 2 + slot : 1) : ai == 0;
+    const int rdy = RDY && (ai > 0 || a.N >= RDY_SHARED_ROWS); /* this task polls its slot */
+    int pend = NM == 1 ? (rdy ? 2 + slot : 1) : ai == 0;
     if (!pend) DSV4_PDL_WAIT();
     if (ai > 0 && ai > *a.list.n_active) { /* the whole group */
         if (RDY) return;                   /* reads nothing of stage 1's */
@@ -854,7 +857,7 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
     if (w[0].fmt == MOE_MXFP4)
         run_tokens<NM, 0, PIPE, LOADS, NB4, PFX, NM == 1 ? XS_FP4 : 0, L2P>(
             a, w, ai, ntok, off, r0, lane, slice, ks, lo, hi, gred, 1 + grp, pend);
-    else if (!RDY || ai == 0)
+    else if (!rdy)
         run_tokens<NM, 1, PIPE, LOADS, NB8, PFX, 0, L2P>(a, w, ai, ntok, off, r0, lane, slice, ks,
                                                          lo, hi, gred, 1 + grp, pend);
     else
