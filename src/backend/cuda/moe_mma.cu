@@ -58,7 +58,7 @@
  *   - stage 2's token rows staged once a CTA in shared memory from 2 rows (XS, stage_x: its
  *     warps read the same row chunk in lockstep and missed L1 together), in the 1-group kernels
  *     with the rows' scales (2-group: 80 bytes of stack against 24, batch 128 +1.3%);
- *   - stage 2 waiting per slot (RDY, below) in the 1-group kernels from 2 rows;
+ *   - stage 2 waiting per slot (RDY, below) in the 1-group kernels;
  *   - the tiled expert layout (moe.cuh, moe_layout.cu: 16-row x 128-column blocks stored
  *     contiguously; the row-major pattern's own ceiling, with the scale bytes, was 56% of copy
  *     in a pure-load kernel, bench/bench_gpu_access.cu);
@@ -76,11 +76,11 @@
  * stage 1's stores (the tail's count is each task's last store), so the launches after it may
  * still rely on the grid two launches back (pdl.cuh). Measured (H100, dsv4 bench, docs/PERF.md
  * session 23, ms/step): Flash 4 layers batch 2 -1.7%, 3 -4.5%, 4 -5.0%, 8 -2.8%, 16 -2.7%, 32
- * -1.5%, 40 -1.5%; Pro 2 layers 4 -1.2%, 8 -1.0%, 16 -0.6%. Not at 1 row (Flash +0.9% in a
- * variant with the shared slots polling too) nor where stage 1's grid is more than RDY_WAVES
- * rounds (Pro 48 / 64 +0.2 / +0.3%: its drain is a smaller share), nor in the 2-group kernels
- * (Flash 64 / 128 +0.5 / +1.1%). Session 9's version (no PDL above 16 rows then, the activations
- * and scales a warp from L2) lost at 8-16 rows.
+ * -1.5%, 40 -1.5%; Pro 2 layers 4 -1.2%, 8 -1.0%, 16 -0.6%. At 1 row only where stage 1 runs
+ * more than one round (Pro -0.3%; Flash, one round, +0.8%); not where stage 1's grid is more
+ * than RDY_WAVES rounds (Pro 48 / 64 +0.2 / +0.3%: its drain is a smaller share), nor in the
+ * 2-group kernels (Flash 64 / 128 +0.5 / +1.1%). Session 9's version (no PDL above 16 rows then,
+ * the activations and scales a warp from L2) lost at 8-16 rows.
  * Tried and not kept: the weights through shared memory (per-warp cp.async rings, 1-D and 2-D
  * TMA rings: fewer warps and more instructions, L1 lost to the rings), resident grids, the FP4
  * weights as e4m3 (above), packed MXFP4 scales (902d969: the pure-load ceiling rose, the kernels
@@ -1049,13 +1049,16 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * rows alone: Flash batch 16-40 -0.6 to -0.8%, Pro 64 -0.5%). */
     const size_t xs = (size_t)2 * I * 2 + (size_t)2 * ((I + 127) / 128) * 4, xs4 = 2 * xs;
     const int two_groups = 8 * N * a->K >= 9 * a->E, two_groups1 = 5 * N * a->K >= 6 * a->E;
-    /* stage 2 waits per slot (RDY; the file header) in the 1-group kernels from 2 rows while
-     * stage 1 is at most RDY_WAVES rounds of the grid (the host's bound on the active experts:
-     * Flash to batch 47, where the 2-group kernels take over, Pro to 17) */
+    /* stage 2 waits per slot (RDY; the file header) in the 1-group kernels where stage 1's grid
+     * (the host's bound on the active experts) is at most RDY_WAVES rounds, and at 1 row only
+     * where it is more than one (Flash's is one, its warps end together: RDY +0.8%; Pro's 2.5:
+     * -0.3%; docs/PERF.md, session 23). So Flash from 2 rows to 47 (where the 2-group kernels
+     * take over), Pro from 1 to 17. */
     moe_mma_args ar = *a;
+    const int64_t wave = 4 * (int64_t)a->sms;
     const int rdy =
         !two_groups &&
-        (a->rdy > 0 || (a->rdy == 0 && N >= 2 && g1 <= (int64_t)RDY_WAVES * 4 * a->sms));
+        (a->rdy > 0 || (a->rdy == 0 && (N >= 2 || g1 > wave) && g1 <= RDY_WAVES * wave));
     if (!rdy) ar.ready = NULL;
     a = &ar;
     const int use_xs =
