@@ -492,6 +492,7 @@ static dsv4_status moe_enqueue(dsv4_backend *b, const moe_route *rt, float *out,
         m.slots = (int)bound + ss - 1;
         m.ready = m.tickets + (int64_t)m.slots * ((I + 127) / 128);
         m.rdy = force_rdy;
+        m.rdy_shared = 0;
         m.sms = t->sms;
         m.ss = ss;
         m.sst = sst;

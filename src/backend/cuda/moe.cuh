@@ -151,6 +151,7 @@ typedef struct moe_mma_args {
     int32_t *tickets;  /* [slots, I / 128] stage 1 tiles done per 128-row block of a */
     int32_t *ready;    /* [slots, MOE_RDY_STRIDE] blocks of a quantised per slot */
     int rdy;           /* stage 2's per-slot wait: 0 moe_mma_run's rule, 1 on, -1 off (tests) */
+    int rdy_shared;    /* set by moe_mma_run: the shared expert's stage-2 tasks wait so too */
     uint16_t *y;       /* [P, D] bf16 bits of y (stage 2 out) */
     int slots;         /* bound on active experts + ss (the shared one's) */
     int sms;           /* the device's SMs (a stage grid's wave) */

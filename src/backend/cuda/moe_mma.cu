@@ -70,8 +70,9 @@
  * (with PDL, stage 2's CTAs are placed once every stage-1 CTA has passed its own wait, i.e. is
  * resident: the polls never hold a slot stage 1 needs). Its activations come from L2 (the XS
  * copy, __ldcg), never from a line L1 may hold stale. The shared expert's stage-2 tasks poll too
- * from RDY_SHARED_ROWS rows (Flash batch 3-40 -0.3 to -0.5%, Pro 2-8 -0.3 to -0.5%); below, they
- * keep the PDL wait and their FP8 loads through L1 (Flash batch 2 +1.0% otherwise). Stage 2 so
+ * where stage 1's grid is more than one round (rdy_shared; Flash batch 3-40 -0.3 to -0.5%, Pro
+ * 2-8 -0.3 to -0.5%); in one round they keep the PDL wait and their FP8 loads through L1 (Flash
+ * batch 2, 448 CTAs: +1.0% otherwise). Stage 2 so
  * never waits for the grid: it ends only after every slot it reads is complete, i.e. after all of
  * stage 1's stores (the tail's count is each task's last store), so the launches after it may
  * still rely on the grid two launches back (pdl.cuh). Measured (H100, dsv4 bench, docs/PERF.md
@@ -97,9 +98,8 @@
 enum { WPC = 4 }; /* warps per CTA, each one task */
 /* Rows of x from which stage 2's 1-group kernel prefetches its next blocks into L2 (moe_mma_run) */
 enum { S2_L2P_ROWS = 8 };
-/* Rounds of stage 1's grid (4 CTAs an SM) up to which stage 2 waits per slot (RDY; moe_mma_run),
- * and the rows from which the shared expert's stage-2 tasks do too (the file header) */
-enum { RDY_WAVES = 20, RDY_SHARED_ROWS = 3 };
+/* Rounds of stage 1's grid (4 CTAs an SM) up to which stage 2 waits per slot (RDY; moe_mma_run) */
+enum { RDY_WAVES = 20 };
 
 /* bar.sync on barrier id (1 .. 4) among `count` threads (whole warps); literal ids, so that
  * ptxas reserves only the barriers used. */
@@ -829,7 +829,7 @@ __global__ void __launch_bounds__(WPC * 32, MINB) moe_mma_stage_kernel(const moe
      * list, which the prep launch wrote two or more launches back, the table and the weights:
      * their first weight loads go out before it (run_task: pend), so that they overlap the
      * previous launch's tail. The other tasks of stage 1 need the list of the launch before. */
-    const int rdy = RDY && (ai > 0 || a.N >= RDY_SHARED_ROWS); /* this task polls its slot */
+    const int rdy = RDY && (ai > 0 || a.rdy_shared); /* this task polls its slot */
     int pend = NM == 1 ? (rdy ? 2 + slot : 1) : ai == 0;
     if (!pend) DSV4_PDL_WAIT();
     if (ai > 0 && ai > *a.list.n_active) { /* the whole group */
@@ -1053,13 +1053,15 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * (the host's bound on the active experts) is at most RDY_WAVES rounds, and at 1 row only
      * where it is more than one (Flash's is one, its warps end together: RDY +0.8%; Pro's 2.5:
      * -0.3%; docs/PERF.md, session 23). So Flash from 2 rows to 47 (where the 2-group kernels
-     * take over), Pro from 1 to 17. */
+     * take over), Pro from 1 to 17; the shared expert's tasks too where stage 1 is more than one
+     * round (Flash from 3 rows, Pro from 1). */
     moe_mma_args ar = *a;
     const int64_t wave = 4 * (int64_t)a->sms;
     const int rdy =
         !two_groups &&
         (a->rdy > 0 || (a->rdy == 0 && (N >= 2 || g1 > wave) && g1 <= RDY_WAVES * wave));
     if (!rdy) ar.ready = NULL;
+    ar.rdy_shared = rdy && (a->rdy > 0 || g1 > wave);
     a = &ar;
     const int use_xs =
         (N >= 2 || a->ready) && ((D + 15) / 16) % (WPC / ks2) == 0 && xs <= 32 * 1024;
