@@ -72,16 +72,16 @@
  * copy, __ldcg), never from a line L1 may hold stale. The shared expert's stage-2 tasks poll too
  * where stage 1's grid is more than one round (rdy_shared; Flash batch 3-40 -0.3 to -0.5%, Pro
  * 2-8 -0.3 to -0.5%); in one round they keep the PDL wait and their FP8 loads through L1 (Flash
- * batch 2, 448 CTAs: +1.0% otherwise). Stage 2 so
- * never waits for the grid: it ends only after every slot it reads is complete, i.e. after all of
- * stage 1's stores (the tail's count is each task's last store), so the launches after it may
- * still rely on the grid two launches back (pdl.cuh). Measured (H100, dsv4 bench, docs/PERF.md
- * session 23, ms/step): Flash 4 layers batch 2 -1.7%, 3 -4.5%, 4 -5.0%, 8 -2.8%, 16 -2.7%, 32
- * -1.5%, 40 -1.5%; Pro 2 layers 4 -1.2%, 8 -1.0%, 16 -0.6%. At 1 row only where stage 1 runs
- * more than one round (Pro -0.3%; Flash, one round, +0.8%); not where stage 1's grid is more
- * than RDY_WAVES rounds (Pro 48 / 64 +0.2 / +0.3%: its drain is a smaller share), nor in the
- * 2-group kernels (Flash 64 / 128 +0.5 / +1.1%). Session 9's version (no PDL above 16 rows then,
- * the activations and scales a warp from L2) lost at 8-16 rows.
+ * batch 2, 448 CTAs: +1.0% otherwise). Stage 2 so never waits for the grid: it ends only after
+ * every slot it reads is complete, i.e. after all of stage 1's stores (the tail's count is each
+ * task's last store), so the launches after it may still rely on the grid two launches back
+ * (pdl.cuh). Measured (H100, dsv4 bench, docs/PERF.md session 23, ms/step): Flash 4 layers batch
+ * 2 -1.7%, 3 -4.5%, 4 -5.0%, 8 -2.8%, 16 -2.7%, 32 -1.5%, 40 -1.5%; Pro 2 layers 4 -1.2%, 8
+ * -1.0%, 16 -0.6%. At 1 row only where stage 1 runs more than one round (Pro -1.3% with the
+ * shared tasks; Flash, one round, +0.8%); not where stage 1's grid is more than RDY_WAVES
+ * rounds (Pro 48 / 64 +0.2 / +0.3%: its drain is a smaller share), nor in the 2-group kernels
+ * (Flash 64 / 128 +0.5 / +1.1%). Session 9's version (no PDL above 16 rows then, the activations
+ * and scales a warp from L2) lost at 8-16 rows.
  * Tried and not kept: the weights through shared memory (per-warp cp.async rings, 1-D and 2-D
  * TMA rings: fewer warps and more instructions, L1 lost to the rings), resident grids, the FP4
  * weights as e4m3 (above), packed MXFP4 scales (902d969: the pure-load ceiling rose, the kernels
