@@ -431,7 +431,7 @@ static size_t mma_ws_plan(mma_ws *w, int64_t N, int K, int64_t D, int64_t I, int
     MMA_REGION(sa, p * nbi * 4);
     MMA_REGION(y, p * (size_t)D * 2);
     MMA_REGION(ints, (3 * (size_t)E + nk + 8) * 4);
-    MMA_REGION(tickets, (size_t)slots * (nbi + MOE_RDY_STRIDE) * 4); /* then ready */
+    MMA_REGION(tickets, (size_t)moe_counter_ints(slots, I) * 4); /* then ready */
 #undef MMA_REGION
     w->end = o;
     return o;
@@ -490,7 +490,7 @@ static dsv4_status moe_enqueue(dsv4_backend *b, const moe_route *rt, float *out,
         m.list.pairs = m.list.cnt + E;
         m.tickets = (int32_t *)(base + mw.tickets);
         m.slots = (int)bound + ss - 1;
-        m.ready = m.tickets + (int64_t)m.slots * ((I + 127) / 128);
+        m.ready = m.tickets + moe_ticket_ints(m.slots, I);
         m.rdy = force_rdy;
         m.rdy_shared = 0;
         m.sms = t->sms;

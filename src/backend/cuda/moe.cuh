@@ -172,6 +172,17 @@ typedef struct moe_route {
     int32_t *counter;
 } moe_route;
 
+/* The int32 counters of a call, in one block of the workspace that the prep launch zeroes:
+ * tickets [slots, ceil(I / 128)], then ready [slots, MOE_RDY_STRIDE]. */
+static __host__ __device__ __forceinline__ int64_t moe_ticket_ints(int slots, int64_t I)
+{
+    return (int64_t)slots * ((I + 127) >> 7);
+}
+static __host__ __device__ __forceinline__ int64_t moe_counter_ints(int slots, int64_t I)
+{
+    return moe_ticket_ints(slots, I) + (int64_t)slots * MOE_RDY_STRIDE;
+}
+
 /* Whether the tensor-core path takes a matrix (format, alignment). */
 int moe_mma_mat_ok(const moe_mat *m);
 /* Enqueues the whole op: out [N, D] from h [N, D] and sel [N, K]; with rt, sel and wts are

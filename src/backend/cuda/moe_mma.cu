@@ -879,7 +879,7 @@ __global__ void moe_mma_prep_kernel(const moe_mma_args a, const int32_t *sel, co
         return;
     }
     extern __shared__ int32_t wl[];
-    const int64_t nt = (int64_t)a.slots * (((a.I + 127) >> 7) + MOE_RDY_STRIDE); /* + ready */
+    const int64_t nt = moe_counter_ints(a.slots, a.I);
     for (int64_t i = threadIdx.x; i < nt; i += blockDim.x) a.tickets[i] = 0;
     moe_list_build(a.list, sel, a.N * a.K, a.E, wl);
 }

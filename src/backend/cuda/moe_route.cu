@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(1024)
     const int64_t r = blockIdx.x;
     moe_route_row(sm, rt.sel, rt.wts, rt.logits, rt.bias, rt.tid2eid, rt.ids, r, a.E, a.K,
                   rt.scale);
-    const int64_t nt = (int64_t)a.slots * (((a.I + 127) >> 7) + MOE_RDY_STRIDE), T = blockDim.x;
+    const int64_t nt = moe_counter_ints(a.slots, a.I), T = blockDim.x;
     for (int64_t i = r * T + threadIdx.x; i < nt; i += N * T) a.tickets[i] = 0;
     /* thread 0 stored this row's sel / wts: a fence, then its ticket; the last CTA reads every
      * row's sel after its own fence. A single row needs neither (its sel is this CTA's). */
