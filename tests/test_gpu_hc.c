@@ -35,9 +35,9 @@
  * hc_site on the CPU's X' with the same launch shape (and so of hc_post -> hc_site); the head
  * with its post-mix gives the bits of the head on the CPU's X'; post / comb updated in place
  * give the bits of separate buffers; the seam's two halves give the whole seam's bits (Xo, h, xq;
- * post, comb), on the GPU with the same launch shape and on the CPU; the same call twice gives
- * the same bits, with or without the optional y / mix outputs, and a captured graph replays the
- * eager call's bits.
+ * post, comb), on the GPU with the same launch shape and on the CPU, and so do the seam's
+ * kernels of one and of two CTAs an SM; the same call twice gives the same bits, with or without
+ * the optional y / mix outputs, and a captured graph replays the eager call's bits.
  *
  * usage: test_gpu_hc [--small]   (--small: D 256 and few rows, for compute-sanitizer)
  *        test_gpu_hc --profile flash|pro N   (only the bench's seam launches, 40 fn in turn:
@@ -81,6 +81,9 @@ dsv4_status dsv4_cuda_bk_hc_head_site_ex(dsv4_backend *b, float *h, float *y, fl
                                          const float *base, float scale, const float *norm,
                                          int64_t N, int n, int64_t D, float hc_eps, float rms_eps,
                                          int cluster, int rows, int *used_cluster, int *used_rows);
+/* bk_hc.cu: the kernels of two CTAs an SM forced on (1, where they fit) or off (-1); 0: the
+ * launch plan's rule. Returns the previous setting. */
+int dsv4_cuda_hc_force_two(int mode);
 
 static dsv4_backend *cpu, *gpu;
 
@@ -602,6 +605,32 @@ static void check_seam(seam_case *sc, int cluster, int rows)
     same_bits("xq (pre half)", label, xq3, xq1, N * D);
     same_bits("post (weights half)", label, q.post, o.post, (int64_t)N * n);
     same_bits("comb (weights half)", label, q.comb, o.comb, (int64_t)N * n * n);
+
+    /* the kernels of one CTA an SM and of two (where they fit), the same launch shape: the whole
+     * seam's bits */
+    for (int m = -1; m <= 1; m += 2) {
+        const int old = dsv4_cuda_hc_force_two(m);
+        ok(dsv4_bk_memset0(gpu, sc->dXo, (size_t)(N * nD) * 4), "memset");
+        ok(dsv4_cuda_bk_hc_seam_ex(gpu, dh, dxq, NULL, NULL, sc->dXo, dpost, dcomb, sc->dXin,
+                                   sc->df, sc->dpin, sc->dcin, &c->dfn, c->dbase, c->dscale,
+                                   c->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, C, R, NULL, NULL,
+                                   NULL),
+           m < 0 ? "cuda hc_seam, one CTA an SM" : "cuda hc_seam, two CTAs an SM");
+        dsv4_cuda_hc_force_two(old);
+        site_out k = site_download(c, dh, NULL, NULL, dpost, dcomb);
+        float *Xo4 = host_from(sc->dXo, (size_t)(N * nD) * 4);
+        float *xq4 = host_from(dxq, (size_t)(N * D) * 4);
+        char l2[160];
+        snprintf(l2, sizeof l2, "%s, %s CTA(s) an SM", label, m < 0 ? "one" : "two");
+        same_bits("Xo", l2, Xo4, Xo, N * nD);
+        same_bits("h", l2, k.h, o.h, N * D);
+        same_bits("xq", l2, xq4, xq1, N * D);
+        same_bits("post", l2, k.post, o.post, (int64_t)N * n);
+        same_bits("comb", l2, k.comb, o.comb, (int64_t)N * n * n);
+        site_out_free(&k);
+        free(Xo4);
+        free(xq4);
+    }
     site_out_free(&q);
     free(Xo3);
     free(xq3);

@@ -95,6 +95,9 @@
  * R = 4: 20.5); Pro N = 1 / 64: 15.4 / 60.6 -> 14.8 / 35.7 (PERF.md, session 11). Rows in the quad
  * loops, unrolled and interleaved for ILP (the same bits), were not kept: at R = 5 24.6 us
  * against 24.1, and the step at batch 64 1.5% faster against 2.1% with the rows rolled.
+ * Two CTAs an SM (session 24): the same kernel with 128 registers (fn loads two quads a lane a
+ * batch instead of four) where that takes fewer rows a cluster (hs_launch): N = 64 R = 3 in 22
+ * clusters, 21.0 us; the bits are those of the same C (test_gpu_hc runs both kernels).
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
@@ -114,6 +117,8 @@ enum {
     HS_CWARPS = HS_WARPS - 1, /* warps that collapse and normalise; the last runs the Sinkhorn */
     HS_OPW = 3,               /* outputs per warp per pass: 8 warps x 3 = 24 = (2+4)4 */
     HS_U = 4,                 /* quads (4 columns) per lane per load batch */
+    HS_U2 = 2,                /* the same in the kernels of two CTAs an SM (128 registers) */
+    HS_R2_MAX = 4,            /* rows a cluster of those kernels */
     HS_HC_MAX = 16,
     HS_M_MAX = (2 + HS_HC_MAX) * HS_HC_MAX,
     HS_PC = HS_HC_MAX + HS_HC_MAX * HS_HC_MAX, /* post_in [n] + comb_in [n, n] of one row */
@@ -292,15 +297,14 @@ __device__ static inline void collapse_sync()
  * batch, then (j, c) stepped by 32 quads, and one 64-bit product per quad (the address
  * arithmetic was most of the launch's first two microseconds; a division per quad also
  * cost ~20 registers). */
-template <int WT>
-__device__ __forceinline__ void load_batch(float4 (&v)[HS_U][HS_OPW],
-                                           const char *const (&rp)[HS_OPW], int64_t D, int q0,
-                                           int nq, int cq, int64_t d0)
+template <int WT, int U>
+__device__ __forceinline__ void load_batch(float4 (&v)[U][HS_OPW], const char *const (&rp)[HS_OPW],
+                                           int64_t D, int q0, int nq, int cq, int64_t d0)
 {
     constexpr int ES = WT == WT_F32 ? 4 : 2;
     int j = (int)((unsigned)q0 / (unsigned)cq), c = q0 - j * cq;
 #pragma unroll
-    for (int u = 0; u < HS_U; u++) {
+    for (int u = 0; u < U; u++) {
         const int q = q0 + 32 * u;
         const int64_t e = ((int64_t)j * D + d0 + 4 * c) * ES;
 #pragma unroll
@@ -312,12 +316,12 @@ __device__ __forceinline__ void load_batch(float4 (&v)[HS_U][HS_OPW],
 
 /* One load batch's products: acc[r][i] += w[u][i] . x_r[q0 + 32u] for u < HS_U (quads past nq
  * skipped), each (r, i) a chain over the quads in order. */
-template <int R>
-__device__ __forceinline__ void dot_batch(float (&acc)[R][HS_OPW], const float4 (&w)[HS_U][HS_OPW],
+template <int R, int U>
+__device__ __forceinline__ void dot_batch(float (&acc)[R][HS_OPW], const float4 (&w)[U][HS_OPW],
                                           const float4 *xs4, int q0, int nq, int nr)
 {
 #pragma unroll
-    for (int u = 0; u < HS_U; u++) {
+    for (int u = 0; u < U; u++) {
         const int q = q0 + 32 * u;
         if (q >= nq) break;
 #pragma unroll
@@ -536,10 +540,11 @@ __device__ __forceinline__ float collapse_col(const hs_args &a, const float *pre
  * hs_layout. Three cluster barriers: 0 (every rank started; its wait is due long after its
  * arrival), 1 (the partial projections and X' sums of squares pushed to every rank), 2 (the y
  * sums of squares pushed); each rank then sums what it was sent locally, in rank order. */
-template <int R, int WT>
-__global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a)
+template <int R, int WT, int TWO>
+__global__ static void __launch_bounds__(HS_THREADS, 1 + TWO) hc_site_kernel(hs_args a)
 {
     DSV4_PDL_LATE(); /* fn's first batches and stage_early's copies go out before the wait */
+    constexpr int U = TWO ? HS_U2 : HS_U; /* fn quads a lane a batch: two batches in flight */
     extern __shared__ float4 hs_dyn[];
     __shared__ float mixw[R * HS_M_MAX], pre_s[R * HS_HC_MAX], pc_s[R * HS_PC], rs2_s[R];
     __shared__ double red[HS_WARPS * R];
@@ -565,11 +570,11 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
     /* 0. the first two fn batches are in flight while everything else is staged; fn is a
      *    weight, so they are issued before the PDL wait and overlap the previous launch's tail,
      *    with the copies of base, scale, norm and (the post-mix) X; the rest is read after it */
-    float4 cur[HS_U][HS_OPW], nxt[HS_U][HS_OPW];
+    float4 cur[U][HS_OPW], nxt[U][HS_OPW];
     const char *rp[HS_OPW];
     fn_rows<WT>(rp, a, a.o0, warp, a.o1);
-    load_batch<WT>(cur, rp, D, lane, nq, cq, d0);
-    load_batch<WT>(nxt, rp, D, lane + 32 * HS_U, nq, cq, d0);
+    load_batch<WT, U>(cur, rp, D, lane, nq, cq, d0);
+    load_batch<WT, U>(nxt, rp, D, lane + 32 * U, nq, cq, d0);
     stage_early(a, xr4, bs, nrm, tid, r0, nr, nq, cq, cols, d0, nb);
     DSV4_PDL_WAIT();
     if (tr && tid == 0) {
@@ -639,8 +644,8 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
     for (int og = a.o0; og < a.o1; og += HS_WARPS * HS_OPW) {
         if (og > a.o0) {
             fn_rows<WT>(rp, a, og, warp, a.o1);
-            load_batch<WT>(cur, rp, D, lane, nq, cq, d0);
-            load_batch<WT>(nxt, rp, D, lane + 32 * HS_U, nq, cq, d0);
+            load_batch<WT, U>(cur, rp, D, lane, nq, cq, d0);
+            load_batch<WT, U>(nxt, rp, D, lane + 32 * U, nq, cq, d0);
         }
         float acc[R][HS_OPW];
 #pragma unroll
@@ -649,12 +654,12 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
             for (int i = 0; i < HS_OPW; i++) acc[r][i] = 0.0f;
         /* cur and nxt in turn, each reloaded two batches ahead once consumed (no copy of nxt
          * into cur, which waited for nxt's loads one batch after they were issued) */
-        for (int q0 = lane; q0 < nq; q0 += 64 * HS_U) {
-            dot_batch<R>(acc, cur, xs4, q0, nq, nr);
-            if (q0 + 64 * HS_U < nq) load_batch<WT>(cur, rp, D, q0 + 64 * HS_U, nq, cq, d0);
-            if (q0 + 32 * HS_U >= nq) break;
-            dot_batch<R>(acc, nxt, xs4, q0 + 32 * HS_U, nq, nr);
-            if (q0 + 96 * HS_U < nq) load_batch<WT>(nxt, rp, D, q0 + 96 * HS_U, nq, cq, d0);
+        for (int q0 = lane; q0 < nq; q0 += 64 * U) {
+            dot_batch<R, U>(acc, cur, xs4, q0, nq, nr);
+            if (q0 + 64 * U < nq) load_batch<WT, U>(cur, rp, D, q0 + 64 * U, nq, cq, d0);
+            if (q0 + 32 * U >= nq) break;
+            dot_batch<R, U>(acc, nxt, xs4, q0 + 32 * U, nq, nr);
+            if (q0 + 96 * U < nq) load_batch<WT, U>(nxt, rp, D, q0 + 96 * U, nq, cq, d0);
         }
         for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
@@ -793,32 +798,24 @@ __global__ static void __launch_bounds__(HS_THREADS, 1) hc_site_kernel(hs_args a
 /* ---- host side ----------------------------------------------------------------------------- */
 typedef void (*hs_kernel)(hs_args);
 
-/* R: 1 .. 6 or 8 rows a cluster (hs_launch's plan) */
-template <int WT> static hs_kernel pick_rows(int R)
+/* R: 1 .. 6 or 8 rows a cluster (hs_launch's plan); two: the kernels of two CTAs an SM (R up to
+ * HS_R2_MAX) */
+template <int WT> static hs_kernel pick_rows(int R, int two)
 {
-    switch (R) {
-    case 1:
-        return hc_site_kernel<1, WT>;
-    case 2:
-        return hc_site_kernel<2, WT>;
-    case 3:
-        return hc_site_kernel<3, WT>;
-    case 4:
-        return hc_site_kernel<4, WT>;
-    case 5:
-        return hc_site_kernel<5, WT>;
-    case 6:
-        return hc_site_kernel<6, WT>;
-    default:
-        return hc_site_kernel<8, WT>;
-    }
+    static const hs_kernel one[8] = {
+        hc_site_kernel<1, WT, 0>, hc_site_kernel<2, WT, 0>, hc_site_kernel<3, WT, 0>,
+        hc_site_kernel<4, WT, 0>, hc_site_kernel<5, WT, 0>, hc_site_kernel<6, WT, 0>,
+        hc_site_kernel<8, WT, 0>, hc_site_kernel<8, WT, 0>}; /* R 7: never planned */
+    static const hs_kernel two_sm[HS_R2_MAX] = {hc_site_kernel<1, WT, 1>, hc_site_kernel<2, WT, 1>,
+                                                hc_site_kernel<3, WT, 1>, hc_site_kernel<4, WT, 1>};
+    return two ? two_sm[(R < HS_R2_MAX ? R : HS_R2_MAX) - 1] : one[(R < 8 ? R : 8) - 1];
 }
 
-static hs_kernel pick(int R, int wt)
+static hs_kernel pick(int R, int wt, int two)
 {
-    return wt == WT_F32    ? pick_rows<WT_F32>(R)
-           : wt == WT_BF16 ? pick_rows<WT_BF16>(R)
-                           : pick_rows<WT_F16>(R);
+    return wt == WT_F32    ? pick_rows<WT_F32>(R, two)
+           : wt == WT_BF16 ? pick_rows<WT_BF16>(R, two)
+                           : pick_rows<WT_F16>(R, two);
 }
 
 /* Dynamic shared memory of a CTA (hs_layout), and the static arrays of hc_site_kernel<R>. */
@@ -847,18 +844,18 @@ static int fn_type(const dsv4_weight *fn)
     return -1;
 }
 
-/* How many clusters of C of these CTAs this device holds at once (one CTA per SM: any of our
- * shared memory sizes fits, so it is a property of the GPU's GPCs; 0: none). Asked once per
- * device and C; the answer depends only on the hardware, so eager calls and captured graphs
- * launch the same shape. */
-static int cluster_cap(int dev, int C, hs_kernel k, size_t smem, cudaStream_t st)
+/* How many clusters of C of these CTAs this device holds at once (two: of the kernels of two
+ * CTAs an SM, where their shared memory lets two share an SM, two_fit; else one CTA an SM: any of
+ * our shared memory sizes fits). So it is a property of the GPU's GPCs (0: none), asked once per
+ * device, C and kind; eager calls and captured graphs launch the same shape. */
+static int cluster_cap(int dev, int C, hs_kernel k, size_t smem, cudaStream_t st, int two)
 {
     enum { DEV_MAX = 64, LC = 5 };
-    static int known[DEV_MAX][LC]; /* count + 1; 0 unknown; racing writers store the same value */
+    static int known[DEV_MAX][2][LC]; /* count + 1; 0 unknown; racing writers store the same */
     int lc = 0;
     while ((1 << lc) < C) lc++;
     if (dev < 0 || dev >= DEV_MAX || lc >= LC) return 0;
-    const int v = __atomic_load_n(&known[dev][lc], __ATOMIC_RELAXED);
+    const int v = __atomic_load_n(&known[dev][two][lc], __ATOMIC_RELAXED);
     if (v) return v - 1;
     cudaLaunchAttribute attr[1];
     const cudaLaunchConfig_t cfg = make_cfg(dim3((unsigned)C, 1, 1), smem, st, attr, C);
@@ -868,19 +865,46 @@ static int cluster_cap(int dev, int C, hs_kernel k, size_t smem, cudaStream_t st
         num = cluster_capacity((const void *)k, &cfg);
     else
         (void)cudaGetLastError();
-    __atomic_store_n(&known[dev][lc], num + 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&known[dev][two][lc], num + 1, __ATOMIC_RELAXED);
     return num;
+}
+
+/* Whether two CTAs of R rows (smem dynamic bytes) share an SM's shared memory (registers: the
+ * two-CTA kernels are built for it, 128 a thread). */
+static int two_fit(int dev, int R, size_t smem)
+{
+    int per_sm = 0, reserved = 0;
+    if (cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) !=
+            cudaSuccess ||
+        cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev) !=
+            cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return R <= HS_R2_MAX && 2 * (smem + static_smem_bytes(R) + (size_t)reserved) <= (size_t)per_sm;
+}
+
+/* Test hook (test_gpu_hc): 1 the two-CTA kernels wherever they fit (explicit rows too), -1
+ * never, 0 hs_launch's rule. The bits are the same either way (they depend on C only). */
+static int force_two;
+
+extern "C" int dsv4_cuda_hc_force_two(int mode)
+{
+    const int old = force_two;
+    force_two = mode;
+    return old;
 }
 
 /* One launch of C CTAs a cluster and R rows a cluster (a.cols = D / C set); act_quant after
  * the kernel where its CTAs do not hold whole 128-blocks. */
-static dsv4_status hs_launch_shape(dsv4_backend *b, hs_args a, const char *op, int wt, int C, int R)
+static dsv4_status hs_launch_shape(dsv4_backend *b, hs_args a, const char *op, int wt, int C, int R,
+                                   int two)
 {
     const int64_t N = a.N, D = a.D, groups = (N + R - 1) / R;
     if (groups * C > 0x7fffffff)
         return dsv4_fail(DSV4_ERR_UNSUPPORTED, "%s: %lld rows", op, (long long)N);
     const size_t smem = smem_bytes(R, C, a.n, a.M, a.cols, a.f != NULL);
-    const hs_kernel k = pick(R, wt);
+    const hs_kernel k = pick(R, wt, two);
     CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     if (C > 8) CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
     /* xq in the kernel needs whole 128-blocks in each CTA (Pro's D 7168 with C = 16 splits
@@ -900,7 +924,8 @@ static dsv4_status hs_launch_shape(dsv4_backend *b, hs_args a, const char *op, i
  * auto: 16 for R <= 2 rows a cluster when the GPU places all the clusters at once, else the
  * largest of 8, 4, 2, 1 that divides D / 4 and leaves each CTA >= HS_MIN_COLS columns when D
  * allows; 16 on request as a non-portable size) and R rows a cluster (rows 0: auto, the fewest
- * of 1, 2, 4, 8 that keep the clusters within half the SMs). The shape depends only on the
+ * that place every cluster at once, with one CTA an SM or, where that takes fewer rows, two:
+ * see the loop). The shape depends only on the
  * arguments and the device, so a captured graph and an eager call launch the same one (and give the
  * same bits); the bits depend on C only. */
 static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, const char *op,
@@ -944,33 +969,54 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
          * second wave costs as much as the first (N = 64: R = 4, 16 clusters, 39.8 us), and a
          * CTA's time grows with its rows (N = 64: R = 5 22.7 us, 6 25.9, 8 32.3; the plan of
          * session 10, n_sm / (2C) clusters, took R = 8). */
-        int R = rows;
+        int R = rows, two = 0;
         if (!R) {
             const int cap =
-                cluster_cap(dev, C, pick(1, wt), smem_bytes(1, C, n, a.M, cols, pm), st);
+                cluster_cap(dev, C, pick(1, wt, 0), smem_bytes(1, C, n, a.M, cols, pm), st, 0);
             const int64_t cw = cap > 0 ? cap : n_sm / (2 * C) > 1 ? n_sm / (2 * C) : 1;
             const int64_t rr = (N + cw - 1) / cw;
             R = rr >= 7 ? 8 : (int)rr;
             while (R > 1 &&
                    smem_bytes(R, C, n, a.M, cols, pm) + static_smem_bytes(R) > (size_t)optin)
                 R = R == 8 ? 6 : R - 1;
+            /* two CTAs an SM (hc_site_kernel<R, WT, 1>: 128 registers, HS_U2 fn quads a lane a
+             * batch, so an SM keeps as many fn bytes in flight), where that takes fewer rows
+             * a cluster in one wave: the per-row phases are latency-bound at 8 warps an SM
+             * (ncu, Flash N = 64, R = 5: 0.33 instructions a cycle a scheduler), while each
+             * more cluster reads fn from L2 once more. Measured (test_gpu_hc, H100, graph
+             * replay, us; docs/PERF.md session 24): Flash seam N = 8 / 16 / 32 / 64 12.1 /
+             * 14.4 / 17.2 / 24.1 -> 12.1 / 13.9 / 17.2 / 21.0 (R 2 / 2 / 3 / 5 -> 1 / 2 with
+             * C = 16 / 2 / 3), Pro N = 16 / 64 20.4 / 35.7 -> 19.3 / 32.0. With one row a
+             * cluster either way (N = 1) it lost, 10.5 -> 10.8: not taken there. */
+            const int cap2 =
+                R > 1 && force_two >= 0
+                    ? cluster_cap(dev, C, pick(1, wt, 1), smem_bytes(1, C, n, a.M, cols, pm), st, 1)
+                    : 0;
+            for (int r = 1; r < R && cap2 > 0; r++) {
+                if (!two_fit(dev, r, smem_bytes(r, C, n, a.M, cols, pm))) break;
+                if ((int64_t)r * cap2 >= N) {
+                    R = r, two = 1;
+                    break;
+                }
+            }
         }
         const size_t smem = smem_bytes(R, C, n, a.M, cols, pm);
         if (smem + static_smem_bytes(R) > (size_t)optin) {
             if (cluster) break;
             continue;
         }
+        if (force_two > 0 && two_fit(dev, R, smem)) two = 1;
         if (C > 8 && !cluster) {
             /* few rows, one wave: measured (test_gpu_hc, H100, graph replay) a Flash seam at
              * N = 1 took 13.8 us with C = 16 against 15.4 us with C = 8, but at N = 64 (R = 8, 8
              * clusters) 64.7 us against 38.4 us */
-            const hs_kernel k = pick(R, wt);
+            const hs_kernel k = pick(R, wt, two);
             CUDA_TRY(
                 cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-            if (R > 2 || (N + R - 1) / R > cluster_cap(dev, 16, k, smem, st)) continue;
+            if (R > 2 || (N + R - 1) / R > cluster_cap(dev, 16, k, smem, st, two)) continue;
         }
         a.cols = cols;
-        DSV4_TRY(hs_launch_shape(b, a, op, wt, C, R));
+        DSV4_TRY(hs_launch_shape(b, a, op, wt, C, R, two));
         if (used_cluster) *used_cluster = C;
         if (used_rows) *used_rows = R;
         return DSV4_OK;
