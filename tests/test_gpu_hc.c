@@ -35,9 +35,10 @@
  * hc_site on the CPU's X' with the same launch shape (and so of hc_post -> hc_site); the head
  * with its post-mix gives the bits of the head on the CPU's X'; post / comb updated in place
  * give the bits of separate buffers; the seam's two halves give the whole seam's bits (Xo, h, xq;
- * post, comb), on the GPU with the same launch shape and on the CPU, and so do the seam's
- * kernels of one and of two CTAs an SM; the same call twice gives the same bits, with or without
- * the optional y / mix outputs, and a captured graph replays the eager call's bits.
+ * post, comb), on the GPU with the same launch shape (theirs too: each plans for half the GPU)
+ * and on the CPU, and so do the seam's kernels of one and of two CTAs an SM; the same call twice
+ * gives the same bits, with or without the optional y / mix outputs, and a captured graph replays
+ * the eager call's bits.
  *
  * usage: test_gpu_hc [--small]   (--small: D 256 and few rows, for compute-sanitizer)
  *        test_gpu_hc --profile flash|pro N   (only the bench's seam launches, 40 fn in turn:
@@ -630,6 +631,40 @@ static void check_seam(seam_case *sc, int cluster, int rows)
         site_out_free(&k);
         free(Xo4);
         free(xq4);
+    }
+    if (!cluster && !rows) { /* the halves with their own plan (each plans for half the GPU):
+                              * both the same shape, and the whole seam's bits with it */
+        int C2 = 0, R2 = 0, C3 = 0, R3 = 0;
+        ok(dsv4_cuda_bk_hc_seam_weights_ex(gpu, dpost, dcomb, sc->dXin, sc->df, sc->dpin, sc->dcin,
+                                           &c->dfn, c->dbase, c->dscale, N, n, D, ITERS, HC_EPS,
+                                           RMS_EPS, 0, 0, &C2, &R2),
+           "cuda hc_seam_weights, own plan");
+        ok(dsv4_cuda_bk_hc_seam_ex(gpu, dh, dxq, NULL, NULL, sc->dXo, NULL, NULL, sc->dXin, sc->df,
+                                   sc->dpin, sc->dcin, &c->dfn, c->dbase, c->dscale, c->dnorm, N, n,
+                                   D, ITERS, HC_EPS, RMS_EPS, 0, 0, &C3, &R3, NULL),
+           "cuda hc_seam without post / comb, own plan");
+        site_out u = site_download(c, dh, NULL, NULL, dpost, dcomb);
+        float *xqu = host_from(dxq, (size_t)(N * D) * 4);
+        char l3[160];
+        snprintf(l3, sizeof l3, "seam %s N=%d halves' own plan C=%d R=%d / C=%d R=%d", c->s->name,
+                 N, C2, R2, C3, R3);
+        CHECK_MSG(C2 == C3 && R2 == R3, "%s: the halves plan alike", l3);
+        ok(dsv4_cuda_bk_hc_seam_ex(gpu, dh, dxq, NULL, NULL, sc->dXo, dpost, dcomb, sc->dXin,
+                                   sc->df, sc->dpin, sc->dcin, &c->dfn, c->dbase, c->dscale,
+                                   c->dnorm, N, n, D, ITERS, HC_EPS, RMS_EPS, C3, R3, NULL, NULL,
+                                   NULL),
+           "cuda hc_seam with the halves' shape");
+        site_out w = site_download(c, dh, NULL, NULL, dpost, dcomb);
+        float *xqw = host_from(dxq, (size_t)(N * D) * 4);
+        printf("%s\n", l3);
+        same_bits("h (halves, own plan)", l3, u.h, w.h, N * D);
+        same_bits("xq (halves, own plan)", l3, xqu, xqw, N * D);
+        same_bits("post (halves, own plan)", l3, u.post, w.post, (int64_t)N * n);
+        same_bits("comb (halves, own plan)", l3, u.comb, w.comb, (int64_t)N * n * n);
+        site_out_free(&u);
+        site_out_free(&w);
+        free(xqu);
+        free(xqw);
     }
     site_out_free(&q);
     free(Xo3);

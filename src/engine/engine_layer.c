@@ -63,8 +63,11 @@ static void swap_streams(eng_scratch *s)
  * (H100, Flash 4 layers, docs/PERF.md session 9): a step 1.6% faster at 1 row and 1.2% at 2, the
  * same at 4, 1.2% slower at 8 and 0.6% at 16, where both halves take half the SMs each; after
  * session 20's kernels (session 21), split against whole: Flash 1.3% faster at 1 row, 0.8% at 2,
- * 0.7% at 3, 0.7% slower at 4 (Pro 0.3%, 0.6%, 0.4% faster at 1-3, 0.1% slower at 4). */
-enum { SEAM_SPLIT_ROWS = 3 };
+ * 0.7% at 3, 0.7% slower at 4 (Pro 0.3%, 0.6%, 0.4% faster at 1-3, 0.1% slower at 4). Since the
+ * halves plan for half the GPU each and take two CTAs an SM where that places both at once
+ * (bk_hc.cu, session 24), split from 4 to 8 rows too: Flash batch 4 / 5 / 6 / 8 -1.2 / -1.6 /
+ * -1.2 / -0.3%, Pro 4 / 6 -0.6 / -0.2% (docs/PERF.md). */
+enum { SEAM_SPLIT_ROWS = 8 };
 
 static dsv4_status hc_seam(dsv4_engine *e, const dsv4_weight *fn, const float *base,
                            const float *scale, const float *norm, float *xh, int N)

@@ -959,6 +959,11 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
     CUDA_TRY(cudaGetDevice(&dev));
     CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
     CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    /* The seam's halves (without post / comb, and the weights half) run side by side (the
+     * engine's split seams, engine_layer.c): each plans for half of the clusters the GPU holds,
+     * so that both are placed at once (Flash batch 4-6 with the halves in one CTA an SM each,
+     * then two: docs/PERF.md session 24). */
+    const int share = !a.head && a.collapse != a.weights ? 2 : 1;
     for (int C = cluster ? cluster : HS_C_MAX; C >= 1; C /= 2) {
         if (D % (4 * C)) continue;
         if (!cluster && C > 1 && D / C < HS_MIN_COLS) continue;
@@ -972,7 +977,8 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
         int R = rows, two = 0;
         if (!R) {
             const int cap =
-                cluster_cap(dev, C, pick(1, wt, 0), smem_bytes(1, C, n, a.M, cols, pm), st, 0);
+                cluster_cap(dev, C, pick(1, wt, 0), smem_bytes(1, C, n, a.M, cols, pm), st, 0) /
+                share;
             const int64_t cw = cap > 0 ? cap : n_sm / (2 * C) > 1 ? n_sm / (2 * C) : 1;
             const int64_t rr = (N + cw - 1) / cw;
             R = rr >= 7 ? 8 : (int)rr;
@@ -988,10 +994,11 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
              * 14.4 / 17.2 / 24.1 -> 12.1 / 13.9 / 17.2 / 21.0 (R 2 / 2 / 3 / 5 -> 1 / 2 with
              * C = 16 / 2 / 3), Pro N = 16 / 64 20.4 / 35.7 -> 19.3 / 32.0. With one row a
              * cluster either way (N = 1) it lost, 10.5 -> 10.8: not taken there. */
-            const int cap2 =
-                R > 1 && force_two >= 0
-                    ? cluster_cap(dev, C, pick(1, wt, 1), smem_bytes(1, C, n, a.M, cols, pm), st, 1)
-                    : 0;
+            const int cap2 = R > 1 && force_two >= 0
+                                 ? cluster_cap(dev, C, pick(1, wt, 1),
+                                               smem_bytes(1, C, n, a.M, cols, pm), st, 1) /
+                                       share
+                                 : 0;
             for (int r = 1; r < R && cap2 > 0; r++) {
                 if (!two_fit(dev, r, smem_bytes(r, C, n, a.M, cols, pm))) break;
                 if ((int64_t)r * cap2 >= N) {
@@ -1013,7 +1020,7 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
             const hs_kernel k = pick(R, wt, two);
             CUDA_TRY(
                 cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-            if (R > 2 || (N + R - 1) / R > cluster_cap(dev, 16, k, smem, st, two)) continue;
+            if (R > 2 || (N + R - 1) / R > cluster_cap(dev, 16, k, smem, st, two) / share) continue;
         }
         a.cols = cols;
         DSV4_TRY(hs_launch_shape(b, a, op, wt, C, R, two));
