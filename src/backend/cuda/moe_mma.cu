@@ -885,13 +885,14 @@ __global__ void moe_mma_prep_kernel(const moe_mma_args a, const int32_t *sel, co
 }
 
 /* y [P, D] (bf16 bits) -> out [N, D]: per row, the routed pairs in ascending (expert, slot)
- * order added in f32 from 0 (moe_body's acc), then + the shared expert's row, then bf16. */
+ * order added in f32 from 0 (moe_body's acc), then + the shared expert's row, then bf16. The
+ * row's order comes from sel before the PDL wait: sel is the prep launch's (or older), three
+ * launches back (pdl.cuh), so only the y loads wait for stage 2. */
 __global__ void moe_mma_combine_kernel(float *out, const uint16_t *y, const int32_t *sel, int64_t N,
                                        int K, int64_t D, int E)
 {
-    DSV4_PDL_WAIT();
+    DSV4_PDL_LATE();
     const int64_t r = blockIdx.y, c = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * 4;
-    if (c >= D) return;
     int ord[MOE_MAX_K], n = 0;
     for (int j = 0; j < K; j++) { /* insertion by expert id; equal ids keep slot order */
         const int e = sel[r * K + j];
@@ -900,6 +901,8 @@ __global__ void moe_mma_combine_kernel(float *out, const uint16_t *y, const int3
         for (; i > 0 && sel[r * K + ord[i - 1]] > e; i--) ord[i] = ord[i - 1];
         ord[i] = j;
     }
+    DSV4_PDL_WAIT();
+    if (c >= D) return;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int i = 0; i < n; i++) {
         const uint2 v = *(const uint2 *)(y + (r * K + ord[i]) * D + c);
