@@ -24,10 +24,11 @@
  * and within the bounds below of the CPU composition; several N in turn, smaller after larger.
  *
  * Bounds (why they are what they are):
- * - router: sel must be equal. The scores sqrt(log1pf(expf(x))) are not bit-equal: the GPU
- *   evaluates exp and log1p in double and rounds once (correctly rounded), glibc's log1pf is
- *   only faithful (checked over every float logit in [-30, 20]: 0.77% of the scores differ, by
- *   1 ulp, never more). Through w = s / (s_1 + ... + s_K + 1e-20) * route_scale that is <= 1 ulp
+ * - router: sel must be equal (rows with a NaN logit too: NaN ranks above every number on both,
+ *   torch.topk's order; their weights are NaN on both). The scores sqrt(log1pf(expf(x))) are not
+ * bit-equal: the GPU evaluates exp and log1p in double and rounds once (correctly rounded), glibc's
+ * log1pf is only faithful (checked over every float logit in [-30, 20]: 0.77% of the scores differ,
+ * by 1 ulp, never more). Through w = s / (s_1 + ... + s_K + 1e-20) * route_scale that is <= 1 ulp
  *   in s (2^-23 relative), <= 7 ulp of the partial sums in the sum (the input difference plus
  *   one differing rounding per addition), and 2 more roundings: |gpu - cpu| <= 10 * 2^-23 |w|
  *   (the first GPU run, held to 1 ulp, measured up to 4 ulp).
@@ -325,13 +326,15 @@ static void hash_table(int32_t *tab, int V, int K, int E)
 /* kind: 0 biased top-k, 1 no bias, 2 hash, 3 ties (logits and bias from a few values) */
 static void test_router(dsv4_backend *c, dsv4_backend *g, int E, int K, int N, int kind)
 {
-    static const char *names[] = {"top-k + bias", "top-k", "hash", "top-k, tied scores"};
+    static const char *names[] = {"top-k + bias", "top-k", "hash", "top-k, tied scores",
+                                  "top-k, NaN logits"};
     const int V = 1000;
     float *logits = xmalloc((size_t)N * E * 4), *bias = xmalloc((size_t)E * 4);
     int32_t *tab = xmalloc((size_t)V * K * 4), *ids = xmalloc((size_t)N * 4);
     for (int64_t i = 0; i < (int64_t)N * E; i++) {
         logits[i] = kind == 3 ? (float)(rnd64() % 4) * 0.5f - 1.0f : rndu(-6.0f, 6.0f);
         if (kind != 3 && rnd64() % 97 == 0) logits[i] = rndu(19.0f, 30.0f); /* softplus threshold */
+        if (kind == 4 && rnd64() % 257 == 0) logits[i] = NAN; /* about every other row */
     }
     for (int e = 0; e < E; e++)
         bias[e] = kind == 3 ? (float)(rnd64() % 2) * 0.25f : rndu(-0.5f, 0.5f);
@@ -355,20 +358,32 @@ static void test_router(dsv4_backend *c, dsv4_backend *g, int E, int K, int N, i
     if (st == DSV4_OK) st = dsv4_bk_download(g, sg, ds, (size_t)N * K * 4);
     if (st == DSV4_OK) st = dsv4_bk_download(g, wg, dw, (size_t)N * K * 4);
     CHECK_MSG(st == DSV4_OK, "cuda router: %s", dsv4_last_error());
-    int sel_bad = 0;
+    int sel_bad = 0, nan_rows = 0;
     uint32_t max_ulp = 0;
     double max_rel = 0;
     const double bound = 10.0 * 0x1p-23;
     for (int64_t i = 0; st == DSV4_OK && i < (int64_t)N * K; i++) {
+        const int64_t row = i / K;
+        int has_nan = 0;
+        for (int e = 0; e < E; e++) has_nan |= isnan(logits[row * E + e]);
         sel_bad += sc[i] != sg[i];
+        if (has_nan) { /* NaN ranks first (dsv4_op_topk); its weights are NaN on both */
+            nan_rows += i % K == 0;
+            sel_bad += isnan(wc[i]) != isnan(wg[i]);
+            continue;
+        }
         const uint32_t u = ulp_dist(wc[i], wg[i]);
         if (u > max_ulp) max_ulp = u;
         const double rel = fabs((double)wg[i] - wc[i]) / fmax(fabs((double)wc[i]), 1e-30);
         if (rel > max_rel) max_rel = rel;
     }
     printf("router E %3d K %d N %3d %-20s sel mismatches %d (bound 0), wts max %u ulp, max rel "
-           "%.3g (bound %.3g)\n",
-           E, K, N, names[kind], sel_bad, max_ulp, max_rel, bound);
+           "%.3g (bound %.3g)%s\n",
+           E, K, N, names[kind], sel_bad, max_ulp, max_rel, bound,
+           kind == 4 ? (nan_rows ? ", rows with NaN: the same sel, NaN weights alike"
+                                 : ", no row with NaN")
+                     : "");
+    if (kind == 4) CHECK(nan_rows > 0);
     CHECK(sel_bad == 0);
     CHECK(max_rel <= bound);
     dsv4_bk_free(g, dl), dsv4_bk_free(g, db), dsv4_bk_free(g, dt), dsv4_bk_free(g, di);
@@ -744,6 +759,7 @@ int main(int argc, char **argv)
     test_router(c, g, 384, 6, RN, 0);
     test_router(c, g, 384, 6, RN, 1);
     test_router(c, g, 384, 6, RN, 2);
+    test_router(c, g, 256, 6, RN, 4);
     if (!small) test_router(c, g, 256, 6, 300, 0);
 
     /* every expert format, small shapes (widths not multiples of 128 or 1024) */

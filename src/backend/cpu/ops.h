@@ -85,7 +85,7 @@ void dsv4_op_indexer_scores(float *s, const float *q, const float *w, const floa
                             int64_t n_e, int nh, int d, float softmax_scale);
 
 /* Indices of the k largest of s[0..n) (k <= n), in ascending index order. Ties between equal
- * scores go to the lower index. s [n] -> idx [k]. */
+ * scores go to the lower index; NaN ranks above every number (as torch.topk). s [n] -> idx [k]. */
 void dsv4_op_topk(int32_t *idx, const float *s, int64_t n, int k);
 
 /* ---- MoE ------------------------------------------------------------------------------------

@@ -79,9 +79,13 @@ void dsv4_op_indexer_scores(float *s, const float *q, const float *w, const floa
     }
 }
 
-/* a ranks below b: lower score, or equal score and higher index. */
+/* a ranks below b: lower score, or equal score and higher index; a NaN score ranks above every
+ * number (torch.topk's order), NaNs among themselves by index. A total order, so the k chosen
+ * do not depend on the heap's history. */
 static int worse(const float *s, int32_t a, int32_t b)
 {
+    const int na = isnan(s[a]), nb = isnan(s[b]);
+    if (na || nb) return na != nb ? nb : a > b;
     return s[a] < s[b] || (s[a] == s[b] && a > b);
 }
 

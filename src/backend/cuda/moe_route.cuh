@@ -26,6 +26,18 @@ static __device__ __forceinline__ float router_score(float x)
     return __fsqrt_rn(sp);
 }
 
+/* Candidate (ov, oi) ranks above (bv, bi) in the router's order: a larger value, then the lower
+ * index; NaN above every number (dsv4_op_topk's and torch.topk's order); index NONE last. A
+ * total order, so every lane of a warp's butterfly ends with the same winner. */
+static __device__ __forceinline__ bool route_above(float ov, int oi, float bv, int bi, int none)
+{
+    if (oi == none) return false;
+    if (bi == none) return true;
+    const bool on = isnan(ov), bn = isnan(bv);
+    if (on || bn) return on != bn ? on : oi < bi;
+    return ov > bv || (ov == bv && oi < bi);
+}
+
 /* The router's shared memory (one row at a time). */
 typedef struct moe_route_smem {
     float sc[MOE_MAX_E];      /* scores (top-k) */
@@ -33,15 +45,16 @@ typedef struct moe_route_smem {
     int ci[MOE_MAX_K * 32];   /* expert (0x7fffffff: none) */
     float ks[MOE_MAX_K];      /* the chosen experts' scores */
     int kc[MOE_MAX_K];        /* the chosen experts */
+    int ko[MOE_MAX_K];        /* the same in ascending order */
 } moe_route_smem;
 
 /* Row r of logits [N, E] -> sel [r, K], wts [r, K], by the whole CTA (every thread calls it;
  * blockDim a multiple of 32, >= E for top-k, at most 1024). Top-K (one expert a thread): each
- * warp's K best by (larger value, then lower index) in K rounds of a warp argmax, then warp 0
- * the K best of the candidates the same way, then ascending index order: dsv4_op_topk's result
- * (a strict total order, so the same set, whatever the number of warps). Hash layers: the K
- * experts of tid2eid [ids[r]], in its order, and only their K scores. Weights as
- * dsv4_op_router_weights, in slot order (thread 0, which stores sel and wts). Ends with a
+ * warp's K best by (larger value, then lower index; route_above) in K rounds of a warp argmax,
+ * then the K best of the candidates by their ranks in that order, then ascending index order:
+ * dsv4_op_topk's result (a strict total order, so the same set, whatever the number of warps). Hash
+ * layers: the K experts of tid2eid [ids[r]], in its order, and only their K scores. Weights as
+ * dsv4_op_router_weights, in slot order (thread j stores sel and wts of slot j). Ends with a
  * barrier. */
 static __device__ __forceinline__ void moe_route_row(moe_route_smem &sm, int32_t *sel, float *wts,
                                                      const float *logits, const float *bias,
@@ -71,56 +84,47 @@ static __device__ __forceinline__ void moe_route_row(moe_route_smem &sm, int32_t
             for (int d = 16; d > 0; d >>= 1) {
                 const float ov = __shfl_xor_sync(0xffffffffu, bv, d);
                 const int oi = __shfl_xor_sync(0xffffffffu, bi, d);
-                if (oi != NONE && (bi == NONE || ov > bv || (ov == bv && oi < bi)))
-                    bv = ov, bi = oi;
+                if (route_above(ov, oi, bv, bi, NONE)) bv = ov, bi = oi;
             }
             if (lane == 0) sm.cv[warp * K + j] = bv, sm.ci[warp * K + j] = bi;
             if (bi == mine) mine = NONE;
         }
         __syncthreads();
-        if (warp == 0) {
-            const int nc = nw * K;
-            for (int j = 0; j < K; j++) {
-                float bv = -INFINITY;
-                int bi = NONE;
-                for (int q = lane; q < nc; q += 32) {
-                    const float ov = sm.cv[q];
-                    const int oi = sm.ci[q];
-                    if (oi != NONE && (bi == NONE || ov > bv || (ov == bv && oi < bi)))
-                        bv = ov, bi = oi;
-                }
-                for (int d = 16; d > 0; d >>= 1) {
-                    const float ov = __shfl_xor_sync(0xffffffffu, bv, d);
-                    const int oi = __shfl_xor_sync(0xffffffffu, bi, d);
-                    if (oi != NONE && (bi == NONE || ov > bv || (ov == bv && oi < bi)))
-                        bv = ov, bi = oi;
-                }
-                for (int q = lane; q < nc; q += 32)
-                    if (sm.ci[q] == bi) sm.ci[q] = NONE;
-                if (lane == 0) sm.kc[j] = bi;
-                __syncwarp();
+        /* the K best candidates by their rank in that order (candidates of no expert among
+         * themselves by position), one candidate a thread (warp 0's K rounds of argmax over
+         * them took ~1 us at batch 1) */
+        const int nc = nw * K; /* >= K: the ranks 0 .. nc - 1 fill every slot of kc */
+        if (e < nc) {
+            const float v = sm.cv[e];
+            const int i = sm.ci[e];
+            int rank = 0;
+            for (int q = 0; q < nc; q++) {
+                const int oi = sm.ci[q];
+                rank += oi == NONE && i == NONE ? q < e : route_above(sm.cv[q], oi, v, i, NONE);
             }
-            if (lane == 0) {
-                for (int j = 1; j < K; j++) /* ascending index order */
-                    for (int i = j; i > 0 && sm.kc[i - 1] > sm.kc[i]; i--) {
-                        const int t = sm.kc[i];
-                        sm.kc[i] = sm.kc[i - 1];
-                        sm.kc[i - 1] = t;
-                    }
-                for (int j = 0; j < K; j++)
-                    sm.ks[j] = sm.kc[j] >= 0 && sm.kc[j] < E ? sm.sc[sm.kc[j]] : 0.0f;
-            }
+            if (rank < K) sm.kc[rank] = i;
+        }
+        __syncthreads();
+        if (e < K) { /* ascending index order, stable (equal entries: none) */
+            const int k = sm.kc[e];
+            int pos = 0;
+            for (int j = 0; j < K; j++) pos += sm.kc[j] < k || (sm.kc[j] == k && j < e);
+            sm.ko[pos] = k;
+        }
+        __syncthreads();
+        if (e < K) {
+            const int k = sm.ko[e];
+            sm.kc[e] = k;
+            sm.ks[e] = k >= 0 && k < E ? sm.sc[k] : 0.0f;
         }
     }
     __syncthreads();
-    if (e == 0) { /* dsv4_op_router_weights */
+    if (e < K) { /* dsv4_op_router_weights: each of the K threads the same sum, its weight */
         float sum = 0.0f;
         for (int j = 0; j < K; j++) sum = __fadd_rn(sum, sm.ks[j]);
         sum = __fadd_rn(sum, 1e-20f);
-        for (int j = 0; j < K; j++) {
-            sel[r * K + j] = sm.kc[j];
-            wts[r * K + j] = __fmul_rn(__fdiv_rn(sm.ks[j], sum), route_scale);
-        }
+        sel[r * K + e] = sm.kc[e];
+        wts[r * K + e] = __fmul_rn(__fdiv_rn(sm.ks[e], sum), route_scale);
     }
     __syncthreads();
 }
