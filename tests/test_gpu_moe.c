@@ -25,13 +25,14 @@
  *
  * Bounds (why they are what they are):
  * - router: sel must be equal (rows with a NaN logit too: NaN ranks above every number on both,
- *   torch.topk's order; their weights are NaN on both). The scores sqrt(log1pf(expf(x))) are not
- * bit-equal: the GPU evaluates exp and log1p in double and rounds once (correctly rounded), glibc's
- * log1pf is only faithful (checked over every float logit in [-30, 20]: 0.77% of the scores differ,
- * by 1 ulp, never more). Through w = s / (s_1 + ... + s_K + 1e-20) * route_scale that is <= 1 ulp
- *   in s (2^-23 relative), <= 7 ulp of the partial sums in the sum (the input difference plus
- *   one differing rounding per addition), and 2 more roundings: |gpu - cpu| <= 10 * 2^-23 |w|
- *   (the first GPU run, held to 1 ulp, measured up to 4 ulp).
+ *   torch.topk's order; their weights are NaN on both). The scores sqrt(log1pf(expf(x))) are
+ *   not bit-equal: the GPU evaluates exp and log1p in double and rounds once (correctly
+ *   rounded), glibc's log1pf is only faithful (checked over every float logit in [-30, 20]:
+ *   0.77% of the scores differ, by 1 ulp, never more). Through w = s / (s_1 + ... + s_K +
+ *   1e-20) * route_scale that is <= 1 ulp in s (2^-23 relative), <= 7 ulp of the partial sums
+ *   in the sum (the input difference plus one differing rounding per addition), and 2 more
+ *   roundings: |gpu - cpu| <= 10 * 2^-23 |w| (the first GPU run, held to 1 ulp, measured up to
+ *   4 ulp).
  * - moe: the GPU differs from the CPU in f32 summation order before each bf16 rounding (and in
  *   SwiGLU's expf: correctly rounded on the GPU, glibc's differs by 1 ulp on ~0.06% of inputs,
  *   a smaller effect than the sums'). A g or u that lands on the neighbouring bf16 (1 ulp,
@@ -323,7 +324,8 @@ static void hash_table(int32_t *tab, int V, int K, int E)
         }
 }
 
-/* kind: 0 biased top-k, 1 no bias, 2 hash, 3 ties (logits and bias from a few values) */
+/* kind: 0 biased top-k, 1 no bias, 2 hash, 3 ties (logits and bias from a few values), 4 NaN
+ * logits (biased top-k) */
 static void test_router(dsv4_backend *c, dsv4_backend *g, int E, int K, int N, int kind)
 {
     static const char *names[] = {"top-k + bias", "top-k", "hash", "top-k, tied scores",

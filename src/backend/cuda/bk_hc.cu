@@ -925,9 +925,8 @@ static dsv4_status hs_launch_shape(dsv4_backend *b, hs_args a, const char *op, i
  * largest of 8, 4, 2, 1 that divides D / 4 and leaves each CTA >= HS_MIN_COLS columns when D
  * allows; 16 on request as a non-portable size) and R rows a cluster (rows 0: auto, the fewest
  * that place every cluster at once, with one CTA an SM or, where that takes fewer rows, two:
- * see the loop). The shape depends only on the
- * arguments and the device, so a captured graph and an eager call launch the same one (and give the
- * same bits); the bits depend on C only. */
+ * see the loop). The shape depends only on the arguments and the device, so a captured graph
+ * and an eager call launch the same one (and give the same bits); the bits depend on C only. */
 static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, const char *op,
                              int cluster, int rows, int *used_cluster, int *used_rows)
 {
@@ -977,9 +976,11 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
         int R = rows, two = 0;
         if (!R) {
             const int cap =
-                cluster_cap(dev, C, pick(1, wt, 0), smem_bytes(1, C, n, a.M, cols, pm), st, 0) /
-                share;
-            const int64_t cw = cap > 0 ? cap : n_sm / (2 * C) > 1 ? n_sm / (2 * C) : 1;
+                cluster_cap(dev, C, pick(1, wt, 0), smem_bytes(1, C, n, a.M, cols, pm), st, 0);
+            const int64_t cw = cap >= share                 ? cap / share
+                               : cap > 0                    ? 1
+                               : n_sm / (2 * C * share) > 1 ? n_sm / (2 * C * share)
+                                                            : 1;
             const int64_t rr = (N + cw - 1) / cw;
             R = rr >= 7 ? 8 : (int)rr;
             while (R > 1 &&
