@@ -869,18 +869,10 @@ static int cluster_cap(int dev, int C, hs_kernel k, size_t smem, cudaStream_t st
     return num;
 }
 
-/* Whether two CTAs of R rows (smem dynamic bytes) share an SM's shared memory (registers: the
- * two-CTA kernels are built for it, 128 a thread). */
-static int two_fit(int dev, int R, size_t smem)
+/* Whether two CTAs of R rows (smem dynamic bytes) share an SM's shared memory (per_sm, less the
+ * reserved bytes of each block; registers: the two-CTA kernels are built for it, 128 a thread). */
+static int two_fit(int R, size_t smem, int per_sm, int reserved)
 {
-    int per_sm = 0, reserved = 0;
-    if (cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev) !=
-            cudaSuccess ||
-        cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev) !=
-            cudaSuccess) {
-        (void)cudaGetLastError();
-        return 0;
-    }
     return R <= HS_R2_MAX && 2 * (smem + static_smem_bytes(R) + (size_t)reserved) <= (size_t)per_sm;
 }
 
@@ -954,10 +946,12 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
                          cluster, rows, (long long)D);
     if (N == 0) return DSV4_OK;
     cudaStream_t st = dsv4_cuda_stream(b->cuda);
-    int dev = 0, n_sm = 0, optin = 0;
+    int dev = 0, n_sm = 0, optin = 0, per_sm = 0, reserved = 0;
     CUDA_TRY(cudaGetDevice(&dev));
     CUDA_TRY(cudaDeviceGetAttribute(&n_sm, cudaDevAttrMultiProcessorCount, dev));
     CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    CUDA_TRY(cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev));
+    CUDA_TRY(cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, dev));
     /* The seam's halves (without post / comb, and the weights half) run side by side (the
      * engine's split seams, engine_layer.c): each plans for half of the clusters the GPU holds,
      * so that both are placed at once (Flash batch 4-6 with the halves in one CTA an SM each,
@@ -1001,7 +995,7 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
                                        share
                                  : 0;
             for (int r = 1; r < R && cap2 > 0; r++) {
-                if (!two_fit(dev, r, smem_bytes(r, C, n, a.M, cols, pm))) break;
+                if (!two_fit(r, smem_bytes(r, C, n, a.M, cols, pm), per_sm, reserved)) break;
                 if ((int64_t)r * cap2 >= N) {
                     R = r, two = 1;
                     break;
@@ -1013,7 +1007,7 @@ static dsv4_status hs_launch(dsv4_backend *b, hs_args a, const dsv4_weight *fn, 
             if (cluster) break;
             continue;
         }
-        if (force_two > 0 && two_fit(dev, R, smem)) two = 1;
+        if (force_two > 0 && two_fit(R, smem, per_sm, reserved)) two = 1;
         if (C > 8 && !cluster) {
             /* few rows, one wave: measured (test_gpu_hc, H100, graph replay) a Flash seam at
              * N = 1 took 13.8 us with C = 16 against 15.4 us with C = 8, but at N = 64 (R = 8, 8
