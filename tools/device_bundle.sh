@@ -27,7 +27,7 @@ done
 # xz -9: its 64 MiB window spans all the binaries (~9 MB each, mostly the same kernels), so they
 # pack as one (~2 MB); -6's 8 MiB window held less than one binary (11 MB in all).
 tar cf - "$B/dsv4" "$B"/tests/test_engine "$B"/tests/test_gpu_* "$B"/tests/test_cuda_dequant \
-    "$B"/tests/bench_gpu_access \
+    "$B"/tests/bench_gpu_access "$B"/tests/bench_gpu_stream \
     "$B/lib" | xz -9 -T2 >"$B/bundle.tar.xz"
 echo "device bundle: $B/bundle.tar.xz ($(du -h "$B/bundle.tar.xz" | cut -f1)); run with"
 echo "  run(command=\"bash tools/device_run.sh [parts]\", carry=[\"$B/bundle.tar.xz\"])"

@@ -232,12 +232,6 @@ struct f8_row_sum {
     }
 };
 
-/* The two consumer warpgroups' barrier (id 2, W == 2; id 1: group 0's, ring_consumer_sync). */
-static __device__ __forceinline__ void f8_pair_sync()
-{
-    asm volatile("bar.sync 2, 256;\n" ::: "memory");
-}
-
 /* y [N, nrows per group] = x . W^T on FP8 wgmma, N <= TOK. Grid (CTAs, 1, KS), clusters (1, 1,
  * KS): KS == 1: CTA i takes tiles i, i + grid, ..; KS > 1: one tile per CTA (grid.x = tiles),
  * slice z. 128 W + 32 threads: warps 0..4 W - 1 the W consumer warpgroups (each 64 rows x TOK
@@ -255,10 +249,11 @@ static __device__ __forceinline__ void f8_pair_sync()
  * if that tile turns out inexact, both sides still pass its `pre` items (codes copied, nothing
  * multiplied) so that every copy lands before the stage is reused.
  *
- * W consumer warpgroups (2: up to 64 tokens, 288 threads; warps 0-7, the producer warp 8): group
- * w takes the tile's blocks kb0 + w, + W, .. (each stage read by one group: 128 arrivals), and at
- * the tile's end group 1 hands its sum to group 0 through the partial's region (named barrier 2),
- * which adds it to its own (sum of the even blocks + sum of the odd ones: a fixed order). */
+ * W consumer warpgroups (2: up to 64 tokens, 288 threads; warps 0-7, the producer warp 8): item k
+ * is group k % 2's (ring_own; the ring even, so each stage serves one group: 128 arrivals, and a
+ * group's parity waits never run a phase ahead of the stage's previous use, which it consumed
+ * itself), and at the tile's end group 1 hands its sum to group 0 through the partial's region
+ * (ring_pair_hand), which adds it to its own (a fixed order). */
 template <int TOK, int CPS, int W>
 __global__ void __launch_bounds__(128 * W + 32, CPS)
     f8w_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx,
@@ -266,7 +261,8 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
 {
     DSV4_PDL_LATE();
     typedef f8_shape<TOK, CPS> S;
-    constexpr int NT = TOK / 8, NST = S::NST, THREADS = 128 * W + 32;
+    /* two groups: an even ring, so that each stage serves one group (item k: group k % 2) */
+    constexpr int NT = TOK / 8, NST = W == 2 ? S::NST & ~1 : S::NST, THREADS = 128 * W + 32;
     static_assert(W == 1 || (W == 2 && !S::OVER), "two groups hand over through the partial");
     extern __shared__ unsigned char f8_raw[];
     unsigned char *f8_sm = f8_raw + ((1024 - (ring_sa(f8_raw) & 1023)) & 1023);
@@ -321,25 +317,14 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
             if (!f8_tile_exact<TOK>(p.ws.exact, u)) {
-                /* group 0 alone; first the first tile's items (above) */
-                if (t == (int)blockIdx.x) {
-                    if (wg == 0)
-                        for (int i = 0; i < first; i++) {
-                            ring_bar_wait(bars + 8 * i, 0);
-                            ring_bar_arrive(bars + 8 * (NST + i));
-                        }
-                    it = first;
-                }
-                if (wg == 0) {
-                    if (split) ring_consumer_sync(); /* every consumer past the ring: part free */
-                    ring_fallback(a, u, split, part, f8_row_sum{a, u});
-                }
+                ring_inexact(a, u, t == (int)blockIdx.x, first, bars, NST, wg, W, split, part, it,
+                             f8_row_sum{a, u});
                 continue;
             }
             const ring_rows rw = ring_rows_at(a, u, cw, g);
             float acc[NT][4];
             ring_zero<NT>(acc);
-            for (int kb = u.kb0 + wg; kb < u.kb1; kb += W) {
+            for (int kb = u.kb0 + ring_own(it, wg, W); kb < u.kb1; kb += W) {
                 const int i = it + kb - u.kb0, s = i % NST, ph = (i / NST) & 1;
                 const float ws0 = lin_scale(a, rw.sr0, kb), ws1 = lin_scale(a, rw.sr1, kb);
                 const uint32_t st = ring + s * S::STAGE;
@@ -366,25 +351,9 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
                 }
             }
             it += u.kb1 - u.kb0;
-            if (W == 2) { /* group 1's sum -> group 0 (the partial's region, [TOK][64]) */
-                if (wg == 1)
-#pragma unroll
-                    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                        for (int j = 0; j < 4; j++)
-                            part[ring_part_at(nt, j, tq, cw, g)] = acc[nt][j];
-                f8_pair_sync();
-                if (wg == 1) {
-                    f8_pair_sync(); /* group 0 has read it (the region is free again) */
-                    continue;
-                }
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++) acc[nt][j] += part[ring_part_at(nt, j, tq, cw, g)];
-            }
+            if (W == 2 && ring_pair_hand<NT>(acc, part, wg, tq, cw, g)) continue;
             ring_store<NT, S::OVER>(a, u, acc, split, part, rw, tq, cw, g);
-            if (W == 2) f8_pair_sync();
+            if (W == 2) ring_pair_sync();
         }
     }
     if (split) ring_split_end<THREADS>(a, p.rtiles, p.spc, p.nkb, p.tiles, part);

@@ -64,7 +64,7 @@
  * (cuBLASLt: 2.2): the consumers widened each stage into shared memory in turn (tried then: the
  * same integer widening into shared memory while the previous stage's wgmmas ran, A in 3 slots:
  * slower at N <= 32). */
-enum { W16_THREADS = 160, W16_BM = RING_BM, W16_KS_MAX = 8, W16_SMEM = 227 * 1024 };
+enum { W16_BM = RING_BM, W16_KS_MAX = 8, W16_SMEM = 227 * 1024 };
 /* The workspace: x up to W16_KMAX columns (groups * cols) of 128 tokens. */
 enum { W16_KMAX = 65536, W16_TOKMAX = 128, W16_NKB = W16_KMAX / 128 };
 enum { W16_WS_X = W16_NKB * W16_TOKMAX * 256, W16_WS_BYTES = W16_WS_X + W16_NKB * 4 };
@@ -271,25 +271,33 @@ template <bool F8> struct w16_row_sum {
 
 /* y [N, nrows per group] = x . W^T on bf16 wgmma, N <= TOK; F8: FP8 weights, else BF16. Grid
  * (CTAs, 1, KS), clusters (1, 1, KS): KS == 1: CTA i takes tiles i, i + grid, ..; KS > 1: one
- * tile per CTA (grid.x = tiles), slice z. 160 threads: warps 0-3 the consumer warpgroup (64
- * rows x TOK tokens), warp 4 the producer (one lane issues the copies). tw: the weights (BF16:
- * bf16 [rows][cols], boxes 64 x 64; FP8: bytes, boxes 128 x 64); tx: the workspace's x as bf16
- * [W16_NKB 2 TOK][64], boxes 64 x 2 TOK. Dynamic shared memory w16_shape::BYTES: ring [NST][A | B
- * | R] (A: BF16, R: FP8), partial (at 128 tokens over the ring's start), barriers.
+ * tile per CTA (grid.x = tiles), slice z. 128 W + 32 threads: warps 0 .. 4 W - 1 the W consumer
+ * warpgroups (each 64 rows x TOK tokens), warp 4 W the producer (one lane issues the copies). With
+ * two groups, item k is group k % 2's (ring_own: an even ring, so each stage serves one group);
+ * a group sums its blocks of the tile and group 1 hands its sum to group 0 (ring_pair_hand). tw:
+ * the weights (BF16: bf16 [rows][cols], boxes 64 x 64; FP8: bytes, boxes 128 x 64); tx: the
+ * workspace's x as bf16 [W16_NKB 2 TOK][64], boxes 64 x 2 TOK. Dynamic shared memory
+ * w16_shape::BYTES: ring [NST][A | B | R] (A: BF16, R: FP8), partial (at 128 tokens over the ring's
+ * start), barriers.
  *
  * The ring's item `it` (the CTA's it-th (tile, block) of exact tiles) uses stage it % NST:
  * full[s] completes when its weights and x have landed (one producer arrival + the bytes),
- * empty[s] when the 128 consumers have used it. The first tile's first `pre` weight copies are
- * issued before the PDL wait; if that tile turns out inexact, both sides still pass its `pre`
- * items so that every copy lands before the stage is reused (F8W's scheme). */
-template <int TOK, bool F8>
-__global__ void __launch_bounds__(W16_THREADS, 1)
+ * empty[s] when its group's 128 consumers have used it. The first tile's first `pre` weight
+ * copies are issued before the PDL wait; if that tile turns out inexact, both sides still pass its
+ * `pre` items (each group its own) so that every copy lands before the stage is reused (F8W's
+ * scheme); the exact f32 path is then group 0's alone. */
+template <int TOK, bool F8, int W>
+__global__ void __launch_bounds__(128 * W + 32, 1)
     w16_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx,
                lin_args a, w16_plan p)
 {
     DSV4_PDL_LATE();
     typedef w16_shape<TOK, F8> S;
-    constexpr int NT = TOK / 8, NST = S::NST, WB = F8 ? S::R : S::A; /* weight bytes a stage */
+    constexpr int WB = F8 ? S::R : S::A; /* weight bytes a stage */
+    /* two groups: an even ring, so that each stage serves one group (item k: group k % 2) */
+    constexpr int NT = TOK / 8, NST = W == 2 ? S::NST & ~1 : S::NST;
+    constexpr int THREADS = 128 * W + 32;
+    static_assert(W == 1 || (W == 2 && !S::OVER), "two groups hand over through the partial");
     extern __shared__ unsigned char w16_raw[];
     unsigned char *sm = w16_raw + ((1024 - (ring_sa(w16_raw) & 1023)) & 1023);
     const uint32_t ring = ring_sa(sm);
@@ -302,7 +310,7 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
     ring_bars_init(bars, NST);
     const int first = ring_first(p.rtiles, p.spc, p.nkb, p.tiles, NST);
 
-    if (warp == 4) { /* ---- producer ---- */
+    if (warp == 4 * W) { /* ---- producer ---- */
         const bool lead = lane == 0;
         if (lead) ring_prefetch_maps(&tw, &tx);
         /* stage st's weights of block kb, rows from `row`: FP8 one copy into R, BF16 two into A */
@@ -342,31 +350,27 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
                 }
             }
         }
-    } else { /* ---- consumers: rows 16 warp + g, + 8; tokens 8 nt + 2 t, + 1 ---- */
+    } else { /* ---- consumers: group wg, rows 16 cw + g, + 8; tokens 8 nt + 2 t, + 1 ---- */
+        const int wg = warp >> 2, cw = warp & 3;
         DSV4_PDL_WAIT();
         const int g = lane >> 2, tq = lane & 3;
         int it = 0;
         for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
             const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
             if (!ring_tile_exact(p.ws.exact, u)) {
-                if (t == (int)blockIdx.x) /* pass the first tile's items (above) */
-                    for (; it < first; it++) {
-                        ring_bar_wait(bars + 8 * it, 0);
-                        ring_bar_arrive(bars + 8 * (NST + it));
-                    }
-                if (split) ring_consumer_sync(); /* every consumer past the ring: part free */
-                ring_fallback(a, u, split, part, w16_row_sum<F8>{a, u});
+                ring_inexact(a, u, t == (int)blockIdx.x, first, bars, NST, wg, W, split, part, it,
+                             w16_row_sum<F8>{a, u});
                 continue;
             }
-            const ring_rows rw = ring_rows_at(a, u, warp, g);
+            const ring_rows rw = ring_rows_at(a, u, cw, g);
             float acc[NT][4];
             ring_zero<NT>(acc);
             if constexpr (F8) {
                 /* A from registers: the stage's codes widened into two fragment sets in turn,
                  * item j + 1's (w16_frag) while item j's wgmmas run */
                 const unsigned char *R0 = sm + S::B;
-                const int o0 = (warp * 16 + g) * 128 + 4 * tq, o1 = o0 + 8 * 128;
-                const int n = u.kb1 - u.kb0;
+                const int o0 = (cw * 16 + g) * 128 + 4 * tq, o1 = o0 + 8 * 128;
+                const int n = u.kb1 - u.kb0, j0 = ring_own(it, wg, W); /* this group's: j0 + W i */
                 /* item it + j's 8 wgmmas (fresh tmp) from fragments af, committed */
                 auto issue = [&](const uint32_t(&af)[8][4], int j, float(&tmp)[NT][4]) {
                     const uint32_t st = ring + ((it + j) % NST) * S::STAGE;
@@ -384,14 +388,16 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
                     ring_bar_wait(bars + 8 * s, ((it + j) / NST) & 1);
                     w16_frag(af, R0 + s * S::STAGE, o0, o1, g);
                 };
-                /* the block scales: c of the item in hand, nx of the next, loaded one item
-                 * ahead (their latency behind the wgmmas) */
-                float c0 = lin_scale(a, rw.sr0, u.kb0), c1 = lin_scale(a, rw.sr1, u.kb0), nx0 = c0,
-                      nx1 = c1;
+                /* the block scales: c of the item in hand, nx of the group's next, loaded one
+                 * item ahead (their latency behind the wgmmas) */
+                float c0 = 0.0f, c1 = 0.0f;
+                if (j0 < n)
+                    c0 = lin_scale(a, rw.sr0, u.kb0 + j0), c1 = lin_scale(a, rw.sr1, u.kb0 + j0);
+                float nx0 = c0, nx1 = c1;
                 auto ahead = [&](int j) {
-                    if (j + 1 < n)
-                        nx0 = lin_scale(a, rw.sr0, u.kb0 + j + 1),
-                        nx1 = lin_scale(a, rw.sr1, u.kb0 + j + 1);
+                    if (j + W < n)
+                        nx0 = lin_scale(a, rw.sr0, u.kb0 + j + W),
+                        nx1 = lin_scale(a, rw.sr1, u.kb0 + j + W);
                 };
                 /* item it + j's wgmmas done: its stage free, the block sum promoted */
                 auto done = [&](float(&tmp)[NT][4], int j) {
@@ -407,23 +413,23 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
                     c0 = nx0, c1 = nx1;
                 };
                 uint32_t A0[8][4], A1[8][4];
-                fetch(A0, 0);
-                for (int j = 0; j < n; j += 2) {
+                if (j0 < n) fetch(A0, j0);
+                for (int j = j0; j < n; j += 2 * W) {
                     float tmp[NT][4];
                     issue(A0, j, tmp);
                     ahead(j);
-                    if (j + 1 < n) fetch(A1, j + 1);
+                    if (j + W < n) fetch(A1, j + W);
                     done(tmp, j);
-                    if (j + 1 >= n) break;
-                    issue(A1, j + 1, tmp);
-                    ahead(j + 1);
-                    if (j + 2 < n) fetch(A0, j + 2);
-                    done(tmp, j + 1);
+                    if (j + W >= n) break;
+                    issue(A1, j + W, tmp);
+                    ahead(j + W);
+                    if (j + 2 * W < n) fetch(A0, j + 2 * W);
+                    done(tmp, j + W);
                 }
                 it += n;
             } else {
-                for (int kb = u.kb0; kb < u.kb1; kb++, it++) {
-                    const int s = it % NST, ph = (it / NST) & 1;
+                for (int kb = u.kb0 + ring_own(it, wg, W); kb < u.kb1; kb += W) {
+                    const int i = it + kb - u.kb0, s = i % NST, ph = (i / NST) & 1;
                     const uint32_t st = ring + s * S::STAGE;
                     ring_bar_wait(bars + 8 * s, ph);
                     float tmp[NT][4];
@@ -441,11 +447,14 @@ __global__ void __launch_bounds__(W16_THREADS, 1)
 #pragma unroll
                         for (int j = 0; j < 4; j++) acc[nt][j] += tmp[nt][j];
                 }
+                it += u.kb1 - u.kb0;
             }
-            ring_store<NT, S::OVER>(a, u, acc, split, part, rw, tq, warp, g);
+            if (W == 2 && ring_pair_hand<NT>(acc, part, wg, tq, cw, g)) continue;
+            ring_store<NT, S::OVER>(a, u, acc, split, part, rw, tq, cw, g);
+            if (W == 2) ring_pair_sync();
         }
     }
-    if (split) ring_split_end<W16_THREADS>(a, p.rtiles, p.spc, p.nkb, p.tiles, part);
+    if (split) ring_split_end<THREADS>(a, p.rtiles, p.spc, p.nkb, p.tiles, part);
 }
 
 typedef void (*w16_fn)(const CUtensorMap, const CUtensorMap, lin_args, w16_plan);
@@ -463,37 +472,47 @@ static void w16_make_plan(const lin_args *a, w16_plan *p, int *ks)
     ring_make_plan(a, W16_KS_MAX, &p->rtiles, &p->tiles, &p->nkb, &p->spc, ks);
 }
 
-template <int TOK, bool F8>
+template <int TOK, bool F8, int W>
 static dsv4_status w16_launch(const lin_args *a, const w16_plan *p, int ks, cudaStream_t st)
 {
-    const w16_fn fn = w16_kernel<TOK, F8>;
+    const w16_fn fn = w16_kernel<TOK, F8, W>;
     const int smem = w16_shape<TOK, F8>::BYTES;
     CUtensorMap tw, tx;
     DSV4_TRY(ring_map(&tw, a->data, !F8, (uint64_t)(a->row0 + a->groups * a->nrows),
                       (uint64_t)(F8 ? a->row_bytes : a->row_bytes / 2), (uint64_t)a->row_bytes,
                       W16_BM, "w16"));
     DSV4_TRY(ring_map(&tx, p->ws.x, 1, (uint64_t)W16_NKB * 2 * TOK, 64, 128, 2 * TOK, "w16"));
-    return ring_launch(fn, tw, tx, a, p, ks, 1, W16_THREADS, smem, st);
+    return ring_launch(fn, tw, tx, a, p, ks, 1, 128 * W + 32, smem, st);
 }
 
-template <bool F8>
+/* w16_launch for TOK = tok (8, 16, 32, 64, 128) with W consumer groups up to 64 tokens (128
+ * tokens: one group, its partial over the ring). */
+template <bool F8, int W>
 static dsv4_status w16_launch_tok(const lin_args *a, const w16_plan *p, int ks, int tok,
                                   cudaStream_t st)
 {
     switch (tok) {
     case 8:
-        return w16_launch<8, F8>(a, p, ks, st);
+        return w16_launch<8, F8, W>(a, p, ks, st);
     case 16:
-        return w16_launch<16, F8>(a, p, ks, st);
+        return w16_launch<16, F8, W>(a, p, ks, st);
     case 32:
-        return w16_launch<32, F8>(a, p, ks, st);
+        return w16_launch<32, F8, W>(a, p, ks, st);
     case 64:
-        return w16_launch<64, F8>(a, p, ks, st);
+        return w16_launch<64, F8, W>(a, p, ks, st);
     default:
-        return w16_launch<128, F8>(a, p, ks, st);
+        return w16_launch<128, F8, 1>(a, p, ks, st);
     }
 }
 
+/* The kernel of a call: two consumer groups up to 32 tokens, one above. The consumers' widening
+ * (FP8) and wgmma waits bound the one-group kernel (ncu, Flash wo_a N = 16: one warp a scheduler,
+ * 0.28 instructions issued a cycle, 4.2 cycles an instruction); a second group takes every other
+ * stage. H100, dsv4 bench --gemms (prologue included), us, one -> two groups: Flash wo_a N = 8 /
+ * 16 / 32 / 64 23.6 / 24.7 / 26.3 / 27.9 -> 19.6 / 20.7 / 22.1 / 26.2, Pro wo_a 40.2 / 42.2 /
+ * 45.7 / 51.1 -> 33.4 / 35.9 / 38.1 / 47.0; in the step (docs/PERF.md, session 25) Flash batch 8
+ * -0.6%, 16 -0.3%, Pro 8 -0.5%, 16 / 32 -0.3%, but Flash batch 64 +0.2% with two groups at 64
+ * tokens: one there. */
 dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st)
 {
     w16_plan p;
@@ -505,6 +524,10 @@ dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st)
     w16_stage<<<nkb_all, 256, 0, st>>>(a->x, a->ldx, (int)a->N, tok, a->fmt == DSV4_FORMAT_FP8,
                                        p.ws);
     CUDA_TRY(cudaGetLastError());
-    if (a->fmt == DSV4_FORMAT_FP8) return w16_launch_tok<true>(a, &p, ks, tok, st);
-    return w16_launch_tok<false>(a, &p, ks, tok, st);
+    const int two = tok <= 32; /* two consumer groups (above) */
+    if (a->fmt == DSV4_FORMAT_FP8)
+        return two ? w16_launch_tok<true, 2>(a, &p, ks, tok, st)
+                   : w16_launch_tok<true, 1>(a, &p, ks, tok, st);
+    return two ? w16_launch_tok<false, 2>(a, &p, ks, tok, st)
+               : w16_launch_tok<false, 1>(a, &p, ks, tok, st);
 }

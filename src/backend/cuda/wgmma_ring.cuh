@@ -208,6 +208,47 @@ __device__ __forceinline__ int ring_part_at(int nt, int j, int tq, int cw, int g
     return (nt * 8 + 2 * tq + (j & 1)) * RING_BM + cw * 16 + g + 8 * (j >> 1);
 }
 
+/* W consumer warpgroups: the ring's item k (the CTA's k-th, over its tiles) is group k % W's, so
+ * that with an even ring each stage serves one group, which has itself waited for the stage's
+ * previous use before it waits (by parity) for the next one. The first of a tile's blocks that is
+ * group wg's, the tile starting at item it. */
+__device__ __forceinline__ int ring_own(int it, int wg, int W)
+{
+    return (wg - it % W + W) % W;
+}
+
+/* The two consumer warpgroups' barrier (id 2) where a CTA has two (W == 2; id 1: group 0's own,
+ * ring_consumer_sync). */
+__device__ __forceinline__ void ring_pair_sync()
+{
+    asm volatile("bar.sync 2, %0;\n" ::"r"(2 * RING_CONSUMERS) : "memory");
+}
+
+/* Two groups' sums of a tile into group 0's acc: group 1 writes its acc [NT][4] to the partial's
+ * region [TOK][64], group 0 adds it to its own (the sum of group 0's blocks plus the sum of group
+ * 1's: a fixed order for a given grid). True in group 1, which has then met group 0's
+ * ring_pair_sync after its store of the tile, so the region is free again. */
+template <int NT>
+__device__ __forceinline__ bool ring_pair_hand(float (&acc)[NT][4], float *part, int wg, int tq,
+                                               int cw, int g)
+{
+    if (wg == 1)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) part[ring_part_at(nt, j, tq, cw, g)] = acc[nt][j];
+    ring_pair_sync();
+    if (wg == 1) {
+        ring_pair_sync(); /* group 0 has stored the tile (the region is free again) */
+        return true;
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) acc[nt][j] += part[ring_part_at(nt, j, tq, cw, g)];
+    return false;
+}
+
 /* A consumer warp's sums of the tile, acc [NT][4] of lane (g, tq) in consumer warp cw (its rows
  * rw): unsplit, into y (C fragment: c0, c1 at row g, tokens 2 tq, 2 tq + 1; c2, c3 at g + 8);
  * split, into the partial [TOK][64] for ring_cluster_store, after the consumer warpgroup's
@@ -258,6 +299,29 @@ __device__ void ring_fallback(const lin_args &a, const ring_tile &u, bool split,
             part[n * RING_BM + row] = tot;
         else if (r < a.nrows)
             a.y[n * a.ldy + u.g * a.nrows + r] = lin_finish(a, tot);
+    }
+}
+
+/* A tile the prologue did not flag exact (every consumer group calls it; W groups, this one wg):
+ * on the CTA's first tile (first_tile) each group first passes its own of the `first` items issued
+ * before the PDL wait (their copies must land before the stages are reused; item i is group i %
+ * W's, ring_own) and it moves past them; then group 0 alone computes the tile in f32
+ * (ring_fallback). */
+template <class RowSum>
+__device__ void ring_inexact(const lin_args &a, const ring_tile &u, bool first_tile, int first,
+                             uint32_t bars, int nst, int wg, int W, bool split, float *part,
+                             int &it, RowSum row_sum)
+{
+    if (first_tile) {
+        for (int i = wg; i < first; i += W) {
+            ring_bar_wait(bars + 8 * i, 0);
+            ring_bar_arrive(bars + 8 * (nst + i));
+        }
+        it = first;
+    }
+    if (wg == 0) {
+        if (split) ring_consumer_sync(); /* every consumer past the ring: part free */
+        ring_fallback(a, u, split, part, row_sum);
     }
 }
 
