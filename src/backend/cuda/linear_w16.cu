@@ -7,8 +7,9 @@
  * Why: those calls ran on the tiled MMA kernel (BF16 at 33..64 rows; the head at N = 64 0.86 ms,
  * 41% of copy bandwidth) and on FMM (wo_a: 46 us at N = 64 against cuBLASLt's 15). The scheme is
  * F8W's: one producer warp streams each 64-row tile's weights and the tokens through a ring of
- * stages in shared memory (TMA copies completing on an mbarrier), one consumer warpgroup
- * multiplies them with the weights as wgmma's 64-row A operand and the tokens as the narrow N one.
+ * stages in shared memory (TMA copies completing on an mbarrier), a consumer warpgroup (two up to
+ * 32 tokens, taking the stages in turn) multiplies them with the weights as wgmma's 64-row A
+ * operand and the tokens as the narrow N one.
  * FP8 weights: the consumers widen the stage's e4m3 bytes to bf16 (exact; integer ops and one
  * bf16 multiply, w16_e4m3x4) straight into wgmma's A fragment registers (wgmma with A from
  * registers, B = the tokens from shared memory), with two fragment sets so that the next stage's
@@ -485,8 +486,8 @@ static dsv4_status w16_launch(const lin_args *a, const w16_plan *p, int ks, cuda
     return ring_launch(fn, tw, tx, a, p, ks, 1, 128 * W + 32, smem, st);
 }
 
-/* w16_launch for TOK = tok (8, 16, 32, 64, 128) with W consumer groups up to 64 tokens (128
- * tokens: one group, its partial over the ring). */
+/* w16_launch for TOK = tok (8, 16, 32, 64, 128) with W consumer groups up to 32 tokens, one above
+ * (dsv4_lin_launch_w16). */
 template <bool F8, int W>
 static dsv4_status w16_launch_tok(const lin_args *a, const w16_plan *p, int ks, int tok,
                                   cudaStream_t st)
@@ -499,7 +500,7 @@ static dsv4_status w16_launch_tok(const lin_args *a, const w16_plan *p, int ks, 
     case 32:
         return w16_launch<32, F8, W>(a, p, ks, st);
     case 64:
-        return w16_launch<64, F8, W>(a, p, ks, st);
+        return w16_launch<64, F8, 1>(a, p, ks, st);
     default:
         return w16_launch<128, F8, 1>(a, p, ks, st);
     }
