@@ -20,12 +20,10 @@
  *
  * usage: bench_gpu_stream
  */
-#include "backend/cuda/bulk_copy.cuh"
 #include "backend/cuda/moe_frag.cuh"
+#include "backend/cuda/wgmma_ring.cuh"
 
-#include <cuda.h>
 #include <cuda_runtime.h>
-#include <cudaTypedefs.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -97,15 +95,6 @@ __global__ void __launch_bounds__(512, 4)
     sink(acc, out);
 }
 
-static __device__ __forceinline__ void tma2d(uint32_t dst, const CUtensorMap *m, int c0, int c1,
-                                             uint32_t bar)
-{
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
-                 "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
-                 "l"((uint64_t)(uintptr_t)m), "r"(c0), "r"(c1), "r"(bar)
-                 : "memory");
-}
-
 /* The ring: CTA (tile blockIdx.x % rtiles, K slice blockIdx.x / rtiles of nks), S stages of 8 KB.
  * Warp 0 lane 0 produces (TILED: one bulk copy of tile (rt, kb); else the TMA box (kb, rt)),
  * warp 1 lane 0 consumes. Dynamic shared memory: S x 8 KB + 1 KB alignment + barriers. */
@@ -134,7 +123,7 @@ __global__ void __launch_bounds__(64)
                 ring_bulk(ring + s * ST, w + ((int64_t)rt * nkb + kb0 + i) * TILE, TILE,
                           bars + 8 * s);
             else
-                tma2d(ring + s * ST, &tm, (kb0 + i) * BK, rt * BM, bars + 8 * s);
+                ring_tma(ring + s * ST, &tm, (kb0 + i) * BK, rt * BM, bars + 8 * s);
             if (XB) ring_bulk(ring + s * ST + TILE, x + (int64_t)(kb0 + i) * XB, XB, bars + 8 * s);
         }
     } else if (threadIdx.x == 32) {
@@ -154,31 +143,13 @@ static void check(cudaError_t e, const char *what)
     }
 }
 
-static PFN_cuTensorMapEncodeTiled_v12000 encode_fn(void)
-{
-    void *f = NULL;
-    cudaDriverEntryPointQueryResult q;
-    check(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault,
-                                           &q),
-          "driver entry point");
-    if (q != cudaDriverEntryPointSuccess || !f) {
-        fprintf(stderr, "bench_gpu_stream: no cuTensorMapEncodeTiled\n");
-        exit(1);
-    }
-    return (PFN_cuTensorMapEncodeTiled_v12000)f;
-}
-
+/* The F8W kernel's map of the weight (wgmma_ring.cuh ring_map: boxes 128 bytes x 64 rows,
+ * 128-byte swizzle). */
 static CUtensorMap box_map(const uint8_t *w, int R, int K)
 {
     CUtensorMap m;
-    const cuuint64_t dim[2] = {(cuuint64_t)K, (cuuint64_t)R}, stride[1] = {(cuuint64_t)K};
-    const cuuint32_t box[2] = {BK, BM}, es[2] = {1, 1};
-    const CUresult r =
-        encode_fn()(&m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *)w, dim, stride, box, es,
-                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS) {
-        fprintf(stderr, "bench_gpu_stream: cuTensorMapEncodeTiled: %d\n", (int)r);
+    if (ring_map(&m, w, 0, (uint64_t)R, (uint64_t)K, (uint64_t)K, BM, "bench") != DSV4_OK) {
+        fprintf(stderr, "bench_gpu_stream: %s\n", dsv4_last_error());
         exit(1);
     }
     return m;
