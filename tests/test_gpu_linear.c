@@ -544,6 +544,13 @@ static const mcase multi_small[] = {
       {"f16 50x128", H16, 0, 50, 128, 0, 0, 0, 0},
       {"f32 3x512", F32, 0, 3, 512, 0, 0, 0, 0}},
      {1, 3, 8, 16, 20, 41, 0}},
+    /* FP8 and BF16 / F16 only: at one row bk_linear.cu's gemv_multi_f816_kernel */
+    {"small fp8 and bf16",
+     3,
+     {{"fp8 40x256", FP8, E8, 40, 256, 0, 0, 1, 0},
+      {"bf16 24x256", B16, 0, 24, 256, 0, 0, 0, 1},
+      {"f16 9x256", H16, 0, 9, 256, 0, 0, 1, 1}},
+     {1, 2, 3, 0}},
 };
 
 typedef struct mbuf {

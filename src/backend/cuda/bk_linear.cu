@@ -343,11 +343,13 @@ typedef struct gv_multi {
 // Every entry's y [N, nrows] = x [N, cols] . W^T in one launch; grid (cta0[n], 1, kn), clusters
 // (1, 1, kn) when kn > 1. The CTA finds its entry, then branches on the entry's format (uniform
 // over the CTA, so the branch costs nothing but registers: the kernel keeps the most any format's
-// body needs).
-template <int NT>
-__global__ void __launch_bounds__(GV_THREADS) gemv_multi_kernel(const __grid_constant__ gv_multi m)
+// body needs: 96 registers at one row, 2 CTAs an SM). gemv_multi_f816_kernel: one row, only the
+// FP8 and BF16 / F16 bodies (every entry of the engine's projections of h), 64 registers, so 4
+// CTAs an SM as the one-row GEMV holds: twice the loads in flight. H100, dsv4 bench, ms/step,
+// one binary with and without (docs/PERF.md, session 26): Flash 4 layers batch 1 0.988 ->
+// 0.979 (attn.proj 0.0648 -> 0.0602 ms/step), Pro 2 layers 1.248 -> 1.243.
+template <int NT, int F816> __device__ __forceinline__ void gemv_multi_body(const gv_multi &m)
 {
-    DSV4_PDL_LATE(); /* gemv_body waits after its first weight loads */
     int i = 0;
     while (i + 1 < m.n && (int)blockIdx.x >= m.cta0[i + 1]) i++;
     const lin_args &a = m.e[i];
@@ -355,7 +357,7 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_multi_kernel(const __grid_con
     const int kz = (int)blockIdx.z, kn = (int)gridDim.z;
     switch (a.fmt) {
     case DSV4_FORMAT_F32:
-        gemv_body<NT, 4>(a, blk, m.ks_log2[i], m.cps[i], kz, kn);
+        if constexpr (!F816) gemv_body<NT, 4>(a, blk, m.ks_log2[i], m.cps[i], kz, kn);
         break;
     case DSV4_FORMAT_BF16:
     case DSV4_FORMAT_F16:
@@ -365,9 +367,23 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_multi_kernel(const __grid_con
         gemv_body<NT, 16>(a, blk, m.ks_log2[i], m.cps[i], kz, kn);
         break;
     default: /* MXFP4, NVFP4 (gemv_ok) */
-        gemv_body<NT, 32>(a, blk, m.ks_log2[i], m.cps[i], kz, kn);
+        if constexpr (!F816) gemv_body<NT, 32>(a, blk, m.ks_log2[i], m.cps[i], kz, kn);
         break;
     }
+}
+
+template <int NT>
+__global__ void __launch_bounds__(GV_THREADS) gemv_multi_kernel(const __grid_constant__ gv_multi m)
+{
+    DSV4_PDL_LATE(); /* gemv_body waits after its first weight loads */
+    gemv_multi_body<NT, 0>(m);
+}
+
+__global__ void __launch_bounds__(GV_THREADS, GV_OCC1)
+    gemv_multi_f816_kernel(const __grid_constant__ gv_multi m)
+{
+    DSV4_PDL_LATE(); /* gemv_body waits after its first weight loads */
+    gemv_multi_body<1, 1>(m);
 }
 
 typedef void (*gemv_fn)(lin_args, int, int64_t);
@@ -506,7 +522,9 @@ static dsv4_status launch_gemv(const lin_args *a, cudaStream_t st)
  * -1.6 to -3.2%; from 2 rows Flash batch 2 +1.3%. Bytes per CTA: the whole over GV_MULTI_CTAS
  * (about 8 resident CTAs per SM: one wave, fine-grained enough that the SMs finish together), kept
  * within [16, 64] KB; each entry's rows per CTA (1..8 warps per row group) come closest to it, so
- * an entry's share of the CTAs is its share of the bytes. */
+ * an entry's share of the CTAs is its share of the bytes. With 4 CTAs an SM at one row
+ * (gemv_multi_f816_kernel) 8 still measured best (Flash batch 1, ms/step, 4 / 8 / 12 / 16 x SMs:
+ * 0.991 / 0.979 / 0.982 / 0.979; docs/PERF.md session 26). */
 enum { GV_MULTI_NMAX = 2, GV_MULTI_CTAS = 8 * LIN_SMS };
 
 typedef void (*gemv_multi_fn)(gv_multi);
@@ -520,6 +538,11 @@ static dsv4_status launch_gemv_multi(const lin_args *as, int n, cudaStream_t st)
     int ni = 0;
     while ((1 << ni) < N) ni++;
     const int R = gemv_rows_per_warp(N);
+    int f816 = 1; /* every entry FP8, BF16 or F16 */
+    for (int i = 0; i < n; i++)
+        f816 &= as[i].fmt == DSV4_FORMAT_FP8 || as[i].fmt == DSV4_FORMAT_BF16 ||
+                as[i].fmt == DSV4_FORMAT_F16;
+    const int occ = N == 1 && f816 ? (int)GV_OCC1 : (int)GV_OCC;
     gv_multi m;
     memset(&m, 0, sizeof m);
     double total = 0.0;
@@ -547,7 +570,7 @@ static dsv4_status launch_gemv_multi(const lin_args *as, int n, cudaStream_t st)
     m.n = n;
     /* split-K over clusters only when the entries are too small to fill the resident slots */
     int kn = force_split > 0 ? force_split : 1;
-    while (force_split <= 0 && kn < GV_SPLIT_MAX && ctas * kn < (int64_t)LIN_SMS * GV_OCC) {
+    while (force_split <= 0 && kn < GV_SPLIT_MAX && ctas * kn < (int64_t)LIN_SMS * occ) {
         int ok = 1;
         for (int i = 0; i < n; i++)
             ok &=
@@ -558,7 +581,7 @@ static dsv4_status launch_gemv_multi(const lin_args *as, int n, cudaStream_t st)
     for (int i = 0; i < n; i++) m.cps[i] = (as[i].cols / gemv_chunk_cols(as[i].fmt) + kn - 1) / kn;
     cudaLaunchAttribute attr;
     const cudaLaunchConfig_t cfg = gemv_cfg(dim3((unsigned)ctas, 1, (unsigned)kn), kn, st, &attr);
-    CUDA_TRY(cudaLaunchKernelEx(&cfg, table[ni], m));
+    CUDA_TRY(cudaLaunchKernelEx(&cfg, occ == GV_OCC1 ? gemv_multi_f816_kernel : table[ni], m));
     return DSV4_OK;
 }
 
