@@ -145,7 +145,7 @@ static const tcase full_cases[] = {
      16,
      {1, 3, 16, 64, 257},
      0},
-    {"flash wq_b fp8", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {1, 16, 64, 257}, 0},
+    {"flash wq_b fp8", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {1, 2, 16, 64, 257}, 0},
     {"flash wkv fp8", FP8, E8, 512, 4096, 0, 512, 0, 0, 0, 0, {1, 3, 16, 64, 257}, 0},
     {"flash wo_a fp8 group 3",
      FP8,
@@ -160,7 +160,7 @@ static const tcase full_cases[] = {
      3072,
      {1, 3, 16, 64, 257},
      0},
-    {"flash wo_b fp8", FP8, E8, 4096, 8192, 0, 4096, 0, 0, 0, 0, {1, 4, 16, 64, 257}, 0},
+    {"flash wo_b fp8", FP8, E8, 4096, 8192, 0, 4096, 0, 0, 0, 0, {1, 2, 4, 16, 64, 257}, 0},
     /* FMM's range, 17..64 tokens (odd N: partial token tiles; NT 4 and 8) */
     {"flash wq_b fp8 mid", FP8, E8, 32768, 1024, 0, 32768, 0, 0, 0, 0, {17, 24, 32, 48, 64}, 0},
     {"flash wo_b fp8 mid", FP8, E8, 4096, 8192, 0, 4096, 0, 0, 0, 0, {17, 24, 32, 48, 64}, 0},
@@ -195,7 +195,7 @@ static const tcase full_cases[] = {
     {"fp8 grouped odd strides", FP8, E8, 600, 384, 0, 600, 1157, 0, 611, 0, {1, 5, 12, 40}, 3},
     /* Pro: hidden 7168, q_lora 1536, 128 heads, o_groups 16, experts 3072 */
     {"pro wq_a fp8", FP8, E8, 1536, 7168, 0, 1536, 0, 0, 0, 0, {1, 16, 64, 257}, 0},
-    {"pro wq_b fp8", FP8, E8, 65536, 1536, 0, 65536, 0, 0, 0, 0, {1, 16, 129}, 0},
+    {"pro wq_b fp8", FP8, E8, 65536, 1536, 0, 65536, 0, 0, 0, 0, {1, 2, 16, 129}, 0},
     {"pro wo_a fp8 group 15",
      FP8,
      E8,
@@ -216,19 +216,19 @@ static const tcase full_cases[] = {
 };
 
 static const tcase small_cases[] = {
-    {"small fp8", FP8, E8, 200, 384, 40, 150, 388, 4, 155, 2, {1, 3, 17, 70}, 0},
+    {"small fp8", FP8, E8, 200, 384, 40, 150, 388, 4, 155, 2, {1, 2, 3, 17, 70}, 0},
     {"small fp8 f32-scale", FP8, SF, 200, 256, 0, 200, 0, 0, 0, 0, {1, 5, 17, 70}, 0},
     {"small fp8 9 tokens", FP8, E8, 100, 512, 0, 100, 0, 0, 0, 0, {9, 16}, 0},
     {"small bf16 12 tokens", B16, 0, 70, 320, 3, 64, 0, 0, 0, 0, {2, 12}, 0},
     {"small fp8 grouped", FP8, E8, 192, 256, 0, 192, 1030, 0, 197, 0, {1, 5, 12, 70}, 4},
     {"small bf16 grouped", B16, 0, 80, 192, 0, 80, 384, 0, 80, 0, {3, 17}, 2},
-    {"small mxfp4", MX, E8, 160, 256, 10, 150, 0, 0, 0, 0, {1, 3, 17, 70}, 0},
+    {"small mxfp4", MX, E8, 160, 256, 10, 150, 0, 0, 0, 0, {1, 2, 3, 17, 70}, 0},
     {"small nvfp4", NV, 0, 160, 256, 0, 160, 0, 0, 0, 0, {1, 3, 17, 70}, 0},
     {"small nvfp4 48 cols", NV, 0, 40, 48, 0, 40, 0, 0, 0, 0, {1, 20}, 0},
     {"small bf16", B16, 0, 150, 256, 0, 150, 0, 0, 0, 0, {1, 3, 17, 70}, 0},
     {"small bf16 100x100", B16, 0, 100, 100, 0, 100, 0, 0, 0, 0, {1, 20}, 0},
     {"small f16", H16, 0, 150, 256, 0, 150, 0, 0, 0, 0, {1, 17, 70}, 0},
-    {"small f32", F32, 0, 24, 512, 0, 24, 0, 0, 0, 0, {1, 3, 70}, 0},
+    {"small f32", F32, 0, 24, 512, 0, 24, 0, 0, 0, 0, {1, 2, 3, 70}, 0},
     {"small fp8 ldx 257", FP8, E8, 128, 256, 0, 128, 257, 1, 0, 0, {3, 20}, 0},
     /* FMM: 60 groups of 64 rows, 10 steps: 2 K slices of 5 steps (x chunks of 2, 2, 1 steps
      * at N > 32, 4 and 1 below) */
@@ -244,6 +244,7 @@ static double worst_by_path[NPATH]; /* the largest err/bound seen per kernel */
 static int64_t checks_by_path[NPATH];
 static int quiet; /* compare prints failures only */
 static const uint32_t SENTINEL = 0x7fc0deadu;
+static int64_t xs_checks;  /* calls whose GEMV staged x, checked against the plain one */
 static double quiet_worst; /* the largest err/bound since it was last reset */
 
 /* got/want: [N, ldy] buffers, the op's output at yoff; S [N, nrows]; unr [N, ldy]: the CPU's
@@ -385,6 +386,18 @@ static void run_case(ctx *cx, const tcase *c)
                 compare(c, path_name[sp ? SPLIT_STAT : p], N, round, ldy, c->yoff, yg, yc, yu, S);
                 CHECK_MSG(memcmp(yg, yg2, ny * sizeof *yg) == 0,
                           "%s N=%lld: two identical calls differ", c->name, (long long)N);
+            }
+            /* two rows with x staged in shared memory: the plain GEMV's bits */
+            if (p == DSV4_LIN_PATH_GEMV && p2 == p && dsv4_cuda_linear_last_xs()) {
+                const int oldx = dsv4_cuda_linear_gemv_xs(0);
+                gpu_call(cx, &dw, c, dx, ldx, N, dy, ldy, c->yoff, round, DSV4_LIN_PATH_AUTO, 0,
+                         sent, yg2);
+                CHECK(!dsv4_cuda_linear_last_xs());
+                dsv4_cuda_linear_gemv_xs(oldx);
+                CHECK_MSG(memcmp(yg, yg2, ny * sizeof *yg) == 0,
+                          "%s N=%lld: the staged-x GEMV and the plain one differ", c->name,
+                          (long long)N);
+                xs_checks++;
             }
             for (int q = DSV4_LIN_PATH_GEMV; q <= DSV4_LIN_PATH_F8W; q++) {
                 if (q == p || q == DSV4_LIN_PATH_MULTI || q == DSV4_LIN_PATH_MMX) continue;
@@ -1246,6 +1259,8 @@ int main(int argc, char **argv)
                            : small ? sizeof small_cases / sizeof *small_cases
                                    : sizeof full_cases / sizeof *full_cases;
     for (size_t i = 0; i < n_cases; i++) run_case(&cx, &cases[i]);
+    printf("two-row GEMV with x staged: %lld calls, the plain GEMV's bits\n", (long long)xs_checks);
+    CHECK_MSG(xq_only || xs_checks > 0, "no case ran the staged-x GEMV");
     const mcase *mcases = small ? multi_small : multi_full;
     const size_t n_mcases = xq_only ? 0
                             : small ? sizeof multi_small / sizeof *multi_small

@@ -78,6 +78,20 @@ extern "C" int dsv4_cuda_linear_last_split(void)
     return last_split;
 }
 
+static int gv_xs_on = 1, last_xs = 0;
+
+extern "C" int dsv4_cuda_linear_gemv_xs(int on)
+{
+    const int old = gv_xs_on;
+    gv_xs_on = on;
+    return old;
+}
+
+extern "C" int dsv4_cuda_linear_last_xs(void)
+{
+    return last_xs;
+}
+
 /* ---- decode GEMV -----------------------------------------------------------------------------
  * y [N, nrows] = x [N, cols] . W^T for N <= NT. A "chunk" is 16 bytes of one weight row: E
  * columns (F32 4, BF16/F16 8, FP8 16, FP4 32; FP8 chunks lie inside one 128-column scale block,
@@ -96,8 +110,14 @@ enum { GV_THREADS = 256, GV_WARPS = 8, GV_SPLIT_MAX = 8 };
  * nvcc 13.0; cuobjdump -res-usage), so 4 fit. Not asked of ptxas by the launch bounds: that
  * changed their code (59 -> 63 registers) for no measured gain (PERF.md, session 7). */
 enum { GV_OCC1 = 4 };
+/* Resident GEMV CTAs per SM assumed by the K split (256 threads of <= 128 registers: at least
+ * two; more only moves the choice where the grid is already large). */
+enum { GV_OCC = 2 };
 /* Waves of 4-row CTAs from which a GEMV of one or two rows takes 8 warps a row (launch_gemv). */
 enum { GV_MANY_WAVES = 8 };
+/* gemv_xs_kernel (two rows, x staged): up to GV_XS_WAVES waves of the plain grid (2 CTAs an SM)
+ * and GV_XS_BYTES of x a CTA (2 rows of 12,288 columns; two CTAs an SM fit). */
+enum { GV_XS_WAVES = 8, GV_XS_BYTES = 96 * 1024 };
 
 /* Sub-block j (SW columns) of the 16-byte chunk q of a row -> w[SW] (FP8: e4m3 values; FP4:
  * e2m1 * 2^-14; dense formats: the values). */
@@ -168,12 +188,24 @@ __device__ __forceinline__ void gv_load(uint32_t (&q)[R][4], const uint8_t *cons
     }
 }
 
+/* x staged in shared memory (gemv_xs_kernel): 16-byte unit v (4 columns) of row n of the CTA's
+ * slice lies at xs [n nu + gv_swz(v)]. A lane's chunk is 1-8 consecutive units and the lanes of a
+ * warp take consecutive chunks, so one 16-byte read of each lane lands 16-128 bytes apart; the
+ * swizzle (unit v's low three bits XOR bits 3-5) spreads every 8 lanes of such a read over the 8
+ * bank groups, for every chunk width (E = 4, 8, 16, 32). */
+__device__ __forceinline__ int64_t gv_swz(int64_t v)
+{
+    return v ^ ((v >> 3) & 7);
+}
+
 /* One 16-byte chunk ch of each of a warp's R rows (q, loaded by gv_load) against x: acc [R][NT]
- * += its products in column order (scaled formats: the block's partial times its scale). */
-template <int NT, int E, int R>
+ * += its products in column order (scaled formats: the block's partial times its scale). XS: x
+ * from xs (the slice's nu units a row from unit u0; gv_swz), else through L1. */
+template <int NT, int E, int R, int XS = 0>
 __device__ __forceinline__ void gv_chunk(const lin_args &a, const uint32_t (&q)[R][4], int64_t ch,
                                          const bool (&ok)[R], const int64_t (&arow)[R], int N,
-                                         float (&acc)[R][NT])
+                                         float (&acc)[R][NT], const float4 *xs, int64_t nu,
+                                         int64_t u0)
 {
     constexpr int SW = E < 8 ? E : 8; /* columns decoded at once */
     constexpr int SB = E / SW;
@@ -212,7 +244,8 @@ __device__ __forceinline__ void gv_chunk(const lin_args &a, const uint32_t (&q)[
             float xv[SW];
 #pragma unroll
             for (int k = 0; k < SW / 4; k++) {
-                const float4 f = __ldg(xp + k);
+                const float4 f =
+                    XS ? xs[n * nu + gv_swz((c + j * SW) / 4 + k - u0)] : __ldg(xp + k);
                 xv[4 * k] = f.x, xv[4 * k + 1] = f.y, xv[4 * k + 2] = f.z, xv[4 * k + 3] = f.w;
             }
 #pragma unroll
@@ -246,9 +279,11 @@ __device__ __forceinline__ void gv_chunk(const lin_args &a, const uint32_t (&q)[
 // [kz cps, (kz + 1) cps) of each -> y [N, nrows] (ldy) when kn == 1, else the cluster's sum of
 // its kn slices; 256 threads, 1 << ks_log2 warps per row group.
 // The PDL wait is here, after the first weight loads (the callers open with DSV4_PDL_LATE).
-template <int NT, int E>
+// XS: x read from the CTA's dynamic shared memory, where its first block (first) copies the
+// slice in after the wait (gemv_xs_kernel).
+template <int NT, int E, int XS = 0>
 __device__ __forceinline__ void gemv_body(const lin_args &a, int64_t blk, int ks_log2, int64_t cps,
-                                          int kz, int kn)
+                                          int kz, int kn, bool first = true)
 {
     constexpr int R = NT >= 8 ? 2 : 4; /* rows per warp: registers hold R*NT sums twice */
     __shared__ float red[GV_WARPS][R][NT];
@@ -285,13 +320,26 @@ __device__ __forceinline__ void gemv_body(const lin_args &a, int64_t blk, int ks
     int64_t ch = ch0 + (int64_t)ks * 32 + lane;
     if (ch < ch1) gv_load<R>(q, wp, ok, ch);
     DSV4_PDL_WAIT();
+    extern __shared__ float4 gv_xs[];
+    const int64_t u0 = ch0 * E / 4, nu = (ch1 - ch0) * E / 4; /* the slice's x units */
+    if (XS && first) {
+        for (int64_t i = threadIdx.x; i < (int64_t)N * nu; i += GV_THREADS) {
+            const int64_t n = i / nu, v = i - n * nu;
+            const unsigned d = (unsigned)__cvta_generic_to_shared(gv_xs + n * nu + gv_swz(v));
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d),
+                         "l"(a.x + n * a.ldx + 4 * (u0 + v))
+                         : "memory");
+        }
+        asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+        __syncthreads();
+    }
     if (ch < ch1) {
-        gv_chunk<NT, E, R>(a, q, ch, ok, arow, N, acc);
+        gv_chunk<NT, E, R, XS>(a, q, ch, ok, arow, N, acc, gv_xs, nu, u0);
         ch += 32 * KS;
     }
     for (; ch < ch1; ch += 32 * KS) {
         gv_load<R>(q, wp, ok, ch);
-        gv_chunk<NT, E, R>(a, q, ch, ok, arow, N, acc);
+        gv_chunk<NT, E, R, XS>(a, q, ch, ok, arow, N, acc, gv_xs, nu, u0);
     }
 
     /* butterfly over the warp: every lane ends with the same bits (each step adds a pair in
@@ -328,6 +376,28 @@ __global__ void __launch_bounds__(GV_THREADS) gemv_kernel(lin_args a, int ks_log
     DSV4_PDL_LATE(); /* gemv_body waits after its first weight loads */
     lin_at_group(a, blockIdx.y);
     gemv_body<NT, E>(a, blockIdx.x, ks_log2, cps, (int)blockIdx.z, (int)gridDim.z);
+}
+
+// Two rows of x, x staged: y [2, nrows] = x [2, cols] . W^T, as gemv_kernel<2, E> (the same
+// sums in the same order: the same bits) on a persistent grid (gridDim.x CTAs a group, 2 an SM,
+// each over row blocks blockIdx.x, + gridDim.x, .. < nblk; no K split over CTAs), each CTA
+// copying x [2, cols] into its dynamic shared memory (gv_swz) once. Why: at two rows each 16-byte
+// weight chunk a lane multiplies needs 2 x 64 bytes of x (FP8), and the warp's reads of them
+// through L1 land 64 bytes apart, so L1 was the busiest unit (ncu, Flash wq_b at two rows with 2
+// rows a warp: L1/TEX 79-85% of peak, DRAM 37-45%); from shared memory the same reads are
+// conflict-free. Persistent, so that each CTA pays the copy once: x per CTA per block of 32 rows
+// cost Flash wq_b (1,024 such blocks) more than it saved (20.9 -> 22.1 us).
+template <int E>
+__global__ void __launch_bounds__(GV_THREADS, GV_OCC)
+    gemv_xs_kernel(lin_args a, int ks_log2, int64_t nblk)
+{
+    DSV4_PDL_LATE(); /* gemv_body waits after its first weight loads */
+    lin_at_group(a, blockIdx.y);
+    const int64_t cps = a.cols / E;
+    for (int64_t blk = blockIdx.x; blk < nblk; blk += gridDim.x) {
+        gemv_body<2, E, 1>(a, blk, ks_log2, cps, 0, 1, blk == (int64_t)blockIdx.x);
+        __syncthreads(); /* red and part are the next block's */
+    }
 }
 
 /* The entries of one dsv4_bk_linear_multi launch: entry i owns CTAs [cta0[i], cta0[i + 1]) of
@@ -419,10 +489,6 @@ static int gemv_ok(const lin_args *a)
         gemv_kernel<nt, 4>, gemv_kernel<nt, 8>, gemv_kernel<nt, 16>, gemv_kernel<nt, 32>           \
     }
 
-/* Resident GEMV CTAs per SM assumed by the K split (256 threads of <= 128 registers: at least
- * two; more only moves the choice where the grid is already large). */
-enum { GV_OCC = 2 };
-
 /* Rows per warp of the variant for N tokens. */
 static int gemv_rows_per_warp(int64_t N)
 {
@@ -507,7 +573,30 @@ static dsv4_status launch_gemv(const lin_args *a, cudaStream_t st)
     const int64_t per = (int64_t)R * (GV_WARPS >> ks_log2), cps = (nchunk + kn - 1) / kn;
     const dim3 grid((unsigned)((a->nrows + per - 1) / per), (unsigned)a->groups, (unsigned)kn);
     cudaLaunchAttribute attr;
-    const cudaLaunchConfig_t cfg = gemv_cfg(grid, kn, st, &attr);
+    cudaLaunchConfig_t cfg = gemv_cfg(grid, kn, st, &attr);
+    /* Two rows without a K split over CTAs, on a grid of a few waves: x staged a CTA, persistent
+     * (gemv_xs_kernel). H100, dsv4 bench --gemms 2, us: Flash wq_b 21.1 -> 19.2, wo_a 18.6 ->
+     * 16.9, wo_b 19.3 -> 18.1, indexer wq_b 7.0 -> 6.7; Pro's (2.2-2.4 TB/s already) within 1%.
+     * Not the LM head (over a thousand waves): each CTA's copy of x had Flash batch 2 +2.8%
+     * (docs/PERF.md, session 27). Nor where the copy outweighs half the weights a CTA streams
+     * (per rows of 16 / E bytes a column, a block; x 8 bytes a column): Pro's wq_a, 8 rows a
+     * CTA, 10.6 -> 11.4 us. */
+    const int64_t nblk = grid.x, slots = (int64_t)GV_OCC * LIN_SMS;
+    const int64_t gx0 = (slots + a->groups - 1) / a->groups, gx = gx0 < nblk ? gx0 : nblk;
+    const size_t xs = (size_t)a->cols * 2 * sizeof(float);
+    if (a->N == 2 && kn == 1 && nblk * a->groups <= GV_XS_WAVES * slots && xs <= GV_XS_BYTES &&
+        per * ((nblk + gx - 1) / gx) >= E && gv_xs_on) {
+        static void (*const xs_table[4])(lin_args, int, int64_t) = {
+            gemv_xs_kernel<4>, gemv_xs_kernel<8>, gemv_xs_kernel<16>, gemv_xs_kernel<32>};
+        cfg.gridDim.x = (unsigned)gx;
+        cfg.dynamicSmemBytes = xs;
+        CUDA_TRY(cudaFuncSetAttribute((const void *)xs_table[ei],
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)xs));
+        CUDA_TRY(cudaLaunchKernelEx(&cfg, xs_table[ei], *a, ks_log2, nblk));
+        last_xs = 1;
+        return DSV4_OK;
+    }
+    last_xs = 0;
     CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, *a, ks_log2, cps));
     return DSV4_OK;
 }

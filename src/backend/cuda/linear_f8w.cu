@@ -351,8 +351,8 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
                 }
             }
             it += u.kb1 - u.kb0;
-            if (W == 2 && ring_pair_hand<NT>(acc, part, wg, tq, cw, g)) continue;
-            ring_store<NT, S::OVER>(a, u, acc, split, part, rw, tq, cw, g);
+            const bool handed = W == 2 && ring_pair_hand<NT>(acc, part, wg, tq, cw, g);
+            if (!handed) ring_store<NT, S::OVER>(a, u, acc, split, part, rw, tq, cw, g);
             if (W == 2) ring_pair_sync();
         }
     }

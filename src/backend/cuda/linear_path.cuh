@@ -46,6 +46,11 @@ int dsv4_cuda_linear_last_path(void);
 int dsv4_cuda_linear_force_split(int ks);
 /* The CTAs per cluster of the last GEMV or MMX launch (1: no split over CTAs). */
 int dsv4_cuda_linear_last_split(void);
+/* Lets the GEMV stage x in shared memory where its rule says so (1, the default) or never (0):
+ * the two kernels must give the same bits. Returns the previous setting. */
+int dsv4_cuda_linear_gemv_xs(int on);
+/* Whether the last single GEMV launch staged x (gemv_xs_kernel). */
+int dsv4_cuda_linear_last_xs(void);
 
 #ifdef __cplusplus
 }

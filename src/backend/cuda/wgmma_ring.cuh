@@ -226,8 +226,10 @@ __device__ __forceinline__ void ring_pair_sync()
 
 /* Two groups' sums of a tile into group 0's acc: group 1 writes its acc [NT][4] to the partial's
  * region [TOK][64], group 0 adds it to its own (the sum of group 0's blocks plus the sum of group
- * 1's: a fixed order for a given grid). True in group 1, which has then met group 0's
- * ring_pair_sync after its store of the tile, so the region is free again. */
+ * 1's: a fixed order for a given grid). True in group 1, which then skips the store; both groups
+ * then meet at one ring_pair_sync (group 0's store done: the region is free again). One barrier
+ * instruction for both: compute-sanitizer's synccheck flags a named barrier that two warps of a
+ * block meet at different instructions ("Divergent thread(s) in block", f8w_kernel<16, 1, 2>). */
 template <int NT>
 __device__ __forceinline__ bool ring_pair_hand(float (&acc)[NT][4], float *part, int wg, int tq,
                                                int cw, int g)
@@ -238,10 +240,7 @@ __device__ __forceinline__ bool ring_pair_hand(float (&acc)[NT][4], float *part,
 #pragma unroll
             for (int j = 0; j < 4; j++) part[ring_part_at(nt, j, tq, cw, g)] = acc[nt][j];
     ring_pair_sync();
-    if (wg == 1) {
-        ring_pair_sync(); /* group 0 has stored the tile (the region is free again) */
-        return true;
-    }
+    if (wg == 1) return true;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
