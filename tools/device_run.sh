@@ -6,6 +6,7 @@
 #   cli       dsv4 run/score on the GPU with the embedded model
 #   sanitize  compute-sanitizer memcheck over the engine on a small fixture and the op tests
 #   racecheck compute-sanitizer racecheck over the op tests' small cases
+#   synccheck compute-sanitizer synccheck (barrier use) over the op tests' small cases
 #   bench     dsv4 bench (Flash-shaped layers); bench-pro: Pro-shaped layers
 #   ncu       per-kernel times (Nsight Compute) of the bench's op-timer steps, batch 1 and 64
 #   plan      the memory plan's error for a model larger than the GPU
@@ -21,7 +22,7 @@ step() {
     echo "== $*"
     "$@" || { echo "FAILED($?): $*"; rc=1; }
 }
-parts=${*:-ops engine cli sanitize}
+parts=${*:-ops engine cli sanitize synccheck}
 f=tests/fixtures
 models="$f/goldens/mix/model $f/goldens/hd512-nvfp4/model $f/goldens/hd512-fp8/model models/dsv4-tiny"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -52,6 +53,11 @@ for part in $parts; do
     racecheck) # shared-memory hazards: every kernel runs in the op tests' small cases
         for t in $B/tests/test_gpu_*; do
             step compute-sanitizer --tool racecheck --error-exitcode 9 "$t" --small
+        done
+        ;;
+    synccheck) # barriers: a named barrier met at two instructions, __syncthreads in divergence
+        for t in $B/tests/test_gpu_*; do
+            step compute-sanitizer --tool synccheck --error-exitcode 9 "$t" --small
         done
         ;;
     bench) step $B/dsv4 bench --shape flash --layers 4 ;;
