@@ -174,16 +174,16 @@ template <int SW> __device__ __forceinline__ float gv_dot(const float *x, const 
     return s;
 }
 
-/* The 16-byte chunk ch of each of a warp's R weight rows (zeros where the row is past the
- * matrix), streamed past L1. */
+/* The 16-byte chunk ch of each of a warp's R weight rows, row i at w0 + off [i] (gemv_body:
+ * rows past the matrix read its last row, so that no load needs a predicate), streamed past L1. */
 template <int R>
-__device__ __forceinline__ void gv_load(uint32_t (&q)[R][4], const uint8_t *const (&wp)[R],
-                                        const bool (&ok)[R], int64_t ch)
+__device__ __forceinline__ void gv_load(uint32_t (&q)[R][4], const uint8_t *w0,
+                                        const uint32_t (&off)[R], int64_t ch)
 {
+    const uint8_t *p = w0 + ch * 16;
 #pragma unroll
     for (int i = 0; i < R; i++) {
-        uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (ok[i]) v = __ldcs((const uint4 *)(const void *)(wp[i] + ch * 16));
+        const uint4 v = __ldcs((const uint4 *)(const void *)(p + off[i]));
         q[i][0] = v.x, q[i][1] = v.y, q[i][2] = v.z, q[i][3] = v.w;
     }
 }
@@ -199,13 +199,13 @@ __device__ __forceinline__ int64_t gv_swz(int64_t v)
 }
 
 /* One 16-byte chunk ch of each of a warp's R rows (q, loaded by gv_load) against x: acc [R][NT]
- * += its products in column order (scaled formats: the block's partial times its scale). XS: x
- * from xs (the slice's nu units a row from unit u0; gv_swz), else through L1. */
+ * += its products in column order (scaled formats: the block's partial times its scale). srow:
+ * the rows' scale rows (FP8: row / 128, one for all R where one_sr; FP4: the rows). XS: x from
+ * xs (the slice's nu units a row from unit u0; gv_swz), else through L1. */
 template <int NT, int E, int R, int XS = 0>
-__device__ __forceinline__ void gv_chunk(const lin_args &a, const uint32_t (&q)[R][4], int64_t ch,
-                                         const bool (&ok)[R], const int64_t (&arow)[R], int N,
-                                         float (&acc)[R][NT], const float4 *xs, int64_t nu,
-                                         int64_t u0)
+__device__ __forceinline__ void
+gv_chunk(const lin_args &a, const uint32_t (&q)[R][4], int64_t ch, const int64_t (&srow)[R],
+         bool one_sr, int N, float (&acc)[R][NT], const float4 *xs, int64_t nu, int64_t u0)
 {
     constexpr int SW = E < 8 ? E : 8; /* columns decoded at once */
     constexpr int SB = E / SW;
@@ -218,17 +218,20 @@ __device__ __forceinline__ void gv_chunk(const lin_args &a, const uint32_t (&q)[
 #pragma unroll
         for (int n = 0; n < NT; n++) p[i][n] = 0.0f;
     }
-    if constexpr (scaled) {
+    if (E == 16 && one_sr) {
+        const float s = lin_scale(a, srow[0], c / 128);
+#pragma unroll
+        for (int i = 0; i < R; i++) sc[i][0] = s;
+    } else if constexpr (scaled) {
 #pragma unroll
         for (int i = 0; i < R; i++) {
-            if (!ok[i]) continue;
             if (E == 16) {
-                sc[i][0] = lin_scale(a, arow[i] / 128, c / 128);
+                sc[i][0] = lin_scale(a, srow[i], c / 128);
             } else if (a.fmt == DSV4_FORMAT_MXFP4) {
-                sc[i][0] = sc[i][1] = lin_scale(a, arow[i], c / 32);
+                sc[i][0] = sc[i][1] = lin_scale(a, srow[i], c / 32);
             } else {
-                sc[i][0] = lin_scale(a, arow[i], c / 16);
-                sc[i][1] = lin_scale(a, arow[i], c / 16 + 1);
+                sc[i][0] = lin_scale(a, srow[i], c / 16);
+                sc[i][1] = lin_scale(a, srow[i], c / 16 + 1);
             }
         }
     }
@@ -297,15 +300,19 @@ __device__ __forceinline__ void gemv_body(const lin_args &a, int64_t blk, int ks
     const int64_t ch0 = (int64_t)kz * cps, ch1 = min(nchunk, ch0 + cps);
     const int N = (int)a.N;
 
-    const uint8_t *wp[R];
-    int64_t arow[R];
-    bool ok[R];
+    /* The warp's rows: one past the matrix reads its last row instead (its sums are not stored),
+     * so that the loads need no predicate; row i at w0 + off [i] (32 bits: R rows of a matrix). */
+    const int64_t last = a.nrows - 1, rb0 = min(rbase, last);
+    const uint8_t *const w0 = a.data + (a.row0 + rb0) * a.row_bytes;
+    uint32_t off[R];
+    int64_t srow[R];
 #pragma unroll
     for (int i = 0; i < R; i++) {
-        ok[i] = rbase + i < a.nrows;
-        arow[i] = a.row0 + (ok[i] ? rbase + i : 0);
-        wp[i] = a.data + arow[i] * a.row_bytes;
+        const int64_t r = min(rbase + i, last);
+        off[i] = (uint32_t)((r - rb0) * a.row_bytes);
+        srow[i] = E == 16 ? (a.row0 + r) / 128 : a.row0 + r;
     }
+    const bool one_sr = srow[0] == srow[R - 1]; /* FP8: the R rows in one 128-row scale block */
     float acc[R][NT];
 #pragma unroll
     for (int i = 0; i < R; i++)
@@ -318,7 +325,7 @@ __device__ __forceinline__ void gemv_body(const lin_args &a, int64_t blk, int ks
      * across its back edge (the registers of the loop stay as they were) */
     uint32_t q[R][4];
     int64_t ch = ch0 + (int64_t)ks * 32 + lane;
-    if (ch < ch1) gv_load<R>(q, wp, ok, ch);
+    if (ch < ch1) gv_load<R>(q, w0, off, ch);
     DSV4_PDL_WAIT();
     extern __shared__ float4 gv_xs[];
     const int64_t u0 = ch0 * E / 4, nu = (ch1 - ch0) * E / 4; /* the slice's x units */
@@ -334,12 +341,12 @@ __device__ __forceinline__ void gemv_body(const lin_args &a, int64_t blk, int ks
         __syncthreads();
     }
     if (ch < ch1) {
-        gv_chunk<NT, E, R, XS>(a, q, ch, ok, arow, N, acc, gv_xs, nu, u0);
+        gv_chunk<NT, E, R, XS>(a, q, ch, srow, one_sr, N, acc, gv_xs, nu, u0);
         ch += 32 * KS;
     }
     for (; ch < ch1; ch += 32 * KS) {
-        gv_load<R>(q, wp, ok, ch);
-        gv_chunk<NT, E, R, XS>(a, q, ch, ok, arow, N, acc, gv_xs, nu, u0);
+        gv_load<R>(q, w0, off, ch);
+        gv_chunk<NT, E, R, XS>(a, q, ch, srow, one_sr, N, acc, gv_xs, nu, u0);
     }
 
     /* butterfly over the warp: every lane ends with the same bits (each step adds a pair in
