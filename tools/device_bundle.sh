@@ -9,13 +9,15 @@
 # where tools/device_run.sh unpacks it, sets LD_LIBRARY_PATH and runs the GPU checks. The CUDA
 # runtime is linked statically, so only the driver is needed there.
 # An argument names another build folder (default build-device), so that several bundles can
-# be made side by side.
+# be made side by side; DSV4_CMAKE_ARGS adds configure options (e.g. -DDSV4_TRACE=ON for the
+# kernel timeline of `dsv4 bench --trace`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${1:-build-device}
 bash tools/setup.sh >/dev/null
 export PATH="$PATH:/usr/local/cuda/bin"
-cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV4_CUDA=ON >/dev/null
+# shellcheck disable=SC2086 # DSV4_CMAKE_ARGS is a list of options
+cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDSV4_CUDA=ON ${DSV4_CMAKE_ARGS:-} >/dev/null
 cmake --build "$B" -j "$(nproc)"
 mkdir -p "$B/lib"
 for lib in $(ldd "$B/dsv4" | awk '/cjson/ {print $3}'); do

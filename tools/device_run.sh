@@ -9,6 +9,8 @@
 #   synccheck compute-sanitizer synccheck (barrier use) over the op tests' small cases
 #   bench     dsv4 bench (Flash-shaped layers); bench-pro: Pro-shaped layers
 #   ncu       per-kernel times (Nsight Compute) of the bench's op-timer steps, batch 1 and 64
+#   trace     the kernel timeline of one graph step (a trace bundle: DSV4_CMAKE_ARGS=-DDSV4_TRACE=ON
+#             tools/device_bundle.sh build-trace, then DSV4_BUILD=build-trace), Flash and Pro
 #   plan      the memory plan's error for a model larger than the GPU
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +64,14 @@ for part in $parts; do
         ;;
     bench) step $B/dsv4 bench --shape flash --layers 4 ;;
     bench-pro) step $B/dsv4 bench --shape pro --layers 2 --batches 1,8,64 ;;
+    trace) # tools/trace_step.py: each launch's placement and PDL wait in a replayed step
+        for sh in flash:4:1,2,8,64 pro:2:1,4,64; do
+            IFS=: read -r shape layers batches <<<"$sh"
+            step $B/dsv4 bench --shape $shape --layers $layers --batches $batches --contexts 4096 \
+                --prefill 0 --no-gemms --steps 20 --trace "$out/trace-$shape.csv"
+            step python3 tools/trace_step.py "$out/trace-$shape.csv" --sum >"$out/trace-$shape.md"
+        done
+        ;;
     ncu) # kernel durations of the 5 op-timer decode steps (profiler range = dsv4_bk_prof)
         for bt in 1 64; do
             ncu --clock-control none --profile-from-start off --metrics gpu__time_duration.sum \

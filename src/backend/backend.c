@@ -180,6 +180,25 @@ dsv4_status dsv4_bk_graph_launch(dsv4_backend *b, void *graph)
     return no_graphs();
 }
 
+static dsv4_status no_trace(void)
+{
+    return dsv4_fail(DSV4_ERR_UNSUPPORTED, "the kernel trace needs the CUDA backend");
+}
+
+dsv4_status dsv4_bk_trace_begin(dsv4_backend *b, int64_t max_records)
+{
+    CUDA_ROUTE(dsv4_cuda_bk_trace_begin(b, max_records));
+    (void)max_records;
+    return no_trace();
+}
+
+dsv4_status dsv4_bk_trace_end(dsv4_backend *b, const char *path, const char *tag)
+{
+    CUDA_ROUTE(dsv4_cuda_bk_trace_end(b, path, tag));
+    (void)path, (void)tag;
+    return no_trace();
+}
+
 void dsv4_bk_graph_free(dsv4_backend *b, void *graph)
 {
 #ifdef DSV4_HAVE_CUDA
@@ -219,6 +238,15 @@ dsv4_status dsv4_bk_side_join(dsv4_backend *b)
 {
 #ifdef DSV4_HAVE_CUDA
     if (side_streams(b)) return dsv4_cuda_side_join(b->cuda);
+#endif
+    (void)b;
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_bk_side_join_settled(dsv4_backend *b)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (side_streams(b)) return dsv4_cuda_side_join_settled(b->cuda);
 #endif
     (void)b;
     return DSV4_OK;

@@ -373,6 +373,10 @@ void dsv4_bk_graph_free(dsv4_backend *b, void *graph);
 dsv4_status dsv4_bk_side_begin(dsv4_backend *b);
 dsv4_status dsv4_bk_side_end(dsv4_backend *b);
 dsv4_status dsv4_bk_side_join(dsv4_backend *b);
+/* side_join where the side chain's work is long done by the time the main chain gets here (a
+ * sublayer or more later): the same order, but in a graph the join stays a plain dependency, so
+ * that the next kernel keeps its programmatic (early) launch from the main chain's last kernel. */
+dsv4_status dsv4_bk_side_join_settled(dsv4_backend *b);
 
 /* Per-op timing: while on, dsv4_bk_prof_mark(b, label) closes the interval since the previous
  * mark and adds it to label's total (CUDA: events on the stream; CPU: wall clock). */
@@ -385,5 +389,12 @@ typedef struct dsv4_bk_prof_entry {
 } dsv4_bk_prof_entry;
 /* Waits for the work, returns the totals in first-mark order (at most max) and stops. */
 int dsv4_bk_prof_stop(dsv4_backend *b, dsv4_bk_prof_entry *out, int max);
+
+/* Kernel timeline (CUDA trace builds only, cmake -DDSV4_TRACE=ON; src/backend/cuda/trace.cuh):
+ * between begin and end each kernel's CTAs record their start, PDL wait and exit in a device
+ * buffer of max_records; end waits for the work and appends the records to path as CSV lines
+ * that begin with tag (tools/trace_step.py reads them). Elsewhere DSV4_ERR_UNSUPPORTED. */
+dsv4_status dsv4_bk_trace_begin(dsv4_backend *b, int64_t max_records);
+dsv4_status dsv4_bk_trace_end(dsv4_backend *b, const char *path, const char *tag);
 
 #endif

@@ -217,6 +217,8 @@ dsv4_status dsv4_cuda_bk_graph_begin(dsv4_backend *b);
 dsv4_status dsv4_cuda_bk_graph_end(dsv4_backend *b, void **graph);
 dsv4_status dsv4_cuda_bk_graph_launch(dsv4_backend *b, void *graph);
 void dsv4_cuda_bk_graph_free(dsv4_backend *b, void *graph);
+dsv4_status dsv4_cuda_bk_trace_begin(dsv4_backend *b, int64_t max_records);
+dsv4_status dsv4_cuda_bk_trace_end(dsv4_backend *b, const char *path, const char *tag);
 
 #ifdef __cplusplus
 }

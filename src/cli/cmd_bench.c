@@ -66,6 +66,7 @@ typedef struct bench_args {
     const char *hf_json;
     int64_t hf_context; /* the context of the transformers figure (0: not said) */
     char hf_note[512];  /* what the transformers figure is (from its JSON file) */
+    const char *trace;  /* --trace: the kernel timeline of one step a run (trace builds) */
 } bench_args;
 
 typedef struct decode_row {
@@ -115,7 +116,7 @@ static int usage(int rc)
         "                  [--batches 1,8,32,64] [--contexts 4096,65536] [--prefill 4096]\n"
         "                  [--steps 20] [--no-graphs] [--pdl | --no-pdl] [--zero-cache] [--json]\n"
         "                  [--gpu I] [--seed S] [--ceilings-only] [--gemms 1,8,64 | --no-gemms]\n"
-        "                  [--hf-layer-us X | --hf-layer-json FILE]\n"
+        "                  [--hf-layer-us X | --hf-layer-json FILE] [--trace FILE]\n"
         "  Times the CUDA engine at the real DeepSeek-V4 geometry with random weights.\n"
         "  --layers N       layers of the model (default 4; fewer than the real count take\n"
         "                   the real layers 2.., alternating CSA and HCA; 0 = all)\n"
@@ -133,7 +134,10 @@ static int usage(int rc)
         "                   are timed against cuBLASLt FP8 (up to %d; --no-gemms: none)\n"
         "  --hf-layer-us X  transformers' time of one decoder layer at a decode step (us),\n"
         "                   set against ours; --hf-layer-json reads it from the file\n"
-        "                   tools/hf_layer_time.py writes (key \"hf_layer_us\")\n",
+        "                   tools/hf_layer_time.py writes (key \"hf_layer_us\")\n"
+        "  --trace FILE     after each timed run, one more step with the kernels' timeline\n"
+        "                   written to FILE (a trace build only: cmake -DDSV4_TRACE=ON;\n"
+        "                   tools/trace_step.py reads it)\n",
         WARMUP_STEPS, (int)DSV4_ENGINE_PDL_ROWS, DSV4_BENCH_GEMM_MAX_N);
     return rc;
 }
@@ -290,6 +294,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
             i++;
         } else if (!strcmp(o, "--hf-layer-json")) {
             a->hf_json = argv[++i];
+        } else if (!strcmp(o, "--trace")) {
+            a->trace = argv[++i];
         } else if (!strcmp(o, "--contexts")) {
             if (parse_list(v, 0, (int64_t)1 << 22, a->contexts, &a->n_contexts)) {
                 fprintf(stderr,
@@ -532,6 +538,25 @@ static dsv4_status profile_decode(dsv4_engine *e, const dsv4_model *m, int64_t c
     t->batch = B;
     t->context = ctx;
     return st;
+}
+
+/* One more step at (ctx, B) with the kernel trace on (backend.h dsv4_bk_trace_*): its records
+ * appended to path, tagged "context:batch". Run after time_decode, so the step replays a graph
+ * that is already built. */
+enum { TRACE_RECORDS = 1 << 21 };
+static dsv4_status trace_decode(dsv4_engine *e, const dsv4_model *m, const char *path, int64_t ctx,
+                                int B, int32_t *slots, int32_t *ids, uint64_t *rng)
+{
+    dsv4_backend *b = dsv4_engine_backend(e);
+    DSV4_TRY(seek_all(e, B, ctx));
+    DSV4_TRY(decode_steps(e, slots, ids, B, WARMUP_STEPS, m->cfg.vocab_size, rng));
+    DSV4_TRY(dsv4_bk_sync(b));
+    DSV4_TRY(dsv4_bk_trace_begin(b, TRACE_RECORDS));
+    dsv4_status st = decode_steps(e, slots, ids, B, 1, m->cfg.vocab_size, rng);
+    char tag[48];
+    snprintf(tag, sizeof tag, "%lld:%d", (long long)ctx, B);
+    const dsv4_status end = dsv4_bk_trace_end(b, path, tag); /* ends it on every path */
+    return st != DSV4_OK ? st : end;
 }
 
 static dsv4_status time_prefill(dsv4_engine *e, const dsv4_model *m, int64_t n, uint64_t *rng,
@@ -969,6 +994,11 @@ static dsv4_status run_engine(const bench_args *a, dsv4_model *m, bench_out *o)
         fprintf(stderr, "dsv4 bench: prefill of %lld tokens\n", (long long)a->prefill);
         st = time_prefill(e, m, a->prefill, &rng, &o->prefill_s);
     }
+    if (st == DSV4_OK && a->trace) { /* trace_decode appends */
+        FILE *f = fopen(a->trace, "w");
+        if (!f || fclose(f) != 0)
+            st = dsv4_fail(DSV4_ERR_IO, "cannot create the trace file %s", a->trace);
+    }
     for (int ci = 0; st == DSV4_OK && ci < a->n_contexts; ci++)
         for (int bi = 0; st == DSV4_OK && bi < a->n_batches; bi++) {
             fprintf(stderr, "dsv4 bench: decode at context %lld, batch %d\n",
@@ -976,6 +1006,9 @@ static dsv4_status run_engine(const bench_args *a, dsv4_model *m, bench_out *o)
             st = time_decode(e, m, a, a->contexts[ci], a->batches[bi], slots, ids, &rng,
                              &o->rows[o->n_rows]);
             if (st == DSV4_OK) o->n_rows++;
+            if (st == DSV4_OK && a->trace)
+                st =
+                    trace_decode(e, m, a->trace, a->contexts[ci], a->batches[bi], slots, ids, &rng);
         }
     /* per-op tables at the first context: batch 1 and batch 64 (or the largest batch) */
     const int prof_b[2] = {1, max_b < 64 ? max_b : 64};

@@ -76,7 +76,8 @@ static dsv4_status hc_seam(dsv4_engine *e, const dsv4_weight *fn, const float *b
     eng_scratch *s = &e->s;
     const int n = c->hc_mult, it = c->hc_sinkhorn_iters;
     const int64_t D = c->hidden_size;
-    DSV4_TRY(dsv4_bk_side_join(e->b)); /* the previous seam's post and comb */
+    /* the previous seam's post and comb, made a sublayer ago on the side chain */
+    DSV4_TRY(dsv4_bk_side_join_settled(e->b));
     if (N > SEAM_SPLIT_ROWS) {
         DSV4_TRY(dsv4_bk_hc_seam(e->b, s->h, xh, s->Xo, s->post, s->comb, s->X, s->f, s->post,
                                  s->comb, fn, base, scale, norm, N, n, D, it, c->hc_eps,
@@ -266,7 +267,7 @@ dsv4_status dsv4_engine_forward(dsv4_engine *e, int N)
         DSV4_TRY(moe(e, L, &rows));
     }
     /* the last MoE's post-mix (X and Xo swap), head collapse X [N, n, D] -> y, final norm -> h */
-    DSV4_TRY(dsv4_bk_side_join(e->b)); /* the last seam's post and comb */
+    DSV4_TRY(dsv4_bk_side_join_settled(e->b)); /* the last seam's post and comb */
     const int posted = e->n_layers > 0;
     DSV4_TRY(dsv4_bk_hc_head_site(e->b, s->h, posted ? s->Xo : NULL, s->X, posted ? s->f : NULL,
                                   s->post, s->comb, &e->hc_head_fn, e->hc_head_base,

@@ -212,6 +212,8 @@ extern "C" void dsv4_cuda_bk_weight_free(dsv4_backend *b, dsv4_weight *w)
 /* ---- graphs ---------------------------------------------------------------------------------- */
 extern "C" dsv4_status dsv4_cuda_bk_graph_begin(dsv4_backend *b)
 {
+    int n_settled = 0;
+    (void)dsv4_cuda_settled_take(b->cuda, &n_settled); /* a capture that never ended */
     CUDA_TRY(cudaStreamBeginCapture(dsv4_cuda_stream(b->cuda), cudaStreamCaptureModeThreadLocal));
     return DSV4_OK;
 }
@@ -224,7 +226,14 @@ extern "C" dsv4_status dsv4_cuda_bk_graph_begin(dsv4_backend *b)
  * launch-completion port, measured 2-15% slower, waiting grids cascaded down the chain and held
  * the SM slots). Safe only because every kernel executes DSV4_PDL_WAIT() before touching memory
  * (cuda/pdl.cuh). */
-static cudaError_t programmatic_edges(cudaGraph_t g)
+static int node_in(cudaGraphNode_t n, const cudaGraphNode_t *set, int count)
+{
+    for (int i = 0; i < count; i++)
+        if (set[i] == n) return 1;
+    return 0;
+}
+
+static cudaError_t programmatic_edges(cudaGraph_t g, const cudaGraphNode_t *settled, int n_settled)
 {
     size_t n = 0;
     cudaError_t err = cudaGraphGetEdges(g, NULL, NULL, NULL, &n);
@@ -239,7 +248,8 @@ static cudaError_t programmatic_edges(cudaGraph_t g)
         if ((err = cudaGraphNodeGetType(from[i], &tf)) != cudaSuccess) break;
         if ((err = cudaGraphNodeGetType(to[i], &tt)) != cudaSuccess) break;
         if (tf != cudaGraphNodeTypeKernel || tt != cudaGraphNodeTypeKernel ||
-            data[i].type != cudaGraphDependencyTypeDefault || data[i].from_port != 0)
+            data[i].type != cudaGraphDependencyTypeDefault || data[i].from_port != 0 ||
+            node_in(from[i], settled, n_settled))
             continue;
         cudaGraphEdgeData pe;
         memset(&pe, 0, sizeof pe);
@@ -278,7 +288,9 @@ extern "C" dsv4_status dsv4_cuda_bk_graph_end(dsv4_backend *b, void **graph)
         cudaGraphDestroy(g);
         return joined;
     }
-    cudaError_t err = b->pdl ? programmatic_edges(g) : cudaSuccess;
+    int n_settled = 0;
+    const cudaGraphNode_t *settled = dsv4_cuda_settled_take(b->cuda, &n_settled);
+    cudaError_t err = b->pdl ? programmatic_edges(g, settled, n_settled) : cudaSuccess;
     size_t n_nodes = 0;
     if (err == cudaSuccess) err = cudaGraphGetNodes(g, NULL, &n_nodes);
     cudaGraphNode_t *nodes = (cudaGraphNode_t *)malloc((n_nodes ? n_nodes : 1) * sizeof *nodes);

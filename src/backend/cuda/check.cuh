@@ -22,6 +22,16 @@ size_t dsv4_lin_f8w_ws_bytes(void);
 /* The sparse attention's cache of cluster capacities (bk_attn.cu sa_capacity), per context. */
 enum { DSV4_ATTN_CAP_SLOTS = 128 };
 int *dsv4_cuda_attn_cap(dsv4_cuda_ctx *ctx);
+/* context.cu: the side chains' nodes joined as settled in the graph being captured, handed to
+ * graph_end (and forgotten there); at most DSV4_CUDA_SETTLED_MAX a graph are kept. */
+enum { DSV4_CUDA_SETTLED_MAX = 256 };
+const cudaGraphNode_t *dsv4_cuda_settled_take(dsv4_cuda_ctx *ctx, int *n);
+/* The kernel trace's buffer while one is on (trace.cu; trace builds only). */
+typedef struct dsv4_cuda_trace {
+    void *buf; /* the record count, then the records */
+    unsigned cap;
+} dsv4_cuda_trace;
+dsv4_cuda_trace *dsv4_cuda_trace_state(dsv4_cuda_ctx *ctx);
 
 /* Launch check: the last launch's configuration error, as CUDA_TRY. */
 #define CUDA_LAUNCHED() CUDA_TRY(cudaGetLastError())

@@ -24,6 +24,11 @@ struct dsv4_cuda_ctx {
     void *f8w_ws[2];  /* F8W's x codes and W16's bf16 x, one per stream (main, side):
                          linear_f8w.cu, linear_w16.cu (both run in stream order) */
     int attn_cap[DSV4_ATTN_CAP_SLOTS]; /* bk_attn.cu sa_capacity: clusters the device holds */
+    dsv4_cuda_trace trace;             /* trace.cu */
+    /* the side chains' last nodes joined by dsv4_cuda_side_join_settled in the graph being
+       captured: their edges to the main chain stay plain (bk_memory.cu programmatic_edges) */
+    cudaGraphNode_t settled[DSV4_CUDA_SETTLED_MAX];
+    int n_settled;
 };
 
 size_t dsv4_lin_w16_ws_bytes(void); /* linear_w16.cu */
@@ -66,6 +71,7 @@ extern "C" void dsv4_cuda_ctx_destroy(dsv4_cuda_ctx *ctx)
     cudaSetDevice(ctx->device);
     for (int i = 0; i < 2; i++)
         if (ctx->f8w_ws[i]) cudaFree(ctx->f8w_ws[i]);
+    if (ctx->trace.buf) cudaFree(ctx->trace.buf); /* a trace begun and never ended */
     if (ctx->join) cudaEventDestroy(ctx->join);
     if (ctx->fork) cudaEventDestroy(ctx->fork);
     if (ctx->side) cudaStreamDestroy(ctx->side);
@@ -106,6 +112,33 @@ extern "C" dsv4_status dsv4_cuda_side_join(dsv4_cuda_ctx *ctx)
     ctx->join_pending = 0;
     CUDA_TRY(cudaStreamWaitEvent(ctx->stream, ctx->join, 0));
     return DSV4_OK;
+}
+
+/* A join whose side work is long done when the main chain gets here (the mHC seam's weights
+ * half, joined a sublayer later): as dsv4_cuda_side_join, and under capture the side chain's
+ * last nodes are noted, so that their edges to the next main kernel stay plain dependencies and
+ * only its edge from the main chain becomes programmatic. A kernel with two programmatic
+ * upstream edges was placed ~3 us after its main predecessor's trigger, against ~1.5 us with
+ * one (dsv4 bench --trace, H100, Flash batch 1: the attention's seam after the MoE). */
+extern "C" dsv4_status dsv4_cuda_side_join_settled(dsv4_cuda_ctx *ctx)
+{
+    if (ctx->on_side) DSV4_TRY(dsv4_cuda_side_end(ctx));
+    if (!ctx->join_pending) return DSV4_OK;
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    const cudaGraphNode_t *deps = NULL;
+    size_t nd = 0;
+    CUDA_TRY(cudaStreamGetCaptureInfo(ctx->side, &cs, NULL, NULL, &deps, NULL, &nd));
+    for (size_t i = 0; cs == cudaStreamCaptureStatusActive && i < nd; i++)
+        if (ctx->n_settled < DSV4_CUDA_SETTLED_MAX) ctx->settled[ctx->n_settled++] = deps[i];
+    return dsv4_cuda_side_join(ctx);
+}
+
+/* The nodes dsv4_cuda_side_join_settled noted since the last call (a graph's capture). */
+const cudaGraphNode_t *dsv4_cuda_settled_take(dsv4_cuda_ctx *ctx, int *n)
+{
+    *n = ctx->n_settled;
+    ctx->n_settled = 0;
+    return ctx->settled;
 }
 
 extern "C" dsv4_status dsv4_cuda_alloc(dsv4_cuda_ctx *ctx, size_t bytes, void **out)
@@ -188,4 +221,9 @@ void *dsv4_cuda_f8w_ws(dsv4_cuda_ctx *ctx)
 int *dsv4_cuda_attn_cap(dsv4_cuda_ctx *ctx)
 {
     return ctx->attn_cap;
+}
+
+dsv4_cuda_trace *dsv4_cuda_trace_state(dsv4_cuda_ctx *ctx)
+{
+    return &ctx->trace;
 }

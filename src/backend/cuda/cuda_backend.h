@@ -28,6 +28,9 @@ dsv4_status dsv4_cuda_ctx_sync(dsv4_cuda_ctx *ctx);
 dsv4_status dsv4_cuda_side_begin(dsv4_cuda_ctx *ctx);
 dsv4_status dsv4_cuda_side_end(dsv4_cuda_ctx *ctx);
 dsv4_status dsv4_cuda_side_join(dsv4_cuda_ctx *ctx);
+/* side_join for a side chain that is long done when the main chain gets here: in a graph the
+ * join stays a plain dependency, so the next kernel keeps its early launch from the main chain. */
+dsv4_status dsv4_cuda_side_join_settled(dsv4_cuda_ctx *ctx);
 
 /* Copies w's bytes (and scales) to the device; *out describes them there. Free with
  * dsv4_cuda_weight_free. */

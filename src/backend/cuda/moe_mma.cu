@@ -130,6 +130,7 @@ static __device__ __forceinline__ void pdl_wait_once(const moe_mma_args &a, int 
         DSV4_PDL_WAIT();
     } else if (pend > 1) {
         const int need = (int)((a.I + 127) >> 7);
+        DSV4_TRACE_ENTER(tr);
         if ((threadIdx.x & 31) == 0) {
             const int32_t *p = a.ready + (int64_t)(pend - 2) * MOE_RDY_STRIDE;
             for (;;) {
@@ -140,6 +141,7 @@ static __device__ __forceinline__ void pdl_wait_once(const moe_mma_args &a, int 
             }
         }
         __syncwarp();
+        DSV4_TRACE_LEAVE(tr);
         DSV4_PDL_RELEASE();
     }
     pend = 0;

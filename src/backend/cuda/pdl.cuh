@@ -18,17 +18,33 @@
 #ifndef DSV4_BACKEND_CUDA_PDL_CUH
 #define DSV4_BACKEND_CUDA_PDL_CUH
 
+/* A trace build (cmake -DDSV4_TRACE=ON) times every macro below: trace.cuh. */
+#ifdef DSV4_TRACE
+#include "backend/cuda/trace.cuh"
+#else
+#define DSV4_TRACE_ENTER(o) ((void)0)
+#define DSV4_TRACE_LEAVE(o) ((void)0)
+#endif
+
 /* Waits until the grids this one depends on have completed and their writes are visible, then
  * lets the next grid launch once every CTA of this one got here (its CTAs then wait in turn). */
+#ifndef DSV4_TRACE
 #define DSV4_PDL_WAIT()                                                                            \
     asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
+#else /* trace.cuh: the same in a scope that records its times (a declaration) */
+#define DSV4_PDL_WAIT() DSV4_TRACE_SCOPE(1)
+#endif
 
 /* The two halves of DSV4_PDL_WAIT, for a kernel that keeps the next grid from launching past its
  * wait (the indexer's split top-k, bk_topk.cu: the next grid would take SMs it still needs): it
  * waits with DSV4_PDL_WAIT_HELD() and lets the next grid launch later with DSV4_PDL_RELEASE() or
  * by exiting. */
+#ifndef DSV4_TRACE
 #define DSV4_PDL_WAIT_HELD() asm volatile("griddepcontrol.wait;" ::: "memory")
-#define DSV4_PDL_RELEASE()   asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define DSV4_PDL_WAIT_HELD() DSV4_TRACE_SCOPE(2)
+#endif
+#define DSV4_PDL_RELEASE() asm volatile("griddepcontrol.launch_dependents;" ::: "memory")
 
 /* Opens a kernel that waits later instead (tools/check_pdl.sh accepts either): before its wait it
  * may read only what no launch of the last two writes (weights, tables, and data of a launch two
@@ -38,6 +54,10 @@
  * ptxas moves ld.global.nc (__ldg) below griddepcontrol.wait (session 10, bk_hc.cu's ld_w4).
  * One exception: the MoE's stage 2 with RDY (moe_mma.cu) waits on its inputs by a counter of the
  * launch before instead, and ends only after that launch's last store. */
+#ifndef DSV4_TRACE
 #define DSV4_PDL_LATE() ((void)0)
+#else /* trace.cuh: a scope that records the CTA's start and end */
+#define DSV4_PDL_LATE() DSV4_TRACE_SCOPE(0)
+#endif
 
 #endif
