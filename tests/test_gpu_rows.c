@@ -353,6 +353,41 @@ static void aq_case(const char *label, int64_t N, int64_t width, int64_t ldx, in
     free(got);
 }
 
+/* Every finite bf16 value through act_quant's e4m3 rounding (the device's hardware conversion,
+ * quant_dev.cuh) against the CPU's dsv4_round_e4m3, bit for bit: blocks of 128 that open with
+ * 448 * 2^k, so that the block scale is 2^k (the floor of 1e-4 / 448 where that is larger), then
+ * 127 of the values up to it in magnitude, both signs, zeros, subnormals. k from -40 (results
+ * that underflow into e4m3's subnormals and to zero) to 40. */
+static void test_act_quant_bf16_sweep(void)
+{
+    static const int ks[] = {-40, -13, -1, 0, 1, 13, 40};
+    for (size_t ki = 0; ki < sizeof ks / sizeof ks[0]; ki++) {
+        const float top = ldexpf(448.0f, ks[ki]);
+        float *x = malloc((size_t)(65536 / 127 + 2) * 128 * 4);
+        int64_t n = 0;
+        for (uint32_t u = 0; u < 65536; u++) {
+            const float v = dsv4_bf16_to_f32((uint16_t)u);
+            if (!isfinite(v) || fabsf(v) > top) continue;
+            if (n % 128 == 0) x[n++] = top;
+            x[n++] = v;
+        }
+        while (n % 128) x[n++] = 0.0f;
+        float *want = calloc((size_t)n, 4), *got = malloc((size_t)n * 4);
+        float *dx = dev_from(x, (size_t)n * 4), *dy = dev_from(NULL, (size_t)n * 4);
+        ok(dsv4_cpu_bk_act_quant(cpu, want, n, x, n, 1, n, 128), "cpu act_quant");
+        GPU_CALL(dsv4_cuda_bk_act_quant(gpu, dy, n, dx, n, 1, n, 128));
+        host_from(got, dy, (size_t)n * 4);
+        char l[64];
+        snprintf(l, sizeof l, "every bf16 value, scale 2^%d", ks[ki]);
+        compare("act_quant", l, got, want, n, EXACT);
+        dsv4_bk_free(gpu, dx);
+        dsv4_bk_free(gpu, dy);
+        free(x);
+        free(want);
+        free(got);
+    }
+}
+
 static void test_act_quant(const shape *s, int N)
 {
     aq_case(s->name, N, s->D, s->D, s->D, 128, 0);                   /* linear input */
@@ -844,6 +879,7 @@ int main(int argc, char **argv)
     const int *Ns = small ? Ns_small : Ns_full, nN = small ? 3 : 5;
 
     test_fill_bf16(small ? 1000 : 3000001, 7);
+    test_act_quant_bf16_sweep();
     for (int si = 0; si < nshapes; si++) {
         const shape *s = shapes[si];
         float fr[3][DSV4_ROPE_MAX / 2];
