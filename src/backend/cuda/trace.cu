@@ -40,9 +40,18 @@ extern "C" dsv4_status dsv4_cuda_bk_trace_begin(dsv4_backend *b, int64_t max_rec
                          (long long)max_records);
     CUDA_TRY(cudaMalloc(&t->buf, (size_t)max_records * sizeof(dsv4_trace_rec) + 256));
     t->cap = (unsigned)max_records;
-    CUDA_TRY(cudaMemset(t->buf, 0, 256));
     const dsv4_trace_dev d = {(dsv4_trace_rec *)((char *)t->buf + 256), (unsigned *)t->buf, t->cap};
-    return trace_point(&d);
+    dsv4_status st = DSV4_OK;
+    if (cudaMemset(t->buf, 0, 256) != cudaSuccess)
+        st = dsv4_fail(DSV4_ERR_DEVICE, "trace: zeroing the record count");
+    if (st == DSV4_OK) st = trace_point(&d);
+    if (st != DSV4_OK) { /* not on: no unit keeps the buffer */
+        const dsv4_trace_dev off = {NULL, NULL, 0};
+        (void)trace_point(&off);
+        cudaFree(t->buf);
+        t->buf = NULL;
+    }
+    return st;
 }
 
 extern "C" dsv4_status dsv4_cuda_bk_trace_end(dsv4_backend *b, const char *path, const char *tag)
