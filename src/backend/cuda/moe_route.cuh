@@ -129,9 +129,6 @@ static __device__ __forceinline__ void moe_route_row(moe_route_smem &sm, int32_t
     __syncthreads();
 }
 
-/* sel [NK] -> the work list L (moe.cuh moe_list), by the whole CTA; wl: 3 E ints of shared
- * memory (cnt, off, fill). Counts and slots by shared-memory atomics, offsets by one warp's
- * scan. sel is read through L2 (__ldcg): other CTAs of the same grid may have written it. */
 /* moe_list_build for at most 32 pairs (decode at up to 5 rows of 6 experts), by warp 0 alone with
  * no shared memory and no barrier: lane p holds pair p; its group's offset is the number of valid
  * pairs of a lower expert, its active index the number of distinct lower experts, and the pairs of
@@ -169,6 +166,10 @@ static __device__ __forceinline__ void moe_list_build_warp(const moe_list &L, co
     if (lane == 0) *L.n_active = __popc(fmask);
 }
 
+/* sel [NK] -> the work list L (moe.cuh moe_list), by the whole CTA; wl: 3 E ints of shared
+ * memory (cnt, off, fill). Counts and slots by shared-memory atomics, offsets by one warp's
+ * scan; at most 32 pairs, moe_list_build_warp. sel is read through L2 (__ldcg): other CTAs of the
+ * same grid may have written it. */
 static __device__ __forceinline__ void moe_list_build(const moe_list &L, const int32_t *sel,
                                                       int64_t NK, int E, int32_t *wl)
 {
