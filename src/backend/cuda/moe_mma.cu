@@ -41,7 +41,7 @@
  * half of copy bandwidth: each warp's loads and its arithmetic run in series (ncu, stage 1 at
  * N = 1: 0.32 instructions a cycle a scheduler from ~3 warps, half of a warp's cycles waiting on
  * its loads, the rest on the arithmetic's dependences), so neither the bandwidth nor the issue
- * ceiling is reached. At batch 64 they stream at about 70% of copy. What the kernels keep, each
+ * ceiling is reached. At batch 64 they stream at about 70-75% of copy. What the kernels keep, each
  * measured against its alternative in the engine step:
  *   - the widening by bit operations (moe_frag.cuh, 11 operations a word of 8 nibbles; an e4m3
  *     placement on m16n8k32 mmas has fewer instructions but was slower: ptxas lowers those mmas
@@ -1002,46 +1002,50 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * loop); stage 2: 8 loads a lane in the two-half ring, 4 CTAs per SM (no spills). The best
      * of the 8 (MINB, PIPE, LOADS) choices per stage on H100 (test_gpu_moe; the figures are in the
      * git history of this file's header). Where the routed experts average 1.125 tokens or more (8
-     * N K >= 9 E), passes of 2 token groups (MXFP4 4 tokens, FP8 16): stage 1 (from 1.2 tokens,
-     * 5 N K >= 6 E; below, its 1-group kernel at 4 CTAs an SM beat the 2-group one, where most
-     * tasks run one-group passes anyway: Flash batch 48 / 50 / 52 / 54 -1.1 / -0.8 / -0.7 /
-     * -0.3%, 56 / 60 +0.1 / +0.7%, Pro 72 / 76 -1.3 / -0.7%, 80 / 88 / 96 +1.8 / +2.5 / +1.6%;
-     * docs/PERF.md, session 23) at 3 CTAs per SM (168 registers, no spills) with 4 loads a lane
-     * and its FP8 (shared expert) passes of one group; stage 2 at 4 CTAs per SM (128 registers,
-     * 16-32 bytes of stack), 8 loads a lane (3 CTAs until session 18; 4 is faster on the tiled
-     * layout: Flash batch 64 / 128 / 256 -2.2 / -1.8 / -1.7%, Pro 96 / 128 / 256 -1.5 / -1.5 /
-     * -1.3%, Flash prefill +1.9%; docs/PERF.md). Below that most experts have one token, the
-     * second group would be empty and the lower occupancy costs.
-     * The rule was N K >= 2 E until session 18: with the L2 prefetch below (session 15) and stage 2
-     * at 4 CTAs the 2-group kernels win from ~1.1 E (dsv4 bench, H100, ms/step, 1-group / 2-group:
-     * Flash batch 40 (0.94 E) 4.97-4.98 / 5.03-5.04, 44 (1.03 E) 5.29-5.30 / 5.28-5.30, 48 (1.125
-     * E) 5.58 / 5.53-5.54, 52 (1.22 E) 5.87 / 5.77-5.79; Pro 56 (0.875 E) 7.92-7.93 / 7.98-8.00, 64
-     * (1.0 E) 8.66 / 8.66, 72 (1.125 E) 9.71 / 9.60; docs/PERF.md, session 18). Engine step (dsv4
-     * bench, H100, 2-group kernels from N K >= E / 2 E / never, ms): Flash batch 64 10.09 / 9.64
-     * / 9.65, 128 16.02 / 16.10 / 16.58, 256 25.44 / 25.39 / 27.85; Pro batch 64 13.23 / 12.46
-     * / 12.45, 128 21.29 / 21.31 / 21.81 (docs/PERF.md, session 6). test_gpu_moe's routing
-     * concentrates the tokens on fewer experts, where the rule N K >= E looked right. The kernels
-     * load the weights past L1 (moe_ldw; the 1-group ones since session 6: engine step batch 1 / 8
-     * / 64 -4.3 / -2.9 / -1.8%, docs/PERF.md session 6; the 2-group ones since session 15, on the
-     * tiled layout: Flash batch 96 / 128 / 256 -0.6 / -0.4 / -0.2%, Pro 128 / 256 -0.4%, Pro
-     * prefill +1.2%). The 2-group kernels also prefetch the task's blocks of the next iteration
-     * into L2 (L2P, prefetch_blocks: one bulk prefetch a matrix, possible since the tiled layout):
-     * Flash batch 96 / 128 / 256 -3.3 / -2.8 / -1.6%, Pro 128 / 256 -5.2 / -4.1%, prefill +1.4% /
-     * +5.1%. In the 1-group kernels it cost batch 1-8 1-5% (a runtime switch: two iterations ahead
-     * and more were slower everywhere), so not there (docs/PERF.md, session 15); but stage 2's
-     * 1-group kernel with it from S2_L2P_ROWS rows gains (session 18, compile-time instances:
-     * Flash batch 8 / 16 / 32 / 48 -0.6 / -1.2 / -1.3 / -1.6%, Pro 8 / 16 / 64 -0.8 / -1.2 /
-     * -1.9%; at 5-6 rows +-0.3%), where stage 1's loses (Flash 32 / 64 +0.9 / +1.3%).
-     * From 5 rows the kernels are the PFX instances: prefetch_x issued where a.N > 16. What pays
-     * is how ptxas allocates them with that flag live (4-CTA stage 2: 64 bytes of stack against
-     * 48), not the prefetch: compiled in unconditionally it gained nothing, at 5-16 rows it is
-     * off and they gain all the same, and at 2 rows they cost 1% (docs/PERF.md, sessions 12 and
-     * 13). H100, dsv4 bench, ms/step, above 16 rows, one call against 8897961: Flash 4 layers
-     * batch 17 3.345 -> 3.307, 32 4.761 -> 4.692, 64 7.552 -> 7.410, 128 11.854 -> 11.683; Pro 2
-     * layers 24 5.058 -> 4.971, 64 9.868 -> 9.695, 128 16.713 -> 16.399 (-1.1 to -1.9%). From 5
-     * rows instead of 17 (one binary, a switch): Flash batch 5 1.841 -> 1.833, 8 2.259 -> 2.247,
-     * 9 2.367 -> 2.351, 16 3.194 -> 3.172; Pro 8 2.775 -> 2.748, 12 3.351 -> 3.315, 16 3.961 ->
-     * 3.911; from 2: batch 2 1.285 -> 1.299. Below 5 rows the kernels are as before. */
+     * N K >= 9 E), passes of 2 token groups (MXFP4 4 tokens, FP8 16): stage 1 at 3 CTAs per SM
+     * (168 registers, 72 bytes of stack) in the two-half ring of one chunk a half (4 loads a
+     * lane), its FP8 (shared expert) passes of one group. Until session 31 it loaded without the
+     * ring (no stack) and took over only from 5 N K >= 6 E (the 1-group kernel below that);
+     * the ring, in one binary against that (dsv4 bench, H100, ms/step, docs/PERF.md session 31):
+     * Flash batch 52 / 64 / 96 / 128 -3.1 / -2.9 / -2.2 / -1.9%, Pro 80 / 96 / 128 -0.9 / -0.9 /
+     * -0.5%; from 8 N K >= 9 E as the other stage (Flash 48 -2.1%, Pro 72 -0.5%), where from
+     * 7 N K >= 8 E lost (Flash 40 +0.5%, Pro 56 +0.9%). Slower: 2 CTAs an SM with 8 loads (with
+     * or without the ring) or 16 in the ring, 16 in the ring at 3, L2P 2, no L2P, FP8 in 2
+     * groups; at 8-44 rows the 1-group kernel in that ring at 3 CTAs (+3-7%). Stage 2 at 4 CTAs
+     * per SM (128 registers, 16-32 bytes of stack), 8 loads a lane (3 CTAs until session 18; 4 is
+     * faster on the tiled layout: Flash batch 64 / 128 / 256 -2.2 / -1.8 / -1.7%, Pro 96 / 128 /
+     * 256 -1.5 / -1.5 / -1.3%, Flash prefill +1.9%; docs/PERF.md). Below that most experts have one
+     * token, the second group would be empty and the lower occupancy costs. The rule was N K >= 2 E
+     * until session 18: with the L2 prefetch below (session 15) and stage 2 at 4 CTAs the 2-group
+     * kernels win from ~1.1 E (dsv4 bench, H100, ms/step, 1-group / 2-group: Flash batch 40 (0.94
+     * E) 4.97-4.98 / 5.03-5.04, 44 (1.03 E) 5.29-5.30 / 5.28-5.30, 48 (1.125 E) 5.58 / 5.53-5.54,
+     * 52 (1.22 E) 5.87 / 5.77-5.79; Pro 56 (0.875 E) 7.92-7.93 / 7.98-8.00, 64 (1.0 E) 8.66 / 8.66,
+     * 72 (1.125 E) 9.71 / 9.60; docs/PERF.md, session 18). Engine step (dsv4 bench, H100, 2-group
+     * kernels from N K >= E / 2 E / never, ms): Flash batch 64 10.09 / 9.64 / 9.65, 128 16.02
+     * / 16.10 / 16.58, 256 25.44 / 25.39 / 27.85; Pro batch 64 13.23 / 12.46 / 12.45, 128 21.29
+     * / 21.31 / 21.81 (docs/PERF.md, session 6). test_gpu_moe's routing concentrates the tokens on
+     * fewer experts, where the rule N K >= E looked right. The kernels load the weights past L1
+     * (moe_ldw; the 1-group ones since session 6: engine step batch 1 / 8 / 64 -4.3 / -2.9 / -1.8%,
+     * docs/PERF.md session 6; the 2-group ones since session 15, on the tiled layout: Flash batch
+     * 96 / 128 / 256 -0.6 / -0.4 / -0.2%, Pro 128 / 256 -0.4%, Pro prefill +1.2%). The 2-group
+     * kernels also prefetch the task's blocks of the next iteration into L2 (L2P, prefetch_blocks:
+     * one bulk prefetch a matrix, possible since the tiled layout): Flash batch 96 / 128 / 256 -3.3
+     * / -2.8 / -1.6%, Pro 128 / 256 -5.2 / -4.1%, prefill +1.4% / +5.1%. In the 1-group kernels it
+     * cost batch 1-8 1-5% (a runtime switch: two iterations ahead and more were slower everywhere),
+     * so not there (docs/PERF.md, session 15); but stage 2's 1-group kernel with it from
+     * S2_L2P_ROWS rows gains (session 18, compile-time instances: Flash batch 8 / 16 / 32 / 48 -0.6
+     * / -1.2 / -1.3 / -1.6%, Pro 8 / 16 / 64 -0.8 / -1.2 / -1.9%; at 5-6 rows +-0.3%), where stage
+     * 1's loses (Flash 32 / 64 +0.9 / +1.3%). From 5 rows the kernels are the PFX instances:
+     * prefetch_x issued where a.N > 16. What pays is how ptxas allocates them with that flag live
+     * (4-CTA stage 2: 64 bytes of stack against 48), not the prefetch: compiled in unconditionally
+     * it gained nothing, at 5-16 rows it is off and they gain all the same, and at 2 rows they cost
+     * 1% (docs/PERF.md, sessions 12 and 13). H100, dsv4 bench, ms/step, above 16 rows, one call
+     * against 8897961: Flash 4 layers batch 17 3.345 -> 3.307, 32 4.761 -> 4.692, 64 7.552
+     * -> 7.410, 128 11.854 -> 11.683; Pro 2 layers 24 5.058 -> 4.971, 64 9.868 -> 9.695, 128 16.713
+     * -> 16.399 (-1.1 to -1.9%). From 5 rows instead of 17 (one binary, a switch): Flash batch
+     * 5 1.841 -> 1.833, 8 2.259 -> 2.247, 9 2.367 -> 2.351, 16 3.194 -> 3.172; Pro 8 2.775
+     * -> 2.748, 12 3.351 -> 3.315, 16 3.961 -> 3.911; from 2: batch 2 1.285 -> 1.299. Below 5 rows
+     * the kernels are as before. */
     const unsigned b = WPC * 32;
     /* Stage 2's token rows a CTA in shared memory (XS, stage_x) from 2 rows, where a slot's
      * tiles fill whole CTAs (its warps then share the rows): two rows a pass in the 1-group
@@ -1053,7 +1057,7 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * Sized for the rows' scales too (the 1-group kernels stage them; session 23, with the
      * rows alone: Flash batch 16-40 -0.6 to -0.8%, Pro 64 -0.5%). */
     const size_t xs = (size_t)2 * I * 2 + (size_t)2 * ((I + 127) / 128) * 4, xs4 = 2 * xs;
-    const int two_groups = 8 * N * a->K >= 9 * a->E, two_groups1 = 5 * N * a->K >= 6 * a->E;
+    const int two_groups = 8 * N * a->K >= 9 * a->E;
     /* stage 2 waits per slot (RDY; the file header) in the 1-group kernels where stage 1's grid
      * (the host's bound on the active experts) is at most RDY_WAVES rounds, and at 1 row only
      * where it is more than one (Flash's is one, its warps end together: RDY +0.8%; Pro's 2.5:
@@ -1071,25 +1075,21 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
     const int use_xs =
         (N >= 2 || a->ready) && ((D + 15) / 16) % (WPC / ks2) == 0 && xs <= 32 * 1024;
     const int use_xs4 = use_xs && xs4 <= 32 * 1024;
-    if (!two_groups && N < 5) {
+    if (!two_groups && N < 5)
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 0><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
-        CUDA_LAUNCHED();
-        stage2_launch<4, 8, 1, 1, 0>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
-    } else if (!two_groups) {
+    else if (!two_groups)
         moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
-        CUDA_LAUNCHED();
-        if (N >= S2_L2P_ROWS)
-            stage2_launch<4, 8, 1, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
-        else
-            stage2_launch<4, 8, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
-    } else {
-        if (two_groups1)
-            moe_mma_stage_kernel<2, 3, 0, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
-        else
-            moe_mma_stage_kernel<2, 4, 0, 8, 1, 1, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
-        CUDA_LAUNCHED();
+    else
+        moe_mma_stage_kernel<2, 3, 1, 4, 2, 1, 1, 0, 1><<<(unsigned)g1, b, 0, st>>>(*a, ks1);
+    CUDA_LAUNCHED();
+    if (!two_groups && N < 5)
+        stage2_launch<4, 8, 1, 1, 0>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
+    else if (!two_groups && N >= S2_L2P_ROWS)
+        stage2_launch<4, 8, 1, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
+    else if (!two_groups)
+        stage2_launch<4, 8, 1, 1, 1>(st, a, (unsigned)g2, ks2, use_xs ? xs : 0);
+    else
         stage2_launch<4, 8, 2, 2, 1, 1>(st, a, (unsigned)g2, ks2, use_xs4 ? xs4 : 0);
-    }
     CUDA_LAUNCHED();
     const dim3 cgrid((unsigned)((D / 4 + 255) / 256), (unsigned)N);
     moe_mma_combine_kernel<<<cgrid, 256, 0, st>>>(out, a->y, sel, N, a->K, D, a->E);
