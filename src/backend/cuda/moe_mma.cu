@@ -1008,7 +1008,7 @@ dsv4_status moe_mma_run(cudaStream_t st, const moe_mma_args *a, const moe_route 
      * ring (no stack) and took over only from 5 N K >= 6 E (the 1-group kernel below that);
      * the ring, in one binary against that (dsv4 bench, H100, ms/step, docs/PERF.md session 31):
      * Flash batch 52 / 64 / 96 / 128 -3.1 / -2.9 / -2.2 / -1.9%, Pro 80 / 96 / 128 -0.9 / -0.9 /
-     * -0.5%; from 8 N K >= 9 E as the other stage (Flash 48 -2.1%, Pro 72 -0.5%), where from
+     * -0.5%; from 8 N K >= 9 E as the other stage (Flash 48 -2.0%, Pro 72 -0.5%), where from
      * 8 N K >= 7 E lost (Flash 40 +0.5%, Pro 56 +0.9%). Slower: 2 CTAs an SM with 8 loads (with
      * or without the ring) or 16 in the ring, 16 in the ring at 3, L2P 2, no L2P, FP8 in 2
      * groups; at 8-44 rows the 1-group kernel in that ring at 3 CTAs (+3-7%). Stage 2 at 4 CTAs
