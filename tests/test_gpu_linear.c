@@ -8,14 +8,16 @@
  * dsv4_bk_linear_multi: sets of projections of mixed formats and shapes (the layer's projections
  * of h; every stored format at once; entries the GEMV refuses), N 1..64, its one fused launch
  * (with and without split-K; the GEMV's up to N = 16, MMX's, FP8 and BF16 entries on tensor
- * cores, up to N = 64, with its K split forced to 1 and 8 too) against the CPU's per-entry
- * calls, under the same bound. FMM (FP8,
+ * cores, up to N = 64, with its K split forced to 1 and 8 too; W16X's, each entry a W16 call of
+ * one launch, likewise) against the CPU's per-entry calls, under the same bound (W16X: W16's,
+ * below), and again on bf16-valued x (xmix_mode 5), where W16X multiplies on its wgmma path rather
+ * than its exact f32 one. FMM (FP8,
  * N <= 64) on every FP8 call, at N 17..64 on the Flash wq_b, wo_a, wo_b and indexer wq_b shapes
  * (split over 1, 3, 7 and 8 CTAs of a cluster) and on small shapes with several x chunks. Then the
  * decode bandwidth of the projections, old kernel (GEMV) against new (MMV), at N = 32 and 64 the
  * tiled MMA kernel against FMM, of small matrices without and with split-K, and of the layer's
- * projections of h as separate calls against one multi launch (N = 16..64: MMX), weights read
- * from HBM (copies in turn, together larger than the L2), CUDA-graph replay and eager.
+ * projections of h as separate calls against one multi launch (N = 9..64: MMX and W16X), weights
+ * read from HBM (copies in turn, together larger than the L2), CUDA-graph replay and eager.
  *
  * Bound, per output element (the CUDA kernels differ from the CPU only in f32 summation order,
  * plus, on the MMA path and on MMV with BF16 weights, x split into two bf16 halves whose
@@ -38,6 +40,8 @@
  * call) it multiplies e4m3 codes, and its bound comes from the tensor cores' accumulation model (a
  * k32 wgmma sums 33 addends aligned to the largest, truncated to 14 significant bits: each off by <
  * 2^-13 of the block's sum |w x|, 4 k32 steps a block): |err| <= (1e-5 + 4 * 33 * 2^-13) * S.
+ * W16 and W16X (bf16 wgmma, linear_w16.cu) likewise with 8 k16 steps of 17 addends a block:
+ * (1e-5 + 136 * 2^-13) * S (test_gpu_linear_w16.c).
  * Outside [N, nrows] the output buffer must be untouched; the same call twice must give the same
  * bits.
  *
@@ -46,7 +50,7 @@
  * cases on act_quant'd x, for racecheck, whose full --small run takes minutes; --check: the full
  * correctness cases without the timing; --fmm-bench: only the FMM timing lines, N = 32 and 64 on
  * the Flash shapes, to compare builds in one device call; --multi-bench: only the projections of h
- * at N = 16, 32, 64, one call per entry against MMX; --mmv-bench: only the FP8 projections MMV
+ * at N = 9..64, one call per entry against MMX and W16X; --mmv-bench: only the FP8 projections MMV
  * takes at N = 2..16, Flash and Pro shapes, the dispatcher's pick and MMV forced)
  */
 #include "backend/backend.h"
@@ -70,11 +74,16 @@
  * e4m3 times a power of two (the engine's act_quant output), in f32 otherwise: xmix_mode 3
  * act_quant's each row's blocks (dsv4_sim_act_quant, from the op's first column: mix_x's xoff,
  * width), 4 all but block 1 of the rows r % 5 == 2 (that block's tiles or K slices take the f32
- * path, the others the codes). */
+ * path, the others the codes). W16 and W16X (bf16 wgmma) multiply x as bf16 where every block of
+ * a tile is bf16-exact (the engine's h, and its act_quant'd h): xmix_mode 5 rounds x to bf16. */
 static int xmix_mode;
 
 static void mix_x(float *x, int64_t n, int64_t ldx, int64_t xoff, int64_t width)
 {
+    if (xmix_mode == 5) {
+        dsv4_sim_bf16(x, n);
+        return;
+    }
     if (xmix_mode >= 3) {
         for (int64_t r = 0; r < n / ldx; r++) {
             float *row = x + r * ldx + xoff;
@@ -99,8 +108,9 @@ static void mix_x(float *x, int64_t n, int64_t ldx, int64_t xoff, int64_t width)
  * f32 bound every kernel meets. Its f32 path (any other x) meets the f32 bound alone. */
 static double extra_bound(const char *what)
 {
-    if (!strcmp(what, "w16")) return 136.0 * 0x1p-13; /* W16's (test_gpu_linear_w16.c) */
-    return xmix_mode >= 3 && !strcmp(what, "f8w") ? 132.0 * 0x1p-13 : 0.0;
+    /* W16's (test_gpu_linear_w16.c), W16X's entries alike */
+    if (!strcmp(what, "w16") || !strcmp(what, "w16x")) return 136.0 * 0x1p-13;
+    return (xmix_mode == 3 || xmix_mode == 4) && !strcmp(what, "f8w") ? 132.0 * 0x1p-13 : 0.0;
 }
 
 /* ---- cases ----------------------------------------------------------------------------------- */
@@ -238,8 +248,8 @@ static const tcase small_cases[] = {
 /* ---- comparison ------------------------------------------------------------------------------ */
 /* kernels (DSV4_LIN_PATH_*), then "split": the GEMV split over a cluster's CTAs */
 static const char *path_name[] = {"auto", "gemv", "mma", "simt", "mmv",  "multi",
-                                  "fmm",  "mmx",  "f8w", "w16",  "split"};
-enum { NPATH = 11, SPLIT_STAT = 10 };
+                                  "fmm",  "mmx",  "f8w", "w16",  "w16x", "split"};
+enum { NPATH = 12, SPLIT_STAT = 11 };
 static double worst_by_path[NPATH]; /* the largest err/bound seen per kernel */
 static int64_t checks_by_path[NPATH];
 static int quiet; /* compare prints failures only */
@@ -564,6 +574,13 @@ static const mcase multi_small[] = {
       {"bf16 24x256", B16, 0, 24, 256, 0, 0, 0, 1},
       {"f16 9x256", H16, 0, 9, 256, 0, 0, 1, 1}},
      {1, 2, 3, 0}},
+    /* FP8 and BF16 of one width: W16X from 17 rows (6 tiles, partly filled; two x) */
+    {"small w16x",
+     3,
+     {{"fp8 100x1024", FP8, E8, 100, 1024, 0, 0, 1, 0},
+      {"bf16 130x1024", B16, 0, 130, 1024, 0, 0, 0, 1},
+      {"bf16 64x1024 own x", B16, 0, 64, 1024, 0, 0, 1, 0}},
+     {3, 17, 33, 64, 0}},
 };
 
 typedef struct mbuf {
@@ -593,6 +610,29 @@ static int gemv_takes(const mentry *me, int64_t ldx)
 static int mmx_takes(const mentry *me)
 {
     return (me->fmt == FP8 || me->fmt == B16) && me->cols % 128 == 0;
+}
+
+/* Whether W16X takes the case's entries at N rows (linear_w16.cu dsv4_lin_w16x_ok; device buffers
+ * are 256-byte aligned): every entry FP8 with block scales or BF16, of one width in whole
+ * 128-column blocks, x rows 16-byte aligned; N <= 64. auto: also the dispatcher's rule
+ * (bk_linear.cu W16X_NMIN, W16X_MIN_KS): N >= 33, two entries or more, all 64-row tiles in one wave
+ * of the H100's 132 SMs with a K split of two (at least 8 blocks). */
+static int w16x_takes(const mcase *mc, const mbuf *m, int64_t N, int autopath)
+{
+    int64_t tiles = 0;
+    for (int i = 0; i < mc->n; i++) {
+        const mentry *me = &mc->e[i];
+        if (!(me->fmt == FP8 || me->fmt == B16) || me->cols != mc->e[0].cols || me->cols % 128 ||
+            m[i].ldx % 4)
+            return 0;
+        tiles += (me->rows + 63) / 64;
+    }
+    if (autopath && N > 64) { /* the dispatcher's equal chunks of <= 64 rows */
+        const int64_t k = (N + 63) / 64;
+        N = (N + k - 1) / k;
+    }
+    if (N > 64) return 0;
+    return !autopath || (N >= 33 && mc->n >= 2 && tiles * 2 <= 132 && mc->e[0].cols >= 1024);
 }
 
 /* GPU: the multi op on every entry (outputs sentinel-filled first), forced to path/split;
@@ -677,44 +717,53 @@ static void run_multi(ctx *cx, const mcase *mc)
         }
         CHECK_MSG(st == DSV4_OK, "%s N=%lld: cpu: %s", mc->name, (long long)N, dsv4_last_error());
         if (st != DSV4_OK) break;
-        /* modes: auto (above 64 rows: MMX launches of <= 64 rows each), the GEMV's fused launch
-         * forced (N <= 16), split over 2 and 8 CTAs, and MMX's launch forced (N <= 64), its K
-         * split forced to 1 and 8 */
-        static const int mode_path[] = {
+        /* modes: auto (above 64 rows: launches of <= 64 rows each), the GEMV's fused launch
+         * forced (N <= 16), split over 2 and 8 CTAs, MMX's launch forced (N <= 64), its K split
+         * forced to 1 and 8, and W16X's likewise */
+        enum { NMODE = 10 };
+        static const int mode_path[NMODE] = {
             DSV4_LIN_PATH_AUTO, DSV4_LIN_PATH_MULTI, DSV4_LIN_PATH_MULTI, DSV4_LIN_PATH_MULTI,
-            DSV4_LIN_PATH_MMX,  DSV4_LIN_PATH_MMX,   DSV4_LIN_PATH_MMX};
-        static const int mode_split[] = {0, 0, 2, 8, 0, 1, 8};
-        static const char *mode_name[] = {"auto", "fused",       "fused split 2", "fused split 8",
-                                          "mmx",  "mmx split 1", "mmx split 8"};
+            DSV4_LIN_PATH_MMX,  DSV4_LIN_PATH_MMX,   DSV4_LIN_PATH_MMX,   DSV4_LIN_PATH_W16X,
+            DSV4_LIN_PATH_W16X, DSV4_LIN_PATH_W16X};
+        static const int mode_split[NMODE] = {0, 0, 2, 8, 0, 1, 8, 0, 1, 8};
+        static const char *mode_name[NMODE] = {
+            "auto",        "fused",       "fused split 2", "fused split 8", "mmx",
+            "mmx split 1", "mmx split 8", "w16x",          "w16x split 1",  "w16x split 8"};
         int gv_eligible = 0, mx_eligible = 0; /* entries the GEMV, MMX take */
         for (int i = 0; i < n; i++) {
             gv_eligible += gemv_takes(&mc->e[i], m[i].ldx);
             mx_eligible += mmx_takes(&mc->e[i]);
         }
-        for (int md = 0; md < 7; md++) {
+        const int wx_auto = w16x_takes(mc, m, N, 1), wx_eligible = w16x_takes(mc, m, N, 0);
+        for (int md = 0; md < NMODE; md++) {
             if ((md > 0 && md < 4 && N > 16) || (md >= 4 && N > 64)) continue;
             const int p = multi_gpu(cx, m, n, N, mode_path[md], mode_split[md], 0);
             if (p < 0) continue;
             const int fused = p == DSV4_LIN_PATH_MULTI, mx = p == DSV4_LIN_PATH_MMX;
+            const int wx = p == DSV4_LIN_PATH_W16X;
             if (md == 0) {
                 CHECK_MSG(fused == (N <= MULTI_NMAX && gv_eligible >= 2),
                           "%s N=%lld: auto took path %d", mc->name, (long long)N, p);
-                CHECK_MSG(mx == (N > MULTI_NMAX && mx_eligible >= 2),
+                CHECK_MSG(wx == wx_auto, "%s N=%lld: auto took path %d", mc->name, (long long)N, p);
+                CHECK_MSG(mx == (N > MULTI_NMAX && !wx_auto && mx_eligible >= 2),
                           "%s N=%lld: auto took path %d", mc->name, (long long)N, p);
             } else if (md < 4) {
                 CHECK_MSG(fused, "%s N=%lld %s: not fused (path %d)", mc->name, (long long)N,
                           mode_name[md], p);
-            } else {
+            } else if (md < 7) {
                 CHECK_MSG(mx == (mx_eligible >= 1), "%s N=%lld %s: path %d", mc->name, (long long)N,
                           mode_name[md], p);
+            } else {
+                CHECK_MSG(wx == wx_eligible, "%s N=%lld %s: path %d", mc->name, (long long)N,
+                          mode_name[md], p);
             }
-            if (mode_split[md] && (fused || mx))
+            if (mode_split[md] && (fused || mx || wx))
                 CHECK(dsv4_cuda_linear_last_split() == mode_split[md]);
             quiet = 1;
             quiet_worst = 0.0;
             for (int i = 0; i < n; i++) {
-                const int in =
-                    (fused && gemv_takes(&mc->e[i], m[i].ldx)) || (mx && mmx_takes(&mc->e[i]));
+                const int in = (fused && gemv_takes(&mc->e[i], m[i].ldx)) ||
+                               (mx && mmx_takes(&mc->e[i])) || wx;
                 compare(&m[i].tc, in ? path_name[p] : "auto", N, m[i].round, m[i].ldy, 0, m[i].yg,
                         m[i].yc, m[i].yu, m[i].S);
             }
@@ -1046,7 +1095,7 @@ static void bench_mmv(ctx *cx)
  * kernels and grids before it), "split" = one call per entry with split-K where the planner
  * takes it, "multi" = dsv4_bk_linear_multi (N = 16: its fused launch forced). Times per copy
  * of the set. */
-enum { TS_OLD = 0, TS_SPLIT = 1, TS_MULTI = 2 };
+enum { TS_OLD = 0, TS_SPLIT = 1, TS_MULTI = 2, TS_W16X = 3 }; /* TS_W16X: multi, W16X forced */
 
 typedef struct tset {
     const char *name;
@@ -1100,13 +1149,14 @@ static void tset_close(ctx *cx, tset *t)
 
 static dsv4_status tset_pass(ctx *cx, tset *t, int64_t N, int mode)
 {
-    const int old = dsv4_cuda_linear_force_path(mode == TS_MULTI && N > 8 ? DSV4_LIN_PATH_MMX
-                                                                          : DSV4_LIN_PATH_AUTO);
+    const int old = dsv4_cuda_linear_force_path(mode == TS_W16X             ? DSV4_LIN_PATH_W16X
+                                                : mode == TS_MULTI && N > 8 ? DSV4_LIN_PATH_MMX
+                                                                            : DSV4_LIN_PATH_AUTO);
     const int olds = dsv4_cuda_linear_force_split(mode == TS_OLD ? 1 : 0);
     dsv4_status st = DSV4_OK;
     for (int c = 0; st == DSV4_OK && c < t->nw; c++) {
         const dsv4_weight *w = &t->dw[c * t->n];
-        if (mode == TS_MULTI) {
+        if (mode == TS_MULTI || mode == TS_W16X) {
             dsv4_bk_linear_entry e[DSV4_BK_LINEAR_MULTI_MAX];
             for (int i = 0; i < t->n; i++)
                 e[i] =
@@ -1126,7 +1176,7 @@ static dsv4_status tset_pass(ctx *cx, tset *t, int64_t N, int mode)
 /* One timing line; returns the graph time per copy of the set (us), 0 on failure. */
 static double tset_line(ctx *cx, tset *t, int64_t N, int mode)
 {
-    static const char *mode_name[] = {"old", "split", "multi"};
+    static const char *mode_name[] = {"old", "split", "multi", "w16x"};
     dsv4_status st = tset_pass(cx, t, N, mode);
     const int path = dsv4_cuda_linear_last_path(), split = dsv4_cuda_linear_last_split();
     if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
@@ -1160,21 +1210,22 @@ static double tset_line(ctx *cx, tset *t, int64_t N, int mode)
 }
 
 /* The layer's projections of h at N = 9..64: one call per entry (split: HEAD's multi op above 8
- * rows) against MMX's one launch (multi). */
+ * rows) against MMX's one launch (multi) and W16X's (w16x; bf16 x, as the engine's). */
 static void bench_multi_mmx(ctx *cx)
 {
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 3; k++) {
         const mcase *mc = &multi_full[k];
         tset t;
         if (tset_open(cx, &t, mc->name, mc->n, mc->e)) {
-            static const int64_t ns[] = {16, 32, 64};
+            static const int64_t ns[] = {9, 16, 24, 32, 48, 64};
             for (size_t j = 0; j < sizeof ns / sizeof *ns; j++) {
                 const int64_t N = ns[j];
                 const double sp = tset_line(cx, &t, N, TS_SPLIT);
                 const double mu = tset_line(cx, &t, N, TS_MULTI);
-                if (sp > 0 && mu > 0)
-                    printf("  %-26s N=%-2lld singles / mmx = %.2fx\n", t.name, (long long)N,
-                           sp / mu);
+                const double wx = tset_line(cx, &t, N, TS_W16X);
+                if (sp > 0 && mu > 0 && wx > 0)
+                    printf("  %-26s N=%-2lld singles / mmx = %.2fx, mmx / w16x = %.2fx\n", t.name,
+                           (long long)N, sp / mu, mu / wx);
             }
         }
         tset_close(cx, &t);
@@ -1300,6 +1351,23 @@ int main(int argc, char **argv)
         printf(" %s %.3f (%lld calls)", path_name[p], worst_by_path[p],
                (long long)checks_by_path[p]);
     printf("\n");
+    /* bf16 x: W16X's wgmma path (the multi cases of FP8 and BF16 entries of one width) */
+    memset(worst_by_path, 0, sizeof worst_by_path);
+    memset(checks_by_path, 0, sizeof checks_by_path);
+    xmix_mode = 5;
+    if (!xq_only) {
+        if (small)
+            run_multi(&cx, &multi_small[2]);
+        else
+            for (int i = 0; i < 3; i++) run_multi(&cx, &multi_full[i]);
+    }
+    xmix_mode = 0;
+    printf("bf16 x (w16, w16x: bound (1e-5 + 136 2^-13) S): worst err/bound per kernel:");
+    for (int p = 1; p < NPATH; p++)
+        printf(" %s %.3f (%lld calls)", path_name[p], worst_by_path[p],
+               (long long)checks_by_path[p]);
+    printf("\n");
+    CHECK_MSG(xq_only || checks_by_path[DSV4_LIN_PATH_W16X] > 0, "no call took W16X");
 
     if (!small && !check_only) bench_multi(&cx);
     if (!small && !check_only) bench_all(&cx, 0);

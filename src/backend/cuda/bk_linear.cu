@@ -5,7 +5,8 @@
  *
  * Eight kernels, one result up to f32 summation order (each output is a plain f32 sum of
  * x_c * w_c, w decoded exactly; the order is fixed by the shape, so runs are bit-reproducible),
- * except F8W's and W16's (tensor-core sums per 128-column block, linear_f8w.cu, linear_w16.cu):
+ * except F8W's and W16's (W16X's too: tensor-core sums per 128-column block, linear_f8w.cu,
+ * linear_w16.cu):
  *   W16   BF16 weights at 3..128 rows, FP8 grouped at 3..128 (2 on >= 64 MB; w16_wins; more
  *         rows in chunks of <= 128, lin_chunks): x as bf16 (exact, else an f32 path), bf16
  *         wgmma from a TMA-fed shared-memory ring (linear_w16.cu);
@@ -25,7 +26,9 @@
  *   SIMT  everything else (F16/F32 weights at larger N, odd widths or alignments): f32 tiles
  *         (linear_tiled.cu);
  *   MMX   dsv4_bk_linear_multi's entries at 3..64 rows of x, FP8 and BF16 weights, in one
- *         launch (linear_fp8mma.cu; per entry FMM's numerics for FP8, MMA's for BF16).
+ *         launch (linear_fp8mma.cu; per entry FMM's numerics for FP8, MMA's for BF16);
+ *   W16X  the same at 33..64 rows where every entry is W16's and all fit one wave with a K
+ *         split: each entry a W16 call of one launch (linear_w16.cu; W16's numerics).
  * No atomics: split-K partial sums are combined in a fixed order (shared memory, then the
  * thread-block cluster's distributed shared memory). A grouped projection is one launch: the
  * group is a grid index. Launch shapes come from the matrix shape alone (LIN_SMS): a call makes
@@ -622,6 +625,9 @@ static dsv4_status launch_gemv(const lin_args *a, cudaStream_t st)
  * (gemv_multi_f816_kernel) 8 still measured best (Flash batch 1, ms/step, 4 / 8 / 12 / 16 x SMs:
  * 0.991 / 0.979 / 0.982 / 0.979; docs/PERF.md session 26). */
 enum { GV_MULTI_NMAX = 2, GV_MULTI_CTAS = 8 * LIN_SMS };
+/* W16X from this many rows, where its launch has at least W16X_MIN_KS K slices (measured:
+ * dsv4_cuda_bk_linear_multi) */
+enum { W16X_NMIN = 33, W16X_MIN_KS = 2 };
 
 typedef void (*gemv_multi_fn)(gv_multi);
 
@@ -795,6 +801,12 @@ static int f8w_wins(const lin_args *a)
 /* W16 (linear_w16.cu): bf16 wgmma from a TMA-fed ring, x as bf16 (exact, else an f32 path). */
 int dsv4_lin_w16_ok(const lin_args *a);
 dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st);
+/* W16X (linear_w16.cu): dsv4_bk_linear_multi's entries as W16 calls of one launch (same columns;
+ * min_ks > 0: every tile in one wave of >= min_ks K slices); force_ks > 0: that K split; *ks: the
+ * split taken. */
+int dsv4_lin_w16x_ok(const lin_args *as, int n, int min_ks);
+dsv4_status dsv4_lin_launch_w16x(const lin_args *as, int n, int force_ks, void *ws, cudaStream_t st,
+                                 int *ks);
 
 /* Whether W16 takes the call: BF16 weights at 3..128 rows (the MoE gate and the LM head, whose
  * x h is bf16-rounded), FP8 grouped at 3..128, 2 from 64 MB (wo_a, whose x o is bf16 but not
@@ -821,7 +833,8 @@ static int w16_wins(const lin_args *a)
 /* The dispatcher's choice (or the forced path where it takes the call). */
 static int lin_path(const lin_args *a)
 {
-    int path = force_path == DSV4_LIN_PATH_MULTI || force_path == DSV4_LIN_PATH_MMX
+    int path = force_path == DSV4_LIN_PATH_MULTI || force_path == DSV4_LIN_PATH_MMX ||
+                       force_path == DSV4_LIN_PATH_W16X
                    ? DSV4_LIN_PATH_AUTO
                    : force_path;
     if (path == DSV4_LIN_PATH_GEMV && !gemv_ok(a)) path = DSV4_LIN_PATH_AUTO;
@@ -1018,6 +1031,30 @@ extern "C" dsv4_status dsv4_cuda_bk_linear_multi(dsv4_backend *b, const dsv4_bk_
             DSV4_TRY(dsv4_cuda_bk_linear_multi(b, c, n, N - r0 < per ? N - r0 : per));
         }
         return DSV4_OK;
+    }
+    /* W16X_NMIN..64 rows: every entry as a W16 call of one launch, where W16X takes them all
+     * (forced: any N <= 64, any K split). Against MMX (test_gpu_linear --multi-bench, H100, graph
+     * replay, us, N = 24 / 32 / 48 / 64): Flash CSA layer 25.6 / 26.0 / 37.5 / 37.9 -> 17.4 /
+     * 17.6 / 21.1 / 22.1, HCA layer 19.1 / 19.4 / 30.0 / 30.5 -> 19.2 / 19.8 / 23.2 / 24.5 (at 9 /
+     * 16: 14.9 / 15.0 -> 17.9 / 18.5), Pro CSA (73 tiles: K split 1, MMX kept) 40.0 / 40.7 / 60.5
+     * / 61.0 -> 28.7 / 28.9 / 39.2 / 39.6. In the step (dsv4 bench, Flash 4 layers, Pro 2, same
+     * binary, W16X from 17 rows against none) Flash batch 24 / 32 0 / 0, 40 / 48 / 64 -0.6 / -0.6
+     * / -0.5%, Pro 32 -0.1%, 48 / 64 -0.3%: from 33 rows (docs/PERF.md, session 32). */
+    const int wx_forced = force_path == DSV4_LIN_PATH_W16X;
+    if (N <= 64 && (wx_forced || (force_path == DSV4_LIN_PATH_AUTO && N >= W16X_NMIN))) {
+        lin_args wx[DSV4_BK_LINEAR_MULTI_MAX];
+        int nw = 0;
+        for (int i = 0; i < n; i++)
+            if (as[i].nrows > 0) wx[nw++] = as[i];
+        if ((wx_forced ? nw >= 1 : nw >= 2) &&
+            dsv4_lin_w16x_ok(wx, nw, wx_forced ? 0 : W16X_MIN_KS)) {
+            int ks = 1;
+            DSV4_TRY(dsv4_lin_launch_w16x(wx, nw, wx_forced ? force_split : 0,
+                                          dsv4_cuda_f8w_ws(b->cuda), dsv4_cuda_stream(b->cuda),
+                                          &ks));
+            last_path = DSV4_LIN_PATH_W16X, last_split = ks;
+            return DSV4_OK;
+        }
     }
     /* 3..64 rows: the entries MMX takes in one tensor-core launch (forced: any N <= 64) */
     const int mx_forced = force_path == DSV4_LIN_PATH_MMX;

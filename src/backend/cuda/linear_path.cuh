@@ -29,6 +29,9 @@ enum {
                                 % 128, groups * cols <= 65536; dispatcher: BF16 at N >= 3, FP8
                                 grouped at N >= 3 (2 on >= 64 MB), chunks of <= 128 rows:
                                 linear_w16.cu) */
+    DSV4_LIN_PATH_W16X = 10, /* dsv4_bk_linear_multi's entries as W16 calls of one launch (N <=
+                                64; every entry BF16 or FP8 W16 takes, of the same columns, all
+                                tiles in one wave; dispatcher: N >= 33 with a K split of >= 2) */
 };
 
 /* Forces `path` for the following dsv4_cuda_bk_linear(_grouped, _multi) calls; a path that does

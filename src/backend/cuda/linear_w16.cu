@@ -43,6 +43,9 @@
  *
  * PDL: the producer issues the first tile's weight copies before griddepcontrol.wait, the tokens
  * only after it.
+ *
+ * W16X (at the end): dsv4_bk_linear_multi's entries (the projections of h at 33..64 rows) as W16
+ * calls of one launch, the kernel body shared (w16_body).
  */
 #include "backend/cuda/linear_common.cuh"
 #include "backend/cuda/wgmma_ring.cuh"
@@ -113,14 +116,13 @@ template <int TOK, bool F8> struct w16_shape {
 };
 
 /* ---- the prologue: x -> bf16, exact flags ---------------------------------------------------- */
-/* x [N, nkb 128] (ldx) -> workspace ws; grid nkb, 256 threads: warp w the tokens w, w + 8, ..
- * < TOK (past N: zeros; 4 tokens' loads in flight), lane l columns 4 l .. 4 l + 3; perm (FP8):
- * each 16 columns in w16_e4m3x4's order. */
-__global__ void __launch_bounds__(256)
-    w16_stage(const float *x, int64_t ldx, int N, int TOK, int perm, w16_ws ws)
+/* x's 128-column block kbx [N, 128] (ldx) -> the workspace's block kb (a CTA of 256 threads):
+ * warp w the tokens w, w + 8, .. < TOK (past N: zeros; 4 tokens' loads in flight), lane l columns
+ * 4 l .. 4 l + 3; perm (FP8): each 16 columns in w16_e4m3x4's order. */
+__device__ __forceinline__ void w16_stage_block(const float *x, int64_t ldx, int N, int TOK,
+                                                int perm, w16_ws ws, int kbx, int kb)
 {
-    DSV4_PDL_WAIT();
-    const int kb = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int h = lane >> 4, c = 4 * (lane & 15);
     int bad = 0;
     for (int n0 = warp; n0 < TOK; n0 += 32) {
@@ -130,7 +132,8 @@ __global__ void __launch_bounds__(256)
             const int n = n0 + 8 * i;
             vs[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             if (n < N)
-                vs[i] = *(const float4 *)(const void *)(x + n * ldx + (int64_t)kb * 128 + 4 * lane);
+                vs[i] =
+                    *(const float4 *)(const void *)(x + n * ldx + (int64_t)kbx * 128 + 4 * lane);
         }
 #pragma unroll
         for (int i = 0; i < 4; i++) {
@@ -160,6 +163,14 @@ __global__ void __launch_bounds__(256)
     }
     bad = __syncthreads_or(bad);
     if (threadIdx.x == 0) ws.exact[kb] = !bad;
+}
+
+/* x [N, nkb 128] (ldx) -> workspace ws; grid nkb, 256 threads (w16_stage_block). */
+__global__ void __launch_bounds__(256)
+    w16_stage(const float *x, int64_t ldx, int N, int TOK, int perm, w16_ws ws)
+{
+    DSV4_PDL_WAIT();
+    w16_stage_block(x, ldx, N, TOK, perm, ws, (int)blockIdx.x, (int)blockIdx.x);
 }
 
 /* d [NT][4] (+)= A (64 x k16 at descriptor da) . B (k16 x 8 NT at db), bf16, f32 accumulation;
@@ -245,7 +256,17 @@ typedef struct w16_plan {
     int rtiles, tiles; /* 64-row tiles per group, in all */
     int nkb, spc;      /* 128-column blocks of a group's row, per K slice */
     w16_ws ws;
+    int xkb; /* the call's first block of x in the workspace (a multi call's entry: w16_gx) */
 } w16_plan;
+
+/* Tile t of plan p (ring_at), its x blocks where the plan's are in the workspace (MX: a multi
+ * call's entry, else from block 0). */
+template <bool MX> __device__ __forceinline__ ring_tile w16_at(const w16_plan &p, int t)
+{
+    ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
+    if (MX) u.kbg += p.xkb;
+    return u;
+}
 
 /* The exact f32 path's sum (ring_fallback) of weight row wrow (its bytes w) times x over the
  * slice's blocks: per block the f32 sum of the products (BF16), times the weight block's scale
@@ -287,19 +308,45 @@ template <bool F8> struct w16_row_sum {
  * copies are issued before the PDL wait; if that tile turns out inexact, both sides still pass its
  * `pre` items (each group its own) so that every copy lands before the stage is reused (F8W's
  * scheme); the exact f32 path is then group 0's alone. */
-template <int TOK, bool F8, int W>
-__global__ void __launch_bounds__(128 * W + 32, 1)
-    w16_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx,
-               lin_args a, w16_plan p)
+/* The tiles of a CTA, t0(), t0() + step(), ..: one call's grid (w16_g1) or one tile of a multi
+ * call (w16_gx: its entry's plan, x blocks from the plan's xkb). w16_g1 reads the grid's
+ * registers where they are used, as the kernel did before W16X (the same SASS). */
+struct w16_g1 {
+    static constexpr bool MX = false;
+    __device__ unsigned t0() const
+    {
+        return blockIdx.x;
+    }
+    __device__ unsigned step() const
+    {
+        return gridDim.x;
+    }
+};
+struct w16_gx {
+    static constexpr bool MX = true;
+    unsigned t, n;
+    __device__ unsigned t0() const
+    {
+        return t;
+    }
+    __device__ unsigned step() const
+    {
+        return n;
+    }
+};
+
+template <int TOK, bool F8, int W, class G>
+__device__ __forceinline__ void w16_body(const CUtensorMap *tw, const CUtensorMap *tx,
+                                         const lin_args &a, const w16_plan &p, G gr,
+                                         unsigned char *w16_raw)
 {
-    DSV4_PDL_LATE();
+    constexpr bool MX = G::MX;
     typedef w16_shape<TOK, F8> S;
     constexpr int WB = F8 ? S::R : S::A; /* weight bytes a stage */
     /* two groups: an even ring, so that each stage serves one group (item k: group k % 2) */
     constexpr int NT = TOK / 8, NST = W == 2 ? S::NST & ~1 : S::NST;
     constexpr int THREADS = 128 * W + 32;
     static_assert(W == 1 || (W == 2 && !S::OVER), "two groups hand over through the partial");
-    extern __shared__ unsigned char w16_raw[];
     unsigned char *sm = w16_raw + ((1024 - (ring_sa(w16_raw) & 1023)) & 1023);
     const uint32_t ring = ring_sa(sm);
     /* the K split's partial: after the ring, or over it (w16_shape) */
@@ -309,22 +356,22 @@ __global__ void __launch_bounds__(128 * W + 32, 1)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool split = gridDim.z > 1;
     ring_bars_init(bars, NST);
-    const int first = ring_first(p.rtiles, p.spc, p.nkb, p.tiles, NST);
+    const int first = ring_first(p.rtiles, p.spc, p.nkb, p.tiles, NST, gr.t0());
 
     if (warp == 4 * W) { /* ---- producer ---- */
         const bool lead = lane == 0;
-        if (lead) ring_prefetch_maps(&tw, &tx);
+        if (lead) ring_prefetch_maps(tw, tx);
         /* stage st's weights of block kb, rows from `row`: FP8 one copy into R, BF16 two into A */
         auto load_w = [&](uint32_t st, int kb, int row, uint32_t full) {
             if (F8) {
-                ring_tma(st + S::A + S::B, &tw, kb * 128, row, full);
+                ring_tma(st + S::A + S::B, tw, kb * 128, row, full);
             } else {
-                ring_tma(st, &tw, kb * 128, row, full);
-                ring_tma(st + W16_BM * 128, &tw, kb * 128 + 64, row, full);
+                ring_tma(st, tw, kb * 128, row, full);
+                ring_tma(st + W16_BM * 128, tw, kb * 128 + 64, row, full);
             }
         };
         if (lead && first > 0) { /* the first tile's weights before the wait */
-            const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, blockIdx.x);
+            const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, gr.t0());
             const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
             for (int i = 0; i < first; i++) {
                 ring_expect_tx(bars + 8 * i, WB);
@@ -333,10 +380,10 @@ __global__ void __launch_bounds__(128 * W + 32, 1)
         }
         DSV4_PDL_WAIT();
         int it = 0;
-        for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
-            const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
+        for (int t = gr.t0(); t < p.tiles; t += gr.step()) {
+            const ring_tile u = w16_at<MX>(p, t);
             const bool exact = ring_tile_exact(p.ws.exact, u);
-            if (!exact && t != (int)blockIdx.x) continue; /* the consumers compute it in f32 */
+            if (!exact && t != (int)gr.t0()) continue; /* the consumers compute it in f32 */
             const int row = (int)(a.row0 + u.g * a.nrows + u.r0);
             const int n_it = exact ? u.kb1 - u.kb0 : first;
             for (int i = 0; i < n_it; i++, it++) {
@@ -344,10 +391,10 @@ __global__ void __launch_bounds__(128 * W + 32, 1)
                 const uint32_t full = bars + 8 * s, st = ring + s * S::STAGE;
                 if (it >= NST && lead) ring_bar_wait(bars + 8 * (NST + s), ph ^ 1);
                 if (lead) {
-                    const bool have_w = it < first && t == (int)blockIdx.x;
+                    const bool have_w = it < first && t == (int)gr.t0();
                     ring_arrive_tx(full, (have_w ? 0 : WB) + S::B);
                     if (!have_w) load_w(st, kb, row, full);
-                    ring_tma(st + S::A, &tx, 0, (int)((u.kbg + kb) * 2 * TOK), full);
+                    ring_tma(st + S::A, tx, 0, (int)((u.kbg + kb) * 2 * TOK), full);
                 }
             }
         }
@@ -356,10 +403,10 @@ __global__ void __launch_bounds__(128 * W + 32, 1)
         DSV4_PDL_WAIT();
         const int g = lane >> 2, tq = lane & 3;
         int it = 0;
-        for (int t = blockIdx.x; t < p.tiles; t += gridDim.x) {
-            const ring_tile u = ring_at(p.rtiles, p.spc, p.nkb, t);
+        for (int t = gr.t0(); t < p.tiles; t += gr.step()) {
+            const ring_tile u = w16_at<MX>(p, t);
             if (!ring_tile_exact(p.ws.exact, u)) {
-                ring_inexact(a, u, t == (int)blockIdx.x, first, bars, NST, wg, W, split, part, it,
+                ring_inexact(a, u, t == (int)gr.t0(), first, bars, NST, wg, W, split, part, it,
                              w16_row_sum<F8>{a, u});
                 continue;
             }
@@ -455,7 +502,18 @@ __global__ void __launch_bounds__(128 * W + 32, 1)
             if (W == 2) ring_pair_sync();
         }
     }
-    if (split) ring_split_end<THREADS>(a, p.rtiles, p.spc, p.nkb, p.tiles, part);
+    if (split) ring_split_end<THREADS>(a, p.rtiles, p.spc, p.nkb, p.tiles, gr.t0(), part);
+}
+
+/* One call's kernel: CTA i takes tiles i, i + grid, .. (w16_body). */
+template <int TOK, bool F8, int W>
+__global__ void __launch_bounds__(128 * W + 32, 1)
+    w16_kernel(const __grid_constant__ CUtensorMap tw, const __grid_constant__ CUtensorMap tx,
+               lin_args a, w16_plan p)
+{
+    DSV4_PDL_LATE();
+    extern __shared__ unsigned char w16_raw[];
+    w16_body<TOK, F8, W>(&tw, &tx, a, p, w16_g1{}, w16_raw);
 }
 
 typedef void (*w16_fn)(const CUtensorMap, const CUtensorMap, lin_args, w16_plan);
@@ -519,6 +577,7 @@ dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st)
     w16_plan p;
     int ks;
     w16_make_plan(a, &p, &ks);
+    p.xkb = 0;
     p.ws = w16_ws_at(ws);
     const int tok = ring_tok(a->N);
     const int nkb_all = (int)(a->groups * p.nkb);
@@ -531,4 +590,164 @@ dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st)
                    : w16_launch_tok<true, 1>(a, &p, ks, tok, st);
     return two ? w16_launch_tok<false, 2>(a, &p, ks, tok, st)
                : w16_launch_tok<false, 1>(a, &p, ks, tok, st);
+}
+
+/* ---- W16X: dsv4_bk_linear_multi's entries in one launch --------------------------------------
+ * The projections of h at 9..64 rows (wq_a and wkv FP8 on act_quant(h), the compressors' and the
+ * indexer's BF16 matrices on h; 0.5-8 MB each) ran on MMX (linear_fp8mma.cu: FMM's scheme, x read
+ * and split by every CTA), 19% of copy bandwidth at 64 rows. Here every entry is a W16 call of
+ * the same launch: the prologue stages each distinct x (one per x and weight format: FP8's column
+ * order differs) once into the workspace, one after another (w16x_stage), and each CTA finds its
+ * entry and runs w16_body on one tile and K slice of it with the entry's tensor map; the K split
+ * (clusters (1, 1, KS)) is the launch's, so every entry has the same columns. The bits of an entry
+ * are those of its own W16 call with the same KS (the same kernel body, slices and cluster sum). */
+enum { W16X_MAX = DSV4_BK_LINEAR_MULTI_MAX };
+
+/* A distinct x: its pointer and row stride, its first block in the workspace, FP8's order. */
+typedef struct w16x_src {
+    const float *x;
+    int64_t ldx;
+    int kb0, perm;
+} w16x_src;
+
+typedef struct w16x_srcs {
+    w16x_src s[W16X_MAX];
+    int n, nkb; /* sources; 128-column blocks of each */
+} w16x_srcs;
+
+/* Entry i owns CTAs [cta0[i], cta0[i + 1]) (one a tile); f8: FP8 weights, else BF16. */
+typedef struct w16x_multi {
+    CUtensorMap tw[W16X_MAX];
+    lin_args a[W16X_MAX];
+    w16_plan p[W16X_MAX];
+    int cta0[W16X_MAX + 1];
+    int f8[W16X_MAX];
+    int n;
+} w16x_multi;
+
+/* Every source's blocks: grid n * nkb, source blockIdx.x / nkb (w16_stage_block). */
+__global__ void __launch_bounds__(256)
+    w16x_stage(const __grid_constant__ w16x_srcs S, int N, int TOK, w16_ws ws)
+{
+    DSV4_PDL_WAIT();
+    const w16x_src &src = S.s[blockIdx.x / S.nkb];
+    const int kb = (int)(blockIdx.x % S.nkb);
+    w16_stage_block(src.x, src.ldx, N, TOK, src.perm, ws, kb, src.kb0 + kb);
+}
+
+/* Grid (tiles of all entries, 1, KS), clusters (1, 1, KS): the CTA's entry, then its one tile. */
+template <int TOK, int W>
+__global__ void __launch_bounds__(128 * W + 32, 1)
+    w16x_kernel(const __grid_constant__ CUtensorMap tx, const __grid_constant__ w16x_multi m)
+{
+    DSV4_PDL_LATE();
+    extern __shared__ unsigned char w16_raw[];
+    int i = 0;
+    while (i + 1 < m.n && (int)blockIdx.x >= m.cta0[i + 1]) i++;
+    const int t = (int)blockIdx.x - m.cta0[i];
+    const w16_gx gr = {(unsigned)t, (unsigned)m.p[i].tiles};
+    if (m.f8[i])
+        w16_body<TOK, true, W>(&m.tw[i], &tx, m.a[i], m.p[i], gr, w16_raw);
+    else
+        w16_body<TOK, false, W>(&m.tw[i], &tx, m.a[i], m.p[i], gr, w16_raw);
+}
+
+/* The K split of a multi call: the most K slices (<= W16_KS_MAX, >= 4 blocks each) that keep
+ * every tile's slices within LIN_SMS CTAs, as ring_make_plan; tiles: all entries'. force_ks > 0:
+ * that many (at most one a block). */
+static void w16x_split(int64_t tiles, int nkb, int *spc, int *ks, int force_ks = 0)
+{
+    int k = 1;
+    for (int j = 2; j <= W16_KS_MAX; j++)
+        if (tiles * j <= LIN_SMS && nkb >= 4 * j) k = j;
+    if (force_ks > 0) k = force_ks < nkb ? force_ks : nkb;
+    *spc = (nkb + k - 1) / k;
+    *ks = (nkb + *spc - 1) / *spc;
+}
+
+/* Whether W16X takes the n entries: each one W16 takes, ungrouped, all of the same columns and
+ * at most 64 rows of x, at most W16X_MAX of them and their distinct x within the workspace; with
+ * min_ks > 0 also all tiles in one wave of at least min_ks K slices (w16x_split). */
+int dsv4_lin_w16x_ok(const lin_args *as, int n, int min_ks)
+{
+    if (n < 1 || n > W16X_MAX || as[0].N > 64) return 0;
+    int64_t tiles = 0;
+    for (int i = 0; i < n; i++) {
+        if (!dsv4_lin_w16_ok(&as[i]) || as[i].groups != 1 || as[i].nrows < 1 ||
+            as[i].cols != as[0].cols || as[i].N != as[0].N)
+            return 0;
+        tiles += (as[i].nrows + RING_BM - 1) / RING_BM;
+    }
+    const int nkb = (int)(as[0].cols / 128);
+    if ((int64_t)n * nkb > W16_NKB) return 0;
+    if (min_ks <= 0) return 1;
+    int spc, ks;
+    w16x_split(tiles, nkb, &spc, &ks);
+    return tiles <= LIN_SMS && ks >= min_ks;
+}
+
+template <int TOK, int W>
+static dsv4_status w16x_launch(const w16x_multi *m, const w16_ws &ws, int tiles, int ks,
+                               cudaStream_t st)
+{
+    const auto fn = w16x_kernel<TOK, W>;
+    const int smem = w16_shape<TOK, true>::BYTES > w16_shape<TOK, false>::BYTES
+                         ? w16_shape<TOK, true>::BYTES
+                         : w16_shape<TOK, false>::BYTES;
+    CUtensorMap tx;
+    DSV4_TRY(ring_map(&tx, ws.x, 1, (uint64_t)W16_NKB * 2 * TOK, 64, 128, 2 * TOK, "w16x"));
+    CUDA_TRY(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    cudaLaunchAttribute attr;
+    cudaLaunchConfig_t cfg = lin_cluster_cfg(dim3((unsigned)tiles, 1, (unsigned)ks), 128 * W + 32,
+                                             (size_t)smem, ks, st, &attr);
+    CUDA_TRY(cudaLaunchKernelEx(&cfg, fn, tx, *m));
+    return DSV4_OK;
+}
+
+/* The n entries (dsv4_lin_w16x_ok) in two launches: w16x_stage, then w16x_kernel. force_ks > 0:
+ * that K split (<= W16_KS_MAX), else w16x_split's; ks_out: the split taken. */
+dsv4_status dsv4_lin_launch_w16x(const lin_args *as, int n, int force_ks, void *wsp,
+                                 cudaStream_t st, int *ks_out)
+{
+    const w16_ws ws = w16_ws_at(wsp);
+    const int nkb = (int)(as[0].cols / 128), tok = ring_tok(as[0].N);
+    w16x_srcs S;
+    w16x_multi m;
+    memset(&S, 0, sizeof S);
+    memset(&m, 0, sizeof m);
+    S.nkb = nkb;
+    int64_t tiles = 0;
+    for (int i = 0; i < n; i++) tiles += (as[i].nrows + RING_BM - 1) / RING_BM;
+    int spc, ks;
+    w16x_split(tiles, nkb, &spc, &ks, force_ks > W16_KS_MAX ? W16_KS_MAX : force_ks);
+    int ctas = 0;
+    for (int i = 0; i < n; i++) {
+        const lin_args *a = &as[i];
+        const int f8 = a->fmt == DSV4_FORMAT_FP8;
+        int k = 0; /* the entry's source: an earlier one of the same x and order, or a new one */
+        while (k < S.n && !(S.s[k].x == a->x && S.s[k].ldx == a->ldx && S.s[k].perm == f8)) k++;
+        if (k == S.n) S.s[S.n++] = (w16x_src){a->x, a->ldx, k * nkb, f8};
+        w16_plan *p = &m.p[i];
+        p->rtiles = p->tiles = (int)((a->nrows + RING_BM - 1) / RING_BM);
+        p->nkb = nkb, p->spc = spc, p->xkb = S.s[k].kb0, p->ws = ws;
+        m.a[i] = *a, m.f8[i] = f8, m.cta0[i] = ctas;
+        ctas += p->tiles;
+        DSV4_TRY(ring_map(&m.tw[i], a->data, !f8, (uint64_t)(a->row0 + a->nrows),
+                          (uint64_t)(f8 ? a->row_bytes : a->row_bytes / 2), (uint64_t)a->row_bytes,
+                          W16_BM, "w16x"));
+    }
+    m.cta0[n] = ctas, m.n = n;
+    *ks_out = ks;
+    w16x_stage<<<S.n * nkb, 256, 0, st>>>(S, (int)as[0].N, tok, ws);
+    CUDA_TRY(cudaGetLastError());
+    switch (tok) { /* two consumer groups up to 32 tokens, as dsv4_lin_launch_w16 */
+    case 8:
+        return w16x_launch<8, 2>(&m, ws, ctas, ks, st);
+    case 16:
+        return w16x_launch<16, 2>(&m, ws, ctas, ks, st);
+    case 32:
+        return w16x_launch<32, 2>(&m, ws, ctas, ks, st);
+    default:
+        return w16x_launch<64, 1>(&m, ws, ctas, ks, st);
+    }
 }

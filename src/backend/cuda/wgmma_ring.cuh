@@ -159,13 +159,14 @@ __device__ __forceinline__ void ring_bars_init(uint32_t bars, int nst)
     __syncthreads();
 }
 
-/* The items of the CTA's first tile issued before the PDL wait: min(nst, its blocks); 0 for a
+/* The items of the CTA's first tile t0 issued before the PDL wait: min(nst, its blocks); 0 for a
  * CTA with no tile. */
-__device__ __forceinline__ int ring_first(int rtiles, int spc, int nkb, int tiles, int nst)
+__device__ __forceinline__ int ring_first(int rtiles, int spc, int nkb, int tiles, int nst,
+                                          unsigned t0)
 {
-    return blockIdx.x < tiles ? min(nst, ring_at(rtiles, spc, nkb, blockIdx.x).kb1 -
-                                             ring_at(rtiles, spc, nkb, blockIdx.x).kb0)
-                              : 0;
+    return t0 < tiles
+               ? min(nst, ring_at(rtiles, spc, nkb, t0).kb1 - ring_at(rtiles, spc, nkb, t0).kb0)
+               : 0;
 }
 
 /* The consumer warpgroup's own barrier (id 1). */
@@ -345,15 +346,14 @@ __device__ __forceinline__ void ring_cluster_store(const lin_args &a, const ring
     cl.sync(); /* no rank leaves while another still reads its shared memory */
 }
 
-/* A split kernel's end (one tile per CTA): once the CTA's THREADS threads are done, its tile's
- * sum over the cluster (ring_cluster_store); a CTA past the tiles has none. */
+/* A split kernel's end (one tile per CTA, t0): once the CTA's THREADS threads are done, its
+ * tile's sum over the cluster (ring_cluster_store); a CTA past the tiles has none. */
 template <int THREADS>
 __device__ __forceinline__ void ring_split_end(const lin_args &a, int rtiles, int spc, int nkb,
-                                               int tiles, float *part)
+                                               int tiles, unsigned t0, float *part)
 {
     __syncthreads();
-    if (blockIdx.x < tiles)
-        ring_cluster_store<THREADS>(a, ring_at(rtiles, spc, nkb, blockIdx.x), part);
+    if (t0 < tiles) ring_cluster_store<THREADS>(a, ring_at(rtiles, spc, nkb, t0), part);
 }
 
 /* The grid of a call: at least LIN_SMS tiles run persistent without a split; fewer are split into
