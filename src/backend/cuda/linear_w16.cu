@@ -595,7 +595,8 @@ dsv4_status dsv4_lin_launch_w16(const lin_args *a, void *ws, cudaStream_t st)
 /* ---- W16X: dsv4_bk_linear_multi's entries in one launch --------------------------------------
  * The projections of h at 9..64 rows (wq_a and wkv FP8 on act_quant(h), the compressors' and the
  * indexer's BF16 matrices on h; 0.5-8 MB each) ran on MMX (linear_fp8mma.cu: FMM's scheme, x read
- * and split by every CTA), 19% of copy bandwidth at 64 rows. Here every entry is a W16 call of
+ * and split by every CTA), 19% of copy bandwidth at 64 rows; W16X takes them from 33 rows
+ * (bk_linear.cu W16X_NMIN, with the figures). Here every entry is a W16 call of
  * the same launch: the prologue stages each distinct x (one per x and weight format: FP8's column
  * order differs) once into the workspace, one after another (w16x_stage), and each CTA finds its
  * entry and runs w16_body on one tile and K slice of it with the entry's tensor map; the K split
