@@ -257,6 +257,16 @@ static const uint32_t SENTINEL = 0x7fc0deadu;
 static int64_t xs_checks;  /* calls whose GEMV staged x, checked against the plain one */
 static double quiet_worst; /* the largest err/bound since it was last reset */
 
+/* One summary line: title, then each kernel's worst err/bound and its number of checked calls. */
+static void print_worst(const char *title)
+{
+    printf("%s", title);
+    for (int p = 1; p < NPATH; p++)
+        printf(" %s %.3f (%lld calls)", path_name[p], worst_by_path[p],
+               (long long)checks_by_path[p]);
+    printf("\n");
+}
+
 /* got/want: [N, ldy] buffers, the op's output at yoff; S [N, nrows]; unr [N, ldy]: the CPU's
  * unrounded result when round (NULL otherwise). Prints one line.
  * err/bound: unrounded, |gpu - cpu| / (1e-5 S); rounded, how far the CPU's unrounded sum lies
@@ -1317,11 +1327,8 @@ int main(int argc, char **argv)
                             : small ? sizeof multi_small / sizeof *multi_small
                                     : sizeof multi_full / sizeof *multi_full;
     for (size_t i = 0; i < n_mcases; i++) run_multi(&cx, &mcases[i]);
-    printf("correctness: %.1f s; worst err/bound per kernel:", test_now() - t0);
-    for (int p = 1; p < NPATH; p++)
-        printf(" %s %.3f (%lld calls)", path_name[p], worst_by_path[p],
-               (long long)checks_by_path[p]);
-    printf("\n");
+    printf("correctness: %.1f s; ", test_now() - t0);
+    print_worst("worst err/bound per kernel:");
     /* x with lo-free 128-column blocks: single ops and the multi cases (their MMX launches) */
     for (xmix_mode = 1; xmix_mode <= 2 && !xq_only; xmix_mode++) {
         const tcase *xc = small ? xmix_small : xmix_full;
@@ -1331,11 +1338,7 @@ int main(int argc, char **argv)
         run_multi(&cx, &mcases[0]);
     }
     xmix_mode = 0;
-    printf("with lo-free x blocks: worst err/bound per kernel:");
-    for (int p = 1; p < NPATH; p++)
-        printf(" %s %.3f (%lld calls)", path_name[p], worst_by_path[p],
-               (long long)checks_by_path[p]);
-    printf("\n");
+    print_worst("with lo-free x blocks: worst err/bound per kernel:");
     /* act_quant'd x: F8W's e4m3 path, under its own bound (extra_bound) */
     memset(worst_by_path, 0, sizeof worst_by_path);
     memset(checks_by_path, 0, sizeof checks_by_path);
@@ -1346,11 +1349,7 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < n_xc; i++) run_case(&cx, &xc[i]);
     }
     xmix_mode = 0;
-    printf("act_quant'd x (f8w: bound (1e-5 + 132 2^-13) S): worst err/bound per kernel:");
-    for (int p = 1; p < NPATH; p++)
-        printf(" %s %.3f (%lld calls)", path_name[p], worst_by_path[p],
-               (long long)checks_by_path[p]);
-    printf("\n");
+    print_worst("act_quant'd x (f8w: bound (1e-5 + 132 2^-13) S): worst err/bound per kernel:");
     /* bf16 x: W16X's wgmma path (the multi cases of FP8 and BF16 entries of one width) */
     memset(worst_by_path, 0, sizeof worst_by_path);
     memset(checks_by_path, 0, sizeof checks_by_path);
@@ -1362,11 +1361,7 @@ int main(int argc, char **argv)
             for (int i = 0; i < 3; i++) run_multi(&cx, &multi_full[i]);
     }
     xmix_mode = 0;
-    printf("bf16 x (w16, w16x: bound (1e-5 + 136 2^-13) S): worst err/bound per kernel:");
-    for (int p = 1; p < NPATH; p++)
-        printf(" %s %.3f (%lld calls)", path_name[p], worst_by_path[p],
-               (long long)checks_by_path[p]);
-    printf("\n");
+    print_worst("bf16 x (w16, w16x: bound (1e-5 + 136 2^-13) S): worst err/bound per kernel:");
     CHECK_MSG(xq_only || checks_by_path[DSV4_LIN_PATH_W16X] > 0, "no call took W16X");
 
     if (!small && !check_only) bench_multi(&cx);
