@@ -369,7 +369,8 @@ void dsv4_bk_graph_free(dsv4_backend *b, void *graph);
  * after everything issued before side_begin and may run beside the ops issued after side_end
  * (CUDA: a second stream; in a graph, a fork); side_join orders what follows after both. The
  * program order stays a valid serial order, which is what the CPU runs (the calls are no-ops
- * there, and on CUDA while the op timer runs). Every side_begin needs its side_join. */
+ * there, and on CUDA while the op timer runs). Every side_begin needs a side_join; several
+ * begin .. end chains may come before one join, each after the last on the side (in order). */
 dsv4_status dsv4_bk_side_begin(dsv4_backend *b);
 dsv4_status dsv4_bk_side_end(dsv4_backend *b);
 dsv4_status dsv4_bk_side_join(dsv4_backend *b);

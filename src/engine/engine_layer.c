@@ -179,16 +179,26 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
     DSV4_TRY(h_projections(e, L, N));
     MARK("attn.proj");
 
-    /* act_quant(q_norm(qr)) (s->xq): the input of wq_b and of the indexer's queries */
-    DSV4_TRY(dsv4_bk_rmsnorm_quant(e->b, s->qr, s->xq, s->qr, L->q_norm, N, ql, eps, 128));
-    const int csa = L->ratio == 4;
-    /* The compressors and, in a CSA layer, the indexer's chain (which needs only xq, the weights
-     * s->iw and its compressor's entries) run beside the query and key chains below: a side
-     * stream, a fork in the graph. The indexer's top-k is a few CTAs' latency-bound work while
-     * the main chain streams wq_b. */
-    if (L->ratio > 0) {
+    /* The compressors (which need only their projections of h) and, in a CSA layer, the
+     * indexer's chain (which needs xq, the weights s->iw and its compressor's entries) run beside
+     * the query and key chains below: a side stream, a fork in the graph. The indexer's top-k is
+     * a few CTAs' latency-bound work while the main chain streams wq_b. From 3 rows the
+     * compressors fork before q_norm, so that a step closing their windows (pool, norm, RoPE,
+     * quant) runs them beside it, and the indexer's chain forks after it and follows them on
+     * the side stream. H100, dsv4 bench, Flash batch 4-64 -0.2 to -0.6%, Pro 4 -0.3%; at 1-2
+     * rows +0.4%, so there they fork after q_norm with the indexer (docs/PERF.md, session 33). */
+    const int csa = L->ratio == 4, early = L->ratio > 0 && N > 2;
+    if (early) {
         DSV4_TRY(dsv4_bk_side_begin(e->b));
         DSV4_TRY(compress(e, L, rows));
+        DSV4_TRY(dsv4_bk_side_end(e->b));
+    }
+    /* act_quant(q_norm(qr)) (s->xq): the input of wq_b and of the indexer's queries */
+    DSV4_TRY(dsv4_bk_rmsnorm_quant(e->b, s->qr, s->xq, s->qr, L->q_norm, N, ql, eps, 128));
+    MARK("attn.q_norm");
+    if (csa || (L->ratio > 0 && !early)) {
+        DSV4_TRY(dsv4_bk_side_begin(e->b));
+        if (!early) DSV4_TRY(compress(e, L, rows));
         if (csa) {
             const int nh = c->index_n_heads, d = c->index_head_dim;
             DSV4_TRY(linear_q(e, &w->idx_wq_b, s->qr, s->xq, 0, N, s->iq));
