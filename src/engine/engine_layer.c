@@ -185,8 +185,9 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
      * a few CTAs' latency-bound work while the main chain streams wq_b. From 3 rows the
      * compressors fork before q_norm, so that a step closing their windows (pool, norm, RoPE,
      * quant) runs them beside it, and the indexer's chain forks after it and follows them on
-     * the side stream. H100, dsv4 bench, Flash batch 4-64 -0.2 to -0.6%, Pro 4 -0.3%; at 1-2
-     * rows +0.4%, so there they fork after q_norm with the indexer (docs/PERF.md, session 33). */
+     * the side stream. H100, dsv4 bench: Flash batch 3-8 -0.5 to -1.1%, 16-64 -0.2 to -0.3%;
+     * at 1-2 rows +0.4%, so there they fork after q_norm with the indexer (docs/PERF.md, session
+     * 33). */
     const int csa = L->ratio == 4, early = L->ratio > 0 && N > 2;
     if (early) {
         DSV4_TRY(dsv4_bk_side_begin(e->b));
