@@ -274,7 +274,7 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const bool split = gridDim.z > 1;
     ring_bars_init(bars, NST);
-    const int first = ring_first(p.rtiles, p.spc, p.nkb, p.tiles, NST, (int)blockIdx.x);
+    const int first = ring_first(p.rtiles, p.spc, p.nkb, p.tiles, NST, blockIdx.x);
 
     if (warp == 4 * W) { /* ---- producer ---- */
         const bool lead = lane == 0;
@@ -356,7 +356,7 @@ __global__ void __launch_bounds__(128 * W + 32, CPS)
             if (W == 2) ring_pair_sync();
         }
     }
-    if (split) ring_split_end<THREADS>(a, p.rtiles, p.spc, p.nkb, p.tiles, (int)blockIdx.x, part);
+    if (split) ring_split_end<THREADS>(a, p.rtiles, p.spc, p.nkb, p.tiles, blockIdx.x, part);
 }
 
 typedef void (*f8w_fn)(const CUtensorMap, const CUtensorMap, lin_args, f8_plan);
