@@ -762,6 +762,12 @@ int main(int argc, char **argv)
     test_router(c, g, 384, 6, RN, 1);
     test_router(c, g, 384, 6, RN, 2);
     test_router(c, g, 256, 6, RN, 4);
+    /* the router's edges (E, K, kind): E not a multiple of 32 (ties, NaN), K = E, K = MOE_MAX_K
+     * (16), more experts than Pro's 384 */
+    static const int edges[][3] = {{72, 8, 3},   {72, 8, 4},  {16, 16, 0},
+                                   {384, 16, 3}, {512, 8, 0}, {512, 8, 3}};
+    for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++)
+        test_router(c, g, edges[i][0], edges[i][1], RN, edges[i][2]);
     if (!small) test_router(c, g, 256, 6, 300, 0);
 
     /* every expert format, small shapes (widths not multiples of 128 or 1024) */
