@@ -26,26 +26,36 @@ static __device__ __forceinline__ float router_score(float x)
     return __fsqrt_rn(sp);
 }
 
-/* Candidate (ov, oi) ranks above (bv, bi) in the router's order: a larger value, then the lower
- * index; NaN above every number (dsv4_op_topk's and torch.topk's order); index NONE last. A
- * total order, so every lane of a warp's butterfly ends with the same winner. */
-static __device__ __forceinline__ bool route_above(float ov, int oi, float bv, int bi, int none)
+/* A candidate's place in the router's order as one key, larger ranking above: the value (then
+ * the lower index) decides, NaN above every number (dsv4_op_topk's and torch.topk's order); key 0
+ * is no expert, below every expert. The high word is the value's bits made monotone (-0 as +0, so
+ * that it ties with +0; NaN all ones; every number >= 0x007fffff, -inf's); the low word the
+ * index's complement. A total order on the experts, so a warp's maximum is the same in every
+ * lane, and comparing two keys costs one 64-bit compare instead of the float tests. */
+static __device__ __forceinline__ unsigned long long route_key(float v, int i)
 {
-    if (oi == none) return false;
-    if (bi == none) return true;
-    const bool on = isnan(ov), bn = isnan(bv);
-    if (on || bn) return on != bn ? on : oi < bi;
-    return ov > bv || (ov == bv && oi < bi);
+    uint32_t u = __float_as_uint(v == 0.0f ? 0.0f : v);
+    u = isnan(v) ? 0xffffffffu : (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return (unsigned long long)u << 32 | (uint32_t) ~(uint32_t)i;
+}
+
+/* The largest key held by the lanes of a warp, in every lane: two reductions of 32-bit words
+ * (the high words, then the low words of the lanes that hold the largest high word). */
+static __device__ __forceinline__ unsigned long long route_warp_max(unsigned long long k)
+{
+    const unsigned hi = __reduce_max_sync(0xffffffffu, (unsigned)(k >> 32));
+    const unsigned lo =
+        __reduce_max_sync(0xffffffffu, (unsigned)(k >> 32) == hi ? (unsigned)k : 0u);
+    return (unsigned long long)hi << 32 | lo;
 }
 
 /* The router's shared memory (one row at a time). */
 typedef struct moe_route_smem {
-    float sc[MOE_MAX_E];      /* scores (top-k) */
-    float cv[MOE_MAX_K * 32]; /* warp candidates: biased score, */
-    int ci[MOE_MAX_K * 32];   /* expert (0x7fffffff: none) */
-    float ks[MOE_MAX_K];      /* the chosen experts' scores */
-    int kc[MOE_MAX_K];        /* the chosen experts */
-    int ko[MOE_MAX_K];        /* the same in ascending order */
+    float sc[MOE_MAX_E];                   /* scores (top-k) */
+    unsigned long long ck[MOE_MAX_K * 32]; /* warp candidates: route_key of the biased score */
+    float ks[MOE_MAX_K];                   /* the chosen experts' scores */
+    int kc[MOE_MAX_K];                     /* the chosen experts */
+    int ko[MOE_MAX_K];                     /* the same in ascending order */
 } moe_route_smem;
 
 /* Row r of logits [N, E] -> sel [r, K], wts [r, K], by the whole CTA (every thread calls it;
@@ -70,39 +80,30 @@ static __device__ __forceinline__ void moe_route_row(moe_route_smem &sm, int32_t
             sm.ks[e] = c >= 0 && c < E ? router_score(logits[r * E + c]) : 0.0f;
         }
     } else {
-        float v = -INFINITY;
-        int mine = NONE; /* this thread's expert while not taken */
+        unsigned long long mine = 0; /* this thread's expert while not taken */
         if (e < E) {
             const float s = router_score(logits[r * E + e]);
             sm.sc[e] = s;
-            v = __fadd_rn(s, bias ? bias[e] : 0.0f);
-            mine = e;
+            mine = route_key(__fadd_rn(s, bias ? bias[e] : 0.0f), e);
         }
         for (int j = 0; j < K; j++) {
-            float bv = mine == NONE ? -INFINITY : v;
-            int bi = mine;
-            for (int d = 16; d > 0; d >>= 1) {
-                const float ov = __shfl_xor_sync(0xffffffffu, bv, d);
-                const int oi = __shfl_xor_sync(0xffffffffu, bi, d);
-                if (route_above(ov, oi, bv, bi, NONE)) bv = ov, bi = oi;
-            }
-            if (lane == 0) sm.cv[warp * K + j] = bv, sm.ci[warp * K + j] = bi;
-            if (bi == mine) mine = NONE;
+            const unsigned long long best = route_warp_max(mine);
+            if (lane == 0) sm.ck[warp * K + j] = best;
+            if (mine == best) mine = 0;
         }
         __syncthreads();
-        /* the K best candidates by their rank in that order (candidates of no expert among
-         * themselves by position), one candidate a thread (warp 0's K rounds of argmax over
-         * them took ~1 us at batch 1) */
+        /* the K best candidates by their rank in that order (candidates of no expert, key 0,
+         * among themselves by position), one candidate a thread (warp 0's K rounds of argmax
+         * over them took ~1 us at batch 1) */
         const int nc = nw * K; /* >= K: the ranks 0 .. nc - 1 fill every slot of kc */
         if (e < nc) {
-            const float v = sm.cv[e];
-            const int i = sm.ci[e];
+            const unsigned long long k = sm.ck[e];
             int rank = 0;
             for (int q = 0; q < nc; q++) {
-                const int oi = sm.ci[q];
-                rank += oi == NONE && i == NONE ? q < e : route_above(sm.cv[q], oi, v, i, NONE);
+                const unsigned long long o = sm.ck[q];
+                rank += o > k || (o == k && q < e);
             }
-            if (rank < K) sm.kc[rank] = i;
+            if (rank < K) sm.kc[rank] = k ? (int)~(uint32_t)k : NONE;
         }
         __syncthreads();
         if (e < K) { /* ascending index order, stable (equal entries: none) */
