@@ -653,7 +653,7 @@ static int multi_gpu(ctx *cx, mbuf *m, int n, int64_t N, int path, int split, in
     dsv4_status st = DSV4_OK;
     for (int i = 0; i < n && st == DSV4_OK; i++) {
         st = dsv4_bk_upload(cx->gpu, m[i].dy, m[i].sent, (size_t)(N * m[i].ldy) * sizeof(float));
-        e[i] = (dsv4_bk_linear_entry){&m[i].dw, m[i].dx, m[i].ldx, m[i].dy, m[i].ldy, m[i].round};
+        e[i] = dsv4_bk_lin_entry(&m[i].dw, m[i].dx, m[i].ldx, m[i].dy, m[i].ldy, m[i].round);
     }
     const int old = dsv4_cuda_linear_force_path(path), olds = dsv4_cuda_linear_force_split(split);
     if (st == DSV4_OK) st = dsv4_bk_linear_multi(cx->gpu, e, n, N);
@@ -713,8 +713,8 @@ static void run_multi(ctx *cx, const mcase *mc)
         dsv4_bk_linear_entry e[DSV4_BK_LINEAR_MULTI_MAX];
         for (int i = 0; i < n; i++) {
             memcpy(m[i].yc, m[i].sent, (size_t)(N * m[i].ldy) * sizeof(float));
-            e[i] = (dsv4_bk_linear_entry){&m[i].W.w, m[i].x,   m[i].ldx,
-                                          m[i].yc,   m[i].ldy, mc->e[i].round};
+            e[i] =
+                dsv4_bk_lin_entry(&m[i].W.w, m[i].x, m[i].ldx, m[i].yc, m[i].ldy, mc->e[i].round);
         }
         st = dsv4_bk_linear_multi(cx->cpu, e, n, N);
         for (int i = 0; i < n && st == DSV4_OK; i++) {
@@ -845,7 +845,7 @@ static void check_errors(ctx *cx)
         float *xx = g ? dx : x, *yy = g ? dy : y;
         dsv4_bk_linear_entry e[DSV4_BK_LINEAR_MULTI_MAX + 1];
         for (int i = 0; i <= DSV4_BK_LINEAR_MULTI_MAX; i++)
-            e[i] = (dsv4_bk_linear_entry){w, xx, 256, yy, 64, 0};
+            e[i] = dsv4_bk_lin_entry(w, xx, 256, yy, 64, 0);
         CHECK(dsv4_bk_linear_multi(b, e, 1, 2) == DSV4_OK);
         CHECK(dsv4_bk_linear_multi(b, e, 0, 2) == DSV4_OK);
         CHECK(dsv4_bk_linear_multi(b, e, 1, 0) == DSV4_OK);
@@ -1169,8 +1169,7 @@ static dsv4_status tset_pass(ctx *cx, tset *t, int64_t N, int mode)
         if (mode == TS_MULTI || mode == TS_W16X) {
             dsv4_bk_linear_entry e[DSV4_BK_LINEAR_MULTI_MAX];
             for (int i = 0; i < t->n; i++)
-                e[i] =
-                    (dsv4_bk_linear_entry){&w[i], t->dx, t->cols, t->dy[i], w[i].rows, t->round[i]};
+                e[i] = dsv4_bk_lin_entry(&w[i], t->dx, t->cols, t->dy[i], w[i].rows, t->round[i]);
             st = dsv4_bk_linear_multi(cx->gpu, e, t->n, N);
         } else {
             for (int i = 0; st == DSV4_OK && i < t->n; i++)

@@ -47,7 +47,7 @@ typedef struct dsv4_backend {
     dsv4_cpu_pool *pool;   /* CPU: the thread pool (NULL: the calling thread) */
     dsv4_cuda_ctx *cuda;   /* CUDA: the device context (stream, memory) */
     dsv4_bk_prof *prof;    /* per-op timing when on (dsv4_bk_prof_*) */
-    int pdl; /* CUDA graphs: kernel -> kernel edges programmatic (dsv4_bk_graph_end) */
+    int pdl;           /* CUDA graphs: kernel -> kernel edges programmatic (dsv4_bk_graph_end) */
     int graph_kernels; /* kernel nodes of the last graph dsv4_bk_graph_end made */
 } dsv4_backend;
 
@@ -79,7 +79,8 @@ dsv4_status dsv4_bk_fill_bf16(dsv4_backend *b, uint16_t *p, size_t n, uint64_t s
 #ifdef __CUDACC__
 __host__ __device__
 #endif
-static inline uint16_t dsv4_fill_bf16_bits(uint64_t seed, uint64_t i)
+    static inline uint16_t
+    dsv4_fill_bf16_bits(uint64_t seed, uint64_t i)
 {
     uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull; /* splitmix64 */
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -167,9 +168,13 @@ dsv4_status dsv4_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w, int gr
                                    int round_bf16);
 /* Several projections of the same N rows in one op (a layer's projections of its normalised
  * input): entry i is exactly dsv4_bk_linear(b, w, 0, w->rows, x, ldx, N, y, ldy, round_bf16)
- * (the CPU makes those calls, in entry order). The weights may differ in format and shape.
- * CUDA: at decode sizes one launch over all entries' rows, which keeps every SM streaming where
- * each matrix alone is too small to. Outputs must not overlap each other or any entry's x. */
+ * (the CPU makes those calls, in entry order), then, where the entry has a norm,
+ * dsv4_bk_rmsnorm_quant(b, y, yq, y, norm, N, w->rows, eps, qblock) (y's rows contiguous: ldy
+ * w->rows; yq [N, w->rows]). The weights may differ in format and shape. CUDA: at decode sizes
+ * one launch over all entries' rows, which keeps every SM streaming where each matrix alone is
+ * too small to; there the last CTA of an entry with a norm normalises its rows while the other
+ * entries' CTAs still stream (the attention's q_norm: a kernel fewer on the step's chain).
+ * Outputs must not overlap each other or any entry's x. */
 enum { DSV4_BK_LINEAR_MULTI_MAX = 8 };
 typedef struct dsv4_bk_linear_entry {
     const dsv4_weight *w;
@@ -178,7 +183,14 @@ typedef struct dsv4_bk_linear_entry {
     float *y; /* [N, w->rows], row stride ldy */
     int64_t ldy;
     int round_bf16;
+    const float *norm; /* NULL, or the RMSNorm weight [w->rows] applied after (above) */
+    float *yq;         /* [N, w->rows]: act_quant of the normalised y, blocks of qblock */
+    float eps;
+    int qblock;
 } dsv4_bk_linear_entry;
+/* An entry without a norm. */
+dsv4_bk_linear_entry dsv4_bk_lin_entry(const dsv4_weight *w, const float *x, int64_t ldx, float *y,
+                                       int64_t ldy, int round_bf16);
 dsv4_status dsv4_bk_linear_multi(dsv4_backend *b, const dsv4_bk_linear_entry *e, int n, int64_t N);
 
 /* ---- mHC ---------------------------------------------------------------------------------
@@ -351,8 +363,8 @@ dsv4_status dsv4_bk_moe(dsv4_backend *b, float *out, const float *h, const int32
 dsv4_status dsv4_bk_moe_routed(dsv4_backend *b, float *out, int32_t *sel, float *wts,
                                const float *h, const float *logits, const float *bias,
                                const int32_t *tid2eid, const dsv4_bk_rows *rows,
-                               const dsv4_bk_experts *t, int E, int K, int64_t D,
-                               float route_scale, float limit, void *ws);
+                               const dsv4_bk_experts *t, int E, int K, int64_t D, float route_scale,
+                               float limit, void *ws);
 
 /* ---- step machinery ----------------------------------------------------------------------
  * Graphs (CUDA only; the CPU answers DSV4_ERR_UNSUPPORTED): everything enqueued between begin

@@ -114,25 +114,29 @@ static dsv4_status linear_q(dsv4_engine *e, const dsv4_weight *w, const float *x
 /* The projections of the attention input h, as one dsv4_bk_linear_multi (one launch at decode
  * sizes, where each matrix alone is too small to keep the GPU streaming): wq_a -> qr and
  * wkv -> kv on act_quant(h) (s->xh), and on h the compressor's wkv -> ck, wgate -> cg, the
- * indexer compressor's -> ick, icg and the indexer's weights_proj -> iw. */
-static dsv4_status h_projections(dsv4_engine *e, eng_layer *L, int N)
+ * indexer compressor's -> ick, icg and the indexer's weights_proj -> iw; with q_norm also
+ * xq = act_quant(q_norm(qr)) (the op's norm of the wq_a entry: on CUDA at one or two rows in the
+ * same launch). */
+static dsv4_status h_projections(dsv4_engine *e, eng_layer *L, int N, int q_norm)
 {
     eng_scratch *s = &e->s;
     const dsv4_layer_weights *w = &L->w;
     const int64_t D = e->c->hidden_size;
     dsv4_bk_linear_entry p[DSV4_BK_LINEAR_MULTI_MAX];
     int n = 0;
-    p[n++] = (dsv4_bk_linear_entry){&w->wq_a, s->xh, D, s->qr, w->wq_a.rows, 1};
-    p[n++] = (dsv4_bk_linear_entry){&w->wkv, s->xh, D, s->kv, w->wkv.rows, 1};
+    p[n++] = dsv4_bk_lin_entry(&w->wq_a, s->xh, D, s->qr, w->wq_a.rows, 1);
+    if (q_norm) /* act_quant(q_norm(qr)) (s->xq): the input of wq_b and of the indexer's queries */
+        p[0].norm = L->q_norm, p[0].yq = s->xq, p[0].eps = e->c->rms_norm_eps, p[0].qblock = 128;
+    p[n++] = dsv4_bk_lin_entry(&w->wkv, s->xh, D, s->kv, w->wkv.rows, 1);
     if (L->ratio > 0) {
-        p[n++] = (dsv4_bk_linear_entry){&w->compressor.wkv, s->h, D, s->ck, L->comp.width, 0};
-        p[n++] = (dsv4_bk_linear_entry){&w->compressor.wgate, s->h, D, s->cg, L->comp.width, 0};
+        p[n++] = dsv4_bk_lin_entry(&w->compressor.wkv, s->h, D, s->ck, L->comp.width, 0);
+        p[n++] = dsv4_bk_lin_entry(&w->compressor.wgate, s->h, D, s->cg, L->comp.width, 0);
     }
     if (L->ratio == 4) {
         const int64_t iw = L->idx.width, nh = e->c->index_n_heads;
-        p[n++] = (dsv4_bk_linear_entry){&w->idx_compressor.wkv, s->h, D, s->ick, iw, 0};
-        p[n++] = (dsv4_bk_linear_entry){&w->idx_compressor.wgate, s->h, D, s->icg, iw, 0};
-        p[n++] = (dsv4_bk_linear_entry){&w->idx_weights_proj, s->h, D, s->iw, nh, 1};
+        p[n++] = dsv4_bk_lin_entry(&w->idx_compressor.wkv, s->h, D, s->ick, iw, 0);
+        p[n++] = dsv4_bk_lin_entry(&w->idx_compressor.wgate, s->h, D, s->icg, iw, 0);
+        p[n++] = dsv4_bk_lin_entry(&w->idx_weights_proj, s->h, D, s->iw, nh, 1);
     }
     return dsv4_bk_linear_multi(e->b, p, n, N);
 }
@@ -175,8 +179,10 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
     const float *freqs = L->ratio ? e->rope_comp : e->rope_main;
 
     /* the projections of h in one op: wq_a, wkv on act_quant(h) (s->xh, written by the site
-     * with h); compressors, weights_proj */
-    DSV4_TRY(h_projections(e, L, N));
+     * with h); compressors, weights_proj; and q_norm (below) but where the compressors fork
+     * before it */
+    const int csa = L->ratio == 4, early = L->ratio > 0 && N > 2;
+    DSV4_TRY(h_projections(e, L, N, !early));
     MARK("attn.proj");
 
     /* The compressors (which need only their projections of h) and, in a CSA layer, the
@@ -188,15 +194,14 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
      * the side stream. H100, dsv4 bench: Flash batch 3-8 -0.5 to -1.1%, 16-64 -0.2 to -0.3%;
      * at 1-2 rows +0.4%, so there they fork after q_norm with the indexer (docs/PERF.md, session
      * 33). */
-    const int csa = L->ratio == 4, early = L->ratio > 0 && N > 2;
     if (early) {
         DSV4_TRY(dsv4_bk_side_begin(e->b));
         DSV4_TRY(compress(e, L, rows));
         DSV4_TRY(dsv4_bk_side_end(e->b));
+        /* act_quant(q_norm(qr)) (s->xq) */
+        DSV4_TRY(dsv4_bk_rmsnorm_quant(e->b, s->qr, s->xq, s->qr, L->q_norm, N, ql, eps, 128));
+        MARK("attn.q_norm");
     }
-    /* act_quant(q_norm(qr)) (s->xq): the input of wq_b and of the indexer's queries */
-    DSV4_TRY(dsv4_bk_rmsnorm_quant(e->b, s->qr, s->xq, s->qr, L->q_norm, N, ql, eps, 128));
-    MARK("attn.q_norm");
     if (csa || (L->ratio > 0 && !early)) {
         DSV4_TRY(dsv4_bk_side_begin(e->b));
         if (!early) DSV4_TRY(compress(e, L, rows));

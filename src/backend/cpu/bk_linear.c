@@ -94,8 +94,12 @@ dsv4_status dsv4_cpu_bk_linear_multi(dsv4_backend *b, const dsv4_bk_linear_entry
                              e[i].w ? e[i].w->name : "(no weight)", (long long)e[i].ldx,
                              (long long)e[i].ldy, e[i].w ? (long long)e[i].w->rows : 0LL,
                              e[i].w ? (long long)e[i].w->cols : 0LL);
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
         DSV4_TRY(dsv4_cpu_bk_linear(b, e[i].w, 0, e[i].w->rows, e[i].x, e[i].ldx, N, e[i].y,
                                     e[i].ldy, e[i].round_bf16));
+        if (e[i].norm)
+            DSV4_TRY(dsv4_cpu_bk_rmsnorm_quant(b, e[i].y, e[i].yq, e[i].y, e[i].norm, N,
+                                               e[i].w->rows, e[i].eps, e[i].qblock));
+    }
     return DSV4_OK;
 }

@@ -48,6 +48,7 @@
  */
 #include "backend/cuda/linear_common.cuh"
 #include "backend/cuda/linear_path.cuh"
+#include "backend/cuda/rownorm_dev.cuh"
 
 #include <math.h>
 #include <stdint.h>
@@ -55,7 +56,7 @@
 
 /* ---- test hook (linear_path.cuh) ----------------------------------------------------------- */
 static int force_path = DSV4_LIN_PATH_AUTO, last_path = DSV4_LIN_PATH_AUTO;
-static int force_split = 0, last_split = 1;
+static int force_split = 0, last_split = 1, last_norm_tail = -1;
 
 extern "C" int dsv4_cuda_linear_force_path(int path)
 {
@@ -67,6 +68,11 @@ extern "C" int dsv4_cuda_linear_force_path(int path)
 extern "C" int dsv4_cuda_linear_last_path(void)
 {
     return last_path;
+}
+
+extern "C" int dsv4_cuda_linear_last_norm_tail(void)
+{
+    return last_norm_tail;
 }
 
 extern "C" int dsv4_cuda_linear_force_split(int ks)
@@ -412,13 +418,78 @@ __global__ void __launch_bounds__(GV_THREADS, GV_OCC)
 
 /* The entries of one dsv4_bk_linear_multi launch: entry i owns CTAs [cta0[i], cta0[i + 1]) of
  * the grid's x, each over R * (8 >> ks_log2[i]) of its rows, in slices of cps[i] chunks. */
+/* The norm tail (gv_norm_tail) of entry i of a multi launch (-1: none): its y [N, nrows] in place
+ * and yq; ticket: 0 between launches, the CTAs of the entry (all kn slices) take one each. */
+typedef struct gv_norm {
+    int i, qblock;
+    const float *w;
+    float *yq, eps;
+    int *ticket;
+} gv_norm;
+
 typedef struct gv_multi {
     lin_args e[DSV4_BK_LINEAR_MULTI_MAX];
     int64_t cps[DSV4_BK_LINEAR_MULTI_MAX];
     int cta0[DSV4_BK_LINEAR_MULTI_MAX + 1];
     int ks_log2[DSV4_BK_LINEAR_MULTI_MAX];
     int n;
+    gv_norm nm;
 } gv_multi;
+
+// The last CTA of entry a (by a ticket, as moe_route.cu's) runs dsv4_bk_rmsnorm_quant on the
+// entry's y [N, nrows] in place (-> y, m.nm.yq): rmsnorm_kernel's numerics (rownorm_dev.cuh), a
+// row at a time in the launch's dynamic shared memory (y, then the norm weight: 2 nrows floats).
+// Each CTA's y stores (a share of the rows, or of a cluster's slices: lin_cluster_store) are
+// fenced before its ticket; the last CTA fences after taking it, then reads y. The other entries'
+// CTAs stream on meanwhile, and the norm's own launch leaves the step's chain (the attention's
+// q_norm: ~5 us run + wake at one row). What it costs here, measured (H100 trace, Flash batch 1):
+// the entry's CTAs end ~5 us after the wait, the ticket returns ~3 us later (a fence and an
+// atomic while the other CTAs stream), then loads and the norm; the launch ends ~4 us later than
+// without the tail. Step: Flash batch 1-2 -0.3%, Pro -0.5% (docs/PERF.md, session 36).
+__device__ __noinline__ void gv_norm_tail(const gv_multi &m, const lin_args &a)
+{
+    __shared__ int last;
+    __shared__ double sh[GV_THREADS / 32];
+    extern __shared__ float4 gv_xs[];
+    float *s = (float *)gv_xs, *sw = s + a.nrows;
+    const int width = (int)a.nrows;
+    /* the norm weight's lines into L2 meanwhile (from HBM: one round trip fewer for the last) */
+    for (int i = 32 * (int)threadIdx.x; i < width; i += 32 * GV_THREADS)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(m.nm.w + i));
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const int n = (m.cta0[m.nm.i + 1] - m.cta0[m.nm.i]) * (int)gridDim.z;
+        last = atomicAdd(m.nm.ticket, 1) == n - 1;
+        if (last) *m.nm.ticket = 0; /* every CTA has taken its ticket */
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int64_t r = 0; r < a.N; r++) {
+        float *y = a.y + r * a.ldy;
+        /* y (through L2: other CTAs wrote it) and, for the first row, w: 4 loads of each a
+         * thread in flight together */
+        for (int i0 = threadIdx.x; i0 < width; i0 += 4 * GV_THREADS) {
+            float v[4], u[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int i = i0 + k * GV_THREADS;
+                v[k] = i < width ? __ldcg(y + i) : 0.0f;
+                u[k] = r == 0 && i < width ? __ldg(m.nm.w + i) : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                const int i = i0 + k * GV_THREADS;
+                if (i < width) s[i] = v[k];
+                if (r == 0 && i < width) sw[i] = u[k];
+            }
+        }
+        __syncthreads();
+        dev_rmsnorm_row(y, m.nm.yq + r * width, s, sw, s, width, m.nm.eps, 1, m.nm.qblock, sh);
+        __syncthreads(); /* s and sh are the next row's */
+    }
+}
 
 // Every entry's y [N, nrows] = x [N, cols] . W^T in one launch; grid (cta0[n], 1, kn), clusters
 // (1, 1, kn) when kn > 1. The CTA finds its entry, then branches on the entry's format (uniform
@@ -450,6 +521,7 @@ template <int NT, int F816> __device__ __forceinline__ void gemv_multi_body(cons
         if constexpr (!F816) gemv_body<NT, 32>(a, blk, m.ks_log2[i], m.cps[i], kz, kn);
         break;
     }
+    if (i == m.nm.i) gv_norm_tail(m, a);
 }
 
 template <int NT>
@@ -631,7 +703,12 @@ enum { W16X_NMIN = 33, W16X_MIN_KS = 2 };
 
 typedef void (*gemv_multi_fn)(gv_multi);
 
-static dsv4_status launch_gemv_multi(const lin_args *as, int n, cudaStream_t st)
+/* The norm tail's row and weight in the launch's dynamic shared memory: rows of up to this many
+ * floats (48 KB without opting in to more); wider rows take the separate rmsnorm_quant launch. */
+enum { GV_NORM_MAX = 6 * 1024 };
+
+static dsv4_status launch_gemv_multi(const lin_args *as, int n, const gv_norm *norm,
+                                     cudaStream_t st)
 {
     static const gemv_multi_fn table[5] = {gemv_multi_kernel<1>, gemv_multi_kernel<2>,
                                            gemv_multi_kernel<4>, gemv_multi_kernel<8>,
@@ -670,6 +747,7 @@ static dsv4_status launch_gemv_multi(const lin_args *as, int n, cudaStream_t st)
     }
     m.cta0[n] = (int)ctas;
     m.n = n;
+    m.nm = *norm;
     /* split-K over clusters only when the entries are too small to fill the resident slots */
     int kn = force_split > 0 ? force_split : 1;
     while (force_split <= 0 && kn < GV_SPLIT_MAX && ctas * kn < (int64_t)LIN_SMS * occ) {
@@ -682,7 +760,8 @@ static dsv4_status launch_gemv_multi(const lin_args *as, int n, cudaStream_t st)
     }
     for (int i = 0; i < n; i++) m.cps[i] = (as[i].cols / gemv_chunk_cols(as[i].fmt) + kn - 1) / kn;
     cudaLaunchAttribute attr;
-    const cudaLaunchConfig_t cfg = gemv_cfg(dim3((unsigned)ctas, 1, (unsigned)kn), kn, st, &attr);
+    cudaLaunchConfig_t cfg = gemv_cfg(dim3((unsigned)ctas, 1, (unsigned)kn), kn, st, &attr);
+    if (m.nm.i >= 0) cfg.dynamicSmemBytes = (size_t)as[m.nm.i].nrows * 2 * sizeof(float);
     CUDA_TRY(cudaLaunchKernelEx(&cfg, occ == GV_OCC1 ? gemv_multi_f816_kernel : table[ni], m));
     return DSV4_OK;
 }
@@ -999,8 +1078,10 @@ extern "C" dsv4_status dsv4_cuda_bk_linear_grouped(dsv4_backend *b, const dsv4_w
     return lin_run(b, &a);
 }
 
-extern "C" dsv4_status dsv4_cuda_bk_linear_multi(dsv4_backend *b, const dsv4_bk_linear_entry *e,
-                                                 int n, int64_t N)
+/* The projections of dsv4_cuda_bk_linear_multi (below); *tailed: the entry whose norm the GEMV's
+ * tail ran (-1: none; the caller runs the others'). */
+static dsv4_status linear_multi_run(dsv4_backend *b, const dsv4_bk_linear_entry *e, int n,
+                                    int64_t N, int *tailed)
 {
     if (n < 0 || n > DSV4_BK_LINEAR_MULTI_MAX || N < 0 || (n > 0 && !e))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "linear_multi: %d entries (at most %d), N %lld",
@@ -1027,8 +1108,10 @@ extern "C" dsv4_status dsv4_cuda_bk_linear_multi(dsv4_backend *b, const dsv4_bk_
                 c[i] = e[i];
                 c[i].x = e[i].x + r0 * e[i].ldx;
                 c[i].y = e[i].y + r0 * e[i].ldy;
+                c[i].norm = NULL; /* the caller's, over all N rows */
             }
-            DSV4_TRY(dsv4_cuda_bk_linear_multi(b, c, n, N - r0 < per ? N - r0 : per));
+            int none = -1;
+            DSV4_TRY(linear_multi_run(b, c, n, N - r0 < per ? N - r0 : per, &none));
         }
         return DSV4_OK;
     }
@@ -1084,8 +1167,30 @@ extern "C" dsv4_status dsv4_cuda_bk_linear_multi(dsv4_backend *b, const dsv4_bk_
     for (int i = 0; i < n; i++)
         if (!in[i] && as[i].nrows > 0) DSV4_TRY(lin_run(b, &as[i]));
     if (nf > 0) {
-        DSV4_TRY(launch_gemv_multi(fused, nf, dsv4_cuda_stream(b->cuda)));
+        gv_norm norm = {-1, 0, NULL, NULL, 0.0f, NULL}; /* the first entry with a norm */
+        for (int i = 0, f = 0; i < n && norm.i < 0; i++) {
+            if (in[i] && e[i].norm && as[i].nrows <= GV_NORM_MAX) {
+                norm = (gv_norm){f,       e[i].qblock, e[i].norm,
+                                 e[i].yq, e[i].eps,    dsv4_cuda_lin_ticket(b->cuda)};
+                *tailed = i;
+            }
+            f += in[i];
+        }
+        DSV4_TRY(launch_gemv_multi(fused, nf, &norm, dsv4_cuda_stream(b->cuda)));
         last_path = DSV4_LIN_PATH_MULTI;
     }
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_linear_multi(dsv4_backend *b, const dsv4_bk_linear_entry *e,
+                                                 int n, int64_t N)
+{
+    int tailed = -1;
+    DSV4_TRY(linear_multi_run(b, e, n, N, &tailed));
+    last_norm_tail = tailed;
+    for (int i = 0; i < n && N > 0; i++)
+        if (e[i].norm && i != tailed)
+            DSV4_TRY(dsv4_cuda_bk_rmsnorm_quant(b, e[i].y, e[i].yq, e[i].y, e[i].norm, N,
+                                                e[i].w->rows, e[i].eps, e[i].qblock));
     return DSV4_OK;
 }

@@ -23,23 +23,9 @@
 #include "backend/cuda/hc_dev.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/quant_dev.cuh"
+#include "backend/cuda/rownorm_dev.cuh"
 #include "backend/cuda/weight_dev.cuh"
 #include "core/float_formats.h"
-
-/* ---- device helpers: block sums (quant_sim.c's roundings: quant_dev.cuh) ----------------------
- */
-
-/* The sum of v over the block (blockDim a multiple of 32, sh [blockDim / 32]); every thread gets
- * the same value. One call per kernel (sh is not reset). */
-__device__ static double dev_block_sum(double v, double *sh)
-{
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = v;
-    __syncthreads();
-    double t = 0.0;
-    for (int i = 0; i < (int)(blockDim.x >> 5); i++) t += sh[i];
-    return t;
-}
 
 /* ---- embedding ------------------------------------------------------------------------------ */
 struct embed_args {
@@ -137,74 +123,7 @@ extern "C" dsv4_status dsv4_cuda_bk_embed(dsv4_backend *b, float *X, const dsv4_
     return DSV4_OK;
 }
 
-/* ---- RMSNorm (and act_quant of its output) --------------------------------------------------
- * A decode step has one row (N = 1), so a kernel's time is its latency: every row kernel below
- * issues all of its loads at once (a staging loop of STAGE_UNROLL loads a thread, or a register
- * tile) instead of one dependent round trip per loop iteration. */
-enum {
-    ROW_THREADS = 256,         /* the sum threads of RMSNorm's fixed reduction tree */
-    RMS_WIDE_THREADS = 1024,   /* CTA of a row wider than RMS_WIDE (more loads in flight) */
-    RMS_WIDE = 2048,           /* elements */
-    RMS_SMEM_MAX = 160 * 1024, /* bytes of shared memory a row kernel may stage */
-    STAGE_UNROLL = 16,
-};
-
-/* dst [n] = src [n] and, when src2, dst2 [n] = src2 [n], by the whole block: a thread's loads
- * of both (STAGE_UNROLL of each a round) go out before it stores any. */
-__device__ static void dev_stage(float *dst, const float *src, float *dst2, const float *src2,
-                                 int n)
-{
-    const int nt = (int)blockDim.x;
-    for (int i0 = (int)threadIdx.x; i0 < n; i0 += STAGE_UNROLL * nt) {
-        float v[STAGE_UNROLL], v2[STAGE_UNROLL];
-#pragma unroll
-        for (int k = 0; k < STAGE_UNROLL; k++) {
-            const int i = i0 + k * nt;
-            v[k] = i < n ? src[i] : 0.0f;
-            v2[k] = src2 && i < n ? src2[i] : 0.0f;
-        }
-#pragma unroll
-        for (int k = 0; k < STAGE_UNROLL; k++) {
-            const int i = i0 + k * nt;
-            if (i < n) dst[i] = v[k];
-            if (src2 && i < n) dst2[i] = v2[k];
-        }
-    }
-}
-
-/* RMSNorm's 1 / sqrt(mean(x^2) + eps) of x [width] (shared or global memory) in ONE summation
- * order whatever the CTA shape, so that every kernel normalising a row gets the same bits: sum
- * thread t < ROW_THREADS adds x[t + ROW_THREADS j]^2 in double in j order, then dev_block_sum
- * (warp xor-butterfly, warp sums in warp order); the threads beyond ROW_THREADS of a larger
- * CTA add 0.0 (exact). The squares of f32 values are exact in double. sh: dev_block_sum's. */
-__device__ static float dev_rms_scale(const float *x, int width, float eps, double *sh)
-{
-    double ss = 0.0;
-    if ((int)threadIdx.x < ROW_THREADS)
-        for (int i = (int)threadIdx.x; i < width; i += ROW_THREADS)
-            ss += (double)x[i] * (double)x[i];
-    ss = dev_block_sum(ss, sh);
-    const float var = (float)(ss / (double)width);
-    return __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
-}
-
-/* dsv4_sim_act_quant of one block in [len] -> out [len] (may alias: each lane rereads what it
- * overwrites, after the warp's max is complete) by one warp: bf16, then e4m3 with the block's
- * power-of-two scale. The amax is a max (order-free), every other step a single rounding the
- * CPU does the same way: bit-identical. */
-__device__ static void dev_warp_quant(float *out, const float *in, int len)
-{
-    const int lane = threadIdx.x & 31;
-    float amax = 0.0f;
-    for (int i = lane; i < len; i += 32)
-        amax = fmaxf(amax, fabsf(dev_round_bf16(in[i]))); /* fmaxf skips a NaN */
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float s = dev_scale_fp8(amax);
-    for (int i = lane; i < len; i += 32) {
-        const float v = dev_round_bf16(in[i]);
-        out[i] = __fmul_rn(dev_round_e4m3(__fdiv_rn(v, s)), s);
-    }
-}
+/* ---- RMSNorm (and act_quant of its output): rownorm_dev.cuh -------------------------------- */
 
 // x [N, width] (stride ldx) -> y [N, width] (stride ldy) = x * rs (* w), bf16 when round_bf16;
 // when yq != NULL also yq [N, width] (stride ldq) = act_quant(y, qblock) (a warp a block).
@@ -228,22 +147,8 @@ __global__ static void rmsnorm_kernel(float *y, int64_t ldy, float *yq, int64_t 
         src = rms_smem;
         if (w_staged) wsrc = rms_smem + width;
     }
-    const float rs = dev_rms_scale(src, width, eps, sh);
-    for (int i = threadIdx.x; i < width; i += blockDim.x) {
-        float v = __fmul_rn(src[i], rs);
-        if (w) v = __fmul_rn(wsrc[i], v);
-        if (round_bf16) v = dev_round_bf16(v);
-        yr[i] = v;
-        if (yq) rms_smem[i] = v; /* staged: this thread's own x[i], read above */
-    }
-    if (!yq) return;
-    __syncthreads();
-    float *yqr = yq + (int64_t)blockIdx.x * ldq;
-    const int nb = (width + qblock - 1) / qblock, warp = threadIdx.x >> 5;
-    for (int qb = warp; qb < nb; qb += blockDim.x >> 5) {
-        const int b0 = qb * qblock;
-        dev_warp_quant(yqr + b0, rms_smem + b0, width - b0 < qblock ? width - b0 : qblock);
-    }
+    dev_rmsnorm_row(yr, yq ? yq + (int64_t)blockIdx.x * ldq : NULL, src, w ? wsrc : NULL, rms_smem,
+                    width, eps, round_bf16, qblock, sh);
 }
 
 /* The launch of rmsnorm_kernel for [N, width] rows; yq: see the kernel (needs a staged row). */

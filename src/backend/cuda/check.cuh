@@ -19,6 +19,9 @@ cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx);
  * the side stream's projections do not share it; linear_f8w.cu). */
 void *dsv4_cuda_f8w_ws(dsv4_cuda_ctx *ctx);
 size_t dsv4_lin_f8w_ws_bytes(void);
+/* The GEMV norm tail's ticket counter of the stream launches go to now (one int, 0 between
+ * launches; bk_linear.cu gv_norm_tail). */
+int *dsv4_cuda_lin_ticket(dsv4_cuda_ctx *ctx);
 /* The sparse attention's cache of cluster capacities (bk_attn.cu sa_capacity), per context. */
 enum { DSV4_ATTN_CAP_SLOTS = 128 };
 int *dsv4_cuda_attn_cap(dsv4_cuda_ctx *ctx);

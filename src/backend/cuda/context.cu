@@ -19,10 +19,12 @@ struct dsv4_cuda_ctx {
     cudaStream_t stream; /* main */
     cudaStream_t side;   /* between branch and merge */
     cudaEvent_t fork, join;
-    int on_side;      /* launches go to side */
-    int join_pending; /* side_end recorded join; side_join not yet waited */
-    void *f8w_ws[2];  /* F8W's x codes and W16's bf16 x, one per stream (main, side):
-                         linear_f8w.cu, linear_w16.cu (both run in stream order) */
+    int on_side;        /* launches go to side */
+    int join_pending;   /* side_end recorded join; side_join not yet waited */
+    void *f8w_ws[2];    /* F8W's x codes and W16's bf16 x, one per stream (main, side):
+                           linear_f8w.cu, linear_w16.cu (both run in stream order) */
+    int *lin_ticket[2]; /* bk_linear.cu's GEMV norm tail: a ticket counter per stream, 0
+                           between launches (each launch's last CTA resets it) */
     int attn_cap[DSV4_ATTN_CAP_SLOTS]; /* bk_attn.cu sa_capacity: clusters the device holds */
     dsv4_cuda_trace trace;             /* trace.cu */
     /* the side chains' last nodes joined by dsv4_cuda_side_join_settled in the graph being
@@ -56,6 +58,10 @@ extern "C" dsv4_status dsv4_cuda_ctx_create(int device, dsv4_cuda_ctx **out)
         err = cudaMalloc(&ctx->f8w_ws[i], dsv4_lin_f8w_ws_bytes() > dsv4_lin_w16_ws_bytes()
                                               ? dsv4_lin_f8w_ws_bytes()
                                               : dsv4_lin_w16_ws_bytes());
+    for (int i = 0; i < 2 && err == cudaSuccess; i++) {
+        err = cudaMalloc(&ctx->lin_ticket[i], sizeof(int));
+        if (err == cudaSuccess) err = cudaMemset(ctx->lin_ticket[i], 0, sizeof(int));
+    }
     if (err != cudaSuccess) {
         dsv4_cuda_ctx_destroy(ctx);
         return dsv4_fail(DSV4_ERR_DEVICE, "creating a context on CUDA device %d: %s", device,
@@ -69,8 +75,10 @@ extern "C" void dsv4_cuda_ctx_destroy(dsv4_cuda_ctx *ctx)
 {
     if (!ctx) return;
     cudaSetDevice(ctx->device);
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < 2; i++) {
         if (ctx->f8w_ws[i]) cudaFree(ctx->f8w_ws[i]);
+        if (ctx->lin_ticket[i]) cudaFree(ctx->lin_ticket[i]);
+    }
     if (ctx->trace.buf) cudaFree(ctx->trace.buf); /* a trace begun and never ended */
     if (ctx->join) cudaEventDestroy(ctx->join);
     if (ctx->fork) cudaEventDestroy(ctx->fork);
@@ -216,6 +224,11 @@ cudaStream_t dsv4_cuda_stream(dsv4_cuda_ctx *ctx)
 void *dsv4_cuda_f8w_ws(dsv4_cuda_ctx *ctx)
 {
     return ctx->f8w_ws[ctx->on_side ? 1 : 0];
+}
+
+int *dsv4_cuda_lin_ticket(dsv4_cuda_ctx *ctx)
+{
+    return ctx->lin_ticket[ctx->on_side ? 1 : 0];
 }
 
 int *dsv4_cuda_attn_cap(dsv4_cuda_ctx *ctx)

@@ -54,6 +54,9 @@ int dsv4_cuda_linear_last_split(void);
 int dsv4_cuda_linear_gemv_xs(int on);
 /* Whether the last single GEMV launch staged x (gemv_xs_kernel). */
 int dsv4_cuda_linear_last_xs(void);
+/* The entry of the last dsv4_cuda_bk_linear_multi call whose norm its GEMV launch's last CTA ran
+ * (bk_linear.cu gv_norm_tail; -1: none, every norm a launch of its own). */
+int dsv4_cuda_linear_last_norm_tail(void);
 
 #ifdef __cplusplus
 }
