@@ -53,7 +53,7 @@ enum {
 
 typedef struct bench_args {
     const char *shape;
-    int layers;
+    int layers, hash_layers;
     dsv4_weight_format experts;
     int batches[MAX_LIST], n_batches;
     int64_t contexts[MAX_LIST];
@@ -112,7 +112,8 @@ static int usage(int rc)
 {
     fprintf(
         rc ? stderr : stdout,
-        "usage: dsv4 bench [--shape flash|pro] [--layers N] [--experts mxfp4|nvfp4]\n"
+        "usage: dsv4 bench [--shape flash|pro] [--layers N] [--hash-layers K]\n"
+        "                  [--experts mxfp4|nvfp4]\n"
         "                  [--batches 1,8,32,64] [--contexts 4096,65536] [--prefill 4096]\n"
         "                  [--steps 20] [--no-graphs] [--pdl | --no-pdl] [--zero-cache] [--json]\n"
         "                  [--gpu I] [--seed S] [--ceilings-only] [--gemms 1,8,64 | --no-gemms]\n"
@@ -120,6 +121,8 @@ static int usage(int rc)
         "  Times the CUDA engine at the real DeepSeek-V4 geometry with random weights.\n"
         "  --layers N       layers of the model (default 4; fewer than the real count take\n"
         "                   the real layers 2.., alternating CSA and HCA; 0 = all)\n"
+        "  --hash-layers K  the first K layers route by hash (default: 3 as the real models,\n"
+        "                   or all but the last of <= 3; the real bulk routes by top-k)\n"
         "  --batches        decode batch sizes (sequences per step)\n"
         "  --contexts       tokens already in every sequence when decode is timed\n"
         "  --prefill N      tokens of the timed one-sequence prefill (0: none)\n"
@@ -210,6 +213,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
     memset(a, 0, sizeof *a);
     a->shape = "flash";
     a->layers = 4;
+    a->hash_layers = -1;
     a->experts = DSV4_FORMAT_MXFP4;
     a->n_batches = 4;
     a->batches[0] = 1, a->batches[1] = 8, a->batches[2] = 32, a->batches[3] = 64;
@@ -307,7 +311,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
             i++;
         } else {
             int64_t lo = 0, hi = 1 << 22;
-            if (!strcmp(o, "--layers"))
+            if (!strcmp(o, "--layers") || !strcmp(o, "--hash-layers"))
                 hi = 256;
             else if (!strcmp(o, "--steps"))
                 lo = 1, hi = 1 << 20;
@@ -315,7 +319,7 @@ static int parse_args(int argc, char **argv, bench_args *a)
                 hi = 64;
             else if (!strcmp(o, "--seed"))
                 lo = 1, hi = INT64_MAX;
-            else if (strcmp(o, "--prefill")) {
+            else if (strcmp(o, "--prefill") && strcmp(o, "--hash-layers")) {
                 fprintf(stderr, "dsv4 bench: unknown option '%s'\n", o);
                 return usage(2);
             }
@@ -326,6 +330,8 @@ static int parse_args(int argc, char **argv, bench_args *a)
             }
             if (!strcmp(o, "--layers"))
                 a->layers = (int)x;
+            else if (!strcmp(o, "--hash-layers"))
+                a->hash_layers = (int)x;
             else if (!strcmp(o, "--steps"))
                 a->steps = (int)x;
             else if (!strcmp(o, "--gpu"))
@@ -1085,7 +1091,8 @@ int cmd_bench(int argc, char **argv)
     fprintf(stderr, "dsv4 bench: measuring the device's ceilings\n");
     dsv4_status st = measure_ceilings(&a, &o->ceil);
     dsv4_model *m = NULL;
-    if (st == DSV4_OK) st = dsv4_model_create_shape(a.shape, a.layers, a.experts, &m);
+    if (st == DSV4_OK)
+        st = dsv4_model_create_shape(a.shape, a.layers, a.hash_layers, a.experts, &m);
     if (st == DSV4_OK && !a.ceilings_only) st = run_engine(&a, m, o);
     if (st == DSV4_OK && !a.ceilings_only && run_gemms(&a, m, o) != DSV4_OK)
         fprintf(stderr, "dsv4 bench: the projections against cuBLASLt stopped after %d: %s\n",

@@ -50,10 +50,11 @@ int dsv4_hf_stacked_names(int layer, int down, char out[][160], int max_out);
 /* ---- shape models (model/model_shape.c) ---------------------------------------------------
  * A model with the real DeepSeek-V4 geometry and no weight bytes, for benchmarks: shape "flash"
  * or "pro" (the hub config.json of each), `layers` of them (<= 0: all; fewer take the real
- * layers 2.. so CSA and HCA alternate, see model_shape.c), routed experts MXFP4 or NVFP4, every
- * other weight in the official checkpoint's format; data = scale = NULL, no MTP. Upload with a
- * random_seed (dsv4_engine_options). Freed by dsv4_model_close. */
-dsv4_status dsv4_model_create_shape(const char *shape, int layers,
+ * layers 2.. so CSA and HCA alternate, see model_shape.c), the first hash_layers of them routed
+ * by hash (< 0: model_shape.c's default), routed experts MXFP4 or NVFP4, every other weight in
+ * the official checkpoint's format; data = scale = NULL, no MTP. Upload with a random_seed
+ * (dsv4_engine_options). Freed by dsv4_model_close. */
+dsv4_status dsv4_model_create_shape(const char *shape, int layers, int hash_layers,
                                     dsv4_weight_format expert_format, dsv4_model **out);
 /* Bytes as stored of layer `layer`'s weights other than its routed experts (attention,
  * compressor, indexer, mHC, norms, router; tid2eid excluded) and of one routed expert (w1 + w2

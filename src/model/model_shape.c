@@ -16,7 +16,9 @@
  * layers 0-1 are sliding / HCA-only), so any model of >= 2 layers holds a CSA and an HCA layer
  * and is made of the layer kinds the real bulk is made of. Hash routing: the first 3 layers as in
  * the real models when more than 3 layers are asked for, else all but the last (so one layer
- * always routes by top-k). No MTP block.
+ * always routes by top-k); or the first hash_layers when that is given (>= 0; at most the real
+ * count and the layers): the real bulk routes by top-k (40 of Flash's 43 layers, 58 of Pro's
+ * 61), which 4 layers with 3 hash-routed underweight. No MTP block.
  *
  * Ownership: the handle is freed by dsv4_model_close. The weight names live in the same block as
  * m->dir (the label, then every name), so the free(m->dir) there releases them; the layers and
@@ -202,8 +204,8 @@ static int shape_slot(schema_slot *s, void *ctx)
 }
 
 /* The config of a shape model: the real one cut to `layers` (see the file comment). */
-static dsv4_status shape_config(const char *shape, int *layers, dsv4_weight_format ef,
-                                dsv4_config *cfg)
+static dsv4_status shape_config(const char *shape, int *layers, int hash_layers,
+                                dsv4_weight_format ef, dsv4_config *cfg)
 {
     const char *json = !strcmp(shape, "flash") ? FLASH_HUB_JSON : PRO_HUB_JSON;
     DSV4_TRY(dsv4_config_parse(json, strlen(json), shape, cfg));
@@ -219,7 +221,15 @@ static dsv4_status shape_config(const char *shape, int *layers, dsv4_weight_form
         const int src = L == real ? i : (i + 2 < real ? i + 2 : real - 1);
         ratio[i] = cfg->compress_ratio[src];
     }
-    const int hash = L == real || L > cfg->num_hash_layers ? cfg->num_hash_layers : L - 1;
+    if (hash_layers > cfg->num_hash_layers || hash_layers > L)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "%d hash-routed layers asked for: DeepSeek-V4-%s has %d, the model %d "
+                         "layers",
+                         hash_layers, !strcmp(shape, "flash") ? "Flash" : "Pro",
+                         cfg->num_hash_layers, L);
+    const int hash = hash_layers >= 0                        ? hash_layers
+                     : L == real || L > cfg->num_hash_layers ? cfg->num_hash_layers
+                                                             : L - 1;
     memset(cfg->compress_ratio, 0, sizeof cfg->compress_ratio);
     memset(cfg->hash_layer, 0, sizeof cfg->hash_layer);
     for (int i = 0; i < L; i++) {
@@ -235,8 +245,8 @@ static dsv4_status shape_config(const char *shape, int *layers, dsv4_weight_form
     return DSV4_OK;
 }
 
-dsv4_status dsv4_model_create_shape(const char *shape, int layers, dsv4_weight_format expert_format,
-                                    dsv4_model **out)
+dsv4_status dsv4_model_create_shape(const char *shape, int layers, int hash_layers,
+                                    dsv4_weight_format expert_format, dsv4_model **out)
 {
     dsv4_clear_error();
     if (!shape || !out)
@@ -250,7 +260,7 @@ dsv4_status dsv4_model_create_shape(const char *shape, int layers, dsv4_weight_f
                          "routed experts must be MXFP4 or NVFP4 (got %s)",
                          dsv4_weight_format_name(expert_format));
     dsv4_config cfg;
-    DSV4_TRY(shape_config(shape, &layers, expert_format, &cfg));
+    DSV4_TRY(shape_config(shape, &layers, hash_layers, expert_format, &cfg));
 
     dsv4_model *m = calloc(1, sizeof *m);
     if (!m) return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "allocating the model handle");
