@@ -8,8 +8,10 @@
  * double. Every kernel sums at most 1024 columns here in chains of at most ~80 f32 additions,
  * so its rounding error stays below 80 * 2^-24 ~ 5e-6 of that sum.
  * Also: scalar and AVX2 agree within twice the bound; 1, 2 and 3 threads (and no pool) give
- * bit-identical results; a row subrange gives bit-identical rows of the full product.
+ * bit-identical results; a row subrange gives bit-identical rows of the full product; the
+ * backend's multi projection with a norm is its two ops composed (test_multi_norm).
  */
+#include "backend/backend.h"
 #include "backend/cpu/cpu_linear.h"
 #include "backend/cpu/linear_kernels.h"
 #include "core/error.h"
@@ -336,6 +338,45 @@ static void test_errors(void)
     free_weight(t);
 }
 
+/* The backend's multi projection with a norm on an entry (backend.h dsv4_bk_linear_multi): bit
+ * for bit its projections, then dsv4_bk_rmsnorm_quant of the entry's y in place; a norm without
+ * yq, with qblock 0 or on y rows that are not contiguous is refused, naming the entry. */
+static void test_multi_norm(void)
+{
+    dsv4_backend *b = NULL;
+    CHECK(dsv4_backend_create(DSV4_DEVICE_CPU, 0, pools[2], &b) == DSV4_OK);
+    if (!b) return;
+    enum { N = 3, C = 512, R0 = 300, R1 = 64 };
+    test_weight *w0 = make_weight(DSV4_FORMAT_FP8, DSV4_DT_F8_E8M0, R0, C);
+    test_weight *w1 = make_weight(DSV4_FORMAT_BF16, DSV4_DT_F32, R1, C);
+    float *x = xmalloc(N * C * sizeof(float)), *nw = xmalloc(R0 * sizeof(float));
+    float *y0 = xmalloc(N * R0 * sizeof(float)), *q0 = xmalloc(N * R0 * sizeof(float));
+    float *y1 = xmalloc(N * R1 * sizeof(float)), *yr = xmalloc(N * R0 * sizeof(float));
+    float *qr = xmalloc(N * R0 * sizeof(float)), *y1r = xmalloc(N * R1 * sizeof(float));
+    for (int i = 0; i < N * C; i++) x[i] = rndf(-2.0f, 2.0f);
+    for (int i = 0; i < R0; i++) nw[i] = rndf(0.25f, 1.75f);
+    dsv4_bk_linear_entry e[2] = {dsv4_bk_lin_entry(&w0->w, x, C, y0, R0, 1),
+                                 dsv4_bk_lin_entry(&w1->w, x, C, y1, R1, 0)};
+    e[0].norm = nw, e[0].yq = q0, e[0].eps = 1e-6f, e[0].qblock = 128;
+    CHECK(dsv4_bk_linear_multi(b, e, 2, N) == DSV4_OK);
+    CHECK(dsv4_bk_linear(b, &w0->w, 0, R0, x, C, N, yr, R0, 1) == DSV4_OK);
+    CHECK(dsv4_bk_rmsnorm_quant(b, yr, qr, yr, nw, N, R0, 1e-6f, 128) == DSV4_OK);
+    CHECK(dsv4_bk_linear(b, &w1->w, 0, R1, x, C, N, y1r, R1, 0) == DSV4_OK);
+    CHECK(memcmp(y0, yr, N * R0 * sizeof(float)) == 0);
+    CHECK(memcmp(q0, qr, N * R0 * sizeof(float)) == 0);
+    CHECK(memcmp(y1, y1r, N * R1 * sizeof(float)) == 0);
+    e[0].ldy = R0 + 1;
+    CHECK(dsv4_bk_linear_multi(b, e, 2, 1) == DSV4_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(dsv4_last_error(), "entry 0") != NULL);
+    e[0].ldy = R0, e[0].yq = NULL;
+    CHECK(dsv4_bk_linear_multi(b, e, 2, 1) == DSV4_ERR_INVALID_ARGUMENT);
+    e[0].yq = q0, e[0].qblock = 0;
+    CHECK(dsv4_bk_linear_multi(b, e, 2, 1) == DSV4_ERR_INVALID_ARGUMENT);
+    free(x), free(nw), free(y0), free(q0), free(y1), free(yr), free(qr), free(y1r);
+    free_weight(w0), free_weight(w1);
+    dsv4_backend_destroy(b);
+}
+
 /* ---- Pool stress ---------------------------------------------------------------------------- */
 
 enum { MAX_ITEMS = 300 };
@@ -432,6 +473,7 @@ int main(void)
     test_formats();
     test_fp8_edges();
     test_errors();
+    test_multi_norm();
     for (int i = 1; i < 4; i++) dsv4_cpu_pool_destroy(pools[i]);
     printf("%.2f s\n", test_now() - t0);
     return test_finish();
