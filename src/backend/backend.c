@@ -345,7 +345,8 @@ dsv4_status dsv4_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint16_t *w
 {
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
-        return dsv4_cuda_bk_q_kv_norm_rope(b, q, H, win, R, kv, w, rows, hd, r, freqs, eps, qblock);
+        return dsv4_cuda_bk_q_kv_norm_rope(b, q, H, win, R, kv, w, rows, hd, r, freqs, eps,
+                                           qblock);
 #endif
     DSV4_TRY(dsv4_cpu_bk_head_norm_rope(b, q, rows, H, hd, r, freqs, eps));
     return dsv4_cpu_bk_kv_norm_rope_store(b, win, R, kv, w, rows, hd, r, freqs, eps, qblock);
@@ -366,10 +367,11 @@ dsv4_status dsv4_bk_linear_aq(dsv4_backend *b, const dsv4_weight *w, const float
                               float *xq, int64_t N, float *y, int64_t ldy, int round_bf16)
 {
     if (!w || N < 0 || ldx < w->cols || ldy < w->rows || (N > 0 && (!x || !xq || !y)))
-        return dsv4_fail(
-            DSV4_ERR_INVALID_ARGUMENT, "linear_aq %s [%lld, %lld]: N %lld, ldx %lld, ldy %lld",
-            w ? w->name : "(no weight)", w ? (long long)w->rows : 0LL, w ? (long long)w->cols : 0LL,
-            (long long)N, (long long)ldx, (long long)ldy);
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "linear_aq %s [%lld, %lld]: N %lld, ldx %lld, ldy %lld",
+                         w ? w->name : "(no weight)", w ? (long long)w->rows : 0LL,
+                         w ? (long long)w->cols : 0LL, (long long)N, (long long)ldx,
+                         (long long)ldy);
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
         return dsv4_cuda_bk_linear_aq(b, w, x, ldx, xq, N, y, ldy, round_bf16);
@@ -492,8 +494,8 @@ dsv4_status dsv4_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, const flo
 {
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
-        return dsv4_cuda_bk_hc_head_site(b, h, Xo, X, f, post_in, comb_in, fn, base, scale, norm, N,
-                                         n, D, hc_eps, rms_eps);
+        return dsv4_cuda_bk_hc_head_site(b, h, Xo, X, f, post_in, comb_in, fn, base, scale, norm,
+                                         N, n, D, hc_eps, rms_eps);
 #endif
     return dsv4_cpu_bk_hc_head_site(b, h, Xo, X, f, post_in, comb_in, fn, base, scale, norm, N, n,
                                     D, hc_eps, rms_eps);
@@ -636,13 +638,13 @@ dsv4_status dsv4_bk_moe(dsv4_backend *b, float *out, const float *h, const int32
 dsv4_status dsv4_bk_moe_routed(dsv4_backend *b, float *out, int32_t *sel, float *wts,
                                const float *h, const float *logits, const float *bias,
                                const int32_t *tid2eid, const dsv4_bk_rows *rows,
-                               const dsv4_bk_experts *t, int E, int K, int64_t D, float route_scale,
-                               float limit, void *ws)
+                               const dsv4_bk_experts *t, int E, int K, int64_t D,
+                               float route_scale, float limit, void *ws)
 {
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
-        return dsv4_cuda_bk_moe_routed(b, out, sel, wts, h, logits, bias, tid2eid, rows, t, E, K, D,
-                                       route_scale, limit, ws);
+        return dsv4_cuda_bk_moe_routed(b, out, sel, wts, h, logits, bias, tid2eid, rows, t, E, K,
+                                       D, route_scale, limit, ws);
 #endif
     DSV4_TRY(dsv4_cpu_bk_router(b, sel, wts, logits, bias, tid2eid, rows, E, K, route_scale));
     return dsv4_cpu_bk_moe(b, out, h, sel, wts, t, rows->n, K, D, limit, ws);

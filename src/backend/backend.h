@@ -47,7 +47,7 @@ typedef struct dsv4_backend {
     dsv4_cpu_pool *pool;   /* CPU: the thread pool (NULL: the calling thread) */
     dsv4_cuda_ctx *cuda;   /* CUDA: the device context (stream, memory) */
     dsv4_bk_prof *prof;    /* per-op timing when on (dsv4_bk_prof_*) */
-    int pdl;           /* CUDA graphs: kernel -> kernel edges programmatic (dsv4_bk_graph_end) */
+    int pdl; /* CUDA graphs: kernel -> kernel edges programmatic (dsv4_bk_graph_end) */
     int graph_kernels; /* kernel nodes of the last graph dsv4_bk_graph_end made */
 } dsv4_backend;
 
@@ -79,8 +79,7 @@ dsv4_status dsv4_bk_fill_bf16(dsv4_backend *b, uint16_t *p, size_t n, uint64_t s
 #ifdef __CUDACC__
 __host__ __device__
 #endif
-    static inline uint16_t
-    dsv4_fill_bf16_bits(uint64_t seed, uint64_t i)
+static inline uint16_t dsv4_fill_bf16_bits(uint64_t seed, uint64_t i)
 {
     uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull; /* splitmix64 */
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -363,8 +362,8 @@ dsv4_status dsv4_bk_moe(dsv4_backend *b, float *out, const float *h, const int32
 dsv4_status dsv4_bk_moe_routed(dsv4_backend *b, float *out, int32_t *sel, float *wts,
                                const float *h, const float *logits, const float *bias,
                                const int32_t *tid2eid, const dsv4_bk_rows *rows,
-                               const dsv4_bk_experts *t, int E, int K, int64_t D, float route_scale,
-                               float limit, void *ws);
+                               const dsv4_bk_experts *t, int E, int K, int64_t D,
+                               float route_scale, float limit, void *ws);
 
 /* ---- step machinery ----------------------------------------------------------------------
  * Graphs (CUDA only; the CPU answers DSV4_ERR_UNSUPPORTED): everything enqueued between begin

@@ -416,8 +416,6 @@ __global__ void __launch_bounds__(GV_THREADS, GV_OCC)
     }
 }
 
-/* The entries of one dsv4_bk_linear_multi launch: entry i owns CTAs [cta0[i], cta0[i + 1]) of
- * the grid's x, each over R * (8 >> ks_log2[i]) of its rows, in slices of cps[i] chunks. */
 /* The norm tail (gv_norm_tail) of entry i of a multi launch (-1: none): its y [N, nrows] in place
  * and yq; ticket: 0 between launches, the CTAs of the entry (all kn slices) take one each. */
 typedef struct gv_norm {
@@ -427,6 +425,8 @@ typedef struct gv_norm {
     int *ticket;
 } gv_norm;
 
+/* The entries of one dsv4_bk_linear_multi launch: entry i owns CTAs [cta0[i], cta0[i + 1]) of
+ * the grid's x, each over R * (8 >> ks_log2[i]) of its rows, in slices of cps[i] chunks. */
 typedef struct gv_multi {
     lin_args e[DSV4_BK_LINEAR_MULTI_MAX];
     int64_t cps[DSV4_BK_LINEAR_MULTI_MAX];
@@ -445,7 +445,8 @@ typedef struct gv_multi {
 // q_norm: ~5 us run + wake at one row). What it costs here, measured (H100 trace, Flash batch 1):
 // the entry's CTAs end ~5 us after the wait, the ticket returns ~3 us later (a fence and an
 // atomic while the other CTAs stream), then loads and the norm; the launch ends ~4 us later than
-// without the tail. Step: Flash batch 1-2 -0.3%, Pro -0.5% (docs/PERF.md, session 36).
+// without the tail. Step: Flash batch 1 -0.6%, 2 -0.3%, Pro batch 1 -0.3% (docs/PERF.md, session
+// 36). A device fault inside a launch can leave the ticket off 0: the context is lost then anyway.
 __device__ __noinline__ void gv_norm_tail(const gv_multi &m, const lin_args &a)
 {
     __shared__ int last;
