@@ -13,7 +13,8 @@
 #include "backend/cuda/quant_dev.cuh"
 
 /* The sum of v over the block (blockDim a multiple of 32, sh [blockDim / 32]); every thread gets
- * the same value. One call per kernel (sh is not reset). */
+ * the same value. sh is not reset: a second call on it needs a barrier after the first's reads
+ * (gv_norm_tail's row loop). */
 static __device__ double dev_block_sum(double v, double *sh)
 {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
