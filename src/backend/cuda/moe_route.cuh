@@ -60,7 +60,7 @@ typedef struct moe_route_smem {
 
 /* Row r of logits [N, E] -> sel [r, K], wts [r, K], by the whole CTA (every thread calls it;
  * blockDim a multiple of 32, >= E for top-k, at most 1024). Top-K (one expert a thread): each
- * warp's K best by (larger value, then lower index; route_above) in K rounds of a warp argmax,
+ * warp's K best by route_key (larger value, then lower index) in K rounds of a warp maximum,
  * then the K best of the candidates by their ranks in that order, then ascending index order:
  * dsv4_op_topk's result (a strict total order, so the same set, whatever the number of warps). Hash
  * layers: the K experts of tid2eid [ids[r]], in its order, and only their K scores. Weights as
