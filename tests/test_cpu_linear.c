@@ -339,8 +339,9 @@ static void test_errors(void)
 }
 
 /* The backend's multi projection with a norm on an entry (backend.h dsv4_bk_linear_multi): bit
- * for bit its projections, then dsv4_bk_rmsnorm_quant of the entry's y in place; a norm without
- * yq, with qblock 0 or on y rows that are not contiguous is refused, naming the entry. */
+ * for bit its projections, then dsv4_bk_rmsnorm_quant of the entry's y in place; an entry's
+ * signal is set (1) by the op; a norm without yq, with qblock 0 or on y rows that are not
+ * contiguous is refused, naming the entry. */
 static void test_multi_norm(void)
 {
     dsv4_backend *b = NULL;
@@ -358,7 +359,13 @@ static void test_multi_norm(void)
     dsv4_bk_linear_entry e[2] = {dsv4_bk_lin_entry(&w0->w, x, C, y0, R0, 1),
                                  dsv4_bk_lin_entry(&w1->w, x, C, y1, R1, 0)};
     e[0].norm = nw, e[0].yq = q0, e[0].eps = 1e-6f, e[0].qblock = 128;
+    int32_t signal = 0;
+    e[1].signal = &signal;
+    CHECK(dsv4_bk_side_mark(b) == DSV4_OK); /* no-ops on the CPU: the issue order runs */
     CHECK(dsv4_bk_linear_multi(b, e, 2, N) == DSV4_OK);
+    CHECK(signal == 1);
+    CHECK(dsv4_bk_side_begin_marked(b) == DSV4_OK);
+    CHECK(dsv4_bk_side_join(b) == DSV4_OK);
     CHECK(dsv4_bk_linear(b, &w0->w, 0, R0, x, C, N, yr, R0, 1) == DSV4_OK);
     CHECK(dsv4_bk_rmsnorm_quant(b, yr, qr, yr, nw, N, R0, 1e-6f, 128) == DSV4_OK);
     CHECK(dsv4_bk_linear(b, &w1->w, 0, R1, x, C, N, y1r, R1, 0) == DSV4_OK);

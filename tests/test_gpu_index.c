@@ -712,9 +712,10 @@ static void test_q_topk(const char *name, const index_inputs *in, int N, int spl
     float *d_q = gpu_dup(q0, nq * 4), *d_w = gpu_dup(w, (size_t)N * nh * 4);
     float *d_freqs = gpu_dup(g_freqs, sizeof g_freqs);
     void *d_ws = gpu_dup(NULL, wsb);
-    int32_t *d_sel = gpu_dup(NULL, seln * 4);
+    int32_t *d_sel = gpu_dup(NULL, seln * 4), *d_flag = gpu_dup(NULL, sizeof(int32_t));
+    const int32_t one = 1;
     TRY(dsv4_bk_indexer_q_topk(g_cpu, sel, q, w, w_scale, in->ent, cap_e, nh, d, r, g_freqs, m,
-                               topk, &rs.c, ws));
+                               topk, &rs.c, ws, NULL));
     float *gq1 = malloc(nq * 4), *gq2 = malloc(nq * 4);
     int paths[5];
     const int npaths = paths_for(nh, d, 1, paths);
@@ -725,7 +726,7 @@ static void test_q_topk(const char *name, const index_inputs *in, int N, int spl
         TRY(dsv4_bk_upload(g_gpu, d_q, q0, nq * 4));
         TRY(dsv4_bk_memset0(g_gpu, d_sel, seln * 4));
         TRY(dsv4_bk_indexer_q_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d, r,
-                                   d_freqs, m, topk, &rs.g, d_ws));
+                                   d_freqs, m, topk, &rs.g, d_ws, NULL));
         const int last = dsv4_cuda_index_last_path();
         CHECK_MSG(path_taken(path, nh, d, cap_e, N), "%s: path %s not taken (took %s)", name,
                   path_name(path), path_name(last));
@@ -733,6 +734,16 @@ static void test_q_topk(const char *name, const index_inputs *in, int N, int spl
         gpu_get(gsel, d_sel, seln * 4);
         gpu_get(gws, d_ws, wsb);
         gpu_get(gq1, d_q, nq * 4);
+        /* with a signal that is set (after): the same bits */
+        TRY(dsv4_bk_upload(g_gpu, d_q, q0, nq * 4));
+        TRY(dsv4_bk_memset0(g_gpu, d_sel, seln * 4));
+        TRY(dsv4_bk_upload(g_gpu, d_flag, &one, sizeof one));
+        TRY(dsv4_bk_indexer_q_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d, r,
+                                   d_freqs, m, topk, &rs.g, d_ws, d_flag));
+        gpu_get(gsel2, d_sel, seln * 4);
+        gpu_get(gq2, d_q, nq * 4);
+        CHECK_MSG(!memcmp(gsel, gsel2, seln * 4) && !memcmp(gq1, gq2, nq * 4),
+                  "%s %s N %d: indexer_q_topk with a set signal differs", name, path_name(path), N);
         /* the two ops */
         TRY(dsv4_bk_upload(g_gpu, d_q, q0, nq * 4));
         TRY(dsv4_bk_memset0(g_gpu, d_sel, seln * 4));
@@ -763,7 +774,7 @@ static void test_q_topk(const char *name, const index_inputs *in, int N, int spl
             TRY(dsv4_bk_prof_start(g_gpu));
             for (int it = 0; it < 20; it++) {
                 TRY(dsv4_bk_indexer_q_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d,
-                                           r, d_freqs, m, topk, &rs.g, d_ws));
+                                           r, d_freqs, m, topk, &rs.g, d_ws, NULL));
                 dsv4_bk_prof_mark(g_gpu, "one");
                 TRY(dsv4_bk_indexer_q(g_gpu, d_q, &rs.g, nh, d, r, d_freqs));
                 TRY(dsv4_bk_indexer_topk(g_gpu, d_sel, d_q, d_w, w_scale, in->d_ent, cap_e, nh, d,
@@ -794,7 +805,7 @@ static void test_q_topk(const char *name, const index_inputs *in, int N, int spl
     free(q), free(q0), free(w), free(ws), free(gws), free(gws2), free(sel), free(gsel);
     free(gsel2), free(gq1), free(gq2);
     dsv4_bk_free(g_gpu, d_q), dsv4_bk_free(g_gpu, d_w), dsv4_bk_free(g_gpu, d_freqs);
-    dsv4_bk_free(g_gpu, d_ws), dsv4_bk_free(g_gpu, d_sel);
+    dsv4_bk_free(g_gpu, d_ws), dsv4_bk_free(g_gpu, d_sel), dsv4_bk_free(g_gpu, d_flag);
 }
 
 /* indexer_q_topk's time (op timer events, 20 calls; the queries are only re-transformed) at N
@@ -819,13 +830,13 @@ static void q_topk_at_scale(const index_inputs *in, int N, int64_t nvis, int pat
     int32_t *d_sel = gpu_dup(NULL, (size_t)N * topk * 4);
     dsv4_cuda_index_force_path(path);
     TRY(dsv4_bk_indexer_q_topk(g_gpu, d_sel, d_q, d_w, w_scale_of(nh, d), in->d_ent, cap_e, nh, d,
-                               r, d_freqs, m, topk, &rs.g, d_ws)); /* warm */
+                               r, d_freqs, m, topk, &rs.g, d_ws, NULL)); /* warm */
     const int last = dsv4_cuda_index_last_path();
     TRY(dsv4_bk_sync(g_gpu));
     TRY(dsv4_bk_prof_start(g_gpu));
     for (int it = 0; it < 20; it++) {
         TRY(dsv4_bk_indexer_q_topk(g_gpu, d_sel, d_q, d_w, w_scale_of(nh, d), in->d_ent, cap_e, nh,
-                                   d, r, d_freqs, m, topk, &rs.g, d_ws));
+                                   d, r, d_freqs, m, topk, &rs.g, d_ws, NULL));
         dsv4_bk_prof_mark(g_gpu, "indexer_q_topk");
     }
     dsv4_cuda_index_force_path(DSV4_INDEX_PATH_AUTO);

@@ -11,7 +11,10 @@
  *     the same bits (the tail's ticket is back to 0 after each); the entry the tail ran is the one
  *     expected (dsv4_cuda_linear_last_norm_tail), and some calls ran it;
  *   - CPU: the multi op with the norms against its projections, then the CPU norm op;
- *   - both: a norm without yq, with qblock 0, or on y rows that are not contiguous is refused.
+ *   - both: a norm without yq, with qblock 0, or on y rows that are not contiguous is refused;
+ *   - the signal (dsv4_bk_linear_entry.signal) on every call's last entry: 1 after each call,
+ *     raised in the GEMV's launch where it has no norm tail (some calls do), by a launch after
+ *     the op otherwise, the outputs the same bits either way.
  * Shapes: the engine's projections of h (Flash and Pro CSA layers, q_norm on wq_a), two norms in
  * one set (an MXFP4 entry: the GEMV's general kernel), a row wider than the tail takes
  * (GV_NORM_MAX), at N = 1, 2 (the tail), 3, 16 (forced: the tail over 16 rows) and 70 (the
@@ -102,7 +105,9 @@ typedef struct nbuf {
     float *y0, *q0, *y1, *q1, *yc, *qc; /* host results */
 } nbuf;
 
-static int64_t n_tail; /* calls whose GEMV launch ran a norm */
+static int64_t n_tail;   /* calls whose GEMV launch ran a norm */
+static int64_t n_signal; /* calls whose GEMV launch raised the signal */
+static int32_t *g_sig;   /* the signal of every call's last entry (device) */
 
 /* The GEMV takes the entry (bk_linear.cu gemv_ok; these shapes: whole chunks, aligned x). */
 static int gemv_takes(const nentry *ne)
@@ -111,8 +116,10 @@ static int gemv_takes(const nentry *ne)
     return ne->cols % E == 0;
 }
 
-/* The GPU op on every entry (norms when with_norm), forced to mode md; the path it took, or -1. */
-static int gpu_multi(ctx *cx, nbuf *m, const ncase *c, int64_t N, int md, int with_norm)
+/* The GPU op on every entry (norms when with_norm), forced to mode md, the last entry with the
+ * signal sig (zeroed first; 1 after the op: checked); the path it took, or -1. */
+static int gpu_multi(ctx *cx, nbuf *m, const ncase *c, int64_t N, int md, int with_norm,
+                     int32_t *sig)
 {
     dsv4_bk_linear_entry e[MAXE];
     for (int i = 0; i < c->n; i++) {
@@ -121,15 +128,22 @@ static int gpu_multi(ctx *cx, nbuf *m, const ncase *c, int64_t N, int md, int wi
         if (with_norm && c->e[i].norm)
             e[i].norm = m[i].dnw, e[i].yq = m[i].dq, e[i].eps = EPS, e[i].qblock = 128;
     }
+    e[c->n - 1].signal = sig;
+    CHECK(dsv4_bk_memset0(cx->gpu, sig, sizeof *sig) == DSV4_OK);
     const int old = dsv4_cuda_linear_force_path(mode_path[md]);
     const int olds = dsv4_cuda_linear_force_split(mode_split[md]);
     dsv4_status st = dsv4_bk_linear_multi(cx->gpu, e, c->n, N);
     const int p = dsv4_cuda_linear_last_path();
+    n_signal += st == DSV4_OK && dsv4_cuda_linear_last_signal() == c->n - 1;
     dsv4_cuda_linear_force_path(old);
     dsv4_cuda_linear_force_split(olds);
     if (st == DSV4_OK) st = dsv4_bk_sync(cx->gpu);
     CHECK_MSG(st == DSV4_OK, "%s N=%lld %s: %s", c->name, (long long)N, mode_name[md],
               dsv4_last_error());
+    int32_t raised = 0;
+    if (st == DSV4_OK) st = dsv4_bk_download(cx->gpu, &raised, sig, sizeof raised);
+    CHECK_MSG(st != DSV4_OK || raised == 1, "%s N=%lld %s: the signal is %d after the op", c->name,
+              (long long)N, mode_name[md], (int)raised);
     return st == DSV4_OK ? p : -1;
 }
 
@@ -217,7 +231,7 @@ static void run_case(ctx *cx, const ncase *c)
         for (int md = 0; md < NMODE; md++) {
             if (md > 0 && N > 16) continue;
             /* the reference: the op without norms, then the GPU norm op */
-            int p = gpu_multi(cx, m, c, N, md, 0);
+            int p = gpu_multi(cx, m, c, N, md, 0, g_sig);
             for (int i = 0; i < c->n && p >= 0; i++)
                 if (c->e[i].norm &&
                     dsv4_bk_rmsnorm_quant(cx->gpu, m[i].dy, m[i].dq, m[i].dy, m[i].dnw, N,
@@ -233,7 +247,7 @@ static void run_case(ctx *cx, const ncase *c)
                 if (c->e[i].norm && gemv_takes(&c->e[i]) && c->e[i].rows <= NORM_MAX) want = i;
             int bad = 0, tail = -1;
             for (int r = 0; r < 3; r++) {
-                const int q = gpu_multi(cx, m, c, N, md, 1);
+                const int q = gpu_multi(cx, m, c, N, md, 1, g_sig);
                 if (q != p || download(cx, m, c, N, 1) != DSV4_OK) {
                     CHECK_MSG(0, "%s N=%lld %s: path %d, reference's %d", c->name, (long long)N,
                               mode_name[md], q, p);
@@ -298,12 +312,17 @@ int main(int argc, char **argv)
     ctx cx;
     if (ctx_open(&cx, &pool) != DSV4_OK) return test_finish();
     check_errors(&cx);
+    CHECK(dsv4_bk_alloc(cx.gpu, sizeof *g_sig, (void **)&g_sig) == DSV4_OK);
     const ncase *cases = small ? small_cases : full_cases;
     const size_t n =
         small ? sizeof small_cases / sizeof *small_cases : sizeof full_cases / sizeof *full_cases;
     for (size_t i = 0; i < n; i++) run_case(&cx, &cases[i]);
     printf("linear_multi norms: %lld calls ran a norm in the GEMV's launch\n", (long long)n_tail);
     CHECK_MSG(n_tail > 0, "no call ran the GEMV's norm tail");
+    printf("linear_multi signals: %lld calls raised it in the GEMV's launch\n",
+           (long long)n_signal);
+    CHECK_MSG(n_signal > 0, "no call raised the signal in the GEMV's launch");
+    dsv4_bk_free(cx.gpu, g_sig);
     ctx_close(&cx, pool);
     return test_finish();
 }

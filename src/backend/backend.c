@@ -216,6 +216,24 @@ static int side_streams(const dsv4_backend *b)
 }
 #endif
 
+dsv4_status dsv4_bk_side_mark(dsv4_backend *b)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (side_streams(b)) return dsv4_cuda_side_mark(b->cuda);
+#endif
+    (void)b;
+    return DSV4_OK;
+}
+
+dsv4_status dsv4_bk_side_begin_marked(dsv4_backend *b)
+{
+#ifdef DSV4_HAVE_CUDA
+    if (side_streams(b)) return dsv4_cuda_side_begin_marked(b->cuda);
+#endif
+    (void)b;
+    return DSV4_OK;
+}
+
 dsv4_status dsv4_bk_side_begin(dsv4_backend *b)
 {
 #ifdef DSV4_HAVE_CUDA
@@ -568,13 +586,17 @@ dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
 dsv4_status dsv4_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
                                    float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
                                    int r, const float *freqs, int m, int topk,
-                                   const dsv4_bk_rows *rows, void *ws)
+                                   const dsv4_bk_rows *rows, void *ws, const int32_t *after)
 {
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
         return dsv4_cuda_bk_indexer_q_topk(b, sel, iq, iw, w_scale, ent, cap_e, nh, d, r, freqs, m,
-                                           topk, rows, ws);
+                                           topk, rows, ws, after);
 #endif
+    /* the CPU runs the ops in issue order: after's producer has run */
+    if (after && *after != 1)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "indexer_q_topk: its signal (after) is not set (%d)", (int)*after);
     DSV4_TRY(dsv4_cpu_bk_indexer_q(b, iq, rows, nh, d, r, freqs));
     return dsv4_cpu_bk_indexer_topk(b, sel, iq, iw, w_scale, ent, cap_e, nh, d, m, topk, rows, ws);
 }

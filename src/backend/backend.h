@@ -173,7 +173,11 @@ dsv4_status dsv4_bk_linear_grouped(dsv4_backend *b, const dsv4_weight *w, int gr
  * one launch over all entries' rows, which keeps every SM streaming where each matrix alone is
  * too small to; there the last CTA of an entry with a norm normalises its rows while the other
  * entries' CTAs still stream (the attention's q_norm: a kernel fewer on the step's chain).
- * Outputs must not overlap each other or any entry's x. */
+ * Outputs must not overlap each other or any entry's x. An entry's signal (backend memory, 0
+ * before the op: the caller zeroes it on a chain both ops follow) is set to 1 once that entry's
+ * y is complete and visible: an op of a side chain begun at a mark before this op
+ * (dsv4_bk_side_begin_marked) may wait for it instead of for the whole op (CUDA, one launch:
+ * the entry's last CTA sets it, by a ticket; otherwise a launch after the op's). */
 enum { DSV4_BK_LINEAR_MULTI_MAX = 8 };
 typedef struct dsv4_bk_linear_entry {
     const dsv4_weight *w;
@@ -186,6 +190,7 @@ typedef struct dsv4_bk_linear_entry {
     float *yq;         /* [N, w->rows]: act_quant of the normalised y, blocks of qblock */
     float eps;
     int qblock;
+    int32_t *signal; /* NULL, or set to 1 once this entry's y is complete (above) */
 } dsv4_bk_linear_entry;
 /* An entry without a norm. */
 dsv4_bk_linear_entry dsv4_bk_lin_entry(const dsv4_weight *w, const float *x, int64_t ldx, float *y,
@@ -308,11 +313,13 @@ dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
  * top-k kernel's prologue for the rows of at most 2,048 visible entries; with cap_e <= 2048 that
  * is every row and one launch, else a second launch takes the longer rows). iq [N, nh, d] is
  * clobbered: afterwards each row holds indexer_q's result or is unchanged (the rows the cluster
- * kernel ranked). */
+ * kernel ranked). after: NULL, or the signal of the linear entry that writes iq (a main-chain op
+ * issued between a side_mark and this side chain's side_begin_marked): iq is read only once it
+ * is 1 (the CPU, which runs in issue order, checks that it is). */
 dsv4_status dsv4_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
                                    float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
                                    int r, const float *freqs, int m, int topk,
-                                   const dsv4_bk_rows *rows, void *ws);
+                                   const dsv4_bk_rows *rows, void *ws, const int32_t *after);
 
 /* ---- attention ---------------------------------------------------------------------------
  * o [N, H, hd] = bf16(attention) of q [N, H, hd] over, in this slot order (forward_attn.c
@@ -389,6 +396,14 @@ dsv4_status dsv4_bk_side_join(dsv4_backend *b);
  * sublayer or more later): the same order, but in a graph the join stays a plain dependency, so
  * that the next kernel keeps its programmatic (early) launch from the main chain's last kernel. */
 dsv4_status dsv4_bk_side_join_settled(dsv4_backend *b);
+/* side_mark notes the main chain's current point; side_begin_marked then begins a side chain
+ * that starts after the ops issued before the mark only, so the main-chain ops issued between the
+ * two may run beside it (in a graph, the fork is at the mark). The side chain reads their
+ * outputs only through a signal (a linear entry's, waited for by the op that reads it:
+ * dsv4_bk_indexer_q_topk's after), and the program order (producer first) stays a valid
+ * serial order, as above. */
+dsv4_status dsv4_bk_side_mark(dsv4_backend *b);
+dsv4_status dsv4_bk_side_begin_marked(dsv4_backend *b);
 
 /* Per-op timing: while on, dsv4_bk_prof_mark(b, label) closes the interval since the previous
  * mark and adds it to label's total (CUDA: events on the stream; CPU: wall clock). */

@@ -177,7 +177,7 @@ dsv4_status dsv4_cuda_bk_comp_append_multi(dsv4_backend *b, const dsv4_bk_comp_j
 dsv4_status dsv4_cuda_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
                                         float w_scale, const uint16_t *ent, int64_t cap_e, int nh,
                                         int d, int r, const float *freqs, int m, int topk,
-                                        const dsv4_bk_rows *rows, void *ws);
+                                        const dsv4_bk_rows *rows, void *ws, const int32_t *after);
 dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
                                       const float *iw, float w_scale, const uint16_t *ent,
                                       int64_t cap_e, int nh, int d, int m, int topk,

@@ -50,6 +50,7 @@ typedef struct eng_scratch {
     float *wts;      /* [N, K] */
     void *moe_ws, *idx_ws;
     int32_t *rows; /* [3, max_chunk]: slot, pos, ids */
+    int32_t *ixflag; /* [layers]: the indexer queries' signal (engine_layer.c attention) */
     float *logits; /* [logit_rows, V] */
 } eng_scratch;
 

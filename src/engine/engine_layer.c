@@ -167,6 +167,12 @@ static dsv4_status compress(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *ro
     return DSV4_OK;
 }
 
+/* Whether a layer's indexer queries share wq_b's op at N rows (attention, below). */
+static int pairs_index_queries(const eng_layer *L, int N)
+{
+    return L->ratio == 4 && N <= 2;
+}
+
 /* The attention sublayer: s->h [N, D] -> s->f [N, D] (forward_attn.c attn_body, faithful). */
 static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *rows)
 {
@@ -184,7 +190,6 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
     const int csa = L->ratio == 4, early = L->ratio > 0 && N > 2;
     DSV4_TRY(h_projections(e, L, N, !early));
     MARK("attn.proj");
-
     /* The compressors (which need only their projections of h) and, in a CSA layer, the
      * indexer's chain (which needs xq, the weights s->iw and its compressor's entries) run beside
      * the query and key chains below: a side stream, a fork in the graph. The indexer's top-k is
@@ -202,26 +207,50 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
         DSV4_TRY(dsv4_bk_rmsnorm_quant(e->b, s->qr, s->xq, s->qr, L->q_norm, N, ql, eps, 128));
         MARK("attn.q_norm");
     }
+    /* At 1-2 rows a CSA layer's indexer queries (its wq_b on xq) share wq_b's op, entry 0 with a
+     * signal, and the side chain (compressors, then the indexer's top-k, which waits for the
+     * signal) forks at a mark before that op: on CUDA one launch, whose first CTAs are the
+     * indexer's, so the top-k starts while wq_b still streams instead of behind a launch of its
+     * own that wq_b's CTAs kept from the SMs. H100, dsv4 bench (docs/PERF.md, session 38): Flash
+     * batch 1 -0.6%, 2 -0.5%, Pro 1 0, 2 -0.15%, 4 rows and more unchanged; the attention no
+     * longer waits for the indexer in a step that closes no window (it waited 4.7 us). */
+    const int paired = pairs_index_queries(L, N);
+    /* zeroed at the step's start (dsv4_engine_forward) */
+    int32_t *signal = paired ? s->ixflag + (L - e->L) : NULL;
+    if (paired) {
+        DSV4_TRY(dsv4_bk_side_mark(e->b));
+        dsv4_bk_linear_entry p[2];
+        p[0] = dsv4_bk_lin_entry(&w->idx_wq_b, s->xq, ql, s->iq, w->idx_wq_b.rows, 1);
+        p[0].signal = signal;
+        p[1] = dsv4_bk_lin_entry(&w->wq_b, s->xq, ql, s->q, w->wq_b.rows, 1);
+        DSV4_TRY(dsv4_bk_linear_multi(e->b, p, 2, N));
+        MARK("attn.q");
+    }
     if (csa || (L->ratio > 0 && !early)) {
-        DSV4_TRY(dsv4_bk_side_begin(e->b));
+        DSV4_TRY(paired ? dsv4_bk_side_begin_marked(e->b) : dsv4_bk_side_begin(e->b));
         if (!early) DSV4_TRY(compress(e, L, rows));
         if (csa) {
             const int nh = c->index_n_heads, d = c->index_head_dim;
-            DSV4_TRY(linear_q(e, &w->idx_wq_b, s->qr, s->xq, 0, N, s->iq));
-            MARK("index.q");
+            if (!paired) {
+                DSV4_TRY(linear_q(e, &w->idx_wq_b, s->qr, s->xq, 0, N, s->iq));
+                MARK("index.q");
+            }
             /* the queries' RoPE, Hadamard and FP4, then the scores and top-k, in one op; the
              * weights' scale nh^-0.5 d^-0.5 (and its bf16 rounding) is applied inside */
-            DSV4_TRY(dsv4_bk_indexer_q_topk(
-                e->b, s->sel, s->iq, s->iw, (float)(pow(d, -0.5) * pow(nh, -0.5)), L->idx.ent,
-                L->idx.cap, nh, d, r, e->rope_comp, L->idx.ratio, c->index_topk, rows, s->idx_ws));
+            DSV4_TRY(dsv4_bk_indexer_q_topk(e->b, s->sel, s->iq, s->iw,
+                                            (float)(pow(d, -0.5) * pow(nh, -0.5)), L->idx.ent,
+                                            L->idx.cap, nh, d, r, e->rope_comp, L->idx.ratio,
+                                            c->index_topk, rows, s->idx_ws, signal));
             MARK("index.topk");
         }
         DSV4_TRY(dsv4_bk_side_end(e->b));
     }
 
     /* queries: q (wq_b, per-head norm, RoPE) */
-    DSV4_TRY(linear_q(e, &w->wq_b, s->qr, s->xq, 0, N, s->q)); /* s->xq keeps act_quant(qr) */
-    MARK("attn.q");
+    if (!paired) {
+        DSV4_TRY(linear_q(e, &w->wq_b, s->qr, s->xq, 0, N, s->q)); /* s->xq keeps act_quant(qr) */
+        MARK("attn.q");
+    }
 
     /* the query heads' norm and RoPE, and beside them the shared key/value head: kv (kv_norm,
      * RoPE, FP8 non-RoPE dims) -> window ring */
@@ -268,6 +297,11 @@ dsv4_status dsv4_engine_forward(dsv4_engine *e, int N)
     const int64_t D = c->hidden_size;
     const dsv4_bk_rows rows = step_rows(e, N);
 
+    /* the layers' indexer signals, where attention pairs the indexer's queries with wq_b: a
+     * memset node ahead of the step's first kernel, so only where some layer needs it */
+    int paired = 0;
+    for (int li = 0; li < e->n_layers; li++) paired |= pairs_index_queries(&e->L[li], N);
+    if (paired) DSV4_TRY(dsv4_bk_memset0(e->b, s->ixflag, (size_t)e->n_layers * sizeof(int32_t)));
     DSV4_TRY(dsv4_bk_embed(e->b, s->X, &e->embed, &rows, n, D));
     MARK("embed");
     for (int li = 0; li < e->n_layers; li++) {

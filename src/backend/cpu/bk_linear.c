@@ -100,6 +100,7 @@ dsv4_status dsv4_cpu_bk_linear_multi(dsv4_backend *b, const dsv4_bk_linear_entry
         if (e[i].norm)
             DSV4_TRY(dsv4_cpu_bk_rmsnorm_quant(b, e[i].y, e[i].yq, e[i].y, e[i].norm, N,
                                                e[i].w->rows, e[i].eps, e[i].qblock));
+        if (e[i].signal) *e[i].signal = 1;
     }
     return DSV4_OK;
 }

@@ -56,7 +56,7 @@
 
 /* ---- test hook (linear_path.cuh) ----------------------------------------------------------- */
 static int force_path = DSV4_LIN_PATH_AUTO, last_path = DSV4_LIN_PATH_AUTO;
-static int force_split = 0, last_split = 1, last_norm_tail = -1;
+static int force_split = 0, last_split = 1, last_norm_tail = -1, last_signal = -1;
 
 extern "C" int dsv4_cuda_linear_force_path(int path)
 {
@@ -73,6 +73,11 @@ extern "C" int dsv4_cuda_linear_last_path(void)
 extern "C" int dsv4_cuda_linear_last_norm_tail(void)
 {
     return last_norm_tail;
+}
+
+extern "C" int dsv4_cuda_linear_last_signal(void)
+{
+    return last_signal;
 }
 
 extern "C" int dsv4_cuda_linear_force_split(int ks)
@@ -434,6 +439,8 @@ typedef struct gv_multi {
     int ks_log2[DSV4_BK_LINEAR_MULTI_MAX];
     int n;
     gv_norm nm;
+    int sig_i;        /* the entry whose last CTA raises its signal *sig (-1: none) */
+    int *sig, *sig_t; /* the signal, and the ticket counter (0 between launches) */
 } gv_multi;
 
 // The last CTA of entry a (by a ticket, as moe_route.cu's) runs dsv4_bk_rmsnorm_quant on the
@@ -492,6 +499,33 @@ __device__ __noinline__ void gv_norm_tail(const gv_multi &m, const lin_args &a)
     }
 }
 
+// An entry's signal (dsv4_bk_linear_entry.signal): the last CTA of entry i, by a ticket as
+// gv_norm_tail's (each CTA's y stores fenced before it takes one, a cluster's rank 0 storing the
+// slices' sum before its own), stores 1 with release semantics, which an op on the other chain
+// polls with acquire (bk_topk.cu, the indexer's top-k) instead of waiting for the whole launch.
+// A launch has the norm tail or a signal, not both (one ticket counter a stream).
+__device__ __noinline__ void gv_signal(const gv_multi &m, int i)
+{
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const int n = (m.cta0[i + 1] - m.cta0[i]) * (int)gridDim.z;
+        if (atomicAdd(m.sig_t, 1) == n - 1) {
+            *m.sig_t = 0;
+            __threadfence();
+            asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(m.sig), "r"(1) : "memory");
+        }
+    }
+}
+
+// The signal of an entry the one launch did not take: raised after the op's launches.
+__global__ void gv_signal_kernel(int *p)
+{
+    DSV4_PDL_WAIT();
+    if (threadIdx.x == 0)
+        asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(1) : "memory");
+}
+
 // Every entry's y [N, nrows] = x [N, cols] . W^T in one launch; grid (cta0[n], 1, kn), clusters
 // (1, 1, kn) when kn > 1. The CTA finds its entry, then branches on the entry's format (uniform
 // over the CTA, so the branch costs nothing but registers: the kernel keeps the most any format's
@@ -523,6 +557,7 @@ template <int NT, int F816> __device__ __forceinline__ void gemv_multi_body(cons
         break;
     }
     if (i == m.nm.i) gv_norm_tail(m, a);
+    if (i == m.sig_i) gv_signal(m, i);
 }
 
 template <int NT>
@@ -708,8 +743,8 @@ typedef void (*gemv_multi_fn)(gv_multi);
  * floats (48 KB without opting in to more); wider rows take the separate rmsnorm_quant launch. */
 enum { GV_NORM_MAX = 6 * 1024 };
 
-static dsv4_status launch_gemv_multi(const lin_args *as, int n, const gv_norm *norm,
-                                     cudaStream_t st)
+static dsv4_status launch_gemv_multi(const lin_args *as, int n, const gv_norm *norm, int sig_i,
+                                     int *sig, int *sig_t, cudaStream_t st)
 {
     static const gemv_multi_fn table[5] = {gemv_multi_kernel<1>, gemv_multi_kernel<2>,
                                            gemv_multi_kernel<4>, gemv_multi_kernel<8>,
@@ -749,6 +784,7 @@ static dsv4_status launch_gemv_multi(const lin_args *as, int n, const gv_norm *n
     m.cta0[n] = (int)ctas;
     m.n = n;
     m.nm = *norm;
+    m.sig_i = sig_i, m.sig = sig, m.sig_t = sig_t;
     /* split-K over clusters only when the entries are too small to fill the resident slots */
     int kn = force_split > 0 ? force_split : 1;
     while (force_split <= 0 && kn < GV_SPLIT_MAX && ctas * kn < (int64_t)LIN_SMS * occ) {
@@ -1080,9 +1116,10 @@ extern "C" dsv4_status dsv4_cuda_bk_linear_grouped(dsv4_backend *b, const dsv4_w
 }
 
 /* The projections of dsv4_cuda_bk_linear_multi (below); *tailed: the entry whose norm the GEMV's
- * tail ran (-1: none; the caller runs the others'). */
+ * tail ran, *signalled the entry whose signal its launch raised (-1: none; the caller runs the
+ * other norms and raises the other signals). */
 static dsv4_status linear_multi_run(dsv4_backend *b, const dsv4_bk_linear_entry *e, int n,
-                                    int64_t N, int *tailed)
+                                    int64_t N, int *tailed, int *signalled)
 {
     if (n < 0 || n > DSV4_BK_LINEAR_MULTI_MAX || N < 0 || (n > 0 && !e))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "linear_multi: %d entries (at most %d), N %lld",
@@ -1111,8 +1148,9 @@ static dsv4_status linear_multi_run(dsv4_backend *b, const dsv4_bk_linear_entry 
                 c[i].y = e[i].y + r0 * e[i].ldy;
                 c[i].norm = NULL; /* the caller's, over all N rows */
             }
-            int none = -1;
-            DSV4_TRY(linear_multi_run(b, c, n, N - r0 < per ? N - r0 : per, &none));
+            for (int i = 0; i < n; i++) c[i].signal = NULL; /* the caller's, after all chunks */
+            int none = -1, nsig = -1;
+            DSV4_TRY(linear_multi_run(b, c, n, N - r0 < per ? N - r0 : per, &none, &nsig));
         }
         return DSV4_OK;
     }
@@ -1177,7 +1215,13 @@ static dsv4_status linear_multi_run(dsv4_backend *b, const dsv4_bk_linear_entry 
             }
             f += in[i];
         }
-        DSV4_TRY(launch_gemv_multi(fused, nf, &norm, dsv4_cuda_stream(b->cuda)));
+        int sig_i = -1, *sig = NULL; /* without a norm: the first fused entry with a signal */
+        for (int i = 0, f = 0; i < n && norm.i < 0 && sig_i < 0; i++) {
+            if (in[i] && e[i].signal) sig_i = f, sig = e[i].signal, *signalled = i;
+            f += in[i];
+        }
+        DSV4_TRY(launch_gemv_multi(fused, nf, &norm, sig_i, sig, dsv4_cuda_lin_ticket(b->cuda),
+                                   dsv4_cuda_stream(b->cuda)));
         last_path = DSV4_LIN_PATH_MULTI;
     }
     return DSV4_OK;
@@ -1186,12 +1230,17 @@ static dsv4_status linear_multi_run(dsv4_backend *b, const dsv4_bk_linear_entry 
 extern "C" dsv4_status dsv4_cuda_bk_linear_multi(dsv4_backend *b, const dsv4_bk_linear_entry *e,
                                                  int n, int64_t N)
 {
-    int tailed = -1;
-    DSV4_TRY(linear_multi_run(b, e, n, N, &tailed));
-    last_norm_tail = tailed;
+    int tailed = -1, signalled = -1;
+    DSV4_TRY(linear_multi_run(b, e, n, N, &tailed, &signalled));
+    last_norm_tail = tailed, last_signal = signalled;
     for (int i = 0; i < n && N > 0; i++)
         if (e[i].norm && i != tailed)
             DSV4_TRY(dsv4_cuda_bk_rmsnorm_quant(b, e[i].y, e[i].yq, e[i].y, e[i].norm, N,
                                                 e[i].w->rows, e[i].eps, e[i].qblock));
+    for (int i = 0; i < n; i++)
+        if (e[i].signal && i != signalled) {
+            gv_signal_kernel<<<1, 32, 0, dsv4_cuda_stream(b->cuda)>>>(e[i].signal);
+            CUDA_LAUNCHED();
+        }
     return DSV4_OK;
 }

@@ -60,6 +60,11 @@
  * __match_any_sync-aggregated histogram adds (slower at b1). row_topk_long (kept; PERF "Session 6
  * (issue 8)"): Flash 4 layers 64K b1 1.283 -> 1.155 ms a step, 4K unchanged within the spread.
  *
+ * after (dsv4_bk_indexer_q_topk): iq comes from a launch that may run beside this op (the engine
+ * pairs the indexer's queries with wq_b, engine_layer.c attention); the cluster kernel's thread 0
+ * of each CTA polls the signal after the PDL wait and before iq's loads (through L2), the other
+ * paths wait in a one-CTA launch ahead of theirs.
+ *
  * Workspace: row r's scores at float r (cap_e + 1), its fused-path ticket (u32) in the word after
  * them (row_base), so a row's ticket has one place whatever N a call has. The engine's calls of
  * every N (1 .. its prefill chunk) share one workspace; with the tickets after all N rows (as
@@ -813,11 +818,30 @@ static size_t cl_smem(int per_max, int C)
  * Rows of n_vis > e_max (a split call: cap_e > e_max = CL_MAX_E) are the fused kernel's, which
  * runs next: with qr >= 0 the cluster writes their queries' chain to iq in place (each warp its
  * head, as indexer_q leaves it), and leaves. */
+/* Spins until the signal *p is 1 (acquire: the producer's stores before its release are then
+ * visible; bk_linear.cu gv_signal). */
+static __device__ __forceinline__ void sig_poll(const int *p)
+{
+    for (;;) {
+        int v;
+        asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+        if (v == 1) break;
+        __nanosleep(64);
+    }
+}
+
+/* The signal waited for in a launch of its own, ahead of the paths other than the cluster's. */
+__global__ void sig_wait_kernel(const int *p)
+{
+    DSV4_PDL_WAIT();
+    if (threadIdx.x == 0) sig_poll(p);
+}
+
 template <int C>
 __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     int32_t *sel, float *scores, float *iq, const float *iw, float w_scale, const uint16_t *ent,
     int64_t cap_e, int e_max, int m, int topk, int per_max, const int32_t *slot, const int32_t *pos,
-    int qr, const float *freqs, float had_scale)
+    int qr, const float *freqs, float had_scale, const int *after)
 {
     DSV4_PDL_LATE(); /* the rows and the RoPE table before the wait (pdl.cuh: no launch writes
                         them), with the row's cos / sin into shared memory */
@@ -841,6 +865,10 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     else
         DSV4_PDL_WAIT_HELD();
     asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+    if (after) { /* iq is written by a launch of the other chain, which signals it */
+        if (tid == 0) sig_poll(after);
+        __syncthreads();
+    }
 
     /* every global load of the prologue before any use; warp w < HC converts head HC rank + w */
     constexpr int HC = TNH / C; /* heads a CTA converts: 8 or 4 */
@@ -848,7 +876,7 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     const int hq = rank * HC + (hw ? warp : 0);
     const float wv = tid < TNH ? iw[(int64_t)row * TNH + tid] : 0.0f;
     float *qh = iq + ((int64_t)row * TNH + hq) * TD + 4 * lane; /* warp hw's head */
-    const float4 qv = hw ? *(const float4 *)qh : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const float4 qv = hw ? __ldcg((const float4 *)qh) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     int64_t nv = ((int64_t)prow + 1) / m;
     if (nv > cap_e) nv = cap_e;
     /* the fused kernel's row: its queries only; the whole cluster leaves */
@@ -1022,10 +1050,11 @@ static int cl_per_max(int64_t cap_e, int C)
 
 /* The cluster kernel on the rows of up to e_max = min(cap_e, CL_MAX_E) entries. */
 template <int C>
-static dsv4_status
-launch_cluster(cudaStream_t st, int32_t *sel, float *scores, float *iq, const float *iw,
-               float w_scale, const uint16_t *ent, int64_t cap_e, int e_max, int m, int topk, int N,
-               const int32_t *slot, const int32_t *pos, int qr, const float *freqs, float had_scale)
+static dsv4_status launch_cluster(cudaStream_t st, int32_t *sel, float *scores, float *iq,
+                                  const float *iw, float w_scale, const uint16_t *ent,
+                                  int64_t cap_e, int e_max, int m, int topk, int N,
+                                  const int32_t *slot, const int32_t *pos, int qr,
+                                  const float *freqs, float had_scale, const int *after)
 {
     const int per_max = cl_per_max(e_max, C);
     const size_t smem = cl_smem(per_max, C);
@@ -1034,7 +1063,8 @@ launch_cluster(cudaStream_t st, int32_t *sel, float *scores, float *iq, const fl
     cudaLaunchAttribute attr[1];
     const cudaLaunchConfig_t cfg = cl_cfg(C, N, smem, st, attr);
     CUDA_TRY(cudaLaunchKernelEx(&cfg, index_cluster_kernel<C>, sel, scores, iq, iw, w_scale, ent,
-                                cap_e, e_max, m, topk, per_max, slot, pos, qr, freqs, had_scale));
+                                cap_e, e_max, m, topk, per_max, slot, pos, qr, freqs, had_scale,
+                                after));
     return DSV4_OK;
 }
 
@@ -1112,7 +1142,7 @@ static dsv4_status fused_select(cudaStream_t st, int32_t *sel, float *scores, co
 static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
                                 float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
                                 int m, int topk, const dsv4_bk_rows *rows, void *ws, int qr,
-                                const float *freqs)
+                                const float *freqs, const int32_t *after)
 {
     if (nh <= 0 || d <= 0 || m <= 0 || topk <= 0 || topk > TOPK_MAX || cap_e <= 0 ||
         cap_e > INT32_MAX - 1)
@@ -1154,13 +1184,20 @@ static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const 
         cl16_fits(f16 ? 1 : N, cl_smem(cl_per_max(e_max, 16), 16), st))
         path = DSV4_INDEX_PATH_CLUSTER16;
     g_last_path = path;
-    if (path == DSV4_INDEX_PATH_CLUSTER16 || path == DSV4_INDEX_PATH_CLUSTER) {
+    const int cl = path == DSV4_INDEX_PATH_CLUSTER16 || path == DSV4_INDEX_PATH_CLUSTER;
+    if (after && (!cl || split)) { /* the other paths wait in a launch of their own */
+        sig_wait_kernel<<<1, 32, 0, st>>>(after);
+        CUDA_LAUNCHED();
+        after = NULL;
+    }
+    if (cl) {
         if (path == DSV4_INDEX_PATH_CLUSTER16)
             DSV4_TRY(launch_cluster<16>(st, sel, scores, iq, iw, w_scale, ent, cap_e, e_max, m,
-                                        topk, N, rows->slot, rows->pos, qr, freqs, had_scale));
+                                        topk, N, rows->slot, rows->pos, qr, freqs, had_scale,
+                                        after));
         else
             DSV4_TRY(launch_cluster<8>(st, sel, scores, iq, iw, w_scale, ent, cap_e, e_max, m, topk,
-                                       N, rows->slot, rows->pos, qr, freqs, had_scale));
+                                       N, rows->slot, rows->pos, qr, freqs, had_scale, after));
         if (!split) return DSV4_OK;
         g_last_path =
             path == DSV4_INDEX_PATH_CLUSTER16 ? DSV4_INDEX_PATH_SPLIT16 : DSV4_INDEX_PATH_SPLIT;
@@ -1194,16 +1231,18 @@ extern "C" dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, 
 {
     /* qr < 0: iq is only read */
     return index_select(b, sel, (float *)iq, iw, w_scale, ent, cap_e, nh, d, m, topk, rows, ws, -1,
-                        NULL);
+                        NULL, NULL);
 }
 
 extern "C" dsv4_status dsv4_cuda_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq,
                                                    const float *iw, float w_scale,
                                                    const uint16_t *ent, int64_t cap_e, int nh,
                                                    int d, int r, const float *freqs, int m,
-                                                   int topk, const dsv4_bk_rows *rows, void *ws)
+                                                   int topk, const dsv4_bk_rows *rows, void *ws,
+                                                   const int32_t *after)
 {
     if (r < 0 || r > d || r % 2 || !freqs)
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "indexer_q_topk: rope %d of %d", r, d);
-    return index_select(b, sel, iq, iw, w_scale, ent, cap_e, nh, d, m, topk, rows, ws, r, freqs);
+    return index_select(b, sel, iq, iw, w_scale, ent, cap_e, nh, d, m, topk, rows, ws, r, freqs,
+                        after);
 }

@@ -18,7 +18,7 @@ struct dsv4_cuda_ctx {
     int device;
     cudaStream_t stream; /* main */
     cudaStream_t side;   /* between branch and merge */
-    cudaEvent_t fork, join;
+    cudaEvent_t fork, join, mark; /* mark: dsv4_cuda_side_mark */
     int on_side;        /* launches go to side */
     int join_pending;   /* side_end recorded join; side_join not yet waited */
     void *f8w_ws[2];    /* F8W's x codes and W16's bf16 x, one per stream (main, side):
@@ -53,6 +53,7 @@ extern "C" dsv4_status dsv4_cuda_ctx_create(int device, dsv4_cuda_ctx **out)
         err = cudaStreamCreateWithPriority(&ctx->side, cudaStreamNonBlocking, greatest);
     if (err == cudaSuccess) err = cudaEventCreateWithFlags(&ctx->fork, cudaEventDisableTiming);
     if (err == cudaSuccess) err = cudaEventCreateWithFlags(&ctx->join, cudaEventDisableTiming);
+    if (err == cudaSuccess) err = cudaEventCreateWithFlags(&ctx->mark, cudaEventDisableTiming);
     /* allocated here, not on first use, which may come inside a graph capture */
     for (int i = 0; i < 2 && err == cudaSuccess; i++)
         err = cudaMalloc(&ctx->f8w_ws[i], dsv4_lin_f8w_ws_bytes() > dsv4_lin_w16_ws_bytes()
@@ -81,6 +82,7 @@ extern "C" void dsv4_cuda_ctx_destroy(dsv4_cuda_ctx *ctx)
     }
     if (ctx->trace.buf) cudaFree(ctx->trace.buf); /* a trace begun and never ended */
     if (ctx->join) cudaEventDestroy(ctx->join);
+    if (ctx->mark) cudaEventDestroy(ctx->mark);
     if (ctx->fork) cudaEventDestroy(ctx->fork);
     if (ctx->side) cudaStreamDestroy(ctx->side);
     if (ctx->stream) cudaStreamDestroy(ctx->stream);
@@ -99,6 +101,21 @@ extern "C" dsv4_status dsv4_cuda_side_begin(dsv4_cuda_ctx *ctx)
     if (ctx->on_side) return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "CUDA side stream: begun twice");
     CUDA_TRY(cudaEventRecord(ctx->fork, ctx->stream));
     CUDA_TRY(cudaStreamWaitEvent(ctx->side, ctx->fork, 0));
+    ctx->on_side = 1;
+    return DSV4_OK;
+}
+
+/* A point of the main stream a later side chain starts from (dsv4_cuda_side_begin_marked). */
+extern "C" dsv4_status dsv4_cuda_side_mark(dsv4_cuda_ctx *ctx)
+{
+    CUDA_TRY(cudaEventRecord(ctx->mark, ctx->stream));
+    return DSV4_OK;
+}
+
+extern "C" dsv4_status dsv4_cuda_side_begin_marked(dsv4_cuda_ctx *ctx)
+{
+    if (ctx->on_side) return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "CUDA side stream: begun twice");
+    CUDA_TRY(cudaStreamWaitEvent(ctx->side, ctx->mark, 0));
     ctx->on_side = 1;
     return DSV4_OK;
 }

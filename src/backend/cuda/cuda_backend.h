@@ -31,6 +31,10 @@ dsv4_status dsv4_cuda_side_join(dsv4_cuda_ctx *ctx);
 /* side_join for a side chain that is long done when the main chain gets here: in a graph the
  * join stays a plain dependency, so the next kernel keeps its early launch from the main chain. */
 dsv4_status dsv4_cuda_side_join_settled(dsv4_cuda_ctx *ctx);
+/* side_mark records the main stream's current end (an event); side_begin_marked begins a side
+ * chain that waits for that point only, so the main stream's launches since may run beside it. */
+dsv4_status dsv4_cuda_side_mark(dsv4_cuda_ctx *ctx);
+dsv4_status dsv4_cuda_side_begin_marked(dsv4_cuda_ctx *ctx);
 
 /* Copies w's bytes (and scales) to the device; *out describes them there. Free with
  * dsv4_cuda_weight_free. */

@@ -57,6 +57,8 @@ int dsv4_cuda_linear_last_xs(void);
 /* The entry of the last dsv4_cuda_bk_linear_multi call whose norm its GEMV launch's last CTA ran
  * (bk_linear.cu gv_norm_tail; -1: none, every norm a launch of its own). */
 int dsv4_cuda_linear_last_norm_tail(void);
+/* dsv4_bk_linear_multi: the entry whose signal the GEMV's launch raised (-1: none) */
+int dsv4_cuda_linear_last_signal(void);
 
 #ifdef __cplusplus
 }
