@@ -87,7 +87,7 @@ static int scratch_regions(const dsv4_config *c, const dsv4_engine_options *o, c
     R_(msel, N * c->n_experts_per_tok);
     R_(wts, N * c->n_experts_per_tok);
     R_(rows, 3 * N);
-    R_(ixflag, c->num_layers + c->num_mtp_layers + 1);
+    R_(ixflag, c->num_layers + c->num_mtp_layers); /* a signal a layer (int32) */
     R_(logits, z->logit_rows * c->vocab_size);
 #undef R_
     out[k++] = (region){&s->moe_ws, dsv4_bk_moe_ws_bytes(N, c->n_experts_per_tok, D, z->I_max,

@@ -190,6 +190,7 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
     const int csa = L->ratio == 4, early = L->ratio > 0 && N > 2;
     DSV4_TRY(h_projections(e, L, N, !early));
     MARK("attn.proj");
+
     /* The compressors (which need only their projections of h) and, in a CSA layer, the
      * indexer's chain (which needs xq, the weights s->iw and its compressor's entries) run beside
      * the query and key chains below: a side stream, a fork in the graph. The indexer's top-k is
