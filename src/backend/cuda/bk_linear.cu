@@ -443,6 +443,23 @@ typedef struct gv_multi {
     int *sig, *sig_t; /* the signal, and the ticket counter (0 between launches) */
 } gv_multi;
 
+// Whether this CTA is the last of entry i to get here (all kn slices), by a ticket on a
+// per-stream counter that is 0 between launches (the last CTA resets it): every CTA fences its y
+// stores before it takes one. The same for all threads of the CTA.
+__device__ __forceinline__ bool gv_last_cta(const gv_multi &m, int i, int *ticket)
+{
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        const int n = (m.cta0[i + 1] - m.cta0[i]) * (int)gridDim.z;
+        last = atomicAdd(ticket, 1) == n - 1;
+        if (last) *ticket = 0; /* every CTA has taken its ticket */
+    }
+    __syncthreads();
+    return last;
+}
+
 // The last CTA of entry a (by a ticket, as moe_route.cu's) runs dsv4_bk_rmsnorm_quant on the
 // entry's y [N, nrows] in place (-> y, m.nm.yq): rmsnorm_kernel's numerics (rownorm_dev.cuh), a
 // row at a time in the launch's dynamic shared memory (y, then the norm weight: 2 nrows floats).
@@ -456,7 +473,6 @@ typedef struct gv_multi {
 // 36). A device fault inside a launch can leave the ticket off 0: the context is lost then anyway.
 __device__ __noinline__ void gv_norm_tail(const gv_multi &m, const lin_args &a)
 {
-    __shared__ int last;
     __shared__ double sh[GV_THREADS / 32];
     extern __shared__ float4 gv_xs[];
     float *s = (float *)gv_xs, *sw = s + a.nrows;
@@ -464,15 +480,7 @@ __device__ __noinline__ void gv_norm_tail(const gv_multi &m, const lin_args &a)
     /* the norm weight's lines into L2 meanwhile (from HBM: one round trip fewer for the last) */
     for (int i = 32 * (int)threadIdx.x; i < width; i += 32 * GV_THREADS)
         asm volatile("prefetch.global.L2 [%0];" ::"l"(m.nm.w + i));
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const int n = (m.cta0[m.nm.i + 1] - m.cta0[m.nm.i]) * (int)gridDim.z;
-        last = atomicAdd(m.nm.ticket, 1) == n - 1;
-        if (last) *m.nm.ticket = 0; /* every CTA has taken its ticket */
-    }
-    __syncthreads();
-    if (!last) return;
+    if (!gv_last_cta(m, m.nm.i, m.nm.ticket)) return;
     __threadfence();
     for (int64_t r = 0; r < a.N; r++) {
         float *y = a.y + r * a.ldy;
@@ -499,22 +507,15 @@ __device__ __noinline__ void gv_norm_tail(const gv_multi &m, const lin_args &a)
     }
 }
 
-// An entry's signal (dsv4_bk_linear_entry.signal): the last CTA of entry i, by a ticket as
-// gv_norm_tail's (each CTA's y stores fenced before it takes one, a cluster's rank 0 storing the
-// slices' sum before its own), stores 1 with release semantics, which an op on the other chain
-// polls with acquire (bk_topk.cu, the indexer's top-k) instead of waiting for the whole launch.
+// An entry's signal (dsv4_bk_linear_entry.signal): the last CTA of entry i (gv_last_cta; a
+// cluster's rank 0 stores the slices' sum before its own ticket) raises it, which an op on the
+// other chain polls (bk_topk.cu, the indexer's top-k) instead of waiting for the whole launch.
 // A launch has the norm tail or a signal, not both (one ticket counter a stream).
 __device__ __noinline__ void gv_signal(const gv_multi &m, int i)
 {
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        const int n = (m.cta0[i + 1] - m.cta0[i]) * (int)gridDim.z;
-        if (atomicAdd(m.sig_t, 1) == n - 1) {
-            *m.sig_t = 0;
-            __threadfence();
-            asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(m.sig), "r"(1) : "memory");
-        }
+    if (gv_last_cta(m, i, m.sig_t) && threadIdx.x == 0) {
+        __threadfence();
+        dsv4_signal_raise(m.sig);
     }
 }
 
@@ -522,8 +523,7 @@ __device__ __noinline__ void gv_signal(const gv_multi &m, int i)
 __global__ void gv_signal_kernel(int *p)
 {
     DSV4_PDL_WAIT();
-    if (threadIdx.x == 0)
-        asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(1) : "memory");
+    if (threadIdx.x == 0) dsv4_signal_raise(p);
 }
 
 // Every entry's y [N, nrows] = x [N, cols] . W^T in one launch; grid (cta0[n], 1, kn), clusters

@@ -812,31 +812,19 @@ static size_t cl_smem(int per_max, int C)
            (size_t)per_max * 4 + (size_t)C * per_max * 4;
 }
 
+/* The signal waited for in a launch of its own, ahead of the paths other than the cluster's. */
+__global__ void sig_wait_kernel(const int *p)
+{
+    DSV4_PDL_WAIT();
+    if (threadIdx.x == 0) dsv4_poll_at_least(p, 1);
+}
+
 /* Grid (C, N), cluster (C, 1, 1), 256 threads. iq [N, 64, 128] raw (qr >= 0: the
  * indexer_q chain runs in the prologue, RoPE of the last qr dims) or as indexer_q leaves it
  * (qr < 0); iw [N, 64]; ent [S, cap_e, 128] bf16 -> scores (row_base, workspace), sel [N, topk].
  * Rows of n_vis > e_max (a split call: cap_e > e_max = CL_MAX_E) are the fused kernel's, which
  * runs next: with qr >= 0 the cluster writes their queries' chain to iq in place (each warp its
  * head, as indexer_q leaves it), and leaves. */
-/* Spins until the signal *p is 1 (acquire: the producer's stores before its release are then
- * visible; bk_linear.cu gv_signal). */
-static __device__ __forceinline__ void sig_poll(const int *p)
-{
-    for (;;) {
-        int v;
-        asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-        if (v == 1) break;
-        __nanosleep(64);
-    }
-}
-
-/* The signal waited for in a launch of its own, ahead of the paths other than the cluster's. */
-__global__ void sig_wait_kernel(const int *p)
-{
-    DSV4_PDL_WAIT();
-    if (threadIdx.x == 0) sig_poll(p);
-}
-
 template <int C>
 __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     int32_t *sel, float *scores, float *iq, const float *iw, float w_scale, const uint16_t *ent,
@@ -866,7 +854,7 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
         DSV4_PDL_WAIT_HELD();
     asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
     if (after) { /* iq is written by a launch of the other chain, which signals it */
-        if (tid == 0) sig_poll(after);
+        if (tid == 0) dsv4_poll_at_least(after, 1); /* bk_linear.cu gv_signal */
         __syncthreads();
     }
 

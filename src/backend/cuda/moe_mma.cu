@@ -132,13 +132,7 @@ static __device__ __forceinline__ void pdl_wait_once(const moe_mma_args &a, int 
         const int need = (int)((a.I + 127) >> 7);
         DSV4_TRACE_ENTER(tr);
         if ((threadIdx.x & 31) == 0) {
-            const int32_t *p = a.ready + (int64_t)(pend - 2) * MOE_RDY_STRIDE;
-            for (;;) {
-                int v;
-                asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-                if (v >= need) break;
-                __nanosleep(64);
-            }
+            dsv4_poll_at_least(a.ready + (int64_t)(pend - 2) * MOE_RDY_STRIDE, need);
         }
         __syncwarp();
         DSV4_TRACE_LEAVE(tr);

@@ -60,4 +60,24 @@
 #define DSV4_PDL_LATE() DSV4_TRACE_SCOPE(0)
 #endif
 
+/* A flag (or counter) in global memory between launches that may run side by side (stage 1 and
+ * stage 2 of the MoE, moe_mma.cu RDY; a linear entry's signal, bk_linear.cu gv_signal, and the
+ * indexer that waits for it, bk_topk.cu): the producer's stores before its release are visible
+ * to a consumer after its acquire. */
+static __device__ __forceinline__ void dsv4_signal_raise(int *p)
+{
+    asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(1) : "memory");
+}
+
+/* Spins (one thread) until *p >= need, with acquire semantics. */
+static __device__ __forceinline__ void dsv4_poll_at_least(const int *p, int need)
+{
+    for (;;) {
+        int v;
+        asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+        if (v >= need) break;
+        __nanosleep(64);
+    }
+}
+
 #endif
