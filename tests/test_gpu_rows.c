@@ -14,7 +14,9 @@
 #include "backend/backend_impl.h"
 #include "backend/cpu/cpu_linear.h"
 #include "backend/cpu/ops.h"
+#include "backend/cuda/quant_hook.cuh"
 #include "core/float_formats.h"
+#include "model/quant_sim.h"
 #include "test_rand.h"
 #include "test_util.h"
 
@@ -386,6 +388,43 @@ static void test_act_quant_bf16_sweep(void)
         free(want);
         free(got);
     }
+}
+
+/* The device's e2m1 rounding (quant_dev.cuh dev_round_e2m1: the indexer's FP4 keys and queries)
+ * against the CPU's dsv4_round_e2m1, bit for bit (NaNs with their payload), on every one of the
+ * 2^32 f32 bit patterns, in slices of 2^26 (--small: the bit patterns of the 65,536 bf16
+ * values, which are what the indexer's FP4 rounds: bf16 values over a power of two). */
+static void test_e2m1_every_float(int small)
+{
+    const uint64_t slice = small ? 65536 : (uint64_t)1 << 26,
+                   total = small ? 65536 : (uint64_t)1 << 32;
+    uint32_t *x = malloc(slice * 4), *got = malloc(slice * 4);
+    float *dx = dev_from(NULL, slice * 4);
+    int64_t bad = 0;
+    uint32_t first = 0;
+    case_time_us = 0;
+    for (uint64_t s0 = 0; s0 < total; s0 += slice) {
+        for (uint64_t i = 0; i < slice; i++) x[i] = small ? (uint32_t)i << 16 : (uint32_t)(s0 + i);
+        ok(dsv4_bk_upload(gpu, dx, x, slice * 4), "upload");
+        GPU_CALL(dsv4_cuda_round_e2m1_check(gpu, dx, dx, slice));
+        host_from(got, dx, slice * 4);
+        for (uint64_t i = 0; i < slice; i++) {
+            float v, w;
+            memcpy(&v, &x[i], 4);
+            w = dsv4_round_e2m1(v);
+            uint32_t wb;
+            memcpy(&wb, &w, 4);
+            if (wb != got[i] && bad++ == 0) first = x[i];
+        }
+    }
+    printf("%-15s %-38s n=%-9llu differ=%lld (first 0x%08x)  bound: bit-exact\n", "e2m1",
+           small ? "every bf16 bit pattern" : "every f32 bit pattern", (unsigned long long)total,
+           (long long)bad, first);
+    CHECK_MSG(bad == 0, "e2m1: %lld of %llu inputs differ from dsv4_round_e2m1, first 0x%08x",
+              (long long)bad, (unsigned long long)total, first);
+    dsv4_bk_free(gpu, dx);
+    free(x);
+    free(got);
 }
 
 static void test_act_quant(const shape *s, int N)
@@ -880,6 +919,7 @@ int main(int argc, char **argv)
 
     test_fill_bf16(small ? 1000 : 3000001, 7);
     test_act_quant_bf16_sweep();
+    test_e2m1_every_float(small);
     for (int si = 0; si < nshapes; si++) {
         const shape *s = shapes[si];
         float fr[3][DSV4_ROPE_MAX / 2];
