@@ -3,12 +3,14 @@
  * op against the CPU reference on the same seeded random inputs, at the Flash (D 4096, 64 heads)
  * and Pro (D 7168, 128 heads) shapes, N in {1, 7, 64} rows (the row kernels and the fused q / kv
  * chains also 2 and 257), strided rows, in-place calls, bf16 rounding on and off, RoPE at large
- * positions and inverse, and the kernels' fallbacks for wide rows.
+ * positions and inverse, and the kernels' fallbacks for wide rows; and the device's e4m3 and
+ * e2m1 roundings (quant_dev.cuh) on every bf16 value, e2m1 on every f32 (a test hook).
  *
  * Each case prints the max abs error, the max relative error |a-b| / max(|b|, floor) (floor
  * stated per case) and the bound with its reason; the exit status counts the failures.
  *
- * usage: test_gpu_rows [--small]   (--small: tiny shapes, for compute-sanitizer)
+ * usage: test_gpu_rows [--small]   (--small: tiny shapes and e2m1 on the bf16 values only, for
+ *                                   compute-sanitizer)
  */
 #include "backend/backend.h"
 #include "backend/backend_impl.h"

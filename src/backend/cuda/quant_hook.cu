@@ -19,6 +19,8 @@ __global__ static void round_e2m1_kernel(const float *x, float *y, size_t n)
 extern "C" dsv4_status dsv4_cuda_round_e2m1_check(dsv4_backend *b, const float *x, float *y,
                                                   size_t n)
 {
+    if (!b || !b->cuda)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "round_e2m1_check: not a CUDA backend");
     if (!n) return DSV4_OK;
     const size_t blocks = (n + 255) / 256;
     round_e2m1_kernel<<<(unsigned)(blocks < 8192 ? blocks : 8192), 256, 0,
