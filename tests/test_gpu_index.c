@@ -189,6 +189,23 @@ static void bf16_to_f32(float *out, const uint16_t *in, int64_t n)
     for (int64_t i = 0; i < n; i++) out[i] = dsv4_bf16_to_f32(in[i]);
 }
 
+/* Bytes of n compressed entries of dim dims: the indexer's bf16, the attention's in the serving
+ * layout (kv_layout.h, r RoPE dims). */
+static size_t ent_bytes(int is_index, int dim, int r, int64_t n)
+{
+    const dsv4_kv_layout l = dsv4_kv_layout_of(dim, r);
+    return is_index ? (size_t)(n * dim) * 2 : (size_t)dsv4_kv_bytes(&l, n);
+}
+
+/* The f32 values of n such entries, [n, dim]. */
+static void ent_values(float *out, const void *ent, int is_index, int dim, int r, int64_t n)
+{
+    const dsv4_kv_layout l = dsv4_kv_layout_of(dim, r);
+    if (is_index) bf16_to_f32(out, ent, n * dim);
+    else
+        for (int64_t e = 0; e < n; e++) dsv4_kv_decode(&l, ent, e, out + e * dim);
+}
+
 /* ---- comp_append --------------------------------------------------------------------------- */
 static float g_freqs[32]; /* compress RoPE: theta 160000, YaRN 16 over 65536, beta 32 / 1 */
 
@@ -229,10 +246,11 @@ static void test_comp(const char *name, int m, int dim, int width, int is_index)
     const int64_t cap_e = m == 4 ? 1024 : 64;
     const float eps = 1e-6f;
     const size_t ring_n = (size_t)S * Rc * width, ent_n = (size_t)S * cap_e * dim;
+    const size_t ent_b = ent_bytes(is_index, dim, r, (int64_t)S * cap_e);
     float *ape = malloc((size_t)m * width * 4), *norm = malloc((size_t)dim * 4);
     float *rkv = malloc(ring_n * 4), *rg = malloc(ring_n * 4);
     float *kv = malloc((size_t)C * width * 4), *gate = malloc((size_t)C * width * 4);
-    uint16_t *ent = calloc(ent_n, 2), *gent = malloc(ent_n * 2);
+    uint8_t *ent = calloc(ent_b, 1), *gent = malloc(ent_b);
     float *grkv = malloc(ring_n * 4), *grg = malloc(ring_n * 4);
     fill_gauss(ape, (int64_t)m * width, 0.5f, 0.0f);
     fill_gauss(norm, dim, 0.1f, 1.0f);
@@ -243,7 +261,7 @@ static void test_comp(const char *name, int m, int dim, int width, int is_index)
     float *d_kv = gpu_dup(NULL, (size_t)C * width * 4),
           *d_gate = gpu_dup(NULL, (size_t)C * width * 4);
     float *d_freqs = gpu_dup(g_freqs, sizeof g_freqs);
-    uint16_t *d_ent = gpu_dup(NULL, ent_n * 2);
+    uint8_t *d_ent = gpu_dup(NULL, ent_b);
 
     int32_t sl[512], ps[512];
     int nclose = 0;
@@ -269,7 +287,7 @@ static void test_comp(const char *name, int m, int dim, int width, int is_index)
     }
     gpu_get(grkv, d_rkv, ring_n * 4);
     gpu_get(grg, d_rg, ring_n * 4);
-    gpu_get(gent, d_ent, ent_n * 2);
+    gpu_get(gent, d_ent, ent_b);
     const int ring_same = !memcmp(grkv, rkv, ring_n * 4) && !memcmp(grg, rg, ring_n * 4);
     printf("%-20s comp_append: chunks of %d (one slot; two interleaved), decode N = %s; rings "
            "[%d, %d, %d] %s (bound: bit-exact, copies and one f32 add)\n",
@@ -277,8 +295,8 @@ static void test_comp(const char *name, int m, int dim, int width, int is_index)
     CHECK_MSG(ring_same, "%s: comp_append rings differ", name);
 
     float *a = malloc(ent_n * 4), *b = malloc(ent_n * 4);
-    bf16_to_f32(a, gent, (int64_t)ent_n);
-    bf16_to_f32(b, ent, (int64_t)ent_n);
+    ent_values(a, gent, is_index, dim, r, (int64_t)S * cap_e);
+    ent_values(b, ent, is_index, dim, r, (int64_t)S * cap_e);
     const int qn = is_index ? dim : dim - r, qb = is_index ? 32 : 64;
     const double bound = is_index ? 1.5 : 0.25;
     const vec_stats s = cmp_vectors(a, b, S * cap_e, dim, qn, qb);
@@ -288,7 +306,7 @@ static void test_comp(const char *name, int m, int dim, int width, int is_index)
            bound);
     CHECK_MSG(s.diff_vecs <= 1 && s.max_rel <= bound, "%s: comp_append outside its bound", name);
     int64_t written = 0; /* the closed windows really produced entries */
-    for (size_t i = 0; i < ent_n; i++) written += ent[i] != 0;
+    for (size_t i = 0; i < ent_n; i++) written += b[i] != 0.0f;
     CHECK_MSG(written > (int64_t)nclose * dim / 2, "%s: only %lld nonzero entry elements", name,
               (long long)written);
 
@@ -864,21 +882,22 @@ static void test_comp_pair(void)
     const float eps = 1e-6f;
     const int dims[2] = {512, 128};
     struct {
-        size_t ring_n, ent_n;
+        size_t ring_n, ent_n, ent_b;
         int dim, width;
         float *ape, *norm, *rkv, *rg, *kv, *gate;
-        uint16_t *ent;
+        uint8_t *ent;
         float *d_ape, *d_norm, *d_rkv[2], *d_rg[2], *d_kv, *d_gate;
-        uint16_t *d_ent[2];
+        uint8_t *d_ent[2];
     } c[2];
     for (int k = 0; k < 2; k++) {
         c[k].dim = dims[k], c[k].width = 2 * dims[k];
         c[k].ring_n = (size_t)S * Rc * c[k].width, c[k].ent_n = (size_t)S * cap_e * c[k].dim;
+        c[k].ent_b = ent_bytes(k, c[k].dim, r, (int64_t)S * cap_e);
         c[k].ape = malloc((size_t)m * c[k].width * 4), c[k].norm = malloc((size_t)c[k].dim * 4);
         c[k].rkv = malloc(c[k].ring_n * 4), c[k].rg = malloc(c[k].ring_n * 4);
         c[k].kv = malloc((size_t)C * c[k].width * 4),
         c[k].gate = malloc((size_t)C * c[k].width * 4);
-        c[k].ent = calloc(c[k].ent_n, 2);
+        c[k].ent = calloc(c[k].ent_b, 1);
         fill_gauss(c[k].ape, (int64_t)m * c[k].width, 0.5f, 0.0f);
         fill_gauss(c[k].norm, c[k].dim, 0.1f, 1.0f);
         fill_gauss(c[k].rkv, (int64_t)c[k].ring_n, 1.0f, 0.0f);
@@ -888,7 +907,7 @@ static void test_comp_pair(void)
         for (int v = 0; v < 2; v++) { /* v 0: the pair; v 1: single calls */
             c[k].d_rkv[v] = gpu_dup(c[k].rkv, c[k].ring_n * 4);
             c[k].d_rg[v] = gpu_dup(c[k].rg, c[k].ring_n * 4);
-            c[k].d_ent[v] = gpu_dup(NULL, c[k].ent_n * 2);
+            c[k].d_ent[v] = gpu_dup(NULL, c[k].ent_b);
         }
         c[k].d_kv = gpu_dup(NULL, (size_t)C * c[k].width * 4);
         c[k].d_gate = gpu_dup(NULL, (size_t)C * c[k].width * 4);
@@ -932,9 +951,9 @@ static void test_comp_pair(void)
         rows_free(&rs);
     }
     for (int k = 0; k < 2; k++) {
-        const size_t rb = c[k].ring_n * 4, eb = c[k].ent_n * 2;
+        const size_t rb = c[k].ring_n * 4, eb = c[k].ent_b;
         float *g_rkv[2], *g_rg[2];
-        uint16_t *g_ent[2];
+        uint8_t *g_ent[2];
         for (int v = 0; v < 2; v++) {
             g_rkv[v] = gpu_get(malloc(rb), c[k].d_rkv[v], rb);
             g_rg[v] = gpu_get(malloc(rb), c[k].d_rg[v], rb);
@@ -944,8 +963,8 @@ static void test_comp_pair(void)
                                 !memcmp(g_ent[0], g_ent[1], eb);
         const int ring_cpu = !memcmp(g_rkv[0], c[k].rkv, rb) && !memcmp(g_rg[0], c[k].rg, rb);
         float *a = malloc(c[k].ent_n * 4), *b = malloc(c[k].ent_n * 4);
-        bf16_to_f32(a, g_ent[0], (int64_t)c[k].ent_n);
-        bf16_to_f32(b, c[k].ent, (int64_t)c[k].ent_n);
+        ent_values(a, g_ent[0], k, c[k].dim, r, (int64_t)S * cap_e);
+        ent_values(b, c[k].ent, k, c[k].dim, r, (int64_t)S * cap_e);
         const int qn = k ? c[k].dim : c[k].dim - r, qb = k ? 32 : 64;
         const double bound = k ? 1.5 : 0.25;
         const vec_stats st = cmp_vectors(a, b, S * cap_e, c[k].dim, qn, qb);

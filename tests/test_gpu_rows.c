@@ -681,12 +681,38 @@ static float bf16_val(uint16_t h)
 
 /* Rows over S slots: row i in slot i % S at consecutive positions from a per-slot base, so no
  * two rows share a ring index (R > rows a slot); the rest of the ring keeps its contents. */
+/* A window ring of n entries (kv_layout.h of hd, r) filled with valid random entries. */
+static uint8_t *kv_ring(const dsv4_kv_layout *l, int64_t n, size_t *bytes)
+{
+    *bytes = (size_t)dsv4_kv_bytes(l, n);
+    uint8_t *p = malloc(*bytes);
+    for (size_t i = 0; i < *bytes; i++) p[i] = dsv4_fill_kv_byte(l, 77, (int64_t)i);
+    return p;
+}
+
+/* The f32 values of a ring's n entries, [n, hd] (dsv4_kv_decode). */
+static float *kv_values(const dsv4_kv_layout *l, const uint8_t *p, int64_t n)
+{
+    float *x = malloc((size_t)(n * l->hd) * 4);
+    for (int64_t e = 0; e < n; e++) dsv4_kv_decode(l, p, e, x + e * l->hd);
+    return x;
+}
+
+/* Bytes of a and b that differ (both n bytes). */
+static size_t bytes_differ(const uint8_t *a, const uint8_t *b, size_t n)
+{
+    size_t d = 0;
+    for (size_t i = 0; i < n; i++) d += a[i] != b[i];
+    return d;
+}
+
 static void test_kv_norm_rope_store(const shape *s, int N, const float *fr_h, const float *fr_d)
 {
     enum { S = 3 };
     static const int32_t base[S] = {1000003, 65530, 7};
     const int hd = s->hd, r = s->r, R = (N + S - 1) / S + 5;
-    const int64_t n = (int64_t)N * hd, nw = (int64_t)S * R * hd;
+    const dsv4_kv_layout kl = dsv4_kv_layout_of(hd, r);
+    const int64_t n = (int64_t)N * hd, ne = (int64_t)S * R, nw = ne * hd;
     int32_t *slot = malloc((size_t)N * 4), *pos = malloc((size_t)N * 4);
     for (int i = 0; i < N; i++) {
         slot[i] = i % S;
@@ -695,39 +721,33 @@ static void test_kv_norm_rope_store(const shape *s, int N, const float *fr_h, co
     rowset rs = make_rows(N, pos, NULL);
     memcpy(rs.slot, slot, (size_t)N * 4);
     ok(dsv4_bk_upload(gpu, (void *)rs.d.slot, slot, (size_t)N * 4), "upload slots");
-    uint16_t *win = malloc((size_t)nw * 2), *gwin = malloc((size_t)nw * 2);
-    uint16_t *swin = malloc((size_t)nw * 2);
-    for (int64_t i = 0; i < nw; i++) win[i] = bf16_bits(rng_normal());
+    size_t wb;
+    uint8_t *win = kv_ring(&kl, ne, &wb), *gwin = malloc(wb), *swin = malloc(wb);
     float *kv = rand_rows(n, hd, 1.0f), *w = rand_rows(hd, hd, 0.3f);
     for (int i = 0; i < hd; i++) w[i] = 1.0f + w[i];
     float *want = dup(kv, n), *normed = dup(kv, n), *got = malloc((size_t)n * 4);
     float *sep = malloc((size_t)n * 4);
     float *dkv = dev_from(kv, (size_t)n * 4), *dkv2 = dev_from(kv, (size_t)n * 4);
     float *dw = dev_from(w, (size_t)hd * 4);
-    uint16_t *dwin = dev_from(win, (size_t)nw * 2), *dwin2 = dev_from(win, (size_t)nw * 2);
+    uint8_t *dwin = dev_from(win, wb), *dwin2 = dev_from(win, wb);
     ok(dsv4_cpu_bk_kv_norm_rope_store(cpu, win, R, want, w, &rs.h, hd, r, fr_h, 1e-6f, 64), "cpu");
     ok(dsv4_cpu_bk_rmsnorm(cpu, normed, hd, normed, hd, w, N, hd, 1e-6f, 1), "cpu rmsnorm");
     ok(dsv4_cuda_bk_rmsnorm(gpu, dkv2, hd, dkv2, hd, dw, N, hd, 1e-6f, 1), "separate");
     ok(dsv4_cuda_bk_rope(gpu, dkv2, hd, &rs.d, 1, hd, r, fr_d, 0, 1), "separate");
     ok(dsv4_cuda_bk_act_quant(gpu, dkv2, hd, dkv2, hd, N, hd - r, 64), "separate");
-    ok(dsv4_cuda_bk_kv_store(gpu, dwin2, R, hd, dkv2, &rs.d), "separate");
+    ok(dsv4_cuda_bk_kv_store(gpu, dwin2, R, hd, r, dkv2, &rs.d), "separate");
     GPU_CALL(dsv4_cuda_bk_kv_norm_rope_store(gpu, dwin, R, dkv, dw, &rs.d, hd, r, fr_d, 1e-6f, 64));
     host_from(got, dkv, (size_t)n * 4);
     host_from(sep, dkv2, (size_t)n * 4);
-    host_from(gwin, dwin, (size_t)nw * 2);
-    host_from(swin, dwin2, (size_t)nw * 2);
+    host_from(gwin, dwin, wb);
+    host_from(swin, dwin2, wb);
     /* bounds per row, then the ring's copies of them */
     float *sl = calloc((size_t)n, 4);
     int odd = 0;
     for (int64_t row = 0; row < N; row++) odd += mean_slack(sl, kv, want, row, hd);
     rope_slack(sl, normed, N, hd, r);
-    float *fw = malloc((size_t)nw * 4), *fg = malloc((size_t)nw * 4), *fs = malloc((size_t)nw * 4);
+    float *fw = kv_values(&kl, win, ne), *fg = kv_values(&kl, gwin, ne);
     float *wsl = calloc((size_t)nw, 4);
-    for (int64_t i = 0; i < nw; i++) {
-        fw[i] = bf16_val(win[i]);
-        fg[i] = bf16_val(gwin[i]);
-        fs[i] = bf16_val(swin[i]);
-    }
     for (int row = 0; row < N; row++)
         memcpy(wsl + ((int64_t)slot[row] * R + pos[row] % R) * hd, sl + (int64_t)row * hd,
                (size_t)hd * 4);
@@ -736,16 +756,24 @@ static void test_kv_norm_rope_store(const shape *s, int N, const float *fr_h, co
     const bound same = {0, FLT_MIN, 0, NULL, "= separate ops"};
     const bound ref = {0, 1e-3, 0, sl, "exact; rotated: 2^-21 (|a|+|b|) + 1 bf16 ulp"};
     compare("kv_nrs.kv", l, got, sep, n, same);
-    compare("kv_nrs.win", l, fg, fs, nw, same);
+    const size_t dsep = bytes_differ(gwin, swin, wb);
+    printf("kv_nrs.win bytes %s: %zu of %zu differ from the separate ops (bound 0)\n", l, dsep, wb);
+    CHECK_MSG(dsep == 0, "kv_nrs.win %s: %zu bytes differ from the separate ops", l, dsep);
     compare("kv_nrs.kv", l, got, want, n, ref);
     compare("kv_nrs.win", l, fg, fw, nw, (bound){0, 1e-3, 0, wsl, ref.why});
+    /* the stored values are the returned kv rows exactly (the layout loses nothing) */
+    float *fk = calloc((size_t)n, 4);
+    for (int row = 0; row < N; row++)
+        memcpy(fk + (int64_t)row * hd, fg + ((int64_t)slot[row] * R + pos[row] % R) * hd,
+               (size_t)hd * 4);
+    compare("kv_nrs.win=kv", l, fk, got, n, same);
     dsv4_bk_free(gpu, dkv);
     dsv4_bk_free(gpu, dkv2);
     dsv4_bk_free(gpu, dw);
     dsv4_bk_free(gpu, dwin);
     dsv4_bk_free(gpu, dwin2);
     free_rows(&rs);
-    float *host[] = {kv, w, want, normed, got, sep, sl, fw, fg, fs, wsl};
+    float *host[] = {kv, w, want, normed, got, sep, sl, fw, fg, wsl, fk};
     for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
     free(win);
     free(gwin);
@@ -756,19 +784,19 @@ static void test_kv_norm_rope_store(const shape *s, int N, const float *fr_h, co
 
 /* dsv4_bk_q_kv_norm_rope: the query heads and the kv row in one launch must equal the two ops
  * (head_norm_rope, kv_norm_rope_store; each checked against the CPU above) bit for bit, q, kv and
- * the ring alike; H heads of width hd (hd over the register tile: the two launches). */
+ * the ring's bytes alike; H heads of width hd (hd over the register tile: the two launches). */
 static void test_q_kv_norm_rope(const shape *s, int N, int H, int hd, const float *fr_d)
 {
     enum { S = 2 };
     const int r = s->r, R = (N + S - 1) / S + 3;
-    const int64_t nq = (int64_t)N * H * hd, n = (int64_t)N * hd, nw = (int64_t)S * R * hd;
+    const dsv4_kv_layout kl = dsv4_kv_layout_of(hd, r);
+    const int64_t nq = (int64_t)N * H * hd, n = (int64_t)N * hd;
     int32_t *slot = malloc((size_t)N * 4), *pos = malloc((size_t)N * 4);
     for (int i = 0; i < N; i++) slot[i] = i % S, pos[i] = 4093 * (i % S) + i / S;
     rowset rs = make_rows(N, pos, NULL);
     ok(dsv4_bk_upload(gpu, (void *)rs.d.slot, slot, (size_t)N * 4), "upload slots");
-    uint16_t *win = malloc((size_t)nw * 2), *gw = malloc((size_t)nw * 2),
-             *sw = malloc((size_t)nw * 2);
-    for (int64_t i = 0; i < nw; i++) win[i] = bf16_bits(rng_normal());
+    size_t wb;
+    uint8_t *win = kv_ring(&kl, (int64_t)S * R, &wb), *gw = malloc(wb), *sw = malloc(wb);
     float *q = rand_rows(nq, hd, 1.0f), *kv = rand_rows(n, hd, 1.0f), *w = rand_rows(hd, hd, 0.3f);
     for (int i = 0; i < hd; i++) w[i] = 1.0f + w[i];
     float *gq = malloc((size_t)nq * 4), *sq = malloc((size_t)nq * 4);
@@ -776,7 +804,7 @@ static void test_q_kv_norm_rope(const shape *s, int N, int H, int hd, const floa
     float *dq = dev_from(q, (size_t)nq * 4), *dq2 = dev_from(q, (size_t)nq * 4);
     float *dkv = dev_from(kv, (size_t)n * 4), *dkv2 = dev_from(kv, (size_t)n * 4);
     float *dw = dev_from(w, (size_t)hd * 4);
-    uint16_t *dwin = dev_from(win, (size_t)nw * 2), *dwin2 = dev_from(win, (size_t)nw * 2);
+    uint8_t *dwin = dev_from(win, wb), *dwin2 = dev_from(win, wb);
     ok(dsv4_cuda_bk_head_norm_rope(gpu, dq2, &rs.d, H, hd, r, fr_d, 1e-6f), "separate q");
     ok(dsv4_cuda_bk_kv_norm_rope_store(gpu, dwin2, R, dkv2, dw, &rs.d, hd, r, fr_d, 1e-6f, 64),
        "separate kv");
@@ -784,19 +812,19 @@ static void test_q_kv_norm_rope(const shape *s, int N, int H, int hd, const floa
         dsv4_cuda_bk_q_kv_norm_rope(gpu, dq, H, dwin, R, dkv, dw, &rs.d, hd, r, fr_d, 1e-6f, 64));
     host_from(gq, dq, (size_t)nq * 4), host_from(sq, dq2, (size_t)nq * 4);
     host_from(gk, dkv, (size_t)n * 4), host_from(sk, dkv2, (size_t)n * 4);
-    host_from(gw, dwin, (size_t)nw * 2), host_from(sw, dwin2, (size_t)nw * 2);
-    float *fg = malloc((size_t)nw * 4), *fs = malloc((size_t)nw * 4);
-    for (int64_t i = 0; i < nw; i++) fg[i] = bf16_val(gw[i]), fs[i] = bf16_val(sw[i]);
+    host_from(gw, dwin, wb), host_from(sw, dwin2, wb);
     char l[120];
     snprintf(l, sizeof l, "%s N=%d %dx%d r=%d R=%d", s->name, N, H, hd, r, R);
     const bound same = {0, FLT_MIN, 0, NULL, "= separate ops"};
     compare("q_kv.q", l, gq, sq, nq, same);
     compare("q_kv.kv", l, gk, sk, n, same);
-    compare("q_kv.win", l, fg, fs, nw, same);
+    const size_t dwb = bytes_differ(gw, sw, wb);
+    printf("q_kv.win bytes  %s: %zu of %zu differ from the separate ops (bound 0)\n", l, dwb, wb);
+    CHECK_MSG(dwb == 0, "q_kv.win %s: %zu bytes differ from the separate ops", l, dwb);
     void *dev[] = {dq, dq2, dkv, dkv2, dw, dwin, dwin2};
     for (size_t i = 0; i < sizeof dev / sizeof *dev; i++) dsv4_bk_free(gpu, dev[i]);
     free_rows(&rs);
-    void *host[] = {slot, pos, win, gw, sw, q, kv, w, gq, sq, gk, sk, fg, fs};
+    void *host[] = {slot, pos, win, gw, sw, q, kv, w, gq, sq, gk, sk};
     for (size_t i = 0; i < sizeof host / sizeof *host; i++) free(host[i]);
 }
 
@@ -816,6 +844,31 @@ static void test_fill_bf16(size_t n, uint64_t seed)
     dsv4_bk_free(gpu, d);
     free(want);
     free(got);
+}
+
+/* dsv4_bk_fill_kv: the CUDA kernel writes the CPU's bytes (kv_layout.h dsv4_fill_kv_byte), and
+ * they decode to finite values of at most 7. */
+static void test_fill_kv(int hd, int r, int64_t n, uint64_t seed)
+{
+    const dsv4_kv_layout l = dsv4_kv_layout_of(hd, r);
+    const size_t bytes = (size_t)dsv4_kv_bytes(&l, n);
+    uint8_t *want = malloc(bytes), *got = malloc(bytes), *d = NULL;
+    ok(dsv4_bk_fill_kv(cpu, want, &l, n, seed), "cpu fill");
+    ok(dsv4_bk_alloc(gpu, bytes, (void **)&d), "alloc");
+    GPU_CALL(dsv4_bk_fill_kv(gpu, d, &l, n, seed));
+    host_from(got, d, bytes);
+    const size_t differ = bytes_differ(want, got, bytes);
+    float *x = kv_values(&l, want, n);
+    size_t bad = 0;
+    for (int64_t i = 0; i < n * hd; i++) bad += !isfinite(x[i]) || fabsf(x[i]) > 7.0f;
+    printf("fill_kv         hd=%d r=%d n=%lld differ=%zu non-finite or > 7: %zu (bounds 0)\n",
+           hd, r, (long long)n, differ, bad);
+    CHECK_MSG(differ == 0 && bad == 0, "fill_kv: %zu of %zu bytes differ, %zu bad values", differ,
+              bytes, bad);
+    dsv4_bk_free(gpu, d);
+    free(want);
+    free(got);
+    free(x);
 }
 
 /* ---- mHC --------------------------------------------------------------------------------------
@@ -920,6 +973,8 @@ int main(int argc, char **argv)
     const int *Ns = small ? Ns_small : Ns_full, nN = small ? 3 : 5;
 
     test_fill_bf16(small ? 1000 : 3000001, 7);
+    test_fill_kv(512, 64, small ? 100 : 20001, 9);
+    test_fill_kv(64, 16, 130, 11);
     test_act_quant_bf16_sweep();
     test_e2m1_every_float(small);
     for (int si = 0; si < nshapes; si++) {

@@ -118,6 +118,15 @@ dsv4_status dsv4_bk_fill_bf16(dsv4_backend *b, uint16_t *p, size_t n, uint64_t s
     return DSV4_OK;
 }
 
+dsv4_status dsv4_bk_fill_kv(dsv4_backend *b, uint8_t *p, const dsv4_kv_layout *l, int64_t n,
+                            uint64_t seed)
+{
+    CUDA_ROUTE(dsv4_cuda_bk_fill_kv(b, p, l, n, seed));
+    const int64_t bytes = dsv4_kv_bytes(l, n);
+    for (int64_t i = 0; i < bytes; i++) p[i] = dsv4_fill_kv_byte(l, seed, i);
+    return DSV4_OK;
+}
+
 dsv4_status dsv4_bk_sync(dsv4_backend *b)
 {
     CUDA_ROUTE(dsv4_cuda_bk_sync(b));
@@ -346,7 +355,7 @@ dsv4_status dsv4_bk_head_norm_rope(dsv4_backend *b, float *q, const dsv4_bk_rows
     return dsv4_cpu_bk_head_norm_rope(b, q, rows, H, hd, r, freqs, eps);
 }
 
-dsv4_status dsv4_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R, float *kv,
+dsv4_status dsv4_bk_kv_norm_rope_store(dsv4_backend *b, uint8_t *win, int R, float *kv,
                                        const float *w, const dsv4_bk_rows *rows, int hd, int r,
                                        const float *freqs, float eps, int qblock)
 {
@@ -357,7 +366,7 @@ dsv4_status dsv4_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R, fl
     return dsv4_cpu_bk_kv_norm_rope_store(b, win, R, kv, w, rows, hd, r, freqs, eps, qblock);
 }
 
-dsv4_status dsv4_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint16_t *win, int R,
+dsv4_status dsv4_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint8_t *win, int R,
                                    float *kv, const float *w, const dsv4_bk_rows *rows, int hd,
                                    int r, const float *freqs, float eps, int qblock)
 {
@@ -519,16 +528,16 @@ dsv4_status dsv4_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, const flo
                                     D, hc_eps, rms_eps);
 }
 
-dsv4_status dsv4_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
+dsv4_status dsv4_bk_kv_store(dsv4_backend *b, uint8_t *win, int R, int hd, int r, const float *kv,
                              const dsv4_bk_rows *rows)
 {
 #ifdef DSV4_HAVE_CUDA
-    if (b->kind == DSV4_DEVICE_CUDA) return dsv4_cuda_bk_kv_store(b, win, R, hd, kv, rows);
+    if (b->kind == DSV4_DEVICE_CUDA) return dsv4_cuda_bk_kv_store(b, win, R, hd, r, kv, rows);
 #endif
-    return dsv4_cpu_bk_kv_store(b, win, R, hd, kv, rows);
+    return dsv4_cpu_bk_kv_store(b, win, R, hd, r, kv, rows);
 }
 
-dsv4_status dsv4_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e, float *ring_kv,
+dsv4_status dsv4_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e, float *ring_kv,
                                 float *ring_gate, int Rc, int width, int dim, int m,
                                 const float *kv, const float *gate, const float *ape,
                                 const float *norm, float eps, const float *freqs, int r,
@@ -601,18 +610,18 @@ dsv4_status dsv4_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq, con
     return dsv4_cpu_bk_indexer_topk(b, sel, iq, iw, w_scale, ent, cap_e, nh, d, m, topk, rows, ws);
 }
 
-dsv4_status dsv4_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
-                              const uint16_t *win, int R, int W, const uint16_t *ent, int64_t cap_e,
+dsv4_status dsv4_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd, int kr,
+                              const uint8_t *win, int R, int W, const uint8_t *ent, int64_t cap_e,
                               int m, const int32_t *sel, int topk, const float *sink,
                               const dsv4_bk_rows *rows, int rope_r, const float *rope_freqs)
 {
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
-        return dsv4_cuda_bk_attention(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink,
-                                      rows, rope_r, rope_freqs);
+        return dsv4_cuda_bk_attention(b, o, q, H, hd, kr, win, R, W, ent, cap_e, m, sel, topk,
+                                      sink, rows, rope_r, rope_freqs);
 #endif
-    return dsv4_cpu_bk_attention(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows,
-                                 rope_r, rope_freqs);
+    return dsv4_cpu_bk_attention(b, o, q, H, hd, kr, win, R, W, ent, cap_e, m, sel, topk, sink,
+                                 rows, rope_r, rope_freqs);
 }
 
 dsv4_status dsv4_bk_router(dsv4_backend *b, int32_t *sel, float *wts, const float *logits,

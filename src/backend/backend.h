@@ -8,9 +8,11 @@
  * Numerics: every op implements the "faithful" mode of docs/numeric-modes.md, the official
  * reference's roundings, exactly as model/forward*.c does it on the CPU (the loop over sessions
  * that tests check against transformers). Activations are f32 arrays in backend memory; a
- * "bf16" rounding below is f32 -> bf16 -> f32, nearest-even (dsv4_round_bf16). Cached keys and
- * compressed entries are stored as bf16 bit patterns (uint16_t): in faithful mode every cached
- * value is exactly representable in bf16, so this loses nothing.
+ * "bf16" rounding below is f32 -> bf16 -> f32, nearest-even (dsv4_round_bf16). The attention's
+ * cached keys and compressed entries are stored in the serving layout (kv_layout.h: e4m3 bytes
+ * with a power-of-two scale a 64 non-RoPE dims, the RoPE dims bf16; 584 B at hd 512), the
+ * indexer's keys as bf16 bit patterns (uint16_t): in faithful mode every cached value is exact
+ * in either, so this loses nothing.
  *
  * Batching: an op runs on N "rows", one token each; row r belongs to the sequence held in state
  * slot slot[r] and sits at position pos[r] (dsv4_bk_rows). Rows of one slot appear in
@@ -19,10 +21,13 @@
  * step never goes back to the host (routing, top-k and window logic all read them there).
  *
  * Per-slot state layout (all in backend memory, slot-major):
- *   window keys     win      [S, R, hd]  bf16; position p at ring index p % R (R >= W + chunk)
+ *   window keys     win      S R entries (kv_layout.h of hd, r); position p of slot s is entry
+ *                            s R + p % R (R >= W + chunk)
  *   compressor rows ring_kv  [S, Rc, width] f32, ring_gate likewise (gate already + ape);
  *                   position p at p % Rc (Rc >= 2m + chunk)
- *   entries         ent      [S, cap_e, dim] bf16; entry i pools positions [i*m, (i+1)*m)
+ *   entries         ent      S cap_e entries (kv_layout.h; the indexer's: [S, cap_e, dim]
+ *                            bf16); entry i of slot s (index s cap_e + i) pools positions
+ *                            [i*m, (i+1)*m)
  *
  * Shapes in comments: `x [N, width]` row-major; ld* are row strides in elements (>= width).
  * Every op returns DSV4_OK or an error with dsv4_last_error() text; a CUDA op only enqueues work
@@ -32,6 +37,7 @@
 #ifndef DSV4_BACKEND_BACKEND_H
 #define DSV4_BACKEND_BACKEND_H
 
+#include "backend/kv_layout.h"
 #include "dsv4.h"
 #include "model/weights.h"
 
@@ -74,20 +80,11 @@ dsv4_status dsv4_bk_memset0(dsv4_backend *b, void *p, size_t bytes);
 /* p [n] = bf16 bits of values in (-1, 1), 2^-8 <= |v|, each a hash of (seed, i): the same bits
  * on every device (benchmarks fill a cache with varied keys). */
 dsv4_status dsv4_bk_fill_bf16(dsv4_backend *b, uint16_t *p, size_t n, uint64_t seed);
-/* The value dsv4_bk_fill_bf16 writes at index i (every backend computes it with these integer
- * operations; CUDA kernels too). */
-#ifdef __CUDACC__
-__host__ __device__
-#endif
-static inline uint16_t dsv4_fill_bf16_bits(uint64_t seed, uint64_t i)
-{
-    uint64_t z = seed + (i + 1) * 0x9e3779b97f4a7c15ull; /* splitmix64 */
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    const uint16_t sign = (uint16_t)(z >> 63) << 15, exp = (uint16_t)(126 - ((z >> 56) & 7));
-    return (uint16_t)(sign | exp << 7 | (uint16_t)(z & 0x7f));
-}
+/* p: n entries of layout l (dsv4_kv_bytes(l, n) bytes) of valid random values, byte i
+ * dsv4_fill_kv_byte(l, seed, i) on every device (benchmarks fill the attention cache). */
+dsv4_status dsv4_bk_fill_kv(dsv4_backend *b, uint8_t *p, const dsv4_kv_layout *l, int64_t n,
+                            uint64_t seed);
+/* dsv4_fill_bf16_bits (kv_layout.h): the value it writes at index i. */
 dsv4_status dsv4_bk_sync(dsv4_backend *b);
 /* Free and total bytes of the backend's memory (CPU: physical memory). */
 dsv4_status dsv4_bk_mem_info(dsv4_backend *b, size_t *free_bytes, size_t *total_bytes);
@@ -128,18 +125,19 @@ dsv4_status dsv4_bk_rope(dsv4_backend *b, float *x, int64_t ldx, const dsv4_bk_r
  * head_norm_rope: q [N, H, hd] in place: head_norm_bf16 (N H vectors), then rope of the last r
  *   dims (pos[r], freqs, round_bf16 = 1).
  * kv_norm_rope_store: kv [N, hd] in place: rmsnorm(w, round_bf16 = 1), rope of the last r dims
- *   (1 vector), act_quant of dims [0, hd - r) in blocks of qblock, then kv_store into win. */
+ *   (1 vector), act_quant of dims [0, hd - r) in blocks of qblock (the cache's 64), then
+ *   kv_store into win. */
 dsv4_status dsv4_bk_rmsnorm_quant(dsv4_backend *b, float *y, float *yq, const float *x,
                                   const float *w, int64_t N, int64_t width, float eps, int block);
 dsv4_status dsv4_bk_head_norm_rope(dsv4_backend *b, float *q, const dsv4_bk_rows *rows, int H,
                                    int hd, int r, const float *freqs, float eps);
-dsv4_status dsv4_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R, float *kv,
+dsv4_status dsv4_bk_kv_norm_rope_store(dsv4_backend *b, uint8_t *win, int R, float *kv,
                                        const float *w, const dsv4_bk_rows *rows, int hd, int r,
                                        const float *freqs, float eps, int qblock);
 /* head_norm_rope(q, rows, H, hd, r, freqs, eps), then kv_norm_rope_store(win, R, kv, w, rows, hd,
  * r, freqs, eps, qblock): the step's query heads and its key/value row, independent chains that
  * CUDA runs side by side in one launch. */
-dsv4_status dsv4_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint16_t *win, int R,
+dsv4_status dsv4_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint8_t *win, int R,
                                    float *kv, const float *w, const dsv4_bk_rows *rows, int hd,
                                    int r, const float *freqs, float eps, int qblock);
 
@@ -259,8 +257,10 @@ dsv4_status dsv4_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, const flo
                                  float rms_eps);
 
 /* ---- attention state ---------------------------------------------------------------------- */
-/* win[slot][pos % R] = kv row r (already normalised, rotated, quantised).  kv [N, hd]. */
-dsv4_status dsv4_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
+/* Entry slot R + pos % R of win (kv_layout.h of hd, r) = kv row (already normalised, rotated,
+ * quantised: stored exactly; other values are act_quant-ed as dsv4_kv_encode does).
+ * kv [N, hd]. */
+dsv4_status dsv4_bk_kv_store(dsv4_backend *b, uint8_t *win, int R, int hd, int r, const float *kv,
                              const dsv4_bk_rows *rows);
 /* A compressor's rows of a step and the windows they close (forward_attn.c comp_append), in one
  * op. First every row goes into the ring: ring_kv[slot][pos % Rc] = kv row r, ring_gate[...] =
@@ -270,9 +270,10 @@ dsv4_status dsv4_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, cons
  * previous window's first halves, then this window's second halves; else ns = m), RMSNorm(norm),
  * RoPE at position i * m (freqs, last r dims), then quantised: is_index -> Hadamard + FP4 (block
  * 32), else FP8 on the dim - r non-RoPE dims (block 64); each step bf16-rounded as there.
- * -> ent[slot][i] (bf16). Rc >= ns + N - 1 (no row of the step overwrites a ring row a window
+ * -> entry slot cap_e + i of ent (is_index: bf16 [S, cap_e, dim]; else kv_layout.h of dim, r).
+ * Rc >= ns + N - 1 (no row of the step overwrites a ring row a window
  * of the same step reads; the engine's 2m + max_chunk). */
-dsv4_status dsv4_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e, float *ring_kv,
+dsv4_status dsv4_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e, float *ring_kv,
                                 float *ring_gate, int Rc, int width, int dim, int m,
                                 const float *kv, const float *gate, const float *ape,
                                 const float *norm, float eps, const float *freqs, int r,
@@ -282,7 +283,7 @@ dsv4_status dsv4_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e, f
  * entries must not overlap. */
 enum { DSV4_BK_COMP_MULTI_MAX = 2 };
 typedef struct dsv4_bk_comp_job {
-    uint16_t *ent;
+    void *ent; /* as dsv4_bk_comp_append's */
     int64_t cap_e;
     float *ring_kv, *ring_gate;
     int Rc, width, dim, m;
@@ -324,15 +325,16 @@ dsv4_status dsv4_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq, con
 /* ---- attention ---------------------------------------------------------------------------
  * o [N, H, hd] = bf16(attention) of q [N, H, hd] over, in this slot order (forward_attn.c
  * attn_body, faithful): the window positions max(0, p-W+1) .. p (win ring, oldest first), then
- * W - (count) empty slots, then the compressed entries: CSA (sel != NULL) ent[slot][sel[r][j]]
+ * W - (count) empty slots, then the compressed entries (win and ent: kv_layout.h of hd, kr):
+ * CSA (sel != NULL) ent[slot][sel[r][j]]
  * for j < topk with sel >= 0; HCA (sel == NULL, m > 0) entries 0 .. (p+1)/m - 1; none when
  * m == 0. Per head: faithful_attend_head (64-slot blocks, running max, bf16 p, sink[h] in the
  * denominator), scale = hd^-0.5. rope_r > 0 (even, <= hd): then the inverse RoPE of the last
  * rope_r dims of every head at pos[r] with rope_freqs [rope_r / 2] (backend memory), all of o
  * bf16-rounded after: exactly dsv4_bk_rope(o, H * hd, rows, H, hd, rope_r, rope_freqs, 1, 1),
  * which the CPU calls and CUDA runs in the attention's epilogue. rope_r == 0: no RoPE. */
-dsv4_status dsv4_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
-                              const uint16_t *win, int R, int W, const uint16_t *ent, int64_t cap_e,
+dsv4_status dsv4_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd, int kr,
+                              const uint8_t *win, int R, int W, const uint8_t *ent, int64_t cap_e,
                               int m, const int32_t *sel, int topk, const float *sink,
                               const dsv4_bk_rows *rows, int rope_r, const float *rope_freqs);
 

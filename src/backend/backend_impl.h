@@ -31,7 +31,7 @@ dsv4_status dsv4_cpu_bk_rmsnorm_quant(dsv4_backend *b, float *y, float *yq, cons
                                       int block);
 dsv4_status dsv4_cpu_bk_head_norm_rope(dsv4_backend *b, float *q, const dsv4_bk_rows *rows, int H,
                                        int hd, int r, const float *freqs, float eps);
-dsv4_status dsv4_cpu_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R, float *kv,
+dsv4_status dsv4_cpu_bk_kv_norm_rope_store(dsv4_backend *b, uint8_t *win, int R, float *kv,
                                            const float *w, const dsv4_bk_rows *rows, int hd, int r,
                                            const float *freqs, float eps, int qblock);
 dsv4_status dsv4_cpu_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
@@ -72,9 +72,9 @@ dsv4_status dsv4_cpu_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, const
                                      const dsv4_weight *fn, const float *base, float scale,
                                      const float *norm, int64_t N, int n, int64_t D, float hc_eps,
                                      float rms_eps);
-dsv4_status dsv4_cpu_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
+dsv4_status dsv4_cpu_bk_kv_store(dsv4_backend *b, uint8_t *win, int R, int hd, int r, const float *kv,
                                  const dsv4_bk_rows *rows);
-dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
+dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e,
                                     float *ring_kv, float *ring_gate, int Rc, int width, int dim,
                                     int m, const float *kv, const float *gate, const float *ape,
                                     const float *norm, float eps, const float *freqs, int r,
@@ -85,8 +85,8 @@ dsv4_status dsv4_cpu_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float 
                                      const float *iw, float w_scale, const uint16_t *ent,
                                      int64_t cap_e, int nh, int d, int m, int topk,
                                      const dsv4_bk_rows *rows, void *ws);
-dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
-                                  const uint16_t *win, int R, int W, const uint16_t *ent,
+dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd, int kr,
+                                  const uint8_t *win, int R, int W, const uint8_t *ent,
                                   int64_t cap_e, int m, const int32_t *sel, int topk,
                                   const float *sink, const dsv4_bk_rows *rows, int rope_r,
                                   const float *rope_freqs);
@@ -117,10 +117,10 @@ dsv4_status dsv4_cuda_bk_rmsnorm_quant(dsv4_backend *b, float *y, float *yq, con
                                        int block);
 dsv4_status dsv4_cuda_bk_head_norm_rope(dsv4_backend *b, float *q, const dsv4_bk_rows *rows, int H,
                                         int hd, int r, const float *freqs, float eps);
-dsv4_status dsv4_cuda_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R, float *kv,
+dsv4_status dsv4_cuda_bk_kv_norm_rope_store(dsv4_backend *b, uint8_t *win, int R, float *kv,
                                             const float *w, const dsv4_bk_rows *rows, int hd, int r,
                                             const float *freqs, float eps, int qblock);
-dsv4_status dsv4_cuda_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint16_t *win, int R,
+dsv4_status dsv4_cuda_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint8_t *win, int R,
                                         float *kv, const float *w, const dsv4_bk_rows *rows, int hd,
                                         int r, const float *freqs, float eps, int qblock);
 dsv4_status dsv4_cuda_bk_linear(dsv4_backend *b, const dsv4_weight *w, int64_t row0, int64_t nrows,
@@ -162,9 +162,9 @@ dsv4_status dsv4_cuda_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, cons
                                       const dsv4_weight *fn, const float *base, float scale,
                                       const float *norm, int64_t N, int n, int64_t D, float hc_eps,
                                       float rms_eps);
-dsv4_status dsv4_cuda_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
+dsv4_status dsv4_cuda_bk_kv_store(dsv4_backend *b, uint8_t *win, int R, int hd, int r, const float *kv,
                                   const dsv4_bk_rows *rows);
-dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
+dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e,
                                      float *ring_kv, float *ring_gate, int Rc, int width, int dim,
                                      int m, const float *kv, const float *gate, const float *ape,
                                      const float *norm, float eps, const float *freqs, int r,
@@ -182,8 +182,8 @@ dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float
                                       const float *iw, float w_scale, const uint16_t *ent,
                                       int64_t cap_e, int nh, int d, int m, int topk,
                                       const dsv4_bk_rows *rows, void *ws);
-dsv4_status dsv4_cuda_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
-                                   const uint16_t *win, int R, int W, const uint16_t *ent,
+dsv4_status dsv4_cuda_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd, int kr,
+                                   const uint8_t *win, int R, int W, const uint8_t *ent,
                                    int64_t cap_e, int m, const int32_t *sel, int topk,
                                    const float *sink, const dsv4_bk_rows *rows, int rope_r,
                                    const float *rope_freqs);
@@ -208,6 +208,8 @@ dsv4_status dsv4_cuda_bk_download(dsv4_backend *b, void *dst, const void *src, s
 dsv4_status dsv4_cuda_bk_copy(dsv4_backend *b, void *dst, const void *src, size_t bytes);
 dsv4_status dsv4_cuda_bk_memset0(dsv4_backend *b, void *p, size_t bytes);
 dsv4_status dsv4_cuda_bk_fill_bf16(dsv4_backend *b, uint16_t *p, size_t n, uint64_t seed);
+dsv4_status dsv4_cuda_bk_fill_kv(dsv4_backend *b, uint8_t *p, const dsv4_kv_layout *l, int64_t n,
+                                uint64_t seed);
 dsv4_status dsv4_cuda_bk_sync(dsv4_backend *b);
 dsv4_status dsv4_cuda_bk_mem_info(dsv4_backend *b, size_t *free_bytes, size_t *total_bytes);
 dsv4_status dsv4_cuda_bk_weight_upload(dsv4_backend *b, const dsv4_weight *w, uint64_t random_seed,

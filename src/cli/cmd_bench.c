@@ -33,6 +33,7 @@ int cmd_bench(int argc, char **argv)
 #else
 
 #include "backend/cuda/bench_ceilings.h"
+#include "backend/kv_layout.h"
 #include "core/error.h"
 #include "engine/engine.h"
 #include "model/model.h"
@@ -386,8 +387,17 @@ static int64_t max_i64(const int64_t *v, int n)
  * expected number of distinct experts E (1 - (1 - K/E)^B) for B rows with uniform routing; then
  * the head, the final norms and the B embedding rows. State, per sequence and layer at position
  * p = context: the window keys min(p + 1, W) x head_dim, on CSA layers all (p+1)/4 indexer keys
- * (scored) + the min((p+1)/4, topk) selected entries, on HCA layers the (p+1)/128 entries; all
- * bf16. Not counted: activations, the compressor rings (read when a window closes) and writes. */
+ * (scored) + the min((p+1)/4, topk) selected entries, on HCA layers the (p+1)/128 entries; the
+ * attention's entries in the serving layout (kv_bytes: 584 B at Flash/Pro shapes), the indexer
+ * keys bf16. Not counted: activations, the compressor rings (read when a window closes) and
+ * writes. */
+static double kv_bytes(const dsv4_config *c)
+{
+    const dsv4_kv_layout l = dsv4_kv_layout_of(c->head_dim, c->rope_dim);
+    return (double)dsv4_kv_entry_bytes(&l);
+}
+
+
 static void step_bytes(const dsv4_model *m, int64_t ctx, int B, decode_row *r)
 {
     const dsv4_config *c = &m->cfg;
@@ -400,12 +410,12 @@ static void step_bytes(const dsv4_model *m, int64_t ctx, int B, decode_row *r)
         dsv4_model_layer_bytes(m, i, &dense, &expert);
         w += (double)dense + touched * (double)expert;
         const int ratio = m->w.layers[i].compress_ratio;
-        kv += fmin(p1, (double)c->sliding_window) * c->head_dim * 2.0;
+        kv += fmin(p1, (double)c->sliding_window) * kv_bytes(c);
         if (ratio == 4) {
             const double n_ent = floor(p1 / 4.0);
-            kv += n_ent * c->index_head_dim * 2.0 + fmin(n_ent, c->index_topk) * c->head_dim * 2.0;
+            kv += n_ent * c->index_head_dim * 2.0 + fmin(n_ent, c->index_topk) * kv_bytes(c);
         } else if (ratio > 0) {
-            kv += floor(p1 / ratio) * c->head_dim * 2.0;
+            kv += floor(p1 / ratio) * kv_bytes(c);
         }
     }
     const dsv4_model_weights *mw = &m->w;
@@ -466,11 +476,11 @@ static double op_bytes(const dsv4_model *m, const char *op, int64_t ctx, int B)
             s += wb(&l->shared.w1) + wb(&l->shared.w2) + wb(&l->shared.w3) +
                  touched * (double)expert;
         } else if (!strcmp(op, "attn.core")) {
-            double kv = fmin(p1, (double)c->sliding_window) * c->head_dim * 2.0;
+            double kv = fmin(p1, (double)c->sliding_window) * kv_bytes(c);
             if (ratio == 4)
-                kv += fmin(floor(p1 / 4.0), c->index_topk) * c->head_dim * 2.0;
+                kv += fmin(floor(p1 / 4.0), c->index_topk) * kv_bytes(c);
             else if (ratio > 0)
-                kv += floor(p1 / ratio) * c->head_dim * 2.0;
+                kv += floor(p1 / ratio) * kv_bytes(c);
             s += kv * B;
         } else if (!strcmp(op, "index.topk") && ratio == 4)
             s += floor(p1 / 4.0) * c->index_head_dim * 2.0 * B;

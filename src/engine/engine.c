@@ -27,14 +27,21 @@ typedef struct sizes {
     int64_t ctx, R, Rc4, Rc128, cap4, cap128, logit_rows, xq_cols, cw, I_max;
 } sizes;
 
+/* n rounded up to whole pages of the attention cache, so that a slot's entries are one span of
+ * bytes (kv_layout.h numbers entries across the buffer). */
+static int64_t whole_pages(int64_t n)
+{
+    return (n + DSV4_KV_PAGE - 1) / DSV4_KV_PAGE * DSV4_KV_PAGE;
+}
+
 static void resolve(const dsv4_config *c, const dsv4_engine_options *o, sizes *z)
 {
     z->ctx = o->max_context > 0 ? o->max_context : c->max_position_embeddings;
-    z->R = c->sliding_window + o->max_chunk;
+    z->R = whole_pages(c->sliding_window + o->max_chunk);
     z->Rc4 = 2 * 4 + o->max_chunk;
     z->Rc128 = 2 * 128 + o->max_chunk;
-    z->cap4 = z->ctx / 4 + 1;
-    z->cap128 = z->ctx / 128 + 1;
+    z->cap4 = whole_pages(z->ctx / 4 + 1);
+    z->cap128 = whole_pages(z->ctx / 128 + 1);
     z->logit_rows = o->max_slots < o->max_chunk ? o->max_slots : o->max_chunk;
     const int64_t D = c->hidden_size, ql = c->q_lora_rank,
                   z_w = (int64_t)c->o_groups * c->o_lora_rank;
@@ -45,6 +52,15 @@ static void resolve(const dsv4_config *c, const dsv4_engine_options *o, sizes *z
     const int64_t shared_I =
         (int64_t)c->moe_intermediate_size * (c->n_shared_experts > 0 ? c->n_shared_experts : 1);
     z->I_max = shared_I > c->moe_intermediate_size ? shared_I : c->moe_intermediate_size;
+}
+
+/* Bytes of one slot's n cached entries (n whole pages): the attention's in the serving layout
+ * (kv_layout.h), the indexer's keys (index) bf16. */
+static uint64_t cache_bytes(const dsv4_config *c, int index, int64_t n)
+{
+    if (index) return (uint64_t)n * (uint64_t)c->index_head_dim * 2u;
+    const dsv4_kv_layout l = dsv4_kv_layout_of(c->head_dim, c->rope_dim);
+    return (uint64_t)dsv4_kv_bytes(&l, n);
 }
 
 /* The scratch regions in one list, so that planning and carving agree (engine_internal.h). */
@@ -163,13 +179,14 @@ dsv4_status dsv4_engine_plan_memory(const dsv4_model *m, const dsv4_engine_optio
                       dsv4_weight_bytes(&m->w.hc_head_fn);
     for (int i = 0; i < c->num_layers; i++) {
         p->weight_bytes += layer_weight_bytes(&m->w.layers[i], c->n_routed_experts);
-        p->state_bytes += (uint64_t)(S1 * z.R * hd * 2);
+        p->state_bytes += (uint64_t)S1 * cache_bytes(c, 0, z.R);
         const int ratio = c->compress_ratio[i];
         if (ratio == 4)
-            p->state_bytes +=
-                (uint64_t)(S1 * (z.Rc4 * 2 * (2 * hd + 2 * id) * 4 + z.cap4 * (hd + id) * 2));
+            p->state_bytes += (uint64_t)S1 * ((uint64_t)(z.Rc4 * 2 * (2 * hd + 2 * id) * 4) +
+                                              cache_bytes(c, 0, z.cap4) + cache_bytes(c, 1, z.cap4));
         else if (ratio == 128)
-            p->state_bytes += (uint64_t)(S1 * (z.Rc128 * 2 * hd * 4 + z.cap128 * hd * 2));
+            p->state_bytes += (uint64_t)S1 * ((uint64_t)(z.Rc128 * 2 * hd * 4) +
+                                              cache_bytes(c, 0, z.cap128));
         if (c->hash_layer[i]) p->state_bytes += (uint64_t)c->vocab_size * c->n_experts_per_tok * 4;
     }
     eng_scratch s;
@@ -270,19 +287,21 @@ static dsv4_status table(dsv4_engine *e, const dsv4_weight *w, int li, int32_t *
 }
 
 static dsv4_status comp_setup(dsv4_engine *e, eng_comp *cs, const dsv4_compressor_weights *cw,
-                              int ratio, int dim, int64_t cap, int Rc, const char *what)
+                              int ratio, int dim, int64_t cap, int Rc, int index,
+                              const char *what)
 {
     const int64_t S1 = e->S + 1;
     cs->ratio = ratio;
     cs->dim = dim;
     cs->width = ratio == 4 ? 2 * dim : dim;
     cs->cap = cap;
+    cs->slot_bytes = cache_bytes(e->c, index, cap);
     DSV4_TRY(vec(e, &cw->ape, (int64_t)ratio * cs->width, 0.0f, &cs->ape, what));
     DSV4_TRY(vec(e, &cw->norm, dim, 1.0f, &cs->norm, what));
     const size_t ring = (size_t)(S1 * Rc * cs->width) * sizeof(float);
     DSV4_TRY(dsv4_bk_alloc(e->b, ring, (void **)&cs->ring_kv));
     DSV4_TRY(dsv4_bk_alloc(e->b, ring, (void **)&cs->ring_gate));
-    return dsv4_bk_alloc(e->b, (size_t)(S1 * cap * dim) * 2, (void **)&cs->ent);
+    return dsv4_bk_alloc(e->b, (size_t)((uint64_t)S1 * cs->slot_bytes), &cs->ent);
 }
 
 static dsv4_status layer_setup(dsv4_engine *e, int li, const sizes *z)
@@ -315,7 +334,7 @@ static dsv4_status layer_setup(dsv4_engine *e, int li, const sizes *z)
         DSV4_TRY(up(e, &hw->compressor.wgate, &w->compressor.wgate, salt + 13, "compressor.wgate"));
         DSV4_TRY(comp_setup(e, &L->comp, &hw->compressor, L->ratio, hd,
                             L->ratio == 4 ? z->cap4 : z->cap128, L->ratio == 4 ? e->Rc4 : e->Rc128,
-                            "the compressor's ape/norm"));
+                            0, "the compressor's ape/norm"));
     }
     if (L->ratio == 4) {
         DSV4_TRY(up(e, &hw->idx_wq_b, &w->idx_wq_b, salt + 14, "indexer wq_b"));
@@ -326,7 +345,7 @@ static dsv4_status layer_setup(dsv4_engine *e, int li, const sizes *z)
         DSV4_TRY(up(e, &hw->idx_compressor.wgate, &w->idx_compressor.wgate, salt + 17,
                     "indexer compressor.wgate"));
         DSV4_TRY(comp_setup(e, &L->idx, &hw->idx_compressor, 4, c->index_head_dim, z->cap4, e->Rc4,
-                            "the indexer compressor's ape/norm"));
+                            1, "the indexer compressor's ape/norm"));
     }
     w->experts = calloc((size_t)E, sizeof *w->experts);
     if (!w->experts) return dsv4_fail(DSV4_ERR_OUT_OF_MEMORY, "layer %d experts", li);
@@ -351,7 +370,8 @@ static dsv4_status layer_setup(dsv4_engine *e, int li, const sizes *z)
         DSV4_TRY(table(e, &hw->tid2eid, li, &L->tid2eid));
     else if (is_random(e) || dsv4_weight_present(&hw->gate_bias))
         DSV4_TRY(vec(e, &hw->gate_bias, E, 0.0f, &L->gate_bias, "gate bias"));
-    return dsv4_bk_alloc(e->b, (size_t)((e->S + 1) * (int64_t)e->R * hd) * 2, (void **)&L->win);
+    return dsv4_bk_alloc(e->b, (size_t)((uint64_t)(e->S + 1) * cache_bytes(c, 0, e->R)),
+                         (void **)&L->win);
 }
 
 static dsv4_status setup(dsv4_engine *e)
@@ -551,16 +571,17 @@ dsv4_status dsv4_engine_slot_seek(dsv4_engine *e, int slot, int64_t pos)
 
 dsv4_status dsv4_engine_fill_cache(dsv4_engine *e, uint64_t seed)
 {
-    const int64_t S1 = e->S + 1, hd = e->c->head_dim;
+    const int64_t S1 = e->S + 1;
+    const dsv4_kv_layout kl = dsv4_kv_layout_of(e->c->head_dim, e->c->rope_dim);
     for (int li = 0; li < e->n_layers; li++) {
         eng_layer *L = &e->L[li];
         const uint64_t s = seed + 3 * (uint64_t)li;
-        DSV4_TRY(dsv4_bk_fill_bf16(e->b, L->win, (size_t)(S1 * e->R * hd), s));
-        eng_comp *cs[2] = {&L->comp, &L->idx};
-        for (int j = 0; j < 2; j++)
-            if (cs[j]->ratio)
-                DSV4_TRY(dsv4_bk_fill_bf16(e->b, cs[j]->ent, (size_t)(S1 * cs[j]->cap * cs[j]->dim),
-                                           s + 1 + (uint64_t)j));
+        DSV4_TRY(dsv4_bk_fill_kv(e->b, L->win, &kl, S1 * e->R, s));
+        if (L->comp.ratio)
+            DSV4_TRY(dsv4_bk_fill_kv(e->b, L->comp.ent, &kl, S1 * L->comp.cap, s + 1));
+        if (L->idx.ratio)
+            DSV4_TRY(dsv4_bk_fill_bf16(e->b, L->idx.ent, (size_t)(S1 * L->idx.cap * L->idx.dim),
+                                       s + 2));
     }
     return dsv4_bk_sync(e->b);
 }
@@ -576,10 +597,9 @@ dsv4_status dsv4_engine_slot_copy(dsv4_engine *e, int dst, int src)
     DSV4_TRY(check_slot(e, dst));
     DSV4_TRY(check_slot(e, src));
     if (dst == src) return DSV4_OK;
-    const int64_t hd = e->c->head_dim;
     for (int li = 0; li < e->n_layers; li++) {
         eng_layer *L = &e->L[li];
-        DSV4_TRY(copy_slot(e, L->win, (size_t)(e->R * hd) * 2, dst, src));
+        DSV4_TRY(copy_slot(e, L->win, (size_t)cache_bytes(e->c, 0, e->R), dst, src));
         eng_comp *cs[2] = {&L->comp, &L->idx};
         for (int j = 0; j < 2; j++) {
             if (!cs[j]->ratio) continue;
@@ -587,7 +607,7 @@ dsv4_status dsv4_engine_slot_copy(dsv4_engine *e, int dst, int src)
                 (size_t)((cs[j]->ratio == 4 ? e->Rc4 : e->Rc128) * cs[j]->width) * 4;
             DSV4_TRY(copy_slot(e, cs[j]->ring_kv, ring, dst, src));
             DSV4_TRY(copy_slot(e, cs[j]->ring_gate, ring, dst, src));
-            DSV4_TRY(copy_slot(e, cs[j]->ent, (size_t)(cs[j]->cap * cs[j]->dim) * 2, dst, src));
+            DSV4_TRY(copy_slot(e, cs[j]->ent, (size_t)cs[j]->slot_bytes, dst, src));
         }
     }
     e->pos[dst] = e->pos[src];

@@ -13,12 +13,14 @@
 enum { ENG_BUCKETS = 151 };
 
 /* One compressor's state for all slots: rows ring [S, Rc, width] (kv and gate), entries
- * [S, cap, dim]. */
+ * S cap (the attention's in the serving layout, kv_layout.h; the indexer's bf16 [S, cap, dim]),
+ * slot_bytes a slot. */
 typedef struct eng_comp {
     int ratio, width, dim;
     float *ring_kv, *ring_gate;
-    uint16_t *ent;
+    void *ent;
     int64_t cap;
+    uint64_t slot_bytes;
     float *ape, *norm; /* [ratio, width], [dim] */
 } eng_comp;
 
@@ -31,7 +33,7 @@ typedef struct eng_layer {
     float *hc_attn_base, *hc_attn_scale, *hc_ffn_base, *hc_ffn_scale;
     float *gate_bias;   /* NULL on hash layers or when absent */
     int32_t *tid2eid;   /* hash layers: [vocab, K] */
-    uint16_t *win;      /* [S, R, head_dim] window keys */
+    uint8_t *win;       /* S R window keys (serving layout, kv_layout.h) */
     eng_comp comp, idx; /* ratio > 0; ratio 4 (the indexer's) */
 } eng_layer;
 
@@ -61,7 +63,7 @@ struct dsv4_engine {
     dsv4_engine_plan plan;
     dsv4_backend *b;
     int S;             /* slots held for sequences; slot S is the padding rows' scratch slot */
-    int R, Rc4, Rc128; /* window ring, compressor rings (ratio 4 and 128) */
+    int R, Rc4, Rc128; /* window ring, compressor rings (ratio 4 and 128); R, caps: whole pages */
     int logit_rows;
     int n_layers;
     eng_layer *L;

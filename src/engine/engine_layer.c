@@ -256,11 +256,11 @@ static dsv4_status attention(dsv4_engine *e, eng_layer *L, const dsv4_bk_rows *r
     /* the query heads' norm and RoPE, and beside them the shared key/value head: kv (kv_norm,
      * RoPE, FP8 non-RoPE dims) -> window ring */
     DSV4_TRY(dsv4_bk_q_kv_norm_rope(e->b, s->q, H, L->win, e->R, s->kv, L->kv_norm, rows, hd, r,
-                                    freqs, eps, 64));
+                                    freqs, eps, DSV4_KV_QBLOCK));
     MARK("attn.qkv_norm");
     if (L->ratio > 0) DSV4_TRY(dsv4_bk_side_join(e->b));
 
-    DSV4_TRY(dsv4_bk_attention(e->b, s->o, s->q, H, hd, L->win, e->R, c->sliding_window,
+    DSV4_TRY(dsv4_bk_attention(e->b, s->o, s->q, H, hd, r, L->win, e->R, c->sliding_window,
                                L->ratio ? L->comp.ent : NULL, L->ratio ? L->comp.cap : 0, L->ratio,
                                csa ? s->sel : NULL, c->index_topk, L->sink, rows, r, freqs));
     MARK("attn.core"); /* o: attention, then the inverse RoPE (fused in one op) */

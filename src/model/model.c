@@ -1,6 +1,7 @@
 /*
  * model.c - the dsv4_model handle: open (config + shards + bind), describe, plan memory.
  */
+#include "backend/kv_layout.h"
 #include "engine/engine.h"
 #include "model/model.h"
 #include "core/error.h"
@@ -186,13 +187,12 @@ dsv4_status dsv4_model_get_layer_info(const dsv4_model *m, int i, dsv4_layer_inf
     return DSV4_OK;
 }
 
-/* Bytes of one cached attention entry in the serving layout: the non-RoPE dims in FP8 with one
- * scale byte per 64, the RoPE dims in bf16, rounded up to 8 bytes (584 B at head_dim 512). */
+/* Bytes of one cached attention entry in the serving layout the engine stores
+ * (backend/kv_layout.h: 584 B at head_dim 512, rope_dim 64). */
 static uint64_t kv_entry_bytes(const dsv4_config *c)
 {
-    uint64_t nope = (uint64_t)(c->head_dim - c->rope_dim);
-    uint64_t b = nope + 2u * (uint64_t)c->rope_dim + (nope + 63) / 64;
-    return (b + 7) & ~(uint64_t)7;
+    const dsv4_kv_layout l = dsv4_kv_layout_of(c->head_dim, c->rope_dim);
+    return (uint64_t)dsv4_kv_entry_bytes(&l);
 }
 
 dsv4_status dsv4_model_plan_memory(const dsv4_model *m, int64_t context, int batch,

@@ -3,7 +3,8 @@
  * sinks (backend.h). This is the reference the CUDA ops are tested against, so the attention is
  * the session forward's own code: the key list of forward_attn.c attn_body (faithful branch)
  * built per row, and dsv4_op_faithful_attend_head (ops_faithful.c) per (row, head). Cached keys
- * are bf16 here, so each row's keys are decoded to f32 once into a scratch the heads share.
+ * are in the serving layout (kv_layout.h), so each row's keys are decoded to f32 once into a
+ * scratch the heads share.
  * Row arrays and state are host memory on the CPU backend.
  */
 #include "backend/backend_impl.h"
@@ -21,24 +22,19 @@
 /* Decoded keys held at once (f32 elements); rows beyond it run in further rounds. */
 enum { ATTN_DECODE_BUDGET = 1 << 24 };
 
-dsv4_status dsv4_cpu_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, const float *kv,
-                                 const dsv4_bk_rows *rows)
+dsv4_status dsv4_cpu_bk_kv_store(dsv4_backend *b, uint8_t *win, int R, int hd, int r,
+                                 const float *kv, const dsv4_bk_rows *rows)
 {
     (void)b;
-    if (R < 1 || hd < 1)
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "kv_store: R %d, hd %d", R, hd);
-    for (int32_t r = 0; r < rows->n; r++) {
-        if (rows->slot[r] < 0 || rows->pos[r] < 0)
-            return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "kv_store: row %d has slot %d, pos %d", r,
-                             rows->slot[r], rows->pos[r]);
-        uint16_t *dst = win + ((int64_t)rows->slot[r] * R + rows->pos[r] % R) * hd;
-        const float *src = kv + (int64_t)r * hd;
-        for (int i = 0; i < hd; i++) {
-            const float v = dsv4_round_bf16(src[i]);
-            uint32_t u;
-            memcpy(&u, &v, sizeof u);
-            dst[i] = (uint16_t)(u >> 16);
-        }
+    if (R < 1 || hd < 1 || r < 0 || r >= hd || (r & 1))
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "kv_store: R %d, hd %d, r %d", R, hd, r);
+    const dsv4_kv_layout l = dsv4_kv_layout_of(hd, r);
+    for (int32_t i = 0; i < rows->n; i++) {
+        if (rows->slot[i] < 0 || rows->pos[i] < 0)
+            return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "kv_store: row %d has slot %d, pos %d", i,
+                             rows->slot[i], rows->pos[i]);
+        dsv4_kv_encode(&l, win, (int64_t)rows->slot[i] * R + rows->pos[i] % R,
+                       kv + (int64_t)i * hd);
     }
     return DSV4_OK;
 }
@@ -47,7 +43,8 @@ dsv4_status dsv4_cpu_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd, 
 typedef struct attn_job {
     float *o;
     const float *q, *sink;
-    const uint16_t *win, *ent;
+    const uint8_t *win, *ent;
+    dsv4_kv_layout kl;
     const int32_t *sel, *slot, *pos;
     int H, hd, R, W, mode, topk; /* mode: 0 window only, 1 HCA, 2 CSA */
     int64_t cap_e;
@@ -72,11 +69,6 @@ static int64_t row_entries(const attn_job *j, int64_t r)
     return n;
 }
 
-static void decode_keys(float *dst, const uint16_t *src, int hd)
-{
-    for (int i = 0; i < hd; i++) dst[i] = dsv4_bf16_to_f32(src[i]);
-}
-
 /* Row i of the round: window positions max(0, p-W+1) .. p oldest first, W - count empty slots,
  * then the entries (CSA: the picks sel >= 0 in order; HCA: 0 .. (p+1)/m - 1). */
 static void build_row(int64_t i, void *ctx)
@@ -84,27 +76,26 @@ static void build_row(int64_t i, void *ctx)
     attn_job *j = ctx;
     const int64_t r = j->r0 + i, hd = j->hd;
     const int64_t p = j->pos[r], lo = p - j->W + 1 > 0 ? p - j->W + 1 : 0;
-    const uint16_t *wb = j->win + (int64_t)j->slot[r] * j->R * hd;
-    const uint16_t *eb = j->ent ? j->ent + (int64_t)j->slot[r] * j->cap_e * hd : NULL;
+    const int64_t wb = (int64_t)j->slot[r] * j->R, eb = (int64_t)j->slot[r] * j->cap_e;
     float *kf = j->keys + j->koff[i] * hd;
     const float **kp = j->ptrs + j->koff[i];
     int64_t s = 0;
     for (int64_t t = lo; t <= p; t++, s++) {
-        decode_keys(kf + s * hd, wb + (t % j->R) * hd, (int)hd);
+        dsv4_kv_decode(&j->kl, j->win, wb + t % j->R, kf + s * hd);
         kp[s] = kf + s * hd;
     }
     for (; s < j->W; s++) kp[s] = NULL;
     if (j->mode == 1) {
         const int64_t ne = (p + 1) / j->m;
         for (int64_t e = 0; e < ne; e++, s++) {
-            decode_keys(kf + s * hd, eb + e * hd, (int)hd);
+            dsv4_kv_decode(&j->kl, j->ent, eb + e, kf + s * hd);
             kp[s] = kf + s * hd;
         }
     } else if (j->mode == 2) {
         for (int k = 0; k < j->topk; k++) {
             const int32_t e = j->sel[r * j->topk + k];
             if (e < 0) continue;
-            decode_keys(kf + s * hd, eb + (int64_t)e * hd, (int)hd);
+            dsv4_kv_decode(&j->kl, j->ent, eb + e, kf + s * hd);
             kp[s] = kf + s * hd;
             s++;
         }
@@ -135,20 +126,23 @@ static void run_n(dsv4_cpu_pool *pool, int64_t n, void (*fn)(int64_t, void *), v
 }
 
 /* The attention alone (rope_r == 0 of dsv4_cpu_bk_attention). */
-static dsv4_status attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
-                             const uint16_t *win, int R, int W, const uint16_t *ent, int64_t cap_e,
+static dsv4_status attention(dsv4_backend *b, float *o, const float *q, int H, int hd, int kr,
+                             const uint8_t *win, int R, int W, const uint8_t *ent, int64_t cap_e,
                              int m, const int32_t *sel, int topk, const float *sink,
                              const dsv4_bk_rows *rows)
 {
     const int64_t N = rows->n;
-    if (H < 1 || hd < 1 || W < 1 || R < W || m < 0 || (sel && topk < 0))
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "attention: H %d, hd %d, R %d, W %d, m %d", H,
-                         hd, R, W, m);
+    if (H < 1 || hd < 1 || kr < 0 || kr >= hd || (kr & 1) || W < 1 || R < W || m < 0 ||
+        (sel && topk < 0))
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "attention: H %d, hd %d, key RoPE dims %d, R %d, W %d, m %d", H, hd, kr,
+                         R, W, m);
     attn_job j = {.o = o,
                   .q = q,
                   .sink = sink,
                   .win = win,
                   .ent = ent,
+                  .kl = dsv4_kv_layout_of(hd, kr),
                   .sel = sel,
                   .slot = rows->slot,
                   .pos = rows->pos,
@@ -226,14 +220,14 @@ static dsv4_status attention(dsv4_backend *b, float *o, const float *q, int H, i
 /* The attention, then (rope_r > 0) the inverse RoPE op over o: the composition the CUDA op
  * fuses into its epilogue. */
 dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
-                                  const uint16_t *win, int R, int W, const uint16_t *ent,
+                                  int kr, const uint8_t *win, int R, int W, const uint8_t *ent,
                                   int64_t cap_e, int m, const int32_t *sel, int topk,
                                   const float *sink, const dsv4_bk_rows *rows, int rope_r,
                                   const float *rope_freqs)
 {
     if (rope_r < 0 || (rope_r && !rope_freqs))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "attention: rope_r %d", rope_r);
-    DSV4_TRY(attention(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows));
+    DSV4_TRY(attention(b, o, q, H, hd, kr, win, R, W, ent, cap_e, m, sel, topk, sink, rows));
     if (rope_r == 0) return DSV4_OK;
     return dsv4_cpu_bk_rope(b, o, (int64_t)H * hd, rows, H, hd, rope_r, rope_freqs, 1, 1);
 }

@@ -37,7 +37,7 @@ static void comp_store(float *ring_kv, float *ring_gate, int Rc, int width, cons
 
 /* ---- closing windows: pool_entry of forward_attn.c ----------------------------------------- */
 typedef struct pool_job {
-    uint16_t *ent;
+    void *ent; /* is_index: bf16 [S, cap_e, dim]; else the serving layout (kv_layout.h) */
     int64_t cap_e;
     const float *ring_kv, *ring_gate, *norm, *freqs;
     int Rc, width, dim, m, r, is_index;
@@ -79,12 +79,18 @@ static void pool_row(int64_t row, void *ctx)
     } else { /* the non-RoPE dims: FP8 in blocks of 64 */
         dsv4_sim_act_quant(e, d - j->r, 64);
     }
-    uint16_t *out = j->ent + ((int64_t)j->rows->slot[row] * j->cap_e + i) * d;
+    const int64_t at = (int64_t)j->rows->slot[row] * j->cap_e + i;
+    if (!j->is_index) { /* stores e exactly: it is act_quant-ed already */
+        const dsv4_kv_layout l = dsv4_kv_layout_of(d, j->r);
+        dsv4_kv_encode(&l, j->ent, at, e);
+        return;
+    }
+    uint16_t *out = (uint16_t *)j->ent + at * d;
     /* e is exactly representable in bf16 here; rounding again only guards the contract */
     for (int c = 0; c < d; c++) out[c] = dsv4_bf16_bits(e[c]);
 }
 
-dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e, float *ring_kv,
+dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e, float *ring_kv,
                                     float *ring_gate, int Rc, int width, int dim, int m,
                                     const float *kv, const float *gate, const float *ape,
                                     const float *norm, float eps, const float *freqs, int r,
@@ -93,6 +99,7 @@ dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_
     const int ns = width == 2 * dim ? 2 * m : m;
     if (m <= 0 || dim <= 0 || dim > DIM_MAX || (width != dim && width != 2 * dim) ||
         ns > POOL_SLOTS || (int64_t)Rc < (int64_t)ns + rows->n - 1 || r < 0 || r > dim || r % 2 ||
+        (!is_index && r == dim) ||
         r > DSV4_ROPE_MAX || (is_index && (dim & (dim - 1))))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
                          "comp_append: m %d, dim %d, width %d, Rc %d (%d rows), rope %d, "

@@ -204,18 +204,19 @@ dsv4_status dsv4_cpu_bk_head_norm_rope(dsv4_backend *b, float *q, const dsv4_bk_
     return dsv4_cpu_bk_rope(b, q, (int64_t)H * hd, rows, H, hd, r, freqs, 0, 1);
 }
 
-dsv4_status dsv4_cpu_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R, float *kv,
+dsv4_status dsv4_cpu_bk_kv_norm_rope_store(dsv4_backend *b, uint8_t *win, int R, float *kv,
                                            const float *w, const dsv4_bk_rows *rows, int hd, int r,
                                            const float *freqs, float eps, int qblock)
 {
-    if (R < 1 || hd <= r || qblock < 1 || r < 2 || (r & 1) || r > DSV4_ROPE_MAX)
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "kv_norm_rope_store: R %d hd %d r %d block %d",
-                         R, hd, r, qblock);
+    if (R < 1 || hd <= r || qblock != DSV4_KV_QBLOCK || r < 2 || (r & 1) || r > DSV4_ROPE_MAX)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "kv_norm_rope_store: R %d hd %d r %d block %d (the cache's: %d)", R, hd,
+                         r, qblock, DSV4_KV_QBLOCK);
     const int64_t N = rows->n;
     DSV4_TRY(dsv4_cpu_bk_rmsnorm(b, kv, hd, kv, hd, w, N, hd, eps, 1));
     DSV4_TRY(dsv4_cpu_bk_rope(b, kv, hd, rows, 1, hd, r, freqs, 0, 1));
     DSV4_TRY(dsv4_cpu_bk_act_quant(b, kv, hd, kv, hd, N, hd - r, qblock));
-    return dsv4_cpu_bk_kv_store(b, win, R, hd, kv, rows);
+    return dsv4_cpu_bk_kv_store(b, win, R, hd, r, kv, rows);
 }
 
 /* ---- mHC ------------------------------------------------------------------------------------- */

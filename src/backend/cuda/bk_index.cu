@@ -16,6 +16,7 @@
  */
 #include "backend/backend_impl.h"
 #include "backend/cuda/check.cuh"
+#include "backend/cuda/kv_dev.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/quant_dev.cuh"
 
@@ -101,7 +102,8 @@ static __device__ __forceinline__ float exp_cr(float x)
  * pos closes a window, entry i = (pos + 1) / m - 1 pools ring positions [(i-1)m, im) (first
  * halves, overlap only, i > 0) and [im, (i+1)m) (second halves with overlap) per dim c: f32
  * softmax of the gates, sums in double in slot order (dsv4_op_faithful_pool), then bf16,
- * RMSNorm(norm), bf16, RoPE at i*m, bf16, and the quantiser -> ent [S, cap_e, dim] bf16.
+ * RMSNorm(norm), bf16, RoPE at i*m, bf16, and the quantiser -> entry slot cap_e + i of ent
+ * (indexer: bf16 [S, cap_e, dim]; else the serving layout, kv_layout.h, by dev_kv_store).
  *
  * The CPU stores every row before any window is pooled; here other CTAs store this step's rows
  * concurrently, so a position of the window that is one of this step's rows is read from the
@@ -123,7 +125,6 @@ __global__ void comp_append_kernel(comp_jobs J, float eps, const float *freqs, i
 {
     DSV4_PDL_WAIT();
     const dsv4_bk_comp_job &jb = J.j[blockIdx.y];
-    uint16_t *ent = jb.ent;
     float *ring_kv = jb.ring_kv, *ring_gate = jb.ring_gate;
     const int64_t cap_e = jb.cap_e;
     const int Rc = jb.Rc, width = jb.width, dim = jb.dim, m = jb.m, is_index = jb.is_index;
@@ -260,7 +261,12 @@ __global__ void comp_append_kernel(comp_jobs J, float eps, const float *freqs, i
     } else { /* the non-RoPE dims: FP8 in blocks of 64 (x is bf16 already) */
         quant_blocks(x, dim - r, 64, 0);
     }
-    uint16_t *out = ent + ((int64_t)s * cap_e + i) * dim;
+    const int64_t at = (int64_t)s * cap_e + i;
+    if (!is_index) { /* x is act_quant-ed in the cache's blocks: stored exactly */
+        dev_kv_store(dsv4_kv_layout_of(dim, r), (uint8_t *)jb.ent, at, x);
+        return;
+    }
+    uint16_t *out = (uint16_t *)jb.ent + at * dim;
     for (int c = threadIdx.x; c < dim; c += nt)
         out[c] = (uint16_t)(__float_as_uint(dev_round_bf16(x[c])) >> 16);
 }
@@ -290,7 +296,7 @@ extern "C" dsv4_status dsv4_cuda_bk_comp_append_multi(dsv4_backend *b, const dsv
         const int ns = width == 2 * dim ? 2 * m : m;
         if (m <= 0 || dim <= 0 || dim > DIM_MAX || (width != dim && width != 2 * dim) ||
             ns > POOL_SLOTS || (int64_t)Rc < (int64_t)ns + rows->n - 1 || r < 0 || r > dim ||
-            r % 2 || (is_index && !is_pow2(dim)))
+            r % 2 || (is_index && !is_pow2(dim)) || (!is_index && r == dim))
             return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
                              "comp_append: m %d, dim %d, width %d, Rc %d (%d rows), rope %d, "
                              "is_index %d",
@@ -311,7 +317,7 @@ extern "C" dsv4_status dsv4_cuda_bk_comp_append_multi(dsv4_backend *b, const dsv
     return DSV4_OK;
 }
 
-extern "C" dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, uint16_t *ent, int64_t cap_e,
+extern "C" dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e,
                                                 float *ring_kv, float *ring_gate, int Rc, int width,
                                                 int dim, int m, const float *kv, const float *gate,
                                                 const float *ape, const float *norm, float eps,

@@ -79,6 +79,27 @@ extern "C" dsv4_status dsv4_cuda_bk_fill_bf16(dsv4_backend *b, uint16_t *p, size
     return DSV4_OK;
 }
 
+/* p: the bytes of n entries of layout l, byte i = dsv4_fill_kv_byte(l, seed, i), grid-stride. */
+__global__ static void fill_kv_kernel(uint8_t *p, dsv4_kv_layout l, int64_t bytes, uint64_t seed)
+{
+    DSV4_PDL_WAIT();
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < bytes;
+         i += (int64_t)gridDim.x * blockDim.x)
+        p[i] = dsv4_fill_kv_byte(&l, seed, i);
+}
+
+extern "C" dsv4_status dsv4_cuda_bk_fill_kv(dsv4_backend *b, uint8_t *p, const dsv4_kv_layout *l,
+                                            int64_t n, uint64_t seed)
+{
+    const int64_t bytes = dsv4_kv_bytes(l, n);
+    if (bytes <= 0) return DSV4_OK;
+    const int64_t blocks = (bytes + 255) / 256;
+    fill_kv_kernel<<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0,
+                     dsv4_cuda_stream(b->cuda)>>>(p, *l, bytes, seed);
+    CUDA_LAUNCHED();
+    return DSV4_OK;
+}
+
 extern "C" dsv4_status dsv4_cuda_bk_sync(dsv4_backend *b)
 {
     CUDA_TRY(cudaStreamSynchronize(dsv4_cuda_stream(b->cuda)));

@@ -25,6 +25,7 @@
 #include "backend/cuda/quant_dev.cuh"
 #include "backend/cuda/rownorm_dev.cuh"
 #include "backend/cuda/weight_dev.cuh"
+#include "backend/cuda/kv_dev.cuh"
 #include "core/float_formats.h"
 
 /* ---- embedding ------------------------------------------------------------------------------ */
@@ -501,11 +502,11 @@ extern "C" dsv4_status dsv4_cuda_bk_head_norm_rope(dsv4_backend *b, float *q,
     return head_norm_rope_launch(b, q, rows->n, H, hd, eps, rows->pos, r, freqs);
 }
 
-// kv [N, hd] in place -> win[slot][pos % R] [hd] (bf16 bits), per row: RMSNorm (w) -> bf16 ->
-// RoPE of the last r dims at pos -> bf16 -> act_quant of dims [0, hd - r) in blocks of qblock
-// -> stored. One CTA of ROW_THREADS per row (row = bx); the row (and w) staged in shared memory
+// kv [N, hd] in place -> entry slot R + pos % R of win (kv_layout.h), per row: RMSNorm (w) ->
+// bf16 -> RoPE of the last r dims at pos -> bf16 -> act_quant of dims [0, hd - r) in blocks of
+// qblock (64, the cache's) -> stored (dev_kv_store: the same blocks, so the bytes hold it exactly). One CTA of ROW_THREADS per row (row = bx); the row (and w) staged in shared memory
 // (dynamic, 2 hd floats) between the steps, the cos / sin table made while the row loads.
-__device__ static void kv_norm_rope_store_block(int64_t bx, uint16_t *win, int R, float *kv,
+__device__ static void kv_norm_rope_store_block(int64_t bx, uint8_t *win, int R, float *kv,
                                                 const float *w, const int32_t *slot,
                                                 const int32_t *pos, int hd, int r,
                                                 const float *freqs, float eps, int qblock)
@@ -540,15 +541,11 @@ __device__ static void kv_norm_rope_store_block(int64_t bx, uint16_t *win, int R
         dev_warp_quant(sx + b0, sx + b0, r0 - b0 < qblock ? r0 - b0 : qblock);
     }
     __syncthreads();
-    uint16_t *dst = win + ((int64_t)slot[bx] * R + p % R) * hd;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        const float v = sx[i];
-        x[i] = v;
-        dst[i] = (uint16_t)(__float_as_uint(dev_round_bf16(v)) >> 16);
-    }
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) x[i] = sx[i];
+    dev_kv_store(dsv4_kv_layout_of(hd, r), win, (int64_t)slot[bx] * R + p % R, sx);
 }
 
-__global__ static void kv_norm_rope_store_kernel(uint16_t *win, int R, float *kv, const float *w,
+__global__ static void kv_norm_rope_store_kernel(uint8_t *win, int R, float *kv, const float *w,
                                                  const int32_t *slot, const int32_t *pos, int hd,
                                                  int r, const float *freqs, float eps, int qblock)
 {
@@ -560,7 +557,7 @@ __global__ static void kv_norm_rope_store_kernel(uint16_t *win, int R, float *kv
 // [0, nq) run the query heads (ROW_THREADS / 32 heads a CTA, groups a row), the next N CTAs one
 // kv row each. Each CTA does exactly what it does in its own kernel, so the results are the same
 // bit for bit; the two chains, independent, overlap instead of running one after the other.
-__global__ static void q_kv_norm_rope_kernel(float *q, int H, int groups, int64_t nq, uint16_t *win,
+__global__ static void q_kv_norm_rope_kernel(float *q, int H, int groups, int64_t nq, uint8_t *win,
                                              int R, float *kv, const float *w, const int32_t *slot,
                                              const int32_t *pos, int hd, int r, const float *freqs,
                                              float eps, int qblock)
@@ -573,14 +570,15 @@ __global__ static void q_kv_norm_rope_kernel(float *q, int H, int groups, int64_
                                  eps, qblock);
 }
 
-extern "C" dsv4_status dsv4_cuda_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t *win, int R,
+extern "C" dsv4_status dsv4_cuda_bk_kv_norm_rope_store(dsv4_backend *b, uint8_t *win, int R,
                                                        float *kv, const float *w,
                                                        const dsv4_bk_rows *rows, int hd, int r,
                                                        const float *freqs, float eps, int qblock)
 {
-    if (R < 1 || hd <= r || qblock < 1)
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "kv_norm_rope_store: R %d hd %d r %d block %d",
-                         R, hd, r, qblock);
+    if (R < 1 || hd <= r || qblock != DSV4_KV_QBLOCK)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "kv_norm_rope_store: R %d hd %d r %d block %d (the cache's: %d)", R, hd,
+                         r, qblock, DSV4_KV_QBLOCK);
     DSV4_TRY(rope_check(1, hd, r, hd));
     if (rows->n <= 0) return DSV4_OK;
     const size_t smem = (size_t)hd * 8;
@@ -589,7 +587,7 @@ extern "C" dsv4_status dsv4_cuda_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t
         DSV4_TRY(dsv4_cuda_bk_rmsnorm(b, kv, hd, kv, hd, w, N, hd, eps, 1));
         DSV4_TRY(dsv4_cuda_bk_rope(b, kv, hd, rows, 1, hd, r, freqs, 0, 1));
         DSV4_TRY(dsv4_cuda_bk_act_quant(b, kv, hd, kv, hd, N, hd - r, qblock));
-        return dsv4_cuda_bk_kv_store(b, win, R, hd, kv, rows);
+        return dsv4_cuda_bk_kv_store(b, win, R, hd, r, kv, rows);
     }
     if (smem > 48 * 1024)
         CUDA_TRY(cudaFuncSetAttribute(kv_norm_rope_store_kernel,
@@ -600,7 +598,7 @@ extern "C" dsv4_status dsv4_cuda_bk_kv_norm_rope_store(dsv4_backend *b, uint16_t
     return DSV4_OK;
 }
 
-extern "C" dsv4_status dsv4_cuda_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint16_t *win,
+extern "C" dsv4_status dsv4_cuda_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint8_t *win,
                                                    int R, float *kv, const float *w,
                                                    const dsv4_bk_rows *rows, int hd, int r,
                                                    const float *freqs, float eps, int qblock)
@@ -612,9 +610,10 @@ extern "C" dsv4_status dsv4_cuda_bk_q_kv_norm_rope(dsv4_backend *b, float *q, in
         DSV4_TRY(dsv4_cuda_bk_head_norm_rope(b, q, rows, H, hd, r, freqs, eps)); /* two launches */
         return dsv4_cuda_bk_kv_norm_rope_store(b, win, R, kv, w, rows, hd, r, freqs, eps, qblock);
     }
-    if (R < 1 || hd <= r || qblock < 1)
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "q_kv_norm_rope: R %d hd %d r %d block %d", R,
-                         hd, r, qblock);
+    if (R < 1 || hd <= r || qblock != DSV4_KV_QBLOCK)
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
+                         "q_kv_norm_rope: R %d hd %d r %d block %d (the cache's: %d)", R, hd, r,
+                         qblock, DSV4_KV_QBLOCK);
     DSV4_TRY(rope_check(H, hd, r, (int64_t)H * hd));
     if (N <= 0) return DSV4_OK;
     q_kv_norm_rope_kernel<<<(unsigned)(nq + N), ROW_THREADS, smem, dsv4_cuda_stream(b->cuda)>>>(

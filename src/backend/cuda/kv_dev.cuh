@@ -1,0 +1,65 @@
+/*
+ * kv_dev.cuh - the device side of the attention cache's serving layout (backend/kv_layout.h):
+ * storing an entry from an f32 row (the CPU's dsv4_kv_encode bit for bit) and expanding its
+ * e4m3 bytes to the bf16 the attention's mma reads (dsv4_kv_decode's values, exactly).
+ */
+#ifndef DSV4_CUDA_KV_DEV_CUH
+#define DSV4_CUDA_KV_DEV_CUH
+
+#include "backend/cuda/quant_dev.cuh"
+#include "backend/kv_layout.h"
+
+#include <cstdint>
+
+/* Entry e of the buffer at base <- x [l.hd] (f32, shared or global memory, complete before the
+ * call): dsv4_kv_encode's bytes. By the whole CTA (blockDim.x a multiple of 32): a warp a block
+ * of 64 non-RoPE dims (amax of the bf16 values, dev_scale_fp8, e4m3 bytes, the exponent byte),
+ * then the threads over the RoPE dims (bf16) and the padding. Writes global memory only. */
+static __device__ void dev_kv_store(const dsv4_kv_layout &l, uint8_t *base, int64_t e,
+                                    const float *x)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    uint8_t *d = base + dsv4_kv_data_off(&l, e), *sc = base + dsv4_kv_scale_off(&l, e);
+    for (int b = warp; b < l.nblk; b += nw) {
+        const int b0 = b * DSV4_KV_QBLOCK;
+        const int len = l.nope - b0 < DSV4_KV_QBLOCK ? l.nope - b0 : DSV4_KV_QBLOCK;
+        float amax = 0.0f;
+        for (int i = lane; i < len; i += 32)
+            amax = fmaxf(amax, fabsf(dev_round_bf16(x[b0 + i]))); /* fmaxf skips a NaN */
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const float s = dev_scale_fp8(amax);
+        for (int i = lane; i < len; i += 32)
+            d[b0 + i] = dsv4_e4m3_bits_exact(dev_round_e4m3(__fdiv_rn(dev_round_bf16(x[b0 + i]), s)));
+        if (lane == 0) sc[b] = (uint8_t)(__float_as_uint(s) >> 23);
+    }
+    for (int i = threadIdx.x; i < l.scale_bytes - l.nblk; i += blockDim.x) sc[l.nblk + i] = 0;
+    for (int i = threadIdx.x; i < l.r; i += blockDim.x) { /* bytewise: nope may be odd */
+        const uint32_t h = __float_as_uint(dev_round_bf16(x[l.nope + i])) >> 16;
+        d[l.nope + 2 * i] = (uint8_t)h;
+        d[l.nope + 2 * i + 1] = (uint8_t)(h >> 8);
+    }
+    for (int i = l.nope + 2 * l.r + threadIdx.x; i < l.data_bytes; i += blockDim.x) d[i] = 0;
+}
+
+/* The per-halfword addend that turns an e4m3 value's f16 bits (exponent and top mantissa bits
+ * shifted down by 3) into the bf16 bits of that value times 2^(scale_byte - 127): the bf16
+ * exponent is the f16 one + scale_byte - 127 - 15 + 127. In both halves. */
+static __device__ __forceinline__ uint32_t dev_kv_adj2(uint32_t scale_byte)
+{
+    const uint32_t a = ((scale_byte - 15u) << 7) & 0xffffu;
+    return a | a << 16;
+}
+
+/* Two e4m3 bytes (the low 16 bits of b2, first byte low) times the block scale as two bf16
+ * (first low), exact: cvt to f16 (every e4m3 value is an f16 normal or zero), the f16's
+ * exponent and 7 top mantissa bits moved to the bf16 places, the exponent rebased by adj2
+ * (dev_kv_adj2) except on zeros, the signs kept. Not for NaN bytes (a valid cache has none). */
+static __device__ __forceinline__ uint32_t dev_kv_bf16x2(uint32_t b2, uint32_t adj2)
+{
+    uint32_t h;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h) : "h"((unsigned short)(b2 & 0xffffu)));
+    const uint32_t mag = (h >> 3) & 0x0fff0fffu;
+    return __vadd2(mag, adj2 & __vcmpne2(mag, 0u)) | (h & 0x80008000u);
+}
+
+#endif
