@@ -4,8 +4,11 @@
  * faithful attention) on fresh seeded random inputs at the Flash (H 64) and Pro (H 128) shapes:
  * window ring with wraparound and empty slots (p < W), CSA picks with -1 padding and holes, HCA
  * (0 entries too, 512 entries at 64K context), sliding only (m = 0), prefill chunks, other head
- * dims (128, 192) and head counts (12). Prints per case the errors, the bound and (for the
- * decode shapes) the CUDA time per call.
+ * dims (64, 128, 192, 256) and head counts (12). The cache is in the serving layout
+ * (kv_layout.h): entries dsv4_kv_encode-d from N(0, 1) rows, with 64 RoPE dims at hd 512 and
+ * other splits at the small dims (no RoPE dims; non-RoPE dims not a multiple of 64, of 16, of
+ * 8). Prints per case the errors, the bound and (for the decode shapes) the CUDA time per
+ * call.
  *
  * Cases with the inverse RoPE fused into the epilogue (rope_r > 0, the engine's call) check it
  * against the CPU's attention -> rope (a bound derived below), the CPU's rope on the CUDA
@@ -26,6 +29,7 @@
 #include "backend/backend_impl.h"
 #include "backend/cpu/cpu_linear.h"
 #include "backend/cpu/ops.h"
+#include "backend/kv_layout.h"
 #include "model/quant_sim.h"
 #include "test_util.h"
 
@@ -36,7 +40,7 @@
  * forced plan; want = {heads a CTA / 8 (0: choose, -1: the sequential kernel), largest
  * cluster, most blocks a CTA a round}; got = {heads / 8, cluster, blocks, shared bytes}. */
 dsv4_status dsv4_cuda_attention_cfg(dsv4_backend *b, float *o, const float *q, int H, int hd,
-                                    const uint16_t *win, int R, int W, const uint16_t *ent,
+                                    int kr, const uint8_t *win, int R, int W, const uint8_t *ent,
                                     int64_t cap_e, int m, const int32_t *sel, int topk,
                                     const float *sink, const dsv4_bk_rows *rows, int rope_r,
                                     const float *rope_freqs, const int want[3], int got[6]);
@@ -61,9 +65,17 @@ static float nrand(void) /* mean 0, sd 1 (sum of four uniforms) */
     return (urand() + urand() + urand() + urand() - 2.0f) * 1.7320508f;
 }
 
-static void fill_bf16(uint16_t *x, size_t n)
+/* n entries of layout l (dsv4_kv_bytes(l, n) bytes, calloc-ed) encoded from N(0, 1) rows. */
+static uint8_t *kv_entries(const dsv4_kv_layout *l, int64_t n)
 {
-    for (size_t i = 0; i < n; i++) x[i] = dsv4_bf16_bits(nrand());
+    uint8_t *p = calloc((size_t)dsv4_kv_bytes(l, n), 1);
+    float *x = malloc((size_t)l->hd * sizeof *x);
+    for (int64_t e = 0; e < n; e++) {
+        for (int i = 0; i < l->hd; i++) x[i] = nrand();
+        dsv4_kv_encode(l, p, e, x);
+    }
+    free(x);
+    return p;
 }
 
 static dsv4_backend *cpu, *gpu;
@@ -79,39 +91,50 @@ static void *dev_copy(const void *src, size_t bytes)
     return d;
 }
 
-/* ---- kv_store: bit-exact (the same nearest-even bf16 rounding on both) --------------------- */
-static void test_kv_store(int small)
+/* ---- kv_store: bit-exact (the same act_quant of the non-RoPE dims and nearest-even bf16 of
+ * the RoPE dims on both: dsv4_kv_encode's bytes, padding included) -----------------------------
+ * The ring starts as random bytes, so padding left unwritten shows. The rows are random bit
+ * patterns (bf16 ties, values near 1, -0 among them); NaN, infinity and 3.4e38 (bf16 infinity)
+ * sit in row 0's RoPE dims, which keep them as bf16: in the non-RoPE dims they reach the block's
+ * division by its scale, where the CPU keeps a NaN's sign and payload and the GPU returns its
+ * canonical NaN, so their e4m3 bytes are not defined alike (a finite act_quant-ed row has none).
+ * There, exponents 254 and 255 become 252 and 253 (finite, and finite in bf16). */
+static void test_kv_store(int hd, int r, int R, int N)
 {
-    const int S = 4, R = small ? 64 : 256, hd = small ? 128 : 512, N = small ? 16 : 64;
+    enum { S = 4 };
+    const dsv4_kv_layout l = dsv4_kv_layout_of(hd, r);
     int32_t slot[64], pos[64];
-    for (int r = 0; r < N; r++) { /* half a chunk of slot 1 across the ring's end, half decode */
-        slot[r] = r < N / 2 ? 1 : (r % 3 == 0 ? 0 : r % 3 + 1);
-        pos[r] = r < N / 2 ? 4 * R - N / 4 + r : 7 * r + 1; /* distinct ring cells */
+    for (int i = 0; i < N; i++) { /* half a chunk of slot 1 across the ring's end, half decode */
+        slot[i] = i < N / 2 ? 1 : (i % 3 == 0 ? 0 : i % 3 + 1);
+        pos[i] = i < N / 2 ? 4 * R - N / 4 + i : 7 * i + 1; /* distinct ring cells */
     }
-    const size_t nw = (size_t)S * R * hd;
-    uint16_t *win = malloc(nw * 2), *got = malloc(nw * 2);
+    const size_t nb = (size_t)dsv4_kv_bytes(&l, (int64_t)S * R);
+    uint8_t *win = malloc(nb), *got = malloc(nb);
     float *kv = malloc((size_t)N * hd * sizeof *kv);
-    fill_bf16(win, nw);
+    for (size_t i = 0; i < nb; i++) win[i] = (uint8_t)rnd64();
     for (int i = 0; i < N * hd; i++) {
         uint32_t u = (uint32_t)rnd64();
         if (i % 7 == 0) u = (u & 0xffff0000u) | 0x8000u; /* exact ties */
         if (i % 11 == 0) u = (u & 0xc07fffffu) | 0x3f000000u;
+        if (i % hd < l.nope && (u & 0x7f000000u) == 0x7f000000u) u ^= 0x01000000u;
         float v;
         memcpy(&v, &u, sizeof v);
-        kv[i] = i == 5 ? NAN : i == 6 ? INFINITY : i == 7 ? -0.0f : i == 8 ? 3.4e38f : v;
+        const int rd = i - l.nope; /* row 0's RoPE dims */
+        kv[i] = i == 7 ? -0.0f : rd == 0 ? NAN : rd == 1 ? INFINITY : rd == 2 ? 3.4e38f : v;
     }
-    void *dwin = dev_copy(win, nw * 2), *dkv = dev_copy(kv, (size_t)N * hd * 4);
+    void *dwin = dev_copy(win, nb), *dkv = dev_copy(kv, (size_t)N * hd * 4);
     void *dslot = dev_copy(slot, N * 4), *dpos = dev_copy(pos, N * 4);
     dsv4_bk_rows hr = {N, slot, pos, NULL}, dr = {N, dslot, dpos, NULL};
-    dsv4_status st = dsv4_cpu_bk_kv_store(cpu, win, R, hd, kv, &hr);
+    dsv4_status st = dsv4_cpu_bk_kv_store(cpu, win, R, hd, r, kv, &hr);
     CHECK_MSG(st == DSV4_OK, "cpu kv_store: %s", dsv4_last_error());
-    st = dsv4_cuda_bk_kv_store(gpu, dwin, R, hd, dkv, &dr);
-    if (st == DSV4_OK) st = dsv4_bk_download(gpu, got, dwin, nw * 2);
+    st = dsv4_cuda_bk_kv_store(gpu, dwin, R, hd, r, dkv, &dr);
+    if (st == DSV4_OK) st = dsv4_bk_download(gpu, got, dwin, nb);
     CHECK_MSG(st == DSV4_OK, "cuda kv_store: %s", dsv4_last_error());
     size_t bad = 0;
-    for (size_t i = 0; st == DSV4_OK && i < nw; i++) bad += win[i] != got[i];
-    printf("kv_store  S %d R %3d hd %d N %2d: %zu of %zu ring values differ (bound 0: bit-exact)\n",
-           S, R, hd, N, bad, nw);
+    for (size_t i = 0; st == DSV4_OK && i < nb; i++) bad += win[i] != got[i];
+    printf("kv_store  S %d R %3d hd %d r %2d N %2d: %zu of %zu ring bytes differ (bound 0: "
+           "bit-exact)\n",
+           S, R, hd, r, N, bad, nb);
     CHECK(bad == 0);
     dsv4_bk_free(gpu, dwin);
     dsv4_bk_free(gpu, dkv);
@@ -147,7 +170,7 @@ static const double ROPE_BOUND = (2.0 * (3.0 / 256.0) + 0x1p-6 + 0x1.6a09e6p-20)
 
 typedef struct attn_case {
     const char *name;
-    int H, hd, W, R, m, csa, topk, N;
+    int H, hd, kr, W, R, m, csa, topk, N; /* kr: the keys' RoPE dims (the cache's layout) */
     const int32_t *slot, *pos;
     int holes;    /* CSA: -1 scattered among the picks, not only after them */
     float qscale; /* q ~ N(0, qscale^2): larger makes the scores (and the running max) sharper */
@@ -187,10 +210,10 @@ static attn_err compare(const float *a0, const float *b0, int64_t n_vec, int hd,
 /* The device side of a case. */
 typedef struct attn_dev {
     float *out, *q, *sink;
-    uint16_t *win, *ent;
+    uint8_t *win, *ent;
     int32_t *sel;
     const dsv4_bk_rows *rows;
-    int H, hd, R, W, m, topk;
+    int H, hd, kr, R, W, m, topk;
     int64_t cap_e;
     int rope_r;         /* > 0: the fused inverse RoPE */
     const float *freqs; /* its table (device) */
@@ -205,9 +228,9 @@ static const int plans[][3] = {{-1, 0, 0}, {0, 0, 0}, {1, 1, 0},  {2, 1, 0},  {4
 
 static dsv4_status run_plan(const attn_dev *d, const int want[3], int got[6])
 {
-    return dsv4_cuda_attention_cfg(gpu, d->out, d->q, d->H, d->hd, d->win, d->R, d->W, d->ent,
-                                   d->cap_e, d->m, d->sel, d->topk, d->sink, d->rows, d->rope_r,
-                                   d->freqs, want, got);
+    return dsv4_cuda_attention_cfg(gpu, d->out, d->q, d->H, d->hd, d->kr, d->win, d->R, d->W,
+                                   d->ent, d->cap_e, d->m, d->sel, d->topk, d->sink, d->rows,
+                                   d->rope_r, d->freqs, want, got);
 }
 
 /* Microseconds a call: eager (50 calls back to back, wall clock) and replayed from a graph of
@@ -322,7 +345,8 @@ static size_t check_cpu_rope(const float *fused, const float *o_un, int64_t n_ve
  * sequential kernel followed by the CUDA rope op. */
 static void run_attn(const attn_case *c, int rope_r)
 {
-    const int H = c->H, hd = c->hd, N = c->N, topk = c->csa ? c->topk : 0;
+    const int H = c->H, hd = c->hd, kr = c->kr, N = c->N, topk = c->csa ? c->topk : 0;
+    const dsv4_kv_layout kl = dsv4_kv_layout_of(hd, kr);
     float freqs[DSV4_ROPE_MAX / 2];
     if (rope_r) dsv4_rope_freqs(freqs, rope_r, 160000.0f, 16.0f, 65536, 32.0f, 1.0f);
     const double bound = rope_r ? ROPE_BOUND : ATTN_BOUND;
@@ -334,15 +358,16 @@ static void run_attn(const attn_case *c, int rope_r)
         if (ne > cap_e) cap_e = ne;
     }
     if (cap_e == 0 && c->m) cap_e = 1;
-    const size_t nq = (size_t)N * H * hd, nw = (size_t)S * c->R * hd, ne = (size_t)S * cap_e * hd;
+    const size_t nq = (size_t)N * H * hd;
+    const size_t nw = (size_t)dsv4_kv_bytes(&kl, (int64_t)S * c->R);
+    const size_t ne = (size_t)dsv4_kv_bytes(&kl, (int64_t)S * cap_e);
     float *q = malloc(nq * 4), *o_cpu = malloc(nq * 4), *o_gpu = malloc(nq * 4);
     float *sink = malloc((size_t)H * 4);
-    uint16_t *win = malloc(nw * 2), *ent = c->m ? malloc(ne * 2) : NULL;
     int32_t *sel = c->csa ? malloc((size_t)N * topk * 4) : NULL;
     for (size_t i = 0; i < nq; i++) q[i] = dsv4_round_bf16(nrand() * c->qscale);
     for (int h = 0; h < H; h++) sink[h] = nrand() * 2.0f;
-    fill_bf16(win, nw);
-    if (ent) fill_bf16(ent, ne);
+    uint8_t *win = kv_entries(&kl, (int64_t)S * c->R);
+    uint8_t *ent = c->m ? kv_entries(&kl, (int64_t)S * cap_e) : NULL;
     int64_t n_slots = 0;
     for (int r = 0; sel && r < N; r++) { /* k distinct picks of the n_vis visible entries */
         int32_t *sr = sel + (size_t)r * topk;
@@ -371,35 +396,36 @@ static void run_attn(const attn_case *c, int rope_r)
 
     dsv4_bk_rows hr = {N, c->slot, c->pos, NULL};
     double t0 = test_now();
-    dsv4_status st = dsv4_cpu_bk_attention(cpu, o_cpu, q, H, hd, win, c->R, c->W, ent, cap_e, c->m,
-                                           sel, topk, sink, &hr, rope_r, rope_r ? freqs : NULL);
+    dsv4_status st = dsv4_cpu_bk_attention(cpu, o_cpu, q, H, hd, kr, win, c->R, c->W, ent, cap_e,
+                                           c->m, sel, topk, sink, &hr, rope_r,
+                                           rope_r ? freqs : NULL);
     const double t_cpu = test_now() - t0;
     CHECK_MSG(st == DSV4_OK, "%s: cpu: %s", c->name, dsv4_last_error());
 
     float *dq = dev_copy(q, nq * 4), *dsink = dev_copy(sink, (size_t)H * 4), *dout = NULL;
-    uint16_t *dwin = dev_copy(win, nw * 2), *dent = dev_copy(ent, ne * 2);
+    uint8_t *dwin = dev_copy(win, nw), *dent = dev_copy(ent, ne);
     int32_t *dsel = dev_copy(sel, (size_t)N * topk * 4);
     int32_t *dslot = dev_copy(c->slot, (size_t)N * 4), *dpos = dev_copy(c->pos, (size_t)N * 4);
     float *dfreqs = rope_r ? dev_copy(freqs, (size_t)rope_r / 2 * 4) : NULL;
     CHECK(dsv4_bk_alloc(gpu, nq * 4, (void **)&dout) == DSV4_OK);
     dsv4_bk_rows dr = {N, dslot, dpos, NULL};
-    st = dsv4_cuda_bk_attention(gpu, dout, dq, H, hd, dwin, c->R, c->W, dent, cap_e, c->m, dsel,
-                                topk, dsink, &dr, rope_r, dfreqs);
+    st = dsv4_cuda_bk_attention(gpu, dout, dq, H, hd, kr, dwin, c->R, c->W, dent, cap_e, c->m,
+                                dsel, topk, dsink, &dr, rope_r, dfreqs);
     if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
     if (st == DSV4_OK) st = dsv4_bk_download(gpu, o_gpu, dout, nq * 4);
     CHECK_MSG(st == DSV4_OK, "%s: cuda: %s", c->name, dsv4_last_error());
 
     attn_err e = compare(o_gpu, o_cpu, (int64_t)N * H, hd, bound);
-    printf("%-34s%s N %2d H %3d hd %d slots/row %5.0f: max abs %.3g, max rel %.3g (mean %.2g; "
-           "floor max|o| of the head), bound %.4f; %zu of %zu not bit-exact; cpu %.2f s",
-           c->name, rope_r ? " +rope" : "", N, H, hd, (double)n_slots / N, e.max_abs, e.max_rel,
-           e.sum_rel / (double)nq, bound, e.inexact, nq, t_cpu);
+    printf("%-34s%s N %2d H %3d hd %d kr %d slots/row %5.0f: max abs %.3g, max rel %.3g (mean "
+           "%.2g; floor max|o| of the head), bound %.4f; %zu of %zu not bit-exact; cpu %.2f s",
+           c->name, rope_r ? " +rope" : "", N, H, hd, kr, (double)n_slots / N, e.max_abs,
+           e.max_rel, e.sum_rel / (double)nq, bound, e.inexact, nq, t_cpu);
     if (c->timed && st == DSV4_OK) {
         const int reps = 50;
         double t1 = test_now();
         for (int i = 0; i < reps && st == DSV4_OK; i++)
-            st = dsv4_cuda_bk_attention(gpu, dout, dq, H, hd, dwin, c->R, c->W, dent, cap_e, c->m,
-                                        dsel, topk, dsink, &dr, rope_r, dfreqs);
+            st = dsv4_cuda_bk_attention(gpu, dout, dq, H, hd, kr, dwin, c->R, c->W, dent, cap_e,
+                                        c->m, dsel, topk, dsink, &dr, rope_r, dfreqs);
         if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
         printf("; cuda %.1f us/call", (test_now() - t1) / reps * 1e6);
     }
@@ -408,8 +434,8 @@ static void run_attn(const attn_case *c, int rope_r)
               "%s: %zu elements over the bound, %zu NaN mismatches", c->name, e.over, e.nan_bad);
     if (rope_r && st == DSV4_OK) { /* the CPU's rope on the CUDA attention without it */
         float *o_un = malloc(nq * 4);
-        st = dsv4_cuda_bk_attention(gpu, dout, dq, H, hd, dwin, c->R, c->W, dent, cap_e, c->m, dsel,
-                                    topk, dsink, &dr, 0, NULL);
+        st = dsv4_cuda_bk_attention(gpu, dout, dq, H, hd, kr, dwin, c->R, c->W, dent, cap_e, c->m,
+                                    dsel, topk, dsink, &dr, 0, NULL);
         if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
         if (st == DSV4_OK) st = dsv4_bk_download(gpu, o_un, dout, nq * 4);
         CHECK_MSG(st == DSV4_OK, "%s: cuda without rope: %s", c->name, dsv4_last_error());
@@ -425,8 +451,8 @@ static void run_attn(const attn_case *c, int rope_r)
     }
 
     /* every plan, the sequential kernel first (the bit-identity yardstick) */
-    attn_dev dv = {dout, dq,   dsink, dwin, dent, dsel,  &dr,    H,
-                   hd,   c->R, c->W,  c->m, topk, cap_e, rope_r, dfreqs};
+    attn_dev dv = {dout, dq, dsink, dwin, dent, dsel,  &dr,    H,
+                   hd,   kr, c->R,  c->W, c->m, topk, cap_e, rope_r, dfreqs};
     float *o_seq = calloc(nq, 4), *o_nan = malloc(nq * 4);
     for (size_t i = 0; i < nq; i++) o_nan[i] = NAN;
     for (size_t v = 0; v < sizeof plans / sizeof plans[0]; v++) {
@@ -511,27 +537,27 @@ static void full_cases(void)
     static const int32_t csa16[16] = {3000, 3001, 3002, 3003, 3004, 3005, 3006, 3007,
                                       3008, 3009, 3010, 3011, 3012, 3013, 3014, 3015};
     const attn_case cases[] = {
-        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 1, z1, p5000, 0, 2.0f, 1},
-        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 64, seq, p64a, 0, 2.0f, 1},
+        {"flash csa decode", 64, 512, 64, 128, 256, 4, 1, 512, 1, z1, p5000, 0, 2.0f, 1},
+        {"flash csa decode", 64, 512, 64, 128, 256, 4, 1, 512, 64, seq, p64a, 0, 2.0f, 1},
         /* the engine's batch 2 and 4: plans whose clusters may not all fit at once */
-        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 2, seq, p64a, 0, 2.0f, 1},
-        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 4, seq, p64a, 0, 2.0f, 1},
-        {"flash csa mixed (p<W, -1 pad, holes)", 64, 512, 128, 256, 4, 1, 512, 64, seq, p64b, 1,
+        {"flash csa decode", 64, 512, 64, 128, 256, 4, 1, 512, 2, seq, p64a, 0, 2.0f, 1},
+        {"flash csa decode", 64, 512, 64, 128, 256, 4, 1, 512, 4, seq, p64a, 0, 2.0f, 1},
+        {"flash csa mixed (p<W, -1 pad, holes)", 64, 512, 64, 128, 256, 4, 1, 512, 64, seq, p64b, 1,
          4.0f, 0},
-        {"flash hca 64K", 64, 512, 128, 256, 128, 0, 0, 1, z1, p64k, 0, 2.0f, 1},
-        {"flash hca mixed (0 entries too)", 64, 512, 128, 256, 128, 0, 0, 8, s8, hca8, 0, 8.0f, 0},
-        {"flash window only (m 0)", 64, 512, 128, 256, 0, 0, 0, 8, s8, win8, 0, 2.0f, 0},
-        {"flash hca prefill chunk R 192", 64, 512, 128, 192, 128, 0, 0, 64, s64, ramp, 0, 2.0f, 0},
-        {"flash csa prefill chunk", 64, 512, 128, 256, 4, 1, 512, 16, s64, csa16, 0, 2.0f, 0},
-        {"pro csa decode", 128, 512, 128, 256, 4, 1, 1024, 4, seq, pro4, 0, 2.0f, 1},
-        {"pro hca", 128, 512, 128, 256, 128, 0, 0, 2, seq, pro2, 0, 4.0f, 0},
+        {"flash hca 64K", 64, 512, 64, 128, 256, 128, 0, 0, 1, z1, p64k, 0, 2.0f, 1},
+        {"flash hca mixed (0 entries too)", 64, 512, 64, 128, 256, 128, 0, 0, 8, s8, hca8, 0, 8.0f, 0},
+        {"flash window only (m 0)", 64, 512, 64, 128, 256, 0, 0, 0, 8, s8, win8, 0, 2.0f, 0},
+        {"flash hca prefill chunk R 192", 64, 512, 64, 128, 192, 128, 0, 0, 64, s64, ramp, 0, 2.0f, 0},
+        {"flash csa prefill chunk", 64, 512, 64, 128, 256, 4, 1, 512, 16, s64, csa16, 0, 2.0f, 0},
+        {"pro csa decode", 128, 512, 64, 128, 256, 4, 1, 1024, 4, seq, pro4, 0, 2.0f, 1},
+        {"pro hca", 128, 512, 64, 128, 256, 128, 0, 0, 2, seq, pro2, 0, 4.0f, 0},
         /* more of the engine's batches, timed for the plans' cost model */
-        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 8, seq, p64a, 0, 2.0f, 1},
-        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 16, seq, p64a, 0, 2.0f, 1},
-        {"flash csa decode", 64, 512, 128, 256, 4, 1, 512, 32, seq, p64a, 0, 2.0f, 1},
-        {"pro csa decode", 128, 512, 128, 256, 4, 1, 1024, 1, z1, p5000, 0, 2.0f, 1},
-        {"pro csa decode", 128, 512, 128, 256, 4, 1, 1024, 16, seq, p64c, 0, 2.0f, 1},
-        {"pro csa decode", 128, 512, 128, 256, 4, 1, 1024, 64, seq, p64c, 0, 2.0f, 1},
+        {"flash csa decode", 64, 512, 64, 128, 256, 4, 1, 512, 8, seq, p64a, 0, 2.0f, 1},
+        {"flash csa decode", 64, 512, 64, 128, 256, 4, 1, 512, 16, seq, p64a, 0, 2.0f, 1},
+        {"flash csa decode", 64, 512, 64, 128, 256, 4, 1, 512, 32, seq, p64a, 0, 2.0f, 1},
+        {"pro csa decode", 128, 512, 64, 128, 256, 4, 1, 1024, 1, z1, p5000, 0, 2.0f, 1},
+        {"pro csa decode", 128, 512, 64, 128, 256, 4, 1, 1024, 16, seq, p64c, 0, 2.0f, 1},
+        {"pro csa decode", 128, 512, 64, 128, 256, 4, 1, 1024, 64, seq, p64c, 0, 2.0f, 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_attn(&cases[i], 0);
     /* the engine's call: the inverse RoPE of the last 64 dims fused (Flash and Pro decode, the
@@ -544,11 +570,16 @@ static void small_cases(void)
 {
     static const int32_t s5[5] = {0, 1, 2, 3, 4}, p5[5] = {2, 40, 200, 700, 1500};
     static const int32_t s4[4] = {1, 0, 1, 2}, p4[4] = {10, 99, 101, 640};
+    /* kr: the keys' RoPE dims; non-RoPE dims 96 (a short last scale block), 130 (not a
+     * multiple of 16 or 8 either: a chunk across them, RoPE dims 2-byte aligned), 64, 48, 256
+     * (no RoPE dims), 88 (a multiple of 8, not of 16) */
     const attn_case cases[] = {
-        {"hd 128 H 12 csa holes", 12, 128, 128, 160, 4, 1, 64, 5, s5, p5, 1, 3.0f, 0},
-        {"hd 192 H 8 W 100 hca", 8, 192, 100, 128, 16, 0, 0, 4, s4, p4, 0, 3.0f, 0},
-        {"hd 128 H 16 window only", 16, 128, 128, 160, 0, 0, 0, 5, s5, p5, 0, 3.0f, 0},
-        {"hd 64 H 16 csa", 16, 64, 128, 160, 4, 1, 96, 5, s5, p5, 0, 3.0f, 0},
+        {"hd 128 H 12 csa holes", 12, 128, 32, 128, 160, 4, 1, 64, 5, s5, p5, 1, 3.0f, 0},
+        {"hd 192 H 8 W 100 hca", 8, 192, 62, 100, 128, 16, 0, 0, 4, s4, p4, 0, 3.0f, 0},
+        {"hd 128 H 16 window only", 16, 128, 64, 128, 160, 0, 0, 0, 5, s5, p5, 0, 3.0f, 0},
+        {"hd 64 H 16 csa", 16, 64, 16, 128, 160, 4, 1, 96, 5, s5, p5, 0, 3.0f, 0},
+        {"hd 256 H 8 csa holes", 8, 256, 0, 128, 160, 4, 1, 64, 5, s5, p5, 1, 3.0f, 0},
+        {"hd 128 H 8 hca", 8, 128, 40, 100, 128, 16, 0, 0, 4, s4, p4, 0, 3.0f, 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_attn(&cases[i], 0);
     /* the fused inverse RoPE: 64 of 128 dims, 2 of 192 (a pair inside a dim tile), all 64 */
@@ -567,7 +598,9 @@ int main(int argc, char **argv)
     if (st == DSV4_OK) st = dsv4_backend_create(DSV4_DEVICE_CUDA, 0, NULL, &gpu);
     CHECK_MSG(st == DSV4_OK, "backends: %s", dsv4_last_error());
     if (st != DSV4_OK) return test_finish();
-    test_kv_store(small);
+    test_kv_store(128, 32, 64, 16); /* non-RoPE dims 96: a short last scale block */
+    test_kv_store(192, 62, 64, 16); /* 130: a block of 2, RoPE dims 2-byte aligned */
+    if (!small) test_kv_store(512, 64, 256, 64);
     small_cases();
     if (!small) full_cases();
     dsv4_backend_destroy(gpu);

@@ -671,13 +671,6 @@ static void test_head_norm_rope(const shape *s, int N, int H, int hd, const floa
     free(pos);
 }
 
-static float bf16_val(uint16_t h)
-{
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 /* Rows over S slots: row i in slot i % S at consecutive positions from a per-slot base, so no
  * two rows share a ring index (R > rows a slot); the rest of the ring keeps its contents. */

@@ -6,7 +6,8 @@
  * up to f32 summation order.
  *
  * One CTA per (row, group of HG = 8 or 16 heads). All heads share one KV head, so a block of 64
- * key slots is staged once in shared memory (bf16, cp.async, double-buffered) and serves every
+ * key slots is staged once in shared memory (cp.async, double-buffered; the cached entries of
+ * the serving layout, kv_layout.h, expanded there to bf16 rows: at_expand) and serves every
  * head of the group, as K and as V. Per block, in slot order as the reference:
  *   S^T [64 keys, HG] = K [64, hd] . Q^T       (bf16 mma.sync, f32 accumulation)
  *   per head: block max, running max m (the sink is not part of it), alpha = exp(m_old - m),
@@ -19,7 +20,8 @@
  *
  * Measured (H100, test_gpu_attn, Flash H 64 hd 512, 640 slots a row): N 1 59 us, N 64 155 us;
  * Pro H 128 N 4 98 us: latency-bound, each CTA walks its row's blocks in order and every head
- * group refetches the same keys; N 1 uses only 8 SMs.
+ * group refetches the same keys; N 1 uses only 8 SMs. With the serving layout's expansion (~1 us
+ * a block): N 1 56 -> 66 us, N 64 150 -> 163, Pro N 4 95 -> 111.
  */
 #include "backend/cuda/attn.cuh"
 #include "backend/cuda/pdl.cuh"
@@ -28,37 +30,53 @@
 typedef struct attn_args {
     float *o;
     const float *q, *sink;
-    const uint16_t *win, *ent;
+    const uint8_t *win, *ent; /* entries of layout kvl (kv_layout.h) */
     const int32_t *sel, *slot, *pos;
     int64_t cap_e;
     int H, hd, R, W, m, topk, mode, ngroups, stages; /* mode: 0 window only, 1 HCA, 2 CSA */
+    dsv4_kv_layout kvl;
+    int stoff; /* where a key tile row stages its entry's data row (at_stage_off) */
     float scale;
     /* dynamic shared memory offsets in bytes (keys at 0) */
-    int off_q, off_o, off_sp, off_p, off_st, off_list;
+    int off_ksc, off_q, off_o, off_sp, off_p, off_st, off_list;
 } attn_args;
 
 /* The row's slot list: slots [0, count) are window positions lo .. p (oldest first), [count, W)
  * empty, [W, W + n_ent) entries (list[] for CSA, 0 .. n_ent-1 for HCA). */
 typedef struct row_keys {
-    const uint16_t *wbase, *ebase;
+    int64_t wbase, ebase; /* entry indices (at_row_init) */
     const int *list;
     int lo, count, ns;
 } row_keys;
 
-/* Stages the keys of slots [64 b, 64 b + 64) as bf16 [64, hd + 8] (empty slots: zeros). */
+/* Stages the entries of slots [64 b, 64 b + 64) for at_expand: data rows into their rows of the
+ * tile dst [64, hd + 8] (bf16 once expanded), scale rows into scl [64][scale_bytes]; empty
+ * slots are left to at_expand (zeros). One cp.async group. */
 __device__ static inline void load_block(const attn_args &a, const row_keys &rk, uint16_t *dst,
-                                         int b)
+                                         uint8_t *scl, int b)
 {
-    const int cpr = a.hd >> 3, ldk = a.hd + 8; /* 16-byte chunks per key */
-    for (int c = threadIdx.x; c < AT_BLOCK * cpr; c += AT_THREADS) {
-        const int k = c / cpr, col = (c - k * cpr) * 8;
-        const uint16_t *src = at_key(a, rk, b * AT_BLOCK + k);
-        at_cp_async16(dst + k * ldk + col, src ? src + col : a.win, src ? 16 : 0);
+    const int dpr = a.kvl.data_bytes >> 4, spr = a.kvl.scale_bytes >> 3; /* 16 B, 8 B pieces */
+    const int rowb = 2 * (a.hd + 8);
+    for (int c = threadIdx.x; c < AT_BLOCK * dpr; c += AT_THREADS) {
+        const int k = c / dpr, col = c - k * dpr;
+        int64_t e;
+        const uint8_t *buf = at_entry(a, rk, b * AT_BLOCK + k, &e);
+        if (buf)
+            at_cp_async16((uint8_t *)dst + k * rowb + a.stoff + 16 * col,
+                          buf + dsv4_kv_data_off(&a.kvl, e) + 16 * col, 16);
+    }
+    for (int c = threadIdx.x; c < AT_BLOCK * spr; c += AT_THREADS) {
+        const int k = c / spr, col = c - k * spr;
+        int64_t e;
+        const uint8_t *buf = at_entry(a, rk, b * AT_BLOCK + k, &e);
+        if (buf)
+            at_cp_async8(scl + k * a.kvl.scale_bytes + 8 * col,
+                         buf + dsv4_kv_scale_off(&a.kvl, e) + 8 * col);
     }
     at_cp_commit();
 }
 
-/* q [N, H, hd], keys bf16 (win [S, R, hd], ent [S, cap_e, hd]) -> o [N, H, hd].
+/* q [N, H, hd], keys: entries of layout a.kvl (win: S R, ent: S cap_e) -> o [N, H, hd].
  * grid: N * ngroups CTAs (head group fastest), AT_THREADS threads; HG = 8 * NT heads. */
 template <int NT> __global__ void __launch_bounds__(AT_THREADS, 1) attn_kernel(attn_args a)
 {
@@ -70,6 +88,7 @@ template <int NT> __global__ void __launch_bounds__(AT_THREADS, 1) attn_kernel(a
     const int r = blockIdx.x / a.ngroups, h0 = (blockIdx.x - r * a.ngroups) * HG;
     const int hd = a.hd, ldk = hd + 8, ldo = hd + 4;
     uint16_t *ks = (uint16_t *)smem;             /* [stages][64][ldk] keys */
+    uint8_t *ksc = smem + a.off_ksc;             /* [stages][64][scale_bytes] their scales */
     uint16_t *qs = (uint16_t *)(smem + a.off_q); /* [HG][ldk] q (bf16) */
     float *os = (float *)(smem + a.off_o);       /* [HG][ldo] running output */
     float *sp = (float *)(smem + a.off_sp);      /* [2][HG][AT_LDS] partial scores */
@@ -79,7 +98,7 @@ template <int NT> __global__ void __launch_bounds__(AT_THREADS, 1) attn_kernel(a
 
     row_keys rk;
     const int p = a.pos[r], sl = a.slot[r];
-    at_row_init(a, rk, p, sl, hd, list);
+    at_row_init(a, rk, p, sl, list);
     int n_ent = 0;
     if (a.mode == 1) {
         n_ent = at_hca_entries(a, p);
@@ -117,17 +136,24 @@ template <int NT> __global__ void __launch_bounds__(AT_THREADS, 1) attn_kernel(a
         st[2 * HG + tid] = 0.0f;
     }
 
-    load_block(a, rk, ks, 0);
+    const int kscb = AT_BLOCK * a.kvl.scale_bytes; /* a stage's scale bytes */
+    load_block(a, rk, ks, ksc, 0);
     for (int b = 0; b < nb; b++) {
         const int buf = a.stages == 2 ? (b & 1) : 0;
         if (a.stages == 2 && b + 1 < nb) {
-            load_block(a, rk, ks + (size_t)(buf ^ 1) * AT_BLOCK * ldk, b + 1);
+            load_block(a, rk, ks + (size_t)(buf ^ 1) * AT_BLOCK * ldk, ksc + (buf ^ 1) * kscb,
+                       b + 1);
             at_cp_wait_one();
         } else {
             at_cp_wait_all();
         }
+        __syncthreads(); /* every thread's copies of block b */
+        uint16_t *kb = ks + (size_t)buf * AT_BLOCK * ldk;
+        if (hd == 512 && a.kvl.r == 64) /* the engine's layout, compiled for */
+            at_expand_c<512, 64, 2>(a, rk, kb, ksc + buf * kscb, b);
+        else
+            at_expand<AT_XU, 1>(a, rk, kb, ksc + buf * kscb, b);
         __syncthreads();
-        const uint16_t *kb = ks + (size_t)buf * AT_BLOCK * ldk;
 
         /* scores: warp (mt, kh) does keys [16 mt, 16 mt + 16) over half kh of the dims */
         {
@@ -240,7 +266,7 @@ template <int NT> __global__ void __launch_bounds__(AT_THREADS, 1) attn_kernel(a
             }
         }
         __syncthreads();
-        if (a.stages == 1 && b + 1 < nb) load_block(a, rk, ks, b + 1);
+        if (a.stages == 1 && b + 1 < nb) load_block(a, rk, ks, ksc, b + 1);
     }
 
     /* the sink joins the denominator; o = bf16(O / sum) */
@@ -265,6 +291,8 @@ static int attn_layout(attn_args *a, int HG, int stages, int list_len)
 {
     const int ldk = a->hd + 8, ldo = a->hd + 4;
     int off = align16(stages * AT_BLOCK * ldk * 2);
+    a->off_ksc = off;
+    off = align16(off + stages * AT_BLOCK * a->kvl.scale_bytes);
     a->off_q = off;
     off = align16(off + HG * ldk * 2);
     a->off_o = off;
@@ -282,16 +310,18 @@ static int attn_layout(attn_args *a, int HG, int stages, int list_len)
 }
 
 extern "C" dsv4_status dsv4_cuda_attention_seq(dsv4_backend *b, float *o, const float *q, int H,
-                                               int hd, const uint16_t *win, int R, int W,
-                                               const uint16_t *ent, int64_t cap_e, int m,
+                                               int hd, int kr, const uint8_t *win, int R, int W,
+                                               const uint8_t *ent, int64_t cap_e, int m,
                                                const int32_t *sel, int topk, const float *sink,
                                                const dsv4_bk_rows *rows)
 {
     const int64_t N = rows->n;
-    DSV4_TRY(at_check(H, hd, R, W, m, sel, topk));
+    DSV4_TRY(at_check(H, hd, kr, win, R, W, ent, m, sel, topk));
+    if (hd > 256 * AT_XU) /* at_expand's registers (above, shared memory does not fit anyway) */
+        return dsv4_fail(DSV4_ERR_UNSUPPORTED, "attention: hd %d", hd);
     if (N == 0) return DSV4_OK;
     attn_args a;
-    at_args_set(&a, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows);
+    at_args_set(&a, o, q, H, hd, kr, win, R, W, ent, cap_e, m, sel, topk, sink, rows);
     const int list_len = a.mode == 2 ? topk : 0;
 
     int dev, optin, n_sm;

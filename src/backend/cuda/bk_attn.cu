@@ -70,6 +70,17 @@
  * Waves of clusters (session 12): a cluster must fit in one GPC, so a plan of fewer CTAs than
  * SMs may still run in two waves (Flash CSA at 4 rows, 8 clusters of 10 at one CTA an SM: 7
  * fit, the call took 44 us instead of 23 in the step); the cost model counts them (sa_capacity).
+ * The serving layout (kv_layout.h: 576 data + 8 scale bytes a key at hd 512 instead of 1,024):
+ * a key's data row is one bulk copy into its own tile row (staged at byte nope, so its RoPE dims
+ * land in place), its scale row a cp.async completing on the same mbarrier, and after the wait
+ * each warp rewrites its rows as bf16 (attn.cuh at_expand), then a CTA barrier; the tile then
+ * holds the old cache's bf16 bits, so every later instruction is unchanged and the plans stay
+ * bit-identical to attn_seq.cu. The expansion is the cost: ~1 us a block a CTA (H100, at_expand_c,
+ * down from 2.8 with dev_kv_bf16x2); us a call (graph, H100, test_gpu_attn, the plan chosen;
+ * bf16 cache before): Flash CSA N 1 11.5 -> 11.9, N 2 12.1 -> 14.3, N 4 18.2 -> 20.6, N 64
+ * 58.7 -> 68.7, HCA 64K N 1 11.1 -> 11.9, Pro N 1 16.7 -> 23.0 (the HG 16 C 9 plan 20.4, the
+ * cost model not refitted), N 4 36.2 -> 38.7; the gathers alone (no expansion) ran at or below
+ * the bf16 times.
  *
  * Precondition: q holds bf16-exact values (faithful mode rounds q to bf16 before attention);
  * other values are rounded to bf16 here. A CSA pick >= cap_e counts as -1 here (the CPU fails).
@@ -86,28 +97,25 @@
 namespace cg = cooperative_groups;
 
 /* ---- kv_store ------------------------------------------------------------------------------
- * kv [N, hd] -> win[slot[r]][pos[r] % R] [hd] as bf16 bits. */
-__global__ void kv_store_kernel(uint16_t *win, int R, int hd, const float *kv, const int32_t *slot,
-                                const int32_t *pos, int64_t n)
+ * kv [N, hd] -> entry slot[r] R + pos[r] % R of win (layout l: dsv4_kv_encode's bytes).
+ * grid: N CTAs (one a row), 256 threads (dev_kv_store: a warp a scale block). */
+__global__ void __launch_bounds__(256) kv_store_kernel(uint8_t *win, int R, dsv4_kv_layout l,
+                                                       const float *kv, const int32_t *slot,
+                                                       const int32_t *pos)
 {
     DSV4_PDL_WAIT();
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t r = i / hd, c = i - r * hd;
-        win[((int64_t)slot[r] * R + pos[r] % R) * hd + c] = at_bf16_bits(kv[i]);
-    }
+    const int64_t r = blockIdx.x;
+    dev_kv_store(l, win, (int64_t)slot[r] * R + pos[r] % R, kv + r * l.hd);
 }
 
-extern "C" dsv4_status dsv4_cuda_bk_kv_store(dsv4_backend *b, uint16_t *win, int R, int hd,
+extern "C" dsv4_status dsv4_cuda_bk_kv_store(dsv4_backend *b, uint8_t *win, int R, int hd, int r,
                                              const float *kv, const dsv4_bk_rows *rows)
 {
-    if (R < 1 || hd < 1)
-        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "kv_store: R %d, hd %d", R, hd);
-    const int64_t n = (int64_t)rows->n * hd;
-    if (n == 0) return DSV4_OK;
-    const int64_t blocks = (n + 255) / 256;
-    kv_store_kernel<<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0,
-                      dsv4_cuda_stream(b->cuda)>>>(win, R, hd, kv, rows->slot, rows->pos, n);
+    if (R < 1 || hd < 1 || r < 0 || r >= hd || (r & 1))
+        return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "kv_store: R %d, hd %d, r %d", R, hd, r);
+    if (rows->n <= 0) return DSV4_OK;
+    kv_store_kernel<<<(unsigned)rows->n, 256, 0, dsv4_cuda_stream(b->cuda)>>>(
+        win, R, dsv4_kv_layout_of(hd, r), kv, rows->slot, rows->pos);
     CUDA_LAUNCHED();
     return DSV4_OK;
 }
@@ -117,61 +125,79 @@ enum {
     SA_MTW = 4,   /* dim tiles a warp (hd <= 512) */
     SA_KBMAX = 4, /* blocks a CTA a round */
     SA_CMAX = 16, /* cluster size (3 (SA_CMAX + 1) 2 <= DSV4_ATTN_CAP_SLOTS) */
-    SA_SELV = 8   /* CSA picks a thread holds in the prologue: topk <= 8 * AT_THREADS */
+    SA_SELV = 8,  /* CSA picks a thread holds in the prologue: topk <= 8 * AT_THREADS */
+    SA_XU = 2,    /* at_expand's chunks a lane a row: hd <= 512 */
+    SA_SB = 8,    /* a scale row (hd <= 512: at most 8 blocks) */
+    /* a key buffer's mbarrier arrivals a block (sa_load): a warp's expect_tx and its 8 lanes'
+     * cp.async arrivals */
+    SA_ARRIVALS = AT_WARPS * 9
 };
 
 typedef struct sa_args {
     float *o;
     const float *q, *sink, *freqs;
-    const uint16_t *win, *ent;
+    const uint8_t *win, *ent; /* entries of layout kvl (kv_layout.h) */
     const int32_t *sel, *slot, *pos;
     int64_t cap_e;
     int H, hd, R, W, m, topk, mode, ngroups; /* mode: 0 window only, 1 HCA, 2 CSA */
     int C, kb;                               /* cluster size (1: one pass), blocks a CTA a round */
     int rope_r; /* > 0: inverse RoPE of the last rope_r dims of o (freqs) in the epilogue */
+    dsv4_kv_layout kvl;
+    int stoff; /* where a key tile row stages its entry's data row (at_stage_off) */
     float scale;
-    int off_q, off_sp, off_p, off_st, off_list, off_comb, off_rope; /* dynamic shared, bytes */
+    int off_ksc, off_q, off_sp, off_p, off_st, off_list, off_comb, off_rope; /* dynamic shared */
 } sa_args;
 
 /* The row's slot list: slots [0, count) are window positions lo .. p (oldest first), [count, W)
  * empty, [W, ns) entries (list[] for CSA, 0 .. n_ent-1 for HCA); nb blocks of 64. p: the row's
  * position (the RoPE angle). */
 typedef struct sa_row {
-    const uint16_t *wbase, *ebase;
+    int64_t wbase, ebase; /* entry indices (at_row_init) */
     const int *list;
     int lo, count, ns, nb, p;
 } sa_row;
 
-/* Stages the keys of slots [64 b, 64 b + 64) as bf16 [64, hd + 8] (empty slots: zeros) on the
- * mbarrier bar: warp w takes keys w, w + 8, ..., lane j < 8 issuing key w + 8 j's row as one bulk
- * copy (the TMA unit gathers the block, so the warps do not stall issuing 16-byte copies), the
- * warp writes its empty rows' zeros itself, then arrives once expecting its rows' bytes (AT_WARPS
- * arrivals and the bytes complete the phase). The proxy fence orders this thread's earlier
- * generic accesses of the buffer (the previous block's reads, zeros) before the copies. */
-__device__ static inline void sa_load(const sa_args &a, const sa_row &rk, uint16_t *dst, int b,
-                                      uint32_t bar)
+/* Stages the entries of slots [64 b, 64 b + 64) for at_expand on the mbarrier bar: warp w takes
+ * keys w, w + 8, ..., lane j < 8 issuing key w + 8 j's data row as one bulk copy into the key's
+ * tile row of dst [64, hd + 8] (at byte a.stoff; the TMA unit gathers the block, so the warps do
+ * not stall issuing 16-byte copies) and its 8 scale bytes by cp.async into scl [64][8]; lane 0
+ * arrives once expecting the warp's data bytes, and lanes 0..7 each arrive when their cp.async
+ * have landed (SA_ARRIVALS arrivals and the bytes complete the phase). Empty slots copy nothing
+ * (at_expand writes their zero rows). The proxy fence orders this thread's earlier generic
+ * accesses of the buffer (the previous block's reads, at_expand's writes of the rows this warp
+ * refills) before the bulk copies. */
+__device__ static inline void sa_load(const sa_args &a, const sa_row &rk, uint16_t *dst,
+                                      uint8_t *scl, int b, uint32_t bar)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ldk = a.hd + 8;
-    const int k = warp + AT_WARPS * (lane & 7);
-    const uint16_t *src = at_key(a, rk, b * AT_BLOCK + k);
-    const unsigned have = __ballot_sync(0xffffffffu, lane < 8 && src != NULL);
-    for (unsigned empty = ~have & 0xffu; empty; empty &= empty - 1) { /* warp-uniform */
-        uint16_t *row = dst + (warp + AT_WARPS * (__ffs(empty) - 1)) * ldk;
-        for (int col = lane * 8; col < a.hd; col += 256)
-            *(uint4 *)(row + col) = make_uint4(0u, 0u, 0u, 0u);
-    }
+    const int k = warp + AT_WARPS * lane; /* lanes 0..7 */
+    int64_t e = 0;
+    const uint8_t *buf = lane < 8 ? at_entry(a, rk, b * AT_BLOCK + k, &e) : NULL;
+    const unsigned have = __ballot_sync(0xffffffffu, buf != NULL);
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncwarp();
-    if (lane == 0) ring_arrive_tx(bar, __popc(have) * a.hd * 2);
-    if (lane < 8 && src) ring_bulk(ring_sa(dst + k * ldk), src, a.hd * 2, bar);
+    if (lane == 0) ring_arrive_tx(bar, __popc(have) * a.kvl.data_bytes);
+    if (buf) {
+        ring_bulk(ring_sa((uint8_t *)(dst + k * ldk) + a.stoff), buf + dsv4_kv_data_off(&a.kvl, e),
+                  a.kvl.data_bytes, bar);
+        at_cp_async8(scl + k * SA_SB, buf + dsv4_kv_scale_off(&a.kvl, e));
+    }
+    if (lane < 8) at_cp_mbar_arrive(bar);
 }
 
-/* Waits for the block staged on buffer i (barrier bars + 8 i); ph holds each buffer's phase
+/* Waits for the block staged on buffer i (barrier bars + 8 i), then this warp expands its rows
+ * (at_expand); the caller syncs the CTA before the tile is read. ph holds each buffer's phase
  * parity, flipped by its wait (every load into a buffer is waited for once). */
-__device__ static inline void sa_wait(uint32_t bars, int i, unsigned &ph)
+__device__ static inline void sa_wait(const sa_args &a, const sa_row &rk, uint16_t *kb,
+                                      const uint8_t *scl, int b, uint32_t bars, int i,
+                                      unsigned &ph)
 {
     ring_bar_wait(bars + 8 * i, (ph >> i) & 1u);
     ph ^= 1u << i;
+    if (a.hd == 512 && a.kvl.r == 64) /* the engine's layout, compiled for */
+        at_expand_c<512, 64, 2>(a, rk, kb, scl, b);
+    else
+        at_expand<SA_XU, 2>(a, rk, kb, scl, b);
 }
 
 /* Partial scores of one block: sp [2][HG][AT_LDS] = K [64, hd] . Q^T [hd, HG] over the two
@@ -390,6 +416,7 @@ __device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned 
     const int hd = a.hd, ldk = hd + 8, nmt = hd >> 4;
     const size_t kbuf = (size_t)AT_BLOCK * ldk;
     uint16_t *ks = (uint16_t *)smem, *qs = (uint16_t *)(smem + a.off_q);
+    uint8_t *ksc = smem + a.off_ksc; /* [2][64][SA_SB] the keys' scale rows */
     float *sp = (float *)(smem + a.off_sp);
     uint16_t *ps = (uint16_t *)(smem + a.off_p);
     float *sm = (float *)(smem + a.off_st), *ssum = sm + HG, *sal = ssum + HG;
@@ -405,18 +432,19 @@ __device__ static void sa_one_pass(const sa_args &a, const sa_row &rk, unsigned 
         for (int nt = 0; nt < NT; nt++)
             o[i][nt][0] = o[i][nt][1] = o[i][nt][2] = o[i][nt][3] = 0.0f;
 
-    /* The keys reach every thread through the mbarrier; a block's zero rows (sa_load) are
-     * written a trip before they are read, with the trip's barriers between, except block 0's:
-     * hence the one barrier before the loop. */
+    /* The staged entries reach every thread through the mbarrier, their bf16 rows (at_expand,
+     * zero rows too) through the barrier after sa_wait. */
+    const int kscb = AT_BLOCK * SA_SB; /* a buffer's scale bytes */
     unsigned ph = 0;
-    sa_load(a, rk, ks, 0, kbar);
+    sa_load(a, rk, ks, ksc, 0, kbar);
     sa_rope_table(a, smem, rk.p, freq);
-    __syncthreads();
     for (int b = 0; b < rk.nb; b++) {
-        const uint16_t *kb = ks + (b & 1) * kbuf;
+        uint16_t *kb = ks + (b & 1) * kbuf;
         if (b + 1 < rk.nb)
-            sa_load(a, rk, ks + ((b + 1) & 1) * kbuf, b + 1, kbar + 8 * ((b + 1) & 1));
-        sa_wait(kbar, b & 1, ph); /* sp is free since the last trip's barriers */
+            sa_load(a, rk, ks + ((b + 1) & 1) * kbuf, ksc + ((b + 1) & 1) * kscb, b + 1,
+                    kbar + 8 * ((b + 1) & 1));
+        sa_wait(a, rk, kb, ksc + (b & 1) * kscb, b, kbar, b & 1, ph);
+        __syncthreads(); /* the expanded rows; sp is free since the last trip's barriers */
         sa_scores<NT>(kb, qs, sp, hd);
         __syncthreads();
         sa_soft_heads<NT>(a, rk, sp, ps, sm, ssum, sal, b);
@@ -517,6 +545,8 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
     const int rank = (int)cl.block_rank(), MTS = (nmt + C - 1) / C, SPB = 2 * HG * AT_LDS;
     const size_t kbuf = (size_t)AT_BLOCK * ldk;
     uint16_t *ks = (uint16_t *)smem, *qs = (uint16_t *)(smem + a.off_q);
+    uint8_t *ksc = smem + a.off_ksc; /* [nbuf][64][SA_SB] the keys' scale rows */
+    const int kscb = AT_BLOCK * SA_SB;
     float *sp = (float *)(smem + a.off_sp);
     uint16_t *ps = (uint16_t *)(smem + a.off_p);
     float *gbm = (float *)(smem + a.off_st), *gbs = gbm + per * HG, *alph = gbs + per * HG;
@@ -538,13 +568,14 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
 
         /* pass 1: scores and block maxima of my blocks (keys double-buffered); lane rr of the
          * head's warp pushes the maximum into rank rr */
-        if (nloc > 0) sa_load(a, rk, ks, gb0, kbar);
+        if (nloc > 0) sa_load(a, rk, ks, ksc, gb0, kbar);
         if (rd == 0) sa_rope_table(a, smem, rk.p, freq);
-        __syncthreads(); /* the first block's zero rows (as the one-pass form) */
         for (int j = 0; j < nloc; j++) {
             if (j + 1 < nloc)
-                sa_load(a, rk, ks + ((j + 1) & 1) * kbuf, gb0 + j + 1, kbar + 8 * ((j + 1) & 1));
-            sa_wait(kbar, j & 1, ph); /* block j's own sp slot */
+                sa_load(a, rk, ks + ((j + 1) & 1) * kbuf, ksc + ((j + 1) & 1) * kscb, gb0 + j + 1,
+                        kbar + 8 * ((j + 1) & 1));
+            sa_wait(a, rk, ks + (j & 1) * kbuf, ksc + (j & 1) * kscb, gb0 + j, kbar, j & 1, ph);
+            __syncthreads(); /* the expanded rows (block j's own sp slot) */
             sa_scores<NT>(ks + (j & 1) * kbuf, qs, sp + j * SPB, hd);
             __syncthreads();
             if (rd == 0 && j == 0) sa_cluster_wait(); /* every CTA of the cluster has started */
@@ -577,16 +608,17 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
         }
 
         /* pass 2: p, block sums and c_b of my blocks, last first: the last two are still in
-         * their buffers, earlier ones are fetched again */
+         * their buffers (expanded), earlier ones are fetched (and expanded) again */
         for (int j = nloc - 1; j >= 0; j--) {
             const int li = rank * KB + j, b = gb0 + j;
             if (j < nloc - 2) {
                 if (j > 0)
-                    sa_load(a, rk, ks + ((j - 1) & 1) * kbuf, gb0 + j - 1,
-                            kbar + 8 * ((j - 1) & 1));
-                sa_wait(kbar, j & 1, ph);
+                    sa_load(a, rk, ks + ((j - 1) & 1) * kbuf, ksc + ((j - 1) & 1) * kscb,
+                            gb0 + j - 1, kbar + 8 * ((j - 1) & 1));
+                sa_wait(a, rk, ks + (j & 1) * kbuf, ksc + (j & 1) * kscb, b, kbar, j & 1, ph);
             } else if (j == nloc - 2 && j > 0) {
-                sa_load(a, rk, ks + ((j - 1) & 1) * kbuf, gb0 + j - 1, kbar + 8 * ((j - 1) & 1));
+                sa_load(a, rk, ks + ((j - 1) & 1) * kbuf, ksc + ((j - 1) & 1) * kscb, gb0 + j - 1,
+                        kbar + 8 * ((j - 1) & 1));
             }
             __syncthreads();
             {
@@ -672,7 +704,7 @@ __device__ static void sa_cluster(const sa_args &a, const sa_row &rk, unsigned c
     }
 }
 
-/* q [N, H, hd], keys bf16 (win [S, R, hd], ent [S, cap_e, hd]) -> o [N, H, hd].
+/* q [N, H, hd], keys: entries of layout a.kvl (win: S R, ent: S cap_e) -> o [N, H, hd].
  * grid: N * ngroups * C CTAs (cluster rank fastest, then head group), AT_THREADS threads;
  * HG = 8 NT heads a CTA. q 16-byte aligned, hd <= 512, topk <= SA_SELV * AT_THREADS. */
 template <int NT>
@@ -690,8 +722,8 @@ __global__ void __launch_bounds__(AT_THREADS, NT == 4 ? 1 : 2) sa_kernel(sa_args
     int *list = (int *)(smem + a.off_list);
     const uint32_t kbar = ring_sa(kbars);
     if (tid == 0) { /* seen by all after the barrier below (q, list) */
-        ring_bar_init(kbar, AT_WARPS);
-        ring_bar_init(kbar + 8, AT_WARPS);
+        ring_bar_init(kbar, SA_ARRIVALS);
+        ring_bar_init(kbar + 8, SA_ARRIVALS);
     }
     if (a.C > 1) sa_cluster_arrive_relaxed();
 
@@ -726,7 +758,7 @@ __global__ void __launch_bounds__(AT_THREADS, NT == 4 ? 1 : 2) sa_kernel(sa_args
     }
     sa_row rk;
     rk.p = p;
-    at_row_init(a, rk, p, sl, hd, list);
+    at_row_init(a, rk, p, sl, list);
     int n_ent = 0;
     if (a.mode == 1) {
         n_ent = at_hca_entries(a, p);
@@ -772,6 +804,8 @@ static int sa_layout(sa_args *a, int NT, int list_len)
     const int MTS = (a->hd / 16 + C - 1) / C, per = C * kb;
     const int nbuf = C > 1 && kb == 1 ? 1 : 2;
     int off = align16(nbuf * AT_BLOCK * ldk * 2);
+    a->off_ksc = off;
+    off = align16(off + nbuf * AT_BLOCK * SA_SB);
     a->off_q = off;
     off = align16(off + HG * ldk * 2);
     a->off_sp = off;
@@ -956,25 +990,28 @@ static dsv4_status sa_run(dsv4_backend *b, sa_args a, sa_plan pl, int64_t N, int
 }
 
 /* The sequential kernel, then the inverse RoPE as its own op when asked. */
-static dsv4_status sa_sequential(dsv4_backend *b, float *o, const float *q, int H, int hd,
-                                 const uint16_t *win, int R, int W, const uint16_t *ent,
+static dsv4_status sa_sequential(dsv4_backend *b, float *o, const float *q, int H, int hd, int kr,
+                                 const uint8_t *win, int R, int W, const uint8_t *ent,
                                  int64_t cap_e, int m, const int32_t *sel, int topk,
                                  const float *sink, const dsv4_bk_rows *rows, int rope_r,
                                  const float *rope_freqs)
 {
-    DSV4_TRY(
-        dsv4_cuda_attention_seq(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows));
+    DSV4_TRY(dsv4_cuda_attention_seq(b, o, q, H, hd, kr, win, R, W, ent, cap_e, m, sel, topk, sink,
+                                     rows));
     if (rope_r == 0 || rows->n == 0) return DSV4_OK;
     return dsv4_cuda_bk_rope(b, o, (int64_t)H * hd, rows, H, hd, rope_r, rope_freqs, 1, 1);
 }
 
-extern "C" dsv4_status dsv4_cuda_attention_cfg(
-    dsv4_backend *b, float *o, const float *q, int H, int hd, const uint16_t *win, int R, int W,
-    const uint16_t *ent, int64_t cap_e, int m, const int32_t *sel, int topk, const float *sink,
-    const dsv4_bk_rows *rows, int rope_r, const float *rope_freqs, const int want[3], int got[6])
+extern "C" dsv4_status dsv4_cuda_attention_cfg(dsv4_backend *b, float *o, const float *q, int H,
+                                               int hd, int kr, const uint8_t *win, int R, int W,
+                                               const uint8_t *ent, int64_t cap_e, int m,
+                                               const int32_t *sel, int topk, const float *sink,
+                                               const dsv4_bk_rows *rows, int rope_r,
+                                               const float *rope_freqs, const int want[3],
+                                               int got[6])
 {
     const int64_t N = rows->n;
-    DSV4_TRY(at_check(H, hd, R, W, m, sel, topk));
+    DSV4_TRY(at_check(H, hd, kr, win, R, W, ent, m, sel, topk));
     if (rope_r < 0 || (rope_r & 1) || rope_r > hd || (rope_r && !rope_freqs))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT, "attention: rope_r %d, hd %d", rope_r, hd);
     got[0] = -1;
@@ -984,11 +1021,11 @@ extern "C" dsv4_status dsv4_cuda_attention_cfg(
     const bool split_ok = hd <= 16 * AT_WARPS * SA_MTW && (!sel || topk <= SA_SELV * AT_THREADS) &&
                           ((uintptr_t)q & 15) == 0 && ((uintptr_t)o & 7) == 0;
     if (want[0] < 0 || !split_ok)
-        return sa_sequential(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows,
+        return sa_sequential(b, o, q, H, hd, kr, win, R, W, ent, cap_e, m, sel, topk, sink, rows,
                              rope_r, rope_freqs);
     if (N == 0) return DSV4_OK;
     sa_args a;
-    at_args_set(&a, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows);
+    at_args_set(&a, o, q, H, hd, kr, win, R, W, ent, cap_e, m, sel, topk, sink, rows);
     a.freqs = rope_freqs;
     a.rope_r = rope_r;
     const int list_len = a.mode == 2 ? topk : 0;
@@ -1017,7 +1054,7 @@ extern "C" dsv4_status dsv4_cuda_attention_cfg(
         if (forced)
             return dsv4_fail(DSV4_ERR_UNSUPPORTED, "attention: no plan with %d heads a CTA fits",
                              8 * want[0]);
-        return sa_sequential(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows,
+        return sa_sequential(b, o, q, H, hd, kr, win, R, W, ent, cap_e, m, sel, topk, sink, rows,
                              rope_r, rope_freqs);
     }
     const dsv4_status st = sa_run(b, a, pl, N, list_len, got);
@@ -1031,14 +1068,14 @@ extern "C" dsv4_status dsv4_cuda_attention_cfg(
 }
 
 extern "C" dsv4_status dsv4_cuda_bk_attention(dsv4_backend *b, float *o, const float *q, int H,
-                                              int hd, const uint16_t *win, int R, int W,
-                                              const uint16_t *ent, int64_t cap_e, int m,
+                                              int hd, int kr, const uint8_t *win, int R, int W,
+                                              const uint8_t *ent, int64_t cap_e, int m,
                                               const int32_t *sel, int topk, const float *sink,
                                               const dsv4_bk_rows *rows, int rope_r,
                                               const float *rope_freqs)
 {
     static const int want[3] = {0, 0, 0};
     int got[6];
-    return dsv4_cuda_attention_cfg(b, o, q, H, hd, win, R, W, ent, cap_e, m, sel, topk, sink, rows,
-                                   rope_r, rope_freqs, want, got);
+    return dsv4_cuda_attention_cfg(b, o, q, H, hd, kr, win, R, W, ent, cap_e, m, sel, topk, sink,
+                                   rows, rope_r, rope_freqs, want, got);
 }
