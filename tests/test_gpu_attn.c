@@ -396,9 +396,9 @@ static void run_attn(const attn_case *c, int rope_r)
 
     dsv4_bk_rows hr = {N, c->slot, c->pos, NULL};
     double t0 = test_now();
-    dsv4_status st = dsv4_cpu_bk_attention(cpu, o_cpu, q, H, hd, kr, win, c->R, c->W, ent, cap_e,
-                                           c->m, sel, topk, sink, &hr, rope_r,
-                                           rope_r ? freqs : NULL);
+    dsv4_status st =
+        dsv4_cpu_bk_attention(cpu, o_cpu, q, H, hd, kr, win, c->R, c->W, ent, cap_e, c->m, sel,
+                              topk, sink, &hr, rope_r, rope_r ? freqs : NULL);
     const double t_cpu = test_now() - t0;
     CHECK_MSG(st == DSV4_OK, "%s: cpu: %s", c->name, dsv4_last_error());
 
@@ -409,8 +409,8 @@ static void run_attn(const attn_case *c, int rope_r)
     float *dfreqs = rope_r ? dev_copy(freqs, (size_t)rope_r / 2 * 4) : NULL;
     CHECK(dsv4_bk_alloc(gpu, nq * 4, (void **)&dout) == DSV4_OK);
     dsv4_bk_rows dr = {N, dslot, dpos, NULL};
-    st = dsv4_cuda_bk_attention(gpu, dout, dq, H, hd, kr, dwin, c->R, c->W, dent, cap_e, c->m,
-                                dsel, topk, dsink, &dr, rope_r, dfreqs);
+    st = dsv4_cuda_bk_attention(gpu, dout, dq, H, hd, kr, dwin, c->R, c->W, dent, cap_e, c->m, dsel,
+                                topk, dsink, &dr, rope_r, dfreqs);
     if (st == DSV4_OK) st = dsv4_bk_sync(gpu);
     if (st == DSV4_OK) st = dsv4_bk_download(gpu, o_gpu, dout, nq * 4);
     CHECK_MSG(st == DSV4_OK, "%s: cuda: %s", c->name, dsv4_last_error());
@@ -418,8 +418,8 @@ static void run_attn(const attn_case *c, int rope_r)
     attn_err e = compare(o_gpu, o_cpu, (int64_t)N * H, hd, bound);
     printf("%-34s%s N %2d H %3d hd %d kr %d slots/row %5.0f: max abs %.3g, max rel %.3g (mean "
            "%.2g; floor max|o| of the head), bound %.4f; %zu of %zu not bit-exact; cpu %.2f s",
-           c->name, rope_r ? " +rope" : "", N, H, hd, kr, (double)n_slots / N, e.max_abs,
-           e.max_rel, e.sum_rel / (double)nq, bound, e.inexact, nq, t_cpu);
+           c->name, rope_r ? " +rope" : "", N, H, hd, kr, (double)n_slots / N, e.max_abs, e.max_rel,
+           e.sum_rel / (double)nq, bound, e.inexact, nq, t_cpu);
     if (c->timed && st == DSV4_OK) {
         const int reps = 50;
         double t1 = test_now();
@@ -451,8 +451,8 @@ static void run_attn(const attn_case *c, int rope_r)
     }
 
     /* every plan, the sequential kernel first (the bit-identity yardstick) */
-    attn_dev dv = {dout, dq, dsink, dwin, dent, dsel,  &dr,    H,
-                   hd,   kr, c->R,  c->W, c->m, topk, cap_e, rope_r, dfreqs};
+    attn_dev dv = {dout, dq,   dsink, dwin, dent, dsel,  &dr,    H,     hd,
+                   kr,   c->R, c->W,  c->m, topk, cap_e, rope_r, dfreqs};
     float *o_seq = calloc(nq, 4), *o_nan = malloc(nq * 4);
     for (size_t i = 0; i < nq; i++) o_nan[i] = NAN;
     for (size_t v = 0; v < sizeof plans / sizeof plans[0]; v++) {
@@ -545,9 +545,11 @@ static void full_cases(void)
         {"flash csa mixed (p<W, -1 pad, holes)", 64, 512, 64, 128, 256, 4, 1, 512, 64, seq, p64b, 1,
          4.0f, 0},
         {"flash hca 64K", 64, 512, 64, 128, 256, 128, 0, 0, 1, z1, p64k, 0, 2.0f, 1},
-        {"flash hca mixed (0 entries too)", 64, 512, 64, 128, 256, 128, 0, 0, 8, s8, hca8, 0, 8.0f, 0},
+        {"flash hca mixed (0 entries too)", 64, 512, 64, 128, 256, 128, 0, 0, 8, s8, hca8, 0, 8.0f,
+         0},
         {"flash window only (m 0)", 64, 512, 64, 128, 256, 0, 0, 0, 8, s8, win8, 0, 2.0f, 0},
-        {"flash hca prefill chunk R 192", 64, 512, 64, 128, 192, 128, 0, 0, 64, s64, ramp, 0, 2.0f, 0},
+        {"flash hca prefill chunk R 192", 64, 512, 64, 128, 192, 128, 0, 0, 64, s64, ramp, 0, 2.0f,
+         0},
         {"flash csa prefill chunk", 64, 512, 64, 128, 256, 4, 1, 512, 16, s64, csa16, 0, 2.0f, 0},
         {"pro csa decode", 128, 512, 64, 128, 256, 4, 1, 1024, 4, seq, pro4, 0, 2.0f, 1},
         {"pro hca", 128, 512, 64, 128, 256, 128, 0, 0, 2, seq, pro2, 0, 4.0f, 0},

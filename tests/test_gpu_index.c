@@ -201,7 +201,8 @@ static size_t ent_bytes(int is_index, int dim, int r, int64_t n)
 static void ent_values(float *out, const void *ent, int is_index, int dim, int r, int64_t n)
 {
     const dsv4_kv_layout l = dsv4_kv_layout_of(dim, r);
-    if (is_index) bf16_to_f32(out, ent, n * dim);
+    if (is_index)
+        bf16_to_f32(out, ent, n * dim);
     else
         for (int64_t e = 0; e < n; e++) dsv4_kv_decode(&l, ent, e, out + e * dim);
 }

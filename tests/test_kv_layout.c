@@ -34,8 +34,8 @@ static void test_sizes(void)
         int bad = 0;
         for (int64_t e = 0; e < n; e++) {
             const int64_t d = dsv4_kv_data_off(&l, e), s = dsv4_kv_scale_off(&l, e);
-            bad += d % 16 != 0 || s % 8 != 0 || d + l.data_bytes > bytes ||
-                   s + l.scale_bytes > bytes;
+            bad +=
+                d % 16 != 0 || s % 8 != 0 || d + l.data_bytes > bytes || s + l.scale_bytes > bytes;
             for (int i = 0; i < l.data_bytes && d + i < bytes; i++) bad += used[d + i]++ != 0;
             for (int i = 0; i < l.scale_bytes && s + i < bytes; i++) bad += used[s + i]++ != 0;
         }
@@ -62,7 +62,8 @@ static void test_round_trip(int hd, int r, unsigned long long seed)
     const int n = 48;
     uint8_t *buf = calloc((size_t)dsv4_kv_bytes(&l, n), 1);
     uint8_t *again = calloc((size_t)dsv4_kv_bytes(&l, n), 1);
-    float *x = malloc((size_t)hd * 4), *want = malloc((size_t)hd * 4), *got = malloc((size_t)hd * 4);
+    float *x = malloc((size_t)hd * 4), *want = malloc((size_t)hd * 4),
+          *got = malloc((size_t)hd * 4);
     float *got2 = malloc((size_t)hd * 4);
     static const float mags[6] = {1.0f, 1e-7f, 3e-5f, 40.0f, 1e4f, 0.0f};
     int bad = 0, again_bad = 0;

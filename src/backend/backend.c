@@ -366,9 +366,9 @@ dsv4_status dsv4_bk_kv_norm_rope_store(dsv4_backend *b, uint8_t *win, int R, flo
     return dsv4_cpu_bk_kv_norm_rope_store(b, win, R, kv, w, rows, hd, r, freqs, eps, qblock);
 }
 
-dsv4_status dsv4_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint8_t *win, int R,
-                                   float *kv, const float *w, const dsv4_bk_rows *rows, int hd,
-                                   int r, const float *freqs, float eps, int qblock)
+dsv4_status dsv4_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint8_t *win, int R, float *kv,
+                                   const float *w, const dsv4_bk_rows *rows, int hd, int r,
+                                   const float *freqs, float eps, int qblock)
 {
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
@@ -617,8 +617,8 @@ dsv4_status dsv4_bk_attention(dsv4_backend *b, float *o, const float *q, int H, 
 {
 #ifdef DSV4_HAVE_CUDA
     if (b->kind == DSV4_DEVICE_CUDA)
-        return dsv4_cuda_bk_attention(b, o, q, H, hd, kr, win, R, W, ent, cap_e, m, sel, topk,
-                                      sink, rows, rope_r, rope_freqs);
+        return dsv4_cuda_bk_attention(b, o, q, H, hd, kr, win, R, W, ent, cap_e, m, sel, topk, sink,
+                                      rows, rope_r, rope_freqs);
 #endif
     return dsv4_cpu_bk_attention(b, o, q, H, hd, kr, win, R, W, ent, cap_e, m, sel, topk, sink,
                                  rows, rope_r, rope_freqs);

@@ -137,9 +137,9 @@ dsv4_status dsv4_bk_kv_norm_rope_store(dsv4_backend *b, uint8_t *win, int R, flo
 /* head_norm_rope(q, rows, H, hd, r, freqs, eps), then kv_norm_rope_store(win, R, kv, w, rows, hd,
  * r, freqs, eps, qblock): the step's query heads and its key/value row, independent chains that
  * CUDA runs side by side in one launch. */
-dsv4_status dsv4_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint8_t *win, int R,
-                                   float *kv, const float *w, const dsv4_bk_rows *rows, int hd,
-                                   int r, const float *freqs, float eps, int qblock);
+dsv4_status dsv4_bk_q_kv_norm_rope(dsv4_backend *b, float *q, int H, uint8_t *win, int R, float *kv,
+                                   const float *w, const dsv4_bk_rows *rows, int hd, int r,
+                                   const float *freqs, float eps, int qblock);
 
 /* ---- projections ---------------------------------------------------------------------------
  * y [N, nrows] (row stride ldy) = x [N, w->cols] (row stride ldx) . W[row0 .. row0+nrows)^T,

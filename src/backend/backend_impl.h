@@ -72,11 +72,11 @@ dsv4_status dsv4_cpu_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, const
                                      const dsv4_weight *fn, const float *base, float scale,
                                      const float *norm, int64_t N, int n, int64_t D, float hc_eps,
                                      float rms_eps);
-dsv4_status dsv4_cpu_bk_kv_store(dsv4_backend *b, uint8_t *win, int R, int hd, int r, const float *kv,
-                                 const dsv4_bk_rows *rows);
-dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e,
-                                    float *ring_kv, float *ring_gate, int Rc, int width, int dim,
-                                    int m, const float *kv, const float *gate, const float *ape,
+dsv4_status dsv4_cpu_bk_kv_store(dsv4_backend *b, uint8_t *win, int R, int hd, int r,
+                                 const float *kv, const dsv4_bk_rows *rows);
+dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e, float *ring_kv,
+                                    float *ring_gate, int Rc, int width, int dim, int m,
+                                    const float *kv, const float *gate, const float *ape,
                                     const float *norm, float eps, const float *freqs, int r,
                                     int is_index, const dsv4_bk_rows *rows);
 dsv4_status dsv4_cpu_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *rows, int nh,
@@ -162,11 +162,11 @@ dsv4_status dsv4_cuda_bk_hc_head_site(dsv4_backend *b, float *h, float *Xo, cons
                                       const dsv4_weight *fn, const float *base, float scale,
                                       const float *norm, int64_t N, int n, int64_t D, float hc_eps,
                                       float rms_eps);
-dsv4_status dsv4_cuda_bk_kv_store(dsv4_backend *b, uint8_t *win, int R, int hd, int r, const float *kv,
-                                  const dsv4_bk_rows *rows);
-dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e,
-                                     float *ring_kv, float *ring_gate, int Rc, int width, int dim,
-                                     int m, const float *kv, const float *gate, const float *ape,
+dsv4_status dsv4_cuda_bk_kv_store(dsv4_backend *b, uint8_t *win, int R, int hd, int r,
+                                  const float *kv, const dsv4_bk_rows *rows);
+dsv4_status dsv4_cuda_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e, float *ring_kv,
+                                     float *ring_gate, int Rc, int width, int dim, int m,
+                                     const float *kv, const float *gate, const float *ape,
                                      const float *norm, float eps, const float *freqs, int r,
                                      int is_index, const dsv4_bk_rows *rows);
 dsv4_status dsv4_cuda_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *rows, int nh,
@@ -209,7 +209,7 @@ dsv4_status dsv4_cuda_bk_copy(dsv4_backend *b, void *dst, const void *src, size_
 dsv4_status dsv4_cuda_bk_memset0(dsv4_backend *b, void *p, size_t bytes);
 dsv4_status dsv4_cuda_bk_fill_bf16(dsv4_backend *b, uint16_t *p, size_t n, uint64_t seed);
 dsv4_status dsv4_cuda_bk_fill_kv(dsv4_backend *b, uint8_t *p, const dsv4_kv_layout *l, int64_t n,
-                                uint64_t seed);
+                                 uint64_t seed);
 dsv4_status dsv4_cuda_bk_sync(dsv4_backend *b);
 dsv4_status dsv4_cuda_bk_mem_info(dsv4_backend *b, size_t *free_bytes, size_t *total_bytes);
 dsv4_status dsv4_cuda_bk_weight_upload(dsv4_backend *b, const dsv4_weight *w, uint64_t random_seed,

@@ -38,6 +38,6 @@ void dsv4_kv_decode(const dsv4_kv_layout *l, const uint8_t *base, int64_t e, flo
     for (int i = 0; i < l->nope; i++)
         x[i] = dsv4_e4m3_to_f32(d[i]) * dsv4_e8m0_to_f32(s[i / DSV4_KV_QBLOCK]);
     for (int i = 0; i < l->r; i++)
-        x[l->nope + i] = dsv4_bf16_to_f32((uint16_t)(d[l->nope + 2 * i] |
-                                                     (uint16_t)d[l->nope + 2 * i + 1] << 8));
+        x[l->nope + i] = dsv4_bf16_to_f32(
+            (uint16_t)(d[l->nope + 2 * i] | (uint16_t)d[l->nope + 2 * i + 1] << 8));
 }

@@ -397,7 +397,6 @@ static double kv_bytes(const dsv4_config *c)
     return (double)dsv4_kv_entry_bytes(&l);
 }
 
-
 static void step_bytes(const dsv4_model *m, int64_t ctx, int B, decode_row *r)
 {
     const dsv4_config *c = &m->cfg;

@@ -182,11 +182,12 @@ dsv4_status dsv4_engine_plan_memory(const dsv4_model *m, const dsv4_engine_optio
         p->state_bytes += (uint64_t)S1 * cache_bytes(c, 0, z.R);
         const int ratio = c->compress_ratio[i];
         if (ratio == 4)
-            p->state_bytes += (uint64_t)S1 * ((uint64_t)(z.Rc4 * 2 * (2 * hd + 2 * id) * 4) +
-                                              cache_bytes(c, 0, z.cap4) + cache_bytes(c, 1, z.cap4));
+            p->state_bytes +=
+                (uint64_t)S1 * ((uint64_t)(z.Rc4 * 2 * (2 * hd + 2 * id) * 4) +
+                                cache_bytes(c, 0, z.cap4) + cache_bytes(c, 1, z.cap4));
         else if (ratio == 128)
-            p->state_bytes += (uint64_t)S1 * ((uint64_t)(z.Rc128 * 2 * hd * 4) +
-                                              cache_bytes(c, 0, z.cap128));
+            p->state_bytes +=
+                (uint64_t)S1 * ((uint64_t)(z.Rc128 * 2 * hd * 4) + cache_bytes(c, 0, z.cap128));
         if (c->hash_layer[i]) p->state_bytes += (uint64_t)c->vocab_size * c->n_experts_per_tok * 4;
     }
     eng_scratch s;
@@ -287,8 +288,7 @@ static dsv4_status table(dsv4_engine *e, const dsv4_weight *w, int li, int32_t *
 }
 
 static dsv4_status comp_setup(dsv4_engine *e, eng_comp *cs, const dsv4_compressor_weights *cw,
-                              int ratio, int dim, int64_t cap, int Rc, int index,
-                              const char *what)
+                              int ratio, int dim, int64_t cap, int Rc, int index, const char *what)
 {
     const int64_t S1 = e->S + 1;
     cs->ratio = ratio;
@@ -580,8 +580,8 @@ dsv4_status dsv4_engine_fill_cache(dsv4_engine *e, uint64_t seed)
         if (L->comp.ratio)
             DSV4_TRY(dsv4_bk_fill_kv(e->b, L->comp.ent, &kl, S1 * L->comp.cap, s + 1));
         if (L->idx.ratio)
-            DSV4_TRY(dsv4_bk_fill_bf16(e->b, L->idx.ent, (size_t)(S1 * L->idx.cap * L->idx.dim),
-                                       s + 2));
+            DSV4_TRY(
+                dsv4_bk_fill_bf16(e->b, L->idx.ent, (size_t)(S1 * L->idx.cap * L->idx.dim), s + 2));
     }
     return dsv4_bk_sync(e->b);
 }

@@ -135,8 +135,8 @@ static dsv4_status attention(dsv4_backend *b, float *o, const float *q, int H, i
     if (H < 1 || hd < 1 || kr < 0 || kr >= hd || (kr & 1) || W < 1 || R < W || m < 0 ||
         (sel && topk < 0))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
-                         "attention: H %d, hd %d, key RoPE dims %d, R %d, W %d, m %d", H, hd, kr,
-                         R, W, m);
+                         "attention: H %d, hd %d, key RoPE dims %d, R %d, W %d, m %d", H, hd, kr, R,
+                         W, m);
     attn_job j = {.o = o,
                   .q = q,
                   .sink = sink,
@@ -219,8 +219,8 @@ static dsv4_status attention(dsv4_backend *b, float *o, const float *q, int H, i
 
 /* The attention, then (rope_r > 0) the inverse RoPE op over o: the composition the CUDA op
  * fuses into its epilogue. */
-dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd,
-                                  int kr, const uint8_t *win, int R, int W, const uint8_t *ent,
+dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd, int kr,
+                                  const uint8_t *win, int R, int W, const uint8_t *ent,
                                   int64_t cap_e, int m, const int32_t *sel, int topk,
                                   const float *sink, const dsv4_bk_rows *rows, int rope_r,
                                   const float *rope_freqs)

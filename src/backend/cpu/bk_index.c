@@ -99,8 +99,7 @@ dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e, f
     const int ns = width == 2 * dim ? 2 * m : m;
     if (m <= 0 || dim <= 0 || dim > DIM_MAX || (width != dim && width != 2 * dim) ||
         ns > POOL_SLOTS || (int64_t)Rc < (int64_t)ns + rows->n - 1 || r < 0 || r > dim || r % 2 ||
-        (!is_index && r == dim) ||
-        r > DSV4_ROPE_MAX || (is_index && (dim & (dim - 1))))
+        (!is_index && r == dim) || r > DSV4_ROPE_MAX || (is_index && (dim & (dim - 1))))
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
                          "comp_append: m %d, dim %d, width %d, Rc %d (%d rows), rope %d, "
                          "is_index %d",

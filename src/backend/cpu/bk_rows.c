@@ -210,8 +210,8 @@ dsv4_status dsv4_cpu_bk_kv_norm_rope_store(dsv4_backend *b, uint8_t *win, int R,
 {
     if (R < 1 || hd <= r || qblock != DSV4_KV_QBLOCK || r < 2 || (r & 1) || r > DSV4_ROPE_MAX)
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
-                         "kv_norm_rope_store: R %d hd %d r %d block %d (the cache's: %d)", R, hd,
-                         r, qblock, DSV4_KV_QBLOCK);
+                         "kv_norm_rope_store: R %d hd %d r %d block %d (the cache's: %d)", R, hd, r,
+                         qblock, DSV4_KV_QBLOCK);
     const int64_t N = rows->n;
     DSV4_TRY(dsv4_cpu_bk_rmsnorm(b, kv, hd, kv, hd, w, N, hd, eps, 1));
     DSV4_TRY(dsv4_cpu_bk_rope(b, kv, hd, rows, 1, hd, r, freqs, 0, 1));

@@ -175,10 +175,10 @@ static inline int at_stage_off(int hd, int nope, int data_bytes)
  * into four 4-byte stores, a 4-way bank conflict each). p: 16-byte aligned. */
 __device__ static inline void at_sts128(void *p, uint4 v)
 {
-    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(
-                     (unsigned)__cvta_generic_to_shared(p)),
-                 "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
-                 : "memory");
+    asm volatile(
+        "st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"((unsigned)__cvta_generic_to_shared(p)),
+        "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+        : "memory");
 }
 
 /* Two e4m3 bytes of w (SEL 0x9180: bytes 0, 1; 0xb3a2: bytes 2, 3) times 2^(s - 127) as two bf16
@@ -260,7 +260,8 @@ __device__ static void at_expand_any(const A &a, uint16_t *kb, const uint8_t *sc
         __syncwarp();
 #pragma unroll
         for (int u = 0; u < U; u++)
-            if (rr[u] >= 0) at_sts128(kb + (warp + AT_WARPS * (j0 + rr[u])) * ldk + 8 * cc[u], v[u]);
+            if (rr[u] >= 0)
+                at_sts128(kb + (warp + AT_WARPS * (j0 + rr[u])) * ldk + 8 * cc[u], v[u]);
     }
 }
 
@@ -271,7 +272,8 @@ __device__ static inline void at_zero_rope(uint16_t *kb, int ldk, int nope, int 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     for (unsigned empty = ~have & 0xffu; empty; empty &= empty - 1) { /* warp-uniform */
         uint16_t *row = kb + (warp + AT_WARPS * (__ffs(empty) - 1)) * ldk;
-        for (int d = nope + 8 * lane; d < hd; d += 256) at_sts128(row + d, make_uint4(0u, 0u, 0u, 0u));
+        for (int d = nope + 8 * lane; d < hd; d += 256)
+            at_sts128(row + d, make_uint4(0u, 0u, 0u, 0u));
     }
 }
 
@@ -361,7 +363,7 @@ __device__ static inline void at_expand_c(const A &a, const RK &rk, uint16_t *kb
 {
     constexpr int RW = AT_BLOCK / AT_WARPS, LDK = HD + 8, NOPE = HD - R, NE = NOPE / 8;
     constexpr int UE = (NE + 31) / 32, SB = ((NOPE + 63) / 64 + 7) & ~7; /* scale row */
-    constexpr int RS = AT_WARPS * LDK * 2, SS = AT_WARPS * SB; /* a warp's row strides */
+    constexpr int RS = AT_WARPS * LDK * 2, SS = AT_WARPS * SB;           /* a warp's row strides */
     static_assert(NOPE % 16 == 0 && NE >= 32 && RW % B == 0, "layout");
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int64_t e;
@@ -483,12 +485,10 @@ extern "C" dsv4_status dsv4_cuda_attention_seq(dsv4_backend *b, float *o, const 
  * cluster, blocks a CTA a round, shared bytes, CTAs an SM and clusters at once as the cost model
  * counts them] of the plan run (got[0] = -1: the sequential kernel). DSV4_ERR_UNSUPPORTED when
  * no plan within want fits. */
-extern "C" dsv4_status dsv4_cuda_attention_cfg(dsv4_backend *b, float *o, const float *q, int H,
-                                               int hd, int kr, const uint8_t *win, int R, int W,
-                                               const uint8_t *ent, int64_t cap_e, int m,
-                                               const int32_t *sel, int topk, const float *sink,
-                                               const dsv4_bk_rows *rows, int rope_r,
-                                               const float *rope_freqs, const int want[3],
-                                               int got[6]);
+extern "C" dsv4_status
+dsv4_cuda_attention_cfg(dsv4_backend *b, float *o, const float *q, int H, int hd, int kr,
+                        const uint8_t *win, int R, int W, const uint8_t *ent, int64_t cap_e, int m,
+                        const int32_t *sel, int topk, const float *sink, const dsv4_bk_rows *rows,
+                        int rope_r, const float *rope_freqs, const int want[3], int got[6]);
 
 #endif

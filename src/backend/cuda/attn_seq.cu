@@ -150,7 +150,7 @@ template <int NT> __global__ void __launch_bounds__(AT_THREADS, 1) attn_kernel(a
         __syncthreads(); /* every thread's copies of block b */
         uint16_t *kb = ks + (size_t)buf * AT_BLOCK * ldk;
         if (hd == 512 && a.kvl.r == 64) /* the engine's layout, compiled for */
-            at_expand_c<512, 64, 2>(a, rk, kb, ksc + buf * kscb, b);
+            at_expand_c<512, 64, 4>(a, rk, kb, ksc + buf * kscb, b);
         else
             at_expand<AT_XU, 1>(a, rk, kb, ksc + buf * kscb, b);
         __syncthreads();

@@ -80,7 +80,9 @@
  * bf16 cache before): Flash CSA N 1 11.5 -> 11.9, N 2 12.1 -> 14.3, N 4 18.2 -> 20.6, N 64
  * 58.7 -> 68.7, HCA 64K N 1 11.1 -> 11.9, Pro N 1 16.7 -> 23.0 (the HG 16 C 9 plan 20.4, the
  * cost model not refitted), N 4 36.2 -> 38.7; the gathers alone (no expansion) ran at or below
- * the bf16 times.
+ * the bf16 times. A warp expands 4 of its rows at once (at_expand_c's B; 2 before): in the
+ * step (dsv4 bench, H100) Flash 0.954 -> 0.953 ms at 1 row, 5.983 -> 5.980 at 64; main with
+ * the bf16 cache 0.937 and 5.93 (docs/PERF.md, session 41).
  *
  * Precondition: q holds bf16-exact values (faithful mode rounds q to bf16 before attention);
  * other values are rounded to bf16 here. A CSA pick >= cap_e counts as -1 here (the CPU fails).
@@ -99,9 +101,9 @@ namespace cg = cooperative_groups;
 /* ---- kv_store ------------------------------------------------------------------------------
  * kv [N, hd] -> entry slot[r] R + pos[r] % R of win (layout l: dsv4_kv_encode's bytes).
  * grid: N CTAs (one a row), 256 threads (dev_kv_store: a warp a scale block). */
-__global__ void __launch_bounds__(256) kv_store_kernel(uint8_t *win, int R, dsv4_kv_layout l,
-                                                       const float *kv, const int32_t *slot,
-                                                       const int32_t *pos)
+__global__ void __launch_bounds__(256)
+    kv_store_kernel(uint8_t *win, int R, dsv4_kv_layout l, const float *kv, const int32_t *slot,
+                    const int32_t *pos)
 {
     DSV4_PDL_WAIT();
     const int64_t r = blockIdx.x;
@@ -189,13 +191,12 @@ __device__ static inline void sa_load(const sa_args &a, const sa_row &rk, uint16
  * (at_expand); the caller syncs the CTA before the tile is read. ph holds each buffer's phase
  * parity, flipped by its wait (every load into a buffer is waited for once). */
 __device__ static inline void sa_wait(const sa_args &a, const sa_row &rk, uint16_t *kb,
-                                      const uint8_t *scl, int b, uint32_t bars, int i,
-                                      unsigned &ph)
+                                      const uint8_t *scl, int b, uint32_t bars, int i, unsigned &ph)
 {
     ring_bar_wait(bars + 8 * i, (ph >> i) & 1u);
     ph ^= 1u << i;
     if (a.hd == 512 && a.kvl.r == 64) /* the engine's layout, compiled for */
-        at_expand_c<512, 64, 2>(a, rk, kb, scl, b);
+        at_expand_c<512, 64, 4>(a, rk, kb, scl, b);
     else
         at_expand<SA_XU, 2>(a, rk, kb, scl, b);
 }
@@ -1002,13 +1003,11 @@ static dsv4_status sa_sequential(dsv4_backend *b, float *o, const float *q, int 
     return dsv4_cuda_bk_rope(b, o, (int64_t)H * hd, rows, H, hd, rope_r, rope_freqs, 1, 1);
 }
 
-extern "C" dsv4_status dsv4_cuda_attention_cfg(dsv4_backend *b, float *o, const float *q, int H,
-                                               int hd, int kr, const uint8_t *win, int R, int W,
-                                               const uint8_t *ent, int64_t cap_e, int m,
-                                               const int32_t *sel, int topk, const float *sink,
-                                               const dsv4_bk_rows *rows, int rope_r,
-                                               const float *rope_freqs, const int want[3],
-                                               int got[6])
+extern "C" dsv4_status
+dsv4_cuda_attention_cfg(dsv4_backend *b, float *o, const float *q, int H, int hd, int kr,
+                        const uint8_t *win, int R, int W, const uint8_t *ent, int64_t cap_e, int m,
+                        const int32_t *sel, int topk, const float *sink, const dsv4_bk_rows *rows,
+                        int rope_r, const float *rope_freqs, const int want[3], int got[6])
 {
     const int64_t N = rows->n;
     DSV4_TRY(at_check(H, hd, kr, win, R, W, ent, m, sel, topk));

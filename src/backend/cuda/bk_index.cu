@@ -32,9 +32,10 @@ enum {
 };
 
 /* x [n] in shared memory: blocks of `block` (the last may be shorter), one warp per block,
- * scale from the block's amax (NaN skipped), then round(x / s) * s in e2m1 (fp4) or e4m3.
- * Every thread of the CTA calls it; blockDim.x is a multiple of 32. */
-static __device__ void quant_blocks(float *x, int n, int block, int fp4)
+ * scale from the block's amax (NaN skipped), then round(x / s) * s in e2m1 (the indexer's FP4;
+ * the attention entries' FP8 is kv_dev.cuh's). Every thread of the CTA calls it; blockDim.x is
+ * a multiple of 32. */
+static __device__ void quant_blocks_fp4(float *x, int n, int block)
 {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (int b0 = warp * block; b0 < n; b0 += nw * block) {
@@ -48,11 +49,9 @@ static __device__ void quant_blocks(float *x, int n, int block, int fp4)
             const float t = __shfl_xor_sync(0xffffffffu, mx, o);
             if (t > mx) mx = t;
         }
-        const float s = fp4 ? dev_scale_fp4(mx) : dev_scale_fp8(mx);
-        for (int j = lane; j < len; j += 32) {
-            const float v = __fdiv_rn(x[b0 + j], s);
-            x[b0 + j] = __fmul_rn(fp4 ? dev_round_e2m1(v) : dev_round_e4m3(v), s);
-        }
+        const float s = dev_scale_fp4(mx);
+        for (int j = lane; j < len; j += 32)
+            x[b0 + j] = __fmul_rn(dev_round_e2m1(__fdiv_rn(x[b0 + j], s)), s);
     }
     __syncthreads();
 }
@@ -255,17 +254,14 @@ __global__ void comp_append_kernel(comp_jobs J, float eps, const float *freqs, i
     __syncthreads();
 
     rope_bf16(x, dim, r, freqs, i * m);
-    if (is_index) { /* indexer keys: Hadamard, then FP4 in blocks of 32 */
-        rotate_activation(x, dim, had_scale);
-        quant_blocks(x, dim, 32, 1);
-    } else { /* the non-RoPE dims: FP8 in blocks of 64 (x is bf16 already) */
-        quant_blocks(x, dim - r, 64, 0);
-    }
     const int64_t at = (int64_t)s * cap_e + i;
-    if (!is_index) { /* x is act_quant-ed in the cache's blocks: stored exactly */
-        dev_kv_store(dsv4_kv_layout_of(dim, r), (uint8_t *)jb.ent, at, x);
+    if (!is_index) { /* the non-RoPE dims: FP8 in blocks of 64 (x is bf16 already), stored */
+        dev_kv_quant_store(dsv4_kv_layout_of(dim, r), (uint8_t *)jb.ent, at, x);
         return;
     }
+    /* indexer keys: Hadamard, then FP4 in blocks of 32 */
+    rotate_activation(x, dim, had_scale);
+    quant_blocks_fp4(x, dim, 32);
     uint16_t *out = (uint16_t *)jb.ent + at * dim;
     for (int c = threadIdx.x; c < dim; c += nt)
         out[c] = (uint16_t)(__float_as_uint(dev_round_bf16(x[c])) >> 16);
@@ -343,7 +339,7 @@ __global__ void indexer_q_kernel(float *iq, int nh, int d, int r, const float *f
     __syncthreads();
     rope_bf16(xq, d, r, freqs, pos[row]);
     rotate_activation(xq, d, had_scale);
-    quant_blocks(xq, d, 32, 1);
+    quant_blocks_fp4(xq, d, 32);
     for (int c = threadIdx.x; c < d; c += blockDim.x) q[c] = xq[c];
 }
 

@@ -504,8 +504,9 @@ extern "C" dsv4_status dsv4_cuda_bk_head_norm_rope(dsv4_backend *b, float *q,
 
 // kv [N, hd] in place -> entry slot R + pos % R of win (kv_layout.h), per row: RMSNorm (w) ->
 // bf16 -> RoPE of the last r dims at pos -> bf16 -> act_quant of dims [0, hd - r) in blocks of
-// qblock (64, the cache's) -> stored (dev_kv_store: the same blocks, so the bytes hold it exactly). One CTA of ROW_THREADS per row (row = bx); the row (and w) staged in shared memory
-// (dynamic, 2 hd floats) between the steps, the cos / sin table made while the row loads.
+// qblock (64, the cache's), each block stored as it is quantised (dev_kv_quant_store). One CTA of
+// ROW_THREADS per row (row = bx); the row (and w) staged in shared memory (dynamic, 2 hd floats)
+// between the steps, the cos / sin table made while the row loads.
 __device__ static void kv_norm_rope_store_block(int64_t bx, uint8_t *win, int R, float *kv,
                                                 const float *w, const int32_t *slot,
                                                 const int32_t *pos, int hd, int r,
@@ -534,15 +535,10 @@ __device__ static void kv_norm_rope_store_block(int64_t bx, uint8_t *win, int R,
         e[0] = dev_round_bf16(__fadd_rn(__fmul_rn(a, c), __fmul_rn(-bv, s)));
         e[1] = dev_round_bf16(__fadd_rn(__fmul_rn(bv, c), __fmul_rn(a, s)));
     }
-    /* the quantised blocks [0, r0) and the rotated pairs [r0, hd) are disjoint */
-    const int nb = (r0 + qblock - 1) / qblock;
-    for (int qb = threadIdx.x >> 5; qb < nb; qb += blockDim.x >> 5) {
-        const int b0 = qb * qblock;
-        dev_warp_quant(sx + b0, sx + b0, r0 - b0 < qblock ? r0 - b0 : qblock);
-    }
-    __syncthreads();
+    /* the quantised blocks [0, r0) and the rotated pairs [r0, hd) are disjoint; the blocks go
+     * to the cache as they are quantised (qblock: the cache's 64, checked by the caller) */
+    dev_kv_quant_store(dsv4_kv_layout_of(hd, r), win, (int64_t)slot[bx] * R + p % R, sx);
     for (int i = threadIdx.x; i < hd; i += blockDim.x) x[i] = sx[i];
-    dev_kv_store(dsv4_kv_layout_of(hd, r), win, (int64_t)slot[bx] * R + p % R, sx);
 }
 
 __global__ static void kv_norm_rope_store_kernel(uint8_t *win, int R, float *kv, const float *w,
@@ -577,8 +573,8 @@ extern "C" dsv4_status dsv4_cuda_bk_kv_norm_rope_store(dsv4_backend *b, uint8_t 
 {
     if (R < 1 || hd <= r || qblock != DSV4_KV_QBLOCK)
         return dsv4_fail(DSV4_ERR_INVALID_ARGUMENT,
-                         "kv_norm_rope_store: R %d hd %d r %d block %d (the cache's: %d)", R, hd,
-                         r, qblock, DSV4_KV_QBLOCK);
+                         "kv_norm_rope_store: R %d hd %d r %d block %d (the cache's: %d)", R, hd, r,
+                         qblock, DSV4_KV_QBLOCK);
     DSV4_TRY(rope_check(1, hd, r, hd));
     if (rows->n <= 0) return DSV4_OK;
     const size_t smem = (size_t)hd * 8;

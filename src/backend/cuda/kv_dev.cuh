@@ -11,27 +11,32 @@
 
 #include <cstdint>
 
-/* Entry e of the buffer at base <- x [l.hd] (f32, shared or global memory, complete before the
- * call): dsv4_kv_encode's bytes. By the whole CTA (blockDim.x a multiple of 32): a warp a block
- * of 64 non-RoPE dims (amax of the bf16 values, dev_scale_fp8, e4m3 bytes, the exponent byte),
- * then the threads over the RoPE dims (bf16) and the padding. Writes global memory only. */
-static __device__ void dev_kv_store(const dsv4_kv_layout &l, uint8_t *base, int64_t e,
-                                    const float *x)
+/* One warp: a block of len <= 64 non-RoPE dims of an entry, in (shared or global memory) ->
+ * act_quant's values (bf16, then e4m3 with the block's power-of-two scale: dev_warp_quant's) into
+ * out (may be in; NULL: not kept), their e4m3 bytes into d [len] and the scale's exponent into
+ * *sc: what dsv4_kv_encode stores for in (kv_layout.c). */
+static __device__ void dev_kv_quant_block(const float *in, float *out, int len, uint8_t *d,
+                                          uint8_t *sc)
 {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    uint8_t *d = base + dsv4_kv_data_off(&l, e), *sc = base + dsv4_kv_scale_off(&l, e);
-    for (int b = warp; b < l.nblk; b += nw) {
-        const int b0 = b * DSV4_KV_QBLOCK;
-        const int len = l.nope - b0 < DSV4_KV_QBLOCK ? l.nope - b0 : DSV4_KV_QBLOCK;
-        float amax = 0.0f;
-        for (int i = lane; i < len; i += 32)
-            amax = fmaxf(amax, fabsf(dev_round_bf16(x[b0 + i]))); /* fmaxf skips a NaN */
-        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        const float s = dev_scale_fp8(amax);
-        for (int i = lane; i < len; i += 32)
-            d[b0 + i] = dsv4_e4m3_bits_exact(dev_round_e4m3(__fdiv_rn(dev_round_bf16(x[b0 + i]), s)));
-        if (lane == 0) sc[b] = (uint8_t)(__float_as_uint(s) >> 23);
+    const int lane = threadIdx.x & 31;
+    float amax = 0.0f;
+    for (int i = lane; i < len; i += 32)
+        amax = fmaxf(amax, fabsf(dev_round_bf16(in[i]))); /* fmaxf skips a NaN */
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const float s = dev_scale_fp8(amax);
+    for (int i = lane; i < len; i += 32) {
+        const float q = dev_round_e4m3(__fdiv_rn(dev_round_bf16(in[i]), s));
+        if (out) out[i] = __fmul_rn(q, s);
+        d[i] = dsv4_e4m3_bits_exact(q);
     }
+    if (lane == 0) *sc = (uint8_t)(__float_as_uint(s) >> 23);
+}
+
+/* The rest of an entry once its blocks are stored (dev_kv_quant_block): the RoPE dims x [nope,
+ * hd) as bf16 and the zero padding of the data row d and the scale row sc. By the whole CTA. */
+static __device__ void dev_kv_store_tail(const dsv4_kv_layout &l, uint8_t *d, uint8_t *sc,
+                                         const float *x)
+{
     for (int i = threadIdx.x; i < l.scale_bytes - l.nblk; i += blockDim.x) sc[l.nblk + i] = 0;
     for (int i = threadIdx.x; i < l.r; i += blockDim.x) { /* bytewise: nope may be odd */
         const uint32_t h = __float_as_uint(dev_round_bf16(x[l.nope + i])) >> 16;
@@ -39,6 +44,41 @@ static __device__ void dev_kv_store(const dsv4_kv_layout &l, uint8_t *base, int6
         d[l.nope + 2 * i + 1] = (uint8_t)(h >> 8);
     }
     for (int i = l.nope + 2 * l.r + threadIdx.x; i < l.data_bytes; i += blockDim.x) d[i] = 0;
+}
+
+/* Entry e of the buffer at base <- x [l.hd] (f32, shared or global memory, complete before the
+ * call): dsv4_kv_encode's bytes. By the whole CTA (blockDim.x a multiple of 32): a warp a block
+ * of 64 non-RoPE dims, then the tail. Writes global memory only. */
+static __device__ void dev_kv_store(const dsv4_kv_layout &l, uint8_t *base, int64_t e,
+                                    const float *x)
+{
+    const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    uint8_t *d = base + dsv4_kv_data_off(&l, e), *sc = base + dsv4_kv_scale_off(&l, e);
+    for (int b = warp; b < l.nblk; b += nw) {
+        const int b0 = b * DSV4_KV_QBLOCK;
+        const int len = l.nope - b0 < DSV4_KV_QBLOCK ? l.nope - b0 : DSV4_KV_QBLOCK;
+        dev_kv_quant_block(x + b0, NULL, len, d + b0, sc + b);
+    }
+    dev_kv_store_tail(l, d, sc, x);
+}
+
+/* act_quant of an entry's non-RoPE dims x [nope] in place (shared memory) with the entry's
+ * bytes stored as it goes (dev_kv_quant_block, a warp a block), then, after a CTA barrier, its
+ * tail: one pass where quantising and then dev_kv_store would take two. The stored bytes may
+ * differ from dev_kv_store's of the quantised x (a block whose amax rounds down to 224 s is
+ * stored there with s / 2), the stored values never do. By the whole CTA. */
+static __device__ void dev_kv_quant_store(const dsv4_kv_layout &l, uint8_t *base, int64_t e,
+                                          float *x)
+{
+    const int warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    uint8_t *d = base + dsv4_kv_data_off(&l, e), *sc = base + dsv4_kv_scale_off(&l, e);
+    for (int b = warp; b < l.nblk; b += nw) {
+        const int b0 = b * DSV4_KV_QBLOCK;
+        const int len = l.nope - b0 < DSV4_KV_QBLOCK ? l.nope - b0 : DSV4_KV_QBLOCK;
+        dev_kv_quant_block(x + b0, x + b0, len, d + b0, sc + b);
+    }
+    __syncthreads();
+    dev_kv_store_tail(l, d, sc, x);
 }
 
 /* The per-halfword addend that turns an e4m3 value's f16 bits (exponent and top mantissa bits
