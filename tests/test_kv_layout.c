@@ -52,6 +52,7 @@ static void test_e4m3_codes(void)
         bad += dsv4_e4m3_bits_exact(dsv4_e4m3_to_f32((uint8_t)c)) != c;
     }
     CHECK_MSG(bad == 0, "%d e4m3 codes do not survive dsv4_e4m3_bits_exact", bad);
+    CHECK(dsv4_e4m3_bits_exact(NAN) == 0x7f && dsv4_e4m3_bits_exact(-NAN) == 0x7f);
 }
 
 /* Rows of hd values at several magnitudes (tiny amax below the 1e-4 floor, zero blocks, large):

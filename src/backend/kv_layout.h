@@ -80,11 +80,13 @@ static inline DSV4_HD int64_t dsv4_kv_scale_off(const dsv4_kv_layout *l, int64_t
 }
 
 /* The e4m3fn bits of x, which must be an e4m3 value (|x| <= 448, at most 3 significant bits
- * below its leading one, not below 2^-9): exact, no rounding. */
+ * below its leading one, not below 2^-9) or a NaN (0x7f, whatever its sign and payload, so that
+ * every device stores the same byte): exact, no rounding. */
 static inline DSV4_HD uint8_t dsv4_e4m3_bits_exact(float x)
 {
     uint32_t u;
     memcpy(&u, &x, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7f;
     const uint8_t sign = (uint8_t)((u >> 24) & 0x80);
     const int e = (int)((u >> 23) & 0xff) - 127; /* x = 1.m * 2^e when normal in e4m3 */
     if (e >= -6) return (uint8_t)(sign | (uint32_t)(e + 7) << 3 | ((u >> 20) & 7));
@@ -94,11 +96,17 @@ static inline DSV4_HD uint8_t dsv4_e4m3_bits_exact(float x)
     return (uint8_t)(sign | man);
 }
 
+#ifdef __cplusplus
+extern "C" {
+#endif
 /* Host: entry e of the buffer at base <- x [hd] (f32): the non-RoPE dims act_quant-ed in blocks
  * of 64 (an act_quant-ed x is kept exactly), the RoPE dims rounded to bf16. kv_layout.c */
 void dsv4_kv_encode(const dsv4_kv_layout *l, uint8_t *base, int64_t e, const float *x);
 /* Host: x [hd] <- entry e (f32, exact). */
 void dsv4_kv_decode(const dsv4_kv_layout *l, const uint8_t *base, int64_t e, float *x);
+#ifdef __cplusplus
+}
+#endif
 /* splitmix64's finaliser (the backends' fills hash (seed, index) with it). */
 static inline DSV4_HD uint64_t dsv4_mix64(uint64_t z)
 {
