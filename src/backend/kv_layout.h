@@ -90,7 +90,7 @@ static inline DSV4_HD uint8_t dsv4_e4m3_bits_exact(float x)
     const uint8_t sign = (uint8_t)((u >> 24) & 0x80);
     const int e = (int)((u >> 23) & 0xff) - 127; /* x = 1.m * 2^e when normal in e4m3 */
     if (e >= -6) return (uint8_t)(sign | (uint32_t)(e + 7) << 3 | ((u >> 20) & 7));
-    if ((u & 0x7fffffffu) == 0) return sign;
+    if (e < -9) return sign; /* zero (and, outside the contract, anything below 2^-9) */
     /* subnormal e4m3: x = man * 2^-9, man in 1..7 */
     const uint32_t man = ((u & 0x7fffffu) | 0x800000u) >> (20 - 6 - e);
     return (uint8_t)(sign | man);
