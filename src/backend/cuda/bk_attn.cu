@@ -835,7 +835,10 @@ static int sa_layout(sa_args *a, int NT, int list_len)
  * The kernels have got faster since: against session 20's sweep of 464 plans (test_gpu_attn
  * --sweep, tools/fit_attn_plans.py) the model estimates 56% high on average, but it still picks
  * the measured best plan, or one within 5%, in every swept decode case, and refitted constants
- * picked the same plans; so these stay. */
+ * picked the same plans; so these stay. The serving layout adds ~1 us a block a CTA (at_expand:
+ * each of its blocks, and each block fetched again, is expanded), which every head group pays
+ * for the same keys: without it the model kept Pro's one-row HG 8 C 6 kb 3 (21.4 us) over HG 16
+ * C 9 (20.1; session 41). */
 static double sa_cost(int64_t ctas, int per_sm, int n_sm, int C, int kb, int rounds, int NT, int nb,
                       int cap)
 {
@@ -846,9 +849,11 @@ static double sa_cost(int64_t ctas, int per_sm, int n_sm, int C, int kb, int rou
         w = wc > w ? wc : w;
     }
     const double waves = (double)w;
-    const double cta = C > 1 ? 6.0 + rounds * (4.3 + 0.35 * HG + (kb - 1) * (3.0 + 0.15 * HG) +
-                                               (kb > 2 ? kb - 2 : 0) * 3.0)
-                             : 4.8 + nb * (2.85 + 0.13 * HG);
+    const double x = 1.0; /* expanding a block (at_expand) */
+    const double cta =
+        C > 1 ? 6.0 + rounds * (4.3 + 0.35 * HG + (kb - 1) * (3.0 + 0.15 * HG) +
+                                (kb > 2 ? kb - 2 : 0) * 3.0 + (kb + (kb > 2 ? kb - 2 : 0)) * x)
+              : 4.8 + nb * (2.85 + 0.13 * HG + x);
     return waves * cta * (per_sm > 1 && ctas > n_sm ? 1.5 : 1.0);
 }
 
