@@ -19,11 +19,7 @@ static __device__ void dev_kv_quant_block(const float *in, float *out, int len, 
                                           uint8_t *sc)
 {
     const int lane = threadIdx.x & 31;
-    float amax = 0.0f;
-    for (int i = lane; i < len; i += 32)
-        amax = fmaxf(amax, fabsf(dev_round_bf16(in[i]))); /* fmaxf skips a NaN */
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float s = dev_scale_fp8(amax);
+    const float s = dev_warp_scale_fp8(in, len);
     for (int i = lane; i < len; i += 32) {
         const float q = dev_round_e4m3(__fdiv_rn(dev_round_bf16(in[i]), s));
         if (out) out[i] = __fmul_rn(q, s);

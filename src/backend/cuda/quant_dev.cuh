@@ -74,6 +74,17 @@ static __device__ __forceinline__ float dev_scale_fp8(float amax)
     return dev_pow2_ceil_bits(__fmul_rn(fmaxf(amax, 1e-4f), (float)(1.0 / 448.0)));
 }
 
+/* The act_quant scale of one block in [len], by one warp (every lane gets it): dev_scale_fp8 of
+ * the amax of the bf16-rounded values (fmaxf skips a NaN; a max is order-free, so the CPU's). */
+static __device__ __forceinline__ float dev_warp_scale_fp8(const float *in, int len)
+{
+    const int lane = threadIdx.x & 31;
+    float amax = 0.0f;
+    for (int i = lane; i < len; i += 32) amax = fmaxf(amax, fabsf(dev_round_bf16(in[i])));
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    return dev_scale_fp8(amax);
+}
+
 /* dsv4_scale_fp4: 2^ceil(log2(max(amax, 6 FLT_MIN) * (1/6))). */
 static __device__ __forceinline__ float dev_scale_fp4(float amax)
 {

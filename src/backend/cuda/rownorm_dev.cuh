@@ -79,11 +79,7 @@ static __device__ float dev_rms_scale(const float *x, int width, float eps, doub
 static __device__ void dev_warp_quant(float *out, const float *in, int len)
 {
     const int lane = threadIdx.x & 31;
-    float amax = 0.0f;
-    for (int i = lane; i < len; i += 32)
-        amax = fmaxf(amax, fabsf(dev_round_bf16(in[i]))); /* fmaxf skips a NaN */
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const float s = dev_scale_fp8(amax);
+    const float s = dev_warp_scale_fp8(in, len);
     for (int i = lane; i < len; i += 32) {
         const float v = dev_round_bf16(in[i]);
         out[i] = __fmul_rn(dev_round_e4m3(__fdiv_rn(v, s)), s);
