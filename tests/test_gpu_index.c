@@ -184,27 +184,25 @@ static vec_stats cmp_vectors(const float *got, const float *want, int64_t n_vec,
     return s;
 }
 
-static void bf16_to_f32(float *out, const uint16_t *in, int64_t n)
+/* The serving layout (kv_layout.h) of compressed entries of dim dims: the indexer's keys, or
+ * the attention's entries with r RoPE dims. */
+static dsv4_kv_layout ent_layout(int is_index, int dim, int r)
 {
-    for (int64_t i = 0; i < n; i++) out[i] = dsv4_bf16_to_f32(in[i]);
+    return is_index ? dsv4_ik_layout_of(dim) : dsv4_kv_layout_of(dim, r);
 }
 
-/* Bytes of n compressed entries of dim dims: the indexer's bf16, the attention's in the serving
- * layout (kv_layout.h, r RoPE dims). */
+/* Bytes of n such entries. */
 static size_t ent_bytes(int is_index, int dim, int r, int64_t n)
 {
-    const dsv4_kv_layout l = dsv4_kv_layout_of(dim, r);
-    return is_index ? (size_t)(n * dim) * 2 : (size_t)dsv4_kv_bytes(&l, n);
+    const dsv4_kv_layout l = ent_layout(is_index, dim, r);
+    return (size_t)dsv4_kv_bytes(&l, n);
 }
 
 /* The f32 values of n such entries, [n, dim]. */
 static void ent_values(float *out, const void *ent, int is_index, int dim, int r, int64_t n)
 {
-    const dsv4_kv_layout l = dsv4_kv_layout_of(dim, r);
-    if (is_index)
-        bf16_to_f32(out, ent, n * dim);
-    else
-        for (int64_t e = 0; e < n; e++) dsv4_kv_decode(&l, ent, e, out + e * dim);
+    const dsv4_kv_layout l = ent_layout(is_index, dim, r);
+    for (int64_t e = 0; e < n; e++) dsv4_kv_decode(&l, ent, e, out + e * dim);
 }
 
 /* ---- comp_append --------------------------------------------------------------------------- */
@@ -366,8 +364,8 @@ static void host_topk(int32_t *sel, const float *sc, int64_t nvis, int topk)
 typedef struct index_inputs {
     int nh, d, m, topk, S;
     int64_t cap_e;
-    uint16_t *ent; /* [S, cap_e, d] host */
-    uint16_t *d_ent;
+    uint8_t *ent; /* S cap_e keys (dsv4_ik_layout_of(d)), host */
+    uint8_t *d_ent;
 } index_inputs;
 
 /* Keys: FP4-grid vectors; slot 3 repeats 8 vectors (entry e = vector e % 8: ties everywhere);
@@ -376,30 +374,29 @@ typedef struct index_inputs {
 static void index_inputs_make(index_inputs *in, int nh, int d, int m, int topk, int64_t cap_e)
 {
     *in = (index_inputs){nh, d, m, topk, 4, cap_e, NULL, NULL};
-    const size_t n = (size_t)in->S * cap_e * d;
-    in->ent = malloc(n * 2);
-    float *x = malloc((size_t)d * 4);
+    const dsv4_kv_layout l = dsv4_ik_layout_of(d);
+    const int64_t ne = (int64_t)in->S * cap_e;
+    const size_t bytes = (size_t)dsv4_kv_bytes(&l, ne), vb = (size_t)d * sizeof(float);
+    in->ent = calloc(bytes, 1);
+    float *x = malloc((size_t)ne * vb); /* the keys' values, [S cap_e, d] */
     for (int s = 0; s < in->S; s++) {
-        uint16_t *e0 = in->ent + (size_t)s * cap_e * d;
+        float *e0 = x + (size_t)s * cap_e * d;
         for (int64_t e = 0; e < cap_e; e++) {
-            uint16_t *dst = e0 + e * d;
-            if (s == 3 && e >= 8) {
-                memcpy(dst, e0 + (e % 8) * d, (size_t)d * 2);
-                continue;
-            }
-            fp4_vector(x, d, (float)exp(0.5 * rng_gauss()));
-            for (int i = 0; i < d; i++) dst[i] = dsv4_bf16_bits(x[i]);
+            if (s == 3 && e >= 8)
+                memcpy(e0 + e * d, e0 + (e % 8) * d, vb);
+            else
+                fp4_vector(e0 + e * d, d, (float)exp(0.5 * rng_gauss()));
         }
         if (s == 3) continue;
-        for (int64_t e = 200; e < 300 && e < cap_e; e++)
-            memcpy(e0 + e * d, e0 + (e - 100) * d, (size_t)d * 2);
+        for (int64_t e = 200; e < 300 && e < cap_e; e++) memcpy(e0 + e * d, e0 + (e - 100) * d, vb);
         for (int j = 0; j < 40; j++) {
             const int64_t e = 7 + j * (cap_e / 48);
-            if (e < cap_e) memcpy(e0 + e * d, e0 + 2 * d, (size_t)d * 2);
+            if (e < cap_e) memcpy(e0 + e * d, e0 + 2 * d, vb);
         }
     }
+    for (int64_t e = 0; e < ne; e++) dsv4_kv_encode(&l, in->ent, e, x + e * d);
     free(x);
-    in->d_ent = gpu_dup(in->ent, n * 2);
+    in->d_ent = gpu_dup(in->ent, bytes);
 }
 
 static void index_inputs_free(index_inputs *in)

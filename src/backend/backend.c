@@ -580,7 +580,7 @@ dsv4_status dsv4_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *ro
 }
 
 dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq, const float *iw,
-                                 float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
+                                 float w_scale, const uint8_t *ent, int64_t cap_e, int nh, int d,
                                  int m, int topk, const dsv4_bk_rows *rows, void *ws)
 {
 #ifdef DSV4_HAVE_CUDA
@@ -593,7 +593,7 @@ dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
 
 /* The CPU: dsv4_cpu_bk_indexer_q, then dsv4_cpu_bk_indexer_topk. */
 dsv4_status dsv4_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
-                                   float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
+                                   float w_scale, const uint8_t *ent, int64_t cap_e, int nh, int d,
                                    int r, const float *freqs, int m, int topk,
                                    const dsv4_bk_rows *rows, void *ws, const int32_t *after)
 {

@@ -11,8 +11,8 @@
  * "bf16" rounding below is f32 -> bf16 -> f32, nearest-even (dsv4_round_bf16). The attention's
  * cached keys and compressed entries are stored in the serving layout (kv_layout.h: e4m3 bytes
  * with a power-of-two scale a 64 non-RoPE dims, the RoPE dims bf16; 584 B at hd 512), the
- * indexer's keys as bf16 bit patterns (uint16_t): in faithful mode every cached value is exact
- * in either, so this loses nothing.
+ * indexer's keys too (dsv4_ik_layout_of: e2m1 nibbles with a power-of-two scale a 32 dims; 68 B
+ * at 128 dims): in faithful mode every cached value is exact in either, so this loses nothing.
  *
  * Batching: an op runs on N "rows", one token each; row r belongs to the sequence held in state
  * slot slot[r] and sits at position pos[r] (dsv4_bk_rows). Rows of one slot appear in
@@ -25,9 +25,9 @@
  *                            s R + p % R (R >= W + chunk)
  *   compressor rows ring_kv  [S, Rc, width] f32, ring_gate likewise (gate already + ape);
  *                   position p at p % Rc (Rc >= 2m + chunk)
- *   entries         ent      S cap_e entries (kv_layout.h; the indexer's: [S, cap_e, dim]
- *                            bf16); entry i of slot s (index s cap_e + i) pools positions
- *                            [i*m, (i+1)*m)
+ *   entries         ent      S cap_e entries (kv_layout.h of hd, r; the indexer's keys:
+ *                            dsv4_ik_layout_of(dim)); entry i of slot s (index s cap_e + i)
+ *                            pools positions [i*m, (i+1)*m)
  *
  * Shapes in comments: `x [N, width]` row-major; ld* are row strides in elements (>= width).
  * Every op returns DSV4_OK or an error with dsv4_last_error() text; a CUDA op only enqueues work
@@ -81,7 +81,7 @@ dsv4_status dsv4_bk_memset0(dsv4_backend *b, void *p, size_t bytes);
  * on every device (benchmarks fill a cache with varied keys). */
 dsv4_status dsv4_bk_fill_bf16(dsv4_backend *b, uint16_t *p, size_t n, uint64_t seed);
 /* p: n entries of layout l (dsv4_kv_bytes(l, n) bytes) of valid random values, byte i
- * dsv4_fill_kv_byte(l, seed, i) on every device (benchmarks fill the attention cache). */
+ * dsv4_fill_kv_byte(l, seed, i) on every device (benchmarks fill the caches). */
 dsv4_status dsv4_bk_fill_kv(dsv4_backend *b, uint8_t *p, const dsv4_kv_layout *l, int64_t n,
                             uint64_t seed);
 /* dsv4_fill_bf16_bits (kv_layout.h): the value it writes at index i. */
@@ -270,7 +270,8 @@ dsv4_status dsv4_bk_kv_store(dsv4_backend *b, uint8_t *win, int R, int hd, int r
  * previous window's first halves, then this window's second halves; else ns = m), RMSNorm(norm),
  * RoPE at position i * m (freqs, last r dims), then quantised: is_index -> Hadamard + FP4 (block
  * 32), else FP8 on the dim - r non-RoPE dims (block 64); each step bf16-rounded as there.
- * -> entry slot cap_e + i of ent (is_index: bf16 [S, cap_e, dim]; else kv_layout.h of dim, r).
+ * -> entry slot cap_e + i of ent (kv_layout.h: is_index dsv4_ik_layout_of(dim), else
+ * dsv4_kv_layout_of(dim, r)).
  * Rc >= ns + N - 1 (no row of the step overwrites a ring row a window
  * of the same step reads; the engine's 2m + max_chunk). */
 dsv4_status dsv4_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e, float *ring_kv,
@@ -301,13 +302,14 @@ dsv4_status dsv4_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *ro
                               int r, const float *freqs);
 /* Row r sees n_vis = (pos[r] + 1) / m entries of its slot; k = min(n_vis, topk). Scores as
  * forward_attn.c faithful_index_scores (iq [N, nh, d] as dsv4_bk_indexer_q leaves it, keys
- * ent[slot] [cap_e, d]) with the head weights bf16(iw * w_scale) (iw [N, nh]: dsv4_bk_scale
- * folded in); the k best go to sel[r][0..k) in descending score order, equal scores lower index
- * first; sel[r][k..topk) = -1.  sel [N, topk]. ws: dsv4_bk_indexer_ws_bytes(N, cap_e) bytes,
- * zero-filled once (dsv4_bk_alloc) and left so by every call. */
+ * entries slot cap_e .. of ent, layout dsv4_ik_layout_of(d)) with the head weights bf16(iw *
+ * w_scale) (iw [N, nh]: dsv4_bk_scale folded in); the k best go to sel[r][0..k) in descending score
+ * order, equal scores lower index first; sel[r][k..topk) = -1.  sel [N, topk]. ws:
+ * dsv4_bk_indexer_ws_bytes(N, cap_e) bytes, zero-filled once (dsv4_bk_alloc) and left so by every
+ * call. */
 size_t dsv4_bk_indexer_ws_bytes(int64_t N, int64_t cap_e);
 dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq, const float *iw,
-                                 float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
+                                 float w_scale, const uint8_t *ent, int64_t cap_e, int nh, int d,
                                  int m, int topk, const dsv4_bk_rows *rows, void *ws);
 /* indexer_q_topk: dsv4_bk_indexer_q(iq, rows, nh, d, r, freqs), then dsv4_bk_indexer_topk on
  * the result, in one op (CUDA at nh 64, d 128, N <= 16: the queries' chain in the cluster
@@ -318,7 +320,7 @@ dsv4_status dsv4_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
  * issued between a side_mark and this side chain's side_begin_marked): iq is read only once it
  * is 1 (the CPU, which runs in issue order, checks that it is). */
 dsv4_status dsv4_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
-                                   float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
+                                   float w_scale, const uint8_t *ent, int64_t cap_e, int nh, int d,
                                    int r, const float *freqs, int m, int topk,
                                    const dsv4_bk_rows *rows, void *ws, const int32_t *after);
 

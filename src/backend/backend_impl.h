@@ -82,7 +82,7 @@ dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e, f
 dsv4_status dsv4_cpu_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows *rows, int nh,
                                   int d, int r, const float *freqs);
 dsv4_status dsv4_cpu_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
-                                     const float *iw, float w_scale, const uint16_t *ent,
+                                     const float *iw, float w_scale, const uint8_t *ent,
                                      int64_t cap_e, int nh, int d, int m, int topk,
                                      const dsv4_bk_rows *rows, void *ws);
 dsv4_status dsv4_cpu_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd, int kr,
@@ -175,11 +175,11 @@ dsv4_status dsv4_cuda_bk_comp_append_multi(dsv4_backend *b, const dsv4_bk_comp_j
                                            float eps, const float *freqs, int r,
                                            const dsv4_bk_rows *rows);
 dsv4_status dsv4_cuda_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
-                                        float w_scale, const uint16_t *ent, int64_t cap_e, int nh,
+                                        float w_scale, const uint8_t *ent, int64_t cap_e, int nh,
                                         int d, int r, const float *freqs, int m, int topk,
                                         const dsv4_bk_rows *rows, void *ws, const int32_t *after);
 dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
-                                      const float *iw, float w_scale, const uint16_t *ent,
+                                      const float *iw, float w_scale, const uint8_t *ent,
                                       int64_t cap_e, int nh, int d, int m, int topk,
                                       const dsv4_bk_rows *rows, void *ws);
 dsv4_status dsv4_cuda_bk_attention(dsv4_backend *b, float *o, const float *q, int H, int hd, int kr,

@@ -388,12 +388,18 @@ static int64_t max_i64(const int64_t *v, int n)
  * the head, the final norms and the B embedding rows. State, per sequence and layer at position
  * p = context: the window keys min(p + 1, W) x head_dim, on CSA layers all (p+1)/4 indexer keys
  * (scored) + the min((p+1)/4, topk) selected entries, on HCA layers the (p+1)/128 entries; the
- * attention's entries in the serving layout (kv_bytes: 584 B at Flash/Pro shapes), the indexer
- * keys bf16. Not counted: activations, the compressor rings (read when a window closes) and
+ * attention's entries and the indexer keys in the serving layout (kv_bytes: 584 B and 68 B at
+ * Flash/Pro shapes). Not counted: activations, the compressor rings (read when a window closes) and
  * writes. */
 static double kv_bytes(const dsv4_config *c)
 {
     const dsv4_kv_layout l = dsv4_kv_layout_of(c->head_dim, c->rope_dim);
+    return (double)dsv4_kv_entry_bytes(&l);
+}
+
+static double ik_bytes(const dsv4_config *c)
+{
+    const dsv4_kv_layout l = dsv4_ik_layout_of(c->index_head_dim);
     return (double)dsv4_kv_entry_bytes(&l);
 }
 
@@ -412,7 +418,7 @@ static void step_bytes(const dsv4_model *m, int64_t ctx, int B, decode_row *r)
         kv += fmin(p1, (double)c->sliding_window) * kv_bytes(c);
         if (ratio == 4) {
             const double n_ent = floor(p1 / 4.0);
-            kv += n_ent * c->index_head_dim * 2.0 + fmin(n_ent, c->index_topk) * kv_bytes(c);
+            kv += n_ent * ik_bytes(c) + fmin(n_ent, c->index_topk) * kv_bytes(c);
         } else if (ratio > 0) {
             kv += floor(p1 / ratio) * kv_bytes(c);
         }
@@ -482,7 +488,7 @@ static double op_bytes(const dsv4_model *m, const char *op, int64_t ctx, int B)
                 kv += floor(p1 / ratio) * kv_bytes(c);
             s += kv * B;
         } else if (!strcmp(op, "index.topk") && ratio == 4)
-            s += floor(p1 / 4.0) * c->index_head_dim * 2.0 * B;
+            s += floor(p1 / 4.0) * ik_bytes(c) * B;
     }
     return s;
 }

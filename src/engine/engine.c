@@ -54,12 +54,12 @@ static void resolve(const dsv4_config *c, const dsv4_engine_options *o, sizes *z
     z->I_max = shared_I > c->moe_intermediate_size ? shared_I : c->moe_intermediate_size;
 }
 
-/* Bytes of one slot's n cached entries (n whole pages): the attention's in the serving layout
- * (kv_layout.h), the indexer's keys (index) bf16. */
+/* Bytes of one slot's n cached entries (n whole pages) in the serving layout (kv_layout.h): the
+ * attention's, or the indexer's keys (index). */
 static uint64_t cache_bytes(const dsv4_config *c, int index, int64_t n)
 {
-    if (index) return (uint64_t)n * (uint64_t)c->index_head_dim * 2u;
-    const dsv4_kv_layout l = dsv4_kv_layout_of(c->head_dim, c->rope_dim);
+    const dsv4_kv_layout l =
+        index ? dsv4_ik_layout_of(c->index_head_dim) : dsv4_kv_layout_of(c->head_dim, c->rope_dim);
     return (uint64_t)dsv4_kv_bytes(&l, n);
 }
 
@@ -573,15 +573,14 @@ dsv4_status dsv4_engine_fill_cache(dsv4_engine *e, uint64_t seed)
 {
     const int64_t S1 = e->S + 1;
     const dsv4_kv_layout kl = dsv4_kv_layout_of(e->c->head_dim, e->c->rope_dim);
+    const dsv4_kv_layout il = dsv4_ik_layout_of(e->c->index_head_dim);
     for (int li = 0; li < e->n_layers; li++) {
         eng_layer *L = &e->L[li];
         const uint64_t s = seed + 3 * (uint64_t)li;
         DSV4_TRY(dsv4_bk_fill_kv(e->b, L->win, &kl, S1 * e->R, s));
         if (L->comp.ratio)
             DSV4_TRY(dsv4_bk_fill_kv(e->b, L->comp.ent, &kl, S1 * L->comp.cap, s + 1));
-        if (L->idx.ratio)
-            DSV4_TRY(
-                dsv4_bk_fill_bf16(e->b, L->idx.ent, (size_t)(S1 * L->idx.cap * L->idx.dim), s + 2));
+        if (L->idx.ratio) DSV4_TRY(dsv4_bk_fill_kv(e->b, L->idx.ent, &il, S1 * L->idx.cap, s + 2));
     }
     return dsv4_bk_sync(e->b);
 }

@@ -73,9 +73,9 @@ int64_t dsv4_engine_slot_pos(const dsv4_engine *e, int slot);
 /* Sets a slot's position without computing (benchmarks: the state then holds whatever it held). */
 dsv4_status dsv4_engine_slot_seek(dsv4_engine *e, int slot, int64_t pos);
 /* Fills every slot's cached keys (window rings, compressed and indexer entries) with varied
- * valid values (dsv4_bk_fill_kv for the attention's serving layout, dsv4_bk_fill_bf16 for the
- * indexer keys; benchmarks: after slot_seek the attention and the indexer then rank distinct
- * scores instead of a cache of zeros, where every score ties). */
+ * valid values (dsv4_bk_fill_kv, the serving layout of both; benchmarks: after slot_seek the
+ * attention and the indexer then rank distinct scores instead of a cache of zeros, where every
+ * score ties). */
 dsv4_status dsv4_engine_fill_cache(dsv4_engine *e, uint64_t seed);
 
 /* Appends ids[0..n) to `slot` in chunks of at most max_chunk rows. logits: host [V] of the last

@@ -187,11 +187,12 @@ dsv4_status dsv4_model_get_layer_info(const dsv4_model *m, int i, dsv4_layer_inf
     return DSV4_OK;
 }
 
-/* Bytes of one cached attention entry in the serving layout the engine stores
- * (backend/kv_layout.h: 584 B at head_dim 512, rope_dim 64). */
-static uint64_t kv_entry_bytes(const dsv4_config *c)
+/* Bytes of one cached attention entry (index: indexer key) in the serving layout the engine
+ * stores (backend/kv_layout.h: 584 B at head_dim 512, rope_dim 64; 68 B at index_head_dim 128). */
+static uint64_t kv_entry_bytes(const dsv4_config *c, int index)
 {
-    const dsv4_kv_layout l = dsv4_kv_layout_of(c->head_dim, c->rope_dim);
+    const dsv4_kv_layout l =
+        index ? dsv4_ik_layout_of(c->index_head_dim) : dsv4_kv_layout_of(c->head_dim, c->rope_dim);
     return (uint64_t)dsv4_kv_entry_bytes(&l);
 }
 
@@ -208,8 +209,7 @@ dsv4_status dsv4_model_plan_memory(const dsv4_model *m, int64_t context, int bat
     const dsv4_config *c = &m->cfg;
     dsv4_model_info info;
     DSV4_TRY(dsv4_model_get_info(m, &info));
-    const uint64_t entry = kv_entry_bytes(c);
-    const uint64_t idx_entry = (uint64_t)c->index_head_dim + 4; /* FP8 key + f32 scale */
+    const uint64_t entry = kv_entry_bytes(c, 0), idx_entry = kv_entry_bytes(c, 1);
     uint64_t per_seq = 0;
     for (int i = 0; i < m->w.n_layers; i++) {
         const int r = m->w.layers[i].compress_ratio;

@@ -37,7 +37,7 @@ static void comp_store(float *ring_kv, float *ring_gate, int Rc, int width, cons
 
 /* ---- closing windows: pool_entry of forward_attn.c ----------------------------------------- */
 typedef struct pool_job {
-    void *ent; /* is_index: bf16 [S, cap_e, dim]; else the serving layout (kv_layout.h) */
+    void *ent; /* the serving layout (kv_layout.h): is_index dsv4_ik_layout_of(dim) */
     int64_t cap_e;
     const float *ring_kv, *ring_gate, *norm, *freqs;
     int Rc, width, dim, m, r, is_index;
@@ -79,15 +79,9 @@ static void pool_row(int64_t row, void *ctx)
     } else { /* the non-RoPE dims: FP8 in blocks of 64 */
         dsv4_sim_act_quant(e, d - j->r, 64);
     }
-    const int64_t at = (int64_t)j->rows->slot[row] * j->cap_e + i;
-    if (!j->is_index) { /* stores e exactly: it is act_quant-ed already */
-        const dsv4_kv_layout l = dsv4_kv_layout_of(d, j->r);
-        dsv4_kv_encode(&l, j->ent, at, e);
-        return;
-    }
-    uint16_t *out = (uint16_t *)j->ent + at * d;
-    /* e is exactly representable in bf16 here; rounding again only guards the contract */
-    for (int c = 0; c < d; c++) out[c] = dsv4_bf16_bits(e[c]);
+    /* stores e exactly: it is act_quant-ed (FP4-rounded) already */
+    const dsv4_kv_layout l = j->is_index ? dsv4_ik_layout_of(d) : dsv4_kv_layout_of(d, j->r);
+    dsv4_kv_encode(&l, j->ent, (int64_t)j->rows->slot[row] * j->cap_e + i, e);
 }
 
 dsv4_status dsv4_cpu_bk_comp_append(dsv4_backend *b, void *ent, int64_t cap_e, float *ring_kv,
@@ -155,7 +149,7 @@ dsv4_status dsv4_cpu_bk_indexer_q(dsv4_backend *b, float *iq, const dsv4_bk_rows
 typedef struct topk_job {
     int32_t *sel;
     const float *iq, *iw;
-    const uint16_t *ent;
+    const uint8_t *ent; /* dsv4_ik_layout_of(d) */
     int64_t cap_e;
     float w_scale;
     int nh, d, m, topk;
@@ -172,16 +166,17 @@ static void topk_row(int64_t row, void *ctx)
     for (int a = k; a < j->topk; a++) sel[a] = -1;
     if (k == 0) return;
     float *sc = j->scores + row * j->cap_e;
-    const uint16_t *keys = j->ent + (int64_t)j->rows->slot[row] * j->cap_e * j->d;
+    const dsv4_kv_layout l = dsv4_ik_layout_of(j->d);
+    const int64_t e_slot = (int64_t)j->rows->slot[row] * j->cap_e;
     const float *q = j->iq + row * j->nh * j->d, *iw = j->iw + row * j->nh;
     float w[HEADS_MAX]; /* the head weights as dsv4_bk_scale leaves them: bf16(iw * w_scale) */
     for (int h = 0; h < j->nh; h++) w[h] = dsv4_round_bf16(iw[h] * j->w_scale);
-    /* the keys are bf16 in the state: scored a chunk at a time through an f32 copy */
+    /* the keys are FP4 in the state: scored a chunk at a time through an f32 copy */
     float kf[KEY_CHUNK];
     const int64_t per = KEY_CHUNK / j->d;
     for (int64_t e0 = 0; e0 < nvis; e0 += per) {
         const int64_t n = nvis - e0 < per ? nvis - e0 : per;
-        for (int64_t i = 0; i < n * j->d; i++) kf[i] = dsv4_bf16_to_f32(keys[e0 * j->d + i]);
+        for (int64_t i = 0; i < n; i++) dsv4_kv_decode(&l, j->ent, e_slot + e0 + i, kf + i * j->d);
         dsv4_op_faithful_index_scores(sc + e0, q, w, kf, n, j->nh, j->d);
     }
     dsv4_op_topk(sel, sc, nvis, k);
@@ -203,7 +198,7 @@ size_t dsv4_bk_indexer_ws_bytes(int64_t N, int64_t cap_e)
 }
 
 dsv4_status dsv4_cpu_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
-                                     const float *iw, float w_scale, const uint16_t *ent,
+                                     const float *iw, float w_scale, const uint8_t *ent,
                                      int64_t cap_e, int nh, int d, int m, int topk,
                                      const dsv4_bk_rows *rows, void *ws)
 {

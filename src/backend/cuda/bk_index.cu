@@ -101,8 +101,8 @@ static __device__ __forceinline__ float exp_cr(float x)
  * pos closes a window, entry i = (pos + 1) / m - 1 pools ring positions [(i-1)m, im) (first
  * halves, overlap only, i > 0) and [im, (i+1)m) (second halves with overlap) per dim c: f32
  * softmax of the gates, sums in double in slot order (dsv4_op_faithful_pool), then bf16,
- * RMSNorm(norm), bf16, RoPE at i*m, bf16, and the quantiser -> entry slot cap_e + i of ent
- * (indexer: bf16 [S, cap_e, dim]; else the serving layout, kv_layout.h, by dev_kv_store).
+ * RMSNorm(norm), bf16, RoPE at i*m, bf16, and the quantiser -> entry slot cap_e + i of ent in
+ * the serving layout (kv_layout.h; kv_dev.cuh dev_kv_quant_store, indexer keys dev_ik_store).
  *
  * The CPU stores every row before any window is pooled; here other CTAs store this step's rows
  * concurrently, so a position of the window that is one of this step's rows is read from the
@@ -262,9 +262,7 @@ __global__ void comp_append_kernel(comp_jobs J, float eps, const float *freqs, i
     /* indexer keys: Hadamard, then FP4 in blocks of 32 */
     rotate_activation(x, dim, had_scale);
     quant_blocks_fp4(x, dim, 32);
-    uint16_t *out = (uint16_t *)jb.ent + at * dim;
-    for (int c = threadIdx.x; c < dim; c += nt)
-        out[c] = (uint16_t)(__float_as_uint(dev_round_bf16(x[c])) >> 16);
+    dev_ik_store(dsv4_ik_layout_of(dim), (uint8_t *)jb.ent, at, x);
 }
 
 static int is_pow2(int n)

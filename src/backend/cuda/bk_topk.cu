@@ -23,14 +23,17 @@
  *   for the others (each kernel's CTAs leave the other's rows at once).
  * - Fused (nh = 64, d = 128: Flash and Pro): one kernel. Each CTA scores a range of a row's
  *   entries on the tensor cores, mma.sync m16n8k16 bf16 -> f32 with the keys as the 16-row A
- *   operand straight from the bf16 state and the queries as B (FP4-grid values: exact in bf16);
+ *   operand (the stored e2m1 nibbles loaded and expanded to bf16 in registers, ik_frag; the
+ *   cluster kernel expands them in shared memory, ik_expand) and the queries as B (FP4-grid
+ *   values: exact in bf16);
  *   the last CTA of the row to finish (by a ticket in the workspace) then selects the row's
  *   top-k. The entry ranges shrink until the grid covers every SM (at N = 1 and 1024 entries: 64
  *   CTAs of 16 entries, the 8 warps splitting the heads). Why bf16 and not FP8 mma (the issue's
  *   ask): Hopper's FP8 mma adds the products into a ~13-bit significand, truncating, so sums the
  *   CPU gets exactly would come out rounded, and the FP4 grid fits e4m3 only with a rescale per
  *   vector; the bf16 mma keeps the products exact and adds in f32 (>= 24 bits), exact under the
- *   same condition as the f32 FMA kernel it replaces. The keys are stored as bf16 anyway.
+ *   same condition as the f32 FMA kernel it replaces. The keys are stored as FP4 (68 B a key,
+ *   kv_layout.h), and their bf16 expansion is as cheap as an e4m3 one would be.
  * - SIMT (any shape): one warp per entry, then a top-k kernel of one CTA per row.
  * dsv4_bk_indexer_q_topk runs the queries' chain (RoPE, Hadamard, FP4: dsv4_bk_indexer_q) in the
  * cluster kernel's prologue, one head a warp (q_head; the cluster's 8 (16) CTAs take 8 (4) heads
@@ -75,6 +78,7 @@
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/cluster.cuh"
 #include "backend/cuda/index_path.cuh"
+#include "backend/cuda/kv_dev.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/quant_dev.cuh"
 
@@ -87,9 +91,11 @@ namespace cg = cooperative_groups;
 enum {
     TNH = 64,            /* the fused kernel's shape: heads ... */
     TD = 128,            /* ... of this dim (Flash and Pro indexers) */
-    KLD = TD + 8,        /* bf16 row stride of its query / key tiles: 272 B, so the 8 rows one
+    KLD = TD + 8,        /* bf16 row stride of its query tile: 272 B, so the 8 rows one
                             ldmatrix reads fall on distinct banks */
     FUSED_THREADS = 256, /* 8 warps */
+    IK_DB = TD / 2,      /* a key's data row (kv_layout.h dsv4_ik_layout_of(TD)): 64 bytes */
+    IK_SB = 4,           /* its scale row: TD / 32 exponents */
     SIMT_WARPS = 8,      /* SIMT score kernel: one warp per entry */
     TOPK_THREADS = 512,  /* the SIMT path's top-k kernel: one CTA per row */
     TOPK_MAX = 2048,     /* largest topk (the picks are sorted in shared memory) */
@@ -510,6 +516,52 @@ static __device__ __forceinline__ void cp_async16(void *dst, const void *src, in
                  : "memory");
 }
 
+static __device__ __forceinline__ void cp_async4(void *dst, const void *src)
+{
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(src) : "memory");
+}
+
+/* ---- the keys in the serving layout, staged (the cluster kernel, the fused one at NT < 8) ------
+ * A key is 64 data bytes (128 e2m1 nibbles) and 4 scale bytes (kv_layout.h dsv4_ik_layout_of(TD)).
+ * The cluster kernel stages its n keys compact (ik_stage: their data rows into st [n][IK_DB] and
+ * scale rows into ss [n][IK_SB] by cp.async, every thread issuing; the caller commits) and then
+ * every warp expands a share of them into the bf16 rows [n16][KLD] that ldmatrix reads
+ * (ik_expand: the values the bf16 state held before, exactly), rows n .. n16 zeros. Its few
+ * keys a CTA (64 at 4K context) take all 8 warps this way, where only the 4 warps with keys
+ * would convert them in registers (ik_frag, the fused kernel's way at NT 8: H100, dsv4 bench
+ * Flash batch 1, 4K context, the op timer's index.topk 21.0-21.6 us a call that way, 16.0-16.3
+ * staged, 15.3-15.8 with the bf16 keys before). The caller syncs between the copies' wait and
+ * ik_expand, and before the rows are read. */
+static __device__ __forceinline__ void ik_stage(uint8_t *st, uint8_t *ss, const uint8_t *ent,
+                                                int64_t e_first, int n)
+{
+    const dsv4_kv_layout l = dsv4_ik_layout_of(TD);
+    for (int c = threadIdx.x; c < n * (IK_DB / 16); c += FUSED_THREADS) {
+        const int j = c / (IK_DB / 16), part = c % (IK_DB / 16);
+        cp_async16(st + j * IK_DB + 16 * part, ent + dsv4_kv_data_off(&l, e_first + j) + 16 * part,
+                   16);
+    }
+    for (int j = threadIdx.x; j < n; j += FUSED_THREADS)
+        cp_async4(ss + j * IK_SB, ent + dsv4_kv_scale_off(&l, e_first + j));
+}
+
+static __device__ __forceinline__ void ik_expand(uint16_t *ks, const uint8_t *st, const uint8_t *ss,
+                                                 int n, int n16)
+{
+    for (int c = threadIdx.x; c < n16 * (TD / 8); c += FUSED_THREADS) {
+        const int j = c / (TD / 8), part = c % (TD / 8); /* dims 8 part .. 8 part + 7 */
+        uint2 lo = make_uint2(0u, 0u), hi = lo;
+        if (j < n) {
+            const uint32_t w = *(const uint32_t *)(st + j * IK_DB + 4 * part);
+            const uint32_t sc = ss[j * IK_SB + part / 4];
+            lo = dev_ik_bf16x4(w, sc);
+            hi = dev_ik_bf16x4(w >> 16, sc);
+        }
+        *(uint4 *)(ks + j * KLD + 8 * part) = make_uint4(lo.x, lo.y, hi.x, hi.y);
+    }
+}
+
 static __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *p)
 {
     const unsigned a = (unsigned)__cvta_generic_to_shared(p);
@@ -543,6 +595,73 @@ static __device__ __forceinline__ uint32_t pack_bf16(float x, float y)
 {
     return (__float_as_uint(dev_round_bf16(x)) >> 16) |
            (__float_as_uint(dev_round_bf16(y)) & 0xffff0000u);
+}
+
+/* ---- the keys: from the serving layout straight into mma A fragments (the fused kernel, NT 8) --
+ * A warp scores 16 keys a step: lane (g, t) = (l / 4, l % 4) loads dims 32 t .. 32 t + 31 of keys g
+ * and g + 8 (16 bytes each: the 4 lanes of a key read its 64 contiguous bytes) and their block t's
+ * scale bytes (ik_frag_load), and in k-step kk feeds dims 32 t + 4 kk + {0, 1} of each key at the
+ * fragment's k positions {2 t, 2 t + 1} and dims 32 t + 4 kk + {2, 3} at {2 t + 8, 2 t + 9}
+ * (ik_frag_a, kv_dev.cuh dev_ik_bf16x4). The dot product does not care about the order of the
+ * dims as long as the queries follow it: q_perm puts query dim 32 t + 4 kk + j at tile column
+ * 16 kk + 2 t + (j & 1) + 8 (j >> 1). The sums are exact in any order (FP4-grid values), so the
+ * scores are those of a plain order. No shared memory, no conversion pass, no barrier for keys. */
+typedef struct ik_frag {
+    uint4 d[2];    /* keys g, g + 8: this lane's 32 dims (nibbles) */
+    uint32_t s[2]; /* their scale bytes of block t */
+} ik_frag;
+
+/* Keys e0 + g and e0 + g + 8 of the buffer (entry indices), zeros at or past e_lim. The loads
+ * are volatile asm so that they stay where they are issued, ahead of the barriers and the work
+ * they overlap (a plain read-only load may be sunk to its first use). */
+static __device__ __forceinline__ void ik_frag_load(ik_frag &f, const uint8_t *ent, int64_t e0,
+                                                    int64_t e_lim)
+{
+    const dsv4_kv_layout l = dsv4_ik_layout_of(TD);
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int64_t e = e0 + g + 8 * h;
+        uint4 d = make_uint4(0u, 0u, 0u, 0u);
+        uint32_t sc = 127u;
+        if (e < e_lim) {
+            asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+                         : "=r"(d.x), "=r"(d.y), "=r"(d.z), "=r"(d.w)
+                         : "l"(ent + dsv4_kv_data_off(&l, e) + 16 * t));
+            asm volatile("ld.global.nc.u8 %0, [%1];"
+                         : "=r"(sc)
+                         : "l"(ent + dsv4_kv_scale_off(&l, e) + t));
+        }
+        f.d[h] = d;
+        f.s[h] = sc;
+    }
+}
+
+/* The A fragment of k-step kk (mma_bf16's a0..a3) from f. */
+static __device__ __forceinline__ void ik_frag_a(uint32_t (&a)[4], const ik_frag &f, int kk)
+{
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const uint32_t w = kk < 4 ? (kk < 2 ? f.d[h].x : f.d[h].y) : (kk < 6 ? f.d[h].z : f.d[h].w);
+        const uint2 p = dev_ik_bf16x4(w >> (16 * (kk & 1)), f.s[h]);
+        a[h] = p.x;     /* key g + 8 h, dims 4 kk + {0, 1} of the lane's 32 */
+        a[h + 2] = p.y; /* dims 4 kk + {2, 3} */
+    }
+}
+
+/* A query head in the key fragments' order (above): lane l holds dims 4 l .. 4 l + 3 as bf16
+ * pairs p0 (dims 4 l, + 1) and p1 (4 l + 2, + 3) and gets back tile columns 4 l .. 4 l + 3 (one
+ * 8-byte store a lane, as in a plain order). Column 16 kk + j holds dim 32 t + 4 kk + 2 (j >> 3) +
+ * (j & 1), t = (j & 7) >> 1: lane l's two pairs come from lanes 16 (l & 1) + l / 4 (+ 8), their
+ * p0 or p1 by bit 1 of l. */
+static __device__ __forceinline__ uint2 q_perm(uint32_t p0, uint32_t p1)
+{
+    const int lane = threadIdx.x & 31, src = 16 * (lane & 1) + (lane >> 2);
+    const bool hi = lane & 2;
+    const uint32_t a0 = __shfl_sync(0xffffffffu, p0, src), a1 = __shfl_sync(0xffffffffu, p1, src);
+    const uint32_t b0 = __shfl_sync(0xffffffffu, p0, src + 8);
+    const uint32_t b1 = __shfl_sync(0xffffffffu, p1, src + 8);
+    return make_uint2(hi ? a1 : a0, hi ? b1 : b0);
 }
 
 /* ---- the queries: optionally the indexer_q chain, one head a warp ----------------------------
@@ -616,24 +735,15 @@ static __device__ __forceinline__ void rope_table(float *rc, int r, float freq, 
 
 /* The scoring tiles of a fused CTA (the top-k reuses the same shared memory after them). */
 template <int NT> struct fused_tiles {
+    static constexpr int SK = NT == 8 ? 1 : 16 * NT; /* keys staged a step (NT < 8) */
+
     uint16_t q[TNH * KLD];        /* the row's queries [64][KLD], bf16 */
-    uint16_t k[16 * NT * KLD];    /* one step's keys [16 NT][KLD], bf16 */
     float w[TNH];                 /* head weights bf16(iw * w_scale) */
     double part[8 / NT][16 * NT]; /* per head group sums of a step's entries (NT < 8) */
+    uint16_t k[SK * KLD];         /* NT < 8: a step's keys [16 NT][KLD], bf16 (ik_expand) */
+    uint8_t kst[SK * IK_DB];      /* ... as stored (ik_stage) */
+    uint8_t kss[SK * IK_SB];
 };
-
-/* One step's keys: entries [eb, eb + 16 NT) of the slot's keys [cap_e, 128], zeros past e_end. */
-template <int NT>
-static __device__ __forceinline__ void load_keys(uint16_t *ks, const uint16_t *keys, int64_t eb,
-                                                 int64_t e_end)
-{
-    for (int c = threadIdx.x; c < 16 * NT * 16; c += FUSED_THREADS) {
-        const int e = c >> 4, part = c & 15;
-        const bool in = eb + e < e_end;
-        cp_async16(ks + e * KLD + part * 8, keys + (in ? eb + e : eb) * TD + part * 8, in ? 16 : 0);
-    }
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
 
 /* Grid (ceil(cap_e / te), N), 256 threads; CTA (x, row) scores the entries [x te, (x+1) te) of
  * the row's n_vis, in steps of 16 NT: warp w takes entries 16 (w / (8 / NT)) .. + 16 and the NT
@@ -643,12 +753,12 @@ static __device__ __forceinline__ void load_keys(uint16_t *ks, const uint16_t *k
  * the ticket) selects the row's top-k from the scores in global memory. Rows of n_vis <= skip
  * are the cluster kernel's (a split call, skip = CL_MAX_E; else skip = -1): all their CTAs leave
  * at once, so none takes a ticket and the row's stays zero.
- * iq [N, 64, 128] (bf16-exact), iw [N, 64], ent [S, cap_e, 128] bf16 -> scores (row_base),
+ * iq [N, 64, 128] (bf16-exact), iw [N, 64], ent: S cap_e keys (ik_frag) -> scores (row_base),
  * sel [N, topk]; the rows' tickets (row_base + cap_e) zero between calls. */
 template <int NT>
 __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
     int32_t *sel, float *scores, const float *iq, const float *iw, float w_scale,
-    const uint16_t *ent, int64_t cap_e, int m, int topk, int te, int ncache, const int32_t *slot,
+    const uint8_t *ent, int64_t cap_e, int m, int topk, int te, int ncache, const int32_t *slot,
     const int32_t *pos, int skip)
 {
     DSV4_PDL_WAIT();
@@ -669,29 +779,54 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
     const int64_t e0 = (int64_t)blockIdx.x * te;
     if (e0 >= nvis) return;
     const int64_t e_end = e0 + te < nvis ? e0 + te : nvis;
-    const uint16_t *keys = ent + (int64_t)slot[row] * cap_e * TD;
+    const int64_t e_slot = (int64_t)slot[row] * cap_e;
     float *sc = scores + row_base(row, cap_e);
 
-    load_keys<NT>(T.k, keys, e0, e_end); /* in flight while the queries are converted */
+    /* the keys (NT 8: each warp its own 16, in registers, ik_frag; NT < 8: the warps of a key
+     * group would convert the same keys 8 / NT times, so the CTA stages and expands them once,
+     * ik_stage / ik_expand), in flight while the queries are converted */
+    const int eg = warp / HG, hg = warp % HG, g = lane >> 2, t4 = lane & 3;
+    ik_frag nx = {};
+    if constexpr (NT == 8) {
+        ik_frag_load(nx, ent, e_slot + e0 + eg * 16, e_slot + e_end);
+    } else {
+        ik_stage(T.kst, T.kss, ent, e_slot + e0, (int)(e_end - e0 < EI ? e_end - e0 : EI));
+        asm volatile("cp.async.commit_group;\n" ::: "memory");
+    }
 #pragma unroll 1
     for (int h = warp; h < TNH; h += FUSED_THREADS / 32) {
         const float4 v = *(const float4 *)(iq + ((int64_t)row * TNH + h) * TD + 4 * lane);
-        *(uint2 *)(T.q + h * KLD + 4 * lane) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+        const uint32_t p0 = pack_bf16(v.x, v.y), p1 = pack_bf16(v.z, v.w);
+        *(uint2 *)(T.q + h * KLD + 4 * lane) = NT == 8 ? q_perm(p0, p1) : make_uint2(p0, p1);
     }
     if (tid < TNH) T.w[tid] = dev_round_bf16(__fmul_rn(iw[(int64_t)row * TNH + tid], w_scale));
+    __syncthreads();
 
-    const int eg = warp / HG, hg = warp % HG, g = lane >> 2, t4 = lane & 3;
     for (int64_t eb = e0; eb < e_end; eb += EI) {
-        if (eb != e0) load_keys<NT>(T.k, keys, eb, e_end);
-        asm volatile("cp.async.wait_all;\n" ::: "memory");
-        __syncthreads();
+        const int n = (int)(e_end - eb < EI ? e_end - eb : EI);
+        const ik_frag kf = nx;
+        if constexpr (NT == 8) {
+            if (eb + EI < e_end) ik_frag_load(nx, ent, e_slot + eb + EI + eg * 16, e_slot + e_end);
+        } else {
+            if (eb != e0) {
+                ik_stage(T.kst, T.kss, ent, e_slot + eb, n);
+                asm volatile("cp.async.commit_group;\n" ::: "memory");
+            }
+            asm volatile("cp.async.wait_all;\n" ::: "memory");
+            __syncthreads();
+            ik_expand(T.k, T.kst, T.kss, n, EI);
+            __syncthreads();
+        }
         float acc[NT][4];
 #pragma unroll
         for (int j = 0; j < NT; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < TD / 16; kk++) {
             uint32_t a[4];
-            ldsm_x4(a, T.k + (eg * 16 + (lane & 15)) * KLD + kk * 16 + (lane >> 4) * 8);
+            if constexpr (NT == 8)
+                ik_frag_a(a, kf, kk);
+            else
+                ldsm_x4(a, T.k + (eg * 16 + (lane & 15)) * KLD + kk * 16 + (lane >> 4) * 8);
             if constexpr (NT == 1) {
                 uint32_t b0, b1;
                 ldsm_x2(b0, b1,
@@ -740,8 +875,8 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
                 for (int x = 0; x < HG; x++) t += T.part[x][tid];
                 sc[eb + tid] = dev_round_bf16((float)t);
             }
+            __syncthreads(); /* before the next step's keys and sums land */
         }
-        __syncthreads(); /* before the next step's keys (and sums) land */
     }
 
     /* the row's last CTA selects */
@@ -761,7 +896,7 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
 
 template <int NT>
 static dsv4_status launch_fused(cudaStream_t st, int32_t *sel, float *scores, const float *iq,
-                                const float *iw, float w_scale, const uint16_t *ent, int64_t cap_e,
+                                const float *iw, float w_scale, const uint8_t *ent, int64_t cap_e,
                                 int m, int topk, int N, const int32_t *slot, const int32_t *pos,
                                 int skip)
 {
@@ -805,11 +940,12 @@ static __device__ __forceinline__ void cl_sync(void)
 }
 
 /* Dynamic shared memory of the cluster kernel for per_max entries a CTA: q [64][KLD] bf16, keys
- * [per_max][KLD] bf16, w [64], rc [TD], own keys [per_max], the row's keys [C per_max]. */
+ * [per_max][KLD] bf16, w [64], rc [TD], own keys [per_max], the row's keys [C per_max], the keys
+ * as stored [per_max][IK_DB] and [per_max][IK_SB] (ik_stage). */
 static size_t cl_smem(int per_max, int C)
 {
     return (size_t)TNH * KLD * 2 + (size_t)per_max * KLD * 2 + TNH * 4 + TD * 4 +
-           (size_t)per_max * 4 + (size_t)C * per_max * 4;
+           (size_t)per_max * 4 + (size_t)C * per_max * 4 + (size_t)per_max * (IK_DB + IK_SB);
 }
 
 /* The signal waited for in a launch of its own, ahead of the paths other than the cluster's. */
@@ -821,13 +957,14 @@ __global__ void sig_wait_kernel(const int *p)
 
 /* Grid (C, N), cluster (C, 1, 1), 256 threads. iq [N, 64, 128] raw (qr >= 0: the
  * indexer_q chain runs in the prologue, RoPE of the last qr dims) or as indexer_q leaves it
- * (qr < 0); iw [N, 64]; ent [S, cap_e, 128] bf16 -> scores (row_base, workspace), sel [N, topk].
+ * (qr < 0); iw [N, 64]; ent: S cap_e keys (ik_stage) -> scores (row_base, workspace), sel
+ * [N, topk].
  * Rows of n_vis > e_max (a split call: cap_e > e_max = CL_MAX_E) are the fused kernel's, which
  * runs next: with qr >= 0 the cluster writes their queries' chain to iq in place (each warp its
  * head, as indexer_q leaves it), and leaves. */
 template <int C>
 __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
-    int32_t *sel, float *scores, float *iq, const float *iw, float w_scale, const uint16_t *ent,
+    int32_t *sel, float *scores, float *iq, const float *iw, float w_scale, const uint8_t *ent,
     int64_t cap_e, int e_max, int m, int topk, int per_max, const int32_t *slot, const int32_t *pos,
     int qr, const float *freqs, float had_scale, const int *after)
 {
@@ -837,6 +974,7 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     uint16_t *qs = (uint16_t *)cl_raw, *ks = qs + TNH * KLD;
     float *w = (float *)(ks + (size_t)per_max * KLD), *rc = w + TNH;
     uint32_t *own = (uint32_t *)(rc + TD), *all = own + per_max;
+    uint8_t *kst = (uint8_t *)(all + C * per_max), *kss = kst + per_max * IK_DB;
     cg::cluster_group cl = cg::this_cluster();
     const int row = blockIdx.y, rank = (int)cl.block_rank(), tid = threadIdx.x;
     const int lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
@@ -892,13 +1030,7 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
     const int per = ((nvis + C - 1) / C + 15) & ~15, e0 = rank * per;
     const int ne = nvis - e0 < 0 ? 0 : (nvis - e0 < per ? nvis - e0 : per);
     const int ne16 = (ne + 15) & ~15;
-    const uint16_t *keys = ent + ((int64_t)sl * cap_e + e0) * TD;
-    for (int c = tid; c < ne16 * 16; c += FUSED_THREADS) {
-        const int e = c >> 4, part16 = c & 15;
-        const bool in = e < ne;
-        cp_async16(ks + e * KLD + part16 * 8, (in ? keys + (int64_t)e * TD : ent) + part16 * 8,
-                   in ? 16 : 0);
-    }
+    ik_stage(kst, kss, ent, (int64_t)sl * cap_e + e0, ne);
     asm volatile("cp.async.commit_group;\n" ::: "memory");
     if (tid < TNH) w[tid] = dev_round_bf16(__fmul_rn(wv, w_scale));
     if (qr >= 0) __syncthreads(); /* rc */
@@ -912,7 +1044,9 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_cluster_kernel(
             *(uint2 *)cl.map_shared_rank(qs + hq * KLD + 4 * lane, dst) = pk;
     }
     asm volatile("cp.async.wait_all;\n" ::: "memory");
-    cl_sync(); /* every rank's heads (and this CTA's keys, w) are in place */
+    cl_sync(); /* every rank's heads (and this CTA's staged keys, w) are in place */
+    ik_expand(ks, kst, kss, ne, ne16);
+    __syncthreads();
 
     /* scores: warp w takes entries eb + 16 w .. + 16, all 64 heads (the fused NT = 8 step) */
     float *sc = scores + row_base(row, cap_e) + e0;
@@ -1039,10 +1173,10 @@ static int cl_per_max(int64_t cap_e, int C)
 /* The cluster kernel on the rows of up to e_max = min(cap_e, CL_MAX_E) entries. */
 template <int C>
 static dsv4_status launch_cluster(cudaStream_t st, int32_t *sel, float *scores, float *iq,
-                                  const float *iw, float w_scale, const uint16_t *ent,
-                                  int64_t cap_e, int e_max, int m, int topk, int N,
-                                  const int32_t *slot, const int32_t *pos, int qr,
-                                  const float *freqs, float had_scale, const int *after)
+                                  const float *iw, float w_scale, const uint8_t *ent, int64_t cap_e,
+                                  int e_max, int m, int topk, int N, const int32_t *slot,
+                                  const int32_t *pos, int qr, const float *freqs, float had_scale,
+                                  const int *after)
 {
     const int per_max = cl_per_max(e_max, C);
     const size_t smem = cl_smem(per_max, C);
@@ -1057,10 +1191,11 @@ static dsv4_status launch_cluster(cudaStream_t st, int32_t *sel, float *scores, 
 }
 
 /* ---- the SIMT path -------------------------------------------------------------------------- */
-/* Any nh, d: one warp per entry, q and w read through the cache. Grid (cap_e / 8, N).
- * iq [N, nh, d], iw [N, nh], ent [S, cap_e, d] bf16 -> scores (row_base). */
+/* Any nh, d: one warp per entry, q and w read through the cache, the key decoded per dim (exact
+ * in f32). Grid (cap_e / 8, N). iq [N, nh, d], iw [N, nh], ent: S cap_e keys of
+ * dsv4_ik_layout_of(d) -> scores (row_base). */
 __global__ void index_scores_simt(float *scores, const float *iq, const float *iw, float w_scale,
-                                  const uint16_t *ent, int64_t cap_e, int nh, int d, int m,
+                                  const uint8_t *ent, int64_t cap_e, int nh, int d, int m,
                                   const int32_t *slot, const int32_t *pos)
 {
     DSV4_PDL_WAIT();
@@ -1069,13 +1204,18 @@ __global__ void index_scores_simt(float *scores, const float *iq, const float *i
     int64_t nvis = ((int64_t)pos[row] + 1) / m;
     if (nvis > cap_e) nvis = cap_e;
     if (e >= nvis) return; /* the whole warp */
-    const uint16_t *k = ent + ((int64_t)slot[row] * cap_e + e) * d;
+    const dsv4_kv_layout l = dsv4_ik_layout_of(d);
+    const int64_t ek = (int64_t)slot[row] * cap_e + e;
+    const uint8_t *kd = ent + dsv4_kv_data_off(&l, ek), *ksc = ent + dsv4_kv_scale_off(&l, ek);
     const float *q = iq + (int64_t)row * nh * d, *w = iw + (int64_t)row * nh;
     double tot = 0.0;
     for (int h = 0; h < nh; h++) {
         float acc = 0.0f;
-        for (int c = lane; c < d; c += 32)
-            acc = fmaf(q[(int64_t)h * d + c], __uint_as_float((uint32_t)k[c] << 16), acc);
+        for (int c = lane; c < d; c += 32) {
+            const float k = dsv4_e2m1_to_f32((uint8_t)(kd[c >> 1] >> (4 * (c & 1)) & 15)) *
+                            dsv4_e8m0_to_f32(ksc[c / DSV4_IK_QBLOCK]);
+            acc = fmaf(q[(int64_t)h * d + c], k, acc);
+        }
         for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
         tot += head_term(acc, dev_round_bf16(__fmul_rn(w[h], w_scale)));
     }
@@ -1099,7 +1239,7 @@ __global__ __launch_bounds__(TOPK_THREADS) void index_topk_kernel(int32_t *sel, 
 /* The fused kernel with the largest step (16 NT entries) that still gives 2 CTAs per SM (16 at
  * the least); rows of n_vis <= skip left to the cluster kernel (skip = -1: none). */
 static dsv4_status fused_select(cudaStream_t st, int32_t *sel, float *scores, const float *iq,
-                                const float *iw, float w_scale, const uint16_t *ent, int64_t cap_e,
+                                const float *iw, float w_scale, const uint8_t *ent, int64_t cap_e,
                                 int m, int topk, int N, const int32_t *slot, const int32_t *pos,
                                 int skip)
 {
@@ -1128,7 +1268,7 @@ static dsv4_status fused_select(cudaStream_t st, int32_t *sel, float *scores, co
  * cluster kernel first (rows of up to CL_MAX_E entries; the others' queries converted in place),
  * then the fused kernel (the longer rows). */
 static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const float *iw,
-                                float w_scale, const uint16_t *ent, int64_t cap_e, int nh, int d,
+                                float w_scale, const uint8_t *ent, int64_t cap_e, int nh, int d,
                                 int m, int topk, const dsv4_bk_rows *rows, void *ws, int qr,
                                 const float *freqs, const int32_t *after)
 {
@@ -1212,10 +1352,9 @@ static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const 
 }
 
 extern "C" dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, const float *iq,
-                                                 const float *iw, float w_scale,
-                                                 const uint16_t *ent, int64_t cap_e, int nh, int d,
-                                                 int m, int topk, const dsv4_bk_rows *rows,
-                                                 void *ws)
+                                                 const float *iw, float w_scale, const uint8_t *ent,
+                                                 int64_t cap_e, int nh, int d, int m, int topk,
+                                                 const dsv4_bk_rows *rows, void *ws)
 {
     /* qr < 0: iq is only read */
     return index_select(b, sel, (float *)iq, iw, w_scale, ent, cap_e, nh, d, m, topk, rows, ws, -1,
@@ -1224,9 +1363,9 @@ extern "C" dsv4_status dsv4_cuda_bk_indexer_topk(dsv4_backend *b, int32_t *sel, 
 
 extern "C" dsv4_status dsv4_cuda_bk_indexer_q_topk(dsv4_backend *b, int32_t *sel, float *iq,
                                                    const float *iw, float w_scale,
-                                                   const uint16_t *ent, int64_t cap_e, int nh,
-                                                   int d, int r, const float *freqs, int m,
-                                                   int topk, const dsv4_bk_rows *rows, void *ws,
+                                                   const uint8_t *ent, int64_t cap_e, int nh, int d,
+                                                   int r, const float *freqs, int m, int topk,
+                                                   const dsv4_bk_rows *rows, void *ws,
                                                    const int32_t *after)
 {
     if (r < 0 || r > d || r % 2 || !freqs)
