@@ -31,11 +31,10 @@
  * value times a power of two, itself e4m3; the bytes may differ). The decoded value is
  * e4m3(byte) * 2^(exp - 127), exact in f32 and in bf16. Indexer keys alike with fp4_act_quant's
  * rounding (bf16, then scale 2^ceil(log2(max(amax, 6 2^-126) / 6)), round_e2m1(x / s)), which
- * keeps an
- * FP4-rounded block (a smaller amax lowers the scale by some 2^j with max |x / s| <= 6 / 2^j,
- * and such grid values times 2^j are on the grid); a block holding a NaN or an infinity is stored
- * with the scale byte 0xff (NaN in ue8m0) and decodes as NaNs: a key with one such value scores NaN
- * either way.
+ * keeps an FP4-rounded block (a smaller amax lowers the scale by some 2^j with max |x / s| <=
+ * 6 / 2^j, and such grid values times 2^j are on the grid); a block holding a NaN or an infinity
+ * is stored with the scale byte 0xff (NaN in ue8m0) and decodes as NaNs: a key with one such
+ * value scores NaN either way.
  */
 #ifndef DSV4_BACKEND_KV_LAYOUT_H
 #define DSV4_BACKEND_KV_LAYOUT_H

@@ -33,7 +33,8 @@
  *   CPU gets exactly would come out rounded, and the FP4 grid fits e4m3 only with a rescale per
  *   vector; the bf16 mma keeps the products exact and adds in f32 (>= 24 bits), exact under the
  *   same condition as the f32 FMA kernel it replaces. The keys are stored as FP4 (68 B a key,
- *   kv_layout.h), and their bf16 expansion is as cheap as an e4m3 one would be.
+ *   kv_layout.h) and expanded to bf16 on the way (~15 operations a 4 dims; docs/PERF.md
+ *   session 42 measures what that costs).
  * - SIMT (any shape): one warp per entry, then a top-k kernel of one CTA per row.
  * dsv4_bk_indexer_q_topk runs the queries' chain (RoPE, Hadamard, FP4: dsv4_bk_indexer_q) in the
  * cluster kernel's prologue, one head a warp (q_head; the cluster's 8 (16) CTAs take 8 (4) heads
@@ -613,7 +614,9 @@ typedef struct ik_frag {
 
 /* Keys e0 + g and e0 + g + 8 of the buffer (entry indices), zeros at or past e_lim. The loads
  * are volatile asm so that they stay where they are issued, ahead of the barriers and the work
- * they overlap (a plain read-only load may be sunk to its first use). */
+ * they overlap (a read-only __ldg may be sunk to its first use), and .cg (L2, as the cp.async of
+ * the staged path): the step's compressor writes keys while this kernel may already be resident
+ * (programmatic launch), so no L1 line of theirs may outlive the PDL wait. */
 static __device__ __forceinline__ void ik_frag_load(ik_frag &f, const uint8_t *ent, int64_t e0,
                                                     int64_t e_lim)
 {
@@ -625,10 +628,10 @@ static __device__ __forceinline__ void ik_frag_load(ik_frag &f, const uint8_t *e
         uint4 d = make_uint4(0u, 0u, 0u, 0u);
         uint32_t sc = 127u;
         if (e < e_lim) {
-            asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
+            asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];"
                          : "=r"(d.x), "=r"(d.y), "=r"(d.z), "=r"(d.w)
                          : "l"(ent + dsv4_kv_data_off(&l, e) + 16 * t));
-            asm volatile("ld.global.nc.u8 %0, [%1];"
+            asm volatile("ld.global.cg.u8 %0, [%1];"
                          : "=r"(sc)
                          : "l"(ent + dsv4_kv_scale_off(&l, e) + t));
         }
