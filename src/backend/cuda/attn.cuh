@@ -277,6 +277,42 @@ __device__ static inline void at_zero_rope(uint16_t *kb, int ldk, int nope, int 
     }
 }
 
+/* at_expand's stores of one batch of B rounds: the chunks x (scale bytes s) of the lane's rows
+ * j0 + bb rpe + re[u] (re[u] < 0 or past the warp's rows: none), chunk ce[u], as bf16 by
+ * at_e4m3x8<FAST> (one instance a branch, so each loop is straight-line code). */
+template <bool FAST, int B, int U>
+__device__ static inline void at_store_rows(uint16_t *kb, int ldk, int j0, int rpe,
+                                            const int (&re)[U], const int (&ce)[U],
+                                            const uint2 (&x)[B][U], const uint32_t (&s)[B][U])
+{
+    constexpr int RW = AT_BLOCK / AT_WARPS;
+    const int warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int bb = 0; bb < B; bb++)
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + bb * rpe + re[u];
+            if (re[u] >= 0 && j < RW)
+                at_sts128(kb + (warp + AT_WARPS * j) * ldk + 8 * ce[u],
+                          at_e4m3x8<FAST>(x[bb][u], s[bb][u]));
+        }
+}
+
+/* at_expand_c's: the lane's chunks lane + 32 u (< NE) of rows bb = 0 .. B - 1 from row w (rows
+ * RS bytes apart). */
+template <bool FAST, int NE, int RS, int B, int UE>
+__device__ static inline void at_store_rows_c(uint8_t *w, const uint2 (&x)[B][UE],
+                                              const uint32_t (&sc)[B][UE])
+{
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int bb = 0; bb < B; bb++)
+#pragma unroll
+        for (int u = 0; u < UE; u++)
+            if (lane + 32 * u < NE)
+                at_sts128(w + bb * RS + 16 * (lane + 32 * u), at_e4m3x8<FAST>(x[bb][u], sc[bb][u]));
+}
+
 /* Block b's staged keys in tile kb -> bf16 rows (empty slots: zero rows), by warp w for its
  * keys w + 8 j (the rows whose copies it issued), after the copies have landed; the caller syncs
  * the CTA before the tile is read. With nope % 16 == 0 the RoPE dims are staged in place, and
@@ -329,27 +365,10 @@ __device__ static inline void at_expand(const A &a, const RK &rk, uint16_t *kb, 
         }
         const bool fast = __all_sync(0xffffffffu, in);
         __syncwarp();
-        if (fast) {
-#pragma unroll
-            for (int bb = 0; bb < B; bb++)
-#pragma unroll
-                for (int u = 0; u < U; u++) {
-                    const int j = j0 + bb * rpe + re[u];
-                    if (re[u] >= 0 && j < RW)
-                        at_sts128(kb + (warp + AT_WARPS * j) * ldk + 8 * ce[u],
-                                  at_e4m3x8<true>(x[bb][u], s[bb][u]));
-                }
-        } else {
-#pragma unroll
-            for (int bb = 0; bb < B; bb++)
-#pragma unroll
-                for (int u = 0; u < U; u++) {
-                    const int j = j0 + bb * rpe + re[u];
-                    if (re[u] >= 0 && j < RW)
-                        at_sts128(kb + (warp + AT_WARPS * j) * ldk + 8 * ce[u],
-                                  at_e4m3x8<false>(x[bb][u], s[bb][u]));
-                }
-        }
+        if (fast)
+            at_store_rows<true>(kb, ldk, j0, rpe, re, ce, x, s);
+        else
+            at_store_rows<false>(kb, ldk, j0, rpe, re, ce, x, s);
     }
     if (have != 0xffu) at_zero_rope(kb, ldk, nope, a.hd, have);
 }
@@ -393,23 +412,10 @@ __device__ static inline void at_expand_c(const A &a, const RK &rk, uint16_t *kb
         }
         const bool fast = __all_sync(0xffffffffu, in);
         __syncwarp();
-        if (fast) {
-#pragma unroll
-            for (int bb = 0; bb < B; bb++)
-#pragma unroll
-                for (int u = 0; u < UE; u++)
-                    if (lane + 32 * u < NE)
-                        at_sts128(w0 + (j0 + bb) * RS + 16 * (lane + 32 * u),
-                                  at_e4m3x8<true>(x[bb][u], sc[bb][u]));
-        } else {
-#pragma unroll
-            for (int bb = 0; bb < B; bb++)
-#pragma unroll
-                for (int u = 0; u < UE; u++)
-                    if (lane + 32 * u < NE)
-                        at_sts128(w0 + (j0 + bb) * RS + 16 * (lane + 32 * u),
-                                  at_e4m3x8<false>(x[bb][u], sc[bb][u]));
-        }
+        if (fast)
+            at_store_rows_c<true, NE, RS>(w0 + j0 * RS, x, sc);
+        else
+            at_store_rows_c<false, NE, RS>(w0 + j0 * RS, x, sc);
     }
     if (have != 0xffu) at_zero_rope(kb, LDK, NOPE, HD, have);
 }
