@@ -39,7 +39,9 @@
  *   row_topk_long: with codes cached in shared memory up to 16,832 keys, from the workspace
  *   beyond: cap_e 20000); --small runs it at cap_e 4608. The weights go in raw with the engine's
  *   w_scale. The cluster path runs every case: alone at cap_e 1025 (and 2048 with --small),
- *   split with the fused kernel beyond (rows of n_vis <= 2048 as clusters, the others fused);
+ *   split with the fused kernel beyond (rows of n_vis <= 2048 as clusters, the others fused,
+ *   and where cap_e > 4096 selected by clusters again, bk_topk.cu index_select_kernel: cap_e
+ *   16384 and 20000, 4608 with --small);
  *   split calls also on rows either side of 2048 (split_rows: 2048, 2049, 0, ...) at cap_e 4096
  *   and 16384, forced and auto (the dispatcher's choice, checked: clusters at N <= 16).
  * - comp_append_multi (a CSA layer's two compressors in one launch, test_comp_pair) and

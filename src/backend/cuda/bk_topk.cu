@@ -20,7 +20,9 @@
  *   (index_cluster_kernel says how): no ticket, no one-CTA sort. It takes rows of up to CL_MAX_E
  *   (2048) entries, 8K context: with cap_e > 2048 (an engine built for longer contexts) the call
  *   is split per row, the cluster kernel for the rows of n_vis <= 2048, then the fused kernel
- *   for the others (each kernel's CTAs leave the other's rows at once).
+ *   for the others (each kernel's CTAs leave the other's rows at once), which at cap_e >
+ *   LONG_KEYS only scores them: a third launch, index_select_kernel, selects them in clusters of
+ *   the same size (cl_select_long: a radix select whose histograms and counts the CTAs share).
  * - Fused (nh = 64, d = 128: Flash and Pro): one kernel. Each CTA scores a range of a row's
  *   entries on the tensor cores, mma.sync m16n8k16 bf16 -> f32 with the keys as the 16-row A
  *   operand (the stored e2m1 nibbles loaded and expanded to bf16 in registers, ik_frag; the
@@ -44,17 +46,17 @@
  * call the cluster kernel converts the fused rows' queries too (into iq, as indexer_q leaves
  * them), so that the split is two launches like the fused path.
  *
- * Top-k (row_topk, fused and SIMT paths): the order is that of the unique key K(e) = (o(score) <<
- * b) | (2^b - 1 - e), o the monotonic 16-bit code of a bf16 score, b the index bits: larger K is
- * better, and equal scores rank the lower index higher. Rows of up to LONG_KEYS (4,096) keys: a
- * radix select over K's bytes, high to low, finds the k-th largest K's leading bytes (stopping as
- * soon as a whole bin is taken); the k keys at or above it are gathered and bitonic-sorted. Longer
- * rows (64K context: 16K keys; row_topk_long): the k-th largest score code in two digits (12
- * bits whose histogram the float4 loads fill, then 4), then one ordered pass per warp over a
- * contiguous range takes the larger codes (sorted) and the lowest indices of the equal ones (no
- * index digits, no sort of the ties). Exact, ties included. When n_vis <= topk nothing is
- * selected: every entry is taken, only sorted. The codes stay in shared memory for rows of up to
- * KEY_CACHE keys (the workspace is re-read beyond).
+ * Top-k (topk_select.cuh; row_topk, fused and SIMT paths): the order is that of the unique key
+ * K(e) = (o(score) << b) | (2^b - 1 - e), o the monotonic 16-bit code of a bf16 score, b the
+ * index bits: larger K is better, and equal scores rank the lower index higher. Rows of up to
+ * LONG_KEYS (4,096) keys: a radix select over K's bytes, high to low, finds the k-th largest K's
+ * leading bytes (stopping as soon as a whole bin is taken); the k keys at or above it are gathered
+ * and bitonic-sorted. Longer rows (64K context: 16K keys; row_topk_long): the k-th largest score
+ * code in two digits (12 bits whose histogram the float4 loads fill, then 4), then one ordered pass
+ * per warp over a contiguous range takes the larger codes (sorted) and the lowest indices of the
+ * equal ones (no index digits, no sort of the ties). Exact, ties included. When n_vis <= topk
+ * nothing is selected: every entry is taken, only sorted. The codes stay in shared memory for rows
+ * of up to KEY_CACHE keys (the workspace is re-read beyond).
  *
  * Measured at long context (H100, 2026-11-22, docs/PERF.md "The indexer at 64K+ context"): at 64K
  * the fused kernel is the whole growth of the batch-1 step over 4K (2 x 96 us a step against the
@@ -82,6 +84,7 @@
 #include "backend/cuda/kv_dev.cuh"
 #include "backend/cuda/pdl.cuh"
 #include "backend/cuda/quant_dev.cuh"
+#include "backend/cuda/topk_select.cuh"
 
 #include <cmath>
 #include <cooperative_groups.h>
@@ -90,23 +93,17 @@
 namespace cg = cooperative_groups;
 
 enum {
-    TNH = 64,            /* the fused kernel's shape: heads ... */
-    TD = 128,            /* ... of this dim (Flash and Pro indexers) */
-    KLD = TD + 8,        /* bf16 row stride of its query tile: 272 B, so the 8 rows one
-                            ldmatrix reads fall on distinct banks */
-    FUSED_THREADS = 256, /* 8 warps */
-    IK_DB = TD / 2,      /* a key's data row (kv_layout.h dsv4_ik_layout_of(TD)): 64 bytes */
-    IK_SB = 4,           /* its scale row: TD / 32 exponents */
-    SIMT_WARPS = 8,      /* SIMT score kernel: one warp per entry */
-    TOPK_THREADS = 512,  /* the SIMT path's top-k kernel: one CTA per row */
-    TOPK_MAX = 2048,     /* largest topk (the picks are sorted in shared memory) */
-    KEY_CACHE = 16832,   /* rows of up to this many entries keep their 16-bit codes in shared:
-                            64K context and a margin (the bench's engine has 16,412), while
-                            topk_bytes stays within the 49 KB of the fixed-size cache before */
-    LONG_KEYS = 4096,    /* rows of more keys take row_topk_long (4K context: ~1,024) */
-    HIST_BINS = 4096,    /* row_topk_long's first digit: a code's top 12 bits */
-    MAX_ROWS = 65535,    /* grid y / rows per call */
-    SMS = 132,           /* H100 / H200: launch shapes from the shape alone */
+    TNH = 64,                 /* the fused kernel's shape: heads ... */
+    TD = 128,                 /* ... of this dim (Flash and Pro indexers) */
+    KLD = TD + 8,             /* bf16 row stride of its query tile: 272 B, so the 8 rows one
+                                 ldmatrix reads fall on distinct banks */
+    FUSED_THREADS = 256,      /* 8 warps */
+    IK_DB = TD / 2,           /* a key's data row (kv_layout.h dsv4_ik_layout_of(TD)): 64 bytes */
+    IK_SB = 4,                /* its scale row: TD / 32 exponents */
+    SIMT_WARPS = 8,           /* SIMT score kernel: one warp per entry */
+    MAX_ROWS = 65535,         /* grid y / rows per call */
+    SMS = 132,                /* H100 / H200: launch shapes from the shape alone */
+    SELECT_SMEM = 200 * 1024, /* index_select_kernel's shared memory at most */
 };
 
 static int g_force_path = DSV4_INDEX_PATH_AUTO, g_last_path = DSV4_INDEX_PATH_AUTO;
@@ -135,378 +132,6 @@ static __device__ __forceinline__ double head_term(float dot, float w)
     float v = dev_round_bf16(dot);
     v = v > 0.0f ? v : 0.0f;
     return (double)dev_round_bf16(__fmul_rn(v, w));
-}
-
-/* ---- top-k of one row ----------------------------------------------------------------------- */
-/* Order code of a bf16-valued score: its f32 bits made monotonic (-0 as +0), top 16 bits. */
-static __device__ __forceinline__ uint32_t score_code(float s)
-{
-    const uint32_t u = __float_as_uint(__fadd_rn(s, 0.0f));
-    return ((u & 0x80000000u) ? ~u : (u | 0x80000000u)) >> 16;
-}
-
-typedef struct topk_smem {
-    union {
-        unsigned long long cand[TOPK_MAX]; /* the picks' keys K, sorted in place ... */
-        int hist[HIST_BINS];               /* ... after a digit's histogram (256 bins; 4,096 in
-                                              row_topk_long's first) */
-    } u;
-    int hist16[16];                                     /* row_topk_long's second digit */
-    int wgt[TOPK_THREADS / 32], weq[TOPK_THREADS / 32]; /* per-warp counts */
-    int bin, above, count, n;
-    /* then the score codes of the row, uint16_t [ncache] (topk_codes) */
-} topk_smem;
-
-/* The codes after the struct (8-byte aligned: the struct's size is a multiple of 8). */
-static __device__ __forceinline__ uint16_t *topk_codes(topk_smem &S)
-{
-    return (uint16_t *)(&S + 1);
-}
-
-/* Shared memory of a top-k CTA that keeps the codes of rows of up to ncache entries. */
-static size_t topk_bytes(int64_t ncache)
-{
-    return sizeof(topk_smem) + 2 * (size_t)((ncache + 3) & ~(int64_t)3);
-}
-
-/* The cache a call's rows get: cap_e entries, at most KEY_CACHE (longer rows read the workspace).
- */
-static int topk_ncache(int64_t cap_e)
-{
-    return (int)(cap_e < (int64_t)KEY_CACHE ? cap_e : (int64_t)KEY_CACHE);
-}
-
-/* Warp 0: the bin (255 down) of hist holding the need-th largest element -> *bin, *above (the
- * elements in higher bins), *count (the bin's). need >= 1 and <= the histogram's total. */
-static __device__ void find_bin(const int *hist, int need, int *bin, int *above, int *count)
-{
-    const int lane = threadIdx.x & 31;
-    int v[8], sum = 0;
-#pragma unroll
-    for (int j = 0; j < 8; j++) { /* lane l: bins 255 - 8l down to 248 - 8l */
-        v[j] = hist[255 - 8 * lane - j];
-        sum += v[j];
-    }
-    int incl = sum;
-    for (int o = 1; o < 32; o <<= 1) {
-        const int t = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += t;
-    }
-    const unsigned hit = __ballot_sync(0xffffffffu, incl >= need);
-    if (lane == __ffs(hit) - 1) {
-        int cum = incl - sum;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            if (cum + v[j] >= need) {
-                *bin = 255 - 8 * lane - j;
-                *above = cum;
-                *count = v[j];
-                break;
-            }
-            cum += v[j];
-        }
-    }
-}
-
-/* The whole CTA: the bin (nb - 1 down) of hist [nb] holding the need-th largest element ->
- * S.bin, S.above (the elements in higher bins), S.count (the bin's). need >= 1 and <= the
- * histogram's total; nb and blockDim.x powers of two, nb <= 16 blockDim.x. Thread t sums g =
- * nb / blockDim.x bins (at least 1) from the top, a block scan of the sums finds the thread, it
- * walks its bins. Ends with every thread past a barrier that follows S's writes. */
-static __device__ void find_bin_cta(topk_smem &S, const int *hist, int nb, int need)
-{
-    const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5;
-    const int g = nb > nt ? nb / nt : 1, used = nb / g;
-    int sum = 0;
-    if (tid < used) {
-        const int lo = nb - (tid + 1) * g; /* this thread's bins: [lo, lo + g) */
-        if (g % 4 == 0)
-            for (int j = 0; j < g; j += 4) {
-                const int4 v = *(const int4 *)(hist + lo + j);
-                sum += v.x + v.y + v.z + v.w;
-            }
-        else
-            for (int j = 0; j < g; j++) sum += hist[lo + j];
-    }
-    int incl = sum;
-    for (int o = 1; o < 32; o <<= 1) {
-        const int t = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += t;
-    }
-    if (lane == 31) S.wgt[warp] = incl;
-    __syncthreads();
-    for (int w = 0; w < warp; w++) incl += S.wgt[w];
-    int cum = incl - sum;
-    if (tid < used && cum < need && incl >= need)
-        for (int j = 0; j < g; j++) {
-            const int b = nb - 1 - tid * g - j, v = hist[b];
-            if (cum + v >= need) {
-                S.bin = b;
-                S.above = cum;
-                S.count = v;
-                break;
-            }
-            cum += v;
-        }
-    __syncthreads();
-}
-
-/* Counts of one thread's run of equal bins, added when the bin changes (flush at the end): a
- * row's scores crowd into few bins (all into one when they all tie), and the adds of one bin
- * would queue on one shared-memory word. */
-typedef struct bin_run {
-    int bin, n;
-} bin_run;
-
-static __device__ __forceinline__ void run_add(bin_run &r, int *hist, int bin)
-{
-    if (bin != r.bin) {
-        if (r.n) atomicAdd(&hist[r.bin], r.n);
-        r.bin = bin;
-        r.n = 0;
-    }
-    r.n++;
-}
-
-/* The codes of entries e .. e + 3 (e a multiple of 4; entries >= n read as 0, never counted). */
-static __device__ __forceinline__ void codes4(uint32_t (&c)[4], const uint16_t *code, bool cached,
-                                              const float *sc, int e, int n)
-{
-    if (cached) {
-        const uint2 v = *(const uint2 *)(code + e);
-        c[0] = v.x & 0xffffu, c[1] = v.x >> 16, c[2] = v.y & 0xffffu, c[3] = v.y >> 16;
-    } else
-#pragma unroll
-        for (int u = 0; u < 4; u++) c[u] = e + u < n ? score_code(__ldcg(sc + e + u)) : 0u;
-}
-
-/* S.u.cand [0, count): the picks' keys K (larger is better; the low index bits imask hold
- * imask - e), padded with zeros to a power of two and bitonic-sorted descending by the whole CTA;
- * then out [j] = the entry of the j-th, j < count. */
-static __device__ void sort_emit(int32_t *out, topk_smem &S, int count, unsigned long long imask)
-{
-    const int tid = threadIdx.x, nt = blockDim.x;
-    int P = 1;
-    while (P < count) P <<= 1;
-    for (int i = count + tid; i < P; i += nt) S.u.cand[i] = 0ull; /* sinks to the end */
-    __syncthreads();
-    for (int size = 2; size <= P; size <<= 1)
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (int i = tid; i < P; i += nt) {
-                const int j = i ^ stride;
-                if (j > i) {
-                    const unsigned long long a = S.u.cand[i], c = S.u.cand[j];
-                    if ((i & size) == 0 ? a < c : a > c) {
-                        S.u.cand[i] = c;
-                        S.u.cand[j] = a;
-                    }
-                }
-            }
-            __syncthreads();
-        }
-    for (int j = tid; j < count; j += nt) out[j] = (int32_t)(imask - (S.u.cand[j] & imask));
-}
-
-/* row_topk for rows of n > LONG_KEYS keys (k = topk < n): the k-th largest score code in two
- * digits, its top 12 bits (a histogram the loads fill: float4 loads, 8 in flight a thread) and
- * its low 4, then the picks in index order, per warp a contiguous range of the row (ballots,
- * no atomics): every key with a larger code, and of the codes equal to it the lowest indices
- * that fill k (equal scores rank the lower index higher). Those go straight to out[] behind the
- * larger ones, which alone are sorted. The same selection and order as the radix select over K;
- * no index digits, so a row of ties costs no more than any other. Not inlined into row_topk:
- * inlined, the short rows' path (4K context) ran ~2 us a CSA layer slower (H100, engine step at
- * 4K batch 1 1.125 -> 1.121 ms with it out of line, 64K not slower). */
-static __device__ __noinline__ void row_topk_long(int32_t *out, const float *sc, int n, int k,
-                                                  topk_smem &S, bool cached)
-{
-    constexpr int LU = 8; /* float4 loads in flight a thread */
-    const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5;
-    const int nw = nt >> 5;
-    uint16_t *code = topk_codes(S);
-    for (int i = tid; i < HIST_BINS; i += nt) S.u.hist[i] = 0;
-    if (tid < 16) S.hist16[tid] = 0;
-    __syncthreads();
-
-    /* the codes into shared memory and the first digit's histogram: entries [a0, a0 + 4 n4) as
-     * float4 (16 B aligned), the few others (head and tail) by warp 0 one by one */
-    bin_run run = {-1, 0};
-    const int a0 = min(n, (int)((4u - (unsigned)(((uintptr_t)sc >> 2) & 3u)) & 3u));
-    const int n4 = (n - a0) >> 2, r0 = a0 + 4 * n4; /* the rest: [0, a0), [r0, n) */
-    if (tid < a0 + n - r0) {
-        const int e = tid < a0 ? tid : r0 + tid - a0;
-        const uint32_t c = score_code(__ldcg(sc + e));
-        if (cached) code[e] = (uint16_t)c;
-        run_add(run, S.u.hist, (int)(c >> 4));
-    }
-    const float4 *sc4 = (const float4 *)(sc + a0);
-    for (int i0 = 0; i0 < n4; i0 += LU * nt) {
-        float4 v[LU];
-#pragma unroll
-        for (int u = 0; u < LU; u++) {
-            const int i = i0 + u * nt + tid;
-            v[u] = i < n4 ? __ldcg(sc4 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-#pragma unroll
-        for (int u = 0; u < LU; u++) {
-            const int i = i0 + u * nt + tid, e = a0 + 4 * i;
-            if (i >= n4) break;
-            const float f[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
-#pragma unroll
-            for (int x = 0; x < 4; x++) {
-                const uint32_t c = score_code(f[x]);
-                if (cached) code[e + x] = (uint16_t)c;
-                run_add(run, S.u.hist, (int)(c >> 4));
-            }
-        }
-    }
-    if (run.n) atomicAdd(&S.u.hist[run.bin], run.n);
-    __syncthreads();
-    find_bin_cta(S, S.u.hist, HIST_BINS, k);
-
-    /* taken: every code > cut, and the first need (by index) of the codes == tie */
-    const int b12 = S.bin;
-    int above = S.above, cut, tie = -1, need = 0;
-    if (S.count == k - above) { /* the whole bin is in */
-        cut = (b12 << 4) - 1;
-    } else { /* the second digit: the bin's codes' low 4 bits */
-        run = {-1, 0};
-        for (int e = 4 * tid; e < n; e += 4 * nt) {
-            uint32_t c[4];
-            codes4(c, code, cached, sc, e, n);
-#pragma unroll
-            for (int u = 0; u < 4; u++)
-                if (e + u < n && (int)(c[u] >> 4) == b12) run_add(run, S.hist16, (int)(c[u] & 15u));
-        }
-        if (run.n) atomicAdd(&S.hist16[run.bin], run.n);
-        __syncthreads();
-        find_bin_cta(S, S.hist16, 16, k - above);
-        cut = tie = b12 << 4 | S.bin;
-        above += S.above;
-        need = k - above;
-    }
-
-    /* warp w takes entries [lo, hi) in chunks of 128, lane l the 4 from 4 l: counts, then the
-     * picks at the warps' offsets */
-    int ib = 8; /* index bits: n - 1 < 2^ib */
-    while (ib < 32 && ((unsigned)(n - 1) >> ib) != 0u) ib += 8;
-    const unsigned long long imask = (1ull << ib) - 1ull;
-    const int seg = (n + 128 * nw - 1) / (128 * nw) * 128, lo = warp * seg;
-    const int hi = min(n, lo + seg);
-    int ngt = 0, neq = 0;
-    for (int c0 = lo; c0 < hi; c0 += 128) {
-        const int e = c0 + 4 * lane;
-        if (e >= hi) continue;
-        uint32_t c[4];
-        codes4(c, code, cached, sc, e, n);
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            ngt += e + u < hi && (int)c[u] > cut;
-            neq += e + u < hi && (int)c[u] == tie;
-        }
-    }
-    ngt = __reduce_add_sync(0xffffffffu, ngt);
-    neq = __reduce_add_sync(0xffffffffu, neq);
-    if (lane == 0)
-        S.wgt[warp] = ngt, S.weq[warp] = neq; /* find_bin_cta read S.wgt before its
-                                                  last barrier */
-    __syncthreads();
-    int gbase = 0, qbase = 0, ntake = 0;
-    for (int w = 0; w < nw; w++) {
-        if (w < warp) gbase += S.wgt[w], qbase += S.weq[w];
-        ntake += S.wgt[w];
-    }
-    const unsigned lt = (1u << lane) - 1u;
-    for (int c0 = lo; c0 < hi; c0 += 128) {
-        const int e = c0 + 4 * lane;
-        uint32_t c[4] = {0u, 0u, 0u, 0u};
-        if (e < hi) codes4(c, code, cached, sc, e, n);
-        bool g[4], q[4];
-        int pg = 0, pq = 0, tg = 0, tq = 0;
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            g[u] = e + u < hi && (int)c[u] > cut;
-            q[u] = e + u < hi && (int)c[u] == tie;
-            const unsigned bg = __ballot_sync(0xffffffffu, g[u]),
-                           bq = __ballot_sync(0xffffffffu, q[u]);
-            pg += __popc(bg & lt), pq += __popc(bq & lt);
-            tg += __popc(bg), tq += __popc(bq);
-        }
-        /* entries in index order: the lower lanes' 4 each, then this lane's u = 0 .. 3 */
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            if (g[u])
-                S.u.cand[gbase + pg++] =
-                    (unsigned long long)c[u] << ib | (imask - (unsigned long long)(e + u));
-            if (q[u]) {
-                if (qbase + pq < need) out[above + qbase + pq] = e + u;
-                pq++;
-            }
-        }
-        gbase += tg, qbase += tq;
-    }
-
-    /* the ntake larger codes (ntake = above, or k when the whole bin is in), sorted descending */
-    sort_emit(out, S, ntake, imask);
-}
-
-/* out [topk] = the row's selection from its scores sc [n] (written by other CTAs or an earlier
- * kernel: read through L2); S holds the codes of rows of up to ncache entries (topk_bytes).
- * Every thread of the CTA calls it; blockDim.x a power of two, 32 .. TOPK_THREADS. */
-static __device__ void row_topk(int32_t *out, const float *sc, int n, int topk, topk_smem &S,
-                                int ncache)
-{
-    const int tid = threadIdx.x, nt = blockDim.x;
-    const int k = n < topk ? n : topk;
-    for (int j = k + tid; j < topk; j += nt) out[j] = -1;
-    if (k == 0) return;
-    const bool cached = n <= ncache;
-    if (n > LONG_KEYS && n > topk) {
-        row_topk_long(out, sc, n, k, S, cached);
-        return;
-    }
-    uint16_t *code = topk_codes(S);
-    if (cached)
-        for (int e = tid; e < n; e += nt) code[e] = (uint16_t)score_code(__ldcg(sc + e));
-    int ib = 8; /* index bits: n - 1 < 2^ib */
-    while (ib < 32 && ((unsigned)(n - 1) >> ib) != 0u) ib += 8;
-    const unsigned long long imask = (1ull << ib) - 1ull;
-    auto key = [&](int e) -> unsigned long long {
-        const uint32_t c = cached ? (uint32_t)code[e] : score_code(__ldcg(sc + e));
-        return (unsigned long long)c << ib | (imask - (unsigned long long)e);
-    };
-    __syncthreads();
-
-    /* the k-th largest key's leading bytes: thr's bits >= shift */
-    int shift = ib + 16;
-    unsigned long long thr = 0ull;
-    if (n > topk) {
-        int above = 0; /* keys whose leading bytes beat thr's */
-        while (shift > 0) {
-            shift -= 8;
-            for (int i = tid; i < 256; i += nt) S.u.hist[i] = 0;
-            __syncthreads();
-            for (int e = tid; e < n; e += nt) {
-                const unsigned long long K = key(e);
-                if ((K >> (shift + 8)) == (thr >> (shift + 8)))
-                    atomicAdd(&S.u.hist[(int)((K >> shift) & 255u)], 1);
-            }
-            __syncthreads();
-            if (tid < 32) find_bin(S.u.hist, k - above, &S.bin, &S.above, &S.count);
-            __syncthreads();
-            thr |= (unsigned long long)S.bin << shift;
-            above += S.above;
-            if (S.count == k - above) break; /* the whole bin is in: k keys at or above thr */
-        }
-    }
-
-    /* gather the k keys at or above thr (every key when n <= topk), then sort them descending */
-    if (tid == 0) S.n = 0;
-    __syncthreads();
-    for (int e = tid; e < n; e += nt) {
-        const unsigned long long K = key(e);
-        if ((K >> shift) >= (thr >> shift)) S.u.cand[atomicAdd(&S.n, 1)] = K;
-    }
-    sort_emit(out, S, k, imask);
 }
 
 /* ---- the fused path: tensor-core scores, then the last CTA's top-k --------------------------- */
@@ -755,14 +380,16 @@ template <int NT> struct fused_tiles {
  * in shared memory, in group order. Then the row's CTAs take tickets; the last one (it resets
  * the ticket) selects the row's top-k from the scores in global memory. Rows of n_vis <= skip
  * are the cluster kernel's (a split call, skip = CL_MAX_E; else skip = -1): all their CTAs leave
- * at once, so none takes a ticket and the row's stays zero.
+ * at once, so none takes a ticket and the row's stays zero. Rows of n_vis > hand (a split call
+ * at long context: hand = CL_MAX_E; else INT_MAX) are scored only: index_select_kernel selects
+ * them in the next launch, and they take no ticket either.
  * iq [N, 64, 128] (bf16-exact), iw [N, 64], ent: S cap_e keys (ik_frag) -> scores (row_base),
  * sel [N, topk]; the rows' tickets (row_base + cap_e) zero between calls. */
 template <int NT>
 __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
     int32_t *sel, float *scores, const float *iq, const float *iw, float w_scale,
     const uint8_t *ent, int64_t cap_e, int m, int topk, int te, int ncache, const int32_t *slot,
-    const int32_t *pos, int skip)
+    const int32_t *pos, int skip, int hand)
 {
     DSV4_PDL_WAIT();
     constexpr int EI = 16 * NT, HG = 8 / NT;
@@ -882,6 +509,7 @@ __global__ __launch_bounds__(FUSED_THREADS) void index_fused_kernel(
         }
     }
 
+    if (nvis > hand) return; /* index_select_kernel selects it, after this grid */
     /* the row's last CTA selects */
     __threadfence();
     __syncthreads();
@@ -901,7 +529,7 @@ template <int NT>
 static dsv4_status launch_fused(cudaStream_t st, int32_t *sel, float *scores, const float *iq,
                                 const float *iw, float w_scale, const uint8_t *ent, int64_t cap_e,
                                 int m, int topk, int N, const int32_t *slot, const int32_t *pos,
-                                int skip)
+                                int skip, int hand)
 {
     /* steps of 16 NT entries; a CTA takes enough of them to keep the grid near 4 CTAs per SM */
     const int64_t steps = (cap_e + 16 * NT - 1) / (16 * NT), total = (int64_t)N * steps;
@@ -915,7 +543,7 @@ static dsv4_status launch_fused(cudaStream_t st, int32_t *sel, float *scores, co
                                   cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const dim3 grid((unsigned)((cap_e + te - 1) / te), (unsigned)N);
     index_fused_kernel<NT><<<grid, FUSED_THREADS, smem, st>>>(
-        sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, te, ncache, slot, pos, skip);
+        sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, te, ncache, slot, pos, skip, hand);
     CUDA_LAUNCHED();
     return DSV4_OK;
 }
@@ -936,11 +564,6 @@ enum {
     CL_MAX_E = 2048, /* entries a row at most */
     CL_RB = 4,       /* entries a warp ranks at once (registers) */
 };
-
-static __device__ __forceinline__ void cl_sync(void)
-{
-    asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
-}
 
 /* Dynamic shared memory of the cluster kernel for per_max entries a CTA: q [64][KLD] bf16, keys
  * [per_max][KLD] bf16, w [64], rc [TD], own keys [per_max], the row's keys [C per_max], the keys
@@ -1193,6 +816,87 @@ static dsv4_status launch_cluster(cudaStream_t st, int32_t *sel, float *scores, 
     return DSV4_OK;
 }
 
+/* ---- the long rows' selection: a cluster a row, after the fused kernel's scores -------------
+ * In a split call at long context (rows of more than CL_MAX_E entries) the fused kernel scores
+ * those rows over every SM but leaves their selection to this kernel: C CTAs a row (the
+ * cluster kernel's C), rank c reads the scores of entries [c per, (c + 1) per) from the
+ * workspace into 16-bit codes in shared memory and the cluster selects them (cl_select_long).
+ * The fused kernel's way, its last CTA selecting the whole row (row_topk_long), grows with the
+ * row on one SM. Scoring in the cluster as well (each CTA its share of the keys, as for short
+ * rows) was slower: 16 SMs score 16K keys at ~30 ns a key a CTA (the marks in PERF.md session
+ * 43), where the fused kernel spreads them over all.
+ * Grid (C, N), cluster (C, 1, 1), 256 threads. Rows of n_vis <= lo (the cluster kernel's) leave.
+ * Shared memory: the picks [2 TOPK_MAX], cl_pick, the codes [per_max]. */
+template <int C>
+__global__ __launch_bounds__(FUSED_THREADS) void index_select_kernel(int32_t *sel,
+                                                                     const float *scores,
+                                                                     int64_t cap_e, int m, int topk,
+                                                                     int lo, const int32_t *pos)
+{
+    DSV4_PDL_WAIT();
+    static_assert(FUSED_THREADS == SEL_THREADS, "cl_select_long's CTA");
+    extern __shared__ __align__(16) unsigned char cs_raw[];
+    unsigned long long *cand = (unsigned long long *)cs_raw;
+    cl_pick *pick = (cl_pick *)(cand + 2 * TOPK_MAX);
+    uint16_t *code = (uint16_t *)(pick + 1);
+    cg::cluster_group cl = cg::this_cluster();
+    const int row = blockIdx.y, rank = (int)cl.block_rank(), tid = threadIdx.x;
+    int64_t nv = ((int64_t)pos[row] + 1) / m;
+    if (nv > cap_e) nv = cap_e;
+    if (nv <= lo) return; /* the whole cluster, before any remote access */
+    const int nvis = (int)nv, k = nvis < topk ? nvis : topk;
+    int32_t *out = sel + (int64_t)row * topk;
+    if (rank == C - 1)
+        for (int j = k + tid; j < topk; j += FUSED_THREADS) out[j] = -1;
+    const int per = ((nvis + C - 1) / C + 15) & ~15, e0 = rank * per;
+    const int ne = nvis - e0 < 0 ? 0 : (nvis - e0 < per ? nvis - e0 : per);
+    const float *sc = scores + row_base(row, cap_e) + e0;
+#pragma unroll 4
+    for (int i = tid; i < ne; i += FUSED_THREADS) code[i] = (uint16_t)score_code(__ldcg(sc + i));
+    cl_select_long<C>(out, code, ne, e0, nvis, k, *pick, cand); /* syncs before the codes' use */
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+}
+
+/* index_select_kernel's shared memory for rows of up to cap_e entries a cluster of C. */
+static size_t cs_smem(int64_t cap_e, int C)
+{
+    const int64_t per_max = ((cap_e + C - 1) / C + 15) & ~15;
+    return (size_t)2 * TOPK_MAX * 8 + sizeof(cl_pick) + (size_t)per_max * 2;
+}
+
+/* Whether the GPU places a cluster of 16 select CTAs (a non-portable size; a failed query is a
+ * no). */
+static int cs16_fits(int64_t cap_e, cudaStream_t st)
+{
+    const size_t smem = cs_smem(cap_e, 16);
+    cudaLaunchAttribute attr[1];
+    const cudaLaunchConfig_t cfg = cluster_cfg(dim3(16, 1, 1), FUSED_THREADS, smem, st, attr, 16);
+    if (cudaFuncSetAttribute(index_select_kernel<16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)smem) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return cluster_capacity((const void *)index_select_kernel<16>, &cfg) >= 1;
+}
+
+template <int C>
+static dsv4_status launch_select(cudaStream_t st, int32_t *sel, const float *scores, int64_t cap_e,
+                                 int m, int topk, int N, const int32_t *pos, int lo)
+{
+    const size_t smem = cs_smem(cap_e, C);
+    CUDA_TRY(cudaFuncSetAttribute(index_select_kernel<C>,
+                                  cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    if (C > 8)
+        CUDA_TRY(cudaFuncSetAttribute(index_select_kernel<C>,
+                                      cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+    cudaLaunchAttribute attr[1];
+    const cudaLaunchConfig_t cfg =
+        cluster_cfg(dim3((unsigned)C, (unsigned)N, 1), FUSED_THREADS, smem, st, attr, C);
+    CUDA_TRY(
+        cudaLaunchKernelEx(&cfg, index_select_kernel<C>, sel, scores, cap_e, m, topk, lo, pos));
+    return DSV4_OK;
+}
+
 /* ---- the SIMT path -------------------------------------------------------------------------- */
 /* Any nh, d: one warp per entry, q and w read through the cache, the key decoded per dim (exact
  * in f32). Grid (cap_e / 8, N). iq [N, nh, d], iw [N, nh], ent: S cap_e keys of
@@ -1240,27 +944,28 @@ __global__ __launch_bounds__(TOPK_THREADS) void index_topk_kernel(int32_t *sel, 
 }
 
 /* The fused kernel with the largest step (16 NT entries) that still gives 2 CTAs per SM (16 at
- * the least); rows of n_vis <= skip left to the cluster kernel (skip = -1: none). */
+ * the least); rows of n_vis <= skip left to the cluster kernel (skip = -1: none), those of n_vis
+ * > hand only scored (index_select_kernel selects them). */
 static dsv4_status fused_select(cudaStream_t st, int32_t *sel, float *scores, const float *iq,
                                 const float *iw, float w_scale, const uint8_t *ent, int64_t cap_e,
                                 int m, int topk, int N, const int32_t *slot, const int32_t *pos,
-                                int skip)
+                                int skip, int hand)
 {
     int nt = 8;
     while (nt > 1 && (int64_t)N * ((cap_e + 16 * nt - 1) / (16 * nt)) < 2 * SMS) nt >>= 1;
     switch (nt) {
     case 8:
         return launch_fused<8>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, slot, pos,
-                               skip);
+                               skip, hand);
     case 4:
         return launch_fused<4>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, slot, pos,
-                               skip);
+                               skip, hand);
     case 2:
         return launch_fused<2>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, slot, pos,
-                               skip);
+                               skip, hand);
     default:
         return launch_fused<1>(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, slot, pos,
-                               skip);
+                               skip, hand);
     }
 }
 
@@ -1332,15 +1037,29 @@ static dsv4_status index_select(dsv4_backend *b, int32_t *sel, float *iq, const 
         if (!split) return DSV4_OK;
         g_last_path =
             path == DSV4_INDEX_PATH_CLUSTER16 ? DSV4_INDEX_PATH_SPLIT16 : DSV4_INDEX_PATH_SPLIT;
-        return fused_select(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, rows->slot,
-                            rows->pos, CL_MAX_E);
+        /* the fused kernel's rows selected by clusters (index_select_kernel, 16 CTAs where the
+         * call's clusters are), where rows may be long enough to pay for its launch (cap_e >
+         * LONG_KEYS: the fused kernel's last CTA selects shorter rows in ~10 us) and their codes
+         * fit a CTA's shared memory (cap_e up to ~1.4M entries at C = 16). H100, dsv4 bench
+         * --shape flash --layers 4 (PERF.md session 43), ms a step: 64K context batch 1 / 2 / 8
+         * 1.011-1.014 / 1.190-1.200 / 2.052-2.059 -> 0.978-0.983 / 1.163-1.172 / 2.017-2.022,
+         * 128K batch 1 1.113 -> 1.004; the launch's cost where every row is short, 4K rows in that
+         * 64K engine, batch 1 0.954-0.957 -> 0.960-0.961 (2 and 8 within the spread). */
+        const int C = path == DSV4_INDEX_PATH_CLUSTER16 && cs16_fits(cap_e, st) ? 16 : 8;
+        const int hand =
+            cap_e > LONG_KEYS && cs_smem(cap_e, C) <= SELECT_SMEM ? CL_MAX_E : INT32_MAX;
+        DSV4_TRY(fused_select(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, rows->slot,
+                              rows->pos, CL_MAX_E, hand));
+        if (hand == INT32_MAX) return DSV4_OK;
+        return C == 16 ? launch_select<16>(st, sel, scores, cap_e, m, topk, N, rows->pos, hand)
+                       : launch_select<8>(st, sel, scores, cap_e, m, topk, N, rows->pos, hand);
     }
     /* the fused and SIMT paths take the queries as indexer_q leaves them: every fused CTA would
      * repeat the 64 heads' chain (measured slower than the indexer_q launch) */
     if (qr >= 0) DSV4_TRY(dsv4_cuda_bk_indexer_q(b, iq, rows, nh, d, qr, freqs));
     if (path == DSV4_INDEX_PATH_FUSED)
         return fused_select(st, sel, scores, iq, iw, w_scale, ent, cap_e, m, topk, N, rows->slot,
-                            rows->pos, -1);
+                            rows->pos, -1, INT32_MAX);
     const dim3 grid((unsigned)((cap_e + SIMT_WARPS - 1) / SIMT_WARPS), (unsigned)N);
     index_scores_simt<<<grid, 32 * SIMT_WARPS, 0, st>>>(scores, iq, iw, w_scale, ent, cap_e, nh, d,
                                                         m, rows->slot, rows->pos);

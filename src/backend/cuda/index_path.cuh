@@ -23,7 +23,8 @@ enum {
         3, /* index_cluster_kernel, 8 CTAs a row: nh 64, d 128, cap_e <= 2048 */
     DSV4_INDEX_PATH_CLUSTER16 = 4, /* the same, 16 CTAs a row (where the GPU places them) */
     /* reported only (cap_e > 2048: forcing CLUSTER / CLUSTER16 gives these): the cluster kernel
-     * (8 / 16 CTAs) for the rows of n_vis <= 2048, then the fused kernel for the others */
+     * (8 / 16 CTAs) for the rows of n_vis <= 2048, then the fused kernel for the others (and
+     * where cap_e > 4096 their selection by clusters of 8 / 16 CTAs, a third kernel) */
     DSV4_INDEX_PATH_SPLIT = 5,
     DSV4_INDEX_PATH_SPLIT16 = 6,
 };
