@@ -397,6 +397,8 @@ static __device__ void row_topk(int32_t *out, const float *sc, int n, int topk, 
 }
 
 /* ---- a long row's selection over a cluster ------------------------------------------------- */
+/* A barrier of the whole cluster: shared-memory writes of any rank before it are seen by every
+ * rank after it (arrive releases, wait acquires). */
 static __device__ __forceinline__ void cl_sync(void)
 {
     asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
@@ -413,19 +415,21 @@ typedef struct cl_pick {
     int bin, above, count;
 } cl_pick;
 
-/* Rank `rank`'s part of a long row's selection (k <= n_vis): its score
- * codes code [0, ne) are entries e0 .. e0 + ne - 1. As row_topk_long: the k-th largest code in
- * two 8-bit digits (this CTA's histogram, the cluster's summed by every rank alike; a whole bin
- * taken ends it after the first), then every code above the cut and, of the codes equal to the
- * tie, the lowest indices that fill k: those go straight to out behind the larger ones, in index
- * order (ranks in order, then warps, then lanes). The larger ones (keys K = code << ib | imask -
- * e, unique) go to this CTA's list, every rank copies the cluster's lists and ranks its own
- * against them. cand: 2 TOPK_MAX keys of this CTA (the list, then the copy). Ends with the
- * cluster barrier's arrive done (no remote read after it); the caller waits before leaving. */
+/* This CTA's part of a long row's selection (1 <= k <= n_vis, k <= TOPK_MAX; C <= 16 CTAs of
+ * SEL_THREADS): its score codes code [0, ne) are the row's entries e0 .. e0 + ne - 1, the ranks'
+ * shares in rank order. As row_topk_long: the k-th largest code in two 8-bit digits (this CTA's
+ * histogram, the cluster's summed by every rank alike; a whole bin taken ends it after the
+ * first), then every code above the cut and, of the codes equal to the tie, the lowest indices
+ * that fill k: those go straight to out behind the larger ones, in index order (ranks in order,
+ * then warps, then lanes). The larger ones (keys K = code << ib | imask - e, unique) go to this
+ * CTA's list, every rank copies the cluster's lists and ranks its own against them. cand: 2
+ * TOPK_MAX keys of this CTA (the list, then the copy). Ends with the cluster barrier's arrive done
+ * (no remote read after it); the caller waits before leaving. */
 template <int C>
 static __device__ void cl_select_long(int32_t *out, const uint16_t *code, int ne, int e0, int nvis,
                                       int k, cl_pick &P, unsigned long long *cand)
 {
+    static_assert(C <= 16, "cl_pick holds 16 ranks' counts");
     cooperative_groups::cluster_group cl = cooperative_groups::this_cluster();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, rank = (int)cl.block_rank();
     constexpr int NW = SEL_THREADS / 32;
