@@ -194,6 +194,51 @@ static __device__ void sort_emit(int32_t *out, topk_smem &S, int count, unsigned
     for (int j = tid; j < count; j += nt) out[j] = (int32_t)(imask - (S.u.cand[j] & imask));
 }
 
+/* The index bits of K for rows of n entries (n - 1 < 2^ib, ib a multiple of 8) -> ib; returns
+ * the mask of those bits. */
+static __device__ __forceinline__ unsigned long long index_mask(int n, int &ib)
+{
+    ib = 8;
+    while (ib < 32 && ((unsigned)(n - 1) >> ib) != 0u) ib += 8;
+    return (1ull << ib) - 1ull;
+}
+
+/* One 128-entry chunk of a warp's ordered pass over a row's codes: lane l holds the codes c of
+ * entries e .. e + 3 (e = chunk start + 4 l; those at or past hi are none). Every code above cut
+ * goes to cand [gbase + its place] as K (entry index eoff + e + u, ib / imask: index_mask), and of
+ * the codes equal to tie the first need by place go to out [above + qbase + place]: places in
+ * index order, the lower lanes' 4 each, then this lane's u = 0 .. 3. gbase and qbase advance by
+ * the warp's counts. */
+static __device__ __forceinline__ void picks_chunk(const uint32_t (&c)[4], int e, int hi, int cut,
+                                                   int tie, int eoff, int ib,
+                                                   unsigned long long imask,
+                                                   unsigned long long *cand, int &gbase,
+                                                   int32_t *out, int above, int &qbase, int need)
+{
+    const unsigned lt = (1u << (threadIdx.x & 31)) - 1u;
+    bool g[4], q[4];
+    int pg = 0, pq = 0, tg = 0, tq = 0;
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        g[u] = e + u < hi && (int)c[u] > cut;
+        q[u] = e + u < hi && (int)c[u] == tie;
+        const unsigned bg = __ballot_sync(0xffffffffu, g[u]), bq = __ballot_sync(0xffffffffu, q[u]);
+        pg += __popc(bg & lt), pq += __popc(bq & lt);
+        tg += __popc(bg), tq += __popc(bq);
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const int ei = eoff + e + u;
+        if (g[u])
+            cand[gbase + pg++] = (unsigned long long)c[u] << ib | (imask - (unsigned long long)ei);
+        if (q[u]) {
+            if (qbase + pq < need) out[above + qbase + pq] = ei;
+            pq++;
+        }
+    }
+    gbase += tg, qbase += tq;
+}
+
 /* row_topk for rows of n > LONG_KEYS keys (k = topk < n): the k-th largest score code in two
  * digits, its top 12 bits (a histogram the loads fill: float4 loads, 8 in flight a thread) and
  * its low 4, then the picks in index order, per warp a contiguous range of the row (ballots,
@@ -274,9 +319,8 @@ static __device__ __noinline__ void row_topk_long(int32_t *out, const float *sc,
 
     /* warp w takes entries [lo, hi) in chunks of 128, lane l the 4 from 4 l: counts, then the
      * picks at the warps' offsets */
-    int ib = 8; /* index bits: n - 1 < 2^ib */
-    while (ib < 32 && ((unsigned)(n - 1) >> ib) != 0u) ib += 8;
-    const unsigned long long imask = (1ull << ib) - 1ull;
+    int ib;
+    const unsigned long long imask = index_mask(n, ib);
     const int seg = (n + 128 * nw - 1) / (128 * nw) * 128, lo = warp * seg;
     const int hi = min(n, lo + seg);
     int ngt = 0, neq = 0;
@@ -302,34 +346,11 @@ static __device__ __noinline__ void row_topk_long(int32_t *out, const float *sc,
         if (w < warp) gbase += S.wgt[w], qbase += S.weq[w];
         ntake += S.wgt[w];
     }
-    const unsigned lt = (1u << lane) - 1u;
     for (int c0 = lo; c0 < hi; c0 += 128) {
         const int e = c0 + 4 * lane;
         uint32_t c[4] = {0u, 0u, 0u, 0u};
         if (e < hi) codes4(c, code, cached, sc, e, n);
-        bool g[4], q[4];
-        int pg = 0, pq = 0, tg = 0, tq = 0;
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            g[u] = e + u < hi && (int)c[u] > cut;
-            q[u] = e + u < hi && (int)c[u] == tie;
-            const unsigned bg = __ballot_sync(0xffffffffu, g[u]),
-                           bq = __ballot_sync(0xffffffffu, q[u]);
-            pg += __popc(bg & lt), pq += __popc(bq & lt);
-            tg += __popc(bg), tq += __popc(bq);
-        }
-        /* entries in index order: the lower lanes' 4 each, then this lane's u = 0 .. 3 */
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            if (g[u])
-                S.u.cand[gbase + pg++] =
-                    (unsigned long long)c[u] << ib | (imask - (unsigned long long)(e + u));
-            if (q[u]) {
-                if (qbase + pq < need) out[above + qbase + pq] = e + u;
-                pq++;
-            }
-        }
-        gbase += tg, qbase += tq;
+        picks_chunk(c, e, hi, cut, tie, 0, ib, imask, S.u.cand, gbase, out, above, qbase, need);
     }
 
     /* the ntake larger codes (ntake = above, or k when the whole bin is in), sorted descending */
@@ -354,9 +375,8 @@ static __device__ void row_topk(int32_t *out, const float *sc, int n, int topk, 
     uint16_t *code = topk_codes(S);
     if (cached)
         for (int e = tid; e < n; e += nt) code[e] = (uint16_t)score_code(__ldcg(sc + e));
-    int ib = 8; /* index bits: n - 1 < 2^ib */
-    while (ib < 32 && ((unsigned)(n - 1) >> ib) != 0u) ib += 8;
-    const unsigned long long imask = (1ull << ib) - 1ull;
+    int ib;
+    const unsigned long long imask = index_mask(n, ib);
     auto key = [&](int e) -> unsigned long long {
         const uint32_t c = cached ? (uint32_t)code[e] : score_code(__ldcg(sc + e));
         return (unsigned long long)c << ib | (imask - (unsigned long long)e);
@@ -497,36 +517,14 @@ static __device__ void cl_select_long(int32_t *out, const uint16_t *code, int ne
     }
     for (int w = 0; w < warp; w++) gl += P.wg[w], qb += P.wq[w];
 
-    int ib = 8; /* index bits: nvis - 1 < 2^ib */
-    while (ib < 32 && ((unsigned)(nvis - 1) >> ib) != 0u) ib += 8;
-    const unsigned long long imask = (1ull << ib) - 1ull;
-    const unsigned lt = (1u << lane) - 1u;
+    int ib;
+    const unsigned long long imask = index_mask(nvis, ib);
     for (int c0 = lo; c0 < hi; c0 += 128) {
         const int e = c0 + 4 * lane;
-        bool g[4], q[4];
-        int pg = 0, pq = 0, tg = 0, tq = 0;
+        uint32_t c[4];
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const int c = e + u < hi ? (int)code[e + u] : -1;
-            g[u] = c > cut;
-            q[u] = e + u < hi && c == tie;
-            const unsigned bg = __ballot_sync(0xffffffffu, g[u]),
-                           bq = __ballot_sync(0xffffffffu, q[u]);
-            pg += __popc(bg & lt), pq += __popc(bq & lt);
-            tg += __popc(bg), tq += __popc(bq);
-        }
-#pragma unroll
-        for (int u = 0; u < 4; u++) {
-            const int eg = e0 + e + u;
-            if (g[u])
-                cand[gl + pg++] =
-                    (unsigned long long)code[e + u] << ib | (imask - (unsigned long long)eg);
-            if (q[u]) {
-                if (qb + pq < need) out[above + qb + pq] = eg;
-                pq++;
-            }
-        }
-        gl += tg, qb += tq;
+        for (int u = 0; u < 4; u++) c[u] = e + u < hi ? code[e + u] : 0u;
+        picks_chunk(c, e, hi, cut, tie, e0, ib, imask, cand, gl, out, above, qb, need);
     }
 
     /* every rank's list into cand [TOPK_MAX ..), then this CTA's picks ranked against them */
