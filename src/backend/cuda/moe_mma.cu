@@ -42,7 +42,9 @@
  * not for their arithmetic: the same kernels with the arithmetic taken out (loads only) reach
  * 58% and 61%, and the FP4 widening, two thirds of the instructions, costs ~1 us of a 60 us call
  * (session 44). What bounds them is how the loads of ~13.6 warps an SM, each on its own tile's
- * 1 KB blocks, reach DRAM; more loads a warp did not move that ceiling (58 -> 60%). At batch 64
+ * 1 KB blocks, reach DRAM: per-warp marks show one round in which every warp streams at the same
+ * rate (~72% of copy in all) and a tail of 5-7 us as the last tasks end; more loads a warp did
+ * not move that ceiling (58 -> 60%). At batch 64
  * they stream at about 70-75% of copy. What the kernels keep, each measured against its
  * alternative in the engine step:
  *   - the widening by bit operations (moe_frag.cuh, 11 operations a word of 8 nibbles; an e4m3
