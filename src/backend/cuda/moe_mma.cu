@@ -38,15 +38,15 @@
  *
  * What bounds them (H100; every measurement and every variant tried is in docs/PERF.md,
  * sessions 2-18 and 44, and the history of this header in git). At batch 1 the stages stream at
- * about 55-65% of copy bandwidth (ncu, each alone: stage 1 52% of DRAM peak, stage 2 45%), and
- * not for their arithmetic: the same kernels with the arithmetic taken out (loads only) reach
- * 58% and 61%, and the FP4 widening, two thirds of the instructions, costs ~1 us of a 60 us call
- * (session 44). What bounds them is how the loads of ~13.6 warps an SM, each on its own tile's
- * 1 KB blocks, reach DRAM: per-warp marks show one round in which every warp streams at the same
- * rate (~72% of copy in all) and a tail of 5-7 us as the last tasks end; more loads a warp did
- * not move that ceiling (58 -> 60%). At batch 64
- * they stream at about 70-75% of copy. What the kernels keep, each measured against its
- * alternative in the engine step:
+ * 65-73% of copy bandwidth in the engine step (ncu, each alone with cold caches: stage 1 52% of
+ * DRAM peak, stage 2 45%), and not for their arithmetic: the same kernels with the arithmetic
+ * taken out (loads only) reach 58% and 61% in ncu, and the FP4 widening, two thirds of the
+ * instructions, costs ~1 us of a 60 us call (session 44). What bounds them is how the loads of
+ * ~13.6 warps an SM, each on its own tile's 1 KB blocks, reach DRAM: per-warp marks show one
+ * round in which every warp streams at the same rate (~72% of copy in all), then a tail of 5-7
+ * us as the last tasks end; more loads a warp did not move the loads-only ceiling (58 -> 60%).
+ * At batch 64 they stream at about 70-75% of copy. What the kernels keep, each measured against
+ * its alternative in the engine step:
  *   - the widening by bit operations (moe_frag.cuh, 11 operations a word of 8 nibbles; an e4m3
  *     placement on m16n8k32 mmas has fewer instructions but was slower: ptxas lowers those mmas
  *     on sm_90a to conversions and f16 mmas), FP8 by the hardware e4m3 -> f16x2 conversion;
@@ -92,7 +92,7 @@
  * did not), the combine in stage 2's tail, more K slices for the shared expert, register rings
  * and L2 prefetch in the batch-1 kernels; at 1-4 rows, tasks of 64 rows on wgmma m64n8k32 with
  * the weights (as e4m3) in registers and the tokens in shared memory (session 44: a wgmma is a
- * warpgroup instruction, so each of a task's four warps waits for the slowest one's loads; +15% a
+ * warpgroup instruction, so each of a task's four warps waits for the slowest one's loads; +16% a
  * call at one row).
  */
 #include "backend/cuda/check.cuh"
