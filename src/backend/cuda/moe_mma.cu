@@ -93,7 +93,11 @@
  * and L2 prefetch in the batch-1 kernels; at 1-4 rows, tasks of 64 rows on wgmma m64n8k32 with
  * the weights (as e4m3) in registers and the tokens in shared memory (session 44: a wgmma is a
  * warpgroup instruction, so each of a task's four warps waits for the slowest one's loads; +16% a
- * call at one row).
+ * call at one row); at 1-2 rows, the stage tail balanced away (session 45): units of 2-4 chunks
+ * claimed from a counter by a persistent grid (+60 to +100% a call), and stream-K (equal shares
+ * of the chunks a warp, split tiles summed by a ticket: +27%). A warp's rate is one iteration a
+ * load latency, and each place where it changes work exposes round trips (the partials' fence,
+ * the ticket, the claim, the next pointers, the pipeline's restart) that cost more than the tail.
  */
 #include "backend/cuda/check.cuh"
 #include "backend/cuda/moe.cuh"
