@@ -43,10 +43,11 @@
  * taken out (loads only) reach 58% and 61% in ncu, and the FP4 widening, two thirds of the
  * instructions, costs ~1 us of a 60 us call (session 44). What bounds them is how the loads of
  * ~13.6 warps an SM, each on its own tile's 1 KB blocks, reach DRAM: per-warp marks show one
- * round in which every warp streams at the same rate (~72% of copy in all), then a tail of 5-7
- * us as the last tasks end; more loads a warp did not move the loads-only ceiling (58 -> 60%).
- * At batch 64 they stream at about 70-75% of copy. What the kernels keep, each measured against
- * its alternative in the engine step:
+ * round in which the warps of a format stream at the same rate (~72% of copy counted at the
+ * routed warps' rate, ~79% with the shared expert's faster FP8 warps: sessions 44, 45), then a
+ * tail of 5-7 us as the last tasks end; more loads a warp did not move the loads-only ceiling
+ * (58 -> 60%). At batch 64 they stream at about 70-75% of copy. What the kernels keep, each
+ * measured against its alternative in the engine step:
  *   - the widening by bit operations (moe_frag.cuh, 11 operations a word of 8 nibbles; an e4m3
  *     placement on m16n8k32 mmas has fewer instructions but was slower: ptxas lowers those mmas
  *     on sm_90a to conversions and f16 mmas), FP8 by the hardware e4m3 -> f16x2 conversion;
